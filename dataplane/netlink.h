@@ -1,0 +1,78 @@
+// rtnetlink access (libmnl) for what the agent configures on its devices: link state, MTU,
+// addresses and routes, and the underlay path MTU. No shelling out to `ip`.
+#ifndef TUNNELAGENT_DATAPLANE_NETLINK_H_
+#define TUNNELAGENT_DATAPLANE_NETLINK_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "dataplane/address.h"
+
+struct mnl_socket;
+
+namespace tunnelagent::dataplane {
+
+// Routes the agent installs carry this rtm_protocol, so they are recognisable as its own
+// (`ip route show proto 0x7a` lists them; iproute2 prints unknown protocols as numbers).
+inline constexpr uint8_t kRouteProtocolTunnelAgent = 0x7a;
+
+struct LinkInfo {
+  int ifindex = 0;
+  std::string name;
+  uint32_t mtu = 0;
+  bool up = false;
+};
+
+// One NETLINK_ROUTE socket; calls are serialised, each waits for the kernel's ACK and turns a
+// negative ACK into a status carrying the errno text and what was being done.
+class Netlink {
+ public:
+  static absl::StatusOr<std::unique_ptr<Netlink>> Open();
+  ~Netlink();
+  Netlink(const Netlink&) = delete;
+  Netlink& operator=(const Netlink&) = delete;
+
+  absl::Status SetLinkUp(int ifindex, bool up);
+  absl::Status SetLinkMtu(int ifindex, uint32_t mtu);
+  absl::Status DeleteLink(int ifindex);
+  // NOT_FOUND when there is no such link.
+  absl::StatusOr<LinkInfo> GetLink(int ifindex);
+  absl::StatusOr<LinkInfo> GetLinkByName(const std::string& name);
+
+  // Adds `address` (with its prefix length) to the link; an IPv4 one also gets the
+  // connected route the kernel adds for it.
+  absl::Status AddAddress(int ifindex, const IpPrefix& address);
+  absl::Status DeleteAddress(int ifindex, const IpPrefix& address);
+  // Unicast route in the main table to `destination` (host bits must be zero) out of
+  // the link, scope link, protocol kRouteProtocolTunnelAgent. ALREADY_EXISTS if present.
+  absl::Status AddRoute(int ifindex, const IpPrefix& destination);
+  absl::Status DeleteRoute(int ifindex, const IpPrefix& destination);
+
+  // The MTU of the path the kernel would use to reach `destination`: the route's MTU metric
+  // if it has one, else the output device's MTU. NOT_FOUND / FAILED_PRECONDITION when
+  // there is no route.
+  absl::StatusOr<uint32_t> PathMtu(const IpAddress& destination);
+
+ private:
+  explicit Netlink(mnl_socket* socket);
+  // Sends one request built in `buf` and processes replies until the ACK; `on_message`
+  // (may be null) sees each non-error reply message.
+  absl::Status Transact(void* nlh, const std::string& what,
+                        int (*on_message)(const void* nlh, void* arg), void* arg)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::Mutex mu_;
+  mnl_socket* socket_ ABSL_GUARDED_BY(mu_);
+  uint32_t port_id_ = 0;
+  uint32_t seq_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace tunnelagent::dataplane
+
+#endif  // TUNNELAGENT_DATAPLANE_NETLINK_H_

@@ -1,0 +1,35 @@
+// Why the dataplane did not deliver a packet. Every drop is counted under one of these.
+#ifndef TUNNELAGENT_DATAPLANE_PACKET_DROP_REASON_H_
+#define TUNNELAGENT_DATAPLANE_PACKET_DROP_REASON_H_
+
+#include <cstdint>
+
+#include "absl/strings/string_view.h"
+
+namespace tunnelagent::dataplane {
+
+enum class DropReason : uint8_t {
+  kTruncated,            // shorter than its headers say
+  kBadOuterHeader,       // outer IPv4 header invalid (version, IHL, length, fragment)
+  kGreVersion,           // GRE version other than 0
+  kGreRouting,           // GRE routing bit set (RFC 1701 source routing, obsolete)
+  kGreChecksum,          // GRE checksum present and wrong
+  kUnsupportedProtocol,  // payload type the tunnel cannot carry (e.g. IPv6 into IPIP)
+  kBadInnerPacket,       // inner packet malformed or its version contradicts the header
+  kEcnError,             // outer CE over a not-ECT inner packet (RFC 6040: drop)
+  kNoTunnel,             // no tunnel matches outer source, destination and key
+  kTooBig,               // larger than the tunnel can carry (buffer or EMSGSIZE)
+  kSendError,            // the underlay socket refused the packet
+  kDeviceWriteError,     // the tunnel device refused the inner packet
+  kSocketError,          // an error reported on the underlay socket (e.g. ICMP unreachable)
+  kCount,
+};
+
+inline constexpr int kDropReasonCount = static_cast<int>(DropReason::kCount);
+
+// Metric label value: "truncated", "bad_outer_header", ...
+absl::string_view DropReasonName(DropReason reason);
+
+}  // namespace tunnelagent::dataplane
+
+#endif  // TUNNELAGENT_DATAPLANE_PACKET_DROP_REASON_H_
