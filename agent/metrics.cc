@@ -1,0 +1,154 @@
+#include "agent/metrics.h"
+
+#include <array>
+#include <map>
+#include <utility>
+
+#include "dataplane/packet/drop_reason.h"
+
+namespace tunnelagent::agent {
+namespace {
+
+using dataplane::DropReason;
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+// Drop reasons that can happen on each direction of a tunnel: these series exist from the
+// tunnel's creation (at 0), so rate() and alerts see them before the first drop.
+constexpr std::array kTxReasons = {DropReason::kUnsupportedProtocol, DropReason::kBadInnerPacket,
+                                   DropReason::kTooBig, DropReason::kSendError};
+constexpr std::array kRxReasons = {DropReason::kDeviceWriteError};
+
+const char* StateName(OperState state) {
+  switch (state) {
+    case OperState::kUp:
+      return "up";
+    case OperState::kDown:
+      return "down";
+    case OperState::kError:
+      return "error";
+  }
+  return "unknown";
+}
+
+MetricFamily Family(std::string name, std::string help, MetricType type) {
+  MetricFamily family;
+  family.name = std::move(name);
+  family.help = std::move(help);
+  family.type = type;
+  return family;
+}
+
+void AddSample(MetricFamily& family, std::vector<ClientMetric::Label> labels, double value) {
+  ClientMetric metric;
+  metric.label = std::move(labels);
+  if (family.type == MetricType::Counter) {
+    metric.counter.value = value;
+  } else {
+    metric.gauge.value = value;
+  }
+  family.metric.push_back(std::move(metric));
+}
+
+// Adds a series for every listed reason, and for any other reason that has counted.
+template <size_t N>
+void AddDrops(MetricFamily& family, const std::string& tunnel, const char* direction,
+              const dataplane::DropCounters& drops, const std::array<DropReason, N>& expected) {
+  for (int i = 0; i < dataplane::kDropReasonCount; ++i) {
+    auto reason = static_cast<DropReason>(i);
+    bool listed = false;
+    for (DropReason r : expected) listed |= r == reason;
+    uint64_t value = drops[i].Get();
+    if (!listed && value == 0) continue;
+    AddSample(family,
+              {{"direction", direction},
+               {"reason", std::string(dataplane::DropReasonName(reason))},
+               {"tunnel", tunnel}},
+              static_cast<double>(value));
+  }
+}
+
+}  // namespace
+
+AgentMetrics::AgentMetrics(const TunnelManager* manager, const dataplane::PacketEngine* engine,
+                           std::string version)
+    : manager_(manager), engine_(engine), version_(std::move(version)) {}
+
+std::vector<MetricFamily> AgentMetrics::Collect() const {
+  MetricFamily build = Family("tunnelagent_build_info",
+                              "Version and dataplane backend of the running agent (always 1).",
+                              MetricType::Gauge);
+  AddSample(build, {{"io_backend", engine_->backend_name()}, {"version", version_}}, 1);
+
+  MetricFamily tunnels = Family("tunnelagent_tunnels", "Tunnels by mode and operational state.",
+                                MetricType::Gauge);
+  MetricFamily up = Family("tunnelagent_tunnel_up",
+                           "1 when the tunnel's device is up and its packets are moved.",
+                           MetricType::Gauge);
+  MetricFamily tx_packets = Family("tunnelagent_tunnel_tx_packets_total",
+                                   "Packets read from the tunnel device and sent encapsulated.",
+                                   MetricType::Counter);
+  MetricFamily tx_bytes = Family("tunnelagent_tunnel_tx_bytes_total",
+                                 "Inner bytes of the packets counted in tx_packets.",
+                                 MetricType::Counter);
+  MetricFamily rx_packets = Family("tunnelagent_tunnel_rx_packets_total",
+                                   "Packets received for the tunnel and written to its device.",
+                                   MetricType::Counter);
+  MetricFamily rx_bytes = Family("tunnelagent_tunnel_rx_bytes_total",
+                                 "Inner bytes of the packets counted in rx_packets.",
+                                 MetricType::Counter);
+  MetricFamily drops = Family("tunnelagent_tunnel_drops_total",
+                              "Packets of the tunnel dropped, by direction and reason.",
+                              MetricType::Counter);
+
+  std::map<std::pair<std::string, std::string>, int> by_mode_state;
+  for (auto mode : {dataplane::TunnelMode::kGre, dataplane::TunnelMode::kGretap,
+                    dataplane::TunnelMode::kIpip, dataplane::TunnelMode::kSit,
+                    dataplane::TunnelMode::kIp6gre, dataplane::TunnelMode::kIp6gretap,
+                    dataplane::TunnelMode::kIp6tnl}) {
+    for (OperState state : {OperState::kUp, OperState::kDown, OperState::kError}) {
+      by_mode_state[{std::string(dataplane::TunnelModeName(mode)), StateName(state)}] = 0;
+    }
+  }
+
+  manager_->ForEachTunnel([&](const dataplane::TunnelSpec& spec, const TunnelStatus& status,
+                              const dataplane::TunnelCounters* counters) {
+    ++by_mode_state[{std::string(dataplane::TunnelModeName(spec.mode)), StateName(status.state)}];
+    const std::string& name = spec.name;
+    AddSample(up, {{"tunnel", name}}, status.state == OperState::kUp ? 1 : 0);
+    if (counters == nullptr) return;  // never brought up: no traffic to report
+    AddSample(tx_packets, {{"tunnel", name}}, static_cast<double>(counters->tx_packets.Get()));
+    AddSample(tx_bytes, {{"tunnel", name}}, static_cast<double>(counters->tx_bytes.Get()));
+    AddSample(rx_packets, {{"tunnel", name}}, static_cast<double>(counters->rx_packets.Get()));
+    AddSample(rx_bytes, {{"tunnel", name}}, static_cast<double>(counters->rx_bytes.Get()));
+    AddDrops(drops, name, "tx", counters->tx_drops, kTxReasons);
+    AddDrops(drops, name, "rx", counters->rx_drops, kRxReasons);
+  });
+  for (const auto& [mode_state, count] : by_mode_state) {
+    AddSample(tunnels, {{"mode", mode_state.first}, {"state", mode_state.second}}, count);
+  }
+
+  const dataplane::DataplaneCounters& dp = engine_->counters();
+  MetricFamily underlay_rx = Family("tunnelagent_dataplane_rx_packets_total",
+                                    "Packets received on the underlay GRE and IPIP sockets.",
+                                    MetricType::Counter);
+  AddSample(underlay_rx, {}, static_cast<double>(dp.rx_packets.Get()));
+  MetricFamily dp_drops = Family("tunnelagent_dataplane_drops_total",
+                                 "Underlay packets dropped before any tunnel matched, by reason.",
+                                 MetricType::Counter);
+  for (int i = 0; i < dataplane::kDropReasonCount; ++i) {
+    AddSample(dp_drops,
+              {{"reason", std::string(dataplane::DropReasonName(static_cast<DropReason>(i)))}},
+              static_cast<double>(dp.drops[i].Get()));
+  }
+
+  std::vector<MetricFamily> families;
+  for (MetricFamily* f : {&build, &tunnels, &up, &tx_packets, &tx_bytes, &rx_packets, &rx_bytes,
+                          &drops, &underlay_rx, &dp_drops}) {
+    families.push_back(std::move(*f));
+  }
+  return families;
+}
+
+}  // namespace tunnelagent::agent

@@ -1,0 +1,162 @@
+#include "agent/proto_convert.h"
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+
+namespace tunnelagent::agent {
+namespace {
+
+using dataplane::IpAddress;
+using dataplane::IpPrefix;
+using dataplane::TunnelMode;
+
+// The text is the caller's: escaped so that control bytes cannot garble logs or terminals.
+std::string Quote(absl::string_view text) { return absl::StrCat("\"", absl::CEscape(text), "\""); }
+
+absl::StatusOr<TunnelMode> ModeFromProto(int mode) {
+  // proto3 enums are open: a newer client can send a number this build has never heard of,
+  // and it arrives here intact rather than as UNSPECIFIED.
+  switch (mode) {
+    case v1::TUNNEL_MODE_UNSPECIFIED:
+      return absl::InvalidArgumentError("tunnel.mode: required");
+    case v1::TUNNEL_MODE_GRE:
+      return TunnelMode::kGre;
+    case v1::TUNNEL_MODE_GRETAP:
+      return TunnelMode::kGretap;
+    case v1::TUNNEL_MODE_IPIP:
+      return TunnelMode::kIpip;
+    case v1::TUNNEL_MODE_SIT:
+      return TunnelMode::kSit;
+    case v1::TUNNEL_MODE_IP6GRE:
+      return TunnelMode::kIp6gre;
+    case v1::TUNNEL_MODE_IP6GRETAP:
+      return TunnelMode::kIp6gretap;
+    case v1::TUNNEL_MODE_IP6TNL:
+      return TunnelMode::kIp6tnl;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("tunnel.mode: unknown value ", mode));
+}
+
+// Empty means unspecified; ValidateSpec decides whether that is allowed for the field.
+absl::StatusOr<IpAddress> AddressFromProto(absl::string_view field, const std::string& text) {
+  if (text.empty()) return IpAddress();
+  absl::StatusOr<IpAddress> address = IpAddress::Parse(text);
+  if (!address.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": ", Quote(text), " is not an IP address"));
+  }
+  return *address;
+}
+
+absl::Status PrefixesFromProto(absl::string_view field,
+                               const google::protobuf::RepeatedPtrField<std::string>& texts,
+                               std::vector<IpPrefix>* out) {
+  out->reserve(texts.size());
+  for (int i = 0; i < texts.size(); ++i) {
+    absl::StatusOr<IpPrefix> prefix = IpPrefix::Parse(texts[i]);
+    if (!prefix.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(field, "[", i, "]: ", Quote(texts[i]),
+                                                     " is not an IP prefix (address/length)"));
+    }
+    out->push_back(*prefix);
+  }
+  return absl::OkStatus();
+}
+
+v1::OperState StateToProto(OperState state) {
+  switch (state) {
+    case OperState::kUp:
+      return v1::OPER_STATE_UP;
+    case OperState::kDown:
+      return v1::OPER_STATE_DOWN;
+    case OperState::kError:
+      return v1::OPER_STATE_ERROR;
+  }
+  return v1::OPER_STATE_UNSPECIFIED;
+}
+
+}  // namespace
+
+absl::StatusOr<dataplane::TunnelSpec> SpecFromProto(const v1::Tunnel& tunnel) {
+  dataplane::TunnelSpec spec;
+  spec.name = tunnel.name();
+
+  absl::StatusOr<TunnelMode> mode = ModeFromProto(tunnel.mode());
+  if (!mode.ok()) return mode.status();
+  spec.mode = *mode;
+
+  absl::StatusOr<IpAddress> local = AddressFromProto("tunnel.local", tunnel.local());
+  if (!local.ok()) return local.status();
+  spec.local = *local;
+
+  absl::StatusOr<IpAddress> remote = AddressFromProto("tunnel.remote", tunnel.remote());
+  if (!remote.ok()) return remote.status();
+  spec.remote = *remote;
+
+  if (tunnel.has_key()) spec.key = tunnel.key();
+  spec.mtu = tunnel.mtu();
+
+  if (absl::Status s = PrefixesFromProto("tunnel.addresses", tunnel.addresses(), &spec.addresses);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = PrefixesFromProto("tunnel.routes", tunnel.routes(), &spec.routes); !s.ok()) {
+    return s;
+  }
+  return spec;
+}
+
+v1::Tunnel SpecToProto(const dataplane::TunnelSpec& spec) {
+  v1::Tunnel tunnel;
+  tunnel.set_name(spec.name);
+  tunnel.set_mode(ModeToProto(spec.mode));
+  tunnel.set_local(spec.local.ToString());
+  tunnel.set_remote(spec.remote.ToString());
+  if (spec.key.has_value()) tunnel.set_key(*spec.key);
+  tunnel.set_mtu(spec.mtu);
+  for (const IpPrefix& p : spec.addresses) tunnel.add_addresses(p.ToString());
+  for (const IpPrefix& p : spec.routes) tunnel.add_routes(p.ToString());
+  return tunnel;
+}
+
+v1::Tunnel TunnelToProto(const dataplane::TunnelSpec& spec, const TunnelStatus& status) {
+  v1::Tunnel tunnel = SpecToProto(spec);
+  v1::TunnelStatus* out = tunnel.mutable_status();
+  out->set_state(StateToProto(status.state));
+  out->set_reason(status.reason);
+  out->set_ifindex(status.ifindex);
+  out->set_mtu(status.mtu);
+  v1::TunnelCounters* counters = out->mutable_counters();
+  counters->set_tx_packets(status.counters.tx_packets);
+  counters->set_tx_bytes(status.counters.tx_bytes);
+  counters->set_rx_packets(status.counters.rx_packets);
+  counters->set_rx_bytes(status.counters.rx_bytes);
+  counters->set_tx_dropped(status.counters.tx_dropped);
+  counters->set_rx_dropped(status.counters.rx_dropped);
+  return tunnel;
+}
+
+v1::TunnelMode ModeToProto(dataplane::TunnelMode mode) {
+  switch (mode) {
+    case TunnelMode::kGre:
+      return v1::TUNNEL_MODE_GRE;
+    case TunnelMode::kGretap:
+      return v1::TUNNEL_MODE_GRETAP;
+    case TunnelMode::kIpip:
+      return v1::TUNNEL_MODE_IPIP;
+    case TunnelMode::kSit:
+      return v1::TUNNEL_MODE_SIT;
+    case TunnelMode::kIp6gre:
+      return v1::TUNNEL_MODE_IP6GRE;
+    case TunnelMode::kIp6gretap:
+      return v1::TUNNEL_MODE_IP6GRETAP;
+    case TunnelMode::kIp6tnl:
+      return v1::TUNNEL_MODE_IP6TNL;
+  }
+  return v1::TUNNEL_MODE_UNSPECIFIED;
+}
+
+}  // namespace tunnelagent::agent

@@ -1,0 +1,228 @@
+#include "agent/validation.h"
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace tunnelagent::agent {
+namespace {
+
+using dataplane::IpAddress;
+using dataplane::IpPrefix;
+using dataplane::TunnelMode;
+
+// IFNAMSIZ less the terminating NUL.
+constexpr size_t kMaxDeviceName = 15;
+// The kernel's IP_MAX_MTU, from which it subtracts the tunnel header for a tunnel's max_mtu.
+constexpr uint32_t kMaxMtu = 65535;
+// IPv4's minimum; the kernel refuses less on any IPv4 tunnel.
+constexpr uint32_t kMinMtu = 68;
+
+constexpr TunnelMode kAllModes[] = {TunnelMode::kGre,   TunnelMode::kGretap, TunnelMode::kIpip,
+                                    TunnelMode::kSit,   TunnelMode::kIp6gre, TunnelMode::kIp6gretap,
+                                    TunnelMode::kIp6tnl};
+
+std::string Quote(absl::string_view text) { return absl::StrCat("\"", absl::CEscape(text), "\""); }
+
+absl::Status Invalid(absl::string_view field, absl::string_view problem) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", problem));
+}
+
+std::string Indexed(absl::string_view field, size_t i) { return absl::StrCat(field, "[", i, "]"); }
+
+bool IsGreFamily(TunnelMode mode) {
+  return mode == TunnelMode::kGre || mode == TunnelMode::kGretap || mode == TunnelMode::kIp6gre ||
+         mode == TunnelMode::kIp6gretap;
+}
+
+IpAddress::Family UnderlayFamily(TunnelMode mode) {
+  switch (mode) {
+    case TunnelMode::kIp6gre:
+    case TunnelMode::kIp6gretap:
+    case TunnelMode::kIp6tnl:
+      return IpAddress::Family::kV6;
+    default:
+      return IpAddress::Family::kV4;
+  }
+}
+
+// Which inner packets the device carries, as the kernel's drivers accept them: ipip is IPv4
+// only, sit is there for IPv6, the Ethernet (tap) modes carry anything.
+bool CarriesFamily(TunnelMode mode, IpAddress::Family family) {
+  switch (mode) {
+    case TunnelMode::kIpip:
+      return family == IpAddress::Family::kV4;
+    case TunnelMode::kSit:
+      return family == IpAddress::Family::kV6;
+    default:
+      return family == IpAddress::Family::kV4 || family == IpAddress::Family::kV6;
+  }
+}
+
+absl::string_view FamilyName(IpAddress::Family family) {
+  switch (family) {
+    case IpAddress::Family::kV4:
+      return "IPv4";
+    case IpAddress::Family::kV6:
+      return "IPv6";
+    case IpAddress::Family::kNone:
+      break;
+  }
+  return "unspecified";
+}
+
+std::string ImplementedModes() {
+  std::vector<absl::string_view> names;
+  for (TunnelMode m : kAllModes) {
+    if (dataplane::IsModeImplemented(m)) names.push_back(dataplane::TunnelModeName(m));
+  }
+  if (names.size() == 1) return absl::StrCat(names[0], " is");
+  if (names.size() == 2) return absl::StrCat(names[0], " and ", names[1], " are");
+  return absl::StrCat(absl::StrJoin(names, ", "), " are");
+}
+
+bool IsLimitedBroadcast(const IpAddress& a) { return a.is_v4() && a.v4() == 0xFFFFFFFFu; }
+
+// An underlay endpoint: the address family the mode runs over, and a single host.
+absl::Status ValidateEndpoint(absl::string_view field, const IpAddress& address, TunnelMode mode) {
+  const IpAddress::Family want = UnderlayFamily(mode);
+  if (address.family() != want) {
+    return Invalid(field, absl::StrCat(address.ToString(), " is not an ", FamilyName(want),
+                                       " address (", dataplane::TunnelModeName(mode),
+                                       " tunnels run over ", FamilyName(want), ")"));
+  }
+  if (address.is_unspecified() || address.is_multicast() || IsLimitedBroadcast(address)) {
+    return Invalid(field, absl::StrCat(address.ToString(), " is not a unicast address"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidatePrefixShape(absl::string_view field, const IpPrefix& prefix, TunnelMode mode) {
+  const IpAddress& a = prefix.address();
+  if (a.family() == IpAddress::Family::kNone) return Invalid(field, "required");
+  if (!CarriesFamily(mode, a.family())) {
+    return Invalid(field,
+                   absl::StrCat(prefix.ToString(), " is ", FamilyName(a.family()), ", which ",
+                                dataplane::TunnelModeName(mode), " tunnels do not carry"));
+  }
+  // Only reachable by building a spec by hand; Parse never produces it.
+  if (prefix.length() < 0 || prefix.length() > a.bit_length()) {
+    return Invalid(field, absl::StrCat("prefix length ", prefix.length(), " is out of range 0..",
+                                       a.bit_length()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateAddresses(const dataplane::TunnelSpec& spec) {
+  for (size_t i = 0; i < spec.addresses.size(); ++i) {
+    const std::string field = Indexed("tunnel.addresses", i);
+    const IpPrefix& p = spec.addresses[i];
+    if (absl::Status s = ValidatePrefixShape(field, p, spec.mode); !s.ok()) return s;
+    if (p.address().is_unspecified()) {
+      return Invalid(field, absl::StrCat(p.ToString(), " is the unspecified address"));
+    }
+    if (p.address().is_multicast()) {
+      return Invalid(field, absl::StrCat(p.ToString(), " is a multicast address"));
+    }
+    // The address alone identifies an interface address to the kernel (for IPv6 always,
+    // for IPv4 the same address with another mask only confuses source selection), so
+    // "10.0.0.1/24" and "10.0.0.1/30" count as duplicates.
+    for (size_t j = 0; j < i; ++j) {
+      if (spec.addresses[j].address() == p.address()) {
+        return Invalid(field, absl::StrCat(p.address().ToString(), " duplicates ",
+                                           Indexed("tunnel.addresses", j)));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateRoutes(const dataplane::TunnelSpec& spec) {
+  for (size_t i = 0; i < spec.routes.size(); ++i) {
+    const std::string field = Indexed("tunnel.routes", i);
+    const IpPrefix& p = spec.routes[i];
+    if (absl::Status s = ValidatePrefixShape(field, p, spec.mode); !s.ok()) return s;
+    // The kernel refuses these with a bare EINVAL; say what would have been meant.
+    if (!p.is_network()) {
+      return Invalid(field, absl::StrCat(p.ToString(), " has host bits set (did you mean ",
+                                         p.Network().ToString(), "?)"));
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (spec.routes[j] == p) {
+        return Invalid(field,
+                       absl::StrCat(p.ToString(), " duplicates ", Indexed("tunnel.routes", j)));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateDeviceName(absl::string_view name, absl::string_view field) {
+  if (name.empty()) return Invalid(field, "required");
+  if (name.size() > kMaxDeviceName) {
+    return Invalid(field, absl::StrCat(Quote(name), " is longer than ", kMaxDeviceName, " bytes"));
+  }
+  if (name == "." || name == "..") {
+    return Invalid(field, absl::StrCat(Quote(name), " is not a valid device name"));
+  }
+  for (char c : name) {
+    // Printable ASCII without space: also keeps names safe in shells, sysfs paths and logs.
+    if (c <= ' ' || c > '~') {
+      return Invalid(
+          field, absl::StrCat(Quote(name), " may hold only printable ASCII without white space"));
+    }
+    if (c == '/' || c == ':') {
+      return Invalid(field,
+                     absl::StrCat(Quote(name), " must not contain '", std::string(1, c), "'"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSpec(const dataplane::TunnelSpec& spec) {
+  if (absl::Status s = ValidateDeviceName(spec.name); !s.ok()) return s;
+
+  // Before the other rules: they are written for the modes the dataplane carries, and a
+  // client asking for another mode needs to hear that first, not a complaint about a field.
+  if (!dataplane::IsModeImplemented(spec.mode)) {
+    return absl::UnimplementedError(
+        absl::StrCat("tunnel.mode: ", dataplane::TunnelModeName(spec.mode),
+                     " is not implemented yet (", ImplementedModes(), ")"));
+  }
+
+  if (spec.local.family() != IpAddress::Family::kNone &&
+      !(spec.local.is_unspecified() && spec.local.family() == UnderlayFamily(spec.mode))) {
+    if (absl::Status s = ValidateEndpoint("tunnel.local", spec.local, spec.mode); !s.ok()) {
+      return s;
+    }
+  }
+
+  if (spec.remote.family() == IpAddress::Family::kNone) return Invalid("tunnel.remote", "required");
+  if (absl::Status s = ValidateEndpoint("tunnel.remote", spec.remote, spec.mode); !s.ok()) {
+    return s;
+  }
+
+  if (spec.key.has_value() && !IsGreFamily(spec.mode)) {
+    return Invalid("tunnel.key", absl::StrCat(dataplane::TunnelModeName(spec.mode),
+                                              " tunnels have no key (GRE modes only)"));
+  }
+
+  if (spec.mtu != 0) {
+    const uint32_t max = kMaxMtu - dataplane::EncapOverhead(spec.mode, spec.key.has_value());
+    if (spec.mtu < kMinMtu || spec.mtu > max) {
+      return Invalid("tunnel.mtu", absl::StrCat(spec.mtu, " is out of range ", kMinMtu, "..", max,
+                                                " (0 = automatic)"));
+    }
+  }
+
+  if (absl::Status s = ValidateAddresses(spec); !s.ok()) return s;
+  return ValidateRoutes(spec);
+}
+
+}  // namespace tunnelagent::agent

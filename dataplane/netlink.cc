@@ -1,0 +1,589 @@
+#include "dataplane/netlink.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <libmnl/libmnl.h>
+#include <linux/if.h>
+#include <linux/if_addr.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace tunnelagent::dataplane {
+namespace {
+
+// Requests are a header, a fixed struct and a few small attributes.
+constexpr size_t kRequestBufferSize = 1024;
+// Link replies carry many attributes and dumps batch several messages per datagram; a short
+// buffer would truncate them (the kernel recommends at least 32 KiB, or 8 KiB pages).
+constexpr size_t kReceiveBufferSize = 32 * 1024;
+// IFNAMSIZ includes the terminating NUL.
+constexpr size_t kMaxLinkNameLength = IFNAMSIZ - 1;
+
+std::string ErrnoText(int err) {
+  char buf[128];
+  // GNU strerror_r: returns a pointer that may or may not be `buf`.
+  return strerror_r(err, buf, sizeof(buf));
+}
+
+absl::Status StatusFromErrno(int err, const std::string& what, const std::string& detail) {
+  std::string message = absl::StrCat(what, ": ", ErrnoText(err));
+  if (!detail.empty()) absl::StrAppend(&message, " (", detail, ")");
+  switch (err) {
+    case ENODEV:
+    case ENOENT:
+    case ESRCH:
+    // Deleting an address that is not configured.
+    case EADDRNOTAVAIL:
+      return absl::NotFoundError(message);
+    case EEXIST:
+      return absl::AlreadyExistsError(message);
+    case EPERM:
+    case EACCES:
+      return absl::PermissionDeniedError(message);
+    case EINVAL:
+    case ERANGE:
+      return absl::InvalidArgumentError(message);
+    // A route through a link that is down: the link has to come up first.
+    case ENETDOWN:
+      return absl::FailedPreconditionError(message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+uint8_t AddressFamily(const IpAddress& address) { return address.is_v4() ? AF_INET : AF_INET6; }
+
+size_t AddressLength(const IpAddress& address) { return address.is_v4() ? 4 : 16; }
+
+absl::Status CheckIfindex(int ifindex, const std::string& what) {
+  if (ifindex <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": invalid ifindex ", ifindex));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPrefix(const IpPrefix& prefix, const std::string& what) {
+  const IpAddress& address = prefix.address();
+  if (!address.is_v4() && !address.is_v6()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": no address given"));
+  }
+  if (prefix.length() < 0 || prefix.length() > address.bit_length()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": invalid prefix length ", prefix.length()));
+  }
+  return absl::OkStatus();
+}
+
+std::string LinkName(int ifindex) { return absl::StrCat("link ", ifindex); }
+
+// What Transact's callbacks share: the caller's handler and the kernel's verdict.
+struct TransactContext {
+  int (*on_message)(const void* nlh, void* arg) = nullptr;
+  void* arg = nullptr;
+  int error = 0;              // positive errno from an NLMSG_ERROR or NLMSG_DONE
+  std::string kernel_detail;  // the extended ACK's message, when the kernel gave one
+};
+
+int ExtAckAttribute(const nlattr* attr, void* data) {
+  auto* ctx = static_cast<TransactContext*>(data);
+  if (mnl_attr_get_type(attr) == NLMSGERR_ATTR_MSG &&
+      mnl_attr_validate(attr, MNL_TYPE_NUL_STRING) >= 0) {
+    ctx->kernel_detail = mnl_attr_get_str(attr);
+  }
+  return MNL_CB_OK;
+}
+
+int OnData(const nlmsghdr* nlh, void* data) {
+  auto* ctx = static_cast<TransactContext*>(data);
+  if (ctx->on_message == nullptr) return MNL_CB_OK;
+  return ctx->on_message(nlh, ctx->arg);
+}
+
+// Replaces libmnl's default so the errno and the extended ACK message are kept, and so the
+// kernel's errno is told apart from libmnl's own (EPROTO, ESRCH on a port mismatch).
+int OnError(const nlmsghdr* nlh, void* data) {
+  auto* ctx = static_cast<TransactContext*>(data);
+  if (nlh->nlmsg_len < mnl_nlmsg_size(sizeof(nlmsgerr))) {
+    ctx->error = EBADMSG;
+    return MNL_CB_ERROR;
+  }
+  const auto* err = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(nlh));
+  if (err->error == 0) return MNL_CB_STOP;  // the ACK
+  ctx->error = err->error < 0 ? -err->error : err->error;
+  if (nlh->nlmsg_flags & NLM_F_ACK_TLVS) {
+    // The TLVs follow the echoed request, which is only the header when capped.
+    size_t offset = sizeof(nlmsgerr);
+    if (!(nlh->nlmsg_flags & NLM_F_CAPPED)) offset += err->msg.nlmsg_len - sizeof(nlmsghdr);
+    const size_t payload_len = mnl_nlmsg_get_payload_len(nlh);
+    if (offset < payload_len) {
+      mnl_attr_parse_payload(static_cast<const char*>(mnl_nlmsg_get_payload(nlh)) + offset,
+                             payload_len - offset, ExtAckAttribute, ctx);
+    }
+  }
+  return MNL_CB_ERROR;
+}
+
+// A dump ends with NLMSG_DONE, which carries an errno when the dump failed part way.
+int OnDone(const nlmsghdr* nlh, void* data) {
+  auto* ctx = static_cast<TransactContext*>(data);
+  if (mnl_nlmsg_get_payload_len(nlh) >= sizeof(int)) {
+    int error;
+    memcpy(&error, mnl_nlmsg_get_payload(nlh), sizeof(error));
+    if (error < 0) {
+      ctx->error = -error;
+      return MNL_CB_ERROR;
+    }
+  }
+  return MNL_CB_STOP;
+}
+
+nlmsghdr* PutHeader(char* buf, uint16_t type, uint16_t flags) {
+  nlmsghdr* nlh = mnl_nlmsg_put_header(buf);
+  nlh->nlmsg_type = type;
+  nlh->nlmsg_flags = flags;
+  return nlh;
+}
+
+// --- reply parsers ------------------------------------------------------------------------
+
+struct LinkReply {
+  bool seen = false;
+  LinkInfo info;
+};
+
+int LinkAttribute(const nlattr* attr, void* data) {
+  auto* info = static_cast<LinkInfo*>(data);
+  switch (mnl_attr_get_type(attr)) {
+    case IFLA_IFNAME:
+      if (mnl_attr_validate(attr, MNL_TYPE_NUL_STRING) >= 0) info->name = mnl_attr_get_str(attr);
+      break;
+    case IFLA_MTU:
+      if (mnl_attr_validate(attr, MNL_TYPE_U32) >= 0) info->mtu = mnl_attr_get_u32(attr);
+      break;
+    default:
+      break;
+  }
+  return MNL_CB_OK;
+}
+
+int OnLink(const void* msg, void* arg) {
+  const auto* nlh = static_cast<const nlmsghdr*>(msg);
+  auto* reply = static_cast<LinkReply*>(arg);
+  if (nlh->nlmsg_type != RTM_NEWLINK || reply->seen ||
+      mnl_nlmsg_get_payload_len(nlh) < sizeof(ifinfomsg)) {
+    return MNL_CB_OK;
+  }
+  const auto* ifi = static_cast<const ifinfomsg*>(mnl_nlmsg_get_payload(nlh));
+  reply->seen = true;
+  reply->info.ifindex = ifi->ifi_index;
+  reply->info.up = (ifi->ifi_flags & IFF_UP) != 0;
+  mnl_attr_parse(nlh, sizeof(ifinfomsg), LinkAttribute, &reply->info);
+  return MNL_CB_OK;
+}
+
+struct RouteReply {
+  bool seen = false;
+  int oif = 0;
+  uint32_t mtu_metric = 0;
+};
+
+int MetricAttribute(const nlattr* attr, void* data) {
+  auto* reply = static_cast<RouteReply*>(data);
+  if (mnl_attr_get_type(attr) == RTAX_MTU && mnl_attr_validate(attr, MNL_TYPE_U32) >= 0) {
+    reply->mtu_metric = mnl_attr_get_u32(attr);
+  }
+  return MNL_CB_OK;
+}
+
+int RouteAttribute(const nlattr* attr, void* data) {
+  auto* reply = static_cast<RouteReply*>(data);
+  switch (mnl_attr_get_type(attr)) {
+    case RTA_OIF:
+      if (mnl_attr_validate(attr, MNL_TYPE_U32) >= 0) reply->oif = mnl_attr_get_u32(attr);
+      break;
+    case RTA_METRICS:
+      if (mnl_attr_validate(attr, MNL_TYPE_NESTED) >= 0) {
+        mnl_attr_parse_nested(attr, MetricAttribute, reply);
+      }
+      break;
+    default:
+      break;
+  }
+  return MNL_CB_OK;
+}
+
+int OnRoute(const void* msg, void* arg) {
+  const auto* nlh = static_cast<const nlmsghdr*>(msg);
+  auto* reply = static_cast<RouteReply*>(arg);
+  if (nlh->nlmsg_type != RTM_NEWROUTE || reply->seen ||
+      mnl_nlmsg_get_payload_len(nlh) < sizeof(rtmsg)) {
+    return MNL_CB_OK;
+  }
+  reply->seen = true;
+  mnl_attr_parse(nlh, sizeof(rtmsg), RouteAttribute, reply);
+  return MNL_CB_OK;
+}
+
+struct AddressDump {
+  int ifindex = 0;
+  bool interrupted = false;
+  std::vector<IpPrefix> addresses;
+};
+
+struct AddressAttributes {
+  const nlattr* local = nullptr;
+  const nlattr* address = nullptr;
+};
+
+int AddressAttribute(const nlattr* attr, void* data) {
+  auto* attrs = static_cast<AddressAttributes*>(data);
+  switch (mnl_attr_get_type(attr)) {
+    case IFA_LOCAL:
+      attrs->local = attr;
+      break;
+    case IFA_ADDRESS:
+      attrs->address = attr;
+      break;
+    default:
+      break;
+  }
+  return MNL_CB_OK;
+}
+
+int OnAddress(const void* msg, void* arg) {
+  const auto* nlh = static_cast<const nlmsghdr*>(msg);
+  auto* dump = static_cast<AddressDump*>(arg);
+  if (nlh->nlmsg_flags & NLM_F_DUMP_INTR) dump->interrupted = true;
+  if (nlh->nlmsg_type != RTM_NEWADDR || mnl_nlmsg_get_payload_len(nlh) < sizeof(ifaddrmsg)) {
+    return MNL_CB_OK;
+  }
+  const auto* ifa = static_cast<const ifaddrmsg*>(mnl_nlmsg_get_payload(nlh));
+  // Without strict checking the kernel dumps every link's addresses.
+  if (static_cast<int>(ifa->ifa_index) != dump->ifindex) return MNL_CB_OK;
+  AddressAttributes attrs;
+  mnl_attr_parse(nlh, sizeof(ifaddrmsg), AddressAttribute, &attrs);
+  // IFA_ADDRESS is the peer on a point-to-point address; IFA_LOCAL, when present, is ours.
+  const nlattr* attr = attrs.local != nullptr ? attrs.local : attrs.address;
+  if (attr == nullptr) return MNL_CB_OK;
+  IpAddress address;
+  if (ifa->ifa_family == AF_INET && mnl_attr_get_payload_len(attr) == 4) {
+    uint32_t network_order;
+    memcpy(&network_order, mnl_attr_get_payload(attr), 4);
+    address = IpAddress::V4(ntohl(network_order));
+  } else if (ifa->ifa_family == AF_INET6 && mnl_attr_get_payload_len(attr) == 16) {
+    std::array<uint8_t, 16> bytes;
+    memcpy(bytes.data(), mnl_attr_get_payload(attr), 16);
+    address = IpAddress::V6(bytes);
+  } else {
+    return MNL_CB_OK;
+  }
+  dump->addresses.emplace_back(address, ifa->ifa_prefixlen);
+  return MNL_CB_OK;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Netlink>> Netlink::Open() {
+  mnl_socket* socket = mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC);
+  if (socket == nullptr) {
+    const int err = errno;
+    return StatusFromErrno(err, "opening a NETLINK_ROUTE socket", "");
+  }
+  if (mnl_socket_bind(socket, 0, MNL_SOCKET_AUTOPID) < 0) {
+    const int err = errno;
+    mnl_socket_close(socket);
+    return StatusFromErrno(err, "binding the NETLINK_ROUTE socket", "");
+  }
+  // Best effort: the kernel's own explanation of a rejection (extended ACK) makes errors far
+  // clearer than errno alone, and capping ACKs stops each error echoing the whole request.
+  int one = 1;
+  mnl_socket_setsockopt(socket, NETLINK_EXT_ACK, &one, sizeof(one));
+  mnl_socket_setsockopt(socket, NETLINK_CAP_ACK, &one, sizeof(one));
+  return std::unique_ptr<Netlink>(new Netlink(socket));
+}
+
+Netlink::Netlink(mnl_socket* socket) : socket_(socket), port_id_(mnl_socket_get_portid(socket)) {}
+
+Netlink::~Netlink() { mnl_socket_close(socket_); }
+
+absl::Status Netlink::Transact(void* request, const std::string& what,
+                               int (*on_message)(const void* nlh, void* arg), void* arg) {
+  auto* nlh = static_cast<nlmsghdr*>(request);
+  const uint32_t seq = ++seq_;
+  last_errno_ = 0;
+  nlh->nlmsg_seq = seq;
+  nlh->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+  if (mnl_socket_sendto(socket_, nlh, nlh->nlmsg_len) < 0) {
+    const int err = errno;
+    return StatusFromErrno(err, what, "sending the request");
+  }
+
+  TransactContext ctx;
+  ctx.on_message = on_message;
+  ctx.arg = arg;
+  mnl_cb_t control[NLMSG_MIN_TYPE] = {};
+  control[NLMSG_ERROR] = OnError;
+  control[NLMSG_DONE] = OnDone;
+  std::vector<char> buf(kReceiveBufferSize);
+  while (true) {
+    const ssize_t n = mnl_socket_recvfrom(socket_, buf.data(), buf.size());
+    if (n < 0) {
+      const int err = errno;
+      if (err == EINTR) continue;
+      // ENOSPC here means a reply was truncated; never a property of the request.
+      return absl::InternalError(absl::StrCat(what, ": receiving the reply: ", ErrnoText(err)));
+    }
+    // Replies to an earlier request whose reader gave up (a failed receive) may still be
+    // queued; every datagram answers a single request, so drop those whole.
+    const auto* first = reinterpret_cast<const nlmsghdr*>(buf.data());
+    if (mnl_nlmsg_ok(first, static_cast<int>(n)) && first->nlmsg_seq != seq) continue;
+
+    ctx.error = 0;
+    const int ret =
+        mnl_cb_run2(buf.data(), n, seq, port_id_, OnData, &ctx, control, NLMSG_MIN_TYPE);
+    if (ret == MNL_CB_OK) continue;
+    if (ret == MNL_CB_STOP) return absl::OkStatus();
+    if (ctx.error != 0) {
+      last_errno_ = ctx.error;
+      return StatusFromErrno(ctx.error, what, ctx.kernel_detail);
+    }
+    // libmnl's own checks (sequence or port mismatch, malformed message) or a parser failure.
+    return absl::InternalError(absl::StrCat(what, ": bad netlink reply: ", ErrnoText(errno)));
+  }
+}
+
+absl::Status Netlink::SetLinkUp(int ifindex, bool up) {
+  const std::string what = absl::StrCat("setting ", LinkName(ifindex), up ? " up" : " down");
+  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
+  alignas(nlmsghdr) char buf[kRequestBufferSize];
+  nlmsghdr* nlh = PutHeader(buf, RTM_NEWLINK, 0);
+  auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = ifindex;
+  ifi->ifi_flags = up ? IFF_UP : 0;
+  ifi->ifi_change = IFF_UP;
+  absl::MutexLock lock(&mu_);
+  return Transact(nlh, what, nullptr, nullptr);
+}
+
+absl::Status Netlink::SetLinkMtu(int ifindex, uint32_t mtu) {
+  const std::string what = absl::StrCat("setting the MTU of ", LinkName(ifindex), " to ", mtu);
+  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
+  alignas(nlmsghdr) char buf[kRequestBufferSize];
+  nlmsghdr* nlh = PutHeader(buf, RTM_NEWLINK, 0);
+  auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = ifindex;
+  mnl_attr_put_u32(nlh, IFLA_MTU, mtu);
+  absl::MutexLock lock(&mu_);
+  return Transact(nlh, what, nullptr, nullptr);
+}
+
+absl::Status Netlink::DeleteLink(int ifindex) {
+  const std::string what = absl::StrCat("deleting ", LinkName(ifindex));
+  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
+  alignas(nlmsghdr) char buf[kRequestBufferSize];
+  nlmsghdr* nlh = PutHeader(buf, RTM_DELLINK, 0);
+  auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = ifindex;
+  absl::MutexLock lock(&mu_);
+  return Transact(nlh, what, nullptr, nullptr);
+}
+
+absl::StatusOr<LinkInfo> Netlink::GetLink(int ifindex) {
+  const std::string what = absl::StrCat("looking up ", LinkName(ifindex));
+  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
+  alignas(nlmsghdr) char buf[kRequestBufferSize];
+  nlmsghdr* nlh = PutHeader(buf, RTM_GETLINK, 0);
+  auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = ifindex;
+  // Statistics are most of a link reply and unused here.
+  mnl_attr_put_u32(nlh, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+  LinkReply reply;
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = Transact(nlh, what, OnLink, &reply); !s.ok()) return s;
+  if (!reply.seen) return absl::InternalError(absl::StrCat(what, ": no link in the reply"));
+  return reply.info;
+}
+
+absl::StatusOr<LinkInfo> Netlink::GetLinkByName(const std::string& name) {
+  const std::string what = absl::StrCat("looking up link \"", name, "\"");
+  if (name.empty() || name.size() > kMaxLinkNameLength || name.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": a link name has 1 to ", kMaxLinkNameLength, " characters"));
+  }
+  alignas(nlmsghdr) char buf[kRequestBufferSize];
+  nlmsghdr* nlh = PutHeader(buf, RTM_GETLINK, 0);
+  auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifi->ifi_family = AF_UNSPEC;
+  mnl_attr_put_strz(nlh, IFLA_IFNAME, name.c_str());
+  mnl_attr_put_u32(nlh, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+  LinkReply reply;
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = Transact(nlh, what, OnLink, &reply); !s.ok()) return s;
+  if (!reply.seen) return absl::InternalError(absl::StrCat(what, ": no link in the reply"));
+  return reply.info;
+}
+
+namespace {
+
+// RTM_NEWADDR / RTM_DELADDR share their layout.
+nlmsghdr* PutAddressRequest(char* buf, uint16_t type, uint16_t flags, int ifindex,
+                            const IpPrefix& prefix) {
+  const IpAddress& address = prefix.address();
+  nlmsghdr* nlh = PutHeader(buf, type, flags);
+  auto* ifa = static_cast<ifaddrmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifaddrmsg)));
+  ifa->ifa_family = AddressFamily(address);
+  ifa->ifa_prefixlen = static_cast<uint8_t>(prefix.length());
+  ifa->ifa_scope = RT_SCOPE_UNIVERSE;
+  ifa->ifa_index = ifindex;
+  if (address.is_v4()) {
+    // IFA_ADDRESS alone would make it a point-to-point peer; both equal means a plain address.
+    mnl_attr_put(nlh, IFA_LOCAL, 4, address.bytes().data());
+    mnl_attr_put(nlh, IFA_ADDRESS, 4, address.bytes().data());
+  } else {
+    mnl_attr_put(nlh, IFA_ADDRESS, 16, address.bytes().data());
+    // Without this the address stays tentative (unbindable) for a second or more of DAD,
+    // pointless on a tunnel whose far end cannot hold the same address.
+    ifa->ifa_flags = IFA_F_NODAD;
+    mnl_attr_put_u32(nlh, IFA_FLAGS, IFA_F_NODAD);
+  }
+  return nlh;
+}
+
+// RTM_NEWROUTE / RTM_DELROUTE share their layout.
+nlmsghdr* PutRouteRequest(char* buf, uint16_t type, uint16_t flags, uint8_t scope, int ifindex,
+                          const IpPrefix& destination) {
+  const IpAddress& address = destination.address();
+  nlmsghdr* nlh = PutHeader(buf, type, flags);
+  auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
+  rtm->rtm_family = AddressFamily(address);
+  rtm->rtm_dst_len = static_cast<uint8_t>(destination.length());
+  rtm->rtm_table = RT_TABLE_MAIN;
+  rtm->rtm_protocol = kRouteProtocolTunnelAgent;
+  rtm->rtm_scope = scope;
+  rtm->rtm_type = RTN_UNICAST;
+  mnl_attr_put(nlh, RTA_DST, AddressLength(address), address.bytes().data());
+  mnl_attr_put_u32(nlh, RTA_OIF, ifindex);
+  return nlh;
+}
+
+}  // namespace
+
+absl::Status Netlink::AddAddress(int ifindex, const IpPrefix& address) {
+  const std::string what =
+      absl::StrCat("adding address ", address.ToString(), " to ", LinkName(ifindex));
+  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
+  if (absl::Status s = CheckPrefix(address, what); !s.ok()) return s;
+  alignas(nlmsghdr) char buf[kRequestBufferSize];
+  nlmsghdr* nlh = PutAddressRequest(buf, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, ifindex, address);
+  absl::MutexLock lock(&mu_);
+  return Transact(nlh, what, nullptr, nullptr);
+}
+
+absl::Status Netlink::DeleteAddress(int ifindex, const IpPrefix& address) {
+  const std::string what =
+      absl::StrCat("deleting address ", address.ToString(), " from ", LinkName(ifindex));
+  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
+  if (absl::Status s = CheckPrefix(address, what); !s.ok()) return s;
+  alignas(nlmsghdr) char buf[kRequestBufferSize];
+  nlmsghdr* nlh = PutAddressRequest(buf, RTM_DELADDR, 0, ifindex, address);
+  absl::MutexLock lock(&mu_);
+  return Transact(nlh, what, nullptr, nullptr);
+}
+
+absl::StatusOr<std::vector<IpPrefix>> Netlink::ListAddresses(int ifindex) {
+  const std::string what = absl::StrCat("listing the addresses of ", LinkName(ifindex));
+  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
+  // A dump that raced with a change is flagged inconsistent; a retry normally gets a clean one.
+  constexpr int kAttempts = 3;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    alignas(nlmsghdr) char buf[kRequestBufferSize];
+    nlmsghdr* nlh = PutHeader(buf, RTM_GETADDR, NLM_F_DUMP);
+    auto* ifa = static_cast<ifaddrmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifaddrmsg)));
+    ifa->ifa_family = AF_UNSPEC;
+    ifa->ifa_index = ifindex;
+    AddressDump dump;
+    dump.ifindex = ifindex;
+    {
+      absl::MutexLock lock(&mu_);
+      if (absl::Status s = Transact(nlh, what, OnAddress, &dump); !s.ok()) return s;
+    }
+    if (!dump.interrupted) return std::move(dump.addresses);
+  }
+  return absl::UnavailableError(absl::StrCat(what, ": the dump kept being interrupted"));
+}
+
+absl::Status Netlink::AddRoute(int ifindex, const IpPrefix& destination) {
+  const std::string what =
+      absl::StrCat("adding route ", destination.ToString(), " via ", LinkName(ifindex));
+  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
+  if (absl::Status s = CheckPrefix(destination, what); !s.ok()) return s;
+  if (!destination.is_network()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": host bits are set"));
+  }
+  alignas(nlmsghdr) char buf[kRequestBufferSize];
+  nlmsghdr* nlh = PutRouteRequest(buf, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, RT_SCOPE_LINK,
+                                  ifindex, destination);
+  absl::MutexLock lock(&mu_);
+  return Transact(nlh, what, nullptr, nullptr);
+}
+
+absl::Status Netlink::DeleteRoute(int ifindex, const IpPrefix& destination) {
+  const std::string what =
+      absl::StrCat("deleting route ", destination.ToString(), " via ", LinkName(ifindex));
+  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
+  if (absl::Status s = CheckPrefix(destination, what); !s.ok()) return s;
+  alignas(nlmsghdr) char buf[kRequestBufferSize];
+  // Scope "nowhere" matches any scope on delete; the protocol limits it to the agent's routes.
+  nlmsghdr* nlh = PutRouteRequest(buf, RTM_DELROUTE, 0, RT_SCOPE_NOWHERE, ifindex, destination);
+  absl::MutexLock lock(&mu_);
+  return Transact(nlh, what, nullptr, nullptr);
+}
+
+absl::StatusOr<uint32_t> Netlink::PathMtu(const IpAddress& destination) {
+  const std::string what = absl::StrCat("finding the path MTU to ", destination.ToString());
+  if (!destination.is_v4() && !destination.is_v6()) {
+    return absl::InvalidArgumentError("finding the path MTU: no destination given");
+  }
+  alignas(nlmsghdr) char buf[kRequestBufferSize];
+  nlmsghdr* nlh = PutHeader(buf, RTM_GETROUTE, 0);
+  auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
+  rtm->rtm_family = AddressFamily(destination);
+  rtm->rtm_dst_len = static_cast<uint8_t>(destination.bit_length());
+  mnl_attr_put(nlh, RTA_DST, AddressLength(destination), destination.bytes().data());
+  RouteReply reply;
+  {
+    absl::MutexLock lock(&mu_);
+    absl::Status s = Transact(nlh, what, OnRoute, &reply);
+    if (!s.ok()) {
+      // Unreachable, or a route of type unreachable/prohibit: neither the caller's arguments
+      // nor its permissions are at fault, the routing table has to change.
+      if (last_errno_ == ENETUNREACH || last_errno_ == EHOSTUNREACH || last_errno_ == EACCES) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("no route to ", destination.ToString(), ": ", ErrnoText(last_errno_)));
+      }
+      return s;
+    }
+  }
+  if (!reply.seen) return absl::InternalError(absl::StrCat(what, ": no route in the reply"));
+  if (reply.mtu_metric != 0) return reply.mtu_metric;
+  if (reply.oif <= 0) {
+    return absl::InternalError(absl::StrCat(what, ": the route has no output device"));
+  }
+  // Looked up outside the lock above, which is not reentrant.
+  absl::StatusOr<LinkInfo> link = GetLink(reply.oif);
+  if (!link.ok()) return link.status();
+  return link->mtu;
+}
+
+}  // namespace tunnelagent::dataplane

@@ -49,6 +49,9 @@ class Netlink {
   // connected route the kernel adds for it.
   absl::Status AddAddress(int ifindex, const IpPrefix& address);
   absl::Status DeleteAddress(int ifindex, const IpPrefix& address);
+  // The addresses configured on the link, IPv4 and IPv6 (link-local ones included), as the
+  // kernel reports them: for reconciling and for checking what AddAddress did.
+  absl::StatusOr<std::vector<IpPrefix>> ListAddresses(int ifindex);
   // Unicast route in the main table to `destination` (host bits must be zero) out of
   // the link, scope link, protocol kRouteProtocolTunnelAgent. ALREADY_EXISTS if present.
   absl::Status AddRoute(int ifindex, const IpPrefix& destination);
@@ -71,6 +74,8 @@ class Netlink {
   mnl_socket* socket_ ABSL_GUARDED_BY(mu_);
   uint32_t port_id_ = 0;
   uint32_t seq_ ABSL_GUARDED_BY(mu_) = 0;
+  // The errno of the kernel's negative ACK to the last Transact, 0 when there was none.
+  int last_errno_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace tunnelagent::dataplane

@@ -23,11 +23,11 @@ struct EncapParams {
   uint32_t local = 0;  // host order; 0 lets the kernel fill in the source (raw(7))
   uint32_t remote = 0;
   bool has_key = false;
-  uint32_t key = 0;          // output key
-  bool checksum = false;     // GRE C bit
-  bool sequence = false;     // GRE S bit; the caller passes the number to Encapsulate
-  uint8_t ttl = 64;          // 0 = inherit the inner packet's TTL / hop limit
-  bool dont_fragment = true; // pmtudisc: DF on every outer packet, as the kernel's default
+  uint32_t key = 0;           // output key
+  bool checksum = false;      // GRE C bit
+  bool sequence = false;      // GRE S bit; the caller passes the number to Encapsulate
+  uint8_t ttl = 64;           // 0 = inherit the inner packet's TTL / hop limit
+  bool dont_fragment = true;  // pmtudisc: DF on every outer packet, as the kernel's default
 };
 
 // Outer header bytes for these parameters (20 + GRE header, or 20 for IPIP).

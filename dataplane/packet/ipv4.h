@@ -18,6 +18,7 @@ inline constexpr uint8_t kIpProtoGre = 47;
 // ECN field values (RFC 3168), the low two bits of TOS / traffic class.
 inline constexpr uint8_t kEcnMask = 0x03;
 inline constexpr uint8_t kEcnNotEct = 0x00;
+inline constexpr uint8_t kEcnEct1 = 0x01;
 inline constexpr uint8_t kEcnEct0 = 0x02;
 inline constexpr uint8_t kEcnCe = 0x03;
 

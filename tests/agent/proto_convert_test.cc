@@ -1,0 +1,263 @@
+#include "agent/proto_convert.h"
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/text_format.h"
+#include "google/protobuf/util/message_differencer.h"
+#include "gtest/gtest.h"
+
+namespace tunnelagent::agent {
+namespace {
+
+using dataplane::IpAddress;
+using dataplane::IpPrefix;
+using dataplane::TunnelMode;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+template <typename Message = v1::Tunnel>
+Message TextProto(const std::string& text) {
+  Message t;
+  EXPECT_TRUE(google::protobuf::TextFormat::ParseFromString(text, &t)) << text;
+  return t;
+}
+
+void ExpectProtoEq(const v1::Tunnel& want, const v1::Tunnel& got) {
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(want, got))
+      << "want:\n"
+      << want.DebugString() << "got:\n"
+      << got.DebugString();
+}
+
+IpPrefix P(const std::string& text) { return *IpPrefix::Parse(text); }
+IpAddress A(const std::string& text) { return *IpAddress::Parse(text); }
+
+constexpr char kFull[] = R"pb(
+  name: "gre1"
+  mode: TUNNEL_MODE_GRE
+  local: "198.51.100.1"
+  remote: "203.0.113.7"
+  key: 42
+  mtu: 1400
+  addresses: "10.0.0.1/30"
+  addresses: "fd00::1/64"
+  routes: "10.2.0.0/16"
+  routes: "fd01::/48"
+)pb";
+
+TEST(SpecFromProtoTest, AllFields) {
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(kFull));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->name, "gre1");
+  EXPECT_EQ(spec->mode, TunnelMode::kGre);
+  EXPECT_EQ(spec->local, A("198.51.100.1"));
+  EXPECT_EQ(spec->remote, A("203.0.113.7"));
+  EXPECT_EQ(spec->key, 42u);
+  EXPECT_EQ(spec->mtu, 1400u);
+  EXPECT_THAT(spec->addresses, ::testing::ElementsAre(P("10.0.0.1/30"), P("fd00::1/64")));
+  EXPECT_THAT(spec->routes, ::testing::ElementsAre(P("10.2.0.0/16"), P("fd01::/48")));
+}
+
+TEST(SpecFromProtoTest, RoundTripsThroughSpecToProto) {
+  const v1::Tunnel in = TextProto(kFull);
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(in);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ExpectProtoEq(in, SpecToProto(*spec));
+}
+
+TEST(SpecFromProtoTest, MinimalFieldsLeaveDefaults) {
+  absl::StatusOr<dataplane::TunnelSpec> spec =
+      SpecFromProto(TextProto(R"pb(name: "t" mode: TUNNEL_MODE_IPIP)pb"));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->local.family(), IpAddress::Family::kNone);
+  // An empty remote is left for ValidateSpec to report as required.
+  EXPECT_EQ(spec->remote.family(), IpAddress::Family::kNone);
+  EXPECT_FALSE(spec->key.has_value());
+  EXPECT_EQ(spec->mtu, 0u);
+  EXPECT_TRUE(spec->addresses.empty());
+  EXPECT_TRUE(spec->routes.empty());
+}
+
+TEST(SpecFromProtoTest, KeyZeroIsPresent) {
+  absl::StatusOr<dataplane::TunnelSpec> spec =
+      SpecFromProto(TextProto(R"pb(name: "t" mode: TUNNEL_MODE_GRE remote: "192.0.2.1" key: 0)pb"));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ASSERT_TRUE(spec->key.has_value());
+  EXPECT_EQ(*spec->key, 0u);
+  EXPECT_TRUE(SpecToProto(*spec).has_key());
+}
+
+TEST(SpecFromProtoTest, StatusIsIgnored) {
+  v1::Tunnel in = TextProto(kFull);
+  in.mutable_status()->set_state(v1::OPER_STATE_ERROR);
+  in.mutable_status()->set_mtu(9000);
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(in);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->mtu, 1400u);
+  EXPECT_FALSE(SpecToProto(*spec).has_status());
+}
+
+TEST(SpecFromProtoTest, AddressesComeBackCanonical) {
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(R"pb(
+    name: "t"
+    mode: TUNNEL_MODE_GRE
+    local: "FD00:0:0::0001"
+    remote: "192.0.2.1"
+    addresses: "10.0.0.1"
+    addresses: "FD00:0::1/64"
+    routes: "fd01:0::/48"
+  )pb"));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  const v1::Tunnel out = SpecToProto(*spec);
+  EXPECT_EQ(out.local(), "fd00::1");
+  // A bare address is a host prefix, as iproute2 takes it.
+  EXPECT_THAT(out.addresses(), ::testing::ElementsAre("10.0.0.1/32", "fd00::1/64"));
+  EXPECT_THAT(out.routes(), ::testing::ElementsAre("fd01::/48"));
+}
+
+struct ModeCase {
+  v1::TunnelMode proto;
+  TunnelMode domain;
+};
+
+class ModeMappingTest : public ::testing::TestWithParam<ModeCase> {};
+
+TEST_P(ModeMappingTest, BothWays) {
+  v1::Tunnel t;
+  t.set_name("t");
+  t.set_mode(GetParam().proto);
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(t);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->mode, GetParam().domain);
+  EXPECT_EQ(ModeToProto(GetParam().domain), GetParam().proto);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllModes, ModeMappingTest,
+                         ::testing::Values(ModeCase{v1::TUNNEL_MODE_GRE, TunnelMode::kGre},
+                                           ModeCase{v1::TUNNEL_MODE_GRETAP, TunnelMode::kGretap},
+                                           ModeCase{v1::TUNNEL_MODE_IPIP, TunnelMode::kIpip},
+                                           ModeCase{v1::TUNNEL_MODE_SIT, TunnelMode::kSit},
+                                           ModeCase{v1::TUNNEL_MODE_IP6GRE, TunnelMode::kIp6gre},
+                                           ModeCase{v1::TUNNEL_MODE_IP6GRETAP,
+                                                    TunnelMode::kIp6gretap},
+                                           ModeCase{v1::TUNNEL_MODE_IP6TNL, TunnelMode::kIp6tnl}),
+                         [](const ::testing::TestParamInfo<ModeCase>& info) {
+                           return v1::TunnelMode_Name(info.param.proto);
+                         });
+
+struct BadCase {
+  std::string test_name;
+  std::string text_proto;
+  std::string want_prefix;
+};
+
+class SpecFromProtoErrorTest : public ::testing::TestWithParam<BadCase> {};
+
+TEST_P(SpecFromProtoErrorTest, NamesTheField) {
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(GetParam().text_proto));
+  ASSERT_FALSE(spec.ok());
+  EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(spec.status().message()), StartsWith(GetParam().want_prefix));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Table, SpecFromProtoErrorTest,
+    ::testing::Values(
+        BadCase{"ModeUnspecified", R"pb(name: "t" remote: "192.0.2.1")pb", "tunnel.mode: required"},
+        BadCase{"BadLocal", R"pb(name: "t" mode: TUNNEL_MODE_GRE local: "1.2.3")pb",
+                "tunnel.local: \"1.2.3\" is not an IP address"},
+        BadCase{"BadRemote", R"pb(name: "t" mode: TUNNEL_MODE_GRE remote: "1.2.3")pb",
+                "tunnel.remote: \"1.2.3\" is not an IP address"},
+        BadCase{"RemoteWithSpace", R"pb(name: "t" mode: TUNNEL_MODE_GRE remote: " 1.2.3.4")pb",
+                "tunnel.remote: "},
+        BadCase{"RemoteIsPrefix", R"pb(name: "t" mode: TUNNEL_MODE_GRE remote: "1.2.3.4/32")pb",
+                "tunnel.remote: "},
+        BadCase{"SecondAddress",
+                R"pb(name: "t"
+                     mode: TUNNEL_MODE_GRE
+                     addresses: "10.0.0.1/30"
+                     addresses: "10.0.0.2/33")pb",
+                "tunnel.addresses[1]: \"10.0.0.2/33\""},
+        BadCase{"EmptyAddress", R"pb(name: "t" mode: TUNNEL_MODE_GRE addresses: "")pb",
+                "tunnel.addresses[0]: "},
+        BadCase{"FirstRoute", R"pb(name: "t" mode: TUNNEL_MODE_GRE routes: "10.0.0.0/")pb",
+                "tunnel.routes[0]: \"10.0.0.0/\""}),
+    [](const ::testing::TestParamInfo<BadCase>& info) { return info.param.test_name; });
+
+TEST(SpecFromProtoTest, UnknownModeNumberIsInvalid) {
+  v1::Tunnel t;
+  t.set_name("t");
+  // A value from a newer API version that this build does not know.
+  t.set_mode(static_cast<v1::TunnelMode>(42));
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(t);
+  ASSERT_FALSE(spec.ok());
+  EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(spec.status().message()), StartsWith("tunnel.mode: "));
+  EXPECT_THAT(std::string(spec.status().message()), HasSubstr("42"));
+}
+
+TEST(SpecFromProtoTest, ControlBytesInErrorsAreEscaped) {
+  v1::Tunnel t;
+  t.set_name("t");
+  t.set_mode(v1::TUNNEL_MODE_GRE);
+  t.set_remote("1.2.3.4\n\x1b[31m");
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(t);
+  ASSERT_FALSE(spec.ok());
+  EXPECT_FALSE(absl::StrContains(spec.status().message(), "\n"));
+  EXPECT_FALSE(absl::StrContains(spec.status().message(), "\x1b"));
+}
+
+TEST(SpecToProtoTest, UnspecifiedLocalIsEmpty) {
+  dataplane::TunnelSpec spec;
+  spec.name = "t";
+  spec.mode = TunnelMode::kIpip;
+  spec.remote = A("192.0.2.1");
+  const v1::Tunnel out = SpecToProto(spec);
+  EXPECT_EQ(out.local(), "");
+  EXPECT_EQ(out.remote(), "192.0.2.1");
+  EXPECT_EQ(out.mode(), v1::TUNNEL_MODE_IPIP);
+  EXPECT_FALSE(out.has_key());
+  EXPECT_FALSE(out.has_status());
+}
+
+TEST(TunnelToProtoTest, FillsStatus) {
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(kFull));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  TunnelStatus status;
+  status.state = OperState::kError;
+  status.reason = "device vanished";
+  status.ifindex = 17;
+  status.mtu = 1400;
+  status.counters = {1, 2, 3, 4, 5, 6};
+
+  v1::Tunnel want = TextProto(kFull);
+  *want.mutable_status() = TextProto<v1::TunnelStatus>(R"pb(
+    state: OPER_STATE_ERROR
+    reason: "device vanished"
+    ifindex: 17
+    mtu: 1400
+    counters { tx_packets: 1 tx_bytes: 2 rx_packets: 3 rx_bytes: 4 tx_dropped: 5 rx_dropped: 6 }
+  )pb");
+  ExpectProtoEq(want, TunnelToProto(*spec, status));
+}
+
+TEST(TunnelToProtoTest, MapsEveryOperState) {
+  const dataplane::TunnelSpec spec;
+  const struct {
+    OperState domain;
+    v1::OperState proto;
+  } cases[] = {{OperState::kUp, v1::OPER_STATE_UP},
+               {OperState::kDown, v1::OPER_STATE_DOWN},
+               {OperState::kError, v1::OPER_STATE_ERROR}};
+  for (const auto& c : cases) {
+    TunnelStatus status;
+    status.state = c.domain;
+    EXPECT_EQ(TunnelToProto(spec, status).status().state(), c.proto);
+  }
+}
+
+}  // namespace
+}  // namespace tunnelagent::agent

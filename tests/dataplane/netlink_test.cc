@@ -1,0 +1,441 @@
+// Runs inside a private network namespace (tests/netns_main.cc), one process per test, so
+// links, addresses and routes can be made freely and vanish with the process.
+#include "dataplane/netlink.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <libmnl/libmnl.h>
+#include <linux/if_link.h>
+#include <linux/rtnetlink.h>
+#include <linux/veth.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dataplane/address.h"
+#include "dataplane/tun_device.h"
+#include "gtest/gtest.h"
+
+namespace tunnelagent::dataplane {
+namespace {
+
+IpPrefix Prefix(const char* text) {
+  absl::StatusOr<IpPrefix> prefix = IpPrefix::Parse(text);
+  EXPECT_TRUE(prefix.ok()) << text;
+  return *prefix;
+}
+
+IpAddress Address(const char* text) {
+  absl::StatusOr<IpAddress> address = IpAddress::Parse(text);
+  EXPECT_TRUE(address.ok()) << text;
+  return *address;
+}
+
+bool HaveIpv6() { return access("/proc/sys/net/ipv6", F_OK) == 0; }
+
+// Sends one request the Netlink class cannot express (a veth pair, a route with metrics)
+// and returns the errno of the kernel's ACK (0 on success).
+int RawRequest(const std::function<void(nlmsghdr*)>& build) {
+  mnl_socket* nl = mnl_socket_open(NETLINK_ROUTE);
+  if (nl == nullptr) return errno;
+  std::unique_ptr<mnl_socket, int (*)(mnl_socket*)> closer(nl, mnl_socket_close);
+  if (mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) return errno;
+  std::vector<char> buf(32 * 1024);
+  nlmsghdr* nlh = mnl_nlmsg_put_header(buf.data());
+  build(nlh);
+  nlh->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+  nlh->nlmsg_seq = 1;
+  if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) return errno;
+  const ssize_t n = mnl_socket_recvfrom(nl, buf.data(), buf.size());
+  if (n < 0) return errno;
+  if (mnl_cb_run(buf.data(), n, 1, mnl_socket_get_portid(nl), nullptr, nullptr) < 0) {
+    return errno;
+  }
+  return 0;
+}
+
+int CreateVethPair(const char* name, const char* peer) {
+  return RawRequest([&](nlmsghdr* nlh) {
+    nlh->nlmsg_type = RTM_NEWLINK;
+    nlh->nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+    auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+    ifi->ifi_family = AF_UNSPEC;
+    mnl_attr_put_strz(nlh, IFLA_IFNAME, name);
+    nlattr* linkinfo = mnl_attr_nest_start(nlh, IFLA_LINKINFO);
+    mnl_attr_put_strz(nlh, IFLA_INFO_KIND, "veth");
+    nlattr* data = mnl_attr_nest_start(nlh, IFLA_INFO_DATA);
+    nlattr* peer_info = mnl_attr_nest_start(nlh, VETH_INFO_PEER);
+    mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg));  // the peer's own ifinfomsg
+    mnl_attr_put_strz(nlh, IFLA_IFNAME, peer);
+    mnl_attr_nest_end(nlh, peer_info);
+    mnl_attr_nest_end(nlh, data);
+    mnl_attr_nest_end(nlh, linkinfo);
+  });
+}
+
+// `ip route add <destination>/<len> dev <ifindex> mtu <mtu>` for IPv4.
+int AddRouteWithMtu(int ifindex, const IpPrefix& destination, uint32_t mtu) {
+  return RawRequest([&](nlmsghdr* nlh) {
+    nlh->nlmsg_type = RTM_NEWROUTE;
+    nlh->nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+    auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
+    rtm->rtm_family = AF_INET;
+    rtm->rtm_dst_len = destination.length();
+    rtm->rtm_table = RT_TABLE_MAIN;
+    rtm->rtm_protocol = RTPROT_STATIC;
+    rtm->rtm_scope = RT_SCOPE_LINK;
+    rtm->rtm_type = RTN_UNICAST;
+    mnl_attr_put(nlh, RTA_DST, 4, destination.address().bytes().data());
+    mnl_attr_put_u32(nlh, RTA_OIF, ifindex);
+    nlattr* metrics = mnl_attr_nest_start(nlh, RTA_METRICS);
+    mnl_attr_put_u32(nlh, RTAX_MTU, mtu);
+    mnl_attr_nest_end(nlh, metrics);
+  });
+}
+
+// True when a socket can be bound to `address`: the kernel holds it as a usable local
+// address (for IPv6 that also means it is not tentative).
+bool CanBind(const IpAddress& address) {
+  const int fd = socket(address.is_v4() ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  int rc;
+  if (address.is_v4()) {
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    memcpy(&sin.sin_addr, address.bytes().data(), 4);
+    rc = bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin));
+  } else {
+    sockaddr_in6 sin6{};
+    sin6.sin6_family = AF_INET6;
+    memcpy(&sin6.sin6_addr, address.bytes().data(), 16);
+    rc = bind(fd, reinterpret_cast<sockaddr*>(&sin6), sizeof(sin6));
+  }
+  close(fd);
+  return rc == 0;
+}
+
+bool Contains(const std::vector<IpPrefix>& prefixes, const IpPrefix& prefix) {
+  return std::find(prefixes.begin(), prefixes.end(), prefix) != prefixes.end();
+}
+
+class NetlinkTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    auto nl = Netlink::Open();
+    ASSERT_TRUE(nl.ok()) << nl.status();
+    nl_ = std::move(*nl);
+    auto lo = nl_->GetLinkByName("lo");
+    ASSERT_TRUE(lo.ok()) << lo.status();
+    ASSERT_TRUE(nl_->SetLinkUp(lo->ifindex, true).ok());
+  }
+
+  // A TUN device named `name`, up, with `mtu`.
+  std::unique_ptr<TunDevice> UpTun(const char* name, uint32_t mtu = 1500) {
+    auto tun = TunDevice::Create(name, TunDevice::Kind::kTun);
+    EXPECT_TRUE(tun.ok()) << tun.status();
+    if (!tun.ok()) return nullptr;
+    EXPECT_TRUE(nl_->SetLinkMtu((*tun)->ifindex(), mtu).ok());
+    EXPECT_TRUE(nl_->SetLinkUp((*tun)->ifindex(), true).ok());
+    return std::move(*tun);
+  }
+
+  std::unique_ptr<Netlink> nl_;
+};
+
+TEST_F(NetlinkTest, GetsLoopback) {
+  auto by_name = nl_->GetLinkByName("lo");
+  ASSERT_TRUE(by_name.ok()) << by_name.status();
+  EXPECT_EQ(by_name->name, "lo");
+  EXPECT_EQ(by_name->ifindex, 1);
+  EXPECT_TRUE(by_name->up);
+  EXPECT_EQ(by_name->mtu, 65536u);
+
+  auto by_index = nl_->GetLink(by_name->ifindex);
+  ASSERT_TRUE(by_index.ok()) << by_index.status();
+  EXPECT_EQ(by_index->name, "lo");
+  EXPECT_EQ(by_index->mtu, by_name->mtu);
+}
+
+TEST_F(NetlinkTest, MissingLinkIsNotFound) {
+  auto link = nl_->GetLink(987654);
+  EXPECT_EQ(link.status().code(), absl::StatusCode::kNotFound) << link.status();
+  EXPECT_NE(link.status().message().find("987654"), absl::string_view::npos) << link.status();
+  auto named = nl_->GetLinkByName("ta-nosuch");
+  EXPECT_EQ(named.status().code(), absl::StatusCode::kNotFound) << named.status();
+  EXPECT_EQ(nl_->SetLinkUp(987654, true).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(nl_->SetLinkMtu(987654, 1400).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(nl_->DeleteLink(987654).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(NetlinkTest, InvalidArgumentsAreRefusedLocally) {
+  EXPECT_EQ(nl_->GetLink(0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(nl_->GetLink(-3).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(nl_->GetLinkByName("").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(nl_->GetLinkByName("sixteen-chars-00").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(nl_->AddAddress(1, IpPrefix()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(nl_->AddRoute(1, IpPrefix(Address("198.18.5.0"), 33)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(nl_->PathMtu(IpAddress()).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(NetlinkTest, SetsLinkUpDownAndMtu) {
+  auto tun = TunDevice::Create("ta-tun0", TunDevice::Kind::kTun);
+  ASSERT_TRUE(tun.ok()) << tun.status();
+  const int ifindex = (*tun)->ifindex();
+
+  auto link = nl_->GetLink(ifindex);
+  ASSERT_TRUE(link.ok()) << link.status();
+  EXPECT_EQ(link->name, "ta-tun0");
+  EXPECT_EQ(link->ifindex, ifindex);
+  EXPECT_FALSE(link->up);
+  EXPECT_EQ(link->mtu, 1500u);
+
+  ASSERT_TRUE(nl_->SetLinkUp(ifindex, true).ok());
+  ASSERT_TRUE(nl_->SetLinkMtu(ifindex, 1400).ok());
+  link = nl_->GetLinkByName("ta-tun0");
+  ASSERT_TRUE(link.ok()) << link.status();
+  EXPECT_TRUE(link->up);
+  EXPECT_EQ(link->mtu, 1400u);
+
+  ASSERT_TRUE(nl_->SetLinkUp(ifindex, false).ok());
+  link = nl_->GetLink(ifindex);
+  ASSERT_TRUE(link.ok()) << link.status();
+  EXPECT_FALSE(link->up);
+  EXPECT_EQ(link->mtu, 1400u);
+}
+
+TEST_F(NetlinkTest, MtuOutOfRangeIsInvalidArgument) {
+  auto tun = TunDevice::Create("ta-tun0", TunDevice::Kind::kTun);
+  ASSERT_TRUE(tun.ok()) << tun.status();
+  absl::Status status = nl_->SetLinkMtu((*tun)->ifindex(), 10);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  status = nl_->SetLinkMtu((*tun)->ifindex(), 1000000);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+}
+
+TEST_F(NetlinkTest, AddsAndDeletesIpv4Address) {
+  auto tun = UpTun("ta-tun0");
+  ASSERT_NE(tun, nullptr);
+  const int ifindex = tun->ifindex();
+  const IpPrefix address = Prefix("198.18.1.1/24");
+
+  EXPECT_FALSE(CanBind(address.address()));
+  ASSERT_TRUE(nl_->AddAddress(ifindex, address).ok());
+  auto addresses = nl_->ListAddresses(ifindex);
+  ASSERT_TRUE(addresses.ok()) << addresses.status();
+  EXPECT_TRUE(Contains(*addresses, address));
+  EXPECT_TRUE(CanBind(address.address()));
+
+  absl::Status duplicate = nl_->AddAddress(ifindex, address);
+  EXPECT_EQ(duplicate.code(), absl::StatusCode::kAlreadyExists) << duplicate;
+  EXPECT_NE(duplicate.message().find("198.18.1.1/24"), absl::string_view::npos) << duplicate;
+
+  // The kernel added the connected route; the prefix routes out of this link.
+  auto mtu = nl_->PathMtu(Address("198.18.1.77"));
+  EXPECT_TRUE(mtu.ok()) << mtu.status();
+
+  ASSERT_TRUE(nl_->DeleteAddress(ifindex, address).ok());
+  addresses = nl_->ListAddresses(ifindex);
+  ASSERT_TRUE(addresses.ok()) << addresses.status();
+  EXPECT_FALSE(Contains(*addresses, address));
+  EXPECT_FALSE(CanBind(address.address()));
+  absl::Status again = nl_->DeleteAddress(ifindex, address);
+  EXPECT_EQ(again.code(), absl::StatusCode::kNotFound) << again;
+}
+
+TEST_F(NetlinkTest, AddsIpv6AddressUsableAtOnce) {
+  if (!HaveIpv6()) GTEST_SKIP() << "no IPv6 in this kernel";
+  auto tun = UpTun("ta-tun0");
+  ASSERT_NE(tun, nullptr);
+  const int ifindex = tun->ifindex();
+  const IpPrefix address = Prefix("fd00:1::1/64");
+
+  ASSERT_TRUE(nl_->AddAddress(ifindex, address).ok());
+  auto addresses = nl_->ListAddresses(ifindex);
+  ASSERT_TRUE(addresses.ok()) << addresses.status();
+  EXPECT_TRUE(Contains(*addresses, address));
+  // Bindable without waiting: not tentative, so duplicate address detection was skipped.
+  EXPECT_TRUE(CanBind(address.address()));
+
+  EXPECT_EQ(nl_->AddAddress(ifindex, address).code(), absl::StatusCode::kAlreadyExists);
+  ASSERT_TRUE(nl_->DeleteAddress(ifindex, address).ok());
+  EXPECT_FALSE(CanBind(address.address()));
+  EXPECT_EQ(nl_->DeleteAddress(ifindex, address).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(NetlinkTest, AddressOnMissingLinkIsNotFound) {
+  absl::Status status = nl_->AddAddress(987654, Prefix("198.18.1.1/24"));
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << status;
+}
+
+TEST_F(NetlinkTest, AddsAndDeletesIpv4Route) {
+  auto tun = UpTun("ta-tun0");
+  ASSERT_NE(tun, nullptr);
+  const int ifindex = tun->ifindex();
+  const IpPrefix route = Prefix("198.18.5.0/24");
+
+  EXPECT_EQ(nl_->PathMtu(Address("198.18.5.9")).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(nl_->AddRoute(ifindex, route).ok());
+  EXPECT_TRUE(nl_->PathMtu(Address("198.18.5.9")).ok());
+
+  absl::Status duplicate = nl_->AddRoute(ifindex, route);
+  EXPECT_EQ(duplicate.code(), absl::StatusCode::kAlreadyExists) << duplicate;
+  EXPECT_NE(duplicate.message().find("198.18.5.0/24"), absl::string_view::npos) << duplicate;
+
+  ASSERT_TRUE(nl_->DeleteRoute(ifindex, route).ok());
+  EXPECT_EQ(nl_->PathMtu(Address("198.18.5.9")).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  absl::Status again = nl_->DeleteRoute(ifindex, route);
+  EXPECT_EQ(again.code(), absl::StatusCode::kNotFound) << again;
+}
+
+TEST_F(NetlinkTest, AddsAndDeletesIpv6Route) {
+  if (!HaveIpv6()) GTEST_SKIP() << "no IPv6 in this kernel";
+  auto tun = UpTun("ta-tun0", 1400);
+  ASSERT_NE(tun, nullptr);
+  const int ifindex = tun->ifindex();
+  const IpPrefix route = Prefix("fd00:5::/64");
+
+  ASSERT_TRUE(nl_->AddRoute(ifindex, route).ok());
+  EXPECT_EQ(nl_->AddRoute(ifindex, route).code(), absl::StatusCode::kAlreadyExists);
+  auto mtu = nl_->PathMtu(Address("fd00:5::9"));
+  ASSERT_TRUE(mtu.ok()) << mtu.status();
+  EXPECT_EQ(*mtu, 1400u);
+  ASSERT_TRUE(nl_->DeleteRoute(ifindex, route).ok());
+  EXPECT_EQ(nl_->DeleteRoute(ifindex, route).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(nl_->PathMtu(Address("fd00:5::9")).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(NetlinkTest, RouteWithHostBitsIsInvalidArgument) {
+  auto tun = UpTun("ta-tun0");
+  ASSERT_NE(tun, nullptr);
+  absl::Status status = nl_->AddRoute(tun->ifindex(), Prefix("198.18.5.1/24"));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+}
+
+TEST_F(NetlinkTest, RouteViaMissingLinkFails) {
+  absl::Status status = nl_->AddRoute(987654, Prefix("198.18.5.0/24"));
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << status;
+}
+
+TEST_F(NetlinkTest, DeleteRouteLeavesOtherProtocolsAlone) {
+  auto tun = UpTun("ta-tun0");
+  ASSERT_NE(tun, nullptr);
+  // Installed as "static", not by the agent.
+  ASSERT_EQ(AddRouteWithMtu(tun->ifindex(), Prefix("198.18.6.0/24"), 1300), 0);
+  absl::Status status = nl_->DeleteRoute(tun->ifindex(), Prefix("198.18.6.0/24"));
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << status;
+  EXPECT_TRUE(nl_->PathMtu(Address("198.18.6.1")).ok());
+}
+
+TEST_F(NetlinkTest, PathMtuIsTheDeviceMtu) {
+  auto tun = UpTun("ta-tun0", 1400);
+  ASSERT_NE(tun, nullptr);
+  ASSERT_TRUE(nl_->AddRoute(tun->ifindex(), Prefix("198.18.5.0/24")).ok());
+  auto mtu = nl_->PathMtu(Address("198.18.5.9"));
+  ASSERT_TRUE(mtu.ok()) << mtu.status();
+  EXPECT_EQ(*mtu, 1400u);
+
+  // Follows the device when its MTU changes.
+  ASSERT_TRUE(nl_->SetLinkMtu(tun->ifindex(), 1280).ok());
+  mtu = nl_->PathMtu(Address("198.18.5.9"));
+  ASSERT_TRUE(mtu.ok()) << mtu.status();
+  EXPECT_EQ(*mtu, 1280u);
+}
+
+TEST_F(NetlinkTest, PathMtuPrefersTheRouteMetric) {
+  auto tun = UpTun("ta-tun0", 1400);
+  ASSERT_NE(tun, nullptr);
+  ASSERT_EQ(AddRouteWithMtu(tun->ifindex(), Prefix("198.18.6.0/24"), 1300), 0);
+  auto mtu = nl_->PathMtu(Address("198.18.6.1"));
+  ASSERT_TRUE(mtu.ok()) << mtu.status();
+  EXPECT_EQ(*mtu, 1300u);
+}
+
+TEST_F(NetlinkTest, PathMtuOverVeth) {
+  ASSERT_EQ(CreateVethPair("ta-veth0", "ta-veth1"), 0);
+  auto veth = nl_->GetLinkByName("ta-veth0");
+  ASSERT_TRUE(veth.ok()) << veth.status();
+  ASSERT_TRUE(nl_->SetLinkMtu(veth->ifindex, 9000).ok());
+  ASSERT_TRUE(nl_->SetLinkUp(veth->ifindex, true).ok());
+  ASSERT_TRUE(nl_->AddAddress(veth->ifindex, Prefix("10.77.0.1/24")).ok());
+  auto mtu = nl_->PathMtu(Address("10.77.0.2"));
+  ASSERT_TRUE(mtu.ok()) << mtu.status();
+  EXPECT_EQ(*mtu, 9000u);
+  EXPECT_TRUE(nl_->DeleteLink(veth->ifindex).ok());
+}
+
+TEST_F(NetlinkTest, PathMtuWithoutRouteIsFailedPrecondition) {
+  auto mtu = nl_->PathMtu(Address("10.99.0.1"));
+  EXPECT_EQ(mtu.status().code(), absl::StatusCode::kFailedPrecondition) << mtu.status();
+  EXPECT_NE(mtu.status().message().find("no route to 10.99.0.1"), absl::string_view::npos)
+      << mtu.status();
+}
+
+TEST_F(NetlinkTest, PathMtuToLocalAddressIsLoopback) {
+  auto mtu = nl_->PathMtu(Address("127.0.0.1"));
+  ASSERT_TRUE(mtu.ok()) << mtu.status();
+  EXPECT_EQ(*mtu, 65536u);
+}
+
+TEST_F(NetlinkTest, DeletesLink) {
+  ASSERT_EQ(CreateVethPair("ta-veth2", "ta-veth3"), 0);
+  auto veth = nl_->GetLinkByName("ta-veth2");
+  ASSERT_TRUE(veth.ok()) << veth.status();
+  ASSERT_TRUE(nl_->DeleteLink(veth->ifindex).ok());
+  EXPECT_EQ(nl_->GetLink(veth->ifindex).status().code(), absl::StatusCode::kNotFound);
+  // A veth pair goes as one.
+  EXPECT_EQ(nl_->GetLinkByName("ta-veth3").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(nl_->DeleteLink(veth->ifindex).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(NetlinkTest, DeletesTunLinkWhileOpen) {
+  auto tun = TunDevice::Create("ta-tun0", TunDevice::Kind::kTun);
+  ASSERT_TRUE(tun.ok()) << tun.status();
+  ASSERT_TRUE(nl_->DeleteLink((*tun)->ifindex()).ok());
+  EXPECT_EQ(nl_->GetLink((*tun)->ifindex()).status().code(), absl::StatusCode::kNotFound);
+  tun->reset();  // closing the fd of a deleted device is harmless
+}
+
+TEST_F(NetlinkTest, RouteViaDownLinkIsFailedPreconditionWithKernelReason) {
+  auto tun = TunDevice::Create("ta-tun0", TunDevice::Kind::kTun);
+  ASSERT_TRUE(tun.ok()) << tun.status();
+  // IPv4 refuses a route through a link that is down.
+  absl::Status status = nl_->AddRoute((*tun)->ifindex(), Prefix("198.18.5.0/24"));
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  // errno text, then the extended ACK's reason in parentheses.
+  EXPECT_NE(status.message().find("Network is down ("), absl::string_view::npos) << status;
+  EXPECT_NE(status.message().find("198.18.5.0/24"), absl::string_view::npos) << status;
+}
+
+TEST_F(NetlinkTest, ConcurrentCallsAreSerialised) {
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 200; ++i) {
+        auto link = nl_->GetLink(1);
+        if (!link.ok() || link->name != "lo") ++failures;
+        if (nl_->GetLink(987654).status().code() != absl::StatusCode::kNotFound) ++failures;
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+}  // namespace
+}  // namespace tunnelagent::dataplane

@@ -1,0 +1,56 @@
+// The kernel side of a tunnel's device, behind an interface so the control plane can be
+// tested without privileges (a fake records calls and injects failures).
+#ifndef TUNNELAGENT_AGENT_LINK_CONTROL_H_
+#define TUNNELAGENT_AGENT_LINK_CONTROL_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "dataplane/address.h"
+#include "dataplane/netlink.h"
+
+namespace tunnelagent::agent {
+
+// A device the agent created. Destroying it removes the link, and with it the link's
+// addresses and routes.
+class Device {
+ public:
+  virtual ~Device() = default;
+  virtual int fd() const = 0;
+  virtual int ifindex() const = 0;
+};
+
+class LinkControl {
+ public:
+  virtual ~LinkControl() = default;
+  // A layer-3 (TUN) device; ALREADY_EXISTS when any link has the name.
+  virtual absl::StatusOr<std::unique_ptr<Device>> CreateDevice(const std::string& name) = 0;
+  virtual absl::Status SetMtu(const Device& device, uint32_t mtu) = 0;
+  virtual absl::Status SetUp(const Device& device) = 0;
+  virtual absl::Status AddAddress(const Device& device, const dataplane::IpPrefix& address) = 0;
+  virtual absl::Status AddRoute(const Device& device, const dataplane::IpPrefix& route) = 0;
+  // MTU of the underlay path to `remote`.
+  virtual absl::StatusOr<uint32_t> PathMtu(const dataplane::IpAddress& remote) = 0;
+};
+
+// The real one: TUN devices configured over rtnetlink.
+class KernelLinkControl final : public LinkControl {
+ public:
+  explicit KernelLinkControl(dataplane::Netlink* netlink) : netlink_(netlink) {}
+  absl::StatusOr<std::unique_ptr<Device>> CreateDevice(const std::string& name) override;
+  absl::Status SetMtu(const Device& device, uint32_t mtu) override;
+  absl::Status SetUp(const Device& device) override;
+  absl::Status AddAddress(const Device& device, const dataplane::IpPrefix& address) override;
+  absl::Status AddRoute(const Device& device, const dataplane::IpPrefix& route) override;
+  absl::StatusOr<uint32_t> PathMtu(const dataplane::IpAddress& remote) override;
+
+ private:
+  dataplane::Netlink* netlink_;
+};
+
+}  // namespace tunnelagent::agent
+
+#endif  // TUNNELAGENT_AGENT_LINK_CONTROL_H_

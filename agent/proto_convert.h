@@ -1,0 +1,28 @@
+// Translation between the API's Tunnel message and the domain's TunnelSpec. Used by the gRPC
+// layer and by the state file; knows nothing of gRPC itself.
+#ifndef TUNNELAGENT_AGENT_PROTO_CONVERT_H_
+#define TUNNELAGENT_AGENT_PROTO_CONVERT_H_
+
+#include "absl/status/statusor.h"
+#include "agent/tunnel_status.h"
+#include "dataplane/tunnel_spec.h"
+#include "tunnelagent/v1/tunnel.pb.h"
+
+namespace tunnelagent::agent {
+
+// Parses the desired fields of `tunnel` (status is ignored). INVALID_ARGUMENT names the field
+// as the API spells it, e.g. "tunnel.remote: \"1.2.3\" is not an IP address",
+// "tunnel.addresses[1]: ...", "tunnel.mode: required". Semantic checks are ValidateSpec's.
+absl::StatusOr<dataplane::TunnelSpec> SpecFromProto(const v1::Tunnel& tunnel);
+
+// The desired fields only (status left empty): what the state file keeps.
+v1::Tunnel SpecToProto(const dataplane::TunnelSpec& spec);
+
+// Desired fields and status.
+v1::Tunnel TunnelToProto(const dataplane::TunnelSpec& spec, const TunnelStatus& status);
+
+v1::TunnelMode ModeToProto(dataplane::TunnelMode mode);
+
+}  // namespace tunnelagent::agent
+
+#endif  // TUNNELAGENT_AGENT_PROTO_CONVERT_H_

@@ -1,0 +1,31 @@
+// Semantic checks of a requested tunnel, run before anything changes.
+#ifndef TUNNELAGENT_AGENT_VALIDATION_H_
+#define TUNNELAGENT_AGENT_VALIDATION_H_
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "dataplane/tunnel_spec.h"
+
+namespace tunnelagent::agent {
+
+// A Linux interface name: 1-15 bytes, printable ASCII, no '/', ':' or white space, not "." or
+// "..". INVALID_ARGUMENT naming `field` otherwise.
+absl::Status ValidateDeviceName(absl::string_view name, absl::string_view field = "tunnel.name");
+
+// Everything about one tunnel that can be checked without looking at other tunnels or the
+// kernel. INVALID_ARGUMENT names the field ("tunnel.key: ..."); UNIMPLEMENTED for a mode
+// this build cannot carry yet. Rules (kernel's where it has one):
+// - name: ValidateDeviceName.
+// - GRE/IPIP: remote is a unicast IPv4 address, required (point-to-point tunnels only: the
+//   kernel's remote-less "any" tunnels are not offered); local is unspecified or unicast IPv4.
+// - key: GRE family only.
+// - mtu: 0 or 68..65535 less the encapsulation overhead (the kernel's IP_MAX_MTU - t_hlen).
+// - addresses: a family the tunnel carries (IPv4 and IPv6 for GRE, IPv4 for IPIP), not
+//   unspecified or multicast, no duplicates.
+// - routes: a family the tunnel carries, host bits zero ("10.1.0.0/16", not "10.1.0.1/16"),
+//   no duplicates.
+absl::Status ValidateSpec(const dataplane::TunnelSpec& spec);
+
+}  // namespace tunnelagent::agent
+
+#endif  // TUNNELAGENT_AGENT_VALIDATION_H_

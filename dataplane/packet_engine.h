@@ -1,0 +1,81 @@
+// What moves a tunnel's packets, seen from the control plane: tunnels are added and removed,
+// counters are read. Implemented by the io_uring engine; faked in control-plane tests.
+#ifndef TUNNELAGENT_DATAPLANE_PACKET_ENGINE_H_
+#define TUNNELAGENT_DATAPLANE_PACKET_ENGINE_H_
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "dataplane/packet/drop_reason.h"
+#include "dataplane/packet/encap.h"
+
+namespace tunnelagent::dataplane {
+
+// A counter with one writer (the dataplane thread) and any number of readers. The writer
+// adds without a locked instruction: a plain load and store, never a read-modify-write.
+class Counter {
+ public:
+  void Add(uint64_t n = 1) { value_.store(value_.load(std::memory_order_relaxed) + n,
+                                          std::memory_order_relaxed); }
+  uint64_t Get() const { return value_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<uint64_t> value_{0};
+};
+
+using DropCounters = std::array<Counter, kDropReasonCount>;
+
+// Counters of one tunnel, as its device would show them (bytes are inner bytes), plus drops
+// by reason. Owned jointly by the control plane and the engine so they outlive removal races.
+struct TunnelCounters {
+  Counter tx_packets;
+  Counter tx_bytes;
+  Counter rx_packets;
+  Counter rx_bytes;
+  DropCounters tx_drops;
+  DropCounters rx_drops;
+};
+
+// Counters of packets that matched no tunnel, or of the underlay sockets themselves.
+struct DataplaneCounters {
+  Counter rx_packets;  // everything received on the underlay sockets
+  DropCounters drops;
+};
+
+// What the engine needs to move one tunnel's packets.
+struct EngineTunnel {
+  std::string name;
+  int device_fd = -1;  // the TUN device; not owned, must stay open until RemoveTunnel returns
+  uint32_t mtu = 0;    // device MTU: sizes the buffers packets are read into
+  EncapParams encap;   // how sent packets are wrapped
+  // Which received packets are this tunnel's (ip_tunnel_lookup): outer protocol, outer
+  // destination (= local, 0 for any), outer source (= remote, 0 for any), and key.
+  uint8_t protocol = kIpProtoGre;
+  uint32_t local = 0;
+  uint32_t remote = 0;
+  bool has_input_key = false;
+  uint32_t input_key = 0;
+  std::shared_ptr<TunnelCounters> counters;
+};
+
+class PacketEngine {
+ public:
+  virtual ~PacketEngine() = default;
+  // Starts moving the tunnel's packets. ALREADY_EXISTS when the name, or the receive match
+  // (protocol, local, remote, key), is taken.
+  virtual absl::Status AddTunnel(const EngineTunnel& tunnel) = 0;
+  // Stops moving them; when it returns no operation uses the device fd any more.
+  // NOT_FOUND when there is no such tunnel.
+  virtual absl::Status RemoveTunnel(const std::string& name) = 0;
+  virtual const DataplaneCounters& counters() const = 0;
+  // "io_uring" or another backend's name, for logs and metrics.
+  virtual const char* backend_name() const = 0;
+};
+
+}  // namespace tunnelagent::dataplane
+
+#endif  // TUNNELAGENT_DATAPLANE_PACKET_ENGINE_H_

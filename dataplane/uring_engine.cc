@@ -1,0 +1,598 @@
+#include "dataplane/uring_engine.h"
+
+#include <liburing.h>
+#include <netinet/in.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <future>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "dataplane/packet/encap.h"
+
+namespace tunnelagent::dataplane {
+namespace {
+
+// Bytes kept free in front of every packet read from a device, so the outer headers are
+// written in place; 64 keeps the inner packet cache-line aligned.
+constexpr size_t kHeadroom = 64;
+static_assert(kHeadroom >= kMaxEncapHeadroom);
+
+absl::Status ErrnoStatus(int err, absl::string_view what) {
+  std::string message = absl::StrCat(what, ": ", strerror(err));
+  if (err == EPERM || err == EACCES) return absl::PermissionDeniedError(message);
+  if (err == ENOSYS || err == EOPNOTSUPP || err == EAFNOSUPPORT || err == EPROTONOSUPPORT) {
+    return absl::FailedPreconditionError(message);
+  }
+  return absl::InternalError(message);
+}
+
+// The receive match of a tunnel, as ip_tunnel_lookup keys it.
+struct MatchKey {
+  uint8_t protocol = 0;
+  bool has_key = false;
+  uint32_t local = 0;
+  uint32_t remote = 0;
+  uint32_t key = 0;
+
+  template <typename H>
+  friend H AbslHashValue(H h, const MatchKey& k) {
+    return H::combine(std::move(h), k.protocol, k.has_key, k.local, k.remote, k.key);
+  }
+  friend bool operator==(const MatchKey& a, const MatchKey& b) {
+    return a.protocol == b.protocol && a.has_key == b.has_key && a.local == b.local &&
+           a.remote == b.remote && a.key == b.key;
+  }
+};
+
+struct TunnelRuntime;
+
+enum class OpKind : uint8_t { kDeviceRead, kSocketSend, kSocketRecv, kDeviceWrite, kWake, kCancel };
+
+// One buffer and the one operation it is part of at any time. Its address is the SQE's
+// user_data, so a completion leads straight back to its buffer and tunnel.
+struct Slot {
+  OpKind op = OpKind::kDeviceRead;
+  TunnelRuntime* tunnel = nullptr;  // transmit: the owner; receive: the device written to
+  uint8_t* buffer = nullptr;
+  uint32_t capacity = 0;
+  uint32_t inner_len = 0;  // what the tunnel's counters count
+  int socket_fd = -1;      // receive slots: the socket they receive on
+  msghdr msg{};
+  iovec iov{};
+  sockaddr_in peer{};
+};
+
+struct Command;
+
+struct TunnelRuntime {
+  EngineTunnel config;
+  MatchKey match;
+  std::unique_ptr<uint8_t[]> memory;
+  std::vector<Slot> slots;
+  uint32_t inflight = 0;
+  std::unique_ptr<Command> removal;  // set while the tunnel is being removed
+  uint32_t next_sequence = 0;
+};
+
+struct Command {
+  enum class Kind { kAdd, kRemove, kStop };
+  Kind kind;
+  EngineTunnel tunnel;
+  std::string name;
+  std::promise<absl::Status> done;
+};
+
+}  // namespace
+
+class UringEngine::Impl {
+ public:
+  explicit Impl(const UringEngineOptions& options) : options_(options) {}
+
+  ~Impl() {
+    if (thread_.joinable()) {
+      auto stop = std::make_unique<Command>();
+      stop->kind = Command::Kind::kStop;
+      std::future<absl::Status> done = stop->done.get_future();
+      Post(std::move(stop));
+      done.wait();
+      thread_.join();
+    }
+    for (int fd : {wake_fd_, send_fd_, gre_fd_, ipip_fd_}) {
+      if (fd >= 0) close(fd);
+    }
+  }
+
+  absl::Status Start() {
+    wake_fd_ = eventfd(0, EFD_CLOEXEC);
+    if (wake_fd_ < 0) return ErrnoStatus(errno, "eventfd");
+    // One send socket for every tunnel: IPPROTO_RAW implies IP_HDRINCL, so the agent writes
+    // the whole outer header (the kernel fills in the ID and, when 0, the source).
+    absl::StatusOr<int> fd = OpenRawSocket(IPPROTO_RAW, "send");
+    if (!fd.ok()) return fd.status();
+    send_fd_ = *fd;
+    // Raw sockets of a protocol see every packet of that protocol addressed to this host,
+    // outer IPv4 header included.
+    fd = OpenRawSocket(kIpProtoGre, "GRE receive");
+    if (!fd.ok()) return fd.status();
+    gre_fd_ = *fd;
+    fd = OpenRawSocket(kIpProtoIpip, "IPIP receive");
+    if (!fd.ok()) return fd.status();
+    ipip_fd_ = *fd;
+
+    const unsigned receives = options_.socket_receives;
+    rx_memory_.reset(new uint8_t[size_t{2} * receives * options_.receive_buffer_bytes]);
+    rx_slots_.resize(size_t{2} * receives);
+    for (size_t i = 0; i < rx_slots_.size(); ++i) {
+      Slot& slot = rx_slots_[i];
+      slot.op = OpKind::kSocketRecv;
+      slot.buffer = rx_memory_.get() + i * options_.receive_buffer_bytes;
+      slot.capacity = options_.receive_buffer_bytes;
+      slot.socket_fd = i < receives ? gre_fd_ : ipip_fd_;
+    }
+
+    std::promise<absl::Status> ready;
+    std::future<absl::Status> ready_future = ready.get_future();
+    thread_ = std::thread([this, &ready] { Run(&ready); });
+    absl::Status status = ready_future.get();
+    if (!status.ok()) thread_.join();
+    return status;
+  }
+
+  absl::Status Submit(std::unique_ptr<Command> command) {
+    std::future<absl::Status> done = command->done.get_future();
+    Post(std::move(command));
+    return done.get();
+  }
+
+  const DataplaneCounters& counters() const { return counters_; }
+
+ private:
+  absl::StatusOr<int> OpenRawSocket(int protocol, absl::string_view what) {
+    int fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, protocol);
+    if (fd < 0) return ErrnoStatus(errno, absl::StrCat("raw ", what, " socket"));
+    // FORCE variants exceed net.core.[rw]mem_max; they need CAP_NET_ADMIN, which the agent has.
+    int bytes = options_.socket_buffer_bytes;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof bytes) != 0) {
+      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+    }
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof bytes) != 0) {
+      setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+    }
+    return fd;
+  }
+
+  void Post(std::unique_ptr<Command> command) {
+    {
+      absl::MutexLock lock(&mu_);
+      commands_.push_back(std::move(command));
+    }
+    uint64_t one = 1;
+    // A full eventfd counter still wakes the ring; nothing to do on failure.
+    (void)!write(wake_fd_, &one, sizeof one);
+  }
+
+  // Sets up the ring on the thread that will submit to it: SINGLE_ISSUER and DEFER_TASKRUN
+  // (completion work runs when this thread waits, not as interrupts) where the kernel has them,
+  // plainer setups where it does not.
+  absl::Status SetUpRing() {
+    const unsigned preferred[] = {
+        IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+        IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN,
+        0,
+    };
+    int ret = -EINVAL;
+    for (unsigned flags : preferred) {
+      io_uring_params params{};
+      params.flags = flags | IORING_SETUP_CQSIZE;
+      params.cq_entries = options_.ring_entries * 8;
+      ret = io_uring_queue_init_params(options_.ring_entries, &ring_, &params);
+      if (ret == 0) return absl::OkStatus();
+      if (ret != -EINVAL) break;
+    }
+    return ErrnoStatus(-ret, "io_uring_queue_init");
+  }
+
+  void Run(std::promise<absl::Status>* ready) {
+    absl::Status status = SetUpRing();
+    if (!status.ok()) {
+      ready->set_value(status);
+      return;
+    }
+    wake_slot_.op = OpKind::kWake;
+    ArmWake();
+    for (Slot& slot : rx_slots_) ArmReceive(&slot);
+    ready->set_value(absl::OkStatus());
+
+    while (!stopping_) {
+      int ret = io_uring_submit_and_wait(&ring_, 1);
+      if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+        // Nothing sensible can go on without a ring; counted so it shows.
+        counters_.drops[static_cast<int>(DropReason::kSocketError)].Add();
+        continue;
+      }
+      unsigned head;
+      unsigned seen = 0;
+      io_uring_cqe* cqe;
+      io_uring_for_each_cqe(&ring_, head, cqe) {
+        ++seen;
+        Complete(reinterpret_cast<Slot*>(io_uring_cqe_get_data(cqe)), cqe->res);
+      }
+      io_uring_cq_advance(&ring_, seen);
+    }
+    Shutdown();
+  }
+
+  // Cancels everything still in flight and waits for it, so that when the engine is gone no
+  // operation holds a device or buffer (io_uring_queue_exit alone would let the kernel finish
+  // the cancellation in the background, keeping devices alive a little longer).
+  void Shutdown() {
+    io_uring_sqe* sqe = NextSqe();
+    io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_ANY);
+    io_uring_sqe_set_data(sqe, &cancel_slot_);
+    ++inflight_total_;
+    for (int rounds = 0; inflight_total_ > 0 && rounds < 100; ++rounds) {
+      __kernel_timespec timeout{0, 20'000'000};
+      io_uring_cqe* cqe = nullptr;
+      io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &timeout, nullptr);
+      unsigned head;
+      unsigned seen = 0;
+      io_uring_for_each_cqe(&ring_, head, cqe) { ++seen; }
+      io_uring_cq_advance(&ring_, seen);
+      inflight_total_ -= seen;
+    }
+    io_uring_queue_exit(&ring_);
+    for (auto& [name, tunnel] : tunnels_) {
+      if (tunnel->removal) tunnel->removal->done.set_value(absl::OkStatus());
+    }
+    tunnels_.clear();
+    by_match_.clear();
+    if (stop_command_) stop_command_->done.set_value(absl::OkStatus());
+  }
+
+  io_uring_sqe* NextSqe() {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    while (sqe == nullptr) {
+      // The submission queue is full: hand what is there to the kernel and go on.
+      io_uring_submit(&ring_);
+      sqe = io_uring_get_sqe(&ring_);
+    }
+    return sqe;
+  }
+
+  void ArmWake() {
+    io_uring_sqe* sqe = NextSqe();
+    io_uring_prep_read(sqe, wake_fd_, &wake_value_, sizeof wake_value_, 0);
+    io_uring_sqe_set_data(sqe, &wake_slot_);
+    ++inflight_total_;
+  }
+
+  void ArmReceive(Slot* slot) {
+    slot->op = OpKind::kSocketRecv;
+    slot->tunnel = nullptr;
+    io_uring_sqe* sqe = NextSqe();
+    // MSG_TRUNC: the result is the datagram's real length, so a packet larger than the buffer
+    // is seen as such instead of being passed on cut short.
+    io_uring_prep_recv(sqe, slot->socket_fd, slot->buffer, slot->capacity, MSG_TRUNC);
+    io_uring_sqe_set_data(sqe, slot);
+    ++inflight_total_;
+  }
+
+  void ArmDeviceRead(Slot* slot) {
+    slot->op = OpKind::kDeviceRead;
+    io_uring_sqe* sqe = NextSqe();
+    io_uring_prep_read(sqe, slot->tunnel->config.device_fd, slot->buffer + kHeadroom,
+                       slot->capacity - kHeadroom, 0);
+    io_uring_sqe_set_data(sqe, slot);
+    ++inflight_total_;
+    ++slot->tunnel->inflight;
+  }
+
+  void Complete(Slot* slot, int res) {
+    --inflight_total_;
+    switch (slot->op) {
+      case OpKind::kDeviceRead:
+        return CompleteDeviceRead(slot, res);
+      case OpKind::kSocketSend:
+        return CompleteSend(slot, res);
+      case OpKind::kSocketRecv:
+        return CompleteReceive(slot, res);
+      case OpKind::kDeviceWrite:
+        return CompleteDeviceWrite(slot, res);
+      case OpKind::kWake:
+        return CompleteWake();
+      case OpKind::kCancel:
+        return;  // the cancelled operations complete on their own
+    }
+  }
+
+  // Transmit, first half: a packet the host routed into the device.
+  void CompleteDeviceRead(Slot* slot, int res) {
+    TunnelRuntime* tunnel = slot->tunnel;
+    --tunnel->inflight;
+    if (tunnel->removal) return MaybeFinishRemoval(tunnel);
+    TunnelCounters& counters = *tunnel->config.counters;
+    if (res <= 0) {
+      // A read on a TUN device fails only transiently (EAGAIN, EINTR) or when the device is
+      // going away, which removal handles; try again either way.
+      if (res < 0 && res != -EAGAIN && res != -EINTR) {
+        counters.tx_drops[static_cast<int>(DropReason::kDeviceWriteError)].Add();
+      }
+      return ArmDeviceRead(slot);
+    }
+    const size_t len = static_cast<size_t>(res);
+    if (len >= slot->capacity - kHeadroom) {
+      // Filled the buffer: larger than the MTU the buffers were sized for, possibly cut.
+      counters.tx_drops[static_cast<int>(DropReason::kTooBig)].Add();
+      return ArmDeviceRead(slot);
+    }
+    uint8_t* inner = slot->buffer + kHeadroom;
+    EncapResult out = Encapsulate(tunnel->config.encap, inner, len, 0, tunnel->next_sequence);
+    if (out.packet == nullptr) {
+      counters.tx_drops[static_cast<int>(out.drop)].Add();
+      return ArmDeviceRead(slot);
+    }
+    if (tunnel->config.encap.sequence) ++tunnel->next_sequence;
+    slot->op = OpKind::kSocketSend;
+    slot->inner_len = static_cast<uint32_t>(len);
+    slot->iov.iov_base = out.packet;
+    slot->iov.iov_len = out.len;
+    io_uring_sqe* sqe = NextSqe();
+    io_uring_prep_sendmsg(sqe, send_fd_, &slot->msg, 0);
+    io_uring_sqe_set_data(sqe, slot);
+    ++inflight_total_;
+    ++tunnel->inflight;
+  }
+
+  // Transmit, second half.
+  void CompleteSend(Slot* slot, int res) {
+    TunnelRuntime* tunnel = slot->tunnel;
+    --tunnel->inflight;
+    TunnelCounters& counters = *tunnel->config.counters;
+    if (res >= 0) {
+      counters.tx_packets.Add();
+      counters.tx_bytes.Add(slot->inner_len);
+    } else {
+      // EMSGSIZE: larger than the underlay path allows (raw IP_HDRINCL sends never fragment).
+      DropReason reason = res == -EMSGSIZE ? DropReason::kTooBig : DropReason::kSendError;
+      counters.tx_drops[static_cast<int>(reason)].Add();
+    }
+    if (tunnel->removal) return MaybeFinishRemoval(tunnel);
+    ArmDeviceRead(slot);
+  }
+
+  // Receive, first half: a packet from the underlay.
+  void CompleteReceive(Slot* slot, int res) {
+    if (stopping_) return;
+    if (res < 0) {
+      // ICMP errors queued on the socket surface here (ENOPROTOOPT, ECONNREFUSED, ...), as
+      // does ENOBUFS under memory pressure: count and keep receiving.
+      if (res != -EINTR && res != -EAGAIN) {
+        counters_.drops[static_cast<int>(DropReason::kSocketError)].Add();
+      }
+      return ArmReceive(slot);
+    }
+    counters_.rx_packets.Add();
+    if (static_cast<unsigned>(res) > slot->capacity) {
+      counters_.drops[static_cast<int>(DropReason::kTooBig)].Add();
+      return ArmReceive(slot);
+    }
+    Decapsulated packet;
+    DropReason reason;
+    if (!Decapsulate(slot->buffer, static_cast<size_t>(res), &packet, &reason)) {
+      counters_.drops[static_cast<int>(reason)].Add();
+      return ArmReceive(slot);
+    }
+    TunnelRuntime* tunnel = Lookup(packet);
+    if (tunnel == nullptr) {
+      counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
+      return ArmReceive(slot);
+    }
+    slot->op = OpKind::kDeviceWrite;
+    slot->tunnel = tunnel;
+    slot->inner_len = static_cast<uint32_t>(packet.inner_len);
+    io_uring_sqe* sqe = NextSqe();
+    io_uring_prep_write(sqe, tunnel->config.device_fd, packet.inner,
+                        static_cast<unsigned>(packet.inner_len), 0);
+    io_uring_sqe_set_data(sqe, slot);
+    ++inflight_total_;
+    ++tunnel->inflight;
+  }
+
+  // Receive, second half.
+  void CompleteDeviceWrite(Slot* slot, int res) {
+    TunnelRuntime* tunnel = slot->tunnel;
+    --tunnel->inflight;
+    TunnelCounters& counters = *tunnel->config.counters;
+    if (res >= 0) {
+      counters.rx_packets.Add();
+      counters.rx_bytes.Add(slot->inner_len);
+    } else {
+      counters.rx_drops[static_cast<int>(DropReason::kDeviceWriteError)].Add();
+    }
+    if (tunnel->removal) MaybeFinishRemoval(tunnel);
+    ArmReceive(slot);
+  }
+
+  // ip_tunnel_lookup's order: local and remote, remote only, local only, neither; the key
+  // always matches exactly (a keyless packet only finds a keyless tunnel).
+  TunnelRuntime* Lookup(const Decapsulated& packet) const {
+    MatchKey key{packet.protocol, packet.has_key, packet.outer_dst, packet.outer_src,
+                 packet.has_key ? packet.key : 0};
+    const std::pair<uint32_t, uint32_t> candidates[] = {
+        {packet.outer_dst, packet.outer_src},
+        {0, packet.outer_src},
+        {packet.outer_dst, 0},
+        {0, 0},
+    };
+    for (const auto& [local, remote] : candidates) {
+      key.local = local;
+      key.remote = remote;
+      auto it = by_match_.find(key);
+      if (it != by_match_.end()) return it->second;
+    }
+    return nullptr;
+  }
+
+  void CompleteWake() {
+    std::deque<std::unique_ptr<Command>> commands;
+    {
+      absl::MutexLock lock(&mu_);
+      commands.swap(commands_);
+    }
+    for (auto& command : commands) {
+      switch (command->kind) {
+        case Command::Kind::kAdd:
+          command->done.set_value(Add(command->tunnel));
+          break;
+        case Command::Kind::kRemove:
+          BeginRemoval(std::move(command));
+          break;
+        case Command::Kind::kStop:
+          stopping_ = true;
+          stop_command_ = std::move(command);
+          break;
+      }
+    }
+    if (!stopping_) ArmWake();
+  }
+
+  absl::Status Add(const EngineTunnel& config) {
+    if (tunnels_.contains(config.name)) {
+      return absl::AlreadyExistsError(absl::StrCat("tunnel ", config.name, " exists"));
+    }
+    MatchKey match{config.protocol, config.has_input_key, config.local, config.remote,
+                   config.has_input_key ? config.input_key : 0};
+    if (by_match_.contains(match)) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("another tunnel receives the same local, remote and key as ", config.name));
+    }
+    auto tunnel = std::make_unique<TunnelRuntime>();
+    tunnel->config = config;
+    tunnel->match = match;
+    // Room for the headroom, an MTU-sized packet, and enough beyond it to tell a packet that
+    // overflows the MTU from one that fits exactly.
+    const size_t capacity = (kHeadroom + config.mtu + 64 + 63) & ~size_t{63};
+    const unsigned depth = options_.device_reads_per_tunnel;
+    tunnel->memory.reset(new uint8_t[capacity * depth]);
+    tunnel->slots.resize(depth);
+    for (unsigned i = 0; i < depth; ++i) {
+      Slot& slot = tunnel->slots[i];
+      slot.tunnel = tunnel.get();
+      slot.buffer = tunnel->memory.get() + i * capacity;
+      slot.capacity = static_cast<uint32_t>(capacity);
+      slot.peer.sin_family = AF_INET;
+      slot.peer.sin_addr.s_addr = htonl(config.encap.remote);
+      slot.msg.msg_name = &slot.peer;
+      slot.msg.msg_namelen = sizeof slot.peer;
+      slot.msg.msg_iov = &slot.iov;
+      slot.msg.msg_iovlen = 1;
+    }
+    TunnelRuntime* raw = tunnel.get();
+    by_match_[match] = raw;
+    tunnels_[config.name] = std::move(tunnel);
+    for (Slot& slot : raw->slots) ArmDeviceRead(&slot);
+    return absl::OkStatus();
+  }
+
+  // Removal is asynchronous inside the engine: the tunnel stops matching at once, its pending
+  // device reads are cancelled, and the caller is answered when the last operation that
+  // touches its device or buffers has completed.
+  void BeginRemoval(std::unique_ptr<Command> command) {
+    auto it = tunnels_.find(command->name);
+    if (it == tunnels_.end() || it->second->removal) {
+      command->done.set_value(
+          absl::NotFoundError(absl::StrCat("tunnel ", command->name, " not found")));
+      return;
+    }
+    TunnelRuntime* tunnel = it->second.get();
+    by_match_.erase(tunnel->match);
+    tunnel->removal = std::move(command);
+    io_uring_sqe* sqe = NextSqe();
+    io_uring_prep_cancel_fd(sqe, tunnel->config.device_fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data(sqe, &cancel_slot_);
+    ++inflight_total_;
+    MaybeFinishRemoval(tunnel);
+  }
+
+  void MaybeFinishRemoval(TunnelRuntime* tunnel) {
+    if (tunnel->inflight != 0) return;
+    std::unique_ptr<Command> command = std::move(tunnel->removal);
+    tunnels_.erase(tunnel->config.name);  // frees the tunnel and its buffers
+    command->done.set_value(absl::OkStatus());
+  }
+
+  const UringEngineOptions options_;
+  io_uring ring_{};
+  std::thread thread_;
+
+  int wake_fd_ = -1;
+  int send_fd_ = -1;
+  int gre_fd_ = -1;
+  int ipip_fd_ = -1;
+
+  // Owned by the engine thread once it runs.
+  std::unique_ptr<uint8_t[]> rx_memory_;
+  std::vector<Slot> rx_slots_;
+  Slot wake_slot_;
+  Slot cancel_slot_{OpKind::kCancel};
+  uint64_t wake_value_ = 0;
+  // Operations submitted and not yet completed, all kinds.
+  uint64_t inflight_total_ = 0;
+  bool stopping_ = false;
+  std::unique_ptr<Command> stop_command_;
+  absl::flat_hash_map<std::string, std::unique_ptr<TunnelRuntime>> tunnels_;
+  absl::flat_hash_map<MatchKey, TunnelRuntime*> by_match_;
+
+  DataplaneCounters counters_;
+
+  absl::Mutex mu_;
+  std::deque<std::unique_ptr<Command>> commands_ ABSL_GUARDED_BY(mu_);
+};
+
+absl::StatusOr<std::unique_ptr<UringEngine>> UringEngine::Start(
+    const UringEngineOptions& options) {
+  if (options.ring_entries == 0 || options.device_reads_per_tunnel == 0 ||
+      options.socket_receives == 0 || options.receive_buffer_bytes < 2048) {
+    return absl::InvalidArgumentError("io_uring engine: ring, queue depths and buffers too small");
+  }
+  auto impl = std::make_unique<Impl>(options);
+  absl::Status status = impl->Start();
+  if (!status.ok()) return status;
+  return std::unique_ptr<UringEngine>(new UringEngine(std::move(impl)));
+}
+
+UringEngine::UringEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+UringEngine::~UringEngine() = default;
+
+absl::Status UringEngine::AddTunnel(const EngineTunnel& tunnel) {
+  if (tunnel.device_fd < 0 || tunnel.mtu == 0 || tunnel.mtu > 65535 || !tunnel.counters) {
+    return absl::InvalidArgumentError("engine tunnel needs a device, an MTU and counters");
+  }
+  auto command = std::make_unique<Command>();
+  command->kind = Command::Kind::kAdd;
+  command->tunnel = tunnel;
+  return impl_->Submit(std::move(command));
+}
+
+absl::Status UringEngine::RemoveTunnel(const std::string& name) {
+  auto command = std::make_unique<Command>();
+  command->kind = Command::Kind::kRemove;
+  command->name = name;
+  return impl_->Submit(std::move(command));
+}
+
+const DataplaneCounters& UringEngine::counters() const { return impl_->counters(); }
+
+}  // namespace tunnelagent::dataplane

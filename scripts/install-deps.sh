@@ -1,0 +1,35 @@
+#!/bin/bash
+# Installs the Debian packages tunnel-agent builds and tests with, when missing, and the
+# `buf` CLI (npm @bufbuild/buf) the integration tests use as a gRPC client nobody here wrote.
+# Idempotent and quiet when everything is present. Needs root on a fresh machine.
+set -euo pipefail
+
+BUILD_PACKAGES=(cmake ninja-build g++ pkg-config make
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  prometheus-cpp-dev liburing-dev libmnl-dev libgtest-dev libgmock-dev libbenchmark-dev)
+TEST_PACKAGES=(iproute2 iputils-ping iperf3 procps psmisc curl jq
+  python3 python3-grpcio python3-protobuf tshark nodejs npm)
+
+missing=()
+for p in "${BUILD_PACKAGES[@]}" ${WITH_TEST_DEPS:+"${TEST_PACKAGES[@]}"}; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: missing packages ${missing[*]}; run as root (or: apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ -n "${WITH_TEST_DEPS:-}" ]; then
+  tools=${TOOLS_DIR:-build/tools}
+  if [ ! -x "$tools/node_modules/.bin/buf" ]; then
+    echo "install-deps: installing buf (npm @bufbuild/buf) into $tools"
+    mkdir -p "$tools"
+    (cd "$tools" && npm install --silent --no-audit --no-fund --prefix . @bufbuild/buf@1 >/dev/null)
+  fi
+fi

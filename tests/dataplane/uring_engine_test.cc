@@ -1,0 +1,377 @@
+// The io_uring engine against the real kernel, in the private network namespace netns_main.cc
+// made: a tunnel whose underlay is loopback (local 127.0.0.1, remote 127.0.0.2).
+//   transmit: a UDP datagram routed into the device comes out on a raw GRE socket, wrapped;
+//   receive:  a wrapped datagram sent to 127.0.0.1 reaches a UDP socket behind the device.
+#include "dataplane/uring_engine.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dataplane/netlink.h"
+#include "dataplane/packet/gre.h"
+#include "dataplane/packet/ipv4.h"
+#include "dataplane/tun_device.h"
+#include "gtest/gtest.h"
+
+namespace tunnelagent::dataplane {
+namespace {
+
+constexpr uint32_t kLocal = 0x7f000001;    // 127.0.0.1
+constexpr uint32_t kRemote = 0x7f000002;   // 127.0.0.2
+constexpr uint32_t kInnerA = 0x0a010001;   // 10.1.0.1, on the device
+constexpr uint32_t kInnerFar = 0x0a090002; // 10.9.0.2, behind the far end
+constexpr uint16_t kPort = 4242;
+
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+sockaddr_in Addr(uint32_t host_order, uint16_t port = 0) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(host_order);
+  a.sin_port = htons(port);
+  return a;
+}
+
+void WriteFile(const char* path, const char* value) {
+  int fd = open(path, O_WRONLY);
+  if (fd < 0) return;
+  (void)!write(fd, value, strlen(value));
+  close(fd);
+}
+
+// Waits up to `ms` for a condition that the engine thread makes true.
+template <typename F>
+bool Eventually(F condition, int ms = 2000) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return condition();
+}
+
+// A minimal IPv4/UDP datagram with a zero UDP checksum (allowed over IPv4).
+std::vector<uint8_t> UdpPacket(uint32_t src, uint32_t dst, uint16_t port,
+                               const std::string& payload) {
+  std::vector<uint8_t> pkt(kIpv4HeaderLen + 8 + payload.size());
+  Ipv4Header ip;
+  ip.total_len = static_cast<uint16_t>(pkt.size());
+  ip.ttl = 63;
+  ip.protocol = IPPROTO_UDP;
+  ip.src = src;
+  ip.dst = dst;
+  WriteIpv4Header(ip, pkt.data());
+  uint8_t* udp = pkt.data() + kIpv4HeaderLen;
+  udp[0] = port >> 8;
+  udp[1] = port & 0xff;
+  udp[2] = port >> 8;
+  udp[3] = port & 0xff;
+  uint16_t len = static_cast<uint16_t>(8 + payload.size());
+  udp[4] = len >> 8;
+  udp[5] = len & 0xff;
+  memcpy(udp + 8, payload.data(), payload.size());
+  return pkt;
+}
+
+// Wraps `inner` as the far end would: outer IPv4 127.0.0.2 -> 127.0.0.1, then GRE or IPIP.
+std::vector<uint8_t> Wrap(const std::vector<uint8_t>& inner, uint8_t protocol,
+                          const GreHeader* gre) {
+  size_t gre_len = gre ? GreHeaderLen(*gre) : 0;
+  std::vector<uint8_t> pkt(kIpv4HeaderLen + gre_len + inner.size());
+  memcpy(pkt.data() + kIpv4HeaderLen + gre_len, inner.data(), inner.size());
+  if (gre) WriteGreHeader(*gre, pkt.data() + kIpv4HeaderLen, inner.size());
+  Ipv4Header ip;
+  ip.total_len = static_cast<uint16_t>(pkt.size());
+  ip.ttl = 64;
+  ip.protocol = protocol;
+  ip.src = kRemote;
+  ip.dst = kLocal;
+  WriteIpv4Header(ip, pkt.data());
+  return pkt;
+}
+
+class UringEngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // A new TUN device sends IPv6 router solicitations; keep the tunnel's traffic to ours.
+    WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1");
+    WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
+    auto netlink = Netlink::Open();
+    ASSERT_TRUE(netlink.ok()) << netlink.status();
+    netlink_ = *std::move(netlink);
+    auto lo = netlink_->GetLinkByName("lo");
+    ASSERT_TRUE(lo.ok()) << lo.status();
+    ASSERT_TRUE(netlink_->SetLinkUp(lo->ifindex, true).ok());
+    // 127.0.0.2 is ours too (all of 127/8 is local), which makes loopback a two-ended underlay.
+
+    auto engine = UringEngine::Start(UringEngineOptions{});
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    engine_ = *std::move(engine);
+
+    // Sees every GRE and IPIP packet, like the engine's own sockets.
+    gre_tap_ = std::make_unique<Fd>(socket(AF_INET, SOCK_RAW, IPPROTO_GRE));
+    ipip_tap_ = std::make_unique<Fd>(socket(AF_INET, SOCK_RAW, IPPROTO_IPIP));
+    sender_ = std::make_unique<Fd>(socket(AF_INET, SOCK_RAW, IPPROTO_RAW));
+    ASSERT_GE(gre_tap_->get(), 0);
+    ASSERT_GE(ipip_tap_->get(), 0);
+    ASSERT_GE(sender_->get(), 0);
+  }
+
+  void TearDown() override {
+    if (engine_ && tun_) engine_->RemoveTunnel("tun0").IgnoreError();
+  }
+
+  // A device "tun0" with 10.1.0.1/32, a route to 10.9.0.0/24 through it, in the engine.
+  void AddTunnel(EncapKind kind, bool keyed, uint32_t key = 0) {
+    auto tun = TunDevice::Create("tun0", TunDevice::Kind::kTun);
+    ASSERT_TRUE(tun.ok()) << tun.status();
+    tun_ = *std::move(tun);
+    const int ifindex = tun_->ifindex();
+    ASSERT_TRUE(netlink_->SetLinkMtu(ifindex, 1400).ok());
+    ASSERT_TRUE(netlink_->AddAddress(ifindex, *IpPrefix::Parse("10.1.0.1/32")).ok());
+    ASSERT_TRUE(netlink_->SetLinkUp(ifindex, true).ok());
+    ASSERT_TRUE(netlink_->AddRoute(ifindex, *IpPrefix::Parse("10.9.0.0/24")).ok());
+
+    counters_ = std::make_shared<TunnelCounters>();
+    EngineTunnel t;
+    t.name = "tun0";
+    t.device_fd = tun_->fd();
+    t.mtu = 1400;
+    t.encap.kind = kind;
+    t.encap.local = kLocal;
+    t.encap.remote = kRemote;
+    t.encap.has_key = keyed;
+    t.encap.key = key;
+    t.protocol = kind == EncapKind::kGre ? kIpProtoGre : kIpProtoIpip;
+    t.local = kLocal;
+    t.remote = kRemote;
+    t.has_input_key = keyed;
+    t.input_key = key;
+    t.counters = counters_;
+    ASSERT_TRUE(engine_->AddTunnel(t).ok());
+  }
+
+  // Sends `payload` from 10.1.0.1 to 10.9.0.2, which the route hands to the device.
+  void SendInner(const std::string& payload) {
+    Fd udp(socket(AF_INET, SOCK_DGRAM, 0));
+    sockaddr_in src = Addr(kInnerA);
+    ASSERT_EQ(bind(udp.get(), reinterpret_cast<sockaddr*>(&src), sizeof src), 0);
+    sockaddr_in dst = Addr(kInnerFar, kPort);
+    ASSERT_EQ(sendto(udp.get(), payload.data(), payload.size(), 0,
+                     reinterpret_cast<sockaddr*>(&dst), sizeof dst),
+              static_cast<ssize_t>(payload.size()));
+  }
+
+  // The next packet on a tap socket that carries `payload`, or empty after a timeout.
+  std::vector<uint8_t> Capture(const Fd& tap, const std::string& payload) {
+    std::vector<uint8_t> buf(65536);
+    for (int i = 0; i < 50; ++i) {
+      pollfd p{tap.get(), POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      ssize_t n = recv(tap.get(), buf.data(), buf.size(), 0);
+      if (n <= 0) continue;
+      std::string bytes(reinterpret_cast<char*>(buf.data()), n);
+      if (bytes.find(payload) != std::string::npos) {
+        buf.resize(n);
+        return buf;
+      }
+    }
+    return {};
+  }
+
+  void SendOuter(const std::vector<uint8_t>& pkt) {
+    sockaddr_in dst = Addr(kLocal);
+    ASSERT_EQ(sendto(sender_->get(), pkt.data(), pkt.size(), 0, reinterpret_cast<sockaddr*>(&dst),
+                     sizeof dst),
+              static_cast<ssize_t>(pkt.size()));
+  }
+
+  std::unique_ptr<Fd> BoundUdp() {
+    auto udp = std::make_unique<Fd>(socket(AF_INET, SOCK_DGRAM, 0));
+    sockaddr_in a = Addr(kInnerA, kPort);
+    EXPECT_EQ(bind(udp->get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    return udp;
+  }
+
+  static std::string ReceiveUdp(const Fd& udp, int timeout_ms = 2000) {
+    pollfd p{udp.get(), POLLIN, 0};
+    if (poll(&p, 1, timeout_ms) <= 0) return "";
+    char buf[2048];
+    ssize_t n = recv(udp.get(), buf, sizeof buf, 0);
+    return n > 0 ? std::string(buf, n) : "";
+  }
+
+  uint64_t EngineDrops(DropReason r) const {
+    return engine_->counters().drops[static_cast<int>(r)].Get();
+  }
+
+  // Declared before the engine so they are destroyed after it: the engine must be done with a
+  // device before the device closes.
+  std::unique_ptr<Netlink> netlink_;
+  std::unique_ptr<TunDevice> tun_;
+  std::shared_ptr<TunnelCounters> counters_;
+  std::unique_ptr<UringEngine> engine_;
+  std::unique_ptr<Fd> gre_tap_, ipip_tap_, sender_;
+};
+
+TEST_F(UringEngineTest, TransmitWrapsInGreWithKey) {
+  AddTunnel(EncapKind::kGre, /*keyed=*/true, 0x01020304);
+  SendInner("hello-gre-tx");
+  std::vector<uint8_t> pkt = Capture(*gre_tap_, "hello-gre-tx");
+  ASSERT_FALSE(pkt.empty()) << "no GRE packet left the engine";
+
+  Ipv4Header outer;
+  DropReason reason;
+  ASSERT_TRUE(ParseIpv4Header(pkt.data(), pkt.size(), &outer, &reason));
+  EXPECT_EQ(outer.src, kLocal);
+  EXPECT_EQ(outer.dst, kRemote);
+  EXPECT_EQ(outer.protocol, kIpProtoGre);
+  EXPECT_EQ(outer.ttl, 64);
+  EXPECT_TRUE(outer.dont_fragment);
+  GreHeader gre;
+  size_t gre_len = 0;
+  ASSERT_TRUE(ParseGreHeader(pkt.data() + outer.header_len, pkt.size() - outer.header_len, &gre,
+                             &gre_len, &reason));
+  EXPECT_TRUE(gre.has_key);
+  EXPECT_EQ(gre.key, 0x01020304u);
+  EXPECT_EQ(gre.protocol, kEtherTypeIpv4);
+  EXPECT_EQ(gre_len, 8u);
+  EXPECT_TRUE(Eventually([&] { return counters_->tx_packets.Get() >= 1; }));
+  EXPECT_EQ(counters_->tx_bytes.Get(), counters_->tx_packets.Get() * (20 + 8 + 12));
+}
+
+TEST_F(UringEngineTest, ReceiveDeliversMatchingGreToDevice) {
+  AddTunnel(EncapKind::kGre, /*keyed=*/true, 77);
+  auto udp = BoundUdp();
+  GreHeader gre;
+  gre.has_key = true;
+  gre.key = 77;
+  gre.protocol = kEtherTypeIpv4;
+  SendOuter(Wrap(UdpPacket(kInnerFar, kInnerA, kPort, "hello-gre-rx"), kIpProtoGre, &gre));
+  EXPECT_EQ(ReceiveUdp(*udp), "hello-gre-rx");
+  EXPECT_TRUE(Eventually([&] { return counters_->rx_packets.Get() == 1; }));
+  EXPECT_EQ(counters_->rx_bytes.Get(), 20u + 8 + 12);
+}
+
+TEST_F(UringEngineTest, WrongOrMissingKeyIsDroppedAndCounted) {
+  AddTunnel(EncapKind::kGre, /*keyed=*/true, 77);
+  auto udp = BoundUdp();
+  GreHeader wrong;
+  wrong.has_key = true;
+  wrong.key = 78;
+  wrong.protocol = kEtherTypeIpv4;
+  GreHeader keyless;
+  keyless.protocol = kEtherTypeIpv4;
+  SendOuter(Wrap(UdpPacket(kInnerFar, kInnerA, kPort, "wrong-key"), kIpProtoGre, &wrong));
+  SendOuter(Wrap(UdpPacket(kInnerFar, kInnerA, kPort, "no-key"), kIpProtoGre, &keyless));
+  EXPECT_TRUE(Eventually([&] { return EngineDrops(DropReason::kNoTunnel) == 2; }));
+  EXPECT_EQ(ReceiveUdp(*udp, 200), "");
+  EXPECT_EQ(counters_->rx_packets.Get(), 0u);
+}
+
+TEST_F(UringEngineTest, MalformedGreIsCountedByReasonAndTheLoopGoesOn) {
+  AddTunnel(EncapKind::kGre, /*keyed=*/false);
+  auto udp = BoundUdp();
+  std::vector<uint8_t> inner = UdpPacket(kInnerFar, kInnerA, kPort, "after-garbage");
+  GreHeader gre;
+  gre.protocol = kEtherTypeIpv4;
+  std::vector<uint8_t> version1 = Wrap(inner, kIpProtoGre, &gre);
+  version1[kIpv4HeaderLen + 1] |= 0x01;  // GRE version 1 (PPTP)
+  SendOuter(version1);
+  std::vector<uint8_t> routing = Wrap(inner, kIpProtoGre, &gre);
+  routing[kIpv4HeaderLen] |= 0x40;
+  SendOuter(routing);
+  std::vector<uint8_t> truncated = Wrap(inner, kIpProtoGre, &gre);
+  truncated.resize(kIpv4HeaderLen + 2);
+  SendOuter(truncated);
+  EXPECT_TRUE(Eventually([&] {
+    return EngineDrops(DropReason::kGreVersion) == 1 && EngineDrops(DropReason::kGreRouting) == 1 &&
+           EngineDrops(DropReason::kTruncated) == 1;
+  }));
+  SendOuter(Wrap(inner, kIpProtoGre, &gre));
+  EXPECT_EQ(ReceiveUdp(*udp), "after-garbage");
+}
+
+TEST_F(UringEngineTest, IpipBothWays) {
+  AddTunnel(EncapKind::kIpip, /*keyed=*/false);
+  SendInner("hello-ipip-tx");
+  std::vector<uint8_t> pkt = Capture(*ipip_tap_, "hello-ipip-tx");
+  ASSERT_FALSE(pkt.empty());
+  Ipv4Header outer;
+  DropReason reason;
+  ASSERT_TRUE(ParseIpv4Header(pkt.data(), pkt.size(), &outer, &reason));
+  EXPECT_EQ(outer.protocol, kIpProtoIpip);
+  EXPECT_EQ(IpVersion(pkt.data() + 20, pkt.size() - 20), 4);
+
+  auto udp = BoundUdp();
+  SendOuter(Wrap(UdpPacket(kInnerFar, kInnerA, kPort, "hello-ipip-rx"), kIpProtoIpip, nullptr));
+  EXPECT_EQ(ReceiveUdp(*udp), "hello-ipip-rx");
+}
+
+TEST_F(UringEngineTest, AddAndRemoveAreChecked) {
+  AddTunnel(EncapKind::kGre, /*keyed=*/false);
+  EngineTunnel clash;
+  clash.name = "other";
+  clash.device_fd = tun_->fd();
+  clash.mtu = 1400;
+  clash.protocol = kIpProtoGre;
+  clash.local = kLocal;
+  clash.remote = kRemote;
+  clash.counters = std::make_shared<TunnelCounters>();
+  EXPECT_EQ(engine_->AddTunnel(clash).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(engine_->RemoveTunnel("nope").code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(engine_->RemoveTunnel("tun0").ok());
+  EXPECT_EQ(engine_->RemoveTunnel("tun0").code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(UringEngineTest, RemovedTunnelNoLongerReceives) {
+  AddTunnel(EncapKind::kGre, /*keyed=*/false);
+  ASSERT_TRUE(engine_->RemoveTunnel("tun0").ok());
+  GreHeader gre;
+  gre.protocol = kEtherTypeIpv4;
+  SendOuter(Wrap(UdpPacket(kInnerFar, kInnerA, kPort, "late"), kIpProtoGre, &gre));
+  EXPECT_TRUE(Eventually([&] { return EngineDrops(DropReason::kNoTunnel) == 1; }));
+}
+
+// Removal while packets flow both ways must wait for every operation on the device and never
+// crash or leak; repeated to give races a chance.
+TEST_F(UringEngineTest, RemoveUnderLoad) {
+  GreHeader gre;
+  gre.protocol = kEtherTypeIpv4;
+  std::vector<uint8_t> wrapped =
+      Wrap(UdpPacket(kInnerFar, kInnerA, kPort, "load"), kIpProtoGre, &gre);
+  for (int round = 0; round < 5; ++round) {
+    AddTunnel(EncapKind::kGre, /*keyed=*/false);
+    for (int i = 0; i < 200; ++i) {
+      SendOuter(wrapped);
+      if (i % 4 == 0) SendInner("load-tx");
+    }
+    ASSERT_TRUE(engine_->RemoveTunnel("tun0").ok());
+    tun_.reset();
+  }
+}
+
+}  // namespace
+}  // namespace tunnelagent::dataplane
