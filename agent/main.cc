@@ -32,10 +32,22 @@ ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9476",
 ABSL_FLAG(std::string, state_dir, "/var/lib/tunnel-agent",
           "Directory of the desired-state file (tunnels.json)");
 
+ABSL_FLAG(uint32_t, device_reads_per_tunnel, 8,
+          "Dataplane: reads kept in flight on each tunnel device");
+ABSL_FLAG(uint32_t, socket_receives, 64,
+          "Dataplane: receives kept in flight on each underlay socket");
+
 namespace tunnelagent::agent {
 namespace {
 
 constexpr char kVersion[] = "0.1.0";
+
+dataplane::UringEngineOptions EngineOptionsFromFlags() {
+  dataplane::UringEngineOptions options;
+  options.device_reads_per_tunnel = absl::GetFlag(FLAGS_device_reads_per_tunnel);
+  options.socket_receives = absl::GetFlag(FLAGS_socket_receives);
+  return options;
+}
 
 int Run() {
   // Signals are taken by one thread with sigwait: blocked here, before any thread starts, so
@@ -52,7 +64,7 @@ int Run() {
     return 1;
   }
   absl::StatusOr<std::unique_ptr<dataplane::UringEngine>> engine =
-      dataplane::UringEngine::Start(dataplane::UringEngineOptions{});
+      dataplane::UringEngine::Start(EngineOptionsFromFlags());
   if (!engine.ok()) {
     Log("FATAL", "dataplane: %s", engine.status().ToString());
     return 1;

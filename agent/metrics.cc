@@ -17,8 +17,9 @@ using prometheus::MetricType;
 // Drop reasons that can happen on each direction of a tunnel: these series exist from the
 // tunnel's creation (at 0), so rate() and alerts see them before the first drop.
 constexpr std::array kTxReasons = {DropReason::kUnsupportedProtocol, DropReason::kBadInnerPacket,
-                                   DropReason::kTooBig, DropReason::kSendError};
-constexpr std::array kRxReasons = {DropReason::kDeviceWriteError};
+                                   DropReason::kTooBig, DropReason::kSendError,
+                                   DropReason::kDeviceError};
+constexpr std::array kRxReasons = {DropReason::kDeviceError};
 
 const char* StateName(OperState state) {
   switch (state) {

@@ -324,11 +324,11 @@ class UringEngine::Impl {
     if (tunnel->removal) return MaybeFinishRemoval(tunnel);
     TunnelCounters& counters = *tunnel->config.counters;
     if (res <= 0) {
-      // A read on a TUN device fails only transiently (EAGAIN, EINTR) or when the device is
-      // going away, which removal handles; try again either way.
-      if (res < 0 && res != -EAGAIN && res != -EINTR) {
-        counters.tx_drops[static_cast<int>(DropReason::kDeviceWriteError)].Add();
-      }
+      if (res == 0 || res == -EAGAIN || res == -EINTR) return ArmDeviceRead(slot);
+      counters.tx_drops[static_cast<int>(DropReason::kDeviceError)].Add();
+      // A device that answers EBADF/EBADFD/EINVAL/EFAULT will answer so forever: park this
+      // buffer rather than spin on it (counted above; removal still accounts for it).
+      if (res == -EBADF || res == -EBADFD || res == -EINVAL || res == -EFAULT) return;
       return ArmDeviceRead(slot);
     }
     const size_t len = static_cast<size_t>(res);
@@ -419,7 +419,7 @@ class UringEngine::Impl {
       counters.rx_packets.Add();
       counters.rx_bytes.Add(slot->inner_len);
     } else {
-      counters.rx_drops[static_cast<int>(DropReason::kDeviceWriteError)].Add();
+      counters.rx_drops[static_cast<int>(DropReason::kDeviceError)].Add();
     }
     if (tunnel->removal) MaybeFinishRemoval(tunnel);
     ArmReceive(slot);

@@ -20,7 +20,7 @@ enum class DropReason : uint8_t {
   kNoTunnel,             // no tunnel matches outer source, destination and key
   kTooBig,               // larger than the tunnel can carry (buffer or EMSGSIZE)
   kSendError,            // the underlay socket refused the packet
-  kDeviceWriteError,     // the tunnel device refused the inner packet
+  kDeviceError,          // the tunnel device failed a read or refused a write
   kSocketError,          // an error reported on the underlay socket (e.g. ICMP unreachable)
   kCount,
 };

@@ -83,8 +83,8 @@ absl::string_view DropReasonName(DropReason reason) {
       return "too_big";
     case DropReason::kSendError:
       return "send_error";
-    case DropReason::kDeviceWriteError:
-      return "device_write_error";
+    case DropReason::kDeviceError:
+      return "device_error";
     case DropReason::kSocketError:
       return "socket_error";
     case DropReason::kCount:
