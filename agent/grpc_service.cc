@@ -9,8 +9,7 @@ namespace tunnelagent::agent {
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   // absl::StatusCode and grpc::StatusCode share their numbering (both are google.rpc.Code).
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
 grpc::Status TunnelServiceImpl::CreateTunnel(grpc::ServerContext*,
@@ -27,8 +26,7 @@ grpc::Status TunnelServiceImpl::CreateTunnel(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status TunnelServiceImpl::GetTunnel(grpc::ServerContext*,
-                                          const v1::GetTunnelRequest* request,
+grpc::Status TunnelServiceImpl::GetTunnel(grpc::ServerContext*, const v1::GetTunnelRequest* request,
                                           v1::Tunnel* response) {
   if (request->name().empty()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name: required");

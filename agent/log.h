@@ -14,9 +14,9 @@ namespace tunnelagent::agent {
 
 template <typename... Args>
 void Log(const char* severity, const absl::FormatSpec<Args...>& format, const Args&... args) {
-  std::string line = absl::StrCat(
-      absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()), " ", severity,
-      " ", absl::StrFormat(format, args...), "\n");
+  std::string line =
+      absl::StrCat(absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()), " ",
+                   severity, " ", absl::StrFormat(format, args...), "\n");
   fputs(line.c_str(), stderr);
 }
 

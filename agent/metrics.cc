@@ -77,37 +77,37 @@ AgentMetrics::AgentMetrics(const TunnelManager* manager, const dataplane::Packet
     : manager_(manager), engine_(engine), version_(std::move(version)) {}
 
 std::vector<MetricFamily> AgentMetrics::Collect() const {
-  MetricFamily build = Family("tunnelagent_build_info",
-                              "Version and dataplane backend of the running agent (always 1).",
-                              MetricType::Gauge);
+  MetricFamily build =
+      Family("tunnelagent_build_info",
+             "Version and dataplane backend of the running agent (always 1).", MetricType::Gauge);
   AddSample(build, {{"io_backend", engine_->backend_name()}, {"version", version_}}, 1);
 
-  MetricFamily tunnels = Family("tunnelagent_tunnels", "Tunnels by mode and operational state.",
-                                MetricType::Gauge);
-  MetricFamily up = Family("tunnelagent_tunnel_up",
-                           "1 when the tunnel's device is up and its packets are moved.",
-                           MetricType::Gauge);
-  MetricFamily tx_packets = Family("tunnelagent_tunnel_tx_packets_total",
-                                   "Packets read from the tunnel device and sent encapsulated.",
-                                   MetricType::Counter);
-  MetricFamily tx_bytes = Family("tunnelagent_tunnel_tx_bytes_total",
-                                 "Inner bytes of the packets counted in tx_packets.",
-                                 MetricType::Counter);
-  MetricFamily rx_packets = Family("tunnelagent_tunnel_rx_packets_total",
-                                   "Packets received for the tunnel and written to its device.",
-                                   MetricType::Counter);
-  MetricFamily rx_bytes = Family("tunnelagent_tunnel_rx_bytes_total",
-                                 "Inner bytes of the packets counted in rx_packets.",
-                                 MetricType::Counter);
-  MetricFamily drops = Family("tunnelagent_tunnel_drops_total",
-                              "Packets of the tunnel dropped, by direction and reason.",
-                              MetricType::Counter);
+  MetricFamily tunnels =
+      Family("tunnelagent_tunnels", "Tunnels by mode and operational state.", MetricType::Gauge);
+  MetricFamily up =
+      Family("tunnelagent_tunnel_up", "1 when the tunnel's device is up and its packets are moved.",
+             MetricType::Gauge);
+  MetricFamily tx_packets =
+      Family("tunnelagent_tunnel_tx_packets_total",
+             "Packets read from the tunnel device and sent encapsulated.", MetricType::Counter);
+  MetricFamily tx_bytes =
+      Family("tunnelagent_tunnel_tx_bytes_total",
+             "Inner bytes of the packets counted in tx_packets.", MetricType::Counter);
+  MetricFamily rx_packets =
+      Family("tunnelagent_tunnel_rx_packets_total",
+             "Packets received for the tunnel and written to its device.", MetricType::Counter);
+  MetricFamily rx_bytes =
+      Family("tunnelagent_tunnel_rx_bytes_total",
+             "Inner bytes of the packets counted in rx_packets.", MetricType::Counter);
+  MetricFamily drops =
+      Family("tunnelagent_tunnel_drops_total",
+             "Packets of the tunnel dropped, by direction and reason.", MetricType::Counter);
 
   std::map<std::pair<std::string, std::string>, int> by_mode_state;
-  for (auto mode : {dataplane::TunnelMode::kGre, dataplane::TunnelMode::kGretap,
-                    dataplane::TunnelMode::kIpip, dataplane::TunnelMode::kSit,
-                    dataplane::TunnelMode::kIp6gre, dataplane::TunnelMode::kIp6gretap,
-                    dataplane::TunnelMode::kIp6tnl}) {
+  for (auto mode :
+       {dataplane::TunnelMode::kGre, dataplane::TunnelMode::kGretap, dataplane::TunnelMode::kIpip,
+        dataplane::TunnelMode::kSit, dataplane::TunnelMode::kIp6gre,
+        dataplane::TunnelMode::kIp6gretap, dataplane::TunnelMode::kIp6tnl}) {
     for (OperState state : {OperState::kUp, OperState::kDown, OperState::kError}) {
       by_mode_state[{std::string(dataplane::TunnelModeName(mode)), StateName(state)}] = 0;
     }
@@ -131,13 +131,13 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
   }
 
   const dataplane::DataplaneCounters& dp = engine_->counters();
-  MetricFamily underlay_rx = Family("tunnelagent_dataplane_rx_packets_total",
-                                    "Packets received on the underlay GRE and IPIP sockets.",
-                                    MetricType::Counter);
+  MetricFamily underlay_rx =
+      Family("tunnelagent_dataplane_rx_packets_total",
+             "Packets received on the underlay GRE and IPIP sockets.", MetricType::Counter);
   AddSample(underlay_rx, {}, static_cast<double>(dp.rx_packets.Get()));
-  MetricFamily dp_drops = Family("tunnelagent_dataplane_drops_total",
-                                 "Underlay packets dropped before any tunnel matched, by reason.",
-                                 MetricType::Counter);
+  MetricFamily dp_drops =
+      Family("tunnelagent_dataplane_drops_total",
+             "Underlay packets dropped before any tunnel matched, by reason.", MetricType::Counter);
   for (int i = 0; i < dataplane::kDropReasonCount; ++i) {
     AddSample(dp_drops,
               {{"reason", std::string(dataplane::DropReasonName(static_cast<DropReason>(i)))}},

@@ -39,6 +39,11 @@ dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, int device_fd, u
   return t;
 }
 
+// "Any" may be spelled as no address or as 0.0.0.0; both mean the same receive match.
+bool SameEndpoint(const dataplane::IpAddress& a, const dataplane::IpAddress& b) {
+  return a == b || (a.is_unspecified() && b.is_unspecified());
+}
+
 uint64_t SumDrops(const dataplane::DropCounters& drops) {
   uint64_t total = 0;
   for (const dataplane::Counter& c : drops) total += c.Get();
@@ -47,8 +52,8 @@ uint64_t SumDrops(const dataplane::DropCounters& drops) {
 
 }  // namespace
 
-TunnelManager::TunnelManager(LinkControl* links, dataplane::PacketEngine* engine,
-                             StateStore* store, Options options)
+TunnelManager::TunnelManager(LinkControl* links, dataplane::PacketEngine* engine, StateStore* store,
+                             Options options)
     : links_(links), engine_(engine), store_(store), options_(options) {}
 
 TunnelManager::~TunnelManager() { Shutdown(); }
@@ -153,18 +158,18 @@ absl::Status TunnelManager::BringUp(Entry& entry) {
   for (size_t i = 0; status.ok() && i < spec.addresses.size(); ++i) {
     status = links_->AddAddress(**device, spec.addresses[i]);
     if (!status.ok()) {
-      status = absl::Status(status.code(), absl::StrCat("tunnel.addresses[", i, "] ",
-                                                        spec.addresses[i].ToString(), ": ",
-                                                        status.message()));
+      status = absl::Status(status.code(),
+                            absl::StrCat("tunnel.addresses[", i, "] ", spec.addresses[i].ToString(),
+                                         ": ", status.message()));
     }
   }
   if (status.ok()) status = links_->SetUp(**device);
   for (size_t i = 0; status.ok() && i < spec.routes.size(); ++i) {
     status = links_->AddRoute(**device, spec.routes[i]);
     if (!status.ok()) {
-      status = absl::Status(status.code(), absl::StrCat("tunnel.routes[", i, "] ",
-                                                        spec.routes[i].ToString(), ": ",
-                                                        status.message()));
+      status = absl::Status(status.code(),
+                            absl::StrCat("tunnel.routes[", i, "] ", spec.routes[i].ToString(), ": ",
+                                         status.message()));
     }
   }
   auto counters = std::make_shared<dataplane::TunnelCounters>();
@@ -183,7 +188,7 @@ absl::Status TunnelManager::CheckConflicts(const TunnelSpec& spec) const {
   const bool gre = IsGreFamily(spec.mode);
   for (const auto& [name, other] : tunnels_) {
     // Two tunnels that would claim the same received packets (the kernel refuses these too).
-    if (IsGreFamily(other.spec.mode) == gre && other.spec.local == spec.local &&
+    if (IsGreFamily(other.spec.mode) == gre && SameEndpoint(other.spec.local, spec.local) &&
         other.spec.remote == spec.remote && other.spec.key == spec.key) {
       return absl::AlreadyExistsError(absl::StrCat(
           "tunnel ", name, " already carries ", gre ? "GRE" : "IPIP", " from ",

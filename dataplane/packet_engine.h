@@ -19,8 +19,9 @@ namespace tunnelagent::dataplane {
 // adds without a locked instruction: a plain load and store, never a read-modify-write.
 class Counter {
  public:
-  void Add(uint64_t n = 1) { value_.store(value_.load(std::memory_order_relaxed) + n,
-                                          std::memory_order_relaxed); }
+  void Add(uint64_t n = 1) {
+    value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
   uint64_t Get() const { return value_.load(std::memory_order_relaxed); }
 
  private:

@@ -561,8 +561,7 @@ class UringEngine::Impl {
   std::deque<std::unique_ptr<Command>> commands_ ABSL_GUARDED_BY(mu_);
 };
 
-absl::StatusOr<std::unique_ptr<UringEngine>> UringEngine::Start(
-    const UringEngineOptions& options) {
+absl::StatusOr<std::unique_ptr<UringEngine>> UringEngine::Start(const UringEngineOptions& options) {
   if (options.ring_entries == 0 || options.device_reads_per_tunnel == 0 ||
       options.socket_receives == 0 || options.receive_buffer_bytes < 2048) {
     return absl::InvalidArgumentError("io_uring engine: ring, queue depths and buffers too small");

@@ -100,7 +100,9 @@ class FakeLinkControl final : public LinkControl {
     if (absl::Status s = create_device_failure.Check(); !s.ok()) return s;
     if (links_.count(name)) return absl::AlreadyExistsError(absl::StrCat(name, " exists"));
     const int n = next_++;
-    links_[name] = Link{100 + n, 10 + n};
+    Link& link = links_[name];
+    link.fd = 100 + n;
+    link.ifindex = 10 + n;
     log_->push_back("link.create " + name);
     return std::make_unique<FakeDevice>(this, name, 100 + n, 10 + n);
   }
@@ -175,6 +177,14 @@ class FakePacketEngine final : public dataplane::PacketEngine {
     ++add_calls_;
     if (absl::Status s = add_failure.Check(); !s.ok()) return s;
     if (tunnels_.count(tunnel.name)) return absl::AlreadyExistsError(tunnel.name);
+    // As the real engine: one tunnel per receive match (protocol, local, remote, key).
+    for (const auto& [name, t] : tunnels_) {
+      if (t.protocol == tunnel.protocol && t.local == tunnel.local && t.remote == tunnel.remote &&
+          t.has_input_key == tunnel.has_input_key &&
+          (!t.has_input_key || t.input_key == tunnel.input_key)) {
+        return absl::AlreadyExistsError("engine: same receive match as " + name);
+      }
+    }
     tunnels_[tunnel.name] = tunnel;
     log_->push_back("engine.add " + tunnel.name);
     return absl::OkStatus();

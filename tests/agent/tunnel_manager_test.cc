@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -115,10 +116,10 @@ TEST_F(TunnelManagerTest, CreateConfiguresDeviceThenEngineThenPersists) {
   ASSERT_TRUE(view.ok()) << view.status();
 
   // Routes need the link up; the engine gets a fully configured device; disk comes last.
-  EXPECT_THAT(log_, ElementsAre("link.create gre1", "link.mtu gre1 1472",
-                                "link.addr gre1 10.0.0.1/30", "link.addr gre1 fd00::1/64",
-                                "link.up gre1", "link.route gre1 10.2.0.0/16",
-                                "link.route gre1 fd01::/48", "engine.add gre1", "store.save gre1"));
+  EXPECT_THAT(
+      log_, ElementsAre("link.create gre1", "link.mtu gre1 1472", "link.addr gre1 10.0.0.1/30",
+                        "link.addr gre1 fd00::1/64", "link.up gre1", "link.route gre1 10.2.0.0/16",
+                        "link.route gre1 fd01::/48", "engine.add gre1", "store.save gre1"));
   const fakes::FakeLinkControl::Link& link = links_.links().at("gre1");
   EXPECT_EQ(link.mtu, 1472u);
   EXPECT_TRUE(link.up);
@@ -138,11 +139,12 @@ struct MtuCase {
   std::string name;
   TunnelMode mode;
   std::optional<uint32_t> key;
-  uint32_t spec_mtu;                 // 0 = automatic
+  uint32_t spec_mtu;                  // 0 = automatic
   absl::StatusOr<uint32_t> path_mtu;  // what the route lookup answers
   uint32_t default_underlay_mtu;
   uint32_t want;
 };
+void PrintTo(const MtuCase& c, std::ostream* os) { *os << c.name; }
 
 class TunnelManagerMtuTest : public TunnelManagerTest,
                              public ::testing::WithParamInterface<MtuCase> {};
@@ -163,24 +165,25 @@ TEST_P(TunnelManagerMtuTest, DeviceEngineAndStatusAgreeOnMtu) {
   EXPECT_EQ(view->status.mtu, c.want);
   EXPECT_EQ(links_.links().at("tun1").mtu, c.want);
   EXPECT_EQ(engine_.tunnels().at("tun1").mtu, c.want);
-  if (c.spec_mtu == 0) EXPECT_THAT(links_.path_mtu_queries(), ElementsAre(A(kRemote)));
+  if (c.spec_mtu == 0) {
+    EXPECT_THAT(links_.path_mtu_queries(), ElementsAre(A(kRemote)));
+  }
   EXPECT_EQ(store_.saved().at(0).mtu, c.spec_mtu) << "the request is saved, not the result";
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Mtu, TunnelManagerMtuTest,
-    ::testing::ValuesIn(std::vector<MtuCase>{
-        {"Gre", TunnelMode::kGre, std::nullopt, 0, 1500u, 1500, 1476},
-        {"GreKeyed", TunnelMode::kGre, 7u, 0, 1500u, 1500, 1472},
-        {"Ipip", TunnelMode::kIpip, std::nullopt, 0, 1500u, 1500, 1480},
-        {"GreJumboPath", TunnelMode::kGre, std::nullopt, 0, 9000u, 1500, 8976},
-        {"GreNoRouteUsesDefault", TunnelMode::kGre, std::nullopt, 0,
-         absl::NotFoundError("no route"), 1500, 1476},
-        {"IpipNoRouteUsesConfiguredDefault", TunnelMode::kIpip, std::nullopt, 0,
-         absl::NotFoundError("no route"), 9000, 8980},
-        {"ExplicitMtuAsIs", TunnelMode::kGre, 7u, 1300, 9000u, 1500, 1300},
-    }),
-    [](const auto& info) { return info.param.name; });
+INSTANTIATE_TEST_SUITE_P(Mtu, TunnelManagerMtuTest,
+                         ::testing::ValuesIn(std::vector<MtuCase>{
+                             {"Gre", TunnelMode::kGre, std::nullopt, 0, 1500u, 1500, 1476},
+                             {"GreKeyed", TunnelMode::kGre, 7u, 0, 1500u, 1500, 1472},
+                             {"Ipip", TunnelMode::kIpip, std::nullopt, 0, 1500u, 1500, 1480},
+                             {"GreJumboPath", TunnelMode::kGre, std::nullopt, 0, 9000u, 1500, 8976},
+                             {"GreNoRouteUsesDefault", TunnelMode::kGre, std::nullopt, 0,
+                              absl::NotFoundError("no route"), 1500, 1476},
+                             {"IpipNoRouteUsesConfiguredDefault", TunnelMode::kIpip, std::nullopt,
+                              0, absl::NotFoundError("no route"), 9000, 8980},
+                             {"ExplicitMtuAsIs", TunnelMode::kGre, 7u, 1300, 9000u, 1500, 1300},
+                         }),
+                         [](const auto& info) { return info.param.name; });
 
 TEST_F(TunnelManagerTest, EngineTunnelOfKeyedGre) {
   TunnelSpec spec = Gre("gre1");
@@ -257,6 +260,7 @@ struct InvalidCase {
   absl::StatusCode code;
   std::string field;  // named in the message
 };
+void PrintTo(const InvalidCase& c, std::ostream* os) { *os << c.name; }
 
 class TunnelManagerInvalidTest : public TunnelManagerTest,
                                  public ::testing::WithParamInterface<InvalidCase> {};
@@ -267,7 +271,7 @@ TEST_P(TunnelManagerInvalidTest, RejectedBeforeAnythingChanges) {
 
   absl::StatusOr<TunnelView> view = manager_->Create(spec);
   EXPECT_EQ(view.status().code(), GetParam().code) << view.status();
-  EXPECT_THAT(view.status().message(), HasSubstr(GetParam().field));
+  EXPECT_THAT(std::string(view.status().message()), HasSubstr(GetParam().field));
   EXPECT_THAT(log_, IsEmpty());
   EXPECT_EQ(links_.create_calls(), 0);
   EXPECT_EQ(engine_.add_calls(), 0);
@@ -315,6 +319,7 @@ struct ConflictCase {
   TunnelSpec second;
   bool conflicts;
 };
+void PrintTo(const ConflictCase& c, std::ostream* os) { *os << c.name; }
 
 TunnelSpec WithKey(TunnelSpec spec, std::optional<uint32_t> key) {
   spec.key = key;
@@ -339,7 +344,8 @@ TEST_P(TunnelManagerConflictTest, SameReceiveMatchIsAlreadyExists) {
     return;
   }
   EXPECT_EQ(view.status().code(), absl::StatusCode::kAlreadyExists) << view.status();
-  EXPECT_THAT(view.status().message(), HasSubstr("tunnel first"));
+  EXPECT_THAT(std::string(view.status().message()), HasSubstr("tunnel first"));
+  EXPECT_EQ(links_.create_calls(), 1) << "refused before any device was made";
   EXPECT_THAT(links_.LinkNames(), ElementsAre("first"));
   EXPECT_THAT(engine_.TunnelNames(), ElementsAre("first"));
   EXPECT_THAT(store_.SavedNames(), ElementsAre("first"));
@@ -373,6 +379,7 @@ struct RollbackCase {
   absl::Status error;
   std::string message;  // expected in the returned message
 };
+void PrintTo(const RollbackCase& c, std::ostream* os) { *os << c.name; }
 
 class TunnelManagerRollbackTest : public TunnelManagerTest,
                                   public ::testing::WithParamInterface<RollbackCase> {
@@ -407,7 +414,7 @@ TEST_P(TunnelManagerRollbackTest, FailedStepLeavesNothingBehind) {
   absl::StatusOr<TunnelView> view = manager_->Create(Gre("gre1"));
   ASSERT_FALSE(view.ok());
   EXPECT_EQ(view.status().code(), c.error.code()) << view.status();
-  EXPECT_THAT(view.status().message(), HasSubstr(c.message));
+  EXPECT_THAT(std::string(view.status().message()), HasSubstr(c.message));
 
   if (c.step != Step::kCreateDevice) {
     EXPECT_THAT(links_.destroyed(), ElementsAre("gre1"));
@@ -514,7 +521,7 @@ TEST_F(TunnelManagerTest, RestoreWhoseLoadFailsCreatesNothing) {
 
   absl::Status status = manager_->Restore();
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
-  EXPECT_THAT(status.message(), HasSubstr("tunnels.json"));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("tunnels.json"));
   EXPECT_THAT(manager_->List(), IsEmpty());
   EXPECT_EQ(links_.create_calls(), 0);
   EXPECT_EQ(engine_.add_calls(), 0);
@@ -527,6 +534,7 @@ struct RestoreFailureCase {
   int failing_create_device;      // 0: none
   std::string reason;
 };
+void PrintTo(const RestoreFailureCase& c, std::ostream* os) { *os << c.name; }
 
 class TunnelManagerRestoreTest : public TunnelManagerTest,
                                  public ::testing::WithParamInterface<RestoreFailureCase> {};

@@ -26,10 +26,10 @@
 namespace tunnelagent::dataplane {
 namespace {
 
-constexpr uint32_t kLocal = 0x7f000001;    // 127.0.0.1
-constexpr uint32_t kRemote = 0x7f000002;   // 127.0.0.2
-constexpr uint32_t kInnerA = 0x0a010001;   // 10.1.0.1, on the device
-constexpr uint32_t kInnerFar = 0x0a090002; // 10.9.0.2, behind the far end
+constexpr uint32_t kLocal = 0x7f000001;     // 127.0.0.1
+constexpr uint32_t kRemote = 0x7f000002;    // 127.0.0.2
+constexpr uint32_t kInnerA = 0x0a010001;    // 10.1.0.1, on the device
+constexpr uint32_t kInnerFar = 0x0a090002;  // 10.9.0.2, behind the far end
 constexpr uint16_t kPort = 4242;
 
 class Fd {
