@@ -1,10 +1,97 @@
 #include "agent/grpc_service.h"
 
+#include <set>
 #include <string>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "agent/proto_convert.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/util/time_util.h"
 
 namespace tunnelagent::agent {
+namespace {
+
+// The fields UpdateTunnel may name, as proto field names.
+const std::set<std::string>& UpdatableFields() {
+  static const auto* fields = new std::set<std::string>{
+      "mode", "local", "remote", "key", "mtu", "addresses", "routes", "labels"};
+  return *fields;
+}
+
+constexpr int kMaxPageSize = 1000;
+
+// Map order must not make two equal requests look different.
+std::string Fingerprint(const google::protobuf::Message& message) {
+  std::string bytes;
+  google::protobuf::io::StringOutputStream stream(&bytes);
+  google::protobuf::io::CodedOutputStream out(&stream);
+  out.SetSerializationDeterministic(true);
+  message.SerializeToCodedStream(&out);
+  out.Trim();
+  return bytes;
+}
+
+OperState StateFromProto(v1::OperState state) {
+  switch (state) {
+    case v1::OPER_STATE_DOWN:
+      return OperState::kDown;
+    case v1::OPER_STATE_ERROR:
+      return OperState::kError;
+    default:
+      return OperState::kUp;
+  }
+}
+
+v1::TunnelEvent::Type EventTypeToProto(TunnelEvent::Type type) {
+  switch (type) {
+    case TunnelEvent::Type::kAdded:
+      return v1::TunnelEvent::ADDED;
+    case TunnelEvent::Type::kUpdated:
+      return v1::TunnelEvent::UPDATED;
+    case TunnelEvent::Type::kDeleted:
+      return v1::TunnelEvent::DELETED;
+    case TunnelEvent::Type::kStateChanged:
+      return v1::TunnelEvent::STATE_CHANGED;
+  }
+  return v1::TunnelEvent::TYPE_UNSPECIFIED;
+}
+
+v1::TunnelChange::Action ActionToProto(ChangeAction action) {
+  switch (action) {
+    case ChangeAction::kUnchanged:
+      return v1::TunnelChange::UNCHANGED;
+    case ChangeAction::kCreate:
+      return v1::TunnelChange::CREATE;
+    case ChangeAction::kUpdate:
+      return v1::TunnelChange::UPDATE;
+    case ChangeAction::kRecreate:
+      return v1::TunnelChange::RECREATE;
+    case ChangeAction::kDelete:
+      return v1::TunnelChange::DELETE;
+  }
+  return v1::TunnelChange::ACTION_UNSPECIFIED;
+}
+
+// A ListTunnels filter.
+bool Matches(const v1::ListTunnelsRequest& request, const TunnelView& view) {
+  if (request.mode() != v1::TUNNEL_MODE_UNSPECIFIED &&
+      request.mode() != ModeToProto(view.spec.mode)) {
+    return false;
+  }
+  if (request.state() != v1::OPER_STATE_UNSPECIFIED &&
+      StateFromProto(request.state()) != view.status.state) {
+    return false;
+  }
+  for (const auto& [key, value] : request.labels()) {
+    auto it = view.spec.labels.find(key);
+    if (it == view.spec.labels.end() || it->second != value) return false;
+  }
+  return true;
+}
+
+}  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -15,15 +102,20 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 grpc::Status TunnelServiceImpl::CreateTunnel(grpc::ServerContext*,
                                              const v1::CreateTunnelRequest* request,
                                              v1::Tunnel* response) {
-  if (!request->has_tunnel()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tunnel: required");
-  }
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(request->tunnel());
-  if (!spec.ok()) return ToGrpcStatus(spec.status());
-  absl::StatusOr<TunnelView> view = manager_->Create(*spec);
-  if (!view.ok()) return ToGrpcStatus(view.status());
-  *response = TunnelToProto(view->spec, view->status);
-  return grpc::Status::OK;
+  std::string bytes;
+  absl::Status status = idempotency_.Run(
+      "CreateTunnel", request->request_id(), Fingerprint(*request), &bytes,
+      [&](std::string* out) -> absl::Status {
+        if (!request->has_tunnel()) return absl::InvalidArgumentError("tunnel: required");
+        absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(request->tunnel());
+        if (!spec.ok()) return spec.status();
+        absl::StatusOr<TunnelView> view = manager_->Create(*spec);
+        if (!view.ok()) return view.status();
+        *out = TunnelToProto(view->spec, view->status).SerializeAsString();
+        return absl::OkStatus();
+      });
+  if (status.ok()) response->ParseFromString(bytes);
+  return ToGrpcStatus(status);
 }
 
 grpc::Status TunnelServiceImpl::GetTunnel(grpc::ServerContext*, const v1::GetTunnelRequest* request,
@@ -37,21 +129,221 @@ grpc::Status TunnelServiceImpl::GetTunnel(grpc::ServerContext*, const v1::GetTun
   return grpc::Status::OK;
 }
 
-grpc::Status TunnelServiceImpl::ListTunnels(grpc::ServerContext*, const v1::ListTunnelsRequest*,
+grpc::Status TunnelServiceImpl::ListTunnels(grpc::ServerContext*,
+                                            const v1::ListTunnelsRequest* request,
                                             v1::ListTunnelsResponse* response) {
+  if (request->page_size() < 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "page_size: must not be negative");
+  }
+  const int page_size =
+      request->page_size() == 0 ? kMaxPageSize : std::min(request->page_size(), kMaxPageSize);
+  // The token is the name the previous page ended with: names are unique and sorted, so a
+  // page boundary stays well defined while tunnels come and go.
+  std::string after;
+  if (!request->page_token().empty() &&
+      !absl::WebSafeBase64Unescape(request->page_token(), &after)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "page_token: not a token this agent gave");
+  }
+  int count = 0;
   for (const TunnelView& view : manager_->List()) {
+    if (!after.empty() && view.spec.name <= after) continue;
+    if (!Matches(*request, view)) continue;
+    if (count == page_size) {
+      response->set_next_page_token(
+          absl::WebSafeBase64Escape(response->tunnels(count - 1).name()));
+      break;
+    }
     *response->add_tunnels() = TunnelToProto(view.spec, view.status);
+    ++count;
   }
   return grpc::Status::OK;
+}
+
+grpc::Status TunnelServiceImpl::UpdateTunnel(grpc::ServerContext*,
+                                             const v1::UpdateTunnelRequest* request,
+                                             v1::UpdateTunnelResponse* response) {
+  std::string bytes;
+  absl::Status status = idempotency_.Run(
+      "UpdateTunnel", request->request_id(), Fingerprint(*request), &bytes,
+      [&](std::string* out) -> absl::Status {
+        const v1::Tunnel& patch = request->tunnel();
+        if (patch.name().empty()) return absl::InvalidArgumentError("tunnel.name: required");
+        std::set<std::string> fields;
+        for (const std::string& path : request->update_mask().paths()) {
+          if (!UpdatableFields().count(path)) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "update_mask: ", path,
+                " cannot be updated (mode, local, remote, key, mtu, addresses, routes, labels "
+                "can)"));
+          }
+          fields.insert(path);
+        }
+        if (fields.empty()) fields = UpdatableFields();  // AIP-134: no mask = replace it all
+        // Parse only what is being changed: the rest comes from the current tunnel.
+        absl::StatusOr<TunnelView> current = manager_->Get(patch.name());
+        if (!current.ok()) return current.status();
+        v1::Tunnel merged = SpecToProto(current->spec);
+        for (const std::string& field : fields) {
+          const auto* descriptor = v1::Tunnel::descriptor()->FindFieldByName(field);
+          const auto* reflection = v1::Tunnel::GetReflection();
+          reflection->ClearField(&merged, descriptor);
+          if (descriptor->is_repeated()) {
+            for (int i = 0; i < reflection->FieldSize(patch, descriptor); ++i) {
+              if (descriptor->is_map()) {
+                reflection->AddMessage(&merged, descriptor)
+                    ->CopyFrom(reflection->GetRepeatedMessage(patch, descriptor, i));
+              } else {
+                reflection->AddString(&merged, descriptor,
+                                      reflection->GetRepeatedString(patch, descriptor, i));
+              }
+            }
+          } else if (field == "key") {
+            if (patch.has_key()) merged.set_key(patch.key());
+          } else if (field == "mode") {
+            merged.set_mode(patch.mode());
+          } else if (field == "mtu") {
+            merged.set_mtu(patch.mtu());
+          } else {
+            reflection->SetString(&merged, descriptor, reflection->GetString(patch, descriptor));
+          }
+        }
+        absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(merged);
+        if (!spec.ok()) return spec.status();
+        absl::StatusOr<UpdateResult> result =
+            manager_->Update(patch.name(), *spec, fields, patch.etag());
+        if (!result.ok()) return result.status();
+        v1::UpdateTunnelResponse answer;
+        *answer.mutable_tunnel() = TunnelToProto(result->tunnel.spec, result->tunnel.status);
+        answer.set_recreated(result->recreated);
+        for (const std::string& f : result->changed_fields) answer.add_changed_fields(f);
+        *out = answer.SerializeAsString();
+        return absl::OkStatus();
+      });
+  if (status.ok()) response->ParseFromString(bytes);
+  return ToGrpcStatus(status);
 }
 
 grpc::Status TunnelServiceImpl::DeleteTunnel(grpc::ServerContext*,
                                              const v1::DeleteTunnelRequest* request,
                                              google::protobuf::Empty*) {
-  if (request->name().empty()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name: required");
+  std::string unused;
+  return ToGrpcStatus(idempotency_.Run(
+      "DeleteTunnel", request->request_id(), Fingerprint(*request), &unused,
+      [&](std::string*) -> absl::Status {
+        if (request->name().empty()) return absl::InvalidArgumentError("name: required");
+        return manager_->Delete(request->name(), request->etag());
+      }));
+}
+
+grpc::Status TunnelServiceImpl::WatchTunnels(grpc::ServerContext* context,
+                                             const v1::WatchTunnelsRequest* request,
+                                             grpc::ServerWriter<v1::TunnelEvent>* writer) {
+  if (watchers_.fetch_add(1) >= kMaxWatchers) {
+    watchers_.fetch_sub(1);
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("this agent serves at most ", kMaxWatchers, " watchers"));
   }
-  return ToGrpcStatus(manager_->Delete(request->name()));
+  struct Release {
+    std::atomic<int>* count;
+    ~Release() { count->fetch_sub(1); }
+  } release{&watchers_};
+
+  auto write = [writer](v1::TunnelEvent::Type type, uint64_t revision, const TunnelView* view) {
+    v1::TunnelEvent event;
+    event.set_type(type);
+    event.set_revision(revision);
+    if (view != nullptr) *event.mutable_tunnel() = TunnelToProto(view->spec, view->status);
+    return writer->Write(event);
+  };
+  // The current set, then SYNCED; after RESYNC when the watcher's history is gone.
+  auto send_snapshot = [&](bool resync, uint64_t* cursor) {
+    Snapshot snapshot = manager_->TakeSnapshot();
+    if (resync && !write(v1::TunnelEvent::RESYNC, snapshot.revision, nullptr)) return false;
+    for (const TunnelView& view : snapshot.tunnels) {
+      if (!write(v1::TunnelEvent::EXISTING, snapshot.revision, &view)) return false;
+    }
+    *cursor = snapshot.revision;
+    return write(v1::TunnelEvent::SYNCED, snapshot.revision, nullptr);
+  };
+
+  uint64_t cursor = request->since_revision();
+  if (cursor == 0 && !send_snapshot(false, &cursor)) return grpc::Status::OK;
+  absl::Duration wait = absl::ZeroDuration();  // a resuming watcher first gets what it missed
+  while (!context->IsCancelled()) {
+    absl::StatusOr<std::vector<TunnelEvent>> events = manager_->EventsAfter(cursor, wait);
+    wait = absl::Seconds(1);  // bounded, so cancellation and shutdown are noticed
+    if (!events.ok()) {
+      if (!send_snapshot(true, &cursor)) break;
+      continue;
+    }
+    for (const TunnelEvent& event : *events) {
+      if (!write(EventTypeToProto(event.type), event.revision, &event.tunnel)) {
+        return grpc::Status::OK;
+      }
+      cursor = event.revision;
+    }
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status TunnelServiceImpl::ApplyTunnels(grpc::ServerContext*,
+                                             const v1::ApplyTunnelsRequest* request,
+                                             v1::ApplyTunnelsResponse* response) {
+  std::string bytes;
+  absl::Status status = idempotency_.Run(
+      "ApplyTunnels", request->request_id(), Fingerprint(*request), &bytes,
+      [&](std::string* out) -> absl::Status {
+        std::vector<dataplane::TunnelSpec> desired;
+        desired.reserve(request->tunnels_size());
+        for (int i = 0; i < request->tunnels_size(); ++i) {
+          absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(request->tunnels(i));
+          if (!spec.ok()) {
+            return absl::Status(spec.status().code(),
+                                absl::StrCat("tunnels[", i, "]: ", spec.status().message()));
+          }
+          desired.push_back(*std::move(spec));
+        }
+        absl::StatusOr<ApplyResult> result = manager_->Apply(
+            request->owner(), std::move(desired), request->prune(), request->dry_run());
+        if (!result.ok()) return result.status();
+        v1::ApplyTunnelsResponse answer;
+        for (const PlannedChange& change : result->changes) {
+          v1::TunnelChange* c = answer.add_changes();
+          c->set_name(change.name);
+          c->set_action(ActionToProto(change.action));
+          for (const std::string& f : change.changed_fields) c->add_changed_fields(f);
+        }
+        answer.set_dry_run(request->dry_run());
+        answer.set_revision(result->revision);
+        *out = answer.SerializeAsString();
+        return absl::OkStatus();
+      });
+  if (status.ok()) response->ParseFromString(bytes);
+  return ToGrpcStatus(status);
+}
+
+grpc::Status TunnelServiceImpl::GetAgentInfo(grpc::ServerContext*, const v1::GetAgentInfoRequest*,
+                                             v1::AgentInfo* response) {
+  response->set_version(identity_.version);
+  response->set_node_name(identity_.node_name);
+  for (auto mode : {dataplane::TunnelMode::kGre, dataplane::TunnelMode::kGretap,
+                    dataplane::TunnelMode::kIpip, dataplane::TunnelMode::kSit,
+                    dataplane::TunnelMode::kIp6gre, dataplane::TunnelMode::kIp6gretap,
+                    dataplane::TunnelMode::kIp6tnl}) {
+    if (dataplane::IsModeImplemented(mode)) response->add_supported_modes(ModeToProto(mode));
+  }
+  for (const char* feature : {"request_id", "etag", "update_mask", "watch", "apply", "labels",
+                              "pagination", "persistent_devices"}) {
+    response->add_features(feature);
+  }
+  response->set_io_backend(identity_.io_backend);
+  response->set_max_tunnels(manager_->max_tunnels());
+  Snapshot snapshot = manager_->TakeSnapshot();
+  response->set_tunnel_count(static_cast<uint32_t>(snapshot.tunnels.size()));
+  response->set_revision(snapshot.revision);
+  *response->mutable_start_time() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
+      absl::ToUnixNanos(identity_.start_time));
+  return grpc::Status::OK;
 }
 
 }  // namespace tunnelagent::agent

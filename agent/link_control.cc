@@ -1,27 +1,73 @@
 #include "agent/link_control.h"
 
+#include "absl/strings/str_cat.h"
 #include "dataplane/tun_device.h"
 
 namespace tunnelagent::agent {
 namespace {
 
+using dataplane::TunDevice;
+
+// A persistent TUN device: removed when this object goes unless Keep() was called, so that
+// both a clean stop and a failed create leave nothing, while a crash leaves the device for the
+// next start to re-attach.
 class TunLink final : public Device {
  public:
-  explicit TunLink(std::unique_ptr<dataplane::TunDevice> tun) : tun_(std::move(tun)) {}
+  explicit TunLink(std::unique_ptr<TunDevice> tun) : tun_(std::move(tun)) {}
+  ~TunLink() override {
+    if (!keep_) tun_->SetPersistent(false).IgnoreError();  // closing the fd then removes it
+  }
   int fd() const override { return tun_->fd(); }
   int ifindex() const override { return tun_->ifindex(); }
+  void Keep() override { keep_ = true; }
 
  private:
-  std::unique_ptr<dataplane::TunDevice> tun_;
+  std::unique_ptr<TunDevice> tun_;
+  bool keep_ = false;
 };
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::CreateDevice(const std::string& name) {
-  absl::StatusOr<std::unique_ptr<dataplane::TunDevice>> tun =
-      dataplane::TunDevice::Create(name, dataplane::TunDevice::Kind::kTun);
+  TunDevice::CreateOptions options;
+  options.alias = dataplane::kAgentDeviceAlias;
+  options.persistent = true;
+  options.netlink = netlink_;
+  absl::StatusOr<std::unique_ptr<TunDevice>> tun =
+      TunDevice::Create(name, TunDevice::Kind::kTun, options);
   if (!tun.ok()) return tun.status();
   return std::make_unique<TunLink>(*std::move(tun));
+}
+
+absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::AttachDevice(const std::string& name) {
+  absl::StatusOr<dataplane::LinkInfo> link = netlink_->GetLinkByName(name);
+  if (!link.ok()) return link.status();
+  if (!dataplane::IsAgentDevice(*link)) {
+    return absl::NotFoundError(absl::StrCat("no device of the agent's named ", name));
+  }
+  absl::StatusOr<std::unique_ptr<TunDevice>> tun = TunDevice::Attach(name, TunDevice::Kind::kTun);
+  if (!tun.ok()) return tun.status();
+  return std::make_unique<TunLink>(*std::move(tun));
+}
+
+absl::StatusOr<std::vector<std::string>> KernelLinkControl::ListAgentDevices() {
+  absl::StatusOr<std::vector<dataplane::LinkInfo>> links = netlink_->ListLinks();
+  if (!links.ok()) return links.status();
+  std::vector<std::string> names;
+  for (const dataplane::LinkInfo& link : *links) {
+    if (dataplane::IsAgentDevice(link)) names.push_back(link.name);
+  }
+  return names;
+}
+
+absl::Status KernelLinkControl::DeleteDevice(const std::string& name) {
+  absl::StatusOr<dataplane::LinkInfo> link = netlink_->GetLinkByName(name);
+  if (!link.ok()) return link.status();
+  if (!dataplane::IsAgentDevice(*link)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device ", name, " was not created by the agent; not touching it"));
+  }
+  return netlink_->DeleteLink(link->ifindex);
 }
 
 absl::Status KernelLinkControl::SetMtu(const Device& device, uint32_t mtu) {
@@ -37,8 +83,26 @@ absl::Status KernelLinkControl::AddAddress(const Device& device,
   return netlink_->AddAddress(device.ifindex(), address);
 }
 
+absl::Status KernelLinkControl::DeleteAddress(const Device& device,
+                                              const dataplane::IpPrefix& address) {
+  return netlink_->DeleteAddress(device.ifindex(), address);
+}
+
 absl::Status KernelLinkControl::AddRoute(const Device& device, const dataplane::IpPrefix& route) {
   return netlink_->AddRoute(device.ifindex(), route);
+}
+
+absl::Status KernelLinkControl::DeleteRoute(const Device& device,
+                                            const dataplane::IpPrefix& route) {
+  return netlink_->DeleteRoute(device.ifindex(), route);
+}
+
+absl::StatusOr<std::map<int, bool>> KernelLinkControl::LinkStates() {
+  absl::StatusOr<std::vector<dataplane::LinkInfo>> links = netlink_->ListLinks();
+  if (!links.ok()) return links.status();
+  std::map<int, bool> states;
+  for (const dataplane::LinkInfo& link : *links) states[link.ifindex] = link.up;
+  return states;
 }
 
 absl::StatusOr<uint32_t> KernelLinkControl::PathMtu(const dataplane::IpAddress& remote) {

@@ -4,8 +4,10 @@
 #define TUNNELAGENT_AGENT_LINK_CONTROL_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -14,37 +16,59 @@
 
 namespace tunnelagent::agent {
 
-// A device the agent created. Destroying it removes the link, and with it the link's
-// addresses and routes.
+// A device the agent created or re-attached to. Destroying it removes the link, and with it
+// the link's addresses and routes, unless Keep() was called first.
 class Device {
  public:
   virtual ~Device() = default;
   virtual int fd() const = 0;
   virtual int ifindex() const = 0;
+  // Leave the link in place when this object goes (for a quick restart).
+  virtual void Keep() = 0;
 };
 
 class LinkControl {
  public:
   virtual ~LinkControl() = default;
-  // A layer-3 (TUN) device; ALREADY_EXISTS when any link has the name.
+  // A layer-3 (TUN) device, marked as the agent's; ALREADY_EXISTS when any link has the name.
   virtual absl::StatusOr<std::unique_ptr<Device>> CreateDevice(const std::string& name) = 0;
+  // The agent's own device of that name left from an earlier run; NOT_FOUND when there is
+  // none (a device of that name the agent did not create counts as none).
+  virtual absl::StatusOr<std::unique_ptr<Device>> AttachDevice(const std::string& name) = 0;
+  // Names of the devices the agent created that exist now (attached or not).
+  virtual absl::StatusOr<std::vector<std::string>> ListAgentDevices() = 0;
+  // Removes an agent device nobody is attached to.
+  virtual absl::Status DeleteDevice(const std::string& name) = 0;
+
   virtual absl::Status SetMtu(const Device& device, uint32_t mtu) = 0;
   virtual absl::Status SetUp(const Device& device) = 0;
   virtual absl::Status AddAddress(const Device& device, const dataplane::IpPrefix& address) = 0;
+  virtual absl::Status DeleteAddress(const Device& device,
+                                     const dataplane::IpPrefix& address) = 0;
   virtual absl::Status AddRoute(const Device& device, const dataplane::IpPrefix& route) = 0;
+  virtual absl::Status DeleteRoute(const Device& device, const dataplane::IpPrefix& route) = 0;
+  // Administrative state (IFF_UP) of every link, by ifindex: one dump for all tunnels.
+  virtual absl::StatusOr<std::map<int, bool>> LinkStates() = 0;
   // MTU of the underlay path to `remote`.
   virtual absl::StatusOr<uint32_t> PathMtu(const dataplane::IpAddress& remote) = 0;
 };
 
-// The real one: TUN devices configured over rtnetlink.
+// The real one: persistent TUN devices marked with an interface alias, configured over
+// rtnetlink.
 class KernelLinkControl final : public LinkControl {
  public:
   explicit KernelLinkControl(dataplane::Netlink* netlink) : netlink_(netlink) {}
   absl::StatusOr<std::unique_ptr<Device>> CreateDevice(const std::string& name) override;
+  absl::StatusOr<std::unique_ptr<Device>> AttachDevice(const std::string& name) override;
+  absl::StatusOr<std::vector<std::string>> ListAgentDevices() override;
+  absl::Status DeleteDevice(const std::string& name) override;
   absl::Status SetMtu(const Device& device, uint32_t mtu) override;
   absl::Status SetUp(const Device& device) override;
   absl::Status AddAddress(const Device& device, const dataplane::IpPrefix& address) override;
+  absl::Status DeleteAddress(const Device& device, const dataplane::IpPrefix& address) override;
   absl::Status AddRoute(const Device& device, const dataplane::IpPrefix& route) override;
+  absl::Status DeleteRoute(const Device& device, const dataplane::IpPrefix& route) override;
+  absl::StatusOr<std::map<int, bool>> LinkStates() override;
   absl::StatusOr<uint32_t> PathMtu(const dataplane::IpAddress& remote) override;
 
  private:

@@ -1,21 +1,26 @@
 // tunnel-agent: serves tunnelagent.v1.TunnelService, keeps the desired tunnels in --state_dir,
 // moves their packets through the io_uring dataplane and serves /metrics.
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "agent/grpc_metrics.h"
 #include "agent/grpc_service.h"
 #include "agent/link_control.h"
 #include "agent/log.h"
 #include "agent/metrics.h"
+#include "agent/server_security.h"
 #include "agent/state_store.h"
 #include "agent/tunnel_manager.h"
 #include "dataplane/netlink.h"
@@ -23,6 +28,7 @@
 #include "grpc/health/v1/health.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/support/server_interceptor.h"
 #include "prometheus/exposer.h"
 
 ABSL_FLAG(std::string, grpc_listen, "127.0.0.1:50051",
@@ -32,6 +38,23 @@ ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9476",
 ABSL_FLAG(std::string, state_dir, "/var/lib/tunnel-agent",
           "Directory of the desired-state file (tunnels.json)");
 
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM file of the server's certificate chain: serve gRPC over TLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM file of the server's private key (with --tls_cert)");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM file of the CA that must have signed clients' certificates (mutual TLS)");
+ABSL_FLAG(bool, insecure, false,
+          "Allow plaintext gRPC on a listen address that is not loopback or a unix socket");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File holding a bearer token every call but grpc.health.v1.Health must carry "
+          "(metadata authorization: Bearer <token>)");
+
+ABSL_FLAG(std::string, node_name, "",
+          "Name reported by GetAgentInfo; default $NODE_NAME, else the host name");
+ABSL_FLAG(uint32_t, max_tunnels, 4096, "Creates beyond this many tunnels fail");
+ABSL_FLAG(bool, keep_devices, false,
+          "On SIGTERM leave the tunnel devices in place, so the next start re-attaches to them "
+          "(a restart without re-creating links); by default they are removed");
 ABSL_FLAG(uint32_t, device_reads_per_tunnel, 8,
           "Dataplane: reads kept in flight on each tunnel device");
 ABSL_FLAG(uint32_t, socket_receives, 64,
@@ -42,11 +65,31 @@ namespace {
 
 constexpr char kVersion[] = "0.1.0";
 
+// --node_name, else $NODE_NAME (Kubernetes' downward API), else the host name.
+std::string NodeName() {
+  if (std::string flag = absl::GetFlag(FLAGS_node_name); !flag.empty()) return flag;
+  if (const char* env = getenv("NODE_NAME"); env != nullptr && *env != 0) return env;
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  return host;
+}
+
 dataplane::UringEngineOptions EngineOptionsFromFlags() {
   dataplane::UringEngineOptions options;
   options.device_reads_per_tunnel = absl::GetFlag(FLAGS_device_reads_per_tunnel);
   options.socket_receives = absl::GetFlag(FLAGS_socket_receives);
   return options;
+}
+
+ServerSecurityFlags SecurityFlagsFromFlags() {
+  ServerSecurityFlags flags;
+  flags.listen = absl::GetFlag(FLAGS_grpc_listen);
+  flags.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  flags.tls_key = absl::GetFlag(FLAGS_tls_key);
+  flags.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  flags.insecure = absl::GetFlag(FLAGS_insecure);
+  flags.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  return flags;
 }
 
 int Run() {
@@ -57,6 +100,13 @@ int Run() {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  // Before anything is touched: a refused configuration leaves no device behind.
+  absl::StatusOr<ServerSecurity> security = ResolveServerSecurity(SecurityFlagsFromFlags());
+  if (!security.ok()) {
+    Log("FATAL", "grpc: %s", security.status().message());
+    return 1;
+  }
 
   absl::StatusOr<std::unique_ptr<dataplane::Netlink>> netlink = dataplane::Netlink::Open();
   if (!netlink.ok()) {
@@ -73,7 +123,11 @@ int Run() {
 
   FileStateStore store(absl::GetFlag(FLAGS_state_dir));
   KernelLinkControl links(netlink->get());
-  TunnelManager manager(&links, engine->get(), &store, TunnelManager::Options{});
+  TunnelManager::Options manager_options;
+  manager_options.max_tunnels = absl::GetFlag(FLAGS_max_tunnels);
+  manager_options.keep_devices = absl::GetFlag(FLAGS_keep_devices);
+  const absl::Time start_time = absl::Now();
+  TunnelManager manager(&links, engine->get(), &store, manager_options);
   if (absl::Status status = manager.Restore(); !status.ok()) {
     // The file is left as it is, for an operator to look at.
     Log("FATAL", "state: %s", status.ToString());
@@ -90,6 +144,15 @@ int Run() {
 
   std::unique_ptr<prometheus::Exposer> exposer;
   auto metrics = std::make_shared<AgentMetrics>(&manager, engine->get(), kVersion);
+  // Outlives the server below, whose interceptors record into it.
+  absl::StatusOr<std::vector<GrpcMetrics::Method>> grpc_methods =
+      GrpcMetrics::MethodsOf({"tunnelagent.v1.TunnelService", "grpc.health.v1.Health",
+                              "grpc.reflection.v1alpha.ServerReflection"});
+  if (!grpc_methods.ok()) {
+    Log("FATAL", "metrics: %s", grpc_methods.status().ToString());
+    return 1;
+  }
+  GrpcMetrics grpc_metrics(*grpc_methods);
   if (std::string listen = absl::GetFlag(FLAGS_metrics_listen); !listen.empty()) {
     try {  // prometheus-cpp reports a failed bind by exception
       exposer = std::make_unique<prometheus::Exposer>(listen);
@@ -98,6 +161,7 @@ int Run() {
       return 1;
     }
     exposer->RegisterCollectable(metrics);
+    exposer->RegisterCollectable(grpc_metrics.registry());
     Log("INFO", "metrics: serving http://%s/metrics", listen);
   }
 
@@ -106,19 +170,26 @@ int Run() {
   (void)grpc::health::v1::HealthCheckRequest::descriptor();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  TunnelServiceImpl service(&manager);
+  TunnelServiceImpl service(
+      &manager, AgentIdentity{kVersion, NodeName(), (*engine)->backend_name(), start_time});
   grpc::ServerBuilder builder;
   const std::string listen = absl::GetFlag(FLAGS_grpc_listen);
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, MakeServerCredentials(*security), &port);
+  ApplyServerLimits(ServerLimits{}, &builder);
   builder.RegisterService(&service);
+  // Called in order on every call that passed the bearer check.
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(grpc_metrics.NewInterceptorFactory());  // first: sees every call
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || (!absl::StartsWith(listen, "unix:") && port == 0)) {
     Log("FATAL", "grpc: cannot listen on %s", listen);
     return 1;
   }
   server->GetHealthCheckService()->SetServingStatus(true);
-  Log("INFO", "grpc: serving tunnelagent.v1.TunnelService on %s", listen);
+  Log("INFO", "grpc: serving tunnelagent.v1.TunnelService on %s (%s)", listen,
+      DescribeServerSecurity(*security));
 
   std::thread waiter([&] {
     int signal = 0;
@@ -127,9 +198,16 @@ int Run() {
     server->GetHealthCheckService()->SetServingStatus(false);
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   });
+  // Operational state follows the devices (someone may `ip link set gre1 down`).
+  absl::Notification stopping;
+  std::thread monitor([&] {
+    while (!stopping.WaitForNotificationWithTimeout(absl::Seconds(1))) manager.RefreshStates();
+  });
   server->Wait();
   waiter.join();
-  // Devices go with the process; the desired state stays on disk for the next start.
+  stopping.Notify();
+  monitor.join();
+  // The desired state stays on disk for the next start; the devices go unless --keep_devices.
   manager.Shutdown();
   Log("INFO", "stopped");
   return 0;
@@ -141,6 +219,8 @@ int Run() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "tunnel-agent [--grpc_listen=ADDR] [--metrics_listen=ADDR] [--state_dir=DIR]\n"
+      "             [--tls_cert=PEM --tls_key=PEM [--tls_client_ca=PEM]] [--insecure]\n"
+      "             [--auth_token_file=FILE]\n"
       "Creates GRE and IPIP tunnels on request over gRPC (tunnelagent.v1.TunnelService).");
   absl::ParseCommandLine(argc, argv);
   return tunnelagent::agent::Run();

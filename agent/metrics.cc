@@ -20,6 +20,21 @@ constexpr std::array kTxReasons = {DropReason::kUnsupportedProtocol, DropReason:
                                    DropReason::kTooBig, DropReason::kSendError,
                                    DropReason::kDeviceError};
 constexpr std::array kRxReasons = {DropReason::kDeviceError};
+// What an underlay packet can be dropped for before any tunnel matches it (the engine's receive
+// path): send_error and device_error belong to a tunnel and are never counted here.
+constexpr std::array kDataplaneReasons = {
+    DropReason::kTruncated,      DropReason::kBadOuterHeader, DropReason::kGreVersion,
+    DropReason::kGreRouting,     DropReason::kGreChecksum,    DropReason::kUnsupportedProtocol,
+    DropReason::kBadInnerPacket, DropReason::kEcnError,       DropReason::kNoTunnel,
+    DropReason::kTooBig,         DropReason::kSocketError};
+
+template <size_t N>
+bool Listed(DropReason reason, const std::array<DropReason, N>& reasons) {
+  for (DropReason r : reasons) {
+    if (r == reason) return true;
+  }
+  return false;
+}
 
 const char* StateName(OperState state) {
   switch (state) {
@@ -58,10 +73,8 @@ void AddDrops(MetricFamily& family, const std::string& tunnel, const char* direc
               const dataplane::DropCounters& drops, const std::array<DropReason, N>& expected) {
   for (int i = 0; i < dataplane::kDropReasonCount; ++i) {
     auto reason = static_cast<DropReason>(i);
-    bool listed = false;
-    for (DropReason r : expected) listed |= r == reason;
     uint64_t value = drops[i].Get();
-    if (!listed && value == 0) continue;
+    if (!Listed(reason, expected) && value == 0) continue;
     AddSample(family,
               {{"direction", direction},
                {"reason", std::string(dataplane::DropReasonName(reason))},
@@ -118,13 +131,16 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
     ++by_mode_state[{std::string(dataplane::TunnelModeName(spec.mode)), StateName(status.state)}];
     const std::string& name = spec.name;
     AddSample(up, {{"tunnel", name}}, status.state == OperState::kUp ? 1 : 0);
-    if (counters == nullptr) return;  // never brought up: no traffic to report
-    AddSample(tx_packets, {{"tunnel", name}}, static_cast<double>(counters->tx_packets.Get()));
-    AddSample(tx_bytes, {{"tunnel", name}}, static_cast<double>(counters->tx_bytes.Get()));
-    AddSample(rx_packets, {{"tunnel", name}}, static_cast<double>(counters->rx_packets.Get()));
-    AddSample(rx_bytes, {{"tunnel", name}}, static_cast<double>(counters->rx_bytes.Get()));
-    AddDrops(drops, name, "tx", counters->tx_drops, kTxReasons);
-    AddDrops(drops, name, "rx", counters->rx_drops, kRxReasons);
+    // A tunnel that could not be brought up has no counters yet: its series are there all the
+    // same, at 0, so that queries and alerts over every tunnel see it.
+    static const dataplane::TunnelCounters kNoTraffic;
+    const dataplane::TunnelCounters& c = counters != nullptr ? *counters : kNoTraffic;
+    AddSample(tx_packets, {{"tunnel", name}}, static_cast<double>(c.tx_packets.Get()));
+    AddSample(tx_bytes, {{"tunnel", name}}, static_cast<double>(c.tx_bytes.Get()));
+    AddSample(rx_packets, {{"tunnel", name}}, static_cast<double>(c.rx_packets.Get()));
+    AddSample(rx_bytes, {{"tunnel", name}}, static_cast<double>(c.rx_bytes.Get()));
+    AddDrops(drops, name, "tx", c.tx_drops, kTxReasons);
+    AddDrops(drops, name, "rx", c.rx_drops, kRxReasons);
   });
   for (const auto& [mode_state, count] : by_mode_state) {
     AddSample(tunnels, {{"mode", mode_state.first}, {"state", mode_state.second}}, count);
@@ -139,9 +155,11 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
       Family("tunnelagent_dataplane_drops_total",
              "Underlay packets dropped before any tunnel matched, by reason.", MetricType::Counter);
   for (int i = 0; i < dataplane::kDropReasonCount; ++i) {
-    AddSample(dp_drops,
-              {{"reason", std::string(dataplane::DropReasonName(static_cast<DropReason>(i)))}},
-              static_cast<double>(dp.drops[i].Get()));
+    auto reason = static_cast<DropReason>(i);
+    uint64_t value = dp.drops[i].Get();
+    if (!Listed(reason, kDataplaneReasons) && value == 0) continue;
+    AddSample(dp_drops, {{"reason", std::string(dataplane::DropReasonName(reason))}},
+              static_cast<double>(value));
   }
 
   std::vector<MetricFamily> families;

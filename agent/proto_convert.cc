@@ -5,6 +5,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/util/time_util.h"
 
 namespace tunnelagent::agent {
 namespace {
@@ -106,10 +110,22 @@ absl::StatusOr<dataplane::TunnelSpec> SpecFromProto(const v1::Tunnel& tunnel) {
   if (absl::Status s = PrefixesFromProto("tunnel.routes", tunnel.routes(), &spec.routes); !s.ok()) {
     return s;
   }
+  spec.labels.insert(tunnel.labels().begin(), tunnel.labels().end());
+  // Only the state file carries these; the manager sets its own on API requests.
+  if (tunnel.status().has_create_time()) {
+    spec.create_time = absl::FromUnixNanos(
+        google::protobuf::util::TimeUtil::TimestampToNanoseconds(tunnel.status().create_time()));
+  }
+  if (tunnel.status().has_update_time()) {
+    spec.update_time = absl::FromUnixNanos(
+        google::protobuf::util::TimeUtil::TimestampToNanoseconds(tunnel.status().update_time()));
+  }
   return spec;
 }
 
-v1::Tunnel SpecToProto(const dataplane::TunnelSpec& spec) {
+namespace {
+
+v1::Tunnel DesiredToProto(const dataplane::TunnelSpec& spec) {
   v1::Tunnel tunnel;
   tunnel.set_name(spec.name);
   tunnel.set_mode(ModeToProto(spec.mode));
@@ -119,6 +135,42 @@ v1::Tunnel SpecToProto(const dataplane::TunnelSpec& spec) {
   tunnel.set_mtu(spec.mtu);
   for (const IpPrefix& p : spec.addresses) tunnel.add_addresses(p.ToString());
   for (const IpPrefix& p : spec.routes) tunnel.add_routes(p.ToString());
+  tunnel.mutable_labels()->insert(spec.labels.begin(), spec.labels.end());
+  return tunnel;
+}
+
+google::protobuf::Timestamp TimestampFromTime(absl::Time t) {
+  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
+}
+
+}  // namespace
+
+std::string ComputeEtag(const dataplane::TunnelSpec& spec) {
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream stream(&bytes);
+    google::protobuf::io::CodedOutputStream out(&stream);
+    out.SetSerializationDeterministic(true);  // map order must not change the fingerprint
+    DesiredToProto(spec).SerializeToCodedStream(&out);
+  }
+  // FNV-1a: stable across builds and restarts, unlike absl::Hash.
+  uint64_t hash = 0xcbf29ce484222325ull;
+  for (unsigned char c : bytes) {
+    hash ^= c;
+    hash *= 0x100000001b3ull;
+  }
+  return absl::StrFormat("%016x", hash);
+}
+
+v1::Tunnel SpecToProto(const dataplane::TunnelSpec& spec) {
+  v1::Tunnel tunnel = DesiredToProto(spec);
+  tunnel.set_etag(ComputeEtag(spec));
+  if (spec.create_time != absl::InfinitePast()) {
+    *tunnel.mutable_status()->mutable_create_time() = TimestampFromTime(spec.create_time);
+  }
+  if (spec.update_time != absl::InfinitePast()) {
+    *tunnel.mutable_status()->mutable_update_time() = TimestampFromTime(spec.update_time);
+  }
   return tunnel;
 }
 

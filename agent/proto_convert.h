@@ -15,13 +15,18 @@ namespace tunnelagent::agent {
 // "tunnel.addresses[1]: ...", "tunnel.mode: required". Semantic checks are ValidateSpec's.
 absl::StatusOr<dataplane::TunnelSpec> SpecFromProto(const v1::Tunnel& tunnel);
 
-// The desired fields only (status left empty): what the state file keeps.
+// The desired fields, labels, etag, and status.create_time/update_time when known (the rest
+// of status left empty): what the state file keeps.
 v1::Tunnel SpecToProto(const dataplane::TunnelSpec& spec);
 
 // Desired fields and status.
 v1::Tunnel TunnelToProto(const dataplane::TunnelSpec& spec, const TunnelStatus& status);
 
 v1::TunnelMode ModeToProto(dataplane::TunnelMode mode);
+
+// A fingerprint of the desired fields (not times or status): it changes whenever they change,
+// is the same across restarts, and is what Tunnel.etag carries.
+std::string ComputeEtag(const dataplane::TunnelSpec& spec);
 
 }  // namespace tunnelagent::agent
 

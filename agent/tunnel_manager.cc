@@ -1,20 +1,30 @@
 #include "agent/tunnel_manager.h"
 
+#include <algorithm>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "agent/proto_convert.h"
 #include "agent/validation.h"
 #include "dataplane/packet/encap.h"
 
 namespace tunnelagent::agent {
 namespace {
 
+using dataplane::IpPrefix;
 using dataplane::TunnelMode;
 using dataplane::TunnelSpec;
 
 bool IsGreFamily(TunnelMode mode) {
   return mode == TunnelMode::kGre || mode == TunnelMode::kGretap || mode == TunnelMode::kIp6gre ||
          mode == TunnelMode::kIp6gretap;
+}
+
+// "Any" may be spelled as no address or as 0.0.0.0; both mean the same receive match.
+bool SameEndpoint(const dataplane::IpAddress& a, const dataplane::IpAddress& b) {
+  return a == b || (a.is_unspecified() && b.is_unspecified());
 }
 
 // What the engine needs: how to wrap sent packets and which received ones are ours.
@@ -39,21 +49,98 @@ dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, int device_fd, u
   return t;
 }
 
-// "Any" may be spelled as no address or as 0.0.0.0; both mean the same receive match.
-bool SameEndpoint(const dataplane::IpAddress& a, const dataplane::IpAddress& b) {
-  return a == b || (a.is_unspecified() && b.is_unspecified());
-}
-
 uint64_t SumDrops(const dataplane::DropCounters& drops) {
   uint64_t total = 0;
   for (const dataplane::Counter& c : drops) total += c.Get();
   return total;
 }
 
+bool Contains(const std::vector<IpPrefix>& list, const IpPrefix& p) {
+  return std::find(list.begin(), list.end(), p) != list.end();
+}
+
+bool Contains(const std::vector<std::string>& list, absl::string_view s) {
+  return std::find(list.begin(), list.end(), s) != list.end();
+}
+
+absl::Status Annotate(const absl::Status& status, absl::string_view context) {
+  return absl::Status(status.code(), absl::StrCat(context, ": ", status.message()));
+}
+
 }  // namespace
 
-TunnelManager::TunnelManager(LinkControl* links, dataplane::PacketEngine* engine, StateStore* store,
-                             Options options)
+std::vector<std::string> ChangedFields(const TunnelSpec& a, const TunnelSpec& b) {
+  std::vector<std::string> changed;
+  if (a.mode != b.mode) changed.push_back("mode");
+  if (!SameEndpoint(a.local, b.local)) changed.push_back("local");
+  if (a.remote != b.remote) changed.push_back("remote");
+  if (a.key != b.key) changed.push_back("key");
+  if (a.mtu != b.mtu) changed.push_back("mtu");
+  if (a.addresses != b.addresses) changed.push_back("addresses");
+  if (a.routes != b.routes) changed.push_back("routes");
+  if (a.labels != b.labels) changed.push_back("labels");
+  return changed;
+}
+
+// The changes of one request: undone in reverse order unless committed; committed only when
+// the state file took the new desired set; its events recorded only then.
+class TunnelManager::Transaction {
+ public:
+  explicit Transaction(TunnelManager* manager) : manager_(manager) {}
+  ~Transaction() {
+    if (!done_) Rollback();
+  }
+
+  void OnRollback(std::function<void()> undo) { undo_.push_back(std::move(undo)); }
+  void OnCommit(std::function<void()> action) { commit_.push_back(std::move(action)); }
+  void Added(const std::string& name) { events_.push_back({TunnelEvent::Type::kAdded, name, {}}); }
+  void Updated(const std::string& name) {
+    events_.push_back({TunnelEvent::Type::kUpdated, name, {}});
+  }
+  void Deleted(TunnelView view) {
+    events_.push_back({TunnelEvent::Type::kDeleted, view.spec.name, std::move(view)});
+  }
+
+  absl::Status Commit() ABSL_EXCLUSIVE_LOCKS_REQUIRED(manager_->mu_) {
+    if (absl::Status status = manager_->SaveLocked(); !status.ok()) {
+      Rollback();
+      return status;
+    }
+    done_ = true;
+    for (auto& action : commit_) action();
+    for (PendingEvent& e : events_) {
+      if (e.type == TunnelEvent::Type::kDeleted) {
+        manager_->RecordEvent(e.type, *e.deleted);
+        continue;
+      }
+      auto it = manager_->tunnels_.find(e.name);
+      if (it == manager_->tunnels_.end()) continue;
+      manager_->RecordEvent(e.type, {it->second->spec, manager_->StatusOf(*it->second)});
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  struct PendingEvent {
+    TunnelEvent::Type type;
+    std::string name;
+    std::optional<TunnelView> deleted;
+  };
+
+  void Rollback() {
+    done_ = true;
+    for (auto it = undo_.rbegin(); it != undo_.rend(); ++it) (*it)();
+  }
+
+  TunnelManager* manager_;
+  bool done_ = false;
+  std::vector<std::function<void()>> undo_;
+  std::vector<std::function<void()>> commit_;
+  std::vector<PendingEvent> events_;
+};
+
+TunnelManager::TunnelManager(LinkControl* links, dataplane::PacketEngine* engine,
+                             StateStore* store, Options options)
     : links_(links), engine_(engine), store_(store), options_(options) {}
 
 TunnelManager::~TunnelManager() { Shutdown(); }
@@ -62,41 +149,50 @@ absl::Status TunnelManager::Restore() {
   absl::StatusOr<std::vector<TunnelSpec>> saved = store_->Load();
   if (!saved.ok()) return saved.status();
   absl::MutexLock lock(&mu_);
+
+  // Devices this agent left behind (a quick restart, or a crash): re-attach to those still
+  // desired, remove the others. Devices it did not create are not in this list.
+  absl::flat_hash_set<std::string> left_behind;
+  if (absl::StatusOr<std::vector<std::string>> owned = links_->ListAgentDevices(); owned.ok()) {
+    left_behind.insert(owned->begin(), owned->end());
+  }
+  absl::flat_hash_set<std::string> desired;
+  for (const TunnelSpec& spec : *saved) desired.insert(spec.name);
+  for (const std::string& name : left_behind) {
+    if (!desired.contains(name)) links_->DeleteDevice(name).IgnoreError();
+  }
+
   for (TunnelSpec& spec : *saved) {
     if (tunnels_.count(spec.name)) continue;  // a name saved twice: the first one wins
-    Entry entry;
-    entry.spec = std::move(spec);
+    auto entry = std::make_unique<Entry>();
+    entry->spec = std::move(spec);
     // A saved tunnel that no longer passes the checks, clashes with one restored before it,
     // or cannot get its device is kept (so nothing is lost) in state ERROR with the reason.
-    absl::Status status = ValidateSpec(entry.spec);
-    if (status.ok()) status = CheckConflicts(entry.spec);
-    if (status.ok()) status = BringUp(entry);
-    if (!status.ok()) entry.error = std::string(status.message());
-    std::string name = entry.spec.name;
+    absl::Status status = ValidateSpec(entry->spec);
+    if (status.ok()) status = CheckConflicts(entry->spec, "");
+    if (status.ok()) status = BringUp(*entry);
+    if (!status.ok()) {
+      entry->state = OperState::kError;
+      entry->reason = std::string(status.message());
+    }
+    std::string name = entry->spec.name;
     tunnels_.emplace(std::move(name), std::move(entry));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<TunnelView> TunnelManager::Create(const TunnelSpec& spec) {
-  if (absl::Status status = ValidateSpec(spec); !status.ok()) return status;
+absl::StatusOr<TunnelView> TunnelManager::Create(const TunnelSpec& requested) {
+  if (absl::Status status = ValidateSpec(requested); !status.ok()) return status;
+  TunnelSpec spec = requested;
+  spec.create_time = spec.update_time = absl::Now();
   absl::MutexLock lock(&mu_);
-  if (tunnels_.count(spec.name)) {
-    return absl::AlreadyExistsError(absl::StrCat("tunnel ", spec.name, " already exists"));
-  }
-  if (absl::Status status = CheckConflicts(spec); !status.ok()) return status;
-
-  Entry entry;
-  entry.spec = spec;
-  if (absl::Status status = BringUp(entry); !status.ok()) return status;
-  // Persist last: if the disk refuses, the running tunnel is undone too, so the state file
+  Transaction tx(this);
+  if (absl::Status status = CreateLocked(spec, tx); !status.ok()) return status;
+  // Persisted last: if the disk refuses, the running tunnel is undone too, so the state file
   // and the kernel never disagree about a tunnel the caller was told failed.
-  if (absl::Status status = Persist(&spec, ""); !status.ok()) {
-    engine_->RemoveTunnel(spec.name).IgnoreError();
-    return status;
-  }
-  Entry& stored = tunnels_[spec.name] = std::move(entry);
-  return TunnelView{stored.spec, StatusOf(stored)};
+  if (absl::Status status = tx.Commit(); !status.ok()) return status;
+  const Entry& entry = *tunnels_.at(spec.name);
+  return TunnelView{entry.spec, StatusOf(entry)};
 }
 
 absl::StatusOr<TunnelView> TunnelManager::Get(const std::string& name) const {
@@ -105,121 +201,572 @@ absl::StatusOr<TunnelView> TunnelManager::Get(const std::string& name) const {
   if (it == tunnels_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
   }
-  return TunnelView{it->second.spec, StatusOf(it->second)};
+  return TunnelView{it->second->spec, StatusOf(*it->second)};
 }
 
-std::vector<TunnelView> TunnelManager::List() const {
+std::vector<TunnelView> TunnelManager::List() const { return TakeSnapshot().tunnels; }
+
+Snapshot TunnelManager::TakeSnapshot() const {
   absl::MutexLock lock(&mu_);
-  std::vector<TunnelView> views;
-  views.reserve(tunnels_.size());
-  for (const auto& [name, entry] : tunnels_) views.push_back({entry.spec, StatusOf(entry)});
-  return views;
+  Snapshot snapshot;
+  snapshot.revision = revision_;
+  snapshot.tunnels.reserve(tunnels_.size());
+  for (const auto& [name, entry] : tunnels_) {
+    snapshot.tunnels.push_back({entry->spec, StatusOf(*entry)});
+  }
+  return snapshot;
 }
 
-absl::Status TunnelManager::Delete(const std::string& name) {
+uint64_t TunnelManager::revision() const {
+  absl::MutexLock lock(&mu_);
+  return revision_;
+}
+
+absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name,
+                                                   const TunnelSpec& patch,
+                                                   const std::set<std::string>& fields,
+                                                   const std::string& etag) {
   absl::MutexLock lock(&mu_);
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
   }
-  // Forget it on disk first: if that fails nothing has changed and the caller may retry.
-  if (absl::Status status = Persist(nullptr, name); !status.ok()) return status;
-  if (it->second.device) {
-    // The engine answers once nothing in flight touches the device; only then may it close.
-    absl::Status status = engine_->RemoveTunnel(name);
-    if (!status.ok() && !absl::IsNotFound(status)) return status;
+  if (!etag.empty() && etag != ComputeEtag(it->second->spec)) {
+    return absl::AbortedError(absl::StrCat("tunnel ", name, " changed since etag ", etag,
+                                           " was read; get it again and retry"));
   }
-  tunnels_.erase(it);  // closing the device removes the link, its addresses and routes
-  return absl::OkStatus();
+  TunnelSpec desired = it->second->spec;
+  for (const std::string& field : fields) {
+    if (field == "mode") {
+      desired.mode = patch.mode;
+    } else if (field == "local") {
+      desired.local = patch.local;
+    } else if (field == "remote") {
+      desired.remote = patch.remote;
+    } else if (field == "key") {
+      desired.key = patch.key;
+    } else if (field == "mtu") {
+      desired.mtu = patch.mtu;
+    } else if (field == "addresses") {
+      desired.addresses = patch.addresses;
+    } else if (field == "routes") {
+      desired.routes = patch.routes;
+    } else if (field == "labels") {
+      desired.labels = patch.labels;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("update_mask: ", field,
+                       " cannot be updated (mode, local, remote, key, mtu, addresses, routes, "
+                       "labels can)"));
+    }
+  }
+  if (absl::Status status = ValidateSpec(desired); !status.ok()) return status;
+  Transaction tx(this);
+  absl::StatusOr<UpdateResult> result = UpdateLocked(name, desired, tx);
+  if (!result.ok()) return result.status();
+  if (result->changed_fields.empty()) return result;
+  if (absl::Status status = tx.Commit(); !status.ok()) return status;
+  const Entry& entry = *tunnels_.at(name);
+  result->tunnel = {entry.spec, StatusOf(entry)};
+  return result;
+}
+
+absl::Status TunnelManager::Delete(const std::string& name, const std::string& etag) {
+  absl::MutexLock lock(&mu_);
+  auto it = tunnels_.find(name);
+  if (it == tunnels_.end()) {
+    return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
+  }
+  if (!etag.empty() && etag != ComputeEtag(it->second->spec)) {
+    return absl::AbortedError(absl::StrCat("tunnel ", name, " changed since etag ", etag,
+                                           " was read; get it again and retry"));
+  }
+  Transaction tx(this);
+  if (absl::Status status = DeleteLocked(name, tx); !status.ok()) return status;
+  return tx.Commit();
+}
+
+absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
+                                                 std::vector<TunnelSpec> desired, bool prune,
+                                                 bool dry_run) {
+  if (owner.empty()) return absl::InvalidArgumentError("owner: required");
+  if (absl::Status status = ValidateLabels({{kOwnerLabel, owner}}); !status.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("owner: ", status.message()));
+  }
+  absl::flat_hash_set<std::string> names;
+  for (size_t i = 0; i < desired.size(); ++i) {
+    TunnelSpec& spec = desired[i];
+    spec.labels[kOwnerLabel] = owner;
+    if (absl::Status status = ValidateSpec(spec); !status.ok()) {
+      return Annotate(status, absl::StrCat("tunnels[", i, "]"));
+    }
+    if (!names.insert(spec.name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tunnels[", i, "].name: ", spec.name, " is given twice"));
+    }
+  }
+
+  absl::MutexLock lock(&mu_);
+  // The plan, checked as a whole before anything changes.
+  std::map<std::string, PlannedChange> plan;
+  size_t creates = 0;
+  size_t deletes = 0;
+  for (const TunnelSpec& spec : desired) {
+    PlannedChange& change = plan[spec.name];
+    change.name = spec.name;
+    auto it = tunnels_.find(spec.name);
+    if (it == tunnels_.end()) {
+      change.action = ChangeAction::kCreate;
+      ++creates;
+      continue;
+    }
+    auto label = it->second->spec.labels.find(kOwnerLabel);
+    if (label == it->second->spec.labels.end() || label->second != owner) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tunnel ", spec.name, " exists and is not owned by ", owner,
+          label == it->second->spec.labels.end() ? std::string(" (it has no owner)")
+                                                 : absl::StrCat(" (owner ", label->second, ")")));
+    }
+    change.changed_fields = ChangedFields(it->second->spec, spec);
+    if (change.changed_fields.empty()) {
+      change.action = ChangeAction::kUnchanged;
+    } else if (Contains(change.changed_fields, "mode") || !it->second->device) {
+      change.action = ChangeAction::kRecreate;
+    } else {
+      change.action = ChangeAction::kUpdate;
+    }
+  }
+  if (prune) {
+    for (const auto& [name, entry] : tunnels_) {
+      auto label = entry->spec.labels.find(kOwnerLabel);
+      if (label == entry->spec.labels.end() || label->second != owner || names.contains(name)) {
+        continue;
+      }
+      plan[name] = {name, ChangeAction::kDelete, {}};
+      ++deletes;
+    }
+  }
+  if (tunnels_.size() - deletes + creates > options_.max_tunnels) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("apply would make ", tunnels_.size() - deletes + creates,
+                     " tunnels; this agent allows ", options_.max_tunnels, " (--max_tunnels)"));
+  }
+  // Conflicts against the set as it will be: the tunnels that stay, plus the desired ones.
+  std::vector<const TunnelSpec*> final_set;
+  for (const auto& [name, entry] : tunnels_) {
+    auto p = plan.find(name);
+    if (p == plan.end()) final_set.push_back(&entry->spec);
+  }
+  for (const TunnelSpec& spec : desired) final_set.push_back(&spec);
+  for (const TunnelSpec& spec : desired) {
+    if (plan[spec.name].action == ChangeAction::kUnchanged) continue;
+    for (const TunnelSpec* other : final_set) {
+      if (other->name == spec.name) continue;
+      if (absl::Status status = ConflictBetween(spec, *other); !status.ok()) return status;
+    }
+  }
+
+  ApplyResult result;
+  bool any_change = false;
+  for (auto& [name, change] : plan) {
+    result.changes.push_back(change);
+    any_change |= change.action != ChangeAction::kUnchanged;
+  }
+  if (dry_run || !any_change) {
+    result.revision = revision_;
+    return result;
+  }
+
+  // Deletes first (they free names, endpoints and prefixes), then updates, then creates.
+  Transaction tx(this);
+  for (const auto& [name, change] : plan) {
+    if (change.action != ChangeAction::kDelete) continue;
+    if (absl::Status status = DeleteLocked(name, tx); !status.ok()) {
+      return Annotate(status, absl::StrCat("deleting ", name));
+    }
+  }
+  const absl::Time now = absl::Now();
+  for (TunnelSpec& spec : desired) {
+    const ChangeAction action = plan[spec.name].action;
+    if (action == ChangeAction::kUpdate || action == ChangeAction::kRecreate) {
+      absl::StatusOr<UpdateResult> updated = UpdateLocked(spec.name, spec, tx);
+      if (!updated.ok()) return Annotate(updated.status(), absl::StrCat("updating ", spec.name));
+    }
+  }
+  for (TunnelSpec& spec : desired) {
+    if (plan[spec.name].action != ChangeAction::kCreate) continue;
+    spec.create_time = spec.update_time = now;
+    if (absl::Status status = CreateLocked(spec, tx); !status.ok()) {
+      return Annotate(status, absl::StrCat("creating ", spec.name));
+    }
+  }
+  if (absl::Status status = tx.Commit(); !status.ok()) return status;
+  result.revision = revision_;
+  return result;
+}
+
+absl::StatusOr<std::vector<TunnelEvent>> TunnelManager::EventsAfter(uint64_t after,
+                                                                     absl::Duration wait) const {
+  absl::MutexLock lock(&mu_);
+  if (after > revision_) {
+    return absl::OutOfRangeError(
+        absl::StrCat("revision ", after, " is ahead of this agent's ", revision_));
+  }
+  const absl::Time deadline = absl::Now() + wait;
+  while (revision_ == after) {
+    if (changed_.WaitWithDeadline(&mu_, deadline)) break;
+  }
+  std::vector<TunnelEvent> events;
+  if (revision_ == after) return events;
+  if (history_.empty() || history_.front().revision > after + 1) {
+    return absl::OutOfRangeError(
+        absl::StrCat("events after revision ", after, " are no longer kept"));
+  }
+  for (const TunnelEvent& event : history_) {
+    if (event.revision > after) events.push_back(event);
+  }
+  return events;
+}
+
+void TunnelManager::RefreshStates() {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<std::map<int, bool>> states = links_->LinkStates();
+  if (!states.ok()) return;
+  for (auto& [name, entry] : tunnels_) {
+    if (!entry->device) continue;
+    OperState state = OperState::kUp;
+    std::string reason;
+    auto link = states->find(entry->device->ifindex());
+    if (link == states->end()) {
+      state = OperState::kError;
+      reason = "the device was removed by someone else; delete or update the tunnel";
+    } else if (!link->second) {
+      state = OperState::kDown;
+      reason = "the device is administratively down";
+    }
+    if (state == entry->state && reason == entry->reason) continue;
+    entry->state = state;
+    entry->reason = reason;
+    RecordEvent(TunnelEvent::Type::kStateChanged, {entry->spec, StatusOf(*entry)});
+  }
 }
 
 void TunnelManager::Shutdown() {
   absl::MutexLock lock(&mu_);
   for (auto& [name, entry] : tunnels_) {
-    if (entry.device) engine_->RemoveTunnel(name).IgnoreError();
-    entry.device.reset();
+    StopDataplane(*entry);
+    if (entry->device && options_.keep_devices) entry->device->Keep();
+    entry->device.reset();
   }
   tunnels_.clear();
 }
 
+absl::Status TunnelManager::CreateLocked(const TunnelSpec& spec, Transaction& tx) {
+  if (tunnels_.count(spec.name)) {
+    return absl::AlreadyExistsError(absl::StrCat("tunnel ", spec.name, " already exists"));
+  }
+  if (tunnels_.size() >= options_.max_tunnels) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "this agent has ", tunnels_.size(), " tunnels, its limit (--max_tunnels)"));
+  }
+  if (absl::Status status = CheckConflicts(spec, ""); !status.ok()) return status;
+  auto entry = std::make_unique<Entry>();
+  entry->spec = spec;
+  if (absl::Status status = BringUp(*entry); !status.ok()) return status;
+  tunnels_.emplace(spec.name, std::move(entry));
+  const std::string name = spec.name;
+  tx.OnRollback([this, name]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    auto it = tunnels_.find(name);
+    StopDataplane(*it->second);
+    tunnels_.erase(it);  // its device goes with it
+  });
+  tx.Added(name);
+  return absl::OkStatus();
+}
+
+absl::Status TunnelManager::DeleteLocked(const std::string& name, Transaction& tx) {
+  auto it = tunnels_.find(name);
+  if (it == tunnels_.end()) {
+    return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
+  }
+  // The device lives on until the change is committed, so undoing is only a restart.
+  std::shared_ptr<Entry> entry(std::move(it->second));
+  tunnels_.erase(it);
+  TunnelView view{entry->spec, StatusOf(*entry)};
+  // The engine answers once nothing in flight touches the device; only then may it close.
+  StopDataplane(*entry);
+  // Its routes go now, though: the kernel keeps one route per prefix, and a tunnel created or
+  // updated later in the same change (ApplyTunnels) may be taking them over.
+  std::vector<IpPrefix> removed_routes;
+  for (size_t i = 0; entry->device && i < entry->spec.routes.size(); ++i) {
+    const IpPrefix& p = entry->spec.routes[i];
+    if (links_->DeleteRoute(*entry->device, p).ok()) removed_routes.push_back(p);
+  }
+  tx.OnRollback([this, entry, name, removed_routes]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    for (const IpPrefix& p : removed_routes) links_->AddRoute(*entry->device, p).IgnoreError();
+    if (entry->device) StartDataplane(*entry).IgnoreError();
+    tunnels_[name] = std::make_unique<Entry>(std::move(*entry));
+  });
+  tx.OnCommit([entry] { entry->device.reset(); });  // removes the link, addresses and routes
+  tx.Deleted(std::move(view));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name,
+                                                         const TunnelSpec& requested,
+                                                         Transaction& tx) {
+  auto it = tunnels_.find(name);
+  if (it == tunnels_.end()) {
+    return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
+  }
+  Entry& entry = *it->second;
+  UpdateResult result;
+  result.changed_fields = ChangedFields(entry.spec, requested);
+  if (result.changed_fields.empty()) {
+    result.tunnel = {entry.spec, StatusOf(entry)};
+    return result;
+  }
+  if (absl::Status status = CheckConflicts(requested, name); !status.ok()) return status;
+  TunnelSpec desired = requested;
+  desired.create_time = entry.spec.create_time;
+  desired.update_time = absl::Now();
+  const TunnelSpec old_spec = entry.spec;
+
+  if (Contains(result.changed_fields, "mode") || !entry.device) {
+    // A link's type is fixed (the kernel cannot change it either): the device is made anew,
+    // under the same name, so the old one must go first.
+    result.recreated = entry.device != nullptr;
+    std::unique_ptr<Entry> old = std::move(it->second);
+    StopDataplane(*old);
+    old->device.reset();
+    auto fresh = std::make_unique<Entry>();
+    fresh->spec = desired;
+    if (absl::Status status = BringUp(*fresh); !status.ok()) {
+      if (result.recreated) {
+        auto back = std::make_unique<Entry>();
+        back->spec = old_spec;
+        if (absl::Status again = BringUp(*back); !again.ok()) {
+          back->state = OperState::kError;
+          back->reason = std::string(again.message());
+        }
+        it->second = std::move(back);
+      } else {
+        it->second = std::move(old);
+      }
+      return status;
+    }
+    it->second = std::move(fresh);
+    tx.OnRollback([this, name, old_spec]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      std::unique_ptr<Entry>& current = tunnels_[name];
+      StopDataplane(*current);
+      current->device.reset();
+      auto back = std::make_unique<Entry>();
+      back->spec = old_spec;
+      if (absl::Status status = BringUp(*back); !status.ok()) {
+        back->state = OperState::kError;
+        back->reason = std::string(status.message());
+      }
+      current = std::move(back);
+    });
+    tx.Updated(name);
+    return result;
+  }
+
+  // In place, step by step; a failing step undoes the ones before it.
+  std::vector<std::function<void()>> undo;
+  auto fail = [&undo](absl::Status status) {
+    for (auto u = undo.rbegin(); u != undo.rend(); ++u) (*u)();
+    return status;
+  };
+  const Device& device = *entry.device;
+  const uint32_t old_mtu = entry.mtu;
+  const uint32_t new_mtu = MtuFor(desired);
+  const bool dataplane_changes = !SameEndpoint(old_spec.local, desired.local) ||
+                                 old_spec.remote != desired.remote || old_spec.key != desired.key ||
+                                 new_mtu != old_mtu;
+  // Undone last: the old spec back, and the dataplane on it again.
+  undo.push_back(
+      [this, &entry, old_spec, old_mtu, dataplane_changes]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        entry.spec = old_spec;
+        entry.mtu = old_mtu;
+        if (dataplane_changes) StartDataplane(entry).IgnoreError();
+      });
+  if (dataplane_changes) StopDataplane(entry);
+  if (new_mtu != old_mtu) {
+    if (absl::Status s = links_->SetMtu(device, new_mtu); !s.ok()) {
+      return fail(Annotate(s, "tunnel.mtu"));
+    }
+    undo.push_back([this, &device, old_mtu] { links_->SetMtu(device, old_mtu).IgnoreError(); });
+  }
+  for (const IpPrefix& p : old_spec.routes) {
+    if (Contains(desired.routes, p)) continue;
+    if (absl::Status s = links_->DeleteRoute(device, p); !s.ok() && !absl::IsNotFound(s)) {
+      return fail(Annotate(s, absl::StrCat("removing route ", p.ToString())));
+    }
+    undo.push_back([this, &device, p] { links_->AddRoute(device, p).IgnoreError(); });
+  }
+  for (const IpPrefix& p : old_spec.addresses) {
+    if (Contains(desired.addresses, p)) continue;
+    if (absl::Status s = links_->DeleteAddress(device, p); !s.ok() && !absl::IsNotFound(s)) {
+      return fail(Annotate(s, absl::StrCat("removing address ", p.ToString())));
+    }
+    undo.push_back([this, &device, p] { links_->AddAddress(device, p).IgnoreError(); });
+  }
+  for (const IpPrefix& p : desired.addresses) {
+    if (Contains(old_spec.addresses, p)) continue;
+    if (absl::Status s = links_->AddAddress(device, p); !s.ok()) {
+      return fail(Annotate(s, absl::StrCat("tunnel.addresses ", p.ToString())));
+    }
+    undo.push_back([this, &device, p] { links_->DeleteAddress(device, p).IgnoreError(); });
+  }
+  for (const IpPrefix& p : desired.routes) {
+    if (Contains(old_spec.routes, p)) continue;
+    if (absl::Status s = links_->AddRoute(device, p); !s.ok()) {
+      return fail(Annotate(s, absl::StrCat("tunnel.routes ", p.ToString())));
+    }
+    undo.push_back([this, &device, p] { links_->DeleteRoute(device, p).IgnoreError(); });
+  }
+  entry.spec = desired;
+  entry.mtu = new_mtu;
+  if (dataplane_changes) {
+    if (absl::Status s = StartDataplane(entry); !s.ok()) return fail(s);
+  }
+  // Everything took: the whole in-place change is one step of the transaction.
+  tx.OnRollback(
+      [this, name, dataplane_changes, undo = std::move(undo)]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        if (dataplane_changes) StopDataplane(*tunnels_.at(name));
+        for (auto u = undo.rbegin(); u != undo.rend(); ++u) (*u)();
+      });
+  tx.Updated(name);
+  return result;
+}
+
+uint32_t TunnelManager::MtuFor(const TunnelSpec& spec) {
+  if (spec.mtu != 0) return spec.mtu;
+  // As the kernel does: the MTU of the route towards the remote, less the headers.
+  absl::StatusOr<uint32_t> path_mtu = links_->PathMtu(spec.remote);
+  uint32_t underlay = path_mtu.ok() ? *path_mtu : options_.default_underlay_mtu;
+  return dataplane::AutomaticMtu(spec.mode, spec.key.has_value(), underlay);
+}
+
 absl::Status TunnelManager::BringUp(Entry& entry) {
   const TunnelSpec& spec = entry.spec;
-  uint32_t mtu = spec.mtu;
-  if (mtu == 0) {
-    // As the kernel does: the MTU of the route towards the remote, less the headers.
-    absl::StatusOr<uint32_t> path_mtu = links_->PathMtu(spec.remote);
-    uint32_t underlay = path_mtu.ok() ? *path_mtu : options_.default_underlay_mtu;
-    mtu = dataplane::AutomaticMtu(spec.mode, spec.key.has_value(), underlay);
+  const uint32_t mtu = MtuFor(spec);
+  // A device this agent left in place (quick restart, crash) is taken over; otherwise a new
+  // one is made. Its addresses and routes may still be there: ALREADY_EXISTS is fine then.
+  bool attached = true;
+  absl::StatusOr<std::unique_ptr<Device>> device = links_->AttachDevice(spec.name);
+  if (!device.ok()) {
+    attached = false;
+    device = links_->CreateDevice(spec.name);
   }
-  absl::StatusOr<std::unique_ptr<Device>> device = links_->CreateDevice(spec.name);
   if (!device.ok()) return device.status();
+  auto tolerate = [attached](absl::Status s) {
+    return attached && absl::IsAlreadyExists(s) ? absl::OkStatus() : s;
+  };
   // From here on a failure destroys the device, which takes its addresses and routes along.
   absl::Status status = links_->SetMtu(**device, mtu);
   for (size_t i = 0; status.ok() && i < spec.addresses.size(); ++i) {
-    status = links_->AddAddress(**device, spec.addresses[i]);
+    status = tolerate(links_->AddAddress(**device, spec.addresses[i]));
     if (!status.ok()) {
-      status = absl::Status(status.code(),
-                            absl::StrCat("tunnel.addresses[", i, "] ", spec.addresses[i].ToString(),
-                                         ": ", status.message()));
+      status = Annotate(status, absl::StrCat("tunnel.addresses[", i, "] ",
+                                             spec.addresses[i].ToString()));
     }
   }
   if (status.ok()) status = links_->SetUp(**device);
   for (size_t i = 0; status.ok() && i < spec.routes.size(); ++i) {
-    status = links_->AddRoute(**device, spec.routes[i]);
+    status = tolerate(links_->AddRoute(**device, spec.routes[i]));
     if (!status.ok()) {
-      status = absl::Status(status.code(),
-                            absl::StrCat("tunnel.routes[", i, "] ", spec.routes[i].ToString(), ": ",
-                                         status.message()));
+      status = Annotate(status,
+                        absl::StrCat("tunnel.routes[", i, "] ", spec.routes[i].ToString()));
     }
-  }
-  auto counters = std::make_shared<dataplane::TunnelCounters>();
-  if (status.ok()) {
-    status = engine_->AddTunnel(EngineTunnelFor(spec, (*device)->fd(), mtu, counters));
   }
   if (!status.ok()) return status;
   entry.device = *std::move(device);
-  entry.counters = std::move(counters);
   entry.mtu = mtu;
-  entry.error.clear();
+  if (absl::Status s = StartDataplane(entry); !s.ok()) {
+    entry.device.reset();
+    return s;
+  }
+  entry.state = OperState::kUp;
+  entry.reason.clear();
   return absl::OkStatus();
 }
 
-absl::Status TunnelManager::CheckConflicts(const TunnelSpec& spec) const {
-  const bool gre = IsGreFamily(spec.mode);
+absl::Status TunnelManager::StartDataplane(Entry& entry) {
+  entry.counters = entry.counters ? entry.counters : std::make_shared<dataplane::TunnelCounters>();
+  absl::Status status = engine_->AddTunnel(
+      EngineTunnelFor(entry.spec, entry.device->fd(), entry.mtu, entry.counters));
+  entry.in_engine = status.ok();
+  return status;
+}
+
+void TunnelManager::StopDataplane(Entry& entry) {
+  if (!entry.in_engine) return;
+  engine_->RemoveTunnel(entry.spec.name).IgnoreError();
+  entry.in_engine = false;
+}
+
+absl::Status TunnelManager::CheckConflicts(const TunnelSpec& spec,
+                                           const std::string& ignore) const {
   for (const auto& [name, other] : tunnels_) {
-    // Two tunnels that would claim the same received packets (the kernel refuses these too).
-    if (IsGreFamily(other.spec.mode) == gre && SameEndpoint(other.spec.local, spec.local) &&
-        other.spec.remote == spec.remote && other.spec.key == spec.key) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "tunnel ", name, " already carries ", gre ? "GRE" : "IPIP", " from ",
-          spec.local.is_unspecified() ? "any" : spec.local.ToString(), " to ",
-          spec.remote.ToString(),
-          spec.key ? absl::StrCat(" with key ", *spec.key) : std::string(" without a key")));
+    if (name == ignore || name == spec.name) continue;
+    if (absl::Status status = ConflictBetween(spec, other->spec); !status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ConflictBetween(const TunnelSpec& spec, const TunnelSpec& other) {
+  const bool gre = IsGreFamily(spec.mode);
+  // Two tunnels that would claim the same received packets (the kernel refuses these too).
+  if (IsGreFamily(other.mode) == gre && SameEndpoint(other.local, spec.local) &&
+      other.remote == spec.remote && other.key == spec.key) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "tunnel ", other.name, " already carries ", gre ? "GRE" : "IPIP", " from ",
+        spec.local.is_unspecified() ? "any" : spec.local.ToString(), " to ",
+        spec.remote.ToString(),
+        spec.key ? absl::StrCat(" with key ", *spec.key) : std::string(" without a key")));
+  }
+  // Prefixes that overlap another tunnel's would make routing depend on which came first.
+  auto prefixes = [](const TunnelSpec& s) {
+    std::vector<std::pair<const char*, IpPrefix>> all;
+    for (const IpPrefix& p : s.addresses) all.push_back({"address", p.Network()});
+    for (const IpPrefix& p : s.routes) all.push_back({"route", p});
+    return all;
+  };
+  for (const auto& [kind, mine] : prefixes(spec)) {
+    for (const auto& [other_kind, theirs] : prefixes(other)) {
+      if (mine.Overlaps(theirs)) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(kind, " ", mine.ToString(), " overlaps ", other_kind, " ",
+                         theirs.ToString(), " of tunnel ", other.name));
+      }
     }
   }
   return absl::OkStatus();
 }
 
-absl::Status TunnelManager::Persist(const TunnelSpec* adding, const std::string& removing) const {
+absl::Status TunnelManager::SaveLocked() const {
   std::vector<TunnelSpec> desired;
-  desired.reserve(tunnels_.size() + 1);
-  for (const auto& [name, entry] : tunnels_) {
-    if (name != removing) desired.push_back(entry.spec);
-  }
-  if (adding != nullptr) desired.push_back(*adding);
+  desired.reserve(tunnels_.size());
+  for (const auto& [name, entry] : tunnels_) desired.push_back(entry->spec);
   return store_->Save(desired);
+}
+
+void TunnelManager::RecordEvent(TunnelEvent::Type type, const TunnelView& view) {
+  history_.push_back({type, ++revision_, view});
+  while (history_.size() > options_.event_history) history_.pop_front();
+  changed_.SignalAll();
 }
 
 TunnelStatus TunnelManager::StatusOf(const Entry& entry) const {
   TunnelStatus status;
-  if (!entry.device) {
-    status.state = OperState::kError;
-    status.reason = entry.error;
-    return status;
-  }
-  status.state = OperState::kUp;
+  status.state = entry.state;
+  status.reason = entry.reason;
+  if (!entry.device) return status;
   status.ifindex = entry.device->ifindex();
   status.mtu = entry.mtu;
+  if (!entry.counters) return status;
   const dataplane::TunnelCounters& c = *entry.counters;
   status.counters.tx_packets = c.tx_packets.Get();
   status.counters.tx_bytes = c.tx_bytes.Get();

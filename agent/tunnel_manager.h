@@ -1,11 +1,16 @@
 // The agent's core: the desired tunnels, their devices and their place in the dataplane.
 // Every change is checked first, applied to the kernel and the dataplane, persisted, and
-// rolled back if any step fails, so a failed request leaves nothing behind.
+// rolled back if any step fails, so a failed request leaves nothing behind. Every committed
+// change gets a revision and an event, which WatchTunnels streams.
 #ifndef TUNNELAGENT_AGENT_TUNNEL_MANAGER_H_
 #define TUNNELAGENT_AGENT_TUNNEL_MANAGER_H_
 
+#include <deque>
+#include <functional>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -13,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "agent/link_control.h"
 #include "agent/state_store.h"
 #include "agent/tunnel_status.h"
@@ -21,9 +27,43 @@
 
 namespace tunnelagent::agent {
 
+// The label ApplyTunnels manages tunnels by.
+inline constexpr char kOwnerLabel[] = "owner";
+
 struct TunnelView {
   dataplane::TunnelSpec spec;
   TunnelStatus status;
+};
+
+struct UpdateResult {
+  TunnelView tunnel;
+  bool recreated = false;
+  std::vector<std::string> changed_fields;  // proto field names, e.g. "remote", "routes"
+};
+
+enum class ChangeAction { kUnchanged, kCreate, kUpdate, kRecreate, kDelete };
+
+struct PlannedChange {
+  std::string name;
+  ChangeAction action = ChangeAction::kUnchanged;
+  std::vector<std::string> changed_fields;
+};
+
+struct ApplyResult {
+  std::vector<PlannedChange> changes;  // by name
+  uint64_t revision = 0;
+};
+
+struct TunnelEvent {
+  enum class Type { kAdded, kUpdated, kDeleted, kStateChanged };
+  Type type = Type::kAdded;
+  uint64_t revision = 0;
+  TunnelView tunnel;  // after the event; as it was, for kDeleted
+};
+
+struct Snapshot {
+  uint64_t revision = 0;
+  std::vector<TunnelView> tunnels;  // by name
 };
 
 class TunnelManager {
@@ -32,34 +72,68 @@ class TunnelManager {
     // The underlay MTU assumed when no route to the remote exists yet (the kernel's
     // ETH_DATA_LEN fallback).
     uint32_t default_underlay_mtu = 1500;
+    // Creates beyond this many tunnels fail with RESOURCE_EXHAUSTED.
+    uint32_t max_tunnels = 4096;
+    // Events kept for watchers that reconnect with a revision.
+    size_t event_history = 4096;
+    // On Shutdown leave the devices in place (a quick restart re-attaches to them) instead of
+    // removing them.
+    bool keep_devices = false;
   };
 
   TunnelManager(LinkControl* links, dataplane::PacketEngine* engine, StateStore* store,
                 Options options);
   ~TunnelManager();
 
-  // Brings back every tunnel of the state store. A tunnel that cannot be brought up stays
-  // desired, in state ERROR with the reason, and is not lost from the state file. Fails only
-  // when the state cannot be read.
+  // Brings back every tunnel of the state store, re-attaching to devices the agent left in
+  // place and removing devices it created that are no longer desired; devices it did not
+  // create are never touched. A tunnel that cannot be brought up stays desired, in state
+  // ERROR with the reason. Fails only when the state cannot be read.
   absl::Status Restore();
 
-  // INVALID_ARGUMENT / UNIMPLEMENTED from validation, ALREADY_EXISTS for a taken name or a
-  // (mode, local, remote, key) another tunnel carries, or the kernel's error.
+  // INVALID_ARGUMENT / UNIMPLEMENTED from validation; ALREADY_EXISTS for a taken name or a
+  // (mode, local, remote, key) another tunnel carries; FAILED_PRECONDITION for an address or
+  // route that overlaps another tunnel's; RESOURCE_EXHAUSTED beyond max_tunnels.
   absl::StatusOr<TunnelView> Create(const dataplane::TunnelSpec& spec);
   absl::StatusOr<TunnelView> Get(const std::string& name) const;
   std::vector<TunnelView> List() const;  // by name
-  absl::Status Delete(const std::string& name);
+  // Replaces the `fields` (proto names: mode, local, remote, key, mtu, addresses, routes,
+  // labels) of the tunnel with those of `patch`. ABORTED when `etag` is set and stale.
+  absl::StatusOr<UpdateResult> Update(const std::string& name, const dataplane::TunnelSpec& patch,
+                                      const std::set<std::string>& fields,
+                                      const std::string& etag);
+  absl::Status Delete(const std::string& name, const std::string& etag = "");
+  // Makes the tunnels labelled owner=`owner` exactly `desired` (each gets the label), with
+  // `prune` deleting the owner's others; all of it or nothing. FAILED_PRECONDITION when a
+  // desired name belongs to a tunnel without that owner label.
+  absl::StatusOr<ApplyResult> Apply(const std::string& owner,
+                                    std::vector<dataplane::TunnelSpec> desired, bool prune,
+                                    bool dry_run);
 
-  // Stops every tunnel's dataplane and removes its device; the desired state stays on disk.
+  Snapshot TakeSnapshot() const;
+  uint64_t revision() const;
+  // The events after revision `after`, waiting up to `wait` for the first one (empty when
+  // none came). OUT_OF_RANGE when they are no longer all kept (or `after` is in the future):
+  // the watcher must start again from a snapshot.
+  absl::StatusOr<std::vector<TunnelEvent>> EventsAfter(uint64_t after, absl::Duration wait) const;
+
+  // Looks at every device's state and records changes (STATE_CHANGED events). Called
+  // periodically by the daemon.
+  void RefreshStates();
+
+  // Stops every tunnel's dataplane; removes the devices unless keep_devices. The desired
+  // state stays on disk.
   void Shutdown();
 
-  // Calls `visit` for each tunnel with its counters, under the manager's lock: for metrics,
-  // read at scrape time.
+  uint32_t max_tunnels() const { return options_.max_tunnels; }
+
+  // Calls `visit(spec, status, counters)` for each tunnel under the manager's lock: for
+  // metrics, read at scrape time. `counters` is null for a tunnel that is not running.
   template <typename Visitor>
   void ForEachTunnel(Visitor visit) const {
     absl::MutexLock lock(&mu_);
     for (const auto& [name, entry] : tunnels_) {
-      visit(entry.spec, StatusOf(entry), entry.counters.get());
+      visit(entry->spec, StatusOf(*entry), entry->counters.get());
     }
   }
 
@@ -69,18 +143,32 @@ class TunnelManager {
     std::unique_ptr<Device> device;  // null when the tunnel could not be brought up
     std::shared_ptr<dataplane::TunnelCounters> counters;
     uint32_t mtu = 0;
-    std::string error;  // why device is null
+    bool in_engine = false;  // the engine is moving its packets
+    OperState state = OperState::kError;
+    std::string reason;  // why not UP
   };
+  class Transaction;
 
-  // Creates the device, configures it and adds it to the dataplane; undoes all of it on
-  // failure.
-  absl::Status BringUp(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status CheckConflicts(const dataplane::TunnelSpec& spec) const
+  absl::Status CreateLocked(const dataplane::TunnelSpec& spec, Transaction& tx)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Saves the desired set as it will be: the current tunnels plus `adding`, less `removing`.
-  absl::Status Persist(const dataplane::TunnelSpec* adding, const std::string& removing) const
+  absl::Status DeleteLocked(const std::string& name, Transaction& tx)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<UpdateResult> UpdateLocked(const std::string& name,
+                                            const dataplane::TunnelSpec& desired,
+                                            Transaction& tx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Creates, configures and starts the device of `entry`; on failure nothing is left.
+  absl::Status BringUp(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Stops the dataplane of `entry` (its device stays).
+  void StopDataplane(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status StartDataplane(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Rules across tunnels, `spec` against every tunnel but `ignore`.
+  absl::Status CheckConflicts(const dataplane::TunnelSpec& spec, const std::string& ignore) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SaveLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RecordEvent(TunnelEvent::Type type, const TunnelView& view)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   TunnelStatus StatusOf(const Entry& entry) const;
+  uint32_t MtuFor(const dataplane::TunnelSpec& spec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   LinkControl* const links_;
   dataplane::PacketEngine* const engine_;
@@ -88,8 +176,19 @@ class TunnelManager {
   const Options options_;
 
   mutable absl::Mutex mu_;
-  std::map<std::string, Entry> tunnels_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::unique_ptr<Entry>> tunnels_ ABSL_GUARDED_BY(mu_);
+  mutable absl::CondVar changed_;  // signalled on every new revision
+  uint64_t revision_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<TunnelEvent> history_ ABSL_GUARDED_BY(mu_);
 };
+
+// Why two tunnels cannot both exist: the same receive match (ALREADY_EXISTS) or overlapping
+// addresses / routes (FAILED_PRECONDITION). OK when they can.
+absl::Status ConflictBetween(const dataplane::TunnelSpec& spec, const dataplane::TunnelSpec& other);
+
+// The fields (proto names) in which two specs differ.
+std::vector<std::string> ChangedFields(const dataplane::TunnelSpec& a,
+                                       const dataplane::TunnelSpec& b);
 
 }  // namespace tunnelagent::agent
 

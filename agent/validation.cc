@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -222,7 +223,35 @@ absl::Status ValidateSpec(const dataplane::TunnelSpec& spec) {
   }
 
   if (absl::Status s = ValidateAddresses(spec); !s.ok()) return s;
-  return ValidateRoutes(spec);
+  if (absl::Status s = ValidateRoutes(spec); !s.ok()) return s;
+  return ValidateLabels(spec.labels);
+}
+
+absl::Status ValidateLabels(const std::map<std::string, std::string>& labels) {
+  constexpr size_t kMaxLabels = 64;
+  constexpr size_t kMaxLength = 63;
+  auto allowed = [](absl::string_view text) {
+    for (char c : text) {
+      if (!absl::ascii_isalnum(c) && c != '.' && c != '_' && c != '/' && c != '-') return false;
+    }
+    return true;
+  };
+  if (labels.size() > kMaxLabels) {
+    return Invalid("tunnel.labels", absl::StrCat(labels.size(), " labels, at most ", kMaxLabels));
+  }
+  for (const auto& [key, value] : labels) {
+    if (key.empty() || key.size() > kMaxLength || !allowed(key)) {
+      return Invalid("tunnel.labels",
+                     absl::StrCat("key ", Quote(key), " must be 1-", kMaxLength,
+                                  " characters of A-Z a-z 0-9 . _ / -"));
+    }
+    if (value.size() > kMaxLength || !allowed(value)) {
+      return Invalid(absl::StrCat("tunnel.labels[", key, "]"),
+                     absl::StrCat("value ", Quote(value), " must be 0-", kMaxLength,
+                                  " characters of A-Z a-z 0-9 . _ / -"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace tunnelagent::agent

@@ -2,6 +2,9 @@
 #ifndef TUNNELAGENT_AGENT_VALIDATION_H_
 #define TUNNELAGENT_AGENT_VALIDATION_H_
 
+#include <map>
+#include <string>
+
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "dataplane/tunnel_spec.h"
@@ -24,7 +27,11 @@ absl::Status ValidateDeviceName(absl::string_view name, absl::string_view field 
 //   unspecified or multicast, no duplicates.
 // - routes: a family the tunnel carries, host bits zero ("10.1.0.0/16", not "10.1.0.1/16"),
 //   no duplicates.
+// - labels: ValidateLabels.
 absl::Status ValidateSpec(const dataplane::TunnelSpec& spec);
+
+// At most 64 labels; keys 1-63 and values 0-63 characters of [A-Za-z0-9._/-].
+absl::Status ValidateLabels(const std::map<std::string, std::string>& labels);
 
 }  // namespace tunnelagent::agent
 

@@ -5,11 +5,13 @@
 #include <libmnl/libmnl.h>
 #include <linux/if.h>
 #include <linux/if_addr.h>
+#include <linux/if_link.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <string.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -18,13 +20,15 @@
 namespace tunnelagent::dataplane {
 namespace {
 
-// Requests are a header, a fixed struct and a few small attributes.
+// Requests are a header, a fixed struct and a few small attributes (an alias at most 256 bytes).
 constexpr size_t kRequestBufferSize = 1024;
 // Link replies carry many attributes and dumps batch several messages per datagram; a short
 // buffer would truncate them (the kernel recommends at least 32 KiB, or 8 KiB pages).
 constexpr size_t kReceiveBufferSize = 32 * 1024;
 // IFNAMSIZ includes the terminating NUL.
 constexpr size_t kMaxLinkNameLength = IFNAMSIZ - 1;
+// The kernel refuses an alias of IFALIASZ bytes or more (dev_set_alias).
+constexpr size_t kMaxLinkAliasLength = IFALIASZ - 1;
 
 std::string ErrnoText(int err) {
   char buf[128];
@@ -158,6 +162,24 @@ struct LinkReply {
   LinkInfo info;
 };
 
+struct LinkDump {
+  bool interrupted = false;
+  std::vector<LinkInfo> links;
+};
+
+// A string attribute's text, with or without the terminating NUL the kernel may add.
+std::string AttributeString(const nlattr* attr) {
+  const char* text = static_cast<const char*>(mnl_attr_get_payload(attr));
+  const size_t len = mnl_attr_get_payload_len(attr);
+  return std::string(text, strnlen(text, len));
+}
+
+int LinkInfoAttribute(const nlattr* attr, void* data) {
+  auto* info = static_cast<LinkInfo*>(data);
+  if (mnl_attr_get_type(attr) == IFLA_INFO_KIND) info->kind = AttributeString(attr);
+  return MNL_CB_OK;
+}
+
 int LinkAttribute(const nlattr* attr, void* data) {
   auto* info = static_cast<LinkInfo*>(data);
   switch (mnl_attr_get_type(attr)) {
@@ -167,24 +189,45 @@ int LinkAttribute(const nlattr* attr, void* data) {
     case IFLA_MTU:
       if (mnl_attr_validate(attr, MNL_TYPE_U32) >= 0) info->mtu = mnl_attr_get_u32(attr);
       break;
+    case IFLA_IFALIAS:
+      info->alias = AttributeString(attr);
+      break;
+    case IFLA_LINKINFO:
+      if (mnl_attr_validate(attr, MNL_TYPE_NESTED) >= 0) {
+        mnl_attr_parse_nested(attr, LinkInfoAttribute, info);
+      }
+      break;
     default:
       break;
   }
   return MNL_CB_OK;
 }
 
+// Fills `info` from an RTM_NEWLINK message; false when it is something else.
+bool ParseLink(const nlmsghdr* nlh, LinkInfo* info) {
+  if (nlh->nlmsg_type != RTM_NEWLINK || mnl_nlmsg_get_payload_len(nlh) < sizeof(ifinfomsg)) {
+    return false;
+  }
+  const auto* ifi = static_cast<const ifinfomsg*>(mnl_nlmsg_get_payload(nlh));
+  info->ifindex = ifi->ifi_index;
+  info->up = (ifi->ifi_flags & IFF_UP) != 0;
+  mnl_attr_parse(nlh, sizeof(ifinfomsg), LinkAttribute, info);
+  return true;
+}
+
 int OnLink(const void* msg, void* arg) {
   const auto* nlh = static_cast<const nlmsghdr*>(msg);
   auto* reply = static_cast<LinkReply*>(arg);
-  if (nlh->nlmsg_type != RTM_NEWLINK || reply->seen ||
-      mnl_nlmsg_get_payload_len(nlh) < sizeof(ifinfomsg)) {
-    return MNL_CB_OK;
-  }
-  const auto* ifi = static_cast<const ifinfomsg*>(mnl_nlmsg_get_payload(nlh));
-  reply->seen = true;
-  reply->info.ifindex = ifi->ifi_index;
-  reply->info.up = (ifi->ifi_flags & IFF_UP) != 0;
-  mnl_attr_parse(nlh, sizeof(ifinfomsg), LinkAttribute, &reply->info);
+  if (!reply->seen && ParseLink(nlh, &reply->info)) reply->seen = true;
+  return MNL_CB_OK;
+}
+
+int OnLinkDump(const void* msg, void* arg) {
+  const auto* nlh = static_cast<const nlmsghdr*>(msg);
+  auto* dump = static_cast<LinkDump*>(arg);
+  if (nlh->nlmsg_flags & NLM_F_DUMP_INTR) dump->interrupted = true;
+  LinkInfo info;
+  if (ParseLink(nlh, &info)) dump->links.push_back(std::move(info));
   return MNL_CB_OK;
 }
 
@@ -398,6 +441,26 @@ absl::Status Netlink::DeleteLink(int ifindex) {
   return Transact(nlh, what, nullptr, nullptr);
 }
 
+absl::Status Netlink::SetLinkAlias(int ifindex, const std::string& alias) {
+  const std::string what =
+      absl::StrCat("setting the alias of ", LinkName(ifindex), " to \"", alias, "\"");
+  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
+  if (alias.size() > kMaxLinkAliasLength || alias.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": an alias has at most ", kMaxLinkAliasLength, " bytes and no NUL"));
+  }
+  alignas(nlmsghdr) char buf[kRequestBufferSize];
+  nlmsghdr* nlh = PutHeader(buf, RTM_NEWLINK, 0);
+  auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = ifindex;
+  // Without the NUL, as iproute2 sends it: the kernel takes the attribute's length as the
+  // alias's, and a length of 0 removes the alias.
+  mnl_attr_put(nlh, IFLA_IFALIAS, alias.size(), alias.data());
+  absl::MutexLock lock(&mu_);
+  return Transact(nlh, what, nullptr, nullptr);
+}
+
 absl::StatusOr<LinkInfo> Netlink::GetLink(int ifindex) {
   const std::string what = absl::StrCat("looking up ", LinkName(ifindex));
   if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
@@ -432,6 +495,30 @@ absl::StatusOr<LinkInfo> Netlink::GetLinkByName(const std::string& name) {
   if (absl::Status s = Transact(nlh, what, OnLink, &reply); !s.ok()) return s;
   if (!reply.seen) return absl::InternalError(absl::StrCat(what, ": no link in the reply"));
   return reply.info;
+}
+
+absl::StatusOr<std::vector<LinkInfo>> Netlink::ListLinks() {
+  const std::string what = "listing the links";
+  // A dump that raced with a change is flagged inconsistent; a retry normally gets a clean one.
+  constexpr int kAttempts = 3;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    alignas(nlmsghdr) char buf[kRequestBufferSize];
+    nlmsghdr* nlh = PutHeader(buf, RTM_GETLINK, NLM_F_DUMP);
+    auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+    ifi->ifi_family = AF_UNSPEC;
+    mnl_attr_put_u32(nlh, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+    LinkDump dump;
+    {
+      absl::MutexLock lock(&mu_);
+      if (absl::Status s = Transact(nlh, what, OnLinkDump, &dump); !s.ok()) return s;
+    }
+    if (!dump.interrupted) {
+      std::sort(dump.links.begin(), dump.links.end(),
+                [](const LinkInfo& a, const LinkInfo& b) { return a.ifindex < b.ifindex; });
+      return std::move(dump.links);
+    }
+  }
+  return absl::UnavailableError(absl::StrCat(what, ": the dump kept being interrupted"));
 }
 
 namespace {

@@ -27,6 +27,11 @@ struct LinkInfo {
   std::string name;
   uint32_t mtu = 0;
   bool up = false;
+  // The interface alias (IFLA_IFALIAS, `ip link set NAME alias TEXT`), "" when none.
+  std::string alias;
+  // The link's type (IFLA_INFO_KIND): "tun" for TUN and TAP devices alike, "veth", "gre"...;
+  // "" for a device without one (lo, a physical NIC).
+  std::string kind;
 };
 
 // One NETLINK_ROUTE socket; calls are serialised, each waits for the kernel's ACK and turns a
@@ -40,10 +45,15 @@ class Netlink {
 
   absl::Status SetLinkUp(int ifindex, bool up);
   absl::Status SetLinkMtu(int ifindex, uint32_t mtu);
+  // Deletes the link whatever holds it: a TUN/TAP device goes even while open or persistent.
   absl::Status DeleteLink(int ifindex);
+  // Sets the interface alias (at most 255 bytes, no NUL); "" removes it.
+  absl::Status SetLinkAlias(int ifindex, const std::string& alias);
   // NOT_FOUND when there is no such link.
   absl::StatusOr<LinkInfo> GetLink(int ifindex);
   absl::StatusOr<LinkInfo> GetLinkByName(const std::string& name);
+  // Every link of the network namespace, in ifindex order.
+  absl::StatusOr<std::vector<LinkInfo>> ListLinks();
 
   // Adds `address` (with its prefix length) to the link; an IPv4 one also gets the
   // connected route the kernel adds for it.

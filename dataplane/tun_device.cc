@@ -63,20 +63,12 @@ absl::Status StatusFromErrno(int err, const std::string& what) {
   }
 }
 
-}  // namespace
+const char* KindName(TunDevice::Kind kind) { return kind == TunDevice::Kind::kTun ? "TUN" : "TAP"; }
 
-absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Create(const std::string& name, Kind kind) {
-  if (absl::Status s = CheckName(name); !s.ok()) return s;
-  const char* kind_name = kind == Kind::kTun ? "TUN" : "TAP";
-  const std::string what = absl::StrCat("creating ", kind_name, " device ", name);
-  // IFF_TUN_EXCL below already refuses an existing TUN/TAP device, but with EBUSY, which
-  // reads badly; this also names the case of a different kind of device with that name.
-  if (if_nametoindex(name.c_str()) != 0) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("a network device named ", name, " already exists"));
-  }
+short KindFlag(TunDevice::Kind kind) { return kind == TunDevice::Kind::kTun ? IFF_TUN : IFF_TAP; }
 
-  // Blocking on purpose: io_uring arms its own poll on the descriptor.
+// Blocking on purpose: io_uring arms its own poll on the descriptor.
+absl::StatusOr<int> OpenTun(const std::string& what) {
   const int fd = open(kTunPath, O_RDWR | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
@@ -87,17 +79,38 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Create(const std::string& 
     }
     return StatusFromErrno(err, absl::StrCat(what, ": opening ", kTunPath));
   }
+  return fd;
+}
 
+struct ifreq Request(const std::string& name, short flags) {
   struct ifreq ifr;
   memset(&ifr, 0, sizeof(ifr));
   memcpy(ifr.ifr_name, name.data(), name.size());
+  ifr.ifr_flags = flags;
+  return ifr;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Create(const std::string& name, Kind kind) {
+  if (absl::Status s = CheckName(name); !s.ok()) return s;
+  const std::string what = absl::StrCat("creating ", KindName(kind), " device ", name);
+  // IFF_TUN_EXCL below already refuses an existing TUN/TAP device, but with EBUSY, which
+  // reads badly; this also names the case of a different kind of device with that name.
+  if (if_nametoindex(name.c_str()) != 0) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("a network device named ", name, " already exists"));
+  }
+
+  absl::StatusOr<int> fd = OpenTun(what);
+  if (!fd.ok()) return fd.status();
+
   // IFF_TUN_EXCL makes the kernel refuse to attach to a device of this name that appeared
   // since the check above, so a device the agent did not create is never taken over.
-  ifr.ifr_flags =
-      static_cast<short>((kind == Kind::kTun ? IFF_TUN : IFF_TAP) | IFF_NO_PI | IFF_TUN_EXCL);
-  if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+  struct ifreq ifr = Request(name, static_cast<short>(KindFlag(kind) | IFF_NO_PI | IFF_TUN_EXCL));
+  if (ioctl(*fd, TUNSETIFF, &ifr) < 0) {
     const int err = errno;
-    close(fd);
+    close(*fd);
     if (err == EBUSY || err == EEXIST) {
       return absl::AlreadyExistsError(
           absl::StrCat("a network device named ", name, " already exists"));
@@ -108,11 +121,109 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Create(const std::string& 
   const unsigned int ifindex = if_nametoindex(name.c_str());
   if (ifindex == 0) {
     const int err = errno;
-    close(fd);  // the device goes with it
+    close(*fd);  // the device goes with it
     return absl::InternalError(
         absl::StrCat(what, ": the new device has no ifindex: ", ErrnoText(err)));
   }
-  return std::unique_ptr<TunDevice>(new TunDevice(fd, static_cast<int>(ifindex), name, kind));
+  return std::unique_ptr<TunDevice>(
+      new TunDevice(*fd, static_cast<int>(ifindex), name, kind, /*persistent=*/false));
+}
+
+absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Create(const std::string& name, Kind kind,
+                                                             const CreateOptions& options) {
+  absl::StatusOr<std::unique_ptr<TunDevice>> device = Create(name, kind);
+  if (!device.ok()) return device.status();
+  // Until the end the device is not persistent, so returning early removes it.
+  if (!options.alias.empty()) {
+    Netlink* netlink = options.netlink;
+    std::unique_ptr<Netlink> own_netlink;
+    if (netlink == nullptr) {
+      absl::StatusOr<std::unique_ptr<Netlink>> opened = Netlink::Open();
+      if (!opened.ok()) return opened.status();
+      own_netlink = *std::move(opened);
+      netlink = own_netlink.get();
+    }
+    if (absl::Status s = netlink->SetLinkAlias((*device)->ifindex(), options.alias); !s.ok()) {
+      return s;
+    }
+  }
+  if (options.persistent) {
+    if (absl::Status s = (*device)->SetPersistent(true); !s.ok()) return s;
+  }
+  return device;
+}
+
+absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Attach(const std::string& name, Kind kind) {
+  if (absl::Status s = CheckName(name); !s.ok()) return s;
+  const std::string what = absl::StrCat("attaching to ", KindName(kind), " device ", name);
+  if (if_nametoindex(name.c_str()) == 0) {
+    return absl::NotFoundError(absl::StrCat(what, ": there is no network device of that name"));
+  }
+
+  absl::StatusOr<int> fd = OpenTun(what);
+  if (!fd.ok()) return fd.status();
+
+  // Without IFF_TUN_EXCL the kernel attaches to an existing TUN/TAP device of that name.
+  struct ifreq ifr = Request(name, static_cast<short>(KindFlag(kind) | IFF_NO_PI));
+  if (ioctl(*fd, TUNSETIFF, &ifr) < 0) {
+    const int err = errno;
+    close(*fd);
+    switch (err) {
+      // The kernel's answer for a link that is not a TUN/TAP device of this kind.
+      case EINVAL:
+        return absl::FailedPreconditionError(absl::StrCat(what, ": the network device ", name,
+                                                          " is not a ", KindName(kind), " device"));
+      // A device without multiple queues takes one fd only.
+      case EBUSY:
+        return absl::FailedPreconditionError(
+            absl::StrCat(what, ": the device is in use (another process has it open)"));
+      default:
+        return StatusFromErrno(err, what);
+    }
+  }
+
+  // Check what was attached. If the device went away after the lookup above, TUNSETIFF
+  // created a new one: that one is not persistent and goes again when the fd is closed.
+  memset(&ifr, 0, sizeof(ifr));
+  if (ioctl(*fd, TUNGETIFF, &ifr) < 0) {
+    const int err = errno;
+    close(*fd);
+    return StatusFromErrno(err, absl::StrCat(what, ": reading the device's flags"));
+  }
+  const int flags = static_cast<unsigned short>(ifr.ifr_flags);
+  if ((flags & IFF_PERSIST) == 0) {
+    close(*fd);
+    return absl::NotFoundError(absl::StrCat(what, ": the device disappeared"));
+  }
+  if ((flags & (IFF_TUN | IFF_TAP)) != KindFlag(kind)) {
+    close(*fd);
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": the network device ", name, " is not a ", KindName(kind), " device"));
+  }
+
+  const unsigned int ifindex = if_nametoindex(name.c_str());
+  if (ifindex == 0) {
+    const int err = errno;
+    close(*fd);
+    return absl::NotFoundError(absl::StrCat(what, ": the device disappeared: ", ErrnoText(err)));
+  }
+  return std::unique_ptr<TunDevice>(
+      new TunDevice(*fd, static_cast<int>(ifindex), name, kind, /*persistent=*/true));
+}
+
+absl::Status TunDevice::SetPersistent(bool persistent) {
+  if (ioctl(fd_, TUNSETPERSIST, persistent ? 1UL : 0UL) < 0) {
+    const int err = errno;
+    const std::string what =
+        absl::StrCat("making device ", name_, persistent ? " persistent" : " not persistent");
+    // The fd outlived its device (deleted through netlink).
+    if (err == EBADFD) {
+      return absl::NotFoundError(absl::StrCat(what, ": the device has been deleted"));
+    }
+    return StatusFromErrno(err, what);
+  }
+  persistent_ = persistent;
+  return absl::OkStatus();
 }
 
 TunDevice::~TunDevice() {

@@ -6,35 +6,82 @@
 #include <string>
 #include <utility>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "dataplane/netlink.h"
 
 namespace tunnelagent::dataplane {
+
+// The interface alias (IFLA_IFALIAS; `ip link show` prints it as "alias tunnel-agent") that
+// marks a device as created by the agent. After a restart the agent takes back only devices
+// for which IsAgentDevice() holds: it never touches a device it did not create.
+inline constexpr char kAgentDeviceAlias[] = "tunnel-agent";
+
+// A TUN/TAP device (kind "tun") carrying kAgentDeviceAlias.
+inline bool IsAgentDevice(const LinkInfo& link) {
+  return link.kind == "tun" && link.alias == kAgentDeviceAlias;
+}
 
 class TunDevice {
  public:
   enum class Kind { kTun, kTap };
+
+  struct CreateOptions {
+    // Set as the interface alias before Create returns; "" sets none. The agent passes
+    // kAgentDeviceAlias.
+    std::string alias;
+    // Made persistent (see SetPersistent) once the alias is set, so the device never exists
+    // both persistent and unmarked.
+    bool persistent = false;
+    // The socket used to set the alias; Create opens one of its own when null.
+    Netlink* netlink = nullptr;
+  };
 
   // Creates the device `name` (IFF_NO_PI; exclusive: ALREADY_EXISTS when any link of that
   // name exists, so a device the agent did not create is never taken over). The fd is
   // blocking, which is what io_uring wants: it arms its own poll.
   // The device is not persistent: it disappears when the object is destroyed.
   static absl::StatusOr<std::unique_ptr<TunDevice>> Create(const std::string& name, Kind kind);
+  // As above, then sets the alias and persistence `options` ask for. On any failure the new
+  // device is removed again: it is not left half set up.
+  static absl::StatusOr<std::unique_ptr<TunDevice>> Create(const std::string& name, Kind kind,
+                                                           const CreateOptions& options);
+
+  // Opens the EXISTING persistent TUN (or TAP) device `name`, e.g. one a previous run of the
+  // agent left behind, with the same flags Create uses (IFF_NO_PI). The device stays
+  // persistent. NOT_FOUND when there is no link of that name; FAILED_PRECONDITION when the
+  // link is not a TUN/TAP device of `kind`, or another process holds it open.
+  // Attach does not check who created the device: check IsAgentDevice() on the link first
+  // (and that ifindex() is the one listed, if a concurrent delete-and-recreate matters).
+  static absl::StatusOr<std::unique_ptr<TunDevice>> Attach(const std::string& name, Kind kind);
+
+  // Closes the fd. A device that is persistent at that moment (made so by CreateOptions,
+  // SetPersistent(true), or opened with Attach) stays, with its addresses and routes, and can
+  // be re-attached; any other device disappears. To remove a persistent device, call
+  // SetPersistent(false) before destroying the object, or Netlink::DeleteLink(ifindex()).
   ~TunDevice();
   TunDevice(const TunDevice&) = delete;
   TunDevice& operator=(const TunDevice&) = delete;
+
+  // TUNSETPERSIST: whether the device outlives this object (and the process). NOT_FOUND when
+  // the device has been deleted meanwhile.
+  absl::Status SetPersistent(bool persistent);
 
   int fd() const { return fd_; }
   int ifindex() const { return ifindex_; }
   const std::string& name() const { return name_; }
   Kind kind() const { return kind_; }
+  // As last set by Create, Attach or SetPersistent.
+  bool persistent() const { return persistent_; }
 
  private:
-  TunDevice(int fd, int ifindex, std::string name, Kind kind)
-      : fd_(fd), ifindex_(ifindex), name_(std::move(name)), kind_(kind) {}
+  TunDevice(int fd, int ifindex, std::string name, Kind kind, bool persistent)
+      : fd_(fd), ifindex_(ifindex), name_(std::move(name)), kind_(kind), persistent_(persistent) {}
   int fd_;
   int ifindex_;
   std::string name_;
   Kind kind_;
+  bool persistent_;
 };
 
 }  // namespace tunnelagent::dataplane

@@ -3,11 +3,13 @@
 #define TUNNELAGENT_DATAPLANE_TUNNEL_SPEC_H_
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "dataplane/address.h"
 
 namespace tunnelagent::dataplane {
@@ -39,6 +41,11 @@ struct TunnelSpec {
   uint32_t mtu = 0;  // 0 = automatic
   std::vector<IpPrefix> addresses;
   std::vector<IpPrefix> routes;
+  // For ownership and selection; the dataplane ignores them.
+  std::map<std::string, std::string> labels;
+  // Bookkeeping kept with the desired state; InfinitePast() when not known.
+  absl::Time create_time = absl::InfinitePast();
+  absl::Time update_time = absl::InfinitePast();
 };
 
 }  // namespace tunnelagent::dataplane

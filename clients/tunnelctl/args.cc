@@ -2,14 +2,18 @@
 
 #include <cmath>
 #include <cstddef>
+#include <limits>
+#include <map>
 #include <optional>
-#include <set>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 
@@ -28,14 +32,62 @@ constexpr ModeName kModes[] = {
     {"ip6tnl", v1::TUNNEL_MODE_IP6TNL},
 };
 
-// Keywords of `create` that take exactly one value.
-constexpr absl::string_view kSingleKeywords[] = {"mode", "remote", "local", "key", "mtu"};
+// A keyword of create, update or list, and the field it sets.
+struct Keyword {
+  absl::string_view word;
+  // The proto field (of Tunnel, or of ListTunnelsRequest for "state").
+  absl::string_view field;
+  bool takes_value;
+  // May be given more than once (each adds an element).
+  bool repeatable;
+};
 
-bool IsCreateKeyword(absl::string_view word) {
-  for (absl::string_view k : kSingleKeywords) {
-    if (word == k) return true;
+constexpr Keyword kKeywords[] = {
+    {"mode", "mode", true, false},        {"remote", "remote", true, false},
+    {"local", "local", true, false},      {"key", "key", true, false},
+    {"nokey", "key", false, false},       {"mtu", "mtu", true, false},
+    {"address", "addresses", true, true}, {"noaddresses", "addresses", false, false},
+    {"route", "routes", true, true},      {"noroutes", "routes", false, false},
+    {"label", "labels", true, true},      {"nolabels", "labels", false, false},
+    {"state", "state", true, false},
+};
+
+// The keywords each verb takes, in the order its error message lists them.
+constexpr absl::string_view kCreateKeywords[] = {"mode", "remote",  "local", "key",
+                                                 "mtu",  "address", "route", "label"};
+constexpr absl::string_view kUpdateKeywords[] = {"mode",  "remote",      "local",    "key",
+                                                 "nokey", "mtu",         "address",  "route",
+                                                 "label", "noaddresses", "noroutes", "nolabels"};
+constexpr absl::string_view kListKeywords[] = {"mode", "state", "label"};
+
+// update_mask paths in Tunnel's field order.
+constexpr absl::string_view kMaskOrder[] = {"mode", "local",     "remote", "key",
+                                            "mtu",  "addresses", "routes", "labels"};
+
+const Keyword* FindKeyword(absl::string_view word) {
+  for (const Keyword& k : kKeywords) {
+    if (k.word == word) return &k;
   }
-  return word == "address" || word == "route";
+  return nullptr;
+}
+
+template <size_t N>
+bool Contains(const absl::string_view (&words)[N], absl::string_view word) {
+  for (absl::string_view w : words) {
+    if (w == word) return true;
+  }
+  return false;
+}
+
+// "a, b or c".
+template <size_t N>
+std::string OneOf(const absl::string_view (&words)[N]) {
+  std::string out;
+  for (size_t i = 0; i < N; ++i) {
+    if (i > 0) out += i + 1 == N ? " or " : ", ";
+    absl::StrAppend(&out, words[i]);
+  }
+  return out;
 }
 
 absl::Status UsageError(absl::string_view message) { return absl::InvalidArgumentError(message); }
@@ -59,13 +111,37 @@ std::optional<uint64_t> ParseDigits(absl::string_view text, int base, uint64_t m
   return value;
 }
 
+// Flags that only some verbs take, by canonical name, with the verbs that take them.
+struct VerbFlag {
+  absl::string_view name;
+  std::vector<Verb> verbs;
+};
+
+const std::vector<VerbFlag>& VerbFlags() {
+  static const auto* flags = new std::vector<VerbFlag>{
+      {"--request-id", {Verb::kCreate, Verb::kUpdate, Verb::kDelete, Verb::kApply}},
+      {"--etag", {Verb::kUpdate, Verb::kDelete}},
+      {"--page-size", {Verb::kList}},
+      {"--since", {Verb::kWatch}},
+      {"--count", {Verb::kWatch}},
+      {"--file", {Verb::kApply}},
+      {"--prune", {Verb::kApply}},
+      {"--dry-run", {Verb::kApply}},
+      {"--owner", {Verb::kApply}},
+  };
+  return *flags;
+}
+
 // Walks the arguments. Flags are recognized before the command and, after it, wherever a
 // keyword or a positional argument is expected; a keyword's value is always taken as is
-// (so `mtu -5` is reported as a bad MTU). "--" ends the flags.
+// (so `mtu -5` is reported as a bad MTU). "--" ends the flags. In long flag names '_' and
+// '-' are the same ("--tls_ca" is "--tls-ca").
 class Parser {
  public:
-  Parser(const std::vector<std::string>& args, absl::string_view env_agent) : args_(args) {
-    if (!env_agent.empty()) command_.agent = std::string(env_agent);
+  Parser(const std::vector<std::string>& args, const Environment& env) : args_(args) {
+    if (!env.agent.empty()) command_.agent = env.agent;
+    command_.env_token = env.token;
+    command_.list.set_page_size(kDefaultPageSize);
   }
 
   absl::StatusOr<Command> Run() {
@@ -79,20 +155,31 @@ class Parser {
     absl::Status status;
     if (verb == "create" || verb == "add") {
       status = ParseCreate(verb);
+    } else if (verb == "update") {
+      status = ParseUpdate(verb);
     } else if (verb == "get") {
       status = ParseName(verb, Verb::kGet);
     } else if (verb == "delete" || verb == "del") {
       status = ParseName(verb, Verb::kDelete);
     } else if (verb == "list" || verb == "ls") {
-      status = ParseNoArgs(verb, Verb::kList);
+      status = ParseList(verb);
     } else if (verb == "show") {
       status = ParseShow(verb);
+    } else if (verb == "watch") {
+      status = ParseNoArgs(verb, Verb::kWatch);
+    } else if (verb == "apply") {
+      status = ParseApply(verb);
+    } else if (verb == "info") {
+      status = ParseNoArgs(verb, Verb::kInfo);
     } else if (verb == "help") {
       command_.verb = Verb::kHelp;
+      return std::move(command_);
     } else {
       status = UsageError(absl::StrCat("unknown command '", verb, "'"));
     }
     if (!status.ok()) return status;
+    if (absl::Status s = CheckVerbFlags(verb); !s.ok()) return s;
+    if (absl::Status s = CheckTls(); !s.ok()) return s;
     return std::move(command_);
   }
 
@@ -127,30 +214,63 @@ class Parser {
   }
 
   absl::Status ParseFlag(absl::string_view arg) {
-    absl::string_view name = arg;
+    absl::string_view spelled = arg;  // as given, for messages
     std::optional<absl::string_view> value;
     if (absl::StartsWith(arg, "--")) {
       if (size_t eq = arg.find('='); eq != absl::string_view::npos) {
-        name = arg.substr(0, eq);
+        spelled = arg.substr(0, eq);
         value = arg.substr(eq + 1);
       }
-    } else if (absl::StartsWith(arg, "-o") && arg.size() > 2) {  // -ojson, -o=json
-      name = "-o";
+    } else if ((absl::StartsWith(arg, "-o") || absl::StartsWith(arg, "-f")) && arg.size() > 2) {
+      // -ojson, -o=json, -ffile, -f=file
+      spelled = arg.substr(0, 2);
       value = arg.substr(2);
       if (absl::StartsWith(*value, "=")) value->remove_prefix(1);
     }
+    std::string name = absl::StrReplaceAll(spelled, {{"_", "-"}});
+    if (name == "-o") name = "--output";
+    if (name == "-f") name = "--file";
+
     auto take_value = [&]() -> absl::Status {
       if (value.has_value()) return absl::OkStatus();
-      if (AtEnd()) return UsageError(absl::StrCat("flag ", name, " needs a value"));
+      if (AtEnd()) return UsageError(absl::StrCat("flag ", spelled, " needs a value"));
       value = Take();
       return absl::OkStatus();
     };
+    // A value that must not be empty.
+    auto take_text = [&](std::string* out) -> absl::Status {
+      if (absl::Status s = take_value(); !s.ok()) return s;
+      if (value->empty()) return UsageError(absl::StrCat("flag ", spelled, " needs a value"));
+      *out = std::string(*value);
+      return absl::OkStatus();
+    };
+    auto no_value = [&]() -> absl::Status {
+      if (value.has_value()) return UsageError(absl::StrCat("flag ", spelled, " takes no value"));
+      return absl::OkStatus();
+    };
+    auto take_number = [&](uint64_t min, uint64_t max, uint64_t* out) -> absl::Status {
+      if (absl::Status s = take_value(); !s.ok()) return s;
+      std::optional<uint64_t> n = ParseDigits(*value, 10, max);
+      if (!n.has_value() || *n < min) {
+        std::string range = max == std::numeric_limits<uint64_t>::max()
+                                ? absl::StrCat(min, " or more")
+                                : absl::StrCat(min, "-", max);
+        return UsageError(absl::StrCat("invalid value '", *value, "' for ", spelled,
+                                       " (want a number ", range, ")"));
+      }
+      *out = *n;
+      return absl::OkStatus();
+    };
+
+    for (const VerbFlag& f : VerbFlags()) {
+      if (f.name == name) verb_flags_.emplace_back(f.name, std::string(spelled));
+    }
 
     if (name == "--agent") {
       if (absl::Status s = take_value(); !s.ok()) return s;
       if (value->empty()) return UsageError("flag --agent needs a non-empty address");
       command_.agent = std::string(*value);
-    } else if (name == "-o" || name == "--output") {
+    } else if (name == "--output") {
       if (absl::Status s = take_value(); !s.ok()) return s;
       if (*value == "table") {
         command_.output = OutputFormat::kTable;
@@ -165,84 +285,231 @@ class Parser {
       absl::StatusOr<std::chrono::milliseconds> timeout = ParseTimeout(*value);
       if (!timeout.ok()) return timeout.status();
       command_.timeout = *timeout;
+    } else if (name == "--tls") {
+      if (absl::Status s = no_value(); !s.ok()) return s;
+      command_.tls.enabled = true;
+    } else if (name == "--tls-ca") {
+      command_.tls.enabled = true;
+      return take_text(&command_.tls.ca_file);
+    } else if (name == "--tls-cert") {
+      command_.tls.enabled = true;
+      return take_text(&command_.tls.cert_file);
+    } else if (name == "--tls-key") {
+      command_.tls.enabled = true;
+      return take_text(&command_.tls.key_file);
+    } else if (name == "--tls-server-name") {
+      command_.tls.enabled = true;
+      return take_text(&command_.tls.server_name);
+    } else if (name == "--token-file") {
+      return take_text(&command_.token_file);
+    } else if (name == "--request-id") {
+      if (absl::Status s = take_text(&command_.request_id); !s.ok()) return s;
+      if (command_.request_id.size() > kMaxRequestIdLength) {
+        return UsageError(
+            absl::StrCat("flag ", spelled, ": longer than ", kMaxRequestIdLength, " characters"));
+      }
+    } else if (name == "--etag") {
+      return take_text(&command_.etag);
+    } else if (name == "--page-size") {
+      uint64_t n = 0;
+      if (absl::Status s = take_number(1, kMaxPageSize, &n); !s.ok()) return s;
+      command_.list.set_page_size(static_cast<int32_t>(n));
+    } else if (name == "--since") {
+      return take_number(0, std::numeric_limits<uint64_t>::max(), &command_.since_revision);
+    } else if (name == "--count") {
+      uint64_t n = 0;
+      if (absl::Status s = take_number(1, std::numeric_limits<uint64_t>::max(), &n); !s.ok())
+        return s;
+      command_.count = n;
+    } else if (name == "--file") {
+      return take_text(&command_.apply_file);
+    } else if (name == "--prune") {
+      if (absl::Status s = no_value(); !s.ok()) return s;
+      command_.prune = true;
+    } else if (name == "--dry-run") {
+      if (absl::Status s = no_value(); !s.ok()) return s;
+      command_.dry_run = true;
+    } else if (name == "--owner") {
+      return take_text(&command_.owner);
     } else {
-      return UsageError(absl::StrCat("unknown flag '", name, "'"));
+      return UsageError(absl::StrCat("unknown flag '", spelled, "'"));
     }
+    return absl::OkStatus();
+  }
+
+  // Flags of other verbs are errors rather than silently ignored.
+  absl::Status CheckVerbFlags(absl::string_view verb) {
+    for (const auto& [name, spelled] : verb_flags_) {
+      for (const VerbFlag& f : VerbFlags()) {
+        if (f.name != name) continue;
+        bool ok = false;
+        for (Verb v : f.verbs) ok = ok || v == command_.verb;
+        if (!ok) return UsageError(absl::StrCat(verb, ": flag ", spelled, " does not apply"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status CheckTls() {
+    const TlsOptions& tls = command_.tls;
+    if (tls.cert_file.empty() != tls.key_file.empty()) {
+      return UsageError("--tls_cert and --tls_key go together");
+    }
+    return absl::OkStatus();
+  }
+
+  // NAME, for create and update: not empty, not a keyword.
+  absl::Status TakeTunnelName(absl::string_view verb) {
+    if (absl::Status s = SkipFlags(); !s.ok()) return s;
+    if (AtEnd()) return UsageError(absl::StrCat(verb, ": missing NAME"));
+    const std::string& name = Take();
+    if (FindKeyword(name) != nullptr) {
+      return UsageError(absl::StrCat(verb, ": missing NAME before '", name, "'"));
+    }
+    if (name.empty()) return UsageError(absl::StrCat(verb, ": empty NAME"));
+    command_.name = name;
+    command_.tunnel.set_name(name);
     return absl::OkStatus();
   }
 
   absl::Status ParseCreate(absl::string_view verb) {
-    if (absl::Status s = SkipFlags(); !s.ok()) return s;
-    if (AtEnd()) return UsageError(absl::StrCat(verb, ": missing NAME"));
-    const std::string& name = Take();
-    if (IsCreateKeyword(name)) {
-      return UsageError(absl::StrCat(verb, ": missing NAME before '", name, "'"));
-    }
-    if (name.empty()) return UsageError(absl::StrCat(verb, ": empty NAME"));
     command_.verb = Verb::kCreate;
-    command_.name = name;
-    command_.tunnel.set_name(name);
-
-    while (true) {
-      if (absl::Status s = SkipFlags(); !s.ok()) return s;
-      if (AtEnd()) break;
-      const std::string& keyword = Take();
-      if (!IsCreateKeyword(keyword)) {
-        return UsageError(absl::StrCat(verb, ": unknown argument '", keyword,
-                                       "' (want mode, remote, local, key, mtu, address or route)"));
-      }
-      if (AtEnd()) return UsageError(absl::StrCat(verb, ": '", keyword, "' needs a value"));
-      const std::string& value = Take();
-      if (value.empty()) {
-        return UsageError(absl::StrCat(verb, ": empty value for '", keyword, "'"));
-      }
-      if (absl::Status s = ApplyKeyword(keyword, value); !s.ok()) {
-        return UsageError(absl::StrCat(verb, ": ", s.message()));
-      }
-    }
-    if (seen_.count("mode") == 0) return UsageError(absl::StrCat(verb, ": missing 'mode'"));
-    if (seen_.count("remote") == 0) return UsageError(absl::StrCat(verb, ": missing 'remote'"));
+    if (absl::Status s = TakeTunnelName(verb); !s.ok()) return s;
+    if (absl::Status s = ParseKeywords(verb, kCreateKeywords); !s.ok()) return s;
+    if (fields_.count("mode") == 0) return UsageError(absl::StrCat(verb, ": missing 'mode'"));
+    if (fields_.count("remote") == 0) return UsageError(absl::StrCat(verb, ": missing 'remote'"));
     return absl::OkStatus();
   }
 
-  // Sets the field of `keyword` (a create keyword) from `value` (not empty).
-  absl::Status ApplyKeyword(const std::string& keyword, const std::string& value) {
-    if (keyword != "address" && keyword != "route" && !seen_.insert(keyword).second) {
-      return UsageError(absl::StrCat("'", keyword, "' given twice"));
+  absl::Status ParseUpdate(absl::string_view verb) {
+    command_.verb = Verb::kUpdate;
+    if (absl::Status s = TakeTunnelName(verb); !s.ok()) return s;
+    if (absl::Status s = ParseKeywords(verb, kUpdateKeywords); !s.ok()) return s;
+    // An empty mask would mean a full replacement: never send one by accident.
+    if (fields_.empty()) {
+      return UsageError(
+          absl::StrCat(verb, ": nothing to change (want ", OneOf(kUpdateKeywords), ")"));
     }
+    for (absl::string_view path : kMaskOrder) {
+      if (fields_.count(std::string(path)) != 0) command_.update_mask.add_paths(std::string(path));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ParseList(absl::string_view verb) {
+    command_.verb = Verb::kList;
+    return ParseKeywords(verb, kListKeywords);
+  }
+
+  // KEYWORD [VALUE] pairs up to the end, each one of `allowed`.
+  template <size_t N>
+  absl::Status ParseKeywords(absl::string_view verb, const absl::string_view (&allowed)[N]) {
+    while (true) {
+      if (absl::Status s = SkipFlags(); !s.ok()) return s;
+      if (AtEnd()) return absl::OkStatus();
+      const std::string& word = Take();
+      const Keyword* keyword = Contains(allowed, word) ? FindKeyword(word) : nullptr;
+      if (keyword == nullptr) {
+        return UsageError(
+            absl::StrCat(verb, ": unknown argument '", word, "' (want ", OneOf(allowed), ")"));
+      }
+      std::string value;
+      if (keyword->takes_value) {
+        if (AtEnd()) return UsageError(absl::StrCat(verb, ": '", word, "' needs a value"));
+        value = Take();
+        if (value.empty()) {
+          return UsageError(absl::StrCat(verb, ": empty value for '", word, "'"));
+        }
+      }
+      if (absl::Status s = ApplyKeyword(*keyword, value); !s.ok()) {
+        return UsageError(absl::StrCat(verb, ": ", s.message()));
+      }
+    }
+  }
+
+  // Sets the field of `keyword` from `value` (not empty when the keyword takes one).
+  absl::Status ApplyKeyword(const Keyword& keyword, const std::string& value) {
+    const std::string field(keyword.field);
+    auto [it, inserted] = fields_.emplace(field, keyword.word);
+    if (!inserted) {
+      if (it->second != keyword.word) {
+        return UsageError(absl::StrCat("'", keyword.word, "' conflicts with '", it->second, "'"));
+      }
+      if (!keyword.repeatable) return UsageError(absl::StrCat("'", keyword.word, "' given twice"));
+    }
+    if (command_.verb == Verb::kList) return ApplyFilter(keyword, value);
     v1::Tunnel& tunnel = command_.tunnel;
-    if (keyword == "mode") {
+    absl::string_view word = keyword.word;
+    if (word == "mode") {
       absl::StatusOr<v1::TunnelMode> mode = ParseMode(value);
       if (!mode.ok()) return mode.status();
       tunnel.set_mode(*mode);
-    } else if (keyword == "remote") {
+    } else if (word == "remote") {
       tunnel.set_remote(value);
-    } else if (keyword == "local") {
+    } else if (word == "local") {
       // As in iproute2, "any" leaves the choice of the source to the kernel.
       tunnel.set_local(value == "any" ? "" : value);
-    } else if (keyword == "key") {
+    } else if (word == "key") {
       absl::StatusOr<uint32_t> key = ParseKey(value);
       if (!key.ok()) return key.status();
       tunnel.set_key(*key);
-    } else if (keyword == "mtu") {
-      absl::StatusOr<uint32_t> mtu = ParseMtu(value);
-      if (!mtu.ok()) return mtu.status();
-      tunnel.set_mtu(*mtu);
-    } else if (keyword == "address") {
+    } else if (word == "nokey") {
+      tunnel.clear_key();
+    } else if (word == "mtu") {
+      if (value == "auto") {
+        tunnel.set_mtu(0);
+      } else {
+        absl::StatusOr<uint32_t> mtu = ParseMtu(value);
+        if (!mtu.ok()) return mtu.status();
+        tunnel.set_mtu(*mtu);
+      }
+    } else if (word == "address") {
       tunnel.add_addresses(value);
-    } else if (keyword == "route") {
+    } else if (word == "route") {
       tunnel.add_routes(value);
+    } else if (word == "label") {
+      absl::StatusOr<std::pair<std::string, std::string>> label = ParseLabel(value);
+      if (!label.ok()) return label.status();
+      return AddLabel(*label, tunnel.mutable_labels());
+    }
+    // noaddresses, noroutes, nolabels: the field stays empty; the mask names it.
+    return absl::OkStatus();
+  }
+
+  // The keywords of list: filters.
+  absl::Status ApplyFilter(const Keyword& keyword, const std::string& value) {
+    v1::ListTunnelsRequest& list = command_.list;
+    if (keyword.word == "mode") {
+      absl::StatusOr<v1::TunnelMode> mode = ParseMode(value);
+      if (!mode.ok()) return mode.status();
+      list.set_mode(*mode);
+    } else if (keyword.word == "state") {
+      absl::StatusOr<v1::OperState> state = ParseState(value);
+      if (!state.ok()) return state.status();
+      list.set_state(*state);
+    } else if (keyword.word == "label") {
+      absl::StatusOr<std::pair<std::string, std::string>> label = ParseLabel(value);
+      if (!label.ok()) return label.status();
+      return AddLabel(*label, list.mutable_labels());
+    }
+    return absl::OkStatus();
+  }
+
+  static absl::Status AddLabel(const std::pair<std::string, std::string>& label,
+                               google::protobuf::Map<std::string, std::string>* labels) {
+    if (!labels->insert({label.first, label.second}).second) {
+      return UsageError(absl::StrCat("label '", label.first, "' given twice"));
     }
     return absl::OkStatus();
   }
 
   // VERB NAME
   absl::Status ParseName(absl::string_view verb, Verb kind) {
+    command_.verb = kind;
     if (absl::Status s = SkipFlags(); !s.ok()) return s;
     if (AtEnd()) return UsageError(absl::StrCat(verb, ": missing NAME"));
     command_.name = Take();
     if (command_.name.empty()) return UsageError(absl::StrCat(verb, ": empty NAME"));
-    command_.verb = kind;
     return ExpectEnd(verb);
   }
 
@@ -254,6 +521,13 @@ class Parser {
       return absl::OkStatus();
     }
     return ParseName(verb, Verb::kGet);
+  }
+
+  absl::Status ParseApply(absl::string_view verb) {
+    command_.verb = Verb::kApply;
+    if (absl::Status s = ExpectEnd(verb); !s.ok()) return s;
+    if (command_.apply_file.empty()) return UsageError(absl::StrCat(verb, ": missing -f FILE"));
+    return absl::OkStatus();
   }
 
   absl::Status ParseNoArgs(absl::string_view verb, Verb kind) {
@@ -272,16 +546,24 @@ class Parser {
   const std::vector<std::string>& args_;
   size_t pos_ = 0;
   bool flags_done_ = false;
-  // Single-valued create keywords already given.
-  std::set<std::string> seen_;
+  // Fields set by keywords, with the keyword that set each.
+  std::map<std::string, absl::string_view> fields_;
+  // Verb-specific flags given: canonical name, spelling.
+  std::vector<std::pair<absl::string_view, std::string>> verb_flags_;
   Command command_;
 };
 
 }  // namespace
 
+absl::StatusOr<Command> ParseArgs(const std::vector<std::string>& args, const Environment& env) {
+  return Parser(args, env).Run();
+}
+
 absl::StatusOr<Command> ParseArgs(const std::vector<std::string>& args,
                                   absl::string_view env_agent) {
-  return Parser(args, env_agent).Run();
+  Environment env;
+  env.agent = std::string(env_agent);
+  return ParseArgs(args, env);
 }
 
 absl::StatusOr<v1::TunnelMode> ParseMode(absl::string_view text) {
@@ -290,6 +572,13 @@ absl::StatusOr<v1::TunnelMode> ParseMode(absl::string_view text) {
   }
   return UsageError(absl::StrCat("unknown mode '", text,
                                  "' (want gre, ipip, gretap, sit, ip6gre, ip6gretap or ip6tnl)"));
+}
+
+absl::StatusOr<v1::OperState> ParseState(absl::string_view text) {
+  if (text == "up") return v1::OPER_STATE_UP;
+  if (text == "down") return v1::OPER_STATE_DOWN;
+  if (text == "error") return v1::OPER_STATE_ERROR;
+  return UsageError(absl::StrCat("unknown state '", text, "' (want up, down or error)"));
 }
 
 absl::StatusOr<uint32_t> ParseKey(absl::string_view text) {
@@ -327,7 +616,7 @@ absl::StatusOr<uint32_t> ParseMtu(absl::string_view text) {
   std::optional<uint64_t> value = ParseDigits(text, 10, kMaxMtu);
   if (!value.has_value() || *value < kMinMtu) {
     return UsageError(absl::StrCat("invalid mtu '", text, "' (want a number ", kMinMtu, "-",
-                                   kMaxMtu, "; omit it for the automatic MTU)"));
+                                   kMaxMtu, ", or auto for the automatic MTU)"));
   }
   return static_cast<uint32_t>(*value);
 }
@@ -344,6 +633,14 @@ absl::StatusOr<std::chrono::milliseconds> ParseTimeout(absl::string_view text) {
   return std::chrono::milliseconds(static_cast<int64_t>(std::ceil(seconds * 1000)));
 }
 
+absl::StatusOr<std::pair<std::string, std::string>> ParseLabel(absl::string_view text) {
+  size_t eq = text.find('=');
+  if (eq == absl::string_view::npos || eq == 0) {
+    return UsageError(absl::StrCat("invalid label '", text, "' (want KEY=VALUE)"));
+  }
+  return std::make_pair(std::string(text.substr(0, eq)), std::string(text.substr(eq + 1)));
+}
+
 std::string Usage() {
   return R"(Usage: tunnelctl [OPTIONS] COMMAND [ARGS]
 
@@ -351,30 +648,70 @@ Manage the GRE and IPIP tunnels of a tunnel-agent.
 
 Commands:
   create NAME mode MODE remote ADDR [local ADDR] [key KEY] [mtu MTU]
-         [address CIDR]... [route PREFIX]...
+         [address CIDR]... [route PREFIX]... [label KEY=VALUE]...
                    create a tunnel and print it (alias: add)
-  get NAME         print one tunnel (alias: show NAME)
-  list             print all tunnels (aliases: ls, show)
-  delete NAME      delete a tunnel (alias: del)
+  get NAME         print one tunnel, its labels, etag and times (alias: show NAME)
+  list [mode MODE] [state up|down|error] [label KEY=VALUE]...
+                   print the tunnels that match, all pages (aliases: ls, show)
+  update NAME [mode MODE] [local ADDR] [remote ADDR] [key KEY|nokey] [mtu MTU|auto]
+         [address CIDR]...|noaddresses [route PREFIX]...|noroutes
+         [label KEY=VALUE]...|nolabels [--etag=ETAG]
+                   change only the fields given; addresses, routes and labels given
+                   replace the whole list or map; print the tunnel, and "recreated:
+                   FIELDS" when the agent had to make a new device
+  delete NAME [--etag=ETAG]
+                   delete a tunnel (alias: del)
+  watch [--since=REVISION] [--count=N]
+                   print every change as "REVISION TYPE NAME STATE" (one JSON object a
+                   line with -o json) until interrupted, or after N events
+  apply -f FILE [--prune] [--dry-run] [--owner=NAME]
+                   make the tunnels of an owner exactly those of FILE ("-": stdin), a
+                   JSON ApplyTunnelsRequest ({"owner": ..., "tunnels": [...]}) or a JSON
+                   array of tunnels (then --owner is required); print the changes
+  info             print what the agent is and can do
   help             print this help
 
-Arguments of create, in any order after NAME:
+Arguments of create and update, in any order after NAME:
   mode MODE        gre, ipip, gretap, sit, ip6gre, ip6gretap or ip6tnl
   remote ADDR      underlay address of the far end
   local ADDR       underlay source address (default: any)
   key KEY          GRE key: 0-4294967295 or a dotted quad like 0.0.0.5 (default: none)
-  mtu MTU          device MTU, 68-65535 (default: computed from the underlay)
+  mtu MTU          device MTU, 68-65535, or auto (default: computed from the underlay)
   address CIDR     address to put on the device, like 10.0.0.1/30 (repeatable)
   route PREFIX     prefix to route into the tunnel, like 10.2.0.0/16 (repeatable)
+  label KEY=VALUE  label of the tunnel (repeatable)
+
+Options of commands:
+  --request-id=ID    id of a create, update, delete or apply, so that retrying it has
+                     no second effect (default: a random UUID per invocation; an
+                     UNAVAILABLE call is retried once with the same id)
+  --etag=ETAG        update or delete only if the tunnel's etag is still ETAG
+  --page-size=N      tunnels per ListTunnels call, 1-1000 (default: 500)
+  --since=REVISION   watch: start after this revision (default: the current set first)
+  --count=N          watch: stop after N events
+  -f, --file=FILE    apply: the desired tunnels
+  --prune            apply: also delete the owner's tunnels that FILE does not list
+  --dry-run          apply: print what would change, change nothing
+  --owner=NAME       apply: the owner (labels["owner"]) whose tunnels FILE lists
 
 Options:
   --agent=ADDR       agent address, HOST:PORT or unix:/PATH
                      (default: $TUNNELCTL_AGENT, else 127.0.0.1:50051)
   -o, --output=FMT   output format: table (default) or json
-  --timeout=SECONDS  deadline of each call (default: 10)
+  --timeout=SECONDS  deadline of each call (default: 10; a watch has none)
+  --tls              connect with TLS, trusting the system's roots
+  --tls_ca=FILE      trust the CAs of this PEM file instead (implies --tls)
+  --tls_cert=FILE    client certificate (PEM) for mutual TLS, with --tls_key (implies --tls)
+  --tls_key=FILE     its private key (PEM)
+  --tls_server_name=NAME
+                     expect NAME in the agent's certificate (implies --tls)
+  --token_file=FILE  send "authorization: Bearer TOKEN" with the token of FILE on every
+                     call (default: $TUNNELCTL_TOKEN, if set)
   -h, --help         print this help
+In flag names '_' and '-' are the same (--tls-ca, --request_id).
 
-Exit status: 0 success, 1 usage error, 2 the agent failed, refused or was unreachable.
+Exit status: 0 success (watch: also when interrupted), 1 usage error (including a bad
+file), 2 the agent failed, refused or was unreachable (watch: also when the stream ends).
 )";
 }
 

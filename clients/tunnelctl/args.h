@@ -1,5 +1,7 @@
 // Command-line parsing for tunnelctl: argv in, a Command out. Pure: no I/O, no environment
-// access (the caller passes $TUNNELCTL_AGENT in), so every case can be tested.
+// access (the caller passes $TUNNELCTL_AGENT and $TUNNELCTL_TOKEN in), so every case can be
+// tested. Files named on the command line (apply -f, --token_file, --tls_*) are read later,
+// by LoadInputs (client.h).
 //
 // Only syntax is checked here (numbers parse and are in range, mode names are known,
 // required keywords are present); whether a tunnel makes sense is the agent's decision.
@@ -8,16 +10,19 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "google/protobuf/field_mask.pb.h"
 #include "tunnelagent/v1/tunnel.pb.h"
 
 namespace tunnelagent::tunnelctl {
 
-enum class Verb { kHelp, kCreate, kGet, kList, kDelete };
+enum class Verb { kHelp, kCreate, kGet, kList, kUpdate, kDelete, kWatch, kApply, kInfo };
 
 enum class OutputFormat { kTable, kJson };
 
@@ -26,29 +31,80 @@ inline constexpr std::chrono::milliseconds kDefaultTimeout{10'000};
 inline constexpr std::chrono::milliseconds kMaxTimeout{86'400'000};
 inline constexpr uint32_t kMinMtu = 68;
 inline constexpr uint32_t kMaxMtu = 65535;
+// ListTunnels page size: the default, and the agent's cap.
+inline constexpr int32_t kDefaultPageSize = 500;
+inline constexpr int32_t kMaxPageSize = 1000;
+// The agent takes request ids up to this long.
+inline constexpr size_t kMaxRequestIdLength = 128;
+
+// How to reach the agent. Any of the TLS fields implies `enabled`.
+struct TlsOptions {
+  bool enabled = false;
+  // PEM file of the CAs to trust; empty: the system's roots.
+  std::string ca_file;
+  // PEM files of the client certificate (chain) and its key, for mTLS; both or neither.
+  std::string cert_file;
+  std::string key_file;
+  // The name to expect in the agent's certificate instead of the target's host.
+  std::string server_name;
+};
 
 struct Command {
   Verb verb = Verb::kHelp;
   // gRPC target: "host:port" or "unix:/path".
   std::string agent = kDefaultAgent;
   OutputFormat output = OutputFormat::kTable;
-  // Deadline of each call.
+  // Deadline of each call (not of a watch, which runs until stopped).
   std::chrono::milliseconds timeout = kDefaultTimeout;
-  // The tunnel's name for kCreate, kGet and kDelete.
+  TlsOptions tls;
+  // Bearer token: read from token_file when set, else this ($TUNNELCTL_TOKEN). Sent as
+  // `authorization: Bearer <token>` on every call.
+  std::string token_file;
+  std::string env_token;
+
+  // The tunnel's name for kCreate, kGet, kUpdate and kDelete.
   std::string name;
-  // kCreate: the tunnel to ask for (name included).
+  // kCreate: the tunnel to ask for. kUpdate: the name and the fields in update_mask.
   v1::Tunnel tunnel;
+  // kUpdate: the fields given, as proto field names in field order. Never empty.
+  google::protobuf::FieldMask update_mask;
+  // kUpdate, kDelete: --etag (empty: unconditional).
+  std::string etag;
+  // kCreate, kUpdate, kDelete, kApply: --request-id; empty: one is generated per invocation.
+  std::string request_id;
+
+  // kList: the filters and the page size (every page is fetched).
+  v1::ListTunnelsRequest list;
+
+  // kWatch: --since and --count (stop after that many events; unset: run until stopped).
+  uint64_t since_revision = 0;
+  std::optional<uint64_t> count;
+
+  // kApply: -f FILE ("-" for stdin), --prune, --dry-run, --owner.
+  std::string apply_file;
+  bool prune = false;
+  bool dry_run = false;
+  std::string owner;
 };
 
-// Parses the arguments after the program name. `env_agent` is the value of
-// $TUNNELCTL_AGENT (empty when unset): it replaces kDefaultAgent, and --agent replaces it.
-// Errors are InvalidArgument with a one-line message naming the problem, without a
-// "tunnelctl:" prefix.
+// The environment tunnelctl reads; empty means unset.
+struct Environment {
+  std::string agent;  // $TUNNELCTL_AGENT: replaces kDefaultAgent; --agent replaces it
+  std::string token;  // $TUNNELCTL_TOKEN: used unless --token_file is given
+};
+
+// Parses the arguments after the program name. Errors are InvalidArgument with a one-line
+// message naming the problem, without a "tunnelctl:" prefix.
+absl::StatusOr<Command> ParseArgs(const std::vector<std::string>& args, const Environment& env);
+// Same, with only $TUNNELCTL_AGENT set (empty: unset).
 absl::StatusOr<Command> ParseArgs(const std::vector<std::string>& args,
                                   absl::string_view env_agent);
 
 // "gre", "ipip", ... as `ip link add ... type <mode>` names them.
 absl::StatusOr<v1::TunnelMode> ParseMode(absl::string_view text);
+
+// "up", "down" or "error".
+absl::StatusOr<v1::OperState> ParseState(absl::string_view text);
 
 // A GRE key as iproute2 takes it: decimal ("5"), hexadecimal ("0x5") or a dotted quad
 // ("0.0.0.5", read as a big-endian 32-bit number).
@@ -59,6 +115,9 @@ absl::StatusOr<uint32_t> ParseMtu(absl::string_view text);
 
 // Seconds, fractions allowed ("2.5"), greater than 0 and at most kMaxTimeout.
 absl::StatusOr<std::chrono::milliseconds> ParseTimeout(absl::string_view text);
+
+// "KEY=VALUE": split at the first '='; the key must not be empty, the value may be.
+absl::StatusOr<std::pair<std::string, std::string>> ParseLabel(absl::string_view text);
 
 // The text `tunnelctl help` prints, ending in a newline.
 std::string Usage();

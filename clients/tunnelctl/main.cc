@@ -1,112 +1,115 @@
-// tunnelctl: the operator CLI of tunnel-agent. Parses the command line (args.h), makes one
-// gRPC call with a deadline, prints the result (output.h).
+// tunnelctl: the operator CLI of tunnel-agent. Parses the command line (args.h), reads the
+// files it names and connects (client.h), makes the calls and prints the results.
 //
-// Exit status: 0 success, 1 usage error, 2 the call failed (refused by the agent, agent
-// unreachable, deadline exceeded) or the result could not be written.
-#include <chrono>
+// Exit status: 0 success (and a watch stopped by SIGINT/SIGTERM or --count), 1 usage error
+// (including an unreadable or invalid file), 2 the call failed (refused by the agent, agent
+// unreachable, deadline exceeded, a watch's stream ended) or the result could not be written.
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
 #include <cstdlib>
+#include <ctime>
 #include <iostream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
-#include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
 #include "clients/tunnelctl/args.h"
-#include "clients/tunnelctl/output.h"
-#include "google/protobuf/empty.pb.h"
+#include "clients/tunnelctl/client.h"
+#include "clients/tunnelctl/request_id.h"
+#include "grpc/support/log.h"
 #include "grpcpp/grpcpp.h"
 #include "tunnelagent/v1/tunnel.grpc.pb.h"
-#include "tunnelagent/v1/tunnel.pb.h"
 
 namespace tunnelagent::tunnelctl {
 namespace {
 
-constexpr int kExitOk = 0;
-constexpr int kExitUsage = 1;
-constexpr int kExitFailed = 2;
-
-int Fail(absl::string_view problem) {
-  std::cerr << "tunnelctl: " << problem << "\n";
-  return kExitFailed;
+std::string Getenv(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr ? value : "";
 }
 
-int RpcFailed(absl::string_view method, const grpc::Status& status) {
-  return Fail(FormatRpcError(method, status.error_code(), status.error_message()));
-}
-
-// Writes `text` to stdout; a write error (full disk, closed pipe) is a failure.
-int Print(const absl::StatusOr<std::string>& text) {
-  if (!text.ok()) return Fail(text.status().message());
-  std::cout << *text;
-  if (!std::cout.flush()) return Fail("cannot write the output");
-  return kExitOk;
-}
-
-int PrintTunnel(const Command& command, const v1::Tunnel& tunnel) {
-  if (command.output == OutputFormat::kJson) return Print(FormatJson(tunnel));
-  return Print(FormatTunnelDetail(tunnel));
-}
-
-int Run(const Command& command) {
-  if (command.verb == Verb::kHelp) return Print(Usage());
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateChannel(command.agent, grpc::InsecureChannelCredentials());
-  std::unique_ptr<v1::TunnelService::Stub> stub = v1::TunnelService::NewStub(channel);
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + command.timeout);
-
-  switch (command.verb) {
-    case Verb::kCreate: {
-      v1::CreateTunnelRequest request;
-      *request.mutable_tunnel() = command.tunnel;
-      v1::Tunnel response;
-      grpc::Status status = stub->CreateTunnel(&context, request, &response);
-      if (!status.ok()) return RpcFailed("CreateTunnel", status);
-      return PrintTunnel(command, response);
-    }
-    case Verb::kGet: {
-      v1::GetTunnelRequest request;
-      request.set_name(command.name);
-      v1::Tunnel response;
-      grpc::Status status = stub->GetTunnel(&context, request, &response);
-      if (!status.ok()) return RpcFailed("GetTunnel", status);
-      return PrintTunnel(command, response);
-    }
-    case Verb::kList: {
-      v1::ListTunnelsResponse response;
-      grpc::Status status = stub->ListTunnels(&context, v1::ListTunnelsRequest(), &response);
-      if (!status.ok()) return RpcFailed("ListTunnels", status);
-      if (command.output == OutputFormat::kJson) return Print(FormatJson(response));
-      return Print(FormatTunnelTable(response));
-    }
-    case Verb::kDelete: {
-      v1::DeleteTunnelRequest request;
-      request.set_name(command.name);
-      google::protobuf::Empty response;
-      grpc::Status status = stub->DeleteTunnel(&context, request, &response);
-      if (!status.ok()) return RpcFailed("DeleteTunnel", status);
-      // Silent on success, like ip; JSON readers still get a document.
-      if (command.output == OutputFormat::kJson) return Print(FormatJson(response));
-      return kExitOk;
-    }
-    case Verb::kHelp:
-      break;
+// Turns SIGINT and SIGTERM into Interrupt::Trigger, for a watch. Blocks the signals in the
+// calling thread, so it must exist before any other thread (gRPC's included) is started:
+// those inherit the mask, and only this object's thread takes the signals.
+class SignalWatcher {
+ public:
+  explicit SignalWatcher(Interrupt* interrupt) {
+    sigemptyset(&signals_);
+    sigaddset(&signals_, SIGINT);
+    sigaddset(&signals_, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &signals_, nullptr);
+    thread_ = std::thread([this, interrupt] {
+      const timespec poll = {0, 100'000'000};
+      while (!stop_.load()) {
+        if (sigtimedwait(&signals_, nullptr, &poll) > 0) {
+          interrupt->Trigger();
+          return;
+        }
+      }
+    });
   }
-  return Print(Usage());  // Not reached: handled above.
-}
+  ~SignalWatcher() {
+    stop_.store(true);
+    thread_.join();
+  }
+
+ private:
+  sigset_t signals_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+void DiscardGrpcLog(gpr_log_func_args*) {}
 
 int Main(int argc, char** argv) {
+  // gRPC logs connection and handshake errors to stderr; tunnelctl reports a failure in one
+  // line of its own. Its logs stay on when asked for.
+  if (Getenv("GRPC_VERBOSITY").empty() && Getenv("GRPC_TRACE").empty()) {
+    gpr_set_log_function(DiscardGrpcLog);
+  }
+
   std::vector<std::string> args(argv + (argc > 0 ? 1 : 0), argv + argc);
-  const char* env_agent = std::getenv("TUNNELCTL_AGENT");
-  absl::StatusOr<Command> command = ParseArgs(args, env_agent != nullptr ? env_agent : "");
+  Environment env;
+  env.agent = Getenv("TUNNELCTL_AGENT");
+  env.token = Getenv("TUNNELCTL_TOKEN");
+  absl::StatusOr<Command> command = ParseArgs(args, env);
   if (!command.ok()) {
     std::cerr << "tunnelctl: " << command.status().message() << "\n"
               << "see 'tunnelctl help'\n";
     return kExitUsage;
   }
-  return Run(*command);
+  if (command->verb == Verb::kHelp) {
+    std::cout << Usage();
+    if (!std::cout.flush()) {
+      std::cerr << "tunnelctl: cannot write the output\n";
+      return kExitFailed;
+    }
+    return kExitOk;
+  }
+  // Before anything that may start a thread (making credentials initializes gRPC).
+  Interrupt interrupt;
+  std::unique_ptr<SignalWatcher> signals;
+  if (command->verb == Verb::kWatch) signals = std::make_unique<SignalWatcher>(&interrupt);
+
+  absl::StatusOr<Inputs> inputs = LoadInputs(*command, std::cin);
+  if (!inputs.ok()) {
+    std::cerr << "tunnelctl: " << inputs.status().message() << "\n";
+    return kExitUsage;
+  }
+
+  std::shared_ptr<grpc::Channel> channel = Dial(*command, *inputs);
+  std::unique_ptr<v1::TunnelService::Stub> stub = v1::TunnelService::NewStub(channel);
+  RunOptions options;
+  options.channel = channel;
+  options.token = inputs->token;
+  options.apply = inputs->apply;
+  options.new_request_id = NewRequestId;
+  options.interrupt = &interrupt;
+  return RunCommand(*command, *stub, options, std::cout, std::cerr);
 }
 
 }  // namespace

@@ -17,21 +17,51 @@ std::string ModeName(v1::TunnelMode mode);
 // "up", "down", "error"; "unknown" for OPER_STATE_UNSPECIFIED, the number otherwise.
 std::string StateName(v1::OperState state);
 
+// "ADDED", "SYNCED", ... as the proto names them; the number when unknown.
+std::string EventTypeName(v1::TunnelEvent::Type type);
+
+// "create", "update", "recreate", "delete", "unchanged"; the number when unknown.
+std::string ActionName(v1::TunnelChange::Action action);
+
+// "k1=v1, k2=v2", sorted by key; "-" when there are none.
+std::string LabelsText(const google::protobuf::Map<std::string, std::string>& labels);
+
 // The list table: a header line, then one aligned line per tunnel, in the given order.
-// Columns: NAME MODE LOCAL REMOTE KEY MTU STATE IFINDEX RX_PKTS TX_PKTS.
+// Columns: NAME MODE LOCAL REMOTE KEY MTU STATE IFINDEX RX_PKTS TX_PKTS, and LABELS
+// ("k=v,k2=v2") last when any tunnel has labels.
 std::string FormatTunnelTable(const v1::ListTunnelsResponse& response);
 
-// One tunnel, one "field: value" line per field, status and counters included.
+// One tunnel, one "field: value" line per field: the desired fields and labels, the status
+// and counters, then etag, create_time and update_time (RFC 3339, UTC).
 std::string FormatTunnelDetail(const v1::Tunnel& tunnel);
+
+// The tunnel as FormatTunnelDetail prints it, then "recreated: <changed fields>" when the
+// update needed a new device.
+std::string FormatUpdate(const v1::UpdateTunnelResponse& response);
+
+// One line: "<revision> <TYPE> <name> <state>", with "-" for the name and state of events
+// without a tunnel (SYNCED, RESYNC).
+std::string FormatWatchEvent(const v1::TunnelEvent& event);
+
+// The plan or the changes of an apply: a NAME ACTION CHANGED table, then "dry run: nothing
+// was changed" or "applied at revision N".
+std::string FormatApplyChanges(const v1::ApplyTunnelsResponse& response);
+
+// The agent's description, one "field: value" line per field.
+std::string FormatAgentInfo(const v1::AgentInfo& info);
 
 // Protobuf JSON (camelCase names, default fields omitted, indented), ending in a newline.
 absl::StatusOr<std::string> FormatJson(const google::protobuf::Message& message);
+
+// The same on a single line (for streams: one object per line), ending in a newline.
+absl::StatusOr<std::string> FormatJsonLine(const google::protobuf::Message& message);
 
 // "UNAVAILABLE", "NOT_FOUND", ... for a canonical gRPC status code; "CODE_<n>" otherwise.
 std::string StatusCodeName(int code);
 
 // "<method>: <code name>: <message>" on one line (line breaks in the message become spaces;
-// no ": <message>" when it is empty), without a trailing newline.
+// no ": <message>" when it is empty, except that an UNIMPLEMENTED says the agent lacks the
+// call), without a trailing newline.
 std::string FormatRpcError(absl::string_view method, int code, absl::string_view message);
 
 }  // namespace tunnelagent::tunnelctl

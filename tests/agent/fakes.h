@@ -1,8 +1,14 @@
 // Fakes of the TunnelManager's collaborators: they record what was asked of them, in one
 // shared event log so tests can check the order of steps, and fail on request.
+//
+// Only calls that change something are logged; refused calls (injected failures, NOT_FOUND,
+// ALREADY_EXISTS) are not, so a log shows exactly what happened to the "kernel". In
+// particular an AttachDevice that finds no left-behind device is not logged (count those with
+// attach_calls()).
 #ifndef TUNNELAGENT_TESTS_AGENT_FAKES_H_
 #define TUNNELAGENT_TESTS_AGENT_FAKES_H_
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <optional>
@@ -49,6 +55,7 @@ class FakeDevice final : public Device {
   ~FakeDevice() override;
   int fd() const override { return fd_; }
   int ifindex() const override { return ifindex_; }
+  void Keep() override;
   const std::string& name() const { return name_; }
 
  private:
@@ -56,44 +63,100 @@ class FakeDevice final : public Device {
   const std::string name_;
   const int fd_;
   const int ifindex_;
+  bool keep_ = false;
 };
 
+// The kernel's links, as the agent sees them. Logs:
+//   link.create NAME         CreateDevice
+//   link.attach NAME         AttachDevice that took over a left-behind device
+//   link.delete NAME         DeleteDevice
+//   link.keep NAME           Device::Keep
+//   link.destroy NAME        a Device object went and took its link along
+//   link.detach NAME         a kept Device object went; its link stays (left behind)
+//   link.mtu NAME N, link.up NAME
+//   link.addr NAME P, link.addr.delete NAME P, link.route NAME P, link.route.delete NAME P
 class FakeLinkControl final : public LinkControl {
  public:
-  // The kernel's view of one live device.
+  // The kernel's view of one link.
   struct Link {
-    int fd = -1;
+    int fd = -1;  // of the Device attached to it; -1 when none is
     int ifindex = 0;
     uint32_t mtu = 0;
     bool up = false;
     std::vector<dataplane::IpPrefix> addresses;
     std::vector<dataplane::IpPrefix> routes;
+    bool agent = true;  // made by the agent (carries its alias)
+    bool attached = false;
   };
 
   explicit FakeLinkControl(EventLog* log) : log_(log) {}
 
   FailureSwitch create_device_failure;
+  FailureSwitch attach_device_failure;  // checked only when there is a device to attach
+  FailureSwitch delete_device_failure;
   FailureSwitch set_mtu_failure;
   FailureSwitch add_address_failure;
+  FailureSwitch delete_address_failure;
   FailureSwitch set_up_failure;
   FailureSwitch add_route_failure;
+  FailureSwitch delete_route_failure;
+  FailureSwitch link_states_failure;
+  FailureSwitch list_agent_devices_failure;
+  // AddRoute of one prefix (by its text, "10.2.0.0/16") fails, every time.
+  std::map<std::string, absl::Status> add_route_failures;
   absl::StatusOr<uint32_t> path_mtu = 1500u;  // what PathMtu answers
 
-  const std::map<std::string, Link>& links() const { return links_; }  // live devices
+  // Every link that exists, attached or not, the agent's or not.
+  const std::map<std::string, Link>& links() const { return links_; }
   std::vector<std::string> LinkNames() const {
     std::vector<std::string> names;
     for (const auto& [name, link] : links_) names.push_back(name);
     return names;
   }
+  // Names whose Device object was destroyed, and whose link went with it.
   const std::vector<std::string>& destroyed() const { return destroyed_; }
+  // Names whose Device object was destroyed after Keep(): the link stayed.
+  const std::vector<std::string>& kept() const { return kept_; }
+  // DeleteDevice calls that removed a link.
+  const std::vector<std::string>& deleted() const { return deleted_; }
   int create_calls() const { return create_calls_; }
+  int attach_calls() const { return attach_calls_; }
   const std::vector<dataplane::IpAddress>& path_mtu_queries() const { return path_mtu_queries_; }
   bool IsFdOpen(int fd) const {
     for (const auto& [name, link] : links_) {
-      if (link.fd == fd) return true;
+      if (link.attached && link.fd == fd) return true;
     }
     return false;
   }
+
+  // ---- What tests set up ----------------------------------------------------------------
+
+  // An agent device from an earlier run that nobody is attached to (a crash, or a shutdown
+  // that kept the devices). Its addresses and routes are as given. Returns its ifindex.
+  int LeaveBehind(const std::string& name) { return LeaveBehind(name, Link()); }
+  int LeaveBehind(const std::string& name, Link link) {
+    link.agent = true;
+    link.attached = false;
+    link.fd = -1;
+    if (link.ifindex == 0) link.ifindex = 10 + next_++;
+    links_[name] = link;
+    return link.ifindex;
+  }
+  // A link the agent did not make (e.g. the host's eth0): never to be touched.
+  int AddForeignLink(const std::string& name) {
+    Link link;
+    link.agent = false;
+    link.up = true;
+    link.ifindex = 10 + next_++;
+    links_[name] = link;
+    return link.ifindex;
+  }
+  // As `ip link set NAME up/down` by someone else.
+  void SetAdminUp(const std::string& name, bool up) { links_.at(name).up = up; }
+  // As `ip link del NAME` by someone else: the agent's Device object lives on, orphaned.
+  void RemoveBehindTheAgentsBack(const std::string& name) { links_.erase(name); }
+
+  // ---- LinkControl ------------------------------------------------------------------------
 
   absl::StatusOr<std::unique_ptr<Device>> CreateDevice(const std::string& name) override {
     ++create_calls_;
@@ -103,32 +166,121 @@ class FakeLinkControl final : public LinkControl {
     Link& link = links_[name];
     link.fd = 100 + n;
     link.ifindex = 10 + n;
+    link.attached = true;
     log_->push_back("link.create " + name);
-    return std::make_unique<FakeDevice>(this, name, 100 + n, 10 + n);
+    return std::make_unique<FakeDevice>(this, name, link.fd, link.ifindex);
+  }
+  absl::StatusOr<std::unique_ptr<Device>> AttachDevice(const std::string& name) override {
+    ++attach_calls_;
+    auto it = links_.find(name);
+    if (it == links_.end() || !it->second.agent) {
+      return absl::NotFoundError(absl::StrCat("no device of the agent's named ", name));
+    }
+    if (it->second.attached) return absl::UnavailableError(absl::StrCat(name, " is busy"));
+    if (absl::Status s = attach_device_failure.Check(); !s.ok()) return s;
+    Link& link = it->second;
+    link.fd = 100 + next_++;  // a new file descriptor; the same link (ifindex)
+    link.attached = true;
+    log_->push_back("link.attach " + name);
+    return std::make_unique<FakeDevice>(this, name, link.fd, link.ifindex);
+  }
+  absl::StatusOr<std::vector<std::string>> ListAgentDevices() override {
+    if (absl::Status s = list_agent_devices_failure.Check(); !s.ok()) return s;
+    std::vector<std::string> names;
+    for (const auto& [name, link] : links_) {
+      if (link.agent) names.push_back(name);
+    }
+    return names;
+  }
+  absl::Status DeleteDevice(const std::string& name) override {
+    if (absl::Status s = delete_device_failure.Check(); !s.ok()) return s;
+    auto it = links_.find(name);
+    if (it == links_.end()) return absl::NotFoundError(name);
+    if (!it->second.agent) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("device ", name, " was not created by the agent; not touching it"));
+    }
+    if (it->second.attached) return absl::FailedPreconditionError(name + " is attached");
+    links_.erase(it);
+    deleted_.push_back(name);
+    log_->push_back("link.delete " + name);
+    return absl::OkStatus();
   }
   absl::Status SetMtu(const Device& device, uint32_t mtu) override {
     if (absl::Status s = set_mtu_failure.Check(); !s.ok()) return s;
-    LinkOf(device).mtu = mtu;
+    absl::StatusOr<Link*> link = LinkOf(device);
+    if (!link.ok()) return link.status();
+    (*link)->mtu = mtu;
     log_->push_back(absl::StrCat("link.mtu ", NameOf(device), " ", mtu));
     return absl::OkStatus();
   }
   absl::Status SetUp(const Device& device) override {
     if (absl::Status s = set_up_failure.Check(); !s.ok()) return s;
-    LinkOf(device).up = true;
+    absl::StatusOr<Link*> link = LinkOf(device);
+    if (!link.ok()) return link.status();
+    (*link)->up = true;
     log_->push_back("link.up " + NameOf(device));
     return absl::OkStatus();
   }
+  // As the kernel (NLM_F_EXCL): ALREADY_EXISTS when the device has the address.
   absl::Status AddAddress(const Device& device, const dataplane::IpPrefix& address) override {
     if (absl::Status s = add_address_failure.Check(); !s.ok()) return s;
-    LinkOf(device).addresses.push_back(address);
+    absl::StatusOr<Link*> link = LinkOf(device);
+    if (!link.ok()) return link.status();
+    std::vector<dataplane::IpPrefix>& list = (*link)->addresses;
+    if (std::find(list.begin(), list.end(), address) != list.end()) {
+      return absl::AlreadyExistsError(absl::StrCat("address ", address.ToString(), " exists"));
+    }
+    list.push_back(address);
     log_->push_back(absl::StrCat("link.addr ", NameOf(device), " ", address.ToString()));
     return absl::OkStatus();
   }
+  absl::Status DeleteAddress(const Device& device, const dataplane::IpPrefix& address) override {
+    if (absl::Status s = delete_address_failure.Check(); !s.ok()) return s;
+    absl::StatusOr<Link*> link = LinkOf(device);
+    if (!link.ok()) return link.status();
+    std::vector<dataplane::IpPrefix>& list = (*link)->addresses;
+    auto it = std::find(list.begin(), list.end(), address);
+    if (it == list.end()) return absl::NotFoundError(address.ToString());
+    list.erase(it);
+    log_->push_back(absl::StrCat("link.addr.delete ", NameOf(device), " ", address.ToString()));
+    return absl::OkStatus();
+  }
+  // As the kernel's main table (NLM_F_EXCL): one route per prefix, whatever its device, so
+  // ALREADY_EXISTS when any link has it.
   absl::Status AddRoute(const Device& device, const dataplane::IpPrefix& route) override {
     if (absl::Status s = add_route_failure.Check(); !s.ok()) return s;
-    LinkOf(device).routes.push_back(route);
+    if (auto f = add_route_failures.find(route.ToString()); f != add_route_failures.end()) {
+      return f->second;
+    }
+    absl::StatusOr<Link*> link = LinkOf(device);
+    if (!link.ok()) return link.status();
+    for (const auto& [name, other] : links_) {
+      if (std::find(other.routes.begin(), other.routes.end(), route) != other.routes.end()) {
+        return absl::AlreadyExistsError(
+            absl::StrCat("route ", route.ToString(), " exists (dev ", name, ")"));
+      }
+    }
+    (*link)->routes.push_back(route);
     log_->push_back(absl::StrCat("link.route ", NameOf(device), " ", route.ToString()));
     return absl::OkStatus();
+  }
+  absl::Status DeleteRoute(const Device& device, const dataplane::IpPrefix& route) override {
+    if (absl::Status s = delete_route_failure.Check(); !s.ok()) return s;
+    absl::StatusOr<Link*> link = LinkOf(device);
+    if (!link.ok()) return link.status();
+    std::vector<dataplane::IpPrefix>& list = (*link)->routes;
+    auto it = std::find(list.begin(), list.end(), route);
+    if (it == list.end()) return absl::NotFoundError(route.ToString());
+    list.erase(it);
+    log_->push_back(absl::StrCat("link.route.delete ", NameOf(device), " ", route.ToString()));
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::map<int, bool>> LinkStates() override {
+    if (absl::Status s = link_states_failure.Check(); !s.ok()) return s;
+    std::map<int, bool> states;
+    for (const auto& [name, link] : links_) states[link.ifindex] = link.up;
+    return states;
   }
   absl::StatusOr<uint32_t> PathMtu(const dataplane::IpAddress& remote) override {
     path_mtu_queries_.push_back(remote);
@@ -138,25 +290,51 @@ class FakeLinkControl final : public LinkControl {
  private:
   friend class FakeDevice;
 
-  void Destroyed(const std::string& name) {
-    links_.erase(name);
+  void Kept(const std::string& name) { log_->push_back("link.keep " + name); }
+  void Released(const std::string& name, bool keep) {
+    auto it = links_.find(name);
+    if (keep) {
+      if (it != links_.end()) {
+        it->second.attached = false;
+        it->second.fd = -1;
+      }
+      kept_.push_back(name);
+      log_->push_back("link.detach " + name);
+      return;
+    }
+    if (it != links_.end()) links_.erase(it);
     destroyed_.push_back(name);
     log_->push_back("link.destroy " + name);
   }
   static const std::string& NameOf(const Device& device) {
     return dynamic_cast<const FakeDevice&>(device).name();
   }
-  Link& LinkOf(const Device& device) { return links_.at(NameOf(device)); }
+  absl::StatusOr<Link*> LinkOf(const Device& device) {
+    auto it = links_.find(NameOf(device));
+    // Removed by someone else, or replaced by another link of the same name.
+    if (it == links_.end() || it->second.ifindex != device.ifindex()) {
+      return absl::NotFoundError(absl::StrCat("no link with ifindex ", device.ifindex()));
+    }
+    return &it->second;
+  }
 
   EventLog* const log_;
   std::map<std::string, Link> links_;
   std::vector<std::string> destroyed_;
+  std::vector<std::string> kept_;
+  std::vector<std::string> deleted_;
   std::vector<dataplane::IpAddress> path_mtu_queries_;
   int create_calls_ = 0;
+  int attach_calls_ = 0;
   int next_ = 1;
 };
 
-inline FakeDevice::~FakeDevice() { owner_->Destroyed(name_); }
+inline void FakeDevice::Keep() {
+  keep_ = true;
+  owner_->Kept(name_);
+}
+
+inline FakeDevice::~FakeDevice() { owner_->Released(name_, keep_); }
 
 class FakePacketEngine final : public dataplane::PacketEngine {
  public:

@@ -65,7 +65,52 @@ TEST(SpecFromProtoTest, RoundTripsThroughSpecToProto) {
   const v1::Tunnel in = TextProto(kFull);
   absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(in);
   ASSERT_TRUE(spec.ok()) << spec.status();
-  ExpectProtoEq(in, SpecToProto(*spec));
+  v1::Tunnel out = SpecToProto(*spec);
+  EXPECT_EQ(out.etag(), ComputeEtag(*spec));
+  out.clear_etag();
+  ExpectProtoEq(in, out);
+}
+
+TEST(ComputeEtagTest, FollowsDesiredFieldsOnly) {
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(kFull));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  const std::string etag = ComputeEtag(*spec);
+  EXPECT_EQ(etag.size(), 16u);
+
+  dataplane::TunnelSpec later = *spec;
+  later.create_time = absl::Now();
+  later.update_time = absl::Now();
+  EXPECT_EQ(ComputeEtag(later), etag) << "times are not desired fields";
+
+  dataplane::TunnelSpec changed = *spec;
+  changed.mtu = 1300;
+  EXPECT_NE(ComputeEtag(changed), etag);
+  changed = *spec;
+  changed.labels["owner"] = "controller";
+  EXPECT_NE(ComputeEtag(changed), etag);
+
+  // Label order cannot matter: the map is serialised deterministically.
+  dataplane::TunnelSpec a = *spec, b = *spec;
+  a.labels = {{"a", "1"}, {"b", "2"}};
+  b.labels.insert({"b", "2"});
+  b.labels.insert({"a", "1"});
+  EXPECT_EQ(ComputeEtag(a), ComputeEtag(b));
+}
+
+TEST(SpecFromProtoTest, LabelsAndStoredTimesRoundTrip) {
+  v1::Tunnel in = TextProto(kFull);
+  (*in.mutable_labels())["owner"] = "fleet";
+  in.mutable_status()->mutable_create_time()->set_seconds(1700000000);
+  in.mutable_status()->mutable_update_time()->set_seconds(1700000100);
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(in);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->labels.at("owner"), "fleet");
+  EXPECT_EQ(spec->create_time, absl::FromUnixSeconds(1700000000));
+  EXPECT_EQ(spec->update_time, absl::FromUnixSeconds(1700000100));
+  v1::Tunnel out = SpecToProto(*spec);
+  EXPECT_EQ(out.labels().at("owner"), "fleet");
+  EXPECT_EQ(out.status().create_time().seconds(), 1700000000);
+  EXPECT_EQ(out.status().update_time().seconds(), 1700000100);
 }
 
 TEST(SpecFromProtoTest, MinimalFieldsLeaveDefaults) {
@@ -241,6 +286,7 @@ TEST(TunnelToProtoTest, FillsStatus) {
     mtu: 1400
     counters { tx_packets: 1 tx_bytes: 2 rx_packets: 3 rx_bytes: 4 tx_dropped: 5 rx_dropped: 6 }
   )pb");
+  want.set_etag(ComputeEtag(*spec));
   ExpectProtoEq(want, TunnelToProto(*spec, status));
 }
 

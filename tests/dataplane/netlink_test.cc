@@ -421,6 +421,121 @@ TEST_F(NetlinkTest, RouteViaDownLinkIsFailedPreconditionWithKernelReason) {
   EXPECT_NE(status.message().find("198.18.5.0/24"), absl::string_view::npos) << status;
 }
 
+TEST_F(NetlinkTest, SetsAndReadsAlias) {
+  auto tun = TunDevice::Create("ta-tun0", TunDevice::Kind::kTun);
+  ASSERT_TRUE(tun.ok()) << tun.status();
+  const int ifindex = (*tun)->ifindex();
+  auto link = nl_->GetLink(ifindex);
+  ASSERT_TRUE(link.ok()) << link.status();
+  EXPECT_EQ(link->alias, "");
+
+  ASSERT_TRUE(nl_->SetLinkAlias(ifindex, "some alias").ok());
+  link = nl_->GetLink(ifindex);
+  ASSERT_TRUE(link.ok()) << link.status();
+  EXPECT_EQ(link->alias, "some alias");
+  link = nl_->GetLinkByName("ta-tun0");
+  ASSERT_TRUE(link.ok()) << link.status();
+  EXPECT_EQ(link->alias, "some alias");
+  auto links = nl_->ListLinks();
+  ASSERT_TRUE(links.ok()) << links.status();
+  auto it = std::find_if(links->begin(), links->end(),
+                         [&](const LinkInfo& l) { return l.ifindex == ifindex; });
+  ASSERT_NE(it, links->end());
+  EXPECT_EQ(it->alias, "some alias");
+
+  // The longest the kernel takes.
+  const std::string longest(255, 'a');
+  ASSERT_TRUE(nl_->SetLinkAlias(ifindex, longest).ok());
+  link = nl_->GetLink(ifindex);
+  ASSERT_TRUE(link.ok()) << link.status();
+  EXPECT_EQ(link->alias, longest);
+
+  // "" removes it.
+  ASSERT_TRUE(nl_->SetLinkAlias(ifindex, "").ok());
+  link = nl_->GetLink(ifindex);
+  ASSERT_TRUE(link.ok()) << link.status();
+  EXPECT_EQ(link->alias, "");
+}
+
+TEST_F(NetlinkTest, BadAliasIsInvalidArgument) {
+  auto tun = TunDevice::Create("ta-tun0", TunDevice::Kind::kTun);
+  ASSERT_TRUE(tun.ok()) << tun.status();
+  absl::Status status = nl_->SetLinkAlias((*tun)->ifindex(), std::string(256, 'a'));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  status = nl_->SetLinkAlias((*tun)->ifindex(), std::string("a\0b", 3));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_EQ(nl_->SetLinkAlias(0, "x").code(), absl::StatusCode::kInvalidArgument);
+  status = nl_->SetLinkAlias(987654, "x");
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << status;
+}
+
+TEST_F(NetlinkTest, ListsLinksWithKinds) {
+  auto tun = TunDevice::Create("ta-tun0", TunDevice::Kind::kTun);
+  ASSERT_TRUE(tun.ok()) << tun.status();
+  auto tap = TunDevice::Create("ta-tap0", TunDevice::Kind::kTap);
+  ASSERT_TRUE(tap.ok()) << tap.status();
+  ASSERT_EQ(CreateVethPair("ta-veth0", "ta-veth1"), 0);
+  ASSERT_TRUE(nl_->SetLinkMtu((*tun)->ifindex(), 1400).ok());
+
+  auto links = nl_->ListLinks();
+  ASSERT_TRUE(links.ok()) << links.status();
+  auto find = [&](const std::string& name) -> const LinkInfo* {
+    for (const LinkInfo& link : *links) {
+      if (link.name == name) return &link;
+    }
+    return nullptr;
+  };
+  const LinkInfo* lo = find("lo");
+  ASSERT_NE(lo, nullptr);
+  EXPECT_EQ(lo->ifindex, 1);
+  EXPECT_EQ(lo->kind, "");
+  EXPECT_TRUE(lo->up);
+  EXPECT_EQ(lo->mtu, 65536u);
+  const LinkInfo* tun_link = find("ta-tun0");
+  ASSERT_NE(tun_link, nullptr);
+  EXPECT_EQ(tun_link->ifindex, (*tun)->ifindex());
+  EXPECT_EQ(tun_link->kind, "tun");
+  EXPECT_EQ(tun_link->mtu, 1400u);
+  EXPECT_FALSE(tun_link->up);
+  const LinkInfo* tap_link = find("ta-tap0");
+  ASSERT_NE(tap_link, nullptr);
+  EXPECT_EQ(tap_link->ifindex, (*tap)->ifindex());
+  EXPECT_EQ(tap_link->kind, "tun");  // TUN and TAP devices share their link kind
+  for (const char* name : {"ta-veth0", "ta-veth1"}) {
+    const LinkInfo* veth = find(name);
+    ASSERT_NE(veth, nullptr) << name;
+    EXPECT_EQ(veth->kind, "veth") << name;
+    EXPECT_EQ(static_cast<int>(if_nametoindex(name)), veth->ifindex) << name;
+  }
+  // Every link once, in ifindex order.
+  for (size_t i = 1; i < links->size(); ++i) {
+    EXPECT_LT((*links)[i - 1].ifindex, (*links)[i].ifindex);
+  }
+
+  // GetLink and GetLinkByName report the kind too.
+  auto by_index = nl_->GetLink((*tun)->ifindex());
+  ASSERT_TRUE(by_index.ok()) << by_index.status();
+  EXPECT_EQ(by_index->kind, "tun");
+  auto by_name = nl_->GetLinkByName("ta-veth0");
+  ASSERT_TRUE(by_name.ok()) << by_name.status();
+  EXPECT_EQ(by_name->kind, "veth");
+  auto loopback = nl_->GetLink(1);
+  ASSERT_TRUE(loopback.ok()) << loopback.status();
+  EXPECT_EQ(loopback->kind, "");
+
+  // Deleted links are gone from the list.
+  ASSERT_TRUE(nl_->DeleteLink(by_name->ifindex).ok());
+  tun->reset();
+  links = nl_->ListLinks();
+  ASSERT_TRUE(links.ok()) << links.status();
+  EXPECT_EQ(find("ta-tun0"), nullptr);
+  EXPECT_EQ(find("ta-veth0"), nullptr);
+  EXPECT_EQ(find("ta-veth1"), nullptr);
+  EXPECT_NE(find("ta-tap0"), nullptr);
+  EXPECT_NE(find("lo"), nullptr);
+  ASSERT_TRUE(nl_->DeleteLink((*tap)->ifindex()).ok());
+}
+
 TEST_F(NetlinkTest, ConcurrentCallsAreSerialised) {
   std::vector<std::thread> threads;
   std::atomic<int> failures{0};

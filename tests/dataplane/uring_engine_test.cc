@@ -115,9 +115,6 @@ std::vector<uint8_t> Wrap(const std::vector<uint8_t>& inner, uint8_t protocol,
 class UringEngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    // A new TUN device sends IPv6 router solicitations; keep the tunnel's traffic to ours.
-    WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1");
-    WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
     auto netlink = Netlink::Open();
     ASSERT_TRUE(netlink.ok()) << netlink.status();
     netlink_ = *std::move(netlink);
@@ -149,6 +146,8 @@ class UringEngineTest : public ::testing::Test {
     ASSERT_TRUE(tun.ok()) << tun.status();
     tun_ = *std::move(tun);
     const int ifindex = tun_->ifindex();
+    // A new TUN device sends IPv6 router solicitations; keep the tunnel's traffic to ours.
+    WriteFile("/proc/sys/net/ipv6/conf/tun0/disable_ipv6", "1");
     ASSERT_TRUE(netlink_->SetLinkMtu(ifindex, 1400).ok());
     ASSERT_TRUE(netlink_->AddAddress(ifindex, *IpPrefix::Parse("10.1.0.1/32")).ok());
     ASSERT_TRUE(netlink_->SetLinkUp(ifindex, true).ok());

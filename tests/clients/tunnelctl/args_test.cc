@@ -1,7 +1,10 @@
 #include "clients/tunnelctl/args.h"
 
 #include <chrono>
+#include <cstdint>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_join.h"
@@ -86,7 +89,29 @@ TEST(ParseArgsTest, GoodCommands) {
        R"pb(name: "t1" mode: TUNNEL_MODE_GRE remote: "192.0.2.2")pb"},
       {"create -- -t1 mode gre remote 192.0.2.2", Verb::kCreate, "-t1",
        R"pb(name: "-t1" mode: TUNNEL_MODE_GRE remote: "192.0.2.2")pb"},
+      {"create t1 mode gre remote 192.0.2.2 label owner=fleet label env=prod label empty=",
+       Verb::kCreate, "t1",
+       R"pb(name: "t1"
+            mode: TUNNEL_MODE_GRE
+            remote: "192.0.2.2"
+            labels { key: "owner" value: "fleet" }
+            labels { key: "env" value: "prod" }
+            labels { key: "empty" value: "" })pb"},
+      // The value is split at the first '='.
+      {"create t1 mode gre remote 192.0.2.2 label a=b=c", Verb::kCreate, "t1",
+       R"pb(name: "t1"
+            mode: TUNNEL_MODE_GRE
+            remote: "192.0.2.2"
+            labels { key: "a" value: "b=c" })pb"},
+      {"create t1 mode gre remote 192.0.2.2 mtu auto", Verb::kCreate, "t1",
+       R"pb(name: "t1" mode: TUNNEL_MODE_GRE remote: "192.0.2.2")pb"},
+      {"create t1 mode gre remote 192.0.2.2 --request-id abc", Verb::kCreate, "t1",
+       R"pb(name: "t1" mode: TUNNEL_MODE_GRE remote: "192.0.2.2")pb"},
       {"get gre1", Verb::kGet, "gre1", ""},
+      {"watch", Verb::kWatch, "", ""},
+      {"info", Verb::kInfo, "", ""},
+      {"apply -f t.json", Verb::kApply, "", ""},
+      {"list mode gre state up", Verb::kList, "", ""},
       {"show gre1", Verb::kGet, "gre1", ""},
       {"show", Verb::kList, "", ""},
       {"list", Verb::kList, "", ""},
@@ -174,8 +199,8 @@ TEST(ParseArgsTest, BadCommands) {
       {"--bogus list", "unknown flag '--bogus'"},
       {"list --bogus=1", "unknown flag '--bogus'"},
       {"list -x", "unknown flag '-x'"},
-      {"list extra", "list: unexpected argument 'extra'"},
-      {"ls extra", "ls: unexpected argument 'extra'"},
+      {"list extra", "list: unknown argument 'extra' (want mode, state or label)"},
+      {"ls extra", "ls: unknown argument 'extra'"},
       {"get", "get: missing NAME"},
       {"get a b", "get: unexpected argument 'b'"},
       {"show a b", "show: unexpected argument 'b'"},
@@ -216,6 +241,89 @@ TEST(ParseArgsTest, BadCommands) {
       {"create t1 mode gre remote 192.0.2.2 mtu -5", "create: invalid mtu '-5'"},
       {"create t1 mode gre remote 192.0.2.2 mtu +1400", "create: invalid mtu '+1400'"},
       {"create t1 mode gre remote 192.0.2.2 -x", "unknown flag '-x'"},
+      // labels
+      {"create t1 mode gre remote 192.0.2.2 label owner", "create: invalid label 'owner'"},
+      {"create t1 mode gre remote 192.0.2.2 label =x", "create: invalid label '=x'"},
+      {"create t1 mode gre remote 192.0.2.2 label a=1 label a=2", "create: label 'a' given twice"},
+      {"create t1 mode gre remote 192.0.2.2 label", "create: 'label' needs a value"},
+      // update's keywords are not create's
+      {"create t1 mode gre remote 192.0.2.2 nokey", "create: unknown argument 'nokey'"},
+      {"create t1 mode gre remote 192.0.2.2 noroutes", "create: unknown argument 'noroutes'"},
+      {"create t1 mode gre remote 192.0.2.2 state up", "create: unknown argument 'state'"},
+      // update
+      {"update", "update: missing NAME"},
+      {"update t1", "update: nothing to change"},
+      {"update mtu 1400", "update: missing NAME before 'mtu'"},
+      {"update t1 mtu", "update: 'mtu' needs a value"},
+      {"update t1 mtu 10", "update: invalid mtu '10'"},
+      {"update t1 mode bogus", "update: unknown mode 'bogus'"},
+      {"update t1 key 1 nokey", "update: 'nokey' conflicts with 'key'"},
+      {"update t1 nokey key 1", "update: 'key' conflicts with 'nokey'"},
+      {"update t1 nokey nokey", "update: 'nokey' given twice"},
+      {"update t1 address 10.0.0.1/30 noaddresses",
+       "update: 'noaddresses' conflicts with 'address'"},
+      {"update t1 noroutes route 10.2.0.0/16", "update: 'route' conflicts with 'noroutes'"},
+      {"update t1 nolabels label a=b", "update: 'label' conflicts with 'nolabels'"},
+      {"update t1 mtu 1400 mtu 1300", "update: 'mtu' given twice"},
+      {"update t1 ttl 64", "update: unknown argument 'ttl'"},
+      {"update t1 state up", "update: unknown argument 'state'"},
+      {"update t1 mtu 1400 --page-size 5", "update: flag --page-size does not apply"},
+      {"update t1 mtu 1400 --etag", "flag --etag needs a value"},
+      {"update t1 mtu 1400 --etag=", "flag --etag needs a value"},
+      // delete
+      {"delete t1 --prune", "delete: flag --prune does not apply"},
+      {"delete t1 --request-id=", "flag --request-id needs a value"},
+      {"delete t1 --request-id " + std::string(129, 'x'), "longer than 128 characters"},
+      {"get t1 --etag e", "get: flag --etag does not apply"},
+      {"get t1 --request-id r", "get: flag --request-id does not apply"},
+      {"--etag e show t1", "show: flag --etag does not apply"},
+      // list
+      {"list mode", "list: 'mode' needs a value"},
+      {"list mode bogus", "list: unknown mode 'bogus'"},
+      {"list state sleepy", "list: unknown state 'sleepy'"},
+      {"list state UP", "list: unknown state 'UP'"},
+      {"list state up state down", "list: 'state' given twice"},
+      {"list label a", "list: invalid label 'a'"},
+      {"list label a=1 label a=2", "list: label 'a' given twice"},
+      {"list remote 192.0.2.2", "list: unknown argument 'remote'"},
+      {"list --page-size 0", "invalid value '0' for --page-size (want a number 1-1000)"},
+      {"list --page-size 1001", "invalid value '1001' for --page-size"},
+      {"list --page-size=-1", "invalid value '-1' for --page-size"},
+      {"list --page-size", "flag --page-size needs a value"},
+      {"list --count 1", "list: flag --count does not apply"},
+      // watch
+      {"watch now", "watch: unexpected argument 'now'"},
+      {"watch --since", "flag --since needs a value"},
+      {"watch --since=x", "invalid value 'x' for --since"},
+      {"watch --since=-1", "invalid value '-1' for --since"},
+      {"watch --since=18446744073709551616", "invalid value '18446744073709551616' for --since"},
+      {"watch --count 0", "invalid value '0' for --count (want a number 1 or more)"},
+      {"watch --count=1x", "invalid value '1x' for --count"},
+      {"watch --etag e", "watch: flag --etag does not apply"},
+      {"watch --dry-run", "watch: flag --dry-run does not apply"},
+      // apply
+      {"apply", "apply: missing -f FILE"},
+      {"apply t.json", "apply: unexpected argument 't.json'"},
+      {"apply -f", "flag -f needs a value"},
+      {"apply --file=", "flag --file needs a value"},
+      {"apply -f t.json --prune=yes", "flag --prune takes no value"},
+      {"apply -f t.json --dry-run=1", "flag --dry-run takes no value"},
+      {"apply -f t.json --owner", "flag --owner needs a value"},
+      {"apply -f t.json --etag e", "apply: flag --etag does not apply"},
+      {"list --owner me", "list: flag --owner does not apply"},
+      {"create t1 mode gre remote 192.0.2.2 --prune", "create: flag --prune does not apply"},
+      // info
+      {"info now", "info: unexpected argument 'now'"},
+      {"info --count 1", "info: flag --count does not apply"},
+      // TLS and auth
+      {"--tls=yes list", "flag --tls takes no value"},
+      {"--tls_ca list", "missing command"},  // "list" is taken as the file
+      {"--tls_ca= list", "flag --tls_ca needs a value"},
+      {"--tls_cert c.pem list", "--tls_cert and --tls_key go together"},
+      {"--tls_key k.pem list", "--tls_cert and --tls_key go together"},
+      {"--tls_server_name list", "missing command"},
+      {"--token_file= list", "flag --token_file needs a value"},
+      {"list --token_file", "flag --token_file needs a value"},
   };
   for (const BadCase& c : kCases) {
     SCOPED_TRACE(c.args);
@@ -234,6 +342,269 @@ TEST(ParseArgsTest, EmptyValuesAreRejected) {
   command = ParseArgs({"get", ""}, "");
   ASSERT_FALSE(command.ok());
   EXPECT_THAT(std::string(command.status().message()), HasSubstr("get: empty NAME"));
+}
+
+// ---- update: fields and update_mask -------------------------------------------------------
+
+struct UpdateCase {
+  std::string args;
+  std::string tunnel;  // text proto of Command::tunnel
+  std::string mask;    // update_mask paths, comma-separated
+};
+
+TEST(ParseArgsTest, UpdateBuildsTheMaskFromTheKeywordsGiven) {
+  const UpdateCase kCases[] = {
+      {"update t1 mtu 1400", R"pb(name: "t1" mtu: 1400)pb", "mtu"},
+      // mtu auto is 0, and still named in the mask.
+      {"update t1 mtu auto", R"pb(name: "t1")pb", "mtu"},
+      {"update t1 remote 192.0.2.9 local any", R"pb(name: "t1" remote: "192.0.2.9")pb",
+       "local,remote"},
+      // Paths come in field order, whatever the order on the command line.
+      {"update t1 route 10.2.0.0/16 mode ipip key 7 address 10.0.0.1/30 address fd00::1/64",
+       R"pb(name: "t1"
+            mode: TUNNEL_MODE_IPIP
+            key: 7
+            addresses: [ "10.0.0.1/30", "fd00::1/64" ]
+            routes: "10.2.0.0/16")pb",
+       "mode,key,addresses,routes"},
+      // nokey: the key is named and unset.
+      {"update t1 nokey", R"pb(name: "t1")pb", "key"},
+      {"update t1 noaddresses noroutes nolabels", R"pb(name: "t1")pb", "addresses,routes,labels"},
+      {"update t1 label owner=a label env=b",
+       R"pb(name: "t1"
+            labels { key: "owner" value: "a" }
+            labels { key: "env" value: "b" })pb",
+       "labels"},
+      {"update t1 mtu 1400 --etag 17 --request-id r1", R"pb(name: "t1" mtu: 1400)pb", "mtu"},
+      {"update t1 mode gre local 192.0.2.1 remote 192.0.2.2 key 0 mtu 9000 address a route r "
+       "label k=v",
+       R"pb(name: "t1"
+            mode: TUNNEL_MODE_GRE
+            local: "192.0.2.1"
+            remote: "192.0.2.2"
+            key: 0
+            mtu: 9000
+            addresses: "a"
+            routes: "r"
+            labels { key: "k" value: "v" })pb",
+       "mode,local,remote,key,mtu,addresses,routes,labels"},
+  };
+  for (const UpdateCase& c : kCases) {
+    SCOPED_TRACE(c.args);
+    absl::StatusOr<Command> command = ParseArgs(Split(c.args), "");
+    ASSERT_TRUE(command.ok()) << command.status();
+    EXPECT_EQ(command->verb, Verb::kUpdate);
+    EXPECT_EQ(command->name, "t1");
+    v1::Tunnel want = TunnelFromText(c.tunnel);
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(command->tunnel, want))
+        << "got:  " << command->tunnel.ShortDebugString() << "\nwant: " << want.ShortDebugString();
+    EXPECT_EQ(absl::StrJoin(command->update_mask.paths(), ","), c.mask);
+  }
+}
+
+TEST(ParseArgsTest, UpdateKeyPresence) {
+  absl::StatusOr<Command> nokey = ParseArgs(Split("update t1 nokey"), "");
+  ASSERT_TRUE(nokey.ok()) << nokey.status();
+  EXPECT_FALSE(nokey->tunnel.has_key());
+  absl::StatusOr<Command> key0 = ParseArgs(Split("update t1 key 0"), "");
+  ASSERT_TRUE(key0.ok()) << key0.status();
+  EXPECT_TRUE(key0->tunnel.has_key());
+}
+
+// ---- list: filters and page size ----------------------------------------------------------
+
+struct ListCase {
+  std::string args;
+  std::string request;  // text proto of Command::list
+};
+
+TEST(ParseArgsTest, ListFilters) {
+  const ListCase kCases[] = {
+      {"list", "page_size: 500"},
+      {"ls", "page_size: 500"},
+      {"show", "page_size: 500"},
+      {"list mode gre", "page_size: 500 mode: TUNNEL_MODE_GRE"},
+      {"list state up", "page_size: 500 state: OPER_STATE_UP"},
+      {"list state down", "page_size: 500 state: OPER_STATE_DOWN"},
+      {"list state error", "page_size: 500 state: OPER_STATE_ERROR"},
+      {"ls label owner=fleet label env=",
+       R"pb(page_size: 500
+            labels { key: "owner" value: "fleet" }
+            labels { key: "env" value: "" })pb"},
+      {"list label owner=a mode ipip state up --page-size 7",
+       R"pb(page_size: 7
+            mode: TUNNEL_MODE_IPIP
+            state: OPER_STATE_UP
+            labels { key: "owner" value: "a" })pb"},
+      {"--page-size=1000 list", "page_size: 1000"},
+      {"list --page_size 1", "page_size: 1"},
+  };
+  for (const ListCase& c : kCases) {
+    SCOPED_TRACE(c.args);
+    absl::StatusOr<Command> command = ParseArgs(Split(c.args), "");
+    ASSERT_TRUE(command.ok()) << command.status();
+    EXPECT_EQ(command->verb, Verb::kList);
+    v1::ListTunnelsRequest want;
+    ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(c.request, &want));
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(command->list, want))
+        << "got:  " << command->list.ShortDebugString() << "\nwant: " << want.ShortDebugString();
+    // Filters go to the request, not to the tunnel.
+    EXPECT_EQ(command->tunnel.ByteSizeLong(), 0u);
+  }
+}
+
+// ---- flags of delete, watch, apply and the mutating calls ---------------------------------
+
+struct VerbFlagCase {
+  std::string args;
+  Verb verb;
+  std::string etag;
+  std::string request_id;
+  uint64_t since;
+  std::optional<uint64_t> count;
+  std::string file;
+  bool prune;
+  bool dry_run;
+  std::string owner;
+};
+
+TEST(ParseArgsTest, VerbFlags) {
+  const VerbFlagCase kCases[] = {
+      {"delete t1", Verb::kDelete, "", "", 0, std::nullopt, "", false, false, ""},
+      {"delete t1 --etag e1", Verb::kDelete, "e1", "", 0, std::nullopt, "", false, false, ""},
+      {"del --etag=e1 --request-id=r1 t1", Verb::kDelete, "e1", "r1", 0, std::nullopt, "", false,
+       false, ""},
+      {"--request_id r2 delete t1", Verb::kDelete, "", "r2", 0, std::nullopt, "", false, false, ""},
+      {"update t1 mtu 1400 --etag=e2", Verb::kUpdate, "e2", "", 0, std::nullopt, "", false, false,
+       ""},
+      {"watch", Verb::kWatch, "", "", 0, std::nullopt, "", false, false, ""},
+      {"watch --since 42", Verb::kWatch, "", "", 42, std::nullopt, "", false, false, ""},
+      {"watch --since=18446744073709551615 --count=3", Verb::kWatch, "", "", 18446744073709551615u,
+       3, "", false, false, ""},
+      {"watch --since 0 --count 1", Verb::kWatch, "", "", 0, 1, "", false, false, ""},
+      {"apply -f t.json", Verb::kApply, "", "", 0, std::nullopt, "t.json", false, false, ""},
+      {"apply -f -", Verb::kApply, "", "", 0, std::nullopt, "-", false, false, ""},
+      {"apply -ft.json --prune --dry-run --owner fleet --request-id r3", Verb::kApply, "", "r3", 0,
+       std::nullopt, "t.json", true, true, "fleet"},
+      {"apply --file=t.json --dry_run --owner=o", Verb::kApply, "", "", 0, std::nullopt, "t.json",
+       false, true, "o"},
+      {"-f t.json apply", Verb::kApply, "", "", 0, std::nullopt, "t.json", false, false, ""},
+  };
+  for (const VerbFlagCase& c : kCases) {
+    SCOPED_TRACE(c.args);
+    absl::StatusOr<Command> command = ParseArgs(Split(c.args), "");
+    ASSERT_TRUE(command.ok()) << command.status();
+    EXPECT_EQ(command->verb, c.verb);
+    EXPECT_EQ(command->etag, c.etag);
+    EXPECT_EQ(command->request_id, c.request_id);
+    EXPECT_EQ(command->since_revision, c.since);
+    EXPECT_EQ(command->count, c.count);
+    EXPECT_EQ(command->apply_file, c.file);
+    EXPECT_EQ(command->prune, c.prune);
+    EXPECT_EQ(command->dry_run, c.dry_run);
+    EXPECT_EQ(command->owner, c.owner);
+  }
+}
+
+// ---- TLS and auth -------------------------------------------------------------------------
+
+struct SecurityCase {
+  std::string args;
+  std::string env_token;
+  bool tls;
+  std::string ca, cert, key, server_name;
+  std::string token_file;
+};
+
+TEST(ParseArgsTest, TlsAndTokenFlags) {
+  const SecurityCase kCases[] = {
+      {"list", "", false, "", "", "", "", ""},
+      {"--tls list", "", true, "", "", "", "", ""},
+      {"--tls_ca ca.pem list", "", true, "ca.pem", "", "", "", ""},
+      {"list --tls-ca=ca.pem", "", true, "ca.pem", "", "", "", ""},
+      {"--tls_cert c.pem --tls_key k.pem info", "", true, "", "c.pem", "k.pem", "", ""},
+      {"--tls --tls_server_name agent.example info", "", true, "", "", "", "agent.example", ""},
+      {"--tls_server_name=a info", "", true, "", "", "", "a", ""},
+      {"--token_file t.txt list", "", false, "", "", "", "", "t.txt"},
+      {"--token-file=t.txt watch", "envtok", false, "", "", "", "", "t.txt"},
+      {"list", "envtok", false, "", "", "", "", ""},
+  };
+  for (const SecurityCase& c : kCases) {
+    SCOPED_TRACE(c.args);
+    Environment env;
+    env.token = c.env_token;
+    absl::StatusOr<Command> command = ParseArgs(Split(c.args), env);
+    ASSERT_TRUE(command.ok()) << command.status();
+    EXPECT_EQ(command->tls.enabled, c.tls);
+    EXPECT_EQ(command->tls.ca_file, c.ca);
+    EXPECT_EQ(command->tls.cert_file, c.cert);
+    EXPECT_EQ(command->tls.key_file, c.key);
+    EXPECT_EQ(command->tls.server_name, c.server_name);
+    EXPECT_EQ(command->token_file, c.token_file);
+    EXPECT_EQ(command->env_token, c.env_token);
+  }
+}
+
+TEST(ParseArgsTest, EnvironmentAgent) {
+  Environment env;
+  env.agent = "unix:/run/tunnel-agent.sock";
+  absl::StatusOr<Command> command = ParseArgs(Split("info"), env);
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->agent, "unix:/run/tunnel-agent.sock");
+  command = ParseArgs(Split("--agent h:1 info"), env);
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->agent, "h:1");
+}
+
+TEST(ParseArgsTest, LabelParsing) {
+  absl::StatusOr<std::pair<std::string, std::string>> label = ParseLabel("a.b/c=d=e");
+  ASSERT_TRUE(label.ok()) << label.status();
+  EXPECT_EQ(label->first, "a.b/c");
+  EXPECT_EQ(label->second, "d=e");
+  EXPECT_FALSE(ParseLabel("").ok());
+  EXPECT_FALSE(ParseLabel("=v").ok());
+  EXPECT_FALSE(ParseLabel("k").ok());
+}
+
+TEST(UsageTest, NamesEveryVerbAndFlag) {
+  const std::string usage = Usage();
+  for (const char* word : {"create",
+                           "get",
+                           "list",
+                           "update",
+                           "delete",
+                           "watch",
+                           "apply",
+                           "info",
+                           "label KEY=VALUE",
+                           "nokey",
+                           "noaddresses",
+                           "noroutes",
+                           "nolabels",
+                           "state up|down|error",
+                           "--etag",
+                           "--request-id",
+                           "--page-size",
+                           "--since",
+                           "--count",
+                           "-f, --file",
+                           "--prune",
+                           "--dry-run",
+                           "--owner",
+                           "--tls ",
+                           "--tls_ca",
+                           "--tls_cert",
+                           "--tls_key",
+                           "--tls_server_name",
+                           "--token_file",
+                           "$TUNNELCTL_TOKEN",
+                           "$TUNNELCTL_AGENT"}) {
+    EXPECT_THAT(usage, HasSubstr(word));
+  }
+  // Fits a terminal.
+  for (absl::string_view line : absl::StrSplit(usage, '\n')) {
+    EXPECT_LE(line.size(), 92u) << line;
+  }
 }
 
 // ---- mode names ---------------------------------------------------------------------------
@@ -322,6 +693,7 @@ TEST(OutputTest, Detail) {
       "mtu: 1472 (auto)\n"
       "addresses: 10.0.0.1/30\n"
       "routes: -\n"
+      "labels: -\n"
       "state: up\n"
       "ifindex: 7\n"
       "rx_packets: 12\n"
@@ -329,7 +701,10 @@ TEST(OutputTest, Detail) {
       "rx_dropped: 0\n"
       "tx_packets: 345678\n"
       "tx_bytes: 99\n"
-      "tx_dropped: 0\n";
+      "tx_dropped: 0\n"
+      "etag: -\n"
+      "create_time: -\n"
+      "update_time: -\n";
   EXPECT_EQ(FormatTunnelDetail(SampleList().tunnels(0)), want);
 }
 

@@ -1,0 +1,99 @@
+#include "clients/tunnelctl/apply_file.h"
+
+#include <algorithm>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace tunnelagent::tunnelctl {
+namespace {
+
+std::string OneLine(absl::string_view text) {
+  std::string out(text);
+  for (char& c : out) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  }
+  return out;
+}
+
+// The protobuf JSON parser reports a syntax error as three lines: the problem, up to 20
+// characters either side of it, and a caret under it. Returns ":<line>:<column>: <problem>"
+// when that context occurs exactly once in `content`, else ": <problem> (near '<context>')".
+// Other errors ("tunels: Cannot find field.") are one line and returned as ": <problem>".
+std::string DescribeJsonError(absl::string_view content, absl::string_view message) {
+  size_t first = message.find('\n');
+  size_t last = message.rfind('\n');
+  if (first == absl::string_view::npos || first == last) {
+    return absl::StrCat(": ", OneLine(message));
+  }
+  absl::string_view problem = message.substr(0, first);
+  absl::string_view context = message.substr(first + 1, last - first - 1);
+  absl::string_view caret = message.substr(last + 1);
+  size_t at = content.find(context);
+  if (!context.empty() && at != absl::string_view::npos &&
+      content.find(context, at + 1) == absl::string_view::npos && absl::EndsWith(caret, "^")) {
+    size_t offset = std::min(content.size(), at + caret.size() - 1);
+    absl::string_view before = content.substr(0, offset);
+    size_t line = static_cast<size_t>(std::count(before.begin(), before.end(), '\n')) + 1;
+    size_t line_start = before.rfind('\n');
+    size_t column = line_start == absl::string_view::npos ? offset + 1 : offset - line_start;
+    return absl::StrCat(":", line, ":", column, ": ", OneLine(problem));
+  }
+  return absl::StrCat(": ", OneLine(problem), " (near '",
+                      OneLine(absl::StripAsciiWhitespace(context)), "')");
+}
+
+}  // namespace
+
+absl::StatusOr<v1::ApplyTunnelsRequest> ParseApplyFile(absl::string_view content,
+                                                       absl::string_view source,
+                                                       const Command& command) {
+  auto error = [&](absl::string_view problem) {
+    return absl::InvalidArgumentError(absl::StrCat("apply: ", source, problem));
+  };
+  absl::string_view json = absl::StripAsciiWhitespace(content);
+  if (json.empty()) return error(": empty (want a JSON object or array)");
+  const bool bare = json.front() == '[';
+  if (!bare && json.front() != '{') {
+    return error(
+        ": not JSON (want an object like {\"owner\": ..., \"tunnels\": [...]} or an array of "
+        "tunnels)");
+  }
+
+  v1::ApplyTunnelsRequest request;
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  // A bare array is the request's "tunnels"; the wrapper stays out of the messages.
+  std::string text = bare ? absl::StrCat("{\"tunnels\":", json, "}") : std::string(json);
+  auto status = google::protobuf::util::JsonStringToMessage(text, &request, options);
+  if (!status.ok()) {
+    std::string message(status.message());
+    if (bare) message = absl::StrReplaceAll(message, {{"(tunnels[", "(["}});
+    return error(DescribeJsonError(content, message));
+  }
+
+  if (!command.owner.empty()) {
+    if (!request.owner().empty() && request.owner() != command.owner) {
+      return error(absl::StrCat(": owner '", OneLine(request.owner()), "' differs from --owner '",
+                                command.owner, "'"));
+    }
+    request.set_owner(command.owner);
+  } else if (request.owner().empty()) {
+    return error(bare ? ": an array of tunnels needs --owner"
+                      : ": no \"owner\" (set it in the file or pass --owner)");
+  }
+  if (command.prune) request.set_prune(true);
+  if (command.dry_run) request.set_dry_run(true);
+  if (!command.request_id.empty()) request.set_request_id(command.request_id);
+  return request;
+}
+
+}  // namespace tunnelagent::tunnelctl

@@ -1,0 +1,396 @@
+#include "clients/tunnelctl/client.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <optional>
+#include <sstream>
+#include <thread>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "clients/tunnelctl/apply_file.h"
+#include "clients/tunnelctl/output.h"
+#include "clients/tunnelctl/request_id.h"
+#include "google/protobuf/empty.pb.h"
+
+namespace tunnelagent::tunnelctl {
+namespace {
+
+constexpr int kAttempts = 2;  // an UNAVAILABLE call is retried once
+// First reconnect backoff of the channel (gRPC's default is 1 s): short, so that the retry
+// finds a restarted agent. (Not GRPC_ARG_MIN_RECONNECT_BACKOFF_MS: that is also the minimum
+// time a connection attempt is given.)
+constexpr int kInitialReconnectBackoffMs = 100;
+
+absl::StatusOr<std::string> ReadNamedFile(absl::string_view flag, const std::string& path,
+                                          std::istream& in) {
+  absl::StatusOr<std::string> content = ReadInputFile(path, in);
+  if (!content.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", content.status().message()));
+  }
+  return content;
+}
+
+class Runner {
+ public:
+  Runner(const Command& command, v1::TunnelService::StubInterface& stub, const RunOptions& options,
+         std::ostream& out, std::ostream& err)
+      : command_(command), stub_(stub), options_(options), out_(out), err_(err) {}
+
+  int Run() {
+    switch (command_.verb) {
+      case Verb::kCreate:
+        return Create();
+      case Verb::kGet:
+        return Get();
+      case Verb::kList:
+        return List();
+      case Verb::kUpdate:
+        return Update();
+      case Verb::kDelete:
+        return Delete();
+      case Verb::kWatch:
+        return Watch();
+      case Verb::kApply:
+        return Apply();
+      case Verb::kInfo:
+        return Info();
+      case Verb::kHelp:
+        break;
+    }
+    return Print(Usage());
+  }
+
+ private:
+  bool json() const { return command_.output == OutputFormat::kJson; }
+
+  int Fail(absl::string_view problem) {
+    err_ << "tunnelctl: " << problem << "\n" << std::flush;
+    return kExitFailed;
+  }
+
+  int RpcFailed(absl::string_view method, const grpc::Status& status) {
+    return Fail(FormatRpcError(method, status.error_code(), status.error_message()));
+  }
+
+  // Writes `text` to out_; a write error (full disk, closed pipe) is a failure.
+  int Print(const absl::StatusOr<std::string>& text) {
+    if (!text.ok()) return Fail(text.status().message());
+    out_ << *text;
+    if (!out_.flush()) return Fail("cannot write the output");
+    return kExitOk;
+  }
+
+  int PrintTunnel(const v1::Tunnel& tunnel) {
+    return Print(json() ? FormatJson(tunnel) : FormatTunnelDetail(tunnel));
+  }
+
+  // The id of this run's mutating call: --request-id, else made once.
+  std::string RequestId() {
+    if (!command_.request_id.empty()) return command_.request_id;
+    if (!generated_id_.has_value()) {
+      generated_id_ = options_.new_request_id ? options_.new_request_id() : NewRequestId();
+    }
+    return *generated_id_;
+  }
+
+  void Prepare(grpc::ClientContext* context, bool deadline) const {
+    if (deadline) context->set_deadline(std::chrono::system_clock::now() + command_.timeout);
+    if (!options_.token.empty()) {
+      context->AddMetadata("authorization", absl::StrCat("Bearer ", options_.token));
+    }
+  }
+
+  // Makes a unary call, each attempt with a fresh context and deadline; retries once on
+  // UNAVAILABLE, when the channel is connected again. Mutating calls carry a request id, so
+  // the retry has no second effect.
+  template <typename Call>
+  grpc::Status CallWithRetry(Call call) {
+    for (int attempt = 1;; ++attempt) {
+      grpc::ClientContext context;
+      Prepare(&context, /*deadline=*/true);
+      grpc::Status status = call(&context);
+      if (status.error_code() != grpc::StatusCode::UNAVAILABLE || attempt >= kAttempts) {
+        return status;
+      }
+      if (options_.channel != nullptr) {
+        const auto wait = std::min<std::chrono::milliseconds>(kRetryWait, command_.timeout);
+        if (!options_.channel->WaitForConnected(std::chrono::system_clock::now() + wait)) {
+          return status;  // still unreachable: its error says more than a second one would
+        }
+      } else {
+        std::this_thread::sleep_for(options_.retry_delay);
+      }
+    }
+  }
+
+  int Create() {
+    v1::CreateTunnelRequest request;
+    *request.mutable_tunnel() = command_.tunnel;
+    request.set_request_id(RequestId());
+    v1::Tunnel response;
+    grpc::Status status = CallWithRetry(
+        [&](grpc::ClientContext* c) { return stub_.CreateTunnel(c, request, &response); });
+    if (!status.ok()) return RpcFailed("CreateTunnel", status);
+    return PrintTunnel(response);
+  }
+
+  int Get() {
+    v1::GetTunnelRequest request;
+    request.set_name(command_.name);
+    v1::Tunnel response;
+    grpc::Status status = CallWithRetry(
+        [&](grpc::ClientContext* c) { return stub_.GetTunnel(c, request, &response); });
+    if (!status.ok()) return RpcFailed("GetTunnel", status);
+    return PrintTunnel(response);
+  }
+
+  // Every page, into one response.
+  int List() {
+    v1::ListTunnelsRequest request = command_.list;
+    request.clear_page_token();
+    v1::ListTunnelsResponse all;
+    while (true) {
+      v1::ListTunnelsResponse page;
+      grpc::Status status = CallWithRetry(
+          [&](grpc::ClientContext* c) { return stub_.ListTunnels(c, request, &page); });
+      if (!status.ok()) return RpcFailed("ListTunnels", status);
+      for (v1::Tunnel& t : *page.mutable_tunnels()) *all.add_tunnels() = std::move(t);
+      if (page.next_page_token().empty()) break;
+      if (page.next_page_token() == request.page_token()) {
+        return Fail("ListTunnels: the agent returned the same page token twice");
+      }
+      request.set_page_token(page.next_page_token());
+    }
+    return Print(json() ? FormatJson(all) : FormatTunnelTable(all));
+  }
+
+  int Update() {
+    v1::UpdateTunnelRequest request;
+    *request.mutable_tunnel() = command_.tunnel;
+    request.mutable_tunnel()->set_etag(command_.etag);
+    *request.mutable_update_mask() = command_.update_mask;
+    request.set_request_id(RequestId());
+    v1::UpdateTunnelResponse response;
+    grpc::Status status = CallWithRetry(
+        [&](grpc::ClientContext* c) { return stub_.UpdateTunnel(c, request, &response); });
+    if (!status.ok()) return RpcFailed("UpdateTunnel", status);
+    return Print(json() ? FormatJson(response) : FormatUpdate(response));
+  }
+
+  int Delete() {
+    v1::DeleteTunnelRequest request;
+    request.set_name(command_.name);
+    request.set_etag(command_.etag);
+    request.set_request_id(RequestId());
+    google::protobuf::Empty response;
+    grpc::Status status = CallWithRetry(
+        [&](grpc::ClientContext* c) { return stub_.DeleteTunnel(c, request, &response); });
+    if (!status.ok()) return RpcFailed("DeleteTunnel", status);
+    // Silent on success, like ip; JSON readers still get a document.
+    return json() ? Print(FormatJson(response)) : kExitOk;
+  }
+
+  // Until interrupted (exit 0), --count events (exit 0), or the stream ends (exit 2).
+  int Watch() {
+    grpc::ClientContext context;
+    Prepare(&context, /*deadline=*/false);
+    v1::WatchTunnelsRequest request;
+    request.set_since_revision(command_.since_revision);
+    if (options_.interrupt != nullptr) options_.interrupt->Attach(&context);
+    std::unique_ptr<grpc::ClientReaderInterface<v1::TunnelEvent>> reader =
+        stub_.WatchTunnels(&context, request);
+    uint64_t seen = 0;
+    uint64_t last_revision = command_.since_revision;
+    bool done = false;  // --count reached
+    std::optional<int> failed;
+    v1::TunnelEvent event;
+    while (reader->Read(&event)) {
+      if (event.revision() != 0) last_revision = event.revision();
+      int printed = Print(json() ? FormatJsonLine(event) : FormatWatchEvent(event));
+      if (printed != kExitOk) failed = printed;
+      done = command_.count.has_value() && ++seen >= *command_.count;
+      if (failed.has_value() || done) {
+        context.TryCancel();
+        while (reader->Read(&event)) {
+        }
+        break;
+      }
+    }
+    grpc::Status status = reader->Finish();
+    if (options_.interrupt != nullptr) options_.interrupt->Detach();
+    if (failed.has_value()) return *failed;
+    if (done || (options_.interrupt != nullptr && options_.interrupt->triggered())) return kExitOk;
+    // Where a new watch should resume (--since), once anything was seen.
+    std::string resume =
+        last_revision != 0 ? absl::StrCat(" (last revision ", last_revision, ")") : "";
+    if (status.ok()) return Fail(absl::StrCat("WatchTunnels: the agent ended the stream", resume));
+    return Fail(absl::StrCat(
+        FormatRpcError("WatchTunnels", status.error_code(), status.error_message()), resume));
+  }
+
+  int Apply() {
+    v1::ApplyTunnelsRequest request = options_.apply;
+    if (request.request_id().empty()) request.set_request_id(RequestId());
+    v1::ApplyTunnelsResponse response;
+    grpc::Status status = CallWithRetry(
+        [&](grpc::ClientContext* c) { return stub_.ApplyTunnels(c, request, &response); });
+    if (!status.ok()) return RpcFailed("ApplyTunnels", status);
+    return Print(json() ? FormatJson(response) : FormatApplyChanges(response));
+  }
+
+  int Info() {
+    v1::AgentInfo response;
+    grpc::Status status = CallWithRetry([&](grpc::ClientContext* c) {
+      return stub_.GetAgentInfo(c, v1::GetAgentInfoRequest(), &response);
+    });
+    if (!status.ok()) return RpcFailed("GetAgentInfo", status);
+    return Print(json() ? FormatJson(response) : FormatAgentInfo(response));
+  }
+
+  const Command& command_;
+  v1::TunnelService::StubInterface& stub_;
+  const RunOptions& options_;
+  std::ostream& out_;
+  std::ostream& err_;
+  std::optional<std::string> generated_id_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::string> ReadInputFile(const std::string& path, std::istream& in) {
+  if (path == "-") {
+    std::string content(std::istreambuf_iterator<char>(in), {});
+    if (in.bad()) return absl::InvalidArgumentError("cannot read stdin");
+    return content;
+  }
+  std::ifstream file(path, std::ios::binary);
+  if (!file) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
+  }
+  std::ostringstream content;
+  content << file.rdbuf();
+  if (file.bad()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
+  }
+  return content.str();
+}
+
+absl::StatusOr<std::string> CheckToken(absl::string_view token, absl::string_view source) {
+  absl::string_view stripped = absl::StripAsciiWhitespace(token);
+  if (stripped.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": empty token"));
+  for (char c : stripped) {
+    if (c <= 0x20 || c >= 0x7f) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": the token must be visible ASCII without white space (one line)"));
+    }
+  }
+  return std::string(stripped);
+}
+
+absl::StatusOr<Inputs> LoadInputs(const Command& command, std::istream& in) {
+  int from_stdin = 0;
+  for (const std::string* path :
+       {&command.token_file, &command.tls.ca_file, &command.tls.cert_file, &command.tls.key_file}) {
+    if (*path == "-") ++from_stdin;
+  }
+  if (command.verb == Verb::kApply && command.apply_file == "-") ++from_stdin;
+  if (from_stdin > 1) return absl::InvalidArgumentError("only one file can be read from stdin");
+
+  Inputs inputs;
+  if (!command.token_file.empty()) {
+    absl::StatusOr<std::string> content = ReadNamedFile("--token_file", command.token_file, in);
+    if (!content.ok()) return content.status();
+    absl::StatusOr<std::string> token =
+        CheckToken(*content, absl::StrCat("--token_file ", command.token_file));
+    if (!token.ok()) return token.status();
+    inputs.token = *std::move(token);
+  } else if (!command.env_token.empty()) {
+    absl::StatusOr<std::string> token = CheckToken(command.env_token, "$TUNNELCTL_TOKEN");
+    if (!token.ok()) return token.status();
+    inputs.token = *std::move(token);
+  }
+
+  const TlsOptions& tls = command.tls;
+  if (tls.enabled) {
+    grpc::SslCredentialsOptions ssl;
+    struct {
+      absl::string_view flag;
+      const std::string& path;
+      std::string* pem;
+    } files[] = {
+        {"--tls_ca", tls.ca_file, &ssl.pem_root_certs},
+        {"--tls_cert", tls.cert_file, &ssl.pem_cert_chain},
+        {"--tls_key", tls.key_file, &ssl.pem_private_key},
+    };
+    for (const auto& f : files) {
+      if (f.path.empty()) continue;
+      absl::StatusOr<std::string> pem = ReadNamedFile(f.flag, f.path, in);
+      if (!pem.ok()) return pem.status();
+      if (pem->find("-----BEGIN ") == std::string::npos) {
+        return absl::InvalidArgumentError(absl::StrCat(f.flag, ": ", f.path, ": not PEM"));
+      }
+      *f.pem = *std::move(pem);
+    }
+    inputs.credentials = grpc::SslCredentials(ssl);
+  } else {
+    inputs.credentials = grpc::InsecureChannelCredentials();
+  }
+
+  if (command.verb == Verb::kApply) {
+    absl::StatusOr<std::string> content = ReadInputFile(command.apply_file, in);
+    if (!content.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("apply: ", content.status().message()));
+    }
+    absl::StatusOr<v1::ApplyTunnelsRequest> request =
+        ParseApplyFile(*content, command.apply_file == "-" ? "stdin" : command.apply_file, command);
+    if (!request.ok()) return request.status();
+    inputs.apply = *std::move(request);
+  }
+  return inputs;
+}
+
+std::shared_ptr<grpc::Channel> Dial(const Command& command, const Inputs& inputs) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, kInitialReconnectBackoffMs);
+  if (command.tls.enabled && !command.tls.server_name.empty()) {
+    args.SetSslTargetNameOverride(command.tls.server_name);
+  }
+  return grpc::CreateCustomChannel(command.agent, inputs.credentials, args);
+}
+
+void Interrupt::Trigger() {
+  absl::MutexLock lock(&mu_);
+  triggered_ = true;
+  if (context_ != nullptr) context_->TryCancel();
+}
+
+bool Interrupt::triggered() const {
+  absl::MutexLock lock(&mu_);
+  return triggered_;
+}
+
+void Interrupt::Attach(grpc::ClientContext* context) {
+  absl::MutexLock lock(&mu_);
+  context_ = context;
+  if (triggered_) context_->TryCancel();
+}
+
+void Interrupt::Detach() {
+  absl::MutexLock lock(&mu_);
+  context_ = nullptr;
+}
+
+int RunCommand(const Command& command, v1::TunnelService::StubInterface& stub,
+               const RunOptions& options, std::ostream& out, std::ostream& err) {
+  return Runner(command, stub, options, out, err).Run();
+}
+
+}  // namespace tunnelagent::tunnelctl

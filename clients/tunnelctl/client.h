@@ -1,0 +1,93 @@
+// What tunnelctl does once the command line is parsed: read the files it names, connect, make
+// the calls and print their results. main.cc only wires these to the process (argv, the
+// environment, stdin/stdout/stderr, signals); tests drive them against an in-process agent.
+#ifndef TUNNELAGENT_CLIENTS_TUNNELCTL_CLIENT_H_
+#define TUNNELAGENT_CLIENTS_TUNNELCTL_CLIENT_H_
+
+#include <chrono>
+#include <functional>
+#include <istream>
+#include <memory>
+#include <ostream>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "clients/tunnelctl/args.h"
+#include "grpcpp/grpcpp.h"
+#include "tunnelagent/v1/tunnel.grpc.pb.h"
+#include "tunnelagent/v1/tunnel.pb.h"
+
+namespace tunnelagent::tunnelctl {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitUsage = 1;
+inline constexpr int kExitFailed = 2;
+
+// How long a call that failed UNAVAILABLE waits for the channel to (re)connect before its one
+// retry; when it does not connect in time, the first error stands. At most the call timeout.
+inline constexpr std::chrono::milliseconds kRetryWait{1'000};
+
+// The contents of the files a command names, checked.
+struct Inputs {
+  // Bearer token from --token_file, else $TUNNELCTL_TOKEN; empty: none.
+  std::string token;
+  // Insecure, or TLS as TlsOptions say.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // kApply: the request, flags merged in (request_id may still be empty).
+  v1::ApplyTunnelsRequest apply;
+};
+
+// Reads the files of `command` (`in` is stdin, for "apply -f -"). Errors are
+// InvalidArgument, one line naming the file and the problem: the caller exits kExitUsage.
+absl::StatusOr<Inputs> LoadInputs(const Command& command, std::istream& in);
+
+// A file's contents; "-" reads all of `in`. Errors name the file.
+absl::StatusOr<std::string> ReadInputFile(const std::string& path, std::istream& in);
+
+// A token as sent in `authorization: Bearer <token>`: surrounding white space removed;
+// must then be non-empty visible ASCII. `source` names where it came from, for errors.
+absl::StatusOr<std::string> CheckToken(absl::string_view token, absl::string_view source);
+
+// A channel to command.agent with the credentials of `inputs`, reconnecting quickly after a
+// failure (so that the retry of an UNAVAILABLE call can find a restarted agent).
+std::shared_ptr<grpc::Channel> Dial(const Command& command, const Inputs& inputs);
+
+// Stops a watch from another thread (the one that waits for SIGINT). Thread-safe.
+class Interrupt {
+ public:
+  // Cancels the attached call, if any, and every call attached later.
+  void Trigger() ABSL_LOCKS_EXCLUDED(mu_);
+  bool triggered() const ABSL_LOCKS_EXCLUDED(mu_);
+  // `context` must stay valid until Detach().
+  void Attach(grpc::ClientContext* context) ABSL_LOCKS_EXCLUDED(mu_);
+  void Detach() ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  mutable absl::Mutex mu_;
+  bool triggered_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
+};
+
+struct RunOptions {
+  std::string token;
+  v1::ApplyTunnelsRequest apply;
+  // Makes the request id of a mutating call when --request-id is not given (once per run).
+  std::function<std::string()> new_request_id;
+  // The stub's channel: an UNAVAILABLE call is retried once it is connected again (waiting
+  // up to kRetryWait). Null: retried after `retry_delay`, for tests.
+  std::shared_ptr<grpc::Channel> channel;
+  std::chrono::milliseconds retry_delay{0};
+  // Stops a watch with exit status 0 when triggered; may be null.
+  Interrupt* interrupt = nullptr;
+};
+
+// Runs `command` (not kHelp) against `stub`: results to `out`, one "tunnelctl: ..." line on
+// `err` on failure. Returns the exit status (kExitOk or kExitFailed).
+int RunCommand(const Command& command, v1::TunnelService::StubInterface& stub,
+               const RunOptions& options, std::ostream& out, std::ostream& err);
+
+}  // namespace tunnelagent::tunnelctl
+
+#endif  // TUNNELAGENT_CLIENTS_TUNNELCTL_CLIENT_H_

@@ -1,0 +1,664 @@
+// TunnelServiceImpl over a real gRPC server and stub (in process, on a unix socket), with the
+// TunnelManager on the fakes.
+#include "agent/grpc_service.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "agent/tunnel_manager.h"
+#include "dataplane/tunnel_spec.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/util/message_differencer.h"
+#include "google/protobuf/util/time_util.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "tests/agent/fakes.h"
+#include "tunnelagent/v1/tunnel.grpc.pb.h"
+
+namespace tunnelagent::agent {
+namespace {
+
+using ::google::protobuf::util::MessageDifferencer;
+using ::testing::Contains;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::UnorderedElementsAre;
+
+// A GRE tunnel whose remote and prefixes are its own, numbered by `n` (1..49).
+v1::Tunnel Gre(const std::string& name, int n) {
+  v1::Tunnel t;
+  t.set_name(name);
+  t.set_mode(v1::TUNNEL_MODE_GRE);
+  t.set_local("198.51.100.1");
+  t.set_remote(absl::StrCat("192.0.2.", 100 + n));
+  t.add_addresses(absl::StrCat("10.", 100 + n, ".0.1/30"));
+  t.add_routes(absl::StrCat("10.", 150 + n, ".0.0/16"));
+  return t;
+}
+
+v1::Tunnel Ipip(const std::string& name, int n) {
+  v1::Tunnel t = Gre(name, n);
+  t.set_mode(v1::TUNNEL_MODE_IPIP);
+  return t;
+}
+
+std::vector<std::string> Names(const google::protobuf::RepeatedPtrField<v1::Tunnel>& tunnels) {
+  std::vector<std::string> names;
+  for (const v1::Tunnel& t : tunnels) names.push_back(t.name());
+  return names;
+}
+
+std::string TypeName(v1::TunnelEvent::Type type) { return v1::TunnelEvent::Type_Name(type); }
+
+// "EXISTING t1", "SYNCED", ...
+std::string Describe(const v1::TunnelEvent& e) {
+  return e.has_tunnel() ? absl::StrCat(TypeName(e.type()), " ", e.tunnel().name())
+                        : TypeName(e.type());
+}
+
+class GrpcServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start(TunnelManager::Options{}); }
+  void TearDown() override { Stop(); }
+
+  void Start(TunnelManager::Options options) {
+    Stop();
+    manager_ = std::make_unique<TunnelManager>(&links_, &engine_, &store_, options);
+    service_ = std::make_unique<TunnelServiceImpl>(
+        manager_.get(), AgentIdentity{"1.2.3-test", "node-7", "fake-io", start_time_});
+    static std::atomic<int> instance{0};
+    socket_ = absl::StrCat("unix:", ::testing::TempDir(), "/grpc_service_test.", getpid(), ".",
+                           instance++, ".sock");
+    unlink(socket_.substr(5).c_str());
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(socket_, grpc::InsecureServerCredentials());
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr) << socket_;
+    stub_ = v1::TunnelService::NewStub(
+        grpc::CreateChannel(socket_, grpc::InsecureChannelCredentials()));
+  }
+
+  void Stop() {
+    stub_.reset();
+    if (server_ != nullptr) {
+      // Open watch streams are cancelled at the deadline.
+      server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      server_->Wait();
+      server_.reset();
+      unlink(socket_.substr(5).c_str());
+    }
+    service_.reset();
+    manager_.reset();
+  }
+
+  // Every call gets a deadline, so a hang fails the test instead of blocking it.
+  static void Bound(grpc::ClientContext* context, int seconds = 5) {
+    context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+  }
+
+  grpc::Status Create(const v1::Tunnel& tunnel, const std::string& request_id = "",
+                      v1::Tunnel* out = nullptr) {
+    grpc::ClientContext context;
+    Bound(&context);
+    v1::CreateTunnelRequest request;
+    *request.mutable_tunnel() = tunnel;
+    request.set_request_id(request_id);
+    v1::Tunnel response;
+    grpc::Status status = stub_->CreateTunnel(&context, request, &response);
+    if (out != nullptr) *out = response;
+    return status;
+  }
+
+  grpc::Status Get(const std::string& name, v1::Tunnel* out) {
+    grpc::ClientContext context;
+    Bound(&context);
+    v1::GetTunnelRequest request;
+    request.set_name(name);
+    return stub_->GetTunnel(&context, request, out);
+  }
+
+  grpc::Status List(const v1::ListTunnelsRequest& request, v1::ListTunnelsResponse* out) {
+    grpc::ClientContext context;
+    Bound(&context);
+    return stub_->ListTunnels(&context, request, out);
+  }
+
+  grpc::Status Update(const v1::Tunnel& tunnel, const std::vector<std::string>& mask,
+                      v1::UpdateTunnelResponse* out, const std::string& request_id = "") {
+    grpc::ClientContext context;
+    Bound(&context);
+    v1::UpdateTunnelRequest request;
+    *request.mutable_tunnel() = tunnel;
+    for (const std::string& path : mask) request.mutable_update_mask()->add_paths(path);
+    request.set_request_id(request_id);
+    return stub_->UpdateTunnel(&context, request, out);
+  }
+
+  grpc::Status Delete(const std::string& name, const std::string& etag = "") {
+    grpc::ClientContext context;
+    Bound(&context);
+    v1::DeleteTunnelRequest request;
+    request.set_name(name);
+    request.set_etag(etag);
+    google::protobuf::Empty response;
+    return stub_->DeleteTunnel(&context, request, &response);
+  }
+
+  grpc::Status Apply(const v1::ApplyTunnelsRequest& request, v1::ApplyTunnelsResponse* out) {
+    grpc::ClientContext context;
+    Bound(&context);
+    return stub_->ApplyTunnels(&context, request, out);
+  }
+
+  // The next `n` events of a watch stream, described; fewer when the stream ends.
+  static std::vector<std::string> Read(grpc::ClientReader<v1::TunnelEvent>& reader, int n,
+                                       std::vector<v1::TunnelEvent>* events = nullptr) {
+    std::vector<std::string> described;
+    v1::TunnelEvent event;
+    while (static_cast<int>(described.size()) < n && reader.Read(&event)) {
+      described.push_back(Describe(event));
+      if (events != nullptr) events->push_back(event);
+    }
+    return described;
+  }
+
+  const absl::Time start_time_ = absl::FromUnixSeconds(1700000000);
+  fakes::EventLog log_;
+  fakes::FakeLinkControl links_{&log_};
+  fakes::FakePacketEngine engine_{&log_};
+  fakes::FakeStateStore store_{&log_};
+  std::unique_ptr<TunnelManager> manager_;
+  std::unique_ptr<TunnelServiceImpl> service_;
+  std::string socket_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<v1::TunnelService::Stub> stub_;
+};
+
+// ---- request_id ----------------------------------------------------------------------------
+
+TEST_F(GrpcServiceTest, CreateRetriedWithTheSameRequestIdCreatesOnce) {
+  v1::Tunnel first;
+  v1::Tunnel second;
+  grpc::Status a = Create(Gre("gre1", 1), "req-1", &first);
+  grpc::Status b = Create(Gre("gre1", 1), "req-1", &second);
+
+  ASSERT_TRUE(a.ok()) << a.error_message();
+  ASSERT_TRUE(b.ok()) << b.error_message() << " (a retry, not a second create)";
+  EXPECT_TRUE(MessageDifferencer::Equals(first, second))
+      << first.DebugString() << " vs " << second.DebugString();
+  EXPECT_EQ(first.status().state(), v1::OPER_STATE_UP);
+  EXPECT_EQ(links_.create_calls(), 1);
+  EXPECT_EQ(manager_->revision(), 1u);
+
+  // Without an id, the same request is a second create.
+  EXPECT_EQ(Create(Gre("gre1", 1)).error_code(), grpc::StatusCode::ALREADY_EXISTS);
+}
+
+TEST_F(GrpcServiceTest, SameRequestIdWithAnotherBodyIsInvalidArgument) {
+  ASSERT_TRUE(Create(Gre("gre1", 1), "req-1").ok());
+  grpc::Status reused = Create(Gre("gre2", 2), "req-1");
+  EXPECT_EQ(reused.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << reused.error_message();
+  EXPECT_THAT(reused.error_message(), HasSubstr("request_id"));
+  EXPECT_EQ(links_.create_calls(), 1);
+  v1::Tunnel unused;
+  EXPECT_EQ(Get("gre2", &unused).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+// ---- ListTunnels ---------------------------------------------------------------------------
+
+TEST_F(GrpcServiceTest, ListTunnelsInPages) {
+  for (int n : {3, 1, 5, 2, 4}) ASSERT_TRUE(Create(Gre(absl::StrCat("t", n), n)).ok());
+
+  std::vector<std::string> seen;
+  std::vector<std::string> tokens;
+  v1::ListTunnelsRequest request;
+  request.set_page_size(2);
+  int pages = 0;
+  do {
+    v1::ListTunnelsResponse page;
+    grpc::Status status = List(request, &page);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    ASSERT_LE(page.tunnels_size(), 2);
+    for (const v1::Tunnel& t : page.tunnels()) seen.push_back(t.name());
+    tokens.push_back(page.next_page_token());
+    request.set_page_token(page.next_page_token());
+    ASSERT_LT(++pages, 10) << "no end";
+  } while (!request.page_token().empty());
+
+  EXPECT_EQ(pages, 3);
+  EXPECT_THAT(seen, ElementsAre("t1", "t2", "t3", "t4", "t5")) << "in order, none twice";
+  ASSERT_EQ(tokens.size(), 3u);
+  EXPECT_FALSE(tokens[0].empty());
+  EXPECT_FALSE(tokens[1].empty());
+  EXPECT_NE(tokens[0], tokens[1]);
+  EXPECT_TRUE(tokens[2].empty()) << "the last page has no token";
+
+  // Everything at once without a page size.
+  v1::ListTunnelsResponse all;
+  ASSERT_TRUE(List(v1::ListTunnelsRequest(), &all).ok());
+  EXPECT_THAT(Names(all.tunnels()), ElementsAre("t1", "t2", "t3", "t4", "t5"));
+  EXPECT_TRUE(all.next_page_token().empty());
+}
+
+TEST_F(GrpcServiceTest, ListTunnelsPagesStayWellDefinedWhileTunnelsGo) {
+  for (int n = 1; n <= 5; ++n) ASSERT_TRUE(Create(Gre(absl::StrCat("t", n), n)).ok());
+  v1::ListTunnelsRequest request;
+  request.set_page_size(2);
+  v1::ListTunnelsResponse first;
+  ASSERT_TRUE(List(request, &first).ok());
+  ASSERT_THAT(Names(first.tunnels()), ElementsAre("t1", "t2"));
+
+  ASSERT_TRUE(Delete("t2").ok());  // the one the token points after
+  ASSERT_TRUE(Delete("t3").ok());
+  request.set_page_token(first.next_page_token());
+  v1::ListTunnelsResponse second;
+  ASSERT_TRUE(List(request, &second).ok());
+  EXPECT_THAT(Names(second.tunnels()), ElementsAre("t4", "t5"));
+  EXPECT_TRUE(second.next_page_token().empty());
+}
+
+TEST_F(GrpcServiceTest, ListTunnelsWithABadPageTokenOrSizeIsInvalidArgument) {
+  ASSERT_TRUE(Create(Gre("t1", 1)).ok());
+  v1::ListTunnelsRequest request;
+  request.set_page_token("%%% not a token %%%");
+  v1::ListTunnelsResponse response;
+  grpc::Status status = List(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("page_token"));
+
+  request.Clear();
+  request.set_page_size(-1);
+  status = List(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+}
+
+TEST_F(GrpcServiceTest, ListTunnelsFilters) {
+  v1::Tunnel t1 = Gre("t1", 1);
+  (*t1.mutable_labels())["env"] = "prod";
+  (*t1.mutable_labels())["team"] = "a";
+  v1::Tunnel t2 = Ipip("t2", 2);
+  (*t2.mutable_labels())["env"] = "prod";
+  v1::Tunnel t3 = Gre("t3", 3);
+  (*t3.mutable_labels())["env"] = "dev";
+  for (const v1::Tunnel& t : {t1, t2, t3}) ASSERT_TRUE(Create(t).ok()) << t.name();
+  links_.SetAdminUp("t3", false);
+  manager_->RefreshStates();
+
+  auto list = [this](v1::ListTunnelsRequest request) {
+    v1::ListTunnelsResponse response;
+    grpc::Status status = List(request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return Names(response.tunnels());
+  };
+  v1::ListTunnelsRequest gre;
+  gre.set_mode(v1::TUNNEL_MODE_GRE);
+  EXPECT_THAT(list(gre), ElementsAre("t1", "t3"));
+
+  v1::ListTunnelsRequest prod;
+  (*prod.mutable_labels())["env"] = "prod";
+  EXPECT_THAT(list(prod), ElementsAre("t1", "t2"));
+
+  v1::ListTunnelsRequest gre_prod = gre;
+  (*gre_prod.mutable_labels())["env"] = "prod";
+  EXPECT_THAT(list(gre_prod), ElementsAre("t1"));
+
+  v1::ListTunnelsRequest two_labels;
+  (*two_labels.mutable_labels())["env"] = "prod";
+  (*two_labels.mutable_labels())["team"] = "b";
+  EXPECT_THAT(list(two_labels), IsEmpty()) << "every label must match";
+
+  v1::ListTunnelsRequest down;
+  down.set_state(v1::OPER_STATE_DOWN);
+  EXPECT_THAT(list(down), ElementsAre("t3"));
+  v1::ListTunnelsRequest up;
+  up.set_state(v1::OPER_STATE_UP);
+  EXPECT_THAT(list(up), ElementsAre("t1", "t2"));
+
+  // Filters and pages together: the pages are of the matching tunnels.
+  gre.set_page_size(1);
+  v1::ListTunnelsResponse page;
+  ASSERT_TRUE(List(gre, &page).ok());
+  EXPECT_THAT(Names(page.tunnels()), ElementsAre("t1"));
+  ASSERT_FALSE(page.next_page_token().empty());
+  gre.set_page_token(page.next_page_token());
+  page.Clear();
+  ASSERT_TRUE(List(gre, &page).ok());
+  EXPECT_THAT(Names(page.tunnels()), ElementsAre("t3"));
+  EXPECT_TRUE(page.next_page_token().empty());
+}
+
+// ---- UpdateTunnel --------------------------------------------------------------------------
+
+TEST_F(GrpcServiceTest, UpdateWithAMaskChangesOnlyTheNamedFields) {
+  v1::Tunnel created;
+  ASSERT_TRUE(Create(Gre("t1", 1), "", &created).ok());
+
+  v1::Tunnel patch;
+  patch.set_name("t1");
+  patch.add_routes("10.40.0.0/16");
+  patch.add_routes("10.41.0.0/16");
+  // Not in the mask: ignored, even where they would not parse.
+  patch.set_mode(v1::TUNNEL_MODE_IPIP);
+  patch.set_remote("not an address");
+  patch.set_mtu(1300);
+  patch.add_addresses("10.99.0.1/30");
+  (*patch.mutable_labels())["x"] = "y";
+  v1::UpdateTunnelResponse response;
+  grpc::Status status = Update(patch, {"routes"}, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+
+  EXPECT_FALSE(response.recreated());
+  EXPECT_THAT(response.changed_fields(), ElementsAre("routes"));
+  const v1::Tunnel& t = response.tunnel();
+  EXPECT_THAT(t.routes(), ElementsAre("10.40.0.0/16", "10.41.0.0/16"));
+  EXPECT_EQ(t.mode(), v1::TUNNEL_MODE_GRE);
+  EXPECT_EQ(t.remote(), created.remote());
+  EXPECT_EQ(t.mtu(), 0u);
+  EXPECT_THAT(t.addresses(), ElementsAre("10.101.0.1/30"));
+  EXPECT_THAT(t.labels(), IsEmpty());
+  EXPECT_NE(t.etag(), created.etag());
+  EXPECT_EQ(t.status().ifindex(), created.status().ifindex()) << "in place";
+
+  v1::Tunnel got;
+  ASSERT_TRUE(Get("t1", &got).ok());
+  EXPECT_THAT(got.routes(), ElementsAre("10.40.0.0/16", "10.41.0.0/16"));
+  EXPECT_EQ(got.etag(), t.etag());
+}
+
+TEST_F(GrpcServiceTest, UpdateWithABadMaskPathIsInvalidArgument) {
+  ASSERT_TRUE(Create(Gre("t1", 1)).ok());
+  const uint64_t revision = manager_->revision();
+  v1::Tunnel patch = Gre("t1", 1);
+  patch.set_mtu(1300);
+  for (const std::vector<std::string>& mask :
+       std::vector<std::vector<std::string>>{{"nope"}, {"name"}, {"status"}, {"mtu", "etag"}}) {
+    v1::UpdateTunnelResponse response;
+    grpc::Status status = Update(patch, mask, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << mask.back() << ": " << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("update_mask"));
+  }
+  EXPECT_EQ(manager_->revision(), revision);
+  v1::Tunnel got;
+  ASSERT_TRUE(Get("t1", &got).ok());
+  EXPECT_EQ(got.mtu(), 0u);
+}
+
+TEST_F(GrpcServiceTest, UpdateWithoutAMaskReplacesEveryField) {
+  v1::Tunnel original = Gre("t1", 1);
+  (*original.mutable_labels())["keep"] = "me";
+  v1::Tunnel created;
+  ASSERT_TRUE(Create(original, "", &created).ok());
+
+  v1::Tunnel replacement = Ipip("t1", 2);
+  replacement.set_mtu(1400);
+  v1::UpdateTunnelResponse response;
+  grpc::Status status = Update(replacement, {}, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+
+  EXPECT_TRUE(response.recreated());
+  EXPECT_THAT(response.changed_fields(),
+              ElementsAre("mode", "remote", "mtu", "addresses", "routes", "labels"));
+  v1::Tunnel got;
+  ASSERT_TRUE(Get("t1", &got).ok());
+  EXPECT_EQ(got.mode(), v1::TUNNEL_MODE_IPIP);
+  EXPECT_EQ(got.remote(), replacement.remote());
+  EXPECT_EQ(got.mtu(), 1400u);
+  EXPECT_THAT(got.addresses(), ElementsAre(replacement.addresses(0)));
+  EXPECT_THAT(got.routes(), ElementsAre(replacement.routes(0)));
+  EXPECT_THAT(got.labels(), IsEmpty()) << "a full replacement drops labels not given";
+  EXPECT_EQ(got.status().create_time(), created.status().create_time());
+}
+
+TEST_F(GrpcServiceTest, UpdateAndDeleteWithAStaleEtagAreAborted) {
+  v1::Tunnel created;
+  ASSERT_TRUE(Create(Gre("t1", 1), "", &created).ok());
+  v1::Tunnel patch;
+  patch.set_name("t1");
+  patch.set_mtu(1400);
+  patch.set_etag(created.etag());
+  v1::UpdateTunnelResponse response;
+  ASSERT_TRUE(Update(patch, {"mtu"}, &response).ok());
+
+  patch.set_mtu(1300);  // with the etag of before the first update
+  grpc::Status stale = Update(patch, {"mtu"}, &response);
+  EXPECT_EQ(stale.error_code(), grpc::StatusCode::ABORTED) << stale.error_message();
+  EXPECT_EQ(Delete("t1", created.etag()).error_code(), grpc::StatusCode::ABORTED);
+  v1::Tunnel got;
+  ASSERT_TRUE(Get("t1", &got).ok());
+  EXPECT_EQ(got.mtu(), 1400u);
+  EXPECT_TRUE(Delete("t1", got.etag()).ok());
+}
+
+// ---- WatchTunnels --------------------------------------------------------------------------
+
+TEST_F(GrpcServiceTest, WatchSendsTheCurrentSetThenChangesAsTheyHappen) {
+  ASSERT_TRUE(Create(Gre("t1", 1)).ok());
+  ASSERT_TRUE(Create(Gre("t2", 2)).ok());
+
+  grpc::ClientContext context;
+  Bound(&context, 10);
+  std::unique_ptr<grpc::ClientReader<v1::TunnelEvent>> reader =
+      stub_->WatchTunnels(&context, v1::WatchTunnelsRequest());
+  std::vector<v1::TunnelEvent> events;
+  ASSERT_THAT(Read(*reader, 3, &events), ElementsAre("EXISTING t1", "EXISTING t2", "SYNCED"));
+  for (const v1::TunnelEvent& e : events) EXPECT_EQ(e.revision(), 2u) << Describe(e);
+  EXPECT_EQ(events[0].tunnel().status().state(), v1::OPER_STATE_UP);
+
+  std::thread changer([this] {
+    EXPECT_TRUE(Create(Gre("t3", 3)).ok());
+    v1::Tunnel patch;
+    patch.set_name("t1");
+    patch.set_mtu(1400);
+    v1::UpdateTunnelResponse response;
+    EXPECT_TRUE(Update(patch, {"mtu"}, &response).ok());
+    EXPECT_TRUE(Delete("t2").ok());
+  });
+  events.clear();
+  EXPECT_THAT(Read(*reader, 3, &events), ElementsAre("ADDED t3", "UPDATED t1", "DELETED t2"));
+  changer.join();
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0].revision(), 3u);
+  EXPECT_EQ(events[1].revision(), 4u);
+  EXPECT_EQ(events[1].tunnel().mtu(), 1400u);
+  EXPECT_EQ(events[2].revision(), 5u);
+  EXPECT_EQ(events[2].tunnel().name(), "t2") << "a deleted tunnel as it was";
+
+  // A state change is streamed too.
+  links_.SetAdminUp("t3", false);
+  manager_->RefreshStates();
+  events.clear();
+  EXPECT_THAT(Read(*reader, 1, &events), ElementsAre("STATE_CHANGED t3"));
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].tunnel().status().state(), v1::OPER_STATE_DOWN);
+
+  context.TryCancel();
+  reader->Finish().IgnoreError();
+}
+
+TEST_F(GrpcServiceTest, WatchResumedFromARevisionGetsOnlyWhatWasMissed) {
+  ASSERT_TRUE(Create(Gre("t1", 1)).ok());  // revision 1
+  ASSERT_TRUE(Create(Gre("t2", 2)).ok());  // 2
+  ASSERT_TRUE(Delete("t1").ok());          // 3
+
+  grpc::ClientContext context;
+  Bound(&context, 10);
+  v1::WatchTunnelsRequest request;
+  request.set_since_revision(1);
+  std::unique_ptr<grpc::ClientReader<v1::TunnelEvent>> reader =
+      stub_->WatchTunnels(&context, request);
+  std::vector<v1::TunnelEvent> events;
+  EXPECT_THAT(Read(*reader, 2, &events), ElementsAre("ADDED t2", "DELETED t1"));
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].revision(), 2u);
+  EXPECT_EQ(events[1].revision(), 3u);
+
+  // Then the live ones, with no snapshot in between.
+  std::thread changer([this] { EXPECT_TRUE(Create(Gre("t3", 3)).ok()); });
+  events.clear();
+  EXPECT_THAT(Read(*reader, 1, &events), ElementsAre("ADDED t3"));
+  changer.join();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].revision(), 4u);
+
+  context.TryCancel();
+  reader->Finish().IgnoreError();
+}
+
+TEST_F(GrpcServiceTest, WatchResumedFromARevisionNoLongerKeptResyncs) {
+  TunnelManager::Options options;
+  options.event_history = 2;
+  Start(options);
+  ASSERT_TRUE(Create(Gre("t1", 1)).ok());  // 1
+  ASSERT_TRUE(Create(Gre("t2", 2)).ok());  // 2
+  ASSERT_TRUE(Create(Gre("t3", 3)).ok());  // 3
+  ASSERT_TRUE(Delete("t1").ok());          // 4: only 3 and 4 are kept
+
+  grpc::ClientContext context;
+  Bound(&context, 10);
+  v1::WatchTunnelsRequest request;
+  request.set_since_revision(1);
+  std::unique_ptr<grpc::ClientReader<v1::TunnelEvent>> reader =
+      stub_->WatchTunnels(&context, request);
+  std::vector<v1::TunnelEvent> events;
+  EXPECT_THAT(Read(*reader, 4, &events),
+              ElementsAre("RESYNC", "EXISTING t2", "EXISTING t3", "SYNCED"));
+  for (const v1::TunnelEvent& e : events) EXPECT_EQ(e.revision(), 4u) << Describe(e);
+
+  std::thread changer([this] { EXPECT_TRUE(Delete("t2").ok()); });
+  events.clear();
+  EXPECT_THAT(Read(*reader, 1, &events), ElementsAre("DELETED t2"));
+  changer.join();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].revision(), 5u);
+
+  context.TryCancel();
+  reader->Finish().IgnoreError();
+}
+
+// ---- ApplyTunnels --------------------------------------------------------------------------
+
+std::vector<std::string> Plan(const v1::ApplyTunnelsResponse& response) {
+  std::vector<std::string> plan;
+  for (const v1::TunnelChange& c : response.changes()) {
+    plan.push_back(absl::StrCat(c.name(), " ", v1::TunnelChange::Action_Name(c.action())));
+  }
+  return plan;
+}
+
+TEST_F(GrpcServiceTest, ApplyTunnelsDryRunThenForRealThenPruned) {
+  ASSERT_TRUE(Create(Gre("theirs", 9)).ok());
+  v1::ApplyTunnelsRequest request;
+  request.set_owner("team-a");
+  *request.add_tunnels() = Gre("a", 1);
+  *request.add_tunnels() = Ipip("b", 2);
+  request.set_dry_run(true);
+
+  v1::ApplyTunnelsResponse dry;
+  grpc::Status status = Apply(request, &dry);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_THAT(Plan(dry), ElementsAre("a CREATE", "b CREATE"));
+  EXPECT_TRUE(dry.dry_run());
+  EXPECT_EQ(dry.revision(), 1u);
+  v1::ListTunnelsResponse listed;
+  ASSERT_TRUE(List(v1::ListTunnelsRequest(), &listed).ok());
+  EXPECT_THAT(Names(listed.tunnels()), ElementsAre("theirs"));
+
+  request.set_dry_run(false);
+  v1::ApplyTunnelsResponse real;
+  ASSERT_TRUE(Apply(request, &real).ok());
+  EXPECT_THAT(Plan(real), ElementsAre("a CREATE", "b CREATE"));
+  EXPECT_FALSE(real.dry_run());
+  EXPECT_EQ(real.revision(), 3u);
+  v1::ListTunnelsRequest owned;
+  (*owned.mutable_labels())["owner"] = "team-a";
+  listed.Clear();
+  ASSERT_TRUE(List(owned, &listed).ok());
+  EXPECT_THAT(Names(listed.tunnels()), ElementsAre("a", "b"));
+
+  // b goes with prune; a is as it was. Dry first, then for real.
+  request.clear_tunnels();
+  *request.add_tunnels() = Gre("a", 1);
+  request.set_prune(true);
+  request.set_dry_run(true);
+  v1::ApplyTunnelsResponse plan;
+  ASSERT_TRUE(Apply(request, &plan).ok());
+  EXPECT_THAT(Plan(plan), ElementsAre("a UNCHANGED", "b DELETE"));
+  v1::Tunnel unused;
+  EXPECT_TRUE(Get("b", &unused).ok()) << "dry run";
+  request.set_dry_run(false);
+  v1::ApplyTunnelsResponse pruned;
+  ASSERT_TRUE(Apply(request, &pruned).ok());
+  EXPECT_THAT(Plan(pruned), ElementsAre("a UNCHANGED", "b DELETE"));
+  EXPECT_EQ(pruned.revision(), 4u);
+  listed.Clear();
+  ASSERT_TRUE(List(v1::ListTunnelsRequest(), &listed).ok());
+  EXPECT_THAT(Names(listed.tunnels()), ElementsAre("a", "theirs"));
+}
+
+TEST_F(GrpcServiceTest, ApplyTunnelsWithABadRequestIsInvalidArgument) {
+  v1::ApplyTunnelsRequest request;
+  *request.add_tunnels() = Gre("a", 1);
+  v1::ApplyTunnelsResponse response;
+  grpc::Status status = Apply(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "no owner";
+  EXPECT_THAT(status.error_message(), HasSubstr("owner"));
+
+  request.set_owner("team-a");
+  v1::Tunnel bad = Gre("b", 2);
+  bad.set_remote("1.2.3");
+  *request.add_tunnels() = bad;
+  status = Apply(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("tunnels[1]"));
+  EXPECT_EQ(manager_->revision(), 0u);
+}
+
+// ---- GetAgentInfo --------------------------------------------------------------------------
+
+TEST_F(GrpcServiceTest, GetAgentInfo) {
+  TunnelManager::Options options;
+  options.max_tunnels = 77;
+  Start(options);
+  ASSERT_TRUE(Create(Gre("t1", 1)).ok());
+  ASSERT_TRUE(Create(Gre("t2", 2)).ok());
+  ASSERT_TRUE(Delete("t2").ok());
+
+  grpc::ClientContext context;
+  Bound(&context);
+  v1::AgentInfo info;
+  grpc::Status status = stub_->GetAgentInfo(&context, v1::GetAgentInfoRequest(), &info);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+
+  EXPECT_EQ(info.version(), "1.2.3-test");
+  EXPECT_EQ(info.node_name(), "node-7");
+  EXPECT_EQ(info.io_backend(), "fake-io");
+  EXPECT_EQ(info.max_tunnels(), 77u);
+  EXPECT_EQ(info.tunnel_count(), 1u);
+  EXPECT_EQ(info.revision(), 3u);
+  EXPECT_EQ(google::protobuf::util::TimeUtil::TimestampToSeconds(info.start_time()), 1700000000);
+  std::set<int> modes(info.supported_modes().begin(), info.supported_modes().end());
+  EXPECT_TRUE(modes.count(v1::TUNNEL_MODE_GRE));
+  EXPECT_TRUE(modes.count(v1::TUNNEL_MODE_IPIP));
+  EXPECT_EQ(modes.count(v1::TUNNEL_MODE_GRETAP),
+            dataplane::IsModeImplemented(dataplane::TunnelMode::kGretap) ? 1u : 0u);
+  for (const char* feature :
+       {"request_id", "etag", "update_mask", "watch", "apply", "labels", "pagination"}) {
+    EXPECT_THAT(info.features(), Contains(feature));
+  }
+}
+
+}  // namespace
+}  // namespace tunnelagent::agent

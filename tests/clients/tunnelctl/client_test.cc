@@ -1,0 +1,685 @@
+// RunCommand against an in-process fake agent: what goes on the wire (request ids, masks,
+// pages, metadata), what is printed, and the exit status.
+#include "clients/tunnelctl/client.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "clients/tunnelctl/request_id.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/text_format.h"
+#include "google/protobuf/util/json_util.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+
+namespace tunnelagent::tunnelctl {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::MatchesRegex;
+using ::testing::StartsWith;
+
+template <typename Message>
+Message FromText(const std::string& text) {
+  Message message;
+  EXPECT_TRUE(google::protobuf::TextFormat::ParseFromString(text, &message)) << text;
+  return message;
+}
+
+// Answers from scripts set by the test; records what it was asked.
+class FakeAgent final : public v1::TunnelService::Service {
+ public:
+  // Statuses the next unary calls fail with, in order, before calls succeed again.
+  void FailNext(std::vector<grpc::Status> statuses) {
+    absl::MutexLock lock(&mu_);
+    failures_ = std::move(statuses);
+  }
+
+  grpc::Status CreateTunnel(grpc::ServerContext* context, const v1::CreateTunnelRequest* request,
+                            v1::Tunnel* response) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    creates.push_back(*request);
+    if (grpc::Status s = NextFailure(); !s.ok()) return s;
+    *response = request->tunnel();
+    response->set_etag("e1");
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetTunnel(grpc::ServerContext* context, const v1::GetTunnelRequest* request,
+                         v1::Tunnel* response) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    if (grpc::Status s = NextFailure(); !s.ok()) return s;
+    response->set_name(request->name());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListTunnels(grpc::ServerContext* context, const v1::ListTunnelsRequest* request,
+                           v1::ListTunnelsResponse* response) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    lists.push_back(*request);
+    if (grpc::Status s = NextFailure(); !s.ok()) return s;
+    auto page = pages.find(request->page_token());
+    if (page == pages.end()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad token");
+    *response = page->second;
+    return grpc::Status::OK;
+  }
+
+  grpc::Status UpdateTunnel(grpc::ServerContext* context, const v1::UpdateTunnelRequest* request,
+                            v1::UpdateTunnelResponse* response) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    updates.push_back(*request);
+    if (grpc::Status s = NextFailure(); !s.ok()) return s;
+    *response = update_response;
+    return grpc::Status::OK;
+  }
+
+  grpc::Status DeleteTunnel(grpc::ServerContext* context, const v1::DeleteTunnelRequest* request,
+                            google::protobuf::Empty*) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    deletes.push_back(*request);
+    return NextFailure();
+  }
+
+  grpc::Status WatchTunnels(grpc::ServerContext* context, const v1::WatchTunnelsRequest* request,
+                            grpc::ServerWriter<v1::TunnelEvent>* writer) override {
+    std::vector<v1::TunnelEvent> events;
+    std::optional<grpc::Status> end;
+    {
+      absl::MutexLock lock(&mu_);
+      Record(context);
+      watches.push_back(*request);
+      events = watch_events;
+      end = watch_end;
+    }
+    for (const v1::TunnelEvent& event : events) {
+      if (!writer->Write(event)) return grpc::Status::CANCELLED;
+      ++events_sent;
+    }
+    if (end.has_value()) return *end;
+    // Like the agent: the stream stays open until the client goes away; but a client that
+    // never goes away fails its test (the stream ends) rather than hanging it.
+    const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!context->IsCancelled()) {
+      if (std::chrono::steady_clock::now() > limit) return grpc::Status::OK;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return grpc::Status::CANCELLED;
+  }
+
+  grpc::Status ApplyTunnels(grpc::ServerContext* context, const v1::ApplyTunnelsRequest* request,
+                            v1::ApplyTunnelsResponse* response) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    applies.push_back(*request);
+    if (grpc::Status s = NextFailure(); !s.ok()) return s;
+    *response = apply_response;
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetAgentInfo(grpc::ServerContext* context, const v1::GetAgentInfoRequest* request,
+                            v1::AgentInfo* response) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    if (info_unimplemented) {
+      return v1::TunnelService::Service::GetAgentInfo(context, request, response);
+    }
+    response->set_version("0.2.0");
+    response->set_revision(77);
+    return grpc::Status::OK;
+  }
+
+  // Set before the calls; read after them.
+  std::map<std::string, v1::ListTunnelsResponse> pages;
+  v1::UpdateTunnelResponse update_response;
+  v1::ApplyTunnelsResponse apply_response;
+  std::vector<v1::TunnelEvent> watch_events;
+  std::optional<grpc::Status> watch_end;  // unset: hold the stream open
+  bool info_unimplemented = false;
+
+  std::vector<v1::CreateTunnelRequest> creates;
+  std::vector<v1::ListTunnelsRequest> lists;
+  std::vector<v1::UpdateTunnelRequest> updates;
+  std::vector<v1::DeleteTunnelRequest> deletes;
+  std::vector<v1::WatchTunnelsRequest> watches;
+  std::vector<v1::ApplyTunnelsRequest> applies;
+  // The authorization metadata of every call ("" when absent).
+  std::vector<std::string> authorization;
+  std::atomic<int> events_sent{0};
+
+ private:
+  void Record(grpc::ServerContext* context) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = context->client_metadata().find("authorization");
+    authorization.push_back(it == context->client_metadata().end()
+                                ? ""
+                                : std::string(it->second.data(), it->second.size()));
+  }
+
+  grpc::Status NextFailure() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (failures_.empty()) return grpc::Status::OK;
+    grpc::Status s = failures_.front();
+    failures_.erase(failures_.begin());
+    return s;
+  }
+
+  absl::Mutex mu_;
+  std::vector<grpc::Status> failures_ ABSL_GUARDED_BY(mu_);
+};
+
+const grpc::Status kUnavailable(grpc::StatusCode::UNAVAILABLE, "connection reset");
+
+class ClientTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    static int servers = 0;
+    socket_ = "unix:/tmp/tunnelctl_test_" + std::to_string(getpid()) + "_" +
+              std::to_string(++servers) + ".sock";
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(socket_, grpc::InsecureServerCredentials());
+    builder.RegisterService(&agent_);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    stub_ = v1::TunnelService::NewStub(server_->InProcessChannel(grpc::ChannelArguments()));
+    options_.retry_delay = std::chrono::milliseconds(1);  // no channel: retried at once
+    options_.new_request_id = [this] { return "generated-" + std::to_string(++ids_made_); };
+  }
+
+  void TearDown() override {
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    std::remove(socket_.substr(5).c_str());
+  }
+
+  // Parses `args` (split on spaces) and runs them; out() and err() hold what was printed.
+  int Run(const std::string& args) {
+    std::vector<std::string> argv = absl::StrSplit(args, ' ', absl::SkipEmpty());
+    absl::StatusOr<Command> command = ParseArgs(argv, "");
+    EXPECT_TRUE(command.ok()) << command.status();
+    if (!command.ok()) return -1;
+    out_.str("");
+    err_.str("");
+    return RunCommand(*command, *stub_, options_, out_, err_);
+  }
+
+  std::string out() const { return out_.str(); }
+  std::string err() const { return err_.str(); }
+
+  FakeAgent agent_;
+  std::string socket_;  // the agent also listens here, for tests that need a real channel
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<v1::TunnelService::Stub> stub_;
+  RunOptions options_;
+  int ids_made_ = 0;
+  std::ostringstream out_;
+  std::ostringstream err_;
+};
+
+// ---- request ids and the retry ------------------------------------------------------------
+
+TEST_F(ClientTest, CreateSendsAGeneratedRequestId) {
+  ASSERT_EQ(Run("create t1 mode gre remote 192.0.2.2 label owner=me"), kExitOk) << err();
+  ASSERT_EQ(agent_.creates.size(), 1u);
+  EXPECT_EQ(agent_.creates[0].request_id(), "generated-1");
+  EXPECT_EQ(agent_.creates[0].tunnel().labels().at("owner"), "me");
+  EXPECT_THAT(out(), HasSubstr("labels: owner=me\n"));
+  EXPECT_THAT(out(), HasSubstr("etag: e1\n"));
+  EXPECT_THAT(err(), IsEmpty());
+}
+
+TEST_F(ClientTest, UnavailableIsRetriedOnceWithTheSameId) {
+  agent_.FailNext({kUnavailable});
+  ASSERT_EQ(Run("create t1 mode gre remote 192.0.2.2"), kExitOk) << err();
+  ASSERT_EQ(agent_.creates.size(), 2u);
+  EXPECT_EQ(agent_.creates[0].request_id(), "generated-1");
+  EXPECT_EQ(agent_.creates[1].request_id(), "generated-1");
+  EXPECT_EQ(ids_made_, 1);
+  EXPECT_THAT(out(), StartsWith("name: t1\n"));
+}
+
+TEST_F(ClientTest, UnavailableTwiceFails) {
+  agent_.FailNext({kUnavailable, kUnavailable});
+  EXPECT_EQ(Run("create t1 mode gre remote 192.0.2.2 --request-id mine"), kExitFailed);
+  ASSERT_EQ(agent_.creates.size(), 2u);
+  EXPECT_EQ(agent_.creates[0].request_id(), "mine");
+  EXPECT_EQ(agent_.creates[1].request_id(), "mine");
+  EXPECT_EQ(ids_made_, 0);
+  EXPECT_EQ(err(), "tunnelctl: CreateTunnel: UNAVAILABLE: connection reset\n");
+  EXPECT_THAT(out(), IsEmpty());
+}
+
+TEST_F(ClientTest, RetryWaitsForTheChannel) {
+  Command command;
+  command.agent = socket_;
+  Inputs inputs;
+  inputs.credentials = grpc::InsecureChannelCredentials();
+  options_.channel = Dial(command, inputs);
+  stub_ = v1::TunnelService::NewStub(options_.channel);
+  agent_.FailNext({kUnavailable});
+  ASSERT_EQ(Run("delete t1"), kExitOk) << err();
+  ASSERT_EQ(agent_.deletes.size(), 2u);
+  EXPECT_EQ(agent_.deletes[1].request_id(), agent_.deletes[0].request_id());
+}
+
+TEST_F(ClientTest, NoRetryWhileTheChannelCannotConnect) {
+  options_.channel =
+      grpc::CreateChannel("unix:/nonexistent/agent.sock", grpc::InsecureChannelCredentials());
+  agent_.FailNext({kUnavailable});
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(Run("--timeout 0.2 delete t1"), kExitFailed);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
+  EXPECT_EQ(agent_.deletes.size(), 1u);
+  EXPECT_EQ(err(), "tunnelctl: DeleteTunnel: UNAVAILABLE: connection reset\n");
+}
+
+TEST_F(ClientTest, OtherErrorsAreNotRetried) {
+  agent_.FailNext({grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "tunnel t1 already exists")});
+  EXPECT_EQ(Run("create t1 mode gre remote 192.0.2.2"), kExitFailed);
+  EXPECT_EQ(agent_.creates.size(), 1u);
+  EXPECT_EQ(err(), "tunnelctl: CreateTunnel: ALREADY_EXISTS: tunnel t1 already exists\n");
+}
+
+// ---- update and delete --------------------------------------------------------------------
+
+TEST_F(ClientTest, UpdateSendsMaskEtagAndId) {
+  agent_.update_response = FromText<v1::UpdateTunnelResponse>(R"pb(
+    tunnel { name: "t1" mode: TUNNEL_MODE_IPIP remote: "192.0.2.9" etag: "e2" }
+    recreated: true
+    changed_fields: [ "mode", "remote" ]
+  )pb");
+  ASSERT_EQ(Run("update t1 remote 192.0.2.9 mode ipip noroutes --etag e1"), kExitOk) << err();
+  ASSERT_EQ(agent_.updates.size(), 1u);
+  const v1::UpdateTunnelRequest& request = agent_.updates[0];
+  EXPECT_EQ(request.tunnel().name(), "t1");
+  EXPECT_EQ(request.tunnel().etag(), "e1");
+  EXPECT_EQ(request.tunnel().mode(), v1::TUNNEL_MODE_IPIP);
+  EXPECT_EQ(request.tunnel().remote(), "192.0.2.9");
+  EXPECT_THAT(request.update_mask().paths(), ElementsAre("mode", "remote", "routes"));
+  EXPECT_EQ(request.request_id(), "generated-1");
+  EXPECT_THAT(out(), StartsWith("name: t1\nmode: ipip\n"));
+  EXPECT_THAT(out(), HasSubstr("\netag: e2\n"));
+  EXPECT_THAT(out(), testing::EndsWith("\nrecreated: mode, remote\n"));
+}
+
+TEST_F(ClientTest, UpdateJsonIsTheResponse) {
+  agent_.update_response = FromText<v1::UpdateTunnelResponse>(R"pb(tunnel { name: "t1" }
+                                                                   recreated: true
+                                                                   changed_fields: "key")pb");
+  ASSERT_EQ(Run("-o json update t1 nokey"), kExitOk) << err();
+  EXPECT_THAT(out(), StartsWith("{\n"));
+  EXPECT_THAT(out(), HasSubstr("\"recreated\": true"));
+  EXPECT_THAT(out(), HasSubstr("\"changedFields\": ["));
+  EXPECT_THAT(agent_.updates[0].update_mask().paths(), ElementsAre("key"));
+  EXPECT_FALSE(agent_.updates[0].tunnel().has_key());
+}
+
+TEST_F(ClientTest, UpdateAbortedOnStaleEtag) {
+  agent_.FailNext({grpc::Status(grpc::StatusCode::ABORTED, "etag e0 is stale (now e1)")});
+  EXPECT_EQ(Run("update t1 mtu 1400 --etag e0"), kExitFailed);
+  EXPECT_EQ(err(), "tunnelctl: UpdateTunnel: ABORTED: etag e0 is stale (now e1)\n");
+}
+
+TEST_F(ClientTest, DeleteSendsEtagAndId) {
+  ASSERT_EQ(Run("delete t1 --etag e1 --request-id d1"), kExitOk) << err();
+  ASSERT_EQ(agent_.deletes.size(), 1u);
+  EXPECT_EQ(agent_.deletes[0].name(), "t1");
+  EXPECT_EQ(agent_.deletes[0].etag(), "e1");
+  EXPECT_EQ(agent_.deletes[0].request_id(), "d1");
+  EXPECT_THAT(out(), IsEmpty());
+  ASSERT_EQ(Run("-o json delete t2"), kExitOk) << err();
+  EXPECT_EQ(out(), "{}\n");
+  EXPECT_EQ(agent_.deletes[1].etag(), "");
+  EXPECT_EQ(agent_.deletes[1].request_id(), "generated-1");
+}
+
+// ---- list ---------------------------------------------------------------------------------
+
+TEST_F(ClientTest, ListFetchesEveryPageWithTheFilters) {
+  agent_.pages[""] = FromText<v1::ListTunnelsResponse>(R"pb(tunnels { name: "a" }
+                                                            tunnels { name: "b" }
+                                                            next_page_token: "p2")pb");
+  agent_.pages["p2"] = FromText<v1::ListTunnelsResponse>(R"pb(tunnels { name: "c" }
+                                                              next_page_token: "p3")pb");
+  agent_.pages["p3"] = FromText<v1::ListTunnelsResponse>(R"pb(tunnels { name: "d" })pb");
+  ASSERT_EQ(Run("list mode gre state up label owner=me"), kExitOk) << err();
+  ASSERT_EQ(agent_.lists.size(), 3u);
+  std::vector<std::string> tokens;
+  for (const v1::ListTunnelsRequest& r : agent_.lists) {
+    tokens.push_back(r.page_token());
+    EXPECT_EQ(r.page_size(), 500);
+    EXPECT_EQ(r.mode(), v1::TUNNEL_MODE_GRE);
+    EXPECT_EQ(r.state(), v1::OPER_STATE_UP);
+    EXPECT_EQ(r.labels().at("owner"), "me");
+  }
+  EXPECT_THAT(tokens, ElementsAre("", "p2", "p3"));
+  std::vector<std::string> lines = absl::StrSplit(out(), '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 5u) << out();
+  EXPECT_THAT(lines[0], StartsWith("NAME"));
+  EXPECT_THAT(lines[4], StartsWith("d "));
+}
+
+TEST_F(ClientTest, ListJsonIsOneDocumentWithoutToken) {
+  agent_.pages[""] = FromText<v1::ListTunnelsResponse>(R"pb(tunnels { name: "a" }
+                                                            next_page_token: "p2")pb");
+  agent_.pages["p2"] = FromText<v1::ListTunnelsResponse>(R"pb(tunnels { name: "b" })pb");
+  ASSERT_EQ(Run("-o json ls --page-size 1"), kExitOk) << err();
+  EXPECT_EQ(agent_.lists[0].page_size(), 1);
+  v1::ListTunnelsResponse parsed;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(out(), &parsed).ok()) << out();
+  ASSERT_EQ(parsed.tunnels_size(), 2);
+  EXPECT_EQ(parsed.tunnels(1).name(), "b");
+  EXPECT_EQ(parsed.next_page_token(), "");
+}
+
+TEST_F(ClientTest, ListStopsOnARepeatedToken) {
+  agent_.pages[""] = FromText<v1::ListTunnelsResponse>(R"pb(next_page_token: "p")pb");
+  agent_.pages["p"] = FromText<v1::ListTunnelsResponse>(R"pb(next_page_token: "p")pb");
+  EXPECT_EQ(Run("list"), kExitFailed);
+  EXPECT_THAT(err(), HasSubstr("same page token twice"));
+  EXPECT_THAT(out(), IsEmpty());
+}
+
+TEST_F(ClientTest, ListRetriesAPageOnce) {
+  agent_.pages[""] = FromText<v1::ListTunnelsResponse>(R"pb(tunnels { name: "a" })pb");
+  agent_.FailNext({kUnavailable});
+  ASSERT_EQ(Run("list"), kExitOk) << err();
+  EXPECT_EQ(agent_.lists.size(), 2u);
+}
+
+// ---- watch --------------------------------------------------------------------------------
+
+std::vector<v1::TunnelEvent> SampleEvents() {
+  return {
+      FromText<v1::TunnelEvent>(R"pb(type: EXISTING
+                                     revision: 5
+                                     tunnel {
+                                       name: "a"
+                                       status { state: OPER_STATE_UP }
+                                     })pb"),
+      FromText<v1::TunnelEvent>(R"pb(type: SYNCED revision: 5)pb"),
+      FromText<v1::TunnelEvent>(R"pb(type: ADDED
+                                     revision: 6
+                                     tunnel { name: "b" })pb"),
+      FromText<v1::TunnelEvent>(R"pb(type: DELETED
+                                     revision: 7
+                                     tunnel { name: "a" })pb"),
+  };
+}
+
+TEST_F(ClientTest, WatchStopsAfterCount) {
+  agent_.watch_events = SampleEvents();
+  ASSERT_EQ(Run("watch --since 4 --count 3"), kExitOk) << err();
+  EXPECT_EQ(out(), "5 EXISTING a up\n5 SYNCED - -\n6 ADDED b unknown\n");
+  ASSERT_EQ(agent_.watches.size(), 1u);
+  EXPECT_EQ(agent_.watches[0].since_revision(), 4u);
+  EXPECT_THAT(err(), IsEmpty());
+}
+
+TEST_F(ClientTest, WatchJsonIsOneObjectPerLine) {
+  agent_.watch_events = SampleEvents();
+  ASSERT_EQ(Run("watch -o json --count 2"), kExitOk) << err();
+  EXPECT_EQ(out(),
+            "{\"type\":\"EXISTING\",\"revision\":\"5\",\"tunnel\":{\"name\":\"a\",\"status\":"
+            "{\"state\":\"OPER_STATE_UP\"}}}\n"
+            "{\"type\":\"SYNCED\",\"revision\":\"5\"}\n");
+}
+
+TEST_F(ClientTest, WatchFailsWhenTheStreamBreaks) {
+  agent_.watch_events = SampleEvents();
+  agent_.watch_end = grpc::Status(grpc::StatusCode::UNAVAILABLE, "agent shutting down");
+  EXPECT_EQ(Run("watch"), kExitFailed);
+  EXPECT_EQ(out(), "5 EXISTING a up\n5 SYNCED - -\n6 ADDED b unknown\n7 DELETED a unknown\n");
+  EXPECT_EQ(err(), "tunnelctl: WatchTunnels: UNAVAILABLE: agent shutting down (last revision 7)\n");
+}
+
+TEST_F(ClientTest, WatchFailsWhenTheAgentEndsTheStream) {
+  agent_.watch_end = grpc::Status::OK;
+  EXPECT_EQ(Run("watch --since 3 --count 10"), kExitFailed);
+  EXPECT_EQ(err(), "tunnelctl: WatchTunnels: the agent ended the stream (last revision 3)\n");
+}
+
+TEST_F(ClientTest, WatchUnimplemented) {
+  agent_.watch_end = grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "");
+  EXPECT_EQ(Run("watch"), kExitFailed);
+  EXPECT_THAT(err(), HasSubstr("WatchTunnels: UNIMPLEMENTED: the agent does not implement"));
+}
+
+TEST_F(ClientTest, WatchStopsWhenInterrupted) {
+  agent_.watch_events = {SampleEvents()[0]};
+  Interrupt interrupt;
+  options_.interrupt = &interrupt;
+  std::thread trigger([&] {
+    while (agent_.events_sent.load() < 1) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    interrupt.Trigger();
+  });
+  int status = Run("watch");
+  trigger.join();
+  EXPECT_EQ(status, kExitOk) << err();
+  EXPECT_EQ(out(), "5 EXISTING a up\n");
+  EXPECT_THAT(err(), IsEmpty());
+}
+
+TEST_F(ClientTest, WatchInterruptedBeforeItStarts) {
+  Interrupt interrupt;
+  interrupt.Trigger();
+  options_.interrupt = &interrupt;
+  agent_.watch_events = SampleEvents();
+  EXPECT_EQ(Run("watch"), kExitOk) << err();
+  EXPECT_THAT(err(), IsEmpty());
+}
+
+// ---- apply and info -----------------------------------------------------------------------
+
+TEST_F(ClientTest, ApplySendsTheLoadedRequest) {
+  options_.apply = FromText<v1::ApplyTunnelsRequest>(R"pb(owner: "fleet"
+                                                          tunnels { name: "a" }
+                                                          prune: true)pb");
+  agent_.apply_response = FromText<v1::ApplyTunnelsResponse>(R"pb(
+    changes { name: "a" action: CREATE }
+    changes { name: "z" action: DELETE }
+    revision: 9
+  )pb");
+  ASSERT_EQ(Run("apply -f x.json --prune"), kExitOk) << err();
+  ASSERT_EQ(agent_.applies.size(), 1u);
+  EXPECT_EQ(agent_.applies[0].owner(), "fleet");
+  EXPECT_TRUE(agent_.applies[0].prune());
+  EXPECT_EQ(agent_.applies[0].request_id(), "generated-1");
+  EXPECT_EQ(out(),
+            "NAME  ACTION  CHANGED\n"
+            "a     create  -\n"
+            "z     delete  -\n"
+            "applied at revision 9\n");
+}
+
+TEST_F(ClientTest, ApplyKeepsTheFilesRequestId) {
+  options_.apply = FromText<v1::ApplyTunnelsRequest>(R"pb(owner: "o" request_id: "file")pb");
+  agent_.apply_response.set_dry_run(true);
+  ASSERT_EQ(Run("-o json apply -f x.json"), kExitOk) << err();
+  EXPECT_EQ(agent_.applies[0].request_id(), "file");
+  EXPECT_EQ(out(), "{\n \"dryRun\": true\n}\n");
+}
+
+TEST_F(ClientTest, Info) {
+  ASSERT_EQ(Run("info"), kExitOk) << err();
+  EXPECT_THAT(out(), StartsWith("version: 0.2.0\n"));
+  EXPECT_THAT(out(), HasSubstr("\nrevision: 77\n"));
+  agent_.info_unimplemented = true;
+  EXPECT_EQ(Run("info"), kExitFailed);
+  EXPECT_THAT(err(), StartsWith("tunnelctl: GetAgentInfo: UNIMPLEMENTED"));
+}
+
+// ---- the bearer token ---------------------------------------------------------------------
+
+TEST_F(ClientTest, TokenGoesOnEveryCall) {
+  options_.token = "s3cret";
+  agent_.pages[""] = FromText<v1::ListTunnelsResponse>(R"pb(next_page_token: "p2")pb");
+  agent_.pages["p2"] = v1::ListTunnelsResponse();
+  agent_.watch_events = SampleEvents();
+  ASSERT_EQ(Run("list"), kExitOk) << err();
+  ASSERT_EQ(Run("watch --count 1"), kExitOk) << err();
+  ASSERT_EQ(Run("get a"), kExitOk) << err();
+  EXPECT_THAT(agent_.authorization,
+              ElementsAre("Bearer s3cret", "Bearer s3cret", "Bearer s3cret", "Bearer s3cret"));
+}
+
+TEST_F(ClientTest, NoTokenNoMetadata) {
+  ASSERT_EQ(Run("get a"), kExitOk) << err();
+  EXPECT_THAT(agent_.authorization, ElementsAre(""));
+}
+
+// ---- inputs -------------------------------------------------------------------------------
+
+class TempFile {
+ public:
+  explicit TempFile(const std::string& content) {
+    char name[] = "/tmp/tunnelctl_test_XXXXXX";
+    int fd = mkstemp(name);
+    EXPECT_GE(fd, 0);
+    close(fd);
+    path_ = name;
+    std::ofstream(path_) << content;
+  }
+  ~TempFile() { std::remove(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+Command Parsed(const std::vector<std::string>& args, const Environment& env = {}) {
+  absl::StatusOr<Command> command = ParseArgs(args, env);
+  EXPECT_TRUE(command.ok()) << command.status();
+  return command.ok() ? *command : Command();
+}
+
+TEST(LoadInputsTest, TokenFromFileWinsOverEnvironment) {
+  TempFile token("  tok-123\n");
+  Environment env;
+  env.token = "from-env";
+  std::istringstream in;
+  absl::StatusOr<Inputs> inputs =
+      LoadInputs(Parsed({"--token_file", token.path(), "info"}, env), in);
+  ASSERT_TRUE(inputs.ok()) << inputs.status();
+  EXPECT_EQ(inputs->token, "tok-123");
+  inputs = LoadInputs(Parsed({"info"}, env), in);
+  ASSERT_TRUE(inputs.ok()) << inputs.status();
+  EXPECT_EQ(inputs->token, "from-env");
+  inputs = LoadInputs(Parsed({"info"}), in);
+  ASSERT_TRUE(inputs.ok()) << inputs.status();
+  EXPECT_EQ(inputs->token, "");
+  EXPECT_NE(inputs->credentials, nullptr);
+}
+
+TEST(LoadInputsTest, TokenFromStdin) {
+  std::istringstream in("piped\n");
+  absl::StatusOr<Inputs> inputs = LoadInputs(Parsed({"--token_file", "-", "info"}), in);
+  ASSERT_TRUE(inputs.ok()) << inputs.status();
+  EXPECT_EQ(inputs->token, "piped");
+}
+
+struct BadInputCase {
+  std::vector<std::string> args;
+  std::string env_token;
+  std::string error;
+};
+
+TEST(LoadInputsTest, BadFilesAreNamed) {
+  TempFile empty("\n");
+  TempFile spaced("two words\n");
+  TempFile not_pem("hello");
+  TempFile bad_json("{\"owner\": ");
+  const BadInputCase kCases[] = {
+      {{"--token_file", "/nonexistent/t", "info"},
+       "",
+       "--token_file: cannot read /nonexistent/t: No such file or directory"},
+      {{"--token_file", empty.path(), "info"},
+       "",
+       "--token_file " + empty.path() + ": empty token"},
+      {{"--token_file", spaced.path(), "info"}, "", "visible ASCII without white space"},
+      {{"info"}, "a\tb", "$TUNNELCTL_TOKEN: the token must be"},
+      {{"--tls_ca", "/nonexistent/ca.pem", "info"}, "", "--tls_ca: cannot read /nonexistent/ca"},
+      {{"--tls_ca", not_pem.path(), "info"}, "", "--tls_ca: " + not_pem.path() + ": not PEM"},
+      {{"--tls_cert", not_pem.path(), "--tls_key", not_pem.path(), "info"},
+       "",
+       "--tls_cert: " + not_pem.path() + ": not PEM"},
+      {{"apply", "-f", "/nonexistent/a.json"}, "", "apply: cannot read /nonexistent/a.json"},
+      {{"apply", "-f", bad_json.path(), "--owner", "o"}, "", "apply: " + bad_json.path()},
+      {{"apply", "-f", "-", "--token_file", "-"}, "", "only one file can be read from stdin"},
+  };
+  for (const BadInputCase& c : kCases) {
+    SCOPED_TRACE(absl::StrJoin(c.args, " "));
+    Environment env;
+    env.token = c.env_token;
+    std::istringstream in;
+    absl::StatusOr<Inputs> inputs = LoadInputs(Parsed(c.args, env), in);
+    ASSERT_FALSE(inputs.ok());
+    EXPECT_EQ(inputs.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(inputs.status().message()), HasSubstr(c.error));
+  }
+}
+
+TEST(LoadInputsTest, ApplyFromStdin) {
+  std::istringstream in(R"([{"name": "a"}])");
+  absl::StatusOr<Inputs> inputs =
+      LoadInputs(Parsed({"apply", "-f", "-", "--owner", "o", "--dry-run"}), in);
+  ASSERT_TRUE(inputs.ok()) << inputs.status();
+  EXPECT_EQ(inputs->apply.owner(), "o");
+  EXPECT_TRUE(inputs->apply.dry_run());
+  ASSERT_EQ(inputs->apply.tunnels_size(), 1);
+
+  std::istringstream bad("[");
+  inputs = LoadInputs(Parsed({"apply", "-f", "-", "--owner", "o"}), bad);
+  ASSERT_FALSE(inputs.ok());
+  EXPECT_THAT(std::string(inputs.status().message()), StartsWith("apply: stdin"));
+}
+
+TEST(LoadInputsTest, TlsWithPemFiles) {
+  TempFile pem("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+  std::istringstream in;
+  absl::StatusOr<Inputs> inputs =
+      LoadInputs(Parsed({"--tls_ca", pem.path(), "--tls_server_name", "agent", "info"}), in);
+  ASSERT_TRUE(inputs.ok()) << inputs.status();
+  EXPECT_NE(inputs->credentials, nullptr);
+}
+
+// ---- request ids --------------------------------------------------------------------------
+
+TEST(RequestIdTest, FormatSetsVersionAndVariant) {
+  std::array<uint8_t, 16> ones;
+  ones.fill(0xff);
+  EXPECT_EQ(FormatUuidV4(ones), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+  std::array<uint8_t, 16> zeros{};
+  EXPECT_EQ(FormatUuidV4(zeros), "00000000-0000-4000-8000-000000000000");
+  std::array<uint8_t, 16> counting;
+  for (size_t i = 0; i < counting.size(); ++i) counting[i] = static_cast<uint8_t>(i * 17);
+  EXPECT_EQ(FormatUuidV4(counting), "00112233-4455-4677-8899-aabbccddeeff");
+}
+
+TEST(RequestIdTest, NewIdsAreRandomUuids) {
+  std::string a = NewRequestId();
+  std::string b = NewRequestId();
+  EXPECT_THAT(a,
+              MatchesRegex("[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"));
+  EXPECT_NE(a, b);
+}
+
+}  // namespace
+}  // namespace tunnelagent::tunnelctl

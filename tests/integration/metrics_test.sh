@@ -1,0 +1,163 @@
+#!/bin/bash
+# /metrics end to end: a GRE tunnel between two nodes carries a ping; the agent's /metrics
+# passes `promtool check metrics`, has every metric of the README's table with its labels and
+# type, counts the gRPC calls made; and a real Prometheus, scraping the agent from inside its
+# namespace, sees the target up and the tunnel's received packets.
+set -euo pipefail
+: "${SOURCE_DIR:=$(cd "$(dirname "$0")/../.." && pwd)}"
+: "${BIN_DIR:=$SOURCE_DIR/build/bin}"
+source "$SOURCE_DIR/scripts/lab.sh"
+
+for b in promtool prometheus; do
+  command -v "$b" >/dev/null || {
+    echo "missing $b: install Debian's prometheus (WITH_TEST_DEPS=1 scripts/install-deps.sh)" >&2
+    exit 77
+  }
+done
+
+PROM_PORT=19090  # Prometheus's own HTTP API, on node A's loopback
+CREATE=/tunnelagent.v1.TunnelService/CreateTunnel
+GET=/tunnelagent.v1.TunnelService/GetTunnel
+DELETE=/tunnelagent.v1.TunnelService/DeleteTunnel
+
+lab_init
+lab_add_node A 198.18.0.1
+lab_add_node B 198.18.0.2
+lab_start_agent A
+lab_start_agent B
+
+lab_log "a GRE tunnel and traffic across it"
+lab_ctl A create gre1 mode gre local 198.18.0.1 remote 198.18.0.2 key 7 address 10.7.0.1/30 >/dev/null
+lab_ctl B create gre1 mode gre local 198.18.0.2 remote 198.18.0.1 key 7 address 10.7.0.2/30 >/dev/null
+lab_ping A 10.7.0.2 3
+lab_expect_rpc_error A NOT_FOUND get nosuch
+
+lab_log "/metrics passes promtool"
+lab_exec A curl -sf --max-time 5 "http://127.0.0.1:$LAB_METRICS_PORT/metrics" >"$RUN/A.metrics" ||
+  lab_fail "cannot fetch A's /metrics"
+# promtool exits 0 when the text parses and lint finds nothing, 3 on lint problems, 1 on errors.
+rc=0
+promtool check metrics <"$RUN/A.metrics" >"$RUN/promtool.out" 2>&1 || rc=$?
+[ "$rc" = 0 ] || { cat "$RUN/promtool.out" >&2; lab_fail "promtool check metrics: exit $rc"; }
+lab_ok "promtool check metrics: no error, no lint problem"
+
+lab_log "the metric table: names, types, labels"
+# has_metric NAME TYPE LABELS: a "# TYPE NAME TYPE" line, and a sample of NAME (or of NAME_bucket
+# for a histogram) whose label names, sorted and comma-joined, are LABELS.
+has_metric() {
+  local name=$1 type=$2 labels=$3 series=$1
+  grep -qx "# TYPE $name $type" "$RUN/A.metrics" || lab_fail "no '# TYPE $name $type'"
+  [ "$type" = histogram ] && series=${name}_bucket
+  # Label names of each sample of the series, sorted: `a="x",b="y"` -> `a,b`.
+  awk -v s="$series" '
+    index($0, s) == 1 {
+      rest = substr($0, length(s) + 1)
+      if (rest ~ /^ /) { print ""; next }
+      if (rest !~ /^\{/) next
+      rest = substr(rest, 2, index(rest, "}") - 2)
+      n = 0
+      while (match(rest, /^[a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?/)) {
+        names[++n] = substr(rest, 1, index(rest, "=") - 1)
+        rest = substr(rest, RLENGTH + 1)
+      }
+      for (i = 2; i <= n; i++) for (j = i; j > 1 && names[j - 1] > names[j]; j--) {
+        t = names[j]; names[j] = names[j - 1]; names[j - 1] = t
+      }
+      out = ""
+      for (i = 1; i <= n; i++) out = out (i > 1 ? "," : "") names[i]
+      print out
+    }' "$RUN/A.metrics" | sort -u >"$RUN/labels"
+  [ -s "$RUN/labels" ] || lab_fail "no sample of $series"
+  [ "$(cat "$RUN/labels")" = "$labels" ] ||
+    lab_fail "$series has labels '$(paste -sd' ' "$RUN/labels")', want '$labels'"
+}
+while read -r name type labels; do
+  [ "$labels" = - ] && labels=
+  has_metric "$name" "$type" "$labels"
+done <<'EOF'
+tunnelagent_build_info gauge io_backend,version
+tunnelagent_tunnels gauge mode,state
+tunnelagent_tunnel_up gauge tunnel
+tunnelagent_tunnel_tx_packets_total counter tunnel
+tunnelagent_tunnel_tx_bytes_total counter tunnel
+tunnelagent_tunnel_rx_packets_total counter tunnel
+tunnelagent_tunnel_rx_bytes_total counter tunnel
+tunnelagent_tunnel_drops_total counter direction,reason,tunnel
+tunnelagent_dataplane_rx_packets_total counter -
+tunnelagent_dataplane_drops_total counter reason
+tunnelagent_grpc_requests_total counter code,method
+tunnelagent_grpc_request_duration_seconds histogram le,method
+tunnelagent_grpc_streams_active gauge method
+EOF
+lab_ok "all 13 metrics of the table, with their types and labels"
+
+m() { awk -v s="$1" '$1 == s && !found { print $2; found = 1 }' "$RUN/A.metrics"; }
+for series in \
+  "tunnelagent_tunnel_tx_packets_total{tunnel=\"gre1\"}" \
+  "tunnelagent_tunnel_rx_packets_total{tunnel=\"gre1\"}" \
+  "tunnelagent_tunnel_rx_bytes_total{tunnel=\"gre1\"}"; do
+  v=$(m "$series")
+  if [ -z "$v" ] || [ "$v" -le 0 ]; then lab_fail "$series is '$v', want > 0"; fi
+done
+v=$(m 'tunnelagent_tunnel_up{tunnel="gre1"}')
+[ "$v" = 1 ] || lab_fail "tunnelagent_tunnel_up{tunnel=gre1} is '$v', want 1"
+v=$(m 'tunnelagent_tunnel_drops_total{direction="tx",reason="too_big",tunnel="gre1"}')
+[ "$v" = 0 ] || lab_fail "gre1's tx too_big drops is '$v', want an existing 0"
+v=$(m 'tunnelagent_dataplane_drops_total{reason="no_tunnel"}')
+[ -n "$v" ] || lab_fail "tunnelagent_dataplane_drops_total{reason=no_tunnel} is missing"
+lab_ok "gre1 moved packets, is up, its drop series exist at 0"
+
+v=$(m "tunnelagent_grpc_requests_total{code=\"OK\",method=\"$CREATE\"}")
+[ "$v" = 1 ] || lab_fail "CreateTunnel OK count is '$v', want 1"
+v=$(m "tunnelagent_grpc_requests_total{code=\"NOT_FOUND\",method=\"$GET\"}")
+[ "$v" = 1 ] || lab_fail "GetTunnel NOT_FOUND count is '$v', want 1"
+v=$(m "tunnelagent_grpc_requests_total{code=\"OK\",method=\"$DELETE\"}")
+[ "$v" = 0 ] || lab_fail "DeleteTunnel OK count is '$v', want an existing 0"
+v=$(m "tunnelagent_grpc_request_duration_seconds_count{method=\"$CREATE\"}")
+[ "$v" = 1 ] || lab_fail "CreateTunnel duration count is '$v', want 1"
+v=$(m 'tunnelagent_grpc_streams_active{method="/tunnelagent.v1.TunnelService/WatchTunnels"}')
+[ "$v" = 0 ] || lab_fail "WatchTunnels streams_active is '$v', want 0"
+lab_ok "gRPC calls counted by method and code: CreateTunnel OK 1, GetTunnel NOT_FOUND 1"
+
+lab_log "a real Prometheus scrapes the agent"
+mkdir -p "$RUN/prometheus-data"
+cat >"$RUN/prometheus.yml" <<EOF
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: tunnel-agent
+    static_configs:
+      - targets: ['127.0.0.1:$LAB_METRICS_PORT']
+EOF
+promtool check config "$RUN/prometheus.yml" >/dev/null || lab_fail "promtool check config"
+# Not through lab_exec: a function run with & is a subshell, and $! would be its PID, not
+# Prometheus's (ip netns exec execs the command: same PID).
+ip netns exec "$LAB-A" prometheus --config.file="$RUN/prometheus.yml" \
+  --storage.tsdb.path="$RUN/prometheus-data" --web.listen-address="127.0.0.1:$PROM_PORT" \
+  >>"$RUN/prometheus.log" 2>&1 &
+LAB_PIDS["prometheus"]=$!  # lab_cleanup stops it with the agents, and waits for it
+
+# prom_wait QUERY: until QUERY returns at least one series, for at most 30 s.
+prom_wait() {
+  local query=$1 out deadline=$((SECONDS + 30))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    kill -0 "${LAB_PIDS["prometheus"]}" 2>/dev/null || lab_fail "prometheus exited (see its log)"
+    out=$(lab_exec A curl -sf --max-time 2 "http://127.0.0.1:$PROM_PORT/api/v1/query" \
+      --data-urlencode "query=$query" 2>/dev/null) || out=
+    if [ -n "$out" ] && [ "$(jq -r '.data.result | length' <<<"$out")" -gt 0 ]; then
+      lab_ok "prometheus: $query -> $(jq -c '[.data.result[].value[1]]' <<<"$out")"
+      return 0
+    fi
+    sleep 0.5
+  done
+  tail -n 20 "$RUN/prometheus.log" >&2
+  lab_fail "prometheus: no result for $query within 30 s"
+}
+prom_wait 'up{job="tunnel-agent"} == 1'
+prom_wait 'tunnelagent_tunnel_rx_packets_total{job="tunnel-agent",tunnel="gre1"} > 0'
+prom_wait "tunnelagent_grpc_requests_total{method=\"$CREATE\",code=\"OK\"} == 1"
+prom_wait "tunnelagent_grpc_request_duration_seconds_bucket{method=\"$CREATE\",le=\"+Inf\"} == 1"
+
+echo "PASS"
