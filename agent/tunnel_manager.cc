@@ -141,7 +141,14 @@ class TunnelManager::Transaction {
 
 TunnelManager::TunnelManager(LinkControl* links, dataplane::PacketEngine* engine,
                              StateStore* store, Options options)
-    : links_(links), engine_(engine), store_(store), options_(options) {}
+    : links_(links),
+      engine_(engine),
+      store_(store),
+      options_(options),
+      // Revisions of a new run start above any of an earlier run (seconds since the epoch,
+      // times 2^20), so a watcher resuming across a restart is told to resync instead of being
+      // handed a revision that means something else now.
+      revision_(static_cast<uint64_t>(absl::ToUnixSeconds(absl::Now())) << 20) {}
 
 TunnelManager::~TunnelManager() { Shutdown(); }
 
@@ -433,17 +440,38 @@ void TunnelManager::RefreshStates() {
   absl::StatusOr<std::map<int, bool>> states = links_->LinkStates();
   if (!states.ok()) return;
   for (auto& [name, entry] : tunnels_) {
-    if (!entry->device) continue;
+    if (!entry->device) {
+      // Lost its device earlier and could not get it back: try again now and then.
+      if (entry->repair_at == absl::InfiniteFuture() || absl::Now() < entry->repair_at) continue;
+      if (BringUp(*entry).ok()) {
+        entry->repair_at = absl::InfiniteFuture();
+        RecordEvent(TunnelEvent::Type::kStateChanged, {entry->spec, StatusOf(*entry)});
+      } else {
+        entry->repair_at = absl::Now() + absl::Seconds(10);
+      }
+      continue;
+    }
     OperState state = OperState::kUp;
     std::string reason;
     auto link = states->find(entry->device->ifindex());
     if (link == states->end()) {
-      state = OperState::kError;
-      reason = "the device was removed by someone else; delete or update the tunnel";
+      // Removed behind the agent's back: the tunnel is still desired, so make it again.
+      StopDataplane(*entry);
+      entry->device.reset();
+      if (absl::Status status = BringUp(*entry); !status.ok()) {
+        state = OperState::kError;
+        reason = absl::StrCat("the device was removed by someone else and cannot be made again: ",
+                              status.message());
+      } else {
+        // Same state, new device (new ifindex): watchers hear of it.
+        RecordEvent(TunnelEvent::Type::kStateChanged, {entry->spec, StatusOf(*entry)});
+        continue;
+      }
     } else if (!link->second) {
       state = OperState::kDown;
       reason = "the device is administratively down";
     }
+    if (!entry->device) entry->repair_at = absl::Now() + absl::Seconds(10);
     if (state == entry->state && reason == entry->reason) continue;
     entry->state = state;
     entry->reason = reason;
@@ -675,7 +703,10 @@ absl::Status TunnelManager::BringUp(Entry& entry) {
   }
   if (status.ok()) status = links_->SetUp(**device);
   for (size_t i = 0; status.ok() && i < spec.routes.size(); ++i) {
-    status = tolerate(links_->AddRoute(**device, spec.routes[i]));
+    // The kernel answers ALREADY_EXISTS for the prefix on any device: a re-attached device's
+    // own route is removed and added again, so one that moved elsewhere is seen as a conflict.
+    if (attached) links_->DeleteRoute(**device, spec.routes[i]).IgnoreError();
+    status = links_->AddRoute(**device, spec.routes[i]);
     if (!status.ok()) {
       status = Annotate(status,
                         absl::StrCat("tunnel.routes[", i, "] ", spec.routes[i].ToString()));

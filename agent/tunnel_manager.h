@@ -146,6 +146,8 @@ class TunnelManager {
     bool in_engine = false;  // the engine is moving its packets
     OperState state = OperState::kError;
     std::string reason;  // why not UP
+    // When to try again to make a device that vanished (InfiniteFuture: not trying).
+    absl::Time repair_at = absl::InfiniteFuture();
   };
   class Transaction;
 

@@ -134,7 +134,8 @@ lab_ok "B: agent killed, tr1 (ifindex $before) still there, marked"
 lab_no_ping A 10.2.0.2
 lab_start_agent B
 ping_resumes A 10.2.0.2
-[ "$(ifindex B tr1)" = "$before" ] || lab_fail "B: tr1 re-made (ifindex $before -> $(ifindex B tr1)), want re-attached"
+[ "$(ifindex B tr1)" = "$before" ] ||
+  lab_fail "B: tr1 re-made (ifindex $before -> $(ifindex B tr1)), want re-attached"
 lab_ok "B: tr1 re-attached, same ifindex $before"
 check_restored B
 check_foreign "after kill -9 and start of B"
@@ -151,7 +152,8 @@ lab_exec A ip route show 10.202.0.0/24 | grep -q 'dev tr1' || lab_fail "A: kept 
 lab_ok "A: SIGTERM with --keep_devices left tr1 (ifindex $before) with its route"
 lab_start_agent A
 ping_resumes A 10.2.0.2
-[ "$(ifindex A tr1)" = "$before" ] || lab_fail "A: kept tr1 re-made (ifindex $before -> $(ifindex A tr1))"
+[ "$(ifindex A tr1)" = "$before" ] ||
+  lab_fail "A: kept tr1 re-made (ifindex $before -> $(ifindex A tr1))"
 lab_ok "A: kept tr1 re-attached, same ifindex $before"
 check_restored A
 lab_stop_agent A TERM  # this one without --keep_devices
@@ -228,7 +230,8 @@ lab_ok "agent exits $rc naming the file: $(grep -F "$state" <<<"$out" | head -n 
 cmp -s "$state" "$RUN/corrupt.ref" || lab_fail "the corrupt state file was modified"
 lab_ok "state file byte-identical afterwards"
 [ "$(ifindex A tr1)" = "$before" ] || lab_fail "A: the refused start removed or re-made tr1"
-lab_exec A ip route show 10.202.0.0/24 | grep -q 'dev tr1' || lab_fail "A: the refused start touched tr1"
+lab_exec A ip route show 10.202.0.0/24 | grep -q 'dev tr1' ||
+  lab_fail "A: the refused start touched tr1"
 lab_ok "A: the refused start touched no device (tr1 still ifindex $before, with its route)"
 check_foreign "at the end"
 

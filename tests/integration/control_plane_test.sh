@@ -1,0 +1,121 @@
+#!/bin/bash
+# The control plane end to end, over Debian's python3-grpcio (control_plane_client.py) against
+# real agents in a lab: GetAgentInfo; request_id retries; UpdateTunnel in place and recreating
+# (with traffic between two nodes before and after); etags; WatchTunnels with resume and
+# STATE_CHANGED on `ip link set down`; ApplyTunnels (dry run, prune, ownership); --max_tunnels;
+# overlapping prefixes; rollback when the kernel refuses a route; ListTunnels pages and filters.
+set -euo pipefail
+: "${SOURCE_DIR:=$(cd "$(dirname "$0")/../.." && pwd)}"
+: "${BIN_DIR:=$SOURCE_DIR/build/bin}"
+
+PY=/usr/bin/python3  # not `python3` on PATH: that may be an interpreter without grpc
+if ! "$PY" -c 'import grpc, google.protobuf' 2>/dev/null; then
+  echo "SKIP: $PY lacks grpc or protobuf (apt-get install python3-grpcio python3-protobuf)" >&2
+  exit 77
+fi
+command -v protoc >/dev/null || { echo "SKIP: protoc not found" >&2; exit 77; }
+
+source "$SOURCE_DIR/scripts/lab.sh"
+MAX=3  # --max_tunnels of node C
+
+lab_init
+lab_add_node A 198.18.0.1
+lab_add_node B 198.18.0.2
+lab_add_node C 198.18.0.3
+lab_start_agent A --node_name=lab-a
+lab_start_agent B --node_name=lab-b
+lab_start_agent C --node_name=lab-c --max_tunnels=$MAX
+
+GEN=$RUN/py
+mkdir -p "$GEN" "$RUN/health-proto"
+protoc --python_out="$GEN" -I"$SOURCE_DIR/proto" -I/usr/include tunnelagent/v1/tunnel.proto
+# health_pb2 as a top-level module: a generated grpc/ package would clash with grpcio's.
+cp "$SOURCE_DIR/proto/grpc/health/v1/health.proto" "$RUN/health-proto/"
+protoc --python_out="$GEN" -I"$RUN/health-proto" health.proto
+
+cpc() {  # NODE COMMAND ARGS...
+  local n=$1; shift
+  "$PY" "$SOURCE_DIR/tests/integration/control_plane_client.py" "$GEN" "$RUN/$n.sock" "$@"
+}
+# The agent's tunnels and its state file's agree.
+check_state_file() {
+  local n=$1 agent file
+  agent=$(cpc "$n" names)
+  file=$(lab_state_names "$n")
+  [ "$agent" = "$file" ] || lab_fail "$n: the agent has '$agent', its state file '$file'"
+  lab_ok "$n: state file lists the agent's tunnels: ${file:-none}"
+}
+
+lab_log "GetAgentInfo"
+cpc A info lab-a 4096
+cpc C info lab-c $MAX
+
+lab_log "a GRE tunnel between A and B"
+lab_ctl A create t1 mode gre remote 198.18.0.2 key 5 address 10.3.0.1/30 >/dev/null
+lab_ctl B create t1 mode gre remote 198.18.0.1 key 5 address 10.3.0.2/30 >/dev/null
+lab_exec B ip addr add 10.230.0.1/32 dev lo
+lab_ping A 10.3.0.2 3
+lab_no_ping A 10.230.0.1
+
+lab_log "UpdateTunnel in place: a route and the MTU"
+cpc A update-inplace "$LAB-A" t1 10.230.0.0/24 1400
+lab_ping A 10.230.0.1
+# The new MTU holds for real packets: 1372 bytes of ICMP data + 28 of headers fit in 1400.
+lab_exec A ping -q -n -c 1 -W 1 -M "do" -s 1372 10.3.0.2 >/dev/null ||
+  lab_fail "A: 1400-byte ping over t1 fails"
+lab_exec A ping -q -n -c 1 -W 1 -M "do" -s 1373 10.3.0.2 >/dev/null 2>&1 &&
+  lab_fail "A: 1401-byte ping over t1 with DF went out"
+lab_ok "A: a 1400-byte packet crosses t1, a 1401-byte one with DF does not leave"
+check_state_file A
+
+lab_log "UpdateTunnel recreating: GRE -> IPIP on A, then on B"
+cpc A update-recreate "$LAB-A" t1
+lab_no_ping A 10.3.0.2  # A speaks IPIP, B still GRE
+cpc B update-recreate "$LAB-B" t1
+lab_ping A 10.3.0.2 3
+lab_ping A 10.230.0.1
+lab_ping B 10.3.0.1
+[ "$(lab_ctl A -o json get t1 | jq -r .mode)" = TUNNEL_MODE_IPIP ] ||
+  lab_fail "A: tunnelctl does not see t1 as IPIP"
+lab_ok "A: tunnelctl sees t1 as IPIP"
+check_state_file A
+
+lab_log "request_id"
+cpc A idempotent 198.18.0.2
+
+lab_log "etag"
+cpc A etag 198.18.0.2
+
+lab_log "WatchTunnels"
+cpc A watch "$LAB-A" 198.18.0.2
+
+lab_log "ApplyTunnels, owner fleet"
+cpc A apply "$LAB-A" 198.18.0.2
+check_state_file A
+
+lab_log "--max_tunnels=$MAX on C"
+cpc C limit $MAX 198.18.0.2
+lab_exec C ip link show mx >/dev/null 2>&1 || lab_fail "C: no device mx"
+check_state_file C
+
+lab_log "overlapping prefixes"
+lab_ctl A update t1 route 10.230.0.0/24 route 10.231.0.0/24 >/dev/null
+cpc A overlap t1
+
+lab_log "rollback when the kernel refuses a route"
+# A veth (this kernel has no dummy) holding a route: the agent's route add (NLM_F_EXCL) fails.
+lab_exec A ip link add blk0 type veth peer name blk0p
+lab_exec A ip link set blk0 up
+lab_exec A ip link set blk0p up
+lab_exec A ip route add 10.240.0.0/24 dev blk0
+cpc A rollback "$LAB-A" 10.240.0.0/24 t1
+check_state_file A
+lab_ping A 10.230.0.1  # t1 still carries its routes' traffic
+
+lab_log "ListTunnels"
+cpc A list "$LAB-A" 198.18.0.2
+check_state_file A
+[ "$(cpc A names)" = t1 ] || lab_fail "A: left over: $(cpc A names)"
+lab_ok "A: only t1 left"
+
+echo "PASS"
