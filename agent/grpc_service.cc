@@ -15,8 +15,8 @@ namespace {
 
 // The fields UpdateTunnel may name, as proto field names.
 const std::set<std::string>& UpdatableFields() {
-  static const auto* fields = new std::set<std::string>{
-      "mode", "local", "remote", "key", "mtu", "addresses", "routes", "labels"};
+  static const auto* fields = new std::set<std::string>{"mode", "local",     "remote", "key",
+                                                        "mtu",  "addresses", "routes", "labels"};
   return *fields;
 }
 
@@ -142,15 +142,15 @@ grpc::Status TunnelServiceImpl::ListTunnels(grpc::ServerContext*,
   std::string after;
   if (!request->page_token().empty() &&
       !absl::WebSafeBase64Unescape(request->page_token(), &after)) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "page_token: not a token this agent gave");
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "page_token: not a token this agent gave");
   }
   int count = 0;
   for (const TunnelView& view : manager_->List()) {
     if (!after.empty() && view.spec.name <= after) continue;
     if (!Matches(*request, view)) continue;
     if (count == page_size) {
-      response->set_next_page_token(
-          absl::WebSafeBase64Escape(response->tunnels(count - 1).name()));
+      response->set_next_page_token(absl::WebSafeBase64Escape(response->tunnels(count - 1).name()));
       break;
     }
     *response->add_tunnels() = TunnelToProto(view.spec, view.status);
@@ -227,12 +227,12 @@ grpc::Status TunnelServiceImpl::DeleteTunnel(grpc::ServerContext*,
                                              const v1::DeleteTunnelRequest* request,
                                              google::protobuf::Empty*) {
   std::string unused;
-  return ToGrpcStatus(idempotency_.Run(
-      "DeleteTunnel", request->request_id(), Fingerprint(*request), &unused,
-      [&](std::string*) -> absl::Status {
-        if (request->name().empty()) return absl::InvalidArgumentError("name: required");
-        return manager_->Delete(request->name(), request->etag());
-      }));
+  return ToGrpcStatus(idempotency_.Run("DeleteTunnel", request->request_id(), Fingerprint(*request),
+                                       &unused, [&](std::string*) -> absl::Status {
+                                         if (request->name().empty())
+                                           return absl::InvalidArgumentError("name: required");
+                                         return manager_->Delete(request->name(), request->etag());
+                                       }));
 }
 
 grpc::Status TunnelServiceImpl::WatchTunnels(grpc::ServerContext* context,
@@ -303,8 +303,8 @@ grpc::Status TunnelServiceImpl::ApplyTunnels(grpc::ServerContext*,
           }
           desired.push_back(*std::move(spec));
         }
-        absl::StatusOr<ApplyResult> result = manager_->Apply(
-            request->owner(), std::move(desired), request->prune(), request->dry_run());
+        absl::StatusOr<ApplyResult> result = manager_->Apply(request->owner(), std::move(desired),
+                                                             request->prune(), request->dry_run());
         if (!result.ok()) return result.status();
         v1::ApplyTunnelsResponse answer;
         for (const PlannedChange& change : result->changes) {
@@ -326,10 +326,10 @@ grpc::Status TunnelServiceImpl::GetAgentInfo(grpc::ServerContext*, const v1::Get
                                              v1::AgentInfo* response) {
   response->set_version(identity_.version);
   response->set_node_name(identity_.node_name);
-  for (auto mode : {dataplane::TunnelMode::kGre, dataplane::TunnelMode::kGretap,
-                    dataplane::TunnelMode::kIpip, dataplane::TunnelMode::kSit,
-                    dataplane::TunnelMode::kIp6gre, dataplane::TunnelMode::kIp6gretap,
-                    dataplane::TunnelMode::kIp6tnl}) {
+  for (auto mode :
+       {dataplane::TunnelMode::kGre, dataplane::TunnelMode::kGretap, dataplane::TunnelMode::kIpip,
+        dataplane::TunnelMode::kSit, dataplane::TunnelMode::kIp6gre,
+        dataplane::TunnelMode::kIp6gretap, dataplane::TunnelMode::kIp6tnl}) {
     if (dataplane::IsModeImplemented(mode)) response->add_supported_modes(ModeToProto(mode));
   }
   for (const char* feature : {"request_id", "etag", "update_mask", "watch", "apply", "labels",

@@ -19,8 +19,8 @@ absl::Status IdempotencyCache::Run(absl::string_view method, absl::string_view r
     auto it = answers_.find(key);
     if (it != answers_.end()) {
       if (it->second.fingerprint != fingerprint) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "request_id: ", request_id, " was already used for a different request"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("request_id: ", request_id, " was already used for a different request"));
       }
       *response = it->second.response;
       return it->second.status;

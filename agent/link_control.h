@@ -43,8 +43,7 @@ class LinkControl {
   virtual absl::Status SetMtu(const Device& device, uint32_t mtu) = 0;
   virtual absl::Status SetUp(const Device& device) = 0;
   virtual absl::Status AddAddress(const Device& device, const dataplane::IpPrefix& address) = 0;
-  virtual absl::Status DeleteAddress(const Device& device,
-                                     const dataplane::IpPrefix& address) = 0;
+  virtual absl::Status DeleteAddress(const Device& device, const dataplane::IpPrefix& address) = 0;
   virtual absl::Status AddRoute(const Device& device, const dataplane::IpPrefix& route) = 0;
   virtual absl::Status DeleteRoute(const Device& device, const dataplane::IpPrefix& route) = 0;
   // Administrative state (IFF_UP) of every link, by ifindex: one dump for all tunnels.

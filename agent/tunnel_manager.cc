@@ -139,8 +139,8 @@ class TunnelManager::Transaction {
   std::vector<PendingEvent> events_;
 };
 
-TunnelManager::TunnelManager(LinkControl* links, dataplane::PacketEngine* engine,
-                             StateStore* store, Options options)
+TunnelManager::TunnelManager(LinkControl* links, dataplane::PacketEngine* engine, StateStore* store,
+                             Options options)
     : links_(links),
       engine_(engine),
       store_(store),
@@ -229,8 +229,7 @@ uint64_t TunnelManager::revision() const {
   return revision_;
 }
 
-absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name,
-                                                   const TunnelSpec& patch,
+absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name, const TunnelSpec& patch,
                                                    const std::set<std::string>& fields,
                                                    const std::string& etag) {
   absl::MutexLock lock(&mu_);
@@ -413,7 +412,7 @@ absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
 }
 
 absl::StatusOr<std::vector<TunnelEvent>> TunnelManager::EventsAfter(uint64_t after,
-                                                                     absl::Duration wait) const {
+                                                                    absl::Duration wait) const {
   absl::MutexLock lock(&mu_);
   if (after > revision_) {
     return absl::OutOfRangeError(
@@ -494,8 +493,8 @@ absl::Status TunnelManager::CreateLocked(const TunnelSpec& spec, Transaction& tx
     return absl::AlreadyExistsError(absl::StrCat("tunnel ", spec.name, " already exists"));
   }
   if (tunnels_.size() >= options_.max_tunnels) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "this agent has ", tunnels_.size(), " tunnels, its limit (--max_tunnels)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("this agent has ", tunnels_.size(), " tunnels, its limit (--max_tunnels)"));
   }
   if (absl::Status status = CheckConflicts(spec, ""); !status.ok()) return status;
   auto entry = std::make_unique<Entry>();
@@ -613,12 +612,12 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
                                  old_spec.remote != desired.remote || old_spec.key != desired.key ||
                                  new_mtu != old_mtu;
   // Undone last: the old spec back, and the dataplane on it again.
-  undo.push_back(
-      [this, &entry, old_spec, old_mtu, dataplane_changes]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-        entry.spec = old_spec;
-        entry.mtu = old_mtu;
-        if (dataplane_changes) StartDataplane(entry).IgnoreError();
-      });
+  undo.push_back([this, &entry, old_spec, old_mtu, dataplane_changes]()
+                     ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                       entry.spec = old_spec;
+                       entry.mtu = old_mtu;
+                       if (dataplane_changes) StartDataplane(entry).IgnoreError();
+                     });
   if (dataplane_changes) StopDataplane(entry);
   if (new_mtu != old_mtu) {
     if (absl::Status s = links_->SetMtu(device, new_mtu); !s.ok()) {
@@ -660,11 +659,11 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
     if (absl::Status s = StartDataplane(entry); !s.ok()) return fail(s);
   }
   // Everything took: the whole in-place change is one step of the transaction.
-  tx.OnRollback(
-      [this, name, dataplane_changes, undo = std::move(undo)]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-        if (dataplane_changes) StopDataplane(*tunnels_.at(name));
-        for (auto u = undo.rbegin(); u != undo.rend(); ++u) (*u)();
-      });
+  tx.OnRollback([this, name, dataplane_changes, undo = std::move(undo)]()
+                    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                      if (dataplane_changes) StopDataplane(*tunnels_.at(name));
+                      for (auto u = undo.rbegin(); u != undo.rend(); ++u) (*u)();
+                    });
   tx.Updated(name);
   return result;
 }
@@ -697,8 +696,8 @@ absl::Status TunnelManager::BringUp(Entry& entry) {
   for (size_t i = 0; status.ok() && i < spec.addresses.size(); ++i) {
     status = tolerate(links_->AddAddress(**device, spec.addresses[i]));
     if (!status.ok()) {
-      status = Annotate(status, absl::StrCat("tunnel.addresses[", i, "] ",
-                                             spec.addresses[i].ToString()));
+      status = Annotate(status,
+                        absl::StrCat("tunnel.addresses[", i, "] ", spec.addresses[i].ToString()));
     }
   }
   if (status.ok()) status = links_->SetUp(**device);
@@ -708,8 +707,7 @@ absl::Status TunnelManager::BringUp(Entry& entry) {
     if (attached) links_->DeleteRoute(**device, spec.routes[i]).IgnoreError();
     status = links_->AddRoute(**device, spec.routes[i]);
     if (!status.ok()) {
-      status = Annotate(status,
-                        absl::StrCat("tunnel.routes[", i, "] ", spec.routes[i].ToString()));
+      status = Annotate(status, absl::StrCat("tunnel.routes[", i, "] ", spec.routes[i].ToString()));
     }
   }
   if (!status.ok()) return status;
@@ -754,8 +752,7 @@ absl::Status ConflictBetween(const TunnelSpec& spec, const TunnelSpec& other) {
       other.remote == spec.remote && other.key == spec.key) {
     return absl::AlreadyExistsError(absl::StrCat(
         "tunnel ", other.name, " already carries ", gre ? "GRE" : "IPIP", " from ",
-        spec.local.is_unspecified() ? "any" : spec.local.ToString(), " to ",
-        spec.remote.ToString(),
+        spec.local.is_unspecified() ? "any" : spec.local.ToString(), " to ", spec.remote.ToString(),
         spec.key ? absl::StrCat(" with key ", *spec.key) : std::string(" without a key")));
   }
   // Prefixes that overlap another tunnel's would make routing depend on which came first.
@@ -768,9 +765,9 @@ absl::Status ConflictBetween(const TunnelSpec& spec, const TunnelSpec& other) {
   for (const auto& [kind, mine] : prefixes(spec)) {
     for (const auto& [other_kind, theirs] : prefixes(other)) {
       if (mine.Overlaps(theirs)) {
-        return absl::FailedPreconditionError(
-            absl::StrCat(kind, " ", mine.ToString(), " overlaps ", other_kind, " ",
-                         theirs.ToString(), " of tunnel ", other.name));
+        return absl::FailedPreconditionError(absl::StrCat(kind, " ", mine.ToString(), " overlaps ",
+                                                          other_kind, " ", theirs.ToString(),
+                                                          " of tunnel ", other.name));
       }
     }
   }

@@ -100,8 +100,7 @@ class TunnelManager {
   // Replaces the `fields` (proto names: mode, local, remote, key, mtu, addresses, routes,
   // labels) of the tunnel with those of `patch`. ABORTED when `etag` is set and stale.
   absl::StatusOr<UpdateResult> Update(const std::string& name, const dataplane::TunnelSpec& patch,
-                                      const std::set<std::string>& fields,
-                                      const std::string& etag);
+                                      const std::set<std::string>& fields, const std::string& etag);
   absl::Status Delete(const std::string& name, const std::string& etag = "");
   // Makes the tunnels labelled owner=`owner` exactly `desired` (each gets the label), with
   // `prune` deleting the owner's others; all of it or nothing. FAILED_PRECONDITION when a
@@ -156,8 +155,8 @@ class TunnelManager {
   absl::Status DeleteLocked(const std::string& name, Transaction& tx)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<UpdateResult> UpdateLocked(const std::string& name,
-                                            const dataplane::TunnelSpec& desired,
-                                            Transaction& tx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                                            const dataplane::TunnelSpec& desired, Transaction& tx)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Creates, configures and starts the device of `entry`; on failure nothing is left.
   absl::Status BringUp(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Stops the dataplane of `entry` (its device stays).

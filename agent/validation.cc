@@ -241,9 +241,8 @@ absl::Status ValidateLabels(const std::map<std::string, std::string>& labels) {
   }
   for (const auto& [key, value] : labels) {
     if (key.empty() || key.size() > kMaxLength || !allowed(key)) {
-      return Invalid("tunnel.labels",
-                     absl::StrCat("key ", Quote(key), " must be 1-", kMaxLength,
-                                  " characters of A-Z a-z 0-9 . _ / -"));
+      return Invalid("tunnel.labels", absl::StrCat("key ", Quote(key), " must be 1-", kMaxLength,
+                                                   " characters of A-Z a-z 0-9 . _ / -"));
     }
     if (value.size() > kMaxLength || !allowed(value)) {
       return Invalid(absl::StrCat("tunnel.labels[", key, "]"),

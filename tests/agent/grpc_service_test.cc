@@ -189,6 +189,7 @@ class GrpcServiceTest : public ::testing::Test {
 // ---- request_id ----------------------------------------------------------------------------
 
 TEST_F(GrpcServiceTest, CreateRetriedWithTheSameRequestIdCreatesOnce) {
+  const uint64_t start = manager_->revision();
   v1::Tunnel first;
   v1::Tunnel second;
   grpc::Status a = Create(Gre("gre1", 1), "req-1", &first);
@@ -200,7 +201,7 @@ TEST_F(GrpcServiceTest, CreateRetriedWithTheSameRequestIdCreatesOnce) {
       << first.DebugString() << " vs " << second.DebugString();
   EXPECT_EQ(first.status().state(), v1::OPER_STATE_UP);
   EXPECT_EQ(links_.create_calls(), 1);
-  EXPECT_EQ(manager_->revision(), 1u);
+  EXPECT_EQ(manager_->revision(), start + 1);
 
   // Without an id, the same request is a second create.
   EXPECT_EQ(Create(Gre("gre1", 1)).error_code(), grpc::StatusCode::ALREADY_EXISTS);
@@ -445,6 +446,7 @@ TEST_F(GrpcServiceTest, UpdateAndDeleteWithAStaleEtagAreAborted) {
 // ---- WatchTunnels --------------------------------------------------------------------------
 
 TEST_F(GrpcServiceTest, WatchSendsTheCurrentSetThenChangesAsTheyHappen) {
+  const uint64_t start = manager_->revision();
   ASSERT_TRUE(Create(Gre("t1", 1)).ok());
   ASSERT_TRUE(Create(Gre("t2", 2)).ok());
 
@@ -454,7 +456,7 @@ TEST_F(GrpcServiceTest, WatchSendsTheCurrentSetThenChangesAsTheyHappen) {
       stub_->WatchTunnels(&context, v1::WatchTunnelsRequest());
   std::vector<v1::TunnelEvent> events;
   ASSERT_THAT(Read(*reader, 3, &events), ElementsAre("EXISTING t1", "EXISTING t2", "SYNCED"));
-  for (const v1::TunnelEvent& e : events) EXPECT_EQ(e.revision(), 2u) << Describe(e);
+  for (const v1::TunnelEvent& e : events) EXPECT_EQ(e.revision(), start + 2) << Describe(e);
   EXPECT_EQ(events[0].tunnel().status().state(), v1::OPER_STATE_UP);
 
   std::thread changer([this] {
@@ -470,10 +472,10 @@ TEST_F(GrpcServiceTest, WatchSendsTheCurrentSetThenChangesAsTheyHappen) {
   EXPECT_THAT(Read(*reader, 3, &events), ElementsAre("ADDED t3", "UPDATED t1", "DELETED t2"));
   changer.join();
   ASSERT_EQ(events.size(), 3u);
-  EXPECT_EQ(events[0].revision(), 3u);
-  EXPECT_EQ(events[1].revision(), 4u);
+  EXPECT_EQ(events[0].revision(), start + 3);
+  EXPECT_EQ(events[1].revision(), start + 4);
   EXPECT_EQ(events[1].tunnel().mtu(), 1400u);
-  EXPECT_EQ(events[2].revision(), 5u);
+  EXPECT_EQ(events[2].revision(), start + 5);
   EXPECT_EQ(events[2].tunnel().name(), "t2") << "a deleted tunnel as it was";
 
   // A state change is streamed too.
@@ -489,21 +491,22 @@ TEST_F(GrpcServiceTest, WatchSendsTheCurrentSetThenChangesAsTheyHappen) {
 }
 
 TEST_F(GrpcServiceTest, WatchResumedFromARevisionGetsOnlyWhatWasMissed) {
-  ASSERT_TRUE(Create(Gre("t1", 1)).ok());  // revision 1
-  ASSERT_TRUE(Create(Gre("t2", 2)).ok());  // 2
-  ASSERT_TRUE(Delete("t1").ok());          // 3
+  const uint64_t start = manager_->revision();
+  ASSERT_TRUE(Create(Gre("t1", 1)).ok());  // start + 1
+  ASSERT_TRUE(Create(Gre("t2", 2)).ok());  // start + 2
+  ASSERT_TRUE(Delete("t1").ok());          // start + 3
 
   grpc::ClientContext context;
   Bound(&context, 10);
   v1::WatchTunnelsRequest request;
-  request.set_since_revision(1);
+  request.set_since_revision(start + 1);
   std::unique_ptr<grpc::ClientReader<v1::TunnelEvent>> reader =
       stub_->WatchTunnels(&context, request);
   std::vector<v1::TunnelEvent> events;
   EXPECT_THAT(Read(*reader, 2, &events), ElementsAre("ADDED t2", "DELETED t1"));
   ASSERT_EQ(events.size(), 2u);
-  EXPECT_EQ(events[0].revision(), 2u);
-  EXPECT_EQ(events[1].revision(), 3u);
+  EXPECT_EQ(events[0].revision(), start + 2);
+  EXPECT_EQ(events[1].revision(), start + 3);
 
   // Then the live ones, with no snapshot in between.
   std::thread changer([this] { EXPECT_TRUE(Create(Gre("t3", 3)).ok()); });
@@ -511,7 +514,7 @@ TEST_F(GrpcServiceTest, WatchResumedFromARevisionGetsOnlyWhatWasMissed) {
   EXPECT_THAT(Read(*reader, 1, &events), ElementsAre("ADDED t3"));
   changer.join();
   ASSERT_EQ(events.size(), 1u);
-  EXPECT_EQ(events[0].revision(), 4u);
+  EXPECT_EQ(events[0].revision(), start + 4);
 
   context.TryCancel();
   reader->Finish().IgnoreError();
@@ -521,28 +524,65 @@ TEST_F(GrpcServiceTest, WatchResumedFromARevisionNoLongerKeptResyncs) {
   TunnelManager::Options options;
   options.event_history = 2;
   Start(options);
-  ASSERT_TRUE(Create(Gre("t1", 1)).ok());  // 1
-  ASSERT_TRUE(Create(Gre("t2", 2)).ok());  // 2
-  ASSERT_TRUE(Create(Gre("t3", 3)).ok());  // 3
-  ASSERT_TRUE(Delete("t1").ok());          // 4: only 3 and 4 are kept
+  const uint64_t start = manager_->revision();
+  ASSERT_TRUE(Create(Gre("t1", 1)).ok());  // start + 1
+  ASSERT_TRUE(Create(Gre("t2", 2)).ok());  // start + 2
+  ASSERT_TRUE(Create(Gre("t3", 3)).ok());  // start + 3
+  ASSERT_TRUE(Delete("t1").ok());          // start + 4: only + 3 and + 4 are kept
 
   grpc::ClientContext context;
   Bound(&context, 10);
   v1::WatchTunnelsRequest request;
-  request.set_since_revision(1);
+  request.set_since_revision(start + 1);
   std::unique_ptr<grpc::ClientReader<v1::TunnelEvent>> reader =
       stub_->WatchTunnels(&context, request);
   std::vector<v1::TunnelEvent> events;
   EXPECT_THAT(Read(*reader, 4, &events),
               ElementsAre("RESYNC", "EXISTING t2", "EXISTING t3", "SYNCED"));
-  for (const v1::TunnelEvent& e : events) EXPECT_EQ(e.revision(), 4u) << Describe(e);
+  for (const v1::TunnelEvent& e : events) EXPECT_EQ(e.revision(), start + 4) << Describe(e);
 
   std::thread changer([this] { EXPECT_TRUE(Delete("t2").ok()); });
   events.clear();
   EXPECT_THAT(Read(*reader, 1, &events), ElementsAre("DELETED t2"));
   changer.join();
   ASSERT_EQ(events.size(), 1u);
-  EXPECT_EQ(events[0].revision(), 5u);
+  EXPECT_EQ(events[0].revision(), start + 5);
+
+  context.TryCancel();
+  reader->Finish().IgnoreError();
+}
+
+TEST_F(GrpcServiceTest, WatchResumedFromARevisionOfAnEarlierRunResyncs) {
+  ASSERT_TRUE(Create(Gre("t1", 1)).ok());
+  const uint64_t earlier = manager_->revision();  // the last revision a watcher saw
+
+  // The agent restarts (at least a second later) and restores its tunnels, then makes more
+  // changes than the earlier run had: a revision counted from 0 would now pass `earlier`.
+  absl::SleepFor(absl::Milliseconds(1100));
+  Start(TunnelManager::Options{});
+  ASSERT_TRUE(manager_->Restore().ok());
+  ASSERT_TRUE(Create(Gre("t2", 2)).ok());
+  ASSERT_TRUE(Create(Gre("t3", 3)).ok());
+  const uint64_t now = manager_->revision();
+  ASSERT_GT(now, earlier);
+
+  grpc::ClientContext context;
+  Bound(&context, 10);
+  v1::WatchTunnelsRequest request;
+  request.set_since_revision(earlier);
+  std::unique_ptr<grpc::ClientReader<v1::TunnelEvent>> reader =
+      stub_->WatchTunnels(&context, request);
+  std::vector<v1::TunnelEvent> events;
+  EXPECT_THAT(Read(*reader, 5, &events),
+              ElementsAre("RESYNC", "EXISTING t1", "EXISTING t2", "EXISTING t3", "SYNCED"));
+  for (const v1::TunnelEvent& e : events) EXPECT_EQ(e.revision(), now) << Describe(e);
+
+  std::thread changer([this] { EXPECT_TRUE(Delete("t1").ok()); });
+  events.clear();
+  EXPECT_THAT(Read(*reader, 1, &events), ElementsAre("DELETED t1"));
+  changer.join();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].revision(), now + 1);
 
   context.TryCancel();
   reader->Finish().IgnoreError();
@@ -559,6 +599,7 @@ std::vector<std::string> Plan(const v1::ApplyTunnelsResponse& response) {
 }
 
 TEST_F(GrpcServiceTest, ApplyTunnelsDryRunThenForRealThenPruned) {
+  const uint64_t start = manager_->revision();
   ASSERT_TRUE(Create(Gre("theirs", 9)).ok());
   v1::ApplyTunnelsRequest request;
   request.set_owner("team-a");
@@ -571,7 +612,7 @@ TEST_F(GrpcServiceTest, ApplyTunnelsDryRunThenForRealThenPruned) {
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_THAT(Plan(dry), ElementsAre("a CREATE", "b CREATE"));
   EXPECT_TRUE(dry.dry_run());
-  EXPECT_EQ(dry.revision(), 1u);
+  EXPECT_EQ(dry.revision(), start + 1);
   v1::ListTunnelsResponse listed;
   ASSERT_TRUE(List(v1::ListTunnelsRequest(), &listed).ok());
   EXPECT_THAT(Names(listed.tunnels()), ElementsAre("theirs"));
@@ -581,7 +622,7 @@ TEST_F(GrpcServiceTest, ApplyTunnelsDryRunThenForRealThenPruned) {
   ASSERT_TRUE(Apply(request, &real).ok());
   EXPECT_THAT(Plan(real), ElementsAre("a CREATE", "b CREATE"));
   EXPECT_FALSE(real.dry_run());
-  EXPECT_EQ(real.revision(), 3u);
+  EXPECT_EQ(real.revision(), start + 3);
   v1::ListTunnelsRequest owned;
   (*owned.mutable_labels())["owner"] = "team-a";
   listed.Clear();
@@ -602,13 +643,14 @@ TEST_F(GrpcServiceTest, ApplyTunnelsDryRunThenForRealThenPruned) {
   v1::ApplyTunnelsResponse pruned;
   ASSERT_TRUE(Apply(request, &pruned).ok());
   EXPECT_THAT(Plan(pruned), ElementsAre("a UNCHANGED", "b DELETE"));
-  EXPECT_EQ(pruned.revision(), 4u);
+  EXPECT_EQ(pruned.revision(), start + 4);
   listed.Clear();
   ASSERT_TRUE(List(v1::ListTunnelsRequest(), &listed).ok());
   EXPECT_THAT(Names(listed.tunnels()), ElementsAre("a", "theirs"));
 }
 
 TEST_F(GrpcServiceTest, ApplyTunnelsWithABadRequestIsInvalidArgument) {
+  const uint64_t start = manager_->revision();
   v1::ApplyTunnelsRequest request;
   *request.add_tunnels() = Gre("a", 1);
   v1::ApplyTunnelsResponse response;
@@ -623,7 +665,7 @@ TEST_F(GrpcServiceTest, ApplyTunnelsWithABadRequestIsInvalidArgument) {
   status = Apply(request, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
   EXPECT_THAT(status.error_message(), HasSubstr("tunnels[1]"));
-  EXPECT_EQ(manager_->revision(), 0u);
+  EXPECT_EQ(manager_->revision(), start);
 }
 
 // ---- GetAgentInfo --------------------------------------------------------------------------
@@ -632,6 +674,7 @@ TEST_F(GrpcServiceTest, GetAgentInfo) {
   TunnelManager::Options options;
   options.max_tunnels = 77;
   Start(options);
+  const uint64_t start = manager_->revision();
   ASSERT_TRUE(Create(Gre("t1", 1)).ok());
   ASSERT_TRUE(Create(Gre("t2", 2)).ok());
   ASSERT_TRUE(Delete("t2").ok());
@@ -647,7 +690,7 @@ TEST_F(GrpcServiceTest, GetAgentInfo) {
   EXPECT_EQ(info.io_backend(), "fake-io");
   EXPECT_EQ(info.max_tunnels(), 77u);
   EXPECT_EQ(info.tunnel_count(), 1u);
-  EXPECT_EQ(info.revision(), 3u);
+  EXPECT_EQ(info.revision(), start + 3);
   EXPECT_EQ(google::protobuf::util::TimeUtil::TimestampToSeconds(info.start_time()), 1700000000);
   std::set<int> modes(info.supported_modes().begin(), info.supported_modes().end());
   EXPECT_TRUE(modes.count(v1::TUNNEL_MODE_GRE));

@@ -1070,7 +1070,9 @@ TEST_P(TunnelManagerUpdateFailureTest, EverythingIsUndone) {
   EXPECT_EQ(ManagerView(), state);
   EXPECT_EQ(SavedView(), saved);
   EXPECT_EQ(manager_->revision(), revision);
-  if (!c.recreate) EXPECT_EQ(links_.links().at("gre1").ifindex, ifindex) << "same device";
+  if (!c.recreate) {
+    EXPECT_EQ(links_.links().at("gre1").ifindex, ifindex) << "same device";
+  }
 
   // Nothing is left in the way of trying again.
   absl::StatusOr<UpdateResult> retry = manager_->Update("gre1", patch, fields, "");
@@ -1538,24 +1540,58 @@ TEST_F(TunnelManagerChangeTest, EventsNoLongerKeptOrFromTheFutureAreOutOfRange) 
   TunnelManager::Options options;
   options.event_history = 2;
   Reset(options);
+  const uint64_t start = manager_->revision();
   ASSERT_TRUE(manager_->Create(Distinct(Gre("a"), 1)).ok());
   ASSERT_TRUE(manager_->Create(Distinct(Gre("b"), 2)).ok());
   ASSERT_TRUE(manager_->Delete("a").ok());
   ASSERT_TRUE(manager_->Delete("b").ok());
-  ASSERT_EQ(manager_->revision(), 4u);
+  ASSERT_EQ(manager_->revision(), start + 4);
 
   auto after = [this](uint64_t revision) {
     return manager_->EventsAfter(revision, absl::ZeroDuration());
   };
   EXPECT_EQ(after(0).status().code(), absl::StatusCode::kOutOfRange);
-  EXPECT_EQ(after(1).status().code(), absl::StatusCode::kOutOfRange);
-  ASSERT_TRUE(after(2).ok()) << after(2).status();
-  EXPECT_THAT(Summary(*after(2), 0), ElementsAre("3 DELETED a", "4 DELETED b"));
-  ASSERT_TRUE(after(3).ok());
-  EXPECT_THAT(Summary(*after(3), 0), ElementsAre("4 DELETED b"));
-  ASSERT_TRUE(after(4).ok());
-  EXPECT_THAT(*after(4), IsEmpty());
-  EXPECT_EQ(after(5).status().code(), absl::StatusCode::kOutOfRange) << "from the future";
+  EXPECT_EQ(after(start).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(after(start + 1).status().code(), absl::StatusCode::kOutOfRange);
+  ASSERT_TRUE(after(start + 2).ok()) << after(start + 2).status();
+  EXPECT_THAT(Summary(*after(start + 2), start), ElementsAre("3 DELETED a", "4 DELETED b"));
+  ASSERT_TRUE(after(start + 3).ok());
+  EXPECT_THAT(Summary(*after(start + 3), start), ElementsAre("4 DELETED b"));
+  ASSERT_TRUE(after(start + 4).ok());
+  EXPECT_THAT(*after(start + 4), IsEmpty());
+  EXPECT_EQ(after(start + 5).status().code(), absl::StatusCode::kOutOfRange) << "from the future";
+}
+
+TEST_F(TunnelManagerChangeTest, RevisionsOfALaterRunStartAboveAnyOfAnEarlierOne) {
+  TunnelManager::Options options;
+  options.keep_devices = true;  // as the daemon across a quick restart
+  Reset(options);
+  ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
+  const uint64_t earlier = manager_->revision();  // what a watcher last saw
+  EXPECT_GT(earlier, 1u) << "revisions do not start at 0";
+
+  // A restart, at least a second later (a run's revisions start at its start time).
+  absl::SleepFor(absl::Milliseconds(1100));
+  Reset(options);
+  ASSERT_TRUE(manager_->Restore().ok());
+  ExpectUp("gre1");
+  const uint64_t start = manager_->revision();
+  EXPECT_GT(start, earlier);
+  // No event in this run yet: the earlier run's revision means nothing here.
+  EXPECT_EQ(manager_->EventsAfter(earlier, absl::ZeroDuration()).status().code(),
+            absl::StatusCode::kOutOfRange);
+
+  // More changes than the earlier run had: a revision counted from 0 would now hand the
+  // watcher events that are not the ones it missed.
+  ASSERT_TRUE(manager_->Create(Ipip("ipip1")).ok());
+  ASSERT_TRUE(manager_->Create(Distinct(Gre("gre2"), 2)).ok());
+  EXPECT_GT(manager_->revision(), earlier);
+  EXPECT_EQ(manager_->EventsAfter(earlier, absl::ZeroDuration()).status().code(),
+            absl::StatusCode::kOutOfRange);
+  absl::StatusOr<std::vector<TunnelEvent>> events =
+      manager_->EventsAfter(start, absl::ZeroDuration());
+  ASSERT_TRUE(events.ok()) << events.status();
+  EXPECT_THAT(Summary(*events, start), ElementsAre("1 ADDED ipip1", "2 ADDED gre2"));
 }
 
 TEST_F(TunnelManagerChangeTest, EventsAfterWakesUpForAChangeFromAnotherThread) {
@@ -1607,22 +1643,91 @@ TEST_F(TunnelManagerChangeTest, RefreshStatesReportsAnAdministrativelyDownDevice
   EXPECT_EQ(manager_->revision(), start + 2);
 }
 
-TEST_F(TunnelManagerChangeTest, RefreshStatesReportsADeviceRemovedBySomeoneElseAsError) {
-  ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
+TEST_F(TunnelManagerChangeTest, RefreshStatesMakesADeviceRemovedBySomeoneElseAgain) {
+  const TunnelSpec spec = Gre("gre1");
+  ASSERT_TRUE(manager_->Create(spec).ok());
+  ASSERT_TRUE(manager_->Create(Ipip("ipip1")).ok());
+  const int old_ifindex = links_.links().at("gre1").ifindex;
+  const int old_fd = links_.links().at("gre1").fd;
+  const int creates = links_.create_calls();
   const uint64_t start = manager_->revision();
+  log_.clear();
 
   links_.RemoveBehindTheAgentsBack("gre1");
   manager_->RefreshStates();
+
+  // A new device, configured as the first one was, and the engine on it.
+  EXPECT_EQ(links_.create_calls(), creates + 1);
+  ASSERT_EQ(links_.links().count("gre1"), 1u) << "made again";
+  const fakes::FakeLinkControl::Link& link = links_.links().at("gre1");
+  EXPECT_NE(link.ifindex, old_ifindex);
+  EXPECT_TRUE(link.attached);
+  EXPECT_TRUE(link.up);
+  EXPECT_THAT(link.addresses, UnorderedElementsAre(spec.addresses[0], spec.addresses[1]));
+  EXPECT_THAT(link.routes, UnorderedElementsAre(spec.routes[0], spec.routes[1]));
+  ASSERT_EQ(engine_.tunnels().count("gre1"), 1u) << "the engine has it again";
+  EXPECT_EQ(engine_.tunnels().at("gre1").device_fd, link.fd);
+  EXPECT_NE(link.fd, old_fd);
+  EXPECT_LT(IndexOf("engine.remove gre1"), IndexOf("link.create gre1"));
+  EXPECT_LT(IndexOf("link.create gre1"), IndexOf("engine.add gre1"));
+  EXPECT_THAT(log_, Not(Contains(HasSubstr("ipip1")))) << "the other tunnel is left alone";
+
   absl::StatusOr<TunnelView> gre = manager_->Get("gre1");
   ASSERT_TRUE(gre.ok());
-  EXPECT_EQ(gre->status.state, OperState::kError);
-  EXPECT_THAT(gre->status.reason, HasSubstr("removed"));
+  EXPECT_EQ(gre->status.state, OperState::kUp);
+  EXPECT_THAT(gre->status.reason, IsEmpty());
+  EXPECT_EQ(gre->status.ifindex, link.ifindex);
+  ExpectUp("ipip1");
+
+  // One event: same state, but a new ifindex.
   EXPECT_EQ(manager_->revision(), start + 1);
+  absl::StatusOr<std::vector<TunnelEvent>> events =
+      manager_->EventsAfter(start, absl::ZeroDuration());
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_THAT(Summary(*events, start), ElementsAre("1 STATE_CHANGED gre1"));
+  EXPECT_EQ((*events)[0].tunnel.status.state, OperState::kUp);
+  EXPECT_EQ((*events)[0].tunnel.status.ifindex, link.ifindex);
+
   manager_->RefreshStates();
+  EXPECT_EQ(manager_->revision(), start + 1) << "repaired: nothing more to report";
+  EXPECT_EQ(links_.create_calls(), creates + 1);
+}
+
+TEST_F(TunnelManagerChangeTest, RefreshStatesReportsADeviceThatCannotBeMadeAgainAsError) {
+  ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
+  ASSERT_TRUE(manager_->Create(Ipip("ipip1")).ok());
+  const int creates = links_.create_calls();
+  const uint64_t start = manager_->revision();
+
+  links_.RemoveBehindTheAgentsBack("gre1");
+  links_.create_device_failure.Arm(1, absl::ResourceExhaustedError("no more devices"));
+  manager_->RefreshStates();
+
+  EXPECT_EQ(links_.create_calls(), creates + 1) << "tried to make it again";
+  EXPECT_EQ(links_.links().count("gre1"), 0u);
+  EXPECT_THAT(engine_.TunnelNames(), ElementsAre("ipip1")) << "its dataplane is stopped";
+  absl::StatusOr<TunnelView> gre = manager_->Get("gre1");
+  ASSERT_TRUE(gre.ok()) << "still desired";
+  EXPECT_EQ(gre->status.state, OperState::kError);
+  EXPECT_THAT(gre->status.reason, HasSubstr("removed by someone else and cannot be made again"));
+  EXPECT_THAT(gre->status.reason, HasSubstr("no more devices"));
+  ExpectUp("ipip1");
   EXPECT_EQ(manager_->revision(), start + 1);
+  absl::StatusOr<std::vector<TunnelEvent>> events =
+      manager_->EventsAfter(start, absl::ZeroDuration());
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_THAT(Summary(*events, start), ElementsAre("1 STATE_CHANGED gre1"));
+  EXPECT_EQ((*events)[0].tunnel.status.state, OperState::kError);
+
+  // Tried again only every 10 s: not right away (it would succeed now).
+  manager_->RefreshStates();
+  EXPECT_EQ(links_.create_calls(), creates + 1) << "no retry before 10 s";
+  EXPECT_EQ(manager_->revision(), start + 1);
+  EXPECT_EQ(manager_->Get("gre1")->status.state, OperState::kError);
 
   EXPECT_TRUE(manager_->Delete("gre1").ok()) << "it can still be deleted";
-  EXPECT_THAT(engine_.tunnels(), IsEmpty());
+  EXPECT_THAT(engine_.TunnelNames(), ElementsAre("ipip1"));
+  EXPECT_THAT(store_.SavedNames(), ElementsAre("ipip1"));
 }
 
 TEST_F(TunnelManagerChangeTest, RefreshStatesWithoutAnAnswerChangesNothing) {
