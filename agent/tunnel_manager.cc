@@ -392,17 +392,27 @@ absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
     }
   }
   const absl::Time now = absl::Now();
+  // The whole resulting set was checked above; what stands in the way now is only the order
+  // in which prefixes move between tunnels, so every update first lets go of what it drops.
+  for (const TunnelSpec& spec : desired) {
+    const ChangeAction action = plan[spec.name].action;
+    if (action != ChangeAction::kUpdate && action != ChangeAction::kRecreate) continue;
+    if (absl::Status status = ReleasePrefixes(spec.name, spec, tx); !status.ok()) {
+      return Annotate(status, absl::StrCat("updating ", spec.name));
+    }
+  }
   for (TunnelSpec& spec : desired) {
     const ChangeAction action = plan[spec.name].action;
     if (action == ChangeAction::kUpdate || action == ChangeAction::kRecreate) {
-      absl::StatusOr<UpdateResult> updated = UpdateLocked(spec.name, spec, tx);
+      absl::StatusOr<UpdateResult> updated =
+          UpdateLocked(spec.name, spec, tx, /*check_conflicts=*/false);
       if (!updated.ok()) return Annotate(updated.status(), absl::StrCat("updating ", spec.name));
     }
   }
   for (TunnelSpec& spec : desired) {
     if (plan[spec.name].action != ChangeAction::kCreate) continue;
     spec.create_time = spec.update_time = now;
-    if (absl::Status status = CreateLocked(spec, tx); !status.ok()) {
+    if (absl::Status status = CreateLocked(spec, tx, /*check_conflicts=*/false); !status.ok()) {
       return Annotate(status, absl::StrCat("creating ", spec.name));
     }
   }
@@ -488,7 +498,8 @@ void TunnelManager::Shutdown() {
   tunnels_.clear();
 }
 
-absl::Status TunnelManager::CreateLocked(const TunnelSpec& spec, Transaction& tx) {
+absl::Status TunnelManager::CreateLocked(const TunnelSpec& spec, Transaction& tx,
+                                         bool check_conflicts) {
   if (tunnels_.count(spec.name)) {
     return absl::AlreadyExistsError(absl::StrCat("tunnel ", spec.name, " already exists"));
   }
@@ -496,7 +507,9 @@ absl::Status TunnelManager::CreateLocked(const TunnelSpec& spec, Transaction& tx
     return absl::ResourceExhaustedError(
         absl::StrCat("this agent has ", tunnels_.size(), " tunnels, its limit (--max_tunnels)"));
   }
-  if (absl::Status status = CheckConflicts(spec, ""); !status.ok()) return status;
+  if (check_conflicts) {
+    if (absl::Status status = CheckConflicts(spec, ""); !status.ok()) return status;
+  }
   auto entry = std::make_unique<Entry>();
   entry->spec = spec;
   if (absl::Status status = BringUp(*entry); !status.ok()) return status;
@@ -541,7 +554,7 @@ absl::Status TunnelManager::DeleteLocked(const std::string& name, Transaction& t
 
 absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name,
                                                          const TunnelSpec& requested,
-                                                         Transaction& tx) {
+                                                         Transaction& tx, bool check_conflicts) {
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
@@ -553,7 +566,9 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
     result.tunnel = {entry.spec, StatusOf(entry)};
     return result;
   }
-  if (absl::Status status = CheckConflicts(requested, name); !status.ok()) return status;
+  if (check_conflicts) {
+    if (absl::Status status = CheckConflicts(requested, name); !status.ok()) return status;
+  }
   TunnelSpec desired = requested;
   desired.create_time = entry.spec.create_time;
   desired.update_time = absl::Now();
@@ -666,6 +681,37 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
                     });
   tx.Updated(name);
   return result;
+}
+
+absl::Status TunnelManager::ReleasePrefixes(const std::string& name, const TunnelSpec& desired,
+                                            Transaction& tx) {
+  Entry& entry = *tunnels_.at(name);
+  if (!entry.device) return absl::OkStatus();
+  const Device* device = entry.device.get();
+  // Undone only while that device is still the tunnel's (a recreate replaces it).
+  auto still_there = [this, name, device]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    auto it = tunnels_.find(name);
+    return it != tunnels_.end() && it->second->device.get() == device;
+  };
+  for (const IpPrefix& p : entry.spec.routes) {
+    if (Contains(desired.routes, p)) continue;
+    if (absl::Status s = links_->DeleteRoute(*device, p); !s.ok() && !absl::IsNotFound(s)) {
+      return Annotate(s, absl::StrCat("removing route ", p.ToString()));
+    }
+    tx.OnRollback([this, still_there, device, p] {
+      if (still_there()) links_->AddRoute(*device, p).IgnoreError();
+    });
+  }
+  for (const IpPrefix& p : entry.spec.addresses) {
+    if (Contains(desired.addresses, p)) continue;
+    if (absl::Status s = links_->DeleteAddress(*device, p); !s.ok() && !absl::IsNotFound(s)) {
+      return Annotate(s, absl::StrCat("removing address ", p.ToString()));
+    }
+    tx.OnRollback([this, still_there, device, p] {
+      if (still_there()) links_->AddAddress(*device, p).IgnoreError();
+    });
+  }
+  return absl::OkStatus();
 }
 
 uint32_t TunnelManager::MtuFor(const TunnelSpec& spec) {

@@ -150,13 +150,19 @@ class TunnelManager {
   };
   class Transaction;
 
-  absl::Status CreateLocked(const dataplane::TunnelSpec& spec, Transaction& tx)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `check_conflicts` false: the caller checked the whole resulting set already (Apply).
+  absl::Status CreateLocked(const dataplane::TunnelSpec& spec, Transaction& tx,
+                            bool check_conflicts = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status DeleteLocked(const std::string& name, Transaction& tx)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<UpdateResult> UpdateLocked(const std::string& name,
-                                            const dataplane::TunnelSpec& desired, Transaction& tx)
+                                            const dataplane::TunnelSpec& desired, Transaction& tx,
+                                            bool check_conflicts = true)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes from the kernel the routes and addresses of tunnel `name` that `desired` no longer
+  // has, so that another tunnel of the same Apply can take them whatever the order.
+  absl::Status ReleasePrefixes(const std::string& name, const dataplane::TunnelSpec& desired,
+                               Transaction& tx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Creates, configures and starts the device of `entry`; on failure nothing is left.
   absl::Status BringUp(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Stops the dataplane of `entry` (its device stays).

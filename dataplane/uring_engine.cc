@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "dataplane/packet/encap.h"
+#include "dataplane/tunnel_table.h"
 
 namespace tunnelagent::dataplane {
 namespace {
@@ -37,24 +38,6 @@ absl::Status ErrnoStatus(int err, absl::string_view what) {
   }
   return absl::InternalError(message);
 }
-
-// The receive match of a tunnel, as ip_tunnel_lookup keys it.
-struct MatchKey {
-  uint8_t protocol = 0;
-  bool has_key = false;
-  uint32_t local = 0;
-  uint32_t remote = 0;
-  uint32_t key = 0;
-
-  template <typename H>
-  friend H AbslHashValue(H h, const MatchKey& k) {
-    return H::combine(std::move(h), k.protocol, k.has_key, k.local, k.remote, k.key);
-  }
-  friend bool operator==(const MatchKey& a, const MatchKey& b) {
-    return a.protocol == b.protocol && a.has_key == b.has_key && a.local == b.local &&
-           a.remote == b.remote && a.key == b.key;
-  }
-};
 
 struct TunnelRuntime;
 
@@ -78,7 +61,7 @@ struct Command;
 
 struct TunnelRuntime {
   EngineTunnel config;
-  MatchKey match;
+  TunnelMatch match;
   std::unique_ptr<uint8_t[]> memory;
   std::vector<Slot> slots;
   uint32_t inflight = 0;
@@ -257,7 +240,7 @@ class UringEngine::Impl {
       if (tunnel->removal) tunnel->removal->done.set_value(absl::OkStatus());
     }
     tunnels_.clear();
-    by_match_.clear();
+    by_match_.Clear();
     if (stop_command_) stop_command_->done.set_value(absl::OkStatus());
   }
 
@@ -394,7 +377,7 @@ class UringEngine::Impl {
       counters_.drops[static_cast<int>(reason)].Add();
       return ArmReceive(slot);
     }
-    TunnelRuntime* tunnel = Lookup(packet);
+    TunnelRuntime* tunnel = by_match_.Lookup(packet);
     if (tunnel == nullptr) {
       counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
       return ArmReceive(slot);
@@ -425,26 +408,6 @@ class UringEngine::Impl {
     ArmReceive(slot);
   }
 
-  // ip_tunnel_lookup's order: local and remote, remote only, local only, neither; the key
-  // always matches exactly (a keyless packet only finds a keyless tunnel).
-  TunnelRuntime* Lookup(const Decapsulated& packet) const {
-    MatchKey key{packet.protocol, packet.has_key, packet.outer_dst, packet.outer_src,
-                 packet.has_key ? packet.key : 0};
-    const std::pair<uint32_t, uint32_t> candidates[] = {
-        {packet.outer_dst, packet.outer_src},
-        {0, packet.outer_src},
-        {packet.outer_dst, 0},
-        {0, 0},
-    };
-    for (const auto& [local, remote] : candidates) {
-      key.local = local;
-      key.remote = remote;
-      auto it = by_match_.find(key);
-      if (it != by_match_.end()) return it->second;
-    }
-    return nullptr;
-  }
-
   void CompleteWake() {
     std::deque<std::unique_ptr<Command>> commands;
     {
@@ -472,9 +435,9 @@ class UringEngine::Impl {
     if (tunnels_.contains(config.name)) {
       return absl::AlreadyExistsError(absl::StrCat("tunnel ", config.name, " exists"));
     }
-    MatchKey match{config.protocol, config.has_input_key, config.local, config.remote,
-                   config.has_input_key ? config.input_key : 0};
-    if (by_match_.contains(match)) {
+    TunnelMatch match{config.protocol, config.has_input_key, config.local, config.remote,
+                      config.has_input_key ? config.input_key : 0};
+    if (by_match_.Contains(match)) {
       return absl::AlreadyExistsError(
           absl::StrCat("another tunnel receives the same local, remote and key as ", config.name));
     }
@@ -500,7 +463,7 @@ class UringEngine::Impl {
       slot.msg.msg_iovlen = 1;
     }
     TunnelRuntime* raw = tunnel.get();
-    by_match_[match] = raw;
+    by_match_.Insert(match, raw);
     tunnels_[config.name] = std::move(tunnel);
     for (Slot& slot : raw->slots) ArmDeviceRead(&slot);
     return absl::OkStatus();
@@ -517,7 +480,7 @@ class UringEngine::Impl {
       return;
     }
     TunnelRuntime* tunnel = it->second.get();
-    by_match_.erase(tunnel->match);
+    by_match_.Erase(tunnel->match);
     tunnel->removal = std::move(command);
     io_uring_sqe* sqe = NextSqe();
     io_uring_prep_cancel_fd(sqe, tunnel->config.device_fd, IORING_ASYNC_CANCEL_ALL);
@@ -553,7 +516,7 @@ class UringEngine::Impl {
   bool stopping_ = false;
   std::unique_ptr<Command> stop_command_;
   absl::flat_hash_map<std::string, std::unique_ptr<TunnelRuntime>> tunnels_;
-  absl::flat_hash_map<MatchKey, TunnelRuntime*> by_match_;
+  TunnelTable<TunnelRuntime> by_match_;
 
   DataplaneCounters counters_;
 

@@ -1842,7 +1842,7 @@ TEST_F(TunnelManagerChangeTest, ShutdownWithKeepDevicesLeavesThemForTheNextStart
 // depending on the order of the request (here: FAILED_PRECONDITION "updating a: route
 // 172.20.0.0/16 overlaps route 172.20.0.0/16 of tunnel b"). Needs removals of all updates
 // before their additions.
-TEST_F(TunnelManagerChangeTest, DISABLED_ApplyMovesARouteBetweenTwoUpdatedTunnelsInAnyOrder) {
+TEST_F(TunnelManagerChangeTest, ApplyMovesARouteBetweenTwoUpdatedTunnelsInAnyOrder) {
   TunnelSpec a = Distinct(Gre("a"), 1);
   TunnelSpec b = Distinct(Gre("b"), 2);
   b.routes.push_back(P("172.20.0.0/16"));
