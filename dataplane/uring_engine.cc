@@ -159,6 +159,10 @@ class UringEngine::Impl {
   void Post(std::unique_ptr<Command> command) {
     {
       absl::MutexLock lock(&mu_);
+      if (stopped_) {
+        command->done.set_value(absl::UnavailableError("the dataplane has stopped"));
+        return;
+      }
       commands_.push_back(std::move(command));
     }
     uint64_t one = 1;
@@ -241,6 +245,16 @@ class UringEngine::Impl {
     }
     tunnels_.clear();
     by_match_.Clear();
+    // Nobody waits forever on a command that came too late.
+    std::deque<std::unique_ptr<Command>> late;
+    {
+      absl::MutexLock lock(&mu_);
+      stopped_ = true;
+      late.swap(commands_);
+    }
+    for (auto& command : late) {
+      command->done.set_value(absl::UnavailableError("the dataplane has stopped"));
+    }
     if (stop_command_) stop_command_->done.set_value(absl::OkStatus());
   }
 
@@ -522,6 +536,7 @@ class UringEngine::Impl {
 
   absl::Mutex mu_;
   std::deque<std::unique_ptr<Command>> commands_ ABSL_GUARDED_BY(mu_);
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 absl::StatusOr<std::unique_ptr<UringEngine>> UringEngine::Start(const UringEngineOptions& options) {
