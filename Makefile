@@ -1,8 +1,10 @@
 # Thin wrapper: everything real is in CMake and scripts/. Needs root (apt-get, namespaces, TUN).
 BUILD_DIR ?= build
 CMAKE_BUILD_TYPE ?= RelWithDebInfo
+FUZZ_BUILD_DIR ?= build-fuzz
+FUZZ_RUNS ?= 10000000
 
-.PHONY: all deps test-deps configure build demo test clean format
+.PHONY: all deps test-deps fuzz-deps configure build demo test fuzz clean format
 
 all: build
 
@@ -25,6 +27,27 @@ demo: build test-deps
 # The whole suite: unit, namespace and end-to-end tests (the demo included).
 test: build test-deps
 	@cd $(BUILD_DIR) && ctest --output-on-failure --timeout 300 -j1
+
+fuzz-deps:
+	@WITH_FUZZ_DEPS=1 scripts/install-deps.sh
+
+# libFuzzer on the receive path (Decapsulate, the tunnel demux, re-encapsulation) with ASan and
+# UBSan: clang, its own build directory, only the fuzz target built. Runs on a copy of the
+# checked-in seed corpus (tests/fuzz/receive_corpus/), which `make test` replays with g++.
+fuzz: fuzz-deps
+	@cmake -S . -B $(FUZZ_BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DTUNNEL_AGENT_FUZZ=ON >/dev/null
+	@cmake --build $(FUZZ_BUILD_DIR) --target receive_fuzzer
+	@rm -rf $(FUZZ_BUILD_DIR)/receive_corpus $(FUZZ_BUILD_DIR)/artifacts
+	@cp -r tests/fuzz/receive_corpus $(FUZZ_BUILD_DIR)/receive_corpus
+	@mkdir -p $(FUZZ_BUILD_DIR)/artifacts
+	@echo "fuzz: receive_fuzzer, $(FUZZ_RUNS) runs, log in $(FUZZ_BUILD_DIR)/receive_fuzzer.log"
+	@$(FUZZ_BUILD_DIR)/tests/receive_fuzzer -runs=$(FUZZ_RUNS) -print_final_stats=1 \
+	  -artifact_prefix=$(FUZZ_BUILD_DIR)/artifacts/ $(FUZZ_BUILD_DIR)/receive_corpus \
+	  >$(FUZZ_BUILD_DIR)/receive_fuzzer.log 2>&1 || \
+	  { tail -n 60 $(FUZZ_BUILD_DIR)/receive_fuzzer.log; ls $(FUZZ_BUILD_DIR)/artifacts; exit 1; }
+	@grep -E '^Done [0-9]+ runs|^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' \
+	  $(FUZZ_BUILD_DIR)/receive_fuzzer.log
 
 format:
 	@git ls-files '*.cc' '*.h' | xargs clang-format -i
