@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "dataplane/errno_status.h"
 
 namespace tunnelagent::dataplane {
 namespace {
@@ -30,36 +31,10 @@ constexpr size_t kMaxLinkNameLength = IFNAMSIZ - 1;
 // The kernel refuses an alias of IFALIASZ bytes or more (dev_set_alias).
 constexpr size_t kMaxLinkAliasLength = IFALIASZ - 1;
 
-std::string ErrnoText(int err) {
-  char buf[128];
-  // GNU strerror_r: returns a pointer that may or may not be `buf`.
-  return strerror_r(err, buf, sizeof(buf));
-}
-
 absl::Status StatusFromErrno(int err, const std::string& what, const std::string& detail) {
   std::string message = absl::StrCat(what, ": ", ErrnoText(err));
   if (!detail.empty()) absl::StrAppend(&message, " (", detail, ")");
-  switch (err) {
-    case ENODEV:
-    case ENOENT:
-    case ESRCH:
-    // Deleting an address that is not configured.
-    case EADDRNOTAVAIL:
-      return absl::NotFoundError(message);
-    case EEXIST:
-      return absl::AlreadyExistsError(message);
-    case EPERM:
-    case EACCES:
-      return absl::PermissionDeniedError(message);
-    case EINVAL:
-    case ERANGE:
-      return absl::InvalidArgumentError(message);
-    // A route through a link that is down: the link has to come up first.
-    case ENETDOWN:
-      return absl::FailedPreconditionError(message);
-    default:
-      return absl::InternalError(message);
-  }
+  return absl::Status(ErrnoCode(err), message);
 }
 
 uint8_t AddressFamily(const IpAddress& address) { return address.is_v4() ? AF_INET : AF_INET6; }

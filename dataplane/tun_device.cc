@@ -13,16 +13,12 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "dataplane/errno_status.h"
 
 namespace tunnelagent::dataplane {
 namespace {
 
 constexpr char kTunPath[] = "/dev/net/tun";
-
-std::string ErrnoText(int err) {
-  char buf[128];
-  return strerror_r(err, buf, sizeof(buf));  // GNU variant
-}
 
 // The kernel's own rules (dev_valid_name), checked here so the caller gets a clear message;
 // '%' is refused too because the kernel would treat "tun%d" as a template and pick a free
@@ -44,23 +40,10 @@ absl::Status CheckName(const std::string& name) {
   return absl::OkStatus();
 }
 
+// EBUSY from TUNSETIFF: the name is taken; everything else as the dataplane maps errno.
 absl::Status StatusFromErrno(int err, const std::string& what) {
-  const std::string message = absl::StrCat(what, ": ", ErrnoText(err));
-  switch (err) {
-    case EBUSY:
-    case EEXIST:
-      return absl::AlreadyExistsError(message);
-    case EPERM:
-    case EACCES:
-      return absl::PermissionDeniedError(message);
-    case EINVAL:
-      return absl::InvalidArgumentError(message);
-    case ENODEV:
-    case ENOENT:
-      return absl::NotFoundError(message);
-    default:
-      return absl::InternalError(message);
-  }
+  if (err == EBUSY) return absl::AlreadyExistsError(absl::StrCat(what, ": ", ErrnoText(err)));
+  return ErrnoStatus(err, what);
 }
 
 const char* KindName(TunDevice::Kind kind) { return kind == TunDevice::Kind::kTun ? "TUN" : "TAP"; }

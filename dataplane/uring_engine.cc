@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "dataplane/errno_status.h"
 #include "dataplane/packet/encap.h"
 #include "dataplane/tunnel_table.h"
 
@@ -30,14 +31,6 @@ namespace {
 constexpr size_t kHeadroom = 64;
 static_assert(kHeadroom >= kMaxEncapHeadroom);
 
-absl::Status ErrnoStatus(int err, absl::string_view what) {
-  std::string message = absl::StrCat(what, ": ", strerror(err));
-  if (err == EPERM || err == EACCES) return absl::PermissionDeniedError(message);
-  if (err == ENOSYS || err == EOPNOTSUPP || err == EAFNOSUPPORT || err == EPROTONOSUPPORT) {
-    return absl::FailedPreconditionError(message);
-  }
-  return absl::InternalError(message);
-}
 
 struct TunnelRuntime;
 

@@ -770,21 +770,5 @@ COMMANDS = {
 }
 
 
-def main(argv):
-    if len(argv) < 4 or argv[3] not in COMMANDS:
-        print(__doc__, file=sys.stderr)
-        return 2
-    gen_dir, socket, command, args = argv[1], argv[2], argv[3], argv[4:]
-    sys.path.insert(0, gen_dir)
-    client = Client(socket)
-    try:
-        COMMANDS[command](client, *args)
-    except grpc.RpcError as e:
-        fail(f"{command} {' '.join(args)}: {e.code().name}: {e.details()}")
-    finally:
-        client.channel.close()
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(python_client.run(sys.argv, COMMANDS, Client, __doc__))

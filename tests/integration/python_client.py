@@ -169,15 +169,16 @@ COMMANDS = {
 }
 
 
-def main(argv):
-    if len(argv) < 4 or argv[3] not in COMMANDS:
-        print(__doc__, file=sys.stderr)
+def run(argv, commands, client_class, usage):
+    """Runs `argv[3]` of `commands` against the agent at unix:argv[2]; shared by the clients."""
+    if len(argv) < 4 or argv[3] not in commands:
+        print(usage, file=sys.stderr)
         return 2
     gen_dir, socket, command, args = argv[1], argv[2], argv[3], argv[4:]
     sys.path.insert(0, gen_dir)
-    client = Client(socket)
+    client = client_class(socket)
     try:
-        COMMANDS[command](client, *args)
+        commands[command](client, *args)
     except grpc.RpcError as e:
         fail(f"{command} {' '.join(args)}: {e.code().name}: {e.details()}")
     finally:
@@ -186,4 +187,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(run(sys.argv, COMMANDS, Client, __doc__))

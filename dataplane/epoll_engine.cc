@@ -1,0 +1,494 @@
+#include "dataplane/epoll_engine.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <future>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "dataplane/packet/encap.h"
+#include "dataplane/tunnel_table.h"
+
+namespace tunnelagent::dataplane {
+namespace {
+
+// As in the io_uring engine: room for the outer headers in front of every packet read from a
+// device, keeping the inner packet cache-line aligned.
+constexpr size_t kHeadroom = 64;
+static_assert(kHeadroom >= kMaxEncapHeadroom);
+
+// Packets read from one device, or received from one socket, per wakeup. Level-triggered
+// epoll comes back for the rest, after the other ready sources had their turn.
+constexpr unsigned kBatch = 64;
+// Largest device buffer: headroom, a 64 KiB packet and the overflow margin.
+constexpr size_t kMaxDeviceBuffer = (kHeadroom + 65535 + 64 + 63) & ~size_t{63};
+constexpr int kMaxEvents = 256;
+
+absl::Status ErrnoStatus(int err, absl::string_view what) {
+  std::string message = absl::StrCat(what, ": ", strerror(err));
+  if (err == EPERM || err == EACCES) return absl::PermissionDeniedError(message);
+  if (err == ENOSYS || err == EOPNOTSUPP || err == EAFNOSUPPORT || err == EPROTONOSUPPORT) {
+    return absl::FailedPreconditionError(message);
+  }
+  return absl::InternalError(message);
+}
+
+// What an epoll event's data.ptr points at.
+enum class SourceKind : uint8_t { kWake, kSocket, kDevice };
+
+struct TunnelRuntime;
+
+struct Source {
+  SourceKind kind;
+  int fd = -1;                      // kSocket: the socket
+  TunnelRuntime* tunnel = nullptr;  // kDevice: the tunnel
+};
+
+struct TunnelRuntime {
+  Source source{SourceKind::kDevice};  // the epoll cookie
+  EngineTunnel config;
+  TunnelMatch match;
+  sockaddr_in peer{};
+  int saved_flags = 0;     // the device fd's file status flags before the engine set O_NONBLOCK
+  uint32_t read_size = 0;  // bytes asked of each device read
+  uint32_t next_sequence = 0;
+  bool parked = false;  // out of the epoll set after a permanent device error
+};
+
+struct Command {
+  enum class Kind { kAdd, kRemove, kStop };
+  Kind kind;
+  EngineTunnel tunnel;
+  std::string name;
+  std::promise<absl::Status> done;
+};
+
+}  // namespace
+
+class EpollEngine::Impl {
+ public:
+  explicit Impl(const UringEngineOptions& options)
+      : options_(options), rx_batch_(std::min(options.socket_receives, kBatch)) {}
+
+  ~Impl() {
+    if (thread_.joinable()) {
+      auto stop = std::make_unique<Command>();
+      stop->kind = Command::Kind::kStop;
+      std::future<absl::Status> done = stop->done.get_future();
+      Post(std::move(stop));
+      done.wait();
+      thread_.join();
+    }
+    for (int fd : {epoll_fd_, wake_fd_, send_fd_, gre_.fd, ipip_.fd}) {
+      if (fd >= 0) close(fd);
+    }
+  }
+
+  absl::Status Start() {
+    wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (wake_fd_ < 0) return ErrnoStatus(errno, "eventfd");
+    epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+    if (epoll_fd_ < 0) return ErrnoStatus(errno, "epoll_create1");
+    // As in the io_uring engine: one IPPROTO_RAW (IP_HDRINCL) socket sends for every tunnel,
+    // one raw socket per protocol receives everything of that protocol addressed to us.
+    absl::StatusOr<int> fd = OpenRawSocket(IPPROTO_RAW, "send");
+    if (!fd.ok()) return fd.status();
+    send_fd_ = *fd;
+    fd = OpenRawSocket(kIpProtoGre, "GRE receive");
+    if (!fd.ok()) return fd.status();
+    gre_.fd = *fd;
+    fd = OpenRawSocket(kIpProtoIpip, "IPIP receive");
+    if (!fd.ok()) return fd.status();
+    ipip_.fd = *fd;
+
+    if (absl::Status s = Watch(wake_fd_, &wake_source_); !s.ok()) return s;
+    if (absl::Status s = Watch(gre_.fd, &gre_); !s.ok()) return s;
+    if (absl::Status s = Watch(ipip_.fd, &ipip_); !s.ok()) return s;
+
+    // Receive buffers are shared by both sockets (they are served one after the other), the
+    // transmit pool by every device.
+    rx_memory_.reset(new uint8_t[size_t{rx_batch_} * options_.receive_buffer_bytes]);
+    rx_iov_.resize(rx_batch_);
+    rx_msgs_.resize(rx_batch_);
+    for (unsigned i = 0; i < rx_batch_; ++i) {
+      rx_iov_[i].iov_base = rx_memory_.get() + size_t{i} * options_.receive_buffer_bytes;
+      rx_iov_[i].iov_len = options_.receive_buffer_bytes;
+    }
+    tx_memory_.reset(new uint8_t[kBatch * kMaxDeviceBuffer]);
+    tx_inner_len_.resize(kBatch);
+    tx_iov_.resize(kBatch);
+    tx_msgs_.resize(kBatch);
+
+    thread_ = std::thread([this] { Run(); });
+    return absl::OkStatus();
+  }
+
+  absl::Status Submit(std::unique_ptr<Command> command) {
+    std::future<absl::Status> done = command->done.get_future();
+    Post(std::move(command));
+    return done.get();
+  }
+
+  const DataplaneCounters& counters() const { return counters_; }
+
+ private:
+  absl::StatusOr<int> OpenRawSocket(int protocol, absl::string_view what) {
+    int fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, protocol);
+    if (fd < 0) return ErrnoStatus(errno, absl::StrCat("raw ", what, " socket"));
+    int bytes = options_.socket_buffer_bytes;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof bytes) != 0) {
+      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+    }
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof bytes) != 0) {
+      setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+    }
+    return fd;
+  }
+
+  absl::Status Watch(int fd, Source* source) {
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.ptr = source;
+    if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &event) != 0) {
+      return ErrnoStatus(errno, "epoll_ctl");
+    }
+    return absl::OkStatus();
+  }
+
+  void Post(std::unique_ptr<Command> command) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopped_) {
+        command->done.set_value(absl::UnavailableError("the dataplane has stopped"));
+        return;
+      }
+      commands_.push_back(std::move(command));
+    }
+    uint64_t one = 1;
+    (void)!write(wake_fd_, &one, sizeof one);
+  }
+
+  void Run() {
+    epoll_event events[kMaxEvents];
+    while (!stopping_) {
+      int n = epoll_wait(epoll_fd_, events, kMaxEvents, -1);
+      if (n < 0) {
+        if (errno != EINTR) counters_.drops[static_cast<int>(DropReason::kSocketError)].Add();
+        continue;
+      }
+      // Commands last: a removal frees a tunnel that a later event of this batch may name.
+      bool wake = false;
+      for (int i = 0; i < n; ++i) {
+        Source* source = static_cast<Source*>(events[i].data.ptr);
+        switch (source->kind) {
+          case SourceKind::kWake:
+            wake = true;
+            break;
+          case SourceKind::kSocket:
+            ReceiveBatch(source->fd);
+            break;
+          case SourceKind::kDevice:
+            TransmitBatch(source->tunnel, events[i].events);
+            break;
+        }
+      }
+      if (wake) RunCommands();
+    }
+    Shutdown();
+  }
+
+  void Shutdown() {
+    for (auto& [name, tunnel] : tunnels_) Release(tunnel.get());
+    tunnels_.clear();
+    by_match_.Clear();
+    std::deque<std::unique_ptr<Command>> late;
+    {
+      absl::MutexLock lock(&mu_);
+      stopped_ = true;
+      late.swap(commands_);
+    }
+    for (auto& command : late) {
+      command->done.set_value(absl::UnavailableError("the dataplane has stopped"));
+    }
+    if (stop_command_) stop_command_->done.set_value(absl::OkStatus());
+  }
+
+  // Transmit: packets the host routed into a device, read, wrapped and sent in one batch.
+  void TransmitBatch(TunnelRuntime* tunnel, uint32_t events) {
+    TunnelCounters& counters = *tunnel->config.counters;
+    unsigned count = 0;
+    for (unsigned i = 0; i < kBatch; ++i) {
+      uint8_t* buffer = tx_memory_.get() + size_t{count} * kMaxDeviceBuffer;
+      uint8_t* inner = buffer + kHeadroom;
+      ssize_t res = read(tunnel->config.device_fd, inner, tunnel->read_size);
+      if (res < 0) {
+        const int err = errno;
+        if (err == EAGAIN || err == EINTR) {
+          // Nothing to read while epoll reports an error or hang-up: the device is gone.
+          if (i == 0 && err == EAGAIN && (events & (EPOLLERR | EPOLLHUP))) Park(tunnel);
+          break;
+        }
+        counters.tx_drops[static_cast<int>(DropReason::kDeviceError)].Add();
+        // A device that answers so once answers so forever: stop watching it rather than spin
+        // (counted above; removal still works).
+        if (err == EBADF || err == EBADFD || err == EINVAL || err == EFAULT || err == EIO) {
+          Park(tunnel);
+        }
+        break;
+      }
+      if (res == 0) break;
+      const size_t len = static_cast<size_t>(res);
+      if (len >= tunnel->read_size) {
+        counters.tx_drops[static_cast<int>(DropReason::kTooBig)].Add();
+        continue;
+      }
+      EncapResult out = Encapsulate(tunnel->config.encap, inner, len, 0, tunnel->next_sequence);
+      if (out.packet == nullptr) {
+        counters.tx_drops[static_cast<int>(out.drop)].Add();
+        continue;
+      }
+      if (tunnel->config.encap.sequence) ++tunnel->next_sequence;
+      tx_inner_len_[count] = static_cast<uint32_t>(len);
+      tx_iov_[count].iov_base = out.packet;
+      tx_iov_[count].iov_len = out.len;
+      msghdr& msg = tx_msgs_[count].msg_hdr;
+      msg = msghdr{};
+      msg.msg_name = &tunnel->peer;
+      msg.msg_namelen = sizeof tunnel->peer;
+      msg.msg_iov = &tx_iov_[count];
+      msg.msg_iovlen = 1;
+      ++count;
+    }
+    unsigned sent = 0;
+    while (sent < count) {
+      int res = sendmmsg(send_fd_, &tx_msgs_[sent], count - sent, 0);
+      if (res > 0) {
+        for (int i = 0; i < res; ++i) {
+          counters.tx_packets.Add();
+          counters.tx_bytes.Add(tx_inner_len_[sent + i]);
+        }
+        sent += static_cast<unsigned>(res);
+        continue;
+      }
+      if (res < 0 && errno == EINTR) continue;
+      // The first unsent packet was refused: EMSGSIZE when larger than the underlay path
+      // allows (raw IP_HDRINCL sends never fragment). Count it and go on with the rest.
+      DropReason reason =
+          res < 0 && errno == EMSGSIZE ? DropReason::kTooBig : DropReason::kSendError;
+      counters.tx_drops[static_cast<int>(reason)].Add();
+      ++sent;
+    }
+  }
+
+  // Receive: a batch from the underlay, each packet delivered to its tunnel's device.
+  void ReceiveBatch(int fd) {
+    for (unsigned i = 0; i < rx_batch_; ++i) {
+      rx_msgs_[i].msg_hdr = msghdr{};
+      rx_msgs_[i].msg_hdr.msg_iov = &rx_iov_[i];
+      rx_msgs_[i].msg_hdr.msg_iovlen = 1;
+      rx_msgs_[i].msg_len = 0;
+    }
+    // MSG_TRUNC: msg_len is the datagram's real length, so a packet larger than the buffer is
+    // seen as such instead of being passed on cut short.
+    int n = recvmmsg(fd, rx_msgs_.data(), rx_batch_, MSG_DONTWAIT | MSG_TRUNC, nullptr);
+    if (n < 0) {
+      // ICMP errors queued on the socket surface here (ENOPROTOOPT, ECONNREFUSED, ...), as
+      // does ENOBUFS under memory pressure: count and keep receiving.
+      if (errno != EINTR && errno != EAGAIN) {
+        counters_.drops[static_cast<int>(DropReason::kSocketError)].Add();
+      }
+      return;
+    }
+    for (int i = 0; i < n; ++i) {
+      counters_.rx_packets.Add();
+      const size_t len = rx_msgs_[i].msg_len;
+      if (len > options_.receive_buffer_bytes || (rx_msgs_[i].msg_hdr.msg_flags & MSG_TRUNC)) {
+        counters_.drops[static_cast<int>(DropReason::kTooBig)].Add();
+        continue;
+      }
+      Decapsulated packet;
+      DropReason reason;
+      if (!Decapsulate(static_cast<uint8_t*>(rx_iov_[i].iov_base), len, &packet, &reason)) {
+        counters_.drops[static_cast<int>(reason)].Add();
+        continue;
+      }
+      TunnelRuntime* tunnel = by_match_.Lookup(packet);
+      if (tunnel == nullptr) {
+        counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
+        continue;
+      }
+      TunnelCounters& counters = *tunnel->config.counters;
+      ssize_t res = write(tunnel->config.device_fd, packet.inner, packet.inner_len);
+      if (res >= 0) {
+        counters.rx_packets.Add();
+        counters.rx_bytes.Add(packet.inner_len);
+      } else {
+        counters.rx_drops[static_cast<int>(DropReason::kDeviceError)].Add();
+      }
+    }
+  }
+
+  void RunCommands() {
+    uint64_t value;
+    (void)!read(wake_fd_, &value, sizeof value);
+    std::deque<std::unique_ptr<Command>> commands;
+    {
+      absl::MutexLock lock(&mu_);
+      commands.swap(commands_);
+    }
+    for (auto& command : commands) {
+      switch (command->kind) {
+        case Command::Kind::kAdd:
+          command->done.set_value(Add(command->tunnel));
+          break;
+        case Command::Kind::kRemove:
+          command->done.set_value(Remove(command->name));
+          break;
+        case Command::Kind::kStop:
+          stopping_ = true;
+          stop_command_ = std::move(command);
+          break;
+      }
+    }
+  }
+
+  absl::Status Add(const EngineTunnel& config) {
+    if (tunnels_.contains(config.name)) {
+      return absl::AlreadyExistsError(absl::StrCat("tunnel ", config.name, " exists"));
+    }
+    TunnelMatch match{config.protocol, config.has_input_key, config.local, config.remote,
+                      config.has_input_key ? config.input_key : 0};
+    if (by_match_.Contains(match)) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("another tunnel receives the same local, remote and key as ", config.name));
+    }
+    auto tunnel = std::make_unique<TunnelRuntime>();
+    tunnel->source.tunnel = tunnel.get();
+    tunnel->config = config;
+    tunnel->match = match;
+    tunnel->peer.sin_family = AF_INET;
+    tunnel->peer.sin_addr.s_addr = htonl(config.encap.remote);
+    // The io_uring engine's buffer size: the MTU and enough beyond it to tell a packet that
+    // overflows the MTU from one that fits exactly.
+    const size_t capacity = (kHeadroom + config.mtu + 64 + 63) & ~size_t{63};
+    tunnel->read_size = static_cast<uint32_t>(capacity - kHeadroom);
+    // Reads must not block the one thread: the device is this engine's alone while it runs.
+    const int flags = fcntl(config.device_fd, F_GETFL);
+    if (flags < 0) return ErrnoStatus(errno, absl::StrCat("fcntl ", config.name));
+    tunnel->saved_flags = flags;
+    if ((flags & O_NONBLOCK) == 0 && fcntl(config.device_fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("fcntl ", config.name));
+    }
+    if (absl::Status s = Watch(config.device_fd, &tunnel->source); !s.ok()) {
+      fcntl(config.device_fd, F_SETFL, flags);
+      return s;
+    }
+    by_match_.Insert(match, tunnel.get());
+    tunnels_[config.name] = std::move(tunnel);
+    return absl::OkStatus();
+  }
+
+  // Synchronous: the thread is the only user of the device fd, so once it is out of the epoll
+  // set and the tunnel is gone, nothing touches the device any more.
+  absl::Status Remove(const std::string& name) {
+    auto it = tunnels_.find(name);
+    if (it == tunnels_.end()) {
+      return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
+    }
+    by_match_.Erase(it->second->match);
+    Release(it->second.get());
+    tunnels_.erase(it);
+    return absl::OkStatus();
+  }
+
+  void Park(TunnelRuntime* tunnel) {
+    if (tunnel->parked) return;
+    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, tunnel->config.device_fd, nullptr);
+    tunnel->parked = true;
+  }
+
+  // Out of the epoll set, with the flags it came with.
+  void Release(TunnelRuntime* tunnel) {
+    Park(tunnel);
+    fcntl(tunnel->config.device_fd, F_SETFL, tunnel->saved_flags);
+  }
+
+  const UringEngineOptions options_;
+  const unsigned rx_batch_;
+  std::thread thread_;
+
+  int epoll_fd_ = -1;
+  int wake_fd_ = -1;
+  int send_fd_ = -1;
+  Source wake_source_{SourceKind::kWake};
+  Source gre_{SourceKind::kSocket};
+  Source ipip_{SourceKind::kSocket};
+
+  // Owned by the engine thread once it runs.
+  std::unique_ptr<uint8_t[]> rx_memory_;
+  std::vector<iovec> rx_iov_;
+  std::vector<mmsghdr> rx_msgs_;
+  std::unique_ptr<uint8_t[]> tx_memory_;
+  std::vector<uint32_t> tx_inner_len_;
+  std::vector<iovec> tx_iov_;
+  std::vector<mmsghdr> tx_msgs_;
+  bool stopping_ = false;
+  std::unique_ptr<Command> stop_command_;
+  absl::flat_hash_map<std::string, std::unique_ptr<TunnelRuntime>> tunnels_;
+  TunnelTable<TunnelRuntime> by_match_;
+
+  DataplaneCounters counters_;
+
+  absl::Mutex mu_;
+  std::deque<std::unique_ptr<Command>> commands_ ABSL_GUARDED_BY(mu_);
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+absl::StatusOr<std::unique_ptr<EpollEngine>> EpollEngine::Start(const UringEngineOptions& options) {
+  if (options.socket_receives == 0 || options.receive_buffer_bytes < 2048) {
+    return absl::InvalidArgumentError("epoll engine: receive batch and buffers too small");
+  }
+  auto impl = std::make_unique<Impl>(options);
+  absl::Status status = impl->Start();
+  if (!status.ok()) return status;
+  return std::unique_ptr<EpollEngine>(new EpollEngine(std::move(impl)));
+}
+
+EpollEngine::EpollEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+EpollEngine::~EpollEngine() = default;
+
+absl::Status EpollEngine::AddTunnel(const EngineTunnel& tunnel) {
+  if (tunnel.device_fd < 0 || tunnel.mtu == 0 || tunnel.mtu > 65535 || !tunnel.counters) {
+    return absl::InvalidArgumentError("engine tunnel needs a device, an MTU and counters");
+  }
+  auto command = std::make_unique<Command>();
+  command->kind = Command::Kind::kAdd;
+  command->tunnel = tunnel;
+  return impl_->Submit(std::move(command));
+}
+
+absl::Status EpollEngine::RemoveTunnel(const std::string& name) {
+  auto command = std::make_unique<Command>();
+  command->kind = Command::Kind::kRemove;
+  command->name = name;
+  return impl_->Submit(std::move(command));
+}
+
+const DataplaneCounters& EpollEngine::counters() const { return impl_->counters(); }
+
+}  // namespace tunnelagent::dataplane
