@@ -1,5 +1,6 @@
 // tunnel-agent: serves tunnelagent.v1.TunnelService, keeps the desired tunnels in --state_dir,
-// moves their packets through the io_uring dataplane and serves /metrics.
+// moves their packets through the dataplane (io_uring, or epoll where io_uring is forbidden)
+// and serves /metrics.
 #include <signal.h>
 #include <unistd.h>
 
@@ -23,6 +24,7 @@
 #include "agent/server_security.h"
 #include "agent/state_store.h"
 #include "agent/tunnel_manager.h"
+#include "dataplane/engine_factory.h"
 #include "dataplane/netlink.h"
 #include "dataplane/uring_engine.h"
 #include "grpc/health/v1/health.pb.h"
@@ -55,6 +57,9 @@ ABSL_FLAG(uint32_t, max_tunnels, 4096, "Creates beyond this many tunnels fail");
 ABSL_FLAG(bool, keep_devices, false,
           "On SIGTERM leave the tunnel devices in place, so the next start re-attaches to them "
           "(a restart without re-creating links); by default they are removed");
+ABSL_FLAG(std::string, io_backend, "auto",
+          "Dataplane backend: auto (io_uring, else epoll when io_uring is refused, e.g. by a "
+          "container's seccomp profile), uring (io_uring only) or epoll");
 ABSL_FLAG(uint32_t, device_reads_per_tunnel, 8,
           "Dataplane: reads kept in flight on each tunnel device");
 ABSL_FLAG(uint32_t, socket_receives, 64,
@@ -113,11 +118,22 @@ int Run() {
     Log("FATAL", "netlink: %s", netlink.status().ToString());
     return 1;
   }
-  absl::StatusOr<std::unique_ptr<dataplane::UringEngine>> engine =
-      dataplane::UringEngine::Start(EngineOptionsFromFlags());
+  absl::StatusOr<dataplane::IoBackend> backend =
+      dataplane::ParseIoBackend(absl::GetFlag(FLAGS_io_backend));
+  if (!backend.ok()) {
+    Log("FATAL", "--io_backend: %s", backend.status().message());
+    return 1;
+  }
+  std::string fallback_reason;
+  absl::StatusOr<std::unique_ptr<dataplane::PacketEngine>> engine =
+      dataplane::StartEngine(*backend, EngineOptionsFromFlags(), &fallback_reason);
   if (!engine.ok()) {
     Log("FATAL", "dataplane: %s", engine.status().ToString());
     return 1;
+  }
+  if (!fallback_reason.empty()) {
+    Log("WARNING", "dataplane: io_uring unavailable (%s); using the epoll backend",
+        fallback_reason);
   }
   Log("INFO", "dataplane: %s backend started", (*engine)->backend_name());
 
@@ -221,7 +237,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "tunnel-agent [--grpc_listen=ADDR] [--metrics_listen=ADDR] [--state_dir=DIR]\n"
       "             [--tls_cert=PEM --tls_key=PEM [--tls_client_ca=PEM]] [--insecure]\n"
-      "             [--auth_token_file=FILE]\n"
+      "             [--auth_token_file=FILE] [--io_backend=auto|uring|epoll]\n"
       "Creates GRE and IPIP tunnels on request over gRPC (tunnelagent.v1.TunnelService).");
   absl::ParseCommandLine(argc, argv);
   return tunnelagent::agent::Run();

@@ -21,6 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "dataplane/errno_status.h"
 #include "dataplane/packet/encap.h"
 #include "dataplane/tunnel_table.h"
 
@@ -38,15 +39,6 @@ constexpr unsigned kBatch = 64;
 // Largest device buffer: headroom, a 64 KiB packet and the overflow margin.
 constexpr size_t kMaxDeviceBuffer = (kHeadroom + 65535 + 64 + 63) & ~size_t{63};
 constexpr int kMaxEvents = 256;
-
-absl::Status ErrnoStatus(int err, absl::string_view what) {
-  std::string message = absl::StrCat(what, ": ", strerror(err));
-  if (err == EPERM || err == EACCES) return absl::PermissionDeniedError(message);
-  if (err == ENOSYS || err == EOPNOTSUPP || err == EAFNOSUPPORT || err == EPROTONOSUPPORT) {
-    return absl::FailedPreconditionError(message);
-  }
-  return absl::InternalError(message);
-}
 
 // What an epoll event's data.ptr points at.
 enum class SourceKind : uint8_t { kWake, kSocket, kDevice };

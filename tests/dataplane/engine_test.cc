@@ -1,9 +1,8 @@
-// The io_uring engine against the real kernel, in the private network namespace netns_main.cc
-// made: a tunnel whose underlay is loopback (local 127.0.0.1, remote 127.0.0.2).
+// Both packet engines (io_uring and epoll) against the real kernel, in the private network
+// namespace netns_main.cc made: a tunnel whose underlay is loopback (local 127.0.0.1, remote
+// 127.0.0.2). Every test runs on each backend. Also ParseIoBackend.
 //   transmit: a UDP datagram routed into the device comes out on a raw GRE socket, wrapped;
 //   receive:  a wrapped datagram sent to 127.0.0.1 reaches a UDP socket behind the device.
-#include "dataplane/uring_engine.h"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -17,10 +16,13 @@
 #include <thread>
 #include <vector>
 
+#include "dataplane/engine_factory.h"
+#include "dataplane/epoll_engine.h"
 #include "dataplane/netlink.h"
 #include "dataplane/packet/gre.h"
 #include "dataplane/packet/ipv4.h"
 #include "dataplane/tun_device.h"
+#include "dataplane/uring_engine.h"
 #include "gtest/gtest.h"
 
 namespace tunnelagent::dataplane {
@@ -112,7 +114,51 @@ std::vector<uint8_t> Wrap(const std::vector<uint8_t>& inner, uint8_t protocol,
   return pkt;
 }
 
-class UringEngineTest : public ::testing::Test {
+TEST(ParseIoBackendTest, KnowsTheThreeBackends) {
+  EXPECT_EQ(*ParseIoBackend("auto"), IoBackend::kAuto);
+  EXPECT_EQ(*ParseIoBackend("uring"), IoBackend::kUring);
+  EXPECT_EQ(*ParseIoBackend("io_uring"), IoBackend::kUring);
+  EXPECT_EQ(*ParseIoBackend("epoll"), IoBackend::kEpoll);
+  for (const char* bad : {"", "Epoll", "poll", "uring ", "select"}) {
+    EXPECT_EQ(ParseIoBackend(bad).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+}
+
+TEST(StartEngineTest, ForcedBackendsAreHonoured) {
+  std::string reason = "stale";
+  auto epoll = StartEngine(IoBackend::kEpoll, UringEngineOptions{}, &reason);
+  ASSERT_TRUE(epoll.ok()) << epoll.status();
+  EXPECT_STREQ((*epoll)->backend_name(), "epoll");
+  EXPECT_EQ(reason, "");
+  auto any = StartEngine(IoBackend::kAuto, UringEngineOptions{}, &reason);
+  ASSERT_TRUE(any.ok()) << any.status();
+  // Here io_uring works unless the sandbox forbids it; then auto says why it fell back.
+  if (std::string((*any)->backend_name()) == "epoll") {
+    EXPECT_NE(reason, "");
+  } else {
+    EXPECT_EQ(reason, "");
+  }
+}
+
+// Which engine a test runs on.
+enum class Backend { kUring, kEpoll };
+
+std::string BackendName(const ::testing::TestParamInfo<Backend>& info) {
+  return info.param == Backend::kUring ? "IoUring" : "Epoll";
+}
+
+absl::StatusOr<std::unique_ptr<PacketEngine>> MakeEngine(Backend backend) {
+  if (backend == Backend::kUring) {
+    auto engine = UringEngine::Start(UringEngineOptions{});
+    if (!engine.ok()) return engine.status();
+    return std::unique_ptr<PacketEngine>(*std::move(engine));
+  }
+  auto engine = EpollEngine::Start(UringEngineOptions{});
+  if (!engine.ok()) return engine.status();
+  return std::unique_ptr<PacketEngine>(*std::move(engine));
+}
+
+class EngineTest : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
     auto netlink = Netlink::Open();
@@ -123,7 +169,7 @@ class UringEngineTest : public ::testing::Test {
     ASSERT_TRUE(netlink_->SetLinkUp(lo->ifindex, true).ok());
     // 127.0.0.2 is ours too (all of 127/8 is local), which makes loopback a two-ended underlay.
 
-    auto engine = UringEngine::Start(UringEngineOptions{});
+    auto engine = MakeEngine(GetParam());
     ASSERT_TRUE(engine.ok()) << engine.status();
     engine_ = *std::move(engine);
 
@@ -231,11 +277,11 @@ class UringEngineTest : public ::testing::Test {
   std::unique_ptr<Netlink> netlink_;
   std::unique_ptr<TunDevice> tun_;
   std::shared_ptr<TunnelCounters> counters_;
-  std::unique_ptr<UringEngine> engine_;
+  std::unique_ptr<PacketEngine> engine_;
   std::unique_ptr<Fd> gre_tap_, ipip_tap_, sender_;
 };
 
-TEST_F(UringEngineTest, TransmitWrapsInGreWithKey) {
+TEST_P(EngineTest, TransmitWrapsInGreWithKey) {
   AddTunnel(EncapKind::kGre, /*keyed=*/true, 0x01020304);
   SendInner("hello-gre-tx");
   std::vector<uint8_t> pkt = Capture(*gre_tap_, "hello-gre-tx");
@@ -261,7 +307,7 @@ TEST_F(UringEngineTest, TransmitWrapsInGreWithKey) {
   EXPECT_EQ(counters_->tx_bytes.Get(), counters_->tx_packets.Get() * (20 + 8 + 12));
 }
 
-TEST_F(UringEngineTest, ReceiveDeliversMatchingGreToDevice) {
+TEST_P(EngineTest, ReceiveDeliversMatchingGreToDevice) {
   AddTunnel(EncapKind::kGre, /*keyed=*/true, 77);
   auto udp = BoundUdp();
   GreHeader gre;
@@ -274,7 +320,7 @@ TEST_F(UringEngineTest, ReceiveDeliversMatchingGreToDevice) {
   EXPECT_EQ(counters_->rx_bytes.Get(), 20u + 8 + 12);
 }
 
-TEST_F(UringEngineTest, WrongOrMissingKeyIsDroppedAndCounted) {
+TEST_P(EngineTest, WrongOrMissingKeyIsDroppedAndCounted) {
   AddTunnel(EncapKind::kGre, /*keyed=*/true, 77);
   auto udp = BoundUdp();
   GreHeader wrong;
@@ -290,7 +336,7 @@ TEST_F(UringEngineTest, WrongOrMissingKeyIsDroppedAndCounted) {
   EXPECT_EQ(counters_->rx_packets.Get(), 0u);
 }
 
-TEST_F(UringEngineTest, MalformedGreIsCountedByReasonAndTheLoopGoesOn) {
+TEST_P(EngineTest, MalformedGreIsCountedByReasonAndTheLoopGoesOn) {
   AddTunnel(EncapKind::kGre, /*keyed=*/false);
   auto udp = BoundUdp();
   std::vector<uint8_t> inner = UdpPacket(kInnerFar, kInnerA, kPort, "after-garbage");
@@ -313,7 +359,7 @@ TEST_F(UringEngineTest, MalformedGreIsCountedByReasonAndTheLoopGoesOn) {
   EXPECT_EQ(ReceiveUdp(*udp), "after-garbage");
 }
 
-TEST_F(UringEngineTest, IpipBothWays) {
+TEST_P(EngineTest, IpipBothWays) {
   AddTunnel(EncapKind::kIpip, /*keyed=*/false);
   SendInner("hello-ipip-tx");
   std::vector<uint8_t> pkt = Capture(*ipip_tap_, "hello-ipip-tx");
@@ -329,7 +375,7 @@ TEST_F(UringEngineTest, IpipBothWays) {
   EXPECT_EQ(ReceiveUdp(*udp), "hello-ipip-rx");
 }
 
-TEST_F(UringEngineTest, AddAndRemoveAreChecked) {
+TEST_P(EngineTest, AddAndRemoveAreChecked) {
   AddTunnel(EncapKind::kGre, /*keyed=*/false);
   EngineTunnel clash;
   clash.name = "other";
@@ -345,7 +391,7 @@ TEST_F(UringEngineTest, AddAndRemoveAreChecked) {
   EXPECT_EQ(engine_->RemoveTunnel("tun0").code(), absl::StatusCode::kNotFound);
 }
 
-TEST_F(UringEngineTest, RemovedTunnelNoLongerReceives) {
+TEST_P(EngineTest, RemovedTunnelNoLongerReceives) {
   AddTunnel(EncapKind::kGre, /*keyed=*/false);
   ASSERT_TRUE(engine_->RemoveTunnel("tun0").ok());
   GreHeader gre;
@@ -356,7 +402,7 @@ TEST_F(UringEngineTest, RemovedTunnelNoLongerReceives) {
 
 // Removal while packets flow both ways must wait for every operation on the device and never
 // crash or leak; repeated to give races a chance.
-TEST_F(UringEngineTest, RemoveUnderLoad) {
+TEST_P(EngineTest, RemoveUnderLoad) {
   GreHeader gre;
   gre.protocol = kEtherTypeIpv4;
   std::vector<uint8_t> wrapped =
@@ -371,6 +417,20 @@ TEST_F(UringEngineTest, RemoveUnderLoad) {
     tun_.reset();
   }
 }
+
+// The epoll engine makes a device non-blocking while it uses it; removal gives it back as it
+// came (blocking, as TunDevice opens it).
+TEST_P(EngineTest, RemovalLeavesTheDeviceAsItWas) {
+  AddTunnel(EncapKind::kGre, /*keyed=*/false);
+  const int fd = tun_->fd();
+  ASSERT_TRUE(engine_->RemoveTunnel("tun0").ok());
+  const int flags = fcntl(fd, F_GETFL);
+  ASSERT_GE(flags, 0);
+  EXPECT_EQ(flags & O_NONBLOCK, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, EngineTest, ::testing::Values(Backend::kUring, Backend::kEpoll),
+                         BackendName);
 
 }  // namespace
 }  // namespace tunnelagent::dataplane
