@@ -31,7 +31,6 @@ namespace {
 constexpr size_t kHeadroom = 64;
 static_assert(kHeadroom >= kMaxEncapHeadroom);
 
-
 struct TunnelRuntime;
 
 enum class OpKind : uint8_t { kDeviceRead, kSocketSend, kSocketRecv, kDeviceWrite, kWake, kCancel };
