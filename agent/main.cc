@@ -159,7 +159,8 @@ int Run() {
   }
 
   std::unique_ptr<prometheus::Exposer> exposer;
-  auto metrics = std::make_shared<AgentMetrics>(&manager, engine->get(), kVersion);
+  auto metrics = std::make_shared<AgentMetrics>(&manager, engine->get(), kVersion,
+                                                /*io_uring_fallback=*/!fallback_reason.empty());
   // Outlives the server below, whose interceptors record into it.
   absl::StatusOr<std::vector<GrpcMetrics::Method>> grpc_methods =
       GrpcMetrics::MethodsOf({"tunnelagent.v1.TunnelService", "grpc.health.v1.Health",

@@ -86,14 +86,22 @@ void AddDrops(MetricFamily& family, const std::string& tunnel, const char* direc
 }  // namespace
 
 AgentMetrics::AgentMetrics(const TunnelManager* manager, const dataplane::PacketEngine* engine,
-                           std::string version)
-    : manager_(manager), engine_(engine), version_(std::move(version)) {}
+                           std::string version, bool io_uring_fallback)
+    : manager_(manager),
+      engine_(engine),
+      version_(std::move(version)),
+      io_uring_fallback_(io_uring_fallback) {}
 
 std::vector<MetricFamily> AgentMetrics::Collect() const {
   MetricFamily build =
       Family("tunnelagent_build_info",
              "Version and dataplane backend of the running agent (always 1).", MetricType::Gauge);
   AddSample(build, {{"io_backend", engine_->backend_name()}, {"version", version_}}, 1);
+  MetricFamily fallback =
+      Family("tunnelagent_dataplane_io_uring_fallback",
+             "1 when --io_backend=auto found io_uring refused (e.g. by seccomp) and runs on epoll.",
+             MetricType::Gauge);
+  AddSample(fallback, {}, io_uring_fallback_ ? 1 : 0);
 
   MetricFamily tunnels =
       Family("tunnelagent_tunnels", "Tunnels by mode and operational state.", MetricType::Gauge);
@@ -163,8 +171,8 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
   }
 
   std::vector<MetricFamily> families;
-  for (MetricFamily* f : {&build, &tunnels, &up, &tx_packets, &tx_bytes, &rx_packets, &rx_bytes,
-                          &drops, &underlay_rx, &dp_drops}) {
+  for (MetricFamily* f : {&build, &fallback, &tunnels, &up, &tx_packets, &tx_bytes, &rx_packets,
+                          &rx_bytes, &drops, &underlay_rx, &dp_drops}) {
     families.push_back(std::move(*f));
   }
   return families;

@@ -16,14 +16,16 @@ namespace tunnelagent::agent {
 // Every metric is prefixed tunnelagent_; the README has the full table.
 class AgentMetrics final : public prometheus::Collectable {
  public:
+  // `io_uring_fallback`: --io_backend=auto found io_uring refused and runs on epoll.
   AgentMetrics(const TunnelManager* manager, const dataplane::PacketEngine* engine,
-               std::string version);
+               std::string version, bool io_uring_fallback = false);
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
   const TunnelManager* manager_;
   const dataplane::PacketEngine* engine_;
   std::string version_;
+  bool io_uring_fallback_;
 };
 
 }  // namespace tunnelagent::agent

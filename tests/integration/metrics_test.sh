@@ -76,6 +76,7 @@ while read -r name type labels; do
   has_metric "$name" "$type" "$labels"
 done <<'EOF'
 tunnelagent_build_info gauge io_backend,version
+tunnelagent_dataplane_io_uring_fallback gauge -
 tunnelagent_tunnels gauge mode,state
 tunnelagent_tunnel_up gauge tunnel
 tunnelagent_tunnel_tx_packets_total counter tunnel
@@ -89,7 +90,7 @@ tunnelagent_grpc_requests_total counter code,method
 tunnelagent_grpc_request_duration_seconds histogram le,method
 tunnelagent_grpc_streams_active gauge method
 EOF
-lab_ok "all 13 metrics of the table, with their types and labels"
+lab_ok "all 14 metrics of the table, with their types and labels"
 
 m() { awk -v s="$1" '$1 == s && !found { print $2; found = 1 }' "$RUN/A.metrics"; }
 for series in \
@@ -105,6 +106,8 @@ v=$(m 'tunnelagent_tunnel_drops_total{direction="tx",reason="too_big",tunnel="gr
 [ "$v" = 0 ] || lab_fail "gre1's tx too_big drops is '$v', want an existing 0"
 v=$(m 'tunnelagent_dataplane_drops_total{reason="no_tunnel"}')
 [ -n "$v" ] || lab_fail "tunnelagent_dataplane_drops_total{reason=no_tunnel} is missing"
+v=$(m tunnelagent_dataplane_io_uring_fallback)
+[ "$v" = 0 ] || lab_fail "tunnelagent_dataplane_io_uring_fallback is '$v', want 0 (io_uring works here)"
 lab_ok "gre1 moved packets, is up, its drop series exist at 0"
 
 v=$(m "tunnelagent_grpc_requests_total{code=\"OK\",method=\"$CREATE\"}")
