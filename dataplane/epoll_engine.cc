@@ -11,16 +11,14 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
-#include <future>
 #include <thread>
 #include <utility>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "dataplane/engine_support.h"
 #include "dataplane/errno_status.h"
 #include "dataplane/packet/encap.h"
 #include "dataplane/tunnel_table.h"
@@ -28,16 +26,11 @@
 namespace tunnelagent::dataplane {
 namespace {
 
-// As in the io_uring engine: room for the outer headers in front of every packet read from a
-// device, keeping the inner packet cache-line aligned.
-constexpr size_t kHeadroom = 64;
-static_assert(kHeadroom >= kMaxEncapHeadroom);
-
 // Packets read from one device, or received from one socket, per wakeup. Level-triggered
 // epoll comes back for the rest, after the other ready sources had their turn.
 constexpr unsigned kBatch = 64;
 // Largest device buffer: headroom, a 64 KiB packet and the overflow margin.
-constexpr size_t kMaxDeviceBuffer = (kHeadroom + 65535 + 64 + 63) & ~size_t{63};
+constexpr size_t kMaxDeviceBuffer = DeviceBufferBytes(65535);
 constexpr int kMaxEvents = 256;
 
 // What an epoll event's data.ptr points at.
@@ -62,14 +55,6 @@ struct TunnelRuntime {
   bool parked = false;  // out of the epoll set after a permanent device error
 };
 
-struct Command {
-  enum class Kind { kAdd, kRemove, kStop };
-  Kind kind;
-  EngineTunnel tunnel;
-  std::string name;
-  std::promise<absl::Status> done;
-};
-
 }  // namespace
 
 class EpollEngine::Impl {
@@ -79,36 +64,31 @@ class EpollEngine::Impl {
 
   ~Impl() {
     if (thread_.joinable()) {
-      auto stop = std::make_unique<Command>();
-      stop->kind = Command::Kind::kStop;
-      std::future<absl::Status> done = stop->done.get_future();
-      Post(std::move(stop));
-      done.wait();
+      mailbox_.Stop().IgnoreError();
       thread_.join();
     }
-    for (int fd : {epoll_fd_, wake_fd_, send_fd_, gre_.fd, ipip_.fd}) {
+    for (int fd : {epoll_fd_, send_fd_, gre_.fd, ipip_.fd}) {
       if (fd >= 0) close(fd);
     }
   }
 
   absl::Status Start() {
-    wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (wake_fd_ < 0) return ErrnoStatus(errno, "eventfd");
+    if (absl::Status s = mailbox_.Open(EFD_NONBLOCK); !s.ok()) return s;
     epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
     if (epoll_fd_ < 0) return ErrnoStatus(errno, "epoll_create1");
     // As in the io_uring engine: one IPPROTO_RAW (IP_HDRINCL) socket sends for every tunnel,
     // one raw socket per protocol receives everything of that protocol addressed to us.
-    absl::StatusOr<int> fd = OpenRawSocket(IPPROTO_RAW, "send");
+    absl::StatusOr<int> fd = OpenUnderlaySocket(IPPROTO_RAW, options_.socket_buffer_bytes, "send");
     if (!fd.ok()) return fd.status();
     send_fd_ = *fd;
-    fd = OpenRawSocket(kIpProtoGre, "GRE receive");
+    fd = OpenUnderlaySocket(kIpProtoGre, options_.socket_buffer_bytes, "GRE receive");
     if (!fd.ok()) return fd.status();
     gre_.fd = *fd;
-    fd = OpenRawSocket(kIpProtoIpip, "IPIP receive");
+    fd = OpenUnderlaySocket(kIpProtoIpip, options_.socket_buffer_bytes, "IPIP receive");
     if (!fd.ok()) return fd.status();
     ipip_.fd = *fd;
 
-    if (absl::Status s = Watch(wake_fd_, &wake_source_); !s.ok()) return s;
+    if (absl::Status s = Watch(mailbox_.fd(), &wake_source_); !s.ok()) return s;
     if (absl::Status s = Watch(gre_.fd, &gre_); !s.ok()) return s;
     if (absl::Status s = Watch(ipip_.fd, &ipip_); !s.ok()) return s;
 
@@ -130,28 +110,10 @@ class EpollEngine::Impl {
     return absl::OkStatus();
   }
 
-  absl::Status Submit(std::unique_ptr<Command> command) {
-    std::future<absl::Status> done = command->done.get_future();
-    Post(std::move(command));
-    return done.get();
-  }
-
   const DataplaneCounters& counters() const { return counters_; }
+  CommandMailbox& mailbox() { return mailbox_; }
 
  private:
-  absl::StatusOr<int> OpenRawSocket(int protocol, absl::string_view what) {
-    int fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, protocol);
-    if (fd < 0) return ErrnoStatus(errno, absl::StrCat("raw ", what, " socket"));
-    int bytes = options_.socket_buffer_bytes;
-    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof bytes) != 0) {
-      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
-    }
-    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof bytes) != 0) {
-      setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
-    }
-    return fd;
-  }
-
   absl::Status Watch(int fd, Source* source) {
     epoll_event event{};
     event.events = EPOLLIN;
@@ -160,19 +122,6 @@ class EpollEngine::Impl {
       return ErrnoStatus(errno, "epoll_ctl");
     }
     return absl::OkStatus();
-  }
-
-  void Post(std::unique_ptr<Command> command) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopped_) {
-        command->done.set_value(absl::UnavailableError("the dataplane has stopped"));
-        return;
-      }
-      commands_.push_back(std::move(command));
-    }
-    uint64_t one = 1;
-    (void)!write(wake_fd_, &one, sizeof one);
   }
 
   void Run() {
@@ -208,15 +157,7 @@ class EpollEngine::Impl {
     for (auto& [name, tunnel] : tunnels_) Release(tunnel.get());
     tunnels_.clear();
     by_match_.Clear();
-    std::deque<std::unique_ptr<Command>> late;
-    {
-      absl::MutexLock lock(&mu_);
-      stopped_ = true;
-      late.swap(commands_);
-    }
-    for (auto& command : late) {
-      command->done.set_value(absl::UnavailableError("the dataplane has stopped"));
-    }
+    mailbox_.Close();
     if (stop_command_) stop_command_->done.set_value(absl::OkStatus());
   }
 
@@ -226,7 +167,7 @@ class EpollEngine::Impl {
     unsigned count = 0;
     for (unsigned i = 0; i < kBatch; ++i) {
       uint8_t* buffer = tx_memory_.get() + size_t{count} * kMaxDeviceBuffer;
-      uint8_t* inner = buffer + kHeadroom;
+      uint8_t* inner = buffer + kDeviceHeadroom;
       ssize_t res = read(tunnel->config.device_fd, inner, tunnel->read_size);
       if (res < 0) {
         const int err = errno;
@@ -337,21 +278,17 @@ class EpollEngine::Impl {
 
   void RunCommands() {
     uint64_t value;
-    (void)!read(wake_fd_, &value, sizeof value);
-    std::deque<std::unique_ptr<Command>> commands;
-    {
-      absl::MutexLock lock(&mu_);
-      commands.swap(commands_);
-    }
+    (void)!read(mailbox_.fd(), &value, sizeof value);
+    std::deque<std::unique_ptr<EngineCommand>> commands = mailbox_.TakeAll();
     for (auto& command : commands) {
       switch (command->kind) {
-        case Command::Kind::kAdd:
+        case EngineCommand::Kind::kAdd:
           command->done.set_value(Add(command->tunnel));
           break;
-        case Command::Kind::kRemove:
+        case EngineCommand::Kind::kRemove:
           command->done.set_value(Remove(command->name));
           break;
-        case Command::Kind::kStop:
+        case EngineCommand::Kind::kStop:
           stopping_ = true;
           stop_command_ = std::move(command);
           break;
@@ -363,8 +300,7 @@ class EpollEngine::Impl {
     if (tunnels_.contains(config.name)) {
       return absl::AlreadyExistsError(absl::StrCat("tunnel ", config.name, " exists"));
     }
-    TunnelMatch match{config.protocol, config.has_input_key, config.local, config.remote,
-                      config.has_input_key ? config.input_key : 0};
+    const TunnelMatch match = MatchOf(config);
     if (by_match_.Contains(match)) {
       return absl::AlreadyExistsError(
           absl::StrCat("another tunnel receives the same local, remote and key as ", config.name));
@@ -377,8 +313,8 @@ class EpollEngine::Impl {
     tunnel->peer.sin_addr.s_addr = htonl(config.encap.remote);
     // The io_uring engine's buffer size: the MTU and enough beyond it to tell a packet that
     // overflows the MTU from one that fits exactly.
-    const size_t capacity = (kHeadroom + config.mtu + 64 + 63) & ~size_t{63};
-    tunnel->read_size = static_cast<uint32_t>(capacity - kHeadroom);
+    const size_t capacity = DeviceBufferBytes(config.mtu);
+    tunnel->read_size = static_cast<uint32_t>(capacity - kDeviceHeadroom);
     // Reads must not block the one thread: the device is this engine's alone while it runs.
     const int flags = fcntl(config.device_fd, F_GETFL);
     if (flags < 0) return ErrnoStatus(errno, absl::StrCat("fcntl ", config.name));
@@ -425,7 +361,6 @@ class EpollEngine::Impl {
   std::thread thread_;
 
   int epoll_fd_ = -1;
-  int wake_fd_ = -1;
   int send_fd_ = -1;
   Source wake_source_{SourceKind::kWake};
   Source gre_{SourceKind::kSocket};
@@ -440,15 +375,13 @@ class EpollEngine::Impl {
   std::vector<iovec> tx_iov_;
   std::vector<mmsghdr> tx_msgs_;
   bool stopping_ = false;
-  std::unique_ptr<Command> stop_command_;
+  std::unique_ptr<EngineCommand> stop_command_;
   absl::flat_hash_map<std::string, std::unique_ptr<TunnelRuntime>> tunnels_;
   TunnelTable<TunnelRuntime> by_match_;
 
   DataplaneCounters counters_;
 
-  absl::Mutex mu_;
-  std::deque<std::unique_ptr<Command>> commands_ ABSL_GUARDED_BY(mu_);
-  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  CommandMailbox mailbox_;
 };
 
 absl::StatusOr<std::unique_ptr<EpollEngine>> EpollEngine::Start(const UringEngineOptions& options) {
@@ -465,20 +398,11 @@ EpollEngine::EpollEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 EpollEngine::~EpollEngine() = default;
 
 absl::Status EpollEngine::AddTunnel(const EngineTunnel& tunnel) {
-  if (tunnel.device_fd < 0 || tunnel.mtu == 0 || tunnel.mtu > 65535 || !tunnel.counters) {
-    return absl::InvalidArgumentError("engine tunnel needs a device, an MTU and counters");
-  }
-  auto command = std::make_unique<Command>();
-  command->kind = Command::Kind::kAdd;
-  command->tunnel = tunnel;
-  return impl_->Submit(std::move(command));
+  return impl_->mailbox().AddTunnel(tunnel);
 }
 
 absl::Status EpollEngine::RemoveTunnel(const std::string& name) {
-  auto command = std::make_unique<Command>();
-  command->kind = Command::Kind::kRemove;
-  command->name = name;
-  return impl_->Submit(std::move(command));
+  return impl_->mailbox().RemoveTunnel(name);
 }
 
 const DataplaneCounters& EpollEngine::counters() const { return impl_->counters(); }

@@ -2,7 +2,6 @@
 
 #include <liburing.h>
 #include <netinet/in.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -14,22 +13,16 @@
 #include <utility>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "dataplane/engine_support.h"
 #include "dataplane/errno_status.h"
 #include "dataplane/packet/encap.h"
 #include "dataplane/tunnel_table.h"
 
 namespace tunnelagent::dataplane {
 namespace {
-
-// Bytes kept free in front of every packet read from a device, so the outer headers are
-// written in place; 64 keeps the inner packet cache-line aligned.
-constexpr size_t kHeadroom = 64;
-static_assert(kHeadroom >= kMaxEncapHeadroom);
 
 struct TunnelRuntime;
 
@@ -49,24 +42,14 @@ struct Slot {
   sockaddr_in peer{};
 };
 
-struct Command;
-
 struct TunnelRuntime {
   EngineTunnel config;
   TunnelMatch match;
   std::unique_ptr<uint8_t[]> memory;
   std::vector<Slot> slots;
   uint32_t inflight = 0;
-  std::unique_ptr<Command> removal;  // set while the tunnel is being removed
+  std::unique_ptr<EngineCommand> removal;  // set while the tunnel is being removed
   uint32_t next_sequence = 0;
-};
-
-struct Command {
-  enum class Kind { kAdd, kRemove, kStop };
-  Kind kind;
-  EngineTunnel tunnel;
-  std::string name;
-  std::promise<absl::Status> done;
 };
 
 }  // namespace
@@ -77,32 +60,27 @@ class UringEngine::Impl {
 
   ~Impl() {
     if (thread_.joinable()) {
-      auto stop = std::make_unique<Command>();
-      stop->kind = Command::Kind::kStop;
-      std::future<absl::Status> done = stop->done.get_future();
-      Post(std::move(stop));
-      done.wait();
+      mailbox_.Stop().IgnoreError();
       thread_.join();
     }
-    for (int fd : {wake_fd_, send_fd_, gre_fd_, ipip_fd_}) {
+    for (int fd : {send_fd_, gre_fd_, ipip_fd_}) {
       if (fd >= 0) close(fd);
     }
   }
 
   absl::Status Start() {
-    wake_fd_ = eventfd(0, EFD_CLOEXEC);
-    if (wake_fd_ < 0) return ErrnoStatus(errno, "eventfd");
+    if (absl::Status s = mailbox_.Open(0); !s.ok()) return s;
     // One send socket for every tunnel: IPPROTO_RAW implies IP_HDRINCL, so the agent writes
     // the whole outer header (the kernel fills in the ID and, when 0, the source).
-    absl::StatusOr<int> fd = OpenRawSocket(IPPROTO_RAW, "send");
+    absl::StatusOr<int> fd = OpenUnderlaySocket(IPPROTO_RAW, options_.socket_buffer_bytes, "send");
     if (!fd.ok()) return fd.status();
     send_fd_ = *fd;
     // Raw sockets of a protocol see every packet of that protocol addressed to this host,
     // outer IPv4 header included.
-    fd = OpenRawSocket(kIpProtoGre, "GRE receive");
+    fd = OpenUnderlaySocket(kIpProtoGre, options_.socket_buffer_bytes, "GRE receive");
     if (!fd.ok()) return fd.status();
     gre_fd_ = *fd;
-    fd = OpenRawSocket(kIpProtoIpip, "IPIP receive");
+    fd = OpenUnderlaySocket(kIpProtoIpip, options_.socket_buffer_bytes, "IPIP receive");
     if (!fd.ok()) return fd.status();
     ipip_fd_ = *fd;
 
@@ -125,43 +103,10 @@ class UringEngine::Impl {
     return status;
   }
 
-  absl::Status Submit(std::unique_ptr<Command> command) {
-    std::future<absl::Status> done = command->done.get_future();
-    Post(std::move(command));
-    return done.get();
-  }
-
   const DataplaneCounters& counters() const { return counters_; }
+  CommandMailbox& mailbox() { return mailbox_; }
 
  private:
-  absl::StatusOr<int> OpenRawSocket(int protocol, absl::string_view what) {
-    int fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, protocol);
-    if (fd < 0) return ErrnoStatus(errno, absl::StrCat("raw ", what, " socket"));
-    // FORCE variants exceed net.core.[rw]mem_max; they need CAP_NET_ADMIN, which the agent has.
-    int bytes = options_.socket_buffer_bytes;
-    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof bytes) != 0) {
-      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
-    }
-    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof bytes) != 0) {
-      setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
-    }
-    return fd;
-  }
-
-  void Post(std::unique_ptr<Command> command) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopped_) {
-        command->done.set_value(absl::UnavailableError("the dataplane has stopped"));
-        return;
-      }
-      commands_.push_back(std::move(command));
-    }
-    uint64_t one = 1;
-    // A full eventfd counter still wakes the ring; nothing to do on failure.
-    (void)!write(wake_fd_, &one, sizeof one);
-  }
-
   // Sets up the ring on the thread that will submit to it: SINGLE_ISSUER and DEFER_TASKRUN
   // (completion work runs when this thread waits, not as interrupts) where the kernel has them,
   // plainer setups where it does not.
@@ -237,16 +182,7 @@ class UringEngine::Impl {
     }
     tunnels_.clear();
     by_match_.Clear();
-    // Nobody waits forever on a command that came too late.
-    std::deque<std::unique_ptr<Command>> late;
-    {
-      absl::MutexLock lock(&mu_);
-      stopped_ = true;
-      late.swap(commands_);
-    }
-    for (auto& command : late) {
-      command->done.set_value(absl::UnavailableError("the dataplane has stopped"));
-    }
+    mailbox_.Close();
     if (stop_command_) stop_command_->done.set_value(absl::OkStatus());
   }
 
@@ -262,7 +198,7 @@ class UringEngine::Impl {
 
   void ArmWake() {
     io_uring_sqe* sqe = NextSqe();
-    io_uring_prep_read(sqe, wake_fd_, &wake_value_, sizeof wake_value_, 0);
+    io_uring_prep_read(sqe, mailbox_.fd(), &wake_value_, sizeof wake_value_, 0);
     io_uring_sqe_set_data(sqe, &wake_slot_);
     ++inflight_total_;
   }
@@ -281,8 +217,8 @@ class UringEngine::Impl {
   void ArmDeviceRead(Slot* slot) {
     slot->op = OpKind::kDeviceRead;
     io_uring_sqe* sqe = NextSqe();
-    io_uring_prep_read(sqe, slot->tunnel->config.device_fd, slot->buffer + kHeadroom,
-                       slot->capacity - kHeadroom, 0);
+    io_uring_prep_read(sqe, slot->tunnel->config.device_fd, slot->buffer + kDeviceHeadroom,
+                       slot->capacity - kDeviceHeadroom, 0);
     io_uring_sqe_set_data(sqe, slot);
     ++inflight_total_;
     ++slot->tunnel->inflight;
@@ -321,12 +257,12 @@ class UringEngine::Impl {
       return ArmDeviceRead(slot);
     }
     const size_t len = static_cast<size_t>(res);
-    if (len >= slot->capacity - kHeadroom) {
+    if (len >= slot->capacity - kDeviceHeadroom) {
       // Filled the buffer: larger than the MTU the buffers were sized for, possibly cut.
       counters.tx_drops[static_cast<int>(DropReason::kTooBig)].Add();
       return ArmDeviceRead(slot);
     }
-    uint8_t* inner = slot->buffer + kHeadroom;
+    uint8_t* inner = slot->buffer + kDeviceHeadroom;
     EncapResult out = Encapsulate(tunnel->config.encap, inner, len, 0, tunnel->next_sequence);
     if (out.packet == nullptr) {
       counters.tx_drops[static_cast<int>(out.drop)].Add();
@@ -415,20 +351,16 @@ class UringEngine::Impl {
   }
 
   void CompleteWake() {
-    std::deque<std::unique_ptr<Command>> commands;
-    {
-      absl::MutexLock lock(&mu_);
-      commands.swap(commands_);
-    }
+    std::deque<std::unique_ptr<EngineCommand>> commands = mailbox_.TakeAll();
     for (auto& command : commands) {
       switch (command->kind) {
-        case Command::Kind::kAdd:
+        case EngineCommand::Kind::kAdd:
           command->done.set_value(Add(command->tunnel));
           break;
-        case Command::Kind::kRemove:
+        case EngineCommand::Kind::kRemove:
           BeginRemoval(std::move(command));
           break;
-        case Command::Kind::kStop:
+        case EngineCommand::Kind::kStop:
           stopping_ = true;
           stop_command_ = std::move(command);
           break;
@@ -441,8 +373,7 @@ class UringEngine::Impl {
     if (tunnels_.contains(config.name)) {
       return absl::AlreadyExistsError(absl::StrCat("tunnel ", config.name, " exists"));
     }
-    TunnelMatch match{config.protocol, config.has_input_key, config.local, config.remote,
-                      config.has_input_key ? config.input_key : 0};
+    const TunnelMatch match = MatchOf(config);
     if (by_match_.Contains(match)) {
       return absl::AlreadyExistsError(
           absl::StrCat("another tunnel receives the same local, remote and key as ", config.name));
@@ -452,7 +383,7 @@ class UringEngine::Impl {
     tunnel->match = match;
     // Room for the headroom, an MTU-sized packet, and enough beyond it to tell a packet that
     // overflows the MTU from one that fits exactly.
-    const size_t capacity = (kHeadroom + config.mtu + 64 + 63) & ~size_t{63};
+    const size_t capacity = DeviceBufferBytes(config.mtu);
     const unsigned depth = options_.device_reads_per_tunnel;
     tunnel->memory.reset(new uint8_t[capacity * depth]);
     tunnel->slots.resize(depth);
@@ -478,7 +409,7 @@ class UringEngine::Impl {
   // Removal is asynchronous inside the engine: the tunnel stops matching at once, its pending
   // device reads are cancelled, and the caller is answered when the last operation that
   // touches its device or buffers has completed.
-  void BeginRemoval(std::unique_ptr<Command> command) {
+  void BeginRemoval(std::unique_ptr<EngineCommand> command) {
     auto it = tunnels_.find(command->name);
     if (it == tunnels_.end() || it->second->removal) {
       command->done.set_value(
@@ -497,7 +428,7 @@ class UringEngine::Impl {
 
   void MaybeFinishRemoval(TunnelRuntime* tunnel) {
     if (tunnel->inflight != 0) return;
-    std::unique_ptr<Command> command = std::move(tunnel->removal);
+    std::unique_ptr<EngineCommand> command = std::move(tunnel->removal);
     tunnels_.erase(tunnel->config.name);  // frees the tunnel and its buffers
     command->done.set_value(absl::OkStatus());
   }
@@ -506,7 +437,6 @@ class UringEngine::Impl {
   io_uring ring_{};
   std::thread thread_;
 
-  int wake_fd_ = -1;
   int send_fd_ = -1;
   int gre_fd_ = -1;
   int ipip_fd_ = -1;
@@ -520,15 +450,13 @@ class UringEngine::Impl {
   // Operations submitted and not yet completed, all kinds.
   uint64_t inflight_total_ = 0;
   bool stopping_ = false;
-  std::unique_ptr<Command> stop_command_;
+  std::unique_ptr<EngineCommand> stop_command_;
   absl::flat_hash_map<std::string, std::unique_ptr<TunnelRuntime>> tunnels_;
   TunnelTable<TunnelRuntime> by_match_;
 
   DataplaneCounters counters_;
 
-  absl::Mutex mu_;
-  std::deque<std::unique_ptr<Command>> commands_ ABSL_GUARDED_BY(mu_);
-  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  CommandMailbox mailbox_;
 };
 
 absl::StatusOr<std::unique_ptr<UringEngine>> UringEngine::Start(const UringEngineOptions& options) {
@@ -546,20 +474,11 @@ UringEngine::UringEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 UringEngine::~UringEngine() = default;
 
 absl::Status UringEngine::AddTunnel(const EngineTunnel& tunnel) {
-  if (tunnel.device_fd < 0 || tunnel.mtu == 0 || tunnel.mtu > 65535 || !tunnel.counters) {
-    return absl::InvalidArgumentError("engine tunnel needs a device, an MTU and counters");
-  }
-  auto command = std::make_unique<Command>();
-  command->kind = Command::Kind::kAdd;
-  command->tunnel = tunnel;
-  return impl_->Submit(std::move(command));
+  return impl_->mailbox().AddTunnel(tunnel);
 }
 
 absl::Status UringEngine::RemoveTunnel(const std::string& name) {
-  auto command = std::make_unique<Command>();
-  command->kind = Command::Kind::kRemove;
-  command->name = name;
-  return impl_->Submit(std::move(command));
+  return impl_->mailbox().RemoveTunnel(name);
 }
 
 const DataplaneCounters& UringEngine::counters() const { return impl_->counters(); }
