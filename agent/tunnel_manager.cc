@@ -719,7 +719,7 @@ uint32_t TunnelManager::MtuFor(const TunnelSpec& spec) {
   // As the kernel does: the MTU of the route towards the remote, less the headers.
   absl::StatusOr<uint32_t> path_mtu = links_->PathMtu(spec.remote);
   uint32_t underlay = path_mtu.ok() ? *path_mtu : options_.default_underlay_mtu;
-  return dataplane::AutomaticMtu(spec.mode, spec.key.has_value(), underlay);
+  return dataplane::AutomaticMtu(spec.mode, dataplane::OutputGreOptions(spec), underlay);
 }
 
 absl::Status TunnelManager::BringUp(Entry& entry) {

@@ -215,7 +215,7 @@ absl::Status ValidateSpec(const dataplane::TunnelSpec& spec) {
   }
 
   if (spec.mtu != 0) {
-    const uint32_t max = kMaxMtu - dataplane::EncapOverhead(spec.mode, spec.key.has_value());
+    const uint32_t max = kMaxMtu - dataplane::EncapOverhead(spec.mode, dataplane::OutputGreOptions(spec));
     if (spec.mtu < kMinMtu || spec.mtu > max) {
       return Invalid("tunnel.mtu", absl::StrCat(spec.mtu, " is out of range ", kMinMtu, "..", max,
                                                 " (0 = automatic)"));

@@ -6,12 +6,13 @@ namespace {
 constexpr uint32_t kIpv4Header = 20;
 constexpr uint32_t kIpv6Header = 40;
 constexpr uint32_t kGreBase = 4;
-constexpr uint32_t kGreKey = 4;
+constexpr uint32_t kGreOption = 4;  // each of key, checksum, sequence
 constexpr uint32_t kEthernetHeader = 14;
 // RFC 2473 tunnel encapsulation limit destination option, which ip6gre and ip6tnl add unless
 // configured with "encaplimit none".
 constexpr uint32_t kEncapLimitOption = 8;
 constexpr uint32_t kIpv4MinMtu = 68;
+constexpr uint32_t kIpv6MinMtu = 1280;
 
 struct ModeName {
   TunnelMode mode;
@@ -42,11 +43,41 @@ std::optional<TunnelMode> ParseTunnelMode(absl::string_view name) {
 }
 
 bool IsModeImplemented(TunnelMode mode) {
-  return mode == TunnelMode::kGre || mode == TunnelMode::kIpip;
+  switch (mode) {
+    case TunnelMode::kGre:
+    case TunnelMode::kGretap:
+    case TunnelMode::kIpip:
+    case TunnelMode::kSit:
+    case TunnelMode::kIp6gre:
+    case TunnelMode::kIp6gretap:
+    case TunnelMode::kIp6tnl:
+      return true;
+  }
+  return false;
 }
 
-uint32_t EncapOverhead(TunnelMode mode, bool has_key) {
-  const uint32_t gre = kGreBase + (has_key ? kGreKey : 0);
+bool IsGreMode(TunnelMode mode) {
+  return mode == TunnelMode::kGre || mode == TunnelMode::kGretap || mode == TunnelMode::kIp6gre ||
+         mode == TunnelMode::kIp6gretap;
+}
+
+bool IsEthernetMode(TunnelMode mode) {
+  return mode == TunnelMode::kGretap || mode == TunnelMode::kIp6gretap;
+}
+
+bool IsIpv6UnderlayMode(TunnelMode mode) {
+  return mode == TunnelMode::kIp6gre || mode == TunnelMode::kIp6gretap ||
+         mode == TunnelMode::kIp6tnl;
+}
+
+bool SupportsKeepalive(TunnelMode mode) {
+  return mode == TunnelMode::kGre || mode == TunnelMode::kIpip || mode == TunnelMode::kIp6gre ||
+         mode == TunnelMode::kIp6tnl;
+}
+
+uint32_t EncapOverhead(TunnelMode mode, GreOptions output) {
+  const uint32_t gre = kGreBase + (output.key ? kGreOption : 0) +
+                       (output.checksum ? kGreOption : 0) + (output.sequence ? kGreOption : 0);
   switch (mode) {
     case TunnelMode::kGre:
       return kIpv4Header + gre;
@@ -65,10 +96,40 @@ uint32_t EncapOverhead(TunnelMode mode, bool has_key) {
   return kIpv4Header;
 }
 
-uint32_t AutomaticMtu(TunnelMode mode, bool has_key, uint32_t underlay_mtu) {
-  const uint32_t overhead = EncapOverhead(mode, has_key);
-  if (underlay_mtu < overhead + kIpv4MinMtu) return kIpv4MinMtu;
+uint32_t AutomaticMtu(TunnelMode mode, GreOptions output, uint32_t underlay_mtu) {
+  const uint32_t overhead = EncapOverhead(mode, output);
+  // What the device must carry at least: IPv6 needs 1280 (sit carries only IPv6, and the
+  // kernel holds IPv6-underlay tunnels to it too); otherwise IPv4's 68.
+  const uint32_t floor =
+      mode == TunnelMode::kSit || IsIpv6UnderlayMode(mode) ? kIpv6MinMtu : kIpv4MinMtu;
+  if (underlay_mtu < overhead + floor) return floor;
   return underlay_mtu - overhead;
+}
+
+std::optional<uint32_t> InputKey(const TunnelSpec& spec) {
+  return spec.input_key.has_value() ? spec.input_key : spec.key;
+}
+
+std::optional<uint32_t> OutputKey(const TunnelSpec& spec) {
+  return spec.output_key.has_value() ? spec.output_key : spec.key;
+}
+
+GreOptions InputGreOptions(const TunnelSpec& spec) {
+  if (!IsGreMode(spec.mode)) return {};
+  return {InputKey(spec).has_value(), spec.checksum || spec.input_checksum,
+          spec.sequence || spec.input_sequence};
+}
+
+GreOptions OutputGreOptions(const TunnelSpec& spec) {
+  if (!IsGreMode(spec.mode)) return {};
+  return {OutputKey(spec).has_value(), spec.checksum || spec.output_checksum,
+          spec.sequence || spec.output_sequence};
+}
+
+uint8_t EffectiveTtl(const TunnelSpec& spec) {
+  if (spec.ttl.has_value()) return *spec.ttl;
+  // ip6_tnl's default hop limit is 64; the IPv4 tunnels' default TTL is "inherit".
+  return IsIpv6UnderlayMode(spec.mode) ? 64 : 0;
 }
 
 }  // namespace tunnelagent::dataplane

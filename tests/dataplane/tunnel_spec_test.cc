@@ -31,11 +31,15 @@ TEST_P(TunnelModeTest, Implemented) {
 
 TEST_P(TunnelModeTest, OverheadAndMtuMatchTheKernel) {
   const ModeCase& c = GetParam();
-  EXPECT_EQ(EncapOverhead(c.mode, false), c.overhead);
-  EXPECT_EQ(EncapOverhead(c.mode, true), c.overhead_key);
-  EXPECT_EQ(AutomaticMtu(c.mode, false, 1500), c.mtu_1500);
-  EXPECT_EQ(AutomaticMtu(c.mode, true, 1500), c.mtu_1500_key);
-  EXPECT_EQ(AutomaticMtu(c.mode, false, 9000), 9000 - c.overhead);
+  const bool gre = IsGreMode(c.mode);
+  EXPECT_EQ(EncapOverhead(c.mode), c.overhead);
+  EXPECT_EQ(EncapOverhead(c.mode, {.key = gre}), c.overhead_key);
+  EXPECT_EQ(AutomaticMtu(c.mode, {}, 1500), c.mtu_1500);
+  EXPECT_EQ(AutomaticMtu(c.mode, {.key = gre}, 1500), c.mtu_1500_key);
+  EXPECT_EQ(AutomaticMtu(c.mode, {}, 9000), 9000 - c.overhead);
+  // Checksum and sequence number cost 4 bytes each, like the key (gre_calc_hlen).
+  EXPECT_EQ(EncapOverhead(c.mode, {.key = gre, .checksum = gre, .sequence = gre}),
+            c.overhead + (gre ? 12 : 0));
 }
 
 // What `ip link add type <mode> ...` gives on a 1500-byte underlay (encaplimit default 4 for
@@ -43,12 +47,12 @@ TEST_P(TunnelModeTest, OverheadAndMtuMatchTheKernel) {
 INSTANTIATE_TEST_SUITE_P(
     Modes, TunnelModeTest,
     ::testing::Values(ModeCase{TunnelMode::kGre, "gre", true, 24, 28, 1476, 1472},
-                      ModeCase{TunnelMode::kGretap, "gretap", false, 38, 42, 1462, 1458},
+                      ModeCase{TunnelMode::kGretap, "gretap", true, 38, 42, 1462, 1458},
                       ModeCase{TunnelMode::kIpip, "ipip", true, 20, 20, 1480, 1480},
-                      ModeCase{TunnelMode::kSit, "sit", false, 20, 20, 1480, 1480},
-                      ModeCase{TunnelMode::kIp6gre, "ip6gre", false, 52, 56, 1448, 1444},
-                      ModeCase{TunnelMode::kIp6gretap, "ip6gretap", false, 66, 70, 1434, 1430},
-                      ModeCase{TunnelMode::kIp6tnl, "ip6tnl", false, 48, 48, 1452, 1452}),
+                      ModeCase{TunnelMode::kSit, "sit", true, 20, 20, 1480, 1480},
+                      ModeCase{TunnelMode::kIp6gre, "ip6gre", true, 52, 56, 1448, 1444},
+                      ModeCase{TunnelMode::kIp6gretap, "ip6gretap", true, 66, 70, 1434, 1430},
+                      ModeCase{TunnelMode::kIp6tnl, "ip6tnl", true, 48, 48, 1452, 1452}),
     [](const ::testing::TestParamInfo<ModeCase>& info) { return info.param.name; });
 
 TEST(TunnelModeTest, UnknownNames) {
@@ -66,9 +70,10 @@ struct MtuCase {
 
 class AutomaticMtuTest : public ::testing::TestWithParam<MtuCase> {};
 
-TEST_P(AutomaticMtuTest, NeverBelowIpv4Minimum) {
+// Never below what the device must carry: 68 for IPv4, 1280 where IPv6 is involved.
+TEST_P(AutomaticMtuTest, NeverBelowTheMinimum) {
   const MtuCase& c = GetParam();
-  EXPECT_EQ(AutomaticMtu(c.mode, c.has_key, c.underlay), c.mtu);
+  EXPECT_EQ(AutomaticMtu(c.mode, {.key = c.has_key}, c.underlay), c.mtu);
 }
 
 INSTANTIATE_TEST_SUITE_P(Floor, AutomaticMtuTest,
@@ -80,7 +85,10 @@ INSTANTIATE_TEST_SUITE_P(Floor, AutomaticMtuTest,
                                            MtuCase{TunnelMode::kGre, true, 96, 68},
                                            MtuCase{TunnelMode::kGre, true, 97, 69},
                                            MtuCase{TunnelMode::kIpip, false, 576, 556},
-                                           MtuCase{TunnelMode::kIp6gretap, true, 100, 68},
+                                           MtuCase{TunnelMode::kIp6gretap, true, 100, 1280},
+                                           MtuCase{TunnelMode::kIp6tnl, false, 1280, 1280},
+                                           MtuCase{TunnelMode::kSit, false, 1300, 1280},
+                                           MtuCase{TunnelMode::kSit, false, 1301, 1281},
                                            MtuCase{TunnelMode::kGre, false, 65536, 65512}));
 
 TEST(TunnelSpecTest, Defaults) {
@@ -89,6 +97,38 @@ TEST(TunnelSpecTest, Defaults) {
   EXPECT_TRUE(spec.local.is_unspecified());
   EXPECT_FALSE(spec.key.has_value());
   EXPECT_EQ(spec.mtu, 0u);
+  EXPECT_TRUE(spec.pmtudisc);
+  EXPECT_FALSE(spec.keepalive.enabled());
+}
+
+TEST(TunnelSpecTest, DirectionalGreOptionsFollowIpLink) {
+  TunnelSpec spec;
+  spec.key = 7;
+  EXPECT_EQ(InputKey(spec), 7u);
+  EXPECT_EQ(OutputKey(spec), 7u);
+  spec.output_key = 9;  // okey wins over key for its direction only
+  EXPECT_EQ(InputKey(spec), 7u);
+  EXPECT_EQ(OutputKey(spec), 9u);
+  spec.input_checksum = true;
+  spec.sequence = true;
+  const GreOptions in = InputGreOptions(spec);
+  const GreOptions out = OutputGreOptions(spec);
+  EXPECT_TRUE(in.key && in.checksum && in.sequence);
+  EXPECT_TRUE(out.key && !out.checksum && out.sequence);
+  spec.mode = TunnelMode::kIpip;  // no GRE header, no GRE options
+  EXPECT_FALSE(OutputGreOptions(spec).key);
+  EXPECT_FALSE(InputGreOptions(spec).sequence);
+}
+
+TEST(TunnelSpecTest, DefaultTtlIsTheKernels) {
+  TunnelSpec spec;
+  EXPECT_EQ(EffectiveTtl(spec), 0);  // gre: inherit
+  spec.mode = TunnelMode::kIp6gre;
+  EXPECT_EQ(EffectiveTtl(spec), 64);  // ip6 tunnels: hoplimit 64
+  spec.ttl = 0;
+  EXPECT_EQ(EffectiveTtl(spec), 0);
+  spec.ttl = 200;
+  EXPECT_EQ(EffectiveTtl(spec), 200);
 }
 
 }  // namespace
