@@ -39,6 +39,20 @@ struct TunnelCounters {
   Counter rx_bytes;
   DropCounters tx_drops;
   DropCounters rx_drops;
+
+  // What the engine observes about the tunnel, for its status and metrics.
+  // The largest inner packet (or frame) the underlay path carries whole; 0 = not known.
+  std::atomic<uint32_t> path_mtu{0};
+  // Too-big packets answered with ICMP "fragmentation needed" / ICMPv6 "packet too big"
+  // written back into the device, and packets sent as outer IPv4 fragments.
+  Counter icmp_too_big_sent;
+  Counter tx_fragmented;
+  // Keepalive (only when configured): whether replies come back, and how many went each way.
+  std::atomic<bool> peer_alive{true};
+  Counter keepalive_sent;
+  Counter keepalive_replies;
+  Counter keepalive_answered;  // the peer's keepalives this agent sent back
+  std::atomic<int64_t> last_keepalive_reply_unix_nanos{0};  // 0: none yet
 };
 
 // Counters of packets that matched no tunnel, or of the underlay sockets themselves.
