@@ -27,6 +27,12 @@ bool SameEndpoint(const dataplane::IpAddress& a, const dataplane::IpAddress& b) 
   return a == b || (a.is_unspecified() && b.is_unspecified());
 }
 
+dataplane::OuterAddress OuterAddressOf(const dataplane::IpAddress& address) {
+  if (address.is_v4()) return dataplane::OuterAddress(address.v4());
+  if (address.is_v6()) return dataplane::OuterAddress::FromIpv6(address.bytes().data());
+  return {};
+}
+
 // What the engine needs: how to wrap sent packets and which received ones are ours.
 dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, int device_fd, uint32_t mtu,
                                         std::shared_ptr<dataplane::TunnelCounters> counters) {
@@ -34,17 +40,38 @@ dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, int device_fd, u
   t.name = spec.name;
   t.device_fd = device_fd;
   t.mtu = mtu;
-  const bool gre = IsGreFamily(spec.mode);
-  t.encap.kind = gre ? dataplane::EncapKind::kGre : dataplane::EncapKind::kIpip;
-  t.encap.local = spec.local.is_v4() ? spec.local.v4() : 0;
-  t.encap.remote = spec.remote.v4();
-  t.encap.has_key = spec.key.has_value();
-  t.encap.key = spec.key.value_or(0);
-  t.protocol = gre ? dataplane::kIpProtoGre : dataplane::kIpProtoIpip;
-  t.local = t.encap.local;
-  t.remote = t.encap.remote;
-  t.has_input_key = spec.key.has_value();
-  t.input_key = spec.key.value_or(0);
+  dataplane::EncapParams& e = t.encap;
+  e.mode = spec.mode;
+  e.local = OuterAddressOf(spec.local);
+  e.remote = OuterAddressOf(spec.remote);
+  const dataplane::GreOptions out = dataplane::OutputGreOptions(spec);
+  const std::optional<uint32_t> output_key = dataplane::OutputKey(spec);
+  e.has_key = out.key;
+  e.key = out.key ? *output_key : 0;
+  e.checksum = out.checksum;
+  e.sequence = out.sequence;
+  e.ttl = dataplane::EffectiveTtl(spec);
+  e.tos = spec.tos;
+  e.inherit_tos = spec.inherit_tos;
+  e.pmtudisc = spec.pmtudisc;
+  e.ignore_df = spec.ignore_df;
+  const dataplane::GreOptions in = dataplane::InputGreOptions(spec);
+  const std::optional<uint32_t> input_key = dataplane::InputKey(spec);
+  t.has_input_key = in.key;
+  t.input_key = in.key ? *input_key : 0;
+  t.input_checksum = in.checksum;
+  t.input_sequence = in.sequence;
+  if (spec.keepalive.enabled()) {
+    t.keepalive_interval = spec.keepalive.interval;
+    t.keepalive_retries = spec.keepalive.effective_retries();
+  }
+  // ICMP errors about packets too big come from the device's own address, as the kernel's do.
+  for (const IpPrefix& p : spec.addresses) {
+    if (p.address().is_v4() && t.icmp_source_v4 == 0) t.icmp_source_v4 = p.address().v4();
+    if (p.address().is_v6() && t.icmp_source_v6.is_zero()) {
+      t.icmp_source_v6 = OuterAddressOf(p.address());
+    }
+  }
   t.counters = std::move(counters);
   return t;
 }

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "dataplane/errno_status.h"
@@ -18,13 +19,16 @@ absl::Status CheckEngineTunnel(const EngineTunnel& tunnel) {
   return absl::OkStatus();
 }
 
-TunnelMatch MatchOf(const EngineTunnel& tunnel) {
-  return TunnelMatch{tunnel.protocol, tunnel.has_input_key, tunnel.local, tunnel.remote,
-                     tunnel.has_input_key ? tunnel.input_key : 0};
+bool KernelHasIpv6() {
+  const int fd = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno != EAFNOSUPPORT;
+  close(fd);
+  return true;
 }
 
-absl::StatusOr<int> OpenUnderlaySocket(int protocol, int buffer_bytes, absl::string_view what) {
-  int fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, protocol);
+absl::StatusOr<int> OpenUnderlaySocket(int family, int protocol, int buffer_bytes,
+                                       absl::string_view what) {
+  int fd = socket(family, SOCK_RAW | SOCK_CLOEXEC, protocol);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("raw ", what, " socket"));
   if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buffer_bytes, sizeof buffer_bytes) != 0) {
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof buffer_bytes);
@@ -32,7 +36,77 @@ absl::StatusOr<int> OpenUnderlaySocket(int protocol, int buffer_bytes, absl::str
   if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &buffer_bytes, sizeof buffer_bytes) != 0) {
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer_bytes, sizeof buffer_bytes);
   }
+  if (family == AF_INET6 && protocol != IPPROTO_RAW) {
+    const int on = 1;
+    if (setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on) != 0 ||
+        setsockopt(fd, IPPROTO_IPV6, IPV6_RECVTCLASS, &on, sizeof on) != 0) {
+      const int err = errno;
+      close(fd);
+      return ErrnoStatus(err, absl::StrCat("raw ", what, " socket options"));
+    }
+  }
   return fd;
+}
+
+absl::StatusOr<std::vector<ReceiveSocket>> OpenReceiveSockets(int buffer_bytes) {
+  std::vector<ReceiveSocket> sockets;
+  for (const bool ipv6 : {false, true}) {
+    if (ipv6 && !KernelHasIpv6()) break;  // the IPv4 modes still work
+    for (const uint8_t protocol : {kIpProtoGre, kIpProtoIpip, kIpProtoIpv6}) {
+      absl::StatusOr<int> fd =
+          OpenUnderlaySocket(ipv6 ? AF_INET6 : AF_INET, protocol, buffer_bytes,
+                             absl::StrCat(ipv6 ? "IPv6 " : "IPv4 ", "protocol ", protocol));
+      if (!fd.ok()) {
+        CloseReceiveSockets(sockets);
+        return fd.status();
+      }
+      sockets.push_back(ReceiveSocket{*fd, ipv6, protocol});
+    }
+  }
+  return sockets;
+}
+
+void CloseReceiveSockets(std::vector<ReceiveSocket>& sockets) {
+  for (ReceiveSocket& s : sockets) {
+    if (s.fd >= 0) close(s.fd);
+    s.fd = -1;
+  }
+  sockets.clear();
+}
+
+bool DecodeReceived(const ReceiveSocket& socket, uint8_t* data, size_t len, const msghdr& msg,
+                    Decapsulated* out, DropReason* reason) {
+  if (!socket.ipv6) return Decapsulate(data, len, out, reason);
+  OuterAddress source;
+  OuterAddress destination;
+  uint8_t traffic_class = 0;
+  bool have_destination = false;
+  if (msg.msg_name == nullptr || msg.msg_namelen < sizeof(sockaddr_in6)) {
+    *reason = DropReason::kBadOuterHeader;
+    return false;
+  }
+  const auto* from = static_cast<const sockaddr_in6*>(msg.msg_name);
+  source = OuterAddress::FromIpv6(reinterpret_cast<const uint8_t*>(&from->sin6_addr));
+  for (const cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr;
+       c = CMSG_NXTHDR(const_cast<msghdr*>(&msg), const_cast<cmsghdr*>(c))) {
+    if (c->cmsg_level != IPPROTO_IPV6) continue;
+    if (c->cmsg_type == IPV6_PKTINFO && c->cmsg_len >= CMSG_LEN(sizeof(in6_pktinfo))) {
+      in6_pktinfo info;
+      std::memcpy(&info, CMSG_DATA(c), sizeof info);
+      destination = OuterAddress::FromIpv6(reinterpret_cast<const uint8_t*>(&info.ipi6_addr));
+      have_destination = true;
+    } else if (c->cmsg_type == IPV6_TCLASS && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+      int value = 0;
+      std::memcpy(&value, CMSG_DATA(c), sizeof value);
+      traffic_class = static_cast<uint8_t>(value);
+    }
+  }
+  if (!have_destination) {
+    *reason = DropReason::kBadOuterHeader;
+    return false;
+  }
+  return DecapsulateIpv6(data, len, socket.protocol, source, destination, traffic_class, out,
+                         reason);
 }
 
 CommandMailbox::~CommandMailbox() {

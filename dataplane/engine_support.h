@@ -4,10 +4,14 @@
 #ifndef TUNNELAGENT_DATAPLANE_ENGINE_SUPPORT_H_
 #define TUNNELAGENT_DATAPLANE_ENGINE_SUPPORT_H_
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <deque>
 #include <future>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -35,14 +39,38 @@ constexpr size_t DeviceBufferBytes(uint32_t mtu) {
 // INVALID_ARGUMENT unless the tunnel has a device, an MTU of 1..65535 and counters.
 absl::Status CheckEngineTunnel(const EngineTunnel& tunnel);
 
-// The tunnel's receive match (its input key only counts when it has one).
-TunnelMatch MatchOf(const EngineTunnel& tunnel);
+// False when the kernel has no IPv6 (booted with ipv6.disable=1, or built without).
+bool KernelHasIpv6();
 
-// A raw IPv4 socket of `protocol` with `buffer_bytes` of send and receive buffer (beyond
-// net.core.[rw]mem_max where CAP_NET_ADMIN allows). IPPROTO_RAW implies IP_HDRINCL: the engine
-// writes whole outer headers; the kernel fills in the ID and, when 0, the source. A socket of
-// GRE or IPIP sees every packet of that protocol addressed to this host, outer header included.
-absl::StatusOr<int> OpenUnderlaySocket(int protocol, int buffer_bytes, absl::string_view what);
+// A raw socket of `family` (AF_INET or AF_INET6) and `protocol` with `buffer_bytes` of send and
+// receive buffer (beyond net.core.[rw]mem_max where CAP_NET_ADMIN allows). A socket of GRE,
+// IPIP or IPv6 (41) sees every packet of that protocol addressed to this host: over IPv4 with
+// the outer header, over IPv6 without it (the address and traffic class come as ancillary data,
+// which is turned on here).
+absl::StatusOr<int> OpenUnderlaySocket(int family, int protocol, int buffer_bytes,
+                                       absl::string_view what);
+
+// One of the sockets tunnel packets arrive on.
+struct ReceiveSocket {
+  int fd = -1;
+  bool ipv6 = false;
+  uint8_t protocol = 0;
+};
+
+// Raw sockets for every tunnel protocol (47, 4, 41) over IPv4 and, where the kernel has it,
+// IPv6; closed by CloseReceiveSockets.
+absl::StatusOr<std::vector<ReceiveSocket>> OpenReceiveSockets(int buffer_bytes);
+void CloseReceiveSockets(std::vector<ReceiveSocket>& sockets);
+
+// Room for the ancillary data an IPv6 receive asks for (packet info and traffic class), and
+// for the source address.
+inline constexpr size_t kReceiveControlBytes = 128;
+using ReceiveAddress = sockaddr_in6;
+
+// Parses a packet `len` bytes long received on `socket` (with `msg`'s name and control data,
+// for IPv6). The caller has checked it was not truncated.
+bool DecodeReceived(const ReceiveSocket& socket, uint8_t* data, size_t len, const msghdr& msg,
+                    Decapsulated* out, DropReason* reason);
 
 struct EngineCommand {
   enum class Kind { kAdd, kRemove, kStop };

@@ -21,6 +21,7 @@
 #include "dataplane/engine_support.h"
 #include "dataplane/errno_status.h"
 #include "dataplane/packet/encap.h"
+#include "dataplane/tunnel_datapath.h"
 #include "dataplane/tunnel_table.h"
 
 namespace tunnelagent::dataplane {
@@ -40,20 +41,21 @@ struct TunnelRuntime;
 
 struct Source {
   SourceKind kind;
-  int fd = -1;                      // kSocket: the socket
-  TunnelRuntime* tunnel = nullptr;  // kDevice: the tunnel
+  const ReceiveSocket* socket = nullptr;  // kSocket
+  TunnelRuntime* tunnel = nullptr;        // kDevice: the tunnel
 };
 
 struct TunnelRuntime {
   Source source{SourceKind::kDevice};  // the epoll cookie
-  EngineTunnel config;
-  TunnelMatch match;
-  sockaddr_in peer{};
+  std::unique_ptr<TunnelDatapath> path;
   int saved_flags = 0;     // the device fd's file status flags before the engine set O_NONBLOCK
   uint32_t read_size = 0;  // bytes asked of each device read
-  uint32_t next_sequence = 0;
-  bool parked = false;  // out of the epoll set after a permanent device error
+  bool parked = false;     // out of the epoll set after a permanent device error
+  absl::Time next_tick = absl::InfinitePast();
 };
+
+// Housekeeping (keepalives, path MTU refresh) runs at most this often.
+constexpr absl::Duration kTickResolution = absl::Milliseconds(50);
 
 }  // namespace
 
@@ -67,36 +69,36 @@ class EpollEngine::Impl {
       mailbox_.Stop().IgnoreError();
       thread_.join();
     }
-    for (int fd : {epoll_fd_, send_fd_, gre_.fd, ipip_.fd}) {
-      if (fd >= 0) close(fd);
-    }
+    if (epoll_fd_ >= 0) close(epoll_fd_);
+    CloseReceiveSockets(sockets_);
   }
 
   absl::Status Start() {
     if (absl::Status s = mailbox_.Open(EFD_NONBLOCK); !s.ok()) return s;
     epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
     if (epoll_fd_ < 0) return ErrnoStatus(errno, "epoll_create1");
-    // As in the io_uring engine: one IPPROTO_RAW (IP_HDRINCL) socket sends for every tunnel,
-    // one raw socket per protocol receives everything of that protocol addressed to us.
-    absl::StatusOr<int> fd = OpenUnderlaySocket(IPPROTO_RAW, options_.socket_buffer_bytes, "send");
-    if (!fd.ok()) return fd.status();
-    send_fd_ = *fd;
-    fd = OpenUnderlaySocket(kIpProtoGre, options_.socket_buffer_bytes, "GRE receive");
-    if (!fd.ok()) return fd.status();
-    gre_.fd = *fd;
-    fd = OpenUnderlaySocket(kIpProtoIpip, options_.socket_buffer_bytes, "IPIP receive");
-    if (!fd.ok()) return fd.status();
-    ipip_.fd = *fd;
+    // As in the io_uring engine: IPPROTO_RAW (IP_HDRINCL) sockets send for every tunnel, one
+    // raw socket per family and protocol receives everything of that protocol addressed to us.
+    if (absl::Status s = io_.Open(options_.socket_buffer_bytes); !s.ok()) return s;
+    absl::StatusOr<std::vector<ReceiveSocket>> sockets =
+        OpenReceiveSockets(options_.socket_buffer_bytes);
+    if (!sockets.ok()) return sockets.status();
+    sockets_ = std::move(*sockets);
+    socket_sources_.resize(sockets_.size());
 
     if (absl::Status s = Watch(mailbox_.fd(), &wake_source_); !s.ok()) return s;
-    if (absl::Status s = Watch(gre_.fd, &gre_); !s.ok()) return s;
-    if (absl::Status s = Watch(ipip_.fd, &ipip_); !s.ok()) return s;
+    for (size_t i = 0; i < sockets_.size(); ++i) {
+      socket_sources_[i] = Source{SourceKind::kSocket, &sockets_[i]};
+      if (absl::Status s = Watch(sockets_[i].fd, &socket_sources_[i]); !s.ok()) return s;
+    }
 
     // Receive buffers are shared by both sockets (they are served one after the other), the
     // transmit pool by every device.
     rx_memory_.reset(new uint8_t[size_t{rx_batch_} * options_.receive_buffer_bytes]);
     rx_iov_.resize(rx_batch_);
     rx_msgs_.resize(rx_batch_);
+    rx_from_.resize(rx_batch_);
+    rx_control_.reset(new uint8_t[size_t{rx_batch_} * kReceiveControlBytes]);
     for (unsigned i = 0; i < rx_batch_; ++i) {
       rx_iov_[i].iov_base = rx_memory_.get() + size_t{i} * options_.receive_buffer_bytes;
       rx_iov_[i].iov_len = options_.receive_buffer_bytes;
@@ -127,7 +129,8 @@ class EpollEngine::Impl {
   void Run() {
     epoll_event events[kMaxEvents];
     while (!stopping_) {
-      int n = epoll_wait(epoll_fd_, events, kMaxEvents, -1);
+      int n = epoll_wait(epoll_fd_, events, kMaxEvents,
+                         static_cast<int>(absl::ToInt64Milliseconds(kTickResolution)));
       if (n < 0) {
         if (errno != EINTR) counters_.drops[static_cast<int>(DropReason::kSocketError)].Add();
         continue;
@@ -141,7 +144,7 @@ class EpollEngine::Impl {
             wake = true;
             break;
           case SourceKind::kSocket:
-            ReceiveBatch(source->fd);
+            ReceiveBatch(*source->socket);
             break;
           case SourceKind::kDevice:
             TransmitBatch(source->tunnel, events[i].events);
@@ -149,6 +152,7 @@ class EpollEngine::Impl {
         }
       }
       if (wake) RunCommands();
+      Tick();
     }
     Shutdown();
   }
@@ -161,14 +165,25 @@ class EpollEngine::Impl {
     if (stop_command_) stop_command_->done.set_value(absl::OkStatus());
   }
 
+  void Tick() {
+    const absl::Time now = absl::Now();
+    if (now < next_tick_) return;
+    next_tick_ = now + kTickResolution;
+    for (auto& [name, tunnel] : tunnels_) {
+      if (now >= tunnel->next_tick) tunnel->next_tick = tunnel->path->Tick(now);
+    }
+  }
+
   // Transmit: packets the host routed into a device, read, wrapped and sent in one batch.
   void TransmitBatch(TunnelRuntime* tunnel, uint32_t events) {
-    TunnelCounters& counters = *tunnel->config.counters;
+    TunnelDatapath& path = *tunnel->path;
+    TunnelCounters& counters = path.counters();
+    const int device_fd = path.config().device_fd;
     unsigned count = 0;
     for (unsigned i = 0; i < kBatch; ++i) {
       uint8_t* buffer = tx_memory_.get() + size_t{count} * kMaxDeviceBuffer;
-      uint8_t* inner = buffer + kDeviceHeadroom;
-      ssize_t res = read(tunnel->config.device_fd, inner, tunnel->read_size);
+      uint8_t* frame = buffer + kDeviceHeadroom;
+      ssize_t res = read(device_fd, frame, tunnel->read_size);
       if (res < 0) {
         const int err = errno;
         if (err == EAGAIN || err == EINTR) {
@@ -190,55 +205,58 @@ class EpollEngine::Impl {
         counters.tx_drops[static_cast<int>(DropReason::kTooBig)].Add();
         continue;
       }
-      EncapResult out = Encapsulate(tunnel->config.encap, inner, len, 0, tunnel->next_sequence);
-      if (out.packet == nullptr) {
-        counters.tx_drops[static_cast<int>(out.drop)].Add();
-        continue;
-      }
-      if (tunnel->config.encap.sequence) ++tunnel->next_sequence;
+      EncapResult out;
+      if (!path.PrepareTransmit(frame, len, &out)) continue;
+      tx_frame_[count] = frame;
       tx_inner_len_[count] = static_cast<uint32_t>(len);
       tx_iov_[count].iov_base = out.packet;
       tx_iov_[count].iov_len = out.len;
       msghdr& msg = tx_msgs_[count].msg_hdr;
       msg = msghdr{};
-      msg.msg_name = &tunnel->peer;
-      msg.msg_namelen = sizeof tunnel->peer;
+      msg.msg_name = const_cast<sockaddr*>(path.destination());
+      msg.msg_namelen = path.destination_len();
       msg.msg_iov = &tx_iov_[count];
       msg.msg_iovlen = 1;
       ++count;
     }
     unsigned sent = 0;
     while (sent < count) {
-      int res = sendmmsg(send_fd_, &tx_msgs_[sent], count - sent, 0);
+      int res = sendmmsg(path.send_fd(), &tx_msgs_[sent], count - sent, 0);
       if (res > 0) {
         for (int i = 0; i < res; ++i) {
-          counters.tx_packets.Add();
-          counters.tx_bytes.Add(tx_inner_len_[sent + i]);
+          path.TransmitDone(tx_frame_[sent + i], tx_inner_len_[sent + i],
+                            static_cast<int>(tx_iov_[sent + i].iov_len));
         }
         sent += static_cast<unsigned>(res);
         continue;
       }
       if (res < 0 && errno == EINTR) continue;
-      // The first unsent packet was refused: EMSGSIZE when larger than the underlay path
-      // allows (raw IP_HDRINCL sends never fragment). Count it and go on with the rest.
-      DropReason reason =
-          res < 0 && errno == EMSGSIZE ? DropReason::kTooBig : DropReason::kSendError;
-      counters.tx_drops[static_cast<int>(reason)].Add();
+      // The first unsent packet was refused (EMSGSIZE when larger than the underlay path
+      // allows: raw IP_HDRINCL sends never fragment). The datapath deals with it; go on.
+      path.TransmitDone(tx_frame_[sent], tx_inner_len_[sent], res < 0 ? -errno : -EIO);
       ++sent;
     }
   }
 
   // Receive: a batch from the underlay, each packet delivered to its tunnel's device.
-  void ReceiveBatch(int fd) {
+  void ReceiveBatch(const ReceiveSocket& socket) {
     for (unsigned i = 0; i < rx_batch_; ++i) {
-      rx_msgs_[i].msg_hdr = msghdr{};
-      rx_msgs_[i].msg_hdr.msg_iov = &rx_iov_[i];
-      rx_msgs_[i].msg_hdr.msg_iovlen = 1;
+      msghdr& msg = rx_msgs_[i].msg_hdr;
+      msg = msghdr{};
+      msg.msg_iov = &rx_iov_[i];
+      msg.msg_iovlen = 1;
+      if (socket.ipv6) {
+        // IPv6 raw sockets give no header: addresses and traffic class come alongside.
+        msg.msg_name = &rx_from_[i];
+        msg.msg_namelen = sizeof rx_from_[i];
+        msg.msg_control = rx_control_.get() + size_t{i} * kReceiveControlBytes;
+        msg.msg_controllen = kReceiveControlBytes;
+      }
       rx_msgs_[i].msg_len = 0;
     }
     // MSG_TRUNC: msg_len is the datagram's real length, so a packet larger than the buffer is
     // seen as such instead of being passed on cut short.
-    int n = recvmmsg(fd, rx_msgs_.data(), rx_batch_, MSG_DONTWAIT | MSG_TRUNC, nullptr);
+    int n = recvmmsg(socket.fd, rx_msgs_.data(), rx_batch_, MSG_DONTWAIT | MSG_TRUNC, nullptr);
     if (n < 0) {
       // ICMP errors queued on the socket surface here (ENOPROTOOPT, ECONNREFUSED, ...), as
       // does ENOBUFS under memory pressure: count and keep receiving.
@@ -256,7 +274,8 @@ class EpollEngine::Impl {
       }
       Decapsulated packet;
       DropReason reason;
-      if (!Decapsulate(static_cast<uint8_t*>(rx_iov_[i].iov_base), len, &packet, &reason)) {
+      if (!DecodeReceived(socket, static_cast<uint8_t*>(rx_iov_[i].iov_base), len,
+                          rx_msgs_[i].msg_hdr, &packet, &reason)) {
         counters_.drops[static_cast<int>(reason)].Add();
         continue;
       }
@@ -265,14 +284,10 @@ class EpollEngine::Impl {
         counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
         continue;
       }
-      TunnelCounters& counters = *tunnel->config.counters;
-      ssize_t res = write(tunnel->config.device_fd, packet.inner, packet.inner_len);
-      if (res >= 0) {
-        counters.rx_packets.Add();
-        counters.rx_bytes.Add(packet.inner_len);
-      } else {
-        counters.rx_drops[static_cast<int>(DropReason::kDeviceError)].Add();
-      }
+      TunnelDatapath& path = *tunnel->path;
+      if (!path.AcceptReceived(packet)) continue;
+      ssize_t res = write(path.config().device_fd, packet.inner, packet.inner_len);
+      path.DeliverDone(packet.inner_len, res >= 0 ? static_cast<int>(res) : -errno);
     }
   }
 
@@ -300,20 +315,19 @@ class EpollEngine::Impl {
     if (tunnels_.contains(config.name)) {
       return absl::AlreadyExistsError(absl::StrCat("tunnel ", config.name, " exists"));
     }
-    const TunnelMatch match = MatchOf(config);
-    if (by_match_.Contains(match)) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("another tunnel receives the same local, remote and key as ", config.name));
+    absl::StatusOr<std::unique_ptr<TunnelDatapath>> path =
+        TunnelDatapath::Create(config, &io_, absl::Now());
+    if (!path.ok()) return path.status();
+    if (by_match_.Contains((*path)->match())) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "another tunnel receives the same mode, local, remote and key as ", config.name));
     }
     auto tunnel = std::make_unique<TunnelRuntime>();
     tunnel->source.tunnel = tunnel.get();
-    tunnel->config = config;
-    tunnel->match = match;
-    tunnel->peer.sin_family = AF_INET;
-    tunnel->peer.sin_addr.s_addr = htonl(config.encap.remote);
-    // The io_uring engine's buffer size: the MTU and enough beyond it to tell a packet that
-    // overflows the MTU from one that fits exactly.
-    const size_t capacity = DeviceBufferBytes(config.mtu);
+    tunnel->path = std::move(*path);
+    // The io_uring engine's buffer size: the largest frame and enough beyond it to tell a
+    // frame that overflows the MTU from one that fits exactly.
+    const size_t capacity = DeviceBufferBytes(tunnel->path->max_frame());
     tunnel->read_size = static_cast<uint32_t>(capacity - kDeviceHeadroom);
     // Reads must not block the one thread: the device is this engine's alone while it runs.
     const int flags = fcntl(config.device_fd, F_GETFL);
@@ -326,7 +340,7 @@ class EpollEngine::Impl {
       fcntl(config.device_fd, F_SETFL, flags);
       return s;
     }
-    by_match_.Insert(match, tunnel.get());
+    by_match_.Insert(tunnel->path->match(), tunnel.get());
     tunnels_[config.name] = std::move(tunnel);
     return absl::OkStatus();
   }
@@ -338,7 +352,7 @@ class EpollEngine::Impl {
     if (it == tunnels_.end()) {
       return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
     }
-    by_match_.Erase(it->second->match);
+    by_match_.Erase(it->second->path->match());
     Release(it->second.get());
     tunnels_.erase(it);
     return absl::OkStatus();
@@ -346,14 +360,14 @@ class EpollEngine::Impl {
 
   void Park(TunnelRuntime* tunnel) {
     if (tunnel->parked) return;
-    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, tunnel->config.device_fd, nullptr);
+    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, tunnel->path->config().device_fd, nullptr);
     tunnel->parked = true;
   }
 
   // Out of the epoll set, with the flags it came with.
   void Release(TunnelRuntime* tunnel) {
     Park(tunnel);
-    fcntl(tunnel->config.device_fd, F_SETFL, tunnel->saved_flags);
+    fcntl(tunnel->path->config().device_fd, F_SETFL, tunnel->saved_flags);
   }
 
   const UringEngineOptions options_;
@@ -361,15 +375,19 @@ class EpollEngine::Impl {
   std::thread thread_;
 
   int epoll_fd_ = -1;
-  int send_fd_ = -1;
+  UnderlayIo io_;
+  std::vector<ReceiveSocket> sockets_;
+  std::vector<Source> socket_sources_;
   Source wake_source_{SourceKind::kWake};
-  Source gre_{SourceKind::kSocket};
-  Source ipip_{SourceKind::kSocket};
+  absl::Time next_tick_ = absl::InfinitePast();
 
   // Owned by the engine thread once it runs.
   std::unique_ptr<uint8_t[]> rx_memory_;
   std::vector<iovec> rx_iov_;
   std::vector<mmsghdr> rx_msgs_;
+  std::vector<ReceiveAddress> rx_from_;
+  std::unique_ptr<uint8_t[]> rx_control_;
+  std::vector<uint8_t*> tx_frame_ = std::vector<uint8_t*>(kBatch);
   std::unique_ptr<uint8_t[]> tx_memory_;
   std::vector<uint32_t> tx_inner_len_;
   std::vector<iovec> tx_iov_;

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "dataplane/packet/drop_reason.h"
 #include "dataplane/packet/encap.h"
 
@@ -64,16 +65,24 @@ struct DataplaneCounters {
 // What the engine needs to move one tunnel's packets.
 struct EngineTunnel {
   std::string name;
-  int device_fd = -1;  // the TUN device; not owned, must stay open until RemoveTunnel returns
-  uint32_t mtu = 0;    // device MTU: sizes the buffers packets are read into
-  EncapParams encap;   // how sent packets are wrapped
-  // Which received packets are this tunnel's (ip_tunnel_lookup): outer protocol, outer
-  // destination (= local, 0 for any), outer source (= remote, 0 for any), and key.
-  uint8_t protocol = kIpProtoGre;
-  uint32_t local = 0;
-  uint32_t remote = 0;
+  int device_fd = -1;  // the TUN/TAP device; not owned, must stay open until RemoveTunnel returns
+  uint32_t mtu = 0;    // device MTU (tap modes: of the frame's payload, as `ip link` shows it)
+  // How sent packets are wrapped: mode, underlay addresses, output GRE options, outer header.
+  // Which received packets are the tunnel's follows from the mode, the addresses (local: the
+  // packet's destination, zero for any; remote: its source, zero for any) and the input key.
+  EncapParams encap;
+  // What every received packet must carry (ikey, icsum, iseq).
   bool has_input_key = false;
   uint32_t input_key = 0;
+  bool input_checksum = false;
+  bool input_sequence = false;
+  // Keepalive period (zero: off) and the replies missed before the peer counts as gone.
+  absl::Duration keepalive_interval = absl::ZeroDuration();
+  uint32_t keepalive_retries = 3;
+  // Sources of the ICMP errors written back into the device (the device's own addresses, as the
+  // kernel's icmp_send would pick); zero: the destination of the packet being answered.
+  uint32_t icmp_source_v4 = 0;
+  OuterAddress icmp_source_v6;
   std::shared_ptr<TunnelCounters> counters;
 };
 
@@ -81,7 +90,7 @@ class PacketEngine {
  public:
   virtual ~PacketEngine() = default;
   // Starts moving the tunnel's packets. ALREADY_EXISTS when the name, or the receive match
-  // (protocol, local, remote, key), is taken.
+  // (mode, local, remote, input key), is taken.
   virtual absl::Status AddTunnel(const EngineTunnel& tunnel) = 0;
   // Stops moving them; when it returns no operation uses the device fd any more.
   // NOT_FOUND when there is no such tunnel.

@@ -56,25 +56,6 @@ bool IsModeImplemented(TunnelMode mode) {
   return false;
 }
 
-bool IsGreMode(TunnelMode mode) {
-  return mode == TunnelMode::kGre || mode == TunnelMode::kGretap || mode == TunnelMode::kIp6gre ||
-         mode == TunnelMode::kIp6gretap;
-}
-
-bool IsEthernetMode(TunnelMode mode) {
-  return mode == TunnelMode::kGretap || mode == TunnelMode::kIp6gretap;
-}
-
-bool IsIpv6UnderlayMode(TunnelMode mode) {
-  return mode == TunnelMode::kIp6gre || mode == TunnelMode::kIp6gretap ||
-         mode == TunnelMode::kIp6tnl;
-}
-
-bool SupportsKeepalive(TunnelMode mode) {
-  return mode == TunnelMode::kGre || mode == TunnelMode::kIpip || mode == TunnelMode::kIp6gre ||
-         mode == TunnelMode::kIp6tnl;
-}
-
 uint32_t EncapOverhead(TunnelMode mode, GreOptions output) {
   const uint32_t gre = kGreBase + (output.key ? kGreOption : 0) +
                        (output.checksum ? kGreOption : 0) + (output.sequence ? kGreOption : 0);

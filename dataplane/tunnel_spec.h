@@ -11,11 +11,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "dataplane/address.h"
+#include "dataplane/packet/tunnel_mode.h"
 
 namespace tunnelagent::dataplane {
-
-// The kernel's tunnel link types (`ip link add ... type <name>`).
-enum class TunnelMode : uint8_t { kGre, kGretap, kIpip, kSit, kIp6gre, kIp6gretap, kIp6tnl };
 
 // "gre", "gretap", "ipip", ... as iproute2 spells them.
 absl::string_view TunnelModeName(TunnelMode mode);
@@ -23,15 +21,6 @@ absl::string_view TunnelModeName(TunnelMode mode);
 std::optional<TunnelMode> ParseTunnelMode(absl::string_view name);
 // Whether this build's dataplane moves packets for the mode.
 bool IsModeImplemented(TunnelMode mode);
-// GRE modes (gre, gretap, ip6gre, ip6gretap): the ones with keys, checksums and sequences.
-bool IsGreMode(TunnelMode mode);
-// Ethernet-in-GRE modes (gretap, ip6gretap): a TAP device, frames rather than IP packets.
-bool IsEthernetMode(TunnelMode mode);
-// Modes whose underlay is IPv6 (ip6gre, ip6gretap, ip6tnl).
-bool IsIpv6UnderlayMode(TunnelMode mode);
-// Modes that can send keepalives (gre, ipip, ip6gre, ip6tnl).
-bool SupportsKeepalive(TunnelMode mode);
-
 // Which GRE header fields a tunnel sends (output) or requires (input).
 struct GreOptions {
   bool key = false;

@@ -8,24 +8,28 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "dataplane/packet/encap.h"
+#include "dataplane/packet/outer_address.h"
+#include "dataplane/packet/tunnel_mode.h"
 
 namespace tunnelagent::dataplane {
 
-// A tunnel's receive match: outer protocol, its local (the packet's destination; 0 = any) and
-// remote (the packet's source; 0 = any) addresses, and its input key, if any.
+// A tunnel's receive match: its mode (which the packet's outer protocol and GRE protocol
+// type determine, as the kernel's separate ip_gre, gretap, ipip, sit, ip6gre and ip6tnl tables
+// do), its local (the packet's destination; zero = any) and remote (the packet's source; zero =
+// any) addresses, and its input key, if any.
 struct TunnelMatch {
-  uint8_t protocol = 0;
+  TunnelMode mode = TunnelMode::kGre;
   bool has_key = false;
-  uint32_t local = 0;
-  uint32_t remote = 0;
+  OuterAddress local;
+  OuterAddress remote;
   uint32_t key = 0;  // 0 when !has_key
 
   template <typename H>
   friend H AbslHashValue(H h, const TunnelMatch& m) {
-    return H::combine(std::move(h), m.protocol, m.has_key, m.local, m.remote, m.key);
+    return H::combine(std::move(h), m.mode, m.has_key, m.local, m.remote, m.key);
   }
   friend bool operator==(const TunnelMatch& a, const TunnelMatch& b) {
-    return a.protocol == b.protocol && a.has_key == b.has_key && a.local == b.local &&
+    return a.mode == b.mode && a.has_key == b.has_key && a.local == b.local &&
            a.remote == b.remote && a.key == b.key;
   }
 };
@@ -46,12 +50,13 @@ class TunnelTable {
   // always matches exactly (a keyless packet only finds a keyless tunnel, a keyed one only a
   // tunnel with that key). At most four hash probes, whatever the number of tunnels.
   Tunnel* Lookup(const Decapsulated& packet) const {
-    TunnelMatch key{packet.protocol, packet.has_key, 0, 0, packet.has_key ? packet.key : 0};
-    const std::pair<uint32_t, uint32_t> candidates[] = {
+    TunnelMatch key{packet.mode, packet.has_key, {}, {}, packet.has_key ? packet.key : 0};
+    const OuterAddress any;
+    const std::pair<const OuterAddress&, const OuterAddress&> candidates[] = {
         {packet.outer_dst, packet.outer_src},
-        {0, packet.outer_src},
-        {packet.outer_dst, 0},
-        {0, 0},
+        {any, packet.outer_src},
+        {packet.outer_dst, any},
+        {any, any},
     };
     for (const auto& [local, remote] : candidates) {
       key.local = local;

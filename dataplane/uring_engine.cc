@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -19,6 +20,7 @@
 #include "dataplane/engine_support.h"
 #include "dataplane/errno_status.h"
 #include "dataplane/packet/encap.h"
+#include "dataplane/tunnel_datapath.h"
 #include "dataplane/tunnel_table.h"
 
 namespace tunnelagent::dataplane {
@@ -26,7 +28,15 @@ namespace {
 
 struct TunnelRuntime;
 
-enum class OpKind : uint8_t { kDeviceRead, kSocketSend, kSocketRecv, kDeviceWrite, kWake, kCancel };
+enum class OpKind : uint8_t {
+  kDeviceRead,
+  kSocketSend,
+  kSocketRecv,
+  kDeviceWrite,
+  kWake,
+  kTimer,
+  kCancel
+};
 
 // One buffer and the one operation it is part of at any time. Its address is the SQE's
 // user_data, so a completion leads straight back to its buffer and tunnel.
@@ -35,22 +45,27 @@ struct Slot {
   TunnelRuntime* tunnel = nullptr;  // transmit: the owner; receive: the device written to
   uint8_t* buffer = nullptr;
   uint32_t capacity = 0;
-  uint32_t inner_len = 0;  // what the tunnel's counters count
-  int socket_fd = -1;      // receive slots: the socket they receive on
+  uint32_t inner_len = 0;                 // what the tunnel's counters count
+  const ReceiveSocket* socket = nullptr;  // receive slots: the socket they receive on
+  uint8_t* frame = nullptr;               // transmit: the frame read from the device
   msghdr msg{};
   iovec iov{};
-  sockaddr_in peer{};
+  ReceiveAddress from{};                                   // IPv6 receives: the source
+  alignas(cmsghdr) uint8_t control[kReceiveControlBytes];  // IPv6 receives: address, class
 };
 
 struct TunnelRuntime {
-  EngineTunnel config;
-  TunnelMatch match;
+  std::unique_ptr<TunnelDatapath> path;
   std::unique_ptr<uint8_t[]> memory;
   std::vector<Slot> slots;
   uint32_t inflight = 0;
   std::unique_ptr<EngineCommand> removal;  // set while the tunnel is being removed
-  uint32_t next_sequence = 0;
+  absl::Time next_tick = absl::InfinitePast();
 };
+
+// Housekeeping (keepalives, path MTU refresh) runs at most this often, and at least this
+// often (so a new tunnel's first keepalive is not late).
+constexpr absl::Duration kTickResolution = absl::Milliseconds(50);
 
 }  // namespace
 
@@ -63,36 +78,39 @@ class UringEngine::Impl {
       mailbox_.Stop().IgnoreError();
       thread_.join();
     }
-    for (int fd : {send_fd_, gre_fd_, ipip_fd_}) {
-      if (fd >= 0) close(fd);
-    }
+    CloseReceiveSockets(sockets_);
   }
 
   absl::Status Start() {
     if (absl::Status s = mailbox_.Open(0); !s.ok()) return s;
-    // One send socket for every tunnel: IPPROTO_RAW implies IP_HDRINCL, so the agent writes
-    // the whole outer header (the kernel fills in the ID and, when 0, the source).
-    absl::StatusOr<int> fd = OpenUnderlaySocket(IPPROTO_RAW, options_.socket_buffer_bytes, "send");
-    if (!fd.ok()) return fd.status();
-    send_fd_ = *fd;
-    // Raw sockets of a protocol see every packet of that protocol addressed to this host,
-    // outer IPv4 header included.
-    fd = OpenUnderlaySocket(kIpProtoGre, options_.socket_buffer_bytes, "GRE receive");
-    if (!fd.ok()) return fd.status();
-    gre_fd_ = *fd;
-    fd = OpenUnderlaySocket(kIpProtoIpip, options_.socket_buffer_bytes, "IPIP receive");
-    if (!fd.ok()) return fd.status();
-    ipip_fd_ = *fd;
+    // Send sockets for every tunnel, and the rare paths' resources.
+    if (absl::Status s = io_.Open(options_.socket_buffer_bytes); !s.ok()) return s;
+    // Raw sockets of a protocol see every packet of that protocol addressed to this host.
+    absl::StatusOr<std::vector<ReceiveSocket>> sockets =
+        OpenReceiveSockets(options_.socket_buffer_bytes);
+    if (!sockets.ok()) return sockets.status();
+    sockets_ = std::move(*sockets);
 
-    const unsigned receives = options_.socket_receives;
-    rx_memory_.reset(new uint8_t[size_t{2} * receives * options_.receive_buffer_bytes]);
-    rx_slots_.resize(size_t{2} * receives);
+    // GRE and IPIP over IPv4 carry most traffic; the other sockets get a quarter of the depth.
+    std::vector<const ReceiveSocket*> owners;
+    for (const ReceiveSocket& socket : sockets_) {
+      const bool main = !socket.ipv6 && socket.protocol != kIpProtoIpv6;
+      const unsigned depth =
+          main ? options_.socket_receives : std::max(1u, options_.socket_receives / 4);
+      for (unsigned i = 0; i < depth; ++i) owners.push_back(&socket);
+    }
+    rx_memory_.reset(new uint8_t[owners.size() * options_.receive_buffer_bytes]);
+    rx_slots_.resize(owners.size());
     for (size_t i = 0; i < rx_slots_.size(); ++i) {
       Slot& slot = rx_slots_[i];
       slot.op = OpKind::kSocketRecv;
       slot.buffer = rx_memory_.get() + i * options_.receive_buffer_bytes;
       slot.capacity = options_.receive_buffer_bytes;
-      slot.socket_fd = i < receives ? gre_fd_ : ipip_fd_;
+      slot.socket = owners[i];
+      slot.iov.iov_base = slot.buffer;
+      slot.iov.iov_len = slot.capacity;
+      slot.msg.msg_iov = &slot.iov;
+      slot.msg.msg_iovlen = 1;
     }
 
     std::promise<absl::Status> ready;
@@ -136,6 +154,8 @@ class UringEngine::Impl {
     }
     wake_slot_.op = OpKind::kWake;
     ArmWake();
+    timer_slot_.op = OpKind::kTimer;
+    ArmTimer();
     for (Slot& slot : rx_slots_) ArmReceive(&slot);
     ready->set_value(absl::OkStatus());
 
@@ -203,13 +223,32 @@ class UringEngine::Impl {
     ++inflight_total_;
   }
 
+  void ArmTimer() {
+    io_uring_sqe* sqe = NextSqe();
+    timer_spec_.tv_sec = 0;
+    timer_spec_.tv_nsec = absl::ToInt64Nanoseconds(kTickResolution);
+    io_uring_prep_timeout(sqe, &timer_spec_, 0, 0);
+    io_uring_sqe_set_data(sqe, &timer_slot_);
+    ++inflight_total_;
+  }
+
   void ArmReceive(Slot* slot) {
     slot->op = OpKind::kSocketRecv;
     slot->tunnel = nullptr;
     io_uring_sqe* sqe = NextSqe();
     // MSG_TRUNC: the result is the datagram's real length, so a packet larger than the buffer
     // is seen as such instead of being passed on cut short.
-    io_uring_prep_recv(sqe, slot->socket_fd, slot->buffer, slot->capacity, MSG_TRUNC);
+    if (slot->socket->ipv6) {
+      // IPv6 raw sockets give no header: the addresses and traffic class come as ancillary data.
+      slot->msg.msg_name = &slot->from;
+      slot->msg.msg_namelen = sizeof slot->from;
+      slot->msg.msg_control = slot->control;
+      slot->msg.msg_controllen = sizeof slot->control;
+      slot->msg.msg_flags = 0;
+      io_uring_prep_recvmsg(sqe, slot->socket->fd, &slot->msg, MSG_TRUNC);
+    } else {
+      io_uring_prep_recv(sqe, slot->socket->fd, slot->buffer, slot->capacity, MSG_TRUNC);
+    }
     io_uring_sqe_set_data(sqe, slot);
     ++inflight_total_;
   }
@@ -217,7 +256,7 @@ class UringEngine::Impl {
   void ArmDeviceRead(Slot* slot) {
     slot->op = OpKind::kDeviceRead;
     io_uring_sqe* sqe = NextSqe();
-    io_uring_prep_read(sqe, slot->tunnel->config.device_fd, slot->buffer + kDeviceHeadroom,
+    io_uring_prep_read(sqe, slot->tunnel->path->config().device_fd, slot->buffer + kDeviceHeadroom,
                        slot->capacity - kDeviceHeadroom, 0);
     io_uring_sqe_set_data(sqe, slot);
     ++inflight_total_;
@@ -237,6 +276,8 @@ class UringEngine::Impl {
         return CompleteDeviceWrite(slot, res);
       case OpKind::kWake:
         return CompleteWake();
+      case OpKind::kTimer:
+        return CompleteTimer();
       case OpKind::kCancel:
         return;  // the cancelled operations complete on their own
     }
@@ -247,7 +288,7 @@ class UringEngine::Impl {
     TunnelRuntime* tunnel = slot->tunnel;
     --tunnel->inflight;
     if (tunnel->removal) return MaybeFinishRemoval(tunnel);
-    TunnelCounters& counters = *tunnel->config.counters;
+    TunnelCounters& counters = tunnel->path->counters();
     if (res <= 0) {
       if (res == 0 || res == -EAGAIN || res == -EINTR) return ArmDeviceRead(slot);
       counters.tx_drops[static_cast<int>(DropReason::kDeviceError)].Add();
@@ -262,19 +303,15 @@ class UringEngine::Impl {
       counters.tx_drops[static_cast<int>(DropReason::kTooBig)].Add();
       return ArmDeviceRead(slot);
     }
-    uint8_t* inner = slot->buffer + kDeviceHeadroom;
-    EncapResult out = Encapsulate(tunnel->config.encap, inner, len, 0, tunnel->next_sequence);
-    if (out.packet == nullptr) {
-      counters.tx_drops[static_cast<int>(out.drop)].Add();
-      return ArmDeviceRead(slot);
-    }
-    if (tunnel->config.encap.sequence) ++tunnel->next_sequence;
+    slot->frame = slot->buffer + kDeviceHeadroom;
+    EncapResult out;
+    if (!tunnel->path->PrepareTransmit(slot->frame, len, &out)) return ArmDeviceRead(slot);
     slot->op = OpKind::kSocketSend;
     slot->inner_len = static_cast<uint32_t>(len);
     slot->iov.iov_base = out.packet;
     slot->iov.iov_len = out.len;
     io_uring_sqe* sqe = NextSqe();
-    io_uring_prep_sendmsg(sqe, send_fd_, &slot->msg, 0);
+    io_uring_prep_sendmsg(sqe, tunnel->path->send_fd(), &slot->msg, 0);
     io_uring_sqe_set_data(sqe, slot);
     ++inflight_total_;
     ++tunnel->inflight;
@@ -284,15 +321,7 @@ class UringEngine::Impl {
   void CompleteSend(Slot* slot, int res) {
     TunnelRuntime* tunnel = slot->tunnel;
     --tunnel->inflight;
-    TunnelCounters& counters = *tunnel->config.counters;
-    if (res >= 0) {
-      counters.tx_packets.Add();
-      counters.tx_bytes.Add(slot->inner_len);
-    } else {
-      // EMSGSIZE: larger than the underlay path allows (raw IP_HDRINCL sends never fragment).
-      DropReason reason = res == -EMSGSIZE ? DropReason::kTooBig : DropReason::kSendError;
-      counters.tx_drops[static_cast<int>(reason)].Add();
-    }
+    tunnel->path->TransmitDone(slot->frame, slot->inner_len, res);
     if (tunnel->removal) return MaybeFinishRemoval(tunnel);
     ArmDeviceRead(slot);
   }
@@ -315,7 +344,8 @@ class UringEngine::Impl {
     }
     Decapsulated packet;
     DropReason reason;
-    if (!Decapsulate(slot->buffer, static_cast<size_t>(res), &packet, &reason)) {
+    if (!DecodeReceived(*slot->socket, slot->buffer, static_cast<size_t>(res), slot->msg, &packet,
+                        &reason)) {
       counters_.drops[static_cast<int>(reason)].Add();
       return ArmReceive(slot);
     }
@@ -324,11 +354,12 @@ class UringEngine::Impl {
       counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
       return ArmReceive(slot);
     }
+    if (!tunnel->path->AcceptReceived(packet)) return ArmReceive(slot);
     slot->op = OpKind::kDeviceWrite;
     slot->tunnel = tunnel;
     slot->inner_len = static_cast<uint32_t>(packet.inner_len);
     io_uring_sqe* sqe = NextSqe();
-    io_uring_prep_write(sqe, tunnel->config.device_fd, packet.inner,
+    io_uring_prep_write(sqe, tunnel->path->config().device_fd, packet.inner,
                         static_cast<unsigned>(packet.inner_len), 0);
     io_uring_sqe_set_data(sqe, slot);
     ++inflight_total_;
@@ -339,15 +370,19 @@ class UringEngine::Impl {
   void CompleteDeviceWrite(Slot* slot, int res) {
     TunnelRuntime* tunnel = slot->tunnel;
     --tunnel->inflight;
-    TunnelCounters& counters = *tunnel->config.counters;
-    if (res >= 0) {
-      counters.rx_packets.Add();
-      counters.rx_bytes.Add(slot->inner_len);
-    } else {
-      counters.rx_drops[static_cast<int>(DropReason::kDeviceError)].Add();
-    }
+    tunnel->path->DeliverDone(slot->inner_len, res);
     if (tunnel->removal) MaybeFinishRemoval(tunnel);
     ArmReceive(slot);
+  }
+
+  void CompleteTimer() {
+    if (stopping_) return;
+    const absl::Time now = absl::Now();
+    for (auto& [name, tunnel] : tunnels_) {
+      if (tunnel->removal || now < tunnel->next_tick) continue;
+      tunnel->next_tick = tunnel->path->Tick(now);
+    }
+    ArmTimer();
   }
 
   void CompleteWake() {
@@ -373,17 +408,18 @@ class UringEngine::Impl {
     if (tunnels_.contains(config.name)) {
       return absl::AlreadyExistsError(absl::StrCat("tunnel ", config.name, " exists"));
     }
-    const TunnelMatch match = MatchOf(config);
-    if (by_match_.Contains(match)) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("another tunnel receives the same local, remote and key as ", config.name));
+    absl::StatusOr<std::unique_ptr<TunnelDatapath>> path =
+        TunnelDatapath::Create(config, &io_, absl::Now());
+    if (!path.ok()) return path.status();
+    if (by_match_.Contains((*path)->match())) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "another tunnel receives the same mode, local, remote and key as ", config.name));
     }
     auto tunnel = std::make_unique<TunnelRuntime>();
-    tunnel->config = config;
-    tunnel->match = match;
-    // Room for the headroom, an MTU-sized packet, and enough beyond it to tell a packet that
-    // overflows the MTU from one that fits exactly.
-    const size_t capacity = DeviceBufferBytes(config.mtu);
+    tunnel->path = std::move(*path);
+    // Room for the headroom, a frame of the device's largest, and enough beyond it to tell a
+    // frame that overflows the MTU from one that fits exactly.
+    const size_t capacity = DeviceBufferBytes(tunnel->path->max_frame());
     const unsigned depth = options_.device_reads_per_tunnel;
     tunnel->memory.reset(new uint8_t[capacity * depth]);
     tunnel->slots.resize(depth);
@@ -392,15 +428,13 @@ class UringEngine::Impl {
       slot.tunnel = tunnel.get();
       slot.buffer = tunnel->memory.get() + i * capacity;
       slot.capacity = static_cast<uint32_t>(capacity);
-      slot.peer.sin_family = AF_INET;
-      slot.peer.sin_addr.s_addr = htonl(config.encap.remote);
-      slot.msg.msg_name = &slot.peer;
-      slot.msg.msg_namelen = sizeof slot.peer;
+      slot.msg.msg_name = const_cast<sockaddr*>(tunnel->path->destination());
+      slot.msg.msg_namelen = tunnel->path->destination_len();
       slot.msg.msg_iov = &slot.iov;
       slot.msg.msg_iovlen = 1;
     }
     TunnelRuntime* raw = tunnel.get();
-    by_match_.Insert(match, raw);
+    by_match_.Insert(raw->path->match(), raw);
     tunnels_[config.name] = std::move(tunnel);
     for (Slot& slot : raw->slots) ArmDeviceRead(&slot);
     return absl::OkStatus();
@@ -417,10 +451,10 @@ class UringEngine::Impl {
       return;
     }
     TunnelRuntime* tunnel = it->second.get();
-    by_match_.Erase(tunnel->match);
+    by_match_.Erase(tunnel->path->match());
     tunnel->removal = std::move(command);
     io_uring_sqe* sqe = NextSqe();
-    io_uring_prep_cancel_fd(sqe, tunnel->config.device_fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_prep_cancel_fd(sqe, tunnel->path->config().device_fd, IORING_ASYNC_CANCEL_ALL);
     io_uring_sqe_set_data(sqe, &cancel_slot_);
     ++inflight_total_;
     MaybeFinishRemoval(tunnel);
@@ -429,7 +463,7 @@ class UringEngine::Impl {
   void MaybeFinishRemoval(TunnelRuntime* tunnel) {
     if (tunnel->inflight != 0) return;
     std::unique_ptr<EngineCommand> command = std::move(tunnel->removal);
-    tunnels_.erase(tunnel->config.name);  // frees the tunnel and its buffers
+    tunnels_.erase(tunnel->path->config().name);  // frees the tunnel and its buffers
     command->done.set_value(absl::OkStatus());
   }
 
@@ -437,14 +471,15 @@ class UringEngine::Impl {
   io_uring ring_{};
   std::thread thread_;
 
-  int send_fd_ = -1;
-  int gre_fd_ = -1;
-  int ipip_fd_ = -1;
+  UnderlayIo io_;
+  std::vector<ReceiveSocket> sockets_;
 
   // Owned by the engine thread once it runs.
   std::unique_ptr<uint8_t[]> rx_memory_;
   std::vector<Slot> rx_slots_;
   Slot wake_slot_;
+  Slot timer_slot_;
+  __kernel_timespec timer_spec_{};
   Slot cancel_slot_{OpKind::kCancel};
   uint64_t wake_value_ = 0;
   // Operations submitted and not yet completed, all kinds.

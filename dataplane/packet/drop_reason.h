@@ -13,7 +13,8 @@ enum class DropReason : uint8_t {
   kBadOuterHeader,       // outer IPv4 header invalid (version, IHL, length, fragment)
   kGreVersion,           // GRE version other than 0
   kGreRouting,           // GRE routing bit set (RFC 1701 source routing, obsolete)
-  kGreChecksum,          // GRE checksum present and wrong
+  kGreChecksum,          // GRE checksum wrong, or absent where the tunnel requires one
+  kGreSequence,          // GRE sequence number absent where required, or behind the last one
   kUnsupportedProtocol,  // payload type the tunnel cannot carry (e.g. IPv6 into IPIP)
   kBadInnerPacket,       // inner packet malformed or its version contradicts the header
   kEcnError,             // outer CE over a not-ECT inner packet (RFC 6040: drop)

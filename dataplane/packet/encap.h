@@ -1,4 +1,6 @@
-// Encapsulation and decapsulation of whole packets over an IPv4 underlay.
+// Encapsulation and decapsulation of whole packets for every tunnel mode: GRE (RFC 2784, RFC
+// 2890) and Ethernet over GRE, IPv4 in IPv4 (RFC 2003), IPv6 in IPv4 (sit), and the IPv6-underlay
+// modes with their RFC 2473 encapsulation-limit option.
 // Pure functions on caller-owned buffers: no allocation, no system calls.
 #ifndef TUNNELAGENT_DATAPLANE_PACKET_ENCAP_H_
 #define TUNNELAGENT_DATAPLANE_PACKET_ENCAP_H_
@@ -9,28 +11,42 @@
 #include "dataplane/packet/drop_reason.h"
 #include "dataplane/packet/gre.h"
 #include "dataplane/packet/ipv4.h"
+#include "dataplane/packet/outer_address.h"
+#include "dataplane/packet/tunnel_mode.h"
 
 namespace tunnelagent::dataplane {
 
-// Room to leave in front of an inner packet for the largest outer headers.
-inline constexpr size_t kMaxEncapHeadroom = kIpv4HeaderLen + kGreMaxHeaderLen;
+inline constexpr size_t kEthernetHeaderLen = 14;
+// The destination-options header ip6_tunnel adds: the tunnel encapsulation limit (RFC 2473
+// section 5.1) padded to 8 bytes.
+inline constexpr size_t kEncapLimitOptionLen = 8;
+inline constexpr uint8_t kDefaultEncapLimit = 4;  // IPV6_DEFAULT_TNL_ENCAP_LIMIT
 
-enum class EncapKind : uint8_t { kGre, kIpip };
+// Room to leave in front of an inner packet for the largest outer headers (ip6gre with every
+// GRE option).
+inline constexpr size_t kMaxEncapHeadroom =
+    kIpv6HeaderLen + kEncapLimitOptionLen + kGreMaxHeaderLen;
 
-// How a tunnel wraps what it sends (ip_tunnel_xmit's parameters).
+// How a tunnel wraps what it sends (ip_tunnel_xmit's and ip6_tnl_xmit's parameters).
 struct EncapParams {
-  EncapKind kind = EncapKind::kGre;
-  uint32_t local = 0;  // host order; 0 lets the kernel fill in the source (raw(7))
-  uint32_t remote = 0;
+  TunnelMode mode = TunnelMode::kGre;
+  // IPv4: 0 lets the kernel fill in the source (raw(7)); IPv6 needs a real one.
+  OuterAddress local;
+  OuterAddress remote;
   bool has_key = false;
-  uint32_t key = 0;           // output key
-  bool checksum = false;      // GRE C bit
-  bool sequence = false;      // GRE S bit; the caller passes the number to Encapsulate
-  uint8_t ttl = 64;           // 0 = inherit the inner packet's TTL / hop limit
-  bool dont_fragment = true;  // pmtudisc: DF on every outer packet, as the kernel's default
+  uint32_t key = 0;       // output key
+  bool checksum = false;  // GRE C bit
+  bool sequence = false;  // GRE S bit; the caller passes the number to Encapsulate
+  uint8_t ttl = 0;        // TTL / hop limit; 0 = inherit the inner packet's (64 if not IP)
+  uint8_t tos = 0;        // DSCP bits of the outer TOS / traffic class
+  bool inherit_tos = false;
+  bool pmtudisc = true;    // IPv4 underlay: DF on every outer packet
+  bool ignore_df = false;  // IPv4 underlay: never copy an inner DF to the outer header
+  uint8_t encap_limit = kDefaultEncapLimit;  // IPv6 underlay
 };
 
-// Outer header bytes for these parameters (20 + GRE header, or 20 for IPIP).
+// Outer header bytes for these parameters: 20 (IPv4) or 48 (IPv6 with the encapsulation-limit
+// option), plus the GRE header for GRE modes.
 size_t EncapHeaderLen(const EncapParams& p);
 
 struct EncapResult {
@@ -39,34 +55,58 @@ struct EncapResult {
   DropReason drop = DropReason::kCount;  // set when packet is null
 };
 
-// Wraps the IP packet at `inner` (inner_len bytes; at least EncapHeaderLen(p) writable bytes
-// must precede it). The payload type comes from the inner version nibble: IPv4 or IPv6 for
-// GRE, IPv4 only for IPIP (kUnsupportedProtocol otherwise; kBadInnerPacket when the packet is
-// shorter than its header). The outer ECN field follows RFC 6040 (copied from the inner
-// packet, CE sent as ECT(0)), TOS otherwise 0; `ip_id` 0 lets the kernel pick one.
+// Where the IP packet inside what a device carries starts: 0 for IP modes, 14 for Ethernet
+// modes when the frame carries IPv4 or IPv6 (untagged); -1 when there is no IP packet.
+int InnerIpOffset(TunnelMode mode, const uint8_t* payload, size_t len);
+
+// Wraps what the device carries (an IP packet, or an Ethernet frame for gretap and ip6gretap)
+// at `inner` (inner_len bytes; at least EncapHeaderLen(p) writable bytes must precede it).
+// What a mode carries: gre and ip6gre IPv4 and IPv6 (protocol 0x0800/0x86DD), ipip IPv4, sit
+// IPv6, ip6tnl both (next header 4/41), the tap modes frames of at least 14 bytes;
+// kUnsupportedProtocol otherwise, kBadInnerPacket when shorter than its header.
+// Outer header as the kernel writes it: TTL fixed or inherited; DSCP fixed or inherited;
+// ECN per RFC 6040 (copied, CE sent as ECT(0)); IPv4 DF = pmtudisc, or the inner IPv4 DF unless
+// ignore_df; IPv6 flow label from a hash of the inner addresses (auto_flowlabels); `ip_id` 0
+// lets the kernel pick the IPv4 ID.
 EncapResult Encapsulate(const EncapParams& p, uint8_t* inner, size_t inner_len, uint16_t ip_id,
                         uint32_t sequence);
 
+// Writes, ending at `payload_end`, the outer headers of `p` for an empty payload, and returns
+// the packet: what the tunnel sends when it has nothing to carry (a keepalive coming home).
+// The GRE protocol type is 0 and the IPv4 TTL / IPv6 hop limit 255 / 64 unless `p.ttl` is set.
+EncapResult EncapsulateEmpty(const EncapParams& p, uint8_t* payload_end, uint32_t sequence);
+
 // What a received packet says about itself; pointers into the caller's buffer.
 struct Decapsulated {
-  uint32_t outer_src = 0;  // host order
-  uint32_t outer_dst = 0;
-  uint8_t protocol = 0;  // kIpProtoGre or kIpProtoIpip
+  TunnelMode mode = TunnelMode::kGre;  // the kind of tunnel it is for (ip_gre vs gretap, ...)
+  OuterAddress outer_src;
+  OuterAddress outer_dst;
+  uint8_t protocol = 0;  // outer IPv4 protocol / IPv6 next header: 47, 4 or 41
+  bool has_checksum = false;
   bool has_key = false;
   uint32_t key = 0;
   bool has_sequence = false;
   uint32_t sequence = 0;
   uint16_t inner_type = 0;  // EtherType of the payload
   uint8_t* inner = nullptr;
+  // 0 for an empty payload: no packet to deliver, but the reply to a keepalive.
   size_t inner_len = 0;
 };
 
-// Parses an IPv4 packet as a raw socket delivers it (outer header included), GRE or IPIP by
-// its protocol field, and validates the inner IP packet: version agrees with the payload type,
-// header complete, inner length trimmed to the inner header's own length. Applies RFC 6040 ECN
-// decapsulation in place (outer CE marks an ECT inner packet CE, fixing the IPv4 checksum;
-// over a not-ECT inner packet it is kEcnError). Does not look up tunnels.
+// Parses an IPv4 packet as a raw socket delivers it (outer header included), GRE, IPIP or
+// sit by its protocol field, and validates what it carries: an inner IP packet's version agrees
+// with the payload type, its header is complete, its length is trimmed to the inner header's
+// own length; an Ethernet frame has its 14-byte header. Applies RFC 6040 ECN decapsulation in
+// place (outer CE marks an ECT inner IP packet CE, fixing the IPv4 checksum; over a not-ECT one
+// it is kEcnError). Does not look up tunnels or check keys and sequence numbers.
 bool Decapsulate(uint8_t* packet, size_t len, Decapsulated* out, DropReason* reason);
+
+// The same for a packet that arrived over IPv6: raw IPv6 sockets deliver what follows the IPv6
+// header and its extension headers, so the caller passes what the socket reported alongside:
+// the next header (the socket's protocol), source, destination and traffic class.
+bool DecapsulateIpv6(uint8_t* payload, size_t len, uint8_t next_header, const OuterAddress& src,
+                     const OuterAddress& dst, uint8_t traffic_class, Decapsulated* out,
+                     DropReason* reason);
 
 }  // namespace tunnelagent::dataplane
 

@@ -355,10 +355,10 @@ class FakePacketEngine final : public dataplane::PacketEngine {
     ++add_calls_;
     if (absl::Status s = add_failure.Check(); !s.ok()) return s;
     if (tunnels_.count(tunnel.name)) return absl::AlreadyExistsError(tunnel.name);
-    // As the real engine: one tunnel per receive match (protocol, local, remote, key).
+    // As the real engine: one tunnel per receive match (mode, local, remote, key).
     for (const auto& [name, t] : tunnels_) {
-      if (t.protocol == tunnel.protocol && t.local == tunnel.local && t.remote == tunnel.remote &&
-          t.has_input_key == tunnel.has_input_key &&
+      if (t.encap.mode == tunnel.encap.mode && t.encap.local == tunnel.encap.local &&
+          t.encap.remote == tunnel.encap.remote && t.has_input_key == tunnel.has_input_key &&
           (!t.has_input_key || t.input_key == tunnel.input_key)) {
         return absl::AlreadyExistsError("engine: same receive match as " + name);
       }

@@ -26,10 +26,10 @@
 namespace tunnelagent::agent {
 namespace {
 
-using dataplane::EncapKind;
 using dataplane::EngineTunnel;
 using dataplane::IpAddress;
 using dataplane::IpPrefix;
+using dataplane::OuterAddress;
 using dataplane::TunnelMode;
 using dataplane::TunnelSpec;
 using ::testing::Contains;
@@ -211,14 +211,13 @@ TEST_F(TunnelManagerTest, EngineTunnelOfKeyedGre) {
   EXPECT_EQ(t.name, "gre1");
   EXPECT_EQ(t.device_fd, links_.links().at("gre1").fd);
   EXPECT_EQ(t.mtu, 1472u);
-  EXPECT_EQ(t.protocol, 47);
-  EXPECT_EQ(t.local, 0xC6336401u);  // host order
-  EXPECT_EQ(t.remote, 0xCB007107u);
   EXPECT_TRUE(t.has_input_key);
   EXPECT_EQ(t.input_key, 0xDEADBEEFu);
-  EXPECT_EQ(t.encap.kind, EncapKind::kGre);
-  EXPECT_EQ(t.encap.local, 0xC6336401u);
-  EXPECT_EQ(t.encap.remote, 0xCB007107u);
+  EXPECT_EQ(t.encap.mode, TunnelMode::kGre);
+  EXPECT_EQ(t.encap.local, OuterAddress(0xC6336401u));  // host order
+  EXPECT_EQ(t.encap.remote, OuterAddress(0xCB007107u));
+  EXPECT_EQ(t.encap.ttl, 0) << "inherit, the kernel's default";
+  EXPECT_TRUE(t.encap.pmtudisc);
   EXPECT_TRUE(t.encap.has_key);
   EXPECT_EQ(t.encap.key, 0xDEADBEEFu);
   EXPECT_NE(t.counters, nullptr);
@@ -232,13 +231,10 @@ TEST_F(TunnelManagerTest, EngineTunnelOfIpipWithAnyLocal) {
   const EngineTunnel& t = engine_.tunnels().at("ipip1");
   EXPECT_EQ(t.device_fd, links_.links().at("ipip1").fd);
   EXPECT_EQ(t.mtu, 1480u);
-  EXPECT_EQ(t.protocol, 4);
-  EXPECT_EQ(t.local, 0u);
-  EXPECT_EQ(t.remote, 0xCB007107u);
   EXPECT_FALSE(t.has_input_key);
-  EXPECT_EQ(t.encap.kind, EncapKind::kIpip);
-  EXPECT_EQ(t.encap.local, 0u);
-  EXPECT_EQ(t.encap.remote, 0xCB007107u);
+  EXPECT_EQ(t.encap.mode, TunnelMode::kIpip);
+  EXPECT_TRUE(t.encap.local.is_zero());
+  EXPECT_EQ(t.encap.remote, OuterAddress(0xCB007107u));
   EXPECT_FALSE(t.encap.has_key);
   EXPECT_NE(t.counters, nullptr);
 }
@@ -710,10 +706,9 @@ std::map<std::string, std::string> EngineView(const fakes::FakePacketEngine& eng
   std::map<std::string, std::string> view;
   for (const auto& [name, t] : engine.tunnels()) {
     view[name] = absl::StrCat(
-        "mtu=", t.mtu, " protocol=", static_cast<int>(t.protocol), " local=", t.local,
-        " remote=", t.remote, " key=", t.has_input_key ? absl::StrCat(t.input_key) : "none",
-        " encap=", static_cast<int>(t.encap.kind), "/", t.encap.local, "/", t.encap.remote, "/",
-        t.encap.has_key ? absl::StrCat(t.encap.key) : "none");
+        "mtu=", t.mtu, " key=", t.has_input_key ? absl::StrCat(t.input_key) : "none",
+        " encap=", static_cast<int>(t.encap.mode), "/", t.encap.local.v4(), "/",
+        t.encap.remote.v4(), "/", t.encap.has_key ? absl::StrCat(t.encap.key) : "none");
   }
   return view;
 }
@@ -892,8 +887,7 @@ TEST_F(TunnelManagerChangeTest, UpdateOfRemoteAndKeyRestartsTheEngineOnTheSameDe
   EXPECT_EQ(links_.links().at("gre1").ifindex, ifindex);
   const EngineTunnel& t = engine_.tunnels().at("gre1");
   EXPECT_EQ(t.device_fd, fd);
-  EXPECT_EQ(t.remote, 0xC000024Du);
-  EXPECT_EQ(t.encap.remote, 0xC000024Du);
+  EXPECT_EQ(t.encap.remote, OuterAddress(0xC000024Du));
   EXPECT_TRUE(t.has_input_key);
   EXPECT_EQ(t.input_key, 7u);
   EXPECT_TRUE(t.encap.has_key);
@@ -982,7 +976,7 @@ TEST_F(TunnelManagerChangeTest, UpdateOfModeRecreatesTheDeviceOldOneFirst) {
   EXPECT_EQ(link.addresses, patch.addresses);
   EXPECT_EQ(link.routes, patch.routes);
   EXPECT_EQ(link.mtu, 1480u);
-  EXPECT_EQ(engine_.tunnels().at("tun1").protocol, 4);
+  EXPECT_EQ(engine_.tunnels().at("tun1").encap.mode, TunnelMode::kIpip);
   EXPECT_EQ(engine_.tunnels().at("tun1").device_fd, link.fd);
   EXPECT_EQ(result->tunnel.status.ifindex, link.ifindex);
   EXPECT_EQ(result->tunnel.status.state, OperState::kUp);
@@ -1243,7 +1237,7 @@ TEST_F(TunnelManagerChangeTest, ApplyCreatesUpdatesRecreatesAndPrunesTheOwnersTu
   EXPECT_EQ(links_.links().at("a-upd").ifindex, a_ifindex) << "updated in place";
   EXPECT_EQ(links_.links().at("a-upd").routes, a.routes);
   EXPECT_NE(links_.links().at("b-re").ifindex, b_ifindex) << "recreated";
-  EXPECT_EQ(engine_.tunnels().at("b-re").protocol, 4);
+  EXPECT_EQ(engine_.tunnels().at("b-re").encap.mode, TunnelMode::kIpip);
   EXPECT_EQ(links_.links().at("d-same").ifindex, d_ifindex) << "untouched";
   EXPECT_EQ(links_.links().at("x-theirs").ifindex, theirs);
   EXPECT_EQ(links_.links().at("y-nobodys").ifindex, nobodys);

@@ -187,7 +187,7 @@ class EngineTest : public ::testing::TestWithParam<Backend> {
   }
 
   // A device "tun0" with 10.1.0.1/32, a route to 10.9.0.0/24 through it, in the engine.
-  void AddTunnel(EncapKind kind, bool keyed, uint32_t key = 0) {
+  void AddTunnel(TunnelMode mode, bool keyed, uint32_t key = 0) {
     auto tun = TunDevice::Create("tun0", TunDevice::Kind::kTun);
     ASSERT_TRUE(tun.ok()) << tun.status();
     tun_ = *std::move(tun);
@@ -204,14 +204,12 @@ class EngineTest : public ::testing::TestWithParam<Backend> {
     t.name = "tun0";
     t.device_fd = tun_->fd();
     t.mtu = 1400;
-    t.encap.kind = kind;
+    t.encap.mode = mode;
+    t.encap.ttl = 64;
     t.encap.local = kLocal;
     t.encap.remote = kRemote;
     t.encap.has_key = keyed;
     t.encap.key = key;
-    t.protocol = kind == EncapKind::kGre ? kIpProtoGre : kIpProtoIpip;
-    t.local = kLocal;
-    t.remote = kRemote;
     t.has_input_key = keyed;
     t.input_key = key;
     t.counters = counters_;
@@ -282,7 +280,7 @@ class EngineTest : public ::testing::TestWithParam<Backend> {
 };
 
 TEST_P(EngineTest, TransmitWrapsInGreWithKey) {
-  AddTunnel(EncapKind::kGre, /*keyed=*/true, 0x01020304);
+  AddTunnel(TunnelMode::kGre, /*keyed=*/true, 0x01020304);
   SendInner("hello-gre-tx");
   std::vector<uint8_t> pkt = Capture(*gre_tap_, "hello-gre-tx");
   ASSERT_FALSE(pkt.empty()) << "no GRE packet left the engine";
@@ -308,7 +306,7 @@ TEST_P(EngineTest, TransmitWrapsInGreWithKey) {
 }
 
 TEST_P(EngineTest, ReceiveDeliversMatchingGreToDevice) {
-  AddTunnel(EncapKind::kGre, /*keyed=*/true, 77);
+  AddTunnel(TunnelMode::kGre, /*keyed=*/true, 77);
   auto udp = BoundUdp();
   GreHeader gre;
   gre.has_key = true;
@@ -321,7 +319,7 @@ TEST_P(EngineTest, ReceiveDeliversMatchingGreToDevice) {
 }
 
 TEST_P(EngineTest, WrongOrMissingKeyIsDroppedAndCounted) {
-  AddTunnel(EncapKind::kGre, /*keyed=*/true, 77);
+  AddTunnel(TunnelMode::kGre, /*keyed=*/true, 77);
   auto udp = BoundUdp();
   GreHeader wrong;
   wrong.has_key = true;
@@ -337,7 +335,7 @@ TEST_P(EngineTest, WrongOrMissingKeyIsDroppedAndCounted) {
 }
 
 TEST_P(EngineTest, MalformedGreIsCountedByReasonAndTheLoopGoesOn) {
-  AddTunnel(EncapKind::kGre, /*keyed=*/false);
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false);
   auto udp = BoundUdp();
   std::vector<uint8_t> inner = UdpPacket(kInnerFar, kInnerA, kPort, "after-garbage");
   GreHeader gre;
@@ -360,7 +358,7 @@ TEST_P(EngineTest, MalformedGreIsCountedByReasonAndTheLoopGoesOn) {
 }
 
 TEST_P(EngineTest, IpipBothWays) {
-  AddTunnel(EncapKind::kIpip, /*keyed=*/false);
+  AddTunnel(TunnelMode::kIpip, /*keyed=*/false);
   SendInner("hello-ipip-tx");
   std::vector<uint8_t> pkt = Capture(*ipip_tap_, "hello-ipip-tx");
   ASSERT_FALSE(pkt.empty());
@@ -376,14 +374,14 @@ TEST_P(EngineTest, IpipBothWays) {
 }
 
 TEST_P(EngineTest, AddAndRemoveAreChecked) {
-  AddTunnel(EncapKind::kGre, /*keyed=*/false);
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false);
   EngineTunnel clash;
   clash.name = "other";
   clash.device_fd = tun_->fd();
   clash.mtu = 1400;
-  clash.protocol = kIpProtoGre;
-  clash.local = kLocal;
-  clash.remote = kRemote;
+  clash.encap.mode = TunnelMode::kGre;
+  clash.encap.local = kLocal;
+  clash.encap.remote = kRemote;
   clash.counters = std::make_shared<TunnelCounters>();
   EXPECT_EQ(engine_->AddTunnel(clash).code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(engine_->RemoveTunnel("nope").code(), absl::StatusCode::kNotFound);
@@ -392,7 +390,7 @@ TEST_P(EngineTest, AddAndRemoveAreChecked) {
 }
 
 TEST_P(EngineTest, RemovedTunnelNoLongerReceives) {
-  AddTunnel(EncapKind::kGre, /*keyed=*/false);
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false);
   ASSERT_TRUE(engine_->RemoveTunnel("tun0").ok());
   GreHeader gre;
   gre.protocol = kEtherTypeIpv4;
@@ -408,7 +406,7 @@ TEST_P(EngineTest, RemoveUnderLoad) {
   std::vector<uint8_t> wrapped =
       Wrap(UdpPacket(kInnerFar, kInnerA, kPort, "load"), kIpProtoGre, &gre);
   for (int round = 0; round < 5; ++round) {
-    AddTunnel(EncapKind::kGre, /*keyed=*/false);
+    AddTunnel(TunnelMode::kGre, /*keyed=*/false);
     for (int i = 0; i < 200; ++i) {
       SendOuter(wrapped);
       if (i % 4 == 0) SendInner("load-tx");
@@ -421,7 +419,7 @@ TEST_P(EngineTest, RemoveUnderLoad) {
 // The epoll engine makes a device non-blocking while it uses it; removal gives it back as it
 // came (blocking, as TunDevice opens it).
 TEST_P(EngineTest, RemovalLeavesTheDeviceAsItWas) {
-  AddTunnel(EncapKind::kGre, /*keyed=*/false);
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false);
   const int fd = tun_->fd();
   ASSERT_TRUE(engine_->RemoveTunnel("tun0").ok());
   const int flags = fcntl(fd, F_GETFL);

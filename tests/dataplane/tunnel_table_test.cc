@@ -19,18 +19,20 @@ constexpr uint32_t kSelf = 0xC0000201;   // 192.0.2.1: the packets' destination
 constexpr uint32_t kPeer = 0xC6336402;   // 198.51.100.2: the packets' source
 constexpr uint32_t kOther = 0xCB007103;  // 203.0.113.3
 
-TunnelMatch Gre(uint32_t local, uint32_t remote) { return {kIpProtoGre, false, local, remote, 0}; }
+TunnelMatch Gre(uint32_t local, uint32_t remote) {
+  return {TunnelMode::kGre, false, local, remote, 0};
+}
 TunnelMatch GreKey(uint32_t local, uint32_t remote, uint32_t key) {
-  return {kIpProtoGre, true, local, remote, key};
+  return {TunnelMode::kGre, true, local, remote, key};
 }
 TunnelMatch Ipip(uint32_t local, uint32_t remote) {
-  return {kIpProtoIpip, false, local, remote, 0};
+  return {TunnelMode::kIpip, false, local, remote, 0};
 }
 
-Decapsulated Packet(uint8_t protocol, uint32_t src, uint32_t dst, bool has_key = false,
+Decapsulated Packet(TunnelMode mode, OuterAddress src, OuterAddress dst, bool has_key = false,
                     uint32_t key = 0) {
   Decapsulated d;
-  d.protocol = protocol;
+  d.mode = mode;
   d.outer_src = src;
   d.outer_dst = dst;
   d.has_key = has_key;
@@ -86,35 +88,35 @@ const std::vector<Tunnel> kAllSpecificities = {
 INSTANTIATE_TEST_SUITE_P(
     Order, TunnelTableLookupTest,
     ::testing::Values(LookupCase{"ExactBeatsAll", kAllSpecificities,
-                                 Packet(kIpProtoGre, kPeer, kSelf), "exact"},
+                                 Packet(TunnelMode::kGre, kPeer, kSelf), "exact"},
                       LookupCase{"RemoteOnlyWhenDestinationDiffers", kAllSpecificities,
-                                 Packet(kIpProtoGre, kPeer, kOther), "remote-only"},
+                                 Packet(TunnelMode::kGre, kPeer, kOther), "remote-only"},
                       LookupCase{"LocalOnlyWhenSourceUnknown", kAllSpecificities,
-                                 Packet(kIpProtoGre, kOther, kSelf), "local-only"},
+                                 Packet(TunnelMode::kGre, kOther, kSelf), "local-only"},
                       LookupCase{"WildcardLast", kAllSpecificities,
-                                 Packet(kIpProtoGre, kOther, kOther), "wildcard"},
+                                 Packet(TunnelMode::kGre, kOther, kOther), "wildcard"},
                       // Remote-only beats local-only even when both match the packet.
                       LookupCase{"RemoteOnlyBeatsLocalOnly",
                                  {{"local-only", Gre(kSelf, 0)}, {"remote-only", Gre(0, kPeer)}},
-                                 Packet(kIpProtoGre, kPeer, kSelf),
+                                 Packet(TunnelMode::kGre, kPeer, kSelf),
                                  "remote-only"},
                       LookupCase{"LocalOnlyBeatsWildcard",
                                  {{"wildcard", Gre(0, 0)}, {"local-only", Gre(kSelf, 0)}},
-                                 Packet(kIpProtoGre, kPeer, kSelf),
+                                 Packet(TunnelMode::kGre, kPeer, kSelf),
                                  "local-only"},
                       LookupCase{"ExactBeatsWildcard",
                                  {{"wildcard", Gre(0, 0)}, {"exact", Gre(kSelf, kPeer)}},
-                                 Packet(kIpProtoGre, kPeer, kSelf),
+                                 Packet(TunnelMode::kGre, kPeer, kSelf),
                                  "exact"},
                       LookupCase{"ExactNeedsBothAddresses",
                                  {{"exact", Gre(kSelf, kPeer)}},
-                                 Packet(kIpProtoGre, kPeer, kOther),
+                                 Packet(TunnelMode::kGre, kPeer, kOther),
                                  ""},
                       LookupCase{"AddressesNotSwapped",
                                  {{"exact", Gre(kSelf, kPeer)}},
-                                 Packet(kIpProtoGre, kSelf, kPeer),
+                                 Packet(TunnelMode::kGre, kSelf, kPeer),
                                  ""},
-                      LookupCase{"EmptyTable", {}, Packet(kIpProtoGre, kPeer, kSelf), ""}),
+                      LookupCase{"EmptyTable", {}, Packet(TunnelMode::kGre, kPeer, kSelf), ""}),
     [](const auto& info) { return info.param.name; });
 
 INSTANTIATE_TEST_SUITE_P(
@@ -122,37 +124,37 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         LookupCase{"KeyedPacketFindsItsKey",
                    {{"key42", GreKey(kSelf, kPeer, 42)}, {"key43", GreKey(kSelf, kPeer, 43)}},
-                   Packet(kIpProtoGre, kPeer, kSelf, true, 43),
+                   Packet(TunnelMode::kGre, kPeer, kSelf, true, 43),
                    "key43"},
         LookupCase{"WrongKeyNoMatch",
                    {{"key42", GreKey(kSelf, kPeer, 42)}},
-                   Packet(kIpProtoGre, kPeer, kSelf, true, 41),
+                   Packet(TunnelMode::kGre, kPeer, kSelf, true, 41),
                    ""},
         LookupCase{"KeylessPacketNeverFindsKeyedTunnel",
                    {{"key0", GreKey(kSelf, kPeer, 0)}},
-                   Packet(kIpProtoGre, kPeer, kSelf),
+                   Packet(TunnelMode::kGre, kPeer, kSelf),
                    ""},
         LookupCase{"KeyedPacketNeverFindsKeylessTunnel",
                    {{"keyless", Gre(kSelf, kPeer)}},
-                   Packet(kIpProtoGre, kPeer, kSelf, true, 0),
+                   Packet(TunnelMode::kGre, kPeer, kSelf, true, 0),
                    ""},
         LookupCase{"KeyZeroIsNotKeyless",
                    {{"keyless", Gre(kSelf, kPeer)}, {"key0", GreKey(kSelf, kPeer, 0)}},
-                   Packet(kIpProtoGre, kPeer, kSelf, true, 0),
+                   Packet(TunnelMode::kGre, kPeer, kSelf, true, 0),
                    "key0"},
         LookupCase{"KeylessPicksKeyless",
                    {{"key0", GreKey(kSelf, kPeer, 0)}, {"keyless", Gre(kSelf, kPeer)}},
-                   Packet(kIpProtoGre, kPeer, kSelf),
+                   Packet(TunnelMode::kGre, kPeer, kSelf),
                    "keyless"},
         // A key mismatch on the exact tunnel falls through to a less specific one with the key.
         LookupCase{"KeyBeforeSpecificity",
                    {{"exact-key1", GreKey(kSelf, kPeer, 1)}, {"wildcard-key2", GreKey(0, 0, 2)}},
-                   Packet(kIpProtoGre, kPeer, kSelf, true, 2),
+                   Packet(TunnelMode::kGre, kPeer, kSelf, true, 2),
                    "wildcard-key2"},
         // A keyless packet's key field is ignored whatever it holds.
         LookupCase{"StrayKeyOfKeylessPacketIgnored",
                    {{"keyless", Gre(kSelf, kPeer)}},
-                   Packet(kIpProtoGre, kPeer, kSelf, false, 99),
+                   Packet(TunnelMode::kGre, kPeer, kSelf, false, 99),
                    "keyless"}),
     [](const auto& info) { return info.param.name; });
 
@@ -160,23 +162,23 @@ INSTANTIATE_TEST_SUITE_P(
     Protocol, TunnelTableLookupTest,
     ::testing::Values(LookupCase{"IpipPacketFindsIpip",
                                  {{"gre", Gre(kSelf, kPeer)}, {"ipip", Ipip(kSelf, kPeer)}},
-                                 Packet(kIpProtoIpip, kPeer, kSelf),
+                                 Packet(TunnelMode::kIpip, kPeer, kSelf),
                                  "ipip"},
                       LookupCase{"GrePacketFindsGre",
                                  {{"ipip", Ipip(kSelf, kPeer)}, {"gre", Gre(kSelf, kPeer)}},
-                                 Packet(kIpProtoGre, kPeer, kSelf),
+                                 Packet(TunnelMode::kGre, kPeer, kSelf),
                                  "gre"},
                       LookupCase{"IpipNeverFindsGre",
                                  {{"gre", Gre(kSelf, kPeer)}, {"gre-any", Gre(0, 0)}},
-                                 Packet(kIpProtoIpip, kPeer, kSelf),
+                                 Packet(TunnelMode::kIpip, kPeer, kSelf),
                                  ""},
                       LookupCase{"GreNeverFindsIpip",
                                  {{"ipip", Ipip(kSelf, kPeer)}, {"ipip-any", Ipip(0, 0)}},
-                                 Packet(kIpProtoGre, kPeer, kSelf),
+                                 Packet(TunnelMode::kGre, kPeer, kSelf),
                                  ""},
                       LookupCase{"IpipWildcardOnlyForIpip",
                                  {{"ipip-any", Ipip(0, 0)}, {"gre-exact", Gre(kSelf, kPeer)}},
-                                 Packet(kIpProtoIpip, kPeer, kSelf),
+                                 Packet(TunnelMode::kIpip, kPeer, kSelf),
                                  "ipip-any"}),
     [](const auto& info) { return info.param.name; });
 
@@ -187,11 +189,11 @@ TEST(TunnelTableTest, InsertDuplicateFails) {
   EXPECT_TRUE(table.Insert(a.match, &a));
   EXPECT_FALSE(table.Insert(b.match, &b));
   EXPECT_EQ(table.size(), 1u);
-  EXPECT_EQ(table.Lookup(Packet(kIpProtoGre, kPeer, kSelf, true, 42)), &a);  // first one kept
+  EXPECT_EQ(table.Lookup(Packet(TunnelMode::kGre, kPeer, kSelf, true, 42)), &a);  // first one kept
   // Differing in any one field is not a duplicate.
   for (const TunnelMatch& m :
        {GreKey(kSelf, kPeer, 43), GreKey(0, kPeer, 42), GreKey(kSelf, 0, 42), Gre(kSelf, kPeer),
-        TunnelMatch{kIpProtoIpip, true, kSelf, kPeer, 42}}) {
+        TunnelMatch{TunnelMode::kIpip, true, kSelf, kPeer, 42}}) {
     EXPECT_TRUE(table.Insert(m, &b));
   }
   EXPECT_EQ(table.size(), 6u);
@@ -200,17 +202,17 @@ TEST(TunnelTableTest, InsertDuplicateFails) {
 TEST(TunnelTableTest, KeylessMatchIgnoresKeyField) {
   const Tunnel a{"a", Gre(kSelf, kPeer)};
   TunnelTable<const Tunnel> table;
-  ASSERT_TRUE(table.Insert(TunnelMatch{kIpProtoGre, false, kSelf, kPeer, 7}, &a));
+  ASSERT_TRUE(table.Insert(TunnelMatch{TunnelMode::kGre, false, kSelf, kPeer, 7}, &a));
   EXPECT_TRUE(table.Contains(Gre(kSelf, kPeer)));
   EXPECT_FALSE(table.Insert(Gre(kSelf, kPeer), &a));  // the same match, key field aside
-  EXPECT_EQ(table.Lookup(Packet(kIpProtoGre, kPeer, kSelf)), &a);
-  table.Erase(TunnelMatch{kIpProtoGre, false, kSelf, kPeer, 9});
+  EXPECT_EQ(table.Lookup(Packet(TunnelMode::kGre, kPeer, kSelf)), &a);
+  table.Erase(TunnelMatch{TunnelMode::kGre, false, kSelf, kPeer, 9});
   EXPECT_EQ(table.size(), 0u);
 }
 
 TEST(TunnelTableTest, EraseFallsBackToLessSpecific) {
   Fixture f(kAllSpecificities);
-  const Decapsulated packet = Packet(kIpProtoGre, kPeer, kSelf);
+  const Decapsulated packet = Packet(TunnelMode::kGre, kPeer, kSelf);
   const std::vector<std::string> order = {"exact", "remote-only", "local-only", "wildcard"};
   for (size_t i = 0; i < kAllSpecificities.size(); ++i) {
     EXPECT_EQ(f.Find(packet), order[i]);
@@ -228,8 +230,8 @@ TEST(TunnelTableTest, EraseOnlyTheNamedMatch) {
   f.table().Erase(Gre(kSelf, kPeer));
   EXPECT_EQ(f.table().size(), 2u);
   f.table().Erase(GreKey(kSelf, kPeer, 1));
-  EXPECT_EQ(f.Find(Packet(kIpProtoGre, kPeer, kSelf, true, 1)), "");
-  EXPECT_EQ(f.Find(Packet(kIpProtoGre, kPeer, kSelf, true, 2)), "key2");
+  EXPECT_EQ(f.Find(Packet(TunnelMode::kGre, kPeer, kSelf, true, 1)), "");
+  EXPECT_EQ(f.Find(Packet(TunnelMode::kGre, kPeer, kSelf, true, 2)), "key2");
 }
 
 TEST(TunnelTableTest, EraseThenInsertAgain) {
@@ -239,10 +241,10 @@ TEST(TunnelTableTest, EraseThenInsertAgain) {
   ASSERT_TRUE(table.Insert(a.match, &a));
   table.Erase(a.match);
   ASSERT_TRUE(table.Insert(b.match, &b));
-  EXPECT_EQ(table.Lookup(Packet(kIpProtoGre, kPeer, kSelf)), &b);
+  EXPECT_EQ(table.Lookup(Packet(TunnelMode::kGre, kPeer, kSelf)), &b);
   table.Clear();
   EXPECT_EQ(table.size(), 0u);
-  EXPECT_EQ(table.Lookup(Packet(kIpProtoGre, kPeer, kSelf)), nullptr);
+  EXPECT_EQ(table.Lookup(Packet(TunnelMode::kGre, kPeer, kSelf)), nullptr);
 }
 
 // 10,000 tunnels of every shape: each packet still finds exactly its own tunnel (Lookup
@@ -274,24 +276,24 @@ TEST(TunnelTableTest, TenThousandTunnels) {
 
   for (uint32_t i = 0; i < kCount; ++i) {
     const TunnelMatch& m = tunnels[i].match;
-    const uint32_t dst = m.local != 0 ? m.local : kOther;
-    const Decapsulated d = Packet(m.protocol, m.remote, dst, m.has_key, m.key);
+    const OuterAddress dst = m.local.is_zero() ? OuterAddress(kOther) : m.local;
+    const Decapsulated d = Packet(m.mode, m.remote, dst, m.has_key, m.key);
     ASSERT_EQ(table.Lookup(d), &tunnels[i]) << i;
     EXPECT_FALSE(table.Insert(m, &tunnels[0])) << i;
   }
   // Near misses find nothing: an unused key, an address past the range, the other protocol.
-  EXPECT_EQ(table.Lookup(Packet(kIpProtoGre, kPeer, kSelf, true, kCount + 1)), nullptr);
-  EXPECT_EQ(table.Lookup(Packet(kIpProtoGre, kBase + kCount, kSelf)), nullptr);
-  EXPECT_EQ(table.Lookup(Packet(kIpProtoIpip, kBase + 0, kSelf)), nullptr);  // GRE peer
-  EXPECT_EQ(table.Lookup(Packet(kIpProtoGre, kBase + 3, kSelf)), nullptr);   // IPIP peer
+  EXPECT_EQ(table.Lookup(Packet(TunnelMode::kGre, kPeer, kSelf, true, kCount + 1)), nullptr);
+  EXPECT_EQ(table.Lookup(Packet(TunnelMode::kGre, kBase + kCount, kSelf)), nullptr);
+  EXPECT_EQ(table.Lookup(Packet(TunnelMode::kIpip, kBase + 0, kSelf)), nullptr);  // GRE peer
+  EXPECT_EQ(table.Lookup(Packet(TunnelMode::kGre, kBase + 3, kSelf)), nullptr);   // IPIP peer
 
   // Erase every other tunnel; the rest are unaffected.
   for (uint32_t i = 0; i < kCount; i += 2) table.Erase(tunnels[i].match);
   EXPECT_EQ(table.size(), kCount / 2);
   for (uint32_t i = 0; i < kCount; ++i) {
     const TunnelMatch& m = tunnels[i].match;
-    const uint32_t dst = m.local != 0 ? m.local : kOther;
-    const Tunnel* found = table.Lookup(Packet(m.protocol, m.remote, dst, m.has_key, m.key));
+    const OuterAddress dst = m.local.is_zero() ? OuterAddress(kOther) : m.local;
+    const Tunnel* found = table.Lookup(Packet(m.mode, m.remote, dst, m.has_key, m.key));
     ASSERT_EQ(found, i % 2 == 0 ? nullptr : &tunnels[i]) << i;
   }
 }

@@ -1,5 +1,8 @@
-// Fuzz target for the receive path: Decapsulate (the parser every packet from the underlay
-// goes through), the TunnelTable demux behind it, and a re-encapsulation round trip.
+// Fuzz target for the receive path: Decapsulate and DecapsulateIpv6 (the parsers every packet
+// from the underlay goes through, for every mode), the TunnelTable demux behind them, and a
+// re-encapsulation round trip. An input whose first byte has version nibble 6 is taken as what
+// an IPv6 raw socket delivers: byte 1 picks the next header (47, 4 or 41), byte 2 is the traffic
+// class, the rest the payload; anything else is an IPv4 packet with its header.
 //
 // Built two ways: with clang and libFuzzer under ASan+UBSan (`make fuzz`, target
 // receive_fuzzer), and with the default compiler as receive_fuzzer_corpus_test, which replays
@@ -32,6 +35,15 @@ namespace {
 constexpr uint32_t kPeer = 0xCB007101;   // 203.0.113.1
 constexpr uint32_t kSelf = 0xCB007102;   // 203.0.113.2
 constexpr uint32_t kOther = 0xCB007103;  // 203.0.113.3
+// 2001:db8::1 and 2001:db8::2 for the IPv6 underlay.
+const OuterAddress kPeer6 = [] {
+  const uint8_t a[16] = {0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  return OuterAddress::FromIpv6(a);
+}();
+const OuterAddress kSelf6 = [] {
+  const uint8_t a[16] = {0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2};
+  return OuterAddress::FromIpv6(a);
+}();
 
 struct FuzzTunnel {
   const char* name;
@@ -39,18 +51,26 @@ struct FuzzTunnel {
 };
 
 // One tunnel of every shape: keyless and keyed GRE (key 0 included, which is not keyless),
-// IPIP, and each wildcard position, so that every step of the lookup order can win.
+// IPIP, each wildcard position, so that every step of the lookup order can win, and the other
+// modes (whose tables are separate, like the kernel's).
 const FuzzTunnel kTunnels[] = {
-    {"gre", {kIpProtoGre, false, kSelf, kPeer, 0}},
-    {"gre-key42", {kIpProtoGre, true, kSelf, kPeer, 42}},
-    {"gre-key0", {kIpProtoGre, true, kSelf, kPeer, 0}},
-    {"gre-key7-any-local", {kIpProtoGre, true, 0, kPeer, 7}},
-    {"gre-any-local-from-other", {kIpProtoGre, false, 0, kOther, 0}},
-    {"gre-any-remote", {kIpProtoGre, false, kSelf, 0, 0}},
-    {"gre-key99-wildcard", {kIpProtoGre, true, 0, 0, 99}},
-    {"ipip", {kIpProtoIpip, false, kSelf, kPeer, 0}},
-    {"ipip-any-local-from-other", {kIpProtoIpip, false, 0, kOther, 0}},
-    {"ipip-wildcard", {kIpProtoIpip, false, 0, 0, 0}},
+    {"gre", {TunnelMode::kGre, false, kSelf, kPeer, 0}},
+    {"gre-key42", {TunnelMode::kGre, true, kSelf, kPeer, 42}},
+    {"gre-key0", {TunnelMode::kGre, true, kSelf, kPeer, 0}},
+    {"gre-key7-any-local", {TunnelMode::kGre, true, 0, kPeer, 7}},
+    {"gre-any-local-from-other", {TunnelMode::kGre, false, 0, kOther, 0}},
+    {"gre-any-remote", {TunnelMode::kGre, false, kSelf, 0, 0}},
+    {"gre-key99-wildcard", {TunnelMode::kGre, true, 0, 0, 99}},
+    {"gretap", {TunnelMode::kGretap, false, kSelf, kPeer, 0}},
+    {"gretap-key42", {TunnelMode::kGretap, true, kSelf, kPeer, 42}},
+    {"ipip", {TunnelMode::kIpip, false, kSelf, kPeer, 0}},
+    {"ipip-any-local-from-other", {TunnelMode::kIpip, false, 0, kOther, 0}},
+    {"ipip-wildcard", {TunnelMode::kIpip, false, 0, 0, 0}},
+    {"sit", {TunnelMode::kSit, false, kSelf, kPeer, 0}},
+    {"ip6gre", {TunnelMode::kIp6gre, false, kSelf6, kPeer6, 0}},
+    {"ip6gre-key42", {TunnelMode::kIp6gre, true, kSelf6, kPeer6, 42}},
+    {"ip6gretap-any", {TunnelMode::kIp6gretap, false, {}, {}, 0}},
+    {"ip6tnl", {TunnelMode::kIp6tnl, false, kSelf6, kPeer6, 0}},
 };
 
 const TunnelTable<const FuzzTunnel>& Table() {
@@ -63,15 +83,16 @@ const TunnelTable<const FuzzTunnel>& Table() {
 }
 
 bool Matches(const TunnelMatch& m, const Decapsulated& d) {
-  return m.protocol == d.protocol && m.has_key == d.has_key && (!m.has_key || m.key == d.key) &&
-         (m.local == 0 || m.local == d.outer_dst) && (m.remote == 0 || m.remote == d.outer_src);
+  return m.mode == d.mode && m.has_key == d.has_key && (!m.has_key || m.key == d.key) &&
+         (m.local.is_zero() || m.local == d.outer_dst) &&
+         (m.remote.is_zero() || m.remote == d.outer_src);
 }
 
 // ip_tunnel_lookup's preference: both addresses, remote only, local only, neither.
 int Rank(const TunnelMatch& m) {
-  if (m.local != 0 && m.remote != 0) return 0;
-  if (m.remote != 0) return 1;
-  if (m.local != 0) return 2;
+  if (!m.local.is_zero() && !m.remote.is_zero()) return 0;
+  if (!m.remote.is_zero()) return 1;
+  if (!m.local.is_zero()) return 2;
   return 3;
 }
 
@@ -89,62 +110,86 @@ void CheckLookup(const Decapsulated& d) {
   FUZZ_CHECK(found == ExpectedTunnel(d));
   if (found == nullptr) return;
   const TunnelMatch& m = found->match;
-  FUZZ_CHECK(m.protocol == d.protocol);
+  FUZZ_CHECK(m.mode == d.mode);
   FUZZ_CHECK(m.has_key == d.has_key);
   FUZZ_CHECK(!m.has_key || m.key == d.key);
-  FUZZ_CHECK(m.local == d.outer_dst || m.local == 0);
-  FUZZ_CHECK(m.remote == d.outer_src || m.remote == 0);
+  FUZZ_CHECK(m.local == d.outer_dst || m.local.is_zero());
+  FUZZ_CHECK(m.remote == d.outer_src || m.remote.is_zero());
 }
 
 uint8_t InnerEcnOf(const uint8_t* inner) {
   return (inner[0] >> 4) == 4 ? inner[1] & kEcnMask : (inner[1] >> 4) & kEcnMask;
 }
 
-// Wraps the decapsulated inner packet again and parses the result: the same inner bytes and
-// the same header fields must come back.
+// Parses what Encapsulate wrote, as the receiving side's socket would deliver it.
+bool Reparse(const EncapParams& p, uint8_t* packet, size_t len, Decapsulated* out,
+             DropReason* reason) {
+  if (!IsIpv6UnderlayMode(p.mode)) return Decapsulate(packet, len, out, reason);
+  constexpr size_t kIpv6Headers = kIpv6HeaderLen + kEncapLimitOptionLen;
+  FUZZ_CHECK(len >= kIpv6Headers);
+  FUZZ_CHECK(packet[6] == 60);  // the encapsulation-limit option comes first
+  const uint8_t traffic_class = static_cast<uint8_t>(((packet[0] << 4) | (packet[1] >> 4)));
+  return DecapsulateIpv6(packet + kIpv6Headers, len - kIpv6Headers, packet[kIpv6HeaderLen],
+                         OuterAddress::FromIpv6(packet + 8), OuterAddress::FromIpv6(packet + 24),
+                         traffic_class, out, reason);
+}
+
+// Wraps the decapsulated payload again and parses the result: the same inner bytes and the
+// same header fields must come back.
 void CheckRoundTrip(const Decapsulated& d, const EncapParams& p, uint32_t sequence) {
-  const uint8_t version = d.inner[0] >> 4;
+  const bool ethernet = IsEthernetMode(p.mode);
+  const uint8_t version = ethernet ? 0 : d.inner[0] >> 4;
   const size_t header_len = EncapHeaderLen(p);
   // Exactly the headroom Encapsulate may use, so ASan catches a write in front of it.
   std::vector<uint8_t> buf(header_len + d.inner_len);
   std::memcpy(buf.data() + header_len, d.inner, d.inner_len);
   const EncapResult e = Encapsulate(p, buf.data() + header_len, d.inner_len, 0x1234, sequence);
-  if (p.kind == EncapKind::kIpip && version == 6) {
+  if ((p.mode == TunnelMode::kIpip && version == 6) ||
+      (p.mode == TunnelMode::kSit && version == 4)) {
     FUZZ_CHECK(e.packet == nullptr && e.drop == DropReason::kUnsupportedProtocol);
     return;
   }
-  if (header_len + d.inner_len > 0xFFFF) {
+  const size_t limit = IsIpv6UnderlayMode(p.mode) ? 0xFFFF + kIpv6HeaderLen : 0xFFFF;
+  if (header_len + d.inner_len > limit) {
     FUZZ_CHECK(e.packet == nullptr && e.drop == DropReason::kTooBig);
     return;
   }
   FUZZ_CHECK(e.packet == buf.data());
   FUZZ_CHECK(e.len == buf.size());
-  FUZZ_CHECK(InternetChecksum(e.packet, kIpv4HeaderLen) == 0);
-  // RFC 6040: the inner ECN field is copied out, CE sent as ECT(0).
-  const uint8_t inner_ecn = InnerEcnOf(d.inner);
-  FUZZ_CHECK((e.packet[1] & kEcnMask) == (inner_ecn == kEcnCe ? kEcnEct0 : inner_ecn));
+  if (!IsIpv6UnderlayMode(p.mode)) {
+    FUZZ_CHECK(InternetChecksum(e.packet, kIpv4HeaderLen) == 0);
+    if (!ethernet) {
+      // RFC 6040: the inner ECN field is copied out, CE sent as ECT(0).
+      const uint8_t inner_ecn = InnerEcnOf(d.inner);
+      FUZZ_CHECK((e.packet[1] & kEcnMask) == (inner_ecn == kEcnCe ? kEcnEct0 : inner_ecn));
+    }
+  }
 
   Decapsulated again;
   DropReason reason = DropReason::kCount;
-  FUZZ_CHECK(Decapsulate(e.packet, e.len, &again, &reason));
+  FUZZ_CHECK(Reparse(p, e.packet, e.len, &again, &reason));
+  FUZZ_CHECK(again.mode == p.mode);
   FUZZ_CHECK(again.outer_src == p.local);
   FUZZ_CHECK(again.outer_dst == p.remote);
-  FUZZ_CHECK(again.protocol == (p.kind == EncapKind::kGre ? kIpProtoGre : kIpProtoIpip));
-  FUZZ_CHECK(again.has_key == (p.kind == EncapKind::kGre && p.has_key));
+  FUZZ_CHECK(again.has_key == (IsGreMode(p.mode) && p.has_key));
   FUZZ_CHECK(again.key == (again.has_key ? p.key : 0));
-  FUZZ_CHECK(again.has_sequence == (p.kind == EncapKind::kGre && p.sequence));
+  FUZZ_CHECK(again.has_sequence == (IsGreMode(p.mode) && p.sequence));
   FUZZ_CHECK(again.sequence == (again.has_sequence ? sequence : 0));
-  FUZZ_CHECK(again.inner_type == (version == 4 ? kEtherTypeIpv4 : kEtherTypeIpv6));
+  FUZZ_CHECK(again.inner_type == (ethernet       ? kEtherTypeTransparentBridging
+                                  : version == 4 ? kEtherTypeIpv4
+                                                 : kEtherTypeIpv6));
   FUZZ_CHECK(again.inner == e.packet + header_len);
   FUZZ_CHECK(again.inner_len == d.inner_len);
   FUZZ_CHECK(std::memcmp(again.inner, d.inner, d.inner_len) == 0);
 }
 
 void CheckRoundTrips(const Decapsulated& d) {
-  // As received (the tunnel sending back to its peer), keyless, every GRE option, and IPIP
-  // (which refuses IPv6) with the TTL inherited from the inner packet.
+  if (d.inner_len == 0) return;  // an empty payload is never sent through Encapsulate
+  const bool ipv6 = IsIpv6UnderlayMode(d.mode);
+  // As received (the tunnel sending back to its peer), keyless, every GRE option, and the
+  // modes of the other family and payload with the TTL inherited from the inner packet.
   EncapParams same;
-  same.kind = d.protocol == kIpProtoGre ? EncapKind::kGre : EncapKind::kIpip;
+  same.mode = d.mode;
   same.local = d.outer_dst;
   same.remote = d.outer_src;
   same.has_key = d.has_key;
@@ -153,58 +198,109 @@ void CheckRoundTrips(const Decapsulated& d) {
   CheckRoundTrip(d, same, d.sequence);
 
   EncapParams plain;
+  plain.mode = d.mode;
   plain.local = d.outer_src;
   plain.remote = d.outer_dst;
   CheckRoundTrip(d, plain, 0);
 
-  EncapParams all = plain;
-  all.has_key = true;
-  all.key = d.key ^ 0xA5A5A5A5u;
-  all.checksum = true;
-  all.sequence = true;
-  all.dont_fragment = false;
-  CheckRoundTrip(d, all, d.sequence + 1);
+  if (IsGreMode(d.mode)) {
+    EncapParams all = plain;
+    all.has_key = true;
+    all.key = d.key ^ 0xA5A5A5A5u;
+    all.checksum = true;
+    all.sequence = true;
+    all.pmtudisc = false;
+    all.inherit_tos = true;
+    CheckRoundTrip(d, all, d.sequence + 1);
+  }
+  if (IsEthernetMode(d.mode)) return;
 
-  EncapParams ipip = plain;
-  ipip.kind = EncapKind::kIpip;
-  ipip.ttl = 0;
-  CheckRoundTrip(d, ipip, 0);
+  EncapParams other = plain;
+  other.ttl = 0;
+  other.local = ipv6 ? OuterAddress(kPeer) : kPeer6;
+  other.remote = ipv6 ? OuterAddress(kSelf) : kSelf6;
+  other.mode = ipv6 ? TunnelMode::kIpip : TunnelMode::kIp6tnl;
+  CheckRoundTrip(d, other, 0);
+  other.mode = ipv6 ? TunnelMode::kSit : TunnelMode::kIp6gre;
+  CheckRoundTrip(d, other, 0);
 }
 
 bool SameDecapsulated(const Decapsulated& a, const Decapsulated& b) {
-  return a.outer_src == b.outer_src && a.outer_dst == b.outer_dst && a.protocol == b.protocol &&
-         a.has_key == b.has_key && a.key == b.key && a.has_sequence == b.has_sequence &&
-         a.sequence == b.sequence && a.inner_type == b.inner_type && a.inner == b.inner &&
-         a.inner_len == b.inner_len;
+  return a.mode == b.mode && a.outer_src == b.outer_src && a.outer_dst == b.outer_dst &&
+         a.protocol == b.protocol && a.has_checksum == b.has_checksum && a.has_key == b.has_key &&
+         a.key == b.key && a.has_sequence == b.has_sequence && a.sequence == b.sequence &&
+         a.inner_type == b.inner_type && a.inner == b.inner && a.inner_len == b.inner_len;
 }
 
 void CheckReceive(const uint8_t* data, size_t size) {
-  // A copy of exactly `size` bytes: Decapsulate writes ECN marks in place, and ASan sees any
+  // As an IPv6 raw socket delivers: a three-byte preamble, then the payload.
+  const bool ipv6 = size >= 3 && (data[0] >> 4) == 6;
+  const uint8_t next_header = !ipv6              ? 0
+                              : data[1] % 3 == 0 ? kIpProtoGre
+                              : data[1] % 3 == 1 ? kIpProtoIpip
+                                                 : kIpProtoIpv6;
+  const uint8_t traffic_class = ipv6 ? data[2] : 0;
+  if (ipv6) {
+    data += 3;
+    size -= 3;
+  }
+  // A copy of exactly `size` bytes: decapsulation writes ECN marks in place, and ASan sees any
   // read past the end.
   std::vector<uint8_t> buf(data, data + size);
   uint8_t* const begin = buf.data();
+  auto decapsulate = [&](Decapsulated* out, DropReason* why) {
+    return ipv6 ? DecapsulateIpv6(begin, size, next_header, kPeer6, kSelf6, traffic_class, out, why)
+                : Decapsulate(begin, size, out, why);
+  };
   Decapsulated d;
   DropReason reason = DropReason::kCount;
-  if (!Decapsulate(begin, size, &d, &reason)) {
+  if (!decapsulate(&d, &reason)) {
     FUZZ_CHECK(reason < DropReason::kCount && DropReasonName(reason) != "unknown");
     FUZZ_CHECK(size == 0 || std::memcmp(begin, data, size) == 0);  // rejected: untouched
     return;
   }
 
-  FUZZ_CHECK(d.protocol == kIpProtoGre || d.protocol == kIpProtoIpip);
-  FUZZ_CHECK(d.inner != nullptr && d.inner_len > 0);
+  FUZZ_CHECK(d.protocol == kIpProtoGre || d.protocol == kIpProtoIpip || d.protocol == kIpProtoIpv6);
+  FUZZ_CHECK(IsIpv6UnderlayMode(d.mode) == ipv6);
+  FUZZ_CHECK(IsGreMode(d.mode) == (d.protocol == kIpProtoGre));
+  FUZZ_CHECK(d.inner != nullptr);
   FUZZ_CHECK(d.inner >= begin && d.inner <= begin + size);
   FUZZ_CHECK(d.inner_len <= static_cast<size_t>(begin + size - d.inner));
-  FUZZ_CHECK(d.protocol == kIpProtoGre || (!d.has_key && !d.has_sequence));
+  FUZZ_CHECK(d.protocol == kIpProtoGre || (!d.has_key && !d.has_sequence && !d.has_checksum));
   FUZZ_CHECK(d.has_key || d.key == 0);
   FUZZ_CHECK(d.has_sequence || d.sequence == 0);
+  const uint8_t outer_tos = ipv6 ? traffic_class : data[1];
+  const bool outer_ce = (outer_tos & kEcnMask) == kEcnCe;
 
   const size_t offset = static_cast<size_t>(d.inner - begin);
-  const uint8_t* const original = data + offset;  // the inner packet as received
+  if (d.inner_len == 0) {
+    // A keepalive coming home: nothing inside, nothing changed.
+    FUZZ_CHECK(!ipv6 || offset == size);
+    FUZZ_CHECK(std::memcmp(begin, data, size) == 0);
+    CheckLookup(d);
+    return;
+  }
+  const uint8_t* const original = data + offset;  // the payload as received
+  if (d.inner_type == kEtherTypeTransparentBridging) {
+    FUZZ_CHECK(IsEthernetMode(d.mode));
+    FUZZ_CHECK(d.inner_len >= kEthernetHeaderLen);
+    FUZZ_CHECK(offset + d.inner_len == (ipv6 ? size : size_t{data[2]} << 8 | data[3]));
+    // Only an IP packet inside the frame may be marked; everything else is as received.
+    const int ip = InnerIpOffset(d.mode, d.inner, d.inner_len);
+    for (size_t i = 0; i < size; ++i) {
+      const bool may_change = ip > 0 && i >= offset + ip && i < offset + ip + 12;
+      if (!may_change) FUZZ_CHECK(begin[i] == data[i]);
+    }
+    CheckLookup(d);
+    CheckRoundTrips(d);
+    return;
+  }
+  FUZZ_CHECK(!IsEthernetMode(d.mode));
   const uint8_t version = d.inner[0] >> 4;
   FUZZ_CHECK(version == 4 || version == 6);
   FUZZ_CHECK(d.inner_type == (version == 4 ? kEtherTypeIpv4 : kEtherTypeIpv6));
-  FUZZ_CHECK(d.protocol == kIpProtoGre || version == 4);
+  FUZZ_CHECK(d.mode != TunnelMode::kIpip || version == 4);
+  FUZZ_CHECK(d.mode != TunnelMode::kSit || version == 6);
   if (version == 4) {
     const size_t ihl = size_t{d.inner[0] & 0x0Fu} * 4;
     FUZZ_CHECK(ihl >= kIpv4HeaderLen && ihl <= d.inner_len);
@@ -221,7 +317,6 @@ void CheckReceive(const uint8_t* data, size_t size) {
     const bool checksum_byte = version == 4 && (i == offset + 10 || i == offset + 11);
     if (!ecn_byte && !checksum_byte) FUZZ_CHECK(begin[i] == data[i]);
   }
-  const bool outer_ce = (data[1] & kEcnMask) == kEcnCe;
   const uint8_t ecn_before = InnerEcnOf(original);
   const uint8_t ecn_after = InnerEcnOf(d.inner);
   FUZZ_CHECK(!outer_ce || ecn_before != kEcnNotEct);  // that combination is dropped
@@ -242,14 +337,12 @@ void CheckReceive(const uint8_t* data, size_t size) {
   // checksum too) right, but an IPv6 packet has no checksum to compensate, so re-parsing the
   // marked buffer of a checksummed GRE packet fails its GRE checksum, as it should.
   const std::vector<uint8_t> once(buf);
-  const size_t outer_ihl = size_t{data[0] & 0x0Fu} * 4;
-  const bool gre_checksum = d.protocol == kIpProtoGre && (data[outer_ihl] & 0x80) != 0;
   Decapsulated twice;
-  if (version == 6 && gre_checksum && ecn_after != ecn_before) {
-    FUZZ_CHECK(!Decapsulate(begin, size, &twice, &reason));
+  if (version == 6 && d.has_checksum && ecn_after != ecn_before) {
+    FUZZ_CHECK(!decapsulate(&twice, &reason));
     FUZZ_CHECK(reason == DropReason::kGreChecksum);
   } else {
-    FUZZ_CHECK(Decapsulate(begin, size, &twice, &reason));
+    FUZZ_CHECK(decapsulate(&twice, &reason));
     FUZZ_CHECK(SameDecapsulated(d, twice));
   }
   FUZZ_CHECK(buf == once);

@@ -38,7 +38,8 @@ class Frame {
 
 EncapParams Gre() {
   EncapParams p;
-  p.kind = EncapKind::kGre;
+  p.mode = TunnelMode::kGre;
+  p.ttl = 64;
   p.local = test::kLocal;
   p.remote = test::kRemote;
   return p;
@@ -63,16 +64,18 @@ EncapParams GreCsumKeySeq() {
 }
 EncapParams Ipip() {
   EncapParams p = Gre();
-  p.kind = EncapKind::kIpip;
+  p.mode = TunnelMode::kIpip;
   return p;
 }
 EncapParams InheritTtlNoDf(EncapParams p) {
   p.ttl = 0;
-  p.dont_fragment = false;
+  p.pmtudisc = false;
   return p;
 }
+// nopmtudisc and ignore-df: no DF even though the inner packet has it.
 EncapParams NoDf(EncapParams p) {
-  p.dont_fragment = false;
+  p.pmtudisc = false;
+  p.ignore_df = true;
   return p;
 }
 EncapParams Ttl(EncapParams p, uint8_t ttl) {
@@ -114,10 +117,10 @@ TEST(EncapTest, HeaderLen) {
   EXPECT_EQ(EncapHeaderLen(GreCsum()), 28u);
   EXPECT_EQ(EncapHeaderLen(GreCsumKeySeq()), 36u);
   EXPECT_EQ(EncapHeaderLen(Ipip()), 20u);
-  EXPECT_EQ(kMaxEncapHeadroom, 36u);
+  EXPECT_EQ(kMaxEncapHeadroom, 64u);  // ip6gre with every option
   // Options that only GRE has do not change IPIP's header.
   EncapParams ipip_with_options = GreCsumKeySeq();
-  ipip_with_options.kind = EncapKind::kIpip;
+  ipip_with_options.mode = TunnelMode::kIpip;
   EXPECT_EQ(EncapHeaderLen(ipip_with_options), 20u);
 }
 
@@ -437,8 +440,8 @@ std::vector<DecapRejectCase> RejectCases() {
       {"OuterMoreFragments", Packet(test::kGre).Set16(6, 0x2000).FixIpv4Checksum(0), kOuterBad},
       {"OuterLastFragment", Packet(test::kGre).Set16(6, 0x0001).FixIpv4Checksum(0), kOuterBad},
       {"OuterDfAndOffset", Packet(test::kGre).Set16(6, 0x4100).FixIpv4Checksum(0), kOuterBad},
-      {"OuterProtocolIpv6InIpv4", Packet(test::kIpip).Set8(9, kIpProtoIpv6).FixIpv4Checksum(0),
-       kUnsupported},
+      // sit carries IPv6 only.
+      {"SitCarryingIpv4", Packet(test::kIpip).Set8(9, kIpProtoIpv6).FixIpv4Checksum(0), kInnerBad},
       {"OuterProtocolUdp", Packet(test::kGre).Set8(9, 17).FixIpv4Checksum(0), kUnsupported},
       // GRE header.
       {"GreVersion1", Packet(test::kGre).Set16(kOuter, 0x0001), DropReason::kGreVersion},
@@ -459,12 +462,13 @@ std::vector<DecapRejectCase> RejectCases() {
       {"GreKeyCutAt4", CutGre(test::kGreKey, 4), kTrunc},
       {"GreKeyCutAt7", CutGre(test::kGreKey, 7), kTrunc},
       // GRE header complete, nothing or too little behind it.
-      {"GreNoInnerPacket", CutGre(test::kGreKey, 8), kInnerBad},
+      {"GreInnerCutAt1", CutGre(test::kGreKey, 9), kInnerBad},
       {"GreInnerCutAt19", CutGre(test::kGre, 4 + 19), kInnerBad},
       {"GreInnerCutBeforeItsTotalLength", CutGre(test::kGre, 4 + 35), kInnerBad},
       // Payload type against inner version.
-      {"GreTransparentBridging", GreType(kEtherTypeTransparentBridging, Hex(test::kInnerIcmp)),
-       kUnsupported},
+      // gretap: a frame needs at least its 14-byte Ethernet header.
+      {"GretapShorterThanEthernetHeader",
+       GreType(kEtherTypeTransparentBridging, Packet(test::kInnerIcmp).Truncate(13)), kInnerBad},
       {"GreUnknownType", GreType(0x88be, Hex(test::kInnerIcmp)), kUnsupported},
       {"GreIpv4TypeOverIpv6", GreType(kEtherTypeIpv4, Hex(test::kInnerIcmp6)), kInnerBad},
       {"GreIpv6TypeOverIpv4", GreType(kEtherTypeIpv6, Hex(test::kInnerIcmp)), kInnerBad},
@@ -480,7 +484,7 @@ std::vector<DecapRejectCase> RejectCases() {
       // IPIP carries IPv4 only (protocol 4); IPv6 would be protocol 41.
       {"IpipWithIpv6Inside", Rewrap(test::kIpip, 0, Hex(test::kInnerIcmp6), 0, 64), kInnerBad},
       {"IpipInnerCutAt19", CutGre(test::kIpip, 19), kInnerBad},
-      {"IpipEmpty", CutGre(test::kIpip, 0), kInnerBad},
+      {"IpipInnerCutAt1", CutGre(test::kIpip, 1), kInnerBad},
       // RFC 6040: CE cannot be passed to a sender that does not do ECN.
       {"EcnCeOverNotEct", GreCe(test::kInnerIcmp), DropReason::kEcnError},
       {"EcnCeOverNotEctIpip", Rewrap(test::kIpip, 0, Hex(test::kInnerIcmp), kEcnCe, 64),
@@ -519,7 +523,8 @@ TEST_P(RoundTripTest, DecapsulateUndoesEncapsulate) {
   ASSERT_TRUE(Decapsulate(r.packet, r.len, &d, &reason)) << DropReasonName(reason);
   EXPECT_EQ(d.outer_src, c.params.local);
   EXPECT_EQ(d.outer_dst, c.params.remote);
-  EXPECT_EQ(d.protocol, c.params.kind == EncapKind::kGre ? kIpProtoGre : kIpProtoIpip);
+  EXPECT_EQ(d.protocol, c.params.mode == TunnelMode::kGre ? kIpProtoGre : kIpProtoIpip);
+  EXPECT_EQ(d.mode, c.params.mode);
   EXPECT_EQ(d.inner_type, c.inner[0] >> 4 == 4 ? kEtherTypeIpv4 : kEtherTypeIpv6);
   EXPECT_EQ(d.has_key, c.params.has_key);
   EXPECT_EQ(d.key, c.params.has_key ? c.params.key : 0);
@@ -551,7 +556,7 @@ std::vector<RoundTripCase> RoundTripCases() {
     cases.push_back({name + "Icmp", p, Hex(test::kInnerIcmp)});
     cases.push_back({name + "Ect1", p, Hex(test::kInnerIcmpEct1)});
     cases.push_back({name + "Big", p, big4});
-    if (p.kind == EncapKind::kGre) cases.push_back({name + "Ipv6", p, Hex(test::kInnerIcmp6)});
+    if (p.mode == TunnelMode::kGre) cases.push_back({name + "Ipv6", p, Hex(test::kInnerIcmp6)});
   }
   return cases;
 }

@@ -1,0 +1,367 @@
+#include "dataplane/tunnel_datapath.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "dataplane/engine_support.h"
+#include "dataplane/errno_status.h"
+#include "dataplane/packet/byte_order.h"
+#include "dataplane/packet/icmp.h"
+
+namespace tunnelagent::dataplane {
+namespace {
+
+constexpr uint16_t kIpv4FlagDontFragment = 0x4000;
+constexpr uint8_t kIpProtoDestinationOptions = 60;
+constexpr size_t kMaxFragments = 64;
+// How often the route towards the remote is asked for its MTU: PMTU information the kernel
+// learns (or forgets after its 10 minutes) shows within this.
+constexpr absl::Duration kProbeInterval = absl::Seconds(5);
+
+void Count(DropCounters& drops, DropReason reason) { drops[static_cast<int>(reason)].Add(); }
+
+sockaddr_in6 SocketAddress(bool ipv6, const OuterAddress& address, socklen_t* len) {
+  sockaddr_in6 storage{};
+  if (ipv6) {
+    storage.sin6_family = AF_INET6;
+    std::memcpy(&storage.sin6_addr, address.data(), 16);
+    *len = sizeof(sockaddr_in6);
+  } else {
+    auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
+    v4->sin_family = AF_INET;
+    std::memcpy(&v4->sin_addr, address.data(), 4);
+    *len = sizeof(sockaddr_in);
+  }
+  return storage;
+}
+
+}  // namespace
+
+UnderlayIo::~UnderlayIo() {
+  for (int fd : {send4_, send6_, probe4_, probe6_}) {
+    if (fd >= 0) close(fd);
+  }
+}
+
+absl::Status UnderlayIo::Open(int buffer_bytes) {
+  // IPPROTO_RAW implies IP_HDRINCL (IPV6_HDRINCL for IPv6): the engine writes whole outer
+  // headers; for IPv4 the kernel fills in the ID and, when 0, the source.
+  absl::StatusOr<int> fd = OpenUnderlaySocket(AF_INET, IPPROTO_RAW, buffer_bytes, "send");
+  if (!fd.ok()) return fd.status();
+  send4_ = *fd;
+  if (KernelHasIpv6()) {  // a kernel without IPv6 still carries the IPv4 modes
+    fd = OpenUnderlaySocket(AF_INET6, IPPROTO_RAW, buffer_bytes, "IPv6 send");
+    if (!fd.ok()) return fd.status();
+    send6_ = *fd;
+  }
+  probe4_ = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (probe4_ < 0) return ErrnoStatus(errno, "route probe socket");
+  if (send6_ >= 0) probe6_ = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  return absl::OkStatus();
+}
+
+bool UnderlayIo::Probe(bool ipv6, const OuterAddress& remote, uint32_t* mtu, OuterAddress* source) {
+  const int fd = ipv6 ? probe6_ : probe4_;
+  if (fd < 0) return false;
+  // Connecting a UDP socket sends nothing: it looks the route up and keeps it, so the kernel
+  // can say what it would use. The port is irrelevant but must not be 0.
+  socklen_t len = 0;
+  sockaddr_in6 address = SocketAddress(ipv6, remote, &len);
+  address.sin6_port = htons(9);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), len) != 0) return false;
+  int value = 0;
+  socklen_t value_len = sizeof value;
+  if (getsockopt(fd, ipv6 ? IPPROTO_IPV6 : IPPROTO_IP, ipv6 ? IPV6_MTU : IP_MTU, &value,
+                 &value_len) != 0 ||
+      value <= 0) {
+    return false;
+  }
+  *mtu = static_cast<uint32_t>(value);
+  sockaddr_in6 local{};
+  socklen_t local_len = sizeof local;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0) return false;
+  if (ipv6) {
+    *source = OuterAddress::FromIpv6(reinterpret_cast<const uint8_t*>(&local.sin6_addr));
+  } else {
+    *source = OuterAddress::FromIpv4Bytes(
+        reinterpret_cast<const uint8_t*>(&reinterpret_cast<sockaddr_in*>(&local)->sin_addr));
+  }
+  return true;
+}
+
+int UnderlayIo::SendNow(bool ipv6, const OuterAddress& destination, const uint8_t* packet,
+                        size_t len) {
+  const int fd = send_fd(ipv6);
+  if (fd < 0) return EAFNOSUPPORT;
+  socklen_t address_len = 0;
+  sockaddr_in6 address = SocketAddress(ipv6, destination, &address_len);
+  if (sendto(fd, packet, len, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&address), address_len) <
+      0) {
+    return errno;
+  }
+  return 0;
+}
+
+absl::StatusOr<std::unique_ptr<TunnelDatapath>> TunnelDatapath::Create(const EngineTunnel& config,
+                                                                       UnderlayIo* io,
+                                                                       absl::Time now) {
+  std::unique_ptr<TunnelDatapath> t(new TunnelDatapath(config, io));
+  if (io->send_fd(t->ipv6_) < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("tunnel ", config.name, ": this kernel has no IPv6 for the underlay"));
+  }
+  t->RefreshPath();
+  if (t->ipv6_ && t->encap_.local.is_zero()) {
+    // Raw IPv6 sends carry the source as written: it must be known before the first packet.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "tunnel ", config.name, ": no route to the remote to take a source address from"));
+  }
+  t->next_probe_ = now + kProbeInterval;
+  if (config.keepalive_interval > absl::ZeroDuration()) t->next_keepalive_ = now;
+  return t;
+}
+
+TunnelDatapath::TunnelDatapath(const EngineTunnel& config, UnderlayIo* io)
+    : config_(config), io_(io), ipv6_(IsIpv6UnderlayMode(config.encap.mode)), encap_(config.encap) {
+  match_ = TunnelMatch{config.encap.mode, config.has_input_key, config.encap.local,
+                       config.encap.remote, config.has_input_key ? config.input_key : 0};
+  destination_ = SocketAddress(ipv6_, config.encap.remote, &destination_len_);
+  l2_header_ = IsEthernetMode(config.encap.mode) ? kEthernetHeaderLen : 0;
+  max_frame_ = config.mtu + l2_header_;
+  overhead_ = static_cast<uint32_t>(EncapHeaderLen(encap_)) + l2_header_;
+  source_ = config.encap.local;
+  config_.counters->peer_alive.store(true, std::memory_order_relaxed);
+}
+
+void TunnelDatapath::RefreshPath() {
+  uint32_t underlay_mtu = 0;
+  OuterAddress source;
+  if (!io_->Probe(ipv6_, config_.encap.remote, &underlay_mtu, &source)) return;
+  if (config_.encap.local.is_zero()) {
+    source_ = source;
+    if (ipv6_) encap_.local = source;
+  }
+  path_mtu_ = underlay_mtu > overhead_ ? underlay_mtu - overhead_ : 1;
+  config_.counters->path_mtu.store(path_mtu_, std::memory_order_relaxed);
+}
+
+bool TunnelDatapath::PrepareTransmit(uint8_t* frame, size_t len, EncapResult* packet) {
+  if (path_mtu_ != 0 && len > path_mtu_ + l2_header_) {
+    HandleTooBig(frame, len);
+    return false;
+  }
+  const uint32_t sequence = encap_.sequence ? ++tx_sequence_ : 0;
+  *packet = Encapsulate(encap_, frame, len, 0, sequence);
+  if (packet->packet == nullptr) {
+    Count(counters().tx_drops, packet->drop);
+    return false;
+  }
+  return true;
+}
+
+void TunnelDatapath::TransmitDone(uint8_t* frame, size_t len, int result) {
+  TunnelCounters& c = counters();
+  if (result >= 0) {
+    c.tx_packets.Add();
+    c.tx_bytes.Add(len);
+    return;
+  }
+  if (result != -EMSGSIZE) {
+    Count(c.tx_drops, DropReason::kSendError);
+    return;
+  }
+  // The underlay refused the packet as larger than its MTU (raw sends never fragment): the
+  // path is smaller than thought. Ask the route again; it cannot be more than what failed.
+  RefreshPath();
+  const uint32_t failed = static_cast<uint32_t>(len - l2_header_);
+  if (path_mtu_ == 0 || path_mtu_ >= failed) {
+    path_mtu_ = failed > 1 ? failed - 1 : 1;
+    c.path_mtu.store(path_mtu_, std::memory_order_relaxed);
+  }
+  HandleTooBig(frame, len);
+}
+
+void TunnelDatapath::HandleTooBig(uint8_t* frame, size_t len) {
+  TunnelCounters& c = counters();
+  const int ip_offset = InnerIpOffset(encap_.mode, frame, len);
+  if (l2_header_ != 0 || ip_offset != 0) {
+    // A bridge has nobody to tell: the frame is dropped, as a too-long frame on any link.
+    Count(c.tx_drops, DropReason::kTooBig);
+    return;
+  }
+  const uint8_t version = IpVersion(frame, len);
+  if (version == 4 && len >= kIpv4HeaderLen) {
+    const bool inner_df = (LoadBe16(frame + 6) & kIpv4FlagDontFragment) != 0;
+    // Without DF the kernel fragments the outer packet (ip_tunnel's last resort); over IPv6 it
+    // answers frag-needed whatever the DF bit (ip4ip6_tnl_xmit).
+    if (!inner_df && !ipv6_) {
+      const uint32_t sequence = encap_.sequence ? ++tx_sequence_ : 0;
+      EncapResult outer = Encapsulate(encap_, frame, len, 0, sequence);
+      if (outer.packet == nullptr) {
+        Count(c.tx_drops, outer.drop);
+        return;
+      }
+      if (!SendFragments(outer.packet, outer.len)) {
+        Count(c.tx_drops, DropReason::kTooBig);
+        return;
+      }
+      c.tx_fragmented.Add();
+      c.tx_packets.Add();
+      c.tx_bytes.Add(len);
+      return;
+    }
+    Count(c.tx_drops, DropReason::kTooBig);
+    uint8_t* out = io_->scratch();
+    const uint32_t source =
+        config_.icmp_source_v4 != 0 ? config_.icmp_source_v4 : LoadBe32(frame + 16);
+    const size_t n = WriteIcmpFragmentationNeeded(
+        frame, len, source, static_cast<uint16_t>(std::min(path_mtu_, 65535u)), out,
+        UnderlayIo::kScratchBytes);
+    if (n != 0 && WriteIcmpToDevice(out, n)) c.icmp_too_big_sent.Add();
+    return;
+  }
+  Count(c.tx_drops, DropReason::kTooBig);
+  if (version == 6 && len >= kIpv6HeaderLen) {
+    uint8_t* out = io_->scratch();
+    const OuterAddress source = config_.icmp_source_v6.is_zero()
+                                    ? OuterAddress::FromIpv6(frame + 24)
+                                    : config_.icmp_source_v6;
+    const size_t n =
+        WriteIcmpv6PacketTooBig(frame, len, source, path_mtu_, out, UnderlayIo::kScratchBytes);
+    if (n != 0 && WriteIcmpToDevice(out, n)) c.icmp_too_big_sent.Add();
+  }
+}
+
+bool TunnelDatapath::WriteIcmpToDevice(const uint8_t* ip, size_t len) {
+  // A TUN write hands the packet to the host's stack at once; it does not block.
+  return write(config_.device_fd, ip, len) == static_cast<ssize_t>(len);
+}
+
+bool TunnelDatapath::SendFragments(const uint8_t* outer, size_t len) {
+  Fragment fragments[kMaxFragments];
+  // The outer packet lives in the engine's buffer; the fragments go to the scratch space.
+  const size_t count =
+      FragmentIpv4(outer, len, path_mtu_ + overhead_ - l2_header_, io_->NextFragmentId(),
+                   io_->scratch(), UnderlayIo::kScratchBytes, fragments, kMaxFragments);
+  if (count == 0) return false;
+  for (size_t i = 0; i < count; ++i) {
+    if (io_->SendNow(false, config_.encap.remote, fragments[i].data, fragments[i].len) != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool TunnelDatapath::AcceptReceived(const Decapsulated& d) {
+  TunnelCounters& c = counters();
+  // ip_tunnel_rcv: a tunnel that wants checksums drops packets without one (a wrong one never
+  // got this far), and one that wants sequence numbers drops packets without one or behind.
+  if (config_.input_checksum && !d.has_checksum) {
+    Count(c.rx_drops, DropReason::kGreChecksum);
+    return false;
+  }
+  if (d.inner_len == 0) {
+    // An empty payload is our keepalive, come home through the peer. Its sequence number is
+    // ours, not the peer's stream's: it neither passes nor moves the receive window.
+    c.keepalive_replies.Add();
+    keepalives_outstanding_ = 0;
+    c.peer_alive.store(true, std::memory_order_relaxed);
+    c.last_keepalive_reply_unix_nanos.store(absl::ToUnixNanos(absl::Now()),
+                                            std::memory_order_relaxed);
+    return false;
+  }
+  if (config_.input_sequence) {
+    if (!d.has_sequence ||
+        (rx_sequence_ != 0 && static_cast<int32_t>(d.sequence - rx_sequence_) < 0)) {
+      Count(c.rx_drops, DropReason::kGreSequence);
+      return false;
+    }
+    rx_sequence_ = d.sequence + 1;
+  }
+  if (IsPeerKeepalive(d)) {
+    // The peer's keepalive: a packet from it to itself, which a router would send back by
+    // routing it. Send it straight home instead of through the host.
+    if (io_->SendNow(ipv6_, d.outer_src, d.inner, d.inner_len) == 0) {
+      c.keepalive_answered.Add();
+    } else {
+      Count(c.rx_drops, DropReason::kSendError);
+    }
+    return false;
+  }
+  return true;
+}
+
+bool TunnelDatapath::IsPeerKeepalive(const Decapsulated& d) const {
+  if (!SupportsKeepalive(encap_.mode)) return false;
+  const uint8_t* ip = d.inner;
+  if (ipv6_) {
+    if (d.inner_len < kIpv6HeaderLen || IpVersion(ip, d.inner_len) != 6) return false;
+    uint8_t next = ip[6];
+    // Through the peer's own encapsulation-limit option, if it put one in.
+    if (next == kIpProtoDestinationOptions && d.inner_len >= kIpv6HeaderLen + 8) {
+      next = ip[kIpv6HeaderLen];
+    }
+    return next == d.protocol && std::memcmp(ip + 8, d.outer_src.data(), 16) == 0 &&
+           std::memcmp(ip + 24, d.outer_dst.data(), 16) == 0;
+  }
+  if (d.inner_len < kIpv4HeaderLen || IpVersion(ip, d.inner_len) != 4) return false;
+  return ip[9] == d.protocol && LoadBe32(ip + 12) == d.outer_src.v4() &&
+         LoadBe32(ip + 16) == d.outer_dst.v4();
+}
+
+void TunnelDatapath::DeliverDone(size_t len, int result) {
+  TunnelCounters& c = counters();
+  if (result >= 0) {
+    c.rx_packets.Add();
+    c.rx_bytes.Add(len);
+  } else {
+    Count(c.rx_drops, DropReason::kDeviceError);
+  }
+}
+
+absl::Time TunnelDatapath::Tick(absl::Time now) {
+  if (now >= next_probe_) {
+    RefreshPath();
+    next_probe_ = now + kProbeInterval;
+  }
+  if (now >= next_keepalive_) {
+    if (keepalives_outstanding_ >= config_.keepalive_retries) {
+      counters().peer_alive.store(false, std::memory_order_relaxed);
+    }
+    SendKeepalive();
+    next_keepalive_ = now + config_.keepalive_interval;
+  }
+  return std::min(next_probe_, next_keepalive_);
+}
+
+void TunnelDatapath::SendKeepalive() {
+  ++keepalives_outstanding_;
+  if (source_.is_zero()) return;  // no route to the peer: nothing can come back either
+  // What the peer will send home: a packet of this tunnel's kind from the peer to us, carrying
+  // what our receive side requires, with nothing inside.
+  EncapParams home;
+  home.mode = encap_.mode;
+  home.local = config_.encap.remote;
+  home.remote = source_;
+  home.has_key = config_.has_input_key;
+  home.key = config_.input_key;
+  home.checksum = config_.input_checksum;
+  home.sequence = config_.input_sequence;
+  home.pmtudisc = false;
+  uint8_t* end = io_->scratch() + kMaxEncapHeadroom * 2;
+  EncapResult inner = EncapsulateEmpty(home, end, rx_sequence_);
+  const uint32_t sequence = encap_.sequence ? ++tx_sequence_ : 0;
+  EncapResult outer = Encapsulate(encap_, inner.packet, inner.len, 0, sequence);
+  if (outer.packet == nullptr) return;
+  if (io_->SendNow(ipv6_, config_.encap.remote, outer.packet, outer.len) == 0) {
+    counters().keepalive_sent.Add();
+  }
+}
+
+}  // namespace tunnelagent::dataplane

@@ -1,0 +1,133 @@
+// What happens to one tunnel's packets between the device and the underlay, whatever moves
+// them (the io_uring or the epoll engine): the kernel's per-tunnel transmit and receive rules
+// (ip_tunnel_xmit, ip_tunnel_rcv), path MTU handling and keepalives.
+//
+// The common path is split in halves around the engine's asynchronous I/O: PrepareTransmit
+// wraps a frame for the engine to send, AcceptReceived checks a matched packet for the engine to
+// write to the device. The rare paths (ICMP errors back into the device, fragments, keepalives)
+// are done here, synchronously, with plain system calls on the engine's sockets.
+//
+// Owned and used by the engine's thread only; nothing here locks or allocates per packet.
+#ifndef TUNNELAGENT_DATAPLANE_TUNNEL_DATAPATH_H_
+#define TUNNELAGENT_DATAPLANE_TUNNEL_DATAPATH_H_
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "dataplane/packet/encap.h"
+#include "dataplane/packet_engine.h"
+#include "dataplane/tunnel_table.h"
+
+namespace tunnelagent::dataplane {
+
+// An engine's underlay sockets and scratch space for the paths that are not the fast one.
+class UnderlayIo {
+ public:
+  UnderlayIo() = default;
+  ~UnderlayIo();
+  UnderlayIo(const UnderlayIo&) = delete;
+  UnderlayIo& operator=(const UnderlayIo&) = delete;
+
+  // Opens the IPPROTO_RAW send sockets (IPv4 always; IPv6 where the kernel has it) and the
+  // UDP sockets used to ask the kernel about routes.
+  absl::Status Open(int buffer_bytes);
+
+  // -1 when the family is not available.
+  int send_fd(bool ipv6) const { return ipv6 ? send6_ : send4_; }
+
+  // The route towards `remote`: its MTU (IP_MTU / IPV6_MTU, which includes what PMTU discovery
+  // learned) and the source address the kernel would pick. False when there is no route.
+  bool Probe(bool ipv6, const OuterAddress& remote, uint32_t* mtu, OuterAddress* source);
+
+  // Sends one whole outer packet now; returns 0 or an errno value.
+  int SendNow(bool ipv6, const OuterAddress& destination, const uint8_t* packet, size_t len);
+
+  // Room for building one packet of up to 64 KiB with headroom, or its fragments.
+  static constexpr size_t kScratchBytes = 2 * 65536 + 256;
+  uint8_t* scratch() { return scratch_.get(); }
+  uint16_t NextFragmentId() { return ++fragment_id_ == 0 ? ++fragment_id_ : fragment_id_; }
+
+ private:
+  int send4_ = -1;
+  int send6_ = -1;
+  int probe4_ = -1;
+  int probe6_ = -1;
+  std::unique_ptr<uint8_t[]> scratch_{new uint8_t[kScratchBytes]};
+  uint16_t fragment_id_ = 0;
+};
+
+class TunnelDatapath {
+ public:
+  // Checks the tunnel against what the engine has (FAILED_PRECONDITION for an IPv6 tunnel when
+  // the kernel has no IPv6), resolves its source address and path MTU.
+  static absl::StatusOr<std::unique_ptr<TunnelDatapath>> Create(const EngineTunnel& config,
+                                                                UnderlayIo* io, absl::Time now);
+
+  const EngineTunnel& config() const { return config_; }
+  const TunnelMatch& match() const { return match_; }
+  TunnelCounters& counters() { return *config_.counters; }
+  bool ipv6_underlay() const { return ipv6_; }
+  int send_fd() const { return io_->send_fd(ipv6_); }
+  // Where outer packets go, for sendmsg's msg_name.
+  const sockaddr* destination() const { return reinterpret_cast<const sockaddr*>(&destination_); }
+  socklen_t destination_len() const { return destination_len_; }
+  // The largest frame the device gives: the MTU, plus the Ethernet header for tap modes.
+  uint32_t max_frame() const { return max_frame_; }
+
+  // Transmit, first half: `len` bytes the device gave at `frame`, with kDeviceHeadroom writable
+  // bytes before it. True with *packet set: the engine sends it, then calls TransmitDone. False:
+  // nothing for the engine to do (answered with an ICMP error, sent as fragments, or dropped;
+  // all counted).
+  bool PrepareTransmit(uint8_t* frame, size_t len, EncapResult* packet);
+  // Transmit, second half: `result` is what the send returned (bytes, or -errno). An EMSGSIZE
+  // lowers the path MTU and the frame, still intact, gets the too-big treatment.
+  void TransmitDone(uint8_t* frame, size_t len, int result);
+
+  // Receive: a packet the table matched to this tunnel. True: the engine writes d.inner to the
+  // device, then calls DeliverDone. False: done with (a keepalive, or a drop; counted).
+  bool AcceptReceived(const Decapsulated& d);
+  void DeliverDone(size_t len, int result);
+
+  // Keepalives and path MTU refresh; returns when it next wants to run.
+  absl::Time Tick(absl::Time now);
+
+ private:
+  TunnelDatapath(const EngineTunnel& config, UnderlayIo* io);
+
+  void RefreshPath();
+  // A frame longer than the path carries: ICMP error, fragments, or a drop.
+  void HandleTooBig(uint8_t* frame, size_t len);
+  bool WriteIcmpToDevice(const uint8_t* ip, size_t len);
+  bool SendFragments(const uint8_t* outer, size_t len);
+  void SendKeepalive();
+  bool IsPeerKeepalive(const Decapsulated& d) const;
+
+  EngineTunnel config_;
+  UnderlayIo* io_;
+  bool ipv6_ = false;
+  TunnelMatch match_;
+  EncapParams encap_;    // config_.encap with the source resolved where it must be known
+  OuterAddress source_;  // our underlay address towards the remote (resolved)
+  sockaddr_in6 destination_{};
+  socklen_t destination_len_ = 0;
+  uint32_t max_frame_ = 0;
+  uint32_t l2_header_ = 0;
+  uint32_t overhead_ = 0;  // outer headers in front of an IP packet (or of a frame's payload)
+  uint32_t path_mtu_ = 0;  // largest inner IP packet the path carries; 0 = not known
+  uint32_t tx_sequence_ = 0;
+  uint32_t rx_sequence_ = 0;  // the next expected; 0 = none seen (as the kernel's i_seqno)
+  absl::Time next_probe_ = absl::InfinitePast();
+  absl::Time next_keepalive_ = absl::InfiniteFuture();
+  uint32_t keepalives_outstanding_ = 0;
+};
+
+}  // namespace tunnelagent::dataplane
+
+#endif  // TUNNELAGENT_DATAPLANE_TUNNEL_DATAPATH_H_
