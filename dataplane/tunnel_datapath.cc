@@ -297,6 +297,8 @@ bool TunnelDatapath::AcceptReceived(const Decapsulated& d) {
   return true;
 }
 
+// The peer's keepalive is a packet of this tunnel's kind from us back to the peer: its source
+// is the outer destination, its destination the outer source.
 bool TunnelDatapath::IsPeerKeepalive(const Decapsulated& d) const {
   if (!SupportsKeepalive(encap_.mode)) return false;
   const uint8_t* ip = d.inner;
@@ -307,12 +309,12 @@ bool TunnelDatapath::IsPeerKeepalive(const Decapsulated& d) const {
     if (next == kIpProtoDestinationOptions && d.inner_len >= kIpv6HeaderLen + 8) {
       next = ip[kIpv6HeaderLen];
     }
-    return next == d.protocol && std::memcmp(ip + 8, d.outer_src.data(), 16) == 0 &&
-           std::memcmp(ip + 24, d.outer_dst.data(), 16) == 0;
+    return next == d.protocol && std::memcmp(ip + 8, d.outer_dst.data(), 16) == 0 &&
+           std::memcmp(ip + 24, d.outer_src.data(), 16) == 0;
   }
   if (d.inner_len < kIpv4HeaderLen || IpVersion(ip, d.inner_len) != 4) return false;
-  return ip[9] == d.protocol && LoadBe32(ip + 12) == d.outer_src.v4() &&
-         LoadBe32(ip + 16) == d.outer_dst.v4();
+  return ip[9] == d.protocol && LoadBe32(ip + 12) == d.outer_dst.v4() &&
+         LoadBe32(ip + 16) == d.outer_src.v4();
 }
 
 void TunnelDatapath::DeliverDone(size_t len, int result) {

@@ -10,6 +10,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstring>
 #include <string>
@@ -47,6 +49,12 @@ class Fd {
  private:
   int fd_;
 };
+
+std::array<uint8_t, 16> Ipv6Bytes(const char* text) {
+  std::array<uint8_t, 16> bytes{};
+  inet_pton(AF_INET6, text, bytes.data());
+  return bytes;
+}
 
 sockaddr_in Addr(uint32_t host_order, uint16_t port = 0) {
   sockaddr_in a{};
@@ -187,7 +195,8 @@ class EngineTest : public ::testing::TestWithParam<Backend> {
   }
 
   // A device "tun0" with 10.1.0.1/32, a route to 10.9.0.0/24 through it, in the engine.
-  void AddTunnel(TunnelMode mode, bool keyed, uint32_t key = 0) {
+  void AddTunnel(TunnelMode mode, bool keyed, uint32_t key = 0,
+                 void (*customize)(EngineTunnel&) = nullptr) {
     auto tun = TunDevice::Create("tun0", TunDevice::Kind::kTun);
     ASSERT_TRUE(tun.ok()) << tun.status();
     tun_ = *std::move(tun);
@@ -213,7 +222,27 @@ class EngineTest : public ::testing::TestWithParam<Backend> {
     t.has_input_key = keyed;
     t.input_key = key;
     t.counters = counters_;
-    ASSERT_TRUE(engine_->AddTunnel(t).ok());
+    if (customize != nullptr) customize(t);
+    absl::Status status = engine_->AddTunnel(t);
+    ASSERT_TRUE(status.ok()) << status;
+  }
+
+  // Sends `size` bytes of UDP payload from 10.1.0.1 to 10.9.0.2 with DF set or not.
+  void SendInnerSized(size_t size, bool dont_fragment, int* error = nullptr) {
+    Fd udp(socket(AF_INET, SOCK_DGRAM, 0));
+    const int pmtu = dont_fragment ? IP_PMTUDISC_PROBE : IP_PMTUDISC_DONT;
+    ASSERT_EQ(setsockopt(udp.get(), IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof pmtu), 0);
+    sockaddr_in src = Addr(kInnerA);
+    ASSERT_EQ(bind(udp.get(), reinterpret_cast<sockaddr*>(&src), sizeof src), 0);
+    sockaddr_in dst = Addr(kInnerFar, kPort);
+    std::string payload(size, 'p');
+    ssize_t n = sendto(udp.get(), payload.data(), payload.size(), 0,
+                       reinterpret_cast<sockaddr*>(&dst), sizeof dst);
+    if (error != nullptr) *error = n < 0 ? errno : 0;
+  }
+
+  uint64_t TunnelDrops(DropReason r) const {
+    return counters_->rx_drops[static_cast<int>(r)].Get();
   }
 
   // Sends `payload` from 10.1.0.1 to 10.9.0.2, which the route hands to the device.
@@ -425,6 +454,206 @@ TEST_P(EngineTest, RemovalLeavesTheDeviceAsItWas) {
   const int flags = fcntl(fd, F_GETFL);
   ASSERT_GE(flags, 0);
   EXPECT_EQ(flags & O_NONBLOCK, 0);
+}
+
+// ip_tunnel_rcv: with icsum and iseq, a packet without a checksum, without a sequence number or
+// behind the last one is dropped (counted on the tunnel); ahead is fine.
+TEST_P(EngineTest, InputChecksumAndSequenceAreEnforced) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false, 0, [](EngineTunnel& t) {
+    t.input_checksum = true;
+    t.input_sequence = true;
+  });
+  auto udp = BoundUdp();
+  auto send = [&](const std::string& payload, bool checksum, bool sequence, uint32_t number) {
+    GreHeader gre;
+    gre.protocol = kEtherTypeIpv4;
+    gre.has_checksum = checksum;
+    gre.has_sequence = sequence;
+    gre.sequence = number;
+    SendOuter(Wrap(UdpPacket(kInnerFar, kInnerA, kPort, payload), kIpProtoGre, &gre));
+  };
+  send("no-checksum", false, true, 1);
+  EXPECT_TRUE(Eventually([&] { return TunnelDrops(DropReason::kGreChecksum) == 1; }));
+  send("no-sequence", true, false, 0);
+  EXPECT_TRUE(Eventually([&] { return TunnelDrops(DropReason::kGreSequence) == 1; }));
+  send("seq-5", true, true, 5);
+  EXPECT_EQ(ReceiveUdp(*udp), "seq-5");
+  send("seq-4", true, true, 4);  // behind
+  EXPECT_TRUE(Eventually([&] { return TunnelDrops(DropReason::kGreSequence) == 2; }));
+  send("seq-9", true, true, 9);  // ahead: a gap is loss, not reordering
+  EXPECT_EQ(ReceiveUdp(*udp), "seq-9");
+  send("seq-wrapped", true, true, 10 + 0x80000000u);  // half the space ahead counts as behind
+  EXPECT_TRUE(Eventually([&] { return TunnelDrops(DropReason::kGreSequence) == 3; }));
+  EXPECT_EQ(counters_->rx_packets.Get(), 2u);
+}
+
+// Output sequence numbers start at 1 and increase per packet, as the kernel's o_seqno.
+TEST_P(EngineTest, OutputSequenceNumbersIncrease) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false, 0, [](EngineTunnel& t) { t.encap.sequence = true; });
+  for (uint32_t expected = 1; expected <= 3; ++expected) {
+    const std::string payload = "seq-out-" + std::to_string(expected);
+    SendInner(payload);
+    std::vector<uint8_t> pkt = Capture(*gre_tap_, payload);
+    ASSERT_FALSE(pkt.empty()) << "sent " << counters_->tx_packets.Get();
+    GreHeader gre;
+    size_t gre_len = 0;
+    DropReason reason;
+    ASSERT_TRUE(ParseGreHeader(pkt.data() + 20, pkt.size() - 20, &gre, &gre_len, &reason));
+    EXPECT_TRUE(gre.has_sequence);
+    EXPECT_EQ(gre.sequence, expected);
+  }
+}
+
+// The peer's keepalive (a GRE packet from us to it, inside GRE) goes straight back to it.
+TEST_P(EngineTest, AnswersThePeersKeepalive) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false);
+  GreHeader empty;  // protocol 0, nothing inside: Cisco's keepalive
+  std::vector<uint8_t> home = Wrap({}, kIpProtoGre, &empty);
+  // Wrap makes remote -> local; the home packet goes local -> remote.
+  std::swap_ranges(home.begin() + 12, home.begin() + 16, home.begin() + 16);
+  Ipv4Header fixed;
+  DropReason reason;
+  ASSERT_TRUE(ParseIpv4Header(home.data(), home.size(), &fixed, &reason));
+  WriteIpv4Header(fixed, home.data());
+  GreHeader outer;
+  outer.protocol = kEtherTypeIpv4;
+  SendOuter(Wrap(home, kIpProtoGre, &outer));
+  EXPECT_TRUE(Eventually([&] { return counters_->keepalive_answered.Get() == 1; }));
+  EXPECT_EQ(counters_->rx_packets.Get(), 0u) << "not delivered to the device";
+}
+
+// Keepalives every 50 ms, 2 retries: with nobody answering the peer is gone; when the replies
+// come home (here the test plays the peer) it is back.
+TEST_P(EngineTest, KeepaliveDownWithoutRepliesUpWithThem) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/true, 5, [](EngineTunnel& t) {
+    t.keepalive_interval = absl::Milliseconds(50);
+    t.keepalive_retries = 2;
+  });
+  EXPECT_TRUE(counters_->peer_alive.load());
+  EXPECT_TRUE(Eventually([&] { return !counters_->peer_alive.load(); }));
+  EXPECT_GE(counters_->keepalive_sent.Get(), 2u);
+  // Play the peer: take a keepalive off the wire and send its inner packet home.
+  std::vector<uint8_t> buf(2048);
+  bool replied = false;
+  for (int i = 0; i < 40 && !replied; ++i) {
+    pollfd p{gre_tap_->get(), POLLIN, 0};
+    if (poll(&p, 1, 100) <= 0) continue;
+    ssize_t n = recv(gre_tap_->get(), buf.data(), buf.size(), 0);
+    // Ours: 127.0.0.1 -> 127.0.0.2, GRE with key 5 (8 bytes), then the home packet.
+    if (n < 20 + 8 + 20 + 8 || buf[19] != 2) continue;
+    std::vector<uint8_t> home(buf.begin() + 28, buf.begin() + n);
+    EXPECT_EQ(home[9], kIpProtoGre);
+    EXPECT_EQ(home[8], 255) << "Cisco's TTL";
+    sockaddr_in dst = Addr(kLocal);
+    ASSERT_EQ(sendto(sender_->get(), home.data(), home.size(), 0, reinterpret_cast<sockaddr*>(&dst),
+                     sizeof dst),
+              static_cast<ssize_t>(home.size()));
+    replied = true;
+  }
+  ASSERT_TRUE(replied);
+  EXPECT_TRUE(Eventually([&] { return counters_->peer_alive.load(); }));
+  EXPECT_GE(counters_->keepalive_replies.Get(), 1u);
+  EXPECT_NE(counters_->last_keepalive_reply_unix_nanos.load(), 0);
+}
+
+// Path MTU: the underlay (loopback here) carries 1300 bytes, the device 1400. A DF packet that
+// fits the device but not the path is answered with "fragmentation needed" and the path's MTU;
+// one without DF goes out as outer fragments (which the receiving kernel reassembles).
+TEST_P(EngineTest, TooBigForThePathGetsFragNeededOrIsFragmented) {
+  auto lo = netlink_->GetLinkByName("lo");
+  ASSERT_TRUE(lo.ok());
+  ASSERT_TRUE(netlink_->SetLinkMtu(lo->ifindex, 1300).ok());
+  struct RestoreMtu {
+    Netlink* netlink;
+    int ifindex;
+    ~RestoreMtu() { netlink->SetLinkMtu(ifindex, 65536).IgnoreError(); }
+  } restore{netlink_.get(), lo->ifindex};
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false);
+  EXPECT_TRUE(Eventually([&] { return counters_->path_mtu.load() == 1300 - 24; }));
+
+  // First without DF (before the host learns the path MTU and fragments the packet itself).
+  SendInnerSized(1350, /*dont_fragment=*/false);
+  std::vector<uint8_t> reassembled = Capture(*gre_tap_, std::string(1350, 'p'));
+  ASSERT_FALSE(reassembled.empty()) << "fragments did not arrive whole";
+  EXPECT_EQ(reassembled.size(), 20u + 4 + 20 + 8 + 1350);
+  EXPECT_TRUE(Eventually([&] { return counters_->tx_fragmented.Get() == 1; }));
+
+  // Then as `ping -M do` would: DF set, the socket open to hear the answer (the host applies a
+  // learned path MTU through the socket the ICMP error is about).
+  Fd udp(socket(AF_INET, SOCK_DGRAM, 0));
+  const int pmtu = IP_PMTUDISC_DO;
+  ASSERT_EQ(setsockopt(udp.get(), IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof pmtu), 0);
+  sockaddr_in src = Addr(kInnerA);
+  ASSERT_EQ(bind(udp.get(), reinterpret_cast<sockaddr*>(&src), sizeof src), 0);
+  sockaddr_in dst = Addr(kInnerFar, kPort);
+  ASSERT_EQ(connect(udp.get(), reinterpret_cast<sockaddr*>(&dst), sizeof dst), 0);
+  const std::string payload(1350, 'd');
+  ASSERT_EQ(send(udp.get(), payload.data(), payload.size(), 0), 1350);
+  EXPECT_TRUE(Eventually([&] { return counters_->icmp_too_big_sent.Get() == 1; }));
+  EXPECT_EQ(counters_->tx_drops[static_cast<int>(DropReason::kTooBig)].Get(), 1u);
+  EXPECT_TRUE(Eventually([&] {
+    int mtu = 0;
+    socklen_t len = sizeof mtu;
+    return getsockopt(udp.get(), IPPROTO_IP, IP_MTU, &mtu, &len) == 0 && mtu == 1300 - 24;
+  }));
+  EXPECT_LT(send(udp.get(), payload.data(), payload.size(), 0), 0) << "the host now knows";
+  EXPECT_EQ(errno, EMSGSIZE);
+}
+
+// The IPv6 underlay: ip6gre between fd00::1 and fd00::2, both on loopback. Raw IPv6 sockets
+// deliver no header, so receiving relies on the address and traffic class as ancillary data.
+TEST_P(EngineTest, Ip6greBothWays) {
+  auto lo = netlink_->GetLinkByName("lo");
+  ASSERT_TRUE(lo.ok());
+  for (const char* a : {"fd00::1/128", "fd00::2/128"}) {
+    absl::Status s = netlink_->AddAddress(lo->ifindex, *IpPrefix::Parse(a));
+    ASSERT_TRUE(s.ok() || absl::IsAlreadyExists(s)) << s;
+  }
+  static const OuterAddress kLocal6 = OuterAddress::FromIpv6(Ipv6Bytes("fd00::1").data());
+  static const OuterAddress kRemote6 = OuterAddress::FromIpv6(Ipv6Bytes("fd00::2").data());
+  AddTunnel(TunnelMode::kIp6gre, /*keyed=*/true, 9, [](EngineTunnel& t) {
+    t.encap.local = kLocal6;
+    t.encap.remote = kRemote6;
+  });
+  Fd tap(socket(AF_INET6, SOCK_RAW, IPPROTO_GRE));
+  ASSERT_GE(tap.get(), 0);
+
+  SendInner("hello-ip6gre-tx");
+  std::vector<uint8_t> pkt = Capture(tap, "hello-ip6gre-tx");
+  ASSERT_FALSE(pkt.empty()) << "sent " << counters_->tx_packets.Get();
+  GreHeader gre;
+  size_t gre_len = 0;
+  DropReason reason;
+  ASSERT_TRUE(ParseGreHeader(pkt.data(), pkt.size(), &gre, &gre_len, &reason));
+  EXPECT_TRUE(gre.has_key);
+  EXPECT_EQ(gre.key, 9u);
+  EXPECT_EQ(gre.protocol, kEtherTypeIpv4);
+
+  auto udp = BoundUdp();
+  Fd sender(socket(AF_INET6, SOCK_RAW, IPPROTO_GRE));
+  sockaddr_in6 from{};
+  from.sin6_family = AF_INET6;
+  memcpy(&from.sin6_addr, kRemote6.data(), 16);
+  ASSERT_EQ(bind(sender.get(), reinterpret_cast<sockaddr*>(&from), sizeof from), 0);
+  // ECT(0) outside: copied nowhere (the inner packet is not-ECT and the outer is not CE).
+  const int tclass = kEcnEct0;
+  ASSERT_EQ(setsockopt(sender.get(), IPPROTO_IPV6, IPV6_TCLASS, &tclass, sizeof tclass), 0);
+  std::vector<uint8_t> inner = UdpPacket(kInnerFar, kInnerA, kPort, "hello-ip6gre-rx");
+  GreHeader keyed;
+  keyed.has_key = true;
+  keyed.key = 9;
+  keyed.protocol = kEtherTypeIpv4;
+  std::vector<uint8_t> payload(GreHeaderLen(keyed) + inner.size());
+  memcpy(payload.data() + GreHeaderLen(keyed), inner.data(), inner.size());
+  WriteGreHeader(keyed, payload.data(), inner.size());
+  sockaddr_in6 to{};
+  to.sin6_family = AF_INET6;
+  memcpy(&to.sin6_addr, kLocal6.data(), 16);
+  ASSERT_EQ(sendto(sender.get(), payload.data(), payload.size(), 0,
+                   reinterpret_cast<sockaddr*>(&to), sizeof to),
+            static_cast<ssize_t>(payload.size()));
+  EXPECT_EQ(ReceiveUdp(*udp), "hello-ip6gre-rx");
+  EXPECT_TRUE(Eventually([&] { return counters_->rx_packets.Get() == 1; }));
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, EngineTest, ::testing::Values(Backend::kUring, Backend::kEpoll),
