@@ -1,9 +1,12 @@
 #!/usr/bin/python3
 """Writes the seed corpus of receive_fuzzer into tests/fuzz/receive_corpus/.
 
-Every file is one IPv4 packet as a raw socket delivers it (outer header first): valid GRE
-(keyless, keyed, checksum, sequence; IPv4 and IPv6 inside) and IPIP, the ECN cases of RFC 6040,
-and malformed packets for every rejection Decapsulate has. Packets come from 203.0.113.1 to
+Most files are one IPv4 packet as a raw socket delivers it (outer header first): valid GRE
+(keyless, keyed, checksum, sequence; IPv4 and IPv6 inside), gretap frames, IPIP and sit, the
+ECN cases of RFC 6040, keepalives coming home (empty payloads), and malformed packets for every
+rejection Decapsulate has. Files starting with 0x6_ are what an IPv6 raw socket delivers, behind
+a three-byte preamble (0x60, next header selector: 0 GRE, 1 IPIP, 2 IPv6; traffic class) that
+receive_fuzzer.cc reads: ip6gre, ip6gretap and ip6tnl. Packets come from 203.0.113.1 to
 203.0.113.2, the addresses of the tunnels receive_fuzzer.cc puts in its table. Built with
 struct.pack and a checksum of its own, not with the code under test. Deterministic: running it
 again rewrites the same bytes. Files it does not name (crash inputs added by hand) are kept.
@@ -118,6 +121,17 @@ def cut(packet, n):
     return bytes(head)
 
 
+def eth_frame(inner, ethertype=0x0800):
+    """An Ethernet frame 02:00:00:00:00:01 -> 02:00:00:00:00:02 around `inner`."""
+    return bytes.fromhex("020000000002020000000001") + struct.pack("!H", ethertype) + inner
+
+
+def ipv6_input(payload, next_header, tclass=0):
+    """What an IPv6 raw socket of `next_header` delivers, behind receive_fuzzer's preamble."""
+    selector = {PROTO_GRE: 0, PROTO_IPIP: 1, PROTO_IPV6: 2}[next_header]
+    return bytes([0x60, selector, tclass]) + payload
+
+
 def corpus():
     v4 = inner_v4()
     v6 = inner_v6()
@@ -216,6 +230,27 @@ def corpus():
     c["inner_total_len_below_ihl"] = gre_pkt(v4[:2] + struct.pack("!H", 19) + v4[4:])
     c["inner_total_len_past_end"] = gre_pkt(v4[:2] + struct.pack("!H", len(v4) + 1) + v4[4:])
     c["inner_v6_payload_len_past_end"] = gre_pkt(inner_v6(payload_len=17))
+
+    # ---- the other modes: gretap, sit, keepalives, the IPv6 underlay ----
+    c["gretap_v4"] = gre_pkt(eth_frame(v4), ptype=ETH_TEB)  # "gretap"
+    c["gretap_key42_arp"] = gre_pkt(eth_frame(b"\0\1\x08\0\6\4\0\1" + b"\0" * 20, 0x0806),
+                                    ptype=ETH_TEB, key=42)
+    c["gretap_ce_over_ect0"] = gre_pkt(eth_frame(inner_v4(tos=ECT0)), ptype=ETH_TEB, tos=CE)
+    c["gretap_short_frame"] = gre_pkt(eth_frame(b"")[:13], ptype=ETH_TEB)
+    c["sit_v6"] = ipv4(v6, PROTO_IPV6, PEER, SELF)  # "sit"
+    c["sit_v4_inside"] = ipv4(v4, PROTO_IPV6, PEER, SELF)
+    c["keepalive_home_gre_key42"] = gre_pkt(b"", ptype=0, key=42)
+    c["keepalive_home_ipip"] = ipip_pkt(b"")
+    c["keepalive_peer_gre"] = gre_pkt(gre_pkt(b"", ptype=0, src=SELF, dst=PEER))
+    c["v6_ip6gre_v4"] = ipv6_input(gre(v4), PROTO_GRE)  # "ip6gre"
+    c["v6_ip6gre_key42_v6"] = ipv6_input(gre(v6, key=42, csum=True), PROTO_GRE)
+    c["v6_ip6gretap_frame"] = ipv6_input(gre(eth_frame(v4), ptype=ETH_TEB), PROTO_GRE)
+    c["v6_ip6tnl_v4"] = ipv6_input(v4, PROTO_IPIP)  # "ip6tnl"
+    c["v6_ip6tnl_v6"] = ipv6_input(v6, PROTO_IPV6)
+    c["v6_ip6tnl_ce_over_ect0"] = ipv6_input(inner_v4(tos=ECT0), PROTO_IPIP, tclass=CE)
+    c["v6_ip6tnl_ce_over_not_ect"] = ipv6_input(v6, PROTO_IPV6, tclass=CE)
+    c["v6_ip6gre_empty"] = ipv6_input(gre(b"", ptype=0), PROTO_GRE)
+    c["v6_ip6gre_truncated"] = ipv6_input(gre(v4)[:3], PROTO_GRE)
     return c
 
 
