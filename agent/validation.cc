@@ -22,6 +22,8 @@ constexpr size_t kMaxDeviceName = 15;
 constexpr uint32_t kMaxMtu = 65535;
 // IPv4's minimum; the kernel refuses less on any IPv4 tunnel.
 constexpr uint32_t kMinMtu = 68;
+// IPv6's: sit carries only IPv6, and the kernel gives it min_mtu IPV6_MIN_MTU.
+constexpr uint32_t kMinSitMtu = 1280;
 
 constexpr TunnelMode kAllModes[] = {TunnelMode::kGre,   TunnelMode::kGretap, TunnelMode::kIpip,
                                     TunnelMode::kSit,   TunnelMode::kIp6gre, TunnelMode::kIp6gretap,
@@ -288,8 +290,9 @@ absl::Status ValidateSpec(const dataplane::TunnelSpec& spec) {
 
   if (spec.mtu != 0) {
     const uint32_t max = kMaxMtu - dataplane::EncapOverhead(spec.mode, dataplane::OutputGreOptions(spec));
-    if (spec.mtu < kMinMtu || spec.mtu > max) {
-      return Invalid("tunnel.mtu", absl::StrCat(spec.mtu, " is out of range ", kMinMtu, "..", max,
+    const uint32_t min = spec.mode == TunnelMode::kSit ? kMinSitMtu : kMinMtu;
+    if (spec.mtu < min || spec.mtu > max) {
+      return Invalid("tunnel.mtu", absl::StrCat(spec.mtu, " is out of range ", min, "..", max,
                                                 " (0 = automatic)"));
     }
   }

@@ -90,16 +90,17 @@ std::string IntervalText(const google::protobuf::Duration& d) {
 
 // The tunnel's options as `ip -d link show` prints them: per-direction GRE keys, checksums
 // and sequencing, then ttl (hoplimit for IPv6 underlays), tos, pmtudisc, ignore-df, and the
-// keepalive. `all`: also the defaults in effect (ttl inherit, pmtudisc); else only what was
-// set.
+// keepalive. `all`: also what is in effect by default (ttl inherit, pmtudisc, the keys that
+// come from `key`); else only what was set.
 std::vector<std::string> OptionWords(const v1::Tunnel& t, bool all) {
   std::vector<std::string> words;
   const bool ipv6 = IsIpv6Underlay(t.mode());
   if (IsGre(t.mode())) {
-    if (t.has_input_key() || t.has_key()) {
+    // Keys that only repeat `key` are the KEY column's, unless `all`.
+    if (t.has_input_key() || (all && t.has_key())) {
       words.push_back(absl::StrCat("ikey ", t.has_input_key() ? t.input_key() : t.key()));
     }
-    if (t.has_output_key() || t.has_key()) {
+    if (t.has_output_key() || (all && t.has_key())) {
       words.push_back(absl::StrCat("okey ", t.has_output_key() ? t.output_key() : t.key()));
     }
     if (t.checksum() || t.input_checksum()) words.push_back("icsum");
