@@ -124,10 +124,10 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
       Family("tunnelagent_tunnel_drops_total",
              "Packets of the tunnel dropped, by direction and reason.", MetricType::Counter);
 
-  MetricFamily path_mtu = Family(
-      "tunnelagent_tunnel_path_mtu",
-      "Largest inner packet the underlay path carries whole, in bytes; 0 when not known.",
-      MetricType::Gauge);
+  MetricFamily path_mtu =
+      Family("tunnelagent_tunnel_path_mtu",
+             "Largest inner packet the underlay path carries whole, in bytes; 0 when not known.",
+             MetricType::Gauge);
   MetricFamily icmp_too_big =
       Family("tunnelagent_tunnel_icmp_too_big_total",
              "Packets too big for the path answered with ICMP fragmentation-needed or ICMPv6 "
@@ -138,9 +138,8 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
              "Packets sent as outer IPv4 fragments (too big for the path, DF not set).",
              MetricType::Counter);
   // Only for tunnels with keepalive on: the others would only add series stuck at 0.
-  MetricFamily keepalive_sent =
-      Family("tunnelagent_tunnel_keepalive_sent_total", "Keepalives sent to the peer.",
-             MetricType::Counter);
+  MetricFamily keepalive_sent = Family("tunnelagent_tunnel_keepalive_sent_total",
+                                       "Keepalives sent to the peer.", MetricType::Counter);
   MetricFamily keepalive_replies =
       Family("tunnelagent_tunnel_keepalive_replies_total",
              "Keepalives that came back from the peer.", MetricType::Counter);

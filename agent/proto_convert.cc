@@ -79,8 +79,8 @@ absl::StatusOr<absl::Duration> DurationFromProto(absl::string_view field,
   if (d.seconds() < TimeUtil::kDurationMinSeconds || d.seconds() > TimeUtil::kDurationMaxSeconds ||
       d.nanos() <= -1000000000 || d.nanos() >= 1000000000 || (d.seconds() > 0 && d.nanos() < 0) ||
       (d.seconds() < 0 && d.nanos() > 0)) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ": ", d.seconds(), "s ", d.nanos(),
-                                                   "ns is not a valid duration"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": ", d.seconds(), "s ", d.nanos(), "ns is not a valid duration"));
   }
   return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
 }

@@ -95,13 +95,28 @@ std::vector<std::string> ChangedFields(const TunnelSpec& a, const TunnelSpec& b)
 }
 
 const std::vector<std::string>& UpdatableFields() {
-  static const auto* fields = new std::vector<std::string>{
-      "mode",           "local",          "remote",         "key",
-      "mtu",            "addresses",      "routes",         "labels",
-      "input_key",      "output_key",     "checksum",       "input_checksum",
-      "output_checksum", "sequence",      "input_sequence", "output_sequence",
-      "ttl",            "tos",            "inherit_tos",    "pmtudisc",
-      "ignore_df",      "keepalive"};
+  static const auto* fields = new std::vector<std::string>{"mode",
+                                                           "local",
+                                                           "remote",
+                                                           "key",
+                                                           "mtu",
+                                                           "addresses",
+                                                           "routes",
+                                                           "labels",
+                                                           "input_key",
+                                                           "output_key",
+                                                           "checksum",
+                                                           "input_checksum",
+                                                           "output_checksum",
+                                                           "sequence",
+                                                           "input_sequence",
+                                                           "output_sequence",
+                                                           "ttl",
+                                                           "tos",
+                                                           "inherit_tos",
+                                                           "pmtudisc",
+                                                           "ignore_df",
+                                                           "keepalive"};
   return *fields;
 }
 
@@ -114,12 +129,11 @@ bool EncapsulationChanged(const TunnelSpec& a, const TunnelSpec& b) {
          a.input_checksum != b.input_checksum || a.output_checksum != b.output_checksum ||
          a.sequence != b.sequence || a.input_sequence != b.input_sequence ||
          a.output_sequence != b.output_sequence || a.ttl != b.ttl || a.tos != b.tos ||
-         a.inherit_tos != b.inherit_tos || a.pmtudisc != b.pmtudisc ||
-         a.ignore_df != b.ignore_df || a.keepalive != b.keepalive;
+         a.inherit_tos != b.inherit_tos || a.pmtudisc != b.pmtudisc || a.ignore_df != b.ignore_df ||
+         a.keepalive != b.keepalive;
 }
 
 }  // namespace
-
 
 // The changes of one request: undone in reverse order unless committed; committed only when
 // the state file took the new desired set; its events recorded only then.
@@ -327,8 +341,7 @@ absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name, cons
     } else if (field == "keepalive") {
       desired.keepalive = patch.keepalive;
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("update_mask: ", field,
-                                                     " cannot be updated (",
+      return absl::InvalidArgumentError(absl::StrCat("update_mask: ", field, " cannot be updated (",
                                                      absl::StrJoin(UpdatableFields(), ", "),
                                                      " can)"));
     }
@@ -882,10 +895,9 @@ absl::Status ConflictBetween(const TunnelSpec& spec, const TunnelSpec& other) {
       other.remote == spec.remote && dataplane::InputKey(other) == key) {
     const bool gre = dataplane::IsGreMode(spec.mode);
     return absl::AlreadyExistsError(absl::StrCat(
-        "tunnel ", other.name, " already carries ", dataplane::TunnelModeName(spec.mode),
-        " from ", spec.local.is_unspecified() ? "any" : spec.local.ToString(), " to ",
-        spec.remote.ToString(),
-        !gre ? std::string()
+        "tunnel ", other.name, " already carries ", dataplane::TunnelModeName(spec.mode), " from ",
+        spec.local.is_unspecified() ? "any" : spec.local.ToString(), " to ", spec.remote.ToString(),
+        !gre  ? std::string()
         : key ? absl::StrCat(" with input key ", *key)
               : std::string(" without an input key")));
   }

@@ -26,7 +26,7 @@ struct KeepaliveSnapshot {
   bool peer_alive = true;
   uint64_t sent = 0;
   uint64_t replies = 0;
-  uint64_t answered = 0;                          // the peer's keepalives sent back
+  uint64_t answered = 0;                         // the peer's keepalives sent back
   absl::Time last_reply = absl::InfinitePast();  // InfinitePast: none yet
 };
 

@@ -193,9 +193,9 @@ absl::Status ValidateOuterHeader(const dataplane::TunnelSpec& spec) {
     }
     // ip_tunnel_newlink / iproute2: "ttl != 0 and nopmtudisc are incompatible".
     if (spec.ttl.has_value() && *spec.ttl != 0) {
-      return Invalid("tunnel.ttl", absl::StrCat("ttl and nopmtudisc are incompatible: a fixed ttl (",
-                                                *spec.ttl,
-                                                ") needs pmtudisc (or use ttl 0 = inherit)"));
+      return Invalid("tunnel.ttl",
+                     absl::StrCat("ttl and nopmtudisc are incompatible: a fixed ttl (", *spec.ttl,
+                                  ") needs pmtudisc (or use ttl 0 = inherit)"));
     }
   }
   if (spec.ignore_df) {
@@ -219,7 +219,8 @@ absl::Status ValidateKeepalive(const dataplane::TunnelSpec& spec) {
   constexpr uint32_t kMaxRetries = 255;
   const dataplane::KeepaliveSpec& k = spec.keepalive;
   if (k.interval < absl::ZeroDuration() ||
-      (k.interval != absl::ZeroDuration() && (k.interval < kMinInterval || k.interval > kMaxInterval))) {
+      (k.interval != absl::ZeroDuration() &&
+       (k.interval < kMinInterval || k.interval > kMaxInterval))) {
     return Invalid("tunnel.keepalive.interval",
                    absl::StrCat(absl::FormatDuration(k.interval),
                                 " is out of range 100ms..1h (0 or unset = off)"));
@@ -289,7 +290,8 @@ absl::Status ValidateSpec(const dataplane::TunnelSpec& spec) {
   if (absl::Status s = ValidateKeepalive(spec); !s.ok()) return s;
 
   if (spec.mtu != 0) {
-    const uint32_t max = kMaxMtu - dataplane::EncapOverhead(spec.mode, dataplane::OutputGreOptions(spec));
+    const uint32_t max =
+        kMaxMtu - dataplane::EncapOverhead(spec.mode, dataplane::OutputGreOptions(spec));
     const uint32_t min = spec.mode == TunnelMode::kSit ? kMinSitMtu : kMinMtu;
     if (spec.mtu < min || spec.mtu > max) {
       return Invalid("tunnel.mtu", absl::StrCat(spec.mtu, " is out of range ", min, "..", max,

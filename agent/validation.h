@@ -30,7 +30,8 @@ absl::Status ValidateDeviceName(absl::string_view name, absl::string_view field 
 //   and only with pmtudisc off. (ttl and tos are 0..255 by SpecFromProto.)
 // - keepalive: interval 0 (off) or 100ms..1h, retries 0..255, only for modes that
 //   SupportsKeepalive (gre, ipip, ip6gre, ip6tnl).
-// - mtu: 0 or 68 (sit: 1280, as the kernel has it)..65535 less the encapsulation overhead with the output GRE options (the
+// - mtu: 0 or 68 (sit: 1280, as the kernel has it)..65535 less the encapsulation overhead with the
+// output GRE options (the
 //   kernel's IP_MAX_MTU - t_hlen).
 // - addresses: a family the tunnel carries (IPv4 only for ipip, IPv6 only for sit), not
 //   unspecified or multicast, no duplicates.

@@ -88,26 +88,42 @@ constexpr Keyword kKeywords[] = {
 
 // The keywords each verb takes, in the order its error message lists them.
 constexpr absl::string_view kCreateKeywords[] = {
-    "mode",      "remote", "local", "key",     "ikey",   "okey",   "csum",
-    "icsum",     "ocsum",  "seq",   "iseq",    "oseq",   "ttl",    "hoplimit",
-    "tos",       "tclass", "pmtudisc", "nopmtudisc", "ignore-df", "noignore-df", "keepalive",
-    "mtu",       "address", "route", "label"};
+    "mode",  "remote",  "local",    "key",        "ikey",      "okey",        "csum",
+    "icsum", "ocsum",   "seq",      "iseq",       "oseq",      "ttl",         "hoplimit",
+    "tos",   "tclass",  "pmtudisc", "nopmtudisc", "ignore-df", "noignore-df", "keepalive",
+    "mtu",   "address", "route",    "label"};
 constexpr absl::string_view kUpdateKeywords[] = {
-    "mode",     "remote",    "local",    "key",        "nokey",     "ikey",        "noikey",
-    "okey",     "nookey",    "csum",     "nocsum",     "icsum",     "noicsum",     "ocsum",
-    "noocsum",  "seq",       "noseq",    "iseq",       "noiseq",    "oseq",        "nooseq",
-    "ttl",      "hoplimit",  "nottl",    "tos",        "tclass",    "pmtudisc",    "nopmtudisc",
-    "ignore-df", "noignore-df", "keepalive", "nokeepalive", "mtu",   "address",     "route",
-    "label",    "noaddresses", "noroutes", "nolabels"};
+    "mode",      "remote",      "local",     "key",         "nokey",  "ikey",     "noikey",
+    "okey",      "nookey",      "csum",      "nocsum",      "icsum",  "noicsum",  "ocsum",
+    "noocsum",   "seq",         "noseq",     "iseq",        "noiseq", "oseq",     "nooseq",
+    "ttl",       "hoplimit",    "nottl",     "tos",         "tclass", "pmtudisc", "nopmtudisc",
+    "ignore-df", "noignore-df", "keepalive", "nokeepalive", "mtu",    "address",  "route",
+    "label",     "noaddresses", "noroutes",  "nolabels"};
 constexpr absl::string_view kListKeywords[] = {"mode", "state", "label"};
 
 // update_mask paths in Tunnel's field order.
-constexpr absl::string_view kMaskOrder[] = {
-    "mode",           "local",           "remote",          "key",         "mtu",
-    "addresses",      "routes",          "labels",          "input_key",   "output_key",
-    "checksum",       "input_checksum",  "output_checksum", "sequence",    "input_sequence",
-    "output_sequence", "ttl",            "tos",             "inherit_tos", "pmtudisc",
-    "ignore_df",      "keepalive"};
+constexpr absl::string_view kMaskOrder[] = {"mode",
+                                            "local",
+                                            "remote",
+                                            "key",
+                                            "mtu",
+                                            "addresses",
+                                            "routes",
+                                            "labels",
+                                            "input_key",
+                                            "output_key",
+                                            "checksum",
+                                            "input_checksum",
+                                            "output_checksum",
+                                            "sequence",
+                                            "input_sequence",
+                                            "output_sequence",
+                                            "ttl",
+                                            "tos",
+                                            "inherit_tos",
+                                            "pmtudisc",
+                                            "ignore_df",
+                                            "keepalive"};
 
 const Keyword* FindKeyword(absl::string_view word) {
   for (const Keyword& k : kKeywords) {

@@ -287,35 +287,35 @@ std::string FormatTunnelDetail(const v1::Tunnel& t) {
   const v1::TunnelCounters& counters = status.counters();
   std::string mtu = MtuText(t);
   if (t.mtu() == 0 && status.mtu() != 0) absl::StrAppend(&mtu, " (auto)");
-  std::string out = absl::StrCat(                             //
-      "name: ", OneLine(t.name()), "\n",                      //
-      "mode: ", ModeName(t.mode()), "\n",                     //
-      "local: ", OneLine(LocalText(t)), "\n",                 //
-      "remote: ", OneLine(t.remote()), "\n",                  //
-      "key: ", KeyText(t), "\n",                              //
-      "mtu: ", mtu, "\n",                                     //
+  std::string out = absl::StrCat(                                           //
+      "name: ", OneLine(t.name()), "\n",                                    //
+      "mode: ", ModeName(t.mode()), "\n",                                   //
+      "local: ", OneLine(LocalText(t)), "\n",                               //
+      "remote: ", OneLine(t.remote()), "\n",                                //
+      "key: ", KeyText(t), "\n",                                            //
+      "mtu: ", mtu, "\n",                                                   //
       "options: ", absl::StrJoin(OptionWords(t, /*all=*/true), " "), "\n",  //
-      "addresses: ", OneLine(ListText(t.addresses())), "\n",  //
-      "routes: ", OneLine(ListText(t.routes())), "\n",        //
-      "labels: ", LabelsText(t.labels()), "\n",               //
+      "addresses: ", OneLine(ListText(t.addresses())), "\n",                //
+      "routes: ", OneLine(ListText(t.routes())), "\n",                      //
+      "labels: ", LabelsText(t.labels()), "\n",                             //
       "state: ", StateName(status.state()), "\n");
   if (!status.reason().empty()) absl::StrAppend(&out, "reason: ", OneLine(status.reason()), "\n");
-  absl::StrAppend(&out,                                                   //
-                  "ifindex: ", IfindexText(t), "\n",                      //
-                  "rx_packets: ", counters.rx_packets(), "\n",            //
-                  "rx_bytes: ", counters.rx_bytes(), "\n",                //
-                  "rx_dropped: ", counters.rx_dropped(), "\n",            //
-                  "tx_packets: ", counters.tx_packets(), "\n",            //
-                  "tx_bytes: ", counters.tx_bytes(), "\n",                //
-                  "tx_dropped: ", counters.tx_dropped(), "\n",            //
+  absl::StrAppend(&out,                                         //
+                  "ifindex: ", IfindexText(t), "\n",            //
+                  "rx_packets: ", counters.rx_packets(), "\n",  //
+                  "rx_bytes: ", counters.rx_bytes(), "\n",      //
+                  "rx_dropped: ", counters.rx_dropped(), "\n",  //
+                  "tx_packets: ", counters.tx_packets(), "\n",  //
+                  "tx_bytes: ", counters.tx_bytes(), "\n",      //
+                  "tx_dropped: ", counters.tx_dropped(), "\n",  //
                   "path_mtu: ", PathMtuText(t), "\n");
   if (status.has_keepalive()) {
     const v1::KeepaliveStatus& k = status.keepalive();
-    absl::StrAppend(&out,                                                              //
-                    "keepalive_peer: ", PeerText(t), "\n",                             //
-                    "keepalive_sent: ", k.sent(), "\n",                                //
-                    "keepalive_replies: ", k.replies(), "\n",                          //
-                    "keepalive_answered: ", k.answered(), "\n",                        //
+    absl::StrAppend(&out,                                        //
+                    "keepalive_peer: ", PeerText(t), "\n",       //
+                    "keepalive_sent: ", k.sent(), "\n",          //
+                    "keepalive_replies: ", k.replies(), "\n",    //
+                    "keepalive_answered: ", k.answered(), "\n",  //
                     "keepalive_last_reply: ", TimeText(k.last_reply_time()), "\n");
   }
   absl::StrAppend(&out,                                                   //

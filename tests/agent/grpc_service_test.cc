@@ -796,9 +796,8 @@ TEST_F(GrpcServiceTest, GetAgentInfo) {
   EXPECT_TRUE(modes.count(v1::TUNNEL_MODE_GRE));
   EXPECT_TRUE(modes.count(v1::TUNNEL_MODE_IPIP));
   // Every mode the dataplane carries is offered.
-  for (v1::TunnelMode mode :
-       {v1::TUNNEL_MODE_GRETAP, v1::TUNNEL_MODE_SIT, v1::TUNNEL_MODE_IP6GRE,
-        v1::TUNNEL_MODE_IP6GRETAP, v1::TUNNEL_MODE_IP6TNL}) {
+  for (v1::TunnelMode mode : {v1::TUNNEL_MODE_GRETAP, v1::TUNNEL_MODE_SIT, v1::TUNNEL_MODE_IP6GRE,
+                              v1::TUNNEL_MODE_IP6GRETAP, v1::TUNNEL_MODE_IP6TNL}) {
     EXPECT_TRUE(modes.count(mode)) << v1::TunnelMode_Name(mode);
   }
   for (const char* feature :

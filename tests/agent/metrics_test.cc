@@ -45,8 +45,8 @@ class AgentMetricsTest : public ::testing::Test {
       for (const prometheus::ClientMetric& m : family.metric) {
         std::vector<std::string> labels;
         for (const auto& l : m.label) labels.push_back(absl::StrCat(l.name, "=", l.value));
-        const double value = family.type == prometheus::MetricType::Counter ? m.counter.value
-                                                                             : m.gauge.value;
+        const double value =
+            family.type == prometheus::MetricType::Counter ? m.counter.value : m.gauge.value;
         samples[absl::StrCat(name, "{", absl::StrJoin(labels, ","), "}")] = value;
       }
     }
@@ -83,14 +83,14 @@ TEST_F(AgentMetricsTest, PathMtuAndPmtuCountersForEveryTunnel) {
   EXPECT_EQ(Samples("tunnelagent_tunnel_path_mtu"),
             (std::map<std::string, double>{{"tunnelagent_tunnel_path_mtu{tunnel=gre1}", 1436},
                                            {"tunnelagent_tunnel_path_mtu{tunnel=ipip1}", 0}}));
-  EXPECT_EQ(Samples("tunnelagent_tunnel_icmp_too_big_total"),
-            (std::map<std::string, double>{
-                {"tunnelagent_tunnel_icmp_too_big_total{tunnel=gre1}", 3},
-                {"tunnelagent_tunnel_icmp_too_big_total{tunnel=ipip1}", 0}}));
-  EXPECT_EQ(Samples("tunnelagent_tunnel_tx_fragmented_total"),
-            (std::map<std::string, double>{
-                {"tunnelagent_tunnel_tx_fragmented_total{tunnel=gre1}", 0},
-                {"tunnelagent_tunnel_tx_fragmented_total{tunnel=ipip1}", 2}}));
+  EXPECT_EQ(
+      Samples("tunnelagent_tunnel_icmp_too_big_total"),
+      (std::map<std::string, double>{{"tunnelagent_tunnel_icmp_too_big_total{tunnel=gre1}", 3},
+                                     {"tunnelagent_tunnel_icmp_too_big_total{tunnel=ipip1}", 0}}));
+  EXPECT_EQ(
+      Samples("tunnelagent_tunnel_tx_fragmented_total"),
+      (std::map<std::string, double>{{"tunnelagent_tunnel_tx_fragmented_total{tunnel=gre1}", 0},
+                                     {"tunnelagent_tunnel_tx_fragmented_total{tunnel=ipip1}", 2}}));
 }
 
 // Keepalive series exist only for the tunnels that send keepalives: the others would add a
@@ -111,9 +111,9 @@ TEST_F(AgentMetricsTest, KeepaliveSeriesOnlyForTunnelsWithKeepalive) {
         "tunnelagent_tunnel_keepalive_answered_total"}) {
     EXPECT_EQ(TypeOf(name), prometheus::MetricType::Counter) << name;
   }
-  EXPECT_EQ(Samples("tunnelagent_tunnel_keepalive_sent_total"),
-            (std::map<std::string, double>{
-                {"tunnelagent_tunnel_keepalive_sent_total{tunnel=gre1}", 5}}));
+  EXPECT_EQ(
+      Samples("tunnelagent_tunnel_keepalive_sent_total"),
+      (std::map<std::string, double>{{"tunnelagent_tunnel_keepalive_sent_total{tunnel=gre1}", 5}}));
   EXPECT_EQ(Samples("tunnelagent_tunnel_keepalive_replies_total"),
             (std::map<std::string, double>{
                 {"tunnelagent_tunnel_keepalive_replies_total{tunnel=gre1}", 4}}));
@@ -146,7 +146,8 @@ TEST_F(AgentMetricsTest, ExpositionHasHelpAndTypeOfTheNewFamilies) {
         "# TYPE tunnelagent_tunnel_keepalive_sent_total counter",
         "# TYPE tunnelagent_tunnel_keepalive_replies_total counter",
         "# TYPE tunnelagent_tunnel_keepalive_answered_total counter",
-        "# HELP tunnelagent_tunnel_path_mtu ", "tunnelagent_tunnel_peer_alive{tunnel=\"gre1\"} 1"}) {
+        "# HELP tunnelagent_tunnel_path_mtu ",
+        "tunnelagent_tunnel_peer_alive{tunnel=\"gre1\"} 1"}) {
     EXPECT_THAT(text, HasSubstr(line));
   }
   // No peer address in any label: cardinality stays one series per tunnel.

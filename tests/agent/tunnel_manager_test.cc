@@ -331,8 +331,7 @@ INSTANTIATE_TEST_SUITE_P(
            s.keepalive.interval = absl::Seconds(10);
          },
          absl::StatusCode::kInvalidArgument, "tunnel.keepalive"},
-        {"Ip6greOverIpv4",
-         [](TunnelSpec& s) { s.mode = TunnelMode::kIp6gre; },
+        {"Ip6greOverIpv4", [](TunnelSpec& s) { s.mode = TunnelMode::kIp6gre; },
          absl::StatusCode::kInvalidArgument, "tunnel.local"},
     }),
     [](const auto& info) { return info.param.name; });
@@ -437,12 +436,10 @@ TEST(ConflictBetweenTest, EachModeHasItsOwnReceiveTableAndTheInputKeyDecides) {
       {"gre/gre", gre, other, true},
       {"gre/gretap", gre, mode(other, TunnelMode::kGretap), false},
       {"gretap/gretap", mode(gre, TunnelMode::kGretap), mode(other, TunnelMode::kGretap), true},
-      {"ipip/sit", mode(Ipip("first"), TunnelMode::kIpip), mode(Apart(Ipip("second")),
-                                                                TunnelMode::kSit),
-       false},
-      {"sit/sit", mode(Ipip("first"), TunnelMode::kSit), mode(Apart(Ipip("second")),
-                                                              TunnelMode::kSit),
-       true},
+      {"ipip/sit", mode(Ipip("first"), TunnelMode::kIpip),
+       mode(Apart(Ipip("second")), TunnelMode::kSit), false},
+      {"sit/sit", mode(Ipip("first"), TunnelMode::kSit),
+       mode(Apart(Ipip("second")), TunnelMode::kSit), true},
       {"ip6gre/ip6gretap", v6(gre, TunnelMode::kIp6gre), v6(other, TunnelMode::kIp6gretap), false},
       {"ip6gre/ip6gre", v6(gre, TunnelMode::kIp6gre), v6(other, TunnelMode::kIp6gre), true},
       {"ip6tnl/ip6tnl", v6(gre, TunnelMode::kIp6tnl), v6(other, TunnelMode::kIp6tnl), true},
@@ -1027,12 +1024,15 @@ TEST_F(TunnelManagerChangeTest, UpdateOfOutputGreOptionsRecomputesTheAutomaticMt
   EXPECT_EQ(result->tunnel.status.mtu, 1468u);
 
   // A configured MTU is not touched by the options.
-  ASSERT_TRUE(manager_->Update("gre1", [] {
-                          TunnelSpec p;
-                          p.mtu = 1400;
-                          return p;
-                        }(),
-                        {"mtu"}, "")
+  ASSERT_TRUE(manager_
+                  ->Update(
+                      "gre1",
+                      [] {
+                        TunnelSpec p;
+                        p.mtu = 1400;
+                        return p;
+                      }(),
+                      {"mtu"}, "")
                   .ok());
   log_.clear();
   patch.output_key = 3;
@@ -1065,7 +1065,10 @@ TEST_F(TunnelManagerChangeTest, UpdateOfEachOptionReplacesTheEngineTunnel) {
       {"inherit_tos", [](TunnelSpec& s) { s.inherit_tos = true; }},
       {"pmtudisc", [](TunnelSpec& s) { s.pmtudisc = false; }},
       {"ignore_df", [](TunnelSpec& s) { s.ignore_df = true; }},
-      {"keepalive", [](TunnelSpec& s) { s.keepalive = {absl::Seconds(5), 4}; }},
+      {"keepalive",
+       [](TunnelSpec& s) {
+         s.keepalive = {absl::Seconds(5), 4};
+       }},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.field);
@@ -1170,8 +1173,7 @@ TEST_F(TunnelManagerChangeTest, RestoreReplacesALeftBehindDeviceOfTheOtherKind) 
 TEST_F(TunnelManagerChangeTest, StatusCarriesPathMtuAndKeepaliveCounters) {
   TunnelSpec spec = Gre("gre1");
   ASSERT_TRUE(manager_->Create(spec).ok());
-  const std::shared_ptr<dataplane::TunnelCounters> counters =
-      engine_.tunnels().at("gre1").counters;
+  const std::shared_ptr<dataplane::TunnelCounters> counters = engine_.tunnels().at("gre1").counters;
   ASSERT_NE(counters, nullptr);
   counters->path_mtu.store(1400);
   counters->keepalive_sent.Add(3);

@@ -293,8 +293,8 @@ INSTANTIATE_TEST_SUITE_P(
              "tunnel.pmtudisc: cannot be turned off for ip6gre"},
         Case{"NopmtudiscIp6tnl", With(Ip6tnl, [](TunnelSpec& s) { s.pmtudisc = false; }), kInvalid,
              "tunnel.pmtudisc: "},
-        Case{"IgnoreDfWithPmtudisc", With(Gre, [](TunnelSpec& s) { s.ignore_df = true; }),
-             kInvalid, "tunnel.ignore_df: ignore_df and pmtudisc are incompatible"},
+        Case{"IgnoreDfWithPmtudisc", With(Gre, [](TunnelSpec& s) { s.ignore_df = true; }), kInvalid,
+             "tunnel.ignore_df: ignore_df and pmtudisc are incompatible"},
         Case{"IgnoreDfIp6gretap", With(Ip6gretap, [](TunnelSpec& s) { s.ignore_df = true; }),
              kInvalid, "tunnel.ignore_df: ip6gretap tunnels have no DF bit"}),
     CaseName<Case>);
@@ -360,13 +360,12 @@ INSTANTIATE_TEST_SUITE_P(
              kInvalid, "tunnel.local: "},
         Case{"Ip6gretapLocalV4Any", With(Ip6gretap, [](TunnelSpec& s) { s.local = A("0.0.0.0"); }),
              kInvalid, "tunnel.local: "},
-        Case{"SitRemoteV6", With(Sit, [](TunnelSpec& s) { s.remote = A("2001:db8::2"); }),
-             kInvalid, "tunnel.remote: 2001:db8::2 is not an IPv4 address"},
+        Case{"SitRemoteV6", With(Sit, [](TunnelSpec& s) { s.remote = A("2001:db8::2"); }), kInvalid,
+             "tunnel.remote: 2001:db8::2 is not an IPv4 address"},
         Case{"GretapRemoteV6", With(Gretap, [](TunnelSpec& s) { s.remote = A("2001:db8::2"); }),
              kInvalid, "tunnel.remote: "},
-        Case{"Ip6greRemoteMulticast",
-             With(Ip6gre, [](TunnelSpec& s) { s.remote = A("ff02::1"); }), kInvalid,
-             "tunnel.remote: "}),
+        Case{"Ip6greRemoteMulticast", With(Ip6gre, [](TunnelSpec& s) { s.remote = A("ff02::1"); }),
+             kInvalid, "tunnel.remote: "}),
     CaseName<Case>);
 
 INSTANTIATE_TEST_SUITE_P(

@@ -186,8 +186,7 @@ TEST(ParseArgsTest, CreateTakesTheOptionsInIpLinkSpelling) {
             mode: TUNNEL_MODE_IPIP
             remote: "192.0.2.2"
             keepalive { interval { nanos: 250000000 } })pb"},
-      {"create t1 mode ipip remote 192.0.2.2 keepalive 3600s,255 ttl 0 tos 0", Verb::kCreate,
-       "t1",
+      {"create t1 mode ipip remote 192.0.2.2 keepalive 3600s,255 ttl 0 tos 0", Verb::kCreate, "t1",
        R"pb(name: "t1"
             mode: TUNNEL_MODE_IPIP
             remote: "192.0.2.2"
@@ -307,8 +306,7 @@ TEST(ParseArgsTest, BadCommands) {
       {"create t1 mode gre remote 192.0.2.2 ikey x", "create: invalid key 'x'"},
       {"create t1 mode gre remote 192.0.2.2 csum csum", "create: 'csum' given twice"},
       {"create t1 mode gre remote 192.0.2.2 nocsum", "create: unknown argument 'nocsum'"},
-      {"create t1 mode gre remote 192.0.2.2 nokeepalive",
-       "create: unknown argument 'nokeepalive'"},
+      {"create t1 mode gre remote 192.0.2.2 nokeepalive", "create: unknown argument 'nokeepalive'"},
       {"create t1 mode gre remote 192.0.2.2 pmtudisc nopmtudisc",
        "create: 'nopmtudisc' conflicts with 'pmtudisc'"},
       {"create t1 mode gre remote 192.0.2.2 keepalive", "create: 'keepalive' needs a value"},
@@ -533,7 +531,8 @@ TEST(ParseArgsTest, UpdateOptionsBuildTheMask) {
        R"pb(name: "t1" ttl: 0 pmtudisc: false ignore_df: false)pb", "ttl,pmtudisc,ignore_df"},
       {"update t1 pmtudisc ignore-df", R"pb(name: "t1" pmtudisc: true ignore_df: true)pb",
        "pmtudisc,ignore_df"},
-      {"update t1 keepalive 2 mtu auto", R"pb(name: "t1" keepalive { interval { seconds: 2 } })pb",
+      {"update t1 keepalive 2 mtu auto", R"pb(name: "t1"
+                                              keepalive { interval { seconds: 2 } })pb",
        "mtu,keepalive"},
   };
   for (const UpdateCase& c : kCases) {
@@ -898,8 +897,7 @@ TEST(OutputTest, DetailShowsPathMtuAndKeepaliveStatus) {
                                                "etag: -\n"));
   k->clear_last_reply_time();
   k->set_peer_alive(false);
-  EXPECT_THAT(FormatTunnelDetail(t),
-              HasSubstr("\nkeepalive_peer: dead\n"));
+  EXPECT_THAT(FormatTunnelDetail(t), HasSubstr("\nkeepalive_peer: dead\n"));
   EXPECT_THAT(FormatTunnelDetail(t), HasSubstr("\nkeepalive_last_reply: -\n"));
 }
 
