@@ -1,10 +1,13 @@
 #include "agent/grpc_service.h"
 
+#include <algorithm>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "agent/proto_convert.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
@@ -13,11 +16,57 @@
 namespace tunnelagent::agent {
 namespace {
 
-// The fields UpdateTunnel may name, as proto field names.
-const std::set<std::string>& UpdatableFields() {
-  static const auto* fields = new std::set<std::string>{"mode", "local",     "remote", "key",
-                                                        "mtu",  "addresses", "routes", "labels"};
-  return *fields;
+bool IsUpdatable(const std::string& path) {
+  const std::vector<std::string>& fields = UpdatableFields();
+  return std::find(fields.begin(), fields.end(), path) != fields.end();
+}
+
+// Replaces field `descriptor` of `merged` with that of `patch`, presence included: an
+// optional field unset in the patch (key, ttl, pmtudisc, ...) becomes unset, a message field
+// (keepalive) is replaced whole, a repeated or map field takes the patch's elements.
+absl::Status CopyField(const v1::Tunnel& patch, const google::protobuf::FieldDescriptor* descriptor,
+                       v1::Tunnel* merged) {
+  using google::protobuf::FieldDescriptor;
+  const auto* reflection = v1::Tunnel::GetReflection();
+  reflection->ClearField(merged, descriptor);
+  if (descriptor->is_repeated()) {
+    for (int i = 0; i < reflection->FieldSize(patch, descriptor); ++i) {
+      if (descriptor->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+        reflection->AddMessage(merged, descriptor)
+            ->CopyFrom(reflection->GetRepeatedMessage(patch, descriptor, i));
+      } else {
+        reflection->AddString(merged, descriptor,
+                              reflection->GetRepeatedString(patch, descriptor, i));
+      }
+    }
+    return absl::OkStatus();
+  }
+  if (descriptor->has_presence() && !reflection->HasField(patch, descriptor)) {
+    return absl::OkStatus();
+  }
+  switch (descriptor->cpp_type()) {
+    case FieldDescriptor::CPPTYPE_MESSAGE:
+      reflection->MutableMessage(merged, descriptor)
+          ->CopyFrom(reflection->GetMessage(patch, descriptor));
+      break;
+    case FieldDescriptor::CPPTYPE_STRING:
+      reflection->SetString(merged, descriptor, reflection->GetString(patch, descriptor));
+      break;
+    case FieldDescriptor::CPPTYPE_UINT32:
+      reflection->SetUInt32(merged, descriptor, reflection->GetUInt32(patch, descriptor));
+      break;
+    case FieldDescriptor::CPPTYPE_BOOL:
+      reflection->SetBool(merged, descriptor, reflection->GetBool(patch, descriptor));
+      break;
+    case FieldDescriptor::CPPTYPE_ENUM:
+      reflection->SetEnumValue(merged, descriptor, reflection->GetEnumValue(patch, descriptor));
+      break;
+    default:
+      // Tunnel has no other kinds of desired field; a new kind must be added above.
+      return absl::InternalError(
+          absl::StrCat("update_mask: ", descriptor->name(), " has a type this agent cannot copy"));
+  }
+  return absl::OkStatus();
 }
 
 constexpr int kMaxPageSize = 1000;
@@ -170,42 +219,25 @@ grpc::Status TunnelServiceImpl::UpdateTunnel(grpc::ServerContext*,
         if (patch.name().empty()) return absl::InvalidArgumentError("tunnel.name: required");
         std::set<std::string> fields;
         for (const std::string& path : request->update_mask().paths()) {
-          if (!UpdatableFields().count(path)) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "update_mask: ", path,
-                " cannot be updated (mode, local, remote, key, mtu, addresses, routes, labels "
-                "can)"));
+          if (!IsUpdatable(path)) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("update_mask: ", path, " cannot be updated (",
+                             absl::StrJoin(UpdatableFields(), ", "), " can)"));
           }
           fields.insert(path);
         }
-        if (fields.empty()) fields = UpdatableFields();  // AIP-134: no mask = replace it all
+        // AIP-134: no mask = replace it all.
+        if (fields.empty()) fields.insert(UpdatableFields().begin(), UpdatableFields().end());
         // Parse only what is being changed: the rest comes from the current tunnel.
         absl::StatusOr<TunnelView> current = manager_->Get(patch.name());
         if (!current.ok()) return current.status();
         v1::Tunnel merged = SpecToProto(current->spec);
         for (const std::string& field : fields) {
           const auto* descriptor = v1::Tunnel::descriptor()->FindFieldByName(field);
-          const auto* reflection = v1::Tunnel::GetReflection();
-          reflection->ClearField(&merged, descriptor);
-          if (descriptor->is_repeated()) {
-            for (int i = 0; i < reflection->FieldSize(patch, descriptor); ++i) {
-              if (descriptor->is_map()) {
-                reflection->AddMessage(&merged, descriptor)
-                    ->CopyFrom(reflection->GetRepeatedMessage(patch, descriptor, i));
-              } else {
-                reflection->AddString(&merged, descriptor,
-                                      reflection->GetRepeatedString(patch, descriptor, i));
-              }
-            }
-          } else if (field == "key") {
-            if (patch.has_key()) merged.set_key(patch.key());
-          } else if (field == "mode") {
-            merged.set_mode(patch.mode());
-          } else if (field == "mtu") {
-            merged.set_mtu(patch.mtu());
-          } else {
-            reflection->SetString(&merged, descriptor, reflection->GetString(patch, descriptor));
+          if (descriptor == nullptr) {
+            return absl::InternalError(absl::StrCat("update_mask: ", field, " is not a field"));
           }
+          if (absl::Status s = CopyField(patch, descriptor, &merged); !s.ok()) return s;
         }
         absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(merged);
         if (!spec.ok()) return spec.status();

@@ -28,24 +28,40 @@ class TunLink final : public Device {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::CreateDevice(const std::string& name) {
+absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::CreateDevice(const std::string& name,
+                                                                        DeviceKind kind) {
   TunDevice::CreateOptions options;
   options.alias = dataplane::kAgentDeviceAlias;
   options.persistent = true;
   options.netlink = netlink_;
-  absl::StatusOr<std::unique_ptr<TunDevice>> tun =
-      TunDevice::Create(name, TunDevice::Kind::kTun, options);
+  absl::StatusOr<std::unique_ptr<TunDevice>> tun = TunDevice::Create(name, kind, options);
   if (!tun.ok()) return tun.status();
   return std::make_unique<TunLink>(*std::move(tun));
 }
 
-absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::AttachDevice(const std::string& name) {
+absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::AttachDevice(const std::string& name,
+                                                                        DeviceKind kind) {
   absl::StatusOr<dataplane::LinkInfo> link = netlink_->GetLinkByName(name);
   if (!link.ok()) return link.status();
   if (!dataplane::IsAgentDevice(*link)) {
     return absl::NotFoundError(absl::StrCat("no device of the agent's named ", name));
   }
-  absl::StatusOr<std::unique_ptr<TunDevice>> tun = TunDevice::Attach(name, TunDevice::Kind::kTun);
+  absl::StatusOr<std::unique_ptr<TunDevice>> tun = TunDevice::Attach(name, kind);
+  if (absl::IsFailedPrecondition(tun.status())) {
+    // Either in use, or the other kind (the tunnel's mode changed between TUN and TAP while
+    // the device was left behind). Only in the second case can it be opened as the other
+    // kind; then it is the agent's and useless for this mode: it goes.
+    const DeviceKind other = kind == DeviceKind::kTun ? DeviceKind::kTap : DeviceKind::kTun;
+    if (absl::StatusOr<std::unique_ptr<TunDevice>> wrong = TunDevice::Attach(name, other);
+        wrong.ok()) {
+      (*wrong)->SetPersistent(false).IgnoreError();  // closing the fd now removes it
+      wrong->reset();
+      netlink_->DeleteLink(link->ifindex).IgnoreError();  // in case closing did not
+      return absl::NotFoundError(absl::StrCat("device ", name, " was of the other kind (",
+                                              other == DeviceKind::kTap ? "tap" : "tun",
+                                              ") and was removed"));
+    }
+  }
   if (!tun.ok()) return tun.status();
   return std::make_unique<TunLink>(*std::move(tun));
 }

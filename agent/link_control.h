@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "dataplane/address.h"
 #include "dataplane/netlink.h"
+#include "dataplane/tun_device.h"
 
 namespace tunnelagent::agent {
 
@@ -27,14 +28,22 @@ class Device {
   virtual void Keep() = 0;
 };
 
+// TUN (layer 3: IP packets) for most modes, TAP (layer 2: Ethernet frames) for gretap and
+// ip6gretap.
+using DeviceKind = dataplane::TunDevice::Kind;
+
 class LinkControl {
  public:
   virtual ~LinkControl() = default;
-  // A layer-3 (TUN) device, marked as the agent's; ALREADY_EXISTS when any link has the name.
-  virtual absl::StatusOr<std::unique_ptr<Device>> CreateDevice(const std::string& name) = 0;
-  // The agent's own device of that name left from an earlier run; NOT_FOUND when there is
-  // none (a device of that name the agent did not create counts as none).
-  virtual absl::StatusOr<std::unique_ptr<Device>> AttachDevice(const std::string& name) = 0;
+  // A TUN or TAP device, marked as the agent's; ALREADY_EXISTS when any link has the name.
+  virtual absl::StatusOr<std::unique_ptr<Device>> CreateDevice(const std::string& name,
+                                                               DeviceKind kind) = 0;
+  // The agent's own device of that name and kind left from an earlier run; NOT_FOUND when
+  // there is none (a device of that name the agent did not create counts as none). An agent
+  // device of that name but the other kind is removed (it can serve no tunnel of this mode),
+  // and NOT_FOUND answered, so the caller makes a new one.
+  virtual absl::StatusOr<std::unique_ptr<Device>> AttachDevice(const std::string& name,
+                                                               DeviceKind kind) = 0;
   // Names of the devices the agent created that exist now (attached or not).
   virtual absl::StatusOr<std::vector<std::string>> ListAgentDevices() = 0;
   // Removes an agent device nobody is attached to.
@@ -52,13 +61,15 @@ class LinkControl {
   virtual absl::StatusOr<uint32_t> PathMtu(const dataplane::IpAddress& remote) = 0;
 };
 
-// The real one: persistent TUN devices marked with an interface alias, configured over
+// The real one: persistent TUN/TAP devices marked with an interface alias, configured over
 // rtnetlink.
 class KernelLinkControl final : public LinkControl {
  public:
   explicit KernelLinkControl(dataplane::Netlink* netlink) : netlink_(netlink) {}
-  absl::StatusOr<std::unique_ptr<Device>> CreateDevice(const std::string& name) override;
-  absl::StatusOr<std::unique_ptr<Device>> AttachDevice(const std::string& name) override;
+  absl::StatusOr<std::unique_ptr<Device>> CreateDevice(const std::string& name,
+                                                       DeviceKind kind) override;
+  absl::StatusOr<std::unique_ptr<Device>> AttachDevice(const std::string& name,
+                                                       DeviceKind kind) override;
   absl::StatusOr<std::vector<std::string>> ListAgentDevices() override;
   absl::Status DeleteDevice(const std::string& name) override;
   absl::Status SetMtu(const Device& device, uint32_t mtu) override;

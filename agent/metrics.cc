@@ -124,6 +124,34 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
       Family("tunnelagent_tunnel_drops_total",
              "Packets of the tunnel dropped, by direction and reason.", MetricType::Counter);
 
+  MetricFamily path_mtu =
+      Family("tunnelagent_tunnel_path_mtu",
+             "Largest inner packet the underlay path carries whole, in bytes; 0 when not known.",
+             MetricType::Gauge);
+  MetricFamily icmp_too_big =
+      Family("tunnelagent_tunnel_icmp_too_big_total",
+             "Packets too big for the path answered with ICMP fragmentation-needed or ICMPv6 "
+             "packet-too-big.",
+             MetricType::Counter);
+  MetricFamily tx_fragmented =
+      Family("tunnelagent_tunnel_tx_fragmented_total",
+             "Packets sent as outer IPv4 fragments (too big for the path, DF not set).",
+             MetricType::Counter);
+  // Only for tunnels with keepalive on: the others would only add series stuck at 0.
+  MetricFamily keepalive_sent = Family("tunnelagent_tunnel_keepalive_sent_total",
+                                       "Keepalives sent to the peer.", MetricType::Counter);
+  MetricFamily keepalive_replies =
+      Family("tunnelagent_tunnel_keepalive_replies_total",
+             "Keepalives that came back from the peer.", MetricType::Counter);
+  MetricFamily keepalive_answered =
+      Family("tunnelagent_tunnel_keepalive_answered_total",
+             "Keepalives of the peer's that this agent sent back.", MetricType::Counter);
+  MetricFamily peer_alive =
+      Family("tunnelagent_tunnel_peer_alive",
+             "1 while keepalive replies come back from the peer, 0 after the configured "
+             "retries went unanswered.",
+             MetricType::Gauge);
+
   std::map<std::pair<std::string, std::string>, int> by_mode_state;
   for (auto mode :
        {dataplane::TunnelMode::kGre, dataplane::TunnelMode::kGretap, dataplane::TunnelMode::kIpip,
@@ -149,6 +177,18 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
     AddSample(rx_bytes, {{"tunnel", name}}, static_cast<double>(c.rx_bytes.Get()));
     AddDrops(drops, name, "tx", c.tx_drops, kTxReasons);
     AddDrops(drops, name, "rx", c.rx_drops, kRxReasons);
+    AddSample(path_mtu, {{"tunnel", name}}, c.path_mtu.load(std::memory_order_relaxed));
+    AddSample(icmp_too_big, {{"tunnel", name}}, static_cast<double>(c.icmp_too_big_sent.Get()));
+    AddSample(tx_fragmented, {{"tunnel", name}}, static_cast<double>(c.tx_fragmented.Get()));
+    if (spec.keepalive.enabled()) {
+      AddSample(keepalive_sent, {{"tunnel", name}}, static_cast<double>(c.keepalive_sent.Get()));
+      AddSample(keepalive_replies, {{"tunnel", name}},
+                static_cast<double>(c.keepalive_replies.Get()));
+      AddSample(keepalive_answered, {{"tunnel", name}},
+                static_cast<double>(c.keepalive_answered.Get()));
+      AddSample(peer_alive, {{"tunnel", name}},
+                c.peer_alive.load(std::memory_order_relaxed) ? 1 : 0);
+    }
   });
   for (const auto& [mode_state, count] : by_mode_state) {
     AddSample(tunnels, {{"mode", mode_state.first}, {"state", mode_state.second}}, count);
@@ -171,8 +211,10 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
   }
 
   std::vector<MetricFamily> families;
-  for (MetricFamily* f : {&build, &fallback, &tunnels, &up, &tx_packets, &tx_bytes, &rx_packets,
-                          &rx_bytes, &drops, &underlay_rx, &dp_drops}) {
+  for (MetricFamily* f :
+       {&build, &fallback, &tunnels, &up, &tx_packets, &tx_bytes, &rx_packets, &rx_bytes, &drops,
+        &path_mtu, &icmp_too_big, &tx_fragmented, &keepalive_sent, &keepalive_replies,
+        &keepalive_answered, &peer_alive, &underlay_rx, &dp_drops}) {
     families.push_back(std::move(*f));
   }
   return families;

@@ -70,6 +70,25 @@ absl::Status PrefixesFromProto(absl::string_view field,
   return absl::OkStatus();
 }
 
+constexpr uint32_t kMaxByte = 255;
+
+// As google.protobuf.Duration defines it: seconds and nanos of the same sign, |nanos| < 1e9.
+absl::StatusOr<absl::Duration> DurationFromProto(absl::string_view field,
+                                                 const google::protobuf::Duration& d) {
+  using google::protobuf::util::TimeUtil;
+  if (d.seconds() < TimeUtil::kDurationMinSeconds || d.seconds() > TimeUtil::kDurationMaxSeconds ||
+      d.nanos() <= -1000000000 || d.nanos() >= 1000000000 || (d.seconds() > 0 && d.nanos() < 0) ||
+      (d.seconds() < 0 && d.nanos() > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": ", d.seconds(), "s ", d.nanos(), "ns is not a valid duration"));
+  }
+  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+}
+
+google::protobuf::Duration DurationToProto(absl::Duration d) {
+  return google::protobuf::util::TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(d));
+}
+
 v1::OperState StateToProto(OperState state) {
   switch (state) {
     case OperState::kUp:
@@ -102,6 +121,38 @@ absl::StatusOr<dataplane::TunnelSpec> SpecFromProto(const v1::Tunnel& tunnel) {
 
   if (tunnel.has_key()) spec.key = tunnel.key();
   spec.mtu = tunnel.mtu();
+
+  if (tunnel.has_input_key()) spec.input_key = tunnel.input_key();
+  if (tunnel.has_output_key()) spec.output_key = tunnel.output_key();
+  spec.checksum = tunnel.checksum();
+  spec.input_checksum = tunnel.input_checksum();
+  spec.output_checksum = tunnel.output_checksum();
+  spec.sequence = tunnel.sequence();
+  spec.input_sequence = tunnel.input_sequence();
+  spec.output_sequence = tunnel.output_sequence();
+  // The spec holds these in a byte: the range is checked here, where the wider number is seen.
+  if (tunnel.has_ttl()) {
+    if (tunnel.ttl() > kMaxByte) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tunnel.ttl: ", tunnel.ttl(), " is out of range 0..255 (0 = inherit the inner TTL)"));
+    }
+    spec.ttl = static_cast<uint8_t>(tunnel.ttl());
+  }
+  if (tunnel.tos() > kMaxByte) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tunnel.tos: ", tunnel.tos(), " is out of range 0..255"));
+  }
+  spec.tos = static_cast<uint8_t>(tunnel.tos());
+  spec.inherit_tos = tunnel.inherit_tos();
+  spec.pmtudisc = !tunnel.has_pmtudisc() || tunnel.pmtudisc();
+  spec.ignore_df = tunnel.ignore_df();
+  if (tunnel.has_keepalive()) {
+    absl::StatusOr<absl::Duration> interval =
+        DurationFromProto("tunnel.keepalive.interval", tunnel.keepalive().interval());
+    if (!interval.ok()) return interval.status();
+    spec.keepalive.interval = *interval;
+    spec.keepalive.retries = tunnel.keepalive().retries();
+  }
 
   if (absl::Status s = PrefixesFromProto("tunnel.addresses", tunnel.addresses(), &spec.addresses);
       !s.ok()) {
@@ -136,6 +187,26 @@ v1::Tunnel DesiredToProto(const dataplane::TunnelSpec& spec) {
   for (const IpPrefix& p : spec.addresses) tunnel.add_addresses(p.ToString());
   for (const IpPrefix& p : spec.routes) tunnel.add_routes(p.ToString());
   tunnel.mutable_labels()->insert(spec.labels.begin(), spec.labels.end());
+  // Options at their defaults are left out: a tunnel that sets none serializes (and so
+  // fingerprints) exactly as it did before these fields existed, so etags survive an upgrade.
+  if (spec.input_key.has_value()) tunnel.set_input_key(*spec.input_key);
+  if (spec.output_key.has_value()) tunnel.set_output_key(*spec.output_key);
+  tunnel.set_checksum(spec.checksum);
+  tunnel.set_input_checksum(spec.input_checksum);
+  tunnel.set_output_checksum(spec.output_checksum);
+  tunnel.set_sequence(spec.sequence);
+  tunnel.set_input_sequence(spec.input_sequence);
+  tunnel.set_output_sequence(spec.output_sequence);
+  if (spec.ttl.has_value()) tunnel.set_ttl(*spec.ttl);
+  tunnel.set_tos(spec.tos);
+  tunnel.set_inherit_tos(spec.inherit_tos);
+  if (!spec.pmtudisc) tunnel.set_pmtudisc(false);
+  tunnel.set_ignore_df(spec.ignore_df);
+  if (spec.keepalive.interval != absl::ZeroDuration() || spec.keepalive.retries != 0) {
+    v1::Keepalive* keepalive = tunnel.mutable_keepalive();
+    *keepalive->mutable_interval() = DurationToProto(spec.keepalive.interval);
+    keepalive->set_retries(spec.keepalive.retries);
+  }
   return tunnel;
 }
 
@@ -188,6 +259,18 @@ v1::Tunnel TunnelToProto(const dataplane::TunnelSpec& spec, const TunnelStatus& 
   counters->set_rx_bytes(status.counters.rx_bytes);
   counters->set_tx_dropped(status.counters.tx_dropped);
   counters->set_rx_dropped(status.counters.rx_dropped);
+  out->set_path_mtu(status.path_mtu);
+  if (status.keepalive.has_value()) {
+    const KeepaliveSnapshot& k = *status.keepalive;
+    v1::KeepaliveStatus* keepalive = out->mutable_keepalive();
+    keepalive->set_peer_alive(k.peer_alive);
+    keepalive->set_sent(k.sent);
+    keepalive->set_replies(k.replies);
+    keepalive->set_answered(k.answered);
+    if (k.last_reply != absl::InfinitePast()) {
+      *keepalive->mutable_last_reply_time() = TimestampFromTime(k.last_reply);
+    }
+  }
   return tunnel;
 }
 

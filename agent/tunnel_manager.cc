@@ -17,10 +17,8 @@ using dataplane::IpPrefix;
 using dataplane::TunnelMode;
 using dataplane::TunnelSpec;
 
-bool IsGreFamily(TunnelMode mode) {
-  return mode == TunnelMode::kGre || mode == TunnelMode::kGretap || mode == TunnelMode::kIp6gre ||
-         mode == TunnelMode::kIp6gretap;
-}
+// The name EngineTunnelFor (the dataplane's to rewrite) still uses; the rule is the dataplane's.
+bool IsGreFamily(TunnelMode mode) { return dataplane::IsGreMode(mode); }
 
 // "Any" may be spelled as no address or as 0.0.0.0; both mean the same receive match.
 bool SameEndpoint(const dataplane::IpAddress& a, const dataplane::IpAddress& b) {
@@ -106,8 +104,63 @@ std::vector<std::string> ChangedFields(const TunnelSpec& a, const TunnelSpec& b)
   if (a.addresses != b.addresses) changed.push_back("addresses");
   if (a.routes != b.routes) changed.push_back("routes");
   if (a.labels != b.labels) changed.push_back("labels");
+  if (a.input_key != b.input_key) changed.push_back("input_key");
+  if (a.output_key != b.output_key) changed.push_back("output_key");
+  if (a.checksum != b.checksum) changed.push_back("checksum");
+  if (a.input_checksum != b.input_checksum) changed.push_back("input_checksum");
+  if (a.output_checksum != b.output_checksum) changed.push_back("output_checksum");
+  if (a.sequence != b.sequence) changed.push_back("sequence");
+  if (a.input_sequence != b.input_sequence) changed.push_back("input_sequence");
+  if (a.output_sequence != b.output_sequence) changed.push_back("output_sequence");
+  if (a.ttl != b.ttl) changed.push_back("ttl");
+  if (a.tos != b.tos) changed.push_back("tos");
+  if (a.inherit_tos != b.inherit_tos) changed.push_back("inherit_tos");
+  if (a.pmtudisc != b.pmtudisc) changed.push_back("pmtudisc");
+  if (a.ignore_df != b.ignore_df) changed.push_back("ignore_df");
+  if (a.keepalive != b.keepalive) changed.push_back("keepalive");
   return changed;
 }
+
+const std::vector<std::string>& UpdatableFields() {
+  static const auto* fields = new std::vector<std::string>{"mode",
+                                                           "local",
+                                                           "remote",
+                                                           "key",
+                                                           "mtu",
+                                                           "addresses",
+                                                           "routes",
+                                                           "labels",
+                                                           "input_key",
+                                                           "output_key",
+                                                           "checksum",
+                                                           "input_checksum",
+                                                           "output_checksum",
+                                                           "sequence",
+                                                           "input_sequence",
+                                                           "output_sequence",
+                                                           "ttl",
+                                                           "tos",
+                                                           "inherit_tos",
+                                                           "pmtudisc",
+                                                           "ignore_df",
+                                                           "keepalive"};
+  return *fields;
+}
+
+namespace {
+
+// Whether the engine's view of the tunnel (how it wraps and matches packets) differs.
+bool EncapsulationChanged(const TunnelSpec& a, const TunnelSpec& b) {
+  return !SameEndpoint(a.local, b.local) || a.remote != b.remote || a.key != b.key ||
+         a.input_key != b.input_key || a.output_key != b.output_key || a.checksum != b.checksum ||
+         a.input_checksum != b.input_checksum || a.output_checksum != b.output_checksum ||
+         a.sequence != b.sequence || a.input_sequence != b.input_sequence ||
+         a.output_sequence != b.output_sequence || a.ttl != b.ttl || a.tos != b.tos ||
+         a.inherit_tos != b.inherit_tos || a.pmtudisc != b.pmtudisc || a.ignore_df != b.ignore_df ||
+         a.keepalive != b.keepalive;
+}
+
+}  // namespace
 
 // The changes of one request: undone in reverse order unless committed; committed only when
 // the state file took the new desired set; its events recorded only then.
@@ -286,11 +339,38 @@ absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name, cons
       desired.routes = patch.routes;
     } else if (field == "labels") {
       desired.labels = patch.labels;
+    } else if (field == "input_key") {
+      desired.input_key = patch.input_key;
+    } else if (field == "output_key") {
+      desired.output_key = patch.output_key;
+    } else if (field == "checksum") {
+      desired.checksum = patch.checksum;
+    } else if (field == "input_checksum") {
+      desired.input_checksum = patch.input_checksum;
+    } else if (field == "output_checksum") {
+      desired.output_checksum = patch.output_checksum;
+    } else if (field == "sequence") {
+      desired.sequence = patch.sequence;
+    } else if (field == "input_sequence") {
+      desired.input_sequence = patch.input_sequence;
+    } else if (field == "output_sequence") {
+      desired.output_sequence = patch.output_sequence;
+    } else if (field == "ttl") {
+      desired.ttl = patch.ttl;
+    } else if (field == "tos") {
+      desired.tos = patch.tos;
+    } else if (field == "inherit_tos") {
+      desired.inherit_tos = patch.inherit_tos;
+    } else if (field == "pmtudisc") {
+      desired.pmtudisc = patch.pmtudisc;
+    } else if (field == "ignore_df") {
+      desired.ignore_df = patch.ignore_df;
+    } else if (field == "keepalive") {
+      desired.keepalive = patch.keepalive;
     } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("update_mask: ", field,
-                       " cannot be updated (mode, local, remote, key, mtu, addresses, routes, "
-                       "labels can)"));
+      return absl::InvalidArgumentError(absl::StrCat("update_mask: ", field, " cannot be updated (",
+                                                     absl::StrJoin(UpdatableFields(), ", "),
+                                                     " can)"));
     }
   }
   if (absl::Status status = ValidateSpec(desired); !status.ok()) return status;
@@ -506,6 +586,11 @@ void TunnelManager::RefreshStates() {
     } else if (!link->second) {
       state = OperState::kDown;
       reason = "the device is administratively down";
+    } else if (entry->spec.keepalive.enabled() && entry->in_engine && entry->counters &&
+               !entry->counters->peer_alive.load()) {
+      state = OperState::kDown;
+      reason = absl::StrCat("keepalive: no reply from ", entry->spec.remote.ToString(), " in ",
+                            entry->spec.keepalive.effective_retries(), " intervals");
     }
     if (!entry->device) entry->repair_at = absl::Now() + absl::Seconds(10);
     if (state == entry->state && reason == entry->reason) continue;
@@ -650,9 +735,10 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
   const Device& device = *entry.device;
   const uint32_t old_mtu = entry.mtu;
   const uint32_t new_mtu = MtuFor(desired);
-  const bool dataplane_changes = !SameEndpoint(old_spec.local, desired.local) ||
-                                 old_spec.remote != desired.remote || old_spec.key != desired.key ||
-                                 new_mtu != old_mtu;
+  // The engine takes a tunnel's parameters when it is added: any change of how packets are
+  // wrapped or matched (or of the buffer size, the MTU) replaces the engine's tunnel.
+  const bool dataplane_changes = EncapsulationChanged(old_spec, desired) || new_mtu != old_mtu;
+  const bool keepalive_changes = old_spec.keepalive != desired.keepalive;
   // Undone last: the old spec back, and the dataplane on it again.
   undo.push_back([this, &entry, old_spec, old_mtu, dataplane_changes]()
                      ABSL_NO_THREAD_SAFETY_ANALYSIS {
@@ -697,6 +783,9 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
   }
   entry.spec = desired;
   entry.mtu = new_mtu;
+  // A new keepalive configuration starts with the benefit of the doubt, as a new tunnel does:
+  // an earlier one's verdict is not about this one.
+  if (keepalive_changes && entry.counters) entry.counters->peer_alive.store(true);
   if (dataplane_changes) {
     if (absl::Status s = StartDataplane(entry); !s.ok()) return fail(s);
   }
@@ -755,10 +844,13 @@ absl::Status TunnelManager::BringUp(Entry& entry) {
   // A device this agent left in place (quick restart, crash) is taken over; otherwise a new
   // one is made. Its addresses and routes may still be there: ALREADY_EXISTS is fine then.
   bool attached = true;
-  absl::StatusOr<std::unique_ptr<Device>> device = links_->AttachDevice(spec.name);
+  // Ethernet modes carry frames: a TAP device. The others carry IP packets: a TUN device.
+  const DeviceKind kind =
+      dataplane::IsEthernetMode(spec.mode) ? DeviceKind::kTap : DeviceKind::kTun;
+  absl::StatusOr<std::unique_ptr<Device>> device = links_->AttachDevice(spec.name, kind);
   if (!device.ok()) {
     attached = false;
-    device = links_->CreateDevice(spec.name);
+    device = links_->CreateDevice(spec.name, kind);
   }
   if (!device.ok()) return device.status();
   auto tolerate = [attached](absl::Status s) {
@@ -819,14 +911,22 @@ absl::Status TunnelManager::CheckConflicts(const TunnelSpec& spec,
 }
 
 absl::Status ConflictBetween(const TunnelSpec& spec, const TunnelSpec& other) {
-  const bool gre = IsGreFamily(spec.mode);
   // Two tunnels that would claim the same received packets (the kernel refuses these too).
-  if (IsGreFamily(other.mode) == gre && SameEndpoint(other.local, spec.local) &&
-      other.remote == spec.remote && other.key == spec.key) {
+  // Each mode has its own receive table there: gre and gretap (ipgre_net vs gretap_net,
+  // or GRE protocol type), ipip and sit (another inner protocol), ip6gre and ip6gretap
+  // (ip6gre_tunnel_find compares the device type) never clash with each other. Within a
+  // table the match is the endpoints and, for GRE, the key received packets must carry: the
+  // input key.
+  const std::optional<uint32_t> key = dataplane::InputKey(spec);
+  if (other.mode == spec.mode && SameEndpoint(other.local, spec.local) &&
+      other.remote == spec.remote && dataplane::InputKey(other) == key) {
+    const bool gre = dataplane::IsGreMode(spec.mode);
     return absl::AlreadyExistsError(absl::StrCat(
-        "tunnel ", other.name, " already carries ", gre ? "GRE" : "IPIP", " from ",
+        "tunnel ", other.name, " already carries ", dataplane::TunnelModeName(spec.mode), " from ",
         spec.local.is_unspecified() ? "any" : spec.local.ToString(), " to ", spec.remote.ToString(),
-        spec.key ? absl::StrCat(" with key ", *spec.key) : std::string(" without a key")));
+        !gre  ? std::string()
+        : key ? absl::StrCat(" with input key ", *key)
+              : std::string(" without an input key")));
   }
   // Prefixes that overlap another tunnel's would make routing depend on which came first.
   auto prefixes = [](const TunnelSpec& s) {
@@ -875,6 +975,16 @@ TunnelStatus TunnelManager::StatusOf(const Entry& entry) const {
   status.counters.rx_bytes = c.rx_bytes.Get();
   status.counters.tx_dropped = SumDrops(c.tx_drops);
   status.counters.rx_dropped = SumDrops(c.rx_drops);
+  status.path_mtu = c.path_mtu.load(std::memory_order_relaxed);
+  if (entry.spec.keepalive.enabled()) {
+    KeepaliveSnapshot& k = status.keepalive.emplace();
+    k.peer_alive = c.peer_alive.load(std::memory_order_relaxed);
+    k.sent = c.keepalive_sent.Get();
+    k.replies = c.keepalive_replies.Get();
+    k.answered = c.keepalive_answered.Get();
+    const int64_t last = c.last_keepalive_reply_unix_nanos.load(std::memory_order_relaxed);
+    if (last != 0) k.last_reply = absl::FromUnixNanos(last);
+  }
   return status;
 }
 

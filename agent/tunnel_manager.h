@@ -92,15 +92,19 @@ class TunnelManager {
   absl::Status Restore();
 
   // INVALID_ARGUMENT / UNIMPLEMENTED from validation; ALREADY_EXISTS for a taken name or a
-  // (mode, local, remote, key) another tunnel carries; FAILED_PRECONDITION for an address or
+  // (mode, local, remote, input key) another tunnel carries; FAILED_PRECONDITION for an address or
   // route that overlaps another tunnel's; RESOURCE_EXHAUSTED beyond max_tunnels.
   absl::StatusOr<TunnelView> Create(const dataplane::TunnelSpec& spec);
   absl::StatusOr<TunnelView> Get(const std::string& name) const;
   std::vector<TunnelView> List() const;  // by name
-  // Replaces the `fields` (proto names: mode, local, remote, key, mtu, addresses, routes,
-  // labels) of the tunnel with those of `patch`. ABORTED when `etag` is set and stale.
+  // Replaces the `fields` (proto names, UpdatableFields()) of the tunnel with those of
+  // `patch`. ABORTED when `etag` is set and stale. A change of mode makes a new device; a
+  // change of anything that wraps or matches packets (local, remote, keys, checksums,
+  // sequencing, ttl, tos, pmtudisc, ignore_df, keepalive) or of the MTU in effect replaces the
+  // tunnel in the engine; an automatic MTU follows the output GRE options.
   absl::StatusOr<UpdateResult> Update(const std::string& name, const dataplane::TunnelSpec& patch,
                                       const std::set<std::string>& fields, const std::string& etag);
+
   absl::Status Delete(const std::string& name, const std::string& etag = "");
   // Makes the tunnels labelled owner=`owner` exactly `desired` (each gets the label), with
   // `prune` deleting the owner's others; all of it or nothing. FAILED_PRECONDITION when a
@@ -117,7 +121,9 @@ class TunnelManager {
   absl::StatusOr<std::vector<TunnelEvent>> EventsAfter(uint64_t after, absl::Duration wait) const;
 
   // Looks at every device's state and records changes (STATE_CHANGED events). Called
-  // periodically by the daemon.
+  // periodically by the daemon. A tunnel is DOWN while its device is administratively down,
+  // or while keepalive is on and the engine finds the peer silent (TunnelCounters::peer_alive
+  // false): "keepalive: no reply from <remote> in <retries> intervals".
   void RefreshStates();
 
   // Stops every tunnel's dataplane; removes the devices unless keep_devices. The desired
@@ -189,8 +195,12 @@ class TunnelManager {
   std::deque<TunnelEvent> history_ ABSL_GUARDED_BY(mu_);
 };
 
-// Why two tunnels cannot both exist: the same receive match (ALREADY_EXISTS) or overlapping
-// addresses / routes (FAILED_PRECONDITION). OK when they can.
+// The fields UpdateTunnel's update_mask may name (proto field names), in field order.
+const std::vector<std::string>& UpdatableFields();
+
+// Why two tunnels cannot both exist: the same receive match (ALREADY_EXISTS: same mode, as
+// each mode has its own receive table in the kernel, same local and remote, and for GRE the
+// same input key) or overlapping addresses / routes (FAILED_PRECONDITION). OK when they can.
 absl::Status ConflictBetween(const dataplane::TunnelSpec& spec, const dataplane::TunnelSpec& other);
 
 // The fields (proto names) in which two specs differ.

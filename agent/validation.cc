@@ -22,6 +22,8 @@ constexpr size_t kMaxDeviceName = 15;
 constexpr uint32_t kMaxMtu = 65535;
 // IPv4's minimum; the kernel refuses less on any IPv4 tunnel.
 constexpr uint32_t kMinMtu = 68;
+// IPv6's: sit carries only IPv6, and the kernel gives it min_mtu IPV6_MIN_MTU.
+constexpr uint32_t kMinSitMtu = 1280;
 
 constexpr TunnelMode kAllModes[] = {TunnelMode::kGre,   TunnelMode::kGretap, TunnelMode::kIpip,
                                     TunnelMode::kSit,   TunnelMode::kIp6gre, TunnelMode::kIp6gretap,
@@ -35,20 +37,8 @@ absl::Status Invalid(absl::string_view field, absl::string_view problem) {
 
 std::string Indexed(absl::string_view field, size_t i) { return absl::StrCat(field, "[", i, "]"); }
 
-bool IsGreFamily(TunnelMode mode) {
-  return mode == TunnelMode::kGre || mode == TunnelMode::kGretap || mode == TunnelMode::kIp6gre ||
-         mode == TunnelMode::kIp6gretap;
-}
-
 IpAddress::Family UnderlayFamily(TunnelMode mode) {
-  switch (mode) {
-    case TunnelMode::kIp6gre:
-    case TunnelMode::kIp6gretap:
-    case TunnelMode::kIp6tnl:
-      return IpAddress::Family::kV6;
-    default:
-      return IpAddress::Family::kV4;
-  }
+  return dataplane::IsIpv6UnderlayMode(mode) ? IpAddress::Family::kV6 : IpAddress::Family::kV4;
 }
 
 // Which inner packets the device carries, as the kernel's drivers accept them: ipip is IPv4
@@ -162,6 +152,92 @@ absl::Status ValidateRoutes(const dataplane::TunnelSpec& spec) {
   return absl::OkStatus();
 }
 
+// key, ikey/okey, csum/icsum/ocsum, seq/iseq/oseq: GRE header fields, as ip_gre and ip6_gre
+// take them (ipip, sit and ip6tnl have no such header, and iproute2 offers none of these).
+absl::Status ValidateGreOptions(const dataplane::TunnelSpec& spec) {
+  if (dataplane::IsGreMode(spec.mode)) return absl::OkStatus();
+  const struct {
+    const char* field;
+    bool set;
+  } options[] = {
+      {"tunnel.key", spec.key.has_value()},
+      {"tunnel.input_key", spec.input_key.has_value()},
+      {"tunnel.output_key", spec.output_key.has_value()},
+      {"tunnel.checksum", spec.checksum},
+      {"tunnel.input_checksum", spec.input_checksum},
+      {"tunnel.output_checksum", spec.output_checksum},
+      {"tunnel.sequence", spec.sequence},
+      {"tunnel.input_sequence", spec.input_sequence},
+      {"tunnel.output_sequence", spec.output_sequence},
+  };
+  for (const auto& option : options) {
+    if (!option.set) continue;
+    return Invalid(option.field,
+                   absl::StrCat(dataplane::TunnelModeName(spec.mode),
+                                " tunnels have no GRE header (gre, gretap, ip6gre and ip6gretap "
+                                "only)"));
+  }
+  return absl::OkStatus();
+}
+
+// ttl, tos, pmtudisc, ignore-df: the rules of ip_tunnel's netlink parsing and of iproute2.
+absl::Status ValidateOuterHeader(const dataplane::TunnelSpec& spec) {
+  const bool ipv6_underlay = dataplane::IsIpv6UnderlayMode(spec.mode);
+  // The 0..255 ranges of ttl and tos are SpecFromProto's: a byte is all the spec can hold.
+  if (!spec.pmtudisc) {
+    // ip6_tunnel and ip6_gre have no DF to set or clear: IPv6 routers never fragment.
+    if (ipv6_underlay) {
+      return Invalid("tunnel.pmtudisc",
+                     absl::StrCat("cannot be turned off for ", dataplane::TunnelModeName(spec.mode),
+                                  " (an IPv6 underlay has no DF bit: it never fragments)"));
+    }
+    // ip_tunnel_newlink / iproute2: "ttl != 0 and nopmtudisc are incompatible".
+    if (spec.ttl.has_value() && *spec.ttl != 0) {
+      return Invalid("tunnel.ttl",
+                     absl::StrCat("ttl and nopmtudisc are incompatible: a fixed ttl (", *spec.ttl,
+                                  ") needs pmtudisc (or use ttl 0 = inherit)"));
+    }
+  }
+  if (spec.ignore_df) {
+    if (ipv6_underlay) {
+      return Invalid("tunnel.ignore_df",
+                     absl::StrCat(dataplane::TunnelModeName(spec.mode),
+                                  " tunnels have no DF bit to ignore (IPv4 underlay only)"));
+    }
+    // ip_tunnel: "ignore-df ... is incompatible with DF set" (pmtudisc).
+    if (spec.pmtudisc) {
+      return Invalid("tunnel.ignore_df",
+                     "ignore_df and pmtudisc are incompatible (set pmtudisc to false)");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateKeepalive(const dataplane::TunnelSpec& spec) {
+  constexpr absl::Duration kMinInterval = absl::Milliseconds(100);
+  constexpr absl::Duration kMaxInterval = absl::Hours(1);
+  constexpr uint32_t kMaxRetries = 255;
+  const dataplane::KeepaliveSpec& k = spec.keepalive;
+  if (k.interval < absl::ZeroDuration() ||
+      (k.interval != absl::ZeroDuration() &&
+       (k.interval < kMinInterval || k.interval > kMaxInterval))) {
+    return Invalid("tunnel.keepalive.interval",
+                   absl::StrCat(absl::FormatDuration(k.interval),
+                                " is out of range 100ms..1h (0 or unset = off)"));
+  }
+  if (k.retries > kMaxRetries) {
+    return Invalid("tunnel.keepalive.retries",
+                   absl::StrCat(k.retries, " is out of range 0..", kMaxRetries, " (0 = 3)"));
+  }
+  if (k.enabled() && !dataplane::SupportsKeepalive(spec.mode)) {
+    return Invalid("tunnel.keepalive",
+                   absl::StrCat(dataplane::TunnelModeName(spec.mode),
+                                " tunnels cannot send keepalives (gre, ipip, ip6gre and ip6tnl "
+                                "can)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status ValidateDeviceName(absl::string_view name, absl::string_view field) {
@@ -209,15 +285,16 @@ absl::Status ValidateSpec(const dataplane::TunnelSpec& spec) {
     return s;
   }
 
-  if (spec.key.has_value() && !IsGreFamily(spec.mode)) {
-    return Invalid("tunnel.key", absl::StrCat(dataplane::TunnelModeName(spec.mode),
-                                              " tunnels have no key (GRE modes only)"));
-  }
+  if (absl::Status s = ValidateGreOptions(spec); !s.ok()) return s;
+  if (absl::Status s = ValidateOuterHeader(spec); !s.ok()) return s;
+  if (absl::Status s = ValidateKeepalive(spec); !s.ok()) return s;
 
   if (spec.mtu != 0) {
-    const uint32_t max = kMaxMtu - dataplane::EncapOverhead(spec.mode, dataplane::OutputGreOptions(spec));
-    if (spec.mtu < kMinMtu || spec.mtu > max) {
-      return Invalid("tunnel.mtu", absl::StrCat(spec.mtu, " is out of range ", kMinMtu, "..", max,
+    const uint32_t max =
+        kMaxMtu - dataplane::EncapOverhead(spec.mode, dataplane::OutputGreOptions(spec));
+    const uint32_t min = spec.mode == TunnelMode::kSit ? kMinSitMtu : kMinMtu;
+    if (spec.mtu < min || spec.mtu > max) {
+      return Invalid("tunnel.mtu", absl::StrCat(spec.mtu, " is out of range ", min, "..", max,
                                                 " (0 = automatic)"));
     }
   }

@@ -19,11 +19,21 @@ absl::Status ValidateDeviceName(absl::string_view name, absl::string_view field 
 // kernel. INVALID_ARGUMENT names the field ("tunnel.key: ..."); UNIMPLEMENTED for a mode
 // this build cannot carry yet. Rules (kernel's where it has one):
 // - name: ValidateDeviceName.
-// - GRE/IPIP: remote is a unicast IPv4 address, required (point-to-point tunnels only: the
-//   kernel's remote-less "any" tunnels are not offered); local is unspecified or unicast IPv4.
-// - key: GRE family only.
-// - mtu: 0 or 68..65535 less the encapsulation overhead (the kernel's IP_MAX_MTU - t_hlen).
-// - addresses: a family the tunnel carries (IPv4 and IPv6 for GRE, IPv4 for IPIP), not
+// - remote is a unicast address of the mode's underlay family, required (point-to-point
+//   tunnels only: the kernel's remote-less "any" tunnels are not offered); local is
+//   unspecified or unicast of that family.
+// - key, input_key, output_key, checksum*, sequence*: GRE modes only (gre, gretap, ip6gre,
+//   ip6gretap).
+// - local/remote: the mode's underlay family (IPv6 for ip6gre, ip6gretap, ip6tnl).
+// - pmtudisc off: IPv4 underlays only (IPv6 has no DF), and not with a fixed ttl (1-255):
+//   "ttl and nopmtudisc are incompatible", as iproute2 says. ignore_df: IPv4 underlays only,
+//   and only with pmtudisc off. (ttl and tos are 0..255 by SpecFromProto.)
+// - keepalive: interval 0 (off) or 100ms..1h, retries 0..255, only for modes that
+//   SupportsKeepalive (gre, ipip, ip6gre, ip6tnl).
+// - mtu: 0 or 68 (sit: 1280, as the kernel has it)..65535 less the encapsulation overhead with the
+// output GRE options (the
+//   kernel's IP_MAX_MTU - t_hlen).
+// - addresses: a family the tunnel carries (IPv4 only for ipip, IPv6 only for sit), not
 //   unspecified or multicast, no duplicates.
 // - routes: a family the tunnel carries, host bits zero ("10.1.0.0/16", not "10.1.0.1/16"),
 //   no duplicates.

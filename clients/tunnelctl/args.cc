@@ -43,26 +43,87 @@ struct Keyword {
 };
 
 constexpr Keyword kKeywords[] = {
-    {"mode", "mode", true, false},        {"remote", "remote", true, false},
-    {"local", "local", true, false},      {"key", "key", true, false},
-    {"nokey", "key", false, false},       {"mtu", "mtu", true, false},
-    {"address", "addresses", true, true}, {"noaddresses", "addresses", false, false},
-    {"route", "routes", true, true},      {"noroutes", "routes", false, false},
-    {"label", "labels", true, true},      {"nolabels", "labels", false, false},
+    {"mode", "mode", true, false},
+    {"remote", "remote", true, false},
+    {"local", "local", true, false},
+    {"key", "key", true, false},
+    {"nokey", "key", false, false},
+    {"mtu", "mtu", true, false},
+    {"address", "addresses", true, true},
+    {"noaddresses", "addresses", false, false},
+    {"route", "routes", true, true},
+    {"noroutes", "routes", false, false},
+    {"label", "labels", true, true},
+    {"nolabels", "labels", false, false},
     {"state", "state", true, false},
+    // GRE options and outer header fields, as ip-link(8) spells them.
+    {"ikey", "input_key", true, false},
+    {"noikey", "input_key", false, false},
+    {"okey", "output_key", true, false},
+    {"nookey", "output_key", false, false},
+    {"csum", "checksum", false, false},
+    {"nocsum", "checksum", false, false},
+    {"icsum", "input_checksum", false, false},
+    {"noicsum", "input_checksum", false, false},
+    {"ocsum", "output_checksum", false, false},
+    {"noocsum", "output_checksum", false, false},
+    {"seq", "sequence", false, false},
+    {"noseq", "sequence", false, false},
+    {"iseq", "input_sequence", false, false},
+    {"noiseq", "input_sequence", false, false},
+    {"oseq", "output_sequence", false, false},
+    {"nooseq", "output_sequence", false, false},
+    {"ttl", "ttl", true, false},
+    {"hoplimit", "ttl", true, false},
+    {"nottl", "ttl", false, false},
+    {"tos", "tos", true, false},
+    {"tclass", "tos", true, false},
+    {"pmtudisc", "pmtudisc", false, false},
+    {"nopmtudisc", "pmtudisc", false, false},
+    {"ignore-df", "ignore_df", false, false},
+    {"noignore-df", "ignore_df", false, false},
+    {"keepalive", "keepalive", true, false},
+    {"nokeepalive", "keepalive", false, false},
 };
 
 // The keywords each verb takes, in the order its error message lists them.
-constexpr absl::string_view kCreateKeywords[] = {"mode", "remote",  "local", "key",
-                                                 "mtu",  "address", "route", "label"};
-constexpr absl::string_view kUpdateKeywords[] = {"mode",  "remote",      "local",    "key",
-                                                 "nokey", "mtu",         "address",  "route",
-                                                 "label", "noaddresses", "noroutes", "nolabels"};
+constexpr absl::string_view kCreateKeywords[] = {
+    "mode",  "remote",  "local",    "key",        "ikey",      "okey",        "csum",
+    "icsum", "ocsum",   "seq",      "iseq",       "oseq",      "ttl",         "hoplimit",
+    "tos",   "tclass",  "pmtudisc", "nopmtudisc", "ignore-df", "noignore-df", "keepalive",
+    "mtu",   "address", "route",    "label"};
+constexpr absl::string_view kUpdateKeywords[] = {
+    "mode",      "remote",      "local",     "key",         "nokey",  "ikey",     "noikey",
+    "okey",      "nookey",      "csum",      "nocsum",      "icsum",  "noicsum",  "ocsum",
+    "noocsum",   "seq",         "noseq",     "iseq",        "noiseq", "oseq",     "nooseq",
+    "ttl",       "hoplimit",    "nottl",     "tos",         "tclass", "pmtudisc", "nopmtudisc",
+    "ignore-df", "noignore-df", "keepalive", "nokeepalive", "mtu",    "address",  "route",
+    "label",     "noaddresses", "noroutes",  "nolabels"};
 constexpr absl::string_view kListKeywords[] = {"mode", "state", "label"};
 
 // update_mask paths in Tunnel's field order.
-constexpr absl::string_view kMaskOrder[] = {"mode", "local",     "remote", "key",
-                                            "mtu",  "addresses", "routes", "labels"};
+constexpr absl::string_view kMaskOrder[] = {"mode",
+                                            "local",
+                                            "remote",
+                                            "key",
+                                            "mtu",
+                                            "addresses",
+                                            "routes",
+                                            "labels",
+                                            "input_key",
+                                            "output_key",
+                                            "checksum",
+                                            "input_checksum",
+                                            "output_checksum",
+                                            "sequence",
+                                            "input_sequence",
+                                            "output_sequence",
+                                            "ttl",
+                                            "tos",
+                                            "inherit_tos",
+                                            "pmtudisc",
+                                            "ignore_df",
+                                            "keepalive"};
 
 const Keyword* FindKeyword(absl::string_view word) {
   for (const Keyword& k : kKeywords) {
@@ -391,7 +452,10 @@ class Parser {
           absl::StrCat(verb, ": nothing to change (want ", OneOf(kUpdateKeywords), ")"));
     }
     for (absl::string_view path : kMaskOrder) {
-      if (fields_.count(std::string(path)) != 0) command_.update_mask.add_paths(std::string(path));
+      // `tos N` and `tos inherit` set both tos and inherit_tos: either replaces the other.
+      const bool given = fields_.count(std::string(path)) != 0 ||
+                         (path == "inherit_tos" && fields_.count("tos") != 0);
+      if (given) command_.update_mask.add_paths(std::string(path));
     }
     return absl::OkStatus();
   }
@@ -471,8 +535,46 @@ class Parser {
       absl::StatusOr<std::pair<std::string, std::string>> label = ParseLabel(value);
       if (!label.ok()) return label.status();
       return AddLabel(*label, tunnel.mutable_labels());
+    } else if (word == "ikey" || word == "okey") {
+      absl::StatusOr<uint32_t> key = ParseKey(value);
+      if (!key.ok()) return key.status();
+      if (word == "ikey") {
+        tunnel.set_input_key(*key);
+      } else {
+        tunnel.set_output_key(*key);
+      }
+    } else if (word == "csum" || word == "nocsum") {
+      tunnel.set_checksum(word == "csum");
+    } else if (word == "icsum" || word == "noicsum") {
+      tunnel.set_input_checksum(word == "icsum");
+    } else if (word == "ocsum" || word == "noocsum") {
+      tunnel.set_output_checksum(word == "ocsum");
+    } else if (word == "seq" || word == "noseq") {
+      tunnel.set_sequence(word == "seq");
+    } else if (word == "iseq" || word == "noiseq") {
+      tunnel.set_input_sequence(word == "iseq");
+    } else if (word == "oseq" || word == "nooseq") {
+      tunnel.set_output_sequence(word == "oseq");
+    } else if (word == "ttl" || word == "hoplimit") {
+      absl::StatusOr<uint32_t> ttl = ParseTtl(value);
+      if (!ttl.ok()) return ttl.status();
+      tunnel.set_ttl(*ttl);
+    } else if (word == "tos" || word == "tclass") {
+      absl::StatusOr<std::optional<uint32_t>> tos = ParseTos(value);
+      if (!tos.ok()) return tos.status();
+      tunnel.set_inherit_tos(!tos->has_value());
+      tunnel.set_tos(tos->value_or(0));
+    } else if (word == "pmtudisc" || word == "nopmtudisc") {
+      tunnel.set_pmtudisc(word == "pmtudisc");
+    } else if (word == "ignore-df" || word == "noignore-df") {
+      tunnel.set_ignore_df(word == "ignore-df");
+    } else if (word == "keepalive") {
+      absl::StatusOr<v1::Keepalive> keepalive = ParseKeepalive(value);
+      if (!keepalive.ok()) return keepalive.status();
+      *tunnel.mutable_keepalive() = *keepalive;
     }
-    // noaddresses, noroutes, nolabels: the field stays empty; the mask names it.
+    // noaddresses, noroutes, nolabels, noikey, nookey, nottl, nokeepalive: the field stays
+    // empty (unset); the mask names it.
     return absl::OkStatus();
   }
 
@@ -621,6 +723,68 @@ absl::StatusOr<uint32_t> ParseMtu(absl::string_view text) {
   return static_cast<uint32_t>(*value);
 }
 
+absl::StatusOr<uint32_t> ParseTtl(absl::string_view text) {
+  if (text == "inherit") return 0;
+  std::optional<uint64_t> value = ParseDigits(text, 10, 255);
+  if (!value.has_value()) {
+    return UsageError(
+        absl::StrCat("invalid ttl '", text, "' (want a number 0-255, or inherit = 0)"));
+  }
+  return static_cast<uint32_t>(*value);
+}
+
+absl::StatusOr<std::optional<uint32_t>> ParseTos(absl::string_view text) {
+  if (text == "inherit") return std::optional<uint32_t>();
+  std::optional<uint64_t> value;
+  if (absl::StartsWith(text, "0x") || absl::StartsWith(text, "0X")) {
+    value = ParseDigits(text.substr(2), 16, 255);
+  } else {
+    value = ParseDigits(text, 10, 255);
+  }
+  if (!value.has_value()) {
+    return UsageError(absl::StrCat("invalid tos '", text,
+                                   "' (want a number 0-255, hexadecimal as 0xNN, or inherit)"));
+  }
+  return std::optional<uint32_t>(static_cast<uint32_t>(*value));
+}
+
+absl::StatusOr<v1::Keepalive> ParseKeepalive(absl::string_view text) {
+  auto invalid = [text]() {
+    return UsageError(absl::StrCat("invalid keepalive '", text,
+                                   "' (want INTERVAL[,RETRIES]: seconds 0.1-3600 such as 10 or "
+                                   "0.5, or with a unit such as 500ms or 10s; retries 0-255, 0 "
+                                   "= 3)"));
+  };
+  std::vector<absl::string_view> parts = absl::StrSplit(text, ',');
+  if (parts.size() > 2) return invalid();
+  absl::string_view interval = parts[0];
+  double scale = 1;  // to seconds
+  if (absl::EndsWith(interval, "ms")) {
+    interval.remove_suffix(2);
+    scale = 0.001;
+  } else if (absl::EndsWith(interval, "s")) {
+    interval.remove_suffix(1);
+  }
+  double seconds = 0;
+  // Digits and a point only: no sign, exponent, "inf" or "nan".
+  if (interval.empty() || interval.find_first_not_of("0123456789.") != absl::string_view::npos ||
+      !absl::SimpleAtod(interval, &seconds)) {
+    return invalid();
+  }
+  seconds *= scale;
+  if (seconds < 0.1 - 1e-9 || seconds > 3600) return invalid();
+  v1::Keepalive keepalive;
+  const auto nanos = static_cast<int64_t>(std::llround(seconds * 1e9));
+  keepalive.mutable_interval()->set_seconds(nanos / 1'000'000'000);
+  keepalive.mutable_interval()->set_nanos(static_cast<int32_t>(nanos % 1'000'000'000));
+  if (parts.size() == 2) {
+    std::optional<uint64_t> retries = ParseDigits(parts[1], 10, 255);
+    if (!retries.has_value()) return invalid();
+    keepalive.set_retries(static_cast<uint32_t>(*retries));
+  }
+  return keepalive;
+}
+
 absl::StatusOr<std::chrono::milliseconds> ParseTimeout(absl::string_view text) {
   double seconds = 0;
   const double max_seconds = kMaxTimeout.count() / 1000.0;
@@ -644,17 +808,17 @@ absl::StatusOr<std::pair<std::string, std::string>> ParseLabel(absl::string_view
 std::string Usage() {
   return R"(Usage: tunnelctl [OPTIONS] COMMAND [ARGS]
 
-Manage the GRE and IPIP tunnels of a tunnel-agent.
+Manage the GRE, IPIP, SIT and IPv6 tunnels of a tunnel-agent.
 
 Commands:
-  create NAME mode MODE remote ADDR [local ADDR] [key KEY] [mtu MTU]
+  create NAME mode MODE remote ADDR [local ADDR] [key KEY] [mtu MTU] [OPTION]...
          [address CIDR]... [route PREFIX]... [label KEY=VALUE]...
                    create a tunnel and print it (alias: add)
   get NAME         print one tunnel, its labels, etag and times (alias: show NAME)
   list [mode MODE] [state up|down|error] [label KEY=VALUE]...
                    print the tunnels that match, all pages (aliases: ls, show)
   update NAME [mode MODE] [local ADDR] [remote ADDR] [key KEY|nokey] [mtu MTU|auto]
-         [address CIDR]...|noaddresses [route PREFIX]...|noroutes
+         [OPTION|noOPTION]... [address CIDR]...|noaddresses [route PREFIX]...|noroutes
          [label KEY=VALUE]...|nolabels [--etag=ETAG]
                    change only the fields given; addresses, routes and labels given
                    replace the whole list or map; print the tunnel, and "recreated:
@@ -680,6 +844,30 @@ Arguments of create and update, in any order after NAME:
   address CIDR     address to put on the device, like 10.0.0.1/30 (repeatable)
   route PREFIX     prefix to route into the tunnel, like 10.2.0.0/16 (repeatable)
   label KEY=VALUE  label of the tunnel (repeatable)
+
+Options of create and update, as ip-link(8) names them (update also takes the no- forms:
+nokey noikey nookey nocsum noicsum noocsum noseq noiseq nooseq nottl nokeepalive, which
+go back to the default):
+  ikey KEY, okey KEY
+                   GRE key of one direction: required on input, sent on output (default:
+                   that of key)
+  csum, icsum, ocsum
+                   GRE checksums both ways, on input only, on output only
+  seq, iseq, oseq  GRE sequence numbers both ways, on input only, on output only
+  ttl TTL|inherit  outer TTL or hop limit, 1-255, or inherit (= 0) the inner packet's
+                   (alias: hoplimit; default: inherit, 64 for IPv6 underlays);
+                   nottl: the default
+  tos TOS|inherit  outer TOS / traffic class: decimal 0-255 or hexadecimal 0xNN (unlike
+                   ip-link, a bare number is decimal), or inherit (alias: tclass)
+  pmtudisc, nopmtudisc
+                   set DF on the outer IPv4 header (default), or only copy the inner DF;
+                   nopmtudisc needs ttl inherit
+  ignore-df, noignore-df
+                   never set DF on the outer header (needs nopmtudisc)
+  keepalive INTERVAL[,RETRIES]
+                   send a keepalive every INTERVAL (seconds 0.1-3600, e.g. 10, 0.5, 500ms,
+                   10s); the tunnel is down after RETRIES (0-255, default 0 = 3) without a
+                   reply (gre, ipip, ip6gre, ip6tnl); nokeepalive turns it off
 
 Options of commands:
   --request-id=ID    id of a create, update, delete or apply, so that retrying it has

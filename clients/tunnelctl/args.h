@@ -110,6 +110,17 @@ absl::StatusOr<v1::OperState> ParseState(absl::string_view text);
 // ("0.0.0.5", read as a big-endian 32-bit number).
 absl::StatusOr<uint32_t> ParseKey(absl::string_view text);
 
+// A TTL or hop limit: decimal 0-255, or "inherit" (= 0).
+absl::StatusOr<uint32_t> ParseTtl(absl::string_view text);
+
+// A TOS / traffic class: decimal 0-255 or hexadecimal "0xNN" (iproute2 reads a bare number as
+// hexadecimal; here it is decimal); nullopt for "inherit".
+absl::StatusOr<std::optional<uint32_t>> ParseTos(absl::string_view text);
+
+// "INTERVAL[,RETRIES]": the interval in seconds ("10", "0.5") or with a unit ("500ms",
+// "10s"), 0.1-3600 seconds; retries 0-255.
+absl::StatusOr<v1::Keepalive> ParseKeepalive(absl::string_view text);
+
 // A decimal MTU in [kMinMtu, kMaxMtu].
 absl::StatusOr<uint32_t> ParseMtu(absl::string_view text);
 

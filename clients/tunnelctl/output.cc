@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
@@ -67,6 +68,82 @@ std::string TimeText(const google::protobuf::Timestamp& time) {
 }
 
 std::string TextOrNone(absl::string_view text) { return text.empty() ? kNone : OneLine(text); }
+
+bool IsGre(v1::TunnelMode mode) {
+  return mode == v1::TUNNEL_MODE_GRE || mode == v1::TUNNEL_MODE_GRETAP ||
+         mode == v1::TUNNEL_MODE_IP6GRE || mode == v1::TUNNEL_MODE_IP6GRETAP;
+}
+
+bool IsIpv6Underlay(v1::TunnelMode mode) {
+  return mode == v1::TUNNEL_MODE_IP6GRE || mode == v1::TUNNEL_MODE_IP6GRETAP ||
+         mode == v1::TUNNEL_MODE_IP6TNL;
+}
+
+// "10s", "0.5s": seconds, with a fraction (to the millisecond) only when there is one.
+std::string IntervalText(const google::protobuf::Duration& d) {
+  const int64_t millis = d.seconds() * 1000 + d.nanos() / 1'000'000;
+  std::string text = absl::StrFormat("%d.%03d", millis / 1000, millis % 1000);
+  while (text.back() == '0') text.pop_back();
+  if (text.back() == '.') text.pop_back();
+  return text + "s";
+}
+
+// The tunnel's options as `ip -d link show` prints them: per-direction GRE keys, checksums
+// and sequencing, then ttl (hoplimit for IPv6 underlays), tos, pmtudisc, ignore-df, and the
+// keepalive. `all`: also what is in effect by default (ttl inherit, pmtudisc, the keys that
+// come from `key`); else only what was set.
+std::vector<std::string> OptionWords(const v1::Tunnel& t, bool all) {
+  std::vector<std::string> words;
+  const bool ipv6 = IsIpv6Underlay(t.mode());
+  if (IsGre(t.mode())) {
+    // Keys that only repeat `key` are the KEY column's, unless `all`.
+    if (t.has_input_key() || (all && t.has_key())) {
+      words.push_back(absl::StrCat("ikey ", t.has_input_key() ? t.input_key() : t.key()));
+    }
+    if (t.has_output_key() || (all && t.has_key())) {
+      words.push_back(absl::StrCat("okey ", t.has_output_key() ? t.output_key() : t.key()));
+    }
+    if (t.checksum() || t.input_checksum()) words.push_back("icsum");
+    if (t.checksum() || t.output_checksum()) words.push_back("ocsum");
+    if (t.sequence() || t.input_sequence()) words.push_back("iseq");
+    if (t.sequence() || t.output_sequence()) words.push_back("oseq");
+  }
+  const char* ttl = ipv6 ? "hoplimit" : "ttl";
+  if (t.has_ttl()) {
+    words.push_back(t.ttl() == 0 ? absl::StrCat(ttl, " inherit") : absl::StrCat(ttl, " ", t.ttl()));
+  } else if (all) {
+    words.push_back(ipv6 ? absl::StrCat(ttl, " 64") : absl::StrCat(ttl, " inherit"));
+  }
+  const char* tos = ipv6 ? "tclass" : "tos";
+  if (t.inherit_tos()) {
+    words.push_back(absl::StrCat(tos, " inherit"));
+  } else if (t.tos() != 0) {
+    words.push_back(absl::StrFormat("%s 0x%02x", tos, t.tos()));
+  }
+  if (!ipv6) {
+    if (t.has_pmtudisc() && !t.pmtudisc()) {
+      words.push_back("nopmtudisc");
+    } else if (all) {
+      words.push_back("pmtudisc");
+    }
+  }
+  if (t.ignore_df()) words.push_back("ignore-df");
+  const google::protobuf::Duration& interval = t.keepalive().interval();
+  if (interval.seconds() != 0 || interval.nanos() != 0) {
+    words.push_back(absl::StrCat("keepalive ", IntervalText(interval), ",",
+                                 t.keepalive().retries() == 0 ? 3 : t.keepalive().retries()));
+  }
+  return words;
+}
+
+std::string PathMtuText(const v1::Tunnel& tunnel) {
+  return tunnel.status().path_mtu() != 0 ? absl::StrCat(tunnel.status().path_mtu()) : kNone;
+}
+
+std::string PeerText(const v1::Tunnel& tunnel) {
+  if (!tunnel.status().has_keepalive()) return kNone;
+  return tunnel.status().keepalive().peer_alive() ? "alive" : "dead";
+}
 
 // Rows of cells, the first the header, as aligned columns two spaces apart (no padding
 // after the last column).
@@ -169,10 +246,21 @@ std::string LabelsText(const google::protobuf::Map<std::string, std::string>& la
 
 std::string FormatTunnelTable(const v1::ListTunnelsResponse& response) {
   bool labels = false;
-  for (const v1::Tunnel& t : response.tunnels()) labels = labels || !t.labels().empty();
+  bool path_mtu = false;
+  bool peer = false;
+  bool options = false;
+  for (const v1::Tunnel& t : response.tunnels()) {
+    labels = labels || !t.labels().empty();
+    path_mtu = path_mtu || t.status().path_mtu() != 0;
+    peer = peer || t.status().has_keepalive();
+    options = options || !OptionWords(t, /*all=*/false).empty();
+  }
   std::vector<std::vector<std::string>> rows;
   rows.push_back(
       {"NAME", "MODE", "LOCAL", "REMOTE", "KEY", "MTU", "STATE", "IFINDEX", "RX_PKTS", "TX_PKTS"});
+  if (path_mtu) rows.back().push_back("PATH_MTU");
+  if (peer) rows.back().push_back("PEER");
+  if (options) rows.back().push_back("OPTIONS");
   if (labels) rows.back().push_back("LABELS");
   for (const v1::Tunnel& t : response.tunnels()) {
     const v1::TunnelCounters& counters = t.status().counters();
@@ -180,7 +268,15 @@ std::string FormatTunnelTable(const v1::ListTunnelsResponse& response) {
                     OneLine(t.remote()), KeyText(t), MtuText(t), StateName(t.status().state()),
                     IfindexText(t), absl::StrCat(counters.rx_packets()),
                     absl::StrCat(counters.tx_packets())});
-    // No spaces inside the cell: a LABELS column stays one word per row.
+    if (path_mtu) rows.back().push_back(PathMtuText(t));
+    if (peer) rows.back().push_back(PeerText(t));
+    // No spaces inside the cells: OPTIONS ("ikey=5,okey=5,icsum") and LABELS columns stay
+    // one word per row.
+    if (options) {
+      std::vector<std::string> words = OptionWords(t, /*all=*/false);
+      for (std::string& w : words) std::replace(w.begin(), w.end(), ' ', '=');
+      rows.back().push_back(words.empty() ? kNone : absl::StrJoin(words, ","));
+    }
     if (labels) rows.back().push_back(JoinLabels(t.labels(), ","));
   }
   return AlignColumns(rows);
@@ -191,26 +287,38 @@ std::string FormatTunnelDetail(const v1::Tunnel& t) {
   const v1::TunnelCounters& counters = status.counters();
   std::string mtu = MtuText(t);
   if (t.mtu() == 0 && status.mtu() != 0) absl::StrAppend(&mtu, " (auto)");
-  std::string out = absl::StrCat(                             //
-      "name: ", OneLine(t.name()), "\n",                      //
-      "mode: ", ModeName(t.mode()), "\n",                     //
-      "local: ", OneLine(LocalText(t)), "\n",                 //
-      "remote: ", OneLine(t.remote()), "\n",                  //
-      "key: ", KeyText(t), "\n",                              //
-      "mtu: ", mtu, "\n",                                     //
-      "addresses: ", OneLine(ListText(t.addresses())), "\n",  //
-      "routes: ", OneLine(ListText(t.routes())), "\n",        //
-      "labels: ", LabelsText(t.labels()), "\n",               //
+  std::string out = absl::StrCat(                                           //
+      "name: ", OneLine(t.name()), "\n",                                    //
+      "mode: ", ModeName(t.mode()), "\n",                                   //
+      "local: ", OneLine(LocalText(t)), "\n",                               //
+      "remote: ", OneLine(t.remote()), "\n",                                //
+      "key: ", KeyText(t), "\n",                                            //
+      "mtu: ", mtu, "\n",                                                   //
+      "options: ", absl::StrJoin(OptionWords(t, /*all=*/true), " "), "\n",  //
+      "addresses: ", OneLine(ListText(t.addresses())), "\n",                //
+      "routes: ", OneLine(ListText(t.routes())), "\n",                      //
+      "labels: ", LabelsText(t.labels()), "\n",                             //
       "state: ", StateName(status.state()), "\n");
   if (!status.reason().empty()) absl::StrAppend(&out, "reason: ", OneLine(status.reason()), "\n");
+  absl::StrAppend(&out,                                         //
+                  "ifindex: ", IfindexText(t), "\n",            //
+                  "rx_packets: ", counters.rx_packets(), "\n",  //
+                  "rx_bytes: ", counters.rx_bytes(), "\n",      //
+                  "rx_dropped: ", counters.rx_dropped(), "\n",  //
+                  "tx_packets: ", counters.tx_packets(), "\n",  //
+                  "tx_bytes: ", counters.tx_bytes(), "\n",      //
+                  "tx_dropped: ", counters.tx_dropped(), "\n",  //
+                  "path_mtu: ", PathMtuText(t), "\n");
+  if (status.has_keepalive()) {
+    const v1::KeepaliveStatus& k = status.keepalive();
+    absl::StrAppend(&out,                                        //
+                    "keepalive_peer: ", PeerText(t), "\n",       //
+                    "keepalive_sent: ", k.sent(), "\n",          //
+                    "keepalive_replies: ", k.replies(), "\n",    //
+                    "keepalive_answered: ", k.answered(), "\n",  //
+                    "keepalive_last_reply: ", TimeText(k.last_reply_time()), "\n");
+  }
   absl::StrAppend(&out,                                                   //
-                  "ifindex: ", IfindexText(t), "\n",                      //
-                  "rx_packets: ", counters.rx_packets(), "\n",            //
-                  "rx_bytes: ", counters.rx_bytes(), "\n",                //
-                  "rx_dropped: ", counters.rx_dropped(), "\n",            //
-                  "tx_packets: ", counters.tx_packets(), "\n",            //
-                  "tx_bytes: ", counters.tx_bytes(), "\n",                //
-                  "tx_dropped: ", counters.tx_dropped(), "\n",            //
                   "etag: ", TextOrNone(t.etag()), "\n",                   //
                   "create_time: ", TimeText(status.create_time()), "\n",  //
                   "update_time: ", TimeText(status.update_time()), "\n");

@@ -27,12 +27,16 @@ std::string ActionName(v1::TunnelChange::Action action);
 std::string LabelsText(const google::protobuf::Map<std::string, std::string>& labels);
 
 // The list table: a header line, then one aligned line per tunnel, in the given order.
-// Columns: NAME MODE LOCAL REMOTE KEY MTU STATE IFINDEX RX_PKTS TX_PKTS, and LABELS
-// ("k=v,k2=v2") last when any tunnel has labels.
+// Columns: NAME MODE LOCAL REMOTE KEY MTU STATE IFINDEX RX_PKTS TX_PKTS, then, each only when
+// some tunnel has one: PATH_MTU, PEER (alive/dead, tunnels with keepalive), OPTIONS (the
+// options set, as ip-link names them: "ikey=5,okey=5,icsum,ttl=64,keepalive=10s,3") and
+// LABELS ("k=v,k2=v2").
 std::string FormatTunnelTable(const v1::ListTunnelsResponse& response);
 
-// One tunnel, one "field: value" line per field: the desired fields and labels, the status
-// and counters, then etag, create_time and update_time (RFC 3339, UTC).
+// One tunnel, one "field: value" line per field: the desired fields and labels ("options:"
+// lists the options in effect as `ip -d link show` does, e.g. "ikey 5 okey 5 icsum ocsum
+// iseq oseq ttl inherit pmtudisc"), the status and counters, path_mtu, the keepalive_*
+// lines for a tunnel with keepalive, then etag, create_time and update_time (RFC 3339, UTC).
 std::string FormatTunnelDetail(const v1::Tunnel& tunnel);
 
 // The tunnel as FormatTunnelDetail prints it, then "recreated: <changed fields>" when the

@@ -67,7 +67,7 @@ class FakeDevice final : public Device {
 };
 
 // The kernel's links, as the agent sees them. Logs:
-//   link.create NAME         CreateDevice
+//   link.create NAME         CreateDevice (links() tells its kind, TUN or TAP)
 //   link.attach NAME         AttachDevice that took over a left-behind device
 //   link.delete NAME         DeleteDevice
 //   link.keep NAME           Device::Keep
@@ -87,6 +87,7 @@ class FakeLinkControl final : public LinkControl {
     std::vector<dataplane::IpPrefix> routes;
     bool agent = true;  // made by the agent (carries its alias)
     bool attached = false;
+    DeviceKind kind = DeviceKind::kTun;
   };
 
   explicit FakeLinkControl(EventLog* log) : log_(log) {}
@@ -158,7 +159,8 @@ class FakeLinkControl final : public LinkControl {
 
   // ---- LinkControl ------------------------------------------------------------------------
 
-  absl::StatusOr<std::unique_ptr<Device>> CreateDevice(const std::string& name) override {
+  absl::StatusOr<std::unique_ptr<Device>> CreateDevice(const std::string& name,
+                                                       DeviceKind kind) override {
     ++create_calls_;
     if (absl::Status s = create_device_failure.Check(); !s.ok()) return s;
     if (links_.count(name)) return absl::AlreadyExistsError(absl::StrCat(name, " exists"));
@@ -167,16 +169,26 @@ class FakeLinkControl final : public LinkControl {
     link.fd = 100 + n;
     link.ifindex = 10 + n;
     link.attached = true;
+    link.kind = kind;
     log_->push_back("link.create " + name);
     return std::make_unique<FakeDevice>(this, name, link.fd, link.ifindex);
   }
-  absl::StatusOr<std::unique_ptr<Device>> AttachDevice(const std::string& name) override {
+  // As the real one: a left-behind agent device of the other kind is removed (logged as
+  // link.delete) and NOT_FOUND answered.
+  absl::StatusOr<std::unique_ptr<Device>> AttachDevice(const std::string& name,
+                                                       DeviceKind kind) override {
     ++attach_calls_;
     auto it = links_.find(name);
     if (it == links_.end() || !it->second.agent) {
       return absl::NotFoundError(absl::StrCat("no device of the agent's named ", name));
     }
     if (it->second.attached) return absl::UnavailableError(absl::StrCat(name, " is busy"));
+    if (it->second.kind != kind) {
+      links_.erase(it);
+      deleted_.push_back(name);
+      log_->push_back("link.delete " + name);
+      return absl::NotFoundError(absl::StrCat(name, " was of the other kind"));
+    }
     if (absl::Status s = attach_device_failure.Check(); !s.ok()) return s;
     Link& link = it->second;
     link.fd = 100 + next_++;  // a new file descriptor; the same link (ifindex)

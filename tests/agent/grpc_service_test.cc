@@ -378,6 +378,106 @@ TEST_F(GrpcServiceTest, UpdateWithAMaskChangesOnlyTheNamedFields) {
   EXPECT_EQ(got.etag(), t.etag());
 }
 
+TEST_F(GrpcServiceTest, UpdateOfOptionsKeepsPresenceAndReportsEachField) {
+  v1::Tunnel created;
+  ASSERT_TRUE(Create(Gre("t1", 1), "", &created).ok());
+
+  v1::Tunnel patch;
+  patch.set_name("t1");
+  patch.set_input_key(0);
+  patch.set_output_checksum(true);
+  patch.set_ttl(0);
+  patch.set_tos(0x20);
+  patch.mutable_keepalive()->mutable_interval()->set_seconds(10);
+  patch.mutable_keepalive()->set_retries(4);
+  patch.set_pmtudisc(false);
+  v1::UpdateTunnelResponse response;
+  grpc::Status status = Update(
+      patch, {"keepalive", "ttl", "input_key", "output_checksum", "tos", "pmtudisc"}, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_FALSE(response.recreated());
+  EXPECT_THAT(response.changed_fields(),
+              ElementsAre("input_key", "output_checksum", "ttl", "tos", "pmtudisc", "keepalive"));
+  const v1::Tunnel& t = response.tunnel();
+  EXPECT_TRUE(t.has_input_key());
+  EXPECT_EQ(t.input_key(), 0u);
+  EXPECT_TRUE(t.has_ttl());
+  EXPECT_EQ(t.ttl(), 0u);
+  EXPECT_TRUE(t.output_checksum());
+  EXPECT_EQ(t.tos(), 0x20u);
+  EXPECT_TRUE(t.has_pmtudisc());
+  EXPECT_FALSE(t.pmtudisc());
+  EXPECT_EQ(t.keepalive().interval().seconds(), 10);
+  EXPECT_EQ(t.keepalive().retries(), 4u);
+  EXPECT_TRUE(t.status().has_keepalive()) << "keepalive on: its status is there";
+  EXPECT_TRUE(t.status().keepalive().peer_alive());
+  // 1500 - 20 - 4 - 4 (output checksum) on the fake's 1500 underlay.
+  EXPECT_EQ(t.status().mtu(), 1472u);
+  EXPECT_NE(t.etag(), created.etag());
+
+  // Named in the mask but unset in the tunnel: back to unset (the defaults).
+  v1::Tunnel clear;
+  clear.set_name("t1");
+  status = Update(clear, {"input_key", "ttl", "pmtudisc", "keepalive"}, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_THAT(response.changed_fields(), ElementsAre("input_key", "ttl", "pmtudisc", "keepalive"));
+  EXPECT_FALSE(response.tunnel().has_input_key());
+  EXPECT_FALSE(response.tunnel().has_ttl());
+  EXPECT_FALSE(response.tunnel().has_pmtudisc());
+  EXPECT_FALSE(response.tunnel().has_keepalive());
+  EXPECT_FALSE(response.tunnel().status().has_keepalive());
+  EXPECT_TRUE(response.tunnel().output_checksum()) << "not named: unchanged";
+}
+
+TEST_F(GrpcServiceTest, OptionsBreakingTheKernelsRulesAreInvalidArgument) {
+  v1::Tunnel ipip = Ipip("t1", 1);
+  ipip.set_checksum(true);
+  grpc::Status status = Create(ipip);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("tunnel.checksum: ipip"));
+
+  v1::Tunnel gre = Gre("t2", 2);
+  gre.set_ttl(300);
+  status = Create(gre);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("tunnel.ttl: 300 is out of range 0..255"));
+
+  gre.set_ttl(64);
+  gre.set_pmtudisc(false);
+  status = Create(gre);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("ttl and nopmtudisc are incompatible"));
+
+  v1::Tunnel tap = Gre("t3", 3);
+  tap.set_mode(v1::TUNNEL_MODE_GRETAP);
+  tap.mutable_keepalive()->mutable_interval()->set_seconds(1);
+  status = Create(tap);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("tunnel.keepalive: gretap"));
+
+  v1::ListTunnelsResponse list;
+  ASSERT_TRUE(List(v1::ListTunnelsRequest(), &list).ok());
+  EXPECT_THAT(list.tunnels(), IsEmpty());
+}
+
+// Every path the manager takes is a desired field of Tunnel, of a kind the merge copies.
+TEST(UpdatableFieldsTest, EachIsADesiredFieldOfTunnel) {
+  for (const std::string& path : UpdatableFields()) {
+    const google::protobuf::FieldDescriptor* field =
+        v1::Tunnel::descriptor()->FindFieldByName(path);
+    ASSERT_NE(field, nullptr) << path;
+    EXPECT_NE(path, "status");
+    EXPECT_NE(path, "etag");
+    EXPECT_NE(path, "name");
+  }
+  // And every desired field can be updated.
+  for (int i = 0; i < v1::Tunnel::descriptor()->field_count(); ++i) {
+    const std::string name = v1::Tunnel::descriptor()->field(i)->name();
+    if (name == "name" || name == "etag" || name == "status") continue;
+    EXPECT_THAT(UpdatableFields(), Contains(name));
+  }
+}
+
 TEST_F(GrpcServiceTest, UpdateWithABadMaskPathIsInvalidArgument) {
   ASSERT_TRUE(Create(Gre("t1", 1)).ok());
   const uint64_t revision = manager_->revision();
@@ -695,8 +795,11 @@ TEST_F(GrpcServiceTest, GetAgentInfo) {
   std::set<int> modes(info.supported_modes().begin(), info.supported_modes().end());
   EXPECT_TRUE(modes.count(v1::TUNNEL_MODE_GRE));
   EXPECT_TRUE(modes.count(v1::TUNNEL_MODE_IPIP));
-  EXPECT_EQ(modes.count(v1::TUNNEL_MODE_GRETAP),
-            dataplane::IsModeImplemented(dataplane::TunnelMode::kGretap) ? 1u : 0u);
+  // Every mode the dataplane carries is offered.
+  for (v1::TunnelMode mode : {v1::TUNNEL_MODE_GRETAP, v1::TUNNEL_MODE_SIT, v1::TUNNEL_MODE_IP6GRE,
+                              v1::TUNNEL_MODE_IP6GRETAP, v1::TUNNEL_MODE_IP6TNL}) {
+    EXPECT_TRUE(modes.count(mode)) << v1::TunnelMode_Name(mode);
+  }
   for (const char* feature :
        {"request_id", "etag", "update_mask", "watch", "apply", "labels", "pagination"}) {
     EXPECT_THAT(info.features(), Contains(feature));

@@ -1,5 +1,7 @@
 #include "agent/proto_convert.h"
 
+#include <iterator>
+#include <set>
 #include <string>
 
 #include "absl/status/status.h"
@@ -111,6 +113,132 @@ TEST(SpecFromProtoTest, LabelsAndStoredTimesRoundTrip) {
   EXPECT_EQ(out.labels().at("owner"), "fleet");
   EXPECT_EQ(out.status().create_time().seconds(), 1700000000);
   EXPECT_EQ(out.status().update_time().seconds(), 1700000100);
+}
+
+constexpr char kOptions[] = R"pb(
+  name: "gre2"
+  mode: TUNNEL_MODE_GRE
+  remote: "203.0.113.7"
+  key: 1
+  input_key: 0
+  output_key: 4294967295
+  checksum: true
+  input_checksum: true
+  output_checksum: true
+  sequence: true
+  input_sequence: true
+  output_sequence: true
+  ttl: 0
+  tos: 255
+  inherit_tos: true
+  pmtudisc: false
+  ignore_df: true
+  keepalive {
+    interval { seconds: 2 nanos: 500000000 }
+    retries: 7
+  }
+)pb";
+
+TEST(SpecFromProtoTest, EveryOption) {
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(kOptions));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->key, 1u);
+  EXPECT_EQ(spec->input_key, 0u);
+  EXPECT_EQ(spec->output_key, 4294967295u);
+  EXPECT_TRUE(spec->checksum && spec->input_checksum && spec->output_checksum);
+  EXPECT_TRUE(spec->sequence && spec->input_sequence && spec->output_sequence);
+  ASSERT_TRUE(spec->ttl.has_value());
+  EXPECT_EQ(*spec->ttl, 0);
+  EXPECT_EQ(spec->tos, 255);
+  EXPECT_TRUE(spec->inherit_tos);
+  EXPECT_FALSE(spec->pmtudisc);
+  EXPECT_TRUE(spec->ignore_df);
+  EXPECT_EQ(spec->keepalive.interval, absl::Milliseconds(2500));
+  EXPECT_EQ(spec->keepalive.retries, 7u);
+}
+
+TEST(SpecFromProtoTest, EveryOptionRoundTrips) {
+  const v1::Tunnel in = TextProto(kOptions);
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(in);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  v1::Tunnel out = SpecToProto(*spec);
+  out.clear_etag();
+  ExpectProtoEq(in, out);
+}
+
+TEST(SpecFromProtoTest, UnsetOptionsKeepTheirDefaultsAndStayUnset) {
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(kFull));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_FALSE(spec->input_key.has_value());
+  EXPECT_FALSE(spec->output_key.has_value());
+  EXPECT_FALSE(spec->ttl.has_value());
+  EXPECT_TRUE(spec->pmtudisc);
+  EXPECT_FALSE(spec->keepalive.enabled());
+  const v1::Tunnel out = SpecToProto(*spec);
+  EXPECT_FALSE(out.has_input_key());
+  EXPECT_FALSE(out.has_output_key());
+  EXPECT_FALSE(out.has_ttl());
+  EXPECT_FALSE(out.has_pmtudisc()) << "pmtudisc on is the default: left unset";
+  EXPECT_FALSE(out.has_keepalive());
+}
+
+TEST(SpecFromProtoTest, ExplicitPmtudiscOnIsTheDefault) {
+  v1::Tunnel in = TextProto(kFull);
+  in.set_pmtudisc(true);
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(in);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_TRUE(spec->pmtudisc);
+}
+
+TEST(SpecFromProtoTest, KeepaliveRetriesWithoutIntervalRoundTrip) {
+  v1::Tunnel in = TextProto(kFull);
+  in.mutable_keepalive()->set_retries(5);
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(in);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_FALSE(spec->keepalive.enabled());
+  v1::Tunnel out = SpecToProto(*spec);
+  EXPECT_EQ(out.keepalive().retries(), 5u);
+  EXPECT_EQ(out.keepalive().interval().seconds(), 0);
+}
+
+// A tunnel that sets none of the options fingerprints as it did before they existed, so an
+// upgrade does not invalidate the etags clients hold.
+TEST(ComputeEtagTest, UnchangedForTunnelsWithoutOptions) {
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(kFull));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  // FNV-1a of kFull's serialization (fields 1-8 only), as the previous version computed it.
+  EXPECT_EQ(ComputeEtag(*spec), "ac1101b957dae049");
+}
+
+TEST(ComputeEtagTest, CoversEveryOption) {
+  absl::StatusOr<dataplane::TunnelSpec> base = SpecFromProto(TextProto(kFull));
+  ASSERT_TRUE(base.ok()) << base.status();
+  const std::string etag = ComputeEtag(*base);
+  using Change = void (*)(dataplane::TunnelSpec&);
+  const Change changes[] = {
+      [](dataplane::TunnelSpec& s) { s.input_key = 42; },
+      [](dataplane::TunnelSpec& s) { s.output_key = 42; },
+      [](dataplane::TunnelSpec& s) { s.checksum = true; },
+      [](dataplane::TunnelSpec& s) { s.input_checksum = true; },
+      [](dataplane::TunnelSpec& s) { s.output_checksum = true; },
+      [](dataplane::TunnelSpec& s) { s.sequence = true; },
+      [](dataplane::TunnelSpec& s) { s.input_sequence = true; },
+      [](dataplane::TunnelSpec& s) { s.output_sequence = true; },
+      [](dataplane::TunnelSpec& s) { s.ttl = 0; },
+      [](dataplane::TunnelSpec& s) { s.ttl = 64; },
+      [](dataplane::TunnelSpec& s) { s.tos = 8; },
+      [](dataplane::TunnelSpec& s) { s.inherit_tos = true; },
+      [](dataplane::TunnelSpec& s) { s.pmtudisc = false; },
+      [](dataplane::TunnelSpec& s) { s.ignore_df = true; },
+      [](dataplane::TunnelSpec& s) { s.keepalive.interval = absl::Seconds(10); },
+      [](dataplane::TunnelSpec& s) { s.keepalive.retries = 2; },
+  };
+  std::set<std::string> seen = {etag};
+  for (size_t i = 0; i < std::size(changes); ++i) {
+    dataplane::TunnelSpec changed = *base;
+    changes[i](changed);
+    EXPECT_TRUE(seen.insert(ComputeEtag(changed)).second) << "change " << i;
+  }
 }
 
 TEST(SpecFromProtoTest, MinimalFieldsLeaveDefaults) {
@@ -229,7 +357,21 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"EmptyAddress", R"pb(name: "t" mode: TUNNEL_MODE_GRE addresses: "")pb",
                 "tunnel.addresses[0]: "},
         BadCase{"FirstRoute", R"pb(name: "t" mode: TUNNEL_MODE_GRE routes: "10.0.0.0/")pb",
-                "tunnel.routes[0]: \"10.0.0.0/\""}),
+                "tunnel.routes[0]: \"10.0.0.0/\""},
+        BadCase{"TtlAboveByte", R"pb(name: "t" mode: TUNNEL_MODE_GRE ttl: 256)pb",
+                "tunnel.ttl: 256 is out of range 0..255"},
+        BadCase{"TosAboveByte", R"pb(name: "t" mode: TUNNEL_MODE_GRE tos: 256)pb",
+                "tunnel.tos: 256 is out of range 0..255"},
+        BadCase{"KeepaliveMixedSigns",
+                R"pb(name: "t"
+                     mode: TUNNEL_MODE_GRE
+                     keepalive { interval { seconds: 1 nanos: -5 } })pb",
+                "tunnel.keepalive.interval: "},
+        BadCase{"KeepaliveNanosOutOfRange",
+                R"pb(name: "t"
+                     mode: TUNNEL_MODE_GRE
+                     keepalive { interval { nanos: 1000000000 } })pb",
+                "tunnel.keepalive.interval: "}),
     [](const ::testing::TestParamInfo<BadCase>& info) { return info.param.test_name; });
 
 TEST(SpecFromProtoTest, UnknownModeNumberIsInvalid) {
@@ -288,6 +430,35 @@ TEST(TunnelToProtoTest, FillsStatus) {
   )pb");
   want.set_etag(ComputeEtag(*spec));
   ExpectProtoEq(want, TunnelToProto(*spec, status));
+}
+
+TEST(TunnelToProtoTest, FillsPathMtuAndKeepalive) {
+  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(kOptions));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  TunnelStatus status;
+  status.state = OperState::kDown;
+  status.path_mtu = 1436;
+  KeepaliveSnapshot k;
+  k.peer_alive = false;
+  k.sent = 10;
+  k.replies = 7;
+  k.answered = 3;
+  k.last_reply = absl::FromUnixSeconds(1700000000) + absl::Milliseconds(250);
+  status.keepalive = k;
+  const v1::TunnelStatus got = TunnelToProto(*spec, status).status();
+  EXPECT_EQ(got.path_mtu(), 1436u);
+  ASSERT_TRUE(got.has_keepalive());
+  EXPECT_FALSE(got.keepalive().peer_alive());
+  EXPECT_EQ(got.keepalive().sent(), 10u);
+  EXPECT_EQ(got.keepalive().replies(), 7u);
+  EXPECT_EQ(got.keepalive().answered(), 3u);
+  EXPECT_EQ(got.keepalive().last_reply_time().seconds(), 1700000000);
+  EXPECT_EQ(got.keepalive().last_reply_time().nanos(), 250000000);
+
+  status.keepalive->last_reply = absl::InfinitePast();
+  EXPECT_FALSE(TunnelToProto(*spec, status).status().keepalive().has_last_reply_time());
+  status.keepalive.reset();
+  EXPECT_FALSE(TunnelToProto(*spec, status).status().has_keepalive());
 }
 
 TEST(TunnelToProtoTest, MapsEveryOperState) {

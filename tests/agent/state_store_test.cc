@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "agent/tunnel_manager.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -37,6 +39,8 @@ void ExpectSpecEq(const TunnelSpec& want, const TunnelSpec& got) {
   EXPECT_EQ(got.mtu, want.mtu);
   EXPECT_EQ(got.addresses, want.addresses);
   EXPECT_EQ(got.routes, want.routes);
+  // And every other desired field, options included.
+  EXPECT_THAT(ChangedFields(want, got), ::testing::IsEmpty());
 }
 
 void ExpectSpecsEq(const std::vector<TunnelSpec>& want, const std::vector<TunnelSpec>& got) {
@@ -71,7 +75,33 @@ std::vector<TunnelSpec> SomeTunnels() {
   ipip.addresses = {P("10.1.0.1/31")};
   ipip.routes = {P("0.0.0.0/0")};
 
-  return {full, key_zero, ipip};
+  // Every option, at values whose presence or zero must survive the file.
+  TunnelSpec options;
+  options.name = "gre3";
+  options.mode = TunnelMode::kGretap;
+  options.remote = A("203.0.113.10");
+  options.input_key = 0;
+  options.output_key = 7;
+  options.checksum = true;
+  options.input_checksum = true;
+  options.output_checksum = true;
+  options.sequence = true;
+  options.input_sequence = true;
+  options.output_sequence = true;
+  options.ttl = 0;
+  options.tos = 0xb8;
+  options.inherit_tos = true;
+  options.pmtudisc = false;
+  options.ignore_df = true;
+
+  TunnelSpec keepalive;
+  keepalive.name = "ip6tnl1";
+  keepalive.mode = TunnelMode::kIp6tnl;
+  keepalive.remote = A("2001:db8::2");
+  keepalive.ttl = 255;
+  keepalive.keepalive = {absl::Milliseconds(2500), 9};
+
+  return {full, key_zero, ipip, options, keepalive};
 }
 
 std::string ReadFile(const std::string& path) {
@@ -149,6 +179,86 @@ TEST_F(FileStateStoreTest, FileIsCamelCaseJsonWithVersion) {
   EXPECT_THAT(content, HasSubstr("\"TUNNEL_MODE_GRE\""));
   EXPECT_THAT(content, HasSubstr("\n"));  // readable and diffable
   EXPECT_EQ(content.back(), '\n');
+}
+
+// As the agent wrote it before the GRE options, outer header fields and keepalive existed:
+// it loads, and every new field takes its default.
+TEST_F(FileStateStoreTest, FileOfThePreviousVersionLoadsWithDefaults) {
+  FileStateStore store(root_);
+  WriteFile(store.path(), R"json({
+ "formatVersion": 1,
+ "tunnels": [
+  {
+   "name": "gre1",
+   "mode": "TUNNEL_MODE_GRE",
+   "local": "198.51.100.1",
+   "remote": "203.0.113.7",
+   "key": 0,
+   "mtu": 1400,
+   "addresses": [
+    "10.0.0.1/30"
+   ],
+   "routes": [
+    "10.2.0.0/16"
+   ],
+   "labels": {
+    "owner": "fleet"
+   },
+   "etag": "6c1e0e8a2d4b8f11",
+   "status": {
+    "createTime": "2024-01-02T03:04:05Z",
+    "updateTime": "2024-01-02T03:04:06Z"
+   }
+  },
+  {
+   "name": "ipip1",
+   "mode": "TUNNEL_MODE_IPIP",
+   "remote": "203.0.113.9",
+   "etag": "0000000000000000"
+  }
+ ]
+}
+)json");
+  absl::StatusOr<std::vector<TunnelSpec>> loaded = store.Load();
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ASSERT_EQ(loaded->size(), 2u);
+  const TunnelSpec& gre = (*loaded)[0];
+  EXPECT_EQ(gre.name, "gre1");
+  EXPECT_EQ(gre.key, 0u);
+  EXPECT_EQ(gre.mtu, 1400u);
+  EXPECT_EQ(gre.labels.at("owner"), "fleet");
+  EXPECT_EQ(gre.create_time, absl::FromUnixSeconds(1704164645));
+  for (const TunnelSpec& spec : *loaded) {
+    SCOPED_TRACE(spec.name);
+    EXPECT_FALSE(spec.input_key.has_value());
+    EXPECT_FALSE(spec.output_key.has_value());
+    EXPECT_FALSE(spec.checksum || spec.input_checksum || spec.output_checksum);
+    EXPECT_FALSE(spec.sequence || spec.input_sequence || spec.output_sequence);
+    EXPECT_FALSE(spec.ttl.has_value());
+    EXPECT_EQ(spec.tos, 0);
+    EXPECT_FALSE(spec.inherit_tos);
+    EXPECT_TRUE(spec.pmtudisc);
+    EXPECT_FALSE(spec.ignore_df);
+    EXPECT_FALSE(spec.keepalive.enabled());
+    EXPECT_EQ(spec.keepalive.retries, 0u);
+  }
+  // Saved again, the file gains nothing for options left at their defaults.
+  ASSERT_TRUE(store.Save(*loaded).ok());
+  const std::string content = ReadFile(store.path());
+  for (const char* field : {"inputKey", "outputKey", "checksum", "sequence", "ttl", "tos",
+                            "pmtudisc", "ignoreDf", "keepalive"}) {
+    EXPECT_THAT(content, ::testing::Not(HasSubstr(field))) << field;
+  }
+}
+
+TEST_F(FileStateStoreTest, OptionsAreWrittenByTheirJsonNames) {
+  FileStateStore store(root_);
+  ASSERT_TRUE(store.Save(SomeTunnels()).ok());
+  const std::string content = ReadFile(store.path());
+  EXPECT_THAT(content, HasSubstr("\"inputKey\": 0"));
+  EXPECT_THAT(content, HasSubstr("\"ttl\": 0"));
+  EXPECT_THAT(content, HasSubstr("\"pmtudisc\": false"));
+  EXPECT_THAT(content, HasSubstr("\"interval\": \"2.500s\""));
 }
 
 TEST_F(FileStateStoreTest, MissingFileIsEmpty) {

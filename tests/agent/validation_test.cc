@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -46,6 +47,46 @@ TunnelSpec Ipip() {
   s.remote = A("203.0.113.8");
   s.addresses = {P("10.1.0.1/30")};
   s.routes = {P("10.3.0.0/16")};
+  return s;
+}
+
+TunnelSpec Ip6gre() {
+  TunnelSpec s;
+  s.name = "ip6gre1";
+  s.mode = TunnelMode::kIp6gre;
+  s.local = A("2001:db8::1");
+  s.remote = A("2001:db8::2");
+  s.addresses = {P("10.4.0.1/30"), P("fd04::1/64")};
+  return s;
+}
+
+TunnelSpec Ip6tnl() {
+  TunnelSpec s = Ip6gre();
+  s.name = "ip6tnl1";
+  s.mode = TunnelMode::kIp6tnl;
+  return s;
+}
+
+TunnelSpec Sit() {
+  TunnelSpec s;
+  s.name = "sit1";
+  s.mode = TunnelMode::kSit;
+  s.remote = A("203.0.113.9");
+  s.addresses = {P("fd05::1/64")};
+  return s;
+}
+
+TunnelSpec Gretap() {
+  TunnelSpec s = Gre();
+  s.name = "gretap1";
+  s.mode = TunnelMode::kGretap;
+  return s;
+}
+
+TunnelSpec Ip6gretap() {
+  TunnelSpec s = Ip6gre();
+  s.name = "ip6gretap1";
+  s.mode = TunnelMode::kIp6gretap;
   return s;
 }
 
@@ -119,6 +160,54 @@ INSTANTIATE_TEST_SUITE_P(
                       [](TunnelSpec& s) {
                         s.addresses = {P("10.0.0.1/30"), P("::a00:1/64")};
                       })},
+        GoodCase{"Gretap", Gretap}, GoodCase{"Sit", Sit}, GoodCase{"Ip6gre", Ip6gre},
+        GoodCase{"Ip6gretap", Ip6gretap}, GoodCase{"Ip6tnl", Ip6tnl},
+        GoodCase{"Ip6greLocalAny", With(Ip6gre, [](TunnelSpec& s) { s.local = A("::"); })},
+        GoodCase{"GreAllOptions", With(Gre,
+                                       [](TunnelSpec& s) {
+                                         s.key = 1;
+                                         s.input_key = 2;
+                                         s.output_key = 3;
+                                         s.checksum = s.input_checksum = s.output_checksum = true;
+                                         s.sequence = s.input_sequence = s.output_sequence = true;
+                                         s.ttl = 255;
+                                         s.tos = 255;
+                                         s.inherit_tos = true;
+                                         s.keepalive = {absl::Hours(1), 255};
+                                       })},
+        GoodCase{"Ip6gretapKeys", With(Ip6gretap,
+                                       [](TunnelSpec& s) {
+                                         s.input_key = 0;
+                                         s.output_checksum = true;
+                                         s.input_sequence = true;
+                                       })},
+        GoodCase{"TtlInheritWithNopmtudisc", With(Ipip,
+                                                  [](TunnelSpec& s) {
+                                                    s.ttl = 0;
+                                                    s.pmtudisc = false;
+                                                  })},
+        GoodCase{"DefaultTtlWithNopmtudisc", With(Sit, [](TunnelSpec& s) { s.pmtudisc = false; })},
+        GoodCase{"IgnoreDf", With(Gretap,
+                                  [](TunnelSpec& s) {
+                                    s.pmtudisc = false;
+                                    s.ignore_df = true;
+                                  })},
+        GoodCase{"Ip6tnlFixedHopLimit", With(Ip6tnl, [](TunnelSpec& s) { s.ttl = 1; })},
+        GoodCase{"KeepaliveMin",
+                 With(Ipip, [](TunnelSpec& s) { s.keepalive.interval = absl::Milliseconds(100); })},
+        GoodCase{"KeepaliveIp6tnl",
+                 With(Ip6tnl, [](TunnelSpec& s) { s.keepalive.interval = absl::Seconds(10); })},
+        GoodCase{"KeepaliveOffWithRetries",
+                 With(Gretap, [](TunnelSpec& s) { s.keepalive.retries = 5; })},
+        GoodCase{"SitMtuMin", With(Sit, [](TunnelSpec& s) { s.mtu = 1280; })},
+        GoodCase{"Ip6greMtuMax", With(Ip6gre, [](TunnelSpec& s) { s.mtu = 65535 - 52; })},
+        GoodCase{"GreAllOutputOptionsMtuMax", With(Gre,
+                                                   [](TunnelSpec& s) {
+                                                     s.output_key = 1;
+                                                     s.output_checksum = true;
+                                                     s.sequence = true;
+                                                     s.mtu = 65535 - 36;
+                                                   })},
         GoodCase{"OverlappingRoutesDifferentLength",
                  With(Gre,
                       [](TunnelSpec& s) {
@@ -135,7 +224,6 @@ TEST_P(InvalidSpecTest, FailsNamingTheField) {
 }
 
 constexpr auto kInvalid = absl::StatusCode::kInvalidArgument;
-constexpr auto kUnimplemented = absl::StatusCode::kUnimplemented;
 
 INSTANTIATE_TEST_SUITE_P(
     Names, InvalidSpecTest,
@@ -162,19 +250,84 @@ INSTANTIATE_TEST_SUITE_P(
     CaseName<Case>);
 
 INSTANTIATE_TEST_SUITE_P(
-    Modes, InvalidSpecTest,
-    ::testing::Values(Case{"Gretap", With(Gre, [](TunnelSpec& s) { s.mode = TunnelMode::kGretap; }),
-                           kUnimplemented,
-                           "tunnel.mode: gretap is not implemented yet (gre and ipip are)"},
-                      Case{"Sit", With(Gre, [](TunnelSpec& s) { s.mode = TunnelMode::kSit; }),
-                           kUnimplemented, "tunnel.mode: sit "},
-                      Case{"Ip6gre", With(Gre, [](TunnelSpec& s) { s.mode = TunnelMode::kIp6gre; }),
-                           kUnimplemented, "tunnel.mode: ip6gre "},
-                      Case{"Ip6gretap",
-                           With(Gre, [](TunnelSpec& s) { s.mode = TunnelMode::kIp6gretap; }),
-                           kUnimplemented, "tunnel.mode: ip6gretap "},
-                      Case{"Ip6tnl", With(Gre, [](TunnelSpec& s) { s.mode = TunnelMode::kIp6tnl; }),
-                           kUnimplemented, "tunnel.mode: ip6tnl "}),
+    GreOptions, InvalidSpecTest,
+    ::testing::Values(
+        Case{"SitKey", With(Sit, [](TunnelSpec& s) { s.key = 1; }), kInvalid,
+             "tunnel.key: sit tunnels have no GRE header"},
+        Case{"IpipInputKey", With(Ipip, [](TunnelSpec& s) { s.input_key = 1; }), kInvalid,
+             "tunnel.input_key: ipip"},
+        Case{"Ip6tnlOutputKey", With(Ip6tnl, [](TunnelSpec& s) { s.output_key = 0; }), kInvalid,
+             "tunnel.output_key: ip6tnl"},
+        Case{"IpipChecksum", With(Ipip, [](TunnelSpec& s) { s.checksum = true; }), kInvalid,
+             "tunnel.checksum: "},
+        Case{"IpipInputChecksum", With(Ipip, [](TunnelSpec& s) { s.input_checksum = true; }),
+             kInvalid, "tunnel.input_checksum: "},
+        Case{"SitOutputChecksum", With(Sit, [](TunnelSpec& s) { s.output_checksum = true; }),
+             kInvalid, "tunnel.output_checksum: "},
+        Case{"Ip6tnlSequence", With(Ip6tnl, [](TunnelSpec& s) { s.sequence = true; }), kInvalid,
+             "tunnel.sequence: "},
+        Case{"IpipInputSequence", With(Ipip, [](TunnelSpec& s) { s.input_sequence = true; }),
+             kInvalid, "tunnel.input_sequence: "},
+        Case{"IpipOutputSequence", With(Ipip, [](TunnelSpec& s) { s.output_sequence = true; }),
+             kInvalid, "tunnel.output_sequence: "}),
+    CaseName<Case>);
+
+INSTANTIATE_TEST_SUITE_P(
+    OuterHeader, InvalidSpecTest,
+    ::testing::Values(
+        Case{"FixedTtlWithNopmtudisc",
+             With(Gre,
+                  [](TunnelSpec& s) {
+                    s.ttl = 64;
+                    s.pmtudisc = false;
+                  }),
+             kInvalid, "tunnel.ttl: ttl and nopmtudisc are incompatible"},
+        Case{"TtlOneWithNopmtudisc",
+             With(Ipip,
+                  [](TunnelSpec& s) {
+                    s.ttl = 1;
+                    s.pmtudisc = false;
+                  }),
+             kInvalid, "tunnel.ttl: ttl and nopmtudisc are incompatible"},
+        Case{"NopmtudiscIp6gre", With(Ip6gre, [](TunnelSpec& s) { s.pmtudisc = false; }), kInvalid,
+             "tunnel.pmtudisc: cannot be turned off for ip6gre"},
+        Case{"NopmtudiscIp6tnl", With(Ip6tnl, [](TunnelSpec& s) { s.pmtudisc = false; }), kInvalid,
+             "tunnel.pmtudisc: "},
+        Case{"IgnoreDfWithPmtudisc", With(Gre, [](TunnelSpec& s) { s.ignore_df = true; }), kInvalid,
+             "tunnel.ignore_df: ignore_df and pmtudisc are incompatible"},
+        Case{"IgnoreDfIp6gretap", With(Ip6gretap, [](TunnelSpec& s) { s.ignore_df = true; }),
+             kInvalid, "tunnel.ignore_df: ip6gretap tunnels have no DF bit"}),
+    CaseName<Case>);
+
+INSTANTIATE_TEST_SUITE_P(
+    Keepalive, InvalidSpecTest,
+    ::testing::Values(
+        Case{"IntervalTooShort",
+             With(Gre, [](TunnelSpec& s) { s.keepalive.interval = absl::Milliseconds(99); }),
+             kInvalid, "tunnel.keepalive.interval: 99ms is out of range 100ms..1h"},
+        Case{"IntervalTooLong",
+             With(Gre,
+                  [](TunnelSpec& s) {
+                    s.keepalive.interval = absl::Hours(1) + absl::Nanoseconds(1);
+                  }),
+             kInvalid, "tunnel.keepalive.interval: "},
+        Case{"IntervalNegative",
+             With(Gre, [](TunnelSpec& s) { s.keepalive.interval = -absl::Seconds(1); }), kInvalid,
+             "tunnel.keepalive.interval: "},
+        Case{"RetriesTooMany",
+             With(Gre,
+                  [](TunnelSpec& s) {
+                    s.keepalive = {absl::Seconds(10), 256};
+                  }),
+             kInvalid, "tunnel.keepalive.retries: 256 is out of range 0..255"},
+        Case{"Gretap",
+             With(Gretap, [](TunnelSpec& s) { s.keepalive.interval = absl::Seconds(10); }),
+             kInvalid, "tunnel.keepalive: gretap tunnels cannot send keepalives"},
+        Case{"Sit", With(Sit, [](TunnelSpec& s) { s.keepalive.interval = absl::Seconds(10); }),
+             kInvalid, "tunnel.keepalive: sit "},
+        Case{"Ip6gretap",
+             With(Ip6gretap, [](TunnelSpec& s) { s.keepalive.interval = absl::Seconds(10); }),
+             kInvalid, "tunnel.keepalive: ip6gretap "}),
     CaseName<Case>);
 
 INSTANTIATE_TEST_SUITE_P(
@@ -199,13 +352,48 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"LocalMulticast", With(Ipip, [](TunnelSpec& s) { s.local = A("224.0.0.1"); }),
              kInvalid, "tunnel.local: "},
         Case{"LocalBroadcast", With(Gre, [](TunnelSpec& s) { s.local = A("255.255.255.255"); }),
-             kInvalid, "tunnel.local: "}),
+             kInvalid, "tunnel.local: "},
+        Case{"Ip6greRemoteV4", With(Ip6gre, [](TunnelSpec& s) { s.remote = A("203.0.113.7"); }),
+             kInvalid,
+             "tunnel.remote: 203.0.113.7 is not an IPv6 address (ip6gre tunnels run over IPv6)"},
+        Case{"Ip6tnlLocalV4", With(Ip6tnl, [](TunnelSpec& s) { s.local = A("198.51.100.1"); }),
+             kInvalid, "tunnel.local: "},
+        Case{"Ip6gretapLocalV4Any", With(Ip6gretap, [](TunnelSpec& s) { s.local = A("0.0.0.0"); }),
+             kInvalid, "tunnel.local: "},
+        Case{"SitRemoteV6", With(Sit, [](TunnelSpec& s) { s.remote = A("2001:db8::2"); }), kInvalid,
+             "tunnel.remote: 2001:db8::2 is not an IPv4 address"},
+        Case{"GretapRemoteV6", With(Gretap, [](TunnelSpec& s) { s.remote = A("2001:db8::2"); }),
+             kInvalid, "tunnel.remote: "},
+        Case{"Ip6greRemoteMulticast", With(Ip6gre, [](TunnelSpec& s) { s.remote = A("ff02::1"); }),
+             kInvalid, "tunnel.remote: "}),
     CaseName<Case>);
 
 INSTANTIATE_TEST_SUITE_P(
     KeyAndMtu, InvalidSpecTest,
     ::testing::Values(
         Case{"IpipKey", With(Ipip, [](TunnelSpec& s) { s.key = 1; }), kInvalid, "tunnel.key: "},
+        Case{"GreOutputOptionsMtuAboveMax",
+             With(Gre,
+                  [](TunnelSpec& s) {
+                    s.output_key = 1;
+                    s.output_checksum = true;
+                    s.output_sequence = true;
+                    s.mtu = 65535 - 36 + 1;
+                  }),
+             kInvalid, "tunnel.mtu: 65500 is out of range 68..65499"},
+        // Input options do not grow what is sent.
+        Case{"GreInputOptionsMtuAboveMax",
+             With(Gre,
+                  [](TunnelSpec& s) {
+                    s.input_key = 1;
+                    s.input_checksum = true;
+                    s.mtu = 65535 - 24 + 1;
+                  }),
+             kInvalid, "tunnel.mtu: 65512 is out of range 68..65511"},
+        Case{"SitMtuBelowIpv6Min", With(Sit, [](TunnelSpec& s) { s.mtu = 1279; }), kInvalid,
+             "tunnel.mtu: 1279 is out of range 1280..65515"},
+        Case{"Ip6gretapMtuAboveMax", With(Ip6gretap, [](TunnelSpec& s) { s.mtu = 65535 - 66 + 1; }),
+             kInvalid, "tunnel.mtu: 65470 is out of range 68..65469"},
         Case{"IpipKeyZero", With(Ipip, [](TunnelSpec& s) { s.key = 0; }), kInvalid, "tunnel.key: "},
         Case{"MtuBelowMin", With(Gre, [](TunnelSpec& s) { s.mtu = 67; }), kInvalid,
              "tunnel.mtu: 67 is out of range 68..65511"},

@@ -117,7 +117,9 @@ lab_expect_rpc_error A INVALID_ARGUMENT create tx mode gre remote 1.2.3
 lab_expect_rpc_error A INVALID_ARGUMENT create tx mode gre remote 198.18.0.9 address 10.9.0.1/33
 lab_expect_rpc_error A NOT_FOUND get nosuch
 lab_expect_rpc_error A NOT_FOUND delete nosuch
-lab_expect_rpc_error A UNIMPLEMENTED create tx mode gretap remote 198.18.0.9
+lab_expect_rpc_error A INVALID_ARGUMENT create tx mode ipip remote 198.18.0.9 csum
+lab_expect_rpc_error A INVALID_ARGUMENT create tx mode gre remote 198.18.0.9 ttl 64 nopmtudisc
+lab_expect_rpc_error A INVALID_ARGUMENT create tx mode ip6gre remote 198.18.0.9
 lab_expect_rpc_error A ALREADY_EXISTS create ul0 mode gre remote 198.18.0.9
 lab_exec A ip -4 addr show dev ul0 | grep -q 'inet 198.18.0.1/24' || lab_fail "ul0 lost its address"
 lab_exec A ip link show dev ul0 | grep -q 'state UP' || lab_fail "ul0 is no longer up"

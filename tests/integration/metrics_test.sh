@@ -27,7 +27,9 @@ lab_start_agent A
 lab_start_agent B
 
 lab_log "a GRE tunnel and traffic across it"
-lab_ctl A create gre1 mode gre local 198.18.0.1 remote 198.18.0.2 key 7 address 10.7.0.1/30 >/dev/null
+# A's side sends keepalives, so that their series are exported too.
+lab_ctl A create gre1 mode gre local 198.18.0.1 remote 198.18.0.2 key 7 address 10.7.0.1/30 \
+  keepalive 10 >/dev/null
 lab_ctl B create gre1 mode gre local 198.18.0.2 remote 198.18.0.1 key 7 address 10.7.0.2/30 >/dev/null
 lab_ping A 10.7.0.2 3
 lab_expect_rpc_error A NOT_FOUND get nosuch
@@ -84,13 +86,20 @@ tunnelagent_tunnel_tx_bytes_total counter tunnel
 tunnelagent_tunnel_rx_packets_total counter tunnel
 tunnelagent_tunnel_rx_bytes_total counter tunnel
 tunnelagent_tunnel_drops_total counter direction,reason,tunnel
+tunnelagent_tunnel_path_mtu gauge tunnel
+tunnelagent_tunnel_icmp_too_big_total counter tunnel
+tunnelagent_tunnel_tx_fragmented_total counter tunnel
+tunnelagent_tunnel_keepalive_sent_total counter tunnel
+tunnelagent_tunnel_keepalive_replies_total counter tunnel
+tunnelagent_tunnel_keepalive_answered_total counter tunnel
+tunnelagent_tunnel_peer_alive gauge tunnel
 tunnelagent_dataplane_rx_packets_total counter -
 tunnelagent_dataplane_drops_total counter reason
 tunnelagent_grpc_requests_total counter code,method
 tunnelagent_grpc_request_duration_seconds histogram le,method
 tunnelagent_grpc_streams_active gauge method
 EOF
-lab_ok "all 14 metrics of the table, with their types and labels"
+lab_ok "all 21 metrics of the table, with their types and labels"
 
 m() { awk -v s="$1" '$1 == s && !found { print $2; found = 1 }' "$RUN/A.metrics"; }
 for series in \

@@ -131,8 +131,13 @@ def cmd_errors(c, existing):
                   req(name="pyx", mode=pb.TUNNEL_MODE_UNSPECIFIED), code.INVALID_ARGUMENT)
     c.expect_code("create IPIP with a key", c.create,
                   req(name="pyx", mode=pb.TUNNEL_MODE_IPIP, key=1), code.INVALID_ARGUMENT)
-    c.expect_code("create gretap", c.create, req(name="pyx", mode=pb.TUNNEL_MODE_GRETAP),
-                  code.UNIMPLEMENTED)
+    c.expect_code("create IPIP with a checksum", c.create,
+                  req(name="pyx", mode=pb.TUNNEL_MODE_IPIP, checksum=True),
+                  code.INVALID_ARGUMENT)
+    c.expect_code("create fixed ttl without pmtudisc", c.create,
+                  req(name="pyx", ttl=64, pmtudisc=False), code.INVALID_ARGUMENT)
+    c.expect_code("create ip6gre over IPv4", c.create,
+                  req(name="pyx", mode=pb.TUNNEL_MODE_IP6GRE), code.INVALID_ARGUMENT)
     c.expect_code("get unknown", c.get, pb.GetTunnelRequest(name="pynosuch"), code.NOT_FOUND)
     c.expect_code("delete unknown", c.delete, pb.DeleteTunnelRequest(name="pynosuch"),
                   code.NOT_FOUND)

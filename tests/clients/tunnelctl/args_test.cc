@@ -138,6 +138,80 @@ TEST(ParseArgsTest, GoodCommands) {
   }
 }
 
+TEST(ParseArgsTest, CreateTakesTheOptionsInIpLinkSpelling) {
+  const GoodCase kCases[] = {
+      {"create t1 mode gre remote 192.0.2.2 ikey 5 okey 0x6 csum iseq oseq ttl 64 tos 0x10 "
+       "pmtudisc keepalive 10,5",
+       Verb::kCreate, "t1",
+       R"pb(name: "t1"
+            mode: TUNNEL_MODE_GRE
+            remote: "192.0.2.2"
+            input_key: 5
+            output_key: 6
+            checksum: true
+            input_sequence: true
+            output_sequence: true
+            ttl: 64
+            tos: 16
+            pmtudisc: true
+            keepalive {
+              interval { seconds: 10 }
+              retries: 5
+            })pb"},
+      {"create t1 mode gretap remote 192.0.2.2 icsum ocsum seq ttl inherit tos inherit "
+       "nopmtudisc ignore-df",
+       Verb::kCreate, "t1",
+       R"pb(name: "t1"
+            mode: TUNNEL_MODE_GRETAP
+            remote: "192.0.2.2"
+            input_checksum: true
+            output_checksum: true
+            sequence: true
+            ttl: 0
+            inherit_tos: true
+            pmtudisc: false
+            ignore_df: true)pb"},
+      // A bare tos is decimal (ip-link would read it as hexadecimal).
+      {"create t1 mode ip6gre remote 2001:db8::2 hoplimit 255 tclass 16 noignore-df "
+       "keepalive 0.5",
+       Verb::kCreate, "t1",
+       R"pb(name: "t1"
+            mode: TUNNEL_MODE_IP6GRE
+            remote: "2001:db8::2"
+            ttl: 255
+            tos: 16
+            keepalive { interval { nanos: 500000000 } })pb"},
+      {"create t1 mode ipip remote 192.0.2.2 keepalive 250ms,0", Verb::kCreate, "t1",
+       R"pb(name: "t1"
+            mode: TUNNEL_MODE_IPIP
+            remote: "192.0.2.2"
+            keepalive { interval { nanos: 250000000 } })pb"},
+      {"create t1 mode ipip remote 192.0.2.2 keepalive 3600s,255 ttl 0 tos 0", Verb::kCreate, "t1",
+       R"pb(name: "t1"
+            mode: TUNNEL_MODE_IPIP
+            remote: "192.0.2.2"
+            ttl: 0
+            keepalive {
+              interval { seconds: 3600 }
+              retries: 255
+            })pb"},
+  };
+  for (const GoodCase& c : kCases) {
+    SCOPED_TRACE(c.args);
+    absl::StatusOr<Command> command = ParseArgs(Split(c.args), "");
+    ASSERT_TRUE(command.ok()) << command.status();
+    v1::Tunnel want = TunnelFromText(c.tunnel);
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(command->tunnel, want))
+        << "got:  " << command->tunnel.ShortDebugString() << "\nwant: " << want.ShortDebugString();
+  }
+  // Presence: ttl 0 and pmtudisc are set, not left to the defaults.
+  absl::StatusOr<Command> inherit =
+      ParseArgs(Split("create t1 mode gre remote 192.0.2.2 ttl inherit pmtudisc"), "");
+  ASSERT_TRUE(inherit.ok()) << inherit.status();
+  EXPECT_TRUE(inherit->tunnel.has_ttl());
+  EXPECT_TRUE(inherit->tunnel.has_pmtudisc());
+}
+
 TEST(ParseArgsTest, KeyPresenceIsTracked) {
   absl::StatusOr<Command> without = ParseArgs(Split("create t1 mode gre remote 192.0.2.2"), "");
   ASSERT_TRUE(without.ok()) << without.status();
@@ -222,7 +296,29 @@ TEST(ParseArgsTest, BadCommands) {
       {"create t1 mode gre remote", "create: 'remote' needs a value"},
       {"create t1 mode bogus remote 192.0.2.2", "create: unknown mode 'bogus'"},
       {"create t1 mode GRE remote 192.0.2.2", "create: unknown mode 'GRE'"},
-      {"create t1 mode gre remote 192.0.2.2 ttl 64", "create: unknown argument 'ttl'"},
+      {"create t1 mode gre remote 192.0.2.2 ttl 256", "create: invalid ttl '256'"},
+      {"create t1 mode gre remote 192.0.2.2 ttl -1", "create: invalid ttl '-1'"},
+      {"create t1 mode gre remote 192.0.2.2 ttl 64 hoplimit 5",
+       "create: 'hoplimit' conflicts with 'ttl'"},
+      {"create t1 mode gre remote 192.0.2.2 tos 256", "create: invalid tos '256'"},
+      {"create t1 mode gre remote 192.0.2.2 tos 0x100", "create: invalid tos '0x100'"},
+      {"create t1 mode gre remote 192.0.2.2 tos af11", "create: invalid tos 'af11'"},
+      {"create t1 mode gre remote 192.0.2.2 ikey x", "create: invalid key 'x'"},
+      {"create t1 mode gre remote 192.0.2.2 csum csum", "create: 'csum' given twice"},
+      {"create t1 mode gre remote 192.0.2.2 nocsum", "create: unknown argument 'nocsum'"},
+      {"create t1 mode gre remote 192.0.2.2 nokeepalive", "create: unknown argument 'nokeepalive'"},
+      {"create t1 mode gre remote 192.0.2.2 pmtudisc nopmtudisc",
+       "create: 'nopmtudisc' conflicts with 'pmtudisc'"},
+      {"create t1 mode gre remote 192.0.2.2 keepalive", "create: 'keepalive' needs a value"},
+      {"create t1 mode gre remote 192.0.2.2 keepalive 0", "create: invalid keepalive '0'"},
+      {"create t1 mode gre remote 192.0.2.2 keepalive 0.05", "create: invalid keepalive"},
+      {"create t1 mode gre remote 192.0.2.2 keepalive 3601", "create: invalid keepalive"},
+      {"create t1 mode gre remote 192.0.2.2 keepalive 10,256", "create: invalid keepalive"},
+      {"create t1 mode gre remote 192.0.2.2 keepalive 10,3,1", "create: invalid keepalive"},
+      {"create t1 mode gre remote 192.0.2.2 keepalive 10,", "create: invalid keepalive"},
+      {"create t1 mode gre remote 192.0.2.2 keepalive -1", "create: invalid keepalive"},
+      {"create t1 mode gre remote 192.0.2.2 keepalive 1e1", "create: invalid keepalive"},
+      {"create t1 mode gre remote 192.0.2.2 keepalive 10m", "create: invalid keepalive"},
       {"create t1 mode gre remote 192.0.2.2 mode ipip", "create: 'mode' given twice"},
       {"create t1 mode gre remote 192.0.2.2 remote 192.0.2.3", "create: 'remote' given twice"},
       {"create t1 mode gre remote 192.0.2.2 key 1 key 2", "create: 'key' given twice"},
@@ -265,7 +361,10 @@ TEST(ParseArgsTest, BadCommands) {
       {"update t1 noroutes route 10.2.0.0/16", "update: 'route' conflicts with 'noroutes'"},
       {"update t1 nolabels label a=b", "update: 'label' conflicts with 'nolabels'"},
       {"update t1 mtu 1400 mtu 1300", "update: 'mtu' given twice"},
-      {"update t1 ttl 64", "update: unknown argument 'ttl'"},
+      {"update t1 ttl 64 nottl", "update: 'nottl' conflicts with 'ttl'"},
+      {"update t1 keepalive 10 nokeepalive", "update: 'nokeepalive' conflicts with 'keepalive'"},
+      {"update t1 ikey 1 noikey", "update: 'noikey' conflicts with 'ikey'"},
+      {"update t1 ignore-df noignore-df", "update: 'noignore-df' conflicts with 'ignore-df'"},
       {"update t1 state up", "update: unknown argument 'state'"},
       {"update t1 mtu 1400 --page-size 5", "update: flag --page-size does not apply"},
       {"update t1 mtu 1400 --etag", "flag --etag needs a value"},
@@ -400,6 +499,56 @@ TEST(ParseArgsTest, UpdateBuildsTheMaskFromTheKeywordsGiven) {
         << "got:  " << command->tunnel.ShortDebugString() << "\nwant: " << want.ShortDebugString();
     EXPECT_EQ(absl::StrJoin(command->update_mask.paths(), ","), c.mask);
   }
+}
+
+TEST(ParseArgsTest, UpdateOptionsBuildTheMask) {
+  const UpdateCase kCases[] = {
+      {"update t1 keepalive 10,3 ikey 1 okey 2", R"pb(name: "t1"
+                                                      input_key: 1
+                                                      output_key: 2
+                                                      keepalive {
+                                                        interval { seconds: 10 }
+                                                        retries: 3
+                                                      })pb",
+       "input_key,output_key,keepalive"},
+      {"update t1 noikey nookey nottl nokeepalive", R"pb(name: "t1")pb",
+       "input_key,output_key,ttl,keepalive"},
+      {"update t1 csum icsum ocsum seq iseq oseq",
+       R"pb(name: "t1"
+            checksum: true
+            input_checksum: true
+            output_checksum: true
+            sequence: true
+            input_sequence: true
+            output_sequence: true)pb",
+       "checksum,input_checksum,output_checksum,sequence,input_sequence,output_sequence"},
+      {"update t1 nocsum noicsum noocsum noseq noiseq nooseq", R"pb(name: "t1")pb",
+       "checksum,input_checksum,output_checksum,sequence,input_sequence,output_sequence"},
+      // tos names inherit_tos too: either replaces the other.
+      {"update t1 tos 12", R"pb(name: "t1" tos: 12)pb", "tos,inherit_tos"},
+      {"update t1 tos inherit", R"pb(name: "t1" inherit_tos: true)pb", "tos,inherit_tos"},
+      {"update t1 nopmtudisc noignore-df ttl 0",
+       R"pb(name: "t1" ttl: 0 pmtudisc: false ignore_df: false)pb", "ttl,pmtudisc,ignore_df"},
+      {"update t1 pmtudisc ignore-df", R"pb(name: "t1" pmtudisc: true ignore_df: true)pb",
+       "pmtudisc,ignore_df"},
+      {"update t1 keepalive 2 mtu auto", R"pb(name: "t1"
+                                              keepalive { interval { seconds: 2 } })pb",
+       "mtu,keepalive"},
+  };
+  for (const UpdateCase& c : kCases) {
+    SCOPED_TRACE(c.args);
+    absl::StatusOr<Command> command = ParseArgs(Split(c.args), "");
+    ASSERT_TRUE(command.ok()) << command.status();
+    v1::Tunnel want = TunnelFromText(c.tunnel);
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(command->tunnel, want))
+        << "got:  " << command->tunnel.ShortDebugString() << "\nwant: " << want.ShortDebugString();
+    EXPECT_EQ(absl::StrJoin(command->update_mask.paths(), ","), c.mask);
+  }
+  // nottl and nopmtudisc differ in presence: ttl unset (the default), pmtudisc set to false.
+  absl::StatusOr<Command> command = ParseArgs(Split("update t1 nottl nopmtudisc"), "");
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_FALSE(command->tunnel.has_ttl());
+  EXPECT_TRUE(command->tunnel.has_pmtudisc());
 }
 
 TEST(ParseArgsTest, UpdateKeyPresence) {
@@ -678,6 +827,96 @@ TEST(OutputTest, TableHasAlignedColumns) {
   EXPECT_EQ(FormatTunnelTable(SampleList()), want);
 }
 
+TEST(OutputTest, TableShowsPathMtuPeerAndOptionsWhenAnyTunnelHasThem) {
+  v1::ListTunnelsResponse list = SampleList();
+  v1::Tunnel* gre = list.mutable_tunnels(0);
+  gre->set_input_key(6);
+  gre->set_checksum(true);
+  gre->set_ttl(64);
+  gre->mutable_keepalive()->mutable_interval()->set_seconds(10);
+  gre->mutable_status()->set_path_mtu(1472);
+  gre->mutable_status()->mutable_keepalive()->set_peer_alive(false);
+  const std::string want =
+      "NAME            MODE  LOCAL      REMOTE         KEY  MTU   STATE  IFINDEX  RX_PKTS  "
+      "TX_PKTS  PATH_MTU  PEER  OPTIONS\n"
+      "gre1            gre   192.0.2.1  192.0.2.2      5    1472  up     7        12       "
+      "345678   1472      dead  ikey=6,icsum,ocsum,ttl=64,keepalive=10s,3\n"
+      "ipip-long-name  ipip  any        198.51.100.20  -    1400  error  -        0        "
+      "0        -         -     -\n";
+  EXPECT_EQ(FormatTunnelTable(list), want);
+}
+
+TEST(OutputTest, DetailShowsOptionsAsIpLinkDoes) {
+  v1::Tunnel t = SampleList().tunnels(0);
+  t.set_checksum(true);
+  t.set_sequence(true);
+  t.set_ttl(0);
+  EXPECT_THAT(FormatTunnelDetail(t),
+              HasSubstr("\noptions: ikey 5 okey 5 icsum ocsum iseq oseq ttl inherit pmtudisc\n"));
+  t.set_output_key(9);
+  t.clear_key();
+  t.set_sequence(false);
+  t.set_input_sequence(true);
+  t.set_ttl(64);
+  t.set_tos(0x28);
+  t.set_pmtudisc(false);
+  t.set_ignore_df(true);
+  t.mutable_keepalive()->mutable_interval()->set_nanos(500000000);
+  t.mutable_keepalive()->set_retries(7);
+  EXPECT_THAT(FormatTunnelDetail(t),
+              HasSubstr("\noptions: okey 9 icsum ocsum iseq ttl 64 tos 0x28 nopmtudisc ignore-df "
+                        "keepalive 0.5s,7\n"));
+  // IPv6 underlays: hop limit and traffic class, 64 by default, no DF.
+  v1::Tunnel ip6;
+  ip6.set_mode(v1::TUNNEL_MODE_IP6TNL);
+  ip6.set_inherit_tos(true);
+  EXPECT_THAT(FormatTunnelDetail(ip6), HasSubstr("\noptions: hoplimit 64 tclass inherit\n"));
+  // ipip has no GRE options to show, even when fields say otherwise.
+  v1::Tunnel ipip;
+  ipip.set_mode(v1::TUNNEL_MODE_IPIP);
+  ipip.set_key(3);
+  EXPECT_THAT(FormatTunnelDetail(ipip), HasSubstr("\noptions: ttl inherit pmtudisc\n"));
+}
+
+TEST(OutputTest, DetailShowsPathMtuAndKeepaliveStatus) {
+  v1::Tunnel t = SampleList().tunnels(0);
+  EXPECT_THAT(FormatTunnelDetail(t), HasSubstr("\ntx_dropped: 0\npath_mtu: -\netag: -\n"));
+  t.mutable_status()->set_path_mtu(1436);
+  v1::KeepaliveStatus* k = t.mutable_status()->mutable_keepalive();
+  k->set_peer_alive(true);
+  k->set_sent(9);
+  k->set_replies(8);
+  k->set_answered(4);
+  k->mutable_last_reply_time()->set_seconds(1700000000);
+  EXPECT_THAT(FormatTunnelDetail(t), HasSubstr("\npath_mtu: 1436\n"
+                                               "keepalive_peer: alive\n"
+                                               "keepalive_sent: 9\n"
+                                               "keepalive_replies: 8\n"
+                                               "keepalive_answered: 4\n"
+                                               "keepalive_last_reply: 2023-11-14T22:13:20Z\n"
+                                               "etag: -\n"));
+  k->clear_last_reply_time();
+  k->set_peer_alive(false);
+  EXPECT_THAT(FormatTunnelDetail(t), HasSubstr("\nkeepalive_peer: dead\n"));
+  EXPECT_THAT(FormatTunnelDetail(t), HasSubstr("\nkeepalive_last_reply: -\n"));
+}
+
+TEST(OutputTest, JsonCarriesTheOptionsAndStatus) {
+  v1::Tunnel t = SampleList().tunnels(0);
+  t.set_input_key(0);
+  t.set_pmtudisc(false);
+  t.mutable_keepalive()->mutable_interval()->set_seconds(10);
+  t.mutable_status()->set_path_mtu(1472);
+  t.mutable_status()->mutable_keepalive()->set_peer_alive(true);
+  absl::StatusOr<std::string> json = FormatJsonLine(t);
+  ASSERT_TRUE(json.ok()) << json.status();
+  EXPECT_THAT(*json, HasSubstr("\"inputKey\":0"));
+  EXPECT_THAT(*json, HasSubstr("\"pmtudisc\":false"));
+  EXPECT_THAT(*json, HasSubstr("\"keepalive\":{\"interval\":\"10s\"}"));
+  EXPECT_THAT(*json, HasSubstr("\"pathMtu\":1472"));
+  EXPECT_THAT(*json, HasSubstr("\"keepalive\":{\"peerAlive\":true}"));
+}
+
 TEST(OutputTest, EmptyTableHasHeaderOnly) {
   EXPECT_EQ(FormatTunnelTable(v1::ListTunnelsResponse()),
             "NAME  MODE  LOCAL  REMOTE  KEY  MTU  STATE  IFINDEX  RX_PKTS  TX_PKTS\n");
@@ -691,6 +930,7 @@ TEST(OutputTest, Detail) {
       "remote: 192.0.2.2\n"
       "key: 5\n"
       "mtu: 1472 (auto)\n"
+      "options: ikey 5 okey 5 ttl inherit pmtudisc\n"
       "addresses: 10.0.0.1/30\n"
       "routes: -\n"
       "labels: -\n"
@@ -702,6 +942,7 @@ TEST(OutputTest, Detail) {
       "tx_packets: 345678\n"
       "tx_bytes: 99\n"
       "tx_dropped: 0\n"
+      "path_mtu: -\n"
       "etag: -\n"
       "create_time: -\n"
       "update_time: -\n";

@@ -71,6 +71,7 @@ TEST(DetailTest, LabelsEtagAndTimes) {
   const std::string detail = FormatTunnelDetail(Labelled());
   EXPECT_THAT(detail, HasSubstr("\nroutes: -\nlabels: env=prod, owner=fleet\nstate: up\n"));
   EXPECT_THAT(detail, EndsWith("\ntx_dropped: 0\n"
+                               "path_mtu: -\n"
                                "etag: W/7\n"
                                "create_time: 2023-11-14T22:13:20Z\n"
                                "update_time: 2023-11-14T22:14:20.500Z\n"));
