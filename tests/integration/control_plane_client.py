@@ -180,8 +180,10 @@ def cmd_info(c, node_name, max_tunnels):
     if info.node_name != node_name:
         fail(f"GetAgentInfo: node_name {info.node_name!r}, want {node_name!r} (--node_name)")
     modes = sorted(pb.TunnelMode.Name(m) for m in info.supported_modes)
-    if modes != ["TUNNEL_MODE_GRE", "TUNNEL_MODE_IPIP"]:
-        fail(f"GetAgentInfo: supported_modes {modes}, want GRE and IPIP")
+    every = sorted(pb.TunnelMode.Name(m) for m in pb.TunnelMode.values()
+                   if m != pb.TUNNEL_MODE_UNSPECIFIED)
+    if modes != every:
+        fail(f"GetAgentInfo: supported_modes {modes}, want every mode {every}")
     if info.io_backend != "io_uring":
         fail(f"GetAgentInfo: io_backend {info.io_backend!r}, want io_uring")
     if info.max_tunnels != int(max_tunnels):
