@@ -53,9 +53,11 @@ def main():
                                     arg.get("valueTwo", 0)))
         for name in rule["names"]:
             try:
-                seccomp.resolve_syscall(seccomp.Arch.NATIVE, name)
+                number = seccomp.resolve_syscall(seccomp.Arch.NATIVE, name)
             except (ValueError, RuntimeError):
                 continue  # not a system call of this architecture
+            if number < 0:
+                continue  # a pseudo-syscall number: libseccomp's name for one this arch lacks
             flt.add_rule(act, name, *args)
             loaded += 1
     if loaded == 0:
