@@ -201,8 +201,16 @@ run_agent() {
     ok=0
     '"$BIN_DIR"'/tunnelctl --agent=unix:$dir/agent.sock create gre1 mode gre \
       local 127.0.0.1 remote 127.0.0.2 key 7 >$dir/create.log 2>&1 || ok=1
-    curl -sf http://127.0.0.1:9476/metrics >$dir/metrics || ok=1
-    kill $pid; wait $pid || ok=1
+    curl -sf --max-time 10 http://127.0.0.1:9476/metrics >$dir/metrics || ok=1
+    # SIGTERM must stop it within 10 s.
+    kill $pid
+    for _ in $(seq 100); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+    if kill -0 $pid 2>/dev/null; then
+      echo "the agent did not stop within 10 s of SIGTERM" >>$dir/agent.log
+      kill -9 $pid
+      ok=1
+    fi
+    wait $pid || ok=1
     exit $ok' run_agent "$dir" "$profile" "$backend" "$@" ||
     { cat "$dir/agent.log" "$dir/create.log" >&2; fail "$name: the agent did not run"; }
   grep -q '^tunnelagent_tunnel_up{tunnel="gre1"} 1' "$dir/metrics" ||

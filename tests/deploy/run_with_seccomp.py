@@ -44,8 +44,11 @@ def main():
     with open(sys.argv[1]) as f:
         profile = json.load(f)
     flt = seccomp.SyscallFilter(action(profile["defaultAction"], profile.get("defaultErrnoRet")))
+    default = (profile["defaultAction"], profile.get("defaultErrnoRet", 1))
     loaded = 0
     for rule in profile.get("syscalls", []):
+        if (rule["action"], rule.get("errnoRet", 1)) == default:
+            continue  # what the default does anyway (libseccomp refuses such a rule)
         act = action(rule["action"], rule.get("errnoRet"))
         args = []
         for arg in rule.get("args") or []:
