@@ -8,7 +8,8 @@ BUILD_PACKAGES=(cmake ninja-build g++ pkg-config make
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   prometheus-cpp-dev liburing-dev libmnl-dev libgtest-dev libgmock-dev libbenchmark-dev)
 TEST_PACKAGES=(iproute2 iputils-ping iperf3 procps psmisc curl jq
-  python3 python3-grpcio python3-protobuf tshark prometheus openssl)
+  python3 python3-grpcio python3-protobuf tshark prometheus openssl
+  yamllint systemd python3-seccomp util-linux)
 # `make fuzz` only: clang and its runtime (libFuzzer, sanitizers), a Recommends of clang.
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 
@@ -36,5 +37,14 @@ if [ -n "${WITH_TEST_DEPS:-}" ]; then
     echo "install-deps: installing buf (npm @bufbuild/buf) into $tools"
     mkdir -p "$tools"
     (cd "$tools" && npm install --silent --no-audit --no-fund --prefix . @bufbuild/buf@1 >/dev/null)
+  fi
+  # deploy.* tests: Kubernetes schemas (kubernetes-models; 4.x runs on Debian's Node.js 18),
+  # the ServiceMonitor CRD's, a YAML parser and a Dockerfile linter.
+  if [ ! -d "$tools/node_modules/@kubernetes-models/prometheus-operator" ] ||
+    [ ! -d "$tools/node_modules/dockerfile-utils" ]; then
+    echo "install-deps: installing kubernetes-models, dockerfile-utils, yaml (npm) into $tools"
+    mkdir -p "$tools"
+    (cd "$tools" && npm install --silent --no-audit --no-fund --prefix . kubernetes-models@4.5.1 \
+      @kubernetes-models/prometheus-operator@4.4.4 dockerfile-utils@0.16.3 yaml@2 >/dev/null)
   fi
 fi
