@@ -19,7 +19,10 @@ using prometheus::MetricType;
 constexpr std::array kTxReasons = {DropReason::kUnsupportedProtocol, DropReason::kBadInnerPacket,
                                    DropReason::kTooBig, DropReason::kSendError,
                                    DropReason::kDeviceError};
-constexpr std::array kRxReasons = {DropReason::kDeviceError};
+// Receive drops a tunnel counts itself: what its icsum/iseq refuse, a device that refuses a
+// write, and a peer's keepalive that could not be sent back.
+constexpr std::array kRxReasons = {DropReason::kGreChecksum, DropReason::kGreSequence,
+                                   DropReason::kDeviceError, DropReason::kSendError};
 // What an underlay packet can be dropped for before any tunnel matches it (the engine's receive
 // path): send_error and device_error belong to a tunnel and are never counted here.
 constexpr std::array kDataplaneReasons = {

@@ -18,7 +18,6 @@ using dataplane::TunnelMode;
 using dataplane::TunnelSpec;
 
 // The name EngineTunnelFor (the dataplane's to rewrite) still uses; the rule is the dataplane's.
-bool IsGreFamily(TunnelMode mode) { return dataplane::IsGreMode(mode); }
 
 // "Any" may be spelled as no address or as 0.0.0.0; both mean the same receive match.
 bool SameEndpoint(const dataplane::IpAddress& a, const dataplane::IpAddress& b) {
@@ -62,13 +61,6 @@ dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, int device_fd, u
   if (spec.keepalive.enabled()) {
     t.keepalive_interval = spec.keepalive.interval;
     t.keepalive_retries = spec.keepalive.effective_retries();
-  }
-  // ICMP errors about packets too big come from the device's own address, as the kernel's do.
-  for (const IpPrefix& p : spec.addresses) {
-    if (p.address().is_v4() && t.icmp_source_v4 == 0) t.icmp_source_v4 = p.address().v4();
-    if (p.address().is_v6() && t.icmp_source_v6.is_zero()) {
-      t.icmp_source_v6 = OuterAddressOf(p.address());
-    }
   }
   t.counters = std::move(counters);
   return t;

@@ -79,10 +79,6 @@ struct EngineTunnel {
   // Keepalive period (zero: off) and the replies missed before the peer counts as gone.
   absl::Duration keepalive_interval = absl::ZeroDuration();
   uint32_t keepalive_retries = 3;
-  // Sources of the ICMP errors written back into the device (the device's own addresses, as the
-  // kernel's icmp_send would pick); zero: the destination of the packet being answered.
-  uint32_t icmp_source_v4 = 0;
-  OuterAddress icmp_source_v6;
   std::shared_ptr<TunnelCounters> counters;
 };
 

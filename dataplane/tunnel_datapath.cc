@@ -218,8 +218,10 @@ void TunnelDatapath::HandleTooBig(uint8_t* frame, size_t len) {
     }
     Count(c.tx_drops, DropReason::kTooBig);
     uint8_t* out = io_->scratch();
-    const uint32_t source =
-        config_.icmp_source_v4 != 0 ? config_.icmp_source_v4 : LoadBe32(frame + 16);
+    // From the packet's own destination: the host drops what arrives on a device from one of
+    // its own addresses (a martian), and the destination is routed through this very device,
+    // so even a strict reverse-path check lets the error in.
+    const uint32_t source = LoadBe32(frame + 16);
     const size_t n = WriteIcmpFragmentationNeeded(
         frame, len, source, static_cast<uint16_t>(std::min(path_mtu_, 65535u)), out,
         UnderlayIo::kScratchBytes);
@@ -229,9 +231,7 @@ void TunnelDatapath::HandleTooBig(uint8_t* frame, size_t len) {
   Count(c.tx_drops, DropReason::kTooBig);
   if (version == 6 && len >= kIpv6HeaderLen) {
     uint8_t* out = io_->scratch();
-    const OuterAddress source = config_.icmp_source_v6.is_zero()
-                                    ? OuterAddress::FromIpv6(frame + 24)
-                                    : config_.icmp_source_v6;
+    const OuterAddress source = OuterAddress::FromIpv6(frame + 24);  // as for IPv4
     const size_t n =
         WriteIcmpv6PacketTooBig(frame, len, source, path_mtu_, out, UnderlayIo::kScratchBytes);
     if (n != 0 && WriteIcmpToDevice(out, n)) c.icmp_too_big_sent.Add();

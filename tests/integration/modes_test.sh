@@ -102,8 +102,9 @@ for t in "${TUNNELS[@]}"; do
 done
 for tap in mgretap mip6tap; do
   mac=$(lab_exec B cat "/sys/class/net/$tap/address")
-  lab_exec A ip neigh show dev "$tap" | grep -qi "$mac" ||
-    lab_fail "$tap: A has not learned B's MAC $mac through ARP/ND across the tunnel"
+  neigh=$(lab_exec A ip neigh show dev "$tap")
+  grep -qi "$mac" <<<"$neigh" ||
+    lab_fail "$tap: A has not learned B's MAC $mac through ARP/ND across the tunnel: $neigh"
   lab_ok "$tap: ARP/ND crossed the tunnel (A knows B's $mac)"
 done
 sleep 0.5

@@ -29,7 +29,7 @@ lab_ping A 10.3.0.2 3
 
 dp_drop() { lab_metric B "tunnelagent_dataplane_drops_total{reason=\"$1\"}"; }
 tun_drop() {
-  lab_metric B "tunnelagent_tunnel_drops_total{tunnel=\"mchk\",direction=\"rx\",reason=\"$1\"}"
+  lab_metric B "tunnelagent_tunnel_drops_total{direction=\"rx\",reason=\"$1\",tunnel=\"mchk\"}"
 }
 # craft KIND...: sends from A to B, over a raw socket, GRE packets built by hand.
 craft() {
@@ -52,7 +52,7 @@ def icmp_echo(seq):
     return b[:2] + struct.pack("!H", csum(b)) + b[4:]
 
 def gre(key=77, seq=None, with_csum=True, bad_csum=False, version=0):
-    inner = ip(icmp_echo(seq or 1), 1, "10.3.0.1", "10.3.0.2")
+    inner = ip(icmp_echo((seq or 1) & 0xFFFF), 1, "10.3.0.1", "10.3.0.2")
     flags = version | (0x8000 if with_csum else 0) | 0x2000 | (0x1000 if seq is not None else 0)
     opts = (b"\0\0\0\0" if with_csum else b"") + struct.pack("!I", key)
     if seq is not None: opts += struct.pack("!I", seq)
@@ -144,11 +144,12 @@ wait_state OPER_STATE_UP 30
 lab_ok "B back: A mka UP again"
 lab_ping A 10.3.1.2
 
-lab_log "path MTU: A's underlay shrinks to 1400 under a tunnel of MTU 1476"
+lab_log "path MTU: the underlay shrinks to 1400 under a tunnel of MTU 1476"
 A_ADDR=(address 10.3.2.1/30 address fd03:2::1/64) B_ADDR=(address 10.3.2.2/30 address fd03:2::2/64)
 both mpmtu mode gre key 9 mtu 1476
 lab_ping A 10.3.2.2 3
 lab_exec A ip link set ul0 mtu 1400
+lab_exec B ip link set ul0 mtu 1400  # both ends: a veth drops what exceeds its own MTU
 want=$((1400 - 28))  # less GRE with a key and the outer IPv4 header
 out=$(lab_exec A ping -n -c 3 -i 0.3 -W 1 -M do -s 1440 10.3.2.2 2>&1 || true)
 grep -q "mtu = $want" <<<"$out" || lab_fail "ping -M do -s 1440: no 'frag needed' with mtu $want: $out"
