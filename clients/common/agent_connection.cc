@@ -110,8 +110,7 @@ absl::StatusOr<Credentials> LoadCredentials(const TlsOptions& tls, const std::st
 }
 
 std::shared_ptr<grpc::Channel> Dial(const std::string& target, const TlsOptions& tls,
-                                    const Credentials& credentials) {
-  grpc::ChannelArguments args;
+                                    const Credentials& credentials, grpc::ChannelArguments args) {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, kInitialReconnectBackoffMs);
   if (tls.enabled && !tls.server_name.empty()) args.SetSslTargetNameOverride(tls.server_name);
   return grpc::CreateCustomChannel(target, credentials.channel, args);

@@ -70,8 +70,10 @@ inline constexpr int kInitialReconnectBackoffMs = 100;
 
 // A channel to `target` ("host:port" or "unix:/path") with `credentials`, reconnecting quickly
 // after a failure; tls.server_name overrides the name expected in the agent's certificate.
+// `args` may carry more channel arguments.
 std::shared_ptr<grpc::Channel> Dial(const std::string& target, const TlsOptions& tls,
-                                    const Credentials& credentials);
+                                    const Credentials& credentials,
+                                    grpc::ChannelArguments args = {});
 
 // Adds `authorization: Bearer <token>` to `context` when token is not empty.
 void AddToken(grpc::ClientContext* context, const std::string& token);
