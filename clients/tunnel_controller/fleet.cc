@@ -435,8 +435,8 @@ class Parser {
           !s.ok()) {
         return s;
       }
+      if (!item["nodes"]) return Error(item, Join(field, "nodes"), "required ([a, b])");
       pair = item["nodes"];
-      if (!pair) return Error(item, Join(field, "nodes"), "required ([a, b])");
       absl::StatusOr<LinkSettings> settings = ParseSettings(item, field, {});
       if (!settings.ok()) return settings.status();
       link.settings = *std::move(settings);
