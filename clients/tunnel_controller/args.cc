@@ -112,6 +112,11 @@ absl::StatusOr<Options> ParseArgs(const std::vector<std::string>& args) {
         command = Command::kHelp;
         continue;
       }
+      static const char* const kValued[] = {"file",    "interval", "metrics_listen", "parallelism",
+                                            "timeout", "retries",  "owner",          "progress"};
+      if (std::find(std::begin(kValued), std::end(kValued), name) == std::end(kValued)) {
+        return UsageError(absl::StrCat("unknown flag --", name));
+      }
       absl::StatusOr<std::string> v = value(flag, inline_value);
       if (!v.ok()) return v.status();
       if (name == "file") {
