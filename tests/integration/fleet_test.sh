@@ -195,8 +195,9 @@ lab_ok "n5 back: all $N converged"
 
 lab_log "run: metrics, an agent down and back, the file re-read"
 # Inside n1's namespace, so that its metrics port is private to the lab.
-lab_exec n1 "$CTL" run -f "$FLEET" --interval=1s --prune --metrics_listen=127.0.0.1:9477 \
-  --timeout=2 --retries=1 >"$RUN/run.out" 2>"$RUN/run.err" &
+# Not through lab_exec (a function: $! would be the subshell's pid, not the controller's).
+ip netns exec "$LAB-n1" "$CTL" run -f "$FLEET" --interval=1s --prune \
+  --metrics_listen=127.0.0.1:9477 --timeout=2 --retries=1 >"$RUN/run.out" 2>"$RUN/run.err" &
 RUN_PID=$!
 cmetric() {
   lab_exec n1 curl -sf "http://127.0.0.1:9477/metrics" |
@@ -260,5 +261,13 @@ lab_ping n3 "$(peer_inner n3 n4)" 3
 grep -q "changed: $N nodes" "$RUN/run.err" || lab_fail "run did not log the change"
 lab_ok "the changed file applied by run: n3-n4 now IPIP, pings"
 
-stop_run
-lab_ok "run stopped"
+pid=$RUN_PID
+kill -TERM "$pid"
+rc=0
+for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$pid" 2>/dev/null && lab_fail "run did not stop on SIGTERM"
+wait "$pid" || rc=$?
+RUN_PID=
+[ "$rc" = 0 ] || lab_fail "run exited $rc after SIGTERM with everything converged, want 0"
+grep -q "tunnel-controller: stopped" "$RUN/run.err" || lab_fail "run did not say it stopped"
+lab_ok "run stopped on SIGTERM, exit 0"
