@@ -62,12 +62,12 @@ void TerminalProgress::DrawLocked() {
   if (drawn_) absl::StrAppend(&frame, "\033[", nodes_.size(), "A");
   for (size_t i = 0; i < nodes_.size(); ++i) {
     std::string line =
-        absl::StrFormat("%-*s %s %s", name_width_, nodes_[i], done_[i] ? "=" : "…", states_[i]);
+        absl::StrFormat("%-*s %s %s", name_width_, nodes_[i], done_[i] ? "=" : "*", states_[i]);
     for (char& c : line) {
-      if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = ' ';
     }
-    // Cut to the width (counting the 3-byte ellipsis as one column) so that nothing wraps.
-    const size_t limit = static_cast<size_t>(width_ - 1) + (done_[i] ? 0 : 2);
+    // Cut to the width so that nothing wraps.
+    const size_t limit = static_cast<size_t>(width_ - 1);
     if (line.size() > limit) line.resize(limit);
     absl::StrAppend(&frame, "\r\033[2K", line, "\n");
   }

@@ -15,7 +15,7 @@
 
 namespace tunnelagent::controller {
 
-// Plain lines: "node3: ApplyTunnels: UNAVAILABLE: ...; retry 1/4 in 0.2s", "node1: applied:
+// Plain lines: "node3: retry 1/4 in 0.2s after ApplyTunnels: UNAVAILABLE: ...", "node1: applied:
 // 11 created; 11/11 up". Lines of nodes' intermediate steps (connecting, listing) are left out.
 class LogProgress final : public ProgressSink {
  public:
@@ -28,8 +28,9 @@ class LogProgress final : public ProgressSink {
   std::ostream& out_ ABSL_GUARDED_BY(mu_);
 };
 
-// A line per node, in the given order, redrawn in place (ANSI cursor movement) at most ten
-// times a second; each cut to the terminal's width so that nothing wraps. Finish() draws the
+// A line per node, in the given order ("node1 * applying 11 tunnels", "node1 = applied: 11
+// created; 11/11 up"), redrawn in place (ANSI cursor movement) at most ten times a second;
+// each cut to the terminal's width so that nothing wraps. Finish() draws the
 // last state and leaves the lines on the screen.
 class TerminalProgress final : public ProgressSink {
  public:

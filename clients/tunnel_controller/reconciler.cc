@@ -128,8 +128,8 @@ class NodeWorker {
       }
       std::uniform_real_distribution<double> jitter(0.8, 1.2);
       const absl::Duration wait = Backoff(options_.policy, attempt) * jitter(rng);
-      Progress(absl::StrFormat("%s; retry %d/%d in %.1fs", report_.error, attempt,
-                               options_.policy.retries, absl::ToDoubleSeconds(wait)),
+      Progress(absl::StrFormat("retry %d/%d in %.1fs after %s", attempt, options_.policy.retries,
+                               absl::ToDoubleSeconds(wait), report_.error),
                false);
       if (options_.stop != nullptr) {
         if (options_.stop->WaitForNotificationWithTimeout(wait)) return false;
