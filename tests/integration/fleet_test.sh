@@ -246,6 +246,17 @@ wait_metric 'tunnelcontroller_node_reachable{node="n7"}' 1
 wait_metric tunnelcontroller_converged 1
 lab_ok "n7 back: converged 1"
 
+# A broken file is reported and the previous fleet kept.
+cp "$FLEET" "$RUN/fleet.good"
+printf 'nodes: [\n' >"$FLEET"
+for _ in $(seq 50); do grep -q "keeping the previous fleet" "$RUN/run.err" && break; sleep 0.2; done
+grep -q "changed but is not usable; keeping the previous fleet: $FLEET:2:1: bad YAML" "$RUN/run.err" ||
+  lab_fail "run did not report the broken file: $(tail -3 "$RUN/run.err")"
+sleep 1.5  # at least one more pass with the previous fleet
+[ "$(cmetric tunnelcontroller_converged)" = 1 ] || lab_fail "converged after a broken file"
+[ "$(cmetric tunnelcontroller_nodes)" = "$N" ] || lab_fail "nodes after a broken file"
+lab_ok "a broken file is reported and the previous fleet kept"
+
 # The file changes: n3-n4 becomes IPIP; run picks it up without a restart.
 write_fleet "$FLEET"
 sed -i 's/^    - {nodes: \[n1, n2\], mode: ipip, mtu: 1400}$/&\n    - {nodes: [n3, n4], mode: ipip}/' "$FLEET"
