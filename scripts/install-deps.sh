@@ -6,7 +6,8 @@ set -euo pipefail
 
 BUILD_PACKAGES=(cmake ninja-build g++ pkg-config make
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
-  prometheus-cpp-dev liburing-dev libmnl-dev libgtest-dev libgmock-dev libbenchmark-dev)
+  prometheus-cpp-dev liburing-dev libmnl-dev libyaml-cpp-dev libgtest-dev libgmock-dev
+  libbenchmark-dev)
 TEST_PACKAGES=(iproute2 iputils-ping iperf3 procps psmisc curl jq
   python3 python3-grpcio python3-protobuf tshark prometheus openssl
   yamllint systemd python3-seccomp util-linux)

@@ -17,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "clients/common/agent_connection.h"
 #include "google/protobuf/field_mask.pb.h"
 #include "tunnelagent/v1/tunnel.pb.h"
 
@@ -37,17 +38,8 @@ inline constexpr int32_t kMaxPageSize = 1000;
 // The agent takes request ids up to this long.
 inline constexpr size_t kMaxRequestIdLength = 128;
 
-// How to reach the agent. Any of the TLS fields implies `enabled`.
-struct TlsOptions {
-  bool enabled = false;
-  // PEM file of the CAs to trust; empty: the system's roots.
-  std::string ca_file;
-  // PEM files of the client certificate (chain) and its key, for mTLS; both or neither.
-  std::string cert_file;
-  std::string key_file;
-  // The name to expect in the agent's certificate instead of the target's host.
-  std::string server_name;
-};
+// How to reach the agent (shared with the other clients).
+using clients::TlsOptions;
 
 struct Command {
   Verb verb = Verb::kHelp;

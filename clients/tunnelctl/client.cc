@@ -13,28 +13,15 @@
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "clients/common/request_id.h"
 #include "clients/tunnelctl/apply_file.h"
 #include "clients/tunnelctl/output.h"
-#include "clients/tunnelctl/request_id.h"
 #include "google/protobuf/empty.pb.h"
 
 namespace tunnelagent::tunnelctl {
 namespace {
 
 constexpr int kAttempts = 2;  // an UNAVAILABLE call is retried once
-// First reconnect backoff of the channel (gRPC's default is 1 s): short, so that the retry
-// finds a restarted agent. (Not GRPC_ARG_MIN_RECONNECT_BACKOFF_MS: that is also the minimum
-// time a connection attempt is given.)
-constexpr int kInitialReconnectBackoffMs = 100;
-
-absl::StatusOr<std::string> ReadNamedFile(absl::string_view flag, const std::string& path,
-                                          std::istream& in) {
-  absl::StatusOr<std::string> content = ReadInputFile(path, in);
-  if (!content.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", content.status().message()));
-  }
-  return content;
-}
 
 class Runner {
  public:
@@ -94,16 +81,14 @@ class Runner {
   std::string RequestId() {
     if (!command_.request_id.empty()) return command_.request_id;
     if (!generated_id_.has_value()) {
-      generated_id_ = options_.new_request_id ? options_.new_request_id() : NewRequestId();
+      generated_id_ = options_.new_request_id ? options_.new_request_id() : clients::NewRequestId();
     }
     return *generated_id_;
   }
 
   void Prepare(grpc::ClientContext* context, bool deadline) const {
     if (deadline) context->set_deadline(std::chrono::system_clock::now() + command_.timeout);
-    if (!options_.token.empty()) {
-      context->AddMetadata("authorization", absl::StrCat("Bearer ", options_.token));
-    }
+    clients::AddToken(context, options_.token);
   }
 
   // Makes a unary call, each attempt with a fresh context and deadline; retries once on
@@ -263,38 +248,6 @@ class Runner {
 
 }  // namespace
 
-absl::StatusOr<std::string> ReadInputFile(const std::string& path, std::istream& in) {
-  if (path == "-") {
-    std::string content(std::istreambuf_iterator<char>(in), {});
-    if (in.bad()) return absl::InvalidArgumentError("cannot read stdin");
-    return content;
-  }
-  std::ifstream file(path, std::ios::binary);
-  if (!file) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
-  }
-  std::ostringstream content;
-  content << file.rdbuf();
-  if (file.bad()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
-  }
-  return content.str();
-}
-
-absl::StatusOr<std::string> CheckToken(absl::string_view token, absl::string_view source) {
-  absl::string_view stripped = absl::StripAsciiWhitespace(token);
-  if (stripped.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": empty token"));
-  for (char c : stripped) {
-    if (c <= 0x20 || c >= 0x7f) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(source, ": the token must be visible ASCII without white space (one line)"));
-    }
-  }
-  return std::string(stripped);
-}
-
 absl::StatusOr<Inputs> LoadInputs(const Command& command, std::istream& in) {
   int from_stdin = 0;
   for (const std::string* path :
@@ -305,44 +258,11 @@ absl::StatusOr<Inputs> LoadInputs(const Command& command, std::istream& in) {
   if (from_stdin > 1) return absl::InvalidArgumentError("only one file can be read from stdin");
 
   Inputs inputs;
-  if (!command.token_file.empty()) {
-    absl::StatusOr<std::string> content = ReadNamedFile("--token_file", command.token_file, in);
-    if (!content.ok()) return content.status();
-    absl::StatusOr<std::string> token =
-        CheckToken(*content, absl::StrCat("--token_file ", command.token_file));
-    if (!token.ok()) return token.status();
-    inputs.token = *std::move(token);
-  } else if (!command.env_token.empty()) {
-    absl::StatusOr<std::string> token = CheckToken(command.env_token, "$TUNNELCTL_TOKEN");
-    if (!token.ok()) return token.status();
-    inputs.token = *std::move(token);
-  }
-
-  const TlsOptions& tls = command.tls;
-  if (tls.enabled) {
-    grpc::SslCredentialsOptions ssl;
-    struct {
-      absl::string_view flag;
-      const std::string& path;
-      std::string* pem;
-    } files[] = {
-        {"--tls_ca", tls.ca_file, &ssl.pem_root_certs},
-        {"--tls_cert", tls.cert_file, &ssl.pem_cert_chain},
-        {"--tls_key", tls.key_file, &ssl.pem_private_key},
-    };
-    for (const auto& f : files) {
-      if (f.path.empty()) continue;
-      absl::StatusOr<std::string> pem = ReadNamedFile(f.flag, f.path, in);
-      if (!pem.ok()) return pem.status();
-      if (pem->find("-----BEGIN ") == std::string::npos) {
-        return absl::InvalidArgumentError(absl::StrCat(f.flag, ": ", f.path, ": not PEM"));
-      }
-      *f.pem = *std::move(pem);
-    }
-    inputs.credentials = grpc::SslCredentials(ssl);
-  } else {
-    inputs.credentials = grpc::InsecureChannelCredentials();
-  }
+  absl::StatusOr<clients::Credentials> credentials =
+      clients::LoadCredentials(command.tls, command.token_file, command.env_token, in);
+  if (!credentials.ok()) return credentials.status();
+  inputs.token = credentials->token;
+  inputs.credentials = credentials->channel;
 
   if (command.verb == Verb::kApply) {
     absl::StatusOr<std::string> content = ReadInputFile(command.apply_file, in);
@@ -358,12 +278,10 @@ absl::StatusOr<Inputs> LoadInputs(const Command& command, std::istream& in) {
 }
 
 std::shared_ptr<grpc::Channel> Dial(const Command& command, const Inputs& inputs) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, kInitialReconnectBackoffMs);
-  if (command.tls.enabled && !command.tls.server_name.empty()) {
-    args.SetSslTargetNameOverride(command.tls.server_name);
-  }
-  return grpc::CreateCustomChannel(command.agent, inputs.credentials, args);
+  clients::Credentials credentials;
+  credentials.token = inputs.token;
+  credentials.channel = inputs.credentials;
+  return clients::Dial(command.agent, command.tls, credentials);
 }
 
 void Interrupt::Trigger() {

@@ -43,12 +43,8 @@ struct Inputs {
 // InvalidArgument, one line naming the file and the problem: the caller exits kExitUsage.
 absl::StatusOr<Inputs> LoadInputs(const Command& command, std::istream& in);
 
-// A file's contents; "-" reads all of `in`. Errors name the file.
-absl::StatusOr<std::string> ReadInputFile(const std::string& path, std::istream& in);
-
-// A token as sent in `authorization: Bearer <token>`: surrounding white space removed;
-// must then be non-empty visible ASCII. `source` names where it came from, for errors.
-absl::StatusOr<std::string> CheckToken(absl::string_view token, absl::string_view source);
+using clients::CheckToken;
+using clients::ReadInputFile;
 
 // A channel to command.agent with the credentials of `inputs`, reconnecting quickly after a
 // failure (so that the retry of an UNAVAILABLE call can find a restarted agent).

@@ -17,9 +17,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "clients/common/request_id.h"
 #include "clients/tunnelctl/args.h"
 #include "clients/tunnelctl/client.h"
-#include "clients/tunnelctl/request_id.h"
 #include "grpc/support/log.h"
 #include "grpcpp/grpcpp.h"
 #include "tunnelagent/v1/tunnel.grpc.pb.h"
@@ -107,7 +107,7 @@ int Main(int argc, char** argv) {
   options.channel = channel;
   options.token = inputs->token;
   options.apply = inputs->apply;
-  options.new_request_id = NewRequestId;
+  options.new_request_id = clients::NewRequestId;
   options.interrupt = &interrupt;
   return RunCommand(*command, *stub, options, std::cout, std::cerr);
 }

@@ -386,22 +386,4 @@ absl::StatusOr<std::string> FormatJsonLine(const google::protobuf::Message& mess
   return ToJson(message, /*indent=*/false);
 }
 
-std::string StatusCodeName(int code) {
-  if (code >= 0 && code <= 16) {
-    std::string name = absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
-    if (!name.empty()) return name;
-  }
-  return absl::StrCat("CODE_", code);
-}
-
-std::string FormatRpcError(absl::string_view method, int code, absl::string_view message) {
-  std::string out = absl::StrCat(method, ": ", StatusCodeName(code));
-  if (!message.empty()) {
-    absl::StrAppend(&out, ": ", OneLine(message));
-  } else if (code == static_cast<int>(absl::StatusCode::kUnimplemented)) {
-    absl::StrAppend(&out, ": the agent does not implement this call (an older version?)");
-  }
-  return out;
-}
-
 }  // namespace tunnelagent::tunnelctl

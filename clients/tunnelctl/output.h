@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "clients/common/agent_connection.h"
 #include "google/protobuf/message.h"
 #include "tunnelagent/v1/tunnel.pb.h"
 
@@ -60,13 +61,9 @@ absl::StatusOr<std::string> FormatJson(const google::protobuf::Message& message)
 // The same on a single line (for streams: one object per line), ending in a newline.
 absl::StatusOr<std::string> FormatJsonLine(const google::protobuf::Message& message);
 
-// "UNAVAILABLE", "NOT_FOUND", ... for a canonical gRPC status code; "CODE_<n>" otherwise.
-std::string StatusCodeName(int code);
-
-// "<method>: <code name>: <message>" on one line (line breaks in the message become spaces;
-// no ": <message>" when it is empty, except that an UNIMPLEMENTED says the agent lacks the
-// call), without a trailing newline.
-std::string FormatRpcError(absl::string_view method, int code, absl::string_view message);
+// Shared with the other clients.
+using clients::FormatRpcError;
+using clients::StatusCodeName;
 
 }  // namespace tunnelagent::tunnelctl
 

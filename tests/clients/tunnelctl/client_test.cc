@@ -18,7 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
-#include "clients/tunnelctl/request_id.h"
+#include "clients/common/request_id.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/text_format.h"
 #include "google/protobuf/util/json_util.h"
@@ -665,17 +665,17 @@ TEST(LoadInputsTest, TlsWithPemFiles) {
 TEST(RequestIdTest, FormatSetsVersionAndVariant) {
   std::array<uint8_t, 16> ones;
   ones.fill(0xff);
-  EXPECT_EQ(FormatUuidV4(ones), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+  EXPECT_EQ(clients::FormatUuidV4(ones), "ffffffff-ffff-4fff-bfff-ffffffffffff");
   std::array<uint8_t, 16> zeros{};
-  EXPECT_EQ(FormatUuidV4(zeros), "00000000-0000-4000-8000-000000000000");
+  EXPECT_EQ(clients::FormatUuidV4(zeros), "00000000-0000-4000-8000-000000000000");
   std::array<uint8_t, 16> counting;
   for (size_t i = 0; i < counting.size(); ++i) counting[i] = static_cast<uint8_t>(i * 17);
-  EXPECT_EQ(FormatUuidV4(counting), "00112233-4455-4677-8899-aabbccddeeff");
+  EXPECT_EQ(clients::FormatUuidV4(counting), "00112233-4455-4677-8899-aabbccddeeff");
 }
 
 TEST(RequestIdTest, NewIdsAreRandomUuids) {
-  std::string a = NewRequestId();
-  std::string b = NewRequestId();
+  std::string a = clients::NewRequestId();
+  std::string b = clients::NewRequestId();
   EXPECT_THAT(a,
               MatchesRegex("[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"));
   EXPECT_NE(a, b);

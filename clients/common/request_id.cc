@@ -1,9 +1,9 @@
-#include "clients/tunnelctl/request_id.h"
+#include "clients/common/request_id.h"
 
 #include <cstddef>
 #include <random>
 
-namespace tunnelagent::tunnelctl {
+namespace tunnelagent::clients {
 
 std::string FormatUuidV4(std::array<uint8_t, 16> random) {
   random[6] = static_cast<uint8_t>((random[6] & 0x0f) | 0x40);  // version 4
@@ -29,4 +29,4 @@ std::string NewRequestId() {
   return FormatUuidV4(random);
 }
 
-}  // namespace tunnelagent::tunnelctl
+}  // namespace tunnelagent::clients

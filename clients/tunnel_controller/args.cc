@@ -1,0 +1,215 @@
+#include "clients/tunnel_controller/args.h"
+
+#include <algorithm>
+#include <optional>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "clients/tunnel_controller/fleet.h"
+
+namespace tunnelagent::controller {
+namespace {
+
+constexpr int kMaxParallelism = 1024;
+constexpr int kMaxRetries = 100;
+
+absl::Status UsageError(absl::string_view message) {
+  return absl::InvalidArgumentError(std::string(message));
+}
+
+bool IsLabelText(absl::string_view text) {
+  if (text.empty() || text.size() > 63) return false;
+  for (char c : text) {
+    if (!absl::ascii_isalnum(c) && c != '.' && c != '_' && c != '/' && c != '-') return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string Usage() {
+  return R"(usage: tunnel-controller COMMAND -f FILE [flags]
+
+Provisions the tunnels of a fleet of tunnel-agent nodes from one YAML file.
+
+commands:
+  plan -f FILE [--prune]          what would change on each node (ApplyTunnels dry run)
+  apply -f FILE [--prune]         make each node's tunnels those of the file
+  status -f FILE                  per node: reachable, tunnels up/down, drift from the file
+  run -f FILE --interval D [--prune] [--metrics_listen ADDR]
+                                  apply every D (and when the file changes); serve /metrics
+  help
+
+flags:
+  --prune                 also delete the owner's tunnels the file no longer has
+  --interval D            run: time between passes, e.g. 30s, 1m (default 30s)
+  --metrics_listen ADDR   run: serve Prometheus /metrics here (default 127.0.0.1:9477;
+                          empty: off)
+  --parallelism N         nodes worked on at once (default 16)
+  --timeout D             deadline of each call, e.g. 10s or 2.5 (seconds; default 10s)
+  --retries N             retries of a failed call, with exponential backoff from 200 ms
+                          up to 5 s (default 4)
+  --owner NAME            the owner label of the controller's tunnels (default
+                          tunnel-controller); other owners' tunnels are never touched
+  --progress auto|live|plain
+                          a live line per node (auto: when stderr is a terminal) or log lines
+In flag names '_' and '-' are the same; values go after '=' or as the next argument.
+
+exit status: 0 every node converged (plan: every node answered), 1 some node failed or
+differs (status), 2 usage or fleet file error.
+)";
+}
+
+absl::StatusOr<Options> ParseArgs(const std::vector<std::string>& args) {
+  Options options;
+  std::optional<Command> command;
+  bool interval_given = false;
+  bool metrics_given = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    auto value = [&](absl::string_view flag,
+                     std::optional<std::string> inline_value) -> absl::StatusOr<std::string> {
+      if (inline_value.has_value()) return *inline_value;
+      if (i + 1 >= args.size()) return UsageError(absl::StrCat(flag, " needs a value"));
+      return args[++i];
+    };
+    if (arg == "-f" || (absl::StartsWith(arg, "-f") && !absl::StartsWith(arg, "--"))) {
+      absl::StatusOr<std::string> v =
+          value("-f", arg.size() > 2 ? std::optional<std::string>(arg.substr(2)) : std::nullopt);
+      if (!v.ok()) return v.status();
+      if (v->empty()) return UsageError("-f: empty file name");
+      options.file = *v;
+      continue;
+    }
+    if (absl::StartsWith(arg, "--")) {
+      std::string name = arg.substr(2);
+      std::optional<std::string> inline_value;
+      if (size_t eq = name.find('='); eq != std::string::npos) {
+        inline_value = name.substr(eq + 1);
+        name.resize(eq);
+      }
+      name = absl::StrReplaceAll(name, {{"-", "_"}});
+      const std::string flag = absl::StrCat("--", name);
+      if (name == "prune") {
+        if (inline_value.has_value()) {
+          if (*inline_value == "true") {
+            options.prune = true;
+          } else if (*inline_value == "false") {
+            options.prune = false;
+          } else {
+            return UsageError("--prune takes no value (or =true, =false)");
+          }
+        } else {
+          options.prune = true;
+        }
+        continue;
+      }
+      if (name == "help") {
+        command = Command::kHelp;
+        continue;
+      }
+      static const char* const kValued[] = {"file",    "interval", "metrics_listen", "parallelism",
+                                            "timeout", "retries",  "owner",          "progress"};
+      if (std::find(std::begin(kValued), std::end(kValued), name) == std::end(kValued)) {
+        return UsageError(absl::StrCat("unknown flag --", name));
+      }
+      absl::StatusOr<std::string> v = value(flag, inline_value);
+      if (!v.ok()) return v.status();
+      if (name == "file") {
+        if (v->empty()) return UsageError("--file: empty file name");
+        options.file = *v;
+      } else if (name == "interval") {
+        absl::StatusOr<absl::Duration> d = ParseDurationText(*v);
+        if (!d.ok() || *d < absl::Milliseconds(100)) {
+          return UsageError(
+              absl::StrCat("--interval: \"", *v, "\" is not a duration of at least 100ms"));
+        }
+        options.interval = *d;
+        interval_given = true;
+      } else if (name == "metrics_listen") {
+        options.metrics_listen = *v;
+        metrics_given = true;
+      } else if (name == "parallelism") {
+        int n = 0;
+        if (!absl::SimpleAtoi(*v, &n) || n < 1 || n > kMaxParallelism) {
+          return UsageError(
+              absl::StrCat("--parallelism: \"", *v, "\" is not a number 1..", kMaxParallelism));
+        }
+        options.parallelism = n;
+      } else if (name == "timeout") {
+        absl::StatusOr<absl::Duration> d = ParseDurationText(*v);
+        if (!d.ok() || *d <= absl::ZeroDuration() || *d > absl::Hours(24)) {
+          return UsageError(absl::StrCat("--timeout: \"", *v, "\" is not a duration in (0, 24h]"));
+        }
+        options.policy.timeout = *d;
+      } else if (name == "retries") {
+        int n = 0;
+        if (!absl::SimpleAtoi(*v, &n) || n < 0 || n > kMaxRetries) {
+          return UsageError(
+              absl::StrCat("--retries: \"", *v, "\" is not a number 0..", kMaxRetries));
+        }
+        options.policy.retries = n;
+      } else if (name == "owner") {
+        if (!IsLabelText(*v)) {
+          return UsageError(
+              absl::StrCat("--owner: \"", *v, "\" must be 1-63 characters of A-Z a-z 0-9 . _ / -"));
+        }
+        options.owner = *v;
+      } else if (name == "progress") {
+        if (*v == "auto") {
+          options.progress = ProgressMode::kAuto;
+        } else if (*v == "live") {
+          options.progress = ProgressMode::kLive;
+        } else if (*v == "plain") {
+          options.progress = ProgressMode::kPlain;
+        } else {
+          return UsageError(absl::StrCat("--progress: \"", *v, "\" is not auto, live or plain"));
+        }
+      } else {
+        return UsageError(absl::StrCat("unknown flag --", name));
+      }
+      continue;
+    }
+    if (absl::StartsWith(arg, "-") && arg != "-") {
+      return UsageError(absl::StrCat("unknown flag ", arg));
+    }
+    if (command.has_value()) {
+      return UsageError(absl::StrCat("unexpected argument \"", arg, "\""));
+    }
+    if (arg == "plan") {
+      command = Command::kPlan;
+    } else if (arg == "apply") {
+      command = Command::kApply;
+    } else if (arg == "status") {
+      command = Command::kStatus;
+    } else if (arg == "run") {
+      command = Command::kRun;
+    } else if (arg == "help") {
+      command = Command::kHelp;
+    } else {
+      return UsageError(
+          absl::StrCat("unknown command \"", arg, "\" (plan, apply, status, run, help)"));
+    }
+  }
+  if (!command.has_value()) return UsageError("missing COMMAND (plan, apply, status, run, help)");
+  options.command = *command;
+  if (options.command == Command::kHelp) return options;
+  if (options.file.empty()) return UsageError("missing -f FILE");
+  if (options.prune && options.command == Command::kStatus) {
+    return UsageError(
+        "status: --prune does not apply (status always counts extra tunnels as drift)");
+  }
+  if (interval_given && options.command != Command::kRun) {
+    return UsageError("--interval is for run only");
+  }
+  if (metrics_given && options.command != Command::kRun) {
+    return UsageError("--metrics_listen is for run only");
+  }
+  return options;
+}
+
+}  // namespace tunnelagent::controller

@@ -1,0 +1,415 @@
+#include "clients/tunnel_controller/controller.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "clients/common/agent_connection.h"
+#include "clients/tunnel_controller/metrics.h"
+#include "clients/tunnel_controller/progress.h"
+#include "prometheus/exposer.h"
+
+namespace tunnelagent::controller {
+namespace {
+
+// A restarted agent is found within this (gRPC's default grows to 120 s).
+constexpr int kMaxReconnectBackoffMs = 2'000;
+// How often `run` looks at the file between passes.
+const absl::Duration kFilePoll = absl::Seconds(1);
+
+const char* ActionName(v1::TunnelChange::Action action) {
+  switch (action) {
+    case v1::TunnelChange::UNCHANGED:
+      return "UNCHANGED";
+    case v1::TunnelChange::CREATE:
+      return "CREATE";
+    case v1::TunnelChange::UPDATE:
+      return "UPDATE";
+    case v1::TunnelChange::RECREATE:
+      return "RECREATE";
+    case v1::TunnelChange::DELETE:
+      return "DELETE";
+    default:
+      return "UNKNOWN";
+  }
+}
+
+std::vector<std::string> FailedNodes(const std::vector<NodeReport>& reports) {
+  std::vector<std::string> failed;
+  for (const NodeReport& r : reports) {
+    if (!r.ok) failed.push_back(r.node);
+  }
+  return failed;
+}
+
+int TotalDesired(const FleetPlan& plan) {
+  int n = 0;
+  for (const auto& [node, tunnels] : plan.desired) n += static_cast<int>(tunnels.size());
+  return n;
+}
+
+std::vector<std::string> NodeNames(const Fleet& fleet) {
+  std::vector<std::string> names;
+  for (const Node& n : fleet.nodes) names.push_back(n.name);
+  return names;
+}
+
+// What identifies the file's version: its contents (a changed mtime alone is no change).
+std::string ReadWhole(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  std::ostringstream content;
+  content << file.rdbuf();
+  return content.str();
+}
+
+struct Loaded {
+  Fleet fleet;
+  FleetPlan plan;
+};
+
+absl::StatusOr<Loaded> Load(const std::string& path) {
+  absl::StatusOr<Fleet> fleet = LoadFleetFile(path);
+  if (!fleet.ok()) return fleet.status();
+  absl::StatusOr<FleetPlan> plan = PlanFleet(*fleet);
+  if (!plan.ok()) return plan.status();
+  return Loaded{*std::move(fleet), *std::move(plan)};
+}
+
+class Runner {
+ public:
+  Runner(const Options& options, std::ostream& out, std::ostream& err, int err_fd,
+         const absl::Notification* stop)
+      : options_(options), out_(out), err_(err), err_fd_(err_fd), stop_(stop) {}
+
+  int Run() {
+    absl::StatusOr<Loaded> loaded = Load(options_.file);
+    if (!loaded.ok()) return UsageFailure(loaded.status());
+    if (options_.command == Command::kRun) return Loop(*std::move(loaded));
+    absl::StatusOr<std::vector<AgentHandle>> agents = connections_.For(loaded->fleet);
+    if (!agents.ok()) return UsageFailure(agents.status());
+
+    const Operation operation = options_.command == Command::kPlan    ? Operation::kPlan
+                                : options_.command == Command::kApply ? Operation::kApply
+                                                                      : Operation::kStatus;
+    ReconcileOptions ro = BaseOptions(operation);
+    const int width = TerminalWidth(err_fd_);
+    const bool live = options_.progress == ProgressMode::kLive ||
+                      (options_.progress == ProgressMode::kAuto && width > 0);
+    std::unique_ptr<TerminalProgress> terminal;
+    std::unique_ptr<LogProgress> log;
+    if (live) {
+      terminal = std::make_unique<TerminalProgress>(err_, NodeNames(loaded->fleet),
+                                                    width > 0 ? width : 120);
+      ro.progress = terminal.get();
+    } else {
+      log = std::make_unique<LogProgress>(err_);
+      ro.progress = log.get();
+    }
+    const absl::Time start = absl::Now();
+    std::vector<NodeReport> reports = Reconcile(loaded->plan, *agents, ro);
+    const absl::Duration elapsed = absl::Now() - start;
+    if (terminal != nullptr) terminal->Finish();
+    out_ << (operation == Operation::kStatus ? FormatStatus(reports)
+                                             : FormatChanges(operation, reports, elapsed))
+         << std::flush;
+    return ExitStatus(operation, reports);
+  }
+
+ private:
+  int UsageFailure(const absl::Status& status) {
+    err_ << "tunnel-controller: " << status.message() << "\n" << std::flush;
+    return kExitUsage;
+  }
+
+  ReconcileOptions BaseOptions(Operation operation) const {
+    ReconcileOptions ro;
+    ro.operation = operation;
+    ro.owner = options_.owner;
+    ro.prune = options_.prune;
+    ro.parallelism = options_.parallelism;
+    ro.policy = options_.policy;
+    ro.stop = stop_;
+    return ro;
+  }
+
+  bool Stopped() const { return stop_ != nullptr && stop_->HasBeenNotified(); }
+
+  // Waits up to `d`; false when stopped.
+  bool Wait(absl::Duration d) const {
+    if (stop_ == nullptr) {
+      absl::SleepFor(d);
+      return true;
+    }
+    return !stop_->WaitForNotificationWithTimeout(d);
+  }
+
+  static std::string Now() {
+    return absl::FormatTime("%Y-%m-%dT%H:%M:%S", absl::Now(), absl::LocalTimeZone());
+  }
+
+  int Loop(Loaded loaded) {
+    ControllerMetrics metrics;
+    std::unique_ptr<prometheus::Exposer> exposer;
+    if (!options_.metrics_listen.empty()) {
+      try {
+        exposer = std::make_unique<prometheus::Exposer>(options_.metrics_listen);
+      } catch (const std::exception& e) {
+        return UsageFailure(absl::InvalidArgumentError(absl::StrCat(
+            "--metrics_listen ", options_.metrics_listen, ": cannot listen: ", e.what())));
+      }
+      exposer->RegisterCollectable(metrics.registry());
+      err_ << "tunnel-controller: metrics on http://" << options_.metrics_listen << "/metrics\n";
+    }
+    std::string content = ReadWhole(options_.file);
+    absl::StatusOr<std::vector<AgentHandle>> agents = connections_.For(loaded.fleet);
+    if (!agents.ok()) return UsageFailure(agents.status());
+    metrics.SetNodes(NodeNames(loaded.fleet), TotalDesired(loaded.plan));
+    err_ << "tunnel-controller: " << options_.file << ": " << loaded.fleet.nodes.size()
+         << " nodes, " << loaded.plan.links.size() << " links; every "
+         << absl::FormatDuration(options_.interval) << "\n"
+         << std::flush;
+
+    bool converged = false;
+    for (int pass = 1; !Stopped(); ++pass) {
+      const absl::Time start = absl::Now();
+      ReconcileOptions ro = BaseOptions(Operation::kApply);
+      std::vector<NodeReport> reports = Reconcile(loaded.plan, *agents, ro);
+      const absl::Time end = absl::Now();
+      metrics.RecordPass(reports, end - start, end);
+      converged = ExitStatus(Operation::kApply, reports) == kExitConverged;
+      PrintPass(pass, reports, end - start);
+
+      // Until the interval is over, or the file changes.
+      const absl::Time next = start + options_.interval;
+      while (!Stopped()) {
+        const absl::Duration left = next - absl::Now();
+        if (left <= absl::ZeroDuration()) break;
+        if (!Wait(std::min(left, kFilePoll))) break;
+        const std::string now = ReadWhole(options_.file);
+        if (now == content) continue;
+        content = now;
+        absl::StatusOr<Loaded> reloaded = Load(options_.file);
+        absl::StatusOr<std::vector<AgentHandle>> new_agents =
+            reloaded.ok() ? connections_.For(reloaded->fleet)
+                          : absl::StatusOr<std::vector<AgentHandle>>(reloaded.status());
+        if (!reloaded.ok() || !new_agents.ok()) {
+          err_ << Now() << " tunnel-controller: " << options_.file
+               << " changed but is not usable; keeping the previous fleet: "
+               << (reloaded.ok() ? new_agents.status() : reloaded.status()).message() << "\n"
+               << std::flush;
+          continue;
+        }
+        loaded = *std::move(reloaded);
+        agents = std::move(new_agents);
+        metrics.SetNodes(NodeNames(loaded.fleet), TotalDesired(loaded.plan));
+        err_ << Now() << " tunnel-controller: " << options_.file
+             << " changed: " << loaded.fleet.nodes.size() << " nodes, " << loaded.plan.links.size()
+             << " links\n"
+             << std::flush;
+        break;
+      }
+    }
+    err_ << "tunnel-controller: stopped\n" << std::flush;
+    return converged ? kExitConverged : kExitNodeFailed;
+  }
+
+  // One line per pass, and one per node that changed or failed.
+  void PrintPass(int pass, const std::vector<NodeReport>& reports, absl::Duration elapsed) {
+    int converged = 0;
+    int up = 0;
+    int actual = 0;
+    std::string lines;
+    for (const NodeReport& r : reports) {
+      const bool ok = r.ok && r.converged;
+      converged += ok;
+      up += r.up;
+      actual += std::max(r.actual, 0);
+      bool changed = false;
+      for (const auto& c : r.changes)
+        changed = changed || c.action() != v1::TunnelChange::UNCHANGED;
+      if (!r.ok) {
+        absl::StrAppend(&lines, "  ", r.node, ": FAILED: ", r.error, "\n");
+      } else if (changed || !r.converged || !r.not_up.empty()) {
+        absl::StrAppend(&lines, "  ", r.node, ": ", SummarizeChanges(r.changes), "; ", r.up, "/",
+                        r.actual, " up");
+        if (!r.extra.empty())
+          absl::StrAppend(&lines, "; not in the file: ", absl::StrJoin(r.extra, " "));
+        absl::StrAppend(&lines, "\n");
+      }
+    }
+    out_ << Now() << " pass " << pass << ": " << converged << "/" << reports.size()
+         << " nodes converged, " << up << "/" << actual << " tunnels up, "
+         << absl::StrFormat("%.2f s", absl::ToDoubleSeconds(elapsed)) << "\n"
+         << lines << std::flush;
+  }
+
+  const Options& options_;
+  std::ostream& out_;
+  std::ostream& err_;
+  const int err_fd_;
+  const absl::Notification* stop_;
+  Connections connections_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::vector<AgentHandle>> Connections::For(const Fleet& fleet) {
+  std::vector<AgentHandle> handles;
+  std::map<std::string, Entry> kept;
+  for (size_t i = 0; i < fleet.nodes.size(); ++i) {
+    const Node& node = fleet.nodes[i];
+    auto it = entries_.find(node.name);
+    if (it != entries_.end() && it->second.agent == node.agent && it->second.tls == node.tls &&
+        it->second.token_file == node.token_file) {
+      handles.push_back(it->second.handle);
+      kept[node.name] = it->second;
+      continue;
+    }
+    const std::string field = absl::StrCat(fleet.source, ": nodes[", i, "] (", node.name, ")");
+    clients::CredentialSources sources;
+    sources.token_file = absl::StrCat(field, ": tokenFile");
+    sources.ca_file = absl::StrCat(field, ": tls.ca");
+    sources.cert_file = absl::StrCat(field, ": tls.cert");
+    sources.key_file = absl::StrCat(field, ": tls.key");
+    std::istringstream no_stdin;
+    absl::StatusOr<clients::Credentials> credentials =
+        clients::LoadCredentials(node.tls, node.token_file, "", no_stdin, sources);
+    if (!credentials.ok()) return credentials.status();
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kMaxReconnectBackoffMs);
+    AgentHandle handle;
+    handle.node = node.name;
+    handle.token = credentials->token;
+    handle.stub = v1::TunnelService::NewStub(
+        clients::Dial(node.agent, node.tls, *credentials, std::move(args)));
+    handles.push_back(handle);
+    kept[node.name] = Entry{node.agent, node.tls, node.token_file, handle};
+  }
+  entries_ = std::move(kept);
+  return handles;
+}
+
+std::string FormatChanges(Operation operation, const std::vector<NodeReport>& reports,
+                          absl::Duration elapsed) {
+  std::string out;
+  int changes = 0;
+  int converged = 0;
+  int up = 0;
+  int actual = 0;
+  for (const NodeReport& r : reports) {
+    if (!r.ok) {
+      absl::StrAppend(&out, r.node, ": FAILED: ", r.error, "\n");
+      continue;
+    }
+    converged += r.converged;
+    up += r.up;
+    actual += std::max(r.actual, 0);
+    if (operation == Operation::kPlan) {
+      absl::StrAppend(&out, r.node, ": ", SummarizeChanges(r.changes), "\n");
+    } else {
+      absl::StrAppend(&out, r.node, ": ", SummarizeChanges(r.changes), "; ", r.up, "/", r.actual,
+                      " up\n");
+    }
+    for (const v1::TunnelChange& c : r.changes) {
+      if (c.action() == v1::TunnelChange::UNCHANGED) continue;
+      ++changes;
+      absl::StrAppend(&out, "  ", absl::StrFormat("%-9s", ActionName(c.action())), c.name());
+      if (!c.changed_fields().empty()) {
+        absl::StrAppend(&out, " (", absl::StrJoin(c.changed_fields(), ","), ")");
+      }
+      absl::StrAppend(&out, "\n");
+    }
+    if (!r.extra.empty()) {
+      absl::StrAppend(
+          &out, "  not in the file (kept; --prune deletes): ", absl::StrJoin(r.extra, " "), "\n");
+    }
+    for (const std::string& n : r.not_up) absl::StrAppend(&out, "  not up: ", n, "\n");
+  }
+  const std::vector<std::string> failed = FailedNodes(reports);
+  const size_t total = reports.size();
+  if (operation == Operation::kPlan) {
+    absl::StrAppend(&out, "plan: ", changes, " changes on ", total - failed.size(), "/", total,
+                    " nodes");
+  } else {
+    absl::StrAppend(&out, "apply: ", converged, "/", total, " nodes converged, ", up, "/", actual,
+                    " tunnels up, ", absl::StrFormat("%.2f s", absl::ToDoubleSeconds(elapsed)));
+  }
+  if (!failed.empty()) absl::StrAppend(&out, "; failed: ", absl::StrJoin(failed, " "));
+  absl::StrAppend(&out, "\n");
+  return out;
+}
+
+std::string FormatStatus(const std::vector<NodeReport>& reports) {
+  std::vector<std::vector<std::string>> rows = {
+      {"NODE", "REACHABLE", "DESIRED", "ACTUAL", "UP", "DOWN", "DRIFT"}};
+  std::string details;
+  std::vector<std::string> off;
+  for (const NodeReport& r : reports) {
+    if (!r.ok) {
+      rows.push_back(
+          {r.node, r.reachable ? "yes" : "no", absl::StrCat(r.desired), "-", "-", "-", "-"});
+      absl::StrAppend(&details, r.node, ": ", r.error, "\n");
+      off.push_back(r.node);
+      continue;
+    }
+    std::vector<std::string> drift;
+    for (const v1::TunnelChange& c : r.changes) {
+      if (c.action() == v1::TunnelChange::UNCHANGED) continue;
+      std::string d = absl::StrCat(ActionName(c.action()), " ", c.name());
+      if (!c.changed_fields().empty())
+        absl::StrAppend(&d, " (", absl::StrJoin(c.changed_fields(), ","), ")");
+      drift.push_back(std::move(d));
+    }
+    rows.push_back({r.node, "yes", absl::StrCat(r.desired), absl::StrCat(r.actual),
+                    absl::StrCat(r.up), absl::StrCat(r.actual - r.up), absl::StrCat(drift.size())});
+    if (!drift.empty()) {
+      absl::StrAppend(&details, r.node,
+                      ": drift (what apply --prune would do): ", absl::StrJoin(drift, ", "), "\n");
+    }
+    if (!r.not_up.empty()) {
+      absl::StrAppend(&details, r.node, ": not up: ", absl::StrJoin(r.not_up, ", "), "\n");
+    }
+    if (!r.converged) off.push_back(r.node);
+  }
+  std::vector<size_t> widths(rows[0].size(), 0);
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      absl::StrAppend(&line, row[i]);
+      if (i + 1 < row.size()) line.append(widths[i] - row[i].size() + 2, ' ');
+    }
+    absl::StrAppend(&out, line, "\n");
+  }
+  absl::StrAppend(&out, details, "status: ", reports.size() - off.size(), "/", reports.size(),
+                  " nodes converged");
+  if (!off.empty()) absl::StrAppend(&out, "; not converged: ", absl::StrJoin(off, " "));
+  absl::StrAppend(&out, "\n");
+  return out;
+}
+
+int ExitStatus(Operation operation, const std::vector<NodeReport>& reports) {
+  for (const NodeReport& r : reports) {
+    if (!r.ok) return kExitNodeFailed;
+    if (operation == Operation::kStatus && !r.converged) return kExitNodeFailed;
+  }
+  return kExitConverged;
+}
+
+int RunCommand(const Options& options, std::ostream& out, std::ostream& err, int err_fd,
+               const absl::Notification* stop) {
+  return Runner(options, out, err, err_fd, stop).Run();
+}
+
+}  // namespace tunnelagent::controller

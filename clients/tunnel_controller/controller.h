@@ -1,0 +1,56 @@
+// tunnel-controller's commands: plan, apply, status and run, from parsed Options to output and
+// an exit status. main.cc only wires these to the process (argv, streams, signals).
+#ifndef TUNNELAGENT_CLIENTS_TUNNEL_CONTROLLER_CONTROLLER_H_
+#define TUNNELAGENT_CLIENTS_TUNNEL_CONTROLLER_CONTROLLER_H_
+
+#include <map>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "clients/tunnel_controller/args.h"
+#include "clients/tunnel_controller/fleet.h"
+#include "clients/tunnel_controller/plan.h"
+#include "clients/tunnel_controller/reconciler.h"
+
+namespace tunnelagent::controller {
+
+// Channels to the nodes' agents, kept across passes of `run`: a node keeps its channel while
+// its agent address, TLS options and token file stay the same.
+class Connections {
+ public:
+  // Handles for every node of `fleet`, in its order. Errors (InvalidArgument, naming the node's
+  // field: an unreadable token or certificate file) concern the file: exit 2.
+  absl::StatusOr<std::vector<AgentHandle>> For(const Fleet& fleet);
+
+ private:
+  struct Entry {
+    std::string agent;
+    clients::TlsOptions tls;
+    std::string token_file;
+    AgentHandle handle;
+  };
+  std::map<std::string, Entry> entries_;
+};
+
+// The report of plan and apply: per node its outcome and (plan) its changes, then one line.
+std::string FormatChanges(Operation operation, const std::vector<NodeReport>& reports,
+                          absl::Duration elapsed);
+// The report of status: a table, then drift, tunnels not up and errors per node, then one line.
+std::string FormatStatus(const std::vector<NodeReport>& reports);
+
+// 0 when every node succeeded and (apply, status) converged, else 1.
+int ExitStatus(Operation operation, const std::vector<NodeReport>& reports);
+
+// Runs options.command (not kHelp). Reports go to `out`, progress and errors to `err`
+// (`err_fd`: its descriptor, to tell a terminal). `stop` ends `run` (may be null for the
+// others). Returns the exit status.
+int RunCommand(const Options& options, std::ostream& out, std::ostream& err, int err_fd,
+               const absl::Notification* stop);
+
+}  // namespace tunnelagent::controller
+
+#endif  // TUNNELAGENT_CLIENTS_TUNNEL_CONTROLLER_CONTROLLER_H_

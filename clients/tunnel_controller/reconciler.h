@@ -1,0 +1,103 @@
+// Brings every node's agent to its planned tunnels, or looks at how far they are: all nodes
+// concurrently (bounded), each call with a deadline, retried with exponential backoff. A node
+// that fails is reported and does not hold up the others.
+#ifndef TUNNELAGENT_CLIENTS_TUNNEL_CONTROLLER_RECONCILER_H_
+#define TUNNELAGENT_CLIENTS_TUNNEL_CONTROLLER_RECONCILER_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "clients/tunnel_controller/plan.h"
+#include "tunnelagent/v1/tunnel.grpc.pb.h"
+#include "tunnelagent/v1/tunnel.pb.h"
+
+namespace tunnelagent::controller {
+
+inline constexpr char kDefaultOwner[] = "tunnel-controller";
+
+struct CallPolicy {
+  absl::Duration timeout = absl::Seconds(10);                // each call's deadline
+  int retries = 4;                                           // after the first attempt
+  absl::Duration initial_backoff = absl::Milliseconds(200);  // doubled per retry, +-20 %
+  absl::Duration max_backoff = absl::Seconds(5);
+};
+
+// One node's agent: a stub, and the token to send. `error` set: the node could not be set up
+// (it fails with that error, without calls).
+struct AgentHandle {
+  std::string node;
+  std::shared_ptr<v1::TunnelService::StubInterface> stub;
+  std::string token;
+  absl::Status error;
+};
+
+enum class Operation {
+  kPlan,    // ApplyTunnels dry run: what would change
+  kApply,   // ApplyTunnels, then ListTunnels: what is there now
+  kStatus,  // ApplyTunnels dry run with prune (drift) and ListTunnels (state)
+};
+
+struct NodeReport {
+  std::string node;
+  bool reachable = false;  // some call was answered (with any status but UNAVAILABLE)
+  bool ok = false;         // the operation succeeded
+  std::string error;       // !ok: "ApplyTunnels: UNAVAILABLE: ..." (after every retry)
+  int attempts = 0;        // of the failed or last call
+  // kPlan, kApply: the agent's answer (every change, UNCHANGED included). kStatus: the
+  // dry run's, with prune: anything but UNCHANGED is drift.
+  std::vector<v1::TunnelChange> changes;
+  int desired = 0;
+  // After kApply and kStatus: the tunnels labelled with the owner on the agent (-1: unknown),
+  // how many of them are UP, and the others ("tc-node3 DOWN: no keepalive reply").
+  int actual = -1;
+  int up = 0;
+  std::vector<std::string> not_up;
+  // Owned tunnels on the agent that the file does not have (kApply without prune).
+  std::vector<std::string> extra;
+  // Reachable and the owner's tunnels on the agent are exactly the file's.
+  bool converged = false;
+  absl::Duration duration;
+};
+
+// Receives what each node is doing (from the worker threads; implementations synchronize).
+class ProgressSink {
+ public:
+  virtual ~ProgressSink() = default;
+  // A node started, retries, or finished (`done`: its final line).
+  virtual void NodeState(const std::string& node, const std::string& state, bool done) = 0;
+};
+
+struct ReconcileOptions {
+  Operation operation = Operation::kApply;
+  std::string owner = kDefaultOwner;
+  bool prune = false;  // kPlan, kApply
+  int parallelism = 16;
+  CallPolicy policy;
+  ProgressSink* progress = nullptr;          // may be null
+  const absl::Notification* stop = nullptr;  // when notified, no more retries; may be null
+  // Makes the request id of each node's ApplyTunnels (kept across its retries).
+  std::function<std::string()> new_request_id;
+};
+
+// Runs `options.operation` on every agent (`agents` and `plan.desired` by node name; a node
+// without an agent handle fails). Reports in the order of `agents`.
+std::vector<NodeReport> Reconcile(const FleetPlan& plan, const std::vector<AgentHandle>& agents,
+                                  const ReconcileOptions& options);
+
+// Whether a call that failed with `code` is worth retrying (the agent may be back or less busy).
+bool IsRetryable(grpc::StatusCode code);
+
+// The backoff before retry number `retry` (1-based), before jitter.
+absl::Duration Backoff(const CallPolicy& policy, int retry);
+
+// "3 created, 1 updated, 8 unchanged" (actions with a count only; "nothing" when empty).
+std::string SummarizeChanges(const std::vector<v1::TunnelChange>& changes);
+
+}  // namespace tunnelagent::controller
+
+#endif  // TUNNELAGENT_CLIENTS_TUNNEL_CONTROLLER_RECONCILER_H_

@@ -1,0 +1,92 @@
+// tunnel-controller's command line.
+#include "clients/tunnel_controller/args.h"
+
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace tunnelagent::controller {
+namespace {
+
+Options MustParse(std::vector<std::string> args) {
+  absl::StatusOr<Options> o = ParseArgs(args);
+  EXPECT_TRUE(o.ok()) << o.status();
+  return o.ok() ? *o : Options();
+}
+
+std::string ErrorOf(std::vector<std::string> args) {
+  absl::StatusOr<Options> o = ParseArgs(args);
+  EXPECT_FALSE(o.ok());
+  return o.ok() ? "" : std::string(o.status().message());
+}
+
+TEST(ArgsTest, Defaults) {
+  Options o = MustParse({"apply", "-f", "fleet.yaml"});
+  EXPECT_EQ(o.command, Command::kApply);
+  EXPECT_EQ(o.file, "fleet.yaml");
+  EXPECT_FALSE(o.prune);
+  EXPECT_EQ(o.parallelism, 16);
+  EXPECT_EQ(o.policy.timeout, absl::Seconds(10));
+  EXPECT_EQ(o.policy.retries, 4);
+  EXPECT_EQ(o.owner, "tunnel-controller");
+  EXPECT_EQ(o.metrics_listen, "127.0.0.1:9477");
+  EXPECT_EQ(o.interval, absl::Seconds(30));
+}
+
+TEST(ArgsTest, Flags) {
+  Options o = MustParse({"--owner=fleet-a", "run", "-ffleet.yaml", "--interval", "5s", "--prune",
+                         "--metrics-listen=127.0.0.1:9999", "--parallelism=4", "--timeout=2.5",
+                         "--retries", "0", "--progress=plain"});
+  EXPECT_EQ(o.command, Command::kRun);
+  EXPECT_EQ(o.file, "fleet.yaml");
+  EXPECT_EQ(o.interval, absl::Seconds(5));
+  EXPECT_TRUE(o.prune);
+  EXPECT_EQ(o.metrics_listen, "127.0.0.1:9999");
+  EXPECT_EQ(o.parallelism, 4);
+  EXPECT_EQ(o.policy.timeout, absl::Milliseconds(2500));
+  EXPECT_EQ(o.policy.retries, 0);
+  EXPECT_EQ(o.owner, "fleet-a");
+  EXPECT_EQ(o.progress, ProgressMode::kPlain);
+  EXPECT_EQ(MustParse({"plan", "--file=f", "--prune=false"}).prune, false);
+  EXPECT_EQ(MustParse({"status", "-f", "f"}).command, Command::kStatus);
+  EXPECT_EQ(MustParse({"help"}).command, Command::kHelp);
+  EXPECT_EQ(MustParse({"--help"}).command, Command::kHelp);
+  EXPECT_EQ(MustParse({"run", "-f", "f", "--metrics_listen="}).metrics_listen, "");
+}
+
+TEST(ArgsTest, Errors) {
+  EXPECT_EQ(ErrorOf({}), "missing COMMAND (plan, apply, status, run, help)");
+  EXPECT_EQ(ErrorOf({"deploy"}), "unknown command \"deploy\" (plan, apply, status, run, help)");
+  EXPECT_EQ(ErrorOf({"apply"}), "missing -f FILE");
+  EXPECT_EQ(ErrorOf({"apply", "-f"}), "-f needs a value");
+  EXPECT_EQ(ErrorOf({"apply", "-f", "a", "b"}), "unexpected argument \"b\"");
+  EXPECT_EQ(ErrorOf({"apply", "-f", "a", "--force"}), "unknown flag --force");
+  EXPECT_EQ(ErrorOf({"apply", "-f", "a", "-x"}), "unknown flag -x");
+  EXPECT_EQ(ErrorOf({"apply", "-f", "a", "--interval=5s"}), "--interval is for run only");
+  EXPECT_EQ(ErrorOf({"plan", "-f", "a", "--metrics_listen=:1"}),
+            "--metrics_listen is for run only");
+  EXPECT_EQ(ErrorOf({"status", "-f", "a", "--prune"}),
+            "status: --prune does not apply (status always counts extra tunnels as drift)");
+  EXPECT_EQ(ErrorOf({"run", "-f", "a", "--interval=soon"}),
+            "--interval: \"soon\" is not a duration of at least 100ms");
+  EXPECT_EQ(ErrorOf({"run", "-f", "a", "--interval=10ms"}),
+            "--interval: \"10ms\" is not a duration of at least 100ms");
+  EXPECT_EQ(ErrorOf({"apply", "-f", "a", "--parallelism=0"}),
+            "--parallelism: \"0\" is not a number 1..1024");
+  EXPECT_EQ(ErrorOf({"apply", "-f", "a", "--timeout=0"}),
+            "--timeout: \"0\" is not a duration in (0, 24h]");
+  EXPECT_EQ(ErrorOf({"apply", "-f", "a", "--retries=-1"}),
+            "--retries: \"-1\" is not a number 0..100");
+  EXPECT_EQ(ErrorOf({"apply", "-f", "a", "--owner=a b"}),
+            "--owner: \"a b\" must be 1-63 characters of A-Z a-z 0-9 . _ / -");
+  EXPECT_EQ(ErrorOf({"apply", "-f", "a", "--prune=yes"}),
+            "--prune takes no value (or =true, =false)");
+  EXPECT_EQ(ErrorOf({"apply", "-f", "a", "--progress=fancy"}),
+            "--progress: \"fancy\" is not auto, live or plain");
+  EXPECT_EQ(ErrorOf({"apply", "-f", "a", "--owner"}), "--owner needs a value");
+}
+
+}  // namespace
+}  // namespace tunnelagent::controller

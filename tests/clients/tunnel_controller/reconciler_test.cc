@@ -1,0 +1,512 @@
+// Reconcile against in-process fake agents: what goes on the wire (owner, dry run, prune,
+// request ids kept across retries, the token), retries and backoff, deadlines, bounded
+// parallelism, a failing node reported while the others converge; the reports and metrics.
+#include "clients/tunnel_controller/reconciler.h"
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "clients/tunnel_controller/controller.h"
+#include "clients/tunnel_controller/metrics.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/util/message_differencer.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "prometheus/text_serializer.h"
+
+namespace tunnelagent::controller {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+// ApplyTunnels and ListTunnels with the agent's owner semantics, over a map of tunnels.
+class FakeAgent final : public v1::TunnelService::Service {
+ public:
+  // The next calls fail with these, in order.
+  void FailNext(std::vector<grpc::Status> statuses) {
+    absl::MutexLock lock(&mu_);
+    failures_ = std::move(statuses);
+  }
+  void SetDelay(absl::Duration d) {
+    absl::MutexLock lock(&mu_);
+    delay_ = d;
+  }
+  // A tunnel someone else made.
+  void Add(v1::Tunnel t) {
+    absl::MutexLock lock(&mu_);
+    tunnels_[t.name()] = std::move(t);
+  }
+  void SetState(const std::string& name, v1::OperState state) {
+    absl::MutexLock lock(&mu_);
+    tunnels_[name].mutable_status()->set_state(state);
+  }
+  std::vector<v1::ApplyTunnelsRequest> applies() {
+    absl::MutexLock lock(&mu_);
+    return applies_;
+  }
+  std::vector<std::string> tokens() {
+    absl::MutexLock lock(&mu_);
+    return tokens_;
+  }
+  std::map<std::string, v1::Tunnel> tunnels() {
+    absl::MutexLock lock(&mu_);
+    return tunnels_;
+  }
+
+  static std::atomic<int> in_flight;
+  static std::atomic<int> max_in_flight;
+
+  grpc::Status ApplyTunnels(grpc::ServerContext* context, const v1::ApplyTunnelsRequest* request,
+                            v1::ApplyTunnelsResponse* response) override {
+    const int now = ++in_flight;
+    int seen = max_in_flight.load();
+    while (now > seen && !max_in_flight.compare_exchange_weak(seen, now)) {
+    }
+    absl::Duration delay;
+    {
+      absl::MutexLock lock(&mu_);
+      delay = delay_;
+    }
+    absl::SleepFor(delay);
+    --in_flight;
+    if (context->IsCancelled()) return grpc::Status::CANCELLED;
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    applies_.push_back(*request);
+    if (grpc::Status s = NextFailure(); !s.ok()) return s;
+    std::map<std::string, v1::TunnelChange> changes;
+    std::map<std::string, v1::Tunnel> next = tunnels_;
+    std::set<std::string> given;
+    for (v1::Tunnel t : request->tunnels()) {
+      (*t.mutable_labels())["owner"] = request->owner();
+      given.insert(t.name());
+      v1::TunnelChange& c = changes[t.name()];
+      c.set_name(t.name());
+      auto it = tunnels_.find(t.name());
+      if (it == tunnels_.end()) {
+        c.set_action(v1::TunnelChange::CREATE);
+        t.mutable_status()->set_state(v1::OPER_STATE_UP);
+      } else {
+        if (it->second.labels().count("owner") == 0 ||
+            it->second.labels().at("owner") != request->owner()) {
+          return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "not yours");
+        }
+        v1::Tunnel old = it->second;
+        old.clear_status();
+        c.set_action(google::protobuf::util::MessageDifferencer::Equals(old, t)
+                         ? v1::TunnelChange::UNCHANGED
+                         : v1::TunnelChange::UPDATE);
+        *t.mutable_status() = it->second.status();
+      }
+      next[t.name()] = t;
+    }
+    if (request->prune()) {
+      for (const auto& [name, t] : tunnels_) {
+        auto owner = t.labels().find("owner");
+        if (given.count(name) || owner == t.labels().end() || owner->second != request->owner()) {
+          continue;
+        }
+        changes[name].set_name(name);
+        changes[name].set_action(v1::TunnelChange::DELETE);
+        next.erase(name);
+      }
+    }
+    for (auto& [name, c] : changes) *response->add_changes() = c;
+    response->set_dry_run(request->dry_run());
+    if (!request->dry_run()) tunnels_ = std::move(next);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListTunnels(grpc::ServerContext* context, const v1::ListTunnelsRequest* request,
+                           v1::ListTunnelsResponse* response) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    if (grpc::Status s = NextFailure(); !s.ok()) return s;
+    for (const auto& [name, t] : tunnels_) {
+      bool match = true;
+      for (const auto& [k, v] : request->labels()) {
+        auto it = t.labels().find(k);
+        match = match && it != t.labels().end() && it->second == v;
+      }
+      if (match) *response->add_tunnels() = t;
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  void Record(grpc::ServerContext* context) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = context->client_metadata().find("authorization");
+    tokens_.push_back(it == context->client_metadata().end()
+                          ? ""
+                          : std::string(it->second.data(), it->second.size()));
+  }
+  grpc::Status NextFailure() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (failures_.empty()) return grpc::Status::OK;
+    grpc::Status s = failures_.front();
+    failures_.erase(failures_.begin());
+    return s;
+  }
+
+  absl::Mutex mu_;
+  std::vector<grpc::Status> failures_ ABSL_GUARDED_BY(mu_);
+  absl::Duration delay_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, v1::Tunnel> tunnels_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::ApplyTunnelsRequest> applies_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> tokens_ ABSL_GUARDED_BY(mu_);
+};
+std::atomic<int> FakeAgent::in_flight{0};
+std::atomic<int> FakeAgent::max_in_flight{0};
+
+v1::Tunnel MakeTunnel(const std::string& name, const std::string& remote) {
+  v1::Tunnel t;
+  t.set_name(name);
+  t.set_mode(v1::TUNNEL_MODE_GRE);
+  t.set_remote(remote);
+  return t;
+}
+
+class ReconcilerTest : public ::testing::Test {
+ protected:
+  // `n` fake agents node1..nodeN, each wanting tunnels to every other node.
+  void SetUpNodes(int n) {
+    for (int i = 1; i <= n; ++i) {
+      const std::string node = absl::StrCat("node", i);
+      auto agent = std::make_unique<FakeAgent>();
+      grpc::ServerBuilder builder;
+      builder.RegisterService(agent.get());
+      std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+      AgentHandle handle;
+      handle.node = node;
+      handle.token = absl::StrCat("token-", i);
+      handle.stub = v1::TunnelService::NewStub(server->InProcessChannel(grpc::ChannelArguments()));
+      handles_.push_back(handle);
+      agents_[node] = std::move(agent);
+      servers_.push_back(std::move(server));
+      for (int j = 1; j <= n; ++j) {
+        if (j != i) {
+          plan_.desired[node].push_back(
+              MakeTunnel(absl::StrCat("tc-node", j), absl::StrCat("198.18.0.", j)));
+        }
+      }
+    }
+  }
+
+  void TearDown() override {
+    for (auto& s : servers_) s->Shutdown();
+  }
+
+  ReconcileOptions Options(Operation op) {
+    ReconcileOptions o;
+    o.operation = op;
+    o.owner = "fleet";
+    o.policy.timeout = absl::Seconds(5);
+    o.policy.retries = 3;
+    o.policy.initial_backoff = absl::Milliseconds(1);
+    o.policy.max_backoff = absl::Milliseconds(4);
+    return o;
+  }
+
+  const NodeReport& ReportOf(const std::vector<NodeReport>& reports, const std::string& node) {
+    for (const NodeReport& r : reports) {
+      if (r.node == node) return r;
+    }
+    ADD_FAILURE() << "no report for " << node;
+    static NodeReport none;
+    return none;
+  }
+
+  FleetPlan plan_;
+  std::vector<AgentHandle> handles_;
+  std::map<std::string, std::unique_ptr<FakeAgent>> agents_;
+  std::vector<std::unique_ptr<grpc::Server>> servers_;
+};
+
+TEST_F(ReconcilerTest, ApplyThenNothingToDo) {
+  SetUpNodes(3);
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, Options(Operation::kApply));
+  ASSERT_EQ(reports.size(), 3u);
+  for (const NodeReport& r : reports) {
+    EXPECT_TRUE(r.ok) << r.node << ": " << r.error;
+    EXPECT_TRUE(r.reachable);
+    EXPECT_TRUE(r.converged);
+    EXPECT_EQ(r.desired, 2);
+    EXPECT_EQ(r.actual, 2);
+    EXPECT_EQ(r.up, 2);
+    EXPECT_EQ(SummarizeChanges(r.changes), "2 created");
+  }
+  EXPECT_EQ(ExitStatus(Operation::kApply, reports), kExitConverged);
+  const std::vector<v1::ApplyTunnelsRequest> applies = agents_["node2"]->applies();
+  ASSERT_EQ(applies.size(), 1u);
+  EXPECT_EQ(applies[0].owner(), "fleet");
+  EXPECT_FALSE(applies[0].dry_run());
+  EXPECT_FALSE(applies[0].prune());
+  EXPECT_EQ(applies[0].request_id().size(), 36u);  // a UUID
+  EXPECT_EQ(applies[0].tunnels_size(), 2);
+  EXPECT_THAT(agents_["node2"]->tokens(), ElementsAre("Bearer token-2", "Bearer token-2"));
+
+  reports = Reconcile(plan_, handles_, Options(Operation::kApply));
+  for (const NodeReport& r : reports) EXPECT_EQ(SummarizeChanges(r.changes), "2 unchanged");
+  EXPECT_EQ(FormatChanges(Operation::kApply, reports, absl::Milliseconds(1500)),
+            "node1: 2 unchanged; 2/2 up\n"
+            "node2: 2 unchanged; 2/2 up\n"
+            "node3: 2 unchanged; 2/2 up\n"
+            "apply: 3/3 nodes converged, 6/6 tunnels up, 1.50 s\n");
+}
+
+TEST_F(ReconcilerTest, PlanIsADryRun) {
+  SetUpNodes(2);
+  ReconcileOptions o = Options(Operation::kPlan);
+  o.prune = true;
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, o);
+  for (const NodeReport& r : reports) {
+    EXPECT_TRUE(r.ok);
+    EXPECT_FALSE(r.converged);  // something to do
+  }
+  EXPECT_TRUE(agents_["node1"]->tunnels().empty());
+  const auto applies = agents_["node1"]->applies();
+  ASSERT_EQ(applies.size(), 1u);
+  EXPECT_TRUE(applies[0].dry_run());
+  EXPECT_TRUE(applies[0].prune());
+  EXPECT_EQ(FormatChanges(Operation::kPlan, reports, absl::ZeroDuration()),
+            "node1: 1 created\n"
+            "  CREATE   tc-node2\n"
+            "node2: 1 created\n"
+            "  CREATE   tc-node1\n"
+            "plan: 2 changes on 2/2 nodes\n");
+  EXPECT_EQ(ExitStatus(Operation::kPlan, reports), kExitConverged);
+}
+
+TEST_F(ReconcilerTest, RetriesKeepTheRequestId) {
+  SetUpNodes(2);
+  agents_["node1"]->FailNext({grpc::Status(grpc::StatusCode::UNAVAILABLE, "down"),
+                              grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "slow")});
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, Options(Operation::kApply));
+  const NodeReport& r = ReportOf(reports, "node1");
+  EXPECT_TRUE(r.ok) << r.error;
+  const auto applies = agents_["node1"]->applies();
+  ASSERT_EQ(applies.size(), 3u);
+  EXPECT_EQ(applies[0].request_id(), applies[1].request_id());
+  EXPECT_EQ(applies[1].request_id(), applies[2].request_id());
+  EXPECT_NE(applies[0].request_id(), agents_["node2"]->applies()[0].request_id());
+}
+
+TEST_F(ReconcilerTest, GivesUpAfterTheRetries) {
+  SetUpNodes(3);
+  std::vector<grpc::Status> failures(10, grpc::Status(grpc::StatusCode::UNAVAILABLE, "down"));
+  agents_["node2"]->FailNext(failures);
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, Options(Operation::kApply));
+  const NodeReport& r = ReportOf(reports, "node2");
+  EXPECT_FALSE(r.ok);
+  EXPECT_FALSE(r.reachable);
+  EXPECT_EQ(r.attempts, 4);  // 1 + 3 retries
+  EXPECT_EQ(r.error, "ApplyTunnels: UNAVAILABLE: down (after 4 attempts)");
+  EXPECT_TRUE(ReportOf(reports, "node1").ok);
+  EXPECT_TRUE(ReportOf(reports, "node3").ok);
+  EXPECT_EQ(ExitStatus(Operation::kApply, reports), kExitNodeFailed);
+  EXPECT_THAT(FormatChanges(Operation::kApply, reports, absl::Seconds(2)),
+              HasSubstr("node2: FAILED: ApplyTunnels: UNAVAILABLE: down (after 4 attempts)\n"));
+  EXPECT_THAT(FormatChanges(Operation::kApply, reports, absl::Seconds(2)),
+              HasSubstr("apply: 2/3 nodes converged, 4/4 tunnels up, 2.00 s; failed: node2\n"));
+}
+
+TEST_F(ReconcilerTest, RefusalsAreNotRetried) {
+  SetUpNodes(2);
+  agents_["node1"]->FailNext({grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "not yours")});
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, Options(Operation::kApply));
+  const NodeReport& r = ReportOf(reports, "node1");
+  EXPECT_FALSE(r.ok);
+  EXPECT_TRUE(r.reachable);
+  EXPECT_EQ(r.attempts, 1);
+  EXPECT_EQ(r.error, "ApplyTunnels: FAILED_PRECONDITION: not yours");
+}
+
+TEST_F(ReconcilerTest, UnreachableNodeIsReportedByName) {
+  SetUpNodes(2);
+  AgentHandle gone;
+  gone.node = "node3";
+  gone.stub = v1::TunnelService::NewStub(grpc::CreateChannel("unix:/nonexistent/tunnel-agent.sock",
+                                                             grpc::InsecureChannelCredentials()));
+  handles_.push_back(gone);
+  plan_.desired["node3"];
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, Options(Operation::kApply));
+  const NodeReport& r = ReportOf(reports, "node3");
+  EXPECT_FALSE(r.ok);
+  EXPECT_FALSE(r.reachable);
+  EXPECT_THAT(r.error, HasSubstr("ApplyTunnels: UNAVAILABLE: "));
+  EXPECT_TRUE(ReportOf(reports, "node1").ok);
+  EXPECT_TRUE(ReportOf(reports, "node2").ok);
+}
+
+TEST_F(ReconcilerTest, DeadlineOfEachCall) {
+  SetUpNodes(2);
+  agents_["node1"]->SetDelay(absl::Milliseconds(300));
+  ReconcileOptions o = Options(Operation::kApply);
+  o.policy.timeout = absl::Milliseconds(50);
+  o.policy.retries = 1;
+  const absl::Time start = absl::Now();
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, o);
+  const NodeReport& r = ReportOf(reports, "node1");
+  EXPECT_FALSE(r.ok);
+  EXPECT_THAT(r.error, HasSubstr("ApplyTunnels: DEADLINE_EXCEEDED"));
+  EXPECT_EQ(r.attempts, 2);
+  EXPECT_TRUE(ReportOf(reports, "node2").ok);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+}
+
+TEST_F(ReconcilerTest, ParallelismIsBounded) {
+  SetUpNodes(6);
+  for (auto& [node, agent] : agents_) agent->SetDelay(absl::Milliseconds(200));
+  FakeAgent::max_in_flight = 0;
+  ReconcileOptions o = Options(Operation::kPlan);
+  o.parallelism = 2;
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, o);
+  for (const NodeReport& r : reports) EXPECT_TRUE(r.ok);
+  EXPECT_EQ(FakeAgent::max_in_flight.load(), 2);
+
+  FakeAgent::max_in_flight = 0;
+  o.parallelism = 16;
+  Reconcile(plan_, handles_, o);
+  EXPECT_EQ(FakeAgent::max_in_flight.load(), 6);  // all at once
+}
+
+TEST_F(ReconcilerTest, StatusDriftExtraAndState) {
+  SetUpNodes(3);
+  Reconcile(plan_, handles_, Options(Operation::kApply));
+  // node1: one tunnel gone (drift), one of ours the file no longer has, one down, and one of
+  // another owner (not counted, not touched).
+  v1::Tunnel stale = MakeTunnel("tc-old", "198.18.0.9");
+  (*stale.mutable_labels())["owner"] = "fleet";
+  stale.mutable_status()->set_state(v1::OPER_STATE_UP);
+  agents_["node1"]->Add(stale);
+  v1::Tunnel other = MakeTunnel("theirs", "198.18.0.8");
+  (*other.mutable_labels())["owner"] = "someone";
+  agents_["node1"]->Add(other);
+  agents_["node2"]->SetState("tc-node3", v1::OPER_STATE_DOWN);
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, Options(Operation::kStatus));
+  const NodeReport& n1 = ReportOf(reports, "node1");
+  EXPECT_TRUE(n1.ok);
+  EXPECT_FALSE(n1.converged);
+  EXPECT_EQ(n1.actual, 3);
+  const NodeReport& n2 = ReportOf(reports, "node2");
+  EXPECT_TRUE(n2.converged);  // down is not drift
+  EXPECT_EQ(n2.up, 1);
+  EXPECT_EQ(ExitStatus(Operation::kStatus, reports), kExitNodeFailed);
+  EXPECT_TRUE(agents_["node1"]->applies().back().prune());
+  EXPECT_TRUE(agents_["node1"]->applies().back().dry_run());
+  EXPECT_TRUE(agents_["node1"]->tunnels().count("tc-old"));  // a dry run
+  EXPECT_EQ(FormatStatus(reports),
+            "NODE   REACHABLE  DESIRED  ACTUAL  UP  DOWN  DRIFT\n"
+            "node1  yes        2        3       3   0     1\n"
+            "node2  yes        2        2       1   1     0\n"
+            "node3  yes        2        2       2   0     0\n"
+            "node1: drift (what apply --prune would do): DELETE tc-old\n"
+            "node2: not up: tc-node3 DOWN\n"
+            "status: 2/3 nodes converged; not converged: node1\n");
+
+  // apply without prune keeps tc-old and says so; with prune it goes; "theirs" stays.
+  reports = Reconcile(plan_, handles_, Options(Operation::kApply));
+  EXPECT_THAT(ReportOf(reports, "node1").extra, ElementsAre("tc-old"));
+  EXPECT_FALSE(ReportOf(reports, "node1").converged);
+  EXPECT_EQ(ExitStatus(Operation::kApply, reports), kExitConverged);
+  ReconcileOptions prune = Options(Operation::kApply);
+  prune.prune = true;
+  reports = Reconcile(plan_, handles_, prune);
+  EXPECT_TRUE(ReportOf(reports, "node1").converged);
+  EXPECT_FALSE(agents_["node1"]->tunnels().count("tc-old"));
+  EXPECT_TRUE(agents_["node1"]->tunnels().count("theirs"));
+}
+
+TEST_F(ReconcilerTest, StopEndsTheRetries) {
+  SetUpNodes(1);
+  std::vector<grpc::Status> failures(100, grpc::Status(grpc::StatusCode::UNAVAILABLE, "down"));
+  agents_["node1"]->FailNext(failures);
+  absl::Notification stop;
+  ReconcileOptions o = Options(Operation::kApply);
+  o.policy.retries = 100;
+  o.policy.initial_backoff = absl::Seconds(1);
+  o.policy.max_backoff = absl::Seconds(1);
+  o.stop = &stop;
+  std::thread stopper([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    stop.Notify();
+  });
+  const absl::Time start = absl::Now();
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, o);
+  stopper.join();
+  EXPECT_FALSE(reports[0].ok);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+}
+
+TEST(BackoffTest, DoublesUpToTheCap) {
+  CallPolicy p;
+  EXPECT_EQ(Backoff(p, 1), absl::Milliseconds(200));
+  EXPECT_EQ(Backoff(p, 2), absl::Milliseconds(400));
+  EXPECT_EQ(Backoff(p, 3), absl::Milliseconds(800));
+  EXPECT_EQ(Backoff(p, 5), absl::Milliseconds(3200));
+  EXPECT_EQ(Backoff(p, 6), absl::Seconds(5));
+  EXPECT_EQ(Backoff(p, 60), absl::Seconds(5));
+  EXPECT_TRUE(IsRetryable(grpc::StatusCode::UNAVAILABLE));
+  EXPECT_TRUE(IsRetryable(grpc::StatusCode::DEADLINE_EXCEEDED));
+  EXPECT_FALSE(IsRetryable(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_FALSE(IsRetryable(grpc::StatusCode::FAILED_PRECONDITION));
+}
+
+std::string Scrape(ControllerMetrics& metrics) {
+  return prometheus::TextSerializer().Serialize(metrics.registry()->Collect());
+}
+
+TEST(MetricsTest, NamesAndValues) {
+  ControllerMetrics metrics;
+  metrics.SetNodes({"a", "b"}, 2);
+  std::string text = Scrape(metrics);
+  for (const char* line :
+       {"tunnelcontroller_nodes 2", "tunnelcontroller_nodes_reachable 0",
+        "tunnelcontroller_node_reachable{node=\"a\"} 0", "tunnelcontroller_tunnels_desired 2",
+        "tunnelcontroller_tunnels_actual 0", "tunnelcontroller_tunnels_up 0",
+        "tunnelcontroller_converged 0", "tunnelcontroller_last_apply_timestamp_seconds 0",
+        "tunnelcontroller_apply_errors_total{node=\"b\"} 0",
+        "tunnelcontroller_reconcile_duration_seconds_count 0"}) {
+    EXPECT_THAT(text, HasSubstr(absl::StrCat(line, "\n"))) << line;
+  }
+  NodeReport a;
+  a.node = "a";
+  a.ok = a.reachable = a.converged = true;
+  a.actual = 1;
+  a.up = 1;
+  NodeReport b;
+  b.node = "b";
+  b.error = "ApplyTunnels: UNAVAILABLE";
+  metrics.RecordPass({a, b}, absl::Milliseconds(300), absl::FromUnixSeconds(1700000000));
+  text = Scrape(metrics);
+  for (const char* line :
+       {"tunnelcontroller_nodes_reachable 1", "tunnelcontroller_node_reachable{node=\"a\"} 1",
+        "tunnelcontroller_node_reachable{node=\"b\"} 0", "tunnelcontroller_tunnels_actual 1",
+        "tunnelcontroller_tunnels_up 1", "tunnelcontroller_converged 0",
+        "tunnelcontroller_last_apply_timestamp_seconds 1700000000",
+        "tunnelcontroller_apply_errors_total{node=\"b\"} 1",
+        "tunnelcontroller_apply_errors_total{node=\"a\"} 0",
+        "tunnelcontroller_reconcile_duration_seconds_count 1",
+        "tunnelcontroller_reconcile_duration_seconds_bucket{le=\"0.5\"} 1"}) {
+    EXPECT_THAT(text, HasSubstr(absl::StrCat(line, "\n"))) << line;
+  }
+  b.ok = b.reachable = b.converged = true;
+  b.error.clear();
+  metrics.RecordPass({a, b}, absl::Milliseconds(30), absl::FromUnixSeconds(1700000001));
+  EXPECT_THAT(Scrape(metrics), HasSubstr("tunnelcontroller_converged 1\n"));
+  // b leaves the file: its series go.
+  metrics.SetNodes({"a"}, 0);
+  text = Scrape(metrics);
+  EXPECT_THAT(text, ::testing::Not(HasSubstr("node=\"b\"")));
+  EXPECT_THAT(text, HasSubstr("tunnelcontroller_nodes 1\n"));
+}
+
+}  // namespace
+}  // namespace tunnelagent::controller
