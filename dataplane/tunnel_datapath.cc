@@ -153,8 +153,13 @@ void TunnelDatapath::RefreshPath() {
 
 bool TunnelDatapath::PrepareTransmit(uint8_t* frame, size_t len, EncapResult* packet) {
   if (path_mtu_ != 0 && len > path_mtu_ + l2_header_) {
-    HandleTooBig(frame, len);
-    return false;
+    // Rare (the device MTU normally fits the path): ask the route again before refusing, as
+    // the path may have grown since the last probe, or shrunk further.
+    RefreshPath();
+    if (len > path_mtu_ + l2_header_) {
+      HandleTooBig(frame, len);
+      return false;
+    }
   }
   const uint32_t sequence = encap_.sequence ? ++tx_sequence_ : 0;
   *packet = Encapsulate(encap_, frame, len, 0, sequence);
@@ -244,18 +249,23 @@ bool TunnelDatapath::WriteIcmpToDevice(const uint8_t* ip, size_t len) {
 }
 
 bool TunnelDatapath::SendFragments(const uint8_t* outer, size_t len) {
-  Fragment fragments[kMaxFragments];
-  // The outer packet lives in the engine's buffer; the fragments go to the scratch space.
-  const size_t count =
-      FragmentIpv4(outer, len, path_mtu_ + overhead_ - l2_header_, io_->NextFragmentId(),
-                   io_->scratch(), UnderlayIo::kScratchBytes, fragments, kMaxFragments);
-  if (count == 0) return false;
-  for (size_t i = 0; i < count; ++i) {
-    if (io_->SendNow(false, config_.encap.remote, fragments[i].data, fragments[i].len) != 0) {
-      return false;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    Fragment fragments[kMaxFragments];
+    // The outer packet lives in the engine's buffer; the fragments go to the scratch space.
+    const size_t count =
+        FragmentIpv4(outer, len, path_mtu_ + overhead_ - l2_header_, io_->NextFragmentId(),
+                     io_->scratch(), UnderlayIo::kScratchBytes, fragments, kMaxFragments);
+    if (count == 0) return false;
+    int error = 0;
+    for (size_t i = 0; i < count && error == 0; ++i) {
+      error = io_->SendNow(false, config_.encap.remote, fragments[i].data, fragments[i].len);
     }
+    if (error == 0) return true;
+    if (error != EMSGSIZE) return false;
+    // The path shrank under us: learn it and cut again, once.
+    RefreshPath();
   }
-  return true;
+  return false;
 }
 
 bool TunnelDatapath::AcceptReceived(const Decapsulated& d) {

@@ -79,7 +79,7 @@ done
 
 lab_log "traffic across every mode (tshark listening on B's underlay)"
 PCAP=$RUN/underlay.pcap
-lab_exec B tshark -q -i ul0 -w "$PCAP" -f "ip proto 47 or ip proto 4 or ip proto 41 or ip6" \
+lab_exec B timeout 120 tshark -q -i ul0 -w "$PCAP" -f "ip proto 47 or ip proto 4 or ip proto 41 or ip6" \
   >/dev/null 2>&1 &
 TSHARK=$!
 for _ in $(seq 50); do [ -s "$PCAP" ] && break; sleep 0.1; done
@@ -108,8 +108,11 @@ for tap in mgretap mip6tap; do
   lab_ok "$tap: ARP/ND crossed the tunnel (A knows B's $mac)"
 done
 sleep 0.5
-kill -INT "$TSHARK" 2>/dev/null || true
+kill -TERM "$TSHARK" 2>/dev/null || true
+for _ in $(seq 50); do kill -0 "$TSHARK" 2>/dev/null || break; sleep 0.1; done
+kill -KILL "$TSHARK" 2>/dev/null || true  # bounded: never hang on the capture
 wait "$TSHARK" 2>/dev/null || true
+pkill -f "dumpcap.*$PCAP" 2>/dev/null || true
 
 lab_log "the wire, as tshark decodes it"
 fields() {  # FILTER FIELD...: one line per packet, fields separated by |
@@ -147,8 +150,10 @@ for s in "${seqs[@]}"; do
   [ "$s" -gt "$prev" ] || lab_fail "GRE sequence numbers do not increase: $prev then $s"
   prev=$s
 done
-[ "${seqs[0]}" = 1 ] || lab_fail "the first sequence number is ${seqs[0]}, want 1 (the kernel's)"
-lab_ok "mgrek: key 42, ${good} checksums good per tshark, sequence 1..$prev increasing"
+# (The first numbers went out before the capture started: the device's own IPv6 router
+# solicitations. That numbering starts at 1 is checked by the engine tests.)
+[ "${#seqs[@]}" -ge 4 ] || lab_fail "only ${#seqs[@]} keyed GRE packets captured"
+lab_ok "mgrek: key 42, ${good} checksums good per tshark, sequence ${seqs[0]}..$prev increasing"
 
 # Outer header: TTL inherited from the inner packet (ping sends 64) and DF set (pmtudisc).
 mapfile -t hdr < <(fields "ip.src == 198.18.0.1 && gre.proto == 0x0800 && icmp && !gre.key" \
