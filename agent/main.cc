@@ -2,6 +2,7 @@
 // moves their packets through the dataplane (io_uring, or epoll where io_uring is forbidden)
 // and serves /metrics.
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -239,7 +240,14 @@ int main(int argc, char** argv) {
       "tunnel-agent [--grpc_listen=ADDR] [--metrics_listen=ADDR] [--state_dir=DIR]\n"
       "             [--tls_cert=PEM --tls_key=PEM [--tls_client_ca=PEM]] [--insecure]\n"
       "             [--auth_token_file=FILE] [--io_backend=auto|uring|epoll]\n"
-      "Creates GRE and IPIP tunnels on request over gRPC (tunnelagent.v1.TunnelService).");
+      "Creates GRE, IPIP, SIT and IPv6 tunnels on request over gRPC "
+      "(tunnelagent.v1.TunnelService).");
   absl::ParseCommandLine(argc, argv);
+  // One descriptor per tunnel device: the usual soft limit of 1024 (systemd services,
+  // containers) would cap the agent near 1,000 tunnels. Raise it to the hard limit.
+  if (rlimit files{}; getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
   return tunnelagent::agent::Run();
 }

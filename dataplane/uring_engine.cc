@@ -146,10 +146,42 @@ class UringEngine::Impl {
     return ErrnoStatus(-ret, "io_uring_queue_init");
   }
 
+  // Every operation the engine submits must be known to the kernel (io_uring_register's probe):
+  // an old kernel or a filter that knows fewer is a reason to fall back, not to fail later.
+  absl::Status CheckOpcodes() {
+    io_uring_probe* probe = io_uring_get_probe_ring(&ring_);
+    if (probe == nullptr) return absl::FailedPreconditionError("io_uring: cannot probe opcodes");
+    const struct {
+      int op;
+      const char* name;
+    } needed[] = {{IORING_OP_READ, "read"},
+                  {IORING_OP_WRITE, "write"},
+                  {IORING_OP_SENDMSG, "sendmsg"},
+                  {IORING_OP_RECV, "recv"},
+                  {IORING_OP_RECVMSG, "recvmsg"},
+                  {IORING_OP_TIMEOUT, "timeout"},
+                  {IORING_OP_ASYNC_CANCEL, "async_cancel"}};
+    absl::Status status;
+    for (const auto& n : needed) {
+      if (!io_uring_opcode_supported(probe, n.op)) {
+        status = absl::FailedPreconditionError(
+            absl::StrCat("io_uring: the kernel does not support the ", n.name, " operation"));
+        break;
+      }
+    }
+    io_uring_free_probe(probe);
+    return status;
+  }
+
   void Run(std::promise<absl::Status>* ready) {
     absl::Status status = SetUpRing();
     if (!status.ok()) {
       ready->set_value(status);
+      return;
+    }
+    if (absl::Status s = CheckOpcodes(); !s.ok()) {
+      io_uring_queue_exit(&ring_);
+      ready->set_value(s);
       return;
     }
     wake_slot_.op = OpKind::kWake;
@@ -157,6 +189,13 @@ class UringEngine::Impl {
     timer_slot_.op = OpKind::kTimer;
     ArmTimer();
     for (Slot& slot : rx_slots_) ArmReceive(&slot);
+    // The first io_uring_enter, before anyone relies on the engine: a seccomp profile may allow
+    // io_uring_setup and still refuse io_uring_enter, which would leave every command unanswered.
+    if (int ret = io_uring_submit(&ring_); ret < 0) {
+      io_uring_queue_exit(&ring_);
+      ready->set_value(ErrnoStatus(-ret, "io_uring_enter"));
+      return;
+    }
     ready->set_value(absl::OkStatus());
 
     while (!stopping_) {

@@ -256,6 +256,14 @@ check_seccomp_agent() {
   grep -q '^tunnelagent_dataplane_io_uring_fallback 1' "$work/fallback/metrics" ||
     fail "without io_uring the agent did not report the fallback"
   echo "agent under the profile without io_uring: epoll fallback reported, tunnel up"
+  # io_uring_setup allowed but io_uring_enter refused: the first submission fails, and auto
+  # falls back rather than waiting forever on a ring that never moves.
+  jq '.syscalls |= map(.names -= ["io_uring_enter"] | select(.names != []))' \
+    "$profile" >"$work/no-enter.json"
+  run_agent no_enter "$work/no-enter.json" auto
+  grep -q '^tunnelagent_dataplane_io_uring_fallback 1' "$work/no_enter/metrics" ||
+    fail "with io_uring_enter refused the agent did not fall back"
+  echo "agent under the profile without io_uring_enter: epoll fallback reported, tunnel up"
 }
 
 # The unit's SystemCallFilter= as an OCI seccomp profile: systemd's groups expanded with
