@@ -51,6 +51,25 @@ check_kubernetes() {
   profile=$(sed -n 's/^ *localhostProfile: *//p' "$DEPLOY/kubernetes/agent-daemonset.yaml")
   [ "$(basename "$profile")" = "$(basename "$DEPLOY/seccomp/tunnel-agent.json")" ] ||
     fail "agent-daemonset.yaml names seccomp profile $profile, deploy/seccomp has tunnel-agent.json"
+  # The fleet file in the controller's ConfigMap is one tunnel-controller accepts: with its
+  # token file in place, `plan` fails only on the (unreachable) agents, exit 1, not on the
+  # file, exit 2.
+  if [ -x "$BIN_DIR/tunnel-controller" ]; then
+    "$PYTHON" - "$DEPLOY/kubernetes/controller.yaml" "$work/fleet.yaml" "$work/token" <<'EOF2'
+import sys, yaml
+manifest, fleet, token = sys.argv[1:]
+docs = [d for d in yaml.safe_load_all(open(manifest)) if d and d.get("kind") == "ConfigMap"]
+text = docs[0]["data"]["fleet.yaml"]
+assert "tokenFile: /etc/tunnel-agent/token/token" in text, "the fleet file names no token file"
+open(fleet, "w").write(text.replace("/etc/tunnel-agent/token/token", token))
+open(token, "w").write("test-token\n")
+EOF2
+    local rc=0
+    "$BIN_DIR/tunnel-controller" plan -f "$work/fleet.yaml" --timeout=1 --progress=plain \
+      >"$work/plan.log" 2>&1 || rc=$?
+    [ "$rc" = 1 ] || { cat "$work/plan.log" >&2; fail "the ConfigMap's fleet file: plan exit $rc, want 1"; }
+    echo "controller ConfigMap: tunnel-controller accepts its fleet file"
+  fi
   # kubectl is no Debian package: when one is installed, render the kustomization (and an
   # overlay with the component) and validate what `kubectl apply -k` would send.
   if command -v kubectl >/dev/null && kubectl kustomize --help >/dev/null 2>&1; then
