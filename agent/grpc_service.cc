@@ -364,8 +364,9 @@ grpc::Status TunnelServiceImpl::GetAgentInfo(grpc::ServerContext*, const v1::Get
         dataplane::TunnelMode::kIp6gretap, dataplane::TunnelMode::kIp6tnl}) {
     if (dataplane::IsModeImplemented(mode)) response->add_supported_modes(ModeToProto(mode));
   }
-  for (const char* feature : {"request_id", "etag", "update_mask", "watch", "apply", "labels",
-                              "pagination", "persistent_devices"}) {
+  for (const char* feature :
+       {"request_id", "etag", "update_mask", "watch", "apply", "labels", "pagination",
+        "persistent_devices", "gre_options", "keepalive", "path_mtu"}) {
     response->add_features(feature);
   }
   response->set_io_backend(identity_.io_backend);

@@ -800,8 +800,8 @@ TEST_F(GrpcServiceTest, GetAgentInfo) {
                               v1::TUNNEL_MODE_IP6GRETAP, v1::TUNNEL_MODE_IP6TNL}) {
     EXPECT_TRUE(modes.count(mode)) << v1::TunnelMode_Name(mode);
   }
-  for (const char* feature :
-       {"request_id", "etag", "update_mask", "watch", "apply", "labels", "pagination"}) {
+  for (const char* feature : {"request_id", "etag", "update_mask", "watch", "apply", "labels",
+                              "pagination", "gre_options", "keepalive", "path_mtu"}) {
     EXPECT_THAT(info.features(), Contains(feature));
   }
 }
