@@ -114,28 +114,18 @@ std::vector<std::string> ChangedFields(const TunnelSpec& a, const TunnelSpec& b)
 }
 
 const std::vector<std::string>& UpdatableFields() {
-  static const auto* fields = new std::vector<std::string>{"mode",
-                                                           "local",
-                                                           "remote",
-                                                           "key",
-                                                           "mtu",
-                                                           "addresses",
-                                                           "routes",
-                                                           "labels",
-                                                           "input_key",
-                                                           "output_key",
-                                                           "checksum",
-                                                           "input_checksum",
-                                                           "output_checksum",
-                                                           "sequence",
-                                                           "input_sequence",
-                                                           "output_sequence",
-                                                           "ttl",
-                                                           "tos",
-                                                           "inherit_tos",
-                                                           "pmtudisc",
-                                                           "ignore_df",
-                                                           "keepalive"};
+  // Every field of the API's Tunnel a client sets: all but the name (the key), the etag (a
+  // precondition) and the status (output only), in declaration order. Taken from the proto so
+  // that a field added there cannot be missed here.
+  static const auto* fields = [] {
+    auto* out = new std::vector<std::string>;
+    const google::protobuf::Descriptor* tunnel = v1::Tunnel::descriptor();
+    for (int i = 0; i < tunnel->field_count(); ++i) {
+      const std::string& name = tunnel->field(i)->name();
+      if (name != "name" && name != "etag" && name != "status") out->push_back(name);
+    }
+    return out;
+  }();
   return *fields;
 }
 

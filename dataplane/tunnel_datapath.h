@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "dataplane/packet/encap.h"
 #include "dataplane/packet_engine.h"
@@ -127,6 +128,25 @@ class TunnelDatapath {
   absl::Time next_keepalive_ = absl::InfiniteFuture();
   uint32_t keepalives_outstanding_ = 0;
 };
+
+// What both engines check before taking a tunnel: its name free, its datapath made, its receive
+// match free (ALREADY_EXISTS otherwise). `tunnels` is the engine's map by name.
+template <typename Tunnels, typename Table>
+absl::StatusOr<std::unique_ptr<TunnelDatapath>> NewTunnelDatapath(const EngineTunnel& config,
+                                                                  const Tunnels& tunnels,
+                                                                  const Table& by_match,
+                                                                  UnderlayIo* io) {
+  if (tunnels.contains(config.name)) {
+    return absl::AlreadyExistsError(absl::StrCat("tunnel ", config.name, " exists"));
+  }
+  absl::StatusOr<std::unique_ptr<TunnelDatapath>> path =
+      TunnelDatapath::Create(config, io, absl::Now());
+  if (path.ok() && by_match.Contains((*path)->match())) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "another tunnel receives the same mode, local, remote and key as ", config.name));
+  }
+  return path;
+}
 
 }  // namespace tunnelagent::dataplane
 

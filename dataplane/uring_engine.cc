@@ -444,16 +444,9 @@ class UringEngine::Impl {
   }
 
   absl::Status Add(const EngineTunnel& config) {
-    if (tunnels_.contains(config.name)) {
-      return absl::AlreadyExistsError(absl::StrCat("tunnel ", config.name, " exists"));
-    }
     absl::StatusOr<std::unique_ptr<TunnelDatapath>> path =
-        TunnelDatapath::Create(config, &io_, absl::Now());
+        NewTunnelDatapath(config, tunnels_, by_match_, &io_);
     if (!path.ok()) return path.status();
-    if (by_match_.Contains((*path)->match())) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "another tunnel receives the same mode, local, remote and key as ", config.name));
-    }
     auto tunnel = std::make_unique<TunnelRuntime>();
     tunnel->path = std::move(*path);
     // Room for the headroom, a frame of the device's largest, and enough beyond it to tell a

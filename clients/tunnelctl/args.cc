@@ -101,30 +101,6 @@ constexpr absl::string_view kUpdateKeywords[] = {
     "label",     "noaddresses", "noroutes",  "nolabels"};
 constexpr absl::string_view kListKeywords[] = {"mode", "state", "label"};
 
-// update_mask paths in Tunnel's field order.
-constexpr absl::string_view kMaskOrder[] = {"mode",
-                                            "local",
-                                            "remote",
-                                            "key",
-                                            "mtu",
-                                            "addresses",
-                                            "routes",
-                                            "labels",
-                                            "input_key",
-                                            "output_key",
-                                            "checksum",
-                                            "input_checksum",
-                                            "output_checksum",
-                                            "sequence",
-                                            "input_sequence",
-                                            "output_sequence",
-                                            "ttl",
-                                            "tos",
-                                            "inherit_tos",
-                                            "pmtudisc",
-                                            "ignore_df",
-                                            "keepalive"};
-
 const Keyword* FindKeyword(absl::string_view word) {
   for (const Keyword& k : kKeywords) {
     if (k.word == word) return &k;
@@ -451,11 +427,14 @@ class Parser {
       return UsageError(
           absl::StrCat(verb, ": nothing to change (want ", OneOf(kUpdateKeywords), ")"));
     }
-    for (absl::string_view path : kMaskOrder) {
+    // update_mask paths in Tunnel's field order.
+    const google::protobuf::Descriptor* tunnel = v1::Tunnel::descriptor();
+    for (int i = 0; i < tunnel->field_count(); ++i) {
+      const std::string& path = tunnel->field(i)->name();
       // `tos N` and `tos inherit` set both tos and inherit_tos: either replaces the other.
-      const bool given = fields_.count(std::string(path)) != 0 ||
-                         (path == "inherit_tos" && fields_.count("tos") != 0);
-      if (given) command_.update_mask.add_paths(std::string(path));
+      const bool given =
+          fields_.count(path) != 0 || (path == "inherit_tos" && fields_.count("tos") != 0);
+      if (given) command_.update_mask.add_paths(path);
     }
     return absl::OkStatus();
   }
