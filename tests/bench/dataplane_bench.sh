@@ -158,7 +158,7 @@ server_wait() {
 iperf_test() {
   local peer=$1 dst=$2 test=$3 rep
   shift 3
-  for rep in $(seq "$REPS"); do
+  for rep in $(seq $((${REP_OFFSET:-0} + 1)) $((${REP_OFFSET:-0} + REPS))); do
     local base=$OUT/$peer-$test-$rep value= t0 t1
     if ! server_start "$base.server.json"; then
       note "$peer" "$test run $rep: the iperf3 server did not start"
@@ -310,12 +310,27 @@ peer_agent_gre() {
 }
 
 # EXTRA_TUNNELS keyed GRE tunnels between the same two addresses (keys 1..N: each its own
-# receive-table entry and TUN device) on both agents, then the per-packet figures again
-# through gre1 (keyless), and the agents' memory.
+# receive-table entry and TUN device) on both agents, and the per-packet figures through gre1
+# (keyless) with and without them. The machine is shared, so the two are paired: each of the
+# REPS rounds measures TCP x1 and UDP 64 B with gre1 alone (agent-gre+1), adds the tunnels,
+# measures again (agent-gre+scale) and the agents' memory, and removes them (apply --prune).
+scale_apply() {  # NODE FILE: apply, then wait until every tunnel the file leaves is UP
+  local n=$1 file=$2 want up=0 _
+  want=$(($(jq '.tunnels | length' "$file") + 1))
+  lab_ctl "$n" --timeout=600 apply --prune -f "$file" >"$OUT/apply-$n.txt" 2>&1 ||
+    { note agent-gre+scale "apply on $n failed: $(tail -1 "$OUT/apply-$n.txt")"; return 1; }
+  for _ in $(seq 600); do
+    up=$(lab_ctl "$n" -o json list state up | jq '.tunnels // [] | length')
+    [ "${up:-0}" -ge "$want" ] && return 0
+    sleep 0.2
+  done
+  note agent-gre+scale "$n: only $up of $want tunnels UP"
+  return 1
+}
+
 scale_step() {
   [ "$EXTRA_TUNNELS" -gt 0 ] || return 0
-  local n
-  log "scale: $EXTRA_TUNNELS more keyed GRE tunnels on each agent"
+  local n r t0
   for n in A B; do
     local local_ip=$UL_A remote_ip=$UL_B
     [ $n = B ] && local_ip=$UL_B remote_ip=$UL_A
@@ -323,30 +338,29 @@ scale_step() {
       {owner: "bench", tunnels: [range(1; $n + 1) |
         {name: "bk\(.)", mode: "TUNNEL_MODE_GRE", local: $l, remote: $r, key: .}]}' \
       >"$RUN/extra-$n.json"
-    local t0 t1
-    t0=$(date +%s.%N)
-    if ! lab_ctl "$n" --timeout=600 apply -f "$RUN/extra-$n.json" >"$OUT/apply-$n.txt" 2>&1; then
-      note agent-gre+scale "apply on $n failed: $(tail -1 "$OUT/apply-$n.txt")"
-      return
-    fi
-    local want=$((EXTRA_TUNNELS + 1)) up=0 _
-    for _ in $(seq 600); do
-      up=$(lab_ctl "$n" -o json list state up | jq '.tunnels // [] | length')
-      [ "${up:-0}" -ge "$want" ] && break
-      sleep 0.2
-    done
-    [ "${up:-0}" -ge "$want" ] || note agent-gre+scale "$n: only $up of $want tunnels UP"
-    t1=$(date +%s.%N)
-    meta "apply_seconds_$n" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')"
+    echo '{"owner": "bench", "tunnels": []}' >"$RUN/none.json"
   done
-  meta tunnels_a "$(lab_ctl A -o json info | jq -r '.tunnelCount')"
-  meta tunnels_b "$(lab_ctl B -o json info | jq -r '.tunnelCount')"
-  reachable A 10.10.0.2 || { note agent-gre+scale "no ping through gre1 with the extra tunnels"; return; }
-  log "scale: TCP x1 and UDP 64 B through gre1 with $((EXTRA_TUNNELS + 1)) tunnels"
-  iperf_test agent-gre+scale 10.10.0.2 tcp1
-  iperf_test agent-gre+scale 10.10.0.2 udp64 -u -b 0 -l 64
-  meta rss_a_scale "$(rss_mib "${LAB_PIDS[A]}")"
-  meta rss_b_scale "$(rss_mib "${LAB_PIDS[B]}")"
+  log "scale: $REPS rounds of gre1 alone, then with $EXTRA_TUNNELS more keyed GRE tunnels"
+  for r in $(seq "$REPS"); do
+    REPS=1 REP_OFFSET=$((r - 1)) iperf_test agent-gre+1 10.10.0.2 tcp1
+    REPS=1 REP_OFFSET=$((r - 1)) iperf_test agent-gre+1 10.10.0.2 udp64 -u -b 0 -l 64
+    for n in A B; do
+      t0=$(date +%s.%N)
+      scale_apply $n "$RUN/extra-$n.json" || return
+      record fig "$n" apply_seconds "$r" "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')"
+    done
+    if [ "$r" = 1 ]; then
+      meta tunnels_a "$(lab_ctl A -o json info | jq -r '.tunnelCount')"
+      meta tunnels_b "$(lab_ctl B -o json info | jq -r '.tunnelCount')"
+    fi
+    reachable A 10.10.0.2 || { note agent-gre+scale "no ping through gre1 with the extra tunnels"; return; }
+    REPS=1 REP_OFFSET=$((r - 1)) iperf_test agent-gre+scale 10.10.0.2 tcp1
+    REPS=1 REP_OFFSET=$((r - 1)) iperf_test agent-gre+scale 10.10.0.2 udp64 -u -b 0 -l 64
+    record fig A rss_mib "$r" "$(rss_mib "${LAB_PIDS[A]}")"
+    record fig B rss_mib "$r" "$(rss_mib "${LAB_PIDS[B]}")"
+    for n in A B; do scale_apply $n "$RUN/none.json" || return; done
+    reachable A 10.10.0.2 || { note agent-gre+scale "no ping through gre1 after removing the extra tunnels"; return; }
+  done
 }
 
 gre_udp_feature() {  # a GetAgentInfo feature naming GRE-in-UDP (FOU/GUE), if any

@@ -3,7 +3,8 @@
 
 Reads the results file the script writes, one record per line, tab-separated:
   fig   PEER FIGURE REP VALUE   one run's figure (tcp1, tcp4 Gbit/s; udp64, udp1400 kpps;
-                                cpu_s_per_gbit)
+                                cpu_s_per_gbit); for PEER A or B (an agent): rss_mib and
+                                apply_seconds of the scale step
   rtt   PEER ms REP VALUE       one ping's round trip
   meta  -    KEY  -   VALUE     the machine, the parameters, what the run saw
   note  PEER -    -   TEXT      a peer left out or a run that failed
@@ -14,7 +15,8 @@ import statistics
 import sys
 
 PEERS = ["veth", "naive", "agent-gre", "agent-ipip", "agent-gre-udp"]
-SCALED = "agent-gre+scale"
+SCALED = "agent-gre+scale"  # gre1 with the extra tunnels
+ONE = "agent-gre+1"  # gre1 alone, paired with it
 FIGURES = [  # key, label, higher is better
     ("tcp1", "TCP x1 Gbit/s", True),
     ("tcp4", "TCP x4 Gbit/s", True),
@@ -121,23 +123,27 @@ def main(argv):
         print("(no ratios to naive: the naive forwarder was not measured)")
 
     scale = {}
-    if SCALED in medians or "rss_a_scale" in meta:
+    if SCALED in medians:
         n_a, n_b = meta.get("tunnels_a", "?"), meta.get("tunnels_b", "?")
         print()
-        print("scale: agent-gre with %s tunnels on A and %s on B (applied and all UP in %s s and %s s)" %
-              (n_a, n_b, meta.get("apply_seconds_A", "?"), meta.get("apply_seconds_B", "?")))
+        print("scale: gre1 with %s tunnels on agent A and %s on B, paired with gre1 alone in each"
+              " round (%d rounds)" % (n_a, n_b, len(runs.get(SCALED, {}).get("tcp1", []))))
+        print("  apply of the extra tunnels until all UP: median %s s on A, %s s on B" %
+              (fmt(med("A", "apply_seconds")), fmt(med("B", "apply_seconds"))))
         for fig, label in (("tcp1", "TCP x1 Gbit/s"), ("udp64", "UDP 64 B kpps rx")):
-            v, one = med(SCALED, fig), med("agent-gre", fig)
+            v, one = med(SCALED, fig), med(ONE, fig)
             r = v / one if v is not None and one else None
-            scale[fig] = {"median": v, "x_one_tunnel": r}
-            print("  %-18s %8s  (%s x the run with one tunnel)" % (label, fmt(v), fmt(r)))
-        for node in ("a", "b"):
-            print("  agent %s VmRSS: %s MiB with one tunnel, %s MiB with %s" %
-                  (node.upper(), meta.get("rss_%s_1" % node, "?"),
-                   meta.get("rss_%s_scale" % node, "?"), meta.get("tunnels_" + node, "?")))
-        scale.update({k: meta.get(k) for k in ("tunnels_a", "tunnels_b", "rss_a_1", "rss_b_1",
-                                                 "rss_a_scale", "rss_b_scale",
-                                                 "apply_seconds_A", "apply_seconds_B")})
+            scale[fig] = {"median": v, "one_tunnel_median": one, "x_one_tunnel": r}
+            print("  %-18s %8s with them, %8s alone: %s x" % (label, fmt(v), fmt(one), fmt(r)))
+        for node in ("A", "B"):
+            rss = runs.get(node, {}).get("rss_mib")
+            scale["rss_mib_" + node] = max(rss) if rss else None
+            print("  agent %s VmRSS: %s MiB with one tunnel, at most %s MiB with %s" %
+                  (node, meta.get("rss_%s_1" % node.lower(), "?"), fmt(scale["rss_mib_" + node]),
+                   meta.get("tunnels_" + node.lower(), "?")))
+        scale.update({k: meta.get(k) for k in ("tunnels_a", "tunnels_b", "rss_a_1", "rss_b_1")})
+        scale["apply_seconds_A"], scale["apply_seconds_B"] = (med("A", "apply_seconds"),
+                                                              med("B", "apply_seconds"))
 
     # The targets, as ratios inside this run.
     targets = []
@@ -170,11 +176,10 @@ def main(argv):
         target("%s tunnels: GRE %s >= 0.9x one tunnel (no slow-down)" %
                (meta.get("tunnels_a", "1,001"), label),
                scale.get(fig, {}).get("x_one_tunnel"), 0.9, True)
-    for node in ("a", "b"):
-        rss = meta.get("rss_%s_scale" % node)
-        target("%s tunnels: agent %s VmRSS < 100 MiB" % (meta.get("tunnels_" + node, "1,001"),
-                                                        node.upper()),
-               float(rss) if rss else None, 100, False)
+    for node in ("A", "B"):
+        target("%s tunnels: agent %s VmRSS < 100 MiB" %
+               (meta.get("tunnels_" + node.lower(), "1,001"), node),
+               scale.get("rss_mib_" + node), 100, False)
 
     if notes:
         print()
@@ -194,7 +199,7 @@ def main(argv):
             "targets": targets,
             "notes": [{"peer": p, "text": t} for p, t in notes],
         }
-        for p in measured + ([SCALED] if SCALED in medians else []):
+        for p in measured + [p for p in (ONE, SCALED) if p in medians]:
             figs = {}
             for fig, _, _ in FIGURES:
                 if med(p, fig) is None:
