@@ -11,12 +11,14 @@ BUILD_PACKAGES=(cmake ninja-build g++ pkg-config make
 TEST_PACKAGES=(iproute2 iputils-ping iperf3 procps psmisc curl jq
   python3 python3-grpcio python3-protobuf tshark prometheus openssl
   yamllint systemd python3-seccomp util-linux)
+# `make bench` only: the traffic generator, the naive forwarder's compiler, the report.
+BENCH_PACKAGES=(iproute2 iputils-ping iperf3 procps jq ethtool gcc libc6-dev python3)
 # `make fuzz` only: clang and its runtime (libFuzzer, sanitizers), a Recommends of clang.
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 
 missing=()
 for p in "${BUILD_PACKAGES[@]}" ${WITH_TEST_DEPS:+"${TEST_PACKAGES[@]}"} \
-  ${WITH_FUZZ_DEPS:+"${FUZZ_PACKAGES[@]}"}; do
+  ${WITH_FUZZ_DEPS:+"${FUZZ_PACKAGES[@]}"} ${WITH_BENCH_DEPS:+"${BENCH_PACKAGES[@]}"}; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 # npm may come from Debian's package or with another Node.js build: only the command matters.

@@ -1,0 +1,304 @@
+// Google Benchmark micro-benchmarks of the dataplane's per-packet code, without devices or
+// sockets: what one packet costs in the codecs and the tunnel lookup, so that the issue-5 work
+// (offloads, batching) can be checked not to make the per-packet path slower.
+// Not a test: it asserts nothing about speed and is not registered with CTest.
+//
+//   make microbench                      # builds, then runs every benchmark
+//   build/tests/dataplane_microbench --benchmark_filter=Lookup --benchmark_min_time=0.2
+//
+// What is measured (inner packets are IPv4/UDP of 64 and 1400 bytes, laid out as the engines
+// lay them out: kMaxEncapHeadroom bytes of headroom, then the packet):
+//   BM_Encapsulate/<tunnel>/<inner bytes>  gre (keyless), gre_key_csum_seq, ipip, ip6gre
+//   BM_Decapsulate/<tunnel>/<inner bytes>  the same packets back (Decapsulate, DecapsulateIpv6)
+//   BM_GreChecksum/<bytes>                 the RFC 1071 sum the GRE C bit costs
+//   BM_Lookup/<case>/<tunnels>             TunnelTable::Lookup in a table of 1 and 10,000
+//                                          tunnels: exact_hit (local+remote, first probe),
+//                                          remote_only_hit (wildcard local, second probe), miss
+//                                          (all four probes); the time must not grow with size
+//   BM_IcmpFragNeeded                      WriteIcmpFragmentationNeeded for a 1400-byte packet
+//
+// TODO (issue 5; these paths do not exist yet, add a benchmark with each):
+//   - segmentation: splitting a 64 KiB TUN read (IFF_VNET_HDR + TUNSETOFFLOAD, TSO4/TSO6) into
+//     MTU-sized inner packets, with the checksum offload completed, then encapsulated;
+//   - coalescing: merging received inner TCP segments of one flow into a super-packet written
+//     with a virtio_net_hdr (GRO), and the flow-table cost when it cannot coalesce;
+//   - GRE-in-UDP (RFC 8086) encapsulation and decapsulation, with UDP GSO/GRO batching;
+//   - the buffer-ring bookkeeping of multishot receives (provided buffers recycled per packet).
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "dataplane/packet/checksum.h"
+#include "dataplane/packet/drop_reason.h"
+#include "dataplane/packet/encap.h"
+#include "dataplane/packet/icmp.h"
+#include "dataplane/packet/ipv4.h"
+#include "dataplane/packet/outer_address.h"
+#include "dataplane/packet/tunnel_mode.h"
+#include "dataplane/tunnel_table.h"
+
+namespace tunnelagent::dataplane {
+namespace {
+
+constexpr uint32_t kLocal = 0xC6120001;     // 198.18.0.1
+constexpr uint32_t kRemote = 0xC6120002;    // 198.18.0.2
+constexpr uint32_t kInnerSrc = 0x0A000001;  // 10.0.0.1
+constexpr uint32_t kInnerDst = 0x0A000002;  // 10.0.0.2
+constexpr uint8_t kIpProtoUdp = 17;
+
+OuterAddress Ipv6Address(uint8_t last) {
+  uint8_t bytes[16] = {0x20, 0x01, 0x0d, 0xb8};  // 2001:db8::last
+  bytes[15] = last;
+  return OuterAddress::FromIpv6(bytes);
+}
+
+// An IPv4/UDP packet of `len` bytes (header checksum right, DF set, payload of zeros).
+void WriteInnerPacket(uint8_t* out, size_t len) {
+  std::memset(out, 0, len);
+  Ipv4Header h;
+  h.total_len = static_cast<uint16_t>(len);
+  h.id = 0x1234;
+  h.dont_fragment = true;
+  h.ttl = 64;
+  h.protocol = kIpProtoUdp;
+  h.src = kInnerSrc;
+  h.dst = kInnerDst;
+  WriteIpv4Header(h, out);
+  const size_t udp_len = len - kIpv4HeaderLen;
+  out[kIpv4HeaderLen + 0] = 0x30;  // source port 12345
+  out[kIpv4HeaderLen + 1] = 0x39;
+  out[kIpv4HeaderLen + 2] = 0x14;  // destination port 5201
+  out[kIpv4HeaderLen + 3] = 0x51;
+  out[kIpv4HeaderLen + 4] = static_cast<uint8_t>(udp_len >> 8);
+  out[kIpv4HeaderLen + 5] = static_cast<uint8_t>(udp_len);
+}
+
+// The tunnels benchmarked: gre keyless, gre with key, checksum and sequence, ipip, ip6gre.
+enum Variant { kGreKeyless, kGreKeyCsumSeq, kIpip, kIp6gre };
+
+EncapParams ParamsFor(Variant variant) {
+  EncapParams p;
+  p.ttl = 64;
+  switch (variant) {
+    case kGreKeyless:
+      p.mode = TunnelMode::kGre;
+      break;
+    case kGreKeyCsumSeq:
+      p.mode = TunnelMode::kGre;
+      p.has_key = true;
+      p.key = 42;
+      p.checksum = true;
+      p.sequence = true;
+      break;
+    case kIpip:
+      p.mode = TunnelMode::kIpip;
+      break;
+    case kIp6gre:
+      p.mode = TunnelMode::kIp6gre;
+      p.local = Ipv6Address(1);
+      p.remote = Ipv6Address(2);
+      return p;
+  }
+  p.local = kLocal;
+  p.remote = kRemote;
+  return p;
+}
+
+// An inner packet in a buffer with the engines' headroom in front of it.
+class Frame {
+ public:
+  explicit Frame(size_t inner_len)
+      : storage_(kMaxEncapHeadroom + inner_len), inner_len_(inner_len) {
+    WriteInnerPacket(inner(), inner_len);
+  }
+  uint8_t* inner() { return storage_.data() + kMaxEncapHeadroom; }
+  size_t inner_len() const { return inner_len_; }
+
+ private:
+  std::vector<uint8_t> storage_;
+  size_t inner_len_;
+};
+
+void SetCounters(benchmark::State& state, size_t bytes) {
+  state.SetItemsProcessed(state.iterations());
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes));
+}
+
+// ---- Encapsulate ----------------------------------------------------------------------------
+
+void BM_Encapsulate(benchmark::State& state, Variant variant) {
+  const size_t inner_len = static_cast<size_t>(state.range(0));
+  const EncapParams params = ParamsFor(variant);
+  Frame frame(inner_len);
+  uint32_t sequence = 1;
+  for (auto _ : state) {
+    // In place, as the engines do: only the headroom is written, so the frame can be reused.
+    EncapResult r = Encapsulate(params, frame.inner(), frame.inner_len(), 0, sequence++);
+    benchmark::DoNotOptimize(r.packet);
+    benchmark::DoNotOptimize(r.len);
+    benchmark::ClobberMemory();
+  }
+  SetCounters(state, inner_len);
+}
+
+// ---- Decapsulate ----------------------------------------------------------------------------
+
+void BM_Decapsulate(benchmark::State& state, Variant variant) {
+  const size_t inner_len = static_cast<size_t>(state.range(0));
+  const EncapParams params = ParamsFor(variant);
+  Frame frame(inner_len);
+  EncapResult r = Encapsulate(params, frame.inner(), frame.inner_len(), 0, 7);
+  if (r.packet == nullptr) {
+    state.SkipWithError(("Encapsulate dropped: " + std::string(DropReasonName(r.drop))).c_str());
+    return;
+  }
+  // Raw IPv6 sockets deliver what follows the IPv6 header and its extension headers.
+  const size_t ipv6_skip = kIpv6HeaderLen + kEncapLimitOptionLen;
+  const bool over_ipv6 = IsIpv6UnderlayMode(params.mode);
+  const std::vector<uint8_t> before(r.packet, r.packet + r.len);
+  Decapsulated d;
+  DropReason reason = DropReason::kCount;
+  auto decap = [&] {
+    return over_ipv6 ? DecapsulateIpv6(r.packet + ipv6_skip, r.len - ipv6_skip, kIpProtoGre,
+                                       params.remote, params.local, 0, &d, &reason)
+                     : Decapsulate(r.packet, r.len, &d, &reason);
+  };
+  // Decapsulation works in place but leaves a packet without ECN marks unchanged, so the same
+  // packet can be decapsulated again and again; check that once rather than copy per round.
+  if (!decap() || d.inner_len != inner_len || std::memcmp(before.data(), r.packet, r.len) != 0) {
+    state.SkipWithError(
+        ("Decapsulate failed or changed the packet: " + std::string(DropReasonName(reason)))
+            .c_str());
+    return;
+  }
+  for (auto _ : state) {
+    bool ok = decap();
+    benchmark::DoNotOptimize(ok);
+    benchmark::DoNotOptimize(d.inner);
+    benchmark::ClobberMemory();
+  }
+  SetCounters(state, inner_len);
+}
+
+// BM_Encapsulate/<mode>/<inner bytes>, BM_Decapsulate/<mode>/<inner bytes>
+BENCHMARK_CAPTURE(BM_Encapsulate, gre, kGreKeyless)->Arg(64)->Arg(1400);
+BENCHMARK_CAPTURE(BM_Encapsulate, gre_key_csum_seq, kGreKeyCsumSeq)->Arg(64)->Arg(1400);
+BENCHMARK_CAPTURE(BM_Encapsulate, ipip, kIpip)->Arg(64)->Arg(1400);
+BENCHMARK_CAPTURE(BM_Encapsulate, ip6gre, kIp6gre)->Arg(64)->Arg(1400);
+BENCHMARK_CAPTURE(BM_Decapsulate, gre, kGreKeyless)->Arg(64)->Arg(1400);
+BENCHMARK_CAPTURE(BM_Decapsulate, gre_key_csum_seq, kGreKeyCsumSeq)->Arg(64)->Arg(1400);
+BENCHMARK_CAPTURE(BM_Decapsulate, ipip, kIpip)->Arg(64)->Arg(1400);
+BENCHMARK_CAPTURE(BM_Decapsulate, ip6gre, kIp6gre)->Arg(64)->Arg(1400);
+
+// ---- GRE checksum ---------------------------------------------------------------------------
+
+void BM_GreChecksum(benchmark::State& state) {
+  const size_t len = static_cast<size_t>(state.range(0));
+  std::vector<uint8_t> data(len);
+  for (size_t i = 0; i < len; ++i) data[i] = static_cast<uint8_t>(i * 31 + 7);
+  for (auto _ : state) {
+    uint16_t sum = InternetChecksum(data.data(), data.size());
+    benchmark::DoNotOptimize(sum);
+  }
+  SetCounters(state, len);
+}
+// GRE header and payload: 4 + 64, 4 + 1400, and a 64 KiB super-packet as offloads will bring.
+BENCHMARK(BM_GreChecksum)->Arg(68)->Arg(1404)->Arg(65536);
+
+// ---- TunnelTable::Lookup --------------------------------------------------------------------
+
+struct FakeTunnel {
+  int id = 0;
+};
+
+enum LookupCase { kExactHit, kRemoteOnlyHit, kMiss };
+
+// A table of `n` keyed GRE tunnels, as a fleet has them: the one looked up, and n - 1 others
+// with remote 198.19.x.y and key i, half with the local address set and half left as any.
+// The one looked up is exact (local and remote: the first probe finds it) or remote-only
+// (local any: the second probe); a miss has a key no tunnel has, so all four probes run.
+void BM_Lookup(benchmark::State& state, LookupCase which) {
+  const size_t n = static_cast<size_t>(state.range(0));
+  std::vector<FakeTunnel> tunnels(n);
+  TunnelTable<FakeTunnel> table;
+  const uint32_t exact_remote = 0xC6120002;  // 198.18.0.2
+  const uint32_t remote_only = 0xC6120003;   // 198.18.0.3
+  FakeTunnel* target = &tunnels[0];
+  if (which == kRemoteOnlyHit) {
+    table.Insert({TunnelMode::kGre, true, OuterAddress(), remote_only, 8888}, target);
+  } else {
+    table.Insert({TunnelMode::kGre, true, kLocal, exact_remote, 7777}, target);
+  }
+  for (size_t i = 1; i < n; ++i) {
+    const uint32_t remote = 0xC6130000u + static_cast<uint32_t>(i);  // 198.19.0.0 + i
+    const bool with_local = (i % 2) == 0;
+    tunnels[i].id = static_cast<int>(i);
+    table.Insert({TunnelMode::kGre, true, with_local ? OuterAddress(kLocal) : OuterAddress(),
+                  remote, static_cast<uint32_t>(i)},
+                 &tunnels[i]);
+  }
+
+  Decapsulated packet;
+  packet.mode = TunnelMode::kGre;
+  packet.outer_dst = kLocal;
+  packet.has_key = true;
+  switch (which) {
+    case kExactHit:
+      packet.outer_src = exact_remote;
+      packet.key = 7777;
+      break;
+    case kRemoteOnlyHit:
+      packet.outer_src = remote_only;
+      packet.key = 8888;
+      break;
+    case kMiss:
+      packet.outer_src = exact_remote;
+      packet.key = 9999;  // no tunnel has it: all four probes
+      break;
+  }
+  const FakeTunnel* expected = which == kMiss ? nullptr : target;
+  if (table.size() != n || table.Lookup(packet) != expected) {
+    state.SkipWithError("Lookup found the wrong tunnel");
+    return;
+  }
+  for (auto _ : state) {
+    FakeTunnel* t = table.Lookup(packet);
+    benchmark::DoNotOptimize(t);
+  }
+  state.counters["tunnels"] = static_cast<double>(table.size());
+  state.SetItemsProcessed(state.iterations());
+}
+// BM_Lookup/<case>/<tunnels in the table>
+BENCHMARK_CAPTURE(BM_Lookup, exact_hit, kExactHit)->Arg(1)->Arg(10000);
+BENCHMARK_CAPTURE(BM_Lookup, remote_only_hit, kRemoteOnlyHit)->Arg(1)->Arg(10000);
+BENCHMARK_CAPTURE(BM_Lookup, miss, kMiss)->Arg(1)->Arg(10000);
+
+// ---- ICMP fragmentation needed --------------------------------------------------------------
+
+void BM_IcmpFragNeeded(benchmark::State& state) {
+  Frame frame(1400);
+  uint8_t out[576];
+  const size_t len = WriteIcmpFragmentationNeeded(frame.inner(), frame.inner_len(), kInnerDst, 1300,
+                                                  out, sizeof out);
+  if (len == 0) {
+    state.SkipWithError("WriteIcmpFragmentationNeeded wrote nothing");
+    return;
+  }
+  for (auto _ : state) {
+    size_t n = WriteIcmpFragmentationNeeded(frame.inner(), frame.inner_len(), kInnerDst, 1300, out,
+                                            sizeof out);
+    benchmark::DoNotOptimize(n);
+    benchmark::ClobberMemory();
+  }
+  state.counters["icmp_bytes"] = static_cast<double>(len);
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_IcmpFragNeeded);
+
+}  // namespace
+}  // namespace tunnelagent::dataplane
+
+BENCHMARK_MAIN();
