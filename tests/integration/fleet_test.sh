@@ -53,7 +53,7 @@ write_fleet() {
     echo "  type: mesh"
     echo "  overrides:"
     echo "    - {nodes: [n1, n2], mode: ipip, mtu: 1400}"
-    echo "    - {nodes: [n7, n8], checksum: true, keepalive: {interval: 0.5s, retries: 3}}"
+    echo "    - {nodes: [n9, n10], checksum: true, keepalive: {interval: 0.5s, retries: 3}}"
   } >"$file"
 }
 FLEET=$RUN/fleet.yaml
@@ -107,16 +107,16 @@ k43=$(tunnel_json n4 tc-n3 | jq -r .key)
 [ "$(jq -r .local <<<"$json")" = 198.18.0.3 ] && [ "$(jq -r .remote <<<"$json")" = 198.18.0.4 ] ||
   lab_fail "n3 tc-n4 local/remote: $json"
 lab_ok "n1-n2 IPIP mtu 1400 without key; n3-n4 GRE with the same key ($k34) at both ends"
-json=$(tunnel_json n7 tc-n8)
-[ "$(jq -r .checksum <<<"$json")" = true ] || lab_fail "n7 tc-n8 has no checksum: $json"
-[ "$(jq -r .keepalive.interval <<<"$json")" = 0.500s ] || lab_fail "n7 tc-n8 keepalive: $json"
+json=$(tunnel_json n9 tc-n10)
+[ "$(jq -r .checksum <<<"$json")" = true ] || lab_fail "n9 tc-n10 has no checksum: $json"
+[ "$(jq -r .keepalive.interval <<<"$json")" = 0.500s ] || lab_fail "n9 tc-n10 keepalive: $json"
 for _ in $(seq 30); do
-  replies=$(tunnel_json n7 tc-n8 | jq -r '.status.keepalive.replies // "0"')
+  replies=$(tunnel_json n9 tc-n10 | jq -r '.status.keepalive.replies // "0"')
   [ "$replies" -ge 1 ] && break
   sleep 0.1
 done
-[ "$replies" -ge 1 ] || lab_fail "n7 tc-n8: no keepalive reply from n8: $(tunnel_json n7 tc-n8 | jq -c .status)"
-lab_ok "n7-n8 override: GRE checksums and keepalive (replies coming back)"
+[ "$replies" -ge 1 ] || lab_fail "n9 tc-n10: no keepalive reply from n10: $(tunnel_json n9 tc-n10 | jq -c .status)"
+lab_ok "n9-n10 override: GRE checksums and keepalive (replies coming back)"
 
 lab_log "pings through random tunnels"
 seed=${FLEET_SEED:-$RANDOM}
