@@ -20,6 +20,7 @@ class TunLink final : public Device {
   int fd() const override { return tun_->fd(); }
   int ifindex() const override { return tun_->ifindex(); }
   void Keep() override { keep_ = true; }
+  bool offload() const override { return tun_->offload(); }
 
  private:
   std::unique_ptr<TunDevice> tun_;
@@ -34,6 +35,7 @@ absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::CreateDevice(const st
   options.alias = dataplane::kAgentDeviceAlias;
   options.persistent = true;
   options.netlink = netlink_;
+  options.offload = offload_;
   absl::StatusOr<std::unique_ptr<TunDevice>> tun = TunDevice::Create(name, kind, options);
   if (!tun.ok()) return tun.status();
   return std::make_unique<TunLink>(*std::move(tun));
@@ -46,7 +48,7 @@ absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::AttachDevice(const st
   if (!dataplane::IsAgentDevice(*link)) {
     return absl::NotFoundError(absl::StrCat("no device of the agent's named ", name));
   }
-  absl::StatusOr<std::unique_ptr<TunDevice>> tun = TunDevice::Attach(name, kind);
+  absl::StatusOr<std::unique_ptr<TunDevice>> tun = TunDevice::Attach(name, kind, offload_);
   if (absl::IsFailedPrecondition(tun.status())) {
     // Either in use, or the other kind (the tunnel's mode changed between TUN and TAP while
     // the device was left behind). Only in the second case can it be opened as the other

@@ -26,6 +26,8 @@ class Device {
   virtual int ifindex() const = 0;
   // Leave the link in place when this object goes (for a quick restart).
   virtual void Keep() = 0;
+  // Whether reads and writes on fd() carry a virtio-net header (TUN offloads on).
+  virtual bool offload() const { return false; }
 };
 
 // TUN (layer 3: IP packets) for most modes, TAP (layer 2: Ethernet frames) for gretap and
@@ -65,7 +67,9 @@ class LinkControl {
 // rtnetlink.
 class KernelLinkControl final : public LinkControl {
  public:
-  explicit KernelLinkControl(dataplane::Netlink* netlink) : netlink_(netlink) {}
+  // `offload`: TUN devices are opened with TUN offloads (TunDevice::CreateOptions::offload).
+  explicit KernelLinkControl(dataplane::Netlink* netlink, bool offload = false)
+      : netlink_(netlink), offload_(offload) {}
   absl::StatusOr<std::unique_ptr<Device>> CreateDevice(const std::string& name,
                                                        DeviceKind kind) override;
   absl::StatusOr<std::unique_ptr<Device>> AttachDevice(const std::string& name,
@@ -83,6 +87,7 @@ class KernelLinkControl final : public LinkControl {
 
  private:
   dataplane::Netlink* netlink_;
+  const bool offload_;
 };
 
 }  // namespace tunnelagent::agent

@@ -63,6 +63,9 @@ ABSL_FLAG(std::string, io_backend, "auto",
           "container's seccomp profile), uring (io_uring only) or epoll");
 ABSL_FLAG(uint32_t, device_reads_per_tunnel, 8,
           "Dataplane: reads kept in flight on each tunnel device");
+ABSL_FLAG(bool, tun_offload, false,
+          "Dataplane: TUN devices with offloads (virtio-net header, checksum, TSO/USO): the host "
+          "hands over 64 KiB super-packets, split here, and received TCP is coalesced back");
 ABSL_FLAG(uint32_t, socket_receives, 64,
           "Dataplane: receives kept in flight on each underlay socket");
 
@@ -139,7 +142,7 @@ int Run() {
   Log("INFO", "dataplane: %s backend started", (*engine)->backend_name());
 
   FileStateStore store(absl::GetFlag(FLAGS_state_dir));
-  KernelLinkControl links(netlink->get());
+  KernelLinkControl links(netlink->get(), absl::GetFlag(FLAGS_tun_offload));
   TunnelManager::Options manager_options;
   manager_options.max_tunnels = absl::GetFlag(FLAGS_max_tunnels);
   manager_options.keep_devices = absl::GetFlag(FLAGS_keep_devices);

@@ -31,11 +31,12 @@ dataplane::OuterAddress OuterAddressOf(const dataplane::IpAddress& address) {
 }
 
 // What the engine needs: how to wrap sent packets and which received ones are ours.
-dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, int device_fd, uint32_t mtu,
+dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, const Device& device, uint32_t mtu,
                                         std::shared_ptr<dataplane::TunnelCounters> counters) {
   dataplane::EngineTunnel t;
   t.name = spec.name;
-  t.device_fd = device_fd;
+  t.device_fd = device.fd();
+  t.vnet_header = device.offload();
   t.mtu = mtu;
   dataplane::EncapParams& e = t.encap;
   e.mode = spec.mode;
@@ -872,7 +873,7 @@ absl::Status TunnelManager::BringUp(Entry& entry) {
 absl::Status TunnelManager::StartDataplane(Entry& entry) {
   entry.counters = entry.counters ? entry.counters : std::make_shared<dataplane::TunnelCounters>();
   absl::Status status = engine_->AddTunnel(
-      EngineTunnelFor(entry.spec, entry.device->fd(), entry.mtu, entry.counters));
+      EngineTunnelFor(entry.spec, *entry.device, entry.mtu, entry.counters));
   entry.in_engine = status.ok();
   return status;
 }

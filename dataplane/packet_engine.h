@@ -66,6 +66,10 @@ struct DataplaneCounters {
 struct EngineTunnel {
   std::string name;
   int device_fd = -1;  // the TUN/TAP device; not owned, must stay open until RemoveTunnel returns
+  // The device was opened with IFF_VNET_HDR (TUN offloads): every read starts with a
+  // virtio-net header, which may announce a super-packet to split or a checksum to finish,
+  // and every write must start with one.
+  bool vnet_header = false;
   uint32_t mtu = 0;    // device MTU (tap modes: of the frame's payload, as `ip link` shows it)
   // How sent packets are wrapped: mode, underlay addresses, output GRE options, outer header.
   // Which received packets are the tunnel's follows from the mode, the addresses (local: the

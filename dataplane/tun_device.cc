@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "dataplane/errno_status.h"
+#include "dataplane/packet/offload.h"
 
 namespace tunnelagent::dataplane {
 namespace {
@@ -48,6 +49,10 @@ absl::Status StatusFromErrno(int err, const std::string& what) {
 
 const char* KindName(TunDevice::Kind kind) { return kind == TunDevice::Kind::kTun ? "TUN" : "TAP"; }
 
+// TUN_F_USO4/6 (linux/if_tun.h since 6.2), spelt out for older headers.
+constexpr unsigned kTunUso4 = 0x20;
+constexpr unsigned kTunUso6 = 0x40;
+
 short KindFlag(TunDevice::Kind kind) { return kind == TunDevice::Kind::kTun ? IFF_TUN : IFF_TAP; }
 
 // Blocking on purpose: io_uring arms its own poll on the descriptor.
@@ -76,7 +81,13 @@ struct ifreq Request(const std::string& name, short flags) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Create(const std::string& name, Kind kind) {
+  return CreateWith(name, kind, /*offload=*/false);
+}
+
+absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::CreateWith(const std::string& name,
+                                                                 Kind kind, bool offload) {
   if (absl::Status s = CheckName(name); !s.ok()) return s;
+  offload = offload && kind == Kind::kTun;
   const std::string what = absl::StrCat("creating ", KindName(kind), " device ", name);
   // IFF_TUN_EXCL below already refuses an existing TUN/TAP device, but with EBUSY, which
   // reads badly; this also names the case of a different kind of device with that name.
@@ -90,7 +101,8 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Create(const std::string& 
 
   // IFF_TUN_EXCL makes the kernel refuse to attach to a device of this name that appeared
   // since the check above, so a device the agent did not create is never taken over.
-  struct ifreq ifr = Request(name, static_cast<short>(KindFlag(kind) | IFF_NO_PI | IFF_TUN_EXCL));
+  struct ifreq ifr = Request(name, static_cast<short>(KindFlag(kind) | IFF_NO_PI | IFF_TUN_EXCL |
+                                                     (offload ? IFF_VNET_HDR : 0)));
   if (ioctl(*fd, TUNSETIFF, &ifr) < 0) {
     const int err = errno;
     close(*fd);
@@ -108,13 +120,17 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Create(const std::string& 
     return absl::InternalError(
         absl::StrCat(what, ": the new device has no ifindex: ", ErrnoText(err)));
   }
-  return std::unique_ptr<TunDevice>(
+  std::unique_ptr<TunDevice> device(
       new TunDevice(*fd, static_cast<int>(ifindex), name, kind, /*persistent=*/false));
+  if (offload) {
+    if (absl::Status s = device->SetUpOffload(); !s.ok()) return s;
+  }
+  return device;
 }
 
 absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Create(const std::string& name, Kind kind,
                                                              const CreateOptions& options) {
-  absl::StatusOr<std::unique_ptr<TunDevice>> device = Create(name, kind);
+  absl::StatusOr<std::unique_ptr<TunDevice>> device = CreateWith(name, kind, options.offload);
   if (!device.ok()) return device.status();
   // Until the end the device is not persistent, so returning early removes it.
   if (!options.alias.empty()) {
@@ -137,7 +153,13 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Create(const std::string& 
 }
 
 absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Attach(const std::string& name, Kind kind) {
+  return Attach(name, kind, /*offload=*/false);
+}
+
+absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Attach(const std::string& name, Kind kind,
+                                                             bool offload) {
   if (absl::Status s = CheckName(name); !s.ok()) return s;
+  offload = offload && kind == Kind::kTun;
   const std::string what = absl::StrCat("attaching to ", KindName(kind), " device ", name);
   if (if_nametoindex(name.c_str()) == 0) {
     return absl::NotFoundError(absl::StrCat(what, ": there is no network device of that name"));
@@ -146,8 +168,10 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Attach(const std::string& 
   absl::StatusOr<int> fd = OpenTun(what);
   if (!fd.ok()) return fd.status();
 
-  // Without IFF_TUN_EXCL the kernel attaches to an existing TUN/TAP device of that name.
-  struct ifreq ifr = Request(name, static_cast<short>(KindFlag(kind) | IFF_NO_PI));
+  // Without IFF_TUN_EXCL the kernel attaches to an existing TUN/TAP device of that name. The
+  // flags it keeps (IFF_VNET_HDR among them) are the ones given now, whatever the last run used.
+  struct ifreq ifr =
+      Request(name, static_cast<short>(KindFlag(kind) | IFF_NO_PI | (offload ? IFF_VNET_HDR : 0)));
   if (ioctl(*fd, TUNSETIFF, &ifr) < 0) {
     const int err = errno;
     close(*fd);
@@ -190,8 +214,42 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Attach(const std::string& 
     close(*fd);
     return absl::NotFoundError(absl::StrCat(what, ": the device disappeared: ", ErrnoText(err)));
   }
-  return std::unique_ptr<TunDevice>(
+  std::unique_ptr<TunDevice> device(
       new TunDevice(*fd, static_cast<int>(ifindex), name, kind, /*persistent=*/true));
+  if (offload) {
+    if (absl::Status s = device->SetUpOffload(); !s.ok()) return s;
+  } else {
+    // A device a run with offloads left behind keeps its features: without the header to say
+    // so, a super-packet could not be told from a packet.
+    ioctl(device->fd_, TUNSETOFFLOAD, 0UL);
+  }
+  return device;
+}
+
+absl::Status TunDevice::SetUpOffload() {
+  int header_len = static_cast<int>(kVirtioNetHeaderLen);
+  if (ioctl(fd_, TUNSETVNETHDRSZ, &header_len) < 0) {
+    return ErrnoStatus(errno, absl::StrCat("device ", name_, ": TUNSETVNETHDRSZ"));
+  }
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  // The header's fields are little-endian by the offload code's reading; ask for that.
+  int little_endian = 1;
+  if (ioctl(fd_, TUNSETVNETLE, &little_endian) < 0) {
+    return ErrnoStatus(errno, absl::StrCat("device ", name_, ": TUNSETVNETLE"));
+  }
+#endif
+  offload_ = true;
+  // USO (UDP segmentation) came with Linux 6.2; older kernels refuse the whole request.
+  const unsigned base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+  for (unsigned features : {base | kTunUso4 | kTunUso6, base}) {
+    if (ioctl(fd_, TUNSETOFFLOAD, static_cast<unsigned long>(features)) == 0) {
+      offload_features_ = features;
+      return absl::OkStatus();
+    }
+  }
+  // The header stays (reads and writes carry it), but nothing is offloaded: every packet
+  // comes whole, with its checksum done.
+  return absl::OkStatus();
 }
 
 absl::Status TunDevice::SetPersistent(bool persistent) {

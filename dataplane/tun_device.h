@@ -35,6 +35,8 @@ class TunDevice {
     bool persistent = false;
     // The socket used to set the alias; Create opens one of its own when null.
     Netlink* netlink = nullptr;
+    // TUN only: see SetUpOffload.
+    bool offload = false;
   };
 
   // Creates the device `name` (IFF_NO_PI; exclusive: ALREADY_EXISTS when any link of that
@@ -54,6 +56,9 @@ class TunDevice {
   // Attach does not check who created the device: check IsAgentDevice() on the link first
   // (and that ifindex() is the one listed, if a concurrent delete-and-recreate matters).
   static absl::StatusOr<std::unique_ptr<TunDevice>> Attach(const std::string& name, Kind kind);
+  // As above, with the device's offloads as `offload` asks (see SetUpOffload).
+  static absl::StatusOr<std::unique_ptr<TunDevice>> Attach(const std::string& name, Kind kind,
+                                                           bool offload);
 
   // Closes the fd. A device that is persistent at that moment (made so by CreateOptions,
   // SetPersistent(true), or opened with Attach) stays, with its addresses and routes, and can
@@ -68,6 +73,13 @@ class TunDevice {
   absl::Status SetPersistent(bool persistent);
 
   int fd() const { return fd_; }
+  // Whether every read and write on fd() starts with a virtio-net header (IFF_VNET_HDR,
+  // kVirtioNetHeaderLen bytes): true when offloads were asked for on a TUN device.
+  bool offload() const { return offload_; }
+  // The TUNSETOFFLOAD features the kernel took: TUN_F_CSUM, TSO4/6, TSO_ECN, USO4/6 where the
+  // kernel has them (6.2 on), so the host hands over unfinished checksums and 64 KiB TCP (and
+  // UDP) super-packets for the reader to finish and split. 0 without offload.
+  unsigned offload_features() const { return offload_features_; }
   int ifindex() const { return ifindex_; }
   const std::string& name() const { return name_; }
   Kind kind() const { return kind_; }
@@ -77,7 +89,14 @@ class TunDevice {
  private:
   TunDevice(int fd, int ifindex, std::string name, Kind kind, bool persistent)
       : fd_(fd), ifindex_(ifindex), name_(std::move(name)), kind_(kind), persistent_(persistent) {}
+  static absl::StatusOr<std::unique_ptr<TunDevice>> CreateWith(const std::string& name, Kind kind,
+                                                               bool offload);
+  // IFF_VNET_HDR was set on `fd`: sets the header size and the offload features.
+  absl::Status SetUpOffload();
+
   int fd_;
+  bool offload_ = false;
+  unsigned offload_features_ = 0;
   int ifindex_;
   std::string name_;
   Kind kind_;

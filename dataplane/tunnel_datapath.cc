@@ -327,14 +327,40 @@ bool TunnelDatapath::IsPeerKeepalive(const Decapsulated& d) const {
          LoadBe32(ip + 16) == d.outer_src.v4();
 }
 
-void TunnelDatapath::DeliverDone(size_t len, int result) {
+void TunnelDatapath::DeliverDone(size_t len, int result, uint32_t packets) {
   TunnelCounters& c = counters();
   if (result >= 0) {
-    c.rx_packets.Add();
+    c.rx_packets.Add(packets);
     c.rx_bytes.Add(len);
   } else {
-    Count(c.rx_drops, DropReason::kDeviceError);
+    c.rx_drops[static_cast<int>(DropReason::kDeviceError)].Add(packets);
   }
+}
+
+TunnelDatapath::DeviceRead TunnelDatapath::TakeVirtioNetHeader(const VirtioNetHeader& header,
+                                                               uint8_t* frame, size_t len,
+                                                               size_t* segments) {
+  const uint8_t gso = header.gso_type & static_cast<uint8_t>(~kGsoEcn);
+  if (gso == kGsoNone) {
+    if ((header.flags & kVirtioNetFlagNeedsCsum) != 0 &&
+        !CompleteChecksum(frame, len, header.csum_start, header.csum_offset)) {
+      Count(counters().tx_drops, DropReason::kBadInnerPacket);
+      return DeviceRead::kDropped;
+    }
+    return DeviceRead::kPacket;
+  }
+  DropReason reason = DropReason::kBadInnerPacket;
+  *segments = CountSegments(header, frame, len, &reason);
+  if (*segments == 0) {
+    Count(counters().tx_drops, reason);
+    return DeviceRead::kDropped;
+  }
+  return DeviceRead::kSuperPacket;
+}
+
+void TunnelDatapath::SendNow(uint8_t* frame, size_t len, const EncapResult& packet) {
+  const int error = io_->SendNow(ipv6_, config_.encap.remote, packet.packet, packet.len);
+  TransmitDone(frame, len, error == 0 ? static_cast<int>(packet.len) : -error);
 }
 
 absl::Time TunnelDatapath::Tick(absl::Time now) {

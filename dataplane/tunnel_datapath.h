@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "dataplane/packet/encap.h"
+#include "dataplane/packet/offload.h"
 #include "dataplane/packet_engine.h"
 #include "dataplane/tunnel_table.h"
 
@@ -82,6 +83,22 @@ class TunnelDatapath {
   // The largest frame the device gives: the MTU, plus the Ethernet header for tap modes.
   uint32_t max_frame() const { return max_frame_; }
 
+  // TUN offloads: reads and writes of the device carry a virtio-net header.
+  bool vnet_header() const { return config_.vnet_header; }
+
+  // Transmit, before the first half when the device has offloads: what the virtio-net header
+  // (`*header`, read from in front of `frame`) says about the `len` bytes at `frame`.
+  enum class DeviceRead {
+    kPacket,       // one packet, its checksum finished if it was left partial: PrepareTransmit it
+    kSuperPacket,  // *segments packets to be made with SegmentSuperPacket, each then prepared
+    kDropped,      // malformed (counted)
+  };
+  DeviceRead TakeVirtioNetHeader(const VirtioNetHeader& header, uint8_t* frame, size_t len,
+                                 size_t* segments);
+  // Sends a prepared packet at once with a plain system call and does TransmitDone: for the
+  // rare super-packet whose segments do not all fit the engine's buffers.
+  void SendNow(uint8_t* frame, size_t len, const EncapResult& packet);
+
   // Transmit, first half: `len` bytes the device gave at `frame`, with kDeviceHeadroom writable
   // bytes before it. True with *packet set: the engine sends it, then calls TransmitDone. False:
   // nothing for the engine to do (answered with an ICMP error, sent as fragments, or dropped;
@@ -94,7 +111,8 @@ class TunnelDatapath {
   // Receive: a packet the table matched to this tunnel. True: the engine writes d.inner to the
   // device, then calls DeliverDone. False: done with (a keepalive, or a drop; counted).
   bool AcceptReceived(const Decapsulated& d);
-  void DeliverDone(size_t len, int result);
+  // `packets` received segments made `len` bytes written (more than one when coalesced).
+  void DeliverDone(size_t len, int result, uint32_t packets = 1);
 
   // Keepalives and path MTU refresh; returns when it next wants to run.
   absl::Time Tick(absl::Time now);
