@@ -63,7 +63,7 @@ ABSL_FLAG(std::string, io_backend, "auto",
           "container's seccomp profile), uring (io_uring only) or epoll");
 ABSL_FLAG(uint32_t, device_reads_per_tunnel, 8,
           "Dataplane: reads kept in flight on each tunnel device");
-ABSL_FLAG(bool, tun_offload, false,
+ABSL_FLAG(bool, tun_offload, true,
           "Dataplane: TUN devices with offloads (virtio-net header, checksum, TSO/USO): the host "
           "hands over 64 KiB super-packets, split here, and received TCP is coalesced back");
 ABSL_FLAG(uint32_t, socket_receives, 64,

@@ -140,6 +140,16 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
       Family("tunnelagent_tunnel_tx_fragmented_total",
              "Packets sent as outer IPv4 fragments (too big for the path, DF not set).",
              MetricType::Counter);
+  MetricFamily tx_super_packets =
+      Family("tunnelagent_tunnel_tx_super_packets_total",
+             "TCP/UDP super-packets (TUN offloads: TSO, USO) the host handed over and the "
+             "dataplane split into packets the underlay carries.",
+             MetricType::Counter);
+  MetricFamily rx_coalesced =
+      Family("tunnelagent_tunnel_rx_coalesced_packets_total",
+             "Packets of several received TCP segments of one flow, coalesced (userspace GRO) "
+             "and written to the device as one.",
+             MetricType::Counter);
   // Only for tunnels with keepalive on: the others would only add series stuck at 0.
   MetricFamily keepalive_sent = Family("tunnelagent_tunnel_keepalive_sent_total",
                                        "Keepalives sent to the peer.", MetricType::Counter);
@@ -183,6 +193,8 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
     AddSample(path_mtu, {{"tunnel", name}}, c.path_mtu.load(std::memory_order_relaxed));
     AddSample(icmp_too_big, {{"tunnel", name}}, static_cast<double>(c.icmp_too_big_sent.Get()));
     AddSample(tx_fragmented, {{"tunnel", name}}, static_cast<double>(c.tx_fragmented.Get()));
+    AddSample(tx_super_packets, {{"tunnel", name}}, static_cast<double>(c.tx_super_packets.Get()));
+    AddSample(rx_coalesced, {{"tunnel", name}}, static_cast<double>(c.rx_coalesced.Get()));
     if (spec.keepalive.enabled()) {
       AddSample(keepalive_sent, {{"tunnel", name}}, static_cast<double>(c.keepalive_sent.Get()));
       AddSample(keepalive_replies, {{"tunnel", name}},
@@ -216,7 +228,7 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
   std::vector<MetricFamily> families;
   for (MetricFamily* f :
        {&build, &fallback, &tunnels, &up, &tx_packets, &tx_bytes, &rx_packets, &rx_bytes, &drops,
-        &path_mtu, &icmp_too_big, &tx_fragmented, &keepalive_sent, &keepalive_replies,
+        &path_mtu, &icmp_too_big, &tx_fragmented, &tx_super_packets, &rx_coalesced, &keepalive_sent, &keepalive_replies,
         &keepalive_answered, &peer_alive, &underlay_rx, &dp_drops}) {
     families.push_back(std::move(*f));
   }

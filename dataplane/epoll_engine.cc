@@ -21,6 +21,7 @@
 #include "dataplane/engine_support.h"
 #include "dataplane/errno_status.h"
 #include "dataplane/packet/encap.h"
+#include "dataplane/packet/offload.h"
 #include "dataplane/tunnel_datapath.h"
 #include "dataplane/tunnel_table.h"
 
@@ -33,6 +34,14 @@ constexpr unsigned kBatch = 64;
 // Largest device buffer: headroom, a 64 KiB packet and the overflow margin.
 constexpr size_t kMaxDeviceBuffer = DeviceBufferBytes(65535);
 constexpr int kMaxEvents = 256;
+// Receive buffers start this far into their memory, so a virtio-net header fits in front of a
+// packet whatever headers precede it.
+constexpr size_t kReceiveHeadroom = 16;
+// Splitting super-packets: segments per sendmmsg round, and the memory they are made in.
+constexpr size_t kMaxSegments = 128;
+constexpr size_t kSegmentArenaBytes = 65536 + kMaxSegments * (kDeviceHeadroom + 128 + 64);
+// Coalescing on receive: flows open at once (their buffers are written before the next batch).
+constexpr size_t kCoalescerFlows = 16;
 
 // What an epoll event's data.ptr points at.
 enum class SourceKind : uint8_t { kWake, kSocket, kDevice };
@@ -94,19 +103,22 @@ class EpollEngine::Impl {
 
     // Receive buffers are shared by both sockets (they are served one after the other), the
     // transmit pool by every device.
-    rx_memory_.reset(new uint8_t[size_t{rx_batch_} * options_.receive_buffer_bytes]);
+    const size_t stride = kReceiveHeadroom + options_.receive_buffer_bytes;
+    rx_memory_.reset(new uint8_t[size_t{rx_batch_} * stride]);
     rx_iov_.resize(rx_batch_);
     rx_msgs_.resize(rx_batch_);
     rx_from_.resize(rx_batch_);
     rx_control_.reset(new uint8_t[size_t{rx_batch_} * kReceiveControlBytes]);
     for (unsigned i = 0; i < rx_batch_; ++i) {
-      rx_iov_[i].iov_base = rx_memory_.get() + size_t{i} * options_.receive_buffer_bytes;
+      rx_iov_[i].iov_base = rx_memory_.get() + size_t{i} * stride + kReceiveHeadroom;
       rx_iov_[i].iov_len = options_.receive_buffer_bytes;
     }
     tx_memory_.reset(new uint8_t[kBatch * kMaxDeviceBuffer]);
-    tx_inner_len_.resize(kBatch);
-    tx_iov_.resize(kBatch);
-    tx_msgs_.resize(kBatch);
+    // Room for a batch of reads, or a round of a super-packet's segments.
+    tx_frame_.resize(std::max<size_t>(kBatch, kMaxSegments));
+    tx_inner_len_.resize(std::max<size_t>(kBatch, kMaxSegments));
+    tx_iov_.resize(std::max<size_t>(kBatch, kMaxSegments));
+    tx_msgs_.resize(std::max<size_t>(kBatch, kMaxSegments));
 
     thread_ = std::thread([this] { Run(); });
     return absl::OkStatus();
@@ -179,11 +191,13 @@ class EpollEngine::Impl {
     TunnelDatapath& path = *tunnel->path;
     TunnelCounters& counters = path.counters();
     const int device_fd = path.config().device_fd;
+    const size_t header = path.vnet_header() ? kVirtioNetHeaderLen : 0;
     unsigned count = 0;
     for (unsigned i = 0; i < kBatch; ++i) {
       uint8_t* buffer = tx_memory_.get() + size_t{count} * kMaxDeviceBuffer;
       uint8_t* frame = buffer + kDeviceHeadroom;
-      ssize_t res = read(device_fd, frame, tunnel->read_size);
+      // With offloads the virtio-net header comes first, just before where the packet belongs.
+      ssize_t res = read(device_fd, frame - header, tunnel->read_size + header);
       if (res < 0) {
         const int err = errno;
         if (err == EAGAIN || err == EINTR) {
@@ -200,25 +214,75 @@ class EpollEngine::Impl {
         break;
       }
       if (res == 0) break;
-      const size_t len = static_cast<size_t>(res);
-      if (len >= tunnel->read_size) {
+      size_t len = static_cast<size_t>(res);
+      if (len >= tunnel->read_size + header) {
         counters.tx_drops[static_cast<int>(DropReason::kTooBig)].Add();
         continue;
       }
+      if (header != 0) {
+        if (len < header) {
+          counters.tx_drops[static_cast<int>(DropReason::kBadInnerPacket)].Add();
+          continue;
+        }
+        len -= header;
+        const VirtioNetHeader vnet = ReadVirtioNetHeader(frame - header);
+        size_t segments = 0;
+        const TunnelDatapath::DeviceRead kind =
+            path.TakeVirtioNetHeader(vnet, frame, len, &segments);
+        if (kind == TunnelDatapath::DeviceRead::kDropped) continue;
+        if (kind == TunnelDatapath::DeviceRead::kSuperPacket) {
+          // What was read before it leaves before it.
+          SendQueued(path, count);
+          count = 0;
+          TransmitSuperPacket(path, vnet, frame, len);
+          continue;
+        }
+      }
       EncapResult out;
       if (!path.PrepareTransmit(frame, len, &out)) continue;
-      tx_frame_[count] = frame;
-      tx_inner_len_[count] = static_cast<uint32_t>(len);
-      tx_iov_[count].iov_base = out.packet;
-      tx_iov_[count].iov_len = out.len;
-      msghdr& msg = tx_msgs_[count].msg_hdr;
-      msg = msghdr{};
-      msg.msg_name = const_cast<sockaddr*>(path.destination());
-      msg.msg_namelen = path.destination_len();
-      msg.msg_iov = &tx_iov_[count];
-      msg.msg_iovlen = 1;
-      ++count;
+      Queue(path, count++, frame, len, out);
     }
+    SendQueued(path, count);
+  }
+
+  // Splits a super-packet and sends its segments, a round of sendmmsg at a time.
+  void TransmitSuperPacket(TunnelDatapath& path, const VirtioNetHeader& vnet, uint8_t* frame,
+                           size_t len) {
+    SegmentArena arena;
+    arena.data = segment_memory_.get();
+    arena.bytes = kSegmentArenaBytes;
+    arena.headroom = kDeviceHeadroom;
+    arena.segments = segments_.data();
+    arena.max_segments = kMaxSegments;
+    size_t first = 0;
+    while (size_t made = SegmentSuperPacket(vnet, frame, len, first, arena)) {
+      first += made;
+      unsigned count = 0;
+      for (size_t i = 0; i < made; ++i) {
+        EncapResult out;
+        if (!path.PrepareTransmit(segments_[i].data, segments_[i].len, &out)) continue;
+        Queue(path, count++, segments_[i].data, segments_[i].len, out);
+      }
+      SendQueued(path, count);
+    }
+  }
+
+  void Queue(const TunnelDatapath& path, unsigned index, uint8_t* frame, size_t len,
+             const EncapResult& out) {
+    tx_frame_[index] = frame;
+    tx_inner_len_[index] = static_cast<uint32_t>(len);
+    tx_iov_[index].iov_base = out.packet;
+    tx_iov_[index].iov_len = out.len;
+    msghdr& msg = tx_msgs_[index].msg_hdr;
+    msg = msghdr{};
+    msg.msg_name = const_cast<sockaddr*>(path.destination());
+    msg.msg_namelen = path.destination_len();
+    msg.msg_iov = &tx_iov_[index];
+    msg.msg_iovlen = 1;
+  }
+
+  // Sends the first `count` queued packets with as few sendmmsg calls as the socket allows.
+  void SendQueued(TunnelDatapath& path, unsigned count) {
     unsigned sent = 0;
     while (sent < count) {
       int res = sendmmsg(path.send_fd(), &tx_msgs_[sent], count - sent, 0);
@@ -286,9 +350,34 @@ class EpollEngine::Impl {
       }
       TunnelDatapath& path = *tunnel->path;
       if (!path.AcceptReceived(packet)) continue;
-      ssize_t res = write(path.config().device_fd, packet.inner, packet.inner_len);
+      uint8_t* data = packet.inner;
+      size_t data_len = packet.inner_len;
+      if (path.vnet_header()) {
+        const TcpCoalescer::Verdict verdict =
+            coalescer_.Add(tunnel, packet.inner, packet.inner_len);
+        if (verdict == TcpCoalescer::Verdict::kTaken) continue;
+        if (verdict == TcpCoalescer::Verdict::kFlushThenDeliver) FlushCoalesced();
+        // On its own, behind an empty virtio-net header (in room the outer headers, or the
+        // receive headroom, leave).
+        data -= kVirtioNetHeaderLen;
+        std::memset(data, 0, kVirtioNetHeaderLen);
+        data_len += kVirtioNetHeaderLen;
+      }
+      ssize_t res = write(path.config().device_fd, data, data_len);
       path.DeliverDone(packet.inner_len, res >= 0 ? static_cast<int>(res) : -errno);
     }
+    FlushCoalesced();
+  }
+
+  // Writes every flow the receives coalesced to its device.
+  void FlushCoalesced() {
+    coalescer_.Flush([this](const TcpCoalescer::Flushed& f) {
+      const TunnelDatapath& path = *static_cast<const TunnelRuntime*>(f.owner)->path;
+      ssize_t res = write(path.config().device_fd, f.data, f.len);
+      static_cast<const TunnelRuntime*>(f.owner)->path->DeliverDone(
+          f.inner_bytes, res >= 0 ? static_cast<int>(res) : -errno, f.segments);
+      coalescer_.Release(f.buffer);
+    });
   }
 
   void RunCommands() {
@@ -320,7 +409,9 @@ class EpollEngine::Impl {
     tunnel->path = std::move(*path);
     // The io_uring engine's buffer size: the largest frame and enough beyond it to tell a
     // frame that overflows the MTU from one that fits exactly.
-    const size_t capacity = DeviceBufferBytes(tunnel->path->max_frame());
+    // With offloads, a read can be a 64 KiB super-packet.
+    const size_t capacity =
+        DeviceBufferBytes(config.vnet_header ? 65535 : tunnel->path->max_frame());
     tunnel->read_size = static_cast<uint32_t>(capacity - kDeviceHeadroom);
     // Reads must not block the one thread: the device is this engine's alone while it runs.
     const int flags = fcntl(config.device_fd, F_GETFL);
@@ -346,6 +437,7 @@ class EpollEngine::Impl {
       return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
     }
     by_match_.Erase(it->second->path->match());
+    coalescer_.Discard(it->second.get());
     Release(it->second.get());
     tunnels_.erase(it);
     return absl::OkStatus();
@@ -385,6 +477,9 @@ class EpollEngine::Impl {
   std::vector<uint32_t> tx_inner_len_;
   std::vector<iovec> tx_iov_;
   std::vector<mmsghdr> tx_msgs_;
+  std::unique_ptr<uint8_t[]> segment_memory_{new uint8_t[kSegmentArenaBytes]};
+  std::vector<Segment> segments_ = std::vector<Segment>(kMaxSegments);
+  TcpCoalescer coalescer_{kCoalescerFlows, kCoalescerFlows};
   bool stopping_ = false;
   std::unique_ptr<EngineCommand> stop_command_;
   absl::flat_hash_map<std::string, std::unique_ptr<TunnelRuntime>> tunnels_;

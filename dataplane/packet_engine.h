@@ -48,6 +48,10 @@ struct TunnelCounters {
   // written back into the device, and packets sent as outer IPv4 fragments.
   Counter icmp_too_big_sent;
   Counter tx_fragmented;
+  // TUN offloads: super-packets read and split, and coalesced packets written (each of more
+  // than one received segment; the segments also count in rx_packets).
+  Counter tx_super_packets;
+  Counter rx_coalesced;
   // Keepalive (only when configured): whether replies come back, and how many went each way.
   std::atomic<bool> peer_alive{true};
   Counter keepalive_sent;

@@ -2,6 +2,7 @@
 
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -244,8 +245,13 @@ void TunnelDatapath::HandleTooBig(uint8_t* frame, size_t len) {
 }
 
 bool TunnelDatapath::WriteIcmpToDevice(const uint8_t* ip, size_t len) {
-  // A TUN write hands the packet to the host's stack at once; it does not block.
-  return write(config_.device_fd, ip, len) == static_cast<ssize_t>(len);
+  // A TUN write hands the packet to the host's stack at once; it does not block. With
+  // offloads an empty virtio-net header goes first.
+  uint8_t header[kVirtioNetHeaderLen] = {};
+  iovec parts[2] = {{header, sizeof header}, {const_cast<uint8_t*>(ip), len}};
+  const int first = config_.vnet_header ? 0 : 1;
+  const size_t total = len + (config_.vnet_header ? sizeof header : 0);
+  return writev(config_.device_fd, parts + first, 2 - first) == static_cast<ssize_t>(total);
 }
 
 bool TunnelDatapath::SendFragments(const uint8_t* outer, size_t len) {
@@ -332,6 +338,7 @@ void TunnelDatapath::DeliverDone(size_t len, int result, uint32_t packets) {
   if (result >= 0) {
     c.rx_packets.Add(packets);
     c.rx_bytes.Add(len);
+    if (packets > 1) c.rx_coalesced.Add();
   } else {
     c.rx_drops[static_cast<int>(DropReason::kDeviceError)].Add(packets);
   }
@@ -355,6 +362,7 @@ TunnelDatapath::DeviceRead TunnelDatapath::TakeVirtioNetHeader(const VirtioNetHe
     Count(counters().tx_drops, reason);
     return DeviceRead::kDropped;
   }
+  counters().tx_super_packets.Add();
   return DeviceRead::kSuperPacket;
 }
 

@@ -20,6 +20,7 @@
 #include "dataplane/engine_support.h"
 #include "dataplane/errno_status.h"
 #include "dataplane/packet/encap.h"
+#include "dataplane/packet/offload.h"
 #include "dataplane/tunnel_datapath.h"
 #include "dataplane/tunnel_table.h"
 
@@ -31,17 +32,63 @@ struct TunnelRuntime;
 enum class OpKind : uint8_t {
   kDeviceRead,
   kSocketSend,
+  kSegmentSend,
   kSocketRecv,
   kDeviceWrite,
+  kCoalescedWrite,
   kWake,
   kTimer,
   kCancel
 };
 
+// What an SQE's user_data points at: the operation's kind, then what it needs.
+struct Operation {
+  OpKind op = OpKind::kDeviceRead;
+};
+
+struct Slot;
+
+// One segment of a super-packet read from a device with offloads, on its way out.
+struct SegmentOp : Operation {
+  Slot* slot = nullptr;
+  uint8_t* frame = nullptr;
+  uint32_t inner_len = 0;
+  msghdr msg{};
+  iovec iov{};
+};
+
+// Where a slot splits a super-packet: segments of up to this many, in this much memory (a
+// 64 KiB packet split at the smallest MSS that fits the count, each segment with its headroom
+// and 64-byte alignment). Allocated the first time a slot reads a super-packet.
+constexpr size_t kMaxSegmentsInFlight = 128;
+constexpr size_t kSegmentArenaBytes = 65536 + kMaxSegmentsInFlight * (kDeviceHeadroom + 128 + 64);
+struct SegmentBatch {
+  std::unique_ptr<uint8_t[]> memory{new uint8_t[kSegmentArenaBytes]};
+  Segment segments[kMaxSegmentsInFlight];
+  SegmentOp ops[kMaxSegmentsInFlight];
+  uint32_t pending = 0;  // sends in flight
+};
+
+// A coalesced packet (TcpCoalescer) being written to its device.
+struct CoalescedWrite : Operation {
+  TunnelRuntime* tunnel = nullptr;
+  int buffer = -1;
+  uint32_t segments = 0;
+  size_t inner_bytes = 0;
+};
+
+// Receive buffers start this far into their memory, so a virtio-net header fits in front of a
+// packet whatever headers precede it (none, for ip6tnl over IPv6).
+constexpr size_t kReceiveHeadroom = 16;
+static_assert(kReceiveHeadroom >= kVirtioNetHeaderLen);
+
+// Coalescing on receive: flows open at once, and buffers (open flows plus writes in flight).
+constexpr size_t kCoalescerFlows = 16;
+constexpr size_t kCoalescerBuffers = 48;
+
 // One buffer and the one operation it is part of at any time. Its address is the SQE's
 // user_data, so a completion leads straight back to its buffer and tunnel.
-struct Slot {
-  OpKind op = OpKind::kDeviceRead;
+struct Slot : Operation {
   TunnelRuntime* tunnel = nullptr;  // transmit: the owner; receive: the device written to
   uint8_t* buffer = nullptr;
   uint32_t capacity = 0;
@@ -52,6 +99,7 @@ struct Slot {
   iovec iov{};
   ReceiveAddress from{};                                   // IPv6 receives: the source
   alignas(cmsghdr) uint8_t control[kReceiveControlBytes];  // IPv6 receives: address, class
+  std::unique_ptr<SegmentBatch> batch;                     // transmit with offloads
 };
 
 struct TunnelRuntime {
@@ -99,12 +147,13 @@ class UringEngine::Impl {
           main ? options_.socket_receives : std::max(1u, options_.socket_receives / 4);
       for (unsigned i = 0; i < depth; ++i) owners.push_back(&socket);
     }
-    rx_memory_.reset(new uint8_t[owners.size() * options_.receive_buffer_bytes]);
+    const size_t stride = kReceiveHeadroom + options_.receive_buffer_bytes;
+    rx_memory_.reset(new uint8_t[owners.size() * stride]);
     rx_slots_.resize(owners.size());
     for (size_t i = 0; i < rx_slots_.size(); ++i) {
       Slot& slot = rx_slots_[i];
       slot.op = OpKind::kSocketRecv;
-      slot.buffer = rx_memory_.get() + i * options_.receive_buffer_bytes;
+      slot.buffer = rx_memory_.get() + i * stride + kReceiveHeadroom;
       slot.capacity = options_.receive_buffer_bytes;
       slot.socket = owners[i];
       slot.iov.iov_base = slot.buffer;
@@ -210,9 +259,11 @@ class UringEngine::Impl {
       io_uring_cqe* cqe;
       io_uring_for_each_cqe(&ring_, head, cqe) {
         ++seen;
-        Complete(reinterpret_cast<Slot*>(io_uring_cqe_get_data(cqe)), cqe->res);
+        Complete(static_cast<Operation*>(io_uring_cqe_get_data(cqe)), cqe->res);
       }
       io_uring_cq_advance(&ring_, seen);
+      // What this batch of receives coalesced goes to the devices with the next submission.
+      FlushCoalesced();
     }
     Shutdown();
   }
@@ -295,24 +346,31 @@ class UringEngine::Impl {
   void ArmDeviceRead(Slot* slot) {
     slot->op = OpKind::kDeviceRead;
     io_uring_sqe* sqe = NextSqe();
-    io_uring_prep_read(sqe, slot->tunnel->path->config().device_fd, slot->buffer + kDeviceHeadroom,
-                       slot->capacity - kDeviceHeadroom, 0);
+    // With offloads the virtio-net header comes first, just before where the packet belongs.
+    const size_t header = slot->tunnel->path->vnet_header() ? kVirtioNetHeaderLen : 0;
+    io_uring_prep_read(sqe, slot->tunnel->path->config().device_fd,
+                       slot->buffer + kDeviceHeadroom - header,
+                       static_cast<unsigned>(slot->capacity - kDeviceHeadroom + header), 0);
     io_uring_sqe_set_data(sqe, slot);
     ++inflight_total_;
     ++slot->tunnel->inflight;
   }
 
-  void Complete(Slot* slot, int res) {
+  void Complete(Operation* op, int res) {
     --inflight_total_;
-    switch (slot->op) {
+    switch (op->op) {
       case OpKind::kDeviceRead:
-        return CompleteDeviceRead(slot, res);
+        return CompleteDeviceRead(static_cast<Slot*>(op), res);
       case OpKind::kSocketSend:
-        return CompleteSend(slot, res);
+        return CompleteSend(static_cast<Slot*>(op), res);
+      case OpKind::kSegmentSend:
+        return CompleteSegmentSend(static_cast<SegmentOp*>(op), res);
       case OpKind::kSocketRecv:
-        return CompleteReceive(slot, res);
+        return CompleteReceive(static_cast<Slot*>(op), res);
       case OpKind::kDeviceWrite:
-        return CompleteDeviceWrite(slot, res);
+        return CompleteDeviceWrite(static_cast<Slot*>(op), res);
+      case OpKind::kCoalescedWrite:
+        return CompleteCoalescedWrite(static_cast<CoalescedWrite*>(op), res);
       case OpKind::kWake:
         return CompleteWake();
       case OpKind::kTimer:
@@ -336,15 +394,34 @@ class UringEngine::Impl {
       if (res == -EBADF || res == -EBADFD || res == -EINVAL || res == -EFAULT) return;
       return ArmDeviceRead(slot);
     }
-    const size_t len = static_cast<size_t>(res);
-    if (len >= slot->capacity - kDeviceHeadroom) {
+    TunnelDatapath& path = *tunnel->path;
+    const size_t header = path.vnet_header() ? kVirtioNetHeaderLen : 0;
+    size_t len = static_cast<size_t>(res);
+    if (len >= slot->capacity - kDeviceHeadroom + header) {
       // Filled the buffer: larger than the MTU the buffers were sized for, possibly cut.
       counters.tx_drops[static_cast<int>(DropReason::kTooBig)].Add();
       return ArmDeviceRead(slot);
     }
     slot->frame = slot->buffer + kDeviceHeadroom;
+    if (header != 0) {
+      if (len < header) {
+        counters.tx_drops[static_cast<int>(DropReason::kBadInnerPacket)].Add();
+        return ArmDeviceRead(slot);
+      }
+      len -= header;
+      const VirtioNetHeader vnet = ReadVirtioNetHeader(slot->frame - header);
+      size_t segments = 0;
+      switch (path.TakeVirtioNetHeader(vnet, slot->frame, len, &segments)) {
+        case TunnelDatapath::DeviceRead::kDropped:
+          return ArmDeviceRead(slot);
+        case TunnelDatapath::DeviceRead::kSuperPacket:
+          return TransmitSuperPacket(slot, vnet, len, segments);
+        case TunnelDatapath::DeviceRead::kPacket:
+          break;
+      }
+    }
     EncapResult out;
-    if (!tunnel->path->PrepareTransmit(slot->frame, len, &out)) return ArmDeviceRead(slot);
+    if (!path.PrepareTransmit(slot->frame, len, &out)) return ArmDeviceRead(slot);
     slot->op = OpKind::kSocketSend;
     slot->inner_len = static_cast<uint32_t>(len);
     slot->iov.iov_base = out.packet;
@@ -354,6 +431,70 @@ class UringEngine::Impl {
     io_uring_sqe_set_data(sqe, slot);
     ++inflight_total_;
     ++tunnel->inflight;
+  }
+
+  // Transmit of a super-packet: split into the slot's segment arena and each segment sent as
+  // its own operation; the slot reads again when the last one completes. One that splits into
+  // more segments than the arena holds (an MSS of a few hundred bytes) is sent synchronously,
+  // a round of segments at a time, so that its segments still leave in order.
+  void TransmitSuperPacket(Slot* slot, const VirtioNetHeader& vnet, size_t len, size_t count) {
+    TunnelRuntime* tunnel = slot->tunnel;
+    TunnelDatapath& path = *tunnel->path;
+    if (!slot->batch) slot->batch = std::make_unique<SegmentBatch>();
+    SegmentBatch& batch = *slot->batch;
+    SegmentArena arena;
+    arena.data = batch.memory.get();
+    arena.bytes = kSegmentArenaBytes;
+    arena.headroom = kDeviceHeadroom;
+    arena.segments = batch.segments;
+    arena.max_segments = kMaxSegmentsInFlight;
+    size_t made = SegmentSuperPacket(vnet, slot->frame, len, 0, arena);
+    if (made < count) {
+      for (size_t first = 0; made != 0;) {
+        for (size_t i = 0; i < made; ++i) {
+          EncapResult out;
+          if (path.PrepareTransmit(batch.segments[i].data, batch.segments[i].len, &out)) {
+            path.SendNow(batch.segments[i].data, batch.segments[i].len, out);
+          }
+        }
+        first += made;
+        made = first < count ? SegmentSuperPacket(vnet, slot->frame, len, first, arena) : 0;
+      }
+      return ArmDeviceRead(slot);
+    }
+    batch.pending = 0;
+    for (size_t i = 0; i < made; ++i) {
+      const Segment& segment = batch.segments[i];
+      EncapResult out;
+      if (!path.PrepareTransmit(segment.data, segment.len, &out)) continue;
+      SegmentOp& op = batch.ops[batch.pending++];
+      op.op = OpKind::kSegmentSend;
+      op.slot = slot;
+      op.frame = segment.data;
+      op.inner_len = static_cast<uint32_t>(segment.len);
+      op.iov.iov_base = out.packet;
+      op.iov.iov_len = out.len;
+      op.msg.msg_name = const_cast<sockaddr*>(path.destination());
+      op.msg.msg_namelen = path.destination_len();
+      op.msg.msg_iov = &op.iov;
+      op.msg.msg_iovlen = 1;
+      io_uring_sqe* sqe = NextSqe();
+      io_uring_prep_sendmsg(sqe, path.send_fd(), &op.msg, 0);
+      io_uring_sqe_set_data(sqe, static_cast<Operation*>(&op));
+      ++inflight_total_;
+      ++tunnel->inflight;
+    }
+    if (batch.pending == 0) ArmDeviceRead(slot);
+  }
+
+  void CompleteSegmentSend(SegmentOp* op, int res) {
+    Slot* slot = op->slot;
+    TunnelRuntime* tunnel = slot->tunnel;
+    --tunnel->inflight;
+    tunnel->path->TransmitDone(op->frame, op->inner_len, res);
+    const bool last = --slot->batch->pending == 0;
+    if (tunnel->removal) return MaybeFinishRemoval(tunnel);
+    if (last) ArmDeviceRead(slot);
   }
 
   // Transmit, second half.
@@ -394,12 +535,30 @@ class UringEngine::Impl {
       return ArmReceive(slot);
     }
     if (!tunnel->path->AcceptReceived(packet)) return ArmReceive(slot);
+    uint8_t* data = packet.inner;
+    size_t len = packet.inner_len;
+    if (tunnel->path->vnet_header()) {
+      switch (coalescer_.Add(tunnel, packet.inner, packet.inner_len)) {
+        case TcpCoalescer::Verdict::kTaken:
+          return ArmReceive(slot);
+        case TcpCoalescer::Verdict::kFlushThenDeliver:
+          FlushCoalesced();
+          break;
+        case TcpCoalescer::Verdict::kDeliver:
+          break;
+      }
+      // On its own, behind an empty virtio-net header (in room the outer headers, or the
+      // receive headroom, leave).
+      data -= kVirtioNetHeaderLen;
+      std::memset(data, 0, kVirtioNetHeaderLen);
+      len += kVirtioNetHeaderLen;
+    }
     slot->op = OpKind::kDeviceWrite;
     slot->tunnel = tunnel;
     slot->inner_len = static_cast<uint32_t>(packet.inner_len);
     io_uring_sqe* sqe = NextSqe();
-    io_uring_prep_write(sqe, tunnel->path->config().device_fd, packet.inner,
-                        static_cast<unsigned>(packet.inner_len), 0);
+    io_uring_prep_write(sqe, tunnel->path->config().device_fd, data, static_cast<unsigned>(len),
+                        0);
     io_uring_sqe_set_data(sqe, slot);
     ++inflight_total_;
     ++tunnel->inflight;
@@ -412,6 +571,34 @@ class UringEngine::Impl {
     tunnel->path->DeliverDone(slot->inner_len, res);
     if (tunnel->removal) MaybeFinishRemoval(tunnel);
     ArmReceive(slot);
+  }
+
+  // Writes every flow the receives coalesced to its device.
+  void FlushCoalesced() {
+    if (coalescer_.open_flows() == 0) return;
+    coalescer_.Flush([this](const TcpCoalescer::Flushed& f) {
+      auto* tunnel = static_cast<TunnelRuntime*>(const_cast<void*>(f.owner));
+      CoalescedWrite& op = coalesced_writes_[static_cast<size_t>(f.buffer)];
+      op.op = OpKind::kCoalescedWrite;
+      op.tunnel = tunnel;
+      op.buffer = f.buffer;
+      op.segments = f.segments;
+      op.inner_bytes = f.inner_bytes;
+      io_uring_sqe* sqe = NextSqe();
+      io_uring_prep_write(sqe, tunnel->path->config().device_fd, f.data,
+                          static_cast<unsigned>(f.len), 0);
+      io_uring_sqe_set_data(sqe, static_cast<Operation*>(&op));
+      ++inflight_total_;
+      ++tunnel->inflight;
+    });
+  }
+
+  void CompleteCoalescedWrite(CoalescedWrite* op, int res) {
+    TunnelRuntime* tunnel = op->tunnel;
+    --tunnel->inflight;
+    tunnel->path->DeliverDone(op->inner_bytes, res, op->segments);
+    coalescer_.Release(op->buffer);
+    if (tunnel->removal) MaybeFinishRemoval(tunnel);
   }
 
   void CompleteTimer() {
@@ -451,7 +638,9 @@ class UringEngine::Impl {
     tunnel->path = std::move(*path);
     // Room for the headroom, a frame of the device's largest, and enough beyond it to tell a
     // frame that overflows the MTU from one that fits exactly.
-    const size_t capacity = DeviceBufferBytes(tunnel->path->max_frame());
+    // With offloads, a read can be a 64 KiB super-packet.
+    const size_t capacity =
+        DeviceBufferBytes(config.vnet_header ? 65535 : tunnel->path->max_frame());
     const unsigned depth = options_.device_reads_per_tunnel;
     tunnel->memory.reset(new uint8_t[capacity * depth]);
     tunnel->slots.resize(depth);
@@ -484,6 +673,7 @@ class UringEngine::Impl {
     }
     TunnelRuntime* tunnel = it->second.get();
     by_match_.Erase(tunnel->path->match());
+    coalescer_.Discard(tunnel);
     tunnel->removal = std::move(command);
     io_uring_sqe* sqe = NextSqe();
     io_uring_prep_cancel_fd(sqe, tunnel->path->config().device_fd, IORING_ASYNC_CANCEL_ALL);
@@ -512,7 +702,11 @@ class UringEngine::Impl {
   Slot wake_slot_;
   Slot timer_slot_;
   __kernel_timespec timer_spec_{};
-  Slot cancel_slot_{OpKind::kCancel};
+  Slot cancel_slot_ = [] {
+    Slot slot;
+    slot.op = OpKind::kCancel;
+    return slot;
+  }();
   uint64_t wake_value_ = 0;
   // Operations submitted and not yet completed, all kinds.
   uint64_t inflight_total_ = 0;
@@ -520,6 +714,8 @@ class UringEngine::Impl {
   std::unique_ptr<EngineCommand> stop_command_;
   absl::flat_hash_map<std::string, std::unique_ptr<TunnelRuntime>> tunnels_;
   TunnelTable<TunnelRuntime> by_match_;
+  TcpCoalescer coalescer_{kCoalescerFlows, kCoalescerBuffers};
+  std::vector<CoalescedWrite> coalesced_writes_ = std::vector<CoalescedWrite>(kCoalescerBuffers);
 
   DataplaneCounters counters_;
 

@@ -93,6 +93,24 @@ TEST_F(AgentMetricsTest, PathMtuAndPmtuCountersForEveryTunnel) {
                                      {"tunnelagent_tunnel_tx_fragmented_total{tunnel=ipip1}", 2}}));
 }
 
+TEST_F(AgentMetricsTest, OffloadCountersForEveryTunnel) {
+  ASSERT_TRUE(manager_.Create(Tunnel("gre1", TunnelMode::kGre, "203.0.113.7", 1)).ok());
+  ASSERT_TRUE(manager_.Create(Tunnel("ipip1", TunnelMode::kIpip, "203.0.113.8", 2)).ok());
+  CountersOf("gre1")->tx_super_packets.Add(5);
+  CountersOf("ipip1")->rx_coalesced.Add(7);
+  EXPECT_EQ(TypeOf("tunnelagent_tunnel_tx_super_packets_total"), prometheus::MetricType::Counter);
+  EXPECT_EQ(TypeOf("tunnelagent_tunnel_rx_coalesced_packets_total"),
+            prometheus::MetricType::Counter);
+  EXPECT_EQ(Samples("tunnelagent_tunnel_tx_super_packets_total"),
+            (std::map<std::string, double>{
+                {"tunnelagent_tunnel_tx_super_packets_total{tunnel=gre1}", 5},
+                {"tunnelagent_tunnel_tx_super_packets_total{tunnel=ipip1}", 0}}));
+  EXPECT_EQ(Samples("tunnelagent_tunnel_rx_coalesced_packets_total"),
+            (std::map<std::string, double>{
+                {"tunnelagent_tunnel_rx_coalesced_packets_total{tunnel=gre1}", 0},
+                {"tunnelagent_tunnel_rx_coalesced_packets_total{tunnel=ipip1}", 7}}));
+}
+
 // Keepalive series exist only for the tunnels that send keepalives: the others would add a
 // series each, forever 0.
 TEST_F(AgentMetricsTest, KeepaliveSeriesOnlyForTunnelsWithKeepalive) {
