@@ -2,6 +2,7 @@
 
 #include <liburing.h>
 #include <netinet/in.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -36,6 +37,8 @@ enum class OpKind : uint8_t {
   kSocketRecv,
   kDeviceWrite,
   kCoalescedWrite,
+  kMultishotRecv,
+  kRingDeviceWrite,
   kWake,
   kTimer,
   kCancel
@@ -86,6 +89,44 @@ static_assert(kReceiveHeadroom >= kVirtioNetHeaderLen);
 constexpr size_t kCoalescerFlows = 16;
 constexpr size_t kCoalescerBuffers = 48;
 
+struct ProvidedRing;
+
+// The one multishot receive of a socket with a provided-buffer ring.
+struct MultishotOp : Operation {
+  ProvidedRing* ring = nullptr;
+};
+
+// A ring buffer's packet being written to its device; the buffer goes back to the ring after.
+struct RingWrite : Operation {
+  ProvidedRing* ring = nullptr;
+  uint16_t buffer_id = 0;
+  TunnelRuntime* tunnel = nullptr;
+  uint32_t inner_len = 0;
+};
+
+// Receive on an IPv4 underlay socket: one multishot recv that the kernel keeps going, its
+// packets landing in buffers it takes from a ring the engine refills (a provided-buffer
+// ring, registered by hand: liburing 2.3 has no io_uring_setup_buf_ring). One poll entry per
+// socket instead of one per receive in flight, so a packet's arrival wakes one receive, not
+// all of them.
+struct ProvidedRing {
+  const ReceiveSocket* socket = nullptr;
+  uint16_t group = 0;
+  io_uring_buf_ring* ring = nullptr;
+  size_t ring_bytes = 0;
+  unsigned entries = 0;
+  size_t buffer_bytes = 0;  // each buffer's packet room, after kReceiveHeadroom
+  std::unique_ptr<uint8_t[]> memory;
+  std::vector<RingWrite> writes;  // by buffer id
+  MultishotOp receive;
+  uint8_t* buffer(uint16_t id) const {
+    return memory.get() + size_t{id} * (kReceiveHeadroom + buffer_bytes) + kReceiveHeadroom;
+  }
+  ~ProvidedRing() {
+    if (ring != nullptr) munmap(ring, ring_bytes);
+  }
+};
+
 // One buffer and the one operation it is part of at any time. Its address is the SQE's
 // user_data, so a completion leads straight back to its buffer and tunnel.
 struct Slot : Operation {
@@ -126,6 +167,7 @@ class UringEngine::Impl {
       mailbox_.Stop().IgnoreError();
       thread_.join();
     }
+    rings_.clear();  // the ring is gone (queue_exit), their memory can go
     CloseReceiveSockets(sockets_);
   }
 
@@ -237,7 +279,10 @@ class UringEngine::Impl {
     ArmWake();
     timer_slot_.op = OpKind::kTimer;
     ArmTimer();
-    for (Slot& slot : rx_slots_) ArmReceive(&slot);
+    SetUpProvidedRings();
+    for (Slot& slot : rx_slots_) {
+      if (!HasRing(slot.socket)) ArmReceive(&slot);
+    }
     // The first io_uring_enter, before anyone relies on the engine: a seccomp profile may allow
     // io_uring_setup and still refuse io_uring_enter, which would leave every command unanswered.
     if (int ret = io_uring_submit(&ring_); ret < 0) {
@@ -259,7 +304,7 @@ class UringEngine::Impl {
       io_uring_cqe* cqe;
       io_uring_for_each_cqe(&ring_, head, cqe) {
         ++seen;
-        Complete(static_cast<Operation*>(io_uring_cqe_get_data(cqe)), cqe->res);
+        Complete(static_cast<Operation*>(io_uring_cqe_get_data(cqe)), cqe->res, cqe->flags);
       }
       io_uring_cq_advance(&ring_, seen);
       // What this batch of receives coalesced goes to the devices with the next submission.
@@ -282,9 +327,13 @@ class UringEngine::Impl {
       io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &timeout, nullptr);
       unsigned head;
       unsigned seen = 0;
-      io_uring_for_each_cqe(&ring_, head, cqe) { ++seen; }
+      unsigned finished = 0;  // a multishot's CQEs with F_MORE leave it in flight
+      io_uring_for_each_cqe(&ring_, head, cqe) {
+        ++seen;
+        if ((cqe->flags & IORING_CQE_F_MORE) == 0) ++finished;
+      }
       io_uring_cq_advance(&ring_, seen);
-      inflight_total_ -= seen;
+      inflight_total_ -= std::min<uint64_t>(finished, inflight_total_);
     }
     io_uring_queue_exit(&ring_);
     for (auto& [name, tunnel] : tunnels_) {
@@ -356,9 +405,13 @@ class UringEngine::Impl {
     ++slot->tunnel->inflight;
   }
 
-  void Complete(Operation* op, int res) {
+  void Complete(Operation* op, int res, unsigned flags) {
     --inflight_total_;
     switch (op->op) {
+      case OpKind::kMultishotRecv:
+        return CompleteMultishot(static_cast<MultishotOp*>(op)->ring, res, flags);
+      case OpKind::kRingDeviceWrite:
+        return CompleteRingWrite(static_cast<RingWrite*>(op), res);
       case OpKind::kDeviceRead:
         return CompleteDeviceRead(static_cast<Slot*>(op), res);
       case OpKind::kSocketSend:
@@ -517,30 +570,43 @@ class UringEngine::Impl {
       }
       return ArmReceive(slot);
     }
+    slot->op = OpKind::kDeviceWrite;
+    if (!Deliver(*slot->socket, slot->buffer, res, slot->capacity, slot->msg, slot,
+                 &slot->tunnel, &slot->inner_len)) {
+      ArmReceive(slot);
+    }
+  }
+
+  // What every receive does with a packet of `res` bytes in `buffer` (of `capacity`): count,
+  // decode, match, check, and then coalesce it, or write it to its tunnel's device as `write`
+  // (whose tunnel and inner length are set through the pointers). False: done with the
+  // buffer (dropped and counted, a keepalive, or coalesced); true: the write is in flight.
+  bool Deliver(const ReceiveSocket& socket, uint8_t* buffer, int res, size_t capacity,
+               const msghdr& msg, Operation* write, TunnelRuntime** write_tunnel,
+               uint32_t* write_len) {
     counters_.rx_packets.Add();
-    if (static_cast<unsigned>(res) > slot->capacity) {
+    if (static_cast<size_t>(res) > capacity) {
       counters_.drops[static_cast<int>(DropReason::kTooBig)].Add();
-      return ArmReceive(slot);
+      return false;
     }
     Decapsulated packet;
     DropReason reason;
-    if (!DecodeReceived(*slot->socket, slot->buffer, static_cast<size_t>(res), slot->msg, &packet,
-                        &reason)) {
+    if (!DecodeReceived(socket, buffer, static_cast<size_t>(res), msg, &packet, &reason)) {
       counters_.drops[static_cast<int>(reason)].Add();
-      return ArmReceive(slot);
+      return false;
     }
     TunnelRuntime* tunnel = by_match_.Lookup(packet);
     if (tunnel == nullptr) {
       counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
-      return ArmReceive(slot);
+      return false;
     }
-    if (!tunnel->path->AcceptReceived(packet)) return ArmReceive(slot);
+    if (!tunnel->path->AcceptReceived(packet)) return false;
     uint8_t* data = packet.inner;
     size_t len = packet.inner_len;
     if (tunnel->path->vnet_header()) {
       switch (coalescer_.Add(tunnel, packet.inner, packet.inner_len)) {
         case TcpCoalescer::Verdict::kTaken:
-          return ArmReceive(slot);
+          return false;
         case TcpCoalescer::Verdict::kFlushThenDeliver:
           FlushCoalesced();
           break;
@@ -553,15 +619,122 @@ class UringEngine::Impl {
       std::memset(data, 0, kVirtioNetHeaderLen);
       len += kVirtioNetHeaderLen;
     }
-    slot->op = OpKind::kDeviceWrite;
-    slot->tunnel = tunnel;
-    slot->inner_len = static_cast<uint32_t>(packet.inner_len);
+    *write_tunnel = tunnel;
+    *write_len = static_cast<uint32_t>(packet.inner_len);
     io_uring_sqe* sqe = NextSqe();
     io_uring_prep_write(sqe, tunnel->path->config().device_fd, data, static_cast<unsigned>(len),
                         0);
-    io_uring_sqe_set_data(sqe, slot);
+    io_uring_sqe_set_data(sqe, write);
     ++inflight_total_;
     ++tunnel->inflight;
+    return true;
+  }
+
+  bool HasRing(const ReceiveSocket* socket) const {
+    for (const auto& ring : rings_) {
+      if (ring->socket == socket) return true;
+    }
+    return false;
+  }
+
+  // A provided-buffer ring and a multishot receive for each IPv4 socket, where the kernel has
+  // them (5.19 and 6.0); elsewhere the sockets keep their receives in flight one by one.
+  void SetUpProvidedRings() {
+    uint16_t group = 0;
+    for (const ReceiveSocket& socket : sockets_) {
+      if (socket.ipv6) continue;  // recvmsg for the addresses: they keep their slots
+      const bool main = socket.protocol != kIpProtoIpv6;
+      auto ring = std::make_unique<ProvidedRing>();
+      ring->socket = &socket;
+      ring->group = group++;
+      ring->entries = main ? 256 : 32;
+      ring->buffer_bytes = options_.receive_buffer_bytes;
+      ring->ring_bytes = ring->entries * sizeof(io_uring_buf);
+      void* mapped = mmap(nullptr, ring->ring_bytes, PROT_READ | PROT_WRITE,
+                          MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+      if (mapped == MAP_FAILED) return;
+      ring->ring = static_cast<io_uring_buf_ring*>(mapped);
+      io_uring_buf_reg reg{};
+      reg.ring_addr = reinterpret_cast<uint64_t>(mapped);
+      reg.ring_entries = ring->entries;
+      reg.bgid = ring->group;
+      if (io_uring_register_buf_ring(&ring_, &reg, 0) != 0) return;  // older kernel: slots
+      io_uring_buf_ring_init(ring->ring);
+      ring->memory.reset(new uint8_t[ring->entries * (kReceiveHeadroom + ring->buffer_bytes)]);
+      ring->writes.resize(ring->entries);
+      for (unsigned id = 0; id < ring->entries; ++id) {
+        RingWrite& w = ring->writes[id];
+        w.op = OpKind::kRingDeviceWrite;
+        w.ring = ring.get();
+        w.buffer_id = static_cast<uint16_t>(id);
+        io_uring_buf_ring_add(ring->ring, ring->buffer(static_cast<uint16_t>(id)),
+                              static_cast<unsigned>(ring->buffer_bytes), static_cast<uint16_t>(id),
+                              io_uring_buf_ring_mask(ring->entries), static_cast<int>(id));
+      }
+      io_uring_buf_ring_advance(ring->ring, static_cast<int>(ring->entries));
+      ring->receive.op = OpKind::kMultishotRecv;
+      ring->receive.ring = ring.get();
+      ProvidedRing* raw = ring.get();
+      rings_.push_back(std::move(ring));
+      ArmMultishot(raw);
+    }
+  }
+
+  void ArmMultishot(ProvidedRing* ring) {
+    io_uring_sqe* sqe = NextSqe();
+    // MSG_TRUNC: the result is the datagram's real length, so a packet larger than the buffer
+    // is seen as such.
+    io_uring_prep_recv_multishot(sqe, ring->socket->fd, nullptr, 0, MSG_TRUNC);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = ring->group;
+    io_uring_sqe_set_data(sqe, static_cast<Operation*>(&ring->receive));
+    ++inflight_total_;
+  }
+
+  void Recycle(ProvidedRing* ring, uint16_t id) {
+    io_uring_buf_ring_add(ring->ring, ring->buffer(id), static_cast<unsigned>(ring->buffer_bytes),
+                          id, io_uring_buf_ring_mask(ring->entries), 0);
+    io_uring_buf_ring_advance(ring->ring, 1);
+  }
+
+  void CompleteMultishot(ProvidedRing* ring, int res, unsigned flags) {
+    const bool more = (flags & IORING_CQE_F_MORE) != 0;
+    if (more) ++inflight_total_;  // the receive goes on
+    if (stopping_) {
+      if ((flags & IORING_CQE_F_BUFFER) != 0) Recycle(ring, flags >> IORING_CQE_BUFFER_SHIFT);
+      return;
+    }
+    if (res == -EINVAL || res == -EOPNOTSUPP) {
+      // A kernel without multishot receives: this socket goes back to receives one by one.
+      for (Slot& slot : rx_slots_) {
+        if (slot.socket == ring->socket) ArmReceive(&slot);
+      }
+      return;
+    }
+    if (res < 0) {
+      // ENOBUFS: every buffer is taken (writes in flight); the packets wait in the socket's
+      // buffer until the receive is armed again. Other errors as for single receives.
+      if (res != -ENOBUFS && res != -EINTR && res != -EAGAIN) {
+        counters_.drops[static_cast<int>(DropReason::kSocketError)].Add();
+      }
+    } else if ((flags & IORING_CQE_F_BUFFER) != 0) {
+      const uint16_t id = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+      RingWrite& write = ring->writes[id];
+      msghdr none{};
+      if (!Deliver(*ring->socket, ring->buffer(id), res, ring->buffer_bytes, none, &write,
+                   &write.tunnel, &write.inner_len)) {
+        Recycle(ring, id);
+      }
+    }
+    if (!more) ArmMultishot(ring);
+  }
+
+  void CompleteRingWrite(RingWrite* write, int res) {
+    TunnelRuntime* tunnel = write->tunnel;
+    --tunnel->inflight;
+    tunnel->path->DeliverDone(write->inner_len, res);
+    Recycle(write->ring, write->buffer_id);
+    if (tunnel->removal) MaybeFinishRemoval(tunnel);
   }
 
   // Receive, second half.
@@ -699,6 +872,7 @@ class UringEngine::Impl {
   // Owned by the engine thread once it runs.
   std::unique_ptr<uint8_t[]> rx_memory_;
   std::vector<Slot> rx_slots_;
+  std::vector<std::unique_ptr<ProvidedRing>> rings_;
   Slot wake_slot_;
   Slot timer_slot_;
   __kernel_timespec timer_spec_{};
