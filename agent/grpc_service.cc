@@ -366,7 +366,7 @@ grpc::Status TunnelServiceImpl::GetAgentInfo(grpc::ServerContext*, const v1::Get
   }
   for (const char* feature :
        {"request_id", "etag", "update_mask", "watch", "apply", "labels", "pagination",
-        "persistent_devices", "gre_options", "keepalive", "path_mtu"}) {
+        "persistent_devices", "gre_options", "keepalive", "path_mtu", "fou"}) {
     response->add_features(feature);
   }
   response->set_io_backend(identity_.io_backend);

@@ -153,6 +153,29 @@ absl::StatusOr<dataplane::TunnelSpec> SpecFromProto(const v1::Tunnel& tunnel) {
     spec.keepalive.interval = *interval;
     spec.keepalive.retries = tunnel.keepalive().retries();
   }
+  if (tunnel.has_encap()) {
+    const v1::Encap& encap = tunnel.encap();
+    switch (encap.type()) {
+      case v1::ENCAP_TYPE_NONE:
+        break;
+      case v1::ENCAP_TYPE_FOU:
+        spec.fou.enabled = true;
+        break;
+      default:
+        return absl::InvalidArgumentError(
+            absl::StrCat("tunnel.encap.type: unknown value ", static_cast<int>(encap.type())));
+    }
+    for (const auto& [field, value] :
+         {std::pair<const char*, uint32_t>{"tunnel.encap.sport", encap.sport()},
+          std::pair<const char*, uint32_t>{"tunnel.encap.dport", encap.dport()}}) {
+      if (value > 65535) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ": ", value, " is out of range 0..65535"));
+      }
+    }
+    spec.fou.sport = static_cast<uint16_t>(encap.sport());
+    spec.fou.dport = static_cast<uint16_t>(encap.dport());
+  }
 
   if (absl::Status s = PrefixesFromProto("tunnel.addresses", tunnel.addresses(), &spec.addresses);
       !s.ok()) {
@@ -206,6 +229,12 @@ v1::Tunnel DesiredToProto(const dataplane::TunnelSpec& spec) {
     v1::Keepalive* keepalive = tunnel.mutable_keepalive();
     *keepalive->mutable_interval() = DurationToProto(spec.keepalive.interval);
     keepalive->set_retries(spec.keepalive.retries);
+  }
+  if (spec.fou.enabled || spec.fou.sport != 0 || spec.fou.dport != 0) {
+    v1::Encap* encap = tunnel.mutable_encap();
+    encap->set_type(spec.fou.enabled ? v1::ENCAP_TYPE_FOU : v1::ENCAP_TYPE_NONE);
+    encap->set_sport(spec.fou.sport);
+    encap->set_dport(spec.fou.dport);
   }
   return tunnel;
 }

@@ -53,6 +53,8 @@ dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, const Device& de
   e.inherit_tos = spec.inherit_tos;
   e.pmtudisc = spec.pmtudisc;
   e.ignore_df = spec.ignore_df;
+  e.udp_dport = dataplane::EffectiveFouPort(spec);
+  e.udp_sport = spec.fou.enabled ? spec.fou.sport : 0;
   const dataplane::GreOptions in = dataplane::InputGreOptions(spec);
   const std::optional<uint32_t> input_key = dataplane::InputKey(spec);
   t.has_input_key = in.key;
@@ -111,6 +113,7 @@ std::vector<std::string> ChangedFields(const TunnelSpec& a, const TunnelSpec& b)
   if (a.pmtudisc != b.pmtudisc) changed.push_back("pmtudisc");
   if (a.ignore_df != b.ignore_df) changed.push_back("ignore_df");
   if (a.keepalive != b.keepalive) changed.push_back("keepalive");
+  if (a.fou != b.fou) changed.push_back("encap");
   return changed;
 }
 
@@ -140,7 +143,7 @@ bool EncapsulationChanged(const TunnelSpec& a, const TunnelSpec& b) {
          a.sequence != b.sequence || a.input_sequence != b.input_sequence ||
          a.output_sequence != b.output_sequence || a.ttl != b.ttl || a.tos != b.tos ||
          a.inherit_tos != b.inherit_tos || a.pmtudisc != b.pmtudisc || a.ignore_df != b.ignore_df ||
-         a.keepalive != b.keepalive;
+         a.keepalive != b.keepalive || a.fou != b.fou;
 }
 
 }  // namespace
@@ -350,6 +353,8 @@ absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name, cons
       desired.ignore_df = patch.ignore_df;
     } else if (field == "keepalive") {
       desired.keepalive = patch.keepalive;
+    } else if (field == "encap") {
+      desired.fou = patch.fou;
     } else {
       return absl::InvalidArgumentError(absl::StrCat("update_mask: ", field, " cannot be updated (",
                                                      absl::StrJoin(UpdatableFields(), ", "),
@@ -818,7 +823,8 @@ uint32_t TunnelManager::MtuFor(const TunnelSpec& spec) {
   // As the kernel does: the MTU of the route towards the remote, less the headers.
   absl::StatusOr<uint32_t> path_mtu = links_->PathMtu(spec.remote);
   uint32_t underlay = path_mtu.ok() ? *path_mtu : options_.default_underlay_mtu;
-  return dataplane::AutomaticMtu(spec.mode, dataplane::OutputGreOptions(spec), underlay);
+  return dataplane::AutomaticMtu(spec.mode, dataplane::OutputGreOptions(spec), underlay,
+                                 spec.fou.enabled);
 }
 
 absl::Status TunnelManager::BringUp(Entry& entry) {
@@ -872,8 +878,8 @@ absl::Status TunnelManager::BringUp(Entry& entry) {
 
 absl::Status TunnelManager::StartDataplane(Entry& entry) {
   entry.counters = entry.counters ? entry.counters : std::make_shared<dataplane::TunnelCounters>();
-  absl::Status status = engine_->AddTunnel(
-      EngineTunnelFor(entry.spec, *entry.device, entry.mtu, entry.counters));
+  absl::Status status =
+      engine_->AddTunnel(EngineTunnelFor(entry.spec, *entry.device, entry.mtu, entry.counters));
   entry.in_engine = status.ok();
   return status;
 }

@@ -213,6 +213,37 @@ absl::Status ValidateOuterHeader(const dataplane::TunnelSpec& spec) {
   return absl::OkStatus();
 }
 
+// encap fou: what ip_tunnel's encapsulation takes, IPv4 underlays only here.
+absl::Status ValidateFou(const dataplane::TunnelSpec& spec) {
+  if (!spec.fou.enabled) {
+    if (spec.fou.sport != 0 || spec.fou.dport != 0) {
+      return Invalid("tunnel.encap", "sport and dport need type ENCAP_TYPE_FOU");
+    }
+    return absl::OkStatus();
+  }
+  if (dataplane::IsIpv6UnderlayMode(spec.mode)) {
+    return Invalid("tunnel.encap", absl::StrCat("fou over an IPv6 underlay is not supported (",
+                                                dataplane::TunnelModeName(spec.mode),
+                                                "); gre, gretap, ipip and sit take it"));
+  }
+  if (dataplane::EffectiveFouPort(spec) == 0) {
+    return Invalid("tunnel.encap.dport",
+                   absl::StrCat("is required for ", dataplane::TunnelModeName(spec.mode),
+                                " (no standard port; gre and gretap default to 4754)"));
+  }
+  if (spec.fou.sport != 0 && spec.fou.sport == dataplane::EffectiveFouPort(spec)) {
+    return Invalid("tunnel.encap.sport",
+                   absl::StrCat(spec.fou.sport,
+                                " is the port fou receives on; use another or 0 "
+                                "(per flow)"));
+  }
+  if (!spec.pmtudisc) {
+    // A UDP socket sets DF for all its packets or none: the inner DF cannot be copied.
+    return Invalid("tunnel.pmtudisc", "encap fou needs pmtudisc (DF on every outer packet)");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateKeepalive(const dataplane::TunnelSpec& spec) {
   constexpr absl::Duration kMinInterval = absl::Milliseconds(100);
   constexpr absl::Duration kMaxInterval = absl::Hours(1);
@@ -288,10 +319,12 @@ absl::Status ValidateSpec(const dataplane::TunnelSpec& spec) {
   if (absl::Status s = ValidateGreOptions(spec); !s.ok()) return s;
   if (absl::Status s = ValidateOuterHeader(spec); !s.ok()) return s;
   if (absl::Status s = ValidateKeepalive(spec); !s.ok()) return s;
+  if (absl::Status s = ValidateFou(spec); !s.ok()) return s;
 
   if (spec.mtu != 0) {
     const uint32_t max =
-        kMaxMtu - dataplane::EncapOverhead(spec.mode, dataplane::OutputGreOptions(spec));
+        kMaxMtu -
+        dataplane::EncapOverhead(spec.mode, dataplane::OutputGreOptions(spec), spec.fou.enabled);
     const uint32_t min = spec.mode == TunnelMode::kSit ? kMinSitMtu : kMinMtu;
     if (spec.mtu < min || spec.mtu > max) {
       return Invalid("tunnel.mtu", absl::StrCat(spec.mtu, " is out of range ", min, "..", max,

@@ -1,5 +1,7 @@
 #include "dataplane/engine_support.h"
 
+#include <netinet/in.h>
+#include <netinet/udp.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -107,6 +109,139 @@ bool DecodeReceived(const ReceiveSocket& socket, uint8_t* data, size_t len, cons
   }
   return DecapsulateIpv6(data, len, socket.protocol, source, destination, traffic_class, out,
                          reason);
+}
+
+FouPorts::~FouPorts() {
+  for (auto& s : sockets_) {
+    if (s->fd >= 0) close(s->fd);
+  }
+}
+
+FouSocket* FouPorts::Find(uint16_t port) {
+  for (auto& s : sockets_) {
+    if (s->port == port) return s.get();
+  }
+  return nullptr;
+}
+
+void FouPorts::Release(uint16_t port) {
+  if (FouSocket* s = Find(port); s != nullptr && s->users > 0) --s->users;
+}
+
+absl::StatusOr<FouSocket*> FouPorts::Acquire(uint16_t port, uint8_t protocol, int buffer_bytes,
+                                             bool* opened) {
+  *opened = false;
+  if (FouSocket* s = Find(port); s != nullptr) {
+    if (s->users > 0 && s->protocol != protocol) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("fou port ", port, " already carries protocol ", s->protocol,
+                       " for other tunnels (one port carries one protocol)"));
+    }
+    s->protocol = protocol;
+    ++s->users;
+    return s;
+  }
+  const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return ErrnoStatus(errno, "fou receive socket");
+  const int on = 1;
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buffer_bytes, sizeof buffer_bytes) != 0) {
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof buffer_bytes);
+  }
+  // UDP_GRO is an optimisation (Linux 5.0): without it every datagram comes on its own.
+  setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof on);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  if (setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on) != 0 ||
+      setsockopt(fd, IPPROTO_IP, IP_RECVTOS, &on, sizeof on) != 0 ||
+      bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    const int err = errno;
+    close(fd);
+    if (err == EADDRINUSE) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("fou port ", port, " is in use by another socket on this host"));
+    }
+    return ErrnoStatus(err, absl::StrCat("fou receive socket on port ", port));
+  }
+  auto s = std::make_unique<FouSocket>();
+  s->fd = fd;
+  s->port = port;
+  s->protocol = protocol;
+  s->users = 1;
+  sockets_.push_back(std::move(s));
+  *opened = true;
+  return sockets_.back().get();
+}
+
+uint8_t FouProtocol(TunnelMode mode) {
+  if (IsGreMode(mode)) return kIpProtoGre;
+  return mode == TunnelMode::kSit ? kIpProtoIpv6 : kIpProtoIpip;
+}
+
+bool ParseFouReceive(const msghdr& msg, OuterAddress* source, OuterAddress* destination,
+                     uint8_t* tos, size_t* gso_size) {
+  if (msg.msg_name == nullptr || msg.msg_namelen < sizeof(sockaddr_in)) return false;
+  const auto* from = static_cast<const sockaddr_in*>(msg.msg_name);
+  *source = OuterAddress::FromIpv4Bytes(reinterpret_cast<const uint8_t*>(&from->sin_addr));
+  bool have_destination = false;
+  *gso_size = 0;
+  for (const cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr;
+       c = CMSG_NXTHDR(const_cast<msghdr*>(&msg), const_cast<cmsghdr*>(c))) {
+    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO &&
+        c->cmsg_len >= CMSG_LEN(sizeof(in_pktinfo))) {
+      in_pktinfo info;
+      std::memcpy(&info, CMSG_DATA(c), sizeof info);
+      *destination = OuterAddress::FromIpv4Bytes(reinterpret_cast<const uint8_t*>(&info.ipi_addr));
+      have_destination = true;
+    } else if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TOS &&
+               c->cmsg_len >= CMSG_LEN(1)) {
+      *tos = *CMSG_DATA(c);
+    } else if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO &&
+               c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+      int value = 0;
+      std::memcpy(&value, CMSG_DATA(c), sizeof value);
+      *gso_size = value > 0 ? static_cast<size_t>(value) : 0;
+    }
+  }
+  return have_destination;
+}
+
+absl::StatusOr<int> OpenFouSendSocket(const OuterAddress& local, uint16_t sport,
+                                      const OuterAddress& remote, uint16_t dport,
+                                      int buffer_bytes) {
+  const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return ErrnoStatus(errno, "fou send socket");
+  const int on = 1;
+  // Tunnels with the same fixed source port share it; the fou receive socket does not take
+  // part, so a source port that is a receive port fails to bind instead of stealing packets.
+  if (sport != 0) {
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on);
+  }
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &buffer_bytes, sizeof buffer_bytes) != 0) {
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer_bytes, sizeof buffer_bytes);
+  }
+  const int pmtu = IP_PMTUDISC_DO;  // DF; a packet over the path's MTU fails with EMSGSIZE
+  sockaddr_in from{};
+  from.sin_family = AF_INET;
+  std::memcpy(&from.sin_addr, local.data(), 4);
+  from.sin_port = htons(sport);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  std::memcpy(&to.sin_addr, remote.data(), 4);
+  to.sin_port = htons(dport);
+  if (setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof pmtu) != 0 ||
+      bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) != 0 ||
+      connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
+    const int err = errno;
+    close(fd);
+    if (err == EADDRINUSE) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "fou source port ", sport, " is in use (a fou receive port, or another socket)"));
+    }
+    return ErrnoStatus(err, "fou send socket");
+  }
+  return fd;
 }
 
 CommandMailbox::~CommandMailbox() {

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <deque>
 #include <future>
 #include <memory>
@@ -71,6 +72,86 @@ using ReceiveAddress = sockaddr_in6;
 // for IPv6). The caller has checked it was not truncated.
 bool DecodeReceived(const ReceiveSocket& socket, uint8_t* data, size_t len, const msghdr& msg,
                     Decapsulated* out, DropReason* reason);
+
+// Foo-over-UDP receive: one UDP socket per port that fou tunnels use (bound to the port on
+// every address, UDP_GRO on, so one receive can bring up to 64 KiB of datagrams of one flow),
+// carrying one protocol (GRE, IPv4 or IPv6) as its payload.
+struct FouSocket {
+  int fd = -1;
+  uint16_t port = 0;
+  uint8_t protocol = 0;
+  int users = 0;  // tunnels that use the port; the socket stays open when it drops to 0
+};
+
+// The fou receive sockets of an engine. Owned by the engine's thread.
+class FouPorts {
+ public:
+  FouPorts() = default;
+  ~FouPorts();
+  FouPorts(const FouPorts&) = delete;
+  FouPorts& operator=(const FouPorts&) = delete;
+
+  // A user more of the socket for `port` carrying `protocol`, opened when new (*opened set);
+  // FAILED_PRECONDITION when tunnels use the port for another protocol, or it cannot be bound.
+  absl::StatusOr<FouSocket*> Acquire(uint16_t port, uint8_t protocol, int buffer_bytes,
+                                     bool* opened);
+  void Release(uint16_t port);
+  FouSocket* Find(uint16_t port);
+
+ private:
+  std::vector<std::unique_ptr<FouSocket>> sockets_;
+};
+
+// Room for the ancillary data a fou receive asks for (packet info, TOS, the GRO segment size).
+inline constexpr size_t kFouControlBytes = 128;
+
+// What a fou receive brought, cut into its datagrams (UDP_GRO: all of `gso_size` bytes but the
+// last) and decapsulated; calls `deliver(Decapsulated&)` for each that decapsulates, counts the
+// others' drop reasons in `drops`. `msg` is the receive's, with its source and control data.
+template <typename Deliver>
+void ForEachFouDatagram(const FouSocket& socket, uint8_t* data, size_t len, const msghdr& msg,
+                        DataplaneCounters& counters, Deliver&& deliver);
+
+// Parses a fou receive's name and control data: false when something needed is missing.
+bool ParseFouReceive(const msghdr& msg, OuterAddress* source, OuterAddress* destination,
+                     uint8_t* tos, size_t* gso_size);
+
+template <typename Deliver>
+void ForEachFouDatagram(const FouSocket& socket, uint8_t* data, size_t len, const msghdr& msg,
+                        DataplaneCounters& counters, Deliver&& deliver) {
+  OuterAddress source;
+  OuterAddress destination;
+  uint8_t tos = 0;
+  size_t gso_size = 0;
+  if (!ParseFouReceive(msg, &source, &destination, &tos, &gso_size)) {
+    counters.rx_packets.Add();
+    counters.drops[static_cast<int>(DropReason::kBadOuterHeader)].Add();
+    return;
+  }
+  if (gso_size == 0 || gso_size > len) gso_size = len;
+  for (size_t offset = 0; offset < len || (len == 0 && offset == 0); offset += gso_size) {
+    counters.rx_packets.Add();
+    const size_t n = std::min(gso_size, len - offset);
+    Decapsulated packet;
+    DropReason reason = DropReason::kCount;
+    if (!DecapsulateUdpPayload(data + offset, n, socket.protocol, source, destination, tos, &packet,
+                               &reason)) {
+      counters.drops[static_cast<int>(reason)].Add();
+    } else {
+      deliver(packet);
+    }
+    if (len == 0) break;
+  }
+}
+
+// The protocol a fou port carries for a mode: 47 (GRE) for gre and gretap, 4 for ipip, 41 for
+// sit.
+uint8_t FouProtocol(TunnelMode mode);
+
+// A UDP socket that sends a fou tunnel's packets: bound to `local` (any when zero) and `sport`
+// (0: a port the kernel picks), connected to `remote`:`dport`, DF on every packet.
+absl::StatusOr<int> OpenFouSendSocket(const OuterAddress& local, uint16_t sport,
+                                      const OuterAddress& remote, uint16_t dport, int buffer_bytes);
 
 struct EngineCommand {
   enum class Kind { kAdd, kRemove, kStop };

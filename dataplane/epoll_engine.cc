@@ -44,7 +44,7 @@ constexpr size_t kSegmentArenaBytes = 65536 + kMaxSegments * (kDeviceHeadroom + 
 constexpr size_t kCoalescerFlows = 16;
 
 // What an epoll event's data.ptr points at.
-enum class SourceKind : uint8_t { kWake, kSocket, kDevice };
+enum class SourceKind : uint8_t { kWake, kSocket, kDevice, kFou };
 
 struct TunnelRuntime;
 
@@ -52,6 +52,7 @@ struct Source {
   SourceKind kind;
   const ReceiveSocket* socket = nullptr;  // kSocket
   TunnelRuntime* tunnel = nullptr;        // kDevice: the tunnel
+  FouSocket* fou = nullptr;               // kFou: a fou port's socket
 };
 
 struct TunnelRuntime {
@@ -60,6 +61,7 @@ struct TunnelRuntime {
   int saved_flags = 0;     // the device fd's file status flags before the engine set O_NONBLOCK
   uint32_t read_size = 0;  // bytes asked of each device read
   bool parked = false;     // out of the epoll set after a permanent device error
+  uint16_t fou_port = 0;   // the fou port it receives on (0: none)
   absl::Time next_tick = absl::InfinitePast();
 };
 
@@ -161,6 +163,9 @@ class EpollEngine::Impl {
           case SourceKind::kDevice:
             TransmitBatch(source->tunnel, events[i].events);
             break;
+          case SourceKind::kFou:
+            ReceiveFou(*source->fou);
+            break;
         }
       }
       if (wake) RunCommands();
@@ -240,6 +245,10 @@ class EpollEngine::Impl {
       }
       EncapResult out;
       if (!path.PrepareTransmit(frame, len, &out)) continue;
+      if (path.fou()) {
+        path.SendNow(frame, len, out);  // through the tunnel's UDP socket
+        continue;
+      }
       Queue(path, count++, frame, len, out);
     }
     SendQueued(path, count);
@@ -261,9 +270,19 @@ class EpollEngine::Impl {
       for (size_t i = 0; i < made; ++i) {
         EncapResult out;
         if (!path.PrepareTransmit(segments_[i].data, segments_[i].len, &out)) continue;
+        if (path.fou()) {
+          fou_frames_[count] = segments_[i].data;
+          fou_lens_[count] = segments_[i].len;
+          fou_packets_[count++] = out;
+          continue;
+        }
         Queue(path, count++, segments_[i].data, segments_[i].len, out);
       }
-      SendQueued(path, count);
+      if (path.fou()) {
+        path.SendFouNow(fou_frames_, fou_lens_, fou_packets_, count);  // as UDP GSO sends
+      } else {
+        SendQueued(path, count);
+      }
     }
   }
 
@@ -369,6 +388,56 @@ class EpollEngine::Impl {
     FlushCoalesced();
   }
 
+  // Fou: what a port's socket has, up to a batch of receives (each up to 64 KiB of datagrams
+  // with UDP GRO), each datagram written to its tunnel's device or coalesced.
+  void ReceiveFou(const FouSocket& socket) {
+    uint8_t* buffer = rx_memory_.get() + kReceiveHeadroom;
+    for (unsigned i = 0; i < rx_batch_; ++i) {
+      iovec iov{buffer, options_.receive_buffer_bytes};
+      sockaddr_in from{};
+      alignas(cmsghdr) uint8_t control[kFouControlBytes];
+      msghdr msg{};
+      msg.msg_name = &from;
+      msg.msg_namelen = sizeof from;
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      const ssize_t n = recvmsg(socket.fd, &msg, MSG_DONTWAIT);
+      if (n < 0) {
+        if (errno != EAGAIN && errno != EINTR) {
+          counters_.drops[static_cast<int>(DropReason::kSocketError)].Add();
+        }
+        break;
+      }
+      if ((msg.msg_flags & MSG_TRUNC) != 0) {
+        counters_.rx_packets.Add();
+        counters_.drops[static_cast<int>(DropReason::kTooBig)].Add();
+        continue;
+      }
+      ForEachFouDatagram(socket, buffer, static_cast<size_t>(n), msg, counters_,
+                         [this](Decapsulated& packet) {
+                           TunnelRuntime* tunnel = by_match_.Lookup(packet);
+                           if (tunnel == nullptr) {
+                             counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
+                             return;
+                           }
+                           TunnelDatapath& path = *tunnel->path;
+                           if (!path.AcceptReceived(packet)) return;
+                           if (path.vnet_header()) {
+                             const TcpCoalescer::Verdict verdict =
+                                 coalescer_.Add(tunnel, packet.inner, packet.inner_len);
+                             if (verdict == TcpCoalescer::Verdict::kTaken) return;
+                             if (verdict == TcpCoalescer::Verdict::kFlushThenDeliver) {
+                               FlushCoalesced();
+                             }
+                           }
+                           path.DeliverNow(packet);
+                         });
+    }
+    FlushCoalesced();
+  }
+
   // Writes every flow the receives coalesced to its device.
   void FlushCoalesced() {
     coalescer_.Flush([this](const TcpCoalescer::Flushed& f) {
@@ -420,7 +489,28 @@ class EpollEngine::Impl {
     if ((flags & O_NONBLOCK) == 0 && fcntl(config.device_fd, F_SETFL, flags | O_NONBLOCK) != 0) {
       return ErrnoStatus(errno, absl::StrCat("fcntl ", config.name));
     }
+    if (tunnel->path->fou()) {
+      bool opened = false;
+      absl::StatusOr<FouSocket*> port =
+          fou_ports_.Acquire(config.encap.udp_dport, FouProtocol(config.encap.mode),
+                             options_.socket_buffer_bytes, &opened);
+      if (!port.ok()) {
+        fcntl(config.device_fd, F_SETFL, flags);
+        return port.status();
+      }
+      if (opened) {
+        fou_sources_.push_back(std::make_unique<Source>(Source{SourceKind::kFou}));
+        fou_sources_.back()->fou = *port;
+        if (absl::Status s = Watch((*port)->fd, fou_sources_.back().get()); !s.ok()) {
+          fou_ports_.Release(config.encap.udp_dport);
+          fcntl(config.device_fd, F_SETFL, flags);
+          return s;
+        }
+      }
+      tunnel->fou_port = config.encap.udp_dport;
+    }
     if (absl::Status s = Watch(config.device_fd, &tunnel->source); !s.ok()) {
+      if (tunnel->fou_port != 0) fou_ports_.Release(tunnel->fou_port);
       fcntl(config.device_fd, F_SETFL, flags);
       return s;
     }
@@ -438,6 +528,7 @@ class EpollEngine::Impl {
     }
     by_match_.Erase(it->second->path->match());
     coalescer_.Discard(it->second.get());
+    if (it->second->fou_port != 0) fou_ports_.Release(it->second->fou_port);
     Release(it->second.get());
     tunnels_.erase(it);
     return absl::OkStatus();
@@ -480,6 +571,11 @@ class EpollEngine::Impl {
   std::unique_ptr<uint8_t[]> segment_memory_{new uint8_t[kSegmentArenaBytes]};
   std::vector<Segment> segments_ = std::vector<Segment>(kMaxSegments);
   TcpCoalescer coalescer_{kCoalescerFlows, kCoalescerFlows};
+  FouPorts fou_ports_;
+  std::vector<std::unique_ptr<Source>> fou_sources_;
+  uint8_t* fou_frames_[kMaxSegments];
+  size_t fou_lens_[kMaxSegments];
+  EncapResult fou_packets_[kMaxSegments];
   bool stopping_ = false;
   std::unique_ptr<EngineCommand> stop_command_;
   absl::flat_hash_map<std::string, std::unique_ptr<TunnelRuntime>> tunnels_;

@@ -1,6 +1,7 @@
 #include "dataplane/tunnel_datapath.h"
 
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -21,6 +22,7 @@ namespace {
 constexpr uint16_t kIpv4FlagDontFragment = 0x4000;
 constexpr uint8_t kIpProtoDestinationOptions = 60;
 constexpr size_t kMaxFragments = 64;
+constexpr int kFouSendBufferBytes = 4 << 20;
 // How often the route towards the remote is asked for its MTU: PMTU information the kernel
 // learns (or forgets after its 10 minutes) shows within this.
 constexpr absl::Duration kProbeInterval = absl::Seconds(5);
@@ -109,6 +111,38 @@ int UnderlayIo::SendNow(bool ipv6, const OuterAddress& destination, const uint8_
   return 0;
 }
 
+size_t WriteFouControl(uint8_t* control, uint8_t tos, uint8_t ttl, uint16_t gso_size) {
+  msghdr msg{};
+  msg.msg_control = control;
+  msg.msg_controllen = kFouSendControlBytes;
+  std::memset(control, 0, kFouSendControlBytes);
+  size_t used = 0;
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  const int tos_value = tos;
+  const int ttl_value = ttl;
+  for (const auto& [type, value] : {std::pair<int, int>{IP_TOS, tos_value}, {IP_TTL, ttl_value}}) {
+    c->cmsg_level = IPPROTO_IP;
+    c->cmsg_type = type;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &value, sizeof value);
+    used += CMSG_SPACE(sizeof(int));
+    msg.msg_controllen = used;
+    c = reinterpret_cast<cmsghdr*>(control + used);
+  }
+  if (gso_size != 0) {
+    c->cmsg_level = SOL_UDP;
+    c->cmsg_type = UDP_SEGMENT;
+    c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    std::memcpy(CMSG_DATA(c), &gso_size, sizeof gso_size);
+    used += CMSG_SPACE(sizeof(uint16_t));
+  }
+  return used;
+}
+
+TunnelDatapath::~TunnelDatapath() {
+  for (int fd : fou_fds_) close(fd);
+}
+
 absl::StatusOr<std::unique_ptr<TunnelDatapath>> TunnelDatapath::Create(const EngineTunnel& config,
                                                                        UnderlayIo* io,
                                                                        absl::Time now) {
@@ -116,6 +150,25 @@ absl::StatusOr<std::unique_ptr<TunnelDatapath>> TunnelDatapath::Create(const Eng
   if (io->send_fd(t->ipv6_) < 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("tunnel ", config.name, ": this kernel has no IPv6 for the underlay"));
+  }
+  if (t->fou()) {
+    if (t->ipv6_) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("tunnel ", config.name, ": fou over an IPv6 underlay is not supported"));
+    }
+    // A fixed source port: one socket. Per flow: a few sockets on ports the kernel picks,
+    // the flow's hash choosing, so the underlay's ECMP and RSS still see several flows.
+    const size_t sockets = config.encap.udp_sport != 0 ? 1 : 4;
+    for (size_t i = 0; i < sockets; ++i) {
+      absl::StatusOr<int> fd =
+          OpenFouSendSocket(config.encap.local, config.encap.udp_sport, config.encap.remote,
+                            config.encap.udp_dport, kFouSendBufferBytes);
+      if (!fd.ok()) {
+        return absl::Status(fd.status().code(),
+                            absl::StrCat("tunnel ", config.name, ": ", fd.status().message()));
+      }
+      t->fou_fds_.push_back(*fd);
+    }
   }
   t->RefreshPath();
   if (t->ipv6_ && t->encap_.local.is_zero()) {
@@ -130,6 +183,7 @@ absl::StatusOr<std::unique_ptr<TunnelDatapath>> TunnelDatapath::Create(const Eng
 
 TunnelDatapath::TunnelDatapath(const EngineTunnel& config, UnderlayIo* io)
     : config_(config), io_(io), ipv6_(IsIpv6UnderlayMode(config.encap.mode)), encap_(config.encap) {
+  fou_header_len_ = EncapIpUdpLen(encap_);
   match_ = TunnelMatch{config.encap.mode, config.has_input_key, config.encap.local,
                        config.encap.remote, config.has_input_key ? config.input_key : 0};
   destination_ = SocketAddress(ipv6_, config.encap.remote, &destination_len_);
@@ -366,7 +420,71 @@ TunnelDatapath::DeviceRead TunnelDatapath::TakeVirtioNetHeader(const VirtioNetHe
   return DeviceRead::kSuperPacket;
 }
 
+int TunnelDatapath::FouSendFd(const EncapResult& packet) const {
+  const uint16_t sport = LoadBe16(packet.packet + kIpv4HeaderLen);
+  return fou_fds_[sport % fou_fds_.size()];
+}
+
+size_t TunnelDatapath::NextFouRun(const EncapResult* packets, size_t count, iovec* iovs, int* fd,
+                                  uint16_t* gso_size) const {
+  const size_t size = packets[0].len - fou_header_len_;
+  *fd = FouSendFd(packets[0]);
+  size_t n = 0;
+  size_t bytes = 0;
+  while (n < count && n < kMaxFouRun && (n == 0 || fou_gso_)) {
+    const EncapResult& p = packets[n];
+    const size_t len = p.len - fou_header_len_;
+    if (n > 0 && (len > size || bytes + len > kMaxFouRunBytes || FouSendFd(p) != *fd ||
+                  iovs[n - 1].iov_len != size)) {
+      break;
+    }
+    iovs[n].iov_base = p.packet + fou_header_len_;
+    iovs[n].iov_len = len;
+    bytes += len;
+    ++n;
+  }
+  *gso_size = n > 1 ? static_cast<uint16_t>(size) : 0;
+  return n;
+}
+
+void TunnelDatapath::SendFouNow(uint8_t* const* frames, const size_t* lens,
+                                const EncapResult* packets, size_t count) {
+  iovec iov[kMaxFouRun];
+  alignas(cmsghdr) uint8_t control[kFouSendControlBytes];
+  for (size_t first = 0; first < count;) {
+    int fd = -1;
+    uint16_t gso_size = 0;
+    const size_t n = NextFouRun(packets + first, count - first, iov, &fd, &gso_size);
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = n;
+    msg.msg_control = control;
+    msg.msg_controllen =
+        WriteFouControl(control, packets[first].packet[1], packets[first].packet[8], gso_size);
+    const ssize_t sent = sendmsg(fd, &msg, MSG_DONTWAIT);
+    const int error = sent < 0 ? errno : 0;
+    if (error == EIO && n > 1) {
+      fou_gso_ = false;  // no UDP GSO on this path (wireguard-go's probe): one by one from now
+      continue;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      TransmitDone(frames[first + i], lens[first + i],
+                   error == 0 ? static_cast<int>(iov[i].iov_len) : -error);
+    }
+    first += n;
+  }
+}
+
+void TunnelDatapath::DeliverNow(const Decapsulated& d) {
+  uint8_t header[kVirtioNetHeaderLen] = {};
+  iovec parts[2] = {{header, sizeof header}, {d.inner, d.inner_len}};
+  const int first = config_.vnet_header ? 0 : 1;
+  const ssize_t n = writev(config_.device_fd, parts + first, 2 - first);
+  DeliverDone(d.inner_len, n >= 0 ? static_cast<int>(n) : -errno);
+}
+
 void TunnelDatapath::SendNow(uint8_t* frame, size_t len, const EncapResult& packet) {
+  if (fou()) return SendFouNow(&frame, &len, &packet, 1);
   const int error = io_->SendNow(ipv6_, config_.encap.remote, packet.packet, packet.len);
   TransmitDone(frame, len, error == 0 ? static_cast<int>(packet.len) : -error);
 }

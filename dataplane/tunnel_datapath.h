@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -65,8 +66,20 @@ class UnderlayIo {
   uint16_t fragment_id_ = 0;
 };
 
+// Ancillary data of a fou send: the outer TOS and TTL of the packet(s), and the UDP segment
+// size when several equal-sized payloads go as one (UDP GSO, `gso_size` 0 otherwise). Returns
+// the control length; `control` must hold kFouSendControlBytes.
+// A fou send carries at most this many packets (UDP_MAX_SEGMENTS on older kernels), and this
+// many bytes of payload (what one UDP datagram can hold before the kernel splits it).
+inline constexpr size_t kMaxFouRun = 64;
+inline constexpr size_t kMaxFouRunBytes = 65000;
+inline constexpr size_t kFouSendControlBytes = 96;  // three cmsgs: 24 + 24 + 24
+static_assert(kFouSendControlBytes >= 2 * CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(uint16_t)));
+size_t WriteFouControl(uint8_t* control, uint8_t tos, uint8_t ttl, uint16_t gso_size);
+
 class TunnelDatapath {
  public:
+  ~TunnelDatapath();
   // Checks the tunnel against what the engine has (FAILED_PRECONDITION for an IPv6 tunnel when
   // the kernel has no IPv6), resolves its source address and path MTU.
   static absl::StatusOr<std::unique_ptr<TunnelDatapath>> Create(const EngineTunnel& config,
@@ -85,6 +98,32 @@ class TunnelDatapath {
 
   // TUN offloads: reads and writes of the device carry a virtio-net header.
   bool vnet_header() const { return config_.vnet_header; }
+
+  // Foo-over-UDP: packets leave through the tunnel's UDP sockets, not the raw socket. What
+  // Encapsulate made (`packet`) starts with IP and UDP headers for the raw paths; a UDP socket
+  // sends what follows them (FouPayload), with the TOS and TTL they hold, on the socket the
+  // flow's source port picks (FouSendFd).
+  bool fou() const { return encap_.fou(); }
+  size_t fou_header_len() const { return fou_header_len_; }
+  int FouSendFd(const EncapResult& packet) const;
+  // The run of prepared packets at the start of `packets` (`count` of them) that one fou send
+  // takes: equal-sized payloads (the last may be shorter) of one socket, within what one UDP
+  // GSO send holds, or one packet when GSO is off. Fills `iovs` with their payloads and returns
+  // how many, with the socket and the segment size (0 for a single packet).
+  size_t NextFouRun(const EncapResult* packets, size_t count, iovec* iovs, int* fd,
+                    uint16_t* gso_size) const;
+  // Sends `count` prepared packets now through the fou sockets (as one UDP GSO send where
+  // they allow it) and does TransmitDone for each: frames[i]/lens[i] are what the device gave,
+  // packets[i] what PrepareTransmit made of them.
+  void SendFouNow(uint8_t* const* frames, const size_t* lens, const EncapResult* packets,
+                  size_t count);
+  // Writes a matched, accepted packet to the device now (behind an empty virtio-net header
+  // with offloads) and counts it: for receives that bring several packets at once.
+  void DeliverNow(const Decapsulated& d);
+  // UDP GSO for fou sends: on until the kernel refuses it once (EIO: no checksum offload on the
+  // path), then off for this tunnel.
+  bool fou_gso() const { return fou_gso_; }
+  void DisableFouGso() { fou_gso_ = false; }
 
   // Transmit, before the first half when the device has offloads: what the virtio-net header
   // (`*header`, read from in front of `frame`) says about the `len` bytes at `frame`.
@@ -145,6 +184,9 @@ class TunnelDatapath {
   absl::Time next_probe_ = absl::InfinitePast();
   absl::Time next_keepalive_ = absl::InfiniteFuture();
   uint32_t keepalives_outstanding_ = 0;
+  std::vector<int> fou_fds_;  // fou: connected UDP sockets, picked by the flow's source port
+  size_t fou_header_len_ = 0;
+  bool fou_gso_ = true;  // off after the kernel refused a UDP GSO send (EIO)
 };
 
 // What both engines check before taking a tunnel: its name free, its datapath made, its receive

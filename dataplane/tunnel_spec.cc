@@ -1,5 +1,7 @@
 #include "dataplane/tunnel_spec.h"
 
+#include "dataplane/packet/encap.h"
+
 namespace tunnelagent::dataplane {
 namespace {
 
@@ -56,9 +58,10 @@ bool IsModeImplemented(TunnelMode mode) {
   return false;
 }
 
-uint32_t EncapOverhead(TunnelMode mode, GreOptions output) {
+uint32_t EncapOverhead(TunnelMode mode, GreOptions output, bool fou) {
   const uint32_t gre = kGreBase + (output.key ? kGreOption : 0) +
                        (output.checksum ? kGreOption : 0) + (output.sequence ? kGreOption : 0);
+  if (fou) return EncapOverhead(mode, output, false) + 8;
   switch (mode) {
     case TunnelMode::kGre:
       return kIpv4Header + gre;
@@ -77,8 +80,8 @@ uint32_t EncapOverhead(TunnelMode mode, GreOptions output) {
   return kIpv4Header;
 }
 
-uint32_t AutomaticMtu(TunnelMode mode, GreOptions output, uint32_t underlay_mtu) {
-  const uint32_t overhead = EncapOverhead(mode, output);
+uint32_t AutomaticMtu(TunnelMode mode, GreOptions output, uint32_t underlay_mtu, bool fou) {
+  const uint32_t overhead = EncapOverhead(mode, output, fou);
   // What the device must carry at least: IPv6 needs 1280 (sit carries only IPv6, and the
   // kernel holds IPv6-underlay tunnels to it too); otherwise IPv4's 68.
   const uint32_t floor =
@@ -105,6 +108,12 @@ GreOptions OutputGreOptions(const TunnelSpec& spec) {
   if (!IsGreMode(spec.mode)) return {};
   return {OutputKey(spec).has_value(), spec.checksum || spec.output_checksum,
           spec.sequence || spec.output_sequence};
+}
+
+uint16_t EffectiveFouPort(const TunnelSpec& spec) {
+  if (!spec.fou.enabled) return 0;
+  if (spec.fou.dport != 0) return spec.fou.dport;
+  return IsGreMode(spec.mode) ? kGreInUdpPort : 0;
 }
 
 uint8_t EffectiveTtl(const TunnelSpec& spec) {

@@ -31,13 +31,13 @@ struct GreOptions {
 // Bytes the encapsulation adds in front of what the device carries: outer IP header (IPv6
 // tunnels: plus the 8-byte RFC 2473 encapsulation-limit option), GRE header with the output
 // options, and for Ethernet modes the 14-byte Ethernet header of the frame. 24 for GRE, 28
-// keyed; 20 for IPIP and SIT; 48 for ip6tnl; 52 for ip6gre.
-uint32_t EncapOverhead(TunnelMode mode, GreOptions output = {});
+// keyed; 20 for IPIP and SIT; 48 for ip6tnl; 52 for ip6gre. With fou, 8 more (UDP).
+uint32_t EncapOverhead(TunnelMode mode, GreOptions output = {}, bool fou = false);
 
 // The MTU the kernel gives a tunnel device whose underlay path has `underlay_mtu`:
 // underlay MTU less the overhead, never below 68 (IPv4's minimum) or, for modes that carry
 // IPv6 only (sit) or run over IPv6, 1280.
-uint32_t AutomaticMtu(TunnelMode mode, GreOptions output, uint32_t underlay_mtu);
+uint32_t AutomaticMtu(TunnelMode mode, GreOptions output, uint32_t underlay_mtu, bool fou = false);
 
 // Cisco-style dead-peer detection (see the API's Keepalive).
 struct KeepaliveSpec {
@@ -50,6 +50,17 @@ struct KeepaliveSpec {
     return a.interval == b.interval && a.retries == b.retries;
   }
   friend bool operator!=(const KeepaliveSpec& a, const KeepaliveSpec& b) { return !(a == b); }
+};
+
+// ip link ... encap fou encap-sport encap-dport.
+struct FouSpec {
+  bool enabled = false;
+  uint16_t sport = 0;  // 0 = per flow
+  uint16_t dport = 0;  // 0 = the mode's default (4754 for gre and gretap)
+  friend bool operator==(const FouSpec& a, const FouSpec& b) {
+    return a.enabled == b.enabled && a.sport == b.sport && a.dport == b.dport;
+  }
+  friend bool operator!=(const FouSpec& a, const FouSpec& b) { return !(a == b); }
 };
 
 struct TunnelSpec {
@@ -78,6 +89,7 @@ struct TunnelSpec {
   bool pmtudisc = true;
   bool ignore_df = false;
   KeepaliveSpec keepalive;
+  FouSpec fou;
   // For ownership and selection; the dataplane ignores them.
   std::map<std::string, std::string> labels;
   // Bookkeeping kept with the desired state; InfinitePast() when not known.
@@ -94,6 +106,8 @@ GreOptions InputGreOptions(const TunnelSpec& spec);
 GreOptions OutputGreOptions(const TunnelSpec& spec);
 // The outer TTL / hop limit in effect: 0 = inherit.
 uint8_t EffectiveTtl(const TunnelSpec& spec);
+// The UDP port fou sends to and receives on: dport, else 4754 for GRE modes; 0 without fou.
+uint16_t EffectiveFouPort(const TunnelSpec& spec);
 
 }  // namespace tunnelagent::dataplane
 

@@ -38,6 +38,7 @@ enum class OpKind : uint8_t {
   kDeviceWrite,
   kCoalescedWrite,
   kMultishotRecv,
+  kFouRecv,
   kRingDeviceWrite,
   kWake,
   kTimer,
@@ -51,13 +52,15 @@ struct Operation {
 
 struct Slot;
 
-// One segment of a super-packet read from a device with offloads, on its way out.
+// Segments of a super-packet read from a device with offloads, on their way out: one per
+// send (raw IP), or a run of them sent as one UDP GSO send (fou).
 struct SegmentOp : Operation {
   Slot* slot = nullptr;
-  uint8_t* frame = nullptr;
-  uint32_t inner_len = 0;
+  uint16_t first = 0;  // in the batch's prepared segments
+  uint16_t count = 0;
   msghdr msg{};
   iovec iov{};
+  alignas(cmsghdr) uint8_t control[kFouSendControlBytes];
 };
 
 // Where a slot splits a super-packet: segments of up to this many, in this much memory (a
@@ -68,6 +71,11 @@ constexpr size_t kSegmentArenaBytes = 65536 + kMaxSegmentsInFlight * (kDeviceHea
 struct SegmentBatch {
   std::unique_ptr<uint8_t[]> memory{new uint8_t[kSegmentArenaBytes]};
   Segment segments[kMaxSegmentsInFlight];
+  // The segments PrepareTransmit took, and what it made of them.
+  uint8_t* frames[kMaxSegmentsInFlight];
+  size_t lens[kMaxSegmentsInFlight];
+  EncapResult packets[kMaxSegmentsInFlight];
+  iovec iovs[kMaxSegmentsInFlight];
   SegmentOp ops[kMaxSegmentsInFlight];
   uint32_t pending = 0;  // sends in flight
 };
@@ -141,6 +149,15 @@ struct Slot : Operation {
   ReceiveAddress from{};                                   // IPv6 receives: the source
   alignas(cmsghdr) uint8_t control[kReceiveControlBytes];  // IPv6 receives: address, class
   std::unique_ptr<SegmentBatch> batch;                     // transmit with offloads
+  FouSocket* fou = nullptr;                                // fou receives: the socket
+};
+
+// The receives kept in flight on a fou port's socket, each with a buffer for what UDP GRO
+// brings at once.
+struct FouReceiver {
+  FouSocket* socket = nullptr;
+  std::unique_ptr<uint8_t[]> memory;
+  std::vector<Slot> slots;
 };
 
 struct TunnelRuntime {
@@ -149,6 +166,7 @@ struct TunnelRuntime {
   std::vector<Slot> slots;
   uint32_t inflight = 0;
   std::unique_ptr<EngineCommand> removal;  // set while the tunnel is being removed
+  uint16_t fou_port = 0;                   // the fou port it receives on (0: none)
   absl::Time next_tick = absl::InfinitePast();
 };
 
@@ -408,6 +426,8 @@ class UringEngine::Impl {
   void Complete(Operation* op, int res, unsigned flags) {
     --inflight_total_;
     switch (op->op) {
+      case OpKind::kFouRecv:
+        return CompleteFouReceive(static_cast<Slot*>(op), res);
       case OpKind::kMultishotRecv:
         return CompleteMultishot(static_cast<MultishotOp*>(op)->ring, res, flags);
       case OpKind::kRingDeviceWrite:
@@ -477,10 +497,20 @@ class UringEngine::Impl {
     if (!path.PrepareTransmit(slot->frame, len, &out)) return ArmDeviceRead(slot);
     slot->op = OpKind::kSocketSend;
     slot->inner_len = static_cast<uint32_t>(len);
-    slot->iov.iov_base = out.packet;
-    slot->iov.iov_len = out.len;
+    int fd = path.send_fd();
+    if (path.fou()) {
+      // Through the tunnel's connected UDP socket: the payload after the IP and UDP headers.
+      fd = path.FouSendFd(out);
+      slot->iov.iov_base = out.packet + path.fou_header_len();
+      slot->iov.iov_len = out.len - path.fou_header_len();
+      slot->msg.msg_control = slot->control;
+      slot->msg.msg_controllen = WriteFouControl(slot->control, out.packet[1], out.packet[8], 0);
+    } else {
+      slot->iov.iov_base = out.packet;
+      slot->iov.iov_len = out.len;
+    }
     io_uring_sqe* sqe = NextSqe();
-    io_uring_prep_sendmsg(sqe, tunnel->path->send_fd(), &slot->msg, 0);
+    io_uring_prep_sendmsg(sqe, fd, &slot->msg, 0);
     io_uring_sqe_set_data(sqe, slot);
     ++inflight_total_;
     ++tunnel->inflight;
@@ -504,10 +534,19 @@ class UringEngine::Impl {
     size_t made = SegmentSuperPacket(vnet, slot->frame, len, 0, arena);
     if (made < count) {
       for (size_t first = 0; made != 0;) {
+        size_t prepared = 0;
         for (size_t i = 0; i < made; ++i) {
-          EncapResult out;
-          if (path.PrepareTransmit(batch.segments[i].data, batch.segments[i].len, &out)) {
-            path.SendNow(batch.segments[i].data, batch.segments[i].len, out);
+          if (path.PrepareTransmit(batch.segments[i].data, batch.segments[i].len,
+                                   &batch.packets[prepared])) {
+            batch.frames[prepared] = batch.segments[i].data;
+            batch.lens[prepared++] = batch.segments[i].len;
+          }
+        }
+        if (path.fou()) {
+          path.SendFouNow(batch.frames, batch.lens, batch.packets, prepared);
+        } else {
+          for (size_t i = 0; i < prepared; ++i) {
+            path.SendNow(batch.frames[i], batch.lens[i], batch.packets[i]);
           }
         }
         first += made;
@@ -516,23 +555,44 @@ class UringEngine::Impl {
       return ArmDeviceRead(slot);
     }
     batch.pending = 0;
+    size_t prepared = 0;
     for (size_t i = 0; i < made; ++i) {
-      const Segment& segment = batch.segments[i];
-      EncapResult out;
-      if (!path.PrepareTransmit(segment.data, segment.len, &out)) continue;
+      if (path.PrepareTransmit(batch.segments[i].data, batch.segments[i].len,
+                               &batch.packets[prepared])) {
+        batch.frames[prepared] = batch.segments[i].data;
+        batch.lens[prepared++] = batch.segments[i].len;
+      }
+    }
+    for (size_t first = 0; first < prepared;) {
       SegmentOp& op = batch.ops[batch.pending++];
       op.op = OpKind::kSegmentSend;
       op.slot = slot;
-      op.frame = segment.data;
-      op.inner_len = static_cast<uint32_t>(segment.len);
-      op.iov.iov_base = out.packet;
-      op.iov.iov_len = out.len;
-      op.msg.msg_name = const_cast<sockaddr*>(path.destination());
-      op.msg.msg_namelen = path.destination_len();
-      op.msg.msg_iov = &op.iov;
-      op.msg.msg_iovlen = 1;
+      op.first = static_cast<uint16_t>(first);
+      op.msg = msghdr{};
+      int fd = path.send_fd();
+      if (path.fou()) {
+        // Runs of equal-sized payloads of one socket as one UDP GSO send.
+        uint16_t gso_size = 0;
+        const size_t n = path.NextFouRun(batch.packets + first, prepared - first,
+                                         batch.iovs + first, &fd, &gso_size);
+        op.count = static_cast<uint16_t>(n);
+        op.msg.msg_iov = &batch.iovs[first];
+        op.msg.msg_iovlen = n;
+        op.msg.msg_control = op.control;
+        op.msg.msg_controllen = WriteFouControl(op.control, batch.packets[first].packet[1],
+                                                batch.packets[first].packet[8], gso_size);
+      } else {
+        op.count = 1;
+        op.iov.iov_base = batch.packets[first].packet;
+        op.iov.iov_len = batch.packets[first].len;
+        op.msg.msg_name = const_cast<sockaddr*>(path.destination());
+        op.msg.msg_namelen = path.destination_len();
+        op.msg.msg_iov = &op.iov;
+        op.msg.msg_iovlen = 1;
+      }
+      first += op.count;
       io_uring_sqe* sqe = NextSqe();
-      io_uring_prep_sendmsg(sqe, path.send_fd(), &op.msg, 0);
+      io_uring_prep_sendmsg(sqe, fd, &op.msg, 0);
       io_uring_sqe_set_data(sqe, static_cast<Operation*>(&op));
       ++inflight_total_;
       ++tunnel->inflight;
@@ -544,7 +604,11 @@ class UringEngine::Impl {
     Slot* slot = op->slot;
     TunnelRuntime* tunnel = slot->tunnel;
     --tunnel->inflight;
-    tunnel->path->TransmitDone(op->frame, op->inner_len, res);
+    SegmentBatch& batch = *slot->batch;
+    if (res == -EIO && op->count > 1) tunnel->path->DisableFouGso();  // counted below
+    for (size_t i = op->first; i < size_t{op->first} + op->count; ++i) {
+      tunnel->path->TransmitDone(batch.frames[i], batch.lens[i], res >= 0 ? 1 : res);
+    }
     const bool last = --slot->batch->pending == 0;
     if (tunnel->removal) return MaybeFinishRemoval(tunnel);
     if (last) ArmDeviceRead(slot);
@@ -571,8 +635,8 @@ class UringEngine::Impl {
       return ArmReceive(slot);
     }
     slot->op = OpKind::kDeviceWrite;
-    if (!Deliver(*slot->socket, slot->buffer, res, slot->capacity, slot->msg, slot,
-                 &slot->tunnel, &slot->inner_len)) {
+    if (!Deliver(*slot->socket, slot->buffer, res, slot->capacity, slot->msg, slot, &slot->tunnel,
+                 &slot->inner_len)) {
       ArmReceive(slot);
     }
   }
@@ -622,12 +686,85 @@ class UringEngine::Impl {
     *write_tunnel = tunnel;
     *write_len = static_cast<uint32_t>(packet.inner_len);
     io_uring_sqe* sqe = NextSqe();
-    io_uring_prep_write(sqe, tunnel->path->config().device_fd, data, static_cast<unsigned>(len),
-                        0);
+    io_uring_prep_write(sqe, tunnel->path->config().device_fd, data, static_cast<unsigned>(len), 0);
     io_uring_sqe_set_data(sqe, write);
     ++inflight_total_;
     ++tunnel->inflight;
     return true;
+  }
+
+  // Fou: receives on a port's socket, kept in flight from when the first tunnel uses it.
+  void StartFouReceiver(FouSocket* socket) {
+    constexpr unsigned kFouReceives = 16;
+    auto receiver = std::make_unique<FouReceiver>();
+    receiver->socket = socket;
+    const size_t stride = kReceiveHeadroom + options_.receive_buffer_bytes;
+    receiver->memory.reset(new uint8_t[kFouReceives * stride]);
+    receiver->slots.resize(kFouReceives);
+    for (unsigned i = 0; i < kFouReceives; ++i) {
+      Slot& slot = receiver->slots[i];
+      slot.fou = socket;
+      slot.buffer = receiver->memory.get() + i * stride + kReceiveHeadroom;
+      slot.capacity = options_.receive_buffer_bytes;
+      slot.iov.iov_base = slot.buffer;
+      slot.iov.iov_len = slot.capacity;
+      slot.msg.msg_iov = &slot.iov;
+      slot.msg.msg_iovlen = 1;
+      ArmFouReceive(&slot);
+    }
+    fou_receivers_.push_back(std::move(receiver));
+  }
+
+  void ArmFouReceive(Slot* slot) {
+    slot->op = OpKind::kFouRecv;
+    slot->msg.msg_name = &slot->from;
+    slot->msg.msg_namelen = sizeof slot->from;
+    slot->msg.msg_control = slot->control;
+    slot->msg.msg_controllen = sizeof slot->control;
+    slot->msg.msg_flags = 0;
+    io_uring_sqe* sqe = NextSqe();
+    io_uring_prep_recvmsg(sqe, slot->fou->fd, &slot->msg, 0);
+    io_uring_sqe_set_data(sqe, static_cast<Operation*>(slot));
+    ++inflight_total_;
+  }
+
+  void CompleteFouReceive(Slot* slot, int res) {
+    if (stopping_) return;
+    if (res < 0) {
+      if (res != -EINTR && res != -EAGAIN) {
+        counters_.drops[static_cast<int>(DropReason::kSocketError)].Add();
+      }
+      return ArmFouReceive(slot);
+    }
+    if ((slot->msg.msg_flags & MSG_TRUNC) != 0) {
+      counters_.rx_packets.Add();
+      counters_.drops[static_cast<int>(DropReason::kTooBig)].Add();
+      return ArmFouReceive(slot);
+    }
+    // Several datagrams at once (UDP GRO): each written now, or coalesced, before the buffer
+    // goes back to a receive.
+    ForEachFouDatagram(*slot->fou, slot->buffer, static_cast<size_t>(res), slot->msg, counters_,
+                       [this](Decapsulated& packet) {
+                         TunnelRuntime* tunnel = by_match_.Lookup(packet);
+                         if (tunnel == nullptr) {
+                           counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
+                           return;
+                         }
+                         if (!tunnel->path->AcceptReceived(packet)) return;
+                         if (tunnel->path->vnet_header()) {
+                           switch (coalescer_.Add(tunnel, packet.inner, packet.inner_len)) {
+                             case TcpCoalescer::Verdict::kTaken:
+                               return;
+                             case TcpCoalescer::Verdict::kFlushThenDeliver:
+                               FlushCoalesced();
+                               break;
+                             case TcpCoalescer::Verdict::kDeliver:
+                               break;
+                           }
+                         }
+                         tunnel->path->DeliverNow(packet);
+                       });
+    ArmFouReceive(slot);
   }
 
   bool HasRing(const ReceiveSocket* socket) const {
@@ -827,6 +964,19 @@ class UringEngine::Impl {
       slot.msg.msg_iov = &slot.iov;
       slot.msg.msg_iovlen = 1;
     }
+    if (tunnel->path->fou()) {
+      for (Slot& slot : tunnel->slots) {
+        slot.msg.msg_name = nullptr;  // connected UDP sockets
+        slot.msg.msg_namelen = 0;
+      }
+      bool opened = false;
+      absl::StatusOr<FouSocket*> port =
+          fou_ports_.Acquire(config.encap.udp_dport, FouProtocol(config.encap.mode),
+                             options_.socket_buffer_bytes, &opened);
+      if (!port.ok()) return port.status();
+      if (opened) StartFouReceiver(*port);
+      tunnel->fou_port = config.encap.udp_dport;
+    }
     TunnelRuntime* raw = tunnel.get();
     by_match_.Insert(raw->path->match(), raw);
     tunnels_[config.name] = std::move(tunnel);
@@ -858,6 +1008,7 @@ class UringEngine::Impl {
   void MaybeFinishRemoval(TunnelRuntime* tunnel) {
     if (tunnel->inflight != 0) return;
     std::unique_ptr<EngineCommand> command = std::move(tunnel->removal);
+    if (tunnel->fou_port != 0) fou_ports_.Release(tunnel->fou_port);
     tunnels_.erase(tunnel->path->config().name);  // frees the tunnel and its buffers
     command->done.set_value(absl::OkStatus());
   }
@@ -873,6 +1024,8 @@ class UringEngine::Impl {
   std::unique_ptr<uint8_t[]> rx_memory_;
   std::vector<Slot> rx_slots_;
   std::vector<std::unique_ptr<ProvidedRing>> rings_;
+  FouPorts fou_ports_;
+  std::vector<std::unique_ptr<FouReceiver>> fou_receivers_;
   Slot wake_slot_;
   Slot timer_slot_;
   __kernel_timespec timer_spec_{};

@@ -84,21 +84,27 @@ constexpr Keyword kKeywords[] = {
     {"noignore-df", "ignore_df", false, false},
     {"keepalive", "keepalive", true, false},
     {"nokeepalive", "keepalive", false, false},
+    // ip-link(8): encap { fou | none } [encap-sport { auto | PORT }] [encap-dport PORT]; the
+    // three make up the one field `encap`.
+    {"encap", "encap", true, false},
+    {"encap-sport", "encap_sport", true, false},
+    {"encap-dport", "encap_dport", true, false},
 };
 
 // The keywords each verb takes, in the order its error message lists them.
 constexpr absl::string_view kCreateKeywords[] = {
-    "mode",  "remote",  "local",    "key",        "ikey",      "okey",        "csum",
-    "icsum", "ocsum",   "seq",      "iseq",       "oseq",      "ttl",         "hoplimit",
-    "tos",   "tclass",  "pmtudisc", "nopmtudisc", "ignore-df", "noignore-df", "keepalive",
-    "mtu",   "address", "route",    "label"};
+    "mode",  "remote",      "local",       "key",        "ikey",      "okey",        "csum",
+    "icsum", "ocsum",       "seq",         "iseq",       "oseq",      "ttl",         "hoplimit",
+    "tos",   "tclass",      "pmtudisc",    "nopmtudisc", "ignore-df", "noignore-df", "keepalive",
+    "encap", "encap-sport", "encap-dport", "mtu",        "address",   "route",       "label"};
 constexpr absl::string_view kUpdateKeywords[] = {
-    "mode",      "remote",      "local",     "key",         "nokey",  "ikey",     "noikey",
-    "okey",      "nookey",      "csum",      "nocsum",      "icsum",  "noicsum",  "ocsum",
-    "noocsum",   "seq",         "noseq",     "iseq",        "noiseq", "oseq",     "nooseq",
-    "ttl",       "hoplimit",    "nottl",     "tos",         "tclass", "pmtudisc", "nopmtudisc",
-    "ignore-df", "noignore-df", "keepalive", "nokeepalive", "mtu",    "address",  "route",
-    "label",     "noaddresses", "noroutes",  "nolabels"};
+    "mode",      "remote",      "local",    "key",         "nokey",       "ikey",
+    "noikey",    "okey",        "nookey",   "csum",        "nocsum",      "icsum",
+    "noicsum",   "ocsum",       "noocsum",  "seq",         "noseq",       "iseq",
+    "noiseq",    "oseq",        "nooseq",   "ttl",         "hoplimit",    "nottl",
+    "tos",       "tclass",      "pmtudisc", "nopmtudisc",  "ignore-df",   "noignore-df",
+    "keepalive", "nokeepalive", "encap",    "encap-sport", "encap-dport", "mtu",
+    "address",   "route",       "label",    "noaddresses", "noroutes",    "nolabels"};
 constexpr absl::string_view kListKeywords[] = {"mode", "state", "label"};
 
 const Keyword* FindKeyword(absl::string_view word) {
@@ -432,8 +438,10 @@ class Parser {
     for (int i = 0; i < tunnel->field_count(); ++i) {
       const std::string& path = tunnel->field(i)->name();
       // `tos N` and `tos inherit` set both tos and inherit_tos: either replaces the other.
-      const bool given =
-          fields_.count(path) != 0 || (path == "inherit_tos" && fields_.count("tos") != 0);
+      const bool given = fields_.count(path) != 0 ||
+                         (path == "inherit_tos" && fields_.count("tos") != 0) ||
+                         (path == "encap" &&
+                          (fields_.count("encap_sport") != 0 || fields_.count("encap_dport") != 0));
       if (given) command_.update_mask.add_paths(path);
     }
     return absl::OkStatus();
@@ -551,6 +559,23 @@ class Parser {
       absl::StatusOr<v1::Keepalive> keepalive = ParseKeepalive(value);
       if (!keepalive.ok()) return keepalive.status();
       *tunnel.mutable_keepalive() = *keepalive;
+    } else if (word == "encap") {
+      if (value != "fou" && value != "none") {
+        return UsageError(absl::StrCat("invalid encap '", value, "' (want fou or none)"));
+      }
+      tunnel.mutable_encap()->set_type(value == "fou" ? v1::ENCAP_TYPE_FOU : v1::ENCAP_TYPE_NONE);
+    } else if (word == "encap-sport" || word == "encap-dport") {
+      uint32_t port = 0;
+      if (!(word == "encap-sport" && value == "auto") &&
+          (!absl::SimpleAtoi(value, &port) || port == 0 || port > 65535)) {
+        return UsageError(absl::StrCat("invalid ", word, " '", value, "' (want 1-65535",
+                                       word == "encap-sport" ? " or auto)" : ")"));
+      }
+      if (word == "encap-sport") {
+        tunnel.mutable_encap()->set_sport(port);
+      } else {
+        tunnel.mutable_encap()->set_dport(port);
+      }
     }
     // noaddresses, noroutes, nolabels, noikey, nookey, nottl, nokeepalive: the field stays
     // empty (unset); the mask names it.

@@ -128,6 +128,11 @@ std::vector<std::string> OptionWords(const v1::Tunnel& t, bool all) {
     }
   }
   if (t.ignore_df()) words.push_back("ignore-df");
+  if (t.encap().type() == v1::ENCAP_TYPE_FOU) {
+    words.push_back(absl::StrCat(
+        "encap fou encap-sport ", t.encap().sport() == 0 ? "auto" : absl::StrCat(t.encap().sport()),
+        " encap-dport ", t.encap().dport() == 0 ? "4754" : absl::StrCat(t.encap().dport())));
+  }
   const google::protobuf::Duration& interval = t.keepalive().interval();
   if (interval.seconds() != 0 || interval.nanos() != 0) {
     words.push_back(absl::StrCat("keepalive ", IntervalText(interval), ",",

@@ -302,8 +302,33 @@ absl::string_view DropReasonName(DropReason reason) {
   return "unknown";
 }
 
+size_t EncapIpUdpLen(const EncapParams& p) {
+  return IpHeaderLen(p.mode) + (p.fou() ? kUdpHeaderLen : 0);
+}
+
+uint32_t InnerFlowHash(const uint8_t* inner, size_t len) {
+  const uint8_t version = IpVersion(inner, len);
+  size_t header = 0;
+  uint8_t protocol = 0;
+  if (version == 4 && len >= kIpv4HeaderLen) {
+    header = size_t{inner[0] & 0x0Fu} * 4;
+    protocol = inner[9];
+    if ((LoadBe16(inner + 6) & 0x3FFF) != 0) protocol = 0;  // a fragment: no ports
+  } else if (version == 6 && len >= kIpv6HeaderLen) {
+    header = kIpv6HeaderLen;
+    protocol = inner[6];
+  } else {
+    return 0;
+  }
+  uint32_t hash = FlowLabel(inner, version) * 2654435761u;
+  if ((protocol == 6 || protocol == 17) && header + 4 <= len) hash ^= LoadBe32(inner + header);
+  hash ^= hash >> 15;
+  hash *= 2246822519u;
+  return hash ^ (hash >> 13);
+}
+
 size_t EncapHeaderLen(const EncapParams& p) {
-  size_t len = IpHeaderLen(p.mode);
+  size_t len = EncapIpUdpLen(p);
   if (IsGreMode(p.mode)) {
     GreHeader h;
     h.has_checksum = p.checksum;
@@ -376,7 +401,7 @@ EncapResult Encapsulate(const EncapParams& p, uint8_t* inner, size_t inner_len, 
   }
 
   OuterFields f;
-  f.protocol = OuterProtocol(p.mode, inner_version);
+  f.protocol = p.fou() ? kIpProtoUdpOuter : OuterProtocol(p.mode, inner_version);
   uint8_t inner_tos = 0;
   if (ip != nullptr) {
     inner_tos = inner_version == 4 ? ip[1] : static_cast<uint8_t>(LoadBe16(ip) >> 4);
@@ -403,13 +428,29 @@ EncapResult Encapsulate(const EncapParams& p, uint8_t* inner, size_t inner_len, 
     result.drop = DropReason::kTooBig;
     return result;
   }
-  if (IsGreMode(p.mode)) WriteGre(p, ether_type, sequence, outer + IpHeaderLen(p.mode), inner_len);
+  if (p.fou()) {
+    // Checksum 0: none, which UDP over IPv4 allows (RFC 768) and RFC 8086 section 3.4 permits
+    // for GRE-in-UDP; a UDP socket sending the same payload writes its own header instead.
+    uint8_t* udp = outer + IpHeaderLen(p.mode);
+    const uint16_t sport =
+        p.udp_sport != 0
+            ? p.udp_sport
+            : FlowSourcePort(ip != nullptr ? InnerFlowHash(ip, inner + inner_len - ip) : 0);
+    StoreBe16(udp, sport);
+    StoreBe16(udp + 2, p.udp_dport);
+    StoreBe16(udp + 4, static_cast<uint16_t>(header_len - IpHeaderLen(p.mode) + inner_len));
+    StoreBe16(udp + 6, 0);
+  }
+  if (IsGreMode(p.mode)) WriteGre(p, ether_type, sequence, outer + EncapIpUdpLen(p), inner_len);
   result.packet = outer;
   result.len = header_len + inner_len;
   return result;
 }
 
-EncapResult EncapsulateEmpty(const EncapParams& p, uint8_t* payload_end, uint32_t sequence) {
+EncapResult EncapsulateEmpty(const EncapParams& params, uint8_t* payload_end, uint32_t sequence) {
+  // What comes home through the peer is the tunnel's plain packet, never UDP-wrapped.
+  EncapParams p = params;
+  p.udp_dport = 0;
   EncapResult result;
   OuterFields f;
   const bool ipv6 = IsIpv6UnderlayMode(p.mode);
@@ -442,6 +483,17 @@ bool Decapsulate(uint8_t* packet, size_t len, Decapsulated* out, DropReason* rea
                            ip.total_len - ip.header_len, &d, reason)) {
     return false;
   }
+  *out = d;
+  return true;
+}
+
+bool DecapsulateUdpPayload(uint8_t* payload, size_t len, uint8_t protocol, const OuterAddress& src,
+                           const OuterAddress& dst, uint8_t tos, Decapsulated* out,
+                           DropReason* reason) {
+  Decapsulated d;
+  d.outer_src = src;
+  d.outer_dst = dst;
+  if (!DecodeTunnelPayload(false, protocol, tos, payload, len, &d, reason)) return false;
   *out = d;
   return true;
 }

@@ -21,11 +21,16 @@ inline constexpr size_t kEthernetHeaderLen = 14;
 // section 5.1) padded to 8 bytes.
 inline constexpr size_t kEncapLimitOptionLen = 8;
 inline constexpr uint8_t kDefaultEncapLimit = 4;  // IPV6_DEFAULT_TNL_ENCAP_LIMIT
+inline constexpr size_t kUdpHeaderLen = 8;
+inline constexpr uint8_t kIpProtoUdpOuter = 17;
+// GRE-in-UDP's port (RFC 8086 section 3.2).
+inline constexpr uint16_t kGreInUdpPort = 4754;
 
 // Room to leave in front of an inner packet for the largest outer headers (ip6gre with every
-// GRE option).
+// GRE option; GRE-in-UDP over IPv4 is shorter).
 inline constexpr size_t kMaxEncapHeadroom =
     kIpv6HeaderLen + kEncapLimitOptionLen + kGreMaxHeaderLen;
+static_assert(kMaxEncapHeadroom >= kIpv4HeaderLen + kUdpHeaderLen + kGreMaxHeaderLen);
 
 // How a tunnel wraps what it sends (ip_tunnel_xmit's and ip6_tnl_xmit's parameters).
 struct EncapParams {
@@ -43,11 +48,30 @@ struct EncapParams {
   bool pmtudisc = true;    // IPv4 underlay: DF on every outer packet
   bool ignore_df = false;  // IPv4 underlay: never copy an inner DF to the outer header
   uint8_t encap_limit = kDefaultEncapLimit;  // IPv6 underlay
+  // Foo-over-UDP (ip link ... encap fou, RFC 8086 for GRE): 0 = none; else the IPv4 underlay
+  // packet carries a UDP header to this port in front of the GRE header (gre, gretap) or of the
+  // inner packet itself (ipip, sit).
+  uint16_t udp_dport = 0;
+  uint16_t udp_sport = 0;  // 0: from a hash of the inner flow (encap-sport auto)
+  bool fou() const { return udp_dport != 0; }
 };
 
 // Outer header bytes for these parameters: 20 (IPv4) or 48 (IPv6 with the encapsulation-limit
-// option), plus the GRE header for GRE modes.
+// option), plus 8 for a UDP header (fou), plus the GRE header for GRE modes.
 size_t EncapHeaderLen(const EncapParams& p);
+
+// Of those, the IP and UDP headers (for fou: what a UDP socket writes itself).
+size_t EncapIpUdpLen(const EncapParams& p);
+
+// A hash of the inner packet's flow (addresses, protocol and, for TCP and UDP, ports), for
+// spreading flows over UDP source ports. 0 when `inner` is not an IP packet.
+uint32_t InnerFlowHash(const uint8_t* inner, size_t len);
+
+// The UDP source port fou uses for a flow of `hash` with encap-sport auto: in 49152..65535,
+// the dynamic range (RFC 6335), as udp_flow_src_port keeps to the local port range.
+inline uint16_t FlowSourcePort(uint32_t hash) {
+  return static_cast<uint16_t>(49152 + (hash ^ (hash >> 16)) % 16384);
+}
 
 struct EncapResult {
   uint8_t* packet = nullptr;  // start of the outer packet (inside the headroom)
@@ -107,6 +131,12 @@ bool Decapsulate(uint8_t* packet, size_t len, Decapsulated* out, DropReason* rea
 bool DecapsulateIpv6(uint8_t* payload, size_t len, uint8_t next_header, const OuterAddress& src,
                      const OuterAddress& dst, uint8_t traffic_class, Decapsulated* out,
                      DropReason* reason);
+
+// The same for the payload of a UDP datagram that arrived on a fou port for `protocol` (47:
+// GRE, 4: IPv4, 41: IPv6), from `src` to `dst` (IPv4) with outer TOS `tos`.
+bool DecapsulateUdpPayload(uint8_t* payload, size_t len, uint8_t protocol, const OuterAddress& src,
+                           const OuterAddress& dst, uint8_t tos, Decapsulated* out,
+                           DropReason* reason);
 
 }  // namespace tunnelagent::dataplane
 

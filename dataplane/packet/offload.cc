@@ -90,8 +90,8 @@ void StoreTransportChecksum(uint8_t* ip, const Layout& l, size_t len) {
   uint8_t* l4 = ip + l.ip_header_len;
   const size_t field = l.protocol == kIpProtoTcp ? kTcpChecksumOffset : kUdpChecksumOffset;
   StoreBe16(l4 + field, 0);
-  uint16_t sum = ChecksumFinish(
-      ChecksumAdd(l4, l4_len, PseudoHeaderSum(ip, l.version, l.protocol, l4_len)));
+  uint16_t sum =
+      ChecksumFinish(ChecksumAdd(l4, l4_len, PseudoHeaderSum(ip, l.version, l.protocol, l4_len)));
   // UDP sends a computed 0 as all ones (0 means "no checksum"); for TCP they are the same.
   if (sum == 0) sum = 0xFFFF;
   StoreBe16(l4 + field, sum);
@@ -167,8 +167,8 @@ size_t CountSegments(const VirtioNetHeader& h, const uint8_t* packet, size_t len
   return payload == 0 ? 1 : (payload + h.gso_size - 1) / h.gso_size;
 }
 
-size_t SegmentSuperPacket(const VirtioNetHeader& h, const uint8_t* packet, size_t len,
-                          size_t first, const SegmentArena& arena) {
+size_t SegmentSuperPacket(const VirtioNetHeader& h, const uint8_t* packet, size_t len, size_t first,
+                          const SegmentArena& arena) {
   Layout l;
   if (!ParseLayout(packet, len, &l) || h.gso_size == 0) return 0;
   const size_t payload = l.len - l.header_len;
@@ -238,8 +238,8 @@ bool TcpCoalescer::Matches(const Flow& f, const uint8_t* ip, size_t ip_header_le
   const uint8_t* p = memory_.get() + size_t(f.buffer) * kBufferBytes + kVirtioNetHeaderLen;
   if ((ip[0] >> 4) != f.version) return false;
   // Addresses, then ports.
-  const bool same_addresses = f.version == 4 ? std::memcmp(p + 12, ip + 12, 8) == 0
-                                             : std::memcmp(p + 8, ip + 8, 32) == 0;
+  const bool same_addresses =
+      f.version == 4 ? std::memcmp(p + 12, ip + 12, 8) == 0 : std::memcmp(p + 8, ip + 8, 32) == 0;
   return same_addresses && std::memcmp(p + f.ip_header_len, ip + ip_header_len, 4) == 0;
 }
 

@@ -26,7 +26,7 @@ inline constexpr uint8_t kGsoNone = 0;
 inline constexpr uint8_t kGsoTcpv4 = 1;
 inline constexpr uint8_t kGsoUdp = 3;  // UFO: IP fragmentation of UDP, never asked for here
 inline constexpr uint8_t kGsoTcpv6 = 4;
-inline constexpr uint8_t kGsoUdpL4 = 5;  // USO
+inline constexpr uint8_t kGsoUdpL4 = 5;   // USO
 inline constexpr uint8_t kGsoEcn = 0x80;  // TCP with ECN: CWR only on the first segment
 
 inline constexpr uint8_t kIpProtoTcp = 6;
@@ -76,8 +76,8 @@ size_t CountSegments(const VirtioNetHeader& h, const uint8_t* packet, size_t len
 // IP packet with correct lengths, IPv4 ID (the first's plus the segment's index), header and
 // TCP/UDP checksums; a TCP segment's sequence number advances by gso_size and FIN and PSH stay
 // on the last segment only, CWR on the first only. The caller has checked CountSegments.
-size_t SegmentSuperPacket(const VirtioNetHeader& h, const uint8_t* packet, size_t len,
-                          size_t first, const SegmentArena& arena);
+size_t SegmentSuperPacket(const VirtioNetHeader& h, const uint8_t* packet, size_t len, size_t first,
+                          const SegmentArena& arena);
 
 // Receive offload: TCP segments of one flow, arriving in order within one batch, merged into
 // one packet written with a virtio-net header (GSO TCPV4/TCPV6, NEEDS_CSUM) of the first

@@ -137,6 +137,7 @@ constexpr char kOptions[] = R"pb(
     interval { seconds: 2 nanos: 500000000 }
     retries: 7
   }
+  encap { type: ENCAP_TYPE_FOU sport: 5000 dport: 6000 }
 )pb";
 
 TEST(SpecFromProtoTest, EveryOption) {
@@ -155,6 +156,28 @@ TEST(SpecFromProtoTest, EveryOption) {
   EXPECT_TRUE(spec->ignore_df);
   EXPECT_EQ(spec->keepalive.interval, absl::Milliseconds(2500));
   EXPECT_EQ(spec->keepalive.retries, 7u);
+  EXPECT_TRUE(spec->fou.enabled);
+  EXPECT_EQ(spec->fou.sport, 5000);
+  EXPECT_EQ(spec->fou.dport, 6000);
+}
+
+TEST(SpecFromProtoTest, EncapPortsAndTypeAreChecked) {
+  for (const char* bad : {R"pb(encap { type: ENCAP_TYPE_FOU sport: 65536 })pb",
+                          R"pb(encap { type: ENCAP_TYPE_FOU dport: 70000 })pb"}) {
+    v1::Tunnel in = TextProto(kFull);
+    in.MergeFrom(TextProto(bad));
+    absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(in);
+    EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(std::string(spec.status().message()), ::testing::HasSubstr("tunnel.encap."));
+  }
+  v1::Tunnel unknown = TextProto(kFull);
+  unknown.mutable_encap()->set_type(static_cast<v1::EncapType>(9));
+  EXPECT_THAT(std::string(SpecFromProto(unknown).status().message()),
+              ::testing::HasSubstr("tunnel.encap.type: unknown value 9"));
+  // No encap: the field stays unset, so etags of tunnels from before it are unchanged.
+  absl::StatusOr<dataplane::TunnelSpec> plain = SpecFromProto(TextProto(kFull));
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(SpecToProto(*plain).has_encap());
 }
 
 TEST(SpecFromProtoTest, EveryOptionRoundTrips) {

@@ -453,6 +453,61 @@ INSTANTIATE_TEST_SUITE_P(
              "tunnel.routes[0]: "}),
     CaseName<Case>);
 
+// encap fou: GRE-in-UDP and IPv4/IPv6 in UDP over IPv4 underlays.
+INSTANTIATE_TEST_SUITE_P(
+    Fou, ValidSpecTest,
+    ::testing::Values(GoodCase{"GreDefaultPort",
+                               With(Gre, [](TunnelSpec& s) { s.fou.enabled = true; })},
+                      GoodCase{"GretapFixedSourcePort", With(Gretap,
+                                                             [](TunnelSpec& s) {
+                                                               s.fou.enabled = true;
+                                                               s.fou.sport = 5000;
+                                                             })},
+                      GoodCase{"IpipWithPort", With(Ipip,
+                                                    [](TunnelSpec& s) {
+                                                      s.fou.enabled = true;
+                                                      s.fou.dport = 5555;
+                                                    })},
+                      GoodCase{"GreFouMtuMax", With(Gre,
+                                                    [](TunnelSpec& s) {
+                                                      s.fou.enabled = true;
+                                                      s.mtu = 65535 - 32;
+                                                    })}),
+    CaseName<GoodCase>);
+
+INSTANTIATE_TEST_SUITE_P(
+    Fou, InvalidSpecTest,
+    ::testing::Values(Case{"PortsWithoutType", With(Gre, [](TunnelSpec& s) { s.fou.dport = 4754; }),
+                           kInvalid, "tunnel.encap: sport and dport need type ENCAP_TYPE_FOU"},
+                      Case{"Ipv6Underlay",
+                           With(Ip6gre, [](TunnelSpec& s) { s.fou.enabled = true; }), kInvalid,
+                           "tunnel.encap: fou over an IPv6 underlay is not supported"},
+                      Case{"IpipNeedsAPort",
+                           With(Ipip, [](TunnelSpec& s) { s.fou.enabled = true; }), kInvalid,
+                           "tunnel.encap.dport: is required for ipip"},
+                      Case{"SourcePortIsTheReceivePort",
+                           With(Gre,
+                                [](TunnelSpec& s) {
+                                  s.fou.enabled = true;
+                                  s.fou.sport = 4754;
+                                }),
+                           kInvalid, "tunnel.encap.sport: 4754 is the port fou receives on"},
+                      Case{"NoPmtudisc",
+                           With(Gre,
+                                [](TunnelSpec& s) {
+                                  s.fou.enabled = true;
+                                  s.pmtudisc = false;
+                                }),
+                           kInvalid, "tunnel.pmtudisc: encap fou needs pmtudisc"},
+                      Case{"MtuOverTheLimit",
+                           With(Gre,
+                                [](TunnelSpec& s) {
+                                  s.fou.enabled = true;
+                                  s.mtu = 65535 - 31;
+                                }),
+                           kInvalid, "tunnel.mtu: "}),
+    CaseName<Case>);
+
 TEST(ValidateSpecTest, NameIsCheckedBeforeMode) {
   TunnelSpec s = Gre();
   s.name = "";

@@ -16,14 +16,14 @@
 //                                          remote_only_hit (wildcard local, second probe), miss
 //                                          (all four probes); the time must not grow with size
 //   BM_IcmpFragNeeded                      WriteIcmpFragmentationNeeded for a 1400-byte packet
+//   BM_SegmentTso/<payload bytes>          SegmentSuperPacket of a TCPv4 TSO read (MSS 1436)
+//                                          then Encapsulate of each segment in GRE: per
+//                                          super-packet, with bytes/s of payload
+//   BM_CoalesceTcp/<segments>              TcpCoalescer::Add of that many in-order segments of
+//                                          one flow (1436 bytes each), then Flush: per segment
+//   BM_CoalesceMiss                        Add of a segment that cannot merge (not TCP)
 //
-// TODO (issue 5; these paths do not exist yet, add a benchmark with each):
-//   - segmentation: splitting a 64 KiB TUN read (IFF_VNET_HDR + TUNSETOFFLOAD, TSO4/TSO6) into
-//     MTU-sized inner packets, with the checksum offload completed, then encapsulated;
-//   - coalescing: merging received inner TCP segments of one flow into a super-packet written
-//     with a virtio_net_hdr (GRO), and the flow-table cost when it cannot coalesce;
-//   - GRE-in-UDP (RFC 8086) encapsulation and decapsulation, with UDP GSO/GRO batching;
-//   - the buffer-ring bookkeeping of multishot receives (provided buffers recycled per packet).
+// Not here yet: GRE-in-UDP (RFC 8086) with UDP GSO/GRO, which the dataplane does not have.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -36,6 +36,7 @@
 #include "dataplane/packet/encap.h"
 #include "dataplane/packet/icmp.h"
 #include "dataplane/packet/ipv4.h"
+#include "dataplane/packet/offload.h"
 #include "dataplane/packet/outer_address.h"
 #include "dataplane/packet/tunnel_mode.h"
 #include "dataplane/tunnel_table.h"
@@ -297,6 +298,96 @@ void BM_IcmpFragNeeded(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_IcmpFragNeeded);
+
+// A TCPv4 segment of `payload` bytes (10.0.0.1:40000 -> 10.0.0.2:5201, ACK, sequence `seq`)
+// with a correct checksum, or the pseudo-header sum only (`partial`, as TSO leaves it).
+std::vector<uint8_t> TcpSegment(size_t payload, uint32_t seq, bool partial) {
+  std::vector<uint8_t> p(40 + payload, 0x5a);
+  Ipv4Header ip;
+  ip.total_len = static_cast<uint16_t>(p.size());
+  ip.ttl = 64;
+  ip.dont_fragment = true;
+  ip.protocol = kIpProtoTcp;
+  ip.src = 0x0a000001;
+  ip.dst = 0x0a000002;
+  WriteIpv4Header(ip, p.data());
+  uint8_t* th = p.data() + 20;
+  th[0] = 40000 >> 8;
+  th[1] = 40000 & 0xff;
+  th[2] = 5201 >> 8;
+  th[3] = 5201 & 0xff;
+  th[4] = static_cast<uint8_t>(seq >> 24);
+  th[5] = static_cast<uint8_t>(seq >> 16);
+  th[6] = static_cast<uint8_t>(seq >> 8);
+  th[7] = static_cast<uint8_t>(seq);
+  th[12] = 5 << 4;
+  th[13] = 0x10;
+  th[16] = th[17] = 0;
+  const uint32_t pseudo = ChecksumAdd(p.data() + 12, 8) + kIpProtoTcp + (p.size() - 20);
+  const uint16_t sum = partial ? static_cast<uint16_t>(~ChecksumFinish(pseudo))
+                               : ChecksumFinish(ChecksumAdd(th, p.size() - 20, pseudo));
+  th[16] = static_cast<uint8_t>(sum >> 8);
+  th[17] = static_cast<uint8_t>(sum);
+  return p;
+}
+
+void BM_SegmentTso(benchmark::State& state) {
+  const size_t payload = static_cast<size_t>(state.range(0));
+  const std::vector<uint8_t> super = TcpSegment(payload, 1, /*partial=*/true);
+  VirtioNetHeader h;
+  h.flags = kVirtioNetFlagNeedsCsum;
+  h.gso_type = kGsoTcpv4;
+  h.gso_size = 1436;
+  std::vector<uint8_t> memory(65536 + 128 * 256);
+  std::vector<Segment> segments(128);
+  SegmentArena arena{memory.data(), memory.size(), kMaxEncapHeadroom, segments.data(), 128};
+  EncapParams gre;
+  gre.mode = TunnelMode::kGre;
+  gre.local = OuterAddress(0xc6120001);
+  gre.remote = OuterAddress(0xc6120002);
+  size_t made = 0;
+  for (auto _ : state) {
+    made = SegmentSuperPacket(h, super.data(), super.size(), 0, arena);
+    for (size_t i = 0; i < made; ++i) {
+      EncapResult r = Encapsulate(gre, segments[i].data, segments[i].len, 0, 0);
+      benchmark::DoNotOptimize(r.packet);
+    }
+    benchmark::ClobberMemory();
+  }
+  state.counters["segments"] = static_cast<double>(made);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * payload));
+}
+BENCHMARK(BM_SegmentTso)->Arg(1436)->Arg(14360)->Arg(64620);
+
+void BM_CoalesceTcp(benchmark::State& state) {
+  const size_t count = static_cast<size_t>(state.range(0));
+  std::vector<std::vector<uint8_t>> segments;
+  for (size_t i = 0; i < count; ++i) segments.push_back(TcpSegment(1436, 1 + 1436 * i, false));
+  TcpCoalescer gro(16, 32);
+  int owner = 0;
+  for (auto _ : state) {
+    for (const auto& seg : segments) {
+      benchmark::DoNotOptimize(gro.Add(&owner, seg.data(), seg.size()));
+    }
+    gro.Flush([&](const TcpCoalescer::Flushed& f) {
+      benchmark::DoNotOptimize(f.data);
+      gro.Release(f.buffer);
+    });
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * count));
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * count * 1436));
+}
+BENCHMARK(BM_CoalesceTcp)->Arg(1)->Arg(8)->Arg(44);
+
+void BM_CoalesceMiss(benchmark::State& state) {
+  std::vector<uint8_t> udp = TcpSegment(64, 1, false);
+  udp[9] = 17;  // UDP: never coalesced
+  TcpCoalescer gro(16, 32);
+  int owner = 0;
+  for (auto _ : state) benchmark::DoNotOptimize(gro.Add(&owner, udp.data(), udp.size()));
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_CoalesceMiss);
 
 }  // namespace
 }  // namespace tunnelagent::dataplane

@@ -120,6 +120,24 @@ TEST(TunnelSpecTest, DirectionalGreOptionsFollowIpLink) {
   EXPECT_FALSE(InputGreOptions(spec).sequence);
 }
 
+TEST(TunnelSpecTest, FouAddsAUdpHeaderAndHasTheRfc8086PortForGre) {
+  EXPECT_EQ(EncapOverhead(TunnelMode::kGre, {}, /*fou=*/true), 32u);
+  EXPECT_EQ(EncapOverhead(TunnelMode::kGretap, {.key = true}, true), 50u);
+  EXPECT_EQ(AutomaticMtu(TunnelMode::kGre, {}, 1500, true), 1468u);
+  EXPECT_EQ(AutomaticMtu(TunnelMode::kIpip, {}, 1500, true), 1472u);
+  TunnelSpec gre;
+  gre.mode = TunnelMode::kGre;
+  EXPECT_EQ(EffectiveFouPort(gre), 0);
+  gre.fou.enabled = true;
+  EXPECT_EQ(EffectiveFouPort(gre), 4754);
+  gre.fou.dport = 6000;
+  EXPECT_EQ(EffectiveFouPort(gre), 6000);
+  TunnelSpec ipip;
+  ipip.mode = TunnelMode::kIpip;
+  ipip.fou.enabled = true;
+  EXPECT_EQ(EffectiveFouPort(ipip), 0) << "no standard port for ipip";
+}
+
 TEST(TunnelSpecTest, DefaultTtlIsTheKernels) {
   TunnelSpec spec;
   EXPECT_EQ(EffectiveTtl(spec), 0);  // gre: inherit

@@ -158,6 +158,17 @@ TEST(ParseArgsTest, CreateTakesTheOptionsInIpLinkSpelling) {
               interval { seconds: 10 }
               retries: 5
             })pb"},
+      {"create t1 mode gre remote 192.0.2.2 encap fou encap-sport 5000 encap-dport 6000",
+       Verb::kCreate, "t1",
+       R"pb(name: "t1"
+            mode: TUNNEL_MODE_GRE
+            remote: "192.0.2.2"
+            encap { type: ENCAP_TYPE_FOU sport: 5000 dport: 6000 })pb"},
+      {"create t1 mode gre remote 192.0.2.2 encap fou", Verb::kCreate, "t1",
+       R"pb(name: "t1"
+            mode: TUNNEL_MODE_GRE
+            remote: "192.0.2.2"
+            encap { type: ENCAP_TYPE_FOU })pb"},
       {"create t1 mode gretap remote 192.0.2.2 icsum ocsum seq ttl inherit tos inherit "
        "nopmtudisc ignore-df",
        Verb::kCreate, "t1",
@@ -311,6 +322,14 @@ TEST(ParseArgsTest, BadCommands) {
        "create: 'nopmtudisc' conflicts with 'pmtudisc'"},
       {"create t1 mode gre remote 192.0.2.2 keepalive", "create: 'keepalive' needs a value"},
       {"create t1 mode gre remote 192.0.2.2 keepalive 0", "create: invalid keepalive '0'"},
+      {"create t1 mode gre remote 192.0.2.2 encap gue", "create: invalid encap 'gue'"},
+      {"create t1 mode gre remote 192.0.2.2 encap fou encap-dport 0",
+       "create: invalid encap-dport '0'"},
+      {"create t1 mode gre remote 192.0.2.2 encap fou encap-dport auto",
+       "create: invalid encap-dport 'auto'"},
+      {"create t1 mode gre remote 192.0.2.2 encap fou encap-sport 65536",
+       "create: invalid encap-sport '65536'"},
+      {"create t1 mode gre remote 192.0.2.2 encap fou encap fou", "create: 'encap' given twice"},
       {"create t1 mode gre remote 192.0.2.2 keepalive 0.05", "create: invalid keepalive"},
       {"create t1 mode gre remote 192.0.2.2 keepalive 3601", "create: invalid keepalive"},
       {"create t1 mode gre remote 192.0.2.2 keepalive 10,256", "create: invalid keepalive"},
@@ -534,6 +553,16 @@ TEST(ParseArgsTest, UpdateOptionsBuildTheMask) {
       {"update t1 keepalive 2 mtu auto", R"pb(name: "t1"
                                               keepalive { interval { seconds: 2 } })pb",
        "mtu,keepalive"},
+      {"update t1 encap fou encap-sport auto encap-dport 5555",
+       R"pb(name: "t1"
+            encap { type: ENCAP_TYPE_FOU dport: 5555 })pb",
+       "encap"},
+      {"update t1 encap none", R"pb(name: "t1"
+                                    encap {})pb",
+       "encap"},
+      {"update t1 encap-dport 4754", R"pb(name: "t1"
+                                          encap { dport: 4754 })pb",
+       "encap"},
   };
   for (const UpdateCase& c : kCases) {
     SCOPED_TRACE(c.args);

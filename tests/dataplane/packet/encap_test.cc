@@ -568,3 +568,89 @@ INSTANTIATE_TEST_SUITE_P(All, RoundTripTest, ::testing::ValuesIn(RoundTripCases(
 
 }  // namespace
 }  // namespace tunnelagent::dataplane
+
+namespace tunnelagent::dataplane {
+namespace {
+
+// Foo-over-UDP (encap fou): the UDP header between the outer IPv4 header and the GRE header
+// (RFC 8086) or the inner packet (ipip, sit), checksum 0 (none: allowed over IPv4).
+TEST(FouTest, GreInUdpExactBytes) {
+  EncapParams p = Gre();
+  p.udp_dport = kGreInUdpPort;
+  p.udp_sport = 5000;
+  EXPECT_EQ(EncapHeaderLen(p), 32u);
+  EXPECT_EQ(EncapIpUdpLen(p), 28u);
+  Frame f(test::Hex(test::kInnerIcmp));
+  EncapResult r = Encapsulate(p, f.inner(), f.inner_len(), 0x0102, 0);
+  ASSERT_NE(r.packet, nullptr);
+  EXPECT_EQ(test::ToHex(r.packet, r.len),
+            test::ToHex(test::Hex(std::string("45 00 00 44 01 02 40 00 40 11 c1 a2 cb 00 71 01 "
+                                              "cb 00 71 02"
+                                              "13 88 12 92 00 30 00 00"
+                                              "00 00 08 00") +
+                                  test::kInnerIcmp)));
+}
+
+TEST(FouTest, IpipInUdpTakesItsSourcePortFromTheFlow) {
+  EncapParams p = Gre();
+  p.mode = TunnelMode::kIpip;
+  p.udp_dport = 5555;
+  const test::Bytes inner = test::Hex(test::kInnerIcmp);
+  Frame f(inner);
+  EncapResult r = Encapsulate(p, f.inner(), f.inner_len(), 0x0102, 0);
+  ASSERT_NE(r.packet, nullptr);
+  ASSERT_EQ(r.len, 28 + inner.size());
+  EXPECT_EQ(test::ToHex(r.packet, 20),
+            "45 00 00 40 01 02 40 00 40 11 c1 a6 cb 00 71 01 cb 00 71 02");
+  const uint16_t sport = static_cast<uint16_t>(r.packet[20] << 8 | r.packet[21]);
+  EXPECT_GE(sport, 49152);
+  EXPECT_EQ(sport, FlowSourcePort(InnerFlowHash(inner.data(), inner.size())));
+  EXPECT_EQ(test::ToHex(r.packet + 22, 6), "15 b3 00 2c 00 00");
+  EXPECT_EQ(test::ToHex(r.packet + 28, inner.size()), test::ToHex(inner));
+  // Another flow (other ports) may take another port; the same flow always the same.
+  Frame again(inner);
+  EncapResult r2 = Encapsulate(p, again.inner(), again.inner_len(), 0x0102, 0);
+  EXPECT_EQ(test::ToHex(r2.packet, r2.len), test::ToHex(r.packet, r.len));
+}
+
+TEST(FouTest, FlowHashSeesPorts) {
+  test::Bytes a = test::Hex(test::kInnerIcmp);
+  a[9] = 17;  // as UDP: the ports are the bytes after the header
+  test::Bytes b = a;
+  b[21] ^= 1;  // another source port
+  EXPECT_NE(InnerFlowHash(a.data(), a.size()), InnerFlowHash(b.data(), b.size()));
+  EXPECT_EQ(InnerFlowHash(a.data(), a.size()), InnerFlowHash(a.data(), a.size()));
+  EXPECT_EQ(InnerFlowHash(a.data(), 3), 0u);
+}
+
+TEST(FouTest, UdpPayloadsDecapsulate) {
+  const test::Bytes inner = test::Hex(test::kInnerIcmp);
+  test::Bytes gre = test::Hex("00 00 08 00");
+  gre.insert(gre.end(), inner.begin(), inner.end());
+  Decapsulated d;
+  DropReason reason = DropReason::kCount;
+  ASSERT_TRUE(DecapsulateUdpPayload(gre.data(), gre.size(), kIpProtoGre, test::kRemote,
+                                    test::kLocal, 0, &d, &reason));
+  EXPECT_EQ(d.mode, TunnelMode::kGre);
+  EXPECT_EQ(d.outer_src, OuterAddress(test::kRemote));
+  EXPECT_EQ(d.outer_dst, OuterAddress(test::kLocal));
+  EXPECT_EQ(test::ToHex(d.inner, d.inner_len), test::ToHex(inner));
+  test::Bytes ipip = inner;
+  ASSERT_TRUE(DecapsulateUdpPayload(ipip.data(), ipip.size(), kIpProtoIpip, test::kRemote,
+                                    test::kLocal, 0, &d, &reason));
+  EXPECT_EQ(d.mode, TunnelMode::kIpip);
+  EXPECT_FALSE(DecapsulateUdpPayload(gre.data(), 3, kIpProtoGre, test::kRemote, test::kLocal, 0, &d,
+                                     &reason));
+  EXPECT_EQ(reason, DropReason::kTruncated);
+  EXPECT_FALSE(DecapsulateUdpPayload(gre.data(), gre.size(), 99, test::kRemote, test::kLocal, 0, &d,
+                                     &reason));
+  EXPECT_EQ(reason, DropReason::kUnsupportedProtocol);
+  // IPv6 inside an ipip port: the version contradicts the protocol.
+  test::Bytes v6 = test::Hex(test::kInnerIcmp6);
+  EXPECT_FALSE(DecapsulateUdpPayload(v6.data(), v6.size(), kIpProtoIpip, test::kRemote,
+                                     test::kLocal, 0, &d, &reason));
+  EXPECT_EQ(reason, DropReason::kBadInnerPacket);
+}
+
+}  // namespace
+}  // namespace tunnelagent::dataplane

@@ -137,8 +137,7 @@ std::vector<uint8_t> TcpPacket(const TcpOptions& o, size_t payload, bool partial
 }
 
 struct Arena {
-  explicit Arena(size_t bytes = 200000, size_t max = 256)
-      : memory(bytes), segments(max) {
+  explicit Arena(size_t bytes = 200000, size_t max = 256) : memory(bytes), segments(max) {
     arena.data = memory.data();
     arena.bytes = bytes;
     arena.headroom = 64;
@@ -314,8 +313,8 @@ struct Flushed {
 std::vector<Flushed> FlushAll(TcpCoalescer& gro) {
   std::vector<Flushed> out;
   gro.Flush([&](const TcpCoalescer::Flushed& f) {
-    out.push_back({f.owner, std::vector<uint8_t>(f.data, f.data + f.len), f.segments,
-                   f.inner_bytes});
+    out.push_back(
+        {f.owner, std::vector<uint8_t>(f.data, f.data + f.len), f.segments, f.inner_bytes});
     gro.Release(f.buffer);
   });
   return out;
