@@ -5,7 +5,7 @@
 #                  (left out, and said so, when that directory is absent)
 #   agent-gre      two tunnel-agents, a keyless GRE tunnel made with tunnelctl
 #   agent-ipip     the same in IPIP
-#   agent-gre-udp  GRE-in-UDP: listed as not available until the agent has it
+#   agent-gre-udp  GRE-in-UDP (encap fou, port 4754) with UDP GSO/GRO
 # and for each: iperf3 TCP with 1 and 4 streams (Gbit/s), UDP with 64 B and 1400 B payloads at
 # `-b 0` (packets/s the receiver got, from its own JSON), ping RTT p50/p99 (PINGS pings 10 ms
 # apart, per repetition, pooled), and the tunnel processes' CPU seconds per gigabit moved
@@ -282,13 +282,15 @@ agents_up() {
   TUN_PIDS=("${LAB_PIDS[A]}" "${LAB_PIDS[B]}")
 }
 
-# agent_tunnel PEER NAME MODE INNER_PREFIX: a tunnel NAME on both agents, A = .1, B = .2.
+# agent_tunnel PEER NAME MODE INNER_PREFIX [OPTION...]: a tunnel NAME on both agents, A = .1,
+# B = .2, with tunnelctl's OPTIONs.
 agent_tunnel() {
   local peer=$1 name=$2 mode=$3 inner=$4
+  shift 4
   agents_up
-  lab_ctl A create "$name" mode "$mode" local $UL_A remote $UL_B address "$inner.1/30" \
+  lab_ctl A create "$name" mode "$mode" local $UL_A remote $UL_B address "$inner.1/30" "$@" \
     >/dev/null || { note "$peer" "create on A failed"; return 1; }
-  lab_ctl B create "$name" mode "$mode" local $UL_B remote $UL_A address "$inner.2/30" \
+  lab_ctl B create "$name" mode "$mode" local $UL_B remote $UL_A address "$inner.2/30" "$@" \
     >/dev/null || { note "$peer" "create on B failed"; return 1; }
   reachable A "$inner.2" || { note "$peer" "no ping through $name"; return 1; }
 }
@@ -368,15 +370,21 @@ gre_udp_feature() {  # a GetAgentInfo feature naming GRE-in-UDP (FOU/GUE), if an
     jq -r '(.features // [])[] | select(test("udp|fou|gue"; "i"))' | head -1
 }
 
+# GRE-in-UDP (encap fou, RFC 8086, port 4754): a keyed GRE tunnel (key 4754, so it does not
+# take gre1's receive match) whose packets travel in UDP, with UDP GSO and GRO.
 peer_agent_gre_udp() {
   agents_up
   local feature
   feature=$(gre_udp_feature)
   if [ -z "$feature" ]; then
     note agent-gre-udp "n/a (GRE-in-UDP not implemented yet)"
-  else
-    note agent-gre-udp "n/a (the agent reports '$feature'; this harness cannot create such a tunnel yet: add it in peer_agent_gre_udp)"
+    return
   fi
+  if agent_tunnel agent-gre-udp greu1 gre 10.12.0 key 4754 encap fou; then
+    suite agent-gre-udp 10.12.0.2
+  fi
+  lab_ctl A delete greu1 >/dev/null 2>&1
+  lab_ctl B delete greu1 >/dev/null 2>&1
 }
 
 # The agents come last: their raw sockets would see the naive forwarder's GRE packets.

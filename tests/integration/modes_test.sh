@@ -17,6 +17,8 @@ for n in A B; do
   lab_exec $n ip -6 addr add "fd00:18::$i/64" dev ul0 nodad
   # No router solicitations or DAD noise on the tunnel devices: only the test's traffic.
   lab_exec $n sysctl -qw net.ipv6.conf.default.dad_transmits=0 net.ipv6.conf.default.accept_dad=0
+  # A second IPv4 pair for the ipip-in-UDP tunnel (one ipip tunnel per pair of addresses).
+  lab_exec $n ip addr add "198.18.0.1$i/24" dev ul0
 done
 lab_start_agent A
 lab_start_agent B
@@ -31,11 +33,15 @@ TUNNELS=(
   "mip6gre   ip6gre    6 10.2.4.1/30 10.2.4.2/30 fd02:4::1/64 fd02:4::2/64 1448 -"
   "mip6tap   ip6gretap 6 10.2.5.1/24 10.2.5.2/24 fd02:5::1/64 fd02:5::2/64 1434 -"
   "mip6tnl   ip6tnl    6 10.2.6.1/30 10.2.6.2/30 fd02:6::1/64 fd02:6::2/64 1452 -"
+  "mgreu     gre       4 10.2.8.1/30 10.2.8.2/30 fd02:8::1/64 fd02:8::2/64 1464 key,7,encap,fou"
+  "mipipu    ipip      4b 10.2.9.1/30 10.2.9.2/30 -          -            1472 encap,fou,encap-dport,5555"
 )
 
-underlay() {  # NODE FAMILY
+underlay() {  # NODE FAMILY (4, 4b: the second IPv4 pair, 6)
   if [ "$2" = 6 ]; then
     [ "$1" = A ] && echo fd00:18::1 || echo fd00:18::2
+  elif [ "$2" = 4b ]; then
+    [ "$1" = A ] && echo 198.18.0.11 || echo 198.18.0.12
   else
     [ "$1" = A ] && echo 198.18.0.1 || echo 198.18.0.2
   fi
@@ -79,7 +85,7 @@ done
 
 lab_log "traffic across every mode (tshark listening on B's underlay)"
 PCAP=$RUN/underlay.pcap
-lab_exec B timeout 120 tshark -q -i ul0 -w "$PCAP" -f "ip proto 47 or ip proto 4 or ip proto 41 or ip6" \
+lab_exec B timeout 120 tshark -q -i ul0 -w "$PCAP" -f "ip proto 47 or ip proto 4 or ip proto 41 or ip6 or udp port 4754 or udp port 5555" \
   >/dev/null 2>&1 &
 TSHARK=$!
 for _ in $(seq 50); do [ -s "$PCAP" ] && break; sleep 0.1; done
@@ -136,6 +142,9 @@ expect_packets "IPv4 in IPv4 (ipip)" "ip.src == 198.18.0.1 && ip.proto == 4"
 expect_packets "IPv6 in IPv4 (sit)" "ip.src == 198.18.0.1 && ip.proto == 41"
 expect_packets "GRE over IPv6 (ip6gre)" "ipv6.src == fd00:18::1 && gre.proto == 0x0800"
 expect_packets "Ethernet in GRE over IPv6 (ip6gretap)" "ipv6.src == fd00:18::1 && gre.proto == 0x6558"
+expect_packets "GRE in UDP to port 4754 (gre encap fou, RFC 8086)" \
+  "ip.src == 198.18.0.1 && udp.dstport == 4754 && !icmp"
+expect_packets "IPv4 in UDP to port 5555 (ipip encap fou)" "ip.src == 198.18.0.11 && udp.dstport == 5555"
 expect_packets "IPv4 in IPv6 (ip6tnl)" "ipv6.src == fd00:18::1 && ipv6.opt.tel == 4 && ip.proto == 1"
 expect_packets "IPv6 in IPv6 (ip6tnl)" "ipv6.src == fd00:18::1 && ipv6.opt.tel == 4 && icmpv6 && !gre"
 
