@@ -362,20 +362,12 @@ class EpollEngine::Impl {
         counters_.drops[static_cast<int>(reason)].Add();
         continue;
       }
-      TunnelRuntime* tunnel = by_match_.Lookup(packet);
-      if (tunnel == nullptr) {
-        counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
-        continue;
-      }
+      TunnelRuntime* tunnel = Admit(packet);
+      if (tunnel == nullptr) continue;
       TunnelDatapath& path = *tunnel->path;
-      if (!path.AcceptReceived(packet)) continue;
       uint8_t* data = packet.inner;
       size_t data_len = packet.inner_len;
       if (path.vnet_header()) {
-        const TcpCoalescer::Verdict verdict =
-            coalescer_.Add(tunnel, packet.inner, packet.inner_len);
-        if (verdict == TcpCoalescer::Verdict::kTaken) continue;
-        if (verdict == TcpCoalescer::Verdict::kFlushThenDeliver) FlushCoalesced();
         // On its own, behind an empty virtio-net header (in room the outer headers, or the
         // receive headroom, leave).
         data -= kVirtioNetHeaderLen;
@@ -386,6 +378,25 @@ class EpollEngine::Impl {
       path.DeliverDone(packet.inner_len, res >= 0 ? static_cast<int>(res) : -errno);
     }
     FlushCoalesced();
+  }
+
+  // The tunnel a decoded packet is for, when the caller is to write it to the device: nullptr
+  // when it matched none or its tunnel's rules dropped it (counted), it was a keepalive, or
+  // the coalescer took it.
+  TunnelRuntime* Admit(const Decapsulated& packet) {
+    TunnelRuntime* tunnel = by_match_.Lookup(packet);
+    if (tunnel == nullptr) {
+      counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
+      return nullptr;
+    }
+    TunnelDatapath& path = *tunnel->path;
+    if (!path.AcceptReceived(packet)) return nullptr;
+    if (path.vnet_header()) {
+      const TcpCoalescer::Verdict verdict = coalescer_.Add(tunnel, packet.inner, packet.inner_len);
+      if (verdict == TcpCoalescer::Verdict::kTaken) return nullptr;
+      if (verdict == TcpCoalescer::Verdict::kFlushThenDeliver) FlushCoalesced();
+    }
+    return tunnel;
   }
 
   // Fou: what a port's socket has, up to a batch of receives (each up to 64 KiB of datagrams
@@ -417,22 +428,9 @@ class EpollEngine::Impl {
       }
       ForEachFouDatagram(socket, buffer, static_cast<size_t>(n), msg, counters_,
                          [this](Decapsulated& packet) {
-                           TunnelRuntime* tunnel = by_match_.Lookup(packet);
-                           if (tunnel == nullptr) {
-                             counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
-                             return;
+                           if (TunnelRuntime* tunnel = Admit(packet)) {
+                             tunnel->path->DeliverNow(packet);
                            }
-                           TunnelDatapath& path = *tunnel->path;
-                           if (!path.AcceptReceived(packet)) return;
-                           if (path.vnet_header()) {
-                             const TcpCoalescer::Verdict verdict =
-                                 coalescer_.Add(tunnel, packet.inner, packet.inner_len);
-                             if (verdict == TcpCoalescer::Verdict::kTaken) return;
-                             if (verdict == TcpCoalescer::Verdict::kFlushThenDeliver) {
-                               FlushCoalesced();
-                             }
-                           }
-                           path.DeliverNow(packet);
                          });
     }
     FlushCoalesced();

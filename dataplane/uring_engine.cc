@@ -627,11 +627,7 @@ class UringEngine::Impl {
   void CompleteReceive(Slot* slot, int res) {
     if (stopping_) return;
     if (res < 0) {
-      // ICMP errors queued on the socket surface here (ENOPROTOOPT, ECONNREFUSED, ...), as
-      // does ENOBUFS under memory pressure: count and keep receiving.
-      if (res != -EINTR && res != -EAGAIN) {
-        counters_.drops[static_cast<int>(DropReason::kSocketError)].Add();
-      }
+      CountReceiveError(res);
       return ArmReceive(slot);
     }
     slot->op = OpKind::kDeviceWrite;
@@ -659,24 +655,11 @@ class UringEngine::Impl {
       counters_.drops[static_cast<int>(reason)].Add();
       return false;
     }
-    TunnelRuntime* tunnel = by_match_.Lookup(packet);
-    if (tunnel == nullptr) {
-      counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
-      return false;
-    }
-    if (!tunnel->path->AcceptReceived(packet)) return false;
+    TunnelRuntime* tunnel = Admit(packet);
+    if (tunnel == nullptr) return false;
     uint8_t* data = packet.inner;
     size_t len = packet.inner_len;
     if (tunnel->path->vnet_header()) {
-      switch (coalescer_.Add(tunnel, packet.inner, packet.inner_len)) {
-        case TcpCoalescer::Verdict::kTaken:
-          return false;
-        case TcpCoalescer::Verdict::kFlushThenDeliver:
-          FlushCoalesced();
-          break;
-        case TcpCoalescer::Verdict::kDeliver:
-          break;
-      }
       // On its own, behind an empty virtio-net header (in room the outer headers, or the
       // receive headroom, leave).
       data -= kVirtioNetHeaderLen;
@@ -731,9 +714,7 @@ class UringEngine::Impl {
   void CompleteFouReceive(Slot* slot, int res) {
     if (stopping_) return;
     if (res < 0) {
-      if (res != -EINTR && res != -EAGAIN) {
-        counters_.drops[static_cast<int>(DropReason::kSocketError)].Add();
-      }
+      CountReceiveError(res);
       return ArmFouReceive(slot);
     }
     if ((slot->msg.msg_flags & MSG_TRUNC) != 0) {
@@ -745,26 +726,42 @@ class UringEngine::Impl {
     // goes back to a receive.
     ForEachFouDatagram(*slot->fou, slot->buffer, static_cast<size_t>(res), slot->msg, counters_,
                        [this](Decapsulated& packet) {
-                         TunnelRuntime* tunnel = by_match_.Lookup(packet);
-                         if (tunnel == nullptr) {
-                           counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
-                           return;
-                         }
-                         if (!tunnel->path->AcceptReceived(packet)) return;
-                         if (tunnel->path->vnet_header()) {
-                           switch (coalescer_.Add(tunnel, packet.inner, packet.inner_len)) {
-                             case TcpCoalescer::Verdict::kTaken:
-                               return;
-                             case TcpCoalescer::Verdict::kFlushThenDeliver:
-                               FlushCoalesced();
-                               break;
-                             case TcpCoalescer::Verdict::kDeliver:
-                               break;
-                           }
-                         }
-                         tunnel->path->DeliverNow(packet);
+                         if (TunnelRuntime* tunnel = Admit(packet))
+                           tunnel->path->DeliverNow(packet);
                        });
     ArmFouReceive(slot);
+  }
+
+  // The tunnel a decoded packet is for, when the caller is to write it to the device: nullptr
+  // when it matched none or its tunnel's rules dropped it (counted), it was a keepalive, or
+  // the coalescer took it.
+  TunnelRuntime* Admit(const Decapsulated& packet) {
+    TunnelRuntime* tunnel = by_match_.Lookup(packet);
+    if (tunnel == nullptr) {
+      counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
+      return nullptr;
+    }
+    if (!tunnel->path->AcceptReceived(packet)) return nullptr;
+    if (tunnel->path->vnet_header()) {
+      switch (coalescer_.Add(tunnel, packet.inner, packet.inner_len)) {
+        case TcpCoalescer::Verdict::kTaken:
+          return nullptr;
+        case TcpCoalescer::Verdict::kFlushThenDeliver:
+          FlushCoalesced();  // what came before it goes first
+          break;
+        case TcpCoalescer::Verdict::kDeliver:
+          break;
+      }
+    }
+    return tunnel;
+  }
+
+  // A failed receive: ICMP errors queued on the socket surface here (ENOPROTOOPT,
+  // ECONNREFUSED, ...), as does ENOBUFS under memory pressure. Counted; receiving goes on.
+  void CountReceiveError(int res) {
+    if (res != -EINTR && res != -EAGAIN) {
+      counters_.drops[static_cast<int>(DropReason::kSocketError)].Add();
+    }
   }
 
   bool HasRing(const ReceiveSocket* socket) const {

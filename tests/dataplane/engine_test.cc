@@ -772,6 +772,34 @@ class OffloadEngineTest : public EngineTest {
     return pkt;
   }
 
+  // Hands the device's host side a TCPv4 super-packet to transmit, as the stack's own TSO
+  // would: through a packet socket with a virtio-net header (SOCK_RAW, which PACKET_VNET_HDR
+  // needs; a TUN device has no link header to write).
+  void SendSuperPacket(const std::vector<uint8_t>& super, uint16_t gso_size) {
+    VirtioNetHeader vnet;
+    vnet.flags = kVirtioNetFlagNeedsCsum;
+    vnet.gso_type = kGsoTcpv4;
+    vnet.hdr_len = 40;
+    vnet.gso_size = gso_size;
+    vnet.csum_start = 20;
+    vnet.csum_offset = 16;
+    std::vector<uint8_t> frame(kVirtioNetHeaderLen);
+    WriteVirtioNetHeader(vnet, frame.data());
+    frame.insert(frame.end(), super.begin(), super.end());
+    Fd packet(socket(AF_PACKET, SOCK_RAW, htons(ETH_P_IP)));
+    ASSERT_GE(packet.get(), 0);
+    int on = 1;
+    ASSERT_EQ(setsockopt(packet.get(), SOL_PACKET, PACKET_VNET_HDR, &on, sizeof on), 0);
+    sockaddr_ll to{};
+    to.sll_family = AF_PACKET;
+    to.sll_protocol = htons(ETH_P_IP);
+    to.sll_ifindex = tun_->ifindex();
+    ASSERT_EQ(sendto(packet.get(), frame.data(), frame.size(), 0, reinterpret_cast<sockaddr*>(&to),
+                     sizeof to),
+              static_cast<ssize_t>(frame.size()))
+        << strerror(errno);
+  }
+
   static bool TcpChecksumOk(const uint8_t* ip, size_t len) {
     const size_t ihl = (ip[0] & 15) * 4;
     const uint32_t pseudo =
@@ -789,30 +817,7 @@ TEST_P(OffloadEngineTest, SplitsATcpSuperPacketFromTheDevice) {
   const std::string payload =
       std::string(1000, 'A') + std::string(1000, 'B') + std::string(1000, 'C');
   std::vector<uint8_t> super = Tcp(kInnerA, kInnerFar, 40000, kPort, 1000, 0x18, payload, true);
-  VirtioNetHeader vnet;
-  vnet.flags = kVirtioNetFlagNeedsCsum;
-  vnet.gso_type = kGsoTcpv4;
-  vnet.hdr_len = 40;
-  vnet.gso_size = 1000;
-  vnet.csum_start = 20;
-  vnet.csum_offset = 16;
-  std::vector<uint8_t> frame(kVirtioNetHeaderLen);
-  WriteVirtioNetHeader(vnet, frame.data());
-  frame.insert(frame.end(), super.begin(), super.end());
-
-  // SOCK_RAW: what PACKET_VNET_HDR needs; a TUN device has no link header to write.
-  Fd packet(socket(AF_PACKET, SOCK_RAW, htons(ETH_P_IP)));
-  ASSERT_GE(packet.get(), 0);
-  int on = 1;
-  ASSERT_EQ(setsockopt(packet.get(), SOL_PACKET, PACKET_VNET_HDR, &on, sizeof on), 0);
-  sockaddr_ll to{};
-  to.sll_family = AF_PACKET;
-  to.sll_protocol = htons(ETH_P_IP);
-  to.sll_ifindex = tun_->ifindex();
-  ASSERT_EQ(sendto(packet.get(), frame.data(), frame.size(), 0, reinterpret_cast<sockaddr*>(&to),
-                   sizeof to),
-            static_cast<ssize_t>(frame.size()))
-      << strerror(errno);
+  SendSuperPacket(super, 1000);
 
   for (int i = 0; i < 3; ++i) {
     SCOPED_TRACE(i);
@@ -890,26 +895,7 @@ TEST_P(OffloadEngineTest, FouSendsASuperPacketAsUdpGso) {
   const std::string payload =
       std::string(1000, 'A') + std::string(1000, 'B') + std::string(1000, 'C');
   std::vector<uint8_t> super = Tcp(kInnerA, kInnerFar, 40000, kPort, 1000, 0x18, payload, true);
-  VirtioNetHeader vnet;
-  vnet.flags = kVirtioNetFlagNeedsCsum;
-  vnet.gso_type = kGsoTcpv4;
-  vnet.hdr_len = 40;
-  vnet.gso_size = 1000;
-  vnet.csum_start = 20;
-  vnet.csum_offset = 16;
-  std::vector<uint8_t> frame(kVirtioNetHeaderLen);
-  WriteVirtioNetHeader(vnet, frame.data());
-  frame.insert(frame.end(), super.begin(), super.end());
-  Fd packet(socket(AF_PACKET, SOCK_RAW, htons(ETH_P_IP)));
-  int on = 1;
-  ASSERT_EQ(setsockopt(packet.get(), SOL_PACKET, PACKET_VNET_HDR, &on, sizeof on), 0);
-  sockaddr_ll to{};
-  to.sll_family = AF_PACKET;
-  to.sll_protocol = htons(ETH_P_IP);
-  to.sll_ifindex = tun_->ifindex();
-  ASSERT_EQ(sendto(packet.get(), frame.data(), frame.size(), 0, reinterpret_cast<sockaddr*>(&to),
-                   sizeof to),
-            static_cast<ssize_t>(frame.size()));
+  SendSuperPacket(super, 1000);
   // On loopback the GSO packet may be seen whole or split: each segment's data is there.
   std::string seen;
   std::vector<uint8_t> buf(70000);
