@@ -226,10 +226,26 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
   }
 
   std::vector<MetricFamily> families;
-  for (MetricFamily* f :
-       {&build, &fallback, &tunnels, &up, &tx_packets, &tx_bytes, &rx_packets, &rx_bytes, &drops,
-        &path_mtu, &icmp_too_big, &tx_fragmented, &tx_super_packets, &rx_coalesced, &keepalive_sent, &keepalive_replies,
-        &keepalive_answered, &peer_alive, &underlay_rx, &dp_drops}) {
+  for (MetricFamily* f : {&build,
+                          &fallback,
+                          &tunnels,
+                          &up,
+                          &tx_packets,
+                          &tx_bytes,
+                          &rx_packets,
+                          &rx_bytes,
+                          &drops,
+                          &path_mtu,
+                          &icmp_too_big,
+                          &tx_fragmented,
+                          &tx_super_packets,
+                          &rx_coalesced,
+                          &keepalive_sent,
+                          &keepalive_replies,
+                          &keepalive_answered,
+                          &peer_alive,
+                          &underlay_rx,
+                          &dp_drops}) {
     families.push_back(std::move(*f));
   }
   return families;

@@ -74,7 +74,7 @@ struct EngineTunnel {
   // virtio-net header, which may announce a super-packet to split or a checksum to finish,
   // and every write must start with one.
   bool vnet_header = false;
-  uint32_t mtu = 0;    // device MTU (tap modes: of the frame's payload, as `ip link` shows it)
+  uint32_t mtu = 0;  // device MTU (tap modes: of the frame's payload, as `ip link` shows it)
   // How sent packets are wrapped: mode, underlay addresses, output GRE options, outer header.
   // Which received packets are the tunnel's follows from the mode, the addresses (local: the
   // packet's destination, zero for any; remote: its source, zero for any) and the input key.

@@ -84,8 +84,8 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Create(const std::string& 
   return CreateWith(name, kind, /*offload=*/false);
 }
 
-absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::CreateWith(const std::string& name,
-                                                                 Kind kind, bool offload) {
+absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::CreateWith(const std::string& name, Kind kind,
+                                                                 bool offload) {
   if (absl::Status s = CheckName(name); !s.ok()) return s;
   offload = offload && kind == Kind::kTun;
   const std::string what = absl::StrCat("creating ", KindName(kind), " device ", name);
@@ -102,7 +102,7 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::CreateWith(const std::stri
   // IFF_TUN_EXCL makes the kernel refuse to attach to a device of this name that appeared
   // since the check above, so a device the agent did not create is never taken over.
   struct ifreq ifr = Request(name, static_cast<short>(KindFlag(kind) | IFF_NO_PI | IFF_TUN_EXCL |
-                                                     (offload ? IFF_VNET_HDR : 0)));
+                                                      (offload ? IFF_VNET_HDR : 0)));
   if (ioctl(*fd, TUNSETIFF, &ifr) < 0) {
     const int err = errno;
     close(*fd);
