@@ -534,14 +534,7 @@ class UringEngine::Impl {
     size_t made = SegmentSuperPacket(vnet, slot->frame, len, 0, arena);
     if (made < count) {
       for (size_t first = 0; made != 0;) {
-        size_t prepared = 0;
-        for (size_t i = 0; i < made; ++i) {
-          if (path.PrepareTransmit(batch.segments[i].data, batch.segments[i].len,
-                                   &batch.packets[prepared])) {
-            batch.frames[prepared] = batch.segments[i].data;
-            batch.lens[prepared++] = batch.segments[i].len;
-          }
-        }
+        const size_t prepared = PrepareSegments(path, batch, made);
         if (path.fou()) {
           path.SendFouNow(batch.frames, batch.lens, batch.packets, prepared);
         } else {
@@ -555,14 +548,7 @@ class UringEngine::Impl {
       return ArmDeviceRead(slot);
     }
     batch.pending = 0;
-    size_t prepared = 0;
-    for (size_t i = 0; i < made; ++i) {
-      if (path.PrepareTransmit(batch.segments[i].data, batch.segments[i].len,
-                               &batch.packets[prepared])) {
-        batch.frames[prepared] = batch.segments[i].data;
-        batch.lens[prepared++] = batch.segments[i].len;
-      }
-    }
+    const size_t prepared = PrepareSegments(path, batch, made);
     for (size_t first = 0; first < prepared;) {
       SegmentOp& op = batch.ops[batch.pending++];
       op.op = OpKind::kSegmentSend;
@@ -598,6 +584,20 @@ class UringEngine::Impl {
       ++tunnel->inflight;
     }
     if (batch.pending == 0) ArmDeviceRead(slot);
+  }
+
+  // PrepareTransmit on the first `made` segments of the batch; those it takes go to the
+  // batch's frames, lens and packets, in order. Returns how many it took.
+  static size_t PrepareSegments(TunnelDatapath& path, SegmentBatch& batch, size_t made) {
+    size_t prepared = 0;
+    for (size_t i = 0; i < made; ++i) {
+      if (path.PrepareTransmit(batch.segments[i].data, batch.segments[i].len,
+                               &batch.packets[prepared])) {
+        batch.frames[prepared] = batch.segments[i].data;
+        batch.lens[prepared++] = batch.segments[i].len;
+      }
+    }
+    return prepared;
   }
 
   void CompleteSegmentSend(SegmentOp* op, int res) {
