@@ -68,8 +68,10 @@ class LinkControl {
 class KernelLinkControl final : public LinkControl {
  public:
   // `offload`: TUN devices are opened with TUN offloads (TunDevice::CreateOptions::offload).
-  explicit KernelLinkControl(dataplane::Netlink* netlink, bool offload = false)
-      : netlink_(netlink), offload_(offload) {}
+  // `multi_queue`: with IFF_MULTI_QUEUE, so each dataplane worker can read a queue of its own.
+  explicit KernelLinkControl(dataplane::Netlink* netlink, bool offload = false,
+                             bool multi_queue = false)
+      : netlink_(netlink), offload_(offload), multi_queue_(multi_queue) {}
   absl::StatusOr<std::unique_ptr<Device>> CreateDevice(const std::string& name,
                                                        DeviceKind kind) override;
   absl::StatusOr<std::unique_ptr<Device>> AttachDevice(const std::string& name,
@@ -88,6 +90,7 @@ class KernelLinkControl final : public LinkControl {
  private:
   dataplane::Netlink* netlink_;
   const bool offload_;
+  const bool multi_queue_;
 };
 
 }  // namespace tunnelagent::agent

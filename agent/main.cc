@@ -1,10 +1,12 @@
 // tunnel-agent: serves tunnelagent.v1.TunnelService, keeps the desired tunnels in --state_dir,
 // moves their packets through the dataplane (io_uring, or epoll where io_uring is forbidden)
 // and serves /metrics.
+#include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -66,6 +68,9 @@ ABSL_FLAG(uint32_t, device_reads_per_tunnel, 8,
 ABSL_FLAG(bool, tun_offload, true,
           "Dataplane: TUN devices with offloads (virtio-net header, checksum, TSO/USO): the host "
           "hands over 64 KiB super-packets, split here, and received TCP is coalesced back");
+ABSL_FLAG(uint32_t, dataplane_workers, 0,
+          "Dataplane: threads moving packets, each with its own ring and sockets, receive "
+          "spread between them by inner flow; 0: one per CPU the agent may run on (at most 16)");
 ABSL_FLAG(uint32_t, socket_receives, 64,
           "Dataplane: receives kept in flight on each underlay socket");
 
@@ -87,6 +92,14 @@ dataplane::UringEngineOptions EngineOptionsFromFlags() {
   dataplane::UringEngineOptions options;
   options.device_reads_per_tunnel = absl::GetFlag(FLAGS_device_reads_per_tunnel);
   options.socket_receives = absl::GetFlag(FLAGS_socket_receives);
+  options.workers = absl::GetFlag(FLAGS_dataplane_workers);
+  if (options.workers == 0) {
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    const int allowed =
+        sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+    options.workers = static_cast<unsigned>(std::clamp(allowed, 1, 16));
+  }
   return options;
 }
 
@@ -139,10 +152,12 @@ int Run() {
     Log("WARNING", "dataplane: io_uring unavailable (%s); using the epoll backend",
         fallback_reason);
   }
-  Log("INFO", "dataplane: %s backend started", (*engine)->backend_name());
+  Log("INFO", "dataplane: %s backend started, %d worker(s)", (*engine)->backend_name(),
+      static_cast<int>((*engine)->workers()));
 
   FileStateStore store(absl::GetFlag(FLAGS_state_dir));
-  KernelLinkControl links(netlink->get(), absl::GetFlag(FLAGS_tun_offload));
+  KernelLinkControl links(netlink->get(), absl::GetFlag(FLAGS_tun_offload),
+                          (*engine)->workers() > 1);
   TunnelManager::Options manager_options;
   manager_options.max_tunnels = absl::GetFlag(FLAGS_max_tunnels);
   manager_options.keep_devices = absl::GetFlag(FLAGS_keep_devices);

@@ -73,10 +73,12 @@ void AddSample(MetricFamily& family, std::vector<ClientMetric::Label> labels, do
 // Adds a series for every listed reason, and for any other reason that has counted.
 template <size_t N>
 void AddDrops(MetricFamily& family, const std::string& tunnel, const char* direction,
-              const dataplane::DropCounters& drops, const std::array<DropReason, N>& expected) {
+              const dataplane::TunnelStats& stats,
+              dataplane::DropCounters dataplane::TunnelCounters::*drops,
+              const std::array<DropReason, N>& expected) {
   for (int i = 0; i < dataplane::kDropReasonCount; ++i) {
     auto reason = static_cast<DropReason>(i);
-    uint64_t value = drops[i].Get();
+    uint64_t value = stats.Sum(drops, reason);
     if (!Listed(reason, expected) && value == 0) continue;
     AddSample(family,
               {{"direction", direction},
@@ -105,6 +107,12 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
              "1 when --io_backend=auto found io_uring refused (e.g. by seccomp) and runs on epoll.",
              MetricType::Gauge);
   AddSample(fallback, {}, io_uring_fallback_ ? 1 : 0);
+  MetricFamily workers =
+      Family("tunnelagent_dataplane_workers",
+             "Dataplane threads moving packets, each with its own ring and sockets "
+             "(--dataplane_workers).",
+             MetricType::Gauge);
+  AddSample(workers, {}, static_cast<double>(engine_->workers()));
 
   MetricFamily tunnels =
       Family("tunnelagent_tunnels", "Tunnels by mode and operational state.", MetricType::Gauge);
@@ -176,31 +184,32 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
   }
 
   manager_->ForEachTunnel([&](const dataplane::TunnelSpec& spec, const TunnelStatus& status,
-                              const dataplane::TunnelCounters* counters) {
+                              const dataplane::TunnelStats* counters) {
     ++by_mode_state[{std::string(dataplane::TunnelModeName(spec.mode)), StateName(status.state)}];
     const std::string& name = spec.name;
     AddSample(up, {{"tunnel", name}}, status.state == OperState::kUp ? 1 : 0);
     // A tunnel that could not be brought up has no counters yet: its series are there all the
     // same, at 0, so that queries and alerts over every tunnel see it.
-    static const dataplane::TunnelCounters kNoTraffic;
-    const dataplane::TunnelCounters& c = counters != nullptr ? *counters : kNoTraffic;
-    AddSample(tx_packets, {{"tunnel", name}}, static_cast<double>(c.tx_packets.Get()));
-    AddSample(tx_bytes, {{"tunnel", name}}, static_cast<double>(c.tx_bytes.Get()));
-    AddSample(rx_packets, {{"tunnel", name}}, static_cast<double>(c.rx_packets.Get()));
-    AddSample(rx_bytes, {{"tunnel", name}}, static_cast<double>(c.rx_bytes.Get()));
-    AddDrops(drops, name, "tx", c.tx_drops, kTxReasons);
-    AddDrops(drops, name, "rx", c.rx_drops, kRxReasons);
+    static const dataplane::TunnelStats kNoTraffic;
+    const dataplane::TunnelStats& c = counters != nullptr ? *counters : kNoTraffic;
+    using dataplane::TunnelCounters;
+    AddSample(tx_packets, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::tx_packets)));
+    AddSample(tx_bytes, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::tx_bytes)));
+    AddSample(rx_packets, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::rx_packets)));
+    AddSample(rx_bytes, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::rx_bytes)));
+    AddDrops(drops, name, "tx", c, &TunnelCounters::tx_drops, kTxReasons);
+    AddDrops(drops, name, "rx", c, &TunnelCounters::rx_drops, kRxReasons);
     AddSample(path_mtu, {{"tunnel", name}}, c.path_mtu.load(std::memory_order_relaxed));
-    AddSample(icmp_too_big, {{"tunnel", name}}, static_cast<double>(c.icmp_too_big_sent.Get()));
-    AddSample(tx_fragmented, {{"tunnel", name}}, static_cast<double>(c.tx_fragmented.Get()));
-    AddSample(tx_super_packets, {{"tunnel", name}}, static_cast<double>(c.tx_super_packets.Get()));
-    AddSample(rx_coalesced, {{"tunnel", name}}, static_cast<double>(c.rx_coalesced.Get()));
+    AddSample(icmp_too_big, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::icmp_too_big_sent)));
+    AddSample(tx_fragmented, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::tx_fragmented)));
+    AddSample(tx_super_packets, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::tx_super_packets)));
+    AddSample(rx_coalesced, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::rx_coalesced)));
     if (spec.keepalive.enabled()) {
-      AddSample(keepalive_sent, {{"tunnel", name}}, static_cast<double>(c.keepalive_sent.Get()));
+      AddSample(keepalive_sent, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::keepalive_sent)));
       AddSample(keepalive_replies, {{"tunnel", name}},
-                static_cast<double>(c.keepalive_replies.Get()));
+                static_cast<double>(c.Sum(&TunnelCounters::keepalive_replies)));
       AddSample(keepalive_answered, {{"tunnel", name}},
-                static_cast<double>(c.keepalive_answered.Get()));
+                static_cast<double>(c.Sum(&TunnelCounters::keepalive_answered)));
       AddSample(peer_alive, {{"tunnel", name}},
                 c.peer_alive.load(std::memory_order_relaxed) ? 1 : 0);
     }
@@ -228,6 +237,7 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
   std::vector<MetricFamily> families;
   for (MetricFamily* f : {&build,
                           &fallback,
+                          &workers,
                           &tunnels,
                           &up,
                           &tx_packets,

@@ -32,7 +32,7 @@ dataplane::OuterAddress OuterAddressOf(const dataplane::IpAddress& address) {
 
 // What the engine needs: how to wrap sent packets and which received ones are ours.
 dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, const Device& device, uint32_t mtu,
-                                        std::shared_ptr<dataplane::TunnelCounters> counters) {
+                                        std::shared_ptr<dataplane::TunnelStats> counters) {
   dataplane::EngineTunnel t;
   t.name = spec.name;
   t.device_fd = device.fd();
@@ -67,12 +67,6 @@ dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, const Device& de
   }
   t.counters = std::move(counters);
   return t;
-}
-
-uint64_t SumDrops(const dataplane::DropCounters& drops) {
-  uint64_t total = 0;
-  for (const dataplane::Counter& c : drops) total += c.Get();
-  return total;
 }
 
 bool Contains(const std::vector<IpPrefix>& list, const IpPrefix& p) {
@@ -877,7 +871,7 @@ absl::Status TunnelManager::BringUp(Entry& entry) {
 }
 
 absl::Status TunnelManager::StartDataplane(Entry& entry) {
-  entry.counters = entry.counters ? entry.counters : std::make_shared<dataplane::TunnelCounters>();
+  entry.counters = entry.counters ? entry.counters : std::make_shared<dataplane::TunnelStats>(engine_->workers());
   absl::Status status =
       engine_->AddTunnel(EngineTunnelFor(entry.spec, *entry.device, entry.mtu, entry.counters));
   entry.in_engine = status.ok();
@@ -957,20 +951,21 @@ TunnelStatus TunnelManager::StatusOf(const Entry& entry) const {
   status.ifindex = entry.device->ifindex();
   status.mtu = entry.mtu;
   if (!entry.counters) return status;
-  const dataplane::TunnelCounters& c = *entry.counters;
-  status.counters.tx_packets = c.tx_packets.Get();
-  status.counters.tx_bytes = c.tx_bytes.Get();
-  status.counters.rx_packets = c.rx_packets.Get();
-  status.counters.rx_bytes = c.rx_bytes.Get();
-  status.counters.tx_dropped = SumDrops(c.tx_drops);
-  status.counters.rx_dropped = SumDrops(c.rx_drops);
+  const dataplane::TunnelStats& c = *entry.counters;
+  using dataplane::TunnelCounters;
+  status.counters.tx_packets = c.Sum(&TunnelCounters::tx_packets);
+  status.counters.tx_bytes = c.Sum(&TunnelCounters::tx_bytes);
+  status.counters.rx_packets = c.Sum(&TunnelCounters::rx_packets);
+  status.counters.rx_bytes = c.Sum(&TunnelCounters::rx_bytes);
+  status.counters.tx_dropped = c.SumAll(&TunnelCounters::tx_drops);
+  status.counters.rx_dropped = c.SumAll(&TunnelCounters::rx_drops);
   status.path_mtu = c.path_mtu.load(std::memory_order_relaxed);
   if (entry.spec.keepalive.enabled()) {
     KeepaliveSnapshot& k = status.keepalive.emplace();
     k.peer_alive = c.peer_alive.load(std::memory_order_relaxed);
-    k.sent = c.keepalive_sent.Get();
-    k.replies = c.keepalive_replies.Get();
-    k.answered = c.keepalive_answered.Get();
+    k.sent = c.Sum(&TunnelCounters::keepalive_sent);
+    k.replies = c.Sum(&TunnelCounters::keepalive_replies);
+    k.answered = c.Sum(&TunnelCounters::keepalive_answered);
     const int64_t last = c.last_keepalive_reply_unix_nanos.load(std::memory_order_relaxed);
     if (last != 0) k.last_reply = absl::FromUnixNanos(last);
   }

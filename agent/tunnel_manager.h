@@ -122,7 +122,7 @@ class TunnelManager {
 
   // Looks at every device's state and records changes (STATE_CHANGED events). Called
   // periodically by the daemon. A tunnel is DOWN while its device is administratively down,
-  // or while keepalive is on and the engine finds the peer silent (TunnelCounters::peer_alive
+  // or while keepalive is on and the engine finds the peer silent (TunnelStats::peer_alive
   // false): "keepalive: no reply from <remote> in <retries> intervals".
   void RefreshStates();
 
@@ -146,7 +146,7 @@ class TunnelManager {
   struct Entry {
     dataplane::TunnelSpec spec;
     std::unique_ptr<Device> device;  // null when the tunnel could not be brought up
-    std::shared_ptr<dataplane::TunnelCounters> counters;
+    std::shared_ptr<dataplane::TunnelStats> counters;
     uint32_t mtu = 0;
     bool in_engine = false;  // the engine is moving its packets
     OperState state = OperState::kError;

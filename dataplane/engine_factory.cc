@@ -5,6 +5,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "dataplane/epoll_engine.h"
+#include "dataplane/worker_pool.h"
 
 namespace tunnelagent::dataplane {
 
@@ -28,10 +29,11 @@ absl::string_view IoBackendName(IoBackend backend) {
   return "auto";
 }
 
-absl::StatusOr<std::unique_ptr<PacketEngine>> StartEngine(IoBackend backend,
-                                                          const UringEngineOptions& options,
-                                                          std::string* fallback_reason) {
-  if (fallback_reason != nullptr) fallback_reason->clear();
+namespace {
+
+absl::StatusOr<std::unique_ptr<PacketEngine>> StartOne(IoBackend backend,
+                                                       const UringEngineOptions& options,
+                                                       std::string* fallback_reason) {
   if (backend != IoBackend::kEpoll) {
     absl::StatusOr<std::unique_ptr<UringEngine>> uring = UringEngine::Start(options);
     if (uring.ok()) return std::unique_ptr<PacketEngine>(*std::move(uring));
@@ -46,6 +48,28 @@ absl::StatusOr<std::unique_ptr<PacketEngine>> StartEngine(IoBackend backend,
   absl::StatusOr<std::unique_ptr<EpollEngine>> epoll = EpollEngine::Start(options);
   if (!epoll.ok()) return epoll.status();
   return std::unique_ptr<PacketEngine>(*std::move(epoll));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PacketEngine>> StartEngine(IoBackend backend,
+                                                          const UringEngineOptions& options,
+                                                          std::string* fallback_reason) {
+  if (fallback_reason != nullptr) fallback_reason->clear();
+  if (options.workers <= 1) return StartOne(backend, options, fallback_reason);
+  // Worker 0 probes; the others use what it got, so all workers are of one backend.
+  std::string reason;
+  absl::StatusOr<std::unique_ptr<WorkerPool>> pool =
+      WorkerPool::Start(options.workers, [&](unsigned index) {
+        UringEngineOptions worker_options = options;
+        worker_options.worker = index;
+        if (index == 0) return StartOne(backend, worker_options, &reason);
+        const bool uring = backend != IoBackend::kEpoll && reason.empty();
+        return StartOne(uring ? IoBackend::kUring : IoBackend::kEpoll, worker_options, nullptr);
+      });
+  if (fallback_reason != nullptr) *fallback_reason = reason;
+  if (!pool.ok()) return pool.status();
+  return std::unique_ptr<PacketEngine>(*std::move(pool));
 }
 
 }  // namespace tunnelagent::dataplane

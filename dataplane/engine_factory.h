@@ -23,6 +23,7 @@ absl::string_view IoBackendName(IoBackend backend);
 // kUring: the io_uring engine or its error; kEpoll: the epoll engine or its error; kAuto: the
 // io_uring engine, else the epoll engine with *fallback_reason (if not null) set to why
 // io_uring could not start (left empty when there was no fallback).
+// With options.workers > 1, that many engines of the one backend as a WorkerPool.
 absl::StatusOr<std::unique_ptr<PacketEngine>> StartEngine(IoBackend backend,
                                                           const UringEngineOptions& options,
                                                           std::string* fallback_reason);

@@ -1,6 +1,7 @@
 #include "dataplane/engine_support.h"
 
 #include <netinet/in.h>
+#include <linux/filter.h>
 #include <netinet/udp.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -11,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "dataplane/errno_status.h"
+#include "dataplane/packet/receive_steering.h"
 
 namespace tunnelagent::dataplane {
 
@@ -50,7 +52,27 @@ absl::StatusOr<int> OpenUnderlaySocket(int family, int protocol, int buffer_byte
   return fd;
 }
 
-absl::StatusOr<std::vector<ReceiveSocket>> OpenReceiveSockets(int buffer_bytes) {
+absl::Status SteerReceiveSocket(const ReceiveSocket& socket, unsigned worker, unsigned workers) {
+  if (workers <= 1) return absl::OkStatus();
+  std::vector<sock_filter> program =
+      SteeringProgram(socket.ipv6 ? SteeringSocket::kIpv6 : SteeringSocket::kIpv4,
+                      socket.protocol, worker, workers);
+  sock_fprog fprog{static_cast<unsigned short>(program.size()), program.data()};
+  if (setsockopt(socket.fd, SOL_SOCKET, SO_ATTACH_FILTER, &fprog, sizeof fprog) != 0) {
+    return ErrnoStatus(errno, "receive steering filter");
+  }
+  // What queued between socket() and the filter came unfiltered, to every worker: only
+  // worker 0 keeps it, so nothing is handled twice (the agent has no tunnels yet then).
+  if (worker != 0) {
+    uint8_t byte;
+    while (recv(socket.fd, &byte, sizeof byte, MSG_DONTWAIT | MSG_TRUNC) >= 0) {
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<ReceiveSocket>> OpenReceiveSockets(int buffer_bytes, unsigned worker,
+                                                              unsigned workers) {
   std::vector<ReceiveSocket> sockets;
   for (const bool ipv6 : {false, true}) {
     if (ipv6 && !KernelHasIpv6()) break;  // the IPv4 modes still work
@@ -63,6 +85,10 @@ absl::StatusOr<std::vector<ReceiveSocket>> OpenReceiveSockets(int buffer_bytes) 
         return fd.status();
       }
       sockets.push_back(ReceiveSocket{*fd, ipv6, protocol});
+      if (absl::Status s = SteerReceiveSocket(sockets.back(), worker, workers); !s.ok()) {
+        CloseReceiveSockets(sockets);
+        return s;
+      }
     }
   }
   return sockets;
@@ -129,7 +155,7 @@ void FouPorts::Release(uint16_t port) {
 }
 
 absl::StatusOr<FouSocket*> FouPorts::Acquire(uint16_t port, uint8_t protocol, int buffer_bytes,
-                                             bool* opened) {
+                                             bool shared, bool* opened) {
   *opened = false;
   if (FouSocket* s = Find(port); s != nullptr) {
     if (s->users > 0 && s->protocol != protocol) {
@@ -149,6 +175,13 @@ absl::StatusOr<FouSocket*> FouPorts::Acquire(uint16_t port, uint8_t protocol, in
   }
   // UDP_GRO is an optimisation (Linux 5.0): without it every datagram comes on its own.
   setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof on);
+  // Each worker binds its own socket to the port; the kernel picks one per 4-tuple, and the
+  // sender's per-flow source ports make that a per-inner-flow spread.
+  if (shared && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) {
+    const int err = errno;
+    close(fd);
+    return ErrnoStatus(err, "fou receive socket SO_REUSEPORT");
+  }
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_port = htons(port);

@@ -92,7 +92,7 @@ class EpollEngine::Impl {
     // raw socket per family and protocol receives everything of that protocol addressed to us.
     if (absl::Status s = io_.Open(options_.socket_buffer_bytes); !s.ok()) return s;
     absl::StatusOr<std::vector<ReceiveSocket>> sockets =
-        OpenReceiveSockets(options_.socket_buffer_bytes);
+        OpenReceiveSockets(options_.socket_buffer_bytes, options_.worker, options_.workers);
     if (!sockets.ok()) return sockets.status();
     sockets_ = std::move(*sockets);
     socket_sources_.resize(sockets_.size());
@@ -469,7 +469,7 @@ class EpollEngine::Impl {
 
   absl::Status Add(const EngineTunnel& config) {
     absl::StatusOr<std::unique_ptr<TunnelDatapath>> path =
-        NewTunnelDatapath(config, tunnels_, by_match_, &io_);
+        NewTunnelDatapath(config, tunnels_, by_match_, &io_, options_.worker);
     if (!path.ok()) return path.status();
     auto tunnel = std::make_unique<TunnelRuntime>();
     tunnel->source.tunnel = tunnel.get();
@@ -480,20 +480,26 @@ class EpollEngine::Impl {
     const size_t capacity =
         DeviceBufferBytes(config.vnet_header ? 65535 : tunnel->path->max_frame());
     tunnel->read_size = static_cast<uint32_t>(capacity - kDeviceHeadroom);
-    // Reads must not block the one thread: the device is this engine's alone while it runs.
-    const int flags = fcntl(config.device_fd, F_GETFL);
-    if (flags < 0) return ErrnoStatus(errno, absl::StrCat("fcntl ", config.name));
-    tunnel->saved_flags = flags;
-    if ((flags & O_NONBLOCK) == 0 && fcntl(config.device_fd, F_SETFL, flags | O_NONBLOCK) != 0) {
-      return ErrnoStatus(errno, absl::StrCat("fcntl ", config.name));
+    // Reads must not block the one thread: the device (or the queue of it, with several
+    // workers) is this engine's alone while it runs. A worker that does not read the device
+    // shares the fd of the one that does, and leaves its flags alone.
+    tunnel->parked = !config.read_device;
+    if (config.read_device) {
+      const int flags = fcntl(config.device_fd, F_GETFL);
+      if (flags < 0) return ErrnoStatus(errno, absl::StrCat("fcntl ", config.name));
+      tunnel->saved_flags = flags;
+      if ((flags & O_NONBLOCK) == 0 &&
+          fcntl(config.device_fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+        return ErrnoStatus(errno, absl::StrCat("fcntl ", config.name));
+      }
     }
     if (tunnel->path->fou()) {
       bool opened = false;
       absl::StatusOr<FouSocket*> port =
           fou_ports_.Acquire(config.encap.udp_dport, FouProtocol(config.encap.mode),
-                             options_.socket_buffer_bytes, &opened);
+                             options_.socket_buffer_bytes, options_.workers > 1, &opened);
       if (!port.ok()) {
-        fcntl(config.device_fd, F_SETFL, flags);
+        Release(tunnel.get());
         return port.status();
       }
       if (opened) {
@@ -501,16 +507,18 @@ class EpollEngine::Impl {
         fou_sources_.back()->fou = *port;
         if (absl::Status s = Watch((*port)->fd, fou_sources_.back().get()); !s.ok()) {
           fou_ports_.Release(config.encap.udp_dport);
-          fcntl(config.device_fd, F_SETFL, flags);
+          Release(tunnel.get());
           return s;
         }
       }
       tunnel->fou_port = config.encap.udp_dport;
     }
-    if (absl::Status s = Watch(config.device_fd, &tunnel->source); !s.ok()) {
-      if (tunnel->fou_port != 0) fou_ports_.Release(tunnel->fou_port);
-      fcntl(config.device_fd, F_SETFL, flags);
-      return s;
+    if (config.read_device) {
+      if (absl::Status s = Watch(config.device_fd, &tunnel->source); !s.ok()) {
+        if (tunnel->fou_port != 0) fou_ports_.Release(tunnel->fou_port);
+        Release(tunnel.get());
+        return s;
+      }
     }
     by_match_.Insert(tunnel->path->match(), tunnel.get());
     tunnels_[config.name] = std::move(tunnel);
@@ -541,6 +549,7 @@ class EpollEngine::Impl {
   // Out of the epoll set, with the flags it came with.
   void Release(TunnelRuntime* tunnel) {
     Park(tunnel);
+    if (!tunnel->path->config().read_device) return;
     fcntl(tunnel->path->config().device_fd, F_SETFL, tunnel->saved_flags);
   }
 

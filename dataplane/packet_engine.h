@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -24,6 +25,8 @@ class Counter {
     value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
   uint64_t Get() const { return value_.load(std::memory_order_relaxed); }
+  // For a counter that holds a sum made by its one writer (a reader of other counters).
+  void Set(uint64_t value) { value_.store(value, std::memory_order_relaxed); }
 
  private:
   std::atomic<uint64_t> value_{0};
@@ -31,9 +34,10 @@ class Counter {
 
 using DropCounters = std::array<Counter, kDropReasonCount>;
 
-// Counters of one tunnel, as its device would show them (bytes are inner bytes), plus drops
-// by reason. Owned jointly by the control plane and the engine so they outlive removal races.
-struct TunnelCounters {
+// Counters of one tunnel that one dataplane worker writes, as its device would show them
+// (bytes are inner bytes), plus drops by reason. Each worker has its own (see TunnelStats),
+// on cache lines of its own, so the per-packet path shares nothing between workers.
+struct alignas(64) TunnelCounters {
   Counter tx_packets;
   Counter tx_bytes;
   Counter rx_packets;
@@ -41,9 +45,6 @@ struct TunnelCounters {
   DropCounters tx_drops;
   DropCounters rx_drops;
 
-  // What the engine observes about the tunnel, for its status and metrics.
-  // The largest inner packet (or frame) the underlay path carries whole; 0 = not known.
-  std::atomic<uint32_t> path_mtu{0};
   // Too-big packets answered with ICMP "fragmentation needed" / ICMPv6 "packet too big"
   // written back into the device, and packets sent as outer IPv4 fragments.
   Counter icmp_too_big_sent;
@@ -52,15 +53,47 @@ struct TunnelCounters {
   // than one received segment; the segments also count in rx_packets).
   Counter tx_super_packets;
   Counter rx_coalesced;
-  // Keepalive (only when configured): whether replies come back, and how many went each way.
-  std::atomic<bool> peer_alive{true};
+  // Keepalives (only when configured): sent, replies seen, and the peer's keepalives this
+  // agent sent back.
   Counter keepalive_sent;
   Counter keepalive_replies;
-  Counter keepalive_answered;  // the peer's keepalives this agent sent back
-  std::atomic<int64_t> last_keepalive_reply_unix_nanos{0};  // 0: none yet
+  Counter keepalive_answered;
 };
 
-// Counters of packets that matched no tunnel, or of the underlay sockets themselves.
+// Everything the engine reports about one tunnel: a TunnelCounters per worker, summed when
+// read (at scrape time, never on the packet path), and what the engine observes about the
+// tunnel as a whole. Owned jointly by the control plane and the engine so it outlives
+// removal races.
+class TunnelStats {
+ public:
+  explicit TunnelStats(size_t workers = 1);
+  TunnelStats(const TunnelStats&) = delete;
+  TunnelStats& operator=(const TunnelStats&) = delete;
+
+  size_t workers() const { return shards_.size(); }
+  // What worker `index` writes; only that worker's thread may.
+  TunnelCounters& worker(size_t index) { return *shards_[index]; }
+  const TunnelCounters& worker(size_t index) const { return *shards_[index]; }
+
+  // A counter summed over the workers, e.g. Sum(&TunnelCounters::rx_packets).
+  uint64_t Sum(Counter TunnelCounters::*counter) const;
+  // One drop reason, or every reason, of tx_drops or rx_drops summed over the workers.
+  uint64_t Sum(DropCounters TunnelCounters::*drops, DropReason reason) const;
+  uint64_t SumAll(DropCounters TunnelCounters::*drops) const;
+
+  // The largest inner packet (or frame) the underlay path carries whole; 0 = not known.
+  std::atomic<uint32_t> path_mtu{0};
+  // Keepalive (only when configured): whether replies come back, and when the last came.
+  // Any worker may see a reply; the one that sends keepalives reads the time.
+  std::atomic<bool> peer_alive{true};
+  std::atomic<int64_t> last_keepalive_reply_unix_nanos{0};  // 0: none yet
+
+ private:
+  std::vector<std::unique_ptr<TunnelCounters>> shards_;
+};
+
+// Counters of packets that matched no tunnel, or of the underlay sockets themselves. An engine
+// of several workers answers with their sum.
 struct DataplaneCounters {
   Counter rx_packets;  // everything received on the underlay sockets
   DropCounters drops;
@@ -87,7 +120,11 @@ struct EngineTunnel {
   // Keepalive period (zero: off) and the replies missed before the peer counts as gone.
   absl::Duration keepalive_interval = absl::ZeroDuration();
   uint32_t keepalive_retries = 3;
-  std::shared_ptr<TunnelCounters> counters;
+  // Needs at least as many workers as the engine has (PacketEngine::workers()).
+  std::shared_ptr<TunnelStats> counters;
+  // Whether this worker reads the device. A worker that does not still writes what it
+  // receives for the tunnel to device_fd (several workers may share one fd for writing).
+  bool read_device = true;
 };
 
 class PacketEngine {
@@ -102,6 +139,9 @@ class PacketEngine {
   virtual const DataplaneCounters& counters() const = 0;
   // "io_uring" or another backend's name, for logs and metrics.
   virtual const char* backend_name() const = 0;
+  // The threads moving packets, each with its own ring (or epoll set) and sockets; what the
+  // tunnels' TunnelStats must have room for.
+  virtual size_t workers() const { return 1; }
 };
 
 }  // namespace tunnelagent::dataplane

@@ -81,11 +81,11 @@ struct ifreq Request(const std::string& name, short flags) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Create(const std::string& name, Kind kind) {
-  return CreateWith(name, kind, /*offload=*/false);
+  return CreateWith(name, kind, /*offload=*/false, /*multi_queue=*/false);
 }
 
 absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::CreateWith(const std::string& name, Kind kind,
-                                                                 bool offload) {
+                                                                 bool offload, bool multi_queue) {
   if (absl::Status s = CheckName(name); !s.ok()) return s;
   offload = offload && kind == Kind::kTun;
   const std::string what = absl::StrCat("creating ", KindName(kind), " device ", name);
@@ -102,7 +102,8 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::CreateWith(const std::stri
   // IFF_TUN_EXCL makes the kernel refuse to attach to a device of this name that appeared
   // since the check above, so a device the agent did not create is never taken over.
   struct ifreq ifr = Request(name, static_cast<short>(KindFlag(kind) | IFF_NO_PI | IFF_TUN_EXCL |
-                                                      (offload ? IFF_VNET_HDR : 0)));
+                                                      (offload ? IFF_VNET_HDR : 0) |
+                                                      (multi_queue ? IFF_MULTI_QUEUE : 0)));
   if (ioctl(*fd, TUNSETIFF, &ifr) < 0) {
     const int err = errno;
     close(*fd);
@@ -122,6 +123,7 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::CreateWith(const std::stri
   }
   std::unique_ptr<TunDevice> device(
       new TunDevice(*fd, static_cast<int>(ifindex), name, kind, /*persistent=*/false));
+  device->multi_queue_ = multi_queue;
   if (offload) {
     if (absl::Status s = device->SetUpOffload(); !s.ok()) return s;
   }
@@ -130,7 +132,7 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::CreateWith(const std::stri
 
 absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Create(const std::string& name, Kind kind,
                                                              const CreateOptions& options) {
-  absl::StatusOr<std::unique_ptr<TunDevice>> device = CreateWith(name, kind, options.offload);
+  absl::StatusOr<std::unique_ptr<TunDevice>> device = CreateWith(name, kind, options.offload, options.multi_queue);
   if (!device.ok()) return device.status();
   // Until the end the device is not persistent, so returning early removes it.
   if (!options.alias.empty()) {
@@ -158,6 +160,36 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Attach(const std::string& 
 
 absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Attach(const std::string& name, Kind kind,
                                                              bool offload) {
+  return Attach(name, kind, offload, /*multi_queue=*/false);
+}
+
+absl::StatusOr<int> TunDevice::OpenQueue(const std::string& name, Kind kind, bool vnet_header,
+                                         int ifindex) {
+  if (absl::Status s = CheckName(name); !s.ok()) return s;
+  const std::string what = absl::StrCat("opening a queue of ", KindName(kind), " device ", name);
+  absl::StatusOr<int> fd = OpenTun(what);
+  if (!fd.ok()) return fd.status();
+  struct ifreq ifr = Request(name, static_cast<short>(KindFlag(kind) | IFF_NO_PI | IFF_MULTI_QUEUE |
+                                                      (vnet_header ? IFF_VNET_HDR : 0)));
+  if (ioctl(*fd, TUNSETIFF, &ifr) < 0) {
+    const int err = errno;
+    close(*fd);
+    if (err == EINVAL) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": the device has a single queue, or is of another kind"));
+    }
+    return StatusFromErrno(err, what);
+  }
+  // Had the device gone since, TUNSETIFF made a new one, which closing the fd removes again.
+  if (if_nametoindex(name.c_str()) != static_cast<unsigned>(ifindex)) {
+    close(*fd);
+    return absl::NotFoundError(absl::StrCat(what, ": the device is gone"));
+  }
+  return *fd;
+}
+
+absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Attach(const std::string& name, Kind kind,
+                                                             bool offload, bool multi_queue) {
   if (absl::Status s = CheckName(name); !s.ok()) return s;
   offload = offload && kind == Kind::kTun;
   const std::string what = absl::StrCat("attaching to ", KindName(kind), " device ", name);
@@ -170,9 +202,19 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Attach(const std::string& 
 
   // Without IFF_TUN_EXCL the kernel attaches to an existing TUN/TAP device of that name. The
   // flags it keeps (IFF_VNET_HDR among them) are the ones given now, whatever the last run used.
+  const short flags_wanted =
+      static_cast<short>(KindFlag(kind) | IFF_NO_PI | (offload ? IFF_VNET_HDR : 0));
   struct ifreq ifr =
-      Request(name, static_cast<short>(KindFlag(kind) | IFF_NO_PI | (offload ? IFF_VNET_HDR : 0)));
-  if (ioctl(*fd, TUNSETIFF, &ifr) < 0) {
+      Request(name, static_cast<short>(flags_wanted | (multi_queue ? IFF_MULTI_QUEUE : 0)));
+  int attached = ioctl(*fd, TUNSETIFF, &ifr);
+  if (attached < 0 && errno == EINVAL && multi_queue) {
+    // The kernel refuses a queue-count mismatch with EINVAL: a single-queue device, or
+    // another kind, which the plain attempt below tells apart.
+    multi_queue = false;
+    ifr = Request(name, flags_wanted);
+    attached = ioctl(*fd, TUNSETIFF, &ifr);
+  }
+  if (attached < 0) {
     const int err = errno;
     close(*fd);
     switch (err) {
@@ -216,6 +258,7 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Attach(const std::string& 
   }
   std::unique_ptr<TunDevice> device(
       new TunDevice(*fd, static_cast<int>(ifindex), name, kind, /*persistent=*/true));
+  device->multi_queue_ = multi_queue;
   if (offload) {
     if (absl::Status s = device->SetUpOffload(); !s.ok()) return s;
   } else {

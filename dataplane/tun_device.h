@@ -37,6 +37,9 @@ class TunDevice {
     Netlink* netlink = nullptr;
     // TUN only: see SetUpOffload.
     bool offload = false;
+    // IFF_MULTI_QUEUE: OpenQueue can add queues, one per dataplane worker; the kernel
+    // spreads what the host sends into the device over them by flow.
+    bool multi_queue = false;
   };
 
   // Creates the device `name` (IFF_NO_PI; exclusive: ALREADY_EXISTS when any link of that
@@ -59,6 +62,18 @@ class TunDevice {
   // As above, with the device's offloads as `offload` asks (see SetUpOffload).
   static absl::StatusOr<std::unique_ptr<TunDevice>> Attach(const std::string& name, Kind kind,
                                                            bool offload);
+  // As above, asking for IFF_MULTI_QUEUE when `multi_queue`. A device made without it (by an
+  // older run) is attached with one queue: multi_queue() says which it got. Note that a
+  // multi-queue device takes further fds while one is open, so "in use" is not detected.
+  static absl::StatusOr<std::unique_ptr<TunDevice>> Attach(const std::string& name, Kind kind,
+                                                           bool offload, bool multi_queue);
+
+  // Another queue of the multi-queue device `name` (of `kind`, with a virtio-net header
+  // when `vnet_header`), which must still be the device `ifindex`: a blocking fd the caller
+  // owns. Closing it removes the queue. FAILED_PRECONDITION when the device has one queue
+  // only, NOT_FOUND when it is gone.
+  static absl::StatusOr<int> OpenQueue(const std::string& name, Kind kind, bool vnet_header,
+                                       int ifindex);
 
   // Closes the fd. A device that is persistent at that moment (made so by CreateOptions,
   // SetPersistent(true), or opened with Attach) stays, with its addresses and routes, and can
@@ -76,6 +91,8 @@ class TunDevice {
   // Whether every read and write on fd() starts with a virtio-net header (IFF_VNET_HDR,
   // kVirtioNetHeaderLen bytes): true when offloads were asked for on a TUN device.
   bool offload() const { return offload_; }
+  // Whether the device has IFF_MULTI_QUEUE (see OpenQueue).
+  bool multi_queue() const { return multi_queue_; }
   // The TUNSETOFFLOAD features the kernel took: TUN_F_CSUM, TSO4/6, TSO_ECN, USO4/6 where the
   // kernel has them (6.2 on), so the host hands over unfinished checksums and 64 KiB TCP (and
   // UDP) super-packets for the reader to finish and split. 0 without offload.
@@ -90,12 +107,13 @@ class TunDevice {
   TunDevice(int fd, int ifindex, std::string name, Kind kind, bool persistent)
       : fd_(fd), ifindex_(ifindex), name_(std::move(name)), kind_(kind), persistent_(persistent) {}
   static absl::StatusOr<std::unique_ptr<TunDevice>> CreateWith(const std::string& name, Kind kind,
-                                                               bool offload);
+                                                               bool offload, bool multi_queue);
   // IFF_VNET_HDR was set on `fd`: sets the header size and the offload features.
   absl::Status SetUpOffload();
 
   int fd_;
   bool offload_ = false;
+  bool multi_queue_ = false;
   unsigned offload_features_ = 0;
   int ifindex_;
   std::string name_;

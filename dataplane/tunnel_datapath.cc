@@ -2,6 +2,7 @@
 
 #include <netinet/in.h>
 #include <netinet/udp.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -58,6 +59,9 @@ absl::Status UnderlayIo::Open(int buffer_bytes) {
   absl::StatusOr<int> fd = OpenUnderlaySocket(AF_INET, IPPROTO_RAW, buffer_bytes, "send");
   if (!fd.ok()) return fd.status();
   send4_ = *fd;
+  // Fragment IDs start at random, so workers (each with its own UnderlayIo) sending
+  // fragments to the same peer do not reuse each other's IDs within a reassembly timeout.
+  if (getrandom(&fragment_id_, sizeof fragment_id_, 0) != sizeof fragment_id_) fragment_id_ = 0;
   if (KernelHasIpv6()) {  // a kernel without IPv6 still carries the IPv4 modes
     fd = OpenUnderlaySocket(AF_INET6, IPPROTO_RAW, buffer_bytes, "IPv6 send");
     if (!fd.ok()) return fd.status();
@@ -145,8 +149,13 @@ TunnelDatapath::~TunnelDatapath() {
 
 absl::StatusOr<std::unique_ptr<TunnelDatapath>> TunnelDatapath::Create(const EngineTunnel& config,
                                                                        UnderlayIo* io,
-                                                                       absl::Time now) {
-  std::unique_ptr<TunnelDatapath> t(new TunnelDatapath(config, io));
+                                                                       absl::Time now,
+                                                                       unsigned worker) {
+  if (worker >= config.counters->workers()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tunnel ", config.name, ": its counters have no room for worker ", worker));
+  }
+  std::unique_ptr<TunnelDatapath> t(new TunnelDatapath(config, io, worker));
   if (io->send_fd(t->ipv6_) < 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("tunnel ", config.name, ": this kernel has no IPv6 for the underlay"));
@@ -177,12 +186,15 @@ absl::StatusOr<std::unique_ptr<TunnelDatapath>> TunnelDatapath::Create(const Eng
         "tunnel ", config.name, ": no route to the remote to take a source address from"));
   }
   t->next_probe_ = now + kProbeInterval;
-  if (config.keepalive_interval > absl::ZeroDuration()) t->next_keepalive_ = now;
+  // One worker sends the keepalives, so the peer sees one stream of them.
+  if (config.keepalive_interval > absl::ZeroDuration() && worker == 0) t->next_keepalive_ = now;
   return t;
 }
 
-TunnelDatapath::TunnelDatapath(const EngineTunnel& config, UnderlayIo* io)
-    : config_(config), io_(io), ipv6_(IsIpv6UnderlayMode(config.encap.mode)), encap_(config.encap) {
+TunnelDatapath::TunnelDatapath(const EngineTunnel& config, UnderlayIo* io, unsigned worker)
+    : config_(config),
+      counters_(&config.counters->worker(worker)),
+      io_(io), ipv6_(IsIpv6UnderlayMode(config.encap.mode)), encap_(config.encap) {
   fou_header_len_ = EncapIpUdpLen(encap_);
   match_ = TunnelMatch{config.encap.mode, config.has_input_key, config.encap.local,
                        config.encap.remote, config.has_input_key ? config.input_key : 0};
@@ -191,7 +203,8 @@ TunnelDatapath::TunnelDatapath(const EngineTunnel& config, UnderlayIo* io)
   max_frame_ = config.mtu + l2_header_;
   overhead_ = static_cast<uint32_t>(EncapHeaderLen(encap_)) + l2_header_;
   source_ = config.encap.local;
-  config_.counters->peer_alive.store(true, std::memory_order_relaxed);
+  if (worker == 0) config_.counters->peer_alive.store(true, std::memory_order_relaxed);
+  seen_keepalive_reply_ = config_.counters->last_keepalive_reply_unix_nanos.load();
 }
 
 void TunnelDatapath::RefreshPath() {
@@ -242,7 +255,7 @@ void TunnelDatapath::TransmitDone(uint8_t* frame, size_t len, int result) {
   const uint32_t failed = static_cast<uint32_t>(len - l2_header_);
   if (path_mtu_ == 0 || path_mtu_ >= failed) {
     path_mtu_ = failed > 1 ? failed - 1 : 1;
-    c.path_mtu.store(path_mtu_, std::memory_order_relaxed);
+    stats().path_mtu.store(path_mtu_, std::memory_order_relaxed);
   }
   HandleTooBig(frame, len);
 }
@@ -341,9 +354,9 @@ bool TunnelDatapath::AcceptReceived(const Decapsulated& d) {
     // ours, not the peer's stream's: it neither passes nor moves the receive window.
     c.keepalive_replies.Add();
     keepalives_outstanding_ = 0;
-    c.peer_alive.store(true, std::memory_order_relaxed);
-    c.last_keepalive_reply_unix_nanos.store(absl::ToUnixNanos(absl::Now()),
-                                            std::memory_order_relaxed);
+    stats().peer_alive.store(true, std::memory_order_relaxed);
+    stats().last_keepalive_reply_unix_nanos.store(absl::ToUnixNanos(absl::Now()),
+                                                  std::memory_order_relaxed);
     return false;
   }
   if (config_.input_sequence) {
@@ -495,8 +508,14 @@ absl::Time TunnelDatapath::Tick(absl::Time now) {
     next_probe_ = now + kProbeInterval;
   }
   if (now >= next_keepalive_) {
+    // A reply may have come to another worker: it leaves the time in the shared stats.
+    const int64_t last_reply = stats().last_keepalive_reply_unix_nanos.load();
+    if (last_reply != seen_keepalive_reply_) {
+      seen_keepalive_reply_ = last_reply;
+      keepalives_outstanding_ = 0;
+    }
     if (keepalives_outstanding_ >= config_.keepalive_retries) {
-      counters().peer_alive.store(false, std::memory_order_relaxed);
+      stats().peer_alive.store(false, std::memory_order_relaxed);
     }
     SendKeepalive();
     next_keepalive_ = now + config_.keepalive_interval;

@@ -81,13 +81,17 @@ class TunnelDatapath {
  public:
   ~TunnelDatapath();
   // Checks the tunnel against what the engine has (FAILED_PRECONDITION for an IPv6 tunnel when
-  // the kernel has no IPv6), resolves its source address and path MTU.
+  // the kernel has no IPv6), resolves its source address and path MTU. `worker` is the
+  // engine's index among the workers: which of the tunnel's counters it writes; worker 0 also
+  // sends the keepalives.
   static absl::StatusOr<std::unique_ptr<TunnelDatapath>> Create(const EngineTunnel& config,
-                                                                UnderlayIo* io, absl::Time now);
+                                                                UnderlayIo* io, absl::Time now,
+                                                                unsigned worker = 0);
 
   const EngineTunnel& config() const { return config_; }
   const TunnelMatch& match() const { return match_; }
-  TunnelCounters& counters() { return *config_.counters; }
+  TunnelCounters& counters() { return *counters_; }
+  TunnelStats& stats() { return *config_.counters; }
   bool ipv6_underlay() const { return ipv6_; }
   int send_fd() const { return io_->send_fd(ipv6_); }
   // Where outer packets go, for sendmsg's msg_name.
@@ -157,7 +161,7 @@ class TunnelDatapath {
   absl::Time Tick(absl::Time now);
 
  private:
-  TunnelDatapath(const EngineTunnel& config, UnderlayIo* io);
+  TunnelDatapath(const EngineTunnel& config, UnderlayIo* io, unsigned worker);
 
   void RefreshPath();
   // A frame longer than the path carries: ICMP error, fragments, or a drop.
@@ -168,6 +172,7 @@ class TunnelDatapath {
   bool IsPeerKeepalive(const Decapsulated& d) const;
 
   EngineTunnel config_;
+  TunnelCounters* counters_;  // this worker's
   UnderlayIo* io_;
   bool ipv6_ = false;
   TunnelMatch match_;
@@ -184,6 +189,7 @@ class TunnelDatapath {
   absl::Time next_probe_ = absl::InfinitePast();
   absl::Time next_keepalive_ = absl::InfiniteFuture();
   uint32_t keepalives_outstanding_ = 0;
+  int64_t seen_keepalive_reply_ = 0;  // stats().last_keepalive_reply_unix_nanos, as last read
   std::vector<int> fou_fds_;  // fou: connected UDP sockets, picked by the flow's source port
   size_t fou_header_len_ = 0;
   bool fou_gso_ = true;  // off after the kernel refused a UDP GSO send (EIO)
@@ -195,12 +201,13 @@ template <typename Tunnels, typename Table>
 absl::StatusOr<std::unique_ptr<TunnelDatapath>> NewTunnelDatapath(const EngineTunnel& config,
                                                                   const Tunnels& tunnels,
                                                                   const Table& by_match,
-                                                                  UnderlayIo* io) {
+                                                                  UnderlayIo* io,
+                                                                  unsigned worker = 0) {
   if (tunnels.contains(config.name)) {
     return absl::AlreadyExistsError(absl::StrCat("tunnel ", config.name, " exists"));
   }
   absl::StatusOr<std::unique_ptr<TunnelDatapath>> path =
-      TunnelDatapath::Create(config, io, absl::Now());
+      TunnelDatapath::Create(config, io, absl::Now(), worker);
   if (path.ok() && by_match.Contains((*path)->match())) {
     return absl::AlreadyExistsError(absl::StrCat(
         "another tunnel receives the same mode, local, remote and key as ", config.name));

@@ -195,7 +195,7 @@ class UringEngine::Impl {
     if (absl::Status s = io_.Open(options_.socket_buffer_bytes); !s.ok()) return s;
     // Raw sockets of a protocol see every packet of that protocol addressed to this host.
     absl::StatusOr<std::vector<ReceiveSocket>> sockets =
-        OpenReceiveSockets(options_.socket_buffer_bytes);
+        OpenReceiveSockets(options_.socket_buffer_bytes, options_.worker, options_.workers);
     if (!sockets.ok()) return sockets.status();
     sockets_ = std::move(*sockets);
 
@@ -939,7 +939,7 @@ class UringEngine::Impl {
 
   absl::Status Add(const EngineTunnel& config) {
     absl::StatusOr<std::unique_ptr<TunnelDatapath>> path =
-        NewTunnelDatapath(config, tunnels_, by_match_, &io_);
+        NewTunnelDatapath(config, tunnels_, by_match_, &io_, options_.worker);
     if (!path.ok()) return path.status();
     auto tunnel = std::make_unique<TunnelRuntime>();
     tunnel->path = std::move(*path);
@@ -948,7 +948,8 @@ class UringEngine::Impl {
     // With offloads, a read can be a 64 KiB super-packet.
     const size_t capacity =
         DeviceBufferBytes(config.vnet_header ? 65535 : tunnel->path->max_frame());
-    const unsigned depth = options_.device_reads_per_tunnel;
+    // A worker that does not read the device only writes to it, from its receive buffers.
+    const unsigned depth = config.read_device ? options_.device_reads_per_tunnel : 0;
     tunnel->memory.reset(new uint8_t[capacity * depth]);
     tunnel->slots.resize(depth);
     for (unsigned i = 0; i < depth; ++i) {
@@ -969,7 +970,7 @@ class UringEngine::Impl {
       bool opened = false;
       absl::StatusOr<FouSocket*> port =
           fou_ports_.Acquire(config.encap.udp_dport, FouProtocol(config.encap.mode),
-                             options_.socket_buffer_bytes, &opened);
+                             options_.socket_buffer_bytes, options_.workers > 1, &opened);
       if (!port.ok()) return port.status();
       if (opened) StartFouReceiver(*port);
       tunnel->fou_port = config.encap.udp_dport;

@@ -30,6 +30,11 @@ struct UringEngineOptions {
   unsigned receive_buffer_bytes = 65536;
   // SO_RCVBUF / SO_SNDBUF of the underlay sockets, so bursts are not dropped.
   int socket_buffer_bytes = 4 << 20;
+  // For one worker of several (see WorkerPool): its index, and how many there are. It takes
+  // only its share of received packets, writes its own counters, and worker 0 alone sends
+  // keepalives.
+  unsigned worker = 0;
+  unsigned workers = 1;
 };
 
 class UringEngine final : public PacketEngine {

@@ -387,9 +387,12 @@ class FakePacketEngine final : public dataplane::PacketEngine {
   }
   const dataplane::DataplaneCounters& counters() const override { return counters_; }
   const char* backend_name() const override { return "fake"; }
+  size_t workers() const override { return workers_; }
+  void set_workers(size_t workers) { workers_ = workers; }
 
  private:
   EventLog* const log_;
+  size_t workers_ = 1;
   std::map<std::string, dataplane::EngineTunnel> tunnels_;
   dataplane::DataplaneCounters counters_;
   int add_calls_ = 0;

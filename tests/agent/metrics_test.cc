@@ -58,7 +58,7 @@ class AgentMetricsTest : public ::testing::Test {
     }
     return std::nullopt;
   }
-  std::shared_ptr<dataplane::TunnelCounters> CountersOf(const std::string& name) const {
+  std::shared_ptr<dataplane::TunnelStats> CountersOf(const std::string& name) const {
     return engine_.tunnels().at(name).counters;
   }
 
@@ -74,8 +74,8 @@ TEST_F(AgentMetricsTest, PathMtuAndPmtuCountersForEveryTunnel) {
   ASSERT_TRUE(manager_.Create(Tunnel("gre1", TunnelMode::kGre, "203.0.113.7", 1)).ok());
   ASSERT_TRUE(manager_.Create(Tunnel("ipip1", TunnelMode::kIpip, "203.0.113.8", 2)).ok());
   CountersOf("gre1")->path_mtu.store(1436);
-  CountersOf("gre1")->icmp_too_big_sent.Add(3);
-  CountersOf("ipip1")->tx_fragmented.Add(2);
+  CountersOf("gre1")->worker(0).icmp_too_big_sent.Add(3);
+  CountersOf("ipip1")->worker(0).tx_fragmented.Add(2);
 
   EXPECT_EQ(TypeOf("tunnelagent_tunnel_path_mtu"), prometheus::MetricType::Gauge);
   EXPECT_EQ(TypeOf("tunnelagent_tunnel_icmp_too_big_total"), prometheus::MetricType::Counter);
@@ -93,11 +93,30 @@ TEST_F(AgentMetricsTest, PathMtuAndPmtuCountersForEveryTunnel) {
                                      {"tunnelagent_tunnel_tx_fragmented_total{tunnel=ipip1}", 2}}));
 }
 
+TEST_F(AgentMetricsTest, CountersAreSummedOverTheWorkers) {
+  engine_.set_workers(3);
+  ASSERT_TRUE(manager_.Create(Tunnel("gre1", TunnelMode::kGre, "203.0.113.7", 1)).ok());
+  ASSERT_EQ(CountersOf("gre1")->workers(), 3u);
+  EXPECT_EQ(Samples("tunnelagent_dataplane_workers"),
+            (std::map<std::string, double>{{"tunnelagent_dataplane_workers{}", 3}}));
+  CountersOf("gre1")->worker(0).rx_packets.Add(4);
+  CountersOf("gre1")->worker(2).rx_packets.Add(5);
+  CountersOf("gre1")->worker(1).rx_drops[static_cast<int>(dataplane::DropReason::kGreChecksum)].Add(2);
+  CountersOf("gre1")->worker(2).rx_drops[static_cast<int>(dataplane::DropReason::kGreChecksum)].Add(1);
+  EXPECT_EQ(Samples("tunnelagent_tunnel_rx_packets_total"),
+            (std::map<std::string, double>{{"tunnelagent_tunnel_rx_packets_total{tunnel=gre1}", 9}}));
+  EXPECT_EQ(Samples("tunnelagent_tunnel_drops_total")
+                ["tunnelagent_tunnel_drops_total{direction=rx,reason=" +
+                 std::string(dataplane::DropReasonName(dataplane::DropReason::kGreChecksum)) +
+                 ",tunnel=gre1}"],
+            3);
+}
+
 TEST_F(AgentMetricsTest, OffloadCountersForEveryTunnel) {
   ASSERT_TRUE(manager_.Create(Tunnel("gre1", TunnelMode::kGre, "203.0.113.7", 1)).ok());
   ASSERT_TRUE(manager_.Create(Tunnel("ipip1", TunnelMode::kIpip, "203.0.113.8", 2)).ok());
-  CountersOf("gre1")->tx_super_packets.Add(5);
-  CountersOf("ipip1")->rx_coalesced.Add(7);
+  CountersOf("gre1")->worker(0).tx_super_packets.Add(5);
+  CountersOf("ipip1")->worker(0).rx_coalesced.Add(7);
   EXPECT_EQ(TypeOf("tunnelagent_tunnel_tx_super_packets_total"), prometheus::MetricType::Counter);
   EXPECT_EQ(TypeOf("tunnelagent_tunnel_rx_coalesced_packets_total"),
             prometheus::MetricType::Counter);
@@ -119,9 +138,9 @@ TEST_F(AgentMetricsTest, KeepaliveSeriesOnlyForTunnelsWithKeepalive) {
   ASSERT_TRUE(manager_.Create(ka).ok());
   ASSERT_TRUE(manager_.Create(Tunnel("ipip1", TunnelMode::kIpip, "203.0.113.8", 2)).ok());
   const auto counters = CountersOf("gre1");
-  counters->keepalive_sent.Add(5);
-  counters->keepalive_replies.Add(4);
-  counters->keepalive_answered.Add(6);
+  counters->worker(0).keepalive_sent.Add(5);
+  counters->worker(0).keepalive_replies.Add(4);
+  counters->worker(0).keepalive_answered.Add(6);
 
   EXPECT_EQ(TypeOf("tunnelagent_tunnel_peer_alive"), prometheus::MetricType::Gauge);
   for (const char* name :

@@ -749,7 +749,7 @@ TEST_F(TunnelManagerTest, DestructorShutsDown) {
 
 TEST_F(TunnelManagerTest, StatusShowsTheEnginesCounters) {
   ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
-  dataplane::TunnelCounters& c = *engine_.tunnels().at("gre1").counters;
+  dataplane::TunnelCounters& c = engine_.tunnels().at("gre1").counters->worker(0);
   auto drop = [](dataplane::DropReason r) { return static_cast<size_t>(r); };
 
   c.tx_packets.Add(3);
@@ -1167,10 +1167,10 @@ TEST_F(TunnelManagerChangeTest, RestoreReplacesALeftBehindDeviceOfTheOtherKind) 
 TEST_F(TunnelManagerChangeTest, StatusCarriesPathMtuAndKeepaliveCounters) {
   TunnelSpec spec = Gre("gre1");
   ASSERT_TRUE(manager_->Create(spec).ok());
-  const std::shared_ptr<dataplane::TunnelCounters> counters = engine_.tunnels().at("gre1").counters;
+  const std::shared_ptr<dataplane::TunnelStats> counters = engine_.tunnels().at("gre1").counters;
   ASSERT_NE(counters, nullptr);
   counters->path_mtu.store(1400);
-  counters->keepalive_sent.Add(3);
+  counters->worker(0).keepalive_sent.Add(3);
   absl::StatusOr<TunnelView> view = manager_->Get("gre1");
   ASSERT_TRUE(view.ok());
   EXPECT_EQ(view->status.path_mtu, 1400u);
@@ -1179,8 +1179,8 @@ TEST_F(TunnelManagerChangeTest, StatusCarriesPathMtuAndKeepaliveCounters) {
   TunnelSpec patch;
   patch.keepalive = {absl::Seconds(10), 0};
   ASSERT_TRUE(manager_->Update("gre1", patch, {"keepalive"}, "").ok());
-  counters->keepalive_replies.Add(2);
-  counters->keepalive_answered.Add(1);
+  counters->worker(0).keepalive_replies.Add(2);
+  counters->worker(0).keepalive_answered.Add(1);
   counters->last_keepalive_reply_unix_nanos.store(1700000000'000000000);
   view = manager_->Get("gre1");
   ASSERT_TRUE(view->status.keepalive.has_value());
@@ -1937,7 +1937,7 @@ TEST_F(TunnelManagerChangeTest, RefreshStatesFollowsTheKeepalive) {
   spec.keepalive = {absl::Seconds(10), 0};
   ASSERT_TRUE(manager_->Create(spec).ok());
   ASSERT_TRUE(manager_->Create(Ipip("ipip1")).ok());
-  std::shared_ptr<dataplane::TunnelCounters> counters = engine_.tunnels().at("gre1").counters;
+  std::shared_ptr<dataplane::TunnelStats> counters = engine_.tunnels().at("gre1").counters;
   const uint64_t start = manager_->revision();
   manager_->RefreshStates();
   EXPECT_EQ(manager_->revision(), start) << "replies come back (or had no time to): no event";
@@ -1982,7 +1982,7 @@ TEST_F(TunnelManagerChangeTest, KeepaliveRetriesAreInTheReasonAndOffMeansNoVerdi
   TunnelSpec spec = Ipip("ipip1");
   spec.keepalive = {absl::Milliseconds(500), 7};
   ASSERT_TRUE(manager_->Create(spec).ok());
-  std::shared_ptr<dataplane::TunnelCounters> counters = engine_.tunnels().at("ipip1").counters;
+  std::shared_ptr<dataplane::TunnelStats> counters = engine_.tunnels().at("ipip1").counters;
   counters->peer_alive.store(false);
   manager_->RefreshStates();
   EXPECT_EQ(manager_->Get("ipip1")->status.reason,

@@ -24,6 +24,7 @@
 #   BENCH_JSON=FILE     also write the results as JSON
 #   BENCH_OUT=DIR       keep the raw iperf3 JSON, ping output and logs there
 #   BENCH_TIMEOUT=2400  seconds for the whole run; past that it stops and cleans up
+#   AGENT_FLAGS=        more tunnel-agent flags, e.g. --dataplane_workers=1
 set -uo pipefail
 SOURCE_DIR=${SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 BIN_DIR=${BIN_DIR:-$SOURCE_DIR/build/bin}
@@ -34,6 +35,7 @@ EXTRA_TUNNELS=${EXTRA_TUNNELS:-1000}
 PEERS=${PEERS:-"veth naive agent-gre agent-ipip agent-gre-udp"}
 SHARED_BENCH=${SHARED_BENCH:-$SOURCE_DIR/../shared/bench}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-2400}
+AGENT_FLAGS=${AGENT_FLAGS:-}
 PY=/usr/bin/python3
 PORT=5201
 UL_A=198.18.0.1
@@ -274,9 +276,12 @@ AGENTS_UP=
 agents_up() {
   [ -n "$AGENTS_UP" ] && return 0
   log "starting two tunnel-agents"
-  lab_start_agent A --max_tunnels=$((EXTRA_TUNNELS + 16))
-  lab_start_agent B --max_tunnels=$((EXTRA_TUNNELS + 16))
+  # shellcheck disable=SC2086  # AGENT_FLAGS is a list of flags
+  lab_start_agent A --max_tunnels=$((EXTRA_TUNNELS + 16)) $AGENT_FLAGS
+  # shellcheck disable=SC2086
+  lab_start_agent B --max_tunnels=$((EXTRA_TUNNELS + 16)) $AGENT_FLAGS
   AGENTS_UP=1
+  meta agent_flags "${AGENT_FLAGS:-(defaults)}"
   meta io_backend "$(lab_ctl A -o json info | jq -r '.ioBackend // "unknown"')"
   meta agent_version "$(lab_ctl A -o json info | jq -r '.version // "unknown"')"
   TUN_PIDS=("${LAB_PIDS[A]}" "${LAB_PIDS[B]}")

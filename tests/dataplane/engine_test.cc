@@ -30,8 +30,10 @@
 #include "dataplane/packet/gre.h"
 #include "dataplane/packet/ipv4.h"
 #include "dataplane/packet/offload.h"
+#include "dataplane/packet/receive_steering.h"
 #include "dataplane/tun_device.h"
 #include "dataplane/uring_engine.h"
+#include "dataplane/worker_pool.h"
 #include "gtest/gtest.h"
 
 namespace tunnelagent::dataplane {
@@ -160,14 +162,22 @@ enum class Backend { kUring, kEpoll };
 struct EngineParam {
   Backend backend;
   bool offload;
+  unsigned workers = 1;  // more than one: a WorkerPool of that many engines
 };
 
 std::string BackendName(const ::testing::TestParamInfo<EngineParam>& info) {
   return std::string(info.param.backend == Backend::kUring ? "IoUring" : "Epoll") +
-         (info.param.offload ? "Offload" : "");
+         (info.param.offload ? "Offload" : "") +
+         (info.param.workers > 1 ? "Workers" + std::to_string(info.param.workers) : "");
 }
 
-absl::StatusOr<std::unique_ptr<PacketEngine>> MakeEngine(Backend backend) {
+absl::StatusOr<std::unique_ptr<PacketEngine>> MakeEngine(Backend backend, unsigned workers = 1) {
+  if (workers > 1) {
+    UringEngineOptions options;
+    options.workers = workers;
+    return StartEngine(backend == Backend::kUring ? IoBackend::kUring : IoBackend::kEpoll, options,
+                       nullptr);
+  }
   if (backend == Backend::kUring) {
     auto engine = UringEngine::Start(UringEngineOptions{});
     if (!engine.ok()) return engine.status();
@@ -189,7 +199,7 @@ class EngineTest : public ::testing::TestWithParam<EngineParam> {
     ASSERT_TRUE(netlink_->SetLinkUp(lo->ifindex, true).ok());
     // 127.0.0.2 is ours too (all of 127/8 is local), which makes loopback a two-ended underlay.
 
-    auto engine = MakeEngine(GetParam().backend);
+    auto engine = MakeEngine(GetParam().backend, GetParam().workers);
     ASSERT_TRUE(engine.ok()) << engine.status();
     engine_ = *std::move(engine);
 
@@ -211,6 +221,7 @@ class EngineTest : public ::testing::TestWithParam<EngineParam> {
                  void (*customize)(EngineTunnel&) = nullptr) {
     TunDevice::CreateOptions options;
     options.offload = GetParam().offload;
+    options.multi_queue = GetParam().workers > 1;
     auto tun = TunDevice::Create("tun0", TunDevice::Kind::kTun, options);
     ASSERT_TRUE(tun.ok()) << tun.status();
     tun_ = *std::move(tun);
@@ -223,7 +234,7 @@ class EngineTest : public ::testing::TestWithParam<EngineParam> {
     ASSERT_TRUE(netlink_->SetLinkUp(ifindex, true).ok());
     ASSERT_TRUE(netlink_->AddRoute(ifindex, *IpPrefix::Parse("10.9.0.0/24")).ok());
 
-    counters_ = std::make_shared<TunnelCounters>();
+    counters_ = std::make_shared<TunnelStats>(engine_->workers());
     EngineTunnel t;
     t.name = "tun0";
     t.device_fd = tun_->fd();
@@ -258,7 +269,7 @@ class EngineTest : public ::testing::TestWithParam<EngineParam> {
   }
 
   uint64_t TunnelDrops(DropReason r) const {
-    return counters_->rx_drops[static_cast<int>(r)].Get();
+    return counters_->Sum(&TunnelCounters::rx_drops, r);
   }
 
   // Sends `payload` from 10.1.0.1 to 10.9.0.2, which the route hands to the device.
@@ -319,7 +330,7 @@ class EngineTest : public ::testing::TestWithParam<EngineParam> {
   // device before the device closes.
   std::unique_ptr<Netlink> netlink_;
   std::unique_ptr<TunDevice> tun_;
-  std::shared_ptr<TunnelCounters> counters_;
+  std::shared_ptr<TunnelStats> counters_;
   std::unique_ptr<PacketEngine> engine_;
   std::unique_ptr<Fd> gre_tap_, ipip_tap_, sender_;
 };
@@ -346,8 +357,8 @@ TEST_P(EngineTest, TransmitWrapsInGreWithKey) {
   EXPECT_EQ(gre.key, 0x01020304u);
   EXPECT_EQ(gre.protocol, kEtherTypeIpv4);
   EXPECT_EQ(gre_len, 8u);
-  EXPECT_TRUE(Eventually([&] { return counters_->tx_packets.Get() >= 1; }));
-  EXPECT_EQ(counters_->tx_bytes.Get(), counters_->tx_packets.Get() * (20 + 8 + 12));
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::tx_packets) >= 1; }));
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_bytes), counters_->Sum(&TunnelCounters::tx_packets) * (20 + 8 + 12));
 }
 
 TEST_P(EngineTest, ReceiveDeliversMatchingGreToDevice) {
@@ -359,8 +370,8 @@ TEST_P(EngineTest, ReceiveDeliversMatchingGreToDevice) {
   gre.protocol = kEtherTypeIpv4;
   SendOuter(Wrap(UdpPacket(kInnerFar, kInnerA, kPort, "hello-gre-rx"), kIpProtoGre, &gre));
   EXPECT_EQ(ReceiveUdp(*udp), "hello-gre-rx");
-  EXPECT_TRUE(Eventually([&] { return counters_->rx_packets.Get() == 1; }));
-  EXPECT_EQ(counters_->rx_bytes.Get(), 20u + 8 + 12);
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::rx_packets) == 1; }));
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::rx_bytes), 20u + 8 + 12);
 }
 
 TEST_P(EngineTest, WrongOrMissingKeyIsDroppedAndCounted) {
@@ -376,7 +387,7 @@ TEST_P(EngineTest, WrongOrMissingKeyIsDroppedAndCounted) {
   SendOuter(Wrap(UdpPacket(kInnerFar, kInnerA, kPort, "no-key"), kIpProtoGre, &keyless));
   EXPECT_TRUE(Eventually([&] { return EngineDrops(DropReason::kNoTunnel) == 2; }));
   EXPECT_EQ(ReceiveUdp(*udp, 200), "");
-  EXPECT_EQ(counters_->rx_packets.Get(), 0u);
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::rx_packets), 0u);
 }
 
 TEST_P(EngineTest, MalformedGreIsCountedByReasonAndTheLoopGoesOn) {
@@ -427,7 +438,7 @@ TEST_P(EngineTest, AddAndRemoveAreChecked) {
   clash.encap.mode = TunnelMode::kGre;
   clash.encap.local = kLocal;
   clash.encap.remote = kRemote;
-  clash.counters = std::make_shared<TunnelCounters>();
+  clash.counters = std::make_shared<TunnelStats>(engine_->workers());
   EXPECT_EQ(engine_->AddTunnel(clash).code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(engine_->RemoveTunnel("nope").code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(engine_->RemoveTunnel("tun0").ok());
@@ -500,7 +511,7 @@ TEST_P(EngineTest, InputChecksumAndSequenceAreEnforced) {
   EXPECT_EQ(ReceiveUdp(*udp), "seq-9");
   send("seq-wrapped", true, true, 10 + 0x80000000u);  // half the space ahead counts as behind
   EXPECT_TRUE(Eventually([&] { return TunnelDrops(DropReason::kGreSequence) == 3; }));
-  EXPECT_EQ(counters_->rx_packets.Get(), 2u);
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::rx_packets), 2u);
 }
 
 // Output sequence numbers start at 1 and increase per packet, as the kernel's o_seqno.
@@ -510,7 +521,7 @@ TEST_P(EngineTest, OutputSequenceNumbersIncrease) {
     const std::string payload = "seq-out-" + std::to_string(expected);
     SendInner(payload);
     std::vector<uint8_t> pkt = Capture(*gre_tap_, payload);
-    ASSERT_FALSE(pkt.empty()) << "sent " << counters_->tx_packets.Get();
+    ASSERT_FALSE(pkt.empty()) << "sent " << counters_->Sum(&TunnelCounters::tx_packets);
     GreHeader gre;
     size_t gre_len = 0;
     DropReason reason;
@@ -534,8 +545,8 @@ TEST_P(EngineTest, AnswersThePeersKeepalive) {
   GreHeader outer;
   outer.protocol = kEtherTypeIpv4;
   SendOuter(Wrap(home, kIpProtoGre, &outer));
-  EXPECT_TRUE(Eventually([&] { return counters_->keepalive_answered.Get() == 1; }));
-  EXPECT_EQ(counters_->rx_packets.Get(), 0u) << "not delivered to the device";
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::keepalive_answered) == 1; }));
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::rx_packets), 0u) << "not delivered to the device";
 }
 
 // Keepalives every 50 ms, 2 retries: with nobody answering the peer is gone; when the replies
@@ -547,7 +558,7 @@ TEST_P(EngineTest, KeepaliveDownWithoutRepliesUpWithThem) {
   });
   EXPECT_TRUE(counters_->peer_alive.load());
   EXPECT_TRUE(Eventually([&] { return !counters_->peer_alive.load(); }));
-  EXPECT_GE(counters_->keepalive_sent.Get(), 2u);
+  EXPECT_GE(counters_->Sum(&TunnelCounters::keepalive_sent), 2u);
   // Play the peer: take a keepalive off the wire and send its inner packet home.
   std::vector<uint8_t> buf(2048);
   bool replied = false;
@@ -568,7 +579,7 @@ TEST_P(EngineTest, KeepaliveDownWithoutRepliesUpWithThem) {
   }
   ASSERT_TRUE(replied);
   EXPECT_TRUE(Eventually([&] { return counters_->peer_alive.load(); }));
-  EXPECT_GE(counters_->keepalive_replies.Get(), 1u);
+  EXPECT_GE(counters_->Sum(&TunnelCounters::keepalive_replies), 1u);
   EXPECT_NE(counters_->last_keepalive_reply_unix_nanos.load(), 0);
 }
 
@@ -592,7 +603,7 @@ TEST_P(EngineTest, TooBigForThePathGetsFragNeededOrIsFragmented) {
   std::vector<uint8_t> reassembled = Capture(*gre_tap_, std::string(1350, 'p'));
   ASSERT_FALSE(reassembled.empty()) << "fragments did not arrive whole";
   EXPECT_EQ(reassembled.size(), 20u + 4 + 20 + 8 + 1350);
-  EXPECT_TRUE(Eventually([&] { return counters_->tx_fragmented.Get() == 1; }));
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::tx_fragmented) == 1; }));
 
   // Then as `ping -M do` would: DF set, the socket open to hear the answer (the host applies a
   // learned path MTU through the socket the ICMP error is about).
@@ -605,8 +616,8 @@ TEST_P(EngineTest, TooBigForThePathGetsFragNeededOrIsFragmented) {
   ASSERT_EQ(connect(udp.get(), reinterpret_cast<sockaddr*>(&dst), sizeof dst), 0);
   const std::string payload(1350, 'd');
   ASSERT_EQ(send(udp.get(), payload.data(), payload.size(), 0), 1350);
-  EXPECT_TRUE(Eventually([&] { return counters_->icmp_too_big_sent.Get() == 1; }));
-  EXPECT_EQ(counters_->tx_drops[static_cast<int>(DropReason::kTooBig)].Get(), 1u);
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::icmp_too_big_sent) == 1; }));
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_drops, DropReason::kTooBig), 1u);
   EXPECT_TRUE(Eventually([&] {
     int mtu = 0;
     socklen_t len = sizeof mtu;
@@ -636,7 +647,7 @@ TEST_P(EngineTest, Ip6greBothWays) {
 
   SendInner("hello-ip6gre-tx");
   std::vector<uint8_t> pkt = Capture(tap, "hello-ip6gre-tx");
-  ASSERT_FALSE(pkt.empty()) << "sent " << counters_->tx_packets.Get();
+  ASSERT_FALSE(pkt.empty()) << "sent " << counters_->Sum(&TunnelCounters::tx_packets);
   GreHeader gre;
   size_t gre_len = 0;
   DropReason reason;
@@ -669,7 +680,7 @@ TEST_P(EngineTest, Ip6greBothWays) {
                    reinterpret_cast<sockaddr*>(&to), sizeof to),
             static_cast<ssize_t>(payload.size()));
   EXPECT_EQ(ReceiveUdp(*udp), "hello-ip6gre-rx");
-  EXPECT_TRUE(Eventually([&] { return counters_->rx_packets.Get() == 1; }));
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::rx_packets) == 1; }));
 }
 
 // encap fou (GRE-in-UDP, RFC 8086): sent through a UDP socket to port 4754, received on the
@@ -701,7 +712,7 @@ TEST_P(EngineTest, FouTransmitIsGreInUdp) {
   EXPECT_EQ(gre.key, 9u);
   EXPECT_EQ(gre.protocol, kEtherTypeIpv4);
   EXPECT_EQ(LoadBe32(udp + 8 + gre_len + 16), kInnerFar);
-  EXPECT_TRUE(Eventually([&] { return counters_->tx_packets.Get() == 1; }));
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::tx_packets) == 1; }));
 }
 
 TEST_P(EngineTest, FouReceiveDeliversGreInUdp) {
@@ -718,7 +729,7 @@ TEST_P(EngineTest, FouReceiveDeliversGreInUdp) {
                    sizeof to),
             static_cast<ssize_t>(payload.size()));
   EXPECT_EQ(ReceiveUdp(*inner_socket), "hello-fou-rx");
-  EXPECT_TRUE(Eventually([&] { return counters_->rx_packets.Get() == 1; }));
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::rx_packets) == 1; }));
   // Junk on the port is counted, not delivered.
   const uint8_t junk[] = {0x01, 0x02, 0x03};
   ASSERT_EQ(sendto(peer.get(), junk, sizeof junk, 0, reinterpret_cast<sockaddr*>(&to), sizeof to),
@@ -730,7 +741,129 @@ INSTANTIATE_TEST_SUITE_P(Backends, EngineTest,
                          ::testing::Values(EngineParam{Backend::kUring, false},
                                            EngineParam{Backend::kEpoll, false},
                                            EngineParam{Backend::kUring, true},
-                                           EngineParam{Backend::kEpoll, true}),
+                                           EngineParam{Backend::kEpoll, true},
+                                           EngineParam{Backend::kUring, false, 2},
+                                           EngineParam{Backend::kEpoll, true, 2}),
+                         BackendName);
+
+// Several workers (a WorkerPool): each packet handled by exactly one worker, and the work
+// spread between them.
+class PoolEngineTest : public EngineTest {
+ protected:
+  WorkerPool& pool() { return *static_cast<WorkerPool*>(engine_.get()); }
+
+  // A UDP datagram from the far side to the bound socket, its flow told apart by `sport`.
+  static std::vector<uint8_t> FlowPacket(uint16_t sport, const std::string& payload) {
+    std::vector<uint8_t> inner = UdpPacket(kInnerFar, kInnerA, kPort, payload);
+    inner[kIpv4HeaderLen] = sport >> 8;
+    inner[kIpv4HeaderLen + 1] = sport & 0xff;
+    return inner;
+  }
+};
+
+TEST_P(PoolEngineTest, ReceivedFlowsAreSpreadAndEachPacketTakenOnce) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/true, 77);
+  auto udp = BoundUdp();
+  GreHeader gre;
+  gre.protocol = kEtherTypeIpv4;
+  gre.has_key = true;
+  gre.key = 77;
+  constexpr int kFlows = 200;
+  std::vector<uint64_t> expected(engine_->workers());
+  for (int i = 0; i < kFlows; ++i) {
+    std::vector<uint8_t> outer = Wrap(FlowPacket(20000 + i, "spread"), kIpProtoGre, &gre);
+    ++expected[SteeringWorker(SteeringSocket::kIpv4, kIpProtoGre, outer.data(), outer.size(),
+                              static_cast<unsigned>(engine_->workers()))];
+    SendOuter(outer);
+  }
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::rx_packets) == kFlows; }));
+  for (size_t w = 0; w < engine_->workers(); ++w) {
+    EXPECT_EQ(counters_->worker(w).rx_packets.Get(), expected[w]) << "worker " << w;
+    EXPECT_GT(expected[w], 0u) << "worker " << w << " got no flow of " << kFlows;
+  }
+  // Nothing came twice: the underlay sockets together saw each packet once.
+  EXPECT_EQ(engine_->counters().rx_packets.Get(), static_cast<uint64_t>(kFlows));
+  int delivered = 0;
+  while (!ReceiveUdp(*udp, 200).empty()) ++delivered;
+  EXPECT_EQ(delivered, kFlows);
+}
+
+TEST_P(PoolEngineTest, GarbageIsCountedOnceByWorkerZero) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false);
+  GreHeader gre;
+  gre.protocol = kEtherTypeIpv4;
+  std::vector<uint8_t> outer = Wrap(FlowPacket(1, "cut short"), kIpProtoGre, &gre);
+  outer.resize(kIpv4HeaderLen + 4 + 10);  // inside the inner header
+  Ipv4Header ip;
+  ip.total_len = static_cast<uint16_t>(outer.size());
+  ip.ttl = 64;
+  ip.protocol = kIpProtoGre;
+  ip.src = kRemote;
+  ip.dst = kLocal;
+  WriteIpv4Header(ip, outer.data());
+  for (int i = 0; i < 10; ++i) SendOuter(outer);
+  EXPECT_TRUE(Eventually([&] { return engine_->counters().rx_packets.Get() == 10; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(engine_->counters().rx_packets.Get(), 10u);
+}
+
+TEST_P(PoolEngineTest, EachWorkerReadsAQueueOfTheDevice) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false);
+  EXPECT_EQ(pool().DeviceQueues("tun0"), engine_->workers());
+  constexpr int kFlows = 100;
+  for (int i = 0; i < kFlows; ++i) {
+    Fd sender(socket(AF_INET, SOCK_DGRAM, 0));
+    sockaddr_in src = Addr(kInnerA, static_cast<uint16_t>(30000 + i));
+    ASSERT_EQ(bind(sender.get(), reinterpret_cast<sockaddr*>(&src), sizeof src), 0);
+    sockaddr_in dst = Addr(kInnerFar, kPort);
+    ASSERT_EQ(sendto(sender.get(), "q", 1, 0, reinterpret_cast<sockaddr*>(&dst), sizeof dst), 1);
+  }
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::tx_packets) == kFlows; }));
+  for (size_t w = 0; w < engine_->workers(); ++w) {
+    EXPECT_GT(counters_->worker(w).tx_packets.Get(), 0u) << "worker " << w << " sent nothing";
+  }
+}
+
+TEST_P(PoolEngineTest, SequencedTunnelIsSentByOneWorkerInOrder) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false, 0, [](EngineTunnel& t) { t.encap.sequence = true; });
+  EXPECT_EQ(pool().DeviceQueues("tun0"), 1u);
+  for (int i = 0; i < 20; ++i) {
+    Fd sender(socket(AF_INET, SOCK_DGRAM, 0));
+    sockaddr_in src = Addr(kInnerA, static_cast<uint16_t>(31000 + i));
+    ASSERT_EQ(bind(sender.get(), reinterpret_cast<sockaddr*>(&src), sizeof src), 0);
+    sockaddr_in dst = Addr(kInnerFar, kPort);
+    const std::string payload = "seq-" + std::to_string(i);
+    ASSERT_EQ(sendto(sender.get(), payload.data(), payload.size(), 0,
+                     reinterpret_cast<sockaddr*>(&dst), sizeof dst),
+              static_cast<ssize_t>(payload.size()));
+    std::vector<uint8_t> pkt = Capture(*gre_tap_, payload);
+    ASSERT_FALSE(pkt.empty()) << payload;
+    // The sequence number follows the 4-byte base header (no key, no checksum).
+    EXPECT_EQ(LoadBe32(pkt.data() + kIpv4HeaderLen + 4), static_cast<uint32_t>(i + 1));
+  }
+  EXPECT_EQ(counters_->worker(0).tx_packets.Get(), 20u);
+}
+
+TEST_P(PoolEngineTest, TunnelStatsMustHaveRoomForEveryWorker) {
+  TunDevice::CreateOptions options;
+  options.multi_queue = true;
+  auto tun = TunDevice::Create("tun1", TunDevice::Kind::kTun, options);
+  ASSERT_TRUE(tun.ok()) << tun.status();
+  EngineTunnel t;
+  t.name = "tun1";
+  t.device_fd = (*tun)->fd();
+  t.mtu = 1400;
+  t.encap.mode = TunnelMode::kIpip;
+  t.encap.local = kLocal;
+  t.encap.remote = kRemote;
+  t.counters = std::make_shared<TunnelStats>(1);
+  EXPECT_EQ(engine_->AddTunnel(t).code(), absl::StatusCode::kInvalidArgument);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, PoolEngineTest,
+                         ::testing::Values(EngineParam{Backend::kUring, false, 2},
+                                           EngineParam{Backend::kEpoll, false, 2},
+                                           EngineParam{Backend::kUring, true, 3}),
                          BackendName);
 
 // TUN offloads on both engines: what only a device with a virtio-net header does.
@@ -833,8 +966,8 @@ TEST_P(OffloadEngineTest, SplitsATcpSuperPacketFromTheDevice) {
     EXPECT_EQ(inner[33], i == 2 ? 0x18 : 0x10) << "PSH on the last segment only";
     EXPECT_TRUE(TcpChecksumOk(inner, 1040));
   }
-  EXPECT_TRUE(Eventually([&] { return counters_->tx_packets.Get() == 3; }));
-  EXPECT_EQ(counters_->tx_super_packets.Get(), 1u);
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::tx_packets) == 3; }));
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_super_packets), 1u);
 }
 
 // Received TCP segments of one flow reach the host in order and whole, coalesced or not (how
@@ -882,8 +1015,8 @@ TEST_P(OffloadEngineTest, ReceivedTcpSegmentsReachTheHostWhole) {
     next_seq += static_cast<uint32_t>(n - 40);
   }
   EXPECT_EQ(seen, stream);
-  EXPECT_TRUE(Eventually([&] { return counters_->rx_packets.Get() == kSegments; }));
-  EXPECT_EQ(counters_->rx_bytes.Get(), kSegments * 1240u);
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::rx_packets) == kSegments; }));
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::rx_bytes), kSegments * 1240u);
 }
 
 // The same super-packet through a fou tunnel leaves as one UDP GSO send of three GRE-in-UDP
@@ -908,13 +1041,15 @@ TEST_P(OffloadEngineTest, FouSendsASuperPacketAsUdpGso) {
   for (char c : {'A', 'B', 'C'}) {
     EXPECT_NE(seen.find(std::string(1000, c)), std::string::npos) << c;
   }
-  EXPECT_TRUE(Eventually([&] { return counters_->tx_packets.Get() == 3; }));
-  EXPECT_EQ(counters_->tx_super_packets.Get(), 1u);
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::tx_packets) == 3; }));
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_super_packets), 1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, OffloadEngineTest,
                          ::testing::Values(EngineParam{Backend::kUring, true},
-                                           EngineParam{Backend::kEpoll, true}),
+                                           EngineParam{Backend::kEpoll, true},
+                                           EngineParam{Backend::kUring, true, 2},
+                                           EngineParam{Backend::kEpoll, true, 2}),
                          BackendName);
 
 }  // namespace

@@ -79,6 +79,7 @@ while read -r name type labels; do
 done <<'EOF'
 tunnelagent_build_info gauge io_backend,version
 tunnelagent_dataplane_io_uring_fallback gauge -
+tunnelagent_dataplane_workers gauge -
 tunnelagent_tunnels gauge mode,state
 tunnelagent_tunnel_up gauge tunnel
 tunnelagent_tunnel_tx_packets_total counter tunnel
@@ -101,7 +102,7 @@ tunnelagent_grpc_requests_total counter code,method
 tunnelagent_grpc_request_duration_seconds histogram le,method
 tunnelagent_grpc_streams_active gauge method
 EOF
-lab_ok "all 21 metrics of the table, with their types and labels"
+lab_ok "all 22 metrics of the table, with their types and labels"
 
 m() { awk -v s="$1" '$1 == s && !found { print $2; found = 1 }' "$RUN/A.metrics"; }
 for series in \
