@@ -49,13 +49,15 @@ absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::AttachDevice(const st
   if (!dataplane::IsAgentDevice(*link)) {
     return absl::NotFoundError(absl::StrCat("no device of the agent's named ", name));
   }
-  absl::StatusOr<std::unique_ptr<TunDevice>> tun = TunDevice::Attach(name, kind, offload_, multi_queue_);
+  absl::StatusOr<std::unique_ptr<TunDevice>> tun =
+      TunDevice::Attach(name, kind, offload_, multi_queue_);
   if (absl::IsFailedPrecondition(tun.status())) {
     // Either in use, or the other kind (the tunnel's mode changed between TUN and TAP while
     // the device was left behind). Only in the second case can it be opened as the other
     // kind; then it is the agent's and useless for this mode: it goes.
     const DeviceKind other = kind == DeviceKind::kTun ? DeviceKind::kTap : DeviceKind::kTun;
-    if (absl::StatusOr<std::unique_ptr<TunDevice>> wrong = TunDevice::Attach(name, other, false, multi_queue_);
+    if (absl::StatusOr<std::unique_ptr<TunDevice>> wrong =
+            TunDevice::Attach(name, other, false, multi_queue_);
         wrong.ok()) {
       (*wrong)->SetPersistent(false).IgnoreError();  // closing the fd now removes it
       wrong->reset();

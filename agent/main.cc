@@ -96,8 +96,7 @@ dataplane::UringEngineOptions EngineOptionsFromFlags() {
   if (options.workers == 0) {
     cpu_set_t cpus;
     CPU_ZERO(&cpus);
-    const int allowed =
-        sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+    const int allowed = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
     options.workers = static_cast<unsigned>(std::clamp(allowed, 1, 16));
   }
   return options;

@@ -193,19 +193,26 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
     static const dataplane::TunnelStats kNoTraffic;
     const dataplane::TunnelStats& c = counters != nullptr ? *counters : kNoTraffic;
     using dataplane::TunnelCounters;
-    AddSample(tx_packets, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::tx_packets)));
+    AddSample(tx_packets, {{"tunnel", name}},
+              static_cast<double>(c.Sum(&TunnelCounters::tx_packets)));
     AddSample(tx_bytes, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::tx_bytes)));
-    AddSample(rx_packets, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::rx_packets)));
+    AddSample(rx_packets, {{"tunnel", name}},
+              static_cast<double>(c.Sum(&TunnelCounters::rx_packets)));
     AddSample(rx_bytes, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::rx_bytes)));
     AddDrops(drops, name, "tx", c, &TunnelCounters::tx_drops, kTxReasons);
     AddDrops(drops, name, "rx", c, &TunnelCounters::rx_drops, kRxReasons);
     AddSample(path_mtu, {{"tunnel", name}}, c.path_mtu.load(std::memory_order_relaxed));
-    AddSample(icmp_too_big, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::icmp_too_big_sent)));
-    AddSample(tx_fragmented, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::tx_fragmented)));
-    AddSample(tx_super_packets, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::tx_super_packets)));
-    AddSample(rx_coalesced, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::rx_coalesced)));
+    AddSample(icmp_too_big, {{"tunnel", name}},
+              static_cast<double>(c.Sum(&TunnelCounters::icmp_too_big_sent)));
+    AddSample(tx_fragmented, {{"tunnel", name}},
+              static_cast<double>(c.Sum(&TunnelCounters::tx_fragmented)));
+    AddSample(tx_super_packets, {{"tunnel", name}},
+              static_cast<double>(c.Sum(&TunnelCounters::tx_super_packets)));
+    AddSample(rx_coalesced, {{"tunnel", name}},
+              static_cast<double>(c.Sum(&TunnelCounters::rx_coalesced)));
     if (spec.keepalive.enabled()) {
-      AddSample(keepalive_sent, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::keepalive_sent)));
+      AddSample(keepalive_sent, {{"tunnel", name}},
+                static_cast<double>(c.Sum(&TunnelCounters::keepalive_sent)));
       AddSample(keepalive_replies, {{"tunnel", name}},
                 static_cast<double>(c.Sum(&TunnelCounters::keepalive_replies)));
       AddSample(keepalive_answered, {{"tunnel", name}},

@@ -871,7 +871,8 @@ absl::Status TunnelManager::BringUp(Entry& entry) {
 }
 
 absl::Status TunnelManager::StartDataplane(Entry& entry) {
-  entry.counters = entry.counters ? entry.counters : std::make_shared<dataplane::TunnelStats>(engine_->workers());
+  entry.counters = entry.counters ? entry.counters
+                                  : std::make_shared<dataplane::TunnelStats>(engine_->workers());
   absl::Status status =
       engine_->AddTunnel(EngineTunnelFor(entry.spec, *entry.device, entry.mtu, entry.counters));
   entry.in_engine = status.ok();

@@ -1,7 +1,7 @@
 #include "dataplane/engine_support.h"
 
-#include <netinet/in.h>
 #include <linux/filter.h>
+#include <netinet/in.h>
 #include <netinet/udp.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -55,8 +55,8 @@ absl::StatusOr<int> OpenUnderlaySocket(int family, int protocol, int buffer_byte
 absl::Status SteerReceiveSocket(const ReceiveSocket& socket, unsigned worker, unsigned workers) {
   if (workers <= 1) return absl::OkStatus();
   std::vector<sock_filter> program =
-      SteeringProgram(socket.ipv6 ? SteeringSocket::kIpv6 : SteeringSocket::kIpv4,
-                      socket.protocol, worker, workers);
+      SteeringProgram(socket.ipv6 ? SteeringSocket::kIpv6 : SteeringSocket::kIpv4, socket.protocol,
+                      worker, workers);
   sock_fprog fprog{static_cast<unsigned short>(program.size()), program.data()};
   if (setsockopt(socket.fd, SOL_SOCKET, SO_ATTACH_FILTER, &fprog, sizeof fprog) != 0) {
     return ErrnoStatus(errno, "receive steering filter");

@@ -62,8 +62,7 @@ struct ReceiveSocket {
 // IPv6; closed by CloseReceiveSockets. With several workers, each worker's sockets carry a
 // steering filter (SteeringProgram): every packet reaches exactly one worker, chosen by its
 // inner flow, rather than a copy reaching each.
-absl::StatusOr<std::vector<ReceiveSocket>> OpenReceiveSockets(int buffer_bytes,
-                                                              unsigned worker = 0,
+absl::StatusOr<std::vector<ReceiveSocket>> OpenReceiveSockets(int buffer_bytes, unsigned worker = 0,
                                                               unsigned workers = 1);
 void CloseReceiveSockets(std::vector<ReceiveSocket>& sockets);
 
@@ -98,8 +97,8 @@ class FouPorts {
   // A user more of the socket for `port` carrying `protocol`, opened when new (*opened set);
   // FAILED_PRECONDITION when tunnels use the port for another protocol, or it cannot be bound.
   // `shared`: the workers of one engine each bind the port (SO_REUSEPORT).
-  absl::StatusOr<FouSocket*> Acquire(uint16_t port, uint8_t protocol, int buffer_bytes,
-                                     bool shared, bool* opened);
+  absl::StatusOr<FouSocket*> Acquire(uint16_t port, uint8_t protocol, int buffer_bytes, bool shared,
+                                     bool* opened);
   void Release(uint16_t port);
   FouSocket* Find(uint16_t port);
 

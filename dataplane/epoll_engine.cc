@@ -488,8 +488,7 @@ class EpollEngine::Impl {
       const int flags = fcntl(config.device_fd, F_GETFL);
       if (flags < 0) return ErrnoStatus(errno, absl::StrCat("fcntl ", config.name));
       tunnel->saved_flags = flags;
-      if ((flags & O_NONBLOCK) == 0 &&
-          fcntl(config.device_fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+      if ((flags & O_NONBLOCK) == 0 && fcntl(config.device_fd, F_SETFL, flags | O_NONBLOCK) != 0) {
         return ErrnoStatus(errno, absl::StrCat("fcntl ", config.name));
       }
     }

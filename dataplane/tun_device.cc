@@ -101,9 +101,9 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::CreateWith(const std::stri
 
   // IFF_TUN_EXCL makes the kernel refuse to attach to a device of this name that appeared
   // since the check above, so a device the agent did not create is never taken over.
-  struct ifreq ifr = Request(name, static_cast<short>(KindFlag(kind) | IFF_NO_PI | IFF_TUN_EXCL |
-                                                      (offload ? IFF_VNET_HDR : 0) |
-                                                      (multi_queue ? IFF_MULTI_QUEUE : 0)));
+  struct ifreq ifr = Request(
+      name, static_cast<short>(KindFlag(kind) | IFF_NO_PI | IFF_TUN_EXCL |
+                               (offload ? IFF_VNET_HDR : 0) | (multi_queue ? IFF_MULTI_QUEUE : 0)));
   if (ioctl(*fd, TUNSETIFF, &ifr) < 0) {
     const int err = errno;
     close(*fd);
@@ -132,7 +132,8 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::CreateWith(const std::stri
 
 absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Create(const std::string& name, Kind kind,
                                                              const CreateOptions& options) {
-  absl::StatusOr<std::unique_ptr<TunDevice>> device = CreateWith(name, kind, options.offload, options.multi_queue);
+  absl::StatusOr<std::unique_ptr<TunDevice>> device =
+      CreateWith(name, kind, options.offload, options.multi_queue);
   if (!device.ok()) return device.status();
   // Until the end the device is not persistent, so returning early removes it.
   if (!options.alias.empty()) {

@@ -152,8 +152,8 @@ absl::StatusOr<std::unique_ptr<TunnelDatapath>> TunnelDatapath::Create(const Eng
                                                                        absl::Time now,
                                                                        unsigned worker) {
   if (worker >= config.counters->workers()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tunnel ", config.name, ": its counters have no room for worker ", worker));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tunnel ", config.name, ": its counters have no room for worker ", worker));
   }
   std::unique_ptr<TunnelDatapath> t(new TunnelDatapath(config, io, worker));
   if (io->send_fd(t->ipv6_) < 0) {
@@ -194,7 +194,9 @@ absl::StatusOr<std::unique_ptr<TunnelDatapath>> TunnelDatapath::Create(const Eng
 TunnelDatapath::TunnelDatapath(const EngineTunnel& config, UnderlayIo* io, unsigned worker)
     : config_(config),
       counters_(&config.counters->worker(worker)),
-      io_(io), ipv6_(IsIpv6UnderlayMode(config.encap.mode)), encap_(config.encap) {
+      io_(io),
+      ipv6_(IsIpv6UnderlayMode(config.encap.mode)),
+      encap_(config.encap) {
   fou_header_len_ = EncapIpUdpLen(encap_);
   match_ = TunnelMatch{config.encap.mode, config.has_input_key, config.encap.local,
                        config.encap.remote, config.has_input_key ? config.input_key : 0};

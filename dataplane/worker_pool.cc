@@ -38,8 +38,8 @@ WorkerPool::~WorkerPool() {
 
 absl::Status WorkerPool::AddTunnel(const EngineTunnel& tunnel) {
   if (!tunnel.counters || tunnel.counters->workers() < workers_.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("tunnel ", tunnel.name, ": its counters need ",
-                                                   workers_.size(), " workers"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tunnel ", tunnel.name, ": its counters need ", workers_.size(), " workers"));
   }
   absl::MutexLock lock(&mu_);
   if (tunnels_.contains(tunnel.name)) {

@@ -101,15 +101,20 @@ TEST_F(AgentMetricsTest, CountersAreSummedOverTheWorkers) {
             (std::map<std::string, double>{{"tunnelagent_dataplane_workers{}", 3}}));
   CountersOf("gre1")->worker(0).rx_packets.Add(4);
   CountersOf("gre1")->worker(2).rx_packets.Add(5);
-  CountersOf("gre1")->worker(1).rx_drops[static_cast<int>(dataplane::DropReason::kGreChecksum)].Add(2);
-  CountersOf("gre1")->worker(2).rx_drops[static_cast<int>(dataplane::DropReason::kGreChecksum)].Add(1);
-  EXPECT_EQ(Samples("tunnelagent_tunnel_rx_packets_total"),
-            (std::map<std::string, double>{{"tunnelagent_tunnel_rx_packets_total{tunnel=gre1}", 9}}));
-  EXPECT_EQ(Samples("tunnelagent_tunnel_drops_total")
-                ["tunnelagent_tunnel_drops_total{direction=rx,reason=" +
-                 std::string(dataplane::DropReasonName(dataplane::DropReason::kGreChecksum)) +
-                 ",tunnel=gre1}"],
-            3);
+  CountersOf("gre1")->worker(1).rx_drops[static_cast<int>(dataplane::DropReason::kGreChecksum)].Add(
+      2);
+  CountersOf("gre1")->worker(2).rx_drops[static_cast<int>(dataplane::DropReason::kGreChecksum)].Add(
+      1);
+  EXPECT_EQ(
+      Samples("tunnelagent_tunnel_rx_packets_total"),
+      (std::map<std::string, double>{{"tunnelagent_tunnel_rx_packets_total{tunnel=gre1}", 9}}));
+  EXPECT_EQ(
+      Samples(
+          "tunnelagent_tunnel_drops_total")["tunnelagent_tunnel_drops_total{direction=rx,reason=" +
+                                            std::string(dataplane::DropReasonName(
+                                                dataplane::DropReason::kGreChecksum)) +
+                                            ",tunnel=gre1}"],
+      3);
 }
 
 TEST_F(AgentMetricsTest, OffloadCountersForEveryTunnel) {

@@ -268,9 +268,7 @@ class EngineTest : public ::testing::TestWithParam<EngineParam> {
     if (error != nullptr) *error = n < 0 ? errno : 0;
   }
 
-  uint64_t TunnelDrops(DropReason r) const {
-    return counters_->Sum(&TunnelCounters::rx_drops, r);
-  }
+  uint64_t TunnelDrops(DropReason r) const { return counters_->Sum(&TunnelCounters::rx_drops, r); }
 
   // Sends `payload` from 10.1.0.1 to 10.9.0.2, which the route hands to the device.
   void SendInner(const std::string& payload) {
@@ -358,7 +356,8 @@ TEST_P(EngineTest, TransmitWrapsInGreWithKey) {
   EXPECT_EQ(gre.protocol, kEtherTypeIpv4);
   EXPECT_EQ(gre_len, 8u);
   EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::tx_packets) >= 1; }));
-  EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_bytes), counters_->Sum(&TunnelCounters::tx_packets) * (20 + 8 + 12));
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_bytes),
+            counters_->Sum(&TunnelCounters::tx_packets) * (20 + 8 + 12));
 }
 
 TEST_P(EngineTest, ReceiveDeliversMatchingGreToDevice) {
