@@ -208,11 +208,12 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Attach(const std::string& 
   struct ifreq ifr =
       Request(name, static_cast<short>(flags_wanted | (multi_queue ? IFF_MULTI_QUEUE : 0)));
   int attached = ioctl(*fd, TUNSETIFF, &ifr);
-  if (attached < 0 && errno == EINVAL && multi_queue) {
-    // The kernel refuses a queue-count mismatch with EINVAL: a single-queue device, or
-    // another kind, which the plain attempt below tells apart.
-    multi_queue = false;
-    ifr = Request(name, flags_wanted);
+  if (attached < 0 && errno == EINVAL) {
+    // The kernel refuses a queue-mode mismatch with EINVAL: a device an earlier run made with
+    // the other mode is attached as it is (one queue serves either way); another kind fails
+    // again below.
+    multi_queue = !multi_queue;
+    ifr = Request(name, static_cast<short>(flags_wanted | (multi_queue ? IFF_MULTI_QUEUE : 0)));
     attached = ioctl(*fd, TUNSETIFF, &ifr);
   }
   if (attached < 0) {

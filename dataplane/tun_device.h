@@ -62,8 +62,8 @@ class TunDevice {
   // As above, with the device's offloads as `offload` asks (see SetUpOffload).
   static absl::StatusOr<std::unique_ptr<TunDevice>> Attach(const std::string& name, Kind kind,
                                                            bool offload);
-  // As above, asking for IFF_MULTI_QUEUE when `multi_queue`. A device made without it (by an
-  // older run) is attached with one queue: multi_queue() says which it got. Note that a
+  // As above, asking for IFF_MULTI_QUEUE when `multi_queue`. A device an earlier run made the
+  // other way is attached as it is: multi_queue() says which it got. Note that a
   // multi-queue device takes further fds while one is open, so "in use" is not detected.
   static absl::StatusOr<std::unique_ptr<TunDevice>> Attach(const std::string& name, Kind kind,
                                                            bool offload, bool multi_queue);

@@ -3,6 +3,7 @@
 #include <liburing.h>
 #include <netinet/in.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -165,6 +166,7 @@ struct TunnelRuntime {
   std::unique_ptr<uint8_t[]> memory;
   std::vector<Slot> slots;
   uint32_t inflight = 0;
+  int device_file = -1;                    // the device's registered file; -1: none
   std::unique_ptr<EngineCommand> removal;  // set while the tunnel is being removed
   uint16_t fou_port = 0;                   // the fou port it receives on (0: none)
   absl::Time next_tick = absl::InfinitePast();
@@ -282,6 +284,54 @@ class UringEngine::Impl {
     return status;
   }
 
+  // Registered files: operations name a file by its index in the ring's table, so the kernel
+  // does not look the descriptor up and take a reference on the file for each one. The
+  // underlay sockets are registered at start and each device as its tunnel is added; without
+  // a table (before Linux 5.19's sparse tables) every operation names its descriptor.
+  static constexpr unsigned kFixedFileSlots = 8192;
+
+  void RegisterFiles() {
+    // The kernel refuses a table larger than RLIMIT_NOFILE; what does not fit goes unregistered.
+    rlimit files{};
+    unsigned slots = kFixedFileSlots;
+    if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < slots) {
+      slots = static_cast<unsigned>(files.rlim_cur);
+    }
+    if (slots == 0 || io_uring_register_files_sparse(&ring_, slots) != 0) return;
+    for (int i = static_cast<int>(slots) - 1; i >= 0; --i) free_files_.push_back(i);
+    for (const bool ipv6 : {false, true}) send_files_[ipv6] = RegisterFile(io_.send_fd(ipv6));
+    for (const ReceiveSocket& socket : sockets_) socket_files_.push_back(RegisterFile(socket.fd));
+  }
+
+  int RegisterFile(int fd) {
+    if (fd < 0 || free_files_.empty()) return -1;
+    const int index = free_files_.back();
+    if (io_uring_register_files_update(&ring_, static_cast<unsigned>(index), &fd, 1) != 1) {
+      return -1;
+    }
+    free_files_.pop_back();
+    return index;
+  }
+
+  void UnregisterFile(int index) {
+    if (index < 0) return;
+    int none = -1;
+    io_uring_register_files_update(&ring_, static_cast<unsigned>(index), &none, 1);
+    free_files_.push_back(index);
+  }
+
+  // After io_uring_prep_*(sqe, fd, ...): the same operation on registered file `index`.
+  static void UseFile(io_uring_sqe* sqe, int index) {
+    if (index < 0) return;
+    sqe->fd = index;
+    sqe->flags |= IOSQE_FIXED_FILE;
+  }
+
+  int SocketFile(const ReceiveSocket* socket) const {
+    const size_t i = static_cast<size_t>(socket - sockets_.data());
+    return i < socket_files_.size() ? socket_files_[i] : -1;
+  }
+
   void Run(std::promise<absl::Status>* ready) {
     absl::Status status = SetUpRing();
     if (!status.ok()) {
@@ -293,6 +343,7 @@ class UringEngine::Impl {
       ready->set_value(s);
       return;
     }
+    RegisterFiles();
     wake_slot_.op = OpKind::kWake;
     ArmWake();
     timer_slot_.op = OpKind::kTimer;
@@ -406,6 +457,7 @@ class UringEngine::Impl {
     } else {
       io_uring_prep_recv(sqe, slot->socket->fd, slot->buffer, slot->capacity, MSG_TRUNC);
     }
+    UseFile(sqe, SocketFile(slot->socket));
     io_uring_sqe_set_data(sqe, slot);
     ++inflight_total_;
   }
@@ -418,6 +470,7 @@ class UringEngine::Impl {
     io_uring_prep_read(sqe, slot->tunnel->path->config().device_fd,
                        slot->buffer + kDeviceHeadroom - header,
                        static_cast<unsigned>(slot->capacity - kDeviceHeadroom + header), 0);
+    UseFile(sqe, slot->tunnel->device_file);
     io_uring_sqe_set_data(sqe, slot);
     ++inflight_total_;
     ++slot->tunnel->inflight;
@@ -498,9 +551,11 @@ class UringEngine::Impl {
     slot->op = OpKind::kSocketSend;
     slot->inner_len = static_cast<uint32_t>(len);
     int fd = path.send_fd();
+    int file = send_files_[path.ipv6_underlay()];
     if (path.fou()) {
       // Through the tunnel's connected UDP socket: the payload after the IP and UDP headers.
       fd = path.FouSendFd(out);
+      file = -1;
       slot->iov.iov_base = out.packet + path.fou_header_len();
       slot->iov.iov_len = out.len - path.fou_header_len();
       slot->msg.msg_control = slot->control;
@@ -511,6 +566,7 @@ class UringEngine::Impl {
     }
     io_uring_sqe* sqe = NextSqe();
     io_uring_prep_sendmsg(sqe, fd, &slot->msg, 0);
+    UseFile(sqe, file);
     io_uring_sqe_set_data(sqe, slot);
     ++inflight_total_;
     ++tunnel->inflight;
@@ -579,6 +635,7 @@ class UringEngine::Impl {
       first += op.count;
       io_uring_sqe* sqe = NextSqe();
       io_uring_prep_sendmsg(sqe, fd, &op.msg, 0);
+      if (!path.fou()) UseFile(sqe, send_files_[path.ipv6_underlay()]);
       io_uring_sqe_set_data(sqe, static_cast<Operation*>(&op));
       ++inflight_total_;
       ++tunnel->inflight;
@@ -670,6 +727,7 @@ class UringEngine::Impl {
     *write_len = static_cast<uint32_t>(packet.inner_len);
     io_uring_sqe* sqe = NextSqe();
     io_uring_prep_write(sqe, tunnel->path->config().device_fd, data, static_cast<unsigned>(len), 0);
+    UseFile(sqe, tunnel->device_file);
     io_uring_sqe_set_data(sqe, write);
     ++inflight_total_;
     ++tunnel->inflight;
@@ -819,6 +877,7 @@ class UringEngine::Impl {
     // MSG_TRUNC: the result is the datagram's real length, so a packet larger than the buffer
     // is seen as such.
     io_uring_prep_recv_multishot(sqe, ring->socket->fd, nullptr, 0, MSG_TRUNC);
+    UseFile(sqe, SocketFile(ring->socket));
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = ring->group;
     io_uring_sqe_set_data(sqe, static_cast<Operation*>(&ring->receive));
@@ -894,6 +953,7 @@ class UringEngine::Impl {
       io_uring_sqe* sqe = NextSqe();
       io_uring_prep_write(sqe, tunnel->path->config().device_fd, f.data,
                           static_cast<unsigned>(f.len), 0);
+      UseFile(sqe, tunnel->device_file);
       io_uring_sqe_set_data(sqe, static_cast<Operation*>(&op));
       ++inflight_total_;
       ++tunnel->inflight;
@@ -976,6 +1036,7 @@ class UringEngine::Impl {
       tunnel->fou_port = config.encap.udp_dport;
     }
     TunnelRuntime* raw = tunnel.get();
+    raw->device_file = RegisterFile(config.device_fd);
     by_match_.Insert(raw->path->match(), raw);
     tunnels_[config.name] = std::move(tunnel);
     for (Slot& slot : raw->slots) ArmDeviceRead(&slot);
@@ -1007,6 +1068,7 @@ class UringEngine::Impl {
     if (tunnel->inflight != 0) return;
     std::unique_ptr<EngineCommand> command = std::move(tunnel->removal);
     if (tunnel->fou_port != 0) fou_ports_.Release(tunnel->fou_port);
+    UnregisterFile(tunnel->device_file);
     tunnels_.erase(tunnel->path->config().name);  // frees the tunnel and its buffers
     command->done.set_value(absl::OkStatus());
   }
@@ -1017,6 +1079,10 @@ class UringEngine::Impl {
 
   UnderlayIo io_;
   std::vector<ReceiveSocket> sockets_;
+  // Registered files (RegisterFiles): free table indices, and those of the sockets.
+  std::vector<int> free_files_;
+  int send_files_[2] = {-1, -1};   // IPv4, IPv6 raw send sockets
+  std::vector<int> socket_files_;  // parallel to sockets_
 
   // Owned by the engine thread once it runs.
   std::unique_ptr<uint8_t[]> rx_memory_;

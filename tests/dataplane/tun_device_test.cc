@@ -99,6 +99,13 @@ TEST(TunDeviceTest, DeviceDisappearsWhenDestroyed) {
   EXPECT_TRUE(again.ok()) << again.status();
 }
 
+void WriteFileForTest(const char* path, const char* value) {
+  const int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  (void)!write(fd, value, strlen(value));
+  close(fd);
+}
+
 // Sends a UDP datagram to `dst_text`:9999; true when the kernel took it.
 bool SendUdp(const char* dst_text) {
   const int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -421,6 +428,77 @@ TEST_F(PersistentTunTest, AttachToADeviceInUseIsFailedPrecondition) {
   EXPECT_EQ(static_cast<int>(if_nametoindex("ta-plain")), (*plain)->ifindex());
   plain->reset();
   EXPECT_EQ(if_nametoindex("ta-plain"), 0u);
+}
+
+TEST_F(PersistentTunTest, MultiQueueDeviceSpreadsFlowsOverItsQueues) {
+  TunDevice::CreateOptions options = AgentOptions(false);
+  options.multi_queue = true;
+  auto tun = TunDevice::Create("ta-mq", TunDevice::Kind::kTun, options);
+  ASSERT_TRUE(tun.ok()) << tun.status();
+  EXPECT_TRUE((*tun)->multi_queue());
+  const int ifindex = (*tun)->ifindex();
+  auto queue = TunDevice::OpenQueue("ta-mq", TunDevice::Kind::kTun, false, ifindex);
+  ASSERT_TRUE(queue.ok()) << queue.status();
+  WriteFileForTest("/proc/sys/net/ipv6/conf/ta-mq/disable_ipv6", "1");
+  ASSERT_TRUE(nl_->AddAddress(ifindex, *IpPrefix::Parse("198.18.9.1/24")).ok());
+  ASSERT_TRUE(nl_->SetLinkUp(ifindex, true).ok());
+  for (int i = 2; i < 66; ++i) {
+    ASSERT_TRUE(SendUdp(("198.18.9." + std::to_string(i)).c_str()));
+  }
+  // Each flow (here: each destination) goes to one queue; 64 of them reach both.
+  int got[2] = {0, 0};
+  const int fds[2] = {(*tun)->fd(), *queue};
+  for (int i = 0; i < 2; ++i) {
+    uint8_t packet[2048];
+    pollfd pfd{fds[i], POLLIN, 0};
+    while (poll(&pfd, 1, 200) == 1 && read(fds[i], packet, sizeof packet) > 0) {
+      if ((packet[0] >> 4) == 4) ++got[i];
+    }
+  }
+  EXPECT_EQ(got[0] + got[1], 64);
+  EXPECT_GT(got[0], 0);
+  EXPECT_GT(got[1], 0);
+  close(*queue);
+  // The wrong kind, or a device that is gone, is refused.
+  EXPECT_EQ(TunDevice::OpenQueue("ta-mq", TunDevice::Kind::kTap, false, ifindex).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  tun->reset();
+  EXPECT_EQ(TunDevice::OpenQueue("ta-mq", TunDevice::Kind::kTun, false, ifindex).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(if_nametoindex("ta-mq"), 0u);  // the try did not leave a new device behind
+}
+
+TEST_F(PersistentTunTest, SingleQueueDeviceIsAttachedWithOneQueue) {
+  // As an older run of the agent left it: persistent, one queue.
+  auto old = TunDevice::Create("ta-sq", TunDevice::Kind::kTun, AgentOptions(true));
+  ASSERT_TRUE(old.ok()) << old.status();
+  const int ifindex = (*old)->ifindex();
+  EXPECT_FALSE((*old)->multi_queue());
+  EXPECT_EQ(TunDevice::OpenQueue("ta-sq", TunDevice::Kind::kTun, false, ifindex).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  old->reset();
+  auto again = TunDevice::Attach("ta-sq", TunDevice::Kind::kTun, false, /*multi_queue=*/true);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE((*again)->multi_queue());
+  EXPECT_EQ((*again)->ifindex(), ifindex);
+  // And one left multi-queue is attached as such.
+  ASSERT_TRUE((*again)->SetPersistent(false).ok());
+  again->reset();
+  TunDevice::CreateOptions options = AgentOptions(true);
+  options.multi_queue = true;
+  auto mq = TunDevice::Create("ta-sq", TunDevice::Kind::kTun, options);
+  ASSERT_TRUE(mq.ok()) << mq.status();
+  mq->reset();
+  auto mq_again = TunDevice::Attach("ta-sq", TunDevice::Kind::kTun, false, /*multi_queue=*/true);
+  ASSERT_TRUE(mq_again.ok()) << mq_again.status();
+  EXPECT_TRUE((*mq_again)->multi_queue());
+  // A run with one worker takes a multi-queue device as it is.
+  mq_again->reset();
+  auto single = TunDevice::Attach("ta-sq", TunDevice::Kind::kTun, false, /*multi_queue=*/false);
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_TRUE((*single)->multi_queue());
+  EXPECT_EQ(TunDevice::Attach("ta-sq", TunDevice::Kind::kTap, false, true).status().code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace
