@@ -19,7 +19,6 @@ constexpr uint8_t kGreVersionBits = kGreVersionMask;
 constexpr size_t kEthernetHeaderLen = 14;
 constexpr size_t kEthernetTypeOffset = 12;
 constexpr size_t kPortsLen = 4;
-constexpr uint32_t kFlowLabelMask = 0xFFFFF;
 constexpr uint16_t kIpv4FragmentMask = 0x3FFF;  // MF and the fragment offset
 
 constexpr uint8_t kProtoTcp = 6;
@@ -60,7 +59,7 @@ bool HashInnerIpv4(const uint8_t* data, size_t len, size_t t, uint32_t* h) {
 
 bool HashInnerIpv6(const uint8_t* data, size_t len, size_t t, uint32_t* h) {
   if (!Present(len, t, kIpv6HeaderLen) || (data[t] >> 4) != 6) return false;
-  *h ^= LoadBe32(data + t + 20) ^ LoadBe32(data + t + 36) ^ (LoadBe32(data + t) & kFlowLabelMask);
+  *h ^= LoadBe32(data + t + 20) ^ LoadBe32(data + t + 36);
   if (HasPorts(data[t + 6]) && Present(len, t + kIpv6HeaderLen, kPortsLen)) {
     *h ^= LoadBe32(data + t + kIpv6HeaderLen);
   }
@@ -264,12 +263,7 @@ void EmitInnerIpv6(Assembler& a, int zero, int fold) {
   a.Stmt(BPF_ALU | BPF_AND | BPF_K, 0xF0);
   a.Jump(BPF_JEQ | BPF_K, 0x60, kNext, zero);
   a.Stmt(BPF_STX, kMemBase);
-  a.Stmt(BPF_LD | BPF_W | BPF_IND, 0);
-  a.Stmt(BPF_ALU | BPF_AND | BPF_K, kFlowLabelMask);
-  a.Stmt(BPF_ST, kMemTemp);
   a.Stmt(BPF_LD | BPF_W | BPF_IND, 20);
-  a.Stmt(BPF_LDX | BPF_MEM, kMemTemp);
-  a.Stmt(BPF_ALU | BPF_XOR | BPF_X);
   a.Stmt(BPF_ST, kMemTemp);
   a.Stmt(BPF_LDX | BPF_MEM, kMemBase);
   a.Stmt(BPF_LD | BPF_W | BPF_IND, 36);

@@ -14,7 +14,9 @@
 //  - inner IPv4: source ^ destination, and the 4 bytes of ports of TCP, UDP and SCTP when the
 //    packet is not a fragment (so every fragment of a datagram goes where its first went) and
 //    they are present;
-//  - inner IPv6: the low 32 bits of source and destination ^ the flow label, and the ports of
+//  - inner IPv6: the low 32 bits of source and destination (not the flow label: Linux picks a
+//    new one for a connection after a retransmission timeout, which would move the flow to
+//    another worker and reorder it), and the ports of
 //    TCP, UDP and SCTP directly after the fixed header when present;
 //  - anything else, or too short to parse, goes to worker 0, which counts it as a drop.
 #ifndef TUNNELAGENT_DATAPLANE_PACKET_RECEIVE_STEERING_H_

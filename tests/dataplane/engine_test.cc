@@ -840,7 +840,7 @@ TEST_P(PoolEngineTest, SequencedTunnelIsSentByOneWorkerInOrder) {
     // The sequence number follows the 4-byte base header (no key, no checksum).
     EXPECT_EQ(LoadBe32(pkt.data() + kIpv4HeaderLen + 4), static_cast<uint32_t>(i + 1));
   }
-  EXPECT_EQ(counters_->worker(0).tx_packets.Get(), 20u);
+  EXPECT_TRUE(Eventually([&] { return counters_->worker(0).tx_packets.Get() == 20; }));
 }
 
 TEST_P(PoolEngineTest, TunnelStatsMustHaveRoomForEveryWorker) {

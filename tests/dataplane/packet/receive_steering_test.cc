@@ -477,10 +477,26 @@ TEST(SteeringTest, HashIsTheSpecifiedFunctionOfTheInnerFlow) {
                              keyed_frag.size(), workers),
               SpecWorker(kKey ^ kSrc ^ kDst, workers));
     EXPECT_EQ(SteeringWorker(SteeringSocket::kIpv6, kIpProtoGre, tap6.data(), tap6.size(), workers),
-              SpecWorker(0x11223344u ^ 0x55667788u ^ 0xABCDEu ^ (4000u << 16 | 53), workers));
+              SpecWorker(0x11223344u ^ 0x55667788u ^ (4000u << 16 | 53), workers));
     EXPECT_EQ(SteeringWorker(SteeringSocket::kIpv6, kIpProtoIpv6, udp6.bytes.data(),
                              udp6.bytes.size(), workers),
-              SpecWorker(0x11223344u ^ 0x55667788u ^ 0xABCDEu ^ (4000u << 16 | 53), workers));
+              SpecWorker(0x11223344u ^ 0x55667788u ^ (4000u << 16 | 53), workers));
+  }
+}
+
+// Linux gives a connection a new flow label when it re-picks its hash (after a retransmission
+// timeout): that must not move the flow to another worker.
+TEST(SteeringTest, FlowLabelDoesNotMoveAnIpv6Flow) {
+  for (uint16_t port = 3000; port < 3100; ++port) {
+    const Inner a = Ipv6Packet(kTcp, 0x01, 0x02, port, 443, 0x12345);
+    const Inner b = Ipv6Packet(kTcp, 0x01, 0x02, port, 443, 0xFEDCB);
+    for (unsigned workers : {2u, 3u, 5u}) {
+      EXPECT_EQ(ExpectExactlyOne(SteeringSocket::kIpv6, kIpProtoIpv6, a.bytes.data(),
+                                 a.bytes.size(), workers, "label a"),
+                ExpectExactlyOne(SteeringSocket::kIpv6, kIpProtoIpv6, b.bytes.data(),
+                                 b.bytes.size(), workers, "label b"))
+          << "port " << port;
+    }
   }
 }
 
