@@ -758,6 +758,17 @@ class PoolEngineTest : public EngineTest {
     inner[kIpv4HeaderLen + 1] = sport & 0xff;
     return inner;
   }
+
+  // `payload` into the device from 10.1.0.1:`sport` to the far side, a flow of its own.
+  static void SendInnerFrom(uint16_t sport, const std::string& payload) {
+    Fd sender(socket(AF_INET, SOCK_DGRAM, 0));
+    sockaddr_in src = Addr(kInnerA, sport);
+    ASSERT_EQ(bind(sender.get(), reinterpret_cast<sockaddr*>(&src), sizeof src), 0);
+    sockaddr_in dst = Addr(kInnerFar, kPort);
+    ASSERT_EQ(sendto(sender.get(), payload.data(), payload.size(), 0,
+                     reinterpret_cast<sockaddr*>(&dst), sizeof dst),
+              static_cast<ssize_t>(payload.size()));
+  }
 };
 
 TEST_P(PoolEngineTest, ReceivedFlowsAreSpreadAndEachPacketTakenOnce) {
@@ -810,13 +821,7 @@ TEST_P(PoolEngineTest, EachWorkerReadsAQueueOfTheDevice) {
   AddTunnel(TunnelMode::kGre, /*keyed=*/false);
   EXPECT_EQ(pool().DeviceQueues("tun0"), engine_->workers());
   constexpr int kFlows = 100;
-  for (int i = 0; i < kFlows; ++i) {
-    Fd sender(socket(AF_INET, SOCK_DGRAM, 0));
-    sockaddr_in src = Addr(kInnerA, static_cast<uint16_t>(30000 + i));
-    ASSERT_EQ(bind(sender.get(), reinterpret_cast<sockaddr*>(&src), sizeof src), 0);
-    sockaddr_in dst = Addr(kInnerFar, kPort);
-    ASSERT_EQ(sendto(sender.get(), "q", 1, 0, reinterpret_cast<sockaddr*>(&dst), sizeof dst), 1);
-  }
+  for (int i = 0; i < kFlows; ++i) SendInnerFrom(static_cast<uint16_t>(30000 + i), "q");
   EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::tx_packets) == kFlows; }));
   for (size_t w = 0; w < engine_->workers(); ++w) {
     EXPECT_GT(counters_->worker(w).tx_packets.Get(), 0u) << "worker " << w << " sent nothing";
@@ -827,14 +832,8 @@ TEST_P(PoolEngineTest, SequencedTunnelIsSentByOneWorkerInOrder) {
   AddTunnel(TunnelMode::kGre, /*keyed=*/false, 0, [](EngineTunnel& t) { t.encap.sequence = true; });
   EXPECT_EQ(pool().DeviceQueues("tun0"), 1u);
   for (int i = 0; i < 20; ++i) {
-    Fd sender(socket(AF_INET, SOCK_DGRAM, 0));
-    sockaddr_in src = Addr(kInnerA, static_cast<uint16_t>(31000 + i));
-    ASSERT_EQ(bind(sender.get(), reinterpret_cast<sockaddr*>(&src), sizeof src), 0);
-    sockaddr_in dst = Addr(kInnerFar, kPort);
     const std::string payload = "seq-" + std::to_string(i);
-    ASSERT_EQ(sendto(sender.get(), payload.data(), payload.size(), 0,
-                     reinterpret_cast<sockaddr*>(&dst), sizeof dst),
-              static_cast<ssize_t>(payload.size()));
+    SendInnerFrom(static_cast<uint16_t>(31000 + i), payload);
     std::vector<uint8_t> pkt = Capture(*gre_tap_, payload);
     ASSERT_FALSE(pkt.empty()) << payload;
     // The sequence number follows the 4-byte base header (no key, no checksum).
