@@ -20,6 +20,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "dataplane/packet/encap.h"
+#include "dataplane/packet/offload.h"
 #include "dataplane/packet_engine.h"
 #include "dataplane/tunnel_table.h"
 
@@ -111,7 +112,8 @@ inline constexpr size_t kFouControlBytes = 128;
 
 // What a fou receive brought, cut into its datagrams (UDP_GRO: all of `gso_size` bytes but the
 // last) and decapsulated; calls `deliver(Decapsulated&)` for each that decapsulates, counts the
-// others' drop reasons in `drops`. `msg` is the receive's, with its source and control data.
+// others' drop reasons in `drops`. `msg` is the receive's, with its source, control data and
+// flags: a receive the buffer cut short (MSG_TRUNC) counts as one packet too big.
 template <typename Deliver>
 void ForEachFouDatagram(const FouSocket& socket, uint8_t* data, size_t len, const msghdr& msg,
                         DataplaneCounters& counters, Deliver&& deliver);
@@ -123,6 +125,11 @@ bool ParseFouReceive(const msghdr& msg, OuterAddress* source, OuterAddress* dest
 template <typename Deliver>
 void ForEachFouDatagram(const FouSocket& socket, uint8_t* data, size_t len, const msghdr& msg,
                         DataplaneCounters& counters, Deliver&& deliver) {
+  if ((msg.msg_flags & MSG_TRUNC) != 0) {
+    counters.rx_packets.Add();
+    counters.drops[static_cast<int>(DropReason::kTooBig)].Add();
+    return;
+  }
   OuterAddress source;
   OuterAddress destination;
   uint8_t tos = 0;
@@ -133,7 +140,8 @@ void ForEachFouDatagram(const FouSocket& socket, uint8_t* data, size_t len, cons
     return;
   }
   if (gso_size == 0 || gso_size > len) gso_size = len;
-  for (size_t offset = 0; offset < len || (len == 0 && offset == 0); offset += gso_size) {
+  size_t offset = 0;
+  do {  // an empty datagram is one packet too
     counters.rx_packets.Add();
     const size_t n = std::min(gso_size, len - offset);
     Decapsulated packet;
@@ -144,8 +152,35 @@ void ForEachFouDatagram(const FouSocket& socket, uint8_t* data, size_t len, cons
     } else {
       deliver(packet);
     }
-    if (len == 0) break;
+    offset += n;
+  } while (offset < len);
+}
+
+// The tunnel a received, decoded packet is for, when the engine is to write it to the device:
+// the table's match, if the tunnel's rules accept it (TunnelDatapath::AcceptReceived) and, with
+// offloads, the coalescer did not take it. nullptr otherwise (counted, or a keepalive).
+// `flush()` writes what the coalescer holds, for a packet that must not overtake it.
+template <typename Tunnel, typename Flush>
+Tunnel* AdmitReceived(const TunnelTable<Tunnel>& table, TcpCoalescer& coalescer,
+                      DataplaneCounters& counters, const Decapsulated& packet, Flush&& flush) {
+  Tunnel* tunnel = table.Lookup(packet);
+  if (tunnel == nullptr) {
+    counters.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
+    return nullptr;
   }
+  if (!tunnel->path->AcceptReceived(packet)) return nullptr;
+  if (tunnel->path->vnet_header()) {
+    switch (coalescer.Add(tunnel, packet.inner, packet.inner_len)) {
+      case TcpCoalescer::Verdict::kTaken:
+        return nullptr;
+      case TcpCoalescer::Verdict::kFlushThenDeliver:
+        flush();  // what came before it goes first
+        break;
+      case TcpCoalescer::Verdict::kDeliver:
+        break;
+    }
+  }
+  return tunnel;
 }
 
 // The protocol a fou port carries for a mode: 47 (GRE) for gre and gretap, 4 for ipip, 41 for

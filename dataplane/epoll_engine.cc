@@ -380,23 +380,9 @@ class EpollEngine::Impl {
     FlushCoalesced();
   }
 
-  // The tunnel a decoded packet is for, when the caller is to write it to the device: nullptr
-  // when it matched none or its tunnel's rules dropped it (counted), it was a keepalive, or
-  // the coalescer took it.
+  // AdmitReceived on this engine's table and coalescer.
   TunnelRuntime* Admit(const Decapsulated& packet) {
-    TunnelRuntime* tunnel = by_match_.Lookup(packet);
-    if (tunnel == nullptr) {
-      counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
-      return nullptr;
-    }
-    TunnelDatapath& path = *tunnel->path;
-    if (!path.AcceptReceived(packet)) return nullptr;
-    if (path.vnet_header()) {
-      const TcpCoalescer::Verdict verdict = coalescer_.Add(tunnel, packet.inner, packet.inner_len);
-      if (verdict == TcpCoalescer::Verdict::kTaken) return nullptr;
-      if (verdict == TcpCoalescer::Verdict::kFlushThenDeliver) FlushCoalesced();
-    }
-    return tunnel;
+    return AdmitReceived(by_match_, coalescer_, counters_, packet, [this] { FlushCoalesced(); });
   }
 
   // Fou: what a port's socket has, up to a batch of receives (each up to 64 KiB of datagrams
@@ -420,11 +406,6 @@ class EpollEngine::Impl {
           counters_.drops[static_cast<int>(DropReason::kSocketError)].Add();
         }
         break;
-      }
-      if ((msg.msg_flags & MSG_TRUNC) != 0) {
-        counters_.rx_packets.Add();
-        counters_.drops[static_cast<int>(DropReason::kTooBig)].Add();
-        continue;
       }
       ForEachFouDatagram(socket, buffer, static_cast<size_t>(n), msg, counters_,
                          [this](Decapsulated& packet) {

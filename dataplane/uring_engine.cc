@@ -775,11 +775,6 @@ class UringEngine::Impl {
       CountReceiveError(res);
       return ArmFouReceive(slot);
     }
-    if ((slot->msg.msg_flags & MSG_TRUNC) != 0) {
-      counters_.rx_packets.Add();
-      counters_.drops[static_cast<int>(DropReason::kTooBig)].Add();
-      return ArmFouReceive(slot);
-    }
     // Several datagrams at once (UDP GRO): each written now, or coalesced, before the buffer
     // goes back to a receive.
     ForEachFouDatagram(*slot->fou, slot->buffer, static_cast<size_t>(res), slot->msg, counters_,
@@ -790,28 +785,9 @@ class UringEngine::Impl {
     ArmFouReceive(slot);
   }
 
-  // The tunnel a decoded packet is for, when the caller is to write it to the device: nullptr
-  // when it matched none or its tunnel's rules dropped it (counted), it was a keepalive, or
-  // the coalescer took it.
+  // AdmitReceived on this engine's table and coalescer.
   TunnelRuntime* Admit(const Decapsulated& packet) {
-    TunnelRuntime* tunnel = by_match_.Lookup(packet);
-    if (tunnel == nullptr) {
-      counters_.drops[static_cast<int>(DropReason::kNoTunnel)].Add();
-      return nullptr;
-    }
-    if (!tunnel->path->AcceptReceived(packet)) return nullptr;
-    if (tunnel->path->vnet_header()) {
-      switch (coalescer_.Add(tunnel, packet.inner, packet.inner_len)) {
-        case TcpCoalescer::Verdict::kTaken:
-          return nullptr;
-        case TcpCoalescer::Verdict::kFlushThenDeliver:
-          FlushCoalesced();  // what came before it goes first
-          break;
-        case TcpCoalescer::Verdict::kDeliver:
-          break;
-      }
-    }
-    return tunnel;
+    return AdmitReceived(by_match_, coalescer_, counters_, packet, [this] { FlushCoalesced(); });
   }
 
   // A failed receive: ICMP errors queued on the socket surface here (ENOPROTOOPT,
