@@ -30,16 +30,25 @@ bool KernelHasIpv6() {
   return true;
 }
 
+namespace {
+
+// SO_RCVBUF or SO_SNDBUF (`receive`) of `bytes`: beyond net.core.[rw]mem_max with the FORCE
+// option where CAP_NET_ADMIN allows, else as far as the limit lets.
+void SetSocketBuffer(int fd, bool receive, int bytes) {
+  if (setsockopt(fd, SOL_SOCKET, receive ? SO_RCVBUFFORCE : SO_SNDBUFFORCE, &bytes, sizeof bytes) !=
+      0) {
+    setsockopt(fd, SOL_SOCKET, receive ? SO_RCVBUF : SO_SNDBUF, &bytes, sizeof bytes);
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<int> OpenUnderlaySocket(int family, int protocol, int buffer_bytes,
                                        absl::string_view what) {
   int fd = socket(family, SOCK_RAW | SOCK_CLOEXEC, protocol);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("raw ", what, " socket"));
-  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buffer_bytes, sizeof buffer_bytes) != 0) {
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof buffer_bytes);
-  }
-  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &buffer_bytes, sizeof buffer_bytes) != 0) {
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer_bytes, sizeof buffer_bytes);
-  }
+  SetSocketBuffer(fd, /*receive=*/true, buffer_bytes);
+  SetSocketBuffer(fd, /*receive=*/false, buffer_bytes);
   if (family == AF_INET6 && protocol != IPPROTO_RAW) {
     const int on = 1;
     if (setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on) != 0 ||
@@ -170,9 +179,7 @@ absl::StatusOr<FouSocket*> FouPorts::Acquire(uint16_t port, uint8_t protocol, in
   const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return ErrnoStatus(errno, "fou receive socket");
   const int on = 1;
-  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buffer_bytes, sizeof buffer_bytes) != 0) {
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof buffer_bytes);
-  }
+  SetSocketBuffer(fd, /*receive=*/true, buffer_bytes);
   // UDP_GRO is an optimisation (Linux 5.0): without it every datagram comes on its own.
   setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof on);
   // Each worker binds its own socket to the port; the kernel picks one per 4-tuple, and the
@@ -251,9 +258,7 @@ absl::StatusOr<int> OpenFouSendSocket(const OuterAddress& local, uint16_t sport,
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on);
   }
-  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &buffer_bytes, sizeof buffer_bytes) != 0) {
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer_bytes, sizeof buffer_bytes);
-  }
+  SetSocketBuffer(fd, /*receive=*/false, buffer_bytes);
   const int pmtu = IP_PMTUDISC_DO;  // DF; a packet over the path's MTU fails with EMSGSIZE
   sockaddr_in from{};
   from.sin_family = AF_INET;

@@ -23,7 +23,6 @@ namespace {
 constexpr uint16_t kIpv4FlagDontFragment = 0x4000;
 constexpr uint8_t kIpProtoDestinationOptions = 60;
 constexpr size_t kMaxFragments = 64;
-constexpr int kFouSendBufferBytes = 4 << 20;
 // How often the route towards the remote is asked for its MTU: PMTU information the kernel
 // learns (or forgets after its 10 minutes) shows within this.
 constexpr absl::Duration kProbeInterval = absl::Seconds(5);
@@ -54,6 +53,7 @@ UnderlayIo::~UnderlayIo() {
 }
 
 absl::Status UnderlayIo::Open(int buffer_bytes) {
+  buffer_bytes_ = buffer_bytes;
   // IPPROTO_RAW implies IP_HDRINCL (IPV6_HDRINCL for IPv6): the engine writes whole outer
   // headers; for IPv4 the kernel fills in the ID and, when 0, the source.
   absl::StatusOr<int> fd = OpenUnderlaySocket(AF_INET, IPPROTO_RAW, buffer_bytes, "send");
@@ -171,7 +171,7 @@ absl::StatusOr<std::unique_ptr<TunnelDatapath>> TunnelDatapath::Create(const Eng
     for (size_t i = 0; i < sockets; ++i) {
       absl::StatusOr<int> fd =
           OpenFouSendSocket(config.encap.local, config.encap.udp_sport, config.encap.remote,
-                            config.encap.udp_dport, kFouSendBufferBytes);
+                            config.encap.udp_dport, io->buffer_bytes());
       if (!fd.ok()) {
         return absl::Status(fd.status().code(),
                             absl::StrCat("tunnel ", config.name, ": ", fd.status().message()));

@@ -41,6 +41,8 @@ class UnderlayIo {
   // Opens the IPPROTO_RAW send sockets (IPv4 always; IPv6 where the kernel has it) and the
   // UDP sockets used to ask the kernel about routes.
   absl::Status Open(int buffer_bytes);
+  // What Open was given: the size for the engine's other underlay sockets (fou) too.
+  int buffer_bytes() const { return buffer_bytes_; }
 
   // -1 when the family is not available.
   int send_fd(bool ipv6) const { return ipv6 ? send6_ : send4_; }
@@ -62,6 +64,7 @@ class UnderlayIo {
   int send6_ = -1;
   int probe4_ = -1;
   int probe6_ = -1;
+  int buffer_bytes_ = 0;
   std::unique_ptr<uint8_t[]> scratch_{new uint8_t[kScratchBytes]};
   uint16_t fragment_id_ = 0;
 };

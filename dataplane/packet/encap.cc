@@ -264,6 +264,21 @@ bool DecodeTunnelPayload(bool ipv6_underlay, uint8_t protocol, uint8_t outer_tos
   return true;
 }
 
+// A received tunnel packet from `src` to `dst`, its payload as DecodeTunnelPayload takes it:
+// *out is only written when it decodes.
+bool DecodeFrom(bool ipv6_underlay, uint8_t protocol, uint8_t outer_tos, uint8_t* payload,
+                size_t len, const OuterAddress& src, const OuterAddress& dst, Decapsulated* out,
+                DropReason* reason) {
+  Decapsulated d;
+  d.outer_src = src;
+  d.outer_dst = dst;
+  if (!DecodeTunnelPayload(ipv6_underlay, protocol, outer_tos, payload, len, &d, reason)) {
+    return false;
+  }
+  *out = d;
+  return true;
+}
+
 }  // namespace
 
 absl::string_view DropReasonName(DropReason reason) {
@@ -475,40 +490,22 @@ bool Decapsulate(uint8_t* packet, size_t len, Decapsulated* out, DropReason* rea
     *reason = DropReason::kBadOuterHeader;
     return false;
   }
-  Decapsulated d;
-  d.outer_src = ip.src;
-  d.outer_dst = ip.dst;
   // Bytes past total_len are link-layer padding, not part of the tunnel payload.
-  if (!DecodeTunnelPayload(false, ip.protocol, ip.tos, packet + ip.header_len,
-                           ip.total_len - ip.header_len, &d, reason)) {
-    return false;
-  }
-  *out = d;
-  return true;
+  return DecodeFrom(false, ip.protocol, ip.tos, packet + ip.header_len,
+                    ip.total_len - ip.header_len, OuterAddress(ip.src), OuterAddress(ip.dst), out,
+                    reason);
 }
 
 bool DecapsulateUdpPayload(uint8_t* payload, size_t len, uint8_t protocol, const OuterAddress& src,
                            const OuterAddress& dst, uint8_t tos, Decapsulated* out,
                            DropReason* reason) {
-  Decapsulated d;
-  d.outer_src = src;
-  d.outer_dst = dst;
-  if (!DecodeTunnelPayload(false, protocol, tos, payload, len, &d, reason)) return false;
-  *out = d;
-  return true;
+  return DecodeFrom(false, protocol, tos, payload, len, src, dst, out, reason);
 }
 
 bool DecapsulateIpv6(uint8_t* payload, size_t len, uint8_t next_header, const OuterAddress& src,
                      const OuterAddress& dst, uint8_t traffic_class, Decapsulated* out,
                      DropReason* reason) {
-  Decapsulated d;
-  d.outer_src = src;
-  d.outer_dst = dst;
-  if (!DecodeTunnelPayload(true, next_header, traffic_class, payload, len, &d, reason)) {
-    return false;
-  }
-  *out = d;
-  return true;
+  return DecodeFrom(true, next_header, traffic_class, payload, len, src, dst, out, reason);
 }
 
 }  // namespace tunnelagent::dataplane
