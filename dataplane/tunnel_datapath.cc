@@ -354,8 +354,9 @@ bool TunnelDatapath::AcceptReceived(const Decapsulated& d) {
   if (d.inner_len == 0) {
     // An empty payload is our keepalive, come home through the peer. Its sequence number is
     // ours, not the peer's stream's: it neither passes nor moves the receive window.
+    // Tick sees the new reply time (from whichever worker took the reply) and starts counting
+    // missed replies again.
     c.keepalive_replies.Add();
-    keepalives_outstanding_ = 0;
     stats().peer_alive.store(true, std::memory_order_relaxed);
     stats().last_keepalive_reply_unix_nanos.store(absl::ToUnixNanos(absl::Now()),
                                                   std::memory_order_relaxed);
