@@ -80,5 +80,37 @@ TEST(ChecksumTest, UnalignedStartGivesSameResult) {
   EXPECT_EQ(InternetChecksum(buf.data() + 1, buf.size() - 1), 0x220d);
 }
 
+// The bulk loop takes 32 and 8 bytes at a time and the tail 2 and 1: every length from 0 to
+// past two bulk rounds, at every start alignment, with a running sum carried in, against the
+// word-by-word reference.
+TEST(ChecksumTest, EveryLengthAndAlignmentMatchesReference) {
+  Bytes buf(160);
+  uint32_t seed = 12345;
+  for (uint8_t& b : buf) {
+    seed = seed * 1103515245u + 12345u;
+    b = static_cast<uint8_t>(seed >> 16);
+  }
+  for (size_t offset = 0; offset < 8; ++offset) {
+    for (size_t len = 0; offset + len <= 80; ++len) {
+      const uint8_t* data = buf.data() + offset;
+      ASSERT_EQ(InternetChecksum(data, len), test::RefChecksum(data, len)) << offset << "+" << len;
+      // A carried-in sum is a prefix: its 16-bit words come first (the prefix must be even).
+      const uint32_t prefix = ChecksumAdd(buf.data() + 100, 10);
+      Bytes joined(buf.begin() + 100, buf.begin() + 110);
+      joined.insert(joined.end(), data, data + len);
+      ASSERT_EQ(ChecksumFinish(ChecksumAdd(data, len, prefix)),
+                test::RefChecksum(joined.data(), joined.size()))
+          << offset << "+" << len;
+    }
+  }
+}
+
+// A carried-in sum near the top of 32 bits must wrap, not overflow.
+TEST(ChecksumTest, LargeCarriedInSumWraps) {
+  const Bytes ones(64, 0xff);
+  EXPECT_EQ(ChecksumFinish(ChecksumAdd(ones.data(), ones.size(), 0xfffffffeu)),
+            ChecksumFinish(0xfffffffeu));
+}
+
 }  // namespace
 }  // namespace tunnelagent::dataplane
