@@ -1,7 +1,6 @@
 // tunnel-agent: serves tunnelagent.v1.TunnelService, keeps the desired tunnels in --state_dir,
 // moves their packets through the dataplane (io_uring, or epoll where io_uring is forbidden)
 // and serves /metrics.
-#include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -27,6 +26,7 @@
 #include "agent/server_security.h"
 #include "agent/state_store.h"
 #include "agent/tunnel_manager.h"
+#include "dataplane/cpu_affinity.h"
 #include "dataplane/engine_factory.h"
 #include "dataplane/netlink.h"
 #include "dataplane/uring_engine.h"
@@ -71,6 +71,10 @@ ABSL_FLAG(bool, tun_offload, true,
 ABSL_FLAG(uint32_t, dataplane_workers, 0,
           "Dataplane: threads moving packets, each with its own ring and sockets, receive "
           "spread between them by inner flow; 0: one per CPU the agent may run on (at most 16)");
+ABSL_FLAG(std::string, dataplane_cpus, "",
+          "Dataplane: CPUs to pin the workers to, as a CPU list (\"2-5\", \"0,2\"): worker i on "
+          "the i-th, round again when there are more workers; with --dataplane_workers=0, one "
+          "worker per CPU listed. Empty: not pinned");
 ABSL_FLAG(uint32_t, socket_receives, 64,
           "Dataplane: receives kept in flight on each underlay socket");
 
@@ -78,6 +82,7 @@ namespace tunnelagent::agent {
 namespace {
 
 constexpr char kVersion[] = "0.1.0";
+constexpr size_t kMaxDefaultWorkers = 16;  // --dataplane_workers=0 on a large machine
 
 // --node_name, else $NODE_NAME (Kubernetes' downward API), else the host name.
 std::string NodeName() {
@@ -88,16 +93,24 @@ std::string NodeName() {
   return host;
 }
 
-dataplane::UringEngineOptions EngineOptionsFromFlags() {
+absl::StatusOr<dataplane::UringEngineOptions> EngineOptionsFromFlags() {
   dataplane::UringEngineOptions options;
   options.device_reads_per_tunnel = absl::GetFlag(FLAGS_device_reads_per_tunnel);
   options.socket_receives = absl::GetFlag(FLAGS_socket_receives);
+  if (std::string list = absl::GetFlag(FLAGS_dataplane_cpus); !list.empty()) {
+    absl::StatusOr<std::vector<int>> cpus = dataplane::ParseCpuList(list);
+    absl::Status status = cpus.ok() ? dataplane::CheckCpusAllowed(*cpus) : cpus.status();
+    if (!status.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--dataplane_cpus=", list, ": ", status.message()));
+    }
+    options.cpus = std::move(*cpus);
+  }
   options.workers = absl::GetFlag(FLAGS_dataplane_workers);
   if (options.workers == 0) {
-    cpu_set_t cpus;
-    CPU_ZERO(&cpus);
-    const int allowed = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
-    options.workers = static_cast<unsigned>(std::clamp(allowed, 1, 16));
+    const size_t cpus = options.cpus.empty() ? std::max<size_t>(dataplane::AllowedCpus().size(), 1)
+                                             : options.cpus.size();
+    options.workers = static_cast<unsigned>(std::min(cpus, kMaxDefaultWorkers));
   }
   return options;
 }
@@ -140,9 +153,14 @@ int Run() {
     Log("FATAL", "--io_backend: %s", backend.status().message());
     return 1;
   }
+  absl::StatusOr<dataplane::UringEngineOptions> engine_options = EngineOptionsFromFlags();
+  if (!engine_options.ok()) {
+    Log("FATAL", "%s", engine_options.status().message());
+    return 1;
+  }
   std::string fallback_reason;
   absl::StatusOr<std::unique_ptr<dataplane::PacketEngine>> engine =
-      dataplane::StartEngine(*backend, EngineOptionsFromFlags(), &fallback_reason);
+      dataplane::StartEngine(*backend, *engine_options, &fallback_reason);
   if (!engine.ok()) {
     Log("FATAL", "dataplane: %s", engine.status().ToString());
     return 1;
@@ -151,8 +169,12 @@ int Run() {
     Log("WARNING", "dataplane: io_uring unavailable (%s); using the epoll backend",
         fallback_reason);
   }
-  Log("INFO", "dataplane: %s backend started, %d worker(s)", (*engine)->backend_name(),
-      static_cast<int>((*engine)->workers()));
+  Log("INFO", "dataplane: %s backend started, %d worker(s)%s", (*engine)->backend_name(),
+      static_cast<int>((*engine)->workers()),
+      engine_options->cpus.empty()
+          ? ""
+          : absl::StrCat(", pinned to CPUs ", dataplane::FormatCpuList(engine_options->cpus))
+                .c_str());
 
   FileStateStore store(absl::GetFlag(FLAGS_state_dir));
   KernelLinkControl links(netlink->get(), absl::GetFlag(FLAGS_tun_offload),

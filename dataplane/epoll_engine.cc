@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <future>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "dataplane/cpu_affinity.h"
 #include "dataplane/engine_support.h"
 #include "dataplane/errno_status.h"
 #include "dataplane/packet/encap.h"
@@ -122,8 +124,19 @@ class EpollEngine::Impl {
     tx_iov_.resize(std::max<size_t>(kBatch, kMaxSegments));
     tx_msgs_.resize(std::max<size_t>(kBatch, kMaxSegments));
 
-    thread_ = std::thread([this] { Run(); });
-    return absl::OkStatus();
+    // The thread names and pins itself before it moves a packet; an error ends it at once.
+    std::promise<absl::Status> ready;
+    std::future<absl::Status> ready_future = ready.get_future();
+    thread_ = std::thread([this, &ready] {
+      absl::Status status =
+          SetUpWorkerThread(options_.worker, WorkerCpu(options_.cpus, options_.worker));
+      const bool ok = status.ok();
+      ready.set_value(std::move(status));
+      if (ok) Run();
+    });
+    absl::Status status = ready_future.get();
+    if (!status.ok()) thread_.join();
+    return status;
   }
 
   const DataplaneCounters& counters() const { return counters_; }

@@ -19,6 +19,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "dataplane/cpu_affinity.h"
 #include "dataplane/engine_support.h"
 #include "dataplane/errno_status.h"
 #include "dataplane/packet/encap.h"
@@ -333,7 +334,14 @@ class UringEngine::Impl {
   }
 
   void Run(std::promise<absl::Status>* ready) {
-    absl::Status status = SetUpRing();
+    // First, so the ring and buffers are set up (and first touched) on the worker's own CPU.
+    absl::Status status =
+        SetUpWorkerThread(options_.worker, WorkerCpu(options_.cpus, options_.worker));
+    if (!status.ok()) {
+      ready->set_value(status);
+      return;
+    }
+    status = SetUpRing();
     if (!status.ok()) {
       ready->set_value(status);
       return;

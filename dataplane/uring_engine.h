@@ -14,6 +14,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "dataplane/packet_engine.h"
@@ -35,6 +36,9 @@ struct UringEngineOptions {
   // keepalives.
   unsigned worker = 0;
   unsigned workers = 1;
+  // CPUs to pin the workers to: worker i runs on cpus[i % cpus.size()] (WorkerCpu); empty:
+  // wherever the scheduler puts them.
+  std::vector<int> cpus;
 };
 
 class UringEngine final : public PacketEngine {

@@ -4,23 +4,28 @@
 //   transmit: a UDP datagram routed into the device comes out on a raw GRE socket, wrapped;
 //   receive:  a wrapped datagram sent to 127.0.0.1 reaches a UDP socket behind the device.
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
 #include <net/ethernet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "dataplane/cpu_affinity.h"
 #include "dataplane/engine_factory.h"
 #include "dataplane/epoll_engine.h"
 #include "dataplane/netlink.h"
@@ -154,6 +159,94 @@ TEST(StartEngineTest, ForcedBackendsAreHonoured) {
     EXPECT_NE(reason, "");
   } else {
     EXPECT_EQ(reason, "");
+  }
+}
+
+// The CPUs the thread named `name` of this process may run on; empty when there is none.
+std::vector<int> ThreadCpus(const std::string& name) {
+  std::vector<int> cpus;
+  DIR* tasks = opendir("/proc/self/task");
+  if (tasks == nullptr) return cpus;
+  while (dirent* entry = readdir(tasks)) {
+    std::ifstream comm(std::string("/proc/self/task/") + entry->d_name + "/comm");
+    std::string thread_name;
+    if (!std::getline(comm, thread_name) || thread_name != name) continue;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(atoi(entry->d_name), sizeof set, &set) != 0) break;
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+    }
+    break;
+  }
+  closedir(tasks);
+  return cpus;
+}
+
+// No thread of this process is a dataplane worker (named "dataplane-N").
+bool NoWorkerThreads() {
+  DIR* tasks = opendir("/proc/self/task");
+  if (tasks == nullptr) return false;
+  bool none = true;
+  while (dirent* entry = readdir(tasks)) {
+    std::ifstream comm(std::string("/proc/self/task/") + entry->d_name + "/comm");
+    std::string thread_name;
+    if (std::getline(comm, thread_name) && thread_name.rfind("dataplane-", 0) == 0) none = false;
+  }
+  closedir(tasks);
+  return none;
+}
+
+// Each worker names its thread and, given CPUs, pins itself: worker i to the i-th (round
+// again past the end), on either backend and in a pool.
+TEST(StartEngineTest, WorkersRunOnTheirCpus) {
+  const std::vector<int> allowed = AllowedCpus();
+  ASSERT_FALSE(allowed.empty());
+  for (IoBackend backend : {IoBackend::kUring, IoBackend::kEpoll}) {
+    SCOPED_TRACE(std::string(IoBackendName(backend)));
+    UringEngineOptions options;
+    options.cpus = {allowed.back()};
+    {
+      // The workers of the engine before may still be listed (see below).
+      ASSERT_TRUE(Eventually(NoWorkerThreads));
+      auto engine = StartEngine(backend, options, nullptr);
+      ASSERT_TRUE(engine.ok()) << engine.status();
+      EXPECT_EQ(ThreadCpus("dataplane-0"), std::vector<int>{allowed.back()});
+    }
+    options.workers = 3;
+    options.cpus = {allowed.back(), allowed.front()};
+    {
+      // The workers of the engine before may still be listed (see below).
+      ASSERT_TRUE(Eventually(NoWorkerThreads));
+      auto engine = StartEngine(backend, options, nullptr);
+      ASSERT_TRUE(engine.ok()) << engine.status();
+      EXPECT_EQ(ThreadCpus("dataplane-0"), std::vector<int>{allowed.back()});
+      EXPECT_EQ(ThreadCpus("dataplane-1"), std::vector<int>{allowed.front()});
+      EXPECT_EQ(ThreadCpus("dataplane-2"), std::vector<int>{allowed.back()});
+    }
+    // Unpinned: named, and free to run wherever the process may.
+    options.cpus.clear();
+    options.workers = 1;
+    {
+      // The workers of the engine before may still be listed (see below).
+      ASSERT_TRUE(Eventually(NoWorkerThreads));
+      auto engine = StartEngine(backend, options, nullptr);
+      ASSERT_TRUE(engine.ok()) << engine.status();
+      EXPECT_EQ(ThreadCpus("dataplane-0"), allowed);
+    }
+  }
+}
+
+// A CPU the kernel will not pin to fails the start with the reason, leaving nothing running.
+TEST(StartEngineTest, ImpossibleCpuFailsTheStart) {
+  for (IoBackend backend : {IoBackend::kUring, IoBackend::kEpoll}) {
+    UringEngineOptions options;
+    options.cpus = {CPU_SETSIZE - 1};  // no machine here has 1,024 CPUs
+    auto engine = StartEngine(backend, options, nullptr);
+    ASSERT_FALSE(engine.ok()) << IoBackendName(backend);
+    EXPECT_NE(engine.status().message().find("CPU 1023"), std::string::npos) << engine.status();
+    // A joined thread can stay listed in /proc for a moment after its join returns.
+    EXPECT_TRUE(Eventually(NoWorkerThreads)) << IoBackendName(backend);
   }
 }
 
