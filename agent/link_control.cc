@@ -21,6 +21,7 @@ class TunLink final : public Device {
   int ifindex() const override { return tun_->ifindex(); }
   void Keep() override { keep_ = true; }
   bool offload() const override { return tun_->offload(); }
+  bool udp_offload() const override { return tun_->udp_offload(); }
 
  private:
   std::unique_ptr<TunDevice> tun_;

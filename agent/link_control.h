@@ -28,6 +28,8 @@ class Device {
   virtual void Keep() = 0;
   // Whether reads and writes on fd() carry a virtio-net header (TUN offloads on).
   virtual bool offload() const { return false; }
+  // Whether UDP GSO packets may be written to it (TunDevice::udp_offload).
+  virtual bool udp_offload() const { return false; }
 };
 
 // TUN (layer 3: IP packets) for most modes, TAP (layer 2: Ethernet frames) for gretap and

@@ -155,7 +155,8 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
              MetricType::Counter);
   MetricFamily rx_coalesced =
       Family("tunnelagent_tunnel_rx_coalesced_packets_total",
-             "Packets of several received TCP segments of one flow, coalesced (userspace GRO) "
+             "Packets of several received TCP segments (or UDP datagrams) of one flow, coalesced "
+             "(userspace GRO) "
              "and written to the device as one.",
              MetricType::Counter);
   // Only for tunnels with keepalive on: the others would only add series stuck at 0.

@@ -37,6 +37,7 @@ dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, const Device& de
   t.name = spec.name;
   t.device_fd = device.fd();
   t.vnet_header = device.offload();
+  t.udp_coalescing = device.offload() && device.udp_offload();
   t.mtu = mtu;
   dataplane::EncapParams& e = t.encap;
   e.mode = spec.mode;

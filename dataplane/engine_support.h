@@ -161,7 +161,7 @@ void ForEachFouDatagram(const FouSocket& socket, uint8_t* data, size_t len, cons
 // offloads, the coalescer did not take it. nullptr otherwise (counted, or a keepalive).
 // `flush()` writes what the coalescer holds, for a packet that must not overtake it.
 template <typename Tunnel, typename Flush>
-Tunnel* AdmitReceived(const TunnelTable<Tunnel>& table, TcpCoalescer& coalescer,
+Tunnel* AdmitReceived(const TunnelTable<Tunnel>& table, Coalescer& coalescer,
                       DataplaneCounters& counters, const Decapsulated& packet, Flush&& flush) {
   Tunnel* tunnel = table.Lookup(packet);
   if (tunnel == nullptr) {
@@ -170,13 +170,14 @@ Tunnel* AdmitReceived(const TunnelTable<Tunnel>& table, TcpCoalescer& coalescer,
   }
   if (!tunnel->path->AcceptReceived(packet)) return nullptr;
   if (tunnel->path->vnet_header()) {
-    switch (coalescer.Add(tunnel, packet.inner, packet.inner_len)) {
-      case TcpCoalescer::Verdict::kTaken:
+    switch (coalescer.Add(tunnel, packet.inner, packet.inner_len,
+                          tunnel->path->config().udp_coalescing)) {
+      case Coalescer::Verdict::kTaken:
         return nullptr;
-      case TcpCoalescer::Verdict::kFlushThenDeliver:
+      case Coalescer::Verdict::kFlushThenDeliver:
         flush();  // what came before it goes first
         break;
-      case TcpCoalescer::Verdict::kDeliver:
+      case Coalescer::Verdict::kDeliver:
         break;
     }
   }

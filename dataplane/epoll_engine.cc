@@ -432,7 +432,7 @@ class EpollEngine::Impl {
 
   // Writes every flow the receives coalesced to its device.
   void FlushCoalesced() {
-    coalescer_.Flush([this](const TcpCoalescer::Flushed& f) {
+    coalescer_.Flush([this](const Coalescer::Flushed& f) {
       const TunnelDatapath& path = *static_cast<const TunnelRuntime*>(f.owner)->path;
       ssize_t res = write(path.config().device_fd, f.data, f.len);
       static_cast<const TunnelRuntime*>(f.owner)->path->DeliverDone(
@@ -570,7 +570,7 @@ class EpollEngine::Impl {
   std::vector<mmsghdr> tx_msgs_;
   std::unique_ptr<uint8_t[]> segment_memory_{new uint8_t[kSegmentArenaBytes]};
   std::vector<Segment> segments_ = std::vector<Segment>(kMaxSegments);
-  TcpCoalescer coalescer_{kCoalescerFlows, kCoalescerFlows};
+  Coalescer coalescer_{kCoalescerFlows, kCoalescerFlows};
   FouPorts fou_ports_;
   std::vector<std::unique_ptr<Source>> fou_sources_;
   uint8_t* fou_frames_[kMaxSegments];

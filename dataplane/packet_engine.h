@@ -107,6 +107,9 @@ struct EngineTunnel {
   // virtio-net header, which may announce a super-packet to split or a checksum to finish,
   // and every write must start with one.
   bool vnet_header = false;
+  // With vnet_header: the kernel takes UDP GSO packets written to the device, so received UDP
+  // datagrams of one flow are coalesced like TCP segments (Coalescer's `udp`).
+  bool udp_coalescing = false;
   uint32_t mtu = 0;  // device MTU (tap modes: of the frame's payload, as `ip link` shows it)
   // How sent packets are wrapped: mode, underlay addresses, output GRE options, outer header.
   // Which received packets are the tunnel's follows from the mode, the addresses (local: the

@@ -297,6 +297,10 @@ absl::Status TunDevice::SetUpOffload() {
   return absl::OkStatus();
 }
 
+bool TunDevice::udp_offload() const {
+  return (offload_features_ & (kTunUso4 | kTunUso6)) == (kTunUso4 | kTunUso6);
+}
+
 absl::Status TunDevice::SetPersistent(bool persistent) {
   if (ioctl(fd_, TUNSETPERSIST, persistent ? 1UL : 0UL) < 0) {
     const int err = errno;

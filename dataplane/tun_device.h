@@ -97,6 +97,9 @@ class TunDevice {
   // kernel has them (6.2 on), so the host hands over unfinished checksums and 64 KiB TCP (and
   // UDP) super-packets for the reader to finish and split. 0 without offload.
   unsigned offload_features() const { return offload_features_; }
+  // Whether the kernel takes UDP GSO (UDP_L4) packets written to the device, so received UDP
+  // datagrams of one flow can be written as one: it has USO (6.2 on), seen in the features.
+  bool udp_offload() const;
   int ifindex() const { return ifindex_; }
   const std::string& name() const { return name_; }
   Kind kind() const { return kind_; }

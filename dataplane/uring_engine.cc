@@ -82,7 +82,7 @@ struct SegmentBatch {
   uint32_t pending = 0;  // sends in flight
 };
 
-// A coalesced packet (TcpCoalescer) being written to its device.
+// A coalesced packet (Coalescer) being written to its device.
 struct CoalescedWrite : Operation {
   TunnelRuntime* tunnel = nullptr;
   int buffer = -1;
@@ -926,7 +926,7 @@ class UringEngine::Impl {
   // Writes every flow the receives coalesced to its device.
   void FlushCoalesced() {
     if (coalescer_.open_flows() == 0) return;
-    coalescer_.Flush([this](const TcpCoalescer::Flushed& f) {
+    coalescer_.Flush([this](const Coalescer::Flushed& f) {
       auto* tunnel = static_cast<TunnelRuntime*>(const_cast<void*>(f.owner));
       CoalescedWrite& op = coalesced_writes_[static_cast<size_t>(f.buffer)];
       op.op = OpKind::kCoalescedWrite;
@@ -1089,7 +1089,7 @@ class UringEngine::Impl {
   std::unique_ptr<EngineCommand> stop_command_;
   absl::flat_hash_map<std::string, std::unique_ptr<TunnelRuntime>> tunnels_;
   TunnelTable<TunnelRuntime> by_match_;
-  TcpCoalescer coalescer_{kCoalescerFlows, kCoalescerBuffers};
+  Coalescer coalescer_{kCoalescerFlows, kCoalescerBuffers};
   std::vector<CoalescedWrite> coalesced_writes_ = std::vector<CoalescedWrite>(kCoalescerBuffers);
 
   DataplaneCounters counters_;

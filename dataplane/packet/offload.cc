@@ -209,7 +209,7 @@ size_t SegmentSuperPacket(const VirtioNetHeader& h, const uint8_t* packet, size_
   return n;
 }
 
-TcpCoalescer::TcpCoalescer(size_t flows, size_t buffers)
+Coalescer::Coalescer(size_t flows, size_t buffers)
     : max_flows_(std::max<size_t>(flows, 1)),
       open_(new Flow[max_flows_]),
       free_(new int[std::max(buffers, max_flows_)]),
@@ -218,11 +218,11 @@ TcpCoalescer::TcpCoalescer(size_t flows, size_t buffers)
   for (size_t i = 0; i < buffers_; ++i) free_[free_count_++] = static_cast<int>(buffers_ - 1 - i);
 }
 
-void TcpCoalescer::Release(int buffer) {
+void Coalescer::Release(int buffer) {
   if (buffer >= 0 && static_cast<size_t>(buffer) < buffers_) free_[free_count_++] = buffer;
 }
 
-void TcpCoalescer::Discard(const void* owner) {
+void Coalescer::Discard(const void* owner) {
   size_t kept = 0;
   for (size_t i = 0; i < open_count_; ++i) {
     if (open_[i].owner == owner) {
@@ -234,19 +234,21 @@ void TcpCoalescer::Discard(const void* owner) {
   open_count_ = kept;
 }
 
-bool TcpCoalescer::Matches(const Flow& f, const uint8_t* ip, size_t ip_header_len) const {
+bool Coalescer::Matches(const Flow& f, const uint8_t* ip, uint8_t protocol,
+                        size_t ip_header_len) const {
   const uint8_t* p = memory_.get() + size_t(f.buffer) * kBufferBytes + kVirtioNetHeaderLen;
-  if ((ip[0] >> 4) != f.version) return false;
+  if ((ip[0] >> 4) != f.version || protocol != f.protocol) return false;
   // Addresses, then ports.
   const bool same_addresses =
       f.version == 4 ? std::memcmp(p + 12, ip + 12, 8) == 0 : std::memcmp(p + 8, ip + 8, 32) == 0;
   return same_addresses && std::memcmp(p + f.ip_header_len, ip + ip_header_len, 4) == 0;
 }
 
-bool TcpCoalescer::CanMerge(const Flow& f, const uint8_t* ip, size_t header_len,
-                            size_t payload) const {
+bool Coalescer::CanMerge(const Flow& f, const uint8_t* ip, size_t header_len,
+                         size_t payload) const {
   if (f.closed || !f.mergeable || header_len != f.header_len || payload > f.gso_size ||
-      f.len + payload > kMaxPacket) {
+      f.len + payload > kMaxPacket ||
+      (f.protocol == kIpProtoUdp && f.segments >= kMaxUdpSegments)) {
     return false;
   }
   const uint8_t* p = memory_.get() + size_t(f.buffer) * kBufferBytes + kVirtioNetHeaderLen;
@@ -257,6 +259,7 @@ bool TcpCoalescer::CanMerge(const Flow& f, const uint8_t* ip, size_t header_len,
   } else if (std::memcmp(p, ip, 4) != 0 || p[7] != ip[7]) {
     return false;  // traffic class, flow label, hop limit
   }
+  if (f.protocol == kIpProtoUdp) return true;  // datagrams have no order of their own to check
   const uint8_t* th = p + f.ip_header_len;
   const uint8_t* seg = ip + f.ip_header_len;
   if (LoadBe32(seg + 4) != f.next_sequence) return false;
@@ -266,23 +269,31 @@ bool TcpCoalescer::CanMerge(const Flow& f, const uint8_t* ip, size_t header_len,
                      header_len - f.ip_header_len - kTcpMinHeaderLen) == 0;
 }
 
-TcpCoalescer::Verdict TcpCoalescer::Add(const void* owner, const uint8_t* ip, size_t len) {
+Coalescer::Verdict Coalescer::Add(const void* owner, const uint8_t* ip, size_t len, bool udp) {
   Layout l;
-  if (!ParseLayout(ip, len, &l) || l.protocol != kIpProtoTcp) return Verdict::kDeliver;
+  if (!ParseLayout(ip, len, &l) || (l.protocol != kIpProtoTcp && !udp)) return Verdict::kDeliver;
+  const bool tcp = l.protocol == kIpProtoTcp;
   // The newest open flow of this connection, if any.
   Flow* flow = nullptr;
   for (size_t i = open_count_; i-- > 0;) {
-    if (open_[i].owner == owner && Matches(open_[i], ip, l.ip_header_len)) {
+    if (open_[i].owner == owner && Matches(open_[i], ip, l.protocol, l.ip_header_len)) {
       flow = &open_[i];
       break;
     }
   }
   const uint8_t* th = ip + l.ip_header_len;
-  const uint8_t flags = th[13];
+  const uint8_t flags = tcp ? th[13] : 0;
   const size_t payload = l.len - l.header_len;
-  const bool candidate = (flags & static_cast<uint8_t>(~kTcpPsh)) == kTcpAck && payload > 0 &&
-                         (l.version == 6 || l.ip_header_len == kIpv4HeaderLen) &&
-                         TransportChecksumValid(ip, l);
+  bool candidate = payload > 0 && (l.version == 6 || l.ip_header_len == kIpv4HeaderLen);
+  if (tcp) {
+    candidate = candidate && (flags & static_cast<uint8_t>(~kTcpPsh)) == kTcpAck;
+  } else {
+    // A UDP length that disagrees with the IP header's, or no checksum (IPv4's 0), leaves the
+    // datagram as it is, for the host to judge.
+    candidate = candidate && LoadBe16(th + 4) == l.len - l.ip_header_len &&
+                LoadBe16(th + kUdpChecksumOffset) != 0;
+  }
+  candidate = candidate && TransportChecksumValid(ip, l);
   if (flow != nullptr && candidate && CanMerge(*flow, ip, l.header_len, payload)) {
     uint8_t* p = packet_of(*flow);
     std::memcpy(p + flow->len, ip + l.header_len, payload);
@@ -309,10 +320,11 @@ TcpCoalescer::Verdict TcpCoalescer::Add(const void* owner, const uint8_t* ip, si
   f.owner = owner;
   f.buffer = free_[--free_count_];
   f.version = l.version;
+  f.protocol = l.protocol;
   f.ip_header_len = static_cast<uint16_t>(l.ip_header_len);
   f.header_len = static_cast<uint16_t>(l.header_len);
   f.gso_size = static_cast<uint16_t>(payload);
-  f.next_sequence = LoadBe32(th + 4) + static_cast<uint32_t>(payload);
+  f.next_sequence = tcp ? LoadBe32(th + 4) + static_cast<uint32_t>(payload) : 0;
   f.segments = 1;
   f.len = l.len;
   f.inner_bytes = l.len;
@@ -322,32 +334,33 @@ TcpCoalescer::Verdict TcpCoalescer::Add(const void* owner, const uint8_t* ip, si
   return Verdict::kTaken;
 }
 
-TcpCoalescer::Flushed TcpCoalescer::Finish(Flow& f) {
+Coalescer::Flushed Coalescer::Finish(Flow& f) {
   uint8_t* header = buffer_of(f.buffer);
   uint8_t* p = header + kVirtioNetHeaderLen;
   VirtioNetHeader vnet;
   if (f.segments > 1) {
-    Layout l;
-    l.version = f.version;
-    l.protocol = kIpProtoTcp;
-    l.ip_header_len = f.ip_header_len;
+    const bool tcp = f.protocol == kIpProtoTcp;
+    const size_t l4_len = f.len - f.ip_header_len;
     if (f.version == 4) {
       StoreBe16(p + 2, static_cast<uint16_t>(f.len));
       StoreIpv4HeaderChecksum(p, f.ip_header_len);
     } else {
       StoreBe16(p + 4, static_cast<uint16_t>(f.len - kIpv6HeaderLen));
     }
+    // UDP: the length of the whole, which the kernel's segmentation replaces with each
+    // datagram's (adjusting the checksum from one to the other).
+    if (!tcp) StoreBe16(p + f.ip_header_len + 4, static_cast<uint16_t>(l4_len));
     // The kernel finishes the checksum (NEEDS_CSUM): the field holds the pseudo-header sum,
     // folded and not complemented, as a device with checksum offload expects it.
-    const uint32_t pseudo = PseudoHeaderSum(p, f.version, kIpProtoTcp, f.len - f.ip_header_len);
-    StoreBe16(p + f.ip_header_len + kTcpChecksumOffset,
-              static_cast<uint16_t>(~ChecksumFinish(pseudo)));
+    const size_t field = tcp ? kTcpChecksumOffset : kUdpChecksumOffset;
+    const uint32_t pseudo = PseudoHeaderSum(p, f.version, f.protocol, l4_len);
+    StoreBe16(p + f.ip_header_len + field, static_cast<uint16_t>(~ChecksumFinish(pseudo)));
     vnet.flags = kVirtioNetFlagNeedsCsum;
-    vnet.gso_type = f.version == 4 ? kGsoTcpv4 : kGsoTcpv6;
+    vnet.gso_type = !tcp ? kGsoUdpL4 : f.version == 4 ? kGsoTcpv4 : kGsoTcpv6;
     vnet.hdr_len = f.header_len;
     vnet.gso_size = f.gso_size;
     vnet.csum_start = f.ip_header_len;
-    vnet.csum_offset = kTcpChecksumOffset;
+    vnet.csum_offset = static_cast<uint16_t>(field);
   }
   // A single segment goes as it came, its checksum untouched for the kernel to verify.
   WriteVirtioNetHeader(vnet, header);

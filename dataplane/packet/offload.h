@@ -79,28 +79,35 @@ size_t CountSegments(const VirtioNetHeader& h, const uint8_t* packet, size_t len
 size_t SegmentSuperPacket(const VirtioNetHeader& h, const uint8_t* packet, size_t len, size_t first,
                           const SegmentArena& arena);
 
-// Receive offload: TCP segments of one flow, arriving in order within one batch, merged into
-// one packet written with a virtio-net header (GSO TCPV4/TCPV6, NEEDS_CSUM) of the first
-// segment's payload size, as Linux's GRO merges them. A segment merges when addresses, ports,
-// IP fields (TOS/traffic class, TTL/hop limit, DF, no options), TCP header length, options,
-// acknowledgment and window are the same as the flow's, its sequence number is the next
-// expected, only ACK (and PSH) is set, and its checksum is right; a segment shorter than the
-// first, or with PSH, ends its flow. Packets that cannot merge but belong to an open flow start
-// a flow of their own, so nothing of one connection is ever reordered.
+// Receive offload: TCP segments (and, where asked, UDP datagrams) of one flow, arriving in
+// order within one batch, merged into one packet written with a virtio-net header of the first
+// segment's payload size (GSO TCPV4/TCPV6 or UDP_L4, NEEDS_CSUM), as Linux's GRO merges them.
+// A TCP segment merges when addresses, ports, IP fields (TOS/traffic class, TTL/hop limit, DF,
+// no options), TCP header length, options, acknowledgment and window are the same as the
+// flow's, its sequence number is the next expected, only ACK (and PSH) is set, and its checksum
+// is right; a segment shorter than the first, or with PSH, ends its flow. A UDP datagram merges
+// as udp_gro_receive_segment merges them: same addresses, ports and IP fields, a length that
+// agrees with the IP header's, a checksum that is there and right, no larger than the first
+// (a shorter one ends the flow), at most kMaxUdpSegments. The kernel splits such a packet back
+// into the very datagrams for a socket that has not asked for UDP_GRO, and hands it whole,
+// with its segment size, to one that has. Packets that cannot merge but belong to an open flow
+// start a flow of their own, so nothing of one flow is ever reordered.
 //
 // Buffers hold a flow from its first segment until the engine is done writing it; they come
 // from a fixed pool, and when none is free Add declines and the packet goes on its own.
-class TcpCoalescer {
+class Coalescer {
  public:
   // Largest packet a flow grows to (the IPv4 total length field's limit).
   static constexpr size_t kMaxPacket = 65535;
+  // Most datagrams in one UDP flow: the kernel's own GRO limit (UDP_GRO_CNT_MAX).
+  static constexpr uint32_t kMaxUdpSegments = 64;
   // Each buffer: the virtio-net header, then the packet.
   static constexpr size_t kBufferBytes = kVirtioNetHeaderLen + kMaxPacket + 1;
 
   // `flows`: open at once; `buffers`: in the pool (at least `flows`).
-  TcpCoalescer(size_t flows, size_t buffers);
-  TcpCoalescer(const TcpCoalescer&) = delete;
-  TcpCoalescer& operator=(const TcpCoalescer&) = delete;
+  Coalescer(size_t flows, size_t buffers);
+  Coalescer(const Coalescer&) = delete;
+  Coalescer& operator=(const Coalescer&) = delete;
 
   enum class Verdict {
     kTaken,    // copied into a flow: the caller's buffer is free again
@@ -110,8 +117,9 @@ class TcpCoalescer {
     kFlushThenDeliver,
   };
   // Offers the IP packet `ip` (`len` bytes) for `owner` (the tunnel's device; flows of
-  // different owners never merge).
-  Verdict Add(const void* owner, const uint8_t* ip, size_t len);
+  // different owners never merge). `udp`: UDP datagrams may merge too, for a device whose
+  // kernel takes UDP_L4 GSO packets written to it (Linux 6.2 on, TunDevice::udp_offload).
+  Verdict Add(const void* owner, const uint8_t* ip, size_t len, bool udp = false);
 
   // A flow ready to be written: `data` (virtio-net header and packet, `len` bytes) goes to
   // `owner`'s device; `segments` and `inner_bytes` are what it is made of, for counters.
@@ -143,7 +151,8 @@ class TcpCoalescer {
     const void* owner = nullptr;
     int buffer = -1;
     uint8_t version = 0;
-    bool closed = false;  // takes no more segments
+    uint8_t protocol = 0;  // TCP or UDP
+    bool closed = false;   // takes no more segments
     bool mergeable = false;
     uint16_t ip_header_len = 0;
     uint16_t header_len = 0;  // IP + TCP
@@ -154,7 +163,7 @@ class TcpCoalescer {
     size_t inner_bytes = 0;
   };
 
-  bool Matches(const Flow& f, const uint8_t* ip, size_t ip_header_len) const;
+  bool Matches(const Flow& f, const uint8_t* ip, uint8_t protocol, size_t ip_header_len) const;
   bool CanMerge(const Flow& f, const uint8_t* ip, size_t header_len, size_t payload) const;
   Flushed Finish(Flow& f);
   uint8_t* packet_of(const Flow& f) { return buffer_of(f.buffer) + kVirtioNetHeaderLen; }

@@ -19,7 +19,7 @@
 //   BM_SegmentTso/<payload bytes>          SegmentSuperPacket of a TCPv4 TSO read (MSS 1436)
 //                                          then Encapsulate of each segment in GRE: per
 //                                          super-packet, with bytes/s of payload
-//   BM_CoalesceTcp/<segments>              TcpCoalescer::Add of that many in-order segments of
+//   BM_CoalesceTcp/<segments>              Coalescer::Add of that many in-order segments of
 //                                          one flow (1436 bytes each), then Flush: per segment
 //   BM_CoalesceMiss                        Add of a segment that cannot merge (not TCP)
 //
@@ -363,13 +363,13 @@ void BM_CoalesceTcp(benchmark::State& state) {
   const size_t count = static_cast<size_t>(state.range(0));
   std::vector<std::vector<uint8_t>> segments;
   for (size_t i = 0; i < count; ++i) segments.push_back(TcpSegment(1436, 1 + 1436 * i, false));
-  TcpCoalescer gro(16, 32);
+  Coalescer gro(16, 32);
   int owner = 0;
   for (auto _ : state) {
     for (const auto& seg : segments) {
       benchmark::DoNotOptimize(gro.Add(&owner, seg.data(), seg.size()));
     }
-    gro.Flush([&](const TcpCoalescer::Flushed& f) {
+    gro.Flush([&](const Coalescer::Flushed& f) {
       benchmark::DoNotOptimize(f.data);
       gro.Release(f.buffer);
     });
@@ -379,10 +379,51 @@ void BM_CoalesceTcp(benchmark::State& state) {
 }
 BENCHMARK(BM_CoalesceTcp)->Arg(1)->Arg(8)->Arg(44);
 
+// UDP datagrams of one flow (10.0.0.1:40000 -> 10.0.0.2:4433), `payload` bytes each with a
+// correct checksum, coalesced into UDP GSO packets (at most 64 datagrams each).
+void BM_CoalesceUdp(benchmark::State& state) {
+  const size_t payload = static_cast<size_t>(state.range(0));
+  const size_t count = static_cast<size_t>(state.range(1));
+  std::vector<uint8_t> d(28 + payload, 0x5a);
+  Ipv4Header ip;
+  ip.total_len = static_cast<uint16_t>(d.size());
+  ip.ttl = 64;
+  ip.protocol = kIpProtoUdp;
+  ip.src = 0x0a000001;
+  ip.dst = 0x0a000002;
+  WriteIpv4Header(ip, d.data());
+  uint8_t* uh = d.data() + 20;
+  uh[0] = 40000 >> 8;
+  uh[1] = 40000 & 0xff;
+  uh[2] = 4433 >> 8;
+  uh[3] = 4433 & 0xff;
+  uh[4] = static_cast<uint8_t>((d.size() - 20) >> 8);
+  uh[5] = static_cast<uint8_t>(d.size() - 20);
+  uh[6] = uh[7] = 0;
+  const uint16_t sum = ChecksumFinish(ChecksumAdd(
+      uh, d.size() - 20, ChecksumAdd(d.data() + 12, 8) + kIpProtoUdp + (d.size() - 20)));
+  uh[6] = static_cast<uint8_t>(sum >> 8);
+  uh[7] = static_cast<uint8_t>(sum);
+  Coalescer gro(16, 32);
+  int owner = 0;
+  for (auto _ : state) {
+    for (size_t i = 0; i < count; ++i) {
+      benchmark::DoNotOptimize(gro.Add(&owner, d.data(), d.size(), /*udp=*/true));
+    }
+    gro.Flush([&](const Coalescer::Flushed& f) {
+      benchmark::DoNotOptimize(f.data);
+      gro.Release(f.buffer);
+    });
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * count));
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * count * payload));
+}
+BENCHMARK(BM_CoalesceUdp)->Args({64, 32})->Args({1400, 32});
+
 void BM_CoalesceMiss(benchmark::State& state) {
   std::vector<uint8_t> udp = TcpSegment(64, 1, false);
-  udp[9] = 17;  // UDP: never coalesced
-  TcpCoalescer gro(16, 32);
+  udp[9] = 17;  // UDP, not asked to coalesce it
+  Coalescer gro(16, 32);
   int owner = 0;
   for (auto _ : state) benchmark::DoNotOptimize(gro.Add(&owner, udp.data(), udp.size()));
   state.SetItemsProcessed(state.iterations());

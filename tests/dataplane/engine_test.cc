@@ -332,6 +332,7 @@ class EngineTest : public ::testing::TestWithParam<EngineParam> {
     t.name = "tun0";
     t.device_fd = tun_->fd();
     t.vnet_header = tun_->offload();
+    t.udp_coalescing = tun_->udp_offload();
     t.mtu = 1400;
     t.encap.mode = mode;
     t.encap.ttl = 64;
@@ -1108,6 +1109,51 @@ TEST_P(OffloadEngineTest, ReceivedTcpSegmentsReachTheHostWhole) {
   EXPECT_EQ(seen, stream);
   EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::rx_packets) == kSegments; }));
   EXPECT_EQ(counters_->Sum(&TunnelCounters::rx_bytes), kSegments * 1240u);
+}
+
+// Received UDP datagrams of one flow reach the socket one by one, whole and in order, whether
+// or not they were coalesced into a UDP GSO write (the kernel splits it again for a socket
+// without UDP_GRO); and where the kernel takes such writes, bursts do get coalesced.
+TEST_P(OffloadEngineTest, ReceivedUdpDatagramsReachTheSocketWhole) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false);
+  auto udp = BoundUdp();
+  GreHeader gre;
+  gre.protocol = kEtherTypeIpv4;
+  constexpr int kDatagrams = 8;
+  constexpr int kMaxBursts = 20;
+  int bursts = 0;
+  uint64_t sent_bursts = 0;
+  for (; bursts < kMaxBursts; ++bursts) {
+    std::vector<std::vector<uint8_t>> wrapped;
+    std::vector<std::string> sent;
+    for (int i = 0; i < kDatagrams; ++i) {
+      // Equal sizes but the last, which is shorter (it ends a coalesced flow).
+      sent.push_back(std::string(i + 1 < kDatagrams ? 1000 : 300, static_cast<char>('a' + i)));
+      std::vector<uint8_t> inner = UdpPacket(kInnerFar, kInnerA, kPort, sent.back());
+      StoreBe16(inner.data() + kIpv4HeaderLen + 6, 0);
+      uint16_t sum =
+          ChecksumFinish(ChecksumAdd(inner.data() + kIpv4HeaderLen, inner.size() - kIpv4HeaderLen,
+                                     ChecksumAdd(inner.data() + 12, 8) + IPPROTO_UDP +
+                                         static_cast<uint32_t>(inner.size() - kIpv4HeaderLen)));
+      StoreBe16(inner.data() + kIpv4HeaderLen + 6, sum == 0 ? 0xFFFF : sum);
+      wrapped.push_back(Wrap(inner, kIpProtoGre, &gre));
+    }
+    for (const auto& pkt : wrapped) SendOuter(pkt);
+    ++sent_bursts;
+    for (int i = 0; i < kDatagrams; ++i) {
+      ASSERT_EQ(ReceiveUdp(*udp), sent[i]) << "burst " << bursts << ", datagram " << i;
+    }
+    if (!tun_->udp_offload() || counters_->Sum(&TunnelCounters::rx_coalesced) > 0) break;
+  }
+  if (tun_->udp_offload()) {
+    EXPECT_LT(bursts, kMaxBursts) << "no burst of " << kDatagrams << " was ever coalesced";
+  }
+  // Every datagram counts as received, coalesced or not (a coalesced write counts when it
+  // completes, which can be just after the socket has the data).
+  EXPECT_TRUE(Eventually([&] {
+    return counters_->Sum(&TunnelCounters::rx_packets) == kDatagrams * sent_bursts;
+  })) << counters_->Sum(&TunnelCounters::rx_packets)
+      << " of " << kDatagrams * sent_bursts;
 }
 
 // The same super-packet through a fou tunnel leaves as one UDP GSO send of three GRE-in-UDP

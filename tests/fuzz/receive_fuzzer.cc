@@ -234,21 +234,23 @@ bool SameDecapsulated(const Decapsulated& a, const Decapsulated& b) {
 }
 
 // The TUN offload code on whatever IP packet was received: coalescing it (twice, as if it came
-// again), and splitting it as if it were a super-packet the device handed over, with segment
-// sizes and checksum offsets taken from its own bytes. Every output stays inside its buffer
-// (ASan) and accounts for every input byte.
+// again; TCP, and UDP too for half the inputs), and splitting it as if it were a super-packet the
+// device handed over, with segment sizes and checksum offsets taken from its own bytes. Every
+// output stays inside its buffer (ASan) and accounts for every input byte.
 void CheckOffload(const uint8_t* ip, size_t len) {
-  static TcpCoalescer* coalescer = new TcpCoalescer(4, 8);
+  static Coalescer* coalescer = new Coalescer(4, 8);
   int owner = 0;
   size_t taken = 0;
+  // UDP coalescing on or off, by a bit of the packet (the last byte's lowest).
+  const bool udp = len > 0 && (ip[len - 1] & 1) != 0;
   for (int i = 0; i < 2; ++i) {
-    const TcpCoalescer::Verdict v = coalescer->Add(&owner, ip, len);
-    if (v == TcpCoalescer::Verdict::kTaken) ++taken;
+    const Coalescer::Verdict v = coalescer->Add(&owner, ip, len, udp);
+    if (v == Coalescer::Verdict::kTaken) ++taken;
   }
   size_t segments = 0;
-  coalescer->Flush([&](const TcpCoalescer::Flushed& f) {
+  coalescer->Flush([&](const Coalescer::Flushed& f) {
     FUZZ_CHECK(f.owner == &owner);
-    FUZZ_CHECK(f.len > kVirtioNetHeaderLen && f.len <= TcpCoalescer::kBufferBytes);
+    FUZZ_CHECK(f.len > kVirtioNetHeaderLen && f.len <= Coalescer::kBufferBytes);
     FUZZ_CHECK(f.segments >= 1);
     if (f.segments == 1) {
       // A packet on its own is written as it came.

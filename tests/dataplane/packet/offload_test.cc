@@ -310,9 +310,9 @@ struct Flushed {
   size_t inner_bytes;
 };
 
-std::vector<Flushed> FlushAll(TcpCoalescer& gro) {
+std::vector<Flushed> FlushAll(Coalescer& gro) {
   std::vector<Flushed> out;
-  gro.Flush([&](const TcpCoalescer::Flushed& f) {
+  gro.Flush([&](const Coalescer::Flushed& f) {
     out.push_back(
         {f.owner, std::vector<uint8_t>(f.data, f.data + f.len), f.segments, f.inner_bytes});
     gro.Release(f.buffer);
@@ -320,7 +320,7 @@ std::vector<Flushed> FlushAll(TcpCoalescer& gro) {
   return out;
 }
 
-TEST(TcpCoalescerTest, SegmentsOfOneFlowBecomeTheSuperPacketAgain) {
+TEST(CoalescerTest, SegmentsOfOneFlowBecomeTheSuperPacketAgain) {
   for (uint8_t version : {4, 6}) {
     SCOPED_TRACE(int(version));
     TcpOptions o;
@@ -331,11 +331,10 @@ TEST(TcpCoalescerTest, SegmentsOfOneFlowBecomeTheSuperPacketAgain) {
     Arena a;
     const size_t n = SegmentSuperPacket(Gso(type, 1400), super.data(), super.size(), 0, a.arena);
     ASSERT_EQ(n, 3u);
-    TcpCoalescer gro(4, 8);
+    Coalescer gro(4, 8);
     int owner;
     for (size_t i = 0; i < n; ++i) {
-      EXPECT_EQ(gro.Add(&owner, a.segments[i].data, a.segments[i].len),
-                TcpCoalescer::Verdict::kTaken);
+      EXPECT_EQ(gro.Add(&owner, a.segments[i].data, a.segments[i].len), Coalescer::Verdict::kTaken);
     }
     std::vector<Flushed> out = FlushAll(gro);
     ASSERT_EQ(out.size(), 1u);
@@ -363,11 +362,11 @@ TEST(TcpCoalescerTest, SegmentsOfOneFlowBecomeTheSuperPacketAgain) {
   }
 }
 
-TEST(TcpCoalescerTest, OneSegmentGoesAsItCame) {
-  TcpCoalescer gro(4, 4);
+TEST(CoalescerTest, OneSegmentGoesAsItCame) {
+  Coalescer gro(4, 4);
   const std::vector<uint8_t> p = TcpPacket(TcpOptions{}, 100);
   int owner;
-  EXPECT_EQ(gro.Add(&owner, p.data(), p.size()), TcpCoalescer::Verdict::kTaken);
+  EXPECT_EQ(gro.Add(&owner, p.data(), p.size()), Coalescer::Verdict::kTaken);
   std::vector<Flushed> out = FlushAll(gro);
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].segments, 1u);
@@ -376,8 +375,8 @@ TEST(TcpCoalescerTest, OneSegmentGoesAsItCame) {
   EXPECT_EQ(std::vector<uint8_t>(out[0].data.begin() + 10, out[0].data.end()), p);
 }
 
-TEST(TcpCoalescerTest, WhatCannotMergeIsNotMergedAndNotReordered) {
-  TcpCoalescer gro(8, 8);
+TEST(CoalescerTest, WhatCannotMergeIsNotMergedAndNotReordered) {
+  Coalescer gro(8, 8);
   int a, b;
   TcpOptions o;
   o.flags = 0x10;
@@ -396,7 +395,7 @@ TEST(TcpCoalescerTest, WhatCannotMergeIsNotMergedAndNotReordered) {
   o.ack = 999;
   o.flags = 0x11;  // FIN: never merged, but must not overtake
   const auto fin = TcpPacket(o, 0);
-  using V = TcpCoalescer::Verdict;
+  using V = Coalescer::Verdict;
   EXPECT_EQ(gro.Add(&a, first.data(), first.size()), V::kTaken);
   EXPECT_EQ(gro.Add(&a, second.data(), second.size()), V::kTaken);
   EXPECT_EQ(gro.Add(&a, gap.data(), gap.size()), V::kTaken);
@@ -414,8 +413,8 @@ TEST(TcpCoalescerTest, WhatCannotMergeIsNotMergedAndNotReordered) {
   EXPECT_EQ(out[4].data[10 + 33], 0x11);
 }
 
-TEST(TcpCoalescerTest, PshAndShortSegmentsEndTheFlow) {
-  TcpCoalescer gro(8, 8);
+TEST(CoalescerTest, PshAndShortSegmentsEndTheFlow) {
+  Coalescer gro(8, 8);
   int owner;
   TcpOptions o;
   o.flags = 0x10;
@@ -437,10 +436,10 @@ TEST(TcpCoalescerTest, PshAndShortSegmentsEndTheFlow) {
   EXPECT_EQ(ReadVirtioNetHeader(out[1].data.data()).gso_size, 500);
 }
 
-TEST(TcpCoalescerTest, OnlyCorrectTcpIsTaken) {
-  TcpCoalescer gro(8, 8);
+TEST(CoalescerTest, OnlyCorrectTcpIsTaken) {
+  Coalescer gro(8, 8);
   int owner;
-  using V = TcpCoalescer::Verdict;
+  using V = Coalescer::Verdict;
   auto bad = TcpPacket(TcpOptions{}, 100);
   bad[60] ^= 0xFF;  // payload changed, checksum not
   EXPECT_EQ(gro.Add(&owner, bad.data(), bad.size()), V::kDeliver);
@@ -462,10 +461,10 @@ TEST(TcpCoalescerTest, OnlyCorrectTcpIsTaken) {
   EXPECT_EQ(gro.open_flows(), 0u);
 }
 
-TEST(TcpCoalescerTest, APacketThatWouldOvertakeAskForAFlushWhenNoBufferIsFree) {
-  TcpCoalescer gro(1, 1);
+TEST(CoalescerTest, APacketThatWouldOvertakeAskForAFlushWhenNoBufferIsFree) {
+  Coalescer gro(1, 1);
   int owner;
-  using V = TcpCoalescer::Verdict;
+  using V = Coalescer::Verdict;
   TcpOptions o;
   o.flags = 0x10;
   const auto first = TcpPacket(o, 1000);
@@ -478,15 +477,15 @@ TEST(TcpCoalescerTest, APacketThatWouldOvertakeAskForAFlushWhenNoBufferIsFree) {
   EXPECT_EQ(gro.Add(&owner, other_flow.data(), other_flow.size()), V::kDeliver);
   EXPECT_EQ(gro.Add(&owner, gap.data(), gap.size()), V::kFlushThenDeliver);
   int released = -1;
-  gro.Flush([&](const TcpCoalescer::Flushed& f) { released = f.buffer; });
+  gro.Flush([&](const Coalescer::Flushed& f) { released = f.buffer; });
   EXPECT_EQ(gro.free_buffers(), 0u) << "written, not yet released";
   EXPECT_EQ(gro.Add(&owner, gap.data(), gap.size()), V::kDeliver);
   gro.Release(released);
   EXPECT_EQ(gro.Add(&owner, gap.data(), gap.size()), V::kTaken);
 }
 
-TEST(TcpCoalescerTest, DiscardForgetsAnOwnersFlows) {
-  TcpCoalescer gro(4, 4);
+TEST(CoalescerTest, DiscardForgetsAnOwnersFlows) {
+  Coalescer gro(4, 4);
   int a, b;
   TcpOptions o;
   o.flags = 0x10;
@@ -500,8 +499,8 @@ TEST(TcpCoalescerTest, DiscardForgetsAnOwnersFlows) {
   EXPECT_EQ(out[0].owner, &b);
 }
 
-TEST(TcpCoalescerTest, StopsAtTheLargestPacket) {
-  TcpCoalescer gro(2, 2);
+TEST(CoalescerTest, StopsAtTheLargestPacket) {
+  Coalescer gro(2, 2);
   int owner;
   TcpOptions o;
   o.flags = 0x10;
@@ -520,6 +519,194 @@ TEST(TcpCoalescerTest, StopsAtTheLargestPacket) {
   }
   EXPECT_EQ(merged_payload, 50u);
   EXPECT_EQ(out[0].segments, (65535u - 40) / 1460);
+}
+
+// ---- UDP coalescing -------------------------------------------------------------------------
+
+struct UdpOptions {
+  uint8_t version = 4;
+  uint16_t id = 0x2000;
+  uint8_t tos = 0;
+  uint16_t src_port = 40000;
+  uint16_t dst_port = 4433;
+  uint8_t fill = 0;  // byte i of the payload is fill + i
+};
+
+// A UDP datagram with `payload` bytes and its checksum correct; with `partial`, the checksum
+// field holds only the pseudo-header sum, as a USO super-packet from TUN has it.
+std::vector<uint8_t> UdpPacket(const UdpOptions& o, size_t payload, bool partial = false) {
+  const size_t ihl = o.version == 4 ? 20 : 40;
+  std::vector<uint8_t> b(ihl + 8 + payload, 0);
+  if (o.version == 4) {
+    b[0] = 0x45;
+    b[1] = o.tos;
+    Put16(b, 2, uint16_t(b.size()));
+    Put16(b, 4, o.id);
+    b[8] = 64;
+    b[9] = 17;
+    Put32(b, 12, 0x0A000001);
+    Put32(b, 16, 0x0A000002);
+    Put16(b, 10, uint16_t(~ReferenceSum(std::vector<uint8_t>(b.begin(), b.begin() + 20))));
+  } else {
+    b[0] = 0x60;
+    b[1] = uint8_t(o.tos << 4);
+    Put16(b, 4, uint16_t(b.size() - 40));
+    b[6] = 17;
+    b[7] = 64;
+    b[8] = 0xFD;
+    b[23] = 1;
+    b[24] = 0xFD;
+    b[39] = 2;
+  }
+  const size_t l4_len = 8 + payload;
+  Put16(b, ihl, o.src_port);
+  Put16(b, ihl + 2, o.dst_port);
+  Put16(b, ihl + 4, uint16_t(l4_len));
+  for (size_t i = 0; i < payload; ++i) b[ihl + 8 + i] = uint8_t(o.fill + i);
+  std::vector<uint8_t> pseudo;
+  if (o.version == 4) {
+    pseudo.assign(b.begin() + 12, b.begin() + 20);
+    pseudo.insert(pseudo.end(), {0, 17, uint8_t(l4_len >> 8), uint8_t(l4_len)});
+  } else {
+    pseudo.assign(b.begin() + 8, b.begin() + 40);
+    pseudo.insert(pseudo.end(), {0, 0, uint8_t(l4_len >> 8), uint8_t(l4_len), 0, 0, 0, 17});
+  }
+  if (partial) {
+    Put16(b, ihl + 6, ReferenceSum(pseudo));
+  } else {
+    pseudo.insert(pseudo.end(), b.begin() + ihl, b.end());
+    const uint16_t sum = uint16_t(~ReferenceSum(pseudo));
+    Put16(b, ihl + 6, sum == 0 ? 0xFFFF : sum);
+  }
+  return b;
+}
+
+// USO in both directions: a UDP super-packet split into datagrams, and the datagrams
+// coalesced back into that very super-packet, which splits into them again.
+TEST(UdpCoalescerTest, DatagramsOfOneFlowBecomeTheSuperPacketAgain) {
+  for (uint8_t version : {4, 6}) {
+    SCOPED_TRACE(int(version));
+    UdpOptions o;
+    o.version = version;
+    const std::vector<uint8_t> super = UdpPacket(o, 2500, true);
+    Arena a;
+    const size_t n =
+        SegmentSuperPacket(Gso(kGsoUdpL4, 1000), super.data(), super.size(), 0, a.arena);
+    ASSERT_EQ(n, 3u);
+    std::vector<std::vector<uint8_t>> datagrams;
+    for (size_t i = 0; i < n; ++i) {
+      datagrams.emplace_back(a.segments[i].data, a.segments[i].data + a.segments[i].len);
+    }
+    Coalescer gro(4, 8);
+    int owner;
+    for (const auto& d : datagrams) {
+      EXPECT_EQ(gro.Add(&owner, d.data(), d.size(), /*udp=*/true), Coalescer::Verdict::kTaken);
+    }
+    std::vector<Flushed> out = FlushAll(gro);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].segments, 3u);
+    EXPECT_EQ(out[0].inner_bytes, datagrams[0].size() + datagrams[1].size() + datagrams[2].size());
+    const VirtioNetHeader h = ReadVirtioNetHeader(out[0].data.data());
+    const size_t ihl = version == 4 ? 20 : 40;
+    EXPECT_EQ(h.flags, kVirtioNetFlagNeedsCsum);
+    EXPECT_EQ(h.gso_type, kGsoUdpL4);
+    EXPECT_EQ(h.gso_size, 1000);
+    EXPECT_EQ(h.hdr_len, ihl + 8);
+    EXPECT_EQ(h.csum_start, ihl);
+    EXPECT_EQ(h.csum_offset, 6);
+    std::vector<uint8_t> packet(out[0].data.begin() + kVirtioNetHeaderLen, out[0].data.end());
+    EXPECT_EQ(packet, super);
+    Arena again;
+    ASSERT_EQ(SegmentSuperPacket(h, packet.data(), packet.size(), 0, again.arena), 3u);
+    for (size_t i = 0; i < n; ++i) {
+      EXPECT_EQ(std::vector<uint8_t>(again.segments[i].data,
+                                     again.segments[i].data + again.segments[i].len),
+                datagrams[i])
+          << i;
+    }
+    ASSERT_TRUE(CompleteChecksum(packet.data(), packet.size(), h.csum_start, h.csum_offset));
+    EXPECT_TRUE(TransportChecksumOk(packet.data(), packet.size()));
+  }
+}
+
+TEST(UdpCoalescerTest, UdpIsLeftAloneUnlessAsked) {
+  Coalescer gro(4, 4);
+  int owner;
+  const auto d = UdpPacket(UdpOptions{}, 500);
+  EXPECT_EQ(gro.Add(&owner, d.data(), d.size()), Coalescer::Verdict::kDeliver);
+  EXPECT_EQ(gro.Add(&owner, d.data(), d.size(), /*udp=*/false), Coalescer::Verdict::kDeliver);
+  EXPECT_EQ(gro.open_flows(), 0u);
+}
+
+// No checksum (IPv4's 0), a wrong one, or a UDP length that disagrees with the IP header's:
+// the datagram goes as it is; behind an open flow of its own, after that flow.
+TEST(UdpCoalescerTest, OnlyCorrectUdpIsTaken) {
+  int owner;
+  auto no_checksum = UdpPacket(UdpOptions{}, 500);
+  no_checksum[26] = no_checksum[27] = 0;
+  auto wrong_checksum = UdpPacket(UdpOptions{}, 500);
+  wrong_checksum[40] ^= 1;
+  auto wrong_length = UdpPacket(UdpOptions{}, 500);
+  Put16(wrong_length, 24, 400);
+  for (const auto* d : {&no_checksum, &wrong_checksum, &wrong_length}) {
+    Coalescer gro(4, 4);
+    EXPECT_EQ(gro.Add(&owner, d->data(), d->size(), true), Coalescer::Verdict::kDeliver);
+    const auto good = UdpPacket(UdpOptions{}, 500);
+    ASSERT_EQ(gro.Add(&owner, good.data(), good.size(), true), Coalescer::Verdict::kTaken);
+    // Behind the open flow it is kept, unmerged, so it does not overtake.
+    EXPECT_EQ(gro.Add(&owner, d->data(), d->size(), true), Coalescer::Verdict::kTaken);
+    EXPECT_EQ(gro.Add(&owner, good.data(), good.size(), true), Coalescer::Verdict::kTaken);
+    std::vector<Flushed> out = FlushAll(gro);
+    ASSERT_EQ(out.size(), 3u);
+    EXPECT_EQ(std::vector<uint8_t>(out[1].data.begin() + kVirtioNetHeaderLen, out[1].data.end()),
+              *d);
+    for (const Flushed& f : out) EXPECT_EQ(f.segments, 1u);
+  }
+}
+
+// Flows are told apart by addresses, ports and protocol; a larger datagram than the first
+// starts a flow of its own, a shorter one ends its flow.
+TEST(UdpCoalescerTest, WhatCannotMergeIsNotMergedAndNotReordered) {
+  Coalescer gro(8, 8);
+  int owner;
+  UdpOptions other_port;
+  other_port.src_port = 40001;
+  TcpOptions tcp;
+  tcp.src_port = 40000;
+  tcp.dst_port = 4433;
+  tcp.flags = 0x10;
+  const auto d1 = UdpPacket(UdpOptions{}, 500);
+  const auto p1 = UdpPacket(other_port, 500);
+  const auto t1 = TcpPacket(tcp, 500);
+  const auto big = UdpPacket(UdpOptions{}, 600);
+  const auto small = UdpPacket(UdpOptions{}, 100);
+  for (const auto* d : {&d1, &p1, &t1, &d1, &big, &small, &big}) {
+    EXPECT_EQ(gro.Add(&owner, d->data(), d->size(), true), Coalescer::Verdict::kTaken);
+  }
+  std::vector<Flushed> out = FlushAll(gro);
+  // d1+d1 (then big cannot follow: larger), p1, t1, big+small (small ends it), big.
+  ASSERT_EQ(out.size(), 5u);
+  EXPECT_EQ(out[0].segments, 2u);
+  EXPECT_EQ(out[1].segments, 1u);
+  EXPECT_EQ(out[2].segments, 1u);
+  EXPECT_EQ(out[3].segments, 2u);
+  EXPECT_EQ(out[4].segments, 1u);
+  EXPECT_EQ(ReadVirtioNetHeader(out[0].data.data()).gso_size, 500);
+  EXPECT_EQ(ReadVirtioNetHeader(out[3].data.data()).gso_size, 600);
+  EXPECT_EQ(out[3].data.size(), kVirtioNetHeaderLen + 28 + 600 + 100);
+}
+
+TEST(UdpCoalescerTest, AtMostTheKernelsCountOfDatagramsPerFlow) {
+  Coalescer gro(4, 4);
+  int owner;
+  const auto d = UdpPacket(UdpOptions{}, 100);
+  for (int i = 0; i < 70; ++i) {
+    ASSERT_EQ(gro.Add(&owner, d.data(), d.size(), true), Coalescer::Verdict::kTaken) << i;
+  }
+  std::vector<Flushed> out = FlushAll(gro);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].segments, Coalescer::kMaxUdpSegments);
+  EXPECT_EQ(out[1].segments, 70 - Coalescer::kMaxUdpSegments);
 }
 
 }  // namespace
