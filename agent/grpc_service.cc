@@ -370,6 +370,8 @@ grpc::Status TunnelServiceImpl::GetAgentInfo(grpc::ServerContext*, const v1::Get
     response->add_features(feature);
   }
   response->set_io_backend(identity_.io_backend);
+  response->set_dataplane_workers(identity_.dataplane_workers);
+  response->set_dataplane_cpus(identity_.dataplane_cpus);
   response->set_max_tunnels(manager_->max_tunnels());
   Snapshot snapshot = manager_->TakeSnapshot();
   response->set_tunnel_count(static_cast<uint32_t>(snapshot.tunnels.size()));

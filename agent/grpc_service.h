@@ -24,6 +24,8 @@ struct AgentIdentity {
   std::string node_name;
   std::string io_backend;
   absl::Time start_time;
+  uint32_t dataplane_workers = 0;
+  std::string dataplane_cpus;  // a CPU list; empty when the workers are not pinned
 };
 
 class TunnelServiceImpl final : public v1::TunnelService::Service {

@@ -228,7 +228,9 @@ int Run() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   TunnelServiceImpl service(
-      &manager, AgentIdentity{kVersion, NodeName(), (*engine)->backend_name(), start_time});
+      &manager, AgentIdentity{kVersion, NodeName(), (*engine)->backend_name(), start_time,
+                              static_cast<uint32_t>((*engine)->workers()),
+                              dataplane::FormatCpuList(engine_options->cpus)});
   grpc::ServerBuilder builder;
   const std::string listen = absl::GetFlag(FLAGS_grpc_listen);
   int port = 0;

@@ -377,6 +377,8 @@ std::string FormatAgentInfo(const v1::AgentInfo& info) {
       "supported_modes: ", modes.empty() ? kNone : absl::StrJoin(modes, ", "), "\n",  //
       "features: ", OneLine(ListText(info.features())), "\n",                         //
       "io_backend: ", TextOrNone(info.io_backend()), "\n",                            //
+      "dataplane_workers: ", info.dataplane_workers(), "\n",                          //
+      "dataplane_cpus: ", TextOrNone(info.dataplane_cpus()), "\n",                    //
       "max_tunnels: ", info.max_tunnels(), "\n",                                      //
       "tunnel_count: ", info.tunnel_count(), "\n",                                    //
       "revision: ", info.revision(), "\n",                                            //

@@ -76,7 +76,7 @@ class GrpcServiceTest : public ::testing::Test {
     Stop();
     manager_ = std::make_unique<TunnelManager>(&links_, &engine_, &store_, options);
     service_ = std::make_unique<TunnelServiceImpl>(
-        manager_.get(), AgentIdentity{"1.2.3-test", "node-7", "fake-io", start_time_});
+        manager_.get(), AgentIdentity{"1.2.3-test", "node-7", "fake-io", start_time_, 3, "0-1,4"});
     static std::atomic<int> instance{0};
     socket_ = absl::StrCat("unix:", ::testing::TempDir(), "/grpc_service_test.", getpid(), ".",
                            instance++, ".sock");
@@ -788,6 +788,8 @@ TEST_F(GrpcServiceTest, GetAgentInfo) {
   EXPECT_EQ(info.version(), "1.2.3-test");
   EXPECT_EQ(info.node_name(), "node-7");
   EXPECT_EQ(info.io_backend(), "fake-io");
+  EXPECT_EQ(info.dataplane_workers(), 3u);
+  EXPECT_EQ(info.dataplane_cpus(), "0-1,4");
   EXPECT_EQ(info.max_tunnels(), 77u);
   EXPECT_EQ(info.tunnel_count(), 1u);
   EXPECT_EQ(info.revision(), start + 3);

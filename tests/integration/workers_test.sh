@@ -1,7 +1,8 @@
 #!/bin/bash
 # Dataplane workers pinned to CPUs (--dataplane_cpus): each worker thread is named
-# dataplane-N and runs only on its CPU, the workers gauge follows the list, a tunnel between a
-# pinned agent and a pinned pool carries traffic both ways, and a bad list is refused at start.
+# dataplane-N and runs only on its CPU, the workers gauge and GetAgentInfo (tunnelctl info)
+# follow the list, a tunnel between a pinned agent and a pinned pool carries traffic both ways,
+# and a bad list is refused at start.
 set -euo pipefail
 : "${SOURCE_DIR:=$(cd "$(dirname "$0")/../.." && pwd)}"
 : "${BIN_DIR:=$SOURCE_DIR/build/bin}"
@@ -28,9 +29,13 @@ lab_init
 lab_add_node A 198.18.0.1
 lab_add_node B 198.18.0.2
 
-lab_log "A: one worker on CPU $LAST; B: three workers round CPUs $LAST,$FIRST"
+# B's list: the last CPU, then the first (the one CPU twice would be refused).
+B_CPUS=$LAST
+[ "$FIRST" = "$LAST" ] || B_CPUS="$LAST,$FIRST"
+
+lab_log "A: one worker on CPU $LAST; B: three workers round CPUs $B_CPUS"
 lab_start_agent A --dataplane_cpus="$LAST"
-lab_start_agent B --dataplane_cpus="$LAST,$FIRST" --dataplane_workers=3
+lab_start_agent B --dataplane_cpus="$B_CPUS" --dataplane_workers=3
 grep -q "1 worker(s), pinned to CPUs $LAST" "$RUN/A.log" ||
   lab_fail "A's log does not say where its worker runs: $(grep dataplane: "$RUN/A.log")"
 lab_ok "A logs: $(grep -o '1 worker(s), pinned.*' "$RUN/A.log")"
@@ -47,6 +52,10 @@ for w in "0 $LAST" "1 $FIRST" "2 $LAST"; do
   [ "$got" = "$cpu" ] || lab_fail "B's dataplane-$n may run on '$got', want $cpu"
 done
 lab_ok "every worker thread runs only on its CPU"
+info=$(lab_ctl B info)
+grep -qx "dataplane_workers: 3" <<<"$info" && grep -qx "dataplane_cpus: $B_CPUS" <<<"$info" ||
+  lab_fail "tunnelctl info on B: $(grep dataplane <<<"$info")"
+lab_ok "GetAgentInfo on B: $(grep dataplane <<<"$info" | tr '\n' ' ')"
 
 lab_log "a GRE tunnel between them carries traffic"
 lab_ctl A create gre1 mode gre local 198.18.0.1 remote 198.18.0.2 address 10.30.0.1/30 >/dev/null
@@ -61,6 +70,10 @@ lab_start_agent A --dataplane_workers=1
 [ "$(cpus_of "${LAB_PIDS[A]}" dataplane-0)" = "$ALL" ] ||
   lab_fail "unpinned dataplane-0 may run on '$(cpus_of "${LAB_PIDS[A]}" dataplane-0)', want $ALL"
 lab_ok "dataplane-0 may run on $ALL, as the agent may"
+info=$(lab_ctl A info)
+grep -qx "dataplane_workers: 1" <<<"$info" && grep -qx "dataplane_cpus: -" <<<"$info" ||
+  lab_fail "tunnelctl info unpinned: $(grep dataplane <<<"$info")"
+lab_ok "GetAgentInfo unpinned: $(grep dataplane <<<"$info" | tr '\n' ' ')"
 lab_stop_agent A
 
 lab_log "a bad CPU list is refused before anything starts"

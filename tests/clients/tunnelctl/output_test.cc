@@ -192,6 +192,8 @@ TEST(InfoTest, FieldLines) {
     supported_modes: [ TUNNEL_MODE_GRE, TUNNEL_MODE_IPIP ]
     features: [ "request_id", "watch" ]
     io_backend: "io_uring"
+    dataplane_workers: 2
+    dataplane_cpus: "2-3"
     max_tunnels: 1024
     tunnel_count: 3
     revision: 77
@@ -203,6 +205,8 @@ TEST(InfoTest, FieldLines) {
             "supported_modes: gre, ipip\n"
             "features: request_id, watch\n"
             "io_backend: io_uring\n"
+            "dataplane_workers: 2\n"
+            "dataplane_cpus: 2-3\n"
             "max_tunnels: 1024\n"
             "tunnel_count: 3\n"
             "revision: 77\n"
