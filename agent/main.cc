@@ -6,8 +6,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -70,7 +72,8 @@ ABSL_FLAG(bool, tun_offload, true,
           "hands over 64 KiB super-packets, split here, and received TCP is coalesced back");
 ABSL_FLAG(uint32_t, dataplane_workers, 0,
           "Dataplane: threads moving packets, each with its own ring and sockets, receive "
-          "spread between them by inner flow; 0: one per CPU the agent may run on (at most 16)");
+          "spread between them by inner flow; 0: one per CPU the agent may run on, no more than "
+          "its cgroup's CPU limit (a container's limits.cpu, rounded up) allows, at most 16");
 ABSL_FLAG(std::string, dataplane_cpus, "",
           "Dataplane: CPUs to pin the workers to, as a CPU list (\"2-5\", \"0,2\"): worker i on "
           "the i-th, round again when there are more workers; with --dataplane_workers=0, one "
@@ -108,8 +111,13 @@ absl::StatusOr<dataplane::UringEngineOptions> EngineOptionsFromFlags() {
   }
   options.workers = absl::GetFlag(FLAGS_dataplane_workers);
   if (options.workers == 0) {
-    const size_t cpus = options.cpus.empty() ? std::max<size_t>(dataplane::AllowedCpus().size(), 1)
-                                             : options.cpus.size();
+    size_t cpus = options.cpus.empty() ? std::max<size_t>(dataplane::AllowedCpus().size(), 1)
+                                       : options.cpus.size();
+    // A CPU quota (a container's CPU limit) allows fewer busy threads than the mask lists:
+    // as many workers as it has whole CPUs, rounded up, so none is throttled for its share.
+    if (std::optional<double> limit = dataplane::CgroupCpuLimit()) {
+      cpus = std::min(cpus, static_cast<size_t>(std::max(1.0, std::ceil(*limit))));
+    }
     options.workers = static_cast<unsigned>(std::min(cpus, kMaxDefaultWorkers));
   }
   return options;

@@ -4,6 +4,7 @@
 #ifndef TUNNELAGENT_DATAPLANE_CPU_AFFINITY_H_
 #define TUNNELAGENT_DATAPLANE_CPU_AFFINITY_H_
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,14 @@ std::string FormatCpuList(const std::vector<int>& cpus);
 std::vector<int> AllowedCpus();
 // OK when every one of `cpus` is allowed; INVALID_ARGUMENT naming the first that is not.
 absl::Status CheckCpusAllowed(const std::vector<int>& cpus);
+
+// The CPU bandwidth limit of this process's cgroup, in CPUs (quota / period: 1.5 for
+// "150000 100000"), the smallest along the cgroup and its ancestors, for cgroup v2 (cpu.max)
+// and v1 (cpu.cfs_quota_us / cpu.cfs_period_us); nullopt when there is none or it cannot be
+// read. A container's CPU limit (Kubernetes `limits.cpu`) is such a quota: more busy threads
+// than it allows get throttled, however many CPUs the affinity mask lists. `root` prefixes
+// every path read (/proc/self/cgroup, /proc/self/mountinfo, the cgroup files), for tests.
+std::optional<double> CgroupCpuLimit(const std::string& root = "");
 
 // The CPU the worker `worker` runs on: cpus[worker % size], or -1 (not pinned) for none.
 int WorkerCpu(const std::vector<int>& cpus, unsigned worker);

@@ -92,4 +92,49 @@ refused "appears twice" "0,0"
 refused "is not one this process may run on" "1023"
 [ ! -e "$RUN/A-state/tunnels.json" ] || [ "$(lab_state_names A)" = "gre1" ] ||
   lab_fail "a refused start changed A's state"
+
+lab_log "in a cgroup with a CPU limit of one, the default is one worker"
+# A cgroup of our own under the cpu controller, v1 (as on this kind of machine) or v2, with
+# a quota of one CPU per period; removed on exit (after the agent in it has stopped).
+# `ip netns exec` mounts a fresh /sys, without the cgroup file systems, so the agent's shell
+# mounts its hierarchy again there (in the mount namespace of that one command), as a
+# container runtime does for a container.
+CG=
+if [ -w /sys/fs/cgroup/cpu ] && [ -e /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
+  CG=/sys/fs/cgroup/cpu/tunnel-agent-test-$$
+  mkdir "$CG" && echo 100000 >"$CG/cpu.cfs_period_us" && echo 100000 >"$CG/cpu.cfs_quota_us" ||
+    CG=
+  MOUNT_CGROUP='mount -t tmpfs none /sys/fs/cgroup && mkdir /sys/fs/cgroup/cpu &&
+    mount -t cgroup -o cpu none /sys/fs/cgroup/cpu'
+elif grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; then
+  CG=/sys/fs/cgroup/tunnel-agent-test-$$
+  mkdir "$CG" && echo "100000 100000" >"$CG/cpu.max" || CG=
+  MOUNT_CGROUP='mount -t cgroup2 none /sys/fs/cgroup'
+fi
+workers_cleanup() {
+  local rc=$?
+  lab_cleanup
+  [ -n "$CG" ] && [ -d "$CG" ] && rmdir "$CG" 2>/dev/null
+  return "$rc"
+}
+trap workers_cleanup EXIT
+if [ -z "$CG" ]; then
+  lab_ok "no cgroup with a CPU quota can be made here: that step left out"
+elif [ "${#CPUS[@]}" -lt 2 ]; then
+  lab_ok "one CPU: a limit of one changes nothing here, that step left out"
+else
+  ( echo "$BASHPID" >"$CG/cgroup.procs" &&
+    exec ip netns exec "$LAB-A" sh -c "$MOUNT_CGROUP && exec \"\$0\" \"\$@\"" \
+      "$BIN_DIR/tunnel-agent" --grpc_listen="unix:$RUN/A.sock" \
+      --metrics_listen="127.0.0.1:$LAB_METRICS_PORT" --state_dir="$RUN/A-state" ) \
+    >>"$RUN/A.log" 2>&1 &
+  LAB_PIDS[A]=$!
+  _lab_wait_agent A
+  grep -q ":/${CG##*/}\$" /proc/"${LAB_PIDS[A]}"/cgroup ||
+    lab_fail "the agent is not in $CG: $(cat /proc/"${LAB_PIDS[A]}"/cgroup)"
+  [ "$(lab_metric A tunnelagent_dataplane_workers)" = 1 ] ||
+    lab_fail "workers under a 1-CPU limit: $(lab_metric A tunnelagent_dataplane_workers), want 1"
+  lab_ok "with ${#CPUS[@]} CPUs allowed and a 1-CPU quota: $(grep -o '[0-9]* worker(s)' "$RUN/A.log" | tail -1)"
+  lab_stop_agent A
+fi
 lab_ok "workers test passed"
