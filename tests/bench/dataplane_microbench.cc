@@ -299,23 +299,31 @@ void BM_IcmpFragNeeded(benchmark::State& state) {
 }
 BENCHMARK(BM_IcmpFragNeeded);
 
-// A TCPv4 segment of `payload` bytes (10.0.0.1:40000 -> 10.0.0.2:5201, ACK, sequence `seq`)
-// with a correct checksum, or the pseudo-header sum only (`partial`, as TSO leaves it).
-std::vector<uint8_t> TcpSegment(size_t payload, uint32_t seq, bool partial) {
-  std::vector<uint8_t> p(40 + payload, 0x5a);
+// `len` bytes of 0x5a behind an IPv4 header (10.0.0.1 -> 10.0.0.2, `protocol`) and the ports
+// 40000 -> `dport`.
+std::vector<uint8_t> Ipv4WithPorts(size_t len, uint8_t protocol, uint16_t dport) {
+  std::vector<uint8_t> p(len, 0x5a);
   Ipv4Header ip;
   ip.total_len = static_cast<uint16_t>(p.size());
   ip.ttl = 64;
-  ip.dont_fragment = true;
-  ip.protocol = kIpProtoTcp;
+  ip.dont_fragment = protocol == kIpProtoTcp;
+  ip.protocol = protocol;
   ip.src = 0x0a000001;
   ip.dst = 0x0a000002;
   WriteIpv4Header(ip, p.data());
+  uint8_t* l4 = p.data() + 20;
+  l4[0] = 40000 >> 8;
+  l4[1] = 40000 & 0xff;
+  l4[2] = static_cast<uint8_t>(dport >> 8);
+  l4[3] = static_cast<uint8_t>(dport);
+  return p;
+}
+
+// A TCPv4 segment of `payload` bytes (10.0.0.1:40000 -> 10.0.0.2:5201, ACK, sequence `seq`)
+// with a correct checksum, or the pseudo-header sum only (`partial`, as TSO leaves it).
+std::vector<uint8_t> TcpSegment(size_t payload, uint32_t seq, bool partial) {
+  std::vector<uint8_t> p = Ipv4WithPorts(40 + payload, kIpProtoTcp, 5201);
   uint8_t* th = p.data() + 20;
-  th[0] = 40000 >> 8;
-  th[1] = 40000 & 0xff;
-  th[2] = 5201 >> 8;
-  th[3] = 5201 & 0xff;
   th[4] = static_cast<uint8_t>(seq >> 24);
   th[5] = static_cast<uint8_t>(seq >> 16);
   th[6] = static_cast<uint8_t>(seq >> 8);
@@ -384,19 +392,8 @@ BENCHMARK(BM_CoalesceTcp)->Arg(1)->Arg(8)->Arg(44);
 void BM_CoalesceUdp(benchmark::State& state) {
   const size_t payload = static_cast<size_t>(state.range(0));
   const size_t count = static_cast<size_t>(state.range(1));
-  std::vector<uint8_t> d(28 + payload, 0x5a);
-  Ipv4Header ip;
-  ip.total_len = static_cast<uint16_t>(d.size());
-  ip.ttl = 64;
-  ip.protocol = kIpProtoUdp;
-  ip.src = 0x0a000001;
-  ip.dst = 0x0a000002;
-  WriteIpv4Header(ip, d.data());
+  std::vector<uint8_t> d = Ipv4WithPorts(28 + payload, kIpProtoUdp, 4433);
   uint8_t* uh = d.data() + 20;
-  uh[0] = 40000 >> 8;
-  uh[1] = 40000 & 0xff;
-  uh[2] = 4433 >> 8;
-  uh[3] = 4433 & 0xff;
   uh[4] = static_cast<uint8_t>((d.size() - 20) >> 8);
   uh[5] = static_cast<uint8_t>(d.size() - 20);
   uh[6] = uh[7] = 0;

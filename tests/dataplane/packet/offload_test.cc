@@ -26,21 +26,30 @@ uint32_t Be32(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
 }
 
+// The pseudo-header (RFC 793, RFC 8200 section 8.1) of the transport segment of `b`, whose
+// IP header is `ihl` bytes, as the bytes to sum.
+std::vector<uint8_t> PseudoHeader(const std::vector<uint8_t>& b, uint8_t version, size_t ihl,
+                                  uint8_t protocol) {
+  const size_t l4_len = b.size() - ihl;
+  std::vector<uint8_t> pseudo;
+  if (version == 4) {
+    pseudo.assign(b.begin() + 12, b.begin() + 20);
+    pseudo.insert(pseudo.end(), {0, protocol, uint8_t(l4_len >> 8), uint8_t(l4_len)});
+  } else {
+    pseudo.assign(b.begin() + 8, b.begin() + 40);
+    pseudo.insert(pseudo.end(), {0, 0, uint8_t(l4_len >> 8), uint8_t(l4_len), 0, 0, 0, protocol});
+  }
+  return pseudo;
+}
+
 // True when the transport checksum of `ip` (IPv4 or IPv6, TCP or UDP, no options or extension
 // headers beyond IPv4's) verifies, by the reference sum.
 bool TransportChecksumOk(const uint8_t* ip, size_t len) {
   const bool v4 = (ip[0] >> 4) == 4;
   const size_t ihl = v4 ? (ip[0] & 15) * 4 : 40;
   const uint8_t proto = v4 ? ip[9] : ip[6];
-  const size_t l4_len = len - ihl;
-  std::vector<uint8_t> pseudo;
-  if (v4) {
-    pseudo.assign(ip + 12, ip + 20);
-    pseudo.insert(pseudo.end(), {0, proto, uint8_t(l4_len >> 8), uint8_t(l4_len)});
-  } else {
-    pseudo.assign(ip + 8, ip + 40);
-    pseudo.insert(pseudo.end(), {0, 0, uint8_t(l4_len >> 8), uint8_t(l4_len), 0, 0, 0, proto});
-  }
+  std::vector<uint8_t> pseudo =
+      PseudoHeader(std::vector<uint8_t>(ip, ip + len), v4 ? 4 : 6, ihl, proto);
   pseudo.insert(pseudo.end(), ip + ihl, ip + len);
   return ReferenceSum(pseudo) == 0xFFFF;
 }
@@ -118,15 +127,7 @@ std::vector<uint8_t> TcpPacket(const TcpOptions& o, size_t payload, bool partial
   }
   for (size_t i = 0; i < payload; ++i) b[ihl + thl + i] = uint8_t(o.seq + i);
   // Checksum: the pseudo-header sum, then (unless partial) the whole.
-  const size_t l4_len = thl + payload;
-  std::vector<uint8_t> pseudo;
-  if (o.version == 4) {
-    pseudo.assign(b.begin() + 12, b.begin() + 20);
-    pseudo.insert(pseudo.end(), {0, 6, uint8_t(l4_len >> 8), uint8_t(l4_len)});
-  } else {
-    pseudo.assign(b.begin() + 8, b.begin() + 40);
-    pseudo.insert(pseudo.end(), {0, 0, uint8_t(l4_len >> 8), uint8_t(l4_len), 0, 0, 0, 6});
-  }
+  std::vector<uint8_t> pseudo = PseudoHeader(b, o.version, ihl, 6);
   if (partial) {
     Put16(b, ihl + 16, ReferenceSum(pseudo));
   } else {
@@ -563,14 +564,7 @@ std::vector<uint8_t> UdpPacket(const UdpOptions& o, size_t payload, bool partial
   Put16(b, ihl + 2, o.dst_port);
   Put16(b, ihl + 4, uint16_t(l4_len));
   for (size_t i = 0; i < payload; ++i) b[ihl + 8 + i] = uint8_t(o.fill + i);
-  std::vector<uint8_t> pseudo;
-  if (o.version == 4) {
-    pseudo.assign(b.begin() + 12, b.begin() + 20);
-    pseudo.insert(pseudo.end(), {0, 17, uint8_t(l4_len >> 8), uint8_t(l4_len)});
-  } else {
-    pseudo.assign(b.begin() + 8, b.begin() + 40);
-    pseudo.insert(pseudo.end(), {0, 0, uint8_t(l4_len >> 8), uint8_t(l4_len), 0, 0, 0, 17});
-  }
+  std::vector<uint8_t> pseudo = PseudoHeader(b, o.version, ihl, 17);
   if (partial) {
     Put16(b, ihl + 6, ReferenceSum(pseudo));
   } else {
