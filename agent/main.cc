@@ -177,12 +177,10 @@ int Run() {
     Log("WARNING", "dataplane: io_uring unavailable (%s); using the epoll backend",
         fallback_reason);
   }
+  const std::string worker_cpus = dataplane::FormatCpuList(engine_options->cpus);
   Log("INFO", "dataplane: %s backend started, %d worker(s)%s", (*engine)->backend_name(),
       static_cast<int>((*engine)->workers()),
-      engine_options->cpus.empty()
-          ? ""
-          : absl::StrCat(", pinned to CPUs ", dataplane::FormatCpuList(engine_options->cpus))
-                .c_str());
+      worker_cpus.empty() ? "" : absl::StrCat(", pinned to CPUs ", worker_cpus).c_str());
 
   FileStateStore store(absl::GetFlag(FLAGS_state_dir));
   KernelLinkControl links(netlink->get(), absl::GetFlag(FLAGS_tun_offload),
@@ -237,8 +235,7 @@ int Run() {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   TunnelServiceImpl service(
       &manager, AgentIdentity{kVersion, NodeName(), (*engine)->backend_name(), start_time,
-                              static_cast<uint32_t>((*engine)->workers()),
-                              dataplane::FormatCpuList(engine_options->cpus)});
+                              static_cast<uint32_t>((*engine)->workers()), worker_cpus});
   grpc::ServerBuilder builder;
   const std::string listen = absl::GetFlag(FLAGS_grpc_listen);
   int port = 0;

@@ -23,6 +23,7 @@
 #include <fstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "dataplane/cpu_affinity.h"
@@ -162,39 +163,42 @@ TEST(StartEngineTest, ForcedBackendsAreHonoured) {
   }
 }
 
+// This process's threads, each as its id and name (/proc/self/task/*/comm).
+std::vector<std::pair<pid_t, std::string>> Threads() {
+  std::vector<std::pair<pid_t, std::string>> threads;
+  DIR* tasks = opendir("/proc/self/task");
+  if (tasks == nullptr) return threads;
+  while (dirent* entry = readdir(tasks)) {
+    std::ifstream comm(std::string("/proc/self/task/") + entry->d_name + "/comm");
+    std::string name;
+    if (std::getline(comm, name)) threads.emplace_back(atoi(entry->d_name), name);
+  }
+  closedir(tasks);
+  return threads;
+}
+
 // The CPUs the thread named `name` of this process may run on; empty when there is none.
 std::vector<int> ThreadCpus(const std::string& name) {
   std::vector<int> cpus;
-  DIR* tasks = opendir("/proc/self/task");
-  if (tasks == nullptr) return cpus;
-  while (dirent* entry = readdir(tasks)) {
-    std::ifstream comm(std::string("/proc/self/task/") + entry->d_name + "/comm");
-    std::string thread_name;
-    if (!std::getline(comm, thread_name) || thread_name != name) continue;
+  for (const auto& [tid, thread_name] : Threads()) {
+    if (thread_name != name) continue;
     cpu_set_t set;
     CPU_ZERO(&set);
-    if (sched_getaffinity(atoi(entry->d_name), sizeof set, &set) != 0) break;
+    if (sched_getaffinity(tid, sizeof set, &set) != 0) break;
     for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
       if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
     }
     break;
   }
-  closedir(tasks);
   return cpus;
 }
 
 // No thread of this process is a dataplane worker (named "dataplane-N").
 bool NoWorkerThreads() {
-  DIR* tasks = opendir("/proc/self/task");
-  if (tasks == nullptr) return false;
-  bool none = true;
-  while (dirent* entry = readdir(tasks)) {
-    std::ifstream comm(std::string("/proc/self/task/") + entry->d_name + "/comm");
-    std::string thread_name;
-    if (std::getline(comm, thread_name) && thread_name.rfind("dataplane-", 0) == 0) none = false;
+  for (const auto& thread : Threads()) {
+    if (thread.second.rfind("dataplane-", 0) == 0) return false;
   }
-  closedir(tasks);
-  return none;
+  return true;
 }
 
 // Each worker names its thread and, given CPUs, pins itself: worker i to the i-th (round
