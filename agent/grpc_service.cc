@@ -1,13 +1,16 @@
 #include "agent/grpc_service.h"
 
 #include <algorithm>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "agent/log.h"
 #include "agent/proto_convert.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
@@ -103,6 +106,8 @@ v1::TunnelEvent::Type EventTypeToProto(TunnelEvent::Type type) {
       return v1::TunnelEvent::DELETED;
     case TunnelEvent::Type::kStateChanged:
       return v1::TunnelEvent::STATE_CHANGED;
+    case TunnelEvent::Type::kRepaired:
+      return v1::TunnelEvent::REPAIRED;
   }
   return v1::TunnelEvent::TYPE_UNSPECIFIED;
 }
@@ -140,6 +145,21 @@ bool Matches(const v1::ListTunnelsRequest& request, const TunnelView& view) {
   return true;
 }
 
+// Who made a call, for the log. TODO(access): uid on the unix socket.
+std::string CallerOf(const grpc::ServerContext& context) { return context.peer(); }
+
+// One line per request that changes tunnels, done or refused: who asked, what, the result.
+void LogChange(const grpc::ServerContext* context, absl::string_view what,
+               const std::string& tunnel, const absl::Status& status,
+               std::string detail = std::string()) {
+  LogEvent("INFO", what,
+           {{"tunnel", tunnel},
+            {"caller", CallerOf(*context)},
+            {"result", status.ok() ? std::string("OK") : absl::StatusCodeToString(status.code())},
+            {status.ok() ? "detail" : "error",
+             status.ok() ? std::move(detail) : std::string(status.message())}});
+}
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
@@ -148,7 +168,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-grpc::Status TunnelServiceImpl::CreateTunnel(grpc::ServerContext*,
+grpc::Status TunnelServiceImpl::CreateTunnel(grpc::ServerContext* context,
                                              const v1::CreateTunnelRequest* request,
                                              v1::Tunnel* response) {
   std::string bytes;
@@ -163,6 +183,9 @@ grpc::Status TunnelServiceImpl::CreateTunnel(grpc::ServerContext*,
         *out = TunnelToProto(view->spec, view->status).SerializeAsString();
         return absl::OkStatus();
       });
+  LogChange(context, "tunnel.create", request->tunnel().name(), status,
+            absl::StrCat("mode=", v1::TunnelMode_Name(request->tunnel().mode()),
+                         " remote=", request->tunnel().remote()));
   if (status.ok()) response->ParseFromString(bytes);
   return ToGrpcStatus(status);
 }
@@ -208,7 +231,7 @@ grpc::Status TunnelServiceImpl::ListTunnels(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status TunnelServiceImpl::UpdateTunnel(grpc::ServerContext*,
+grpc::Status TunnelServiceImpl::UpdateTunnel(grpc::ServerContext* context,
                                              const v1::UpdateTunnelRequest* request,
                                              v1::UpdateTunnelResponse* response) {
   std::string bytes;
@@ -251,20 +274,31 @@ grpc::Status TunnelServiceImpl::UpdateTunnel(grpc::ServerContext*,
         *out = answer.SerializeAsString();
         return absl::OkStatus();
       });
-  if (status.ok()) response->ParseFromString(bytes);
+  std::string changed;
+  if (status.ok()) {
+    response->ParseFromString(bytes);
+    changed = response->changed_fields().empty()
+                  ? std::string("unchanged")
+                  : absl::StrCat("changed=", absl::StrJoin(response->changed_fields(), ","),
+                                 response->recreated() ? " recreated" : "");
+  }
+  LogChange(context, "tunnel.update", request->tunnel().name(), status, changed);
   return ToGrpcStatus(status);
 }
 
-grpc::Status TunnelServiceImpl::DeleteTunnel(grpc::ServerContext*,
+grpc::Status TunnelServiceImpl::DeleteTunnel(grpc::ServerContext* context,
                                              const v1::DeleteTunnelRequest* request,
                                              google::protobuf::Empty*) {
   std::string unused;
-  return ToGrpcStatus(idempotency_.Run("DeleteTunnel", request->request_id(), Fingerprint(*request),
-                                       &unused, [&](std::string*) -> absl::Status {
-                                         if (request->name().empty())
-                                           return absl::InvalidArgumentError("name: required");
-                                         return manager_->Delete(request->name(), request->etag());
-                                       }));
+  absl::Status status =
+      idempotency_.Run("DeleteTunnel", request->request_id(), Fingerprint(*request), &unused,
+                       [&](std::string*) -> absl::Status {
+                         if (request->name().empty())
+                           return absl::InvalidArgumentError("name: required");
+                         return manager_->Delete(request->name(), request->etag());
+                       });
+  LogChange(context, "tunnel.delete", request->name(), status);
+  return ToGrpcStatus(status);
 }
 
 grpc::Status TunnelServiceImpl::WatchTunnels(grpc::ServerContext* context,
@@ -280,10 +314,12 @@ grpc::Status TunnelServiceImpl::WatchTunnels(grpc::ServerContext* context,
     ~Release() { count->fetch_sub(1); }
   } release{&watchers_};
 
-  auto write = [writer](v1::TunnelEvent::Type type, uint64_t revision, const TunnelView* view) {
+  auto write = [writer](v1::TunnelEvent::Type type, uint64_t revision, const TunnelView* view,
+                        const std::string& detail = std::string()) {
     v1::TunnelEvent event;
     event.set_type(type);
     event.set_revision(revision);
+    event.set_detail(detail);
     if (view != nullptr) *event.mutable_tunnel() = TunnelToProto(view->spec, view->status);
     return writer->Write(event);
   };
@@ -309,7 +345,7 @@ grpc::Status TunnelServiceImpl::WatchTunnels(grpc::ServerContext* context,
       continue;
     }
     for (const TunnelEvent& event : *events) {
-      if (!write(EventTypeToProto(event.type), event.revision, &event.tunnel)) {
+      if (!write(EventTypeToProto(event.type), event.revision, &event.tunnel, event.detail)) {
         return grpc::Status::OK;
       }
       cursor = event.revision;
@@ -318,7 +354,7 @@ grpc::Status TunnelServiceImpl::WatchTunnels(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status TunnelServiceImpl::ApplyTunnels(grpc::ServerContext*,
+grpc::Status TunnelServiceImpl::ApplyTunnels(grpc::ServerContext* context,
                                              const v1::ApplyTunnelsRequest* request,
                                              v1::ApplyTunnelsResponse* response) {
   std::string bytes;
@@ -350,7 +386,17 @@ grpc::Status TunnelServiceImpl::ApplyTunnels(grpc::ServerContext*,
         *out = answer.SerializeAsString();
         return absl::OkStatus();
       });
-  if (status.ok()) response->ParseFromString(bytes);
+  std::string summary;
+  if (status.ok()) {
+    response->ParseFromString(bytes);
+    std::map<std::string, int> actions;
+    for (const v1::TunnelChange& c : response->changes()) {
+      ++actions[absl::AsciiStrToLower(v1::TunnelChange::Action_Name(c.action()))];
+    }
+    summary = absl::StrCat("owner=", request->owner(), request->dry_run() ? " dry_run" : "", " ",
+                           absl::StrJoin(actions, " ", absl::PairFormatter("=")));
+  }
+  LogChange(context, "tunnel.apply", "", status, summary);
   return ToGrpcStatus(status);
 }
 

@@ -1,5 +1,9 @@
 #include "agent/link_control.h"
 
+#include <map>
+#include <utility>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "dataplane/tun_device.h"
 
@@ -129,6 +133,44 @@ absl::StatusOr<std::map<int, bool>> KernelLinkControl::LinkStates() {
 
 absl::StatusOr<uint32_t> KernelLinkControl::PathMtu(const dataplane::IpAddress& remote) {
   return netlink_->PathMtu(remote);
+}
+
+absl::StatusOr<std::map<int, DeviceState>> KernelLinkControl::DeviceStates() {
+  // Three dumps whatever the number of links. They are not one snapshot: a change between two
+  // of them shows up in the next read, which the change notification it causes brings about.
+  absl::StatusOr<std::vector<dataplane::LinkInfo>> links = netlink_->ListLinks();
+  if (!links.ok()) return links.status();
+  absl::StatusOr<std::map<int, std::vector<dataplane::IpPrefix>>> addresses =
+      netlink_->ListAllAddresses();
+  if (!addresses.ok()) return addresses.status();
+  absl::StatusOr<std::map<int, std::vector<dataplane::IpPrefix>>> routes =
+      netlink_->ListAgentRoutes();
+  if (!routes.ok()) return routes.status();
+
+  std::map<int, DeviceState> states;
+  for (const dataplane::LinkInfo& link : *links) {
+    DeviceState& state = states[link.ifindex];
+    state.up = link.up;
+    state.mtu = link.mtu;
+    if (auto it = addresses->find(link.ifindex); it != addresses->end()) {
+      state.addresses = std::move(it->second);
+    }
+    if (auto it = routes->find(link.ifindex); it != routes->end()) {
+      state.routes = std::move(it->second);
+    }
+  }
+  // Addresses or routes of a link made after the link dump wait for the next read too.
+  return states;
+}
+
+absl::StatusOr<UnderlayRoute> KernelLinkControl::RouteTo(const dataplane::IpAddress& destination) {
+  absl::StatusOr<dataplane::RouteLookup> route = netlink_->RouteGet(destination);
+  if (!route.ok()) return route.status();
+  UnderlayRoute underlay;
+  underlay.ifindex = route->ifindex;
+  underlay.gateway = route->gateway;
+  underlay.source = route->source;
+  return underlay;
 }
 
 }  // namespace tunnelagent::agent

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,24 @@ class Device {
   virtual bool offload() const { return false; }
   // Whether UDP GSO packets may be written to it (TunDevice::udp_offload).
   virtual bool udp_offload() const { return false; }
+};
+
+// What the kernel has on one link now.
+struct DeviceState {
+  bool up = false;  // administratively (IFF_UP)
+  uint32_t mtu = 0;
+  std::vector<dataplane::IpPrefix> addresses;  // as added: address and prefix length
+  // Routes through the link in the main table that the agent's route protocol marks (the ones
+  // AddRoute makes), not the kernel's own prefix and link-local routes.
+  std::vector<dataplane::IpPrefix> routes;
+};
+
+// Where the kernel would send a packet to one destination: the link, the next hop when it is
+// a gateway (unset when the destination is on-link) and the source address it would pick.
+struct UnderlayRoute {
+  int ifindex = 0;
+  std::optional<dataplane::IpAddress> gateway;
+  std::optional<dataplane::IpAddress> source;
 };
 
 // TUN (layer 3: IP packets) for most modes, TAP (layer 2: Ethernet frames) for gretap and
@@ -63,6 +82,11 @@ class LinkControl {
   virtual absl::StatusOr<std::map<int, bool>> LinkStates() = 0;
   // MTU of the underlay path to `remote`.
   virtual absl::StatusOr<uint32_t> PathMtu(const dataplane::IpAddress& remote) = 0;
+  // Every link's DeviceState, by ifindex: a few dumps for all tunnels (links, addresses,
+  // routes), whatever their number.
+  virtual absl::StatusOr<std::map<int, DeviceState>> DeviceStates() = 0;
+  // The kernel's route lookup (`ip route get`) for `destination`. NOT_FOUND when unreachable.
+  virtual absl::StatusOr<UnderlayRoute> RouteTo(const dataplane::IpAddress& destination) = 0;
 };
 
 // The real one: persistent TUN/TAP devices marked with an interface alias, configured over
@@ -88,6 +112,8 @@ class KernelLinkControl final : public LinkControl {
   absl::Status DeleteRoute(const Device& device, const dataplane::IpPrefix& route) override;
   absl::StatusOr<std::map<int, bool>> LinkStates() override;
   absl::StatusOr<uint32_t> PathMtu(const dataplane::IpAddress& remote) override;
+  absl::StatusOr<std::map<int, DeviceState>> DeviceStates() override;
+  absl::StatusOr<UnderlayRoute> RouteTo(const dataplane::IpAddress& destination) override;
 
  private:
   dataplane::Netlink* netlink_;

@@ -17,20 +17,25 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "agent/caller_identity.h"
 #include "agent/grpc_metrics.h"
 #include "agent/grpc_service.h"
 #include "agent/link_control.h"
 #include "agent/log.h"
 #include "agent/metrics.h"
+#include "agent/node_guard.h"
+#include "agent/process_metrics.h"
 #include "agent/server_security.h"
 #include "agent/state_store.h"
 #include "agent/tunnel_manager.h"
 #include "dataplane/cpu_affinity.h"
 #include "dataplane/engine_factory.h"
 #include "dataplane/netlink.h"
+#include "dataplane/netlink_monitor.h"
 #include "dataplane/uring_engine.h"
 #include "grpc/health/v1/health.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -38,8 +43,16 @@
 #include "grpcpp/support/server_interceptor.h"
 #include "prometheus/exposer.h"
 
-ABSL_FLAG(std::string, grpc_listen, "127.0.0.1:50051",
-          "gRPC listen address: host:port or unix:/path");
+ABSL_FLAG(std::string, grpc_listen, "unix:/run/tunnel-agent/agent.sock",
+          "gRPC listen address: unix:/path (mode 0660: root, the agent's user and "
+          "--grpc_socket_group may call) or host:port (needs --auth_token_file or TLS, else "
+          "--insecure)");
+ABSL_FLAG(std::string, grpc_socket_group, "",
+          "Group (name or gid) given the unix socket of --grpc_listen: its members may call the "
+          "agent; default the agent's own group");
+ABSL_FLAG(std::string, health_listen, "",
+          "host:port serving grpc.health.v1.Health alone, in plaintext, for probes without a "
+          "token or certificate (kubelet's gRPC probes); empty disables it");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9476",
           "host:port serving Prometheus /metrics; empty disables it");
 ABSL_FLAG(std::string, state_dir, "/var/lib/tunnel-agent",
@@ -51,7 +64,8 @@ ABSL_FLAG(std::string, tls_key, "", "PEM file of the server's private key (with 
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM file of the CA that must have signed clients' certificates (mutual TLS)");
 ABSL_FLAG(bool, insecure, false,
-          "Allow plaintext gRPC on a listen address that is not loopback or a unix socket");
+          "Allow plaintext gRPC on TCP without a bearer token, or on an address that is not "
+          "loopback: anyone who can reach the port may call the agent");
 ABSL_FLAG(std::string, auth_token_file, "",
           "File holding a bearer token every call but grpc.health.v1.Health must carry "
           "(metadata authorization: Bearer <token>)");
@@ -134,6 +148,72 @@ ServerSecurityFlags SecurityFlagsFromFlags() {
   return flags;
 }
 
+// What the node gives this agent alone, claimed before the dataplane starts or any device is
+// touched: the state directory (locked, and proven writable) and the unix socket path of
+// --grpc_listen (never taken from a live server). Destroyed last: the socket is removed and
+// the lock released once nothing serves any more.
+struct NodeClaim {
+  std::optional<StateDirLock> state_lock;
+  std::optional<gid_t> socket_group;
+  // Plaintext without a token: the agent accepts on the socket itself and knows each caller's
+  // uid and pid. With a token or TLS only gRPC's own listener enforces them: it listens on a
+  // socket staged out of reach, published once it listens.
+  std::unique_ptr<UnixSocketListener> listener;
+  std::optional<StagedUnixSocket> staged;
+};
+
+absl::Status Prefixed(absl::string_view prefix, const absl::Status& status) {
+  return absl::Status(status.code(), absl::StrCat(prefix, ": ", status.message()));
+}
+
+absl::StatusOr<NodeClaim> ClaimNode(const ServerSecurity& security) {
+  NodeClaim claim;
+  const std::string state_dir = absl::GetFlag(FLAGS_state_dir);
+  const std::string dir_flag = absl::StrCat("--state_dir=", state_dir);
+  if (absl::Status status = EnsureStateDir(state_dir); !status.ok()) {
+    return Prefixed(dir_flag, status);
+  }
+  absl::StatusOr<StateDirLock> lock = StateDirLock::Acquire(state_dir);
+  if (!lock.ok()) return Prefixed(dir_flag, lock.status());
+  claim.state_lock.emplace(*std::move(lock));
+  if (absl::Status status = CheckStateDirWritable(state_dir); !status.ok()) {
+    return Prefixed(dir_flag, status);
+  }
+
+  const std::string listen = absl::GetFlag(FLAGS_grpc_listen);
+  const std::string group = absl::GetFlag(FLAGS_grpc_socket_group);
+  const std::optional<std::string> path = UnixSocketPathOf(listen);
+  if (!group.empty()) {
+    if (!path.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--grpc_socket_group needs a unix:/path --grpc_listen, not ", listen));
+    }
+    absl::StatusOr<gid_t> gid = ResolveGroup(group);
+    if (!gid.ok()) return Prefixed(absl::StrCat("--grpc_socket_group=", group), gid.status());
+    claim.socket_group = *gid;
+  }
+  if (!path.has_value()) return claim;
+  const std::string listen_flag = absl::StrCat("--grpc_listen=", listen);
+  if (path->empty()) return absl::InvalidArgumentError(listen_flag + ": names no socket path");
+  if (absl::Status status = EnsureSocketDirectory(*path); !status.ok()) {
+    return Prefixed(listen_flag, status);
+  }
+  if (!security.tls && security.auth_token.empty()) {
+    absl::StatusOr<std::unique_ptr<UnixSocketListener>> listener =
+        UnixSocketListener::Listen({.path = *path, .group = claim.socket_group});
+    if (!listener.ok()) return Prefixed(listen_flag, listener.status());
+    claim.listener = *std::move(listener);
+  } else {
+    if (absl::Status status = ClaimSocketPath(*path); !status.ok()) {
+      return Prefixed(listen_flag, status);
+    }
+    absl::StatusOr<StagedUnixSocket> staged = StagedUnixSocket::Prepare(*path);
+    if (!staged.ok()) return Prefixed(listen_flag, staged.status());
+    claim.staged.emplace(*std::move(staged));
+  }
+  return claim;
+}
+
 int Run() {
   // Signals are taken by one thread with sigwait: blocked here, before any thread starts, so
   // every thread inherits the mask.
@@ -149,10 +229,23 @@ int Run() {
     Log("FATAL", "grpc: %s", security.status().message());
     return 1;
   }
+  // One agent per node: a second one stops here, before the dataplane or a device is touched.
+  absl::StatusOr<NodeClaim> node = ClaimNode(*security);
+  if (!node.ok()) {
+    Log("FATAL", "%s", node.status().message());
+    return 1;
+  }
 
   absl::StatusOr<std::unique_ptr<dataplane::Netlink>> netlink = dataplane::Netlink::Open();
   if (!netlink.ok()) {
     Log("FATAL", "netlink: %s", netlink.status().ToString());
+    return 1;
+  }
+  // Opened before anything is restored, so no change made meanwhile goes unseen.
+  absl::StatusOr<std::unique_ptr<dataplane::NetlinkMonitor>> kernel_changes =
+      dataplane::NetlinkMonitor::Open();
+  if (!kernel_changes.ok()) {
+    Log("FATAL", "netlink: %s", kernel_changes.status().ToString());
     return 1;
   }
   absl::StatusOr<dataplane::IoBackend> backend =
@@ -207,6 +300,8 @@ int Run() {
   std::unique_ptr<prometheus::Exposer> exposer;
   auto metrics = std::make_shared<AgentMetrics>(&manager, engine->get(), kVersion,
                                                 /*io_uring_fallback=*/!fallback_reason.empty());
+  // The exposer holds collectables weakly: they live here, as long as it does.
+  auto process_metrics = std::make_shared<ProcessMetrics>();
   // Outlives the server below, whose interceptors record into it.
   absl::StatusOr<std::vector<GrpcMetrics::Method>> grpc_methods =
       GrpcMetrics::MethodsOf({"tunnelagent.v1.TunnelService", "grpc.health.v1.Health",
@@ -224,6 +319,7 @@ int Run() {
       return 1;
     }
     exposer->RegisterCollectable(metrics);
+    exposer->RegisterCollectable(process_metrics);
     exposer->RegisterCollectable(grpc_metrics.registry());
     Log("INFO", "metrics: serving http://%s/metrics", listen);
   }
@@ -239,7 +335,11 @@ int Run() {
   grpc::ServerBuilder builder;
   const std::string listen = absl::GetFlag(FLAGS_grpc_listen);
   int port = 0;
-  builder.AddListeningPort(listen, MakeServerCredentials(*security), &port);
+  if (node->listener == nullptr) {  // else the agent's own listener hands connections over
+    builder.AddListeningPort(
+        node->staged.has_value() ? absl::StrCat("unix:", node->staged->staging_path()) : listen,
+        MakeServerCredentials(*security), &port);
+  }
   ApplyServerLimits(ServerLimits{}, &builder);
   builder.RegisterService(&service);
   // Called in order on every call that passed the bearer check.
@@ -252,25 +352,93 @@ int Run() {
     Log("FATAL", "grpc: cannot listen on %s", listen);
     return 1;
   }
-  server->GetHealthCheckService()->SetServingStatus(true);
+  HealthOnlyServer health_only;
+  if (std::string health_listen = absl::GetFlag(FLAGS_health_listen); !health_listen.empty()) {
+    absl::StatusOr<HealthOnlyServer> started = StartHealthOnlyServer(health_listen);
+    if (!started.ok()) {
+      Log("FATAL", "grpc: %s", started.status().message());
+      server->Shutdown(std::chrono::system_clock::now());
+      return 1;
+    }
+    health_only = *std::move(started);
+    Log("INFO", "grpc: serving grpc.health.v1.Health alone on %s (plaintext)", health_listen);
+  }
+  grpc::Server* const health_server = health_only.server.get();  // null without --health_listen
+  // Health follows the dataplane: NOT_SERVING, overall and for the API, on every listener,
+  // while a worker has stopped or stalls.
+  auto set_serving = [&](bool serving) {
+    for (grpc::Server* each : {server.get(), health_server}) {
+      if (each == nullptr) continue;
+      each->GetHealthCheckService()->SetServingStatus("", serving);
+      each->GetHealthCheckService()->SetServingStatus("tunnelagent.v1.TunnelService", serving);
+    }
+  };
+  constexpr absl::Duration kWorkerStall = absl::Seconds(2);
+  absl::Status dataplane_health = (*engine)->Health(kWorkerStall);
+  set_serving(dataplane_health.ok());
+  if (!dataplane_health.ok()) {
+    Log("ERROR", "health: NOT_SERVING: dataplane: %s", dataplane_health.message());
+  }
+  // Clients come in on the unix socket only now, with health set. (Past here no early return:
+  // the listener's thread must stop before the server goes.)
+  if (node->staged.has_value()) {
+    if (absl::Status status = node->staged->Publish(node->socket_group); !status.ok()) {
+      Log("FATAL", "--grpc_listen=%s: %s", listen, status.message());
+      server->Shutdown(std::chrono::system_clock::now());
+      return 1;
+    }
+  }
+  if (node->listener != nullptr) node->listener->Start(server.get());
   Log("INFO", "grpc: serving tunnelagent.v1.TunnelService on %s (%s)", listen,
       DescribeServerSecurity(*security));
+  absl::Notification health_stopping;
+  std::thread health_monitor([&] {
+    bool serving = dataplane_health.ok();
+    while (!health_stopping.WaitForNotificationWithTimeout(absl::Milliseconds(500))) {
+      absl::Status status = (*engine)->Health(kWorkerStall);
+      if (status.ok() == serving) continue;
+      serving = status.ok();
+      set_serving(serving);  // ignored once the health services are shut down
+      if (serving) {
+        Log("INFO", "health: SERVING: the dataplane runs again");
+      } else {
+        Log("ERROR", "health: NOT_SERVING: dataplane: %s", status.message());
+      }
+    }
+  });
 
   std::thread waiter([&] {
     int signal = 0;
     sigwait(&signals, &signal);
     Log("INFO", "received %s, shutting down", signal == SIGTERM ? "SIGTERM" : "SIGINT");
-    server->GetHealthCheckService()->SetServingStatus(false);
+    // NOT_SERVING from here on, whatever the dataplane does meanwhile.
+    server->GetHealthCheckService()->Shutdown();
+    if (health_server != nullptr) health_server->GetHealthCheckService()->Shutdown();
+    // No connection may be handed to a server that is shutting down.
+    if (node->listener != nullptr) node->listener->Stop();
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    if (health_server != nullptr) {
+      health_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    }
   });
-  // Operational state follows the devices (someone may `ip link set gre1 down`).
-  absl::Notification stopping;
+  // The kernel converges to the desired state: the devices are read again whenever the kernel
+  // reports a change of links, addresses or routes (someone may `ip link set gre1 down`), and
+  // every 30 s in any case; the engine's keepalive verdicts are looked at every second.
   std::thread monitor([&] {
-    while (!stopping.WaitForNotificationWithTimeout(absl::Seconds(1))) manager.RefreshStates();
+    absl::Time full_at = absl::InfinitePast();
+    for (;;) {
+      absl::StatusOr<bool> changed = (*kernel_changes)->WaitForChange(absl::Seconds(1));
+      if (!changed.ok()) return;  // stopped
+      const bool full = *changed || absl::Now() >= full_at;
+      if (full) full_at = absl::Now() + absl::Seconds(30);
+      manager.RefreshStates(full);
+    }
   });
   server->Wait();
   waiter.join();
-  stopping.Notify();
+  health_stopping.Notify();
+  health_monitor.join();
+  (*kernel_changes)->Stop();
   monitor.join();
   // The desired state stays on disk for the next start; the devices go unless --keep_devices.
   manager.Shutdown();
@@ -282,8 +450,20 @@ int Run() {
 }  // namespace tunnelagent::agent
 
 int main(int argc, char** argv) {
+  // --help lists the agent's own flags (absl looks, by default, only in a file named after the
+  // program); --version prints the version, not absl's build mode.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StartsWith(file, "agent/") || absl::StrContains(file, "/agent/");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.version_string = [] {
+    return absl::StrCat("tunnel-agent ", tunnelagent::agent::kVersion, "\n");
+  };
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
-      "tunnel-agent [--grpc_listen=ADDR] [--metrics_listen=ADDR] [--state_dir=DIR]\n"
+      "tunnel-agent [--grpc_listen=unix:/PATH|HOST:PORT] [--grpc_socket_group=GROUP]\n"
+      "             [--health_listen=HOST:PORT] [--metrics_listen=ADDR] [--state_dir=DIR]\n"
       "             [--tls_cert=PEM --tls_key=PEM [--tls_client_ca=PEM]] [--insecure]\n"
       "             [--auth_token_file=FILE] [--io_backend=auto|uring|epoll]\n"
       "Creates GRE, IPIP, SIT and IPv6 tunnels on request over gRPC "

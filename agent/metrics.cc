@@ -1,9 +1,13 @@
 #include "agent/metrics.h"
 
+#include <algorithm>
 #include <array>
 #include <map>
+#include <optional>
+#include <string>
 #include <utility>
 
+#include "absl/time/time.h"
 #include "dataplane/packet/drop_reason.h"
 
 namespace tunnelagent::agent {
@@ -16,9 +20,9 @@ using prometheus::MetricType;
 
 // Drop reasons that can happen on each direction of a tunnel: these series exist from the
 // tunnel's creation (at 0), so rate() and alerts see them before the first drop.
-constexpr std::array kTxReasons = {DropReason::kUnsupportedProtocol, DropReason::kBadInnerPacket,
-                                   DropReason::kTooBig, DropReason::kSendError,
-                                   DropReason::kDeviceError};
+constexpr std::array kTxReasons = {
+    DropReason::kUnsupportedProtocol, DropReason::kBadInnerPacket, DropReason::kTooBig,
+    DropReason::kSendError,           DropReason::kDeviceError,    DropReason::kLoop};
 // Receive drops a tunnel counts itself: what its icsum/iseq refuse, a device that refuses a
 // write, and a peer's keepalive that could not be sent back.
 constexpr std::array kRxReasons = {DropReason::kGreChecksum, DropReason::kGreSequence,
@@ -30,6 +34,10 @@ constexpr std::array kDataplaneReasons = {
     DropReason::kGreRouting,     DropReason::kGreChecksum,    DropReason::kUnsupportedProtocol,
     DropReason::kBadInnerPacket, DropReason::kEcnError,       DropReason::kNoTunnel,
     DropReason::kTooBig,         DropReason::kSocketError};
+
+// What the agent puts back on a managed device when someone else changed it: these series exist
+// from the tunnel's creation (at 0), like the drop reasons.
+constexpr std::array<const char*, 4> kRepairs = {"address", "route", "mtu", "link"};
 
 template <size_t N>
 bool Listed(DropReason reason, const std::array<DropReason, N>& reasons) {
@@ -88,6 +96,16 @@ void AddDrops(MetricFamily& family, const std::string& tunnel, const char* direc
   }
 }
 
+// The key label of tunnelagent_tunnel_info: "" without a key, the key when both directions use
+// the same one, else "<input>/<output>" with "" for a direction without.
+std::string KeyLabel(const dataplane::TunnelSpec& spec) {
+  const std::optional<uint32_t> in = dataplane::InputKey(spec);
+  const std::optional<uint32_t> out = dataplane::OutputKey(spec);
+  auto text = [](std::optional<uint32_t> key) { return key ? std::to_string(*key) : ""; };
+  if (in == out) return text(in);
+  return text(in) + "/" + text(out);
+}
+
 }  // namespace
 
 AgentMetrics::AgentMetrics(const TunnelManager* manager, const dataplane::PacketEngine* engine,
@@ -113,12 +131,37 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
              "(--dataplane_workers).",
              MetricType::Gauge);
   AddSample(workers, {}, static_cast<double>(engine_->workers()));
+  MetricFamily max_tunnels =
+      Family("tunnelagent_max_tunnels",
+             "Tunnels the agent accepts (--max_tunnels); creates beyond fail RESOURCE_EXHAUSTED.",
+             MetricType::Gauge);
+  AddSample(max_tunnels, {}, static_cast<double>(manager_->max_tunnels()));
 
   MetricFamily tunnels =
       Family("tunnelagent_tunnels", "Tunnels by mode and operational state.", MetricType::Gauge);
   MetricFamily up =
       Family("tunnelagent_tunnel_up", "1 when the tunnel's device is up and its packets are moved.",
              MetricType::Gauge);
+  // The tunnel's addresses as labels, one series per tunnel: join on `tunnel` to see them beside
+  // any other series, without putting addresses on those.
+  MetricFamily info = Family("tunnelagent_tunnel_info",
+                             "The tunnel's mode, local and remote address and GRE key (always 1; "
+                             "local and key empty when not set).",
+                             MetricType::Gauge);
+  MetricFamily state_changes =
+      Family("tunnelagent_tunnel_state_changes_total",
+             "Changes of the tunnel's operational state (up, down, error) since the agent started.",
+             MetricType::Counter);
+  MetricFamily last_receive =
+      Family("tunnelagent_tunnel_last_receive_timestamp_seconds",
+             "When the dataplane last delivered a received packet into the tunnel's device, in "
+             "Unix seconds; 0 while nothing was received since the agent started.",
+             MetricType::Gauge);
+  MetricFamily repairs =
+      Family("tunnelagent_tunnel_repairs_total",
+             "Changes made to the tunnel's device by someone else that the agent put back, by "
+             "what: address, route, mtu, link (its up state).",
+             MetricType::Counter);
   MetricFamily tx_packets =
       Family("tunnelagent_tunnel_tx_packets_total",
              "Packets read from the tunnel device and sent encapsulated.", MetricType::Counter);
@@ -173,6 +216,9 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
              "1 while keepalive replies come back from the peer, 0 after the configured "
              "retries went unanswered.",
              MetricType::Gauge);
+  MetricFamily keepalive_rtt = Family(
+      "tunnelagent_tunnel_keepalive_rtt_seconds",
+      "Round-trip time of the last keepalive the peer answered, in seconds.", MetricType::Gauge);
 
   std::map<std::pair<std::string, std::string>, int> by_mode_state;
   for (auto mode :
@@ -189,6 +235,27 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
     ++by_mode_state[{std::string(dataplane::TunnelModeName(spec.mode)), StateName(status.state)}];
     const std::string& name = spec.name;
     AddSample(up, {{"tunnel", name}}, status.state == OperState::kUp ? 1 : 0);
+    AddSample(info,
+              {{"key", KeyLabel(spec)},
+               {"local", spec.local.is_unspecified() ? "" : spec.local.ToString()},
+               {"mode", std::string(dataplane::TunnelModeName(spec.mode))},
+               {"remote", spec.remote.ToString()},
+               {"tunnel", name}},
+              1);
+    AddSample(state_changes, {{"tunnel", name}}, static_cast<double>(status.state_changes));
+    AddSample(last_receive, {{"tunnel", name}},
+              status.last_receive == absl::InfinitePast()
+                  ? 0
+                  : absl::ToDoubleSeconds(status.last_receive - absl::UnixEpoch()));
+    for (const char* what : kRepairs) {
+      auto it = status.repairs.find(what);
+      AddSample(repairs, {{"tunnel", name}, {"what", what}},
+                it == status.repairs.end() ? 0 : static_cast<double>(it->second));
+    }
+    for (const auto& [what, count] : status.repairs) {  // any the list above does not have yet
+      if (std::find(kRepairs.begin(), kRepairs.end(), what) != kRepairs.end()) continue;
+      AddSample(repairs, {{"tunnel", name}, {"what", what}}, static_cast<double>(count));
+    }
     // A tunnel that could not be brought up has no counters yet: its series are there all the
     // same, at 0, so that queries and alerts over every tunnel see it.
     static const dataplane::TunnelStats kNoTraffic;
@@ -220,6 +287,10 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
                 static_cast<double>(c.Sum(&TunnelCounters::keepalive_answered)));
       AddSample(peer_alive, {{"tunnel", name}},
                 c.peer_alive.load(std::memory_order_relaxed) ? 1 : 0);
+      // No series until a keepalive came back: a made-up 0 would read as a perfect path.
+      if (status.keepalive && status.keepalive->rtt) {
+        AddSample(keepalive_rtt, {{"tunnel", name}}, absl::ToDoubleSeconds(*status.keepalive->rtt));
+      }
     }
   });
   for (const auto& [mode_state, count] : by_mode_state) {
@@ -246,8 +317,13 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
   for (MetricFamily* f : {&build,
                           &fallback,
                           &workers,
+                          &max_tunnels,
                           &tunnels,
                           &up,
+                          &info,
+                          &state_changes,
+                          &last_receive,
+                          &repairs,
                           &tx_packets,
                           &tx_bytes,
                           &rx_packets,
@@ -262,6 +338,7 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
                           &keepalive_replies,
                           &keepalive_answered,
                           &peer_alive,
+                          &keepalive_rtt,
                           &underlay_rx,
                           &dp_drops}) {
     families.push_back(std::move(*f));

@@ -299,7 +299,15 @@ v1::Tunnel TunnelToProto(const dataplane::TunnelSpec& spec, const TunnelStatus& 
     if (k.last_reply != absl::InfinitePast()) {
       *keepalive->mutable_last_reply_time() = TimestampFromTime(k.last_reply);
     }
+    if (k.rtt.has_value()) *keepalive->mutable_rtt() = DurationToProto(*k.rtt);
   }
+  if (status.last_receive != absl::InfinitePast()) {
+    *out->mutable_last_receive_time() = TimestampFromTime(status.last_receive);
+  }
+  out->set_state_changes(status.state_changes);
+  uint64_t repairs = 0;
+  for (const auto& [what, count] : status.repairs) repairs += count;
+  out->set_repairs(repairs);
   return tunnel;
 }
 

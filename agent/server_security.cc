@@ -17,7 +17,9 @@
 #include "grpc/grpc.h"
 #include "grpc/grpc_security.h"
 #include "grpc/slice.h"
+#include "grpcpp/impl/server_builder_option.h"
 #include "grpcpp/resource_quota.h"
+#include "grpcpp/security/server_credentials.h"
 #include "openssl/bio.h"
 #include "openssl/err.h"
 #include "openssl/evp.h"
@@ -222,6 +224,16 @@ class CoreServerCredentials final : public grpc::ServerCredentials {
   grpc_server_credentials* creds_ = nullptr;
 };
 
+// Drops the server builder plugins, server reflection's among them: the plugin registers
+// itself for every ServerBuilder of the process when its library loads.
+class WithoutPlugins final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments* /*args*/) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->clear();
+  }
+};
+
 }  // namespace
 
 bool IsLocalListenAddress(absl::string_view listen) {
@@ -279,6 +291,17 @@ absl::StatusOr<ServerSecurity> ResolveServerSecurity(const ServerSecurityFlags& 
     return absl::FailedPreconditionError(absl::StrFormat(
         "refusing to serve plaintext gRPC on %s, which is not a loopback address or a unix "
         "socket: pass --tls_cert and --tls_key to serve TLS, or --insecure to allow plaintext",
+        flags.listen));
+  }
+  // Loopback TCP (and an abstract unix socket) has no file permissions: every user and
+  // process of the host could create tunnels and reroute its traffic. A unix socket path is
+  // guarded by its mode and group.
+  if (!security.tls && !flags.insecure && flags.auth_token_file.empty() &&
+      !absl::StartsWith(flags.listen, "unix:")) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "refusing to serve plaintext gRPC on %s without a bearer token, as every local user "
+        "could call it: pass --auth_token_file, or --tls_cert and --tls_key, or --insecure to "
+        "allow it (or listen on a unix: socket)",
         flags.listen));
   }
   if (security.tls) {
@@ -364,6 +387,32 @@ void ApplyServerLimits(const ServerLimits& limits, grpc::ServerBuilder* builder)
   builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
   builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, limits.max_connection_idle_ms);
   builder->AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, limits.handshake_timeout_ms);
+}
+
+absl::StatusOr<HealthOnlyServer> StartHealthOnlyServer(const std::string& listen) {
+  if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--health_listen=", listen, ": want host:port (it is for probes over TCP)"));
+  }
+  HealthOnlyServer health;
+  health.unimplemented = std::make_unique<grpc::CallbackGenericService>();
+  grpc::ServerBuilder builder;
+  builder.SetOption(std::make_unique<WithoutPlugins>());
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &health.port);
+  builder.RegisterCallbackGenericService(health.unimplemented.get());
+  ServerLimits limits;
+  limits.max_receive_message_bytes = 4096;  // a HealthCheckRequest is a service name
+  limits.max_threads = 8;
+  ApplyServerLimits(limits, &builder);
+  health.server = builder.BuildAndStart();
+  if (health.server == nullptr || health.port == 0) {
+    return absl::UnavailableError(absl::StrCat("--health_listen: cannot listen on ", listen));
+  }
+  if (health.server->GetHealthCheckService() == nullptr) {
+    health.server->Shutdown();
+    return absl::FailedPreconditionError("the default health service is not enabled");
+  }
+  return health;
 }
 
 }  // namespace tunnelagent::agent

@@ -17,7 +17,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 
 namespace tunnelagent::agent {
@@ -48,8 +50,10 @@ struct ServerSecurity {
 };
 
 // Checks the flags together and reads their files. The error is one line saying what is wrong
-// and what to pass; the agent prints it and exits 1. Plaintext is refused on a listen address
-// that is not local (IsLocalListenAddress) unless `insecure` is set.
+// and what to pass; the agent prints it and exits 1. Unless `insecure` is set, plaintext is
+// refused on a listen address that is not local (IsLocalListenAddress), and on a local one
+// other than a unix socket path (loopback TCP, unix-abstract:) without a bearer token: only a
+// unix socket's file mode keeps other local users out.
 absl::StatusOr<ServerSecurity> ResolveServerSecurity(const ServerSecurityFlags& flags);
 
 // The token in `path`, surrounding whitespace trimmed. An empty file, or a token with a
@@ -97,6 +101,21 @@ struct ServerLimits {
 // keepalive (dead clients are found and their calls and threads released), idle and
 // handshake timeouts.
 void ApplyServerLimits(const ServerLimits& limits, grpc::ServerBuilder* builder);
+
+// A second server that answers grpc.health.v1.Health and nothing else, in plaintext on
+// `listen` (host:port), for probes that carry neither a token nor a certificate (kubelet's
+// native gRPC probes): the main listener can then require both. Server reflection, which gRPC
+// adds to every server once it is linked, is left out; any other method is UNIMPLEMENTED.
+// Its health statuses are set through server->GetHealthCheckService(). The default health
+// service must be enabled (grpc::EnableDefaultHealthCheckService) before the call.
+struct HealthOnlyServer {
+  // Answers every other method UNIMPLEMENTED; declared first, so it outlives the server. (A
+  // server needs a service of its own to start; the health service is added as it starts.)
+  std::unique_ptr<grpc::CallbackGenericService> unimplemented;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;  // the port bound (for a listen address with port 0)
+};
+absl::StatusOr<HealthOnlyServer> StartHealthOnlyServer(const std::string& listen);
 
 }  // namespace tunnelagent::agent
 

@@ -230,21 +230,74 @@ absl::Status TunnelManager::Restore() {
     if (!desired.contains(name)) links_->DeleteDevice(name).IgnoreError();
   }
 
+  // Which saved tunnels can come back. One that no longer passes the checks, clashes with
+  // one restored before it, breaks the underlay rule against the whole saved set, or cannot
+  // get its device is kept (so nothing is lost) in state ERROR with the reason, and nothing of
+  // it is installed.
+  std::vector<Entry*> restoring;
   for (TunnelSpec& spec : *saved) {
     if (tunnels_.count(spec.name)) continue;  // a name saved twice: the first one wins
     auto entry = std::make_unique<Entry>();
     entry->spec = std::move(spec);
-    // A saved tunnel that no longer passes the checks, clashes with one restored before it,
-    // or cannot get its device is kept (so nothing is lost) in state ERROR with the reason.
     absl::Status status = ValidateSpec(entry->spec);
     if (status.ok()) status = CheckConflicts(entry->spec, "");
-    if (status.ok()) status = BringUp(*entry);
-    if (!status.ok()) {
-      entry->state = OperState::kError;
+    if (status.ok()) {
+      entry->underlay = LookUpUnderlay(entry->spec).addresses;
+      restoring.push_back(entry.get());
+    } else {
       entry->reason = std::string(status.message());
     }
     std::string name = entry->spec.name;
     tunnels_.emplace(std::move(name), std::move(entry));
+  }
+  std::vector<UnderlayAddress> underlay;
+  for (const Entry* entry : restoring) {
+    underlay.insert(underlay.end(), entry->underlay.begin(), entry->underlay.end());
+  }
+  std::vector<Entry*> valid;
+  for (Entry* entry : restoring) {
+    if (absl::Status status = CheckPrefixesSpareUnderlay(entry->spec, underlay); !status.ok()) {
+      entry->reason = absl::StrCat("not restored: ", status.message());
+      continue;
+    }
+    valid.push_back(entry);
+  }
+
+  // Devices left behind are taken over first, and what they carry that is not desired (a
+  // change interrupted by a crash) is removed before any is configured: a prefix that was
+  // moving from one tunnel to another is free again for the one the state gives it to.
+  std::map<Entry*, std::unique_ptr<Device>> attached;
+  for (Entry* entry : valid) {
+    if (!left_behind.contains(entry->spec.name)) continue;
+    const DeviceKind kind =
+        dataplane::IsEthernetMode(entry->spec.mode) ? DeviceKind::kTap : DeviceKind::kTun;
+    if (absl::StatusOr<std::unique_ptr<Device>> device =
+            links_->AttachDevice(entry->spec.name, kind);
+        device.ok()) {
+      attached[entry] = *std::move(device);
+    }
+  }
+  if (absl::StatusOr<std::map<int, DeviceState>> kernel = links_->DeviceStates(); kernel.ok()) {
+    for (auto& [entry, device] : attached) {
+      auto found = kernel->find(device->ifindex());
+      if (found == kernel->end()) continue;
+      for (const IpPrefix& p : found->second.routes) {
+        if (Contains(entry->spec.routes, p) || !links_->DeleteRoute(*device, p).ok()) continue;
+        RecordRepair(*entry, "route",
+                     absl::StrCat("route ", p.ToString(), " removed (not desired)"));
+      }
+      for (const IpPrefix& p : found->second.addresses) {
+        if (Contains(entry->spec.addresses, p) || !links_->DeleteAddress(*device, p).ok()) continue;
+        RecordRepair(*entry, "address",
+                     absl::StrCat("address ", p.ToString(), " removed (not desired)"));
+      }
+    }
+  }
+  for (Entry* entry : valid) {
+    auto device = attached.find(entry);
+    absl::Status status =
+        BringUp(*entry, device == attached.end() ? nullptr : std::move(device->second));
+    if (!status.ok()) entry->reason = std::string(status.message());
   }
   return absl::OkStatus();
 }
@@ -461,6 +514,36 @@ absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
       if (absl::Status status = ConflictBetween(spec, *other); !status.ok()) return status;
     }
   }
+  // The underlay rule over the set as it will be: what a changed tunnel routes spares every
+  // tunnel's underlay, and what any tunnel routes spares the changed ones' underlay.
+  std::vector<UnderlayAddress> all_underlay;
+  std::vector<UnderlayAddress> changed_underlay;
+  for (const auto& [name, entry] : tunnels_) {
+    if (plan.find(name) == plan.end()) {
+      all_underlay.insert(all_underlay.end(), entry->underlay.begin(), entry->underlay.end());
+    }
+  }
+  for (const TunnelSpec& spec : desired) {
+    if (plan[spec.name].action == ChangeAction::kUnchanged) {
+      const std::vector<UnderlayAddress>& kept = tunnels_.at(spec.name)->underlay;
+      all_underlay.insert(all_underlay.end(), kept.begin(), kept.end());
+      continue;
+    }
+    std::vector<UnderlayAddress> underlay = LookUpUnderlay(spec).addresses;
+    all_underlay.insert(all_underlay.end(), underlay.begin(), underlay.end());
+    changed_underlay.insert(changed_underlay.end(), underlay.begin(), underlay.end());
+  }
+  for (const TunnelSpec& spec : desired) {
+    if (plan[spec.name].action == ChangeAction::kUnchanged) continue;
+    if (absl::Status status = CheckPrefixesSpareUnderlay(spec, all_underlay); !status.ok()) {
+      return Annotate(status, absl::StrCat("tunnel ", spec.name));
+    }
+  }
+  for (const TunnelSpec* spec : final_set) {
+    if (absl::Status status = CheckPrefixesSpareUnderlay(*spec, changed_underlay); !status.ok()) {
+      return Annotate(status, absl::StrCat("tunnel ", spec->name));
+    }
+  }
 
   ApplyResult result;
   bool any_change = false;
@@ -534,55 +617,6 @@ absl::StatusOr<std::vector<TunnelEvent>> TunnelManager::EventsAfter(uint64_t aft
   return events;
 }
 
-void TunnelManager::RefreshStates() {
-  absl::MutexLock lock(&mu_);
-  absl::StatusOr<std::map<int, bool>> states = links_->LinkStates();
-  if (!states.ok()) return;
-  for (auto& [name, entry] : tunnels_) {
-    if (!entry->device) {
-      // Lost its device earlier and could not get it back: try again now and then.
-      if (entry->repair_at == absl::InfiniteFuture() || absl::Now() < entry->repair_at) continue;
-      if (BringUp(*entry).ok()) {
-        entry->repair_at = absl::InfiniteFuture();
-        RecordEvent(TunnelEvent::Type::kStateChanged, {entry->spec, StatusOf(*entry)});
-      } else {
-        entry->repair_at = absl::Now() + absl::Seconds(10);
-      }
-      continue;
-    }
-    OperState state = OperState::kUp;
-    std::string reason;
-    auto link = states->find(entry->device->ifindex());
-    if (link == states->end()) {
-      // Removed behind the agent's back: the tunnel is still desired, so make it again.
-      StopDataplane(*entry);
-      entry->device.reset();
-      if (absl::Status status = BringUp(*entry); !status.ok()) {
-        state = OperState::kError;
-        reason = absl::StrCat("the device was removed by someone else and cannot be made again: ",
-                              status.message());
-      } else {
-        // Same state, new device (new ifindex): watchers hear of it.
-        RecordEvent(TunnelEvent::Type::kStateChanged, {entry->spec, StatusOf(*entry)});
-        continue;
-      }
-    } else if (!link->second) {
-      state = OperState::kDown;
-      reason = "the device is administratively down";
-    } else if (entry->spec.keepalive.enabled() && entry->in_engine && entry->counters &&
-               !entry->counters->peer_alive.load()) {
-      state = OperState::kDown;
-      reason = absl::StrCat("keepalive: no reply from ", entry->spec.remote.ToString(), " in ",
-                            entry->spec.keepalive.effective_retries(), " intervals");
-    }
-    if (!entry->device) entry->repair_at = absl::Now() + absl::Seconds(10);
-    if (state == entry->state && reason == entry->reason) continue;
-    entry->state = state;
-    entry->reason = reason;
-    RecordEvent(TunnelEvent::Type::kStateChanged, {entry->spec, StatusOf(*entry)});
-  }
-}
-
 void TunnelManager::Shutdown() {
   absl::MutexLock lock(&mu_);
   for (auto& [name, entry] : tunnels_) {
@@ -602,11 +636,16 @@ absl::Status TunnelManager::CreateLocked(const TunnelSpec& spec, Transaction& tx
     return absl::ResourceExhaustedError(
         absl::StrCat("this agent has ", tunnels_.size(), " tunnels, its limit (--max_tunnels)"));
   }
+  UnderlayLookup underlay = LookUpUnderlay(spec);
   if (check_conflicts) {
     if (absl::Status status = CheckConflicts(spec, ""); !status.ok()) return status;
+    if (absl::Status status = CheckUnderlay(spec, underlay.addresses, ""); !status.ok()) {
+      return status;
+    }
   }
   auto entry = std::make_unique<Entry>();
   entry->spec = spec;
+  entry->underlay = std::move(underlay.addresses);
   if (absl::Status status = BringUp(*entry); !status.ok()) return status;
   tunnels_.emplace(spec.name, std::move(entry));
   const std::string name = spec.name;
@@ -658,11 +697,18 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
   UpdateResult result;
   result.changed_fields = ChangedFields(entry.spec, requested);
   if (result.changed_fields.empty()) {
+    // Nothing to change, but the device is checked: an update that repeats the desired
+    // values puts back whatever was changed behind the agent's back.
+    ReconcileNow(entry).IgnoreError();  // a failure shows in the state at the next refresh
     result.tunnel = {entry.spec, StatusOf(entry)};
     return result;
   }
+  UnderlayLookup underlay = LookUpUnderlay(requested);
   if (check_conflicts) {
     if (absl::Status status = CheckConflicts(requested, name); !status.ok()) return status;
+    if (absl::Status status = CheckUnderlay(requested, underlay.addresses, name); !status.ok()) {
+      return status;
+    }
   }
   TunnelSpec desired = requested;
   desired.create_time = entry.spec.create_time;
@@ -678,10 +724,14 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
     old->device.reset();
     auto fresh = std::make_unique<Entry>();
     fresh->spec = desired;
+    fresh->underlay = underlay.addresses;
+    fresh->state_changes = old->state_changes;
+    fresh->repairs = old->repairs;
     if (absl::Status status = BringUp(*fresh); !status.ok()) {
       if (result.recreated) {
         auto back = std::make_unique<Entry>();
         back->spec = old_spec;
+        back->underlay = LookUpUnderlay(old_spec).addresses;
         if (absl::Status again = BringUp(*back); !again.ok()) {
           back->state = OperState::kError;
           back->reason = std::string(again.message());
@@ -699,6 +749,7 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
       current->device.reset();
       auto back = std::make_unique<Entry>();
       back->spec = old_spec;
+      back->underlay = LookUpUnderlay(old_spec).addresses;
       if (absl::Status status = BringUp(*back); !status.ok()) {
         back->state = OperState::kError;
         back->reason = std::string(status.message());
@@ -766,6 +817,7 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
   }
   entry.spec = desired;
   entry.mtu = new_mtu;
+  entry.underlay = std::move(underlay.addresses);
   // A new keepalive configuration starts with the benefit of the doubt, as a new tunnel does:
   // an earlier one's verdict is not about this one.
   if (keepalive_changes && entry.counters) entry.counters->peer_alive.store(true);
@@ -822,7 +874,7 @@ uint32_t TunnelManager::MtuFor(const TunnelSpec& spec) {
                                  spec.fou.enabled);
 }
 
-absl::Status TunnelManager::BringUp(Entry& entry) {
+absl::Status TunnelManager::BringUp(Entry& entry, std::unique_ptr<Device> attached_device) {
   const TunnelSpec& spec = entry.spec;
   const uint32_t mtu = MtuFor(spec);
   // A device this agent left in place (quick restart, crash) is taken over; otherwise a new
@@ -831,7 +883,9 @@ absl::Status TunnelManager::BringUp(Entry& entry) {
   // Ethernet modes carry frames: a TAP device. The others carry IP packets: a TUN device.
   const DeviceKind kind =
       dataplane::IsEthernetMode(spec.mode) ? DeviceKind::kTap : DeviceKind::kTun;
-  absl::StatusOr<std::unique_ptr<Device>> device = links_->AttachDevice(spec.name, kind);
+  absl::StatusOr<std::unique_ptr<Device>> device =
+      attached_device ? absl::StatusOr<std::unique_ptr<Device>>(std::move(attached_device))
+                      : links_->AttachDevice(spec.name, kind);
   if (!device.ok()) {
     attached = false;
     device = links_->CreateDevice(spec.name, kind);
@@ -939,8 +993,9 @@ absl::Status TunnelManager::SaveLocked() const {
   return store_->Save(desired);
 }
 
-void TunnelManager::RecordEvent(TunnelEvent::Type type, const TunnelView& view) {
-  history_.push_back({type, ++revision_, view});
+void TunnelManager::RecordEvent(TunnelEvent::Type type, const TunnelView& view,
+                                std::string detail) {
+  history_.push_back({type, ++revision_, view, std::move(detail)});
   while (history_.size() > options_.event_history) history_.pop_front();
   changed_.SignalAll();
 }
@@ -949,6 +1004,8 @@ TunnelStatus TunnelManager::StatusOf(const Entry& entry) const {
   TunnelStatus status;
   status.state = entry.state;
   status.reason = entry.reason;
+  status.state_changes = entry.state_changes;
+  status.repairs = entry.repairs;
   if (!entry.device) return status;
   status.ifindex = entry.device->ifindex();
   status.mtu = entry.mtu;
@@ -962,6 +1019,9 @@ TunnelStatus TunnelManager::StatusOf(const Entry& entry) const {
   status.counters.tx_dropped = c.SumAll(&TunnelCounters::tx_drops);
   status.counters.rx_dropped = c.SumAll(&TunnelCounters::rx_drops);
   status.path_mtu = c.path_mtu.load(std::memory_order_relaxed);
+  if (const int64_t last = c.last_receive_unix_nanos.load(std::memory_order_relaxed); last != 0) {
+    status.last_receive = absl::FromUnixNanos(last);
+  }
   if (entry.spec.keepalive.enabled()) {
     KeepaliveSnapshot& k = status.keepalive.emplace();
     k.peer_alive = c.peer_alive.load(std::memory_order_relaxed);
@@ -970,6 +1030,9 @@ TunnelStatus TunnelManager::StatusOf(const Entry& entry) const {
     k.answered = c.Sum(&TunnelCounters::keepalive_answered);
     const int64_t last = c.last_keepalive_reply_unix_nanos.load(std::memory_order_relaxed);
     if (last != 0) k.last_reply = absl::FromUnixNanos(last);
+    if (const int64_t rtt = c.keepalive_rtt_nanos.load(std::memory_order_relaxed); rtt != 0) {
+      k.rtt = absl::Nanoseconds(rtt);
+    }
   }
   return status;
 }

@@ -22,6 +22,7 @@
 #include "agent/link_control.h"
 #include "agent/state_store.h"
 #include "agent/tunnel_status.h"
+#include "agent/underlay_guard.h"
 #include "dataplane/packet_engine.h"
 #include "dataplane/tunnel_spec.h"
 
@@ -55,10 +56,12 @@ struct ApplyResult {
 };
 
 struct TunnelEvent {
-  enum class Type { kAdded, kUpdated, kDeleted, kStateChanged };
+  enum class Type { kAdded, kUpdated, kDeleted, kStateChanged, kRepaired };
   Type type = Type::kAdded;
   uint64_t revision = 0;
   TunnelView tunnel;  // after the event; as it was, for kDeleted
+  // kRepaired: what was put back ("address 10.0.0.1/30 added back"); kStateChanged: the reason.
+  std::string detail;
 };
 
 struct Snapshot {
@@ -120,11 +123,18 @@ class TunnelManager {
   // the watcher must start again from a snapshot.
   absl::StatusOr<std::vector<TunnelEvent>> EventsAfter(uint64_t after, absl::Duration wait) const;
 
-  // Looks at every device's state and records changes (STATE_CHANGED events). Called
-  // periodically by the daemon. A tunnel is DOWN while its device is administratively down,
-  // or while keepalive is on and the engine finds the peer silent (TunnelStats::peer_alive
-  // false): "keepalive: no reply from <remote> in <retries> intervals".
-  void RefreshStates();
+  // Makes the kernel match the desired state and records what it finds. Called by the daemon
+  // whenever the kernel reports a change of links, addresses or routes, and periodically.
+  // Each managed device's MTU, addresses, routes (those of the agent's route protocol) and
+  // link state are compared with the desired ones; a difference is put back, counted
+  // (TunnelStatus::repairs), logged and recorded as a REPAIRED event; a device removed behind
+  // the agent's back is made again. A tunnel is DOWN while the route towards its remote leads
+  // into a tunnel device (a loop: its packets are dropped), or while keepalive is on and the
+  // engine finds the peer silent (TunnelStats::peer_alive false); ERROR while a difference
+  // cannot be put back.
+  // `kernel_changed` false: only the engine's verdicts (keepalive) and retries are looked at,
+  // the kernel is not read (nothing was reported changed there since the last call).
+  void RefreshStates(bool kernel_changed = true);
 
   // Stops every tunnel's dataplane; removes the devices unless keep_devices. The desired
   // state stays on disk.
@@ -153,6 +163,15 @@ class TunnelManager {
     std::string reason;  // why not UP
     // When to try again to make a device that vanished (InfiniteFuture: not trying).
     absl::Time repair_at = absl::InfiniteFuture();
+    // The addresses its underlay uses (remote, local, the route's gateway and source), as last
+    // looked up: what no tunnel's address or route may cover.
+    std::vector<UnderlayAddress> underlay;
+    uint64_t state_changes = 0;
+    std::map<std::string, uint64_t> repairs;  // by what: address, route, mtu, link
+    // What the last look at the kernel found wrong (a loop, a repair that failed): kept until
+    // the next look, whatever keepalive says meanwhile. Empty: nothing.
+    OperState kernel_state = OperState::kUp;
+    std::string kernel_reason;
   };
   class Transaction;
 
@@ -170,7 +189,9 @@ class TunnelManager {
   absl::Status ReleasePrefixes(const std::string& name, const dataplane::TunnelSpec& desired,
                                Transaction& tx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Creates, configures and starts the device of `entry`; on failure nothing is left.
-  absl::Status BringUp(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `attached`: a device of an earlier run already taken over for it (Restore).
+  absl::Status BringUp(Entry& entry, std::unique_ptr<Device> attached = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Stops the dataplane of `entry` (its device stays).
   void StopDataplane(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status StartDataplane(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -178,10 +199,40 @@ class TunnelManager {
   absl::Status CheckConflicts(const dataplane::TunnelSpec& spec, const std::string& ignore) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status SaveLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RecordEvent(TunnelEvent::Type type, const TunnelView& view)
+  void RecordEvent(TunnelEvent::Type type, const TunnelView& view, std::string detail = "")
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   TunnelStatus StatusOf(const Entry& entry) const;
   uint32_t MtuFor(const dataplane::TunnelSpec& spec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // The kernel's route towards `spec`'s remote: its underlay addresses, and the tunnel device
+  // it leads into when it does (a loop), else "".
+  struct UnderlayLookup {
+    std::vector<UnderlayAddress> addresses;
+    std::string loop_device;
+  };
+  UnderlayLookup LookUpUnderlay(const dataplane::TunnelSpec& spec) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The underlay rule (underlay_guard.h) for `spec`, whose underlay is `underlay`, against
+  // every tunnel but `ignore` and itself, both ways.
+  absl::Status CheckUnderlay(const dataplane::TunnelSpec& spec,
+                             const std::vector<UnderlayAddress>& underlay,
+                             const std::string& ignore) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Puts back what differs between `kernel` (the device as it is) and the desired state;
+  // the first difference that cannot be put back, or OK.
+  absl::Status Reconcile(Entry& entry, const DeviceState& kernel)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The kernel side of RefreshStates for one tunnel with a device: made again when removed,
+  // else reconciled, and its underlay looked up again (kernel_state, kernel_reason).
+  void RefreshFromKernel(Entry& entry, const std::map<int, DeviceState>& devices)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reconcile of one tunnel's device, read from the kernel now.
+  absl::Status ReconcileNow(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RecordRepair(Entry& entry, const char* what, const std::string& detail)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records a change of operational state (counted, logged, a STATE_CHANGED event); nothing
+  // when it is the same.
+  void SetState(Entry& entry, OperState state, std::string reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   LinkControl* const links_;
   dataplane::PacketEngine* const engine_;

@@ -3,6 +3,7 @@
 #define TUNNELAGENT_AGENT_TUNNEL_STATUS_H_
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -28,6 +29,7 @@ struct KeepaliveSnapshot {
   uint64_t replies = 0;
   uint64_t answered = 0;                         // the peer's keepalives sent back
   absl::Time last_reply = absl::InfinitePast();  // InfinitePast: none yet
+  std::optional<absl::Duration> rtt;             // of the last keepalive answered
 };
 
 struct TunnelStatus {
@@ -39,6 +41,11 @@ struct TunnelStatus {
   uint32_t path_mtu = 0;  // the largest inner packet the path carries whole; 0 = not known
   // Set when the tunnel has keepalive on and is running.
   std::optional<KeepaliveSnapshot> keepalive;
+  // When the dataplane last delivered a packet into the device; InfinitePast: never.
+  absl::Time last_receive = absl::InfinitePast();
+  uint64_t state_changes = 0;  // operational state changes since the agent started
+  // Repairs since the agent started, by what was put back: "address", "route", "mtu", "link".
+  std::map<std::string, uint64_t> repairs;
 };
 
 }  // namespace tunnelagent::agent

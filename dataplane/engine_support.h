@@ -8,6 +8,8 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
 #include <deque>
 #include <future>
 #include <memory>
@@ -19,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "dataplane/packet/encap.h"
 #include "dataplane/packet/offload.h"
 #include "dataplane/packet_engine.h"
@@ -192,6 +195,32 @@ uint8_t FouProtocol(TunnelMode mode);
 // (0: a port the kernel picks), connected to `remote`:`dport`, DF on every packet.
 absl::StatusOr<int> OpenFouSendSocket(const OuterAddress& local, uint16_t sport,
                                       const OuterAddress& remote, uint16_t dport, int buffer_bytes);
+
+// Whether a worker's thread is running, for PacketEngine::Health: the thread beats every time
+// round its loop (which wakes at least every tick, traffic or not) and says why when it ends.
+// Read from any thread: an atomic, and a short lock for the reason once the thread has ended.
+class WorkerHeartbeat {
+ public:
+  explicit WorkerHeartbeat(unsigned worker);
+
+  // The worker's thread, with its clock's coarse CLOCK_MONOTONIC reading.
+  void Beat(int64_t monotonic_nanos) {
+    last_beat_nanos_.store(monotonic_nanos, std::memory_order_relaxed);
+  }
+  // The worker's thread as it leaves its loop for good.
+  void Stopped(std::string why);
+
+  // OK, or UNAVAILABLE: "dataplane worker N stopped: <why>", or "dataplane worker N (thread
+  // dataplane-N) has not run for 3.2 s" when the last beat is older than `stall`.
+  absl::Status Health(absl::Duration stall) const;
+
+ private:
+  const unsigned worker_;
+  std::atomic<int64_t> last_beat_nanos_;
+  std::atomic<bool> stopped_{false};
+  mutable absl::Mutex mu_;
+  std::string why_ ABSL_GUARDED_BY(mu_);
+};
 
 struct EngineCommand {
   enum class Kind { kAdd, kRemove, kStop };

@@ -75,7 +75,9 @@ constexpr absl::Duration kTickResolution = absl::Milliseconds(50);
 class EpollEngine::Impl {
  public:
   explicit Impl(const UringEngineOptions& options)
-      : options_(options), rx_batch_(std::min(options.socket_receives, kBatch)) {}
+      : options_(options),
+        rx_batch_(std::min(options.socket_receives, kBatch)),
+        heartbeat_(options.worker) {}
 
   ~Impl() {
     if (thread_.joinable()) {
@@ -141,6 +143,7 @@ class EpollEngine::Impl {
 
   const DataplaneCounters& counters() const { return counters_; }
   CommandMailbox& mailbox() { return mailbox_; }
+  const WorkerHeartbeat& heartbeat() const { return heartbeat_; }
 
  private:
   absl::Status Watch(int fd, Source* source) {
@@ -155,11 +158,23 @@ class EpollEngine::Impl {
 
   void Run() {
     epoll_event events[kMaxEvents];
+    std::string why = "the engine was stopped";
     while (!stopping_) {
+      // The timeout brings the thread back here at least every tick.
       int n = epoll_wait(epoll_fd_, events, kMaxEvents,
                          static_cast<int>(absl::ToInt64Milliseconds(kTickResolution)));
+      const int err = errno;
+      clock_.Update();
+      heartbeat_.Beat(clock_.monotonic_nanos());
       if (n < 0) {
-        if (errno != EINTR) counters_.drops[static_cast<int>(DropReason::kSocketError)].Add();
+        if (err == EINTR) continue;
+        counters_.drops[static_cast<int>(DropReason::kSocketError)].Add();
+        if (err == EBADF || err == EINVAL || err == EFAULT) {
+          // The epoll descriptor is gone or is something else now: it will refuse forever.
+          // End the worker and say why (Health) rather than spin.
+          why = absl::StrCat("epoll_wait: ", ErrnoText(err));
+          break;
+        }
         continue;
       }
       // Commands last: a removal frees a tunnel that a later event of this batch may name.
@@ -184,6 +199,7 @@ class EpollEngine::Impl {
       if (wake) RunCommands();
       Tick();
     }
+    heartbeat_.Stopped(std::move(why));
     Shutdown();
   }
 
@@ -463,7 +479,7 @@ class EpollEngine::Impl {
 
   absl::Status Add(const EngineTunnel& config) {
     absl::StatusOr<std::unique_ptr<TunnelDatapath>> path =
-        NewTunnelDatapath(config, tunnels_, by_match_, &io_, options_.worker);
+        NewTunnelDatapath(config, tunnels_, by_match_, &io_, &clock_, options_.worker);
     if (!path.ok()) return path.status();
     auto tunnel = std::make_unique<TunnelRuntime>();
     tunnel->source.tunnel = tunnel.get();
@@ -549,6 +565,9 @@ class EpollEngine::Impl {
   const UringEngineOptions options_;
   const unsigned rx_batch_;
   std::thread thread_;
+  // Written by the thread every time round its loop; the heartbeat is read from any thread.
+  WorkerClock clock_;
+  WorkerHeartbeat heartbeat_;
 
   int epoll_fd_ = -1;
   UnderlayIo io_;
@@ -608,5 +627,9 @@ absl::Status EpollEngine::RemoveTunnel(const std::string& name) {
 }
 
 const DataplaneCounters& EpollEngine::counters() const { return impl_->counters(); }
+
+absl::Status EpollEngine::Health(absl::Duration stall) const {
+  return impl_->heartbeat().Health(stall);
+}
 
 }  // namespace tunnelagent::dataplane

@@ -35,6 +35,7 @@ class EpollEngine final : public PacketEngine {
   absl::Status RemoveTunnel(const std::string& name) override;
   const DataplaneCounters& counters() const override;
   const char* backend_name() const override { return "epoll"; }
+  absl::Status Health(absl::Duration stall) const override;
 
   class Impl;
 

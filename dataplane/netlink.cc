@@ -12,7 +12,10 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <map>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -206,16 +209,36 @@ int OnLinkDump(const void* msg, void* arg) {
   return MNL_CB_OK;
 }
 
+// An address attribute of `family` (network order), or nullopt when its length does not fit.
+std::optional<IpAddress> AttributeAddress(uint8_t family, const void* payload, size_t len) {
+  if (family == AF_INET && len == 4) {
+    uint32_t network_order;
+    memcpy(&network_order, payload, 4);
+    return IpAddress::V4(ntohl(network_order));
+  }
+  if (family == AF_INET6 && len == 16) {
+    std::array<uint8_t, 16> bytes;
+    memcpy(bytes.data(), payload, 16);
+    return IpAddress::V6(bytes);
+  }
+  return std::nullopt;
+}
+
+std::optional<IpAddress> AttributeAddress(uint8_t family, const nlattr* attr) {
+  return AttributeAddress(family, mnl_attr_get_payload(attr), mnl_attr_get_payload_len(attr));
+}
+
+// The reply to a single-address RTM_GETROUTE.
 struct RouteReply {
   bool seen = false;
-  int oif = 0;
-  uint32_t mtu_metric = 0;
+  uint8_t family = 0;
+  RouteLookup route;
 };
 
 int MetricAttribute(const nlattr* attr, void* data) {
   auto* reply = static_cast<RouteReply*>(data);
   if (mnl_attr_get_type(attr) == RTAX_MTU && mnl_attr_validate(attr, MNL_TYPE_U32) >= 0) {
-    reply->mtu_metric = mnl_attr_get_u32(attr);
+    reply->route.mtu_metric = mnl_attr_get_u32(attr);
   }
   return MNL_CB_OK;
 }
@@ -224,7 +247,25 @@ int RouteAttribute(const nlattr* attr, void* data) {
   auto* reply = static_cast<RouteReply*>(data);
   switch (mnl_attr_get_type(attr)) {
     case RTA_OIF:
-      if (mnl_attr_validate(attr, MNL_TYPE_U32) >= 0) reply->oif = mnl_attr_get_u32(attr);
+      if (mnl_attr_validate(attr, MNL_TYPE_U32) >= 0) {
+        reply->route.ifindex = static_cast<int>(mnl_attr_get_u32(attr));
+      }
+      break;
+    case RTA_GATEWAY:
+      reply->route.gateway = AttributeAddress(reply->family, attr);
+      break;
+    case RTA_VIA: {
+      // A next hop of the other family (an IPv4 route via an IPv6 neighbour).
+      const size_t len = mnl_attr_get_payload_len(attr);
+      if (len >= sizeof(rtvia)) {
+        const auto* via = static_cast<const rtvia*>(mnl_attr_get_payload(attr));
+        reply->route.gateway = AttributeAddress(static_cast<uint8_t>(via->rtvia_family),
+                                                via->rtvia_addr, len - sizeof(rtvia));
+      }
+      break;
+    }
+    case RTA_PREFSRC:
+      reply->route.source = AttributeAddress(reply->family, attr);
       break;
     case RTA_METRICS:
       if (mnl_attr_validate(attr, MNL_TYPE_NESTED) >= 0) {
@@ -245,19 +286,109 @@ int OnRoute(const void* msg, void* arg) {
     return MNL_CB_OK;
   }
   reply->seen = true;
+  reply->family = static_cast<const rtmsg*>(mnl_nlmsg_get_payload(nlh))->rtm_family;
   mnl_attr_parse(nlh, sizeof(rtmsg), RouteAttribute, reply);
   return MNL_CB_OK;
 }
 
-struct AddressDump {
-  int ifindex = 0;
+// The kernel's answers to a route lookup when it has no usable route: none at all
+// (ENETUNREACH), an `unreachable` route (EHOSTUNREACH), a `prohibit` one (EACCES) or a
+// `blackhole` one (EINVAL). The request itself is checked before it is sent.
+bool IsNoRouteErrno(int err) {
+  return err == ENETUNREACH || err == EHOSTUNREACH || err == EACCES || err == EINVAL;
+}
+
+// --- route dump ---------------------------------------------------------------------------
+
+struct AgentRouteDump {
   bool interrupted = false;
-  std::vector<IpPrefix> addresses;
+  std::map<int, std::vector<IpPrefix>> routes;
 };
+
+struct RouteDumpAttributes {
+  uint8_t family = 0;
+  uint32_t table = 0;
+  std::optional<IpAddress> destination;
+  bool destination_malformed = false;
+  std::vector<int> links;
+};
+
+// RTA_MULTIPATH: a sequence of rtnexthop, each followed by its own attributes.
+void MultipathLinks(const nlattr* attr, std::vector<int>* links) {
+  const char* cursor = static_cast<const char*>(mnl_attr_get_payload(attr));
+  size_t remaining = mnl_attr_get_payload_len(attr);
+  while (remaining >= sizeof(rtnexthop)) {
+    rtnexthop hop;
+    memcpy(&hop, cursor, sizeof(hop));
+    if (hop.rtnh_len < sizeof(rtnexthop) || hop.rtnh_len > remaining) break;
+    if (hop.rtnh_ifindex > 0) links->push_back(hop.rtnh_ifindex);
+    const size_t step = RTNH_ALIGN(hop.rtnh_len);
+    if (step >= remaining) break;
+    cursor += step;
+    remaining -= step;
+  }
+}
+
+int RouteDumpAttribute(const nlattr* attr, void* data) {
+  auto* attrs = static_cast<RouteDumpAttributes*>(data);
+  switch (mnl_attr_get_type(attr)) {
+    case RTA_TABLE:
+      if (mnl_attr_validate(attr, MNL_TYPE_U32) >= 0) attrs->table = mnl_attr_get_u32(attr);
+      break;
+    case RTA_DST:
+      attrs->destination = AttributeAddress(attrs->family, attr);
+      attrs->destination_malformed = !attrs->destination.has_value();
+      break;
+    case RTA_OIF:
+      if (mnl_attr_validate(attr, MNL_TYPE_U32) >= 0) {
+        attrs->links.push_back(static_cast<int>(mnl_attr_get_u32(attr)));
+      }
+      break;
+    case RTA_MULTIPATH:
+      MultipathLinks(attr, &attrs->links);
+      break;
+    default:
+      break;
+  }
+  return MNL_CB_OK;
+}
+
+int OnAgentRoute(const void* msg, void* arg) {
+  const auto* nlh = static_cast<const nlmsghdr*>(msg);
+  auto* dump = static_cast<AgentRouteDump*>(arg);
+  if (nlh->nlmsg_flags & NLM_F_DUMP_INTR) dump->interrupted = true;
+  if (nlh->nlmsg_type != RTM_NEWROUTE || mnl_nlmsg_get_payload_len(nlh) < sizeof(rtmsg)) {
+    return MNL_CB_OK;
+  }
+  const auto* rtm = static_cast<const rtmsg*>(mnl_nlmsg_get_payload(nlh));
+  // Checked here too: a kernel without strict checking ignores the request's filter. Cloned
+  // entries are the kernel's exceptions (a learned path MTU) below a route, not routes.
+  if (rtm->rtm_protocol != kRouteProtocolTunnelAgent || (rtm->rtm_flags & RTM_F_CLONED) ||
+      (rtm->rtm_family != AF_INET && rtm->rtm_family != AF_INET6)) {
+    return MNL_CB_OK;
+  }
+  RouteDumpAttributes attrs;
+  attrs.family = rtm->rtm_family;
+  attrs.table = rtm->rtm_table;  // RTA_TABLE, when present, holds table ids above 255
+  mnl_attr_parse(nlh, sizeof(rtmsg), RouteDumpAttribute, &attrs);
+  if (attrs.table != RT_TABLE_MAIN || attrs.destination_malformed) return MNL_CB_OK;
+  // Without RTA_DST the route is a default route (length 0).
+  const IpAddress destination =
+      attrs.destination.has_value()
+          ? *attrs.destination
+          : (attrs.family == AF_INET ? IpAddress::V4(0) : IpAddress::V6({}));
+  if (rtm->rtm_dst_len > destination.bit_length()) return MNL_CB_OK;
+  const IpPrefix prefix(destination, rtm->rtm_dst_len);
+  for (int link : attrs.links) dump->routes[link].push_back(prefix);
+  return MNL_CB_OK;
+}
+
+// --- address dumps ------------------------------------------------------------------------
 
 struct AddressAttributes {
   const nlattr* local = nullptr;
   const nlattr* address = nullptr;
+  uint8_t protocol = 0;  // IFA_PROTO: who added the address, 0 when the kernel does not say
 };
 
 int AddressAttribute(const nlattr* attr, void* data) {
@@ -269,40 +400,75 @@ int AddressAttribute(const nlattr* attr, void* data) {
     case IFA_ADDRESS:
       attrs->address = attr;
       break;
+    case IFA_PROTO:
+      if (mnl_attr_validate(attr, MNL_TYPE_U8) >= 0) attrs->protocol = mnl_attr_get_u8(attr);
+      break;
     default:
       break;
   }
   return MNL_CB_OK;
 }
 
-int OnAddress(const void* msg, void* arg) {
-  const auto* nlh = static_cast<const nlmsghdr*>(msg);
-  auto* dump = static_cast<AddressDump*>(arg);
-  if (nlh->nlmsg_flags & NLM_F_DUMP_INTR) dump->interrupted = true;
+struct ParsedAddress {
+  int ifindex = 0;
+  IpPrefix prefix;
+  uint8_t protocol = 0;
+};
+
+// One RTM_NEWADDR message; nullopt for anything else.
+std::optional<ParsedAddress> ParseAddress(const nlmsghdr* nlh) {
   if (nlh->nlmsg_type != RTM_NEWADDR || mnl_nlmsg_get_payload_len(nlh) < sizeof(ifaddrmsg)) {
-    return MNL_CB_OK;
+    return std::nullopt;
   }
   const auto* ifa = static_cast<const ifaddrmsg*>(mnl_nlmsg_get_payload(nlh));
-  // Without strict checking the kernel dumps every link's addresses.
-  if (static_cast<int>(ifa->ifa_index) != dump->ifindex) return MNL_CB_OK;
   AddressAttributes attrs;
   mnl_attr_parse(nlh, sizeof(ifaddrmsg), AddressAttribute, &attrs);
   // IFA_ADDRESS is the peer on a point-to-point address; IFA_LOCAL, when present, is ours.
   const nlattr* attr = attrs.local != nullptr ? attrs.local : attrs.address;
-  if (attr == nullptr) return MNL_CB_OK;
-  IpAddress address;
-  if (ifa->ifa_family == AF_INET && mnl_attr_get_payload_len(attr) == 4) {
-    uint32_t network_order;
-    memcpy(&network_order, mnl_attr_get_payload(attr), 4);
-    address = IpAddress::V4(ntohl(network_order));
-  } else if (ifa->ifa_family == AF_INET6 && mnl_attr_get_payload_len(attr) == 16) {
-    std::array<uint8_t, 16> bytes;
-    memcpy(bytes.data(), mnl_attr_get_payload(attr), 16);
-    address = IpAddress::V6(bytes);
-  } else {
-    return MNL_CB_OK;
-  }
-  dump->addresses.emplace_back(address, ifa->ifa_prefixlen);
+  if (attr == nullptr) return std::nullopt;
+  std::optional<IpAddress> address = AttributeAddress(ifa->ifa_family, attr);
+  if (!address.has_value() || ifa->ifa_prefixlen > address->bit_length()) return std::nullopt;
+  return ParsedAddress{static_cast<int>(ifa->ifa_index), IpPrefix(*address, ifa->ifa_prefixlen),
+                       attrs.protocol};
+}
+
+struct AddressDump {
+  int ifindex = 0;
+  bool interrupted = false;
+  std::vector<IpPrefix> addresses;
+};
+
+int OnAddress(const void* msg, void* arg) {
+  const auto* nlh = static_cast<const nlmsghdr*>(msg);
+  auto* dump = static_cast<AddressDump*>(arg);
+  if (nlh->nlmsg_flags & NLM_F_DUMP_INTR) dump->interrupted = true;
+  std::optional<ParsedAddress> parsed = ParseAddress(nlh);
+  // Without strict checking the kernel dumps every link's addresses.
+  if (!parsed.has_value() || parsed->ifindex != dump->ifindex) return MNL_CB_OK;
+  dump->addresses.push_back(parsed->prefix);
+  return MNL_CB_OK;
+}
+
+// IPv6 link-local addresses (fe80::/10) come with every link that goes up; SLAAC ones with
+// router advertisements. Neither was configured by anyone.
+bool IsKernelConfigured(const ParsedAddress& address) {
+  if (address.protocol == IFAPROT_KERNEL_LL || address.protocol == IFAPROT_KERNEL_RA) return true;
+  const IpAddress& ip = address.prefix.address();
+  return ip.is_v6() && ip.bytes()[0] == 0xfe && (ip.bytes()[1] & 0xc0) == 0x80;
+}
+
+struct AllAddressDump {
+  bool interrupted = false;
+  std::map<int, std::vector<IpPrefix>> addresses;
+};
+
+int OnAnyAddress(const void* msg, void* arg) {
+  const auto* nlh = static_cast<const nlmsghdr*>(msg);
+  auto* dump = static_cast<AllAddressDump*>(arg);
+  if (nlh->nlmsg_flags & NLM_F_DUMP_INTR) dump->interrupted = true;
+  std::optional<ParsedAddress> parsed = ParseAddress(nlh);
+  if (!parsed.has_value() || IsKernelConfigured(*parsed)) return MNL_CB_OK;
+  dump->addresses[parsed->ifindex].push_back(parsed->prefix);
   return MNL_CB_OK;
 }
 
@@ -324,6 +490,10 @@ absl::StatusOr<std::unique_ptr<Netlink>> Netlink::Open() {
   int one = 1;
   mnl_socket_setsockopt(socket, NETLINK_EXT_ACK, &one, sizeof(one));
   mnl_socket_setsockopt(socket, NETLINK_CAP_ACK, &one, sizeof(one));
+  // Best effort too: with strict checking the kernel applies a dump request's filters (the
+  // route protocol, the link of an address dump) instead of sending everything, which matters
+  // on a node with a large routing table. The parsers filter again for kernels without it.
+  mnl_socket_setsockopt(socket, NETLINK_GET_STRICT_CHK, &one, sizeof(one));
   return std::unique_ptr<Netlink>(new Netlink(socket));
 }
 
@@ -612,11 +782,49 @@ absl::Status Netlink::DeleteRoute(int ifindex, const IpPrefix& destination) {
   return Transact(nlh, what, nullptr, nullptr);
 }
 
-absl::StatusOr<uint32_t> Netlink::PathMtu(const IpAddress& destination) {
-  const std::string what = absl::StrCat("finding the path MTU to ", destination.ToString());
-  if (!destination.is_v4() && !destination.is_v6()) {
-    return absl::InvalidArgumentError("finding the path MTU: no destination given");
+absl::StatusOr<std::map<int, std::vector<IpPrefix>>> Netlink::ListAllAddresses() {
+  const std::string what = "listing the addresses of every link";
+  // A dump that raced with a change is flagged inconsistent; a retry normally gets a clean one.
+  constexpr int kAttempts = 3;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    alignas(nlmsghdr) char buf[kRequestBufferSize];
+    nlmsghdr* nlh = PutHeader(buf, RTM_GETADDR, NLM_F_DUMP);
+    auto* ifa = static_cast<ifaddrmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifaddrmsg)));
+    ifa->ifa_family = AF_UNSPEC;
+    AllAddressDump dump;
+    {
+      absl::MutexLock lock(&mu_);
+      if (absl::Status s = Transact(nlh, what, OnAnyAddress, &dump); !s.ok()) return s;
+    }
+    if (!dump.interrupted) return std::move(dump.addresses);
   }
+  return absl::UnavailableError(absl::StrCat(what, ": the dump kept being interrupted"));
+}
+
+absl::StatusOr<std::map<int, std::vector<IpPrefix>>> Netlink::ListAgentRoutes() {
+  const std::string what = "listing the agent's routes";
+  constexpr int kAttempts = 3;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    alignas(nlmsghdr) char buf[kRequestBufferSize];
+    nlmsghdr* nlh = PutHeader(buf, RTM_GETROUTE, NLM_F_DUMP);
+    auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
+    rtm->rtm_family = AF_UNSPEC;
+    // The protocol alone as the kernel-side filter: every family of an AF_UNSPEC dump accepts
+    // it, while MPLS refuses a table in the header and would fail the whole dump.
+    rtm->rtm_protocol = kRouteProtocolTunnelAgent;
+    AgentRouteDump dump;
+    {
+      absl::MutexLock lock(&mu_);
+      if (absl::Status s = Transact(nlh, what, OnAgentRoute, &dump); !s.ok()) return s;
+    }
+    if (!dump.interrupted) return std::move(dump.routes);
+  }
+  return absl::UnavailableError(absl::StrCat(what, ": the dump kept being interrupted"));
+}
+
+absl::StatusOr<RouteLookup> Netlink::LookupRoute(const IpAddress& destination,
+                                                 const std::string& what, int* kernel_errno) {
+  *kernel_errno = 0;
   alignas(nlmsghdr) char buf[kRequestBufferSize];
   nlmsghdr* nlh = PutHeader(buf, RTM_GETROUTE, 0);
   auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
@@ -628,22 +836,49 @@ absl::StatusOr<uint32_t> Netlink::PathMtu(const IpAddress& destination) {
     absl::MutexLock lock(&mu_);
     absl::Status s = Transact(nlh, what, OnRoute, &reply);
     if (!s.ok()) {
-      // Unreachable, or a route of type unreachable/prohibit: neither the caller's arguments
-      // nor its permissions are at fault, the routing table has to change.
-      if (last_errno_ == ENETUNREACH || last_errno_ == EHOSTUNREACH || last_errno_ == EACCES) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("no route to ", destination.ToString(), ": ", ErrnoText(last_errno_)));
-      }
+      *kernel_errno = last_errno_;
       return s;
     }
   }
   if (!reply.seen) return absl::InternalError(absl::StrCat(what, ": no route in the reply"));
-  if (reply.mtu_metric != 0) return reply.mtu_metric;
-  if (reply.oif <= 0) {
+  return reply.route;
+}
+
+absl::StatusOr<RouteLookup> Netlink::RouteGet(const IpAddress& destination) {
+  if (!destination.is_v4() && !destination.is_v6()) {
+    return absl::InvalidArgumentError("looking up the route: no destination given");
+  }
+  const std::string what = absl::StrCat("looking up the route to ", destination.ToString());
+  int kernel_errno = 0;
+  absl::StatusOr<RouteLookup> route = LookupRoute(destination, what, &kernel_errno);
+  if (!route.ok() && IsNoRouteErrno(kernel_errno)) {
+    return absl::NotFoundError(
+        absl::StrCat("no route to ", destination.ToString(), ": ", ErrnoText(kernel_errno)));
+  }
+  return route;
+}
+
+absl::StatusOr<uint32_t> Netlink::PathMtu(const IpAddress& destination) {
+  if (!destination.is_v4() && !destination.is_v6()) {
+    return absl::InvalidArgumentError("finding the path MTU: no destination given");
+  }
+  const std::string what = absl::StrCat("finding the path MTU to ", destination.ToString());
+  int kernel_errno = 0;
+  absl::StatusOr<RouteLookup> route = LookupRoute(destination, what, &kernel_errno);
+  if (!route.ok()) {
+    // Neither the caller's arguments nor its permissions are at fault: the routing table has
+    // to change.
+    if (IsNoRouteErrno(kernel_errno)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("no route to ", destination.ToString(), ": ", ErrnoText(kernel_errno)));
+    }
+    return route.status();
+  }
+  if (route->mtu_metric != 0) return route->mtu_metric;
+  if (route->ifindex <= 0) {
     return absl::InternalError(absl::StrCat(what, ": the route has no output device"));
   }
-  // Looked up outside the lock above, which is not reentrant.
-  absl::StatusOr<LinkInfo> link = GetLink(reply.oif);
+  absl::StatusOr<LinkInfo> link = GetLink(route->ifindex);
   if (!link.ok()) return link.status();
   return link->mtu;
 }

@@ -4,7 +4,9 @@
 #define TUNNELAGENT_DATAPLANE_NETLINK_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,6 +36,16 @@ struct LinkInfo {
   std::string kind;
 };
 
+// The kernel's answer to one route lookup (`ip route get DESTINATION`).
+struct RouteLookup {
+  int ifindex = 0;  // the output link (RTA_OIF)
+  // The next hop (RTA_GATEWAY); unset when the destination is on-link (or local).
+  std::optional<IpAddress> gateway;
+  // The source address the kernel would pick for a packet to the destination (RTA_PREFSRC).
+  std::optional<IpAddress> source;
+  uint32_t mtu_metric = 0;  // the route's MTU metric (`mtu N`), 0 when it has none
+};
+
 // One NETLINK_ROUTE socket; calls are serialised, each waits for the kernel's ACK and turns a
 // negative ACK into a status carrying the errno text and what was being done.
 class Netlink {
@@ -60,12 +72,26 @@ class Netlink {
   absl::Status AddAddress(int ifindex, const IpPrefix& address);
   absl::Status DeleteAddress(int ifindex, const IpPrefix& address);
   // The addresses configured on the link, IPv4 and IPv6 (link-local ones included), as the
-  // kernel reports them: for reconciling and for checking what AddAddress did.
+  // kernel reports them: for checking what AddAddress did. Where the kernel filters dumps by
+  // link (strict checking), a missing link is NOT_FOUND; elsewhere it lists nothing.
   absl::StatusOr<std::vector<IpPrefix>> ListAddresses(int ifindex);
+  // Every link's addresses by ifindex, IPv4 and IPv6, in one dump, as added (address and prefix
+  // length), without those the kernel configures by itself: IPv6 link-local ones (fe80::/10),
+  // added when a link comes up, and those from router advertisements. A link without any is
+  // absent from the map.
+  absl::StatusOr<std::map<int, std::vector<IpPrefix>>> ListAllAddresses();
   // Unicast route in the main table to `destination` (host bits must be zero) out of
   // the link, scope link, protocol kRouteProtocolTunnelAgent. ALREADY_EXISTS if present.
   absl::Status AddRoute(int ifindex, const IpPrefix& destination);
   absl::Status DeleteRoute(int ifindex, const IpPrefix& destination);
+  // The main table's routes of protocol kRouteProtocolTunnelAgent (the ones AddRoute makes,
+  // whoever added them), IPv4 and IPv6, in one dump, by output ifindex (each hop's link for a
+  // multipath route), as destination/length. Other protocols' routes (the kernel's prefix
+  // routes, static ones), other tables and cached exceptions are left out.
+  absl::StatusOr<std::map<int, std::vector<IpPrefix>>> ListAgentRoutes();
+  // The route the kernel would use to reach `destination` (what `ip route get` shows).
+  // NOT_FOUND when there is none (no route, or an unreachable, prohibit or blackhole one).
+  absl::StatusOr<RouteLookup> RouteGet(const IpAddress& destination);
 
   // The MTU of the path the kernel would use to reach `destination`: the route's MTU metric
   // if it has one, else the output device's MTU. NOT_FOUND / FAILED_PRECONDITION when
@@ -74,6 +100,11 @@ class Netlink {
 
  private:
   explicit Netlink(mnl_socket* socket);
+  // The RTM_GETROUTE request behind RouteGet and PathMtu. On failure `*kernel_errno` holds the
+  // errno of the kernel's negative ACK (0 when the failure was not the kernel's answer), so
+  // each caller says "no route" its own way.
+  absl::StatusOr<RouteLookup> LookupRoute(const IpAddress& destination, const std::string& what,
+                                          int* kernel_errno);
   // Sends one request built in `buf` and processes replies until the ACK; `on_message`
   // (may be null) sees each non-error reply message.
   absl::Status Transact(void* nlh, const std::string& what,

@@ -87,6 +87,16 @@ class TunnelStats {
   // Any worker may see a reply; the one that sends keepalives reads the time.
   std::atomic<bool> peer_alive{true};
   std::atomic<int64_t> last_keepalive_reply_unix_nanos{0};  // 0: none yet
+  // Round-trip time of the last keepalive answered (the reply's arrival less the send time of
+  // the keepalive it answers), in nanoseconds; 0: none yet.
+  std::atomic<int64_t> keepalive_rtt_nanos{0};
+  // When the worker that sends keepalives last sent one (CLOCK_MONOTONIC nanoseconds; 0: never),
+  // for whichever worker takes the reply to measure the round trip.
+  std::atomic<int64_t> last_keepalive_sent_nanos{0};
+  // When a worker last delivered a packet of this tunnel into its device (or took a reply to
+  // its keepalive), in Unix nanoseconds of the worker's coarse clock (at most one tick old);
+  // 0: never.
+  std::atomic<int64_t> last_receive_unix_nanos{0};
 
  private:
   std::vector<std::unique_ptr<TunnelCounters>> shards_;
@@ -145,6 +155,10 @@ class PacketEngine {
   // The threads moving packets, each with its own ring (or epoll set) and sockets; what the
   // tunnels' TunnelStats must have room for.
   virtual size_t workers() const { return 1; }
+  // OK while every worker is running and has come round its loop within `stall` (workers wake
+  // at least every tick even without traffic). UNAVAILABLE naming the worker otherwise: its
+  // thread has ended (e.g. its ring failed) or it is stuck. Callable from any thread.
+  virtual absl::Status Health(absl::Duration stall) const { return absl::OkStatus(); }
 };
 
 }  // namespace tunnelagent::dataplane

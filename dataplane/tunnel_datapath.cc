@@ -5,6 +5,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -45,6 +46,20 @@ sockaddr_in6 SocketAddress(bool ipv6, const OuterAddress& address, socklen_t* le
 }
 
 }  // namespace
+
+void WorkerClock::Update() {
+  timespec t{};
+  clock_gettime(CLOCK_REALTIME_COARSE, &t);
+  unix_nanos_ = int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &t);
+  monotonic_nanos_ = int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
+}
+
+int64_t WorkerClock::PreciseMonotonicNanos() {
+  timespec t{};
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
+}
 
 UnderlayIo::~UnderlayIo() {
   for (int fd : {send4_, send6_, probe4_, probe6_}) {
@@ -149,13 +164,14 @@ TunnelDatapath::~TunnelDatapath() {
 
 absl::StatusOr<std::unique_ptr<TunnelDatapath>> TunnelDatapath::Create(const EngineTunnel& config,
                                                                        UnderlayIo* io,
+                                                                       const WorkerClock* clock,
                                                                        absl::Time now,
                                                                        unsigned worker) {
   if (worker >= config.counters->workers()) {
     return absl::InvalidArgumentError(
         absl::StrCat("tunnel ", config.name, ": its counters have no room for worker ", worker));
   }
-  std::unique_ptr<TunnelDatapath> t(new TunnelDatapath(config, io, worker));
+  std::unique_ptr<TunnelDatapath> t(new TunnelDatapath(config, io, clock, worker));
   if (io->send_fd(t->ipv6_) < 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("tunnel ", config.name, ": this kernel has no IPv6 for the underlay"));
@@ -191,10 +207,15 @@ absl::StatusOr<std::unique_ptr<TunnelDatapath>> TunnelDatapath::Create(const Eng
   return t;
 }
 
-TunnelDatapath::TunnelDatapath(const EngineTunnel& config, UnderlayIo* io, unsigned worker)
+TunnelDatapath::TunnelDatapath(const EngineTunnel& config, UnderlayIo* io, const WorkerClock* clock,
+                               unsigned worker)
     : config_(config),
       counters_(&config.counters->worker(worker)),
       io_(io),
+      clock_(clock),
+      // From the configured addresses: a tunnel without a local address sends from whichever
+      // the route gives, so its looped packets can come from any.
+      loop_check_(config.encap),
       ipv6_(IsIpv6UnderlayMode(config.encap.mode)),
       encap_(config.encap) {
   fou_header_len_ = EncapIpUdpLen(encap_);
@@ -222,6 +243,11 @@ void TunnelDatapath::RefreshPath() {
 }
 
 bool TunnelDatapath::PrepareTransmit(uint8_t* frame, size_t len, EncapResult* packet) {
+  if (loop_check_.IsOwnOuterPacket(frame, len)) [[unlikely]] {
+    // What we sent came back: wrapping it again would send it round once more, and again.
+    Count(counters().tx_drops, DropReason::kLoop);
+    return false;
+  }
   if (path_mtu_ != 0 && len > path_mtu_ + l2_header_) {
     // Rare (the device MTU normally fits the path): ask the route again before refusing, as
     // the path may have grown since the last probe, or shrunk further.
@@ -357,9 +383,17 @@ bool TunnelDatapath::AcceptReceived(const Decapsulated& d) {
     // Tick sees the new reply time (from whichever worker took the reply) and starts counting
     // missed replies again.
     c.keepalive_replies.Add();
+    // The reply cannot say which keepalive it answers: it is a packet we built for the peer
+    // to forward back as any router would, and an IPv6 one has no field to number it in. So
+    // it is timed against the latest keepalive sent: a reply that comes back after the next
+    // keepalive has left (a round trip longer than the interval) reads short.
+    const int64_t sent = stats().last_keepalive_sent_nanos.load(std::memory_order_relaxed);
+    const int64_t rtt = WorkerClock::PreciseMonotonicNanos() - sent;
+    if (sent != 0 && rtt > 0) stats().keepalive_rtt_nanos.store(rtt, std::memory_order_relaxed);
     stats().peer_alive.store(true, std::memory_order_relaxed);
     stats().last_keepalive_reply_unix_nanos.store(absl::ToUnixNanos(absl::Now()),
                                                   std::memory_order_relaxed);
+    StampReceived();
     return false;
   }
   if (config_.input_sequence) {
@@ -409,6 +443,7 @@ void TunnelDatapath::DeliverDone(size_t len, int result, uint32_t packets) {
     c.rx_packets.Add(packets);
     c.rx_bytes.Add(len);
     if (packets > 1) c.rx_coalesced.Add();
+    StampReceived();
   } else {
     c.rx_drops[static_cast<int>(DropReason::kDeviceError)].Add(packets);
   }
@@ -545,6 +580,9 @@ void TunnelDatapath::SendKeepalive() {
   const uint32_t sequence = encap_.sequence ? ++tx_sequence_ : 0;
   EncapResult outer = Encapsulate(encap_, inner.packet, inner.len, 0, sequence);
   if (outer.packet == nullptr) return;
+  // Before the send: a reply can be back (at another worker) before SendNow returns.
+  stats().last_keepalive_sent_nanos.store(WorkerClock::PreciseMonotonicNanos(),
+                                          std::memory_order_relaxed);
   if (io_->SendNow(ipv6_, config_.encap.remote, outer.packet, outer.len) == 0) {
     counters().keepalive_sent.Add();
   }

@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -69,6 +70,24 @@ class UnderlayIo {
   uint16_t fragment_id_ = 0;
 };
 
+// An engine thread's reading of the time, taken once every time round its loop (which wakes at
+// least every tick): the per-packet path stamps with it and never asks the kernel. The coarse
+// clocks (no system call, the kernel's tick of a few milliseconds) are all that a "last
+// received" time or a heartbeat needs. Owned and written by the engine's thread.
+class WorkerClock {
+ public:
+  WorkerClock() { Update(); }
+  void Update();
+  int64_t unix_nanos() const { return unix_nanos_; }
+  int64_t monotonic_nanos() const { return monotonic_nanos_; }
+  // CLOCK_MONOTONIC to the nanosecond, for what is measured rather than stamped (a round trip).
+  static int64_t PreciseMonotonicNanos();
+
+ private:
+  int64_t unix_nanos_ = 0;
+  int64_t monotonic_nanos_ = 0;
+};
+
 // Ancillary data of a fou send: the outer TOS and TTL of the packet(s), and the UDP segment
 // size when several equal-sized payloads go as one (UDP GSO, `gso_size` 0 otherwise). Returns
 // the control length; `control` must hold kFouSendControlBytes.
@@ -86,9 +105,11 @@ class TunnelDatapath {
   // Checks the tunnel against what the engine has (FAILED_PRECONDITION for an IPv6 tunnel when
   // the kernel has no IPv6), resolves its source address and path MTU. `worker` is the
   // engine's index among the workers: which of the tunnel's counters it writes; worker 0 also
-  // sends the keepalives.
+  // sends the keepalives. `clock` is the engine thread's (it must outlive the datapath).
   static absl::StatusOr<std::unique_ptr<TunnelDatapath>> Create(const EngineTunnel& config,
-                                                                UnderlayIo* io, absl::Time now,
+                                                                UnderlayIo* io,
+                                                                const WorkerClock* clock,
+                                                                absl::Time now,
                                                                 unsigned worker = 0);
 
   const EngineTunnel& config() const { return config_; }
@@ -148,7 +169,8 @@ class TunnelDatapath {
   // Transmit, first half: `len` bytes the device gave at `frame`, with kDeviceHeadroom writable
   // bytes before it. True with *packet set: the engine sends it, then calls TransmitDone. False:
   // nothing for the engine to do (answered with an ICMP error, sent as fragments, or dropped;
-  // all counted).
+  // all counted). The tunnel's own outer packet, routed back into its device, is dropped as a
+  // loop (LoopCheck).
   bool PrepareTransmit(uint8_t* frame, size_t len, EncapResult* packet);
   // Transmit, second half: `result` is what the send returned (bytes, or -errno). An EMSGSIZE
   // lowers the path MTU and the frame, still intact, gets the too-big treatment.
@@ -158,13 +180,15 @@ class TunnelDatapath {
   // device, then calls DeliverDone. False: done with (a keepalive, or a drop; counted).
   bool AcceptReceived(const Decapsulated& d);
   // `packets` received segments made `len` bytes written (more than one when coalesced).
+  // A write that took stamps the tunnel's last receive time.
   void DeliverDone(size_t len, int result, uint32_t packets = 1);
 
   // Keepalives and path MTU refresh; returns when it next wants to run.
   absl::Time Tick(absl::Time now);
 
  private:
-  TunnelDatapath(const EngineTunnel& config, UnderlayIo* io, unsigned worker);
+  TunnelDatapath(const EngineTunnel& config, UnderlayIo* io, const WorkerClock* clock,
+                 unsigned worker);
 
   void RefreshPath();
   // A frame longer than the path carries: ICMP error, fragments, or a drop.
@@ -173,10 +197,26 @@ class TunnelDatapath {
   bool SendFragments(const uint8_t* outer, size_t len);
   void SendKeepalive();
   bool IsPeerKeepalive(const Decapsulated& d) const;
+  // TunnelStats::last_receive_unix_nanos from the worker's clock; the shared value is written
+  // only when this worker's clock has moved on since it last did, so the per-packet cost is a
+  // compare.
+  void StampReceived() {
+    const int64_t now = clock_->unix_nanos();
+    if (now == last_receive_stamp_) return;
+    last_receive_stamp_ = now;
+    std::atomic<int64_t>& shared = config_.counters->last_receive_unix_nanos;
+    // Another worker's clock may be a round ahead: the time never goes back.
+    if (now > shared.load(std::memory_order_relaxed)) {
+      shared.store(now, std::memory_order_relaxed);
+    }
+  }
 
   EngineTunnel config_;
   TunnelCounters* counters_;  // this worker's
   UnderlayIo* io_;
+  const WorkerClock* clock_;
+  int64_t last_receive_stamp_ = 0;  // what this worker last stored as the last receive time
+  LoopCheck loop_check_;
   bool ipv6_ = false;
   TunnelMatch match_;
   EncapParams encap_;    // config_.encap with the source resolved where it must be known
@@ -201,16 +241,14 @@ class TunnelDatapath {
 // What both engines check before taking a tunnel: its name free, its datapath made, its receive
 // match free (ALREADY_EXISTS otherwise). `tunnels` is the engine's map by name.
 template <typename Tunnels, typename Table>
-absl::StatusOr<std::unique_ptr<TunnelDatapath>> NewTunnelDatapath(const EngineTunnel& config,
-                                                                  const Tunnels& tunnels,
-                                                                  const Table& by_match,
-                                                                  UnderlayIo* io,
-                                                                  unsigned worker = 0) {
+absl::StatusOr<std::unique_ptr<TunnelDatapath>> NewTunnelDatapath(
+    const EngineTunnel& config, const Tunnels& tunnels, const Table& by_match, UnderlayIo* io,
+    const WorkerClock* clock, unsigned worker = 0) {
   if (tunnels.contains(config.name)) {
     return absl::AlreadyExistsError(absl::StrCat("tunnel ", config.name, " exists"));
   }
   absl::StatusOr<std::unique_ptr<TunnelDatapath>> path =
-      TunnelDatapath::Create(config, io, absl::Now(), worker);
+      TunnelDatapath::Create(config, io, clock, absl::Now(), worker);
   if (path.ok() && by_match.Contains((*path)->match())) {
     return absl::AlreadyExistsError(absl::StrCat(
         "another tunnel receives the same mode, local, remote and key as ", config.name));

@@ -181,7 +181,8 @@ constexpr absl::Duration kTickResolution = absl::Milliseconds(50);
 
 class UringEngine::Impl {
  public:
-  explicit Impl(const UringEngineOptions& options) : options_(options) {}
+  explicit Impl(const UringEngineOptions& options)
+      : options_(options), heartbeat_(options.worker) {}
 
   ~Impl() {
     if (thread_.joinable()) {
@@ -235,6 +236,7 @@ class UringEngine::Impl {
 
   const DataplaneCounters& counters() const { return counters_; }
   CommandMailbox& mailbox() { return mailbox_; }
+  const WorkerHeartbeat& heartbeat() const { return heartbeat_; }
 
  private:
   // Sets up the ring on the thread that will submit to it: SINGLE_ISSUER and DEFER_TASKRUN
@@ -369,11 +371,22 @@ class UringEngine::Impl {
     }
     ready->set_value(absl::OkStatus());
 
+    std::string why = "the engine was stopped";
+    bool ring_usable = true;
     while (!stopping_) {
+      // The timer's completion brings the thread back here at least every tick.
       int ret = io_uring_submit_and_wait(&ring_, 1);
+      clock_.Update();
+      heartbeat_.Beat(clock_.monotonic_nanos());
       if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
         // Nothing sensible can go on without a ring; counted so it shows.
         counters_.drops[static_cast<int>(DropReason::kSocketError)].Add();
+        if (RingIsGone(-ret)) {
+          // It will refuse forever: end the worker and say why (Health) rather than spin.
+          why = absl::StrCat("io_uring_enter: ", ErrnoText(-ret));
+          ring_usable = false;
+          break;
+        }
         continue;
       }
       unsigned head;
@@ -387,18 +400,28 @@ class UringEngine::Impl {
       // What this batch of receives coalesced goes to the devices with the next submission.
       FlushCoalesced();
     }
-    Shutdown();
+    heartbeat_.Stopped(std::move(why));
+    Shutdown(ring_usable);
+  }
+
+  // What io_uring_enter says when the ring itself is no more: its descriptor closed or made
+  // something else (EBADF, EOPNOTSUPP), or its memory gone (EFAULT, ENXIO).
+  static bool RingIsGone(int err) {
+    return err == EBADF || err == EBADFD || err == EOPNOTSUPP || err == ENXIO || err == EFAULT;
   }
 
   // Cancels everything still in flight and waits for it, so that when the engine is gone no
   // operation holds a device or buffer (io_uring_queue_exit alone would let the kernel finish
-  // the cancellation in the background, keeping devices alive a little longer).
-  void Shutdown() {
-    io_uring_sqe* sqe = NextSqe();
-    io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_ANY);
-    io_uring_sqe_set_data(sqe, &cancel_slot_);
-    ++inflight_total_;
-    for (int rounds = 0; inflight_total_ > 0 && rounds < 100; ++rounds) {
+  // the cancellation in the background, keeping devices alive a little longer). A ring that is
+  // gone cannot be asked; its queue_exit is all there is.
+  void Shutdown(bool ring_usable) {
+    if (ring_usable) {
+      io_uring_sqe* sqe = NextSqe();
+      io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_ANY);
+      io_uring_sqe_set_data(sqe, &cancel_slot_);
+      ++inflight_total_;
+    }
+    for (int rounds = 0; ring_usable && inflight_total_ > 0 && rounds < 100; ++rounds) {
       __kernel_timespec timeout{0, 20'000'000};
       io_uring_cqe* cqe = nullptr;
       io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &timeout, nullptr);
@@ -983,7 +1006,7 @@ class UringEngine::Impl {
 
   absl::Status Add(const EngineTunnel& config) {
     absl::StatusOr<std::unique_ptr<TunnelDatapath>> path =
-        NewTunnelDatapath(config, tunnels_, by_match_, &io_, options_.worker);
+        NewTunnelDatapath(config, tunnels_, by_match_, &io_, &clock_, options_.worker);
     if (!path.ok()) return path.status();
     auto tunnel = std::make_unique<TunnelRuntime>();
     tunnel->path = std::move(*path);
@@ -1060,6 +1083,9 @@ class UringEngine::Impl {
   const UringEngineOptions options_;
   io_uring ring_{};
   std::thread thread_;
+  // Written by the thread every time round its loop; the heartbeat is read from any thread.
+  WorkerClock clock_;
+  WorkerHeartbeat heartbeat_;
 
   UnderlayIo io_;
   std::vector<ReceiveSocket> sockets_;
@@ -1120,5 +1146,9 @@ absl::Status UringEngine::RemoveTunnel(const std::string& name) {
 }
 
 const DataplaneCounters& UringEngine::counters() const { return impl_->counters(); }
+
+absl::Status UringEngine::Health(absl::Duration stall) const {
+  return impl_->heartbeat().Health(stall);
+}
 
 }  // namespace tunnelagent::dataplane

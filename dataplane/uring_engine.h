@@ -52,6 +52,7 @@ class UringEngine final : public PacketEngine {
   absl::Status RemoveTunnel(const std::string& name) override;
   const DataplaneCounters& counters() const override;
   const char* backend_name() const override { return "io_uring"; }
+  absl::Status Health(absl::Duration stall) const override;
 
   class Impl;
 

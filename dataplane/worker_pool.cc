@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "dataplane/packet/tunnel_mode.h"
 #include "dataplane/tun_device.h"
 
@@ -103,6 +104,15 @@ size_t WorkerPool::DeviceQueues(const std::string& name) const {
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) return 0;
   return it->second.queues.size() + 1;
+}
+
+absl::Status WorkerPool::Health(absl::Duration stall) const {
+  std::vector<std::string> failing;
+  for (const auto& worker : workers_) {
+    if (absl::Status s = worker->Health(stall); !s.ok()) failing.emplace_back(s.message());
+  }
+  if (failing.empty()) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrJoin(failing, "; "));
 }
 
 const DataplaneCounters& WorkerPool::counters() const {

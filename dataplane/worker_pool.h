@@ -41,6 +41,8 @@ class WorkerPool final : public PacketEngine {
   const DataplaneCounters& counters() const override;
   const char* backend_name() const override { return workers_.front()->backend_name(); }
   size_t workers() const override { return workers_.size(); }
+  // Every worker's health: OK when all are, else what each failing one says.
+  absl::Status Health(absl::Duration stall) const override;
 
   // How many of the tunnel's device queues the workers read (1 or workers()); 0 when there
   // is no such tunnel. For tests and logs.

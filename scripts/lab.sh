@@ -7,13 +7,18 @@
 #   lab_start_agent NAME [flags]  tunnel-agent in that namespace, gRPC on unix:$RUN/NAME.sock
 #   lab_start_agent_tcp NAME HOST:PORT [flags]
 #                                 the same with gRPC on HOST:PORT inside the namespace
-#                                 (lab_ctl then talks to it from inside the namespace)
+#                                 (lab_ctl then talks to it from inside the namespace); plaintext
+#                                 TCP needs --insecure (or a token, or TLS) in the flags
 #   lab_run_agent NAME [flags]    the agent in the foreground (bounded by 10 s), for its
 #                                 exit status and output when it is expected to refuse to start
 #   lab_stop_agent NAME [SIGNAL]  and waits for it to exit
 #   lab_ctl NAME ARGS...          tunnelctl against that node's agent
 #   lab_exec NAME CMD...          a command inside the node's namespace
 #   lab_metric NAME SERIES        one sample value from the node's /metrics (empty if absent)
+#   lab_health NAME TARGET [SERVICE]
+#                                 grpc.health.v1.Health/Check on TARGET from inside the node's
+#                                 namespace (python3-grpcio): SERVING, NOT_SERVING,
+#                                 SERVICE_UNKNOWN, or the call's gRPC error code
 #
 # Underlay addresses come from 198.18.0.0/15 (RFC 2544's benchmark range); nothing here sends
 # traffic outside the lab's own namespaces.
@@ -152,6 +157,25 @@ lab_ctl() {
 lab_metric() {
   lab_exec "$1" curl -sf "http://127.0.0.1:$LAB_METRICS_PORT/metrics" |
     awk -v s="$2" '$1 == s && !found { print $2; found = 1 }'  # reads all: no SIGPIPE for curl
+}
+
+lab_health() {
+  local node=$1 target=$2 service=${3:-}
+  lab_exec "$node" /usr/bin/python3 - "$target" "$service" <<'EOF'
+import sys
+import grpc
+target, service = sys.argv[1], sys.argv[2].encode()
+check = grpc.insecure_channel(target).unary_unary(
+    "/grpc.health.v1.Health/Check", request_serializer=lambda b: b,
+    response_deserializer=lambda b: b)
+try:  # HealthCheckRequest{service}, by hand: no generated code needed
+    response = check(b"\x0a" + bytes([len(service)]) + service if service else b"", timeout=5)
+except grpc.RpcError as e:
+    print(e.code().name)
+    sys.exit(0)
+status = response[1] if len(response) >= 2 and response[0] == 0x08 else 0
+print({1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}.get(status, "UNKNOWN"))
+EOF
 }
 
 # Test helpers: one short line per check, and a failure names what was expected.

@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "clients/common/version.h"
 #include "clients/tunnel_controller/fleet.h"
 
 namespace tunnelagent::controller {
@@ -42,7 +43,8 @@ commands:
   status -f FILE                  per node: reachable, tunnels up/down, drift from the file
   run -f FILE --interval D [--prune] [--metrics_listen ADDR]
                                   apply every D (and when the file changes); serve /metrics
-  help
+  help                            this text (also -h, --help)
+  version                         the version (also --version)
 
 flags:
   --prune                 also delete the owner's tunnels the file no longer has
@@ -57,15 +59,32 @@ flags:
                           tunnel-controller); other owners' tunnels are never touched
   --progress auto|live|plain
                           a live line per node (auto: when stderr is a terminal) or log lines
+  -h, --help              print this text
+  --version               print the version
 In flag names '_' and '-' are the same; values go after '=' or as the next argument.
 
-exit status: 0 every node converged (plan: every node answered), 1 some node failed or
-differs (status), 2 usage or fleet file error.
+exit status:
+  0  every node converged (plan: every node answered)
+  1  bad input, nothing sent: unknown command or flag, bad value, a fleet file that cannot
+     be read or is not valid (YAML, a node, an address, a link), or a file it names
+     (token, certificate); run: also --metrics_listen that cannot be listened on
+  2  some node's agent refused or failed a call, or could not be reached; status: also a
+     node that differs from the file; run: the last pass had not converged when stopped
 )";
 }
 
+std::string VersionLine() { return absl::StrCat("tunnel-controller ", clients::kVersion, "\n"); }
+
 absl::StatusOr<Options> ParseArgs(const std::vector<std::string>& args) {
   Options options;
+  // -h, --help or --version win over everything else on the line (the first of them given),
+  // so that asking for help never fails on the rest of it.
+  for (const std::string& arg : args) {
+    if (arg == "-h" || arg == "--help" || arg == "--version") {
+      options.command = arg == "--version" ? Command::kVersion : Command::kHelp;
+      return options;
+    }
+  }
   std::optional<Command> command;
   bool interval_given = false;
   bool metrics_given = false;
@@ -106,10 +125,6 @@ absl::StatusOr<Options> ParseArgs(const std::vector<std::string>& args) {
         } else {
           options.prune = true;
         }
-        continue;
-      }
-      if (name == "help") {
-        command = Command::kHelp;
         continue;
       }
       static const char* const kValued[] = {"file",    "interval", "metrics_listen", "parallelism",
@@ -190,14 +205,18 @@ absl::StatusOr<Options> ParseArgs(const std::vector<std::string>& args) {
       command = Command::kRun;
     } else if (arg == "help") {
       command = Command::kHelp;
+    } else if (arg == "version") {
+      command = Command::kVersion;
     } else {
       return UsageError(
-          absl::StrCat("unknown command \"", arg, "\" (plan, apply, status, run, help)"));
+          absl::StrCat("unknown command \"", arg, "\" (plan, apply, status, run, help, version)"));
     }
   }
-  if (!command.has_value()) return UsageError("missing COMMAND (plan, apply, status, run, help)");
+  if (!command.has_value()) {
+    return UsageError("missing COMMAND (plan, apply, status, run, help, version)");
+  }
   options.command = *command;
-  if (options.command == Command::kHelp) return options;
+  if (options.command == Command::kHelp || options.command == Command::kVersion) return options;
   if (options.file.empty()) return UsageError("missing -f FILE");
   if (options.prune && options.command == Command::kStatus) {
     return UsageError(

@@ -7,17 +7,21 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "clients/common/exit_code.h"
 #include "clients/tunnel_controller/reconciler.h"
 
 namespace tunnelagent::controller {
 
-inline constexpr int kExitConverged = 0;
-inline constexpr int kExitNodeFailed = 1;
-inline constexpr int kExitUsage = 2;
+// 0 every node converged; 1 bad input (command line, fleet file or a file it names), nothing
+// sent; 2 some node's agent refused, failed or was unreachable, or (status) differs from the
+// file.
+using clients::kExitAgentFailed;
+using clients::kExitBadInput;
+using clients::kExitOk;
 
 inline constexpr char kDefaultMetricsListen[] = "127.0.0.1:9477";
 
-enum class Command { kHelp, kPlan, kApply, kStatus, kRun };
+enum class Command { kHelp, kVersion, kPlan, kApply, kStatus, kRun };
 
 enum class ProgressMode { kAuto, kLive, kPlain };
 
@@ -38,6 +42,9 @@ absl::StatusOr<Options> ParseArgs(const std::vector<std::string>& args);
 
 // The text of `tunnel-controller help`, ending in a newline.
 std::string Usage();
+
+// What `tunnel-controller --version` prints: "tunnel-controller <version>" and a newline.
+std::string VersionLine();
 
 }  // namespace tunnelagent::controller
 

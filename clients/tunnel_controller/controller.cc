@@ -126,7 +126,7 @@ class Runner {
  private:
   int UsageFailure(const absl::Status& status) {
     err_ << "tunnel-controller: " << status.message() << "\n" << std::flush;
-    return kExitUsage;
+    return kExitBadInput;
   }
 
   ReconcileOptions BaseOptions(Operation operation) const {
@@ -184,7 +184,7 @@ class Runner {
       std::vector<NodeReport> reports = Reconcile(loaded.plan, *agents, ro);
       const absl::Time end = absl::Now();
       metrics.RecordPass(reports, end - start, end);
-      converged = ExitStatus(Operation::kApply, reports) == kExitConverged;
+      converged = ExitStatus(Operation::kApply, reports) == kExitOk;
       PrintPass(pass, reports, end - start);
 
       // Until the interval is over, or the file changes.
@@ -218,7 +218,7 @@ class Runner {
       }
     }
     err_ << "tunnel-controller: stopped\n" << std::flush;
-    return converged ? kExitConverged : kExitNodeFailed;
+    return converged ? kExitOk : kExitAgentFailed;
   }
 
   // One line per pass, and one per node that changed or failed.
@@ -401,15 +401,32 @@ std::string FormatStatus(const std::vector<NodeReport>& reports) {
 
 int ExitStatus(Operation operation, const std::vector<NodeReport>& reports) {
   for (const NodeReport& r : reports) {
-    if (!r.ok) return kExitNodeFailed;
-    if (operation == Operation::kStatus && !r.converged) return kExitNodeFailed;
+    if (!r.ok) return kExitAgentFailed;
+    if (operation == Operation::kStatus && !r.converged) return kExitAgentFailed;
   }
-  return kExitConverged;
+  return kExitOk;
 }
 
 int RunCommand(const Options& options, std::ostream& out, std::ostream& err, int err_fd,
                const absl::Notification* stop) {
   return Runner(options, out, err, err_fd, stop).Run();
+}
+
+int Main(const std::vector<std::string>& args, std::ostream& out, std::ostream& err, int err_fd,
+         const absl::Notification* stop, const std::function<void()>& before_run) {
+  absl::StatusOr<Options> options = ParseArgs(args);
+  if (!options.ok()) {
+    err << "tunnel-controller: " << options.status().message() << "\n"
+        << "see 'tunnel-controller help'\n"
+        << std::flush;
+    return kExitBadInput;
+  }
+  if (options->command == Command::kHelp || options->command == Command::kVersion) {
+    out << (options->command == Command::kHelp ? Usage() : VersionLine()) << std::flush;
+    return kExitOk;
+  }
+  if (before_run) before_run();
+  return RunCommand(*options, out, err, err_fd, stop);
 }
 
 }  // namespace tunnelagent::controller

@@ -1,8 +1,9 @@
-// tunnel-controller's commands: plan, apply, status and run, from parsed Options to output and
-// an exit status. main.cc only wires these to the process (argv, streams, signals).
+// tunnel-controller's commands: plan, apply, status and run, from the command line to output
+// and an exit status. main.cc only wires Main to the process (argv, streams, signals).
 #ifndef TUNNELAGENT_CLIENTS_TUNNEL_CONTROLLER_CONTROLLER_H_
 #define TUNNELAGENT_CLIENTS_TUNNEL_CONTROLLER_CONTROLLER_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <ostream>
@@ -23,7 +24,7 @@ namespace tunnelagent::controller {
 class Connections {
  public:
   // Handles for every node of `fleet`, in its order. Errors (InvalidArgument, naming the node's
-  // field: an unreadable token or certificate file) concern the file: exit 2.
+  // field: an unreadable token or certificate file) concern the file: exit kExitBadInput.
   absl::StatusOr<std::vector<AgentHandle>> For(const Fleet& fleet);
 
  private:
@@ -42,7 +43,7 @@ std::string FormatChanges(Operation operation, const std::vector<NodeReport>& re
 // The report of status: a table, then drift, tunnels not up and errors per node, then one line.
 std::string FormatStatus(const std::vector<NodeReport>& reports);
 
-// 0 when every node succeeded and (apply, status) converged, else 1.
+// kExitOk when every node succeeded and (status) converged, else kExitAgentFailed.
 int ExitStatus(Operation operation, const std::vector<NodeReport>& reports);
 
 // Runs options.command (not kHelp). Reports go to `out`, progress and errors to `err`
@@ -50,6 +51,14 @@ int ExitStatus(Operation operation, const std::vector<NodeReport>& reports);
 // others). Returns the exit status.
 int RunCommand(const Options& options, std::ostream& out, std::ostream& err, int err_fd,
                const absl::Notification* stop);
+
+// One whole invocation: parses `args` (those after the program name), then prints the help or
+// the version, or runs the command. `before_run` (may be empty) is called once the command
+// line is parsed and before anything that may start a thread: main.cc blocks SIGINT and
+// SIGTERM there, for its own thread to notify `stop`. Returns the exit status; bad input is
+// kExitBadInput with one "tunnel-controller: ..." line on `err`.
+int Main(const std::vector<std::string>& args, std::ostream& out, std::ostream& err, int err_fd,
+         const absl::Notification* stop, const std::function<void()>& before_run);
 
 }  // namespace tunnelagent::controller
 

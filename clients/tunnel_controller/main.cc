@@ -1,8 +1,8 @@
 // tunnel-controller: provisions the tunnels of a fleet of tunnel-agent nodes from one YAML file
 // (fleet.h), through each agent's ApplyTunnels under its own owner label.
 //
-// Exit status: 0 every node converged, 1 some node failed (or, for status, differs from the
-// file), 2 usage or fleet file error.
+// Exit status (clients/common/exit_code.h): 0 every node converged, 1 bad input (usage, the
+// fleet file or a file it names), 2 some node failed (or, for status, differs from the file).
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -11,13 +11,12 @@
 #include <cstdlib>
 #include <ctime>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
-#include "clients/tunnel_controller/args.h"
 #include "clients/tunnel_controller/controller.h"
 #include "grpc/support/log.h"
 
@@ -56,29 +55,20 @@ class SignalWatcher {
   std::thread thread_;
 };
 
-int Main(int argc, char** argv) {
+int ProcessMain(int argc, char** argv) {
   const char* verbosity = std::getenv("GRPC_VERBOSITY");
   const char* trace = std::getenv("GRPC_TRACE");
   if ((verbosity == nullptr || *verbosity == '\0') && (trace == nullptr || *trace == '\0')) {
     gpr_set_log_function(DiscardGrpcLog);
   }
-  std::vector<std::string> args(argv + (argc > 0 ? 1 : 0), argv + argc);
-  absl::StatusOr<Options> options = ParseArgs(args);
-  if (!options.ok()) {
-    std::cerr << "tunnel-controller: " << options.status().message() << "\n"
-              << "see 'tunnel-controller help'\n";
-    return kExitUsage;
-  }
-  if (options->command == Command::kHelp) {
-    std::cout << Usage() << std::flush;
-    return kExitConverged;
-  }
   absl::Notification stop;
-  SignalWatcher signals(&stop);
-  return RunCommand(*options, std::cout, std::cerr, STDERR_FILENO, &stop);
+  std::unique_ptr<SignalWatcher> signals;
+  return Main(std::vector<std::string>(argv + (argc > 0 ? 1 : 0), argv + argc), std::cout,
+              std::cerr, STDERR_FILENO, &stop,
+              [&] { signals = std::make_unique<SignalWatcher>(&stop); });
 }
 
 }  // namespace
 }  // namespace tunnelagent::controller
 
-int main(int argc, char** argv) { return tunnelagent::controller::Main(argc, argv); }
+int main(int argc, char** argv) { return tunnelagent::controller::ProcessMain(argc, argv); }

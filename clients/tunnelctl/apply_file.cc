@@ -51,6 +51,26 @@ std::string DescribeJsonError(absl::string_view content, absl::string_view messa
                       OneLine(absl::StripAsciiWhitespace(context)), "')");
 }
 
+// The address fields of `tunnel`, by their JSON names; empty ones are the agent's to judge
+// (a missing remote, a local left to the kernel).
+absl::Status CheckTunnelAddresses(const v1::Tunnel& tunnel) {
+  if (!tunnel.remote().empty()) {
+    if (absl::Status s = CheckAddress("remote", tunnel.remote()); !s.ok()) return s;
+  }
+  if (!tunnel.local().empty()) {
+    if (absl::Status s = CheckAddress("local", tunnel.local()); !s.ok()) return s;
+  }
+  for (int i = 0; i < tunnel.addresses_size(); ++i) {
+    absl::Status s = CheckPrefix(absl::StrCat("addresses[", i, "]"), tunnel.addresses(i));
+    if (!s.ok()) return s;
+  }
+  for (int i = 0; i < tunnel.routes_size(); ++i) {
+    absl::Status s = CheckPrefix(absl::StrCat("routes[", i, "]"), tunnel.routes(i));
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<v1::ApplyTunnelsRequest> ParseApplyFile(absl::string_view content,
@@ -78,6 +98,15 @@ absl::StatusOr<v1::ApplyTunnelsRequest> ParseApplyFile(absl::string_view content
     std::string message(status.message());
     if (bare) message = absl::StrReplaceAll(message, {{"(tunnels[", "(["}});
     return error(DescribeJsonError(content, message));
+  }
+
+  // Addresses are checked as on the command line, so that a typo in the file is bad input
+  // (exit 1) like the same typo in `create`, not a refusal by the agent.
+  for (int i = 0; i < request.tunnels_size(); ++i) {
+    if (absl::Status s = CheckTunnelAddresses(request.tunnels(i)); !s.ok()) {
+      return error(absl::StrCat(": tunnels[", i, "] (", OneLine(request.tunnels(i).name()),
+                                "): ", OneLine(s.message())));
+    }
   }
 
   if (!command.owner.empty()) {

@@ -1,5 +1,8 @@
 #include "clients/tunnelctl/args.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <cmath>
 #include <cstddef>
 #include <limits>
@@ -16,6 +19,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "clients/common/version.h"
 
 namespace tunnelagent::tunnelctl {
 namespace {
@@ -188,8 +192,8 @@ class Parser {
   }
 
   absl::StatusOr<Command> Run() {
-    if (WantsHelp()) {
-      command_.verb = Verb::kHelp;
+    if (std::optional<Verb> early = HelpOrVersion(); early.has_value()) {
+      command_.verb = *early;
       return std::move(command_);
     }
     if (absl::Status s = SkipFlags(); !s.ok()) return s;
@@ -217,6 +221,9 @@ class Parser {
     } else if (verb == "help") {
       command_.verb = Verb::kHelp;
       return std::move(command_);
+    } else if (verb == "version") {
+      command_.verb = Verb::kVersion;
+      return std::move(command_);
     } else {
       status = UsageError(absl::StrCat("unknown command '", verb, "'"));
     }
@@ -227,13 +234,15 @@ class Parser {
   }
 
  private:
-  // -h or --help anywhere before "--" wins over everything else.
-  bool WantsHelp() const {
+  // -h, --help or --version anywhere before "--" wins over everything else (the first of
+  // them given), so that asking for help never fails on the rest of the line.
+  std::optional<Verb> HelpOrVersion() const {
     for (const std::string& arg : args_) {
-      if (arg == "--") return false;
-      if (arg == "-h" || arg == "--help") return true;
+      if (arg == "--") return std::nullopt;
+      if (arg == "-h" || arg == "--help") return Verb::kHelp;
+      if (arg == "--version") return Verb::kVersion;
     }
-    return false;
+    return std::nullopt;
   }
 
   bool AtEnd() const { return pos_ >= args_.size(); }
@@ -496,9 +505,13 @@ class Parser {
       if (!mode.ok()) return mode.status();
       tunnel.set_mode(*mode);
     } else if (word == "remote") {
+      if (absl::Status s = CheckAddress(word, value); !s.ok()) return s;
       tunnel.set_remote(value);
     } else if (word == "local") {
       // As in iproute2, "any" leaves the choice of the source to the kernel.
+      if (value != "any") {
+        if (absl::Status s = CheckAddress(word, value); !s.ok()) return s;
+      }
       tunnel.set_local(value == "any" ? "" : value);
     } else if (word == "key") {
       absl::StatusOr<uint32_t> key = ParseKey(value);
@@ -515,8 +528,10 @@ class Parser {
         tunnel.set_mtu(*mtu);
       }
     } else if (word == "address") {
+      if (absl::Status s = CheckPrefix(word, value); !s.ok()) return s;
       tunnel.add_addresses(value);
     } else if (word == "route") {
+      if (absl::Status s = CheckPrefix(word, value); !s.ok()) return s;
       tunnel.add_routes(value);
     } else if (word == "label") {
       absl::StatusOr<std::pair<std::string, std::string>> label = ParseLabel(value);
@@ -661,6 +676,8 @@ class Parser {
 
 }  // namespace
 
+std::string VersionLine() { return absl::StrCat("tunnelctl ", clients::kVersion, "\n"); }
+
 absl::StatusOr<Command> ParseArgs(const std::vector<std::string>& args, const Environment& env) {
   return Parser(args, env).Run();
 }
@@ -670,6 +687,54 @@ absl::StatusOr<Command> ParseArgs(const std::vector<std::string>& args,
   Environment env;
   env.agent = std::string(env_agent);
   return ParseArgs(args, env);
+}
+
+namespace {
+
+// Longer than any address text (INET6_ADDRSTRLEN counts the NUL).
+constexpr size_t kMaxAddressText = INET6_ADDRSTRLEN;
+
+// The address family of `text` (AF_INET or AF_INET6), or nullopt when it is neither.
+std::optional<int> AddressFamily(absl::string_view text) {
+  // inet_pton needs a NUL-terminated string; an embedded NUL would cut the text short and let
+  // "1.2.3.4\0junk" through.
+  if (text.empty() || text.size() >= kMaxAddressText ||
+      text.find('\0') != absl::string_view::npos) {
+    return std::nullopt;
+  }
+  char buf[kMaxAddressText];
+  text.copy(buf, text.size());
+  buf[text.size()] = '\0';
+  in6_addr bytes;
+  if (inet_pton(AF_INET, buf, &bytes) == 1) return AF_INET;
+  if (inet_pton(AF_INET6, buf, &bytes) == 1) return AF_INET6;
+  return std::nullopt;
+}
+
+}  // namespace
+
+absl::Status CheckAddress(absl::string_view what, absl::string_view text) {
+  if (!AddressFamily(text).has_value()) {
+    return UsageError(absl::StrCat("invalid ", what, " '", text,
+                                   "' (want an IPv4 or IPv6 address, like 198.18.0.2 or fd00::2)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPrefix(absl::string_view what, absl::string_view text) {
+  const size_t slash = text.find('/');
+  std::optional<int> family = AddressFamily(text.substr(0, slash));
+  bool ok = family.has_value();
+  if (ok && slash != absl::string_view::npos) {
+    absl::string_view length = text.substr(slash + 1);
+    const uint64_t max = *family == AF_INET ? 32 : 128;
+    ok = !(length.size() > 1 && length[0] == '0') && ParseDigits(length, 10, max).has_value();
+  }
+  if (!ok) {
+    return UsageError(absl::StrCat("invalid ", what, " '", text,
+                                   "' (want ADDRESS/LENGTH, like 10.0.0.1/30 or fd00::1/64)"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::TunnelMode> ParseMode(absl::string_view text) {
@@ -837,7 +902,8 @@ Commands:
                    JSON ApplyTunnelsRequest ({"owner": ..., "tunnels": [...]}) or a JSON
                    array of tunnels (then --owner is required); print the changes
   info             print what the agent is and can do
-  help             print this help
+  help             print this help (also -h, --help)
+  version          print tunnelctl's version (also --version)
 
 Arguments of create and update, in any order after NAME:
   mode MODE        gre, ipip, gretap, sit, ip6gre, ip6gretap or ip6tnl
@@ -887,8 +953,8 @@ Options of commands:
   --owner=NAME       apply: the owner (labels["owner"]) whose tunnels FILE lists
 
 Options:
-  --agent=ADDR       agent address, HOST:PORT or unix:/PATH
-                     (default: $TUNNELCTL_AGENT, else 127.0.0.1:50051)
+  --agent=ADDR       agent address, HOST:PORT or unix:/PATH (default: $TUNNELCTL_AGENT,
+                     else unix:/run/tunnel-agent/agent.sock, the agent's default)
   -o, --output=FMT   output format: table (default) or json
   --timeout=SECONDS  deadline of each call (default: 10; a watch has none)
   --tls              connect with TLS, trusting the system's roots
@@ -900,10 +966,16 @@ Options:
   --token_file=FILE  send "authorization: Bearer TOKEN" with the token of FILE on every
                      call (default: $TUNNELCTL_TOKEN, if set)
   -h, --help         print this help
+  --version          print tunnelctl's version
 In flag names '_' and '-' are the same (--tls-ca, --request_id).
 
-Exit status: 0 success (watch: also when interrupted), 1 usage error (including a bad
-file), 2 the agent failed, refused or was unreachable (watch: also when the stream ends).
+Exit status:
+  0  success (watch: also when interrupted or after --count events)
+  1  bad input, nothing sent: unknown command or flag, bad argument or address, unreadable
+     or malformed file (apply -f, --token_file, --tls_*)
+  2  the agent refused or failed the call (any gRPC error, INVALID_ARGUMENT from the agent
+     included) or could not be reached, or the output could not be written; watch: also
+     when the stream ends. One line on stderr says which.
 )";
 }
 

@@ -3,8 +3,9 @@
 // tested. Files named on the command line (apply -f, --token_file, --tls_*) are read later,
 // by LoadInputs (client.h).
 //
-// Only syntax is checked here (numbers parse and are in range, mode names are known,
-// required keywords are present); whether a tunnel makes sense is the agent's decision.
+// Only syntax is checked here (numbers parse and are in range, addresses and prefixes are
+// addresses and prefixes, mode names are known, required keywords are present); whether a
+// tunnel makes sense is the agent's decision.
 #ifndef TUNNELAGENT_CLIENTS_TUNNELCTL_ARGS_H_
 #define TUNNELAGENT_CLIENTS_TUNNELCTL_ARGS_H_
 
@@ -23,11 +24,13 @@
 
 namespace tunnelagent::tunnelctl {
 
-enum class Verb { kHelp, kCreate, kGet, kList, kUpdate, kDelete, kWatch, kApply, kInfo };
+enum class Verb { kHelp, kVersion, kCreate, kGet, kList, kUpdate, kDelete, kWatch, kApply, kInfo };
 
 enum class OutputFormat { kTable, kJson };
 
-inline constexpr char kDefaultAgent[] = "127.0.0.1:50051";
+// The agent's default listener: a unix socket, so that who may manage the node's tunnels is
+// decided by the socket's owner and mode rather than by who can reach a TCP port.
+inline constexpr char kDefaultAgent[] = "unix:/run/tunnel-agent/agent.sock";
 inline constexpr std::chrono::milliseconds kDefaultTimeout{10'000};
 inline constexpr std::chrono::milliseconds kMaxTimeout{86'400'000};
 inline constexpr uint32_t kMinMtu = 68;
@@ -95,6 +98,14 @@ absl::StatusOr<Command> ParseArgs(const std::vector<std::string>& args,
 // "gre", "ipip", ... as `ip link add ... type <mode>` names them.
 absl::StatusOr<v1::TunnelMode> ParseMode(absl::string_view text);
 
+// An IPv4 or IPv6 address as the agent reads one (dotted quad, RFC 4291 text); `what` names
+// the argument in the error ("remote").
+absl::Status CheckAddress(absl::string_view what, absl::string_view text);
+
+// ADDRESS/LENGTH, or a bare address (a host prefix), as the agent reads one: the length in
+// plain decimal (no leading zero, which iproute2 would read as octal), at most 32 or 128.
+absl::Status CheckPrefix(absl::string_view what, absl::string_view text);
+
 // "up", "down" or "error".
 absl::StatusOr<v1::OperState> ParseState(absl::string_view text);
 
@@ -124,6 +135,9 @@ absl::StatusOr<std::pair<std::string, std::string>> ParseLabel(absl::string_view
 
 // The text `tunnelctl help` prints, ending in a newline.
 std::string Usage();
+
+// What `tunnelctl --version` prints: "tunnelctl <version>" and a newline.
+std::string VersionLine();
 
 }  // namespace tunnelagent::tunnelctl
 

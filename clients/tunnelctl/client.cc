@@ -49,6 +49,8 @@ class Runner {
         return Info();
       case Verb::kHelp:
         break;
+      case Verb::kVersion:
+        return Print(VersionLine());
     }
     return Print(Usage());
   }
@@ -58,7 +60,7 @@ class Runner {
 
   int Fail(absl::string_view problem) {
     err_ << "tunnelctl: " << problem << "\n" << std::flush;
-    return kExitFailed;
+    return kExitAgentFailed;
   }
 
   int RpcFailed(absl::string_view method, const grpc::Status& status) {
@@ -309,6 +311,43 @@ void Interrupt::Detach() {
 int RunCommand(const Command& command, v1::TunnelService::StubInterface& stub,
                const RunOptions& options, std::ostream& out, std::ostream& err) {
   return Runner(command, stub, options, out, err).Run();
+}
+
+int Main(const std::vector<std::string>& args, const Process& process) {
+  std::ostream& out = *process.out;
+  std::ostream& err = *process.err;
+  absl::StatusOr<Command> command = ParseArgs(args, process.env);
+  if (!command.ok()) {
+    err << "tunnelctl: " << command.status().message() << "\n"
+        << "see 'tunnelctl help'\n"
+        << std::flush;
+    return kExitBadInput;
+  }
+  if (command->verb == Verb::kHelp || command->verb == Verb::kVersion) {
+    out << (command->verb == Verb::kHelp ? Usage() : VersionLine());
+    if (!out.flush()) {
+      err << "tunnelctl: cannot write the output\n" << std::flush;
+      return kExitAgentFailed;
+    }
+    return kExitOk;
+  }
+  if (command->verb == Verb::kWatch && process.before_watch) process.before_watch();
+
+  absl::StatusOr<Inputs> inputs = LoadInputs(*command, *process.in);
+  if (!inputs.ok()) {
+    err << "tunnelctl: " << inputs.status().message() << "\n" << std::flush;
+    return kExitBadInput;
+  }
+
+  std::shared_ptr<grpc::Channel> channel = Dial(*command, *inputs);
+  std::unique_ptr<v1::TunnelService::Stub> stub = v1::TunnelService::NewStub(channel);
+  RunOptions options;
+  options.channel = channel;
+  options.token = inputs->token;
+  options.apply = inputs->apply;
+  options.new_request_id = process.new_request_id;
+  options.interrupt = process.interrupt;
+  return RunCommand(*command, *stub, options, out, err);
 }
 
 }  // namespace tunnelagent::tunnelctl

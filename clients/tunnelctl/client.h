@@ -1,6 +1,7 @@
-// What tunnelctl does once the command line is parsed: read the files it names, connect, make
-// the calls and print their results. main.cc only wires these to the process (argv, the
-// environment, stdin/stdout/stderr, signals); tests drive them against an in-process agent.
+// What tunnelctl does: parse the command line, read the files it names, connect, make the calls
+// and print their results, and the exit status of each outcome. main.cc only wires Main to the
+// process (argv, the environment, stdin/stdout/stderr, signals); tests drive it, and its
+// parts, against an in-process agent.
 #ifndef TUNNELAGENT_CLIENTS_TUNNELCTL_CLIENT_H_
 #define TUNNELAGENT_CLIENTS_TUNNELCTL_CLIENT_H_
 
@@ -10,10 +11,12 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "clients/common/exit_code.h"
 #include "clients/tunnelctl/args.h"
 #include "grpcpp/grpcpp.h"
 #include "tunnelagent/v1/tunnel.grpc.pb.h"
@@ -21,9 +24,10 @@
 
 namespace tunnelagent::tunnelctl {
 
-inline constexpr int kExitOk = 0;
-inline constexpr int kExitUsage = 1;
-inline constexpr int kExitFailed = 2;
+// 0 ok; 1 bad input, nothing sent; 2 the agent refused, failed or was unreachable.
+using clients::kExitAgentFailed;
+using clients::kExitBadInput;
+using clients::kExitOk;
 
 // How long a call that failed UNAVAILABLE waits for the channel to (re)connect before its one
 // retry; when it does not connect in time, the first error stands. At most the call timeout.
@@ -40,7 +44,7 @@ struct Inputs {
 };
 
 // Reads the files of `command` (`in` is stdin, for "apply -f -"). Errors are
-// InvalidArgument, one line naming the file and the problem: the caller exits kExitUsage.
+// InvalidArgument, one line naming the file and the problem: the caller exits kExitBadInput.
 absl::StatusOr<Inputs> LoadInputs(const Command& command, std::istream& in);
 
 using clients::CheckToken;
@@ -79,10 +83,32 @@ struct RunOptions {
   Interrupt* interrupt = nullptr;
 };
 
-// Runs `command` (not kHelp) against `stub`: results to `out`, one "tunnelctl: ..." line on
-// `err` on failure. Returns the exit status (kExitOk or kExitFailed).
+// Runs `command` (not kHelp or kVersion) against `stub`: results to `out`, one
+// "tunnelctl: ..." line on `err` on failure. Returns the exit status (kExitOk or
+// kExitAgentFailed).
 int RunCommand(const Command& command, v1::TunnelService::StubInterface& stub,
                const RunOptions& options, std::ostream& out, std::ostream& err);
+
+// What one invocation takes from its process.
+struct Process {
+  std::istream* in = nullptr;
+  std::ostream* out = nullptr;
+  std::ostream* err = nullptr;
+  Environment env;
+  // Called for a watch once the command line is parsed and before anything that may start a
+  // thread (making credentials starts gRPC's): main.cc blocks SIGINT and SIGTERM there, so
+  // that only its own thread takes them and triggers `interrupt`. May be empty.
+  std::function<void()> before_watch;
+  Interrupt* interrupt = nullptr;
+  // As in RunOptions; empty: clients::NewRequestId.
+  std::function<std::string()> new_request_id;
+};
+
+// One whole invocation: parses `args` (those after the program name), prints the help or the
+// version, reads the files, dials the agent and runs the command. Returns the exit status:
+// kExitBadInput with one "tunnelctl: ..." line on err for any bad input (nothing is sent),
+// kExitAgentFailed when the agent refused, failed or could not be reached.
+int Main(const std::vector<std::string>& args, const Process& process);
 
 }  // namespace tunnelagent::tunnelctl
 

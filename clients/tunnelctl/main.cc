@@ -1,9 +1,10 @@
-// tunnelctl: the operator CLI of tunnel-agent. Parses the command line (args.h), reads the
-// files it names and connects (client.h), makes the calls and prints the results.
+// tunnelctl: the operator CLI of tunnel-agent. The work is Main (client.h); this file wires it
+// to the process: argv, the environment, the standard streams, gRPC's log and signals.
 //
-// Exit status: 0 success (and a watch stopped by SIGINT/SIGTERM or --count), 1 usage error
-// (including an unreadable or invalid file), 2 the call failed (refused by the agent, agent
-// unreachable, deadline exceeded, a watch's stream ended) or the result could not be written.
+// Exit status (clients/common/exit_code.h): 0 success (and a watch stopped by SIGINT/SIGTERM
+// or --count), 1 bad input of any kind (including a bad address or an unreadable or invalid
+// file), 2 the call failed (refused by the agent, agent unreachable, deadline exceeded, a
+// watch's stream ended) or the result could not be written.
 #include <pthread.h>
 #include <signal.h>
 
@@ -16,13 +17,9 @@
 #include <thread>
 #include <vector>
 
-#include "absl/status/statusor.h"
 #include "clients/common/request_id.h"
-#include "clients/tunnelctl/args.h"
 #include "clients/tunnelctl/client.h"
 #include "grpc/support/log.h"
-#include "grpcpp/grpcpp.h"
-#include "tunnelagent/v1/tunnel.grpc.pb.h"
 
 namespace tunnelagent::tunnelctl {
 namespace {
@@ -65,54 +62,28 @@ class SignalWatcher {
 
 void DiscardGrpcLog(gpr_log_func_args*) {}
 
-int Main(int argc, char** argv) {
+int ProcessMain(int argc, char** argv) {
   // gRPC logs connection and handshake errors to stderr; tunnelctl reports a failure in one
   // line of its own. Its logs stay on when asked for.
   if (Getenv("GRPC_VERBOSITY").empty() && Getenv("GRPC_TRACE").empty()) {
     gpr_set_log_function(DiscardGrpcLog);
   }
 
-  std::vector<std::string> args(argv + (argc > 0 ? 1 : 0), argv + argc);
-  Environment env;
-  env.agent = Getenv("TUNNELCTL_AGENT");
-  env.token = Getenv("TUNNELCTL_TOKEN");
-  absl::StatusOr<Command> command = ParseArgs(args, env);
-  if (!command.ok()) {
-    std::cerr << "tunnelctl: " << command.status().message() << "\n"
-              << "see 'tunnelctl help'\n";
-    return kExitUsage;
-  }
-  if (command->verb == Verb::kHelp) {
-    std::cout << Usage();
-    if (!std::cout.flush()) {
-      std::cerr << "tunnelctl: cannot write the output\n";
-      return kExitFailed;
-    }
-    return kExitOk;
-  }
-  // Before anything that may start a thread (making credentials initializes gRPC).
   Interrupt interrupt;
   std::unique_ptr<SignalWatcher> signals;
-  if (command->verb == Verb::kWatch) signals = std::make_unique<SignalWatcher>(&interrupt);
-
-  absl::StatusOr<Inputs> inputs = LoadInputs(*command, std::cin);
-  if (!inputs.ok()) {
-    std::cerr << "tunnelctl: " << inputs.status().message() << "\n";
-    return kExitUsage;
-  }
-
-  std::shared_ptr<grpc::Channel> channel = Dial(*command, *inputs);
-  std::unique_ptr<v1::TunnelService::Stub> stub = v1::TunnelService::NewStub(channel);
-  RunOptions options;
-  options.channel = channel;
-  options.token = inputs->token;
-  options.apply = inputs->apply;
-  options.new_request_id = clients::NewRequestId;
-  options.interrupt = &interrupt;
-  return RunCommand(*command, *stub, options, std::cout, std::cerr);
+  Process process;
+  process.in = &std::cin;
+  process.out = &std::cout;
+  process.err = &std::cerr;
+  process.env.agent = Getenv("TUNNELCTL_AGENT");
+  process.env.token = Getenv("TUNNELCTL_TOKEN");
+  process.before_watch = [&] { signals = std::make_unique<SignalWatcher>(&interrupt); };
+  process.interrupt = &interrupt;
+  process.new_request_id = clients::NewRequestId;
+  return Main(std::vector<std::string>(argv + (argc > 0 ? 1 : 0), argv + argc), process);
 }
 
 }  // namespace
 }  // namespace tunnelagent::tunnelctl
 
-int main(int argc, char** argv) { return tunnelagent::tunnelctl::Main(argc, argv); }
+int main(int argc, char** argv) { return tunnelagent::tunnelctl::ProcessMain(argc, argv); }

@@ -345,8 +345,9 @@ std::string FormatWatchEvent(const v1::TunnelEvent& event) {
     name = TextOrNone(event.tunnel().name());
     state = StateName(event.tunnel().status().state());
   }
+  // What was repaired, or why the state changed, after the fixed columns.
   return absl::StrCat(event.revision(), " ", EventTypeName(event.type()), " ", name, " ", state,
-                      "\n");
+                      event.detail().empty() ? "" : " ", OneLine(event.detail()), "\n");
 }
 
 std::string FormatApplyChanges(const v1::ApplyTunnelsResponse& response) {

@@ -23,6 +23,8 @@ enum class DropReason : uint8_t {
   kSendError,            // the underlay socket refused the packet
   kDeviceError,          // the tunnel device failed a read or refused a write
   kSocketError,          // an error reported on the underlay socket (e.g. ICMP unreachable)
+  kLoop,  // read from the device, but it is this tunnel's own outer packet: the route to the
+          // remote leads back into the tunnel (the kernel's "dead loop")
   kCount,
 };
 

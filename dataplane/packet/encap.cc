@@ -311,6 +311,8 @@ absl::string_view DropReasonName(DropReason reason) {
       return "device_error";
     case DropReason::kSocketError:
       return "socket_error";
+    case DropReason::kLoop:
+      return "loop";
     case DropReason::kCount:
       break;
   }
@@ -480,6 +482,54 @@ EncapResult EncapsulateEmpty(const EncapParams& params, uint8_t* payload_end, ui
   result.packet = outer;
   result.len = header_len;
   return result;
+}
+
+LoopCheck::LoopCheck(const EncapParams& p)
+    : ipv6_(IsIpv6UnderlayMode(p.mode)),
+      any_local_(p.local.is_zero()),
+      fou_port_(p.udp_dport),
+      local_(p.local),
+      remote_(p.remote) {
+  ip_at_ = IsEthernetMode(p.mode) ? kEthernetHeaderLen : 0;
+  first_protocol_at_ = ip_at_ + (ipv6_ ? 6 : 9);
+  min_len_ = ip_at_ + (ipv6_ ? kIpv6HeaderLen : kIpv4HeaderLen);
+  if (p.fou()) {
+    Add(protocols_, kIpProtoUdpOuter);
+  } else if (p.mode == TunnelMode::kIp6tnl) {
+    Add(protocols_, kIpProtoIpip);
+    Add(protocols_, kIpProtoIpv6);
+  } else {
+    Add(protocols_, OuterProtocol(p.mode, ipv6_ ? 6 : 4));
+  }
+  first_protocols_ = protocols_;
+  if (ipv6_) Add(first_protocols_, kIpProtoDestinationOptions);
+}
+
+bool LoopCheck::Matches(const uint8_t* frame, size_t len) const {
+  if (ip_at_ != 0 && LoadBe16(frame + 12) != (ipv6_ ? kEtherTypeIpv6 : kEtherTypeIpv4)) {
+    return false;
+  }
+  const uint8_t* ip = frame + ip_at_;
+  const size_t ip_len = len - ip_at_;
+  if (ipv6_) {
+    if (IpVersion(ip, ip_len) != 6) return false;
+    uint8_t next = ip[6];
+    if (next == kIpProtoDestinationOptions) {
+      if (ip_len < kIpv6HeaderLen + kEncapLimitOptionLen) return false;
+      next = ip[kIpv6HeaderLen];
+    }
+    return Has(protocols_, next) && std::memcmp(ip + 24, remote_.data(), 16) == 0 &&
+           (any_local_ || std::memcmp(ip + 8, local_.data(), 16) == 0);
+  }
+  if (IpVersion(ip, ip_len) != 4 || !Has(protocols_, ip[9]) || LoadBe32(ip + 16) != remote_.v4() ||
+      (!any_local_ && LoadBe32(ip + 12) != local_.v4())) {
+    return false;
+  }
+  if (fou_port_ == 0) return true;
+  // Encap fou: the kernel's UDP socket sent it, so it is UDP to the fou port.
+  const size_t header_len = size_t{ip[0] & 0x0Fu} * 4;
+  return header_len >= kIpv4HeaderLen && ip_len >= header_len + kUdpHeaderLen &&
+         LoadBe16(ip + header_len + 2) == fou_port_;
 }
 
 bool Decapsulate(uint8_t* packet, size_t len, Decapsulated* out, DropReason* reason) {

@@ -5,6 +5,7 @@
 #ifndef TUNNELAGENT_DATAPLANE_PACKET_ENCAP_H_
 #define TUNNELAGENT_DATAPLANE_PACKET_ENCAP_H_
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 
@@ -99,6 +100,51 @@ EncapResult Encapsulate(const EncapParams& p, uint8_t* inner, size_t inner_len, 
 // the packet: what the tunnel sends when it has nothing to carry (a keepalive coming home).
 // The GRE protocol type is 0 and the IPv4 TTL / IPv6 hop limit 255 / 64 unless `p.ttl` is set.
 EncapResult EncapsulateEmpty(const EncapParams& p, uint8_t* payload_end, uint32_t sequence);
+
+// The kernel's dead-loop check (ip_tunnel_xmit drops a packet whose route leads back into the
+// tunnel's own device), made on what the device gives instead of on the route: a route to the
+// remote through the tunnel (added by someone else) hands every outer packet the tunnel sends
+// back to its own device, and wrapping it again would go round until the path MTU ran out.
+// Such a packet is recognisable: IP of the underlay's family, to the remote, of the outer
+// protocol (47, 4 or 41; ip6tnl 4 or 41, behind the encapsulation-limit option or not; UDP to
+// the fou port for encap fou), from the tunnel's local address (from any when it has none).
+// Ethernet modes see it as a frame of that IP packet (which needs a neighbour entry for the
+// remote on the tap device; the kernel checks those modes too).
+class LoopCheck {
+ public:
+  LoopCheck() = default;  // matches nothing
+  explicit LoopCheck(const EncapParams& p);
+
+  // Per packet: the common frame leaves at the protocol byte; a few more compares otherwise.
+  bool IsOwnOuterPacket(const uint8_t* frame, size_t len) const {
+    if (len < min_len_) return false;
+    const uint8_t first = frame[first_protocol_at_];
+    if ((first_protocols_[first >> 6] & (uint64_t{1} << (first & 63))) == 0) return false;
+    return Matches(frame, len);
+  }
+
+ private:
+  static bool Has(const std::array<uint64_t, 4>& set, uint8_t protocol) {
+    return (set[protocol >> 6] & (uint64_t{1} << (protocol & 63))) != 0;
+  }
+  static void Add(std::array<uint64_t, 4>& set, uint8_t protocol) {
+    set[protocol >> 6] |= uint64_t{1} << (protocol & 63);
+  }
+  bool Matches(const uint8_t* frame, size_t len) const;
+
+  size_t min_len_ = SIZE_MAX;
+  size_t ip_at_ = 0;  // 14 in Ethernet modes
+  // IPv4 protocol / IPv6 first next header, and what may be there: the outer protocols, and
+  // over IPv6 the destination-options header that carries the encapsulation limit.
+  size_t first_protocol_at_ = 0;
+  std::array<uint64_t, 4> first_protocols_{};
+  std::array<uint64_t, 4> protocols_{};  // the outer protocols themselves
+  bool ipv6_ = false;
+  bool any_local_ = false;
+  uint16_t fou_port_ = 0;
+  OuterAddress local_;
+  OuterAddress remote_;
+};
 
 // What a received packet says about itself; pointers into the caller's buffer.
 struct Decapsulated {

@@ -298,6 +298,48 @@ class FakeLinkControl final : public LinkControl {
     path_mtu_queries_.push_back(remote);
     return path_mtu;
   }
+  absl::StatusOr<std::map<int, DeviceState>> DeviceStates() override {
+    if (absl::Status s = link_states_failure.Check(); !s.ok()) return s;
+    std::map<int, DeviceState> states;
+    for (const auto& [name, link] : links_) {
+      states[link.ifindex] = DeviceState{link.up, link.mtu, link.addresses, link.routes};
+    }
+    return states;
+  }
+  // The longest route of any link that covers `destination` (a route into a tunnel device
+  // makes a loop), else `underlay_routes` by destination, else `default_underlay_route`.
+  absl::StatusOr<UnderlayRoute> RouteTo(const dataplane::IpAddress& destination) override {
+    const dataplane::IpPrefix host(destination, destination.is_v4() ? 32 : 128);
+    int best_length = -1;
+    UnderlayRoute best;
+    for (const auto& [route, ifindex] : foreign_routes) {
+      if (route.Overlaps(host) && route.length() > best_length) {
+        best_length = route.length();
+        best = UnderlayRoute{ifindex, std::nullopt, std::nullopt};
+      }
+    }
+    for (const auto& [name, link] : links_) {
+      for (const dataplane::IpPrefix& route : link.routes) {
+        if (route.Overlaps(host) && route.length() > best_length) {
+          best_length = route.length();
+          best = UnderlayRoute{link.ifindex, std::nullopt, std::nullopt};
+        }
+      }
+    }
+    if (best_length >= 0) return best;
+    if (auto it = underlay_routes.find(destination.ToString()); it != underlay_routes.end()) {
+      return it->second;
+    }
+    return default_underlay_route;
+  }
+  // Routes someone else made (another route protocol: not in DeviceStates), e.g. one into a
+  // tunnel device towards that tunnel's own remote: a loop.
+  std::vector<std::pair<dataplane::IpPrefix, int>> foreign_routes;
+  // What RouteTo answers for a destination no link's route covers.
+  std::map<std::string, UnderlayRoute> underlay_routes;  // by destination, "198.18.0.2"
+  UnderlayRoute default_underlay_route{1, std::nullopt, std::nullopt};
+  // As `ip addr/route/link ...` by someone else on a link.
+  Link& Mutable(const std::string& name) { return links_.at(name); }
 
  private:
   friend class FakeDevice;

@@ -72,6 +72,16 @@ class GrpcServiceTest : public ::testing::Test {
   void SetUp() override { Start(TunnelManager::Options{}); }
   void TearDown() override { Stop(); }
 
+  // Someone routes the tunnel's remote into its own device: it is DOWN (a loop) until that
+  // route goes.
+  void MakeLoop(const std::string& name) {
+    absl::StatusOr<TunnelView> view = manager_->Get(name);
+    ASSERT_TRUE(view.ok()) << view.status();
+    links_.foreign_routes.push_back(
+        {dataplane::IpPrefix(view->spec.remote, view->spec.remote.bit_length()),
+         links_.links().at(name).ifindex});
+  }
+
   void Start(TunnelManager::Options options) {
     Stop();
     manager_ = std::make_unique<TunnelManager>(&links_, &engine_, &store_, options);
@@ -294,7 +304,7 @@ TEST_F(GrpcServiceTest, ListTunnelsFilters) {
   v1::Tunnel t3 = Gre("t3", 3);
   (*t3.mutable_labels())["env"] = "dev";
   for (const v1::Tunnel& t : {t1, t2, t3}) ASSERT_TRUE(Create(t).ok()) << t.name();
-  links_.SetAdminUp("t3", false);
+  MakeLoop("t3");  // DOWN until the route goes
   manager_->RefreshStates();
 
   auto list = [this](v1::ListTunnelsRequest request) {
@@ -579,7 +589,7 @@ TEST_F(GrpcServiceTest, WatchSendsTheCurrentSetThenChangesAsTheyHappen) {
   EXPECT_EQ(events[2].tunnel().name(), "t2") << "a deleted tunnel as it was";
 
   // A state change is streamed too.
-  links_.SetAdminUp("t3", false);
+  MakeLoop("t3");  // DOWN until the route goes
   manager_->RefreshStates();
   events.clear();
   EXPECT_THAT(Read(*reader, 1, &events), ElementsAre("STATE_CHANGED t3"));

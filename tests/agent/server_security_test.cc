@@ -11,9 +11,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "grpc/grpc.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "gtest/gtest.h"
@@ -205,13 +208,47 @@ std::string* ServerSecurityFilesTest::encrypted_key_;
 Pem* ServerSecurityFilesTest::other_;
 Pem* ServerSecurityFilesTest::rsa_;
 
-TEST_F(ServerSecurityFilesTest, PlaintextOnLoopbackAndUnixIsAccepted) {
-  for (const char* listen : {"127.0.0.1:50051", "unix:/tmp/x.sock", "localhost:1", "[::1]:1"}) {
+TEST_F(ServerSecurityFilesTest, PlaintextOnAUnixSocketPathIsAccepted) {
+  for (const char* listen : {"unix:/tmp/x.sock", "unix:///run/tunnel-agent/agent.sock"}) {
     absl::StatusOr<ServerSecurity> s = ResolveServerSecurity(Flags(listen));
     ASSERT_TRUE(s.ok()) << listen << ": " << s.status();
     EXPECT_FALSE(s->tls);
     EXPECT_TRUE(s->auth_token.empty());
   }
+}
+
+// Loopback TCP has no file mode: any local user could reach it.
+TEST_F(ServerSecurityFilesTest, PlaintextOnLoopbackNeedsATokenTlsOrInsecure) {
+  const std::string token = Write("token", "tok\n");
+  for (const char* listen :
+       {"127.0.0.1:50051", "localhost:1", "[::1]:1", "unix-abstract:tunnel-agent"}) {
+    absl::StatusOr<ServerSecurity> s = ResolveServerSecurity(Flags(listen));
+    ASSERT_FALSE(s.ok()) << listen;
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(s.status().message(),
+              absl::StrCat("refusing to serve plaintext gRPC on ", listen,
+                           " without a bearer token, as every local user could call it: pass "
+                           "--auth_token_file, or --tls_cert and --tls_key, or --insecure to "
+                           "allow it (or listen on a unix: socket)"));
+
+    s = ResolveServerSecurity(Flags(listen, "", "", "", token));
+    ASSERT_TRUE(s.ok()) << listen << " with a token: " << s.status();
+    EXPECT_EQ(s->auth_token, "tok");
+    s = ResolveServerSecurity(Flags(listen, Cert(), Key()));
+    ASSERT_TRUE(s.ok()) << listen << " with TLS: " << s.status();
+    EXPECT_TRUE(s->tls);
+    s = ResolveServerSecurity(Flags(listen, "", "", "", "", /*insecure=*/true));
+    ASSERT_TRUE(s.ok()) << listen << " with --insecure: " << s.status();
+    EXPECT_FALSE(s->tls);
+  }
+}
+
+TEST_F(ServerSecurityFilesTest, PlaintextElsewhereWithATokenStillNeedsInsecure) {
+  // The token would cross the network in the clear.
+  absl::StatusOr<ServerSecurity> s =
+      ResolveServerSecurity(Flags("198.18.0.1:1", "", "", "", Write("token", "tok\n")));
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(s.status().message(), HasSubstr("--insecure to allow plaintext"));
 }
 
 TEST_F(ServerSecurityFilesTest, PlaintextElsewhereIsRefusedWithWhatToPass) {
@@ -524,6 +561,81 @@ TEST_F(ServerSecurityServerTest, MutualTlsAndBearerToken) {
   status = Get("t1", "Bearer tok");
   EXPECT_TRUE(status.ok()) << status.error_code() << " " << status.error_message();
   EXPECT_EQ(service_.calls, 1);
+}
+
+// ---- the health-only listener ---------------------------------------------------------------
+
+// The status code of a call of `method` with an empty request, whatever its type.
+grpc::StatusCode CallCode(const std::shared_ptr<grpc::Channel>& channel,
+                          const std::string& method) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::Slice empty("");  // an empty message of any type
+  grpc::ByteBuffer request(&empty, 1);
+  grpc::ByteBuffer response;
+  absl::Notification done;
+  grpc::Status result;
+  stub.UnaryCall(&context, method, grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status status) {
+                   result = std::move(status);
+                   done.Notify();
+                 });
+  done.WaitForNotification();
+  return result.error_code();
+}
+
+TEST(HealthOnlyServerTest, AnswersHealthAndNothingElse) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();  // as the agent does
+  absl::StatusOr<HealthOnlyServer> health_only = StartHealthOnlyServer("127.0.0.1:0");
+  ASSERT_TRUE(health_only.ok()) << health_only.status();
+  const int port = health_only->port;
+  ASSERT_GT(port, 0);
+  grpc::Server* server = health_only->server.get();
+  auto channel =
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
+  auto check = [&](const std::string& service, grpc::health::v1::HealthCheckResponse* response) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(service);
+    return grpc::health::v1::Health::NewStub(channel)->Check(&context, request, response);
+  };
+  grpc::health::v1::HealthCheckResponse health;
+  grpc::Status status = check("", &health);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(health.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+
+  server->GetHealthCheckService()->SetServingStatus("tunnelagent.v1.TunnelService", false);
+  status = check("tunnelagent.v1.TunnelService", &health);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(health.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+
+  // Any other method, server reflection included, is not there.
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::Tunnel tunnel;
+  status =
+      v1::TunnelService::NewStub(channel)->GetTunnel(&context, v1::GetTunnelRequest(), &tunnel);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  constexpr char kReflection[] = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
+  EXPECT_EQ(CallCode(channel, kReflection), grpc::StatusCode::UNIMPLEMENTED);
+
+  // Control: an ordinary server of this process does serve reflection, so the above can fail.
+  grpc::ServerBuilder builder;
+  int other_port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &other_port);
+  std::unique_ptr<grpc::Server> ordinary = builder.BuildAndStart();
+  ASSERT_NE(ordinary, nullptr);
+  EXPECT_NE(CallCode(grpc::CreateChannel(absl::StrCat("127.0.0.1:", other_port),
+                                         grpc::InsecureChannelCredentials()),
+                     kReflection),
+            grpc::StatusCode::UNIMPLEMENTED);
+  ordinary->Shutdown(std::chrono::system_clock::now());
+  server->Shutdown(std::chrono::system_clock::now());
+
+  EXPECT_FALSE(StartHealthOnlyServer("unix:/tmp/x.sock").ok());
 }
 
 }  // namespace

@@ -841,6 +841,8 @@ std::string EventTypeName(TunnelEvent::Type type) {
       return "DELETED";
     case TunnelEvent::Type::kStateChanged:
       return "STATE_CHANGED";
+    case TunnelEvent::Type::kRepaired:
+      return "REPAIRED";
   }
   return "?";
 }
@@ -1901,35 +1903,31 @@ TEST_F(TunnelManagerChangeTest, EventsAfterWakesUpForAChangeFromAnotherThread) {
 
 // ---- RefreshStates -----------------------------------------------------------------------
 
-TEST_F(TunnelManagerChangeTest, RefreshStatesReportsAnAdministrativelyDownDeviceOnce) {
+TEST_F(TunnelManagerChangeTest, RefreshStatesSetsAnAdministrativelyDownDeviceUpAgain) {
   ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
   ASSERT_TRUE(manager_->Create(Ipip("ipip1")).ok());
   const uint64_t start = manager_->revision();
   manager_->RefreshStates();
-  EXPECT_EQ(manager_->revision(), start) << "all up as before: no event";
+  EXPECT_EQ(manager_->revision(), start) << "all as desired: no event";
 
   links_.SetAdminUp("gre1", false);
+  log_.clear();
   manager_->RefreshStates();
+  EXPECT_TRUE(links_.links().at("gre1").up) << "put back";
+  EXPECT_THAT(log_, Contains("link.up gre1"));
+  ExpectUp("gre1");
+  ExpectUp("ipip1");
   absl::StatusOr<TunnelView> gre = manager_->Get("gre1");
   ASSERT_TRUE(gre.ok());
-  EXPECT_EQ(gre->status.state, OperState::kDown);
-  EXPECT_THAT(gre->status.reason, HasSubstr("down"));
-  ExpectUp("ipip1");
-  EXPECT_EQ(manager_->revision(), start + 1);
+  EXPECT_EQ(gre->status.repairs.at("link"), 1u);
   absl::StatusOr<std::vector<TunnelEvent>> events =
       manager_->EventsAfter(start, absl::ZeroDuration());
   ASSERT_TRUE(events.ok()) << events.status();
-  ASSERT_THAT(Summary(*events, start), ElementsAre("1 STATE_CHANGED gre1"));
-  EXPECT_EQ((*events)[0].tunnel.status.state, OperState::kDown);
+  ASSERT_THAT(Summary(*events, start), ElementsAre("1 REPAIRED gre1"));
+  EXPECT_THAT((*events)[0].detail, HasSubstr("set up again"));
 
   manager_->RefreshStates();
-  EXPECT_EQ(manager_->revision(), start + 1) << "still down: no second event";
-
-  links_.SetAdminUp("gre1", true);
-  manager_->RefreshStates();
-  ExpectUp("gre1");
-  EXPECT_THAT(manager_->Get("gre1")->status.reason, IsEmpty());
-  EXPECT_EQ(manager_->revision(), start + 2);
+  EXPECT_EQ(manager_->revision(), start + 1) << "repaired: nothing more to report";
 }
 
 TEST_F(TunnelManagerChangeTest, RefreshStatesFollowsTheKeepalive) {
@@ -1959,11 +1957,14 @@ TEST_F(TunnelManagerChangeTest, RefreshStatesFollowsTheKeepalive) {
   manager_->RefreshStates();
   EXPECT_EQ(manager_->revision(), start + 1) << "still down: no second event";
 
-  // Administratively down wins: that is the reason to fix first.
-  links_.SetAdminUp("gre1", false);
+  // A loop wins: that is the reason to fix first.
+  links_.foreign_routes.push_back({P("203.0.113.7/32"), links_.links().at("gre1").ifindex});
   manager_->RefreshStates();
-  EXPECT_EQ(manager_->Get("gre1")->status.reason, "the device is administratively down");
-  links_.SetAdminUp("gre1", true);
+  EXPECT_THAT(manager_->Get("gre1")->status.reason, HasSubstr("loop:"));
+  manager_->RefreshStates(/*kernel_changed=*/false);
+  EXPECT_THAT(manager_->Get("gre1")->status.reason, HasSubstr("loop:"))
+      << "kept until the kernel is looked at again";
+  links_.foreign_routes.clear();
   manager_->RefreshStates();
   EXPECT_THAT(manager_->Get("gre1")->status.reason, HasSubstr("keepalive: no reply"));
   const uint64_t before_reply = manager_->revision();
@@ -2044,7 +2045,8 @@ TEST_F(TunnelManagerChangeTest, RefreshStatesMakesADeviceRemovedBySomeoneElseAga
   absl::StatusOr<std::vector<TunnelEvent>> events =
       manager_->EventsAfter(start, absl::ZeroDuration());
   ASSERT_TRUE(events.ok()) << events.status();
-  ASSERT_THAT(Summary(*events, start), ElementsAre("1 STATE_CHANGED gre1"));
+  ASSERT_THAT(Summary(*events, start), ElementsAre("1 REPAIRED gre1"));
+  EXPECT_EQ(gre->status.repairs.at("link"), 1u);
   EXPECT_EQ((*events)[0].tunnel.status.state, OperState::kUp);
   EXPECT_EQ((*events)[0].tunnel.status.ifindex, link.ifindex);
 
@@ -2215,6 +2217,227 @@ TEST_F(TunnelManagerChangeTest, ApplyMovesARouteBetweenTwoUpdatedTunnelsInAnyOrd
   EXPECT_THAT(Plan(*result), ElementsAre("a UPDATE routes", "b UPDATE routes"));
   EXPECT_THAT(links_.links().at("a").routes, Contains(P("172.20.0.0/16")));
   EXPECT_THAT(links_.links().at("b").routes, Not(Contains(P("172.20.0.0/16"))));
+}
+
+// ---- The underlay rule --------------------------------------------------------------------
+
+struct UnderlayCase {
+  std::string label;
+  // Set up before the request: the route towards kRemote has this gateway ("" = on-link).
+  std::string gateway;
+  bool other_tunnel;  // a tunnel "other" to 192.0.2.200 exists first
+  std::string field;  // "routes" or "addresses"
+  std::string prefix;
+  std::string want;  // in the message
+};
+
+class TunnelManagerUnderlayTest : public TunnelManagerChangeTest,
+                                  public ::testing::WithParamInterface<UnderlayCase> {};
+
+TEST_P(TunnelManagerUnderlayTest, PrefixCoveringTheUnderlayIsRefusedEverywhere) {
+  const UnderlayCase& c = GetParam();
+  if (!c.gateway.empty()) {
+    links_.underlay_routes[kRemote] = UnderlayRoute{1, A(c.gateway), A(kLocal)};
+  }
+  if (c.other_tunnel) {
+    TunnelSpec other = Distinct(Ipip("other"), 1);
+    other.remote = A("192.0.2.200");
+    ASSERT_TRUE(manager_->Create(other).ok());
+  }
+  ASSERT_TRUE(manager_->Create(Ipip("base", "192.0.2.9")).ok());
+  TunnelSpec spec = Gre("gre1");
+  (c.field == "routes" ? spec.routes : spec.addresses).push_back(P(c.prefix));
+  const size_t index = (c.field == "routes" ? spec.routes : spec.addresses).size() - 1;
+  const std::vector<std::string> before = links_.LinkNames();
+  const uint64_t revision = manager_->revision();
+  log_.clear();
+
+  // Create.
+  absl::StatusOr<TunnelView> created = manager_->Create(spec);
+  ASSERT_EQ(created.status().code(), absl::StatusCode::kFailedPrecondition) << created.status();
+  EXPECT_THAT(created.status().message(),
+              HasSubstr(absl::StrCat("tunnel.", c.field, "[", index, "] ", c.prefix)));
+  EXPECT_THAT(created.status().message(), HasSubstr(c.want));
+  EXPECT_THAT(log_, IsEmpty()) << "nothing touched";
+  EXPECT_EQ(links_.LinkNames(), before);
+
+  // Update of a tunnel that is fine to one that is not.
+  TunnelSpec fine = spec;
+  (c.field == "routes" ? fine.routes : fine.addresses).pop_back();
+  ASSERT_TRUE(manager_->Create(fine).ok());
+  log_.clear();
+  absl::StatusOr<UpdateResult> updated = manager_->Update("gre1", spec, {c.field}, /*etag=*/"");
+  ASSERT_EQ(updated.status().code(), absl::StatusCode::kFailedPrecondition) << updated.status();
+  EXPECT_THAT(updated.status().message(), HasSubstr(c.want));
+  EXPECT_THAT(KernelAndEngine(log_), IsEmpty());
+
+  // Apply (of a new owner's tunnel: the unowned one goes first).
+  ASSERT_TRUE(manager_->Delete("gre1").ok());
+  log_.clear();
+  absl::StatusOr<ApplyResult> applied = manager_->Apply("o", {Owned(spec, "o")}, false, false);
+  ASSERT_FALSE(applied.ok());
+  EXPECT_EQ(applied.status().code(), absl::StatusCode::kFailedPrecondition) << applied.status();
+  // The first underlay address found covered is named: with a wide prefix, maybe another.
+  EXPECT_THAT(applied.status().message(), HasSubstr(absl::StrCat("tunnel gre1: tunnel.", c.field)));
+  EXPECT_THAT(applied.status().message(), HasSubstr(c.prefix));
+  EXPECT_THAT(KernelAndEngine(log_), IsEmpty());
+  EXPECT_EQ(manager_->revision(), revision + 2) << "only the fine create and its delete";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Refusals, TunnelManagerUnderlayTest,
+    ::testing::Values(UnderlayCase{"OwnRemote", "", false, "routes", "203.0.113.7/32",
+                                   "covers 203.0.113.7, the remote of this tunnel"},
+                      UnderlayCase{"HalfTheInternet", "", false, "routes", "128.0.0.0/1",
+                                   "covers 203.0.113.7, the remote of this tunnel"},
+                      UnderlayCase{"AnotherTunnelsRemote", "", true, "routes", "192.0.2.192/26",
+                                   "covers 192.0.2.200, the remote of tunnel other"},
+                      UnderlayCase{"AddressNetworkOverTheRemote", "", true, "addresses",
+                                   "192.0.2.99/25", "(network 192.0.2.0/25) covers"},
+                      UnderlayCase{"OwnLocal", "", false, "routes", "198.51.100.0/24",
+                                   "covers 198.51.100.1, the local address of this tunnel"},
+                      UnderlayCase{
+                          "GatewayTowardsTheRemote", "198.18.7.1", false, "routes", "198.18.0.0/16",
+                          "covers 198.18.7.1, the gateway towards the remote of this tunnel"}),
+    [](const auto& info) { return info.param.label; });
+
+TEST_F(TunnelManagerChangeTest, ATunnelWhoseRemoteAnotherTunnelRoutesIsRefused) {
+  TunnelSpec wide = Gre("wide");
+  wide.routes = {P("192.0.2.0/24")};
+  ASSERT_TRUE(manager_->Create(wide).ok());
+  absl::StatusOr<TunnelView> created = manager_->Create(Distinct(Ipip("inner"), 1));
+  ASSERT_EQ(created.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(created.status().message(),
+              HasSubstr("tunnel wide has tunnel.routes[0] 192.0.2.0/24 covers 192.0.2.101"));
+}
+
+TEST_F(TunnelManagerChangeTest, RestoredTunnelBreakingTheUnderlayRuleIsErrorAndNotInstalled) {
+  TunnelSpec bad = Gre("bad");
+  bad.routes.push_back(P("203.0.113.0/24"));
+  store_.load_result = std::vector<TunnelSpec>{bad, Distinct(Ipip("good"), 1)};
+  ASSERT_TRUE(manager_->Restore().ok());
+  absl::StatusOr<TunnelView> view = manager_->Get("bad");
+  ASSERT_TRUE(view.ok());
+  EXPECT_EQ(view->status.state, OperState::kError);
+  EXPECT_THAT(view->status.reason, HasSubstr("not restored: tunnel.routes[2] 203.0.113.0/24"));
+  EXPECT_EQ(links_.links().count("bad"), 0u) << "never installed";
+  EXPECT_EQ(engine_.tunnels().count("bad"), 0u);
+  ExpectUp("good");
+}
+
+// ---- Loops and convergence ------------------------------------------------------------
+
+TEST_F(TunnelManagerChangeTest, ARouteIntoTheTunnelTowardsItsRemoteIsALoopUntilItGoes) {
+  ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
+  ASSERT_TRUE(manager_->Create(Distinct(Ipip("ipip1"), 1)).ok());
+  const int ifindex = links_.links().at("gre1").ifindex;
+  links_.foreign_routes.push_back({P("203.0.113.7/32"), ifindex});  // by someone else
+  manager_->RefreshStates();
+  absl::StatusOr<TunnelView> gre = manager_->Get("gre1");
+  ASSERT_TRUE(gre.ok());
+  EXPECT_EQ(gre->status.state, OperState::kDown);
+  EXPECT_THAT(gre->status.reason, HasSubstr("loop: the route towards the remote 203.0.113.7 "
+                                            "leads into tunnel device gre1"));
+  EXPECT_EQ(gre->status.state_changes, 1u);
+  ExpectUp("ipip1");
+
+  links_.foreign_routes.clear();
+  manager_->RefreshStates();
+  ExpectUp("gre1");
+  EXPECT_EQ(manager_->Get("gre1")->status.state_changes, 2u);
+}
+
+TEST_F(TunnelManagerChangeTest, DriftOfAddressesRoutesAndMtuIsPutBackCountedAndReported) {
+  const TunnelSpec spec = Gre("gre1");
+  ASSERT_TRUE(manager_->Create(spec).ok());
+  const uint32_t mtu = links_.links().at("gre1").mtu;
+  fakes::FakeLinkControl::Link& link = links_.Mutable("gre1");
+  link.addresses.erase(link.addresses.begin());  // 10.0.0.1/30 removed
+  link.addresses.push_back(P("10.9.9.9/32"));    // one added
+  link.routes.erase(link.routes.begin());        // 10.2.0.0/16 removed
+  link.routes.push_back(P("10.77.0.0/16"));      // one of the agent's protocol added
+  link.mtu = 1300;
+  const uint64_t start = manager_->revision();
+
+  manager_->RefreshStates();
+
+  const fakes::FakeLinkControl::Link& now = links_.links().at("gre1");
+  EXPECT_THAT(now.addresses, UnorderedElementsAre(spec.addresses[0], spec.addresses[1]));
+  EXPECT_THAT(now.routes, UnorderedElementsAre(spec.routes[0], spec.routes[1]));
+  EXPECT_EQ(now.mtu, mtu);
+  absl::StatusOr<TunnelView> view = manager_->Get("gre1");
+  ASSERT_TRUE(view.ok());
+  EXPECT_EQ(view->status.state, OperState::kUp);
+  EXPECT_EQ(view->status.repairs.at("address"), 2u);
+  EXPECT_EQ(view->status.repairs.at("route"), 2u);
+  EXPECT_EQ(view->status.repairs.at("mtu"), 1u);
+  absl::StatusOr<std::vector<TunnelEvent>> events =
+      manager_->EventsAfter(start, absl::ZeroDuration());
+  ASSERT_TRUE(events.ok());
+  std::vector<std::string> details;
+  for (const TunnelEvent& e : *events) {
+    EXPECT_EQ(e.type, TunnelEvent::Type::kRepaired);
+    details.push_back(e.detail);
+  }
+  EXPECT_THAT(details, UnorderedElementsAre(absl::StrCat("mtu was 1300; set back to ", mtu),
+                                            "address 10.9.9.9/32 removed (not desired)",
+                                            "address 10.0.0.1/30 added back",
+                                            "route 10.77.0.0/16 removed (not desired)",
+                                            "route 10.2.0.0/16 added back"));
+  manager_->RefreshStates();
+  EXPECT_EQ(manager_->revision(), start + 5) << "converged: nothing more";
+}
+
+TEST_F(TunnelManagerChangeTest, ARepairThatFailsIsErrorWithTheReasonUntilItTakes) {
+  ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
+  links_.Mutable("gre1").routes.clear();
+  links_.add_route_failures["10.2.0.0/16"] = absl::AlreadyExistsError("File exists");
+  manager_->RefreshStates();
+  absl::StatusOr<TunnelView> view = manager_->Get("gre1");
+  EXPECT_EQ(view->status.state, OperState::kError);
+  EXPECT_THAT(view->status.reason, HasSubstr("cannot add route 10.2.0.0/16 back: File exists"));
+  links_.add_route_failures.clear();
+  manager_->RefreshStates();
+  ExpectUp("gre1");
+}
+
+TEST_F(TunnelManagerChangeTest, AnUpdateThatChangesNothingStillPutsTheDeviceBack) {
+  const TunnelSpec spec = Gre("gre1");
+  ASSERT_TRUE(manager_->Create(spec).ok());
+  links_.Mutable("gre1").addresses.clear();
+  absl::StatusOr<UpdateResult> result = manager_->Update("gre1", spec, {"addresses"}, "");
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_THAT(result->changed_fields, IsEmpty());
+  EXPECT_THAT(links_.links().at("gre1").addresses,
+              UnorderedElementsAre(spec.addresses[0], spec.addresses[1]));
+  EXPECT_EQ(result->tunnel.status.repairs.at("address"), 2u);
+}
+
+TEST_F(TunnelManagerChangeTest, RestoreAfterACrashMidChangeRemovesWhatTheStoreDoesNotHold) {
+  // The store says a has 172.20.0.0/16; a crash came after the kernel moved it to b (and gave
+  // a an address it was getting) but before the store saved that.
+  TunnelSpec a = Distinct(Gre("a"), 1);
+  a.routes.push_back(P("172.20.0.0/16"));
+  TunnelSpec b = Distinct(Ipip("b"), 2);
+  store_.load_result = std::vector<TunnelSpec>{a, b};
+  fakes::FakeLinkControl::Link left_a;
+  left_a.addresses = {a.addresses[0], P("10.99.0.1/24")};
+  left_a.routes = {a.routes[0]};
+  links_.LeaveBehind("a", left_a);
+  fakes::FakeLinkControl::Link left_b;
+  left_b.addresses = b.addresses;
+  left_b.routes = {b.routes[0], P("172.20.0.0/16")};
+  links_.LeaveBehind("b", left_b);
+
+  ASSERT_TRUE(manager_->Restore().ok());
+
+  ExpectUp("a");
+  ExpectUp("b");
+  EXPECT_THAT(links_.links().at("a").addresses, UnorderedElementsAre(a.addresses[0]));
+  EXPECT_THAT(links_.links().at("a").routes, UnorderedElementsAre(a.routes[0], a.routes[1]));
+  EXPECT_THAT(links_.links().at("b").routes, UnorderedElementsAre(b.routes[0]));
+  EXPECT_EQ(manager_->Get("a")->status.repairs.at("address"), 1u);
+  EXPECT_EQ(manager_->Get("b")->status.repairs.at("route"), 1u);
 }
 
 }  // namespace

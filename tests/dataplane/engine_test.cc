@@ -9,14 +9,19 @@
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
 #include <net/ethernet.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -655,6 +660,8 @@ TEST_P(EngineTest, KeepaliveDownWithoutRepliesUpWithThem) {
   });
   EXPECT_TRUE(counters_->peer_alive.load());
   EXPECT_TRUE(Eventually([&] { return !counters_->peer_alive.load(); }));
+  EXPECT_EQ(counters_->keepalive_rtt_nanos.load(), 0) << "no reply, no round trip";
+  EXPECT_EQ(counters_->last_receive_unix_nanos.load(), 0);
   EXPECT_GE(counters_->Sum(&TunnelCounters::keepalive_sent), 2u);
   // Play the peer: take a keepalive off the wire and send its inner packet home.
   std::vector<uint8_t> buf(2048);
@@ -678,6 +685,12 @@ TEST_P(EngineTest, KeepaliveDownWithoutRepliesUpWithThem) {
   EXPECT_TRUE(Eventually([&] { return counters_->peer_alive.load(); }));
   EXPECT_GE(counters_->Sum(&TunnelCounters::keepalive_replies), 1u);
   EXPECT_NE(counters_->last_keepalive_reply_unix_nanos.load(), 0);
+  // The reply is timed against the keepalive sent before it (at most an interval back) and
+  // counts as something received.
+  EXPECT_TRUE(Eventually([&] { return counters_->keepalive_rtt_nanos.load() > 0; }));
+  EXPECT_LT(counters_->keepalive_rtt_nanos.load(),
+            absl::ToInt64Nanoseconds(absl::Milliseconds(500)));
+  EXPECT_NE(counters_->last_receive_unix_nanos.load(), 0);
 }
 
 // Path MTU: the underlay (loopback here) carries 1300 bytes, the device 1400. A DF packet that
@@ -832,6 +845,225 @@ TEST_P(EngineTest, FouReceiveDeliversGreInUdp) {
   ASSERT_EQ(sendto(peer.get(), junk, sizeof junk, 0, reinterpret_cast<sockaddr*>(&to), sizeof to),
             3);
   EXPECT_TRUE(Eventually([&] { return EngineDrops(DropReason::kTruncated) >= 1; }));
+}
+
+// ---- Loops -------------------------------------------------------------------------------
+
+// Hands `packet` to the device as the host's stack does with what it routes there (a packet
+// socket on the device; a TUN device has no link header).
+void InjectIntoDevice(int ifindex, const std::vector<uint8_t>& packet) {
+  Fd out(socket(AF_PACKET, SOCK_DGRAM, htons(ETH_P_IP)));
+  ASSERT_GE(out.get(), 0);
+  sockaddr_ll to{};
+  to.sll_family = AF_PACKET;
+  to.sll_protocol = htons(ETH_P_IP);
+  to.sll_ifindex = ifindex;
+  ASSERT_EQ(sendto(out.get(), packet.data(), packet.size(), 0, reinterpret_cast<sockaddr*>(&to),
+                   sizeof to),
+            static_cast<ssize_t>(packet.size()))
+      << strerror(errno);
+}
+
+// Reads `tap` until a packet carrying `wanted` comes (true), or 3 s pass; *unwanted_seen is set
+// when a packet carrying `unwanted` came on the way.
+bool SeenOnTap(const Fd& tap, const std::string& wanted, const std::string& unwanted,
+               bool* unwanted_seen) {
+  std::vector<uint8_t> buf(65536);
+  for (int i = 0; i < 30; ++i) {
+    pollfd p{tap.get(), POLLIN, 0};
+    if (poll(&p, 1, 100) <= 0) continue;
+    const ssize_t n = recv(tap.get(), buf.data(), buf.size(), 0);
+    if (n <= 0) continue;
+    const std::string bytes(reinterpret_cast<char*>(buf.data()), n);
+    if (bytes.find(unwanted) != std::string::npos) *unwanted_seen = true;
+    if (bytes.find(wanted) != std::string::npos) return true;
+  }
+  return false;
+}
+
+// The tunnel's own outer packet (local -> remote, GRE with its key), handed back to its device,
+// is not wrapped and sent again: dropped as a loop. Ordinary packets still go.
+TEST_P(EngineTest, OwnOuterPacketInTheDeviceIsDroppedAsALoop) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/true, 5);
+  GreHeader gre;
+  gre.has_key = true;
+  gre.key = 5;
+  gre.protocol = kEtherTypeIpv4;
+  std::vector<uint8_t> own =
+      Wrap(UdpPacket(kInnerA, kInnerFar, kPort, "looped-back"), kIpProtoGre, &gre);
+  // Wrap makes remote -> local; what the tunnel sends goes local -> remote.
+  std::swap_ranges(own.begin() + 12, own.begin() + 16, own.begin() + 16);
+  Ipv4Header header;
+  DropReason reason;
+  ASSERT_TRUE(ParseIpv4Header(own.data(), own.size(), &header, &reason));
+  WriteIpv4Header(header, own.data());
+  InjectIntoDevice(tun_->ifindex(), own);
+  EXPECT_TRUE(Eventually(
+      [&] { return counters_->Sum(&TunnelCounters::tx_drops, DropReason::kLoop) == 1; }));
+
+  SendInner("after-the-loop");
+  bool looped_sent = false;
+  EXPECT_TRUE(SeenOnTap(*gre_tap_, "after-the-loop", "looped-back", &looped_sent));
+  EXPECT_FALSE(looped_sent) << "the looped packet was wrapped and sent again";
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::tx_packets) == 1; }));
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_drops, DropReason::kLoop), 1u);
+}
+
+// The kernel's dead loop: someone routes the remote through the tunnel's own device. The first
+// packet leaves; what the route brings back into the device is dropped, once, instead of going
+// round and round (each time 24 bytes longer) until it no longer fits the path.
+constexpr uint32_t kRoutedIntoTheTunnel = 0xC612001E;  // 198.18.0.30
+TEST_P(EngineTest, RouteToTheRemoteThroughTheTunnelIsDroppedAsALoop) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false, 0, [](EngineTunnel& t) {
+    t.encap.local = OuterAddress();  // sent from the address the route gives (tun0's)
+    t.encap.remote = kRoutedIntoTheTunnel;
+  });
+  ASSERT_TRUE(netlink_->AddRoute(tun_->ifindex(), *IpPrefix::Parse("198.18.0.30/32")).ok());
+  SendInner("round-and-round");
+  EXPECT_TRUE(Eventually(
+      [&] { return counters_->Sum(&TunnelCounters::tx_drops, DropReason::kLoop) >= 1; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // time for more rounds, if any
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_packets), 1u);
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_drops, DropReason::kLoop), 1u);
+}
+
+// ---- Last receive time -----------------------------------------------------------------------
+
+TEST_P(EngineTest, LastReceiveTimeAdvancesWithPacketsDelivered) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false);
+  auto udp = BoundUdp();
+  GreHeader gre;
+  gre.protocol = kEtherTypeIpv4;
+  EXPECT_EQ(counters_->last_receive_unix_nanos.load(), 0);
+  const int64_t before = absl::ToUnixNanos(absl::Now());
+  SendOuter(Wrap(UdpPacket(kInnerFar, kInnerA, kPort, "first"), kIpProtoGre, &gre));
+  ASSERT_EQ(ReceiveUdp(*udp), "first");
+  ASSERT_TRUE(Eventually([&] { return counters_->last_receive_unix_nanos.load() != 0; }));
+  const int64_t first = counters_->last_receive_unix_nanos.load();
+  // The worker's coarse clock, read when its loop woke for the packet: a kernel tick behind.
+  EXPECT_GE(first, before - absl::ToInt64Nanoseconds(absl::Milliseconds(50)));
+  EXPECT_LE(first, absl::ToUnixNanos(absl::Now()));
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(counters_->last_receive_unix_nanos.load(), first) << "stamped with nothing received";
+  SendOuter(Wrap(UdpPacket(kInnerFar, kInnerA, kPort, "second"), kIpProtoGre, &gre));
+  ASSERT_EQ(ReceiveUdp(*udp), "second");
+  EXPECT_TRUE(Eventually([&] {
+    return counters_->last_receive_unix_nanos.load() >=
+           first + absl::ToInt64Nanoseconds(absl::Milliseconds(150));
+  }));
+}
+
+// ---- Worker health ---------------------------------------------------------------------------
+
+// Every worker comes round its loop at least every tick, traffic or not: an idle engine stays
+// healthy under a stall limit of a few ticks.
+TEST_P(EngineTest, IdleWorkersStayHealthy) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false);
+  for (int i = 0; i < 20; ++i) {
+    const absl::Status status = engine_->Health(absl::Milliseconds(300));
+    ASSERT_TRUE(status.ok()) << status;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+// Holds the thread it runs on, as a debugger's stop would, until released.
+std::atomic<bool> hold_thread{false};
+std::atomic<pid_t> held_thread{0};
+void HoldThread(int) {
+  held_thread.store(gettid());
+  while (hold_thread.load()) {
+    timespec pause{0, 1'000'000};
+    nanosleep(&pause, nullptr);
+  }
+}
+
+// A worker thread that stops running (held in a signal handler: a process cannot ptrace its own
+// threads) makes Health UNAVAILABLE, naming it, within the stall limit; running again, it is
+// healthy again. The other workers of a pool are not named.
+TEST_P(EngineTest, StalledWorkerIsUnavailableUntilItRunsAgain) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false);
+  const unsigned worker = static_cast<unsigned>(engine_->workers() - 1);
+  const std::string thread = "dataplane-" + std::to_string(worker);
+  struct sigaction hold {};
+  hold.sa_handler = HoldThread;
+  sigemptyset(&hold.sa_mask);
+  struct sigaction previous {};
+  ASSERT_EQ(sigaction(SIGUSR1, &hold, &previous), 0);
+  hold_thread = true;
+  held_thread = 0;
+  struct Release {
+    ~Release() { hold_thread = false; }  // whatever fails below, the worker runs again
+  } release;
+  // A joined thread of an earlier engine can still be listed under the name for a moment.
+  for (const auto& [tid, name] : Threads()) {
+    if (name != thread || syscall(SYS_tgkill, getpid(), tid, SIGUSR1) != 0) continue;
+    if (Eventually([&, tid = tid] { return held_thread.load() == tid; }, 500)) break;
+  }
+  ASSERT_NE(held_thread.load(), 0) << "no running thread " << thread;
+
+  const absl::Duration stall = absl::Milliseconds(300);
+  absl::Status status;
+  EXPECT_TRUE(Eventually([&] {
+    status = engine_->Health(stall);
+    return !status.ok();
+  }));
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  const std::string named =
+      "dataplane worker " + std::to_string(worker) + " (thread " + thread + ") has not run for ";
+  EXPECT_NE(status.message().find(named), std::string::npos) << status;
+  EXPECT_EQ(status.message().find("stopped"), std::string::npos) << status;
+  if (worker > 0) EXPECT_EQ(status.message().find("worker 0"), std::string::npos) << status;
+
+  hold_thread = false;
+  EXPECT_TRUE(Eventually([&] { return engine_->Health(stall).ok(); })) << engine_->Health(stall);
+  sigaction(SIGUSR1, &previous, nullptr);  // the handler has returned: the worker ran since
+}
+
+// The first descriptor of this process that is `kind` (as /proc/self/fd shows it), or -1.
+int FirstFdOf(const std::string& kind) {
+  DIR* fds = opendir("/proc/self/fd");
+  if (fds == nullptr) return -1;
+  int found = -1;
+  while (dirent* entry = readdir(fds)) {
+    char target[256];
+    const std::string path = std::string("/proc/self/fd/") + entry->d_name;
+    const ssize_t n = readlink(path.c_str(), target, sizeof target - 1);
+    if (n <= 0 || std::string(target, n) != kind) continue;
+    found = atoi(entry->d_name);
+    break;
+  }
+  closedir(fds);
+  return found;
+}
+
+// A worker whose ring (or epoll set) is gone, here its descriptor made /dev/null behind its
+// back, ends: Health says which worker stopped and why, and commands are answered rather than
+// left waiting.
+TEST_P(EngineTest, WorkerWhoseRingIsGoneIsReportedStopped) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false);
+  ASSERT_TRUE(engine_->Health(absl::Seconds(10)).ok());
+  const bool uring = GetParam().backend == Backend::kUring;
+  const int ring = FirstFdOf(uring ? "anon_inode:[io_uring]" : "anon_inode:[eventpoll]");
+  ASSERT_GE(ring, 0);
+  Fd null(open("/dev/null", O_RDWR | O_CLOEXEC));
+  ASSERT_EQ(dup2(null.get(), ring), ring);
+  absl::Status status;
+  // A long stall limit: only a worker that has ended fails it.
+  EXPECT_TRUE(Eventually([&] {
+    status = engine_->Health(absl::Seconds(10));
+    return !status.ok();
+  }));
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  const std::string why = uring ? " stopped: io_uring_enter: " : " stopped: epoll_wait: ";
+  EXPECT_NE(status.message().find(why), std::string::npos) << status;
+  EXPECT_EQ(status.message().rfind("dataplane worker ", 0), 0u) << status;
+  EXPECT_EQ(engine_->RemoveTunnel("tun0").code(), absl::StatusCode::kUnavailable);
+  // The ring the kernel could no longer be asked to cancel lets go of the device as it tears
+  // the ring down in the background (a few milliseconds), so the device can be made again.
+  engine_.reset();
+  tun_.reset();
+  EXPECT_TRUE(Eventually([] { return if_nametoindex("tun0") == 0; }, 5000));
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, EngineTest,

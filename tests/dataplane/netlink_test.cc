@@ -103,6 +103,29 @@ int AddRouteWithMtu(int ifindex, const IpPrefix& destination, uint32_t mtu) {
   });
 }
 
+// `ip route add [TYPE] <destination> [via <gateway>] [dev <ifindex>] proto <protocol>` in the
+// main table, IPv4 or IPv6. `ifindex` 0 and no gateway for a route type without a device
+// (unreachable, prohibit, blackhole).
+// `remove`: the matching `ip route del` instead.
+int AddRawRoute(const IpPrefix& destination, int ifindex, const IpAddress* gateway,
+                uint8_t type = RTN_UNICAST, uint8_t protocol = RTPROT_STATIC, bool remove = false) {
+  return RawRequest([&](nlmsghdr* nlh) {
+    const bool v4 = destination.address().is_v4();
+    nlh->nlmsg_type = remove ? RTM_DELROUTE : RTM_NEWROUTE;
+    nlh->nlmsg_flags = remove ? 0 : NLM_F_CREATE | NLM_F_EXCL;
+    auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
+    rtm->rtm_family = v4 ? AF_INET : AF_INET6;
+    rtm->rtm_dst_len = destination.length();
+    rtm->rtm_table = RT_TABLE_MAIN;
+    rtm->rtm_protocol = protocol;
+    rtm->rtm_scope = gateway == nullptr && type == RTN_UNICAST ? RT_SCOPE_LINK : RT_SCOPE_UNIVERSE;
+    rtm->rtm_type = type;
+    mnl_attr_put(nlh, RTA_DST, v4 ? 4 : 16, destination.address().bytes().data());
+    if (ifindex != 0) mnl_attr_put_u32(nlh, RTA_OIF, ifindex);
+    if (gateway != nullptr) mnl_attr_put(nlh, RTA_GATEWAY, v4 ? 4 : 16, gateway->bytes().data());
+  });
+}
+
 // True when a socket can be bound to `address`: the kernel holds it as a usable local
 // address (for IPv6 that also means it is not tentative).
 bool CanBind(const IpAddress& address) {
@@ -550,6 +573,216 @@ TEST_F(NetlinkTest, ConcurrentCallsAreSerialised) {
   }
   for (std::thread& thread : threads) thread.join();
   EXPECT_EQ(failures.load(), 0);
+}
+
+TEST_F(NetlinkTest, ListAllAddressesGroupsByLinkWithoutKernelLinkLocal) {
+  auto tun0 = UpTun("ta-tun0");
+  auto tun1 = UpTun("ta-tun1");
+  ASSERT_NE(tun0, nullptr);
+  ASSERT_NE(tun1, nullptr);
+  ASSERT_TRUE(nl_->AddAddress(tun0->ifindex(), Prefix("198.18.1.1/24")).ok());
+  ASSERT_TRUE(nl_->AddAddress(tun0->ifindex(), Prefix("10.1.0.1/32")).ok());
+  ASSERT_TRUE(nl_->AddAddress(tun1->ifindex(), Prefix("198.18.2.1/30")).ok());
+  if (HaveIpv6()) {
+    ASSERT_TRUE(nl_->AddAddress(tun1->ifindex(), Prefix("fd00:2::1/64")).ok());
+  }
+
+  auto all = nl_->ListAllAddresses();
+  ASSERT_TRUE(all.ok()) << all.status();
+  std::vector<IpPrefix> want0 = {Prefix("198.18.1.1/24"), Prefix("10.1.0.1/32")};
+  std::vector<IpPrefix> got0 = (*all)[tun0->ifindex()];
+  EXPECT_EQ(got0.size(), 2u);
+  for (const IpPrefix& p : want0) EXPECT_TRUE(Contains(got0, p)) << p.ToString();
+  std::vector<IpPrefix> got1 = (*all)[tun1->ifindex()];
+  EXPECT_TRUE(Contains(got1, Prefix("198.18.2.1/30")));
+  EXPECT_EQ(got1.size(), HaveIpv6() ? 2u : 1u);
+  if (HaveIpv6()) {
+    EXPECT_TRUE(Contains(got1, Prefix("fd00:2::1/64")));
+  }
+  EXPECT_TRUE(Contains((*all)[1], Prefix("127.0.0.1/8")));
+
+  if (HaveIpv6()) {
+    // The kernel gave the up TUN device a link-local address of its own: listed per link, not
+    // in the all-links dump; one configured by hand in fe80::/10 is left out as well.
+    auto per_link = nl_->ListAddresses(tun0->ifindex());
+    ASSERT_TRUE(per_link.ok()) << per_link.status();
+    const bool kernel_link_local = std::any_of(
+        per_link->begin(), per_link->end(),
+        [](const IpPrefix& p) { return p.address().is_v6() && p.address().bytes()[0] == 0xfe; });
+    EXPECT_TRUE(kernel_link_local) << "the test expects the kernel's fe80:: address";
+    for (const auto& [ifindex, prefixes] : *all) {
+      for (const IpPrefix& p : prefixes) {
+        EXPECT_FALSE(p.address().is_v6() && p.address().bytes()[0] == 0xfe &&
+                     (p.address().bytes()[1] & 0xc0) == 0x80)
+            << p.ToString() << " on link " << ifindex;
+      }
+    }
+  }
+
+  // Gone from the dump once deleted.
+  ASSERT_TRUE(nl_->DeleteAddress(tun0->ifindex(), Prefix("10.1.0.1/32")).ok());
+  all = nl_->ListAllAddresses();
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ((*all)[tun0->ifindex()], std::vector<IpPrefix>{Prefix("198.18.1.1/24")});
+}
+
+TEST_F(NetlinkTest, ListAgentRoutesSeesOnlyTheAgentsProtocol) {
+  auto tun0 = UpTun("ta-tun0");
+  auto tun1 = UpTun("ta-tun1");
+  ASSERT_NE(tun0, nullptr);
+  ASSERT_NE(tun1, nullptr);
+  ASSERT_TRUE(nl_->AddAddress(tun0->ifindex(), Prefix("198.18.1.1/24")).ok());  // + a kernel route
+  ASSERT_TRUE(nl_->AddRoute(tun0->ifindex(), Prefix("198.18.5.0/24")).ok());
+  ASSERT_TRUE(nl_->AddRoute(tun0->ifindex(), Prefix("10.5.0.0/16")).ok());
+  ASSERT_TRUE(nl_->AddRoute(tun1->ifindex(), Prefix("198.18.9.0/28")).ok());
+  // The same kind of route, but another protocol's.
+  ASSERT_EQ(AddRouteWithMtu(tun0->ifindex(), Prefix("198.18.6.0/24"), 1300), 0);
+  ASSERT_EQ(AddRawRoute(Prefix("10.6.0.0/16"), tun1->ifindex(), nullptr), 0);
+  // The agent's protocol, but a default route added by someone else: listed all the same.
+  ASSERT_EQ(AddRawRoute(Prefix("0.0.0.0/0"), tun1->ifindex(), nullptr, RTN_UNICAST,
+                        kRouteProtocolTunnelAgent),
+            0);
+  if (HaveIpv6()) {
+    ASSERT_TRUE(nl_->AddRoute(tun1->ifindex(), Prefix("fd00:5::/64")).ok());
+    ASSERT_EQ(AddRawRoute(Prefix("fd00:6::/64"), tun1->ifindex(), nullptr), 0);
+  }
+
+  auto routes = nl_->ListAgentRoutes();
+  ASSERT_TRUE(routes.ok()) << routes.status();
+  std::vector<IpPrefix> got0 = (*routes)[tun0->ifindex()];
+  EXPECT_EQ(got0.size(), 2u);
+  EXPECT_TRUE(Contains(got0, Prefix("198.18.5.0/24")));
+  EXPECT_TRUE(Contains(got0, Prefix("10.5.0.0/16")));
+  std::vector<IpPrefix> got1 = (*routes)[tun1->ifindex()];
+  EXPECT_EQ(got1.size(), HaveIpv6() ? 3u : 2u);
+  EXPECT_TRUE(Contains(got1, Prefix("198.18.9.0/28")));
+  EXPECT_TRUE(Contains(got1, Prefix("0.0.0.0/0")));
+  if (HaveIpv6()) {
+    EXPECT_TRUE(Contains(got1, Prefix("fd00:5::/64")));
+  }
+  // Nothing on any other link (lo has the kernel's local routes only).
+  EXPECT_EQ(routes->size(), 2u);
+
+  ASSERT_TRUE(nl_->DeleteRoute(tun0->ifindex(), Prefix("10.5.0.0/16")).ok());
+  routes = nl_->ListAgentRoutes();
+  ASSERT_TRUE(routes.ok()) << routes.status();
+  EXPECT_EQ((*routes)[tun0->ifindex()], std::vector<IpPrefix>{Prefix("198.18.5.0/24")});
+}
+
+TEST_F(NetlinkTest, ListAgentRoutesIsEmptyWithoutAny) {
+  auto tun = UpTun("ta-tun0");
+  ASSERT_NE(tun, nullptr);
+  ASSERT_TRUE(nl_->AddAddress(tun->ifindex(), Prefix("198.18.1.1/24")).ok());
+  auto routes = nl_->ListAgentRoutes();
+  ASSERT_TRUE(routes.ok()) << routes.status();
+  EXPECT_TRUE(routes->empty());
+}
+
+TEST_F(NetlinkTest, RouteGetOnLinkHasNoGateway) {
+  auto tun = UpTun("ta-tun0");
+  ASSERT_NE(tun, nullptr);
+  ASSERT_TRUE(nl_->AddAddress(tun->ifindex(), Prefix("198.18.7.1/24")).ok());
+  auto route = nl_->RouteGet(Address("198.18.7.9"));
+  ASSERT_TRUE(route.ok()) << route.status();
+  EXPECT_EQ(route->ifindex, tun->ifindex());
+  EXPECT_FALSE(route->gateway.has_value()) << route->gateway->ToString();
+  ASSERT_TRUE(route->source.has_value());
+  EXPECT_EQ(*route->source, Address("198.18.7.1"));
+}
+
+TEST_F(NetlinkTest, RouteGetViaGateway) {
+  auto tun0 = UpTun("ta-tun0");
+  auto tun1 = UpTun("ta-tun1");
+  ASSERT_NE(tun0, nullptr);
+  ASSERT_NE(tun1, nullptr);
+  ASSERT_TRUE(nl_->AddAddress(tun0->ifindex(), Prefix("198.18.7.1/24")).ok());
+  ASSERT_TRUE(nl_->AddAddress(tun1->ifindex(), Prefix("198.18.8.1/24")).ok());
+  const IpAddress gateway = Address("198.18.8.254");
+  ASSERT_EQ(AddRawRoute(Prefix("198.18.200.0/24"), tun1->ifindex(), &gateway), 0);
+  auto route = nl_->RouteGet(Address("198.18.200.5"));
+  ASSERT_TRUE(route.ok()) << route.status();
+  EXPECT_EQ(route->ifindex, tun1->ifindex());
+  ASSERT_TRUE(route->gateway.has_value());
+  EXPECT_EQ(*route->gateway, gateway);
+  ASSERT_TRUE(route->source.has_value());
+  EXPECT_EQ(*route->source, Address("198.18.8.1"));
+
+  if (HaveIpv6()) {
+    ASSERT_TRUE(nl_->AddAddress(tun0->ifindex(), Prefix("fd00:7::1/64")).ok());
+    const IpAddress gateway6 = Address("fd00:7::fe");
+    ASSERT_EQ(AddRawRoute(Prefix("fd00:200::/48"), tun0->ifindex(), &gateway6), 0);
+    auto route6 = nl_->RouteGet(Address("fd00:200::5"));
+    ASSERT_TRUE(route6.ok()) << route6.status();
+    EXPECT_EQ(route6->ifindex, tun0->ifindex());
+    ASSERT_TRUE(route6->gateway.has_value());
+    EXPECT_EQ(*route6->gateway, gateway6);
+    ASSERT_TRUE(route6->source.has_value());
+    EXPECT_EQ(*route6->source, Address("fd00:7::1"));
+    auto on_link6 = nl_->RouteGet(Address("fd00:7::9"));
+    ASSERT_TRUE(on_link6.ok()) << on_link6.status();
+    EXPECT_EQ(on_link6->ifindex, tun0->ifindex());
+    EXPECT_FALSE(on_link6->gateway.has_value());
+  }
+}
+
+TEST_F(NetlinkTest, RouteGetToLocalAddressIsLoopback) {
+  auto route = nl_->RouteGet(Address("127.0.0.1"));
+  ASSERT_TRUE(route.ok()) << route.status();
+  EXPECT_EQ(route->ifindex, 1);
+  EXPECT_FALSE(route->gateway.has_value());
+}
+
+TEST_F(NetlinkTest, RouteGetUnreachableIsNotFound) {
+  // No route at all (this namespace has no default route).
+  auto none = nl_->RouteGet(Address("10.99.0.1"));
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kNotFound) << none.status();
+  EXPECT_NE(none.status().message().find("no route to 10.99.0.1"), absl::string_view::npos)
+      << none.status();
+  if (HaveIpv6()) {
+    auto none6 = nl_->RouteGet(Address("fd00:99::1"));
+    EXPECT_EQ(none6.status().code(), absl::StatusCode::kNotFound) << none6.status();
+  }
+  // Routes whose type refuses the destination: each is "no route" too, for RouteGet and for
+  // PathMtu alike.
+  struct Case {
+    const char* prefix;
+    const char* address;
+    uint8_t type;
+  };
+  std::vector<Case> cases = {Case{"198.18.20.0/24", "198.18.20.1", RTN_UNREACHABLE},
+                             Case{"198.18.21.0/24", "198.18.21.1", RTN_PROHIBIT},
+                             Case{"198.18.22.0/24", "198.18.22.1", RTN_BLACKHOLE}};
+  if (HaveIpv6()) {
+    cases.push_back(Case{"fd00:20::/64", "fd00:20::1", RTN_UNREACHABLE});
+    cases.push_back(Case{"fd00:22::/64", "fd00:22::1", RTN_BLACKHOLE});
+  }
+  for (const Case& c : cases) {
+    // Such routes need no link, so they outlive the test unless removed.
+    ASSERT_EQ(AddRawRoute(Prefix(c.prefix), 0, nullptr, c.type), 0) << c.prefix;
+    auto route = nl_->RouteGet(Address(c.address));
+    EXPECT_EQ(route.status().code(), absl::StatusCode::kNotFound)
+        << c.prefix << ": " << route.status();
+    auto mtu = nl_->PathMtu(Address(c.address));
+    EXPECT_EQ(mtu.status().code(), absl::StatusCode::kFailedPrecondition)
+        << c.prefix << ": " << mtu.status();
+    EXPECT_EQ(AddRawRoute(Prefix(c.prefix), 0, nullptr, c.type, RTPROT_STATIC, true), 0)
+        << c.prefix;
+  }
+  EXPECT_EQ(nl_->RouteGet(IpAddress()).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(NetlinkTest, ListAddressesStillFiltersByLink) {
+  // The per-link listing keeps working beside the all-links dump (strict or not).
+  auto tun0 = UpTun("ta-tun0");
+  auto tun1 = UpTun("ta-tun1");
+  ASSERT_NE(tun0, nullptr);
+  ASSERT_NE(tun1, nullptr);
+  ASSERT_TRUE(nl_->AddAddress(tun0->ifindex(), Prefix("198.18.1.1/24")).ok());
+  ASSERT_TRUE(nl_->AddAddress(tun1->ifindex(), Prefix("198.18.2.1/24")).ok());
+  auto addresses = nl_->ListAddresses(tun0->ifindex());
+  ASSERT_TRUE(addresses.ok()) << addresses.status();
+  EXPECT_TRUE(Contains(*addresses, Prefix("198.18.1.1/24")));
+  EXPECT_FALSE(Contains(*addresses, Prefix("198.18.2.1/24")));
 }
 
 }  // namespace

@@ -52,8 +52,8 @@ check_kubernetes() {
   [ "$(basename "$profile")" = "$(basename "$DEPLOY/seccomp/tunnel-agent.json")" ] ||
     fail "agent-daemonset.yaml names seccomp profile $profile, deploy/seccomp has tunnel-agent.json"
   # The fleet file in the controller's ConfigMap is one tunnel-controller accepts: with its
-  # token file in place, `plan` fails only on the (unreachable) agents, exit 1, not on the
-  # file, exit 2.
+  # token file in place, `plan` fails only on the (unreachable) agents, exit 2, not on the
+  # file, exit 1.
   if [ -x "$BIN_DIR/tunnel-controller" ]; then
     "$PYTHON" - "$DEPLOY/kubernetes/controller.yaml" "$work/fleet.yaml" "$work/token" <<'EOF2'
 import sys, yaml
@@ -69,7 +69,7 @@ EOF2
     # the agents' addresses are never tried on the host's network.
     unshare --net "$BIN_DIR/tunnel-controller" plan -f "$work/fleet.yaml" --timeout=1 \
       --progress=plain >"$work/plan.log" 2>&1 || rc=$?
-    [ "$rc" = 1 ] || { cat "$work/plan.log" >&2; fail "the ConfigMap's fleet file: plan exit $rc, want 1"; }
+    [ "$rc" = 2 ] || { cat "$work/plan.log" >&2; fail "the ConfigMap's fleet file: plan exit $rc, want 2"; }
     echo "controller ConfigMap: tunnel-controller accepts its fleet file"
   fi
   # kubectl is no Debian package: when one is installed, render the kustomization (and an

@@ -21,8 +21,8 @@ URL=http://$ADDR
 lab_init
 lab_add_node A 198.18.0.1
 lab_add_node B 198.18.0.2
-lab_start_agent_tcp A "$ADDR"
-lab_start_agent_tcp B "$ADDR"
+lab_start_agent_tcp A "$ADDR" --insecure  # plaintext TCP, in a namespace of its own
+lab_start_agent_tcp B "$ADDR" --insecure
 
 # bufcurl NODE METHOD JSON: prints the response; exit status is buf's.
 bufcurl() {

@@ -152,10 +152,10 @@ lab_ok "status: all converged (exit 0)"
 lab_ctl n3 delete tc-n5
 rc=0
 out=$("$CTL" status -f "$FLEET" --progress=plain 2>/dev/null) || rc=$?
-[ "$rc" = 1 ] || lab_fail "status with drift: exit $rc, want 1"
+[ "$rc" = 2 ] || lab_fail "status with drift: exit $rc, want 2"
 grep -q "^n3: drift (what apply --prune would do): CREATE tc-n5$" <<<"$out" || lab_fail "status drift: $out"
 grep -q "^status: $((N - 1))/$N nodes converged; not converged: n3$" <<<"$out" || lab_fail "status: $out"
-lab_ok "status: n3 drifts (CREATE tc-n5), exit 1"
+lab_ok "status: n3 drifts (CREATE tc-n5), exit 2"
 out=$("$CTL" apply -f "$FLEET" --progress=plain 2>/dev/null) || lab_fail "apply to repair: exit $?"
 grep -q "^  CREATE   tc-n5$" <<<"$out" || lab_fail "apply did not recreate n3 tc-n5: $out"
 lab_ok "apply made n3 tc-n5 again"
@@ -194,7 +194,7 @@ lab_stop_agent n5 KILL
 rc=0
 wait "$apply_pid" || rc=$?
 out=$(cat "$RUN/apply.out")
-[ "$rc" = 1 ] || lab_fail "apply with n5 killed: exit $rc, want 1 ($out)"
+[ "$rc" = 2 ] || lab_fail "apply with n5 killed: exit $rc, want 2 ($out)"
 grep -q "^n5: FAILED: ApplyTunnels: " <<<"$out" || lab_fail "n5 not reported by name: $out"
 grep -q "^apply: $((N - 1))/$N nodes converged, .*; failed: n5$" <<<"$out" || lab_fail "apply: $out"
 lab_ok "n5 reported ($(grep '^n5:' <<<"$out" | cut -c1-90)...), the other $((N - 1)) converged, exit 1"

@@ -113,8 +113,13 @@ lab_ctl A delete tbad && lab_ctl B delete tbad
 lab_log "errors through tunnelctl"
 lab_expect_rpc_error A ALREADY_EXISTS create tgre mode gre remote 198.18.0.9
 lab_expect_rpc_error A ALREADY_EXISTS create tdup mode gre local 198.18.0.1 remote 198.18.0.2 key 42
-lab_expect_rpc_error A INVALID_ARGUMENT create tx mode gre remote 1.2.3
-lab_expect_rpc_error A INVALID_ARGUMENT create tx mode gre remote 198.18.0.9 address 10.9.0.1/33
+# A malformed address is bad input, refused by tunnelctl itself (exit 1) before any call.
+for bad in "remote 1.2.3" "remote 198.18.0.9 address 10.9.0.1/33"; do
+  rc=0
+  out=$(lab_ctl A create tx mode gre $bad 2>&1 >/dev/null) || rc=$?
+  [ "$rc" = 1 ] && grep -q "invalid" <<<"$out" || lab_fail "create tx $bad: exit $rc, want 1 ($out)"
+  lab_ok "tunnelctl create tx mode gre $bad -> exit 1: $out"
+done
 lab_expect_rpc_error A NOT_FOUND get nosuch
 lab_expect_rpc_error A NOT_FOUND delete nosuch
 lab_expect_rpc_error A INVALID_ARGUMENT create tx mode ipip remote 198.18.0.9 csum

@@ -1,8 +1,10 @@
 #!/bin/bash
 # /metrics end to end: a GRE tunnel between two nodes carries a ping; the agent's /metrics
 # passes `promtool check metrics`, has every metric of the README's table with its labels and
-# type, counts the gRPC calls made; and a real Prometheus, scraping the agent from inside its
-# namespace, sees the target up and the tunnel's received packets.
+# type, counts the gRPC calls made, has the process_* metrics of a real process and the
+# per-tunnel info, receive time, keepalive RTT and repair series; a device changed behind the
+# agent's back is counted as a repair; and a real Prometheus, scraping the agent from inside its
+# namespace, sees the target up, the tunnel's received packets and a recent receive time.
 set -euo pipefail
 : "${SOURCE_DIR:=$(cd "$(dirname "$0")/../.." && pwd)}"
 : "${BIN_DIR:=$SOURCE_DIR/build/bin}"
@@ -23,16 +25,23 @@ DELETE=/tunnelagent.v1.TunnelService/DeleteTunnel
 lab_init
 lab_add_node A 198.18.0.1
 lab_add_node B 198.18.0.2
-lab_start_agent A
+lab_start_agent A --max_tunnels=64
 lab_start_agent B
 
 lab_log "a GRE tunnel and traffic across it"
-# A's side sends keepalives, so that their series are exported too.
+# A's side sends keepalives (every second: an RTT is known soon), so that their series are
+# exported too.
 lab_ctl A create gre1 mode gre local 198.18.0.1 remote 198.18.0.2 key 7 address 10.7.0.1/30 \
-  keepalive 10 >/dev/null
+  keepalive 1 >/dev/null
 lab_ctl B create gre1 mode gre local 198.18.0.2 remote 198.18.0.1 key 7 address 10.7.0.2/30 >/dev/null
 lab_ping A 10.7.0.2 3
 lab_expect_rpc_error A NOT_FOUND get nosuch
+# The RTT is exported once a keepalive came back: at most a few intervals.
+deadline=$((SECONDS + 15))
+until [ -n "$(lab_metric A 'tunnelagent_tunnel_keepalive_rtt_seconds{tunnel="gre1"}')" ]; do
+  [ "$SECONDS" -lt "$deadline" ] || lab_fail "no keepalive RTT for gre1 within 15 s"
+  sleep 0.5
+done
 
 lab_log "/metrics passes promtool"
 lab_exec A curl -sf --max-time 5 "http://127.0.0.1:$LAB_METRICS_PORT/metrics" >"$RUN/A.metrics" ||
@@ -80,8 +89,13 @@ done <<'EOF'
 tunnelagent_build_info gauge io_backend,version
 tunnelagent_dataplane_io_uring_fallback gauge -
 tunnelagent_dataplane_workers gauge -
+tunnelagent_max_tunnels gauge -
 tunnelagent_tunnels gauge mode,state
 tunnelagent_tunnel_up gauge tunnel
+tunnelagent_tunnel_info gauge key,local,mode,remote,tunnel
+tunnelagent_tunnel_state_changes_total counter tunnel
+tunnelagent_tunnel_last_receive_timestamp_seconds gauge tunnel
+tunnelagent_tunnel_repairs_total counter tunnel,what
 tunnelagent_tunnel_tx_packets_total counter tunnel
 tunnelagent_tunnel_tx_bytes_total counter tunnel
 tunnelagent_tunnel_rx_packets_total counter tunnel
@@ -96,13 +110,22 @@ tunnelagent_tunnel_keepalive_sent_total counter tunnel
 tunnelagent_tunnel_keepalive_replies_total counter tunnel
 tunnelagent_tunnel_keepalive_answered_total counter tunnel
 tunnelagent_tunnel_peer_alive gauge tunnel
+tunnelagent_tunnel_keepalive_rtt_seconds gauge tunnel
 tunnelagent_dataplane_rx_packets_total counter -
 tunnelagent_dataplane_drops_total counter reason
 tunnelagent_grpc_requests_total counter code,method
 tunnelagent_grpc_request_duration_seconds histogram le,method
 tunnelagent_grpc_streams_active gauge method
+process_cpu_seconds_total counter -
+process_open_fds gauge -
+process_max_fds gauge -
+process_virtual_memory_bytes gauge -
+process_virtual_memory_max_bytes gauge -
+process_resident_memory_bytes gauge -
+process_start_time_seconds gauge -
+process_threads gauge -
 EOF
-lab_ok "all 22 metrics of the table, with their types and labels"
+lab_ok "all 36 metrics of the table, with their types and labels"
 
 m() { awk -v s="$1" '$1 == s && !found { print $2; found = 1 }' "$RUN/A.metrics"; }
 for series in \
@@ -121,6 +144,60 @@ v=$(m 'tunnelagent_dataplane_drops_total{reason="no_tunnel"}')
 v=$(m tunnelagent_dataplane_io_uring_fallback)
 [ "$v" = 0 ] || lab_fail "tunnelagent_dataplane_io_uring_fallback is '$v', want 0 (io_uring works here)"
 lab_ok "gre1 moved packets, is up, its drop series exist at 0"
+
+# gt A B: A > B, as numbers in any notation ("1.5e+09"); false when A is empty.
+gt() { [ -n "$1" ] && awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 > b + 0) }'; }
+now=$(date +%s)
+for series in process_open_fds process_max_fds process_resident_memory_bytes \
+  process_virtual_memory_bytes process_threads process_start_time_seconds; do
+  v=$(m "$series")
+  gt "$v" 0 || lab_fail "$series is '$v', want > 0"
+done
+gt "$(m process_max_fds)" "$(m process_open_fds)" ||
+  lab_fail "process_max_fds $(m process_max_fds) is not above process_open_fds $(m process_open_fds)"
+# The agent runs a gRPC server, the exposer and its dataplane workers: more than one thread.
+gt "$(m process_threads)" 1 || lab_fail "process_threads is '$(m process_threads)', want > 1"
+v=$(m process_start_time_seconds)
+{ gt "$v" $((now - 120)) && ! gt "$v" $((now + 1)); } ||
+  lab_fail "process_start_time_seconds is '$v', want within the last 2 minutes (now $now)"
+v=$(m process_cpu_seconds_total)
+{ [ -n "$v" ] && ! gt 0 "$v"; } || lab_fail "process_cpu_seconds_total is '$v', want >= 0"
+lab_ok "process_*: $(m process_open_fds) of $(m process_max_fds) fds, $(m process_resident_memory_bytes) bytes resident"
+
+v=$(m 'tunnelagent_tunnel_info{key="7",local="198.18.0.1",mode="gre",remote="198.18.0.2",tunnel="gre1"}')
+[ "$v" = 1 ] || {
+  grep '^tunnelagent_tunnel_info' "$RUN/A.metrics" >&2
+  lab_fail "gre1's info series is '$v', want 1"
+}
+v=$(m tunnelagent_max_tunnels)
+[ "$v" = 64 ] || lab_fail "tunnelagent_max_tunnels is '$v', want 64 (--max_tunnels)"
+for what in address route mtu link; do
+  v=$(m "tunnelagent_tunnel_repairs_total{tunnel=\"gre1\",what=\"$what\"}")
+  [ "$v" = 0 ] || lab_fail "gre1's $what repairs are '$v', want an existing 0"
+done
+v=$(m 'tunnelagent_tunnel_state_changes_total{tunnel="gre1"}')
+[ -n "$v" ] || lab_fail "tunnelagent_tunnel_state_changes_total{tunnel=gre1} is missing"
+# The ping came back through gre1 moments ago: its last receive is a recent Unix time.
+received=$(m 'tunnelagent_tunnel_last_receive_timestamp_seconds{tunnel="gre1"}')
+{ gt "$received" $((now - 60)) && ! gt "$received" $((now + 1)); } ||
+  lab_fail "gre1's last receive is '$received', want within the last minute (now $now)"
+rtt=$(m 'tunnelagent_tunnel_keepalive_rtt_seconds{tunnel="gre1"}')
+{ gt "$rtt" 0 && gt 1 "$rtt"; } || lab_fail "gre1's keepalive RTT is '$rtt' s, want between 0 and 1 s"
+lab_ok "gre1: info labels, max_tunnels 64, repairs at 0, last receive $received, RTT $rtt s"
+
+lab_log "an MTU changed behind the agent's back is put back and counted"
+mtu=$(lab_exec A cat /sys/class/net/gre1/mtu)
+lab_exec A ip link set gre1 mtu $((mtu - 100))
+mtu_repairs() { lab_metric A 'tunnelagent_tunnel_repairs_total{tunnel="gre1",what="mtu"}'; }
+deadline=$((SECONDS + 10))
+until [ "$(mtu_repairs)" = 1 ]; do
+  [ "$SECONDS" -lt "$deadline" ] || lab_fail "gre1's mtu repairs are '$(mtu_repairs)' 10 s after the change, want 1"
+  sleep 0.2
+done
+[ "$(lab_exec A cat /sys/class/net/gre1/mtu)" = "$mtu" ] || lab_fail "gre1's MTU was not put back to $mtu"
+v=$(lab_metric A 'tunnelagent_tunnel_repairs_total{tunnel="gre1",what="address"}')
+[ "$v" = 0 ] || lab_fail "gre1's address repairs are '$v' after an MTU change, want 0"
+lab_ok "gre1's MTU put back to $mtu, counted once under what=mtu"
 
 v=$(m "tunnelagent_grpc_requests_total{code=\"OK\",method=\"$CREATE\"}")
 [ "$v" = 1 ] || lab_fail "CreateTunnel OK count is '$v', want 1"
@@ -172,6 +249,9 @@ prom_wait() {
 }
 prom_wait 'up{job="tunnel-agent"} == 1'
 prom_wait 'tunnelagent_tunnel_rx_packets_total{job="tunnel-agent",tunnel="gre1"} > 0'
+# In the units the alert rules take them: Unix seconds, and descriptors over their limit.
+prom_wait 'time() - tunnelagent_tunnel_last_receive_timestamp_seconds{job="tunnel-agent",tunnel="gre1"} < 120'
+prom_wait 'process_open_fds{job="tunnel-agent"} / process_max_fds{job="tunnel-agent"} < 0.8'
 prom_wait "tunnelagent_grpc_requests_total{method=\"$CREATE\",code=\"OK\"} == 1"
 prom_wait "tunnelagent_grpc_request_duration_seconds_bucket{method=\"$CREATE\",le=\"+Inf\"} == 1"
 

@@ -1,8 +1,10 @@
 #!/bin/bash
-# The agent's gRPC security: plaintext refused off loopback unless --insecure, TLS, mutual TLS,
-# a bearer token (health exempt), bad flags, and a request over the 4 MiB limit. Certificates
-# are made for the test with openssl; clients are Debian's python3-grpcio (raw protobuf bytes,
-# no generated code) and tunnelctl where it has the flags.
+# The agent's gRPC security: who can reach the API. The unix socket (the default listener) is
+# 0660: root and --grpc_socket_group may call, other users are refused; plaintext TCP needs a
+# bearer token or TLS, loopback included, unless --insecure; off loopback plaintext needs
+# --insecure. TLS, mutual TLS, a bearer token (health exempt), bad flags, and a request over
+# the 4 MiB limit. Certificates are made for the test with openssl; clients are Debian's
+# python3-grpcio (raw protobuf bytes, no generated code) and tunnelctl where it has the flags.
 set -euo pipefail
 : "${SOURCE_DIR:=$(cd "$(dirname "$0")/../.." && pwd)}"
 : "${BIN_DIR:=$SOURCE_DIR/build/bin}"
@@ -139,6 +141,12 @@ done
 lab_exec A ip -o link show | grep -qv -e ' lo:' -e ' ul0@' && lab_fail "a refused start left a device behind"
 lab_ok "no device left behind"
 
+lab_log "plaintext on loopback is refused without a token, TLS or --insecure"
+for listen in 127.0.0.1:50051 "[::1]:50051" localhost:50051; do
+  refused "refusing to serve plaintext gRPC on $listen without a bearer token, as every local user could call it: pass --auth_token_file, or --tls_cert and --tls_key, or --insecure to allow it (or listen on a unix: socket)" \
+    --grpc_listen="$listen"
+done
+
 lab_log "bad security flags"
 refused "--tls_cert without --tls_key: pass both" --grpc_listen="$ADDR" --tls_cert="$PKI/server.pem"
 refused "--tls_key without --tls_cert: pass both" --grpc_listen="$ADDR" --tls_key="$PKI/server.key"
@@ -165,6 +173,71 @@ lab_ctl A list >/dev/null || lab_fail "tunnelctl (plaintext) cannot list"
 lab_ok "tunnelctl over plaintext TCP lists"
 lab_stop_agent A
 unset "LAB_ADDRS[A]"
+
+lab_log "--insecure: plaintext on 127.0.0.1 starts"
+lab_start_agent_tcp A 127.0.0.1:50051 --insecure
+expect OK 127.0.0.1:50051 list
+lab_stop_agent A
+unset "LAB_ADDRS[A]"
+
+lab_log "a bearer token on 127.0.0.1: plaintext allowed, every call but health needs the token"
+WAIT_ARGS=(127.0.0.1:50051)
+start_agent --grpc_listen=127.0.0.1:50051 --auth_token_file="$RUN/token"
+expect "UNAUTHENTICATED: missing or invalid bearer token" 127.0.0.1:50051 list
+expect OK 127.0.0.1:50051 --token s3cret-token list
+lab_stop_agent A
+
+lab_log "the unix socket: root and the socket's group may call, other users may not"
+# The lab's directory lets every user through, so that the socket's own mode decides.
+chmod 0711 "$RUN"
+as_user() {  # as_user GID CMD...: as nobody with that group alone
+  local gid=$1; shift
+  setpriv --reuid=nobody --regid="$gid" --clear-groups "$@"
+}
+connect_errno() {  # connect_errno GID: what connect(2) to the socket says, as that user
+  as_user "$1" "$PY" -c '
+import errno, socket, sys
+try:
+    socket.socket(socket.AF_UNIX).connect(sys.argv[1])
+    print("connected")
+except OSError as e:
+    print(errno.errorcode[e.errno])' "$RUN/A.sock"
+}
+lab_start_agent A
+[ "$(stat -c '%F %a %U:%G' "$RUN/A.sock")" = "socket 660 root:root" ] ||
+  lab_fail "socket: $(stat -c '%F %a %U:%G' "$RUN/A.sock")"
+lab_ok "socket 660 root:root"
+[ "$(connect_errno nogroup)" = EACCES ] || lab_fail "nobody: connect says $(connect_errno nogroup), want EACCES"
+rc=0
+out=$(as_user nogroup "$BIN_DIR/tunnelctl" --agent="unix:$RUN/A.sock" create evil mode gre \
+  remote 198.18.1.2 route 0.0.0.0/1 2>&1) || rc=$?
+[ "$rc" != 0 ] && grep -q "Permission denied" <<<"$out" ||
+  lab_fail "nobody's tunnelctl create: exit $rc: $out"
+lab_ok "nobody is refused: connect EACCES, tunnelctl exit $rc ($(tail -n 1 <<<"$out"))"
+lab_ctl A list >/dev/null || lab_fail "root cannot list"
+[ -z "$(lab_ctl A list -o json | jq -r '.tunnels[]?.name')" ] || lab_fail "a tunnel was created"
+lab_ok "root lists, and nothing was created"
+# Control: the mode is what refused nobody (made 0666 by hand, nobody gets in).
+chmod 0666 "$RUN/A.sock"
+as_user nogroup "$BIN_DIR/tunnelctl" --agent="unix:$RUN/A.sock" list >/dev/null ||
+  lab_fail "nobody cannot list even on a 0666 socket: the refusal above proves nothing"
+lab_ok "control: with the socket made 0666 by hand, nobody lists"
+lab_stop_agent A
+
+lab_log "--grpc_socket_group lets that group in, and only it"
+lab_start_agent A --grpc_socket_group=nogroup
+[ "$(stat -c '%a %U:%G' "$RUN/A.sock")" = "660 root:nogroup" ] ||
+  lab_fail "socket: $(stat -c '%a %U:%G' "$RUN/A.sock")"
+as_user nogroup "$BIN_DIR/tunnelctl" --agent="unix:$RUN/A.sock" list >/dev/null ||
+  lab_fail "a member of nogroup cannot list"
+lab_ok "a member of the socket group lists"
+[ "$(connect_errno 12345)" = EACCES ] || lab_fail "gid 12345: connect says $(connect_errno 12345)"
+lab_ok "a user of another group is refused (EACCES)"
+lab_stop_agent A
+refused "--grpc_socket_group=no-such-group-here: no group named \"no-such-group-here\"" \
+  --grpc_socket_group=no-such-group-here
+refused "--grpc_socket_group needs a unix:/path --grpc_listen, not $ADDR" \
+  --grpc_listen="$ADDR" --insecure --grpc_socket_group=nogroup
 
 lab_log "TLS on $ADDR"
 WAIT_ARGS=("$ADDR" --ca "$PKI/ca.pem")
@@ -204,6 +277,11 @@ WAIT_ARGS=("$SOCK")
 rm -f "$RUN/A.sock"
 start_agent --auth_token_file="$RUN/token"   # ready: health answers without a token
 grep -q "(plaintext, bearer token required (health exempt))" "$RUN/A.log" || lab_fail "no token line in the log"
+# gRPC's own listener here (it enforces the token): the socket is restricted all the same.
+[ "$(stat -c '%F %a %U:%G' "$RUN/A.sock")" = "socket 660 root:root" ] ||
+  lab_fail "socket with a token: $(stat -c '%F %a %U:%G' "$RUN/A.sock")"
+[ "$(connect_errno nogroup)" = EACCES ] || lab_fail "nobody: connect says $(connect_errno nogroup)"
+lab_ok "with a token too, the socket is 660 root:root and nobody is refused"
 expect "UNAUTHENTICATED: missing or invalid bearer token" "$SOCK" list
 expect "UNAUTHENTICATED: missing or invalid bearer token" "$SOCK" --token wrong list
 expect "UNAUTHENTICATED: missing or invalid bearer token" "$SOCK" --token s3cret-toke list

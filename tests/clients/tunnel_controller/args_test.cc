@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -53,12 +54,21 @@ TEST(ArgsTest, Flags) {
   EXPECT_EQ(MustParse({"status", "-f", "f"}).command, Command::kStatus);
   EXPECT_EQ(MustParse({"help"}).command, Command::kHelp);
   EXPECT_EQ(MustParse({"--help"}).command, Command::kHelp);
+  EXPECT_EQ(MustParse({"-h"}).command, Command::kHelp);
+  // Help and version win over the rest of the line, the first of them given.
+  EXPECT_EQ(MustParse({"apply", "--bogus", "-h"}).command, Command::kHelp);
+  EXPECT_EQ(MustParse({"--help", "apply"}).command, Command::kHelp);
+  EXPECT_EQ(MustParse({"--version"}).command, Command::kVersion);
+  EXPECT_EQ(MustParse({"version"}).command, Command::kVersion);
+  EXPECT_EQ(MustParse({"run", "--version", "--help"}).command, Command::kVersion);
+  EXPECT_EQ(MustParse({"-h", "--version"}).command, Command::kHelp);
   EXPECT_EQ(MustParse({"run", "-f", "f", "--metrics_listen="}).metrics_listen, "");
 }
 
 TEST(ArgsTest, Errors) {
-  EXPECT_EQ(ErrorOf({}), "missing COMMAND (plan, apply, status, run, help)");
-  EXPECT_EQ(ErrorOf({"deploy"}), "unknown command \"deploy\" (plan, apply, status, run, help)");
+  EXPECT_EQ(ErrorOf({}), "missing COMMAND (plan, apply, status, run, help, version)");
+  EXPECT_EQ(ErrorOf({"deploy"}),
+            "unknown command \"deploy\" (plan, apply, status, run, help, version)");
   EXPECT_EQ(ErrorOf({"apply"}), "missing -f FILE");
   EXPECT_EQ(ErrorOf({"apply", "-f"}), "-f needs a value");
   EXPECT_EQ(ErrorOf({"apply", "-f", "a", "b"}), "unexpected argument \"b\"");
@@ -86,6 +96,25 @@ TEST(ArgsTest, Errors) {
   EXPECT_EQ(ErrorOf({"apply", "-f", "a", "--progress=fancy"}),
             "--progress: \"fancy\" is not auto, live or plain");
   EXPECT_EQ(ErrorOf({"apply", "-f", "a", "--owner"}), "--owner needs a value");
+}
+
+TEST(ArgsTest, VersionLine) {
+  EXPECT_EQ(VersionLine(), absl::StrCat("tunnel-controller ", TUNNEL_AGENT_VERSION, "\n"));
+  EXPECT_THAT(VersionLine(),
+              ::testing::MatchesRegex("tunnel-controller [0-9]+\\.[0-9]+\\.[0-9]+\n"));
+}
+
+TEST(ArgsTest, UsageListsFlagsCommandsAndExitStatus) {
+  const std::string usage = Usage();
+  for (const char* word : {"plan",          "apply",        "status",
+                           "run",           "help",         "version",
+                           "--prune",       "--interval",   "--metrics_listen",
+                           "--parallelism", "--timeout",    "--retries",
+                           "--owner",       "--progress",   "-h, --help",
+                           "--version",     "exit status:", "0  every node converged",
+                           "1  bad input",  "2  some node"}) {
+    EXPECT_THAT(usage, ::testing::HasSubstr(word));
+  }
 }
 
 }  // namespace

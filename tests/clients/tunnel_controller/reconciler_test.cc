@@ -3,10 +3,15 @@
 // parallelism, a failing node reported while the others converge; the reports and metrics.
 #include "clients/tunnel_controller/reconciler.h"
 
+#include <stdlib.h>
+
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -242,7 +247,7 @@ TEST_F(ReconcilerTest, ApplyThenNothingToDo) {
     EXPECT_EQ(r.up, 2);
     EXPECT_EQ(SummarizeChanges(r.changes), "2 created");
   }
-  EXPECT_EQ(ExitStatus(Operation::kApply, reports), kExitConverged);
+  EXPECT_EQ(ExitStatus(Operation::kApply, reports), kExitOk);
   const std::vector<v1::ApplyTunnelsRequest> applies = agents_["node2"]->applies();
   ASSERT_EQ(applies.size(), 1u);
   EXPECT_EQ(applies[0].owner(), "fleet");
@@ -281,7 +286,7 @@ TEST_F(ReconcilerTest, PlanIsADryRun) {
             "node2: 1 created\n"
             "  CREATE   tc-node1\n"
             "plan: 2 changes on 2/2 nodes\n");
-  EXPECT_EQ(ExitStatus(Operation::kPlan, reports), kExitConverged);
+  EXPECT_EQ(ExitStatus(Operation::kPlan, reports), kExitOk);
 }
 
 TEST_F(ReconcilerTest, RetriesKeepTheRequestId) {
@@ -310,7 +315,7 @@ TEST_F(ReconcilerTest, GivesUpAfterTheRetries) {
   EXPECT_EQ(r.error, "ApplyTunnels: UNAVAILABLE: down (after 4 attempts)");
   EXPECT_TRUE(ReportOf(reports, "node1").ok);
   EXPECT_TRUE(ReportOf(reports, "node3").ok);
-  EXPECT_EQ(ExitStatus(Operation::kApply, reports), kExitNodeFailed);
+  EXPECT_EQ(ExitStatus(Operation::kApply, reports), kExitAgentFailed);
   EXPECT_THAT(FormatChanges(Operation::kApply, reports, absl::Seconds(2)),
               HasSubstr("node2: FAILED: ApplyTunnels: UNAVAILABLE: down (after 4 attempts)\n"));
   EXPECT_THAT(FormatChanges(Operation::kApply, reports, absl::Seconds(2)),
@@ -398,7 +403,7 @@ TEST_F(ReconcilerTest, StatusDriftExtraAndState) {
   const NodeReport& n2 = ReportOf(reports, "node2");
   EXPECT_TRUE(n2.converged);  // down is not drift
   EXPECT_EQ(n2.up, 1);
-  EXPECT_EQ(ExitStatus(Operation::kStatus, reports), kExitNodeFailed);
+  EXPECT_EQ(ExitStatus(Operation::kStatus, reports), kExitAgentFailed);
   EXPECT_TRUE(agents_["node1"]->applies().back().prune());
   EXPECT_TRUE(agents_["node1"]->applies().back().dry_run());
   EXPECT_TRUE(agents_["node1"]->tunnels().count("tc-old"));  // a dry run
@@ -415,7 +420,7 @@ TEST_F(ReconcilerTest, StatusDriftExtraAndState) {
   reports = Reconcile(plan_, handles_, Options(Operation::kApply));
   EXPECT_THAT(ReportOf(reports, "node1").extra, ElementsAre("tc-old"));
   EXPECT_FALSE(ReportOf(reports, "node1").converged);
-  EXPECT_EQ(ExitStatus(Operation::kApply, reports), kExitConverged);
+  EXPECT_EQ(ExitStatus(Operation::kApply, reports), kExitOk);
   ReconcileOptions prune = Options(Operation::kApply);
   prune.prune = true;
   reports = Reconcile(plan_, handles_, prune);
@@ -443,6 +448,180 @@ TEST_F(ReconcilerTest, StopEndsTheRetries) {
   stopper.join();
   EXPECT_FALSE(reports[0].ok);
   EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+}
+
+// ---- Main: the whole invocation and its exit status ----------------------------------------
+
+// Two fake agents on unix sockets named by a fleet file, and Main run as the binary runs it.
+class ControllerMainTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char dir[] = "/tmp/tunnel_controller_test_XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    dir_ = dir;
+    for (const char* node : {"a", "b"}) {
+      auto agent = std::make_unique<FakeAgent>();
+      grpc::ServerBuilder builder;
+      builder.AddListeningPort(absl::StrCat("unix:", dir_, "/", node, ".sock"),
+                               grpc::InsecureServerCredentials());
+      builder.RegisterService(agent.get());
+      servers_.push_back(builder.BuildAndStart());
+      ASSERT_NE(servers_.back(), nullptr);
+      agents_[node] = std::move(agent);
+    }
+  }
+
+  void TearDown() override {
+    for (auto& s : servers_) s->Shutdown();
+    std::filesystem::remove_all(dir_);
+  }
+
+  // Writes `content` as a file of the test's directory; returns its path.
+  std::string Write(const std::string& name, const std::string& content) {
+    const std::string path = absl::StrCat(dir_, "/", name);
+    std::ofstream(path) << content;
+    return path;
+  }
+
+  // A fleet of the two agents and, with `extra`, a third node whose socket does not exist.
+  std::string Fleet(bool extra = false) {
+    std::string nodes =
+        absl::StrCat("  - {name: a, agent: \"unix:", dir_, "/a.sock\", underlay: 198.18.0.1}\n",
+                     "  - {name: b, agent: \"unix:", dir_, "/b.sock\", underlay: 198.18.0.2}\n");
+    if (extra) {
+      absl::StrAppend(&nodes, "  - {name: c, agent: \"unix:", dir_,
+                      "/nosuch.sock\", underlay: 198.18.0.3}\n");
+    }
+    return Write("fleet.yaml", absl::StrCat("defaults: {innerPool: 10.0.0.0/24}\nnodes:\n", nodes,
+                                            "topology: {type: mesh}\n"));
+  }
+
+  int RunMain(std::vector<std::string> args) {
+    out_.str("");
+    err_.str("");
+    return Main(args, out_, err_, /*err_fd=*/-1, /*stop=*/nullptr, [this] { ++before_run_; });
+  }
+
+  size_t Calls() {
+    size_t n = 0;
+    for (auto& [node, agent] : agents_) n += agent->tokens().size();
+    return n;
+  }
+
+  std::string dir_;
+  std::map<std::string, std::unique_ptr<FakeAgent>> agents_;
+  std::vector<std::unique_ptr<grpc::Server>> servers_;
+  std::ostringstream out_;
+  std::ostringstream err_;
+  int before_run_ = 0;
+};
+
+// The convention itself, as scripts see it.
+TEST(ExitCodeTest, Values) {
+  EXPECT_EQ(kExitOk, 0);
+  EXPECT_EQ(kExitBadInput, 1);
+  EXPECT_EQ(kExitAgentFailed, 2);
+}
+
+TEST_F(ControllerMainTest, HelpAndVersionAreZero) {
+  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
+           {"--help"}, {"-h"}, {"help"}, {"apply", "-f", "x", "--bogus", "--help"}}) {
+    SCOPED_TRACE(args[0]);
+    EXPECT_EQ(RunMain(args), kExitOk);
+    EXPECT_EQ(out_.str(), Usage());
+    EXPECT_EQ(err_.str(), "");
+  }
+  for (std::vector<std::string> args :
+       std::vector<std::vector<std::string>>{{"--version"}, {"version"}, {"plan", "--version"}}) {
+    SCOPED_TRACE(args[0]);
+    EXPECT_EQ(RunMain(args), kExitOk);
+    EXPECT_EQ(out_.str(), absl::StrCat("tunnel-controller ", TUNNEL_AGENT_VERSION, "\n"));
+    EXPECT_EQ(err_.str(), "");
+  }
+  EXPECT_EQ(before_run_, 0);
+  EXPECT_THAT(Usage(), HasSubstr("exit status:"));
+  EXPECT_THAT(Usage(), HasSubstr("1  bad input"));
+  EXPECT_THAT(Usage(), HasSubstr("--version"));
+}
+
+TEST_F(ControllerMainTest, BadInputIsOneAndSendsNothing) {
+  const std::string fleet = Fleet();
+  const std::string bad_yaml = Write("bad.yaml", "nodes: [\n");
+  const std::string bad_address = Write(
+      "addr.yaml", absl::StrCat("defaults: {innerPool: 10.0.0.0/24}\nnodes:\n",
+                                "  - {name: a, agent: \"unix:", dir_,
+                                "/a.sock\", underlay: 300.1.1.1}\n", "topology: {type: mesh}\n"));
+  const std::string bad_token = Write(
+      "token.yaml", absl::StrCat("defaults: {innerPool: 10.0.0.0/24}\nnodes:\n",
+                                 "  - {name: a, agent: \"unix:", dir_,
+                                 "/a.sock\", underlay: 198.18.0.1, tokenFile: /nonexistent/t}\n",
+                                 "topology: {type: mesh}\n"));
+  const std::vector<std::vector<std::string>> kCases = {
+      {},
+      {"deploy", "-f", fleet},
+      {"apply"},
+      {"apply", "-f", fleet, "--bogus"},
+      {"apply", "-f", fleet, "--parallelism=0"},
+      {"status", "-f", fleet, "--prune"},
+      {"apply", "-f", dir_ + "/missing.yaml"},
+      {"apply", "-f", bad_yaml},
+      {"plan", "-f", bad_address},
+      {"apply", "-f", bad_token},
+  };
+  for (const std::vector<std::string>& args : kCases) {
+    SCOPED_TRACE(args.empty() ? "(none)" : absl::StrCat(args[0], " ", args.back()));
+    EXPECT_EQ(RunMain(args), kExitBadInput);
+    EXPECT_THAT(err_.str(), ::testing::StartsWith("tunnel-controller: "));
+    EXPECT_EQ(out_.str(), "");
+  }
+  EXPECT_EQ(Calls(), 0u);
+}
+
+TEST_F(ControllerMainTest, ConvergedIsZero) {
+  const std::string fleet = Fleet();
+  ASSERT_EQ(RunMain({"apply", "-f", fleet, "--progress=plain"}), kExitOk) << err_.str();
+  EXPECT_EQ(agents_["a"]->applies().size(), 1u);
+  EXPECT_EQ(agents_["b"]->applies().size(), 1u);
+  EXPECT_EQ(before_run_, 1);
+  EXPECT_EQ(RunMain({"status", "-f", fleet, "--progress=plain"}), kExitOk) << out_.str();
+}
+
+// Whatever the node's reason, a refusal is 2; a node differing from the file is too.
+TEST_F(ControllerMainTest, RefusalAndDriftAreTwo) {
+  const std::string fleet = Fleet();
+  for (grpc::StatusCode code :
+       {grpc::StatusCode::INVALID_ARGUMENT, grpc::StatusCode::ALREADY_EXISTS,
+        grpc::StatusCode::NOT_FOUND, grpc::StatusCode::FAILED_PRECONDITION,
+        grpc::StatusCode::PERMISSION_DENIED}) {
+    const std::string name = clients::StatusCodeName(code);
+    SCOPED_TRACE(name);
+    agents_["a"]->FailNext({grpc::Status(code, "refused")});
+    EXPECT_EQ(RunMain({"apply", "-f", fleet, "--progress=plain", "--retries=0"}), kExitAgentFailed);
+    EXPECT_THAT(out_.str(), HasSubstr(absl::StrCat("a: FAILED: ApplyTunnels: ", name)));
+  }
+  // Once converged, another owner's tunnel is no drift; one of the controller's own that the
+  // file does not list is.
+  ASSERT_EQ(RunMain({"apply", "-f", fleet, "--progress=plain"}), kExitOk) << out_.str();
+  agents_["b"]->Add(MakeTunnel("extra", "198.18.0.9"));
+  EXPECT_EQ(RunMain({"status", "-f", fleet, "--progress=plain"}), kExitOk) << out_.str();
+  v1::Tunnel mine = MakeTunnel("stale", "198.18.0.9");
+  (*mine.mutable_labels())["owner"] = kDefaultOwner;
+  agents_["b"]->Add(mine);
+  EXPECT_EQ(RunMain({"status", "-f", fleet, "--progress=plain"}), kExitAgentFailed) << out_.str();
+  EXPECT_THAT(out_.str(), HasSubstr("stale"));
+}
+
+// A node with no agent behind its address (a unix socket that does not exist: no network).
+TEST_F(ControllerMainTest, UnreachableIsTwo) {
+  const std::string fleet = Fleet(/*extra=*/true);
+  const absl::Time start = absl::Now();
+  EXPECT_EQ(RunMain({"apply", "-f", fleet, "--progress=plain", "--retries=0", "--timeout=2"}),
+            kExitAgentFailed);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  EXPECT_THAT(out_.str(), HasSubstr("c: FAILED: ApplyTunnels: UNAVAILABLE"));
+  // The others converged all the same.
+  EXPECT_EQ(agents_["a"]->applies().size(), 1u);
+  EXPECT_EQ(agents_["b"]->applies().size(), 1u);
 }
 
 TEST(BackoffTest, DoublesUpToTheCap) {

@@ -74,12 +74,12 @@ TEST(ApplyFileTest, BothShapes) {
        R"pb(owner: "o"
             tunnels { name: "a" })pb"},
       {"bare array",
-       "\n  [{\"name\": \"a\", \"mode\": \"TUNNEL_MODE_IPIP\", \"remote\": \"r\"},\n"
+       "\n  [{\"name\": \"a\", \"mode\": \"TUNNEL_MODE_IPIP\", \"remote\": \"198.18.0.2\"},\n"
        "   {\"name\": \"b\", \"mtu\": 1400}]\n",
        {"fleet", true, false, ""},
        R"pb(owner: "fleet"
             prune: true
-            tunnels { name: "a" mode: TUNNEL_MODE_IPIP remote: "r" }
+            tunnels { name: "a" mode: TUNNEL_MODE_IPIP remote: "198.18.0.2" }
             tunnels { name: "b" mtu: 1400 })pb"},
       {"empty array", "[]", {"fleet", false, false, ""}, R"pb(owner: "fleet")pb"},
       // `tunnelctl -o json list` output can be applied: status is output only.
@@ -143,6 +143,23 @@ TEST(ApplyFileTest, ErrorsNameTheFileAndTheProblem) {
        R"([{"name": "a", "key": -1}])",
        {"o", false, false, ""},
        "([0].key): invalid value -1"},
+      // Addresses are checked as the command line checks them: bad input, not the agent's.
+      {"bad remote",
+       R"([{"name": "a", "remote": "198.18.0.2"}, {"name": "b", "remote": "300.1.1.1"}])",
+       {"o", false, false, ""},
+       "apply: t.json: tunnels[1] (b): invalid remote '300.1.1.1'"},
+      {"bad local",
+       R"({"owner": "o", "tunnels": [{"name": "a", "local": "any"}]})",
+       {},
+       "apply: t.json: tunnels[0] (a): invalid local 'any'"},
+      {"bad address",
+       R"([{"name": "a", "addresses": ["10.0.0.1/30", "10.0.0.5/33"]}])",
+       {"o", false, false, ""},
+       "apply: t.json: tunnels[0] (a): invalid addresses[1] '10.0.0.5/33'"},
+      {"bad route, on one line",
+       R"([{"name": "a\nb", "routes": ["10.2.0.0\n/16"]}])",
+       {"o", false, false, ""},
+       "apply: t.json: tunnels[0] (a b): invalid routes[0] '10.2.0.0 /16'"},
       {"array without --owner",
        R"([{"name": "a"}])",
        {},

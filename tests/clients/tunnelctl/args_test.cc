@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "clients/tunnelctl/output.h"
@@ -125,6 +126,24 @@ TEST(ParseArgsTest, GoodCommands) {
       // --help wins over errors elsewhere on the line.
       {"create t1 mode bogus --help", Verb::kHelp, "", ""},
       {"bogus -h", Verb::kHelp, "", ""},
+      {"--version", Verb::kVersion, "", ""},
+      {"version", Verb::kVersion, "", ""},
+      // Like --help: wins over the rest of the line, the first of the two given counts.
+      {"create t1 mode bogus --version", Verb::kVersion, "", ""},
+      {"--version --help", Verb::kVersion, "", ""},
+      {"-h --version", Verb::kHelp, "", ""},
+      // After "--" it is a name, not a flag.
+      {"get -- --version", Verb::kGet, "--version", ""},
+      // Addresses as the agent reads them: IPv6, a bare address as a host prefix, /0.
+      {"create t1 mode ip6gre remote fd00::2 local fd00::1 address fd00:1::1 route ::/0 "
+       "route 10.0.0.0/0 route 198.18.0.0/32",
+       Verb::kCreate, "t1",
+       R"pb(name: "t1"
+            mode: TUNNEL_MODE_IP6GRE
+            remote: "fd00::2"
+            local: "fd00::1"
+            addresses: "fd00:1::1"
+            routes: [ "::/0", "10.0.0.0/0", "198.18.0.0/32" ])pb"},
   };
   for (const GoodCase& c : kCases) {
     SCOPED_TRACE(c.args);
@@ -268,6 +287,70 @@ TEST(ParseArgsTest, Flags) {
     EXPECT_EQ(command->output, c.output);
     EXPECT_EQ(command->timeout.count(), c.timeout.count());
   }
+}
+
+// The agent's own default listener, so that tunnelctl on the node needs no --agent.
+TEST(ParseArgsTest, DefaultAgentIsTheAgentsUnixSocket) {
+  absl::StatusOr<Command> command = ParseArgs(Split("list"), Environment());
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->agent, "unix:/run/tunnel-agent/agent.sock");
+  // $TUNNELCTL_AGENT replaces it, --agent replaces both.
+  Environment env;
+  env.agent = "unix:/tmp/other.sock";
+  command = ParseArgs(Split("list"), env);
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->agent, "unix:/tmp/other.sock");
+  command = ParseArgs(Split("--agent=127.0.0.1:50051 list"), env);
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->agent, "127.0.0.1:50051");
+}
+
+// A bad address is bad input found before anything is sent, as any other bad argument.
+TEST(ParseArgsTest, BadAddresses) {
+  struct AddressCase {
+    std::string args;
+    std::string error;  // expected substring of the message
+  };
+  const AddressCase kCases[] = {
+      {"create t1 mode gre remote 300.1.1.1",
+       "create: invalid remote '300.1.1.1' (want an IPv4 or IPv6 address"},
+      {"create t1 mode gre remote 1.2.3", "create: invalid remote '1.2.3'"},
+      {"create t1 mode gre remote 198.18.0.2/32", "create: invalid remote '198.18.0.2/32'"},
+      {"create t1 mode gre remote peer.example", "create: invalid remote 'peer.example'"},
+      {"create t1 mode gre remote fd00::2%eth0", "create: invalid remote 'fd00::2%eth0'"},
+      {"create t1 mode gre remote 198.18.0.2 local 198.18.0.256",
+       "create: invalid local '198.18.0.256'"},
+      {"create t1 mode gre remote 198.18.0.2 address 10.9.0.1/33",
+       "create: invalid address '10.9.0.1/33' (want ADDRESS/LENGTH"},
+      {"create t1 mode gre remote 198.18.0.2 address 10.9.0.1/", "invalid address '10.9.0.1/'"},
+      {"create t1 mode gre remote 198.18.0.2 address 10.9.0.1/a", "invalid address '10.9.0.1/a'"},
+      {"create t1 mode gre remote 198.18.0.2 address 10.9.0.1/-1", "invalid address '10.9.0.1/-1'"},
+      // iproute2 reads a leading 0 as octal: refused rather than read differently.
+      {"create t1 mode gre remote 198.18.0.2 route 10.2.0.0/016", "invalid route '10.2.0.0/016'"},
+      {"create t1 mode gre remote 198.18.0.2 route fd00::/129", "invalid route 'fd00::/129'"},
+      {"create t1 mode gre remote 198.18.0.2 route 10.2.0.0/16/1", "invalid route '10.2.0.0/16/1'"},
+      {"create t1 mode gre remote 198.18.0.2 route /16", "invalid route '/16'"},
+      {"update t1 remote 10.0.0.999", "update: invalid remote '10.0.0.999'"},
+      {"update t1 route 10.0.0.0/8 route default", "update: invalid route 'default'"},
+  };
+  for (const AddressCase& c : kCases) {
+    SCOPED_TRACE(c.args);
+    absl::StatusOr<Command> command = ParseArgs(Split(c.args), "");
+    ASSERT_FALSE(command.ok());
+    EXPECT_EQ(command.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(command.status().message(), HasSubstr(c.error));
+  }
+  // inet_pton reads up to a NUL: text after one must not slip through.
+  EXPECT_FALSE(CheckAddress("remote", absl::string_view("198.18.0.2\0junk", 15)).ok());
+  EXPECT_FALSE(CheckPrefix("route", absl::string_view("10.0.0.0\0/8", 11)).ok());
+  EXPECT_FALSE(CheckAddress("remote", std::string(100, '1')).ok());
+  EXPECT_TRUE(CheckAddress("remote", "::ffff:198.18.0.2").ok());
+  EXPECT_TRUE(CheckPrefix("route", "fd00::/128").ok());
+}
+
+TEST(VersionTest, NamesTheProgramAndTheProjectVersion) {
+  EXPECT_EQ(VersionLine(), absl::StrCat("tunnelctl ", TUNNEL_AGENT_VERSION, "\n"));
+  EXPECT_THAT(VersionLine(), ::testing::MatchesRegex("tunnelctl [0-9]+\\.[0-9]+\\.[0-9]+\n"));
 }
 
 // ---- bad commands -------------------------------------------------------------------------
@@ -494,7 +577,8 @@ TEST(ParseArgsTest, UpdateBuildsTheMaskFromTheKeywordsGiven) {
             labels { key: "env" value: "b" })pb",
        "labels"},
       {"update t1 mtu 1400 --etag 17 --request-id r1", R"pb(name: "t1" mtu: 1400)pb", "mtu"},
-      {"update t1 mode gre local 192.0.2.1 remote 192.0.2.2 key 0 mtu 9000 address a route r "
+      {"update t1 mode gre local 192.0.2.1 remote 192.0.2.2 key 0 mtu 9000 address 10.0.0.1/30 "
+       "route 10.2.0.0/16 "
        "label k=v",
        R"pb(name: "t1"
             mode: TUNNEL_MODE_GRE
@@ -502,8 +586,8 @@ TEST(ParseArgsTest, UpdateBuildsTheMaskFromTheKeywordsGiven) {
             remote: "192.0.2.2"
             key: 0
             mtu: 9000
-            addresses: "a"
-            routes: "r"
+            addresses: "10.0.0.1/30"
+            routes: "10.2.0.0/16"
             labels { key: "k" value: "v" })pb",
        "mode,local,remote,key,mtu,addresses,routes,labels"},
   };
@@ -776,7 +860,13 @@ TEST(UsageTest, NamesEveryVerbAndFlag) {
                            "--tls_server_name",
                            "--token_file",
                            "$TUNNELCTL_TOKEN",
-                           "$TUNNELCTL_AGENT"}) {
+                           "$TUNNELCTL_AGENT",
+                           "unix:/run/tunnel-agent/agent.sock",
+                           "version",
+                           "--version",
+                           "Exit status",
+                           "1  bad input",
+                           "2  the agent refused"}) {
     EXPECT_THAT(usage, HasSubstr(word));
   }
   // Fits a terminal.

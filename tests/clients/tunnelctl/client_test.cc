@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -15,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
@@ -256,7 +258,7 @@ TEST_F(ClientTest, UnavailableIsRetriedOnceWithTheSameId) {
 
 TEST_F(ClientTest, UnavailableTwiceFails) {
   agent_.FailNext({kUnavailable, kUnavailable});
-  EXPECT_EQ(Run("create t1 mode gre remote 192.0.2.2 --request-id mine"), kExitFailed);
+  EXPECT_EQ(Run("create t1 mode gre remote 192.0.2.2 --request-id mine"), kExitAgentFailed);
   ASSERT_EQ(agent_.creates.size(), 2u);
   EXPECT_EQ(agent_.creates[0].request_id(), "mine");
   EXPECT_EQ(agent_.creates[1].request_id(), "mine");
@@ -283,7 +285,7 @@ TEST_F(ClientTest, NoRetryWhileTheChannelCannotConnect) {
       grpc::CreateChannel("unix:/nonexistent/agent.sock", grpc::InsecureChannelCredentials());
   agent_.FailNext({kUnavailable});
   auto start = std::chrono::steady_clock::now();
-  EXPECT_EQ(Run("--timeout 0.2 delete t1"), kExitFailed);
+  EXPECT_EQ(Run("--timeout 0.2 delete t1"), kExitAgentFailed);
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
   EXPECT_EQ(agent_.deletes.size(), 1u);
   EXPECT_EQ(err(), "tunnelctl: DeleteTunnel: UNAVAILABLE: connection reset\n");
@@ -291,7 +293,7 @@ TEST_F(ClientTest, NoRetryWhileTheChannelCannotConnect) {
 
 TEST_F(ClientTest, OtherErrorsAreNotRetried) {
   agent_.FailNext({grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "tunnel t1 already exists")});
-  EXPECT_EQ(Run("create t1 mode gre remote 192.0.2.2"), kExitFailed);
+  EXPECT_EQ(Run("create t1 mode gre remote 192.0.2.2"), kExitAgentFailed);
   EXPECT_EQ(agent_.creates.size(), 1u);
   EXPECT_EQ(err(), "tunnelctl: CreateTunnel: ALREADY_EXISTS: tunnel t1 already exists\n");
 }
@@ -332,7 +334,7 @@ TEST_F(ClientTest, UpdateJsonIsTheResponse) {
 
 TEST_F(ClientTest, UpdateAbortedOnStaleEtag) {
   agent_.FailNext({grpc::Status(grpc::StatusCode::ABORTED, "etag e0 is stale (now e1)")});
-  EXPECT_EQ(Run("update t1 mtu 1400 --etag e0"), kExitFailed);
+  EXPECT_EQ(Run("update t1 mtu 1400 --etag e0"), kExitAgentFailed);
   EXPECT_EQ(err(), "tunnelctl: UpdateTunnel: ABORTED: etag e0 is stale (now e1)\n");
 }
 
@@ -391,7 +393,7 @@ TEST_F(ClientTest, ListJsonIsOneDocumentWithoutToken) {
 TEST_F(ClientTest, ListStopsOnARepeatedToken) {
   agent_.pages[""] = FromText<v1::ListTunnelsResponse>(R"pb(next_page_token: "p")pb");
   agent_.pages["p"] = FromText<v1::ListTunnelsResponse>(R"pb(next_page_token: "p")pb");
-  EXPECT_EQ(Run("list"), kExitFailed);
+  EXPECT_EQ(Run("list"), kExitAgentFailed);
   EXPECT_THAT(err(), HasSubstr("same page token twice"));
   EXPECT_THAT(out(), IsEmpty());
 }
@@ -444,20 +446,20 @@ TEST_F(ClientTest, WatchJsonIsOneObjectPerLine) {
 TEST_F(ClientTest, WatchFailsWhenTheStreamBreaks) {
   agent_.watch_events = SampleEvents();
   agent_.watch_end = grpc::Status(grpc::StatusCode::UNAVAILABLE, "agent shutting down");
-  EXPECT_EQ(Run("watch"), kExitFailed);
+  EXPECT_EQ(Run("watch"), kExitAgentFailed);
   EXPECT_EQ(out(), "5 EXISTING a up\n5 SYNCED - -\n6 ADDED b unknown\n7 DELETED a unknown\n");
   EXPECT_EQ(err(), "tunnelctl: WatchTunnels: UNAVAILABLE: agent shutting down (last revision 7)\n");
 }
 
 TEST_F(ClientTest, WatchFailsWhenTheAgentEndsTheStream) {
   agent_.watch_end = grpc::Status::OK;
-  EXPECT_EQ(Run("watch --since 3 --count 10"), kExitFailed);
+  EXPECT_EQ(Run("watch --since 3 --count 10"), kExitAgentFailed);
   EXPECT_EQ(err(), "tunnelctl: WatchTunnels: the agent ended the stream (last revision 3)\n");
 }
 
 TEST_F(ClientTest, WatchUnimplemented) {
   agent_.watch_end = grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "");
-  EXPECT_EQ(Run("watch"), kExitFailed);
+  EXPECT_EQ(Run("watch"), kExitAgentFailed);
   EXPECT_THAT(err(), HasSubstr("WatchTunnels: UNIMPLEMENTED: the agent does not implement"));
 }
 
@@ -522,7 +524,7 @@ TEST_F(ClientTest, Info) {
   EXPECT_THAT(out(), StartsWith("version: 0.2.0\n"));
   EXPECT_THAT(out(), HasSubstr("\nrevision: 77\n"));
   agent_.info_unimplemented = true;
-  EXPECT_EQ(Run("info"), kExitFailed);
+  EXPECT_EQ(Run("info"), kExitAgentFailed);
   EXPECT_THAT(err(), StartsWith("tunnelctl: GetAgentInfo: UNIMPLEMENTED"));
 }
 
@@ -658,6 +660,161 @@ TEST(LoadInputsTest, TlsWithPemFiles) {
       LoadInputs(Parsed({"--tls_ca", pem.path(), "--tls_server_name", "agent", "info"}), in);
   ASSERT_TRUE(inputs.ok()) << inputs.status();
   EXPECT_NE(inputs->credentials, nullptr);
+}
+
+// ---- Main: the whole invocation and its exit status ----------------------------------------
+
+// Main against the fake agent on its unix socket, as the binary runs: parsing, files, the
+// channel and the call. Every outcome is one of three exit codes.
+class MainTest : public ClientTest {
+ protected:
+  int RunMain(const std::string& args, const std::string& stdin_text = "") {
+    std::vector<std::string> argv = absl::StrSplit(args, ' ', absl::SkipEmpty());
+    std::istringstream in(stdin_text);
+    out_.str("");
+    err_.str("");
+    Process process;
+    process.in = &in;
+    process.out = &out_;
+    process.err = &err_;
+    process.env = env_;
+    process.new_request_id = [] { return std::string("main-id"); };
+    process.before_watch = [this] { ++before_watch_calls_; };
+    return Main(argv, process);
+  }
+
+  // The calls the agent received, of any method.
+  size_t Calls() const { return agent_.authorization.size(); }
+  std::string Agent() const { return "--agent=" + socket_; }
+
+  Environment env_;
+  int before_watch_calls_ = 0;
+};
+
+// The convention itself, as scripts see it.
+TEST(ExitCodeTest, Values) {
+  EXPECT_EQ(kExitOk, 0);
+  EXPECT_EQ(kExitBadInput, 1);
+  EXPECT_EQ(kExitAgentFailed, 2);
+}
+
+TEST_F(MainTest, SuccessIsZero) {
+  agent_.pages[""] = FromText<v1::ListTunnelsResponse>(R"pb(tunnels { name: "a" })pb");
+  ASSERT_EQ(RunMain(Agent() + " list"), kExitOk) << err();
+  EXPECT_THAT(out(), HasSubstr("\na "));
+  EXPECT_THAT(err(), IsEmpty());
+  ASSERT_EQ(RunMain(Agent() + " create t1 mode gre remote 198.18.0.2"), kExitOk) << err();
+  ASSERT_EQ(agent_.creates.size(), 1u);
+  EXPECT_EQ(agent_.creates[0].request_id(), "main-id");
+  EXPECT_EQ(before_watch_calls_, 0);
+}
+
+// $TUNNELCTL_AGENT still replaces the default, and --agent replaces it.
+TEST_F(MainTest, AgentFromTheEnvironment) {
+  agent_.pages[""] = v1::ListTunnelsResponse();
+  env_.agent = socket_;
+  ASSERT_EQ(RunMain("list"), kExitOk) << err();
+  EXPECT_EQ(Calls(), 1u);
+  env_.agent = "unix:/nonexistent/tunnelctl_test.sock";
+  ASSERT_EQ(RunMain(Agent() + " list"), kExitOk) << err();
+  EXPECT_EQ(Calls(), 2u);
+}
+
+TEST_F(MainTest, HelpAndVersionAreZeroAndContactNoAgent) {
+  for (const char* args : {"--help", "-h", "help", "list --help", "create t1 --bogus -h"}) {
+    SCOPED_TRACE(args);
+    ASSERT_EQ(RunMain(Agent() + " " + args), kExitOk);
+    EXPECT_EQ(out(), Usage());
+    EXPECT_THAT(err(), IsEmpty());
+  }
+  for (const char* args : {"--version", "version", "list --version"}) {
+    SCOPED_TRACE(args);
+    ASSERT_EQ(RunMain(Agent() + " " + args), kExitOk);
+    EXPECT_EQ(out(), absl::StrCat("tunnelctl ", TUNNEL_AGENT_VERSION, "\n"));
+    EXPECT_THAT(err(), IsEmpty());
+  }
+  EXPECT_EQ(Calls(), 0u);
+}
+
+struct BadInputMainCase {
+  std::string args;
+  std::string stdin_text;
+  std::string error;  // the one line on stderr starts with this
+};
+
+TEST_F(MainTest, BadInputIsOneAndSendsNothing) {
+  TempFile empty_token("\n");
+  const BadInputMainCase kCases[] = {
+      {"bogus", "", "tunnelctl: unknown command 'bogus'"},
+      {"--bogus list", "", "tunnelctl: unknown flag '--bogus'"},
+      {"", "", "tunnelctl: missing command"},
+      {"create t1 mode gre", "", "tunnelctl: create: missing 'remote'"},
+      {"create t1 mode gre remote 300.1.1.1", "", "tunnelctl: create: invalid remote '300.1.1.1'"},
+      {"create t1 mode gre remote 198.18.0.2 address 10.9.0.1/33", "",
+       "tunnelctl: create: invalid address '10.9.0.1/33'"},
+      {"update t1 route 10.0.0.0/40", "", "tunnelctl: update: invalid route '10.0.0.0/40'"},
+      {"--timeout=0 list", "", "tunnelctl: invalid timeout '0'"},
+      {"apply -f - --owner o", "{\"tunnels\": [", "tunnelctl: apply: stdin"},
+      {"apply -f - --owner o", "not json", "tunnelctl: apply: stdin: not JSON"},
+      {"apply -f - --owner o", R"([{"name": "t1", "remote": "300.1.1.1"}])",
+       "tunnelctl: apply: stdin: tunnels[0] (t1): invalid remote '300.1.1.1'"},
+      {"apply -f /nonexistent/tunnelctl_test.json --owner o", "",
+       "tunnelctl: apply: cannot read /nonexistent/tunnelctl_test.json"},
+      {"--token_file " + empty_token.path() + " list", "", "tunnelctl: --token_file"},
+  };
+  for (const BadInputMainCase& c : kCases) {
+    SCOPED_TRACE(c.args);
+    EXPECT_EQ(RunMain(Agent() + " " + c.args, c.stdin_text), kExitBadInput);
+    EXPECT_THAT(err(), StartsWith(c.error));
+    EXPECT_THAT(out(), IsEmpty());
+  }
+  EXPECT_EQ(Calls(), 0u);
+}
+
+// Whatever the agent's reason, a refusal is 2, with the code on one line.
+TEST_F(MainTest, RefusalIsTwo) {
+  const grpc::StatusCode kCodes[] = {
+      grpc::StatusCode::INVALID_ARGUMENT,   grpc::StatusCode::ALREADY_EXISTS,
+      grpc::StatusCode::NOT_FOUND,          grpc::StatusCode::FAILED_PRECONDITION,
+      grpc::StatusCode::PERMISSION_DENIED,  grpc::StatusCode::UNAUTHENTICATED,
+      grpc::StatusCode::RESOURCE_EXHAUSTED, grpc::StatusCode::ABORTED,
+      grpc::StatusCode::INTERNAL,           grpc::StatusCode::DEADLINE_EXCEEDED,
+  };
+  for (grpc::StatusCode code : kCodes) {
+    const std::string name = clients::StatusCodeName(code);
+    SCOPED_TRACE(name);
+    agent_.FailNext({grpc::Status(code, "refused: reason\nsecond line")});
+    EXPECT_EQ(RunMain(Agent() + " create t1 mode gre remote 198.18.0.2"), kExitAgentFailed);
+    EXPECT_EQ(err(), "tunnelctl: CreateTunnel: " + name + ": refused: reason second line\n");
+    EXPECT_THAT(out(), IsEmpty());
+  }
+  agent_.FailNext({grpc::Status(grpc::StatusCode::NOT_FOUND, "no tunnel t9")});
+  EXPECT_EQ(RunMain(Agent() + " delete t9"), kExitAgentFailed);
+  EXPECT_THAT(err(), HasSubstr("NOT_FOUND"));
+  agent_.FailNext({grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tunnels[0].remote")});
+  EXPECT_EQ(RunMain(Agent() + " apply -f - --owner o", R"([{"name": "t1"}])"), kExitAgentFailed);
+  EXPECT_THAT(err(), HasSubstr("ApplyTunnels: INVALID_ARGUMENT"));
+}
+
+// No agent behind the address (a unix socket path that does not exist: no network is used).
+TEST_F(MainTest, UnreachableIsTwo) {
+  const std::string nowhere =
+      "unix:/tmp/tunnelctl_test_" + std::to_string(getpid()) + "_nosuchdir/agent.sock";
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(RunMain("--agent=" + nowhere + " --timeout=3 list"), kExitAgentFailed);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  EXPECT_THAT(err(), StartsWith("tunnelctl: ListTunnels: UNAVAILABLE"));
+  const std::string error = err();
+  EXPECT_EQ(std::count(error.begin(), error.end(), '\n'), 1) << error;
+  EXPECT_THAT(out(), IsEmpty());
+}
+
+// The signal hook runs for a watch only, before the call.
+TEST_F(MainTest, WatchArmsTheSignalHook) {
+  agent_.watch_events = {FromText<v1::TunnelEvent>(R"pb(type: SYNCED revision: 3)pb")};
+  ASSERT_EQ(RunMain(Agent() + " watch --count=1"), kExitOk) << err();
+  EXPECT_EQ(before_watch_calls_, 1);
+  EXPECT_EQ(out(), "3 SYNCED - -\n");
 }
 
 // ---- request ids --------------------------------------------------------------------------

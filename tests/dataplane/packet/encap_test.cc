@@ -654,3 +654,167 @@ TEST(FouTest, UdpPayloadsDecapsulate) {
 
 }  // namespace
 }  // namespace tunnelagent::dataplane
+
+namespace tunnelagent::dataplane {
+namespace {
+
+// ---- Loop check -----------------------------------------------------------------------------
+
+const OuterAddress kLocal6 =
+    OuterAddress::FromIpv6(test::Hex("20 01 0d b8 00 00 00 00 00 00 00 00 00 00 00 01").data());
+const OuterAddress kRemote6 =
+    OuterAddress::FromIpv6(test::Hex("20 01 0d b8 00 00 00 00 00 00 00 00 00 00 00 02").data());
+
+struct LoopCase {
+  std::string name;
+  EncapParams params;
+  Bytes inner;  // what the device gave: an IP packet, or a frame in Ethernet modes
+};
+void PrintTo(const LoopCase& c, std::ostream* os) { *os << c.name; }
+
+class LoopCheckTest : public ::testing::TestWithParam<LoopCase> {
+ protected:
+  // The tunnel's own outer packet for `inner`, as the host would hand it back to the device: the
+  // IP packet itself, or (Ethernet modes) in a frame of the underlay's EtherType.
+  static Bytes OwnOuterPacket(const LoopCase& c) {
+    Frame frame(c.inner);
+    const EncapResult r = Encapsulate(c.params, frame.inner(), frame.inner_len(), 0, 1);
+    EXPECT_NE(r.packet, nullptr) << DropReasonName(r.drop);
+    if (r.packet == nullptr) return {};
+    Bytes looped(r.packet, r.packet + r.len);
+    if (IsEthernetMode(c.params.mode)) {
+      Bytes header = test::Hex("02 00 00 00 00 01 02 00 00 00 00 02 08 00");
+      if (IsIpv6UnderlayMode(c.params.mode)) header[13] = 0xdd, header[12] = 0x86;
+      looped.insert(looped.begin(), header.begin(), header.end());
+    }
+    return looped;
+  }
+  static size_t IpAt(const LoopCase& c) { return IsEthernetMode(c.params.mode) ? 14 : 0; }
+  static bool Ipv6(const LoopCase& c) { return IsIpv6UnderlayMode(c.params.mode); }
+};
+
+TEST_P(LoopCheckTest, FindsItsOwnOuterPacket) {
+  const LoopCase& c = GetParam();
+  const LoopCheck check(c.params);
+  const Bytes looped = OwnOuterPacket(c);
+  ASSERT_FALSE(looped.empty());
+  EXPECT_TRUE(check.IsOwnOuterPacket(looped.data(), looped.size()));
+  // Round again: what the tunnel makes of its own packet (where the mode carries one) is
+  // still its own packet.
+  if (SupportsKeepalive(c.params.mode) && !c.params.fou()) {
+    const Bytes twice = OwnOuterPacket({c.name, c.params, looped});
+    ASSERT_FALSE(twice.empty());
+    EXPECT_TRUE(check.IsOwnOuterPacket(twice.data(), twice.size()));
+  }
+  // A default-made check matches nothing.
+  EXPECT_FALSE(LoopCheck().IsOwnOuterPacket(looped.data(), looped.size()));
+}
+
+TEST_P(LoopCheckTest, OrdinaryTrafficIsNotALoop) {
+  const LoopCase& c = GetParam();
+  const LoopCheck check(c.params);
+  EXPECT_FALSE(check.IsOwnOuterPacket(c.inner.data(), c.inner.size()));
+  const Bytes looped = OwnOuterPacket(c);
+  ASSERT_FALSE(looped.empty());
+  const size_t ip = IpAt(c);
+  const size_t dst = ip + (Ipv6(c) ? 24 + 15 : 19);  // last byte of the destination
+  const size_t src = ip + (Ipv6(c) ? 8 + 15 : 15);   // last byte of the source
+  // To another address than the remote.
+  Bytes other_dst = looped;
+  other_dst[dst] ^= 0x40;
+  EXPECT_FALSE(check.IsOwnOuterPacket(other_dst.data(), other_dst.size()));
+  // From another address than the local one: ours only when the tunnel has no local address.
+  Bytes other_src = looped;
+  other_src[src] ^= 0x40;
+  EXPECT_EQ(check.IsOwnOuterPacket(other_src.data(), other_src.size()), c.params.local.is_zero());
+  // Of another protocol: the next header after the encapsulation-limit option over IPv6.
+  Bytes other_protocol = looped;
+  other_protocol[ip + (Ipv6(c) ? kIpv6HeaderLen : 9)] = 6;  // TCP
+  EXPECT_FALSE(check.IsOwnOuterPacket(other_protocol.data(), other_protocol.size()));
+  // Of the other IP version.
+  Bytes other_version = looped;
+  other_version[ip] = static_cast<uint8_t>((Ipv6(c) ? 0x40 : 0x60) | (other_version[ip] & 0x0f));
+  EXPECT_FALSE(check.IsOwnOuterPacket(other_version.data(), other_version.size()));
+  // Cut inside the IP header.
+  EXPECT_FALSE(check.IsOwnOuterPacket(looped.data(), ip + (Ipv6(c) ? 39 : 19)));
+  EXPECT_FALSE(check.IsOwnOuterPacket(looped.data(), 0));
+  if (IsEthernetMode(c.params.mode)) {
+    Bytes other_type = looped;
+    other_type[12] = 0x88;  // not IP
+    EXPECT_FALSE(check.IsOwnOuterPacket(other_type.data(), other_type.size()));
+  }
+  if (c.params.fou()) {
+    Bytes other_port = looped;
+    other_port[ip + kIpv4HeaderLen + 3] ^= 1;
+    EXPECT_FALSE(check.IsOwnOuterPacket(other_port.data(), other_port.size()));
+    EXPECT_FALSE(check.IsOwnOuterPacket(looped.data(), ip + kIpv4HeaderLen + 3));
+  }
+}
+
+std::vector<LoopCase> LoopCases() {
+  const Bytes icmp = Hex(test::kInnerIcmp);
+  const Bytes icmp6 = Hex(test::kInnerIcmp6);
+  Bytes frame = test::Hex("02 00 00 00 00 0a 02 00 00 00 00 0b 08 00");
+  frame.insert(frame.end(), icmp.begin(), icmp.end());
+  auto with = [](EncapParams p, TunnelMode mode) {
+    p.mode = mode;
+    return p;
+  };
+  auto over_ipv6 = [&](TunnelMode mode) {
+    EncapParams p = Gre();
+    p.mode = mode;
+    p.local = kLocal6;
+    p.remote = kRemote6;
+    return p;
+  };
+  EncapParams any_local = Gre();
+  any_local.local = OuterAddress();
+  EncapParams any_local6 = over_ipv6(TunnelMode::kIp6gre);
+  any_local6.local = OuterAddress();
+  EncapParams fou = GreKey();
+  fou.udp_dport = kGreInUdpPort;
+  EncapParams fou_ipip = with(Gre(), TunnelMode::kIpip);
+  fou_ipip.udp_dport = 5555;
+  return {
+      {"Gre", Gre(), icmp},
+      {"GreIpv6Inside", Gre(), icmp6},
+      {"GreAllOptions", GreCsumKeySeq(), icmp},
+      {"GreAnyLocal", any_local, icmp},
+      {"Gretap", with(Gre(), TunnelMode::kGretap), frame},
+      {"Ipip", Ipip(), icmp},
+      {"Sit", with(Gre(), TunnelMode::kSit), icmp6},
+      {"FouGre", fou, icmp},
+      {"FouIpip", fou_ipip, icmp},
+      {"Ip6gre", over_ipv6(TunnelMode::kIp6gre), icmp},
+      {"Ip6greAnyLocal", any_local6, icmp6},
+      {"Ip6gretap", over_ipv6(TunnelMode::kIp6gretap), frame},
+      {"Ip6tnlIpv4Inside", over_ipv6(TunnelMode::kIp6tnl), icmp},
+      {"Ip6tnlIpv6Inside", over_ipv6(TunnelMode::kIp6tnl), icmp6},
+  };
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, LoopCheckTest, ::testing::ValuesIn(LoopCases()),
+                         [](const ::testing::TestParamInfo<LoopCase>& info) {
+                           return info.param.name;
+                         });
+
+// The next header may also come without the encapsulation-limit option in front of it.
+TEST(LoopCheckTest, Ipv6WithoutTheEncapsulationLimitOption) {
+  EncapParams p = Gre();
+  p.mode = TunnelMode::kIp6gre;
+  p.local = kLocal6;
+  p.remote = kRemote6;
+  Bytes packet(kIpv6HeaderLen + 4, 0);
+  packet[0] = 0x60;
+  packet[5] = 4;
+  packet[6] = kIpProtoGre;
+  packet[7] = 64;
+  std::copy(kLocal6.bytes.begin(), kLocal6.bytes.end(), packet.begin() + 8);
+  std::copy(kRemote6.bytes.begin(), kRemote6.bytes.end(), packet.begin() + 24);
+  EXPECT_TRUE(LoopCheck(p).IsOwnOuterPacket(packet.data(), packet.size()));
+  packet[6] = kIpProtoIpip;
+  EXPECT_FALSE(LoopCheck(p).IsOwnOuterPacket(packet.data(), packet.size()));
+}
+
+}  // namespace
+}  // namespace tunnelagent::dataplane

@@ -1,0 +1,236 @@
+// TunnelManager's side that watches the kernel: the underlay rule's lookups, convergence of
+// each device to the desired state, loops, keepalive verdicts and the state they make.
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "agent/log.h"
+#include "agent/tunnel_manager.h"
+
+namespace tunnelagent::agent {
+namespace {
+
+using dataplane::IpPrefix;
+
+bool Contains(const std::vector<IpPrefix>& list, const IpPrefix& p) {
+  return std::find(list.begin(), list.end(), p) != list.end();
+}
+
+const char* StateText(OperState state) {
+  switch (state) {
+    case OperState::kUp:
+      return "UP";
+    case OperState::kDown:
+      return "DOWN";
+    case OperState::kError:
+      return "ERROR";
+  }
+  return "?";
+}
+
+}  // namespace
+
+TunnelManager::UnderlayLookup TunnelManager::LookUpUnderlay(
+    const dataplane::TunnelSpec& spec) const {
+  UnderlayLookup lookup;
+  std::optional<UnderlayRoute> route;
+  if (absl::StatusOr<UnderlayRoute> found = links_->RouteTo(spec.remote); found.ok()) {
+    for (const auto& [name, entry] : tunnels_) {
+      if (entry && entry->device && entry->device->ifindex() == found->ifindex) {
+        lookup.loop_device = name;
+        break;
+      }
+    }
+    // A route into a tunnel says nothing about the underlay: its gateway and source are not
+    // the path the packets should take.
+    if (lookup.loop_device.empty()) route = *found;
+  }
+  lookup.addresses = UnderlayAddressesOf(spec, route);
+  return lookup;
+}
+
+absl::Status TunnelManager::CheckUnderlay(const dataplane::TunnelSpec& spec,
+                                          const std::vector<UnderlayAddress>& underlay,
+                                          const std::string& ignore) const {
+  std::vector<UnderlayAddress> all = underlay;
+  for (const auto& [name, entry] : tunnels_) {
+    if (name == ignore || name == spec.name) continue;
+    all.insert(all.end(), entry->underlay.begin(), entry->underlay.end());
+  }
+  if (absl::Status status = CheckPrefixesSpareUnderlay(spec, all); !status.ok()) return status;
+  // And the other way: a prefix some tunnel already routes must not swallow this one's
+  // underlay.
+  for (const auto& [name, entry] : tunnels_) {
+    if (name == ignore || name == spec.name) continue;
+    if (absl::Status status = CheckPrefixesSpareUnderlay(entry->spec, underlay); !status.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("tunnel ", name, " has ", status.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void TunnelManager::RecordRepair(Entry& entry, const char* what, const std::string& detail) {
+  ++entry.repairs[what];
+  LogEvent("WARNING", "tunnel.repair",
+           {{"tunnel", entry.spec.name}, {"what", what}, {"detail", detail}});
+  RecordEvent(TunnelEvent::Type::kRepaired, {entry.spec, StatusOf(entry)}, detail);
+}
+
+void TunnelManager::SetState(Entry& entry, OperState state, std::string reason) {
+  if (state == entry.state && reason == entry.reason) return;
+  const OperState before = entry.state;
+  entry.state = state;
+  entry.reason = std::move(reason);
+  if (before != state) ++entry.state_changes;
+  LogEvent(state == OperState::kUp ? "INFO" : "WARNING", "tunnel.state",
+           {{"tunnel", entry.spec.name},
+            {"state", StateText(state)},
+            {"was", StateText(before)},
+            {"reason", entry.reason}});
+  RecordEvent(TunnelEvent::Type::kStateChanged, {entry.spec, StatusOf(entry)}, entry.reason);
+}
+
+absl::Status TunnelManager::Reconcile(Entry& entry, const DeviceState& kernel) {
+  const Device& device = *entry.device;
+  const dataplane::TunnelSpec& spec = entry.spec;
+  absl::Status first_failure;
+  auto failed = [&first_failure](absl::Status status, absl::string_view what) {
+    if (first_failure.ok()) {
+      first_failure = absl::Status(status.code(), absl::StrCat(what, ": ", status.message()));
+    }
+  };
+  // Link first: taking a link down removes its IPv4 routes and IPv6 addresses, which come back
+  // below. Then the MTU (IPv6 addresses need 1280 or more), addresses, routes.
+  if (!kernel.up) {
+    if (absl::Status s = links_->SetUp(device); s.ok()) {
+      RecordRepair(entry, "link", "link was set down; set up again");
+    } else {
+      failed(s, "cannot set the link up again");
+    }
+  }
+  if (entry.mtu != 0 && kernel.mtu != entry.mtu) {
+    if (absl::Status s = links_->SetMtu(device, entry.mtu); s.ok()) {
+      RecordRepair(entry, "mtu", absl::StrCat("mtu was ", kernel.mtu, "; set back to ", entry.mtu));
+    } else {
+      failed(s, absl::StrCat("cannot set mtu ", entry.mtu, " again"));
+    }
+  }
+  for (const IpPrefix& p : kernel.addresses) {
+    if (Contains(spec.addresses, p)) continue;
+    if (absl::Status s = links_->DeleteAddress(device, p); s.ok() || absl::IsNotFound(s)) {
+      RecordRepair(entry, "address",
+                   absl::StrCat("address ", p.ToString(), " removed (not desired)"));
+    } else {
+      failed(s, absl::StrCat("cannot remove address ", p.ToString()));
+    }
+  }
+  for (const IpPrefix& p : spec.addresses) {
+    if (Contains(kernel.addresses, p)) continue;
+    if (absl::Status s = links_->AddAddress(device, p); s.ok() || absl::IsAlreadyExists(s)) {
+      RecordRepair(entry, "address", absl::StrCat("address ", p.ToString(), " added back"));
+    } else {
+      failed(s, absl::StrCat("cannot add address ", p.ToString(), " back"));
+    }
+  }
+  for (const IpPrefix& p : kernel.routes) {
+    if (Contains(spec.routes, p)) continue;
+    if (absl::Status s = links_->DeleteRoute(device, p); s.ok() || absl::IsNotFound(s)) {
+      RecordRepair(entry, "route", absl::StrCat("route ", p.ToString(), " removed (not desired)"));
+    } else {
+      failed(s, absl::StrCat("cannot remove route ", p.ToString()));
+    }
+  }
+  for (const IpPrefix& p : spec.routes) {
+    if (Contains(kernel.routes, p)) continue;
+    if (absl::Status s = links_->AddRoute(device, p); s.ok()) {
+      RecordRepair(entry, "route", absl::StrCat("route ", p.ToString(), " added back"));
+    } else {
+      failed(s, absl::StrCat("cannot add route ", p.ToString(), " back"));
+    }
+  }
+  return first_failure;
+}
+
+absl::Status TunnelManager::ReconcileNow(Entry& entry) {
+  if (!entry.device) return absl::OkStatus();
+  absl::StatusOr<std::map<int, DeviceState>> devices = links_->DeviceStates();
+  if (!devices.ok()) return devices.status();
+  auto found = devices->find(entry.device->ifindex());
+  if (found == devices->end()) return absl::OkStatus();  // gone: RefreshStates makes it again
+  return Reconcile(entry, found->second);
+}
+
+void TunnelManager::RefreshStates(bool kernel_changed) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<std::map<int, DeviceState>> devices;
+  if (kernel_changed) {
+    devices = links_->DeviceStates();
+    if (!devices.ok()) return;
+  }
+  for (auto& [name, entry_ptr] : tunnels_) {
+    Entry& entry = *entry_ptr;
+    if (!entry.device) {
+      // Lost its device earlier and could not get it back: try again now and then.
+      if (entry.repair_at == absl::InfiniteFuture() || absl::Now() < entry.repair_at) continue;
+      if (absl::Status status = BringUp(entry); status.ok()) {
+        entry.repair_at = absl::InfiniteFuture();
+        RecordRepair(entry, "link", "device made again");
+        SetState(entry, OperState::kUp, "");
+      } else {
+        entry.repair_at = absl::Now() + absl::Seconds(10);
+      }
+      continue;
+    }
+    if (kernel_changed) {
+      RefreshFromKernel(entry, *devices);
+      if (!entry.device) continue;  // removed and not made again (ERROR already recorded)
+    }
+    OperState state = entry.kernel_state;
+    std::string reason = entry.kernel_reason;
+    if (state == OperState::kUp && entry.spec.keepalive.enabled() && entry.in_engine &&
+        entry.counters && !entry.counters->peer_alive.load()) {
+      state = OperState::kDown;
+      reason = absl::StrCat("keepalive: no reply from ", entry.spec.remote.ToString(), " in ",
+                            entry.spec.keepalive.effective_retries(), " intervals");
+    }
+    SetState(entry, state, std::move(reason));
+  }
+}
+
+void TunnelManager::RefreshFromKernel(Entry& entry, const std::map<int, DeviceState>& devices) {
+  auto found = devices.find(entry.device->ifindex());
+  if (found == devices.end()) {
+    // Removed behind the agent's back: the tunnel is still desired, so make it again.
+    StopDataplane(entry);
+    entry.device.reset();
+    if (absl::Status status = BringUp(entry); !status.ok()) {
+      entry.repair_at = absl::Now() + absl::Seconds(10);
+      SetState(entry, OperState::kError,
+               absl::StrCat("the device was removed by someone else and cannot be made again: ",
+                            status.message()));
+      return;
+    }
+    RecordRepair(entry, "link", "device was removed by someone else; made again");
+    entry.kernel_state = OperState::kUp;
+    entry.kernel_reason.clear();
+    return;
+  }
+  absl::Status repaired = Reconcile(entry, found->second);
+  UnderlayLookup underlay = LookUpUnderlay(entry.spec);
+  if (underlay.loop_device.empty()) entry.underlay = std::move(underlay.addresses);
+  entry.kernel_state = OperState::kUp;
+  entry.kernel_reason.clear();
+  if (!repaired.ok()) {
+    entry.kernel_state = OperState::kError;
+    entry.kernel_reason = std::string(repaired.message());
+  } else if (!underlay.loop_device.empty()) {
+    entry.kernel_state = OperState::kDown;
+    entry.kernel_reason = absl::StrCat(
+        "loop: the route towards the remote ", entry.spec.remote.ToString(),
+        " leads into tunnel device ", underlay.loop_device,
+        " (a route made outside the agent); its packets are dropped until that route is gone");
+  }
+}
+
+}  // namespace tunnelagent::agent

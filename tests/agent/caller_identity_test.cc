@@ -1,0 +1,213 @@
+#include "agent/caller_identity.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "grpc/grpc.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "tunnelagent/v1/tunnel.grpc.pb.h"
+
+namespace tunnelagent::agent {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Answers GetTunnel with the caller's identity as the tunnel's name.
+class WhoService final : public v1::TunnelService::Service {
+ public:
+  grpc::Status GetTunnel(grpc::ServerContext* context, const v1::GetTunnelRequest* /*request*/,
+                         v1::Tunnel* response) override {
+    response->set_name(CallerOf(*context));
+    return grpc::Status::OK;
+  }
+};
+
+class UnixSocketListenerTest : public ::testing::Test {
+ protected:
+  // gRPC stays initialized for the whole run (see server_security_test.cc).
+  static void SetUpTestSuite() { grpc_init(); }
+
+  void SetUp() override {
+    char tmpl[] = "/tmp/caller_identity_test.XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    path_ = dir_ + "/agent.sock";
+  }
+  void TearDown() override {
+    if (listener_ != nullptr) listener_->Stop();
+    if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
+    listener_.reset();
+    server_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  void Start(UnixSocketListener::Options options) {
+    options.path = path_;
+    absl::StatusOr<std::unique_ptr<UnixSocketListener>> listener =
+        UnixSocketListener::Listen(options);
+    ASSERT_TRUE(listener.ok()) << listener.status();
+    listener_ = *std::move(listener);
+    grpc::ServerBuilder builder;  // no port of its own: connections come from the listener
+    builder.RegisterService(&service_);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    listener_->Start(server_.get());
+  }
+
+  // The caller the server saw, or the error.
+  std::string Who() {
+    auto channel = grpc::CreateChannel("unix:" + path_, grpc::InsecureChannelCredentials());
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::Tunnel tunnel;
+    grpc::Status status =
+        v1::TunnelService::NewStub(channel)->GetTunnel(&context, v1::GetTunnelRequest(), &tunnel);
+    return status.ok() ? tunnel.name() : absl::StrCat("error ", status.error_code());
+  }
+
+  // A raw connection; -1 if connect fails.
+  int Connect() {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr = {};
+    addr.sun_family = AF_UNIX;
+    memcpy(addr.sun_path, path_.data(), path_.size());
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      close(fd);
+      return -1;
+    }
+    return fd;
+  }
+
+  // True when the server closes `fd` within `timeout` (EOF or reset); what it writes before
+  // (its HTTP/2 settings) is read and dropped.
+  static bool ClosedByServer(int fd, absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    for (;;) {
+      pollfd p = {fd, POLLIN, 0};
+      const int left =
+          static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
+      if (poll(&p, 1, left) <= 0) return false;
+      char buf[256];
+      ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN)) return true;
+    }
+  }
+
+  bool WaitForConnections(size_t want) {
+    for (int i = 0; i < 100; ++i) {
+      if (listener_->open_connections() == want) return true;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
+  }
+
+  std::string dir_;
+  std::string path_;
+  WhoService service_;
+  std::unique_ptr<UnixSocketListener> listener_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+TEST_F(UnixSocketListenerTest, CallerIsTheUidAndPidOfTheConnectingProcess) {
+  Start({});
+  EXPECT_EQ(Who(), absl::StrCat("uid=", geteuid(), " pid=", getpid()));
+}
+
+TEST_F(UnixSocketListenerTest, SocketIs0660WithTheGroupAsked) {
+  Start({.group = 65534});
+  struct stat st;
+  ASSERT_EQ(lstat(path_.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0660u);
+  EXPECT_EQ(st.st_gid, 65534u);
+}
+
+TEST_F(UnixSocketListenerTest, SecondListenerOnALiveSocketIsRefused) {
+  Start({});
+  absl::StatusOr<std::unique_ptr<UnixSocketListener>> second =
+      UnixSocketListener::Listen({.path = path_});
+  ASSERT_FALSE(second.ok());
+  EXPECT_THAT(second.status().message(), HasSubstr(absl::StrCat("is in use: pid ", getpid())));
+  EXPECT_THAT(Who(), HasSubstr("uid=")) << "the first keeps serving";
+}
+
+TEST_F(UnixSocketListenerTest, SocketRemovedOnExitOnlyIfStillOurs) {
+  Start({});
+  listener_->Stop();
+  EXPECT_EQ(Connect(), -1) << "stopped: no one accepts";
+  listener_.reset();
+  struct stat st;
+  EXPECT_NE(lstat(path_.c_str(), &st), 0) << "our socket is removed";
+
+  // Another process's socket put at the path after ours: left alone.
+  Start({});
+  ASSERT_EQ(unlink(path_.c_str()), 0);
+  int other = socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr = {};
+  addr.sun_family = AF_UNIX;
+  memcpy(addr.sun_path, path_.data(), path_.size());
+  ASSERT_EQ(bind(other, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  listener_->Stop();
+  listener_.reset();
+  EXPECT_EQ(lstat(path_.c_str(), &st), 0) << "someone else's socket was removed";
+  close(other);
+}
+
+TEST_F(UnixSocketListenerTest, StaleSocketIsReplaced) {
+  int stale = socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr = {};
+  addr.sun_family = AF_UNIX;
+  memcpy(addr.sun_path, path_.data(), path_.size());
+  ASSERT_EQ(bind(stale, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  close(stale);
+  Start({});
+  EXPECT_THAT(Who(), HasSubstr("uid="));
+}
+
+TEST_F(UnixSocketListenerTest, ConnectionsAreCapped) {
+  Start({.max_connections = 2});
+  int a = Connect();
+  int b = Connect();
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  ASSERT_TRUE(WaitForConnections(2));
+  int c = Connect();
+  ASSERT_GE(c, 0);
+  EXPECT_TRUE(ClosedByServer(c, absl::Seconds(5))) << "a third connection is closed at once";
+  EXPECT_FALSE(ClosedByServer(a, absl::Milliseconds(100))) << "the first two stay";
+  close(c);
+  // One closes: its place is free again.
+  close(a);
+  ASSERT_TRUE(WaitForConnections(1)) << listener_->open_connections();
+  EXPECT_THAT(Who(), HasSubstr("uid=")) << "a new connection is served";
+  close(b);
+}
+
+TEST(CallerOfPeerTest, OtherPeersAsTheyAre) {
+  EXPECT_EQ(CallerOfPeer("ipv4:198.18.0.1:40000"), "ipv4:198.18.0.1:40000");
+  EXPECT_EQ(CallerOfPeer("ipv6:[::1]:5"), "ipv6:[::1]:5");
+  EXPECT_EQ(CallerOfPeer("fd:987654"), "fd:987654") << "no such connection";
+  EXPECT_EQ(CallerOfPeer("fd:x"), "fd:x");
+  EXPECT_EQ(CallerOfPeer(""), "");
+}
+
+}  // namespace
+}  // namespace tunnelagent::agent
