@@ -10,6 +10,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "agent/caller_identity.h"
 #include "agent/log.h"
 #include "agent/proto_convert.h"
 #include "google/protobuf/io/coded_stream.h"
@@ -144,9 +145,6 @@ bool Matches(const v1::ListTunnelsRequest& request, const TunnelView& view) {
   }
   return true;
 }
-
-// Who made a call, for the log. TODO(access): uid on the unix socket.
-std::string CallerOf(const grpc::ServerContext& context) { return context.peer(); }
 
 // One line per request that changes tunnels, done or refused: who asked, what, the result.
 void LogChange(const grpc::ServerContext* context, absl::string_view what,

@@ -92,14 +92,17 @@ ABSL_FLAG(std::string, dataplane_cpus, "",
           "Dataplane: CPUs to pin the workers to, as a CPU list (\"2-5\", \"0,2\"): worker i on "
           "the i-th, round again when there are more workers; with --dataplane_workers=0, one "
           "worker per CPU listed. Empty: not pinned");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log lines on stderr: text (time, level, event and key=value fields) or json (one "
+          "object a line: time, level, msg and the same fields)");
 ABSL_FLAG(uint32_t, socket_receives, 64,
           "Dataplane: receives kept in flight on each underlay socket");
 
 namespace tunnelagent::agent {
 namespace {
 
-constexpr char kVersion[] = "0.1.0";
-constexpr size_t kMaxDefaultWorkers = 16;  // --dataplane_workers=0 on a large machine
+constexpr char kVersion[] = TUNNEL_AGENT_VERSION;  // CMake's PROJECT_VERSION
+constexpr size_t kMaxDefaultWorkers = 16;          // --dataplane_workers=0 on a large machine
 
 // --node_name, else $NODE_NAME (Kubernetes' downward API), else the host name.
 std::string NodeName() {
@@ -469,6 +472,11 @@ int main(int argc, char** argv) {
       "Creates GRE, IPIP, SIT and IPv6 tunnels on request over gRPC "
       "(tunnelagent.v1.TunnelService).");
   absl::ParseCommandLine(argc, argv);
+  if (absl::Status status = tunnelagent::agent::SetLogFormat(absl::GetFlag(FLAGS_log_format));
+      !status.ok()) {
+    fprintf(stderr, "tunnel-agent: %s\n", std::string(status.message()).c_str());
+    return 1;
+  }
   // One descriptor per tunnel device: the usual soft limit of 1024 (systemd services,
   // containers) would cap the agent near 1,000 tunnels. Raise it to the hard limit.
   if (rlimit files{}; getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {

@@ -127,9 +127,10 @@ absl::Status TunnelManager::Reconcile(Entry& entry, const DeviceState& kernel) {
   }
   for (const IpPrefix& p : spec.addresses) {
     if (Contains(kernel.addresses, p)) continue;
-    if (absl::Status s = links_->AddAddress(device, p); s.ok() || absl::IsAlreadyExists(s)) {
+    absl::Status s = links_->AddAddress(device, p);
+    if (s.ok()) {
       RecordRepair(entry, "address", absl::StrCat("address ", p.ToString(), " added back"));
-    } else {
+    } else if (!absl::IsAlreadyExists(s)) {  // there, only not listed (an IPv6 link-local one)
       failed(s, absl::StrCat("cannot add address ", p.ToString(), " back"));
     }
   }

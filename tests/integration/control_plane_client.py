@@ -11,8 +11,9 @@ Usage: control_plane_client.py GEN_DIR SOCKET COMMAND [ARGS]
   update-inplace NS NAME ROUTE MTU   add ROUTE and set MTU on NAME: same device
   update-recreate NS NAME            NAME from GRE to IPIP: a new device, same addresses
   etag REMOTE                        stale etag: ABORTED on UpdateTunnel and DeleteTunnel
-  watch NS REMOTE                    WatchTunnels: snapshot, changes, STATE_CHANGED on
-                                     `ip link set down`, resume with since_revision, RESYNC
+  watch NS REMOTE                    WatchTunnels: snapshot, changes, REPAIRED on
+                                     `ip link set down`, STATE_CHANGED on a loop, resume
+                                     with since_revision, RESYNC
   apply NS REMOTE                    ApplyTunnels of owner "fleet": dry run, create, no-op,
                                      update, recreate, prune; other tunnels untouched
   limit MAX REMOTE                   --max_tunnels=MAX: the next create is RESOURCE_EXHAUSTED
@@ -398,17 +399,23 @@ def cmd_watch(c, ns, remote):
     e = expect("UPDATED", "UpdateTunnel mtu 1400")
     if e.tunnel.mtu != 1400:
         fail(f"WatchTunnels: UPDATED carries mtu {e.tunnel.mtu}, want 1400")
+    # Set down behind the agent's back: put back up, one REPAIRED event saying so.
     ip_do(ns, "link", "set", "dev", "w1", "down")
-    e = expect("STATE_CHANGED", "ip link set w1 down", STATE_POLL, pb.OPER_STATE_DOWN)
+    e = expect("REPAIRED", "ip link set w1 down", STATE_POLL, pb.OPER_STATE_UP)
+    if "set up again" not in e.detail:
+        fail(f"WatchTunnels: REPAIRED detail {e.detail!r}")
+    # A route of someone else's taking the remote into w1 itself: a loop, DOWN until it goes.
+    ip_do(ns, "route", "add", f"{remote}/32", "dev", "w1")
+    e = expect("STATE_CHANGED", "route to the remote into w1", STATE_POLL, pb.OPER_STATE_DOWN)
     t = c.get(pb.GetTunnelRequest(name="w1"))
-    if t.status.state != pb.OPER_STATE_DOWN or not t.status.reason:
-        fail(f"GetTunnel w1 after ip link set down: {t.status}")
+    if t.status.state != pb.OPER_STATE_DOWN or "loop" not in t.status.reason:
+        fail(f"GetTunnel w1 with a loop: {t.status}")
     ok(f"GetTunnel w1: OPER_STATE_DOWN ({t.status.reason})")
     if c.names(state=pb.OPER_STATE_DOWN) != ["w1"]:
         fail(f"ListTunnels state DOWN: {c.names(state=pb.OPER_STATE_DOWN)}, want [w1]")
     ok("ListTunnels state=DOWN -> [w1]")
-    ip_do(ns, "link", "set", "dev", "w1", "up")
-    expect("STATE_CHANGED", "ip link set w1 up", STATE_POLL, pb.OPER_STATE_UP)
+    ip_do(ns, "route", "del", f"{remote}/32", "dev", "w1")
+    expect("STATE_CHANGED", "the route gone", STATE_POLL, pb.OPER_STATE_UP)
     c.delete(pb.DeleteTunnelRequest(name="w1"))
     e = expect("DELETED", "DeleteTunnel")
     if e.tunnel.mtu != 1400 or list(e.tunnel.addresses) != ["10.41.0.1/30"]:

@@ -2,7 +2,7 @@
 # The control plane end to end, over Debian's python3-grpcio (control_plane_client.py) against
 # real agents in a lab: GetAgentInfo; request_id retries; UpdateTunnel in place and recreating
 # (with traffic between two nodes before and after); etags; WatchTunnels with resume and
-# STATE_CHANGED on `ip link set down`; ApplyTunnels (dry run, prune, ownership); --max_tunnels;
+# REPAIRED on `ip link set down` and STATE_CHANGED on a loop; ApplyTunnels (dry run, prune, ownership); --max_tunnels;
 # overlapping prefixes; rollback when the kernel refuses a route; ListTunnels pages and filters.
 set -euo pipefail
 : "${SOURCE_DIR:=$(cd "$(dirname "$0")/../.." && pwd)}"
