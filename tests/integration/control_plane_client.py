@@ -374,6 +374,9 @@ def cmd_watch(c, ns, remote):
     ok(f"WatchTunnels: EXISTING {' '.join(names)}, SYNCED at revision {synced}")
 
     seen = []  # (type, revision) after SYNCED
+    # A remote of w1's own (never sent to: w1 carries no traffic), so that the loop made below
+    # is w1's alone: a tunnel to the same remote would be looped through w1 as well.
+    w1_remote = remote.rsplit(".", 1)[0] + ".99"
 
     def expect(want, what, timeout=TIMEOUT, state=None):
         t0 = time.monotonic()
@@ -391,7 +394,7 @@ def cmd_watch(c, ns, remote):
         return e
 
     c.create(pb.CreateTunnelRequest(
-        tunnel=c.tunnel("w1", "gre", remote, key=31, addresses=["10.41.0.1/30"])))
+        tunnel=c.tunnel("w1", "gre", w1_remote, key=31, addresses=["10.41.0.1/30"])))
     expect("ADDED", "CreateTunnel")
     request = pb.UpdateTunnelRequest(tunnel=pb.Tunnel(name="w1", mtu=1400))
     request.update_mask.paths.append("mtu")
@@ -405,7 +408,7 @@ def cmd_watch(c, ns, remote):
     if "set up again" not in e.detail:
         fail(f"WatchTunnels: REPAIRED detail {e.detail!r}")
     # A route of someone else's taking the remote into w1 itself: a loop, DOWN until it goes.
-    ip_do(ns, "route", "add", f"{remote}/32", "dev", "w1")
+    ip_do(ns, "route", "add", f"{w1_remote}/32", "dev", "w1")
     e = expect("STATE_CHANGED", "route to the remote into w1", STATE_POLL, pb.OPER_STATE_DOWN)
     t = c.get(pb.GetTunnelRequest(name="w1"))
     if t.status.state != pb.OPER_STATE_DOWN or "loop" not in t.status.reason:
@@ -414,7 +417,7 @@ def cmd_watch(c, ns, remote):
     if c.names(state=pb.OPER_STATE_DOWN) != ["w1"]:
         fail(f"ListTunnels state DOWN: {c.names(state=pb.OPER_STATE_DOWN)}, want [w1]")
     ok("ListTunnels state=DOWN -> [w1]")
-    ip_do(ns, "route", "del", f"{remote}/32", "dev", "w1")
+    ip_do(ns, "route", "del", f"{w1_remote}/32", "dev", "w1")
     expect("STATE_CHANGED", "the route gone", STATE_POLL, pb.OPER_STATE_UP)
     c.delete(pb.DeleteTunnelRequest(name="w1"))
     e = expect("DELETED", "DeleteTunnel")
