@@ -429,11 +429,20 @@ int Run() {
   // every 30 s in any case; the engine's keepalive verdicts are looked at every second.
   std::thread monitor([&] {
     absl::Time full_at = absl::InfinitePast();
+    absl::Time earliest = absl::InfinitePast();
     for (;;) {
       absl::StatusOr<bool> changed = (*kernel_changes)->WaitForChange(absl::Seconds(1));
       if (!changed.ok()) return;  // stopped
       const bool full = *changed || absl::Now() >= full_at;
-      if (full) full_at = absl::Now() + absl::Seconds(30);
+      if (full) {
+        // Changes come in bursts (an apply of many tunnels makes thousands): the kernel is read
+        // at most every 500 ms, whatever the rate, so reading costs a bounded share of a CPU.
+        while (absl::Now() < earliest) {
+          if (!(*kernel_changes)->WaitForChange(earliest - absl::Now()).ok()) return;
+        }
+        earliest = absl::Now() + absl::Milliseconds(500);
+        full_at = absl::Now() + absl::Seconds(30);
+      }
       manager.RefreshStates(full);
     }
   });

@@ -217,6 +217,7 @@ absl::Status TunnelManager::Restore() {
   absl::StatusOr<std::vector<TunnelSpec>> saved = store_->Load();
   if (!saved.ok()) return saved.status();
   absl::MutexLock lock(&mu_);
+  ++kernel_generation_;  // the kernel may change: a refresh read before is stale
 
   // Devices this agent left behind (a quick restart, or a crash): re-attach to those still
   // desired, remove the others. Devices it did not create are not in this list.
@@ -307,6 +308,7 @@ absl::StatusOr<TunnelView> TunnelManager::Create(const TunnelSpec& requested) {
   TunnelSpec spec = requested;
   spec.create_time = spec.update_time = absl::Now();
   absl::MutexLock lock(&mu_);
+  ++kernel_generation_;  // the kernel may change: a refresh read before is stale
   Transaction tx(this);
   if (absl::Status status = CreateLocked(spec, tx); !status.ok()) return status;
   // Persisted last: if the disk refuses, the running tunnel is undone too, so the state file
@@ -347,6 +349,7 @@ absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name, cons
                                                    const std::set<std::string>& fields,
                                                    const std::string& etag) {
   absl::MutexLock lock(&mu_);
+  ++kernel_generation_;  // the kernel may change: a refresh read before is stale
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
@@ -422,6 +425,7 @@ absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name, cons
 
 absl::Status TunnelManager::Delete(const std::string& name, const std::string& etag) {
   absl::MutexLock lock(&mu_);
+  ++kernel_generation_;  // the kernel may change: a refresh read before is stale
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
@@ -456,6 +460,7 @@ absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
   }
 
   absl::MutexLock lock(&mu_);
+  ++kernel_generation_;  // the kernel may change: a refresh read before is stale
   // The plan, checked as a whole before anything changes.
   std::map<std::string, PlannedChange> plan;
   size_t creates = 0;
@@ -619,6 +624,7 @@ absl::StatusOr<std::vector<TunnelEvent>> TunnelManager::EventsAfter(uint64_t aft
 
 void TunnelManager::Shutdown() {
   absl::MutexLock lock(&mu_);
+  ++kernel_generation_;  // the kernel may change: a refresh read before is stale
   for (auto& [name, entry] : tunnels_) {
     StopDataplane(*entry);
     if (entry->device && options_.keep_devices) entry->device->Keep();

@@ -133,7 +133,10 @@ class TunnelManager {
   // engine finds the peer silent (TunnelStats::peer_alive false); ERROR while a difference
   // cannot be put back.
   // `kernel_changed` false: only the engine's verdicts (keepalive) and retries are looked at,
-  // the kernel is not read (nothing was reported changed there since the last call).
+  // the kernel is not read (nothing was reported changed there since the last call). The
+  // kernel is read without the manager's lock (requests are not kept waiting behind a dump
+  // and a route lookup per tunnel); a reading that a request overtook is not used, and the
+  // next call reads again.
   void RefreshStates(bool kernel_changed = true);
 
   // Stops every tunnel's dataplane; removes the devices unless keep_devices. The desired
@@ -212,6 +215,12 @@ class TunnelManager {
   };
   UnderlayLookup LookUpUnderlay(const dataplane::TunnelSpec& spec) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The same from a route looked up already; `tunnel_devices` (tunnel names by their devices'
+  // ifindex) when the caller has it, else the tunnels are searched.
+  UnderlayLookup UnderlayFrom(const dataplane::TunnelSpec& spec,
+                              const absl::StatusOr<UnderlayRoute>& route,
+                              const std::map<int, std::string>* tunnel_devices = nullptr) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The underlay rule (underlay_guard.h) for `spec`, whose underlay is `underlay`, against
   // every tunnel but `ignore` and itself, both ways.
   absl::Status CheckUnderlay(const dataplane::TunnelSpec& spec,
@@ -223,7 +232,9 @@ class TunnelManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The kernel side of RefreshStates for one tunnel with a device: made again when removed,
   // else reconciled, and its underlay looked up again (kernel_state, kernel_reason).
-  void RefreshFromKernel(Entry& entry, const std::map<int, DeviceState>& devices)
+  void RefreshFromKernel(Entry& entry, const std::map<int, DeviceState>& devices,
+                         const absl::StatusOr<UnderlayRoute>& route,
+                         const std::map<int, std::string>& tunnel_devices)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Reconcile of one tunnel's device, read from the kernel now.
   absl::Status ReconcileNow(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -243,6 +254,11 @@ class TunnelManager {
   std::map<std::string, std::unique_ptr<Entry>> tunnels_ ABSL_GUARDED_BY(mu_);
   mutable absl::CondVar changed_;  // signalled on every new revision
   uint64_t revision_ ABSL_GUARDED_BY(mu_) = 0;
+  // Counts the requests that may have changed the kernel: RefreshStates reads the kernel
+  // without the lock and uses what it read only if no request came in between.
+  uint64_t kernel_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  // A refresh whose reading went stale: the next one reads the kernel whatever it is told.
+  bool refresh_again_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<TunnelEvent> history_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -32,15 +32,27 @@ const char* StateText(OperState state) {
 
 TunnelManager::UnderlayLookup TunnelManager::LookUpUnderlay(
     const dataplane::TunnelSpec& spec) const {
+  return UnderlayFrom(spec, links_->RouteTo(spec.remote));
+}
+
+TunnelManager::UnderlayLookup TunnelManager::UnderlayFrom(
+    const dataplane::TunnelSpec& spec, const absl::StatusOr<UnderlayRoute>& found,
+    const std::map<int, std::string>* tunnel_devices) const {
   UnderlayLookup lookup;
   std::optional<UnderlayRoute> route;
-  if (absl::StatusOr<UnderlayRoute> found = links_->RouteTo(spec.remote); found.ok()) {
+  if (found.ok() && tunnel_devices != nullptr) {
+    if (auto it = tunnel_devices->find(found->ifindex); it != tunnel_devices->end()) {
+      lookup.loop_device = it->second;
+    }
+  } else if (found.ok()) {
     for (const auto& [name, entry] : tunnels_) {
       if (entry && entry->device && entry->device->ifindex() == found->ifindex) {
         lookup.loop_device = name;
         break;
       }
     }
+  }
+  if (found.ok()) {
     // A route into a tunnel says nothing about the underlay: its gateway and source are not
     // the path the packets should take.
     if (lookup.loop_device.empty()) route = *found;
@@ -52,16 +64,15 @@ TunnelManager::UnderlayLookup TunnelManager::LookUpUnderlay(
 absl::Status TunnelManager::CheckUnderlay(const dataplane::TunnelSpec& spec,
                                           const std::vector<UnderlayAddress>& underlay,
                                           const std::string& ignore) const {
-  std::vector<UnderlayAddress> all = underlay;
-  for (const auto& [name, entry] : tunnels_) {
-    if (name == ignore || name == spec.name) continue;
-    all.insert(all.end(), entry->underlay.begin(), entry->underlay.end());
+  if (absl::Status status = CheckPrefixesSpareUnderlay(spec, underlay); !status.ok()) {
+    return status;
   }
-  if (absl::Status status = CheckPrefixesSpareUnderlay(spec, all); !status.ok()) return status;
-  // And the other way: a prefix some tunnel already routes must not swallow this one's
-  // underlay.
   for (const auto& [name, entry] : tunnels_) {
     if (name == ignore || name == spec.name) continue;
+    if (absl::Status status = CheckPrefixesSpareUnderlay(spec, entry->underlay); !status.ok()) {
+      return status;
+    }
+    // And the other way: a prefix another tunnel routes must not swallow this one's underlay.
     if (absl::Status status = CheckPrefixesSpareUnderlay(entry->spec, underlay); !status.ok()) {
       return absl::FailedPreconditionError(
           absl::StrCat("tunnel ", name, " has ", status.message()));
@@ -163,11 +174,41 @@ absl::Status TunnelManager::ReconcileNow(Entry& entry) {
 }
 
 void TunnelManager::RefreshStates(bool kernel_changed) {
-  absl::MutexLock lock(&mu_);
+  // What the kernel is to be asked, taken under the lock; the asking is done without it.
+  uint64_t generation = 0;
+  std::vector<std::pair<std::string, dataplane::IpAddress>> remotes;
+  {
+    absl::MutexLock lock(&mu_);
+    kernel_changed |= refresh_again_;
+    refresh_again_ = false;
+    generation = kernel_generation_;
+    if (kernel_changed) {
+      remotes.reserve(tunnels_.size());
+      for (const auto& [name, entry] : tunnels_) {
+        if (entry->device) remotes.emplace_back(name, entry->spec.remote);
+      }
+    }
+  }
   absl::StatusOr<std::map<int, DeviceState>> devices;
+  std::map<std::string, absl::StatusOr<UnderlayRoute>> routes;
   if (kernel_changed) {
     devices = links_->DeviceStates();
     if (!devices.ok()) return;
+    for (const auto& [name, remote] : remotes) routes.emplace(name, links_->RouteTo(remote));
+  }
+
+  absl::MutexLock lock(&mu_);
+  if (kernel_changed && generation != kernel_generation_) {
+    // A request changed the kernel meanwhile: what was read may show its work half done.
+    refresh_again_ = true;
+    kernel_changed = false;
+  }
+  ++kernel_generation_;                       // repairs below change the kernel too
+  std::map<int, std::string> tunnel_devices;  // a route into one of these is a loop
+  if (kernel_changed) {
+    for (const auto& [name, entry] : tunnels_) {
+      if (entry->device) tunnel_devices.emplace(entry->device->ifindex(), name);
+    }
   }
   for (auto& [name, entry_ptr] : tunnels_) {
     Entry& entry = *entry_ptr;
@@ -184,8 +225,13 @@ void TunnelManager::RefreshStates(bool kernel_changed) {
       continue;
     }
     if (kernel_changed) {
-      RefreshFromKernel(entry, *devices);
-      if (!entry.device) continue;  // removed and not made again (ERROR already recorded)
+      auto route = routes.find(name);
+      // A tunnel that got its device after the reading (none here, as no request came in
+      // between, but a retry above may have made one) is looked at the next time.
+      if (route != routes.end()) {
+        RefreshFromKernel(entry, *devices, route->second, tunnel_devices);
+        if (!entry.device) continue;  // removed and not made again (ERROR already recorded)
+      }
     }
     OperState state = entry.kernel_state;
     std::string reason = entry.kernel_reason;
@@ -199,7 +245,9 @@ void TunnelManager::RefreshStates(bool kernel_changed) {
   }
 }
 
-void TunnelManager::RefreshFromKernel(Entry& entry, const std::map<int, DeviceState>& devices) {
+void TunnelManager::RefreshFromKernel(Entry& entry, const std::map<int, DeviceState>& devices,
+                                      const absl::StatusOr<UnderlayRoute>& route,
+                                      const std::map<int, std::string>& tunnel_devices) {
   auto found = devices.find(entry.device->ifindex());
   if (found == devices.end()) {
     // Removed behind the agent's back: the tunnel is still desired, so make it again.
@@ -218,7 +266,7 @@ void TunnelManager::RefreshFromKernel(Entry& entry, const std::map<int, DeviceSt
     return;
   }
   absl::Status repaired = Reconcile(entry, found->second);
-  UnderlayLookup underlay = LookUpUnderlay(entry.spec);
+  UnderlayLookup underlay = UnderlayFrom(entry.spec, route, &tunnel_devices);
   if (underlay.loop_device.empty()) entry.underlay = std::move(underlay.addresses);
   entry.kernel_state = OperState::kUp;
   entry.kernel_reason.clear();

@@ -9,6 +9,7 @@
 #define TUNNELAGENT_TESTS_AGENT_FAKES_H_
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -304,8 +305,11 @@ class FakeLinkControl final : public LinkControl {
     for (const auto& [name, link] : links_) {
       states[link.ifindex] = DeviceState{link.up, link.mtu, link.addresses, link.routes};
     }
+    if (after_device_states) after_device_states();  // the answer is stale by then
     return states;
   }
+  // Run by DeviceStates once it has read the links: a request overtaking a refresh.
+  std::function<void()> after_device_states;
   // The longest route of any link that covers `destination` (a route into a tunnel device
   // makes a loop), else `underlay_routes` by destination, else `default_underlay_route`.
   absl::StatusOr<UnderlayRoute> RouteTo(const dataplane::IpAddress& destination) override {

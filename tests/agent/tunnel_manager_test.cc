@@ -2440,5 +2440,27 @@ TEST_F(TunnelManagerChangeTest, RestoreAfterACrashMidChangeRemovesWhatTheStoreDo
   EXPECT_EQ(manager_->Get("b")->status.repairs.at("route"), 1u);
 }
 
+TEST_F(TunnelManagerChangeTest, ARefreshOvertakenByARequestUsesNothingItRead) {
+  const TunnelSpec spec = Gre("gre1");
+  ASSERT_TRUE(manager_->Create(spec).ok());
+  // While the refresh reads the kernel (without the manager's lock), an update takes an
+  // address away: the reading still has it, and must not be taken for drift.
+  TunnelSpec fewer = spec;
+  fewer.addresses = {spec.addresses[1]};
+  links_.after_device_states = [&] {
+    links_.after_device_states = nullptr;
+    ASSERT_TRUE(manager_->Update("gre1", fewer, {"addresses"}, "").ok());
+  };
+  manager_->RefreshStates();
+  EXPECT_THAT(manager_->Get("gre1")->status.repairs, IsEmpty()) << "nothing was repaired";
+  EXPECT_THAT(links_.links().at("gre1").addresses, ElementsAre(spec.addresses[1]));
+
+  // The next refresh reads the kernel again, even when told nothing changed there.
+  links_.Mutable("gre1").addresses.clear();
+  manager_->RefreshStates(/*kernel_changed=*/false);
+  EXPECT_THAT(links_.links().at("gre1").addresses, ElementsAre(spec.addresses[1]));
+  EXPECT_EQ(manager_->Get("gre1")->status.repairs.at("address"), 1u);
+}
+
 }  // namespace
 }  // namespace tunnelagent::agent

@@ -7,7 +7,8 @@
 #   packets as `loop` instead of carrying them round, and the tunnel is DOWN until the route goes;
 # - what someone changes on a managed device (addresses, routes, MTU, link state) is put back,
 #   counted in tunnelagent_tunnel_repairs_total{tunnel,what}, seen in the watch stream and
-#   logged; an update repeating the desired values puts back what drifted too.
+#   logged; an update repeating the desired values puts back what drifted too; the log has one
+#   line per change, refusal and state change, as text or JSON.
 set -euo pipefail
 : "${SOURCE_DIR:=$(cd "$(dirname "$0")/../.." && pwd)}"
 : "${BIN_DIR:=$SOURCE_DIR/build/bin}"
@@ -17,7 +18,7 @@ lab_init
 lab_add_node A 198.18.0.1
 lab_add_node B 198.18.0.2
 lab_start_agent A
-lab_start_agent B
+lab_start_agent B --log_format=json
 
 lab_ctl A create gre1 mode gre remote 198.18.0.2 address 10.5.0.1/30 route 10.50.0.0/16 >/dev/null
 lab_ctl B create gre1 mode gre remote 198.18.0.1 address 10.5.0.2/30 route 10.40.0.0/16 >/dev/null
@@ -147,3 +148,9 @@ grep -q 'tunnel.create tunnel=x5 caller=.* result=FAILED_PRECONDITION' "$RUN/A.l
 grep -q 'tunnel.state tunnel=gre1 state=DOWN was=UP reason="loop:' "$RUN/A.log" ||
   lab_fail "no state change line"
 lab_ok "changes, refusals and state changes logged"
+# B logs JSON: every line one object, its create among them.
+jq -e -s 'all(.[]; has("time") and has("level") and has("msg"))' "$RUN/B.log" >/dev/null ||
+  lab_fail "B's log is not one JSON object a line"
+jq -e -s 'any(.[]; .msg == "tunnel.create" and .tunnel == "gre1" and .result == "OK")' \
+  "$RUN/B.log" >/dev/null || lab_fail "B's JSON log has no tunnel.create of gre1"
+lab_ok "--log_format=json: one object a line, the create among them"
