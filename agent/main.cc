@@ -157,6 +157,7 @@ ServerSecurityFlags SecurityFlagsFromFlags() {
 // the lock released once nothing serves any more.
 struct NodeClaim {
   std::optional<StateDirLock> state_lock;
+  std::optional<NamespaceLock> namespace_lock;
   std::optional<gid_t> socket_group;
   // Plaintext without a token: the agent accepts on the socket itself and knows each caller's
   // uid and pid. With a token or TLS only gRPC's own listener enforces them: it listens on a
@@ -195,7 +196,17 @@ absl::StatusOr<NodeClaim> ClaimNode(const ServerSecurity& security) {
     if (!gid.ok()) return Prefixed(absl::StrCat("--grpc_socket_group=", group), gid.status());
     claim.socket_group = *gid;
   }
-  if (!path.has_value()) return claim;
+  // Last: a second agent on the same directory or socket is told about those first.
+  auto claim_namespace = [&claim]() -> absl::Status {
+    absl::StatusOr<NamespaceLock> lock = NamespaceLock::Acquire();
+    if (!lock.ok()) return lock.status();
+    claim.namespace_lock.emplace(*std::move(lock));
+    return absl::OkStatus();
+  };
+  if (!path.has_value()) {
+    if (absl::Status status = claim_namespace(); !status.ok()) return status;
+    return claim;
+  }
   const std::string listen_flag = absl::StrCat("--grpc_listen=", listen);
   if (path->empty()) return absl::InvalidArgumentError(listen_flag + ": names no socket path");
   if (absl::Status status = EnsureSocketDirectory(*path); !status.ok()) {
@@ -214,6 +225,7 @@ absl::StatusOr<NodeClaim> ClaimNode(const ServerSecurity& security) {
     if (!staged.ok()) return Prefixed(listen_flag, staged.status());
     claim.staged.emplace(*std::move(staged));
   }
+  if (absl::Status status = claim_namespace(); !status.ok()) return status;
   return claim;
 }
 

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -139,6 +140,43 @@ StateDirLock& StateDirLock::operator=(StateDirLock&& other) noexcept {
 
 StateDirLock::~StateDirLock() {
   if (fd_ >= 0) close(fd_);  // releases the flock
+}
+
+absl::StatusOr<NamespaceLock> NamespaceLock::Acquire(absl::string_view name) {
+  sockaddr_un addr = {};
+  addr.sun_family = AF_UNIX;
+  if (name.empty() || name.size() + 1 > sizeof addr.sun_path) {
+    return absl::InvalidArgumentError(absl::StrCat("bad lock name '", name, "'"));
+  }
+  // An abstract name: a leading NUL, no file, the length given exactly.
+  memcpy(addr.sun_path + 1, name.data(), name.size());
+  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  ScopedFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (fd.get() < 0) return Failed("cannot make a socket", errno);
+  if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), len) == 0) {
+    if (listen(fd.get(), 1) != 0) return Failed(absl::StrCat("cannot listen on @", name), errno);
+    return NamespaceLock(fd.release());
+  }
+  if (errno != EADDRINUSE) return Failed(absl::StrCat("cannot bind @", name), errno);
+  // Taken: ask the kernel who listens there.
+  pid_t holder = 0;
+  ScopedFd probe(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (probe.get() >= 0 &&
+      connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), len) == 0) {
+    ucred peer = {};
+    socklen_t peer_len = sizeof peer;
+    if (getsockopt(probe.get(), SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) == 0) holder = peer.pid;
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "another tunnel-agent (", holder > 0 ? absl::StrCat("pid ", holder) : "pid unknown",
+      ") runs in this network namespace (it holds the abstract socket @", name,
+      "): one agent per node, whatever its --state_dir"));
+}
+
+NamespaceLock::NamespaceLock(NamespaceLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+
+NamespaceLock::~NamespaceLock() {
+  if (fd_ >= 0) close(fd_);
 }
 
 absl::Status CheckStateDirWritable(const std::string& dir) {

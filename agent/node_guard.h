@@ -48,6 +48,28 @@ class StateDirLock {
   std::string path_;
 };
 
+// One agent per network namespace, whatever its --state_dir: a second agent with a state of its
+// own would take the first one's devices for leftovers and remove them. An abstract unix
+// socket (a name in the network namespace, where the devices live too; gone with the process,
+// kill -9 included) is bound and listened on, and never accepted from: its listener's pid is
+// what a second agent names.
+class NamespaceLock {
+ public:
+  // FAILED_PRECONDITION "another tunnel-agent (pid 123) runs in this network namespace ..."
+  // when the name is taken; the socket call's error otherwise.
+  static absl::StatusOr<NamespaceLock> Acquire(absl::string_view name = "tunnel-agent");
+
+  NamespaceLock(NamespaceLock&& other) noexcept;
+  NamespaceLock& operator=(NamespaceLock&& other) = delete;
+  NamespaceLock(const NamespaceLock&) = delete;
+  NamespaceLock& operator=(const NamespaceLock&) = delete;
+  ~NamespaceLock();
+
+ private:
+  explicit NamespaceLock(int fd) : fd_(fd) {}
+  int fd_ = -1;
+};
+
 // Proves that the state file can be saved in `dir` the way the state store saves it: a probe
 // file is written, fsync'ed, renamed and removed. The error names the step and the system's
 // reason ("--state_dir=/x: cannot write a file there: Read-only file system").

@@ -217,7 +217,7 @@ absl::Status TunnelManager::Restore() {
   absl::StatusOr<std::vector<TunnelSpec>> saved = store_->Load();
   if (!saved.ok()) return saved.status();
   absl::MutexLock lock(&mu_);
-  ++kernel_generation_;  // the kernel may change: a refresh read before is stale
+  ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
 
   // Devices this agent left behind (a quick restart, or a crash): re-attach to those still
   // desired, remove the others. Devices it did not create are not in this list.
@@ -234,7 +234,7 @@ absl::Status TunnelManager::Restore() {
   // Which saved tunnels can come back. One that no longer passes the checks, clashes with
   // one restored before it, breaks the underlay rule against the whole saved set, or cannot
   // get its device is kept (so nothing is lost) in state ERROR with the reason, and nothing of
-  // it is installed.
+  // it stays installed.
   std::vector<Entry*> restoring;
   for (TunnelSpec& spec : *saved) {
     if (tunnels_.count(spec.name)) continue;  // a name saved twice: the first one wins
@@ -243,38 +243,31 @@ absl::Status TunnelManager::Restore() {
     absl::Status status = ValidateSpec(entry->spec);
     if (status.ok()) status = CheckConflicts(entry->spec, "");
     if (status.ok()) {
-      entry->underlay = LookUpUnderlay(entry->spec).addresses;
       restoring.push_back(entry.get());
     } else {
       entry->reason = std::string(status.message());
+      // Its device left behind goes, with the addresses and routes it still carries.
+      if (left_behind.contains(entry->spec.name))
+        links_->DeleteDevice(entry->spec.name).IgnoreError();
     }
     std::string name = entry->spec.name;
     tunnels_.emplace(std::move(name), std::move(entry));
   }
-  std::vector<UnderlayAddress> underlay;
-  for (const Entry* entry : restoring) {
-    underlay.insert(underlay.end(), entry->underlay.begin(), entry->underlay.end());
-  }
-  std::vector<Entry*> valid;
-  for (Entry* entry : restoring) {
-    if (absl::Status status = CheckPrefixesSpareUnderlay(entry->spec, underlay); !status.ok()) {
-      entry->reason = absl::StrCat("not restored: ", status.message());
-      continue;
-    }
-    valid.push_back(entry);
-  }
 
   // Devices left behind are taken over first, and what they carry that is not desired (a
-  // change interrupted by a crash) is removed before any is configured: a prefix that was
-  // moving from one tunnel to another is free again for the one the state gives it to.
+  // change interrupted by a crash) is removed before anything is looked up or configured: a
+  // prefix that was moving from one tunnel to another is free again for the one the state
+  // gives it to, and a stale route cannot pass for the underlay.
   std::map<Entry*, std::unique_ptr<Device>> attached;
-  for (Entry* entry : valid) {
+  std::map<int, std::string> attached_devices;  // by ifindex: a route into one is a loop
+  for (Entry* entry : restoring) {
     if (!left_behind.contains(entry->spec.name)) continue;
     const DeviceKind kind =
         dataplane::IsEthernetMode(entry->spec.mode) ? DeviceKind::kTap : DeviceKind::kTun;
     if (absl::StatusOr<std::unique_ptr<Device>> device =
             links_->AttachDevice(entry->spec.name, kind);
         device.ok()) {
+      attached_devices.emplace((*device)->ifindex(), entry->spec.name);
       attached[entry] = *std::move(device);
     }
   }
@@ -294,6 +287,23 @@ absl::Status TunnelManager::Restore() {
       }
     }
   }
+
+  // The underlay rule over the whole saved set.
+  std::vector<UnderlayAddress> underlay;
+  for (Entry* entry : restoring) {
+    entry->underlay =
+        UnderlayFrom(entry->spec, links_->RouteTo(entry->spec.remote), &attached_devices).addresses;
+    underlay.insert(underlay.end(), entry->underlay.begin(), entry->underlay.end());
+  }
+  std::vector<Entry*> valid;
+  for (Entry* entry : restoring) {
+    if (absl::Status status = CheckPrefixesSpareUnderlay(entry->spec, underlay); !status.ok()) {
+      entry->reason = absl::StrCat("not restored: ", status.message());
+      attached.erase(entry);  // the device goes, with what it still carries
+      continue;
+    }
+    valid.push_back(entry);
+  }
   for (Entry* entry : valid) {
     auto device = attached.find(entry);
     absl::Status status =
@@ -308,7 +318,6 @@ absl::StatusOr<TunnelView> TunnelManager::Create(const TunnelSpec& requested) {
   TunnelSpec spec = requested;
   spec.create_time = spec.update_time = absl::Now();
   absl::MutexLock lock(&mu_);
-  ++kernel_generation_;  // the kernel may change: a refresh read before is stale
   Transaction tx(this);
   if (absl::Status status = CreateLocked(spec, tx); !status.ok()) return status;
   // Persisted last: if the disk refuses, the running tunnel is undone too, so the state file
@@ -349,7 +358,6 @@ absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name, cons
                                                    const std::set<std::string>& fields,
                                                    const std::string& etag) {
   absl::MutexLock lock(&mu_);
-  ++kernel_generation_;  // the kernel may change: a refresh read before is stale
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
@@ -425,7 +433,6 @@ absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name, cons
 
 absl::Status TunnelManager::Delete(const std::string& name, const std::string& etag) {
   absl::MutexLock lock(&mu_);
-  ++kernel_generation_;  // the kernel may change: a refresh read before is stale
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
@@ -460,7 +467,6 @@ absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
   }
 
   absl::MutexLock lock(&mu_);
-  ++kernel_generation_;  // the kernel may change: a refresh read before is stale
   // The plan, checked as a whole before anything changes.
   std::map<std::string, PlannedChange> plan;
   size_t creates = 0;
@@ -624,7 +630,7 @@ absl::StatusOr<std::vector<TunnelEvent>> TunnelManager::EventsAfter(uint64_t aft
 
 void TunnelManager::Shutdown() {
   absl::MutexLock lock(&mu_);
-  ++kernel_generation_;  // the kernel may change: a refresh read before is stale
+  ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
   for (auto& [name, entry] : tunnels_) {
     StopDataplane(*entry);
     if (entry->device && options_.keep_devices) entry->device->Keep();
@@ -665,6 +671,7 @@ absl::Status TunnelManager::CreateLocked(const TunnelSpec& spec, Transaction& tx
 }
 
 absl::Status TunnelManager::DeleteLocked(const std::string& name, Transaction& tx) {
+  ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
@@ -709,6 +716,7 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
     result.tunnel = {entry.spec, StatusOf(entry)};
     return result;
   }
+  ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
   UnderlayLookup underlay = LookUpUnderlay(requested);
   if (check_conflicts) {
     if (absl::Status status = CheckConflicts(requested, name); !status.ok()) return status;
@@ -842,6 +850,7 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
 
 absl::Status TunnelManager::ReleasePrefixes(const std::string& name, const TunnelSpec& desired,
                                             Transaction& tx) {
+  ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
   Entry& entry = *tunnels_.at(name);
   if (!entry.device) return absl::OkStatus();
   const Device* device = entry.device.get();
@@ -881,6 +890,7 @@ uint32_t TunnelManager::MtuFor(const TunnelSpec& spec) {
 }
 
 absl::Status TunnelManager::BringUp(Entry& entry, std::unique_ptr<Device> attached_device) {
+  ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
   const TunnelSpec& spec = entry.spec;
   const uint32_t mtu = MtuFor(spec);
   // A device this agent left in place (quick restart, crash) is taken over; otherwise a new

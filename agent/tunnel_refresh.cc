@@ -129,10 +129,10 @@ absl::Status TunnelManager::Reconcile(Entry& entry, const DeviceState& kernel) {
   }
   for (const IpPrefix& p : kernel.addresses) {
     if (Contains(spec.addresses, p)) continue;
-    if (absl::Status s = links_->DeleteAddress(device, p); s.ok() || absl::IsNotFound(s)) {
+    if (absl::Status s = links_->DeleteAddress(device, p); s.ok()) {
       RecordRepair(entry, "address",
                    absl::StrCat("address ", p.ToString(), " removed (not desired)"));
-    } else {
+    } else if (!absl::IsNotFound(s)) {  // gone already: nothing to put back
       failed(s, absl::StrCat("cannot remove address ", p.ToString()));
     }
   }
@@ -147,9 +147,9 @@ absl::Status TunnelManager::Reconcile(Entry& entry, const DeviceState& kernel) {
   }
   for (const IpPrefix& p : kernel.routes) {
     if (Contains(spec.routes, p)) continue;
-    if (absl::Status s = links_->DeleteRoute(device, p); s.ok() || absl::IsNotFound(s)) {
+    if (absl::Status s = links_->DeleteRoute(device, p); s.ok()) {
       RecordRepair(entry, "route", absl::StrCat("route ", p.ToString(), " removed (not desired)"));
-    } else {
+    } else if (!absl::IsNotFound(s)) {  // gone already: nothing to put back
       failed(s, absl::StrCat("cannot remove route ", p.ToString()));
     }
   }
@@ -166,6 +166,7 @@ absl::Status TunnelManager::Reconcile(Entry& entry, const DeviceState& kernel) {
 
 absl::Status TunnelManager::ReconcileNow(Entry& entry) {
   if (!entry.device) return absl::OkStatus();
+  ++kernel_generation_;  // its repairs change the kernel under a refresh reading it
   absl::StatusOr<std::map<int, DeviceState>> devices = links_->DeviceStates();
   if (!devices.ok()) return devices.status();
   auto found = devices->find(entry.device->ifindex());
@@ -193,7 +194,11 @@ void TunnelManager::RefreshStates(bool kernel_changed) {
   std::map<std::string, absl::StatusOr<UnderlayRoute>> routes;
   if (kernel_changed) {
     devices = links_->DeviceStates();
-    if (!devices.ok()) return;
+    if (!devices.ok()) {
+      absl::MutexLock lock(&mu_);
+      refresh_again_ = true;  // not read: the next call tries again
+      return;
+    }
     for (const auto& [name, remote] : remotes) routes.emplace(name, links_->RouteTo(remote));
   }
 
@@ -203,7 +208,6 @@ void TunnelManager::RefreshStates(bool kernel_changed) {
     refresh_again_ = true;
     kernel_changed = false;
   }
-  ++kernel_generation_;                       // repairs below change the kernel too
   std::map<int, std::string> tunnel_devices;  // a route into one of these is a loop
   if (kernel_changed) {
     for (const auto& [name, entry] : tunnels_) {

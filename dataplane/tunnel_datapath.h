@@ -204,11 +204,9 @@ class TunnelDatapath {
     const int64_t now = clock_->unix_nanos();
     if (now == last_receive_stamp_) return;
     last_receive_stamp_ = now;
-    std::atomic<int64_t>& shared = config_.counters->last_receive_unix_nanos;
-    // Another worker's clock may be a round ahead: the time never goes back.
-    if (now > shared.load(std::memory_order_relaxed)) {
-      shared.store(now, std::memory_order_relaxed);
-    }
+    // Stored whatever is there: workers' clocks are at most a tick apart, and a wall clock
+    // stepped back must not freeze the time at a value in the future.
+    config_.counters->last_receive_unix_nanos.store(now, std::memory_order_relaxed);
   }
 
   EngineTunnel config_;

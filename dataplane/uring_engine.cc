@@ -405,10 +405,8 @@ class UringEngine::Impl {
   }
 
   // What io_uring_enter says when the ring itself is no more: its descriptor closed or made
-  // something else (EBADF, EOPNOTSUPP), or its memory gone (EFAULT, ENXIO).
-  static bool RingIsGone(int err) {
-    return err == EBADF || err == EBADFD || err == EOPNOTSUPP || err == ENXIO || err == EFAULT;
-  }
+  // something else. Other errors (EFAULT, ENOMEM) are counted and the loop goes on.
+  static bool RingIsGone(int err) { return err == EBADF || err == EBADFD || err == EOPNOTSUPP; }
 
   // Cancels everything still in flight and waits for it, so that when the engine is gone no
   // operation holds a device or buffer (io_uring_queue_exit alone would let the kernel finish

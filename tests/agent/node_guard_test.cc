@@ -149,6 +149,24 @@ TEST_F(NodeGuardTest, LockOfAnotherProcessNamesItsPidAndDiesWithIt) {
 
 // ---- the socket path ------------------------------------------------------------------------
 
+TEST_F(NodeGuardTest, OneAgentPerNetworkNamespaceWhateverItsStateDir) {
+  // A name of this test's own, so an agent running on this machine is no obstacle.
+  const std::string name = absl::StrCat("tunnel-agent-test-", getpid());
+  {
+    absl::StatusOr<NamespaceLock> first = NamespaceLock::Acquire(name);
+    ASSERT_TRUE(first.ok()) << first.status();
+    absl::StatusOr<NamespaceLock> second = NamespaceLock::Acquire(name);
+    ASSERT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition) << second.status();
+    EXPECT_THAT(second.status().message(),
+                HasSubstr(absl::StrCat("another tunnel-agent (pid ", getpid(),
+                                       ") runs in this network namespace")));
+    EXPECT_THAT(second.status().message(), HasSubstr(absl::StrCat("@", name)));
+  }
+  // Released with its holder: the next one takes it.
+  EXPECT_TRUE(NamespaceLock::Acquire(name).ok());
+  EXPECT_EQ(NamespaceLock::Acquire("").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(NodeGuardTest, UnixSocketPathOf) {
   EXPECT_EQ(UnixSocketPathOf("unix:/run/tunnel-agent/agent.sock"), "/run/tunnel-agent/agent.sock");
   EXPECT_EQ(UnixSocketPathOf("unix:///run/a.sock"), "/run/a.sock");

@@ -2315,12 +2315,16 @@ TEST_F(TunnelManagerChangeTest, RestoredTunnelBreakingTheUnderlayRuleIsErrorAndN
   TunnelSpec bad = Gre("bad");
   bad.routes.push_back(P("203.0.113.0/24"));
   store_.load_result = std::vector<TunnelSpec>{bad, Distinct(Ipip("good"), 1)};
+  // An older version installed it: its device, with the route that breaks the rule, is there.
+  fakes::FakeLinkControl::Link left;
+  left.routes = bad.routes;
+  links_.LeaveBehind("bad", left);
   ASSERT_TRUE(manager_->Restore().ok());
   absl::StatusOr<TunnelView> view = manager_->Get("bad");
   ASSERT_TRUE(view.ok());
   EXPECT_EQ(view->status.state, OperState::kError);
   EXPECT_THAT(view->status.reason, HasSubstr("not restored: tunnel.routes[2] 203.0.113.0/24"));
-  EXPECT_EQ(links_.links().count("bad"), 0u) << "never installed";
+  EXPECT_EQ(links_.links().count("bad"), 0u) << "its device, and the route with it, gone";
   EXPECT_EQ(engine_.tunnels().count("bad"), 0u);
   ExpectUp("good");
 }

@@ -78,6 +78,11 @@ refused "another tunnel-agent (pid $FIRST) holds $RUN/A-state/agent.lock" \
   --grpc_listen="unix:$RUN/A2.sock"
 [ ! -e "$RUN/A2.sock" ] || lab_fail "the refused agent created $RUN/A2.sock"
 
+lab_log "a second agent on another state directory and another socket: exit 1 naming the first"
+refused "another tunnel-agent (pid $FIRST) runs in this network namespace" \
+  --state_dir="$RUN/third-state" --grpc_listen="unix:$RUN/A3.sock"
+[ ! -e "$RUN/A3.sock" ] || lab_fail "the refused agent left $RUN/A3.sock behind"
+
 lab_log "a second agent on another state directory but the same socket: exit 1, the first serves on"
 refused "unix socket $SOCK is in use: pid $FIRST accepts connections on it; refusing to take it over" \
   --state_dir="$RUN/other-state"
