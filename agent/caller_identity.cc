@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "agent/log.h"
+#include "dataplane/errno_status.h"
 #include "grpcpp/security/auth_context.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_context.h"
@@ -29,10 +30,7 @@ namespace {
 
 constexpr int kMaxBackoffMs = 1000;
 
-std::string ErrnoText(int error) {
-  char buf[256];
-  return strerror_r(error, buf, sizeof buf);  // GNU: the message, in buf or not
-}
+using dataplane::ErrnoText;
 
 // What the kernel said of a connection when it was accepted.
 struct Peer {

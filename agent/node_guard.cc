@@ -23,14 +23,12 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "dataplane/errno_status.h"
 
 namespace tunnelagent::agent {
 namespace {
 
-std::string ErrnoText(int error) {
-  char buf[256];
-  return strerror_r(error, buf, sizeof buf);  // GNU: the message, in buf or not
-}
+using dataplane::ErrnoText;
 
 absl::Status Failed(absl::string_view what, int error) {
   return absl::FailedPreconditionError(absl::StrCat(what, ": ", ErrnoText(error)));
