@@ -526,7 +526,10 @@ bool LoopCheck::Matches(const uint8_t* frame, size_t len) const {
     return false;
   }
   if (fou_port_ == 0) return true;
-  // Encap fou: the kernel's UDP socket sent it, so it is UDP to the fou port.
+  // Encap fou: the kernel's UDP socket sent it, so it is UDP to the fou port. A fragment past
+  // the first has no UDP header: from the local address to the remote is enough (only a loop
+  // brings UDP to the remote back into the tunnel's device).
+  if ((LoadBe16(ip + 6) & 0x1FFF) != 0) return true;
   const size_t header_len = size_t{ip[0] & 0x0Fu} * 4;
   return header_len >= kIpv4HeaderLen && ip_len >= header_len + kUdpHeaderLen &&
          LoadBe16(ip + header_len + 2) == fou_port_;

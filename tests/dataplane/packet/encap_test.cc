@@ -751,6 +751,29 @@ TEST_P(LoopCheckTest, OrdinaryTrafficIsNotALoop) {
   }
 }
 
+// A looped fou packet the kernel's UDP socket fragmented: the fragments after the first carry
+// no UDP header, and are the tunnel's own all the same.
+TEST(LoopCheckTest, FouFragmentsPastTheFirstAreFoundByAddressesAndProtocol) {
+  EncapParams p = GreKey();
+  p.udp_dport = kGreInUdpPort;
+  Bytes fragment(kIpv4HeaderLen + 8, 0);
+  fragment[0] = 0x45;
+  fragment[3] = static_cast<uint8_t>(fragment.size());
+  fragment[6] = 0x00;
+  fragment[7] = 0xb9;  // offset 185 x 8 bytes: no UDP header here
+  fragment[8] = 64;
+  fragment[9] = kIpProtoUdpOuter;
+  StoreBe32(fragment.data() + 12, p.local.v4());
+  StoreBe32(fragment.data() + 16, p.remote.v4());
+  const LoopCheck check(p);
+  EXPECT_TRUE(check.IsOwnOuterPacket(fragment.data(), fragment.size()));
+  fragment[19] ^= 0x40;  // to another address
+  EXPECT_FALSE(check.IsOwnOuterPacket(fragment.data(), fragment.size()));
+  fragment[19] ^= 0x40;
+  fragment[7] = 0;  // the first fragment: its UDP header (all zero here) names no fou port
+  EXPECT_FALSE(check.IsOwnOuterPacket(fragment.data(), fragment.size()));
+}
+
 std::vector<LoopCase> LoopCases() {
   const Bytes icmp = Hex(test::kInnerIcmp);
   const Bytes icmp6 = Hex(test::kInnerIcmp6);
