@@ -162,8 +162,16 @@ void LogChange(const grpc::ServerContext* context, absl::string_view what,
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
+  // Bounded whatever a message quotes: an answer must fit a client's metadata limit (8 KiB
+  // by default), or the client sees that limit instead of the error.
+  constexpr size_t kMaxMessage = 1024;
+  absl::string_view message = status.message();
+  std::string text = message.size() <= kMaxMessage
+                         ? std::string(message)
+                         : absl::StrCat(message.substr(0, kMaxMessage), "... (",
+                                        message.size() - kMaxMessage, " more bytes)");
   // absl::StatusCode and grpc::StatusCode share their numbering (both are google.rpc.Code).
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::move(text));
 }
 
 grpc::Status TunnelServiceImpl::CreateTunnel(grpc::ServerContext* context,
@@ -204,6 +212,15 @@ grpc::Status TunnelServiceImpl::ListTunnels(grpc::ServerContext*,
                                             v1::ListTunnelsResponse* response) {
   if (request->page_size() < 0) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "page_size: must not be negative");
+  }
+  // An unknown value would otherwise match nothing or everything: say so instead.
+  if (!v1::TunnelMode_IsValid(request->mode())) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("mode: unknown value ", request->mode()));
+  }
+  if (!v1::OperState_IsValid(request->state())) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("state: unknown value ", request->state()));
   }
   const int page_size =
       request->page_size() == 0 ? kMaxPageSize : std::min(request->page_size(), kMaxPageSize);

@@ -32,6 +32,7 @@
 #include "agent/server_security.h"
 #include "agent/state_store.h"
 #include "agent/tunnel_manager.h"
+#include "agent/validation.h"
 #include "dataplane/cpu_affinity.h"
 #include "dataplane/engine_factory.h"
 #include "dataplane/netlink.h"
@@ -92,6 +93,10 @@ ABSL_FLAG(std::string, dataplane_cpus, "",
           "Dataplane: CPUs to pin the workers to, as a CPU list (\"2-5\", \"0,2\"): worker i on "
           "the i-th, round again when there are more workers; with --dataplane_workers=0, one "
           "worker per CPU listed. Empty: not pinned");
+ABSL_FLAG(uint32_t, max_addresses_per_tunnel, 256,
+          "Addresses one tunnel may have; more are INVALID_ARGUMENT");
+ABSL_FLAG(uint32_t, max_routes_per_tunnel, 1024,
+          "Routes one tunnel may have; more are INVALID_ARGUMENT");
 ABSL_FLAG(std::string, log_format, "text",
           "Log lines on stderr: text (time, level, event and key=value fields) or json (one "
           "object a line: time, level, msg and the same fields)");
@@ -493,6 +498,8 @@ int main(int argc, char** argv) {
       "Creates GRE, IPIP, SIT and IPv6 tunnels on request over gRPC "
       "(tunnelagent.v1.TunnelService).");
   absl::ParseCommandLine(argc, argv);
+  tunnelagent::agent::SetTunnelLimits(
+      {absl::GetFlag(FLAGS_max_addresses_per_tunnel), absl::GetFlag(FLAGS_max_routes_per_tunnel)});
   if (absl::Status status = tunnelagent::agent::SetLogFormat(absl::GetFlag(FLAGS_log_format));
       !status.ok()) {
     fprintf(stderr, "tunnel-agent: %s\n", std::string(status.message()).c_str());

@@ -6,6 +6,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "agent/validation.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/time_util.h"
@@ -18,7 +19,7 @@ using dataplane::IpPrefix;
 using dataplane::TunnelMode;
 
 // The text is the caller's: escaped so that control bytes cannot garble logs or terminals.
-std::string Quote(absl::string_view text) { return absl::StrCat("\"", absl::CEscape(text), "\""); }
+std::string Quote(absl::string_view text) { return QuoteValue(text); }
 
 absl::StatusOr<TunnelMode> ModeFromProto(int mode) {
   // proto3 enums are open: a newer client can send a number this build has never heard of,

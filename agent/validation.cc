@@ -29,7 +29,9 @@ constexpr TunnelMode kAllModes[] = {TunnelMode::kGre,   TunnelMode::kGretap, Tun
                                     TunnelMode::kSit,   TunnelMode::kIp6gre, TunnelMode::kIp6gretap,
                                     TunnelMode::kIp6tnl};
 
-std::string Quote(absl::string_view text) { return absl::StrCat("\"", absl::CEscape(text), "\""); }
+std::string Quote(absl::string_view text) { return QuoteValue(text); }
+
+TunnelLimits tunnel_limits;
 
 absl::Status Invalid(absl::string_view field, absl::string_view problem) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", problem));
@@ -109,6 +111,12 @@ absl::Status ValidatePrefixShape(absl::string_view field, const IpPrefix& prefix
 }
 
 absl::Status ValidateAddresses(const dataplane::TunnelSpec& spec) {
+  // First: the duplicate checks below are quadratic.
+  if (spec.addresses.size() > tunnel_limits.max_addresses) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tunnel.addresses: ", spec.addresses.size(), " addresses, at most ",
+                     tunnel_limits.max_addresses, " per tunnel (--max_addresses_per_tunnel)"));
+  }
   for (size_t i = 0; i < spec.addresses.size(); ++i) {
     const std::string field = Indexed("tunnel.addresses", i);
     const IpPrefix& p = spec.addresses[i];
@@ -133,6 +141,11 @@ absl::Status ValidateAddresses(const dataplane::TunnelSpec& spec) {
 }
 
 absl::Status ValidateRoutes(const dataplane::TunnelSpec& spec) {
+  if (spec.routes.size() > tunnel_limits.max_routes) {
+    return absl::InvalidArgumentError(absl::StrCat("tunnel.routes: ", spec.routes.size(),
+                                                   " routes, at most ", tunnel_limits.max_routes,
+                                                   " per tunnel (--max_routes_per_tunnel)"));
+  }
   for (size_t i = 0; i < spec.routes.size(); ++i) {
     const std::string field = Indexed("tunnel.routes", i);
     const IpPrefix& p = spec.routes[i];
@@ -292,6 +305,17 @@ absl::Status ValidateDeviceName(absl::string_view name, absl::string_view field)
   }
   return absl::OkStatus();
 }
+
+std::string QuoteValue(absl::string_view text) {
+  // A bad value of any size is quoted by its first bytes and its length.
+  constexpr size_t kMaxQuoted = 64;
+  if (text.size() <= kMaxQuoted) return absl::StrCat("\"", absl::CEscape(text), "\"");
+  return absl::StrCat("\"", absl::CEscape(text.substr(0, kMaxQuoted)), "\"... (", text.size(),
+                      " bytes)");
+}
+
+void SetTunnelLimits(const TunnelLimits& limits) { tunnel_limits = limits; }
+const TunnelLimits& CurrentTunnelLimits() { return tunnel_limits; }
 
 absl::Status ValidateSpec(const dataplane::TunnelSpec& spec) {
   if (absl::Status s = ValidateDeviceName(spec.name); !s.ok()) return s;

@@ -33,12 +33,27 @@ absl::Status ValidateDeviceName(absl::string_view name, absl::string_view field 
 // - mtu: 0 or 68 (sit: 1280, as the kernel has it)..65535 less the encapsulation overhead with the
 // output GRE options (the
 //   kernel's IP_MAX_MTU - t_hlen).
-// - addresses: a family the tunnel carries (IPv4 only for ipip, IPv6 only for sit), not
-//   unspecified or multicast, no duplicates.
-// - routes: a family the tunnel carries, host bits zero ("10.1.0.0/16", not "10.1.0.1/16"),
-//   no duplicates.
+// - addresses: at most TunnelLimits::max_addresses, a family the tunnel carries (IPv4 only for
+//   ipip, IPv6 only for sit), not unspecified or multicast, no duplicates.
+// - routes: at most TunnelLimits::max_routes, a family the tunnel carries, host bits zero
+//   ("10.1.0.0/16", not "10.1.0.1/16"), no duplicates.
 // - labels: ValidateLabels.
+// A value quoted in an error is cut to a short prefix: a request of megabytes gets an answer
+// of a line.
 absl::Status ValidateSpec(const dataplane::TunnelSpec& spec);
+
+// A value for an error message: quoted and escaped, cut to its first 64 bytes and its length.
+std::string QuoteValue(absl::string_view text);
+
+// What one tunnel may ask for, so that no request holds the agent for long: addresses and
+// routes per tunnel (--max_addresses_per_tunnel, --max_routes_per_tunnel).
+struct TunnelLimits {
+  size_t max_addresses = 256;
+  size_t max_routes = 1024;
+};
+// Set once at start, before requests are served.
+void SetTunnelLimits(const TunnelLimits& limits);
+const TunnelLimits& CurrentTunnelLimits();
 
 // At most 64 labels; keys 1-63 and values 0-63 characters of [A-Za-z0-9._/-].
 absl::Status ValidateLabels(const std::map<std::string, std::string>& labels);

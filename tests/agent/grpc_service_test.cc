@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <set>
 #include <string>
@@ -293,6 +294,29 @@ TEST_F(GrpcServiceTest, ListTunnelsWithABadPageTokenOrSizeIsInvalidArgument) {
   request.set_page_size(-1);
   status = List(request, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+
+  // A filter value this agent does not know matches neither nothing nor everything: refused.
+  request.Clear();
+  request.set_state(static_cast<v1::OperState>(42));
+  status = List(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_EQ(status.error_message(), "state: unknown value 42");
+  request.Clear();
+  request.set_mode(static_cast<v1::TunnelMode>(99));
+  status = List(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_EQ(status.error_message(), "mode: unknown value 99");
+}
+
+TEST_F(GrpcServiceTest, AnErrorAboutAHugeValueStaysSmall) {
+  v1::Tunnel tunnel = Gre("t1", 1);
+  tunnel.set_name(std::string(3'000'000, 'n'));
+  grpc::Status status = Create(tunnel);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_LT(status.error_message().size(), 200u);
+  // Whatever a message quotes, the answer is bounded.
+  const absl::Status long_one = absl::InternalError(std::string(5000, 'x'));
+  EXPECT_EQ(ToGrpcStatus(long_one).error_message().size(), 1024u + strlen("... (3976 more bytes)"));
 }
 
 TEST_F(GrpcServiceTest, ListTunnelsFilters) {

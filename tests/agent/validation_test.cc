@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -15,6 +16,7 @@ using dataplane::IpAddress;
 using dataplane::IpPrefix;
 using dataplane::TunnelMode;
 using dataplane::TunnelSpec;
+using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
 IpAddress A(const std::string& text) {
@@ -525,6 +527,42 @@ TEST(ValidateDeviceNameTest, UsesTheGivenField) {
 TEST(ValidateDeviceNameTest, EscapesControlBytesInTheMessage) {
   const absl::Status s = ValidateDeviceName("a\nb");
   EXPECT_THAT(std::string(s.message()), ::testing::Not(::testing::HasSubstr("\n")));
+}
+
+TEST(ValidateSpecTest, AddressesAndRoutesPerTunnelAreBounded) {
+  const TunnelLimits saved = CurrentTunnelLimits();
+  SetTunnelLimits({/*max_addresses=*/3, /*max_routes=*/2});
+  TunnelSpec s = Gre();
+  s.addresses = {P("10.0.0.1/32"), P("10.0.0.2/32"), P("10.0.0.3/32")};
+  s.routes = {P("10.2.0.0/16"), P("10.3.0.0/16")};
+  EXPECT_TRUE(ValidateSpec(s).ok()) << ValidateSpec(s);
+  s.addresses.push_back(P("10.0.0.4/32"));
+  absl::Status status = ValidateSpec(s);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(),
+            "tunnel.addresses: 4 addresses, at most 3 per tunnel (--max_addresses_per_tunnel)");
+  s.addresses.pop_back();
+  s.routes.push_back(P("10.4.0.0/16"));
+  status = ValidateSpec(s);
+  EXPECT_EQ(status.message(),
+            "tunnel.routes: 3 routes, at most 2 per tunnel (--max_routes_per_tunnel)");
+  SetTunnelLimits(saved);
+  // The defaults: a request of 50,000 addresses is refused at once, before the quadratic
+  // duplicate check.
+  s.addresses.assign(50'000, P("10.0.0.1/32"));
+  s.routes.clear();
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(std::string(ValidateSpec(s).message()), HasSubstr("at most 256 per tunnel"));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+}
+
+TEST(ValidateSpecTest, AHugeBadValueIsQuotedByItsFirstBytesAndItsLength) {
+  const std::string name(3'000'000, 'n');
+  const absl::Status s = ValidateDeviceName(name);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_LT(s.message().size(), 200u);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("... (3000000 bytes)"));
+  EXPECT_EQ(QuoteValue("gre1"), "\"gre1\"");
 }
 
 }  // namespace
