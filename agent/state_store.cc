@@ -36,6 +36,10 @@ absl::Status IoError(int error, absl::string_view path, absl::string_view action
   if (error == EACCES || error == EPERM || error == EROFS) {
     return absl::PermissionDeniedError(message);
   }
+  if (error == ENOSPC || error == EDQUOT) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(message, " (the file system holding --state_dir is full)"));
+  }
   return absl::InternalError(message);
 }
 

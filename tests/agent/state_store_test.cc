@@ -1,6 +1,9 @@
 #include "agent/state_store.h"
 
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -11,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/time/time.h"
 #include "agent/tunnel_manager.h"
 #include "gmock/gmock.h"
@@ -401,6 +405,38 @@ TEST_F(FileStateStoreTest, SaveWhereTheDirectoryIsAFileFails) {
   EXPECT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), HasSubstr(file));
   EXPECT_EQ(ReadFile(file), "x");
+}
+
+// A full disk is RESOURCE_EXHAUSTED saying so. The full disk is a 16 KiB tmpfs mounted in a
+// child's own mount namespace (root only), so nothing outside the child sees it.
+TEST_F(FileStateStoreTest, SaveOnAFullDiskIsResourceExhausted) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  const std::string dir = root_ + "/full";
+  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    if (unshare(CLONE_NEWNS) != 0 ||
+        mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+        mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=16k") != 0) {
+      _exit(77);
+    }
+    std::vector<dataplane::TunnelSpec> many;
+    for (int i = 0; i < 200; ++i) {
+      dataplane::TunnelSpec spec = SomeTunnels()[0];
+      spec.name = absl::StrCat("t", i);
+      many.push_back(spec);
+    }
+    const absl::Status s = FileStateStore(dir).Save(many);
+    const bool said_so =
+        absl::StrContains(s.message(), "the file system holding --state_dir is full");
+    _exit(s.code() == absl::StatusCode::kResourceExhausted && said_so ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  if (WEXITSTATUS(status) == 77) GTEST_SKIP() << "cannot mount a tmpfs here";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "Save on a full tmpfs was not RESOURCE_EXHAUSTED saying so";
 }
 
 }  // namespace
