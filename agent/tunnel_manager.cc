@@ -274,17 +274,8 @@ absl::Status TunnelManager::Restore() {
   if (absl::StatusOr<std::map<int, DeviceState>> kernel = links_->DeviceStates(); kernel.ok()) {
     for (auto& [entry, device] : attached) {
       auto found = kernel->find(device->ifindex());
-      if (found == kernel->end()) continue;
-      for (const IpPrefix& p : found->second.routes) {
-        if (Contains(entry->spec.routes, p) || !links_->DeleteRoute(*device, p).ok()) continue;
-        RecordRepair(*entry, "route",
-                     absl::StrCat("route ", p.ToString(), " removed (not desired)"));
-      }
-      for (const IpPrefix& p : found->second.addresses) {
-        if (Contains(entry->spec.addresses, p) || !links_->DeleteAddress(*device, p).ok()) continue;
-        RecordRepair(*entry, "address",
-                     absl::StrCat("address ", p.ToString(), " removed (not desired)"));
-      }
+      // What cannot be removed now is tried again by the first refresh.
+      if (found != kernel->end()) RemoveUndesired(*entry, *device, found->second).IgnoreError();
     }
   }
 

@@ -236,6 +236,11 @@ class TunnelManager {
                          const absl::StatusOr<UnderlayRoute>& route,
                          const std::map<int, std::string>& tunnel_devices)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes from `device` (the tunnel's, or one being taken over for it) the routes and
+  // addresses `kernel` shows that the desired state does not have, each a repair; the first
+  // that could not be removed, or OK (one found gone already is no failure).
+  absl::Status RemoveUndesired(Entry& entry, const Device& device, const DeviceState& kernel)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Reconcile of one tunnel's device, read from the kernel now.
   absl::Status ReconcileNow(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecordRepair(Entry& entry, const char* what, const std::string& detail)

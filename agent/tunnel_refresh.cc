@@ -102,17 +102,45 @@ void TunnelManager::SetState(Entry& entry, OperState state, std::string reason) 
   RecordEvent(TunnelEvent::Type::kStateChanged, {entry.spec, StatusOf(entry)}, entry.reason);
 }
 
+absl::Status TunnelManager::RemoveUndesired(Entry& entry, const Device& device,
+                                            const DeviceState& kernel) {
+  const dataplane::TunnelSpec& spec = entry.spec;
+  absl::Status first_failure;
+  for (const IpPrefix& p : kernel.routes) {
+    if (Contains(spec.routes, p)) continue;
+    if (absl::Status s = links_->DeleteRoute(device, p); s.ok()) {
+      RecordRepair(entry, "route", absl::StrCat("route ", p.ToString(), " removed (not desired)"));
+    } else if (!absl::IsNotFound(s) && first_failure.ok()) {  // gone already: nothing to do
+      first_failure = absl::Status(
+          s.code(), absl::StrCat("cannot remove route ", p.ToString(), ": ", s.message()));
+    }
+  }
+  for (const IpPrefix& p : kernel.addresses) {
+    if (Contains(spec.addresses, p)) continue;
+    if (absl::Status s = links_->DeleteAddress(device, p); s.ok()) {
+      RecordRepair(entry, "address",
+                   absl::StrCat("address ", p.ToString(), " removed (not desired)"));
+    } else if (!absl::IsNotFound(s) && first_failure.ok()) {
+      first_failure = absl::Status(
+          s.code(), absl::StrCat("cannot remove address ", p.ToString(), ": ", s.message()));
+    }
+  }
+  return first_failure;
+}
+
 absl::Status TunnelManager::Reconcile(Entry& entry, const DeviceState& kernel) {
   const Device& device = *entry.device;
   const dataplane::TunnelSpec& spec = entry.spec;
   absl::Status first_failure;
   auto failed = [&first_failure](absl::Status status, absl::string_view what) {
-    if (first_failure.ok()) {
-      first_failure = absl::Status(status.code(), absl::StrCat(what, ": ", status.message()));
-    }
+    if (!first_failure.ok()) return;
+    first_failure = what.empty()
+                        ? status
+                        : absl::Status(status.code(), absl::StrCat(what, ": ", status.message()));
   };
   // Link first: taking a link down removes its IPv4 routes and IPv6 addresses, which come back
-  // below. Then the MTU (IPv6 addresses need 1280 or more), addresses, routes.
+  // below. Then the MTU (IPv6 addresses need 1280 or more); what is not desired goes before
+  // what is missing comes back.
   if (!kernel.up) {
     if (absl::Status s = links_->SetUp(device); s.ok()) {
       RecordRepair(entry, "link", "link was set down; set up again");
@@ -127,15 +155,7 @@ absl::Status TunnelManager::Reconcile(Entry& entry, const DeviceState& kernel) {
       failed(s, absl::StrCat("cannot set mtu ", entry.mtu, " again"));
     }
   }
-  for (const IpPrefix& p : kernel.addresses) {
-    if (Contains(spec.addresses, p)) continue;
-    if (absl::Status s = links_->DeleteAddress(device, p); s.ok()) {
-      RecordRepair(entry, "address",
-                   absl::StrCat("address ", p.ToString(), " removed (not desired)"));
-    } else if (!absl::IsNotFound(s)) {  // gone already: nothing to put back
-      failed(s, absl::StrCat("cannot remove address ", p.ToString()));
-    }
-  }
+  if (absl::Status s = RemoveUndesired(entry, device, kernel); !s.ok()) failed(s, "");
   for (const IpPrefix& p : spec.addresses) {
     if (Contains(kernel.addresses, p)) continue;
     absl::Status s = links_->AddAddress(device, p);
@@ -143,14 +163,6 @@ absl::Status TunnelManager::Reconcile(Entry& entry, const DeviceState& kernel) {
       RecordRepair(entry, "address", absl::StrCat("address ", p.ToString(), " added back"));
     } else if (!absl::IsAlreadyExists(s)) {  // there, only not listed (an IPv6 link-local one)
       failed(s, absl::StrCat("cannot add address ", p.ToString(), " back"));
-    }
-  }
-  for (const IpPrefix& p : kernel.routes) {
-    if (Contains(spec.routes, p)) continue;
-    if (absl::Status s = links_->DeleteRoute(device, p); s.ok()) {
-      RecordRepair(entry, "route", absl::StrCat("route ", p.ToString(), " removed (not desired)"));
-    } else if (!absl::IsNotFound(s)) {  // gone already: nothing to put back
-      failed(s, absl::StrCat("cannot remove route ", p.ToString()));
     }
   }
   for (const IpPrefix& p : spec.routes) {
