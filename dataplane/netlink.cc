@@ -18,6 +18,7 @@
 #include <optional>
 #include <utility>
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "dataplane/errno_status.h"
 
@@ -642,28 +643,42 @@ absl::StatusOr<LinkInfo> Netlink::GetLinkByName(const std::string& name) {
   return reply.info;
 }
 
-absl::StatusOr<std::vector<LinkInfo>> Netlink::ListLinks() {
-  const std::string what = "listing the links";
-  // A dump that raced with a change is flagged inconsistent; a retry normally gets a clean one.
+namespace {
+
+// A dump that raced with a change is flagged inconsistent (NLM_F_DUMP_INTR); a retry normally
+// gets a clean one. `dump_once` makes one dump into what its caller keeps and says whether it
+// was interrupted.
+absl::Status DumpConsistently(absl::string_view what,
+                              absl::FunctionRef<absl::StatusOr<bool>()> dump_once) {
   constexpr int kAttempts = 3;
   for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    absl::StatusOr<bool> interrupted = dump_once();
+    if (!interrupted.ok()) return interrupted.status();
+    if (!*interrupted) return absl::OkStatus();
+  }
+  return absl::UnavailableError(absl::StrCat(what, ": the dump kept being interrupted"));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<LinkInfo>> Netlink::ListLinks() {
+  const std::string what = "listing the links";
+  LinkDump dump;
+  absl::Status status = DumpConsistently(what, [&]() -> absl::StatusOr<bool> {
     alignas(nlmsghdr) char buf[kRequestBufferSize];
     nlmsghdr* nlh = PutHeader(buf, RTM_GETLINK, NLM_F_DUMP);
     auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
     ifi->ifi_family = AF_UNSPEC;
     mnl_attr_put_u32(nlh, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
-    LinkDump dump;
-    {
-      absl::MutexLock lock(&mu_);
-      if (absl::Status s = Transact(nlh, what, OnLinkDump, &dump); !s.ok()) return s;
-    }
-    if (!dump.interrupted) {
-      std::sort(dump.links.begin(), dump.links.end(),
-                [](const LinkInfo& a, const LinkInfo& b) { return a.ifindex < b.ifindex; });
-      return std::move(dump.links);
-    }
-  }
-  return absl::UnavailableError(absl::StrCat(what, ": the dump kept being interrupted"));
+    dump = LinkDump();
+    absl::MutexLock lock(&mu_);
+    if (absl::Status s = Transact(nlh, what, OnLinkDump, &dump); !s.ok()) return s;
+    return dump.interrupted;
+  });
+  if (!status.ok()) return status;
+  std::sort(dump.links.begin(), dump.links.end(),
+            [](const LinkInfo& a, const LinkInfo& b) { return a.ifindex < b.ifindex; });
+  return std::move(dump.links);
 }
 
 namespace {
@@ -736,23 +751,21 @@ absl::Status Netlink::DeleteAddress(int ifindex, const IpPrefix& address) {
 absl::StatusOr<std::vector<IpPrefix>> Netlink::ListAddresses(int ifindex) {
   const std::string what = absl::StrCat("listing the addresses of ", LinkName(ifindex));
   if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
-  // A dump that raced with a change is flagged inconsistent; a retry normally gets a clean one.
-  constexpr int kAttempts = 3;
-  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+  AddressDump dump;
+  absl::Status status = DumpConsistently(what, [&]() -> absl::StatusOr<bool> {
     alignas(nlmsghdr) char buf[kRequestBufferSize];
     nlmsghdr* nlh = PutHeader(buf, RTM_GETADDR, NLM_F_DUMP);
     auto* ifa = static_cast<ifaddrmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifaddrmsg)));
     ifa->ifa_family = AF_UNSPEC;
     ifa->ifa_index = ifindex;
-    AddressDump dump;
+    dump = AddressDump();
     dump.ifindex = ifindex;
-    {
-      absl::MutexLock lock(&mu_);
-      if (absl::Status s = Transact(nlh, what, OnAddress, &dump); !s.ok()) return s;
-    }
-    if (!dump.interrupted) return std::move(dump.addresses);
-  }
-  return absl::UnavailableError(absl::StrCat(what, ": the dump kept being interrupted"));
+    absl::MutexLock lock(&mu_);
+    if (absl::Status s = Transact(nlh, what, OnAddress, &dump); !s.ok()) return s;
+    return dump.interrupted;
+  });
+  if (!status.ok()) return status;
+  return std::move(dump.addresses);
 }
 
 absl::Status Netlink::AddRoute(int ifindex, const IpPrefix& destination) {
@@ -784,27 +797,25 @@ absl::Status Netlink::DeleteRoute(int ifindex, const IpPrefix& destination) {
 
 absl::StatusOr<std::map<int, std::vector<IpPrefix>>> Netlink::ListAllAddresses() {
   const std::string what = "listing the addresses of every link";
-  // A dump that raced with a change is flagged inconsistent; a retry normally gets a clean one.
-  constexpr int kAttempts = 3;
-  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+  AllAddressDump dump;
+  absl::Status status = DumpConsistently(what, [&]() -> absl::StatusOr<bool> {
     alignas(nlmsghdr) char buf[kRequestBufferSize];
     nlmsghdr* nlh = PutHeader(buf, RTM_GETADDR, NLM_F_DUMP);
     auto* ifa = static_cast<ifaddrmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifaddrmsg)));
     ifa->ifa_family = AF_UNSPEC;
-    AllAddressDump dump;
-    {
-      absl::MutexLock lock(&mu_);
-      if (absl::Status s = Transact(nlh, what, OnAnyAddress, &dump); !s.ok()) return s;
-    }
-    if (!dump.interrupted) return std::move(dump.addresses);
-  }
-  return absl::UnavailableError(absl::StrCat(what, ": the dump kept being interrupted"));
+    dump = AllAddressDump();
+    absl::MutexLock lock(&mu_);
+    if (absl::Status s = Transact(nlh, what, OnAnyAddress, &dump); !s.ok()) return s;
+    return dump.interrupted;
+  });
+  if (!status.ok()) return status;
+  return std::move(dump.addresses);
 }
 
 absl::StatusOr<std::map<int, std::vector<IpPrefix>>> Netlink::ListAgentRoutes() {
   const std::string what = "listing the agent's routes";
-  constexpr int kAttempts = 3;
-  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+  AgentRouteDump dump;
+  absl::Status status = DumpConsistently(what, [&]() -> absl::StatusOr<bool> {
     alignas(nlmsghdr) char buf[kRequestBufferSize];
     nlmsghdr* nlh = PutHeader(buf, RTM_GETROUTE, NLM_F_DUMP);
     auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
@@ -812,14 +823,13 @@ absl::StatusOr<std::map<int, std::vector<IpPrefix>>> Netlink::ListAgentRoutes() 
     // The protocol alone as the kernel-side filter: every family of an AF_UNSPEC dump accepts
     // it, while MPLS refuses a table in the header and would fail the whole dump.
     rtm->rtm_protocol = kRouteProtocolTunnelAgent;
-    AgentRouteDump dump;
-    {
-      absl::MutexLock lock(&mu_);
-      if (absl::Status s = Transact(nlh, what, OnAgentRoute, &dump); !s.ok()) return s;
-    }
-    if (!dump.interrupted) return std::move(dump.routes);
-  }
-  return absl::UnavailableError(absl::StrCat(what, ": the dump kept being interrupted"));
+    dump = AgentRouteDump();
+    absl::MutexLock lock(&mu_);
+    if (absl::Status s = Transact(nlh, what, OnAgentRoute, &dump); !s.ok()) return s;
+    return dump.interrupted;
+  });
+  if (!status.ok()) return status;
+  return std::move(dump.routes);
 }
 
 absl::StatusOr<RouteLookup> Netlink::LookupRoute(const IpAddress& destination,
