@@ -1,16 +1,36 @@
 // tunnelagent.v1.TunnelService: translation between the API and the TunnelManager, plus the
 // API-level conventions (request_id, pagination, watch streams). absl::Status codes map one to
 // one onto gRPC codes.
+//
+// On gRPC's callback API, so no call holds a server thread while it waits:
+// - reads (Get, List, GetAgentInfo) are answered at once, on the thread that took the call;
+// - changes (Create, Update, Delete, Apply) wait in a bounded queue for a few threads of the
+//   service's own, so a slow kernel never holds gRPC's threads; beyond the queue a change is
+//   RESOURCE_EXHAUSTED, and one whose client gave up while it waited is not run;
+// - each WatchTunnels stream is a reactor that writes one event at a time; a single
+//   dispatcher thread wakes on every new revision and moves each watcher whose previous write
+//   went out. A watcher that stops reading falls behind and is closed once it is too far
+//   behind, rather than the agent buffering for it.
+// Requests are parsed here (raw methods), so a malformed one is INVALID_ARGUMENT naming the
+// field (agent/request_parse.h).
 #ifndef TUNNELAGENT_AGENT_GRPC_SERVICE_H_
 #define TUNNELAGENT_AGENT_GRPC_SERVICE_H_
 
-#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <set>
 #include <string>
+#include <thread>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/idempotency.h"
 #include "agent/tunnel_manager.h"
+#include "agent/work_queue.h"
 #include "grpcpp/grpcpp.h"
 #include "tunnelagent/v1/tunnel.grpc.pb.h"
 
@@ -28,36 +48,113 @@ struct AgentIdentity {
   std::string dataplane_cpus;  // a CPU list; empty when the workers are not pinned
 };
 
-class TunnelServiceImpl final : public v1::TunnelService::Service {
+// How much of the service one client, and all of them, may hold.
+struct TunnelServiceLimits {
+  // Threads running changes, and the changes that may wait for one.
+  int change_threads = 2;
+  size_t max_queued_changes = 64;
+  // Open WatchTunnels streams, in all and per client (ClientOfCaller). A stream holds no
+  // thread, only its memory: the total may be well above what threads would allow.
+  int max_watchers = 256;
+  int max_watchers_per_client = 16;
+  // A watcher this many revisions behind the agent (counted from when it started, so a
+  // resume from an old revision may catch up first) is closed with RESOURCE_EXHAUSTED.
+  uint64_t max_watcher_lag = 1024;
+  // A watcher closed while its client does not read cannot even be told so: its stream is
+  // cancelled after this long.
+  absl::Duration closed_watcher_grace = absl::Seconds(10);
+};
+
+// Who a client is, for per-client limits: "uid=1000" on the agent's unix socket, the peer's
+// address without its port on TCP ("ipv4:198.18.0.1", "ipv6:[2001:db8::1]"), with " cn=NAME"
+// when it presented a certificate; `caller` as CallerOf gives it.
+std::string ClientOfCaller(absl::string_view caller);
+
+using TunnelServiceBase = v1::TunnelService::WithRawCallbackMethod_CreateTunnel<
+    v1::TunnelService::WithRawCallbackMethod_GetTunnel<
+        v1::TunnelService::WithRawCallbackMethod_ListTunnels<
+            v1::TunnelService::WithRawCallbackMethod_UpdateTunnel<
+                v1::TunnelService::WithRawCallbackMethod_DeleteTunnel<
+                    v1::TunnelService::WithRawCallbackMethod_WatchTunnels<
+                        v1::TunnelService::WithRawCallbackMethod_ApplyTunnels<
+                            v1::TunnelService::WithRawCallbackMethod_GetAgentInfo<
+                                v1::TunnelService::Service>>>>>>>>;
+
+class TunnelServiceImpl final : public TunnelServiceBase {
  public:
-  // At most this many WatchTunnels streams at once: each holds a server thread.
-  static constexpr int kMaxWatchers = 32;
+  TunnelServiceImpl(TunnelManager* manager, AgentIdentity identity,
+                    TunnelServiceLimits limits = TunnelServiceLimits());
+  // After the server it is registered in has shut down: no call may be open.
+  ~TunnelServiceImpl() override;
 
-  TunnelServiceImpl(TunnelManager* manager, AgentIdentity identity)
-      : manager_(manager), identity_(std::move(identity)) {}
+  grpc::ServerUnaryReactor* CreateTunnel(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetTunnel(grpc::CallbackServerContext* context,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ListTunnels(grpc::CallbackServerContext* context,
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* UpdateTunnel(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* DeleteTunnel(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchTunnels(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) override;
+  grpc::ServerUnaryReactor* ApplyTunnels(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetAgentInfo(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
 
-  grpc::Status CreateTunnel(grpc::ServerContext* context, const v1::CreateTunnelRequest* request,
-                            v1::Tunnel* response) override;
-  grpc::Status GetTunnel(grpc::ServerContext* context, const v1::GetTunnelRequest* request,
-                         v1::Tunnel* response) override;
-  grpc::Status ListTunnels(grpc::ServerContext* context, const v1::ListTunnelsRequest* request,
-                           v1::ListTunnelsResponse* response) override;
-  grpc::Status UpdateTunnel(grpc::ServerContext* context, const v1::UpdateTunnelRequest* request,
-                            v1::UpdateTunnelResponse* response) override;
-  grpc::Status DeleteTunnel(grpc::ServerContext* context, const v1::DeleteTunnelRequest* request,
-                            google::protobuf::Empty* response) override;
-  grpc::Status WatchTunnels(grpc::ServerContext* context, const v1::WatchTunnelsRequest* request,
-                            grpc::ServerWriter<v1::TunnelEvent>* writer) override;
-  grpc::Status ApplyTunnels(grpc::ServerContext* context, const v1::ApplyTunnelsRequest* request,
-                            v1::ApplyTunnelsResponse* response) override;
-  grpc::Status GetAgentInfo(grpc::ServerContext* context, const v1::GetAgentInfoRequest* request,
-                            v1::AgentInfo* response) override;
+  // WatchTunnels streams open now (closed ones whose stream has not ended yet included).
+  int open_watchers() const;
 
  private:
-  TunnelManager* manager_;
+  class Watcher;
+
+  // The calls' work, on parsed requests.
+  absl::Status DoCreate(const grpc::ServerContextBase& context,
+                        const v1::CreateTunnelRequest& request, v1::Tunnel* response);
+  absl::Status DoGet(const v1::GetTunnelRequest& request, v1::Tunnel* response);
+  absl::Status DoList(const v1::ListTunnelsRequest& request, v1::ListTunnelsResponse* response);
+  absl::Status DoUpdate(const grpc::ServerContextBase& context,
+                        const v1::UpdateTunnelRequest& request, v1::UpdateTunnelResponse* response);
+  absl::Status DoDelete(const grpc::ServerContextBase& context,
+                        const v1::DeleteTunnelRequest& request);
+  absl::Status DoApply(const grpc::ServerContextBase& context,
+                       const v1::ApplyTunnelsRequest& request, v1::ApplyTunnelsResponse* response);
+  void DoGetAgentInfo(v1::AgentInfo* response);
+
+  // Runs `work` on the change threads and finishes the call with what it returns; refuses
+  // the call (logged as `what` on `tunnel`) when the queue is full.
+  template <typename Request, typename Response, typename Work>
+  grpc::ServerUnaryReactor* QueueChange(grpc::CallbackServerContext* context,
+                                        const grpc::ByteBuffer* request_bytes,
+                                        grpc::ByteBuffer* response_bytes, const char* what,
+                                        Work work);
+
+  // The dispatcher: wakes on every revision after `seen` and moves the watchers on.
+  void Dispatch(uint64_t seen);
+  void Unregister(Watcher* watcher);
+
+  TunnelManager* const manager_;
   const AgentIdentity identity_;
+  const TunnelServiceLimits limits_;
   IdempotencyCache idempotency_;
-  std::atomic<int> watchers_{0};
+
+  mutable absl::Mutex watchers_mu_;
+  std::set<Watcher*> watchers_ ABSL_GUARDED_BY(watchers_mu_);
+  absl::flat_hash_map<std::string, int> watchers_by_client_ ABSL_GUARDED_BY(watchers_mu_);
+  bool stopping_ ABSL_GUARDED_BY(watchers_mu_) = false;
+  std::thread dispatcher_ ABSL_GUARDED_BY(watchers_mu_);  // started with the first watcher
+
+  // Last: its threads finish the queued changes before the members above go.
+  BoundedWorkQueue changes_;
 };
 
 }  // namespace tunnelagent::agent

@@ -1,16 +1,41 @@
 #include "agent/link_control.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <map>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "agent/fd_budget.h"
+#include "dataplane/errno_status.h"
 #include "dataplane/tun_device.h"
 
 namespace tunnelagent::agent {
 namespace {
 
 using dataplane::TunDevice;
+
+// net.ipv6.conf.<device>.disable_ipv6. A device the agent makes starts without IPv6 and gets it
+// with its first IPv6 address or route: the kernel walks every IPv6 route once for each device
+// that goes up or away, and a device with IPv6 brings three routes of its own (link-local,
+// its address, multicast), so thousands of IPv6-less tunnels made the start and the stop of the
+// agent quadratic (5,000 tunnels: restore 12.2 s -> 2.2 s, removal 5.0 s -> 2.8 s without).
+// Where the sysctl cannot be written (IPv6 compiled out, /proc/sys read-only in a container)
+// the device keeps the kernel's default: slower at scale, otherwise the same.
+absl::Status SetIpv6Disabled(const std::string& device, bool disabled) {
+  const std::string path = absl::StrCat("/proc/sys/net/ipv6/conf/", device, "/disable_ipv6");
+  const int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return dataplane::ErrnoStatus(errno, absl::StrCat("opening ", path));
+  const char value = disabled ? '1' : '0';
+  const ssize_t n = write(fd, &value, 1);
+  const int err = errno;
+  close(fd);
+  if (n != 1) return dataplane::ErrnoStatus(err, absl::StrCat("writing ", path));
+  return absl::OkStatus();
+}
 
 // A persistent TUN device: removed when this object goes unless Keep() was called, so that
 // both a clean stop and a failed create leave nothing, while a crash leaves the device for the
@@ -27,15 +52,38 @@ class TunLink final : public Device {
   bool offload() const override { return tun_->offload(); }
   bool udp_offload() const override { return tun_->udp_offload(); }
 
+  // Turns IPv6 on before the device's first IPv6 address or route (the kernel refuses those on
+  // a device without IPv6). Devices re-attached from an earlier run keep what they have.
+  absl::Status EnsureIpv6() const {
+    if (!ipv6_disabled_) return absl::OkStatus();
+    if (absl::Status status = SetIpv6Disabled(tun_->name(), false); !status.ok()) {
+      return absl::Status(status.code(), absl::StrCat("turning IPv6 on for ", tun_->name(), ": ",
+                                                      status.message()));
+    }
+    ipv6_disabled_ = false;
+    return absl::OkStatus();
+  }
+  void DisableIpv6() { ipv6_disabled_ = SetIpv6Disabled(tun_->name(), true).ok(); }
+
  private:
   std::unique_ptr<TunDevice> tun_;
   bool keep_ = false;
+  // Calls on one device come from the manager's writer, one at a time.
+  mutable bool ipv6_disabled_ = false;
 };
+
+absl::Status EnsureIpv6For(const Device& device, const dataplane::IpPrefix& prefix) {
+  if (!prefix.address().is_v6()) return absl::OkStatus();
+  const auto* link = dynamic_cast<const TunLink*>(&device);
+  return link == nullptr ? absl::OkStatus() : link->EnsureIpv6();
+}
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::CreateDevice(const std::string& name,
                                                                         DeviceKind kind) {
+  // Tunnels may not take the descriptors kept for the API's connections and the agent.
+  if (absl::Status budget = CheckTunnelFdBudget(); !budget.ok()) return budget;
   TunDevice::CreateOptions options;
   options.alias = dataplane::kAgentDeviceAlias;
   options.persistent = true;
@@ -44,7 +92,12 @@ absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::CreateDevice(const st
   options.multi_queue = multi_queue_;
   absl::StatusOr<std::unique_ptr<TunDevice>> tun = TunDevice::Create(name, kind, options);
   if (!tun.ok()) return tun.status();
-  return std::make_unique<TunLink>(*std::move(tun));
+  // Without the group the device is still the agent's (its alias says so): it is only
+  // removed on its own at stop instead of in the batch.
+  netlink_->SetLinkGroup((*tun)->ifindex(), kAgentLinkGroup).IgnoreError();
+  auto link = std::make_unique<TunLink>(*std::move(tun));
+  link->DisableIpv6();  // before it goes up: until an IPv6 prefix needs it
+  return link;
 }
 
 absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::AttachDevice(const std::string& name,
@@ -73,6 +126,10 @@ absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::AttachDevice(const st
     }
   }
   if (!tun.ok()) return tun.status();
+  // A device an older agent made has no group yet.
+  if (link->group != kAgentLinkGroup) {
+    netlink_->SetLinkGroup(link->ifindex, kAgentLinkGroup).IgnoreError();
+  }
   return std::make_unique<TunLink>(*std::move(tun));
 }
 
@@ -96,6 +153,36 @@ absl::Status KernelLinkControl::DeleteDevice(const std::string& name) {
   return netlink_->DeleteLink(link->ifindex);
 }
 
+absl::Status KernelLinkControl::RemoveAgentDevices() {
+  absl::StatusOr<std::vector<dataplane::LinkInfo>> links = netlink_->ListLinks();
+  if (!links.ok()) return links.status();
+  bool grouped = false;
+  std::vector<int> ungrouped;  // the agent's, outside the group: removed one by one
+  for (const dataplane::LinkInfo& link : *links) {
+    const bool agent = dataplane::IsAgentDevice(link);
+    if (link.group == kAgentLinkGroup && !agent) {
+      // Someone else's link in the agent's group: the batch would take it along.
+      return absl::FailedPreconditionError(
+          absl::StrCat("link ", link.name, " is in the agent's link group ", kAgentLinkGroup,
+                       " but was not created by the agent; not removing in bulk"));
+    }
+    if (!agent) continue;
+    if (link.group == kAgentLinkGroup) {
+      grouped = true;
+    } else {
+      ungrouped.push_back(link.ifindex);
+    }
+  }
+  absl::Status status;
+  if (grouped) status.Update(netlink_->DeleteLinkGroup(kAgentLinkGroup));
+  for (int ifindex : ungrouped) {
+    if (absl::Status s = netlink_->DeleteLink(ifindex); !s.ok() && !absl::IsNotFound(s)) {
+      status.Update(s);
+    }
+  }
+  return status;
+}
+
 absl::Status KernelLinkControl::SetMtu(const Device& device, uint32_t mtu) {
   return netlink_->SetLinkMtu(device.ifindex(), mtu);
 }
@@ -106,6 +193,7 @@ absl::Status KernelLinkControl::SetUp(const Device& device) {
 
 absl::Status KernelLinkControl::AddAddress(const Device& device,
                                            const dataplane::IpPrefix& address) {
+  if (absl::Status status = EnsureIpv6For(device, address); !status.ok()) return status;
   return netlink_->AddAddress(device.ifindex(), address);
 }
 
@@ -115,6 +203,7 @@ absl::Status KernelLinkControl::DeleteAddress(const Device& device,
 }
 
 absl::Status KernelLinkControl::AddRoute(const Device& device, const dataplane::IpPrefix& route) {
+  if (absl::Status status = EnsureIpv6For(device, route); !status.ok()) return status;
   return netlink_->AddRoute(device.ifindex(), route);
 }
 

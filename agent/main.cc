@@ -21,9 +21,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "agent/api_server.h"
 #include "agent/caller_identity.h"
+#include "agent/fd_budget.h"
 #include "agent/grpc_metrics.h"
 #include "agent/grpc_service.h"
+#include "agent/library_log.h"
 #include "agent/link_control.h"
 #include "agent/log.h"
 #include "agent/metrics.h"
@@ -97,9 +100,35 @@ ABSL_FLAG(uint32_t, max_addresses_per_tunnel, 256,
           "Addresses one tunnel may have; more are INVALID_ARGUMENT");
 ABSL_FLAG(uint32_t, max_routes_per_tunnel, 1024,
           "Routes one tunnel may have; more are INVALID_ARGUMENT");
+ABSL_FLAG(uint32_t, max_labels_per_tunnel, 64,
+          "Labels one tunnel may have; more are INVALID_ARGUMENT");
+ABSL_FLAG(uint32_t, max_label_key_length, 63, "Longest label key, in bytes");
+ABSL_FLAG(uint32_t, max_label_value_length, 63, "Longest label value, in bytes");
+ABSL_FLAG(uint32_t, max_prefixes_per_apply, 65536,
+          "Addresses and routes one ApplyTunnels may carry in all (each is a netlink request); "
+          "more are INVALID_ARGUMENT");
 ABSL_FLAG(std::string, log_format, "text",
           "Log lines on stderr: text (time, level, event and key=value fields) or json (one "
           "object a line: time, level, msg and the same fields)");
+ABSL_FLAG(uint32_t, grpc_max_connections, 512,
+          "API connections open at once on the agent's own listener (plaintext); more are closed "
+          "at once. At most a quarter of the descriptor limit; that many descriptors are kept "
+          "from tunnels for the API");
+ABSL_FLAG(uint32_t, grpc_max_connections_per_peer, 128,
+          "API connections one peer (a uid on the unix socket, an address on TCP) may hold; at "
+          "most half of --grpc_max_connections");
+ABSL_FLAG(absl::Duration, grpc_first_bytes_timeout, absl::Seconds(5),
+          "A new API connection that sends nothing for this long is closed");
+ABSL_FLAG(absl::Duration, grpc_idle_timeout, absl::Minutes(2),
+          "API connections without a call for this long are closed (clients reconnect)");
+ABSL_FLAG(absl::Duration, api_self_check_interval, absl::Seconds(5),
+          "How often the agent calls its own API over its listener (GetAgentInfo; a TLS "
+          "handshake on TLS); 0 disables. Failing --api_self_check_failures times in a row "
+          "turns health NOT_SERVING and rebuilds gRPC's own listener");
+ABSL_FLAG(absl::Duration, api_self_check_timeout, absl::Seconds(2),
+          "Deadline of one self-check call");
+ABSL_FLAG(uint32_t, api_self_check_failures, 3,
+          "Self-checks failed in a row before health turns NOT_SERVING");
 ABSL_FLAG(uint32_t, socket_receives, 64,
           "Dataplane: receives kept in flight on each underlay socket");
 
@@ -107,7 +136,13 @@ namespace tunnelagent::agent {
 namespace {
 
 constexpr char kVersion[] = TUNNEL_AGENT_VERSION;  // CMake's PROJECT_VERSION
-constexpr size_t kMaxDefaultWorkers = 16;          // --dataplane_workers=0 on a large machine
+}  // namespace
+
+// RLIMIT_NOFILE as main() raised it, before flags are acted on.
+absl::StatusOr<FileLimitChange> file_limit = absl::UnknownError("not raised yet");
+
+namespace {
+constexpr size_t kMaxDefaultWorkers = 16;  // --dataplane_workers=0 on a large machine
 
 // --node_name, else $NODE_NAME (Kubernetes' downward API), else the host name.
 std::string NodeName() {
@@ -164,15 +199,38 @@ struct NodeClaim {
   std::optional<StateDirLock> state_lock;
   std::optional<NamespaceLock> namespace_lock;
   std::optional<gid_t> socket_group;
-  // Plaintext without a token: the agent accepts on the socket itself and knows each caller's
-  // uid and pid. With a token or TLS only gRPC's own listener enforces them: it listens on a
-  // socket staged out of reach, published once it listens.
-  std::unique_ptr<UnixSocketListener> listener;
+  // Plaintext without a token: the agent accepts itself (unix socket or TCP), caps connections
+  // and knows each caller's uid and pid (or address). With a token or TLS only gRPC's own
+  // listener enforces them: on a unix socket it listens on a socket staged out of reach,
+  // published once it listens.
+  std::unique_ptr<ApiListener> listener;
   std::optional<StagedUnixSocket> staged;
 };
 
 absl::Status Prefixed(absl::string_view prefix, const absl::Status& status) {
   return absl::Status(status.code(), absl::StrCat(prefix, ": ", status.message()));
+}
+
+// The caps of the agent's own listener on --grpc_listen, within the descriptor limit.
+ListenerLimits ApiListenerLimits() {
+  ListenerLimits limits;
+  limits.max_connections =
+      ApiConnectionsFor(FileLimit(), absl::GetFlag(FLAGS_grpc_max_connections));
+  // One peer may take half the places at most, whatever the flag: the others keep theirs.
+  limits.max_connections_per_peer =
+      std::max<size_t>(1, std::min<size_t>(absl::GetFlag(FLAGS_grpc_max_connections_per_peer),
+                                           limits.max_connections / 2));
+  limits.first_bytes_timeout = absl::GetFlag(FLAGS_grpc_first_bytes_timeout);
+  return limits;
+}
+
+// --health_listen's: probes are few.
+ListenerLimits HealthListenerLimits() {
+  ListenerLimits limits;
+  limits.max_connections = 32;
+  limits.max_connections_per_peer = 16;
+  limits.first_bytes_timeout = absl::GetFlag(FLAGS_grpc_first_bytes_timeout);
+  return limits;
 }
 
 absl::StatusOr<NodeClaim> ClaimNode(const ServerSecurity& security) {
@@ -208,7 +266,15 @@ absl::StatusOr<NodeClaim> ClaimNode(const ServerSecurity& security) {
     claim.namespace_lock.emplace(*std::move(lock));
     return absl::OkStatus();
   };
+  const bool own_listener = !security.tls && security.auth_token.empty();
   if (!path.has_value()) {
+    if (own_listener && !absl::StartsWith(listen, "unix-abstract:")) {
+      absl::StatusOr<std::unique_ptr<ApiListener>> listener =
+          ApiListener::ListenTcp(listen, ApiListenerLimits());
+      if (!listener.ok())
+        return Prefixed(absl::StrCat("--grpc_listen=", listen), listener.status());
+      claim.listener = *std::move(listener);
+    }
     if (absl::Status status = claim_namespace(); !status.ok()) return status;
     return claim;
   }
@@ -217,9 +283,9 @@ absl::StatusOr<NodeClaim> ClaimNode(const ServerSecurity& security) {
   if (absl::Status status = EnsureSocketDirectory(*path); !status.ok()) {
     return Prefixed(listen_flag, status);
   }
-  if (!security.tls && security.auth_token.empty()) {
-    absl::StatusOr<std::unique_ptr<UnixSocketListener>> listener =
-        UnixSocketListener::Listen({.path = *path, .group = claim.socket_group});
+  if (own_listener) {
+    absl::StatusOr<std::unique_ptr<ApiListener>> listener = ApiListener::Listen(
+        {.path = *path, .group = claim.socket_group, .limits = ApiListenerLimits()});
     if (!listener.ok()) return Prefixed(listen_flag, listener.status());
     claim.listener = *std::move(listener);
   } else {
@@ -235,6 +301,7 @@ absl::StatusOr<NodeClaim> ClaimNode(const ServerSecurity& security) {
 }
 
 int Run() {
+  InstallLibraryLogHandlers();  // gRPC's and protobuf's lines: the agent's format, rate-limited
   // Signals are taken by one thread with sigwait: blocked here, before any thread starts, so
   // every thread inherits the mask.
   sigset_t signals;
@@ -294,6 +361,30 @@ int Run() {
   Log("INFO", "dataplane: %s backend started, %d worker(s)%s", (*engine)->backend_name(),
       static_cast<int>((*engine)->workers()),
       worker_cpus.empty() ? "" : absl::StrCat(", pinned to CPUs ", worker_cpus).c_str());
+  // Tunnels may not take the descriptors the API's connections and the agent itself need.
+  const ListenerLimits api_limits =
+      node->listener != nullptr ? node->listener->limits() : ApiListenerLimits();
+  const bool health_listener = !absl::GetFlag(FLAGS_health_listen).empty();
+  FdBudget fd_budget({
+      .api_connections = api_limits.max_connections +
+                         (health_listener ? HealthListenerLimits().max_connections : 0),
+      .per_tunnel = (*engine)->workers(),  // the device, and a queue for each further worker
+      .api_in_use = [listener = node->listener.get()]() -> size_t {
+        return listener != nullptr ? listener->open_connections() : 0;
+      },
+  });
+  SetTunnelFdBudget(&fd_budget);
+  if (!file_limit.ok()) {
+    Log("WARNING", "descriptors: cannot raise the limit: %s", file_limit.status().message());
+  } else if (file_limit->after != file_limit->before) {
+    Log("INFO", "descriptors: limit raised from %d to %d (the hard limit)", file_limit->before,
+        file_limit->after);
+  }
+  Log("INFO",
+      "descriptors: limit %d, %d kept from tunnels for %d API connections and the agent; a "
+      "tunnel takes %d",
+      FileLimit(), fd_budget.reserve(), fd_budget.options().api_connections,
+      fd_budget.options().per_tunnel);
 
   FileStateStore store(absl::GetFlag(FLAGS_state_dir));
   KernelLinkControl links(netlink->get(), absl::GetFlag(FLAGS_tun_offload),
@@ -303,19 +394,18 @@ int Run() {
   manager_options.keep_devices = absl::GetFlag(FLAGS_keep_devices);
   const absl::Time start_time = absl::Now();
   TunnelManager manager(&links, engine->get(), &store, manager_options);
-  if (absl::Status status = manager.Restore(); !status.ok()) {
+  // Only the state file is read before the API must serve: the saved tunnels are known (DOWN,
+  // "restoring") at once and come back on the manager's thread, each logged as it does;
+  // changes wait for it (UNAVAILABLE) and Shutdown stops it. The API serves when the restore
+  // is done or after 500 ms, whichever comes first: a few tunnels are all UP by the first
+  // answer, thousands are still coming back while the API answers.
+  if (absl::Status status = manager.BeginRestore(); !status.ok()) {
     // The file is left as it is, for an operator to look at.
     Log("FATAL", "state: %s", status.ToString());
     return 1;
   }
-  for (const TunnelView& view : manager.List()) {
-    if (view.status.state == OperState::kUp) {
-      Log("INFO", "restored tunnel %s (ifindex %d, mtu %d)", view.spec.name, view.status.ifindex,
-          view.status.mtu);
-    } else {
-      Log("ERROR", "tunnel %s could not be restored: %s", view.spec.name, view.status.reason);
-    }
-  }
+  manager.FinishRestoreInBackground();
+  manager.WaitForRestore(absl::Milliseconds(500));
 
   std::unique_ptr<prometheus::Exposer> exposer;
   auto metrics = std::make_shared<AgentMetrics>(&manager, engine->get(), kVersion,
@@ -352,65 +442,58 @@ int Run() {
   TunnelServiceImpl service(
       &manager, AgentIdentity{kVersion, NodeName(), (*engine)->backend_name(), start_time,
                               static_cast<uint32_t>((*engine)->workers()), worker_cpus});
-  grpc::ServerBuilder builder;
   const std::string listen = absl::GetFlag(FLAGS_grpc_listen);
-  int port = 0;
-  if (node->listener == nullptr) {  // else the agent's own listener hands connections over
-    builder.AddListeningPort(
-        node->staged.has_value() ? absl::StrCat("unix:", node->staged->staging_path()) : listen,
-        MakeServerCredentials(*security), &port);
-  }
-  ApplyServerLimits(ServerLimits{}, &builder);
-  builder.RegisterService(&service);
-  // Called in order on every call that passed the bearer check.
-  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
-  // First, so it times the whole call (calls refused by the token check never get here).
-  interceptors.push_back(grpc_metrics.NewInterceptorFactory());
-  builder.experimental().SetInterceptorCreators(std::move(interceptors));
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || (!absl::StartsWith(listen, "unix:") && port == 0)) {
-    Log("FATAL", "grpc: cannot listen on %s", listen);
-    return 1;
-  }
-  HealthOnlyServer health_only;
+  ApiServerOptions api_options;
+  api_options.listen = listen;
+  api_options.security = *security;
+  api_options.limits.max_connection_idle_ms =
+      static_cast<int>(absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_grpc_idle_timeout)));
+  api_options.listener = std::move(node->listener);
+  if (node->staged.has_value()) api_options.staged.emplace(*std::move(node->staged));
+  api_options.socket_group = node->socket_group;
   if (std::string health_listen = absl::GetFlag(FLAGS_health_listen); !health_listen.empty()) {
-    absl::StatusOr<HealthOnlyServer> started = StartHealthOnlyServer(health_listen);
-    if (!started.ok()) {
-      Log("FATAL", "grpc: %s", started.status().message());
-      server->Shutdown(std::chrono::system_clock::now());
+    absl::StatusOr<std::unique_ptr<ApiListener>> health =
+        ApiListener::ListenTcp(health_listen, HealthListenerLimits());
+    if (!health.ok()) {
+      Log("FATAL", "grpc: --health_listen=%s: %s", health_listen, health.status().message());
       return 1;
     }
-    health_only = *std::move(started);
-    Log("INFO", "grpc: serving grpc.health.v1.Health alone on %s (plaintext)", health_listen);
+    api_options.health_listener = *std::move(health);
   }
-  grpc::Server* const health_server = health_only.server.get();  // null without --health_listen
-  // Health follows the dataplane: NOT_SERVING, overall and for the API, on every listener,
-  // while a worker has stopped or stalls.
-  auto set_serving = [&](bool serving) {
-    for (grpc::Server* each : {server.get(), health_server}) {
-      if (each == nullptr) continue;
-      each->GetHealthCheckService()->SetServingStatus("", serving);
-      each->GetHealthCheckService()->SetServingStatus("tunnelagent.v1.TunnelService", serving);
-    }
+  api_options.add_services = [&](grpc::ServerBuilder* builder) {
+    builder->RegisterService(&service);
+    // Called in order on every call that passed the bearer check.
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors;
+    // First, so it times the whole call (calls refused by the token check never get here).
+    interceptors.push_back(grpc_metrics.NewInterceptorFactory());
+    builder->experimental().SetInterceptorCreators(std::move(interceptors));
   };
+  api_options.self_check.interval = absl::GetFlag(FLAGS_api_self_check_interval);
+  api_options.self_check.timeout = absl::GetFlag(FLAGS_api_self_check_timeout);
+  api_options.self_check.failures =
+      static_cast<int>(std::max<uint32_t>(1, absl::GetFlag(FLAGS_api_self_check_failures)));
   constexpr absl::Duration kWorkerStall = absl::Seconds(2);
   absl::Status dataplane_health = (*engine)->Health(kWorkerStall);
-  set_serving(dataplane_health.ok());
   if (!dataplane_health.ok()) {
     Log("ERROR", "health: NOT_SERVING: dataplane: %s", dataplane_health.message());
   }
-  // Clients come in on the unix socket only now, with health set. (Past here no early return:
-  // the listener's thread must stop before the server goes.)
-  if (node->staged.has_value()) {
-    if (absl::Status status = node->staged->Publish(node->socket_group); !status.ok()) {
-      Log("FATAL", "--grpc_listen=%s: %s", listen, status.message());
-      server->Shutdown(std::chrono::system_clock::now());
-      return 1;
-    }
+  // Health is set before clients come in; past here no early return: the listeners' threads
+  // must stop before the servers go (ApiServer::Shutdown).
+  absl::StatusOr<std::unique_ptr<ApiServer>> api =
+      ApiServer::Start(std::move(api_options), dataplane_health.ok());
+  if (!api.ok()) {
+    Log("FATAL", "%s", api.status().message());
+    return 1;
   }
-  if (node->listener != nullptr) node->listener->Start(server.get());
+  if (exposer != nullptr) exposer->RegisterCollectable((*api)->metrics());
+  if (std::string health_listen = absl::GetFlag(FLAGS_health_listen); !health_listen.empty()) {
+    Log("INFO", "grpc: serving grpc.health.v1.Health alone on %s (plaintext)", health_listen);
+  }
   Log("INFO", "grpc: serving tunnelagent.v1.TunnelService on %s (%s)", listen,
       DescribeServerSecurity(*security));
+  // Health follows the dataplane: NOT_SERVING, overall and for the API, on every listener,
+  // while a worker has stopped or stalls (and while the API does not answer its self-check).
   absl::Notification health_stopping;
   std::thread health_monitor([&] {
     bool serving = dataplane_health.ok();
@@ -418,7 +501,7 @@ int Run() {
       absl::Status status = (*engine)->Health(kWorkerStall);
       if (status.ok() == serving) continue;
       serving = status.ok();
-      set_serving(serving);  // ignored once the health services are shut down
+      (*api)->SetDataplaneServing(serving);  // ignored once the health services are shut down
       if (serving) {
         Log("INFO", "health: SERVING: the dataplane runs again");
       } else {
@@ -431,15 +514,9 @@ int Run() {
     int signal = 0;
     sigwait(&signals, &signal);
     Log("INFO", "received %s, shutting down", signal == SIGTERM ? "SIGTERM" : "SIGINT");
-    // NOT_SERVING from here on, whatever the dataplane does meanwhile.
-    server->GetHealthCheckService()->Shutdown();
-    if (health_server != nullptr) health_server->GetHealthCheckService()->Shutdown();
-    // No connection may be handed to a server that is shutting down.
-    if (node->listener != nullptr) node->listener->Stop();
-    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    if (health_server != nullptr) {
-      health_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
-    }
+    // NOT_SERVING from here on, whatever the dataplane does meanwhile; then the listeners
+    // stop and the servers shut down.
+    (*api)->Shutdown();
   });
   // The kernel converges to the desired state: the devices are read again whenever the kernel
   // reports a change of links, addresses or routes (someone may `ip link set gre1 down`), and
@@ -463,7 +540,7 @@ int Run() {
       manager.RefreshStates(full);
     }
   });
-  server->Wait();
+  (*api)->Wait();
   waiter.join();
   health_stopping.Notify();
   health_monitor.join();
@@ -499,17 +576,17 @@ int main(int argc, char** argv) {
       "(tunnelagent.v1.TunnelService).");
   absl::ParseCommandLine(argc, argv);
   tunnelagent::agent::SetTunnelLimits(
-      {absl::GetFlag(FLAGS_max_addresses_per_tunnel), absl::GetFlag(FLAGS_max_routes_per_tunnel)});
+      {absl::GetFlag(FLAGS_max_addresses_per_tunnel), absl::GetFlag(FLAGS_max_routes_per_tunnel),
+       absl::GetFlag(FLAGS_max_labels_per_tunnel), absl::GetFlag(FLAGS_max_label_key_length),
+       absl::GetFlag(FLAGS_max_label_value_length), absl::GetFlag(FLAGS_max_prefixes_per_apply)});
   if (absl::Status status = tunnelagent::agent::SetLogFormat(absl::GetFlag(FLAGS_log_format));
       !status.ok()) {
     fprintf(stderr, "tunnel-agent: %s\n", std::string(status.message()).c_str());
     return 1;
   }
-  // One descriptor per tunnel device: the usual soft limit of 1024 (systemd services,
-  // containers) would cap the agent near 1,000 tunnels. Raise it to the hard limit.
-  if (rlimit files{}; getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
-    files.rlim_cur = files.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &files);
-  }
+  // A descriptor per tunnel device and worker: the usual soft limit of 1024 (systemd
+  // services, containers) would cap the agent near 1,000 tunnels. Raise it to the hard limit.
+  // Logged once the configuration is known good (a refused one prints one line only).
+  tunnelagent::agent::file_limit = tunnelagent::agent::RaiseFileLimit();
   return tunnelagent::agent::Run();
 }

@@ -26,7 +26,8 @@ constexpr std::array kTxReasons = {
 // Receive drops a tunnel counts itself: what its icsum/iseq refuse, a device that refuses a
 // write, and a peer's keepalive that could not be sent back.
 constexpr std::array kRxReasons = {DropReason::kGreChecksum, DropReason::kGreSequence,
-                                   DropReason::kDeviceError, DropReason::kSendError};
+                                   DropReason::kDeviceError, DropReason::kSendError,
+                                   DropReason::kIcmpRejected};
 // What an underlay packet can be dropped for before any tunnel matches it (the engine's receive
 // path): send_error and device_error belong to a tunnel and are never counted here.
 constexpr std::array kDataplaneReasons = {

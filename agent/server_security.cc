@@ -389,7 +389,8 @@ void ApplyServerLimits(const ServerLimits& limits, grpc::ServerBuilder* builder)
   builder->AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, limits.handshake_timeout_ms);
 }
 
-absl::StatusOr<HealthOnlyServer> StartHealthOnlyServer(const std::string& listen) {
+absl::StatusOr<HealthOnlyServer> StartHealthOnlyServer(const std::string& listen,
+                                                        bool own_port) {
   if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) {
     return absl::InvalidArgumentError(
         absl::StrCat("--health_listen=", listen, ": want host:port (it is for probes over TCP)"));
@@ -398,14 +399,14 @@ absl::StatusOr<HealthOnlyServer> StartHealthOnlyServer(const std::string& listen
   health.unimplemented = std::make_unique<grpc::CallbackGenericService>();
   grpc::ServerBuilder builder;
   builder.SetOption(std::make_unique<WithoutPlugins>());
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &health.port);
+  if (own_port) builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &health.port);
   builder.RegisterCallbackGenericService(health.unimplemented.get());
   ServerLimits limits;
   limits.max_receive_message_bytes = 4096;  // a HealthCheckRequest is a service name
   limits.max_threads = 8;
   ApplyServerLimits(limits, &builder);
   health.server = builder.BuildAndStart();
-  if (health.server == nullptr || health.port == 0) {
+  if (health.server == nullptr || (own_port && health.port == 0)) {
     return absl::UnavailableError(absl::StrCat("--health_listen: cannot listen on ", listen));
   }
   if (health.server->GetHealthCheckService() == nullptr) {

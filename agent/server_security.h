@@ -93,8 +93,13 @@ struct ServerLimits {
   int keepalive_time_ms = 60'000;            // ping a connection quiet for this long
   int keepalive_timeout_ms = 20'000;         // and close it if the ping is not answered
   int min_client_ping_interval_ms = 10'000;  // clients may ping this often, even with no call
-  int max_connection_idle_ms = 30 * 60'000;  // close connections without calls for this long
-  int handshake_timeout_ms = 10'000;         // TLS handshake and HTTP/2 preface
+  // Close connections without calls for this long: an idle client holds a descriptor and a
+  // place under the connection caps; gRPC clients reconnect by themselves on their next call.
+  int max_connection_idle_ms = 2 * 60'000;
+  // TLS handshake and HTTP/2 preface on gRPC's own listener: a connection that never gets
+  // through them is closed this soon. (The agent's own listener closes silent connections
+  // itself: ListenerLimits::first_bytes_timeout.)
+  int handshake_timeout_ms = 5'000;
 };
 
 // Applies `limits` to `builder`: message size, HTTP/2 streams, a ResourceQuota of threads,
@@ -115,7 +120,10 @@ struct HealthOnlyServer {
   std::unique_ptr<grpc::Server> server;
   int port = 0;  // the port bound (for a listen address with port 0)
 };
-absl::StatusOr<HealthOnlyServer> StartHealthOnlyServer(const std::string& listen);
+// With `own_port` false the server binds nothing: connections come from the agent's own
+// listener (ApiListener::Start), and `listen` only names it in errors.
+absl::StatusOr<HealthOnlyServer> StartHealthOnlyServer(const std::string& listen,
+                                                        bool own_port = true);
 
 }  // namespace tunnelagent::agent
 

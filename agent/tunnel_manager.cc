@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "agent/log.h"
 #include "agent/proto_convert.h"
 #include "agent/validation.h"
 #include "dataplane/packet/encap.h"
@@ -82,6 +84,59 @@ absl::Status Annotate(const absl::Status& status, absl::string_view context) {
   return absl::Status(status.code(), absl::StrCat(context, ": ", status.message()));
 }
 
+// For each of `specs` (in saved order) that clashes with one before it (ConflictBetween:
+// the same receive match, or overlapping prefixes), the index of one such earlier spec. A
+// spec that clashes with one that itself lost still loses (saved order decides, as one by
+// one did). Hash lookups and a sorted sweep, not every pair: 10,000 tunnels take
+// milliseconds, not the minutes of 50 million comparisons.
+std::map<size_t, size_t> EarlierClashes(const std::vector<const TunnelSpec*>& specs) {
+  std::map<size_t, size_t> clashes;
+  auto clash = [&clashes](size_t a, size_t b) {
+    if (a == b) return;
+    const size_t later = std::max(a, b);
+    clashes.emplace(later, std::min(a, b));  // one earlier tunnel is enough to name
+  };
+  // The receive match: mode, endpoints ("any" spelled either way) and input key.
+  absl::flat_hash_map<std::string, size_t> matches;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const TunnelSpec& spec = *specs[i];
+    const std::optional<uint32_t> key = dataplane::InputKey(spec);
+    std::string match =
+        absl::StrCat(static_cast<int>(spec.mode), "|",
+                     spec.local.is_unspecified() ? std::string() : spec.local.ToString(), "|",
+                     spec.remote.ToString(), "|", key ? absl::StrCat(*key) : std::string("-"));
+    auto [it, inserted] = matches.emplace(std::move(match), i);
+    if (!inserted) clash(i, it->second);
+  }
+  // Overlapping prefixes: one contains the other. Sorted by family, network and length, a
+  // prefix comes after every prefix containing it; those still open form a chain on a stack.
+  struct Item {
+    IpPrefix prefix;
+    size_t index;
+  };
+  std::vector<Item> items;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    for (const IpPrefix& p : specs[i]->addresses) items.push_back({p.Network(), i});
+    for (const IpPrefix& p : specs[i]->routes) items.push_back({p, i});
+  }
+  std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+    const int fa = a.prefix.address().bit_length(), fb = b.prefix.address().bit_length();
+    if (fa != fb) return fa < fb;
+    if (a.prefix.address().bytes() != b.prefix.address().bytes()) {
+      return a.prefix.address().bytes() < b.prefix.address().bytes();
+    }
+    if (a.prefix.length() != b.prefix.length()) return a.prefix.length() < b.prefix.length();
+    return a.index < b.index;
+  });
+  std::vector<const Item*> open;
+  for (const Item& item : items) {
+    while (!open.empty() && !open.back()->prefix.Overlaps(item.prefix)) open.pop_back();
+    for (const Item* container : open) clash(item.index, container->index);
+    open.push_back(&item);
+  }
+  return clashes;
+}
+
 }  // namespace
 
 std::vector<std::string> ChangedFields(const TunnelSpec& a, const TunnelSpec& b) {
@@ -143,8 +198,10 @@ bool EncapsulationChanged(const TunnelSpec& a, const TunnelSpec& b) {
 
 }  // namespace
 
-// The changes of one request: undone in reverse order unless committed; committed only when
-// the state file took the new desired set; its events recorded only then.
+// The changes of one request, made under change_mu_: undone in reverse order unless
+// committed; committed only when the state file took the new desired set. Readers see none of
+// it until then: the tunnels it touched are published, with its events, once it is committed
+// (or, as rolled back, once it is undone, which may have left one in ERROR).
 class TunnelManager::Transaction {
  public:
   explicit Transaction(TunnelManager* manager) : manager_(manager) {}
@@ -152,6 +209,8 @@ class TunnelManager::Transaction {
     if (!done_) Rollback();
   }
 
+  // `name`'s entry may change: published again however the transaction ends.
+  void Touch(const std::string& name) { touched_.insert(name); }
   void OnRollback(std::function<void()> undo) { undo_.push_back(std::move(undo)); }
   void OnCommit(std::function<void()> action) { commit_.push_back(std::move(action)); }
   void Added(const std::string& name) { events_.push_back({TunnelEvent::Type::kAdded, name, {}}); }
@@ -162,13 +221,16 @@ class TunnelManager::Transaction {
     events_.push_back({TunnelEvent::Type::kDeleted, view.spec.name, std::move(view)});
   }
 
-  absl::Status Commit() ABSL_EXCLUSIVE_LOCKS_REQUIRED(manager_->mu_) {
+  absl::Status Commit() ABSL_EXCLUSIVE_LOCKS_REQUIRED(manager_->change_mu_) {
+    // The write, like every kernel call before it, holds only the writers' lock.
     if (absl::Status status = manager_->SaveLocked(); !status.ok()) {
       Rollback();
       return status;
     }
     done_ = true;
     for (auto& action : commit_) action();
+    absl::MutexLock lock(&manager_->mu_);
+    for (const std::string& name : touched_) manager_->PublishLocked(name);
     for (PendingEvent& e : events_) {
       if (e.type == TunnelEvent::Type::kDeleted) {
         manager_->RecordEvent(e.type, *e.deleted);
@@ -188,13 +250,18 @@ class TunnelManager::Transaction {
     std::optional<TunnelView> deleted;
   };
 
-  void Rollback() {
+  // Runs where Commit or the destructor does: under change_mu_ (a destructor cannot say so).
+  void Rollback() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     done_ = true;
     for (auto it = undo_.rbegin(); it != undo_.rend(); ++it) (*it)();
+    if (touched_.empty()) return;
+    absl::MutexLock lock(&manager_->mu_);
+    for (const std::string& name : touched_) manager_->PublishLocked(name);
   }
 
   TunnelManager* manager_;
   bool done_ = false;
+  std::set<std::string> touched_;
   std::vector<std::function<void()>> undo_;
   std::vector<std::function<void()>> commit_;
   std::vector<PendingEvent> events_;
@@ -214,44 +281,107 @@ TunnelManager::TunnelManager(LinkControl* links, dataplane::PacketEngine* engine
 TunnelManager::~TunnelManager() { Shutdown(); }
 
 absl::Status TunnelManager::Restore() {
+  if (absl::Status status = BeginRestore(); !status.ok()) return status;
+  FinishRestore();
+  return absl::OkStatus();
+}
+
+absl::Status TunnelManager::BeginRestore() {
   absl::StatusOr<std::vector<TunnelSpec>> saved = store_->Load();
   if (!saved.ok()) return saved.status();
-  absl::MutexLock lock(&mu_);
-  ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
-
-  // Devices this agent left behind (a quick restart, or a crash): re-attach to those still
-  // desired, remove the others. Devices it did not create are not in this list.
-  absl::flat_hash_set<std::string> left_behind;
-  if (absl::StatusOr<std::vector<std::string>> owned = links_->ListAgentDevices(); owned.ok()) {
-    left_behind.insert(owned->begin(), owned->end());
-  }
-  absl::flat_hash_set<std::string> desired;
-  for (const TunnelSpec& spec : *saved) desired.insert(spec.name);
-  for (const std::string& name : left_behind) {
-    if (!desired.contains(name)) links_->DeleteDevice(name).IgnoreError();
-  }
-
-  // Which saved tunnels can come back. One that no longer passes the checks, clashes with
-  // one restored before it, breaks the underlay rule against the whole saved set, or cannot
-  // get its device is kept (so nothing is lost) in state ERROR with the reason, and nothing of
-  // it stays installed.
-  std::vector<Entry*> restoring;
+  absl::MutexLock lock(&change_mu_);
+  // Which saved tunnels can come back. One that no longer passes the checks or clashes with
+  // one saved before it is kept (so nothing is lost) in state ERROR with the reason, and
+  // nothing of it stays installed (FinishRestore removes its device left behind).
+  std::vector<Entry*> candidates;
   for (TunnelSpec& spec : *saved) {
     if (tunnels_.count(spec.name)) continue;  // a name saved twice: the first one wins
     auto entry = std::make_unique<Entry>();
     entry->spec = std::move(spec);
-    absl::Status status = ValidateSpec(entry->spec);
-    if (status.ok()) status = CheckConflicts(entry->spec, "");
-    if (status.ok()) {
-      restoring.push_back(entry.get());
+    if (absl::Status status = ValidateSpec(entry->spec); status.ok()) {
+      entry->state = OperState::kDown;
+      entry->reason = kRestoringReason;
+      candidates.push_back(entry.get());
     } else {
       entry->reason = std::string(status.message());
-      // Its device left behind goes, with the addresses and routes it still carries.
-      if (left_behind.contains(entry->spec.name))
-        links_->DeleteDevice(entry->spec.name).IgnoreError();
     }
     std::string name = entry->spec.name;
     tunnels_.emplace(std::move(name), std::move(entry));
+  }
+  std::vector<const TunnelSpec*> specs;
+  specs.reserve(candidates.size());
+  for (const Entry* entry : candidates) specs.push_back(&entry->spec);
+  const std::map<size_t, size_t> clashes = EarlierClashes(specs);
+  to_restore_.clear();
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    Entry& entry = *candidates[i];
+    if (auto clash = clashes.find(i); clash != clashes.end()) {
+      entry.state = OperState::kError;
+      entry.reason = std::string(ConflictBetween(entry.spec, *specs[clash->second]).message());
+      continue;
+    }
+    to_restore_.push_back(entry.spec.name);
+  }
+  absl::MutexLock publish(&mu_);
+  for (const auto& [name, entry] : tunnels_) published_[name] = PublishedOf(*entry);
+  restoring_ = true;
+  restore_done_ = 0;
+  restore_total_ = to_restore_.size();
+  return absl::OkStatus();
+}
+
+void TunnelManager::FinishRestoreInBackground() {
+  restore_thread_ = std::thread([this] { FinishRestore(); });
+}
+
+absl::Status TunnelManager::RestoreStatus() const {
+  absl::MutexLock lock(&mu_);
+  if (!restoring_) return absl::OkStatus();
+  return absl::UnavailableError(
+      absl::StrCat("restoring the saved tunnels after the agent's start: ", restore_done_, " of ",
+                   restore_total_, " done; retry shortly"));
+}
+
+bool TunnelManager::WaitForRestore(absl::Duration timeout) const {
+  absl::MutexLock lock(&mu_);
+  auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !restoring_; };
+  return mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
+}
+
+void TunnelManager::FinishRestore() {
+  const absl::Time start = absl::Now();
+  absl::MutexLock lock(&change_mu_);
+  std::vector<Entry*> restoring;
+  for (const std::string& name : to_restore_) {
+    if (auto it = tunnels_.find(name); it != tunnels_.end()) restoring.push_back(it->second.get());
+  }
+  to_restore_.clear();
+  RestoreDevices(restoring);
+  refresh_again_ = true;  // the first refresh after the restore reads the kernel in full
+  size_t up = 0;
+  for (const Entry* entry : restoring) up += entry->state == OperState::kUp;
+  {
+    absl::MutexLock publish(&mu_);
+    restoring_ = false;
+  }
+  Log("INFO", "restore: %d of %d saved tunnels up in %.2f s%s", static_cast<int>(up),
+      static_cast<int>(tunnels_.size()), absl::ToDoubleSeconds(absl::Now() - start),
+      stopping_.load() ? " (stopped: the agent is shutting down)" : "");
+}
+
+void TunnelManager::RestoreDevices(std::vector<Entry*> restoring) {
+  ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
+  absl::flat_hash_set<std::string> desired;
+  for (const Entry* entry : restoring) desired.insert(entry->spec.name);
+  // Devices this agent left behind (a quick restart, or a crash): re-attach to those still
+  // desired, remove the others (a saved tunnel that cannot come back loses its device, with
+  // the addresses and routes it still carries). Devices it did not create are not in this list.
+  absl::flat_hash_set<std::string> left_behind;
+  if (absl::StatusOr<std::vector<std::string>> owned = links_->ListAgentDevices(); owned.ok()) {
+    left_behind.insert(owned->begin(), owned->end());
+  }
+  for (const std::string& name : left_behind) {
+    if (!desired.contains(name)) links_->DeleteDevice(name).IgnoreError();
   }
 
   // Devices left behind are taken over first, and what they carry that is not desired (a
@@ -279,36 +409,62 @@ absl::Status TunnelManager::Restore() {
     }
   }
 
-  // The underlay rule over the whole saved set.
+  // The underlay rule over the whole saved set. Many tunnels share a remote or a local
+  // address: each address is checked once.
   std::vector<UnderlayAddress> underlay;
+  absl::flat_hash_set<std::string> seen;
   for (Entry* entry : restoring) {
+    if (stopping_.load()) break;
     entry->underlay =
         UnderlayFrom(entry->spec, links_->RouteTo(entry->spec.remote), &attached_devices).addresses;
-    underlay.insert(underlay.end(), entry->underlay.begin(), entry->underlay.end());
-  }
-  std::vector<Entry*> valid;
-  for (Entry* entry : restoring) {
-    if (absl::Status status = CheckPrefixesSpareUnderlay(entry->spec, underlay); !status.ok()) {
-      entry->reason = absl::StrCat("not restored: ", status.message());
-      attached.erase(entry);  // the device goes, with what it still carries
-      continue;
+    for (const UnderlayAddress& u : entry->underlay) {
+      if (seen.insert(u.address.ToString()).second) underlay.push_back(u);
     }
-    valid.push_back(entry);
   }
-  for (Entry* entry : valid) {
-    auto device = attached.find(entry);
-    absl::Status status =
-        BringUp(*entry, device == attached.end() ? nullptr : std::move(device->second));
-    if (!status.ok()) entry->reason = std::string(status.message());
+  // One tunnel after the other, each published (and announced to watchers) as it comes up
+  // or fails, until the agent is told to stop.
+  for (Entry* entry : restoring) {
+    if (stopping_.load()) break;
+    absl::Status status = CheckPrefixesSpareUnderlay(entry->spec, underlay);
+    if (!status.ok()) {
+      status = absl::Status(status.code(), absl::StrCat("not restored: ", status.message()));
+      attached.erase(entry);  // the device goes, with what it still carries
+    } else {
+      auto device = attached.find(entry);
+      std::unique_ptr<Device> taken;
+      if (device != attached.end()) {
+        taken = std::move(device->second);
+        attached.erase(device);
+      }
+      status = BringUp(*entry, std::move(taken));
+    }
+    if (status.ok()) {
+      Log("INFO", "restored tunnel %s (ifindex %d, mtu %d)", entry->spec.name,
+          entry->device->ifindex(), static_cast<int>(entry->mtu));
+    } else {
+      entry->state = OperState::kError;
+      entry->reason = std::string(status.message());
+      Log("ERROR", "tunnel %s could not be restored: %s", entry->spec.name, entry->reason);
+    }
+    absl::MutexLock lock(&mu_);
+    published_[entry->spec.name] = PublishedOf(*entry);
+    RecordEvent(TunnelEvent::Type::kStateChanged, {entry->spec, StatusOf(*entry)},
+                status.ok() ? std::string("restored") : entry->reason);
+    ++restore_done_;
   }
-  return absl::OkStatus();
+  // Stopped half way: devices taken over but not yet used stay for the next start when the
+  // devices are to be kept; otherwise they go now.
+  for (auto& [entry, device] : attached) {
+    if (device && options_.keep_devices) device->Keep();
+  }
 }
 
 absl::StatusOr<TunnelView> TunnelManager::Create(const TunnelSpec& requested) {
   if (absl::Status status = ValidateSpec(requested); !status.ok()) return status;
+  if (absl::Status status = RestoreStatus(); !status.ok()) return status;
   TunnelSpec spec = requested;
   spec.create_time = spec.update_time = absl::Now();
-  absl::MutexLock lock(&mu_);
+  absl::MutexLock lock(&change_mu_);
   Transaction tx(this);
   if (absl::Status status = CreateLocked(spec, tx); !status.ok()) return status;
   // Persisted last: if the disk refuses, the running tunnel is undone too, so the state file
@@ -320,11 +476,11 @@ absl::StatusOr<TunnelView> TunnelManager::Create(const TunnelSpec& requested) {
 
 absl::StatusOr<TunnelView> TunnelManager::Get(const std::string& name) const {
   absl::MutexLock lock(&mu_);
-  auto it = tunnels_.find(name);
-  if (it == tunnels_.end()) {
+  auto it = published_.find(name);
+  if (it == published_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
   }
-  return TunnelView{it->second->spec, StatusOf(*it->second)};
+  return TunnelView{it->second.spec, LiveStatus(it->second)};
 }
 
 std::vector<TunnelView> TunnelManager::List() const { return TakeSnapshot().tunnels; }
@@ -333,9 +489,9 @@ Snapshot TunnelManager::TakeSnapshot() const {
   absl::MutexLock lock(&mu_);
   Snapshot snapshot;
   snapshot.revision = revision_;
-  snapshot.tunnels.reserve(tunnels_.size());
-  for (const auto& [name, entry] : tunnels_) {
-    snapshot.tunnels.push_back({entry->spec, StatusOf(*entry)});
+  snapshot.tunnels.reserve(published_.size());
+  for (const auto& [name, tunnel] : published_) {
+    snapshot.tunnels.push_back({tunnel.spec, LiveStatus(tunnel)});
   }
   return snapshot;
 }
@@ -348,7 +504,8 @@ uint64_t TunnelManager::revision() const {
 absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name, const TunnelSpec& patch,
                                                    const std::set<std::string>& fields,
                                                    const std::string& etag) {
-  absl::MutexLock lock(&mu_);
+  if (absl::Status status = RestoreStatus(); !status.ok()) return status;
+  absl::MutexLock lock(&change_mu_);
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
@@ -423,7 +580,8 @@ absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name, cons
 }
 
 absl::Status TunnelManager::Delete(const std::string& name, const std::string& etag) {
-  absl::MutexLock lock(&mu_);
+  if (absl::Status status = RestoreStatus(); !status.ok()) return status;
+  absl::MutexLock lock(&change_mu_);
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
@@ -444,6 +602,14 @@ absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
   if (absl::Status status = ValidateLabels({{kOwnerLabel, owner}}); !status.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("owner: ", status.message()));
   }
+  // Bounded before anything is looked at: the count (an apply cannot end with more than
+  // max_tunnels anyway) and the kernel work in all.
+  if (desired.size() > options_.max_tunnels) {
+    return absl::InvalidArgumentError(absl::StrCat("tunnels: ", desired.size(),
+                                                   " tunnels, this agent allows ",
+                                                   options_.max_tunnels, " (--max_tunnels)"));
+  }
+  if (absl::Status status = CheckApplyWork(desired); !status.ok()) return status;
   absl::flat_hash_set<std::string> names;
   for (size_t i = 0; i < desired.size(); ++i) {
     TunnelSpec& spec = desired[i];
@@ -457,7 +623,8 @@ absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
     }
   }
 
-  absl::MutexLock lock(&mu_);
+  if (absl::Status status = RestoreStatus(); !status.ok()) return status;
+  absl::MutexLock lock(&change_mu_);
   // The plan, checked as a whole before anything changes.
   std::map<std::string, PlannedChange> plan;
   size_t creates = 0;
@@ -554,7 +721,7 @@ absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
     any_change |= change.action != ChangeAction::kUnchanged;
   }
   if (dry_run || !any_change) {
-    result.revision = revision_;
+    result.revision = revision();
     return result;
   }
 
@@ -592,7 +759,7 @@ absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
     }
   }
   if (absl::Status status = tx.Commit(); !status.ok()) return status;
-  result.revision = revision_;
+  result.revision = revision();
   return result;
 }
 
@@ -620,18 +787,49 @@ absl::StatusOr<std::vector<TunnelEvent>> TunnelManager::EventsAfter(uint64_t aft
 }
 
 void TunnelManager::Shutdown() {
-  absl::MutexLock lock(&mu_);
+  stopping_.store(true);
+  if (restore_thread_.joinable()) restore_thread_.join();  // stops after its current tunnel
+  absl::MutexLock lock(&change_mu_);
+  if (tunnels_.empty()) return;
   ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
+  const absl::Time start = absl::Now();
+  bool batch = false;
+  if (!options_.keep_devices) {
+    // Removing a device costs RCU grace periods (about 20 ms); the kernel pays them once for
+    // a batch. First: the engine's reads of a device that is gone end at once (EBADFD, and it
+    // parks them), so taking the tunnels out of the engine afterwards waits for nothing. The
+    // devices' fds stay open until then, as the engine requires. What the batch could not
+    // take goes one by one below, as the device objects do.
+    absl::Status status = links_->RemoveAgentDevices();
+    batch = status.ok();
+    if (!status.ok() && !absl::IsUnimplemented(status)) {
+      Log("WARNING", "shutdown: devices not removed in one batch (%s); removing them one by one",
+          status.ToString());
+    }
+  }
+  const absl::Time removed = absl::Now();
+  for (auto& [name, entry] : tunnels_) StopDataplane(*entry);
+  const absl::Time stopped = absl::Now();
   for (auto& [name, entry] : tunnels_) {
-    StopDataplane(*entry);
     if (entry->device && options_.keep_devices) entry->device->Keep();
     entry->device.reset();
   }
+  Log("INFO",
+      "shutdown: %d tunnels: devices %s in %.2f s, dataplane stopped in %.2f s, %.2f s in all",
+      static_cast<int>(tunnels_.size()),
+      options_.keep_devices ? "kept"
+      : batch               ? "removed in one batch"
+                            : "removed one by one",
+      absl::ToDoubleSeconds(removed - start), absl::ToDoubleSeconds(stopped - removed),
+      absl::ToDoubleSeconds(absl::Now() - start));
   tunnels_.clear();
+  absl::MutexLock publish(&mu_);
+  published_.clear();
 }
 
 absl::Status TunnelManager::CreateLocked(const TunnelSpec& spec, Transaction& tx,
                                          bool check_conflicts) {
+  tx.Touch(spec.name);
   if (tunnels_.count(spec.name)) {
     return absl::AlreadyExistsError(absl::StrCat("tunnel ", spec.name, " already exists"));
   }
@@ -662,6 +860,7 @@ absl::Status TunnelManager::CreateLocked(const TunnelSpec& spec, Transaction& tx
 }
 
 absl::Status TunnelManager::DeleteLocked(const std::string& name, Transaction& tx) {
+  tx.Touch(name);
   ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
@@ -693,6 +892,7 @@ absl::Status TunnelManager::DeleteLocked(const std::string& name, Transaction& t
 absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name,
                                                          const TunnelSpec& requested,
                                                          Transaction& tx, bool check_conflicts) {
+  tx.Touch(name);
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
@@ -841,6 +1041,7 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
 
 absl::Status TunnelManager::ReleasePrefixes(const std::string& name, const TunnelSpec& desired,
                                             Transaction& tx) {
+  tx.Touch(name);
   ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
   Entry& entry = *tunnels_.at(name);
   if (!entry.device) return absl::OkStatus();
@@ -1007,17 +1208,48 @@ void TunnelManager::RecordEvent(TunnelEvent::Type type, const TunnelView& view,
   changed_.SignalAll();
 }
 
+TunnelManager::Published TunnelManager::PublishedOf(const Entry& entry) {
+  Published out;
+  out.spec = entry.spec;
+  out.status.state = entry.state;
+  out.status.reason = entry.reason;
+  out.status.state_changes = entry.state_changes;
+  out.status.repairs = entry.repairs;
+  out.has_device = entry.device != nullptr;
+  if (entry.device) {
+    out.status.ifindex = entry.device->ifindex();
+    out.status.mtu = entry.mtu;
+  }
+  out.counters = entry.counters;
+  return out;
+}
+
+void TunnelManager::PublishLocked(const std::string& name) {
+  auto it = tunnels_.find(name);
+  if (it == tunnels_.end()) {
+    published_.erase(name);
+  } else {
+    published_[name] = PublishedOf(*it->second);
+  }
+}
+
+void TunnelManager::PublishEvent(const Entry& entry, TunnelEvent::Type type,
+                                 const std::string& detail) {
+  Published published = PublishedOf(entry);
+  const TunnelView view{published.spec, LiveStatus(published)};
+  absl::MutexLock lock(&mu_);
+  published_[entry.spec.name] = std::move(published);
+  RecordEvent(type, view, detail);
+}
+
 TunnelStatus TunnelManager::StatusOf(const Entry& entry) const {
-  TunnelStatus status;
-  status.state = entry.state;
-  status.reason = entry.reason;
-  status.state_changes = entry.state_changes;
-  status.repairs = entry.repairs;
-  if (!entry.device) return status;
-  status.ifindex = entry.device->ifindex();
-  status.mtu = entry.mtu;
-  if (!entry.counters) return status;
-  const dataplane::TunnelStats& c = *entry.counters;
+  return LiveStatus(PublishedOf(entry));
+}
+
+TunnelStatus TunnelManager::LiveStatus(const Published& tunnel) {
+  TunnelStatus status = tunnel.status;
+  if (!tunnel.has_device || !tunnel.counters) return status;
+  const dataplane::TunnelStats& c = *tunnel.counters;
   using dataplane::TunnelCounters;
   status.counters.tx_packets = c.Sum(&TunnelCounters::tx_packets);
   status.counters.tx_bytes = c.Sum(&TunnelCounters::tx_bytes);
@@ -1029,7 +1261,7 @@ TunnelStatus TunnelManager::StatusOf(const Entry& entry) const {
   if (const int64_t last = c.last_receive_unix_nanos.load(std::memory_order_relaxed); last != 0) {
     status.last_receive = absl::FromUnixNanos(last);
   }
-  if (entry.spec.keepalive.enabled()) {
+  if (tunnel.spec.keepalive.enabled()) {
     KeepaliveSnapshot& k = status.keepalive.emplace();
     k.peer_alive = c.peer_alive.load(std::memory_order_relaxed);
     k.sent = c.Sum(&TunnelCounters::keepalive_sent);

@@ -2,9 +2,28 @@
 // Every change is checked first, applied to the kernel and the dataplane, persisted, and
 // rolled back if any step fails, so a failed request leaves nothing behind. Every committed
 // change gets a revision and an event, which WatchTunnels streams.
+//
+// Two locks, so that no reader waits behind the kernel or the disk. `change_mu_` serializes
+// everything that changes tunnels (requests, the restore, the refresh's repairs, Shutdown)
+// and is held across their netlink calls, dataplane commands and state file writes. Readers
+// (Get, List, TakeSnapshot, EventsAfter, ForEachTunnel: the API's reads, watchers, metrics
+// scrapes) take only `mu_`, which guards a published copy of every tunnel, the revision and
+// the events; a change is published under `mu_` in one step once its kernel work and its
+// write are done, so a reader sees a request's result whole or not at all. `mu_` is never
+// held across a system call. Order: change_mu_, then mu_.
+//
+// Start at any scale: BeginRestore reads the state file (every saved tunnel is known and
+// reported from then on, DOWN with a reason starting "restoring"); FinishRestore, on a
+// thread of its own while the API serves, brings the tunnels back one by one. Until it is
+// done, requests that change tunnels answer UNAVAILABLE saying how far it is ("restoring
+// the saved tunnels: 1200 of 10000 done"): a client retries (the tunnels it would change are
+// not in their final state yet, and a change racing the restore could not be checked against
+// tunnels still to come), and no request thread waits minutes for a lock. The periodic
+// refresh does nothing meanwhile and reads the kernel in full once the restore is done.
 #ifndef TUNNELAGENT_AGENT_TUNNEL_MANAGER_H_
 #define TUNNELAGENT_AGENT_TUNNEL_MANAGER_H_
 
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <map>
@@ -12,6 +31,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -84,6 +104,10 @@ class TunnelManager {
     bool keep_devices = false;
   };
 
+  // The reason a tunnel carries (state DOWN) from BeginRestore until FinishRestore got to it.
+  static constexpr char kRestoringReason[] =
+      "restoring: the agent has just started and is bringing the saved tunnels back";
+
   TunnelManager(LinkControl* links, dataplane::PacketEngine* engine, StateStore* store,
                 Options options);
   ~TunnelManager();
@@ -92,7 +116,21 @@ class TunnelManager {
   // place and removing devices it created that are no longer desired; devices it did not
   // create are never touched. A tunnel that cannot be brought up stays desired, in state
   // ERROR with the reason. Fails only when the state cannot be read.
+  // BeginRestore and then FinishRestore, in this thread.
   absl::Status Restore();
+  // The fast part, before the API serves: reads the state file; every saved tunnel is known
+  // from here on, DOWN with kRestoringReason. Fails only when the state cannot be read.
+  absl::Status BeginRestore();
+  // The slow part: devices, addresses, routes and dataplane, tunnel by tunnel, each published
+  // (and a STATE_CHANGED event) as it comes up or fails. Stops early when Shutdown begins.
+  void FinishRestore();
+  // FinishRestore on a thread of the manager's, which Shutdown waits for.
+  void FinishRestoreInBackground();
+  // UNAVAILABLE ("restoring the saved tunnels: N of M done") while FinishRestore has not
+  // finished; OK otherwise.
+  absl::Status RestoreStatus() const;
+  // Waits up to `timeout` for FinishRestore to be done; whether it is.
+  bool WaitForRestore(absl::Duration timeout) const;
 
   // INVALID_ARGUMENT / UNIMPLEMENTED from validation; ALREADY_EXISTS for a taken name or a
   // (mode, local, remote, input key) another tunnel carries; FAILED_PRECONDITION for an address or
@@ -139,23 +177,35 @@ class TunnelManager {
   // next call reads again.
   void RefreshStates(bool kernel_changed = true);
 
-  // Stops every tunnel's dataplane; removes the devices unless keep_devices. The desired
-  // state stays on disk.
+  // Stops every tunnel's dataplane; removes the devices unless keep_devices: every device of
+  // the agent's with one request the kernel handles as a batch (LinkControl::
+  // RemoveAgentDevices), else one by one (each about 40 ms of RCU grace periods; what remains
+  // in the batch is the kernel's own teardown of each TUN device, a few ms). A restore still
+  // running stops first. The desired state stays on disk.
   void Shutdown();
 
   uint32_t max_tunnels() const { return options_.max_tunnels; }
 
-  // Calls `visit(spec, status, counters)` for each tunnel under the manager's lock: for
-  // metrics, read at scrape time. `counters` is null for a tunnel that is not running.
+  // Calls `visit(spec, status, counters)` for each tunnel as last published, under the
+  // readers' lock only (no change in progress holds it): for metrics, read at scrape time.
+  // `counters` is null for a tunnel that has never run.
   template <typename Visitor>
   void ForEachTunnel(Visitor visit) const {
     absl::MutexLock lock(&mu_);
-    for (const auto& [name, entry] : tunnels_) {
-      visit(entry->spec, StatusOf(*entry), entry->counters.get());
+    for (const auto& [name, tunnel] : published_) {
+      visit(tunnel.spec, LiveStatus(tunnel), tunnel.counters.get());
     }
   }
 
  private:
+  // What readers see of one tunnel: a copy of its Entry, taken when a change is published.
+  struct Published {
+    dataplane::TunnelSpec spec;
+    TunnelStatus status;  // but the counters, which LiveStatus reads when asked
+    bool has_device = false;
+    std::shared_ptr<dataplane::TunnelStats> counters;
+  };
+
   struct Entry {
     dataplane::TunnelSpec spec;
     std::unique_ptr<Device> device;  // null when the tunnel could not be brought up
@@ -178,34 +228,45 @@ class TunnelManager {
   };
   class Transaction;
 
+  static Published PublishedOf(const Entry& entry);
+  // `tunnel`'s status with its counters as they are now.
+  static TunnelStatus LiveStatus(const Published& tunnel);
+  // Makes the published copy of `name` what tunnels_ has (removed when it has none).
+  void PublishLocked(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_, mu_);
+  // Entry and event at once, for a change outside a transaction (a repair, a state change).
+  void PublishEvent(const Entry& entry, TunnelEvent::Type type, const std::string& detail)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  // The restore of the saved tunnels in `restoring` (FinishRestore's work).
+  void RestoreDevices(std::vector<Entry*> restoring) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+
   // `check_conflicts` false: the caller checked the whole resulting set already (Apply).
   absl::Status CreateLocked(const dataplane::TunnelSpec& spec, Transaction& tx,
-                            bool check_conflicts = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                            bool check_conflicts = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   absl::Status DeleteLocked(const std::string& name, Transaction& tx)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   absl::StatusOr<UpdateResult> UpdateLocked(const std::string& name,
                                             const dataplane::TunnelSpec& desired, Transaction& tx,
                                             bool check_conflicts = true)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // Removes from the kernel the routes and addresses of tunnel `name` that `desired` no longer
   // has, so that another tunnel of the same Apply can take them whatever the order.
   absl::Status ReleasePrefixes(const std::string& name, const dataplane::TunnelSpec& desired,
-                               Transaction& tx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                               Transaction& tx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // Creates, configures and starts the device of `entry`; on failure nothing is left.
   // `attached`: a device of an earlier run already taken over for it (Restore).
   absl::Status BringUp(Entry& entry, std::unique_ptr<Device> attached = nullptr)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // Stops the dataplane of `entry` (its device stays).
-  void StopDataplane(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status StartDataplane(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StopDataplane(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  absl::Status StartDataplane(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // Rules across tunnels, `spec` against every tunnel but `ignore`.
   absl::Status CheckConflicts(const dataplane::TunnelSpec& spec, const std::string& ignore) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status SaveLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  absl::Status SaveLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   void RecordEvent(TunnelEvent::Type type, const TunnelView& view, std::string detail = "")
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   TunnelStatus StatusOf(const Entry& entry) const;
-  uint32_t MtuFor(const dataplane::TunnelSpec& spec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t MtuFor(const dataplane::TunnelSpec& spec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
 
   // The kernel's route towards `spec`'s remote: its underlay addresses, and the tunnel device
   // it leads into when it does (a loop), else "".
@@ -214,57 +275,73 @@ class TunnelManager {
     std::string loop_device;
   };
   UnderlayLookup LookUpUnderlay(const dataplane::TunnelSpec& spec) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // The same from a route looked up already; `tunnel_devices` (tunnel names by their devices'
   // ifindex) when the caller has it, else the tunnels are searched.
   UnderlayLookup UnderlayFrom(const dataplane::TunnelSpec& spec,
                               const absl::StatusOr<UnderlayRoute>& route,
                               const std::map<int, std::string>* tunnel_devices = nullptr) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // The underlay rule (underlay_guard.h) for `spec`, whose underlay is `underlay`, against
   // every tunnel but `ignore` and itself, both ways.
   absl::Status CheckUnderlay(const dataplane::TunnelSpec& spec,
                              const std::vector<UnderlayAddress>& underlay,
-                             const std::string& ignore) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                             const std::string& ignore) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // Puts back what differs between `kernel` (the device as it is) and the desired state;
   // the first difference that cannot be put back, or OK.
   absl::Status Reconcile(Entry& entry, const DeviceState& kernel)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // The kernel side of RefreshStates for one tunnel with a device: made again when removed,
   // else reconciled, and its underlay looked up again (kernel_state, kernel_reason).
   void RefreshFromKernel(Entry& entry, const std::map<int, DeviceState>& devices,
                          const absl::StatusOr<UnderlayRoute>& route,
                          const std::map<int, std::string>& tunnel_devices)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // Removes from `device` (the tunnel's, or one being taken over for it) the routes and
   // addresses `kernel` shows that the desired state does not have, each a repair; the first
   // that could not be removed, or OK (one found gone already is no failure).
   absl::Status RemoveUndesired(Entry& entry, const Device& device, const DeviceState& kernel)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // Reconcile of one tunnel's device, read from the kernel now.
-  absl::Status ReconcileNow(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ReconcileNow(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   void RecordRepair(Entry& entry, const char* what, const std::string& detail)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   // Records a change of operational state (counted, logged, a STATE_CHANGED event); nothing
   // when it is the same.
   void SetState(Entry& entry, OperState state, std::string reason)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_) ABSL_LOCKS_EXCLUDED(mu_);
 
   LinkControl* const links_;
   dataplane::PacketEngine* const engine_;
   StateStore* const store_;
   const Options options_;
 
-  mutable absl::Mutex mu_;
-  std::map<std::string, std::unique_ptr<Entry>> tunnels_ ABSL_GUARDED_BY(mu_);
-  mutable absl::CondVar changed_;  // signalled on every new revision
-  uint64_t revision_ ABSL_GUARDED_BY(mu_) = 0;
+  // The writers' lock (see the top of this file): held across kernel calls and disk writes.
+  absl::Mutex change_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  std::map<std::string, std::unique_ptr<Entry>> tunnels_ ABSL_GUARDED_BY(change_mu_);
   // Counts the requests that may have changed the kernel: RefreshStates reads the kernel
   // without the lock and uses what it read only if no request came in between.
-  uint64_t kernel_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t kernel_generation_ ABSL_GUARDED_BY(change_mu_) = 0;
   // A refresh whose reading went stale: the next one reads the kernel whatever it is told.
-  bool refresh_again_ ABSL_GUARDED_BY(mu_) = false;
+  bool refresh_again_ ABSL_GUARDED_BY(change_mu_) = false;
+
+  // The readers' lock: only ever held to copy in or out.
+  mutable absl::Mutex mu_;
+  std::map<std::string, Published> published_ ABSL_GUARDED_BY(mu_);
+  mutable absl::CondVar changed_;  // signalled on every new revision
+  uint64_t revision_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<TunnelEvent> history_ ABSL_GUARDED_BY(mu_);
+  // From BeginRestore until FinishRestore is done: how many saved tunnels it has got to.
+  bool restoring_ ABSL_GUARDED_BY(mu_) = false;
+  size_t restore_done_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t restore_total_ ABSL_GUARDED_BY(mu_) = 0;
+  // The saved tunnels BeginRestore found valid, for FinishRestore.
+  std::vector<std::string> to_restore_ ABSL_GUARDED_BY(change_mu_);
+
+  // Set when Shutdown begins: a restore in progress stops between two tunnels.
+  std::atomic<bool> stopping_{false};
+  std::thread restore_thread_;  // FinishRestoreInBackground's; joined by Shutdown
 };
 
 // The fields UpdateTunnel's update_mask may name (proto field names), in field order.

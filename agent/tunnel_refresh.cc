@@ -85,7 +85,7 @@ void TunnelManager::RecordRepair(Entry& entry, const char* what, const std::stri
   ++entry.repairs[what];
   LogEvent("WARNING", "tunnel.repair",
            {{"tunnel", entry.spec.name}, {"what", what}, {"detail", detail}});
-  RecordEvent(TunnelEvent::Type::kRepaired, {entry.spec, StatusOf(entry)}, detail);
+  PublishEvent(entry, TunnelEvent::Type::kRepaired, detail);
 }
 
 void TunnelManager::SetState(Entry& entry, OperState state, std::string reason) {
@@ -99,7 +99,7 @@ void TunnelManager::SetState(Entry& entry, OperState state, std::string reason) 
             {"state", StateText(state)},
             {"was", StateText(before)},
             {"reason", entry.reason}});
-  RecordEvent(TunnelEvent::Type::kStateChanged, {entry.spec, StatusOf(entry)}, entry.reason);
+  PublishEvent(entry, TunnelEvent::Type::kStateChanged, entry.reason);
 }
 
 absl::Status TunnelManager::RemoveUndesired(Entry& entry, const Device& device,
@@ -190,8 +190,11 @@ void TunnelManager::RefreshStates(bool kernel_changed) {
   // What the kernel is to be asked, taken under the lock; the asking is done without it.
   uint64_t generation = 0;
   std::vector<std::pair<std::string, dataplane::IpAddress>> remotes;
+  // The restore configures the kernel tunnel by tunnel, holding the writers' lock: nothing to
+  // compare yet, and no reason to wait for it (it sets refresh_again_ when it is done).
+  if (!RestoreStatus().ok()) return;
   {
-    absl::MutexLock lock(&mu_);
+    absl::MutexLock lock(&change_mu_);
     kernel_changed |= refresh_again_;
     refresh_again_ = false;
     generation = kernel_generation_;
@@ -207,14 +210,14 @@ void TunnelManager::RefreshStates(bool kernel_changed) {
   if (kernel_changed) {
     devices = links_->DeviceStates();
     if (!devices.ok()) {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&change_mu_);
       refresh_again_ = true;  // not read: the next call tries again
       return;
     }
     for (const auto& [name, remote] : remotes) routes.emplace(name, links_->RouteTo(remote));
   }
 
-  absl::MutexLock lock(&mu_);
+  absl::MutexLock lock(&change_mu_);
   if (kernel_changed && generation != kernel_generation_) {
     // A request changed the kernel meanwhile: what was read may show its work half done.
     refresh_again_ = true;

@@ -362,27 +362,44 @@ absl::Status ValidateSpec(const dataplane::TunnelSpec& spec) {
 }
 
 absl::Status ValidateLabels(const std::map<std::string, std::string>& labels) {
-  constexpr size_t kMaxLabels = 64;
-  constexpr size_t kMaxLength = 63;
+  const TunnelLimits& limits = tunnel_limits;
   auto allowed = [](absl::string_view text) {
     for (char c : text) {
       if (!absl::ascii_isalnum(c) && c != '.' && c != '_' && c != '/' && c != '-') return false;
     }
     return true;
   };
-  if (labels.size() > kMaxLabels) {
-    return Invalid("tunnel.labels", absl::StrCat(labels.size(), " labels, at most ", kMaxLabels));
+  if (labels.size() > limits.max_labels) {
+    return Invalid("tunnel.labels",
+                   absl::StrCat(labels.size(), " labels, at most ", limits.max_labels,
+                                " per tunnel (--max_labels_per_tunnel)"));
   }
   for (const auto& [key, value] : labels) {
-    if (key.empty() || key.size() > kMaxLength || !allowed(key)) {
-      return Invalid("tunnel.labels", absl::StrCat("key ", Quote(key), " must be 1-", kMaxLength,
-                                                   " characters of A-Z a-z 0-9 . _ / -"));
+    if (key.empty() || key.size() > limits.max_label_key_length || !allowed(key)) {
+      return Invalid("tunnel.labels",
+                     absl::StrCat("key ", Quote(key), " must be 1-", limits.max_label_key_length,
+                                  " characters of A-Z a-z 0-9 . _ / - (--max_label_key_length)"));
     }
-    if (value.size() > kMaxLength || !allowed(value)) {
-      return Invalid(absl::StrCat("tunnel.labels[", key, "]"),
-                     absl::StrCat("value ", Quote(value), " must be 0-", kMaxLength,
-                                  " characters of A-Z a-z 0-9 . _ / -"));
+    if (value.size() > limits.max_label_value_length || !allowed(value)) {
+      return Invalid(
+          absl::StrCat("tunnel.labels[", key, "]"),
+          absl::StrCat("value ", Quote(value), " must be 0-", limits.max_label_value_length,
+                       " characters of A-Z a-z 0-9 . _ / - (--max_label_value_length)"));
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckApplyWork(const std::vector<dataplane::TunnelSpec>& tunnels) {
+  const TunnelLimits& limits = tunnel_limits;
+  size_t prefixes = 0;
+  for (const dataplane::TunnelSpec& spec : tunnels) {
+    prefixes += spec.addresses.size() + spec.routes.size();
+  }
+  if (prefixes > limits.max_apply_prefixes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tunnels: ", prefixes, " addresses and routes in all, at most ", limits.max_apply_prefixes,
+        " in one ApplyTunnels (--max_prefixes_per_apply); split the change into several"));
   }
   return absl::OkStatus();
 }

@@ -4,6 +4,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -45,18 +46,30 @@ absl::Status ValidateSpec(const dataplane::TunnelSpec& spec);
 // A value for an error message: quoted and escaped, cut to its first 64 bytes and its length.
 std::string QuoteValue(absl::string_view text);
 
-// What one tunnel may ask for, so that no request holds the agent for long: addresses and
-// routes per tunnel (--max_addresses_per_tunnel, --max_routes_per_tunnel).
+// What one request may ask for, so that none holds the agent for long: addresses, routes and
+// labels per tunnel (--max_addresses_per_tunnel, --max_routes_per_tunnel,
+// --max_labels_per_tunnel, --max_label_key_length, --max_label_value_length), and the
+// addresses and routes of one ApplyTunnels in all (--max_prefixes_per_apply: each is a
+// netlink request, about 20-50 us).
 struct TunnelLimits {
   size_t max_addresses = 256;
   size_t max_routes = 1024;
+  size_t max_labels = 64;
+  size_t max_label_key_length = 63;
+  size_t max_label_value_length = 63;
+  size_t max_apply_prefixes = 65536;
 };
 // Set once at start, before requests are served.
 void SetTunnelLimits(const TunnelLimits& limits);
 const TunnelLimits& CurrentTunnelLimits();
 
-// At most 64 labels; keys 1-63 and values 0-63 characters of [A-Za-z0-9._/-].
+// At most TunnelLimits::max_labels labels (64); keys 1-max_label_key_length (63) and values
+// 0-max_label_value_length (63) characters of [A-Za-z0-9._/-].
 absl::Status ValidateLabels(const std::map<std::string, std::string>& labels);
+
+// INVALID_ARGUMENT naming --max_prefixes_per_apply when `tunnels` (one ApplyTunnels) have more
+// addresses and routes in all than TunnelLimits::max_apply_prefixes.
+absl::Status CheckApplyWork(const std::vector<dataplane::TunnelSpec>& tunnels);
 
 }  // namespace tunnelagent::agent
 

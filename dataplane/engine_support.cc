@@ -1,6 +1,8 @@
 #include "dataplane/engine_support.h"
 
 #include <linux/filter.h>
+#include <linux/icmp.h>
+#include <netinet/icmp6.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <sys/eventfd.h>
@@ -51,6 +53,14 @@ absl::StatusOr<int> OpenUnderlaySocket(int family, int protocol, int buffer_byte
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("raw ", what, " socket"));
   SetSocketBuffer(fd, /*receive=*/true, buffer_bytes);
   SetSocketBuffer(fd, /*receive=*/false, buffer_bytes);
+  if (family == AF_INET && protocol != IPPROTO_RAW) {
+    // The kernel hands every ICMP error quoting a packet of this protocol to this socket and,
+    // unless it opts out, writes the MTU into its PMTU cache for the remote, forged or not.
+    // The engine judges those errors itself (TooBigReader); the host's cache stays clean of
+    // what reaches it only through this socket.
+    const int omit = IP_PMTUDISC_OMIT;
+    setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &omit, sizeof omit);
+  }
   if (family == AF_INET6 && protocol != IPPROTO_RAW) {
     const int on = 1;
     if (setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on) != 0 ||
@@ -261,7 +271,10 @@ absl::StatusOr<int> OpenFouSendSocket(const OuterAddress& local, uint16_t sport,
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on);
   }
   SetSocketBuffer(fd, /*receive=*/false, buffer_bytes);
-  const int pmtu = IP_PMTUDISC_DO;  // DF; a packet over the path's MTU fails with EMSGSIZE
+  // DF on every packet, sizes checked against the device alone: the path MTU is the
+  // datapath's (from the route and the errors it believed), never the kernel's PMTU cache,
+  // which any forged "fragmentation needed" naming the flow lowers.
+  const int pmtu = IP_PMTUDISC_PROBE;
   sockaddr_in from{};
   from.sin_family = AF_INET;
   std::memcpy(&from.sin_addr, local.data(), 4);
@@ -282,6 +295,49 @@ absl::StatusOr<int> OpenFouSendSocket(const OuterAddress& local, uint16_t sport,
     return ErrnoStatus(err, "fou send socket");
   }
   return fd;
+}
+
+TooBigReader::~TooBigReader() {
+  for (int fd : {fd4_, fd6_}) {
+    if (fd >= 0) close(fd);
+  }
+}
+
+absl::Status TooBigReader::Open() {
+  // Raw ICMP sockets get a copy of every ICMP message for this host; the kernel's filters let
+  // only the one type through (ICMP_FILTER's bits are the types to drop).
+  fd4_ = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, IPPROTO_ICMP);
+  if (fd4_ < 0) return ErrnoStatus(errno, "raw ICMP socket");
+  icmp_filter filter{~(uint32_t{1} << ICMP_DEST_UNREACH)};
+  if (setsockopt(fd4_, SOL_RAW, ICMP_FILTER, &filter, sizeof filter) != 0) {
+    return ErrnoStatus(errno, "raw ICMP socket filter");
+  }
+  SetSocketBuffer(fd4_, /*receive=*/true, kSocketBufferBytes);
+  if (KernelHasIpv6()) {
+    fd6_ = socket(AF_INET6, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, IPPROTO_ICMPV6);
+    if (fd6_ < 0) return ErrnoStatus(errno, "raw ICMPv6 socket");
+    icmp6_filter filter6;
+    ICMP6_FILTER_SETBLOCKALL(&filter6);
+    ICMP6_FILTER_SETPASS(ICMP6_PACKET_TOO_BIG, &filter6);
+    if (setsockopt(fd6_, IPPROTO_ICMPV6, ICMP6_FILTER, &filter6, sizeof filter6) != 0) {
+      return ErrnoStatus(errno, "raw ICMPv6 socket filter");
+    }
+    SetSocketBuffer(fd6_, /*receive=*/true, kSocketBufferBytes);
+  }
+  return absl::OkStatus();
+}
+
+TooBigReader::Got TooBigReader::Next(bool ipv6, TooBigReport* report) {
+  const int fd = ipv6 ? fd6_ : fd4_;
+  if (fd < 0) return Got::kNothing;
+  // MSG_TRUNC: a message longer than the buffer shows as such and is not parsed cut short.
+  const ssize_t n = recv(fd, buffer_.get(), kMessageBytes, MSG_DONTWAIT | MSG_TRUNC);
+  if (n < 0) return errno == EINTR ? Got::kOther : Got::kNothing;
+  if (static_cast<size_t>(n) > kMessageBytes) return Got::kOther;
+  const size_t len = static_cast<size_t>(n);
+  const bool parsed = ipv6 ? ParseIcmpv6PacketTooBig(buffer_.get(), len, report)
+                           : ParseIcmpFragmentationNeeded(buffer_.get(), len, report);
+  return parsed ? Got::kReport : Got::kOther;
 }
 
 namespace {

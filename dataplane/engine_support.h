@@ -17,12 +17,14 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "dataplane/packet/encap.h"
+#include "dataplane/packet/icmp.h"
 #include "dataplane/packet/offload.h"
 #include "dataplane/packet_engine.h"
 #include "dataplane/tunnel_table.h"
@@ -195,6 +197,90 @@ uint8_t FouProtocol(TunnelMode mode);
 // (0: a port the kernel picks), connected to `remote`:`dport`, DF on every packet.
 absl::StatusOr<int> OpenFouSendSocket(const OuterAddress& local, uint16_t sport,
                                       const OuterAddress& remote, uint16_t dport, int buffer_bytes);
+
+// The engine's raw ICMP and ICMPv6 sockets, filtered down to "destination unreachable" and
+// "packet too big": the errors about the tunnels' packets that the engine judges itself
+// (TunnelDatapath::TakeTooBig) instead of the kernel's PMTU cache, which believes any error
+// whose quote names the flow. Read a bounded number at a time (a flood of errors costs a
+// bounded share of the thread; what the socket buffer cannot hold the kernel drops).
+class TooBigReader {
+ public:
+  TooBigReader() = default;
+  ~TooBigReader();
+  TooBigReader(const TooBigReader&) = delete;
+  TooBigReader& operator=(const TooBigReader&) = delete;
+
+  // The IPv4 socket always (it needs CAP_NET_RAW, as the engine's other sockets), the IPv6
+  // one where the kernel has IPv6.
+  absl::Status Open();
+
+  // Reads up to `budget` queued messages of each family, calling `take(const TooBigReport&)`
+  // for each that is a well-formed "fragmentation needed" / "packet too big".
+  template <typename Take>
+  void Read(size_t budget, Take&& take) {
+    for (const bool ipv6 : {false, true}) {
+      for (size_t i = 0; i < budget; ++i) {
+        TooBigReport report;
+        const Got got = Next(ipv6, &report);
+        if (got == Got::kNothing) break;
+        if (got == Got::kReport) take(report);
+      }
+    }
+  }
+
+ private:
+  enum class Got { kNothing, kOther, kReport };
+  Got Next(bool ipv6, TooBigReport* report);
+
+  // An error is at most 576 bytes (IPv4) or 1280 (IPv6) from a conforming router.
+  static constexpr size_t kMessageBytes = 2048;
+  static constexpr int kSocketBufferBytes = 256 << 10;
+  int fd4_ = -1;
+  int fd6_ = -1;
+  std::unique_ptr<uint8_t[]> buffer_{new uint8_t[kMessageBytes]};
+};
+
+// Too-big errors read per family each time round an engine's housekeeping (every tick).
+inline constexpr size_t kTooBigReadsPerTick = 64;
+
+// An engine's tunnels by remote address, for the errors that quote a packet sent to it.
+// Owned by the engine's thread; a lookup allocates nothing.
+template <typename Tunnel>
+class TunnelsByRemote {
+ public:
+  void Insert(const OuterAddress& remote, Tunnel* tunnel) { map_[remote].push_back(tunnel); }
+  void Erase(const OuterAddress& remote, Tunnel* tunnel) {
+    auto it = map_.find(remote);
+    if (it == map_.end()) return;
+    std::vector<Tunnel*>& list = it->second;
+    list.erase(std::remove(list.begin(), list.end(), tunnel), list.end());
+    if (list.empty()) map_.erase(it);
+  }
+  void Clear() { map_.clear(); }
+
+  // Hands `report` to every tunnel to its quoted destination (each judges it; usually there is
+  // one). One that names a tunnel protocol's flow and no tunnel took or rejected is counted
+  // in `counters` (kIcmpRejected) when `count` (worker 0: every worker reads every error).
+  void Dispatch(const TooBigReport& report, DataplaneCounters& counters, bool count) const {
+    bool judged = false;
+    auto it = map_.find(report.quoted_dst);
+    if (it != map_.end()) {
+      for (Tunnel* tunnel : it->second) {
+        const QuoteVerdict verdict = tunnel->path->TakeTooBig(report);
+        judged |= verdict != QuoteVerdict::kOtherFlow;
+        // Its housekeeping wakes next tick and from then on also for the lowered MTU's expiry.
+        if (verdict == QuoteVerdict::kOurs) tunnel->next_tick = absl::InfinitePast();
+      }
+    }
+    const uint8_t p = report.quoted_protocol;
+    if (!judged && count && (p == kIpProtoGre || p == kIpProtoIpip || p == kIpProtoIpv6)) {
+      counters.drops[static_cast<int>(DropReason::kIcmpRejected)].Add();
+    }
+  }
+
+ private:
+  absl::flat_hash_map<OuterAddress, std::vector<Tunnel*>> map_;
+};
 
 // Whether a worker's thread is running, for PacketEngine::Health: the thread beats every time
 // round its loop (which wakes at least every tick, traffic or not) and says why when it ends.

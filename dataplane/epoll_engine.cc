@@ -95,6 +95,8 @@ class EpollEngine::Impl {
     // As in the io_uring engine: IPPROTO_RAW (IP_HDRINCL) sockets send for every tunnel, one
     // raw socket per family and protocol receives everything of that protocol addressed to us.
     if (absl::Status s = io_.Open(options_.socket_buffer_bytes); !s.ok()) return s;
+    io_.set_path_mtu_expiry(options_.path_mtu_expiry);
+    if (absl::Status s = too_big_.Open(); !s.ok()) return s;
     absl::StatusOr<std::vector<ReceiveSocket>> sockets =
         OpenReceiveSockets(options_.socket_buffer_bytes, options_.worker, options_.workers);
     if (!sockets.ok()) return sockets.status();
@@ -205,6 +207,7 @@ class EpollEngine::Impl {
 
   void Shutdown() {
     for (auto& [name, tunnel] : tunnels_) Release(tunnel.get());
+    by_remote_.Clear();
     tunnels_.clear();
     by_match_.Clear();
     mailbox_.Close();
@@ -215,6 +218,10 @@ class EpollEngine::Impl {
     const absl::Time now = absl::Now();
     if (now < next_tick_) return;
     next_tick_ = now + kTickResolution;
+    // Errors about the tunnels' packets: rare, read with plain calls, a bounded number a tick.
+    too_big_.Read(kTooBigReadsPerTick, [this](const TooBigReport& report) {
+      by_remote_.Dispatch(report, counters_, options_.worker == 0);
+    });
     for (auto& [name, tunnel] : tunnels_) {
       if (now >= tunnel->next_tick) tunnel->next_tick = tunnel->path->Tick(now);
     }
@@ -530,6 +537,7 @@ class EpollEngine::Impl {
       }
     }
     by_match_.Insert(tunnel->path->match(), tunnel.get());
+    by_remote_.Insert(config.encap.remote, tunnel.get());
     tunnels_[config.name] = std::move(tunnel);
     return absl::OkStatus();
   }
@@ -542,6 +550,7 @@ class EpollEngine::Impl {
       return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
     }
     by_match_.Erase(it->second->path->match());
+    by_remote_.Erase(it->second->path->config().encap.remote, it->second.get());
     coalescer_.Discard(it->second.get());
     if (it->second->fou_port != 0) fou_ports_.Release(it->second->fou_port);
     Release(it->second.get());
@@ -599,6 +608,8 @@ class EpollEngine::Impl {
   std::unique_ptr<EngineCommand> stop_command_;
   absl::flat_hash_map<std::string, std::unique_ptr<TunnelRuntime>> tunnels_;
   TunnelTable<TunnelRuntime> by_match_;
+  TooBigReader too_big_;
+  TunnelsByRemote<TunnelRuntime> by_remote_;
 
   DataplaneCounters counters_;
 

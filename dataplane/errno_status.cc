@@ -28,6 +28,13 @@ absl::StatusCode ErrnoCode(int err) {
     case EINVAL:
     case ERANGE:
       return absl::StatusCode::kInvalidArgument;
+    // Out of descriptors (the process's or the system's) or of kernel memory: a limit that
+    // frees up as things close, not a fault of the request or of the agent.
+    case EMFILE:
+    case ENFILE:
+    case ENOMEM:
+    case ENOBUFS:
+      return absl::StatusCode::kResourceExhausted;
     case ENETDOWN:
     case ENOSYS:
     case EOPNOTSUPP:
@@ -40,6 +47,12 @@ absl::StatusCode ErrnoCode(int err) {
 }
 
 absl::Status ErrnoStatus(int err, absl::string_view what) {
+  if (err == EMFILE || err == ENFILE) {
+    // strerror's "Too many open files" does not say whose limit it is.
+    return absl::ResourceExhaustedError(absl::StrCat(
+        what, ": out of file descriptors (", ErrnoText(err), "; ",
+        err == EMFILE ? "the agent's RLIMIT_NOFILE" : "the system's fs.file-max", " is reached)"));
+  }
   return absl::Status(ErrnoCode(err), absl::StrCat(what, ": ", ErrnoText(err)));
 }
 

@@ -17,7 +17,8 @@ std::string ErrnoText(int err);
 // ALREADY_EXISTS for EEXIST; PERMISSION_DENIED for EPERM and EACCES; INVALID_ARGUMENT for
 // EINVAL and ERANGE; FAILED_PRECONDITION for ENETDOWN (a link that must come up first) and for
 // what the kernel or a sandbox does not offer (ENOSYS, EOPNOTSUPP, EAFNOSUPPORT,
-// EPROTONOSUPPORT); INTERNAL otherwise.
+// EPROTONOSUPPORT); RESOURCE_EXHAUSTED for EMFILE and ENFILE (saying descriptors are out),
+// ENOMEM and ENOBUFS; INTERNAL otherwise.
 absl::Status ErrnoStatus(int err, absl::string_view what);
 
 // The code alone, for callers that compose their own message.

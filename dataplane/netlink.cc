@@ -171,6 +171,9 @@ int LinkAttribute(const nlattr* attr, void* data) {
     case IFLA_IFALIAS:
       info->alias = AttributeString(attr);
       break;
+    case IFLA_GROUP:
+      if (mnl_attr_validate(attr, MNL_TYPE_U32) >= 0) info->group = mnl_attr_get_u32(attr);
+      break;
     case IFLA_LINKINFO:
       if (mnl_attr_validate(attr, MNL_TYPE_NESTED) >= 0) {
         mnl_attr_parse_nested(attr, LinkInfoAttribute, info);
@@ -583,6 +586,33 @@ absl::Status Netlink::DeleteLink(int ifindex) {
   auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
   ifi->ifi_family = AF_UNSPEC;
   ifi->ifi_index = ifindex;
+  absl::MutexLock lock(&mu_);
+  return Transact(nlh, what, nullptr, nullptr);
+}
+
+absl::Status Netlink::SetLinkGroup(int ifindex, uint32_t group) {
+  const std::string what = absl::StrCat("putting ", LinkName(ifindex), " in link group ", group);
+  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
+  alignas(nlmsghdr) char buf[kRequestBufferSize];
+  nlmsghdr* nlh = PutHeader(buf, RTM_NEWLINK, 0);
+  auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = ifindex;
+  mnl_attr_put_u32(nlh, IFLA_GROUP, group);
+  absl::MutexLock lock(&mu_);
+  return Transact(nlh, what, nullptr, nullptr);
+}
+
+absl::Status Netlink::DeleteLinkGroup(uint32_t group) {
+  const std::string what = absl::StrCat("deleting the links of group ", group);
+  // Group 0 holds every link nobody grouped: the host's own among them.
+  if (group == 0) return absl::InvalidArgumentError(what + ": the default group is not deleted");
+  alignas(nlmsghdr) char buf[kRequestBufferSize];
+  nlmsghdr* nlh = PutHeader(buf, RTM_DELLINK, 0);
+  auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = 0;  // no link named: the kernel takes IFLA_GROUP (rtnl_group_dellink)
+  mnl_attr_put_u32(nlh, IFLA_GROUP, group);
   absl::MutexLock lock(&mu_);
   return Transact(nlh, what, nullptr, nullptr);
 }

@@ -118,6 +118,11 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::CreateWith(const std::stri
   if (ifindex == 0) {
     const int err = errno;
     close(*fd);  // the device goes with it
+    // if_nametoindex opens a socket of its own to ask: out of descriptors, that fails, and
+    // the cause is the descriptors, not the device.
+    if (err == EMFILE || err == ENFILE) {
+      return ErrnoStatus(err, absl::StrCat(what, ": looking up its ifindex"));
+    }
     return absl::InternalError(
         absl::StrCat(what, ": the new device has no ifindex: ", ErrnoText(err)));
   }
@@ -182,8 +187,13 @@ absl::StatusOr<int> TunDevice::OpenQueue(const std::string& name, Kind kind, boo
     return StatusFromErrno(err, what);
   }
   // Had the device gone since, TUNSETIFF made a new one, which closing the fd removes again.
-  if (if_nametoindex(name.c_str()) != static_cast<unsigned>(ifindex)) {
+  if (const unsigned found = if_nametoindex(name.c_str());
+      found != static_cast<unsigned>(ifindex)) {
+    const int err = errno;
     close(*fd);
+    if (found == 0 && (err == EMFILE || err == ENFILE)) {  // its lookup socket failed
+      return ErrnoStatus(err, absl::StrCat(what, ": looking up its ifindex"));
+    }
     return absl::NotFoundError(absl::StrCat(what, ": the device is gone"));
   }
   return *fd;

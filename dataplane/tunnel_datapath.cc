@@ -1,7 +1,11 @@
 #include "dataplane/tunnel_datapath.h"
 
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
+#include <sys/ioctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -24,9 +28,13 @@ namespace {
 constexpr uint16_t kIpv4FlagDontFragment = 0x4000;
 constexpr uint8_t kIpProtoDestinationOptions = 60;
 constexpr size_t kMaxFragments = 64;
-// How often the route towards the remote is asked for its MTU: PMTU information the kernel
-// learns (or forgets after its 10 minutes) shows within this.
+// How often the route towards the remote is asked for its MTU: a new device or route MTU
+// shows within this.
 constexpr absl::Duration kProbeInterval = absl::Seconds(5);
+// How often a tunnel that numbers its packets marks where its sequence stands: an error must
+// quote a number sent since the mark before last, so within the last one to two seconds (a
+// router's answer takes a round trip; a guess has that window of 2^32 to hit).
+constexpr absl::Duration kSequenceMarkInterval = absl::Seconds(1);
 
 void Count(DropCounters& drops, DropReason reason) { drops[static_cast<int>(reason)].Add(); }
 
@@ -62,7 +70,7 @@ int64_t WorkerClock::PreciseMonotonicNanos() {
 }
 
 UnderlayIo::~UnderlayIo() {
-  for (int fd : {send4_, send6_, probe4_, probe6_}) {
+  for (int fd : {send4_, send6_, probe4_, probe6_, route_netlink_}) {
     if (fd >= 0) close(fd);
   }
 }
@@ -85,7 +93,93 @@ absl::Status UnderlayIo::Open(int buffer_bytes) {
   probe4_ = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (probe4_ < 0) return ErrnoStatus(errno, "route probe socket");
   if (send6_ >= 0) probe6_ = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  route_netlink_ = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (route_netlink_ < 0) return ErrnoStatus(errno, "route netlink socket");
   return absl::OkStatus();
+}
+
+bool UnderlayIo::RouteMtu(bool ipv6, const OuterAddress& remote, uint32_t* mtu) {
+  const size_t address_len = ipv6 ? 16 : 4;
+  struct {
+    nlmsghdr header;
+    rtmsg route;
+    alignas(NLMSG_ALIGNTO) uint8_t attributes[RTA_SPACE(16)];
+  } request{};
+  const uint32_t sequence = ++route_request_;
+  request.header.nlmsg_len = NLMSG_LENGTH(sizeof(rtmsg)) + RTA_SPACE(address_len);
+  request.header.nlmsg_type = RTM_GETROUTE;
+  request.header.nlmsg_flags = NLM_F_REQUEST;
+  request.header.nlmsg_seq = sequence;
+  request.route.rtm_family = ipv6 ? AF_INET6 : AF_INET;
+  request.route.rtm_dst_len = ipv6 ? 128 : 32;
+  request.route.rtm_flags = RTM_F_FIB_MATCH;
+  auto* destination = reinterpret_cast<rtattr*>(request.attributes);
+  destination->rta_type = RTA_DST;
+  destination->rta_len = static_cast<unsigned short>(RTA_LENGTH(address_len));
+  std::memcpy(RTA_DATA(destination), remote.data(), address_len);
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  if (sendto(route_netlink_, &request, request.header.nlmsg_len, 0,
+             reinterpret_cast<sockaddr*>(&kernel), sizeof kernel) < 0) {
+    return false;
+  }
+  // rtnetlink answers inside the send, so the answer is queued by now: never wait for it.
+  // Answers to earlier requests (none are left unread, but a reply is matched by number).
+  alignas(nlmsghdr) uint8_t reply[8192];
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    const ssize_t n = recv(route_netlink_, reply, sizeof reply, MSG_DONTWAIT);
+    if (n < 0) return false;
+    int left = static_cast<int>(n);
+    for (auto* h = reinterpret_cast<nlmsghdr*>(reply); NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
+      if (h->nlmsg_seq != sequence) continue;
+      if (h->nlmsg_type != RTM_NEWROUTE || h->nlmsg_len < NLMSG_LENGTH(sizeof(rtmsg))) {
+        return false;  // NLMSG_ERROR: no route
+      }
+      const auto* route = static_cast<const rtmsg*>(NLMSG_DATA(h));
+      if (route->rtm_type != RTN_UNICAST && route->rtm_type != RTN_LOCAL) return false;
+      uint32_t metric = 0;
+      uint32_t device = 0;  // the least of the devices' MTUs
+      auto take_device = [&](int ifindex) {
+        ifreq request{};
+        request.ifr_ifindex = ifindex;
+        if (ioctl(probe4_, SIOCGIFNAME, &request) != 0 ||
+            ioctl(probe4_, SIOCGIFMTU, &request) != 0 || request.ifr_mtu <= 0) {
+          return;
+        }
+        const auto value = static_cast<uint32_t>(request.ifr_mtu);
+        if (device == 0 || value < device) device = value;
+      };
+      int attributes_len = static_cast<int>(RTM_PAYLOAD(h));
+      for (auto* a = RTM_RTA(route); RTA_OK(a, attributes_len); a = RTA_NEXT(a, attributes_len)) {
+        if (a->rta_type == RTA_OIF && RTA_PAYLOAD(a) >= sizeof(int)) {
+          int ifindex = 0;
+          std::memcpy(&ifindex, RTA_DATA(a), sizeof ifindex);
+          take_device(ifindex);
+        } else if (a->rta_type == RTA_MULTIPATH) {
+          int hops_len = static_cast<int>(RTA_PAYLOAD(a));
+          auto* hop = static_cast<rtnexthop*>(RTA_DATA(a));
+          while (RTNH_OK(hop, hops_len)) {
+            take_device(hop->rtnh_ifindex);
+            hops_len -= RTNH_ALIGN(hop->rtnh_len);
+            hop = RTNH_NEXT(hop);
+          }
+        } else if (a->rta_type == RTA_METRICS) {
+          int metrics_len = static_cast<int>(RTA_PAYLOAD(a));
+          for (auto* m = static_cast<rtattr*>(RTA_DATA(a)); RTA_OK(m, metrics_len);
+               m = RTA_NEXT(m, metrics_len)) {
+            if (m->rta_type == RTAX_MTU && RTA_PAYLOAD(m) >= sizeof(uint32_t)) {
+              std::memcpy(&metric, RTA_DATA(m), sizeof metric);
+            }
+          }
+        }
+      }
+      if (device == 0) return false;
+      // A raw send larger than the device's MTU fails whatever the route says.
+      *mtu = metric != 0 ? std::min(metric, device) : device;
+      return true;
+    }
+  }
+  return false;
 }
 
 bool UnderlayIo::Probe(bool ipv6, const OuterAddress& remote, uint32_t* mtu, OuterAddress* source) {
@@ -97,14 +191,18 @@ bool UnderlayIo::Probe(bool ipv6, const OuterAddress& remote, uint32_t* mtu, Out
   sockaddr_in6 address = SocketAddress(ipv6, remote, &len);
   address.sin6_port = htons(9);
   if (connect(fd, reinterpret_cast<sockaddr*>(&address), len) != 0) return false;
-  int value = 0;
-  socklen_t value_len = sizeof value;
-  if (getsockopt(fd, ipv6 ? IPPROTO_IPV6 : IPPROTO_IP, ipv6 ? IPV6_MTU : IP_MTU, &value,
-                 &value_len) != 0 ||
-      value <= 0) {
-    return false;
+  if (!RouteMtu(ipv6, remote, mtu)) {
+    // A route the FIB cannot name a device for (through a nexthop object): the socket's view,
+    // which includes the kernel's cached PMTU for the remote, is all there is.
+    int value = 0;
+    socklen_t value_len = sizeof value;
+    if (getsockopt(fd, ipv6 ? IPPROTO_IPV6 : IPPROTO_IP, ipv6 ? IPV6_MTU : IP_MTU, &value,
+                   &value_len) != 0 ||
+        value <= 0) {
+      return false;
+    }
+    *mtu = static_cast<uint32_t>(value);
   }
-  *mtu = static_cast<uint32_t>(value);
   sockaddr_in6 local{};
   socklen_t local_len = sizeof local;
   if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0) return false;
@@ -193,6 +291,12 @@ absl::StatusOr<std::unique_ptr<TunnelDatapath>> TunnelDatapath::Create(const Eng
                             absl::StrCat("tunnel ", config.name, ": ", fd.status().message()));
       }
       t->fou_fds_.push_back(*fd);
+      // Its source port, which an error about its packets must quote.
+      sockaddr_in bound{};
+      socklen_t bound_len = sizeof bound;
+      if (getsockname(*fd, reinterpret_cast<sockaddr*>(&bound), &bound_len) == 0) {
+        t->fou_sports_.push_back(ntohs(bound.sin_port));
+      }
     }
   }
   t->RefreshPath();
@@ -202,6 +306,7 @@ absl::StatusOr<std::unique_ptr<TunnelDatapath>> TunnelDatapath::Create(const Eng
         "tunnel ", config.name, ": no route to the remote to take a source address from"));
   }
   t->next_probe_ = now + kProbeInterval;
+  if (t->encap_.sequence) t->next_sequence_mark_ = now + kSequenceMarkInterval;
   // One worker sends the keepalives, so the peer sees one stream of them.
   if (config.keepalive_interval > absl::ZeroDuration() && worker == 0) t->next_keepalive_ = now;
   return t;
@@ -217,7 +322,8 @@ TunnelDatapath::TunnelDatapath(const EngineTunnel& config, UnderlayIo* io, const
       // the route gives, so its looped packets can come from any.
       loop_check_(config.encap),
       ipv6_(IsIpv6UnderlayMode(config.encap.mode)),
-      encap_(config.encap) {
+      encap_(config.encap),
+      worker_(worker) {
   fou_header_len_ = EncapIpUdpLen(encap_);
   match_ = TunnelMatch{config.encap.mode, config.has_input_key, config.encap.local,
                        config.encap.remote, config.has_input_key ? config.input_key : 0};
@@ -233,13 +339,62 @@ TunnelDatapath::TunnelDatapath(const EngineTunnel& config, UnderlayIo* io, const
 void TunnelDatapath::RefreshPath() {
   uint32_t underlay_mtu = 0;
   OuterAddress source;
-  if (!io_->Probe(ipv6_, config_.encap.remote, &underlay_mtu, &source)) return;
+  // A lowered path recovers by itself, as the kernel's PMTU entries expire: a path that is
+  // still smaller answers the next large packet with another error.
+  const bool expired = learned_mtu_ != 0 && clock_->monotonic_nanos() >= learned_until_nanos_;
+  if (expired) learned_mtu_ = 0;
+  if (!io_->Probe(ipv6_, config_.encap.remote, &underlay_mtu, &source)) {
+    if (expired) UpdatePathMtu();
+    return;
+  }
   if (config_.encap.local.is_zero()) {
     source_ = source;
     if (ipv6_) encap_.local = source;
   }
+  route_mtu_ = underlay_mtu;
+  UpdatePathMtu();
+}
+
+void TunnelDatapath::UpdatePathMtu() {
+  uint32_t underlay_mtu = route_mtu_;
+  if (learned_mtu_ != 0 && learned_mtu_ < underlay_mtu) underlay_mtu = learned_mtu_;
   path_mtu_ = underlay_mtu > overhead_ ? underlay_mtu - overhead_ : 1;
-  config_.counters->path_mtu.store(path_mtu_, std::memory_order_relaxed);
+  // Every worker that sends keeps its own; worker 0's is the one shown (with several workers
+  // each judges the same errors alike, and a tunnel one worker sends is worker 0's).
+  if (worker_ == 0) config_.counters->path_mtu.store(path_mtu_, std::memory_order_relaxed);
+}
+
+QuoteVerdict TunnelDatapath::TakeTooBig(const TooBigReport& report) {
+  if (!config_.read_device) return QuoteVerdict::kOtherFlow;
+  OwnPacketPattern pattern;
+  pattern.mode = encap_.mode;
+  pattern.source = source_;
+  pattern.remote = config_.encap.remote;
+  pattern.checksum = encap_.checksum;
+  pattern.has_key = encap_.has_key;
+  pattern.key = encap_.key;
+  pattern.sequence = encap_.sequence;
+  pattern.udp_dport = encap_.udp_dport;
+  pattern.udp_sports = fou_sports_.data();
+  pattern.udp_sport_count = fou_sports_.size();
+  uint32_t sequence = 0;
+  QuoteVerdict verdict = CheckTooBigQuote(pattern, report, &sequence);
+  if (verdict == QuoteVerdict::kOurs && encap_.sequence && !SentLately(sequence)) {
+    verdict = QuoteVerdict::kRejected;
+  }
+  if (verdict == QuoteVerdict::kRejected) {
+    if (worker_ == 0) Count(counters().rx_drops, DropReason::kIcmpRejected);
+    return verdict;
+  }
+  if (verdict != QuoteVerdict::kOurs) return verdict;
+  const uint32_t current = learned_mtu_ != 0 ? std::min(learned_mtu_, route_mtu_) : route_mtu_;
+  if (route_mtu_ == 0 || report.mtu < current) {
+    learned_mtu_ = report.mtu;
+    learned_until_nanos_ =
+        clock_->monotonic_nanos() + absl::ToInt64Nanoseconds(io_->path_mtu_expiry());
+    UpdatePathMtu();
+  }
+  return verdict;
 }
 
 bool TunnelDatapath::PrepareTransmit(uint8_t* frame, size_t len, EncapResult* packet) {
@@ -250,8 +405,9 @@ bool TunnelDatapath::PrepareTransmit(uint8_t* frame, size_t len, EncapResult* pa
   }
   if (path_mtu_ != 0 && len > path_mtu_ + l2_header_) {
     // Rare (the device MTU normally fits the path): ask the route again before refusing, as
-    // the path may have grown since the last probe, or shrunk further.
-    RefreshPath();
+    // the path may have grown since the last probe, or shrunk further. Not while a believed
+    // error holds it lower: the route cannot say more until that expires.
+    if (learned_mtu_ == 0 || clock_->monotonic_nanos() >= learned_until_nanos_) RefreshPath();
     if (len > path_mtu_ + l2_header_) {
       HandleTooBig(frame, len);
       return false;
@@ -281,9 +437,17 @@ void TunnelDatapath::TransmitDone(uint8_t* frame, size_t len, int result) {
   // path is smaller than thought. Ask the route again; it cannot be more than what failed.
   RefreshPath();
   const uint32_t failed = static_cast<uint32_t>(len - l2_header_);
+  if (fou() && path_mtu_ >= failed) {
+    // The route carries it, and a fou socket checks sizes against the device alone: the
+    // refusal is an ICMP error the kernel queued on the connected socket (it believes any),
+    // not this packet's size, and that send consumed it. Only errors the engine judged itself
+    // lower the path; the packet goes again, once.
+    if (!ResendFou(frame, len)) Count(c.tx_drops, DropReason::kSendError);
+    return;
+  }
   if (path_mtu_ == 0 || path_mtu_ >= failed) {
     path_mtu_ = failed > 1 ? failed - 1 : 1;
-    stats().path_mtu.store(path_mtu_, std::memory_order_relaxed);
+    if (worker_ == 0) stats().path_mtu.store(path_mtu_, std::memory_order_relaxed);
   }
   HandleTooBig(frame, len);
 }
@@ -526,6 +690,23 @@ void TunnelDatapath::SendFouNow(uint8_t* const* frames, const size_t* lens,
   }
 }
 
+bool TunnelDatapath::ResendFou(uint8_t* frame, size_t len) {
+  const uint32_t sequence = encap_.sequence ? ++tx_sequence_ : 0;
+  const EncapResult packet = Encapsulate(encap_, frame, len, 0, sequence);
+  if (packet.packet == nullptr) return false;
+  iovec iov{packet.packet + fou_header_len_, packet.len - fou_header_len_};
+  alignas(cmsghdr) uint8_t control[kFouSendControlBytes];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = WriteFouControl(control, packet.packet[1], packet.packet[8], 0);
+  if (sendmsg(FouSendFd(packet), &msg, MSG_DONTWAIT) < 0) return false;
+  counters().tx_packets.Add();
+  counters().tx_bytes.Add(len);
+  return true;
+}
+
 void TunnelDatapath::DeliverNow(const Decapsulated& d) {
   uint8_t header[kVirtioNetHeaderLen] = {};
   iovec parts[2] = {{header, sizeof header}, {d.inner, d.inner_len}};
@@ -541,9 +722,19 @@ void TunnelDatapath::SendNow(uint8_t* frame, size_t len, const EncapResult& pack
 }
 
 absl::Time TunnelDatapath::Tick(absl::Time now) {
-  if (now >= next_probe_) {
+  const int64_t learned_left = learned_until_nanos_ - clock_->monotonic_nanos();
+  if (now >= next_probe_ || (learned_mtu_ != 0 && learned_left <= 0)) {
     RefreshPath();
     next_probe_ = now + kProbeInterval;
+  }
+  if (now >= next_sequence_mark_) {
+    sequence_marks_[1] = sequence_marks_[0];
+    sequence_marks_[0] = tx_sequence_;
+    next_sequence_mark_ = now + kSequenceMarkInterval;
+  }
+  absl::Time next = std::min(next_probe_, next_sequence_mark_);
+  if (learned_mtu_ != 0) {
+    next = std::min(next, now + absl::Nanoseconds(std::max<int64_t>(learned_left, 0)));
   }
   if (now >= next_keepalive_) {
     // A reply may have come to another worker: it leaves the time in the shared stats.
@@ -558,7 +749,7 @@ absl::Time TunnelDatapath::Tick(absl::Time now) {
     SendKeepalive();
     next_keepalive_ = now + config_.keepalive_interval;
   }
-  return std::min(next_probe_, next_keepalive_);
+  return std::min(next, next_keepalive_);
 }
 
 void TunnelDatapath::SendKeepalive() {

@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "dataplane/packet/encap.h"
+#include "dataplane/packet/icmp.h"
 #include "dataplane/packet/offload.h"
 #include "dataplane/packet_engine.h"
 #include "dataplane/tunnel_table.h"
@@ -39,8 +40,8 @@ class UnderlayIo {
   UnderlayIo(const UnderlayIo&) = delete;
   UnderlayIo& operator=(const UnderlayIo&) = delete;
 
-  // Opens the IPPROTO_RAW send sockets (IPv4 always; IPv6 where the kernel has it) and the
-  // UDP sockets used to ask the kernel about routes.
+  // Opens the IPPROTO_RAW send sockets (IPv4 always; IPv6 where the kernel has it), and the
+  // UDP and rtnetlink sockets used to ask the kernel about routes.
   absl::Status Open(int buffer_bytes);
   // What Open was given: the size for the engine's other underlay sockets (fou) too.
   int buffer_bytes() const { return buffer_bytes_; }
@@ -48,9 +49,22 @@ class UnderlayIo {
   // -1 when the family is not available.
   int send_fd(bool ipv6) const { return ipv6 ? send6_ : send4_; }
 
-  // The route towards `remote`: its MTU (IP_MTU / IPV6_MTU, which includes what PMTU discovery
-  // learned) and the source address the kernel would pick. False when there is no route.
+  // The route towards `remote`: the MTU it allows and the source address the kernel would
+  // pick. False when there is no route. The MTU is the route's own (its mtu metric, else its
+  // device's: what a raw send may carry), never what the kernel's PMTU cache holds for the
+  // remote: the kernel writes any "fragmentation needed" that names a GRE or IPIP flow into
+  // that cache, forged or not (RouteMtu).
   bool Probe(bool ipv6, const OuterAddress& remote, uint32_t* mtu, OuterAddress* source);
+  // The FIB's route to `remote` (RTM_GETROUTE with RTM_F_FIB_MATCH: the route, not the cached
+  // exception) and its device's MTU: the route's mtu metric when it has one, capped at the
+  // device's, else the device's; the least of the nexthops' for a multipath route. False when
+  // the kernel gives no route or no device (e.g. a route through a nexthop object).
+  bool RouteMtu(bool ipv6, const OuterAddress& remote, uint32_t* mtu);
+
+  // How long a path MTU lowered by a believed ICMP error holds before the route is asked again
+  // (the kernel's net.ipv4.route.mtu_expires default: 10 minutes).
+  absl::Duration path_mtu_expiry() const { return path_mtu_expiry_; }
+  void set_path_mtu_expiry(absl::Duration expiry) { path_mtu_expiry_ = expiry; }
 
   // Sends one whole outer packet now; returns 0 or an errno value.
   int SendNow(bool ipv6, const OuterAddress& destination, const uint8_t* packet, size_t len);
@@ -65,6 +79,9 @@ class UnderlayIo {
   int send6_ = -1;
   int probe4_ = -1;
   int probe6_ = -1;
+  int route_netlink_ = -1;  // NETLINK_ROUTE, for RouteMtu
+  uint32_t route_request_ = 0;
+  absl::Duration path_mtu_expiry_ = absl::Minutes(10);
   int buffer_bytes_ = 0;
   std::unique_ptr<uint8_t[]> scratch_{new uint8_t[kScratchBytes]};
   uint16_t fragment_id_ = 0;
@@ -186,15 +203,33 @@ class TunnelDatapath {
   // Keepalives and path MTU refresh; returns when it next wants to run.
   absl::Time Tick(absl::Time now);
 
+  // An ICMP "fragmentation needed" / "packet too big" the engine read, whose quote names this
+  // tunnel's remote. Believed only when the quote could be one of its packets
+  // (CheckTooBigQuote, and for a tunnel that numbers its packets a sequence number it sent in
+  // the last one to two seconds): then the path MTU drops to what it reports for
+  // UnderlayIo::path_mtu_expiry, after which the route is asked again. kRejected is counted
+  // (rx_drops, kIcmpRejected) by worker 0 alone, as every worker reads every error. A worker
+  // that does not read the tunnel's device sends none of its packets and does not judge.
+  QuoteVerdict TakeTooBig(const TooBigReport& report);
+
  private:
   TunnelDatapath(const EngineTunnel& config, UnderlayIo* io, const WorkerClock* clock,
                  unsigned worker);
 
   void RefreshPath();
+  // path_mtu_ from the route's MTU and what a believed error lowered it to; worker 0 shows it.
+  void UpdatePathMtu();
+  // Whether `sequence` went out in the last one to two seconds (kSequenceMarkInterval).
+  bool SentLately(uint32_t sequence) const {
+    return static_cast<int32_t>(sequence - sequence_marks_[1]) > 0 &&
+           static_cast<int32_t>(tx_sequence_ - sequence) >= 0;
+  }
   // A frame longer than the path carries: ICMP error, fragments, or a drop.
   void HandleTooBig(uint8_t* frame, size_t len);
   bool WriteIcmpToDevice(const uint8_t* ip, size_t len);
   bool SendFragments(const uint8_t* outer, size_t len);
+  // Wraps the frame again and sends it at once on its fou socket; true when the send took.
+  bool ResendFou(uint8_t* frame, size_t len);
   void SendKeepalive();
   bool IsPeerKeepalive(const Decapsulated& d) const;
   // TunnelStats::last_receive_unix_nanos from the worker's clock; the shared value is written
@@ -225,6 +260,16 @@ class TunnelDatapath {
   uint32_t l2_header_ = 0;
   uint32_t overhead_ = 0;  // outer headers in front of an IP packet (or of a frame's payload)
   uint32_t path_mtu_ = 0;  // largest inner IP packet the path carries; 0 = not known
+  const unsigned worker_;
+  uint32_t route_mtu_ = 0;  // what the route to the remote allows (UnderlayIo::Probe); 0: none
+  // The underlay MTU a believed too-big error reported, until (CLOCK_MONOTONIC nanoseconds)
+  // it expires; 0: none.
+  uint32_t learned_mtu_ = 0;
+  int64_t learned_until_nanos_ = 0;
+  // tx_sequence_ as it was one and two marks ago: what a quoted sequence number must be after.
+  uint32_t sequence_marks_[2] = {0, 0};
+  absl::Time next_sequence_mark_ = absl::InfiniteFuture();
+  std::vector<uint16_t> fou_sports_;  // the ports fou_fds_ are bound to
   uint32_t tx_sequence_ = 0;
   uint32_t rx_sequence_ = 0;  // the next expected; 0 = none seen (as the kernel's i_seqno)
   absl::Time next_probe_ = absl::InfinitePast();

@@ -197,6 +197,8 @@ class UringEngine::Impl {
     if (absl::Status s = mailbox_.Open(0); !s.ok()) return s;
     // Send sockets for every tunnel, and the rare paths' resources.
     if (absl::Status s = io_.Open(options_.socket_buffer_bytes); !s.ok()) return s;
+    io_.set_path_mtu_expiry(options_.path_mtu_expiry);
+    if (absl::Status s = too_big_.Open(); !s.ok()) return s;
     // Raw sockets of a protocol see every packet of that protocol addressed to this host.
     absl::StatusOr<std::vector<ReceiveSocket>> sockets =
         OpenReceiveSockets(options_.socket_buffer_bytes, options_.worker, options_.workers);
@@ -437,6 +439,7 @@ class UringEngine::Impl {
     for (auto& [name, tunnel] : tunnels_) {
       if (tunnel->removal) tunnel->removal->done.set_value(absl::OkStatus());
     }
+    by_remote_.Clear();
     tunnels_.clear();
     by_match_.Clear();
     mailbox_.Close();
@@ -976,6 +979,10 @@ class UringEngine::Impl {
   void CompleteTimer() {
     if (stopping_) return;
     const absl::Time now = absl::Now();
+    // Errors about the tunnels' packets: rare, read with plain calls, a bounded number a tick.
+    too_big_.Read(kTooBigReadsPerTick, [this](const TooBigReport& report) {
+      by_remote_.Dispatch(report, counters_, options_.worker == 0);
+    });
     for (auto& [name, tunnel] : tunnels_) {
       if (tunnel->removal || now < tunnel->next_tick) continue;
       tunnel->next_tick = tunnel->path->Tick(now);
@@ -1043,6 +1050,7 @@ class UringEngine::Impl {
     TunnelRuntime* raw = tunnel.get();
     raw->device_file = RegisterFile(config.device_fd);
     by_match_.Insert(raw->path->match(), raw);
+    by_remote_.Insert(config.encap.remote, raw);
     tunnels_[config.name] = std::move(tunnel);
     for (Slot& slot : raw->slots) ArmDeviceRead(&slot);
     return absl::OkStatus();
@@ -1060,6 +1068,7 @@ class UringEngine::Impl {
     }
     TunnelRuntime* tunnel = it->second.get();
     by_match_.Erase(tunnel->path->match());
+    by_remote_.Erase(tunnel->path->config().encap.remote, tunnel);
     coalescer_.Discard(tunnel);
     tunnel->removal = std::move(command);
     io_uring_sqe* sqe = NextSqe();
@@ -1113,6 +1122,8 @@ class UringEngine::Impl {
   std::unique_ptr<EngineCommand> stop_command_;
   absl::flat_hash_map<std::string, std::unique_ptr<TunnelRuntime>> tunnels_;
   TunnelTable<TunnelRuntime> by_match_;
+  TooBigReader too_big_;
+  TunnelsByRemote<TunnelRuntime> by_remote_;
   Coalescer coalescer_{kCoalescerFlows, kCoalescerBuffers};
   std::vector<CoalescedWrite> coalesced_writes_ = std::vector<CoalescedWrite>(kCoalescerBuffers);
 

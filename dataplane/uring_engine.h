@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "dataplane/packet_engine.h"
 
 namespace tunnelagent::dataplane {
@@ -36,6 +37,9 @@ struct UringEngineOptions {
   // keepalives.
   unsigned worker = 0;
   unsigned workers = 1;
+  // How long a path MTU lowered by an ICMP error the engine believed holds before the route
+  // is asked again (the kernel's net.ipv4.route.mtu_expires default).
+  absl::Duration path_mtu_expiry = absl::Minutes(10);
   // CPUs to pin the workers to: worker i runs on cpus[i % cpus.size()] (WorkerCpu); empty:
   // wherever the scheduler puts them.
   std::vector<int> cpus;

@@ -123,8 +123,12 @@ _lab_spawn_agent() {
 
 _lab_wait_agent() {
   local name=$1 _
-  for _ in $(seq 100); do
-    lab_ctl "$name" list >/dev/null 2>&1 && return 0
+  local out
+  for _ in $(seq 200); do
+    # Answering, and done bringing back the saved tunnels (listed as "restoring: ..." until then).
+    if out=$(lab_ctl "$name" list -o json 2>/dev/null); then
+      [[ $out == *restoring:* ]] || return 0
+    fi
     kill -0 "${LAB_PIDS[$name]}" 2>/dev/null || break
     sleep 0.05
   done

@@ -25,6 +25,10 @@ enum class DropReason : uint8_t {
   kSocketError,          // an error reported on the underlay socket (e.g. ICMP unreachable)
   kLoop,  // read from the device, but it is this tunnel's own outer packet: the route to the
           // remote leads back into the tunnel (the kernel's "dead loop")
+  kIcmpRejected,  // an ICMP "fragmentation needed" / "packet too big" naming the tunnel's
+                  // flow whose quote is not a packet it sent (wrong source, key, GRE flags,
+                  // a sequence number not sent lately, no DF) or whose MTU is below the least
+                  // a path may have: not believed, the path MTU stays as it was
   kCount,
 };
 

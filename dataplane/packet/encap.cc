@@ -313,6 +313,8 @@ absl::string_view DropReasonName(DropReason reason) {
       return "socket_error";
     case DropReason::kLoop:
       return "loop";
+    case DropReason::kIcmpRejected:
+      return "icmp_rejected";
     case DropReason::kCount:
       break;
   }

@@ -5,12 +5,14 @@
 
 #include "dataplane/packet/byte_order.h"
 #include "dataplane/packet/checksum.h"
+#include "dataplane/packet/gre.h"
 #include "dataplane/packet/ipv4.h"
 
 namespace tunnelagent::dataplane {
 namespace {
 
 constexpr size_t kIcmpHeaderLen = 8;
+constexpr size_t kUdpHeaderBytes = 8;
 constexpr size_t kIpv4MinErrorQuote = 576;  // RFC 1812: the whole error within 576 bytes
 constexpr uint8_t kIcmpDestUnreachable = 3;
 constexpr uint8_t kIcmpFragmentationNeeded = 4;
@@ -26,6 +28,25 @@ bool IsIcmpv4Error(uint8_t type) {
 
 bool IsUnicastIpv4(uint32_t a) {
   return a != 0 && a != 0xFFFFFFFFu && (a >> 28) != 0xE;  // not any, broadcast, 224/4
+}
+
+constexpr uint8_t kIpProtoUdp = 17;
+constexpr uint8_t kIpProtoDestinationOptions = 60;
+constexpr uint16_t kFlagDontFragment = 0x4000;
+
+// The outer protocol(s) a mode's packets carry (ip6tnl: IPv4 or IPv6 inside).
+bool IsOuterProtocolOf(TunnelMode mode, uint8_t protocol) {
+  if (IsGreMode(mode)) return protocol == kIpProtoGre;
+  switch (mode) {
+    case TunnelMode::kIpip:
+      return protocol == kIpProtoIpip;
+    case TunnelMode::kSit:
+      return protocol == kIpProtoIpv6;
+    case TunnelMode::kIp6tnl:
+      return protocol == kIpProtoIpip || protocol == kIpProtoIpv6;
+    default:
+      return false;
+  }
 }
 
 }  // namespace
@@ -100,6 +121,117 @@ size_t WriteIcmpv6PacketTooBig(const uint8_t* original, size_t len, const OuterA
   sum = ChecksumAdd(icmp, icmp_len, sum);
   StoreBe16(icmp + 2, ChecksumFinish(sum));
   return total;
+}
+
+bool ParseIcmpFragmentationNeeded(const uint8_t* packet, size_t len, TooBigReport* out) {
+  if (len < kIpv4HeaderLen || (packet[0] >> 4) != 4) return false;
+  const size_t header_len = size_t{packet[0] & 0x0Fu} * 4;
+  if (header_len < kIpv4HeaderLen || header_len + kIcmpHeaderLen > len) return false;
+  if (packet[9] != kIpProtoIcmp || (LoadBe16(packet + 6) & kFragmentOffsetMask) != 0) return false;
+  // What the header says, less what the socket's buffer cut off: raw sockets hand whole packets.
+  const size_t total = std::min<size_t>(LoadBe16(packet + 2), len);
+  if (total < header_len + kIcmpHeaderLen) return false;
+  const uint8_t* icmp = packet + header_len;
+  const size_t icmp_len = total - header_len;
+  if (icmp[0] != kIcmpDestUnreachable || icmp[1] != kIcmpFragmentationNeeded) return false;
+  // Raw sockets see the message before the kernel's ICMP layer has checked it.
+  if (InternetChecksum(icmp, icmp_len) != 0) return false;
+  const uint8_t* quote = icmp + kIcmpHeaderLen;
+  const size_t quote_len = icmp_len - kIcmpHeaderLen;
+  if (quote_len < kIpv4HeaderLen || (quote[0] >> 4) != 4) return false;
+  const size_t quoted_header = size_t{quote[0] & 0x0Fu} * 4;
+  if (quoted_header < kIpv4HeaderLen || quoted_header > quote_len) return false;
+  const uint16_t fragment = LoadBe16(quote + 6);
+  if ((fragment & kFragmentOffsetMask) != 0) return false;  // no transport header to see
+  out->ipv6 = false;
+  out->mtu = LoadBe16(icmp + 6);
+  out->quoted_src = OuterAddress::FromIpv4Bytes(quote + 12);
+  out->quoted_dst = OuterAddress::FromIpv4Bytes(quote + 16);
+  out->quoted_protocol = quote[9];
+  out->quoted_dont_fragment = (fragment & kFlagDontFragment) != 0;
+  out->quoted_len = LoadBe16(quote + 2);
+  out->transport = quote + quoted_header;
+  out->transport_len = quote_len - quoted_header;
+  return true;
+}
+
+bool ParseIcmpv6PacketTooBig(const uint8_t* message, size_t len, TooBigReport* out) {
+  if (len < kIcmpHeaderLen + kIpv6HeaderLen) return false;
+  if (message[0] != kIcmpv6PacketTooBig || message[1] != 0) return false;
+  const uint8_t* quote = message + kIcmpHeaderLen;
+  size_t quote_len = len - kIcmpHeaderLen;
+  if ((quote[0] >> 4) != 6) return false;
+  out->ipv6 = true;
+  out->mtu = LoadBe32(message + 4);
+  out->quoted_src = OuterAddress::FromIpv6(quote + 8);
+  out->quoted_dst = OuterAddress::FromIpv6(quote + 24);
+  out->quoted_dont_fragment = true;  // IPv6 routers never fragment
+  out->quoted_len = kIpv6HeaderLen + LoadBe16(quote + 4);
+  uint8_t next = quote[6];
+  size_t at = kIpv6HeaderLen;
+  // Through the destination-options header ip6_tunnel puts first (the encapsulation limit).
+  if (next == kIpProtoDestinationOptions) {
+    if (quote_len < at + 8) return false;
+    const size_t options = (size_t{quote[at + 1]} + 1) * 8;
+    if (quote_len < at + options) return false;
+    next = quote[at];
+    at += options;
+  }
+  out->quoted_protocol = next;
+  out->transport = quote + at;
+  out->transport_len = quote_len - at;
+  return true;
+}
+
+QuoteVerdict CheckTooBigQuote(const OwnPacketPattern& pattern, const TooBigReport& report,
+                              uint32_t* sequence) {
+  const bool ipv6 = IsIpv6UnderlayMode(pattern.mode);
+  const bool fou = pattern.udp_dport != 0;
+  if (report.ipv6 != ipv6 || report.quoted_dst != pattern.remote) return QuoteVerdict::kOtherFlow;
+  const uint8_t* t = report.transport;
+  if (fou) {
+    if (report.quoted_protocol != kIpProtoUdp) return QuoteVerdict::kOtherFlow;
+    // A UDP error to another port is about another socket's traffic.
+    if (report.transport_len < 4 || LoadBe16(t + 2) != pattern.udp_dport) {
+      return report.transport_len < 4 ? QuoteVerdict::kRejected : QuoteVerdict::kOtherFlow;
+    }
+  } else if (!IsOuterProtocolOf(pattern.mode, report.quoted_protocol)) {
+    return QuoteVerdict::kOtherFlow;
+  }
+  // From here it names this tunnel's flow: whatever fails is a forgery (or a quote too short
+  // to prove otherwise), and is counted.
+  if (report.quoted_src != pattern.source || !report.quoted_dont_fragment) {
+    return QuoteVerdict::kRejected;
+  }
+  const uint32_t floor = ipv6 ? kIpv6MinMtu : kIpv4MinPathMtu;
+  if (report.mtu < floor || report.mtu >= report.quoted_len) return QuoteVerdict::kRejected;
+  if (fou) {
+    const uint16_t sport = LoadBe16(t);
+    bool bound = false;
+    for (size_t i = 0; i < pattern.udp_sport_count; ++i) bound |= pattern.udp_sports[i] == sport;
+    if (!bound) return QuoteVerdict::kRejected;
+    t += kUdpHeaderBytes;
+  }
+  if (!IsGreMode(pattern.mode)) return QuoteVerdict::kOurs;
+  const size_t gre_at = static_cast<size_t>(t - report.transport);
+  const size_t gre_len =
+      4 + (pattern.checksum ? 4 : 0) + (pattern.has_key ? 4 : 0) + (pattern.sequence ? 4 : 0);
+  if (report.transport_len < gre_at + gre_len) return QuoteVerdict::kRejected;
+  const uint16_t flags = LoadBe16(t);
+  const uint16_t expected = (pattern.checksum ? kGreFlagChecksum : 0) |
+                            (pattern.has_key ? kGreFlagKey : 0) |
+                            (pattern.sequence ? kGreFlagSequence : 0);
+  // The flag bits that shape the header, and the version: all as we send them.
+  constexpr uint16_t kShape =
+      kGreFlagChecksum | kGreFlagRouting | kGreFlagKey | kGreFlagSequence | kGreVersionMask;
+  if ((flags & kShape) != expected) return QuoteVerdict::kRejected;
+  size_t at = 4 + (pattern.checksum ? 4 : 0);
+  if (pattern.has_key) {
+    if (LoadBe32(t + at) != pattern.key) return QuoteVerdict::kRejected;
+    at += 4;
+  }
+  if (pattern.sequence) *sequence = LoadBe32(t + at);
+  return QuoteVerdict::kOurs;
 }
 
 size_t FragmentIpv4(const uint8_t* packet, size_t len, size_t mtu, uint16_t id, uint8_t* out,

@@ -1,6 +1,7 @@
 #include "agent/caller_identity.h"
 
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -40,7 +41,7 @@ class WhoService final : public v1::TunnelService::Service {
   }
 };
 
-class UnixSocketListenerTest : public ::testing::Test {
+class ApiListenerTest : public ::testing::Test {
  protected:
   // gRPC stays initialized for the whole run (see server_security_test.cc).
   static void SetUpTestSuite() { grpc_init(); }
@@ -59,10 +60,9 @@ class UnixSocketListenerTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  void Start(UnixSocketListener::Options options) {
+  void Start(ApiListener::Options options) {
     options.path = path_;
-    absl::StatusOr<std::unique_ptr<UnixSocketListener>> listener =
-        UnixSocketListener::Listen(options);
+    absl::StatusOr<std::unique_ptr<ApiListener>> listener = ApiListener::Listen(options);
     ASSERT_TRUE(listener.ok()) << listener.status();
     listener_ = *std::move(listener);
     grpc::ServerBuilder builder;  // no port of its own: connections come from the listener
@@ -96,6 +96,13 @@ class UnixSocketListenerTest : public ::testing::Test {
     return fd;
   }
 
+  // What a gRPC client sends first: the HTTP/2 connection preface.
+  static bool SendPreface(int fd) {
+    static constexpr char kPreface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    return send(fd, kPreface, sizeof kPreface - 1, MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(sizeof kPreface - 1);
+  }
+
   // True when the server closes `fd` within `timeout` (EOF or reset); what it writes before
   // (its HTTP/2 settings) is read and dropped.
   static bool ClosedByServer(int fd, absl::Duration timeout) {
@@ -122,16 +129,16 @@ class UnixSocketListenerTest : public ::testing::Test {
   std::string dir_;
   std::string path_;
   WhoService service_;
-  std::unique_ptr<UnixSocketListener> listener_;
+  std::unique_ptr<ApiListener> listener_;
   std::unique_ptr<grpc::Server> server_;
 };
 
-TEST_F(UnixSocketListenerTest, CallerIsTheUidAndPidOfTheConnectingProcess) {
+TEST_F(ApiListenerTest, CallerIsTheUidAndPidOfTheConnectingProcess) {
   Start({});
   EXPECT_EQ(Who(), absl::StrCat("uid=", geteuid(), " pid=", getpid()));
 }
 
-TEST_F(UnixSocketListenerTest, SocketIs0660WithTheGroupAsked) {
+TEST_F(ApiListenerTest, SocketIs0660WithTheGroupAsked) {
   Start({.group = 65534});
   struct stat st;
   ASSERT_EQ(lstat(path_.c_str(), &st), 0);
@@ -140,16 +147,15 @@ TEST_F(UnixSocketListenerTest, SocketIs0660WithTheGroupAsked) {
   EXPECT_EQ(st.st_gid, 65534u);
 }
 
-TEST_F(UnixSocketListenerTest, SecondListenerOnALiveSocketIsRefused) {
+TEST_F(ApiListenerTest, SecondListenerOnALiveSocketIsRefused) {
   Start({});
-  absl::StatusOr<std::unique_ptr<UnixSocketListener>> second =
-      UnixSocketListener::Listen({.path = path_});
+  absl::StatusOr<std::unique_ptr<ApiListener>> second = ApiListener::Listen({.path = path_});
   ASSERT_FALSE(second.ok());
   EXPECT_THAT(second.status().message(), HasSubstr(absl::StrCat("is in use: pid ", getpid())));
   EXPECT_THAT(Who(), HasSubstr("uid=")) << "the first keeps serving";
 }
 
-TEST_F(UnixSocketListenerTest, SocketRemovedOnExitOnlyIfStillOurs) {
+TEST_F(ApiListenerTest, SocketRemovedOnExitOnlyIfStillOurs) {
   Start({});
   listener_->Stop();
   EXPECT_EQ(Connect(), -1) << "stopped: no one accepts";
@@ -171,7 +177,7 @@ TEST_F(UnixSocketListenerTest, SocketRemovedOnExitOnlyIfStillOurs) {
   close(other);
 }
 
-TEST_F(UnixSocketListenerTest, StaleSocketIsReplaced) {
+TEST_F(ApiListenerTest, StaleSocketIsReplaced) {
   int stale = socket(AF_UNIX, SOCK_STREAM, 0);
   sockaddr_un addr = {};
   addr.sun_family = AF_UNIX;
@@ -182,23 +188,121 @@ TEST_F(UnixSocketListenerTest, StaleSocketIsReplaced) {
   EXPECT_THAT(Who(), HasSubstr("uid="));
 }
 
-TEST_F(UnixSocketListenerTest, ConnectionsAreCapped) {
-  Start({.max_connections = 2});
+TEST_F(ApiListenerTest, ConnectionsAreCapped) {
+  Start({.limits = {.max_connections = 2}});
   int a = Connect();
   int b = Connect();
   ASSERT_GE(a, 0);
   ASSERT_GE(b, 0);
+  ASSERT_TRUE(SendPreface(a));
+  ASSERT_TRUE(SendPreface(b));
   ASSERT_TRUE(WaitForConnections(2));
   int c = Connect();
   ASSERT_GE(c, 0);
   EXPECT_TRUE(ClosedByServer(c, absl::Seconds(5))) << "a third connection is closed at once";
   EXPECT_FALSE(ClosedByServer(a, absl::Milliseconds(100))) << "the first two stay";
+  EXPECT_EQ(listener_->stats().refused_total.load(), 1u);
   close(c);
   // One closes: its place is free again.
   close(a);
   ASSERT_TRUE(WaitForConnections(1)) << listener_->open_connections();
   EXPECT_THAT(Who(), HasSubstr("uid=")) << "a new connection is served";
   close(b);
+}
+
+TEST_F(ApiListenerTest, SilentConnectionsHoldAPlaceUntilTheirTimeoutOnly) {
+  Start({.limits = {.max_connections = 2, .first_bytes_timeout = absl::Milliseconds(300)}});
+  int a = Connect();
+  int b = Connect();
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  // Both places are taken while they wait for their first bytes.
+  int c = Connect();
+  EXPECT_TRUE(ClosedByServer(c, absl::Seconds(2)));
+  close(c);
+  EXPECT_TRUE(ClosedByServer(a, absl::Seconds(5))) << "closed for saying nothing";
+  EXPECT_TRUE(ClosedByServer(b, absl::Seconds(5)));
+  EXPECT_EQ(listener_->stats().closed_silent.load(), 2u);
+  EXPECT_EQ(listener_->open_connections(), 0u) << "gRPC never saw them";
+  EXPECT_THAT(Who(), HasSubstr("uid=")) << "their places are free again";
+  close(a);
+  close(b);
+}
+
+TEST_F(ApiListenerTest, OnePeerGetsItsShareOnly) {
+  Start({.limits = {.max_connections = 10, .max_connections_per_peer = 2}});
+  int a = Connect();
+  int b = Connect();
+  ASSERT_TRUE(SendPreface(a));
+  ASSERT_TRUE(SendPreface(b));
+  ASSERT_TRUE(WaitForConnections(2));
+  int c = Connect();  // the same uid: over its share
+  EXPECT_TRUE(ClosedByServer(c, absl::Seconds(5)));
+  EXPECT_EQ(listener_->stats().refused_per_peer.load(), 1u);
+  EXPECT_EQ(listener_->stats().refused_total.load(), 0u);
+  close(a);
+  close(b);
+  close(c);
+}
+
+TEST_F(ApiListenerTest, AcceptsAgainOnceDescriptorsComeBack) {
+  Start({});
+  // Sockets made now, connected once the process has no descriptor left to accept with.
+  std::vector<int> clients;
+  for (int i = 0; i < 3; ++i) clients.push_back(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  size_t open = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    (void)entry;
+    ++open;
+  }
+  rlimit none_left = saved;
+  none_left.rlim_cur = open - 1;  // the iterator's own descriptor is closed again
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &none_left), 0);
+  sockaddr_un addr = {};
+  addr.sun_family = AF_UNIX;
+  memcpy(addr.sun_path, path_.data(), path_.size());
+  for (int fd : clients) {
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_TRUE(SendPreface(fd));
+  }
+  for (int i = 0; i < 100 && listener_->stats().accept_failures.load() == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  const uint64_t failures = listener_->stats().accept_failures.load();
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  EXPECT_GT(failures, 0u) << "accept(2) ran out of descriptors";
+  EXPECT_TRUE(WaitForConnections(3))
+      << "all three handed over once descriptors are back: " << listener_->open_connections();
+  EXPECT_THAT(Who(), HasSubstr("uid="));
+  for (int fd : clients) close(fd);
+}
+
+TEST(ApiListenerTcpTest, ServesTcpAndNamesThePeerByAddress) {
+  grpc_init();
+  absl::StatusOr<std::unique_ptr<ApiListener>> listener =
+      ApiListener::ListenTcp("127.0.0.1:0", ListenerLimits{});
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  ASSERT_GT((*listener)->port(), 0);
+  EXPECT_EQ((*listener)->target(), absl::StrCat("127.0.0.1:", (*listener)->port()));
+  WhoService service;
+  grpc::ServerBuilder builder;
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  (*listener)->Start(server.get());
+  auto channel = grpc::CreateChannel((*listener)->target(), grpc::InsecureChannelCredentials());
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::Tunnel tunnel;
+  grpc::Status status =
+      v1::TunnelService::NewStub(channel)->GetTunnel(&context, v1::GetTunnelRequest(), &tunnel);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_THAT(tunnel.name(), ::testing::StartsWith("ipv4:127.0.0.1:"));
+  (*listener)->Stop();
+  server->Shutdown(std::chrono::system_clock::now());
+  EXPECT_FALSE(ApiListener::ListenTcp("no-port", ListenerLimits{}).ok());
+  grpc_shutdown();
 }
 
 TEST(CallerOfPeerTest, OtherPeersAsTheyAre) {

@@ -20,6 +20,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "agent/link_control.h"
 #include "agent/state_store.h"
 #include "dataplane/packet_engine.h"
@@ -45,6 +47,33 @@ class FailureSwitch {
  private:
   int remaining_ = 0;
   absl::Status status_;
+};
+
+// Holds the calls that pass it while closed, as a slow kernel or disk would: for tests of
+// what other threads can do meanwhile. Open lets them (and any later one) through.
+class Gate {
+ public:
+  void Pass() {
+    absl::MutexLock lock(&mu_);
+    ++waiting_;
+    mu_.Await(absl::Condition(&open_));
+    --waiting_;
+  }
+  void Open() {
+    absl::MutexLock lock(&mu_);
+    open_ = true;
+  }
+  // Whether a call is held within `timeout`.
+  bool WaitForCall(absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    auto held = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return waiting_ > 0; };
+    return mu_.AwaitWithTimeout(absl::Condition(&held), timeout);
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool open_ ABSL_GUARDED_BY(mu_) = false;
+  int waiting_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 class FakeLinkControl;
@@ -76,6 +105,7 @@ class FakeDevice final : public Device {
 //   link.detach NAME         a kept Device object went; its link stays (left behind)
 //   link.mtu NAME N, link.up NAME
 //   link.addr NAME P, link.addr.delete NAME P, link.route NAME P, link.route.delete NAME P
+//   link.remove_all N        RemoveAgentDevices removed N agent links in one batch
 class FakeLinkControl final : public LinkControl {
  public:
   // The kernel's view of one link.
@@ -104,6 +134,11 @@ class FakeLinkControl final : public LinkControl {
   FailureSwitch delete_route_failure;
   FailureSwitch link_states_failure;
   FailureSwitch list_agent_devices_failure;
+  // CreateDevice waits here when set (a slow kernel).
+  Gate* create_gate = nullptr;
+  // RemoveAgentDevices removes in one batch when set; answers UNIMPLEMENTED otherwise.
+  bool bulk_removal = false;
+  int remove_all_calls() const { return remove_all_calls_; }
   // AddRoute of one prefix (by its text, "10.2.0.0/16") fails, every time.
   std::map<std::string, absl::Status> add_route_failures;
   absl::StatusOr<uint32_t> path_mtu = 1500u;  // what PathMtu answers
@@ -163,6 +198,7 @@ class FakeLinkControl final : public LinkControl {
   absl::StatusOr<std::unique_ptr<Device>> CreateDevice(const std::string& name,
                                                        DeviceKind kind) override {
     ++create_calls_;
+    if (create_gate != nullptr) create_gate->Pass();
     if (absl::Status s = create_device_failure.Check(); !s.ok()) return s;
     if (links_.count(name)) return absl::AlreadyExistsError(absl::StrCat(name, " exists"));
     const int n = next_++;
@@ -217,6 +253,21 @@ class FakeLinkControl final : public LinkControl {
     links_.erase(it);
     deleted_.push_back(name);
     log_->push_back("link.delete " + name);
+    return absl::OkStatus();
+  }
+  absl::Status RemoveAgentDevices() override {
+    ++remove_all_calls_;
+    if (!bulk_removal) return absl::UnimplementedError("no removal in bulk here");
+    int removed = 0;
+    for (auto it = links_.begin(); it != links_.end();) {
+      if (!it->second.agent) {
+        ++it;
+        continue;
+      }
+      it = links_.erase(it);
+      ++removed;
+    }
+    log_->push_back(absl::StrCat("link.remove_all ", removed));
     return absl::OkStatus();
   }
   absl::Status SetMtu(const Device& device, uint32_t mtu) override {
@@ -384,6 +435,7 @@ class FakeLinkControl final : public LinkControl {
   std::vector<dataplane::IpAddress> path_mtu_queries_;
   int create_calls_ = 0;
   int attach_calls_ = 0;
+  int remove_all_calls_ = 0;
   int next_ = 1;
 };
 
@@ -451,6 +503,7 @@ class FakeStateStore final : public StateStore {
   explicit FakeStateStore(EventLog* log) : log_(log) {}
 
   FailureSwitch save_failure;
+  Gate* save_gate = nullptr;  // Save waits here when set (a slow disk)
   std::optional<absl::StatusOr<std::vector<dataplane::TunnelSpec>>> load_result;
 
   const std::vector<dataplane::TunnelSpec>& saved() const { return saved_; }
@@ -467,6 +520,7 @@ class FakeStateStore final : public StateStore {
   }
   absl::Status Save(const std::vector<dataplane::TunnelSpec>& tunnels) override {
     ++save_calls_;
+    if (save_gate != nullptr) save_gate->Pass();
     if (absl::Status s = save_failure.Check(); !s.ok()) return s;
     saved_ = tunnels;
     std::string names;

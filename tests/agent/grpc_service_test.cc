@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "agent/tunnel_manager.h"
@@ -21,6 +22,7 @@
 #include "gmock/gmock.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "google/protobuf/util/time_util.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/agent/fakes.h"
@@ -83,11 +85,12 @@ class GrpcServiceTest : public ::testing::Test {
          links_.links().at(name).ifindex});
   }
 
-  void Start(TunnelManager::Options options) {
+  void Start(TunnelManager::Options options, TunnelServiceLimits limits = TunnelServiceLimits()) {
     Stop();
     manager_ = std::make_unique<TunnelManager>(&links_, &engine_, &store_, options);
     service_ = std::make_unique<TunnelServiceImpl>(
-        manager_.get(), AgentIdentity{"1.2.3-test", "node-7", "fake-io", start_time_, 3, "0-1,4"});
+        manager_.get(), AgentIdentity{"1.2.3-test", "node-7", "fake-io", start_time_, 3, "0-1,4"},
+        limits);
     static std::atomic<int> instance{0};
     socket_ = absl::StrCat("unix:", ::testing::TempDir(), "/grpc_service_test.", getpid(), ".",
                            instance++, ".sock");
@@ -183,6 +186,29 @@ class GrpcServiceTest : public ::testing::Test {
       if (events != nullptr) events->push_back(event);
     }
     return described;
+  }
+
+  // A unary call with `bytes` as the request, whatever they are.
+  grpc::Status RawCall(const std::string& method, const std::string& bytes) {
+    grpc::GenericStub generic(grpc::CreateChannel(socket_, grpc::InsecureChannelCredentials()));
+    grpc::CompletionQueue queue;
+    grpc::ClientContext context;
+    Bound(&context);
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1);
+    std::unique_ptr<grpc::GenericClientAsyncResponseReader> call = generic.PrepareUnaryCall(
+        &context, absl::StrCat("/tunnelagent.v1.TunnelService/", method), request, &queue);
+    call->StartCall();
+    grpc::ByteBuffer response;
+    grpc::Status status;
+    call->Finish(&response, &status, reinterpret_cast<void*>(1));
+    void* tag = nullptr;
+    bool ok = false;
+    EXPECT_TRUE(queue.Next(&tag, &ok));
+    queue.Shutdown();
+    while (queue.Next(&tag, &ok)) {
+    }
+    return status;
   }
 
   const absl::Time start_time_ = absl::FromUnixSeconds(1700000000);
@@ -840,6 +866,189 @@ TEST_F(GrpcServiceTest, GetAgentInfo) {
                               "pagination", "gre_options", "keepalive", "path_mtu"}) {
     EXPECT_THAT(info.features(), Contains(feature));
   }
+}
+
+}  // namespace
+}  // namespace tunnelagent::agent
+
+namespace tunnelagent::agent {
+namespace {
+
+// ---- Abuse: malformed requests, watchers held, watchers that do not read ------------------
+
+TEST_F(GrpcServiceTest, InvalidUtf8IsInvalidArgumentNamingTheField) {
+  // CreateTunnelRequest{tunnel: Tunnel{name: "abc\xff"}} by hand: protobuf would not build it.
+  const std::string name = "abc\xff";
+  std::string tunnel = std::string("\x0a") + static_cast<char>(name.size()) + name;
+  std::string request = std::string("\x0a") + static_cast<char>(tunnel.size()) + tunnel;
+  grpc::Status status = RawCall("CreateTunnel", request);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "tunnel.name is not valid UTF-8 (byte 0xff at offset 3)");
+  EXPECT_TRUE(links_.LinkNames().empty());
+
+  // Reads too: GetTunnelRequest{name: "\xc3("}.
+  status = RawCall("GetTunnel", std::string("\x0a\x02\xc3(", 4));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "name is not valid UTF-8 (byte 0xc3 at offset 0)");
+
+  // Bytes that are no message at all.
+  status = RawCall("ListTunnels", std::string("\x12\x7f", 2));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "page_token is cut short");
+
+  // The service still answers.
+  grpc::ClientContext context;
+  Bound(&context);
+  v1::AgentInfo info;
+  EXPECT_TRUE(stub_->GetAgentInfo(&context, v1::GetAgentInfoRequest(), &info).ok());
+}
+
+TEST(ClientOfCallerTest, OneClientPerUserOrAddress) {
+  EXPECT_EQ(ClientOfCaller("uid=1000 pid=4242"), "uid=1000");
+  EXPECT_EQ(ClientOfCaller("uid=1000 pid=4243"), "uid=1000");
+  EXPECT_EQ(ClientOfCaller("ipv4:198.18.0.1:40000"), "ipv4:198.18.0.1");
+  EXPECT_EQ(ClientOfCaller("ipv6:[2001:db8::1]:5000"), "ipv6:[2001:db8::1]");
+  EXPECT_EQ(ClientOfCaller("ipv4:198.18.0.1:40000 cn=node-3"), "ipv4:198.18.0.1 cn=node-3");
+  EXPECT_EQ(ClientOfCaller("unix:"), "unix:");
+}
+
+// Opens a watch and reads up to its SYNCED: it is registered once that came.
+struct OpenWatch {
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReader<v1::TunnelEvent>> reader;
+};
+
+std::unique_ptr<OpenWatch> Watch(v1::TunnelService::Stub* stub) {
+  auto watch = std::make_unique<OpenWatch>();
+  watch->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  watch->reader = stub->WatchTunnels(&watch->context, v1::WatchTunnelsRequest());
+  return watch;
+}
+
+TEST_F(GrpcServiceTest, WatchersAreLimitedPerClientAndInAll) {
+  TunnelServiceLimits limits;
+  limits.max_watchers_per_client = 2;
+  limits.max_watchers = 3;
+  Start(TunnelManager::Options{}, limits);
+  std::vector<std::unique_ptr<OpenWatch>> open;
+  for (int i = 0; i < 2; ++i) {
+    open.push_back(Watch(stub_.get()));
+    ASSERT_THAT(Read(*open.back()->reader, 1), ElementsAre("SYNCED"));
+  }
+  EXPECT_EQ(service_->open_watchers(), 2);
+
+  // This test's calls all come from one client.
+  std::unique_ptr<OpenWatch> refused = Watch(stub_.get());
+  EXPECT_THAT(Read(*refused->reader, 1), IsEmpty());
+  grpc::Status status = refused->reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("at most 2 watchers per client"));
+
+  // Unary calls are not held up by them.
+  ASSERT_TRUE(Create(Gre("t1", 1)).ok());
+  for (auto& watch : open) EXPECT_THAT(Read(*watch->reader, 1), ElementsAre("ADDED t1"));
+
+  // One closes: its slot is free again.
+  open.back()->context.TryCancel();
+  open.back()->reader->Finish().IgnoreError();
+  open.pop_back();
+  for (int i = 0; i < 100 && service_->open_watchers() != 1; ++i) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_EQ(service_->open_watchers(), 1);
+  open.push_back(Watch(stub_.get()));
+  EXPECT_THAT(Read(*open.back()->reader, 2), ElementsAre("EXISTING t1", "SYNCED"));
+
+  // The total: with a per-client allowance above it, the total is what refuses.
+  limits.max_watchers_per_client = 5;
+  limits.max_watchers = 1;
+  for (auto& watch : open) watch->context.TryCancel();
+  for (auto& watch : open) watch->reader->Finish().IgnoreError();
+  open.clear();
+  Start(TunnelManager::Options{}, limits);
+  open.push_back(Watch(stub_.get()));
+  ASSERT_THAT(Read(*open.back()->reader, 1), ElementsAre("SYNCED"));
+  refused = Watch(stub_.get());
+  EXPECT_THAT(Read(*refused->reader, 1), IsEmpty());
+  status = refused->reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("at most 1 watchers in all"));
+  open.back()->context.TryCancel();
+  open.back()->reader->Finish().IgnoreError();
+}
+
+TEST_F(GrpcServiceTest, AWatcherThatDoesNotReadIsClosedOnceTooFarBehind) {
+  TunnelServiceLimits limits;
+  limits.max_watcher_lag = 20;
+  Start(TunnelManager::Options{}, limits);
+  // A client whose window stays small, so the agent's writes stop when it stops reading.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  auto slow = v1::TunnelService::NewStub(
+      grpc::CreateCustomChannel(socket_, grpc::InsecureChannelCredentials(), args));
+  std::unique_ptr<OpenWatch> watch = Watch(slow.get());
+  ASSERT_THAT(Read(*watch->reader, 1), ElementsAre("SYNCED"));
+
+  // Large events: a tunnel with 40 labels of 63 bytes, updated over and over (~3 KB each).
+  v1::Tunnel big = Gre("big", 1);
+  for (int i = 0; i < 40; ++i) (*big.mutable_labels())[absl::StrCat("k", i)] = std::string(63, 'v');
+  ASSERT_TRUE(Create(big).ok());
+  constexpr int kUpdates = 200;
+  for (int i = 0; i < kUpdates; ++i) {
+    v1::Tunnel patch;
+    patch.set_name("big");
+    patch.set_mtu(1300 + i);
+    v1::UpdateTunnelResponse response;
+    ASSERT_TRUE(Update(patch, {"mtu"}, &response).ok());
+  }
+  // The dispatcher looks at each watcher on new revisions.
+  absl::SleepFor(absl::Milliseconds(500));
+  v1::Tunnel patch;
+  patch.set_name("big");
+  patch.set_mtu(1200);
+  v1::UpdateTunnelResponse response;
+  ASSERT_TRUE(Update(patch, {"mtu"}, &response).ok());
+  absl::SleepFor(absl::Milliseconds(500));
+
+  // What was sent before it fell behind, then the reason.
+  const std::vector<std::string> events = Read(*watch->reader, kUpdates + 10);
+  EXPECT_LT(events.size(), static_cast<size_t>(kUpdates));
+  grpc::Status status = watch->reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("revisions behind (at most 20 allowed)"));
+  EXPECT_THAT(status.error_message(), HasSubstr("since_revision="));
+}
+
+TEST_F(GrpcServiceTest, AClosedWatcherThatNeverReadsIsCancelledAfterTheGrace) {
+  TunnelServiceLimits limits;
+  limits.max_watcher_lag = 5;
+  limits.closed_watcher_grace = absl::Milliseconds(300);
+  Start(TunnelManager::Options{}, limits);
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  auto slow = v1::TunnelService::NewStub(
+      grpc::CreateCustomChannel(socket_, grpc::InsecureChannelCredentials(), args));
+  std::unique_ptr<OpenWatch> watch = Watch(slow.get());
+  ASSERT_THAT(Read(*watch->reader, 1), ElementsAre("SYNCED"));
+  ASSERT_EQ(service_->open_watchers(), 1);
+
+  v1::Tunnel big = Gre("big", 1);
+  for (int i = 0; i < 40; ++i) (*big.mutable_labels())[absl::StrCat("k", i)] = std::string(63, 'v');
+  ASSERT_TRUE(Create(big).ok());
+  for (int i = 0; i < 200; ++i) {
+    v1::Tunnel patch;
+    patch.set_name("big");
+    patch.set_mtu(1300 + i);
+    v1::UpdateTunnelResponse response;
+    ASSERT_TRUE(Update(patch, {"mtu"}, &response).ok());
+  }
+  // Never read: the status cannot get through, so the stream is cancelled and its place freed.
+  for (int i = 0; i < 100 && service_->open_watchers() != 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(service_->open_watchers(), 0);
+  watch->context.TryCancel();
+  watch->reader->Finish().IgnoreError();
 }
 
 }  // namespace

@@ -14,9 +14,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "agent/proto_convert.h"
+#include "agent/validation.h"
 #include "dataplane/packet/drop_reason.h"
 #include "dataplane/packet/encap.h"
 #include "gmock/gmock.h"
@@ -2464,6 +2466,255 @@ TEST_F(TunnelManagerChangeTest, ARefreshOvertakenByARequestUsesNothingItRead) {
   manager_->RefreshStates(/*kernel_changed=*/false);
   EXPECT_THAT(links_.links().at("gre1").addresses, ElementsAre(spec.addresses[1]));
   EXPECT_EQ(manager_->Get("gre1")->status.repairs.at("address"), 1u);
+}
+
+// ---- Readers and a change in flight ------------------------------------------------------
+
+// Runs every read the API, the watchers and the metrics make, on a thread of its own, and
+// says whether all of them came back within `timeout` (a read that waits for the change in
+// flight does not). Reads that finish late are waited for by the destructor of `reader`.
+struct Reads {
+  absl::Notification done;
+  absl::StatusOr<TunnelView> got;
+  std::vector<TunnelView> listed;
+  Snapshot snapshot;
+  std::vector<std::string> visited;
+};
+
+bool ReadWhileChanging(TunnelManager& manager, Reads& reads, absl::Duration timeout,
+                       std::thread& reader) {
+  reader = std::thread([&manager, &reads] {
+    reads.got = manager.Get("gre1");
+    reads.listed = manager.List();
+    reads.snapshot = manager.TakeSnapshot();
+    manager.ForEachTunnel(
+        [&](const TunnelSpec& spec, const TunnelStatus&, const dataplane::TunnelStats*) {
+          reads.visited.push_back(spec.name);
+        });
+    (void)manager.EventsAfter(manager.revision(), absl::ZeroDuration());
+    reads.done.Notify();
+  });
+  return reads.done.WaitForNotificationWithTimeout(timeout);
+}
+
+TEST_F(TunnelManagerTest, ACreateWaitingForTheKernelKeepsNoReaderWaiting) {
+  ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
+  const uint64_t before = manager_->revision();
+  fakes::Gate kernel;
+  links_.create_gate = &kernel;
+  std::thread create([&] { EXPECT_TRUE(manager_->Create(Distinct(Ipip("ipip1"), 1)).ok()); });
+  ASSERT_TRUE(kernel.WaitForCall(absl::Seconds(10))) << "the create never reached the kernel";
+
+  Reads reads;
+  std::thread reader;
+  const bool answered = ReadWhileChanging(*manager_, reads, absl::Seconds(5), reader);
+  kernel.Open();  // whatever happened: nothing may stay blocked
+  create.join();
+  reader.join();
+  ASSERT_TRUE(answered) << "a read waited for the kernel call of a change";
+  // What the readers saw: the state before the change, whole.
+  ASSERT_TRUE(reads.got.ok()) << reads.got.status();
+  EXPECT_THAT(Names(reads.listed), ElementsAre("gre1"));
+  EXPECT_EQ(reads.snapshot.revision, before);
+  EXPECT_THAT(Names(reads.snapshot.tunnels), ElementsAre("gre1"));
+  EXPECT_THAT(reads.visited, ElementsAre("gre1"));
+  // And, once it is done, all of it.
+  EXPECT_THAT(Names(manager_->List()), ElementsAre("gre1", "ipip1"));
+  EXPECT_GT(manager_->revision(), before);
+}
+
+TEST_F(TunnelManagerTest, AStateFileWriteKeepsNoReaderWaiting) {
+  ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
+  fakes::Gate disk;
+  store_.save_gate = &disk;
+  std::thread remove([&] { EXPECT_TRUE(manager_->Delete("gre1").ok()); });
+  ASSERT_TRUE(disk.WaitForCall(absl::Seconds(10))) << "the delete never wrote the state";
+
+  Reads reads;
+  std::thread reader;
+  const bool answered = ReadWhileChanging(*manager_, reads, absl::Seconds(5), reader);
+  disk.Open();
+  remove.join();
+  reader.join();
+  ASSERT_TRUE(answered) << "a read waited for the state file write of a change";
+  ASSERT_TRUE(reads.got.ok()) << "not deleted until the write took it";
+  EXPECT_THAT(reads.visited, ElementsAre("gre1"));
+  EXPECT_EQ(manager_->Get("gre1").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(TunnelManagerTest, AChangeRolledBackIsNeverSeenByReaders) {
+  ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
+  const Snapshot before = manager_->TakeSnapshot();
+  store_.save_failure.Arm(1, absl::ResourceExhaustedError("disk full"));
+  TunnelSpec bigger = Gre("gre1");
+  bigger.routes.push_back(P("10.9.0.0/16"));
+  EXPECT_FALSE(manager_->Update("gre1", bigger, {"routes"}, "").ok());
+  const Snapshot after = manager_->TakeSnapshot();
+  EXPECT_EQ(after.revision, before.revision);
+  ASSERT_EQ(after.tunnels.size(), 1u);
+  EXPECT_EQ(after.tunnels[0].spec.routes, Gre("gre1").routes);
+  EXPECT_EQ(after.tunnels[0].status.state, OperState::kUp);
+}
+
+// ---- Start and stop at scale -------------------------------------------------------------
+
+TEST_F(TunnelManagerTest, SavedTunnelsAreKnownAtOnceAndRestoringUntilBroughtBack) {
+  store_.load_result = std::vector<TunnelSpec>{Gre("gre1"), Ipip("ipip1")};
+  ASSERT_TRUE(manager_->BeginRestore().ok());
+  // Known, nothing touched in the kernel yet.
+  EXPECT_EQ(links_.create_calls(), 0);
+  for (const TunnelView& view : manager_->List()) {
+    EXPECT_EQ(view.status.state, OperState::kDown) << view.spec.name;
+    EXPECT_THAT(view.status.reason, HasSubstr("restoring")) << view.spec.name;
+  }
+  EXPECT_THAT(Names(manager_->List()), ElementsAre("gre1", "ipip1"));
+  // Changes wait for the restore, saying how far it is; the refresh leaves it alone.
+  absl::StatusOr<TunnelView> created = manager_->Create(Distinct(Gre("gre2"), 2));
+  EXPECT_EQ(created.status().code(), absl::StatusCode::kUnavailable) << created.status();
+  EXPECT_THAT(std::string(created.status().message()), HasSubstr("0 of 2"));
+  EXPECT_EQ(manager_->Delete("gre1").code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(manager_->Apply("ctl", {}, true, false).status().code(),
+            absl::StatusCode::kUnavailable);
+  manager_->RefreshStates();
+  EXPECT_EQ(links_.create_calls(), 0);
+  const uint64_t revision = manager_->revision();
+
+  manager_->FinishRestore();
+  ExpectUp("gre1");
+  ExpectUp("ipip1");
+  EXPECT_EQ(manager_->Get("gre1")->status.state_changes, 0u) << "coming back is no change";
+  absl::StatusOr<std::vector<TunnelEvent>> events =
+      manager_->EventsAfter(revision, absl::ZeroDuration());
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 2u);
+  for (const TunnelEvent& event : *events) {
+    EXPECT_EQ(event.type, TunnelEvent::Type::kStateChanged);
+    EXPECT_EQ(event.tunnel.status.state, OperState::kUp);
+  }
+  EXPECT_TRUE(manager_->Create(Distinct(Gre("gre2"), 2)).ok());
+}
+
+TEST_F(TunnelManagerTest, ARestoreInterruptedByShutdownStopsAndLeavesNothingBehind) {
+  std::vector<TunnelSpec> saved;
+  for (int n = 1; n <= 20; ++n) saved.push_back(Distinct(Gre(absl::StrCat("gre", n)), n));
+  store_.load_result = saved;
+  ASSERT_TRUE(manager_->BeginRestore().ok());
+  fakes::Gate kernel;
+  links_.create_gate = &kernel;
+  manager_->FinishRestoreInBackground();
+  ASSERT_TRUE(kernel.WaitForCall(absl::Seconds(10)));
+  EXPECT_TRUE(manager_->Get("gre20").ok()) << "readers are served while restoring";
+  // The refresh leaves the restore alone, without waiting for it (the daemon's monitor thread
+  // must be free to stop when the agent is told to).
+  absl::Notification refreshed;
+  std::thread refresh([&] {
+    manager_->RefreshStates();
+    refreshed.Notify();
+  });
+  const bool refresh_returned = refreshed.WaitForNotificationWithTimeout(absl::Seconds(5));
+  std::thread stop([&] { manager_->Shutdown(); });
+  absl::SleepFor(absl::Milliseconds(50));  // Shutdown is waiting for the restore by now
+  kernel.Open();
+  stop.join();
+  refresh.join();
+  EXPECT_TRUE(refresh_returned) << "a refresh waited for the restore";
+  EXPECT_LT(links_.create_calls(), 20) << "the restore went on after Shutdown began";
+  EXPECT_THAT(links_.LinkNames(), IsEmpty());
+  EXPECT_THAT(engine_.tunnels(), IsEmpty());
+}
+
+TEST_F(TunnelManagerTest, RestoreRefusesEachTunnelThatClashesWithAnEarlierOne) {
+  TunnelSpec wide = Distinct(Gre("wide"), 1);
+  wide.routes = {P("10.160.0.0/11")};
+  TunnelSpec inside = Distinct(Gre("inside"), 2);  // routes 10.152.0.0/16: outside `wide`
+  inside.routes = {P("10.170.0.0/16")};            // inside 10.160.0.0/11
+  TunnelSpec deeper = Distinct(Gre("deeper"), 3);
+  deeper.routes = {P("10.170.1.0/24")};  // inside both: loses to the first
+  TunnelSpec same_match = Distinct(Gre("same"), 4);
+  same_match.remote = wide.remote;  // wide's receive match: no key on either
+  TunnelSpec free = Distinct(Gre("free"), 5);
+  store_.load_result = std::vector<TunnelSpec>{wide, inside, deeper, same_match, free};
+
+  ASSERT_TRUE(manager_->Restore().ok());
+
+  ExpectUp("wide");
+  ExpectUp("free");
+  for (const char* name : {"inside", "deeper", "same"}) {
+    absl::StatusOr<TunnelView> view = manager_->Get(name);
+    ASSERT_TRUE(view.ok());
+    EXPECT_EQ(view->status.state, OperState::kError) << name;
+    EXPECT_THAT(view->status.reason, HasSubstr("tunnel wide")) << name;
+  }
+  EXPECT_THAT(links_.LinkNames(), ElementsAre("free", "wide"));
+}
+
+TEST_F(TunnelManagerTest, ShutdownRemovesAllDevicesInOneBatch) {
+  links_.bulk_removal = true;
+  links_.AddForeignLink("eth0");
+  for (int n = 1; n <= 5; ++n) {
+    ASSERT_TRUE(manager_->Create(Distinct(Gre(absl::StrCat("gre", n)), n)).ok());
+  }
+  log_.clear();
+
+  manager_->Shutdown();
+
+  EXPECT_EQ(links_.remove_all_calls(), 1);
+  EXPECT_THAT(log_, Contains("link.remove_all 5"));
+  // The batch first (the engine's reads of a removed device end at once, so taking the
+  // tunnels out of it then waits for nothing); each fd stays open until the engine let go.
+  for (int n = 1; n <= 5; ++n) {
+    EXPECT_LT(IndexOf("link.remove_all 5"), IndexOf(absl::StrCat("engine.remove gre", n)));
+    EXPECT_LT(IndexOf(absl::StrCat("engine.remove gre", n)),
+              IndexOf(absl::StrCat("link.destroy gre", n)));
+  }
+  EXPECT_THAT(links_.LinkNames(), ElementsAre("eth0"));
+  EXPECT_THAT(manager_->List(), IsEmpty());
+}
+
+TEST_F(TunnelManagerTest, ShutdownWithKeepDevicesRemovesNothingInBulk) {
+  TunnelManager::Options options;
+  options.keep_devices = true;
+  Reset(options);
+  links_.bulk_removal = true;
+  ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
+  const int calls = links_.remove_all_calls();  // the manager Reset replaced made one
+  manager_->Shutdown();
+  EXPECT_EQ(links_.remove_all_calls(), calls);
+  EXPECT_THAT(links_.LinkNames(), ElementsAre("gre1"));
+}
+
+// ---- Bounds of one request ---------------------------------------------------------------
+
+TEST_F(TunnelManagerTest, AnApplyOfTooMuchWorkIsRefusedBeforeAnythingChanges) {
+  const TunnelLimits saved = CurrentTunnelLimits();
+  TunnelLimits limits = saved;
+  limits.max_apply_prefixes = 5;
+  SetTunnelLimits(limits);
+  std::vector<TunnelSpec> desired;
+  for (int n = 1; n <= 3; ++n) desired.push_back(Distinct(Gre(absl::StrCat("gre", n)), n));
+  // Two prefixes each: six in all.
+  absl::StatusOr<ApplyResult> result = manager_->Apply("ctl", desired, false, false);
+  SetTunnelLimits(saved);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("--max_prefixes_per_apply"));
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("6 addresses and routes"));
+  EXPECT_EQ(links_.create_calls(), 0);
+  desired.pop_back();
+  SetTunnelLimits(limits);
+  result = manager_->Apply("ctl", desired, false, false);
+  SetTunnelLimits(saved);
+  EXPECT_TRUE(result.ok()) << result.status();
+}
+
+TEST_F(TunnelManagerTest, AnApplyOfMoreTunnelsThanAllowedIsRefused) {
+  TunnelManager::Options options;
+  options.max_tunnels = 2;
+  Reset(options);
+  std::vector<TunnelSpec> desired;
+  for (int n = 1; n <= 3; ++n) desired.push_back(Distinct(Gre(absl::StrCat("gre", n)), n));
+  absl::StatusOr<ApplyResult> result = manager_->Apply("ctl", desired, false, false);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("--max_tunnels"));
 }
 
 }  // namespace

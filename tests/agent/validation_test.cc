@@ -556,6 +556,59 @@ TEST(ValidateSpecTest, AddressesAndRoutesPerTunnelAreBounded) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(1));
 }
 
+TEST(ValidateSpecTest, LabelsPerTunnelAreBoundedAsConfigured) {
+  const TunnelLimits saved = CurrentTunnelLimits();
+  TunnelLimits limits = saved;
+  limits.max_labels = 2;
+  limits.max_label_key_length = 4;
+  limits.max_label_value_length = 5;
+  SetTunnelLimits(limits);
+  TunnelSpec s = Gre();
+  s.labels = {{"team", "blue"}, {"site", "paris"}};
+  const absl::Status fits = ValidateSpec(s);
+  s.labels["rack"] = "r1";
+  const absl::Status too_many = ValidateSpec(s);
+  s.labels = {{"owner", "x"}};
+  const absl::Status long_key = ValidateSpec(s);
+  s.labels = {{"team", "purple"}};
+  const absl::Status long_value = ValidateSpec(s);
+  SetTunnelLimits(saved);
+  const absl::Status default_fits = ValidateSpec(s);
+
+  EXPECT_TRUE(fits.ok()) << fits;
+  EXPECT_EQ(too_many.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(too_many.message(),
+            "tunnel.labels: 3 labels, at most 2 per tunnel (--max_labels_per_tunnel)");
+  EXPECT_EQ(long_key.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(long_key.message()), HasSubstr("must be 1-4 characters"));
+  EXPECT_THAT(std::string(long_key.message()), HasSubstr("--max_label_key_length"));
+  EXPECT_EQ(long_value.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(long_value.message()), HasSubstr("tunnel.labels[team]"));
+  EXPECT_THAT(std::string(long_value.message()), HasSubstr("--max_label_value_length"));
+  EXPECT_TRUE(default_fits.ok()) << default_fits;
+}
+
+TEST(ValidateSpecTest, TheWorkOfOneApplyIsBounded) {
+  const TunnelLimits saved = CurrentTunnelLimits();
+  TunnelLimits limits = saved;
+  limits.max_apply_prefixes = 4;
+  SetTunnelLimits(limits);
+  std::vector<TunnelSpec> tunnels(2, Gre());
+  tunnels[0].addresses = {P("10.0.0.1/30"), P("10.0.1.1/30")};
+  tunnels[0].routes.clear();
+  tunnels[1].addresses.clear();
+  tunnels[1].routes = {P("10.2.0.0/16"), P("10.3.0.0/16")};
+  const absl::Status fits = CheckApplyWork(tunnels);
+  tunnels[1].routes.push_back(P("10.4.0.0/16"));
+  const absl::Status too_much = CheckApplyWork(tunnels);
+  SetTunnelLimits(saved);
+  EXPECT_TRUE(fits.ok()) << fits;
+  EXPECT_EQ(too_much.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(too_much.message()),
+              HasSubstr("5 addresses and routes in all, at most 4 in one ApplyTunnels "
+                        "(--max_prefixes_per_apply)"));
+}
+
 TEST(ValidateSpecTest, AHugeBadValueIsQuotedByItsFirstBytesAndItsLength) {
   const std::string name(3'000'000, 'n');
   const absl::Status s = ValidateDeviceName(name);

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Dataplane benchmark (issue 5): the same traffic, in one run, over
+# Dataplane benchmark: the same traffic, in one run, over
 #   veth           the plain underlay between two namespaces: the ceiling on this machine
 #   naive          ../shared/bench/naive-gre.c, one packet per system call: the floor
 #                  (left out, and said so, when that directory is absent)

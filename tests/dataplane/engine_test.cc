@@ -39,6 +39,7 @@
 #include "dataplane/packet/checksum.h"
 #include "dataplane/packet/encap.h"
 #include "dataplane/packet/gre.h"
+#include "dataplane/packet/icmp.h"
 #include "dataplane/packet/ipv4.h"
 #include "dataplane/packet/offload.h"
 #include "dataplane/packet/receive_steering.h"
@@ -273,19 +274,19 @@ std::string BackendName(const ::testing::TestParamInfo<EngineParam>& info) {
          (info.param.workers > 1 ? "Workers" + std::to_string(info.param.workers) : "");
 }
 
-absl::StatusOr<std::unique_ptr<PacketEngine>> MakeEngine(Backend backend, unsigned workers = 1) {
+absl::StatusOr<std::unique_ptr<PacketEngine>> MakeEngine(
+    Backend backend, unsigned workers = 1, UringEngineOptions options = UringEngineOptions{}) {
   if (workers > 1) {
-    UringEngineOptions options;
     options.workers = workers;
     return StartEngine(backend == Backend::kUring ? IoBackend::kUring : IoBackend::kEpoll, options,
                        nullptr);
   }
   if (backend == Backend::kUring) {
-    auto engine = UringEngine::Start(UringEngineOptions{});
+    auto engine = UringEngine::Start(options);
     if (!engine.ok()) return engine.status();
     return std::unique_ptr<PacketEngine>(*std::move(engine));
   }
-  auto engine = EpollEngine::Start(UringEngineOptions{});
+  auto engine = EpollEngine::Start(options);
   if (!engine.ok()) return engine.status();
   return std::unique_ptr<PacketEngine>(*std::move(engine));
 }
@@ -301,7 +302,7 @@ class EngineTest : public ::testing::TestWithParam<EngineParam> {
     ASSERT_TRUE(netlink_->SetLinkUp(lo->ifindex, true).ok());
     // 127.0.0.2 is ours too (all of 127/8 is local), which makes loopback a two-ended underlay.
 
-    auto engine = MakeEngine(GetParam().backend, GetParam().workers);
+    auto engine = MakeEngine(GetParam().backend, GetParam().workers, Options());
     ASSERT_TRUE(engine.ok()) << engine.status();
     engine_ = *std::move(engine);
 
@@ -317,6 +318,9 @@ class EngineTest : public ::testing::TestWithParam<EngineParam> {
   void TearDown() override {
     if (engine_ && tun_) engine_->RemoveTunnel("tun0").IgnoreError();
   }
+
+  // What the engine is started with.
+  virtual UringEngineOptions Options() const { return UringEngineOptions{}; }
 
   // A device "tun0" with 10.1.0.1/32, a route to 10.9.0.0/24 through it, in the engine.
   void AddTunnel(TunnelMode mode, bool keyed, uint32_t key = 0,
@@ -1192,6 +1196,288 @@ INSTANTIATE_TEST_SUITE_P(Backends, PoolEngineTest,
                          ::testing::Values(EngineParam{Backend::kUring, false, 2},
                                            EngineParam{Backend::kEpoll, false, 2},
                                            EngineParam{Backend::kUring, true, 3}),
+                         BackendName);
+
+// "Fragmentation needed" errors about the tunnel's packets, as an off-path forger would send
+// them and as a router would: only a quote that could be one of the tunnel's packets lowers its
+// path MTU, never below 552, and for a while. The underlay is 198.18.0.1 -> 198.18.0.2 on
+// loopback (MTU 1500), the tunnel GRE with key 42: a path MTU of 1500 - 28.
+constexpr uint32_t kIcmpLocal = 0xC6120001;   // 198.18.0.1
+constexpr uint32_t kIcmpRemote = 0xC6120002;  // 198.18.0.2
+constexpr uint32_t kIcmpRouter = 0xC61200FE;  // 198.18.0.254, a router on the path
+constexpr uint32_t kIcmpKey = 42;
+
+class IcmpEngineTest : public EngineTest {
+ protected:
+  UringEngineOptions Options() const override {
+    UringEngineOptions options;
+    options.path_mtu_expiry = absl::Seconds(2);
+    return options;
+  }
+
+  void SetUp() override {
+    EngineTest::SetUp();
+    if (HasFatalFailure()) return;
+    auto lo = netlink_->GetLinkByName("lo");
+    ASSERT_TRUE(lo.ok());
+    lo_ = lo->ifindex;
+    ASSERT_TRUE(netlink_->SetLinkMtu(lo_, 1500).ok());
+    // Ours, the remote, another of this host's, and a router's (any local address will do
+    // as the source of what arrives on loopback).
+    for (const char* a : {"198.18.0.1/32", "198.18.0.2/32", "198.18.0.9/32", "198.18.0.254/32"}) {
+      absl::Status s = netlink_->AddAddress(lo_, *IpPrefix::Parse(a));
+      ASSERT_TRUE(s.ok() || absl::IsAlreadyExists(s)) << s;
+    }
+  }
+
+  void TearDown() override {
+    EngineTest::TearDown();
+    netlink_->SetLinkMtu(lo_, 65536).IgnoreError();
+  }
+
+  void AddIcmpTunnel(bool sequence = false) {
+    if (sequence) {
+      AddTunnel(TunnelMode::kGre, /*keyed=*/true, kIcmpKey, [](EngineTunnel& t) {
+        t.encap.local = kIcmpLocal;
+        t.encap.remote = kIcmpRemote;
+        t.encap.sequence = true;
+      });
+    } else {
+      AddTunnel(TunnelMode::kGre, /*keyed=*/true, kIcmpKey, [](EngineTunnel& t) {
+        t.encap.local = kIcmpLocal;
+        t.encap.remote = kIcmpRemote;
+      });
+    }
+  }
+
+  // The tunnel's packet as `quoted` describes it (a 1400-byte inner packet), quoted by a
+  // "fragmentation needed" with `mtu` from the router to the packet's source, sent now.
+  void SendFragNeeded(const EncapParams& quoted, uint16_t mtu, uint32_t sequence = 0) {
+    std::vector<uint8_t> storage(kMaxEncapHeadroom, 0);
+    const std::vector<uint8_t> inner = UdpPacket(kInnerA, kInnerFar, kPort, std::string(1372, 'q'));
+    storage.insert(storage.end(), inner.begin(), inner.end());
+    EncapResult outer =
+        Encapsulate(quoted, storage.data() + kMaxEncapHeadroom, inner.size(), 0, sequence);
+    ASSERT_NE(outer.packet, nullptr);
+    std::vector<uint8_t> error(1024);
+    const size_t n = WriteIcmpFragmentationNeeded(outer.packet, outer.len, kIcmpRouter, mtu,
+                                                  error.data(), error.size());
+    ASSERT_NE(n, 0u);
+    sockaddr_in dst = Addr(quoted.local.v4());
+    ASSERT_EQ(
+        sendto(sender_->get(), error.data(), n, 0, reinterpret_cast<sockaddr*>(&dst), sizeof dst),
+        static_cast<ssize_t>(n));
+  }
+
+  // How the tunnel's packets look, to be changed field by field.
+  static EncapParams Ours(uint32_t key = kIcmpKey) {
+    EncapParams p;
+    p.mode = TunnelMode::kGre;
+    p.local = kIcmpLocal;
+    p.remote = kIcmpRemote;
+    p.has_key = true;
+    p.key = key;
+    p.ttl = 64;
+    return p;
+  }
+
+  uint64_t Rejected() const { return TunnelDrops(DropReason::kIcmpRejected); }
+  uint32_t PathMtu() const { return counters_->path_mtu.load(); }
+
+  int lo_ = 0;
+};
+
+TEST_P(IcmpEngineTest, ForgedQuotesAreCountedAndChangeNothing) {
+  AddIcmpTunnel();
+  ASSERT_TRUE(Eventually([&] { return PathMtu() == 1500 - 28; })) << PathMtu();
+
+  SendFragNeeded(Ours(kIcmpKey + 1), 1400);
+  EXPECT_TRUE(Eventually([&] { return Rejected() == 1; })) << Rejected();
+  // From another address of this host (an error goes to the quoted packet's source).
+  EncapParams from_elsewhere = Ours();
+  from_elsewhere.local = 0xC6120009;
+  SendFragNeeded(from_elsewhere, 1400);
+  EXPECT_TRUE(Eventually([&] { return Rejected() == 2; })) << Rejected();
+  EncapParams keyless = Ours();
+  keyless.has_key = false;
+  SendFragNeeded(keyless, 1400);
+  EXPECT_TRUE(Eventually([&] { return Rejected() == 3; })) << Rejected();
+  // The right quote with an MTU no IPv4 path has (the kernel would take it as 552).
+  SendFragNeeded(Ours(), 300);
+  EXPECT_TRUE(Eventually([&] { return Rejected() == 4; })) << Rejected();
+  // About another remote: no tunnel's, counted by the engine.
+  EncapParams elsewhere = Ours();
+  elsewhere.remote = 0xC6120003;
+  SendFragNeeded(elsewhere, 1400);
+  EXPECT_TRUE(Eventually([&] { return EngineDrops(DropReason::kIcmpRejected) == 1; }));
+
+  // Read and judged (the counts above), believed by nobody.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(PathMtu(), 1500u - 28);
+  EXPECT_EQ(Rejected(), 4u) << "each error counted once, whatever the number of workers";
+}
+
+TEST_P(IcmpEngineTest, RightQuoteLowersThePathNeverBelowTheFloorAndItRecovers) {
+  AddIcmpTunnel();
+  ASSERT_TRUE(Eventually([&] { return PathMtu() == 1500 - 28; })) << PathMtu();
+  SendFragNeeded(Ours(), 1400);
+  EXPECT_TRUE(Eventually([&] { return PathMtu() == 1400 - 28; })) << PathMtu();
+  SendFragNeeded(Ours(), 552);
+  EXPECT_TRUE(Eventually([&] { return PathMtu() == 552 - 28; })) << PathMtu();
+  SendFragNeeded(Ours(), 551);
+  EXPECT_TRUE(Eventually([&] { return Rejected() == 1; }));
+  EXPECT_EQ(PathMtu(), 552u - 28);
+  // A larger packet now gets "fragmentation needed" from the tunnel itself.
+  SendInnerSized(1000, /*dont_fragment=*/true);
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::icmp_too_big_sent) >= 1; }));
+  // The lowered value expires (2 s here, 10 minutes by default): the route's MTU again.
+  const auto lowered = std::chrono::steady_clock::now();
+  EXPECT_TRUE(Eventually([&] { return PathMtu() == 1500 - 28; }, 6000)) << PathMtu();
+  // Well before the next route probe would have found it (5 s).
+  EXPECT_LT(std::chrono::steady_clock::now() - lowered, std::chrono::milliseconds(4000))
+      << "expired late: the tunnel's housekeeping did not wake for it";
+}
+
+TEST_P(IcmpEngineTest, SequencedTunnelBelievesOnlyNumbersItSentLately) {
+  AddIcmpTunnel(/*sequence=*/true);
+  ASSERT_TRUE(Eventually([&] { return PathMtu() == 1500 - 32; })) << PathMtu();
+  for (int i = 0; i < 3; ++i) SendInner("numbered-" + std::to_string(i));
+  ASSERT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::tx_packets) == 3; }));
+  EncapParams numbered = Ours();
+  numbered.sequence = true;
+  SendFragNeeded(numbered, 1400, /*sequence=*/1000);  // never sent
+  EXPECT_TRUE(Eventually([&] { return Rejected() == 1; })) << Rejected();
+  SendFragNeeded(numbered, 1400, /*sequence=*/0);  // before the first
+  EXPECT_TRUE(Eventually([&] { return Rejected() == 2; })) << Rejected();
+  EXPECT_EQ(PathMtu(), 1500u - 32);
+  SendFragNeeded(numbered, 1400, /*sequence=*/2);
+  EXPECT_TRUE(Eventually([&] { return PathMtu() == 1400 - 32; })) << PathMtu();
+  // Numbers age out of the window within two seconds.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2300));
+  SendFragNeeded(numbered, 1300, /*sequence=*/3);
+  EXPECT_TRUE(Eventually([&] { return Rejected() == 3; })) << Rejected();
+  // 1400's, or the route's again once that expired (2 s here): never what the stale quote said.
+  EXPECT_GT(PathMtu(), 1300u - 32);
+}
+
+// GRE-in-UDP: an error must quote the tunnel's UDP ports and key. The kernel, which believes
+// any error naming the connected fou socket's flow, queues it there as EMSGSIZE for the next
+// send: that send is made again, not taken as the path shrinking.
+TEST_P(IcmpEngineTest, FouErrorsNeedItsPortsAndTheKernelsQueuedErrorIsIgnored) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/true, kIcmpKey, [](EngineTunnel& t) {
+    t.encap.local = kIcmpLocal;
+    t.encap.remote = kIcmpRemote;
+    t.encap.udp_dport = kGreInUdpPort;
+    t.encap.udp_sport = 50123;  // one socket, so every send meets what the kernel queued
+  });
+  // IPv4, UDP and GRE with a key.
+  ASSERT_TRUE(Eventually([&] { return PathMtu() == 1500 - 36; })) << PathMtu();
+  Fd udp_tap(socket(AF_INET, SOCK_RAW, IPPROTO_UDP));
+  ASSERT_GE(udp_tap.get(), 0);
+  SendInner("fou-first");
+  std::vector<uint8_t> first = Capture(udp_tap, "fou-first");
+  ASSERT_FALSE(first.empty());
+  EncapParams quoted = Ours();
+  quoted.udp_dport = kGreInUdpPort;
+  quoted.udp_sport = LoadBe16(first.data() + kIpv4HeaderLen);
+  ASSERT_EQ(quoted.udp_sport, 50123);
+
+  EncapParams other_key = quoted;
+  other_key.key = kIcmpKey + 1;
+  SendFragNeeded(other_key, 1400);
+  EXPECT_TRUE(Eventually([&] { return Rejected() == 1; })) << Rejected();
+  EncapParams other_sport = quoted;
+  other_sport.udp_sport = static_cast<uint16_t>(quoted.udp_sport ^ 1);
+  SendFragNeeded(other_sport, 1400);
+  EXPECT_TRUE(Eventually([&] { return Rejected() == 2; })) << Rejected();
+  // The flow the kernel's socket has: it left EMSGSIZE queued there.
+  SendInner("fou-second");
+  EXPECT_FALSE(Capture(udp_tap, "fou-second").empty()) << "the send after a queued error was lost";
+  EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::tx_packets) == 2; }));
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_drops, DropReason::kSendError), 0u);
+  EXPECT_EQ(PathMtu(), 1500u - 36);
+
+  SendFragNeeded(quoted, 1400);
+  EXPECT_TRUE(Eventually([&] { return PathMtu() == 1400 - 36; })) << PathMtu();
+  EXPECT_EQ(Rejected(), 2u);
+}
+
+// The same over an IPv6 underlay (2001:2::/48, IPv6's benchmarking range, on loopback):
+// ICMPv6 "packet too big" quoting ip6gre's packets through their encapsulation-limit option.
+TEST_P(IcmpEngineTest, Ip6greBelievesOnlyItsOwnPacketTooBig) {
+  for (const char* a : {"2001:2::1/128", "2001:2::2/128"}) {
+    absl::Status s = netlink_->AddAddress(lo_, *IpPrefix::Parse(a));
+    ASSERT_TRUE(s.ok() || absl::IsAlreadyExists(s)) << s;
+  }
+  static const OuterAddress kLocal6 = OuterAddress::FromIpv6(Ipv6Bytes("2001:2::1").data());
+  static const OuterAddress kRemote6 = OuterAddress::FromIpv6(Ipv6Bytes("2001:2::2").data());
+  // A new IPv6 address is tentative for a moment even on loopback (its DAD completes from a
+  // work queue), and takes no packets until then: wait until both can be bound.
+  for (const OuterAddress* a : {&kLocal6, &kRemote6}) {
+    ASSERT_TRUE(Eventually([&] {
+      Fd probe(socket(AF_INET6, SOCK_DGRAM, 0));
+      sockaddr_in6 at{};
+      at.sin6_family = AF_INET6;
+      memcpy(&at.sin6_addr, a->data(), 16);
+      return bind(probe.get(), reinterpret_cast<sockaddr*>(&at), sizeof at) == 0;
+    }));
+  }
+  AddTunnel(TunnelMode::kIp6gre, /*keyed=*/true, kIcmpKey, [](EngineTunnel& t) {
+    t.encap.local = kLocal6;
+    t.encap.remote = kRemote6;
+  });
+  // 1500 less IPv6 (40), the encapsulation-limit option (8) and GRE with a key (8).
+  ASSERT_TRUE(Eventually([&] { return PathMtu() == 1500 - 56; })) << PathMtu();
+
+  // From the remote's address (a router's would do as well), to ours; the kernel fills in the
+  // ICMPv6 checksum.
+  Fd icmp6(socket(AF_INET6, SOCK_RAW, IPPROTO_ICMPV6));
+  ASSERT_GE(icmp6.get(), 0);
+  sockaddr_in6 from{};
+  from.sin6_family = AF_INET6;
+  memcpy(&from.sin6_addr, kRemote6.data(), 16);
+  ASSERT_EQ(bind(icmp6.get(), reinterpret_cast<sockaddr*>(&from), sizeof from), 0);
+  auto send_too_big = [&](uint32_t key, uint32_t mtu) {
+    EncapParams quoted;
+    quoted.mode = TunnelMode::kIp6gre;
+    quoted.local = kLocal6;
+    quoted.remote = kRemote6;
+    quoted.has_key = true;
+    quoted.key = key;
+    quoted.ttl = 64;
+    std::vector<uint8_t> storage(kMaxEncapHeadroom, 0);
+    const std::vector<uint8_t> inner = UdpPacket(kInnerA, kInnerFar, kPort, std::string(1400, 'q'));
+    storage.insert(storage.end(), inner.begin(), inner.end());
+    EncapResult outer = Encapsulate(quoted, storage.data() + kMaxEncapHeadroom, inner.size(), 0, 0);
+    ASSERT_NE(outer.packet, nullptr);
+    std::vector<uint8_t> error(2048);
+    const size_t n = WriteIcmpv6PacketTooBig(outer.packet, outer.len, kRemote6, kIpv6MinMtu,
+                                             error.data(), error.size());
+    ASSERT_NE(n, 0u);
+    uint8_t* message = error.data() + kIpv6HeaderLen;
+    StoreBe32(message + 4, mtu);  // below 1280 too, as a forger would
+    sockaddr_in6 to{};
+    to.sin6_family = AF_INET6;
+    memcpy(&to.sin6_addr, kLocal6.data(), 16);
+    ASSERT_EQ(sendto(icmp6.get(), message, n - kIpv6HeaderLen, 0, reinterpret_cast<sockaddr*>(&to),
+                     sizeof to),
+              static_cast<ssize_t>(n - kIpv6HeaderLen));
+  };
+  send_too_big(kIcmpKey + 1, 1400);
+  EXPECT_TRUE(Eventually([&] { return Rejected() == 1; })) << Rejected();
+  send_too_big(kIcmpKey, 1279);
+  EXPECT_TRUE(Eventually([&] { return Rejected() == 2; })) << Rejected();
+  EXPECT_EQ(PathMtu(), 1500u - 56);
+  send_too_big(kIcmpKey, 1400);
+  EXPECT_TRUE(Eventually([&] { return PathMtu() == 1400 - 56; })) << PathMtu();
+  EXPECT_EQ(Rejected(), 2u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, IcmpEngineTest,
+                         ::testing::Values(EngineParam{Backend::kUring, false},
+                                           EngineParam{Backend::kEpoll, false},
+                                           EngineParam{Backend::kUring, false, 2},
+                                           EngineParam{Backend::kEpoll, false, 2}),
                          BackendName);
 
 // TUN offloads on both engines: what only a device with a virtio-net header does.

@@ -1,0 +1,154 @@
+#include "agent/fd_budget.h"
+
+#include <errno.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "dataplane/errno_status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace tunnelagent::agent {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+size_t OpenNow() {
+  absl::StatusOr<size_t> open = CountOpenDescriptors();
+  EXPECT_TRUE(open.ok()) << open.status();
+  return open.value_or(0);
+}
+
+TEST(CountOpenDescriptorsTest, CountsWhatTheProcessOpens) {
+  const size_t before = OpenNow();
+  std::vector<int> fds;
+  for (int i = 0; i < 5; ++i) {
+    int pair[2];
+    ASSERT_EQ(pipe(pair), 0);
+    fds.push_back(pair[0]);
+    fds.push_back(pair[1]);
+  }
+  EXPECT_EQ(OpenNow(), before + 10);
+  for (int fd : fds) close(fd);
+  EXPECT_EQ(OpenNow(), before);
+}
+
+TEST(CountOpenDescriptorsTest, MissingDirectoryIsAnError) {
+  EXPECT_FALSE(CountOpenDescriptors("/nonexistent/fd").ok());
+}
+
+TEST(ApiConnectionsForTest, AQuarterOfTheLimitAtMostAndNeverFewerThanEight) {
+  EXPECT_EQ(ApiConnectionsFor(1 << 20, 512), 512u);
+  EXPECT_EQ(ApiConnectionsFor(1024, 512), 256u);
+  EXPECT_EQ(ApiConnectionsFor(256, 512), 64u);
+  EXPECT_EQ(ApiConnectionsFor(16, 512), 8u);
+}
+
+// A budget whose limit is the open descriptors now plus `spare`.
+FdBudget BudgetWithSpare(size_t spare, size_t api, size_t own, size_t per_tunnel,
+                         size_t api_in_use = 0) {
+  const size_t open = OpenNow();
+  return FdBudget({.api_connections = api,
+                   .own_reserve = own,
+                   .per_tunnel = per_tunnel,
+                   .limit = [open, spare] { return static_cast<uint64_t>(open + spare); },
+                   .api_in_use = [api_in_use] { return api_in_use; }});
+}
+
+TEST(FdBudgetTest, ATunnelFitsWhileTheReserveStaysFree) {
+  // 10 + 20 reserved, a tunnel of 2: 32 spare is just enough, 31 is not.
+  EXPECT_TRUE(BudgetWithSpare(32, 10, 20, 2).CheckTunnel().ok());
+  absl::Status short_by_one = BudgetWithSpare(31, 10, 20, 2).CheckTunnel();
+  EXPECT_EQ(short_by_one.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(short_by_one.message(),
+              AllOf(HasSubstr("file descriptors are short"), HasSubstr("a tunnel needs 2"),
+                    HasSubstr("30 are reserved"), HasSubstr("RLIMIT_NOFILE")));
+}
+
+TEST(FdBudgetTest, ConnectionsOpenAreCountedOnce) {
+  // 4 of the API's 10 places are taken: their descriptors are open already, so 6 of the
+  // reserve remain to be kept free.
+  EXPECT_TRUE(BudgetWithSpare(28, 10, 20, 2, /*api_in_use=*/4).CheckTunnel().ok());
+  EXPECT_FALSE(BudgetWithSpare(27, 10, 20, 2, /*api_in_use=*/4).CheckTunnel().ok());
+  // More in use than the cap (never, but): no negative reserve.
+  EXPECT_FALSE(BudgetWithSpare(21, 10, 20, 2, /*api_in_use=*/50).CheckTunnel().ok());
+}
+
+TEST(FdBudgetTest, CountsOnlyNearTheLimitOrNowAndThen) {
+  // A directory standing for /proc/self/fd: its entries are what the budget counts, so the
+  // test sees when it counted.
+  const std::string dir = ::testing::TempDir() + "/fd_budget_count";
+  ASSERT_EQ(system(("rm -rf " + dir + " && mkdir -p " + dir).c_str()), 0);
+  int entries = 0;
+  auto open_more = [&](int n) {
+    for (int i = 0; i < n; ++i) std::ofstream(dir + "/" + std::to_string(entries++)).put('x');
+  };
+  open_more(11);  // 10 open (the directory's own descriptor is listed too)
+  uint64_t limit = 1000;
+  FdBudget::Options options;
+  options.api_connections = 10;
+  options.own_reserve = 20;
+  options.fd_dir = dir;
+  options.limit = [&limit] { return limit; };
+  FdBudget budget(options);
+  ASSERT_TRUE(budget.CheckTunnel().ok());  // counted: 10 open
+  // 100 tunnels, one descriptor each: the estimate (last count + what was let in since + the
+  // reserve) stays below half the limit, so nothing is counted. Descriptors opened behind the
+  // budget's back show that: with a real count the check below would refuse.
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(budget.CheckTunnel().ok()) << i;
+    open_more(1);
+  }
+  open_more(400);  // 510 open now
+  limit = 530;     // a real count would need 510 + 1 + 30
+  EXPECT_TRUE(budget.CheckTunnel().ok()) << "trusted the estimate";
+  // Near the limit the estimate is not trusted: the real count refuses.
+  limit = 250;
+  EXPECT_EQ(budget.CheckTunnel().code(), absl::StatusCode::kResourceExhausted);
+  // Once refused, the next check counts again: room made shows at once.
+  limit = 542;
+  EXPECT_TRUE(budget.CheckTunnel().ok());
+  ASSERT_EQ(system(("rm -rf " + dir).c_str()), 0);
+}
+
+TEST(FdBudgetTest, TheProcessWideCheckUsesTheBudgetSet) {
+  EXPECT_TRUE(CheckTunnelFdBudget().ok()) << "none set: no check";
+  FdBudget none_left = BudgetWithSpare(0, 10, 20, 1);
+  SetTunnelFdBudget(&none_left);
+  EXPECT_EQ(CheckTunnelFdBudget().code(), absl::StatusCode::kResourceExhausted);
+  SetTunnelFdBudget(nullptr);
+  EXPECT_TRUE(CheckTunnelFdBudget().ok());
+}
+
+TEST(RaiseFileLimitTest, SoftLimitGoesToTheHardLimit) {
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  rlimit lower = saved;
+  lower.rlim_cur = std::min<rlim_t>(saved.rlim_max, OpenNow() + 64);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &lower), 0);
+  absl::StatusOr<FileLimitChange> change = RaiseFileLimit();
+  ASSERT_TRUE(change.ok()) << change.status();
+  EXPECT_EQ(change->before, lower.rlim_cur);
+  EXPECT_EQ(change->after, saved.rlim_max);
+  EXPECT_EQ(FileLimit(), saved.rlim_max);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+}
+
+TEST(ErrnoStatusTest, OutOfDescriptorsIsResourceExhaustedSayingSo) {
+  absl::Status emfile = dataplane::ErrnoStatus(EMFILE, "creating TUN device t1");
+  EXPECT_EQ(emfile.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(emfile.message(),
+              AllOf(HasSubstr("creating TUN device t1"), HasSubstr("out of file descriptors"),
+                    HasSubstr("RLIMIT_NOFILE")));
+  EXPECT_THAT(dataplane::ErrnoStatus(ENFILE, "x").message(), HasSubstr("fs.file-max"));
+  EXPECT_EQ(dataplane::ErrnoCode(ENOBUFS), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(dataplane::ErrnoCode(ENOMEM), absl::StatusCode::kResourceExhausted);
+}
+
+}  // namespace
+}  // namespace tunnelagent::agent
