@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "agent/log.h"
+#include "agent/metric_family.h"
 #include "dataplane/errno_status.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -133,25 +134,6 @@ absl::Status TlsHandshakeCheck(const std::string& target, absl::Duration timeout
   if (ctx != nullptr) SSL_CTX_free(ctx);
   close(*fd);
   return status;
-}
-
-MetricFamily Family(std::string name, std::string help, MetricType type) {
-  MetricFamily family;
-  family.name = std::move(name);
-  family.help = std::move(help);
-  family.type = type;
-  return family;
-}
-
-void AddSample(MetricFamily& family, std::vector<ClientMetric::Label> labels, double value) {
-  ClientMetric metric;
-  metric.label = std::move(labels);
-  if (family.type == MetricType::Counter) {
-    metric.counter.value = value;
-  } else {
-    metric.gauge.value = value;
-  }
-  family.metric.push_back(std::move(metric));
 }
 
 }  // namespace

@@ -136,13 +136,7 @@ namespace tunnelagent::agent {
 namespace {
 
 constexpr char kVersion[] = TUNNEL_AGENT_VERSION;  // CMake's PROJECT_VERSION
-}  // namespace
-
-// RLIMIT_NOFILE as main() raised it, before flags are acted on.
-absl::StatusOr<FileLimitChange> file_limit = absl::UnknownError("not raised yet");
-
-namespace {
-constexpr size_t kMaxDefaultWorkers = 16;  // --dataplane_workers=0 on a large machine
+constexpr size_t kMaxDefaultWorkers = 16;          // --dataplane_workers=0 on a large machine
 
 // --node_name, else $NODE_NAME (Kubernetes' downward API), else the host name.
 std::string NodeName() {
@@ -300,7 +294,8 @@ absl::StatusOr<NodeClaim> ClaimNode(const ServerSecurity& security) {
   return claim;
 }
 
-int Run() {
+// `file_limit`: RLIMIT_NOFILE as main() raised it, logged here once the flags are known good.
+int Run(const absl::StatusOr<FileLimitChange>& file_limit) {
   InstallLibraryLogHandlers();  // gRPC's and protobuf's lines: the agent's format, rate-limited
   // Signals are taken by one thread with sigwait: blocked here, before any thread starts, so
   // every thread inherits the mask.
@@ -587,6 +582,7 @@ int main(int argc, char** argv) {
   // A descriptor per tunnel device and worker: the usual soft limit of 1024 (systemd
   // services, containers) would cap the agent near 1,000 tunnels. Raise it to the hard limit.
   // Logged once the configuration is known good (a refused one prints one line only).
-  tunnelagent::agent::file_limit = tunnelagent::agent::RaiseFileLimit();
-  return tunnelagent::agent::Run();
+  const absl::StatusOr<tunnelagent::agent::FileLimitChange> file_limit =
+      tunnelagent::agent::RaiseFileLimit();
+  return tunnelagent::agent::Run(file_limit);
 }

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/time/time.h"
+#include "agent/metric_family.h"
 #include "dataplane/packet/drop_reason.h"
 
 namespace tunnelagent::agent {
@@ -58,25 +59,6 @@ const char* StateName(OperState state) {
       return "error";
   }
   return "unknown";
-}
-
-MetricFamily Family(std::string name, std::string help, MetricType type) {
-  MetricFamily family;
-  family.name = std::move(name);
-  family.help = std::move(help);
-  family.type = type;
-  return family;
-}
-
-void AddSample(MetricFamily& family, std::vector<ClientMetric::Label> labels, double value) {
-  ClientMetric metric;
-  metric.label = std::move(labels);
-  if (family.type == MetricType::Counter) {
-    metric.counter.value = value;
-  } else {
-    metric.gauge.value = value;
-  }
-  family.metric.push_back(std::move(metric));
 }
 
 // Adds a series for every listed reason, and for any other reason that has counted.

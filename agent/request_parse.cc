@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/descriptor.pb.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/slice.h"
 
@@ -294,6 +295,14 @@ absl::Status ParseRequest(const grpc::ByteBuffer& buffer, google::protobuf::Mess
     bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
   }
   return ParseRequestBytes(bytes, message);
+}
+
+void SerializeResponse(const google::protobuf::Message& message, grpc::ByteBuffer* out) {
+  bool own_buffer = false;
+  out->Clear();
+  // Only fails on a message too large to send, which none of the agent's can be.
+  grpc::SerializationTraits<google::protobuf::Message>::Serialize(message, out, &own_buffer)
+      .IgnoreError();
 }
 
 }  // namespace tunnelagent::agent

@@ -39,6 +39,10 @@ absl::Status ParseRequestBytes(absl::string_view bytes, google::protobuf::Messag
 // The same for a request as gRPC hands it over.
 absl::Status ParseRequest(const grpc::ByteBuffer& buffer, google::protobuf::Message* message);
 
+// A response (or a streamed message) as gRPC sends it; `out` is emptied first, so a stream may
+// reuse one buffer.
+void SerializeResponse(const google::protobuf::Message& message, grpc::ByteBuffer* out);
+
 }  // namespace tunnelagent::agent
 
 #endif  // TUNNELAGENT_AGENT_REQUEST_PARSE_H_

@@ -86,9 +86,10 @@ std::string DescribeServerSecurity(const ServerSecurity& security);
 struct ServerLimits {
   int max_receive_message_bytes = 4 << 20;  // larger requests: RESOURCE_EXHAUSTED
   int max_concurrent_streams = 64;          // per connection (HTTP/2 SETTINGS)
-  // All gRPC server threads, pollers included; a call beyond gets RESOURCE_EXHAUSTED. Each open
-  // WatchTunnels holds one, so this stays well above TunnelServiceImpl::kMaxWatchers (32):
-  // watchers alone cannot starve unary calls and health checks.
+  // All gRPC sync-server threads, pollers included; a call beyond gets RESOURCE_EXHAUSTED. Only
+  // server reflection (gRPC's plugin) is synchronous: each open reflection stream holds one of
+  // these, and competes only with other reflection streams. The API, health and watch streams
+  // run on the callback API and hold no thread.
   int max_threads = 64;
   int keepalive_time_ms = 60'000;            // ping a connection quiet for this long
   int keepalive_timeout_ms = 20'000;         // and close it if the ping is not answered
@@ -123,7 +124,7 @@ struct HealthOnlyServer {
 // With `own_port` false the server binds nothing: connections come from the agent's own
 // listener (ApiListener::Start), and `listen` only names it in errors.
 absl::StatusOr<HealthOnlyServer> StartHealthOnlyServer(const std::string& listen,
-                                                        bool own_port = true);
+                                                       bool own_port = true);
 
 }  // namespace tunnelagent::agent
 

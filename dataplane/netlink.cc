@@ -565,17 +565,22 @@ absl::Status Netlink::SetLinkUp(int ifindex, bool up) {
   return Transact(nlh, what, nullptr, nullptr);
 }
 
-absl::Status Netlink::SetLinkMtu(int ifindex, uint32_t mtu) {
-  const std::string what = absl::StrCat("setting the MTU of ", LinkName(ifindex), " to ", mtu);
+absl::Status Netlink::SetLinkAttribute(int ifindex, uint16_t attribute, uint32_t value,
+                                       const std::string& what) {
   if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
   alignas(nlmsghdr) char buf[kRequestBufferSize];
   nlmsghdr* nlh = PutHeader(buf, RTM_NEWLINK, 0);
   auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
   ifi->ifi_family = AF_UNSPEC;
   ifi->ifi_index = ifindex;
-  mnl_attr_put_u32(nlh, IFLA_MTU, mtu);
+  mnl_attr_put_u32(nlh, attribute, value);
   absl::MutexLock lock(&mu_);
   return Transact(nlh, what, nullptr, nullptr);
+}
+
+absl::Status Netlink::SetLinkMtu(int ifindex, uint32_t mtu) {
+  return SetLinkAttribute(ifindex, IFLA_MTU, mtu,
+                          absl::StrCat("setting the MTU of ", LinkName(ifindex), " to ", mtu));
 }
 
 absl::Status Netlink::DeleteLink(int ifindex) {
@@ -591,16 +596,8 @@ absl::Status Netlink::DeleteLink(int ifindex) {
 }
 
 absl::Status Netlink::SetLinkGroup(int ifindex, uint32_t group) {
-  const std::string what = absl::StrCat("putting ", LinkName(ifindex), " in link group ", group);
-  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
-  alignas(nlmsghdr) char buf[kRequestBufferSize];
-  nlmsghdr* nlh = PutHeader(buf, RTM_NEWLINK, 0);
-  auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
-  ifi->ifi_family = AF_UNSPEC;
-  ifi->ifi_index = ifindex;
-  mnl_attr_put_u32(nlh, IFLA_GROUP, group);
-  absl::MutexLock lock(&mu_);
-  return Transact(nlh, what, nullptr, nullptr);
+  return SetLinkAttribute(ifindex, IFLA_GROUP, group,
+                          absl::StrCat("putting ", LinkName(ifindex), " in link group ", group));
 }
 
 absl::Status Netlink::DeleteLinkGroup(uint32_t group) {

@@ -115,6 +115,9 @@ class Netlink {
   // each caller says "no route" its own way.
   absl::StatusOr<RouteLookup> LookupRoute(const IpAddress& destination, const std::string& what,
                                           int* kernel_errno);
+  // RTM_NEWLINK setting one 32-bit attribute (IFLA_MTU, IFLA_GROUP) of link `ifindex`.
+  absl::Status SetLinkAttribute(int ifindex, uint16_t attribute, uint32_t value,
+                                const std::string& what);
   // Sends one request built in `buf` and processes replies until the ACK; `on_message`
   // (may be null) sees each non-error reply message.
   absl::Status Transact(void* nlh, const std::string& what,
