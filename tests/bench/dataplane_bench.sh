@@ -12,7 +12,7 @@
 # during TCP x1 (utime + stime from /proc/PID/stat, both ends summed). Then 1,000 more keyed
 # GRE tunnels on both agents, TCP x1 and UDP 64 B again through the measured one, and each
 # agent's resident memory. A table gives every figure and its ratio to veth and to naive, then
-# the targets with PASS/MISS: informational, the exit status is 0 either way.
+# the targets with PASS/MISS: informational, the exit status is 0 either way.
 #
 # Usage: tests/bench/dataplane_bench.sh    (root, a built tree: make build; or `make bench`)
 # Environment:
