@@ -389,8 +389,7 @@ void ApplyServerLimits(const ServerLimits& limits, grpc::ServerBuilder* builder)
   builder->AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, limits.handshake_timeout_ms);
 }
 
-absl::StatusOr<HealthOnlyServer> StartHealthOnlyServer(const std::string& listen,
-                                                        bool own_port) {
+absl::StatusOr<HealthOnlyServer> StartHealthOnlyServer(const std::string& listen, bool own_port) {
   if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) {
     return absl::InvalidArgumentError(
         absl::StrCat("--health_listen=", listen, ": want host:port (it is for probes over TCP)"));

@@ -19,12 +19,35 @@
 #                                 grpc.health.v1.Health/Check on TARGET from inside the node's
 #                                 namespace (python3-grpcio): SERVING, NOT_SERVING,
 #                                 SERVICE_UNKNOWN, or the call's gRPC error code
+#   lab_require_python_grpc       sets PY to Debian's python3 with grpc and protobuf, else the
+#                                 test is skipped (exit 77); protoc is needed too
+#   lab_python_messages DIR       tunnel_pb2 (tunnelagent.v1) and health_pb2 generated into DIR
 #
 # Underlay addresses come from 198.18.0.0/15 (RFC 2544's benchmark range); nothing here sends
 # traffic outside the lab's own namespaces.
 
 : "${BIN_DIR:=build/bin}"
 LAB_METRICS_PORT=${LAB_METRICS_PORT:-9476}
+
+lab_require_python_grpc() {
+  PY=/usr/bin/python3  # not `python3` on PATH: that may be an interpreter without grpc
+  if ! "$PY" -c 'import grpc, google.protobuf' 2>/dev/null; then
+    echo "SKIP: $PY lacks grpc or protobuf (apt-get install python3-grpcio python3-protobuf)" >&2
+    exit 77
+  fi
+  command -v protoc >/dev/null || { echo "SKIP: protoc not found" >&2; exit 77; }
+}
+
+lab_python_messages() {
+  local dir=$1 health_dir
+  health_dir=$(mktemp -d)
+  mkdir -p "$dir"
+  protoc --python_out="$dir" -I"$SOURCE_DIR/proto" -I/usr/include tunnelagent/v1/tunnel.proto
+  # health_pb2 as a top-level module: a generated grpc/ package would clash with grpcio's.
+  cp "$SOURCE_DIR/proto/grpc/health/v1/health.proto" "$health_dir/"
+  protoc --python_out="$dir" -I"$health_dir" health.proto
+  rm -rf "$health_dir"
+}
 
 lab_log() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 lab_fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }

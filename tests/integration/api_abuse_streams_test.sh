@@ -10,22 +10,15 @@ set -euo pipefail
 : "${SOURCE_DIR:=$(cd "$(dirname "$0")/../.." && pwd)}"
 : "${BIN_DIR:=$SOURCE_DIR/build/bin}"
 
-PY=/usr/bin/python3  # not `python3` on PATH: that may be an interpreter without grpc
-if ! "$PY" -c 'import grpc, google.protobuf' 2>/dev/null; then
-  echo "SKIP: $PY lacks grpc or protobuf (apt-get install python3-grpcio python3-protobuf)" >&2
-  exit 77
-fi
-command -v protoc >/dev/null || { echo "SKIP: protoc not found" >&2; exit 77; }
-
 source "$SOURCE_DIR/scripts/lab.sh"
+lab_require_python_grpc
 lab_init
 lab_add_node A 198.18.0.1
 # The per-tunnel limits the large requests are measured against, stated here.
 lab_start_agent A --max_addresses_per_tunnel=256 --max_routes_per_tunnel=1024
 
 GEN=$RUN/py
-mkdir -p "$GEN"
-protoc --python_out="$GEN" -I"$SOURCE_DIR/proto" -I/usr/include tunnelagent/v1/tunnel.proto
+lab_python_messages "$GEN"
 
 cat >"$RUN/abuse.py" <<'PYEOF'
 import sys, threading, time

@@ -8,14 +8,8 @@ set -euo pipefail
 : "${SOURCE_DIR:=$(cd "$(dirname "$0")/../.." && pwd)}"
 : "${BIN_DIR:=$SOURCE_DIR/build/bin}"
 
-PY=/usr/bin/python3  # not `python3` on PATH: that may be an interpreter without grpc
-if ! "$PY" -c 'import grpc, google.protobuf' 2>/dev/null; then
-  echo "SKIP: $PY lacks grpc or protobuf (apt-get install python3-grpcio python3-protobuf)" >&2
-  exit 77
-fi
-command -v protoc >/dev/null || { echo "SKIP: protoc not found" >&2; exit 77; }
-
 source "$SOURCE_DIR/scripts/lab.sh"
+lab_require_python_grpc
 MAX=3  # --max_tunnels of node C
 
 lab_init
@@ -27,11 +21,7 @@ lab_start_agent B --node_name=lab-b
 lab_start_agent C --node_name=lab-c --max_tunnels=$MAX
 
 GEN=$RUN/py
-mkdir -p "$GEN" "$RUN/health-proto"
-protoc --python_out="$GEN" -I"$SOURCE_DIR/proto" -I/usr/include tunnelagent/v1/tunnel.proto
-# health_pb2 as a top-level module: a generated grpc/ package would clash with grpcio's.
-cp "$SOURCE_DIR/proto/grpc/health/v1/health.proto" "$RUN/health-proto/"
-protoc --python_out="$GEN" -I"$RUN/health-proto" health.proto
+lab_python_messages "$GEN"
 
 cpc() {  # NODE COMMAND ARGS...
   local n=$1; shift

@@ -5,14 +5,8 @@ set -euo pipefail
 : "${SOURCE_DIR:=$(cd "$(dirname "$0")/../.." && pwd)}"
 : "${BIN_DIR:=$SOURCE_DIR/build/bin}"
 
-PY=/usr/bin/python3  # not `python3` on PATH: that may be an interpreter without grpc
-if ! "$PY" -c 'import grpc, google.protobuf' 2>/dev/null; then
-  echo "SKIP: $PY lacks grpc or protobuf (apt-get install python3-grpcio python3-protobuf)" >&2
-  exit 77
-fi
-command -v protoc >/dev/null || { echo "SKIP: protoc not found" >&2; exit 77; }
-
 source "$SOURCE_DIR/scripts/lab.sh"
+lab_require_python_grpc
 lab_init
 lab_add_node A 198.18.0.1
 lab_add_node B 198.18.0.2
@@ -21,11 +15,7 @@ lab_start_agent B
 
 lab_log "generate message classes with protoc"
 GEN=$RUN/py
-mkdir -p "$GEN" "$RUN/health-proto"
-protoc --python_out="$GEN" -I"$SOURCE_DIR/proto" -I/usr/include tunnelagent/v1/tunnel.proto
-# health_pb2 as a top-level module: a generated grpc/ package would clash with grpcio's.
-cp "$SOURCE_DIR/proto/grpc/health/v1/health.proto" "$RUN/health-proto/"
-protoc --python_out="$GEN" -I"$RUN/health-proto" health.proto
+lab_python_messages "$GEN"
 lab_ok "generated $(cd "$GEN" && find . -name '*_pb2.py' | sort | tr '\n' ' ')"
 
 pyc() {  # NODE COMMAND ARGS...
