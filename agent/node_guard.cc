@@ -23,6 +23,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "agent/scoped_fd.h"
 #include "dataplane/errno_status.h"
 
 namespace tunnelagent::agent {
@@ -33,22 +34,6 @@ using dataplane::ErrnoText;
 absl::Status Failed(absl::string_view what, int error) {
   return absl::FailedPreconditionError(absl::StrCat(what, ": ", ErrnoText(error)));
 }
-
-// Closes on every path out, so an early return never leaks a descriptor.
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  ~ScopedFd() {
-    if (fd_ >= 0) close(fd_);
-  }
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
 
 // mkdir -p: the last component with `mode`, the missing parents 0755.
 absl::Status MakeDirectories(const std::string& dir, mode_t mode) {

@@ -14,6 +14,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "agent/proto_convert.h"
+#include "agent/scoped_fd.h"
 #include "google/protobuf/util/json_util.h"
 #include "tunnelagent/state/v1/state.pb.h"
 
@@ -55,27 +56,6 @@ absl::Status Corrupt(absl::string_view path, absl::string_view problem) {
       absl::StrCat("state file ", path, " cannot be used (left untouched): ", problem));
 }
 
-// A closer that reports nothing: used on paths that already fail for another reason.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) close(fd_);
-  }
-  int get() const { return fd_; }
-  // Closes now, so that a failing close (deferred write errors on some filesystems) is seen.
-  int Close() {
-    const int rc = close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
-
 std::string TrimTrailingSlashes(std::string dir) {
   if (dir.empty()) return ".";
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
@@ -111,7 +91,7 @@ absl::Status WriteAll(int fd, absl::string_view data, absl::string_view path) {
 
 // Writes `content` to `tmp` and makes it durable, before anything replaces the real file.
 absl::Status WriteDurably(const std::string& tmp, absl::string_view content) {
-  Fd fd(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  ScopedFd fd(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (fd.get() < 0) return IoError(errno, tmp, "open");
   if (absl::Status s = WriteAll(fd.get(), content, tmp); !s.ok()) return s;
   if (fsync(fd.get()) != 0) return IoError(errno, tmp, "fsync");
@@ -121,7 +101,7 @@ absl::Status WriteDurably(const std::string& tmp, absl::string_view content) {
 
 // Makes the rename itself durable: without it a crash can bring back the old directory entry.
 absl::Status SyncDir(const std::string& dir) {
-  Fd fd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  ScopedFd fd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (fd.get() < 0) return IoError(errno, dir, "open directory");
   // Some filesystems cannot fsync a directory at all; nothing more can be done there.
   if (fsync(fd.get()) != 0 && errno != EINVAL) return IoError(errno, dir, "fsync directory");
@@ -137,7 +117,7 @@ absl::StatusOr<std::vector<dataplane::TunnelSpec>> FileStateStore::Load() {
   absl::MutexLock lock(&mu_);
   std::vector<dataplane::TunnelSpec> tunnels;
 
-  Fd fd(open(path_.c_str(), O_RDONLY | O_CLOEXEC));
+  ScopedFd fd(open(path_.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
     // Nothing saved yet (first start, or the directory does not exist yet).
     if (errno == ENOENT) return tunnels;

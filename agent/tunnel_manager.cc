@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/algorithm/container.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
@@ -70,14 +71,6 @@ dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, const Device& de
   }
   t.counters = std::move(counters);
   return t;
-}
-
-bool Contains(const std::vector<IpPrefix>& list, const IpPrefix& p) {
-  return std::find(list.begin(), list.end(), p) != list.end();
-}
-
-bool Contains(const std::vector<std::string>& list, absl::string_view s) {
-  return std::find(list.begin(), list.end(), s) != list.end();
 }
 
 absl::Status Annotate(const absl::Status& status, absl::string_view context) {
@@ -648,7 +641,7 @@ absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
     change.changed_fields = ChangedFields(it->second->spec, spec);
     if (change.changed_fields.empty()) {
       change.action = ChangeAction::kUnchanged;
-    } else if (Contains(change.changed_fields, "mode") || !it->second->device) {
+    } else if (absl::c_linear_search(change.changed_fields, "mode") || !it->second->device) {
       change.action = ChangeAction::kRecreate;
     } else {
       change.action = ChangeAction::kUpdate;
@@ -920,7 +913,7 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
   desired.update_time = absl::Now();
   const TunnelSpec old_spec = entry.spec;
 
-  if (Contains(result.changed_fields, "mode") || !entry.device) {
+  if (absl::c_linear_search(result.changed_fields, "mode") || !entry.device) {
     // A link's type is fixed (the kernel cannot change it either): the device is made anew,
     // under the same name, so the old one must go first.
     result.recreated = entry.device != nullptr;
@@ -993,28 +986,28 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
     undo.push_back([this, &device, old_mtu] { links_->SetMtu(device, old_mtu).IgnoreError(); });
   }
   for (const IpPrefix& p : old_spec.routes) {
-    if (Contains(desired.routes, p)) continue;
+    if (absl::c_linear_search(desired.routes, p)) continue;
     if (absl::Status s = links_->DeleteRoute(device, p); !s.ok() && !absl::IsNotFound(s)) {
       return fail(Annotate(s, absl::StrCat("removing route ", p.ToString())));
     }
     undo.push_back([this, &device, p] { links_->AddRoute(device, p).IgnoreError(); });
   }
   for (const IpPrefix& p : old_spec.addresses) {
-    if (Contains(desired.addresses, p)) continue;
+    if (absl::c_linear_search(desired.addresses, p)) continue;
     if (absl::Status s = links_->DeleteAddress(device, p); !s.ok() && !absl::IsNotFound(s)) {
       return fail(Annotate(s, absl::StrCat("removing address ", p.ToString())));
     }
     undo.push_back([this, &device, p] { links_->AddAddress(device, p).IgnoreError(); });
   }
   for (const IpPrefix& p : desired.addresses) {
-    if (Contains(old_spec.addresses, p)) continue;
+    if (absl::c_linear_search(old_spec.addresses, p)) continue;
     if (absl::Status s = links_->AddAddress(device, p); !s.ok()) {
       return fail(Annotate(s, absl::StrCat("tunnel.addresses ", p.ToString())));
     }
     undo.push_back([this, &device, p] { links_->DeleteAddress(device, p).IgnoreError(); });
   }
   for (const IpPrefix& p : desired.routes) {
-    if (Contains(old_spec.routes, p)) continue;
+    if (absl::c_linear_search(old_spec.routes, p)) continue;
     if (absl::Status s = links_->AddRoute(device, p); !s.ok()) {
       return fail(Annotate(s, absl::StrCat("tunnel.routes ", p.ToString())));
     }
@@ -1052,7 +1045,7 @@ absl::Status TunnelManager::ReleasePrefixes(const std::string& name, const Tunne
     return it != tunnels_.end() && it->second->device.get() == device;
   };
   for (const IpPrefix& p : entry.spec.routes) {
-    if (Contains(desired.routes, p)) continue;
+    if (absl::c_linear_search(desired.routes, p)) continue;
     if (absl::Status s = links_->DeleteRoute(*device, p); !s.ok() && !absl::IsNotFound(s)) {
       return Annotate(s, absl::StrCat("removing route ", p.ToString()));
     }
@@ -1061,7 +1054,7 @@ absl::Status TunnelManager::ReleasePrefixes(const std::string& name, const Tunne
     });
   }
   for (const IpPrefix& p : entry.spec.addresses) {
-    if (Contains(desired.addresses, p)) continue;
+    if (absl::c_linear_search(desired.addresses, p)) continue;
     if (absl::Status s = links_->DeleteAddress(*device, p); !s.ok() && !absl::IsNotFound(s)) {
       return Annotate(s, absl::StrCat("removing address ", p.ToString()));
     }

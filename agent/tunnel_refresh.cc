@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/str_cat.h"
 #include "agent/log.h"
 #include "agent/tunnel_manager.h"
@@ -11,10 +12,6 @@ namespace tunnelagent::agent {
 namespace {
 
 using dataplane::IpPrefix;
-
-bool Contains(const std::vector<IpPrefix>& list, const IpPrefix& p) {
-  return std::find(list.begin(), list.end(), p) != list.end();
-}
 
 const char* StateText(OperState state) {
   switch (state) {
@@ -107,7 +104,7 @@ absl::Status TunnelManager::RemoveUndesired(Entry& entry, const Device& device,
   const dataplane::TunnelSpec& spec = entry.spec;
   absl::Status first_failure;
   for (const IpPrefix& p : kernel.routes) {
-    if (Contains(spec.routes, p)) continue;
+    if (absl::c_linear_search(spec.routes, p)) continue;
     if (absl::Status s = links_->DeleteRoute(device, p); s.ok()) {
       RecordRepair(entry, "route", absl::StrCat("route ", p.ToString(), " removed (not desired)"));
     } else if (!absl::IsNotFound(s) && first_failure.ok()) {  // gone already: nothing to do
@@ -116,7 +113,7 @@ absl::Status TunnelManager::RemoveUndesired(Entry& entry, const Device& device,
     }
   }
   for (const IpPrefix& p : kernel.addresses) {
-    if (Contains(spec.addresses, p)) continue;
+    if (absl::c_linear_search(spec.addresses, p)) continue;
     if (absl::Status s = links_->DeleteAddress(device, p); s.ok()) {
       RecordRepair(entry, "address",
                    absl::StrCat("address ", p.ToString(), " removed (not desired)"));
@@ -157,7 +154,7 @@ absl::Status TunnelManager::Reconcile(Entry& entry, const DeviceState& kernel) {
   }
   if (absl::Status s = RemoveUndesired(entry, device, kernel); !s.ok()) failed(s, "");
   for (const IpPrefix& p : spec.addresses) {
-    if (Contains(kernel.addresses, p)) continue;
+    if (absl::c_linear_search(kernel.addresses, p)) continue;
     absl::Status s = links_->AddAddress(device, p);
     if (s.ok()) {
       RecordRepair(entry, "address", absl::StrCat("address ", p.ToString(), " added back"));
@@ -166,7 +163,7 @@ absl::Status TunnelManager::Reconcile(Entry& entry, const DeviceState& kernel) {
     }
   }
   for (const IpPrefix& p : spec.routes) {
-    if (Contains(kernel.routes, p)) continue;
+    if (absl::c_linear_search(kernel.routes, p)) continue;
     if (absl::Status s = links_->AddRoute(device, p); s.ok()) {
       RecordRepair(entry, "route", absl::StrCat("route ", p.ToString(), " added back"));
     } else {
