@@ -103,6 +103,18 @@ bool Eventually(F condition, int ms = 2000) {
   return condition();
 }
 
+// A new IPv6 address is tentative for a moment even on loopback (its DAD completes from a
+// work queue) and takes no packets until then: waits until `address` can be bound.
+bool Ipv6AddressUsable(const uint8_t* address) {
+  return Eventually([&] {
+    Fd probe(socket(AF_INET6, SOCK_DGRAM, 0));
+    sockaddr_in6 at{};
+    at.sin6_family = AF_INET6;
+    memcpy(&at.sin6_addr, address, 16);
+    return bind(probe.get(), reinterpret_cast<sockaddr*>(&at), sizeof at) == 0;
+  });
+}
+
 // A minimal IPv4/UDP datagram with a zero UDP checksum (allowed over IPv4).
 std::vector<uint8_t> UdpPacket(uint32_t src, uint32_t dst, uint16_t port,
                                const std::string& payload) {
@@ -752,6 +764,7 @@ TEST_P(EngineTest, Ip6greBothWays) {
   }
   static const OuterAddress kLocal6 = OuterAddress::FromIpv6(Ipv6Bytes("fd00::1").data());
   static const OuterAddress kRemote6 = OuterAddress::FromIpv6(Ipv6Bytes("fd00::2").data());
+  for (const OuterAddress* a : {&kLocal6, &kRemote6}) ASSERT_TRUE(Ipv6AddressUsable(a->data()));
   AddTunnel(TunnelMode::kIp6gre, /*keyed=*/true, 9, [](EngineTunnel& t) {
     t.encap.local = kLocal6;
     t.encap.remote = kRemote6;
@@ -1411,17 +1424,7 @@ TEST_P(IcmpEngineTest, Ip6greBelievesOnlyItsOwnPacketTooBig) {
   }
   static const OuterAddress kLocal6 = OuterAddress::FromIpv6(Ipv6Bytes("2001:2::1").data());
   static const OuterAddress kRemote6 = OuterAddress::FromIpv6(Ipv6Bytes("2001:2::2").data());
-  // A new IPv6 address is tentative for a moment even on loopback (its DAD completes from a
-  // work queue), and takes no packets until then: wait until both can be bound.
-  for (const OuterAddress* a : {&kLocal6, &kRemote6}) {
-    ASSERT_TRUE(Eventually([&] {
-      Fd probe(socket(AF_INET6, SOCK_DGRAM, 0));
-      sockaddr_in6 at{};
-      at.sin6_family = AF_INET6;
-      memcpy(&at.sin6_addr, a->data(), 16);
-      return bind(probe.get(), reinterpret_cast<sockaddr*>(&at), sizeof at) == 0;
-    }));
-  }
+  for (const OuterAddress* a : {&kLocal6, &kRemote6}) ASSERT_TRUE(Ipv6AddressUsable(a->data()));
   AddTunnel(TunnelMode::kIp6gre, /*keyed=*/true, kIcmpKey, [](EngineTunnel& t) {
     t.encap.local = kLocal6;
     t.encap.remote = kRemote6;
