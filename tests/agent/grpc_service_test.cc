@@ -925,6 +925,15 @@ std::unique_ptr<OpenWatch> Watch(v1::TunnelService::Stub* stub) {
   return watch;
 }
 
+// A client whose flow-control window stays small, so the agent's writes stop when it stops
+// reading.
+std::unique_ptr<v1::TunnelService::Stub> SlowReader(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  return v1::TunnelService::NewStub(
+      grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
+}
+
 TEST_F(GrpcServiceTest, WatchersAreLimitedPerClientAndInAll) {
   TunnelServiceLimits limits;
   limits.max_watchers_per_client = 2;
@@ -981,11 +990,7 @@ TEST_F(GrpcServiceTest, AWatcherThatDoesNotReadIsClosedOnceTooFarBehind) {
   TunnelServiceLimits limits;
   limits.max_watcher_lag = 20;
   Start(TunnelManager::Options{}, limits);
-  // A client whose window stays small, so the agent's writes stop when it stops reading.
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  auto slow = v1::TunnelService::NewStub(
-      grpc::CreateCustomChannel(socket_, grpc::InsecureChannelCredentials(), args));
+  auto slow = SlowReader(socket_);
   std::unique_ptr<OpenWatch> watch = Watch(slow.get());
   ASSERT_THAT(Read(*watch->reader, 1), ElementsAre("SYNCED"));
 
@@ -1024,10 +1029,7 @@ TEST_F(GrpcServiceTest, AClosedWatcherThatNeverReadsIsCancelledAfterTheGrace) {
   limits.max_watcher_lag = 5;
   limits.closed_watcher_grace = absl::Milliseconds(300);
   Start(TunnelManager::Options{}, limits);
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  auto slow = v1::TunnelService::NewStub(
-      grpc::CreateCustomChannel(socket_, grpc::InsecureChannelCredentials(), args));
+  auto slow = SlowReader(socket_);
   std::unique_ptr<OpenWatch> watch = Watch(slow.get());
   ASSERT_THAT(Read(*watch->reader, 1), ElementsAre("SYNCED"));
   ASSERT_EQ(service_->open_watchers(), 1);
