@@ -3,9 +3,10 @@ BUILD_DIR ?= build
 CMAKE_BUILD_TYPE ?= RelWithDebInfo
 FUZZ_BUILD_DIR ?= build-fuzz
 FUZZ_RUNS ?= 10000000
+TSAN_BUILD_DIR ?= build-tsan
 
 .PHONY: all deps test-deps bench-deps fuzz-deps configure build demo test bench microbench fuzz \
-  clean format
+  tsan clean format
 
 all: build
 
@@ -64,6 +65,12 @@ fuzz: fuzz-deps
 	  { tail -n 60 $(FUZZ_BUILD_DIR)/receive_fuzzer.log; ls $(FUZZ_BUILD_DIR)/artifacts; exit 1; }
 	@grep -E '^Done [0-9]+ runs|^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' \
 	  $(FUZZ_BUILD_DIR)/receive_fuzzer.log
+
+# ThreadSanitizer run of the engine tests (both backends, the worker pool) and the manager tests,
+# with clang's thread-safety analysis as errors: clang, its own build directory (abseil rebuilt
+# with TSan there once), only the test targets built. Fails on any race report. Needs root.
+tsan:
+	@TSAN_BUILD_DIR=$(TSAN_BUILD_DIR) scripts/tsan.sh
 
 format:
 	@git ls-files '*.cc' '*.h' | xargs clang-format -i

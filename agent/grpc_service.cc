@@ -21,6 +21,7 @@
 #include "agent/log.h"
 #include "agent/proto_convert.h"
 #include "agent/request_parse.h"
+#include "agent/tunnel_fields.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/time_util.h"
@@ -28,59 +29,6 @@
 
 namespace tunnelagent::agent {
 namespace {
-
-bool IsUpdatable(const std::string& path) {
-  const std::vector<std::string>& fields = UpdatableFields();
-  return std::find(fields.begin(), fields.end(), path) != fields.end();
-}
-
-// Replaces field `descriptor` of `merged` with that of `patch`, presence included: an
-// optional field unset in the patch (key, ttl, pmtudisc, ...) becomes unset, a message field
-// (keepalive) is replaced whole, a repeated or map field takes the patch's elements.
-absl::Status CopyField(const v1::Tunnel& patch, const google::protobuf::FieldDescriptor* descriptor,
-                       v1::Tunnel* merged) {
-  using google::protobuf::FieldDescriptor;
-  const auto* reflection = v1::Tunnel::GetReflection();
-  reflection->ClearField(merged, descriptor);
-  if (descriptor->is_repeated()) {
-    for (int i = 0; i < reflection->FieldSize(patch, descriptor); ++i) {
-      if (descriptor->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
-        reflection->AddMessage(merged, descriptor)
-            ->CopyFrom(reflection->GetRepeatedMessage(patch, descriptor, i));
-      } else {
-        reflection->AddString(merged, descriptor,
-                              reflection->GetRepeatedString(patch, descriptor, i));
-      }
-    }
-    return absl::OkStatus();
-  }
-  if (descriptor->has_presence() && !reflection->HasField(patch, descriptor)) {
-    return absl::OkStatus();
-  }
-  switch (descriptor->cpp_type()) {
-    case FieldDescriptor::CPPTYPE_MESSAGE:
-      reflection->MutableMessage(merged, descriptor)
-          ->CopyFrom(reflection->GetMessage(patch, descriptor));
-      break;
-    case FieldDescriptor::CPPTYPE_STRING:
-      reflection->SetString(merged, descriptor, reflection->GetString(patch, descriptor));
-      break;
-    case FieldDescriptor::CPPTYPE_UINT32:
-      reflection->SetUInt32(merged, descriptor, reflection->GetUInt32(patch, descriptor));
-      break;
-    case FieldDescriptor::CPPTYPE_BOOL:
-      reflection->SetBool(merged, descriptor, reflection->GetBool(patch, descriptor));
-      break;
-    case FieldDescriptor::CPPTYPE_ENUM:
-      reflection->SetEnumValue(merged, descriptor, reflection->GetEnumValue(patch, descriptor));
-      break;
-    default:
-      // Tunnel has no other kinds of desired field; a new kind must be added above.
-      return absl::InternalError(
-          absl::StrCat("update_mask: ", descriptor->name(), " has a type this agent cannot copy"));
-  }
-  return absl::OkStatus();
-}
 
 constexpr int kMaxPageSize = 1000;
 
@@ -316,17 +264,18 @@ absl::Status TunnelServiceImpl::DoCreate(const grpc::ServerContextBase& context,
                                          const v1::CreateTunnelRequest& request,
                                          v1::Tunnel* response) {
   std::string bytes;
-  absl::Status status = idempotency_.Run(
-      "CreateTunnel", request.request_id(), Fingerprint(request), &bytes,
-      [&](std::string* out) -> absl::Status {
-        if (!request.has_tunnel()) return absl::InvalidArgumentError("tunnel: required");
-        absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(request.tunnel());
-        if (!spec.ok()) return spec.status();
-        absl::StatusOr<TunnelView> view = manager_->Create(*spec);
-        if (!view.ok()) return view.status();
-        *out = TunnelToProto(view->spec, view->status).SerializeAsString();
-        return absl::OkStatus();
-      });
+  absl::Status status =
+      idempotency_.Run("CreateTunnel", request.request_id(), Fingerprint(request), &bytes,
+                       [&](std::string* out) -> absl::Status {
+                         if (!request.has_tunnel())
+                           return absl::InvalidArgumentError("tunnel: required");
+                         absl::StatusOr<TunnelSpec> spec = SpecFromProto(request.tunnel());
+                         if (!spec.ok()) return spec.status();
+                         absl::StatusOr<TunnelView> view = manager_->Create(*spec);
+                         if (!view.ok()) return view.status();
+                         *out = TunnelToProto(view->spec, view->status).SerializeAsString();
+                         return absl::OkStatus();
+                       });
   LogChange(context, "tunnel.create", request.tunnel().name(), status,
             absl::StrCat("mode=", v1::TunnelMode_Name(request.tunnel().mode()),
                          " remote=", request.tunnel().remote()));
@@ -387,7 +336,7 @@ absl::Status TunnelServiceImpl::DoUpdate(const grpc::ServerContextBase& context,
         if (patch.name().empty()) return absl::InvalidArgumentError("tunnel.name: required");
         std::set<std::string> fields;
         for (const std::string& path : request.update_mask().paths()) {
-          if (!IsUpdatable(path)) {
+          if (FindTunnelField(path) == nullptr) {
             return absl::InvalidArgumentError(
                 absl::StrCat("update_mask: ", path, " cannot be updated (",
                              absl::StrJoin(UpdatableFields(), ", "), " can)"));
@@ -400,14 +349,8 @@ absl::Status TunnelServiceImpl::DoUpdate(const grpc::ServerContextBase& context,
         absl::StatusOr<TunnelView> current = manager_->Get(patch.name());
         if (!current.ok()) return current.status();
         v1::Tunnel merged = SpecToProto(current->spec);
-        for (const std::string& field : fields) {
-          const auto* descriptor = v1::Tunnel::descriptor()->FindFieldByName(field);
-          if (descriptor == nullptr) {
-            return absl::InternalError(absl::StrCat("update_mask: ", field, " is not a field"));
-          }
-          if (absl::Status s = CopyField(patch, descriptor, &merged); !s.ok()) return s;
-        }
-        absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(merged);
+        for (const std::string& field : fields) FindTunnelField(field)->copy_proto(patch, merged);
+        absl::StatusOr<TunnelSpec> spec = SpecFromProto(merged);
         if (!spec.ok()) return spec.status();
         absl::StatusOr<UpdateResult> result =
             manager_->Update(patch.name(), *spec, fields, patch.etag());
@@ -451,10 +394,10 @@ absl::Status TunnelServiceImpl::DoApply(const grpc::ServerContextBase& context,
   absl::Status status = idempotency_.Run(
       "ApplyTunnels", request.request_id(), Fingerprint(request), &bytes,
       [&](std::string* out) -> absl::Status {
-        std::vector<dataplane::TunnelSpec> desired;
+        std::vector<TunnelSpec> desired;
         desired.reserve(request.tunnels_size());
         for (int i = 0; i < request.tunnels_size(); ++i) {
-          absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(request.tunnels(i));
+          absl::StatusOr<TunnelSpec> spec = SpecFromProto(request.tunnels(i));
           if (!spec.ok()) {
             return absl::Status(spec.status().code(),
                                 absl::StrCat("tunnels[", i, "]: ", spec.status().message()));

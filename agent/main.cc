@@ -36,11 +36,11 @@
 #include "agent/state_store.h"
 #include "agent/tunnel_manager.h"
 #include "agent/validation.h"
+#include "dataplane/backends/uring_engine.h"
+#include "dataplane/control/engine_factory.h"
 #include "dataplane/cpu_affinity.h"
-#include "dataplane/engine_factory.h"
 #include "dataplane/netlink.h"
 #include "dataplane/netlink_monitor.h"
-#include "dataplane/uring_engine.h"
 #include "grpc/health/v1/health.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -147,8 +147,8 @@ std::string NodeName() {
   return host;
 }
 
-absl::StatusOr<dataplane::UringEngineOptions> EngineOptionsFromFlags() {
-  dataplane::UringEngineOptions options;
+absl::StatusOr<dataplane::EngineOptions> EngineOptionsFromFlags() {
+  dataplane::EngineOptions options;
   options.device_reads_per_tunnel = absl::GetFlag(FLAGS_device_reads_per_tunnel);
   options.socket_receives = absl::GetFlag(FLAGS_socket_receives);
   if (std::string list = absl::GetFlag(FLAGS_dataplane_cpus); !list.empty()) {
@@ -336,7 +336,7 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit) {
     Log("FATAL", "--io_backend: %s", backend.status().message());
     return 1;
   }
-  absl::StatusOr<dataplane::UringEngineOptions> engine_options = EngineOptionsFromFlags();
+  absl::StatusOr<dataplane::EngineOptions> engine_options = EngineOptionsFromFlags();
   if (!engine_options.ok()) {
     Log("FATAL", "%s", engine_options.status().message());
     return 1;

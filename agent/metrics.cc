@@ -7,9 +7,12 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "agent/metric_family.h"
 #include "dataplane/packet/drop_reason.h"
+#include "dataplane/tunnel_counters.h"
 
 namespace tunnelagent::agent {
 namespace {
@@ -18,6 +21,14 @@ using dataplane::DropReason;
 using prometheus::ClientMetric;
 using prometheus::MetricFamily;
 using prometheus::MetricType;
+
+// A family of one of the tunnel counter lists (tunnel_counters.h) and the counter it sums.
+struct CounterMetric {
+  dataplane::Counter dataplane::TunnelCounters::*member;
+  MetricFamily family;
+};
+#define COUNTER_METRIC(member, api_field, metric, help) \
+  CounterMetric{&dataplane::TunnelCounters::member, Family(metric, help, MetricType::Counter)},
 
 // Drop reasons that can happen on each direction of a tunnel: these series exist from the
 // tunnel's creation (at 0), so rate() and alerts see them before the first drop.
@@ -41,8 +52,13 @@ constexpr std::array kDataplaneReasons = {
 // from the tunnel's creation (at 0), like the drop reasons.
 constexpr std::array<const char*, 4> kRepairs = {"address", "route", "mtu", "link"};
 
-template <size_t N>
-bool Listed(DropReason reason, const std::array<DropReason, N>& reasons) {
+// The drop reasons of a tunnel's direction ("tx" or "rx") that have series from the start.
+absl::Span<const DropReason> ExpectedDrops(absl::string_view direction) {
+  if (direction == "tx") return kTxReasons;
+  return kRxReasons;
+}
+
+bool Listed(DropReason reason, absl::Span<const DropReason> reasons) {
   for (DropReason r : reasons) {
     if (r == reason) return true;
   }
@@ -62,11 +78,10 @@ const char* StateName(OperState state) {
 }
 
 // Adds a series for every listed reason, and for any other reason that has counted.
-template <size_t N>
 void AddDrops(MetricFamily& family, const std::string& tunnel, const char* direction,
               const dataplane::TunnelStats& stats,
               dataplane::DropCounters dataplane::TunnelCounters::*drops,
-              const std::array<DropReason, N>& expected) {
+              absl::Span<const DropReason> expected) {
   for (int i = 0; i < dataplane::kDropReasonCount; ++i) {
     auto reason = static_cast<DropReason>(i);
     uint64_t value = stats.Sum(drops, reason);
@@ -81,9 +96,9 @@ void AddDrops(MetricFamily& family, const std::string& tunnel, const char* direc
 
 // The key label of tunnelagent_tunnel_info: "" without a key, the key when both directions use
 // the same one, else "<input>/<output>" with "" for a direction without.
-std::string KeyLabel(const dataplane::TunnelSpec& spec) {
-  const std::optional<uint32_t> in = dataplane::InputKey(spec);
-  const std::optional<uint32_t> out = dataplane::OutputKey(spec);
+std::string KeyLabel(const TunnelSpec& spec) {
+  const std::optional<uint32_t> in = InputKey(spec);
+  const std::optional<uint32_t> out = OutputKey(spec);
   auto text = [](std::optional<uint32_t> key) { return key ? std::to_string(*key) : ""; };
   if (in == out) return text(in);
   return text(in) + "/" + text(out);
@@ -145,18 +160,11 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
              "Changes made to the tunnel's device by someone else that the agent put back, by "
              "what: address, route, mtu, link (its up state).",
              MetricType::Counter);
-  MetricFamily tx_packets =
-      Family("tunnelagent_tunnel_tx_packets_total",
-             "Packets read from the tunnel device and sent encapsulated.", MetricType::Counter);
-  MetricFamily tx_bytes =
-      Family("tunnelagent_tunnel_tx_bytes_total",
-             "Inner bytes of the packets counted in tx_packets.", MetricType::Counter);
-  MetricFamily rx_packets =
-      Family("tunnelagent_tunnel_rx_packets_total",
-             "Packets received for the tunnel and written to its device.", MetricType::Counter);
-  MetricFamily rx_bytes =
-      Family("tunnelagent_tunnel_rx_bytes_total",
-             "Inner bytes of the packets counted in rx_packets.", MetricType::Counter);
+  // One family per counter of the tunnel counter lists (tunnel_counters.h), in list order.
+  std::vector<CounterMetric> traffic = {TUNNEL_TRAFFIC_COUNTERS(COUNTER_METRIC)};
+  std::vector<CounterMetric> path = {TUNNEL_PATH_COUNTERS(COUNTER_METRIC)};
+  // Only for tunnels with keepalive on: the others would only add series stuck at 0.
+  std::vector<CounterMetric> keepalive = {TUNNEL_KEEPALIVE_COUNTERS(COUNTER_METRIC)};
   MetricFamily drops =
       Family("tunnelagent_tunnel_drops_total",
              "Packets of the tunnel dropped, by direction and reason.", MetricType::Counter);
@@ -165,35 +173,6 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
       Family("tunnelagent_tunnel_path_mtu",
              "Largest inner packet the underlay path carries whole, in bytes; 0 when not known.",
              MetricType::Gauge);
-  MetricFamily icmp_too_big =
-      Family("tunnelagent_tunnel_icmp_too_big_total",
-             "Packets too big for the path answered with ICMP fragmentation-needed or ICMPv6 "
-             "packet-too-big.",
-             MetricType::Counter);
-  MetricFamily tx_fragmented =
-      Family("tunnelagent_tunnel_tx_fragmented_total",
-             "Packets sent as outer IPv4 fragments (too big for the path, DF not set).",
-             MetricType::Counter);
-  MetricFamily tx_super_packets =
-      Family("tunnelagent_tunnel_tx_super_packets_total",
-             "TCP/UDP super-packets (TUN offloads: TSO, USO) the host handed over and the "
-             "dataplane split into packets the underlay carries.",
-             MetricType::Counter);
-  MetricFamily rx_coalesced =
-      Family("tunnelagent_tunnel_rx_coalesced_packets_total",
-             "Packets of several received TCP segments (or UDP datagrams) of one flow, coalesced "
-             "(userspace GRO) "
-             "and written to the device as one.",
-             MetricType::Counter);
-  // Only for tunnels with keepalive on: the others would only add series stuck at 0.
-  MetricFamily keepalive_sent = Family("tunnelagent_tunnel_keepalive_sent_total",
-                                       "Keepalives sent to the peer.", MetricType::Counter);
-  MetricFamily keepalive_replies =
-      Family("tunnelagent_tunnel_keepalive_replies_total",
-             "Keepalives that came back from the peer.", MetricType::Counter);
-  MetricFamily keepalive_answered =
-      Family("tunnelagent_tunnel_keepalive_answered_total",
-             "Keepalives of the peer's that this agent sent back.", MetricType::Counter);
   MetricFamily peer_alive =
       Family("tunnelagent_tunnel_peer_alive",
              "1 while keepalive replies come back from the peer, 0 after the configured "
@@ -213,7 +192,7 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
     }
   }
 
-  manager_->ForEachTunnel([&](const dataplane::TunnelSpec& spec, const TunnelStatus& status,
+  manager_->ForEachTunnel([&](const TunnelSpec& spec, const TunnelStatus& status,
                               const dataplane::TunnelStats* counters) {
     ++by_mode_state[{std::string(dataplane::TunnelModeName(spec.mode)), StateName(status.state)}];
     const std::string& name = spec.name;
@@ -243,31 +222,20 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
     // same, at 0, so that queries and alerts over every tunnel see it.
     static const dataplane::TunnelStats kNoTraffic;
     const dataplane::TunnelStats& c = counters != nullptr ? *counters : kNoTraffic;
-    using dataplane::TunnelCounters;
-    AddSample(tx_packets, {{"tunnel", name}},
-              static_cast<double>(c.Sum(&TunnelCounters::tx_packets)));
-    AddSample(tx_bytes, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::tx_bytes)));
-    AddSample(rx_packets, {{"tunnel", name}},
-              static_cast<double>(c.Sum(&TunnelCounters::rx_packets)));
-    AddSample(rx_bytes, {{"tunnel", name}}, static_cast<double>(c.Sum(&TunnelCounters::rx_bytes)));
-    AddDrops(drops, name, "tx", c, &TunnelCounters::tx_drops, kTxReasons);
-    AddDrops(drops, name, "rx", c, &TunnelCounters::rx_drops, kRxReasons);
+    auto add_counters = [&](std::vector<CounterMetric>& metrics) {
+      for (CounterMetric& m : metrics) {
+        AddSample(m.family, {{"tunnel", name}}, static_cast<double>(c.Sum(m.member)));
+      }
+    };
+    add_counters(traffic);
+#define ADD_DROPS(member, api_field, direction) \
+  AddDrops(drops, name, direction, c, &dataplane::TunnelCounters::member, ExpectedDrops(direction));
+    TUNNEL_DROP_COUNTERS(ADD_DROPS)
+#undef ADD_DROPS
     AddSample(path_mtu, {{"tunnel", name}}, c.path_mtu.load(std::memory_order_relaxed));
-    AddSample(icmp_too_big, {{"tunnel", name}},
-              static_cast<double>(c.Sum(&TunnelCounters::icmp_too_big_sent)));
-    AddSample(tx_fragmented, {{"tunnel", name}},
-              static_cast<double>(c.Sum(&TunnelCounters::tx_fragmented)));
-    AddSample(tx_super_packets, {{"tunnel", name}},
-              static_cast<double>(c.Sum(&TunnelCounters::tx_super_packets)));
-    AddSample(rx_coalesced, {{"tunnel", name}},
-              static_cast<double>(c.Sum(&TunnelCounters::rx_coalesced)));
+    add_counters(path);
     if (spec.keepalive.enabled()) {
-      AddSample(keepalive_sent, {{"tunnel", name}},
-                static_cast<double>(c.Sum(&TunnelCounters::keepalive_sent)));
-      AddSample(keepalive_replies, {{"tunnel", name}},
-                static_cast<double>(c.Sum(&TunnelCounters::keepalive_replies)));
-      AddSample(keepalive_answered, {{"tunnel", name}},
-                static_cast<double>(c.Sum(&TunnelCounters::keepalive_answered)));
+      add_counters(keepalive);
       AddSample(peer_alive, {{"tunnel", name}},
                 c.peer_alive.load(std::memory_order_relaxed) ? 1 : 0);
       // No series until a keepalive came back: a made-up 0 would read as a perfect path.
@@ -280,50 +248,36 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
     AddSample(tunnels, {{"mode", mode_state.first}, {"state", mode_state.second}}, count);
   }
 
-  const dataplane::DataplaneCounters& dp = engine_->counters();
+  const dataplane::DataplaneCountersSnapshot dp = engine_->counters();
   MetricFamily underlay_rx =
       Family("tunnelagent_dataplane_rx_packets_total",
              "Packets received on the underlay GRE and IPIP sockets.", MetricType::Counter);
-  AddSample(underlay_rx, {}, static_cast<double>(dp.rx_packets.Get()));
+  AddSample(underlay_rx, {}, static_cast<double>(dp.rx_packets));
   MetricFamily dp_drops =
       Family("tunnelagent_dataplane_drops_total",
              "Underlay packets dropped before any tunnel matched, by reason.", MetricType::Counter);
   for (int i = 0; i < dataplane::kDropReasonCount; ++i) {
     auto reason = static_cast<DropReason>(i);
-    uint64_t value = dp.drops[i].Get();
+    uint64_t value = dp.drops[i];
     if (!Listed(reason, kDataplaneReasons) && value == 0) continue;
     AddSample(dp_drops, {{"reason", std::string(dataplane::DropReasonName(reason))}},
               static_cast<double>(value));
   }
 
   std::vector<MetricFamily> families;
-  for (MetricFamily* f : {&build,
-                          &fallback,
-                          &workers,
-                          &max_tunnels,
-                          &tunnels,
-                          &up,
-                          &info,
-                          &state_changes,
-                          &last_receive,
-                          &repairs,
-                          &tx_packets,
-                          &tx_bytes,
-                          &rx_packets,
-                          &rx_bytes,
-                          &drops,
-                          &path_mtu,
-                          &icmp_too_big,
-                          &tx_fragmented,
-                          &tx_super_packets,
-                          &rx_coalesced,
-                          &keepalive_sent,
-                          &keepalive_replies,
-                          &keepalive_answered,
-                          &peer_alive,
-                          &keepalive_rtt,
-                          &underlay_rx,
-                          &dp_drops}) {
+  auto take = [&families](std::vector<CounterMetric>& metrics) {
+    for (CounterMetric& m : metrics) families.push_back(std::move(m.family));
+  };
+  for (MetricFamily* f : {&build, &fallback, &workers, &max_tunnels, &tunnels, &up, &info,
+                          &state_changes, &last_receive, &repairs}) {
+    families.push_back(std::move(*f));
+  }
+  take(traffic);
+  families.push_back(std::move(drops));
+  families.push_back(std::move(path_mtu));
+  take(path);
+  take(keepalive);
+  for (MetricFamily* f : {&peer_alive, &keepalive_rtt, &underlay_rx, &dp_drops}) {
     families.push_back(std::move(*f));
   }
   return families;

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "agent/validation.h"
+#include "dataplane/tunnel_counters.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/time_util.h"
@@ -104,8 +105,8 @@ v1::OperState StateToProto(OperState state) {
 
 }  // namespace
 
-absl::StatusOr<dataplane::TunnelSpec> SpecFromProto(const v1::Tunnel& tunnel) {
-  dataplane::TunnelSpec spec;
+absl::StatusOr<TunnelSpec> SpecFromProto(const v1::Tunnel& tunnel) {
+  TunnelSpec spec;
   spec.name = tunnel.name();
 
   absl::StatusOr<TunnelMode> mode = ModeFromProto(tunnel.mode());
@@ -200,7 +201,7 @@ absl::StatusOr<dataplane::TunnelSpec> SpecFromProto(const v1::Tunnel& tunnel) {
 
 namespace {
 
-v1::Tunnel DesiredToProto(const dataplane::TunnelSpec& spec) {
+v1::Tunnel DesiredToProto(const TunnelSpec& spec) {
   v1::Tunnel tunnel;
   tunnel.set_name(spec.name);
   tunnel.set_mode(ModeToProto(spec.mode));
@@ -246,7 +247,7 @@ google::protobuf::Timestamp TimestampFromTime(absl::Time t) {
 
 }  // namespace
 
-std::string ComputeEtag(const dataplane::TunnelSpec& spec) {
+std::string ComputeEtag(const TunnelSpec& spec) {
   std::string bytes;
   {
     google::protobuf::io::StringOutputStream stream(&bytes);
@@ -263,7 +264,7 @@ std::string ComputeEtag(const dataplane::TunnelSpec& spec) {
   return absl::StrFormat("%016x", hash);
 }
 
-v1::Tunnel SpecToProto(const dataplane::TunnelSpec& spec) {
+v1::Tunnel SpecToProto(const TunnelSpec& spec) {
   v1::Tunnel tunnel = DesiredToProto(spec);
   tunnel.set_etag(ComputeEtag(spec));
   if (spec.create_time != absl::InfinitePast()) {
@@ -275,7 +276,7 @@ v1::Tunnel SpecToProto(const dataplane::TunnelSpec& spec) {
   return tunnel;
 }
 
-v1::Tunnel TunnelToProto(const dataplane::TunnelSpec& spec, const TunnelStatus& status) {
+v1::Tunnel TunnelToProto(const TunnelSpec& spec, const TunnelStatus& status) {
   v1::Tunnel tunnel = SpecToProto(spec);
   v1::TunnelStatus* out = tunnel.mutable_status();
   out->set_state(StateToProto(status.state));
@@ -283,20 +284,18 @@ v1::Tunnel TunnelToProto(const dataplane::TunnelSpec& spec, const TunnelStatus& 
   out->set_ifindex(status.ifindex);
   out->set_mtu(status.mtu);
   v1::TunnelCounters* counters = out->mutable_counters();
-  counters->set_tx_packets(status.counters.tx_packets);
-  counters->set_tx_bytes(status.counters.tx_bytes);
-  counters->set_rx_packets(status.counters.rx_packets);
-  counters->set_rx_bytes(status.counters.rx_bytes);
-  counters->set_tx_dropped(status.counters.tx_dropped);
-  counters->set_rx_dropped(status.counters.rx_dropped);
+#define COPY_COUNTER(member, api_field, ...) counters->set_##api_field(status.counters.api_field);
+  TUNNEL_TRAFFIC_COUNTERS(COPY_COUNTER)
+  TUNNEL_DROP_COUNTERS(COPY_COUNTER)
+#undef COPY_COUNTER
   out->set_path_mtu(status.path_mtu);
   if (status.keepalive.has_value()) {
     const KeepaliveSnapshot& k = *status.keepalive;
     v1::KeepaliveStatus* keepalive = out->mutable_keepalive();
     keepalive->set_peer_alive(k.peer_alive);
-    keepalive->set_sent(k.sent);
-    keepalive->set_replies(k.replies);
-    keepalive->set_answered(k.answered);
+#define COPY_KEEPALIVE(member, api_field, ...) keepalive->set_##api_field(k.api_field);
+    TUNNEL_KEEPALIVE_COUNTERS(COPY_KEEPALIVE)
+#undef COPY_KEEPALIVE
     if (k.last_reply != absl::InfinitePast()) {
       *keepalive->mutable_last_reply_time() = TimestampFromTime(k.last_reply);
     }

@@ -4,8 +4,8 @@
 #define TUNNELAGENT_AGENT_PROTO_CONVERT_H_
 
 #include "absl/status/statusor.h"
+#include "agent/tunnel_spec.h"
 #include "agent/tunnel_status.h"
-#include "dataplane/tunnel_spec.h"
 #include "tunnelagent/v1/tunnel.pb.h"
 
 namespace tunnelagent::agent {
@@ -13,20 +13,20 @@ namespace tunnelagent::agent {
 // Parses the desired fields of `tunnel` (status is ignored). INVALID_ARGUMENT names the field
 // as the API spells it, e.g. "tunnel.remote: \"1.2.3\" is not an IP address",
 // "tunnel.addresses[1]: ...", "tunnel.mode: required". Semantic checks are ValidateSpec's.
-absl::StatusOr<dataplane::TunnelSpec> SpecFromProto(const v1::Tunnel& tunnel);
+absl::StatusOr<TunnelSpec> SpecFromProto(const v1::Tunnel& tunnel);
 
 // The desired fields, labels, etag, and status.create_time/update_time when known (the rest
 // of status left empty): what the state file keeps.
-v1::Tunnel SpecToProto(const dataplane::TunnelSpec& spec);
+v1::Tunnel SpecToProto(const TunnelSpec& spec);
 
 // Desired fields and status.
-v1::Tunnel TunnelToProto(const dataplane::TunnelSpec& spec, const TunnelStatus& status);
+v1::Tunnel TunnelToProto(const TunnelSpec& spec, const TunnelStatus& status);
 
 v1::TunnelMode ModeToProto(dataplane::TunnelMode mode);
 
 // A fingerprint of the desired fields (not times or status): it changes whenever they change,
 // is the same across restarts, and is what Tunnel.etag carries.
-std::string ComputeEtag(const dataplane::TunnelSpec& spec);
+std::string ComputeEtag(const TunnelSpec& spec);
 
 }  // namespace tunnelagent::agent
 

@@ -113,9 +113,9 @@ absl::Status SyncDir(const std::string& dir) {
 FileStateStore::FileStateStore(std::string dir)
     : dir_(TrimTrailingSlashes(std::move(dir))), path_(absl::StrCat(dir_, "/", kFileName)) {}
 
-absl::StatusOr<std::vector<dataplane::TunnelSpec>> FileStateStore::Load() {
+absl::StatusOr<std::vector<TunnelSpec>> FileStateStore::Load() {
   absl::MutexLock lock(&mu_);
-  std::vector<dataplane::TunnelSpec> tunnels;
+  std::vector<TunnelSpec> tunnels;
 
   ScopedFd fd(open(path_.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
@@ -151,7 +151,7 @@ absl::StatusOr<std::vector<dataplane::TunnelSpec>> FileStateStore::Load() {
   }
   tunnels.reserve(state.tunnels_size());
   for (int i = 0; i < state.tunnels_size(); ++i) {
-    absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(state.tunnels(i));
+    absl::StatusOr<TunnelSpec> spec = SpecFromProto(state.tunnels(i));
     if (!spec.ok()) {
       return Corrupt(
           path_, absl::StrCat("tunnels[", i, "] (name \"", absl::CEscape(state.tunnels(i).name()),
@@ -162,11 +162,11 @@ absl::StatusOr<std::vector<dataplane::TunnelSpec>> FileStateStore::Load() {
   return tunnels;
 }
 
-absl::Status FileStateStore::Save(const std::vector<dataplane::TunnelSpec>& tunnels) {
+absl::Status FileStateStore::Save(const std::vector<TunnelSpec>& tunnels) {
   absl::MutexLock lock(&mu_);
   state::v1::AgentState state;
   state.set_format_version(kFormatVersion);
-  for (const dataplane::TunnelSpec& spec : tunnels) *state.add_tunnels() = SpecToProto(spec);
+  for (const TunnelSpec& spec : tunnels) *state.add_tunnels() = SpecToProto(spec);
 
   std::string content;
   google::protobuf::util::JsonPrintOptions options;

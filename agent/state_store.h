@@ -8,7 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "dataplane/tunnel_spec.h"
+#include "agent/tunnel_spec.h"
 
 namespace tunnelagent::agent {
 
@@ -16,9 +16,9 @@ class StateStore {
  public:
   virtual ~StateStore() = default;
   // The saved tunnels; empty when nothing was ever saved.
-  virtual absl::StatusOr<std::vector<dataplane::TunnelSpec>> Load() = 0;
+  virtual absl::StatusOr<std::vector<TunnelSpec>> Load() = 0;
   // Replaces the saved set.
-  virtual absl::Status Save(const std::vector<dataplane::TunnelSpec>& tunnels) = 0;
+  virtual absl::Status Save(const std::vector<TunnelSpec>& tunnels) = 0;
 };
 
 // <dir>/tunnels.json: a tunnelagent.state.v1.AgentState in protobuf JSON (readable, diffable,
@@ -33,8 +33,8 @@ class StateStore {
 class FileStateStore final : public StateStore {
  public:
   explicit FileStateStore(std::string dir);
-  absl::StatusOr<std::vector<dataplane::TunnelSpec>> Load() override;
-  absl::Status Save(const std::vector<dataplane::TunnelSpec>& tunnels) override;
+  absl::StatusOr<std::vector<TunnelSpec>> Load() override;
+  absl::Status Save(const std::vector<TunnelSpec>& tunnels) override;
   const std::string& path() const { return path_; }
 
   static constexpr int kFormatVersion = 1;

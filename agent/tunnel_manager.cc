@@ -18,7 +18,6 @@ namespace {
 
 using dataplane::IpPrefix;
 using dataplane::TunnelMode;
-using dataplane::TunnelSpec;
 
 // The name EngineTunnelFor (the dataplane's to rewrite) still uses; the rule is the dataplane's.
 
@@ -46,21 +45,21 @@ dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, const Device& de
   e.mode = spec.mode;
   e.local = OuterAddressOf(spec.local);
   e.remote = OuterAddressOf(spec.remote);
-  const dataplane::GreOptions out = dataplane::OutputGreOptions(spec);
-  const std::optional<uint32_t> output_key = dataplane::OutputKey(spec);
+  const dataplane::GreOptions out = OutputGreOptions(spec);
+  const std::optional<uint32_t> output_key = OutputKey(spec);
   e.has_key = out.key;
   e.key = out.key ? *output_key : 0;
   e.checksum = out.checksum;
   e.sequence = out.sequence;
-  e.ttl = dataplane::EffectiveTtl(spec);
+  e.ttl = EffectiveTtl(spec);
   e.tos = spec.tos;
   e.inherit_tos = spec.inherit_tos;
   e.pmtudisc = spec.pmtudisc;
   e.ignore_df = spec.ignore_df;
-  e.udp_dport = dataplane::EffectiveFouPort(spec);
+  e.udp_dport = EffectiveFouPort(spec);
   e.udp_sport = spec.fou.enabled ? spec.fou.sport : 0;
-  const dataplane::GreOptions in = dataplane::InputGreOptions(spec);
-  const std::optional<uint32_t> input_key = dataplane::InputKey(spec);
+  const dataplane::GreOptions in = InputGreOptions(spec);
+  const std::optional<uint32_t> input_key = InputKey(spec);
   t.has_input_key = in.key;
   t.input_key = in.key ? *input_key : 0;
   t.input_checksum = in.checksum;
@@ -69,7 +68,7 @@ dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, const Device& de
     t.keepalive_interval = spec.keepalive.interval;
     t.keepalive_retries = spec.keepalive.effective_retries();
   }
-  t.counters = std::move(counters);
+  t.stats = std::move(counters);
   return t;
 }
 
@@ -93,7 +92,7 @@ std::map<size_t, size_t> EarlierClashes(const std::vector<const TunnelSpec*>& sp
   absl::flat_hash_map<std::string, size_t> matches;
   for (size_t i = 0; i < specs.size(); ++i) {
     const TunnelSpec& spec = *specs[i];
-    const std::optional<uint32_t> key = dataplane::InputKey(spec);
+    const std::optional<uint32_t> key = InputKey(spec);
     std::string match =
         absl::StrCat(static_cast<int>(spec.mode), "|",
                      spec.local.is_unspecified() ? std::string() : spec.local.ToString(), "|",
@@ -132,65 +131,6 @@ std::map<size_t, size_t> EarlierClashes(const std::vector<const TunnelSpec*>& sp
 
 }  // namespace
 
-std::vector<std::string> ChangedFields(const TunnelSpec& a, const TunnelSpec& b) {
-  std::vector<std::string> changed;
-  if (a.mode != b.mode) changed.push_back("mode");
-  if (!SameEndpoint(a.local, b.local)) changed.push_back("local");
-  if (a.remote != b.remote) changed.push_back("remote");
-  if (a.key != b.key) changed.push_back("key");
-  if (a.mtu != b.mtu) changed.push_back("mtu");
-  if (a.addresses != b.addresses) changed.push_back("addresses");
-  if (a.routes != b.routes) changed.push_back("routes");
-  if (a.labels != b.labels) changed.push_back("labels");
-  if (a.input_key != b.input_key) changed.push_back("input_key");
-  if (a.output_key != b.output_key) changed.push_back("output_key");
-  if (a.checksum != b.checksum) changed.push_back("checksum");
-  if (a.input_checksum != b.input_checksum) changed.push_back("input_checksum");
-  if (a.output_checksum != b.output_checksum) changed.push_back("output_checksum");
-  if (a.sequence != b.sequence) changed.push_back("sequence");
-  if (a.input_sequence != b.input_sequence) changed.push_back("input_sequence");
-  if (a.output_sequence != b.output_sequence) changed.push_back("output_sequence");
-  if (a.ttl != b.ttl) changed.push_back("ttl");
-  if (a.tos != b.tos) changed.push_back("tos");
-  if (a.inherit_tos != b.inherit_tos) changed.push_back("inherit_tos");
-  if (a.pmtudisc != b.pmtudisc) changed.push_back("pmtudisc");
-  if (a.ignore_df != b.ignore_df) changed.push_back("ignore_df");
-  if (a.keepalive != b.keepalive) changed.push_back("keepalive");
-  if (a.fou != b.fou) changed.push_back("encap");
-  return changed;
-}
-
-const std::vector<std::string>& UpdatableFields() {
-  // Every field of the API's Tunnel a client sets: all but the name (the key), the etag (a
-  // precondition) and the status (output only), in declaration order. Taken from the proto so
-  // that a field added there cannot be missed here.
-  static const auto* fields = [] {
-    auto* out = new std::vector<std::string>;
-    const google::protobuf::Descriptor* tunnel = v1::Tunnel::descriptor();
-    for (int i = 0; i < tunnel->field_count(); ++i) {
-      const std::string& name = tunnel->field(i)->name();
-      if (name != "name" && name != "etag" && name != "status") out->push_back(name);
-    }
-    return out;
-  }();
-  return *fields;
-}
-
-namespace {
-
-// Whether the engine's view of the tunnel (how it wraps and matches packets) differs.
-bool EncapsulationChanged(const TunnelSpec& a, const TunnelSpec& b) {
-  return !SameEndpoint(a.local, b.local) || a.remote != b.remote || a.key != b.key ||
-         a.input_key != b.input_key || a.output_key != b.output_key || a.checksum != b.checksum ||
-         a.input_checksum != b.input_checksum || a.output_checksum != b.output_checksum ||
-         a.sequence != b.sequence || a.input_sequence != b.input_sequence ||
-         a.output_sequence != b.output_sequence || a.ttl != b.ttl || a.tos != b.tos ||
-         a.inherit_tos != b.inherit_tos || a.pmtudisc != b.pmtudisc || a.ignore_df != b.ignore_df ||
-         a.keepalive != b.keepalive || a.fou != b.fou;
-}
-
-}  // namespace
-
 // The changes of one request, made under change_mu_: undone in reverse order unless
 // committed; committed only when the state file took the new desired set. Readers see none of
 // it until then: the tunnels it touched are published, with its events, once it is committed
@@ -214,8 +154,11 @@ class TunnelManager::Transaction {
     events_.push_back({TunnelEvent::Type::kDeleted, view.spec.name, std::move(view)});
   }
 
-  absl::Status Commit() ABSL_EXCLUSIVE_LOCKS_REQUIRED(manager_->change_mu_) {
-    // The write, like every kernel call before it, holds only the writers' lock.
+  absl::Status Commit() {
+    // Under the writers' lock, as every change is (said at run time: the analysis cannot tell
+    // manager_->change_mu_ is the caller's change_mu_). The write, like every kernel call
+    // before it, holds only that lock.
+    manager_->change_mu_.AssertHeld();
     if (absl::Status status = manager_->SaveLocked(); !status.ok()) {
       Rollback();
       return status;
@@ -508,58 +451,14 @@ absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name, cons
                                            " was read; get it again and retry"));
   }
   TunnelSpec desired = it->second->spec;
-  for (const std::string& field : fields) {
-    if (field == "mode") {
-      desired.mode = patch.mode;
-    } else if (field == "local") {
-      desired.local = patch.local;
-    } else if (field == "remote") {
-      desired.remote = patch.remote;
-    } else if (field == "key") {
-      desired.key = patch.key;
-    } else if (field == "mtu") {
-      desired.mtu = patch.mtu;
-    } else if (field == "addresses") {
-      desired.addresses = patch.addresses;
-    } else if (field == "routes") {
-      desired.routes = patch.routes;
-    } else if (field == "labels") {
-      desired.labels = patch.labels;
-    } else if (field == "input_key") {
-      desired.input_key = patch.input_key;
-    } else if (field == "output_key") {
-      desired.output_key = patch.output_key;
-    } else if (field == "checksum") {
-      desired.checksum = patch.checksum;
-    } else if (field == "input_checksum") {
-      desired.input_checksum = patch.input_checksum;
-    } else if (field == "output_checksum") {
-      desired.output_checksum = patch.output_checksum;
-    } else if (field == "sequence") {
-      desired.sequence = patch.sequence;
-    } else if (field == "input_sequence") {
-      desired.input_sequence = patch.input_sequence;
-    } else if (field == "output_sequence") {
-      desired.output_sequence = patch.output_sequence;
-    } else if (field == "ttl") {
-      desired.ttl = patch.ttl;
-    } else if (field == "tos") {
-      desired.tos = patch.tos;
-    } else if (field == "inherit_tos") {
-      desired.inherit_tos = patch.inherit_tos;
-    } else if (field == "pmtudisc") {
-      desired.pmtudisc = patch.pmtudisc;
-    } else if (field == "ignore_df") {
-      desired.ignore_df = patch.ignore_df;
-    } else if (field == "keepalive") {
-      desired.keepalive = patch.keepalive;
-    } else if (field == "encap") {
-      desired.fou = patch.fou;
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat("update_mask: ", field, " cannot be updated (",
+  for (const std::string& path : fields) {
+    const TunnelField* field = FindTunnelField(path);
+    if (field == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("update_mask: ", path, " cannot be updated (",
                                                      absl::StrJoin(UpdatableFields(), ", "),
                                                      " can)"));
     }
+    field->copy(patch, desired);
   }
   if (absl::Status status = ValidateSpec(desired); !status.ok()) return status;
   Transaction tx(this);
@@ -641,7 +540,7 @@ absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
     change.changed_fields = ChangedFields(it->second->spec, spec);
     if (change.changed_fields.empty()) {
       change.action = ChangeAction::kUnchanged;
-    } else if (absl::c_linear_search(change.changed_fields, "mode") || !it->second->device) {
+    } else if (NeedsNewDevice(it->second->spec, spec) || !it->second->device) {
       change.action = ChangeAction::kRecreate;
     } else {
       change.action = ChangeAction::kUpdate;
@@ -913,7 +812,7 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
   desired.update_time = absl::Now();
   const TunnelSpec old_spec = entry.spec;
 
-  if (absl::c_linear_search(result.changed_fields, "mode") || !entry.device) {
+  if (NeedsNewDevice(entry.spec, requested) || !entry.device) {
     // A link's type is fixed (the kernel cannot change it either): the device is made anew,
     // under the same name, so the old one must go first.
     result.recreated = entry.device != nullptr;
@@ -1070,8 +969,7 @@ uint32_t TunnelManager::MtuFor(const TunnelSpec& spec) {
   // As the kernel does: the MTU of the route towards the remote, less the headers.
   absl::StatusOr<uint32_t> path_mtu = links_->PathMtu(spec.remote);
   uint32_t underlay = path_mtu.ok() ? *path_mtu : options_.default_underlay_mtu;
-  return dataplane::AutomaticMtu(spec.mode, dataplane::OutputGreOptions(spec), underlay,
-                                 spec.fou.enabled);
+  return dataplane::AutomaticMtu(spec.mode, OutputGreOptions(spec), underlay, spec.fou.enabled);
 }
 
 absl::Status TunnelManager::BringUp(Entry& entry, std::unique_ptr<Device> attached_device) {
@@ -1157,9 +1055,9 @@ absl::Status ConflictBetween(const TunnelSpec& spec, const TunnelSpec& other) {
   // (ip6gre_tunnel_find compares the device type) never clash with each other. Within a
   // table the match is the endpoints and, for GRE, the key received packets must carry: the
   // input key.
-  const std::optional<uint32_t> key = dataplane::InputKey(spec);
+  const std::optional<uint32_t> key = InputKey(spec);
   if (other.mode == spec.mode && SameEndpoint(other.local, spec.local) &&
-      other.remote == spec.remote && dataplane::InputKey(other) == key) {
+      other.remote == spec.remote && InputKey(other) == key) {
     const bool gre = dataplane::IsGreMode(spec.mode);
     return absl::AlreadyExistsError(absl::StrCat(
         "tunnel ", other.name, " already carries ", dataplane::TunnelModeName(spec.mode), " from ",
@@ -1244,12 +1142,14 @@ TunnelStatus TunnelManager::LiveStatus(const Published& tunnel) {
   if (!tunnel.has_device || !tunnel.counters) return status;
   const dataplane::TunnelStats& c = *tunnel.counters;
   using dataplane::TunnelCounters;
-  status.counters.tx_packets = c.Sum(&TunnelCounters::tx_packets);
-  status.counters.tx_bytes = c.Sum(&TunnelCounters::tx_bytes);
-  status.counters.rx_packets = c.Sum(&TunnelCounters::rx_packets);
-  status.counters.rx_bytes = c.Sum(&TunnelCounters::rx_bytes);
-  status.counters.tx_dropped = c.SumAll(&TunnelCounters::tx_drops);
-  status.counters.rx_dropped = c.SumAll(&TunnelCounters::rx_drops);
+#define SUM_COUNTER(member, api_field, ...) \
+  status.counters.api_field = c.Sum(&TunnelCounters::member);
+  TUNNEL_TRAFFIC_COUNTERS(SUM_COUNTER)
+#undef SUM_COUNTER
+#define SUM_DROPS(member, api_field, ...) \
+  status.counters.api_field = c.SumAll(&TunnelCounters::member);
+  TUNNEL_DROP_COUNTERS(SUM_DROPS)
+#undef SUM_DROPS
   status.path_mtu = c.path_mtu.load(std::memory_order_relaxed);
   if (const int64_t last = c.last_receive_unix_nanos.load(std::memory_order_relaxed); last != 0) {
     status.last_receive = absl::FromUnixNanos(last);
@@ -1257,9 +1157,9 @@ TunnelStatus TunnelManager::LiveStatus(const Published& tunnel) {
   if (tunnel.spec.keepalive.enabled()) {
     KeepaliveSnapshot& k = status.keepalive.emplace();
     k.peer_alive = c.peer_alive.load(std::memory_order_relaxed);
-    k.sent = c.Sum(&TunnelCounters::keepalive_sent);
-    k.replies = c.Sum(&TunnelCounters::keepalive_replies);
-    k.answered = c.Sum(&TunnelCounters::keepalive_answered);
+#define SUM_KEEPALIVE(member, api_field, ...) k.api_field = c.Sum(&TunnelCounters::member);
+    TUNNEL_KEEPALIVE_COUNTERS(SUM_KEEPALIVE)
+#undef SUM_KEEPALIVE
     const int64_t last = c.last_keepalive_reply_unix_nanos.load(std::memory_order_relaxed);
     if (last != 0) k.last_reply = absl::FromUnixNanos(last);
     if (const int64_t rtt = c.keepalive_rtt_nanos.load(std::memory_order_relaxed); rtt != 0) {

@@ -41,10 +41,11 @@
 #include "absl/time/time.h"
 #include "agent/link_control.h"
 #include "agent/state_store.h"
+#include "agent/tunnel_fields.h"
+#include "agent/tunnel_spec.h"
 #include "agent/tunnel_status.h"
 #include "agent/underlay_guard.h"
 #include "dataplane/packet_engine.h"
-#include "dataplane/tunnel_spec.h"
 
 namespace tunnelagent::agent {
 
@@ -52,7 +53,7 @@ namespace tunnelagent::agent {
 inline constexpr char kOwnerLabel[] = "owner";
 
 struct TunnelView {
-  dataplane::TunnelSpec spec;
+  TunnelSpec spec;
   TunnelStatus status;
 };
 
@@ -135,24 +136,23 @@ class TunnelManager {
   // INVALID_ARGUMENT / UNIMPLEMENTED from validation; ALREADY_EXISTS for a taken name or a
   // (mode, local, remote, input key) another tunnel carries; FAILED_PRECONDITION for an address or
   // route that overlaps another tunnel's; RESOURCE_EXHAUSTED beyond max_tunnels.
-  absl::StatusOr<TunnelView> Create(const dataplane::TunnelSpec& spec);
+  absl::StatusOr<TunnelView> Create(const TunnelSpec& spec);
   absl::StatusOr<TunnelView> Get(const std::string& name) const;
   std::vector<TunnelView> List() const;  // by name
   // Replaces the `fields` (proto names, UpdatableFields()) of the tunnel with those of
-  // `patch`. ABORTED when `etag` is set and stale. A change of mode makes a new device; a
-  // change of anything that wraps or matches packets (local, remote, keys, checksums,
-  // sequencing, ttl, tos, pmtudisc, ignore_df, keepalive) or of the MTU in effect replaces the
-  // tunnel in the engine; an automatic MTU follows the output GRE options.
-  absl::StatusOr<UpdateResult> Update(const std::string& name, const dataplane::TunnelSpec& patch,
+  // `patch`. ABORTED when `etag` is set and stale. What a change does follows each field's
+  // FieldEffect (tunnel_fields.h): a new device (mode), a new engine tunnel (what wraps or
+  // matches packets), or a change in place; a change of the MTU in effect replaces the tunnel
+  // in the engine too, and an automatic MTU follows the output GRE options.
+  absl::StatusOr<UpdateResult> Update(const std::string& name, const TunnelSpec& patch,
                                       const std::set<std::string>& fields, const std::string& etag);
 
   absl::Status Delete(const std::string& name, const std::string& etag = "");
   // Makes the tunnels labelled owner=`owner` exactly `desired` (each gets the label), with
   // `prune` deleting the owner's others; all of it or nothing. FAILED_PRECONDITION when a
   // desired name belongs to a tunnel without that owner label.
-  absl::StatusOr<ApplyResult> Apply(const std::string& owner,
-                                    std::vector<dataplane::TunnelSpec> desired, bool prune,
-                                    bool dry_run);
+  absl::StatusOr<ApplyResult> Apply(const std::string& owner, std::vector<TunnelSpec> desired,
+                                    bool prune, bool dry_run);
 
   Snapshot TakeSnapshot() const;
   uint64_t revision() const;
@@ -200,14 +200,14 @@ class TunnelManager {
  private:
   // What readers see of one tunnel: a copy of its Entry, taken when a change is published.
   struct Published {
-    dataplane::TunnelSpec spec;
+    TunnelSpec spec;
     TunnelStatus status;  // but the counters, which LiveStatus reads when asked
     bool has_device = false;
     std::shared_ptr<dataplane::TunnelStats> counters;
   };
 
   struct Entry {
-    dataplane::TunnelSpec spec;
+    TunnelSpec spec;
     std::unique_ptr<Device> device;  // null when the tunnel could not be brought up
     std::shared_ptr<dataplane::TunnelStats> counters;
     uint32_t mtu = 0;
@@ -240,18 +240,17 @@ class TunnelManager {
   void RestoreDevices(std::vector<Entry*> restoring) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
 
   // `check_conflicts` false: the caller checked the whole resulting set already (Apply).
-  absl::Status CreateLocked(const dataplane::TunnelSpec& spec, Transaction& tx,
-                            bool check_conflicts = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  absl::Status CreateLocked(const TunnelSpec& spec, Transaction& tx, bool check_conflicts = true)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   absl::Status DeleteLocked(const std::string& name, Transaction& tx)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
-  absl::StatusOr<UpdateResult> UpdateLocked(const std::string& name,
-                                            const dataplane::TunnelSpec& desired, Transaction& tx,
-                                            bool check_conflicts = true)
+  absl::StatusOr<UpdateResult> UpdateLocked(const std::string& name, const TunnelSpec& desired,
+                                            Transaction& tx, bool check_conflicts = true)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // Removes from the kernel the routes and addresses of tunnel `name` that `desired` no longer
   // has, so that another tunnel of the same Apply can take them whatever the order.
-  absl::Status ReleasePrefixes(const std::string& name, const dataplane::TunnelSpec& desired,
-                               Transaction& tx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  absl::Status ReleasePrefixes(const std::string& name, const TunnelSpec& desired, Transaction& tx)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // Creates, configures and starts the device of `entry`; on failure nothing is left.
   // `attached`: a device of an earlier run already taken over for it (Restore).
   absl::Status BringUp(Entry& entry, std::unique_ptr<Device> attached = nullptr)
@@ -260,13 +259,13 @@ class TunnelManager {
   void StopDataplane(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   absl::Status StartDataplane(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // Rules across tunnels, `spec` against every tunnel but `ignore`.
-  absl::Status CheckConflicts(const dataplane::TunnelSpec& spec, const std::string& ignore) const
+  absl::Status CheckConflicts(const TunnelSpec& spec, const std::string& ignore) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   absl::Status SaveLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   void RecordEvent(TunnelEvent::Type type, const TunnelView& view, std::string detail = "")
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   TunnelStatus StatusOf(const Entry& entry) const;
-  uint32_t MtuFor(const dataplane::TunnelSpec& spec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  uint32_t MtuFor(const TunnelSpec& spec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
 
   // The kernel's route towards `spec`'s remote: its underlay addresses, and the tunnel device
   // it leads into when it does (a loop), else "".
@@ -274,18 +273,16 @@ class TunnelManager {
     std::vector<UnderlayAddress> addresses;
     std::string loop_device;
   };
-  UnderlayLookup LookUpUnderlay(const dataplane::TunnelSpec& spec) const
+  UnderlayLookup LookUpUnderlay(const TunnelSpec& spec) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // The same from a route looked up already; `tunnel_devices` (tunnel names by their devices'
   // ifindex) when the caller has it, else the tunnels are searched.
-  UnderlayLookup UnderlayFrom(const dataplane::TunnelSpec& spec,
-                              const absl::StatusOr<UnderlayRoute>& route,
+  UnderlayLookup UnderlayFrom(const TunnelSpec& spec, const absl::StatusOr<UnderlayRoute>& route,
                               const std::map<int, std::string>* tunnel_devices = nullptr) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // The underlay rule (underlay_guard.h) for `spec`, whose underlay is `underlay`, against
   // every tunnel but `ignore` and itself, both ways.
-  absl::Status CheckUnderlay(const dataplane::TunnelSpec& spec,
-                             const std::vector<UnderlayAddress>& underlay,
+  absl::Status CheckUnderlay(const TunnelSpec& spec, const std::vector<UnderlayAddress>& underlay,
                              const std::string& ignore) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // Puts back what differs between `kernel` (the device as it is) and the desired state;
@@ -344,17 +341,10 @@ class TunnelManager {
   std::thread restore_thread_;  // FinishRestoreInBackground's; joined by Shutdown
 };
 
-// The fields UpdateTunnel's update_mask may name (proto field names), in field order.
-const std::vector<std::string>& UpdatableFields();
-
 // Why two tunnels cannot both exist: the same receive match (ALREADY_EXISTS: same mode, as
 // each mode has its own receive table in the kernel, same local and remote, and for GRE the
 // same input key) or overlapping addresses / routes (FAILED_PRECONDITION). OK when they can.
-absl::Status ConflictBetween(const dataplane::TunnelSpec& spec, const dataplane::TunnelSpec& other);
-
-// The fields (proto names) in which two specs differ.
-std::vector<std::string> ChangedFields(const dataplane::TunnelSpec& a,
-                                       const dataplane::TunnelSpec& b);
+absl::Status ConflictBetween(const TunnelSpec& spec, const TunnelSpec& other);
 
 }  // namespace tunnelagent::agent
 

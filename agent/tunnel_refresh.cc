@@ -27,13 +27,12 @@ const char* StateText(OperState state) {
 
 }  // namespace
 
-TunnelManager::UnderlayLookup TunnelManager::LookUpUnderlay(
-    const dataplane::TunnelSpec& spec) const {
+TunnelManager::UnderlayLookup TunnelManager::LookUpUnderlay(const TunnelSpec& spec) const {
   return UnderlayFrom(spec, links_->RouteTo(spec.remote));
 }
 
 TunnelManager::UnderlayLookup TunnelManager::UnderlayFrom(
-    const dataplane::TunnelSpec& spec, const absl::StatusOr<UnderlayRoute>& found,
+    const TunnelSpec& spec, const absl::StatusOr<UnderlayRoute>& found,
     const std::map<int, std::string>* tunnel_devices) const {
   UnderlayLookup lookup;
   std::optional<UnderlayRoute> route;
@@ -58,7 +57,7 @@ TunnelManager::UnderlayLookup TunnelManager::UnderlayFrom(
   return lookup;
 }
 
-absl::Status TunnelManager::CheckUnderlay(const dataplane::TunnelSpec& spec,
+absl::Status TunnelManager::CheckUnderlay(const TunnelSpec& spec,
                                           const std::vector<UnderlayAddress>& underlay,
                                           const std::string& ignore) const {
   if (absl::Status status = CheckPrefixesSpareUnderlay(spec, underlay); !status.ok()) {
@@ -101,7 +100,7 @@ void TunnelManager::SetState(Entry& entry, OperState state, std::string reason) 
 
 absl::Status TunnelManager::RemoveUndesired(Entry& entry, const Device& device,
                                             const DeviceState& kernel) {
-  const dataplane::TunnelSpec& spec = entry.spec;
+  const TunnelSpec& spec = entry.spec;
   absl::Status first_failure;
   for (const IpPrefix& p : kernel.routes) {
     if (absl::c_linear_search(spec.routes, p)) continue;
@@ -127,7 +126,7 @@ absl::Status TunnelManager::RemoveUndesired(Entry& entry, const Device& device,
 
 absl::Status TunnelManager::Reconcile(Entry& entry, const DeviceState& kernel) {
   const Device& device = *entry.device;
-  const dataplane::TunnelSpec& spec = entry.spec;
+  const TunnelSpec& spec = entry.spec;
   absl::Status first_failure;
   auto failed = [&first_failure](absl::Status status, absl::string_view what) {
     if (!first_failure.ok()) return;

@@ -8,26 +8,28 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "dataplane/tunnel_counters.h"
 
 namespace tunnelagent::agent {
 
 enum class OperState { kUp, kDown, kError };
 
+// The traffic counters summed over the dataplane's workers (tx_packets, tx_bytes, rx_packets,
+// rx_bytes) and each direction's drops (tx_dropped, rx_dropped): the API's TunnelCounters.
 struct TunnelCountersSnapshot {
-  uint64_t tx_packets = 0;
-  uint64_t tx_bytes = 0;
-  uint64_t rx_packets = 0;
-  uint64_t rx_bytes = 0;
-  uint64_t tx_dropped = 0;
-  uint64_t rx_dropped = 0;
+#define TUNNEL_SNAPSHOT_MEMBER(member, api_field, ...) uint64_t api_field = 0;
+  TUNNEL_TRAFFIC_COUNTERS(TUNNEL_SNAPSHOT_MEMBER)
+  TUNNEL_DROP_COUNTERS(TUNNEL_SNAPSHOT_MEMBER)
+#undef TUNNEL_SNAPSHOT_MEMBER
 };
 
 // Dead-peer detection as the engine observes it (only for tunnels with keepalive on).
 struct KeepaliveSnapshot {
   bool peer_alive = true;
-  uint64_t sent = 0;
-  uint64_t replies = 0;
-  uint64_t answered = 0;                         // the peer's keepalives sent back
+  // sent, replies, answered (the peer's keepalives sent back), summed over the workers.
+#define TUNNEL_SNAPSHOT_MEMBER(member, api_field, ...) uint64_t api_field = 0;
+  TUNNEL_KEEPALIVE_COUNTERS(TUNNEL_SNAPSHOT_MEMBER)
+#undef TUNNEL_SNAPSHOT_MEMBER
   absl::Time last_reply = absl::InfinitePast();  // InfinitePast: none yet
   std::optional<absl::Duration> rtt;             // of the last keepalive answered
 };

@@ -27,7 +27,7 @@ absl::Status Refusal(absl::string_view field, size_t index, const IpPrefix& give
 
 }  // namespace
 
-std::vector<UnderlayAddress> UnderlayAddressesOf(const dataplane::TunnelSpec& spec,
+std::vector<UnderlayAddress> UnderlayAddressesOf(const TunnelSpec& spec,
                                                  const std::optional<UnderlayRoute>& route) {
   std::vector<UnderlayAddress> out;
   if (!spec.remote.is_unspecified()) out.push_back({spec.remote, "remote", spec.name});
@@ -43,7 +43,7 @@ std::vector<UnderlayAddress> UnderlayAddressesOf(const dataplane::TunnelSpec& sp
   return out;
 }
 
-absl::Status CheckPrefixesSpareUnderlay(const dataplane::TunnelSpec& spec,
+absl::Status CheckPrefixesSpareUnderlay(const TunnelSpec& spec,
                                         absl::Span<const UnderlayAddress> underlay) {
   for (size_t i = 0; i < spec.addresses.size(); ++i) {
     const IpPrefix network = spec.addresses[i].Network();

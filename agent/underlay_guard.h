@@ -13,8 +13,8 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "agent/link_control.h"
+#include "agent/tunnel_spec.h"
 #include "dataplane/address.h"
-#include "dataplane/tunnel_spec.h"
 
 namespace tunnelagent::agent {
 
@@ -28,13 +28,13 @@ struct UnderlayAddress {
 // The underlay addresses of `spec`: its remote, its local address when set, and, from `route`
 // (the kernel's route towards the remote, when known and not itself through a tunnel device),
 // the gateway and the source address.
-std::vector<UnderlayAddress> UnderlayAddressesOf(const dataplane::TunnelSpec& spec,
+std::vector<UnderlayAddress> UnderlayAddressesOf(const TunnelSpec& spec,
                                                  const std::optional<UnderlayRoute>& route);
 
 // FAILED_PRECONDITION naming the field, the prefix and what it covers when an address (its
 // network: the route the kernel adds for it) or a route of `spec` covers one of `underlay`
 // (whoever's it is, `spec`'s own included). OK otherwise.
-absl::Status CheckPrefixesSpareUnderlay(const dataplane::TunnelSpec& spec,
+absl::Status CheckPrefixesSpareUnderlay(const TunnelSpec& spec,
                                         absl::Span<const UnderlayAddress> underlay);
 
 }  // namespace tunnelagent::agent

@@ -110,7 +110,7 @@ absl::Status ValidatePrefixShape(absl::string_view field, const IpPrefix& prefix
   return absl::OkStatus();
 }
 
-absl::Status ValidateAddresses(const dataplane::TunnelSpec& spec) {
+absl::Status ValidateAddresses(const TunnelSpec& spec) {
   // First: the duplicate checks below are quadratic.
   if (spec.addresses.size() > tunnel_limits.max_addresses) {
     return absl::InvalidArgumentError(
@@ -140,7 +140,7 @@ absl::Status ValidateAddresses(const dataplane::TunnelSpec& spec) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateRoutes(const dataplane::TunnelSpec& spec) {
+absl::Status ValidateRoutes(const TunnelSpec& spec) {
   if (spec.routes.size() > tunnel_limits.max_routes) {
     return absl::InvalidArgumentError(absl::StrCat("tunnel.routes: ", spec.routes.size(),
                                                    " routes, at most ", tunnel_limits.max_routes,
@@ -167,7 +167,7 @@ absl::Status ValidateRoutes(const dataplane::TunnelSpec& spec) {
 
 // key, ikey/okey, csum/icsum/ocsum, seq/iseq/oseq: GRE header fields, as ip_gre and ip6_gre
 // take them (ipip, sit and ip6tnl have no such header, and iproute2 offers none of these).
-absl::Status ValidateGreOptions(const dataplane::TunnelSpec& spec) {
+absl::Status ValidateGreOptions(const TunnelSpec& spec) {
   if (dataplane::IsGreMode(spec.mode)) return absl::OkStatus();
   const struct {
     const char* field;
@@ -194,7 +194,7 @@ absl::Status ValidateGreOptions(const dataplane::TunnelSpec& spec) {
 }
 
 // ttl, tos, pmtudisc, ignore-df: the rules of ip_tunnel's netlink parsing and of iproute2.
-absl::Status ValidateOuterHeader(const dataplane::TunnelSpec& spec) {
+absl::Status ValidateOuterHeader(const TunnelSpec& spec) {
   const bool ipv6_underlay = dataplane::IsIpv6UnderlayMode(spec.mode);
   // The 0..255 ranges of ttl and tos are SpecFromProto's: a byte is all the spec can hold.
   if (!spec.pmtudisc) {
@@ -227,7 +227,7 @@ absl::Status ValidateOuterHeader(const dataplane::TunnelSpec& spec) {
 }
 
 // encap fou: what ip_tunnel's encapsulation takes, IPv4 underlays only here.
-absl::Status ValidateFou(const dataplane::TunnelSpec& spec) {
+absl::Status ValidateFou(const TunnelSpec& spec) {
   if (!spec.fou.enabled) {
     if (spec.fou.sport != 0 || spec.fou.dport != 0) {
       return Invalid("tunnel.encap", "sport and dport need type ENCAP_TYPE_FOU");
@@ -239,12 +239,12 @@ absl::Status ValidateFou(const dataplane::TunnelSpec& spec) {
                                                 dataplane::TunnelModeName(spec.mode),
                                                 "); gre, gretap, ipip and sit take it"));
   }
-  if (dataplane::EffectiveFouPort(spec) == 0) {
+  if (EffectiveFouPort(spec) == 0) {
     return Invalid("tunnel.encap.dport",
                    absl::StrCat("is required for ", dataplane::TunnelModeName(spec.mode),
                                 " (no standard port; gre and gretap default to 4754)"));
   }
-  if (spec.fou.sport != 0 && spec.fou.sport == dataplane::EffectiveFouPort(spec)) {
+  if (spec.fou.sport != 0 && spec.fou.sport == EffectiveFouPort(spec)) {
     return Invalid("tunnel.encap.sport",
                    absl::StrCat(spec.fou.sport,
                                 " is the port fou receives on; use another or 0 "
@@ -257,11 +257,11 @@ absl::Status ValidateFou(const dataplane::TunnelSpec& spec) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateKeepalive(const dataplane::TunnelSpec& spec) {
+absl::Status ValidateKeepalive(const TunnelSpec& spec) {
   constexpr absl::Duration kMinInterval = absl::Milliseconds(100);
   constexpr absl::Duration kMaxInterval = absl::Hours(1);
   constexpr uint32_t kMaxRetries = 255;
-  const dataplane::KeepaliveSpec& k = spec.keepalive;
+  const KeepaliveSpec& k = spec.keepalive;
   if (k.interval < absl::ZeroDuration() ||
       (k.interval != absl::ZeroDuration() &&
        (k.interval < kMinInterval || k.interval > kMaxInterval))) {
@@ -317,7 +317,7 @@ std::string QuoteValue(absl::string_view text) {
 void SetTunnelLimits(const TunnelLimits& limits) { tunnel_limits = limits; }
 const TunnelLimits& CurrentTunnelLimits() { return tunnel_limits; }
 
-absl::Status ValidateSpec(const dataplane::TunnelSpec& spec) {
+absl::Status ValidateSpec(const TunnelSpec& spec) {
   if (absl::Status s = ValidateDeviceName(spec.name); !s.ok()) return s;
 
   // Before the other rules: they are written for the modes the dataplane carries, and a
@@ -347,8 +347,7 @@ absl::Status ValidateSpec(const dataplane::TunnelSpec& spec) {
 
   if (spec.mtu != 0) {
     const uint32_t max =
-        kMaxMtu -
-        dataplane::EncapOverhead(spec.mode, dataplane::OutputGreOptions(spec), spec.fou.enabled);
+        kMaxMtu - dataplane::EncapOverhead(spec.mode, OutputGreOptions(spec), spec.fou.enabled);
     const uint32_t min = spec.mode == TunnelMode::kSit ? kMinSitMtu : kMinMtu;
     if (spec.mtu < min || spec.mtu > max) {
       return Invalid("tunnel.mtu", absl::StrCat(spec.mtu, " is out of range ", min, "..", max,
@@ -390,10 +389,10 @@ absl::Status ValidateLabels(const std::map<std::string, std::string>& labels) {
   return absl::OkStatus();
 }
 
-absl::Status CheckApplyWork(const std::vector<dataplane::TunnelSpec>& tunnels) {
+absl::Status CheckApplyWork(const std::vector<TunnelSpec>& tunnels) {
   const TunnelLimits& limits = tunnel_limits;
   size_t prefixes = 0;
-  for (const dataplane::TunnelSpec& spec : tunnels) {
+  for (const TunnelSpec& spec : tunnels) {
     prefixes += spec.addresses.size() + spec.routes.size();
   }
   if (prefixes > limits.max_apply_prefixes) {

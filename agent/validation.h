@@ -8,7 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
-#include "dataplane/tunnel_spec.h"
+#include "agent/tunnel_spec.h"
 
 namespace tunnelagent::agent {
 
@@ -41,7 +41,7 @@ absl::Status ValidateDeviceName(absl::string_view name, absl::string_view field 
 // - labels: ValidateLabels.
 // A value quoted in an error is cut to a short prefix: a request of megabytes gets an answer
 // of a line.
-absl::Status ValidateSpec(const dataplane::TunnelSpec& spec);
+absl::Status ValidateSpec(const TunnelSpec& spec);
 
 // A value for an error message: quoted and escaped, cut to its first 64 bytes and its length.
 std::string QuoteValue(absl::string_view text);
@@ -69,7 +69,7 @@ absl::Status ValidateLabels(const std::map<std::string, std::string>& labels);
 
 // INVALID_ARGUMENT naming --max_prefixes_per_apply when `tunnels` (one ApplyTunnels) have more
 // addresses and routes in all than TunnelLimits::max_apply_prefixes.
-absl::Status CheckApplyWork(const std::vector<dataplane::TunnelSpec>& tunnels);
+absl::Status CheckApplyWork(const std::vector<TunnelSpec>& tunnels);
 
 }  // namespace tunnelagent::agent
 

@@ -1,6 +1,25 @@
 #include "dataplane/packet_engine.h"
 
+#include "absl/strings/str_cat.h"
+
 namespace tunnelagent::dataplane {
+
+absl::Status CheckEngineTunnel(const EngineTunnel& tunnel) {
+  if (tunnel.device_fd < 0 || tunnel.mtu == 0 || tunnel.mtu > 65535 || !tunnel.stats) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("engine tunnel ", tunnel.name, " needs a device, an MTU and counters"));
+  }
+  // A tap device carries frames: no virtio-net header, nothing to coalesce as IP.
+  if (tunnel.vnet_header && IsEthernetMode(tunnel.encap.mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("engine tunnel ", tunnel.name, ": TUN offloads on a tap mode"));
+  }
+  if (tunnel.keepalive_interval > absl::ZeroDuration() && !SupportsKeepalive(tunnel.encap.mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("engine tunnel ", tunnel.name, ": keepalives in a mode that has none"));
+  }
+  return absl::OkStatus();
+}
 
 TunnelStats::TunnelStats(size_t workers) {
   shards_.reserve(workers == 0 ? 1 : workers);
@@ -27,6 +46,20 @@ uint64_t TunnelStats::SumAll(DropCounters TunnelCounters::*drops) const {
     for (const Counter& c : (*shard).*drops) total += c.Get();
   }
   return total;
+}
+
+DataplaneCountersSnapshot& DataplaneCountersSnapshot::operator+=(
+    const DataplaneCountersSnapshot& other) {
+  rx_packets += other.rx_packets;
+  for (size_t r = 0; r < drops.size(); ++r) drops[r] += other.drops[r];
+  return *this;
+}
+
+DataplaneCountersSnapshot DataplaneCounters::Snapshot() const {
+  DataplaneCountersSnapshot snapshot;
+  snapshot.rx_packets = rx_packets.Get();
+  for (size_t r = 0; r < drops.size(); ++r) snapshot.drops[r] = drops[r].Get();
+  return snapshot;
 }
 
 }  // namespace tunnelagent::dataplane

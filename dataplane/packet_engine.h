@@ -14,6 +14,7 @@
 #include "absl/time/time.h"
 #include "dataplane/packet/drop_reason.h"
 #include "dataplane/packet/encap.h"
+#include "dataplane/tunnel_counters.h"
 
 namespace tunnelagent::dataplane {
 
@@ -38,26 +39,16 @@ using DropCounters = std::array<Counter, kDropReasonCount>;
 // (bytes are inner bytes), plus drops by reason. Each worker has its own (see TunnelStats),
 // on cache lines of its own, so the per-packet path shares nothing between workers.
 struct alignas(64) TunnelCounters {
-  Counter tx_packets;
-  Counter tx_bytes;
-  Counter rx_packets;
-  Counter rx_bytes;
-  DropCounters tx_drops;
-  DropCounters rx_drops;
-
-  // Too-big packets answered with ICMP "fragmentation needed" / ICMPv6 "packet too big"
-  // written back into the device, and packets sent as outer IPv4 fragments.
-  Counter icmp_too_big_sent;
-  Counter tx_fragmented;
-  // TUN offloads: super-packets read and split, and coalesced packets written (each of more
-  // than one received segment; the segments also count in rx_packets).
-  Counter tx_super_packets;
-  Counter rx_coalesced;
-  // Keepalives (only when configured): sent, replies seen, and the peer's keepalives this
-  // agent sent back.
-  Counter keepalive_sent;
-  Counter keepalive_replies;
-  Counter keepalive_answered;
+  // The members, from the one list of tunnel counters (tunnel_counters.h): tx_packets,
+  // tx_bytes, rx_packets, rx_bytes, icmp_too_big_sent, tx_fragmented, tx_super_packets,
+  // rx_coalesced, keepalive_sent, keepalive_replies, keepalive_answered; and the drops by
+  // reason, tx_drops and rx_drops.
+#define TUNNEL_COUNTER_MEMBER(member, api_field, metric, help) Counter member;
+  TUNNEL_COUNTERS(TUNNEL_COUNTER_MEMBER)
+#undef TUNNEL_COUNTER_MEMBER
+#define TUNNEL_DROP_MEMBER(member, api_field, direction) DropCounters member;
+  TUNNEL_DROP_COUNTERS(TUNNEL_DROP_MEMBER)
+#undef TUNNEL_DROP_MEMBER
 };
 
 // Everything the engine reports about one tunnel: a TunnelCounters per worker, summed when
@@ -102,11 +93,22 @@ class TunnelStats {
   std::vector<std::unique_ptr<TunnelCounters>> shards_;
 };
 
-// Counters of packets that matched no tunnel, or of the underlay sockets themselves. An engine
-// of several workers answers with their sum.
+// What DataplaneCounters held when read: plain numbers, the reader's own copy.
+struct DataplaneCountersSnapshot {
+  uint64_t rx_packets = 0;
+  std::array<uint64_t, kDropReasonCount> drops{};
+
+  DataplaneCountersSnapshot& operator+=(const DataplaneCountersSnapshot& other);
+};
+
+// Counters of packets that matched no tunnel, or of the underlay sockets themselves; written by
+// one engine thread.
 struct DataplaneCounters {
   Counter rx_packets;  // everything received on the underlay sockets
   DropCounters drops;
+
+  // Each counter read once (not all at one instant: the writer keeps counting).
+  DataplaneCountersSnapshot Snapshot() const;
 };
 
 // What the engine needs to move one tunnel's packets.
@@ -134,11 +136,15 @@ struct EngineTunnel {
   absl::Duration keepalive_interval = absl::ZeroDuration();
   uint32_t keepalive_retries = 3;
   // Needs at least as many workers as the engine has (PacketEngine::workers()).
-  std::shared_ptr<TunnelStats> counters;
+  std::shared_ptr<TunnelStats> stats;
   // Whether this worker reads the device. A worker that does not still writes what it
   // receives for the tunnel to device_fd (several workers may share one fd for writing).
   bool read_device = true;
 };
+
+// INVALID_ARGUMENT unless the tunnel has a device, an MTU of 1..65535 and counters, and asks
+// for TUN offloads and keepalives only in modes that have them.
+absl::Status CheckEngineTunnel(const EngineTunnel& tunnel);
 
 class PacketEngine {
  public:
@@ -149,7 +155,10 @@ class PacketEngine {
   // Stops moving them; when it returns no operation uses the device fd any more.
   // NOT_FOUND when there is no such tunnel.
   virtual absl::Status RemoveTunnel(const std::string& name) = 0;
-  virtual const DataplaneCounters& counters() const = 0;
+  // What the engine has counted so far, read now: an engine of several workers answers with
+  // their sum. A value, not a reference, so that no reader shares a sum another is rewriting.
+  // Callable from any thread.
+  virtual DataplaneCountersSnapshot counters() const = 0;
   // "io_uring" or another backend's name, for logs and metrics.
   virtual const char* backend_name() const = 0;
   // The threads moving packets, each with its own ring (or epoll set) and sockets; what the

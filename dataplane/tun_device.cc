@@ -6,6 +6,7 @@
 #include <net/if.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -328,6 +329,14 @@ absl::Status TunDevice::SetPersistent(bool persistent) {
 
 TunDevice::~TunDevice() {
   if (fd_ >= 0) close(fd_);
+}
+
+int WriteTunPacket(int fd, bool vnet_header, const uint8_t* packet, size_t len) {
+  uint8_t header[kVirtioNetHeaderLen] = {};
+  iovec parts[2] = {{header, sizeof header}, {const_cast<uint8_t*>(packet), len}};
+  const int first = vnet_header ? 0 : 1;
+  const ssize_t n = writev(fd, parts + first, 2 - first);
+  return n >= 0 ? static_cast<int>(n) : -errno;
 }
 
 }  // namespace tunnelagent::dataplane

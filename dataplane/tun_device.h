@@ -2,6 +2,8 @@
 #ifndef TUNNELAGENT_DATAPLANE_TUN_DEVICE_H_
 #define TUNNELAGENT_DATAPLANE_TUN_DEVICE_H_
 
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -123,6 +125,12 @@ class TunDevice {
   Kind kind_;
   bool persistent_;
 };
+
+// Writes one packet to a TUN/TAP device's fd now, behind an empty virtio-net header when the
+// device was opened with offloads (IFF_VNET_HDR: every write must start with one). A TUN write
+// hands the packet to the host's stack at once; it does not block. Returns the bytes written
+// (the header's too) or -errno.
+int WriteTunPacket(int fd, bool vnet_header, const uint8_t* packet, size_t len);
 
 }  // namespace tunnelagent::dataplane
 

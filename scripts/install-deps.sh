@@ -15,10 +15,14 @@ TEST_PACKAGES=(iproute2 iputils-ping iperf3 procps psmisc curl jq
 BENCH_PACKAGES=(iproute2 iputils-ping iperf3 procps jq ethtool gcc libc6-dev python3)
 # `make fuzz` only: clang and its runtime (libFuzzer, sanitizers), a Recommends of clang.
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
+# `make tsan` only: clang's ThreadSanitizer runtime, and dpkg-source to unpack the abseil source
+# it instruments (scripts/tsan.sh).
+TSAN_PACKAGES=(clang libclang-rt-14-dev dpkg-dev xz-utils)
 
 missing=()
 for p in "${BUILD_PACKAGES[@]}" ${WITH_TEST_DEPS:+"${TEST_PACKAGES[@]}"} \
-  ${WITH_FUZZ_DEPS:+"${FUZZ_PACKAGES[@]}"} ${WITH_BENCH_DEPS:+"${BENCH_PACKAGES[@]}"}; do
+  ${WITH_FUZZ_DEPS:+"${FUZZ_PACKAGES[@]}"} ${WITH_TSAN_DEPS:+"${TSAN_PACKAGES[@]}"} \
+  ${WITH_BENCH_DEPS:+"${BENCH_PACKAGES[@]}"}; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 # npm may come from Debian's package or with another Node.js build: only the command matters.

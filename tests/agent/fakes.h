@@ -24,8 +24,8 @@
 #include "absl/time/time.h"
 #include "agent/link_control.h"
 #include "agent/state_store.h"
+#include "agent/tunnel_spec.h"
 #include "dataplane/packet_engine.h"
-#include "dataplane/tunnel_spec.h"
 
 namespace tunnelagent::agent::fakes {
 
@@ -451,6 +451,9 @@ class FakePacketEngine final : public dataplane::PacketEngine {
   explicit FakePacketEngine(EventLog* log) : log_(log) {}
 
   FailureSwitch add_failure;
+  // AddTunnel / RemoveTunnel wait here when set (a dataplane slow to answer its commands).
+  Gate* add_gate = nullptr;
+  Gate* remove_gate = nullptr;
 
   const std::map<std::string, dataplane::EngineTunnel>& tunnels() const { return tunnels_; }
   std::vector<std::string> TunnelNames() const {
@@ -463,6 +466,7 @@ class FakePacketEngine final : public dataplane::PacketEngine {
 
   absl::Status AddTunnel(const dataplane::EngineTunnel& tunnel) override {
     ++add_calls_;
+    if (add_gate != nullptr) add_gate->Pass();
     if (absl::Status s = add_failure.Check(); !s.ok()) return s;
     if (tunnels_.count(tunnel.name)) return absl::AlreadyExistsError(tunnel.name);
     // As the real engine: one tunnel per receive match (mode, local, remote, key).
@@ -479,11 +483,12 @@ class FakePacketEngine final : public dataplane::PacketEngine {
   }
   absl::Status RemoveTunnel(const std::string& name) override {
     ++remove_calls_;
+    if (remove_gate != nullptr) remove_gate->Pass();
     log_->push_back("engine.remove " + name);
     if (tunnels_.erase(name) == 0) return absl::NotFoundError(name);
     return absl::OkStatus();
   }
-  const dataplane::DataplaneCounters& counters() const override { return counters_; }
+  dataplane::DataplaneCountersSnapshot counters() const override { return counters_.Snapshot(); }
   const char* backend_name() const override { return "fake"; }
   size_t workers() const override { return workers_; }
   void set_workers(size_t workers) { workers_ = workers; }
@@ -504,27 +509,27 @@ class FakeStateStore final : public StateStore {
 
   FailureSwitch save_failure;
   Gate* save_gate = nullptr;  // Save waits here when set (a slow disk)
-  std::optional<absl::StatusOr<std::vector<dataplane::TunnelSpec>>> load_result;
+  std::optional<absl::StatusOr<std::vector<TunnelSpec>>> load_result;
 
-  const std::vector<dataplane::TunnelSpec>& saved() const { return saved_; }
+  const std::vector<TunnelSpec>& saved() const { return saved_; }
   std::vector<std::string> SavedNames() const {
     std::vector<std::string> names;
-    for (const dataplane::TunnelSpec& spec : saved_) names.push_back(spec.name);
+    for (const TunnelSpec& spec : saved_) names.push_back(spec.name);
     return names;
   }
   int save_calls() const { return save_calls_; }
 
-  absl::StatusOr<std::vector<dataplane::TunnelSpec>> Load() override {
+  absl::StatusOr<std::vector<TunnelSpec>> Load() override {
     if (load_result.has_value()) return *load_result;
     return saved_;
   }
-  absl::Status Save(const std::vector<dataplane::TunnelSpec>& tunnels) override {
+  absl::Status Save(const std::vector<TunnelSpec>& tunnels) override {
     ++save_calls_;
     if (save_gate != nullptr) save_gate->Pass();
     if (absl::Status s = save_failure.Check(); !s.ok()) return s;
     saved_ = tunnels;
     std::string names;
-    for (const dataplane::TunnelSpec& spec : tunnels) {
+    for (const TunnelSpec& spec : tunnels) {
       absl::StrAppend(&names, names.empty() ? "" : ",", spec.name);
     }
     log_->push_back("store.save " + names);
@@ -533,7 +538,7 @@ class FakeStateStore final : public StateStore {
 
  private:
   EventLog* const log_;
-  std::vector<dataplane::TunnelSpec> saved_;
+  std::vector<TunnelSpec> saved_;
   int save_calls_ = 0;
 };
 

@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "dataplane/tunnel_counters.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "prometheus/text_serializer.h"
@@ -23,7 +24,6 @@ namespace {
 using dataplane::IpAddress;
 using dataplane::IpPrefix;
 using dataplane::TunnelMode;
-using dataplane::TunnelSpec;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -62,7 +62,7 @@ class AgentMetricsTest : public ::testing::Test {
     return std::nullopt;
   }
   std::shared_ptr<dataplane::TunnelStats> CountersOf(const std::string& name) const {
-    return engine_.tunnels().at(name).counters;
+    return engine_.tunnels().at(name).stats;
   }
 
   fakes::EventLog log_;
@@ -136,6 +136,51 @@ TEST_F(AgentMetricsTest, OffloadCountersForEveryTunnel) {
             (std::map<std::string, double>{
                 {"tunnelagent_tunnel_rx_coalesced_packets_total{tunnel=gre1}", 0},
                 {"tunnelagent_tunnel_rx_coalesced_packets_total{tunnel=ipip1}", 7}}));
+}
+
+// Every counter of the one list (tunnel_counters.h) is a family of its own, under the name
+// dashboards rely on, with what the workers counted for it and nothing else.
+TEST_F(AgentMetricsTest, EveryCounterOfTheListIsItsOwnFamily) {
+  engine_.set_workers(2);
+  TunnelSpec spec = Tunnel("gre1", TunnelMode::kGre, "203.0.113.7", 1);
+  spec.keepalive.interval = absl::Seconds(10);  // the keepalive families too
+  ASSERT_TRUE(manager_.Create(spec).ok());
+  std::map<std::string, double> want;
+  uint64_t next = 1;
+#define COUNT(member, api_field, metric, help)    \
+  CountersOf("gre1")->worker(0).member.Add(1);    \
+  CountersOf("gre1")->worker(1).member.Add(next); \
+  want[metric] = 1 + next++;
+  TUNNEL_COUNTERS(COUNT)
+#undef COUNT
+  // The names are a contract: the list may grow, never rename.
+  for (const char* name :
+       {"tunnelagent_tunnel_tx_packets_total", "tunnelagent_tunnel_tx_bytes_total",
+        "tunnelagent_tunnel_rx_packets_total", "tunnelagent_tunnel_rx_bytes_total",
+        "tunnelagent_tunnel_icmp_too_big_total", "tunnelagent_tunnel_tx_fragmented_total",
+        "tunnelagent_tunnel_tx_super_packets_total",
+        "tunnelagent_tunnel_rx_coalesced_packets_total", "tunnelagent_tunnel_keepalive_sent_total",
+        "tunnelagent_tunnel_keepalive_replies_total",
+        "tunnelagent_tunnel_keepalive_answered_total"}) {
+    EXPECT_EQ(want.count(name), 1u) << name << " is not in the counter list";
+  }
+  for (const auto& [name, value] : want) {
+    EXPECT_EQ(TypeOf(name), prometheus::MetricType::Counter) << name;
+    EXPECT_EQ(Samples(name),
+              (std::map<std::string, double>{{absl::StrCat(name, "{tunnel=gre1}"), value}}));
+  }
+  // And what the API reports is the same sums.
+  absl::StatusOr<TunnelView> view = manager_.Get("gre1");
+  ASSERT_TRUE(view.ok()) << view.status();
+  ASSERT_TRUE(view->status.keepalive.has_value());
+#define EXPECT_SUM(member, api_field, metric, help) \
+  EXPECT_EQ(view->status.counters.api_field, want[metric]) << metric;
+  TUNNEL_TRAFFIC_COUNTERS(EXPECT_SUM)
+#undef EXPECT_SUM
+#define EXPECT_SUM(member, api_field, metric, help) \
+  EXPECT_EQ(view->status.keepalive->api_field, want[metric]) << metric;
+  TUNNEL_KEEPALIVE_COUNTERS(EXPECT_SUM)
+#undef EXPECT_SUM
 }
 
 // Keepalive series exist only for the tunnels that send keepalives: the others would add a

@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "dataplane/tunnel_counters.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/text_format.h"
 #include "google/protobuf/util/message_differencer.h"
@@ -51,7 +52,7 @@ constexpr char kFull[] = R"pb(
 )pb";
 
 TEST(SpecFromProtoTest, AllFields) {
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(kFull));
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(TextProto(kFull));
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->name, "gre1");
   EXPECT_EQ(spec->mode, TunnelMode::kGre);
@@ -65,7 +66,7 @@ TEST(SpecFromProtoTest, AllFields) {
 
 TEST(SpecFromProtoTest, RoundTripsThroughSpecToProto) {
   const v1::Tunnel in = TextProto(kFull);
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(in);
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(in);
   ASSERT_TRUE(spec.ok()) << spec.status();
   v1::Tunnel out = SpecToProto(*spec);
   EXPECT_EQ(out.etag(), ComputeEtag(*spec));
@@ -74,17 +75,17 @@ TEST(SpecFromProtoTest, RoundTripsThroughSpecToProto) {
 }
 
 TEST(ComputeEtagTest, FollowsDesiredFieldsOnly) {
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(kFull));
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(TextProto(kFull));
   ASSERT_TRUE(spec.ok()) << spec.status();
   const std::string etag = ComputeEtag(*spec);
   EXPECT_EQ(etag.size(), 16u);
 
-  dataplane::TunnelSpec later = *spec;
+  TunnelSpec later = *spec;
   later.create_time = absl::Now();
   later.update_time = absl::Now();
   EXPECT_EQ(ComputeEtag(later), etag) << "times are not desired fields";
 
-  dataplane::TunnelSpec changed = *spec;
+  TunnelSpec changed = *spec;
   changed.mtu = 1300;
   EXPECT_NE(ComputeEtag(changed), etag);
   changed = *spec;
@@ -92,7 +93,7 @@ TEST(ComputeEtagTest, FollowsDesiredFieldsOnly) {
   EXPECT_NE(ComputeEtag(changed), etag);
 
   // Label order cannot matter: the map is serialised deterministically.
-  dataplane::TunnelSpec a = *spec, b = *spec;
+  TunnelSpec a = *spec, b = *spec;
   a.labels = {{"a", "1"}, {"b", "2"}};
   b.labels.insert({"b", "2"});
   b.labels.insert({"a", "1"});
@@ -104,7 +105,7 @@ TEST(SpecFromProtoTest, LabelsAndStoredTimesRoundTrip) {
   (*in.mutable_labels())["owner"] = "fleet";
   in.mutable_status()->mutable_create_time()->set_seconds(1700000000);
   in.mutable_status()->mutable_update_time()->set_seconds(1700000100);
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(in);
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(in);
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->labels.at("owner"), "fleet");
   EXPECT_EQ(spec->create_time, absl::FromUnixSeconds(1700000000));
@@ -141,7 +142,7 @@ constexpr char kOptions[] = R"pb(
 )pb";
 
 TEST(SpecFromProtoTest, EveryOption) {
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(kOptions));
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(TextProto(kOptions));
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->key, 1u);
   EXPECT_EQ(spec->input_key, 0u);
@@ -166,7 +167,7 @@ TEST(SpecFromProtoTest, EncapPortsAndTypeAreChecked) {
                           R"pb(encap { type: ENCAP_TYPE_FOU dport: 70000 })pb"}) {
     v1::Tunnel in = TextProto(kFull);
     in.MergeFrom(TextProto(bad));
-    absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(in);
+    absl::StatusOr<TunnelSpec> spec = SpecFromProto(in);
     EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_THAT(std::string(spec.status().message()), ::testing::HasSubstr("tunnel.encap."));
   }
@@ -175,14 +176,14 @@ TEST(SpecFromProtoTest, EncapPortsAndTypeAreChecked) {
   EXPECT_THAT(std::string(SpecFromProto(unknown).status().message()),
               ::testing::HasSubstr("tunnel.encap.type: unknown value 9"));
   // No encap: the field stays unset, so etags of tunnels from before it are unchanged.
-  absl::StatusOr<dataplane::TunnelSpec> plain = SpecFromProto(TextProto(kFull));
+  absl::StatusOr<TunnelSpec> plain = SpecFromProto(TextProto(kFull));
   ASSERT_TRUE(plain.ok());
   EXPECT_FALSE(SpecToProto(*plain).has_encap());
 }
 
 TEST(SpecFromProtoTest, EveryOptionRoundTrips) {
   const v1::Tunnel in = TextProto(kOptions);
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(in);
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(in);
   ASSERT_TRUE(spec.ok()) << spec.status();
   v1::Tunnel out = SpecToProto(*spec);
   out.clear_etag();
@@ -190,7 +191,7 @@ TEST(SpecFromProtoTest, EveryOptionRoundTrips) {
 }
 
 TEST(SpecFromProtoTest, UnsetOptionsKeepTheirDefaultsAndStayUnset) {
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(kFull));
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(TextProto(kFull));
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_FALSE(spec->input_key.has_value());
   EXPECT_FALSE(spec->output_key.has_value());
@@ -208,7 +209,7 @@ TEST(SpecFromProtoTest, UnsetOptionsKeepTheirDefaultsAndStayUnset) {
 TEST(SpecFromProtoTest, ExplicitPmtudiscOnIsTheDefault) {
   v1::Tunnel in = TextProto(kFull);
   in.set_pmtudisc(true);
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(in);
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(in);
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_TRUE(spec->pmtudisc);
 }
@@ -216,7 +217,7 @@ TEST(SpecFromProtoTest, ExplicitPmtudiscOnIsTheDefault) {
 TEST(SpecFromProtoTest, KeepaliveRetriesWithoutIntervalRoundTrip) {
   v1::Tunnel in = TextProto(kFull);
   in.mutable_keepalive()->set_retries(5);
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(in);
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(in);
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_FALSE(spec->keepalive.enabled());
   v1::Tunnel out = SpecToProto(*spec);
@@ -227,45 +228,45 @@ TEST(SpecFromProtoTest, KeepaliveRetriesWithoutIntervalRoundTrip) {
 // A tunnel that sets none of the options fingerprints as it did before they existed, so an
 // upgrade does not invalidate the etags clients hold.
 TEST(ComputeEtagTest, UnchangedForTunnelsWithoutOptions) {
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(kFull));
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(TextProto(kFull));
   ASSERT_TRUE(spec.ok()) << spec.status();
   // FNV-1a of kFull's serialization (fields 1-8 only), as the previous version computed it.
   EXPECT_EQ(ComputeEtag(*spec), "ac1101b957dae049");
 }
 
 TEST(ComputeEtagTest, CoversEveryOption) {
-  absl::StatusOr<dataplane::TunnelSpec> base = SpecFromProto(TextProto(kFull));
+  absl::StatusOr<TunnelSpec> base = SpecFromProto(TextProto(kFull));
   ASSERT_TRUE(base.ok()) << base.status();
   const std::string etag = ComputeEtag(*base);
-  using Change = void (*)(dataplane::TunnelSpec&);
+  using Change = void (*)(TunnelSpec&);
   const Change changes[] = {
-      [](dataplane::TunnelSpec& s) { s.input_key = 42; },
-      [](dataplane::TunnelSpec& s) { s.output_key = 42; },
-      [](dataplane::TunnelSpec& s) { s.checksum = true; },
-      [](dataplane::TunnelSpec& s) { s.input_checksum = true; },
-      [](dataplane::TunnelSpec& s) { s.output_checksum = true; },
-      [](dataplane::TunnelSpec& s) { s.sequence = true; },
-      [](dataplane::TunnelSpec& s) { s.input_sequence = true; },
-      [](dataplane::TunnelSpec& s) { s.output_sequence = true; },
-      [](dataplane::TunnelSpec& s) { s.ttl = 0; },
-      [](dataplane::TunnelSpec& s) { s.ttl = 64; },
-      [](dataplane::TunnelSpec& s) { s.tos = 8; },
-      [](dataplane::TunnelSpec& s) { s.inherit_tos = true; },
-      [](dataplane::TunnelSpec& s) { s.pmtudisc = false; },
-      [](dataplane::TunnelSpec& s) { s.ignore_df = true; },
-      [](dataplane::TunnelSpec& s) { s.keepalive.interval = absl::Seconds(10); },
-      [](dataplane::TunnelSpec& s) { s.keepalive.retries = 2; },
+      [](TunnelSpec& s) { s.input_key = 42; },
+      [](TunnelSpec& s) { s.output_key = 42; },
+      [](TunnelSpec& s) { s.checksum = true; },
+      [](TunnelSpec& s) { s.input_checksum = true; },
+      [](TunnelSpec& s) { s.output_checksum = true; },
+      [](TunnelSpec& s) { s.sequence = true; },
+      [](TunnelSpec& s) { s.input_sequence = true; },
+      [](TunnelSpec& s) { s.output_sequence = true; },
+      [](TunnelSpec& s) { s.ttl = 0; },
+      [](TunnelSpec& s) { s.ttl = 64; },
+      [](TunnelSpec& s) { s.tos = 8; },
+      [](TunnelSpec& s) { s.inherit_tos = true; },
+      [](TunnelSpec& s) { s.pmtudisc = false; },
+      [](TunnelSpec& s) { s.ignore_df = true; },
+      [](TunnelSpec& s) { s.keepalive.interval = absl::Seconds(10); },
+      [](TunnelSpec& s) { s.keepalive.retries = 2; },
   };
   std::set<std::string> seen = {etag};
   for (size_t i = 0; i < std::size(changes); ++i) {
-    dataplane::TunnelSpec changed = *base;
+    TunnelSpec changed = *base;
     changes[i](changed);
     EXPECT_TRUE(seen.insert(ComputeEtag(changed)).second) << "change " << i;
   }
 }
 
 TEST(SpecFromProtoTest, MinimalFieldsLeaveDefaults) {
-  absl::StatusOr<dataplane::TunnelSpec> spec =
+  absl::StatusOr<TunnelSpec> spec =
       SpecFromProto(TextProto(R"pb(name: "t" mode: TUNNEL_MODE_IPIP)pb"));
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->local.family(), IpAddress::Family::kNone);
@@ -278,7 +279,7 @@ TEST(SpecFromProtoTest, MinimalFieldsLeaveDefaults) {
 }
 
 TEST(SpecFromProtoTest, KeyZeroIsPresent) {
-  absl::StatusOr<dataplane::TunnelSpec> spec =
+  absl::StatusOr<TunnelSpec> spec =
       SpecFromProto(TextProto(R"pb(name: "t" mode: TUNNEL_MODE_GRE remote: "192.0.2.1" key: 0)pb"));
   ASSERT_TRUE(spec.ok()) << spec.status();
   ASSERT_TRUE(spec->key.has_value());
@@ -290,14 +291,14 @@ TEST(SpecFromProtoTest, StatusIsIgnored) {
   v1::Tunnel in = TextProto(kFull);
   in.mutable_status()->set_state(v1::OPER_STATE_ERROR);
   in.mutable_status()->set_mtu(9000);
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(in);
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(in);
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->mtu, 1400u);
   EXPECT_FALSE(SpecToProto(*spec).has_status());
 }
 
 TEST(SpecFromProtoTest, AddressesComeBackCanonical) {
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(R"pb(
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(TextProto(R"pb(
     name: "t"
     mode: TUNNEL_MODE_GRE
     local: "FD00:0:0::0001"
@@ -325,7 +326,7 @@ TEST_P(ModeMappingTest, BothWays) {
   v1::Tunnel t;
   t.set_name("t");
   t.set_mode(GetParam().proto);
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(t);
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(t);
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->mode, GetParam().domain);
   EXPECT_EQ(ModeToProto(GetParam().domain), GetParam().proto);
@@ -353,7 +354,7 @@ struct BadCase {
 class SpecFromProtoErrorTest : public ::testing::TestWithParam<BadCase> {};
 
 TEST_P(SpecFromProtoErrorTest, NamesTheField) {
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(GetParam().text_proto));
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(TextProto(GetParam().text_proto));
   ASSERT_FALSE(spec.ok());
   EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(spec.status().message()), StartsWith(GetParam().want_prefix));
@@ -402,7 +403,7 @@ TEST(SpecFromProtoTest, UnknownModeNumberIsInvalid) {
   t.set_name("t");
   // A value from a newer API version that this build does not know.
   t.set_mode(static_cast<v1::TunnelMode>(42));
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(t);
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(t);
   ASSERT_FALSE(spec.ok());
   EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(spec.status().message()), StartsWith("tunnel.mode: "));
@@ -414,14 +415,14 @@ TEST(SpecFromProtoTest, ControlBytesInErrorsAreEscaped) {
   t.set_name("t");
   t.set_mode(v1::TUNNEL_MODE_GRE);
   t.set_remote("1.2.3.4\n\x1b[31m");
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(t);
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(t);
   ASSERT_FALSE(spec.ok());
   EXPECT_FALSE(absl::StrContains(spec.status().message(), "\n"));
   EXPECT_FALSE(absl::StrContains(spec.status().message(), "\x1b"));
 }
 
 TEST(SpecToProtoTest, UnspecifiedLocalIsEmpty) {
-  dataplane::TunnelSpec spec;
+  TunnelSpec spec;
   spec.name = "t";
   spec.mode = TunnelMode::kIpip;
   spec.remote = A("192.0.2.1");
@@ -434,7 +435,7 @@ TEST(SpecToProtoTest, UnspecifiedLocalIsEmpty) {
 }
 
 TEST(TunnelToProtoTest, FillsStatus) {
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(kFull));
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(TextProto(kFull));
   ASSERT_TRUE(spec.ok()) << spec.status();
   TunnelStatus status;
   status.state = OperState::kError;
@@ -456,7 +457,7 @@ TEST(TunnelToProtoTest, FillsStatus) {
 }
 
 TEST(TunnelToProtoTest, FillsPathMtuAndKeepalive) {
-  absl::StatusOr<dataplane::TunnelSpec> spec = SpecFromProto(TextProto(kOptions));
+  absl::StatusOr<TunnelSpec> spec = SpecFromProto(TextProto(kOptions));
   ASSERT_TRUE(spec.ok()) << spec.status();
   TunnelStatus status;
   status.state = OperState::kDown;
@@ -485,7 +486,7 @@ TEST(TunnelToProtoTest, FillsPathMtuAndKeepalive) {
 }
 
 TEST(TunnelToProtoTest, MapsEveryOperState) {
-  const dataplane::TunnelSpec spec;
+  const TunnelSpec spec;
   const struct {
     OperState domain;
     v1::OperState proto;
@@ -497,6 +498,37 @@ TEST(TunnelToProtoTest, MapsEveryOperState) {
     status.state = c.domain;
     EXPECT_EQ(TunnelToProto(spec, status).status().state(), c.proto);
   }
+}
+
+// Every counter of the API's TunnelCounters and KeepaliveStatus is copied from the one counter
+// list (tunnel_counters.h), each from its own sum.
+TEST(TunnelToProtoTest, EveryCounterOfTheListReachesItsApiField) {
+  TunnelStatus status;
+  KeepaliveSnapshot& keepalive = status.keepalive.emplace();
+  uint64_t next = 1;
+#define SET(member, api_field, ...) status.counters.api_field = next++;
+  TUNNEL_TRAFFIC_COUNTERS(SET)
+  TUNNEL_DROP_COUNTERS(SET)
+#undef SET
+#define SET(member, api_field, ...) keepalive.api_field = next++;
+  TUNNEL_KEEPALIVE_COUNTERS(SET)
+#undef SET
+  const v1::Tunnel tunnel = TunnelToProto(TunnelSpec{}, status);
+  std::set<uint64_t> seen;
+  // Through the descriptor: a counter the API has and the list lacks stays 0 and shows.
+  const v1::TunnelCounters& counters = tunnel.status().counters();
+  for (int i = 0; i < counters.GetDescriptor()->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* field = counters.GetDescriptor()->field(i);
+    const uint64_t value = counters.GetReflection()->GetUInt64(counters, field);
+    EXPECT_NE(value, 0u) << field->name();
+    seen.insert(value);
+  }
+  const v1::KeepaliveStatus& k = tunnel.status().keepalive();
+  for (uint64_t value : {k.sent(), k.replies(), k.answered()}) {
+    EXPECT_NE(value, 0u);
+    seen.insert(value);
+  }
+  EXPECT_EQ(seen.size(), next - 1) << "each field from its own counter";
 }
 
 }  // namespace

@@ -27,7 +27,6 @@ namespace fs = std::filesystem;
 using dataplane::IpAddress;
 using dataplane::IpPrefix;
 using dataplane::TunnelMode;
-using dataplane::TunnelSpec;
 using ::testing::HasSubstr;
 
 IpAddress A(const std::string& text) { return *IpAddress::Parse(text); }
@@ -421,9 +420,9 @@ TEST_F(FileStateStoreTest, SaveOnAFullDiskIsResourceExhausted) {
         mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=16k") != 0) {
       _exit(77);
     }
-    std::vector<dataplane::TunnelSpec> many;
+    std::vector<TunnelSpec> many;
     for (int i = 0; i < 200; ++i) {
-      dataplane::TunnelSpec spec = SomeTunnels()[0];
+      TunnelSpec spec = SomeTunnels()[0];
       spec.name = absl::StrCat("t", i);
       many.push_back(spec);
     }

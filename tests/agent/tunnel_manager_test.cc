@@ -17,6 +17,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "agent/metrics.h"
 #include "agent/proto_convert.h"
 #include "agent/validation.h"
 #include "dataplane/packet/drop_reason.h"
@@ -33,7 +34,6 @@ using dataplane::IpAddress;
 using dataplane::IpPrefix;
 using dataplane::OuterAddress;
 using dataplane::TunnelMode;
-using dataplane::TunnelSpec;
 using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -222,7 +222,7 @@ TEST_F(TunnelManagerTest, EngineTunnelOfKeyedGre) {
   EXPECT_TRUE(t.encap.pmtudisc);
   EXPECT_TRUE(t.encap.has_key);
   EXPECT_EQ(t.encap.key, 0xDEADBEEFu);
-  EXPECT_NE(t.counters, nullptr);
+  EXPECT_NE(t.stats, nullptr);
 }
 
 TEST_F(TunnelManagerTest, EngineTunnelOfIpipWithAnyLocal) {
@@ -238,7 +238,7 @@ TEST_F(TunnelManagerTest, EngineTunnelOfIpipWithAnyLocal) {
   EXPECT_TRUE(t.encap.local.is_zero());
   EXPECT_EQ(t.encap.remote, OuterAddress(0xCB007107u));
   EXPECT_FALSE(t.encap.has_key);
-  EXPECT_NE(t.counters, nullptr);
+  EXPECT_NE(t.stats, nullptr);
 }
 
 TEST_F(TunnelManagerTest, GetAndListReturnSpecAndStatusByName) {
@@ -751,7 +751,7 @@ TEST_F(TunnelManagerTest, DestructorShutsDown) {
 
 TEST_F(TunnelManagerTest, StatusShowsTheEnginesCounters) {
   ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
-  dataplane::TunnelCounters& c = engine_.tunnels().at("gre1").counters->worker(0);
+  dataplane::TunnelCounters& c = engine_.tunnels().at("gre1").stats->worker(0);
   auto drop = [](dataplane::DropReason r) { return static_cast<size_t>(r); };
 
   c.tx_packets.Add(3);
@@ -1171,7 +1171,7 @@ TEST_F(TunnelManagerChangeTest, RestoreReplacesALeftBehindDeviceOfTheOtherKind) 
 TEST_F(TunnelManagerChangeTest, StatusCarriesPathMtuAndKeepaliveCounters) {
   TunnelSpec spec = Gre("gre1");
   ASSERT_TRUE(manager_->Create(spec).ok());
-  const std::shared_ptr<dataplane::TunnelStats> counters = engine_.tunnels().at("gre1").counters;
+  const std::shared_ptr<dataplane::TunnelStats> counters = engine_.tunnels().at("gre1").stats;
   ASSERT_NE(counters, nullptr);
   counters->path_mtu.store(1400);
   counters->worker(0).keepalive_sent.Add(3);
@@ -1937,7 +1937,7 @@ TEST_F(TunnelManagerChangeTest, RefreshStatesFollowsTheKeepalive) {
   spec.keepalive = {absl::Seconds(10), 0};
   ASSERT_TRUE(manager_->Create(spec).ok());
   ASSERT_TRUE(manager_->Create(Ipip("ipip1")).ok());
-  std::shared_ptr<dataplane::TunnelStats> counters = engine_.tunnels().at("gre1").counters;
+  std::shared_ptr<dataplane::TunnelStats> counters = engine_.tunnels().at("gre1").stats;
   const uint64_t start = manager_->revision();
   manager_->RefreshStates();
   EXPECT_EQ(manager_->revision(), start) << "replies come back (or had no time to): no event";
@@ -1985,7 +1985,7 @@ TEST_F(TunnelManagerChangeTest, KeepaliveRetriesAreInTheReasonAndOffMeansNoVerdi
   TunnelSpec spec = Ipip("ipip1");
   spec.keepalive = {absl::Milliseconds(500), 7};
   ASSERT_TRUE(manager_->Create(spec).ok());
-  std::shared_ptr<dataplane::TunnelStats> counters = engine_.tunnels().at("ipip1").counters;
+  std::shared_ptr<dataplane::TunnelStats> counters = engine_.tunnels().at("ipip1").stats;
   counters->peer_alive.store(false);
   manager_->RefreshStates();
   EXPECT_EQ(manager_->Get("ipip1")->status.reason,
@@ -2479,11 +2479,13 @@ struct Reads {
   std::vector<TunnelView> listed;
   Snapshot snapshot;
   std::vector<std::string> visited;
+  std::vector<std::string> scraped;  // the tunnels a metrics scrape has series of
 };
 
+// With `engine`, a metrics scrape (AgentMetrics::Collect) is one of the reads.
 bool ReadWhileChanging(TunnelManager& manager, Reads& reads, absl::Duration timeout,
-                       std::thread& reader) {
-  reader = std::thread([&manager, &reads] {
+                       std::thread& reader, const dataplane::PacketEngine* engine = nullptr) {
+  reader = std::thread([&manager, &reads, engine] {
     reads.got = manager.Get("gre1");
     reads.listed = manager.List();
     reads.snapshot = manager.TakeSnapshot();
@@ -2492,9 +2494,88 @@ bool ReadWhileChanging(TunnelManager& manager, Reads& reads, absl::Duration time
           reads.visited.push_back(spec.name);
         });
     (void)manager.EventsAfter(manager.revision(), absl::ZeroDuration());
+    if (engine != nullptr) {
+      for (const prometheus::MetricFamily& family : AgentMetrics(&manager, engine, "t").Collect()) {
+        if (family.name != "tunnelagent_tunnel_tx_packets_total") continue;
+        for (const prometheus::ClientMetric& metric : family.metric) {
+          for (const prometheus::ClientMetric::Label& label : metric.label) {
+            if (label.name == "tunnel") reads.scraped.push_back(label.value);
+          }
+        }
+      }
+    }
     reads.done.Notify();
   });
   return reads.done.WaitForNotificationWithTimeout(timeout);
+}
+
+// The dataplane's commands (an engine tunnel added or removed) are round trips to its threads:
+// no read and no metrics scrape waits behind one.
+TEST_F(TunnelManagerTest, ACreateWaitingForTheDataplaneKeepsNoReaderOrScrapeWaiting) {
+  ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
+  const uint64_t before = manager_->revision();
+  fakes::Gate dataplane;
+  engine_.add_gate = &dataplane;
+  std::thread create([&] { EXPECT_TRUE(manager_->Create(Distinct(Ipip("ipip1"), 1)).ok()); });
+  ASSERT_TRUE(dataplane.WaitForCall(absl::Seconds(10))) << "the create never reached the engine";
+
+  Reads reads;
+  std::thread reader;
+  const bool answered = ReadWhileChanging(*manager_, reads, absl::Seconds(5), reader, &engine_);
+  dataplane.Open();  // whatever happened: nothing may stay blocked
+  create.join();
+  reader.join();
+  ASSERT_TRUE(answered) << "a read or a metrics scrape waited for the engine's AddTunnel";
+  ASSERT_TRUE(reads.got.ok()) << reads.got.status();
+  EXPECT_THAT(Names(reads.listed), ElementsAre("gre1"));
+  EXPECT_EQ(reads.snapshot.revision, before);
+  EXPECT_THAT(reads.visited, ElementsAre("gre1"));
+  EXPECT_THAT(reads.scraped, ElementsAre("gre1"));
+  EXPECT_THAT(Names(manager_->List()), ElementsAre("gre1", "ipip1"));
+}
+
+TEST_F(TunnelManagerTest, AnUpdateReplacingTheEngineTunnelKeepsNoReaderOrScrapeWaiting) {
+  ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
+  TunnelSpec keyed = Gre("gre1");
+  keyed.key = 5;  // how packets are wrapped: the engine's tunnel is replaced
+  fakes::Gate dataplane;
+  engine_.remove_gate = &dataplane;
+  std::thread update([&] { EXPECT_TRUE(manager_->Update("gre1", keyed, {"key"}, "").ok()); });
+  ASSERT_TRUE(dataplane.WaitForCall(absl::Seconds(10))) << "the update never reached the engine";
+
+  Reads reads;
+  std::thread reader;
+  const bool answered = ReadWhileChanging(*manager_, reads, absl::Seconds(5), reader, &engine_);
+  dataplane.Open();
+  update.join();
+  reader.join();
+  ASSERT_TRUE(answered) << "a read or a metrics scrape waited for the engine's RemoveTunnel";
+  ASSERT_TRUE(reads.got.ok()) << reads.got.status();
+  EXPECT_FALSE(reads.got->spec.key.has_value()) << "the update is not seen before it is done";
+  EXPECT_THAT(reads.scraped, ElementsAre("gre1"));
+  EXPECT_EQ(manager_->Get("gre1")->spec.key, 5u);
+}
+
+// The refresh makes a device removed behind the agent's back again and puts it back into the
+// engine, holding only the writers' lock.
+TEST_F(TunnelManagerTest, ARefreshWaitingForTheDataplaneKeepsNoReaderOrScrapeWaiting) {
+  ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
+  links_.RemoveBehindTheAgentsBack("gre1");
+  fakes::Gate dataplane;
+  engine_.add_gate = &dataplane;
+  std::thread refresh([&] { manager_->RefreshStates(); });
+  ASSERT_TRUE(dataplane.WaitForCall(absl::Seconds(10))) << "the refresh never reached the engine";
+
+  Reads reads;
+  std::thread reader;
+  const bool answered = ReadWhileChanging(*manager_, reads, absl::Seconds(5), reader, &engine_);
+  dataplane.Open();
+  refresh.join();
+  reader.join();
+  ASSERT_TRUE(answered) << "a read or a metrics scrape waited for the refresh's AddTunnel";
+  EXPECT_THAT(reads.visited, ElementsAre("gre1"));
+  EXPECT_THAT(reads.scraped, ElementsAre("gre1"));
+  EXPECT_EQ(manager_->Get("gre1")->status.repairs.at("link"), 1u);
 }
 
 TEST_F(TunnelManagerTest, ACreateWaitingForTheKernelKeepsNoReaderWaiting) {

@@ -15,7 +15,6 @@ namespace {
 using dataplane::IpAddress;
 using dataplane::IpPrefix;
 using dataplane::TunnelMode;
-using dataplane::TunnelSpec;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 

@@ -37,8 +37,9 @@ TEST(BoundedWorkQueueTest, RefusesWorkBeyondTheQueueAndRunsTheRest) {
 }
 
 TEST(BoundedWorkQueueTest, ThreadsRunSideBySide) {
-  BoundedWorkQueue queue(/*threads=*/2, /*max_queued=*/4);
+  // Before the queue, so they outlive its threads (a task may still be in its wait).
   absl::Notification first, second;
+  BoundedWorkQueue queue(/*threads=*/2, /*max_queued=*/4);
   // Each waits for the other: only two threads at once can finish them.
   ASSERT_TRUE(queue.TrySubmit([&] {
     first.Notify();

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
+#include "dataplane/core/tunnel_table.h"
 #include "dataplane/packet/checksum.h"
 #include "dataplane/packet/drop_reason.h"
 #include "dataplane/packet/encap.h"
@@ -41,7 +42,6 @@
 #include "dataplane/packet/offload.h"
 #include "dataplane/packet/outer_address.h"
 #include "dataplane/packet/tunnel_mode.h"
-#include "dataplane/tunnel_table.h"
 
 namespace tunnelagent::dataplane {
 namespace {

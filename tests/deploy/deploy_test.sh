@@ -138,11 +138,13 @@ EOF
     grep -q "alertname: $alert\$" "$DEPLOY"/prometheus/rules/*.rules.test.yml ||
       fail "alert $alert has no promtool test"
   done
-  # The metric names the rules use are the ones the agent exports (agent/*.cc).
+  # The metric names the rules use are the ones the agent exports (agent/*.cc, and the tunnel
+  # counters' list).
   local metric
   for metric in $(grep -oh 'tunnelagent_[a-z_]*' "$DEPLOY"/prometheus/rules/*.rules.yml | sort -u); do
-    grep -q "\"${metric%_total}" "$SOURCE_DIR"/agent/metrics.cc "$SOURCE_DIR"/agent/grpc_metrics.cc ||
-      fail "rules use $metric, which agent/metrics.cc does not export"
+    grep -q "\"${metric%_total}" "$SOURCE_DIR"/agent/metrics.cc "$SOURCE_DIR"/agent/grpc_metrics.cc \
+      "$SOURCE_DIR"/dataplane/tunnel_counters.h ||
+      fail "rules use $metric, which the agent does not export"
   done
 }
 

@@ -15,10 +15,10 @@
 #include <cstring>
 #include <vector>
 
+#include "dataplane/core/tunnel_table.h"
 #include "dataplane/packet/checksum.h"
 #include "dataplane/packet/encap.h"
 #include "dataplane/packet/offload.h"
-#include "dataplane/tunnel_table.h"
 
 namespace tunnelagent::dataplane {
 namespace {

@@ -1,0 +1,75 @@
+#include "dataplane/control/mailbox.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "dataplane/errno_status.h"
+
+namespace tunnelagent::dataplane {
+
+CommandMailbox::~CommandMailbox() {
+  if (fd_ >= 0) close(fd_);
+}
+
+absl::Status CommandMailbox::Open(int eventfd_flags) {
+  fd_ = eventfd(0, EFD_CLOEXEC | eventfd_flags);
+  if (fd_ < 0) return ErrnoStatus(errno, "eventfd");
+  return absl::OkStatus();
+}
+
+absl::Status CommandMailbox::Call(std::unique_ptr<EngineCommand> command) {
+  std::future<absl::Status> done = command->done.get_future();
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed_) return absl::UnavailableError("the dataplane has stopped");
+    queue_.push_back(std::move(command));
+  }
+  uint64_t one = 1;
+  // A full eventfd counter still wakes the reader; nothing to do on failure.
+  (void)!write(fd_, &one, sizeof one);
+  return done.get();
+}
+
+absl::Status CommandMailbox::AddTunnel(const EngineTunnel& tunnel) {
+  if (absl::Status status = CheckEngineTunnel(tunnel); !status.ok()) return status;
+  auto command = std::make_unique<EngineCommand>();
+  command->kind = EngineCommand::Kind::kAdd;
+  command->tunnel = tunnel;
+  return Call(std::move(command));
+}
+
+absl::Status CommandMailbox::RemoveTunnel(const std::string& name) {
+  auto command = std::make_unique<EngineCommand>();
+  command->kind = EngineCommand::Kind::kRemove;
+  command->name = name;
+  return Call(std::move(command));
+}
+
+absl::Status CommandMailbox::Stop() {
+  auto command = std::make_unique<EngineCommand>();
+  command->kind = EngineCommand::Kind::kStop;
+  return Call(std::move(command));
+}
+
+std::deque<std::unique_ptr<EngineCommand>> CommandMailbox::TakeAll() {
+  std::deque<std::unique_ptr<EngineCommand>> commands;
+  absl::MutexLock lock(&mu_);
+  commands.swap(queue_);
+  return commands;
+}
+
+void CommandMailbox::Close() {
+  std::deque<std::unique_ptr<EngineCommand>> late;
+  {
+    absl::MutexLock lock(&mu_);
+    closed_ = true;
+    late.swap(queue_);
+  }
+  for (auto& command : late) {
+    command->done.set_value(absl::UnavailableError("the dataplane has stopped"));
+  }
+}
+
+}  // namespace tunnelagent::dataplane

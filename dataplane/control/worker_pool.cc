@@ -1,0 +1,125 @@
+#include "dataplane/control/worker_pool.h"
+
+#include <net/if.h>
+#include <unistd.h>
+
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "dataplane/packet/tunnel_mode.h"
+#include "dataplane/tun_device.h"
+
+namespace tunnelagent::dataplane {
+
+absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Start(unsigned workers,
+                                                              const StartWorker& start) {
+  if (workers == 0) return absl::InvalidArgumentError("a worker pool needs at least one worker");
+  std::vector<std::unique_ptr<PacketEngine>> engines;
+  for (unsigned i = 0; i < workers; ++i) {
+    absl::StatusOr<std::unique_ptr<PacketEngine>> engine = start(i);
+    if (!engine.ok()) {
+      return absl::Status(engine.status().code(),
+                          absl::StrCat("dataplane worker ", i, ": ", engine.status().message()));
+    }
+    engines.push_back(*std::move(engine));
+  }
+  return std::unique_ptr<WorkerPool>(new WorkerPool(std::move(engines)));
+}
+
+WorkerPool::~WorkerPool() {
+  // Workers stop (and stop using the queues) before the queues close.
+  workers_.clear();
+  absl::MutexLock lock(&mu_);
+  for (auto& [name, tunnel] : tunnels_) {
+    for (int fd : tunnel.queues) close(fd);
+  }
+}
+
+absl::Status WorkerPool::AddTunnel(const EngineTunnel& tunnel) {
+  if (!tunnel.stats || tunnel.stats->workers() < workers_.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tunnel ", tunnel.name, ": its counters need ", workers_.size(), " workers"));
+  }
+  absl::MutexLock lock(&mu_);
+  if (tunnels_.contains(tunnel.name)) {
+    return absl::AlreadyExistsError(absl::StrCat("tunnel ", tunnel.name, " exists"));
+  }
+  Tunnel state;
+  // Output sequence numbers must leave in order: one worker sends them.
+  bool one_queue = tunnel.encap.sequence || workers_.size() == 1;
+  if (!one_queue) {
+    const TunDevice::Kind kind =
+        IsEthernetMode(tunnel.encap.mode) ? TunDevice::Kind::kTap : TunDevice::Kind::kTun;
+    const int ifindex = static_cast<int>(if_nametoindex(tunnel.name.c_str()));
+    for (size_t i = 1; i < workers_.size() && !one_queue; ++i) {
+      absl::StatusOr<int> queue =
+          ifindex == 0 ? absl::FailedPreconditionError("no device of the tunnel's name")
+                       : TunDevice::OpenQueue(tunnel.name, kind, tunnel.vnet_header, ifindex);
+      if (queue.ok()) {
+        state.queues.push_back(*queue);
+      } else if (absl::IsFailedPrecondition(queue.status())) {
+        one_queue = true;  // a single-queue device (or a fake one in tests): worker 0 reads
+      } else {
+        for (int fd : state.queues) close(fd);
+        return queue.status();
+      }
+    }
+    if (one_queue) {
+      for (int fd : state.queues) close(fd);
+      state.queues.clear();
+    }
+  }
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    EngineTunnel part = tunnel;
+    part.read_device = tunnel.read_device && (i == 0 || !one_queue);
+    if (i > 0 && !one_queue) part.device_fd = state.queues[i - 1];
+    if (absl::Status s = workers_[i]->AddTunnel(part); !s.ok()) {
+      for (size_t j = 0; j < i; ++j) workers_[j]->RemoveTunnel(tunnel.name).IgnoreError();
+      for (int fd : state.queues) close(fd);
+      return s;
+    }
+  }
+  tunnels_.emplace(tunnel.name, std::move(state));
+  return absl::OkStatus();
+}
+
+absl::Status WorkerPool::RemoveTunnel(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  auto it = tunnels_.find(name);
+  if (it == tunnels_.end()) {
+    return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
+  }
+  absl::Status status;
+  for (const auto& worker : workers_) status.Update(worker->RemoveTunnel(name));
+  // No worker uses the queues any more once each RemoveTunnel has returned.
+  for (int fd : it->second.queues) close(fd);
+  tunnels_.erase(it);
+  return status;
+}
+
+size_t WorkerPool::DeviceQueues(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  auto it = tunnels_.find(name);
+  if (it == tunnels_.end()) return 0;
+  return it->second.queues.size() + 1;
+}
+
+absl::Status WorkerPool::Health(absl::Duration stall) const {
+  std::vector<std::string> failing;
+  for (const auto& worker : workers_) {
+    if (absl::Status s = worker->Health(stall); !s.ok()) failing.emplace_back(s.message());
+  }
+  if (failing.empty()) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrJoin(failing, "; "));
+}
+
+DataplaneCountersSnapshot WorkerPool::counters() const {
+  // No lock: workers_ is fixed after Start, and each worker's counters are read by value.
+  DataplaneCountersSnapshot sum;
+  for (const auto& worker : workers_) sum += worker->counters();
+  return sum;
+}
+
+}  // namespace tunnelagent::dataplane

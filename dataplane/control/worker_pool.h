@@ -1,0 +1,68 @@
+// Several dataplane workers behind one PacketEngine, so every core moves packets. Each worker
+// is a whole engine (io_uring or epoll) with its own thread, ring, sockets and buffers; they
+// share nothing on the per-packet path:
+//   - transmit: each tunnel device has one queue per worker (IFF_MULTI_QUEUE), and the kernel
+//     spreads what the host sends into it over the queues by flow;
+//   - receive: each worker's raw sockets carry a steering filter that takes only its share of
+//     the packets, by inner flow (fou: SO_REUSEPORT sockets, by 4-tuple);
+//   - counters: each worker writes its own (TunnelStats), summed when read.
+// A tunnel whose device has a single queue (one made by an older run), or that numbers its
+// packets (oseq: one sender keeps them in order), is read by worker 0 alone; every worker still
+// writes what it receives for it.
+#ifndef TUNNELAGENT_DATAPLANE_CONTROL_WORKER_POOL_H_
+#define TUNNELAGENT_DATAPLANE_CONTROL_WORKER_POOL_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "dataplane/packet_engine.h"
+
+namespace tunnelagent::dataplane {
+
+class WorkerPool final : public PacketEngine {
+ public:
+  // Starts worker `index` of the pool (its options say which of how many it is).
+  using StartWorker = std::function<absl::StatusOr<std::unique_ptr<PacketEngine>>(unsigned index)>;
+
+  // `workers` (>= 1) engines from `start`; the first error stops the ones already started.
+  static absl::StatusOr<std::unique_ptr<WorkerPool>> Start(unsigned workers,
+                                                           const StartWorker& start);
+  ~WorkerPool() override;
+
+  // INVALID_ARGUMENT when the tunnel's stats have fewer workers than the pool.
+  absl::Status AddTunnel(const EngineTunnel& tunnel) override;
+  absl::Status RemoveTunnel(const std::string& name) override;
+  // The workers' counters summed, into the caller's own copy.
+  DataplaneCountersSnapshot counters() const override;
+  const char* backend_name() const override { return workers_.front()->backend_name(); }
+  size_t workers() const override { return workers_.size(); }
+  // Every worker's health: OK when all are, else what each failing one says.
+  absl::Status Health(absl::Duration stall) const override;
+
+  // How many of the tunnel's device queues the workers read (1 or workers()); 0 when there
+  // is no such tunnel. For tests and logs.
+  size_t DeviceQueues(const std::string& name) const;
+
+ private:
+  explicit WorkerPool(std::vector<std::unique_ptr<PacketEngine>> workers)
+      : workers_(std::move(workers)) {}
+
+  struct Tunnel {
+    std::vector<int> queues;  // the extra device queues the pool opened, for workers 1..n-1
+  };
+
+  std::vector<std::unique_ptr<PacketEngine>> workers_;  // fixed after Start
+  // Serialises adds and removes, so the workers' tunnel sets agree.
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Tunnel> tunnels_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace tunnelagent::dataplane
+
+#endif  // TUNNELAGENT_DATAPLANE_CONTROL_WORKER_POOL_H_
