@@ -17,6 +17,8 @@
 #include "dataplane/underlay/fou.h"
 
 namespace tunnelagent::dataplane {
+
+// What an operation the worker submitted was, for its completion.
 enum class OpKind : uint8_t {
   kDeviceRead,
   kSend,

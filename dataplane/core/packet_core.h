@@ -10,8 +10,8 @@
 //             TakeFouDatagrams for what a fou socket brought; FlushCoalesced after a batch
 //   housekeeping: TakeTooBig for each ICMP error read, Tick every time round the loop
 //
-// Owned and used by the worker's thread only (thread_role); nothing here locks or allocates
-// per packet.
+// Owned and used by the worker's thread only (guarded by the Worker's ThreadRole); nothing
+// here locks or allocates per packet.
 #ifndef TUNNELAGENT_DATAPLANE_CORE_PACKET_CORE_H_
 #define TUNNELAGENT_DATAPLANE_CORE_PACKET_CORE_H_
 

@@ -2525,6 +2525,7 @@ TEST_F(TunnelManagerTest, ACreateWaitingForTheDataplaneKeepsNoReaderOrScrapeWait
   dataplane.Open();  // whatever happened: nothing may stay blocked
   create.join();
   reader.join();
+  engine_.add_gate = nullptr;  // the gate ends with the test: teardown's calls pass
   ASSERT_TRUE(answered) << "a read or a metrics scrape waited for the engine's AddTunnel";
   ASSERT_TRUE(reads.got.ok()) << reads.got.status();
   EXPECT_THAT(Names(reads.listed), ElementsAre("gre1"));
@@ -2549,6 +2550,7 @@ TEST_F(TunnelManagerTest, AnUpdateReplacingTheEngineTunnelKeepsNoReaderOrScrapeW
   dataplane.Open();
   update.join();
   reader.join();
+  engine_.remove_gate = nullptr;  // the gate ends with the test: teardown's calls pass
   ASSERT_TRUE(answered) << "a read or a metrics scrape waited for the engine's RemoveTunnel";
   ASSERT_TRUE(reads.got.ok()) << reads.got.status();
   EXPECT_FALSE(reads.got->spec.key.has_value()) << "the update is not seen before it is done";
@@ -2572,6 +2574,7 @@ TEST_F(TunnelManagerTest, ARefreshWaitingForTheDataplaneKeepsNoReaderOrScrapeWai
   dataplane.Open();
   refresh.join();
   reader.join();
+  engine_.add_gate = nullptr;  // the gate ends with the test: teardown's calls pass
   ASSERT_TRUE(answered) << "a read or a metrics scrape waited for the refresh's AddTunnel";
   EXPECT_THAT(reads.visited, ElementsAre("gre1"));
   EXPECT_THAT(reads.scraped, ElementsAre("gre1"));
@@ -2592,6 +2595,7 @@ TEST_F(TunnelManagerTest, ACreateWaitingForTheKernelKeepsNoReaderWaiting) {
   kernel.Open();  // whatever happened: nothing may stay blocked
   create.join();
   reader.join();
+  links_.create_gate = nullptr;  // the gate ends with the test: teardown's calls pass
   ASSERT_TRUE(answered) << "a read waited for the kernel call of a change";
   // What the readers saw: the state before the change, whole.
   ASSERT_TRUE(reads.got.ok()) << reads.got.status();
@@ -2617,6 +2621,7 @@ TEST_F(TunnelManagerTest, AStateFileWriteKeepsNoReaderWaiting) {
   disk.Open();
   remove.join();
   reader.join();
+  store_.save_gate = nullptr;  // the gate ends with the test: teardown's calls pass
   ASSERT_TRUE(answered) << "a read waited for the state file write of a change";
   ASSERT_TRUE(reads.got.ok()) << "not deleted until the write took it";
   EXPECT_THAT(reads.visited, ElementsAre("gre1"));
@@ -2698,6 +2703,7 @@ TEST_F(TunnelManagerTest, ARestoreInterruptedByShutdownStopsAndLeavesNothingBehi
   kernel.Open();
   stop.join();
   refresh.join();
+  links_.create_gate = nullptr;  // the gate ends with the test: teardown's calls pass
   EXPECT_TRUE(refresh_returned) << "a refresh waited for the restore";
   EXPECT_LT(links_.create_calls(), 20) << "the restore went on after Shutdown began";
   EXPECT_THAT(links_.LinkNames(), IsEmpty());
