@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent/fd_budget.h"
 #include "dataplane/errno_status.h"
-#include "dataplane/tun_device.h"
+#include "dataplane/tun/tun_device.h"
 
 namespace tunnelagent::agent {
 namespace {

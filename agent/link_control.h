@@ -14,7 +14,7 @@
 #include "absl/status/statusor.h"
 #include "dataplane/address.h"
 #include "dataplane/netlink.h"
-#include "dataplane/tun_device.h"
+#include "dataplane/tun/tun_device.h"
 
 namespace tunnelagent::agent {
 

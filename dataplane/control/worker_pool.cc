@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "dataplane/packet/tunnel_mode.h"
-#include "dataplane/tun_device.h"
+#include "dataplane/tun/tun_device.h"
 
 namespace tunnelagent::dataplane {
 

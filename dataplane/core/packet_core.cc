@@ -150,8 +150,7 @@ bool PacketCore::TakeDatagram(const ReceiveSocket& socket, uint8_t* data, size_t
   if (tunnel->vnet_header()) {
     // On its own, behind an empty virtio-net header (in room the outer headers, or the
     // receive headroom, leave).
-    out->data -= kVirtioNetHeaderLen;
-    std::memset(out->data, 0, kVirtioNetHeaderLen);
+    out->data = PrependEmptyVirtioNetHeader(out->data);
     out->len += kVirtioNetHeaderLen;
   }
   return true;

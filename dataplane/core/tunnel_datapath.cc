@@ -408,23 +408,18 @@ void TunnelDatapath::DeviceWriteDone(size_t len, int result, uint32_t packets) {
 TunnelDatapath::DeviceRead TunnelDatapath::TakeVirtioNetHeader(const VirtioNetHeader& header,
                                                                uint8_t* frame, size_t len,
                                                                size_t* segments) {
-  const uint8_t gso = header.gso_type & static_cast<uint8_t>(~kGsoEcn);
-  if (gso == kGsoNone) {
-    if ((header.flags & kVirtioNetFlagNeedsCsum) != 0 &&
-        !CompleteChecksum(frame, len, header.csum_start, header.csum_offset)) {
-      Count(counters().tx_drops, DropReason::kBadInnerPacket);
-      return DeviceRead::kDropped;
-    }
-    return DeviceRead::kPacket;
-  }
   DropReason reason = DropReason::kBadInnerPacket;
-  *segments = CountSegments(header, frame, len, &reason);
-  if (*segments == 0) {
-    Count(counters().tx_drops, reason);
-    return DeviceRead::kDropped;
+  switch (ClassifyVirtioRead(header, frame, len, segments, &reason)) {
+    case VirtioRead::kPacket:
+      return DeviceRead::kPacket;
+    case VirtioRead::kSuperPacket:
+      counters().tx_super_packets.Add();
+      return DeviceRead::kSuperPacket;
+    case VirtioRead::kMalformed:
+      break;
   }
-  counters().tx_super_packets.Add();
-  return DeviceRead::kSuperPacket;
+  Count(counters().tx_drops, reason);
+  return DeviceRead::kDropped;
 }
 
 TunnelDatapath::FouPayload TunnelDatapath::FouPayloadOf(const EncapResult& packet) const {

@@ -31,6 +31,7 @@
 #include "dataplane/packet/icmp.h"
 #include "dataplane/packet/offload.h"
 #include "dataplane/packet_engine.h"
+#include "dataplane/tun/virtio_net.h"
 
 namespace tunnelagent::dataplane {
 
@@ -88,7 +89,7 @@ class TunnelDatapath {
 
   // TUN offloads: reads and writes of the device carry a virtio-net header.
   bool vnet_header() const { return config_.vnet_header; }
-  size_t vnet_header_len() const { return config_.vnet_header ? kVirtioNetHeaderLen : 0; }
+  size_t vnet_header_len() const { return VirtioNetHeaderBytes(config_.vnet_header); }
   // A device read: a buffer of buffer_bytes(); the read goes to read_offset() into it (the
   // virtio-net header, if any, just before where the frame belongs, at kDeviceHeadroom) and
   // asks for read_bytes(). With offloads a read can be a 64 KiB super-packet.

@@ -14,7 +14,7 @@
 #include <cstring>
 
 #include "dataplane/errno_status.h"
-#include "dataplane/tun_device.h"
+#include "dataplane/tun/tun_device.h"
 #include "dataplane/underlay/fou.h"
 #include "dataplane/underlay/sockets.h"
 

@@ -13,7 +13,7 @@
 #include "absl/time/clock.h"
 #include "dataplane/address.h"
 #include "dataplane/netlink.h"
-#include "dataplane/tun_device.h"
+#include "dataplane/tun/tun_device.h"
 #include "gtest/gtest.h"
 
 namespace tunnelagent::dataplane {

@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "dataplane/address.h"
-#include "dataplane/tun_device.h"
+#include "dataplane/tun/tun_device.h"
 #include "gtest/gtest.h"
 
 namespace tunnelagent::dataplane {

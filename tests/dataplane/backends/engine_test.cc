@@ -43,7 +43,7 @@
 #include "dataplane/packet/ipv4.h"
 #include "dataplane/packet/offload.h"
 #include "dataplane/packet/receive_steering.h"
-#include "dataplane/tun_device.h"
+#include "dataplane/tun/tun_device.h"
 #include "dataplane/backends/uring_engine.h"
 #include "dataplane/control/worker_pool.h"
 #include "gtest/gtest.h"

@@ -1,6 +1,6 @@
 // A TUN (layer 3) or TAP (layer 2) device owned through its file descriptor.
-#ifndef TUNNELAGENT_DATAPLANE_TUN_DEVICE_H_
-#define TUNNELAGENT_DATAPLANE_TUN_DEVICE_H_
+#ifndef TUNNELAGENT_DATAPLANE_TUN_TUN_DEVICE_H_
+#define TUNNELAGENT_DATAPLANE_TUN_TUN_DEVICE_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -134,4 +134,4 @@ int WriteTunPacket(int fd, bool vnet_header, const uint8_t* packet, size_t len);
 
 }  // namespace tunnelagent::dataplane
 
-#endif  // TUNNELAGENT_DATAPLANE_TUN_DEVICE_H_
+#endif  // TUNNELAGENT_DATAPLANE_TUN_TUN_DEVICE_H_

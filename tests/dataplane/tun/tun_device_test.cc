@@ -1,5 +1,5 @@
 // Runs inside a private network namespace (tests/netns_main.cc), one process per test.
-#include "dataplane/tun_device.h"
+#include "dataplane/tun/tun_device.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

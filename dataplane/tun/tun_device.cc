@@ -1,4 +1,4 @@
-#include "dataplane/tun_device.h"
+#include "dataplane/tun/tun_device.h"
 
 #include <errno.h>
 #include <fcntl.h>
