@@ -433,6 +433,8 @@ void ApiListener::AcceptLoop(grpc::Server* server) {
       } else if (revents != 0) {
         close(each.fd);  // hung up or failed before saying anything
       } else if (after >= each.deadline) {
+        // Counted before the close: whoever sees the connection end sees it counted.
+        stats_.closed_silent.fetch_add(1, std::memory_order_relaxed);
         close(each.fd);
         ++silent;
       } else {
@@ -441,7 +443,6 @@ void ApiListener::AcceptLoop(grpc::Server* server) {
     }
     pending = std::move(waiting);
     if (silent > 0) {
-      stats_.closed_silent.fetch_add(silent, std::memory_order_relaxed);
       if (after - silent_logged >= absl::Seconds(10)) {  // a flood logs a line per 10 s
         Log("WARNING", "grpc: %s: closed %d connection(s) that sent nothing for %s", target_,
             static_cast<int>(silent), absl::FormatDuration(options_.limits.first_bytes_timeout));
