@@ -1,6 +1,7 @@
 #include "agent/caller_identity.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -13,6 +14,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -247,7 +249,62 @@ ApiListener::~ApiListener() {
   Stop();
   close(stop_fd_);
   Peers().Forget(this);
-  if (identity_.has_value()) RemoveIfSameFile(options_.path, *identity_);
+  if (identity_.has_value() && !leave_socket_file_.load()) {
+    RemoveIfSameFile(options_.path, *identity_);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<ApiListener>> ApiListener::Adopt(int fd, Options options) {
+  auto fail = [fd](absl::Status status) {
+    close(fd);
+    return status;
+  };
+  sockaddr_storage address = {};
+  socklen_t len = sizeof address;
+  int listening = 0;
+  socklen_t listening_len = sizeof listening;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &len) != 0 ||
+      getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &listening_len) != 0 || !listening) {
+    return fail(absl::FailedPreconditionError(
+        absl::StrCat("descriptor ", fd, " handed over is no listening socket")));
+  }
+  // The accept loop polls and accepts without blocking.
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  std::optional<FileIdentity> identity;
+  std::string target;
+  int port = 0;
+  if (address.ss_family == AF_UNIX) {
+    const auto* un = reinterpret_cast<const sockaddr_un*>(&address);
+    const size_t max =
+        len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path) : 0;
+    options.path = std::string(un->sun_path, strnlen(un->sun_path, max));
+    if (options.path.empty()) {
+      return fail(absl::FailedPreconditionError("an abstract unix socket cannot be handed over"));
+    }
+    if (absl::StatusOr<FileIdentity> id = IdentityOf(options.path); id.ok()) identity = *id;
+    target = absl::StrCat("unix:", options.path);
+  } else if (address.ss_family == AF_INET || address.ss_family == AF_INET6) {
+    options.path.clear();
+    const bool v6 = address.ss_family == AF_INET6;
+    port = ntohs(v6 ? reinterpret_cast<sockaddr_in6*>(&address)->sin6_port
+                    : reinterpret_cast<sockaddr_in*>(&address)->sin_port);
+    char text[INET6_ADDRSTRLEN] = {};
+    if (v6) {
+      const in6_addr& a = reinterpret_cast<sockaddr_in6*>(&address)->sin6_addr;
+      inet_ntop(AF_INET6, IN6_IS_ADDR_UNSPECIFIED(&a) ? &in6addr_loopback : &a, text, sizeof text);
+    } else {
+      in_addr a = reinterpret_cast<sockaddr_in*>(&address)->sin_addr;
+      if (a.s_addr == htonl(INADDR_ANY)) a.s_addr = htonl(INADDR_LOOPBACK);
+      inet_ntop(AF_INET, &a, text, sizeof text);
+    }
+    target = v6 ? absl::StrCat("[", text, "]:", port) : absl::StrCat(text, ":", port);
+  } else {
+    return fail(absl::FailedPreconditionError("a listening socket of an unknown family"));
+  }
+  const int stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (stop_fd < 0) return fail(dataplane::ErrnoStatus(errno, "eventfd"));
+  return std::unique_ptr<ApiListener>(
+      new ApiListener(std::move(options), fd, stop_fd, identity, std::move(target), port));
 }
 
 void ApiListener::Start(grpc::Server* server) {

@@ -95,9 +95,19 @@ class ApiListener {
   static absl::StatusOr<std::unique_ptr<ApiListener>> ListenTcp(const std::string& listen,
                                                                 ListenerLimits limits);
 
+  // A listening socket another agent handed over (a hot upgrade), unix or TCP, owned from
+  // here on (closed on failure too). Both agents may accept from it while the handover lasts:
+  // each connection goes to one of them. `options.path` is ignored: the socket says.
+  static absl::StatusOr<std::unique_ptr<ApiListener>> Adopt(int fd, Options options);
+
   ApiListener(const ApiListener&) = delete;
   ApiListener& operator=(const ApiListener&) = delete;
   ~ApiListener();  // Stop(), then removes the socket file if it is still this one
+
+  // The listening socket, for a handover; valid until Stop.
+  int listen_fd() const { return listen_fd_; }
+  // The socket file is another agent's now (handed over): never removed here.
+  void LeaveSocketFile() { leave_socket_file_.store(true); }
 
   // Accepts in a thread of its own, handing every connection to `server` (already started).
   // Once per listener.
@@ -146,6 +156,7 @@ class ApiListener {
   const int listen_fd_;
   const int stop_fd_;  // an eventfd: Stop writes it, the accept loop polls it
   const std::optional<FileIdentity> identity_;  // of the socket file (unix)
+  std::atomic<bool> leave_socket_file_{false};
   const std::string target_;
   const int port_;
   ListenerStats stats_;

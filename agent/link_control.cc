@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <map>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -95,6 +96,9 @@ absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::CreateDevice(const st
   // Without the group the device is still the agent's (its alias says so): it is only
   // removed on its own at stop instead of in the batch.
   netlink_->SetLinkGroup((*tun)->ifindex(), kAgentLinkGroup).IgnoreError();
+  // Before it first goes up, so that the kernel never makes the default qdiscs (one per
+  // possible queue: megabytes per device). Without it the device works the same, dearer.
+  netlink_->SetNoQueue((*tun)->ifindex()).IgnoreError();
   auto link = std::make_unique<TunLink>(*std::move(tun));
   link->DisableIpv6();  // before it goes up: until an IPv6 prefix needs it
   return link;
@@ -107,6 +111,27 @@ absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::AttachDevice(const st
   if (!dataplane::IsAgentDevice(*link)) {
     return absl::NotFoundError(absl::StrCat("no device of the agent's named ", name));
   }
+  return AttachLink(*link, kind);
+}
+
+absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::AttachListedDevice(
+    const std::string& name, DeviceKind kind) {
+  std::optional<dataplane::LinkInfo> link;
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = listed_.find(name); it != listed_.end()) link = it->second;
+  }
+  if (!link.has_value()) return AttachDevice(name, kind);
+  // TunDevice::Attach finds the device by name and checks it is a persistent one of `kind`;
+  // a link of that name made since the listing by someone else is no TUN device of ours to
+  // attach to, and one of the other kind is handled as AttachDevice does.
+  return AttachLink(*link, kind);
+}
+
+absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::AttachLink(
+    const dataplane::LinkInfo& link_info, DeviceKind kind) {
+  const std::string& name = link_info.name;
+  const dataplane::LinkInfo* link = &link_info;
   absl::StatusOr<std::unique_ptr<TunDevice>> tun =
       TunDevice::Attach(name, kind, offload_, multi_queue_);
   if (absl::IsFailedPrecondition(tun.status())) {
@@ -126,6 +151,11 @@ absl::StatusOr<std::unique_ptr<Device>> KernelLinkControl::AttachDevice(const st
     }
   }
   if (!tun.ok()) return tun.status();
+  if ((*tun)->ifindex() != link->ifindex) {
+    // Removed and made again by someone else since it was looked up: not the agent's.
+    return absl::NotFoundError(
+        absl::StrCat("device ", name, " was replaced since it was looked up; not the agent's"));
+  }
   // A device an older agent made has no group yet.
   if (link->group != kAgentLinkGroup) {
     netlink_->SetLinkGroup(link->ifindex, kAgentLinkGroup).IgnoreError();
@@ -137,9 +167,14 @@ absl::StatusOr<std::vector<std::string>> KernelLinkControl::ListAgentDevices() {
   absl::StatusOr<std::vector<dataplane::LinkInfo>> links = netlink_->ListLinks();
   if (!links.ok()) return links.status();
   std::vector<std::string> names;
+  std::map<std::string, dataplane::LinkInfo> listed;
   for (const dataplane::LinkInfo& link : *links) {
-    if (dataplane::IsAgentDevice(link)) names.push_back(link.name);
+    if (!dataplane::IsAgentDevice(link)) continue;
+    names.push_back(link.name);
+    listed.emplace(link.name, link);
   }
+  absl::MutexLock lock(&mu_);
+  listed_ = std::move(listed);
   return names;
 }
 
@@ -237,10 +272,14 @@ absl::StatusOr<std::map<int, DeviceState>> KernelLinkControl::DeviceStates() {
   if (!routes.ok()) return routes.status();
 
   std::map<int, DeviceState> states;
+  std::map<std::string, dataplane::LinkInfo> listed;
   for (const dataplane::LinkInfo& link : *links) {
     DeviceState& state = states[link.ifindex];
     state.up = link.up;
     state.mtu = link.mtu;
+    state.name = link.name;
+    state.agent = dataplane::IsAgentDevice(link);
+    if (state.agent) listed.emplace(link.name, link);
     if (auto it = addresses->find(link.ifindex); it != addresses->end()) {
       state.addresses = std::move(it->second);
     }
@@ -249,6 +288,8 @@ absl::StatusOr<std::map<int, DeviceState>> KernelLinkControl::DeviceStates() {
     }
   }
   // Addresses or routes of a link made after the link dump wait for the next read too.
+  absl::MutexLock lock(&mu_);
+  listed_ = std::move(listed);
   return states;
 }
 
@@ -260,6 +301,122 @@ absl::StatusOr<UnderlayRoute> KernelLinkControl::RouteTo(const dataplane::IpAddr
   underlay.gateway = route->gateway;
   underlay.source = route->source;
   return underlay;
+}
+
+std::vector<absl::Status> LinkControl::ApplyChanges(const std::vector<LinkChange>& changes) {
+  std::vector<absl::Status> statuses;
+  statuses.reserve(changes.size());
+  for (const LinkChange& c : changes) {
+    switch (c.kind) {
+      case LinkChange::Kind::kSetUp:
+        statuses.push_back(SetUp(*c.device));
+        break;
+      case LinkChange::Kind::kSetMtu:
+        statuses.push_back(SetMtu(*c.device, c.mtu));
+        break;
+      case LinkChange::Kind::kAddAddress:
+        statuses.push_back(AddAddress(*c.device, c.prefix));
+        break;
+      case LinkChange::Kind::kDeleteAddress:
+        statuses.push_back(DeleteAddress(*c.device, c.prefix));
+        break;
+      case LinkChange::Kind::kAddRoute:
+        statuses.push_back(AddRoute(*c.device, c.prefix));
+        break;
+      case LinkChange::Kind::kDeleteRoute:
+        statuses.push_back(DeleteRoute(*c.device, c.prefix));
+        break;
+    }
+  }
+  return statuses;
+}
+
+std::vector<absl::StatusOr<UnderlayRoute>> LinkControl::RoutesTo(
+    const std::vector<dataplane::IpAddress>& destinations) {
+  std::vector<absl::StatusOr<UnderlayRoute>> routes;
+  routes.reserve(destinations.size());
+  for (const dataplane::IpAddress& destination : destinations) {
+    routes.push_back(RouteTo(destination));
+  }
+  return routes;
+}
+
+std::vector<absl::Status> KernelLinkControl::ApplyChanges(const std::vector<LinkChange>& changes) {
+  using Kind = LinkChange::Kind;
+  std::vector<absl::Status> statuses(changes.size());
+  std::vector<dataplane::LinkRequest> requests;
+  std::vector<size_t> sent;  // the change of each request
+  requests.reserve(changes.size());
+  for (size_t i = 0; i < changes.size(); ++i) {
+    const LinkChange& c = changes[i];
+    // An IPv6 prefix needs IPv6 on the device first (a sysctl, not netlink): refused here as
+    // the single call would refuse it.
+    if (c.kind == Kind::kAddAddress || c.kind == Kind::kAddRoute) {
+      if (absl::Status s = EnsureIpv6For(*c.device, c.prefix); !s.ok()) {
+        statuses[i] = s;
+        continue;
+      }
+    }
+    dataplane::LinkRequest r{.ifindex = c.device->ifindex(), .prefix = c.prefix, .mtu = c.mtu};
+    switch (c.kind) {
+      case Kind::kSetUp:
+        r.kind = dataplane::LinkRequest::Kind::kSetUp;
+        break;
+      case Kind::kSetMtu:
+        r.kind = dataplane::LinkRequest::Kind::kSetMtu;
+        break;
+      case Kind::kAddAddress:
+        r.kind = dataplane::LinkRequest::Kind::kAddAddress;
+        break;
+      case Kind::kDeleteAddress:
+        r.kind = dataplane::LinkRequest::Kind::kDeleteAddress;
+        break;
+      case Kind::kAddRoute:
+        r.kind = dataplane::LinkRequest::Kind::kAddRoute;
+        break;
+      case Kind::kDeleteRoute:
+        r.kind = dataplane::LinkRequest::Kind::kDeleteRoute;
+        break;
+    }
+    requests.push_back(r);
+    sent.push_back(i);
+  }
+  std::vector<absl::Status> answers = netlink_->Apply(requests);
+  for (size_t k = 0; k < sent.size(); ++k) statuses[sent[k]] = std::move(answers[k]);
+  return statuses;
+}
+
+std::vector<absl::StatusOr<UnderlayRoute>> KernelLinkControl::RoutesTo(
+    const std::vector<dataplane::IpAddress>& destinations) {
+  std::vector<absl::StatusOr<dataplane::RouteLookup>> lookups =
+      netlink_->RouteGetMany(destinations);
+  // The path MTU as PathMtu finds it: the route's MTU metric, else its link's MTU, asked once
+  // for each link the routes leave by (a few underlay links, however many tunnels).
+  std::map<int, uint32_t> link_mtu;
+  for (const auto& lookup : lookups) {
+    if (!lookup.ok() || lookup->mtu_metric != 0 || link_mtu.count(lookup->ifindex)) continue;
+    absl::StatusOr<dataplane::LinkInfo> link = netlink_->GetLink(lookup->ifindex);
+    link_mtu[lookup->ifindex] = link.ok() ? link->mtu : 0;  // 0: PathMtu asked later
+  }
+  std::vector<absl::StatusOr<UnderlayRoute>> routes;
+  routes.reserve(lookups.size());
+  for (auto& lookup : lookups) {
+    if (!lookup.ok()) {
+      routes.push_back(lookup.status());
+      continue;
+    }
+    UnderlayRoute underlay;
+    underlay.ifindex = lookup->ifindex;
+    underlay.gateway = lookup->gateway;
+    underlay.source = lookup->source;
+    if (lookup->mtu_metric != 0) {
+      underlay.path_mtu = lookup->mtu_metric;
+    } else if (auto it = link_mtu.find(lookup->ifindex); it != link_mtu.end() && it->second) {
+      underlay.path_mtu = it->second;
+    }
+    routes.push_back(underlay);
+  }
+  return routes;
 }
 
 }  // namespace tunnelagent::agent

@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "dataplane/address.h"
 #include "dataplane/netlink.h"
 #include "dataplane/tun/tun_device.h"
@@ -41,6 +42,9 @@ struct DeviceState {
   // Routes through the link in the main table that the agent's route protocol marks (the ones
   // AddRoute makes), not the kernel's own prefix and link-local routes.
   std::vector<dataplane::IpPrefix> routes;
+  std::string name;
+  // One of the agent's devices (what ListAgentDevices lists): AttachListedDevice takes it.
+  bool agent = false;
 };
 
 // Where the kernel would send a packet to one destination: the link, the next hop when it is
@@ -49,6 +53,18 @@ struct UnderlayRoute {
   int ifindex = 0;
   std::optional<dataplane::IpAddress> gateway;
   std::optional<dataplane::IpAddress> source;
+  // The MTU of the path (PathMtu's answer) when the lookup learnt it (RoutesTo), else 0.
+  uint32_t path_mtu = 0;
+};
+
+// One change of a device's configuration, for LinkControl::ApplyChanges: what SetUp, SetMtu,
+// AddAddress, DeleteAddress, AddRoute and DeleteRoute do one at a time.
+struct LinkChange {
+  enum class Kind { kSetUp, kSetMtu, kAddAddress, kDeleteAddress, kAddRoute, kDeleteRoute };
+  Kind kind = Kind::kSetUp;
+  const Device* device = nullptr;  // must outlive the call
+  dataplane::IpPrefix prefix;      // kAddAddress .. kDeleteRoute
+  uint32_t mtu = 0;                // kSetMtu
 };
 
 // TUN (layer 3: IP packets) for most modes, TAP (layer 2: Ethernet frames) for gretap and
@@ -95,6 +111,23 @@ class LinkControl {
   virtual absl::StatusOr<std::map<int, DeviceState>> DeviceStates() = 0;
   // The kernel's route lookup (`ip route get`) for `destination`. NOT_FOUND when unreachable.
   virtual absl::StatusOr<UnderlayRoute> RouteTo(const dataplane::IpAddress& destination) = 0;
+
+  // AttachDevice of a device the last ListAgentDevices (or DeviceStates) listed as the agent's,
+  // without a lookup of its own first. The real one: the lookup of a device that has just lost its
+  // reader (a crash) makes the kernel settle the device's carrier change then and there,
+  // a reset of every queue and an RCU grace period, about a millisecond for each device.
+  virtual absl::StatusOr<std::unique_ptr<Device>> AttachListedDevice(const std::string& name,
+                                                                     DeviceKind kind) {
+    return AttachDevice(name, kind);
+  }
+
+  // Bulk forms, for thousands of tunnels at once (a restore, a refresh): the real one keeps
+  // many requests in flight; these defaults make one call after the other.
+  // `changes`, made in the order given; one status per change, as the single call answers.
+  virtual std::vector<absl::Status> ApplyChanges(const std::vector<LinkChange>& changes);
+  // RouteTo of each destination, with path_mtu filled in where it can be learnt on the way.
+  virtual std::vector<absl::StatusOr<UnderlayRoute>> RoutesTo(
+      const std::vector<dataplane::IpAddress>& destinations);
 };
 
 // The link group (IFLA_GROUP) the agent puts its devices in, so that RemoveAgentDevices can
@@ -116,6 +149,8 @@ class KernelLinkControl final : public LinkControl {
   absl::StatusOr<std::unique_ptr<Device>> AttachDevice(const std::string& name,
                                                        DeviceKind kind) override;
   absl::StatusOr<std::vector<std::string>> ListAgentDevices() override;
+  absl::StatusOr<std::unique_ptr<Device>> AttachListedDevice(const std::string& name,
+                                                             DeviceKind kind) override;
   absl::Status DeleteDevice(const std::string& name) override;
   absl::Status RemoveAgentDevices() override;
   absl::Status SetMtu(const Device& device, uint32_t mtu) override;
@@ -128,11 +163,22 @@ class KernelLinkControl final : public LinkControl {
   absl::StatusOr<uint32_t> PathMtu(const dataplane::IpAddress& remote) override;
   absl::StatusOr<std::map<int, DeviceState>> DeviceStates() override;
   absl::StatusOr<UnderlayRoute> RouteTo(const dataplane::IpAddress& destination) override;
+  std::vector<absl::Status> ApplyChanges(const std::vector<LinkChange>& changes) override;
+  std::vector<absl::StatusOr<UnderlayRoute>> RoutesTo(
+      const std::vector<dataplane::IpAddress>& destinations) override;
 
  private:
+  // AttachDevice once the link is known to be the agent's.
+  absl::StatusOr<std::unique_ptr<Device>> AttachLink(const dataplane::LinkInfo& link,
+                                                     DeviceKind kind);
+
   dataplane::Netlink* netlink_;
   const bool offload_;
   const bool multi_queue_;
+  absl::Mutex mu_;
+  // The agent's devices the last ListAgentDevices or DeviceStates found, by name, for
+  // AttachListedDevice.
+  std::map<std::string, dataplane::LinkInfo> listed_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tunnelagent::agent

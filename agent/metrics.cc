@@ -114,6 +114,7 @@ AgentMetrics::AgentMetrics(const TunnelManager* manager, const dataplane::Packet
       io_uring_fallback_(io_uring_fallback) {}
 
 std::vector<MetricFamily> AgentMetrics::Collect() const {
+  scraped_.store(true, std::memory_order_relaxed);
   MetricFamily build =
       Family("tunnelagent_build_info",
              "Version and dataplane backend of the running agent (always 1).", MetricType::Gauge);
@@ -134,6 +135,12 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
              "Tunnels the agent accepts (--max_tunnels); creates beyond fail RESOURCE_EXHAUSTED.",
              MetricType::Gauge);
   AddSample(max_tunnels, {}, static_cast<double>(manager_->max_tunnels()));
+  MetricFamily verifying =
+      Family("tunnelagent_tunnels_verifying",
+             "Tunnels forwarding again on the devices an agent that crashed left, whose addresses, "
+             "routes, MTU and link state are still being checked (0 once the restore is done).",
+             MetricType::Gauge);
+  AddSample(verifying, {}, static_cast<double>(manager_->VerifyingCount()));
 
   MetricFamily tunnels =
       Family("tunnelagent_tunnels", "Tunnels by mode and operational state.", MetricType::Gauge);
@@ -263,13 +270,51 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
     AddSample(dp_drops, {{"reason", std::string(dataplane::DropReasonName(reason))}},
               static_cast<double>(value));
   }
+  // The device read buffers the workers' tunnels share (io_uring; 0 with epoll, whose workers
+  // read into one batch of buffers each).
+  MetricFamily read_waits =
+      Family("tunnelagent_dataplane_device_read_waits_total",
+             "Device reads that found the shared read buffers all taken and waited for one (the "
+             "packet stays queued in the device meanwhile).",
+             MetricType::Counter);
+  AddSample(read_waits, {}, static_cast<double>(dp.device_read_waits));
+  MetricFamily read_buffers =
+      Family("tunnelagent_dataplane_device_read_buffers",
+             "Shared device read buffers: held by reads until their packet is sent (in_use), and "
+             "ready for reads in the kernel's buffer ring (ready).",
+             MetricType::Gauge);
+  AddSample(read_buffers, {{"state", "in_use"}}, static_cast<double>(dp.device_buffers_in_use));
+  AddSample(read_buffers, {{"state", "ready"}}, static_cast<double>(dp.device_buffers_ready));
+
+  // The state store: commits against syncs shows how many changes one flush carries.
+  const StateStoreStats store = manager_->store_stats();
+  MetricFamily store_commits =
+      Family("tunnelagent_state_commits_total",
+             "Changes of the desired tunnels appended to the state log.", MetricType::Counter);
+  AddSample(store_commits, {}, static_cast<double>(store.commits));
+  MetricFamily store_syncs =
+      Family("tunnelagent_state_syncs_total",
+             "Flushes (fdatasync) of the state log; each makes every change appended before it "
+             "durable (group commit), so fewer than commits under concurrent requests.",
+             MetricType::Counter);
+  AddSample(store_syncs, {}, static_cast<double>(store.syncs));
+  MetricFamily store_sync_failures =
+      Family("tunnelagent_state_sync_failures_total",
+             "Flushes of the state log that failed (the requests waiting on them got an error; "
+             "the next change rewrites the whole state).",
+             MetricType::Counter);
+  AddSample(store_sync_failures, {}, static_cast<double>(store.sync_failures));
+  MetricFamily store_compactions = Family(
+      "tunnelagent_state_compactions_total",
+      "Snapshots of the whole state written (log compaction, migration).", MetricType::Counter);
+  AddSample(store_compactions, {}, static_cast<double>(store.compactions));
 
   std::vector<MetricFamily> families;
   auto take = [&families](std::vector<CounterMetric>& metrics) {
     for (CounterMetric& m : metrics) families.push_back(std::move(m.family));
   };
-  for (MetricFamily* f : {&build, &fallback, &workers, &max_tunnels, &tunnels, &up, &info,
-                          &state_changes, &last_receive, &repairs}) {
+  for (MetricFamily* f : {&build, &fallback, &workers, &max_tunnels, &verifying, &tunnels, &up,
+                          &info, &state_changes, &last_receive, &repairs}) {
     families.push_back(std::move(*f));
   }
   take(traffic);
@@ -277,7 +322,9 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
   families.push_back(std::move(path_mtu));
   take(path);
   take(keepalive);
-  for (MetricFamily* f : {&peer_alive, &keepalive_rtt, &underlay_rx, &dp_drops}) {
+  for (MetricFamily* f :
+       {&peer_alive, &keepalive_rtt, &underlay_rx, &dp_drops, &read_waits, &read_buffers,
+        &store_commits, &store_syncs, &store_sync_failures, &store_compactions}) {
     families.push_back(std::move(*f));
   }
   return families;

@@ -109,6 +109,47 @@ absl::StatusOr<StateDirLock> StateDirLock::Acquire(const std::string& state_dir)
   return StateDirLock(fd.release(), std::move(path));
 }
 
+absl::StatusOr<StateDirLock> StateDirLock::AcquireWithin(const std::string& state_dir,
+                                                         absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    absl::StatusOr<StateDirLock> lock = Acquire(state_dir);
+    if (lock.ok() || !absl::IsFailedPrecondition(lock.status()) || absl::Now() >= deadline) {
+      return lock;
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+}
+
+absl::StatusOr<StateDirLock> StateDirLock::Adopt(int fd, const std::string& state_dir) {
+  ScopedFd owned(fd);
+  std::string path = absl::StrCat(WithoutTrailingSlashes(state_dir), "/", kStateDirLockFile);
+  struct stat by_fd;
+  struct stat by_path;
+  if (fstat(fd, &by_fd) != 0 || stat(path.c_str(), &by_path) != 0 ||
+      by_fd.st_dev != by_path.st_dev || by_fd.st_ino != by_path.st_ino) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the state directory lock handed over is not ", path));
+  }
+  // Locking again through the same open file description succeeds (and converts nothing);
+  // a description that held no lock would take it now, which is as good.
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    return Failed(absl::StrCat("cannot lock ", path, " handed over"), errno);
+  }
+  const std::string pid = absl::StrCat(getpid(), "\n");
+  if (ftruncate(fd, 0) != 0 ||
+      pwrite(fd, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
+    return Failed(absl::StrCat("cannot write ", path), errno);
+  }
+  return StateDirLock(owned.release(), std::move(path));
+}
+
+pid_t StateDirLock::HolderOf(const std::string& state_dir) {
+  const std::string path = absl::StrCat(WithoutTrailingSlashes(state_dir), "/", kStateDirLockFile);
+  ScopedFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  return fd.get() < 0 ? 0 : PidInLockFile(fd.get());
+}
+
 StateDirLock::StateDirLock(StateDirLock&& other) noexcept
     : fd_(std::exchange(other.fd_, -1)), path_(std::move(other.path_)) {}
 

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace tunnelagent::agent {
 
@@ -33,6 +34,17 @@ class StateDirLock {
   // FAILED_PRECONDITION "... is locked by another tunnel-agent (pid 123) ..." when another
   // process holds it; the error of open(2) otherwise. Writes this process's pid into the file.
   static absl::StatusOr<StateDirLock> Acquire(const std::string& state_dir);
+  // Acquire, retried until `timeout` while another process holds the lock (an agent that was
+  // asked to stop and is still stopping).
+  static absl::StatusOr<StateDirLock> AcquireWithin(const std::string& state_dir,
+                                                    absl::Duration timeout);
+  // The lock another agent handed over (a hot upgrade): `fd` is its locked open file
+  // description, and the flock with it. Checks that it is locked and is the file at
+  // <state_dir>/agent.lock, then writes this process's pid into it. Owns `fd` (closed on
+  // failure too).
+  static absl::StatusOr<StateDirLock> Adopt(int fd, const std::string& state_dir);
+  // The pid written in <state_dir>/agent.lock; 0 when none can be read.
+  static pid_t HolderOf(const std::string& state_dir);
 
   StateDirLock(StateDirLock&& other) noexcept;
   StateDirLock& operator=(StateDirLock&& other) noexcept;
@@ -41,6 +53,8 @@ class StateDirLock {
   ~StateDirLock();
 
   const std::string& path() const { return path_; }
+  // For a handover: the new agent holds the lock through this descriptor.
+  int fd() const { return fd_; }
 
  private:
   StateDirLock(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
@@ -58,6 +72,9 @@ class NamespaceLock {
   // FAILED_PRECONDITION "another tunnel-agent (pid 123) runs in this network namespace ..."
   // when the name is taken; the socket call's error otherwise.
   static absl::StatusOr<NamespaceLock> Acquire(absl::string_view name = "tunnel-agent");
+  // The listening socket another agent handed over (a hot upgrade); owns `fd`.
+  static NamespaceLock Adopt(int fd) { return NamespaceLock(fd); }
+  int fd() const { return fd_; }
 
   NamespaceLock(NamespaceLock&& other) noexcept;
   NamespaceLock& operator=(NamespaceLock&& other) = delete;

@@ -14,6 +14,14 @@ class ScopedFd {
   explicit ScopedFd(int fd) : fd_(fd) {}
   ScopedFd(const ScopedFd&) = delete;
   ScopedFd& operator=(const ScopedFd&) = delete;
+  ScopedFd(ScopedFd&& other) noexcept : fd_(other.release()) {}
+  ScopedFd& operator=(ScopedFd&& other) noexcept {
+    if (this != &other) {
+      if (fd_ >= 0) close(fd_);
+      fd_ = other.release();
+    }
+    return *this;
+  }
   ~ScopedFd() {
     if (fd_ >= 0) close(fd_);
   }

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "agent/log.h"
 #include "agent/proto_convert.h"
+#include "agent/tunnel_index.h"
 #include "agent/validation.h"
 #include "dataplane/packet/encap.h"
 
@@ -131,10 +132,26 @@ std::map<size_t, size_t> EarlierClashes(const std::vector<const TunnelSpec*>& sp
 
 }  // namespace
 
+// What a change gets while the agent hands over to a new one (TunnelManager::Freeze).
+static absl::Status FrozenError() {
+  return absl::UnavailableError("the agent is handing over to a new agent; retry");
+}
+
 // The changes of one request, made under change_mu_: undone in reverse order unless
-// committed; committed only when the state file took the new desired set. Readers see none of
-// it until then: the tunnels it touched are published, with its events, once it is committed
-// (or, as rolled back, once it is undone, which may have left one in ERROR).
+// committed; committed only when the state store took the change (the tunnels it touched).
+// Readers see none of it until then: the tunnels it touched are published, with its events,
+// once it is committed (or, as rolled back, once it is undone, which may have left one in
+// ERROR).
+//
+// Published when the store's write() succeeded, before the flush that makes it durable (which
+// the request waits for after releasing change_mu_, so that concurrent requests share one
+// flush). From the write on, the change cannot be rolled back any more: it is in the page
+// cache, where a crash of the agent does not lose it, and the kernel and the dataplane have
+// it already. Publishing here, under change_mu_, also keeps changes published in commit
+// order; publishing after the flush would need an ordering of its own. Only a crash of the
+// machine can lose a published change before its flush, and that takes the agent's devices
+// and its watchers' streams with it (revisions of the next run start above, so watchers
+// resync); the request itself is answered only once the change is durable.
 class TunnelManager::Transaction {
  public:
   explicit Transaction(TunnelManager* manager) : manager_(manager) {}
@@ -159,10 +176,12 @@ class TunnelManager::Transaction {
     // manager_->change_mu_ is the caller's change_mu_). The write, like every kernel call
     // before it, holds only that lock.
     manager_->change_mu_.AssertHeld();
-    if (absl::Status status = manager_->SaveLocked(); !status.ok()) {
+    absl::StatusOr<uint64_t> sequence = manager_->SaveLocked(touched_);
+    if (!sequence.ok()) {
       Rollback();
-      return status;
+      return sequence.status();
     }
+    sequence_ = *sequence;
     done_ = true;
     for (auto& action : commit_) action();
     absl::MutexLock lock(&manager_->mu_);
@@ -178,6 +197,9 @@ class TunnelManager::Transaction {
     }
     return absl::OkStatus();
   }
+
+  // The committed change's place in the state store, for WaitDurable (0: nothing committed).
+  uint64_t sequence() const { return sequence_; }
 
  private:
   struct PendingEvent {
@@ -197,6 +219,7 @@ class TunnelManager::Transaction {
 
   TunnelManager* manager_;
   bool done_ = false;
+  uint64_t sequence_ = 0;
   std::set<std::string> touched_;
   std::vector<std::function<void()>> undo_;
   std::vector<std::function<void()>> commit_;
@@ -262,6 +285,7 @@ absl::Status TunnelManager::BeginRestore() {
   for (const auto& [name, entry] : tunnels_) published_[name] = PublishedOf(*entry);
   restoring_ = true;
   restore_done_ = 0;
+  restore_verifying_ = 0;
   restore_total_ = to_restore_.size();
   return absl::OkStatus();
 }
@@ -275,7 +299,11 @@ absl::Status TunnelManager::RestoreStatus() const {
   if (!restoring_) return absl::OkStatus();
   return absl::UnavailableError(
       absl::StrCat("restoring the saved tunnels after the agent's start: ", restore_done_, " of ",
-                   restore_total_, " done; retry shortly"));
+                   restore_total_, " done",
+                   restore_verifying_ == 0
+                       ? ""
+                       : absl::StrCat(", ", restore_verifying_, " forwarding and being verified"),
+                   "; retry shortly"));
 }
 
 bool TunnelManager::WaitForRestore(absl::Duration timeout) const {
@@ -293,7 +321,9 @@ void TunnelManager::FinishRestore() {
   }
   to_restore_.clear();
   RestoreDevices(restoring);
-  refresh_again_ = true;  // the first refresh after the restore reads the kernel in full
+  refresh_again_ = true;        // the first refresh after the restore reads the kernel in full
+  index_rebuild_ = true;        // every tunnel's underlay was looked up
+  not_tunnel_devices_.clear();  // devices of an earlier run became tunnels'
   size_t up = 0;
   for (const Entry* entry : restoring) up += entry->state == OperState::kUp;
   {
@@ -307,60 +337,141 @@ void TunnelManager::FinishRestore() {
 
 void TunnelManager::RestoreDevices(std::vector<Entry*> restoring) {
   ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
-  absl::flat_hash_set<std::string> desired;
+  const absl::Time start = absl::Now();
+  std::set<std::string> desired;
   for (const Entry* entry : restoring) desired.insert(entry->spec.name);
-  // Devices this agent left behind (a quick restart, or a crash): re-attach to those still
-  // desired, remove the others (a saved tunnel that cannot come back loses its device, with
-  // the addresses and routes it still carries). Devices it did not create are not in this list.
-  absl::flat_hash_set<std::string> left_behind;
-  if (absl::StatusOr<std::vector<std::string>> owned = links_->ListAgentDevices(); owned.ok()) {
+  // Devices this agent left behind (a quick restart, or a crash): re-attached for the tunnels
+  // still desired, removed otherwise. Devices it did not create are not in this list. One
+  // reading of every link (thousands of them cost a dump each) says which, and what they have.
+  absl::StatusOr<std::map<int, DeviceState>> kernel = links_->DeviceStates();
+  std::set<std::string> left_behind;
+  if (kernel.ok()) {
+    for (const auto& [ifindex, state] : *kernel) {
+      if (state.agent) left_behind.insert(state.name);
+    }
+  } else if (absl::StatusOr<std::vector<std::string>> owned = links_->ListAgentDevices();
+             owned.ok()) {
     left_behind.insert(owned->begin(), owned->end());
   }
+  // Data plane first: every kept device forwards again before anything is checked or looked
+  // up. The kernel kept its addresses, routes and MTU through the crash; what may differ (a
+  // change the crash interrupted, someone's `ip` meanwhile) is found and put back below.
+  std::map<Entry*, std::unique_ptr<Device>> attached;  // taken over, for BringUp below
+  std::vector<Entry*> kept;
+  if (kernel.ok()) kept = AttachKept(restoring, left_behind, *kernel, attached);
+
+  // The verification, in bulk. Devices no longer desired go first (a saved tunnel that cannot
+  // come back loses its device, with the addresses and routes it still carries); then what the
+  // kept ones carry that is not desired (a change interrupted by a crash) is removed before
+  // anything is looked up or configured: a prefix that was moving from one tunnel to another
+  // is free again for the one the state gives it to, and a stale route cannot pass for the
+  // underlay.
   for (const std::string& name : left_behind) {
-    if (!desired.contains(name)) links_->DeleteDevice(name).IgnoreError();
+    if (!desired.count(name)) links_->DeleteDevice(name).IgnoreError();
   }
-
-  // Devices left behind are taken over first, and what they carry that is not desired (a
-  // change interrupted by a crash) is removed before anything is looked up or configured: a
-  // prefix that was moving from one tunnel to another is free again for the one the state
-  // gives it to, and a stale route cannot pass for the underlay.
-  std::map<Entry*, std::unique_ptr<Device>> attached;
-  std::map<int, std::string> attached_devices;  // by ifindex: a route into one is a loop
-  for (Entry* entry : restoring) {
-    if (!left_behind.contains(entry->spec.name)) continue;
-    const DeviceKind kind =
-        dataplane::IsEthernetMode(entry->spec.mode) ? DeviceKind::kTap : DeviceKind::kTun;
-    if (absl::StatusOr<std::unique_ptr<Device>> device =
-            links_->AttachDevice(entry->spec.name, kind);
-        device.ok()) {
-      attached_devices.emplace((*device)->ifindex(), entry->spec.name);
-      attached[entry] = *std::move(device);
+  if (kernel.ok()) {
+    std::vector<std::pair<Entry*, std::vector<Repair>>> plans;
+    for (Entry* entry : kept) {
+      if (auto found = kernel->find(entry->device->ifindex()); found != kernel->end()) {
+        plans.emplace_back(entry, PlanRepairs(*entry, *entry->device, found->second, true));
+      }
     }
-  }
-  if (absl::StatusOr<std::map<int, DeviceState>> kernel = links_->DeviceStates(); kernel.ok()) {
     for (auto& [entry, device] : attached) {
-      auto found = kernel->find(device->ifindex());
-      // What cannot be removed now is tried again by the first refresh.
-      if (found != kernel->end()) RemoveUndesired(*entry, *device, found->second).IgnoreError();
+      if (auto found = kernel->find(device->ifindex()); found != kernel->end()) {
+        plans.emplace_back(entry, PlanRepairs(*entry, *device, found->second, true));
+      }
     }
+    ApplyRepairs(plans);  // what cannot be removed now is tried again below and by the refresh
   }
 
-  // The underlay rule over the whole saved set. Many tunnels share a remote or a local
-  // address: each address is checked once.
+  // The underlay rule over the whole saved set: one route lookup per distinct remote, all in
+  // flight together.
+  std::vector<std::pair<std::string, dataplane::IpAddress>> remotes;
+  remotes.reserve(restoring.size());
+  for (const Entry* entry : restoring) remotes.emplace_back(entry->spec.name, entry->spec.remote);
+  const std::map<std::string, absl::StatusOr<UnderlayRoute>> routes = RoutesOf(remotes);
+  std::map<int, std::string> tunnel_devices;  // by ifindex: a route into one is a loop
+  for (const Entry* entry : kept) {
+    tunnel_devices.emplace(entry->device->ifindex(), entry->spec.name);
+  }
+  for (const auto& [entry, device] : attached) {
+    tunnel_devices.emplace(device->ifindex(), entry->spec.name);
+  }
   std::vector<UnderlayAddress> underlay;
-  absl::flat_hash_set<std::string> seen;
+  absl::flat_hash_set<std::string> seen;  // many tunnels share a remote or a local address
   for (Entry* entry : restoring) {
-    if (stopping_.load()) break;
     entry->underlay =
-        UnderlayFrom(entry->spec, links_->RouteTo(entry->spec.remote), &attached_devices).addresses;
+        UnderlayFrom(entry->spec, routes.at(entry->spec.name), &tunnel_devices).addresses;
     for (const UnderlayAddress& u : entry->underlay) {
       if (seen.insert(u.address.ToString()).second) underlay.push_back(u);
     }
   }
-  // One tunnel after the other, each published (and announced to watchers) as it comes up
-  // or fails, until the agent is told to stop.
+
+  // The kept tunnels: the underlay rule, the MTU the spec asks for, then their devices read
+  // again and every difference put back together (RefreshFromKernel, as the refresh does).
+  std::vector<Entry*> verify;
+  std::vector<Entry*> new_mtu;
+  size_t failed = 0;
+  for (Entry* entry : kept) {
+    if (absl::Status status = CheckPrefixesSpareUnderlay(entry->spec, underlay); !status.ok()) {
+      StopDataplane(*entry);
+      entry->device.reset();  // the device goes, with what it still carries
+      ++failed;
+      SetState(*entry, OperState::kError, absl::StrCat("not restored: ", status.message()));
+      continue;
+    }
+    if (const uint32_t mtu = MtuWith(entry->spec, routes.at(entry->spec.name)); mtu != entry->mtu) {
+      entry->mtu = mtu;  // RefreshFromKernel sets the device's; the engine follows below
+      new_mtu.push_back(entry);
+    }
+    verify.push_back(entry);
+  }
+  absl::StatusOr<std::map<int, DeviceState>> now = links_->DeviceStates();
+  if (!verify.empty()) RefreshFromKernel(verify, now.ok() ? *now : *kernel, routes, tunnel_devices);
+  for (Entry* entry : new_mtu) {
+    // The engine sizes its buffers and fragments by the MTU it was given.
+    if (!entry->device || !entry->in_engine) continue;
+    StopDataplane(*entry);
+    if (absl::Status s = StartDataplane(*entry); !s.ok()) {
+      entry->kernel_state = OperState::kError;
+      entry->kernel_reason =
+          absl::StrCat("cannot restart the dataplane with mtu ", entry->mtu, ": ", s.message());
+    }
+  }
+  size_t repaired = 0;
+  for (Entry* entry : verify) {
+    if (!entry->device) {  // removed meanwhile and not made again: ERROR recorded
+      ++failed;
+      continue;
+    }
+    if (!entry->repairs.empty()) ++repaired;
+    if (entry->kernel_state == OperState::kUp && entry->kernel_reason.empty()) {
+      entry->reason.clear();
+      PublishEvent(*entry, TunnelEvent::Type::kStateChanged, "verified");
+    } else {
+      if (entry->kernel_state != OperState::kUp) ++failed;
+      SetState(*entry, entry->kernel_state, entry->kernel_reason);
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    restore_done_ += kept.size();
+    restore_verifying_ = 0;
+  }
+  if (!kept.empty()) {
+    Log("INFO",
+        "restore: %d kept tunnels verified %.0f ms after the restore began: %d repaired, %d not UP",
+        static_cast<int>(kept.size()), absl::ToDoubleMilliseconds(absl::Now() - start),
+        static_cast<int>(repaired), static_cast<int>(failed));
+  }
+
+  // The tunnels without a kept device, after the kept ones forward and are checked: one after
+  // the other, each published (and announced to watchers) as it comes up or fails, until the
+  // agent is told to stop.
+  const std::set<Entry*> done(kept.begin(), kept.end());
   for (Entry* entry : restoring) {
     if (stopping_.load()) break;
+    if (done.count(entry)) continue;
     absl::Status status = CheckPrefixesSpareUnderlay(entry->spec, underlay);
     if (!status.ok()) {
       status = absl::Status(status.code(), absl::StrCat("not restored: ", status.message()));
@@ -395,19 +506,84 @@ void TunnelManager::RestoreDevices(std::vector<Entry*> restoring) {
   }
 }
 
+std::vector<TunnelManager::Entry*> TunnelManager::AttachKept(
+    const std::vector<Entry*>& restoring, const std::set<std::string>& left_behind,
+    const std::map<int, DeviceState>& kernel, std::map<Entry*, std::unique_ptr<Device>>& unused) {
+  const absl::Time start = absl::Now();
+  std::vector<Entry*> kept;
+  absl::Duration attach_time, engine_time;
+  for (Entry* entry : restoring) {
+    if (stopping_.load()) break;
+    if (!left_behind.count(entry->spec.name)) continue;
+    const DeviceKind kind =
+        dataplane::IsEthernetMode(entry->spec.mode) ? DeviceKind::kTap : DeviceKind::kTun;
+    const absl::Time t0 = absl::Now();
+    absl::StatusOr<std::unique_ptr<Device>> device =
+        links_->AttachListedDevice(entry->spec.name, kind);
+    attach_time += absl::Now() - t0;
+    if (!device.ok()) continue;  // BringUp tries again, or makes a new one
+    auto found = kernel.find((*device)->ifindex());
+    if (found == kernel.end() || found->second.mtu == 0) {
+      unused[entry] = *std::move(device);  // made after the reading: BringUp configures it
+      continue;
+    }
+    // The engine takes the MTU the device has now, which is what the kernel hands it; the
+    // verification sets the one the spec asks for, and the engine follows.
+    entry->device = *std::move(device);
+    entry->mtu = found->second.mtu;
+    const absl::Time t1 = absl::Now();
+    const bool started = StartDataplane(*entry).ok();
+    engine_time += absl::Now() - t1;
+    if (!started) {
+      unused[entry] = std::move(entry->device);
+      continue;
+    }
+    entry->state = OperState::kUp;
+    entry->reason = kVerifyingReason;
+    kept.push_back(entry);
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    for (Entry* entry : kept) {
+      published_[entry->spec.name] = PublishedOf(*entry);
+      RecordEvent(TunnelEvent::Type::kStateChanged, {entry->spec, StatusOf(*entry)}, entry->reason);
+    }
+    restore_verifying_ = kept.size();
+  }
+  if (!kept.empty()) {
+    Log("INFO",
+        "restore: %d tunnels forwarding on the devices kept from the last run after %.0f ms "
+        "(attaching %.0f ms, starting their dataplane %.0f ms); verifying them",
+        static_cast<int>(kept.size()), absl::ToDoubleMilliseconds(absl::Now() - start),
+        absl::ToDoubleMilliseconds(attach_time), absl::ToDoubleMilliseconds(engine_time));
+  }
+  return kept;
+}
+
+size_t TunnelManager::VerifyingCount() const {
+  absl::MutexLock lock(&mu_);
+  return restore_verifying_;
+}
+
 absl::StatusOr<TunnelView> TunnelManager::Create(const TunnelSpec& requested) {
   if (absl::Status status = ValidateSpec(requested); !status.ok()) return status;
   if (absl::Status status = RestoreStatus(); !status.ok()) return status;
   TunnelSpec spec = requested;
   spec.create_time = spec.update_time = absl::Now();
-  absl::MutexLock lock(&change_mu_);
+  absl::ReleasableMutexLock lock(&change_mu_);
+  if (frozen_.load()) return FrozenError();
   Transaction tx(this);
   if (absl::Status status = CreateLocked(spec, tx); !status.ok()) return status;
   // Persisted last: if the disk refuses, the running tunnel is undone too, so the state file
   // and the kernel never disagree about a tunnel the caller was told failed.
   if (absl::Status status = tx.Commit(); !status.ok()) return status;
   const Entry& entry = *tunnels_.at(spec.name);
-  return TunnelView{entry.spec, StatusOf(entry)};
+  TunnelView view{entry.spec, StatusOf(entry)};
+  // Durable before the answer; the flush is waited for without the writers' lock, so that
+  // the requests committed meanwhile share it.
+  lock.Release();
+  if (absl::Status status = WaitDurable(tx.sequence()); !status.ok()) return status;
+  return view;
 }
 
 absl::StatusOr<TunnelView> TunnelManager::Get(const std::string& name) const {
@@ -420,6 +596,23 @@ absl::StatusOr<TunnelView> TunnelManager::Get(const std::string& name) const {
 }
 
 std::vector<TunnelView> TunnelManager::List() const { return TakeSnapshot().tunnels; }
+
+TunnelManager::Page TunnelManager::ListPage(
+    const std::string& after, size_t limit,
+    absl::FunctionRef<bool(const TunnelSpec&, OperState)> match) const {
+  Page page;
+  absl::MutexLock lock(&mu_);
+  for (auto it = after.empty() ? published_.begin() : published_.upper_bound(after);
+       it != published_.end(); ++it) {
+    if (!match(it->second.spec, it->second.status.state)) continue;
+    if (page.tunnels.size() == limit) {
+      page.more = true;
+      break;
+    }
+    page.tunnels.push_back({it->second.spec, LiveStatus(it->second)});
+  }
+  return page;
+}
 
 Snapshot TunnelManager::TakeSnapshot() const {
   absl::MutexLock lock(&mu_);
@@ -441,7 +634,8 @@ absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name, cons
                                                    const std::set<std::string>& fields,
                                                    const std::string& etag) {
   if (absl::Status status = RestoreStatus(); !status.ok()) return status;
-  absl::MutexLock lock(&change_mu_);
+  absl::ReleasableMutexLock lock(&change_mu_);
+  if (frozen_.load()) return FrozenError();
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
@@ -468,12 +662,15 @@ absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name, cons
   if (absl::Status status = tx.Commit(); !status.ok()) return status;
   const Entry& entry = *tunnels_.at(name);
   result->tunnel = {entry.spec, StatusOf(entry)};
+  lock.Release();  // durable before the answer, as Create
+  if (absl::Status status = WaitDurable(tx.sequence()); !status.ok()) return status;
   return result;
 }
 
 absl::Status TunnelManager::Delete(const std::string& name, const std::string& etag) {
   if (absl::Status status = RestoreStatus(); !status.ok()) return status;
-  absl::MutexLock lock(&change_mu_);
+  absl::ReleasableMutexLock lock(&change_mu_);
+  if (frozen_.load()) return FrozenError();
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
@@ -484,7 +681,9 @@ absl::Status TunnelManager::Delete(const std::string& name, const std::string& e
   }
   Transaction tx(this);
   if (absl::Status status = DeleteLocked(name, tx); !status.ok()) return status;
-  return tx.Commit();
+  if (absl::Status status = tx.Commit(); !status.ok()) return status;
+  lock.Release();  // durable before the answer, as Create
+  return WaitDurable(tx.sequence());
 }
 
 absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
@@ -516,7 +715,8 @@ absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
   }
 
   if (absl::Status status = RestoreStatus(); !status.ok()) return status;
-  absl::MutexLock lock(&change_mu_);
+  absl::ReleasableMutexLock lock(&change_mu_);
+  if (frozen_.load()) return FrozenError();
   // The plan, checked as a whole before anything changes.
   std::map<std::string, PlannedChange> plan;
   size_t creates = 0;
@@ -561,48 +761,111 @@ absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
         absl::StrCat("apply would make ", tunnels_.size() - deletes + creates,
                      " tunnels; this agent allows ", options_.max_tunnels, " (--max_tunnels)"));
   }
-  // Conflicts against the set as it will be: the tunnels that stay, plus the desired ones.
-  std::vector<const TunnelSpec*> final_set;
-  for (const auto& [name, entry] : tunnels_) {
-    auto p = plan.find(name);
-    if (p == plan.end()) final_set.push_back(&entry->spec);
+  // Conflicts against the set as it will be: the tunnels that stay (those the plan leaves
+  // alone), by name, then the desired ones, in order. The indexes narrow each scan of that set
+  // to the tunnels that may clash, so an apply of M costs M lookups, not M times N pairs; the
+  // first clash found, and its words, are those of the full scan.
+  SyncIndex();
+  TunnelIndex desired_index;
+  absl::flat_hash_map<std::string, size_t> desired_at;
+  for (size_t i = 0; i < desired.size(); ++i) {
+    desired_index.Add(desired[i], {});
+    desired_at[desired[i].name] = i;
   }
-  for (const TunnelSpec& spec : desired) final_set.push_back(&spec);
+  // Of the candidates an index gave: the staying tunnels, by name, and the desired ones, in
+  // order.
+  auto staying = [this, &plan](const std::set<std::string>& names)
+                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_) {
+                       std::vector<const Entry*> out;
+                       for (const std::string& name : names) {
+                         auto it = tunnels_.find(name);
+                         if (it == tunnels_.end() || plan.count(name)) continue;
+                         out.push_back(it->second.get());
+                       }
+                       return out;
+                     };
+  auto in_order = [&desired_at](const std::set<std::string>& names) {
+    std::vector<size_t> out;
+    for (const std::string& name : names) out.push_back(desired_at.at(name));
+    std::sort(out.begin(), out.end());
+    return out;
+  };
   for (const TunnelSpec& spec : desired) {
     if (plan[spec.name].action == ChangeAction::kUnchanged) continue;
-    for (const TunnelSpec* other : final_set) {
-      if (other->name == spec.name) continue;
-      if (absl::Status status = ConflictBetween(spec, *other); !status.ok()) return status;
+    for (const Entry* other : staying(index_.ConflictCandidates(spec))) {
+      if (absl::Status status = ConflictBetween(spec, other->spec); !status.ok()) return status;
+    }
+    for (size_t i : in_order(desired_index.ConflictCandidates(spec))) {
+      if (desired[i].name == spec.name) continue;
+      if (absl::Status status = ConflictBetween(spec, desired[i]); !status.ok()) return status;
     }
   }
   // The underlay rule over the set as it will be: what a changed tunnel routes spares every
   // tunnel's underlay, and what any tunnel routes spares the changed ones' underlay.
-  std::vector<UnderlayAddress> all_underlay;
-  std::vector<UnderlayAddress> changed_underlay;
-  for (const auto& [name, entry] : tunnels_) {
-    if (plan.find(name) == plan.end()) {
-      all_underlay.insert(all_underlay.end(), entry->underlay.begin(), entry->underlay.end());
+  // The changed tunnels' routes in one batch (many requests in flight, each distinct remote
+  // once), and the tunnels' devices listed once: a route into one of them is a loop.
+  std::vector<std::pair<std::string, dataplane::IpAddress>> remotes;
+  for (const TunnelSpec& spec : desired) {
+    if (plan[spec.name].action != ChangeAction::kUnchanged) {
+      remotes.emplace_back(spec.name, spec.remote);
     }
   }
-  for (const TunnelSpec& spec : desired) {
+  const std::map<std::string, absl::StatusOr<UnderlayRoute>> routes = RoutesOf(remotes);
+  std::map<int, std::string> tunnel_devices;
+  for (const auto& [name, entry] : tunnels_) {
+    if (entry->device) tunnel_devices.emplace(entry->device->ifindex(), name);
+  }
+  std::vector<std::vector<UnderlayAddress>> desired_underlay(desired.size());
+  std::vector<UnderlayAddress> changed_underlay;
+  for (size_t i = 0; i < desired.size(); ++i) {
+    const TunnelSpec& spec = desired[i];
     if (plan[spec.name].action == ChangeAction::kUnchanged) {
-      const std::vector<UnderlayAddress>& kept = tunnels_.at(spec.name)->underlay;
-      all_underlay.insert(all_underlay.end(), kept.begin(), kept.end());
-      continue;
+      desired_underlay[i] = tunnels_.at(spec.name)->underlay;
+    } else {
+      desired_underlay[i] = UnderlayFrom(spec, routes.at(spec.name), &tunnel_devices).addresses;
+      changed_underlay.insert(changed_underlay.end(), desired_underlay[i].begin(),
+                              desired_underlay[i].end());
     }
-    std::vector<UnderlayAddress> underlay = LookUpUnderlay(spec).addresses;
-    all_underlay.insert(all_underlay.end(), underlay.begin(), underlay.end());
-    changed_underlay.insert(changed_underlay.end(), underlay.begin(), underlay.end());
+    desired_index.Add(spec, desired_underlay[i]);
   }
   for (const TunnelSpec& spec : desired) {
     if (plan[spec.name].action == ChangeAction::kUnchanged) continue;
-    if (absl::Status status = CheckPrefixesSpareUnderlay(spec, all_underlay); !status.ok()) {
+    // Every underlay address of the set that the spec's prefixes may cover, in the set's
+    // order: the first one covered is the one a scan of all of them names.
+    std::set<std::string> existing;
+    std::set<std::string> others;
+    for (const auto* prefixes : {&spec.addresses, &spec.routes}) {
+      for (const IpPrefix& p : *prefixes) {
+        index_.UnderlayInside(p, existing);
+        desired_index.UnderlayInside(p, others);
+      }
+    }
+    std::vector<UnderlayAddress> covered;
+    for (const Entry* other : staying(existing)) {
+      covered.insert(covered.end(), other->underlay.begin(), other->underlay.end());
+    }
+    for (size_t i : in_order(others)) {
+      covered.insert(covered.end(), desired_underlay[i].begin(), desired_underlay[i].end());
+    }
+    if (absl::Status status = CheckPrefixesSpareUnderlay(spec, covered); !status.ok()) {
       return Annotate(status, absl::StrCat("tunnel ", spec.name));
     }
   }
-  for (const TunnelSpec* spec : final_set) {
-    if (absl::Status status = CheckPrefixesSpareUnderlay(*spec, changed_underlay); !status.ok()) {
-      return Annotate(status, absl::StrCat("tunnel ", spec->name));
+  {
+    // The tunnels of the set with a prefix that may cover a changed tunnel's underlay.
+    std::set<std::string> existing;
+    std::set<std::string> others;
+    for (const UnderlayAddress& u : changed_underlay) {
+      index_.PrefixesCovering(u.address, existing);
+      desired_index.PrefixesCovering(u.address, others);
+    }
+    std::vector<const TunnelSpec*> covering;
+    for (const Entry* other : staying(existing)) covering.push_back(&other->spec);
+    for (size_t i : in_order(others)) covering.push_back(&desired[i]);
+    for (const TunnelSpec* spec : covering) {
+      if (absl::Status status = CheckPrefixesSpareUnderlay(*spec, changed_underlay); !status.ok()) {
+        return Annotate(status, absl::StrCat("tunnel ", spec->name));
+      }
     }
   }
 
@@ -643,15 +906,20 @@ absl::StatusOr<ApplyResult> TunnelManager::Apply(const std::string& owner,
       if (!updated.ok()) return Annotate(updated.status(), absl::StrCat("updating ", spec.name));
     }
   }
-  for (TunnelSpec& spec : desired) {
+  for (size_t i = 0; i < desired.size(); ++i) {
+    TunnelSpec& spec = desired[i];
     if (plan[spec.name].action != ChangeAction::kCreate) continue;
     spec.create_time = spec.update_time = now;
-    if (absl::Status status = CreateLocked(spec, tx, /*check_conflicts=*/false); !status.ok()) {
+    if (absl::Status status =
+            CreateLocked(spec, tx, /*check_conflicts=*/false, &desired_underlay[i]);
+        !status.ok()) {
       return Annotate(status, absl::StrCat("creating ", spec.name));
     }
   }
   if (absl::Status status = tx.Commit(); !status.ok()) return status;
   result.revision = revision();
+  lock.Release();  // durable before the answer, as Create
+  if (absl::Status status = WaitDurable(tx.sequence()); !status.ok()) return status;
   return result;
 }
 
@@ -720,7 +988,8 @@ void TunnelManager::Shutdown() {
 }
 
 absl::Status TunnelManager::CreateLocked(const TunnelSpec& spec, Transaction& tx,
-                                         bool check_conflicts) {
+                                         bool check_conflicts,
+                                         const std::vector<UnderlayAddress>* looked_up) {
   tx.Touch(spec.name);
   if (tunnels_.count(spec.name)) {
     return absl::AlreadyExistsError(absl::StrCat("tunnel ", spec.name, " already exists"));
@@ -729,7 +998,12 @@ absl::Status TunnelManager::CreateLocked(const TunnelSpec& spec, Transaction& tx
     return absl::ResourceExhaustedError(
         absl::StrCat("this agent has ", tunnels_.size(), " tunnels, its limit (--max_tunnels)"));
   }
-  UnderlayLookup underlay = LookUpUnderlay(spec);
+  UnderlayLookup underlay;
+  if (looked_up != nullptr) {
+    underlay.addresses = *looked_up;
+  } else {
+    underlay = LookUpUnderlay(spec);
+  }
   if (check_conflicts) {
     if (absl::Status status = CheckConflicts(spec, ""); !status.ok()) return status;
     if (absl::Status status = CheckUnderlay(spec, underlay.addresses, ""); !status.ok()) {
@@ -990,6 +1264,8 @@ absl::Status TunnelManager::BringUp(Entry& entry, std::unique_ptr<Device> attach
     device = links_->CreateDevice(spec.name, kind);
   }
   if (!device.ok()) return device.status();
+  // A device that existed before becomes a tunnel's: the links known to be none may hold it.
+  if (attached) not_tunnel_devices_.clear();
   auto tolerate = [attached](absl::Status s) {
     return attached && absl::IsAlreadyExists(s) ? absl::OkStatus() : s;
   };
@@ -1041,11 +1317,40 @@ void TunnelManager::StopDataplane(Entry& entry) {
 
 absl::Status TunnelManager::CheckConflicts(const TunnelSpec& spec,
                                            const std::string& ignore) const {
-  for (const auto& [name, other] : tunnels_) {
+  SyncIndex();
+  // Only the tunnels the index says may clash, by name: the first clash is the one a scan of
+  // every tunnel would find.
+  for (const std::string& name : index_.ConflictCandidates(spec)) {
     if (name == ignore || name == spec.name) continue;
-    if (absl::Status status = ConflictBetween(spec, other->spec); !status.ok()) return status;
+    auto other = tunnels_.find(name);
+    if (other == tunnels_.end()) continue;
+    if (absl::Status status = ConflictBetween(spec, other->second->spec); !status.ok()) {
+      return status;
+    }
   }
   return absl::OkStatus();
+}
+
+void TunnelManager::SyncIndex() const {
+  if (!index_rebuild_) {
+    for (const std::string& name : index_stale_) {
+      auto it = tunnels_.find(name);
+      if (it == tunnels_.end()) {
+        index_.Remove(name);
+      } else {
+        index_.Add(it->second->spec, it->second->underlay);
+      }
+    }
+  }
+  index_stale_.clear();
+  // Tunnels come and go through transactions (each name they touch is marked when it is
+  // published), the restore and Shutdown: a count that differs means one of the latter, and
+  // everything is indexed again.
+  if (index_rebuild_ || index_.size() != tunnels_.size()) {
+    index_.Clear();
+    for (const auto& [name, entry] : tunnels_) index_.Add(entry->spec, entry->underlay);
+    index_rebuild_ = false;
+  }
 }
 
 absl::Status ConflictBetween(const TunnelSpec& spec, const TunnelSpec& other) {
@@ -1085,11 +1390,27 @@ absl::Status ConflictBetween(const TunnelSpec& spec, const TunnelSpec& other) {
   return absl::OkStatus();
 }
 
-absl::Status TunnelManager::SaveLocked() const {
-  std::vector<TunnelSpec> desired;
-  desired.reserve(tunnels_.size());
-  for (const auto& [name, entry] : tunnels_) desired.push_back(entry->spec);
-  return store_->Save(desired);
+absl::StatusOr<uint64_t> TunnelManager::SaveLocked(const std::set<std::string>& touched) const {
+  // Only what the change touched: its cost does not grow with the number of tunnels.
+  StateChange change;
+  for (const std::string& name : touched) {
+    if (auto it = tunnels_.find(name); it != tunnels_.end()) {
+      change.upserted.push_back(it->second->spec);
+    } else {
+      change.removed.push_back(name);
+    }
+  }
+  return store_->Append(change);
+}
+
+absl::Status TunnelManager::WaitDurable(uint64_t sequence) const {
+  if (sequence == 0) return absl::OkStatus();
+  absl::Status status = store_->WaitDurable(sequence);
+  if (status.ok()) return status;
+  return absl::Status(status.code(),
+                      absl::StrCat("the change is in effect but not yet saved durably (a crash "
+                                   "of the machine could lose it): ",
+                                   status.message()));
 }
 
 void TunnelManager::RecordEvent(TunnelEvent::Type type, const TunnelView& view,
@@ -1116,6 +1437,7 @@ TunnelManager::Published TunnelManager::PublishedOf(const Entry& entry) {
 }
 
 void TunnelManager::PublishLocked(const std::string& name) {
+  IndexChanged(name);
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
     published_.erase(name);
@@ -1167,6 +1489,28 @@ TunnelStatus TunnelManager::LiveStatus(const Published& tunnel) {
     }
   }
   return status;
+}
+
+void TunnelManager::Freeze() {
+  // Taken once the change in progress (if any) has written the state: the next holder of
+  // change_mu_ sees frozen_.
+  absl::MutexLock lock(&change_mu_);
+  frozen_.store(true);
+}
+
+void TunnelManager::Unfreeze() {
+  absl::MutexLock lock(&change_mu_);
+  frozen_.store(false);
+}
+
+std::vector<TunnelManager::HandoverDevice> TunnelManager::DevicesForHandover() {
+  absl::MutexLock lock(&change_mu_);
+  std::vector<HandoverDevice> devices;
+  for (const auto& [name, entry] : tunnels_) {
+    if (!entry->device) continue;
+    devices.push_back({name, entry->device->fd(), dataplane::IsEthernetMode(entry->spec.mode)});
+  }
+  return devices;
 }
 
 }  // namespace tunnelagent::agent

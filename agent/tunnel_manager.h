@@ -10,16 +10,23 @@
 // scrapes) take only `mu_`, which guards a published copy of every tunnel, the revision and
 // the events; a change is published under `mu_` in one step once its kernel work and its
 // write are done, so a reader sees a request's result whole or not at all. `mu_` is never
-// held across a system call. Order: change_mu_, then mu_.
+// held across a system call. Order: change_mu_, then mu_. The flush that makes a change
+// durable holds neither: a request waits for it after releasing change_mu_ and before it
+// answers, so requests arriving meanwhile are committed and share the next flush.
 //
 // Start at any scale: BeginRestore reads the state file (every saved tunnel is known and
 // reported from then on, DOWN with a reason starting "restoring"); FinishRestore, on a
-// thread of its own while the API serves, brings the tunnels back one by one. Until it is
-// done, requests that change tunnels answer UNAVAILABLE saying how far it is ("restoring
-// the saved tunnels: 1200 of 10000 done"): a client retries (the tunnels it would change are
-// not in their final state yet, and a change racing the restore could not be checked against
-// tunnels still to come), and no request thread waits minutes for a lock. The periodic
-// refresh does nothing meanwhile and reads the kernel in full once the restore is done.
+// thread of its own while the API serves, brings the tunnels back. Data plane first: after a
+// crash every device the dead agent left is attached and forwarding before anything else
+// (UP, with a reason starting "verifying"), then all of them are checked against the desired
+// state with a few dumps and their repairs sent together; tunnels without a kept device are
+// made one by one after that. Until it is all done, the check included (a few hundred ms for
+// 10,000 kept tunnels), requests that change tunnels answer UNAVAILABLE saying how far it is
+// ("restoring the saved tunnels: 1200 of 10000 done"): a client retries (the tunnels it would
+// change are not in their final state yet, and a change racing the restore could not be
+// checked against tunnels still to come), and no request thread waits minutes for a lock. The
+// periodic refresh does nothing meanwhile and reads the kernel in full once the restore is
+// done.
 #ifndef TUNNELAGENT_AGENT_TUNNEL_MANAGER_H_
 #define TUNNELAGENT_AGENT_TUNNEL_MANAGER_H_
 
@@ -35,6 +42,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -42,6 +50,7 @@
 #include "agent/link_control.h"
 #include "agent/state_store.h"
 #include "agent/tunnel_fields.h"
+#include "agent/tunnel_index.h"
 #include "agent/tunnel_spec.h"
 #include "agent/tunnel_status.h"
 #include "agent/underlay_guard.h"
@@ -108,6 +117,12 @@ class TunnelManager {
   // The reason a tunnel carries (state DOWN) from BeginRestore until FinishRestore got to it.
   static constexpr char kRestoringReason[] =
       "restoring: the agent has just started and is bringing the saved tunnels back";
+  // The reason a tunnel carries (state UP: its packets move) from the moment the restore
+  // started its dataplane on the device an earlier run left, until the device's addresses,
+  // routes, MTU and link state are checked (and repaired).
+  static constexpr char kVerifyingReason[] =
+      "verifying: forwarding on the device kept from the agent's last run; its addresses, "
+      "routes, MTU and link state are being checked";
 
   TunnelManager(LinkControl* links, dataplane::PacketEngine* engine, StateStore* store,
                 Options options);
@@ -132,6 +147,8 @@ class TunnelManager {
   absl::Status RestoreStatus() const;
   // Waits up to `timeout` for FinishRestore to be done; whether it is.
   bool WaitForRestore(absl::Duration timeout) const;
+  // How many tunnels carry kVerifyingReason now (0 once the restore is done).
+  size_t VerifyingCount() const;
 
   // INVALID_ARGUMENT / UNIMPLEMENTED from validation; ALREADY_EXISTS for a taken name or a
   // (mode, local, remote, input key) another tunnel carries; FAILED_PRECONDITION for an address or
@@ -139,6 +156,15 @@ class TunnelManager {
   absl::StatusOr<TunnelView> Create(const TunnelSpec& spec);
   absl::StatusOr<TunnelView> Get(const std::string& name) const;
   std::vector<TunnelView> List() const;  // by name
+  // One page of the tunnels by name: up to `limit` of those named after `after` ("": from the
+  // first) that `match` accepts, and whether another one follows. Only the page is copied and
+  // its counters summed, so listing N tunnels in pages costs O(N) in all, not O(N) a page.
+  struct Page {
+    std::vector<TunnelView> tunnels;
+    bool more = false;
+  };
+  Page ListPage(const std::string& after, size_t limit,
+                absl::FunctionRef<bool(const TunnelSpec&, OperState)> match) const;
   // Replaces the `fields` (proto names, UpdatableFields()) of the tunnel with those of
   // `patch`. ABORTED when `etag` is set and stale. What a change does follows each field's
   // FieldEffect (tunnel_fields.h): a new device (mode), a new engine tunnel (what wraps or
@@ -184,7 +210,24 @@ class TunnelManager {
   // running stops first. The desired state stays on disk.
   void Shutdown();
 
+  // A handover to a new agent (a hot upgrade): once Freeze returns, no change is in progress,
+  // the last one is durable, and every change answers UNAVAILABLE ("the agent is handing
+  // over to a new agent; retry"); reads still answer. Unfreeze: the new agent went away
+  // before it served, changes are taken again.
+  void Freeze();
+  void Unfreeze();
+  bool frozen() const { return frozen_.load(); }
+  // The device of every tunnel that has one (its fd stays the manager's), for the handover.
+  struct HandoverDevice {
+    std::string name;
+    int fd = -1;
+    bool tap = false;
+  };
+  std::vector<HandoverDevice> DevicesForHandover();
+
   uint32_t max_tunnels() const { return options_.max_tunnels; }
+  // The state store's commits, syncs and compactions, for metrics.
+  StateStoreStats store_stats() const { return store_->stats(); }
 
   // Calls `visit(spec, status, counters)` for each tunnel as last published, under the
   // readers' lock only (no change in progress holds it): for metrics, read at scrape time.
@@ -236,11 +279,54 @@ class TunnelManager {
   // Entry and event at once, for a change outside a transaction (a repair, a state change).
   void PublishEvent(const Entry& entry, TunnelEvent::Type type, const std::string& detail)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_) ABSL_LOCKS_EXCLUDED(mu_);
-  // The restore of the saved tunnels in `restoring` (FinishRestore's work).
+  // The restore of the saved tunnels in `restoring` (FinishRestore's work): the devices an
+  // earlier run left are attached and forwarding first (AttachKept), then checked in bulk
+  // (the refresh's RefreshFromKernel, for all at once); the others are brought up after
+  // them, one by one.
   void RestoreDevices(std::vector<Entry*> restoring) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  // Attaches the kept device of each of `restoring` that has one in `left_behind`, with the
+  // MTU `kernel` shows for it, and starts its dataplane: UP with kVerifyingReason, published
+  // at once. Those attached are returned; a device attached whose dataplane did not start
+  // goes to `unused` for BringUp.
+  std::vector<Entry*> AttachKept(const std::vector<Entry*>& restoring,
+                                 const std::set<std::string>& left_behind,
+                                 const std::map<int, DeviceState>& kernel,
+                                 std::map<Entry*, std::unique_ptr<Device>>& unused)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  // A change of the kernel that makes one difference good, and what it records.
+  struct Repair {
+    LinkChange change;
+    const char* what = "";  // TunnelStatus::repairs' key: link, mtu, address, route
+    std::string done;       // the REPAIRED event's detail
+    std::string failed;     // the failure's words, before the kernel's
+    // The answer that means there was nothing to do: NOT_FOUND (gone already) for a removal,
+    // ALREADY_EXISTS for an address (there, only not listed: an IPv6 link-local one).
+    absl::StatusCode nothing_to_do = absl::StatusCode::kOk;
+  };
+  // What Reconcile does to `device` (the tunnel's, or one being taken over for it), in its
+  // order; with `undesired_only`, only RemoveUndesired's part.
+  std::vector<Repair> PlanRepairs(const Entry& entry, const Device& device,
+                                  const DeviceState& kernel, bool undesired_only) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  // The repairs planned for many tunnels made at once: all sent together (LinkControl::
+  // ApplyChanges, many in flight), each recorded as Reconcile records it. For each tunnel, the
+  // first difference that could not be put back, or OK.
+  std::vector<absl::Status> ApplyRepairs(
+      const std::vector<std::pair<Entry*, std::vector<Repair>>>& plans)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  // The MTU `spec` needs (MtuFor) with the underlay path's MTU taken from `route` when the
+  // lookup learnt it.
+  uint32_t MtuWith(const TunnelSpec& spec, const absl::StatusOr<UnderlayRoute>& route)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  // RoutesTo of the distinct remotes of `entries` (thousands of tunnels share a few), by
+  // tunnel name.
+  std::map<std::string, absl::StatusOr<UnderlayRoute>> RoutesOf(
+      const std::vector<std::pair<std::string, dataplane::IpAddress>>& remotes);
 
   // `check_conflicts` false: the caller checked the whole resulting set already (Apply).
-  absl::Status CreateLocked(const TunnelSpec& spec, Transaction& tx, bool check_conflicts = true)
+  // `looked_up`: the tunnel's underlay addresses when the caller has looked them up (Apply).
+  absl::Status CreateLocked(const TunnelSpec& spec, Transaction& tx, bool check_conflicts = true,
+                            const std::vector<UnderlayAddress>* looked_up = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   absl::Status DeleteLocked(const std::string& name, Transaction& tx)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
@@ -261,7 +347,21 @@ class TunnelManager {
   // Rules across tunnels, `spec` against every tunnel but `ignore`.
   absl::Status CheckConflicts(const TunnelSpec& spec, const std::string& ignore) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
-  absl::Status SaveLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  // Appends the change to tunnels `touched` (as tunnels_ has them now: present ones whole,
+  // missing ones as removed) to the state store; the sequence number to wait for.
+  absl::StatusOr<uint64_t> SaveLocked(const std::set<std::string>& touched) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  // After change_mu_ is released: until the change `sequence` is durable. An error says the
+  // change is in effect but may not survive a crash of the machine.
+  absl::Status WaitDurable(uint64_t sequence) const ABSL_LOCKS_EXCLUDED(change_mu_);
+  // Brings index_ up to date with tunnels_: the names marked changed, or all of them.
+  void SyncIndex() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  // Whoever changes a tunnel's spec or underlay, or adds or removes one, outside a
+  // transaction says so here (a transaction does it for every name it touches, when it
+  // publishes them).
+  void IndexChanged(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_) {
+    index_stale_.insert(name);
+  }
   void RecordEvent(TunnelEvent::Type type, const TunnelView& view, std::string detail = "")
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   TunnelStatus StatusOf(const Entry& entry) const;
@@ -289,10 +389,12 @@ class TunnelManager {
   // the first difference that cannot be put back, or OK.
   absl::Status Reconcile(Entry& entry, const DeviceState& kernel)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
-  // The kernel side of RefreshStates for one tunnel with a device: made again when removed,
-  // else reconciled, and its underlay looked up again (kernel_state, kernel_reason).
-  void RefreshFromKernel(Entry& entry, const std::map<int, DeviceState>& devices,
-                         const absl::StatusOr<UnderlayRoute>& route,
+  // The kernel side of RefreshStates for tunnels with a device: each made again when removed,
+  // else reconciled (the repairs of all of them sent together), and its underlay looked up
+  // again from `routes` (by tunnel name; kernel_state, kernel_reason).
+  void RefreshFromKernel(const std::vector<Entry*>& entries,
+                         const std::map<int, DeviceState>& devices,
+                         const std::map<std::string, absl::StatusOr<UnderlayRoute>>& routes,
                          const std::map<int, std::string>& tunnel_devices)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // Removes from `device` (the tunnel's, or one being taken over for it) the routes and
@@ -322,6 +424,17 @@ class TunnelManager {
   uint64_t kernel_generation_ ABSL_GUARDED_BY(change_mu_) = 0;
   // A refresh whose reading went stale: the next one reads the kernel whatever it is told.
   bool refresh_again_ ABSL_GUARDED_BY(change_mu_) = false;
+  // Which tunnels may clash with a new or changed one (tunnel_index.h), so that CheckConflicts,
+  // CheckUnderlay and Apply do not scan every tunnel. Brought up to date by SyncIndex when
+  // read: the names in index_stale_ are indexed again, or, with index_rebuild_ (the restore
+  // looked every underlay up) or a count that differs from tunnels_', everything.
+  mutable TunnelIndex index_ ABSL_GUARDED_BY(change_mu_);
+  mutable std::set<std::string> index_stale_ ABSL_GUARDED_BY(change_mu_);
+  mutable bool index_rebuild_ ABSL_GUARDED_BY(change_mu_) = true;
+  // Links a route lookup led to that are no tunnel's device (the underlay's), so that
+  // UnderlayFrom does not search every tunnel for them again. Cleared when a device that
+  // existed before is attached (a restore, a device of an earlier run taken over).
+  mutable std::set<int> not_tunnel_devices_ ABSL_GUARDED_BY(change_mu_);
 
   // The readers' lock: only ever held to copy in or out.
   mutable absl::Mutex mu_;
@@ -333,11 +446,14 @@ class TunnelManager {
   bool restoring_ ABSL_GUARDED_BY(mu_) = false;
   size_t restore_done_ ABSL_GUARDED_BY(mu_) = 0;
   size_t restore_total_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t restore_verifying_ ABSL_GUARDED_BY(mu_) = 0;  // forwarding, not yet checked
   // The saved tunnels BeginRestore found valid, for FinishRestore.
   std::vector<std::string> to_restore_ ABSL_GUARDED_BY(change_mu_);
 
   // Set when Shutdown begins: a restore in progress stops between two tunnels.
   std::atomic<bool> stopping_{false};
+  // Freeze: written under change_mu_, so a change that holds it sees the latest value.
+  std::atomic<bool> frozen_{false};
   std::thread restore_thread_;  // FinishRestoreInBackground's; joined by Shutdown
 };
 

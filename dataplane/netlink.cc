@@ -7,6 +7,7 @@
 #include <linux/if_addr.h>
 #include <linux/if_link.h>
 #include <linux/netlink.h>
+#include <linux/pkt_sched.h>
 #include <linux/rtnetlink.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -551,20 +552,6 @@ absl::Status Netlink::Transact(void* request, const std::string& what,
   }
 }
 
-absl::Status Netlink::SetLinkUp(int ifindex, bool up) {
-  const std::string what = absl::StrCat("setting ", LinkName(ifindex), up ? " up" : " down");
-  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
-  alignas(nlmsghdr) char buf[kRequestBufferSize];
-  nlmsghdr* nlh = PutHeader(buf, RTM_NEWLINK, 0);
-  auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
-  ifi->ifi_family = AF_UNSPEC;
-  ifi->ifi_index = ifindex;
-  ifi->ifi_flags = up ? IFF_UP : 0;
-  ifi->ifi_change = IFF_UP;
-  absl::MutexLock lock(&mu_);
-  return Transact(nlh, what, nullptr, nullptr);
-}
-
 absl::Status Netlink::SetLinkAttribute(int ifindex, uint16_t attribute, uint32_t value,
                                        const std::string& what) {
   if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
@@ -576,11 +563,6 @@ absl::Status Netlink::SetLinkAttribute(int ifindex, uint16_t attribute, uint32_t
   mnl_attr_put_u32(nlh, attribute, value);
   absl::MutexLock lock(&mu_);
   return Transact(nlh, what, nullptr, nullptr);
-}
-
-absl::Status Netlink::SetLinkMtu(int ifindex, uint32_t mtu) {
-  return SetLinkAttribute(ifindex, IFLA_MTU, mtu,
-                          absl::StrCat("setting the MTU of ", LinkName(ifindex), " to ", mtu));
 }
 
 absl::Status Netlink::DeleteLink(int ifindex) {
@@ -610,6 +592,21 @@ absl::Status Netlink::DeleteLinkGroup(uint32_t group) {
   ifi->ifi_family = AF_UNSPEC;
   ifi->ifi_index = 0;  // no link named: the kernel takes IFLA_GROUP (rtnl_group_dellink)
   mnl_attr_put_u32(nlh, IFLA_GROUP, group);
+  absl::MutexLock lock(&mu_);
+  return Transact(nlh, what, nullptr, nullptr);
+}
+
+absl::Status Netlink::SetNoQueue(int ifindex) {
+  const std::string what = absl::StrCat("making noqueue the qdisc of ", LinkName(ifindex));
+  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
+  alignas(nlmsghdr) char buf[kRequestBufferSize];
+  nlmsghdr* nlh = PutHeader(buf, RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE);
+  auto* tcm = static_cast<tcmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(tcmsg)));
+  tcm->tcm_family = AF_UNSPEC;
+  tcm->tcm_ifindex = ifindex;
+  tcm->tcm_handle = 0;
+  tcm->tcm_parent = TC_H_ROOT;
+  mnl_attr_put_strz(nlh, TCA_KIND, "noqueue");
   absl::MutexLock lock(&mu_);
   return Transact(nlh, what, nullptr, nullptr);
 }
@@ -751,28 +748,124 @@ nlmsghdr* PutRouteRequest(char* buf, uint16_t type, uint16_t flags, uint8_t scop
   return nlh;
 }
 
+// Builds the request for `r` into `out` and says in `what` what it does; the single calls and
+// Apply send the same. The checks the kernel would make less clearly are made here.
+absl::Status BuildLinkRequest(const LinkRequest& r, std::vector<char>* out, std::string* what) {
+  using Kind = LinkRequest::Kind;
+  const int ifindex = r.ifindex;
+  switch (r.kind) {
+    case Kind::kSetUp:
+    case Kind::kSetDown:
+      *what = absl::StrCat("setting ", LinkName(ifindex), r.kind == Kind::kSetUp ? " up" : " down");
+      break;
+    case Kind::kSetMtu:
+      *what = absl::StrCat("setting the MTU of ", LinkName(ifindex), " to ", r.mtu);
+      break;
+    case Kind::kAddAddress:
+      *what = absl::StrCat("adding address ", r.prefix.ToString(), " to ", LinkName(ifindex));
+      break;
+    case Kind::kDeleteAddress:
+      *what = absl::StrCat("deleting address ", r.prefix.ToString(), " from ", LinkName(ifindex));
+      break;
+    case Kind::kAddRoute:
+      *what = absl::StrCat("adding route ", r.prefix.ToString(), " via ", LinkName(ifindex));
+      break;
+    case Kind::kDeleteRoute:
+      *what = absl::StrCat("deleting route ", r.prefix.ToString(), " via ", LinkName(ifindex));
+      break;
+  }
+  if (absl::Status s = CheckIfindex(ifindex, *what); !s.ok()) return s;
+  const bool prefixed =
+      r.kind != Kind::kSetUp && r.kind != Kind::kSetDown && r.kind != Kind::kSetMtu;
+  if (prefixed) {
+    if (absl::Status s = CheckPrefix(r.prefix, *what); !s.ok()) return s;
+  }
+  if (r.kind == Kind::kAddRoute && !r.prefix.is_network()) {
+    return absl::InvalidArgumentError(absl::StrCat(*what, ": host bits are set"));
+  }
+  out->assign(kRequestBufferSize, 0);
+  char* buf = out->data();
+  nlmsghdr* nlh = nullptr;
+  switch (r.kind) {
+    case Kind::kSetUp:
+    case Kind::kSetDown:
+    case Kind::kSetMtu: {
+      nlh = PutHeader(buf, RTM_NEWLINK, 0);
+      auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+      ifi->ifi_family = AF_UNSPEC;
+      ifi->ifi_index = ifindex;
+      if (r.kind == Kind::kSetMtu) {
+        mnl_attr_put_u32(nlh, IFLA_MTU, r.mtu);
+      } else {
+        ifi->ifi_flags = r.kind == Kind::kSetUp ? IFF_UP : 0;
+        ifi->ifi_change = IFF_UP;
+      }
+      break;
+    }
+    case Kind::kAddAddress:
+      nlh = PutAddressRequest(buf, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, ifindex, r.prefix);
+      break;
+    case Kind::kDeleteAddress:
+      nlh = PutAddressRequest(buf, RTM_DELADDR, 0, ifindex, r.prefix);
+      break;
+    case Kind::kAddRoute:
+      nlh = PutRouteRequest(buf, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, RT_SCOPE_LINK, ifindex,
+                            r.prefix);
+      break;
+    case Kind::kDeleteRoute:
+      // Scope "nowhere" matches any scope on delete; the protocol limits it to the agent's
+      // routes.
+      nlh = PutRouteRequest(buf, RTM_DELROUTE, 0, RT_SCOPE_NOWHERE, ifindex, r.prefix);
+      break;
+  }
+  out->resize(nlh->nlmsg_len);
+  return absl::OkStatus();
+}
+
+// The RTM_GETROUTE of a route lookup (`ip route get DESTINATION`).
+void BuildRouteLookup(const IpAddress& destination, std::vector<char>* out) {
+  out->assign(kRequestBufferSize, 0);
+  nlmsghdr* nlh = PutHeader(out->data(), RTM_GETROUTE, 0);
+  auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
+  rtm->rtm_family = AddressFamily(destination);
+  rtm->rtm_dst_len = static_cast<uint8_t>(destination.bit_length());
+  mnl_attr_put(nlh, RTA_DST, AddressLength(destination), destination.bytes().data());
+  out->resize(nlh->nlmsg_len);
+}
+
 }  // namespace
 
-absl::Status Netlink::AddAddress(int ifindex, const IpPrefix& address) {
-  const std::string what =
-      absl::StrCat("adding address ", address.ToString(), " to ", LinkName(ifindex));
-  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
-  if (absl::Status s = CheckPrefix(address, what); !s.ok()) return s;
-  alignas(nlmsghdr) char buf[kRequestBufferSize];
-  nlmsghdr* nlh = PutAddressRequest(buf, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, ifindex, address);
+absl::Status Netlink::Send(const LinkRequest& request) {
+  std::vector<char> message;
+  std::string what;
+  if (absl::Status s = BuildLinkRequest(request, &message, &what); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
-  return Transact(nlh, what, nullptr, nullptr);
+  return Transact(message.data(), what, nullptr, nullptr);
+}
+
+absl::Status Netlink::SetLinkUp(int ifindex, bool up) {
+  return Send(
+      {.kind = up ? LinkRequest::Kind::kSetUp : LinkRequest::Kind::kSetDown, .ifindex = ifindex});
+}
+
+absl::Status Netlink::SetLinkMtu(int ifindex, uint32_t mtu) {
+  return Send({.kind = LinkRequest::Kind::kSetMtu, .ifindex = ifindex, .mtu = mtu});
+}
+
+absl::Status Netlink::AddAddress(int ifindex, const IpPrefix& address) {
+  return Send({.kind = LinkRequest::Kind::kAddAddress, .ifindex = ifindex, .prefix = address});
 }
 
 absl::Status Netlink::DeleteAddress(int ifindex, const IpPrefix& address) {
-  const std::string what =
-      absl::StrCat("deleting address ", address.ToString(), " from ", LinkName(ifindex));
-  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
-  if (absl::Status s = CheckPrefix(address, what); !s.ok()) return s;
-  alignas(nlmsghdr) char buf[kRequestBufferSize];
-  nlmsghdr* nlh = PutAddressRequest(buf, RTM_DELADDR, 0, ifindex, address);
-  absl::MutexLock lock(&mu_);
-  return Transact(nlh, what, nullptr, nullptr);
+  return Send({.kind = LinkRequest::Kind::kDeleteAddress, .ifindex = ifindex, .prefix = address});
+}
+
+absl::Status Netlink::AddRoute(int ifindex, const IpPrefix& destination) {
+  return Send({.kind = LinkRequest::Kind::kAddRoute, .ifindex = ifindex, .prefix = destination});
+}
+
+absl::Status Netlink::DeleteRoute(int ifindex, const IpPrefix& destination) {
+  return Send({.kind = LinkRequest::Kind::kDeleteRoute, .ifindex = ifindex, .prefix = destination});
 }
 
 absl::StatusOr<std::vector<IpPrefix>> Netlink::ListAddresses(int ifindex) {
@@ -793,33 +886,6 @@ absl::StatusOr<std::vector<IpPrefix>> Netlink::ListAddresses(int ifindex) {
   });
   if (!status.ok()) return status;
   return std::move(dump.addresses);
-}
-
-absl::Status Netlink::AddRoute(int ifindex, const IpPrefix& destination) {
-  const std::string what =
-      absl::StrCat("adding route ", destination.ToString(), " via ", LinkName(ifindex));
-  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
-  if (absl::Status s = CheckPrefix(destination, what); !s.ok()) return s;
-  if (!destination.is_network()) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": host bits are set"));
-  }
-  alignas(nlmsghdr) char buf[kRequestBufferSize];
-  nlmsghdr* nlh = PutRouteRequest(buf, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, RT_SCOPE_LINK,
-                                  ifindex, destination);
-  absl::MutexLock lock(&mu_);
-  return Transact(nlh, what, nullptr, nullptr);
-}
-
-absl::Status Netlink::DeleteRoute(int ifindex, const IpPrefix& destination) {
-  const std::string what =
-      absl::StrCat("deleting route ", destination.ToString(), " via ", LinkName(ifindex));
-  if (absl::Status s = CheckIfindex(ifindex, what); !s.ok()) return s;
-  if (absl::Status s = CheckPrefix(destination, what); !s.ok()) return s;
-  alignas(nlmsghdr) char buf[kRequestBufferSize];
-  // Scope "nowhere" matches any scope on delete; the protocol limits it to the agent's routes.
-  nlmsghdr* nlh = PutRouteRequest(buf, RTM_DELROUTE, 0, RT_SCOPE_NOWHERE, ifindex, destination);
-  absl::MutexLock lock(&mu_);
-  return Transact(nlh, what, nullptr, nullptr);
 }
 
 absl::StatusOr<std::map<int, std::vector<IpPrefix>>> Netlink::ListAllAddresses() {
@@ -918,6 +984,127 @@ absl::StatusOr<uint32_t> Netlink::PathMtu(const IpAddress& destination) {
   absl::StatusOr<LinkInfo> link = GetLink(route->ifindex);
   if (!link.ok()) return link.status();
   return link->mtu;
+}
+
+void Netlink::RunBatch(std::vector<BatchItem>& items) {
+  std::vector<char> datagram;
+  std::vector<char> buf(kReceiveBufferSize);
+  // The items of the datagram in flight, by sequence number less `first_seq`.
+  std::vector<size_t> in_flight;
+  size_t next = 0;
+  while (next < items.size()) {
+    datagram.clear();
+    in_flight.clear();
+    const uint32_t first_seq = seq_ + 1;
+    for (; next < items.size() && in_flight.size() < kRequestsInFlight; ++next) {
+      BatchItem& item = items[next];
+      if (item.message.empty()) continue;  // refused before sending
+      auto* nlh = reinterpret_cast<nlmsghdr*>(item.message.data());
+      nlh->nlmsg_seq = ++seq_;
+      nlh->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+      datagram.insert(datagram.end(), item.message.begin(),
+                      item.message.begin() + NLMSG_ALIGN(nlh->nlmsg_len));
+      in_flight.push_back(next);
+    }
+    if (in_flight.empty()) break;
+    if (mnl_socket_sendto(socket_, datagram.data(), datagram.size()) < 0) {
+      const int err = errno;
+      for (size_t i : in_flight) {
+        items[i].status = StatusFromErrno(err, items[i].what, "sending the request");
+      }
+      continue;
+    }
+    std::vector<bool> answered(in_flight.size(), false);
+    size_t waiting = in_flight.size();
+    while (waiting > 0) {
+      const ssize_t n = mnl_socket_recvfrom(socket_, buf.data(), buf.size());
+      if (n < 0) {
+        const int err = errno;
+        if (err == EINTR) continue;
+        // ENOBUFS: answers were lost; ENOSPC: one was truncated. Those not read are unknown.
+        for (size_t k = 0; k < in_flight.size(); ++k) {
+          if (answered[k]) continue;
+          items[in_flight[k]].status = absl::InternalError(
+              absl::StrCat(items[in_flight[k]].what, ": receiving the reply: ", ErrnoText(err)));
+        }
+        break;
+      }
+      int remaining = static_cast<int>(n);
+      for (auto* nlh = reinterpret_cast<const nlmsghdr*>(buf.data()); mnl_nlmsg_ok(nlh, remaining);
+           nlh = mnl_nlmsg_next(nlh, &remaining)) {
+        // An answer to an earlier request whose reader gave up is not ours.
+        const uint32_t k = nlh->nlmsg_seq - first_seq;  // wraps to a large number when older
+        if (k >= in_flight.size() || answered[k]) continue;
+        BatchItem& item = items[in_flight[k]];
+        if (nlh->nlmsg_type == NLMSG_ERROR || nlh->nlmsg_type == NLMSG_DONE) {
+          TransactContext ctx;
+          if (nlh->nlmsg_type == NLMSG_ERROR && OnError(nlh, &ctx) != MNL_CB_STOP) {
+            item.kernel_errno = ctx.error;
+            item.status = StatusFromErrno(ctx.error, item.what, ctx.kernel_detail);
+          }
+          answered[k] = true;
+          --waiting;
+        } else if (item.on_message != nullptr) {
+          item.on_message(nlh, item.arg);
+        }
+      }
+    }
+  }
+}
+
+std::vector<absl::Status> Netlink::Apply(const std::vector<LinkRequest>& requests) {
+  std::vector<BatchItem> items(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    items[i].status = BuildLinkRequest(requests[i], &items[i].message, &items[i].what);
+    if (!items[i].status.ok()) items[i].message.clear();
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    RunBatch(items);
+  }
+  std::vector<absl::Status> statuses;
+  statuses.reserve(items.size());
+  for (BatchItem& item : items) statuses.push_back(std::move(item.status));
+  return statuses;
+}
+
+std::vector<absl::StatusOr<RouteLookup>> Netlink::RouteGetMany(
+    const std::vector<IpAddress>& destinations) {
+  std::vector<BatchItem> items(destinations.size());
+  std::vector<RouteReply> replies(destinations.size());
+  for (size_t i = 0; i < destinations.size(); ++i) {
+    const IpAddress& destination = destinations[i];
+    if (!destination.is_v4() && !destination.is_v6()) {
+      items[i].status = absl::InvalidArgumentError("looking up the route: no destination given");
+      continue;
+    }
+    items[i].what = absl::StrCat("looking up the route to ", destination.ToString());
+    BuildRouteLookup(destination, &items[i].message);
+    items[i].on_message = OnRoute;
+    items[i].arg = &replies[i];
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    RunBatch(items);
+  }
+  std::vector<absl::StatusOr<RouteLookup>> routes;
+  routes.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    const BatchItem& item = items[i];
+    if (!item.status.ok()) {
+      // As RouteGet words it.
+      routes.push_back(
+          IsNoRouteErrno(item.kernel_errno)
+              ? absl::NotFoundError(absl::StrCat("no route to ", destinations[i].ToString(), ": ",
+                                                 ErrnoText(item.kernel_errno)))
+              : item.status);
+    } else if (!replies[i].seen) {
+      routes.push_back(absl::InternalError(absl::StrCat(item.what, ": no route in the reply")));
+    } else {
+      routes.push_back(replies[i].route);
+    }
+  }
+  return routes;
 }
 
 }  // namespace tunnelagent::dataplane

@@ -48,6 +48,24 @@ struct RouteLookup {
   uint32_t mtu_metric = 0;  // the route's MTU metric (`mtu N`), 0 when it has none
 };
 
+// One change of a link's configuration, as SetLinkUp, SetLinkMtu, AddAddress, DeleteAddress,
+// AddRoute and DeleteRoute make it: for Netlink::Apply, which sends many at once.
+struct LinkRequest {
+  enum class Kind {
+    kSetUp,
+    kSetDown,
+    kSetMtu,
+    kAddAddress,
+    kDeleteAddress,
+    kAddRoute,
+    kDeleteRoute
+  };
+  Kind kind = Kind::kSetUp;
+  int ifindex = 0;
+  IpPrefix prefix;   // kAddAddress .. kDeleteRoute
+  uint32_t mtu = 0;  // kSetMtu
+};
+
 // One NETLINK_ROUTE socket; calls are serialised, each waits for the kernel's ACK and turns a
 // negative ACK into a status carrying the errno text and what was being done.
 class Netlink {
@@ -71,6 +89,12 @@ class Netlink {
   absl::Status DeleteLinkGroup(uint32_t group);
   // Sets the interface alias (at most 255 bytes, no NUL); "" removes it.
   absl::Status SetLinkAlias(int ifindex, const std::string& alias);
+  // Makes `noqueue` the link's root qdisc (`tc qdisc replace dev X root noqueue`). Done
+  // before a multi-queue TUN/TAP device first goes up, it spares the kernel the default: an
+  // mq qdisc with a pfifo_fast for each of the 256 possible queues, about 3.5 MiB of kernel
+  // memory and a millisecond of CPU per device, for nothing (a TUN device never stops its
+  // queues: what it cannot take it drops, with or without a qdisc in front).
+  absl::Status SetNoQueue(int ifindex);
   // NOT_FOUND when there is no such link.
   absl::StatusOr<LinkInfo> GetLink(int ifindex);
   absl::StatusOr<LinkInfo> GetLinkByName(const std::string& name);
@@ -108,7 +132,38 @@ class Netlink {
   // there is no route.
   absl::StatusOr<uint32_t> PathMtu(const IpAddress& destination);
 
+  // Many requests in flight at once. The kernel handles the messages of one datagram in
+  // order, each as if sent alone, and acknowledges each: `requests` go out up to
+  // kRequestsInFlight to a datagram, so thousands cost a few dozen system calls and wake-ups
+  // instead of two each. One status per request, in order, as the single call would answer
+  // (a request the single call would refuse before sending is refused here the same way; the
+  // others still go). Requests on one link are made in the order given.
+  std::vector<absl::Status> Apply(const std::vector<LinkRequest>& requests);
+  // RouteGet of each destination, the same way.
+  std::vector<absl::StatusOr<RouteLookup>> RouteGetMany(const std::vector<IpAddress>& destinations);
+
+  // At most this many requests wait for their answers: each answer is a datagram of its own
+  // in the socket's receive buffer (about 1 KiB of it with the kernel's overhead), and one
+  // that does not fit is lost (ENOBUFS). 64 answers, or 64 lookups with their ACKs, stay well
+  // inside the default 208 KiB.
+  static constexpr size_t kRequestsInFlight = 64;
+
  private:
+  // A request of a batch: built (or refused, `status` says why) before anything is sent.
+  struct BatchItem {
+    std::vector<char> message;  // empty when refused
+    std::string what;
+    absl::Status status;
+    int kernel_errno = 0;  // of the kernel's negative ACK, 0 when none
+    // Sees each non-error reply message to this request (may be null).
+    int (*on_message)(const void* nlh, void* arg) = nullptr;
+    void* arg = nullptr;
+  };
+  // Sends the built items, kRequestsInFlight to a datagram, and files each answer (reply
+  // messages, then the ACK) under its request by sequence number.
+  void RunBatch(std::vector<BatchItem>& items) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // One request of a LinkRequest, built and sent alone.
+  absl::Status Send(const LinkRequest& request);
   explicit Netlink(mnl_socket* socket);
   // The RTM_GETROUTE request behind RouteGet and PathMtu. On failure `*kernel_errno` holds the
   // errno of the kernel's negative ACK (0 when the failure was not the kernel's answer), so

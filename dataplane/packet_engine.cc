@@ -51,6 +51,10 @@ uint64_t TunnelStats::SumAll(DropCounters TunnelCounters::*drops) const {
 DataplaneCountersSnapshot& DataplaneCountersSnapshot::operator+=(
     const DataplaneCountersSnapshot& other) {
   rx_packets += other.rx_packets;
+  device_read_waits += other.device_read_waits;
+  device_buffers_in_use += other.device_buffers_in_use;
+  device_buffers_ready += other.device_buffers_ready;
+  device_reads_waiting += other.device_reads_waiting;
   for (size_t r = 0; r < drops.size(); ++r) drops[r] += other.drops[r];
   return *this;
 }
@@ -58,6 +62,10 @@ DataplaneCountersSnapshot& DataplaneCountersSnapshot::operator+=(
 DataplaneCountersSnapshot DataplaneCounters::Snapshot() const {
   DataplaneCountersSnapshot snapshot;
   snapshot.rx_packets = rx_packets.Get();
+  snapshot.device_read_waits = device_read_waits.Get();
+  snapshot.device_buffers_in_use = device_buffers_in_use.Get();
+  snapshot.device_buffers_ready = device_buffers_ready.Get();
+  snapshot.device_reads_waiting = device_reads_waiting.Get();
   for (size_t r = 0; r < drops.size(); ++r) snapshot.drops[r] = drops[r].Get();
   return snapshot;
 }

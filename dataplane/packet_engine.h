@@ -3,6 +3,8 @@
 #ifndef TUNNELAGENT_DATAPLANE_PACKET_ENGINE_H_
 #define TUNNELAGENT_DATAPLANE_PACKET_ENGINE_H_
 
+#include <unistd.h>
+
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -97,6 +99,10 @@ class TunnelStats {
 struct DataplaneCountersSnapshot {
   uint64_t rx_packets = 0;
   std::array<uint64_t, kDropReasonCount> drops{};
+  uint64_t device_read_waits = 0;
+  uint64_t device_buffers_in_use = 0;
+  uint64_t device_buffers_ready = 0;
+  uint64_t device_reads_waiting = 0;
 
   DataplaneCountersSnapshot& operator+=(const DataplaneCountersSnapshot& other);
 };
@@ -106,6 +112,14 @@ struct DataplaneCountersSnapshot {
 struct DataplaneCounters {
   Counter rx_packets;  // everything received on the underlay sockets
   DropCounters drops;
+  // The device read buffers the worker's tunnels share (io_uring): reads that found them all
+  // taken and waited for one to come back (the packet stays queued in the device meanwhile);
+  // and, as of the last tick, the buffers reads hold, those ready in the kernel's ring (with
+  // pages once a packet was read into them), and the reads still waiting for one.
+  Counter device_read_waits;
+  Counter device_buffers_in_use;  // a gauge: Set each tick
+  Counter device_buffers_ready;   // a gauge: Set each tick
+  Counter device_reads_waiting;   // a gauge: Set each tick
 
   // Each counter read once (not all at one instant: the writer keeps counting).
   DataplaneCountersSnapshot Snapshot() const;
@@ -146,6 +160,23 @@ struct EngineTunnel {
 // for TUN offloads and keepalives only in modes that have them.
 absl::Status CheckEngineTunnel(const EngineTunnel& tunnel);
 
+// A descriptor the engine reads packets from, listed for a handover to a new process (a hot
+// upgrade): the new engine reads the same queues, so no packet waiting in them is lost.
+struct EngineDescriptor {
+  enum class Kind {
+    kReceiveSocket,  // an underlay receive socket of `worker` (EngineOptions::
+                     // adopted_receive_sockets)
+    kDeviceQueue,    // a further queue of `tunnel`'s multi-queue device, read by `worker`
+                     // (PacketEngine::AdoptDeviceQueues)
+  };
+  Kind kind = Kind::kReceiveSocket;
+  int fd = -1;  // the engine's own: valid while the engine runs; never closed by the caller
+  unsigned worker = 0;
+  bool ipv6 = false;     // kReceiveSocket
+  uint8_t protocol = 0;  // kReceiveSocket
+  std::string tunnel;    // kDeviceQueue
+};
+
 class PacketEngine {
  public:
   virtual ~PacketEngine() = default;
@@ -168,6 +199,29 @@ class PacketEngine {
   // at least every tick even without traffic). UNAVAILABLE naming the worker otherwise: its
   // thread has ended (e.g. its ring failed) or it is stuck. Callable from any thread.
   virtual absl::Status Health(absl::Duration stall) const { return absl::OkStatus(); }
+
+  // ---- Handover to another process (a hot upgrade) ----------------------------------------
+  // The descriptors a new engine must read instead of opening its own. Callable from any
+  // thread while the engine runs.
+  virtual std::vector<EngineDescriptor> Descriptors() const { return {}; }
+  // Stops taking packets from devices and underlay sockets, for good: reads in flight are
+  // cancelled, and a read that had taken a packet before its cancellation still delivers it.
+  // Sends, device writes and housekeeping go on. Returns once no read is in flight any more
+  // (what is queued stays queued, for another reader of the same descriptors);
+  // DEADLINE_EXCEEDED when that took longer than `timeout`.
+  virtual absl::Status PauseReading(absl::Duration timeout) {
+    return absl::UnimplementedError("this engine cannot pause its reads");
+  }
+  // Further queues (fds for workers 1..n-1, owned from here on) of `tunnel`'s multi-queue
+  // device that another process handed over: the next AddTunnel of that name reads them
+  // instead of opening new queues (a queue of its own would leave what the kernel steers into
+  // the old ones unread). Unused ones are closed when the engine goes.
+  // Starts reading the underlay sockets of an engine started with
+  // EngineOptions::defer_receiving; nothing otherwise. Returns at once.
+  virtual void StartReceiving() {}
+  virtual void AdoptDeviceQueues(const std::string& tunnel, std::vector<int> fds) {
+    for (int fd : fds) close(fd);  // one worker reads the device's first queue only
+  }
 };
 
 }  // namespace tunnelagent::dataplane

@@ -148,9 +148,10 @@ _lab_wait_agent() {
   local name=$1 _
   local out
   for _ in $(seq 200); do
-    # Answering, and done bringing back the saved tunnels (listed as "restoring: ..." until then).
+    # Answering, and done bringing back the saved tunnels (listed as "restoring: ..." until then,
+    # and as "verifying: ..." while the devices a crash left are checked).
     if out=$(lab_ctl "$name" list -o json 2>/dev/null); then
-      [[ $out == *restoring:* ]] || return 0
+      [[ $out == *restoring:* || $out == *verifying:* ]] || return 0
     fi
     kill -0 "${LAB_PIDS[$name]}" 2>/dev/null || break
     sleep 0.05
@@ -246,8 +247,11 @@ lab_expect_rpc_error() {
   lab_ok "tunnelctl $* -> $code"
 }
 
-# The tunnel names in NODE's state file, sorted, space-separated; fails if it is not JSON.
+# The tunnel names in NODE's saved state (snapshot and log, read by tunnel-state), sorted,
+# space-separated; fails if the state cannot be read.
 lab_state_names() {
-  jq -r '[(.tunnels // [])[].name] | sort | join(" ")' "$RUN/$1-state/tunnels.json" ||
-    lab_fail "$1: cannot read $RUN/$1-state/tunnels.json"
+  local json
+  json=$("$BIN_DIR/tunnel-state" "$RUN/$1-state") || lab_fail "$1: cannot read $RUN/$1-state"
+  jq -r '[(.tunnels // [])[].name] | sort | join(" ")' <<<"$json" ||
+    lab_fail "$1: cannot read $RUN/$1-state"
 }

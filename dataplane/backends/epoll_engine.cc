@@ -22,8 +22,9 @@ namespace {
 // Packets read from one device, or received from one socket, per wakeup. Level-triggered
 // epoll comes back for the rest, after the other ready sources had their turn.
 constexpr unsigned kBatch = 64;
-// Largest device buffer: headroom, a 64 KiB packet and the overflow margin.
-constexpr size_t kMaxDeviceBuffer = DeviceBufferBytes(65535);
+// Largest device buffer: headroom, a 64 KiB packet (a tap frame: its Ethernet header too) and
+// the overflow margin. The worker's tunnels share one batch of them: nothing per tunnel.
+constexpr size_t kMaxDeviceBuffer = kMaxDeviceBufferBytes;
 constexpr int kMaxEvents = 256;
 // Room for a batch of reads, or a round of a super-packet's segments.
 constexpr size_t kMaxQueued = std::max<size_t>(kBatch, kMaxSegments);
@@ -64,7 +65,9 @@ class EpollWorker final : public Worker {
     socket_sources_.resize(sockets_.size());
     for (size_t i = 0; i < sockets_.size(); ++i) {
       socket_sources_[i] = Source{Source::Kind::kSocket, &sockets_[i]};
+      if (!receiving_requested()) continue;  // watched once asked (StartReceiving)
       if (absl::Status s = Watch(sockets_[i].fd, &socket_sources_[i]); !s.ok()) return s;
+      receiving_ = true;
     }
     // Receive buffers are shared by every socket (they are served one after the other), the
     // transmit pool by every device.
@@ -138,6 +141,13 @@ class EpollWorker final : public Worker {
           role_.Assume();  // RunQueued calls back at once, on this thread
           command->done.set_value(Remove(command->name));
         });
+        if (!receiving_ && receiving_requested() && !reading_paused()) {
+          for (size_t i = 0; i < sockets_.size(); ++i) {
+            Watch(sockets_[i].fd, &socket_sources_[i]).IgnoreError();
+          }
+          receiving_ = true;
+        }
+        if (pause_requested() && !reading_paused()) PauseReads();
       }
       Housekeeping();
     }
@@ -366,6 +376,22 @@ class EpollWorker final : public Worker {
     return absl::OkStatus();
   }
 
+  // A pause (Worker::RequestPause): every device and socket leaves the epoll set. Reads are
+  // synchronous here, so none is in flight once this returns.
+  void PauseReads() ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_) {
+    for (const ReceiveSocket& socket : sockets_) {
+      epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, socket.fd, nullptr);
+    }
+    for (const auto& source : fou_sources_) {
+      epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, source->fou->fd, nullptr);
+    }
+    core_.ForEachTunnel([this](TunnelDatapath& tunnel) {
+      role_.Assume();  // ForEachTunnel calls back at once, on this thread
+      if (tunnel.backend<EpollTunnel>() != nullptr) Park(tunnel);
+    });
+    MarkReadingPaused();
+  }
+
   void Park(TunnelDatapath& tunnel) ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_) {
     EpollTunnel* state = tunnel.backend<EpollTunnel>();
     if (state->parked) return;
@@ -387,6 +413,7 @@ class EpollWorker final : public Worker {
   const unsigned rx_batch_;
   int epoll_fd_ = -1;
   std::vector<Source> socket_sources_ ABSL_GUARDED_BY(role_);
+  bool receiving_ ABSL_GUARDED_BY(role_) = false;  // the sockets are in the epoll set
   Source wake_source_ ABSL_GUARDED_BY(role_) = {Source::Kind::kWake};
   std::vector<std::unique_ptr<EpollTunnel>> tunnels_ ABSL_GUARDED_BY(role_);
   std::vector<std::unique_ptr<Source>> fou_sources_ ABSL_GUARDED_BY(role_);

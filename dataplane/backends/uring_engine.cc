@@ -13,6 +13,11 @@
 #include "dataplane/backends/uring_worker.h"
 #include "dataplane/errno_status.h"
 
+// Linux 6.6's cancellation by opcode; liburing's own copy of the header may predate it.
+#ifndef IORING_ASYNC_CANCEL_OP
+#define IORING_ASYNC_CANCEL_OP (1U << 5)
+#endif
+
 namespace tunnelagent::dataplane {
 
 absl::Status UringWorker::SetUpOnThread() {
@@ -23,7 +28,10 @@ absl::Status UringWorker::SetUpOnThread() {
     socket_files_.push_back(ring_.RegisterFile(socket.fd));
   ArmWake();
   ArmTimer();
-  SetUpReceives();
+  if (receiving_requested()) {
+    SetUpReceives();
+    receiving_ = true;
+  }
   // The first io_uring_enter, before anyone relies on the engine: a seccomp profile may allow
   // io_uring_setup and still refuse io_uring_enter, which would leave every command unanswered.
   if (int ret = io_uring_submit(ring_.get()); ret < 0) {
@@ -62,6 +70,7 @@ void UringWorker::Run() {
     io_uring_cq_advance(ring_.get(), seen);
     // What this batch of receives coalesced goes to the devices with the next submission.
     core_.FlushCoalesced();
+    CheckPaused();
   }
   Shutdown(ring_usable);
   Finish(std::move(why));
@@ -99,7 +108,7 @@ void UringWorker::Complete(Operation* op, int res, unsigned flags) {
   --inflight_;
   switch (op->op) {
     case OpKind::kDeviceRead:
-      return CompleteDeviceRead(static_cast<TransmitBuffer*>(op), res);
+      return CompleteDeviceRead(static_cast<TransmitBuffer*>(op), res, flags);
     case OpKind::kSend:
       return CompleteSend(static_cast<TransmitBuffer*>(op), res);
     case OpKind::kSegmentSend:
@@ -121,6 +130,11 @@ void UringWorker::Complete(Operation* op, int res, unsigned flags) {
     case OpKind::kTimer:
       return CompleteTimer();
     case OpKind::kCancel:
+      // A kernel without cancellation by operation (before 6.6): by descriptor instead.
+      if (op == &pause_cancel_op_ && res == -EINVAL && !pause_by_descriptor_) {
+        pause_by_descriptor_ = true;
+        CancelReadsByDescriptor();
+      }
       return;  // the cancelled operations complete on their own
   }
 }
@@ -128,10 +142,58 @@ void UringWorker::Complete(Operation* op, int res, unsigned flags) {
 void UringWorker::CompleteTimer() {
   if (stopping_) return;
   Housekeeping();
+  const absl::Time now = absl::Now();
+  uint64_t in_use = 0;
+  uint64_t ready = 0;
+  uint64_t waiting = 0;
+  for (const auto& shared : shared_reads_) {
+    if (!shared) continue;
+    shared->pool.Tick(now);
+    in_use += shared->pool.stats().in_use;
+    ready += shared->pool.stats().provided;
+    waiting += shared->waiting.size();
+  }
+  core_.counters().device_buffers_in_use.Set(in_use);
+  core_.counters().device_buffers_ready.Set(ready);
+  core_.counters().device_reads_waiting.Set(waiting);
   ArmTimer();
 }
 
+void UringWorker::PauseReads() {
+  reads_paused_ = true;
+  // By operation: three cancellations whatever the number of tunnels (one by descriptor
+  // each scans every request in flight: seconds for thousands of tunnels). Reads are device
+  // reads (and the wake, which re-arms itself), receives and receive-messages the sockets'.
+  // Writes and sends go on.
+  for (const uint8_t opcode : {IORING_OP_READ, IORING_OP_RECV, IORING_OP_RECVMSG}) {
+    io_uring_sqe* sqe = ring_.NextSqe();
+    io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_OP | IORING_ASYNC_CANCEL_ALL);
+    sqe->len = opcode;
+    Submit(sqe, &pause_cancel_op_);
+  }
+}
+
+void UringWorker::CancelReadsByDescriptor() {
+  // By descriptor: the cancellation matches the file, registered or not.
+  auto cancel = [this](int fd) {
+    role_.Assume();  // called below, on this thread
+    io_uring_sqe* sqe = ring_.NextSqe();
+    io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+    Submit(sqe, &cancel_op_);
+  };
+  for (const ReceiveSocket& socket : sockets_) cancel(socket.fd);
+  core_.ForEachTunnel([&](TunnelDatapath& tunnel) { cancel(tunnel.device_fd()); });
+  for (const std::vector<ReceiveBuffer>& port : fou_receives_) {
+    if (!port.empty()) cancel(port.front().fou->fd);
+  }
+}
+
 void UringWorker::CompleteWake() {
+  if (!receiving_ && receiving_requested() && !reads_paused_) {
+    SetUpReceives();
+    receiving_ = true;
+  }
+  if (pause_requested() && !reads_paused_) PauseReads();
   RunCommands([this](std::unique_ptr<EngineCommand> command) {
     role_.Assume();  // RunQueued calls back at once, on this thread
     BeginRemoval(std::move(command));
@@ -143,13 +205,15 @@ absl::Status UringWorker::AttachTunnel(TunnelDatapath& tunnel) {
   auto state = std::make_unique<UringTunnel>();
   // A worker that does not read the device only writes to it, from its receive buffers.
   const unsigned depth = tunnel.config().read_device ? options_.device_reads_per_tunnel : 0;
-  const size_t capacity = tunnel.buffer_bytes();
-  state->memory.reset(new uint8_t[capacity * depth]);
+  if (depth > 0) state->shared = SharedBuffersFor(tunnel);
+  // Without shared buffers, each read has one of the tunnel's own.
+  const size_t capacity = state->shared == nullptr ? tunnel.buffer_bytes() : 0;
+  if (capacity > 0) state->memory.reset(new uint8_t[capacity * depth]);
   state->buffers.resize(depth);
   for (unsigned i = 0; i < depth; ++i) {
     TransmitBuffer& b = state->buffers[i];
     b.tunnel = &tunnel;
-    b.buffer = state->memory.get() + i * capacity;
+    b.buffer = capacity > 0 ? state->memory.get() + i * capacity : nullptr;
     // Raw sends name the remote; fou senders are connected.
     if (!tunnel.fou()) {
       b.msg.msg_name = const_cast<sockaddr*>(tunnel.destination());
@@ -193,6 +257,14 @@ bool UringWorker::Settled(TunnelDatapath& tunnel, bool counted) {
   if (!state.removal) return false;
   if (state.inflight != 0) return true;
   std::unique_ptr<EngineCommand> command = std::move(state.removal);
+  if (state.shared != nullptr) {
+    // Its reads waiting for a buffer are no operation in flight: they go with it.
+    std::deque<TransmitBuffer*>& waiting = state.shared->waiting;
+    waiting.erase(
+        std::remove_if(waiting.begin(), waiting.end(),
+                       [&tunnel](const TransmitBuffer* b) { return b->tunnel == &tunnel; }),
+        waiting.end());
+  }
   ReleaseFouPort(tunnel);
   ring_.UnregisterFile(state.device_file);
   tunnels_.erase(std::find_if(tunnels_.begin(), tunnels_.end(),

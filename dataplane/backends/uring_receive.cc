@@ -64,6 +64,7 @@ std::vector<ReceiveBuffer> UringWorker::MakeReceiveBuffers(size_t count,
 }
 
 void UringWorker::ArmReceive(ReceiveBuffer* b) {
+  if (reads_paused_) return;
   b->op = OpKind::kSocketReceive;
   b->tunnel = nullptr;
   io_uring_sqe* sqe = ring_.NextSqe();
@@ -113,6 +114,7 @@ void UringWorker::CompleteDeviceWrite(ReceiveBuffer* b, int res) {
 }
 
 void UringWorker::ArmMultishot(MultishotReceiver* r) {
+  if (reads_paused_) return;
   io_uring_sqe* sqe = ring_.NextSqe();
   // MSG_TRUNC: the result is the datagram's real length, so a packet larger than the buffer
   // is seen as such.
@@ -178,6 +180,7 @@ void UringWorker::StartFouReceives(FouSocket* socket) {
 }
 
 void UringWorker::ArmFouReceive(ReceiveBuffer* b) {
+  if (reads_paused_) return;
   b->op = OpKind::kFouReceive;
   ResetReceiveMessage(b);
   io_uring_sqe* sqe = ring_.NextSqe();

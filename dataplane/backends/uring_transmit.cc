@@ -12,25 +12,110 @@
 
 namespace tunnelagent::dataplane {
 
+SharedReadBuffers* UringWorker::SharedBuffersFor(const TunnelDatapath& tunnel) {
+  if (shared_reads_unavailable_ || options_.device_buffers_max == 0) return nullptr;
+  std::unique_ptr<SharedReadBuffers>& shared = shared_reads_[tunnel.vnet_header()];
+  if (!shared) {
+    auto made = std::make_unique<SharedReadBuffers>();
+    // Group ids apart from the receive sockets' (0 up); one buffer size for every tunnel: only
+    // the pages a packet fills become resident.
+    const auto group = static_cast<uint16_t>(kSharedReadGroup + tunnel.vnet_header());
+    if (!made->pool.Register(ring_.get(), group, options_.device_buffers,
+                             options_.device_buffers_max, kMaxDeviceBufferBytes,
+                             tunnel.read_offset())) {
+      shared_reads_unavailable_ = true;  // an older kernel: every tunnel keeps its own
+      return nullptr;
+    }
+    shared = std::move(made);
+  }
+  // Every read of the tunnel must fit any buffer (true for any MTU the engine accepts).
+  if (tunnel.read_offset() != shared->pool.read_offset() ||
+      tunnel.buffer_bytes() > shared->pool.buffer_bytes()) {
+    return nullptr;
+  }
+  return shared.get();
+}
+
+void UringWorker::ReleaseDeviceBuffer(TransmitBuffer* b) {
+  if (b->segments && b->segments->pending == 0) spare_segments_.push_back(std::move(b->segments));
+  if (b->shared_id < 0) return;
+  SharedReadBuffers& shared = *StateOf(*b->tunnel).shared;
+  const auto id = static_cast<uint16_t>(b->shared_id);
+  b->shared_id = -1;
+  b->buffer = nullptr;
+  shared.pool.Recycle(id);
+  ArmWaitingReads(shared, shared.pool.stats().provided);
+}
+
+void UringWorker::ArmWaitingReads(SharedReadBuffers& shared, unsigned ready) {
+  while (ready > 0 && !shared.waiting.empty()) {
+    TransmitBuffer* next = shared.waiting.front();
+    shared.waiting.pop_front();
+    if (StateOf(*next->tunnel).removal) continue;
+    ArmDeviceRead(next);
+    --ready;
+  }
+}
+
+void UringWorker::WaitForDeviceBuffer(TransmitBuffer* b) {
+  core_.counters().device_read_waits.Add();
+  SharedReadBuffers& shared = *StateOf(*b->tunnel).shared;
+  shared.waiting.push_back(b);
+  // Buffers came back since the read failed, or the pool may grow: the waiting try again now;
+  // otherwise when a buffer comes back (ReleaseDeviceBuffer).
+  unsigned ready = shared.pool.stats().provided;
+  if (ready == 0) ready = shared.pool.Grow();
+  ArmWaitingReads(shared, ready);
+}
+
 void UringWorker::ArmDeviceRead(TransmitBuffer* b) {
+  ReleaseDeviceBuffer(b);
+  if (reads_paused_) return;  // the buffer rests; removal does not wait for it
   b->op = OpKind::kDeviceRead;
   TunnelDatapath& tunnel = *b->tunnel;
   io_uring_sqe* sqe = ring_.NextSqe();
-  io_uring_prep_read(sqe, tunnel.device_fd(), b->buffer + tunnel.read_offset(),
-                     static_cast<unsigned>(tunnel.read_bytes()), 0);
+  if (SharedReadBuffers* shared = StateOf(tunnel).shared; shared != nullptr) {
+    // No buffer yet: the kernel picks one from the ring when a packet is there to copy.
+    io_uring_prep_read(sqe, tunnel.device_fd(), nullptr, static_cast<unsigned>(tunnel.read_bytes()),
+                       0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = shared->pool.group();
+  } else {
+    io_uring_prep_read(sqe, tunnel.device_fd(), b->buffer + tunnel.read_offset(),
+                       static_cast<unsigned>(tunnel.read_bytes()), 0);
+  }
   UringRing::UseFile(sqe, StateOf(tunnel).device_file);
   Submit(sqe, b, tunnel);
 }
 
-void UringWorker::CompleteDeviceRead(TransmitBuffer* b, int res) {
+void UringWorker::CompleteDeviceRead(TransmitBuffer* b, int res, unsigned flags) {
   TunnelDatapath& tunnel = *b->tunnel;
+  UringTunnel& state = StateOf(tunnel);
+  if (state.shared != nullptr && (flags & IORING_CQE_F_BUFFER) != 0) {
+    const auto id = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+    if (state.shared->pool.Owns(id)) {
+      state.shared->pool.Took(id);
+      b->shared_id = id;
+      b->buffer = state.shared->pool.buffer(id);
+    }
+  }
+  // A tunnel being removed gives its buffer back before it may be freed.
+  if (state.removal) ReleaseDeviceBuffer(b);
   if (Settled(tunnel)) return;
   if (res <= 0) {
+    if (res == -ENOBUFS && state.shared != nullptr) return WaitForDeviceBuffer(b);
     if (res == 0 || res == -EAGAIN || res == -EINTR) return ArmDeviceRead(b);
     tunnel.counters().tx_drops[static_cast<int>(DropReason::kDeviceError)].Add();
     // A device that answers EBADF/EBADFD/EINVAL/EFAULT will answer so forever: park this
-    // buffer rather than spin on it (counted above; removal still accounts for it).
-    if (res == -EBADF || res == -EBADFD || res == -EINVAL || res == -EFAULT) return;
+    // read rather than spin on it (counted above; removal still accounts for it).
+    if (res == -EBADF || res == -EBADFD || res == -EINVAL || res == -EFAULT) {
+      return ReleaseDeviceBuffer(b);
+    }
+    return ArmDeviceRead(b);
+  }
+  if (b->buffer == nullptr) {
+    // A shared read that names no buffer of ours: nothing to take; counted, read again.
+    tunnel.counters().tx_drops[static_cast<int>(DropReason::kDeviceError)].Add();
     return ArmDeviceRead(b);
   }
   b->frame = b->buffer + kDeviceHeadroom;
@@ -70,13 +155,21 @@ void UringWorker::CompleteSend(TransmitBuffer* b, int res) {
   TunnelDatapath& tunnel = *b->tunnel;
   --StateOf(tunnel).inflight;
   tunnel.TransmitDone(b->frame, b->inner_len, res);
+  ReleaseDeviceBuffer(b);
   if (Settled(tunnel, /*counted=*/true)) return;
   ArmDeviceRead(b);
 }
 
 void UringWorker::TransmitSuperPacket(TransmitBuffer* b, const PacketCore::DeviceFrame& read) {
   TunnelDatapath& tunnel = *b->tunnel;
-  if (!b->segments) b->segments = std::make_unique<SegmentSends>();
+  if (!b->segments) {
+    if (spare_segments_.empty()) {
+      b->segments = std::make_unique<SegmentSends>();
+    } else {
+      b->segments = std::move(spare_segments_.back());
+      spare_segments_.pop_back();
+    }
+  }
   SegmentSends& s = *b->segments;
   size_t next = 0;
   size_t made = 0;
@@ -136,6 +229,7 @@ void UringWorker::CompleteSegmentSend(SegmentSend* op, int res) {
     tunnel.TransmitDone(batch.frames[i], batch.lens[i], res >= 0 ? 1 : res);
   }
   const bool last = --b->segments->pending == 0;
+  if (last) ReleaseDeviceBuffer(b);
   if (Settled(tunnel, /*counted=*/true)) return;
   if (last) ArmDeviceRead(b);
 }

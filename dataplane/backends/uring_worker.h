@@ -9,9 +9,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <vector>
 
+#include "dataplane/backends/buffer_pool.h"
 #include "dataplane/backends/uring_ring.h"
 #include "dataplane/backends/worker.h"
 #include "dataplane/underlay/fou.h"
@@ -60,17 +62,22 @@ struct SegmentSends {
   uint32_t pending = 0;  // sends in flight
 };
 
-// One of a tunnel's device read buffers: read into, wrapped in place and sent, read again.
-// Its address is the SQE's user_data, so a completion leads straight back to it.
+// One of a tunnel's device reads: read into, wrapped in place and sent, read again. Its
+// address is the SQE's user_data, so a completion leads straight back to it. With the worker's
+// shared buffers (UringTunnel::shared) it holds one only from the read's completion to the end
+// of its send (`buffer`, `shared_id`); otherwise `buffer` is the tunnel's own, for good.
 struct TransmitBuffer : Operation {
   TunnelDatapath* tunnel = nullptr;
   uint8_t* buffer = nullptr;
+  int32_t shared_id = -1;    // the shared buffer held; -1: none
   uint8_t* frame = nullptr;  // the frame read from the device (buffer + kDeviceHeadroom)
   uint32_t inner_len = 0;    // what the tunnel's counters count
   msghdr msg{};
   iovec iov{};
   alignas(cmsghdr) uint8_t control[kFouSendControlBytes];  // fou sends: TOS and TTL
-  std::unique_ptr<SegmentSends> segments;                  // with offloads
+  // With offloads, while a super-packet is split and sent: lent by the worker (33 KiB each,
+  // so not one per read of every tunnel).
+  std::unique_ptr<SegmentSends> segments;
 };
 
 // A receive buffer of an underlay socket (raw or fou): received into, its packet written to a
@@ -114,8 +121,18 @@ struct MultishotReceiver : Operation {
   std::vector<ProvidedWrite> writes;  // by buffer id
 };
 
+// The device read buffers a worker's tunnels share, for the tunnels of one read offset (with
+// or without a virtio-net header), and the reads that found them all taken.
+struct SharedReadBuffers {
+  DeviceBufferPool pool;
+  // Reads that completed with ENOBUFS, armed again in order as buffers come back (a read armed
+  // holds no buffer until a packet is there, so re-arming costs no buffer of anyone's).
+  std::deque<TransmitBuffer*> waiting;
+};
+
 // The io_uring backend's state of one tunnel (TunnelDatapath::backend).
 struct UringTunnel {
+  SharedReadBuffers* shared = nullptr;  // null: the reads use `memory`
   std::unique_ptr<uint8_t[]> memory;
   std::vector<TransmitBuffer> buffers;
   uint32_t inflight = 0;
@@ -125,6 +142,10 @@ struct UringTunnel {
 
 inline UringTunnel& StateOf(const TunnelDatapath& tunnel) { return *tunnel.backend<UringTunnel>(); }
 
+// Buffer group ids of the shared device read buffers (SharedReadBuffers), apart from those of
+// the receive sockets' provided buffers (0 up): this one without, the next with a virtio-net
+// header.
+inline constexpr uint16_t kSharedReadGroup = 0x100;
 // Receives kept in flight on a fou port's socket, each with room for what UDP GRO brings.
 inline constexpr unsigned kFouReceives = 16;
 // Coalescer buffers: open flows plus writes in flight.
@@ -173,12 +194,39 @@ class UringWorker final : public Worker {
 
   void Complete(Operation* op, int res, unsigned flags) ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
 
+  // A pause (Worker::RequestPause): the reads of every device and socket are cancelled and
+  // none is armed again; completions still run, so a read that took a packet before its
+  // cancellation still sends or delivers it. Reading counts as paused once nothing but the
+  // wake and the timer is in flight.
+  void PauseReads() ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
+  void CancelReadsByDescriptor() ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
+  void CheckPaused() ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_) {
+    if (reads_paused_ && !reading_paused() && inflight_ <= 2) MarkReadingPaused();
+  }
+
   // ---- Transmit ---------------------------------------------------------------------------
 
   void ArmDeviceRead(TransmitBuffer* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
 
-  // A frame the host routed into the device.
-  void CompleteDeviceRead(TransmitBuffer* b, int res) ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
+  // A frame the host routed into the device (`flags`: the CQE's, naming a shared buffer taken).
+  void CompleteDeviceRead(TransmitBuffer* b, int res, unsigned flags)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
+
+  // The shared buffers for `tunnel`'s reads, made (and registered) with its first tunnel of
+  // that read offset; null when the tunnel keeps its own (the kernel has no buffer rings, or
+  // device_buffers_max is 0).
+  SharedReadBuffers* SharedBuffersFor(const TunnelDatapath& tunnel)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
+  // A read gives back the shared buffer it holds, if any (a read waiting for one is armed
+  // again), and the segment sends it borrowed once none is in flight.
+  void ReleaseDeviceBuffer(TransmitBuffer* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
+  // A read found every shared buffer taken: the pool grows if it may, and the read waits for
+  // a buffer (counted).
+  void WaitForDeviceBuffer(TransmitBuffer* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
+  // Arms up to `ready` of the reads waiting for `shared`'s buffers, the longest waiting first.
+  // A read of a tunnel being removed is dropped: its removal does not wait for it.
+  void ArmWaitingReads(SharedReadBuffers& shared, unsigned ready)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
 
   void CompleteSend(TransmitBuffer* b, int res) ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
 
@@ -266,6 +314,11 @@ class UringWorker final : public Worker {
   int send_files_[2] ABSL_GUARDED_BY(role_) = {-1, -1};   // IPv4, IPv6 raw send sockets
   std::vector<int> socket_files_ ABSL_GUARDED_BY(role_);  // parallel to sockets_
   std::vector<std::unique_ptr<UringTunnel>> tunnels_ ABSL_GUARDED_BY(role_);
+  // Device read buffers by read offset: [0] devices without, [1] with a virtio-net header.
+  std::unique_ptr<SharedReadBuffers> shared_reads_[2] ABSL_GUARDED_BY(role_);
+  bool shared_reads_unavailable_ ABSL_GUARDED_BY(role_) = false;  // no buffer rings here
+  // SegmentSends no read holds, for the next super-packet: as many as were ever split at once.
+  std::vector<std::unique_ptr<SegmentSends>> spare_segments_ ABSL_GUARDED_BY(role_);
 
   // Owned by the worker's thread once it runs.
   std::unique_ptr<uint8_t[]> raw_memory_ ABSL_GUARDED_BY(role_);
@@ -280,6 +333,10 @@ class UringWorker final : public Worker {
   Operation cancel_op_ ABSL_GUARDED_BY(role_) = {OpKind::kCancel};
   __kernel_timespec timer_spec_ ABSL_GUARDED_BY(role_) = {};
   uint64_t wake_value_ ABSL_GUARDED_BY(role_) = 0;
+  bool reads_paused_ ABSL_GUARDED_BY(role_) = false;  // PauseReads: no read is armed again
+  bool receiving_ ABSL_GUARDED_BY(role_) = false;     // SetUpReceives ran
+  Operation pause_cancel_op_ ABSL_GUARDED_BY(role_) = {OpKind::kCancel};
+  bool pause_by_descriptor_ ABSL_GUARDED_BY(role_) = false;
   uint64_t inflight_ ABSL_GUARDED_BY(role_) =
       0;  // operations submitted and not yet completed, all kinds
 };

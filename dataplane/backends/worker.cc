@@ -1,9 +1,16 @@
 #include "dataplane/backends/worker.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
 #include <future>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "dataplane/cpu_affinity.h"
+#include "dataplane/errno_status.h"
 
 namespace tunnelagent::dataplane {
 namespace {
@@ -33,10 +40,26 @@ absl::Status Worker::Start(int eventfd_flags) {
   // protocol receives everything of that protocol addressed to this host.
   if (absl::Status s = io_.Open(options_.socket_buffer_bytes); !s.ok()) return s;
   if (absl::Status s = too_big_.Open(); !s.ok()) return s;
-  absl::StatusOr<std::vector<ReceiveSocket>> sockets =
-      OpenReceiveSockets(options_.socket_buffer_bytes, options_.worker, options_.workers);
-  if (!sockets.ok()) return sockets.status();
-  sockets_ = std::move(*sockets);
+  if (options_.worker < options_.adopted_receive_sockets.size() &&
+      !options_.adopted_receive_sockets[options_.worker].empty()) {
+    // Handed over by the agent this one replaces: the same sockets, each packet read once by
+    // whichever process takes it. Copies, so a backend that fails to start (and closes its
+    // sockets) leaves the caller's for the next one to try.
+    for (const ReceiveSocket& adopted : options_.adopted_receive_sockets[options_.worker]) {
+      const int fd = fcntl(adopted.fd, F_DUPFD_CLOEXEC, 0);
+      if (fd < 0) {
+        const int error = errno;
+        CloseReceiveSockets(sockets_);
+        return ErrnoStatus(error, absl::StrCat("adopting underlay socket ", adopted.fd));
+      }
+      sockets_.push_back(ReceiveSocket{fd, adopted.ipv6, adopted.protocol});
+    }
+  } else {
+    absl::StatusOr<std::vector<ReceiveSocket>> sockets =
+        OpenReceiveSockets(options_.socket_buffer_bytes, options_.worker, options_.workers);
+    if (!sockets.ok()) return sockets.status();
+    sockets_ = std::move(*sockets);
+  }
 
   std::promise<absl::Status> ready;
   std::future<absl::Status> ready_future = ready.get_future();
@@ -58,6 +81,19 @@ void Worker::StopThread() {
   if (!thread_.joinable()) return;
   mailbox_.Stop().IgnoreError();
   thread_.join();
+}
+
+void Worker::RequestPause() {
+  pause_requested_.store(true, std::memory_order_release);
+  // Wakes the thread as a command would; it looks at the request when it runs its commands.
+  const uint64_t one = 1;
+  (void)!write(mailbox_.fd(), &one, sizeof one);
+}
+
+void Worker::RequestReceiving() {
+  receiving_requested_.store(true, std::memory_order_release);
+  const uint64_t one = 1;
+  (void)!write(mailbox_.fd(), &one, sizeof one);
 }
 
 void Worker::Housekeeping() {
@@ -95,6 +131,34 @@ void Worker::Finish(std::string why) {
   core_.Clear();
   mailbox_.Close();
   if (stop_command_) stop_command_->done.set_value(absl::OkStatus());
+}
+
+std::vector<EngineDescriptor> WorkerEngine::Descriptors() const {
+  std::vector<EngineDescriptor> descriptors;
+  for (const ReceiveSocket& socket : worker_->receive_sockets()) {
+    descriptors.push_back({.kind = EngineDescriptor::Kind::kReceiveSocket,
+                           .fd = socket.fd,
+                           .worker = worker_->index(),
+                           .ipv6 = socket.ipv6,
+                           .protocol = socket.protocol,
+                           .tunnel = {}});
+  }
+  return descriptors;
+}
+
+absl::Status WorkerEngine::PauseReading(absl::Duration timeout) {
+  worker_->RequestPause();
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!worker_->reading_paused()) {
+    // A worker that has stopped reads nothing any more either.
+    if (!worker_->heartbeat().Health(absl::InfiniteDuration()).ok()) return absl::OkStatus();
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("dataplane worker ", worker_->index(), " still has reads in flight"));
+    }
+    absl::SleepFor(absl::Microseconds(200));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace tunnelagent::dataplane

@@ -9,6 +9,7 @@
 #ifndef TUNNELAGENT_DATAPLANE_BACKENDS_WORKER_H_
 #define TUNNELAGENT_DATAPLANE_BACKENDS_WORKER_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -46,6 +47,16 @@ class Worker : public CoalescedWriter {
   const DataplaneCounters& counters() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
     return core_.counters();
   }
+  unsigned index() const { return options_.worker; }
+  // The underlay receive sockets: fixed once Start returned, readable from any thread.
+  const std::vector<ReceiveSocket>& receive_sockets() const { return sockets_; }
+
+  // Asks the worker's thread to stop reading for good (PacketEngine::PauseReading); from any
+  // thread. reading_paused() turns true once no read of the worker's is in flight.
+  void RequestPause();
+  // Reads the underlay sockets from now on (EngineOptions::defer_receiving); any thread.
+  void RequestReceiving();
+  bool reading_paused() const { return reading_paused_.load(std::memory_order_acquire); }
 
  protected:
   // On the worker's thread, before anyone relies on it (the ring is set up there, so its
@@ -58,6 +69,12 @@ class Worker : public CoalescedWriter {
   virtual void Run() ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_) = 0;
   // Stops and joins the thread, if it runs.
   void StopThread();
+
+  // For the backend's loop: whether RequestPause came, and the answer once its reads are done.
+  bool pause_requested() const { return pause_requested_.load(std::memory_order_acquire); }
+  void MarkReadingPaused() { reading_paused_.store(true, std::memory_order_release); }
+  // Whether the sockets are to be read: true unless deferred and not yet asked for.
+  bool receiving_requested() const { return receiving_requested_.load(std::memory_order_acquire); }
 
   // Every time round the loop: the clock, and the heartbeat Health reads.
   void Beat() ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_) {
@@ -111,6 +128,9 @@ class Worker : public CoalescedWriter {
   absl::Status AddTunnel(const EngineTunnel& config) ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
 
   std::thread thread_;
+  std::atomic<bool> pause_requested_{false};
+  std::atomic<bool> reading_paused_{false};
+  std::atomic<bool> receiving_requested_{!options_.defer_receiving};
   std::unique_ptr<EngineCommand> stop_command_ ABSL_GUARDED_BY(role_);
   absl::Time next_housekeeping_ ABSL_GUARDED_BY(role_) = absl::InfinitePast();
 };
@@ -128,6 +148,9 @@ class WorkerEngine : public PacketEngine {
   absl::Status Health(absl::Duration stall) const override {
     return worker_->heartbeat().Health(stall);
   }
+  std::vector<EngineDescriptor> Descriptors() const override;
+  absl::Status PauseReading(absl::Duration timeout) override;
+  void StartReceiving() override { worker_->RequestReceiving(); }
 
  protected:
   explicit WorkerEngine(std::unique_ptr<Worker> worker) : worker_(std::move(worker)) {}

@@ -3,6 +3,7 @@
 #include <net/if.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -35,6 +36,48 @@ WorkerPool::~WorkerPool() {
   for (auto& [name, tunnel] : tunnels_) {
     for (int fd : tunnel.queues) close(fd);
   }
+  for (auto& [name, fds] : adopted_queues_) {
+    for (int fd : fds) close(fd);
+  }
+}
+
+std::vector<EngineDescriptor> WorkerPool::Descriptors() const {
+  std::vector<EngineDescriptor> descriptors;
+  for (const auto& worker : workers_) {
+    std::vector<EngineDescriptor> own = worker->Descriptors();
+    descriptors.insert(descriptors.end(), own.begin(), own.end());
+  }
+  absl::MutexLock lock(&mu_);
+  for (const auto& [name, tunnel] : tunnels_) {
+    for (size_t i = 0; i < tunnel.queues.size(); ++i) {
+      descriptors.push_back({.kind = EngineDescriptor::Kind::kDeviceQueue,
+                             .fd = tunnel.queues[i],
+                             .worker = static_cast<unsigned>(i + 1),
+                             .tunnel = name});
+    }
+  }
+  return descriptors;
+}
+
+absl::Status WorkerPool::PauseReading(absl::Duration timeout) {
+  // Each worker's request first, so they all drain at the same time; then the waits (a
+  // second request is harmless).
+  for (const auto& worker : workers_) {
+    worker->PauseReading(absl::ZeroDuration()).IgnoreError();
+  }
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::Status status;
+  for (const auto& worker : workers_) {
+    status.Update(worker->PauseReading(std::max(deadline - absl::Now(), absl::ZeroDuration())));
+  }
+  return status;
+}
+
+void WorkerPool::AdoptDeviceQueues(const std::string& tunnel, std::vector<int> fds) {
+  absl::MutexLock lock(&mu_);
+  std::vector<int>& held = adopted_queues_[tunnel];
+  for (int fd : held) close(fd);
+  held = std::move(fds);
 }
 
 absl::Status WorkerPool::AddTunnel(const EngineTunnel& tunnel) {
@@ -49,7 +92,16 @@ absl::Status WorkerPool::AddTunnel(const EngineTunnel& tunnel) {
   Tunnel state;
   // Output sequence numbers must leave in order: one worker sends them.
   bool one_queue = tunnel.encap.sequence || workers_.size() == 1;
-  if (!one_queue) {
+  if (auto adopted = adopted_queues_.find(tunnel.name); adopted != adopted_queues_.end()) {
+    // The queues the replaced agent read, each to the worker of the same index, when they fit.
+    if (!one_queue && adopted->second.size() + 1 == workers_.size()) {
+      state.queues = std::move(adopted->second);
+    } else {
+      for (int fd : adopted->second) close(fd);
+    }
+    adopted_queues_.erase(adopted);
+  }
+  if (!one_queue && state.queues.empty()) {
     const TunDevice::Kind kind =
         IsEthernetMode(tunnel.encap.mode) ? TunDevice::Kind::kTap : TunDevice::Kind::kTun;
     const int ifindex = static_cast<int>(if_nametoindex(tunnel.name.c_str()));

@@ -44,6 +44,15 @@ class WorkerPool final : public PacketEngine {
   size_t workers() const override { return workers_.size(); }
   // Every worker's health: OK when all are, else what each failing one says.
   absl::Status Health(absl::Duration stall) const override;
+  // Every worker's receive sockets, and the further queues of every tunnel's device.
+  std::vector<EngineDescriptor> Descriptors() const override;
+  // Every worker at once, then waits for each.
+  absl::Status PauseReading(absl::Duration timeout) override;
+  void StartReceiving() override {
+    for (const auto& worker : workers_) worker->StartReceiving();
+  }
+  // Taken by AddTunnel of `tunnel` when there is one fd per worker but the first.
+  void AdoptDeviceQueues(const std::string& tunnel, std::vector<int> fds) override;
 
   // How many of the tunnel's device queues the workers read (1 or workers()); 0 when there
   // is no such tunnel. For tests and logs.
@@ -61,6 +70,8 @@ class WorkerPool final : public PacketEngine {
   // Serialises adds and removes, so the workers' tunnel sets agree.
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, Tunnel> tunnels_ ABSL_GUARDED_BY(mu_);
+  // Queues handed over by the agent this one replaced, until their tunnel is added.
+  absl::flat_hash_map<std::string, std::vector<int>> adopted_queues_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tunnelagent::dataplane

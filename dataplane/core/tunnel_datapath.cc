@@ -184,6 +184,12 @@ QuoteVerdict TunnelDatapath::TakeTooBig(const TooBigReport& report) {
 }
 
 bool TunnelDatapath::PrepareTransmit(uint8_t* frame, size_t len, EncapResult* packet) {
+  if (path_stale_) [[unlikely]] {
+    // The first packet after an idle spell: the route may have changed meanwhile.
+    path_stale_ = false;
+    ScheduleRefresh();
+  }
+  sent_since_probe_ = true;
   if (loop_check_.IsOwnOuterPacket(frame, len)) [[unlikely]] {
     // What we sent came back: wrapping it again would send it round once more, and again.
     Count(counters().tx_drops, DropReason::kLoop);
@@ -502,8 +508,19 @@ void TunnelDatapath::SendNow(uint8_t* frame, size_t len, const EncapResult& pack
 void TunnelDatapath::Tick(absl::Time now) {
   if (now < next_tick_) return;
   const int64_t learned_left = learned_until_nanos_ - monotonic_nanos();
-  if (refresh_due_ || now >= next_probe_ || (learned_mtu_ != 0 && learned_left <= 0)) {
+  if (refresh_due_ || (learned_mtu_ != 0 && learned_left <= 0)) {
     RefreshPath();
+    next_probe_ = now + kProbeInterval;
+  } else if (now >= next_probe_) {
+    // Only a tunnel that sent since the last probe is asked: thousands of idle ones would
+    // cost the worker thousands of route questions a second. An idle one's path is marked
+    // stale, and its next packet has the route asked at the next tick.
+    if (sent_since_probe_) {
+      RefreshPath();
+    } else {
+      path_stale_ = true;
+    }
+    sent_since_probe_ = false;
     next_probe_ = now + kProbeInterval;
   }
   if (now >= next_sequence_mark_) {

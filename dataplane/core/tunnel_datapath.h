@@ -46,6 +46,11 @@ static_assert(kDeviceHeadroom >= kMaxEncapHeadroom);
 constexpr size_t DeviceBufferBytes(uint32_t mtu) {
   return (kDeviceHeadroom + mtu + 64 + 63) & ~size_t{63};
 }
+// The largest frame a device gives: the largest MTU, plus the Ethernet header in tap modes.
+inline constexpr uint32_t kMaxDeviceFrame = 65535 + kEthernetHeaderLen;
+// A device read buffer that any tunnel's reads fit, offloads or not (TunnelDatapath::
+// buffer_bytes is at most this): for buffers the tunnels of a worker share.
+inline constexpr size_t kMaxDeviceBufferBytes = DeviceBufferBytes(kMaxDeviceFrame);
 
 // What the tunnels of one worker share: the way out (PacketIo), the worker's clock and index,
 // and scratch space for the rare paths. Owned by the PacketCore.
@@ -257,6 +262,9 @@ class TunnelDatapath {
   absl::Time next_tick_ = absl::InfinitePast();
   absl::Time next_probe_ = absl::InfinitePast();
   bool refresh_due_ = false;  // a packet found the path smaller than its frame (ScheduleRefresh)
+  // Not asked at the last probe, as nothing was sent since the one before (Tick).
+  bool path_stale_ = false;
+  bool sent_since_probe_ = false;     // a packet came to PrepareTransmit since the last probe
   int64_t last_route_ask_nanos_ = 0;  // when RefreshPath last ran (CLOCK_MONOTONIC, coarse)
   absl::Time next_keepalive_ = absl::InfiniteFuture();
   uint32_t keepalives_outstanding_ = 0;

@@ -282,6 +282,38 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Attach(const std::string& 
   return device;
 }
 
+absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Adopt(int fd, Kind kind) {
+  ifreq ifr;
+  memset(&ifr, 0, sizeof(ifr));
+  if (ioctl(fd, TUNGETIFF, &ifr) < 0) {
+    const int err = errno;
+    close(fd);
+    return absl::FailedPreconditionError(
+        absl::StrCat("adopting descriptor ", fd, ": not a TUN/TAP device: ", ErrnoText(err)));
+  }
+  const std::string name(ifr.ifr_name, strnlen(ifr.ifr_name, sizeof ifr.ifr_name));
+  const std::string what = absl::StrCat("adopting device ", name);
+  const int flags = static_cast<unsigned short>(ifr.ifr_flags);
+  if ((flags & IFF_PERSIST) == 0 || (flags & (IFF_TUN | IFF_TAP)) != KindFlag(kind)) {
+    close(fd);
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": not a persistent ", KindName(kind), " device"));
+  }
+  const unsigned int ifindex = if_nametoindex(name.c_str());
+  if (ifindex == 0) {
+    const int err = errno;
+    close(fd);
+    return absl::NotFoundError(absl::StrCat(what, ": the device disappeared: ", ErrnoText(err)));
+  }
+  std::unique_ptr<TunDevice> device(
+      new TunDevice(fd, static_cast<int>(ifindex), name, kind, /*persistent=*/true));
+  device->multi_queue_ = (flags & IFF_MULTI_QUEUE) != 0;
+  if ((flags & IFF_VNET_HDR) != 0) {
+    if (absl::Status s = device->SetUpOffload(); !s.ok()) return s;
+  }
+  return device;
+}
+
 absl::Status TunDevice::SetUpOffload() {
   int header_len = static_cast<int>(kVirtioNetHeaderLen);
   if (ioctl(fd_, TUNSETVNETHDRSZ, &header_len) < 0) {

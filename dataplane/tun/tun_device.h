@@ -70,6 +70,12 @@ class TunDevice {
   static absl::StatusOr<std::unique_ptr<TunDevice>> Attach(const std::string& name, Kind kind,
                                                            bool offload, bool multi_queue);
 
+  // The persistent device `fd` is attached to (one of its queues, handed over by another
+  // process: a hot upgrade), owned from here on (closed on failure too). The device's name,
+  // offloads (IFF_VNET_HDR: set up again as Attach does) and queues come from the fd.
+  // FAILED_PRECONDITION when the fd is no TUN/TAP device of `kind` or not persistent.
+  static absl::StatusOr<std::unique_ptr<TunDevice>> Adopt(int fd, Kind kind);
+
   // Another queue of the multi-queue device `name` (of `kind`, with a virtio-net header
   // when `vnet_header`), which must still be the device `ifindex`: a blocking fd the caller
   // owns. Closing it removes the queue. FAILED_PRECONDITION when the device has one queue

@@ -354,13 +354,27 @@ class FakeLinkControl final : public LinkControl {
     if (absl::Status s = link_states_failure.Check(); !s.ok()) return s;
     std::map<int, DeviceState> states;
     for (const auto& [name, link] : links_) {
-      states[link.ifindex] = DeviceState{link.up, link.mtu, link.addresses, link.routes};
+      states[link.ifindex] =
+          DeviceState{link.up, link.mtu, link.addresses, link.routes, name, link.agent};
     }
     if (after_device_states) after_device_states();  // the answer is stale by then
     return states;
   }
   // Run by DeviceStates once it has read the links: a request overtaking a refresh.
   std::function<void()> after_device_states;
+  // The bulk forms, counted (the sizes of their calls, in order), then made one by one.
+  std::vector<absl::Status> ApplyChanges(const std::vector<LinkChange>& changes) override {
+    apply_sizes_.push_back(changes.size());
+    return LinkControl::ApplyChanges(changes);
+  }
+  std::vector<absl::StatusOr<UnderlayRoute>> RoutesTo(
+      const std::vector<dataplane::IpAddress>& destinations) override {
+    routes_to_sizes_.push_back(destinations.size());
+    return LinkControl::RoutesTo(destinations);
+  }
+  const std::vector<size_t>& apply_sizes() const { return apply_sizes_; }
+  const std::vector<size_t>& routes_to_sizes() const { return routes_to_sizes_; }
+  int routes_to_calls() const { return static_cast<int>(routes_to_sizes_.size()); }
   // The longest route of any link that covers `destination` (a route into a tunnel device
   // makes a loop), else `underlay_routes` by destination, else `default_underlay_route`.
   absl::StatusOr<UnderlayRoute> RouteTo(const dataplane::IpAddress& destination) override {
@@ -433,6 +447,8 @@ class FakeLinkControl final : public LinkControl {
   std::vector<std::string> kept_;
   std::vector<std::string> deleted_;
   std::vector<dataplane::IpAddress> path_mtu_queries_;
+  std::vector<size_t> apply_sizes_;
+  std::vector<size_t> routes_to_sizes_;
   int create_calls_ = 0;
   int attach_calls_ = 0;
   int remove_all_calls_ = 0;
@@ -507,10 +523,12 @@ class FakeStateStore final : public StateStore {
  public:
   explicit FakeStateStore(EventLog* log) : log_(log) {}
 
-  FailureSwitch save_failure;
-  Gate* save_gate = nullptr;  // Save waits here when set (a slow disk)
+  FailureSwitch save_failure;  // fails an Append (or a Save): nothing is saved
+  FailureSwitch sync_failure;  // fails a WaitDurable: the change is saved but not durable
+  Gate* save_gate = nullptr;   // Append and Save wait here when set (a slow disk)
   std::optional<absl::StatusOr<std::vector<TunnelSpec>>> load_result;
 
+  // The saved set, by name, as a full save would have written it.
   const std::vector<TunnelSpec>& saved() const { return saved_; }
   std::vector<std::string> SavedNames() const {
     std::vector<std::string> names;
@@ -518,28 +536,72 @@ class FakeStateStore final : public StateStore {
     return names;
   }
   int save_calls() const { return save_calls_; }
+  // The sequences WaitDurable was asked for, in order.
+  std::vector<uint64_t> waited() const {
+    absl::MutexLock lock(&mu_);
+    return waited_;
+  }
 
+  // load_result when set (and, when it is a set of tunnels, the base later changes apply to).
   absl::StatusOr<std::vector<TunnelSpec>> Load() override {
-    if (load_result.has_value()) return *load_result;
-    return saved_;
+    if (!load_result.has_value()) return saved_;
+    if (load_result->ok()) {
+      saved_ = **load_result;
+      std::stable_sort(saved_.begin(), saved_.end(),
+                       [](const TunnelSpec& a, const TunnelSpec& b) { return a.name < b.name; });
+    }
+    return *load_result;
+  }
+  // Logged as "store.save" with every saved name, as a full save: what the tests read is the
+  // set the change leaves on disk.
+  absl::StatusOr<uint64_t> Append(const StateChange& change) override {
+    ++save_calls_;
+    if (save_gate != nullptr) save_gate->Pass();
+    if (absl::Status s = save_failure.Check(); !s.ok()) return s;
+    std::map<std::string, TunnelSpec> by_name;
+    for (TunnelSpec& spec : saved_) by_name.emplace(spec.name, std::move(spec));
+    for (const TunnelSpec& spec : change.upserted) by_name.insert_or_assign(spec.name, spec);
+    for (const std::string& name : change.removed) by_name.erase(name);
+    std::vector<TunnelSpec> tunnels;
+    for (auto& [name, spec] : by_name) tunnels.push_back(std::move(spec));
+    Record(std::move(tunnels));
+    absl::MutexLock lock(&mu_);
+    return ++appended_;
+  }
+  absl::Status WaitDurable(uint64_t sequence) override {
+    absl::MutexLock lock(&mu_);
+    waited_.push_back(sequence);
+    if (sequence > appended_) return absl::InvalidArgumentError("never appended");
+    return sync_failure.Check();
   }
   absl::Status Save(const std::vector<TunnelSpec>& tunnels) override {
     ++save_calls_;
     if (save_gate != nullptr) save_gate->Pass();
     if (absl::Status s = save_failure.Check(); !s.ok()) return s;
-    saved_ = tunnels;
-    std::string names;
-    for (const TunnelSpec& spec : tunnels) {
-      absl::StrAppend(&names, names.empty() ? "" : ",", spec.name);
-    }
-    log_->push_back("store.save " + names);
+    std::vector<TunnelSpec> sorted = tunnels;
+    std::sort(sorted.begin(), sorted.end(),
+              [](const TunnelSpec& a, const TunnelSpec& b) { return a.name < b.name; });
+    Record(std::move(sorted));
     return absl::OkStatus();
   }
 
  private:
+  void Record(std::vector<TunnelSpec> tunnels) {
+    saved_ = std::move(tunnels);
+    std::string names;
+    for (const TunnelSpec& spec : saved_) {
+      absl::StrAppend(&names, names.empty() ? "" : ",", spec.name);
+    }
+    log_->push_back("store.save " + names);
+  }
+
   EventLog* const log_;
   std::vector<TunnelSpec> saved_;
   int save_calls_ = 0;
+  // WaitDurable runs without the manager's lock, so concurrently with other calls.
+  mutable absl::Mutex mu_;
+  uint64_t appended_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<uint64_t> waited_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tunnelagent::agent::fakes

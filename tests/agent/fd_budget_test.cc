@@ -113,6 +113,12 @@ TEST(FdBudgetTest, CountsOnlyNearTheLimitOrNowAndThen) {
   // Once refused, the next check counts again: room made shows at once.
   limit = 542;
   EXPECT_TRUE(budget.CheckTunnel().ok());
+  // Past half the limit but with a quarter to spare, counted every 128 checks, not at each:
+  // 510 open of 900, and 400 more opened behind the budget's back, which only a count sees.
+  limit = 900;
+  open_more(400);
+  for (int i = 0; i < 127; ++i) ASSERT_TRUE(budget.CheckTunnel().ok()) << "trusted, " << i;
+  EXPECT_EQ(budget.CheckTunnel().code(), absl::StatusCode::kResourceExhausted) << "counted";
   ASSERT_EQ(system(("rm -rf " + dir).c_str()), 0);
 }
 

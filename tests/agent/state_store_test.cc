@@ -6,19 +6,26 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/tunnel_manager.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/agent/fakes.h"
 
 namespace tunnelagent::agent {
 namespace {
@@ -49,6 +56,13 @@ void ExpectSpecEq(const TunnelSpec& want, const TunnelSpec& got) {
 void ExpectSpecsEq(const std::vector<TunnelSpec>& want, const std::vector<TunnelSpec>& got) {
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) ExpectSpecEq(want[i], got[i]);
+}
+
+// The store keeps tunnels by name, as the manager does.
+std::vector<TunnelSpec> ByName(std::vector<TunnelSpec> specs) {
+  std::sort(specs.begin(), specs.end(),
+            [](const TunnelSpec& a, const TunnelSpec& b) { return a.name < b.name; });
+  return specs;
 }
 
 std::vector<TunnelSpec> SomeTunnels() {
@@ -170,14 +184,15 @@ TEST_F(FileStateStoreTest, RoundTrip) {
   FileStateStore store(root_);
   absl::StatusOr<std::vector<TunnelSpec>> loaded = store.Load();
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  ExpectSpecsEq(tunnels, *loaded);
+  ExpectSpecsEq(ByName(tunnels), *loaded);
 }
 
 TEST_F(FileStateStoreTest, FileIsCamelCaseJsonWithVersion) {
   FileStateStore store(root_);
   ASSERT_TRUE(store.Save(SomeTunnels()).ok());
   const std::string content = ReadFile(store.path());
-  EXPECT_THAT(content, HasSubstr("\"formatVersion\": 1"));
+  EXPECT_THAT(content, HasSubstr("\"formatVersion\": 2"));
+  EXPECT_THAT(content, HasSubstr("\"generation\": \""));  // uint64: a string in proto JSON
   EXPECT_THAT(content, HasSubstr("\"tunnels\""));
   EXPECT_THAT(content, HasSubstr("\"TUNNEL_MODE_GRE\""));
   EXPECT_THAT(content, HasSubstr("\n"));  // readable and diffable
@@ -288,7 +303,7 @@ TEST_F(FileStateStoreTest, SaveCreatesDirectories) {
   EXPECT_EQ(st.st_mode & 0077, 0u) << "the state holds GRE keys: owner only";
   absl::StatusOr<std::vector<TunnelSpec>> loaded = store.Load();
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  ExpectSpecsEq(SomeTunnels(), *loaded);
+  ExpectSpecsEq(ByName(SomeTunnels()), *loaded);
 }
 
 TEST_F(FileStateStoreTest, SaveReplacesEverythingAndLeavesNoTemporaryFile) {
@@ -339,7 +354,7 @@ TEST_F(FileStateStoreTest, WrongShapeIsRefused) {
 }
 
 TEST_F(FileStateStoreTest, UnknownFormatVersionIsRefused) {
-  ExpectLoadRefuses("{\"formatVersion\": 2, \"tunnels\": []}",
+  ExpectLoadRefuses("{\"formatVersion\": 3, \"tunnels\": []}",
                     absl::StatusCode::kFailedPrecondition);
 }
 
@@ -436,6 +451,582 @@ TEST_F(FileStateStoreTest, SaveOnAFullDiskIsResourceExhausted) {
   ASSERT_TRUE(WIFEXITED(status));
   if (WEXITSTATUS(status) == 77) GTEST_SKIP() << "cannot mount a tmpfs here";
   EXPECT_EQ(WEXITSTATUS(status), 0) << "Save on a full tmpfs was not RESOURCE_EXHAUSTED saying so";
+}
+
+// ---- The log: one change costs its own size ---------------------------------------------
+
+// A tunnel of its own (name, remote, key, addresses), and a version of it (the MTU).
+TunnelSpec Numbered(int n, uint32_t mtu = 1400) {
+  TunnelSpec spec;
+  spec.name = absl::StrCat("t", n);
+  spec.mode = TunnelMode::kGre;
+  spec.local = A("198.18.0.1");
+  spec.remote = A(absl::StrCat("198.19.", n / 250, ".", n % 250 + 1));
+  spec.key = static_cast<uint32_t>(n + 1);
+  spec.mtu = mtu;
+  spec.addresses = {
+      P(absl::StrCat("10.", 64 + n / 16384, ".", (n / 64) % 256, ".", (n % 64) * 4 + 1, "/30"))};
+  return spec;
+}
+
+StateChange Upsert(std::vector<TunnelSpec> specs) { return {std::move(specs), {}}; }
+StateChange Remove(std::vector<std::string> names) { return {{}, std::move(names)}; }
+
+// What the store should load after `changes`, by name.
+std::vector<TunnelSpec> Model(const std::vector<StateChange>& changes) {
+  std::map<std::string, TunnelSpec> set;
+  for (const StateChange& c : changes) {
+    for (const TunnelSpec& spec : c.upserted) set.insert_or_assign(spec.name, spec);
+    for (const std::string& name : c.removed) set.erase(name);
+  }
+  std::vector<TunnelSpec> out;
+  for (auto& [name, spec] : set) out.push_back(spec);
+  return out;
+}
+
+std::vector<TunnelSpec> LoadFresh(const std::string& dir) {
+  FileStateStore store(dir);
+  absl::StatusOr<std::vector<TunnelSpec>> loaded = store.Load();
+  EXPECT_TRUE(loaded.ok()) << loaded.status();
+  return loaded.ok() ? ByName(*loaded) : std::vector<TunnelSpec>{};
+}
+
+int64_t FileSize(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 ? st.st_size : -1;
+}
+
+// The changes a crash test replays: creates, an update, a delete, and a last change of two
+// tunnels at once (one changed, one removed).
+std::vector<StateChange> SomeChanges() {
+  return {
+      Upsert({Numbered(1)}),       Upsert({Numbered(2)}), Upsert({Numbered(3), Numbered(4)}),
+      Upsert({Numbered(2, 1300)}), Remove({"t3"}),        StateChange{{Numbered(1, 1280)}, {"t4"}}};
+}
+
+TEST_F(FileStateStoreTest, ChangesRoundTripThroughTheLog) {
+  const std::vector<StateChange> changes = SomeChanges();
+  {
+    FileStateStore store(root_);
+    ASSERT_TRUE(store.Load().ok());
+    for (const StateChange& c : changes) {
+      absl::StatusOr<uint64_t> sequence = store.Append(c);
+      ASSERT_TRUE(sequence.ok()) << sequence.status();
+      ASSERT_TRUE(store.WaitDurable(*sequence).ok());
+    }
+    EXPECT_EQ(store.stats().commits, changes.size());
+    // A new directory gets an (empty) snapshot first, then only the log grows.
+    EXPECT_EQ(store.stats().compactions, 1u);
+  }
+  EXPECT_THAT(ListDir(root_), ::testing::UnorderedElementsAre("tunnels.json", "tunnels.log"));
+  ExpectSpecsEq(Model(changes), LoadFresh(root_));
+  // Appends to a log loaded from disk go on where it ended.
+  {
+    FileStateStore store(root_);
+    ASSERT_TRUE(store.Load().ok());
+    absl::StatusOr<uint64_t> sequence = store.Append(Upsert({Numbered(9)}));
+    ASSERT_TRUE(sequence.ok()) << sequence.status();
+    ASSERT_TRUE(store.WaitDurable(*sequence).ok());
+  }
+  std::vector<StateChange> more = changes;
+  more.push_back(Upsert({Numbered(9)}));
+  ExpectSpecsEq(Model(more), LoadFresh(root_));
+}
+
+TEST_F(FileStateStoreTest, OneChangeWritesOnlyItsOwnSize) {
+  FileStateStore store(root_);
+  ASSERT_TRUE(store.Load().ok());
+  std::vector<TunnelSpec> many;
+  for (int i = 0; i < 2000; ++i) many.push_back(Numbered(i));
+  ASSERT_TRUE(store.Save(many).ok());
+  ASSERT_TRUE(store.Append(Upsert({Numbered(5000)})).ok());
+  const int64_t snapshot = FileSize(store.path());
+  const int64_t before = FileSize(store.log_path());
+  ASSERT_TRUE(store.Append(Upsert({Numbered(5001)})).ok());
+  const int64_t record = FileSize(store.log_path()) - before;
+  EXPECT_GT(record, 0);
+  EXPECT_LT(record, 200) << "one tunnel's change should not cost the whole state";
+  EXPECT_EQ(FileSize(store.path()), snapshot) << "the snapshot is not rewritten per change";
+}
+
+// As the agent before this format wrote it: the whole state in tunnels.json, format_version 1.
+constexpr char kVersion1File[] = R"json({
+ "formatVersion": 1,
+ "tunnels": [
+  {
+   "name": "gre1",
+   "mode": "TUNNEL_MODE_GRE",
+   "local": "198.51.100.1",
+   "remote": "203.0.113.7",
+   "key": 42,
+   "mtu": 1400,
+   "addresses": [
+    "10.0.0.1/30"
+   ],
+   "routes": [
+    "10.2.0.0/16"
+   ],
+   "labels": {
+    "owner": "fleet"
+   },
+   "etag": "6c1e0e8a2d4b8f11",
+   "status": {
+    "createTime": "2024-01-02T03:04:05Z",
+    "updateTime": "2024-01-02T03:04:06Z"
+   }
+  },
+  {
+   "name": "ipip1",
+   "mode": "TUNNEL_MODE_IPIP",
+   "remote": "203.0.113.9",
+   "etag": "0000000000000000"
+  }
+ ]
+}
+)json";
+
+TEST_F(FileStateStoreTest, AVersion1FileIsMigratedOnLoad) {
+  FileStateStore store(root_);
+  WriteFile(store.path(), kVersion1File);
+  absl::StatusOr<std::vector<TunnelSpec>> loaded = store.Load();
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ASSERT_EQ(loaded->size(), 2u);
+  EXPECT_EQ((*loaded)[0].name, "gre1");
+  EXPECT_EQ((*loaded)[0].key, 42u);
+  EXPECT_EQ((*loaded)[0].labels.at("owner"), "fleet");
+  EXPECT_EQ((*loaded)[1].name, "ipip1");
+  // Rewritten in the new format at once, holding the same tunnels.
+  const std::string content = ReadFile(store.path());
+  EXPECT_THAT(content, HasSubstr("\"formatVersion\": 2"));
+  EXPECT_EQ(store.stats().compactions, 1u);
+  ExpectSpecsEq(*loaded, LoadFresh(root_));
+  // A change after the migration lands in the log, and is there at the next start.
+  ASSERT_TRUE(store.Append(Remove({"ipip1"})).ok());
+  std::vector<TunnelSpec> after = LoadFresh(root_);
+  ASSERT_EQ(after.size(), 1u);
+  EXPECT_EQ(after[0].name, "gre1");
+  EXPECT_EQ(ReadFile(store.path()), content) << "the change rewrote the snapshot";
+}
+
+// Writes `changes` through a store in `dir`; the log's size after each one.
+std::vector<int64_t> WriteChanges(const std::string& dir, const std::vector<StateChange>& changes) {
+  FileStateStore store(dir);
+  EXPECT_TRUE(store.Load().ok());
+  std::vector<int64_t> ends;
+  for (const StateChange& c : changes) {
+    EXPECT_TRUE(store.Append(c).ok());
+    ends.push_back(FileSize(store.log_path()));
+  }
+  return ends;
+}
+
+// A crash in the middle of a commit leaves the log cut anywhere in its last record: the
+// change is there entirely or not at all, and the store goes on from there.
+TEST_F(FileStateStoreTest, ACommitCutAtAnyByteIsEntirelyThereOrNotAtAll) {
+  const std::vector<StateChange> changes = SomeChanges();
+  const std::string original = root_ + "/original";
+  const std::vector<int64_t> ends = WriteChanges(original, changes);
+  const std::string snapshot = ReadFile(original + "/tunnels.json");
+  const std::string log = ReadFile(original + "/tunnels.log");
+  ASSERT_EQ(static_cast<int64_t>(log.size()), ends.back());
+  const int64_t last_start = ends[ends.size() - 2];
+  const std::vector<StateChange> without_last(changes.begin(), changes.end() - 1);
+
+  int cuts = 0;
+  for (int64_t cut = last_start; cut <= ends.back(); ++cut) {
+    SCOPED_TRACE(absl::StrCat("log cut at ", cut, " of ", ends.back()));
+    const std::string dir = absl::StrCat(root_, "/cut", cut);
+    ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
+    WriteFile(dir + "/tunnels.json", snapshot);
+    WriteFile(dir + "/tunnels.log", log.substr(0, static_cast<size_t>(cut)));
+    const bool whole = cut == ends.back();
+    {
+      FileStateStore store(dir);
+      absl::StatusOr<std::vector<TunnelSpec>> loaded = store.Load();
+      ASSERT_TRUE(loaded.ok()) << loaded.status();
+      ExpectSpecsEq(Model(whole ? changes : without_last), ByName(*loaded));
+      // Cut back to the last whole record, so the next change follows it.
+      EXPECT_EQ(FileSize(dir + "/tunnels.log"), whole ? ends.back() : last_start);
+      ASSERT_TRUE(store.Append(Upsert({Numbered(7)})).ok());
+    }
+    std::vector<StateChange> then = whole ? changes : without_last;
+    then.push_back(Upsert({Numbered(7)}));
+    ExpectSpecsEq(Model(then), LoadFresh(dir));
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    ++cuts;
+  }
+  EXPECT_EQ(cuts, ends.back() - last_start + 1);
+}
+
+TEST_F(FileStateStoreTest, ALastRecordFailingItsCrcIsDropped) {
+  const std::vector<StateChange> changes = SomeChanges();
+  const std::vector<int64_t> ends = WriteChanges(root_, changes);
+  std::string log = ReadFile(root_ + "/tunnels.log");
+  log[log.size() - 1] ^= 0x40;  // in the last record's payload
+  WriteFile(root_ + "/tunnels.log", log);
+  ExpectSpecsEq(Model({changes.begin(), changes.end() - 1}), LoadFresh(root_));
+  EXPECT_EQ(FileSize(root_ + "/tunnels.log"), ends[ends.size() - 2]);
+}
+
+// Blocks a crash allocated but never wrote read as zeros: a tail of them is no damage.
+TEST_F(FileStateStoreTest, ZerosAtTheEndOfTheLogAreDropped) {
+  const std::vector<StateChange> changes = SomeChanges();
+  const std::vector<int64_t> ends = WriteChanges(root_, changes);
+  for (size_t zeros : {1, 11, 12, 40, 4096}) {
+    SCOPED_TRACE(absl::StrCat(zeros, " zero bytes"));
+    WriteFile(root_ + "/tunnels.log", ReadFile(root_ + "/tunnels.log") + std::string(zeros, '\0'));
+    ExpectSpecsEq(Model(changes), LoadFresh(root_));
+    EXPECT_EQ(FileSize(root_ + "/tunnels.log"), ends.back());
+  }
+  // But not zeros with anything after them.
+  WriteFile(root_ + "/tunnels.log", ReadFile(root_ + "/tunnels.log") + std::string(20, '\0') + "x");
+  EXPECT_EQ(FileStateStore(root_).Load().status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// Damage before the last record is not a crash: the agent stops, naming the file, the offset
+// and the problem, and nothing is changed.
+TEST_F(FileStateStoreTest, DamageInTheMiddleOfTheLogIsRefusedWithTheOffset) {
+  const std::vector<StateChange> changes = SomeChanges();
+  const std::vector<int64_t> ends = WriteChanges(root_, changes);
+  const std::string log = ReadFile(root_ + "/tunnels.log");
+  const int64_t second = ends[0];  // where the second record starts
+  struct Damage {
+    const char* what;
+    int64_t at;
+  };
+  for (const Damage& d :
+       {Damage{"payload", second + 14}, Damage{"length", second + 1},
+        Damage{"header CRC", second + 9}, Damage{"last payload byte", ends[1] - 1}}) {
+    SCOPED_TRACE(d.what);
+    std::string damaged = log;
+    damaged[static_cast<size_t>(d.at)] ^= 0x01;
+    WriteFile(root_ + "/tunnels.log", damaged);
+    FileStateStore store(root_);
+    absl::StatusOr<std::vector<TunnelSpec>> loaded = store.Load();
+    ASSERT_FALSE(loaded.ok());
+    EXPECT_EQ(loaded.status().code(), absl::StatusCode::kFailedPrecondition) << loaded.status();
+    const std::string message(loaded.status().message());
+    EXPECT_THAT(message, HasSubstr(store.log_path()));
+    EXPECT_THAT(message, HasSubstr(absl::StrCat("offset ", second, ":")));
+    EXPECT_THAT(message, HasSubstr("CRC32C"));
+    EXPECT_THAT(message, ::testing::Not(HasSubstr("\n")));
+    EXPECT_EQ(ReadFile(store.log_path()), damaged) << "the damaged log was changed";
+    EXPECT_THAT(ListDir(root_), ::testing::UnorderedElementsAre("tunnels.json", "tunnels.log"));
+  }
+}
+
+TEST_F(FileStateStoreTest, ADamagedLogHeaderIsRefused) {
+  WriteChanges(root_, SomeChanges());
+  std::string log = ReadFile(root_ + "/tunnels.log");
+  log[10] ^= 0x01;  // the generation
+  WriteFile(root_ + "/tunnels.log", log);
+  absl::StatusOr<std::vector<TunnelSpec>> loaded = FileStateStore(root_).Load();
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(loaded.status().message()), HasSubstr("offset 0"));
+  EXPECT_EQ(ReadFile(root_ + "/tunnels.log"), log);
+}
+
+uint64_t GenerationOf(const std::string& snapshot_path) {
+  const std::string content = ReadFile(snapshot_path);
+  const size_t at = content.find("\"generation\": \"");
+  if (at == std::string::npos) return 0;
+  return std::stoull(content.substr(at + 15));
+}
+
+TEST_F(FileStateStoreTest, CompactionKeepsEverythingAndBoundsTheLog) {
+  FileStateStore store(root_);
+  ASSERT_TRUE(store.Load().ok());
+  std::vector<StateChange> changes;
+  // Changes of 50 tunnels until the log was compacted twice (past the first snapshot).
+  for (int i = 0; store.stats().compactions < 3 && i < 200000; ++i) {
+    StateChange c = i % 7 == 6 ? Remove({absl::StrCat("t", i % 50)})
+                               : Upsert({Numbered(i % 50, 1280 + static_cast<uint32_t>(i % 100))});
+    ASSERT_TRUE(store.Append(c).ok());
+    changes.push_back(std::move(c));
+  }
+  EXPECT_GE(store.stats().compactions, 3u);  // the first snapshot, then at least two
+  EXPECT_LE(FileSize(store.log_path()), FileStateStore::kMinCompactionBytes + 4096);
+  EXPECT_GE(GenerationOf(store.path()), 3u);
+  ExpectSpecsEq(Model(changes), LoadFresh(root_));
+}
+
+// A crash after a compaction's new snapshot and before its new log leaves the old log beside
+// a snapshot that already holds it: the log is ignored, whatever it says.
+TEST_F(FileStateStoreTest, ALogOlderThanTheSnapshotIsIgnored) {
+  const std::vector<StateChange> changes = SomeChanges();
+  WriteChanges(root_, changes);
+  const std::string old_log = ReadFile(root_ + "/tunnels.log");
+  // The snapshot of the next generation: the same state, but t2 back at MTU 1400 and t9 new
+  // (changes the old log would undo if it were applied).
+  std::vector<TunnelSpec> now = Model(changes);
+  for (TunnelSpec& spec : now) {
+    if (spec.name == "t2") spec.mtu = 1400;
+  }
+  now.push_back(Numbered(9));
+  {
+    FileStateStore store(root_);
+    ASSERT_TRUE(store.Load().ok());
+    ASSERT_TRUE(store.Save(now).ok());
+  }
+  WriteFile(root_ + "/tunnels.log", old_log);  // as the crash left it
+  FileStateStore store(root_);
+  absl::StatusOr<std::vector<TunnelSpec>> loaded = store.Load();
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ExpectSpecsEq(ByName(now), ByName(*loaded));
+  EXPECT_EQ(ReadFile(root_ + "/tunnels.log"), old_log) << "loading changed the log";
+  // The next change replaces the stale log and is kept.
+  ASSERT_TRUE(store.Append(Remove({"t9"})).ok());
+  now.pop_back();
+  ExpectSpecsEq(ByName(now), LoadFresh(root_));
+}
+
+// Eight threads committing at once, as eight requests do: each is durable when WaitDurable
+// returns (a flush that began after its record was written), and flushes are shared.
+TEST_F(FileStateStoreTest, ConcurrentCommitsShareFlushes) {
+  absl::Mutex flushed_mu;
+  int64_t flushed = 0;  // the largest log size a flush began with
+  FileStateStore::Options options;
+  options.sync = [&](int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -1;
+    absl::SleepFor(absl::Milliseconds(2));  // a disk of modest speed
+    const int result = fdatasync(fd);
+    absl::MutexLock lock(&flushed_mu);
+    flushed = std::max<int64_t>(flushed, st.st_size);
+    return result;
+  };
+  FileStateStore store(root_, options);
+  ASSERT_TRUE(store.Load().ok());
+  ASSERT_TRUE(store.Append(Upsert({Numbered(999)})).ok());  // the log exists from here on
+
+  constexpr int kThreads = 8;
+  constexpr int kEach = 40;
+  absl::Mutex writers;  // the manager's change_mu_: appends are serialized, flushes are not
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        int64_t end = 0;
+        uint64_t sequence = 0;
+        {
+          absl::MutexLock lock(&writers);
+          absl::StatusOr<uint64_t> appended = store.Append(Upsert({Numbered(t * kEach + i)}));
+          if (!appended.ok()) {
+            ++failures;
+            continue;
+          }
+          sequence = *appended;
+          end = FileSize(store.log_path());
+        }
+        if (!store.WaitDurable(sequence).ok()) ++failures;
+        absl::MutexLock lock(&flushed_mu);
+        if (flushed < end) ++failures;  // answered before a flush covered it
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  const StateStoreStats stats = store.stats();
+  EXPECT_EQ(stats.commits, static_cast<uint64_t>(kThreads * kEach + 1));
+  EXPECT_GE(stats.syncs, 1u);
+  EXPECT_LT(stats.syncs, stats.commits) << "no flush was shared";
+  EXPECT_EQ(LoadFresh(root_).size(), static_cast<size_t>(kThreads * kEach + 1));
+}
+
+// A failed flush is not swallowed: the waiting changes get an error, and the next change
+// rewrites the whole state instead of trusting the log.
+TEST_F(FileStateStoreTest, AFailedFlushIsAnErrorAndTheNextChangeWritesASnapshot) {
+  std::atomic<int> syncs{0};
+  FileStateStore::Options options;
+  options.sync = [&](int fd) {
+    if (syncs++ == 0) {
+      errno = EIO;
+      return -1;
+    }
+    return fdatasync(fd);
+  };
+  FileStateStore store(root_, options);
+  ASSERT_TRUE(store.Load().ok());
+  absl::StatusOr<uint64_t> first = store.Append(Upsert({Numbered(1)}));
+  ASSERT_TRUE(first.ok());
+  const absl::Status failed = store.WaitDurable(*first);
+  EXPECT_EQ(failed.code(), absl::StatusCode::kInternal) << failed;
+  EXPECT_THAT(std::string(failed.message()), HasSubstr("fdatasync"));
+  EXPECT_THAT(std::string(failed.message()), HasSubstr(store.log_path()));
+  EXPECT_EQ(store.WaitDurable(*first).code(), absl::StatusCode::kInternal) << "asked again";
+  EXPECT_EQ(store.stats().sync_failures, 1u);
+
+  const uint64_t compactions = store.stats().compactions;
+  absl::StatusOr<uint64_t> second = store.Append(Upsert({Numbered(2)}));
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(store.stats().compactions, compactions + 1);
+  EXPECT_TRUE(store.WaitDurable(*second).ok());
+  EXPECT_EQ(syncs.load(), 1) << "the snapshot made it durable; no flush needed";
+  ExpectSpecsEq({Numbered(1), Numbered(2)}, LoadFresh(root_));
+}
+
+TEST_F(FileStateStoreTest, AChangeBeforeLoadIsRefused) {
+  FileStateStore store(root_);
+  absl::StatusOr<uint64_t> sequence = store.Append(Upsert({Numbered(1)}));
+  EXPECT_EQ(sequence.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(ListDir(root_).empty());
+}
+
+TEST_F(FileStateStoreTest, ReadOnlyLoadWritesNothing) {
+  FileStateStore writer(root_);
+  WriteFile(writer.path(), kVersion1File);
+  FileStateStore::Options options;
+  options.read_only = true;
+  FileStateStore reader(root_, options);
+  absl::StatusOr<std::vector<TunnelSpec>> loaded = reader.Load();
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->size(), 2u);
+  EXPECT_EQ(ReadFile(writer.path()), kVersion1File);
+  EXPECT_THAT(ListDir(root_), ::testing::ElementsAre("tunnels.json"));
+}
+
+// A full disk fails the change (the manager rolls it back) and leaves the log as it was, so
+// the next change that fits is appended after the last whole one.
+TEST_F(FileStateStoreTest, AChangeOnAFullDiskFailsAndLeavesTheLogWhole) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  const std::string dir = root_ + "/full";
+  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    if (unshare(CLONE_NEWNS) != 0 ||
+        mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+        mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=64k") != 0) {
+      _exit(77);
+    }
+    int step = 10;
+    {
+      FileStateStore store(dir);
+      if (!store.Load().ok() || !store.Append(Upsert({Numbered(1)})).ok()) _exit(step);
+      ++step;
+      std::vector<TunnelSpec> many;  // far more than 64 KiB
+      for (int i = 0; i < 2000; ++i) many.push_back(Numbered(i + 100));
+      const absl::StatusOr<uint64_t> s = store.Append(Upsert(many));
+      if (s.ok() || s.status().code() != absl::StatusCode::kResourceExhausted ||
+          !absl::StrContains(s.status().message(), "the file system holding --state_dir is full")) {
+        _exit(step);
+      }
+      ++step;
+      if (!store.Append(Upsert({Numbered(2)})).ok()) _exit(step);
+    }
+    ++step;
+    absl::StatusOr<std::vector<TunnelSpec>> loaded = FileStateStore(dir).Load();
+    if (!loaded.ok() || loaded->size() != 2) _exit(step);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  if (WEXITSTATUS(status) == 77) GTEST_SKIP() << "cannot mount a tmpfs here";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "failed at step " << WEXITSTATUS(status)
+                                    << " (10 first change, 11 the full disk's error, 12 the "
+                                       "change after it, 13 loading t1 and t2)";
+}
+
+// The manager over the real store: requests answered only once durable, committed together.
+TEST_F(FileStateStoreTest, ConcurrentCreatesThroughTheManagerShareFlushes) {
+  std::atomic<int> flushes{0};
+  FileStateStore::Options options;
+  options.sync = [&](int fd) {
+    ++flushes;
+    absl::SleepFor(absl::Milliseconds(2));
+    return fdatasync(fd);
+  };
+  FileStateStore store(root_, options);
+  fakes::EventLog log;
+  fakes::FakeLinkControl links(&log);
+  fakes::FakePacketEngine engine(&log);
+  TunnelManager::Options manager_options;
+  manager_options.max_tunnels = 1000;
+  TunnelManager manager(&links, &engine, &store, manager_options);
+  ASSERT_TRUE(manager.Restore().ok());
+  constexpr int kThreads = 8;
+  constexpr int kEach = 10;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        if (!manager.Create(Numbered(t * kEach + i)).ok()) ++failures;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  ASSERT_EQ(failures.load(), 0);
+  const StateStoreStats stats = store.stats();
+  EXPECT_EQ(stats.commits, static_cast<uint64_t>(kThreads * kEach));
+  EXPECT_LT(stats.syncs, stats.commits);
+  EXPECT_EQ(LoadFresh(root_).size(), static_cast<size_t>(kThreads * kEach));
+  // A delete is durable as well.
+  ASSERT_TRUE(manager.Delete("t0").ok());
+  EXPECT_EQ(LoadFresh(root_).size(), static_cast<size_t>(kThreads * kEach - 1));
+  manager.Shutdown();
+}
+
+// A request waits for its flush without the writers' lock: another request commits meanwhile
+// (and is carried by the next flush).
+TEST_F(FileStateStoreTest, AFlushInProgressKeepsNoOtherRequestWaiting) {
+  fakes::Gate disk;
+  std::atomic<bool> gated{true};
+  FileStateStore::Options options;
+  options.sync = [&](int fd) {
+    if (gated.load()) disk.Pass();
+    return fdatasync(fd);
+  };
+  FileStateStore store(root_, options);
+  fakes::EventLog log;
+  fakes::FakeLinkControl links(&log);
+  fakes::FakePacketEngine engine(&log);
+  TunnelManager manager(&links, &engine, &store, TunnelManager::Options{});
+  ASSERT_TRUE(manager.Restore().ok());
+  std::thread first([&] { EXPECT_TRUE(manager.Create(Numbered(1)).ok()); });
+  ASSERT_TRUE(disk.WaitForCall(absl::Seconds(10))) << "the create never flushed";
+  // Published at its append: readers see it while it is being flushed.
+  EXPECT_TRUE(manager.Get("t1").ok());
+  std::thread second([&] { EXPECT_TRUE(manager.Create(Numbered(2)).ok()); });
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (store.stats().commits < 2 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_EQ(store.stats().commits, 2u) << "the second request waited for the first one's flush";
+  gated.store(false);
+  disk.Open();
+  first.join();
+  second.join();
+  EXPECT_EQ(LoadFresh(root_).size(), 2u);
+  manager.Shutdown();
+}
+
+// A failed flush reaches the caller as an error saying the change is in effect but not yet
+// durable, never as OK.
+TEST(TunnelManagerDurabilityTest, AFailedFlushIsAnErrorThatSaysTheChangeIsInEffect) {
+  fakes::EventLog log;
+  fakes::FakeLinkControl links(&log);
+  fakes::FakePacketEngine engine(&log);
+  fakes::FakeStateStore store(&log);
+  TunnelManager manager(&links, &engine, &store, TunnelManager::Options{});
+  ASSERT_TRUE(manager.Restore().ok());
+  store.sync_failure.Arm(1, absl::InternalError("state file x/tunnels.log: fdatasync: I/O error"));
+  absl::StatusOr<TunnelView> created = manager.Create(Numbered(1));
+  ASSERT_FALSE(created.ok());
+  EXPECT_EQ(created.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(created.status().message()), HasSubstr("in effect but not yet saved"));
+  EXPECT_THAT(std::string(created.status().message()), HasSubstr("fdatasync: I/O error"));
+  EXPECT_TRUE(manager.Get("t1").ok()) << "the change is in effect";
+  EXPECT_THAT(store.SavedNames(), ::testing::ElementsAre("t1"));
+  // Every kind of change waits for its own commit.
+  ASSERT_TRUE(manager.Delete("t1").ok());
+  ASSERT_TRUE(manager.Apply("fleet", {Numbered(2)}, /*prune=*/true, /*dry_run=*/false).ok());
+  TunnelSpec patch = Numbered(2, 1300);
+  ASSERT_TRUE(manager.Update("t2", patch, {"mtu"}, "").ok());
+  EXPECT_THAT(store.waited(), ::testing::ElementsAre(1, 2, 3, 4));
+  manager.Shutdown();
 }
 
 }  // namespace

@@ -2804,5 +2804,162 @@ TEST_F(TunnelManagerTest, AnApplyOfMoreTunnelsThanAllowedIsRefused) {
   EXPECT_THAT(std::string(result.status().message()), HasSubstr("--max_tunnels"));
 }
 
+// ---- Crash restart: data plane first ------------------------------------------------------
+
+// Two tunnels whose devices a crash left behind, one of them drifted while no agent ran (its
+// link set down, a route gone, another MTU), and one whose device is gone.
+class TunnelManagerCrashRestartTest : public TunnelManagerChangeTest {
+ protected:
+  void SetUp() override {
+    fakes::FakeLinkControl::Link left1;
+    left1.up = true;
+    left1.mtu = 1476;
+    left1.addresses = kept1_.addresses;
+    left1.routes = kept1_.routes;
+    links_.LeaveBehind("kept1", left1);
+    fakes::FakeLinkControl::Link left2;
+    left2.up = false;  // `ip link set kept2 down` meanwhile
+    left2.mtu = 1400;  // `ip link set kept2 mtu 1400`
+    left2.addresses = kept2_.addresses;
+    // Its route deleted (`ip route del`): none left.
+    links_.LeaveBehind("kept2", left2);
+    store_.load_result = std::vector<TunnelSpec>{made_, kept1_, kept2_};
+  }
+
+  const TunnelSpec made_ = Distinct(Gre("made"), 3);  // no device left: made again
+  const TunnelSpec kept1_ = Distinct(Gre("kept1"), 1);
+  const TunnelSpec kept2_ = Distinct(Ipip("kept2"), 2);
+};
+
+TEST_F(TunnelManagerCrashRestartTest, KeptDevicesForwardBeforeAnythingIsCheckedOrMade) {
+  ASSERT_TRUE(manager_->Restore().ok());
+
+  // Both kept devices are in the engine before the first repair and before the device of the
+  // tunnel that lost it is made.
+  const size_t forwarding = std::max(IndexOf("engine.add kept1"), IndexOf("engine.add kept2"));
+  EXPECT_LT(forwarding, IndexOf("link.up kept2"));
+  EXPECT_LT(forwarding, IndexOf("link.route kept2 10.152.0.0/16"));
+  EXPECT_LT(forwarding, IndexOf("link.mtu kept2 1480"));
+  EXPECT_LT(forwarding, IndexOf("link.create made"));
+  // ... and the kept ones are checked before that device is made.
+  EXPECT_LT(IndexOf("link.route kept2 10.152.0.0/16"), IndexOf("link.create made"));
+  EXPECT_EQ(links_.create_calls(), 1) << "only the device that was gone is made";
+  // The engine started on kept2 with the MTU its device had, and follows the one put back.
+  EXPECT_LT(IndexOf("link.mtu kept2 1480"), IndexOf("engine.remove kept2"));
+  EXPECT_EQ(engine_.tunnels().at("kept2").mtu, 1480u);
+  EXPECT_EQ(links_.links().at("kept2").mtu, 1480u);
+  EXPECT_TRUE(links_.links().at("kept2").up);
+  EXPECT_THAT(links_.links().at("kept2").routes, ElementsAre(kept2_.routes[0]));
+  EXPECT_THAT(engine_.TunnelNames(), ElementsAre("kept1", "kept2", "made"));
+  ExpectEngineOnLiveDevices();
+  for (const std::string name : {"kept1", "kept2", "made"}) {
+    absl::StatusOr<TunnelView> view = manager_->Get(name);
+    ASSERT_TRUE(view.ok()) << name;
+    EXPECT_EQ(view->status.state, OperState::kUp) << name;
+    EXPECT_EQ(view->status.reason, "") << name;
+  }
+  EXPECT_EQ(manager_->VerifyingCount(), 0u);
+  EXPECT_THAT(manager_->Get("kept1")->status.repairs, IsEmpty()) << "nothing differed";
+  const std::map<std::string, uint64_t> repairs = manager_->Get("kept2")->status.repairs;
+  EXPECT_EQ(repairs.at("link"), 1u);
+  EXPECT_EQ(repairs.at("mtu"), 1u);
+  EXPECT_EQ(repairs.at("route"), 1u);
+}
+
+TEST_F(TunnelManagerCrashRestartTest, TunnelsAreUpAndVerifyingWhileTheirDevicesAreChecked) {
+  ASSERT_TRUE(manager_->BeginRestore().ok());
+  const uint64_t start = manager_->revision();
+  // The restore reads the devices twice: before it attaches, and to check them once they
+  // forward. What the API answers at the second reading:
+  int readings = 0;
+  std::map<std::string, TunnelStatus> seen;
+  size_t verifying = 0;
+  absl::Status create;
+  links_.after_device_states = [&] {
+    if (++readings != 2) return;
+    for (const TunnelView& view : manager_->List()) seen[view.spec.name] = view.status;
+    verifying = manager_->VerifyingCount();
+    create = manager_->Create(Distinct(Gre("other"), 9)).status();
+  };
+  manager_->FinishRestore();
+  links_.after_device_states = nullptr;
+
+  ASSERT_EQ(readings, 2);
+  for (const std::string name : {"kept1", "kept2"}) {
+    EXPECT_EQ(seen[name].state, OperState::kUp) << name;
+    EXPECT_EQ(seen[name].reason, TunnelManager::kVerifyingReason) << name;
+    EXPECT_THAT(seen[name].reason, ::testing::StartsWith("verifying: ")) << name;
+  }
+  EXPECT_EQ(seen["made"].state, OperState::kDown);
+  EXPECT_THAT(seen["made"].reason, ::testing::StartsWith("restoring: "));
+  EXPECT_EQ(verifying, 2u);
+  // Changes wait until the restore is done, saying that some tunnels are being verified.
+  EXPECT_EQ(create.code(), absl::StatusCode::kUnavailable) << create;
+  EXPECT_THAT(std::string(create.message()), HasSubstr("2 forwarding and being verified"));
+
+  // Watchers saw each kept tunnel come UP verifying, then its repairs, then verified.
+  absl::StatusOr<std::vector<TunnelEvent>> events =
+      manager_->EventsAfter(start, absl::ZeroDuration());
+  ASSERT_TRUE(events.ok()) << events.status();
+  std::vector<std::string> kept2;
+  for (const TunnelEvent& e : *events) {
+    if (e.tunnel.spec.name != "kept2") continue;
+    kept2.push_back(absl::StrCat(e.type == TunnelEvent::Type::kRepaired ? "repaired " : "state ",
+                                 e.tunnel.status.state == OperState::kUp ? "UP " : "not-UP ",
+                                 e.detail.substr(0, 10)));  // enough to tell them apart
+  }
+  EXPECT_THAT(kept2,
+              ElementsAre("state UP verifying:", "repaired UP link was s", "repaired UP mtu was 14",
+                          "repaired UP route 10.1", "state UP verified"));
+  EXPECT_EQ(manager_->Get("kept2")->status.state_changes, 0u) << "coming back is no change";
+  EXPECT_TRUE(manager_->Create(Distinct(Gre("other"), 9)).ok());
+}
+
+TEST_F(TunnelManagerCrashRestartTest, AKeptTunnelThatCannotBePutBackEndsInErrorWithTheReason) {
+  links_.add_route_failures["10.152.0.0/16"] =
+      absl::PermissionDeniedError("Operation not permitted");
+
+  ASSERT_TRUE(manager_->Restore().ok());
+
+  absl::StatusOr<TunnelView> view = manager_->Get("kept2");
+  ASSERT_TRUE(view.ok());
+  EXPECT_EQ(view->status.state, OperState::kError);
+  EXPECT_THAT(view->status.reason,
+              HasSubstr("cannot add route 10.152.0.0/16 back: Operation not permitted"));
+  EXPECT_EQ(view->status.repairs.at("link"), 1u) << "what could be put back was";
+  ExpectUp("kept1");
+  ExpectUp("made");
+  // The next refresh tries again, and the tunnel is UP once it takes.
+  links_.add_route_failures.clear();
+  manager_->RefreshStates();
+  ExpectUp("kept2");
+}
+
+TEST_F(TunnelManagerChangeTest, ACrashRestoreLooksUpEachRemoteOnceAndSendsRepairsTogether) {
+  // Twenty tunnels towards one remote, each kept with a route missing.
+  std::vector<TunnelSpec> saved;
+  for (int n = 1; n <= 20; ++n) {
+    TunnelSpec spec = Distinct(Gre(absl::StrCat("gre", n)), n);
+    spec.remote = A(kRemote);
+    spec.key = n;  // one receive match each
+    fakes::FakeLinkControl::Link left;
+    left.up = true;
+    left.mtu = 1472;
+    left.addresses = spec.addresses;
+    links_.LeaveBehind(spec.name, left);
+    saved.push_back(spec);
+  }
+  store_.load_result = saved;
+  ASSERT_TRUE(manager_->Restore().ok());
+  EXPECT_EQ(links_.routes_to_calls(), 1) << "one bulk lookup for the whole set";
+  EXPECT_THAT(links_.routes_to_sizes(), ElementsAre(1u)) << "of the one distinct remote";
+  ASSERT_FALSE(links_.apply_sizes().empty());
+  EXPECT_EQ(links_.apply_sizes().back(), 20u) << "the twenty routes put back together";
+  for (const TunnelSpec& spec : saved) {
+    ExpectUp(spec.name);
+    EXPECT_THAT(links_.links().at(spec.name).routes, ElementsAre(spec.routes[0]));
+  }
+}
+
 }  // namespace
 }  // namespace tunnelagent::agent

@@ -1,8 +1,12 @@
 #!/bin/bash
-# Control-plane figures: CreateTunnel latency for N tunnels, then restart time with N tunnels
-# (from exec to every tunnel UP and to traffic through one of them), with devices removed at
-# stop (the default) and kept (--keep_devices), and the agent's resident memory.
+# Control-plane figures: CreateTunnel latency for N tunnels (all of them, and the last 1,000:
+# the cost at N), ListTunnels of every tunnel (paged), one ApplyTunnels of 1,000 new tunnels
+# until all are UP, the agent's resident memory, then restart time with N+1,000 tunnels (from
+# exec to every tunnel UP and to traffic through one of them), with devices removed at stop
+# (the default) and kept (--keep_devices).
 # Usage: tests/bench/control_plane_bench.sh [N]   (default 1000; needs root, a built tree)
+#        APPLY=count of the ApplyTunnels step (1000; 0 skips it), AGENT_FLAGS adds agent flags,
+#        BIN_DIR=dir picks other binaries (an older build, for a before/after comparison).
 #        tests/bench/control_plane_bench.sh scale N   (start and SIGTERM with N tunnels, below)
 set -euo pipefail
 SOURCE_DIR=${SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -107,6 +111,12 @@ PYEOF
   exit 0
 fi
 
+APPLY=${APPLY:-1000}
+TOTAL=$((N + APPLY))  # tunnels on node A after the ApplyTunnels step
+# Each tunnel holds descriptors (its device, and the agent's reads of it): 10,000 need more
+# than the usual 1,024 or 20,000 open files.
+ulimit -Hn 1048576 2>/dev/null || true
+ulimit -Sn "$(ulimit -Hn)"
 lab_init
 lab_add_node A 198.18.0.1
 lab_add_node B 198.18.0.2
@@ -114,15 +124,26 @@ GEN=$RUN/py
 mkdir -p "$GEN"
 protoc --python_out="$GEN" -I"$SOURCE_DIR/proto" -I/usr/include tunnelagent/v1/tunnel.proto
 bench() { "$PY" "$SOURCE_DIR/tests/bench/control_plane.py" "$GEN" "$RUN/A.sock" "$@"; }
+rss() { awk '/VmRSS/ {printf "%.1f MiB", $2 / 1024}' "/proc/${LAB_PIDS[A]}/status"; }
 
-lab_start_agent A --max_tunnels=$((N + 10))
-lab_start_agent B
+echo "agent: $BIN_DIR/tunnel-agent ${AGENT_FLAGS:-}, $(nproc) CPUs, $(date -u +%F), load average $(cut -d" " -f1-3 /proc/loadavg)"
+# shellcheck disable=SC2086  # AGENT_FLAGS: several flags
+lab_start_agent A --max_tunnels=$((TOTAL + 10)) ${AGENT_FLAGS:-}
+# shellcheck disable=SC2086
+lab_start_agent B ${AGENT_FLAGS:-}
 lab_ctl B create gre0 mode gre local 198.18.0.2 remote 198.18.0.1 key 1 address 10.64.0.2/30 >/dev/null
 lab_log "creating $N tunnels on node A"
 bench create "$N"
-rss() { awk '/VmRSS/ {printf "%.1f MiB", $2 / 1024}' "/proc/${LAB_PIDS[A]}/status"; }
 echo "agent resident memory with $N tunnels: $(rss)"
 lab_exec A ping -c 1 -W 2 10.64.0.2 >/dev/null && echo "traffic through gre0: ok"
+lab_log "listing $N tunnels"
+bench list 5
+if [ "$APPLY" -gt 0 ]; then
+  lab_log "one ApplyTunnels of $APPLY new tunnels"
+  bench apply "$APPLY" "$N" bench
+  echo "agent resident memory with $TOTAL tunnels: $(rss)"
+  bench list 5
+fi
 
 KEPT=no  # whether the running agent keeps its devices when stopped
 restart() {  # flags...
@@ -134,17 +155,40 @@ restart() {  # flags...
   rm -f "$RUN/A.sock"
   ip netns exec "$LAB-A" "$BIN_DIR/tunnel-agent" --grpc_listen="unix:$RUN/A.sock" \
     --metrics_listen=127.0.0.1:$LAB_METRICS_PORT --state_dir="$RUN/A-state" \
-    --max_tunnels=$((N + 10)) "$@" >>"$RUN/A.log" 2>&1 &
+    --max_tunnels=$((TOTAL + 10)) ${AGENT_FLAGS:-} "$@" >>"$RUN/A.log" 2>&1 &
   LAB_PIDS[A]=$!
-  bench wait-up "$N" >/dev/null
+  bench wait-up "$TOTAL" 600 >/dev/null
   up=$(date +%s.%N)
   for _ in $(seq 500); do
     lab_exec A ping -c 1 -W 0.2 10.64.0.2 >/dev/null 2>&1 && break
   done
   ping_at=$(date +%s.%N)
-  echo "restart (devices kept by the previous stop: $previous): all $N tunnels UP $(awk -v a="$t0" -v b="$up" 'BEGIN{printf "%.2f", b - a}') s after start, traffic through gre0 after $(awk -v a="$t0" -v b="$ping_at" 'BEGIN{printf "%.2f", b - a}') s"
+  echo "restart (devices kept by the previous stop: $previous): all $TOTAL tunnels UP $(awk -v a="$t0" -v b="$up" 'BEGIN{printf "%.2f", b - a}') s after start, traffic through gre0 after $(awk -v a="$t0" -v b="$ping_at" 'BEGIN{printf "%.2f", b - a}') s"
 }
 lab_log "restart: devices removed at stop and made again at start"
 restart --keep_devices
 lab_log "restart: devices kept at stop (--keep_devices) and re-attached at start"
 restart --keep_devices
+
+# kill -9: the devices stay with everything on them, and the new agent forwards on them before
+# it re-checks them; traffic through gre0 is timed from the start, not after all are UP.
+crash_restart() {  # flags...
+  lab_stop_agent A KILL
+  local t0 up ping_at
+  t0=$(date +%s.%N)
+  rm -f "$RUN/A.sock"
+  ip netns exec "$LAB-A" "$BIN_DIR/tunnel-agent" --grpc_listen="unix:$RUN/A.sock" \
+    --metrics_listen=127.0.0.1:$LAB_METRICS_PORT --state_dir="$RUN/A-state" \
+    --max_tunnels=$((TOTAL + 10)) ${AGENT_FLAGS:-} "$@" >>"$RUN/A.log" 2>&1 &
+  LAB_PIDS[A]=$!
+  for _ in $(seq 1000); do
+    lab_exec A ping -c 1 -W 0.05 10.64.0.2 >/dev/null 2>&1 && break
+  done
+  ping_at=$(date +%s.%N)
+  bench wait-up "$TOTAL" 600 >/dev/null
+  up=$(date +%s.%N)
+  echo "restart after kill -9: traffic through gre0 after $(awk -v a="$t0" -v b="$ping_at" 'BEGIN{printf "%.2f", b - a}') s, all $TOTAL tunnels UP $(awk -v a="$t0" -v b="$up" 'BEGIN{printf "%.2f", b - a}') s after start"
+}
+lab_log "restart after kill -9: the devices the crash left are re-attached, forwarding first"
+crash_restart --keep_devices
+echo "load average at the end: $(cut -d" " -f1-3 /proc/loadavg)"

@@ -22,8 +22,10 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "dataplane/address.h"
 #include "dataplane/tun/tun_device.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace tunnelagent::dataplane {
@@ -783,6 +785,90 @@ TEST_F(NetlinkTest, ListAddressesStillFiltersByLink) {
   ASSERT_TRUE(addresses.ok()) << addresses.status();
   EXPECT_TRUE(Contains(*addresses, Prefix("198.18.1.1/24")));
   EXPECT_FALSE(Contains(*addresses, Prefix("198.18.2.1/24")));
+}
+
+// ---- Many requests in flight ------------------------------------------------------------------
+
+TEST_F(NetlinkTest, ApplyMakesManyChangesInOrderWithOneAnswerEach) {
+  auto tun = TunDevice::Create("ta-tun0", TunDevice::Kind::kTun);
+  ASSERT_TRUE(tun.ok()) << tun.status();
+  const int ifindex = (*tun)->ifindex();
+  using Kind = LinkRequest::Kind;
+  std::vector<LinkRequest> requests = {
+      {.kind = Kind::kSetMtu, .ifindex = ifindex, .mtu = 1400},
+      {.kind = Kind::kSetUp, .ifindex = ifindex},
+      {.kind = Kind::kAddAddress, .ifindex = ifindex, .prefix = Prefix("198.18.7.1/24")},
+      {.kind = Kind::kAddAddress, .ifindex = ifindex, .prefix = Prefix("198.18.7.1/24")},
+      {.kind = Kind::kAddRoute, .ifindex = ifindex, .prefix = Prefix("198.18.9.0/24")},
+      // Refused before sending, as the single call refuses it; the rest still go.
+      {.kind = Kind::kAddRoute, .ifindex = ifindex, .prefix = Prefix("198.18.8.1/24")},
+      {.kind = Kind::kDeleteRoute, .ifindex = ifindex, .prefix = Prefix("198.18.10.0/24")},
+      {.kind = Kind::kSetMtu, .ifindex = 987654, .mtu = 1400},
+  };
+  // More than go in one datagram: each gets its own answer all the same.
+  for (int i = 0; i < 150; ++i) {
+    requests.push_back({.kind = Kind::kAddRoute,
+                        .ifindex = ifindex,
+                        .prefix = Prefix(absl::StrCat("198.19.", i, ".0/24").c_str())});
+  }
+  requests.push_back({.kind = Kind::kSetDown, .ifindex = ifindex});
+
+  const std::vector<absl::Status> statuses = nl_->Apply(requests);
+
+  ASSERT_EQ(statuses.size(), requests.size());
+  EXPECT_TRUE(statuses[0].ok()) << statuses[0];
+  EXPECT_TRUE(statuses[1].ok()) << statuses[1];
+  EXPECT_TRUE(statuses[2].ok()) << statuses[2];
+  EXPECT_EQ(statuses[3].code(), absl::StatusCode::kAlreadyExists) << statuses[3];
+  EXPECT_THAT(std::string(statuses[3].message()), testing::HasSubstr("198.18.7.1/24"));
+  EXPECT_TRUE(statuses[4].ok()) << statuses[4];
+  EXPECT_EQ(statuses[5].code(), absl::StatusCode::kInvalidArgument) << statuses[5];
+  EXPECT_THAT(std::string(statuses[5].message()), testing::HasSubstr("host bits"));
+  EXPECT_EQ(statuses[6].code(), absl::StatusCode::kNotFound) << statuses[6];
+  EXPECT_EQ(statuses[7].code(), absl::StatusCode::kNotFound) << statuses[7];
+  for (size_t i = 8; i < statuses.size(); ++i) EXPECT_TRUE(statuses[i].ok()) << i << statuses[i];
+  // What the kernel has now is what the requests made, in their order (down last).
+  auto link = nl_->GetLink(ifindex);
+  ASSERT_TRUE(link.ok()) << link.status();
+  EXPECT_EQ(link->mtu, 1400u);
+  EXPECT_FALSE(link->up);
+  auto addresses = nl_->ListAddresses(ifindex);
+  ASSERT_TRUE(addresses.ok()) << addresses.status();
+  EXPECT_TRUE(Contains(*addresses, Prefix("198.18.7.1/24")));
+  auto routes = nl_->ListAgentRoutes();
+  ASSERT_TRUE(routes.ok()) << routes.status();
+  // Taking the link down removed its IPv4 routes again.
+  EXPECT_FALSE(Contains((*routes)[ifindex], Prefix("198.19.149.0/24")));
+  // And the socket serves single requests as before.
+  EXPECT_TRUE(nl_->SetLinkUp(ifindex, true).ok());
+  EXPECT_TRUE(nl_->Apply({}).empty());
+}
+
+TEST_F(NetlinkTest, RouteGetManyAnswersAsRouteGetDoesForEach) {
+  auto tun = UpTun("ta-tun0", 1400);
+  ASSERT_NE(tun, nullptr);
+  ASSERT_TRUE(nl_->AddRoute(tun->ifindex(), Prefix("198.18.5.0/24")).ok());
+  std::vector<IpAddress> destinations;
+  for (int i = 0; i < 100; ++i) {
+    destinations.push_back(i % 2 ? Address("198.18.5.9") : Address("198.18.6.9"));
+  }
+  destinations.push_back(IpAddress());
+
+  const std::vector<absl::StatusOr<RouteLookup>> routes = nl_->RouteGetMany(destinations);
+
+  ASSERT_EQ(routes.size(), destinations.size());
+  for (size_t i = 0; i + 1 < routes.size(); ++i) {
+    absl::StatusOr<RouteLookup> single = nl_->RouteGet(destinations[i]);
+    ASSERT_EQ(routes[i].status().code(), single.status().code()) << i << routes[i].status();
+    if (!single.ok()) {
+      EXPECT_EQ(routes[i].status().code(), absl::StatusCode::kNotFound);
+      EXPECT_EQ(routes[i].status().message(), single.status().message());
+      continue;
+    }
+    EXPECT_EQ(routes[i]->ifindex, tun->ifindex());
+    EXPECT_EQ(routes[i]->ifindex, single->ifindex);
+  }
+  EXPECT_EQ(routes.back().status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

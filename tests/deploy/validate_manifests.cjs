@@ -254,6 +254,14 @@ function checkReferences(docs) {
     for (const c of [...(spec.initContainers || []), ...spec.containers]) {
       const ports = new Map((c.ports || []).map((p) => [p.name, p.containerPort]));
       const portNumbers = new Set((c.ports || []).map((p) => p.containerPort));
+      // On host network a declared port is a host port (it keeps a surge pod off the node):
+      // a port the container's arguments listen on (":50052") counts as its own.
+      if (spec.hostNetwork) {
+        for (const arg of c.args || []) {
+          const m = /:(\d+)$/.exec(String(arg));
+          if (m) portNumbers.add(Number(m[1]));
+        }
+      }
       for (const m of c.volumeMounts || []) {
         if (!volumes.has(m.name)) problem(where, `container ${c.name}: mount ${m.name} has no volume`);
       }

@@ -43,6 +43,7 @@ compare() {
   lab_exec A ip -j addr show >"$RUN/addr.json"
   lab_exec A ip -j route show proto 0x7a >"$RUN/route4.json"
   lab_exec A ip -6 -j route show proto 0x7a >"$RUN/route6.json"
+  "$BIN_DIR/tunnel-state" "$RUN/A-state" >"$RUN/store.json" || lab_fail "cannot read A's state $when"
   "$PY" - "$RUN" "$when" <<'EOF' || lab_fail "kernel, API and store differ $when"
 import json, sys
 run, when = sys.argv[1], sys.argv[2]
@@ -54,7 +55,7 @@ api_list = api_doc.get("tunnels", api_doc) if isinstance(api_doc, dict) else api
 api = {t["name"]: (sorted(t.get("addresses", [])), sorted(t.get("routes", []))) for t in api_list}
 states = {t["name"]: t.get("status", {}).get("state") for t in api_list}
 store = {t["name"]: (sorted(t.get("addresses", [])), sorted(t.get("routes", [])))
-         for t in load("A-state/tunnels.json").get("tunnels", [])}
+         for t in load("store.json").get("tunnels", [])}
 kernel = {}
 for link in load("addr.json"):
     name = link["ifname"]

@@ -90,6 +90,7 @@ tunnelagent_build_info gauge io_backend,version
 tunnelagent_dataplane_io_uring_fallback gauge -
 tunnelagent_dataplane_workers gauge -
 tunnelagent_max_tunnels gauge -
+tunnelagent_tunnels_verifying gauge -
 tunnelagent_tunnels gauge mode,state
 tunnelagent_tunnel_up gauge tunnel
 tunnelagent_tunnel_info gauge key,local,mode,remote,tunnel

@@ -92,6 +92,23 @@ TEST_F(PathMtu, DontFragmentOverThePathIsAnsweredIntoTheDevice) {
   EXPECT_EQ(h_.io.route_probes, 3);
 }
 
+TEST_F(PathMtu, AnIdleTunnelIsNotAskedUntilItSendsAgain) {
+  TunnelDatapath& t = AddGre();
+  ASSERT_EQ(h_.io.route_probes, 1);
+  const absl::Time now = absl::Now();
+  // Nothing sent: probe after probe passes without a route question.
+  for (int i = 1; i <= 4; ++i) h_.core.Tick(now + absl::Seconds(6 * i));
+  EXPECT_EQ(h_.io.route_probes, 1);
+  // The route shrank meanwhile. The first packet after the idle spell goes by what was known
+  // and has the route asked at the next tick, not on the packet path.
+  h_.io.route_mtu = 1300;
+  EXPECT_EQ(h_.Read(t, Inner4Of(kGrePathMtu)).verdict, Verdict::kSend);
+  EXPECT_EQ(h_.io.route_probes, 1);
+  h_.core.Tick(now + absl::Seconds(25));
+  EXPECT_EQ(h_.io.route_probes, 2);
+  EXPECT_EQ(t.stats().path_mtu.load(), 1300 - kGreOverhead);
+}
+
 TEST_F(PathMtu, Ipv6OverThePathIsAnsweredWithPacketTooBig) {
   TunnelDatapath& t = AddGre();
   const Bytes frame = InnerIcmp6(kGrePathMtu + 1 - 48);
