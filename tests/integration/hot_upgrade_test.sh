@@ -23,8 +23,9 @@ lab_add_node B 198.18.0.2
 ifindex() {
   lab_exec "$1" ip -j link show dev "$2" 2>/dev/null | jq -r '.[0].ifindex // empty' || true
 }
-# PID runs (an exited child of this shell not yet waited for is a zombie: not running).
-alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
+# PID runs (an exited child of this shell not yet waited for is a zombie, Z, and one being
+# reaped is dead, X, for an instant before /proc lets go of it: neither runs).
+alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:.*[ZX]' "/proc/$1/status" 2>/dev/null; }
 
 # Starts the agent of NODE with --takeover (and more flags) beside the running one; the new pid
 # becomes the node's. Does not wait.
@@ -40,8 +41,14 @@ wait_exit() {
   local pid=$1 _
   for _ in $(seq 200); do alive "$pid" || break; sleep 0.05; done
   if alive "$pid"; then
-    EXIT_RC="running ($(grep '^State' "/proc/$pid/status" 2>/dev/null), $(cat "/proc/$pid/wchan" 2>/dev/null))"
-    return
+    local state wchan
+    state=$(grep '^State' "/proc/$pid/status" 2>/dev/null || true)
+    wchan=$(cat "/proc/$pid/wchan" 2>/dev/null || true)
+    # Gone between the two looks: it exited after all.
+    if [ -n "$state" ]; then
+      EXIT_RC="running ($state, $wchan)"
+      return
+    fi
   fi
   EXIT_RC=0
   wait "$pid" 2>/dev/null || EXIT_RC=$?
