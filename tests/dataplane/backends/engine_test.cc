@@ -31,9 +31,11 @@
 #include <utility>
 #include <vector>
 
-#include "dataplane/cpu_affinity.h"
-#include "dataplane/control/engine_factory.h"
 #include "dataplane/backends/epoll_engine.h"
+#include "dataplane/backends/uring_engine.h"
+#include "dataplane/control/engine_factory.h"
+#include "dataplane/control/worker_pool.h"
+#include "dataplane/cpu_affinity.h"
 #include "dataplane/netlink.h"
 #include "dataplane/packet/byte_order.h"
 #include "dataplane/packet/checksum.h"
@@ -44,8 +46,6 @@
 #include "dataplane/packet/offload.h"
 #include "dataplane/packet/receive_steering.h"
 #include "dataplane/tun/tun_device.h"
-#include "dataplane/backends/uring_engine.h"
-#include "dataplane/control/worker_pool.h"
 #include "gtest/gtest.h"
 
 namespace tunnelagent::dataplane {
@@ -286,8 +286,8 @@ std::string BackendName(const ::testing::TestParamInfo<EngineParam>& info) {
          (info.param.workers > 1 ? "Workers" + std::to_string(info.param.workers) : "");
 }
 
-absl::StatusOr<std::unique_ptr<PacketEngine>> MakeEngine(
-    Backend backend, unsigned workers = 1, EngineOptions options = EngineOptions{}) {
+absl::StatusOr<std::unique_ptr<PacketEngine>> MakeEngine(Backend backend, unsigned workers = 1,
+                                                         EngineOptions options = EngineOptions{}) {
   if (workers > 1) {
     options.workers = workers;
     return StartEngine(backend == Backend::kUring ? IoBackend::kUring : IoBackend::kEpoll, options,
