@@ -176,6 +176,28 @@ absl::StatusOr<std::unique_ptr<ApiListener>> ApiListener::Listen(Options options
       new ApiListener(std::move(options), fd, stop_fd, *identity, std::move(target), 0));
 }
 
+namespace {
+
+// Where a client (the agent's self-check) connects to a TCP listener bound to `address`: the
+// address bound, or loopback when it is every address. `port`: the port bound.
+std::string SelfCheckTarget(const sockaddr_storage& address, int* port) {
+  const bool v6 = address.ss_family == AF_INET6;
+  *port = ntohs(v6 ? reinterpret_cast<const sockaddr_in6*>(&address)->sin6_port
+                   : reinterpret_cast<const sockaddr_in*>(&address)->sin_port);
+  char text[INET6_ADDRSTRLEN] = {};
+  if (v6) {
+    const in6_addr& a = reinterpret_cast<const sockaddr_in6*>(&address)->sin6_addr;
+    inet_ntop(AF_INET6, IN6_IS_ADDR_UNSPECIFIED(&a) ? &in6addr_loopback : &a, text, sizeof text);
+  } else {
+    in_addr a = reinterpret_cast<const sockaddr_in*>(&address)->sin_addr;
+    if (a.s_addr == htonl(INADDR_ANY)) a.s_addr = htonl(INADDR_LOOPBACK);
+    inet_ntop(AF_INET, &a, text, sizeof text);
+  }
+  return v6 ? absl::StrCat("[", text, "]:", *port) : absl::StrCat(text, ":", *port);
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<ApiListener>> ApiListener::ListenTcp(const std::string& listen,
                                                                     ListenerLimits limits) {
   // "host:port" or "[v6]:port"; the host may be empty (every address).
@@ -223,22 +245,8 @@ absl::StatusOr<std::unique_ptr<ApiListener>> ApiListener::ListenTcp(const std::s
   }
   socklen_t len = sizeof address;
   getsockname(fd, reinterpret_cast<sockaddr*>(&address), &len);
-  const bool v6 = address.ss_family == AF_INET6;
-  const int bound_port = ntohs(v6 ? reinterpret_cast<sockaddr_in6*>(&address)->sin6_port
-                                  : reinterpret_cast<sockaddr_in*>(&address)->sin_port);
-  // Where a client (the agent's self-check) connects: the address bound, or loopback when it
-  // is every address.
-  char text[INET6_ADDRSTRLEN] = {};
-  if (v6) {
-    const in6_addr& a = reinterpret_cast<sockaddr_in6*>(&address)->sin6_addr;
-    inet_ntop(AF_INET6, IN6_IS_ADDR_UNSPECIFIED(&a) ? &in6addr_loopback : &a, text, sizeof text);
-  } else {
-    in_addr a = reinterpret_cast<sockaddr_in*>(&address)->sin_addr;
-    if (a.s_addr == htonl(INADDR_ANY)) a.s_addr = htonl(INADDR_LOOPBACK);
-    inet_ntop(AF_INET, &a, text, sizeof text);
-  }
-  std::string target =
-      v6 ? absl::StrCat("[", text, "]:", bound_port) : absl::StrCat(text, ":", bound_port);
+  int bound_port = 0;
+  std::string target = SelfCheckTarget(address, &bound_port);
   const int stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (stop_fd < 0) return fail(dataplane::ErrnoStatus(errno, "eventfd"));
   return std::unique_ptr<ApiListener>(new ApiListener({.limits = limits}, fd, stop_fd, std::nullopt,
@@ -285,19 +293,7 @@ absl::StatusOr<std::unique_ptr<ApiListener>> ApiListener::Adopt(int fd, Options 
     target = absl::StrCat("unix:", options.path);
   } else if (address.ss_family == AF_INET || address.ss_family == AF_INET6) {
     options.path.clear();
-    const bool v6 = address.ss_family == AF_INET6;
-    port = ntohs(v6 ? reinterpret_cast<sockaddr_in6*>(&address)->sin6_port
-                    : reinterpret_cast<sockaddr_in*>(&address)->sin_port);
-    char text[INET6_ADDRSTRLEN] = {};
-    if (v6) {
-      const in6_addr& a = reinterpret_cast<sockaddr_in6*>(&address)->sin6_addr;
-      inet_ntop(AF_INET6, IN6_IS_ADDR_UNSPECIFIED(&a) ? &in6addr_loopback : &a, text, sizeof text);
-    } else {
-      in_addr a = reinterpret_cast<sockaddr_in*>(&address)->sin_addr;
-      if (a.s_addr == htonl(INADDR_ANY)) a.s_addr = htonl(INADDR_LOOPBACK);
-      inet_ntop(AF_INET, &a, text, sizeof text);
-    }
-    target = v6 ? absl::StrCat("[", text, "]:", port) : absl::StrCat(text, ":", port);
+    target = SelfCheckTarget(address, &port);
   } else {
     return fail(absl::FailedPreconditionError("a listening socket of an unknown family"));
   }
