@@ -55,25 +55,6 @@ bool KnownKind(int kind) {
          kind <= handover::Descriptor::RECEIVE_SOCKET;
 }
 
-// A device handed over: the same as one attached after a restart (removed when it goes
-// unless kept).
-class AdoptedLink final : public Device {
- public:
-  explicit AdoptedLink(std::unique_ptr<dataplane::TunDevice> tun) : tun_(std::move(tun)) {}
-  ~AdoptedLink() override {
-    if (!keep_) tun_->SetPersistent(false).IgnoreError();  // closing the fd then removes it
-  }
-  int fd() const override { return tun_->fd(); }
-  int ifindex() const override { return tun_->ifindex(); }
-  void Keep() override { keep_ = true; }
-  bool offload() const override { return tun_->offload(); }
-  bool udp_offload() const override { return tun_->udp_offload(); }
-
- private:
-  std::unique_ptr<dataplane::TunDevice> tun_;
-  bool keep_ = false;
-};
-
 }  // namespace
 
 std::string HandoverSocketPath(const std::string& state_dir) {
@@ -528,7 +509,8 @@ absl::StatusOr<std::unique_ptr<Device>> HandedOverLinks::AttachDevice(const std:
   absl::StatusOr<std::unique_ptr<dataplane::TunDevice>> tun =
       dataplane::TunDevice::Adopt(handed->second, kind);
   if (!tun.ok()) return tun.status();
-  return std::make_unique<AdoptedLink>(*std::move(tun));
+  // The same as a device attached after a restart: removed when it goes unless kept.
+  return std::make_unique<TunLink>(*std::move(tun));
 }
 
 size_t HandedOverLinks::unclaimed() const {

@@ -38,40 +38,21 @@ absl::Status SetIpv6Disabled(const std::string& device, bool disabled) {
   return absl::OkStatus();
 }
 
-// A persistent TUN device: removed when this object goes unless Keep() was called, so that
-// both a clean stop and a failed create leave nothing, while a crash leaves the device for the
-// next start to re-attach.
-class TunLink final : public Device {
- public:
-  explicit TunLink(std::unique_ptr<TunDevice> tun) : tun_(std::move(tun)) {}
-  ~TunLink() override {
-    if (!keep_) tun_->SetPersistent(false).IgnoreError();  // closing the fd then removes it
-  }
-  int fd() const override { return tun_->fd(); }
-  int ifindex() const override { return tun_->ifindex(); }
-  void Keep() override { keep_ = true; }
-  bool offload() const override { return tun_->offload(); }
-  bool udp_offload() const override { return tun_->udp_offload(); }
+}  // namespace
 
-  // Turns IPv6 on before the device's first IPv6 address or route (the kernel refuses those on
-  // a device without IPv6). Devices re-attached from an earlier run keep what they have.
-  absl::Status EnsureIpv6() const {
-    if (!ipv6_disabled_) return absl::OkStatus();
-    if (absl::Status status = SetIpv6Disabled(tun_->name(), false); !status.ok()) {
-      return absl::Status(status.code(), absl::StrCat("turning IPv6 on for ", tun_->name(), ": ",
-                                                      status.message()));
-    }
-    ipv6_disabled_ = false;
-    return absl::OkStatus();
+absl::Status TunLink::EnsureIpv6() const {
+  if (!ipv6_disabled_) return absl::OkStatus();
+  if (absl::Status status = SetIpv6Disabled(tun_->name(), false); !status.ok()) {
+    return absl::Status(status.code(),
+                        absl::StrCat("turning IPv6 on for ", tun_->name(), ": ", status.message()));
   }
-  void DisableIpv6() { ipv6_disabled_ = SetIpv6Disabled(tun_->name(), true).ok(); }
+  ipv6_disabled_ = false;
+  return absl::OkStatus();
+}
 
- private:
-  std::unique_ptr<TunDevice> tun_;
-  bool keep_ = false;
-  // Calls on one device come from the manager's writer, one at a time.
-  mutable bool ipv6_disabled_ = false;
-};
+void TunLink::DisableIpv6() { ipv6_disabled_ = SetIpv6Disabled(tun_->name(), true).ok(); }
+
+namespace {
 
 absl::Status EnsureIpv6For(const Device& device, const dataplane::IpPrefix& prefix) {
   if (!prefix.address().is_v6()) return absl::OkStatus();

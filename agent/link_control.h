@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -32,6 +33,35 @@ class Device {
   virtual bool offload() const { return false; }
   // Whether UDP GSO packets may be written to it (TunDevice::udp_offload).
   virtual bool udp_offload() const { return false; }
+};
+
+// A persistent TUN or TAP device: removed when this object goes unless Keep() was called, so
+// that both a clean stop and a failed create leave nothing, while a crash leaves the device for
+// the next start to re-attach. The one Device over a TunDevice, whether the device was created,
+// re-attached after a restart or handed over by the agent this one took over from.
+class TunLink final : public Device {
+ public:
+  explicit TunLink(std::unique_ptr<dataplane::TunDevice> tun) : tun_(std::move(tun)) {}
+  ~TunLink() override {
+    if (!keep_) tun_->SetPersistent(false).IgnoreError();  // closing the fd then removes it
+  }
+  int fd() const override { return tun_->fd(); }
+  int ifindex() const override { return tun_->ifindex(); }
+  void Keep() override { keep_ = true; }
+  bool offload() const override { return tun_->offload(); }
+  bool udp_offload() const override { return tun_->udp_offload(); }
+
+  // Turns IPv6 on before the device's first IPv6 address or route (the kernel refuses those on
+  // a device without IPv6). Devices re-attached from an earlier run keep what they have.
+  absl::Status EnsureIpv6() const;
+  // For a device just made, before it goes up: IPv6 stays off until a prefix needs it.
+  void DisableIpv6();
+
+ private:
+  std::unique_ptr<dataplane::TunDevice> tun_;
+  bool keep_ = false;
+  // Calls on one device come from the manager's writer, one at a time.
+  mutable bool ipv6_disabled_ = false;
 };
 
 // What the kernel has on one link now.

@@ -4,15 +4,12 @@
 #include <malloc.h>
 #include <signal.h>
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -40,6 +37,7 @@
 #include "agent/process_metrics.h"
 #include "agent/server_security.h"
 #include "agent/state_store.h"
+#include "agent/takeover.h"
 #include "agent/tunnel_manager.h"
 #include "agent/validation.h"
 #include "dataplane/backends/uring_engine.h"
@@ -339,34 +337,12 @@ absl::StatusOr<NodeClaim> ClaimNode(const ServerSecurity& security, HandedOver* 
   return claim;
 }
 
-// --takeover: asks the agent running on --state_dir for its descriptors. nullopt when there
-// is none to take over from, or it refused (another handover protocol) or failed: then it was
-// asked to stop (SIGTERM: it keeps its devices, the next start re-attaches them) and this
-// agent starts as after a restart, once the state directory's lock is free.
-std::optional<std::pair<HandoverClient, HandedOver>> TakeOver(bool* asked_to_stop) {
-  const std::string state_dir = absl::GetFlag(FLAGS_state_dir);
+// Both sides of a hot upgrade speak as this agent.
+HandoverPeer HandoverPeerFromFlags() {
   const uint32_t override_version = absl::GetFlag(FLAGS_test_only_handover_protocol_version);
-  absl::StatusOr<HandoverClient> client = HandoverClient::Connect(
-      state_dir, override_version != 0 ? override_version : kHandoverProtocolVersion, kVersion);
-  if (absl::IsNotFound(client.status())) {
-    Log("INFO", "takeover: %s; starting as usual", client.status().message());
-    return std::nullopt;
-  }
-  absl::Status status = client.status();
-  if (client.ok()) {
-    absl::StatusOr<HandedOver> handed = client->Receive(absl::Seconds(30));
-    if (handed.ok()) {
-      Log("INFO", "takeover: agent %s (pid %d) handed over %d descriptors",
-          handed->offer().agent_version(), handed->offer().pid(), static_cast<int>(handed->size()));
-      return std::make_pair(*std::move(client), *std::move(handed));
-    }
-    status = handed.status();
-  }
-  const pid_t holder = StateDirLock::HolderOf(state_dir);
-  Log("WARNING", "handover %s: %s; falling back to an ordinary restart (stopping pid %d)",
-      absl::IsAborted(status) ? "refused" : "failed", status.message(), static_cast<int>(holder));
-  if (holder > 0 && holder != getpid() && kill(holder, SIGTERM) == 0) *asked_to_stop = true;
-  return std::nullopt;
+  return {.state_dir = absl::GetFlag(FLAGS_state_dir),
+          .agent_version = kVersion,
+          .protocol_version = override_version != 0 ? override_version : kHandoverProtocolVersion};
 }
 
 // `file_limit`: RLIMIT_NOFILE as main() raised it, logged here once the flags are known good.
@@ -381,13 +357,7 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGUSR2);  // a hot upgrade: start the binary on disk with --takeover
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  // Resolved now: an upgrade replaces the file, and /proc/self/exe then names a deleted one.
-  std::string binary;
-  {
-    char path[4096];
-    const ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
-    if (n > 0) binary.assign(path, static_cast<size_t>(n));
-  }
+  const std::string binary = AgentBinaryPath();  // for SIGUSR2, before an upgrade replaces it
   const std::string after_handover = absl::GetFlag(FLAGS_after_handover);
   if (after_handover != "exit" && after_handover != "wait") {
     Log("FATAL", "--after_handover=%s: want exit or wait", after_handover);
@@ -401,12 +371,11 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
     return 1;
   }
   // A hot upgrade takes the running agent's descriptors, the state directory's lock first.
-  const absl::Time process_start = absl::Now();
-  std::optional<std::pair<HandoverClient, HandedOver>> takeover;
+  const HandoverPeer handover_peer = HandoverPeerFromFlags();
+  std::optional<Takeover> takeover;
   bool asked_to_stop = false;
-  if (absl::GetFlag(FLAGS_takeover)) takeover = TakeOver(&asked_to_stop);
-  const absl::Duration handed_after = absl::Now() - process_start;
-  HandedOver* handed = takeover.has_value() ? &takeover->second : nullptr;
+  if (absl::GetFlag(FLAGS_takeover)) takeover = Takeover::Begin(handover_peer, &asked_to_stop);
+  HandedOver* handed = takeover.has_value() ? &takeover->handed() : nullptr;
   // One agent per node: a second one stops here, before the dataplane or a device is touched.
   absl::StatusOr<NodeClaim> node =
       ClaimNode(*security, handed, asked_to_stop ? absl::Seconds(60) : absl::ZeroDuration());
@@ -438,32 +407,11 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
     Log("FATAL", "%s", engine_options.status().message());
     return 1;
   }
-  // Taken over: the running agent's underlay sockets, by worker, so each packet is read once
-  // by one of the two agents; as many workers as it has (its sockets' steering filters divide
-  // the packets between that many).
-  std::vector<std::pair<handover::Descriptor, int>> handed_sockets;
-  if (handed != nullptr) {
-    handed_sockets = handed->TakeAll(handover::Descriptor::RECEIVE_SOCKET);
-    const unsigned workers = handed->offer().workers();
-    if (workers > 0 && workers != engine_options->workers) {
-      Log("INFO", "takeover: %d dataplane workers, as the running agent has (flags ask for %d)",
-          static_cast<int>(workers), static_cast<int>(engine_options->workers));
-      engine_options->workers = workers;
-    }
-    engine_options->adopted_receive_sockets.resize(engine_options->workers);
-    engine_options->defer_receiving = true;  // until the tunnels are in the engine
-    for (const auto& [what, fd] : handed_sockets) {
-      if (what.worker() >= engine_options->workers) continue;
-      engine_options->adopted_receive_sockets[what.worker()].push_back(
-          {fd, what.ipv6(), static_cast<uint8_t>(what.protocol())});
-    }
-  }
+  if (takeover.has_value()) takeover->AddReceiveSockets(&*engine_options);
   std::string fallback_reason;
   absl::StatusOr<std::unique_ptr<dataplane::PacketEngine>> engine =
       dataplane::StartEngine(*backend, *engine_options, &fallback_reason);
-  // The workers hold copies of the sockets handed over.
-  for (const auto& [what, fd] : handed_sockets) close(fd);
-  engine_options->adopted_receive_sockets.clear();
+  if (takeover.has_value()) takeover->CloseReceiveSockets(&*engine_options);
   if (!engine.ok()) {
     Log("FATAL", "dataplane: %s", engine.status().ToString());
     return 1;
@@ -504,23 +452,8 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
   FileStateStore store(absl::GetFlag(FLAGS_state_dir));
   KernelLinkControl kernel_links(netlink->get(), absl::GetFlag(FLAGS_tun_offload),
                                  (*engine)->workers() > 1);
-  // Taken over: the tunnels' devices are the running agent's descriptors (and their further
-  // queues the engine's), attached through them; whatever is not in the state stays closed.
   std::unique_ptr<HandedOverLinks> handed_links;
-  if (handed != nullptr) {
-    std::map<std::string, std::vector<std::pair<uint32_t, int>>> queues;
-    for (const auto& [what, fd] : handed->TakeAll(handover::Descriptor::DEVICE_QUEUE)) {
-      queues[what.tunnel()].emplace_back(what.worker(), fd);
-    }
-    for (auto& [name, by_worker] : queues) {
-      std::sort(by_worker.begin(), by_worker.end());
-      std::vector<int> fds;
-      for (const auto& [worker, fd] : by_worker) fds.push_back(fd);
-      (*engine)->AdoptDeviceQueues(name, std::move(fds));
-    }
-    handed_links = std::make_unique<HandedOverLinks>(&kernel_links,
-                                                     handed->TakeAll(handover::Descriptor::DEVICE));
-  }
+  if (takeover.has_value()) handed_links = takeover->AdoptDevices(engine->get(), &kernel_links);
   LinkControl& links = handed_links != nullptr ? static_cast<LinkControl&>(*handed_links)
                                                : static_cast<LinkControl&>(kernel_links);
   TunnelManager::Options manager_options;
@@ -540,8 +473,8 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
   }
   manager.FinishRestoreInBackground();
   // Taken over: every tunnel must be in the engine before the running agent stops reading.
-  manager.WaitForRestore(handed != nullptr ? absl::Seconds(60) : absl::Milliseconds(500));
-  const absl::Duration restored_after = absl::Now() - process_start;
+  manager.WaitForRestore(takeover.has_value() ? absl::Seconds(60) : absl::Milliseconds(500));
+  const absl::Time restored_at = absl::Now();
   (*engine)->StartReceiving();
 
   std::unique_ptr<prometheus::Exposer> exposer;
@@ -659,171 +592,30 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
   // Taken over: the running agent is told this one serves (every tunnel is in the engine,
   // the API accepts), stops reading and accepting, and exits; /metrics is bound once it has
   // let go of the port.
-  absl::Notification metrics_stopping;
-  std::thread metrics_binder;
+  std::unique_ptr<DeferredMetricsExposer> deferred_exposer;
   if (takeover.has_value()) {
-    const absl::Duration serving_after = absl::Now() - process_start;
-    if (absl::Status status = takeover->first.Serving(absl::Seconds(10)); status.ok()) {
-      Log("INFO",
-          "takeover: serving %.3f s after the start (descriptors after %.3f s, tunnels in the "
-          "engine after %.3f s); agent pid %d has stopped reading and accepting",
-          absl::ToDoubleSeconds(serving_after), absl::ToDoubleSeconds(handed_after),
-          absl::ToDoubleSeconds(restored_after), takeover->second.offer().pid());
-    } else {
-      // It died meanwhile (kill -9): this agent holds the lock and every descriptor already.
-      Log("WARNING", "takeover: the old agent did not confirm (%s); serving anyway",
-          status.message());
-    }
+    takeover->ConfirmServing(restored_at);
     if (std::string listen = absl::GetFlag(FLAGS_metrics_listen); !listen.empty()) {
-      metrics_binder = std::thread([&, listen] {
-        const absl::Time deadline = absl::Now() + absl::Seconds(30);
-        std::string error;
-        do {
-          try {
-            auto bound = std::make_unique<prometheus::Exposer>(listen);
-            bound->RegisterCollectable(metrics);
-            bound->RegisterCollectable(process_metrics);
-            bound->RegisterCollectable(grpc_metrics.registry());
-            bound->RegisterCollectable((*api)->metrics());
-            exposer = std::move(bound);
-            Log("INFO", "metrics: serving http://%s/metrics", listen);
-            return;
-          } catch (const std::exception& e) {
-            error = e.what();
-          }
-        } while (!metrics_stopping.WaitForNotificationWithTimeout(absl::Milliseconds(100)) &&
-                 absl::Now() < deadline);
-        Log("ERROR", "metrics: cannot listen on %s: %s; no /metrics", listen, error);
-      });
+      deferred_exposer = std::make_unique<DeferredMetricsExposer>(
+          listen, std::vector<std::weak_ptr<prometheus::Collectable>>{
+                      metrics, process_metrics, grpc_metrics.registry(), (*api)->metrics()});
     }
   }
   NotifyServiceManager(absl::StrCat("MAINPID=", getpid(), "\nREADY=1"))
       .IgnoreError();  // Type=notify: this process is the service's now
 
   // A later hot upgrade: a new agent on the same state directory takes over from this one.
-  std::atomic<pid_t> handed_over_to{0};
-  absl::Time pause_start;  // written by the handover's release, before handed_over_to
-  // When a new agent of another handover protocol was refused (it stops this one next, to
-  // restart ordinarily: the devices stay for it whatever --keep_devices says).
-  std::atomic<int64_t> refused_at_nanos{0};
-  std::unique_ptr<HandoverServer> handover_server;
-  {
-    const uint32_t override_version = absl::GetFlag(FLAGS_test_only_handover_protocol_version);
-    absl::StatusOr<std::unique_ptr<HandoverServer>> server = HandoverServer::Listen(
-        {.state_dir = absl::GetFlag(FLAGS_state_dir),
-         .agent_version = kVersion,
-         .protocol_version = override_version != 0 ? override_version : kHandoverProtocolVersion});
-    if (!server.ok()) {
-      Log("WARNING", "handover: %s; no hot upgrade possible", server.status().message());
-    } else {
-      handover_server = *std::move(server);
-    }
-  }
-  if (handover_server != nullptr) {
-    handover_server->Start({
-        .prepare = [&]() -> absl::StatusOr<std::vector<HandoverItem>> {
-          if (grpc_owns_unix_socket) {
-            return absl::FailedPreconditionError(
-                "the API's unix socket is gRPC's own (TLS or a bearer token): it cannot be "
-                "handed over");
-          }
-          if (absl::Status status = manager.RestoreStatus(); !status.ok()) return status;
-          manager.Freeze();
-          std::vector<HandoverItem> items;
-          auto add = [&items](handover::Descriptor::Kind kind, int fd) {
-            HandoverItem item;
-            item.what.set_kind(kind);
-            item.fd = fd;
-            items.push_back(std::move(item));
-          };
-          add(handover::Descriptor::STATE_DIR_LOCK, node->state_lock->fd());
-          if (node->namespace_lock.has_value()) {
-            add(handover::Descriptor::NAMESPACE_LOCK, node->namespace_lock->fd());
-          }
-          if (api_listener != nullptr) {
-            add(handover::Descriptor::API_LISTENER, api_listener->listen_fd());
-          }
-          if (health_listener_ptr != nullptr) {
-            add(handover::Descriptor::HEALTH_LISTENER, health_listener_ptr->listen_fd());
-          }
-          for (const TunnelManager::HandoverDevice& device : manager.DevicesForHandover()) {
-            HandoverItem item;
-            item.what.set_kind(handover::Descriptor::DEVICE);
-            item.what.set_tunnel(device.name);
-            item.what.set_tap(device.tap);
-            item.fd = device.fd;
-            items.push_back(std::move(item));
-          }
-          for (const dataplane::EngineDescriptor& d : (*engine)->Descriptors()) {
-            HandoverItem item;
-            item.what.set_kind(d.kind == dataplane::EngineDescriptor::Kind::kReceiveSocket
-                                   ? handover::Descriptor::RECEIVE_SOCKET
-                                   : handover::Descriptor::DEVICE_QUEUE);
-            item.what.set_worker(d.worker);
-            item.what.set_ipv6(d.ipv6);
-            item.what.set_protocol(d.protocol);
-            item.what.set_tunnel(d.tunnel);
-            item.fd = d.fd;
-            items.push_back(std::move(item));
-          }
-          return items;
-        },
-        .resume =
-            [&](const absl::Status&) {
-              manager.Unfreeze();
-              Log("INFO", "handover: given up; changes are taken again");
-            },
-        .release =
-            [&](pid_t pid) {
-              // The new agent reads the same queues: stop taking packets (a read already
-              // done still delivers its packet), and stop accepting (its listener accepts).
-              // Asked here, waited for before the exit: the new agent reads already, and
-              // what this one's reads took meanwhile it still delivers.
-              (*engine)->PauseReading(absl::ZeroDuration()).IgnoreError();
-              pause_start = absl::Now();
-              for (ApiListener* listener : {api_listener, health_listener_ptr}) {
-                if (listener == nullptr) continue;
-                listener->LeaveSocketFile();  // the new agent's now
-                listener->Stop();
-              }
-              handed_over_to.store(pid);
-            },
-        .refused = [&] { refused_at_nanos.store(absl::GetCurrentTimeNanos()); },
-    });
-  }
-
+  HandoverOnRequest handover(
+      handover_peer,
+      {.manager = &manager,
+       .engine = engine->get(),
+       .state_dir_lock = node->state_lock->fd(),
+       .namespace_lock = node->namespace_lock.has_value() ? node->namespace_lock->fd() : -1,
+       .api_listener = api_listener,
+       .health_listener = health_listener_ptr,
+       .grpc_owns_unix_socket = grpc_owns_unix_socket});
   std::thread waiter([&] {
-    std::optional<pid_t> upgrade;  // the agent SIGUSR2 started, while it runs
-    const timespec tick = {0, 100'000'000};
-    for (;;) {
-      if (upgrade.has_value() && waitpid(*upgrade, nullptr, WNOHANG) != 0) upgrade.reset();
-      if (const pid_t to = handed_over_to.load(); to != 0) {
-        Log("INFO", "handover: agent pid %d serves; finishing the calls in progress", to);
-        break;
-      }
-      const int signal = sigtimedwait(&signals, nullptr, &tick);
-      if (signal < 0) continue;
-      if (signal == SIGUSR2) {
-        if (upgrade.has_value()) {
-          Log("WARNING", "received SIGUSR2: the upgrade started before (pid %d) still runs",
-              static_cast<int>(*upgrade));
-          continue;
-        }
-        absl::StatusOr<pid_t> pid =
-            binary.empty() ? absl::FailedPreconditionError("the agent's binary is unknown")
-                           : SpawnTakeover(binary, args);
-        if (pid.ok()) {
-          upgrade = *pid;
-          Log("INFO", "received SIGUSR2: started %s --takeover (pid %d)", binary,
-              static_cast<int>(*pid));
-        } else {
-          Log("ERROR", "received SIGUSR2: %s", pid.status().message());
-        }
-        continue;
-      }
-      Log("INFO", "received %s, shutting down", signal == SIGTERM ? "SIGTERM" : "SIGINT");
-      break;
-    }
+    handover.WaitForStop(signals, binary, args);
     // NOT_SERVING from here on, whatever the dataplane does meanwhile; then the listeners
     // stop and the servers shut down.
     (*api)->Shutdown();
@@ -858,41 +650,9 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
   });
   (*api)->Wait();
   waiter.join();
-  if (const pid_t to = handed_over_to.load(); to != 0) {
-    if (absl::Status status = (*engine)->PauseReading(absl::Seconds(2)); !status.ok()) {
-      Log("WARNING", "handover: dataplane: %s", status.message());
-    } else {
-      Log("INFO", "handover: dataplane reads stopped and drained %.3f s after the release",
-          absl::ToDoubleSeconds(absl::Now() - pause_start));
-    }
-    // Everything is the new agent's: the devices (whatever --keep_devices says), the socket
-    // files, the queues. Nothing is torn down: the process ends and its descriptors with it.
-    if (after_handover == "wait") {
-      Log("INFO", "handover: done (pid %d serves); idle until SIGTERM (--after_handover=wait)",
-          static_cast<int>(to));
-      sigset_t stop;
-      sigemptyset(&stop);
-      sigaddset(&stop, SIGTERM);
-      sigaddset(&stop, SIGINT);
-      int signal = 0;
-      sigwait(&stop, &signal);
-    }
-    Log("INFO", "handover: done (pid %d serves); exiting", static_cast<int>(to));
-    fflush(stdout);
-    fflush(stderr);
-    _exit(0);
-  }
-  if (const int64_t refused = refused_at_nanos.load();
-      refused != 0 && absl::Now() - absl::FromUnixNanos(refused) < absl::Minutes(1)) {
-    // The new agent that was refused a handover stopped this one: it re-attaches the devices.
-    Log("INFO", "stopped for the agent that was refused a handover; devices kept for it");
-    fflush(stdout);
-    fflush(stderr);
-    _exit(0);
-  }
-  metrics_stopping.Notify();
-  if (metrics_binder.joinable()) metrics_binder.join();
-  if (handover_server != nullptr) handover_server->Stop();
+  handover.ExitIfReplaced(after_handover);  // the new agent's now: nothing is torn down
+  if (deferred_exposer != nullptr) deferred_exposer->Stop();
+  handover.Stop();
   health_stopping.Notify();
   health_monitor.join();
   (*kernel_changes)->Stop();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -104,6 +105,20 @@ std::string KeyLabel(const TunnelSpec& spec) {
   return text(in) + "/" + text(out);
 }
 
+// A figure of the whole agent: a family of one sample without labels.
+struct ScalarMetric {
+  const char* name;
+  const char* help;
+  MetricType type;
+  double value;
+};
+
+MetricFamily Scalar(const ScalarMetric& metric) {
+  MetricFamily family = Family(metric.name, metric.help, metric.type);
+  AddSample(family, {}, metric.value);
+  return family;
+}
+
 }  // namespace
 
 AgentMetrics::AgentMetrics(const TunnelManager* manager, const dataplane::PacketEngine* engine,
@@ -119,28 +134,22 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
       Family("tunnelagent_build_info",
              "Version and dataplane backend of the running agent (always 1).", MetricType::Gauge);
   AddSample(build, {{"io_backend", engine_->backend_name()}, {"version", version_}}, 1);
-  MetricFamily fallback =
-      Family("tunnelagent_dataplane_io_uring_fallback",
-             "1 when --io_backend=auto found io_uring refused (e.g. by seccomp) and runs on epoll.",
-             MetricType::Gauge);
-  AddSample(fallback, {}, io_uring_fallback_ ? 1 : 0);
-  MetricFamily workers =
-      Family("tunnelagent_dataplane_workers",
-             "Dataplane threads moving packets, each with its own ring and sockets "
-             "(--dataplane_workers).",
-             MetricType::Gauge);
-  AddSample(workers, {}, static_cast<double>(engine_->workers()));
-  MetricFamily max_tunnels =
-      Family("tunnelagent_max_tunnels",
-             "Tunnels the agent accepts (--max_tunnels); creates beyond fail RESOURCE_EXHAUSTED.",
-             MetricType::Gauge);
-  AddSample(max_tunnels, {}, static_cast<double>(manager_->max_tunnels()));
-  MetricFamily verifying =
-      Family("tunnelagent_tunnels_verifying",
-             "Tunnels forwarding again on the devices an agent that crashed left, whose addresses, "
-             "routes, MTU and link state are still being checked (0 once the restore is done).",
-             MetricType::Gauge);
-  AddSample(verifying, {}, static_cast<double>(manager_->VerifyingCount()));
+  const ScalarMetric agent_gauges[] = {
+      {"tunnelagent_dataplane_io_uring_fallback",
+       "1 when --io_backend=auto found io_uring refused (e.g. by seccomp) and runs on epoll.",
+       MetricType::Gauge, io_uring_fallback_ ? 1.0 : 0.0},
+      {"tunnelagent_dataplane_workers",
+       "Dataplane threads moving packets, each with its own ring and sockets "
+       "(--dataplane_workers).",
+       MetricType::Gauge, static_cast<double>(engine_->workers())},
+      {"tunnelagent_max_tunnels",
+       "Tunnels the agent accepts (--max_tunnels); creates beyond fail RESOURCE_EXHAUSTED.",
+       MetricType::Gauge, static_cast<double>(manager_->max_tunnels())},
+      {"tunnelagent_tunnels_verifying",
+       "Tunnels forwarding again on the devices an agent that crashed left, whose addresses, "
+       "routes, MTU and link state are still being checked (0 once the restore is done).",
+       MetricType::Gauge, static_cast<double>(manager_->VerifyingCount())},
+  };
 
   MetricFamily tunnels =
       Family("tunnelagent_tunnels", "Tunnels by mode and operational state.", MetricType::Gauge);
@@ -256,10 +265,9 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
   }
 
   const dataplane::DataplaneCountersSnapshot dp = engine_->counters();
-  MetricFamily underlay_rx =
-      Family("tunnelagent_dataplane_rx_packets_total",
-             "Packets received on the underlay GRE and IPIP sockets.", MetricType::Counter);
-  AddSample(underlay_rx, {}, static_cast<double>(dp.rx_packets));
+  MetricFamily underlay_rx = Scalar({"tunnelagent_dataplane_rx_packets_total",
+                                     "Packets received on the underlay GRE and IPIP sockets.",
+                                     MetricType::Counter, static_cast<double>(dp.rx_packets)});
   MetricFamily dp_drops =
       Family("tunnelagent_dataplane_drops_total",
              "Underlay packets dropped before any tunnel matched, by reason.", MetricType::Counter);
@@ -273,11 +281,10 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
   // The device read buffers the workers' tunnels share (io_uring; 0 with epoll, whose workers
   // read into one batch of buffers each).
   MetricFamily read_waits =
-      Family("tunnelagent_dataplane_device_read_waits_total",
-             "Device reads that found the shared read buffers all taken and waited for one (the "
-             "packet stays queued in the device meanwhile).",
-             MetricType::Counter);
-  AddSample(read_waits, {}, static_cast<double>(dp.device_read_waits));
+      Scalar({"tunnelagent_dataplane_device_read_waits_total",
+              "Device reads that found the shared read buffers all taken and waited for one (the "
+              "packet stays queued in the device meanwhile).",
+              MetricType::Counter, static_cast<double>(dp.device_read_waits)});
   MetricFamily read_buffers =
       Family("tunnelagent_dataplane_device_read_buffers",
              "Shared device read buffers: held by reads until their packet is sent (in_use), and "
@@ -288,33 +295,30 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
 
   // The state store: commits against syncs shows how many changes one flush carries.
   const StateStoreStats store = manager_->store_stats();
-  MetricFamily store_commits =
-      Family("tunnelagent_state_commits_total",
-             "Changes of the desired tunnels appended to the state log.", MetricType::Counter);
-  AddSample(store_commits, {}, static_cast<double>(store.commits));
-  MetricFamily store_syncs =
-      Family("tunnelagent_state_syncs_total",
-             "Flushes (fdatasync) of the state log; each makes every change appended before it "
-             "durable (group commit), so fewer than commits under concurrent requests.",
-             MetricType::Counter);
-  AddSample(store_syncs, {}, static_cast<double>(store.syncs));
-  MetricFamily store_sync_failures =
-      Family("tunnelagent_state_sync_failures_total",
-             "Flushes of the state log that failed (the requests waiting on them got an error; "
-             "the next change rewrites the whole state).",
-             MetricType::Counter);
-  AddSample(store_sync_failures, {}, static_cast<double>(store.sync_failures));
-  MetricFamily store_compactions = Family(
-      "tunnelagent_state_compactions_total",
-      "Snapshots of the whole state written (log compaction, migration).", MetricType::Counter);
-  AddSample(store_compactions, {}, static_cast<double>(store.compactions));
+  const ScalarMetric store_counters[] = {
+      {"tunnelagent_state_commits_total",
+       "Changes of the desired tunnels appended to the state log.", MetricType::Counter,
+       static_cast<double>(store.commits)},
+      {"tunnelagent_state_syncs_total",
+       "Flushes (fdatasync) of the state log; each makes every change appended before it "
+       "durable (group commit), so fewer than commits under concurrent requests.",
+       MetricType::Counter, static_cast<double>(store.syncs)},
+      {"tunnelagent_state_sync_failures_total",
+       "Flushes of the state log that failed (the requests waiting on them got an error; "
+       "the next change rewrites the whole state).",
+       MetricType::Counter, static_cast<double>(store.sync_failures)},
+      {"tunnelagent_state_compactions_total",
+       "Snapshots of the whole state written (log compaction, migration).", MetricType::Counter,
+       static_cast<double>(store.compactions)},
+  };
 
   std::vector<MetricFamily> families;
   auto take = [&families](std::vector<CounterMetric>& metrics) {
     for (CounterMetric& m : metrics) families.push_back(std::move(m.family));
   };
-  for (MetricFamily* f : {&build, &fallback, &workers, &max_tunnels, &verifying, &tunnels, &up,
-                          &info, &state_changes, &last_receive, &repairs}) {
+  families.push_back(std::move(build));
+  for (const ScalarMetric& gauge : agent_gauges) families.push_back(Scalar(gauge));
+  for (MetricFamily* f : {&tunnels, &up, &info, &state_changes, &last_receive, &repairs}) {
     families.push_back(std::move(*f));
   }
   take(traffic);
@@ -323,10 +327,10 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
   take(path);
   take(keepalive);
   for (MetricFamily* f :
-       {&peer_alive, &keepalive_rtt, &underlay_rx, &dp_drops, &read_waits, &read_buffers,
-        &store_commits, &store_syncs, &store_sync_failures, &store_compactions}) {
+       {&peer_alive, &keepalive_rtt, &underlay_rx, &dp_drops, &read_waits, &read_buffers}) {
     families.push_back(std::move(*f));
   }
+  for (const ScalarMetric& counter : store_counters) families.push_back(Scalar(counter));
   return families;
 }
 

@@ -336,7 +336,7 @@ void TunnelManager::FinishRestore() {
 }
 
 void TunnelManager::RestoreDevices(std::vector<Entry*> restoring) {
-  ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
+  KernelChanging();
   const absl::Time start = absl::Now();
   std::set<std::string> desired;
   for (const Entry* entry : restoring) desired.insert(entry->spec.name);
@@ -512,6 +512,26 @@ std::vector<TunnelManager::Entry*> TunnelManager::AttachKept(
   const absl::Time start = absl::Now();
   std::vector<Entry*> kept;
   absl::Duration attach_time, engine_time;
+  // Attached devices go to the engine in batches, one round trip to its workers each: the
+  // first tunnels forward while the rest are still being attached.
+  constexpr size_t kEngineBatch = 64;
+  std::vector<Entry*> batch;
+  auto start_batch = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_) {
+    const absl::Time t = absl::Now();
+    const std::vector<absl::Status> started = StartDataplanes(batch);
+    engine_time += absl::Now() - t;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      Entry* entry = batch[i];
+      if (!started[i].ok()) {
+        unused[entry] = std::move(entry->device);
+        continue;
+      }
+      entry->state = OperState::kUp;
+      entry->reason = kVerifyingReason;
+      kept.push_back(entry);
+    }
+    batch.clear();
+  };
   for (Entry* entry : restoring) {
     if (stopping_.load()) break;
     if (!left_behind.count(entry->spec.name)) continue;
@@ -531,17 +551,10 @@ std::vector<TunnelManager::Entry*> TunnelManager::AttachKept(
     // verification sets the one the spec asks for, and the engine follows.
     entry->device = *std::move(device);
     entry->mtu = found->second.mtu;
-    const absl::Time t1 = absl::Now();
-    const bool started = StartDataplane(*entry).ok();
-    engine_time += absl::Now() - t1;
-    if (!started) {
-      unused[entry] = std::move(entry->device);
-      continue;
-    }
-    entry->state = OperState::kUp;
-    entry->reason = kVerifyingReason;
-    kept.push_back(entry);
+    batch.push_back(entry);
+    if (batch.size() == kEngineBatch) start_batch();
   }
+  if (!batch.empty()) start_batch();
   {
     absl::MutexLock lock(&mu_);
     for (Entry* entry : kept) {
@@ -951,7 +964,7 @@ void TunnelManager::Shutdown() {
   if (restore_thread_.joinable()) restore_thread_.join();  // stops after its current tunnel
   absl::MutexLock lock(&change_mu_);
   if (tunnels_.empty()) return;
-  ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
+  KernelChanging();
   const absl::Time start = absl::Now();
   bool batch = false;
   if (!options_.keep_devices) {
@@ -1027,7 +1040,7 @@ absl::Status TunnelManager::CreateLocked(const TunnelSpec& spec, Transaction& tx
 
 absl::Status TunnelManager::DeleteLocked(const std::string& name, Transaction& tx) {
   tx.Touch(name);
-  ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
+  KernelChanging();
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
@@ -1073,7 +1086,7 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
     result.tunnel = {entry.spec, StatusOf(entry)};
     return result;
   }
-  ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
+  KernelChanging();
   UnderlayLookup underlay = LookUpUnderlay(requested);
   if (check_conflicts) {
     if (absl::Status status = CheckConflicts(requested, name); !status.ok()) return status;
@@ -1208,7 +1221,7 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
 absl::Status TunnelManager::ReleasePrefixes(const std::string& name, const TunnelSpec& desired,
                                             Transaction& tx) {
   tx.Touch(name);
-  ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
+  KernelChanging();
   Entry& entry = *tunnels_.at(name);
   if (!entry.device) return absl::OkStatus();
   const Device* device = entry.device.get();
@@ -1247,7 +1260,7 @@ uint32_t TunnelManager::MtuFor(const TunnelSpec& spec) {
 }
 
 absl::Status TunnelManager::BringUp(Entry& entry, std::unique_ptr<Device> attached_device) {
-  ++kernel_generation_;  // the kernel changes: a refresh reading taken before is stale
+  KernelChanging();
   const TunnelSpec& spec = entry.spec;
   const uint32_t mtu = MtuFor(spec);
   // A device this agent left in place (quick restart, crash) is taken over; otherwise a new
@@ -1301,12 +1314,21 @@ absl::Status TunnelManager::BringUp(Entry& entry, std::unique_ptr<Device> attach
 }
 
 absl::Status TunnelManager::StartDataplane(Entry& entry) {
-  entry.counters = entry.counters ? entry.counters
-                                  : std::make_shared<dataplane::TunnelStats>(engine_->workers());
-  absl::Status status =
-      engine_->AddTunnel(EngineTunnelFor(entry.spec, *entry.device, entry.mtu, entry.counters));
-  entry.in_engine = status.ok();
-  return status;
+  return StartDataplanes({&entry}).front();
+}
+
+std::vector<absl::Status> TunnelManager::StartDataplanes(const std::vector<Entry*>& entries) {
+  std::vector<dataplane::EngineTunnel> tunnels;
+  tunnels.reserve(entries.size());
+  for (Entry* entry : entries) {
+    if (!entry->counters) {
+      entry->counters = std::make_shared<dataplane::TunnelStats>(engine_->workers());
+    }
+    tunnels.push_back(EngineTunnelFor(entry->spec, *entry->device, entry->mtu, entry->counters));
+  }
+  std::vector<absl::Status> started = engine_->AddTunnels(tunnels);
+  for (size_t i = 0; i < entries.size(); ++i) entries[i]->in_engine = started[i].ok();
+  return started;
 }
 
 void TunnelManager::StopDataplane(Entry& entry) {

@@ -343,7 +343,13 @@ class TunnelManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // Stops the dataplane of `entry` (its device stays).
   void StopDataplane(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  // Before a change to the kernel (a request's, or repairs): a refresh's reading taken
+  // before is stale (kernel_generation_).
+  void KernelChanging() ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_) { ++kernel_generation_; }
   absl::Status StartDataplane(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  // StartDataplane of each (each with a device), in one engine call; their answers in order.
+  std::vector<absl::Status> StartDataplanes(const std::vector<Entry*>& entries)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // Rules across tunnels, `spec` against every tunnel but `ignore`.
   absl::Status CheckConflicts(const TunnelSpec& spec, const std::string& ignore) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);

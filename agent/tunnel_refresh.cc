@@ -169,7 +169,7 @@ std::vector<absl::Status> TunnelManager::ApplyRepairs(
   }
   std::vector<absl::Status> answers;
   if (!changes.empty()) {
-    ++kernel_generation_;  // the repairs change the kernel under a refresh reading it
+    KernelChanging();
     answers = links_->ApplyChanges(changes);
   }
   std::vector<absl::Status> first_failures(plans.size());
@@ -200,7 +200,7 @@ absl::Status TunnelManager::Reconcile(Entry& entry, const DeviceState& kernel) {
 
 absl::Status TunnelManager::ReconcileNow(Entry& entry) {
   if (!entry.device) return absl::OkStatus();
-  ++kernel_generation_;  // its repairs change the kernel under a refresh reading it
+  KernelChanging();
   absl::StatusOr<std::map<int, DeviceState>> devices = links_->DeviceStates();
   if (!devices.ok()) return devices.status();
   auto found = devices->find(entry.device->ifindex());

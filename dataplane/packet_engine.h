@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "dataplane/packet/drop_reason.h"
 #include "dataplane/packet/encap.h"
 #include "dataplane/tunnel_counters.h"
@@ -183,6 +184,14 @@ class PacketEngine {
   // Starts moving the tunnel's packets. ALREADY_EXISTS when the name, or the receive match
   // (mode, local, remote, input key), is taken.
   virtual absl::Status AddTunnel(const EngineTunnel& tunnel) = 0;
+  // AddTunnel of each, their answers in order. An engine whose additions cross to another
+  // thread makes it one crossing for all of them: a restart adds thousands at once.
+  virtual std::vector<absl::Status> AddTunnels(absl::Span<const EngineTunnel> tunnels) {
+    std::vector<absl::Status> answers;
+    answers.reserve(tunnels.size());
+    for (const EngineTunnel& tunnel : tunnels) answers.push_back(AddTunnel(tunnel));
+    return answers;
+  }
   // Stops moving them; when it returns no operation uses the device fd any more.
   // NOT_FOUND when there is no such tunnel.
   virtual absl::Status RemoveTunnel(const std::string& name) = 0;

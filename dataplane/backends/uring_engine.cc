@@ -161,11 +161,22 @@ void UringWorker::CompleteTimer() {
 
 void UringWorker::PauseReads() {
   reads_paused_ = true;
-  // By operation: three cancellations whatever the number of tunnels (one by descriptor
-  // each scans every request in flight: seconds for thousands of tunnels). Reads are device
-  // reads (and the wake, which re-arms itself), receives and receive-messages the sockets'.
-  // Writes and sends go on.
-  for (const uint8_t opcode : {IORING_OP_READ, IORING_OP_RECV, IORING_OP_RECVMSG}) {
+  // Device reads one by one, by their user_data: the kernel finds each in its cancellation
+  // hash. A cancellation by operation or by descriptor scans every request in flight for each
+  // one it finds: with thousands of tunnels (eight reads each) that held the ring, and a wake
+  // written to it, for most of a second. A buffer between its read and its send has no read
+  // in flight (the lookup finds nothing) and is not armed again (reads_paused_).
+  for (const std::unique_ptr<UringTunnel>& tunnel : tunnels_) {
+    for (TransmitBuffer& b : tunnel->buffers) {
+      if (b.op != OpKind::kDeviceRead) continue;
+      io_uring_sqe* sqe = ring_.NextSqe();
+      io_uring_prep_cancel64(sqe, reinterpret_cast<uintptr_t>(static_cast<Operation*>(&b)), 0);
+      Submit(sqe, &cancel_op_);
+    }
+  }
+  // The sockets' receives and receive-messages by operation: few, and scanned once the device
+  // reads are gone.
+  for (const uint8_t opcode : {IORING_OP_RECV, IORING_OP_RECVMSG}) {
     io_uring_sqe* sqe = ring_.NextSqe();
     io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_OP | IORING_ASYNC_CANCEL_ALL);
     sqe->len = opcode;

@@ -105,6 +105,8 @@ void UringWorker::CompleteDeviceRead(TransmitBuffer* b, int res, unsigned flags)
   if (res <= 0) {
     if (res == -ENOBUFS && state.shared != nullptr) return WaitForDeviceBuffer(b);
     if (res == 0 || res == -EAGAIN || res == -EINTR) return ArmDeviceRead(b);
+    // Cancelled on purpose (a pause for a hot upgrade, the worker stopping): no packet lost.
+    if (res == -ECANCELED) return ReleaseDeviceBuffer(b);
     tunnel.counters().tx_drops[static_cast<int>(DropReason::kDeviceError)].Add();
     // A device that answers EBADF/EBADFD/EINVAL/EFAULT will answer so forever: park this
     // read rather than spin on it (counted above; removal still accounts for it).

@@ -141,6 +141,9 @@ class WorkerEngine : public PacketEngine {
   absl::Status AddTunnel(const EngineTunnel& tunnel) override {
     return worker_->mailbox().AddTunnel(tunnel);
   }
+  std::vector<absl::Status> AddTunnels(absl::Span<const EngineTunnel> tunnels) override {
+    return worker_->mailbox().AddTunnels(tunnels);
+  }
   absl::Status RemoveTunnel(const std::string& name) override {
     return worker_->mailbox().RemoveTunnel(name);
   }

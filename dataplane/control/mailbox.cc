@@ -19,16 +19,23 @@ absl::Status CommandMailbox::Open(int eventfd_flags) {
   return absl::OkStatus();
 }
 
-absl::Status CommandMailbox::Call(std::unique_ptr<EngineCommand> command) {
-  std::future<absl::Status> done = command->done.get_future();
+bool CommandMailbox::Queue(std::vector<std::unique_ptr<EngineCommand>>& commands) {
   {
     absl::MutexLock lock(&mu_);
-    if (closed_) return absl::UnavailableError("the dataplane has stopped");
-    queue_.push_back(std::move(command));
+    if (closed_) return false;
+    for (auto& command : commands) queue_.push_back(std::move(command));
   }
   uint64_t one = 1;
   // A full eventfd counter still wakes the reader; nothing to do on failure.
   (void)!write(fd_, &one, sizeof one);
+  return true;
+}
+
+absl::Status CommandMailbox::Call(std::unique_ptr<EngineCommand> command) {
+  std::future<absl::Status> done = command->done.get_future();
+  std::vector<std::unique_ptr<EngineCommand>> one;
+  one.push_back(std::move(command));
+  if (!Queue(one)) return absl::UnavailableError("the dataplane has stopped");
   return done.get();
 }
 
@@ -38,6 +45,27 @@ absl::Status CommandMailbox::AddTunnel(const EngineTunnel& tunnel) {
   command->kind = EngineCommand::Kind::kAdd;
   command->tunnel = tunnel;
   return Call(std::move(command));
+}
+
+std::vector<absl::Status> CommandMailbox::AddTunnels(absl::Span<const EngineTunnel> tunnels) {
+  std::vector<absl::Status> answers(tunnels.size());
+  std::vector<std::unique_ptr<EngineCommand>> commands;
+  std::vector<std::pair<size_t, std::future<absl::Status>>> waiting;
+  for (size_t i = 0; i < tunnels.size(); ++i) {
+    if (answers[i] = CheckEngineTunnel(tunnels[i]); !answers[i].ok()) continue;
+    auto command = std::make_unique<EngineCommand>();
+    command->kind = EngineCommand::Kind::kAdd;
+    command->tunnel = tunnels[i];
+    waiting.emplace_back(i, command->done.get_future());
+    commands.push_back(std::move(command));
+  }
+  if (!commands.empty() && !Queue(commands)) {
+    for (auto& [i, done] : waiting)
+      answers[i] = absl::UnavailableError("the dataplane has stopped");
+    return answers;
+  }
+  for (auto& [i, done] : waiting) answers[i] = done.get();
+  return answers;
 }
 
 absl::Status CommandMailbox::RemoveTunnel(const std::string& name) {

@@ -8,10 +8,12 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
 #include "dataplane/packet_engine.h"
 
 namespace tunnelagent::dataplane {
@@ -39,6 +41,9 @@ class CommandMailbox {
   absl::Status Call(std::unique_ptr<EngineCommand> command);
   // Call() with a kAdd of `tunnel`, checked first (CheckEngineTunnel).
   absl::Status AddTunnel(const EngineTunnel& tunnel);
+  // AddTunnel of each of `tunnels`, queued together behind one wake-up: one round trip to the
+  // dataplane thread for all of them (a restart attaches thousands). Their answers in order.
+  std::vector<absl::Status> AddTunnels(absl::Span<const EngineTunnel> tunnels);
   // Call() with a kRemove of `name`.
   absl::Status RemoveTunnel(const std::string& name);
   // Call() with a kStop.
@@ -74,6 +79,8 @@ class CommandMailbox {
 
  private:
   std::deque<std::unique_ptr<EngineCommand>> TakeAll();
+  // Queues `commands` and wakes the dataplane thread once; false (nothing queued) after Close().
+  bool Queue(std::vector<std::unique_ptr<EngineCommand>>& commands);
 
   int fd_ = -1;
   absl::Mutex mu_;

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -81,11 +82,14 @@ void WorkerPool::AdoptDeviceQueues(const std::string& tunnel, std::vector<int> f
 }
 
 absl::Status WorkerPool::AddTunnel(const EngineTunnel& tunnel) {
+  return AddTunnels(absl::MakeConstSpan(&tunnel, 1)).front();
+}
+
+absl::StatusOr<WorkerPool::Tunnel> WorkerPool::PrepareLocked(const EngineTunnel& tunnel) {
   if (!tunnel.stats || tunnel.stats->workers() < workers_.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat("tunnel ", tunnel.name, ": its counters need ", workers_.size(), " workers"));
   }
-  absl::MutexLock lock(&mu_);
   if (tunnels_.contains(tunnel.name)) {
     return absl::AlreadyExistsError(absl::StrCat("tunnel ", tunnel.name, " exists"));
   }
@@ -104,7 +108,7 @@ absl::Status WorkerPool::AddTunnel(const EngineTunnel& tunnel) {
   if (!one_queue && state.queues.empty()) {
     const TunDevice::Kind kind =
         IsEthernetMode(tunnel.encap.mode) ? TunDevice::Kind::kTap : TunDevice::Kind::kTun;
-    const int ifindex = static_cast<int>(if_nametoindex(tunnel.name.c_str()));
+    const int ifindex = static_cast<int>(TunDevice::IndexOf(tunnel.name));
     for (size_t i = 1; i < workers_.size() && !one_queue; ++i) {
       absl::StatusOr<int> queue =
           ifindex == 0 ? absl::FailedPreconditionError("no device of the tunnel's name")
@@ -123,18 +127,65 @@ absl::Status WorkerPool::AddTunnel(const EngineTunnel& tunnel) {
       state.queues.clear();
     }
   }
-  for (size_t i = 0; i < workers_.size(); ++i) {
-    EngineTunnel part = tunnel;
-    part.read_device = tunnel.read_device && (i == 0 || !one_queue);
-    if (i > 0 && !one_queue) part.device_fd = state.queues[i - 1];
-    if (absl::Status s = workers_[i]->AddTunnel(part); !s.ok()) {
-      for (size_t j = 0; j < i; ++j) workers_[j]->RemoveTunnel(tunnel.name).IgnoreError();
-      for (int fd : state.queues) close(fd);
-      return s;
+  return state;
+}
+
+std::vector<absl::Status> WorkerPool::AddTunnels(absl::Span<const EngineTunnel> tunnels) {
+  std::vector<absl::Status> answers(tunnels.size());
+  absl::MutexLock lock(&mu_);
+  // Each tunnel's queues first; then every worker takes its part of all of them in one round
+  // trip; a tunnel some worker refused is taken back from the others.
+  std::vector<size_t> ready;  // indexes into `tunnels`, in order
+  std::vector<Tunnel> states;
+  absl::flat_hash_set<std::string> batch;
+  for (size_t i = 0; i < tunnels.size(); ++i) {
+    if (!batch.insert(tunnels[i].name).second) {
+      answers[i] = absl::AlreadyExistsError(absl::StrCat("tunnel ", tunnels[i].name, " exists"));
+      continue;
+    }
+    absl::StatusOr<Tunnel> state = PrepareLocked(tunnels[i]);
+    if (!state.ok()) {
+      answers[i] = state.status();
+      continue;
+    }
+    ready.push_back(i);
+    states.push_back(*std::move(state));
+  }
+  std::vector<std::vector<bool>> added(workers_.size(), std::vector<bool>(ready.size()));
+  for (size_t w = 0; w < workers_.size(); ++w) {
+    std::vector<EngineTunnel> parts;
+    std::vector<size_t> asked;  // positions in `ready` of the parts
+    for (size_t k = 0; k < ready.size(); ++k) {
+      if (!answers[ready[k]].ok()) continue;  // an earlier worker refused it
+      const bool one_queue = states[k].queues.empty();
+      EngineTunnel part = tunnels[ready[k]];
+      part.read_device = part.read_device && (w == 0 || !one_queue);
+      if (w > 0 && !one_queue) part.device_fd = states[k].queues[w - 1];
+      parts.push_back(std::move(part));
+      asked.push_back(k);
+    }
+    if (parts.empty()) break;
+    const std::vector<absl::Status> results = workers_[w]->AddTunnels(parts);
+    for (size_t j = 0; j < asked.size(); ++j) {
+      if (results[j].ok()) {
+        added[w][asked[j]] = true;
+      } else {
+        answers[ready[asked[j]]] = results[j];
+      }
     }
   }
-  tunnels_.emplace(tunnel.name, std::move(state));
-  return absl::OkStatus();
+  for (size_t k = 0; k < ready.size(); ++k) {
+    const EngineTunnel& tunnel = tunnels[ready[k]];
+    if (answers[ready[k]].ok()) {
+      tunnels_.emplace(tunnel.name, std::move(states[k]));
+      continue;
+    }
+    for (size_t w = 0; w < workers_.size(); ++w) {
+      if (added[w][k]) workers_[w]->RemoveTunnel(tunnel.name).IgnoreError();
+    }
+    for (int fd : states[k].queues) close(fd);
+  }
+  return answers;
 }
 
 absl::Status WorkerPool::RemoveTunnel(const std::string& name) {

@@ -37,6 +37,8 @@ class WorkerPool final : public PacketEngine {
 
   // INVALID_ARGUMENT when the tunnel's stats have fewer workers than the pool.
   absl::Status AddTunnel(const EngineTunnel& tunnel) override;
+  // Every worker takes all of them in one round trip (a restart adds thousands).
+  std::vector<absl::Status> AddTunnels(absl::Span<const EngineTunnel> tunnels) override;
   absl::Status RemoveTunnel(const std::string& name) override;
   // The workers' counters summed, into the caller's own copy.
   DataplaneCountersSnapshot counters() const override;
@@ -65,6 +67,11 @@ class WorkerPool final : public PacketEngine {
   struct Tunnel {
     std::vector<int> queues;  // the extra device queues the pool opened, for workers 1..n-1
   };
+
+  // What AddTunnels settles before asking the workers: the tunnel's further device queues
+  // (none: worker 0 alone reads it). ALREADY_EXISTS, INVALID_ARGUMENT or the queue's error.
+  absl::StatusOr<Tunnel> PrepareLocked(const EngineTunnel& tunnel)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::vector<std::unique_ptr<PacketEngine>> workers_;  // fixed after Start
   // Serialises adds and removes, so the workers' tunnel sets agree.

@@ -6,9 +6,11 @@
 #include <net/if.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 
@@ -56,6 +58,22 @@ constexpr unsigned kTunUso6 = 0x40;
 
 short KindFlag(TunDevice::Kind kind) { return kind == TunDevice::Kind::kTun ? IFF_TUN : IFF_TAP; }
 
+// The ifindex of the link named `name`, or 0 with errno (ENODEV: no such link), as
+// if_nametoindex answers. That opens, asks and closes a socket of its own each time: three
+// system calls where one does, and a restart looks up thousands of devices twice each. One
+// socket, made at the first lookup and kept, answers all of them; it asks in the network
+// namespace the process was in then, which the agent never leaves. Without it (out of
+// descriptors at the first lookup), if_nametoindex as before.
+unsigned LinkIndex(const std::string& name) {
+  static const int lookup = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (lookup < 0) return if_nametoindex(name.c_str());
+  ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  memcpy(ifr.ifr_name, name.data(), std::min(name.size(), sizeof ifr.ifr_name - 1));
+  if (ioctl(lookup, SIOCGIFINDEX, &ifr) < 0) return 0;
+  return static_cast<unsigned>(ifr.ifr_ifindex);
+}
+
 // Blocking on purpose: io_uring arms its own poll on the descriptor.
 absl::StatusOr<int> OpenTun(const std::string& what) {
   const int fd = open(kTunPath, O_RDWR | O_CLOEXEC);
@@ -92,7 +110,7 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::CreateWith(const std::stri
   const std::string what = absl::StrCat("creating ", KindName(kind), " device ", name);
   // IFF_TUN_EXCL below already refuses an existing TUN/TAP device, but with EBUSY, which
   // reads badly; this also names the case of a different kind of device with that name.
-  if (if_nametoindex(name.c_str()) != 0) {
+  if (LinkIndex(name) != 0) {
     return absl::AlreadyExistsError(
         absl::StrCat("a network device named ", name, " already exists"));
   }
@@ -115,12 +133,12 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::CreateWith(const std::stri
     return StatusFromErrno(err, what);
   }
 
-  const unsigned int ifindex = if_nametoindex(name.c_str());
+  const unsigned int ifindex = LinkIndex(name);
   if (ifindex == 0) {
     const int err = errno;
     close(*fd);  // the device goes with it
-    // if_nametoindex opens a socket of its own to ask: out of descriptors, that fails, and
-    // the cause is the descriptors, not the device.
+    // Without the lookup socket, if_nametoindex opens one of its own to ask: out of
+    // descriptors, that fails, and the cause is the descriptors, not the device.
     if (err == EMFILE || err == ENFILE) {
       return ErrnoStatus(err, absl::StrCat(what, ": looking up its ifindex"));
     }
@@ -170,6 +188,8 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Attach(const std::string& 
   return Attach(name, kind, offload, /*multi_queue=*/false);
 }
 
+unsigned TunDevice::IndexOf(const std::string& name) { return LinkIndex(name); }
+
 absl::StatusOr<int> TunDevice::OpenQueue(const std::string& name, Kind kind, bool vnet_header,
                                          int ifindex) {
   if (absl::Status s = CheckName(name); !s.ok()) return s;
@@ -188,8 +208,7 @@ absl::StatusOr<int> TunDevice::OpenQueue(const std::string& name, Kind kind, boo
     return StatusFromErrno(err, what);
   }
   // Had the device gone since, TUNSETIFF made a new one, which closing the fd removes again.
-  if (const unsigned found = if_nametoindex(name.c_str());
-      found != static_cast<unsigned>(ifindex)) {
+  if (const unsigned found = LinkIndex(name); found != static_cast<unsigned>(ifindex)) {
     const int err = errno;
     close(*fd);
     if (found == 0 && (err == EMFILE || err == ENFILE)) {  // its lookup socket failed
@@ -205,7 +224,7 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Attach(const std::string& 
   if (absl::Status s = CheckName(name); !s.ok()) return s;
   offload = offload && kind == Kind::kTun;
   const std::string what = absl::StrCat("attaching to ", KindName(kind), " device ", name);
-  if (if_nametoindex(name.c_str()) == 0) {
+  if (LinkIndex(name) == 0) {
     return absl::NotFoundError(absl::StrCat(what, ": there is no network device of that name"));
   }
 
@@ -263,7 +282,7 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Attach(const std::string& 
         absl::StrCat(what, ": the network device ", name, " is not a ", KindName(kind), " device"));
   }
 
-  const unsigned int ifindex = if_nametoindex(name.c_str());
+  const unsigned int ifindex = LinkIndex(name);
   if (ifindex == 0) {
     const int err = errno;
     close(*fd);
@@ -299,7 +318,7 @@ absl::StatusOr<std::unique_ptr<TunDevice>> TunDevice::Adopt(int fd, Kind kind) {
     return absl::FailedPreconditionError(
         absl::StrCat(what, ": not a persistent ", KindName(kind), " device"));
   }
-  const unsigned int ifindex = if_nametoindex(name.c_str());
+  const unsigned int ifindex = LinkIndex(name);
   if (ifindex == 0) {
     const int err = errno;
     close(fd);

@@ -76,6 +76,10 @@ class TunDevice {
   // FAILED_PRECONDITION when the fd is no TUN/TAP device of `kind` or not persistent.
   static absl::StatusOr<std::unique_ptr<TunDevice>> Adopt(int fd, Kind kind);
 
+  // The ifindex of the link named `name`; 0 with errno when there is none (as if_nametoindex,
+  // in one system call).
+  static unsigned IndexOf(const std::string& name);
+
   // Another queue of the multi-queue device `name` (of `kind`, with a virtio-net header
   // when `vnet_header`), which must still be the device `ifindex`: a blocking fd the caller
   // owns. Closing it removes the queue. FAILED_PRECONDITION when the device has one queue

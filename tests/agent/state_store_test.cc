@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -166,6 +167,30 @@ class FileStateStoreTest : public ::testing::Test {
     EXPECT_THAT(ListDir(root_), ::testing::ElementsAre("tunnels.json"));
   }
 
+  // Runs `in_child` in a child process in which root_/full is a tmpfs of `size` ("size=16k"),
+  // mounted in the child's own mount namespace (root only) so nothing outside it sees the full
+  // disk. `*exit_code`: what `in_child` returned (or the code it _exit-ed with); 77 when no
+  // tmpfs could be mounted here.
+  void RunOnASmallDisk(const char* size, absl::FunctionRef<int(const std::string& dir)> in_child,
+                       int* exit_code) {
+    const std::string dir = root_ + "/full";
+    ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      if (unshare(CLONE_NEWNS) != 0 ||
+          mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+          mount("tmpfs", dir.c_str(), "tmpfs", 0, size) != 0) {
+        _exit(77);
+      }
+      _exit(in_child(dir));
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status));
+    *exit_code = WEXITSTATUS(status);
+  }
+
   std::string root_;
 };
 
@@ -199,11 +224,10 @@ TEST_F(FileStateStoreTest, FileIsCamelCaseJsonWithVersion) {
   EXPECT_EQ(content.back(), '\n');
 }
 
-// As the agent wrote it before the GRE options, outer header fields and keepalive existed:
-// it loads, and every new field takes its default.
-TEST_F(FileStateStoreTest, FileOfThePreviousVersionLoadsWithDefaults) {
-  FileStateStore store(root_);
-  WriteFile(store.path(), R"json({
+// As the agent wrote it before format version 2 (the whole state in tunnels.json, format_version
+// 1), and before the GRE options, outer header fields and keepalive existed. `gre_key`: gre1's.
+std::string Version1File(uint32_t gre_key) {
+  return absl::StrCat(R"json({
  "formatVersion": 1,
  "tunnels": [
   {
@@ -211,7 +235,8 @@ TEST_F(FileStateStoreTest, FileOfThePreviousVersionLoadsWithDefaults) {
    "mode": "TUNNEL_MODE_GRE",
    "local": "198.51.100.1",
    "remote": "203.0.113.7",
-   "key": 0,
+   "key": )json",
+                      gre_key, R"json(,
    "mtu": 1400,
    "addresses": [
     "10.0.0.1/30"
@@ -237,6 +262,13 @@ TEST_F(FileStateStoreTest, FileOfThePreviousVersionLoadsWithDefaults) {
  ]
 }
 )json");
+}
+
+// As the agent wrote it before the GRE options, outer header fields and keepalive existed:
+// it loads, and every new field takes its default.
+TEST_F(FileStateStoreTest, FileOfThePreviousVersionLoadsWithDefaults) {
+  FileStateStore store(root_);
+  WriteFile(store.path(), Version1File(/*gre_key=*/0));
   absl::StatusOr<std::vector<TunnelSpec>> loaded = store.Load();
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   ASSERT_EQ(loaded->size(), 2u);
@@ -425,32 +457,24 @@ TEST_F(FileStateStoreTest, SaveWhereTheDirectoryIsAFileFails) {
 // child's own mount namespace (root only), so nothing outside the child sees it.
 TEST_F(FileStateStoreTest, SaveOnAFullDiskIsResourceExhausted) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
-  const std::string dir = root_ + "/full";
-  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
-  const pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    if (unshare(CLONE_NEWNS) != 0 ||
-        mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
-        mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=16k") != 0) {
-      _exit(77);
-    }
-    std::vector<TunnelSpec> many;
-    for (int i = 0; i < 200; ++i) {
-      TunnelSpec spec = SomeTunnels()[0];
-      spec.name = absl::StrCat("t", i);
-      many.push_back(spec);
-    }
-    const absl::Status s = FileStateStore(dir).Save(many);
-    const bool said_so =
-        absl::StrContains(s.message(), "the file system holding --state_dir is full");
-    _exit(s.code() == absl::StatusCode::kResourceExhausted && said_so ? 0 : 1);
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status));
-  if (WEXITSTATUS(status) == 77) GTEST_SKIP() << "cannot mount a tmpfs here";
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "Save on a full tmpfs was not RESOURCE_EXHAUSTED saying so";
+  int exit_code = 0;
+  ASSERT_NO_FATAL_FAILURE(RunOnASmallDisk(
+      "size=16k",
+      [](const std::string& dir) {
+        std::vector<TunnelSpec> many;
+        for (int i = 0; i < 200; ++i) {
+          TunnelSpec spec = SomeTunnels()[0];
+          spec.name = absl::StrCat("t", i);
+          many.push_back(spec);
+        }
+        const absl::Status s = FileStateStore(dir).Save(many);
+        const bool said_so =
+            absl::StrContains(s.message(), "the file system holding --state_dir is full");
+        return s.code() == absl::StatusCode::kResourceExhausted && said_so ? 0 : 1;
+      },
+      &exit_code));
+  if (exit_code == 77) GTEST_SKIP() << "cannot mount a tmpfs here";
+  EXPECT_EQ(exit_code, 0) << "Save on a full tmpfs was not RESOURCE_EXHAUSTED saying so";
 }
 
 // ---- The log: one change costs its own size ---------------------------------------------
@@ -549,45 +573,9 @@ TEST_F(FileStateStoreTest, OneChangeWritesOnlyItsOwnSize) {
   EXPECT_EQ(FileSize(store.path()), snapshot) << "the snapshot is not rewritten per change";
 }
 
-// As the agent before this format wrote it: the whole state in tunnels.json, format_version 1.
-constexpr char kVersion1File[] = R"json({
- "formatVersion": 1,
- "tunnels": [
-  {
-   "name": "gre1",
-   "mode": "TUNNEL_MODE_GRE",
-   "local": "198.51.100.1",
-   "remote": "203.0.113.7",
-   "key": 42,
-   "mtu": 1400,
-   "addresses": [
-    "10.0.0.1/30"
-   ],
-   "routes": [
-    "10.2.0.0/16"
-   ],
-   "labels": {
-    "owner": "fleet"
-   },
-   "etag": "6c1e0e8a2d4b8f11",
-   "status": {
-    "createTime": "2024-01-02T03:04:05Z",
-    "updateTime": "2024-01-02T03:04:06Z"
-   }
-  },
-  {
-   "name": "ipip1",
-   "mode": "TUNNEL_MODE_IPIP",
-   "remote": "203.0.113.9",
-   "etag": "0000000000000000"
-  }
- ]
-}
-)json";
-
 TEST_F(FileStateStoreTest, AVersion1FileIsMigratedOnLoad) {
   FileStateStore store(root_);
-  WriteFile(store.path(), kVersion1File);
+  WriteFile(store.path(), Version1File(/*gre_key=*/42));
   absl::StatusOr<std::vector<TunnelSpec>> loaded = store.Load();
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   ASSERT_EQ(loaded->size(), 2u);
@@ -877,14 +865,15 @@ TEST_F(FileStateStoreTest, AChangeBeforeLoadIsRefused) {
 
 TEST_F(FileStateStoreTest, ReadOnlyLoadWritesNothing) {
   FileStateStore writer(root_);
-  WriteFile(writer.path(), kVersion1File);
+  const std::string version1 = Version1File(/*gre_key=*/42);
+  WriteFile(writer.path(), version1);
   FileStateStore::Options options;
   options.read_only = true;
   FileStateStore reader(root_, options);
   absl::StatusOr<std::vector<TunnelSpec>> loaded = reader.Load();
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->size(), 2u);
-  EXPECT_EQ(ReadFile(writer.path()), kVersion1File);
+  EXPECT_EQ(ReadFile(writer.path()), version1);
   EXPECT_THAT(ListDir(root_), ::testing::ElementsAre("tunnels.json"));
 }
 
@@ -892,43 +881,36 @@ TEST_F(FileStateStoreTest, ReadOnlyLoadWritesNothing) {
 // the next change that fits is appended after the last whole one.
 TEST_F(FileStateStoreTest, AChangeOnAFullDiskFailsAndLeavesTheLogWhole) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
-  const std::string dir = root_ + "/full";
-  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
-  const pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    if (unshare(CLONE_NEWNS) != 0 ||
-        mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
-        mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=64k") != 0) {
-      _exit(77);
-    }
-    int step = 10;
-    {
-      FileStateStore store(dir);
-      if (!store.Load().ok() || !store.Append(Upsert({Numbered(1)})).ok()) _exit(step);
-      ++step;
-      std::vector<TunnelSpec> many;  // far more than 64 KiB
-      for (int i = 0; i < 2000; ++i) many.push_back(Numbered(i + 100));
-      const absl::StatusOr<uint64_t> s = store.Append(Upsert(many));
-      if (s.ok() || s.status().code() != absl::StatusCode::kResourceExhausted ||
-          !absl::StrContains(s.status().message(), "the file system holding --state_dir is full")) {
-        _exit(step);
-      }
-      ++step;
-      if (!store.Append(Upsert({Numbered(2)})).ok()) _exit(step);
-    }
-    ++step;
-    absl::StatusOr<std::vector<TunnelSpec>> loaded = FileStateStore(dir).Load();
-    if (!loaded.ok() || loaded->size() != 2) _exit(step);
-    _exit(0);
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status));
-  if (WEXITSTATUS(status) == 77) GTEST_SKIP() << "cannot mount a tmpfs here";
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "failed at step " << WEXITSTATUS(status)
-                                    << " (10 first change, 11 the full disk's error, 12 the "
-                                       "change after it, 13 loading t1 and t2)";
+  int exit_code = 0;
+  ASSERT_NO_FATAL_FAILURE(RunOnASmallDisk(
+      "size=64k",
+      [](const std::string& dir) {
+        int step = 10;
+        {
+          FileStateStore store(dir);
+          if (!store.Load().ok() || !store.Append(Upsert({Numbered(1)})).ok()) _exit(step);
+          ++step;
+          std::vector<TunnelSpec> many;  // far more than 64 KiB
+          for (int i = 0; i < 2000; ++i) many.push_back(Numbered(i + 100));
+          const absl::StatusOr<uint64_t> s = store.Append(Upsert(many));
+          if (s.ok() || s.status().code() != absl::StatusCode::kResourceExhausted ||
+              !absl::StrContains(s.status().message(),
+                                 "the file system holding --state_dir is full")) {
+            _exit(step);
+          }
+          ++step;
+          if (!store.Append(Upsert({Numbered(2)})).ok()) _exit(step);
+        }
+        ++step;
+        absl::StatusOr<std::vector<TunnelSpec>> loaded = FileStateStore(dir).Load();
+        if (!loaded.ok() || loaded->size() != 2) _exit(step);
+        return 0;
+      },
+      &exit_code));
+  if (exit_code == 77) GTEST_SKIP() << "cannot mount a tmpfs here";
+  EXPECT_EQ(exit_code, 0) << "failed at step " << exit_code
+                          << " (10 first change, 11 the full disk's error, 12 the "
+                             "change after it, 13 loading t1 and t2)";
 }
 
 // The manager over the real store: requests answered only once durable, committed together.

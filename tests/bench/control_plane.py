@@ -21,9 +21,10 @@ Usage: control_plane.py GEN_DIR SOCKET create N [FIRST]
            address ...2/30), for the node at 198.18.0.2
        control_plane.py GEN_DIR SOCKET start-time
            prints the agent's start time (AgentInfo.start_time, nanoseconds since the epoch)
-       control_plane.py GEN_DIR SOCKET wait-new START_NS T0 [BOUND_S]
-           waits until an agent started at another time than START_NS answers on SOCKET;
-           prints the seconds from T0 (seconds since the epoch) until then
+       control_plane.py GEN_DIR SOCKET wait-new START_NS [BOUND_S]
+           prints "watching" once connected, then waits until an agent started at another
+           time than START_NS answers a new connection on SOCKET; prints the time of that
+           answer (seconds since the epoch)
 """
 
 import statistics
@@ -51,10 +52,14 @@ def percentiles(values):
 
 
 class Agent:
-    def __init__(self, pb, socket):
+    def __init__(self, pb, socket, own_connection=False):
+        """own_connection: not shared with the process's other channels to SOCKET (gRPC
+        shares one connection between channels of the same target by default)."""
         self.pb = pb
-        channel = grpc.insecure_channel(
-            f"unix:{socket}", options=[("grpc.max_receive_message_length", 64 << 20)])
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        if own_connection:
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        self.channel = channel = grpc.insecure_channel(f"unix:{socket}", options=options)
         svc = "/tunnelagent.v1.TunnelService/"
         call = lambda name, req, resp: channel.unary_unary(
             svc + name, request_serializer=req.SerializeToString, response_deserializer=resp.FromString)
@@ -62,6 +67,9 @@ class Agent:
         self.apply = call("ApplyTunnels", pb.ApplyTunnelsRequest, pb.ApplyTunnelsResponse)
         self.list_page = call("ListTunnels", pb.ListTunnelsRequest, pb.ListTunnelsResponse)
         self.info = call("GetAgentInfo", pb.GetAgentInfoRequest, pb.AgentInfo)
+
+    def close(self):
+        self.channel.close()
 
     def count(self, **filters):
         """How many tunnels match, every page read (the agent gives at most 1,000 a page)."""
@@ -141,16 +149,26 @@ def main():
     elif command == "start-time":
         print(agent.info(pb.GetAgentInfoRequest(), timeout=10).start_time.ToNanoseconds())
     elif command == "wait-new":
-        old, t0 = int(args[0]), float(args[1])
-        bound = float(args[2]) if len(args) > 2 else 60
-        while time.time() - t0 < bound:
+        # Started before the new agent, so that its own start is not timed: "watching" once
+        # warm, then the time (seconds since the epoch) a new client was first answered by
+        # another agent than START_NS. Each poll is a new connection: one made before is
+        # served by the old agent until it lets go, which is not when the new one serves.
+        old = int(args[0])
+        bound = float(args[1]) if len(args) > 1 else 60
+        agent.info(pb.GetAgentInfoRequest(), timeout=10)
+        print("watching", flush=True)
+        start = time.time()
+        while time.time() - start < bound:
+            fresh = Agent(pb, socket, own_connection=True)
             try:
-                if agent.info(pb.GetAgentInfoRequest(), timeout=1).start_time.ToNanoseconds() != old:
-                    print(f"{time.time() - t0:.3f}")
+                if fresh.info(pb.GetAgentInfoRequest(), timeout=1).start_time.ToNanoseconds() != old:
+                    print(f"{time.time():.3f}", flush=True)
                     return
             except grpc.RpcError:
                 pass
-            time.sleep(0.005)
+            finally:
+                fresh.close()
+            time.sleep(0.002)
         sys.exit(f"no new agent answered within {bound:.0f} s")
     else:
         sys.exit(f"unknown command {command}")

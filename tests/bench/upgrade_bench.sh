@@ -9,7 +9,7 @@
 # Usage: tests/bench/upgrade_bench.sh [N]   (needs root, a built tree; AGENT_FLAGS adds agent
 #        flags; BIN_DIR=dir picks other binaries). Not a test: it prints figures and exits 0
 #        unless the lab itself fails. Without --takeover in the agent (tunnel-agent --help)
-#        step 1 is skipped.
+#        step 1 is skipped. SAVE_LOG=file keeps node A's agent log.
 set -euo pipefail
 SOURCE_DIR=${SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 BIN_DIR=${BIN_DIR:-$SOURCE_DIR/build/bin}
@@ -102,9 +102,17 @@ if grep -q -- '--takeover' <<<"$agent_help"; then
   old_start=$(bench A start-time)
   start_traffic
   sleep 2
+  # The watcher is warm before the new agent starts: its own start is not timed.
+  bench A wait-new "$old_start" 30 >"$RUN/wait-new" 2>&1 &
+  watcher=$!
+  for _ in $(seq 500); do grep -q watching "$RUN/wait-new" && break; sleep 0.01; done
   t0=$(date +%s.%N)
   spawn_a --takeover
-  serving=$(bench A wait-new "$old_start" "$t0" 30) || serving="never (30 s)"
+  if wait "$watcher"; then
+    serving=$(awk -v a="$t0" 'NR == 2 {printf "%.3f", $1 - a}' "$RUN/wait-new")
+  else
+    serving="never (30 s)"
+  fi
   for _ in $(seq 600); do kill -0 "$old_pid" 2>/dev/null || break; sleep 0.05; done
   if kill -0 "$old_pid" 2>/dev/null; then
     old_exit="still running after 30 s"
@@ -116,32 +124,47 @@ if grep -q -- '--takeover' <<<"$agent_help"; then
     "gone after $old_exit"
   wait_traffic
   echo "hot upgrade, traffic: $(traffic_report)"
+  echo "  new agent's account: $(grep -o 'takeover: serving.*' "$RUN/A.log" | tail -n 1)"
   lab_exec A ping -c 1 -W 2 "$(peer_of 0)" >/dev/null && echo "after the upgrade: gre0 passes traffic"
 else
   echo "hot upgrade: not measured ($BIN_DIR/tunnel-agent has no --takeover)"
 fi
 
 lab_log "kill -9 and an ordinary start"
+# Across the crash, a ping every 10 ms through each of gre0..gre10, each reply with its time
+# (-D): a tunnel forwards again at its first reply after the new agent's start.
+PINGS=()
+for i in $(seq 0 "$FLOWS"); do
+  lab_exec A ping -D -i 0.01 -W 0.05 -w 8 "$(peer_of "$i")" >"$RUN/crash.$i" 2>&1 &
+  PINGS+=($!)
+done
+sleep 1
 pid=${LAB_PIDS[A]}
 kill -KILL "$pid"
 wait "$pid" 2>/dev/null || true
 t0=$(date +%s.%N)
 spawn_a
-# Every 10 ms a ping through gre0 until one passes, then one through each flow tunnel.
-first=never
-for _ in $(seq 3000); do
-  if lab_exec A ping -c 1 -W 0.01 "$(peer_of 0)" >/dev/null 2>&1; then first="$(since "$t0") s"; break; fi
-done
-all_flows="$(since "$t0") s"
-for i in $(seq 1 "$FLOWS"); do
-  ok=0
-  for _ in $(seq 1000); do
-    lab_exec A ping -c 1 -W 0.01 "$(peer_of "$i")" >/dev/null 2>&1 && { ok=1; break; }
-  done
-  [ "$ok" = 1 ] || { all_flows="never (gre$i)"; break; }
-  all_flows="$(since "$t0") s"
-done
 up=$(bench A wait-up "$N" 600) && up="$(since "$t0") s" || up="never (600 s)"
-echo "kill -9 restart with $N tunnels: traffic through gre0 after $first, through gre0..gre$FLOWS" \
-  "after $all_flows, all $N UP after $up (from the new agent's start)"
+wait_traffic
+first_reply() {  # FILE: seconds from t0 to the first reply after t0
+  awk -v t="$t0" -F'[][]' '/bytes from/ && $2 > t {printf "%.3f", $2 - t; found = 1; exit}
+    END {if (!found) print "never"}' "$1"
+}
+first=$(first_reply "$RUN/crash.0")
+all_flows=0
+for i in $(seq 0 "$FLOWS"); do
+  at=$(first_reply "$RUN/crash.$i")
+  if [ "$at" = never ]; then all_flows="never (gre$i)"; break; fi
+  all_flows=$(awk -v a="$all_flows" -v b="$at" 'BEGIN {print (b > a ? b : a)}')
+done
+# Every tunnel forwards once it is in the engine: the agent logs when the last one is.
+in_engine=never
+if line=$(grep 'restore: .* forwarding on the devices kept' "$RUN/A.log" | tail -n 1); then
+  in_engine=$(awk -v a="$t0" -v b="$(date -d "${line%% *}" +%s.%N)" 'BEGIN {printf "%.3f", b - a}')
+fi
+echo "kill -9 restart with $N tunnels: traffic through gre0 after $first s, through every one of" \
+  "gre0..gre$FLOWS after $all_flows s, all $N in the engine after $in_engine s, all $N UP in" \
+  "the API after $up (from the new agent's start)"
+echo "  new agent's account: ${line#* }"
 echo "load average at the end: $(cut -d" " -f1-3 /proc/loadavg)"
+[ -z "${SAVE_LOG:-}" ] || cp "$RUN/A.log" "$SAVE_LOG"  # node A's agents, for a closer look

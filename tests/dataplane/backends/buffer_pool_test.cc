@@ -32,32 +32,19 @@
 #include "dataplane/netlink.h"
 #include "dataplane/tun/tun_device.h"
 #include "gtest/gtest.h"
+#include "tests/dataplane/backends/loopback_underlay.h"
 
 namespace tunnelagent::dataplane {
 namespace {
 
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
+using test::Addr;
+using test::Fd;
+using test::kPort;
 
- private:
-  int fd_;
-};
-
+// Bursts through a pool far smaller than the reads in flight take longer than one packet.
 template <typename F>
-bool Eventually(F condition, int ms = 5000) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return condition();
+bool Eventually(F condition) {
+  return test::Eventually(condition, /*ms=*/5000);
 }
 
 bool Resident(const void* address) {
@@ -225,9 +212,6 @@ TEST_F(DeviceBufferPoolTest, RefusesNonsense) {
 
 // ---- Both engines with a pool smaller than the reads in flight ----------------------------
 
-constexpr uint32_t kLocal = 0x7f000001;   // 127.0.0.1
-constexpr uint32_t kRemote = 0x7f000002;  // 127.0.0.2
-constexpr uint16_t kPort = 4242;
 constexpr int kTunnels = 6;
 constexpr unsigned kReadsPerTunnel = 4;
 
@@ -237,14 +221,6 @@ struct PoolParam {
   bool offload;
 };
 
-sockaddr_in Addr(uint32_t host_order, uint16_t port = 0) {
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(host_order);
-  a.sin_port = htons(port);
-  return a;
-}
-
 // 10.1.<i>.1 on device i, 10.9.<i>.2 behind its far end.
 uint32_t Inner(int i) { return 0x0a010001 | (static_cast<uint32_t>(i) << 8); }
 uint32_t Far(int i) { return 0x0a090002 | (static_cast<uint32_t>(i) << 8); }
@@ -252,12 +228,9 @@ uint32_t Far(int i) { return 0x0a090002 | (static_cast<uint32_t>(i) << 8); }
 class SharedBuffersEngineTest : public ::testing::TestWithParam<PoolParam> {
  protected:
   void SetUp() override {
-    auto netlink = Netlink::Open();
+    auto netlink = test::OpenWithLoopbackUp();
     ASSERT_TRUE(netlink.ok()) << netlink.status();
     netlink_ = *std::move(netlink);
-    auto lo = netlink_->GetLinkByName("lo");
-    ASSERT_TRUE(lo.ok()) << lo.status();
-    ASSERT_TRUE(netlink_->SetLinkUp(lo->ifindex, true).ok());
     EngineOptions options;
     options.device_reads_per_tunnel = kReadsPerTunnel;
     options.device_buffers = 2;
@@ -289,39 +262,14 @@ class SharedBuffersEngineTest : public ::testing::TestWithParam<PoolParam> {
   void AddTunnel(int i) {
     TunDevice::CreateOptions options;
     options.offload = GetParam().offload;
-    auto tun = TunDevice::Create(Name(i), TunDevice::Kind::kTun, options);
+    auto tun =
+        test::CreateRoutedDevice(*netlink_, Name(i), options, absl::StrCat("10.1.", i, ".1/32"),
+                                 absl::StrCat("10.9.", i, ".0/24"));
     ASSERT_TRUE(tun.ok()) << tun.status();
-    const int ifindex = (*tun)->ifindex();
-    int fd =
-        open(absl::StrCat("/proc/sys/net/ipv6/conf/", Name(i), "/disable_ipv6").c_str(), O_WRONLY);
-    if (fd >= 0) {
-      (void)!write(fd, "1", 1);
-      close(fd);
-    }
-    char inner[32], far[32];
-    snprintf(inner, sizeof inner, "10.1.%d.1/32", i);
-    snprintf(far, sizeof far, "10.9.%d.0/24", i);
-    ASSERT_TRUE(netlink_->SetLinkMtu(ifindex, 1400).ok());
-    ASSERT_TRUE(netlink_->AddAddress(ifindex, *IpPrefix::Parse(inner)).ok());
-    ASSERT_TRUE(netlink_->SetLinkUp(ifindex, true).ok());
-    ASSERT_TRUE(netlink_->AddRoute(ifindex, *IpPrefix::Parse(far)).ok());
 
     auto stats = std::make_shared<TunnelStats>(engine_->workers());
-    EngineTunnel t;
-    t.name = Name(i);
-    t.device_fd = (*tun)->fd();
-    t.vnet_header = (*tun)->offload();
-    t.udp_coalescing = (*tun)->udp_offload();
-    t.mtu = 1400;
-    t.encap.mode = TunnelMode::kGre;
-    t.encap.ttl = 64;
-    t.encap.local = kLocal;
-    t.encap.remote = kRemote;
-    t.encap.has_key = true;
-    t.encap.key = static_cast<uint32_t>(i + 1);
-    t.has_input_key = true;
-    t.input_key = t.encap.key;
-    t.stats = stats;
+    const EngineTunnel t = test::LoopbackTunnel(Name(i), **tun, TunnelMode::kGre, /*keyed=*/true,
+                                                /*key=*/static_cast<uint32_t>(i + 1), stats);
     ASSERT_TRUE(engine_->AddTunnel(t).ok());
     if (static_cast<int>(devices_.size()) <= i) {
       devices_.resize(i + 1);
@@ -350,6 +298,21 @@ class SharedBuffersEngineTest : public ::testing::TestWithParam<PoolParam> {
     }
   }
 
+  static std::vector<int> AllTunnels() {
+    std::vector<int> all;
+    for (int i = 0; i < kTunnels; ++i) all.push_back(i);
+    return all;
+  }
+
+  // `packets` datagrams into every tunnel's device: every one of them is sent.
+  void BurstIntoEveryTunnelAndSeeItSent(int packets) {
+    Burst(AllTunnels(), packets);
+    ASSERT_TRUE(Eventually([&] { return SentByAll() >= uint64_t{kTunnels} * packets; }))
+        << SentByAll() << " of " << kTunnels * packets << " sent";
+    for (int i = 0; i < kTunnels; ++i)
+      EXPECT_EQ(Sent(i), static_cast<uint64_t>(packets)) << Name(i);
+  }
+
   uint64_t Sent(int i) const { return stats_[i]->Sum(&TunnelCounters::tx_packets); }
   uint64_t SentByAll() const {
     uint64_t sum = 0;
@@ -369,12 +332,7 @@ class SharedBuffersEngineTest : public ::testing::TestWithParam<PoolParam> {
 
 TEST_P(SharedBuffersEngineTest, EveryPacketOfABurstIsSentThoughThePoolRunsOut) {
   constexpr int kPackets = 100;  // per tunnel: below the device's queue of 500
-  std::vector<int> all;
-  for (int i = 0; i < kTunnels; ++i) all.push_back(i);
-  Burst(all, kPackets);
-  ASSERT_TRUE(Eventually([&] { return SentByAll() >= uint64_t{kTunnels} * kPackets; }))
-      << SentByAll() << " of " << kTunnels * kPackets << " sent";
-  for (int i = 0; i < kTunnels; ++i) EXPECT_EQ(Sent(i), uint64_t{kPackets}) << Name(i);
+  ASSERT_NO_FATAL_FAILURE(BurstIntoEveryTunnelAndSeeItSent(kPackets));
   if (Uring()) {
     // Six tunnels' reads woke to packets with two buffers between them: some found none,
     // waited, and were armed again when a buffer came back: none is left waiting.
@@ -390,9 +348,7 @@ TEST_P(SharedBuffersEngineTest, EveryPacketOfABurstIsSentThoughThePoolRunsOut) {
 }
 
 TEST_P(SharedBuffersEngineTest, TunnelsRemovedWithReadsInFlightLeaveNoBufferTaken) {
-  std::vector<int> all;
-  for (int i = 0; i < kTunnels; ++i) all.push_back(i);
-  Burst(all, 50);
+  Burst(AllTunnels(), 50);
   // At once, while the burst is being read: some reads hold buffers, some wait for one.
   for (int i = 1; i < kTunnels; ++i) {
     ASSERT_TRUE(engine_->RemoveTunnel(Name(i)).ok());
@@ -446,12 +402,7 @@ class OwnBuffersEngineTest : public SharedBuffersEngineTest {
 
 TEST_P(OwnBuffersEngineTest, EveryPacketOfABurstIsSent) {
   constexpr int kPackets = 100;
-  std::vector<int> all;
-  for (int i = 0; i < kTunnels; ++i) all.push_back(i);
-  Burst(all, kPackets);
-  ASSERT_TRUE(Eventually([&] { return SentByAll() >= uint64_t{kTunnels} * kPackets; }))
-      << SentByAll() << " of " << kTunnels * kPackets << " sent";
-  for (int i = 0; i < kTunnels; ++i) EXPECT_EQ(Sent(i), uint64_t{kPackets}) << Name(i);
+  ASSERT_NO_FATAL_FAILURE(BurstIntoEveryTunnelAndSeeItSent(kPackets));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the gauges: a few ticks
   EXPECT_EQ(engine_->counters().device_read_waits, 0u);
   EXPECT_EQ(engine_->counters().device_buffers_ready, 0u);  // no pool was made

@@ -47,60 +47,25 @@
 #include "dataplane/packet/receive_steering.h"
 #include "dataplane/tun/tun_device.h"
 #include "gtest/gtest.h"
+#include "tests/dataplane/backends/loopback_underlay.h"
 
 namespace tunnelagent::dataplane {
 namespace {
 
-constexpr uint32_t kLocal = 0x7f000001;     // 127.0.0.1
-constexpr uint32_t kRemote = 0x7f000002;    // 127.0.0.2
+using test::Addr;
+using test::Eventually;
+using test::Fd;
+using test::kLocal;
+using test::kPort;
+using test::kRemote;
+
 constexpr uint32_t kInnerA = 0x0a010001;    // 10.1.0.1, on the device
 constexpr uint32_t kInnerFar = 0x0a090002;  // 10.9.0.2, behind the far end
-constexpr uint16_t kPort = 4242;
-
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 std::array<uint8_t, 16> Ipv6Bytes(const char* text) {
   std::array<uint8_t, 16> bytes{};
   inet_pton(AF_INET6, text, bytes.data());
   return bytes;
-}
-
-sockaddr_in Addr(uint32_t host_order, uint16_t port = 0) {
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(host_order);
-  a.sin_port = htons(port);
-  return a;
-}
-
-void WriteFile(const char* path, const char* value) {
-  int fd = open(path, O_WRONLY);
-  if (fd < 0) return;
-  (void)!write(fd, value, strlen(value));
-  close(fd);
-}
-
-// Waits up to `ms` for a condition that the engine thread makes true.
-template <typename F>
-bool Eventually(F condition, int ms = 2000) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return condition();
 }
 
 // A new IPv6 address is tentative for a moment even on loopback (its DAD completes from a
@@ -306,13 +271,9 @@ absl::StatusOr<std::unique_ptr<PacketEngine>> MakeEngine(Backend backend, unsign
 class EngineTest : public ::testing::TestWithParam<EngineParam> {
  protected:
   void SetUp() override {
-    auto netlink = Netlink::Open();
+    auto netlink = test::OpenWithLoopbackUp();
     ASSERT_TRUE(netlink.ok()) << netlink.status();
     netlink_ = *std::move(netlink);
-    auto lo = netlink_->GetLinkByName("lo");
-    ASSERT_TRUE(lo.ok()) << lo.status();
-    ASSERT_TRUE(netlink_->SetLinkUp(lo->ifindex, true).ok());
-    // 127.0.0.2 is ours too (all of 127/8 is local), which makes loopback a two-ended underlay.
 
     auto engine = MakeEngine(GetParam().backend, GetParam().workers, Options());
     ASSERT_TRUE(engine.ok()) << engine.status();
@@ -340,34 +301,13 @@ class EngineTest : public ::testing::TestWithParam<EngineParam> {
     TunDevice::CreateOptions options;
     options.offload = GetParam().offload;
     options.multi_queue = GetParam().workers > 1;
-    auto tun = TunDevice::Create("tun0", TunDevice::Kind::kTun, options);
+    auto tun = test::CreateRoutedDevice(*netlink_, "tun0", options, "10.1.0.1/32", "10.9.0.0/24");
     ASSERT_TRUE(tun.ok()) << tun.status();
     tun_ = *std::move(tun);
     ASSERT_EQ(tun_->offload(), GetParam().offload);
-    const int ifindex = tun_->ifindex();
-    // A new TUN device sends IPv6 router solicitations; keep the tunnel's traffic to ours.
-    WriteFile("/proc/sys/net/ipv6/conf/tun0/disable_ipv6", "1");
-    ASSERT_TRUE(netlink_->SetLinkMtu(ifindex, 1400).ok());
-    ASSERT_TRUE(netlink_->AddAddress(ifindex, *IpPrefix::Parse("10.1.0.1/32")).ok());
-    ASSERT_TRUE(netlink_->SetLinkUp(ifindex, true).ok());
-    ASSERT_TRUE(netlink_->AddRoute(ifindex, *IpPrefix::Parse("10.9.0.0/24")).ok());
 
     counters_ = std::make_shared<TunnelStats>(engine_->workers());
-    EngineTunnel t;
-    t.name = "tun0";
-    t.device_fd = tun_->fd();
-    t.vnet_header = tun_->offload();
-    t.udp_coalescing = tun_->udp_offload();
-    t.mtu = 1400;
-    t.encap.mode = mode;
-    t.encap.ttl = 64;
-    t.encap.local = kLocal;
-    t.encap.remote = kRemote;
-    t.encap.has_key = keyed;
-    t.encap.key = key;
-    t.has_input_key = keyed;
-    t.input_key = key;
-    t.stats = counters_;
+    EngineTunnel t = test::LoopbackTunnel("tun0", *tun_, mode, keyed, key, counters_);
     if (customize != nullptr) customize(t);
     absl::Status status = engine_->AddTunnel(t);
     ASSERT_TRUE(status.ok()) << status;
@@ -570,6 +510,42 @@ TEST_P(EngineTest, RemovedTunnelNoLongerReceives) {
   gre.protocol = kEtherTypeIpv4;
   SendOuter(Wrap(UdpPacket(kInnerFar, kInnerA, kPort, "late"), kIpProtoGre, &gre));
   EXPECT_TRUE(Eventually([&] { return EngineDrops(DropReason::kNoTunnel) == 1; }));
+}
+
+// A pause (the old agent's side of a hot upgrade): once PauseReading returns, the engine reads
+// the device no more, so a packet sent then waits in the device's queue for the next reader (the
+// new agent) instead of being taken by a process about to exit; the reads it cancelled are not
+// counted as errors.
+TEST_P(EngineTest, PausedReadingLeavesPacketsInTheDeviceForTheNextReader) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false);
+  SendInner("before the pause");
+  ASSERT_FALSE(Capture(*gre_tap_, "before the pause").empty());
+  ASSERT_TRUE(engine_->PauseReading(absl::Seconds(5)).ok());
+  SendInner("after the pause");
+  // One queue: the packet is there to read. Several (a pool): the kernel may have put it in a
+  // further queue, which only the pool holds; that it was not sent is checked below.
+  if (GetParam().workers == 1) {
+    std::string read;
+    std::vector<char> buf(65536);
+    for (int i = 0; i < 20 && read.find("after the pause") == std::string::npos; ++i) {
+      pollfd p{tun_->fd(), POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      const ssize_t n = ::read(tun_->fd(), buf.data(), buf.size());
+      if (n > 0) read.assign(buf.data(), static_cast<size_t>(n));
+    }
+    EXPECT_NE(read.find("after the pause"), std::string::npos) << "the engine took it";
+  }
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_drops, DropReason::kDeviceError), 0u);
+  // Nothing of it left the engine either.
+  pollfd tap{gre_tap_->get(), POLLIN, 0};
+  std::vector<uint8_t> outer(65536);
+  while (poll(&tap, 1, 200) > 0) {
+    const ssize_t n = recv(gre_tap_->get(), outer.data(), outer.size(), 0);
+    ASSERT_GT(n, 0);
+    EXPECT_EQ(std::string(reinterpret_cast<char*>(outer.data()), static_cast<size_t>(n))
+                  .find("after the pause"),
+              std::string::npos);
+  }
 }
 
 // Removal while packets flow both ways must wait for every operation on the device and never

@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <memory>
+#include <set>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -25,8 +27,16 @@ static_assert(!std::is_reference_v<decltype(std::declval<const PacketEngine&>().
 // as an engine's thread would.
 class CountingWorker final : public PacketEngine {
  public:
-  absl::Status AddTunnel(const EngineTunnel&) override { return absl::OkStatus(); }
-  absl::Status RemoveTunnel(const std::string&) override { return absl::OkStatus(); }
+  // Holds the tunnels it is given, but refuses the names in `refuse`.
+  absl::Status AddTunnel(const EngineTunnel& tunnel) override {
+    if (refuse.count(tunnel.name)) return absl::ResourceExhaustedError("refused");
+    tunnels.insert(tunnel.name);
+    return absl::OkStatus();
+  }
+  absl::Status RemoveTunnel(const std::string& name) override {
+    tunnels.erase(name);
+    return absl::OkStatus();
+  }
   DataplaneCountersSnapshot counters() const override { return counters_.Snapshot(); }
   const char* backend_name() const override { return "counting"; }
 
@@ -36,6 +46,9 @@ class CountingWorker final : public PacketEngine {
     counters_.drops[static_cast<int>(kCounted)].Add();
     counters_.rx_packets.Add();
   }
+
+  std::set<std::string> refuse;
+  std::set<std::string> tunnels;
 
  private:
   DataplaneCounters counters_;
@@ -57,6 +70,42 @@ Pool StartPool(unsigned workers) {
   EXPECT_TRUE(pool.ok()) << pool.status();
   if (pool.ok()) p.pool = *std::move(pool);
   return p;
+}
+
+EngineTunnel TunnelNamed(const std::string& name, unsigned workers) {
+  EngineTunnel tunnel;
+  tunnel.name = name;
+  tunnel.device_fd = 0;  // the counting workers never use it
+  tunnel.mtu = 1400;
+  tunnel.stats = std::make_shared<TunnelStats>(workers);
+  return tunnel;
+}
+
+// A batch: each tunnel answered on its own; one that a later worker refuses is taken back from
+// the workers that took it, so the workers' sets agree.
+TEST(WorkerPoolAddTunnelsTest, AnswersEachAndKeepsTheWorkersInAgreement) {
+  Pool p = StartPool(2);
+  ASSERT_NE(p.pool, nullptr);
+  ASSERT_TRUE(p.pool->AddTunnel(TunnelNamed("old", 2)).ok());
+  p.workers[1]->refuse.insert("c");
+  std::vector<EngineTunnel> batch = {TunnelNamed("a", 2),   TunnelNamed("b", 2),
+                                     TunnelNamed("a", 2),   TunnelNamed("c", 2),
+                                     TunnelNamed("old", 2), TunnelNamed("d", 1)};
+  const std::vector<absl::Status> answers = p.pool->AddTunnels(batch);
+  ASSERT_EQ(answers.size(), batch.size());
+  EXPECT_TRUE(answers[0].ok()) << answers[0];
+  EXPECT_TRUE(answers[1].ok()) << answers[1];
+  EXPECT_TRUE(absl::IsAlreadyExists(answers[2])) << answers[2];      // twice in the batch
+  EXPECT_TRUE(absl::IsResourceExhausted(answers[3])) << answers[3];  // worker 1's answer
+  EXPECT_TRUE(absl::IsAlreadyExists(answers[4])) << answers[4];      // added before
+  EXPECT_TRUE(absl::IsInvalidArgument(answers[5])) << answers[5];    // counters for 1 worker
+  const std::set<std::string> expected = {"old", "a", "b"};
+  EXPECT_EQ(p.workers[0]->tunnels, expected);
+  EXPECT_EQ(p.workers[1]->tunnels, expected);
+  // Refused ones can come later; accepted ones are the pool's.
+  p.workers[1]->refuse.clear();
+  EXPECT_TRUE(p.pool->AddTunnel(TunnelNamed("c", 2)).ok());
+  EXPECT_TRUE(absl::IsAlreadyExists(p.pool->AddTunnel(TunnelNamed("b", 2))));
 }
 
 TEST(WorkerPoolCountersTest, SumsEveryWorker) {
