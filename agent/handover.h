@@ -221,6 +221,9 @@ class HandedOverLinks final : public LinkControl {
   }
   absl::Status DeleteDevice(const std::string& name) override { return links_->DeleteDevice(name); }
   absl::Status RemoveAgentDevices() override { return links_->RemoveAgentDevices(); }
+  void RemoveDevices(std::vector<std::unique_ptr<Device>> devices) override {
+    links_->RemoveDevices(std::move(devices));
+  }
   absl::Status SetMtu(const Device& device, uint32_t mtu) override {
     return links_->SetMtu(device, mtu);
   }

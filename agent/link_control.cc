@@ -6,11 +6,13 @@
 #include <cerrno>
 #include <map>
 #include <optional>
+#include <set>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "agent/fd_budget.h"
+#include "agent/log.h"
 #include "dataplane/errno_status.h"
 #include "dataplane/tun/tun_device.h"
 
@@ -167,6 +169,40 @@ absl::Status KernelLinkControl::DeleteDevice(const std::string& name) {
         absl::StrCat("device ", name, " was not created by the agent; not touching it"));
   }
   return netlink_->DeleteLink(link->ifindex);
+}
+
+void KernelLinkControl::RemoveDevices(std::vector<std::unique_ptr<Device>> devices) {
+  if (devices.size() >= 2) {
+    std::set<int> moved;
+    for (const std::unique_ptr<Device>& device : devices) {
+      if (netlink_->SetLinkGroup(device->ifindex(), kRemovingLinkGroup).ok()) {
+        moved.insert(device->ifindex());
+      }
+    }
+    absl::StatusOr<std::vector<dataplane::LinkInfo>> links = netlink_->ListLinks();
+    bool only_ours = links.ok() && !moved.empty();
+    for (size_t i = 0; only_ours && i < links->size(); ++i) {
+      const dataplane::LinkInfo& link = (*links)[i];
+      if (link.group == kRemovingLinkGroup && moved.count(link.ifindex) == 0) {
+        Log("WARNING",
+            "link %s is in link group %u, where the agent removes its devices in one batch, "
+            "but is not one of them; removing %d devices one by one",
+            link.name, kRemovingLinkGroup, static_cast<int>(devices.size()));
+        only_ours = false;
+      }
+    }
+    if (only_ours) {
+      const absl::Time start = absl::Now();
+      if (absl::Status status = netlink_->DeleteLinkGroup(kRemovingLinkGroup); status.ok()) {
+        Log("INFO", "removed %d devices in one batch in %.0f ms", static_cast<int>(moved.size()),
+            absl::ToDoubleMilliseconds(absl::Now() - start));
+      } else {
+        Log("WARNING", "devices not removed in one batch (%s); removing them one by one",
+            status.ToString());
+      }
+    }
+  }
+  devices.clear();  // a device whose link is gone is only closed
 }
 
 absl::Status KernelLinkControl::RemoveAgentDevices() {

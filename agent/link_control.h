@@ -125,6 +125,9 @@ class LinkControl {
   virtual absl::Status RemoveAgentDevices() {
     return absl::UnimplementedError("no removal in bulk here");
   }
+  // Removes the links of `devices` (the dataplane has let go of them) and closes them: here
+  // one by one, as each device's destructor does; the real one in one kernel batch.
+  virtual void RemoveDevices(std::vector<std::unique_ptr<Device>> devices) { devices.clear(); }
 
   virtual absl::Status SetMtu(const Device& device, uint32_t mtu) = 0;
   virtual absl::Status SetUp(const Device& device) = 0;
@@ -164,6 +167,8 @@ class LinkControl {
 // delete them all with one request (`ip link show group 2054847098` lists them). A value no
 // one uses by chance; a device of someone else's found in it stops the batch.
 inline constexpr uint32_t kAgentLinkGroup = 0x7a7a7a7a;
+// Where RemoveDevices moves the devices it removes in one batch, for the moment of the batch.
+inline constexpr uint32_t kRemovingLinkGroup = kAgentLinkGroup + 1;
 
 // The real one: persistent TUN/TAP devices marked with an interface alias and put in
 // kAgentLinkGroup, configured over rtnetlink.
@@ -183,6 +188,11 @@ class KernelLinkControl final : public LinkControl {
                                                              DeviceKind kind) override;
   absl::Status DeleteDevice(const std::string& name) override;
   absl::Status RemoveAgentDevices() override;
+  // Two or more: moved to kRemovingLinkGroup and deleted with one request, so the kernel waits
+  // for its RCU grace periods (about 20 ms) once, not once each (an apply pruning thousands
+  // took minutes). A link of someone else's in that group, or a failure, leaves each removal
+  // to its device, one by one.
+  void RemoveDevices(std::vector<std::unique_ptr<Device>> devices) override;
   absl::Status SetMtu(const Device& device, uint32_t mtu) override;
   absl::Status SetUp(const Device& device) override;
   absl::Status AddAddress(const Device& device, const dataplane::IpPrefix& address) override;

@@ -459,6 +459,9 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
   TunnelManager::Options manager_options;
   manager_options.max_tunnels = absl::GetFlag(FLAGS_max_tunnels);
   manager_options.keep_devices = absl::GetFlag(FLAGS_keep_devices);
+  // The monitor below reads the kernel at most every 500 ms anyway; during a burst of changes,
+  // once they pause.
+  manager_options.refresh_pause = absl::Milliseconds(200);
   const absl::Time start_time = absl::Now();
   TunnelManager manager(&links, engine->get(), &store, manager_options);
   // Only the state file is read before the API must serve: the saved tunnels are known (DOWN,

@@ -163,6 +163,9 @@ class TunnelManager::Transaction {
   void Touch(const std::string& name) { touched_.insert(name); }
   void OnRollback(std::function<void()> undo) { undo_.push_back(std::move(undo)); }
   void OnCommit(std::function<void()> action) { commit_.push_back(std::move(action)); }
+  // `entry`'s device goes once the change is committed, with the others of the change in one
+  // batch (LinkControl::RemoveDevices).
+  void RemoveDeviceOnCommit(std::shared_ptr<Entry> entry) { removed_.push_back(std::move(entry)); }
   void Added(const std::string& name) { events_.push_back({TunnelEvent::Type::kAdded, name, {}}); }
   void Updated(const std::string& name) {
     events_.push_back({TunnelEvent::Type::kUpdated, name, {}});
@@ -184,6 +187,11 @@ class TunnelManager::Transaction {
     sequence_ = *sequence;
     done_ = true;
     for (auto& action : commit_) action();
+    std::vector<std::unique_ptr<Device>> devices;
+    for (const std::shared_ptr<Entry>& entry : removed_) {
+      if (entry->device) devices.push_back(std::move(entry->device));
+    }
+    if (!devices.empty()) manager_->links_->RemoveDevices(std::move(devices));
     absl::MutexLock lock(&manager_->mu_);
     for (const std::string& name : touched_) manager_->PublishLocked(name);
     for (PendingEvent& e : events_) {
@@ -223,6 +231,7 @@ class TunnelManager::Transaction {
   std::set<std::string> touched_;
   std::vector<std::function<void()>> undo_;
   std::vector<std::function<void()>> commit_;
+  std::vector<std::shared_ptr<Entry>> removed_;
   std::vector<PendingEvent> events_;
 };
 
@@ -1063,7 +1072,7 @@ absl::Status TunnelManager::DeleteLocked(const std::string& name, Transaction& t
     if (entry->device) StartDataplane(*entry).IgnoreError();
     tunnels_[name] = std::make_unique<Entry>(std::move(*entry));
   });
-  tx.OnCommit([entry] { entry->device.reset(); });  // removes the link, addresses and routes
+  tx.RemoveDeviceOnCommit(entry);  // the link goes, with its addresses and routes
   tx.Deleted(std::move(view));
   return absl::OkStatus();
 }

@@ -112,6 +112,12 @@ class TunnelManager {
     // On Shutdown leave the devices in place (a quick restart re-attaches to them) instead of
     // removing them.
     bool keep_devices = false;
+    // While requests keep changing the kernel, RefreshStates reads it only once they have
+    // paused this long (or at the latest after refresh_max_put_off): a reading taken during a
+    // burst is stale before it is used, and reading thousands of devices takes a CPU from the
+    // requests. Zero: every call reads.
+    absl::Duration refresh_pause = absl::ZeroDuration();
+    absl::Duration refresh_max_put_off = absl::Seconds(5);
   };
 
   // The reason a tunnel carries (state DOWN) from BeginRestore until FinishRestore got to it.
@@ -345,7 +351,10 @@ class TunnelManager {
   void StopDataplane(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // Before a change to the kernel (a request's, or repairs): a refresh's reading taken
   // before is stale (kernel_generation_).
-  void KernelChanging() ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_) { ++kernel_generation_; }
+  void KernelChanging() ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_) {
+    ++kernel_generation_;
+    kernel_changed_at_ = absl::Now();
+  }
   absl::Status StartDataplane(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // StartDataplane of each (each with a device), in one engine call; their answers in order.
   std::vector<absl::Status> StartDataplanes(const std::vector<Entry*>& entries)
@@ -428,6 +437,10 @@ class TunnelManager {
   // Counts the requests that may have changed the kernel: RefreshStates reads the kernel
   // without the lock and uses what it read only if no request came in between.
   uint64_t kernel_generation_ ABSL_GUARDED_BY(change_mu_) = 0;
+  // When a request (or a repair) last changed the kernel, and since when RefreshStates has put
+  // off reading it because of such changes (InfiniteFuture: it has not; Options::refresh_pause).
+  absl::Time kernel_changed_at_ ABSL_GUARDED_BY(change_mu_) = absl::InfinitePast();
+  absl::Time reading_put_off_since_ ABSL_GUARDED_BY(change_mu_) = absl::InfiniteFuture();
   // A refresh whose reading went stale: the next one reads the kernel whatever it is told.
   bool refresh_again_ ABSL_GUARDED_BY(change_mu_) = false;
   // Which tunnels may clash with a new or changed one (tunnel_index.h), so that CheckConflicts,

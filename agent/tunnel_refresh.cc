@@ -220,6 +220,17 @@ void TunnelManager::RefreshStates(bool kernel_changed) {
     kernel_changed |= refresh_again_;
     refresh_again_ = false;
     generation = kernel_generation_;
+    // Put off while requests keep changing the kernel (Options::refresh_pause); a change
+    // someone else made meanwhile is still seen, refresh_max_put_off later at the latest.
+    const absl::Time now = absl::Now();
+    if (kernel_changed && now - kernel_changed_at_ < options_.refresh_pause) {
+      if (reading_put_off_since_ == absl::InfiniteFuture()) reading_put_off_since_ = now;
+      if (now - reading_put_off_since_ < options_.refresh_max_put_off) {
+        refresh_again_ = true;
+        kernel_changed = false;
+      }
+    }
+    if (kernel_changed) reading_put_off_since_ = absl::InfiniteFuture();
     if (kernel_changed) {
       remotes.reserve(tunnels_.size());
       for (const auto& [name, entry] : tunnels_) {

@@ -1932,6 +1932,44 @@ TEST_F(TunnelManagerChangeTest, RefreshStatesSetsAnAdministrativelyDownDeviceUpA
   EXPECT_EQ(manager_->revision(), start + 1) << "repaired: nothing more to report";
 }
 
+// A burst of requests (Options::refresh_pause): the reading waits for them to pause, since what
+// it read would be stale before it was used; a change someone else made meanwhile is put back
+// once they pause, or refresh_max_put_off after the first reading put off while they go on.
+TEST_F(TunnelManagerChangeTest, RefreshStatesWaitsForABurstOfRequestsToPause) {
+  TunnelManager::Options options;
+  options.refresh_pause = absl::Seconds(2);
+  options.refresh_max_put_off = absl::Seconds(4);
+  Reset(options);
+  ASSERT_TRUE(manager_->Create(Gre("gre1")).ok());
+  links_.SetAdminUp("gre1", false);
+  manager_->RefreshStates();
+  EXPECT_FALSE(links_.links().at("gre1").up) << "read although a request changed it just now";
+
+  // The requests go on, one every 200 ms: put off until 4 s after the first time.
+  const absl::Time first = absl::Now();
+  int created = 0;
+  while (!links_.links().at("gre1").up && absl::Now() - first < absl::Seconds(15)) {
+    TunnelSpec spec = Gre(absl::StrCat("b", created), absl::StrCat("203.0.113.", 100 + created));
+    spec.addresses = {P(absl::StrCat("10.50.", created, ".1/30"))};
+    spec.routes.clear();
+    ASSERT_TRUE(manager_->Create(spec).ok());
+    ++created;
+    manager_->RefreshStates();
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_TRUE(links_.links().at("gre1").up) << "never read while the requests went on";
+  EXPECT_GE(absl::Now() - first, absl::Seconds(3)) << "read during the burst, before its bound";
+
+  // Once they pause, a reading put off is taken at the next call, told of a change or not.
+  links_.SetAdminUp("gre1", false);
+  ASSERT_TRUE(manager_->Delete("b0").ok());
+  manager_->RefreshStates();
+  EXPECT_FALSE(links_.links().at("gre1").up);
+  absl::SleepFor(absl::Milliseconds(2100));
+  manager_->RefreshStates(/*kernel_changed=*/false);
+  EXPECT_TRUE(links_.links().at("gre1").up);
+}
+
 TEST_F(TunnelManagerChangeTest, RefreshStatesFollowsTheKeepalive) {
   TunnelSpec spec = Gre("gre1");
   spec.keepalive = {absl::Seconds(10), 0};

@@ -108,4 +108,35 @@ check_state_file A
 [ "$(cpc A names)" = t1 ] || lab_fail "A: left over: $(cpc A names)"
 lab_ok "A: only t1 left"
 
+lab_log "ApplyTunnels pruning many: their devices go in one batch; someone else's link stays"
+# bulk_apply COUNT: tunnels b1..bCOUNT for owner "bulk" (keyed GRE to B), or none (prune).
+bulk_apply() {
+  jq -n --argjson n "$1" '{owner: "bulk", tunnels: [range(1; $n + 1) |
+    {name: "b\(.)", mode: "TUNNEL_MODE_GRE", local: "198.18.0.1", remote: "198.18.0.2",
+     key: (1000 + .)}]}' >"$RUN/bulk.json"
+  lab_ctl A apply --prune -f "$RUN/bulk.json" >/dev/null
+}
+bulk_devices() { lab_exec A ip -o link show | grep -c ': b[0-9]*:' || true; }
+bulk_apply 40
+[ "$(bulk_devices)" = 40 ] || lab_fail "A: $(bulk_devices) of 40 bulk devices"
+# A link of someone else's in the group the batch deletes (the agent's group + 1): the batch
+# would take it along, so the devices go one by one and the veth stays.
+lab_exec A ip link add bystander0 type veth peer name bystander1
+lab_exec A ip link set bystander0 group 2054847099
+bulk_apply 0
+[ "$(bulk_devices)" = 0 ] || lab_fail "A: $(bulk_devices) bulk devices left after the prune"
+lab_exec A ip link show bystander0 >/dev/null || lab_fail "A: the prune removed someone else's link"
+grep -q "link bystander0 is in link group 2054847099" "$RUN/A.log" ||
+  lab_fail "A: no warning about the link in the removal group"
+lab_ok "A: 40 devices removed one by one beside someone else's link in the removal group"
+lab_exec A ip link del bystander0
+bulk_apply 40
+bulk_apply 0
+[ "$(bulk_devices)" = 0 ] || lab_fail "A: $(bulk_devices) bulk devices left after the prune"
+[ "$(grep -c "is in link group 2054847099" "$RUN/A.log")" = 1 ] &&
+  grep -q "removed 40 devices in one batch" "$RUN/A.log" ||
+  lab_fail "A: the second prune did not go in one batch"
+[ "$(cpc A names)" = t1 ] || lab_fail "A: left over after the prunes: $(cpc A names)"
+lab_ok "A: 40 devices removed in one batch"
+
 echo "PASS"
