@@ -159,23 +159,25 @@ void UringWorker::CompleteTimer() {
   ArmTimer();
 }
 
+void UringWorker::CancelDeviceReads(UringTunnel& tunnel) {
+  // One by one, by their user_data: the kernel finds each in its cancellation hash. A
+  // cancellation by descriptor or by operation scans every request in flight for each one it
+  // finds: with thousands of tunnels (eight reads each) removing them all, or pausing, held
+  // the ring for seconds. A buffer between its read and its send has no read in flight (the
+  // lookup finds nothing) and is not armed again (reads_paused_, or the tunnel's removal).
+  for (TransmitBuffer& b : tunnel.buffers) {
+    if (b.op != OpKind::kDeviceRead) continue;
+    io_uring_sqe* sqe = ring_.NextSqe();
+    io_uring_prep_cancel64(sqe, reinterpret_cast<uintptr_t>(static_cast<Operation*>(&b)), 0);
+    Submit(sqe, &cancel_op_);
+  }
+}
+
 void UringWorker::PauseReads() {
   reads_paused_ = true;
-  // Device reads one by one, by their user_data: the kernel finds each in its cancellation
-  // hash. A cancellation by operation or by descriptor scans every request in flight for each
-  // one it finds: with thousands of tunnels (eight reads each) that held the ring, and a wake
-  // written to it, for most of a second. A buffer between its read and its send has no read
-  // in flight (the lookup finds nothing) and is not armed again (reads_paused_).
-  for (const std::unique_ptr<UringTunnel>& tunnel : tunnels_) {
-    for (TransmitBuffer& b : tunnel->buffers) {
-      if (b.op != OpKind::kDeviceRead) continue;
-      io_uring_sqe* sqe = ring_.NextSqe();
-      io_uring_prep_cancel64(sqe, reinterpret_cast<uintptr_t>(static_cast<Operation*>(&b)), 0);
-      Submit(sqe, &cancel_op_);
-    }
-  }
+  for (const std::unique_ptr<UringTunnel>& tunnel : tunnels_) CancelDeviceReads(*tunnel);
   // The sockets' receives and receive-messages by operation: few, and scanned once the device
-  // reads are gone.
+  // reads are gone. Writes and sends go on.
   for (const uint8_t opcode : {IORING_OP_RECV, IORING_OP_RECVMSG}) {
     io_uring_sqe* sqe = ring_.NextSqe();
     io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_OP | IORING_ASYNC_CANCEL_ALL);
@@ -256,9 +258,8 @@ void UringWorker::BeginRemoval(std::unique_ptr<EngineCommand> command) {
   }
   core_.UnlinkTunnel(tunnel);
   StateOf(*tunnel).removal = std::move(command);
-  io_uring_sqe* sqe = ring_.NextSqe();
-  io_uring_prep_cancel_fd(sqe, tunnel->device_fd(), IORING_ASYNC_CANCEL_ALL);
-  Submit(sqe, &cancel_op_);
+  // Its device's writes end on their own; its reads wait for packets, so they are cancelled.
+  CancelDeviceReads(StateOf(*tunnel));
   Settled(*tunnel, /*counted=*/true);
 }
 

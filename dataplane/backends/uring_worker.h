@@ -199,6 +199,8 @@ class UringWorker final : public Worker {
   // cancellation still sends or delivers it. Reading counts as paused once nothing but the
   // wake and the timer is in flight.
   void PauseReads() ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
+  // Cancels the tunnel's device reads in flight (for a pause or its removal).
+  void CancelDeviceReads(UringTunnel& tunnel) ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
   void CancelReadsByDescriptor() ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
   void CheckPaused() ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_) {
     if (reads_paused_ && !reading_paused() && inflight_ <= 2) MarkReadingPaused();
