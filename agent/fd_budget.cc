@@ -75,9 +75,12 @@ absl::Status FdBudget::CheckTunnel() const {
   // kRecountNear checks, not at each (a count reads an entry per open descriptor, 20 ms at
   // 10,000, and the quarter left is far more than can be opened behind the budget's back
   // between two counts).
+  // A recent count beside the requests (Recount) stands for those.
   const uint64_t counted = last_open_.load(std::memory_order_relaxed) + reserve_all;
-  if ((since < kRecountEvery && estimate <= limit / 2) ||
-      (since < kRecountNear && counted > limit / 2 && estimate <= limit - limit / 4)) {
+  const bool fresh = absl::GetCurrentTimeNanos() - recounted_at_nanos_.load() <
+                     absl::ToInt64Nanoseconds(kCountFresh);
+  if (((since < kRecountEvery || fresh) && estimate <= limit / 2) ||
+      ((since < kRecountNear || fresh) && counted > limit / 2 && estimate <= limit - limit / 4)) {
     checks_since_count_.store(since + 1, std::memory_order_relaxed);
     return absl::OkStatus();
   }
@@ -102,6 +105,17 @@ absl::Status FdBudget::CheckTunnel() const {
       options_.api_connections, " connections and the agent's own use (", in_use,
       " connections open now); delete tunnels or raise the limit (RLIMIT_NOFILE, "
       "systemd's LimitNOFILE)"));
+}
+
+void FdBudget::Recount() const {
+  if (checks_since_count_.load(std::memory_order_relaxed) == 0) return;  // nothing new
+  absl::StatusOr<size_t> open = CountOpenDescriptors(options_.fd_dir);
+  if (!open.ok()) return;  // the next check counts (and says why) itself
+  // Every tunnel let in so far is in this count. One being made now may not be yet, and is
+  // then missing from the estimate until the next count: the agent's reserve covers it.
+  last_open_.store(*open, std::memory_order_relaxed);
+  checks_since_count_.store(0, std::memory_order_relaxed);
+  recounted_at_nanos_.store(absl::GetCurrentTimeNanos());
 }
 
 void SetTunnelFdBudget(const FdBudget* budget) { tunnel_budget.store(budget); }

@@ -630,6 +630,7 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
     absl::Time full_at = absl::InfinitePast();
     absl::Time earliest = absl::InfinitePast();
     bool trim_after_scrape = false;
+    absl::Time next_fd_count = absl::InfinitePast();
     for (;;) {
       absl::StatusOr<bool> changed = (*kernel_changes)->WaitForChange(absl::Seconds(1));
       if (!changed.ok()) return;  // stopped
@@ -645,6 +646,11 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
       }
       // Frozen for a handover: the kernel is the new agent's to converge.
       if (!manager.frozen()) manager.RefreshStates(full);
+      // The open descriptors, counted here once a second rather than on the requests.
+      if (absl::Now() >= next_fd_count) {
+        fd_budget.Recount();
+        next_fd_count = absl::Now() + absl::Seconds(1);
+      }
       // A scrape seen on the round before has been answered by now: what it built is free,
       // and goes back to the system rather than staying resident until the next one.
       if (trim_after_scrape) malloc_trim(0);

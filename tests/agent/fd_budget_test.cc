@@ -122,6 +122,34 @@ TEST(FdBudgetTest, CountsOnlyNearTheLimitOrNowAndThen) {
   ASSERT_EQ(system(("rm -rf " + dir).c_str()), 0);
 }
 
+// Past half the limit, a recount beside the requests (the monitor's) spares them the count they
+// would make every 128 checks; what it counts, they see.
+TEST(FdBudgetTest, ARecountBesideTheRequestsSparesThemTheirCount) {
+  const std::string dir = ::testing::TempDir() + "/fd_budget_recount";
+  ASSERT_EQ(system(("rm -rf " + dir + " && mkdir -p " + dir).c_str()), 0);
+  int entries = 0;
+  auto open_more = [&](int n) {
+    for (int i = 0; i < n; ++i) std::ofstream(dir + "/" + std::to_string(entries++)).put('x');
+  };
+  open_more(601);  // 600 open of 1,000: past half
+  FdBudget::Options options;
+  options.own_reserve = 20;
+  options.fd_dir = dir;
+  options.limit = [] { return 1000; };
+  FdBudget budget(options);
+  ASSERT_TRUE(budget.CheckTunnel().ok());  // counted: 600 open
+  budget.Recount();                        // counted again beside the requests: fresh
+  // 400 more behind the budget's back (1,000 open: a count would refuse). The 129 checks after
+  // the recount trust it: on its own the 129th would count, as checks do every 128 past half
+  // the limit (its estimate, 600 + 20 + 129, still within the three quarters it trusts).
+  open_more(400);
+  for (int i = 0; i < 129; ++i) ASSERT_TRUE(budget.CheckTunnel().ok()) << "trusted, " << i;
+  // The next recount sees them, and the check that follows counts and refuses.
+  budget.Recount();
+  EXPECT_EQ(budget.CheckTunnel().code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_EQ(system(("rm -rf " + dir).c_str()), 0);
+}
+
 TEST(FdBudgetTest, TheProcessWideCheckUsesTheBudgetSet) {
   EXPECT_TRUE(CheckTunnelFdBudget().ok()) << "none set: no check";
   FdBudget none_left = BudgetWithSpare(0, 10, 20, 1);

@@ -57,14 +57,15 @@ lab_log "creating $N tunnels on node A (one ApplyTunnels)"
 bench A apply "$N" 0 bench
 lab_exec A ping -c 1 -W 2 "$(peer_of 0)" >/dev/null || lab_fail "no traffic through gre0"
 
-# Traffic: one ping process per tunnel; each writes its summary to $RUN/ping.<i>.
+# Traffic: one ping process per tunnel; each writes its summary to $RUN/ping.<i>. Each stops
+# at its count: a deadline reached with a request just sent would count its reply as lost.
 start_traffic() {
   local i
-  lab_exec A ping -q -i 0.001 -w $((FLOOD_S + 5)) -c $((FLOOD_S * 1000)) "$(peer_of 0)" \
+  lab_exec A ping -q -i 0.001 -w $((FLOOD_S * 3 + 5)) -c $((FLOOD_S * 1000)) "$(peer_of 0)" \
     >"$RUN/ping.0" 2>&1 &
   PINGS=($!)
   for i in $(seq 1 "$FLOWS"); do
-    lab_exec A ping -q -i 0.01 -w $((FLOOD_S + 5)) -c $((FLOOD_S * 100)) "$(peer_of "$i")" \
+    lab_exec A ping -q -i 0.01 -w $((FLOOD_S * 3 + 5)) -c $((FLOOD_S * 100)) "$(peer_of "$i")" \
       >"$RUN/ping.$i" 2>&1 &
     PINGS+=($!)
   done
@@ -124,6 +125,12 @@ if grep -q -- '--takeover' <<<"$agent_help"; then
     "gone after $old_exit"
   wait_traffic
   echo "hot upgrade, traffic: $(traffic_report)"
+  # Where a lost packet went, if the agents counted it: every drop counter above zero.
+  for n in A B; do
+    lab_exec "$n" curl -sf "http://127.0.0.1:$LAB_METRICS_PORT/metrics" 2>/dev/null |
+      grep -E '^tunnelagent_(tunnel|dataplane)_drops_total' | grep -v ' 0$' |
+      sed "s/^/  drops on $n: /" || true
+  done
   echo "  new agent's account: $(grep -o 'takeover: serving.*' "$RUN/A.log" | tail -n 1)"
   lab_exec A ping -c 1 -W 2 "$(peer_of 0)" >/dev/null && echo "after the upgrade: gre0 passes traffic"
 else
