@@ -41,8 +41,7 @@ tunnels = [{"name": f"gre{i}", "mode": "TUNNEL_MODE_GRE", "local": "198.18.0.1",
 print(json.dumps({"formatVersion": 1, "tunnels": tunnels}))
 PYEOF
   GEN=$RUN/py
-  mkdir -p "$GEN"
-  protoc --python_out="$GEN" -I"$SOURCE_DIR/proto" -I/usr/include tunnelagent/v1/tunnel.proto
+  lab_python_messages "$GEN"
   t0=$(date +%s.%N)
   ip netns exec "$LAB-A" "$AGENT" --grpc_listen="unix:$RUN/A.sock" \
     --metrics_listen=127.0.0.1:$LAB_METRICS_PORT --state_dir="$RUN/A-state" \
@@ -121,8 +120,7 @@ lab_init
 lab_add_node A 198.18.0.1
 lab_add_node B 198.18.0.2
 GEN=$RUN/py
-mkdir -p "$GEN"
-protoc --python_out="$GEN" -I"$SOURCE_DIR/proto" -I/usr/include tunnelagent/v1/tunnel.proto
+lab_python_messages "$GEN"
 bench() { "$PY" "$SOURCE_DIR/tests/bench/control_plane.py" "$GEN" "$RUN/A.sock" "$@"; }
 rss() { awk '/VmRSS/ {printf "%.1f MiB", $2 / 1024}' "/proc/${LAB_PIDS[A]}/status"; }
 

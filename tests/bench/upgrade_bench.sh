@@ -25,8 +25,7 @@ lab_init
 lab_add_node A 198.18.0.1
 lab_add_node B 198.18.0.2
 GEN=$RUN/py
-mkdir -p "$GEN"
-protoc --python_out="$GEN" -I"$SOURCE_DIR/proto" -I/usr/include tunnelagent/v1/tunnel.proto
+lab_python_messages "$GEN"
 bench() {  # NODE ARGS...
   local node=$1
   shift
