@@ -1,6 +1,5 @@
 #include "dataplane/control/worker_pool.h"
 
-#include <net/if.h>
 #include <unistd.h>
 
 #include <algorithm>

@@ -79,21 +79,33 @@ TEST(FdBudgetTest, ConnectionsOpenAreCountedOnce) {
   EXPECT_FALSE(BudgetWithSpare(21, 10, 20, 2, /*api_in_use=*/50).CheckTunnel().ok());
 }
 
+// A directory standing for /proc/self/fd: its entries are what a budget counts, so a test
+// sees when it counted. Made empty, removed at the end.
+class FdDirectory {
+ public:
+  explicit FdDirectory(const std::string& name) : path_(::testing::TempDir() + "/" + name) {
+    EXPECT_EQ(system(("rm -rf " + path_ + " && mkdir -p " + path_).c_str()), 0);
+  }
+  ~FdDirectory() { EXPECT_EQ(system(("rm -rf " + path_).c_str()), 0); }
+  const std::string& path() const { return path_; }
+  // `n` more entries: n more descriptors open, to the budget.
+  void Open(int n) {
+    for (int i = 0; i < n; ++i) std::ofstream(path_ + "/" + std::to_string(entries_++)).put('x');
+  }
+
+ private:
+  const std::string path_;
+  int entries_ = 0;
+};
+
 TEST(FdBudgetTest, CountsOnlyNearTheLimitOrNowAndThen) {
-  // A directory standing for /proc/self/fd: its entries are what the budget counts, so the
-  // test sees when it counted.
-  const std::string dir = ::testing::TempDir() + "/fd_budget_count";
-  ASSERT_EQ(system(("rm -rf " + dir + " && mkdir -p " + dir).c_str()), 0);
-  int entries = 0;
-  auto open_more = [&](int n) {
-    for (int i = 0; i < n; ++i) std::ofstream(dir + "/" + std::to_string(entries++)).put('x');
-  };
-  open_more(11);  // 10 open (the directory's own descriptor is listed too)
+  FdDirectory fds("fd_budget_count");
+  fds.Open(11);  // 10 open (the directory's own descriptor is listed too)
   uint64_t limit = 1000;
   FdBudget::Options options;
   options.api_connections = 10;
   options.own_reserve = 20;
-  options.fd_dir = dir;
+  options.fd_dir = fds.path();
   options.limit = [&limit] { return limit; };
   FdBudget budget(options);
   ASSERT_TRUE(budget.CheckTunnel().ok());  // counted: 10 open
@@ -102,10 +114,10 @@ TEST(FdBudgetTest, CountsOnlyNearTheLimitOrNowAndThen) {
   // budget's back show that: with a real count the check below would refuse.
   for (int i = 0; i < 100; ++i) {
     ASSERT_TRUE(budget.CheckTunnel().ok()) << i;
-    open_more(1);
+    fds.Open(1);
   }
-  open_more(400);  // 510 open now
-  limit = 530;     // a real count would need 510 + 1 + 30
+  fds.Open(400);  // 510 open now
+  limit = 530;    // a real count would need 510 + 1 + 30
   EXPECT_TRUE(budget.CheckTunnel().ok()) << "trusted the estimate";
   // Near the limit the estimate is not trusted: the real count refuses.
   limit = 250;
@@ -116,25 +128,19 @@ TEST(FdBudgetTest, CountsOnlyNearTheLimitOrNowAndThen) {
   // Past half the limit but with a quarter to spare, counted every 128 checks, not at each:
   // 510 open of 900, and 400 more opened behind the budget's back, which only a count sees.
   limit = 900;
-  open_more(400);
+  fds.Open(400);
   for (int i = 0; i < 127; ++i) ASSERT_TRUE(budget.CheckTunnel().ok()) << "trusted, " << i;
   EXPECT_EQ(budget.CheckTunnel().code(), absl::StatusCode::kResourceExhausted) << "counted";
-  ASSERT_EQ(system(("rm -rf " + dir).c_str()), 0);
 }
 
 // Past half the limit, a recount beside the requests (the monitor's) spares them the count they
 // would make every 128 checks; what it counts, they see.
 TEST(FdBudgetTest, ARecountBesideTheRequestsSparesThemTheirCount) {
-  const std::string dir = ::testing::TempDir() + "/fd_budget_recount";
-  ASSERT_EQ(system(("rm -rf " + dir + " && mkdir -p " + dir).c_str()), 0);
-  int entries = 0;
-  auto open_more = [&](int n) {
-    for (int i = 0; i < n; ++i) std::ofstream(dir + "/" + std::to_string(entries++)).put('x');
-  };
-  open_more(601);  // 600 open of 1,000: past half
+  FdDirectory fds("fd_budget_recount");
+  fds.Open(601);  // 600 open of 1,000: past half
   FdBudget::Options options;
   options.own_reserve = 20;
-  options.fd_dir = dir;
+  options.fd_dir = fds.path();
   options.limit = [] { return 1000; };
   FdBudget budget(options);
   ASSERT_TRUE(budget.CheckTunnel().ok());  // counted: 600 open
@@ -142,12 +148,11 @@ TEST(FdBudgetTest, ARecountBesideTheRequestsSparesThemTheirCount) {
   // 400 more behind the budget's back (1,000 open: a count would refuse). The 129 checks after
   // the recount trust it: on its own the 129th would count, as checks do every 128 past half
   // the limit (its estimate, 600 + 20 + 129, still within the three quarters it trusts).
-  open_more(400);
+  fds.Open(400);
   for (int i = 0; i < 129; ++i) ASSERT_TRUE(budget.CheckTunnel().ok()) << "trusted, " << i;
   // The next recount sees them, and the check that follows counts and refuses.
   budget.Recount();
   EXPECT_EQ(budget.CheckTunnel().code(), absl::StatusCode::kResourceExhausted);
-  ASSERT_EQ(system(("rm -rf " + dir).c_str()), 0);
 }
 
 TEST(FdBudgetTest, TheProcessWideCheckUsesTheBudgetSet) {

@@ -143,6 +143,15 @@ if [ "$APPLY" -gt 0 ]; then
   bench list 5
 fi
 
+# Node A's agent again, in the background, with the bench's flags and those given.
+start_agent_a() {
+  rm -f "$RUN/A.sock"
+  ip netns exec "$LAB-A" "$BIN_DIR/tunnel-agent" --grpc_listen="unix:$RUN/A.sock" \
+    --metrics_listen=127.0.0.1:$LAB_METRICS_PORT --state_dir="$RUN/A-state" \
+    --max_tunnels=$((TOTAL + 10)) ${AGENT_FLAGS:-} "$@" >>"$RUN/A.log" 2>&1 &
+  LAB_PIDS[A]=$!
+}
+
 KEPT=no  # whether the running agent keeps its devices when stopped
 restart() {  # flags...
   local previous=$KEPT
@@ -150,11 +159,7 @@ restart() {  # flags...
   case " $* " in *" --keep_devices "*) KEPT=yes ;; *) KEPT=no ;; esac
   local t0 up ping_at
   t0=$(date +%s.%N)
-  rm -f "$RUN/A.sock"
-  ip netns exec "$LAB-A" "$BIN_DIR/tunnel-agent" --grpc_listen="unix:$RUN/A.sock" \
-    --metrics_listen=127.0.0.1:$LAB_METRICS_PORT --state_dir="$RUN/A-state" \
-    --max_tunnels=$((TOTAL + 10)) ${AGENT_FLAGS:-} "$@" >>"$RUN/A.log" 2>&1 &
-  LAB_PIDS[A]=$!
+  start_agent_a "$@"
   bench wait-up "$TOTAL" 600 >/dev/null
   up=$(date +%s.%N)
   for _ in $(seq 500); do
@@ -174,11 +179,7 @@ crash_restart() {  # flags...
   lab_stop_agent A KILL
   local t0 up ping_at
   t0=$(date +%s.%N)
-  rm -f "$RUN/A.sock"
-  ip netns exec "$LAB-A" "$BIN_DIR/tunnel-agent" --grpc_listen="unix:$RUN/A.sock" \
-    --metrics_listen=127.0.0.1:$LAB_METRICS_PORT --state_dir="$RUN/A-state" \
-    --max_tunnels=$((TOTAL + 10)) ${AGENT_FLAGS:-} "$@" >>"$RUN/A.log" 2>&1 &
-  LAB_PIDS[A]=$!
+  start_agent_a "$@"
   for _ in $(seq 1000); do
     lab_exec A ping -c 1 -W 0.05 10.64.0.2 >/dev/null 2>&1 && break
   done
