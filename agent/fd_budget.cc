@@ -1,7 +1,9 @@
 #include "agent/fd_budget.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -40,6 +42,22 @@ uint64_t FileLimit() {
   rlimit files{};
   if (getrlimit(RLIMIT_NOFILE, &files) != 0) return 0;
   return files.rlim_cur;
+}
+
+absl::StatusOr<uint64_t> GrowDescriptorTable(uint64_t slots) {
+  slots = std::min(slots, FileLimit());
+  if (slots == 0) return slots;
+  const int any = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (any < 0) return dataplane::ErrnoStatus(errno, "open(/dev/null)");
+  // The lowest free descriptor at or above the last slot: the table now reaches it. Closing
+  // the copy leaves the table as large (it never shrinks).
+  const int last = fcntl(any, F_DUPFD_CLOEXEC, static_cast<int>(slots - 1));
+  const int error = errno;
+  if (last >= 0) close(last);
+  close(any);
+  if (last < 0)
+    return dataplane::ErrnoStatus(error, absl::StrCat("fcntl(F_DUPFD, ", slots - 1, ")"));
+  return slots;
 }
 
 absl::StatusOr<size_t> CountOpenDescriptors(const std::string& fd_dir) {

@@ -31,6 +31,13 @@ absl::StatusOr<FileLimitChange> RaiseFileLimit();
 // The soft RLIMIT_NOFILE now.
 uint64_t FileLimit();
 
+// Grows the process's descriptor table to hold `slots` descriptors (no more than FileLimit())
+// now, at start. The kernel grows it by doubling when a descriptor lands past its end, and in
+// a process of several threads each growth waits for an RCU grace period (milliseconds): a
+// CreateTunnel that opened the 4,097th descriptor would wait that long. Returns the table's
+// size asked for; the error of the system call when it could not grow.
+absl::StatusOr<uint64_t> GrowDescriptorTable(uint64_t slots);
+
 // Descriptors open in the process: entries of `fd_dir` (/proc/self/fd), the one used to read
 // it not counted. RESOURCE_EXHAUSTED when not even that one can be opened.
 absl::StatusOr<size_t> CountOpenDescriptors(const std::string& fd_dir = "/proc/self/fd");

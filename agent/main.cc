@@ -448,6 +448,14 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
       "tunnel takes %d",
       FileLimit(), fd_budget.reserve(), fd_budget.options().api_connections,
       fd_budget.options().per_tunnel);
+  // The table is grown once now, not a doubling at a time under requests (each a wait).
+  if (absl::StatusOr<uint64_t> table =
+          GrowDescriptorTable(fd_budget.reserve() + uint64_t{absl::GetFlag(FLAGS_max_tunnels)} *
+                                                        fd_budget.options().per_tunnel);
+      !table.ok()) {
+    Log("WARNING", "descriptors: the table is grown as they are opened: %s",
+        table.status().message());
+  }
 
   FileStateStore store(absl::GetFlag(FLAGS_state_dir));
   KernelLinkControl kernel_links(netlink->get(), absl::GetFlag(FLAGS_tun_offload),

@@ -8,8 +8,10 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -178,6 +180,32 @@ struct EngineDescriptor {
   std::string tunnel;    // kDeviceQueue
 };
 
+// Additions handed to an engine's thread and not yet answered (PacketEngine::BeginAddTunnels):
+// a pool hands its part to every worker before it waits for any, so the workers take a batch
+// side by side instead of one after another.
+class PendingAdditions {
+ public:
+  // Answered already.
+  explicit PendingAdditions(std::vector<absl::Status> answers) : answers_(std::move(answers)) {}
+  // answers[i] stands unless one of `waiting` is for i: then that future's value replaces it.
+  PendingAdditions(std::vector<absl::Status> answers,
+                   std::vector<std::pair<size_t, std::future<absl::Status>>> waiting)
+      : answers_(std::move(answers)), waiting_(std::move(waiting)) {}
+  PendingAdditions(PendingAdditions&&) = default;
+  PendingAdditions& operator=(PendingAdditions&&) = default;
+
+  // Every answer, in the order of the additions; waits for those still to come. Once.
+  std::vector<absl::Status> Wait() && {
+    for (auto& [i, answer] : waiting_) answers_[i] = answer.get();
+    waiting_.clear();
+    return std::move(answers_);
+  }
+
+ private:
+  std::vector<absl::Status> answers_;
+  std::vector<std::pair<size_t, std::future<absl::Status>>> waiting_;
+};
+
 class PacketEngine {
  public:
   virtual ~PacketEngine() = default;
@@ -187,10 +215,15 @@ class PacketEngine {
   // AddTunnel of each, their answers in order. An engine whose additions cross to another
   // thread makes it one crossing for all of them: a restart adds thousands at once.
   virtual std::vector<absl::Status> AddTunnels(absl::Span<const EngineTunnel> tunnels) {
+    return BeginAddTunnels(tunnels).Wait();
+  }
+  // AddTunnels without waiting, where the engine's thread answers: the caller may hand work to
+  // other engines meanwhile. An engine on the caller's thread answers at once.
+  virtual PendingAdditions BeginAddTunnels(absl::Span<const EngineTunnel> tunnels) {
     std::vector<absl::Status> answers;
     answers.reserve(tunnels.size());
     for (const EngineTunnel& tunnel : tunnels) answers.push_back(AddTunnel(tunnel));
-    return answers;
+    return PendingAdditions(std::move(answers));
   }
   // Stops moving them; when it returns no operation uses the device fd any more.
   // NOT_FOUND when there is no such tunnel.

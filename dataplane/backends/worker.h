@@ -141,8 +141,8 @@ class WorkerEngine : public PacketEngine {
   absl::Status AddTunnel(const EngineTunnel& tunnel) override {
     return worker_->mailbox().AddTunnel(tunnel);
   }
-  std::vector<absl::Status> AddTunnels(absl::Span<const EngineTunnel> tunnels) override {
-    return worker_->mailbox().AddTunnels(tunnels);
+  PendingAdditions BeginAddTunnels(absl::Span<const EngineTunnel> tunnels) override {
+    return worker_->mailbox().BeginAddTunnels(tunnels);
   }
   absl::Status RemoveTunnel(const std::string& name) override {
     return worker_->mailbox().RemoveTunnel(name);

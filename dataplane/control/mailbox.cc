@@ -48,6 +48,10 @@ absl::Status CommandMailbox::AddTunnel(const EngineTunnel& tunnel) {
 }
 
 std::vector<absl::Status> CommandMailbox::AddTunnels(absl::Span<const EngineTunnel> tunnels) {
+  return BeginAddTunnels(tunnels).Wait();
+}
+
+PendingAdditions CommandMailbox::BeginAddTunnels(absl::Span<const EngineTunnel> tunnels) {
   std::vector<absl::Status> answers(tunnels.size());
   std::vector<std::unique_ptr<EngineCommand>> commands;
   std::vector<std::pair<size_t, std::future<absl::Status>>> waiting;
@@ -60,12 +64,12 @@ std::vector<absl::Status> CommandMailbox::AddTunnels(absl::Span<const EngineTunn
     commands.push_back(std::move(command));
   }
   if (!commands.empty() && !Queue(commands)) {
-    for (auto& [i, done] : waiting)
+    for (const auto& [i, done] : waiting) {
       answers[i] = absl::UnavailableError("the dataplane has stopped");
-    return answers;
+    }
+    return PendingAdditions(std::move(answers));
   }
-  for (auto& [i, done] : waiting) answers[i] = done.get();
-  return answers;
+  return PendingAdditions(std::move(answers), std::move(waiting));
 }
 
 absl::Status CommandMailbox::RemoveTunnel(const std::string& name) {

@@ -133,7 +133,7 @@ std::vector<absl::Status> WorkerPool::AddTunnels(absl::Span<const EngineTunnel> 
   std::vector<absl::Status> answers(tunnels.size());
   absl::MutexLock lock(&mu_);
   // Each tunnel's queues first; then every worker takes its part of all of them in one round
-  // trip; a tunnel some worker refused is taken back from the others.
+  // trip, the workers side by side; a tunnel some worker refused is taken back from the others.
   std::vector<size_t> ready;  // indexes into `tunnels`, in order
   std::vector<Tunnel> states;
   absl::flat_hash_set<std::string> batch;
@@ -150,26 +150,30 @@ std::vector<absl::Status> WorkerPool::AddTunnels(absl::Span<const EngineTunnel> 
     ready.push_back(i);
     states.push_back(*std::move(state));
   }
-  std::vector<std::vector<bool>> added(workers_.size(), std::vector<bool>(ready.size()));
-  for (size_t w = 0; w < workers_.size(); ++w) {
+  // Every worker is handed its part before any is waited for: they take it side by side.
+  std::vector<PendingAdditions> pending;
+  pending.reserve(workers_.size());
+  for (size_t w = 0; w < workers_.size() && !ready.empty(); ++w) {
     std::vector<EngineTunnel> parts;
-    std::vector<size_t> asked;  // positions in `ready` of the parts
+    parts.reserve(ready.size());
     for (size_t k = 0; k < ready.size(); ++k) {
-      if (!answers[ready[k]].ok()) continue;  // an earlier worker refused it
       const bool one_queue = states[k].queues.empty();
       EngineTunnel part = tunnels[ready[k]];
       part.read_device = part.read_device && (w == 0 || !one_queue);
       if (w > 0 && !one_queue) part.device_fd = states[k].queues[w - 1];
       parts.push_back(std::move(part));
-      asked.push_back(k);
     }
-    if (parts.empty()) break;
-    const std::vector<absl::Status> results = workers_[w]->AddTunnels(parts);
-    for (size_t j = 0; j < asked.size(); ++j) {
-      if (results[j].ok()) {
-        added[w][asked[j]] = true;
-      } else {
-        answers[ready[asked[j]]] = results[j];
+    pending.push_back(workers_[w]->BeginAddTunnels(parts));
+  }
+  // added[w][k]: worker w took ready[k]. A refusal is the first worker's that refused.
+  std::vector<std::vector<bool>> added(pending.size(), std::vector<bool>(ready.size()));
+  for (size_t w = 0; w < pending.size(); ++w) {
+    const std::vector<absl::Status> results = std::move(pending[w]).Wait();
+    for (size_t k = 0; k < ready.size(); ++k) {
+      if (results[k].ok()) {
+        added[w][k] = true;
+      } else if (answers[ready[k]].ok()) {
+        answers[ready[k]] = results[k];
       }
     }
   }
@@ -179,7 +183,7 @@ std::vector<absl::Status> WorkerPool::AddTunnels(absl::Span<const EngineTunnel> 
       tunnels_.emplace(tunnel.name, std::move(states[k]));
       continue;
     }
-    for (size_t w = 0; w < workers_.size(); ++w) {
+    for (size_t w = 0; w < added.size(); ++w) {
       if (added[w][k]) workers_[w]->RemoveTunnel(tunnel.name).IgnoreError();
     }
     for (int fd : states[k].queues) close(fd);

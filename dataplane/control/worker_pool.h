@@ -37,7 +37,8 @@ class WorkerPool final : public PacketEngine {
 
   // INVALID_ARGUMENT when the tunnel's stats have fewer workers than the pool.
   absl::Status AddTunnel(const EngineTunnel& tunnel) override;
-  // Every worker takes all of them in one round trip (a restart adds thousands).
+  // Every worker takes all of them in one round trip (a restart adds thousands), all the
+  // workers at once.
   std::vector<absl::Status> AddTunnels(absl::Span<const EngineTunnel> tunnels) override;
   absl::Status RemoveTunnel(const std::string& name) override;
   // The workers' counters summed, into the caller's own copy.

@@ -4,6 +4,8 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -176,6 +178,43 @@ TEST(RaiseFileLimitTest, SoftLimitGoesToTheHardLimit) {
   EXPECT_EQ(change->after, saved.rlim_max);
   EXPECT_EQ(FileLimit(), saved.rlim_max);
   ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+}
+
+// The descriptor table's size, as /proc/self/status says it (FDSize).
+uint64_t DescriptorTableSize() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("FDSize:", 0) == 0) return std::stoull(line.substr(7));
+  }
+  ADD_FAILURE() << "no FDSize in /proc/self/status";
+  return 0;
+}
+
+TEST(GrowDescriptorTableTest, TheTableHoldsTheSlotsAskedForAndNoDescriptorIsLeftOpen) {
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  const uint64_t before = DescriptorTableSize();
+  const uint64_t wanted = std::min<uint64_t>(saved.rlim_cur, before * 4);
+  ASSERT_GT(wanted, before) << "the soft limit leaves no room to grow the table";
+  const size_t open = OpenNow();
+  absl::StatusOr<uint64_t> grown = GrowDescriptorTable(wanted);
+  ASSERT_TRUE(grown.ok()) << grown.status();
+  EXPECT_EQ(*grown, wanted);
+  EXPECT_GE(DescriptorTableSize(), wanted);
+  EXPECT_EQ(OpenNow(), open);
+}
+
+TEST(GrowDescriptorTableTest, NoFurtherThanTheLimit) {
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  rlimit lower = saved;
+  lower.rlim_cur = std::min<rlim_t>(saved.rlim_max, OpenNow() + 64);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &lower), 0);
+  absl::StatusOr<uint64_t> grown = GrowDescriptorTable(uint64_t{1} << 40);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  ASSERT_TRUE(grown.ok()) << grown.status();
+  EXPECT_EQ(*grown, lower.rlim_cur);
 }
 
 TEST(ErrnoStatusTest, OutOfDescriptorsIsResourceExhaustedSayingSo) {
