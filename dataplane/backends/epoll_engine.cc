@@ -233,6 +233,8 @@ class EpollWorker final : public Worker {
     msg = msghdr{};
     msg.msg_name = const_cast<sockaddr*>(tunnel.destination());
     msg.msg_namelen = tunnel.destination_len();
+    msg.msg_control = tunnel.send_control();
+    msg.msg_controllen = tunnel.send_control_len();
     msg.msg_iov = &tx_iov_[index];
     msg.msg_iovlen = 1;
   }

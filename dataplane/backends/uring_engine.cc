@@ -231,6 +231,8 @@ absl::Status UringWorker::AttachTunnel(TunnelDatapath& tunnel) {
     if (!tunnel.fou()) {
       b.msg.msg_name = const_cast<sockaddr*>(tunnel.destination());
       b.msg.msg_namelen = tunnel.destination_len();
+      b.msg.msg_control = tunnel.send_control();
+      b.msg.msg_controllen = tunnel.send_control_len();
     }
     b.msg.msg_iov = &b.iov;
     b.msg.msg_iovlen = 1;

@@ -209,6 +209,8 @@ void UringWorker::TransmitSuperPacket(TransmitBuffer* b, const PacketCore::Devic
       op.iov.iov_len = s.batch.packets[first].len;
       op.msg.msg_name = const_cast<sockaddr*>(tunnel.destination());
       op.msg.msg_namelen = tunnel.destination_len();
+      op.msg.msg_control = tunnel.send_control();
+      op.msg.msg_controllen = tunnel.send_control_len();
       op.msg.msg_iov = &op.iov;
       op.msg.msg_iovlen = 1;
     }

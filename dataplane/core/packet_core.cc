@@ -34,6 +34,9 @@ absl::StatusOr<TunnelDatapath*> PacketCore::AddTunnel(const EngineTunnel& config
         "another tunnel receives the same mode, local, remote and key as ", config.name));
   }
   by_remote_[config.encap.remote].push_back(tunnel);
+  tunnel->set_housekeeping_id(++last_housekeeping_id_);
+  by_housekeeping_id_[tunnel->housekeeping_id()] = tunnel;
+  worker_.housekeeping.Schedule(tunnel->housekeeping_id(), tunnel->next_tick());
   tunnels_[config.name] = std::move(*path);
   return tunnel;
 }
@@ -47,6 +50,8 @@ void PacketCore::UnlinkTunnel(TunnelDatapath* tunnel) {
   if (tunnel->unlinked()) return;
   tunnel->set_unlinked();
   by_match_.Erase(tunnel->match());
+  // Its entries in the schedule are dropped as they come due.
+  by_housekeeping_id_.erase(tunnel->housekeeping_id());
   auto it = by_remote_.find(tunnel->config().encap.remote);
   if (it != by_remote_.end()) {
     std::vector<TunnelDatapath*>& list = it->second;
@@ -65,6 +70,8 @@ void PacketCore::EraseTunnel(TunnelDatapath* tunnel) {
 void PacketCore::Clear() {
   by_remote_.clear();
   by_match_.Clear();
+  by_housekeeping_id_.clear();
+  worker_.housekeeping.Clear();
   tunnels_.clear();
 }
 
@@ -221,8 +228,14 @@ void PacketCore::TakeTooBig(const TooBigReport& report) {
 }
 
 void PacketCore::Tick(absl::Time now) {
-  for (auto& [name, tunnel] : tunnels_) {
-    if (!tunnel->unlinked()) tunnel->Tick(now);
+  worker_.housekeeping.TakeDue(now, due_);
+  for (const HousekeepingSchedule::Entry& entry : due_) {
+    auto it = by_housekeeping_id_.find(entry.tunnel);
+    if (it == by_housekeeping_id_.end()) continue;  // unlinked or gone
+    TunnelDatapath& tunnel = *it->second;
+    if (entry.when != tunnel.next_tick()) continue;  // moved: its newer entry stands
+    tunnel.Tick(now);
+    worker_.housekeeping.Schedule(entry.tunnel, tunnel.next_tick());
   }
 }
 

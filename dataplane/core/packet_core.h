@@ -192,6 +192,11 @@ class PacketCore {
   WorkerContext worker_;
   DataplaneCounters counters_;
   absl::flat_hash_map<std::string, std::unique_ptr<TunnelDatapath>> tunnels_;
+  // The linked tunnels by housekeeping id (worker_.housekeeping names them so), and the
+  // entries a tick takes out of the schedule (kept: a tick allocates nothing once warm).
+  absl::flat_hash_map<uint64_t, TunnelDatapath*> by_housekeeping_id_;
+  uint64_t last_housekeeping_id_ = 0;
+  std::vector<HousekeepingSchedule::Entry> due_;
   TunnelTable<TunnelDatapath> by_match_;
   // By remote address, for the errors that quote a packet sent to it.
   absl::flat_hash_map<OuterAddress, std::vector<TunnelDatapath*>> by_remote_;

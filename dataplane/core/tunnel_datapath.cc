@@ -108,6 +108,17 @@ TunnelDatapath::TunnelDatapath(const EngineTunnel& config, WorkerContext* worker
   match_ = TunnelMatch{config.encap.mode, config.has_input_key, config.encap.local,
                        config.encap.remote, config.has_input_key ? config.input_key : 0};
   destination_ = UnderlayAddress(ipv6_, config.encap.remote, &destination_len_);
+  if (!ipv6_ && !config.encap.local.is_zero()) {
+    // Without a configured local address the route picks the source: nothing to name.
+    cmsghdr* c = reinterpret_cast<cmsghdr*>(send_control_);
+    c->cmsg_level = IPPROTO_IP;
+    c->cmsg_type = IP_PKTINFO;
+    c->cmsg_len = CMSG_LEN(sizeof(in_pktinfo));
+    in_pktinfo info{};
+    memcpy(&info.ipi_spec_dst, config.encap.local.data(), sizeof info.ipi_spec_dst);
+    memcpy(CMSG_DATA(c), &info, sizeof info);
+    send_control_len_ = CMSG_SPACE(sizeof(in_pktinfo));
+  }
   l2_header_ = IsEthernetMode(config.encap.mode) ? kEthernetHeaderLen : 0;
   max_frame_ = config.mtu + l2_header_;
   overhead_ = static_cast<uint32_t>(EncapHeaderLen(encap_)) + l2_header_;
@@ -173,7 +184,7 @@ QuoteVerdict TunnelDatapath::TakeTooBig(const TooBigReport& report) {
   }
   if (verdict != QuoteVerdict::kOurs) return verdict;
   // Housekeeping runs next tick and from then on also for the lowered MTU's expiry.
-  next_tick_ = absl::InfinitePast();
+  TickSoon();
   const uint32_t current = learned_mtu_ != 0 ? std::min(learned_mtu_, route_mtu_) : route_mtu_;
   if (route_mtu_ == 0 || report.mtu < current) {
     learned_mtu_ = report.mtu;

@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "dataplane/core/housekeeping_schedule.h"
 #include "dataplane/core/packet_io.h"
 #include "dataplane/core/tunnel_table.h"
 #include "dataplane/packet/encap.h"
@@ -67,6 +68,8 @@ struct WorkerContext {
   std::unique_ptr<uint8_t[]> scratch{new uint8_t[kScratchBytes]};
   uint16_t fragment_id = 0;
   uint16_t NextFragmentId() { return ++fragment_id == 0 ? ++fragment_id : fragment_id; }
+  // When the worker's tunnels are next due for housekeeping (PacketCore::Tick).
+  HousekeepingSchedule housekeeping;
 };
 
 class TunnelDatapath {
@@ -89,6 +92,13 @@ class TunnelDatapath {
   // Where outer packets go, for sendmsg's msg_name (raw sends; fou senders are connected).
   const sockaddr* destination() const { return reinterpret_cast<const sockaddr*>(&destination_); }
   socklen_t destination_len() const { return destination_len_; }
+  // Ancillary data for raw sends, sendmsg's msg_control (none: length 0): IP_PKTINFO naming
+  // the configured local address, the outer source the packet carries anyway. Given the
+  // source, the kernel's route lookup skips searching its device index for an L3 master
+  // device, a search that grows with the number of devices (one per tunnel). It also routes
+  // as the kernel's own tunnels do, with the source that policy rules may select on.
+  void* send_control() const { return const_cast<uint8_t*>(send_control_); }
+  size_t send_control_len() const { return send_control_len_; }
   // The largest frame the device gives: the MTU, plus the Ethernet header for tap modes.
   uint32_t max_frame() const { return max_frame_; }
 
@@ -179,6 +189,10 @@ class TunnelDatapath {
   // Housekeeping: keepalives, the path MTU's refresh and expiry, sequence marks. Does what is
   // due at `now` (nothing when nothing is: a compare) and remembers when it is next due.
   void Tick(absl::Time now);
+  absl::Time next_tick() const { return next_tick_; }
+  // Set once by the core as it takes the tunnel: its entries in the worker's schedule.
+  void set_housekeeping_id(uint64_t id) { housekeeping_id_ = id; }
+  uint64_t housekeeping_id() const { return housekeeping_id_; }
 
   // An ICMP "fragmentation needed" / "packet too big" the worker read, whose quote names this
   // tunnel's remote. Believed only when the quote could be one of its packets
@@ -202,7 +216,13 @@ class TunnelDatapath {
   // The path is to be asked again at the next tick rather than on the packet path.
   void ScheduleRefresh() {
     refresh_due_ = true;
+    TickSoon();
+  }
+  // Housekeeping at the next tick: the worker's schedule is told when the time moves forward.
+  void TickSoon() {
+    if (next_tick_ == absl::InfinitePast()) return;  // due already
     next_tick_ = absl::InfinitePast();
+    worker_->housekeeping.Schedule(housekeeping_id_, next_tick_);
   }
   // path_mtu_ from the route's MTU and what a believed error lowered it to; worker 0 shows it.
   void UpdatePathMtu();
@@ -245,6 +265,8 @@ class TunnelDatapath {
   OuterAddress source_;  // our underlay address towards the remote (resolved)
   sockaddr_in6 destination_{};
   socklen_t destination_len_ = 0;
+  alignas(cmsghdr) uint8_t send_control_[CMSG_SPACE(sizeof(in_pktinfo))] = {};
+  size_t send_control_len_ = 0;
   uint32_t max_frame_ = 0;
   uint32_t l2_header_ = 0;
   uint32_t overhead_ = 0;   // outer headers in front of an IP packet (or of a frame's payload)
@@ -260,6 +282,7 @@ class TunnelDatapath {
   uint32_t tx_sequence_ = 0;
   uint32_t rx_sequence_ = 0;  // the next expected; 0 = none seen (as the kernel's i_seqno)
   absl::Time next_tick_ = absl::InfinitePast();
+  uint64_t housekeeping_id_ = 0;  // its name in the worker's HousekeepingSchedule
   absl::Time next_probe_ = absl::InfinitePast();
   bool refresh_due_ = false;  // a packet found the path smaller than its frame (ScheduleRefresh)
   // Not asked at the last probe, as nothing was sent since the one before (Tick).
