@@ -166,18 +166,33 @@ TEST(FdBudgetTest, TheProcessWideCheckUsesTheBudgetSet) {
   EXPECT_TRUE(CheckTunnelFdBudget().ok());
 }
 
+// The soft RLIMIT_NOFILE a little above what is open, for the scope; the limits as they were
+// after it.
+class LoweredFileLimit {
+ public:
+  LoweredFileLimit() {
+    EXPECT_EQ(getrlimit(RLIMIT_NOFILE, &saved_), 0);
+    rlimit lower = saved_;
+    lower.rlim_cur = std::min<rlim_t>(saved_.rlim_max, OpenNow() + 64);
+    EXPECT_EQ(setrlimit(RLIMIT_NOFILE, &lower), 0);
+    soft_ = lower.rlim_cur;
+  }
+  ~LoweredFileLimit() { setrlimit(RLIMIT_NOFILE, &saved_); }
+  rlim_t soft() const { return soft_; }
+  rlim_t hard() const { return saved_.rlim_max; }
+
+ private:
+  rlimit saved_{};
+  rlim_t soft_ = 0;
+};
+
 TEST(RaiseFileLimitTest, SoftLimitGoesToTheHardLimit) {
-  rlimit saved{};
-  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
-  rlimit lower = saved;
-  lower.rlim_cur = std::min<rlim_t>(saved.rlim_max, OpenNow() + 64);
-  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &lower), 0);
+  LoweredFileLimit lowered;
   absl::StatusOr<FileLimitChange> change = RaiseFileLimit();
   ASSERT_TRUE(change.ok()) << change.status();
-  EXPECT_EQ(change->before, lower.rlim_cur);
-  EXPECT_EQ(change->after, saved.rlim_max);
-  EXPECT_EQ(FileLimit(), saved.rlim_max);
-  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  EXPECT_EQ(change->before, lowered.soft());
+  EXPECT_EQ(change->after, lowered.hard());
+  EXPECT_EQ(FileLimit(), lowered.hard());
 }
 
 // The descriptor table's size, as /proc/self/status says it (FDSize).
@@ -206,15 +221,10 @@ TEST(GrowDescriptorTableTest, TheTableHoldsTheSlotsAskedForAndNoDescriptorIsLeft
 }
 
 TEST(GrowDescriptorTableTest, NoFurtherThanTheLimit) {
-  rlimit saved{};
-  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
-  rlimit lower = saved;
-  lower.rlim_cur = std::min<rlim_t>(saved.rlim_max, OpenNow() + 64);
-  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &lower), 0);
+  LoweredFileLimit lowered;
   absl::StatusOr<uint64_t> grown = GrowDescriptorTable(uint64_t{1} << 40);
-  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
   ASSERT_TRUE(grown.ok()) << grown.status();
-  EXPECT_EQ(*grown, lower.rlim_cur);
+  EXPECT_EQ(*grown, lowered.soft());
 }
 
 TEST(ErrnoStatusTest, OutOfDescriptorsIsResourceExhaustedSayingSo) {
