@@ -68,15 +68,43 @@ std::array<uint8_t, 16> Ipv6Bytes(const char* text) {
   return bytes;
 }
 
+// The namespace's IPv6 counters that are not zero (/proc/net/snmp6): where a packet the
+// engine sent went, when a test did not see it arrive.
+std::string Ipv6Counters() {
+  std::ifstream snmp6("/proc/net/snmp6");
+  std::string name;
+  uint64_t value = 0;
+  std::string out;
+  while (snmp6 >> name >> value) {
+    if (value != 0 && (name.rfind("Ip6", 0) == 0 || name.rfind("Icmp6", 0) == 0)) {
+      out += name + "=" + std::to_string(value) + " ";
+    }
+  }
+  return out.empty() ? "(no IPv6 counter above zero)" : out;
+}
+
 // A new IPv6 address is tentative for a moment even on loopback (its DAD completes from a
-// work queue) and takes no packets until then: waits until `address` can be bound.
+// work queue) and takes no packets until then; its local route is added by that work too, so
+// an address that can already be bound may still lose what is sent to it. Waits until a
+// datagram sent to `address` arrives there.
 bool Ipv6AddressUsable(const uint8_t* address) {
   return Eventually([&] {
-    Fd probe(socket(AF_INET6, SOCK_DGRAM, 0));
+    Fd probe(socket(AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK, 0));
     sockaddr_in6 at{};
     at.sin6_family = AF_INET6;
     memcpy(&at.sin6_addr, address, 16);
-    return bind(probe.get(), reinterpret_cast<sockaddr*>(&at), sizeof at) == 0;
+    socklen_t len = sizeof at;
+    if (bind(probe.get(), reinterpret_cast<sockaddr*>(&at), sizeof at) != 0 ||
+        getsockname(probe.get(), reinterpret_cast<sockaddr*>(&at), &len) != 0) {
+      return false;
+    }
+    const char ping = 'p';
+    if (sendto(probe.get(), &ping, 1, 0, reinterpret_cast<sockaddr*>(&at), len) != 1) {
+      return false;
+    }
+    pollfd ready{probe.get(), POLLIN, 0};
+    char got = 0;
+    return poll(&ready, 1, 100) == 1 && recv(probe.get(), &got, 1, 0) == 1;
   });
 }
 
@@ -340,9 +368,11 @@ class EngineTest : public ::testing::TestWithParam<EngineParam> {
               static_cast<ssize_t>(payload.size()));
   }
 
-  // The next packet on a tap socket that carries `payload`, or empty after a timeout.
+  // The next packet on a tap socket that carries `payload`, or empty after a timeout. The
+  // sizes of the others it read go to captured_others_, for a failure's message.
   std::vector<uint8_t> Capture(const Fd& tap, const std::string& payload) {
     std::vector<uint8_t> buf(65536);
+    captured_others_.clear();
     for (int i = 0; i < 50; ++i) {
       pollfd p{tap.get(), POLLIN, 0};
       if (poll(&p, 1, 100) <= 0) continue;
@@ -353,8 +383,32 @@ class EngineTest : public ::testing::TestWithParam<EngineParam> {
         buf.resize(n);
         return buf;
       }
+      captured_others_ += std::to_string(n) + " bytes; ";
     }
     return {};
+  }
+
+  // What a failed capture can tell: the tunnel's counters that are not zero and the other
+  // packets the tap read.
+  std::string CaptureFailure() const {
+    std::string out = "tunnel counters: ";
+#define COUNTER_TEXT(member, api_field, metric, help)                     \
+  if (const uint64_t v = counters_->Sum(&TunnelCounters::member); v != 0) \
+    out += std::string(#member) + "=" + std::to_string(v) + " ";
+    TUNNEL_COUNTERS(COUNTER_TEXT)
+#undef COUNTER_TEXT
+    for (int r = 0; r < kDropReasonCount; ++r) {
+      const DropReason reason = static_cast<DropReason>(r);
+      for (const auto& [name, drops] : {std::pair{"tx_drops", &TunnelCounters::tx_drops},
+                                        std::pair{"rx_drops", &TunnelCounters::rx_drops}}) {
+        if (const uint64_t v = counters_->Sum(drops, reason); v != 0) {
+          out += std::string(name) + "{" + std::string(DropReasonName(reason)) +
+                 "}=" + std::to_string(v) + " ";
+        }
+      }
+    }
+    return out +
+           "; the tap read besides: " + (captured_others_.empty() ? "nothing" : captured_others_);
   }
 
   void SendOuter(const std::vector<uint8_t>& pkt) {
@@ -390,6 +444,7 @@ class EngineTest : public ::testing::TestWithParam<EngineParam> {
   std::shared_ptr<TunnelStats> counters_;
   std::unique_ptr<PacketEngine> engine_;
   std::unique_ptr<Fd> gre_tap_, ipip_tap_, sender_;
+  std::string captured_others_;  // what the last Capture read that was not its packet
 };
 
 TEST_P(EngineTest, TransmitWrapsInGreWithKey) {
@@ -615,7 +670,7 @@ TEST_P(EngineTest, OutputSequenceNumbersIncrease) {
     const std::string payload = "seq-out-" + std::to_string(expected);
     SendInner(payload);
     std::vector<uint8_t> pkt = Capture(*gre_tap_, payload);
-    ASSERT_FALSE(pkt.empty()) << "sent " << counters_->Sum(&TunnelCounters::tx_packets);
+    ASSERT_FALSE(pkt.empty()) << CaptureFailure();
     GreHeader gre;
     size_t gre_len = 0;
     DropReason reason;
@@ -750,7 +805,7 @@ TEST_P(EngineTest, Ip6greBothWays) {
 
   SendInner("hello-ip6gre-tx");
   std::vector<uint8_t> pkt = Capture(tap, "hello-ip6gre-tx");
-  ASSERT_FALSE(pkt.empty()) << "sent " << counters_->Sum(&TunnelCounters::tx_packets);
+  ASSERT_FALSE(pkt.empty()) << CaptureFailure() << "; " << Ipv6Counters();
   GreHeader gre;
   size_t gre_len = 0;
   DropReason reason;
@@ -1006,7 +1061,9 @@ TEST_P(EngineTest, StalledWorkerIsUnavailableUntilItRunsAgain) {
       "dataplane worker " + std::to_string(worker) + " (thread " + thread + ") has not run for ";
   EXPECT_NE(status.message().find(named), std::string::npos) << status;
   EXPECT_EQ(status.message().find("stopped"), std::string::npos) << status;
-  if (worker > 0) EXPECT_EQ(status.message().find("worker 0"), std::string::npos) << status;
+  if (worker > 0) {
+    EXPECT_EQ(status.message().find("worker 0"), std::string::npos) << status;
+  }
 
   hold_thread = false;
   EXPECT_TRUE(Eventually([&] { return engine_->Health(stall).ok(); })) << engine_->Health(stall);
@@ -1443,12 +1500,13 @@ TEST_P(IcmpEngineTest, Ip6greBelievesOnlyItsOwnPacketTooBig) {
               static_cast<ssize_t>(n - kIpv6HeaderLen));
   };
   send_too_big(kIcmpKey + 1, 1400);
-  EXPECT_TRUE(Eventually([&] { return Rejected() == 1; })) << Rejected();
+  EXPECT_TRUE(Eventually([&] { return Rejected() == 1; })) << Rejected() << "; " << Ipv6Counters();
   send_too_big(kIcmpKey, 1279);
-  EXPECT_TRUE(Eventually([&] { return Rejected() == 2; })) << Rejected();
+  EXPECT_TRUE(Eventually([&] { return Rejected() == 2; })) << Rejected() << "; " << Ipv6Counters();
   EXPECT_EQ(PathMtu(), 1500u - 56);
   send_too_big(kIcmpKey, 1400);
-  EXPECT_TRUE(Eventually([&] { return PathMtu() == 1400 - 56; })) << PathMtu();
+  EXPECT_TRUE(Eventually([&] { return PathMtu() == 1400 - 56; }))
+      << PathMtu() << "; " << Ipv6Counters();
   EXPECT_EQ(Rejected(), 2u);
 }
 
