@@ -55,8 +55,9 @@ absl::StatusOr<uint64_t> GrowDescriptorTable(uint64_t slots) {
   const int error = errno;
   if (last >= 0) close(last);
   close(any);
-  if (last < 0)
+  if (last < 0) {
     return dataplane::ErrnoStatus(error, absl::StrCat("fcntl(F_DUPFD, ", slots - 1, ")"));
+  }
   return slots;
 }
 
