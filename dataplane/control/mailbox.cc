@@ -47,10 +47,6 @@ absl::Status CommandMailbox::AddTunnel(const EngineTunnel& tunnel) {
   return Call(std::move(command));
 }
 
-std::vector<absl::Status> CommandMailbox::AddTunnels(absl::Span<const EngineTunnel> tunnels) {
-  return BeginAddTunnels(tunnels).Wait();
-}
-
 PendingAdditions CommandMailbox::BeginAddTunnels(absl::Span<const EngineTunnel> tunnels) {
   std::vector<absl::Status> answers(tunnels.size());
   std::vector<std::unique_ptr<EngineCommand>> commands;

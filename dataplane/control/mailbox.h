@@ -42,9 +42,8 @@ class CommandMailbox {
   // Call() with a kAdd of `tunnel`, checked first (CheckEngineTunnel).
   absl::Status AddTunnel(const EngineTunnel& tunnel);
   // AddTunnel of each of `tunnels`, queued together behind one wake-up: one round trip to the
-  // dataplane thread for all of them (a restart attaches thousands). Their answers in order.
-  std::vector<absl::Status> AddTunnels(absl::Span<const EngineTunnel> tunnels);
-  // AddTunnels, its answers waited for by the caller when it chooses.
+  // dataplane thread for all of them (a restart attaches thousands). Their answers in order,
+  // waited for by the caller when it chooses (PendingAdditions::Wait).
   PendingAdditions BeginAddTunnels(absl::Span<const EngineTunnel> tunnels);
   // Call() with a kRemove of `name`.
   absl::Status RemoveTunnel(const std::string& name);

@@ -78,7 +78,7 @@ TEST(CommandMailboxTest, AddTunnelsCrossesToTheThreadOnceForAllOfThem) {
   for (int i = 0; i < 100; ++i) tunnels.push_back(TunnelNamed(absl::StrCat("t", i)));
   tunnels[7] = TunnelNamed("bad7");  // refused by the thread
   tunnels[9].mtu = 0;                // refused before it is queued
-  const std::vector<absl::Status> answers = mailbox.AddTunnels(tunnels);
+  const std::vector<absl::Status> answers = mailbox.BeginAddTunnels(tunnels).Wait();
   ASSERT_EQ(answers.size(), tunnels.size());
   for (size_t i = 0; i < answers.size(); ++i) {
     if (i == 7) {
@@ -107,7 +107,7 @@ TEST(CommandMailboxTest, AddTunnelsAfterTheThreadStoppedAnswersUnavailable) {
   }
   std::vector<EngineTunnel> tunnels = {TunnelNamed("a"), TunnelNamed("b")};
   tunnels[1].stats = nullptr;
-  const std::vector<absl::Status> answers = mailbox.AddTunnels(tunnels);
+  const std::vector<absl::Status> answers = mailbox.BeginAddTunnels(tunnels).Wait();
   ASSERT_EQ(answers.size(), 2u);
   EXPECT_TRUE(absl::IsUnavailable(answers[0])) << answers[0];
   EXPECT_TRUE(absl::IsInvalidArgument(answers[1])) << answers[1];
