@@ -452,9 +452,9 @@ void TunnelServiceImpl::DoGetAgentInfo(v1::AgentInfo* response) {
   response->set_dataplane_cpus(identity_.dataplane_cpus);
   response->set_max_tunnels(manager_->max_tunnels());
   response->set_tunnels_verifying(static_cast<uint32_t>(manager_->VerifyingCount()));
-  Snapshot snapshot = manager_->TakeSnapshot();
-  response->set_tunnel_count(static_cast<uint32_t>(snapshot.tunnels.size()));
-  response->set_revision(snapshot.revision);
+  const TunnelManager::Census census = manager_->TakeCensus();
+  response->set_tunnel_count(static_cast<uint32_t>(census.tunnels));
+  response->set_revision(census.revision);
   *response->mutable_start_time() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
       absl::ToUnixNanos(identity_.start_time));
 }

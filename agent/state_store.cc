@@ -237,7 +237,13 @@ FileStateStore::FileStateStore(std::string dir, Options options)
       log_path_(absl::StrCat(dir_, "/", kLogName)),
       options_(std::move(options)) {}
 
-FileStateStore::~FileStateStore() = default;
+FileStateStore::~FileStateStore() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (flusher_.joinable()) flusher_.join();
+}
 
 absl::StatusOr<std::vector<TunnelSpec>> FileStateStore::Load() {
   absl::MutexLock lock(&mu_);
@@ -518,6 +524,17 @@ absl::StatusOr<uint64_t> FileStateStore::Append(const StateChange& change) {
     return absl::FailedPreconditionError(
         absl::StrCat("state file ", path_, ": a change before the state was loaded"));
   }
+  // A change the disk refused is not saved: an error. An undo is applied all the same, and
+  // the flush its sequence waits for writes a whole snapshot instead of the log.
+  auto refused = [&](const absl::Status& s)
+                     ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<uint64_t> {
+    if (!change.undo) return s;
+    Log("ERROR", "state: %s; the whole state is rewritten at the next flush", s.message());
+    ApplyLocked(upserted, change.removed);
+    needs_snapshot_ = true;
+    ++stats_.commits;
+    return ++appended_;
+  };
   if (needs_snapshot_) {
     // A flush failed: the log on disk may have lost what it was told. This change goes into a
     // whole snapshot instead, which makes everything before it durable too.
@@ -536,7 +553,7 @@ absl::StatusOr<uint64_t> FileStateStore::Append(const StateChange& change) {
           saved_.erase(name);
         }
       }
-      return s;
+      return refused(s);
     }
     ++stats_.commits;
     durable_ = ++appended_;
@@ -549,10 +566,10 @@ absl::StatusOr<uint64_t> FileStateStore::Append(const StateChange& change) {
   if (!snapshot_exists_) {
     // The first change in a new directory: an empty snapshot first, so that the log always
     // has one to follow (and an operator a tunnels.json to read).
-    if (absl::Status s = WriteSnapshotLocked(); !s.ok()) return s;
+    if (absl::Status s = WriteSnapshotLocked(); !s.ok()) return refused(s);
   }
   if (log_ == nullptr) {
-    if (absl::Status s = StartLogLocked(); !s.ok()) return s;
+    if (absl::Status s = StartLogLocked(); !s.ok()) return refused(s);
   }
   // The write holds the store's lock (appends are serialized by the caller anyway); a flush
   // in progress does not, so the next change is written while the previous ones are flushed.
@@ -561,7 +578,7 @@ absl::StatusOr<uint64_t> FileStateStore::Append(const StateChange& change) {
     // (damage in the middle of the log at the next start). If even that fails, the next
     // change writes a whole snapshot instead of appending here.
     if (ftruncate(log_->get(), static_cast<off_t>(log_bytes_)) != 0) needs_snapshot_ = true;
-    return s;
+    return refused(s);
   }
   log_bytes_ += static_cast<int64_t>(bytes.size());
   ApplyLocked(upserted, change.removed);
@@ -596,46 +613,72 @@ absl::Status FileStateStore::WaitDurable(uint64_t sequence) {
     if (sequence <= durable_) return absl::OkStatus();
     if (sequence <= failed_through_) return sync_error_;
     if (syncing_) {
-      // Another caller's flush is under way; the next one (by whoever wakes first) covers
-      // this change and every change appended meanwhile.
+      // Another caller's flush (or the flusher's) is under way; the next one (by whoever
+      // wakes first) covers this change and every change appended meanwhile.
       synced_.Wait(&mu_);
       continue;
     }
-    if (needs_snapshot_ || log_ == nullptr) {
-      // What the log holds is not to be trusted after a failed flush: a snapshot instead.
-      if (absl::Status s = WriteSnapshotLocked(); !s.ok()) {
-        failed_through_ = appended_;
-        sync_error_ = s;
-        synced_.SignalAll();
-        continue;
-      }
-      StartLogLocked().IgnoreError();
-      continue;
+    SyncLocked();
+  }
+}
+
+void FileStateStore::SyncLocked() {
+  if (needs_snapshot_ || log_ == nullptr) {
+    // What the log holds is not to be trusted after a failed flush: a snapshot instead.
+    if (absl::Status s = WriteSnapshotLocked(); !s.ok()) {
+      failed_through_ = appended_;
+      sync_error_ = s;
+      synced_.SignalAll();
+      return;
     }
-    // The flush runs without the lock: changes appended meanwhile wait for the next one,
-    // which covers them all at once.
-    syncing_ = true;
-    const uint64_t target = appended_;
-    const SharedFd log = log_;
-    mu_.Unlock();
-    const int result = options_.sync ? options_.sync(log->get()) : fdatasync(log->get());
-    const int error = errno;
-    mu_.Lock();
-    syncing_ = false;
-    ++stats_.syncs;
-    if (result == 0) {
-      durable_ = std::max(durable_, target);
-    } else {
-      ++stats_.sync_failures;
-      failed_through_ = std::max(failed_through_, target);
-      const absl::Status io = IoError(error, log_path_, "fdatasync");
-      sync_error_ = absl::Status(io.code(), absl::StrCat(io.message(),
-                                                         "; the whole state is rewritten at "
-                                                         "the next change"));
-      needs_snapshot_ = true;
-      Log("ERROR", "state: %s", sync_error_.message());
-    }
-    synced_.SignalAll();
+    StartLogLocked().IgnoreError();
+    return;
+  }
+  // The flush runs without the lock: changes appended meanwhile wait for the next one,
+  // which covers them all at once.
+  syncing_ = true;
+  const uint64_t target = appended_;
+  const SharedFd log = log_;
+  mu_.Unlock();
+  const int result = options_.sync ? options_.sync(log->get()) : fdatasync(log->get());
+  const int error = errno;
+  mu_.Lock();
+  syncing_ = false;
+  ++stats_.syncs;
+  if (result == 0) {
+    durable_ = std::max(durable_, target);
+  } else {
+    ++stats_.sync_failures;
+    failed_through_ = std::max(failed_through_, target);
+    const absl::Status io = IoError(error, log_path_, "fdatasync");
+    sync_error_ = absl::Status(io.code(), absl::StrCat(io.message(),
+                                                       "; the whole state is rewritten at "
+                                                       "the next change"));
+    needs_snapshot_ = true;
+    Log("ERROR", "state: %s", sync_error_.message());
+  }
+  synced_.SignalAll();
+}
+
+void FileStateStore::FlushSoon() {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return;
+  flush_wanted_ = true;
+  if (!flusher_.joinable()) flusher_ = std::thread([this] { RunFlusher(); });
+}
+
+void FileStateStore::RunFlusher() {
+  absl::MutexLock lock(&mu_);
+  for (;;) {
+    mu_.Await(absl::Condition(
+        +[](FileStateStore* store)
+             ABSL_NO_THREAD_SAFETY_ANALYSIS { return store->flush_wanted_ || store->stopping_; },
+        this));
+    if (stopping_) return;
+    flush_wanted_ = false;
+    // A waiter's flush under way covers it, or one after it does; nothing to do for a change
+    // already durable or already failed.
+    if (!syncing_ && durable_ < appended_ && failed_through_ < appended_) SyncLocked();
   }
 }
 

@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -23,6 +24,10 @@ namespace tunnelagent::agent {
 struct StateChange {
   std::vector<TunnelSpec> upserted;
   std::vector<std::string> removed;
+  // Takes back a change appended before whose effect never happened: applied to what the
+  // store holds even when the disk refuses the write (the store then rewrites itself whole at
+  // the next flush), so that nothing saved outlives it.
+  bool undo = false;
 };
 
 // What the store did since it was made, for metrics: commits against syncs shows how many
@@ -50,6 +55,10 @@ class StateStore {
   // the manager's lock, so that concurrent requests share one flush (group commit). An error
   // means the change was appended (it is in effect) but may not survive a crash of the machine.
   virtual absl::Status WaitDurable(uint64_t sequence) = 0;
+  // Starts making every change appended so far durable in the background, so that a caller
+  // with other work to do before its WaitDurable overlaps the flush with that work. A hint:
+  // WaitDurable flushes by itself when nobody has.
+  virtual void FlushSoon() {}
   // Replaces the saved set with `tunnels`, durable on return.
   virtual absl::Status Save(const std::vector<TunnelSpec>& tunnels) = 0;
   virtual StateStoreStats stats() const { return {}; }
@@ -95,6 +104,7 @@ class FileStateStore final : public StateStore {
   absl::StatusOr<std::vector<TunnelSpec>> Load() override;
   absl::StatusOr<uint64_t> Append(const StateChange& change) override;
   absl::Status WaitDurable(uint64_t sequence) override;
+  void FlushSoon() override;
   absl::Status Save(const std::vector<TunnelSpec>& tunnels) override;
   StateStoreStats stats() const override;
 
@@ -118,6 +128,11 @@ class FileStateStore final : public StateStore {
   absl::Status StartLogLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyLocked(const std::map<std::string, std::string>& upserted,
                    const std::vector<std::string>& removed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // One flush of everything appended (a snapshot instead when the log is not to be trusted);
+  // drops mu_ during the fdatasync. Signals synced_ when done.
+  void SyncLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The flusher thread (FlushSoon): one flush per wake-up until the store goes.
+  void RunFlusher();
 
   const std::string dir_;
   const std::string path_;
@@ -147,7 +162,10 @@ class FileStateStore final : public StateStore {
   uint64_t failed_through_ ABSL_GUARDED_BY(mu_) = 0;  // changes up to here got a flush error
   absl::Status sync_error_ ABSL_GUARDED_BY(mu_);
   bool syncing_ ABSL_GUARDED_BY(mu_) = false;
+  bool flush_wanted_ ABSL_GUARDED_BY(mu_) = false;  // FlushSoon since the flusher last looked
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;      // the destructor runs: the flusher ends
   StateStoreStats stats_ ABSL_GUARDED_BY(mu_);
+  std::thread flusher_;  // started by the first FlushSoon
 };
 
 // CRC32C (Castagnoli), as the log's records carry it; `crc` continues an earlier value.

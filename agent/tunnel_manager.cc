@@ -152,9 +152,18 @@ static absl::Status FrozenError() {
 // machine can lose a published change before its flush, and that takes the agent's devices
 // and its watchers' streams with it (revisions of the next run start above, so watchers
 // resync); the request itself is answered only once the change is durable.
+//
+// A transaction of one new tunnel (Create) writes ahead: the tunnel's record is appended, and
+// its flush started, before the kernel work, so that the flush, a create's longest wait on a
+// busy disk, runs beside that work instead of after it. If the work fails, a record removing
+// the tunnel again follows, durable before the caller hears of the failure. A crash of the
+// agent in between leaves a tunnel the caller was never answered about, saved: the next run
+// makes it, as it would for a crash just after the answer.
 class TunnelManager::Transaction {
  public:
-  explicit Transaction(TunnelManager* manager) : manager_(manager) {}
+  enum class Mode { kAfter, kWriteAhead };
+  explicit Transaction(TunnelManager* manager, Mode mode = Mode::kAfter)
+      : manager_(manager), mode_(mode) {}
   ~Transaction() {
     if (!done_) Rollback();
   }
@@ -174,17 +183,33 @@ class TunnelManager::Transaction {
     events_.push_back({TunnelEvent::Type::kDeleted, view.spec.name, std::move(view)});
   }
 
+  // Kernel work for `spec`, a new tunnel, follows: in kWriteAhead mode its record is written
+  // first (see above). An error means nothing was saved and nothing is to be done.
+  absl::Status Creating(const TunnelSpec& spec) {
+    if (mode_ != Mode::kWriteAhead) return absl::OkStatus();
+    absl::StatusOr<uint64_t> sequence = manager_->store_->Append({{spec}, {}});
+    if (!sequence.ok()) return sequence.status();
+    sequence_ = *sequence;
+    written_ahead_.push_back(spec.name);
+    manager_->store_->FlushSoon();
+    return absl::OkStatus();
+  }
+
   absl::Status Commit() {
     // Under the writers' lock, as every change is (said at run time: the analysis cannot tell
     // manager_->change_mu_ is the caller's change_mu_). The write, like every kernel call
     // before it, holds only that lock.
     manager_->change_mu_.AssertHeld();
-    absl::StatusOr<uint64_t> sequence = manager_->SaveLocked(touched_);
-    if (!sequence.ok()) {
-      Rollback();
-      return sequence.status();
+    // Written ahead already when the change is only the tunnels written ahead (as they were:
+    // a create does not alter the spec it brings up).
+    if (written_ahead_.size() != touched_.size()) {
+      absl::StatusOr<uint64_t> sequence = manager_->SaveLocked(touched_);
+      if (!sequence.ok()) {
+        Rollback();
+        return sequence.status();
+      }
+      sequence_ = *sequence;
     }
-    sequence_ = *sequence;
     done_ = true;
     for (auto& action : commit_) action();
     std::vector<std::unique_ptr<Device>> devices;
@@ -220,12 +245,32 @@ class TunnelManager::Transaction {
   void Rollback() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     done_ = true;
     for (auto it = undo_.rbegin(); it != undo_.rend(); ++it) (*it)();
+    if (!written_ahead_.empty()) UnwriteAhead();
     if (touched_.empty()) return;
     absl::MutexLock lock(&manager_->mu_);
     for (const std::string& name : touched_) manager_->PublishLocked(name);
   }
 
+  // The records written ahead are taken back: durable before the caller hears of the failure,
+  // so that a crash of the machine does not bring back a tunnel it was told failed. Taking
+  // back cannot fail in the store's memory (StateChange::undo); if the disk refuses it, the
+  // failure is logged and the store rewrites itself whole at the next flush.
+  void UnwriteAhead() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    StateChange undo;
+    undo.removed = written_ahead_;
+    undo.undo = true;
+    absl::StatusOr<uint64_t> sequence = manager_->store_->Append(undo);
+    absl::Status status =
+        sequence.ok() ? manager_->store_->WaitDurable(*sequence) : sequence.status();
+    if (!status.ok()) {
+      Log("ERROR", "state: taking back the record of %s after a failed create: %s",
+          absl::StrJoin(written_ahead_, ", "), status.ToString());
+    }
+  }
+
   TunnelManager* manager_;
+  const Mode mode_;
+  std::vector<std::string> written_ahead_;  // new tunnels whose records were written ahead
   bool done_ = false;
   uint64_t sequence_ = 0;
   std::set<std::string> touched_;
@@ -594,10 +639,8 @@ absl::StatusOr<TunnelView> TunnelManager::Create(const TunnelSpec& requested) {
   spec.create_time = spec.update_time = absl::Now();
   absl::ReleasableMutexLock lock(&change_mu_);
   if (frozen_.load()) return FrozenError();
-  Transaction tx(this);
+  Transaction tx(this, Transaction::Mode::kWriteAhead);
   if (absl::Status status = CreateLocked(spec, tx); !status.ok()) return status;
-  // Persisted last: if the disk refuses, the running tunnel is undone too, so the state file
-  // and the kernel never disagree about a tunnel the caller was told failed.
   if (absl::Status status = tx.Commit(); !status.ok()) return status;
   const Entry& entry = *tunnels_.at(spec.name);
   TunnelView view{entry.spec, StatusOf(entry)};
@@ -650,6 +693,11 @@ Snapshot TunnelManager::TakeSnapshot() const {
 uint64_t TunnelManager::revision() const {
   absl::MutexLock lock(&mu_);
   return revision_;
+}
+
+TunnelManager::Census TunnelManager::TakeCensus() const {
+  absl::MutexLock lock(&mu_);
+  return {published_.size(), revision_};
 }
 
 absl::StatusOr<UpdateResult> TunnelManager::Update(const std::string& name, const TunnelSpec& patch,
@@ -1032,6 +1080,7 @@ absl::Status TunnelManager::CreateLocked(const TunnelSpec& spec, Transaction& tx
       return status;
     }
   }
+  if (absl::Status status = tx.Creating(spec); !status.ok()) return status;
   auto entry = std::make_unique<Entry>();
   entry->spec = spec;
   entry->underlay = std::move(underlay.addresses);
@@ -1292,6 +1341,11 @@ absl::Status TunnelManager::BringUp(Entry& entry, std::unique_ptr<Device> attach
     return attached && absl::IsAlreadyExists(s) ? absl::OkStatus() : s;
   };
   // From here on a failure destroys the device, which takes its addresses and routes along.
+  // The workers take the tunnel while the kernel configures its device: their wake-up and the
+  // netlink round trips overlap instead of following each other. Until the device is up
+  // nothing reaches them through it, and what they decapsulate meanwhile is a counted drop.
+  dataplane::PendingAdditions adding =
+      engine_->BeginAddTunnels({EngineTunnelOf(entry, **device, mtu)});
   absl::Status status = links_->SetMtu(**device, mtu);
   for (size_t i = 0; status.ok() && i < spec.addresses.size(); ++i) {
     status = tolerate(links_->AddAddress(**device, spec.addresses[i]));
@@ -1310,13 +1364,15 @@ absl::Status TunnelManager::BringUp(Entry& entry, std::unique_ptr<Device> attach
       status = Annotate(status, absl::StrCat("tunnel.routes[", i, "] ", spec.routes[i].ToString()));
     }
   }
-  if (!status.ok()) return status;
+  const absl::Status started = std::move(adding).Wait().front();
+  entry.in_engine = started.ok();
+  if (!status.ok()) {
+    StopDataplane(entry);  // before the device goes: the workers let go of it first
+    return status;
+  }
+  if (!started.ok()) return started;
   entry.device = *std::move(device);
   entry.mtu = mtu;
-  if (absl::Status s = StartDataplane(entry); !s.ok()) {
-    entry.device.reset();
-    return s;
-  }
   entry.state = OperState::kUp;
   entry.reason.clear();
   return absl::OkStatus();
@@ -1326,15 +1382,18 @@ absl::Status TunnelManager::StartDataplane(Entry& entry) {
   return StartDataplanes({&entry}).front();
 }
 
+dataplane::EngineTunnel TunnelManager::EngineTunnelOf(Entry& entry, const Device& device,
+                                                      uint32_t mtu) {
+  if (!entry.counters)
+    entry.counters = std::make_shared<dataplane::TunnelStats>(engine_->workers());
+  return EngineTunnelFor(entry.spec, device, mtu, entry.counters);
+}
+
 std::vector<absl::Status> TunnelManager::StartDataplanes(const std::vector<Entry*>& entries) {
   std::vector<dataplane::EngineTunnel> tunnels;
   tunnels.reserve(entries.size());
-  for (Entry* entry : entries) {
-    if (!entry->counters) {
-      entry->counters = std::make_shared<dataplane::TunnelStats>(engine_->workers());
-    }
-    tunnels.push_back(EngineTunnelFor(entry->spec, *entry->device, entry->mtu, entry->counters));
-  }
+  for (Entry* entry : entries)
+    tunnels.push_back(EngineTunnelOf(*entry, *entry->device, entry->mtu));
   std::vector<absl::Status> started = engine_->AddTunnels(tunnels);
   for (size_t i = 0; i < entries.size(); ++i) entries[i]->in_engine = started[i].ok();
   return started;

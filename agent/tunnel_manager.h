@@ -188,6 +188,13 @@ class TunnelManager {
 
   Snapshot TakeSnapshot() const;
   uint64_t revision() const;
+  // How many tunnels there are and the revision they are at, read together without copying
+  // any tunnel (GetAgentInfo, which health checks call often).
+  struct Census {
+    size_t tunnels = 0;
+    uint64_t revision = 0;
+  };
+  Census TakeCensus() const;
   // The events after revision `after`, waiting up to `wait` for the first one (empty when
   // none came). OUT_OF_RANGE when they are no longer all kept (or `after` is in the future):
   // the watcher must start again from a snapshot.
@@ -356,6 +363,9 @@ class TunnelManager {
     kernel_changed_at_ = absl::Now();
   }
   absl::Status StartDataplane(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  // What the engine is handed for `entry` on `device` (its counters made on first use).
+  dataplane::EngineTunnel EngineTunnelOf(Entry& entry, const Device& device, uint32_t mtu)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // StartDataplane of each (each with a device), in one engine call; their answers in order.
   std::vector<absl::Status> StartDataplanes(const std::vector<Entry*>& entries)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);

@@ -8,6 +8,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <memory>
 #include <string>
@@ -185,17 +186,29 @@ struct EngineDescriptor {
 // side by side instead of one after another.
 class PendingAdditions {
  public:
+  using Settle = std::function<std::vector<absl::Status>()>;
+
   // Answered already.
   explicit PendingAdditions(std::vector<absl::Status> answers) : answers_(std::move(answers)) {}
   // answers[i] stands unless one of `waiting` is for i: then that future's value replaces it.
   PendingAdditions(std::vector<absl::Status> answers,
                    std::vector<std::pair<size_t, std::future<absl::Status>>> waiting)
       : answers_(std::move(answers)), waiting_(std::move(waiting)) {}
+  // Answered by `settle`, which waits for what it began and settles it (a pool's take-back of
+  // a tunnel some worker refused). Dropped unwaited, it settles all the same.
+  explicit PendingAdditions(Settle settle) : settle_(std::make_unique<Settle>(std::move(settle))) {}
   PendingAdditions(PendingAdditions&&) = default;
   PendingAdditions& operator=(PendingAdditions&&) = default;
+  ~PendingAdditions() {
+    if (settle_) std::move(*this).Wait();
+  }
 
   // Every answer, in the order of the additions; waits for those still to come. Once.
   std::vector<absl::Status> Wait() && {
+    if (settle_) {
+      answers_ = (*settle_)();
+      settle_.reset();
+    }
     for (auto& [i, answer] : waiting_) answers_[i] = answer.get();
     waiting_.clear();
     return std::move(answers_);
@@ -204,6 +217,7 @@ class PendingAdditions {
  private:
   std::vector<absl::Status> answers_;
   std::vector<std::pair<size_t, std::future<absl::Status>>> waiting_;
+  std::unique_ptr<Settle> settle_;  // null once settled (or moved from)
 };
 
 class PacketEngine {

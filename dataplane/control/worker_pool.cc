@@ -129,66 +129,79 @@ absl::StatusOr<WorkerPool::Tunnel> WorkerPool::PrepareLocked(const EngineTunnel&
   return state;
 }
 
-std::vector<absl::Status> WorkerPool::AddTunnels(absl::Span<const EngineTunnel> tunnels) {
-  std::vector<absl::Status> answers(tunnels.size());
+PendingAdditions WorkerPool::BeginAddTunnels(absl::Span<const EngineTunnel> tunnels) {
+  // What is begun here and settled when the caller waits.
+  struct Batch {
+    std::vector<absl::Status> answers;
+    std::vector<EngineTunnel> tunnels;
+    std::vector<size_t> ready;  // indexes into `tunnels`, in order
+    std::vector<Tunnel> states;
+    std::vector<PendingAdditions> pending;  // one per worker
+  };
+  auto batch = std::make_shared<Batch>();
+  batch->answers.resize(tunnels.size());
+  batch->tunnels.assign(tunnels.begin(), tunnels.end());
   absl::MutexLock lock(&mu_);
   // Each tunnel's queues first; then every worker takes its part of all of them in one round
-  // trip, the workers side by side; a tunnel some worker refused is taken back from the others.
-  std::vector<size_t> ready;  // indexes into `tunnels`, in order
-  std::vector<Tunnel> states;
-  absl::flat_hash_set<std::string> batch;
+  // trip, the workers side by side. The workers' mailboxes are filled under mu_, so every
+  // worker sees the pool's adds and removes in the same order.
+  absl::flat_hash_set<std::string> names;
   for (size_t i = 0; i < tunnels.size(); ++i) {
-    if (!batch.insert(tunnels[i].name).second) {
-      answers[i] = absl::AlreadyExistsError(absl::StrCat("tunnel ", tunnels[i].name, " exists"));
+    if (!names.insert(tunnels[i].name).second) {
+      batch->answers[i] =
+          absl::AlreadyExistsError(absl::StrCat("tunnel ", tunnels[i].name, " exists"));
       continue;
     }
     absl::StatusOr<Tunnel> state = PrepareLocked(tunnels[i]);
     if (!state.ok()) {
-      answers[i] = state.status();
+      batch->answers[i] = state.status();
       continue;
     }
-    ready.push_back(i);
-    states.push_back(*std::move(state));
+    batch->ready.push_back(i);
+    batch->states.push_back(*std::move(state));
   }
-  // Every worker is handed its part before any is waited for: they take it side by side.
-  std::vector<PendingAdditions> pending;
-  pending.reserve(workers_.size());
-  for (size_t w = 0; w < workers_.size() && !ready.empty(); ++w) {
+  batch->pending.reserve(workers_.size());
+  for (size_t w = 0; w < workers_.size() && !batch->ready.empty(); ++w) {
     std::vector<EngineTunnel> parts;
-    parts.reserve(ready.size());
-    for (size_t k = 0; k < ready.size(); ++k) {
-      const bool one_queue = states[k].queues.empty();
-      EngineTunnel part = tunnels[ready[k]];
+    parts.reserve(batch->ready.size());
+    for (size_t k = 0; k < batch->ready.size(); ++k) {
+      const bool one_queue = batch->states[k].queues.empty();
+      EngineTunnel part = tunnels[batch->ready[k]];
       part.read_device = part.read_device && (w == 0 || !one_queue);
-      if (w > 0 && !one_queue) part.device_fd = states[k].queues[w - 1];
+      if (w > 0 && !one_queue) part.device_fd = batch->states[k].queues[w - 1];
       parts.push_back(std::move(part));
     }
-    pending.push_back(workers_[w]->BeginAddTunnels(parts));
+    batch->pending.push_back(workers_[w]->BeginAddTunnels(parts));
   }
-  // added[w][k]: worker w took ready[k]. A refusal is the first worker's that refused.
-  std::vector<std::vector<bool>> added(pending.size(), std::vector<bool>(ready.size()));
-  for (size_t w = 0; w < pending.size(); ++w) {
-    const std::vector<absl::Status> results = std::move(pending[w]).Wait();
-    for (size_t k = 0; k < ready.size(); ++k) {
-      if (results[k].ok()) {
-        added[w][k] = true;
-      } else if (answers[ready[k]].ok()) {
-        answers[ready[k]] = results[k];
+  return PendingAdditions([this, batch]() -> std::vector<absl::Status> {
+    std::vector<absl::Status>& answers = batch->answers;
+    const std::vector<size_t>& ready = batch->ready;
+    // added[w][k]: worker w took ready[k]. A refusal is the first worker's that refused.
+    std::vector<std::vector<bool>> added(batch->pending.size(), std::vector<bool>(ready.size()));
+    for (size_t w = 0; w < batch->pending.size(); ++w) {
+      const std::vector<absl::Status> results = std::move(batch->pending[w]).Wait();
+      for (size_t k = 0; k < ready.size(); ++k) {
+        if (results[k].ok()) {
+          added[w][k] = true;
+        } else if (answers[ready[k]].ok()) {
+          answers[ready[k]] = results[k];
+        }
       }
     }
-  }
-  for (size_t k = 0; k < ready.size(); ++k) {
-    const EngineTunnel& tunnel = tunnels[ready[k]];
-    if (answers[ready[k]].ok()) {
-      tunnels_.emplace(tunnel.name, std::move(states[k]));
-      continue;
+    absl::MutexLock lock(&mu_);
+    for (size_t k = 0; k < ready.size(); ++k) {
+      const std::string& name = batch->tunnels[ready[k]].name;
+      if (answers[ready[k]].ok()) {
+        tunnels_.emplace(name, std::move(batch->states[k]));
+        continue;
+      }
+      for (size_t w = 0; w < added.size(); ++w) {
+        if (added[w][k]) workers_[w]->RemoveTunnel(name).IgnoreError();
+      }
+      for (int fd : batch->states[k].queues) close(fd);
     }
-    for (size_t w = 0; w < added.size(); ++w) {
-      if (added[w][k]) workers_[w]->RemoveTunnel(tunnel.name).IgnoreError();
-    }
-    for (int fd : states[k].queues) close(fd);
-  }
-  return answers;
+    return std::move(answers);
+  });
 }
 
 absl::Status WorkerPool::RemoveTunnel(const std::string& name) {

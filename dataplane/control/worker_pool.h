@@ -38,8 +38,10 @@ class WorkerPool final : public PacketEngine {
   // INVALID_ARGUMENT when the tunnel's stats have fewer workers than the pool.
   absl::Status AddTunnel(const EngineTunnel& tunnel) override;
   // Every worker takes all of them in one round trip (a restart adds thousands), all the
-  // workers at once.
-  std::vector<absl::Status> AddTunnels(absl::Span<const EngineTunnel> tunnels) override;
+  // workers at once; the answers settle (a tunnel some worker refused is taken back from the
+  // others) when waited for. Until then the pool does not know the tunnels: a RemoveTunnel of
+  // one of them is NOT_FOUND.
+  PendingAdditions BeginAddTunnels(absl::Span<const EngineTunnel> tunnels) override;
   absl::Status RemoveTunnel(const std::string& name) override;
   // The workers' counters summed, into the caller's own copy.
   DataplaneCountersSnapshot counters() const override;

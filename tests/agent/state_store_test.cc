@@ -1,7 +1,9 @@
 #include "agent/state_store.h"
 
 #include <sched.h>
+#include <signal.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -971,10 +973,13 @@ TEST_F(FileStateStoreTest, AFlushInProgressKeepsNoOtherRequestWaiting) {
   ASSERT_TRUE(manager.Restore().ok());
   std::thread first([&] { EXPECT_TRUE(manager.Create(Numbered(1)).ok()); });
   ASSERT_TRUE(disk.WaitForCall(absl::Seconds(10))) << "the create never flushed";
-  // Published at its append: readers see it while it is being flushed.
+  // Published at its commit, which the flush of its record written ahead does not hold up:
+  // readers see it while it is being flushed.
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (!manager.Get("t1").ok() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
   EXPECT_TRUE(manager.Get("t1").ok());
   std::thread second([&] { EXPECT_TRUE(manager.Create(Numbered(2)).ok()); });
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  deadline = absl::Now() + absl::Seconds(10);
   while (store.stats().commits < 2 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
   EXPECT_EQ(store.stats().commits, 2u) << "the second request waited for the first one's flush";
   gated.store(false);
@@ -982,6 +987,94 @@ TEST_F(FileStateStoreTest, AFlushInProgressKeepsNoOtherRequestWaiting) {
   first.join();
   second.join();
   EXPECT_EQ(LoadFresh(root_).size(), 2u);
+  manager.Shutdown();
+}
+
+// FlushSoon flushes on the store's own thread: the caller's WaitDurable then finds the change
+// durable and flushes nothing more.
+TEST_F(FileStateStoreTest, FlushSoonMakesTheChangeDurableInTheBackground) {
+  std::atomic<int> flushes{0};
+  FileStateStore::Options options;
+  options.sync = [&](int fd) {
+    ++flushes;
+    return fdatasync(fd);
+  };
+  FileStateStore store(root_, options);
+  ASSERT_TRUE(store.Load().ok());
+  const absl::StatusOr<uint64_t> sequence = store.Append(Upsert({Numbered(1)}));
+  ASSERT_TRUE(sequence.ok()) << sequence.status();
+  EXPECT_EQ(flushes.load(), 0) << "an append alone flushed";
+  store.FlushSoon();
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (flushes.load() == 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+  ASSERT_EQ(flushes.load(), 1) << "FlushSoon did not flush";
+  // syncs counts a flush once it is over; WaitDurable waits for one under way.
+  EXPECT_TRUE(store.WaitDurable(*sequence).ok());
+  EXPECT_EQ(flushes.load(), 1);
+  EXPECT_EQ(store.stats().syncs, 1u);
+  EXPECT_EQ(LoadFresh(root_).size(), 1u);
+}
+
+// A record taken back (StateChange::undo) is taken back even when the disk refuses the write:
+// the store forgets it at once and writes itself whole at the next chance, so the tunnel never
+// comes back at the next start.
+TEST_F(FileStateStoreTest, AnUndoTheDiskRefusesIsTakenBackAllTheSame) {
+  const std::string log_path = FileStateStore(root_).log_path();
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Files may not grow past the log's size for a while: the write fails with EFBIG.
+    signal(SIGXFSZ, SIG_IGN);
+    FileStateStore store(root_);
+    if (!store.Load().ok()) _exit(10);
+    for (int n : {1, 2}) {
+      const absl::StatusOr<uint64_t> s = store.Append(Upsert({Numbered(n)}));
+      if (!s.ok() || !store.WaitDurable(*s).ok()) _exit(11);
+    }
+    rlimit limit;
+    if (getrlimit(RLIMIT_FSIZE, &limit) != 0) _exit(12);
+    const rlim_t unlimited = limit.rlim_cur;
+    limit.rlim_cur = static_cast<rlim_t>(FileSize(log_path));
+    if (setrlimit(RLIMIT_FSIZE, &limit) != 0) _exit(12);
+    StateChange undo = Remove({"t2"});
+    undo.undo = true;
+    const absl::StatusOr<uint64_t> taken_back = store.Append(undo);
+    if (!taken_back.ok()) _exit(13);
+    (void)store.WaitDurable(*taken_back);  // a snapshot of t1 may or may not fit
+    limit.rlim_cur = unlimited;
+    if (setrlimit(RLIMIT_FSIZE, &limit) != 0) _exit(12);
+    const absl::StatusOr<uint64_t> next = store.Append(Upsert({Numbered(3)}));
+    if (!next.ok() || !store.WaitDurable(*next).ok()) _exit(14);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0) << "failed at step " << WEXITSTATUS(status)
+                                    << " (10 load, 11 the first changes, 12 the file size "
+                                       "limit, 13 the undo, 14 the change after it)";
+  std::vector<std::string> names;
+  for (const TunnelSpec& spec : LoadFresh(root_)) names.push_back(spec.name);
+  EXPECT_THAT(names, ::testing::ElementsAre("t1", "t3"));
+}
+
+// A create the kernel refuses leaves nothing on disk: its record, written ahead, is taken back
+// durably before the caller hears of the failure.
+TEST_F(FileStateStoreTest, ACreateTheKernelRefusesIsNotOnDisk) {
+  FileStateStore store(root_);
+  fakes::EventLog log;
+  fakes::FakeLinkControl links(&log);
+  fakes::FakePacketEngine engine(&log);
+  TunnelManager manager(&links, &engine, &store, TunnelManager::Options{});
+  ASSERT_TRUE(manager.Restore().ok());
+  ASSERT_TRUE(manager.Create(Numbered(1)).ok());
+  links.set_up_failure.Arm(1, absl::InternalError("link refused up"));
+  const absl::StatusOr<TunnelView> refused = manager.Create(Numbered(2));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInternal) << refused.status();
+  EXPECT_EQ(store.stats().commits, 3u) << "the record written ahead and taken back";
+  std::vector<std::string> names;
+  for (const TunnelSpec& spec : LoadFresh(root_)) names.push_back(spec.name);
+  EXPECT_THAT(names, ::testing::ElementsAre("t1"));
   manager.Shutdown();
 }
 

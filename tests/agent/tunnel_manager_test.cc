@@ -127,18 +127,20 @@ class TunnelManagerTest : public ::testing::Test {
 
 // ---- Create ------------------------------------------------------------------------------
 
-TEST_F(TunnelManagerTest, CreateConfiguresDeviceThenEngineThenPersists) {
+TEST_F(TunnelManagerTest, CreateWritesAheadThenConfiguresDeviceAndEngine) {
   TunnelSpec spec = Gre("gre1");
   spec.key = 42;
 
   absl::StatusOr<TunnelView> view = manager_->Create(spec);
   ASSERT_TRUE(view.ok()) << view.status();
 
-  // Routes need the link up; the engine gets a fully configured device; disk comes last.
-  EXPECT_THAT(
-      log_, ElementsAre("link.create gre1", "link.mtu gre1 1472", "link.addr gre1 10.0.0.1/30",
-                        "link.addr gre1 fd00::1/64", "link.up gre1", "link.route gre1 10.2.0.0/16",
-                        "link.route gre1 fd01::/48", "engine.add gre1", "store.save gre1"));
+  // The record first (its flush runs beside the rest); the engine is handed the device as soon
+  // as it exists, while the kernel configures it; routes need the link up.
+  EXPECT_THAT(log_, ElementsAre("store.save gre1", "link.create gre1", "engine.add gre1",
+                                "link.mtu gre1 1472", "link.addr gre1 10.0.0.1/30",
+                                "link.addr gre1 fd00::1/64", "link.up gre1",
+                                "link.route gre1 10.2.0.0/16", "link.route gre1 fd01::/48"));
+  EXPECT_THAT(store_.waited(), ElementsAre(1u)) << "answered before the record was durable";
   const fakes::FakeLinkControl::Link& link = links_.links().at("gre1");
   EXPECT_EQ(link.mtu, 1472u);
   EXPECT_TRUE(link.up);
@@ -530,14 +532,23 @@ TEST_P(TunnelManagerRollbackTest, FailedStepLeavesNothingBehind) {
   EXPECT_EQ(view.status().code(), c.error.code()) << view.status();
   EXPECT_THAT(std::string(view.status().message()), HasSubstr(c.message));
 
-  if (c.step != Step::kCreateDevice) {
-    EXPECT_THAT(links_.destroyed(), ElementsAre("gre1"));
-  }
   if (c.step == Step::kSave) {
-    EXPECT_LT(IndexOf("engine.remove gre1"), IndexOf("link.destroy gre1"))
-        << "the device closed while the engine could still use it";
+    // The record written ahead was refused: nothing was made.
+    EXPECT_THAT(links_.destroyed(), IsEmpty());
+    EXPECT_EQ(std::count(log_.begin(), log_.end(), "link.create gre1"), 0);
+    EXPECT_EQ(store_.save_calls(), saves + 1);
   } else {
-    EXPECT_EQ(store_.save_calls(), saves);
+    if (c.step != Step::kCreateDevice) {
+      EXPECT_THAT(links_.destroyed(), ElementsAre("gre1"));
+    }
+    if (c.step != Step::kCreateDevice && c.step != Step::kEngineAdd) {
+      EXPECT_LT(IndexOf("engine.remove gre1"), IndexOf("link.destroy gre1"))
+          << "the device closed while the engine could still use it";
+    }
+    // Written ahead, then taken back, durable before the answer.
+    EXPECT_EQ(store_.save_calls(), saves + 2);
+    ASSERT_FALSE(store_.waited().empty());
+    EXPECT_EQ(store_.waited().back(), static_cast<uint64_t>(saves + 2));
   }
   EXPECT_THAT(links_.LinkNames(), ElementsAre("keep"));
   EXPECT_THAT(engine_.TunnelNames(), ElementsAre("keep"));

@@ -108,6 +108,34 @@ TEST(WorkerPoolAddTunnelsTest, AnswersEachAndKeepsTheWorkersInAgreement) {
   EXPECT_TRUE(absl::IsAlreadyExists(p.pool->AddTunnel(TunnelNamed("b", 2))));
 }
 
+// An addition begun is settled when waited for, and settled all the same when its answers are
+// dropped unwaited: a tunnel a worker refused is taken back from the others either way.
+TEST(WorkerPoolAddTunnelsTest, ABegunAdditionSettlesWaitedOrNot) {
+  Pool p = StartPool(2);
+  ASSERT_NE(p.pool, nullptr);
+  p.workers[1]->refuse.insert("c");
+  std::vector<EngineTunnel> first = {TunnelNamed("a", 2), TunnelNamed("c", 2)};
+  {
+    PendingAdditions begun = p.pool->BeginAddTunnels(first);
+    // Not the pool's until settled.
+    EXPECT_TRUE(absl::IsNotFound(p.pool->RemoveTunnel("a")));
+  }
+  const std::set<std::string> expected = {"a"};
+  EXPECT_EQ(p.workers[0]->tunnels, expected);
+  EXPECT_EQ(p.workers[1]->tunnels, expected);
+  EXPECT_TRUE(absl::IsAlreadyExists(p.pool->AddTunnel(TunnelNamed("a", 2))));
+
+  std::vector<EngineTunnel> second = {TunnelNamed("b", 2), TunnelNamed("c", 2)};
+  const std::vector<absl::Status> answers = p.pool->BeginAddTunnels(second).Wait();
+  ASSERT_EQ(answers.size(), 2u);
+  EXPECT_TRUE(answers[0].ok()) << answers[0];
+  EXPECT_TRUE(absl::IsResourceExhausted(answers[1])) << answers[1];
+  EXPECT_TRUE(p.pool->RemoveTunnel("b").ok());
+  EXPECT_TRUE(p.pool->RemoveTunnel("a").ok());
+  EXPECT_TRUE(p.workers[0]->tunnels.empty());
+  EXPECT_TRUE(p.workers[1]->tunnels.empty());
+}
+
 TEST(WorkerPoolCountersTest, SumsEveryWorker) {
   Pool p = StartPool(3);
   ASSERT_NE(p.pool, nullptr);
