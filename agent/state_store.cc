@@ -661,10 +661,16 @@ void FileStateStore::SyncLocked() {
 }
 
 void FileStateStore::FlushSoon() {
-  absl::MutexLock lock(&mu_);
-  if (stopping_) return;
-  flush_wanted_ = true;
-  if (!flusher_.joinable()) flusher_ = std::thread([this] { RunFlusher(); });
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    flush_wanted_ = true;
+    if (flusher_started_) return;
+    flusher_started_ = true;
+  }
+  // Started by the first caller alone, outside the lock: appends and waiters do not queue
+  // behind the making of a thread.
+  flusher_ = std::thread([this] { RunFlusher(); });
 }
 
 void FileStateStore::RunFlusher() {

@@ -165,7 +165,8 @@ class FileStateStore final : public StateStore {
   bool flush_wanted_ ABSL_GUARDED_BY(mu_) = false;  // FlushSoon since the flusher last looked
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;      // the destructor runs: the flusher ends
   StateStoreStats stats_ ABSL_GUARDED_BY(mu_);
-  std::thread flusher_;  // started by the first FlushSoon
+  bool flusher_started_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread flusher_;  // started by the first FlushSoon; joined by the destructor
 };
 
 // CRC32C (Castagnoli), as the log's records carry it; `crc` continues an earlier value.

@@ -135,6 +135,13 @@ def main(argv):
             r = v / one if v is not None and one else None
             scale[fig] = {"median": v, "one_tunnel_median": one, "x_one_tunnel": r}
             print("  %-18s %8s with them, %8s alone: %s x" % (label, fmt(v), fmt(one), fmt(r)))
+        # The agents' CPU per Gbit of the TCP runs: a per-packet cost, which the throughput of
+        # a run on a shared machine shows only through the noise of everything else running.
+        v, one = med(SCALED, "cpu_s_per_gbit"), med(ONE, "cpu_s_per_gbit")
+        r = one / v if v and one is not None else None
+        scale["cpu_s_per_gbit"] = {"median": v, "one_tunnel_median": one, "x_one_tunnel": r}
+        print("  %-18s %8s with them, %8s alone: %s x as efficient" %
+              ("CPU s per Gbit", fmt(v), fmt(one), fmt(r)))
         for node in ("A", "B"):
             rss = runs.get(node, {}).get("rss_mib")
             scale["rss_mib_" + node] = max(rss) if rss else None
@@ -172,14 +179,17 @@ def main(argv):
         limit = 2 * med("veth", "rtt_p99")
     target("GRE added RTT p99 ms: p99 GRE - p99 veth <= 2 x p99 veth" +
            ("" if limit is None else " = %s" % fmt(limit)), added, limit, False)
-    for fig, label in (("tcp1", "TCP x1"), ("udp64", "UDP 64 B")):
+    for fig, label in (("tcp1", "TCP x1"), ("udp64", "UDP 64 B"),
+                       ("cpu_s_per_gbit", "TCP x1 CPU per Gbit")):
         target("%s tunnels: GRE %s >= 0.9x one tunnel (no slow-down)" %
                (meta.get("tunnels_a", "1,001"), label),
                scale.get(fig, {}).get("x_one_tunnel"), 0.9, True)
     for node in ("A", "B"):
-        target("%s tunnels: agent %s VmRSS < 100 MiB" %
-               (meta.get("tunnels_" + node.lower(), "1,001"), node),
-               scale.get("rss_mib_" + node), 100, False)
+        # 100 MiB beside 1,001 tunnels, 256 MiB beside 10,001.
+        tunnels = meta.get("tunnels_" + node.lower(), "1,001")
+        limit = 256 if str(tunnels).isdigit() and int(tunnels) > 1001 else 100
+        target("%s tunnels: agent %s VmRSS < %d MiB" % (tunnels, node, limit),
+               scale.get("rss_mib_" + node), limit, False)
 
     if notes:
         print()
