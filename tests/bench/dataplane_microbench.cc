@@ -1,6 +1,6 @@
 // Google Benchmark micro-benchmarks of the dataplane's per-packet code, without devices or
-// sockets: what one packet costs in the codecs and the tunnel lookup, so that the issue-5 work
-// (offloads, batching) can be checked not to make the per-packet path slower.
+// sockets: what one packet costs in the codecs and the tunnel lookup, so that the offloads and
+// the batching can be checked not to make the per-packet path slower.
 // Not a test: it asserts nothing about speed and is not registered with CTest.
 //
 //   make microbench                      # builds, then runs every benchmark
@@ -24,8 +24,13 @@
 //   BM_CoalesceTcp/<segments>              Coalescer::Add of that many in-order segments of
 //                                          one flow (1436 bytes each), then Flush: per segment
 //   BM_CoalesceMiss                        Add of a segment that cannot merge (not TCP)
+//   BM_PrefixLookup/<bits>/<prefixes>      PrefixTrie::Lookup (a multipoint tunnel's peer for
+//                                          an inner address): IPv4 /26s under 10/8 with a /16
+//                                          over every 1,024 of them, IPv6 /64s under fd00::/16;
+//                                          4,096 addresses, three in four held
 //
 // Not here yet: GRE-in-UDP (RFC 8086) with UDP GSO/GRO, which the dataplane does not have.
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -33,6 +38,7 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
+#include "dataplane/core/prefix_trie.h"
 #include "dataplane/core/tunnel_table.h"
 #include "dataplane/packet/checksum.h"
 #include "dataplane/packet/drop_reason.h"
@@ -451,6 +457,48 @@ void BM_CoalesceMiss(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_CoalesceMiss);
+
+void BM_PrefixLookup(benchmark::State& state) {
+  const int bits = static_cast<int>(state.range(0));
+  const uint32_t count = static_cast<uint32_t>(state.range(1));
+  PrefixTrie<uint32_t> trie(bits);
+  // Prefix i: IPv4 10.0.0.0/8 cut into /26s; IPv6 fd00:0:<i>::/64. Bytes past the prefix zero.
+  auto prefix_bytes = [bits](uint32_t i) {
+    std::array<uint8_t, 16> b{};
+    if (bits == 32) {
+      const uint32_t network = (10u << 24) | (i << 6);
+      b = {static_cast<uint8_t>(network >> 24), static_cast<uint8_t>(network >> 16),
+           static_cast<uint8_t>(network >> 8), static_cast<uint8_t>(network)};
+    } else {
+      b[0] = 0xfd;
+      b[4] = static_cast<uint8_t>(i >> 24);
+      b[5] = static_cast<uint8_t>(i >> 16);
+      b[6] = static_cast<uint8_t>(i >> 8);
+      b[7] = static_cast<uint8_t>(i);
+    }
+    return b;
+  };
+  const int length = bits == 32 ? 26 : 64;
+  for (uint32_t i = 0; i < count; ++i) trie.TryInsert(prefix_bytes(i).data(), length, i);
+  for (uint32_t i = 0; bits == 32 && i < count; i += 1024) {
+    trie.TryInsert(prefix_bytes(i).data(), 16, count + i);  // nested: a shorter one above
+  }
+  std::vector<std::array<uint8_t, 16>> addresses(4096);
+  uint32_t seed = 12345;
+  for (auto& a : addresses) {
+    seed = seed * 1103515245u + 12345u;
+    const uint32_t i = (seed >> 8) % (count + count / 3);  // a quarter beyond the held ones
+    a = prefix_bytes(i);
+    a[bits / 8 - 1] |= 0x11;  // a host inside
+  }
+  size_t next = 0;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(trie.Lookup(addresses[next].data()));
+    next = (next + 1) & 4095;
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_PrefixLookup)->Args({32, 1000})->Args({32, 100000})->Args({128, 10000});
 
 }  // namespace
 }  // namespace tunnelagent::dataplane
