@@ -377,8 +377,14 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
   if (absl::GetFlag(FLAGS_takeover)) takeover = Takeover::Begin(handover_peer, &asked_to_stop);
   HandedOver* handed = takeover.has_value() ? &takeover->handed() : nullptr;
   // One agent per node: a second one stops here, before the dataplane or a device is touched.
-  absl::StatusOr<NodeClaim> node =
-      ClaimNode(*security, handed, asked_to_stop ? absl::Seconds(60) : absl::ZeroDuration());
+  // A --takeover that found no agent to take over from waits a moment for the lock all the
+  // same: the agent holding it may be dying (kill -9 closes its descriptors one by one, its
+  // handover socket before its lock).
+  const absl::Duration lock_wait = asked_to_stop ? absl::Seconds(60)
+                                   : absl::GetFlag(FLAGS_takeover) && handed == nullptr
+                                       ? absl::Seconds(5)
+                                       : absl::ZeroDuration();
+  absl::StatusOr<NodeClaim> node = ClaimNode(*security, handed, lock_wait);
   if (!node.ok()) {
     Log("FATAL", "%s", node.status().message());
     return 1;
