@@ -190,7 +190,7 @@ class TunnelManager::Transaction {
     absl::StatusOr<uint64_t> sequence = manager_->store_->Append({{spec}, {}});
     if (!sequence.ok()) return sequence.status();
     sequence_ = *sequence;
-    written_ahead_.push_back(spec.name);
+    written_ahead_.insert(spec.name);
     manager_->store_->FlushSoon();
     return absl::OkStatus();
   }
@@ -202,7 +202,7 @@ class TunnelManager::Transaction {
     manager_->change_mu_.AssertHeld();
     // Written ahead already when the change is only the tunnels written ahead (as they were:
     // a create does not alter the spec it brings up).
-    if (written_ahead_.size() != touched_.size()) {
+    if (written_ahead_ != touched_) {
       absl::StatusOr<uint64_t> sequence = manager_->SaveLocked(touched_);
       if (!sequence.ok()) {
         Rollback();
@@ -257,7 +257,7 @@ class TunnelManager::Transaction {
   // failure is logged and the store rewrites itself whole at the next flush.
   void UnwriteAhead() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     StateChange undo;
-    undo.removed = written_ahead_;
+    undo.removed.assign(written_ahead_.begin(), written_ahead_.end());
     undo.undo = true;
     absl::StatusOr<uint64_t> sequence = manager_->store_->Append(undo);
     absl::Status status =
@@ -270,7 +270,7 @@ class TunnelManager::Transaction {
 
   TunnelManager* manager_;
   const Mode mode_;
-  std::vector<std::string> written_ahead_;  // new tunnels whose records were written ahead
+  std::set<std::string> written_ahead_;  // new tunnels whose records were written ahead
   bool done_ = false;
   uint64_t sequence_ = 0;
   std::set<std::string> touched_;
