@@ -1384,16 +1384,18 @@ absl::Status TunnelManager::StartDataplane(Entry& entry) {
 
 dataplane::EngineTunnel TunnelManager::EngineTunnelOf(Entry& entry, const Device& device,
                                                       uint32_t mtu) {
-  if (!entry.counters)
+  if (!entry.counters) {
     entry.counters = std::make_shared<dataplane::TunnelStats>(engine_->workers());
+  }
   return EngineTunnelFor(entry.spec, device, mtu, entry.counters);
 }
 
 std::vector<absl::Status> TunnelManager::StartDataplanes(const std::vector<Entry*>& entries) {
   std::vector<dataplane::EngineTunnel> tunnels;
   tunnels.reserve(entries.size());
-  for (Entry* entry : entries)
+  for (Entry* entry : entries) {
     tunnels.push_back(EngineTunnelOf(*entry, *entry->device, entry->mtu));
+  }
   std::vector<absl::Status> started = engine_->AddTunnels(tunnels);
   for (size_t i = 0; i < entries.size(); ++i) entries[i]->in_engine = started[i].ok();
   return started;
