@@ -133,14 +133,13 @@ PendingAdditions WorkerPool::BeginAddTunnels(absl::Span<const EngineTunnel> tunn
   // What is begun here and settled when the caller waits.
   struct Batch {
     std::vector<absl::Status> answers;
-    std::vector<EngineTunnel> tunnels;
-    std::vector<size_t> ready;  // indexes into `tunnels`, in order
-    std::vector<Tunnel> states;
+    std::vector<size_t> ready;              // indexes into the tunnels asked for, in order
+    std::vector<std::string> names;         // of each ready one
+    std::vector<Tunnel> states;             // of each ready one
     std::vector<PendingAdditions> pending;  // one per worker
   };
   auto batch = std::make_shared<Batch>();
   batch->answers.resize(tunnels.size());
-  batch->tunnels.assign(tunnels.begin(), tunnels.end());
   absl::MutexLock lock(&mu_);
   // Each tunnel's queues first; then every worker takes its part of all of them in one round
   // trip, the workers side by side. The workers' mailboxes are filled under mu_, so every
@@ -158,6 +157,7 @@ PendingAdditions WorkerPool::BeginAddTunnels(absl::Span<const EngineTunnel> tunn
       continue;
     }
     batch->ready.push_back(i);
+    batch->names.push_back(tunnels[i].name);
     batch->states.push_back(*std::move(state));
   }
   batch->pending.reserve(workers_.size());
@@ -190,7 +190,7 @@ PendingAdditions WorkerPool::BeginAddTunnels(absl::Span<const EngineTunnel> tunn
     }
     absl::MutexLock lock(&mu_);
     for (size_t k = 0; k < ready.size(); ++k) {
-      const std::string& name = batch->tunnels[ready[k]].name;
+      const std::string& name = batch->names[k];
       if (answers[ready[k]].ok()) {
         tunnels_.emplace(name, std::move(batch->states[k]));
         continue;
