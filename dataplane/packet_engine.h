@@ -198,7 +198,8 @@ class PendingAdditions {
   // a tunnel some worker refused). Dropped unwaited, it settles all the same.
   explicit PendingAdditions(Settle settle) : settle_(std::make_unique<Settle>(std::move(settle))) {}
   PendingAdditions(PendingAdditions&&) = default;
-  PendingAdditions& operator=(PendingAdditions&&) = default;
+  // Not assignable: assigning over unsettled additions would drop them unsettled.
+  PendingAdditions& operator=(PendingAdditions&&) = delete;
   ~PendingAdditions() {
     if (settle_) std::move(*this).Wait();
   }
