@@ -22,6 +22,7 @@
 #include "agent/proto_convert.h"
 #include "agent/request_parse.h"
 #include "agent/tunnel_fields.h"
+#include "agent/validation.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/time_util.h"
@@ -29,19 +30,6 @@
 
 namespace tunnelagent::agent {
 namespace {
-
-constexpr int kMaxPageSize = 1000;
-
-// Map order must not make two equal requests look different.
-std::string Fingerprint(const google::protobuf::Message& message) {
-  std::string bytes;
-  google::protobuf::io::StringOutputStream stream(&bytes);
-  google::protobuf::io::CodedOutputStream out(&stream);
-  out.SetSerializationDeterministic(true);
-  message.SerializeToCodedStream(&out);
-  out.Trim();
-  return bytes;
-}
 
 OperState StateFromProto(v1::OperState state) {
   switch (state) {
@@ -52,6 +40,34 @@ OperState StateFromProto(v1::OperState state) {
     default:
       return OperState::kUp;
   }
+}
+
+// A ListTunnels filter.
+bool Matches(const v1::ListTunnelsRequest& request, const TunnelSpec& spec, OperState state) {
+  if (request.mode() != v1::TUNNEL_MODE_UNSPECIFIED && request.mode() != ModeToProto(spec.mode)) {
+    return false;
+  }
+  if (request.state() != v1::OPER_STATE_UNSPECIFIED && StateFromProto(request.state()) != state) {
+    return false;
+  }
+  for (const auto& [key, value] : request.labels()) {
+    auto it = spec.labels.find(key);
+    if (it == spec.labels.end() || it->second != value) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+// Map order must not make two equal requests look different.
+std::string Fingerprint(const google::protobuf::Message& message) {
+  std::string bytes;
+  google::protobuf::io::StringOutputStream stream(&bytes);
+  google::protobuf::io::CodedOutputStream out(&stream);
+  out.SetSerializationDeterministic(true);
+  message.SerializeToCodedStream(&out);
+  out.Trim();
+  return bytes;
 }
 
 v1::TunnelChange::Action ActionToProto(ChangeAction action) {
@@ -70,25 +86,9 @@ v1::TunnelChange::Action ActionToProto(ChangeAction action) {
   return v1::TunnelChange::ACTION_UNSPECIFIED;
 }
 
-// A ListTunnels filter.
-bool Matches(const v1::ListTunnelsRequest& request, const TunnelSpec& spec, OperState state) {
-  if (request.mode() != v1::TUNNEL_MODE_UNSPECIFIED && request.mode() != ModeToProto(spec.mode)) {
-    return false;
-  }
-  if (request.state() != v1::OPER_STATE_UNSPECIFIED && StateFromProto(request.state()) != state) {
-    return false;
-  }
-  for (const auto& [key, value] : request.labels()) {
-    auto it = spec.labels.find(key);
-    if (it == spec.labels.end() || it->second != value) return false;
-  }
-  return true;
-}
-
 // One line per request that changes tunnels, done or refused: who asked, what, the result.
 void LogChange(const grpc::ServerContextBase& context, absl::string_view what,
-               const std::string& tunnel, const absl::Status& status,
-               std::string detail = std::string()) {
+               const std::string& tunnel, const absl::Status& status, std::string detail) {
   LogEvent("INFO", what,
            {{"tunnel", tunnel},
             {"caller", CallerOf(context)},
@@ -96,8 +96,6 @@ void LogChange(const grpc::ServerContextBase& context, absl::string_view what,
             {status.ok() ? "detail" : "error",
              status.ok() ? std::move(detail) : std::string(status.message())}});
 }
-
-}  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -146,6 +144,10 @@ std::string TunnelOf(const v1::CreateTunnelRequest& request) { return request.tu
 std::string TunnelOf(const v1::UpdateTunnelRequest& request) { return request.tunnel().name(); }
 std::string TunnelOf(const v1::DeleteTunnelRequest& request) { return request.name(); }
 std::string TunnelOf(const v1::ApplyTunnelsRequest&) { return std::string(); }
+std::string TunnelOf(const v1::CreatePeerRequest& request) { return request.tunnel(); }
+std::string TunnelOf(const v1::UpdatePeerRequest& request) { return request.tunnel(); }
+std::string TunnelOf(const v1::DeletePeerRequest& request) { return request.tunnel(); }
+std::string TunnelOf(const v1::ApplyPeersRequest& request) { return request.tunnel(); }
 
 }  // namespace
 
@@ -256,6 +258,64 @@ grpc::ServerUnaryReactor* TunnelServiceImpl::GetAgentInfo(grpc::CallbackServerCo
       });
 }
 
+grpc::ServerUnaryReactor* TunnelServiceImpl::CreatePeer(grpc::CallbackServerContext* context,
+                                                        const grpc::ByteBuffer* request,
+                                                        grpc::ByteBuffer* response) {
+  return QueueChange<v1::CreatePeerRequest, v1::Peer>(
+      context, request, response, "peer.create",
+      [this, context](const v1::CreatePeerRequest& r, v1::Peer* out) {
+        return DoCreatePeer(*context, r, out);
+      });
+}
+
+grpc::ServerUnaryReactor* TunnelServiceImpl::UpdatePeer(grpc::CallbackServerContext* context,
+                                                        const grpc::ByteBuffer* request,
+                                                        grpc::ByteBuffer* response) {
+  return QueueChange<v1::UpdatePeerRequest, v1::Peer>(
+      context, request, response, "peer.update",
+      [this, context](const v1::UpdatePeerRequest& r, v1::Peer* out) {
+        return DoUpdatePeer(*context, r, out);
+      });
+}
+
+grpc::ServerUnaryReactor* TunnelServiceImpl::DeletePeer(grpc::CallbackServerContext* context,
+                                                        const grpc::ByteBuffer* request,
+                                                        grpc::ByteBuffer* response) {
+  return QueueChange<v1::DeletePeerRequest, google::protobuf::Empty>(
+      context, request, response, "peer.delete",
+      [this, context](const v1::DeletePeerRequest& r, google::protobuf::Empty*) {
+        return DoDeletePeer(*context, r);
+      });
+}
+
+grpc::ServerUnaryReactor* TunnelServiceImpl::ApplyPeers(grpc::CallbackServerContext* context,
+                                                        const grpc::ByteBuffer* request,
+                                                        grpc::ByteBuffer* response) {
+  return QueueChange<v1::ApplyPeersRequest, v1::ApplyPeersResponse>(
+      context, request, response, "peer.apply",
+      [this, context](const v1::ApplyPeersRequest& r, v1::ApplyPeersResponse* out) {
+        return DoApplyPeers(*context, r, out);
+      });
+}
+
+grpc::ServerUnaryReactor* TunnelServiceImpl::GetPeer(grpc::CallbackServerContext* context,
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
+  return AnswerNow<v1::GetPeerRequest, v1::Peer>(
+      context, request, response,
+      [this](const v1::GetPeerRequest& r, v1::Peer* out) { return DoGetPeer(r, out); });
+}
+
+grpc::ServerUnaryReactor* TunnelServiceImpl::ListPeers(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request,
+                                                       grpc::ByteBuffer* response) {
+  return AnswerNow<v1::ListPeersRequest, v1::ListPeersResponse>(
+      context, request, response,
+      [this](const v1::ListPeersRequest& r, v1::ListPeersResponse* out) {
+        return DoListPeers(r, out);
+      });
+}
+
 // ---- The calls' work -----------------------------------------------------------------------
 
 absl::Status TunnelServiceImpl::DoCreate(const grpc::ServerContextBase& context,
@@ -275,8 +335,8 @@ absl::Status TunnelServiceImpl::DoCreate(const grpc::ServerContextBase& context,
                          return absl::OkStatus();
                        });
   LogChange(context, "tunnel.create", request.tunnel().name(), status,
-            absl::StrCat("mode=", v1::TunnelMode_Name(request.tunnel().mode()),
-                         " remote=", request.tunnel().remote()));
+            absl::StrCat("mode=", v1::TunnelMode_Name(request.tunnel().mode()), " remote=",
+                         request.tunnel().multipoint() ? "multipoint" : request.tunnel().remote()));
   if (status.ok()) response->ParseFromString(bytes);
   return status;
 }
@@ -444,13 +504,14 @@ void TunnelServiceImpl::DoGetAgentInfo(v1::AgentInfo* response) {
   }
   for (const char* feature :
        {"request_id", "etag", "update_mask", "watch", "apply", "labels", "pagination",
-        "persistent_devices", "gre_options", "keepalive", "path_mtu", "fou"}) {
+        "persistent_devices", "gre_options", "keepalive", "path_mtu", "fou", "multipoint"}) {
     response->add_features(feature);
   }
   response->set_io_backend(identity_.io_backend);
   response->set_dataplane_workers(identity_.dataplane_workers);
   response->set_dataplane_cpus(identity_.dataplane_cpus);
   response->set_max_tunnels(manager_->max_tunnels());
+  response->set_max_peers_per_tunnel(static_cast<uint32_t>(CurrentTunnelLimits().max_peers));
   response->set_tunnels_verifying(static_cast<uint32_t>(manager_->VerifyingCount()));
   const TunnelManager::Census census = manager_->TakeCensus();
   response->set_tunnel_count(static_cast<uint32_t>(census.tunnels));

@@ -38,6 +38,17 @@ namespace tunnelagent::agent {
 
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// The largest page ListTunnels and ListPeers answer.
+inline constexpr int kMaxPageSize = 1000;
+v1::TunnelChange::Action ActionToProto(ChangeAction action);
+// A request's bytes with its maps in a fixed order: what request_id's replay compares.
+std::string Fingerprint(const google::protobuf::Message& message);
+// One line per request that changes tunnels or peers, done or refused: who asked, what
+// (`what`: "tunnel.create", "peer.apply", ...), on which tunnel, the result.
+void LogChange(const grpc::ServerContextBase& context, absl::string_view what,
+               const std::string& tunnel, const absl::Status& status,
+               std::string detail = std::string());
+
 // What GetAgentInfo reports besides the manager's own figures.
 struct AgentIdentity {
   std::string version;
@@ -78,7 +89,15 @@ using TunnelServiceBase = v1::TunnelService::WithRawCallbackMethod_CreateTunnel<
                     v1::TunnelService::WithRawCallbackMethod_WatchTunnels<
                         v1::TunnelService::WithRawCallbackMethod_ApplyTunnels<
                             v1::TunnelService::WithRawCallbackMethod_GetAgentInfo<
-                                v1::TunnelService::Service>>>>>>>>;
+                                v1::TunnelService::WithRawCallbackMethod_CreatePeer<
+                                    v1::TunnelService::WithRawCallbackMethod_GetPeer<
+                                        v1::TunnelService::WithRawCallbackMethod_ListPeers<
+                                            v1::TunnelService::WithRawCallbackMethod_UpdatePeer<
+                                                v1::TunnelService::WithRawCallbackMethod_DeletePeer<
+                                                    v1::TunnelService::
+                                                        WithRawCallbackMethod_ApplyPeers<
+                                                            v1::TunnelService::
+                                                                Service>>>>>>>>>>>>>>;
 
 class TunnelServiceImpl final : public TunnelServiceBase {
  public:
@@ -110,6 +129,24 @@ class TunnelServiceImpl final : public TunnelServiceBase {
   grpc::ServerUnaryReactor* GetAgentInfo(grpc::CallbackServerContext* context,
                                          const grpc::ByteBuffer* request,
                                          grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* CreatePeer(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetPeer(grpc::CallbackServerContext* context,
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ListPeers(grpc::CallbackServerContext* context,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* UpdatePeer(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* DeletePeer(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ApplyPeers(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
 
   // WatchTunnels streams open now (closed ones whose stream has not ended yet included).
   int open_watchers() const;
@@ -129,6 +166,17 @@ class TunnelServiceImpl final : public TunnelServiceBase {
   absl::Status DoApply(const grpc::ServerContextBase& context,
                        const v1::ApplyTunnelsRequest& request, v1::ApplyTunnelsResponse* response);
   void DoGetAgentInfo(v1::AgentInfo* response);
+  // Peers of multipoint tunnels (peer_service.cc).
+  absl::Status DoCreatePeer(const grpc::ServerContextBase& context,
+                            const v1::CreatePeerRequest& request, v1::Peer* response);
+  absl::Status DoGetPeer(const v1::GetPeerRequest& request, v1::Peer* response);
+  absl::Status DoListPeers(const v1::ListPeersRequest& request, v1::ListPeersResponse* response);
+  absl::Status DoUpdatePeer(const grpc::ServerContextBase& context,
+                            const v1::UpdatePeerRequest& request, v1::Peer* response);
+  absl::Status DoDeletePeer(const grpc::ServerContextBase& context,
+                            const v1::DeletePeerRequest& request);
+  absl::Status DoApplyPeers(const grpc::ServerContextBase& context,
+                            const v1::ApplyPeersRequest& request, v1::ApplyPeersResponse* response);
 
   // Runs `work` on the change threads and finishes the call with what it returns; refuses
   // the call (logged as `what` on `tunnel`) when the queue is full.

@@ -111,6 +111,10 @@ ABSL_FLAG(uint32_t, max_label_value_length, 63, "Longest label value, in bytes")
 ABSL_FLAG(uint32_t, max_prefixes_per_apply, 65536,
           "Addresses and routes one ApplyTunnels may carry in all (each is a netlink request); "
           "more are INVALID_ARGUMENT");
+ABSL_FLAG(uint32_t, max_peers_per_tunnel, 16384,
+          "Peers one multipoint tunnel may have; more are RESOURCE_EXHAUSTED");
+ABSL_FLAG(uint32_t, max_prefixes_per_peer, 1024,
+          "Allowed prefixes one peer of a multipoint tunnel may have; more are INVALID_ARGUMENT");
 ABSL_FLAG(std::string, log_format, "text",
           "Log lines on stderr: text (time, level, event and key=value fields) or json (one "
           "object a line: time, level, msg and the same fields)");
@@ -712,7 +716,8 @@ int main(int argc, char** argv) {
   tunnelagent::agent::SetTunnelLimits(
       {absl::GetFlag(FLAGS_max_addresses_per_tunnel), absl::GetFlag(FLAGS_max_routes_per_tunnel),
        absl::GetFlag(FLAGS_max_labels_per_tunnel), absl::GetFlag(FLAGS_max_label_key_length),
-       absl::GetFlag(FLAGS_max_label_value_length), absl::GetFlag(FLAGS_max_prefixes_per_apply)});
+       absl::GetFlag(FLAGS_max_label_value_length), absl::GetFlag(FLAGS_max_prefixes_per_apply),
+       absl::GetFlag(FLAGS_max_peers_per_tunnel), absl::GetFlag(FLAGS_max_prefixes_per_peer)});
   if (absl::Status status = tunnelagent::agent::SetLogFormat(absl::GetFlag(FLAGS_log_format));
       !status.ok()) {
     fprintf(stderr, "tunnel-agent: %s\n", std::string(status.message()).c_str());

@@ -53,10 +53,26 @@ constexpr std::array kDataplaneReasons = {
 // from the tunnel's creation (at 0), like the drop reasons.
 constexpr std::array<const char*, 4> kRepairs = {"address", "route", "mtu", "link"};
 
+// Multipoint tunnels have these too: a packet to no peer's prefixes (tx), and from an address
+// that is no peer's or with an inner source its peer may not send from (rx).
+constexpr std::array kMultipointTxReasons = {DropReason::kUnsupportedProtocol,
+                                             DropReason::kBadInnerPacket,
+                                             DropReason::kTooBig,
+                                             DropReason::kSendError,
+                                             DropReason::kDeviceError,
+                                             DropReason::kLoop,
+                                             DropReason::kNoPeer};
+constexpr std::array kMultipointRxReasons = {DropReason::kGreChecksum,  DropReason::kGreSequence,
+                                             DropReason::kDeviceError,  DropReason::kSendError,
+                                             DropReason::kIcmpRejected, DropReason::kUnknownPeer,
+                                             DropReason::kSpoofedSource};
+
 // The drop reasons of a tunnel's direction ("tx" or "rx") that have series from the start.
-absl::Span<const DropReason> ExpectedDrops(absl::string_view direction) {
-  if (direction == "tx") return kTxReasons;
-  return kRxReasons;
+absl::Span<const DropReason> ExpectedDrops(absl::string_view direction, bool multipoint) {
+  if (direction == "tx") {
+    return multipoint ? absl::Span<const DropReason>(kMultipointTxReasons) : kTxReasons;
+  }
+  return multipoint ? absl::Span<const DropReason>(kMultipointRxReasons) : kRxReasons;
 }
 
 bool Listed(DropReason reason, absl::Span<const DropReason> reasons) {
@@ -198,6 +214,17 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
       "tunnelagent_tunnel_keepalive_rtt_seconds",
       "Round-trip time of the last keepalive the peer answered, in seconds.", MetricType::Gauge);
 
+  // Per multipoint tunnel, its peers by state; figures of each peer are the API's (a series
+  // per peer would grow with the fleet).
+  MetricFamily peers = Family("tunnelagent_tunnel_peers",
+                              "Peers of a multipoint tunnel by state: up, or down (keepalive "
+                              "unanswered).",
+                              MetricType::Gauge);
+  std::map<std::string, std::pair<size_t, size_t>> peer_counts;
+  manager_->ForEachPeerCount([&](const std::string& tunnel, size_t up_peers, size_t down_peers) {
+    peer_counts[tunnel] = {up_peers, down_peers};
+  });
+
   std::map<std::pair<std::string, std::string>, int> by_mode_state;
   for (auto mode :
        {dataplane::TunnelMode::kGre, dataplane::TunnelMode::kGretap, dataplane::TunnelMode::kIpip,
@@ -221,6 +248,11 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
                {"tunnel", name}},
               1);
     AddSample(state_changes, {{"tunnel", name}}, static_cast<double>(status.state_changes));
+    if (spec.multipoint) {
+      const std::pair<size_t, size_t> counts = peer_counts[name];
+      AddSample(peers, {{"state", "up"}, {"tunnel", name}}, static_cast<double>(counts.first));
+      AddSample(peers, {{"state", "down"}, {"tunnel", name}}, static_cast<double>(counts.second));
+    }
     AddSample(last_receive, {{"tunnel", name}},
               status.last_receive == absl::InfinitePast()
                   ? 0
@@ -244,8 +276,9 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
       }
     };
     add_counters(traffic);
-#define ADD_DROPS(member, api_field, direction) \
-  AddDrops(drops, name, direction, c, &dataplane::TunnelCounters::member, ExpectedDrops(direction));
+#define ADD_DROPS(member, api_field, direction)                           \
+  AddDrops(drops, name, direction, c, &dataplane::TunnelCounters::member, \
+           ExpectedDrops(direction, spec.multipoint));
     TUNNEL_DROP_COUNTERS(ADD_DROPS)
 #undef ADD_DROPS
     AddSample(path_mtu, {{"tunnel", name}}, c.path_mtu.load(std::memory_order_relaxed));
@@ -318,7 +351,7 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
   };
   families.push_back(std::move(build));
   for (const ScalarMetric& gauge : agent_gauges) families.push_back(Scalar(gauge));
-  for (MetricFamily* f : {&tunnels, &up, &info, &state_changes, &last_receive, &repairs}) {
+  for (MetricFamily* f : {&tunnels, &up, &info, &state_changes, &last_receive, &repairs, &peers}) {
     families.push_back(std::move(*f));
   }
   take(traffic);

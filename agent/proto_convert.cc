@@ -46,6 +46,8 @@ absl::StatusOr<TunnelMode> ModeFromProto(int mode) {
   return absl::InvalidArgumentError(absl::StrCat("tunnel.mode: unknown value ", mode));
 }
 
+}  // namespace
+
 // Empty means unspecified; ValidateSpec decides whether that is allowed for the field.
 absl::StatusOr<IpAddress> AddressFromProto(absl::string_view field, const std::string& text) {
   if (text.empty()) return IpAddress();
@@ -72,7 +74,9 @@ absl::Status PrefixesFromProto(absl::string_view field,
   return absl::OkStatus();
 }
 
+namespace {
 constexpr uint32_t kMaxByte = 255;
+}  // namespace
 
 // As google.protobuf.Duration defines it: seconds and nanos of the same sign, |nanos| < 1e9.
 absl::StatusOr<absl::Duration> DurationFromProto(absl::string_view field,
@@ -103,7 +107,48 @@ v1::OperState StateToProto(OperState state) {
   return v1::OPER_STATE_UNSPECIFIED;
 }
 
-}  // namespace
+google::protobuf::Timestamp TimestampFromTime(absl::Time t) {
+  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
+}
+
+absl::Time TimeFromTimestamp(const google::protobuf::Timestamp& t) {
+  return absl::FromUnixNanos(google::protobuf::util::TimeUtil::TimestampToNanoseconds(t));
+}
+
+void CountersToProto(const TunnelCountersSnapshot& counters, v1::TunnelCounters* out) {
+#define COPY_COUNTER(member, api_field, ...) out->set_##api_field(counters.api_field);
+  TUNNEL_TRAFFIC_COUNTERS(COPY_COUNTER)
+  TUNNEL_DROP_COUNTERS(COPY_COUNTER)
+#undef COPY_COUNTER
+}
+
+void KeepaliveToProto(const KeepaliveSnapshot& k, v1::KeepaliveStatus* out) {
+  out->set_peer_alive(k.peer_alive);
+#define COPY_KEEPALIVE(member, api_field, ...) out->set_##api_field(k.api_field);
+  TUNNEL_KEEPALIVE_COUNTERS(COPY_KEEPALIVE)
+#undef COPY_KEEPALIVE
+  if (k.last_reply != absl::InfinitePast()) {
+    *out->mutable_last_reply_time() = TimestampFromTime(k.last_reply);
+  }
+  if (k.rtt.has_value()) *out->mutable_rtt() = DurationToProto(*k.rtt);
+}
+
+std::string StableFingerprint(const google::protobuf::Message& message) {
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream stream(&bytes);
+    google::protobuf::io::CodedOutputStream out(&stream);
+    out.SetSerializationDeterministic(true);  // map order must not change the fingerprint
+    message.SerializeToCodedStream(&out);
+  }
+  // FNV-1a: stable across builds and restarts, unlike absl::Hash.
+  uint64_t hash = 0xcbf29ce484222325ull;
+  for (unsigned char c : bytes) {
+    hash ^= c;
+    hash *= 0x100000001b3ull;
+  }
+  return absl::StrFormat("%016x", hash);
+}
 
 absl::StatusOr<TunnelSpec> SpecFromProto(const v1::Tunnel& tunnel) {
   TunnelSpec spec;
@@ -148,6 +193,7 @@ absl::StatusOr<TunnelSpec> SpecFromProto(const v1::Tunnel& tunnel) {
   spec.inherit_tos = tunnel.inherit_tos();
   spec.pmtudisc = !tunnel.has_pmtudisc() || tunnel.pmtudisc();
   spec.ignore_df = tunnel.ignore_df();
+  spec.multipoint = tunnel.multipoint();
   if (tunnel.has_keepalive()) {
     absl::StatusOr<absl::Duration> interval =
         DurationFromProto("tunnel.keepalive.interval", tunnel.keepalive().interval());
@@ -189,12 +235,10 @@ absl::StatusOr<TunnelSpec> SpecFromProto(const v1::Tunnel& tunnel) {
   spec.labels.insert(tunnel.labels().begin(), tunnel.labels().end());
   // Only the state file carries these; the manager sets its own on API requests.
   if (tunnel.status().has_create_time()) {
-    spec.create_time = absl::FromUnixNanos(
-        google::protobuf::util::TimeUtil::TimestampToNanoseconds(tunnel.status().create_time()));
+    spec.create_time = TimeFromTimestamp(tunnel.status().create_time());
   }
   if (tunnel.status().has_update_time()) {
-    spec.update_time = absl::FromUnixNanos(
-        google::protobuf::util::TimeUtil::TimestampToNanoseconds(tunnel.status().update_time()));
+    spec.update_time = TimeFromTimestamp(tunnel.status().update_time());
   }
   return spec;
 }
@@ -227,6 +271,7 @@ v1::Tunnel DesiredToProto(const TunnelSpec& spec) {
   tunnel.set_inherit_tos(spec.inherit_tos);
   if (!spec.pmtudisc) tunnel.set_pmtudisc(false);
   tunnel.set_ignore_df(spec.ignore_df);
+  tunnel.set_multipoint(spec.multipoint);
   if (spec.keepalive.interval != absl::ZeroDuration() || spec.keepalive.retries != 0) {
     v1::Keepalive* keepalive = tunnel.mutable_keepalive();
     *keepalive->mutable_interval() = DurationToProto(spec.keepalive.interval);
@@ -241,28 +286,9 @@ v1::Tunnel DesiredToProto(const TunnelSpec& spec) {
   return tunnel;
 }
 
-google::protobuf::Timestamp TimestampFromTime(absl::Time t) {
-  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
-}
-
 }  // namespace
 
-std::string ComputeEtag(const TunnelSpec& spec) {
-  std::string bytes;
-  {
-    google::protobuf::io::StringOutputStream stream(&bytes);
-    google::protobuf::io::CodedOutputStream out(&stream);
-    out.SetSerializationDeterministic(true);  // map order must not change the fingerprint
-    DesiredToProto(spec).SerializeToCodedStream(&out);
-  }
-  // FNV-1a: stable across builds and restarts, unlike absl::Hash.
-  uint64_t hash = 0xcbf29ce484222325ull;
-  for (unsigned char c : bytes) {
-    hash ^= c;
-    hash *= 0x100000001b3ull;
-  }
-  return absl::StrFormat("%016x", hash);
-}
+std::string ComputeEtag(const TunnelSpec& spec) { return StableFingerprint(DesiredToProto(spec)); }
 
 v1::Tunnel SpecToProto(const TunnelSpec& spec) {
   v1::Tunnel tunnel = DesiredToProto(spec);
@@ -283,24 +309,9 @@ v1::Tunnel TunnelToProto(const TunnelSpec& spec, const TunnelStatus& status) {
   out->set_reason(status.reason);
   out->set_ifindex(status.ifindex);
   out->set_mtu(status.mtu);
-  v1::TunnelCounters* counters = out->mutable_counters();
-#define COPY_COUNTER(member, api_field, ...) counters->set_##api_field(status.counters.api_field);
-  TUNNEL_TRAFFIC_COUNTERS(COPY_COUNTER)
-  TUNNEL_DROP_COUNTERS(COPY_COUNTER)
-#undef COPY_COUNTER
+  CountersToProto(status.counters, out->mutable_counters());
   out->set_path_mtu(status.path_mtu);
-  if (status.keepalive.has_value()) {
-    const KeepaliveSnapshot& k = *status.keepalive;
-    v1::KeepaliveStatus* keepalive = out->mutable_keepalive();
-    keepalive->set_peer_alive(k.peer_alive);
-#define COPY_KEEPALIVE(member, api_field, ...) keepalive->set_##api_field(k.api_field);
-    TUNNEL_KEEPALIVE_COUNTERS(COPY_KEEPALIVE)
-#undef COPY_KEEPALIVE
-    if (k.last_reply != absl::InfinitePast()) {
-      *keepalive->mutable_last_reply_time() = TimestampFromTime(k.last_reply);
-    }
-    if (k.rtt.has_value()) *keepalive->mutable_rtt() = DurationToProto(*k.rtt);
-  }
+  if (status.keepalive.has_value()) KeepaliveToProto(*status.keepalive, out->mutable_keepalive());
   if (status.last_receive != absl::InfinitePast()) {
     *out->mutable_last_receive_time() = TimestampFromTime(status.last_receive);
   }

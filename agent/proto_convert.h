@@ -3,7 +3,12 @@
 #ifndef TUNNELAGENT_AGENT_PROTO_CONVERT_H_
 #define TUNNELAGENT_AGENT_PROTO_CONVERT_H_
 
+#include <string>
+#include <vector>
+
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "agent/tunnel_spec.h"
 #include "agent/tunnel_status.h"
 #include "tunnelagent/v1/tunnel.pb.h"
@@ -27,6 +32,27 @@ v1::TunnelMode ModeToProto(dataplane::TunnelMode mode);
 // A fingerprint of the desired fields (not times or status): it changes whenever they change,
 // is the same across restarts, and is what Tunnel.etag carries.
 std::string ComputeEtag(const TunnelSpec& spec);
+
+// ---- Pieces the tunnel's and the peer's translations share ------------------------------
+// Empty: unspecified. INVALID_ARGUMENT naming `field` for text that is no address.
+absl::StatusOr<dataplane::IpAddress> AddressFromProto(absl::string_view field,
+                                                      const std::string& text);
+// Each of `texts` as a prefix; INVALID_ARGUMENT naming `field`[i] for one that is not.
+absl::Status PrefixesFromProto(absl::string_view field,
+                               const google::protobuf::RepeatedPtrField<std::string>& texts,
+                               std::vector<dataplane::IpPrefix>* out);
+// As google.protobuf.Duration defines it, else INVALID_ARGUMENT naming `field`.
+absl::StatusOr<absl::Duration> DurationFromProto(absl::string_view field,
+                                                 const google::protobuf::Duration& d);
+google::protobuf::Duration DurationToProto(absl::Duration d);
+google::protobuf::Timestamp TimestampFromTime(absl::Time t);
+absl::Time TimeFromTimestamp(const google::protobuf::Timestamp& t);
+v1::OperState StateToProto(OperState state);
+void CountersToProto(const TunnelCountersSnapshot& counters, v1::TunnelCounters* out);
+void KeepaliveToProto(const KeepaliveSnapshot& keepalive, v1::KeepaliveStatus* out);
+// A fingerprint of `message`'s bytes (maps in a fixed order): stable across builds and
+// restarts; what etags are.
+std::string StableFingerprint(const google::protobuf::Message& message);
 
 }  // namespace tunnelagent::agent
 

@@ -260,6 +260,8 @@ absl::StatusOr<std::vector<TunnelSpec>> FileStateStore::Load() {
 
 absl::Status FileStateStore::LoadLocked(std::vector<TunnelSpec>* out) {
   saved_.clear();
+  saved_peers_.clear();
+  loaded_peers_.clear();
   loaded_ = false;
   snapshot_exists_ = false;
   generation_ = 0;
@@ -280,6 +282,28 @@ absl::Status FileStateStore::LoadLocked(std::vector<TunnelSpec>* out) {
     if (specs.insert_or_assign(tunnel.name(), std::move(spec)).second) {
       order.push_back(tunnel.name());
     }
+  };
+
+  // A peer is kept only while its tunnel is: one of a tunnel removed later goes with it.
+  std::map<std::pair<std::string, std::string>, PeerSpec> peer_specs;
+  auto upsert_peer = [&](const state::v1::SavedPeer& saved, absl::string_view where)
+                         ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+    absl::StatusOr<PeerSpec> spec = PeerFromProto(saved.peer());
+    if (!spec.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, " (peer \"", absl::CEscape(saved.peer().name()), "\" of \"",
+                       absl::CEscape(saved.tunnel()), "\"): ", spec.status().message()));
+    }
+    const std::pair<std::string, std::string> key(saved.tunnel(), saved.peer().name());
+    saved_peers_.insert_or_assign(key, saved.peer().SerializeAsString());
+    peer_specs.insert_or_assign(key, *std::move(spec));
+    return absl::OkStatus();
+  };
+  auto remove_peers_of = [&](const std::string& tunnel) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    saved_peers_.erase(saved_peers_.lower_bound({tunnel, ""}),
+                       saved_peers_.lower_bound({tunnel + '\0', ""}));
+    peer_specs.erase(peer_specs.lower_bound({tunnel, ""}),
+                     peer_specs.lower_bound({tunnel + '\0', ""}));
   };
 
   bool migrate = false;
@@ -312,6 +336,11 @@ absl::Status FileStateStore::LoadLocked(std::vector<TunnelSpec>* out) {
                                 "\"): ", spec.status().message()));
       }
       upsert(state.tunnels(i), *std::move(spec), /*replace=*/false);
+    }
+    for (int i = 0; i < state.peers_size(); ++i) {
+      if (absl::Status s = upsert_peer(state.peers(i), absl::StrCat("peers[", i, "]")); !s.ok()) {
+        return Corrupt(path_, s.message());
+      }
     }
   }
 
@@ -396,6 +425,19 @@ absl::Status FileStateStore::LoadLocked(std::vector<TunnelSpec>* out) {
         for (const std::string& name : change.removed()) {
           saved_.erase(name);
           specs.erase(name);
+          remove_peers_of(name);
+        }
+        for (int i = 0; i < change.upserted_peers_size(); ++i) {
+          if (absl::Status s =
+                  upsert_peer(change.upserted_peers(i),
+                              absl::StrCat("offset ", offset, ": upserted_peers[", i, "]"));
+              !s.ok()) {
+            return Corrupt(log_path_, s.message());
+          }
+        }
+        for (const state::v1::PeerKey& key : change.removed_peers()) {
+          saved_peers_.erase({key.tunnel(), key.name()});
+          peer_specs.erase({key.tunnel(), key.name()});
         }
         offset = end;
       }
@@ -424,6 +466,14 @@ absl::Status FileStateStore::LoadLocked(std::vector<TunnelSpec>* out) {
     auto it = specs.find(name);
     if (it == specs.end() || !emitted.insert(name).second) continue;
     out->push_back(it->second);
+  }
+  for (auto& [key, spec] : peer_specs) {
+    if (!specs.count(key.first)) {
+      // Saved before its tunnel was: cannot happen through the agent; not kept.
+      saved_peers_.erase(key);
+      continue;
+    }
+    loaded_peers_.push_back({key.first, std::move(spec)});
   }
   loaded_ = true;
   durable_ = appended_;
@@ -462,6 +512,14 @@ absl::Status FileStateStore::WriteSnapshotLocked() {
           absl::StrCat("state file ", path_, ": tunnel ", name, " does not encode again"));
     }
   }
+  for (const auto& [key, peer] : saved_peers_) {
+    state::v1::SavedPeer* saved = state.add_peers();
+    saved->set_tunnel(key.first);
+    if (!saved->mutable_peer()->ParseFromString(peer)) {
+      return absl::InternalError(absl::StrCat("state file ", path_, ": peer ", key.second, " of ",
+                                              key.first, " does not encode again"));
+    }
+  }
   std::string content;
   google::protobuf::util::JsonPrintOptions options;
   options.add_whitespace = true;
@@ -498,22 +556,45 @@ absl::Status FileStateStore::StartLogLocked() {
   return absl::OkStatus();
 }
 
-void FileStateStore::ApplyLocked(const std::map<std::string, std::string>& upserted,
-                                 const std::vector<std::string>& removed) {
-  for (const auto& [name, tunnel] : upserted) saved_.insert_or_assign(name, tunnel);
-  for (const std::string& name : removed) saved_.erase(name);
+void FileStateStore::ApplyLocked(const EncodedChange& change) {
+  for (const auto& [name, tunnel] : change.upserted) saved_.insert_or_assign(name, tunnel);
+  for (const std::string& name : change.removed) {
+    saved_.erase(name);
+    saved_peers_.erase(saved_peers_.lower_bound({name, ""}),
+                       saved_peers_.lower_bound({name + '\0', ""}));
+  }
+  for (const auto& [key, peer] : change.upserted_peers) saved_peers_.insert_or_assign(key, peer);
+  for (const auto& key : change.removed_peers) saved_peers_.erase(key);
+}
+
+std::vector<SavedPeer> FileStateStore::TakeLoadedPeers() {
+  absl::MutexLock lock(&mu_);
+  return std::exchange(loaded_peers_, {});
 }
 
 absl::StatusOr<uint64_t> FileStateStore::Append(const StateChange& change) {
   // Encoded before the lock: the lock covers only the write and the bookkeeping.
   state::v1::StateChange record;
-  std::map<std::string, std::string> upserted;
+  EncodedChange encoded;
   for (const TunnelSpec& spec : change.upserted) {
     v1::Tunnel* tunnel = record.add_upserted();
     *tunnel = SpecToProto(spec);
-    upserted[spec.name] = tunnel->SerializeAsString();
+    encoded.upserted[spec.name] = tunnel->SerializeAsString();
   }
   for (const std::string& name : change.removed) record.add_removed(name);
+  encoded.removed = change.removed;
+  for (const SavedPeer& peer : change.upserted_peers) {
+    state::v1::SavedPeer* saved = record.add_upserted_peers();
+    saved->set_tunnel(peer.tunnel);
+    *saved->mutable_peer() = PeerSpecToProto(peer.spec);
+    encoded.upserted_peers[{peer.tunnel, peer.spec.name}] = saved->peer().SerializeAsString();
+  }
+  for (const auto& [tunnel, name] : change.removed_peers) {
+    state::v1::PeerKey* key = record.add_removed_peers();
+    key->set_tunnel(tunnel);
+    key->set_name(name);
+  }
+  encoded.removed_peers = change.removed_peers;
   const std::string bytes = Record(record.SerializeAsString());
 
   absl::MutexLock lock(&mu_);
@@ -530,7 +611,7 @@ absl::StatusOr<uint64_t> FileStateStore::Append(const StateChange& change) {
                      ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<uint64_t> {
     if (!change.undo) return s;
     Log("ERROR", "state: %s; the whole state is rewritten at the next flush", s.message());
-    ApplyLocked(upserted, change.removed);
+    ApplyLocked(encoded);
     needs_snapshot_ = true;
     ++stats_.commits;
     return ++appended_;
@@ -538,21 +619,13 @@ absl::StatusOr<uint64_t> FileStateStore::Append(const StateChange& change) {
   if (needs_snapshot_) {
     // A flush failed: the log on disk may have lost what it was told. This change goes into a
     // whole snapshot instead, which makes everything before it durable too.
-    std::map<std::string, std::optional<std::string>> before;
-    for (const auto& [name, tunnel] : upserted) before[name] = std::nullopt;
-    for (const std::string& name : change.removed) before[name] = std::nullopt;
-    for (auto& [name, old] : before) {
-      if (auto it = saved_.find(name); it != saved_.end()) old = it->second;
-    }
-    ApplyLocked(upserted, change.removed);
+    // Rare (after a failed flush), so what was there is simply copied to be put back.
+    std::map<std::string, std::string> tunnels_before = saved_;
+    std::map<std::pair<std::string, std::string>, std::string> peers_before = saved_peers_;
+    ApplyLocked(encoded);
     if (absl::Status s = WriteSnapshotLocked(); !s.ok()) {
-      for (const auto& [name, old] : before) {
-        if (old.has_value()) {
-          saved_.insert_or_assign(name, *old);
-        } else {
-          saved_.erase(name);
-        }
-      }
+      saved_ = std::move(tunnels_before);
+      saved_peers_ = std::move(peers_before);
       return refused(s);
     }
     ++stats_.commits;
@@ -581,7 +654,7 @@ absl::StatusOr<uint64_t> FileStateStore::Append(const StateChange& change) {
     return refused(s);
   }
   log_bytes_ += static_cast<int64_t>(bytes.size());
-  ApplyLocked(upserted, change.removed);
+  ApplyLocked(encoded);
   ++stats_.commits;
   const uint64_t sequence = ++appended_;
 
@@ -698,8 +771,13 @@ absl::Status FileStateStore::Save(const std::vector<TunnelSpec>& tunnels) {
     return absl::FailedPreconditionError(absl::StrCat("state file ", path_, ": opened read-only"));
   }
   std::map<std::string, std::string> before = std::exchange(saved_, std::move(encoded));
+  std::map<std::pair<std::string, std::string>, std::string> peers_before = saved_peers_;
+  for (auto it = saved_peers_.begin(); it != saved_peers_.end();) {
+    it = saved_.count(it->first.first) ? std::next(it) : saved_peers_.erase(it);
+  }
   if (absl::Status s = WriteSnapshotLocked(); !s.ok()) {
     saved_ = std::move(before);
+    saved_peers_ = std::move(peers_before);
     return s;
   }
   loaded_ = true;

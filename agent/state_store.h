@@ -8,22 +8,33 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "agent/peer_spec.h"
 #include "agent/scoped_fd.h"
 #include "agent/tunnel_spec.h"
 
 namespace tunnelagent::agent {
 
+// A peer of a multipoint tunnel as the store keeps it: with its tunnel's name.
+struct SavedPeer {
+  std::string tunnel;
+  PeerSpec spec;
+};
+
 // One committed change of the desired set: the tunnels a request created or changed, whole,
-// and the names of those it deleted.
+// and the names of those it deleted (their peers go with them); then the peers created or
+// changed, whole, and those deleted (tunnel, peer name).
 struct StateChange {
   std::vector<TunnelSpec> upserted;
   std::vector<std::string> removed;
+  std::vector<SavedPeer> upserted_peers;
+  std::vector<std::pair<std::string, std::string>> removed_peers;
   // Takes back a change appended before whose effect never happened: applied to what the
   // store holds even when the disk refuses the write (the store then rewrites itself whole at
   // the next flush), so that nothing saved outlives it.
@@ -45,6 +56,8 @@ class StateStore {
   // The saved tunnels; empty when nothing was ever saved. Called once at start, before any
   // Append.
   virtual absl::StatusOr<std::vector<TunnelSpec>> Load() = 0;
+  // The saved peers the last Load read (each of a tunnel it returned), taken once.
+  virtual std::vector<SavedPeer> TakeLoadedPeers() { return {}; }
   // Writes one committed change where a crash of the agent cannot lose it (the page cache),
   // not yet where a crash of the machine cannot: WaitDurable does that. Called in commit
   // order, one at a time (the manager's writers' lock). An error (a full disk) means the
@@ -102,6 +115,7 @@ class FileStateStore final : public StateStore {
   ~FileStateStore() override;
 
   absl::StatusOr<std::vector<TunnelSpec>> Load() override;
+  std::vector<SavedPeer> TakeLoadedPeers() override;
   absl::StatusOr<uint64_t> Append(const StateChange& change) override;
   absl::Status WaitDurable(uint64_t sequence) override;
   void FlushSoon() override;
@@ -126,8 +140,14 @@ class FileStateStore final : public StateStore {
   absl::Status WriteSnapshotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A new empty log for the current generation (replacing a stale one), opened for appends.
   absl::Status StartLogLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ApplyLocked(const std::map<std::string, std::string>& upserted,
-                   const std::vector<std::string>& removed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A change as the store applies it: records already encoded.
+  struct EncodedChange {
+    std::map<std::string, std::string> upserted;  // tunnel name -> v1.Tunnel bytes
+    std::vector<std::string> removed;
+    std::map<std::pair<std::string, std::string>, std::string> upserted_peers;  // -> v1.Peer
+    std::vector<std::pair<std::string, std::string>> removed_peers;
+  };
+  void ApplyLocked(const EncodedChange& change) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // One flush of everything appended (a snapshot instead when the log is not to be trusted);
   // drops mu_ during the fdatasync. Signals synced_ when done.
   void SyncLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -144,6 +164,10 @@ class FileStateStore final : public StateStore {
   // The saved tunnels by name, each a tunnelagent.v1.Tunnel in protobuf binary: what a
   // snapshot is written from.
   std::map<std::string, std::string> saved_ ABSL_GUARDED_BY(mu_);
+  // The saved peers by (tunnel, peer name), each a tunnelagent.v1.Peer in protobuf binary.
+  std::map<std::pair<std::string, std::string>, std::string> saved_peers_ ABSL_GUARDED_BY(mu_);
+  // What the last Load read of them, for TakeLoadedPeers.
+  std::vector<SavedPeer> loaded_peers_ ABSL_GUARDED_BY(mu_);
   bool loaded_ ABSL_GUARDED_BY(mu_) = false;
   bool snapshot_exists_ ABSL_GUARDED_BY(mu_) = false;
   // The last load found a log of a later generation than the snapshot it read.

@@ -69,6 +69,7 @@ const TunnelField kFields[] = {
     {"ignore_df", kDataplane, SPEC_MEMBER(ignore_df), PROTO_SCALAR(ignore_df)},
     {"keepalive", kDataplane, SPEC_MEMBER(keepalive), PROTO_MESSAGE(keepalive)},
     {"encap", kDataplane, SPEC_MEMBER(fou), PROTO_MESSAGE(encap)},
+    {"multipoint", kDataplane, SPEC_MEMBER(multipoint), PROTO_SCALAR(multipoint)},
 };
 
 #undef SPEC_MEMBER

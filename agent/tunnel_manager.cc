@@ -27,12 +27,6 @@ bool SameEndpoint(const dataplane::IpAddress& a, const dataplane::IpAddress& b) 
   return a == b || (a.is_unspecified() && b.is_unspecified());
 }
 
-dataplane::OuterAddress OuterAddressOf(const dataplane::IpAddress& address) {
-  if (address.is_v4()) return dataplane::OuterAddress(address.v4());
-  if (address.is_v6()) return dataplane::OuterAddress::FromIpv6(address.bytes().data());
-  return {};
-}
-
 // What the engine needs: how to wrap sent packets and which received ones are ours.
 dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, const Device& device, uint32_t mtu,
                                         std::shared_ptr<dataplane::TunnelStats> counters) {
@@ -46,6 +40,7 @@ dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, const Device& de
   e.mode = spec.mode;
   e.local = OuterAddressOf(spec.local);
   e.remote = OuterAddressOf(spec.remote);
+  t.multipoint = spec.multipoint;
   const dataplane::GreOptions out = OutputGreOptions(spec);
   const std::optional<uint32_t> output_key = OutputKey(spec);
   e.has_key = out.key;
@@ -133,7 +128,7 @@ std::map<size_t, size_t> EarlierClashes(const std::vector<const TunnelSpec*>& sp
 }  // namespace
 
 // What a change gets while the agent hands over to a new one (TunnelManager::Freeze).
-static absl::Status FrozenError() {
+absl::Status TunnelManager::FrozenError() {
   return absl::UnavailableError("the agent is handing over to a new agent; retry");
 }
 
@@ -311,6 +306,7 @@ absl::Status TunnelManager::BeginRestore() {
     if (tunnels_.count(spec.name)) continue;  // a name saved twice: the first one wins
     auto entry = std::make_unique<Entry>();
     entry->spec = std::move(spec);
+    if (entry->spec.multipoint) entry->peers = std::make_shared<PeerSet>();
     if (absl::Status status = ValidateSpec(entry->spec); status.ok()) {
       entry->state = OperState::kDown;
       entry->reason = kRestoringReason;
@@ -335,6 +331,8 @@ absl::Status TunnelManager::BeginRestore() {
     }
     to_restore_.push_back(entry.spec.name);
   }
+  // Before the tunnels start: each is handed to the engine with its peers.
+  LoadPeers(store_->TakeLoadedPeers());
   absl::MutexLock publish(&mu_);
   for (const auto& [name, entry] : tunnels_) published_[name] = PublishedOf(*entry);
   restoring_ = true;
@@ -686,6 +684,9 @@ Snapshot TunnelManager::TakeSnapshot() const {
   snapshot.tunnels.reserve(published_.size());
   for (const auto& [name, tunnel] : published_) {
     snapshot.tunnels.push_back({tunnel.spec, LiveStatus(tunnel)});
+  }
+  for (const auto& [tunnel, peers] : published_peers_) {
+    for (const auto& [name, peer] : peers) snapshot.peers.emplace_back(tunnel, PeerViewOf(peer));
   }
   return snapshot;
 }
@@ -1083,6 +1084,7 @@ absl::Status TunnelManager::CreateLocked(const TunnelSpec& spec, Transaction& tx
   if (absl::Status status = tx.Creating(spec); !status.ok()) return status;
   auto entry = std::make_unique<Entry>();
   entry->spec = spec;
+  if (spec.multipoint) entry->peers = std::make_shared<PeerSet>();
   entry->underlay = std::move(underlay.addresses);
   if (absl::Status status = BringUp(*entry); !status.ok()) return status;
   tunnels_.emplace(spec.name, std::move(entry));
@@ -1137,6 +1139,17 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
   Entry& entry = *it->second;
   UpdateResult result;
   result.changed_fields = ChangedFields(entry.spec, requested);
+  if (entry.peers && !entry.peers->peers.empty() &&
+      (requested.mode != entry.spec.mode || !requested.multipoint)) {
+    // Its peers were checked against what the tunnel is (its underlay family, its keys, what
+    // it carries): they are deleted first.
+    return absl::FailedPreconditionError(
+        absl::StrCat("tunnel ", name, " has ", entry.peers->peers.size(),
+                     " peers: delete them before changing its mode or making it point to "
+                     "point"));
+  }
+  if (requested.multipoint && !entry.peers) entry.peers = std::make_shared<PeerSet>();
+  if (!requested.multipoint && entry.peers) entry.peers.reset();
   if (result.changed_fields.empty()) {
     // Nothing to change, but the device is checked: an update that repeats the desired
     // values puts back whatever was changed behind the agent's back.
@@ -1166,6 +1179,7 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
     old->device.reset();
     auto fresh = std::make_unique<Entry>();
     fresh->spec = desired;
+    fresh->peers = old->peers;
     fresh->underlay = underlay.addresses;
     fresh->state_changes = old->state_changes;
     fresh->repairs = old->repairs;
@@ -1173,6 +1187,7 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
       if (result.recreated) {
         auto back = std::make_unique<Entry>();
         back->spec = old_spec;
+        back->peers = old->peers;
         back->underlay = LookUpUnderlay(old_spec).addresses;
         if (absl::Status again = BringUp(*back); !again.ok()) {
           back->state = OperState::kError;
@@ -1191,6 +1206,7 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
       current->device.reset();
       auto back = std::make_unique<Entry>();
       back->spec = old_spec;
+      back->peers = current->peers;
       back->underlay = LookUpUnderlay(old_spec).addresses;
       if (absl::Status status = BringUp(*back); !status.ok()) {
         back->state = OperState::kError;
@@ -1311,8 +1327,12 @@ absl::Status TunnelManager::ReleasePrefixes(const std::string& name, const Tunne
 
 uint32_t TunnelManager::MtuFor(const TunnelSpec& spec) {
   if (spec.mtu != 0) return spec.mtu;
-  // As the kernel does: the MTU of the route towards the remote, less the headers.
-  absl::StatusOr<uint32_t> path_mtu = links_->PathMtu(spec.remote);
+  // As the kernel does: the MTU of the route towards the remote, less the headers. A
+  // multipoint tunnel has no one remote: the default underlay MTU (each peer's path MTU is
+  // the dataplane's, and answered with ICMP errors like any).
+  absl::StatusOr<uint32_t> path_mtu =
+      spec.multipoint ? absl::StatusOr<uint32_t>(absl::NotFoundError("multipoint"))
+                      : links_->PathMtu(spec.remote);
   uint32_t underlay = path_mtu.ok() ? *path_mtu : options_.default_underlay_mtu;
   return dataplane::AutomaticMtu(spec.mode, OutputGreOptions(spec), underlay, spec.fou.enabled);
 }
@@ -1387,7 +1407,12 @@ dataplane::EngineTunnel TunnelManager::EngineTunnelOf(Entry& entry, const Device
   if (!entry.counters) {
     entry.counters = std::make_shared<dataplane::TunnelStats>(engine_->workers());
   }
-  return EngineTunnelFor(entry.spec, device, mtu, entry.counters);
+  dataplane::EngineTunnel tunnel = EngineTunnelFor(entry.spec, device, mtu, entry.counters);
+  if (entry.peers) {
+    tunnel.peers.reserve(entry.peers->peers.size());
+    for (const auto& [name, peer] : entry.peers->peers) tunnel.peers.push_back(EnginePeerOf(peer));
+  }
+  return tunnel;
 }
 
 std::vector<absl::Status> TunnelManager::StartDataplanes(const std::vector<Entry*>& entries) {
@@ -1533,8 +1558,10 @@ void TunnelManager::PublishLocked(const std::string& name) {
   auto it = tunnels_.find(name);
   if (it == tunnels_.end()) {
     published_.erase(name);
+    UnpublishPeersLocked(name);
   } else {
     published_[name] = PublishedOf(*it->second);
+    if (!it->second->peers) UnpublishPeersLocked(name);
   }
 }
 
@@ -1555,32 +1582,40 @@ TunnelStatus TunnelManager::LiveStatus(const Published& tunnel) {
   TunnelStatus status = tunnel.status;
   if (!tunnel.has_device || !tunnel.counters) return status;
   const dataplane::TunnelStats& c = *tunnel.counters;
-  using dataplane::TunnelCounters;
-#define SUM_COUNTER(member, api_field, ...) \
-  status.counters.api_field = c.Sum(&TunnelCounters::member);
-  TUNNEL_TRAFFIC_COUNTERS(SUM_COUNTER)
-#undef SUM_COUNTER
-#define SUM_DROPS(member, api_field, ...) \
-  status.counters.api_field = c.SumAll(&TunnelCounters::member);
-  TUNNEL_DROP_COUNTERS(SUM_DROPS)
-#undef SUM_DROPS
+  status.counters = SumCounters(c);
   status.path_mtu = c.path_mtu.load(std::memory_order_relaxed);
   if (const int64_t last = c.last_receive_unix_nanos.load(std::memory_order_relaxed); last != 0) {
     status.last_receive = absl::FromUnixNanos(last);
   }
-  if (tunnel.spec.keepalive.enabled()) {
-    KeepaliveSnapshot& k = status.keepalive.emplace();
-    k.peer_alive = c.peer_alive.load(std::memory_order_relaxed);
-#define SUM_KEEPALIVE(member, api_field, ...) k.api_field = c.Sum(&TunnelCounters::member);
-    TUNNEL_KEEPALIVE_COUNTERS(SUM_KEEPALIVE)
-#undef SUM_KEEPALIVE
-    const int64_t last = c.last_keepalive_reply_unix_nanos.load(std::memory_order_relaxed);
-    if (last != 0) k.last_reply = absl::FromUnixNanos(last);
-    if (const int64_t rtt = c.keepalive_rtt_nanos.load(std::memory_order_relaxed); rtt != 0) {
-      k.rtt = absl::Nanoseconds(rtt);
-    }
-  }
+  if (tunnel.spec.keepalive.enabled()) status.keepalive = ReadKeepalive(c);
   return status;
+}
+
+TunnelCountersSnapshot SumCounters(const dataplane::TunnelStats& c) {
+  using dataplane::TunnelCounters;
+  TunnelCountersSnapshot out;
+#define SUM_COUNTER(member, api_field, ...) out.api_field = c.Sum(&TunnelCounters::member);
+  TUNNEL_TRAFFIC_COUNTERS(SUM_COUNTER)
+#undef SUM_COUNTER
+#define SUM_DROPS(member, api_field, ...) out.api_field = c.SumAll(&TunnelCounters::member);
+  TUNNEL_DROP_COUNTERS(SUM_DROPS)
+#undef SUM_DROPS
+  return out;
+}
+
+KeepaliveSnapshot ReadKeepalive(const dataplane::TunnelStats& c) {
+  using dataplane::TunnelCounters;
+  KeepaliveSnapshot k;
+  k.peer_alive = c.peer_alive.load(std::memory_order_relaxed);
+#define SUM_KEEPALIVE(member, api_field, ...) k.api_field = c.Sum(&TunnelCounters::member);
+  TUNNEL_KEEPALIVE_COUNTERS(SUM_KEEPALIVE)
+#undef SUM_KEEPALIVE
+  const int64_t last = c.last_keepalive_reply_unix_nanos.load(std::memory_order_relaxed);
+  if (last != 0) k.last_reply = absl::FromUnixNanos(last);
+  if (const int64_t rtt = c.keepalive_rtt_nanos.load(std::memory_order_relaxed); rtt != 0) {
+    k.rtt = absl::Nanoseconds(rtt);
+  }
+  return k;
 }
 
 void TunnelManager::Freeze() {

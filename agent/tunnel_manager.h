@@ -48,6 +48,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/link_control.h"
+#include "agent/peer_spec.h"
 #include "agent/state_store.h"
 #include "agent/tunnel_fields.h"
 #include "agent/tunnel_index.h"
@@ -86,17 +87,39 @@ struct ApplyResult {
 };
 
 struct TunnelEvent {
-  enum class Type { kAdded, kUpdated, kDeleted, kStateChanged, kRepaired };
+  enum class Type {
+    kAdded,
+    kUpdated,
+    kDeleted,
+    kStateChanged,
+    kRepaired,
+    // A peer of a multipoint tunnel (`peer`; `tunnel` holds only the tunnel's name and mode).
+    // A tunnel deleted takes its peers with it: no event for each of them.
+    kPeerAdded,
+    kPeerUpdated,
+    kPeerDeleted,
+    kPeerStateChanged,
+  };
   Type type = Type::kAdded;
   uint64_t revision = 0;
   TunnelView tunnel;  // after the event; as it was, for kDeleted
-  // kRepaired: what was put back ("address 10.0.0.1/30 added back"); kStateChanged: the reason.
+  // kRepaired: what was put back ("address 10.0.0.1/30 added back"); kStateChanged and
+  // kPeerStateChanged: the reason.
   std::string detail;
+  std::optional<PeerView> peer;  // kPeer*: after the event; as it was, for kPeerDeleted
 };
 
 struct Snapshot {
   uint64_t revision = 0;
   std::vector<TunnelView> tunnels;  // by name
+  // The peers of the multipoint tunnels: by tunnel, then by name.
+  std::vector<std::pair<std::string, PeerView>> peers;
+};
+
+struct PeerApplyResult {
+  std::vector<PlannedChange> changes;  // those that change something, by name
+  size_t unchanged = 0;
+  uint64_t revision = 0;
 };
 
 class TunnelManager {
@@ -186,6 +209,47 @@ class TunnelManager {
   absl::StatusOr<ApplyResult> Apply(const std::string& owner, std::vector<TunnelSpec> desired,
                                     bool prune, bool dry_run);
 
+  // ---- Peers of multipoint tunnels (tunnel_peers.cc) --------------------------------------
+  // Each peer is a record of its own (in the state store too): a change costs its own size,
+  // however many peers the tunnel has, and never touches the device. NOT_FOUND for a tunnel
+  // (or peer) that does not exist; FAILED_PRECONDITION for a tunnel that is not multipoint;
+  // ALREADY_EXISTS for a name, an underlay address, or an allowed prefix another peer of the
+  // tunnel has (nested prefixes are fine); RESOURCE_EXHAUSTED beyond
+  // TunnelLimits::max_peers; ABORTED for a stale etag.
+  absl::StatusOr<PeerView> CreatePeer(const std::string& tunnel, const PeerSpec& peer);
+  absl::StatusOr<PeerView> GetPeer(const std::string& tunnel, const std::string& name) const;
+  struct PeerPage {
+    std::vector<PeerView> peers;
+    bool more = false;
+  };
+  // Up to `limit` peers named after `after` ("": from the first), by name.
+  absl::StatusOr<PeerPage> ListPeers(const std::string& tunnel, const std::string& after,
+                                     size_t limit) const;
+  // Makes the peer `desired.name` `desired` (its desired fields); `changed_fields` (API
+  // names) says what differed.
+  absl::StatusOr<PeerView> UpdatePeer(const std::string& tunnel, const PeerSpec& desired,
+                                      const std::string& etag,
+                                      std::vector<std::string>* changed_fields = nullptr);
+  absl::Status DeletePeer(const std::string& tunnel, const std::string& name,
+                          const std::string& etag = "");
+  // Makes the tunnel's peers labelled owner=`owner` exactly `desired` (each gets the label),
+  // with `prune` deleting the owner's others; all or nothing, in one engine change and one
+  // record. FAILED_PRECONDITION when a desired name is a peer without that owner label.
+  absl::StatusOr<PeerApplyResult> ApplyPeers(const std::string& tunnel, const std::string& owner,
+                                             std::vector<PeerSpec> desired, bool prune,
+                                             bool dry_run);
+  // Calls `visit(tunnel name, peers, up, down)` for each multipoint tunnel as last published:
+  // for metrics.
+  template <typename Visitor>
+  void ForEachPeerCount(Visitor visit) const {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [tunnel, peers] : published_peers_) {
+      size_t down = 0;
+      for (const auto& [name, peer] : peers) down += peer.state != OperState::kUp;
+      visit(tunnel, peers.size() - down, down);
+    }
+  }
+
   Snapshot TakeSnapshot() const;
   uint64_t revision() const;
   // How many tunnels there are and the revision they are at, read together without copying
@@ -262,8 +326,33 @@ class TunnelManager {
     std::shared_ptr<dataplane::TunnelStats> counters;
   };
 
+  // One peer of a multipoint tunnel, as the change path keeps it.
+  struct PeerEntry {
+    PeerSpec spec;
+    uint32_t id = 0;  // the engine's handle: never reused within a run
+    std::shared_ptr<dataplane::TunnelStats> stats;
+    OperState state = OperState::kUp;  // DOWN while its keepalive goes unanswered
+    std::string reason;
+  };
+  // The peers of one multipoint tunnel and what they hold, for the checks across peers.
+  // Shared by the Entry objects that stand for the tunnel in turn (a device made anew).
+  struct PeerSet {
+    std::map<std::string, PeerEntry> peers;          // by name
+    std::map<std::string, std::string> by_underlay;  // underlay address text -> peer name
+    std::map<std::string, std::string> by_prefix;    // prefix text -> peer name
+    uint32_t next_id = 1;
+  };
+  // What readers see of one peer.
+  struct PublishedPeer {
+    PeerSpec spec;
+    std::shared_ptr<dataplane::TunnelStats> stats;
+    OperState state = OperState::kUp;
+    std::string reason;
+  };
+
   struct Entry {
     TunnelSpec spec;
+    std::shared_ptr<PeerSet> peers;  // multipoint tunnels only
     std::unique_ptr<Device> device;  // null when the tunnel could not be brought up
     std::shared_ptr<dataplane::TunnelStats> counters;
     uint32_t mtu = 0;
@@ -389,6 +478,42 @@ class TunnelManager {
   }
   void RecordEvent(TunnelEvent::Type type, const TunnelView& view, std::string detail = "")
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Appends a peer event to the history (a revision of its own).
+  void RecordPeerEvent(TunnelEvent::Type type, const TunnelSpec& tunnel, PeerView peer,
+                       std::string detail = "") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // What a change answers while the manager is frozen (Freeze).
+  static absl::Status FrozenError();
+
+  // ---- Peers (tunnel_peers.cc) ----
+  // The multipoint tunnel `name`, for a peer change: NOT_FOUND, FAILED_PRECONDITION (not
+  // multipoint), UNAVAILABLE (restoring, frozen).
+  absl::StatusOr<Entry*> PeerTunnelLocked(const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  // One change of a tunnel's peers: `upserted` (whole, new or replacing the peer of the same
+  // name) and `removed` (names). Checked against the other peers, handed to the engine,
+  // recorded, published with an event each; nothing changed when it fails. The sequence to
+  // wait for (WaitDurable), 0 when nothing changed.
+  absl::StatusOr<uint64_t> ChangePeersLocked(Entry& entry, std::vector<PeerSpec> upserted,
+                                             const std::vector<std::string>& removed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  // ALREADY_EXISTS or RESOURCE_EXHAUSTED when the change cannot be made, checked without
+  // changing anything.
+  absl::Status CheckPeerChange(const Entry& entry, const std::vector<PeerSpec>& upserted,
+                               const std::vector<std::string>& removed) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  // The engine's view of a peer.
+  static dataplane::EnginePeer EnginePeerOf(const PeerEntry& peer);
+  // The published copy of the peers of a tunnel that is gone or no longer multipoint.
+  void UnpublishPeersLocked(const std::string& tunnel) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    published_peers_.erase(tunnel);
+  }
+  static PeerView PeerViewOf(const PublishedPeer& peer);
+  // Restore: the saved peers of the tunnels just loaded.
+  void LoadPeers(std::vector<SavedPeer> saved) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  // RefreshStates' part for peers with keepalive: each whose engine verdict changed gets its
+  // state and a kPeerStateChanged event.
+  void RefreshPeerStates() ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   TunnelStatus StatusOf(const Entry& entry) const;
   uint32_t MtuFor(const TunnelSpec& spec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
 
@@ -468,6 +593,8 @@ class TunnelManager {
   // The readers' lock: only ever held to copy in or out.
   mutable absl::Mutex mu_;
   std::map<std::string, Published> published_ ABSL_GUARDED_BY(mu_);
+  // The peers of multipoint tunnels, by tunnel then name.
+  std::map<std::string, std::map<std::string, PublishedPeer>> published_peers_ ABSL_GUARDED_BY(mu_);
   mutable absl::CondVar changed_;  // signalled on every new revision
   uint64_t revision_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<TunnelEvent> history_ ABSL_GUARDED_BY(mu_);

@@ -29,6 +29,8 @@ const char* StateText(OperState state) {
 }  // namespace
 
 TunnelManager::UnderlayLookup TunnelManager::LookUpUnderlay(const TunnelSpec& spec) const {
+  // A multipoint tunnel has no one remote to route to: its underlay is its local address.
+  if (spec.multipoint) return UnderlayFrom(spec, absl::NotFoundError("multipoint"));
   return UnderlayFrom(spec, links_->RouteTo(spec.remote));
 }
 
@@ -298,6 +300,7 @@ void TunnelManager::RefreshStates(bool kernel_changed) {
     }
     SetState(entry, state, std::move(reason));
   }
+  RefreshPeerStates();
 }
 
 void TunnelManager::RefreshFromKernel(
@@ -365,12 +368,16 @@ std::map<std::string, absl::StatusOr<UnderlayRoute>> TunnelManager::RoutesOf(
   std::vector<dataplane::IpAddress> distinct;
   std::map<std::string, size_t> index;  // by the remote's text
   for (const auto& [name, remote] : remotes) {
+    if (remote.family() == dataplane::IpAddress::Family::kNone) continue;  // multipoint
     if (index.emplace(remote.ToString(), distinct.size()).second) distinct.push_back(remote);
   }
   const std::vector<absl::StatusOr<UnderlayRoute>> found = links_->RoutesTo(distinct);
   std::map<std::string, absl::StatusOr<UnderlayRoute>> routes;
   for (const auto& [name, remote] : remotes) {
-    routes.emplace(name, found[index.at(remote.ToString())]);
+    auto it = index.find(remote.ToString());
+    routes.emplace(name, it != index.end() ? found[it->second]
+                                           : absl::StatusOr<UnderlayRoute>(
+                                                 absl::NotFoundError("multipoint: no remote")));
   }
   return routes;
 }

@@ -36,4 +36,10 @@ uint8_t EffectiveTtl(const TunnelSpec& spec) {
   return dataplane::IsIpv6UnderlayMode(spec.mode) ? 64 : 0;
 }
 
+dataplane::OuterAddress OuterAddressOf(const dataplane::IpAddress& address) {
+  if (address.is_v4()) return dataplane::OuterAddress(address.v4());
+  if (address.is_v6()) return dataplane::OuterAddress::FromIpv6(address.bytes().data());
+  return {};
+}
+
 }  // namespace tunnelagent::agent

@@ -12,6 +12,7 @@
 
 #include "absl/time/time.h"
 #include "dataplane/address.h"
+#include "dataplane/packet/outer_address.h"
 #include "dataplane/packet/tunnel_mode.h"
 #include "dataplane/tunnel_mode_info.h"
 
@@ -45,7 +46,9 @@ struct TunnelSpec {
   std::string name;  // the device name
   dataplane::TunnelMode mode = dataplane::TunnelMode::kGre;
   dataplane::IpAddress local;   // unspecified: any local address
-  dataplane::IpAddress remote;  // the far end
+  dataplane::IpAddress remote;  // the far end; unspecified for a multipoint tunnel
+  // One device for many peers (PeerSpec): no remote, the peers' prefixes pick the far end.
+  bool multipoint = false;
   std::optional<uint32_t> key;
   uint32_t mtu = 0;  // 0 = automatic
   std::vector<dataplane::IpPrefix> addresses;
@@ -84,6 +87,8 @@ dataplane::GreOptions InputGreOptions(const TunnelSpec& spec);
 dataplane::GreOptions OutputGreOptions(const TunnelSpec& spec);
 // The outer TTL / hop limit in effect: 0 = inherit.
 uint8_t EffectiveTtl(const TunnelSpec& spec);
+// The engine's form of an underlay address (zero for an unspecified one).
+dataplane::OuterAddress OuterAddressOf(const dataplane::IpAddress& address);
 // The UDP port fou sends to and receives on: dport, else 4754 for GRE modes; 0 without fou.
 uint16_t EffectiveFouPort(const TunnelSpec& spec);
 

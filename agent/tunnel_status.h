@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "dataplane/packet_engine.h"
 #include "dataplane/tunnel_counters.h"
 
 namespace tunnelagent::agent {
@@ -49,6 +50,11 @@ struct TunnelStatus {
   // Repairs since the agent started, by what was put back: "address", "route", "mtu", "link".
   std::map<std::string, uint64_t> repairs;
 };
+
+// What the engine counted and observed of one tunnel (or peer of a multipoint tunnel), read
+// now: the counters summed over its workers, and the keepalive's figures.
+TunnelCountersSnapshot SumCounters(const dataplane::TunnelStats& stats);
+KeepaliveSnapshot ReadKeepalive(const dataplane::TunnelStats& stats);
 
 }  // namespace tunnelagent::agent
 

@@ -1,13 +1,17 @@
 #include "agent/validation.h"
 
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "agent/peer_spec.h"
 
 namespace tunnelagent::agent {
 namespace {
@@ -257,25 +261,58 @@ absl::Status ValidateFou(const TunnelSpec& spec) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateKeepalive(const TunnelSpec& spec) {
+// A multipoint tunnel's far ends are its peers: no remote, no keepalive of its own (each peer
+// has one). IP modes only: a bridge would need a MAC table per peer.
+absl::Status ValidateMultipoint(const TunnelSpec& spec) {
+  if (spec.remote.family() != IpAddress::Family::kNone) {
+    return Invalid("tunnel.remote",
+                   "must be empty for a multipoint tunnel: its peers give the far ends");
+  }
+  if (dataplane::IsEthernetMode(spec.mode)) {
+    return Invalid("tunnel.multipoint",
+                   absl::StrCat(dataplane::TunnelModeName(spec.mode),
+                                " tunnels cannot be multipoint (gre, ipip, sit, ip6gre and "
+                                "ip6tnl can)"));
+  }
+  if (spec.keepalive.enabled()) {
+    return Invalid("tunnel.keepalive",
+                   "a multipoint tunnel has no keepalive of its own: set one per peer");
+  }
+  if (spec.fou.enabled) {
+    // Its UDP senders are connected to one remote.
+    return Invalid("tunnel.encap", "encap fou is for point-to-point tunnels only");
+  }
+  if (spec.sequence || spec.input_sequence || spec.output_sequence) {
+    // Sequence numbers are one stream each way, and a multipoint tunnel has one per peer.
+    return Invalid("tunnel.sequence", "sequence numbers are for point-to-point tunnels only");
+  }
+  if (UnderlayFamily(spec.mode) == IpAddress::Family::kV6 && spec.local.is_unspecified()) {
+    // With no remote there is no route to take a source from, and a raw IPv6 send carries
+    // the source as written.
+    return Invalid("tunnel.local", "required for a multipoint tunnel over IPv6");
+  }
+  return absl::OkStatus();
+}
+
+// `field` is where the keepalive is: "tunnel.keepalive", "peer.keepalive".
+absl::Status ValidateKeepalive(const KeepaliveSpec& k, TunnelMode mode, absl::string_view field) {
   constexpr absl::Duration kMinInterval = absl::Milliseconds(100);
   constexpr absl::Duration kMaxInterval = absl::Hours(1);
   constexpr uint32_t kMaxRetries = 255;
-  const KeepaliveSpec& k = spec.keepalive;
   if (k.interval < absl::ZeroDuration() ||
       (k.interval != absl::ZeroDuration() &&
        (k.interval < kMinInterval || k.interval > kMaxInterval))) {
-    return Invalid("tunnel.keepalive.interval",
+    return Invalid(absl::StrCat(field, ".interval"),
                    absl::StrCat(absl::FormatDuration(k.interval),
                                 " is out of range 100ms..1h (0 or unset = off)"));
   }
   if (k.retries > kMaxRetries) {
-    return Invalid("tunnel.keepalive.retries",
+    return Invalid(absl::StrCat(field, ".retries"),
                    absl::StrCat(k.retries, " is out of range 0..", kMaxRetries, " (0 = 3)"));
   }
-  if (k.enabled() && !dataplane::SupportsKeepalive(spec.mode)) {
-    return Invalid("tunnel.keepalive",
-                   absl::StrCat(dataplane::TunnelModeName(spec.mode),
+  if (k.enabled() && !dataplane::SupportsKeepalive(mode)) {
+    return Invalid(field,
+                   absl::StrCat(dataplane::TunnelModeName(mode),
                                 " tunnels cannot send keepalives (gre, ipip, ip6gre and ip6tnl "
                                 "can)"));
   }
@@ -335,14 +372,22 @@ absl::Status ValidateSpec(const TunnelSpec& spec) {
     }
   }
 
-  if (spec.remote.family() == IpAddress::Family::kNone) return Invalid("tunnel.remote", "required");
-  if (absl::Status s = ValidateEndpoint("tunnel.remote", spec.remote, spec.mode); !s.ok()) {
-    return s;
+  if (spec.multipoint) {
+    if (absl::Status s = ValidateMultipoint(spec); !s.ok()) return s;
+  } else {
+    if (spec.remote.family() == IpAddress::Family::kNone) {
+      return Invalid("tunnel.remote", "required");
+    }
+    if (absl::Status s = ValidateEndpoint("tunnel.remote", spec.remote, spec.mode); !s.ok()) {
+      return s;
+    }
   }
 
   if (absl::Status s = ValidateGreOptions(spec); !s.ok()) return s;
   if (absl::Status s = ValidateOuterHeader(spec); !s.ok()) return s;
-  if (absl::Status s = ValidateKeepalive(spec); !s.ok()) return s;
+  if (absl::Status s = ValidateKeepalive(spec.keepalive, spec.mode, "tunnel.keepalive"); !s.ok()) {
+    return s;
+  }
   if (absl::Status s = ValidateFou(spec); !s.ok()) return s;
 
   if (spec.mtu != 0) {
@@ -360,7 +405,8 @@ absl::Status ValidateSpec(const TunnelSpec& spec) {
   return ValidateLabels(spec.labels);
 }
 
-absl::Status ValidateLabels(const std::map<std::string, std::string>& labels) {
+absl::Status ValidateLabels(const std::map<std::string, std::string>& labels,
+                            absl::string_view field) {
   const TunnelLimits& limits = tunnel_limits;
   auto allowed = [](absl::string_view text) {
     for (char c : text) {
@@ -369,24 +415,73 @@ absl::Status ValidateLabels(const std::map<std::string, std::string>& labels) {
     return true;
   };
   if (labels.size() > limits.max_labels) {
-    return Invalid("tunnel.labels",
+    return Invalid(field,
                    absl::StrCat(labels.size(), " labels, at most ", limits.max_labels,
-                                " per tunnel (--max_labels_per_tunnel)"));
+                                absl::StartsWith(field, "peer") ? " per peer" : " per tunnel",
+                                " (--max_labels_per_tunnel)"));
   }
   for (const auto& [key, value] : labels) {
     if (key.empty() || key.size() > limits.max_label_key_length || !allowed(key)) {
-      return Invalid("tunnel.labels",
+      return Invalid(field,
                      absl::StrCat("key ", Quote(key), " must be 1-", limits.max_label_key_length,
                                   " characters of A-Z a-z 0-9 . _ / - (--max_label_key_length)"));
     }
     if (value.size() > limits.max_label_value_length || !allowed(value)) {
       return Invalid(
-          absl::StrCat("tunnel.labels[", key, "]"),
+          absl::StrCat(field, "[", key, "]"),
           absl::StrCat("value ", Quote(value), " must be 0-", limits.max_label_value_length,
                        " characters of A-Z a-z 0-9 . _ / - (--max_label_value_length)"));
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status ValidatePeer(const PeerSpec& peer, const TunnelSpec& tunnel) {
+  constexpr size_t kMaxPeerName = 63;
+  if (peer.name.empty()) return Invalid("peer.name", "required");
+  if (peer.name.size() > kMaxPeerName) {
+    return Invalid("peer.name",
+                   absl::StrCat(Quote(peer.name), " is longer than ", kMaxPeerName, " characters"));
+  }
+  for (char c : peer.name) {
+    if (!absl::ascii_isalnum(c) && c != '.' && c != '_' && c != '-') {
+      return Invalid("peer.name",
+                     absl::StrCat(Quote(peer.name), " may hold only A-Z a-z 0-9 . _ -"));
+    }
+  }
+  if (peer.underlay.family() == IpAddress::Family::kNone) {
+    return Invalid("peer.underlay", "required");
+  }
+  if (absl::Status s = ValidateEndpoint("peer.underlay", peer.underlay, tunnel.mode); !s.ok()) {
+    return s;
+  }
+  if (peer.key.has_value() && !dataplane::IsGreMode(tunnel.mode)) {
+    return Invalid("peer.key", absl::StrCat(dataplane::TunnelModeName(tunnel.mode),
+                                            " tunnels carry no key (GRE modes do)"));
+  }
+  const TunnelLimits& limits = tunnel_limits;
+  if (peer.allowed_prefixes.size() > limits.max_peer_prefixes) {
+    return Invalid("peer.allowed_prefixes",
+                   absl::StrCat(peer.allowed_prefixes.size(), " prefixes, at most ",
+                                limits.max_peer_prefixes, " per peer (--max_prefixes_per_peer)"));
+  }
+  std::set<std::pair<std::string, int>> seen;
+  for (size_t i = 0; i < peer.allowed_prefixes.size(); ++i) {
+    const std::string field = Indexed("peer.allowed_prefixes", i);
+    const IpPrefix& p = peer.allowed_prefixes[i];
+    if (absl::Status s = ValidatePrefixShape(field, p, tunnel.mode); !s.ok()) return s;
+    if (!p.is_network()) {
+      return Invalid(field, absl::StrCat(p.ToString(), " has host bits set (",
+                                         p.Network().ToString(), " is the prefix)"));
+    }
+    if (!seen.emplace(p.address().ToString(), p.length()).second) {
+      return Invalid(field, absl::StrCat(p.ToString(), " is given twice"));
+    }
+  }
+  if (absl::Status s = ValidateKeepalive(peer.keepalive, tunnel.mode, "peer.keepalive"); !s.ok()) {
+    return s;
+  }
+  return ValidateLabels(peer.labels, "peer.labels");
 }
 
 absl::Status CheckApplyWork(const std::vector<TunnelSpec>& tunnels) {

@@ -58,6 +58,10 @@ struct TunnelLimits {
   size_t max_label_key_length = 63;
   size_t max_label_value_length = 63;
   size_t max_apply_prefixes = 65536;
+  // Peers of one multipoint tunnel (--max_peers_per_tunnel), and allowed prefixes of one peer
+  // (--max_prefixes_per_peer).
+  size_t max_peers = 16384;
+  size_t max_peer_prefixes = 1024;
 };
 // Set once at start, before requests are served.
 void SetTunnelLimits(const TunnelLimits& limits);
@@ -65,7 +69,19 @@ const TunnelLimits& CurrentTunnelLimits();
 
 // At most TunnelLimits::max_labels labels (64); keys 1-max_label_key_length (63) and values
 // 0-max_label_value_length (63) characters of [A-Za-z0-9._/-].
-absl::Status ValidateLabels(const std::map<std::string, std::string>& labels);
+absl::Status ValidateLabels(const std::map<std::string, std::string>& labels,
+                            absl::string_view field = "tunnel.labels");
+
+// Everything about one peer of `tunnel` (a multipoint tunnel) that can be checked without the
+// other peers. INVALID_ARGUMENT names the field ("peer.underlay: ..."):
+// - name: 1-63 characters of [A-Za-z0-9._-].
+// - underlay: a unicast address of the tunnel's underlay family, required.
+// - key: GRE modes only.
+// - allowed_prefixes: at most TunnelLimits::max_peer_prefixes, of a family the tunnel
+//   carries, host bits zero, no duplicates.
+// - keepalive: as a tunnel's; labels: ValidateLabels.
+struct PeerSpec;
+absl::Status ValidatePeer(const PeerSpec& peer, const TunnelSpec& tunnel);
 
 // INVALID_ARGUMENT naming --max_prefixes_per_apply when `tunnels` (one ApplyTunnels) have more
 // addresses and routes in all than TunnelLimits::max_apply_prefixes.

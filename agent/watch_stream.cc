@@ -2,6 +2,7 @@
 // dispatcher thread as the manager's revision grows, none holding a thread of its own; limits
 // in all and per client.
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -15,6 +16,7 @@
 #include "agent/caller_identity.h"
 #include "agent/grpc_service.h"
 #include "agent/log.h"
+#include "agent/peer_spec.h"
 #include "agent/proto_convert.h"
 #include "agent/request_parse.h"
 
@@ -33,6 +35,14 @@ v1::TunnelEvent::Type EventTypeToProto(TunnelEvent::Type type) {
       return v1::TunnelEvent::STATE_CHANGED;
     case TunnelEvent::Type::kRepaired:
       return v1::TunnelEvent::REPAIRED;
+    case TunnelEvent::Type::kPeerAdded:
+      return v1::TunnelEvent::PEER_ADDED;
+    case TunnelEvent::Type::kPeerUpdated:
+      return v1::TunnelEvent::PEER_UPDATED;
+    case TunnelEvent::Type::kPeerDeleted:
+      return v1::TunnelEvent::PEER_DELETED;
+    case TunnelEvent::Type::kPeerStateChanged:
+      return v1::TunnelEvent::PEER_STATE_CHANGED;
   }
   return v1::TunnelEvent::TYPE_UNSPECIFIED;
 }
@@ -241,6 +251,20 @@ class TunnelServiceImpl::Watcher final : public grpc::ServerWriteReactor<grpc::B
     if (view != nullptr) *event.mutable_tunnel() = TunnelToProto(view->spec, view->status);
     return event;
   }
+  // An event about a peer of the multipoint tunnel `tunnel`: the tunnel named, the peer whole.
+  v1::TunnelEvent PeerEvent(v1::TunnelEvent::Type type, uint64_t revision,
+                            const std::string& tunnel, dataplane::TunnelMode mode,
+                            const PeerView& peer, const std::string& detail = std::string()) {
+    v1::TunnelEvent event;
+    event.set_type(type);
+    event.set_revision(revision);
+    event.set_detail(detail);
+    event.mutable_tunnel()->set_name(tunnel);
+    event.mutable_tunnel()->set_mode(ModeToProto(mode));
+    event.mutable_tunnel()->set_multipoint(true);
+    *event.mutable_peer() = PeerToProto(peer);
+    return event;
+  }
 
   // The next events to write: the current set then SYNCED (after RESYNC when the watcher's
   // history is gone), else the events after the last one fetched. Pump-owned state only.
@@ -251,8 +275,14 @@ class TunnelServiceImpl::Watcher final : public grpc::ServerWriteReactor<grpc::B
           service_->manager_->EventsAfter(fetched_, absl::ZeroDuration());
       if (events.ok()) {
         for (const TunnelEvent& event : *events) {
-          batch.push_back(
-              Event(EventTypeToProto(event.type), event.revision, &event.tunnel, event.detail));
+          if (event.peer.has_value()) {
+            batch.push_back(PeerEvent(EventTypeToProto(event.type), event.revision,
+                                      event.tunnel.spec.name, event.tunnel.spec.mode, *event.peer,
+                                      event.detail));
+          } else {
+            batch.push_back(
+                Event(EventTypeToProto(event.type), event.revision, &event.tunnel, event.detail));
+          }
           fetched_ = event.revision;
         }
         return batch;
@@ -262,8 +292,14 @@ class TunnelServiceImpl::Watcher final : public grpc::ServerWriteReactor<grpc::B
     }
     Snapshot snapshot = service_->manager_->TakeSnapshot();
     if (resync_) batch.push_back(Event(v1::TunnelEvent::RESYNC, snapshot.revision, nullptr));
+    std::map<std::string, dataplane::TunnelMode> modes;
     for (const TunnelView& view : snapshot.tunnels) {
       batch.push_back(Event(v1::TunnelEvent::EXISTING, snapshot.revision, &view));
+      modes[view.spec.name] = view.spec.mode;
+    }
+    for (const auto& [tunnel, peer] : snapshot.peers) {
+      batch.push_back(
+          PeerEvent(v1::TunnelEvent::EXISTING, snapshot.revision, tunnel, modes[tunnel], peer));
     }
     batch.push_back(Event(v1::TunnelEvent::SYNCED, snapshot.revision, nullptr));
     fetched_ = snapshot.revision;

@@ -18,6 +18,36 @@ absl::Status CheckEngineTunnel(const EngineTunnel& tunnel) {
     return absl::InvalidArgumentError(
         absl::StrCat("engine tunnel ", tunnel.name, ": keepalives in a mode that has none"));
   }
+  if (!tunnel.multipoint) {
+    if (!tunnel.peers.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("engine tunnel ", tunnel.name, ": peers on a point-to-point tunnel"));
+    }
+    return absl::OkStatus();
+  }
+  // Multipoint: the IP modes over raw sockets. Tap modes would need a peer per MAC address,
+  // fou a send socket per peer (its senders are connected to one remote); sequence numbers a
+  // stream per peer; a tunnel keepalive has no one remote to go to (peers have their own).
+  const TunnelMode mode = tunnel.encap.mode;
+  const char* refused = nullptr;
+  if (IsEthernetMode(mode)) {
+    refused = "a tap mode";
+  } else if (tunnel.encap.fou()) {
+    refused = "fou";
+  } else if (tunnel.encap.sequence || tunnel.input_sequence) {
+    refused = "sequence numbers";
+  } else if (!tunnel.encap.remote.is_zero()) {
+    refused = "a remote address";
+  } else if (tunnel.keepalive_interval > absl::ZeroDuration()) {
+    refused = "a keepalive of the tunnel's own (each peer has its own)";
+  } else if (IsIpv6UnderlayMode(mode) && tunnel.encap.local.is_zero()) {
+    // Raw IPv6 sends carry the source as written, and no one route gives it for every peer.
+    refused = "an IPv6 underlay without a local address";
+  }
+  if (refused != nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("engine tunnel ", tunnel.name, ": a multipoint tunnel with ", refused));
+  }
   return absl::OkStatus();
 }
 

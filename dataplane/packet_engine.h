@@ -20,6 +20,7 @@
 #include "absl/types/span.h"
 #include "dataplane/packet/drop_reason.h"
 #include "dataplane/packet/encap.h"
+#include "dataplane/packet/outer_address.h"
 #include "dataplane/tunnel_counters.h"
 
 namespace tunnelagent::dataplane {
@@ -129,6 +130,29 @@ struct DataplaneCounters {
   DataplaneCountersSnapshot Snapshot() const;
 };
 
+// An inner prefix a peer of a multipoint tunnel is reached through and may send from.
+struct InnerPrefix {
+  std::array<uint8_t, 16> bytes{};  // network order; IPv4 in the first four
+  int length = 0;
+  bool v6 = false;
+};
+
+// A peer of a multipoint tunnel (EngineTunnel::multipoint).
+struct EnginePeer {
+  uint32_t id = 0;        // the control plane's handle for it, unique within the tunnel
+  OuterAddress underlay;  // the outer destination of what is sent to it, and the outer source
+                          // of what it sends
+  bool has_key = false;   // a key of its own on send; else the tunnel's output key
+  uint32_t key = 0;
+  std::vector<InnerPrefix> allowed;
+  // Keepalive to this peer alone (zero: off), and the replies missed before it counts as gone
+  // (stats->peer_alive).
+  absl::Duration keepalive_interval = absl::ZeroDuration();
+  uint32_t keepalive_retries = 3;
+  // Its own counters and observations, as a tunnel's (path MTU, keepalive, last receive).
+  std::shared_ptr<TunnelStats> stats;
+};
+
 // What the engine needs to move one tunnel's packets.
 struct EngineTunnel {
   std::string name;
@@ -158,10 +182,19 @@ struct EngineTunnel {
   // Whether this worker reads the device. A worker that does not still writes what it
   // receives for the tunnel to device_fd (several workers may share one fd for writing).
   bool read_device = true;
+  // No fixed remote (encap.remote zero): each packet goes to the peer whose allowed prefixes
+  // hold its inner destination, and what is received must come from a peer (its underlay
+  // address as the outer source, an inner source it may send from). `peers`: those it starts
+  // with; PacketEngine::ChangePeers changes them afterwards.
+  bool multipoint = false;
+  std::vector<EnginePeer> peers;
 };
 
 // INVALID_ARGUMENT unless the tunnel has a device, an MTU of 1..65535 and counters, and asks
-// for TUN offloads and keepalives only in modes that have them.
+// for TUN offloads and keepalives only in modes that have them. A multipoint tunnel must be of
+// an IP mode over raw sockets (gre, ipip, sit, ip6gre, ip6tnl: no tap mode, no fou), without a
+// remote address, sequence numbers or a keepalive of its own, and over IPv6 with a local
+// address; a point-to-point one has no peers.
 absl::Status CheckEngineTunnel(const EngineTunnel& tunnel);
 
 // A descriptor the engine reads packets from, listed for a handover to a new process (a hot
@@ -243,6 +276,16 @@ class PacketEngine {
   // Stops moving them; when it returns no operation uses the device fd any more.
   // NOT_FOUND when there is no such tunnel.
   virtual absl::Status RemoveTunnel(const std::string& name) = 0;
+  // Changes the peers of the multipoint tunnel `tunnel`: the peers of `removed` (by id) go,
+  // then each of `upserted` is added, or replaces the peer of its id. NOT_FOUND when there is
+  // no such tunnel, FAILED_PRECONDITION when it is not multipoint; a peer refused
+  // (PeerTable::Add's ALREADY_EXISTS or INVALID_ARGUMENT) leaves that peer as it was, the
+  // rest is done, and the first refusal is the answer. Returns once every worker has it: a
+  // packet handled after that sees the new peers.
+  virtual absl::Status ChangePeers(const std::string& tunnel, std::vector<EnginePeer> upserted,
+                                   std::vector<uint32_t> removed) {
+    return absl::UnimplementedError("this engine has no multipoint tunnels");
+  }
   // What the engine has counted so far, read now: an engine of several workers answers with
   // their sum. A value, not a reference, so that no reader shares a sum another is rewriting.
   // Callable from any thread.

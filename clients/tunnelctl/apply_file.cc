@@ -71,6 +71,70 @@ absl::Status CheckTunnelAddresses(const v1::Tunnel& tunnel) {
   return absl::OkStatus();
 }
 
+// A peer's name, addresses and prefixes, by their JSON names; an empty underlay is the
+// agent's to judge.
+absl::Status CheckPeer(const v1::Peer& peer) {
+  if (absl::Status s = CheckPeerName(peer.name()); !s.ok()) return s;
+  if (!peer.underlay().empty()) {
+    if (absl::Status s = CheckAddress("underlay", peer.underlay()); !s.ok()) return s;
+  }
+  for (int i = 0; i < peer.allowed_prefixes_size(); ++i) {
+    absl::Status s =
+        CheckNetworkPrefix(absl::StrCat("allowedPrefixes[", i, "]"), peer.allowed_prefixes(i));
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+// Parses `content` into `request`: a JSON object (the request), or a bare JSON array, read as
+// the request's `list_field` (the JSON name of its repeated field). On error, returns the
+// problem as DescribeJsonError does.
+template <typename Request>
+absl::Status ParseJsonRequest(absl::string_view content, absl::string_view list_field,
+                              Request* request, bool* bare) {
+  absl::string_view json = absl::StripAsciiWhitespace(content);
+  if (json.empty()) return absl::InvalidArgumentError(": empty (want a JSON object or array)");
+  *bare = json.front() == '[';
+  if (!*bare && json.front() != '{') {
+    return absl::InvalidArgumentError(
+        absl::StrCat(": not JSON (want an object like {\"owner\": ..., \"", list_field,
+                     "\": [...]} or an array of ", list_field, ")"));
+  }
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  // A bare array is the request's list; the wrapper stays out of the messages.
+  std::string text = *bare ? absl::StrCat("{\"", list_field, "\":", json, "}") : std::string(json);
+  auto status = google::protobuf::util::JsonStringToMessage(text, request, options);
+  if (!status.ok()) {
+    std::string message(status.message());
+    if (*bare) message = absl::StrReplaceAll(message, {{absl::StrCat("(", list_field, "["), "(["}});
+    return absl::InvalidArgumentError(DescribeJsonError(content, message));
+  }
+  return absl::OkStatus();
+}
+
+// Sets the owner of an apply from --owner and the file, as ParseApplyFile says; `what` names
+// the file's list ("tunnels", "peers").
+template <typename Request>
+absl::Status MergeApplyFlags(const Command& command, bool bare, absl::string_view what,
+                             Request* request) {
+  if (!command.owner.empty()) {
+    if (!request->owner().empty() && request->owner() != command.owner) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          ": owner '", OneLine(request->owner()), "' differs from --owner '", command.owner, "'"));
+    }
+    request->set_owner(command.owner);
+  } else if (request->owner().empty()) {
+    return absl::InvalidArgumentError(
+        bare ? absl::StrCat(": an array of ", what, " needs --owner")
+             : std::string(": no \"owner\" (set it in the file or pass --owner)"));
+  }
+  if (command.prune) request->set_prune(true);
+  if (command.dry_run) request->set_dry_run(true);
+  if (!command.request_id.empty()) request->set_request_id(command.request_id);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<v1::ApplyTunnelsRequest> ParseApplyFile(absl::string_view content,
@@ -79,25 +143,10 @@ absl::StatusOr<v1::ApplyTunnelsRequest> ParseApplyFile(absl::string_view content
   auto error = [&](absl::string_view problem) {
     return absl::InvalidArgumentError(absl::StrCat("apply: ", source, problem));
   };
-  absl::string_view json = absl::StripAsciiWhitespace(content);
-  if (json.empty()) return error(": empty (want a JSON object or array)");
-  const bool bare = json.front() == '[';
-  if (!bare && json.front() != '{') {
-    return error(
-        ": not JSON (want an object like {\"owner\": ..., \"tunnels\": [...]} or an array of "
-        "tunnels)");
-  }
-
   v1::ApplyTunnelsRequest request;
-  google::protobuf::util::JsonParseOptions options;
-  options.ignore_unknown_fields = false;
-  // A bare array is the request's "tunnels"; the wrapper stays out of the messages.
-  std::string text = bare ? absl::StrCat("{\"tunnels\":", json, "}") : std::string(json);
-  auto status = google::protobuf::util::JsonStringToMessage(text, &request, options);
-  if (!status.ok()) {
-    std::string message(status.message());
-    if (bare) message = absl::StrReplaceAll(message, {{"(tunnels[", "(["}});
-    return error(DescribeJsonError(content, message));
+  bool bare = false;
+  if (absl::Status s = ParseJsonRequest(content, "tunnels", &request, &bare); !s.ok()) {
+    return error(s.message());
   }
 
   // Addresses are checked as on the command line, so that a typo in the file is bad input
@@ -109,19 +158,38 @@ absl::StatusOr<v1::ApplyTunnelsRequest> ParseApplyFile(absl::string_view content
     }
   }
 
-  if (!command.owner.empty()) {
-    if (!request.owner().empty() && request.owner() != command.owner) {
-      return error(absl::StrCat(": owner '", OneLine(request.owner()), "' differs from --owner '",
-                                command.owner, "'"));
-    }
-    request.set_owner(command.owner);
-  } else if (request.owner().empty()) {
-    return error(bare ? ": an array of tunnels needs --owner"
-                      : ": no \"owner\" (set it in the file or pass --owner)");
+  if (absl::Status s = MergeApplyFlags(command, bare, "tunnels", &request); !s.ok()) {
+    return error(s.message());
   }
-  if (command.prune) request.set_prune(true);
-  if (command.dry_run) request.set_dry_run(true);
-  if (!command.request_id.empty()) request.set_request_id(command.request_id);
+  return request;
+}
+
+absl::StatusOr<v1::ApplyPeersRequest> ParsePeerApplyFile(absl::string_view content,
+                                                         absl::string_view source,
+                                                         const Command& command) {
+  auto error = [&](absl::string_view problem) {
+    return absl::InvalidArgumentError(absl::StrCat("peer apply: ", source, problem));
+  };
+  v1::ApplyPeersRequest request;
+  bool bare = false;
+  if (absl::Status s = ParseJsonRequest(content, "peers", &request, &bare); !s.ok()) {
+    return error(s.message());
+  }
+  // The file may name its tunnel, as a check that it is applied to the right one.
+  if (!request.tunnel().empty() && request.tunnel() != command.name) {
+    return error(absl::StrCat(": tunnel '", OneLine(request.tunnel()), "' differs from TUNNEL '",
+                              command.name, "'"));
+  }
+  request.set_tunnel(command.name);
+  for (int i = 0; i < request.peers_size(); ++i) {
+    if (absl::Status s = CheckPeer(request.peers(i)); !s.ok()) {
+      return error(absl::StrCat(": peers[", i, "] (", OneLine(request.peers(i).name()),
+                                "): ", OneLine(s.message())));
+    }
+  }
+  if (absl::Status s = MergeApplyFlags(command, bare, "peers", &request); !s.ok()) {
+    return error(s.message());
+  }
   return request;
 }
 

@@ -1,5 +1,6 @@
-// The file of `tunnelctl apply -f FILE`: JSON, either an ApplyTunnelsRequest in protobuf JSON
-// ({"owner": "...", "tunnels": [...]}) or a bare array of Tunnel objects. Pure.
+// The files of `tunnelctl apply -f FILE` and `tunnelctl peer apply TUNNEL -f FILE`: JSON,
+// either the request in protobuf JSON ({"owner": "...", "tunnels": [...]}, {"owner": "...",
+// "peers": [...]}) or a bare array of Tunnel or Peer objects. Pure.
 #ifndef TUNNELAGENT_CLIENTS_TUNNELCTL_APPLY_FILE_H_
 #define TUNNELAGENT_CLIENTS_TUNNELCTL_APPLY_FILE_H_
 
@@ -19,6 +20,15 @@ namespace tunnelagent::tunnelctl {
 absl::StatusOr<v1::ApplyTunnelsRequest> ParseApplyFile(absl::string_view content,
                                                        absl::string_view source,
                                                        const Command& command);
+
+// The same for `peer apply`: an ApplyPeersRequest or an array of Peer objects. The tunnel is
+// command.name (TUNNEL); a file that names another is an error. Peer names, underlay
+// addresses and allowed prefixes are checked as on the command line (peer add).
+//
+// Errors: "peer apply: <source>[:<line>:<column>]: <problem>".
+absl::StatusOr<v1::ApplyPeersRequest> ParsePeerApplyFile(absl::string_view content,
+                                                         absl::string_view source,
+                                                         const Command& command);
 
 }  // namespace tunnelagent::tunnelctl
 

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <optional>
@@ -36,10 +37,11 @@ constexpr ModeName kModes[] = {
     {"ip6tnl", v1::TUNNEL_MODE_IP6TNL},
 };
 
-// A keyword of create, update or list, and the field it sets.
+// A keyword of create, update, list, peer add or peer update, and the field it sets.
 struct Keyword {
   absl::string_view word;
-  // The proto field (of Tunnel, or of ListTunnelsRequest for "state").
+  // The proto field (of Tunnel, of ListTunnelsRequest for "state", of Peer for the peer
+  // verbs; "keepalive_retries" is the retries of Peer.keepalive).
   absl::string_view field;
   bool takes_value;
   // May be given more than once (each adds an element).
@@ -93,23 +95,40 @@ constexpr Keyword kKeywords[] = {
     {"encap", "encap", true, false},
     {"encap-sport", "encap_sport", true, false},
     {"encap-dport", "encap_dport", true, false},
+    // No remote: the peers (`tunnelctl peer ...`) are the far ends.
+    {"multipoint", "multipoint", false, false},
+    {"nomultipoint", "multipoint", false, false},
+    // Peers. key, nokey, keepalive, nokeepalive, label and nolabels are shared with tunnels
+    // (Peer names those fields as Tunnel does).
+    {"underlay", "underlay", true, false},
+    {"allowed", "allowed_prefixes", true, true},
+    {"noallowed", "allowed_prefixes", false, false},
+    {"retries", "keepalive_retries", true, false},
 };
 
 // The keywords each verb takes, in the order its error message lists them.
 constexpr absl::string_view kCreateKeywords[] = {
-    "mode",  "remote",      "local",       "key",        "ikey",      "okey",        "csum",
-    "icsum", "ocsum",       "seq",         "iseq",       "oseq",      "ttl",         "hoplimit",
-    "tos",   "tclass",      "pmtudisc",    "nopmtudisc", "ignore-df", "noignore-df", "keepalive",
-    "encap", "encap-sport", "encap-dport", "mtu",        "address",   "route",       "label"};
+    "mode",      "remote",      "local",     "key",    "ikey",        "okey",
+    "csum",      "icsum",       "ocsum",     "seq",    "iseq",        "oseq",
+    "ttl",       "hoplimit",    "tos",       "tclass", "pmtudisc",    "nopmtudisc",
+    "ignore-df", "noignore-df", "keepalive", "encap",  "encap-sport", "encap-dport",
+    "mtu",       "address",     "route",     "label",  "multipoint"};
 constexpr absl::string_view kUpdateKeywords[] = {
-    "mode",      "remote",      "local",    "key",         "nokey",       "ikey",
-    "noikey",    "okey",        "nookey",   "csum",        "nocsum",      "icsum",
-    "noicsum",   "ocsum",       "noocsum",  "seq",         "noseq",       "iseq",
-    "noiseq",    "oseq",        "nooseq",   "ttl",         "hoplimit",    "nottl",
-    "tos",       "tclass",      "pmtudisc", "nopmtudisc",  "ignore-df",   "noignore-df",
-    "keepalive", "nokeepalive", "encap",    "encap-sport", "encap-dport", "mtu",
-    "address",   "route",       "label",    "noaddresses", "noroutes",    "nolabels"};
+    "mode",       "remote",      "local",    "key",         "nokey",       "ikey",
+    "noikey",     "okey",        "nookey",   "csum",        "nocsum",      "icsum",
+    "noicsum",    "ocsum",       "noocsum",  "seq",         "noseq",       "iseq",
+    "noiseq",     "oseq",        "nooseq",   "ttl",         "hoplimit",    "nottl",
+    "tos",        "tclass",      "pmtudisc", "nopmtudisc",  "ignore-df",   "noignore-df",
+    "keepalive",  "nokeepalive", "encap",    "encap-sport", "encap-dport", "mtu",
+    "address",    "route",       "label",    "noaddresses", "noroutes",    "nolabels",
+    "multipoint", "nomultipoint"};
 constexpr absl::string_view kListKeywords[] = {"mode", "state", "label"};
+constexpr absl::string_view kPeerCreateKeywords[] = {"underlay",  "key",     "allowed",
+                                                     "keepalive", "retries", "label"};
+constexpr absl::string_view kPeerUpdateKeywords[] = {
+    "underlay",  "key",     "nokey",       "allowed", "noallowed",
+    "keepalive", "retries", "nokeepalive", "label",   "nolabels"};
+constexpr absl::string_view kPeerCommands[] = {"add", "get", "list", "update", "delete", "apply"};
 
 const Keyword* FindKeyword(absl::string_view word) {
   for (const Keyword& k : kKeywords) {
@@ -166,15 +185,17 @@ struct VerbFlag {
 
 const std::vector<VerbFlag>& VerbFlags() {
   static const auto* flags = new std::vector<VerbFlag>{
-      {"--request-id", {Verb::kCreate, Verb::kUpdate, Verb::kDelete, Verb::kApply}},
-      {"--etag", {Verb::kUpdate, Verb::kDelete}},
-      {"--page-size", {Verb::kList}},
+      {"--request-id",
+       {Verb::kCreate, Verb::kUpdate, Verb::kDelete, Verb::kApply, Verb::kPeerCreate,
+        Verb::kPeerUpdate, Verb::kPeerDelete, Verb::kPeerApply}},
+      {"--etag", {Verb::kUpdate, Verb::kDelete, Verb::kPeerUpdate, Verb::kPeerDelete}},
+      {"--page-size", {Verb::kList, Verb::kPeerList}},
       {"--since", {Verb::kWatch}},
       {"--count", {Verb::kWatch}},
-      {"--file", {Verb::kApply}},
-      {"--prune", {Verb::kApply}},
-      {"--dry-run", {Verb::kApply}},
-      {"--owner", {Verb::kApply}},
+      {"--file", {Verb::kApply, Verb::kPeerApply}},
+      {"--prune", {Verb::kApply, Verb::kPeerApply}},
+      {"--dry-run", {Verb::kApply, Verb::kPeerApply}},
+      {"--owner", {Verb::kApply, Verb::kPeerApply}},
   };
   return *flags;
 }
@@ -218,6 +239,8 @@ class Parser {
       status = ParseApply(verb);
     } else if (verb == "info") {
       status = ParseNoArgs(verb, Verb::kInfo);
+    } else if (verb == "peer") {
+      status = ParsePeer();
     } else if (verb == "help") {
       command_.verb = Verb::kHelp;
       return std::move(command_);
@@ -228,7 +251,9 @@ class Parser {
       status = UsageError(absl::StrCat("unknown command '", verb, "'"));
     }
     if (!status.ok()) return status;
-    if (absl::Status s = CheckVerbFlags(verb); !s.ok()) return s;
+    if (absl::Status s = CheckVerbFlags(peer_verb_.empty() ? verb : peer_verb_); !s.ok()) {
+      return s;
+    }
     if (absl::Status s = CheckTls(); !s.ok()) return s;
     return std::move(command_);
   }
@@ -429,7 +454,14 @@ class Parser {
     if (absl::Status s = TakeTunnelName(verb); !s.ok()) return s;
     if (absl::Status s = ParseKeywords(verb, kCreateKeywords); !s.ok()) return s;
     if (fields_.count("mode") == 0) return UsageError(absl::StrCat(verb, ": missing 'mode'"));
-    if (fields_.count("remote") == 0) return UsageError(absl::StrCat(verb, ": missing 'remote'"));
+    const bool multipoint = fields_.count("multipoint") != 0;
+    if (multipoint && fields_.count("remote") != 0) {
+      return UsageError(absl::StrCat(
+          verb, ": 'remote' conflicts with 'multipoint' (its peers are the remote ends)"));
+    }
+    if (!multipoint && fields_.count("remote") == 0) {
+      return UsageError(absl::StrCat(verb, ": missing 'remote' (or 'multipoint')"));
+    }
     return absl::OkStatus();
   }
 
@@ -442,12 +474,20 @@ class Parser {
       return UsageError(
           absl::StrCat(verb, ": nothing to change (want ", OneOf(kUpdateKeywords), ")"));
     }
+    // A multipoint tunnel has no remote, so turning it on clears the remote (else the tunnel
+    // would keep the old one and be refused); turning it off needs a remote, the agent says.
+    auto multipoint = fields_.find("multipoint");
+    const bool to_multipoint = multipoint != fields_.end() && multipoint->second == "multipoint";
+    if (to_multipoint && fields_.count("remote") != 0) {
+      return UsageError(absl::StrCat(
+          verb, ": 'remote' conflicts with 'multipoint' (its peers are the remote ends)"));
+    }
     // update_mask paths in Tunnel's field order.
     const google::protobuf::Descriptor* tunnel = v1::Tunnel::descriptor();
     for (int i = 0; i < tunnel->field_count(); ++i) {
       const std::string& path = tunnel->field(i)->name();
       // `tos N` and `tos inherit` set both tos and inherit_tos: either replaces the other.
-      const bool given = fields_.count(path) != 0 ||
+      const bool given = fields_.count(path) != 0 || (path == "remote" && to_multipoint) ||
                          (path == "inherit_tos" && fields_.count("tos") != 0) ||
                          (path == "encap" &&
                           (fields_.count("encap_sport") != 0 || fields_.count("encap_dport") != 0));
@@ -498,6 +538,7 @@ class Parser {
       if (!keyword.repeatable) return UsageError(absl::StrCat("'", keyword.word, "' given twice"));
     }
     if (command_.verb == Verb::kList) return ApplyFilter(keyword, value);
+    if (IsPeerVerb(command_.verb)) return ApplyPeerKeyword(keyword, value);
     v1::Tunnel& tunnel = command_.tunnel;
     absl::string_view word = keyword.word;
     if (word == "mode") {
@@ -570,6 +611,8 @@ class Parser {
       tunnel.set_pmtudisc(word == "pmtudisc");
     } else if (word == "ignore-df" || word == "noignore-df") {
       tunnel.set_ignore_df(word == "ignore-df");
+    } else if (word == "multipoint" || word == "nomultipoint") {
+      tunnel.set_multipoint(word == "multipoint");
     } else if (word == "keepalive") {
       absl::StatusOr<v1::Keepalive> keepalive = ParseKeepalive(value);
       if (!keepalive.ok()) return keepalive.status();
@@ -594,6 +637,59 @@ class Parser {
     }
     // noaddresses, noroutes, nolabels, noikey, nookey, nottl, nokeepalive: the field stays
     // empty (unset); the mask names it.
+    return absl::OkStatus();
+  }
+
+  // The keywords of peer add and peer update.
+  absl::Status ApplyPeerKeyword(const Keyword& keyword, const std::string& value) {
+    v1::Peer& peer = command_.peer;
+    absl::string_view word = keyword.word;
+    if (word == "underlay") {
+      if (absl::Status s = CheckAddress(word, value); !s.ok()) return s;
+      peer.set_underlay(value);
+    } else if (word == "key") {
+      absl::StatusOr<uint32_t> key = ParseKey(value);
+      if (!key.ok()) return key.status();
+      peer.set_key(*key);
+    } else if (word == "allowed") {
+      // "allowed P1,P2" and "allowed P1 allowed P2" are the same list.
+      for (absl::string_view prefix : absl::StrSplit(value, ',')) {
+        if (absl::Status s = CheckNetworkPrefix("allowed prefix", prefix); !s.ok()) return s;
+        peer.add_allowed_prefixes(std::string(prefix));
+      }
+    } else if (word == "keepalive") {
+      absl::StatusOr<v1::Keepalive> keepalive = ParseKeepalive(value);
+      if (!keepalive.ok()) return keepalive.status();
+      *peer.mutable_keepalive() = *keepalive;
+      retries_in_keepalive_ = value.find(',') != std::string::npos;
+    } else if (word == "retries") {
+      std::optional<uint64_t> retries = ParseDigits(value, 10, 255);
+      if (!retries.has_value()) {
+        return UsageError(
+            absl::StrCat("invalid retries '", value, "' (want a number 0-255, 0 = 3)"));
+      }
+      keepalive_retries_ = static_cast<uint32_t>(*retries);
+    } else if (word == "label") {
+      absl::StatusOr<std::pair<std::string, std::string>> label = ParseLabel(value);
+      if (!label.ok()) return label.status();
+      return AddLabel(*label, peer.mutable_labels());
+    }
+    // nokey, noallowed, nokeepalive, nolabels: the field stays unset; the mask names it.
+    return absl::OkStatus();
+  }
+
+  // `retries N` completes `keepalive INTERVAL`, in either order.
+  absl::Status ApplyKeepaliveRetries(absl::string_view verb) {
+    if (!keepalive_retries_.has_value()) return absl::OkStatus();
+    auto keepalive = fields_.find("keepalive");
+    if (keepalive == fields_.end() || keepalive->second != "keepalive") {
+      return UsageError(absl::StrCat(verb, ": 'retries' needs 'keepalive INTERVAL'"));
+    }
+    if (retries_in_keepalive_) {
+      return UsageError(
+          absl::StrCat(verb, ": 'retries' conflicts with the retries of 'keepalive'"));
+    }
+    command_.peer.mutable_keepalive()->set_retries(*keepalive_retries_);
     return absl::OkStatus();
   }
 
@@ -644,6 +740,113 @@ class Parser {
     return ParseName(verb, Verb::kGet);
   }
 
+  // peer COMMAND TUNNEL ...
+  absl::Status ParsePeer() {
+    if (absl::Status s = SkipFlags(); !s.ok()) return s;
+    if (AtEnd()) {
+      return UsageError(absl::StrCat("peer: missing command (want ", OneOf(kPeerCommands), ")"));
+    }
+    const std::string& command = Take();
+    peer_verb_ = absl::StrCat("peer ", command);
+    const absl::string_view verb = peer_verb_;
+    if (command == "add" || command == "create") {
+      return ParsePeerCreate(verb);
+    } else if (command == "get" || command == "show") {
+      return ParsePeerName(verb, Verb::kPeerGet);
+    } else if (command == "list" || command == "ls") {
+      command_.verb = Verb::kPeerList;
+      if (absl::Status s = TakePeerTunnel(verb, /*keywords_follow=*/false); !s.ok()) return s;
+      return ExpectEnd(verb);
+    } else if (command == "update") {
+      return ParsePeerUpdate(verb);
+    } else if (command == "delete" || command == "del") {
+      return ParsePeerName(verb, Verb::kPeerDelete);
+    } else if (command == "apply") {
+      command_.verb = Verb::kPeerApply;
+      if (absl::Status s = TakePeerTunnel(verb, /*keywords_follow=*/false); !s.ok()) return s;
+      if (absl::Status s = ExpectEnd(verb); !s.ok()) return s;
+      if (command_.apply_file.empty()) {
+        return UsageError(absl::StrCat(verb, ": missing -f FILE"));
+      }
+      return absl::OkStatus();
+    }
+    peer_verb_.clear();
+    return UsageError(
+        absl::StrCat("peer: unknown command '", command, "' (want ", OneOf(kPeerCommands), ")"));
+  }
+
+  // TUNNEL of a peer verb: not empty, and, before keywords, not one of them.
+  absl::Status TakePeerTunnel(absl::string_view verb, bool keywords_follow) {
+    if (absl::Status s = SkipFlags(); !s.ok()) return s;
+    if (AtEnd()) return UsageError(absl::StrCat(verb, ": missing TUNNEL"));
+    const std::string& name = Take();
+    if (name.empty()) return UsageError(absl::StrCat(verb, ": empty TUNNEL"));
+    if (keywords_follow && Contains(kPeerUpdateKeywords, name)) {
+      return UsageError(absl::StrCat(verb, ": missing TUNNEL and PEER before '", name, "'"));
+    }
+    command_.name = name;
+    return absl::OkStatus();
+  }
+
+  // TUNNEL PEER: PEER as Peer.name allows it.
+  absl::Status TakePeerTunnelAndName(absl::string_view verb, bool keywords_follow) {
+    if (absl::Status s = TakePeerTunnel(verb, keywords_follow); !s.ok()) return s;
+    if (absl::Status s = SkipFlags(); !s.ok()) return s;
+    if (AtEnd()) return UsageError(absl::StrCat(verb, ": missing PEER"));
+    const std::string& name = Take();
+    if (keywords_follow && Contains(kPeerUpdateKeywords, name)) {
+      return UsageError(absl::StrCat(verb, ": missing PEER before '", name, "'"));
+    }
+    if (absl::Status s = CheckPeerName(name); !s.ok()) {
+      return UsageError(absl::StrCat(verb, ": ", s.message()));
+    }
+    command_.peer.set_name(name);
+    return absl::OkStatus();
+  }
+
+  absl::Status ParsePeerName(absl::string_view verb, Verb kind) {
+    command_.verb = kind;
+    if (absl::Status s = TakePeerTunnelAndName(verb, /*keywords_follow=*/false); !s.ok()) {
+      return s;
+    }
+    return ExpectEnd(verb);
+  }
+
+  absl::Status ParsePeerCreate(absl::string_view verb) {
+    command_.verb = Verb::kPeerCreate;
+    if (absl::Status s = TakePeerTunnelAndName(verb, /*keywords_follow=*/true); !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = ParseKeywords(verb, kPeerCreateKeywords); !s.ok()) return s;
+    if (absl::Status s = ApplyKeepaliveRetries(verb); !s.ok()) return s;
+    if (fields_.count("underlay") == 0) {
+      return UsageError(absl::StrCat(verb, ": missing 'underlay'"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ParsePeerUpdate(absl::string_view verb) {
+    command_.verb = Verb::kPeerUpdate;
+    if (absl::Status s = TakePeerTunnelAndName(verb, /*keywords_follow=*/true); !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = ParseKeywords(verb, kPeerUpdateKeywords); !s.ok()) return s;
+    if (absl::Status s = ApplyKeepaliveRetries(verb); !s.ok()) return s;
+    // An empty mask would mean a full replacement: never send one by accident.
+    if (fields_.empty()) {
+      return UsageError(
+          absl::StrCat(verb, ": nothing to change (want ", OneOf(kPeerUpdateKeywords), ")"));
+    }
+    // update_mask paths in Peer's field order; `retries` is part of keepalive, which it
+    // needs.
+    const google::protobuf::Descriptor* peer = v1::Peer::descriptor();
+    for (int i = 0; i < peer->field_count(); ++i) {
+      const std::string& path = peer->field(i)->name();
+      if (fields_.count(path) != 0) command_.update_mask.add_paths(path);
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status ParseApply(absl::string_view verb) {
     command_.verb = Verb::kApply;
     if (absl::Status s = ExpectEnd(verb); !s.ok()) return s;
@@ -671,10 +874,29 @@ class Parser {
   std::map<std::string, absl::string_view> fields_;
   // Verb-specific flags given: canonical name, spelling.
   std::vector<std::pair<absl::string_view, std::string>> verb_flags_;
+  // "peer add", ...: how messages name a peer verb; empty for the others.
+  std::string peer_verb_;
+  // Peer keepalive: `retries N`, and whether `keepalive INTERVAL,RETRIES` gave retries too.
+  std::optional<uint32_t> keepalive_retries_;
+  bool retries_in_keepalive_ = false;
   Command command_;
 };
 
 }  // namespace
+
+bool IsPeerVerb(Verb verb) {
+  switch (verb) {
+    case Verb::kPeerCreate:
+    case Verb::kPeerGet:
+    case Verb::kPeerList:
+    case Verb::kPeerUpdate:
+    case Verb::kPeerDelete:
+    case Verb::kPeerApply:
+      return true;
+    default:
+      return false;
+  }
+}
 
 std::string VersionLine() { return absl::StrCat("tunnelctl ", clients::kVersion, "\n"); }
 
@@ -733,6 +955,45 @@ absl::Status CheckPrefix(absl::string_view what, absl::string_view text) {
   if (!ok) {
     return UsageError(absl::StrCat("invalid ", what, " '", text,
                                    "' (want ADDRESS/LENGTH, like 10.0.0.1/30 or fd00::1/64)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckNetworkPrefix(absl::string_view what, absl::string_view text) {
+  if (absl::Status s = CheckPrefix(what, text); !s.ok()) return s;
+  const size_t slash = text.find('/');
+  if (slash == absl::string_view::npos) return absl::OkStatus();  // a host prefix
+  const std::string address(text.substr(0, slash));
+  const int family = *AddressFamily(address);
+  in6_addr bytes;
+  inet_pton(family, address.c_str(), &bytes);
+  const size_t size = family == AF_INET ? 4 : 16;
+  uint64_t length = 0;
+  absl::SimpleAtoi(text.substr(slash + 1), &length);
+  // Clear the host bits; when anything changed, the network is what was probably meant.
+  in6_addr network = bytes;
+  for (size_t i = 0; i < size; ++i) {
+    const uint64_t first_bit = i * 8;
+    if (length >= first_bit + 8) continue;
+    const unsigned kept = length > first_bit ? static_cast<unsigned>(length - first_bit) : 0;
+    network.s6_addr[i] &= static_cast<uint8_t>(0xff00u >> kept);
+  }
+  if (memcmp(&network, &bytes, size) == 0) return absl::OkStatus();
+  char text_out[kMaxAddressText];
+  inet_ntop(family, &network, text_out, sizeof(text_out));
+  return UsageError(absl::StrCat("invalid ", what, " '", text, "' (host bits set; want ", text_out,
+                                 "/", length, ")"));
+}
+
+absl::Status CheckPeerName(absl::string_view text) {
+  bool ok = !text.empty() && text.size() <= kMaxPeerNameLength;
+  for (char c : text) {
+    ok = ok &&
+         (absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
+  }
+  if (!ok) {
+    return UsageError(absl::StrCat("invalid peer name '", text, "' (want 1-", kMaxPeerNameLength,
+                                   " letters, digits, '.', '_' or '-')"));
   }
   return absl::OkStatus();
 }
@@ -880,28 +1141,32 @@ std::string Usage() {
 Manage the GRE, IPIP, SIT and IPv6 tunnels of a tunnel-agent.
 
 Commands:
-  create NAME mode MODE remote ADDR [local ADDR] [key KEY] [mtu MTU] [OPTION]...
-         [address CIDR]... [route PREFIX]... [label KEY=VALUE]...
-                   create a tunnel and print it (alias: add)
+  create NAME mode MODE remote ADDR|multipoint [local ADDR] [key KEY] [mtu MTU]
+         [OPTION]... [address CIDR]... [route PREFIX]... [label KEY=VALUE]...
+                   create a tunnel and print it (alias: add); multipoint: no remote, the
+                   peers of `peer add` are the far ends
   get NAME         print one tunnel, its labels, etag and times (alias: show NAME)
   list [mode MODE] [state up|down|error] [label KEY=VALUE]...
                    print the tunnels that match, all pages (aliases: ls, show)
   update NAME [mode MODE] [local ADDR] [remote ADDR] [key KEY|nokey] [mtu MTU|auto]
          [OPTION|noOPTION]... [address CIDR]...|noaddresses [route PREFIX]...|noroutes
-         [label KEY=VALUE]...|nolabels [--etag=ETAG]
+         [label KEY=VALUE]...|nolabels [multipoint|nomultipoint] [--etag=ETAG]
                    change only the fields given; addresses, routes and labels given
                    replace the whole list or map; print the tunnel, and "recreated:
                    FIELDS" when the agent had to make a new device
   delete NAME [--etag=ETAG]
                    delete a tunnel (alias: del)
   watch [--since=REVISION] [--count=N]
-                   print every change as "REVISION TYPE NAME STATE" (one JSON object a
-                   line with -o json) until interrupted, or after N events
+                   print every change as "REVISION TYPE NAME STATE" (NAME is TUNNEL/PEER
+                   for the PEER_* events; one JSON object a line with -o json) until
+                   interrupted, or after N events
   apply -f FILE [--prune] [--dry-run] [--owner=NAME]
                    make the tunnels of an owner exactly those of FILE ("-": stdin), a
                    JSON ApplyTunnelsRequest ({"owner": ..., "tunnels": [...]}) or a JSON
                    array of tunnels (then --owner is required); print the changes
   info             print what the agent is and can do
+  peer COMMAND TUNNEL ...
+                   the peers of a multipoint tunnel, see "Peer commands" below
   help             print this help (also -h, --help)
   version          print tunnelctl's version (also --version)
 
@@ -938,19 +1203,58 @@ go back to the default):
                    send a keepalive every INTERVAL (seconds 0.1-3600, e.g. 10, 0.5, 500ms,
                    10s); the tunnel is down after RETRIES (0-255, default 0 = 3) without a
                    reply (gre, ipip, ip6gre, ip6tnl); nokeepalive turns it off
+  multipoint, nomultipoint
+                   one device for many peers (`peer add`), each packet sent to the peer
+                   whose allowed prefixes match its destination; multipoint clears remote,
+                   nomultipoint needs one (gre, ipip, sit, ip6gre, ip6tnl)
+
+Peer commands (the peers of a multipoint tunnel TUNNEL; PEER: 1-63 letters, digits, '.',
+'_' or '-'):
+  peer add TUNNEL PEER underlay ADDR [key KEY] [allowed PREFIX[,PREFIX]...]...
+         [keepalive INTERVAL[,RETRIES] [retries N]] [label KEY=VALUE]...
+                   create a peer and print it (alias: peer create)
+  peer get TUNNEL PEER
+                   print one peer, its state, counters, path MTU and keepalive (alias:
+                   peer show)
+  peer list TUNNEL [--page-size=N]
+                   print the tunnel's peers, all pages (alias: peer ls)
+  peer update TUNNEL PEER [underlay ADDR] [key KEY|nokey] [allowed PREFIX[,PREFIX]...]...
+         |noallowed [keepalive INTERVAL[,RETRIES] [retries N]|nokeepalive]
+         [label KEY=VALUE]...|nolabels [--etag=ETAG]
+                   change only the fields given (allowed prefixes and labels given
+                   replace the whole list or map) and print the peer
+  peer delete TUNNEL PEER [--etag=ETAG]
+                   delete a peer (alias: peer del)
+  peer apply TUNNEL -f FILE [--prune] [--dry-run] [--owner=NAME]
+                   make the peers of an owner on TUNNEL exactly those of FILE, a JSON
+                   ApplyPeersRequest ({"owner": ..., "peers": [...]}) or a JSON array of
+                   peers (then --owner is required); print the changes and how many
+                   peers are unchanged
+
+Arguments of peer add and peer update:
+  underlay ADDR    underlay address of the peer, of the tunnel's underlay family
+  key KEY          GRE key sent to the peer (default: the tunnel's output key)
+  allowed PREFIX   inner prefixes sent to and accepted from the peer, without host bits,
+                   like 10.1.0.0/16 (repeatable, or comma-separated)
+  keepalive INTERVAL[,RETRIES], retries N
+                   dead-peer detection for this peer, as for tunnels (retries 0-255)
+  label KEY=VALUE  label of the peer (repeatable)
 
 Options of commands:
-  --request-id=ID    id of a create, update, delete or apply, so that retrying it has
-                     no second effect (default: a random UUID per invocation; an
-                     UNAVAILABLE call is retried once with the same id)
-  --etag=ETAG        update or delete only if the tunnel's etag is still ETAG
-  --page-size=N      tunnels per ListTunnels call, 1-1000 (default: 500)
+  --request-id=ID    id of a create, update, delete or apply (of a tunnel or a peer), so
+                     that retrying it has no second effect (default: a random UUID per
+                     invocation; an UNAVAILABLE call is retried once with the same id)
+  --etag=ETAG        update or delete only if the tunnel's (peer's) etag is still ETAG
+  --page-size=N      tunnels (peers) per ListTunnels (ListPeers) call, 1-1000 (default:
+                     500)
   --since=REVISION   watch: start after this revision (default: the current set first)
   --count=N          watch: stop after N events
-  -f, --file=FILE    apply: the desired tunnels
-  --prune            apply: also delete the owner's tunnels that FILE does not list
-  --dry-run          apply: print what would change, change nothing
-  --owner=NAME       apply: the owner (labels["owner"]) whose tunnels FILE lists
+  -f, --file=FILE    apply, peer apply: the desired tunnels (peers)
+  --prune            apply, peer apply: also delete the owner's tunnels (peers) that FILE
+                     does not list
+  --dry-run          apply, peer apply: print what would change, change nothing
+  --owner=NAME       apply, peer apply: the owner (labels["owner"]) whose tunnels (peers)
+                     FILE lists
 
 Options:
   --agent=ADDR       agent address, HOST:PORT or unix:/PATH (default: $TUNNELCTL_AGENT,

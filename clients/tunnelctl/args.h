@@ -24,7 +24,28 @@
 
 namespace tunnelagent::tunnelctl {
 
-enum class Verb { kHelp, kVersion, kCreate, kGet, kList, kUpdate, kDelete, kWatch, kApply, kInfo };
+enum class Verb {
+  kHelp,
+  kVersion,
+  kCreate,
+  kGet,
+  kList,
+  kUpdate,
+  kDelete,
+  kWatch,
+  kApply,
+  kInfo,
+  // `peer add|get|list|update|delete|apply TUNNEL ...`: the peers of a multipoint tunnel.
+  kPeerCreate,
+  kPeerGet,
+  kPeerList,
+  kPeerUpdate,
+  kPeerDelete,
+  kPeerApply,
+};
+
+// The verbs of `tunnelctl peer ...`.
+bool IsPeerVerb(Verb verb);
 
 enum class OutputFormat { kTable, kJson };
 
@@ -35,11 +56,13 @@ inline constexpr std::chrono::milliseconds kDefaultTimeout{10'000};
 inline constexpr std::chrono::milliseconds kMaxTimeout{86'400'000};
 inline constexpr uint32_t kMinMtu = 68;
 inline constexpr uint32_t kMaxMtu = 65535;
-// ListTunnels page size: the default, and the agent's cap.
+// ListTunnels and ListPeers page size: the default, and the agent's cap.
 inline constexpr int32_t kDefaultPageSize = 500;
 inline constexpr int32_t kMaxPageSize = 1000;
 // The agent takes request ids up to this long.
 inline constexpr size_t kMaxRequestIdLength = 128;
+// A peer's name: 1-63 letters, digits, '.', '_' and '-' (Peer.name).
+inline constexpr size_t kMaxPeerNameLength = 63;
 
 // How to reach the agent (shared with the other clients).
 using clients::TlsOptions;
@@ -57,25 +80,30 @@ struct Command {
   std::string token_file;
   std::string env_token;
 
-  // The tunnel's name for kCreate, kGet, kUpdate and kDelete.
+  // The tunnel's name for kCreate, kGet, kUpdate, kDelete and every peer verb (TUNNEL).
   std::string name;
   // kCreate: the tunnel to ask for. kUpdate: the name and the fields in update_mask.
   v1::Tunnel tunnel;
-  // kUpdate: the fields given, as proto field names in field order. Never empty.
+  // kPeerCreate: the peer to ask for. kPeerUpdate: the name and the fields in update_mask.
+  // kPeerGet, kPeerDelete: the name only.
+  v1::Peer peer;
+  // kUpdate, kPeerUpdate: the fields given, as proto field names (of Tunnel, of Peer) in
+  // field order. Never empty.
   google::protobuf::FieldMask update_mask;
-  // kUpdate, kDelete: --etag (empty: unconditional).
+  // kUpdate, kDelete, kPeerUpdate, kPeerDelete: --etag (empty: unconditional).
   std::string etag;
-  // kCreate, kUpdate, kDelete, kApply: --request-id; empty: one is generated per invocation.
+  // kCreate, kUpdate, kDelete, kApply and their peer verbs: --request-id; empty: one is
+  // generated per invocation.
   std::string request_id;
 
-  // kList: the filters and the page size (every page is fetched).
+  // kList: the filters and the page size (every page is fetched). kPeerList: the page size.
   v1::ListTunnelsRequest list;
 
   // kWatch: --since and --count (stop after that many events; unset: run until stopped).
   uint64_t since_revision = 0;
   std::optional<uint64_t> count;
 
-  // kApply: -f FILE ("-" for stdin), --prune, --dry-run, --owner.
+  // kApply, kPeerApply: -f FILE ("-" for stdin), --prune, --dry-run, --owner.
   std::string apply_file;
   bool prune = false;
   bool dry_run = false;
@@ -105,6 +133,15 @@ absl::Status CheckAddress(absl::string_view what, absl::string_view text);
 // ADDRESS/LENGTH, or a bare address (a host prefix), as the agent reads one: the length in
 // plain decimal (no leading zero, which iproute2 would read as octal), at most 32 or 128.
 absl::Status CheckPrefix(absl::string_view what, absl::string_view text);
+
+// A peer's name as Peer.name allows it: 1-kMaxPeerNameLength letters, digits, '.', '_' and
+// '-'.
+absl::Status CheckPeerName(absl::string_view text);
+
+// A prefix as CheckPrefix takes it, and also without host bits ("10.1.0.0/16", not
+// "10.1.0.1/16"): what a peer's allowed prefixes must be, since a prefix with host bits set is
+// most likely a typo for another prefix.
+absl::Status CheckNetworkPrefix(absl::string_view what, absl::string_view text);
 
 // "up", "down" or "error".
 absl::StatusOr<v1::OperState> ParseState(absl::string_view text);

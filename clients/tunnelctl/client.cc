@@ -47,6 +47,18 @@ class Runner {
         return Apply();
       case Verb::kInfo:
         return Info();
+      case Verb::kPeerCreate:
+        return PeerCreate();
+      case Verb::kPeerGet:
+        return PeerGet();
+      case Verb::kPeerList:
+        return PeerList();
+      case Verb::kPeerUpdate:
+        return PeerUpdate();
+      case Verb::kPeerDelete:
+        return PeerDelete();
+      case Verb::kPeerApply:
+        return PeerApply();
       case Verb::kHelp:
         break;
       case Verb::kVersion:
@@ -240,6 +252,91 @@ class Runner {
     return Print(json() ? FormatJson(response) : FormatAgentInfo(response));
   }
 
+  int PrintPeer(const v1::Peer& peer) {
+    return Print(json() ? FormatJson(peer) : FormatPeerDetail(peer));
+  }
+
+  int PeerCreate() {
+    v1::CreatePeerRequest request;
+    request.set_tunnel(command_.name);
+    *request.mutable_peer() = command_.peer;
+    request.set_request_id(RequestId());
+    v1::Peer response;
+    grpc::Status status = CallWithRetry(
+        [&](grpc::ClientContext* c) { return stub_.CreatePeer(c, request, &response); });
+    if (!status.ok()) return RpcFailed("CreatePeer", status);
+    return PrintPeer(response);
+  }
+
+  int PeerGet() {
+    v1::GetPeerRequest request;
+    request.set_tunnel(command_.name);
+    request.set_name(command_.peer.name());
+    v1::Peer response;
+    grpc::Status status =
+        CallWithRetry([&](grpc::ClientContext* c) { return stub_.GetPeer(c, request, &response); });
+    if (!status.ok()) return RpcFailed("GetPeer", status);
+    return PrintPeer(response);
+  }
+
+  // Every page, into one response.
+  int PeerList() {
+    v1::ListPeersRequest request;
+    request.set_tunnel(command_.name);
+    request.set_page_size(command_.list.page_size());
+    v1::ListPeersResponse all;
+    while (true) {
+      v1::ListPeersResponse page;
+      grpc::Status status =
+          CallWithRetry([&](grpc::ClientContext* c) { return stub_.ListPeers(c, request, &page); });
+      if (!status.ok()) return RpcFailed("ListPeers", status);
+      for (v1::Peer& p : *page.mutable_peers()) *all.add_peers() = std::move(p);
+      if (page.next_page_token().empty()) break;
+      if (page.next_page_token() == request.page_token()) {
+        return Fail("ListPeers: the agent returned the same page token twice");
+      }
+      request.set_page_token(page.next_page_token());
+    }
+    return Print(json() ? FormatJson(all) : FormatPeerTable(all));
+  }
+
+  int PeerUpdate() {
+    v1::UpdatePeerRequest request;
+    request.set_tunnel(command_.name);
+    *request.mutable_peer() = command_.peer;
+    request.mutable_peer()->set_etag(command_.etag);
+    *request.mutable_update_mask() = command_.update_mask;
+    request.set_request_id(RequestId());
+    v1::Peer response;
+    grpc::Status status = CallWithRetry(
+        [&](grpc::ClientContext* c) { return stub_.UpdatePeer(c, request, &response); });
+    if (!status.ok()) return RpcFailed("UpdatePeer", status);
+    return PrintPeer(response);
+  }
+
+  int PeerDelete() {
+    v1::DeletePeerRequest request;
+    request.set_tunnel(command_.name);
+    request.set_name(command_.peer.name());
+    request.set_etag(command_.etag);
+    request.set_request_id(RequestId());
+    google::protobuf::Empty response;
+    grpc::Status status = CallWithRetry(
+        [&](grpc::ClientContext* c) { return stub_.DeletePeer(c, request, &response); });
+    if (!status.ok()) return RpcFailed("DeletePeer", status);
+    return json() ? Print(FormatJson(response)) : kExitOk;
+  }
+
+  int PeerApply() {
+    v1::ApplyPeersRequest request = options_.apply_peers;
+    if (request.request_id().empty()) request.set_request_id(RequestId());
+    v1::ApplyPeersResponse response;
+    grpc::Status status = CallWithRetry(
+        [&](grpc::ClientContext* c) { return stub_.ApplyPeers(c, request, &response); });
+    if (!status.ok()) return RpcFailed("ApplyPeers", status);
+    return Print(json() ? FormatJson(response) : FormatPeerApplyChanges(response));
+  }
+
   const Command& command_;
   v1::TunnelService::StubInterface& stub_;
   const RunOptions& options_;
@@ -256,7 +353,8 @@ absl::StatusOr<Inputs> LoadInputs(const Command& command, std::istream& in) {
        {&command.token_file, &command.tls.ca_file, &command.tls.cert_file, &command.tls.key_file}) {
     if (*path == "-") ++from_stdin;
   }
-  if (command.verb == Verb::kApply && command.apply_file == "-") ++from_stdin;
+  const bool apply = command.verb == Verb::kApply || command.verb == Verb::kPeerApply;
+  if (apply && command.apply_file == "-") ++from_stdin;
   if (from_stdin > 1) return absl::InvalidArgumentError("only one file can be read from stdin");
 
   Inputs inputs;
@@ -275,6 +373,15 @@ absl::StatusOr<Inputs> LoadInputs(const Command& command, std::istream& in) {
         ParseApplyFile(*content, command.apply_file == "-" ? "stdin" : command.apply_file, command);
     if (!request.ok()) return request.status();
     inputs.apply = *std::move(request);
+  } else if (command.verb == Verb::kPeerApply) {
+    absl::StatusOr<std::string> content = ReadInputFile(command.apply_file, in);
+    if (!content.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("peer apply: ", content.status().message()));
+    }
+    absl::StatusOr<v1::ApplyPeersRequest> request = ParsePeerApplyFile(
+        *content, command.apply_file == "-" ? "stdin" : command.apply_file, command);
+    if (!request.ok()) return request.status();
+    inputs.apply_peers = *std::move(request);
   }
   return inputs;
 }
@@ -345,6 +452,7 @@ int Main(const std::vector<std::string>& args, const Process& process) {
   options.channel = channel;
   options.token = inputs->token;
   options.apply = inputs->apply;
+  options.apply_peers = inputs->apply_peers;
   options.new_request_id = process.new_request_id;
   options.interrupt = process.interrupt;
   return RunCommand(*command, *stub, options, out, err);

@@ -41,6 +41,8 @@ struct Inputs {
   std::shared_ptr<grpc::ChannelCredentials> credentials;
   // kApply: the request, flags merged in (request_id may still be empty).
   v1::ApplyTunnelsRequest apply;
+  // kPeerApply: the same for peers.
+  v1::ApplyPeersRequest apply_peers;
 };
 
 // Reads the files of `command` (`in` is stdin, for "apply -f -"). Errors are
@@ -73,6 +75,7 @@ class Interrupt {
 struct RunOptions {
   std::string token;
   v1::ApplyTunnelsRequest apply;
+  v1::ApplyPeersRequest apply_peers;
   // Makes the request id of a mutating call when --request-id is not given (once per run).
   std::function<std::string()> new_request_id;
   // The stub's channel: an UNAVAILABLE call is retried once it is connected again (waiting

@@ -21,6 +21,11 @@ std::string LocalText(const v1::Tunnel& tunnel) {
   return tunnel.local().empty() ? "any" : tunnel.local();
 }
 
+// A multipoint tunnel's far ends are its peers.
+std::string RemoteText(const v1::Tunnel& tunnel) {
+  return tunnel.multipoint() && tunnel.remote().empty() ? "multipoint" : tunnel.remote();
+}
+
 std::string KeyText(const v1::Tunnel& tunnel) {
   return tunnel.has_key() ? absl::StrCat(tunnel.key()) : kNone;
 }
@@ -150,6 +155,40 @@ std::string PeerText(const v1::Tunnel& tunnel) {
   return tunnel.status().keepalive().peer_alive() ? "alive" : "dead";
 }
 
+bool IsPeerEvent(v1::TunnelEvent::Type type) {
+  return type == v1::TunnelEvent::PEER_ADDED || type == v1::TunnelEvent::PEER_UPDATED ||
+         type == v1::TunnelEvent::PEER_DELETED || type == v1::TunnelEvent::PEER_STATE_CHANGED;
+}
+
+// Unset: the tunnel's output key is sent.
+std::string PeerKeyText(const v1::Peer& peer) {
+  return peer.has_key() ? absl::StrCat(peer.key()) : kNone;
+}
+
+std::string PeerPathMtuText(const v1::Peer& peer) {
+  return peer.status().path_mtu() != 0 ? absl::StrCat(peer.status().path_mtu()) : kNone;
+}
+
+std::string AliveText(const v1::PeerStatus& status) {
+  if (!status.has_keepalive()) return kNone;
+  return status.keepalive().peer_alive() ? "alive" : "dead";
+}
+
+// "10s,3" as `keepalive` takes it; "-" when off.
+std::string KeepaliveText(const v1::Keepalive& keepalive) {
+  const google::protobuf::Duration& interval = keepalive.interval();
+  if (interval.seconds() == 0 && interval.nanos() == 0) return kNone;
+  return absl::StrCat(IntervalText(interval), ",",
+                      keepalive.retries() == 0 ? 3 : keepalive.retries());
+}
+
+// The round-trip time to the microsecond ("1.234ms"); "-" before the first reply.
+std::string RttText(const v1::KeepaliveStatus& keepalive) {
+  if (!keepalive.has_rtt()) return kNone;
+  const int64_t micros = keepalive.rtt().seconds() * 1'000'000 + keepalive.rtt().nanos() / 1000;
+  return absl::StrFormat("%d.%03dms", micros / 1000, micros % 1000);
+}
+
 // Rows of cells, the first the header, as aligned columns two spaces apart (no padding
 // after the last column).
 std::string AlignColumns(const std::vector<std::vector<std::string>>& rows) {
@@ -270,7 +309,7 @@ std::string FormatTunnelTable(const v1::ListTunnelsResponse& response) {
   for (const v1::Tunnel& t : response.tunnels()) {
     const v1::TunnelCounters& counters = t.status().counters();
     rows.push_back({OneLine(t.name()), ModeName(t.mode()), OneLine(LocalText(t)),
-                    OneLine(t.remote()), KeyText(t), MtuText(t), StateName(t.status().state()),
+                    OneLine(RemoteText(t)), KeyText(t), MtuText(t), StateName(t.status().state()),
                     IfindexText(t), absl::StrCat(counters.rx_packets()),
                     absl::StrCat(counters.tx_packets())});
     if (path_mtu) rows.back().push_back(PathMtuText(t));
@@ -296,7 +335,7 @@ std::string FormatTunnelDetail(const v1::Tunnel& t) {
       "name: ", OneLine(t.name()), "\n",                                    //
       "mode: ", ModeName(t.mode()), "\n",                                   //
       "local: ", OneLine(LocalText(t)), "\n",                               //
-      "remote: ", OneLine(t.remote()), "\n",                                //
+      "remote: ", OneLine(RemoteText(t)), "\n",                             //
       "key: ", KeyText(t), "\n",                                            //
       "mtu: ", mtu, "\n",                                                   //
       "options: ", absl::StrJoin(OptionWords(t, /*all=*/true), " "), "\n",  //
@@ -341,7 +380,10 @@ std::string FormatUpdate(const v1::UpdateTunnelResponse& response) {
 std::string FormatWatchEvent(const v1::TunnelEvent& event) {
   std::string name = kNone;
   std::string state = kNone;
-  if (event.has_tunnel()) {
+  if (IsPeerEvent(event.type())) {
+    name = absl::StrCat(TextOrNone(event.tunnel().name()), "/", TextOrNone(event.peer().name()));
+    state = StateName(event.peer().status().state());
+  } else if (event.has_tunnel()) {
     name = TextOrNone(event.tunnel().name());
     state = StateName(event.tunnel().status().state());
   }
@@ -368,6 +410,90 @@ std::string FormatApplyChanges(const v1::ApplyTunnelsResponse& response) {
   return out;
 }
 
+std::string FormatPeerTable(const v1::ListPeersResponse& response) {
+  bool labels = false;
+  bool keepalive = false;
+  for (const v1::Peer& p : response.peers()) {
+    labels = labels || !p.labels().empty();
+    keepalive = keepalive || p.status().has_keepalive();
+  }
+  std::vector<std::vector<std::string>> rows;
+  rows.push_back({"NAME", "UNDERLAY", "KEY", "ALLOWED", "STATE", "RX_PKTS", "TX_PKTS", "PATH_MTU",
+                  "LAST_RECEIVE"});
+  if (keepalive) rows.back().push_back("KEEPALIVE");
+  if (labels) rows.back().push_back("LABELS");
+  for (const v1::Peer& p : response.peers()) {
+    const v1::PeerStatus& status = p.status();
+    // No spaces inside the cells: one word per column.
+    rows.push_back(
+        {OneLine(p.name()), TextOrNone(p.underlay()), PeerKeyText(p),
+         p.allowed_prefixes().empty() ? kNone : OneLine(absl::StrJoin(p.allowed_prefixes(), ",")),
+         StateName(status.state()), absl::StrCat(status.counters().rx_packets()),
+         absl::StrCat(status.counters().tx_packets()), PeerPathMtuText(p),
+         TimeText(status.last_receive_time())});
+    if (keepalive) rows.back().push_back(AliveText(status));
+    if (labels) rows.back().push_back(JoinLabels(p.labels(), ","));
+  }
+  return AlignColumns(rows);
+}
+
+std::string FormatPeerDetail(const v1::Peer& p) {
+  const v1::PeerStatus& status = p.status();
+  const v1::TunnelCounters& counters = status.counters();
+  std::string out = absl::StrCat(                                           //
+      "name: ", OneLine(p.name()), "\n",                                    //
+      "underlay: ", TextOrNone(p.underlay()), "\n",                         //
+      "key: ", PeerKeyText(p), "\n",                                        //
+      "allowed_prefixes: ", OneLine(ListText(p.allowed_prefixes())), "\n",  //
+      "keepalive: ", KeepaliveText(p.keepalive()), "\n",                    //
+      "labels: ", LabelsText(p.labels()), "\n",                             //
+      "state: ", StateName(status.state()), "\n");
+  if (!status.reason().empty()) absl::StrAppend(&out, "reason: ", OneLine(status.reason()), "\n");
+  absl::StrAppend(&out,                                         //
+                  "rx_packets: ", counters.rx_packets(), "\n",  //
+                  "rx_bytes: ", counters.rx_bytes(), "\n",      //
+                  "rx_dropped: ", counters.rx_dropped(), "\n",  //
+                  "tx_packets: ", counters.tx_packets(), "\n",  //
+                  "tx_bytes: ", counters.tx_bytes(), "\n",      //
+                  "tx_dropped: ", counters.tx_dropped(), "\n",  //
+                  "path_mtu: ", PeerPathMtuText(p), "\n",       //
+                  "last_receive: ", TimeText(status.last_receive_time()), "\n");
+  if (status.has_keepalive()) {
+    const v1::KeepaliveStatus& k = status.keepalive();
+    absl::StrAppend(&out,                                                           //
+                    "keepalive_peer: ", AliveText(status), "\n",                    //
+                    "keepalive_sent: ", k.sent(), "\n",                             //
+                    "keepalive_replies: ", k.replies(), "\n",                       //
+                    "keepalive_answered: ", k.answered(), "\n",                     //
+                    "keepalive_last_reply: ", TimeText(k.last_reply_time()), "\n",  //
+                    "keepalive_rtt: ", RttText(k), "\n");
+  }
+  absl::StrAppend(&out,                                                   //
+                  "etag: ", TextOrNone(p.etag()), "\n",                   //
+                  "create_time: ", TimeText(status.create_time()), "\n",  //
+                  "update_time: ", TimeText(status.update_time()), "\n");
+  return out;
+}
+
+std::string FormatPeerApplyChanges(const v1::ApplyPeersResponse& response) {
+  std::vector<std::vector<std::string>> rows;
+  rows.push_back({"NAME", "ACTION", "CHANGED"});
+  for (const v1::PeerChange& change : response.changes()) {
+    rows.push_back({TextOrNone(change.name()), ActionName(change.action()),
+                    change.changed_fields().empty()
+                        ? kNone
+                        : OneLine(absl::StrJoin(change.changed_fields(), ","))});
+  }
+  std::string out = AlignColumns(rows);
+  absl::StrAppend(&out, "unchanged: ", response.unchanged(), "\n");
+  if (response.dry_run()) {
+    out += "dry run: nothing was changed\n";
+  } else {
+    absl::StrAppend(&out, "applied at revision ", response.revision(), "\n");
+  }
+  return out;
+}
+
 std::string FormatAgentInfo(const v1::AgentInfo& info) {
   std::vector<std::string> modes;
   for (int mode : info.supported_modes())
@@ -381,6 +507,7 @@ std::string FormatAgentInfo(const v1::AgentInfo& info) {
       "dataplane_workers: ", info.dataplane_workers(), "\n",                          //
       "dataplane_cpus: ", TextOrNone(info.dataplane_cpus()), "\n",                    //
       "max_tunnels: ", info.max_tunnels(), "\n",                                      //
+      "max_peers_per_tunnel: ", info.max_peers_per_tunnel(), "\n",                    //
       "tunnel_count: ", info.tunnel_count(), "\n",                                    //
       "revision: ", info.revision(), "\n",                                            //
       "start_time: ", TimeText(info.start_time()), "\n");

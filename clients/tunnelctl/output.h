@@ -28,13 +28,15 @@ std::string ActionName(v1::TunnelChange::Action action);
 std::string LabelsText(const google::protobuf::Map<std::string, std::string>& labels);
 
 // The list table: a header line, then one aligned line per tunnel, in the given order.
-// Columns: NAME MODE LOCAL REMOTE KEY MTU STATE IFINDEX RX_PKTS TX_PKTS, then, each only when
+// Columns: NAME MODE LOCAL REMOTE ("multipoint" for a multipoint tunnel) KEY MTU STATE IFINDEX
+// RX_PKTS TX_PKTS, then, each only when
 // some tunnel has one: PATH_MTU, PEER (alive/dead, tunnels with keepalive), OPTIONS (the
 // options set, as ip-link names them: "ikey=5,okey=5,icsum,ttl=64,keepalive=10s,3") and
 // LABELS ("k=v,k2=v2").
 std::string FormatTunnelTable(const v1::ListTunnelsResponse& response);
 
-// One tunnel, one "field: value" line per field: the desired fields and labels ("options:"
+// One tunnel, one "field: value" line per field: the desired fields ("remote: multipoint"
+// for a multipoint tunnel) and labels ("options:"
 // lists the options in effect as `ip -d link show` does, e.g. "ikey 5 okey 5 icsum ocsum
 // iseq oseq ttl inherit pmtudisc"), the status and counters, path_mtu, the keepalive_*
 // lines for a tunnel with keepalive, then etag, create_time and update_time (RFC 3339, UTC).
@@ -45,12 +47,28 @@ std::string FormatTunnelDetail(const v1::Tunnel& tunnel);
 std::string FormatUpdate(const v1::UpdateTunnelResponse& response);
 
 // One line: "<revision> <TYPE> <name> <state>", with "-" for the name and state of events
-// without a tunnel (SYNCED, RESYNC).
+// without a tunnel (SYNCED, RESYNC). PEER_* events name "<tunnel>/<peer>" (neither name can
+// hold a '/') with the peer's state.
 std::string FormatWatchEvent(const v1::TunnelEvent& event);
 
 // The plan or the changes of an apply: a NAME ACTION CHANGED table, then "dry run: nothing
 // was changed" or "applied at revision N".
 std::string FormatApplyChanges(const v1::ApplyTunnelsResponse& response);
+
+// The peer list table: a header line, then one aligned line per peer, in the given order.
+// Columns: NAME UNDERLAY KEY ALLOWED STATE RX_PKTS TX_PKTS PATH_MTU LAST_RECEIVE, then
+// KEEPALIVE (alive/dead, peers with keepalive) and LABELS, each only when some peer has one.
+std::string FormatPeerTable(const v1::ListPeersResponse& response);
+
+// One peer, one "field: value" line per field: name, underlay, key, allowed prefixes,
+// keepalive, labels, the state (and reason), counters, path_mtu, last_receive, the
+// keepalive_* lines (rtt included) for a peer with keepalive, then etag, create_time and
+// update_time.
+std::string FormatPeerDetail(const v1::Peer& peer);
+
+// The plan or the changes of a peer apply: a NAME ACTION CHANGED table of the peers that
+// change, "unchanged: N", then "dry run: nothing was changed" or "applied at revision N".
+std::string FormatPeerApplyChanges(const v1::ApplyPeersResponse& response);
 
 // The agent's description, one "field: value" line per field.
 std::string FormatAgentInfo(const v1::AgentInfo& info);

@@ -229,10 +229,13 @@ class EpollWorker final : public Worker {
     tx_inner_len_[index] = static_cast<uint32_t>(len);
     tx_iov_[index].iov_base = out.packet;
     tx_iov_[index].iov_len = out.len;
+    tx_peer_[index] = out.peer;
     msghdr& msg = tx_msgs_[index].msg_hdr;
     msg = msghdr{};
-    msg.msg_name = const_cast<sockaddr*>(tunnel.destination());
-    msg.msg_namelen = tunnel.destination_len();
+    // The packet's own destination (a multipoint tunnel's peer), valid through this batch:
+    // peers change only between batches, when the commands run.
+    msg.msg_name = const_cast<sockaddr*>(out.destination);
+    msg.msg_namelen = out.destination_len;
     msg.msg_control = tunnel.send_control();
     msg.msg_controllen = tunnel.send_control_len();
     msg.msg_iov = &tx_iov_[index];
@@ -248,7 +251,7 @@ class EpollWorker final : public Worker {
       if (res > 0) {
         for (int i = 0; i < res; ++i) {
           tunnel.TransmitDone(tx_frame_[sent + i], tx_inner_len_[sent + i],
-                              static_cast<int>(tx_iov_[sent + i].iov_len));
+                              static_cast<int>(tx_iov_[sent + i].iov_len), tx_peer_[sent + i]);
         }
         sent += static_cast<unsigned>(res);
         continue;
@@ -256,7 +259,8 @@ class EpollWorker final : public Worker {
       if (res < 0 && errno == EINTR) continue;
       // The first unsent packet was refused (EMSGSIZE when larger than the underlay path
       // allows: raw IP_HDRINCL sends never fragment). The core deals with it; go on.
-      tunnel.TransmitDone(tx_frame_[sent], tx_inner_len_[sent], res < 0 ? -errno : -EIO);
+      tunnel.TransmitDone(tx_frame_[sent], tx_inner_len_[sent], res < 0 ? -errno : -EIO,
+                          tx_peer_[sent]);
       ++sent;
     }
   }
@@ -429,6 +433,7 @@ class EpollWorker final : public Worker {
   std::unique_ptr<uint8_t[]> tx_memory_ ABSL_GUARDED_BY(role_);
   uint8_t* tx_frame_[kMaxQueued] ABSL_GUARDED_BY(role_);
   uint32_t tx_inner_len_[kMaxQueued] ABSL_GUARDED_BY(role_);
+  uint64_t tx_peer_[kMaxQueued] ABSL_GUARDED_BY(role_);
   iovec tx_iov_[kMaxQueued] ABSL_GUARDED_BY(role_);
   mmsghdr tx_msgs_[kMaxQueued] ABSL_GUARDED_BY(role_);
   SegmentBatch segments_ ABSL_GUARDED_BY(role_);

@@ -227,10 +227,10 @@ absl::Status UringWorker::AttachTunnel(TunnelDatapath& tunnel) {
     TransmitBuffer& b = state->buffers[i];
     b.tunnel = &tunnel;
     b.buffer = capacity > 0 ? state->memory.get() + i * capacity : nullptr;
-    // Raw sends name the remote; fou senders are connected.
+    // Raw sends name the remote (each packet's, copied in as it is sent); fou senders are
+    // connected.
     if (!tunnel.fou()) {
-      b.msg.msg_name = const_cast<sockaddr*>(tunnel.destination());
-      b.msg.msg_namelen = tunnel.destination_len();
+      b.msg.msg_name = &b.destination;
       b.msg.msg_control = tunnel.send_control();
       b.msg.msg_controllen = tunnel.send_control_len();
     }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -133,6 +134,7 @@ void UringWorker::CompleteDeviceRead(TransmitBuffer* b, int res, unsigned flags)
   }
   b->op = OpKind::kSend;
   b->inner_len = static_cast<uint32_t>(read.len);
+  b->peer = out.peer;
   int fd = io_.send_fd(tunnel.ipv6_underlay());
   int file = send_files_[tunnel.ipv6_underlay()];
   if (tunnel.fou()) {
@@ -146,6 +148,8 @@ void UringWorker::CompleteDeviceRead(TransmitBuffer* b, int res, unsigned flags)
   } else {
     b->iov.iov_base = out.packet;
     b->iov.iov_len = out.len;
+    std::memcpy(&b->destination, out.destination, out.destination_len);
+    b->msg.msg_namelen = out.destination_len;
   }
   io_uring_sqe* sqe = ring_.NextSqe();
   io_uring_prep_sendmsg(sqe, fd, &b->msg, 0);
@@ -156,7 +160,7 @@ void UringWorker::CompleteDeviceRead(TransmitBuffer* b, int res, unsigned flags)
 void UringWorker::CompleteSend(TransmitBuffer* b, int res) {
   TunnelDatapath& tunnel = *b->tunnel;
   --StateOf(tunnel).inflight;
-  tunnel.TransmitDone(b->frame, b->inner_len, res);
+  tunnel.TransmitDone(b->frame, b->inner_len, res, b->peer);
   ReleaseDeviceBuffer(b);
   if (Settled(tunnel, /*counted=*/true)) return;
   ArmDeviceRead(b);
@@ -205,10 +209,12 @@ void UringWorker::TransmitSuperPacket(TransmitBuffer* b, const PacketCore::Devic
       op.msg.msg_controllen = WriteFouControl(op.control, head.tos, head.ttl, gso_size);
     } else {
       op.count = 1;
-      op.iov.iov_base = s.batch.packets[first].packet;
-      op.iov.iov_len = s.batch.packets[first].len;
-      op.msg.msg_name = const_cast<sockaddr*>(tunnel.destination());
-      op.msg.msg_namelen = tunnel.destination_len();
+      const EncapResult& packet = s.batch.packets[first];
+      op.iov.iov_base = packet.packet;
+      op.iov.iov_len = packet.len;
+      std::memcpy(&op.destination, packet.destination, packet.destination_len);
+      op.msg.msg_name = &op.destination;
+      op.msg.msg_namelen = packet.destination_len;
       op.msg.msg_control = tunnel.send_control();
       op.msg.msg_controllen = tunnel.send_control_len();
       op.msg.msg_iov = &op.iov;
@@ -230,7 +236,7 @@ void UringWorker::CompleteSegmentSend(SegmentSend* op, int res) {
   SegmentBatch& batch = b->segments->batch;
   if (res == -EIO && op->count > 1) tunnel.DisableFouGso();  // counted below
   for (size_t i = op->first; i < size_t{op->first} + op->count; ++i) {
-    tunnel.TransmitDone(batch.frames[i], batch.lens[i], res >= 0 ? 1 : res);
+    tunnel.TransmitDone(batch.frames[i], batch.lens[i], res >= 0 ? 1 : res, batch.packets[i].peer);
   }
   const bool last = --b->segments->pending == 0;
   if (last) ReleaseDeviceBuffer(b);

@@ -51,6 +51,9 @@ struct SegmentSend : Operation {
   uint16_t count = 0;
   msghdr msg{};
   iovec iov{};
+  // Raw sends: the destination, the send's own copy (a multipoint tunnel's peer may be
+  // removed before the send completes).
+  sockaddr_in6 destination{};
   alignas(cmsghdr) uint8_t control[kFouSendControlBytes];
 };
 
@@ -72,8 +75,12 @@ struct TransmitBuffer : Operation {
   int32_t shared_id = -1;    // the shared buffer held; -1: none
   uint8_t* frame = nullptr;  // the frame read from the device (buffer + kDeviceHeadroom)
   uint32_t inner_len = 0;    // what the tunnel's counters count
+  uint64_t peer = 0;         // EncapResult::peer of the packet being sent
   msghdr msg{};
   iovec iov{};
+  // Raw sends: the destination, the send's own copy (a multipoint tunnel's peer may be
+  // removed before the send completes).
+  sockaddr_in6 destination{};
   alignas(cmsghdr) uint8_t control[kFouSendControlBytes];  // fou sends: TOS and TTL
   // With offloads, while a super-packet is split and sent: lent by the worker (33 KiB each,
   // so not one per read of every tunnel).

@@ -85,7 +85,8 @@ class Worker : public CoalescedWriter {
   // and the tunnels' own housekeeping, at most once a tick.
   void Housekeeping() ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_);
   // Commands from the mailbox: additions through the core and then the backend's
-  // AttachTunnel; removals to `remove`; a stop sets stopping_.
+  // AttachTunnel; removals to `remove`; changes of peers to the core alone (sends copy their
+  // destination, so the backend keeps nothing of a peer); a stop sets stopping_.
   template <typename Remove>
   void RunCommands(Remove&& remove) ABSL_EXCLUSIVE_LOCKS_REQUIRED(role_) {
     std::unique_ptr<EngineCommand> stop = mailbox_.RunQueued(
@@ -93,7 +94,11 @@ class Worker : public CoalescedWriter {
           role_.Assume();  // RunQueued calls back at once, on this thread
           return AddTunnel(config);
         },
-        remove);
+        remove,
+        [this](const EngineCommand& command) {
+          role_.Assume();  // RunQueued calls back at once, on this thread
+          return core_.ChangePeers(command.name, command.upserted, command.removed);
+        });
     if (stop) {
       stopping_ = true;
       stop_command_ = std::move(stop);
@@ -146,6 +151,10 @@ class WorkerEngine : public PacketEngine {
   }
   absl::Status RemoveTunnel(const std::string& name) override {
     return worker_->mailbox().RemoveTunnel(name);
+  }
+  absl::Status ChangePeers(const std::string& tunnel, std::vector<EnginePeer> upserted,
+                           std::vector<uint32_t> removed) override {
+    return worker_->mailbox().ChangePeers(tunnel, std::move(upserted), std::move(removed));
   }
   DataplaneCountersSnapshot counters() const override { return worker_->counters().Snapshot(); }
   absl::Status Health(absl::Duration stall) const override {

@@ -75,6 +75,16 @@ absl::Status CommandMailbox::RemoveTunnel(const std::string& name) {
   return Call(std::move(command));
 }
 
+absl::Status CommandMailbox::ChangePeers(const std::string& name, std::vector<EnginePeer> upserted,
+                                         std::vector<uint32_t> removed) {
+  auto command = std::make_unique<EngineCommand>();
+  command->kind = EngineCommand::Kind::kChangePeers;
+  command->name = name;
+  command->upserted = std::move(upserted);
+  command->removed = std::move(removed);
+  return Call(std::move(command));
+}
+
 absl::Status CommandMailbox::Stop() {
   auto command = std::make_unique<EngineCommand>();
   command->kind = EngineCommand::Kind::kStop;

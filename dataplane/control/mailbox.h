@@ -19,10 +19,13 @@
 namespace tunnelagent::dataplane {
 
 struct EngineCommand {
-  enum class Kind { kAdd, kRemove, kStop };
+  enum class Kind { kAdd, kRemove, kChangePeers, kStop };
   Kind kind = Kind::kAdd;
   EngineTunnel tunnel;  // kAdd
-  std::string name;     // kRemove
+  std::string name;     // kRemove, kChangePeers
+  // kChangePeers: what PacketEngine::ChangePeers was given.
+  std::vector<EnginePeer> upserted;
+  std::vector<uint32_t> removed;
   std::promise<absl::Status> done;
 };
 
@@ -47,16 +50,26 @@ class CommandMailbox {
   PendingAdditions BeginAddTunnels(absl::Span<const EngineTunnel> tunnels);
   // Call() with a kRemove of `name`.
   absl::Status RemoveTunnel(const std::string& name);
+  // Call() with a kChangePeers of the tunnel `name`.
+  absl::Status ChangePeers(const std::string& name, std::vector<EnginePeer> upserted,
+                           std::vector<uint32_t> removed);
   // Call() with a kStop.
   absl::Status Stop();
 
   // For the dataplane thread: runs every queued command, oldest first. An addition is
   // answered with what `add(const EngineTunnel&)` returns; a removal is handed to
   // `remove(std::unique_ptr<EngineCommand>)`, which answers it (at once, or when the last
-  // operation on the tunnel's device is done). Returns the stop command, if one came: the
-  // thread answers it once it has let go of everything.
+  // operation on the tunnel's device is done); a change of peers is answered with what
+  // `change_peers(const EngineCommand&)` returns (UNIMPLEMENTED without one). Returns the stop
+  // command, if one came: the thread answers it once it has let go of everything.
   template <typename Add, typename Remove>
   std::unique_ptr<EngineCommand> RunQueued(Add&& add, Remove&& remove) {
+    return RunQueued(add, remove, [](const EngineCommand&) {
+      return absl::UnimplementedError("this engine has no multipoint tunnels");
+    });
+  }
+  template <typename Add, typename Remove, typename ChangePeers>
+  std::unique_ptr<EngineCommand> RunQueued(Add&& add, Remove&& remove, ChangePeers&& change_peers) {
     std::unique_ptr<EngineCommand> stop;
     for (auto& command : TakeAll()) {
       switch (command->kind) {
@@ -65,6 +78,9 @@ class CommandMailbox {
           break;
         case EngineCommand::Kind::kRemove:
           remove(std::move(command));
+          break;
+        case EngineCommand::Kind::kChangePeers:
+          command->done.set_value(change_peers(*command));
           break;
         case EngineCommand::Kind::kStop:
           stop = std::move(command);

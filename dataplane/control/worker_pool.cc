@@ -218,6 +218,17 @@ absl::Status WorkerPool::RemoveTunnel(const std::string& name) {
   return status;
 }
 
+absl::Status WorkerPool::ChangePeers(const std::string& tunnel, std::vector<EnginePeer> upserted,
+                                     std::vector<uint32_t> removed) {
+  absl::MutexLock lock(&mu_);
+  if (!tunnels_.contains(tunnel)) {
+    return absl::NotFoundError(absl::StrCat("tunnel ", tunnel, " not found"));
+  }
+  absl::Status status;
+  for (const auto& worker : workers_) status.Update(worker->ChangePeers(tunnel, upserted, removed));
+  return status;
+}
+
 size_t WorkerPool::DeviceQueues(const std::string& name) const {
   absl::MutexLock lock(&mu_);
   auto it = tunnels_.find(name);

@@ -43,6 +43,11 @@ class WorkerPool final : public PacketEngine {
   // one of them is NOT_FOUND.
   PendingAdditions BeginAddTunnels(absl::Span<const EngineTunnel> tunnels) override;
   absl::Status RemoveTunnel(const std::string& name) override;
+  // Every worker gets the change, in the same order as the adds and removes; the answer once
+  // all have it: NOT_FOUND when the pool has no such tunnel, else the first worker's refusal
+  // (every worker refuses the same peers, as they hold the same ones).
+  absl::Status ChangePeers(const std::string& tunnel, std::vector<EnginePeer> upserted,
+                           std::vector<uint32_t> removed) override;
   // The workers' counters summed, into the caller's own copy.
   DataplaneCountersSnapshot counters() const override;
   const char* backend_name() const override { return workers_.front()->backend_name(); }

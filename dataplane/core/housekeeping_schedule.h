@@ -27,7 +27,10 @@ class HousekeepingSchedule {
     uint64_t tunnel = 0;
   };
 
+  // Nothing is kept for a time that never comes (InfiniteFuture): a tunnel with nothing to do
+  // until its traffic asks for it leaves no entry behind each time it goes idle.
   void Schedule(uint64_t tunnel, absl::Time when) {
+    if (when == absl::InfiniteFuture()) return;
     heap_.push_back({when, tunnel});
     std::push_heap(heap_.begin(), heap_.end(), Later);
   }
@@ -43,6 +46,9 @@ class HousekeepingSchedule {
       heap_.pop_back();
     }
   }
+
+  // When the earliest entry is due; InfiniteFuture when there is none.
+  absl::Time next() const { return heap_.empty() ? absl::InfiniteFuture() : heap_.front().when; }
 
   void Clear() { heap_.clear(); }
   size_t size() const { return heap_.size(); }

@@ -33,12 +33,28 @@ absl::StatusOr<TunnelDatapath*> PacketCore::AddTunnel(const EngineTunnel& config
     return absl::AlreadyExistsError(absl::StrCat(
         "another tunnel receives the same mode, local, remote and key as ", config.name));
   }
-  by_remote_[config.encap.remote].push_back(tunnel);
+  if (tunnel->multipoint()) {
+    multipoint_.push_back(tunnel);
+  } else {
+    by_remote_[config.encap.remote].push_back(tunnel);
+  }
   tunnel->set_housekeeping_id(++last_housekeeping_id_);
   by_housekeeping_id_[tunnel->housekeeping_id()] = tunnel;
   worker_.housekeeping.Schedule(tunnel->housekeeping_id(), tunnel->next_tick());
   tunnels_[config.name] = std::move(*path);
   return tunnel;
+}
+
+absl::Status PacketCore::ChangePeers(absl::string_view name,
+                                     const std::vector<EnginePeer>& upserted,
+                                     const std::vector<uint32_t>& removed) {
+  TunnelDatapath* tunnel = FindTunnel(name);
+  if (tunnel == nullptr || tunnel->unlinked()) {
+    return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
+  }
+  // What the change makes due (a new peer's first visit) the tunnel tells the worker's
+  // schedule itself.
+  return tunnel->ChangePeers(upserted, removed, absl::Now());
 }
 
 TunnelDatapath* PacketCore::FindTunnel(absl::string_view name) const {
@@ -52,6 +68,7 @@ void PacketCore::UnlinkTunnel(TunnelDatapath* tunnel) {
   by_match_.Erase(tunnel->match());
   // Its entries in the schedule are dropped as they come due.
   by_housekeeping_id_.erase(tunnel->housekeeping_id());
+  multipoint_.erase(std::remove(multipoint_.begin(), multipoint_.end(), tunnel), multipoint_.end());
   auto it = by_remote_.find(tunnel->config().encap.remote);
   if (it != by_remote_.end()) {
     std::vector<TunnelDatapath*>& list = it->second;
@@ -69,6 +86,7 @@ void PacketCore::EraseTunnel(TunnelDatapath* tunnel) {
 
 void PacketCore::Clear() {
   by_remote_.clear();
+  multipoint_.clear();
   by_match_.Clear();
   by_housekeeping_id_.clear();
   worker_.housekeeping.Clear();
@@ -219,6 +237,9 @@ void PacketCore::TakeTooBig(const TooBigReport& report) {
     for (TunnelDatapath* tunnel : it->second) {
       judged |= tunnel->TakeTooBig(report) != QuoteVerdict::kOtherFlow;
     }
+  }
+  for (TunnelDatapath* tunnel : multipoint_) {
+    judged |= tunnel->TakeTooBig(report) != QuoteVerdict::kOtherFlow;
   }
   const uint8_t p = report.quoted_protocol;
   if (!judged && options_.worker == 0 &&

@@ -92,6 +92,10 @@ class PacketCore {
   // counters; ALREADY_EXISTS when the name, or the receive match (mode, local, remote, input
   // key), is taken; what the datapath's checks say (TunnelDatapath::Create).
   absl::StatusOr<TunnelDatapath*> AddTunnel(const EngineTunnel& config);
+  // The multipoint tunnel `name`'s peers change (TunnelDatapath::ChangePeers); NOT_FOUND when
+  // there is no such tunnel (or it is being removed).
+  absl::Status ChangePeers(absl::string_view name, const std::vector<EnginePeer>& upserted,
+                           const std::vector<uint32_t>& removed);
   // A tunnel by name (unlinked ones too); nullptr when there is none.
   TunnelDatapath* FindTunnel(absl::string_view name) const;
   // Stops the tunnel's receiving at once: out of the receive match, the ICMP errors' index and
@@ -198,8 +202,10 @@ class PacketCore {
   uint64_t last_housekeeping_id_ = 0;
   std::vector<HousekeepingSchedule::Entry> due_;
   TunnelTable<TunnelDatapath> by_match_;
-  // By remote address, for the errors that quote a packet sent to it.
+  // By remote address, for the errors that quote a packet sent to it; the multipoint tunnels,
+  // which find the peer an error names themselves (a few per worker).
   absl::flat_hash_map<OuterAddress, std::vector<TunnelDatapath*>> by_remote_;
+  std::vector<TunnelDatapath*> multipoint_;
   Coalescer coalescer_;
   CoalescedWriter* const writer_;
 };

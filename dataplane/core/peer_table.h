@@ -7,6 +7,10 @@
 // Per-packet lookups (ForDestination, ForSource, MaySend) allocate nothing and take no lock: a
 // worker's tables change only through its command queue. Add, Replace and Remove are the
 // control path's and leave the table as it was when they refuse.
+//
+// What a peer is, is the caller's: any copyable `Peer` with an `id` (uint32_t) and an
+// `underlay` (OuterAddress). A worker's datapath keeps its per-peer state in it (PeerPath); a
+// peer stays at one address from its Add to its Remove, Replace included.
 #ifndef TUNNELAGENT_DATAPLANE_CORE_PEER_TABLE_H_
 #define TUNNELAGENT_DATAPLANE_CORE_PEER_TABLE_H_
 
@@ -22,16 +26,11 @@
 #include "absl/strings/str_cat.h"
 #include "dataplane/core/prefix_trie.h"
 #include "dataplane/packet/outer_address.h"
+#include "dataplane/packet_engine.h"
 
 namespace tunnelagent::dataplane {
 
-// An inner prefix a peer is reached through and may send from.
-struct InnerPrefix {
-  std::array<uint8_t, 16> bytes{};  // network order; IPv4 in the first four
-  int length = 0;
-  bool v6 = false;
-};
-
+// The least a peer is: what the table's tests use.
 struct TunnelPeer {
   uint32_t id = 0;        // the control plane's handle for it
   OuterAddress underlay;  // the outer destination of what is sent to it, and the outer source
@@ -40,19 +39,20 @@ struct TunnelPeer {
   uint32_t key = 0;
 };
 
-class PeerTable {
+template <typename Peer>
+class BasicPeerTable {
  public:
   // ALREADY_EXISTS when the id or the underlay address is another peer's, or one of `allowed`
   // is held by another peer (nested prefixes are fine: the longest match wins);
   // INVALID_ARGUMENT for a prefix length past its family's bits or a prefix given twice.
-  absl::Status Add(const TunnelPeer& peer, const std::vector<InnerPrefix>& allowed) {
+  absl::Status Add(const Peer& peer, const std::vector<InnerPrefix>& allowed) {
     if (peers_.contains(peer.id)) return absl::AlreadyExistsError(Describe(peer.id, "exists"));
     return Put(peer, allowed, nullptr);
   }
 
   // The peer `peer.id` becomes `peer` with `allowed` instead of what it had; NOT_FOUND when
   // there is none; otherwise as Add (its own old prefixes and address do not conflict).
-  absl::Status Replace(const TunnelPeer& peer, const std::vector<InnerPrefix>& allowed) {
+  absl::Status Replace(const Peer& peer, const std::vector<InnerPrefix>& allowed) {
     auto it = peers_.find(peer.id);
     if (it == peers_.end()) return absl::NotFoundError(Describe(peer.id, "not found"));
     return Put(peer, allowed, it->second.get());
@@ -68,21 +68,21 @@ class PeerTable {
   }
 
   // Send: the peer the inner destination goes to; null when no allowed prefix holds it.
-  const TunnelPeer* ForDestination(const uint8_t* inner_destination, bool v6) const {
-    const TunnelPeer* const* found = Trie(v6).Lookup(inner_destination);
+  Peer* ForDestination(const uint8_t* inner_destination, bool v6) const {
+    Peer* const* found = Trie(v6).Lookup(inner_destination);
     return found != nullptr ? *found : nullptr;
   }
   // Receive: the peer whose underlay address is the outer source; null when it is no peer's.
-  const TunnelPeer* ForSource(const OuterAddress& outer_source) const {
+  Peer* ForSource(const OuterAddress& outer_source) const {
     auto it = by_underlay_.find(outer_source);
     return it != by_underlay_.end() ? it->second : nullptr;
   }
   // Receive: whether `peer` may send from `inner_source` (its longest match is that peer).
-  bool MaySend(const TunnelPeer& peer, const uint8_t* inner_source, bool v6) const {
+  bool MaySend(const Peer& peer, const uint8_t* inner_source, bool v6) const {
     return ForDestination(inner_source, v6) == &peer;
   }
 
-  const TunnelPeer* Find(uint32_t id) const {
+  Peer* Find(uint32_t id) const {
     auto it = peers_.find(id);
     return it != peers_.end() ? &it->second->peer : nullptr;
   }
@@ -91,7 +91,7 @@ class PeerTable {
 
  private:
   struct Entry {
-    TunnelPeer peer;
+    Peer peer;
     std::vector<InnerPrefix> allowed;
   };
 
@@ -111,12 +111,12 @@ class PeerTable {
     return absl::StrCat(text, "/", prefix.length);
   }
 
-  PrefixTrie<const TunnelPeer*>& Trie(bool v6) { return v6 ? v6_ : v4_; }
-  const PrefixTrie<const TunnelPeer*>& Trie(bool v6) const { return v6 ? v6_ : v4_; }
+  PrefixTrie<Peer*>& Trie(bool v6) { return v6 ? v6_ : v4_; }
+  const PrefixTrie<Peer*>& Trie(bool v6) const { return v6 ? v6_ : v4_; }
 
   // Adds `peer` with `allowed`, taking the place of `old` (same id) when given: every check
   // first, so that a refusal changes nothing.
-  absl::Status Put(const TunnelPeer& peer, const std::vector<InnerPrefix>& allowed, Entry* old) {
+  absl::Status Put(const Peer& peer, const std::vector<InnerPrefix>& allowed, Entry* old) {
     if (auto it = by_underlay_.find(peer.underlay);
         it != by_underlay_.end() && (old == nullptr || it->second != &old->peer)) {
       return absl::AlreadyExistsError(
@@ -132,7 +132,7 @@ class PeerTable {
         return absl::InvalidArgumentError(
             absl::StrCat("peer ", peer.id, ": ", Describe(prefix), " given twice"));
       }
-      const TunnelPeer* const* holder = Trie(prefix.v6).Find(prefix.bytes.data(), prefix.length);
+      Peer* const* holder = Trie(prefix.v6).Find(prefix.bytes.data(), prefix.length);
       if (holder != nullptr && (old == nullptr || *holder != &old->peer)) {
         return absl::AlreadyExistsError(absl::StrCat("peer ", peer.id, ": ", Describe(prefix),
                                                      " is peer ", (*holder)->id, "'s"));
@@ -164,10 +164,12 @@ class PeerTable {
   }
 
   absl::flat_hash_map<uint32_t, std::unique_ptr<Entry>> peers_;  // by id; entries never move
-  absl::flat_hash_map<OuterAddress, const TunnelPeer*> by_underlay_;
-  PrefixTrie<const TunnelPeer*> v4_{32};
-  PrefixTrie<const TunnelPeer*> v6_{128};
+  absl::flat_hash_map<OuterAddress, Peer*> by_underlay_;
+  PrefixTrie<Peer*> v4_{32};
+  PrefixTrie<Peer*> v6_{128};
 };
+
+using PeerTable = BasicPeerTable<TunnelPeer>;
 
 }  // namespace tunnelagent::dataplane
 

@@ -80,17 +80,25 @@ absl::StatusOr<std::unique_ptr<TunnelDatapath>> TunnelDatapath::Create(const Eng
       t->fou_senders_.push_back(*sender);
     }
   }
-  t->RefreshPath();
+  if (config.multipoint) {
+    // No remote to ask the route about: each peer's path is its own (MakePeerPath).
+    t->peers_ = std::make_unique<MultipointPeers>();
+    if (absl::Status s = t->ChangePeers(config.peers, {}, now); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("tunnel ", config.name, ": ", s.message()));
+    }
+    return t;
+  }
+  t->RefreshPath(t->remote_);
   if (t->ipv6_ && t->encap_.local.is_zero()) {
     // Raw IPv6 sends carry the source as written: it must be known before the first packet.
     return absl::FailedPreconditionError(absl::StrCat(
         "tunnel ", config.name, ": no route to the remote to take a source address from"));
   }
-  t->next_probe_ = now + kProbeInterval;
+  t->remote_.next_probe = now + kProbeInterval;
   if (t->encap_.sequence) t->next_sequence_mark_ = now + kSequenceMarkInterval;
   // One worker sends the keepalives, so the peer sees one stream of them.
   if (config.keepalive_interval > absl::ZeroDuration() && worker->worker == 0) {
-    t->next_keepalive_ = now;
+    t->remote_.next_keepalive = now;
   }
   return t;
 }
@@ -99,15 +107,23 @@ TunnelDatapath::TunnelDatapath(const EngineTunnel& config, WorkerContext* worker
     : config_(config),
       counters_(&config.stats->worker(worker->worker)),
       worker_(worker),
-      // From the configured addresses: a tunnel without a local address sends from whichever
-      // the route gives, so its looped packets can come from any.
-      loop_check_(config.encap),
       ipv6_(IsIpv6UnderlayMode(config.encap.mode)),
       encap_(config.encap) {
+  config_.peers.clear();  // the peer table has them; thousands need not be kept twice
   fou_header_len_ = EncapIpUdpLen(encap_);
   match_ = TunnelMatch{config.encap.mode, config.has_input_key, config.encap.local,
                        config.encap.remote, config.has_input_key ? config.input_key : 0};
-  destination_ = UnderlayAddress(ipv6_, config.encap.remote, &destination_len_);
+  remote_.underlay = config.encap.remote;
+  remote_.has_key = config.encap.has_key;
+  remote_.key = config.encap.key;
+  remote_.encap = config.encap;
+  remote_.destination = UnderlayAddress(ipv6_, config.encap.remote, &remote_.destination_len);
+  // From the configured addresses: a tunnel without a local address sends from whichever the
+  // route gives, so its looped packets can come from any.
+  remote_.loop_check = LoopCheck(config.encap);
+  remote_.shown = config_.stats.get();
+  remote_.keepalive_interval = config.keepalive_interval;
+  remote_.keepalive_retries = config.keepalive_retries;
   if (!ipv6_ && !config.encap.local.is_zero()) {
     // Without a configured local address the route picks the source: nothing to name.
     cmsghdr* c = reinterpret_cast<cmsghdr*>(send_control_);
@@ -121,53 +137,145 @@ TunnelDatapath::TunnelDatapath(const EngineTunnel& config, WorkerContext* worker
   }
   l2_header_ = IsEthernetMode(config.encap.mode) ? kEthernetHeaderLen : 0;
   max_frame_ = config.mtu + l2_header_;
-  overhead_ = static_cast<uint32_t>(EncapHeaderLen(encap_)) + l2_header_;
-  source_ = config.encap.local;
+  remote_.overhead = static_cast<uint32_t>(EncapHeaderLen(encap_)) + l2_header_;
+  remote_.source = config.encap.local;
   if (worker->worker == 0) config_.stats->peer_alive.store(true, std::memory_order_relaxed);
-  seen_keepalive_reply_ = config_.stats->last_keepalive_reply_unix_nanos.load();
+  remote_.seen_keepalive_reply = config_.stats->last_keepalive_reply_unix_nanos.load();
 }
 
-void TunnelDatapath::RefreshPath() {
-  last_route_ask_nanos_ = monotonic_nanos();
+absl::StatusOr<PeerPath> TunnelDatapath::MakePeerPath(const EnginePeer& peer, const PeerPath* old,
+                                                      absl::Time now) const {
+  if (!peer.stats || worker_->worker >= peer.stats->workers()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("peer ", peer.id, ": its counters have no room for worker ", worker_->worker));
+  }
+  bool family_ok = !peer.underlay.is_zero();
+  for (size_t i = 4; i < 16 && !ipv6_; ++i) family_ok = family_ok && peer.underlay.bytes[i] == 0;
+  if (!family_ok) {
+    return absl::InvalidArgumentError(absl::StrCat("peer ", peer.id, ": needs an ",
+                                                   ipv6_ ? "IPv6" : "IPv4", " underlay address"));
+  }
+  if (peer.keepalive_interval > absl::ZeroDuration() && !SupportsKeepalive(encap_.mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("peer ", peer.id, ": keepalives in a mode that has none"));
+  }
+  // The same peer at the same address keeps what is known of its path and its keepalives.
+  const bool same_path = old != nullptr && old->underlay == peer.underlay;
+  PeerPath p = same_path ? *old : PeerPath();
+  p.id = peer.id;
+  p.underlay = peer.underlay;
+  p.has_key = peer.has_key;
+  p.key = peer.key;
+  p.encap = config_.encap;
+  p.encap.remote = peer.underlay;
+  if (peer.has_key) {
+    p.encap.has_key = true;
+    p.encap.key = peer.key;
+  }
+  p.overhead = static_cast<uint32_t>(EncapHeaderLen(p.encap)) + l2_header_;
+  // From the configured addresses, as for a point-to-point tunnel.
+  p.loop_check = LoopCheck(p.encap);
+  if (!same_path) p.source = config_.encap.local;
+  p.destination = UnderlayAddress(ipv6_, peer.underlay, &p.destination_len);
+  p.stats = peer.stats;
+  p.shown = peer.stats.get();
+  p.counters = &peer.stats->worker(worker_->worker);
+  const bool keepalive_changed = !same_path || p.keepalive_interval != peer.keepalive_interval;
+  p.keepalive_interval = peer.keepalive_interval;
+  p.keepalive_retries = peer.keepalive_retries;
+  if (keepalive_changed) {
+    p.keepalives_outstanding = 0;
+    p.seen_keepalive_reply = p.shown->last_keepalive_reply_unix_nanos.load();
+    // One worker sends the keepalives, so the peer sees one stream of them.
+    const bool sends = p.keepalive_interval > absl::ZeroDuration() && worker_->worker == 0;
+    p.next_keepalive = sends ? now : absl::InfiniteFuture();
+  }
+  if (!same_path) {
+    // The route is asked once the peer is sent to (an idle peer costs no route lookup), or at
+    // once when keepalives need the source address the route gives.
+    p.path_stale = true;
+    p.refresh_due = p.next_keepalive != absl::InfiniteFuture();
+    p.next_probe = absl::InfiniteFuture();
+  }
+  return p;
+}
+
+absl::Status TunnelDatapath::ChangePeers(const std::vector<EnginePeer>& upserted,
+                                         const std::vector<uint32_t>& removed, absl::Time now) {
+  if (!peers_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("tunnel ", config_.name, " is not multipoint"));
+  }
+  for (uint32_t id : removed) peers_->Remove(id);
+  absl::Status first;
+  for (const EnginePeer& peer : upserted) {
+    const PeerPath* old = peers_->table().Find(peer.id);
+    absl::StatusOr<PeerPath> path = MakePeerPath(peer, old, now);
+    absl::Status status = path.status();
+    if (status.ok()) status = peers_->Upsert(*std::move(path), peer.allowed);
+    if (!status.ok()) {
+      first.Update(status);
+      continue;
+    }
+    PeerPath& p = *peers_->table().Find(peer.id);
+    if (old == nullptr && worker_->worker == 0) {
+      p.shown->peer_alive.store(true, std::memory_order_relaxed);
+    }
+    // Visited once at the next tick, which works out when it is next due (never, for a new
+    // peer without keepalives until it is sent to).
+    peers_->Schedule(p, absl::InfinitePast());
+    TickSoon();
+  }
+  return first;
+}
+
+void TunnelDatapath::RefreshPath(PeerPath& p) {
+  p.last_route_ask_nanos = monotonic_nanos();
   uint32_t underlay_mtu = 0;
   OuterAddress source;
   // A lowered path recovers by itself, as the kernel's PMTU entries expire: a path that is
   // still smaller answers the next large packet with another error.
-  refresh_due_ = false;
-  const bool expired = learned_mtu_ != 0 && monotonic_nanos() >= learned_until_nanos_;
-  if (expired) learned_mtu_ = 0;
-  if (!worker_->io->ProbeRoute(ipv6_, config_.encap.remote, &underlay_mtu, &source)) {
-    if (expired) UpdatePathMtu();
+  p.refresh_due = false;
+  const bool expired = p.learned_mtu != 0 && monotonic_nanos() >= p.learned_until_nanos;
+  if (expired) p.learned_mtu = 0;
+  if (!worker_->io->ProbeRoute(ipv6_, p.underlay, &underlay_mtu, &source)) {
+    if (expired) UpdatePathMtu(p);
     return;
   }
   if (config_.encap.local.is_zero()) {
-    source_ = source;
-    if (ipv6_) encap_.local = source;
+    p.source = source;
+    if (ipv6_) {
+      p.encap.local = source;
+      if (&p == &remote_) encap_.local = source;
+    }
   }
-  route_mtu_ = underlay_mtu;
-  UpdatePathMtu();
+  p.route_mtu = underlay_mtu;
+  UpdatePathMtu(p);
 }
 
-void TunnelDatapath::UpdatePathMtu() {
-  uint32_t underlay_mtu = route_mtu_;
-  if (learned_mtu_ != 0 && learned_mtu_ < underlay_mtu) underlay_mtu = learned_mtu_;
-  path_mtu_ = underlay_mtu > overhead_ ? underlay_mtu - overhead_ : 1;
+void TunnelDatapath::UpdatePathMtu(PeerPath& p) {
+  uint32_t underlay_mtu = p.route_mtu;
+  if (p.learned_mtu != 0 && p.learned_mtu < underlay_mtu) underlay_mtu = p.learned_mtu;
+  p.path_mtu = underlay_mtu > p.overhead ? underlay_mtu - p.overhead : 1;
   // Every worker that sends keeps its own; worker 0's is the one shown (with several workers
   // each judges the same errors alike, and a tunnel one worker sends is worker 0's).
-  if (worker_->worker == 0) config_.stats->path_mtu.store(path_mtu_, std::memory_order_relaxed);
+  if (worker_->worker == 0) p.shown->path_mtu.store(p.path_mtu, std::memory_order_relaxed);
 }
 
 QuoteVerdict TunnelDatapath::TakeTooBig(const TooBigReport& report) {
   if (!config_.read_device) return QuoteVerdict::kOtherFlow;
+  PeerPath* found = peers_ ? peers_->table().ForSource(report.quoted_dst) : &remote_;
+  if (found == nullptr) return QuoteVerdict::kOtherFlow;
+  PeerPath& p = *found;
   OwnPacketPattern pattern;
-  pattern.mode = encap_.mode;
-  pattern.source = source_;
-  pattern.remote = config_.encap.remote;
-  pattern.checksum = encap_.checksum;
-  pattern.has_key = encap_.has_key;
-  pattern.key = encap_.key;
-  pattern.sequence = encap_.sequence;
-  pattern.udp_dport = encap_.udp_dport;
+  pattern.mode = p.encap.mode;
+  pattern.source = p.source;
+  pattern.remote = p.underlay;
+  pattern.checksum = p.encap.checksum;
+  pattern.has_key = p.encap.has_key;
+  pattern.key = p.encap.key;
+  pattern.sequence = p.encap.sequence;
+  pattern.udp_dport = p.encap.udp_dport;
   uint16_t sports[4] = {};
   const size_t sport_count = std::min(fou_senders_.size(), std::size(sports));
   for (size_t i = 0; i < sport_count; ++i) sports[i] = fou_senders_[i].port;
@@ -184,64 +292,119 @@ QuoteVerdict TunnelDatapath::TakeTooBig(const TooBigReport& report) {
   }
   if (verdict != QuoteVerdict::kOurs) return verdict;
   // Housekeeping runs next tick and from then on also for the lowered MTU's expiry.
-  TickSoon();
-  const uint32_t current = learned_mtu_ != 0 ? std::min(learned_mtu_, route_mtu_) : route_mtu_;
-  if (route_mtu_ == 0 || report.mtu < current) {
-    learned_mtu_ = report.mtu;
-    learned_until_nanos_ = monotonic_nanos() + absl::ToInt64Nanoseconds(worker_->path_mtu_expiry);
-    UpdatePathMtu();
+  TickSoon(p);
+  const uint32_t current = p.learned_mtu != 0 ? std::min(p.learned_mtu, p.route_mtu) : p.route_mtu;
+  if (p.route_mtu == 0 || report.mtu < current) {
+    p.learned_mtu = report.mtu;
+    p.learned_until_nanos = monotonic_nanos() + absl::ToInt64Nanoseconds(worker_->path_mtu_expiry);
+    UpdatePathMtu(p);
   }
   return verdict;
 }
 
 bool TunnelDatapath::PrepareTransmit(uint8_t* frame, size_t len, EncapResult* packet) {
-  if (path_stale_) [[unlikely]] {
-    // The first packet after an idle spell: the route may have changed meanwhile.
-    path_stale_ = false;
-    ScheduleRefresh();
+  PeerPath* path = &remote_;
+  if (peers_) {
+    // The inner header is at the start in every multipoint mode (no tap modes).
+    const uint8_t version = IpVersion(frame, len);
+    if (version == 4 && len >= kIpv4HeaderLen) {
+      path = peers_->table().ForDestination(frame + 16, false);
+    } else if (version == 6 && len >= kIpv6HeaderLen) {
+      path = peers_->table().ForDestination(frame + 24, true);
+    } else {
+      Count(counters().tx_drops, DropReason::kBadInnerPacket);
+      return false;
+    }
+    if (path == nullptr) [[unlikely]] {
+      AnswerNoPeer(frame, len);
+      return false;
+    }
   }
-  sent_since_probe_ = true;
-  if (loop_check_.IsOwnOuterPacket(frame, len)) [[unlikely]] {
+  PeerPath& p = *path;
+  if (p.path_stale) [[unlikely]] {
+    // The first packet after an idle spell: the route may have changed meanwhile.
+    p.path_stale = false;
+    ScheduleRefresh(p);
+  }
+  p.sent_since_probe = true;
+  if (p.loop_check.IsOwnOuterPacket(frame, len)) [[unlikely]] {
     // What we sent came back: wrapping it again would send it round once more, and again.
     Count(counters().tx_drops, DropReason::kLoop);
     return false;
   }
-  if (path_mtu_ != 0 && len > path_mtu_ + l2_header_) {
+  if (p.path_mtu != 0 && len > p.path_mtu + l2_header_) {
     // Rare (the device MTU normally fits the path). The route is asked again at the next
     // tick, not here on the packet path, as the path may have grown since the last probe (or
     // shrunk further); not while a believed error holds it lower, as the route cannot say
     // more until that expires. Until then the packet is answered by what is known.
-    if (!refresh_due_ && (learned_mtu_ == 0 || monotonic_nanos() >= learned_until_nanos_)) {
-      ScheduleRefresh();
+    if (!p.refresh_due && (p.learned_mtu == 0 || monotonic_nanos() >= p.learned_until_nanos)) {
+      ScheduleRefresh(p);
     }
-    HandleTooBig(frame, len);
+    HandleTooBig(p, frame, len);
     return false;
   }
-  const uint32_t sequence = encap_.sequence ? ++tx_sequence_ : 0;
-  *packet = Encapsulate(encap_, frame, len, 0, sequence);
+  const uint32_t sequence = p.encap.sequence ? ++tx_sequence_ : 0;
+  *packet = Encapsulate(p.encap, frame, len, 0, sequence);
   if (packet->packet == nullptr) {
     Count(counters().tx_drops, packet->drop);
     return false;
   }
+  packet->destination = reinterpret_cast<const sockaddr*>(&p.destination);
+  packet->destination_len = p.destination_len;
+  packet->peer = p.handle;
   return true;
 }
 
-void TunnelDatapath::TransmitDone(uint8_t* frame, size_t len, int result) {
+void TunnelDatapath::AnswerNoPeer(const uint8_t* frame, size_t len) {
   TunnelCounters& c = counters();
+  Count(c.tx_drops, DropReason::kNoPeer);
+  // As a router without a route answers, from the packet's own destination (as HandleTooBig
+  // does, for the same reason: the host takes it in through this very device).
+  // Nothing answers a packet sent to a group or to everyone (RFC 1122 3.2.2, RFC 4443 2.4):
+  // the host's own multicast (IPv6 neighbour and router discovery, MLD) goes to no peer.
+  const uint8_t version = IpVersion(frame, len);
+  if ((version == 4 && len >= kIpv4HeaderLen &&
+       ((frame[16] & 0xF0) == 0xE0 || LoadBe32(frame + 16) == 0xFFFFFFFFu)) ||
+      (version == 6 && len >= kIpv6HeaderLen && frame[24] == 0xFF)) {
+    return;
+  }
+  uint8_t* out = worker_->scratch.get();
+  size_t n = 0;
+  if (version == 4) {
+    n = WriteIcmpHostUnreachable(frame, len, LoadBe32(frame + 16), out,
+                                 WorkerContext::kScratchBytes);
+  } else {
+    n = WriteIcmpv6AddressUnreachable(frame, len, OuterAddress::FromIpv6(frame + 24), out,
+                                      WorkerContext::kScratchBytes);
+  }
+  if (n != 0) WriteIcmpToDevice(out, n);
+}
+
+void TunnelDatapath::TransmitDone(uint8_t* frame, size_t len, int result, uint64_t peer) {
+  TunnelCounters& c = counters();
+  PeerPath* path = PathOf(peer);
   if (result >= 0) {
     c.tx_packets.Add();
     c.tx_bytes.Add(len);
+    if (path != nullptr)
+      CountPeer(*path, &TunnelCounters::tx_packets, &TunnelCounters::tx_bytes, len);
     return;
   }
   if (result != -EMSGSIZE) {
     Count(c.tx_drops, DropReason::kSendError);
     return;
   }
+  if (path == nullptr) {
+    // The peer went while its packet was on its way: nobody's path to lower.
+    Count(c.tx_drops, DropReason::kTooBig);
+    return;
+  }
+  PeerPath& p = *path;
   // The underlay refused the packet as larger than its MTU (raw sends never fragment): the
   // path is smaller than thought (AskRouteSoon); it is no more than what failed.
-  AskRouteSoon();
+  AskRouteSoon(p);
   const uint32_t failed = static_cast<uint32_t>(len - l2_header_);
-  if (fou() && path_mtu_ >= failed) {
+  if (fou() && p.path_mtu >= failed) {
     // The route carries it, and a fou socket checks sizes against the device alone: the
     // refusal is an ICMP error the kernel queued on the connected socket (it believes any),
     // not this packet's size, and that send consumed it. Only errors the engine judged itself
@@ -249,14 +412,14 @@ void TunnelDatapath::TransmitDone(uint8_t* frame, size_t len, int result) {
     if (!ResendFou(frame, len)) Count(c.tx_drops, DropReason::kSendError);
     return;
   }
-  if (path_mtu_ == 0 || path_mtu_ >= failed) {
-    path_mtu_ = failed > 1 ? failed - 1 : 1;
-    if (worker_->worker == 0) stats().path_mtu.store(path_mtu_, std::memory_order_relaxed);
+  if (p.path_mtu == 0 || p.path_mtu >= failed) {
+    p.path_mtu = failed > 1 ? failed - 1 : 1;
+    if (worker_->worker == 0) p.shown->path_mtu.store(p.path_mtu, std::memory_order_relaxed);
   }
-  HandleTooBig(frame, len);
+  HandleTooBig(p, frame, len);
 }
 
-void TunnelDatapath::HandleTooBig(uint8_t* frame, size_t len) {
+void TunnelDatapath::HandleTooBig(PeerPath& p, uint8_t* frame, size_t len) {
   TunnelCounters& c = counters();
   const int ip_offset = InnerIpOffset(encap_.mode, frame, len);
   if (l2_header_ != 0 || ip_offset != 0) {
@@ -270,19 +433,20 @@ void TunnelDatapath::HandleTooBig(uint8_t* frame, size_t len) {
     // Without DF the kernel fragments the outer packet (ip_tunnel's last resort); over IPv6 it
     // answers frag-needed whatever the DF bit (ip4ip6_tnl_xmit).
     if (!inner_df && !ipv6_) {
-      const uint32_t sequence = encap_.sequence ? ++tx_sequence_ : 0;
-      EncapResult outer = Encapsulate(encap_, frame, len, 0, sequence);
+      const uint32_t sequence = p.encap.sequence ? ++tx_sequence_ : 0;
+      EncapResult outer = Encapsulate(p.encap, frame, len, 0, sequence);
       if (outer.packet == nullptr) {
         Count(c.tx_drops, outer.drop);
         return;
       }
-      if (!SendFragments(outer.packet, outer.len)) {
+      if (!SendFragments(p, outer.packet, outer.len)) {
         Count(c.tx_drops, DropReason::kTooBig);
         return;
       }
       c.tx_fragmented.Add();
       c.tx_packets.Add();
       c.tx_bytes.Add(len);
+      CountPeer(p, &TunnelCounters::tx_packets, &TunnelCounters::tx_bytes, len);
       return;
     }
     Count(c.tx_drops, DropReason::kTooBig);
@@ -292,7 +456,7 @@ void TunnelDatapath::HandleTooBig(uint8_t* frame, size_t len) {
     // so even a strict reverse-path check lets the error in.
     const uint32_t source = LoadBe32(frame + 16);
     const size_t n = WriteIcmpFragmentationNeeded(
-        frame, len, source, static_cast<uint16_t>(std::min(path_mtu_, 65535u)), out,
+        frame, len, source, static_cast<uint16_t>(std::min(p.path_mtu, 65535u)), out,
         WorkerContext::kScratchBytes);
     if (n != 0 && WriteIcmpToDevice(out, n)) c.icmp_too_big_sent.Add();
     return;
@@ -302,7 +466,7 @@ void TunnelDatapath::HandleTooBig(uint8_t* frame, size_t len) {
     uint8_t* out = worker_->scratch.get();
     const OuterAddress source = OuterAddress::FromIpv6(frame + 24);  // as for IPv4
     const size_t n =
-        WriteIcmpv6PacketTooBig(frame, len, source, path_mtu_, out, WorkerContext::kScratchBytes);
+        WriteIcmpv6PacketTooBig(frame, len, source, p.path_mtu, out, WorkerContext::kScratchBytes);
     if (n != 0 && WriteIcmpToDevice(out, n)) c.icmp_too_big_sent.Add();
   }
 }
@@ -313,37 +477,44 @@ bool TunnelDatapath::WriteIcmpToDevice(const uint8_t* ip, size_t len) {
          static_cast<int>(len + vnet_header_len());
 }
 
-bool TunnelDatapath::SendFragments(const uint8_t* outer, size_t len) {
+bool TunnelDatapath::SendFragments(PeerPath& p, const uint8_t* outer, size_t len) {
   for (int attempt = 0; attempt < 2; ++attempt) {
     Fragment fragments[kMaxFragments];
     // The outer packet lives in the backend's buffer; the fragments go to the scratch space.
-    const size_t count = FragmentIpv4(outer, len, path_mtu_ + overhead_ - l2_header_,
+    const size_t count = FragmentIpv4(outer, len, p.path_mtu + p.overhead - l2_header_,
                                       worker_->NextFragmentId(), worker_->scratch.get(),
                                       WorkerContext::kScratchBytes, fragments, kMaxFragments);
     if (count == 0) return false;
     int error = 0;
     for (size_t i = 0; i < count && error == 0; ++i) {
-      error = worker_->io->SendUnderlay(false, config_.encap.remote, fragments[i].data,
-                                        fragments[i].len);
+      error = worker_->io->SendUnderlay(false, p.underlay, fragments[i].data, fragments[i].len);
     }
     if (error == 0) return true;
     // The path shrank under us: cut again, once, if the route could be asked now.
-    if (error != EMSGSIZE || !AskRouteSoon()) return false;
+    if (error != EMSGSIZE || !AskRouteSoon(p)) return false;
   }
   return false;
 }
 
-bool TunnelDatapath::AskRouteSoon() {
-  if (monotonic_nanos() - last_route_ask_nanos_ >= kUrgentRouteAskNanos) {
-    RefreshPath();
+bool TunnelDatapath::AskRouteSoon(PeerPath& p) {
+  if (monotonic_nanos() - p.last_route_ask_nanos >= kUrgentRouteAskNanos) {
+    RefreshPath(p);
     return true;
   }
-  if (!refresh_due_) ScheduleRefresh();
+  if (!p.refresh_due) ScheduleRefresh(p);
   return false;
 }
 
 bool TunnelDatapath::ApplyReceiveRules(const Decapsulated& d) {
   TunnelCounters& c = counters();
+  PeerPath* path = &remote_;
+  if (peers_) {
+    path = peers_->table().ForSource(d.outer_src);
+    if (path == nullptr) [[unlikely]] {
+      Count(c.rx_drops, DropReason::kUnknownPeer);
+      return false;
+    }
+  }
   // ip_tunnel_rcv: a tunnel that wants checksums drops packets without one (a wrong one never
   // got this far), and one that wants sequence numbers drops packets without one or behind.
   if (config_.input_checksum && !d.has_checksum) {
@@ -351,24 +522,11 @@ bool TunnelDatapath::ApplyReceiveRules(const Decapsulated& d) {
     return false;
   }
   if (d.inner_len == 0) {
-    // An empty payload is our keepalive, come home through the peer. Its sequence number is
-    // ours, not the peer's stream's: it neither passes nor moves the receive window.
-    // Tick sees the new reply time (from whichever worker took the reply) and starts counting
-    // missed replies again.
-    c.keepalive_replies.Add();
-    // The reply cannot say which keepalive it answers: it is a packet we built for the peer
-    // to forward back as any router would, and an IPv6 one has no field to number it in. So
-    // it is timed against the latest keepalive sent: a reply that comes back after the next
-    // keepalive has left (a round trip longer than the interval) reads short.
-    const int64_t sent = stats().last_keepalive_sent_nanos.load(std::memory_order_relaxed);
-    const int64_t rtt = WorkerClock::PreciseMonotonicNanos() - sent;
-    if (sent != 0 && rtt > 0) stats().keepalive_rtt_nanos.store(rtt, std::memory_order_relaxed);
-    stats().peer_alive.store(true, std::memory_order_relaxed);
-    stats().last_keepalive_reply_unix_nanos.store(absl::ToUnixNanos(absl::Now()),
-                                                  std::memory_order_relaxed);
-    StampReceived();
+    TakeKeepaliveReply(*path);
     return false;
   }
+  // A multipoint tunnel numbers nothing (CheckEngineTunnel): its peers' rules are all.
+  if (peers_) return ApplyPeerRules(*path, d);
   if (config_.input_sequence) {
     if (!d.has_sequence ||
         (rx_sequence_ != 0 && static_cast<int32_t>(d.sequence - rx_sequence_) < 0)) {
@@ -377,15 +535,59 @@ bool TunnelDatapath::ApplyReceiveRules(const Decapsulated& d) {
     }
     rx_sequence_ = d.sequence + 1;
   }
-  if (IsPeerKeepalive(d)) {
-    // The peer's keepalive: a packet from it to itself, which a router would send back by
-    // routing it. Send it straight home instead of through the host.
-    if (worker_->io->SendUnderlay(ipv6_, d.outer_src, d.inner, d.inner_len) == 0) {
-      c.keepalive_answered.Add();
-    } else {
-      Count(c.rx_drops, DropReason::kSendError);
-    }
+  return !AnswerPeerKeepalive(remote_, d);
+}
+
+bool TunnelDatapath::ApplyPeerRules(PeerPath& peer, const Decapsulated& d) {
+  // Its keepalive is a packet from it to itself: answered whatever its inner source.
+  if (AnswerPeerKeepalive(peer, d)) return false;
+  // Only from an inner source whose longest match is this very peer (WireGuard's rule): a peer
+  // cannot speak for another's prefixes.
+  const uint8_t version = IpVersion(d.inner, d.inner_len);
+  const bool allowed = (version == 4 && d.inner_len >= kIpv4HeaderLen &&
+                        peers_->table().MaySend(peer, d.inner + 12, false)) ||
+                       (version == 6 && d.inner_len >= kIpv6HeaderLen &&
+                        peers_->table().MaySend(peer, d.inner + 8, true));
+  if (!allowed) {
+    Count(counters().rx_drops, DropReason::kSpoofedSource);
     return false;
+  }
+  // Counted on the peer as it is handed to the device (the tunnel counts the device's write).
+  CountPeer(peer, &TunnelCounters::rx_packets, &TunnelCounters::rx_bytes, d.inner_len);
+  StampReceived(peer);
+  return true;
+}
+
+void TunnelDatapath::TakeKeepaliveReply(PeerPath& p) {
+  // An empty payload is our keepalive, come home through the peer. Its sequence number is
+  // ours, not the peer's stream's: it neither passes nor moves the receive window.
+  // Tick sees the new reply time (from whichever worker took the reply) and starts counting
+  // missed replies again.
+  counters().keepalive_replies.Add();
+  if (p.counters != nullptr) p.counters->keepalive_replies.Add();
+  TunnelStats& shown = *p.shown;
+  // The reply cannot say which keepalive it answers: it is a packet we built for the peer
+  // to forward back as any router would, and an IPv6 one has no field to number it in. So
+  // it is timed against the latest keepalive sent: a reply that comes back after the next
+  // keepalive has left (a round trip longer than the interval) reads short.
+  const int64_t sent = shown.last_keepalive_sent_nanos.load(std::memory_order_relaxed);
+  const int64_t rtt = WorkerClock::PreciseMonotonicNanos() - sent;
+  if (sent != 0 && rtt > 0) shown.keepalive_rtt_nanos.store(rtt, std::memory_order_relaxed);
+  shown.peer_alive.store(true, std::memory_order_relaxed);
+  shown.last_keepalive_reply_unix_nanos.store(absl::ToUnixNanos(absl::Now()),
+                                              std::memory_order_relaxed);
+  StampReceived(p);
+}
+
+bool TunnelDatapath::AnswerPeerKeepalive(PeerPath& p, const Decapsulated& d) {
+  if (!IsPeerKeepalive(d)) return false;
+  // The peer's keepalive: a packet from it to itself, which a router would send back by
+  // routing it. Send it straight home instead of through the host.
+  if (worker_->io->SendUnderlay(ipv6_, d.outer_src, d.inner, d.inner_len) == 0) {
+    counters().keepalive_answered.Add();
+    if (p.counters != nullptr) p.counters->keepalive_answered.Add();
+  } else {
+    Count(counters().rx_drops, DropReason::kSendError);
   }
   return true;
 }
@@ -416,7 +618,7 @@ void TunnelDatapath::DeviceWriteDone(size_t len, int result, uint32_t packets) {
     c.rx_packets.Add(packets);
     c.rx_bytes.Add(len);
     if (packets > 1) c.rx_coalesced.Add();
-    StampReceived();
+    StampReceived(remote_);
   } else {
     c.rx_drops[static_cast<int>(DropReason::kDeviceError)].Add(packets);
   }
@@ -486,7 +688,7 @@ void TunnelDatapath::SendFouNow(uint8_t* const* frames, const size_t* lens,
     }
     for (size_t i = 0; i < n; ++i) {
       TransmitDone(frames[first + i], lens[first + i],
-                   sent >= 0 ? static_cast<int>(iov[i].iov_len) : sent);
+                   sent >= 0 ? static_cast<int>(iov[i].iov_len) : sent, packets[first + i].peer);
     }
     first += n;
   }
@@ -494,7 +696,7 @@ void TunnelDatapath::SendFouNow(uint8_t* const* frames, const size_t* lens,
 
 bool TunnelDatapath::ResendFou(uint8_t* frame, size_t len) {
   const uint32_t sequence = encap_.sequence ? ++tx_sequence_ : 0;
-  const EncapResult packet = Encapsulate(encap_, frame, len, 0, sequence);
+  const EncapResult packet = Encapsulate(remote_.encap, frame, len, 0, sequence);
   if (packet.packet == nullptr) return false;
   const FouPayload p = FouPayloadOf(packet);
   if (worker_->io->SendFou(p.sender, &p.payload, 1, p.tos, p.ttl, 0) < 0) return false;
@@ -511,63 +713,82 @@ void TunnelDatapath::WriteToDeviceNow(const Decapsulated& d) {
 
 void TunnelDatapath::SendNow(uint8_t* frame, size_t len, const EncapResult& packet) {
   if (fou()) return SendFouNow(&frame, &len, &packet, 1);
-  const int error =
-      worker_->io->SendUnderlay(ipv6_, config_.encap.remote, packet.packet, packet.len);
-  TransmitDone(frame, len, error == 0 ? static_cast<int>(packet.len) : -error);
+  const PeerPath* p = PathOf(packet.peer);
+  if (p == nullptr) {  // prepared for a peer gone since (not on this thread's way: defensive)
+    Count(counters().tx_drops, DropReason::kNoPeer);
+    return;
+  }
+  const int error = worker_->io->SendUnderlay(ipv6_, p->underlay, packet.packet, packet.len);
+  TransmitDone(frame, len, error == 0 ? static_cast<int>(packet.len) : -error, packet.peer);
 }
 
 void TunnelDatapath::Tick(absl::Time now) {
   if (now < next_tick_) return;
-  const int64_t learned_left = learned_until_nanos_ - monotonic_nanos();
-  if (refresh_due_ || (learned_mtu_ != 0 && learned_left <= 0)) {
-    RefreshPath();
-    next_probe_ = now + kProbeInterval;
-  } else if (now >= next_probe_) {
-    // Only a tunnel that sent since the last probe is asked: thousands of idle ones would
-    // cost the worker thousands of route questions a second. An idle one's path is marked
-    // stale, and its next packet has the route asked at the next tick.
-    if (sent_since_probe_) {
-      RefreshPath();
-    } else {
-      path_stale_ = true;
-    }
-    sent_since_probe_ = false;
-    next_probe_ = now + kProbeInterval;
+  if (peers_) {
+    peers_->TickDue(now, [this, now](PeerPath& p) {
+      ++peer_visits_;
+      return TickPath(p, now);
+    });
+    next_tick_ = peers_->next_due();
+    return;
   }
+  absl::Time next = TickPath(remote_, now);
   if (now >= next_sequence_mark_) {
     sequence_marks_[1] = sequence_marks_[0];
     sequence_marks_[0] = tx_sequence_;
     next_sequence_mark_ = now + kSequenceMarkInterval;
   }
-  absl::Time next = std::min(next_probe_, next_sequence_mark_);
-  if (learned_mtu_ != 0) {
-    next = std::min(next, now + absl::Nanoseconds(std::max<int64_t>(learned_left, 0)));
-  }
-  if (now >= next_keepalive_) {
-    // A reply may have come to another worker: it leaves the time in the shared stats.
-    const int64_t last_reply = stats().last_keepalive_reply_unix_nanos.load();
-    if (last_reply != seen_keepalive_reply_) {
-      seen_keepalive_reply_ = last_reply;
-      keepalives_outstanding_ = 0;
-    }
-    if (keepalives_outstanding_ >= config_.keepalive_retries) {
-      stats().peer_alive.store(false, std::memory_order_relaxed);
-    }
-    SendKeepalive();
-    next_keepalive_ = now + config_.keepalive_interval;
-  }
-  next_tick_ = std::min(next, next_keepalive_);
+  next_tick_ = std::min(next, next_sequence_mark_);
 }
 
-void TunnelDatapath::SendKeepalive() {
-  ++keepalives_outstanding_;
-  if (source_.is_zero()) return;  // no route to the peer: nothing can come back either
+absl::Time TunnelDatapath::TickPath(PeerPath& p, absl::Time now) {
+  const int64_t learned_left = p.learned_until_nanos - monotonic_nanos();
+  if (p.refresh_due || (p.learned_mtu != 0 && learned_left <= 0)) {
+    RefreshPath(p);
+    p.next_probe = now + kProbeInterval;
+  } else if (now >= p.next_probe) {
+    // Only a path sent on since the last probe is asked: thousands of idle ones would cost
+    // the worker thousands of route questions a second. An idle one's path is marked stale,
+    // and its next packet has the route asked at the next tick. An idle peer is not visited
+    // again until then (a point-to-point tunnel's remote is: its tunnel ticks anyway).
+    if (p.sent_since_probe) {
+      RefreshPath(p);
+      p.next_probe = now + kProbeInterval;
+    } else {
+      p.path_stale = true;
+      p.next_probe = &p == &remote_ ? now + kProbeInterval : absl::InfiniteFuture();
+    }
+    p.sent_since_probe = false;
+  }
+  absl::Time next = p.next_probe;
+  if (p.learned_mtu != 0) {
+    next = std::min(next, now + absl::Nanoseconds(std::max<int64_t>(learned_left, 0)));
+  }
+  if (now >= p.next_keepalive) {
+    // A reply may have come to another worker: it leaves the time in the shared stats.
+    const int64_t last_reply = p.shown->last_keepalive_reply_unix_nanos.load();
+    if (last_reply != p.seen_keepalive_reply) {
+      p.seen_keepalive_reply = last_reply;
+      p.keepalives_outstanding = 0;
+    }
+    if (p.keepalives_outstanding >= p.keepalive_retries) {
+      p.shown->peer_alive.store(false, std::memory_order_relaxed);
+    }
+    SendKeepalive(p);
+    p.next_keepalive = now + p.keepalive_interval;
+  }
+  return std::min(next, p.next_keepalive);
+}
+
+void TunnelDatapath::SendKeepalive(PeerPath& p) {
+  ++p.keepalives_outstanding;
+  if (p.source.is_zero()) return;  // no route to the peer: nothing can come back either
   // What the peer will send home: a packet of this tunnel's kind from the peer to us, carrying
   // what our receive side requires, with nothing inside.
   EncapParams home;
-  home.mode = encap_.mode;
-  home.local = config_.encap.remote;
-  home.remote = source_;
+  home.mode = p.encap.mode;
+  home.local = p.underlay;
+  home.remote = p.source;
   home.has_key = config_.has_input_key;
   home.key = config_.input_key;
   home.checksum = config_.input_checksum;
@@ -575,14 +796,15 @@ void TunnelDatapath::SendKeepalive() {
   home.pmtudisc = false;
   uint8_t* end = worker_->scratch.get() + kMaxEncapHeadroom * 2;
   EncapResult inner = EncapsulateEmpty(home, end, rx_sequence_);
-  const uint32_t sequence = encap_.sequence ? ++tx_sequence_ : 0;
-  EncapResult outer = Encapsulate(encap_, inner.packet, inner.len, 0, sequence);
+  const uint32_t sequence = p.encap.sequence ? ++tx_sequence_ : 0;
+  EncapResult outer = Encapsulate(p.encap, inner.packet, inner.len, 0, sequence);
   if (outer.packet == nullptr) return;
   // Before the send: a reply can be back (at another worker) before SendNow returns.
-  stats().last_keepalive_sent_nanos.store(WorkerClock::PreciseMonotonicNanos(),
-                                          std::memory_order_relaxed);
-  if (worker_->io->SendUnderlay(ipv6_, config_.encap.remote, outer.packet, outer.len) == 0) {
+  p.shown->last_keepalive_sent_nanos.store(WorkerClock::PreciseMonotonicNanos(),
+                                           std::memory_order_relaxed);
+  if (worker_->io->SendUnderlay(ipv6_, p.underlay, outer.packet, outer.len) == 0) {
     counters().keepalive_sent.Add();
+    if (p.counters != nullptr) p.counters->keepalive_sent.Add();
   }
 }
 

@@ -2,6 +2,11 @@
 // them: the kernel's per-tunnel transmit and receive rules (ip_tunnel_xmit, ip_tunnel_rcv),
 // path MTU handling and keepalives.
 //
+// A point-to-point tunnel has one remote; a multipoint tunnel (EngineTunnel::multipoint) has
+// peers: each packet goes to the peer whose allowed prefixes hold its inner destination, and
+// what is received must come from a peer's underlay address with an inner source that peer may
+// send from. Path MTU and keepalives are per remote (PeerPath) either way.
+//
 // The common path is split in halves around the backend's I/O: PrepareTransmit wraps a frame
 // for the backend to send, ApplyReceiveRules checks a matched packet for the backend to write to
 // the device. The rare paths (ICMP errors back into the device, fragments, keepalives) are
@@ -26,7 +31,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "dataplane/core/housekeeping_schedule.h"
+#include "dataplane/core/multipoint_peers.h"
 #include "dataplane/core/packet_io.h"
+#include "dataplane/core/peer_path.h"
 #include "dataplane/core/tunnel_table.h"
 #include "dataplane/packet/encap.h"
 #include "dataplane/packet/icmp.h"
@@ -82,16 +89,16 @@ class TunnelDatapath {
                                                                 WorkerContext* worker,
                                                                 absl::Time now);
 
+  // The configuration it was created with (a multipoint tunnel's initial `peers` not kept:
+  // its peers are what ChangePeers made of them).
   const EngineTunnel& config() const { return config_; }
+  bool multipoint() const { return config_.multipoint; }
   const std::string& name() const { return config_.name; }
   const TunnelMatch& match() const { return match_; }
   TunnelCounters& counters() { return *counters_; }
   TunnelStats& stats() { return *config_.stats; }
   bool ipv6_underlay() const { return ipv6_; }
   int device_fd() const { return config_.device_fd; }
-  // Where outer packets go, for sendmsg's msg_name (raw sends; fou senders are connected).
-  const sockaddr* destination() const { return reinterpret_cast<const sockaddr*>(&destination_); }
-  socklen_t destination_len() const { return destination_len_; }
   // Ancillary data for raw sends, sendmsg's msg_control (none: length 0): IP_PKTINFO naming
   // the configured local address, the outer source the packet carries anyway. Given the
   // source, the kernel's route lookup skips searching its device index for an L3 master
@@ -170,85 +177,143 @@ class TunnelDatapath {
   void SendNow(uint8_t* frame, size_t len, const EncapResult& packet);
 
   // Transmit, first half: `len` bytes the device gave at `frame`, with kDeviceHeadroom writable
-  // bytes before it. True with *packet set: the backend sends it, then calls TransmitDone.
-  // False: nothing for the backend to do (answered with an ICMP error, sent as fragments, or
-  // dropped; all counted). The tunnel's own outer packet, routed back into its device, is
-  // dropped as a loop (LoopCheck).
+  // bytes before it. True with *packet set: the backend sends it to packet->destination (raw
+  // sends: copied into the send's own storage, the peer may go before the send completes),
+  // then calls TransmitDone with packet->peer. False: nothing for the backend to do (answered
+  // with an ICMP error, sent as fragments, or dropped; all counted). The tunnel's own outer
+  // packet, routed back into its device, is dropped as a loop (LoopCheck). Multipoint: no peer
+  // for the inner destination is answered with ICMP destination unreachable (kNoPeer).
   bool PrepareTransmit(uint8_t* frame, size_t len, EncapResult* packet);
-  // Transmit, second half: `result` is what the send returned (bytes, or -errno). An EMSGSIZE
-  // lowers the path MTU and the frame, still intact, gets the too-big treatment.
-  void TransmitDone(uint8_t* frame, size_t len, int result);
+  // Transmit, second half: `result` is what the send returned (bytes, or -errno), `peer` the
+  // prepared packet's EncapResult::peer. An EMSGSIZE lowers that path's MTU and the frame,
+  // still intact, gets the too-big treatment.
+  void TransmitDone(uint8_t* frame, size_t len, int result, uint64_t peer = 0);
 
   // Receive: a packet the table matched to this tunnel. True: the backend writes d.inner to
   // the device, then calls DeviceWriteDone. False: done with (a keepalive, or a drop; counted).
+  // Multipoint: the outer source must be a peer's (kUnknownPeer), the inner source one it may
+  // send from (kSpoofedSource); an accepted packet is counted on the peer here.
   bool ApplyReceiveRules(const Decapsulated& d);
   // `packets` received segments made `len` bytes written (more than one when coalesced).
   // A write that took stamps the tunnel's last receive time.
   void DeviceWriteDone(size_t len, int result, uint32_t packets = 1);
 
   // Housekeeping: keepalives, the path MTU's refresh and expiry, sequence marks. Does what is
-  // due at `now` (nothing when nothing is: a compare) and remembers when it is next due.
+  // due at `now` (nothing when nothing is: a compare) and remembers when it is next due. A
+  // multipoint tunnel visits the peers that are due, and no other.
   void Tick(absl::Time now);
+
+  // Multipoint: the peers of `removed` go (an id that is no peer is nothing to do), then each
+  // of `upserted` is added or replaces the peer of its id (one at the same underlay address
+  // keeps what is known of its path). FAILED_PRECONDITION for a point-to-point tunnel; a peer
+  // refused (INVALID_ARGUMENT: no counters for this worker, an underlay address of the wrong
+  // family or none; ALREADY_EXISTS or INVALID_ARGUMENT from the table) is left as it was, the
+  // rest is done, and the first refusal is the answer.
+  absl::Status ChangePeers(const std::vector<EnginePeer>& upserted,
+                           const std::vector<uint32_t>& removed, absl::Time now);
+  // A peer by id, for tests and logs; null when there is none.
+  const PeerPath* FindPeer(uint32_t id) const {
+    return peers_ ? peers_->table().Find(id) : nullptr;
+  }
+  size_t peer_count() const { return peers_ ? peers_->size() : 0; }
+  // How many times housekeeping visited one of the peers: for tests.
+  uint64_t peer_visits() const { return peer_visits_; }
   absl::Time next_tick() const { return next_tick_; }
   // Set once by the core as it takes the tunnel: its entries in the worker's schedule.
   void set_housekeeping_id(uint64_t id) { housekeeping_id_ = id; }
   uint64_t housekeeping_id() const { return housekeeping_id_; }
 
   // An ICMP "fragmentation needed" / "packet too big" the worker read, whose quote names this
-  // tunnel's remote. Believed only when the quote could be one of its packets
-  // (CheckTooBigQuote, and for a tunnel that numbers its packets a sequence number it sent in
-  // the last one to two seconds): then the path MTU drops to what it reports for
-  // WorkerContext::path_mtu_expiry, after which the route is asked again. kRejected is counted
-  // (rx_drops, kIcmpRejected) by worker 0 alone, as every worker reads every error. A worker
-  // that does not read the tunnel's device sends none of its packets and does not judge.
+  // tunnel's remote (multipoint: any; the peer is the quoted destination's). Believed only when the
+  // quote could be one of its packets (CheckTooBigQuote, and for a tunnel that numbers its packets
+  // a sequence number it sent in the last one to two seconds): then the path MTU drops to what it
+  // reports for WorkerContext::path_mtu_expiry, after which the route is asked again. kRejected is
+  // counted (rx_drops, kIcmpRejected) by worker 0 alone, as every worker reads every error. A
+  // worker that does not read the tunnel's device sends none of its packets and does not judge.
   QuoteVerdict TakeTooBig(const TooBigReport& report);
 
  private:
   TunnelDatapath(const EngineTunnel& config, WorkerContext* worker);
 
+  // The path of a prepared packet (EncapResult::peer): the remote, or a peer still there.
+  PeerPath* PathOf(uint64_t peer) {
+    if (peer == 0) return &remote_;
+    return peers_ ? peers_->ByHandle(peer) : nullptr;
+  }
+  // Multipoint, send: no peer holds the inner destination; counted and answered.
+  void AnswerNoPeer(const uint8_t* frame, size_t len);
+  // A peer as this worker keeps it, from what the control plane gave (and what was known of
+  // its path, `old`, when at the same address).
+  absl::StatusOr<PeerPath> MakePeerPath(const EnginePeer& peer, const PeerPath* old,
+                                        absl::Time now) const;
+  // Multipoint, receive: the peer rules; true to deliver.
+  bool ApplyPeerRules(PeerPath& peer, const Decapsulated& d);
+  // A keepalive reply came back from `p`.
+  void TakeKeepaliveReply(PeerPath& p);
+  // The peer's keepalive: answered straight home. True when it was one.
+  bool AnswerPeerKeepalive(PeerPath& p, const Decapsulated& d);
+  // Counts a packet sent to (or delivered from) a peer in its own counters.
+  static void CountPeer(PeerPath& p, Counter TunnelCounters::*packets,
+                        Counter TunnelCounters::*bytes, size_t len) {
+    if (p.counters == nullptr) return;
+    (p.counters->*packets).Add();
+    (p.counters->*bytes).Add(len);
+  }
+
   // Asks the route (a system call through PacketIo): from Create and Tick, and at most once a
   // tick when the underlay refused a send as too big (TransmitDone).
-  void RefreshPath();
+  void RefreshPath(PeerPath& p);
   // The underlay refused a send as too big: the route is asked now (true), so that the ICMP
   // error the host caches names the real MTU and a fragmented packet can be cut again, at most
   // once a tick (a burst of refused sends asks once); otherwise at the next tick (false).
-  bool AskRouteSoon();
+  bool AskRouteSoon(PeerPath& p);
   // The path is to be asked again at the next tick rather than on the packet path.
-  void ScheduleRefresh() {
-    refresh_due_ = true;
+  void ScheduleRefresh(PeerPath& p) {
+    p.refresh_due = true;
+    TickSoon(p);
+  }
+  // Housekeeping of `p` at the next tick: the worker's schedule is told when the time moves
+  // forward (and a multipoint tunnel's schedule of its peers).
+  void TickSoon(PeerPath& p) {
+    if (&p != &remote_) {
+      if (p.next_tick == absl::InfinitePast()) return;  // due already
+      peers_->Schedule(p, absl::InfinitePast());
+    }
     TickSoon();
   }
-  // Housekeeping at the next tick: the worker's schedule is told when the time moves forward.
   void TickSoon() {
     if (next_tick_ == absl::InfinitePast()) return;  // due already
     next_tick_ = absl::InfinitePast();
     worker_->housekeeping.Schedule(housekeeping_id_, next_tick_);
   }
-  // path_mtu_ from the route's MTU and what a believed error lowered it to; worker 0 shows it.
-  void UpdatePathMtu();
+  // The path's housekeeping due at `now`: route probes, a lowered MTU's expiry, keepalives.
+  // Returns when it is next due.
+  absl::Time TickPath(PeerPath& p, absl::Time now);
+  // p.path_mtu from the route's MTU and what a believed error lowered it to; worker 0 shows it.
+  void UpdatePathMtu(PeerPath& p);
   // Whether `sequence` went out in the last one to two seconds (kSequenceMarkInterval).
   bool SentLately(uint32_t sequence) const {
     return static_cast<int32_t>(sequence - sequence_marks_[1]) > 0 &&
            static_cast<int32_t>(tx_sequence_ - sequence) >= 0;
   }
   // A frame longer than the path carries: ICMP error, fragments, or a drop.
-  void HandleTooBig(uint8_t* frame, size_t len);
+  void HandleTooBig(PeerPath& p, uint8_t* frame, size_t len);
   bool WriteIcmpToDevice(const uint8_t* ip, size_t len);
-  bool SendFragments(const uint8_t* outer, size_t len);
+  bool SendFragments(PeerPath& p, const uint8_t* outer, size_t len);
   // Wraps the frame again and sends it at once on its fou sender; true when the send took.
   bool ResendFou(uint8_t* frame, size_t len);
-  void SendKeepalive();
+  void SendKeepalive(PeerPath& p);
   bool IsPeerKeepalive(const Decapsulated& d) const;
-  // TunnelStats::last_receive_unix_nanos from the worker's clock; the shared value is written
-  // only when this worker's clock has moved on since it last did, so the per-packet cost is a
-  // compare.
-  void StampReceived() {
+  // last_receive_unix_nanos of the path's stats from the worker's clock; the shared value is
+  // written only when this worker's clock has moved on since it last did, so the per-packet
+  // cost is a compare.
+  void StampReceived(PeerPath& p) {
     const int64_t now = worker_->clock->unix_nanos();
-    if (now == last_receive_stamp_) return;
-    last_receive_stamp_ = now;
+    if (now == p.last_receive_stamp) return;
+    p.last_receive_stamp = now;
     // Stored whatever is there: workers' clocks are at most a tick apart, and a wall clock
     // stepped back must not freeze the time at a value in the future.
-    config_.stats->last_receive_unix_nanos.store(now, std::memory_order_relaxed);
+    p.shown->last_receive_unix_nanos.store(now, std::memory_order_relaxed);
   }
   int64_t monotonic_nanos() const { return worker_->clock->monotonic_nanos(); }
 
@@ -257,41 +322,25 @@ class TunnelDatapath {
   WorkerContext* worker_;
   void* backend_ = nullptr;
   bool unlinked_ = false;
-  int64_t last_receive_stamp_ = 0;  // what this worker last stored as the last receive time
-  LoopCheck loop_check_;
   bool ipv6_ = false;
   TunnelMatch match_;
-  EncapParams encap_;    // config_.encap with the source resolved where it must be known
-  OuterAddress source_;  // our underlay address towards the remote (resolved)
-  sockaddr_in6 destination_{};
-  socklen_t destination_len_ = 0;
+  EncapParams encap_;  // config_.encap with the source resolved where it must be known
+  // The remote of a point-to-point tunnel (of a multipoint one: unused, its peers are in
+  // peers_). Its stats are the tunnel's.
+  PeerPath remote_;
+  std::unique_ptr<MultipointPeers> peers_;  // multipoint only
+  uint64_t peer_visits_ = 0;
   alignas(cmsghdr) uint8_t send_control_[CMSG_SPACE(sizeof(in_pktinfo))] = {};
   size_t send_control_len_ = 0;
   uint32_t max_frame_ = 0;
   uint32_t l2_header_ = 0;
-  uint32_t overhead_ = 0;   // outer headers in front of an IP packet (or of a frame's payload)
-  uint32_t path_mtu_ = 0;   // largest inner IP packet the path carries; 0 = not known
-  uint32_t route_mtu_ = 0;  // what the route to the remote allows (PacketIo::ProbeRoute); 0: none
-  // The underlay MTU a believed too-big error reported, until (CLOCK_MONOTONIC nanoseconds)
-  // it expires; 0: none.
-  uint32_t learned_mtu_ = 0;
-  int64_t learned_until_nanos_ = 0;
   // tx_sequence_ as it was one and two marks ago: what a quoted sequence number must be after.
   uint32_t sequence_marks_[2] = {0, 0};
   absl::Time next_sequence_mark_ = absl::InfiniteFuture();
   uint32_t tx_sequence_ = 0;
   uint32_t rx_sequence_ = 0;  // the next expected; 0 = none seen (as the kernel's i_seqno)
   absl::Time next_tick_ = absl::InfinitePast();
-  uint64_t housekeeping_id_ = 0;  // its name in the worker's HousekeepingSchedule
-  absl::Time next_probe_ = absl::InfinitePast();
-  bool refresh_due_ = false;  // a packet found the path smaller than its frame (ScheduleRefresh)
-  // Not asked at the last probe, as nothing was sent since the one before (Tick).
-  bool path_stale_ = false;
-  bool sent_since_probe_ = false;     // a packet came to PrepareTransmit since the last probe
-  int64_t last_route_ask_nanos_ = 0;  // when RefreshPath last ran (CLOCK_MONOTONIC, coarse)
-  absl::Time next_keepalive_ = absl::InfiniteFuture();
-  uint32_t keepalives_outstanding_ = 0;
-  int64_t seen_keepalive_reply_ = 0;    // stats().last_keepalive_reply_unix_nanos, as last read
+  uint64_t housekeeping_id_ = 0;        // its name in the worker's HousekeepingSchedule
   std::vector<FouSender> fou_senders_;  // fou: picked by the flow's source port
   size_t fou_header_len_ = 0;
   bool fou_gso_ = true;  // off after the kernel refused a UDP GSO send (EIO)

@@ -25,10 +25,14 @@ enum class DropReason : uint8_t {
   kSocketError,          // an error reported on the underlay socket (e.g. ICMP unreachable)
   kLoop,  // read from the device, but it is this tunnel's own outer packet: the route to the
           // remote leads back into the tunnel (the kernel's "dead loop")
-  kIcmpRejected,  // an ICMP "fragmentation needed" / "packet too big" naming the tunnel's
-                  // flow whose quote is not a packet it sent (wrong source, key, GRE flags,
-                  // a sequence number not sent lately, no DF) or whose MTU is below the least
-                  // a path may have: not believed, the path MTU stays as it was
+  kIcmpRejected,   // an ICMP "fragmentation needed" / "packet too big" naming the tunnel's
+                   // flow whose quote is not a packet it sent (wrong source, key, GRE flags,
+                   // a sequence number not sent lately, no DF) or whose MTU is below the least
+                   // a path may have: not believed, the path MTU stays as it was
+  kNoPeer,         // multipoint, sent: no peer's allowed prefixes hold the inner destination
+                   // (answered with ICMP destination unreachable)
+  kUnknownPeer,    // multipoint, received: the outer source is no peer's underlay address
+  kSpoofedSource,  // multipoint, received: the inner source is not one the peer may send from
   kCount,
 };
 

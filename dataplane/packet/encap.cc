@@ -315,6 +315,12 @@ absl::string_view DropReasonName(DropReason reason) {
       return "loop";
     case DropReason::kIcmpRejected:
       return "icmp_rejected";
+    case DropReason::kNoPeer:
+      return "no_peer";
+    case DropReason::kUnknownPeer:
+      return "unknown_peer";
+    case DropReason::kSpoofedSource:
+      return "spoofed_source";
     case DropReason::kCount:
       break;
   }

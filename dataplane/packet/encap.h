@@ -5,6 +5,8 @@
 #ifndef TUNNELAGENT_DATAPLANE_PACKET_ENCAP_H_
 #define TUNNELAGENT_DATAPLANE_PACKET_ENCAP_H_
 
+#include <sys/socket.h>
+
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -78,6 +80,13 @@ struct EncapResult {
   uint8_t* packet = nullptr;  // start of the outer packet (inside the headroom)
   size_t len = 0;
   DropReason drop = DropReason::kCount;  // set when packet is null
+  // Set by the tunnel's datapath, not by Encapsulate: where a raw send goes (sendmsg's
+  // msg_name; valid until the next change of the tunnel's peers, so a send that outlives the
+  // current batch copies it), and which of a multipoint tunnel's peers it is for, to hand back
+  // to TunnelDatapath::TransmitDone (0: the tunnel's one remote).
+  const sockaddr* destination = nullptr;
+  socklen_t destination_len = 0;
+  uint64_t peer = 0;
 };
 
 // Where the IP packet inside what a device carries starts: 0 for IP modes, 14 for Ethernet

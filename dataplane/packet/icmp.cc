@@ -16,6 +16,9 @@ constexpr size_t kUdpHeaderBytes = 8;
 constexpr size_t kIpv4MinErrorQuote = 576;  // RFC 1812: the whole error within 576 bytes
 constexpr uint8_t kIcmpDestUnreachable = 3;
 constexpr uint8_t kIcmpFragmentationNeeded = 4;
+constexpr uint8_t kIcmpHostUnreachable = 1;
+constexpr uint8_t kIcmpv6DestUnreachable = 1;
+constexpr uint8_t kIcmpv6AddressUnreachable = 3;
 constexpr uint8_t kIcmpv6PacketTooBig = 2;
 constexpr uint8_t kIcmpTtl = 64;
 constexpr uint16_t kFlagMoreFragments = 0x2000;
@@ -51,8 +54,13 @@ bool IsOuterProtocolOf(TunnelMode mode, uint8_t protocol) {
 
 }  // namespace
 
-size_t WriteIcmpFragmentationNeeded(const uint8_t* original, size_t len, uint32_t src, uint16_t mtu,
-                                    uint8_t* out, size_t capacity) {
+namespace {
+
+// An ICMP error of `type`/`code` (the four bytes after the checksum: `rest`) from `src` to the
+// sender of the IPv4 packet `original`, under RFC 1122's and RFC 1812's rules (see
+// WriteIcmpFragmentationNeeded).
+size_t WriteIcmpv4Error(const uint8_t* original, size_t len, uint32_t src, uint8_t type,
+                        uint8_t code, uint32_t rest, uint8_t* out, size_t capacity) {
   if (len < kIpv4HeaderLen || (original[0] >> 4) != 4) return 0;
   const size_t header_len = size_t{original[0] & 0x0Fu} * 4;
   if (header_len < kIpv4HeaderLen || header_len > len) return 0;
@@ -77,18 +85,18 @@ size_t WriteIcmpFragmentationNeeded(const uint8_t* original, size_t len, uint32_
   ip.dst = sender;
   WriteIpv4Header(ip, out);
   uint8_t* icmp = out + kIpv4HeaderLen;
-  icmp[0] = kIcmpDestUnreachable;
-  icmp[1] = kIcmpFragmentationNeeded;
+  icmp[0] = type;
+  icmp[1] = code;
   StoreBe16(icmp + 2, 0);
-  StoreBe16(icmp + 4, 0);  // unused
-  StoreBe16(icmp + 6, mtu);
+  StoreBe32(icmp + 4, rest);
   std::memcpy(icmp + kIcmpHeaderLen, original, quote);
   StoreBe16(icmp + 2, InternetChecksum(icmp, kIcmpHeaderLen + quote));
   return total;
 }
 
-size_t WriteIcmpv6PacketTooBig(const uint8_t* original, size_t len, const OuterAddress& src,
-                               uint32_t mtu, uint8_t* out, size_t capacity) {
+// The same for IPv6 (RFC 4443 section 2.4: see WriteIcmpv6PacketTooBig).
+size_t WriteIcmpv6Error(const uint8_t* original, size_t len, const OuterAddress& src, uint8_t type,
+                        uint8_t code, uint32_t rest, uint8_t* out, size_t capacity) {
   if (len < kIpv6HeaderLen || (original[0] >> 4) != 6) return 0;
   const uint8_t* sender = original + 8;
   OuterAddress sender_address = OuterAddress::FromIpv6(sender);
@@ -108,10 +116,10 @@ size_t WriteIcmpv6PacketTooBig(const uint8_t* original, size_t len, const OuterA
   std::memcpy(out + 8, src.data(), 16);
   std::memcpy(out + 24, sender, 16);
   uint8_t* icmp = out + kIpv6HeaderLen;
-  icmp[0] = kIcmpv6PacketTooBig;
-  icmp[1] = 0;
+  icmp[0] = type;
+  icmp[1] = code;
   StoreBe16(icmp + 2, 0);
-  StoreBe32(icmp + 4, std::max(mtu, kIpv6MinMtu));
+  StoreBe32(icmp + 4, rest);
   std::memcpy(icmp + kIcmpHeaderLen, original, quote);
   // The checksum covers the pseudo-header: addresses, upper-layer length and next header.
   const size_t icmp_len = kIcmpHeaderLen + quote;
@@ -121,6 +129,33 @@ size_t WriteIcmpv6PacketTooBig(const uint8_t* original, size_t len, const OuterA
   sum = ChecksumAdd(icmp, icmp_len, sum);
   StoreBe16(icmp + 2, ChecksumFinish(sum));
   return total;
+}
+
+}  // namespace
+
+size_t WriteIcmpFragmentationNeeded(const uint8_t* original, size_t len, uint32_t src, uint16_t mtu,
+                                    uint8_t* out, size_t capacity) {
+  // The next-hop MTU in the low half; the high half unused (RFC 1191).
+  return WriteIcmpv4Error(original, len, src, kIcmpDestUnreachable, kIcmpFragmentationNeeded, mtu,
+                          out, capacity);
+}
+
+size_t WriteIcmpHostUnreachable(const uint8_t* original, size_t len, uint32_t src, uint8_t* out,
+                                size_t capacity) {
+  return WriteIcmpv4Error(original, len, src, kIcmpDestUnreachable, kIcmpHostUnreachable, 0, out,
+                          capacity);
+}
+
+size_t WriteIcmpv6PacketTooBig(const uint8_t* original, size_t len, const OuterAddress& src,
+                               uint32_t mtu, uint8_t* out, size_t capacity) {
+  return WriteIcmpv6Error(original, len, src, kIcmpv6PacketTooBig, 0, std::max(mtu, kIpv6MinMtu),
+                          out, capacity);
+}
+
+size_t WriteIcmpv6AddressUnreachable(const uint8_t* original, size_t len, const OuterAddress& src,
+                                     uint8_t* out, size_t capacity) {
+  return WriteIcmpv6Error(original, len, src, kIcmpv6DestUnreachable, kIcmpv6AddressUnreachable, 0,
+                          out, capacity);
 }
 
 bool ParseIcmpFragmentationNeeded(const uint8_t* packet, size_t len, TooBigReport* out) {

@@ -34,6 +34,18 @@ size_t WriteIcmpFragmentationNeeded(const uint8_t* original, size_t len, uint32_
 size_t WriteIcmpv6PacketTooBig(const uint8_t* original, size_t len, const OuterAddress& src,
                                uint32_t mtu, uint8_t* out, size_t capacity);
 
+// ICMP destination unreachable, host unreachable (type 3 code 1), from `src` to the sender of
+// `original`, under the same rules and with the same quote as WriteIcmpFragmentationNeeded:
+// what a router answers when it has no route for the destination (a multipoint tunnel with no
+// peer for it).
+size_t WriteIcmpHostUnreachable(const uint8_t* original, size_t len, uint32_t src, uint8_t* out,
+                                size_t capacity);
+
+// The same for IPv6: ICMPv6 destination unreachable, address unreachable (type 1 code 3, RFC
+// 4443 section 3.1), under WriteIcmpv6PacketTooBig's rules.
+size_t WriteIcmpv6AddressUnreachable(const uint8_t* original, size_t len, const OuterAddress& src,
+                                     uint8_t* out, size_t capacity);
+
 // The least path MTU an error may lower an underlay path to: IPv4's is the kernel's
 // ip_rt_min_pmtu default (512 + 20 + 20), IPv6's the least MTU of any IPv6 link.
 inline constexpr uint32_t kIpv4MinPathMtu = 552;

@@ -504,6 +504,41 @@ class FakePacketEngine final : public dataplane::PacketEngine {
     if (tunnels_.erase(name) == 0) return absl::NotFoundError(name);
     return absl::OkStatus();
   }
+  FailureSwitch peers_failure;
+  int peer_calls() const { return peer_calls_; }
+  // The peers of a multipoint tunnel as the engine has them: by id.
+  std::map<uint32_t, dataplane::EnginePeer> PeersOf(const std::string& tunnel) const {
+    std::map<uint32_t, dataplane::EnginePeer> out;
+    auto it = tunnels_.find(tunnel);
+    if (it == tunnels_.end()) return out;
+    for (const dataplane::EnginePeer& peer : it->second.peers) out[peer.id] = peer;
+    return out;
+  }
+  absl::Status ChangePeers(const std::string& tunnel, std::vector<dataplane::EnginePeer> upserted,
+                           std::vector<uint32_t> removed) override {
+    ++peer_calls_;
+    if (absl::Status s = peers_failure.Check(); !s.ok()) return s;
+    auto it = tunnels_.find(tunnel);
+    if (it == tunnels_.end()) return absl::NotFoundError(tunnel);
+    if (!it->second.multipoint) return absl::FailedPreconditionError(tunnel + " not multipoint");
+    std::vector<dataplane::EnginePeer>& peers = it->second.peers;
+    for (uint32_t id : removed) {
+      peers.erase(std::remove_if(peers.begin(), peers.end(),
+                                 [id](const dataplane::EnginePeer& p) { return p.id == id; }),
+                  peers.end());
+    }
+    for (dataplane::EnginePeer& peer : upserted) {
+      auto same = std::find_if(peers.begin(), peers.end(),
+                               [&](const dataplane::EnginePeer& p) { return p.id == peer.id; });
+      if (same != peers.end()) {
+        *same = std::move(peer);
+      } else {
+        peers.push_back(std::move(peer));
+      }
+    }
+    log_->push_back("engine.peers " + tunnel);
+    return absl::OkStatus();
+  }
   dataplane::DataplaneCountersSnapshot counters() const override { return counters_.Snapshot(); }
   const char* backend_name() const override { return "fake"; }
   size_t workers() const override { return workers_; }
@@ -515,6 +550,7 @@ class FakePacketEngine final : public dataplane::PacketEngine {
   std::map<std::string, dataplane::EngineTunnel> tunnels_;
   dataplane::DataplaneCounters counters_;
   int add_calls_ = 0;
+  int peer_calls_ = 0;
   int remove_calls_ = 0;
 };
 
@@ -562,12 +598,36 @@ class FakeStateStore final : public StateStore {
     std::map<std::string, TunnelSpec> by_name;
     for (TunnelSpec& spec : saved_) by_name.emplace(spec.name, std::move(spec));
     for (const TunnelSpec& spec : change.upserted) by_name.insert_or_assign(spec.name, spec);
-    for (const std::string& name : change.removed) by_name.erase(name);
+    for (const std::string& name : change.removed) {
+      by_name.erase(name);
+      for (auto it = saved_peers_.begin(); it != saved_peers_.end();) {
+        it = it->first.first == name ? saved_peers_.erase(it) : std::next(it);
+      }
+    }
     std::vector<TunnelSpec> tunnels;
     for (auto& [name, spec] : by_name) tunnels.push_back(std::move(spec));
-    Record(std::move(tunnels));
+    if (change.upserted_peers.empty() && change.removed_peers.empty()) {
+      Record(std::move(tunnels));
+    } else {
+      saved_ = std::move(tunnels);
+      for (const SavedPeer& peer : change.upserted_peers) {
+        saved_peers_.insert_or_assign({peer.tunnel, peer.spec.name}, peer.spec);
+      }
+      for (const auto& key : change.removed_peers) saved_peers_.erase(key);
+      log_->push_back(absl::StrCat("store.peers +", change.upserted_peers.size(), " -",
+                                   change.removed_peers.size()));
+    }
     absl::MutexLock lock(&mu_);
     return ++appended_;
+  }
+  // The saved peers by (tunnel, name).
+  const std::map<std::pair<std::string, std::string>, PeerSpec>& saved_peers() const {
+    return saved_peers_;
+  }
+  std::vector<SavedPeer> TakeLoadedPeers() override {
+    std::vector<SavedPeer> out;
+    for (const auto& [key, spec] : saved_peers_) out.push_back({key.first, spec});
+    return out;
   }
   absl::Status WaitDurable(uint64_t sequence) override {
     absl::MutexLock lock(&mu_);
@@ -598,6 +658,7 @@ class FakeStateStore final : public StateStore {
 
   EventLog* const log_;
   std::vector<TunnelSpec> saved_;
+  std::map<std::pair<std::string, std::string>, PeerSpec> saved_peers_;
   int save_calls_ = 0;
   // WaitDurable runs without the manager's lock, so concurrently with other calls.
   mutable absl::Mutex mu_;

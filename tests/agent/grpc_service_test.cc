@@ -1053,5 +1053,151 @@ TEST_F(GrpcServiceTest, AClosedWatcherThatNeverReadsIsCancelledAfterTheGrace) {
   watch->reader->Finish().IgnoreError();
 }
 
+// ---- Peers of multipoint tunnels ----------------------------------------------------------
+
+v1::Peer PeerMessage(const std::string& name, int n) {
+  v1::Peer p;
+  p.set_name(name);
+  p.set_underlay(absl::StrCat("198.51.100.", n));
+  p.add_allowed_prefixes(absl::StrCat("100.65.", n, ".0/24"));
+  return p;
+}
+
+TEST_F(GrpcServiceTest, PeersOverTheWire) {
+  v1::Tunnel hub;
+  hub.set_name("tnl0");
+  hub.set_mode(v1::TUNNEL_MODE_GRE);
+  hub.set_local("198.51.100.1");
+  hub.set_multipoint(true);
+  hub.add_routes("100.65.0.0/16");
+  ASSERT_TRUE(Create(hub).ok());
+
+  grpc::ClientContext watch_context;
+  Bound(&watch_context, 10);
+  std::unique_ptr<grpc::ClientReader<v1::TunnelEvent>> reader =
+      stub_->WatchTunnels(&watch_context, v1::WatchTunnelsRequest());
+  ASSERT_THAT(Read(*reader, 2), ElementsAre("EXISTING tnl0", "SYNCED"));
+
+  {
+    grpc::ClientContext context;
+    Bound(&context);
+    v1::CreatePeerRequest request;
+    request.set_tunnel("tnl0");
+    *request.mutable_peer() = PeerMessage("b", 2);
+    v1::Peer made;
+    ASSERT_TRUE(stub_->CreatePeer(&context, request, &made).ok());
+    EXPECT_EQ(made.name(), "b");
+    EXPECT_FALSE(made.etag().empty());
+    EXPECT_EQ(made.status().state(), v1::OPER_STATE_UP);
+  }
+  {
+    // The same prefix for another peer: ALREADY_EXISTS; a point-to-point tunnel: none.
+    grpc::ClientContext context;
+    Bound(&context);
+    v1::CreatePeerRequest request;
+    request.set_tunnel("tnl0");
+    *request.mutable_peer() = PeerMessage("c", 3);
+    request.mutable_peer()->set_allowed_prefixes(0, "100.65.2.0/24");
+    v1::Peer made;
+    EXPECT_EQ(stub_->CreatePeer(&context, request, &made).error_code(),
+              grpc::StatusCode::ALREADY_EXISTS);
+  }
+  {
+    grpc::ClientContext context;
+    Bound(&context);
+    v1::UpdatePeerRequest request;
+    request.set_tunnel("tnl0");
+    request.mutable_peer()->set_name("b");
+    request.mutable_peer()->set_underlay("198.51.100.9");
+    request.mutable_update_mask()->add_paths("underlay");
+    v1::Peer updated;
+    ASSERT_TRUE(stub_->UpdatePeer(&context, request, &updated).ok());
+    EXPECT_EQ(updated.underlay(), "198.51.100.9");
+    ASSERT_EQ(updated.allowed_prefixes_size(), 1) << "a field outside the mask is kept";
+    EXPECT_EQ(updated.allowed_prefixes(0), "100.65.2.0/24");
+  }
+  {
+    grpc::ClientContext context;
+    Bound(&context);
+    v1::UpdatePeerRequest request;
+    request.set_tunnel("tnl0");
+    request.mutable_peer()->set_name("b");
+    request.mutable_update_mask()->add_paths("name");
+    v1::Peer updated;
+    EXPECT_EQ(stub_->UpdatePeer(&context, request, &updated).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {
+    grpc::ClientContext context;
+    Bound(&context);
+    v1::ApplyPeersRequest request;
+    request.set_tunnel("tnl0");
+    request.set_owner("fleet");
+    *request.add_peers() = PeerMessage("n3", 3);
+    *request.add_peers() = PeerMessage("n4", 4);
+    v1::ApplyPeersResponse response;
+    ASSERT_TRUE(stub_->ApplyPeers(&context, request, &response).ok());
+    ASSERT_EQ(response.changes_size(), 2);
+    EXPECT_EQ(response.changes(0).action(), v1::TunnelChange::CREATE);
+    EXPECT_EQ(response.unchanged(), 0u);
+  }
+  {
+    grpc::ClientContext context;
+    Bound(&context);
+    v1::ListPeersRequest request;
+    request.set_tunnel("tnl0");
+    request.set_page_size(2);
+    v1::ListPeersResponse page;
+    ASSERT_TRUE(stub_->ListPeers(&context, request, &page).ok());
+    ASSERT_EQ(page.peers_size(), 2);
+    EXPECT_EQ(page.peers(0).name(), "b");
+    EXPECT_FALSE(page.next_page_token().empty());
+    grpc::ClientContext next_context;
+    Bound(&next_context);
+    request.set_page_token(page.next_page_token());
+    ASSERT_TRUE(stub_->ListPeers(&next_context, request, &page).ok());
+    ASSERT_EQ(page.peers_size(), 1);
+    EXPECT_EQ(page.peers(0).name(), "n4");
+    EXPECT_EQ(page.peers(0).labels().at("owner"), "fleet");
+  }
+  {
+    grpc::ClientContext context;
+    Bound(&context);
+    v1::DeletePeerRequest request;
+    request.set_tunnel("tnl0");
+    request.set_name("n3");
+    google::protobuf::Empty empty;
+    ASSERT_TRUE(stub_->DeletePeer(&context, request, &empty).ok());
+    grpc::ClientContext get_context;
+    Bound(&get_context);
+    v1::GetPeerRequest get;
+    get.set_tunnel("tnl0");
+    get.set_name("n3");
+    v1::Peer peer;
+    EXPECT_EQ(stub_->GetPeer(&get_context, get, &peer).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  std::vector<v1::TunnelEvent> events;
+  EXPECT_THAT(Read(*reader, 5, &events),
+              ElementsAre("PEER_ADDED tnl0", "PEER_UPDATED tnl0", "PEER_ADDED tnl0",
+                          "PEER_ADDED tnl0", "PEER_DELETED tnl0"));
+  ASSERT_EQ(events.size(), 5u);
+  EXPECT_EQ(events[0].peer().name(), "b");
+  EXPECT_EQ(events[4].peer().name(), "n3");
+  EXPECT_EQ(events[1].revision() + 1, events[2].revision());
+
+  // A new watcher sees the peers in the current set.
+  grpc::ClientContext again_context;
+  Bound(&again_context, 10);
+  std::unique_ptr<grpc::ClientReader<v1::TunnelEvent>> again =
+      stub_->WatchTunnels(&again_context, v1::WatchTunnelsRequest());
+  events.clear();
+  ASSERT_THAT(Read(*again, 4, &events),
+              ElementsAre("EXISTING tnl0", "EXISTING tnl0", "EXISTING tnl0", "SYNCED"));
+  EXPECT_EQ(events[1].peer().name(), "b");
+  EXPECT_EQ(events[2].peer().name(), "n4");
+  watch_context.TryCancel();
+  again_context.TryCancel();
+}
+
 }  // namespace
 }  // namespace tunnelagent::agent

@@ -1106,3 +1106,126 @@ TEST(TunnelManagerDurabilityTest, AFailedFlushIsAnErrorThatSaysTheChangeIsInEffe
 
 }  // namespace
 }  // namespace tunnelagent::agent
+
+namespace tunnelagent::agent {
+namespace {
+
+TunnelSpec MultipointTunnel(const std::string& name) {
+  TunnelSpec spec;
+  spec.name = name;
+  spec.mode = dataplane::TunnelMode::kGre;
+  spec.local = *dataplane::IpAddress::Parse("198.51.100.1");
+  spec.multipoint = true;
+  return spec;
+}
+
+SavedPeer SavedPeerOf(const std::string& tunnel, const std::string& name, int n) {
+  SavedPeer peer{tunnel, {}};
+  peer.spec.name = name;
+  peer.spec.underlay = *dataplane::IpAddress::Parse(absl::StrCat("198.51.100.", n));
+  peer.spec.key = n;
+  peer.spec.allowed_prefixes = {*dataplane::IpPrefix::Parse(absl::StrCat("100.65.", n, ".0/24"))};
+  peer.spec.keepalive.interval = absl::Seconds(5);
+  peer.spec.labels = {{"owner", "fleet"}};
+  return peer;
+}
+
+// What a fresh store loads: the peers as (tunnel/name, underlay) in order.
+std::vector<std::string> LoadedPeers(const std::string& dir) {
+  FileStateStore store(dir);
+  EXPECT_TRUE(store.Load().ok());
+  std::vector<std::string> out;
+  for (const SavedPeer& peer : store.TakeLoadedPeers()) {
+    out.push_back(absl::StrCat(peer.tunnel, "/", peer.spec.name, "@", peer.spec.underlay.ToString(),
+                               " key ", peer.spec.key.value_or(0), " ",
+                               peer.spec.allowed_prefixes.at(0).ToString()));
+  }
+  return out;
+}
+
+TEST_F(FileStateStoreTest, PeersAreRecordsOfTheirOwnThroughLogAndSnapshot) {
+  {
+    FileStateStore store(root_);
+    ASSERT_TRUE(store.Load().ok());
+    StateChange tunnels;
+    tunnels.upserted = {MultipointTunnel("tnl0"), MultipointTunnel("tnl1")};
+    ASSERT_TRUE(store.Append(tunnels).ok());
+    StateChange peers;
+    peers.upserted_peers = {SavedPeerOf("tnl0", "b", 2), SavedPeerOf("tnl0", "c", 3),
+                            SavedPeerOf("tnl1", "b", 4)};
+    ASSERT_TRUE(store.Append(peers).ok());
+    // One peer changed: the record holds that peer alone.
+    const int64_t before = FileSize(store.log_path());
+    StateChange one;
+    one.upserted_peers = {SavedPeerOf("tnl0", "c", 9)};
+    ASSERT_TRUE(store.Append(one).ok());
+    EXPECT_LT(FileSize(store.log_path()) - before, 200);
+    StateChange gone;
+    gone.removed_peers = {{"tnl0", "b"}};
+    ASSERT_TRUE(store.Append(gone).ok());
+  }
+  EXPECT_THAT(LoadedPeers(root_),
+              ::testing::ElementsAre("tnl0/c@198.51.100.9 key 9 100.65.9.0/24",
+                                     "tnl1/b@198.51.100.4 key 4 100.65.4.0/24"));
+  // A tunnel removed takes its peers, in the log and in the snapshot a full save writes.
+  {
+    FileStateStore store(root_);
+    ASSERT_TRUE(store.Load().ok());
+    ASSERT_TRUE(store.Append(Remove({"tnl1"})).ok());
+  }
+  EXPECT_THAT(LoadedPeers(root_),
+              ::testing::ElementsAre("tnl0/c@198.51.100.9 key 9 100.65.9.0/24"));
+  {
+    FileStateStore store(root_);
+    ASSERT_TRUE(store.Load().ok());
+    ASSERT_TRUE(store.Save({MultipointTunnel("tnl0")}).ok());
+  }
+  EXPECT_THAT(LoadedPeers(root_),
+              ::testing::ElementsAre("tnl0/c@198.51.100.9 key 9 100.65.9.0/24"));
+  std::ifstream snapshot(root_ + "/tunnels.json");
+  std::stringstream text;
+  text << snapshot.rdbuf();
+  EXPECT_THAT(text.str(), HasSubstr("\"allowedPrefixes\""));
+}
+
+TEST_F(FileStateStoreTest, PeersSurviveCompaction) {
+  FileStateStore store(root_);
+  ASSERT_TRUE(store.Load().ok());
+  StateChange tunnel;
+  tunnel.upserted = {MultipointTunnel("tnl0")};
+  ASSERT_TRUE(store.Append(tunnel).ok());
+  for (int i = 0; store.stats().compactions < 3 && i < 200000; ++i) {
+    StateChange c;
+    c.upserted_peers = {SavedPeerOf("tnl0", absl::StrCat("p", i % 20), 10 + i % 20)};
+    ASSERT_TRUE(store.Append(c).ok());
+  }
+  EXPECT_GE(store.stats().compactions, 3u);
+  EXPECT_EQ(LoadedPeers(root_).size(), 20u);
+}
+
+TEST_F(FileStateStoreTest, APeerThatDoesNotParseIsRefusedNamingIt) {
+  {
+    FileStateStore store(root_);
+    ASSERT_TRUE(store.Load().ok());
+    StateChange tunnel;
+    tunnel.upserted = {MultipointTunnel("tnl0")};
+    ASSERT_TRUE(store.Save({MultipointTunnel("tnl0")}).ok());
+  }
+  std::ifstream in(root_ + "/tunnels.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string json = text.str();
+  const size_t end = json.rfind('}');
+  json.insert(end,
+              ",\"peers\":[{\"tunnel\":\"tnl0\",\"peer\":{\"name\":\"b\",\"underlay\":\"nope\"}}]");
+  std::ofstream(root_ + "/tunnels.json") << json;
+  FileStateStore store(root_);
+  absl::StatusOr<std::vector<TunnelSpec>> loaded = store.Load();
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(loaded.status().message(), HasSubstr("peers[0]"));
+  EXPECT_THAT(loaded.status().message(), HasSubstr("underlay"));
+}
+
+}  // namespace
+}  // namespace tunnelagent::agent

@@ -62,6 +62,7 @@ const std::map<std::string, std::function<void(TunnelSpec&)>>& Changes() {
       {"inherit_tos", [](TunnelSpec& s) { s.inherit_tos = true; }},
       {"pmtudisc", [](TunnelSpec& s) { s.pmtudisc = false; }},
       {"ignore_df", [](TunnelSpec& s) { s.ignore_df = true; }},
+      {"multipoint", [](TunnelSpec& s) { s.multipoint = true; }},
       {"keepalive",
        [](TunnelSpec& s) {
          s.keepalive.interval = absl::Seconds(10);

@@ -4,8 +4,10 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "agent/peer_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -508,6 +510,85 @@ INSTANTIATE_TEST_SUITE_P(
                                 }),
                            kInvalid, "tunnel.mtu: "}),
     CaseName<Case>);
+
+// Multipoint: no remote, IP modes, no keepalive of its own, a local address over IPv6.
+TunnelSpec Multipoint(TunnelSpec (*make)()) {
+  TunnelSpec spec = make();
+  spec.remote = IpAddress();
+  spec.multipoint = true;
+  return spec;
+}
+
+INSTANTIATE_TEST_SUITE_P(Multipoint, ValidSpecTest,
+                         ::testing::Values(GoodCase{"Gre", [] { return Multipoint(Gre); }},
+                                           GoodCase{"Ipip", [] { return Multipoint(Ipip); }},
+                                           GoodCase{"Sit", [] { return Multipoint(Sit); }},
+                                           GoodCase{"Ip6gre", [] { return Multipoint(Ip6gre); }},
+                                           GoodCase{"Ip6tnl", [] { return Multipoint(Ip6tnl); }}),
+                         [](const auto& info) { return info.param.test_name; });
+
+INSTANTIATE_TEST_SUITE_P(Multipoint, InvalidSpecTest,
+                         ::testing::Values(Case{"WithRemote",
+                                                [] {
+                                                  TunnelSpec s = Multipoint(Gre);
+                                                  s.remote = A("203.0.113.7");
+                                                  return s;
+                                                },
+                                                kInvalid, "tunnel.remote: must be empty"},
+                                           Case{"Gretap", [] { return Multipoint(Gretap); },
+                                                kInvalid, "tunnel.multipoint: "},
+                                           Case{"Keepalive",
+                                                [] {
+                                                  TunnelSpec s = Multipoint(Gre);
+                                                  s.keepalive.interval = absl::Seconds(1);
+                                                  return s;
+                                                },
+                                                kInvalid, "tunnel.keepalive: "},
+                                           Case{"Ip6greWithoutLocal",
+                                                [] {
+                                                  TunnelSpec s = Multipoint(Ip6gre);
+                                                  s.local = IpAddress();
+                                                  return s;
+                                                },
+                                                kInvalid, "tunnel.local: required"}),
+                         [](const auto& info) { return info.param.test_name; });
+
+TEST(ValidatePeerTest, ChecksEachField) {
+  const TunnelSpec tunnel = Multipoint(Gre);
+  PeerSpec good;
+  good.name = "node-1.a_b";
+  good.underlay = A("198.51.100.2");
+  good.key = 7;
+  good.allowed_prefixes = {P("100.65.1.0/24"), P("fd00:1::/64")};
+  good.keepalive.interval = absl::Seconds(1);
+  EXPECT_TRUE(ValidatePeer(good, tunnel).ok());
+  auto fails = [&](void (*change)(PeerSpec&), const TunnelSpec& t, absl::string_view prefix) {
+    PeerSpec p = good;
+    change(p);
+    const absl::Status s = ValidatePeer(p, t);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << prefix;
+    EXPECT_THAT(std::string(s.message()), StartsWith(std::string(prefix)));
+  };
+  fails([](PeerSpec& p) { p.name = ""; }, tunnel, "peer.name: required");
+  fails([](PeerSpec& p) { p.name = std::string(64, 'a'); }, tunnel, "peer.name: ");
+  fails([](PeerSpec& p) { p.name = "a/b"; }, tunnel, "peer.name: ");
+  fails([](PeerSpec& p) { p.underlay = IpAddress(); }, tunnel, "peer.underlay: required");
+  fails([](PeerSpec& p) { p.underlay = A("2001:db8::1"); }, tunnel, "peer.underlay: ");
+  fails([](PeerSpec& p) { p.underlay = A("224.0.0.1"); }, tunnel, "peer.underlay: ");
+  fails([](PeerSpec& p) { p.allowed_prefixes = {P("100.65.1.1/24")}; }, tunnel,
+        "peer.allowed_prefixes[0]: ");
+  fails(
+      [](PeerSpec& p) {
+        p.allowed_prefixes = {P("10.0.0.0/8"), P("10.0.0.0/8")};
+      },
+      tunnel, "peer.allowed_prefixes[1]: ");
+  fails([](PeerSpec& p) { p.keepalive.interval = absl::Milliseconds(1); }, tunnel,
+        "peer.keepalive.interval: ");
+  fails([](PeerSpec& p) { p.labels = {{"bad key", "v"}}; }, tunnel, "peer.labels: ");
+  // What the tunnel's mode carries: ipip has no key and no IPv6 inside.
+  fails([](PeerSpec& p) { p.allowed_prefixes = {}; }, Multipoint(Ipip), "peer.key: ");
+  fails([](PeerSpec& p) { p.key.reset(); }, Multipoint(Ipip), "peer.allowed_prefixes[1]: ");
+}
 
 TEST(ValidateSpecTest, NameIsCheckedBeforeMode) {
   TunnelSpec s = Gre();

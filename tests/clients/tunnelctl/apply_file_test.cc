@@ -190,5 +190,141 @@ TEST(ApplyFileTest, SourceNameIsUsed) {
   EXPECT_THAT(std::string(request.status().message()), testing::StartsWith("apply: stdin"));
 }
 
+// ---- peer apply ---------------------------------------------------------------------------
+
+Command PeerApplyCommand(const Flags& flags) {
+  Command command = ApplyCommand(flags);
+  command.verb = Verb::kPeerApply;
+  command.name = "mp1";
+  command.apply_file = "p.json";
+  return command;
+}
+
+TEST(PeerApplyFileTest, BothShapes) {
+  const GoodCase kCases[] = {
+      {"request",
+       R"({"owner": "fleet", "peers": [{"name": "site-b", "underlay": "198.18.0.2", "key": 0,
+           "allowedPrefixes": ["10.1.0.0/16"], "keepalive": {"interval": "10s", "retries": 3},
+           "labels": {"env": "prod"}}]})",
+       {},
+       R"pb(tunnel: "mp1"
+            owner: "fleet"
+            peers {
+              name: "site-b"
+              underlay: "198.18.0.2"
+              key: 0
+              allowed_prefixes: "10.1.0.0/16"
+              keepalive {
+                interval { seconds: 10 }
+                retries: 3
+              }
+              labels { key: "env" value: "prod" }
+            })pb"},
+      {"proto field names, the file's tunnel matching TUNNEL, flags merged",
+       R"({"tunnel": "mp1", "owner": "fleet", "peers": [{"name": "a", "underlay": "fd00::2",
+           "allowed_prefixes": ["fd10::/64", "10.1.2.3"]}], "request_id": "file-id"})",
+       {"fleet", true, true, "flag-id"},
+       R"pb(tunnel: "mp1"
+            owner: "fleet"
+            peers {
+              name: "a"
+              underlay: "fd00::2"
+              allowed_prefixes: [ "fd10::/64", "10.1.2.3" ]
+            }
+            prune: true
+            dry_run: true
+            request_id: "flag-id")pb"},
+      {"array with --owner",
+       R"([{"name": "a", "underlay": "198.18.0.2"}, {"name": "b", "underlay": "198.18.0.3"}])",
+       {"fleet", false, false, ""},
+       R"pb(tunnel: "mp1"
+            owner: "fleet"
+            peers { name: "a" underlay: "198.18.0.2" }
+            peers { name: "b" underlay: "198.18.0.3" })pb"},
+      {"empty array, with prune: delete them all",
+       "[]",
+       {"fleet", true, false, ""},
+       R"pb(tunnel: "mp1" owner: "fleet" prune: true)pb"},
+  };
+  for (const GoodCase& c : kCases) {
+    SCOPED_TRACE(c.name);
+    absl::StatusOr<v1::ApplyPeersRequest> request =
+        ParsePeerApplyFile(c.content, "p.json", PeerApplyCommand(c.flags));
+    ASSERT_TRUE(request.ok()) << request.status();
+    v1::ApplyPeersRequest want;
+    ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(c.want, &want));
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(*request, want))
+        << "got:  " << request->ShortDebugString() << "\nwant: " << want.ShortDebugString();
+  }
+}
+
+TEST(PeerApplyFileTest, ErrorsNameTheFileAndThePeer) {
+  const BadCase kCases[] = {
+      {"empty", "", {"o", false, false, ""}, "peer apply: p.json: empty"},
+      {"yaml",
+       "owner: fleet\npeers: []\n",
+       {"o", false, false, ""},
+       "peer apply: p.json: not JSON (want an object like {\"owner\": ..., \"peers\": [...]} or "
+       "an array of peers)"},
+      {"syntax, with line and column",
+       "{\n  \"owner\": \"o\",\n  \"peers\" []\n}",
+       {},
+       "peer apply: p.json:3:11: Expected : between key:value pair."},
+      {"unknown field", R"({"owner": "o", "peer": []})", {}, "peer apply: p.json: peer: Cannot"},
+      {"a tunnel's field in a peer",
+       R"([{"name": "a", "remote": "198.18.0.2"}])",
+       {"o", false, false, ""},
+       "peer apply: p.json: ([0]) remote: Cannot find field."},
+      {"bad key, path without the wrapper",
+       R"([{"name": "a"}, {"name": "b", "key": -1}])",
+       {"o", false, false, ""},
+       "peer apply: p.json: ([1].key): invalid value -1"},
+      {"bad name",
+       R"([{"name": "a", "underlay": "198.18.0.2"}, {"name": "b/c", "underlay": "198.18.0.3"}])",
+       {"o", false, false, ""},
+       "peer apply: p.json: peers[1] (b/c): invalid peer name 'b/c'"},
+      {"no name",
+       R"([{"underlay": "198.18.0.3"}])",
+       {"o", false, false, ""},
+       "peer apply: p.json: peers[0] (): invalid peer name ''"},
+      {"bad underlay",
+       R"({"owner": "o", "peers": [{"name": "a", "underlay": "198.18.0.0/24"}]})",
+       {},
+       "peer apply: p.json: peers[0] (a): invalid underlay '198.18.0.0/24'"},
+      {"bad allowed prefix",
+       R"([{"name": "a", "allowedPrefixes": ["10.1.0.0/16", "10.2.0.0/33"]}])",
+       {"o", false, false, ""},
+       "peer apply: p.json: peers[0] (a): invalid allowedPrefixes[1] '10.2.0.0/33'"},
+      {"host bits in an allowed prefix",
+       R"([{"name": "a", "allowedPrefixes": ["10.1.0.1/16"]}])",
+       {"o", false, false, ""},
+       "peers[0] (a): invalid allowedPrefixes[0] '10.1.0.1/16' (host bits set; want "
+       "10.1.0.0/16)"},
+      {"another tunnel",
+       R"({"tunnel": "mp2", "owner": "o", "peers": []})",
+       {},
+       "peer apply: p.json: tunnel 'mp2' differs from TUNNEL 'mp1'"},
+      {"array without --owner", R"([])", {}, "peer apply: p.json: an array of peers needs --owner"},
+      {"request without owner", R"({"peers": []})", {}, "peer apply: p.json: no \"owner\""},
+      {"owners differ",
+       R"({"owner": "a"})",
+       {"b", false, false, ""},
+       "peer apply: p.json: owner 'a' differs from --owner 'b'"},
+      {"a tunnel apply file",
+       R"({"owner": "o", "tunnels": []})",
+       {},
+       "peer apply: p.json: tunnels: Cannot find field."},
+  };
+  for (const BadCase& c : kCases) {
+    SCOPED_TRACE(c.name);
+    absl::StatusOr<v1::ApplyPeersRequest> request =
+        ParsePeerApplyFile(c.content, "p.json", PeerApplyCommand(c.flags));
+    ASSERT_FALSE(request.ok()) << request->ShortDebugString();
+    EXPECT_EQ(request.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(request.status().message()), HasSubstr(c.error));
+    EXPECT_THAT(std::string(request.status().message()), Not(HasSubstr("\n")));
+  }
+}
+
 }  // namespace
 }  // namespace tunnelagent::tunnelctl

@@ -1107,5 +1107,309 @@ TEST(OutputTest, RpcError) {
   EXPECT_EQ(StatusCodeName(99), "CODE_99");
 }
 
+// ---- multipoint tunnels -------------------------------------------------------------------
+
+TEST(ParseArgsTest, MultipointTunnels) {
+  absl::StatusOr<Command> command =
+      ParseArgs(Split("create mp1 mode gre local 192.0.2.1 key 7 multipoint"), "");
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->verb, Verb::kCreate);
+  v1::Tunnel want = TunnelFromText(
+      R"pb(name: "mp1" mode: TUNNEL_MODE_GRE local: "192.0.2.1" key: 7 multipoint: true)pb");
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(command->tunnel, want))
+      << command->tunnel.ShortDebugString();
+
+  const UpdateCase kUpdates[] = {
+      // Turning multipoint on clears the remote, which a multipoint tunnel must not have.
+      {"update mp1 multipoint", R"pb(name: "mp1" multipoint: true)pb", "remote,multipoint"},
+      {"update mp1 nomultipoint remote 192.0.2.2", R"pb(name: "mp1" remote: "192.0.2.2")pb",
+       "remote,multipoint"},
+      {"update mp1 nomultipoint", R"pb(name: "mp1")pb", "multipoint"},
+      {"update mp1 mtu 1400 multipoint", R"pb(name: "mp1" mtu: 1400 multipoint: true)pb",
+       "remote,mtu,multipoint"},
+  };
+  for (const UpdateCase& c : kUpdates) {
+    SCOPED_TRACE(c.args);
+    command = ParseArgs(Split(c.args), "");
+    ASSERT_TRUE(command.ok()) << command.status();
+    EXPECT_EQ(command->verb, Verb::kUpdate);
+    v1::Tunnel want_update = TunnelFromText(c.tunnel);
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(command->tunnel, want_update))
+        << "got:  " << command->tunnel.ShortDebugString()
+        << "\nwant: " << want_update.ShortDebugString();
+    EXPECT_EQ(absl::StrJoin(command->update_mask.paths(), ","), c.mask);
+  }
+
+  const BadCase kBad[] = {
+      {"create mp1 mode gre multipoint remote 192.0.2.2",
+       "create: 'remote' conflicts with 'multipoint'"},
+      {"create mp1 mode gre", "create: missing 'remote' (or 'multipoint')"},
+      {"create mp1 mode gre multipoint multipoint", "create: 'multipoint' given twice"},
+      {"create mp1 mode gre multipoint nomultipoint", "create: unknown argument 'nomultipoint'"},
+      {"update mp1 multipoint remote 192.0.2.2", "update: 'remote' conflicts with 'multipoint'"},
+      {"update mp1 multipoint nomultipoint", "update: 'nomultipoint' conflicts with 'multipoint'"},
+      {"create mp1 mode gre multipoint on", "create: unknown argument 'on'"},
+  };
+  for (const BadCase& c : kBad) {
+    SCOPED_TRACE(c.args);
+    command = ParseArgs(Split(c.args), "");
+    ASSERT_FALSE(command.ok());
+    EXPECT_EQ(command.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(command.status().message()), HasSubstr(c.error));
+  }
+}
+
+// ---- peers --------------------------------------------------------------------------------
+
+struct PeerCase {
+  std::string args;  // split on spaces
+  Verb verb;
+  std::string tunnel;
+  std::string peer;  // text proto of Command::peer
+  std::string mask;  // update_mask paths, comma-separated
+};
+
+TEST(ParseArgsTest, PeerCommands) {
+  const PeerCase kCases[] = {
+      {"peer add mp1 site-b underlay 198.18.0.2", Verb::kPeerCreate, "mp1",
+       R"pb(name: "site-b" underlay: "198.18.0.2")pb", ""},
+      {"peer create mp1 site_b.2 underlay fd00::2 key 0.0.0.9 allowed 10.1.0.0/16,10.2.0.0/16 "
+       "allowed fd10::/64 allowed 10.3.0.9 keepalive 500ms retries 5 label owner=me label env=",
+       Verb::kPeerCreate, "mp1",
+       R"pb(name: "site_b.2"
+            underlay: "fd00::2"
+            key: 9
+            allowed_prefixes: [ "10.1.0.0/16", "10.2.0.0/16", "fd10::/64", "10.3.0.9" ]
+            keepalive {
+              interval { nanos: 500000000 }
+              retries: 5
+            }
+            labels { key: "owner" value: "me" }
+            labels { key: "env" value: "" })pb",
+       ""},
+      // retries before keepalive, and keepalive's own form.
+      {"peer add mp1 p retries 2 underlay 198.18.0.2 keepalive 10", Verb::kPeerCreate, "mp1",
+       R"pb(name: "p"
+            underlay: "198.18.0.2"
+            keepalive {
+              interval { seconds: 10 }
+              retries: 2
+            })pb",
+       ""},
+      {"peer add mp1 p underlay 198.18.0.2 keepalive 10s,4 key 0", Verb::kPeerCreate, "mp1",
+       R"pb(name: "p"
+            underlay: "198.18.0.2"
+            key: 0
+            keepalive {
+              interval { seconds: 10 }
+              retries: 4
+            })pb",
+       ""},
+      {"peer get mp1 p", Verb::kPeerGet, "mp1", R"pb(name: "p")pb", ""},
+      {"peer show mp1 p", Verb::kPeerGet, "mp1", R"pb(name: "p")pb", ""},
+      {"peer list mp1", Verb::kPeerList, "mp1", "", ""},
+      {"peer ls mp1 --page-size 3", Verb::kPeerList, "mp1", "", ""},
+      {"peer delete mp1 p --etag e1", Verb::kPeerDelete, "mp1", R"pb(name: "p")pb", ""},
+      {"peer del mp1 p", Verb::kPeerDelete, "mp1", R"pb(name: "p")pb", ""},
+      {"peer apply mp1 -f peers.json", Verb::kPeerApply, "mp1", "", ""},
+      // update: the mask in Peer's field order, whatever the order given.
+      {"peer update mp1 p label a=b allowed 10.1.0.0/16 underlay 198.18.0.3", Verb::kPeerUpdate,
+       "mp1",
+       R"pb(name: "p"
+            underlay: "198.18.0.3"
+            allowed_prefixes: "10.1.0.0/16"
+            labels { key: "a" value: "b" })pb",
+       "underlay,allowed_prefixes,labels"},
+      {"peer update mp1 p nokey noallowed nokeepalive nolabels", Verb::kPeerUpdate, "mp1",
+       R"pb(name: "p")pb", "key,allowed_prefixes,keepalive,labels"},
+      {"peer update mp1 p key 5 keepalive 1 retries 0 --etag e2 --request-id r1", Verb::kPeerUpdate,
+       "mp1",
+       R"pb(name: "p"
+            key: 5
+            keepalive { interval { seconds: 1 } })pb",
+       "key,keepalive"},
+  };
+  for (const PeerCase& c : kCases) {
+    SCOPED_TRACE(c.args);
+    absl::StatusOr<Command> command = ParseArgs(Split(c.args), "");
+    ASSERT_TRUE(command.ok()) << command.status();
+    EXPECT_EQ(command->verb, c.verb);
+    EXPECT_TRUE(IsPeerVerb(command->verb));
+    EXPECT_EQ(command->name, c.tunnel);
+    v1::Peer want;
+    ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(c.peer, &want));
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(command->peer, want))
+        << "got:  " << command->peer.ShortDebugString() << "\nwant: " << want.ShortDebugString();
+    EXPECT_EQ(absl::StrJoin(command->update_mask.paths(), ","), c.mask);
+    // Peer keywords never touch the tunnel.
+    EXPECT_EQ(command->tunnel.ByteSizeLong(), 0u);
+  }
+  EXPECT_FALSE(IsPeerVerb(Verb::kCreate));
+  EXPECT_FALSE(IsPeerVerb(Verb::kApply));
+}
+
+TEST(ParseArgsTest, PeerFlags) {
+  const VerbFlagCase kCases[] = {
+      {"peer delete mp1 p --etag e1 --request-id r1", Verb::kPeerDelete, "e1", "r1", 0,
+       std::nullopt, "", false, false, ""},
+      {"peer update mp1 p key 1 --etag=e2", Verb::kPeerUpdate, "e2", "", 0, std::nullopt, "", false,
+       false, ""},
+      {"--request-id r2 peer add mp1 p underlay 198.18.0.2", Verb::kPeerCreate, "", "r2", 0,
+       std::nullopt, "", false, false, ""},
+      {"peer apply mp1 -f - --prune --dry-run --owner fleet --request-id r3", Verb::kPeerApply, "",
+       "r3", 0, std::nullopt, "-", true, true, "fleet"},
+      {"-f p.json peer apply --owner=o mp1", Verb::kPeerApply, "", "", 0, std::nullopt, "p.json",
+       false, false, "o"},
+  };
+  for (const VerbFlagCase& c : kCases) {
+    SCOPED_TRACE(c.args);
+    absl::StatusOr<Command> command = ParseArgs(Split(c.args), "");
+    ASSERT_TRUE(command.ok()) << command.status();
+    EXPECT_EQ(command->verb, c.verb);
+    EXPECT_EQ(command->etag, c.etag);
+    EXPECT_EQ(command->request_id, c.request_id);
+    EXPECT_EQ(command->apply_file, c.file);
+    EXPECT_EQ(command->prune, c.prune);
+    EXPECT_EQ(command->dry_run, c.dry_run);
+    EXPECT_EQ(command->owner, c.owner);
+  }
+  absl::StatusOr<Command> command = ParseArgs(Split("peer list mp1 --page-size 7"), "");
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->list.page_size(), 7);
+  command = ParseArgs(Split("peer list mp1"), "");
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->list.page_size(), kDefaultPageSize);
+}
+
+TEST(ParseArgsTest, BadPeerCommands) {
+  const BadCase kCases[] = {
+      {"peer", "peer: missing command (want add, get, list, update, delete or apply)"},
+      {"peer bogus mp1", "peer: unknown command 'bogus' (want add, get, list, update, delete"},
+      {"peer add", "peer add: missing TUNNEL"},
+      {"peer add mp1", "peer add: missing PEER"},
+      {"peer add underlay 198.18.0.2", "peer add: missing TUNNEL and PEER before 'underlay'"},
+      {"peer add mp1 underlay 198.18.0.2", "peer add: missing PEER before 'underlay'"},
+      {"peer add mp1 p", "peer add: missing 'underlay'"},
+      {"peer add mp1 p key 5", "peer add: missing 'underlay'"},
+      {"peer add mp1 p underlay", "peer add: 'underlay' needs a value"},
+      {"peer add mp1 p underlay 198.18.0.300", "peer add: invalid underlay '198.18.0.300'"},
+      {"peer add mp1 p underlay 198.18.0.0/24", "peer add: invalid underlay '198.18.0.0/24'"},
+      {"peer add mp1 p underlay 198.18.0.2 underlay 198.18.0.3",
+       "peer add: 'underlay' given twice"},
+      {"peer add mp1 p underlay 198.18.0.2 key 4294967296", "peer add: invalid key '4294967296'"},
+      {"peer add mp1 p underlay 198.18.0.2 nokey", "peer add: unknown argument 'nokey'"},
+      {"peer add mp1 p underlay 198.18.0.2 mode gre",
+       "peer add: unknown argument 'mode' (want "
+       "underlay, key, allowed, keepalive, retries "
+       "or label)"},
+      {"peer add mp1 p underlay 198.18.0.2 allowed 10.1.0.1/16",
+       "peer add: invalid allowed prefix '10.1.0.1/16' (host bits set; want 10.1.0.0/16)"},
+      {"peer add mp1 p underlay 198.18.0.2 allowed fd10::1/64",
+       "invalid allowed prefix 'fd10::1/64' (host bits set; want fd10::/64)"},
+      {"peer add mp1 p underlay 198.18.0.2 allowed 10.1.0.0/33",
+       "peer add: invalid allowed prefix '10.1.0.0/33' (want ADDRESS/LENGTH"},
+      {"peer add mp1 p underlay 198.18.0.2 allowed 10.1.0.0/16,", "invalid allowed prefix ''"},
+      {"peer add mp1 p underlay 198.18.0.2 allowed 10.1.0.0/16,,10.2.0.0/16",
+       "invalid allowed prefix ''"},
+      {"peer add mp1 p underlay 198.18.0.2 keepalive 0", "peer add: invalid keepalive '0'"},
+      {"peer add mp1 p underlay 198.18.0.2 keepalive 5m", "peer add: invalid keepalive '5m'"},
+      {"peer add mp1 p underlay 198.18.0.2 retries 3",
+       "peer add: 'retries' needs 'keepalive INTERVAL'"},
+      {"peer add mp1 p underlay 198.18.0.2 keepalive 10 retries 256",
+       "peer add: invalid retries '256'"},
+      {"peer add mp1 p underlay 198.18.0.2 keepalive 10,3 retries 4",
+       "peer add: 'retries' conflicts with the retries of 'keepalive'"},
+      {"peer add mp1 p underlay 198.18.0.2 label k", "peer add: invalid label 'k'"},
+      {"peer add mp1 p underlay 198.18.0.2 label k=1 label k=2", "peer add: label 'k' given twice"},
+      {"peer add mp1 p underlay 198.18.0.2 --etag e1", "peer add: flag --etag does not apply"},
+      {"peer add mp1 p underlay 198.18.0.2 --prune", "peer add: flag --prune does not apply"},
+      // Peer names: 1-63 letters, digits, '.', '_' and '-'.
+      {"peer add mp1 a/b underlay 198.18.0.2", "peer add: invalid peer name 'a/b' (want 1-63"},
+      {"peer add mp1 a:b underlay 198.18.0.2", "invalid peer name 'a:b'"},
+      {"peer get mp1 " + std::string(64, 'x'), "peer get: invalid peer name 'xxx"},
+      {"peer get mp1 p x", "peer get: unexpected argument 'x'"},
+      {"peer get mp1", "peer get: missing PEER"},
+      {"peer get", "peer get: missing TUNNEL"},
+      {"peer get mp1 p --request-id r1", "peer get: flag --request-id does not apply"},
+      {"peer list", "peer list: missing TUNNEL"},
+      {"peer list mp1 p", "peer list: unexpected argument 'p'"},
+      {"peer list mp1 --etag e", "peer list: flag --etag does not apply"},
+      {"peer delete mp1", "peer delete: missing PEER"},
+      {"peer delete mp1 p --page-size 3", "peer delete: flag --page-size does not apply"},
+      {"peer update mp1 p", "peer update: nothing to change (want underlay, key, nokey,"},
+      {"peer update mp1 p key 1 nokey", "peer update: 'nokey' conflicts with 'key'"},
+      {"peer update mp1 p allowed 10.0.0.0/8 noallowed",
+       "peer update: 'noallowed' conflicts with 'allowed'"},
+      {"peer update mp1 p nokeepalive retries 3",
+       "peer update: 'retries' needs 'keepalive INTERVAL'"},
+      {"peer update mp1 p nolabels label a=b", "peer update: 'label' conflicts with 'nolabels'"},
+      {"peer apply mp1", "peer apply: missing -f FILE"},
+      {"peer apply -f x.json", "peer apply: missing TUNNEL"},
+      {"peer apply mp1 p -f x.json", "peer apply: unexpected argument 'p'"},
+      {"apply -f x.json mp1", "apply: unexpected argument 'mp1'"},
+  };
+  for (const BadCase& c : kCases) {
+    SCOPED_TRACE(c.args);
+    absl::StatusOr<Command> command = ParseArgs(Split(c.args), "");
+    ASSERT_FALSE(command.ok()) << "parsed as verb " << static_cast<int>(command->verb);
+    EXPECT_EQ(command.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(command.status().message()), HasSubstr(c.error));
+    EXPECT_THAT(std::string(command.status().message()), Not(HasSubstr("\n")));
+  }
+  absl::StatusOr<Command> command = ParseArgs({"peer", "get", "mp1", ""}, "");
+  ASSERT_FALSE(command.ok());
+  EXPECT_THAT(std::string(command.status().message()), HasSubstr("invalid peer name ''"));
+  command = ParseArgs({"peer", "list", ""}, "");
+  ASSERT_FALSE(command.ok());
+  EXPECT_THAT(std::string(command.status().message()), HasSubstr("peer list: empty TUNNEL"));
+}
+
+TEST(PeerNameTest, LettersDigitsDotUnderscoreDash) {
+  EXPECT_TRUE(CheckPeerName("a").ok());
+  EXPECT_TRUE(CheckPeerName("Site-B_2.east").ok());
+  EXPECT_TRUE(CheckPeerName(std::string(63, 'z')).ok());
+  EXPECT_FALSE(CheckPeerName("").ok());
+  EXPECT_FALSE(CheckPeerName(std::string(64, 'z')).ok());
+  EXPECT_FALSE(CheckPeerName("a b").ok());
+  EXPECT_FALSE(CheckPeerName("a/b").ok());
+  EXPECT_FALSE(CheckPeerName("é").ok());
+  EXPECT_FALSE(CheckPeerName(absl::string_view("a\0b", 3)).ok());
+}
+
+TEST(NetworkPrefixTest, HostBitsMustBeZero) {
+  for (const char* good : {"10.0.0.0/8", "10.1.2.3/32", "10.1.2.3", "0.0.0.0/0", "192.168.1.128/25",
+                           "fd00::/8", "fd00::1/128", "fd00::1", "::/0", "fd00:0:0:1::/64"}) {
+    EXPECT_TRUE(CheckNetworkPrefix("allowed prefix", good).ok()) << good;
+  }
+  struct BadPrefix {
+    const char* text;
+    const char* want;  // the network suggested
+  };
+  for (const BadPrefix& c :
+       {BadPrefix{"10.0.0.1/8", "10.0.0.0/8"}, BadPrefix{"192.168.1.129/25", "192.168.1.128/25"},
+        BadPrefix{"10.1.2.3/0", "0.0.0.0/0"}, BadPrefix{"fd00::1/64", "fd00::/64"},
+        BadPrefix{"fd00:0:0:1:8000::/65", "fd00:0:0:1:8000::/65"}}) {
+    absl::Status s = CheckNetworkPrefix("allowed prefix", c.text);
+    if (std::string(c.text) == c.want) {
+      EXPECT_TRUE(s.ok()) << c.text;
+      continue;
+    }
+    ASSERT_FALSE(s.ok()) << c.text;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(absl::StrCat("want ", c.want, ")")));
+  }
+  EXPECT_FALSE(CheckNetworkPrefix("allowed prefix", "10.0.0.0/08").ok());
+  EXPECT_FALSE(CheckNetworkPrefix("allowed prefix", "fd00::1:0/111").ok());
+}
+
+TEST(UsageTest, NamesThePeerCommands) {
+  const std::string usage = Usage();
+  for (const char* word :
+       {"multipoint", "nomultipoint", "peer add TUNNEL PEER underlay ADDR", "peer get TUNNEL PEER",
+        "peer list TUNNEL", "peer update TUNNEL PEER", "peer delete TUNNEL PEER",
+        "peer apply TUNNEL -f FILE", "allowed PREFIX", "noallowed", "retries N", "nokeepalive"}) {
+    EXPECT_THAT(usage, HasSubstr(word));
+  }
+}
+
 }  // namespace
 }  // namespace tunnelagent::tunnelctl

@@ -150,8 +150,74 @@ class FakeAgent final : public v1::TunnelService::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status CreatePeer(grpc::ServerContext* context, const v1::CreatePeerRequest* request,
+                          v1::Peer* response) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    peer_creates.push_back(*request);
+    if (grpc::Status s = NextFailure(); !s.ok()) return s;
+    *response = request->peer();
+    response->set_etag("p1");
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetPeer(grpc::ServerContext* context, const v1::GetPeerRequest* request,
+                       v1::Peer* response) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    peer_gets.push_back(*request);
+    if (grpc::Status s = NextFailure(); !s.ok()) return s;
+    *response = peer_response;
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListPeers(grpc::ServerContext* context, const v1::ListPeersRequest* request,
+                         v1::ListPeersResponse* response) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    peer_lists.push_back(*request);
+    if (grpc::Status s = NextFailure(); !s.ok()) return s;
+    auto page = peer_pages.find(request->page_token());
+    if (page == peer_pages.end()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad token");
+    }
+    *response = page->second;
+    return grpc::Status::OK;
+  }
+
+  grpc::Status UpdatePeer(grpc::ServerContext* context, const v1::UpdatePeerRequest* request,
+                          v1::Peer* response) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    peer_updates.push_back(*request);
+    if (grpc::Status s = NextFailure(); !s.ok()) return s;
+    *response = peer_response;
+    return grpc::Status::OK;
+  }
+
+  grpc::Status DeletePeer(grpc::ServerContext* context, const v1::DeletePeerRequest* request,
+                          google::protobuf::Empty*) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    peer_deletes.push_back(*request);
+    return NextFailure();
+  }
+
+  grpc::Status ApplyPeers(grpc::ServerContext* context, const v1::ApplyPeersRequest* request,
+                          v1::ApplyPeersResponse* response) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    peer_applies.push_back(*request);
+    if (grpc::Status s = NextFailure(); !s.ok()) return s;
+    *response = peer_apply_response;
+    return grpc::Status::OK;
+  }
+
   // Set before the calls; read after them.
   std::map<std::string, v1::ListTunnelsResponse> pages;
+  std::map<std::string, v1::ListPeersResponse> peer_pages;
+  v1::Peer peer_response;
+  v1::ApplyPeersResponse peer_apply_response;
   v1::UpdateTunnelResponse update_response;
   v1::ApplyTunnelsResponse apply_response;
   std::vector<v1::TunnelEvent> watch_events;
@@ -164,6 +230,12 @@ class FakeAgent final : public v1::TunnelService::Service {
   std::vector<v1::DeleteTunnelRequest> deletes;
   std::vector<v1::WatchTunnelsRequest> watches;
   std::vector<v1::ApplyTunnelsRequest> applies;
+  std::vector<v1::CreatePeerRequest> peer_creates;
+  std::vector<v1::GetPeerRequest> peer_gets;
+  std::vector<v1::ListPeersRequest> peer_lists;
+  std::vector<v1::UpdatePeerRequest> peer_updates;
+  std::vector<v1::DeletePeerRequest> peer_deletes;
+  std::vector<v1::ApplyPeersRequest> peer_applies;
   // The authorization metadata of every call ("" when absent).
   std::vector<std::string> authorization;
   std::atomic<int> events_sent{0};
@@ -528,6 +600,190 @@ TEST_F(ClientTest, Info) {
   EXPECT_THAT(err(), StartsWith("tunnelctl: GetAgentInfo: UNIMPLEMENTED"));
 }
 
+// ---- multipoint tunnels and their peers ---------------------------------------------------
+
+TEST_F(ClientTest, CreateMultipointTunnel) {
+  ASSERT_EQ(Run("create mp1 mode gre local 192.0.2.1 multipoint"), kExitOk) << err();
+  ASSERT_EQ(agent_.creates.size(), 1u);
+  EXPECT_TRUE(agent_.creates[0].tunnel().multipoint());
+  EXPECT_EQ(agent_.creates[0].tunnel().remote(), "");
+  EXPECT_THAT(out(), HasSubstr("\nremote: multipoint\n"));
+}
+
+TEST_F(ClientTest, PeerAddSendsThePeerAndARequestId) {
+  ASSERT_EQ(Run("peer add mp1 site-b underlay 198.18.0.2 key 7 allowed 10.1.0.0/16,10.2.0.0/16 "
+                "keepalive 10 retries 4 label owner=me"),
+            kExitOk)
+      << err();
+  ASSERT_EQ(agent_.peer_creates.size(), 1u);
+  const v1::CreatePeerRequest& request = agent_.peer_creates[0];
+  EXPECT_EQ(request.tunnel(), "mp1");
+  EXPECT_EQ(request.peer().name(), "site-b");
+  EXPECT_EQ(request.peer().underlay(), "198.18.0.2");
+  ASSERT_TRUE(request.peer().has_key());
+  EXPECT_EQ(request.peer().key(), 7u);
+  EXPECT_THAT(request.peer().allowed_prefixes(), ElementsAre("10.1.0.0/16", "10.2.0.0/16"));
+  EXPECT_EQ(request.peer().keepalive().interval().seconds(), 10);
+  EXPECT_EQ(request.peer().keepalive().retries(), 4u);
+  EXPECT_EQ(request.peer().labels().at("owner"), "me");
+  EXPECT_EQ(request.request_id(), "generated-1");
+  EXPECT_THAT(out(), StartsWith("name: site-b\nunderlay: 198.18.0.2\nkey: 7\n"));
+  EXPECT_THAT(out(), HasSubstr("\netag: p1\n"));
+  EXPECT_THAT(err(), IsEmpty());
+}
+
+TEST_F(ClientTest, PeerAddRetriedWithTheSameIdAndRefusalsNamed) {
+  agent_.FailNext({kUnavailable});
+  ASSERT_EQ(Run("peer add mp1 p underlay 198.18.0.2 --request-id mine"), kExitOk) << err();
+  ASSERT_EQ(agent_.peer_creates.size(), 2u);
+  EXPECT_EQ(agent_.peer_creates[1].request_id(), "mine");
+  agent_.FailNext({grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "mp1 is not multipoint")});
+  EXPECT_EQ(Run("peer add mp1 p underlay 198.18.0.2"), kExitAgentFailed);
+  EXPECT_EQ(err(), "tunnelctl: CreatePeer: FAILED_PRECONDITION: mp1 is not multipoint\n");
+  EXPECT_THAT(out(), IsEmpty());
+}
+
+TEST_F(ClientTest, PeerGetTableAndJson) {
+  agent_.peer_response =
+      FromText<v1::Peer>(R"pb(name: "p"
+                              underlay: "198.18.0.2"
+                              status { state: OPER_STATE_UP path_mtu: 1476 })pb");
+  ASSERT_EQ(Run("peer get mp1 p"), kExitOk) << err();
+  ASSERT_EQ(agent_.peer_gets.size(), 1u);
+  EXPECT_EQ(agent_.peer_gets[0].tunnel(), "mp1");
+  EXPECT_EQ(agent_.peer_gets[0].name(), "p");
+  EXPECT_THAT(out(), StartsWith("name: p\nunderlay: 198.18.0.2\n"));
+  EXPECT_THAT(out(), HasSubstr("\nstate: up\n"));
+  EXPECT_THAT(out(), HasSubstr("\npath_mtu: 1476\n"));
+  ASSERT_EQ(Run("-o json peer show mp1 p"), kExitOk) << err();
+  v1::Peer parsed;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(out(), &parsed).ok()) << out();
+  EXPECT_EQ(parsed.status().path_mtu(), 1476u);
+  agent_.FailNext({grpc::Status(grpc::StatusCode::NOT_FOUND, "no peer q on mp1")});
+  EXPECT_EQ(Run("peer get mp1 q"), kExitAgentFailed);
+  EXPECT_EQ(err(), "tunnelctl: GetPeer: NOT_FOUND: no peer q on mp1\n");
+}
+
+TEST_F(ClientTest, PeerListFetchesEveryPage) {
+  agent_.peer_pages[""] = FromText<v1::ListPeersResponse>(R"pb(peers { name: "a" }
+                                                               peers { name: "b" }
+                                                               next_page_token: "p2")pb");
+  agent_.peer_pages["p2"] = FromText<v1::ListPeersResponse>(R"pb(peers { name: "c" })pb");
+  ASSERT_EQ(Run("peer list mp1"), kExitOk) << err();
+  ASSERT_EQ(agent_.peer_lists.size(), 2u);
+  std::vector<std::string> tokens;
+  for (const v1::ListPeersRequest& r : agent_.peer_lists) {
+    tokens.push_back(r.page_token());
+    EXPECT_EQ(r.tunnel(), "mp1");
+    EXPECT_EQ(r.page_size(), 500);
+  }
+  EXPECT_THAT(tokens, ElementsAre("", "p2"));
+  std::vector<std::string> lines = absl::StrSplit(out(), '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 4u) << out();
+  EXPECT_THAT(lines[0], StartsWith("NAME  UNDERLAY  KEY  ALLOWED  STATE"));
+  EXPECT_THAT(lines[3], StartsWith("c "));
+
+  ASSERT_EQ(Run("-o json peer ls mp1 --page-size 2"), kExitOk) << err();
+  EXPECT_EQ(agent_.peer_lists[2].page_size(), 2);
+  v1::ListPeersResponse parsed;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(out(), &parsed).ok()) << out();
+  ASSERT_EQ(parsed.peers_size(), 3);
+  EXPECT_EQ(parsed.peers(2).name(), "c");
+  EXPECT_EQ(parsed.next_page_token(), "");
+}
+
+TEST_F(ClientTest, PeerListStopsOnARepeatedToken) {
+  agent_.peer_pages[""] = FromText<v1::ListPeersResponse>(R"pb(next_page_token: "p")pb");
+  agent_.peer_pages["p"] = FromText<v1::ListPeersResponse>(R"pb(next_page_token: "p")pb");
+  EXPECT_EQ(Run("peer list mp1"), kExitAgentFailed);
+  EXPECT_EQ(err(), "tunnelctl: ListPeers: the agent returned the same page token twice\n");
+  EXPECT_THAT(out(), IsEmpty());
+}
+
+TEST_F(ClientTest, PeerUpdateSendsMaskEtagAndId) {
+  agent_.peer_response = FromText<v1::Peer>(R"pb(name: "p" underlay: "198.18.0.9" etag: "p2")pb");
+  ASSERT_EQ(Run("peer update mp1 p nokey underlay 198.18.0.9 nolabels --etag p1"), kExitOk)
+      << err();
+  ASSERT_EQ(agent_.peer_updates.size(), 1u);
+  const v1::UpdatePeerRequest& request = agent_.peer_updates[0];
+  EXPECT_EQ(request.tunnel(), "mp1");
+  EXPECT_EQ(request.peer().name(), "p");
+  EXPECT_EQ(request.peer().etag(), "p1");
+  EXPECT_EQ(request.peer().underlay(), "198.18.0.9");
+  EXPECT_FALSE(request.peer().has_key());
+  EXPECT_THAT(request.update_mask().paths(), ElementsAre("underlay", "key", "labels"));
+  EXPECT_EQ(request.request_id(), "generated-1");
+  EXPECT_THAT(out(), StartsWith("name: p\nunderlay: 198.18.0.9\n"));
+  EXPECT_THAT(out(), HasSubstr("\netag: p2\n"));
+
+  agent_.FailNext({grpc::Status(grpc::StatusCode::ABORTED, "etag p0 is stale (now p2)")});
+  EXPECT_EQ(Run("peer update mp1 p allowed 10.0.0.0/8 --etag p0"), kExitAgentFailed);
+  EXPECT_EQ(err(), "tunnelctl: UpdatePeer: ABORTED: etag p0 is stale (now p2)\n");
+  EXPECT_THAT(agent_.peer_updates[1].update_mask().paths(), ElementsAre("allowed_prefixes"));
+}
+
+TEST_F(ClientTest, PeerDeleteSendsEtagAndId) {
+  ASSERT_EQ(Run("peer delete mp1 p --etag p1 --request-id d1"), kExitOk) << err();
+  ASSERT_EQ(agent_.peer_deletes.size(), 1u);
+  EXPECT_EQ(agent_.peer_deletes[0].tunnel(), "mp1");
+  EXPECT_EQ(agent_.peer_deletes[0].name(), "p");
+  EXPECT_EQ(agent_.peer_deletes[0].etag(), "p1");
+  EXPECT_EQ(agent_.peer_deletes[0].request_id(), "d1");
+  EXPECT_THAT(out(), IsEmpty());
+  ASSERT_EQ(Run("-o json peer del mp1 q"), kExitOk) << err();
+  EXPECT_EQ(out(), "{}\n");
+  EXPECT_EQ(agent_.peer_deletes[1].etag(), "");
+  EXPECT_EQ(agent_.peer_deletes[1].request_id(), "generated-1");
+}
+
+TEST_F(ClientTest, PeerApplySendsTheLoadedRequest) {
+  options_.apply_peers = FromText<v1::ApplyPeersRequest>(R"pb(tunnel: "mp1"
+                                                              owner: "fleet"
+                                                              peers { name: "a" }
+                                                              prune: true)pb");
+  agent_.peer_apply_response = FromText<v1::ApplyPeersResponse>(R"pb(
+    changes { name: "a" action: CREATE }
+    changes { name: "z" action: DELETE }
+    unchanged: 12
+    revision: 9
+  )pb");
+  ASSERT_EQ(Run("peer apply mp1 -f p.json --prune"), kExitOk) << err();
+  ASSERT_EQ(agent_.peer_applies.size(), 1u);
+  EXPECT_EQ(agent_.peer_applies[0].tunnel(), "mp1");
+  EXPECT_EQ(agent_.peer_applies[0].owner(), "fleet");
+  EXPECT_TRUE(agent_.peer_applies[0].prune());
+  EXPECT_EQ(agent_.peer_applies[0].request_id(), "generated-1");
+  EXPECT_EQ(out(),
+            "NAME  ACTION  CHANGED\n"
+            "a     create  -\n"
+            "z     delete  -\n"
+            "unchanged: 12\n"
+            "applied at revision 9\n");
+  // The tunnel apply is another call.
+  EXPECT_THAT(agent_.applies, IsEmpty());
+
+  options_.apply_peers.set_request_id("file");
+  agent_.peer_apply_response =
+      FromText<v1::ApplyPeersResponse>(R"pb(dry_run: true unchanged: 3)pb");
+  ASSERT_EQ(Run("-o json peer apply mp1 -f p.json"), kExitOk) << err();
+  EXPECT_EQ(agent_.peer_applies[1].request_id(), "file");
+  EXPECT_EQ(out(), "{\n \"unchanged\": 3,\n \"dryRun\": true\n}\n");
+}
+
+TEST_F(ClientTest, WatchPrintsPeerEvents) {
+  agent_.watch_events = {FromText<v1::TunnelEvent>(R"pb(type: PEER_ADDED
+                                                        revision: 8
+                                                        tunnel { name: "mp1" }
+                                                        peer {
+                                                          name: "site-b"
+                                                          status { state: OPER_STATE_UP }
+                                                        })pb")};
+  ASSERT_EQ(Run("watch --count 1"), kExitOk) << err();
+  EXPECT_EQ(out(), "8 PEER_ADDED mp1/site-b up\n");
+  ASSERT_EQ(Run("watch -o json --count 1"), kExitOk) << err();
+  EXPECT_THAT(out(), HasSubstr("\"peer\":{\"name\":\"site-b\""));
+}
+
 // ---- the bearer token ---------------------------------------------------------------------
 
 TEST_F(ClientTest, TokenGoesOnEveryCall) {
@@ -653,6 +909,38 @@ TEST(LoadInputsTest, ApplyFromStdin) {
   EXPECT_THAT(std::string(inputs.status().message()), StartsWith("apply: stdin"));
 }
 
+TEST(LoadInputsTest, PeerApplyFromStdinAndFile) {
+  std::istringstream in(R"([{"name": "a", "underlay": "198.18.0.2"}])");
+  absl::StatusOr<Inputs> inputs =
+      LoadInputs(Parsed({"peer", "apply", "mp1", "-f", "-", "--owner", "o", "--dry-run"}), in);
+  ASSERT_TRUE(inputs.ok()) << inputs.status();
+  EXPECT_EQ(inputs->apply_peers.tunnel(), "mp1");
+  EXPECT_EQ(inputs->apply_peers.owner(), "o");
+  EXPECT_TRUE(inputs->apply_peers.dry_run());
+  ASSERT_EQ(inputs->apply_peers.peers_size(), 1);
+  EXPECT_EQ(inputs->apply.tunnels_size(), 0);
+
+  TempFile file(R"({"owner": "fleet", "peers": [{"name": "b", "underlay": "fd00::2"}]})");
+  std::istringstream none;
+  inputs = LoadInputs(Parsed({"peer", "apply", "mp1", "-f", file.path()}), none);
+  ASSERT_TRUE(inputs.ok()) << inputs.status();
+  EXPECT_EQ(inputs->apply_peers.owner(), "fleet");
+  EXPECT_EQ(inputs->apply_peers.peers(0).underlay(), "fd00::2");
+
+  std::istringstream bad("[");
+  inputs = LoadInputs(Parsed({"peer", "apply", "mp1", "-f", "-", "--owner", "o"}), bad);
+  ASSERT_FALSE(inputs.ok());
+  EXPECT_THAT(std::string(inputs.status().message()), StartsWith("peer apply: stdin"));
+  inputs = LoadInputs(Parsed({"peer", "apply", "mp1", "-f", "/nonexistent/p.json"}), none);
+  ASSERT_FALSE(inputs.ok());
+  EXPECT_THAT(std::string(inputs.status().message()),
+              StartsWith("peer apply: cannot read /nonexistent/p.json"));
+  inputs = LoadInputs(
+      Parsed({"peer", "apply", "mp1", "-f", "-", "--token_file", "-", "--owner", "o"}), none);
+  ASSERT_FALSE(inputs.ok());
+  EXPECT_THAT(std::string(inputs.status().message()), HasSubstr("only one file"));
+}
+
 TEST(LoadInputsTest, TlsWithPemFiles) {
   TempFile pem("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
   std::istringstream in;
@@ -761,6 +1049,14 @@ TEST_F(MainTest, BadInputIsOneAndSendsNothing) {
       {"apply -f /nonexistent/tunnelctl_test.json --owner o", "",
        "tunnelctl: apply: cannot read /nonexistent/tunnelctl_test.json"},
       {"--token_file " + empty_token.path() + " list", "", "tunnelctl: --token_file"},
+      {"peer add mp1 p underlay 198.18.0.0/24", "",
+       "tunnelctl: peer add: invalid underlay '198.18.0.0/24'"},
+      {"peer add mp1 p/q underlay 198.18.0.2", "", "tunnelctl: peer add: invalid peer name"},
+      {"peer update mp1 p allowed 10.0.0.1/8", "",
+       "tunnelctl: peer update: invalid allowed prefix '10.0.0.1/8'"},
+      {"peer apply mp1 -f - --owner o", R"([{"name": "a", "underlay": "300.1.1.1"}])",
+       "tunnelctl: peer apply: stdin: peers[0] (a): invalid underlay '300.1.1.1'"},
+      {"peer apply mp1 -f - --owner o", "peers: []", "tunnelctl: peer apply: stdin: not JSON"},
   };
   for (const BadInputMainCase& c : kCases) {
     SCOPED_TRACE(c.args);
@@ -794,6 +1090,14 @@ TEST_F(MainTest, RefusalIsTwo) {
   agent_.FailNext({grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tunnels[0].remote")});
   EXPECT_EQ(RunMain(Agent() + " apply -f - --owner o", R"([{"name": "t1"}])"), kExitAgentFailed);
   EXPECT_THAT(err(), HasSubstr("ApplyTunnels: INVALID_ARGUMENT"));
+  agent_.FailNext({grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "mp1 has 4096 peers")});
+  EXPECT_EQ(RunMain(Agent() + " peer apply mp1 -f - --owner o",
+                    R"([{"name": "a", "underlay": "198.18.0.2"}])"),
+            kExitAgentFailed);
+  EXPECT_EQ(err(), "tunnelctl: ApplyPeers: RESOURCE_EXHAUSTED: mp1 has 4096 peers\n");
+  ASSERT_EQ(agent_.peer_applies.size(), 1u);
+  EXPECT_EQ(agent_.peer_applies[0].request_id(), "main-id");
+  EXPECT_EQ(agent_.peer_applies[0].tunnel(), "mp1");
 }
 
 // No agent behind the address (a unix socket path that does not exist: no network is used).

@@ -1006,6 +1006,138 @@ TEST_P(EngineTest, LastReceiveTimeAdvancesWithPacketsDelivered) {
 
 // Every worker comes round its loop at least every tick, traffic or not: an idle engine stays
 // healthy under a stall limit of a few ticks.
+// ---- Multipoint: one device, a peer per inner prefix -------------------------------------------
+
+constexpr uint32_t kPeerTwo = 0x7f000003;  // 127.0.0.3: loopback too
+
+InnerPrefix InnerPrefix4(uint32_t network, int length) {
+  InnerPrefix p;
+  p.bytes = {static_cast<uint8_t>(network >> 24), static_cast<uint8_t>(network >> 16),
+             static_cast<uint8_t>(network >> 8), static_cast<uint8_t>(network)};
+  p.length = length;
+  return p;
+}
+
+// Peer 1 at 127.0.0.2 holds 10.9.0.0/24, peer 2 at 127.0.0.3 the /32 of 10.9.0.2 inside it.
+EnginePeer MultipointPeer(uint32_t id, size_t workers) {
+  EnginePeer p;
+  p.id = id;
+  p.underlay = id == 1 ? kRemote : kPeerTwo;
+  p.allowed = {id == 1 ? InnerPrefix4(0x0a090000, 24) : InnerPrefix4(kInnerFar, 32)};
+  p.stats = std::make_shared<TunnelStats>(workers);
+  return p;
+}
+
+// `inner` as peer `from` sends it: GRE without key from `from` to 127.0.0.1.
+std::vector<uint8_t> WrapFrom(uint32_t from, const std::vector<uint8_t>& inner) {
+  GreHeader gre;
+  gre.protocol = kEtherTypeIpv4;
+  std::vector<uint8_t> pkt(kIpv4HeaderLen + GreHeaderLen(gre) + inner.size());
+  memcpy(pkt.data() + kIpv4HeaderLen + GreHeaderLen(gre), inner.data(), inner.size());
+  WriteGreHeader(gre, pkt.data() + kIpv4HeaderLen, inner.size());
+  Ipv4Header ip;
+  ip.total_len = static_cast<uint16_t>(pkt.size());
+  ip.ttl = 64;
+  ip.protocol = kIpProtoGre;
+  ip.src = from;
+  ip.dst = kLocal;
+  WriteIpv4Header(ip, pkt.data());
+  return pkt;
+}
+
+uint32_t OuterDestination(const std::vector<uint8_t>& pkt) {
+  Ipv4Header outer;
+  DropReason reason;
+  if (!ParseIpv4Header(pkt.data(), pkt.size(), &outer, &reason)) return 0;
+  return outer.dst;
+}
+
+TEST_P(EngineTest, MultipointGreReachesEachPeerBothWays) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false, 0, [](EngineTunnel& t) {
+    t.encap.remote = OuterAddress();
+    t.multipoint = true;
+  });
+  const EnginePeer one = MultipointPeer(1, engine_->workers());
+  const EnginePeer two = MultipointPeer(2, engine_->workers());
+  ASSERT_TRUE(engine_->ChangePeers("tun0", {one, two}, {}).ok());
+
+  // To 10.9.0.2: peer 2's /32 inside peer 1's /24.
+  SendInner("mp-to-peer2");
+  std::vector<uint8_t> pkt = Capture(*gre_tap_, "mp-to-peer2");
+  ASSERT_FALSE(pkt.empty()) << CaptureFailure();
+  EXPECT_EQ(OuterDestination(pkt), kPeerTwo);
+  EXPECT_TRUE(Eventually([&] { return two.stats->Sum(&TunnelCounters::tx_packets) == 1; }));
+
+  // Peer 2 gone: the /24 takes it.
+  ASSERT_TRUE(engine_->ChangePeers("tun0", {}, {2}).ok());
+  SendInner("mp-to-peer1");
+  pkt = Capture(*gre_tap_, "mp-to-peer1");
+  ASSERT_FALSE(pkt.empty()) << CaptureFailure();
+  EXPECT_EQ(OuterDestination(pkt), kRemote);
+  EXPECT_TRUE(Eventually([&] { return one.stats->Sum(&TunnelCounters::tx_packets) == 1; }));
+
+  // Receive: from a peer, with a source it may send from.
+  auto udp = BoundUdp();
+  const std::vector<uint8_t> from_far = UdpPacket(kInnerFar, kInnerA, kPort, "mp-from-far");
+  SendOuter(WrapFrom(kPeerTwo, from_far));  // removed: no peer's address
+  EXPECT_TRUE(Eventually([&] { return TunnelDrops(DropReason::kUnknownPeer) == 1; }));
+  ASSERT_TRUE(engine_->ChangePeers("tun0", {two}, {}).ok());
+  SendOuter(WrapFrom(kRemote, from_far));  // 10.9.0.2 is peer 2's, not peer 1's
+  EXPECT_TRUE(Eventually([&] { return TunnelDrops(DropReason::kSpoofedSource) == 1; }));
+  SendOuter(WrapFrom(kPeerTwo, from_far));
+  EXPECT_EQ(ReceiveUdp(*udp), "mp-from-far");
+  SendOuter(WrapFrom(kRemote, UdpPacket(0x0a090005, kInnerA, kPort, "mp-from-one")));
+  EXPECT_EQ(ReceiveUdp(*udp), "mp-from-one");
+  EXPECT_TRUE(Eventually([&] {
+    return one.stats->Sum(&TunnelCounters::rx_packets) == 1 &&
+           two.stats->Sum(&TunnelCounters::rx_packets) == 1 &&
+           counters_->Sum(&TunnelCounters::rx_packets) == 2;
+  }));
+}
+
+TEST_P(EngineTest, MultipointPeersChangeWhileTrafficFlows) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false, 0, [](EngineTunnel& t) {
+    t.encap.remote = OuterAddress();
+    t.multipoint = true;
+    t.peers = {};
+  });
+  const EnginePeer one = MultipointPeer(1, engine_->workers());
+  const EnginePeer two = MultipointPeer(2, engine_->workers());
+  ASSERT_TRUE(engine_->ChangePeers("tun0", {one}, {}).ok());
+  constexpr int kPackets = 300;
+  std::atomic<int> sent{0};
+  std::thread sender([&] {
+    Fd udp(socket(AF_INET, SOCK_DGRAM, 0));
+    sockaddr_in src = Addr(kInnerA);
+    if (bind(udp.get(), reinterpret_cast<sockaddr*>(&src), sizeof src) != 0) return;
+    sockaddr_in dst = Addr(kInnerFar, kPort);
+    for (int i = 0; i < kPackets; ++i) {
+      if (sendto(udp.get(), "churn", 5, 0, reinterpret_cast<sockaddr*>(&dst), sizeof dst) == 5) {
+        ++sent;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+  });
+  // Peer 2 comes and goes under the traffic: each packet goes to one of them, never nowhere.
+  for (int i = 0; i < 40; ++i) {
+    ASSERT_TRUE(engine_->ChangePeers("tun0", {two}, {}).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    ASSERT_TRUE(engine_->ChangePeers("tun0", {}, {2}).ok());
+  }
+  sender.join();
+  EXPECT_TRUE(Eventually([&] {
+    return counters_->Sum(&TunnelCounters::tx_packets) == static_cast<uint64_t>(sent.load());
+  })) << CaptureFailure();
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_drops, DropReason::kNoPeer), 0u);
+  // What a removed peer had in flight counts on the tunnel alone.
+  EXPECT_LE(
+      one.stats->Sum(&TunnelCounters::tx_packets) + two.stats->Sum(&TunnelCounters::tx_packets),
+      counters_->Sum(&TunnelCounters::tx_packets));
+  EXPECT_GT(one.stats->Sum(&TunnelCounters::tx_packets), 0u);
+  EXPECT_TRUE(engine_->Health(absl::Seconds(1)).ok());
+  EXPECT_EQ(engine_->ChangePeers("nope", {}, {}).code(), absl::StatusCode::kNotFound);
+}
+
 TEST_P(EngineTest, IdleWorkersStayHealthy) {
   AddTunnel(TunnelMode::kGre, /*keyed=*/false);
   for (int i = 0; i < 20; ++i) {

@@ -98,6 +98,56 @@ TEST(CommandMailboxTest, AddTunnelsCrossesToTheThreadOnceForAllOfThem) {
   EXPECT_EQ(thread.rounds()[0].back(), "t99");
 }
 
+// A change of peers crosses to the thread with what it carries and is answered with what the
+// thread's change_peers says; a thread that has none answers UNIMPLEMENTED.
+TEST(CommandMailboxTest, ChangePeersIsAnsweredOnTheThread) {
+  CommandMailbox mailbox;
+  ASSERT_TRUE(mailbox.Open(0).ok());
+  std::string seen_name;
+  std::vector<uint32_t> seen_upserted, seen_removed;
+  std::thread thread([&] {
+    for (int round = 0; round < 50; ++round) {
+      uint64_t wakes = 0;
+      if (read(mailbox.fd(), &wakes, sizeof wakes) != sizeof wakes) {
+        usleep(100'000);
+        continue;
+      }
+      std::unique_ptr<EngineCommand> stop = mailbox.RunQueued(
+          [](const EngineTunnel&) { return absl::OkStatus(); },
+          [](std::unique_ptr<EngineCommand> remove) { remove->done.set_value(absl::OkStatus()); },
+          [&](const EngineCommand& command) {
+            seen_name = command.name;
+            for (const EnginePeer& peer : command.upserted) seen_upserted.push_back(peer.id);
+            seen_removed = command.removed;
+            return command.upserted.empty() ? absl::OkStatus()
+                                            : absl::AlreadyExistsError("peer 7's prefix");
+          });
+      if (stop != nullptr) {
+        mailbox.Close();
+        stop->done.set_value(absl::OkStatus());
+        return;
+      }
+    }
+  });
+  EnginePeer peer;
+  peer.id = 7;
+  const absl::Status refused = mailbox.ChangePeers("mp", {peer}, {3, 4});
+  EXPECT_TRUE(absl::IsAlreadyExists(refused)) << refused;
+  EXPECT_EQ(seen_name, "mp");
+  EXPECT_EQ(seen_upserted, std::vector<uint32_t>{7});
+  EXPECT_EQ(seen_removed, (std::vector<uint32_t>{3, 4}));
+  EXPECT_TRUE(mailbox.ChangePeers("mp", {}, {7}).ok());
+  ASSERT_TRUE(mailbox.Stop().ok());
+  thread.join();
+  EXPECT_TRUE(absl::IsUnavailable(mailbox.ChangePeers("mp", {}, {}))) << "after the stop";
+
+  CommandMailbox other;
+  ASSERT_TRUE(other.Open(0).ok());
+  MailboxThread without(&other);
+  EXPECT_TRUE(absl::IsUnimplemented(other.ChangePeers("mp", {}, {})));
+  ASSERT_TRUE(other.Stop().ok());
+}
+
 TEST(CommandMailboxTest, AddTunnelsAfterTheThreadStoppedAnswersUnavailable) {
   CommandMailbox mailbox;
   ASSERT_TRUE(mailbox.Open(0).ok());

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -37,6 +38,20 @@ class CountingWorker final : public PacketEngine {
     tunnels.erase(name);
     return absl::OkStatus();
   }
+  // Records each change of peers; refuses a peer whose id is in `refuse_peers` (the rest done).
+  absl::Status ChangePeers(const std::string& tunnel, std::vector<EnginePeer> upserted,
+                           std::vector<uint32_t> removed) override {
+    absl::Status first;
+    for (const EnginePeer& peer : upserted) {
+      if (refuse_peers.count(peer.id)) {
+        first.Update(absl::InvalidArgumentError("peer refused"));
+      } else {
+        peers[tunnel].insert(peer.id);
+      }
+    }
+    for (uint32_t id : removed) peers[tunnel].erase(id);
+    return first;
+  }
   DataplaneCountersSnapshot counters() const override { return counters_.Snapshot(); }
   const char* backend_name() const override { return "counting"; }
 
@@ -49,6 +64,8 @@ class CountingWorker final : public PacketEngine {
 
   std::set<std::string> refuse;
   std::set<std::string> tunnels;
+  std::set<uint32_t> refuse_peers;
+  std::map<std::string, std::set<uint32_t>> peers;
 
  private:
   DataplaneCounters counters_;
@@ -106,6 +123,30 @@ TEST(WorkerPoolAddTunnelsTest, AnswersEachAndKeepsTheWorkersInAgreement) {
   p.workers[1]->refuse.clear();
   EXPECT_TRUE(p.pool->AddTunnel(TunnelNamed("c", 2)).ok());
   EXPECT_TRUE(absl::IsAlreadyExists(p.pool->AddTunnel(TunnelNamed("b", 2))));
+}
+
+// A change of peers reaches every worker before it is answered; a refusal is answered (the
+// workers still agree: each did the rest); an unknown tunnel reaches none.
+TEST(WorkerPoolChangePeersTest, EveryWorkerGetsItAndRefusalsAreAnswered) {
+  Pool p = StartPool(3);
+  ASSERT_NE(p.pool, nullptr);
+  ASSERT_TRUE(p.pool->AddTunnel(TunnelNamed("mp", 3)).ok());
+  EnginePeer one;
+  one.id = 1;
+  EnginePeer two;
+  two.id = 2;
+  ASSERT_TRUE(p.pool->ChangePeers("mp", {one, two}, {}).ok());
+  for (CountingWorker* w : p.workers) EXPECT_EQ(w->peers["mp"], (std::set<uint32_t>{1, 2}));
+
+  for (CountingWorker* w : p.workers) w->refuse_peers.insert(3);
+  EnginePeer three;
+  three.id = 3;
+  const absl::Status refused = p.pool->ChangePeers("mp", {three}, {1});
+  EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+  for (CountingWorker* w : p.workers) EXPECT_EQ(w->peers["mp"], (std::set<uint32_t>{2}));
+
+  EXPECT_TRUE(absl::IsNotFound(p.pool->ChangePeers("nope", {one}, {})));
+  for (CountingWorker* w : p.workers) EXPECT_EQ(w->peers.count("nope"), 0u);
 }
 
 // An addition begun is settled when waited for, and settled all the same when its answers are

@@ -314,6 +314,55 @@ TEST(IcmpTest, PacketTooBigGolden) {
   EXPECT_EQ(ToHex(out.data(), n), ToHex(Hex(test::kPacketTooBig)));
 }
 
+// No route for the destination (a multipoint tunnel without a peer for it): the same error as
+// frag-needed but for its type, code and the unused rest.
+TEST(IcmpTest, HostUnreachableGolden) {
+  const Bytes original = Hex(test::kInnerIcmp);
+  Bytes out(1500);
+  const size_t n = WriteIcmpHostUnreachable(original.data(), original.size(), 0x0A000001,
+                                            out.data(), out.size());
+  Bytes expected = Hex(test::kFragNeeded);
+  ASSERT_EQ(n, expected.size());
+  expected[21] = 1;  // host unreachable
+  for (size_t i = 22; i < 28; ++i) expected[i] = 0;
+  const uint16_t sum = test::RefChecksum(expected.data() + 20, expected.size() - 20);
+  expected[22] = static_cast<uint8_t>(sum >> 8);
+  expected[23] = static_cast<uint8_t>(sum);
+  EXPECT_EQ(ToHex(out.data(), n), ToHex(expected));
+  // Never about an ICMP error.
+  const Bytes dest_unreachable = Packet(test::kInnerIcmp).Set8(20, 3).FixIpv4Checksum(0);
+  EXPECT_EQ(WriteIcmpHostUnreachable(dest_unreachable.data(), dest_unreachable.size(), 0x0A000001,
+                                     out.data(), out.size()),
+            0u);
+}
+
+TEST(IcmpTest, AddressUnreachableGolden) {
+  const Bytes original = Hex(test::kInnerIcmp6);
+  const uint8_t fd00_1[16] = {0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  Bytes out(1500);
+  const size_t n = WriteIcmpv6AddressUnreachable(
+      original.data(), original.size(), OuterAddress::FromIpv6(fd00_1), out.data(), out.size());
+  Bytes expected = Hex(test::kPacketTooBig);
+  ASSERT_EQ(n, expected.size());
+  expected[40] = 1;  // destination unreachable
+  expected[41] = 3;  // address unreachable
+  for (size_t i = 42; i < 48; ++i) expected[i] = 0;
+  // The checksum over the pseudo-header (addresses, length, next header) and the message.
+  Bytes whole(expected.begin() + 8, expected.begin() + 40);
+  const size_t icmp_len = expected.size() - 40;
+  whole.insert(whole.end(), {0, 0, static_cast<uint8_t>(icmp_len >> 8),
+                             static_cast<uint8_t>(icmp_len), 0, 0, 0, 58});
+  whole.insert(whole.end(), expected.begin() + 40, expected.end());
+  const uint16_t sum = test::RefChecksum(whole.data(), whole.size());
+  expected[42] = static_cast<uint8_t>(sum >> 8);
+  expected[43] = static_cast<uint8_t>(sum);
+  EXPECT_EQ(ToHex(out.data(), n), ToHex(expected));
+  const Bytes from_multicast = Packet(test::kInnerIcmp6).Set8(8, 0xff);
+  EXPECT_EQ(WriteIcmpv6AddressUnreachable(from_multicast.data(), from_multicast.size(), V6(1),
+                                          out.data(), out.size()),
+            0u);
+}
+
 TEST(IcmpTest, QuotesAtMost576BytesOfIpv4) {
   Packet big(test::kInnerIcmp);
   big.Truncate(20);

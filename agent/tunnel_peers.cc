@@ -1,0 +1,547 @@
+// The peers of multipoint tunnels: TunnelManager's peer methods. A peer is a record of its own
+// (in the manager, the engine, the state store and the events): a change costs the size of
+// what changed, whatever the number of peers, and never touches the tunnel's device.
+#include <algorithm>
+#include <map>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "agent/log.h"
+#include "agent/tunnel_manager.h"
+#include "agent/validation.h"
+
+namespace tunnelagent::agent {
+namespace {
+
+dataplane::InnerPrefix InnerPrefixOf(const dataplane::IpPrefix& prefix) {
+  dataplane::InnerPrefix out;
+  out.v6 = prefix.address().is_v6();
+  out.length = prefix.length();
+  const auto& bytes = prefix.address().bytes();
+  if (out.v6) {
+    std::copy(bytes.begin(), bytes.end(), out.bytes.begin());
+  } else {
+    const uint32_t v4 = prefix.address().v4();
+    for (int i = 0; i < 4; ++i) out.bytes[i] = static_cast<uint8_t>(v4 >> (24 - 8 * i));
+  }
+  return out;
+}
+
+// What a peer holds that no other peer of its tunnel may: its underlay address and each of
+// its allowed prefixes (as text: prefixes are kept with their host bits zero, so equal ones
+// read alike).
+std::vector<std::string> PrefixKeys(const PeerSpec& spec) {
+  std::vector<std::string> keys;
+  keys.reserve(spec.allowed_prefixes.size());
+  for (const dataplane::IpPrefix& p : spec.allowed_prefixes) keys.push_back(p.ToString());
+  return keys;
+}
+
+bool HoldsPrefix(const PeerSpec& spec, const std::string& key) {
+  for (const dataplane::IpPrefix& p : spec.allowed_prefixes) {
+    if (p.ToString() == key) return true;
+  }
+  return false;
+}
+
+std::string OwnerOf(const PeerSpec& spec) {
+  auto it = spec.labels.find(kOwnerLabel);
+  return it != spec.labels.end() ? it->second : std::string();
+}
+
+absl::Status Annotated(const absl::Status& status, absl::string_view context) {
+  return absl::Status(status.code(), absl::StrCat(context, ": ", status.message()));
+}
+
+}  // namespace
+
+dataplane::EnginePeer TunnelManager::EnginePeerOf(const PeerEntry& peer) {
+  dataplane::EnginePeer out;
+  out.id = peer.id;
+  out.underlay = OuterAddressOf(peer.spec.underlay);
+  out.has_key = peer.spec.key.has_value();
+  out.key = peer.spec.key.value_or(0);
+  out.allowed.reserve(peer.spec.allowed_prefixes.size());
+  for (const dataplane::IpPrefix& p : peer.spec.allowed_prefixes) {
+    out.allowed.push_back(InnerPrefixOf(p));
+  }
+  out.keepalive_interval = peer.spec.keepalive.interval;
+  out.keepalive_retries = peer.spec.keepalive.effective_retries();
+  out.stats = peer.stats;
+  return out;
+}
+
+PeerView TunnelManager::PeerViewOf(const PublishedPeer& peer) {
+  PeerView view{peer.spec, {}};
+  PeerStatus& status = view.status;
+  status.state = peer.state;
+  status.reason = peer.reason;
+  if (!peer.stats) return view;
+  const dataplane::TunnelStats& c = *peer.stats;
+  status.counters = SumCounters(c);
+  status.path_mtu = c.path_mtu.load(std::memory_order_relaxed);
+  if (const int64_t last = c.last_receive_unix_nanos.load(std::memory_order_relaxed); last != 0) {
+    status.last_receive = absl::FromUnixNanos(last);
+  }
+  if (peer.spec.keepalive.enabled()) status.keepalive = ReadKeepalive(c);
+  return view;
+}
+
+void TunnelManager::RecordPeerEvent(TunnelEvent::Type type, const TunnelSpec& tunnel, PeerView peer,
+                                    std::string detail) {
+  TunnelEvent event;
+  event.type = type;
+  event.revision = ++revision_;
+  event.tunnel.spec.name = tunnel.name;
+  event.tunnel.spec.mode = tunnel.mode;
+  event.tunnel.spec.multipoint = true;
+  event.detail = std::move(detail);
+  event.peer = std::move(peer);
+  history_.push_back(std::move(event));
+  while (history_.size() > options_.event_history) history_.pop_front();
+  changed_.SignalAll();
+}
+
+absl::StatusOr<TunnelManager::Entry*> TunnelManager::PeerTunnelLocked(const std::string& name) {
+  if (frozen_.load()) return FrozenError();
+  auto it = tunnels_.find(name);
+  if (it == tunnels_.end()) return absl::NotFoundError(absl::StrCat("tunnel ", name, " not found"));
+  Entry& entry = *it->second;
+  if (!entry.spec.multipoint) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("tunnel ", name,
+                     " is point to point (its far end is its remote): peers belong to "
+                     "multipoint tunnels"));
+  }
+  if (!entry.peers) entry.peers = std::make_shared<PeerSet>();
+  return &entry;
+}
+
+absl::Status TunnelManager::CheckPeerChange(const Entry& entry,
+                                            const std::vector<PeerSpec>& upserted,
+                                            const std::vector<std::string>& removed) const {
+  const PeerSet& set = *entry.peers;
+  std::map<std::string, const PeerSpec*> incoming;
+  size_t after = set.peers.size();
+  for (const PeerSpec& peer : upserted) {
+    incoming.emplace(peer.name, &peer);
+    after += set.peers.count(peer.name) ? 0 : 1;
+  }
+  const std::set<std::string> leaving(removed.begin(), removed.end());
+  for (const std::string& name : removed) after -= set.peers.count(name);
+  if (after > CurrentTunnelLimits().max_peers) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("tunnel ", entry.spec.name, " would have ", after, " peers, at most ",
+                     CurrentTunnelLimits().max_peers, " (--max_peers_per_tunnel)"));
+  }
+  // Whether `holder`, which holds a key now, gives it up in this change.
+  auto lets_go = [&](const std::string& holder, auto holds) {
+    if (leaving.count(holder)) return true;
+    auto it = incoming.find(holder);
+    return it != incoming.end() && !holds(*it->second);
+  };
+  std::map<std::string, std::string> claimed;  // by this change: key -> peer
+  for (const PeerSpec& peer : upserted) {
+    const std::string underlay = peer.underlay.ToString();
+    if (auto it = set.by_underlay.find(underlay);
+        it != set.by_underlay.end() && it->second != peer.name &&
+        !lets_go(it->second, [&](const PeerSpec& p) { return p.underlay == peer.underlay; })) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("peer ", peer.name, ": underlay ", underlay, " is peer ", it->second, "'s"));
+    }
+    if (auto [it, fresh] = claimed.emplace("u" + underlay, peer.name); !fresh) {
+      return absl::AlreadyExistsError(absl::StrCat("peers ", it->second, " and ", peer.name,
+                                                   " have the same underlay ", underlay));
+    }
+    for (const std::string& prefix : PrefixKeys(peer)) {
+      if (auto it = set.by_prefix.find(prefix);
+          it != set.by_prefix.end() && it->second != peer.name &&
+          !lets_go(it->second, [&](const PeerSpec& p) { return HoldsPrefix(p, prefix); })) {
+        return absl::AlreadyExistsError(absl::StrCat("peer ", peer.name, ": allowed prefix ",
+                                                     prefix, " is peer ", it->second, "'s"));
+      }
+      if (auto [it, fresh] = claimed.emplace("p" + prefix, peer.name); !fresh) {
+        return absl::AlreadyExistsError(
+            absl::StrCat("peers ", it->second, " and ", peer.name, " both allow ", prefix));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> TunnelManager::ChangePeersLocked(Entry& entry,
+                                                          std::vector<PeerSpec> upserted,
+                                                          const std::vector<std::string>& removed) {
+  if (upserted.empty() && removed.empty()) return 0;
+  if (absl::Status s = CheckPeerChange(entry, upserted, removed); !s.ok()) return s;
+  PeerSet& set = *entry.peers;
+  const std::string& tunnel = entry.spec.name;
+  const absl::Time now = absl::Now();
+
+  // The peers as they will be, and as they were (to put back if the engine or the disk
+  // refuses).
+  std::vector<PeerEntry> fresh;
+  std::vector<PeerEntry> before;  // of those replaced or removed
+  std::vector<uint32_t> created_ids;
+  fresh.reserve(upserted.size());
+  for (PeerSpec& spec : upserted) {
+    PeerEntry peer;
+    if (auto it = set.peers.find(spec.name); it != set.peers.end()) {
+      before.push_back(it->second);
+      peer = it->second;
+      spec.create_time = it->second.spec.create_time;
+    } else {
+      peer.id = set.next_id++;
+      peer.stats = std::make_shared<dataplane::TunnelStats>(engine_->workers());
+      created_ids.push_back(peer.id);
+      spec.create_time = now;
+    }
+    spec.update_time = now;
+    peer.spec = std::move(spec);
+    fresh.push_back(std::move(peer));
+  }
+  std::vector<uint32_t> removed_ids;
+  for (const std::string& name : removed) {
+    const PeerEntry& peer = set.peers.at(name);
+    before.push_back(peer);
+    removed_ids.push_back(peer.id);
+  }
+
+  // The engine first: a peer it refuses is refused to the caller, with nothing recorded.
+  auto engine_peers = [](const std::vector<PeerEntry>& peers) {
+    std::vector<dataplane::EnginePeer> out;
+    out.reserve(peers.size());
+    for (const PeerEntry& peer : peers) out.push_back(EnginePeerOf(peer));
+    return out;
+  };
+  auto put_back_engine = [&] {
+    if (!entry.in_engine) return;
+    absl::Status s = engine_->ChangePeers(tunnel, engine_peers(before), created_ids);
+    if (!s.ok()) {
+      Log("ERROR", "tunnel %s: putting the dataplane's peers back failed: %s", tunnel,
+          s.ToString());
+    }
+  };
+  if (entry.in_engine) {
+    if (absl::Status s = engine_->ChangePeers(tunnel, engine_peers(fresh), removed_ids); !s.ok()) {
+      put_back_engine();
+      return Annotated(s, absl::StrCat("tunnel ", tunnel, ": the dataplane refused the peers"));
+    }
+  }
+  StateChange change;
+  change.upserted_peers.reserve(fresh.size());
+  for (const PeerEntry& peer : fresh) change.upserted_peers.push_back({tunnel, peer.spec});
+  for (const std::string& name : removed) change.removed_peers.emplace_back(tunnel, name);
+  absl::StatusOr<uint64_t> sequence = store_->Append(change);
+  if (!sequence.ok()) {
+    put_back_engine();
+    return sequence.status();
+  }
+
+  // Committed: the change path's copy, then the readers'.
+  auto unindex = [&set](const PeerSpec& spec) {
+    set.by_underlay.erase(spec.underlay.ToString());
+    for (const std::string& key : PrefixKeys(spec)) set.by_prefix.erase(key);
+  };
+  std::vector<std::pair<TunnelEvent::Type, PublishedPeer>> events;
+  for (const std::string& name : removed) {
+    auto it = set.peers.find(name);
+    unindex(it->second.spec);
+    events.push_back({TunnelEvent::Type::kPeerDeleted,
+                      {it->second.spec, it->second.stats, it->second.state, it->second.reason}});
+    set.peers.erase(it);
+  }
+  for (const PeerEntry& peer : fresh) {
+    if (auto it = set.peers.find(peer.spec.name); it != set.peers.end()) unindex(it->second.spec);
+  }
+  for (PeerEntry& peer : fresh) {
+    set.by_underlay[peer.spec.underlay.ToString()] = peer.spec.name;
+    for (const std::string& key : PrefixKeys(peer.spec)) set.by_prefix[key] = peer.spec.name;
+    const bool existed = set.peers.count(peer.spec.name) != 0;
+    events.push_back({existed ? TunnelEvent::Type::kPeerUpdated : TunnelEvent::Type::kPeerAdded,
+                      {peer.spec, peer.stats, peer.state, peer.reason}});
+    const std::string name = peer.spec.name;
+    set.peers.insert_or_assign(name, std::move(peer));
+  }
+  absl::MutexLock lock(&mu_);
+  std::map<std::string, PublishedPeer>& published = published_peers_[tunnel];
+  for (auto& [type, peer] : events) {
+    if (type == TunnelEvent::Type::kPeerDeleted) {
+      published.erase(peer.spec.name);
+    } else {
+      published.insert_or_assign(peer.spec.name, peer);
+    }
+    RecordPeerEvent(type, entry.spec, PeerViewOf(peer));
+  }
+  return *sequence;
+}
+
+absl::StatusOr<PeerView> TunnelManager::CreatePeer(const std::string& tunnel,
+                                                   const PeerSpec& peer) {
+  if (absl::Status status = RestoreStatus(); !status.ok()) return status;
+  absl::ReleasableMutexLock lock(&change_mu_);
+  absl::StatusOr<Entry*> entry = PeerTunnelLocked(tunnel);
+  if (!entry.ok()) return entry.status();
+  if (absl::Status s = ValidatePeer(peer, (*entry)->spec); !s.ok()) return s;
+  if ((*entry)->peers->peers.count(peer.name)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("peer ", peer.name, " of tunnel ", tunnel, " already exists"));
+  }
+  absl::StatusOr<uint64_t> sequence = ChangePeersLocked(**entry, {peer}, {});
+  if (!sequence.ok()) return sequence.status();
+  const PeerEntry& made = (*entry)->peers->peers.at(peer.name);
+  PeerView view = PeerViewOf({made.spec, made.stats, made.state, made.reason});
+  lock.Release();  // durable before the answer, as a tunnel's create
+  if (absl::Status s = WaitDurable(*sequence); !s.ok()) return s;
+  return view;
+}
+
+absl::StatusOr<PeerView> TunnelManager::GetPeer(const std::string& tunnel,
+                                                const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  auto t = published_.find(tunnel);
+  if (t == published_.end())
+    return absl::NotFoundError(absl::StrCat("tunnel ", tunnel, " not found"));
+  if (!t->second.spec.multipoint) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("tunnel ", tunnel, " is point to point: it has no peers"));
+  }
+  auto peers = published_peers_.find(tunnel);
+  if (peers == published_peers_.end() || !peers->second.count(name)) {
+    return absl::NotFoundError(absl::StrCat("peer ", name, " of tunnel ", tunnel, " not found"));
+  }
+  return PeerViewOf(peers->second.at(name));
+}
+
+absl::StatusOr<TunnelManager::PeerPage> TunnelManager::ListPeers(const std::string& tunnel,
+                                                                 const std::string& after,
+                                                                 size_t limit) const {
+  absl::MutexLock lock(&mu_);
+  auto t = published_.find(tunnel);
+  if (t == published_.end())
+    return absl::NotFoundError(absl::StrCat("tunnel ", tunnel, " not found"));
+  if (!t->second.spec.multipoint) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("tunnel ", tunnel, " is point to point: it has no peers"));
+  }
+  PeerPage page;
+  auto peers = published_peers_.find(tunnel);
+  if (peers == published_peers_.end()) return page;
+  for (auto it = peers->second.upper_bound(after); it != peers->second.end(); ++it) {
+    if (page.peers.size() == limit) {
+      page.more = true;
+      break;
+    }
+    page.peers.push_back(PeerViewOf(it->second));
+  }
+  return page;
+}
+
+absl::StatusOr<PeerView> TunnelManager::UpdatePeer(const std::string& tunnel,
+                                                   const PeerSpec& desired, const std::string& etag,
+                                                   std::vector<std::string>* changed_fields) {
+  if (absl::Status status = RestoreStatus(); !status.ok()) return status;
+  absl::ReleasableMutexLock lock(&change_mu_);
+  absl::StatusOr<Entry*> entry = PeerTunnelLocked(tunnel);
+  if (!entry.ok()) return entry.status();
+  auto it = (*entry)->peers->peers.find(desired.name);
+  if (it == (*entry)->peers->peers.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("peer ", desired.name, " of tunnel ", tunnel, " not found"));
+  }
+  if (!etag.empty() && etag != ComputePeerEtag(it->second.spec)) {
+    return absl::AbortedError(absl::StrCat("peer ", desired.name, " changed since etag ", etag,
+                                           " was read; get it again and retry"));
+  }
+  if (absl::Status s = ValidatePeer(desired, (*entry)->spec); !s.ok()) return s;
+  std::vector<std::string> changed = ChangedPeerFields(it->second.spec, desired);
+  if (changed_fields != nullptr) *changed_fields = changed;
+  uint64_t sequence = 0;
+  if (!changed.empty()) {
+    absl::StatusOr<uint64_t> done = ChangePeersLocked(**entry, {desired}, {});
+    if (!done.ok()) return done.status();
+    sequence = *done;
+  }
+  const PeerEntry& now = (*entry)->peers->peers.at(desired.name);
+  PeerView view = PeerViewOf({now.spec, now.stats, now.state, now.reason});
+  lock.Release();
+  if (sequence != 0) {
+    if (absl::Status s = WaitDurable(sequence); !s.ok()) return s;
+  }
+  return view;
+}
+
+absl::Status TunnelManager::DeletePeer(const std::string& tunnel, const std::string& name,
+                                       const std::string& etag) {
+  if (absl::Status status = RestoreStatus(); !status.ok()) return status;
+  absl::ReleasableMutexLock lock(&change_mu_);
+  absl::StatusOr<Entry*> entry = PeerTunnelLocked(tunnel);
+  if (!entry.ok()) return entry.status();
+  auto it = (*entry)->peers->peers.find(name);
+  if (it == (*entry)->peers->peers.end()) {
+    return absl::NotFoundError(absl::StrCat("peer ", name, " of tunnel ", tunnel, " not found"));
+  }
+  if (!etag.empty() && etag != ComputePeerEtag(it->second.spec)) {
+    return absl::AbortedError(absl::StrCat("peer ", name, " changed since etag ", etag,
+                                           " was read; get it again and retry"));
+  }
+  absl::StatusOr<uint64_t> sequence = ChangePeersLocked(**entry, {}, {name});
+  if (!sequence.ok()) return sequence.status();
+  lock.Release();
+  return WaitDurable(*sequence);
+}
+
+absl::StatusOr<PeerApplyResult> TunnelManager::ApplyPeers(const std::string& tunnel,
+                                                          const std::string& owner,
+                                                          std::vector<PeerSpec> desired, bool prune,
+                                                          bool dry_run) {
+  if (owner.empty()) return absl::InvalidArgumentError("owner: required");
+  if (absl::Status status = ValidateLabels({{kOwnerLabel, owner}}); !status.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("owner: ", status.message()));
+  }
+  if (desired.size() > CurrentTunnelLimits().max_peers) {
+    return absl::InvalidArgumentError(absl::StrCat("peers: ", desired.size(), " peers, at most ",
+                                                   CurrentTunnelLimits().max_peers,
+                                                   " (--max_peers_per_tunnel)"));
+  }
+  if (absl::Status status = RestoreStatus(); !status.ok()) return status;
+  absl::ReleasableMutexLock lock(&change_mu_);
+  absl::StatusOr<Entry*> found = PeerTunnelLocked(tunnel);
+  if (!found.ok()) return found.status();
+  Entry& entry = **found;
+  const PeerSet& set = *entry.peers;
+
+  PeerApplyResult result;
+  std::vector<PeerSpec> upserted;
+  std::vector<std::string> removed;
+  std::set<std::string> names;
+  for (size_t i = 0; i < desired.size(); ++i) {
+    PeerSpec& peer = desired[i];
+    peer.labels[kOwnerLabel] = owner;
+    const std::string where = absl::StrCat("peers[", i, "]");
+    if (absl::Status s = ValidatePeer(peer, entry.spec); !s.ok()) return Annotated(s, where);
+    if (!names.insert(peer.name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": peer ", peer.name, " is given twice"));
+    }
+    PlannedChange change;
+    change.name = peer.name;
+    if (auto it = set.peers.find(peer.name); it != set.peers.end()) {
+      if (OwnerOf(it->second.spec) != owner) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(where, ": peer ", peer.name, " of tunnel ", tunnel, " is not owner ",
+                         owner, "'s (its owner label is \"", OwnerOf(it->second.spec), "\")"));
+      }
+      change.changed_fields = ChangedPeerFields(it->second.spec, peer);
+      if (change.changed_fields.empty()) {
+        ++result.unchanged;
+        continue;
+      }
+      change.action = ChangeAction::kUpdate;
+    } else {
+      change.action = ChangeAction::kCreate;
+    }
+    result.changes.push_back(std::move(change));
+    upserted.push_back(std::move(peer));
+  }
+  if (prune) {
+    for (const auto& [name, peer] : set.peers) {
+      if (names.count(name) || OwnerOf(peer.spec) != owner) continue;
+      result.changes.push_back({name, ChangeAction::kDelete, {}});
+      removed.push_back(name);
+    }
+  }
+  std::sort(result.changes.begin(), result.changes.end(),
+            [](const PlannedChange& a, const PlannedChange& b) { return a.name < b.name; });
+  if (dry_run) {
+    if (absl::Status s = CheckPeerChange(entry, upserted, removed); !s.ok()) return s;
+    result.revision = revision();
+    return result;
+  }
+  absl::StatusOr<uint64_t> sequence = ChangePeersLocked(entry, std::move(upserted), removed);
+  if (!sequence.ok()) return sequence.status();
+  result.revision = revision();
+  lock.Release();
+  if (*sequence != 0) {
+    if (absl::Status s = WaitDurable(*sequence); !s.ok()) return s;
+  }
+  return result;
+}
+
+void TunnelManager::LoadPeers(std::vector<SavedPeer> saved) {
+  size_t skipped = 0;
+  for (SavedPeer& peer : saved) {
+    auto it = tunnels_.find(peer.tunnel);
+    if (it == tunnels_.end() || !it->second->spec.multipoint) {
+      ++skipped;
+      continue;
+    }
+    Entry& entry = *it->second;
+    if (!entry.peers) entry.peers = std::make_shared<PeerSet>();
+    PeerSet& set = *entry.peers;
+    absl::Status status = ValidatePeer(peer.spec, entry.spec);
+    if (status.ok()) status = CheckPeerChange(entry, {peer.spec}, {});
+    if (status.ok() && set.peers.count(peer.spec.name)) {
+      status = absl::AlreadyExistsError("saved twice");
+    }
+    if (!status.ok()) {
+      // Cannot happen through the agent (every peer was checked when it was saved); kept out
+      // of the dataplane rather than let a damaged file take another peer's traffic.
+      Log("ERROR", "state: peer %s of tunnel %s is not restored: %s", peer.spec.name, peer.tunnel,
+          status.ToString());
+      ++skipped;
+      continue;
+    }
+    PeerEntry entry_peer;
+    entry_peer.id = set.next_id++;
+    entry_peer.stats = std::make_shared<dataplane::TunnelStats>(engine_->workers());
+    entry_peer.spec = std::move(peer.spec);
+    set.by_underlay[entry_peer.spec.underlay.ToString()] = entry_peer.spec.name;
+    for (const std::string& key : PrefixKeys(entry_peer.spec)) {
+      set.by_prefix[key] = entry_peer.spec.name;
+    }
+    const std::string name = entry_peer.spec.name;
+    set.peers.emplace(name, std::move(entry_peer));
+  }
+  if (skipped != 0) {
+    Log("WARNING", "state: %d saved peers not restored (see above)", static_cast<int64_t>(skipped));
+  }
+  absl::MutexLock lock(&mu_);
+  for (const auto& [name, entry] : tunnels_) {
+    if (!entry->peers) continue;
+    std::map<std::string, PublishedPeer>& published = published_peers_[name];
+    for (const auto& [peer_name, peer] : entry->peers->peers) {
+      published.insert_or_assign(peer_name,
+                                 PublishedPeer{peer.spec, peer.stats, peer.state, peer.reason});
+    }
+  }
+}
+
+void TunnelManager::RefreshPeerStates() {
+  for (auto& [name, entry] : tunnels_) {
+    if (!entry->peers || !entry->in_engine) continue;
+    for (auto& [peer_name, peer] : entry->peers->peers) {
+      if (!peer.spec.keepalive.enabled() || !peer.stats) continue;
+      const bool alive = peer.stats->peer_alive.load(std::memory_order_relaxed);
+      const OperState state = alive ? OperState::kUp : OperState::kDown;
+      if (state == peer.state) continue;
+      peer.state = state;
+      peer.reason =
+          alive ? std::string()
+                : absl::StrCat("keepalive: no reply from ", peer.spec.underlay.ToString(), " in ",
+                               peer.spec.keepalive.effective_retries(), " intervals");
+      Log("INFO", "tunnel %s: peer %s is %s%s%s", name, peer_name, alive ? "UP" : "DOWN",
+          alive ? "" : ": ", peer.reason);
+      absl::MutexLock lock(&mu_);
+      PublishedPeer published{peer.spec, peer.stats, peer.state, peer.reason};
+      published_peers_[name].insert_or_assign(peer_name, published);
+      RecordPeerEvent(TunnelEvent::Type::kPeerStateChanged, entry->spec, PeerViewOf(published),
+                      peer.reason);
+    }
+  }
+}
+
+}  // namespace tunnelagent::agent
