@@ -648,6 +648,7 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
     absl::Time full_at = absl::InfinitePast();
     absl::Time earliest = absl::InfinitePast();
     bool trim_after_scrape = false;
+    bool trim_after_bulk = false;
     absl::Time next_fd_count = absl::InfinitePast();
     for (;;) {
       absl::StatusOr<bool> changed = (*kernel_changes)->WaitForChange(absl::Seconds(1));
@@ -671,8 +672,10 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
       }
       // A scrape seen on the round before has been answered by now: what it built is free,
       // and goes back to the system rather than staying resident until the next one.
-      if (trim_after_scrape) malloc_trim(0);
+      // So is what a change of thousands of peers built.
+      if (trim_after_scrape || trim_after_bulk) malloc_trim(0);
       trim_after_scrape = metrics->TakeScraped();
+      trim_after_bulk = manager.TakeBulkChange();
     }
   });
   (*api)->Wait();

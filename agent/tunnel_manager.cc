@@ -686,7 +686,7 @@ Snapshot TunnelManager::TakeSnapshot() const {
     snapshot.tunnels.push_back({tunnel.spec, LiveStatus(tunnel)});
   }
   for (const auto& [tunnel, peers] : published_peers_) {
-    for (const auto& [name, peer] : peers) snapshot.peers.emplace_back(tunnel, PeerViewOf(peer));
+    for (const auto& [name, peer] : peers) snapshot.peers.emplace_back(tunnel, PeerViewOf(*peer));
   }
   return snapshot;
 }
@@ -1410,7 +1410,7 @@ dataplane::EngineTunnel TunnelManager::EngineTunnelOf(Entry& entry, const Device
   dataplane::EngineTunnel tunnel = EngineTunnelFor(entry.spec, device, mtu, entry.counters);
   if (entry.peers) {
     tunnel.peers.reserve(entry.peers->peers.size());
-    for (const auto& [name, peer] : entry.peers->peers) tunnel.peers.push_back(EnginePeerOf(peer));
+    for (const auto& [name, peer] : entry.peers->peers) tunnel.peers.push_back(EnginePeerOf(*peer));
   }
   return tunnel;
 }

@@ -30,6 +30,7 @@
 #ifndef TUNNELAGENT_AGENT_TUNNEL_MANAGER_H_
 #define TUNNELAGENT_AGENT_TUNNEL_MANAGER_H_
 
+#include <array>
 #include <atomic>
 #include <deque>
 #include <functional>
@@ -42,6 +43,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -120,6 +122,22 @@ struct PeerApplyResult {
   std::vector<PlannedChange> changes;  // those that change something, by name
   size_t unchanged = 0;
   uint64_t revision = 0;
+};
+
+// What a peer of a multipoint tunnel holds that no other peer of its tunnel may, as a compact
+// key: its underlay address, or one of its allowed prefixes (a prefix's host bits are zero, so
+// equal prefixes have equal keys).
+struct PeerClaim {
+  std::array<uint8_t, 16> bytes{};
+  uint8_t length = 0;
+  uint8_t family = 0;
+  template <typename H>
+  friend H AbslHashValue(H h, const PeerClaim& k) {
+    return H::combine(std::move(h), k.bytes, k.length, k.family);
+  }
+  friend bool operator==(const PeerClaim& a, const PeerClaim& b) {
+    return a.bytes == b.bytes && a.length == b.length && a.family == b.family;
+  }
 };
 
 class TunnelManager {
@@ -245,10 +263,16 @@ class TunnelManager {
     absl::MutexLock lock(&mu_);
     for (const auto& [tunnel, peers] : published_peers_) {
       size_t down = 0;
-      for (const auto& [name, peer] : peers) down += peer.state != OperState::kUp;
+      for (const auto& [name, peer] : peers) down += peer->state != OperState::kUp;
       visit(tunnel, peers.size() - down, down);
     }
   }
+
+  // Whether a change of many peers was committed since the last call. What it built (the
+  // request, the records, the engine's copies) is free once it is answered, but stays resident
+  // in the allocator's arenas: the caller gives it back to the system (malloc_trim) a little
+  // later, as after a metrics scrape.
+  bool TakeBulkChange() { return bulk_change_.exchange(false); }
 
   Snapshot TakeSnapshot() const;
   uint64_t revision() const;
@@ -326,28 +350,24 @@ class TunnelManager {
     std::shared_ptr<dataplane::TunnelStats> counters;
   };
 
-  // One peer of a multipoint tunnel, as the change path keeps it.
-  struct PeerEntry {
+  // One peer of a multipoint tunnel: never changed once made (a change makes a new one), so
+  // that the change path and the readers share it, one copy for both.
+  struct PeerRecord {
     PeerSpec spec;
     uint32_t id = 0;  // the engine's handle: never reused within a run
     std::shared_ptr<dataplane::TunnelStats> stats;
     OperState state = OperState::kUp;  // DOWN while its keepalive goes unanswered
     std::string reason;
   };
+  using PeerRef = std::shared_ptr<const PeerRecord>;
   // The peers of one multipoint tunnel and what they hold, for the checks across peers.
   // Shared by the Entry objects that stand for the tunnel in turn (a device made anew).
   struct PeerSet {
-    std::map<std::string, PeerEntry> peers;          // by name
-    std::map<std::string, std::string> by_underlay;  // underlay address text -> peer name
-    std::map<std::string, std::string> by_prefix;    // prefix text -> peer name
+    std::map<std::string, PeerRef> peers;  // by name
+    // Who holds an underlay address or a prefix: the name, as the key of `peers`.
+    absl::flat_hash_map<PeerClaim, const std::string*> by_underlay;
+    absl::flat_hash_map<PeerClaim, const std::string*> by_prefix;
     uint32_t next_id = 1;
-  };
-  // What readers see of one peer.
-  struct PublishedPeer {
-    PeerSpec spec;
-    std::shared_ptr<dataplane::TunnelStats> stats;
-    OperState state = OperState::kUp;
-    std::string reason;
   };
 
   struct Entry {
@@ -502,13 +522,17 @@ class TunnelManager {
   absl::Status CheckPeerChange(const Entry& entry, const std::vector<PeerSpec>& upserted,
                                const std::vector<std::string>& removed) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
+  // Puts `spec`'s underlay and prefixes in `set`'s lookups, held by `name` (a key of
+  // set.peers), or takes them out.
+  static void IndexPeer(PeerSet& set, const std::string& name, const PeerSpec& spec);
+  static void UnindexPeer(PeerSet& set, const PeerSpec& spec);
   // The engine's view of a peer.
-  static dataplane::EnginePeer EnginePeerOf(const PeerEntry& peer);
+  static dataplane::EnginePeer EnginePeerOf(const PeerRecord& peer);
   // The published copy of the peers of a tunnel that is gone or no longer multipoint.
   void UnpublishPeersLocked(const std::string& tunnel) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     published_peers_.erase(tunnel);
   }
-  static PeerView PeerViewOf(const PublishedPeer& peer);
+  static PeerView PeerViewOf(const PeerRecord& peer);
   // Restore: the saved peers of the tunnels just loaded.
   void LoadPeers(std::vector<SavedPeer> saved) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // RefreshStates' part for peers with keepalive: each whose engine verdict changed gets its
@@ -594,7 +618,7 @@ class TunnelManager {
   mutable absl::Mutex mu_;
   std::map<std::string, Published> published_ ABSL_GUARDED_BY(mu_);
   // The peers of multipoint tunnels, by tunnel then name.
-  std::map<std::string, std::map<std::string, PublishedPeer>> published_peers_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::map<std::string, PeerRef>> published_peers_ ABSL_GUARDED_BY(mu_);
   mutable absl::CondVar changed_;  // signalled on every new revision
   uint64_t revision_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<TunnelEvent> history_ ABSL_GUARDED_BY(mu_);
@@ -606,6 +630,7 @@ class TunnelManager {
   // The saved tunnels BeginRestore found valid, for FinishRestore.
   std::vector<std::string> to_restore_ ABSL_GUARDED_BY(change_mu_);
 
+  std::atomic<bool> bulk_change_{false};  // TakeBulkChange
   // Set when Shutdown begins: a restore in progress stops between two tunnels.
   std::atomic<bool> stopping_{false};
   // Freeze: written under change_mu_, so a change that holds it sees the latest value.

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "agent/log.h"
 #include "agent/tunnel_manager.h"
@@ -30,19 +31,23 @@ dataplane::InnerPrefix InnerPrefixOf(const dataplane::IpPrefix& prefix) {
   return out;
 }
 
-// What a peer holds that no other peer of its tunnel may: its underlay address and each of
-// its allowed prefixes (as text: prefixes are kept with their host bits zero, so equal ones
-// read alike).
-std::vector<std::string> PrefixKeys(const PeerSpec& spec) {
-  std::vector<std::string> keys;
-  keys.reserve(spec.allowed_prefixes.size());
-  for (const dataplane::IpPrefix& p : spec.allowed_prefixes) keys.push_back(p.ToString());
-  return keys;
+PeerClaim KeyOf(const dataplane::IpAddress& address, int length) {
+  PeerClaim key;
+  key.bytes = address.bytes();
+  key.length = static_cast<uint8_t>(length);
+  key.family = static_cast<uint8_t>(address.family());
+  return key;
+}
+PeerClaim UnderlayKey(const PeerSpec& spec) {
+  return KeyOf(spec.underlay, spec.underlay.bit_length());
+}
+PeerClaim PrefixKey(const dataplane::IpPrefix& prefix) {
+  return KeyOf(prefix.address(), prefix.length());
 }
 
-bool HoldsPrefix(const PeerSpec& spec, const std::string& key) {
+bool HoldsPrefix(const PeerSpec& spec, const PeerClaim& key) {
   for (const dataplane::IpPrefix& p : spec.allowed_prefixes) {
-    if (p.ToString() == key) return true;
+    if (PrefixKey(p) == key) return true;
   }
   return false;
 }
@@ -58,7 +63,7 @@ absl::Status Annotated(const absl::Status& status, absl::string_view context) {
 
 }  // namespace
 
-dataplane::EnginePeer TunnelManager::EnginePeerOf(const PeerEntry& peer) {
+dataplane::EnginePeer TunnelManager::EnginePeerOf(const PeerRecord& peer) {
   dataplane::EnginePeer out;
   out.id = peer.id;
   out.underlay = OuterAddressOf(peer.spec.underlay);
@@ -74,7 +79,7 @@ dataplane::EnginePeer TunnelManager::EnginePeerOf(const PeerEntry& peer) {
   return out;
 }
 
-PeerView TunnelManager::PeerViewOf(const PublishedPeer& peer) {
+PeerView TunnelManager::PeerViewOf(const PeerRecord& peer) {
   PeerView view{peer.spec, {}};
   PeerStatus& status = view.status;
   status.state = peer.state;
@@ -143,33 +148,47 @@ absl::Status TunnelManager::CheckPeerChange(const Entry& entry,
     auto it = incoming.find(holder);
     return it != incoming.end() && !holds(*it->second);
   };
-  std::map<std::string, std::string> claimed;  // by this change: key -> peer
+  absl::flat_hash_map<PeerClaim, const std::string*> claimed_underlay;  // by this change
+  absl::flat_hash_map<PeerClaim, const std::string*> claimed_prefix;
   for (const PeerSpec& peer : upserted) {
-    const std::string underlay = peer.underlay.ToString();
+    const PeerClaim underlay = UnderlayKey(peer);
     if (auto it = set.by_underlay.find(underlay);
-        it != set.by_underlay.end() && it->second != peer.name &&
-        !lets_go(it->second, [&](const PeerSpec& p) { return p.underlay == peer.underlay; })) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("peer ", peer.name, ": underlay ", underlay, " is peer ", it->second, "'s"));
+        it != set.by_underlay.end() && *it->second != peer.name &&
+        !lets_go(*it->second, [&](const PeerSpec& p) { return UnderlayKey(p) == underlay; })) {
+      return absl::AlreadyExistsError(absl::StrCat("peer ", peer.name, ": underlay ",
+                                                   peer.underlay.ToString(), " is peer ",
+                                                   *it->second, "'s"));
     }
-    if (auto [it, fresh] = claimed.emplace("u" + underlay, peer.name); !fresh) {
-      return absl::AlreadyExistsError(absl::StrCat("peers ", it->second, " and ", peer.name,
-                                                   " have the same underlay ", underlay));
+    if (auto [it, fresh] = claimed_underlay.emplace(underlay, &peer.name); !fresh) {
+      return absl::AlreadyExistsError(absl::StrCat("peers ", *it->second, " and ", peer.name,
+                                                   " have the same underlay ",
+                                                   peer.underlay.ToString()));
     }
-    for (const std::string& prefix : PrefixKeys(peer)) {
+    for (const dataplane::IpPrefix& p : peer.allowed_prefixes) {
+      const PeerClaim prefix = PrefixKey(p);
       if (auto it = set.by_prefix.find(prefix);
-          it != set.by_prefix.end() && it->second != peer.name &&
-          !lets_go(it->second, [&](const PeerSpec& p) { return HoldsPrefix(p, prefix); })) {
+          it != set.by_prefix.end() && *it->second != peer.name &&
+          !lets_go(*it->second, [&](const PeerSpec& q) { return HoldsPrefix(q, prefix); })) {
         return absl::AlreadyExistsError(absl::StrCat("peer ", peer.name, ": allowed prefix ",
-                                                     prefix, " is peer ", it->second, "'s"));
+                                                     p.ToString(), " is peer ", *it->second, "'s"));
       }
-      if (auto [it, fresh] = claimed.emplace("p" + prefix, peer.name); !fresh) {
+      if (auto [it, fresh] = claimed_prefix.emplace(prefix, &peer.name); !fresh) {
         return absl::AlreadyExistsError(
-            absl::StrCat("peers ", it->second, " and ", peer.name, " both allow ", prefix));
+            absl::StrCat("peers ", *it->second, " and ", peer.name, " both allow ", p.ToString()));
       }
     }
   }
   return absl::OkStatus();
+}
+
+void TunnelManager::IndexPeer(PeerSet& set, const std::string& name, const PeerSpec& spec) {
+  set.by_underlay[UnderlayKey(spec)] = &name;
+  for (const dataplane::IpPrefix& p : spec.allowed_prefixes) set.by_prefix[PrefixKey(p)] = &name;
+}
+
+void TunnelManager::UnindexPeer(PeerSet& set, const PeerSpec& spec) {
+  set.by_underlay.erase(UnderlayKey(spec));
+  for (const dataplane::IpPrefix& p : spec.allowed_prefixes) set.by_prefix.erase(PrefixKey(p));
 }
 
 absl::StatusOr<uint64_t> TunnelManager::ChangePeersLocked(Entry& entry,
@@ -183,38 +202,38 @@ absl::StatusOr<uint64_t> TunnelManager::ChangePeersLocked(Entry& entry,
 
   // The peers as they will be, and as they were (to put back if the engine or the disk
   // refuses).
-  std::vector<PeerEntry> fresh;
-  std::vector<PeerEntry> before;  // of those replaced or removed
+  std::vector<std::shared_ptr<PeerRecord>> fresh;
+  std::vector<PeerRef> before;  // of those replaced or removed
   std::vector<uint32_t> created_ids;
   fresh.reserve(upserted.size());
   for (PeerSpec& spec : upserted) {
-    PeerEntry peer;
+    auto peer = std::make_shared<PeerRecord>();
     if (auto it = set.peers.find(spec.name); it != set.peers.end()) {
       before.push_back(it->second);
-      peer = it->second;
-      spec.create_time = it->second.spec.create_time;
+      *peer = *it->second;
+      spec.create_time = it->second->spec.create_time;
     } else {
-      peer.id = set.next_id++;
-      peer.stats = std::make_shared<dataplane::TunnelStats>(engine_->workers());
-      created_ids.push_back(peer.id);
+      peer->id = set.next_id++;
+      peer->stats = std::make_shared<dataplane::TunnelStats>(engine_->workers());
+      created_ids.push_back(peer->id);
       spec.create_time = now;
     }
     spec.update_time = now;
-    peer.spec = std::move(spec);
+    peer->spec = std::move(spec);
     fresh.push_back(std::move(peer));
   }
   std::vector<uint32_t> removed_ids;
   for (const std::string& name : removed) {
-    const PeerEntry& peer = set.peers.at(name);
+    const PeerRef& peer = set.peers.at(name);
     before.push_back(peer);
-    removed_ids.push_back(peer.id);
+    removed_ids.push_back(peer->id);
   }
 
   // The engine first: a peer it refuses is refused to the caller, with nothing recorded.
-  auto engine_peers = [](const std::vector<PeerEntry>& peers) {
+  auto engine_peers = [](const auto& peers) {
     std::vector<dataplane::EnginePeer> out;
     out.reserve(peers.size());
-    for (const PeerEntry& peer : peers) out.push_back(EnginePeerOf(peer));
+    for (const auto& peer : peers) out.push_back(EnginePeerOf(*peer));
     return out;
   };
   auto put_back_engine = [&] {
@@ -233,7 +252,7 @@ absl::StatusOr<uint64_t> TunnelManager::ChangePeersLocked(Entry& entry,
   }
   StateChange change;
   change.upserted_peers.reserve(fresh.size());
-  for (const PeerEntry& peer : fresh) change.upserted_peers.push_back({tunnel, peer.spec});
+  for (const auto& peer : fresh) change.upserted_peers.push_back({tunnel, peer->spec});
   for (const std::string& name : removed) change.removed_peers.emplace_back(tunnel, name);
   absl::StatusOr<uint64_t> sequence = store_->Append(change);
   if (!sequence.ok()) {
@@ -241,40 +260,38 @@ absl::StatusOr<uint64_t> TunnelManager::ChangePeersLocked(Entry& entry,
     return sequence.status();
   }
 
-  // Committed: the change path's copy, then the readers'.
-  auto unindex = [&set](const PeerSpec& spec) {
-    set.by_underlay.erase(spec.underlay.ToString());
-    for (const std::string& key : PrefixKeys(spec)) set.by_prefix.erase(key);
-  };
-  std::vector<std::pair<TunnelEvent::Type, PublishedPeer>> events;
+  // A change this large leaves megabytes free behind it (TakeBulkChange).
+  constexpr size_t kBulkChange = 256;
+  if (upserted.size() + removed.size() >= kBulkChange) bulk_change_.store(true);
+  // Committed: the change path's set, then the readers' (the same records).
+  std::vector<std::pair<TunnelEvent::Type, PeerRef>> events;
+  events.reserve(removed.size() + fresh.size());
   for (const std::string& name : removed) {
     auto it = set.peers.find(name);
-    unindex(it->second.spec);
-    events.push_back({TunnelEvent::Type::kPeerDeleted,
-                      {it->second.spec, it->second.stats, it->second.state, it->second.reason}});
+    UnindexPeer(set, it->second->spec);
+    events.emplace_back(TunnelEvent::Type::kPeerDeleted, it->second);
     set.peers.erase(it);
   }
-  for (const PeerEntry& peer : fresh) {
-    if (auto it = set.peers.find(peer.spec.name); it != set.peers.end()) unindex(it->second.spec);
+  for (const auto& peer : fresh) {
+    if (auto it = set.peers.find(peer->spec.name); it != set.peers.end()) {
+      UnindexPeer(set, it->second->spec);
+    }
   }
-  for (PeerEntry& peer : fresh) {
-    set.by_underlay[peer.spec.underlay.ToString()] = peer.spec.name;
-    for (const std::string& key : PrefixKeys(peer.spec)) set.by_prefix[key] = peer.spec.name;
-    const bool existed = set.peers.count(peer.spec.name) != 0;
-    events.push_back({existed ? TunnelEvent::Type::kPeerUpdated : TunnelEvent::Type::kPeerAdded,
-                      {peer.spec, peer.stats, peer.state, peer.reason}});
-    const std::string name = peer.spec.name;
-    set.peers.insert_or_assign(name, std::move(peer));
+  for (auto& peer : fresh) {
+    auto [it, created] = set.peers.insert_or_assign(peer->spec.name, peer);
+    IndexPeer(set, it->first, peer->spec);
+    events.emplace_back(created ? TunnelEvent::Type::kPeerAdded : TunnelEvent::Type::kPeerUpdated,
+                        std::move(peer));
   }
   absl::MutexLock lock(&mu_);
-  std::map<std::string, PublishedPeer>& published = published_peers_[tunnel];
+  std::map<std::string, PeerRef>& published = published_peers_[tunnel];
   for (auto& [type, peer] : events) {
     if (type == TunnelEvent::Type::kPeerDeleted) {
-      published.erase(peer.spec.name);
+      published.erase(peer->spec.name);
     } else {
-      published.insert_or_assign(peer.spec.name, peer);
+      published.insert_or_assign(peer->spec.name, peer);
     }
-    RecordPeerEvent(type, entry.spec, PeerViewOf(peer));
+    RecordPeerEvent(type, entry.spec, PeerViewOf(*peer));
   }
   return *sequence;
 }
@@ -292,8 +309,7 @@ absl::StatusOr<PeerView> TunnelManager::CreatePeer(const std::string& tunnel,
   }
   absl::StatusOr<uint64_t> sequence = ChangePeersLocked(**entry, {peer}, {});
   if (!sequence.ok()) return sequence.status();
-  const PeerEntry& made = (*entry)->peers->peers.at(peer.name);
-  PeerView view = PeerViewOf({made.spec, made.stats, made.state, made.reason});
+  PeerView view = PeerViewOf(*(*entry)->peers->peers.at(peer.name));
   lock.Release();  // durable before the answer, as a tunnel's create
   if (absl::Status s = WaitDurable(*sequence); !s.ok()) return s;
   return view;
@@ -313,7 +329,7 @@ absl::StatusOr<PeerView> TunnelManager::GetPeer(const std::string& tunnel,
   if (peers == published_peers_.end() || !peers->second.count(name)) {
     return absl::NotFoundError(absl::StrCat("peer ", name, " of tunnel ", tunnel, " not found"));
   }
-  return PeerViewOf(peers->second.at(name));
+  return PeerViewOf(*peers->second.at(name));
 }
 
 absl::StatusOr<TunnelManager::PeerPage> TunnelManager::ListPeers(const std::string& tunnel,
@@ -335,7 +351,7 @@ absl::StatusOr<TunnelManager::PeerPage> TunnelManager::ListPeers(const std::stri
       page.more = true;
       break;
     }
-    page.peers.push_back(PeerViewOf(it->second));
+    page.peers.push_back(PeerViewOf(*it->second));
   }
   return page;
 }
@@ -352,12 +368,12 @@ absl::StatusOr<PeerView> TunnelManager::UpdatePeer(const std::string& tunnel,
     return absl::NotFoundError(
         absl::StrCat("peer ", desired.name, " of tunnel ", tunnel, " not found"));
   }
-  if (!etag.empty() && etag != ComputePeerEtag(it->second.spec)) {
+  if (!etag.empty() && etag != ComputePeerEtag(it->second->spec)) {
     return absl::AbortedError(absl::StrCat("peer ", desired.name, " changed since etag ", etag,
                                            " was read; get it again and retry"));
   }
   if (absl::Status s = ValidatePeer(desired, (*entry)->spec); !s.ok()) return s;
-  std::vector<std::string> changed = ChangedPeerFields(it->second.spec, desired);
+  std::vector<std::string> changed = ChangedPeerFields(it->second->spec, desired);
   if (changed_fields != nullptr) *changed_fields = changed;
   uint64_t sequence = 0;
   if (!changed.empty()) {
@@ -365,8 +381,7 @@ absl::StatusOr<PeerView> TunnelManager::UpdatePeer(const std::string& tunnel,
     if (!done.ok()) return done.status();
     sequence = *done;
   }
-  const PeerEntry& now = (*entry)->peers->peers.at(desired.name);
-  PeerView view = PeerViewOf({now.spec, now.stats, now.state, now.reason});
+  PeerView view = PeerViewOf(*(*entry)->peers->peers.at(desired.name));
   lock.Release();
   if (sequence != 0) {
     if (absl::Status s = WaitDurable(sequence); !s.ok()) return s;
@@ -384,7 +399,7 @@ absl::Status TunnelManager::DeletePeer(const std::string& tunnel, const std::str
   if (it == (*entry)->peers->peers.end()) {
     return absl::NotFoundError(absl::StrCat("peer ", name, " of tunnel ", tunnel, " not found"));
   }
-  if (!etag.empty() && etag != ComputePeerEtag(it->second.spec)) {
+  if (!etag.empty() && etag != ComputePeerEtag(it->second->spec)) {
     return absl::AbortedError(absl::StrCat("peer ", name, " changed since etag ", etag,
                                            " was read; get it again and retry"));
   }
@@ -430,12 +445,12 @@ absl::StatusOr<PeerApplyResult> TunnelManager::ApplyPeers(const std::string& tun
     PlannedChange change;
     change.name = peer.name;
     if (auto it = set.peers.find(peer.name); it != set.peers.end()) {
-      if (OwnerOf(it->second.spec) != owner) {
+      if (OwnerOf(it->second->spec) != owner) {
         return absl::FailedPreconditionError(
             absl::StrCat(where, ": peer ", peer.name, " of tunnel ", tunnel, " is not owner ",
-                         owner, "'s (its owner label is \"", OwnerOf(it->second.spec), "\")"));
+                         owner, "'s (its owner label is \"", OwnerOf(it->second->spec), "\")"));
       }
-      change.changed_fields = ChangedPeerFields(it->second.spec, peer);
+      change.changed_fields = ChangedPeerFields(it->second->spec, peer);
       if (change.changed_fields.empty()) {
         ++result.unchanged;
         continue;
@@ -449,7 +464,7 @@ absl::StatusOr<PeerApplyResult> TunnelManager::ApplyPeers(const std::string& tun
   }
   if (prune) {
     for (const auto& [name, peer] : set.peers) {
-      if (names.count(name) || OwnerOf(peer.spec) != owner) continue;
+      if (names.count(name) || OwnerOf(peer->spec) != owner) continue;
       result.changes.push_back({name, ChangeAction::kDelete, {}});
       removed.push_back(name);
     }
@@ -495,28 +510,19 @@ void TunnelManager::LoadPeers(std::vector<SavedPeer> saved) {
       ++skipped;
       continue;
     }
-    PeerEntry entry_peer;
-    entry_peer.id = set.next_id++;
-    entry_peer.stats = std::make_shared<dataplane::TunnelStats>(engine_->workers());
-    entry_peer.spec = std::move(peer.spec);
-    set.by_underlay[entry_peer.spec.underlay.ToString()] = entry_peer.spec.name;
-    for (const std::string& key : PrefixKeys(entry_peer.spec)) {
-      set.by_prefix[key] = entry_peer.spec.name;
-    }
-    const std::string name = entry_peer.spec.name;
-    set.peers.emplace(name, std::move(entry_peer));
+    auto record = std::make_shared<PeerRecord>();
+    record->id = set.next_id++;
+    record->stats = std::make_shared<dataplane::TunnelStats>(engine_->workers());
+    record->spec = std::move(peer.spec);
+    auto [kept, created] = set.peers.emplace(record->spec.name, record);
+    IndexPeer(set, kept->first, record->spec);
   }
   if (skipped != 0) {
     Log("WARNING", "state: %d saved peers not restored (see above)", static_cast<int64_t>(skipped));
   }
   absl::MutexLock lock(&mu_);
   for (const auto& [name, entry] : tunnels_) {
-    if (!entry->peers) continue;
-    std::map<std::string, PublishedPeer>& published = published_peers_[name];
-    for (const auto& [peer_name, peer] : entry->peers->peers) {
-      published.insert_or_assign(peer_name,
-                                 PublishedPeer{peer.spec, peer.stats, peer.state, peer.reason});
-    }
+    if (entry->peers) published_peers_[name] = entry->peers->peers;
   }
 }
 
@@ -524,22 +530,23 @@ void TunnelManager::RefreshPeerStates() {
   for (auto& [name, entry] : tunnels_) {
     if (!entry->peers || !entry->in_engine) continue;
     for (auto& [peer_name, peer] : entry->peers->peers) {
-      if (!peer.spec.keepalive.enabled() || !peer.stats) continue;
-      const bool alive = peer.stats->peer_alive.load(std::memory_order_relaxed);
+      if (!peer->spec.keepalive.enabled() || !peer->stats) continue;
+      const bool alive = peer->stats->peer_alive.load(std::memory_order_relaxed);
       const OperState state = alive ? OperState::kUp : OperState::kDown;
-      if (state == peer.state) continue;
-      peer.state = state;
-      peer.reason =
+      if (state == peer->state) continue;
+      auto changed = std::make_shared<PeerRecord>(*peer);
+      changed->state = state;
+      changed->reason =
           alive ? std::string()
-                : absl::StrCat("keepalive: no reply from ", peer.spec.underlay.ToString(), " in ",
-                               peer.spec.keepalive.effective_retries(), " intervals");
+                : absl::StrCat("keepalive: no reply from ", peer->spec.underlay.ToString(), " in ",
+                               peer->spec.keepalive.effective_retries(), " intervals");
       Log("INFO", "tunnel %s: peer %s is %s%s%s", name, peer_name, alive ? "UP" : "DOWN",
-          alive ? "" : ": ", peer.reason);
+          alive ? "" : ": ", changed->reason);
+      peer = changed;
       absl::MutexLock lock(&mu_);
-      PublishedPeer published{peer.spec, peer.stats, peer.state, peer.reason};
-      published_peers_[name].insert_or_assign(peer_name, published);
-      RecordPeerEvent(TunnelEvent::Type::kPeerStateChanged, entry->spec, PeerViewOf(published),
-                      peer.reason);
+      published_peers_[name].insert_or_assign(peer_name, peer);
+      RecordPeerEvent(TunnelEvent::Type::kPeerStateChanged, entry->spec, PeerViewOf(*peer),
+                      peer->reason);
     }
   }
 }

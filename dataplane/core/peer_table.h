@@ -69,7 +69,7 @@ class BasicPeerTable {
 
   // Send: the peer the inner destination goes to; null when no allowed prefix holds it.
   Peer* ForDestination(const uint8_t* inner_destination, bool v6) const {
-    Peer* const* found = Trie(v6).Lookup(inner_destination);
+    Peer* const* found = v6 ? v6_.Lookup(inner_destination) : v4_.Lookup(inner_destination);
     return found != nullptr ? *found : nullptr;
   }
   // Receive: the peer whose underlay address is the outer source; null when it is no peer's.
@@ -111,8 +111,23 @@ class BasicPeerTable {
     return absl::StrCat(text, "/", prefix.length);
   }
 
-  PrefixTrie<Peer*>& Trie(bool v6) { return v6 ? v6_ : v4_; }
-  const PrefixTrie<Peer*>& Trie(bool v6) const { return v6 ? v6_ : v4_; }
+  Peer* const* FindPrefix(const InnerPrefix& p) const {
+    return p.v6 ? v6_.Find(p.bytes.data(), p.length) : v4_.Find(p.bytes.data(), p.length);
+  }
+  void InsertPrefix(const InnerPrefix& p, Peer* peer) {
+    if (p.v6) {
+      v6_.TryInsert(p.bytes.data(), p.length, peer);
+    } else {
+      v4_.TryInsert(p.bytes.data(), p.length, peer);
+    }
+  }
+  void ErasePrefix(const InnerPrefix& p) {
+    if (p.v6) {
+      v6_.Erase(p.bytes.data(), p.length);
+    } else {
+      v4_.Erase(p.bytes.data(), p.length);
+    }
+  }
 
   // Adds `peer` with `allowed`, taking the place of `old` (same id) when given: every check
   // first, so that a refusal changes nothing.
@@ -122,17 +137,21 @@ class BasicPeerTable {
       return absl::AlreadyExistsError(
           absl::StrCat("peer ", peer.id, ": its underlay address is peer ", it->second->id, "'s"));
     }
-    PrefixTrie<bool> seen4(32), seen6(128);
+    PrefixTrie<bool, 4> seen4(32);
+    PrefixTrie<bool> seen6(128);
     for (const InnerPrefix& prefix : allowed) {
       if (prefix.length < 0 || prefix.length > (prefix.v6 ? 128 : 32)) {
         return absl::InvalidArgumentError(
             absl::StrCat("peer ", peer.id, ": prefix length ", prefix.length, " out of range"));
       }
-      if (!(prefix.v6 ? seen6 : seen4).TryInsert(prefix.bytes.data(), prefix.length, true).second) {
+      const bool fresh = prefix.v6
+                             ? seen6.TryInsert(prefix.bytes.data(), prefix.length, true).second
+                             : seen4.TryInsert(prefix.bytes.data(), prefix.length, true).second;
+      if (!fresh) {
         return absl::InvalidArgumentError(
             absl::StrCat("peer ", peer.id, ": ", Describe(prefix), " given twice"));
       }
-      Peer* const* holder = Trie(prefix.v6).Find(prefix.bytes.data(), prefix.length);
+      Peer* const* holder = FindPrefix(prefix);
       if (holder != nullptr && (old == nullptr || *holder != &old->peer)) {
         return absl::AlreadyExistsError(absl::StrCat("peer ", peer.id, ": ", Describe(prefix),
                                                      " is peer ", (*holder)->id, "'s"));
@@ -149,23 +168,19 @@ class BasicPeerTable {
     entry->peer = peer;
     entry->allowed = allowed;
     by_underlay_.emplace(peer.underlay, &entry->peer);
-    for (const InnerPrefix& prefix : allowed) {
-      Trie(prefix.v6).TryInsert(prefix.bytes.data(), prefix.length, &entry->peer);
-    }
+    for (const InnerPrefix& prefix : allowed) InsertPrefix(prefix, &entry->peer);
     return absl::OkStatus();
   }
 
   // Takes `entry`'s address and prefixes out of the lookups.
   void Unlink(const Entry& entry) {
     by_underlay_.erase(entry.peer.underlay);
-    for (const InnerPrefix& prefix : entry.allowed) {
-      Trie(prefix.v6).Erase(prefix.bytes.data(), prefix.length);
-    }
+    for (const InnerPrefix& prefix : entry.allowed) ErasePrefix(prefix);
   }
 
   absl::flat_hash_map<uint32_t, std::unique_ptr<Entry>> peers_;  // by id; entries never move
   absl::flat_hash_map<OuterAddress, Peer*> by_underlay_;
-  PrefixTrie<Peer*> v4_{32};
+  PrefixTrie<Peer*, 4> v4_{32};
   PrefixTrie<Peer*> v6_{128};
 };
 

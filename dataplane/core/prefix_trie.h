@@ -21,11 +21,18 @@
 
 namespace tunnelagent::dataplane {
 
-template <typename Value>
+// `KeyBytes`: how much of a key a node keeps, 4 for a trie of IPv4 prefixes (a node of 24
+// bytes with a pointer value, against 40 with room for IPv6: 100,000 prefixes take 5 MB
+// rather than 8 on each worker).
+template <typename Value, size_t KeyBytes = 16>
 class PrefixTrie {
  public:
-  // `bits`: 32 (IPv4) or 128 (IPv6); every key and address is that many bits, network order.
-  explicit PrefixTrie(int bits) : bits_(bits) { assert(bits == 32 || bits == 128); }
+  // `bits`: 32 (IPv4) or 128 (IPv6), at most KeyBytes x 8; every key and address is that many
+  // bits, network order.
+  explicit PrefixTrie(int bits) : bits_(bits) {
+    assert(bits == 32 || bits == 128);
+    assert(bits <= static_cast<int>(KeyBytes * 8));
+  }
 
   int bits() const { return bits_; }
   // Prefixes held (nodes that only branch are not counted).
@@ -140,11 +147,11 @@ class PrefixTrie {
 
  private:
   static constexpr int32_t kNone = -1;
-  using Key = std::array<uint8_t, 16>;
+  using Key = std::array<uint8_t, KeyBytes>;
 
   struct Node {
     Key key{};  // the prefix, bits past `length` zero
-    int length = 0;
+    uint8_t length = 0;
     bool has_value = false;
     int32_t child[2] = {kNone, kNone};
     Value value{};
@@ -194,10 +201,14 @@ class PrefixTrie {
       nodes_[index] = Node();
     } else {
       index = static_cast<int32_t>(nodes_.size());
+      // A quarter more at a time, not twice as much: a table of 100,000 prefixes on every
+      // worker would otherwise hold up to as many nodes again unused.
+      if (nodes_.size() == nodes_.capacity())
+        nodes_.reserve(nodes_.size() + nodes_.size() / 4 + 16);
       nodes_.emplace_back();
     }
     nodes_[index].key = key;
-    nodes_[index].length = length;
+    nodes_[index].length = static_cast<uint8_t>(length);
     return index;
   }
   int32_t NewNode(const Key& key, int length, Value value) {

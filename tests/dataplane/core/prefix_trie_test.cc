@@ -117,9 +117,10 @@ TEST(PrefixTrie, Ipv6HostRoutesAndTheDefault) {
 
 // Random sets of nested, overlapping and disjoint prefixes, added and removed in random order:
 // every lookup agrees with a linear scan of the held prefixes.
+template <size_t KeyBytes = 16>
 void AgreesWithALinearScan(int bits, uint32_t seed) {
   std::mt19937 random(seed);
-  PrefixTrie<int> trie(bits);
+  PrefixTrie<int, KeyBytes> trie(bits);
   Linear reference(bits);
   std::vector<std::pair<Bytes, int>> added;
   // Few distinct leading bytes, so that prefixes nest and share paths.
@@ -156,6 +157,11 @@ void AgreesWithALinearScan(int bits, uint32_t seed) {
 
 TEST(PrefixTrie, Ipv4AgreesWithALinearScan) {
   for (uint32_t seed : {1u, 2u, 3u}) AgreesWithALinearScan(32, seed);
+}
+
+// The peer tables' IPv4 tries keep only the four bytes IPv4 needs.
+TEST(PrefixTrie, Ipv4WithFourByteKeysAgreesWithALinearScan) {
+  for (uint32_t seed : {6u, 7u, 8u}) AgreesWithALinearScan<4>(32, seed);
 }
 
 TEST(PrefixTrie, Ipv6AgreesWithALinearScan) {
