@@ -38,8 +38,8 @@ std::string Usage() {
 Provisions the tunnels of a fleet of tunnel-agent nodes from one YAML file.
 
 commands:
-  plan -f FILE [--prune]          what would change on each node (ApplyTunnels dry run)
-  apply -f FILE [--prune]         make each node's tunnels those of the file
+  plan -f FILE [--prune]          what would change on each node (a dry run)
+  apply -f FILE [--prune]         make each node's tunnels (and peers) those of the file
   status -f FILE                  per node: reachable, tunnels up/down, drift from the file
   run -f FILE --interval D [--prune] [--metrics_listen ADDR]
                                   apply every D (and when the file changes); serve /metrics
@@ -47,7 +47,7 @@ commands:
   version                         the version (also --version)
 
 flags:
-  --prune                 also delete the owner's tunnels the file no longer has
+  --prune                 also delete the owner's tunnels (peers) the file no longer has
   --interval D            run: time between passes, e.g. 30s, 1m (default 30s)
   --metrics_listen ADDR   run: serve Prometheus /metrics here (default 127.0.0.1:9477;
                           empty: off)

@@ -56,6 +56,27 @@ int TotalDesired(const FleetPlan& plan) {
   return n;
 }
 
+// "12 nodes, 66 links" or "12 nodes, multipoint tnl0 with 132 peers".
+std::string FleetShape(const Fleet& fleet, const FleetPlan& plan) {
+  if (!plan.multipoint_device.empty()) {
+    return absl::StrCat(fleet.nodes.size(), " nodes, multipoint ", plan.multipoint_device, " with ",
+                        TotalPeers(plan), " peers");
+  }
+  return absl::StrCat(fleet.nodes.size(), " nodes, ", plan.links.size(), " links");
+}
+
+bool AnyMultipoint(const std::vector<NodeReport>& reports) {
+  for (const NodeReport& r : reports) {
+    if (!r.multipoint_device.empty()) return true;
+  }
+  return false;
+}
+
+// The peer as tunnelctl's watch names it: "tnl0/node3".
+std::string PeerPath(const NodeReport& r, const std::string& peer) {
+  return absl::StrCat(r.multipoint_device, "/", peer);
+}
+
 std::vector<std::string> NodeNames(const Fleet& fleet) {
   std::vector<std::string> names;
   for (const Node& n : fleet.nodes) names.push_back(n.name);
@@ -68,6 +89,28 @@ std::string ReadWhole(const std::string& path) {
   std::ostringstream content;
   content << file.rdbuf();
   return content.str();
+}
+
+// A node's line: "2 unchanged; 2/2 up", with its peers for a multipoint fleet
+// ("1 unchanged; peers: 1 created, 10 unchanged; 1/1 up, 11/11 peers up"); plan: the changes.
+std::string NodeLine(Operation operation, const NodeReport& r) {
+  std::string line = SummarizeChanges(r.changes);
+  const bool multipoint = !r.multipoint_device.empty();
+  if (multipoint) {
+    absl::StrAppend(&line, "; peers: ", SummarizePeerChanges(r.peer_changes, r.peers_unchanged));
+  }
+  if (operation == Operation::kPlan) return line;
+  absl::StrAppend(&line, "; ", r.up, "/", r.actual, " up");
+  if (multipoint) absl::StrAppend(&line, ", ", r.peers_up, "/", r.peers_actual, " peers up");
+  return line;
+}
+
+// "  UPDATE   tc-node2 (mtu)"
+std::string ChangeLine(v1::TunnelChange::Action action, const std::string& name,
+                       const google::protobuf::RepeatedPtrField<std::string>& fields) {
+  std::string line = absl::StrCat("  ", absl::StrFormat("%-9s", ActionName(action)), name);
+  if (!fields.empty()) absl::StrAppend(&line, " (", absl::StrJoin(fields, ","), ")");
+  return absl::StrCat(line, "\n");
 }
 
 struct Loaded {
@@ -171,10 +214,10 @@ class Runner {
     std::string content = ReadWhole(options_.file);
     absl::StatusOr<std::vector<AgentHandle>> agents = connections_.For(loaded.fleet);
     if (!agents.ok()) return UsageFailure(agents.status());
-    metrics.SetNodes(NodeNames(loaded.fleet), TotalDesired(loaded.plan));
-    err_ << "tunnel-controller: " << options_.file << ": " << loaded.fleet.nodes.size()
-         << " nodes, " << loaded.plan.links.size() << " links; every "
-         << absl::FormatDuration(options_.interval) << "\n"
+    metrics.SetNodes(NodeNames(loaded.fleet), TotalDesired(loaded.plan),
+                     static_cast<int>(TotalPeers(loaded.plan)));
+    err_ << "tunnel-controller: " << options_.file << ": " << FleetShape(loaded.fleet, loaded.plan)
+         << "; every " << absl::FormatDuration(options_.interval) << "\n"
          << std::flush;
 
     bool converged = false;
@@ -209,10 +252,10 @@ class Runner {
         }
         loaded = *std::move(reloaded);
         agents = std::move(new_agents);
-        metrics.SetNodes(NodeNames(loaded.fleet), TotalDesired(loaded.plan));
+        metrics.SetNodes(NodeNames(loaded.fleet), TotalDesired(loaded.plan),
+                         static_cast<int>(TotalPeers(loaded.plan)));
         err_ << Now() << " tunnel-controller: " << options_.file
-             << " changed: " << loaded.fleet.nodes.size() << " nodes, " << loaded.plan.links.size()
-             << " links\n"
+             << " changed: " << FleetShape(loaded.fleet, loaded.plan) << "\n"
              << std::flush;
         break;
       }
@@ -226,28 +269,34 @@ class Runner {
     int converged = 0;
     int up = 0;
     int actual = 0;
+    int peers_up = 0;
+    int peers_actual = 0;
     std::string lines;
     for (const NodeReport& r : reports) {
       const bool ok = r.ok && r.converged;
       converged += ok;
       up += r.up;
       actual += std::max(r.actual, 0);
-      bool changed = false;
+      peers_up += r.peers_up;
+      peers_actual += std::max(r.peers_actual, 0);
+      bool changed = !r.peer_changes.empty();
       for (const auto& c : r.changes)
         changed = changed || c.action() != v1::TunnelChange::UNCHANGED;
       if (!r.ok) {
         absl::StrAppend(&lines, "  ", r.node, ": FAILED: ", r.error, "\n");
-      } else if (changed || !r.converged || !r.not_up.empty()) {
-        absl::StrAppend(&lines, "  ", r.node, ": ", SummarizeChanges(r.changes), "; ", r.up, "/",
-                        r.actual, " up");
+      } else if (changed || !r.converged || !r.not_up.empty() || !r.peers_not_up.empty()) {
+        absl::StrAppend(&lines, "  ", r.node, ": ", NodeLine(Operation::kApply, r));
         if (!r.extra.empty())
           absl::StrAppend(&lines, "; not in the file: ", absl::StrJoin(r.extra, " "));
+        if (!r.extra_peers.empty())
+          absl::StrAppend(&lines, "; peers not in the file: ", absl::StrJoin(r.extra_peers, " "));
         absl::StrAppend(&lines, "\n");
       }
     }
     out_ << Now() << " pass " << pass << ": " << converged << "/" << reports.size()
-         << " nodes converged, " << up << "/" << actual << " tunnels up, "
-         << absl::StrFormat("%.2f s", absl::ToDoubleSeconds(elapsed)) << "\n"
+         << " nodes converged, " << up << "/" << actual << " tunnels up, ";
+    if (AnyMultipoint(reports)) out_ << peers_up << "/" << peers_actual << " peers up, ";
+    out_ << absl::StrFormat("%.2f s", absl::ToDoubleSeconds(elapsed)) << "\n"
          << lines << std::flush;
   }
 
@@ -301,9 +350,12 @@ std::string FormatChanges(Operation operation, const std::vector<NodeReport>& re
                           absl::Duration elapsed) {
   std::string out;
   int changes = 0;
+  int peer_changes = 0;
   int converged = 0;
   int up = 0;
   int actual = 0;
+  int peers_up = 0;
+  int peers_actual = 0;
   for (const NodeReport& r : reports) {
     if (!r.ok) {
       absl::StrAppend(&out, r.node, ": FAILED: ", r.error, "\n");
@@ -312,35 +364,47 @@ std::string FormatChanges(Operation operation, const std::vector<NodeReport>& re
     converged += r.converged;
     up += r.up;
     actual += std::max(r.actual, 0);
-    if (operation == Operation::kPlan) {
-      absl::StrAppend(&out, r.node, ": ", SummarizeChanges(r.changes), "\n");
-    } else {
-      absl::StrAppend(&out, r.node, ": ", SummarizeChanges(r.changes), "; ", r.up, "/", r.actual,
-                      " up\n");
-    }
+    peers_up += r.peers_up;
+    peers_actual += std::max(r.peers_actual, 0);
+    absl::StrAppend(&out, r.node, ": ", NodeLine(operation, r), "\n");
     for (const v1::TunnelChange& c : r.changes) {
       if (c.action() == v1::TunnelChange::UNCHANGED) continue;
       ++changes;
-      absl::StrAppend(&out, "  ", absl::StrFormat("%-9s", ActionName(c.action())), c.name());
-      if (!c.changed_fields().empty()) {
-        absl::StrAppend(&out, " (", absl::StrJoin(c.changed_fields(), ","), ")");
-      }
-      absl::StrAppend(&out, "\n");
+      absl::StrAppend(&out, ChangeLine(c.action(), c.name(), c.changed_fields()));
+    }
+    for (const v1::PeerChange& c : r.peer_changes) {
+      ++peer_changes;
+      absl::StrAppend(&out, ChangeLine(c.action(), PeerPath(r, c.name()), c.changed_fields()));
     }
     if (!r.extra.empty()) {
       absl::StrAppend(
           &out, "  not in the file (kept; --prune deletes): ", absl::StrJoin(r.extra, " "), "\n");
     }
+    if (!r.extra_peers.empty()) {
+      absl::StrAppend(&out, "  peers not in the file (kept; --prune deletes): ",
+                      absl::StrJoin(r.extra_peers, " "), "\n");
+    }
     for (const std::string& n : r.not_up) absl::StrAppend(&out, "  not up: ", n, "\n");
+    for (const std::string& n : r.peers_not_up) {
+      absl::StrAppend(&out, "  peer not up: ", PeerPath(r, n), "\n");
+    }
   }
   const std::vector<std::string> failed = FailedNodes(reports);
   const size_t total = reports.size();
+  const bool multipoint = AnyMultipoint(reports);
   if (operation == Operation::kPlan) {
-    absl::StrAppend(&out, "plan: ", changes, " changes on ", total - failed.size(), "/", total,
-                    " nodes");
+    if (multipoint) {
+      absl::StrAppend(&out, "plan: ", changes, " tunnel and ", peer_changes, " peer changes on ",
+                      total - failed.size(), "/", total, " nodes");
+    } else {
+      absl::StrAppend(&out, "plan: ", changes, " changes on ", total - failed.size(), "/", total,
+                      " nodes");
+    }
   } else {
     absl::StrAppend(&out, "apply: ", converged, "/", total, " nodes converged, ", up, "/", actual,
-                    " tunnels up, ", absl::StrFormat("%.2f s", absl::ToDoubleSeconds(elapsed)));
+                    " tunnels up, ");
+    if (multipoint) absl::StrAppend(&out, peers_up, "/", peers_actual, " peers up, ");
+    absl::StrAppend(&out, absl::StrFormat("%.2f s", absl::ToDoubleSeconds(elapsed)));
   }
   if (!failed.empty()) absl::StrAppend(&out, "; failed: ", absl::StrJoin(failed, " "));
   absl::StrAppend(&out, "\n");
@@ -348,34 +412,59 @@ std::string FormatChanges(Operation operation, const std::vector<NodeReport>& re
 }
 
 std::string FormatStatus(const std::vector<NodeReport>& reports) {
+  // Multipoint fleets add the peers: desired, on the agent, and UP.
+  const bool multipoint = AnyMultipoint(reports);
   std::vector<std::vector<std::string>> rows = {
       {"NODE", "REACHABLE", "DESIRED", "ACTUAL", "UP", "DOWN", "DRIFT"}};
+  if (multipoint) {
+    for (const char* h : {"PEERS", "PEERS_ACTUAL", "PEERS_UP"}) rows[0].push_back(h);
+  }
   std::string details;
   std::vector<std::string> off;
   for (const NodeReport& r : reports) {
     if (!r.ok) {
       rows.push_back(
           {r.node, r.reachable ? "yes" : "no", absl::StrCat(r.desired), "-", "-", "-", "-"});
+      if (multipoint) {
+        for (const char* v : {"-", "-", "-"}) rows.back().push_back(v);
+        rows.back()[7] = absl::StrCat(r.peers_desired);
+      }
       absl::StrAppend(&details, r.node, ": ", r.error, "\n");
       off.push_back(r.node);
       continue;
     }
     std::vector<std::string> drift;
+    auto add_drift = [&](v1::TunnelChange::Action action, const std::string& name,
+                         const google::protobuf::RepeatedPtrField<std::string>& fields) {
+      std::string d = absl::StrCat(ActionName(action), " ", name);
+      if (!fields.empty()) absl::StrAppend(&d, " (", absl::StrJoin(fields, ","), ")");
+      drift.push_back(std::move(d));
+    };
     for (const v1::TunnelChange& c : r.changes) {
       if (c.action() == v1::TunnelChange::UNCHANGED) continue;
-      std::string d = absl::StrCat(ActionName(c.action()), " ", c.name());
-      if (!c.changed_fields().empty())
-        absl::StrAppend(&d, " (", absl::StrJoin(c.changed_fields(), ","), ")");
-      drift.push_back(std::move(d));
+      add_drift(c.action(), c.name(), c.changed_fields());
+    }
+    for (const v1::PeerChange& c : r.peer_changes) {
+      add_drift(c.action(), PeerPath(r, c.name()), c.changed_fields());
     }
     rows.push_back({r.node, "yes", absl::StrCat(r.desired), absl::StrCat(r.actual),
                     absl::StrCat(r.up), absl::StrCat(r.actual - r.up), absl::StrCat(drift.size())});
+    if (multipoint) {
+      rows.back().push_back(absl::StrCat(r.peers_desired));
+      rows.back().push_back(r.peers_actual < 0 ? "-" : absl::StrCat(r.peers_actual));
+      rows.back().push_back(absl::StrCat(r.peers_up));
+    }
     if (!drift.empty()) {
       absl::StrAppend(&details, r.node,
                       ": drift (what apply --prune would do): ", absl::StrJoin(drift, ", "), "\n");
     }
     if (!r.not_up.empty()) {
       absl::StrAppend(&details, r.node, ": not up: ", absl::StrJoin(r.not_up, ", "), "\n");
+    }
+    if (!r.peers_not_up.empty()) {
+      std::vector<std::string> paths;
+      for (const std::string& n : r.peers_not_up) paths.push_back(PeerPath(r, n));
+      absl::StrAppend(&details, r.node, ": peers not up: ", absl::StrJoin(paths, ", "), "\n");
     }
     if (!r.converged) off.push_back(r.node);
   }

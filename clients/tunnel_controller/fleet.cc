@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -67,6 +68,7 @@ class Parser {
     if (absl::Status s = ParseDefaults(root["defaults"], root); !s.ok()) return s;
     if (absl::Status s = ParseNodes(root["nodes"], root); !s.ok()) return s;
     if (absl::Status s = ParseTopology(root["topology"], root); !s.ok()) return s;
+    if (absl::Status s = CheckMultipoint(root); !s.ok()) return s;
     return std::move(fleet_);
   }
 
@@ -263,9 +265,9 @@ class Parser {
   absl::Status ParseDefaults(const YAML::Node& n, const YAML::Node& root) {
     if (!n) return Error(root, "defaults", "required (at least innerPool)");
     if (!n.IsMap()) return Error(n, "defaults", "must be a mapping");
-    if (absl::Status s = OnlyKeys(
-            n, "defaults",
-            {"mode", "key", "innerPool", "mtu", "checksum", "keepalive", "tls", "tokenFile"});
+    if (absl::Status s = OnlyKeys(n, "defaults",
+                                  {"mode", "key", "innerPool", "mtu", "checksum", "keepalive",
+                                   "tls", "tokenFile", "multipoint"});
         !s.ok()) {
       return s;
     }
@@ -307,6 +309,179 @@ class Parser {
       if (!path.ok()) return path.status();
       default_token_file_ = ResolvePath(*path);
     }
+    if (const YAML::Node m = n["multipoint"]; m) {
+      if (absl::Status s = ParseMultipoint(m, "defaults.multipoint"); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  // multipoint: true | false | {device: NAME}; replaces whatever was set before.
+  absl::Status ParseMultipoint(const YAML::Node& n, const std::string& field) {
+    MultipointSetting setting;
+    setting.position = PositionOf(n);
+    setting.field = field;
+    if (n.IsScalar()) {
+      absl::StatusOr<bool> on = Bool(n, field);
+      if (!on.ok()) return Error(n, field, "must be true, false or a mapping {device: NAME}");
+      setting.enabled = *on;
+    } else if (n.IsMap()) {
+      if (absl::Status s = OnlyKeys(n, field, {"device"}); !s.ok()) return s;
+      setting.enabled = true;
+      if (const YAML::Node d = n["device"]; d) {
+        absl::StatusOr<std::string> device = NonEmptyString(d, Join(field, "device"));
+        if (!device.ok()) return device.status();
+        if (absl::Status s = CheckDeviceName(*device); !s.ok()) {
+          return Error(d, Join(field, "device"), s.message());
+        }
+        setting.device = *device;
+      }
+    } else {
+      return Error(n, field, "must be true, false or a mapping {device: NAME}");
+    }
+    fleet_.multipoint = std::move(setting);
+    multipoint_at_ = n;
+    return absl::OkStatus();
+  }
+
+  // As the kernel (and the agent) take interface names.
+  static absl::Status CheckDeviceName(absl::string_view name) {
+    constexpr size_t kMaxDevice = 15;
+    if (name.size() > kMaxDevice) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(Quote(name), " is longer than ", kMaxDevice, " characters"));
+    }
+    if (name == "." || name == "..") {
+      return absl::InvalidArgumentError(absl::StrCat(Quote(name), " is not a device name"));
+    }
+    for (char c : name) {
+      if (c == '/' || c == ':' || absl::ascii_isspace(c) || !absl::ascii_isprint(c)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(Quote(name), " may not hold '/', ':' or white space"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // A node's `prefixes`: CIDRs without host bits, outside the inner pool (whose addresses the
+  // multipoint devices take), each advertised by one node only.
+  absl::Status ParsePrefixes(const YAML::Node& n, const std::string& field, Node* node) {
+    if (!n.IsSequence()) return Error(n, field, "must be a list of prefixes like [10.244.1.0/24]");
+    for (size_t i = 0; i < n.size(); ++i) {
+      const std::string f = absl::StrCat(field, "[", i, "]");
+      absl::StatusOr<std::string> text = NonEmptyString(n[i], f);
+      if (!text.ok()) return text.status();
+      absl::StatusOr<ParsedPrefix> prefix = ParsePrefix(*text);
+      if (!prefix.ok()) return Error(n[i], f, prefix.status().message());
+      if (!prefix->v6 && Overlaps(*prefix, fleet_.inner_pool)) {
+        return Error(n[i], f,
+                     absl::StrCat(prefix->text, " overlaps defaults.innerPool ",
+                                  fleet_.inner_pool.text, " (the overlay's own addresses)"));
+      }
+      if (auto it = advertised_.find(prefix->text); it != advertised_.end()) {
+        return Error(n[i], f, absl::StrCat(prefix->text, " is already in ", it->second));
+      }
+      advertised_[prefix->text] = f;
+      prefix_at_.push_back({n[i], f, prefix->v6});
+      node->prefixes.push_back(prefix->text);
+    }
+    return absl::OkStatus();
+  }
+
+  struct ParsedPrefix {
+    bool v6 = false;
+    uint32_t v4 = 0;  // host byte order
+    int length = 0;
+    std::string text;  // canonical
+  };
+
+  static absl::StatusOr<ParsedPrefix> ParsePrefix(const std::string& text) {
+    std::vector<std::string> parts = absl::StrSplit(text, '/');
+    ParsedPrefix p;
+    in_addr a4{};
+    in6_addr a6{};
+    if (parts.size() == 2 && inet_pton(AF_INET, parts[0].c_str(), &a4) == 1) {
+      p.v6 = false;
+    } else if (parts.size() == 2 && inet_pton(AF_INET6, parts[0].c_str(), &a6) == 1) {
+      p.v6 = true;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(Quote(text), " is not a prefix like 10.244.1.0/24 or fd00:1::/64"));
+    }
+    const int max = p.v6 ? 128 : 32;
+    if (!absl::SimpleAtoi(parts[1], &p.length) || p.length < 0 || p.length > max) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(Quote(text), ": the prefix length must be 0..", max));
+    }
+    char out[INET6_ADDRSTRLEN];
+    if (!p.v6) {
+      p.v4 = ntohl(a4.s_addr);
+      const uint32_t mask = p.length == 0 ? 0 : ~uint32_t{0} << (32 - p.length);
+      if ((p.v4 & ~mask) != 0) {
+        in_addr net{};
+        net.s_addr = htonl(p.v4 & mask);
+        inet_ntop(AF_INET, &net, out, sizeof(out));
+        return absl::InvalidArgumentError(absl::StrCat(Quote(text), " has host bits set (", out,
+                                                       "/", p.length, " is the prefix)"));
+      }
+      inet_ntop(AF_INET, &a4, out, sizeof(out));
+    } else {
+      in6_addr net = a6;
+      for (int i = 0; i < 16; ++i) {
+        const int keep = std::clamp(p.length - 8 * i, 0, 8);
+        net.s6_addr[i] &= static_cast<uint8_t>(0xff00 >> keep);
+      }
+      if (std::memcmp(&net, &a6, sizeof(net)) != 0) {
+        inet_ntop(AF_INET6, &net, out, sizeof(out));
+        return absl::InvalidArgumentError(absl::StrCat(Quote(text), " has host bits set (", out,
+                                                       "/", p.length, " is the prefix)"));
+      }
+      inet_ntop(AF_INET6, &a6, out, sizeof(out));
+    }
+    p.text = absl::StrCat(out, "/", p.length);
+    return p;
+  }
+
+  // Whether one of the two contains the other (prefixes either nest or are disjoint).
+  static bool Overlaps(const ParsedPrefix& p, const InnerPool& pool) {
+    const int shorter = std::min(p.length, pool.length);
+    const uint32_t mask = shorter == 0 ? 0 : ~uint32_t{0} << (32 - shorter);
+    return (p.v4 & mask) == (pool.network & mask);
+  }
+
+  // What holds only with multipoint, or only without it.
+  absl::Status CheckMultipoint(const YAML::Node& root) {
+    const MultipointSetting& m = fleet_.multipoint;
+    if (!m.enabled) {
+      if (!prefix_at_.empty()) {
+        const PrefixAt& p = prefix_at_.front();
+        return Error(p.at, p.field,
+                     "prefixes are routed into a multipoint device: only for a multipoint "
+                     "fleet (multipoint: true in defaults or topology)");
+      }
+      return absl::OkStatus();
+    }
+    if (fleet_.topology == TopologyType::kLinks) {
+      return Error(multipoint_at_, m.field,
+                   "links are point to point: multipoint is for mesh and hub-spoke");
+    }
+    if (!fleet_.overrides.empty()) {
+      return Error(root["topology"]["overrides"], "topology.overrides",
+                   absl::StrCat("a multipoint device has the same settings for all its peers: "
+                                "give them in defaults (",
+                                m.field, " is on)"));
+    }
+    const v1::TunnelMode mode = *fleet_.defaults.mode;
+    if (!ModeCanBeMultipoint(mode)) {
+      return Error(
+          multipoint_at_, m.field,
+          absl::StrCat(ModeName(mode),
+                       " tunnels cannot be multipoint (gre, ipip, ip6gre and ip6tnl can)"));
+    }
+    if (mode == v1::TUNNEL_MODE_IPIP) {
+      for (const PrefixAt& p : prefix_at_) {
+        if (p.v6) return Error(p.at, p.field, "IPv6, which ipip tunnels do not carry");
+      }
+    }
     return absl::OkStatus();
   }
 
@@ -319,7 +494,8 @@ class Parser {
       const YAML::Node item = n[i];
       const std::string field = absl::StrCat("nodes[", i, "]");
       if (!item.IsMap()) return Error(item, field, "must be a mapping {name, agent, underlay}");
-      if (absl::Status s = OnlyKeys(item, field, {"name", "agent", "underlay", "tls", "tokenFile"});
+      if (absl::Status s =
+              OnlyKeys(item, field, {"name", "agent", "underlay", "tls", "tokenFile", "prefixes"});
           !s.ok()) {
         return s;
       }
@@ -376,6 +552,9 @@ class Parser {
         absl::StatusOr<std::string> path = NonEmptyString(t, Join(field, "tokenFile"));
         if (!path.ok()) return path.status();
         node.token_file = ResolvePath(*path);
+      }
+      if (const YAML::Node p = item["prefixes"]; p) {
+        if (absl::Status s = ParsePrefixes(p, Join(field, "prefixes"), &node); !s.ok()) return s;
       }
       fleet_.nodes.push_back(std::move(node));
     }
@@ -493,8 +672,13 @@ class Parser {
   absl::Status ParseTopology(const YAML::Node& n, const YAML::Node& root) {
     if (!n) return Error(root, "topology", "required ({type: mesh | hub-spoke | links})");
     if (!n.IsMap()) return Error(n, "topology", "must be a mapping {type: ...}");
-    if (absl::Status s = OnlyKeys(n, "topology", {"type", "hub", "links", "overrides"}); !s.ok()) {
+    if (absl::Status s =
+            OnlyKeys(n, "topology", {"type", "hub", "links", "overrides", "multipoint"});
+        !s.ok()) {
       return s;
+    }
+    if (const YAML::Node m = n["multipoint"]; m) {
+      if (absl::Status s = ParseMultipoint(m, "topology.multipoint"); !s.ok()) return s;
     }
     const YAML::Node type = n["type"];
     if (!type) return Error(n, "topology.type", "required (mesh, hub-spoke or links)");
@@ -560,6 +744,15 @@ class Parser {
   Fleet fleet_;
   clients::TlsOptions default_tls_;
   std::string default_token_file_;
+  // Where things were written, for the checks made once the whole file is read.
+  YAML::Node multipoint_at_;
+  struct PrefixAt {
+    YAML::Node at;
+    std::string field;
+    bool v6 = false;
+  };
+  std::vector<PrefixAt> prefix_at_;
+  std::map<std::string, std::string> advertised_;  // prefix -> field
 };
 
 }  // namespace
@@ -586,6 +779,11 @@ bool ModeHasKey(v1::TunnelMode mode) {
 }
 
 bool ModeHasKeepalive(v1::TunnelMode mode) {
+  return mode == v1::TUNNEL_MODE_GRE || mode == v1::TUNNEL_MODE_IPIP ||
+         mode == v1::TUNNEL_MODE_IP6GRE || mode == v1::TUNNEL_MODE_IP6TNL;
+}
+
+bool ModeCanBeMultipoint(v1::TunnelMode mode) {
   return mode == v1::TUNNEL_MODE_GRE || mode == v1::TUNNEL_MODE_IPIP ||
          mode == v1::TUNNEL_MODE_IP6GRE || mode == v1::TUNNEL_MODE_IP6TNL;
 }

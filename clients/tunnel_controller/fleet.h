@@ -11,15 +11,23 @@
 //     keepalive: {interval: 10s, retries: 3}   # optional
 //     tls: {ca: ca.pem, cert: c.pem, key: c.key, serverName: agent}   # or tls: true
 //     tokenFile: token
+//     multipoint: true           # optional: one device per node, see below
 //   nodes:
 //     - name: node1
 //       agent: unix:/run/tunnel-agent/node1.sock   # or host:port
 //       underlay: 198.18.1.1
 //       tls: ...  tokenFile: ...                   # per node, field by field over defaults
+//       prefixes: [10.244.1.0/24]                  # multipoint: routed to this node
 //   topology:
 //     type: mesh        # mesh | hub-spoke (hub: NAME) | links (links: [[a, b], {nodes: [a, b],
 //     mode: ipip, ...}]) overrides:        # mesh and hub-spoke: settings of some links
 //       - {nodes: [a, b], mtu: 1400}
+//     multipoint: {device: mesh0}   # optional, replaces the defaults' for this topology
+//
+// `multipoint: true | false | {device: NAME}` (default device tnl0), for mesh and hub-spoke:
+// instead of a tunnel per link, each node gets one multipoint device whose peers are the
+// nodes it would have had links to; `prefixes` of a node are routed to it from every other
+// node. Links stay point to point, and so do fleets without `multipoint`.
 //
 // Relative file names (tls, tokenFile) are relative to the fleet file's directory.
 #ifndef TUNNELAGENT_CLIENTS_TUNNEL_CONTROLLER_FLEET_H_
@@ -79,7 +87,21 @@ struct Node {
   bool underlay_v6 = false;
   clients::TlsOptions tls;
   std::string token_file;
+  // Inner prefixes behind this node (its pod CIDR...), in the canonical form ("10.244.1.0/24",
+  // "fd00:1::/64"): multipoint fleets route them to it. Host bits zero, none overlapping the
+  // inner pool, none advertised by two nodes.
+  std::vector<std::string> prefixes;
   Position position;
+};
+
+inline constexpr char kDefaultMultipointDevice[] = "tnl0";
+
+// One multipoint device per node instead of one tunnel per link.
+struct MultipointSetting {
+  bool enabled = false;
+  std::string device = kDefaultMultipointDevice;
+  Position position;  // where it was turned on, for errors found later
+  std::string field;  // "defaults.multipoint" or "topology.multipoint"
 };
 
 enum class TopologyType { kMesh, kHubSpoke, kLinks };
@@ -108,7 +130,10 @@ struct Fleet {
   TopologyType topology = TopologyType::kMesh;
   std::string hub;                  // kHubSpoke
   std::vector<LinkSpec> links;      // kLinks
-  std::vector<LinkSpec> overrides;  // kMesh, kHubSpoke
+  std::vector<LinkSpec> overrides;  // kMesh, kHubSpoke (not multipoint)
+  // topology.multipoint when given, else defaults.multipoint. Enabled only for kMesh and
+  // kHubSpoke, with a mode that can be multipoint and no overrides.
+  MultipointSetting multipoint;
 };
 
 // Parses a fleet file's `content`; `source` names it in errors ("fleet.yaml:12:7: nodes[2].
@@ -129,6 +154,9 @@ std::string ModeName(v1::TunnelMode mode);
 bool ModeHasKey(v1::TunnelMode mode);
 bool ModeHasKeepalive(v1::TunnelMode mode);
 bool ModeUnderlayV6(v1::TunnelMode mode);
+// Whether a tunnel of the mode can be multipoint (gre, ipip, ip6gre, ip6tnl: IP inside, and
+// an IPv4 inner pool to address the devices, which sit does not carry).
+bool ModeCanBeMultipoint(v1::TunnelMode mode);
 
 // "10s", "500ms", "1m30s", or a plain number of seconds ("2.5"). Not negative.
 absl::StatusOr<absl::Duration> ParseDurationText(absl::string_view text);

@@ -27,6 +27,13 @@ ControllerMetrics::ControllerMetrics()
                                  "Tunnels of the controller's owner seen on the agents.")),
       tunnels_up_(PlainGauge(*registry_, "tunnelcontroller_tunnels_up",
                              "Tunnels of the controller's owner that are UP.")),
+      peers_desired_(PlainGauge(*registry_, "tunnelcontroller_peers_desired",
+                                "Peers of multipoint devices the fleet file asks for, over all "
+                                "nodes.")),
+      peers_actual_(PlainGauge(*registry_, "tunnelcontroller_peers_actual",
+                               "Peers of the controller's owner seen on the agents.")),
+      peers_up_(PlainGauge(*registry_, "tunnelcontroller_peers_up",
+                           "Peers of the controller's owner that are UP.")),
       converged_(PlainGauge(*registry_, "tunnelcontroller_converged",
                             "1 when every node is reachable and has exactly the file's tunnels.")),
       last_apply_(PlainGauge(*registry_, "tunnelcontroller_last_apply_timestamp_seconds",
@@ -42,7 +49,8 @@ ControllerMetrics::ControllerMetrics()
                     .Add({}, prometheus::Histogram::BucketBoundaries{
                                  0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120})) {}
 
-void ControllerMetrics::SetNodes(const std::vector<std::string>& nodes, int tunnels_desired) {
+void ControllerMetrics::SetNodes(const std::vector<std::string>& nodes, int tunnels_desired,
+                                 int peers_desired) {
   absl::MutexLock lock(&mu_);
   std::set<std::string> wanted(nodes.begin(), nodes.end());
   for (auto it = per_node_.begin(); it != per_node_.end();) {
@@ -60,6 +68,7 @@ void ControllerMetrics::SetNodes(const std::vector<std::string>& nodes, int tunn
   }
   nodes_.Set(static_cast<double>(nodes.size()));
   tunnels_desired_.Set(tunnels_desired);
+  peers_desired_.Set(peers_desired);
 }
 
 void ControllerMetrics::RecordPass(const std::vector<NodeReport>& reports, absl::Duration duration,
@@ -68,11 +77,15 @@ void ControllerMetrics::RecordPass(const std::vector<NodeReport>& reports, absl:
   int reachable = 0;
   int actual = 0;
   int up = 0;
+  int peers_actual = 0;
+  int peers_up = 0;
   bool converged = true;
   for (const NodeReport& r : reports) {
     reachable += r.reachable;
     if (r.actual > 0) actual += r.actual;
     up += r.up;
+    if (r.peers_actual > 0) peers_actual += r.peers_actual;
+    peers_up += r.peers_up;
     converged = converged && r.reachable && r.ok && r.converged;
     auto it = per_node_.find(r.node);
     if (it == per_node_.end()) continue;
@@ -82,6 +95,8 @@ void ControllerMetrics::RecordPass(const std::vector<NodeReport>& reports, absl:
   nodes_reachable_.Set(reachable);
   tunnels_actual_.Set(actual);
   tunnels_up_.Set(up);
+  peers_actual_.Set(peers_actual);
+  peers_up_.Set(peers_up);
   converged_.Set(converged ? 1 : 0);
   last_apply_.Set(absl::ToDoubleSeconds(end - absl::UnixEpoch()));
   duration_.Observe(absl::ToDoubleSeconds(duration));

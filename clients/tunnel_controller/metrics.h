@@ -7,8 +7,13 @@
 //   tunnelcontroller_tunnels_desired               gauge    tunnels the file asks for (all nodes)
 //   tunnelcontroller_tunnels_actual                gauge    the owner's tunnels seen on the agents
 //   tunnelcontroller_tunnels_up                    gauge    of those, UP
+//   tunnelcontroller_peers_desired                 gauge    peers of multipoint devices the file
+//                                                           asks for (all nodes; 0: point to point)
+//   tunnelcontroller_peers_actual                  gauge    the owner's peers seen on the agents
+//   tunnelcontroller_peers_up                      gauge    of those, UP
 //   tunnelcontroller_converged                     gauge    1 when every node is reachable and
-//                                                           has exactly the file's tunnels
+//                                                           has exactly the file's tunnels (and
+//                                                           peers)
 //   tunnelcontroller_last_apply_timestamp_seconds  gauge    end of the last reconcile pass
 //   tunnelcontroller_apply_errors_total{node}      counter  passes in which the node failed
 //   tunnelcontroller_reconcile_duration_seconds    histogram  duration of each pass
@@ -40,7 +45,7 @@ class ControllerMetrics {
 
   // The nodes of the file (re-read): per-node series exist for these, at 0 until known;
   // series of nodes that left the file are removed.
-  void SetNodes(const std::vector<std::string>& nodes, int tunnels_desired)
+  void SetNodes(const std::vector<std::string>& nodes, int tunnels_desired, int peers_desired = 0)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // The outcome of one reconcile pass (kApply) over every node of the file, ended at `end`.
@@ -55,6 +60,9 @@ class ControllerMetrics {
   prometheus::Gauge& tunnels_desired_;
   prometheus::Gauge& tunnels_actual_;
   prometheus::Gauge& tunnels_up_;
+  prometheus::Gauge& peers_desired_;
+  prometheus::Gauge& peers_actual_;
+  prometheus::Gauge& peers_up_;
   prometheus::Gauge& converged_;
   prometheus::Gauge& last_apply_;
   prometheus::Family<prometheus::Counter>& apply_errors_;

@@ -110,6 +110,13 @@ std::string DeviceName(const std::string& peer, absl::flat_hash_set<std::string>
   return name;
 }
 
+void SetKeepalive(const KeepaliveSetting& keepalive, v1::Keepalive* k) {
+  const int64_t nanos = absl::ToInt64Nanoseconds(keepalive.interval);
+  k->mutable_interval()->set_seconds(nanos / 1'000'000'000);
+  k->mutable_interval()->set_nanos(static_cast<int32_t>(nanos % 1'000'000'000));
+  k->set_retries(keepalive.retries);
+}
+
 v1::Tunnel MakeTunnel(const Link& link, const std::string& name, const std::string& local,
                       const std::string& remote, const std::string& address,
                       const std::string& peer) {
@@ -124,16 +131,124 @@ v1::Tunnel MakeTunnel(const Link& link, const std::string& name, const std::stri
   (*t.mutable_labels())[kPeerLabel] = peer;
   t.set_checksum(link.checksum);
   if (link.keepalive.interval != absl::ZeroDuration()) {
-    v1::Keepalive* k = t.mutable_keepalive();
-    const int64_t nanos = absl::ToInt64Nanoseconds(link.keepalive.interval);
-    k->mutable_interval()->set_seconds(nanos / 1'000'000'000);
-    k->mutable_interval()->set_nanos(static_cast<int32_t>(nanos % 1'000'000'000));
-    k->set_retries(link.keepalive.retries);
+    SetKeepalive(link.keepalive, t.mutable_keepalive());
   }
   return t;
 }
 
+// See plan.h, "Multipoint fleets".
+absl::StatusOr<FleetPlan> PlanMultipoint(const Fleet& fleet) {
+  const v1::TunnelMode mode = *fleet.defaults.mode;
+  const std::string& device = fleet.multipoint.device;
+  for (size_t i = 0; i < fleet.nodes.size(); ++i) {
+    const Node& n = fleet.nodes[i];
+    if (n.underlay_v6 != ModeUnderlayV6(mode)) {
+      std::string where = fleet.source;
+      if (n.position.line > 0) {
+        absl::StrAppend(&where, ":", n.position.line, ":", n.position.column);
+      }
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": nodes[", i, "] (", n.name, "): ", ModeName(mode), " needs an ",
+          ModeUnderlayV6(mode) ? "IPv6" : "IPv4", " underlay; ", n.name, "'s is ", n.underlay));
+    }
+  }
+
+  // One address per node: the pool's host addresses, not its network and broadcast ones.
+  const InnerPool& pool = fleet.inner_pool;
+  const uint64_t size = uint64_t{1} << (32 - pool.length);
+  const uint64_t first = size > 2 ? 1 : 0;
+  const uint64_t hosts = size > 2 ? size - 2 : size;
+  if (fleet.nodes.size() > hosts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(fleet.source, ": defaults.innerPool: ", pool.text, " has room for ", hosts,
+                     " nodes (an address each); the file has ", fleet.nodes.size()));
+  }
+  std::map<std::string, std::string> address;  // node -> "a.b.c.d/32"
+  absl::flat_hash_set<uint64_t> used;
+  for (const Node& n : fleet.nodes) {  // the file's order is the priority
+    uint64_t slot = StableHash(absl::StrCat("address\n", n.name)) % hosts;
+    while (!used.insert(slot).second) slot = (slot + 1) % hosts;
+    address[n.name] =
+        absl::StrCat(Ipv4Text(pool.network + static_cast<uint32_t>(first + slot)), "/32");
+  }
+
+  std::optional<uint32_t> key;
+  if (ModeHasKey(mode)) {
+    const KeySetting setting = *fleet.defaults.key;
+    if (setting.policy == KeyPolicy::kFixed) {
+      key = setting.value;
+    } else if (setting.policy == KeyPolicy::kAuto) {
+      for (int salt = 0; !key.has_value() || *key == 0; ++salt) {
+        key =
+            static_cast<uint32_t>(StableHash(absl::StrCat("multipoint key\n", device, "\n", salt)));
+      }
+    }
+  }
+  const bool checksum = ModeHasKey(mode) && fleet.defaults.checksum.value_or(false);
+  const KeepaliveSetting keepalive = fleet.defaults.keepalive.value_or(KeepaliveSetting{});
+
+  auto make_peer = [&](const Node& n, std::vector<std::string> allowed) {
+    v1::Peer p;
+    p.set_name(n.name);
+    p.set_underlay(n.underlay);
+    for (std::string& a : allowed) p.add_allowed_prefixes(std::move(a));
+    if (keepalive.interval != absl::ZeroDuration()) SetKeepalive(keepalive, p.mutable_keepalive());
+    return p;
+  };
+  auto own_prefixes = [&](const Node& n) {
+    std::vector<std::string> allowed = {address[n.name]};
+    allowed.insert(allowed.end(), n.prefixes.begin(), n.prefixes.end());
+    return allowed;
+  };
+
+  FleetPlan plan;
+  plan.multipoint_device = device;
+  const bool hub_spoke = fleet.topology == TopologyType::kHubSpoke;
+  for (const Node& n : fleet.nodes) {
+    MultipointNode& mp = plan.multipoint[n.name];
+    mp.address = address[n.name];
+    v1::Tunnel t;
+    t.set_name(device);
+    t.set_mode(mode);
+    t.set_multipoint(true);
+    t.set_local(n.underlay);
+    if (key.has_value()) t.set_key(*key);
+    t.set_mtu(fleet.defaults.mtu.value_or(0));
+    t.set_checksum(checksum);
+    t.add_addresses(mp.address);
+    t.add_routes(pool.text);
+    for (const Node& other : fleet.nodes) {
+      if (other.name == n.name) continue;
+      for (const std::string& p : other.prefixes) t.add_routes(p);
+      const bool peered = !hub_spoke || n.name == fleet.hub || other.name == fleet.hub;
+      if (!peered) continue;
+      if (hub_spoke && n.name != fleet.hub) {
+        // A spoke reaches everything through the hub: the pool, the hub's prefixes and every
+        // other spoke's.
+        std::vector<std::string> allowed = {pool.text};
+        for (const Node& behind : fleet.nodes) {
+          if (behind.name == n.name) continue;
+          allowed.insert(allowed.end(), behind.prefixes.begin(), behind.prefixes.end());
+        }
+        mp.peers.push_back(make_peer(other, std::move(allowed)));
+      } else {
+        mp.peers.push_back(make_peer(other, own_prefixes(other)));
+      }
+    }
+    std::sort(mp.peers.begin(), mp.peers.end(),
+              [](const v1::Peer& x, const v1::Peer& y) { return x.name() < y.name(); });
+    plan.desired[n.name].push_back(std::move(t));
+  }
+  return plan;
+}
+
 }  // namespace
+
+size_t TotalPeers(const FleetPlan& plan) {
+  size_t n = 0;
+  for (const auto& [node, mp] : plan.multipoint) n += mp.peers.size();
+  return n;
+}
 
 uint64_t StableHash(absl::string_view data) {
   uint64_t h = 0xcbf29ce484222325ULL;
@@ -150,6 +265,7 @@ uint64_t StableHash(absl::string_view data) {
 }
 
 absl::StatusOr<FleetPlan> PlanFleet(const Fleet& fleet) {
+  if (fleet.multipoint.enabled) return PlanMultipoint(fleet);
   std::map<std::string, size_t> index;
   for (size_t i = 0; i < fleet.nodes.size(); ++i) index[fleet.nodes[i].name] = i;
 

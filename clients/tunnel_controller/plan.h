@@ -22,6 +22,22 @@
 //    with probability about (links / /31s in the pool): a /16 (32,768 /31s) suits a few
 //    thousand links; more links than /31s is an error.
 // Hashes are FNV-1a 64 with a splitmix64 finalizer over the names: the same on every machine.
+//
+// Multipoint fleets (Fleet::multipoint): no links. Each node gets one device (the setting's
+// name, tnl0 by default) with no remote, and a peer for each node it would have had a link to:
+//  - Addresses: each node one address of the inner pool, as a /32 on its device: address
+//    number hash(name) mod (the pool's host addresses: neither its first nor its last, unless
+//    it is a /31), linear probing past taken ones, the earlier node in `nodes` keeping its
+//    own. As for links, adding nodes at the end never moves an existing address.
+//  - The device: local = the node's underlay, routes = the pool and every other node's
+//    `prefixes` (what the kernel sends into it; the peers' allowed prefixes pick the peer).
+//    Key (GRE modes): one for the whole fleet, as every node's device must accept what any
+//    other sends: the number given, none, or (auto) a hash of the device name; peers carry
+//    no key of their own. MTU, checksum from the defaults; keepalive goes on each peer.
+//  - A peer: named as the node, underlay = the node's, allowed prefixes = its /32 and its
+//    `prefixes`. Mesh: every node has every other (N-1 peers). Hub-spoke: the hub has every
+//    spoke; a spoke has only the hub, allowing the whole pool and every other node's
+//    `prefixes`, so that spoke to spoke goes through the hub (which must forward IP).
 #ifndef TUNNELAGENT_CLIENTS_TUNNEL_CONTROLLER_PLAN_H_
 #define TUNNELAGENT_CLIENTS_TUNNEL_CONTROLLER_PLAN_H_
 
@@ -62,15 +78,28 @@ struct Link {
   std::string b_device;
 };
 
+// A node's part of a multipoint fleet.
+struct MultipointNode {
+  std::string address;          // the node's overlay address on its device, "100.64.3.7/32"
+  std::vector<v1::Peer> peers;  // sorted by name; ApplyPeers adds the owner label
+};
+
 struct FleetPlan {
-  std::vector<Link> links;  // sorted by (a, b)
+  std::vector<Link> links;  // sorted by (a, b); empty for a multipoint fleet
   // Every node of the file (even one without links), its tunnels sorted by name.
   std::map<std::string, std::vector<v1::Tunnel>> desired;
+  // Multipoint fleets: the device's name (empty: point to point), and every node's peers.
+  std::string multipoint_device;
+  std::map<std::string, MultipointNode> multipoint;
 };
+
+// Peers over all nodes.
+size_t TotalPeers(const FleetPlan& plan);
 
 // Errors (InvalidArgument, naming the file and the link's field or line): a setting the
 // link's mode cannot have (a key or checksum on a non-GRE link, keepalive on gretap...), an
-// underlay of the wrong family for the mode, a pool too small for the links.
+// underlay of the wrong family for the mode, a pool too small for the links (multipoint: for
+// the nodes).
 absl::StatusOr<FleetPlan> PlanFleet(const Fleet& fleet);
 
 // The hash used throughout (exposed for tests): FNV-1a 64, then splitmix64's finalizer.

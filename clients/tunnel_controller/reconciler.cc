@@ -50,14 +50,25 @@ const char* StateName(v1::OperState state) {
 
 class NodeWorker {
  public:
-  NodeWorker(const std::vector<v1::Tunnel>& desired, const AgentHandle& agent,
-             const ReconcileOptions& options, NodeReport* report)
-      : desired_(desired), agent_(agent), options_(options), report_(*report) {}
+  // `multipoint`: the node's peers on `device` (null: a point-to-point fleet).
+  NodeWorker(const std::vector<v1::Tunnel>& desired, const MultipointNode* multipoint,
+             const std::string& device, const AgentHandle& agent, const ReconcileOptions& options,
+             NodeReport* report)
+      : desired_(desired),
+        multipoint_(multipoint),
+        device_(device),
+        agent_(agent),
+        options_(options),
+        report_(*report) {}
 
   void Run() {
     const absl::Time start = absl::Now();
     report_.node = agent_.node;
     report_.desired = static_cast<int>(desired_.size());
+    if (multipoint_ != nullptr) {
+      report_.multipoint_device = device_;
+      report_.peers_desired = static_cast<int>(multipoint_->peers.size());
+    }
     if (!agent_.error.ok()) {
       report_.error = std::string(agent_.error.message());
       Progress(absl::StrCat("failed: ", report_.error), true);
@@ -79,21 +90,34 @@ class NodeWorker {
   }
 
   std::string Summary() const {
+    const std::string peers =
+        multipoint_ == nullptr
+            ? ""
+            : absl::StrCat("; peers: ",
+                           SummarizePeerChanges(report_.peer_changes, report_.peers_unchanged));
     switch (options_.operation) {
       case Operation::kPlan:
-        return absl::StrCat("plan: ", SummarizeChanges(report_.changes));
+        return absl::StrCat("plan: ", SummarizeChanges(report_.changes), peers);
       case Operation::kApply: {
-        std::string s = absl::StrCat("applied: ", SummarizeChanges(report_.changes), "; ",
+        std::string s = absl::StrCat("applied: ", SummarizeChanges(report_.changes), peers, "; ",
                                      report_.up, "/", report_.actual, " up");
-        if (!report_.extra.empty()) {
-          absl::StrAppend(&s, "; ", report_.extra.size(), " not in the file (--prune removes)");
+        if (multipoint_ != nullptr) {
+          absl::StrAppend(&s, ", ", report_.peers_up, "/", report_.peers_actual, " peers up");
+        }
+        if (!report_.extra.empty() || !report_.extra_peers.empty()) {
+          absl::StrAppend(&s, "; ", report_.extra.size() + report_.extra_peers.size(),
+                          " not in the file (--prune removes)");
         }
         return s;
       }
       case Operation::kStatus: {
-        int drift = 0;
+        int drift = static_cast<int>(report_.peer_changes.size());
         for (const auto& c : report_.changes) drift += c.action() != v1::TunnelChange::UNCHANGED;
-        return absl::StrCat(report_.up, "/", report_.actual, " up, drift ", drift);
+        std::string s = absl::StrCat(report_.up, "/", report_.actual, " up");
+        if (multipoint_ != nullptr) {
+          absl::StrAppend(&s, ", ", report_.peers_up, "/", report_.peers_actual, " peers up");
+        }
+        return absl::StrCat(s, ", drift ", drift);
       }
     }
     return "";
@@ -113,6 +137,7 @@ class NodeWorker {
       context.set_deadline(absl::ToChronoTime(absl::Now() + options_.policy.timeout));
       clients::AddToken(&context, agent_.token);
       const grpc::Status status = call(&context);
+      last_code_ = status.error_code();
       if (status.ok()) {
         report_.reachable = true;
         return true;
@@ -145,10 +170,7 @@ class NodeWorker {
     request.set_prune(prune);
     request.set_dry_run(dry_run);
     for (const v1::Tunnel& t : desired_) *request.add_tunnels() = t;
-    if (!dry_run) {
-      request.set_request_id(options_.new_request_id ? options_.new_request_id()
-                                                     : clients::NewRequestId());
-    }
+    if (!dry_run) request.set_request_id(NewRequestId());
     v1::ApplyTunnelsResponse response;
     Progress(dry_run ? "planning" : absl::StrCat("applying ", desired_.size(), " tunnels"), false);
     if (!CallWithRetry("ApplyTunnels", [&](grpc::ClientContext* c) {
@@ -157,6 +179,115 @@ class NodeWorker {
       return false;
     }
     report_.changes.assign(response.changes().begin(), response.changes().end());
+    return true;
+  }
+
+  std::string NewRequestId() const {
+    return options_.new_request_id ? options_.new_request_id() : clients::NewRequestId();
+  }
+
+  // Whether ApplyTunnels' answer creates the device: a dry run cannot ask the agent about the
+  // peers of a device it does not have yet, but knows they are all to create.
+  bool DeviceToCreate() const {
+    for (const v1::TunnelChange& c : report_.changes) {
+      if (c.name() == device_ && c.action() == v1::TunnelChange::CREATE) return true;
+    }
+    return false;
+  }
+
+  void AllPeersToCreate() {
+    report_.peer_changes.clear();
+    for (const v1::Peer& p : multipoint_->peers) {
+      v1::PeerChange c;
+      c.set_name(p.name());
+      c.set_action(v1::TunnelChange::CREATE);
+      report_.peer_changes.push_back(std::move(c));
+    }
+    report_.peers_unchanged = 0;
+  }
+
+  bool ApplyPeers(bool dry_run, bool prune, const std::vector<v1::Peer>& peers) {
+    v1::ApplyPeersRequest request;
+    request.set_tunnel(device_);
+    request.set_owner(options_.owner);
+    request.set_prune(prune);
+    request.set_dry_run(dry_run);
+    for (const v1::Peer& p : peers) *request.add_peers() = p;
+    if (!dry_run) request.set_request_id(NewRequestId());
+    v1::ApplyPeersResponse response;
+    Progress(dry_run ? "planning peers" : absl::StrCat("applying ", peers.size(), " peers"), false);
+    if (!CallWithRetry("ApplyPeers", [&](grpc::ClientContext* c) {
+          return agent_.stub->ApplyPeers(c, request, &response);
+        })) {
+      return false;
+    }
+    report_.peer_changes.assign(response.changes().begin(), response.changes().end());
+    report_.peers_unchanged = static_cast<int>(response.unchanged());
+    return true;
+  }
+
+  // The agent refuses to change the mode of a multipoint device that has peers (they were
+  // checked against the mode). When that is why ApplyTunnels failed, this owner's peers are
+  // taken off the device (ApplyPeers puts them back right after) and the apply tried again.
+  bool ApplyAfterClearingPeers(bool prune) {
+    if (last_code_ != grpc::StatusCode::FAILED_PRECONDITION) return false;
+    const std::string error = report_.error;
+    v1::GetTunnelRequest get;
+    get.set_name(device_);
+    v1::Tunnel current;
+    if (!CallWithRetry("GetTunnel", [&](grpc::ClientContext* c) {
+          return agent_.stub->GetTunnel(c, get, &current);
+        })) {
+      report_.error = error;
+      return false;
+    }
+    auto owner = current.labels().find("owner");
+    v1::TunnelMode wanted = current.mode();
+    for (const v1::Tunnel& t : desired_) {
+      if (t.name() == device_) wanted = t.mode();
+    }
+    if (!current.multipoint() || current.mode() == wanted || owner == current.labels().end() ||
+        owner->second != options_.owner) {
+      report_.error = error;
+      return false;
+    }
+    Progress(absl::StrCat("mode of ", device_, " changes: removing its peers first"), false);
+    return ApplyPeers(/*dry_run=*/false, /*prune=*/true, {}) && Apply(/*dry_run=*/false, prune);
+  }
+
+  // The owner's peers on the device: counts, states, and those the file lacks.
+  bool ObservePeers() {
+    v1::ListPeersRequest request;
+    request.set_tunnel(device_);
+    request.set_page_size(1000);
+    std::set<std::string> wanted;
+    for (const v1::Peer& p : multipoint_->peers) wanted.insert(p.name());
+    report_.peers_actual = 0;
+    Progress("listing peers", false);
+    while (true) {
+      v1::ListPeersResponse page;
+      if (!CallWithRetry("ListPeers", [&](grpc::ClientContext* c) {
+            return agent_.stub->ListPeers(c, request, &page);
+          })) {
+        report_.peers_actual = -1;
+        return false;
+      }
+      for (const v1::Peer& p : page.peers()) {
+        auto owner = p.labels().find("owner");
+        if (owner == p.labels().end() || owner->second != options_.owner) continue;
+        ++report_.peers_actual;
+        if (p.status().state() == v1::OPER_STATE_UP) {
+          ++report_.peers_up;
+        } else {
+          std::string line = absl::StrCat(p.name(), " ", StateName(p.status().state()));
+          if (!p.status().reason().empty()) absl::StrAppend(&line, ": ", p.status().reason());
+          report_.peers_not_up.push_back(std::move(line));
+        }
+        if (!wanted.count(p.name())) report_.extra_peers.push_back(p.name());
+      }
+      if (page.next_page_token().empty() || page.next_page_token() == request.page_token()) break;
+      request.set_page_token(page.next_page_token());
+    }
     return true;
   }
 
@@ -201,30 +332,60 @@ class NodeWorker {
     return true;
   }
 
+  // The peers' part of a dry run (kPlan, kStatus), after ApplyTunnels'.
+  bool PlanPeers(bool prune) {
+    if (multipoint_ == nullptr) return true;
+    if (DeviceToCreate()) {
+      AllPeersToCreate();
+      return true;
+    }
+    return ApplyPeers(/*dry_run=*/true, prune, multipoint_->peers);
+  }
+
   bool Operate() {
     switch (options_.operation) {
       case Operation::kPlan:
         if (!Apply(/*dry_run=*/true, options_.prune)) return false;
-        report_.converged = AllUnchanged();
+        if (!PlanPeers(options_.prune)) return false;
+        report_.converged = AllUnchanged() && report_.peer_changes.empty();
         return true;
       case Operation::kApply:
-        if (!Apply(/*dry_run=*/false, options_.prune)) return false;
+        if (!Apply(/*dry_run=*/false, options_.prune) &&
+            (multipoint_ == nullptr || !ApplyAfterClearingPeers(options_.prune))) {
+          return false;
+        }
+        if (multipoint_ != nullptr &&
+            !ApplyPeers(/*dry_run=*/false, options_.prune, multipoint_->peers)) {
+          return false;
+        }
         if (!Observe()) return false;
-        report_.converged = report_.extra.empty();
+        if (multipoint_ != nullptr && !ObservePeers()) return false;
+        report_.converged = report_.extra.empty() && report_.extra_peers.empty();
         return true;
       case Operation::kStatus:
         if (!Apply(/*dry_run=*/true, /*prune=*/true)) return false;
+        if (!PlanPeers(/*prune=*/true)) return false;
         if (!Observe()) return false;
-        report_.converged = AllUnchanged();
+        if (multipoint_ != nullptr) {
+          if (DeviceToCreate()) {
+            report_.peers_actual = 0;  // no device, no peers
+          } else if (!ObservePeers()) {
+            return false;
+          }
+        }
+        report_.converged = AllUnchanged() && report_.peer_changes.empty();
         return true;
     }
     return false;
   }
 
   const std::vector<v1::Tunnel>& desired_;
+  const MultipointNode* multipoint_;
+  const std::string& device_;
   const AgentHandle& agent_;
   const ReconcileOptions& options_;
   NodeReport& report_;
+  grpc::StatusCode last_code_ = grpc::StatusCode::OK;  // of the last call
 };
 
 }  // namespace
@@ -243,6 +404,19 @@ absl::Duration Backoff(const CallPolicy& policy, int retry) {
 std::string SummarizeChanges(const std::vector<v1::TunnelChange>& changes) {
   std::map<int, int> counts;
   for (const v1::TunnelChange& c : changes) ++counts[c.action()];
+  std::vector<std::string> parts;
+  for (v1::TunnelChange::Action a :
+       {v1::TunnelChange::CREATE, v1::TunnelChange::UPDATE, v1::TunnelChange::RECREATE,
+        v1::TunnelChange::DELETE, v1::TunnelChange::UNCHANGED}) {
+    if (counts[a] > 0) parts.push_back(absl::StrCat(counts[a], " ", ActionVerb(a)));
+  }
+  return parts.empty() ? "nothing" : absl::StrJoin(parts, ", ");
+}
+
+std::string SummarizePeerChanges(const std::vector<v1::PeerChange>& changes, int unchanged) {
+  std::map<int, int> counts;
+  for (const v1::PeerChange& c : changes) ++counts[c.action()];
+  counts[v1::TunnelChange::UNCHANGED] += unchanged;
   std::vector<std::string> parts;
   for (v1::TunnelChange::Action a :
        {v1::TunnelChange::CREATE, v1::TunnelChange::UPDATE, v1::TunnelChange::RECREATE,
@@ -272,7 +446,14 @@ std::vector<NodeReport> Reconcile(const FleetPlan& plan, const std::vector<Agent
         missing.error = absl::FailedPreconditionError("no connection");
         agent = &missing;
       }
-      NodeWorker(it == plan.desired.end() ? kNone : it->second, *agent, options, &reports[i]).Run();
+      const MultipointNode* multipoint = nullptr;
+      if (!plan.multipoint_device.empty()) {
+        auto mp = plan.multipoint.find(agents[i].node);
+        if (mp != plan.multipoint.end()) multipoint = &mp->second;
+      }
+      NodeWorker(it == plan.desired.end() ? kNone : it->second, multipoint, plan.multipoint_device,
+                 *agent, options, &reports[i])
+          .Run();
     }
   };
   const size_t workers =

@@ -1,6 +1,10 @@
 // Brings every node's agent to its planned tunnels, or looks at how far they are: all nodes
 // concurrently (bounded), each call with a deadline, retried with exponential backoff. A node
 // that fails is reported and does not hold up the others.
+//
+// Multipoint fleets: on each node, ApplyTunnels (the device) and then ApplyPeers (its peers,
+// the same owner and prune), so that a node joining or leaving costs each other node one
+// call whose answer lists only what changed.
 #ifndef TUNNELAGENT_CLIENTS_TUNNEL_CONTROLLER_RECONCILER_H_
 #define TUNNELAGENT_CLIENTS_TUNNEL_CONTROLLER_RECONCILER_H_
 
@@ -37,9 +41,9 @@ struct AgentHandle {
 };
 
 enum class Operation {
-  kPlan,    // ApplyTunnels dry run: what would change
-  kApply,   // ApplyTunnels, then ListTunnels: what is there now
-  kStatus,  // ApplyTunnels dry run with prune (drift) and ListTunnels (state)
+  kPlan,    // ApplyTunnels (ApplyPeers) dry run: what would change
+  kApply,   // ApplyTunnels (ApplyPeers), then ListTunnels (ListPeers): what is there now
+  kStatus,  // ApplyTunnels (ApplyPeers) dry run with prune (drift), ListTunnels (ListPeers)
 };
 
 struct NodeReport {
@@ -59,7 +63,20 @@ struct NodeReport {
   std::vector<std::string> not_up;
   // Owned tunnels on the agent that the file does not have (kApply without prune).
   std::vector<std::string> extra;
-  // Reachable and the owner's tunnels on the agent are exactly the file's.
+  // Multipoint fleets: the node's device (empty: point to point) and its peers. ApplyPeers'
+  // answer: the peers that change (kStatus: drift) and how many do not; a device still to be
+  // created has every peer to create (kPlan, kStatus, without a call).
+  std::string multipoint_device;
+  std::vector<v1::PeerChange> peer_changes;
+  int peers_unchanged = 0;
+  int peers_desired = 0;
+  // After kApply and kStatus: the owner's peers on the device (-1: unknown), how many are UP,
+  // the others ("node3 DOWN: keepalive: ..."), and those the file does not have.
+  int peers_actual = -1;
+  int peers_up = 0;
+  std::vector<std::string> peers_not_up;
+  std::vector<std::string> extra_peers;
+  // Reachable and the owner's tunnels (and peers) on the agent are exactly the file's.
   bool converged = false;
   absl::Duration duration;
 };
@@ -80,7 +97,7 @@ struct ReconcileOptions {
   CallPolicy policy;
   ProgressSink* progress = nullptr;          // may be null
   const absl::Notification* stop = nullptr;  // when notified, no more retries; may be null
-  // Makes the request id of each node's ApplyTunnels (kept across its retries).
+  // Makes the request id of each node's ApplyTunnels and ApplyPeers (kept across retries).
   std::function<std::string()> new_request_id;
 };
 
@@ -97,6 +114,8 @@ absl::Duration Backoff(const CallPolicy& policy, int retry);
 
 // "3 created, 1 updated, 8 unchanged" (actions with a count only; "nothing" when empty).
 std::string SummarizeChanges(const std::vector<v1::TunnelChange>& changes);
+// The same for peers: ApplyPeers lists only the peers that change, and counts the others.
+std::string SummarizePeerChanges(const std::vector<v1::PeerChange>& changes, int unchanged);
 
 }  // namespace tunnelagent::controller
 

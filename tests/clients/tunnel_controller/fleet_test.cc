@@ -208,7 +208,7 @@ INSTANTIATE_TEST_SUITE_P(
                 "fleet.yaml:1:1: defaults: required (at least innerPool)"},
         BadCase{"UnknownDefault", Edit("  mode: gre", "  mdoe: gre"),
                 "fleet.yaml:2:3: defaults.mdoe: unknown field (known: mode, key, innerPool, mtu, "
-                "checksum, keepalive, tls, tokenFile)"},
+                "checksum, keepalive, tls, tokenFile, multipoint)"},
         BadCase{"BadMode", Edit("mode: gre ", "mode: vxlan "),
                 "fleet.yaml:2:9: defaults.mode: \"vxlan\" is not a tunnel mode (gre, gretap, ipip, "
                 "sit, ip6gre, ip6gretap, ip6tnl)"},
@@ -270,7 +270,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"NodeUnknownField",
                 Edit("    underlay: 198.18.1.1", "    underlay: 198.18.1.1\n    adress: x"),
                 "fleet.yaml:9:5: nodes[0].adress: unknown field (known: name, agent, underlay, "
-                "tls, tokenFile)"},
+                "tls, tokenFile, prefixes)"},
         BadCase{"NodeNoAgent",
                 Edit("    agent: unix:/run/tunnel-agent/node1.sock   # or host:port\n", ""),
                 "fleet.yaml:6:5: nodes[0].agent: required"},
@@ -364,6 +364,124 @@ INSTANTIATE_TEST_SUITE_P(
                 "    - {nodes: [a, b], mtu: 1400}\n",
                 "fleet.yaml:10:7: topology.overrides[0].nodes: hub-spoke has no link between a "
                 "and b (one must be the hub, h)"}),
+    [](const ::testing::TestParamInfo<BadCase>& info) { return std::string(info.param.name); });
+
+// ---- Multipoint fleets: one device per node, its peers the other nodes ---------------------
+
+constexpr char kMultipoint[] = R"(defaults:
+  mode: gre
+  innerPool: 100.64.0.0/16
+  multipoint: true
+nodes:
+  - name: a
+    agent: unix:/a
+    underlay: 198.18.0.1
+    prefixes: [10.244.1.0/24, "fd00:1:0::/64"]
+  - {name: b, agent: unix:/b, underlay: 198.18.0.2, prefixes: [10.244.2.0/24]}
+  - {name: c, agent: unix:/c, underlay: 198.18.0.3}
+topology:
+  type: mesh
+)";
+
+// kMultipoint with `from` replaced by `to` (which must be there).
+std::string EditMultipoint(const std::string& from, const std::string& to) {
+  std::string text = kMultipoint;
+  const size_t at = text.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  if (at != std::string::npos) text.replace(at, from.size(), to);
+  return text;
+}
+
+TEST(FleetTest, MultipointInDefaults) {
+  Fleet fleet = MustParse(kMultipoint);
+  EXPECT_TRUE(fleet.multipoint.enabled);
+  EXPECT_EQ(fleet.multipoint.device, "tnl0");
+  EXPECT_EQ(fleet.multipoint.field, "defaults.multipoint");
+  ASSERT_EQ(fleet.nodes.size(), 3u);
+  // Canonical forms: what the agent answers, so that a re-apply compares equal.
+  EXPECT_THAT(fleet.nodes[0].prefixes, ::testing::ElementsAre("10.244.1.0/24", "fd00:1::/64"));
+  EXPECT_THAT(fleet.nodes[1].prefixes, ::testing::ElementsAre("10.244.2.0/24"));
+  EXPECT_TRUE(fleet.nodes[2].prefixes.empty());
+}
+
+TEST(FleetTest, MultipointInTopologyWinsOverDefaults) {
+  Fleet named =
+      MustParse(EditMultipoint("  type: mesh\n", "  type: mesh\n  multipoint: {device: mesh0}\n"));
+  EXPECT_TRUE(named.multipoint.enabled);
+  EXPECT_EQ(named.multipoint.device, "mesh0");
+  EXPECT_EQ(named.multipoint.field, "topology.multipoint");
+
+  std::string text = EditMultipoint("  multipoint: true\n", "");
+  text.replace(text.find("topology:"), std::string::npos,
+               "topology: {type: hub-spoke, hub: b, multipoint: true}\n");
+  Fleet hub = MustParse(text);
+  EXPECT_EQ(hub.topology, TopologyType::kHubSpoke);
+  EXPECT_TRUE(hub.multipoint.enabled);
+  EXPECT_EQ(hub.multipoint.device, "tnl0");
+
+  // Off in the topology: point to point again, and prefixes are then an error.
+  const std::string off = EditMultipoint("  type: mesh\n", "  type: mesh\n  multipoint: false\n");
+  EXPECT_EQ(ErrorOf(off),
+            "fleet.yaml:9:16: nodes[0].prefixes[0]: prefixes are routed into a multipoint device: "
+            "only for a multipoint fleet (multipoint: true in defaults or topology)");
+  Fleet p2p = MustParse(kGood);
+  EXPECT_FALSE(p2p.multipoint.enabled);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    MultipointErrors, BadFleetTest,
+    ::testing::Values(
+        BadCase{"MultipointNotBool", EditMultipoint("multipoint: true", "multipoint: often"),
+                "fleet.yaml:4:15: defaults.multipoint: must be true, false or a mapping {device: "
+                "NAME}"},
+        BadCase{"MultipointUnknown", EditMultipoint("multipoint: true", "multipoint: {dev: x}"),
+                "fleet.yaml:4:16: defaults.multipoint.dev: unknown field (known: device)"},
+        BadCase{"MultipointDeviceLong",
+                EditMultipoint("multipoint: true", "multipoint: {device: tunnel-of-the-mesh}"),
+                "fleet.yaml:4:24: defaults.multipoint.device: \"tunnel-of-the-mesh\" is longer "
+                "than 15 characters"},
+        BadCase{"MultipointDeviceSlash",
+                EditMultipoint("multipoint: true", "multipoint: {device: \"a/b\"}"),
+                "fleet.yaml:4:24: defaults.multipoint.device: \"a/b\" may not hold '/', ':' or "
+                "white space"},
+        BadCase{"MultipointOnLinks",
+                EditMultipoint("  type: mesh\n", "  type: links\n  links: [[a, b]]\n"),
+                "fleet.yaml:4:15: defaults.multipoint: links are point to point: multipoint is "
+                "for mesh and hub-spoke"},
+        BadCase{"MultipointOverrides",
+                EditMultipoint("  type: mesh\n",
+                               "  type: mesh\n  overrides: [{nodes: [a, b], mtu: 1400}]\n"),
+                "fleet.yaml:14:14: topology.overrides: a multipoint device has the same settings "
+                "for all its peers: give them in defaults (defaults.multipoint is on)"},
+        BadCase{"MultipointGretap", EditMultipoint("mode: gre", "mode: gretap"),
+                "fleet.yaml:4:15: defaults.multipoint: gretap tunnels cannot be multipoint (gre, "
+                "ipip, ip6gre and ip6tnl can)"},
+        BadCase{"PrefixesNotList", EditMultipoint("prefixes: [10.244.2.0/24]", "prefixes: x"),
+                "fleet.yaml:10:63: nodes[1].prefixes: must be a list of prefixes like "
+                "[10.244.1.0/24]"},
+        BadCase{"PrefixNotCidr", EditMultipoint("10.244.2.0/24", "10.244.2.0"),
+                "fleet.yaml:10:64: nodes[1].prefixes[0]: \"10.244.2.0\" is not a prefix like "
+                "10.244.1.0/24 or fd00:1::/64"},
+        BadCase{"PrefixLength", EditMultipoint("10.244.2.0/24", "10.244.2.0/33"),
+                "fleet.yaml:10:64: nodes[1].prefixes[0]: \"10.244.2.0/33\": the prefix length "
+                "must be 0..32"},
+        BadCase{"PrefixHostBits", EditMultipoint("10.244.2.0/24", "10.244.2.1/24"),
+                "fleet.yaml:10:64: nodes[1].prefixes[0]: \"10.244.2.1/24\" has host bits set "
+                "(10.244.2.0/24 is the prefix)"},
+        BadCase{"PrefixHostBitsV6", EditMultipoint("fd00:1:0::/64", "fd00:1::1/64"),
+                "fleet.yaml:9:31: nodes[0].prefixes[1]: \"fd00:1::1/64\" has host bits set "
+                "(fd00:1::/64 is the prefix)"},
+        BadCase{"PrefixInPool", EditMultipoint("10.244.2.0/24", "100.64.8.0/24"),
+                "fleet.yaml:10:64: nodes[1].prefixes[0]: 100.64.8.0/24 overlaps "
+                "defaults.innerPool 100.64.0.0/16 (the overlay's own addresses)"},
+        BadCase{"PrefixHoldsPool", EditMultipoint("10.244.2.0/24", "100.0.0.0/8"),
+                "fleet.yaml:10:64: nodes[1].prefixes[0]: 100.0.0.0/8 overlaps "
+                "defaults.innerPool 100.64.0.0/16 (the overlay's own addresses)"},
+        BadCase{"PrefixTwice", EditMultipoint("10.244.2.0/24", "10.244.1.0/24"),
+                "fleet.yaml:10:64: nodes[1].prefixes[0]: 10.244.1.0/24 is already in "
+                "nodes[0].prefixes[0]"},
+        BadCase{"PrefixV6OnIpip", EditMultipoint("mode: gre", "mode: ipip"),
+                "fleet.yaml:9:31: nodes[0].prefixes[1]: IPv6, which ipip tunnels do not carry"}),
     [](const ::testing::TestParamInfo<BadCase>& info) { return std::string(info.param.name); });
 
 TEST(FleetTest, LoadFleetFileNamesAMissingFile) {

@@ -430,5 +430,202 @@ TEST(PlanTest, NodeWithoutLinksHasAnEmptySet) {
   EXPECT_TRUE(plan.desired["node3"].empty());  // an apply --prune empties it
 }
 
+// ---- Multipoint fleets ------------------------------------------------------------------
+
+Fleet MultipointFleet(int nodes) {
+  Fleet f = MeshFleet(nodes);
+  f.multipoint.enabled = true;
+  return f;
+}
+
+const MultipointNode& MultipointOf(const FleetPlan& plan, const std::string& node) {
+  static const MultipointNode kNone;
+  auto it = plan.multipoint.find(node);
+  EXPECT_NE(it, plan.multipoint.end()) << node;
+  return it == plan.multipoint.end() ? kNone : it->second;
+}
+
+const v1::Peer* FindPeer(const FleetPlan& plan, const std::string& node, const std::string& peer) {
+  for (const v1::Peer& p : MultipointOf(plan, node).peers) {
+    if (p.name() == peer) return &p;
+  }
+  return nullptr;
+}
+
+std::vector<std::string> Strings(const google::protobuf::RepeatedPtrField<std::string>& field) {
+  return std::vector<std::string>(field.begin(), field.end());
+}
+
+TEST(PlanTest, MultipointMeshOneDeviceAndNMinusOnePeers) {
+  Fleet fleet = MultipointFleet(4);
+  fleet.nodes[0].prefixes = {"10.244.1.0/24"};
+  fleet.nodes[1].prefixes = {"10.244.2.0/24", "fd00:2::/64"};
+  FleetPlan plan = MustPlan(fleet);
+  EXPECT_TRUE(plan.links.empty());
+  EXPECT_EQ(plan.multipoint_device, "tnl0");
+  EXPECT_EQ(TotalPeers(plan), 12u);
+
+  std::set<std::string> addresses;
+  std::set<uint32_t> keys;
+  for (const Node& n : fleet.nodes) {
+    SCOPED_TRACE(n.name);
+    ASSERT_EQ(plan.desired[n.name].size(), 1u);
+    const v1::Tunnel& t = plan.desired[n.name][0];
+    EXPECT_EQ(t.name(), "tnl0");
+    EXPECT_TRUE(t.multipoint());
+    EXPECT_EQ(t.mode(), v1::TUNNEL_MODE_GRE);
+    EXPECT_EQ(t.local(), n.underlay);
+    EXPECT_EQ(t.remote(), "");
+    EXPECT_FALSE(t.has_keepalive());
+    EXPECT_TRUE(t.labels().empty());  // ApplyTunnels adds the owner
+    ASSERT_TRUE(t.has_key());
+    keys.insert(t.key());
+    const MultipointNode& mp = MultipointOf(plan, n.name);
+    ASSERT_EQ(t.addresses_size(), 1);
+    EXPECT_EQ(t.addresses(0), mp.address);
+    EXPECT_EQ(mp.address.substr(0, 7), "100.64.");
+    EXPECT_EQ(mp.address.substr(mp.address.size() - 3), "/32");
+    addresses.insert(mp.address);
+    // The pool, then every other node's prefixes (never the node's own).
+    std::vector<std::string> routes = {"100.64.0.0/16"};
+    for (const Node& other : fleet.nodes) {
+      if (other.name != n.name)
+        routes.insert(routes.end(), other.prefixes.begin(), other.prefixes.end());
+    }
+    EXPECT_EQ(Strings(t.routes()), routes);
+
+    ASSERT_EQ(mp.peers.size(), 3u);
+    std::vector<std::string> names;
+    for (const v1::Peer& p : mp.peers) {
+      names.push_back(p.name());
+      const Node* other = nullptr;
+      for (const Node& o : fleet.nodes) {
+        if (o.name == p.name()) other = &o;
+      }
+      ASSERT_NE(other, nullptr);
+      EXPECT_NE(other->name, n.name);
+      EXPECT_EQ(p.underlay(), other->underlay);
+      EXPECT_FALSE(p.has_key());  // the device's key, the same everywhere
+      EXPECT_TRUE(p.labels().empty());
+      std::vector<std::string> allowed = {MultipointOf(plan, other->name).address};
+      allowed.insert(allowed.end(), other->prefixes.begin(), other->prefixes.end());
+      EXPECT_EQ(Strings(p.allowed_prefixes()), allowed);
+    }
+    EXPECT_TRUE(std::is_sorted(names.begin(), names.end()));
+  }
+  EXPECT_EQ(addresses.size(), 4u);
+  EXPECT_EQ(keys.size(), 1u);  // what one node sends, every other accepts
+  EXPECT_THAT(
+      Strings(FindPeer(plan, "node3", "node2")->allowed_prefixes()),
+      ::testing::ElementsAre(MultipointOf(plan, "node2").address, "10.244.2.0/24", "fd00:2::/64"));
+}
+
+TEST(PlanTest, MultipointAddressesStableAsNodesJoin) {
+  FleetPlan small = MustPlan(MultipointFleet(50));
+  FleetPlan big = MustPlan(MultipointFleet(100));
+  EXPECT_EQ(TotalPeers(big), 9900u);
+  std::set<std::string> addresses;
+  for (const auto& [node, mp] : big.multipoint) {
+    EXPECT_TRUE(addresses.insert(mp.address).second) << mp.address;
+    EXPECT_EQ(mp.peers.size(), 99u);
+    EXPECT_NE(mp.address, "100.64.0.0/32");  // the pool's network address is never given
+    EXPECT_NE(mp.address, "100.64.255.255/32");
+  }
+  for (const auto& [node, mp] : small.multipoint) {
+    EXPECT_EQ(mp.address, MultipointOf(big, node).address) << node;
+    // A node joining adds one peer elsewhere and changes none of the others.
+    for (const v1::Peer& p : mp.peers) {
+      const v1::Peer* q = FindPeer(big, node, p.name());
+      ASSERT_NE(q, nullptr);
+      EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(p, *q))
+          << node << " " << p.name();
+    }
+  }
+  FleetPlan again = MustPlan(MultipointFleet(100));
+  for (const auto& [node, tunnels] : big.desired) {
+    EXPECT_TRUE(
+        google::protobuf::util::MessageDifferencer::Equals(tunnels[0], again.desired[node][0]));
+  }
+}
+
+TEST(PlanTest, MultipointGoldenValues) {
+  // As for links: a change here renumbers every multipoint fleet (values checked against an
+  // independent Python version of the scheme).
+  FleetPlan plan = MustPlan(MultipointFleet(2));
+  EXPECT_EQ(MultipointOf(plan, "node1").address, "100.64.223.106/32");
+  EXPECT_EQ(plan.desired["node1"][0].key(), 3426297556u);
+}
+
+TEST(PlanTest, MultipointHubSpoke) {
+  Fleet fleet = MultipointFleet(4);
+  fleet.topology = TopologyType::kHubSpoke;
+  fleet.hub = "node2";
+  fleet.nodes[0].prefixes = {"10.244.1.0/24"};
+  fleet.nodes[1].prefixes = {"10.244.2.0/24"};
+  fleet.nodes[3].prefixes = {"10.244.4.0/24"};
+  FleetPlan plan = MustPlan(fleet);
+  EXPECT_EQ(TotalPeers(plan), 6u);
+  const MultipointNode& hub = MultipointOf(plan, "node2");
+  ASSERT_EQ(hub.peers.size(), 3u);
+  EXPECT_THAT(Strings(FindPeer(plan, "node2", "node4")->allowed_prefixes()),
+              ::testing::ElementsAre(MultipointOf(plan, "node4").address, "10.244.4.0/24"));
+  // A spoke: the hub alone, allowing the whole pool and everything behind the other nodes.
+  const MultipointNode& spoke = MultipointOf(plan, "node1");
+  ASSERT_EQ(spoke.peers.size(), 1u);
+  EXPECT_EQ(spoke.peers[0].name(), "node2");
+  EXPECT_EQ(spoke.peers[0].underlay(), "198.18.0.2");
+  EXPECT_THAT(Strings(spoke.peers[0].allowed_prefixes()),
+              ::testing::ElementsAre("100.64.0.0/16", "10.244.2.0/24", "10.244.4.0/24"));
+  EXPECT_THAT(Strings(plan.desired["node1"][0].routes()),
+              ::testing::ElementsAre("100.64.0.0/16", "10.244.2.0/24", "10.244.4.0/24"));
+  EXPECT_EQ(MultipointOf(plan, "node3").peers.size(), 1u);
+}
+
+TEST(PlanTest, MultipointSettings) {
+  Fleet fleet = MultipointFleet(3);
+  fleet.multipoint.device = "mesh0";
+  fleet.defaults.key = KeySetting{KeyPolicy::kFixed, 77};
+  fleet.defaults.mtu = 1400;
+  fleet.defaults.checksum = true;
+  fleet.defaults.keepalive = KeepaliveSetting{absl::Milliseconds(500), 4};
+  FleetPlan plan = MustPlan(fleet);
+  const v1::Tunnel& t = plan.desired["node2"][0];
+  EXPECT_EQ(t.name(), "mesh0");
+  EXPECT_EQ(t.key(), 77u);
+  EXPECT_EQ(t.mtu(), 1400u);
+  EXPECT_TRUE(t.checksum());
+  EXPECT_FALSE(t.has_keepalive());  // a multipoint device has none of its own: each peer has
+  const v1::Peer& p = MultipointOf(plan, "node2").peers[0];
+  EXPECT_EQ(p.keepalive().interval().nanos(), 500'000'000);
+  EXPECT_EQ(p.keepalive().retries(), 4u);
+
+  fleet.defaults.key = KeySetting{KeyPolicy::kNone, 0};
+  EXPECT_FALSE(MustPlan(fleet).desired["node1"][0].has_key());
+  fleet.defaults.key = KeySetting{KeyPolicy::kAuto, 0};
+  fleet.defaults.mode = v1::TUNNEL_MODE_IPIP;  // no key, no checksum: left out from defaults
+  const v1::Tunnel& ipip = MustPlan(fleet).desired["node1"][0];
+  EXPECT_FALSE(ipip.has_key());
+  EXPECT_FALSE(ipip.checksum());
+}
+
+TEST(PlanTest, MultipointErrors) {
+  Fleet small = MultipointFleet(3);
+  small.inner_pool = {0x64400000, 31, "100.64.0.0/31"};
+  EXPECT_EQ(PlanFleet(small).status().message(),
+            "fleet.yaml: defaults.innerPool: 100.64.0.0/31 has room for 2 nodes (an address each); "
+            "the file has 3");
+  small.inner_pool = {0x64400000, 30, "100.64.0.0/30"};
+  EXPECT_FALSE(PlanFleet(small).ok());  // 2 host addresses
+  small.nodes.pop_back();
+  EXPECT_TRUE(PlanFleet(small).ok());
+
+  Fleet v6 = MultipointFleet(2);
+  v6.defaults.mode = v1::TUNNEL_MODE_IP6GRE;
+  v6.nodes[0].position = {7, 5};
+  EXPECT_EQ(PlanFleet(v6).status().message(),
+            "fleet.yaml:7:5: nodes[0] (node1): ip6gre needs an IPv6 underlay; node1's is "
+            "198.18.0.1");
+}
+
 }  // namespace
 }  // namespace tunnelagent::controller

@@ -32,7 +32,9 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-// ApplyTunnels and ListTunnels with the agent's owner semantics, over a map of tunnels.
+// ApplyTunnels and ListTunnels with the agent's owner semantics, over a map of tunnels; the
+// peers of multipoint tunnels (ApplyPeers, ListPeers) as the agent has them: only the changes
+// answered, a tunnel's mode not changed while it has peers.
 class FakeAgent final : public v1::TunnelService::Service {
  public:
   // The next calls fail with these, in order.
@@ -65,6 +67,28 @@ class FakeAgent final : public v1::TunnelService::Service {
     absl::MutexLock lock(&mu_);
     return tunnels_;
   }
+  std::vector<v1::ApplyPeersRequest> peer_applies() {
+    absl::MutexLock lock(&mu_);
+    return peer_applies_;
+  }
+  // The methods called, in order.
+  std::vector<std::string> calls() {
+    absl::MutexLock lock(&mu_);
+    return calls_;
+  }
+  // The peers of a tunnel, by name.
+  std::map<std::string, v1::Peer> peers(const std::string& tunnel) {
+    absl::MutexLock lock(&mu_);
+    return peers_[tunnel];
+  }
+  void ErasePeer(const std::string& tunnel, const std::string& peer) {
+    absl::MutexLock lock(&mu_);
+    peers_[tunnel].erase(peer);
+  }
+  void SetPeerState(const std::string& tunnel, const std::string& peer, v1::OperState state) {
+    absl::MutexLock lock(&mu_);
+    peers_[tunnel][peer].mutable_status()->set_state(state);
+  }
 
   static std::atomic<int> in_flight;
   static std::atomic<int> max_in_flight;
@@ -85,6 +109,7 @@ class FakeAgent final : public v1::TunnelService::Service {
     if (context->IsCancelled()) return grpc::Status::CANCELLED;
     absl::MutexLock lock(&mu_);
     Record(context);
+    calls_.push_back("ApplyTunnels");
     applies_.push_back(*request);
     if (grpc::Status s = NextFailure(); !s.ok()) return s;
     std::map<std::string, v1::TunnelChange> changes;
@@ -103,6 +128,12 @@ class FakeAgent final : public v1::TunnelService::Service {
         if (it->second.labels().count("owner") == 0 ||
             it->second.labels().at("owner") != request->owner()) {
           return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "not yours");
+        }
+        const size_t peers = peers_[t.name()].size();
+        if (peers > 0 && (it->second.mode() != t.mode() || !t.multipoint())) {
+          return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                              absl::StrCat("tunnel ", t.name(), " has ", peers,
+                                           " peers: delete them before changing its mode"));
         }
         v1::Tunnel old = it->second;
         old.clear_status();
@@ -126,7 +157,96 @@ class FakeAgent final : public v1::TunnelService::Service {
     }
     for (auto& [name, c] : changes) *response->add_changes() = c;
     response->set_dry_run(request->dry_run());
-    if (!request->dry_run()) tunnels_ = std::move(next);
+    if (!request->dry_run()) {
+      tunnels_ = std::move(next);
+      for (auto it = peers_.begin(); it != peers_.end();) {
+        it = tunnels_.count(it->first) ? std::next(it) : peers_.erase(it);
+      }
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetTunnel(grpc::ServerContext* context, const v1::GetTunnelRequest* request,
+                         v1::Tunnel* response) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    calls_.push_back("GetTunnel");
+    auto it = tunnels_.find(request->name());
+    if (it == tunnels_.end()) return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such tunnel");
+    *response = it->second;
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ApplyPeers(grpc::ServerContext* context, const v1::ApplyPeersRequest* request,
+                          v1::ApplyPeersResponse* response) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    calls_.push_back("ApplyPeers");
+    peer_applies_.push_back(*request);
+    if (grpc::Status s = NextFailure(); !s.ok()) return s;
+    auto t = tunnels_.find(request->tunnel());
+    if (t == tunnels_.end()) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          absl::StrCat("tunnel ", request->tunnel(), " not found"));
+    }
+    if (!t->second.multipoint()) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "not multipoint");
+    }
+    std::map<std::string, v1::Peer> next = peers_[request->tunnel()];
+    std::map<std::string, v1::PeerChange> changes;
+    std::set<std::string> given;
+    uint32_t unchanged = 0;
+    for (v1::Peer p : request->peers()) {
+      (*p.mutable_labels())["owner"] = request->owner();
+      given.insert(p.name());
+      auto it = next.find(p.name());
+      v1::PeerChange c;
+      c.set_name(p.name());
+      if (it == next.end()) {
+        c.set_action(v1::TunnelChange::CREATE);
+        p.mutable_status()->set_state(v1::OPER_STATE_UP);
+      } else {
+        v1::Peer old = it->second;
+        old.clear_status();
+        if (google::protobuf::util::MessageDifferencer::Equals(old, p)) {
+          ++unchanged;
+          continue;
+        }
+        c.set_action(v1::TunnelChange::UPDATE);
+        *p.mutable_status() = it->second.status();
+      }
+      changes[p.name()] = c;
+      next[p.name()] = p;
+    }
+    if (request->prune()) {
+      for (auto it = next.begin(); it != next.end();) {
+        auto owner = it->second.labels().find("owner");
+        if (given.count(it->first) || owner == it->second.labels().end() ||
+            owner->second != request->owner()) {
+          ++it;
+          continue;
+        }
+        changes[it->first].set_name(it->first);
+        changes[it->first].set_action(v1::TunnelChange::DELETE);
+        it = next.erase(it);
+      }
+    }
+    for (auto& [name, c] : changes) *response->add_changes() = c;
+    response->set_unchanged(unchanged);
+    response->set_dry_run(request->dry_run());
+    if (!request->dry_run()) peers_[request->tunnel()] = std::move(next);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListPeers(grpc::ServerContext* context, const v1::ListPeersRequest* request,
+                         v1::ListPeersResponse* response) override {
+    absl::MutexLock lock(&mu_);
+    Record(context);
+    calls_.push_back("ListPeers");
+    if (!tunnels_.count(request->tunnel())) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such tunnel");
+    }
+    for (const auto& [name, p] : peers_[request->tunnel()]) *response->add_peers() = p;
     return grpc::Status::OK;
   }
 
@@ -134,6 +254,7 @@ class FakeAgent final : public v1::TunnelService::Service {
                            v1::ListTunnelsResponse* response) override {
     absl::MutexLock lock(&mu_);
     Record(context);
+    calls_.push_back("ListTunnels");
     if (grpc::Status s = NextFailure(); !s.ok()) return s;
     for (const auto& [name, t] : tunnels_) {
       bool match = true;
@@ -166,6 +287,9 @@ class FakeAgent final : public v1::TunnelService::Service {
   std::map<std::string, v1::Tunnel> tunnels_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::ApplyTunnelsRequest> applies_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> tokens_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> calls_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::ApplyPeersRequest> peer_applies_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::map<std::string, v1::Peer>> peers_ ABSL_GUARDED_BY(mu_);
 };
 std::atomic<int> FakeAgent::in_flight{0};
 std::atomic<int> FakeAgent::max_in_flight{0};
@@ -450,6 +574,242 @@ TEST_F(ReconcilerTest, StopEndsTheRetries) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(1));
 }
 
+// ---- Multipoint fleets: ApplyTunnels (the device), then ApplyPeers ------------------------
+
+class MultipointReconcilerTest : public ReconcilerTest {
+ protected:
+  // Agents node1..nodeN, and the plan of a multipoint mesh of the first `planned` of them.
+  void SetUpMesh(int n, int planned = -1) {
+    SetUpNodes(n);
+    Replan(planned < 0 ? n : planned);
+  }
+
+  void Replan(int planned, v1::TunnelMode mode = v1::TUNNEL_MODE_GRE) {
+    Fleet fleet;
+    fleet.source = "fleet.yaml";
+    fleet.defaults.mode = mode;
+    fleet.defaults.key = KeySetting{KeyPolicy::kAuto, 0};
+    fleet.inner_pool = {0x64400000, 16, "100.64.0.0/16"};
+    fleet.multipoint.enabled = true;
+    for (int i = 1; i <= planned; ++i) {
+      Node node;
+      node.name = absl::StrCat("node", i);
+      node.agent = "unix:/unused";
+      node.underlay = absl::StrCat("198.18.0.", i);
+      node.prefixes = {absl::StrCat("10.244.", i, ".0/24")};
+      fleet.nodes.push_back(node);
+    }
+    absl::StatusOr<FleetPlan> plan = PlanFleet(fleet);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    plan_ = *std::move(plan);
+  }
+
+  // The handles of the nodes the plan has (a node that left the file is not worked on).
+  std::vector<AgentHandle> Planned() {
+    std::vector<AgentHandle> planned;
+    for (const AgentHandle& h : handles_) {
+      if (plan_.desired.count(h.node)) planned.push_back(h);
+    }
+    return planned;
+  }
+};
+
+TEST_F(MultipointReconcilerTest, ApplyDeviceThenPeersThenNothingToDo) {
+  SetUpMesh(4);
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, Options(Operation::kApply));
+  for (const NodeReport& r : reports) {
+    SCOPED_TRACE(r.node);
+    EXPECT_TRUE(r.ok) << r.error;
+    EXPECT_TRUE(r.converged);
+    EXPECT_EQ(r.multipoint_device, "tnl0");
+    EXPECT_EQ(SummarizeChanges(r.changes), "1 created");
+    EXPECT_EQ(SummarizePeerChanges(r.peer_changes, r.peers_unchanged), "3 created");
+    EXPECT_EQ(r.peers_desired, 3);
+    EXPECT_EQ(r.peers_actual, 3);
+    EXPECT_EQ(r.peers_up, 3);
+  }
+  FakeAgent& agent = *agents_["node2"];
+  EXPECT_THAT(agent.calls(), ElementsAre("ApplyTunnels", "ApplyPeers", "ListTunnels", "ListPeers"));
+  const std::vector<v1::ApplyPeersRequest> applies = agent.peer_applies();
+  ASSERT_EQ(applies.size(), 1u);
+  EXPECT_EQ(applies[0].tunnel(), "tnl0");
+  EXPECT_EQ(applies[0].owner(), "fleet");
+  EXPECT_FALSE(applies[0].prune());
+  EXPECT_FALSE(applies[0].dry_run());
+  EXPECT_EQ(applies[0].request_id().size(), 36u);
+  EXPECT_NE(applies[0].request_id(), agent.applies()[0].request_id());
+  EXPECT_EQ(applies[0].peers_size(), 3);
+  const std::map<std::string, v1::Peer> peers = agent.peers("tnl0");
+  ASSERT_EQ(peers.size(), 3u);
+  EXPECT_EQ(peers.at("node3").underlay(), "198.18.0.3");
+  EXPECT_EQ(peers.at("node3").allowed_prefixes(1), "10.244.3.0/24");
+  EXPECT_EQ(peers.at("node3").labels().at("owner"), "fleet");
+  EXPECT_TRUE(agent.tunnels().at("tnl0").multipoint());
+
+  // Again: nothing changes, and ApplyPeers answers with a count, not a list.
+  reports = Reconcile(plan_, handles_, Options(Operation::kApply));
+  for (const NodeReport& r : reports) {
+    EXPECT_TRUE(r.peer_changes.empty());
+    EXPECT_EQ(r.peers_unchanged, 3);
+    EXPECT_TRUE(r.converged);
+  }
+  EXPECT_EQ(FormatChanges(Operation::kApply, reports, absl::Milliseconds(250)),
+            "node1: 1 unchanged; peers: 3 unchanged; 1/1 up, 3/3 peers up\n"
+            "node2: 1 unchanged; peers: 3 unchanged; 1/1 up, 3/3 peers up\n"
+            "node3: 1 unchanged; peers: 3 unchanged; 1/1 up, 3/3 peers up\n"
+            "node4: 1 unchanged; peers: 3 unchanged; 1/1 up, 3/3 peers up\n"
+            "apply: 4/4 nodes converged, 4/4 tunnels up, 12/12 peers up, 0.25 s\n");
+  EXPECT_EQ(ExitStatus(Operation::kApply, reports), kExitOk);
+}
+
+TEST_F(MultipointReconcilerTest, PlanBeforeTheDeviceExists) {
+  SetUpMesh(2);
+  ReconcileOptions o = Options(Operation::kPlan);
+  o.prune = true;
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, o);
+  for (const NodeReport& r : reports) {
+    EXPECT_TRUE(r.ok) << r.error;
+    EXPECT_FALSE(r.converged);
+  }
+  // No device yet: its peers are all to create, without asking the agent.
+  EXPECT_THAT(agents_["node1"]->calls(), ElementsAre("ApplyTunnels"));
+  EXPECT_EQ(FormatChanges(Operation::kPlan, reports, absl::ZeroDuration()),
+            "node1: 1 created; peers: 1 created\n"
+            "  CREATE   tnl0\n"
+            "  CREATE   tnl0/node2\n"
+            "node2: 1 created; peers: 1 created\n"
+            "  CREATE   tnl0\n"
+            "  CREATE   tnl0/node1\n"
+            "plan: 2 tunnel and 2 peer changes on 2/2 nodes\n");
+
+  Reconcile(plan_, handles_, Options(Operation::kApply));
+  reports = Reconcile(plan_, handles_, o);
+  for (const NodeReport& r : reports) EXPECT_TRUE(r.converged);
+  const auto applies = agents_["node1"]->peer_applies();
+  EXPECT_TRUE(applies.back().dry_run());
+  EXPECT_TRUE(applies.back().prune());
+  EXPECT_EQ(applies.back().request_id(), "");
+}
+
+TEST_F(MultipointReconcilerTest, NodeJoiningCostsOnePeerPerNode) {
+  SetUpMesh(5, 4);
+  Reconcile(plan_, Planned(), Options(Operation::kApply));
+  Replan(5);
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, Options(Operation::kApply));
+  for (const NodeReport& r : reports) {
+    SCOPED_TRACE(r.node);
+    EXPECT_TRUE(r.converged);
+    if (r.node == "node5") {
+      EXPECT_EQ(SummarizePeerChanges(r.peer_changes, r.peers_unchanged), "4 created");
+      continue;
+    }
+    EXPECT_EQ(SummarizeChanges(r.changes), "1 updated");  // a route to node5's prefix
+    ASSERT_EQ(r.peer_changes.size(), 1u);
+    EXPECT_EQ(r.peer_changes[0].name(), "node5");
+    EXPECT_EQ(r.peer_changes[0].action(), v1::TunnelChange::CREATE);
+    EXPECT_EQ(r.peers_unchanged, 3);
+  }
+}
+
+TEST_F(MultipointReconcilerTest, NodeLeavingIsPrunedEverywhere) {
+  SetUpMesh(4);
+  Reconcile(plan_, handles_, Options(Operation::kApply));
+  Replan(3);  // node4 leaves the file
+
+  // Without prune: kept, reported, not converged.
+  std::vector<NodeReport> reports = Reconcile(plan_, Planned(), Options(Operation::kApply));
+  ASSERT_EQ(reports.size(), 3u);
+  for (const NodeReport& r : reports) {
+    EXPECT_THAT(r.extra_peers, ElementsAre("node4"));
+    EXPECT_FALSE(r.converged);
+  }
+  EXPECT_THAT(FormatChanges(Operation::kApply, reports, absl::ZeroDuration()),
+              HasSubstr("  peers not in the file (kept; --prune deletes): node4\n"));
+  EXPECT_EQ(FormatStatus(Reconcile(plan_, Planned(), Options(Operation::kStatus))),
+            "NODE   REACHABLE  DESIRED  ACTUAL  UP  DOWN  DRIFT  PEERS  PEERS_ACTUAL  PEERS_UP\n"
+            "node1  yes        1        1       1   0     1      2      3             3\n"
+            "node2  yes        1        1       1   0     1      2      3             3\n"
+            "node3  yes        1        1       1   0     1      2      3             3\n"
+            "node1: drift (what apply --prune would do): DELETE tnl0/node4\n"
+            "node2: drift (what apply --prune would do): DELETE tnl0/node4\n"
+            "node3: drift (what apply --prune would do): DELETE tnl0/node4\n"
+            "status: 0/3 nodes converged; not converged: node1 node2 node3\n");
+
+  ReconcileOptions prune = Options(Operation::kApply);
+  prune.prune = true;
+  reports = Reconcile(plan_, Planned(), prune);
+  for (const NodeReport& r : reports) {
+    SCOPED_TRACE(r.node);
+    EXPECT_TRUE(r.converged);
+    ASSERT_EQ(r.peer_changes.size(), 1u);
+    EXPECT_EQ(r.peer_changes[0].name(), "node4");
+    EXPECT_EQ(r.peer_changes[0].action(), v1::TunnelChange::DELETE);
+    EXPECT_EQ(r.peers_unchanged, 2);
+    EXPECT_FALSE(agents_[r.node]->peers("tnl0").count("node4"));
+    EXPECT_TRUE(agents_[r.node]->peer_applies().back().prune());
+  }
+  EXPECT_EQ(FormatStatus(Reconcile(plan_, Planned(), Options(Operation::kStatus))),
+            "NODE   REACHABLE  DESIRED  ACTUAL  UP  DOWN  DRIFT  PEERS  PEERS_ACTUAL  PEERS_UP\n"
+            "node1  yes        1        1       1   0     0      2      2             2\n"
+            "node2  yes        1        1       1   0     0      2      2             2\n"
+            "node3  yes        1        1       1   0     0      2      2             2\n"
+            "status: 3/3 nodes converged\n");
+}
+
+TEST_F(MultipointReconcilerTest, StatusSeesAPeerGoneAndOneDown) {
+  SetUpMesh(3);
+  Reconcile(plan_, handles_, Options(Operation::kApply));
+  agents_["node1"]->ErasePeer("tnl0", "node3");
+  agents_["node2"]->SetPeerState("tnl0", "node1", v1::OPER_STATE_DOWN);
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, Options(Operation::kStatus));
+  EXPECT_FALSE(ReportOf(reports, "node1").converged);
+  EXPECT_TRUE(ReportOf(reports, "node2").converged);  // down is not drift
+  EXPECT_EQ(ExitStatus(Operation::kStatus, reports), kExitAgentFailed);
+  const std::string status = FormatStatus(reports);
+  EXPECT_THAT(status, HasSubstr("node1: drift (what apply --prune would do): CREATE tnl0/node3\n"));
+  EXPECT_THAT(status, HasSubstr("node2: peers not up: tnl0/node1 DOWN\n"));
+  EXPECT_EQ(agents_["node1"]->peers("tnl0").size(), 1u);  // status changes nothing
+}
+
+TEST_F(MultipointReconcilerTest, ModeChangeTakesThePeersOffFirst) {
+  SetUpMesh(2);
+  Reconcile(plan_, handles_, Options(Operation::kApply));
+  Replan(2, v1::TUNNEL_MODE_IPIP);
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, Options(Operation::kApply));
+  for (const NodeReport& r : reports) {
+    EXPECT_TRUE(r.ok) << r.error;
+    EXPECT_TRUE(r.converged);
+  }
+  EXPECT_EQ(agents_["node1"]->tunnels().at("tnl0").mode(), v1::TUNNEL_MODE_IPIP);
+  EXPECT_EQ(agents_["node1"]->peers("tnl0").size(), 1u);
+  const auto applies = agents_["node1"]->peer_applies();
+  ASSERT_EQ(applies.size(), 3u);
+  EXPECT_EQ(applies[1].peers_size(), 0);  // the owner's peers off
+  EXPECT_TRUE(applies[1].prune());
+  EXPECT_EQ(applies[2].peers_size(), 1);  // and back
+
+  // Another owner's tunnel of that name is not for the controller to empty.
+  v1::Tunnel theirs = MakeTunnel("tnl0", "");
+  theirs.set_multipoint(true);
+  (*theirs.mutable_labels())["owner"] = "someone";
+  agents_["node2"]->Add(theirs);
+  reports = Reconcile(plan_, handles_, Options(Operation::kApply));
+  EXPECT_EQ(ReportOf(reports, "node2").error, "ApplyTunnels: FAILED_PRECONDITION: not yours");
+}
+
+TEST_F(MultipointReconcilerTest, PeerRefusalReportedByName) {
+  SetUpMesh(2);
+  agents_["node1"]->FailNext({grpc::Status::OK,
+                              grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "too many"),
+                              grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "peers[0]: bad")});
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, Options(Operation::kApply));
+  const NodeReport& r = ReportOf(reports, "node1");
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.error, "ApplyPeers: INVALID_ARGUMENT: peers[0]: bad (after 2 attempts)");
+  EXPECT_TRUE(ReportOf(reports, "node2").ok);
+  EXPECT_EQ(ExitStatus(Operation::kApply, reports), kExitAgentFailed);
+}
+
 // ---- Main: the whole invocation and its exit status ----------------------------------------
 
 // Two fake agents on unix sockets named by a fleet file, and Main run as the binary runs it.
@@ -642,6 +1002,25 @@ std::string Scrape(ControllerMetrics& metrics) {
   return prometheus::TextSerializer().Serialize(metrics.registry()->Collect());
 }
 
+TEST(MetricsTest, Peers) {
+  ControllerMetrics metrics;
+  metrics.SetNodes({"a", "b"}, 2, 2);
+  EXPECT_THAT(Scrape(metrics), HasSubstr("tunnelcontroller_peers_desired 2\n"));
+  NodeReport a;
+  a.node = "a";
+  a.ok = a.reachable = a.converged = true;
+  a.multipoint_device = "tnl0";
+  a.peers_actual = 1;
+  a.peers_up = 1;
+  NodeReport b = a;
+  b.node = "b";
+  b.peers_up = 0;
+  metrics.RecordPass({a, b}, absl::Milliseconds(30), absl::FromUnixSeconds(1700000000));
+  const std::string text = Scrape(metrics);
+  EXPECT_THAT(text, HasSubstr("tunnelcontroller_peers_actual 2\n"));
+  EXPECT_THAT(text, HasSubstr("tunnelcontroller_peers_up 1\n"));
+}
+
 TEST(MetricsTest, NamesAndValues) {
   ControllerMetrics metrics;
   metrics.SetNodes({"a", "b"}, 2);
@@ -650,7 +1029,9 @@ TEST(MetricsTest, NamesAndValues) {
        {"tunnelcontroller_nodes 2", "tunnelcontroller_nodes_reachable 0",
         "tunnelcontroller_node_reachable{node=\"a\"} 0", "tunnelcontroller_tunnels_desired 2",
         "tunnelcontroller_tunnels_actual 0", "tunnelcontroller_tunnels_up 0",
-        "tunnelcontroller_converged 0", "tunnelcontroller_last_apply_timestamp_seconds 0",
+        "tunnelcontroller_peers_desired 0", "tunnelcontroller_peers_actual 0",
+        "tunnelcontroller_peers_up 0", "tunnelcontroller_converged 0",
+        "tunnelcontroller_last_apply_timestamp_seconds 0",
         "tunnelcontroller_apply_errors_total{node=\"b\"} 0",
         "tunnelcontroller_reconcile_duration_seconds_count 0"}) {
     EXPECT_THAT(text, HasSubstr(absl::StrCat(line, "\n"))) << line;
