@@ -61,13 +61,22 @@ check_tunnels() {
     json=$(lab_ctl "$n" -o json list 2>/dev/null) && [[ $json != *restoring:* ]] && break
     sleep 0.05
   done
-  names=$(jq -r '[.tunnels[] | select(.status.state == "OPER_STATE_UP") | .name] | sort | join(" ")' \
-    <<<"$json")
+  names=$(jq -r '[.tunnels[] | select(.status.state == "OPER_STATE_UP" and (.multipoint | not))
+    | .name] | sort | join(" ")' <<<"$json")
   [ "$names" = "t1 t2 t3" ] || lab_fail "$n: tunnels UP $when: '$names', want 't1 t2 t3': $json"
   lab_ping B 10.1.0.1 3
   lab_ping B 10.2.0.1 3
   lab_ping B 10.3.0.1 3
   lab_ok "$n: t1 t2 t3 UP and carrying traffic $when"
+}
+
+# The multipoint tunnel mp0 on A kept its peer b, and carries B's traffic.
+check_peers() {
+  local peers
+  peers=$(lab_ctl A -o json peer list mp0 | jq -r '[.peers[].name] | join(" ")')
+  [ "$peers" = b ] || lab_fail "A: mp0's peers $1: '$peers', want 'b'"
+  lab_ping B 10.50.0.1 3
+  lab_ok "A: mp0 kept its peer b and carries traffic $1"
 }
 
 # ping -i 0.002 -c COUNT from B to A through t1 into FILE, in the background.
@@ -161,6 +170,12 @@ run_backend() {
   lab_ctl A create t3 mode gre remote 198.18.0.2 key 3 address 10.3.0.1/30 >/dev/null
   lab_ctl B create t3 mode gre remote 198.18.0.1 key 3 address 10.3.0.2/30 >/dev/null
   check_tunnels A "at start"
+  # A multipoint tunnel on A whose peer is B's point-to-point one: its peer is handed over too.
+  lab_ctl A create mp0 mode gre local 198.18.0.1 key 50 multipoint address 10.50.0.1/24 >/dev/null
+  lab_ctl A peer add mp0 b underlay 198.18.0.2 allowed 10.50.0.2/32 >/dev/null
+  lab_ctl B create mp0 mode gre local 198.18.0.2 remote 198.18.0.1 key 50 \
+    address 10.50.0.2/24 >/dev/null
+  check_peers "at start"
 
   lab_log "[$backend] a second agent without --takeover exits 1"
   rc=0
@@ -185,6 +200,7 @@ run_backend() {
   [ "$before" = "$after" ] || lab_fail "t1 re-made across the takeover ($before -> $after)"
   [ -S "$RUN/A.sock" ] || lab_fail "the API socket is gone after the takeover"
   check_tunnels A "after the takeover"
+  check_peers "after the takeover"
   lab_ctl A create t9 mode gre remote 198.18.0.2 key 9 address 10.9.0.1/30 >/dev/null ||
     lab_fail "the new agent takes no change"
   lab_ctl A delete t9 >/dev/null
