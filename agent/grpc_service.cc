@@ -468,12 +468,7 @@ absl::Status TunnelServiceImpl::DoApply(const grpc::ServerContextBase& context,
                                                              request.prune(), request.dry_run());
         if (!result.ok()) return result.status();
         v1::ApplyTunnelsResponse answer;
-        for (const PlannedChange& change : result->changes) {
-          v1::TunnelChange* c = answer.add_changes();
-          c->set_name(change.name);
-          c->set_action(ActionToProto(change.action));
-          for (const std::string& f : change.changed_fields) c->add_changed_fields(f);
-        }
+        ChangesToProto(result->changes, answer.mutable_changes());
         answer.set_dry_run(request.dry_run());
         answer.set_revision(result->revision);
         *out = answer.SerializeAsString();
@@ -482,12 +477,8 @@ absl::Status TunnelServiceImpl::DoApply(const grpc::ServerContextBase& context,
   std::string summary;
   if (status.ok()) {
     response->ParseFromString(bytes);
-    std::map<std::string, int> actions;
-    for (const v1::TunnelChange& c : response->changes()) {
-      ++actions[absl::AsciiStrToLower(v1::TunnelChange::Action_Name(c.action()))];
-    }
     summary = absl::StrCat("owner=", request.owner(), request.dry_run() ? " dry_run" : "", " ",
-                           absl::StrJoin(actions, " ", absl::PairFormatter("=")));
+                           ActionCounts(response->changes()));
   }
   LogChange(context, "tunnel.apply", "", status, summary);
   return status;

@@ -18,13 +18,17 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -41,6 +45,27 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 // The largest page ListTunnels and ListPeers answer.
 inline constexpr int kMaxPageSize = 1000;
 v1::TunnelChange::Action ActionToProto(ChangeAction action);
+// A plan's changes as TunnelChange or PeerChange messages.
+template <typename Change>
+void ChangesToProto(const std::vector<PlannedChange>& plan,
+                    google::protobuf::RepeatedPtrField<Change>* out) {
+  out->Reserve(static_cast<int>(plan.size()));
+  for (const PlannedChange& change : plan) {
+    Change* c = out->Add();
+    c->set_name(change.name);
+    c->set_action(ActionToProto(change.action));
+    for (const std::string& f : change.changed_fields) c->add_changed_fields(f);
+  }
+}
+// "create=2 update=1": how many changes of each action, for a change's log line.
+template <typename Change>
+std::string ActionCounts(const google::protobuf::RepeatedPtrField<Change>& changes) {
+  std::map<std::string, int> actions;
+  for (const Change& c : changes) {
+    ++actions[absl::AsciiStrToLower(v1::TunnelChange::Action_Name(c.action()))];
+  }
+  return absl::StrJoin(actions, " ", absl::PairFormatter("="));
+}
 // A request's bytes with its maps in a fixed order: what request_id's replay compares.
 std::string Fingerprint(const google::protobuf::Message& message);
 // One line per request that changes tunnels or peers, done or refused: who asked, what

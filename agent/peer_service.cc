@@ -178,13 +178,7 @@ absl::Status TunnelServiceImpl::DoApplyPeers(const grpc::ServerContextBase& cont
                              request.dry_run());
                          if (!result.ok()) return result.status();
                          v1::ApplyPeersResponse answer;
-                         for (const PlannedChange& change : result->changes) {
-                           v1::PeerChange* c = answer.add_changes();
-                           c->set_name(change.name);
-                           c->set_action(ActionToProto(change.action));
-                           for (const std::string& f : change.changed_fields)
-                             c->add_changed_fields(f);
-                         }
+                         ChangesToProto(result->changes, answer.mutable_changes());
                          answer.set_unchanged(static_cast<uint32_t>(result->unchanged));
                          answer.set_dry_run(request.dry_run());
                          answer.set_revision(result->revision);
@@ -194,13 +188,10 @@ absl::Status TunnelServiceImpl::DoApplyPeers(const grpc::ServerContextBase& cont
   std::string summary;
   if (status.ok()) {
     response->ParseFromString(bytes);
-    std::map<std::string, int> actions;
-    for (const v1::PeerChange& c : response->changes()) {
-      ++actions[absl::AsciiStrToLower(v1::TunnelChange::Action_Name(c.action()))];
-    }
-    summary = absl::StrCat("owner=", request.owner(), request.dry_run() ? " dry_run" : "",
-                           " unchanged=", response->unchanged(), actions.empty() ? "" : " ",
-                           absl::StrJoin(actions, " ", absl::PairFormatter("=")));
+    const std::string actions = ActionCounts(response->changes());
+    summary =
+        absl::StrCat("owner=", request.owner(), request.dry_run() ? " dry_run" : "",
+                     " unchanged=", response->unchanged(), actions.empty() ? "" : " ", actions);
   }
   LogChange(context, "peer.apply", request.tunnel(), status, summary);
   return status;

@@ -35,13 +35,9 @@ struct PeerSpec {
 };
 
 // What the agent observes about a peer.
-struct PeerStatus {
+struct PeerStatus : DataplaneObservation {
   OperState state = OperState::kUp;
   std::string reason;  // why not UP
-  TunnelCountersSnapshot counters;
-  uint32_t path_mtu = 0;
-  absl::Time last_receive = absl::InfinitePast();
-  std::optional<KeepaliveSnapshot> keepalive;  // set when its keepalive is on
 };
 
 struct PeerView {

@@ -1581,31 +1581,26 @@ TunnelStatus TunnelManager::StatusOf(const Entry& entry) const {
 TunnelStatus TunnelManager::LiveStatus(const Published& tunnel) {
   TunnelStatus status = tunnel.status;
   if (!tunnel.has_device || !tunnel.counters) return status;
-  const dataplane::TunnelStats& c = *tunnel.counters;
-  status.counters = SumCounters(c);
-  status.path_mtu = c.path_mtu.load(std::memory_order_relaxed);
-  if (const int64_t last = c.last_receive_unix_nanos.load(std::memory_order_relaxed); last != 0) {
-    status.last_receive = absl::FromUnixNanos(last);
-  }
-  if (tunnel.spec.keepalive.enabled()) status.keepalive = ReadKeepalive(c);
+  ReadObservation(*tunnel.counters, tunnel.spec.keepalive.enabled(), &status);
   return status;
 }
 
-TunnelCountersSnapshot SumCounters(const dataplane::TunnelStats& c) {
+void ReadObservation(const dataplane::TunnelStats& c, bool keepalive, DataplaneObservation* out) {
   using dataplane::TunnelCounters;
-  TunnelCountersSnapshot out;
-#define SUM_COUNTER(member, api_field, ...) out.api_field = c.Sum(&TunnelCounters::member);
+#define SUM_COUNTER(member, api_field, ...) \
+  out->counters.api_field = c.Sum(&TunnelCounters::member);
   TUNNEL_TRAFFIC_COUNTERS(SUM_COUNTER)
 #undef SUM_COUNTER
-#define SUM_DROPS(member, api_field, ...) out.api_field = c.SumAll(&TunnelCounters::member);
+#define SUM_DROPS(member, api_field, ...) \
+  out->counters.api_field = c.SumAll(&TunnelCounters::member);
   TUNNEL_DROP_COUNTERS(SUM_DROPS)
 #undef SUM_DROPS
-  return out;
-}
-
-KeepaliveSnapshot ReadKeepalive(const dataplane::TunnelStats& c) {
-  using dataplane::TunnelCounters;
-  KeepaliveSnapshot k;
+  out->path_mtu = c.path_mtu.load(std::memory_order_relaxed);
+  if (const int64_t last = c.last_receive_unix_nanos.load(std::memory_order_relaxed); last != 0) {
+    out->last_receive = absl::FromUnixNanos(last);
+  }
+  if (!keepalive) return;
+  KeepaliveSnapshot& k = out->keepalive.emplace();
   k.peer_alive = c.peer_alive.load(std::memory_order_relaxed);
 #define SUM_KEEPALIVE(member, api_field, ...) k.api_field = c.Sum(&TunnelCounters::member);
   TUNNEL_KEEPALIVE_COUNTERS(SUM_KEEPALIVE)
@@ -1615,7 +1610,6 @@ KeepaliveSnapshot ReadKeepalive(const dataplane::TunnelStats& c) {
   if (const int64_t rtt = c.keepalive_rtt_nanos.load(std::memory_order_relaxed); rtt != 0) {
     k.rtt = absl::Nanoseconds(rtt);
   }
-  return k;
 }
 
 void TunnelManager::Freeze() {

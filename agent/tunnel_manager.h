@@ -533,6 +533,10 @@ class TunnelManager {
     published_peers_.erase(tunnel);
   }
   static PeerView PeerViewOf(const PeerRecord& peer);
+  // The published peers of `tunnel`: NOT_FOUND, or FAILED_PRECONDITION for a point-to-point
+  // tunnel.
+  absl::StatusOr<const std::map<std::string, PeerRef>*> PublishedPeersLocked(
+      const std::string& tunnel) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Restore: the saved peers of the tunnels just loaded.
   void LoadPeers(std::vector<SavedPeer> saved) ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_);
   // RefreshStates' part for peers with keepalive: each whose engine verdict changed gets its

@@ -81,17 +81,9 @@ dataplane::EnginePeer TunnelManager::EnginePeerOf(const PeerRecord& peer) {
 
 PeerView TunnelManager::PeerViewOf(const PeerRecord& peer) {
   PeerView view{peer.spec, {}};
-  PeerStatus& status = view.status;
-  status.state = peer.state;
-  status.reason = peer.reason;
-  if (!peer.stats) return view;
-  const dataplane::TunnelStats& c = *peer.stats;
-  status.counters = SumCounters(c);
-  status.path_mtu = c.path_mtu.load(std::memory_order_relaxed);
-  if (const int64_t last = c.last_receive_unix_nanos.load(std::memory_order_relaxed); last != 0) {
-    status.last_receive = absl::FromUnixNanos(last);
-  }
-  if (peer.spec.keepalive.enabled()) status.keepalive = ReadKeepalive(c);
+  view.status.state = peer.state;
+  view.status.reason = peer.reason;
+  if (peer.stats) ReadObservation(*peer.stats, peer.spec.keepalive.enabled(), &view.status);
   return view;
 }
 
@@ -315,38 +307,41 @@ absl::StatusOr<PeerView> TunnelManager::CreatePeer(const std::string& tunnel,
   return view;
 }
 
-absl::StatusOr<PeerView> TunnelManager::GetPeer(const std::string& tunnel,
-                                                const std::string& name) const {
-  absl::MutexLock lock(&mu_);
+absl::StatusOr<const std::map<std::string, TunnelManager::PeerRef>*>
+TunnelManager::PublishedPeersLocked(const std::string& tunnel) const {
+  static const std::map<std::string, PeerRef> kNone;
   auto t = published_.find(tunnel);
-  if (t == published_.end())
+  if (t == published_.end()) {
     return absl::NotFoundError(absl::StrCat("tunnel ", tunnel, " not found"));
+  }
   if (!t->second.spec.multipoint) {
     return absl::FailedPreconditionError(
         absl::StrCat("tunnel ", tunnel, " is point to point: it has no peers"));
   }
   auto peers = published_peers_.find(tunnel);
-  if (peers == published_peers_.end() || !peers->second.count(name)) {
+  return peers == published_peers_.end() ? &kNone : &peers->second;
+}
+
+absl::StatusOr<PeerView> TunnelManager::GetPeer(const std::string& tunnel,
+                                                const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<const std::map<std::string, PeerRef>*> peers = PublishedPeersLocked(tunnel);
+  if (!peers.ok()) return peers.status();
+  auto it = (*peers)->find(name);
+  if (it == (*peers)->end()) {
     return absl::NotFoundError(absl::StrCat("peer ", name, " of tunnel ", tunnel, " not found"));
   }
-  return PeerViewOf(*peers->second.at(name));
+  return PeerViewOf(*it->second);
 }
 
 absl::StatusOr<TunnelManager::PeerPage> TunnelManager::ListPeers(const std::string& tunnel,
                                                                  const std::string& after,
                                                                  size_t limit) const {
   absl::MutexLock lock(&mu_);
-  auto t = published_.find(tunnel);
-  if (t == published_.end())
-    return absl::NotFoundError(absl::StrCat("tunnel ", tunnel, " not found"));
-  if (!t->second.spec.multipoint) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("tunnel ", tunnel, " is point to point: it has no peers"));
-  }
+  absl::StatusOr<const std::map<std::string, PeerRef>*> peers = PublishedPeersLocked(tunnel);
+  if (!peers.ok()) return peers.status();
   PeerPage page;
-  auto peers = published_peers_.find(tunnel);
-  if (peers == published_peers_.end()) return page;
-  for (auto it = peers->second.upper_bound(after); it != peers->second.end(); ++it) {
+  for (auto it = (*peers)->upper_bound(after); it != (*peers)->end(); ++it) {
     if (page.peers.size() == limit) {
       page.more = true;
       break;

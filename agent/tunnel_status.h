@@ -35,26 +35,31 @@ struct KeepaliveSnapshot {
   std::optional<absl::Duration> rtt;             // of the last keepalive answered
 };
 
-struct TunnelStatus {
-  OperState state = OperState::kDown;
-  std::string reason;  // why not UP
-  int ifindex = 0;
-  uint32_t mtu = 0;  // in effect
+// What the dataplane observes of a tunnel, or of a peer of a multipoint tunnel.
+struct DataplaneObservation {
   TunnelCountersSnapshot counters;
   uint32_t path_mtu = 0;  // the largest inner packet the path carries whole; 0 = not known
-  // Set when the tunnel has keepalive on and is running.
+  // Set when keepalive is on and the tunnel is running.
   std::optional<KeepaliveSnapshot> keepalive;
   // When the dataplane last delivered a packet into the device; InfinitePast: never.
   absl::Time last_receive = absl::InfinitePast();
+};
+
+struct TunnelStatus : DataplaneObservation {
+  OperState state = OperState::kDown;
+  std::string reason;  // why not UP
+  int ifindex = 0;
+  uint32_t mtu = 0;            // in effect
   uint64_t state_changes = 0;  // operational state changes since the agent started
   // Repairs since the agent started, by what was put back: "address", "route", "mtu", "link".
   std::map<std::string, uint64_t> repairs;
 };
 
 // What the engine counted and observed of one tunnel (or peer of a multipoint tunnel), read
-// now: the counters summed over its workers, and the keepalive's figures.
-TunnelCountersSnapshot SumCounters(const dataplane::TunnelStats& stats);
-KeepaliveSnapshot ReadKeepalive(const dataplane::TunnelStats& stats);
+// now: the counters summed over its workers, path MTU, last receive and, with `keepalive`,
+// the keepalive's figures.
+void ReadObservation(const dataplane::TunnelStats& stats, bool keepalive,
+                     DataplaneObservation* out);
 
 }  // namespace tunnelagent::agent
 
