@@ -278,10 +278,6 @@ absl::Status ValidateMultipoint(const TunnelSpec& spec) {
     return Invalid("tunnel.keepalive",
                    "a multipoint tunnel has no keepalive of its own: set one per peer");
   }
-  if (spec.fou.enabled) {
-    // Its UDP senders are connected to one remote.
-    return Invalid("tunnel.encap", "encap fou is for point-to-point tunnels only");
-  }
   if (spec.sequence || spec.input_sequence || spec.output_sequence) {
     // Sequence numbers are one stream each way, and a multipoint tunnel has one per peer.
     return Invalid("tunnel.sequence", "sequence numbers are for point-to-point tunnels only");

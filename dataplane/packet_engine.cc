@@ -25,15 +25,13 @@ absl::Status CheckEngineTunnel(const EngineTunnel& tunnel) {
     }
     return absl::OkStatus();
   }
-  // Multipoint: the IP modes over raw sockets. Tap modes would need a peer per MAC address,
-  // fou a send socket per peer (its senders are connected to one remote); sequence numbers a
-  // stream per peer; a tunnel keepalive has no one remote to go to (peers have their own).
+  // Multipoint: the IP modes, over raw sockets or fou (unconnected senders naming the peer in
+  // each send). Tap modes would need a peer per MAC address; sequence numbers a stream per
+  // peer; a tunnel keepalive has no one remote to go to (peers have their own).
   const TunnelMode mode = tunnel.encap.mode;
   const char* refused = nullptr;
   if (IsEthernetMode(mode)) {
     refused = "a tap mode";
-  } else if (tunnel.encap.fou()) {
-    refused = "fou";
   } else if (tunnel.encap.sequence || tunnel.input_sequence) {
     refused = "sequence numbers";
   } else if (!tunnel.encap.remote.is_zero()) {

@@ -192,7 +192,7 @@ struct EngineTunnel {
 
 // INVALID_ARGUMENT unless the tunnel has a device, an MTU of 1..65535 and counters, and asks
 // for TUN offloads and keepalives only in modes that have them. A multipoint tunnel must be of
-// an IP mode over raw sockets (gre, ipip, sit, ip6gre, ip6tnl: no tap mode, no fou), without a
+// an IP mode (gre, ipip, sit, ip6gre, ip6tnl, with or without fou: no tap mode), without a
 // remote address, sequence numbers or a keepalive of its own, and over IPv6 with a local
 // address; a point-to-point one has no peers.
 absl::Status CheckEngineTunnel(const EngineTunnel& tunnel);

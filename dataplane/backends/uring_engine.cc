@@ -227,7 +227,8 @@ absl::Status UringWorker::AttachTunnel(TunnelDatapath& tunnel) {
     TransmitBuffer& b = state->buffers[i];
     b.tunnel = &tunnel;
     b.buffer = capacity > 0 ? state->memory.get() + i * capacity : nullptr;
-    // Raw sends name the remote (each packet's, copied in as it is sent); fou senders are
+    // Raw sends name the remote (each packet's, copied in as it is sent); fou sends name it
+    // only for a multipoint tunnel (set as each is sent), a point-to-point one's senders are
     // connected.
     if (!tunnel.fou()) {
       b.msg.msg_name = &b.destination;

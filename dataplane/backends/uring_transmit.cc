@@ -138,13 +138,21 @@ void UringWorker::CompleteDeviceRead(TransmitBuffer* b, int res, unsigned flags)
   int fd = io_.send_fd(tunnel.ipv6_underlay());
   int file = send_files_[tunnel.ipv6_underlay()];
   if (tunnel.fou()) {
-    // Through the tunnel's connected UDP sender: the payload after the IP and UDP headers.
+    // Through the tunnel's UDP sender: the payload after the IP and UDP headers. A multipoint
+    // tunnel's sender is not connected: the send names the peer, from the buffer's own copy.
     const TunnelDatapath::FouPayload p = tunnel.FouPayloadOf(out);
     fd = p.sender;
     file = -1;
     b->iov = p.payload;
     b->msg.msg_control = b->control;
     b->msg.msg_controllen = WriteFouControl(b->control, p.tos, p.ttl, 0);
+    b->msg.msg_name = nullptr;
+    b->msg.msg_namelen = 0;
+    if (p.destination != nullptr) {
+      std::memcpy(&b->destination, p.destination, p.destination_len);
+      b->msg.msg_name = &b->destination;
+      b->msg.msg_namelen = p.destination_len;
+    }
   } else {
     b->iov.iov_base = out.packet;
     b->iov.iov_len = out.len;
@@ -207,6 +215,11 @@ void UringWorker::TransmitSuperPacket(TransmitBuffer* b, const PacketCore::Devic
       op.msg.msg_iovlen = n;
       op.msg.msg_control = op.control;
       op.msg.msg_controllen = WriteFouControl(op.control, head.tos, head.ttl, gso_size);
+      if (head.destination != nullptr) {  // multipoint: the run's peer, the send's own copy
+        std::memcpy(&op.destination, head.destination, head.destination_len);
+        op.msg.msg_name = &op.destination;
+        op.msg.msg_namelen = head.destination_len;
+      }
     } else {
       op.count = 1;
       const EncapResult& packet = s.batch.packets[first];

@@ -51,8 +51,8 @@ struct SegmentSend : Operation {
   uint16_t count = 0;
   msghdr msg{};
   iovec iov{};
-  // Raw sends: the destination, the send's own copy (a multipoint tunnel's peer may be
-  // removed before the send completes).
+  // Raw and multipoint fou sends: the destination, the send's own copy (a multipoint tunnel's
+  // peer may be removed before the send completes).
   sockaddr_in6 destination{};
   alignas(cmsghdr) uint8_t control[kFouSendControlBytes];
 };
@@ -78,8 +78,8 @@ struct TransmitBuffer : Operation {
   uint64_t peer = 0;         // EncapResult::peer of the packet being sent
   msghdr msg{};
   iovec iov{};
-  // Raw sends: the destination, the send's own copy (a multipoint tunnel's peer may be
-  // removed before the send completes).
+  // Raw and multipoint fou sends: the destination, the send's own copy (a multipoint
+  // tunnel's peer may be removed before the send completes).
   sockaddr_in6 destination{};
   alignas(cmsghdr) uint8_t control[kFouSendControlBytes];  // fou sends: TOS and TTL
   // With offloads, while a super-packet is split and sent: lent by the worker (33 KiB each,

@@ -64,14 +64,18 @@ class PacketIo {
   virtual int SendUnderlay(bool ipv6, const OuterAddress& destination, const uint8_t* packet,
                            size_t len) = 0;
 
-  // A send socket for the fou tunnel `encap` (bound to its local address and source port, or
-  // a port the kernel picks when that is 0; connected to its remote and destination port).
-  virtual absl::StatusOr<FouSender> OpenFouSender(const EncapParams& encap) = 0;
+  // A send socket for the fou tunnel `encap`, bound to its local address and source port (a
+  // port the kernel picks when that is 0). `connected`: to its remote and destination port (a
+  // point-to-point tunnel); otherwise each send names where it goes (a multipoint tunnel's
+  // peer).
+  virtual absl::StatusOr<FouSender> OpenFouSender(const EncapParams& encap, bool connected) = 0;
   virtual void CloseFouSender(int handle) = 0;
   // Sends `count` UDP payloads on a fou sender at once: as one UDP GSO send of `gso_size`
-  // segments when that is not 0, else one datagram (count 1), with the outer TOS and TTL.
-  // Returns the bytes sent or -errno (EIO: the path has no UDP GSO).
-  virtual int SendFou(int sender, const iovec* payloads, size_t count, uint8_t tos, uint8_t ttl,
+  // segments when that is not 0, else one datagram (count 1), with the outer TOS and TTL, to
+  // `destination` (null for a connected sender). Returns the bytes sent or -errno (EIO: the
+  // path has no UDP GSO).
+  virtual int SendFou(int sender, const sockaddr* destination, socklen_t destination_len,
+                      const iovec* payloads, size_t count, uint8_t tos, uint8_t ttl,
                       uint16_t gso_size) = 0;
 
   // Writes one packet to a tunnel device now, behind an empty virtio-net header when the

@@ -37,8 +37,10 @@ struct PeerPath {
   // Outer headers in front of an IP packet (or of a frame's payload): a peer's own key may
   // make its GRE header longer than the tunnel's.
   uint32_t overhead = 0;
-  OuterAddress source;         // our underlay address towards it (configured, or the route's)
-  sockaddr_in6 destination{};  // `underlay` for sendmsg's msg_name
+  OuterAddress source;  // our underlay address towards it (configured, or the route's)
+  // `underlay` for sendmsg's msg_name: a raw send's, or (with the fou destination port) a
+  // multipoint fou tunnel's, whose senders are not connected.
+  sockaddr_in6 destination{};
   socklen_t destination_len = 0;
   // Its own outer packets read back from the device (the route to it leads into the tunnel).
   LoopCheck loop_check;

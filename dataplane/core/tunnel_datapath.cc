@@ -72,7 +72,9 @@ absl::StatusOr<std::unique_ptr<TunnelDatapath>> TunnelDatapath::Create(const Eng
     // the flow's hash choosing, so the underlay's ECMP and RSS still see several flows.
     const size_t senders = config.encap.udp_sport != 0 ? 1 : 4;
     for (size_t i = 0; i < senders; ++i) {
-      absl::StatusOr<FouSender> sender = worker->io->OpenFouSender(config.encap);
+      // A multipoint tunnel's senders reach every peer: not connected to any.
+      absl::StatusOr<FouSender> sender =
+          worker->io->OpenFouSender(config.encap, /*connected=*/!config.multipoint);
       if (!sender.ok()) {
         return absl::Status(sender.status().code(),
                             absl::StrCat("tunnel ", config.name, ": ", sender.status().message()));
@@ -177,6 +179,10 @@ absl::StatusOr<PeerPath> TunnelDatapath::MakePeerPath(const EnginePeer& peer, co
   p.loop_check = LoopCheck(p.encap);
   if (!same_path) p.source = config_.encap.local;
   p.destination = UnderlayAddress(ipv6_, peer.underlay, &p.destination_len);
+  if (fou()) {
+    // What a fou send names (fou is IPv4 only): the peer at the tunnel's fou port.
+    reinterpret_cast<sockaddr_in*>(&p.destination)->sin_port = htons(encap_.udp_dport);
+  }
   p.stats = peer.stats;
   p.shown = peer.stats.get();
   p.counters = &peer.stats->worker(worker_->worker);
@@ -404,12 +410,13 @@ void TunnelDatapath::TransmitDone(uint8_t* frame, size_t len, int result, uint64
   // path is smaller than thought (AskRouteSoon); it is no more than what failed.
   AskRouteSoon(p);
   const uint32_t failed = static_cast<uint32_t>(len - l2_header_);
-  if (fou() && p.path_mtu >= failed) {
+  if (fou() && !peers_ && p.path_mtu >= failed) {
     // The route carries it, and a fou socket checks sizes against the device alone: the
     // refusal is an ICMP error the kernel queued on the connected socket (it believes any),
     // not this packet's size, and that send consumed it. Only errors the engine judged itself
-    // lower the path; the packet goes again, once.
-    if (!ResendFou(frame, len)) Count(c.tx_drops, DropReason::kSendError);
+    // lower the path; the packet goes again, once. A multipoint tunnel's senders are not
+    // connected and have no errors queued: their refusal is the packet's size, as a raw one.
+    if (!ResendFou(p, frame, len)) Count(c.tx_drops, DropReason::kSendError);
     return;
   }
   if (p.path_mtu == 0 || p.path_mtu >= failed) {
@@ -649,6 +656,10 @@ TunnelDatapath::FouPayload TunnelDatapath::FouPayloadOf(const EncapResult& packe
   out.payload.iov_len = packet.len - fou_header_len_;
   out.tos = packet.packet[1];
   out.ttl = packet.packet[8];
+  if (peers_) {
+    out.destination = packet.destination;
+    out.destination_len = packet.destination_len;
+  }
   return out;
 }
 
@@ -661,8 +672,9 @@ size_t TunnelDatapath::NextFouRun(const EncapResult* packets, size_t count, iove
   while (n < count && n < kMaxFouRun && (n == 0 || fou_gso_)) {
     const FouPayload p = FouPayloadOf(packets[n]);
     const size_t len = p.payload.iov_len;
+    // One GSO send has one destination: a run stops where the peer changes.
     if (n > 0 && (len > size || bytes + len > kMaxFouRunBytes || p.sender != *sender ||
-                  iovs[n - 1].iov_len != size)) {
+                  packets[n].peer != packets[0].peer || iovs[n - 1].iov_len != size)) {
       break;
     }
     iovs[n] = p.payload;
@@ -681,7 +693,8 @@ void TunnelDatapath::SendFouNow(uint8_t* const* frames, const size_t* lens,
     uint16_t gso_size = 0;
     const size_t n = NextFouRun(packets + first, count - first, iov, &sender, &gso_size);
     const FouPayload head = FouPayloadOf(packets[first]);
-    const int sent = worker_->io->SendFou(sender, iov, n, head.tos, head.ttl, gso_size);
+    const int sent = worker_->io->SendFou(sender, head.destination, head.destination_len, iov, n,
+                                          head.tos, head.ttl, gso_size);
     if (sent == -EIO && n > 1) {
       fou_gso_ = false;  // no UDP GSO on this path (wireguard-go's probe): one by one from now
       continue;
@@ -694,14 +707,20 @@ void TunnelDatapath::SendFouNow(uint8_t* const* frames, const size_t* lens,
   }
 }
 
-bool TunnelDatapath::ResendFou(uint8_t* frame, size_t len) {
-  const uint32_t sequence = encap_.sequence ? ++tx_sequence_ : 0;
-  const EncapResult packet = Encapsulate(remote_.encap, frame, len, 0, sequence);
+bool TunnelDatapath::ResendFou(PeerPath& p, uint8_t* frame, size_t len) {
+  const uint32_t sequence = p.encap.sequence ? ++tx_sequence_ : 0;
+  EncapResult packet = Encapsulate(p.encap, frame, len, 0, sequence);
   if (packet.packet == nullptr) return false;
-  const FouPayload p = FouPayloadOf(packet);
-  if (worker_->io->SendFou(p.sender, &p.payload, 1, p.tos, p.ttl, 0) < 0) return false;
+  packet.destination = reinterpret_cast<const sockaddr*>(&p.destination);
+  packet.destination_len = p.destination_len;
+  const FouPayload f = FouPayloadOf(packet);
+  if (worker_->io->SendFou(f.sender, f.destination, f.destination_len, &f.payload, 1, f.tos, f.ttl,
+                           0) < 0) {
+    return false;
+  }
   counters().tx_packets.Add();
   counters().tx_bytes.Add(len);
+  CountPeer(p, &TunnelCounters::tx_packets, &TunnelCounters::tx_bytes, len);
   return true;
 }
 

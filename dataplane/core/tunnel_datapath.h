@@ -135,19 +135,24 @@ class TunnelDatapath {
   // Foo-over-UDP: packets leave through the tunnel's UDP senders, not the raw socket. What
   // Encapsulate made (`packet`) starts with IP and UDP headers for the raw paths; a fou send
   // carries what follows them (FouPayload), with the TOS and TTL they hold, on the sender the
-  // flow's source port picks.
+  // flow's source port picks. A point-to-point tunnel's senders are connected to its remote; a
+  // multipoint tunnel's are not, and each send names the peer's underlay address and the fou
+  // port (`destination`: the packet's EncapResult::destination, which the backend copies).
   bool fou() const { return encap_.fou(); }
   struct FouPayload {
     int sender = -1;
     iovec payload{};
     uint8_t tos = 0;
     uint8_t ttl = 0;
+    const sockaddr* destination = nullptr;  // null: the sender is connected
+    socklen_t destination_len = 0;
   };
   FouPayload FouPayloadOf(const EncapResult& packet) const;
   // The run of prepared packets at the start of `packets` (`count` of them) that one fou send
-  // takes: equal-sized payloads (the last may be shorter) of one sender, within what one UDP
-  // GSO send holds, or one packet when GSO is off. Fills `iovs` with their payloads and returns
-  // how many, with the sender and the segment size (0 for a single packet).
+  // takes: equal-sized payloads (the last may be shorter) of one sender to one peer, within
+  // what one UDP GSO send holds, or one packet when GSO is off. Fills `iovs` with their
+  // payloads and returns how many, with the sender and the segment size (0 for a single
+  // packet); the run goes where its first packet's FouPayload says.
   size_t NextFouRun(const EncapResult* packets, size_t count, iovec* iovs, int* sender,
                     uint16_t* gso_size) const;
   // Sends `count` prepared packets now through the fou senders (as one UDP GSO send where
@@ -300,8 +305,9 @@ class TunnelDatapath {
   void HandleTooBig(PeerPath& p, uint8_t* frame, size_t len);
   bool WriteIcmpToDevice(const uint8_t* ip, size_t len);
   bool SendFragments(PeerPath& p, const uint8_t* outer, size_t len);
-  // Wraps the frame again and sends it at once on its fou sender; true when the send took.
-  bool ResendFou(uint8_t* frame, size_t len);
+  // Wraps the frame again for `p` and sends it at once on its fou sender; true when the send
+  // took.
+  bool ResendFou(PeerPath& p, uint8_t* frame, size_t len);
   void SendKeepalive(PeerPath& p);
   bool IsPeerKeepalive(const Decapsulated& d) const;
   // last_receive_unix_nanos of the path's stats from the worker's clock; the shared value is

@@ -89,7 +89,7 @@ uint8_t FouProtocol(TunnelMode mode) {
 }
 
 absl::StatusOr<int> OpenFouSendSocket(const OuterAddress& local, uint16_t sport,
-                                      const OuterAddress& remote, uint16_t dport,
+                                      const OuterAddress* remote, uint16_t dport,
                                       int buffer_bytes) {
   const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return ErrnoStatus(errno, "fou send socket");
@@ -111,11 +111,13 @@ absl::StatusOr<int> OpenFouSendSocket(const OuterAddress& local, uint16_t sport,
   from.sin_port = htons(sport);
   sockaddr_in to{};
   to.sin_family = AF_INET;
-  std::memcpy(&to.sin_addr, remote.data(), 4);
+  if (remote != nullptr) std::memcpy(&to.sin_addr, remote->data(), 4);
   to.sin_port = htons(dport);
+  // Unconnected (a multipoint tunnel's), the socket has no ICMP errors queued on it (no
+  // IP_RECVERR): a send refused as too big is refused for its size alone.
   if (setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof pmtu) != 0 ||
       bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) != 0 ||
-      connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
+      (remote != nullptr && connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0)) {
     const int err = errno;
     close(fd);
     if (err == EADDRINUSE) {

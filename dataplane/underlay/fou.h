@@ -1,6 +1,7 @@
 // Foo-over-UDP (GRE-in-UDP, IPIP and SIT in UDP) on the underlay: the receive sockets of the
-// ports fou tunnels use, the connected send sockets of each tunnel, and the ancillary data of a
-// send. What goes in the UDP payloads is the packet core's (Encapsulate, DecapsulateUdpPayload).
+// ports fou tunnels use, the send sockets of each tunnel (connected to a point-to-point
+// tunnel's remote; a multipoint tunnel's name the peer in each send), and the ancillary data of
+// a send. What goes in the UDP payloads is the packet core's (Encapsulate, DecapsulateUdpPayload).
 #ifndef TUNNELAGENT_DATAPLANE_UNDERLAY_FOU_H_
 #define TUNNELAGENT_DATAPLANE_UNDERLAY_FOU_H_
 
@@ -59,9 +60,10 @@ class FouPorts {
 };
 
 // A UDP socket that sends a fou tunnel's packets: bound to `local` (any when zero) and `sport`
-// (0: a port the kernel picks), connected to `remote`:`dport`, DF on every packet.
+// (0: a port the kernel picks), connected to `remote`:`dport` (not connected when `remote` is
+// null: each send names its destination), DF on every packet.
 absl::StatusOr<int> OpenFouSendSocket(const OuterAddress& local, uint16_t sport,
-                                      const OuterAddress& remote, uint16_t dport, int buffer_bytes);
+                                      const OuterAddress* remote, uint16_t dport, int buffer_bytes);
 
 // Ancillary data of a fou send: the outer TOS and TTL of the packet(s), and the UDP segment
 // size when several equal-sized payloads go as one (UDP GSO, `gso_size` 0 otherwise). Returns

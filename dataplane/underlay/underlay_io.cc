@@ -183,9 +183,10 @@ uint16_t UnderlayIo::RandomFragmentId() {
   return id;
 }
 
-absl::StatusOr<FouSender> UnderlayIo::OpenFouSender(const EncapParams& encap) {
+absl::StatusOr<FouSender> UnderlayIo::OpenFouSender(const EncapParams& encap, bool connected) {
   absl::StatusOr<int> fd =
-      OpenFouSendSocket(encap.local, encap.udp_sport, encap.remote, encap.udp_dport, buffer_bytes_);
+      OpenFouSendSocket(encap.local, encap.udp_sport, connected ? &encap.remote : nullptr,
+                        encap.udp_dport, buffer_bytes_);
   if (!fd.ok()) return fd.status();
   FouSender sender;
   sender.handle = *fd;
@@ -202,10 +203,13 @@ void UnderlayIo::CloseFouSender(int handle) {
   if (handle >= 0) close(handle);
 }
 
-int UnderlayIo::SendFou(int sender, const iovec* payloads, size_t count, uint8_t tos, uint8_t ttl,
+int UnderlayIo::SendFou(int sender, const sockaddr* destination, socklen_t destination_len,
+                        const iovec* payloads, size_t count, uint8_t tos, uint8_t ttl,
                         uint16_t gso_size) {
   alignas(cmsghdr) uint8_t control[kFouSendControlBytes];
   msghdr msg{};
+  msg.msg_name = const_cast<sockaddr*>(destination);
+  msg.msg_namelen = destination != nullptr ? destination_len : 0;
   msg.msg_iov = const_cast<iovec*>(payloads);
   msg.msg_iovlen = count;
   msg.msg_control = control;

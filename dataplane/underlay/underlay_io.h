@@ -37,9 +37,10 @@ class UnderlayIo final : public PacketIo {
                   OuterAddress* source) override;
   int SendUnderlay(bool ipv6, const OuterAddress& destination, const uint8_t* packet,
                    size_t len) override;
-  absl::StatusOr<FouSender> OpenFouSender(const EncapParams& encap) override;
+  absl::StatusOr<FouSender> OpenFouSender(const EncapParams& encap, bool connected) override;
   void CloseFouSender(int handle) override;
-  int SendFou(int sender, const iovec* payloads, size_t count, uint8_t tos, uint8_t ttl,
+  int SendFou(int sender, const sockaddr* destination, socklen_t destination_len,
+              const iovec* payloads, size_t count, uint8_t tos, uint8_t ttl,
               uint16_t gso_size) override;
   int WriteDevice(int device_fd, bool vnet_header, const uint8_t* packet, size_t len) override;
 

@@ -524,7 +524,20 @@ INSTANTIATE_TEST_SUITE_P(Multipoint, ValidSpecTest,
                                            GoodCase{"Ipip", [] { return Multipoint(Ipip); }},
                                            GoodCase{"Sit", [] { return Multipoint(Sit); }},
                                            GoodCase{"Ip6gre", [] { return Multipoint(Ip6gre); }},
-                                           GoodCase{"Ip6tnl", [] { return Multipoint(Ip6tnl); }}),
+                                           GoodCase{"Ip6tnl", [] { return Multipoint(Ip6tnl); }},
+                                           GoodCase{"GreFou",
+                                                    [] {
+                                                      TunnelSpec s = Multipoint(Gre);
+                                                      s.fou.enabled = true;
+                                                      return s;
+                                                    }},
+                                           GoodCase{"IpipFou",
+                                                    [] {
+                                                      TunnelSpec s = Multipoint(Ipip);
+                                                      s.fou.enabled = true;
+                                                      s.fou.dport = 5555;
+                                                      return s;
+                                                    }}),
                          [](const auto& info) { return info.param.test_name; });
 
 INSTANTIATE_TEST_SUITE_P(Multipoint, InvalidSpecTest,
@@ -544,6 +557,14 @@ INSTANTIATE_TEST_SUITE_P(Multipoint, InvalidSpecTest,
                                                   return s;
                                                 },
                                                 kInvalid, "tunnel.keepalive: "},
+                                           Case{"SequenceNumbers",
+                                                [] {
+                                                  TunnelSpec s = Multipoint(Gre);
+                                                  s.fou.enabled = true;
+                                                  s.sequence = true;
+                                                  return s;
+                                                },
+                                                kInvalid, "tunnel.sequence: "},
                                            Case{"Ip6greWithoutLocal",
                                                 [] {
                                                   TunnelSpec s = Multipoint(Ip6gre);

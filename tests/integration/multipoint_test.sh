@@ -4,7 +4,8 @@
 # removed without touching the device or the other peer's traffic; packets to no peer answered
 # and counted; an inner source a peer may not send from, and an outer source that is no peer,
 # dropped and counted; overlapping prefixes refused; one peer's keepalive taking that peer alone
-# DOWN; a restart keeping every peer. Then three agents in a multipoint mesh.
+# DOWN; a restart keeping every peer. Then three agents in a multipoint mesh, and a multipoint
+# hub over GRE-in-UDP (encap fou) with point-to-point fou spokes.
 set -euo pipefail
 : "${SOURCE_DIR:=$(cd "$(dirname "$0")/../.." && pwd)}"
 : "${BIN_DIR:=$SOURCE_DIR/build/bin}"
@@ -162,3 +163,34 @@ for i in 0 1 2; do
   done
 done
 lab_ok "every pair of the mesh, IPv4 and IPv6"
+
+lab_log "a multipoint hub over GRE-in-UDP (encap fou) and two point-to-point fou spokes"
+for n in H S1 S2; do lab_ctl "$n" delete mesh0 >/dev/null; done
+lab_ctl H create tnlu mode gre local 198.18.0.1 multipoint encap fou encap-dport 4754 \
+  address 100.66.0.1/24 >/dev/null
+for i in 1 2; do
+  lab_ctl "S$i" create fou1 mode gre local "198.18.0.$((i + 1))" remote 198.18.0.1 \
+    encap fou encap-dport 4754 address "100.66.0.$((i + 1))/24" >/dev/null
+  lab_ctl H peer add tnlu "u$i" underlay "198.18.0.$((i + 1))" allowed "100.66.0.$((i + 1))/32" \
+    >/dev/null
+done
+# A spoke's tunnel also takes plain GRE: only its UDP counter tells that the hub sent in UDP.
+udp_in() { lab_exec "$1" awk '/^Udp:/ && $2 ~ /^[0-9]+$/ { print $2 }' /proc/net/snmp; }
+before=$(udp_in S1)
+lab_ping H 100.66.0.2 3
+after=$(udp_in S1)
+[ "$after" -ge $((before + 3)) ] ||
+  lab_fail "S1 took $((after - before)) UDP datagrams during 3 pings from the fou hub"
+lab_ok "the hub's pings reached S1 in UDP ($((after - before)) datagrams)"
+lab_ping H 100.66.0.3 3
+lab_ping S1 100.66.0.1
+lab_ping S2 100.66.0.1
+lab_ping S1 100.66.0.3
+lab_ctl X create fou1 mode gre local 198.18.0.4 remote 198.18.0.1 encap fou encap-dport 4754 \
+  address 100.66.0.4/24 >/dev/null
+before=$(drops H tnlu rx unknown_peer)
+lab_exec X ping -n -c 2 -W 1 100.66.0.1 >/dev/null 2>&1 &&
+  lab_fail "H answered X over fou, which is no peer"
+after=$(drops H tnlu rx unknown_peer)
+[ "$after" -ge $((before + 2)) ] || lab_fail "tnlu rx unknown_peer drops $before -> $after"
+lab_ok "fou: hub to each spoke and back, spoke to spoke; X (no peer) dropped as unknown_peer"

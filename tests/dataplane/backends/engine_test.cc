@@ -1248,6 +1248,87 @@ TEST_P(EngineTest, WorkerWhoseRingIsGoneIsReportedStopped) {
   EXPECT_TRUE(Eventually([] { return if_nametoindex("tun0") == 0; }, 5000));
 }
 
+// A multipoint tunnel over GRE-in-UDP, peer 1 at 127.0.0.2 and peer 2 at 127.0.0.3.
+void MultipointFou(EngineTunnel& t) {
+  t.encap.remote = OuterAddress();
+  t.encap.udp_dport = kGreInUdpPort;
+  t.multipoint = true;
+}
+
+// `inner` as a peer at `from` sends it over GRE-in-UDP (keyless GRE, from a port of its own)
+// to the engine's fou port.
+void SendFouFrom(uint32_t from, const std::vector<uint8_t>& inner) {
+  std::vector<uint8_t> payload = {0x00, 0x00, 0x08, 0x00};  // GRE, IPv4 inside
+  payload.insert(payload.end(), inner.begin(), inner.end());
+  Fd peer(socket(AF_INET, SOCK_DGRAM, 0));
+  sockaddr_in source = Addr(from);
+  ASSERT_EQ(bind(peer.get(), reinterpret_cast<sockaddr*>(&source), sizeof source), 0);
+  sockaddr_in to = Addr(kLocal, kGreInUdpPort);
+  ASSERT_EQ(sendto(peer.get(), payload.data(), payload.size(), 0, reinterpret_cast<sockaddr*>(&to),
+                   sizeof to),
+            static_cast<ssize_t>(payload.size()));
+}
+
+// The fou senders of a multipoint tunnel are not connected: each packet names its peer at the
+// fou port; what comes in on the shared port is taken from peers only.
+TEST_P(EngineTest, MultipointFouReachesEachPeerBothWays) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false, 0, MultipointFou);
+  const EnginePeer one = MultipointPeer(1, engine_->workers());
+  const EnginePeer two = MultipointPeer(2, engine_->workers());
+  ASSERT_TRUE(engine_->ChangePeers("tun0", {one, two}, {}).ok());
+
+  // Receive first: what the engine sends to a loopback peer comes back to its own port.
+  auto udp = BoundUdp();
+  const std::vector<uint8_t> from_far = UdpPacket(kInnerFar, kInnerA, kPort, "mpfou-from-far");
+  SendFouFrom(0x7f000004, from_far);  // 127.0.0.4: no peer's address
+  EXPECT_TRUE(Eventually([&] { return TunnelDrops(DropReason::kUnknownPeer) == 1; }))
+      << CaptureFailure();
+  SendFouFrom(kRemote, from_far);  // 10.9.0.2 is peer 2's, not peer 1's
+  EXPECT_TRUE(Eventually([&] { return TunnelDrops(DropReason::kSpoofedSource) == 1; }));
+  SendFouFrom(kPeerTwo, from_far);
+  EXPECT_EQ(ReceiveUdp(*udp), "mpfou-from-far");
+  SendFouFrom(kRemote, UdpPacket(0x0a090005, kInnerA, kPort, "mpfou-from-one"));
+  EXPECT_EQ(ReceiveUdp(*udp), "mpfou-from-one");
+  EXPECT_TRUE(Eventually([&] {
+    return one.stats->Sum(&TunnelCounters::rx_packets) == 1 &&
+           two.stats->Sum(&TunnelCounters::rx_packets) == 1 &&
+           counters_->Sum(&TunnelCounters::rx_packets) == 2;
+  })) << CaptureFailure();
+
+  // Transmit: 10.9.0.2 is peer 2's /32, 10.9.0.7 in peer 1's /24.
+  Fd udp_tap(socket(AF_INET, SOCK_RAW, IPPROTO_UDP));
+  ASSERT_GE(udp_tap.get(), 0);
+  auto expect_fou_to = [&](const std::vector<uint8_t>& pkt, uint32_t peer) {
+    ASSERT_GE(pkt.size(), 28u);
+    EXPECT_EQ(OuterDestination(pkt), peer);
+    EXPECT_EQ(LoadBe32(pkt.data() + 12), kLocal);
+    EXPECT_EQ(pkt[9], IPPROTO_UDP);
+    EXPECT_EQ(LoadBe16(pkt.data() + 22), kGreInUdpPort);
+  };
+  SendInner("mpfou-to-peer2");
+  std::vector<uint8_t> pkt = Capture(udp_tap, "mpfou-to-peer2");
+  ASSERT_FALSE(pkt.empty()) << CaptureFailure();
+  expect_fou_to(pkt, kPeerTwo);
+  {
+    Fd inner(socket(AF_INET, SOCK_DGRAM, 0));
+    sockaddr_in src = Addr(kInnerA);
+    ASSERT_EQ(bind(inner.get(), reinterpret_cast<sockaddr*>(&src), sizeof src), 0);
+    sockaddr_in dst = Addr(0x0a090007, kPort);
+    ASSERT_EQ(
+        sendto(inner.get(), "mpfou-to-peer1", 14, 0, reinterpret_cast<sockaddr*>(&dst), sizeof dst),
+        14);
+  }
+  pkt = Capture(udp_tap, "mpfou-to-peer1");
+  ASSERT_FALSE(pkt.empty()) << CaptureFailure();
+  expect_fou_to(pkt, kRemote);
+  EXPECT_TRUE(Eventually([&] {
+    return one.stats->Sum(&TunnelCounters::tx_packets) == 1 &&
+           two.stats->Sum(&TunnelCounters::tx_packets) == 1 &&
+           counters_->Sum(&TunnelCounters::tx_packets) == 2;
+  })) << CaptureFailure();
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_drops, DropReason::kSendError), 0u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, EngineTest,
                          ::testing::Values(EngineParam{Backend::kUring, false},
                                            EngineParam{Backend::kEpoll, false},
@@ -1870,6 +1951,46 @@ TEST_P(OffloadEngineTest, FouSendsASuperPacketAsUdpGso) {
     EXPECT_NE(seen.find(std::string(1000, c)), std::string::npos) << c;
   }
   EXPECT_TRUE(Eventually([&] { return counters_->Sum(&TunnelCounters::tx_packets) == 3; }));
+  EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_super_packets), 1u);
+}
+
+// Through a multipoint fou tunnel the super-packet's segments go to their peer (peer 2's
+// 10.9.0.2) as UDP GSO sends from an unconnected sender.
+TEST_P(OffloadEngineTest, MultipointFouSendsASuperPacketToItsPeer) {
+  AddTunnel(TunnelMode::kGre, /*keyed=*/false, 0, MultipointFou);
+  const EnginePeer one = MultipointPeer(1, engine_->workers());
+  const EnginePeer two = MultipointPeer(2, engine_->workers());
+  ASSERT_TRUE(engine_->ChangePeers("tun0", {one, two}, {}).ok());
+  Fd udp_tap(socket(AF_INET, SOCK_RAW, IPPROTO_UDP));
+  ASSERT_GE(udp_tap.get(), 0);
+  const std::string payload =
+      std::string(1000, 'A') + std::string(1000, 'B') + std::string(1000, 'C');
+  std::vector<uint8_t> super = Tcp(kInnerA, kInnerFar, 40000, kPort, 1000, 0x18, payload, true);
+  SendSuperPacket(super, 1000);
+  // On loopback the GSO packet may be seen whole or split: each segment's data is there, and
+  // every packet carrying one went to peer 2's fou port.
+  std::string seen;
+  std::vector<uint8_t> buf(70000);
+  for (int i = 0; i < 40 && (seen.find(std::string(1000, 'C')) == std::string::npos); ++i) {
+    pollfd p{udp_tap.get(), POLLIN, 0};
+    if (poll(&p, 1, 50) <= 0) continue;
+    const ssize_t n = recv(udp_tap.get(), buf.data(), buf.size(), 0);
+    if (n < 28) continue;
+    const std::string bytes(reinterpret_cast<char*>(buf.data()), n);
+    if (bytes.find(std::string(100, 'A')) == std::string::npos &&
+        bytes.find(std::string(100, 'B')) == std::string::npos &&
+        bytes.find(std::string(100, 'C')) == std::string::npos) {
+      continue;
+    }
+    EXPECT_EQ(LoadBe32(buf.data() + 16), kPeerTwo);
+    EXPECT_EQ(LoadBe16(buf.data() + 22), kGreInUdpPort);
+    seen += bytes;
+  }
+  for (char c : {'A', 'B', 'C'}) {
+    EXPECT_NE(seen.find(std::string(1000, c)), std::string::npos) << c;
+  }
+  EXPECT_TRUE(Eventually([&] { return two.stats->Sum(&TunnelCounters::tx_packets) == 3; }));
+  EXPECT_EQ(one.stats->Sum(&TunnelCounters::tx_packets), 0u);
   EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_super_packets), 1u);
 }
 

@@ -49,6 +49,8 @@ struct UnderlaySend {
 
 struct FouSend {
   int sender = -1;
+  // Where the send was addressed (an unconnected sender's); none for a connected one.
+  std::optional<sockaddr_in> destination;
   std::vector<Bytes> payloads;
   uint8_t tos = 0;
   uint8_t ttl = 0;
@@ -82,6 +84,7 @@ class FakePacketIo final : public PacketIo {
   std::vector<FouSend> fou_sends;
   std::vector<DeviceWrite> device_writes;
   std::vector<FouSender> fou_opened;
+  std::vector<bool> fou_connected;  // of each sender opened
   std::vector<int> fou_closed;
 
   bool CanSend(bool ipv6) const override { return ipv6 ? ipv6_sendable : ipv4_sendable; }
@@ -101,8 +104,9 @@ class FakePacketIo final : public PacketIo {
     return underlay_errno;
   }
 
-  absl::StatusOr<FouSender> OpenFouSender(const EncapParams& encap) override {
+  absl::StatusOr<FouSender> OpenFouSender(const EncapParams& encap, bool connected) override {
     if (!fou_open_status.ok()) return fou_open_status;
+    fou_connected.push_back(connected);
     // Handles far from any real fd; the port the tunnel asked for, or one "the kernel picks".
     FouSender sender{
         1000 + static_cast<int>(fou_opened.size()),
@@ -112,9 +116,15 @@ class FakePacketIo final : public PacketIo {
   }
   void CloseFouSender(int handle) override { fou_closed.push_back(handle); }
 
-  int SendFou(int sender, const iovec* payloads, size_t count, uint8_t tos, uint8_t ttl,
+  int SendFou(int sender, const sockaddr* destination, socklen_t destination_len,
+              const iovec* payloads, size_t count, uint8_t tos, uint8_t ttl,
               uint16_t gso_size) override {
-    FouSend send{sender, {}, tos, ttl, gso_size};
+    FouSend send{sender, std::nullopt, {}, tos, ttl, gso_size};
+    if (destination != nullptr) {
+      EXPECT_EQ(destination_len, sizeof(sockaddr_in));
+      send.destination.emplace();
+      std::memcpy(&*send.destination, destination, sizeof(sockaddr_in));
+    }
     int bytes = 0;
     for (size_t i = 0; i < count; ++i) {
       const auto* p = static_cast<const uint8_t*>(payloads[i].iov_base);

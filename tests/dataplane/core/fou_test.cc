@@ -39,6 +39,8 @@ TEST(Fou, SendersOpenedPerTunnelAndClosedWithIt) {
   other.name = "t1";
   TunnelDatapath& per_flow = h.Add(other);
   ASSERT_EQ(h.io.fou_opened.size(), 5u);
+  // A point-to-point tunnel's senders are connected to its remote.
+  EXPECT_EQ(h.io.fou_connected, std::vector<bool>(5, true));
   EXPECT_TRUE(h.io.fou_closed.empty());
   h.core.EraseTunnel(&per_flow);
   EXPECT_EQ(h.io.fou_closed, (std::vector<int>{1001, 1002, 1003, 1004}));
@@ -102,6 +104,7 @@ TEST(Fou, PacketGoesAsTheUdpPayloadOnTheSenderItsFlowPicks) {
   ASSERT_EQ(h.io.fou_sends.size(), 1u);
   const FouSend& send = h.io.fou_sends[0];
   EXPECT_EQ(send.sender, p.sender);
+  EXPECT_FALSE(send.destination.has_value()) << "a connected sender's send names nothing";
   EXPECT_EQ(send.gso_size, 0);
   EXPECT_EQ(send.tos, 0);
   EXPECT_EQ(send.ttl, 64);

@@ -2,12 +2,15 @@
 // allowed prefixes hold its inner destination (longest match, with that peer's key), or is
 // answered with ICMP destination unreachable; what is received must come from a peer's
 // underlay address with an inner source that peer may send from. Path MTU and keepalives are
-// per peer, and housekeeping visits only the peers that have something due.
+// per peer, and housekeeping visits only the peers that have something due. Over fou the
+// tunnel's UDP senders are not connected: each send names its peer and the fou port.
 #include <sys/socket.h>
 
 #include <cerrno>
 #include <cstring>
+#include <iterator>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/time/clock.h"
@@ -374,6 +377,196 @@ TEST(Multipoint, HousekeepingLeavesIdlePeersAlone) {
   EXPECT_EQ(t.FindPeer(8)->path_mtu, h.io.route_mtu - 28) << "1500 less IPv4 and keyed GRE";
 }
 
+// ---- Over fou (GRE-in-UDP, IPIP-in-UDP) ----
+
+constexpr uint16_t kFouPort = 4754;
+
+// TwoPeers over GRE-in-UDP to port 4754, from source port `sport` (0: per flow).
+EngineTunnel FouMultipoint(uint16_t sport, std::vector<EnginePeer> peers = TwoPeers()) {
+  EngineTunnel t = Multipoint(std::move(peers));
+  t.encap.udp_dport = kFouPort;
+  t.encap.udp_sport = sport;
+  return t;
+}
+
+// The address and port a fou send named.
+std::pair<uint32_t, uint16_t> SentTo(const FouSend& send) {
+  EXPECT_TRUE(send.destination.has_value()) << "an unconnected sender's send names its peer";
+  if (!send.destination) return {0, 0};
+  EXPECT_EQ(send.destination->sin_family, AF_INET);
+  return {ntohl(send.destination->sin_addr.s_addr), ntohs(send.destination->sin_port)};
+}
+
+TEST(Multipoint, FouSendersAreNotConnectedAndEachSendNamesItsPeer) {
+  CoreHarness h;
+  EngineTunnel config = FouMultipoint(/*sport=*/0);
+  TunnelDatapath& t = h.Add(config);
+  ASSERT_EQ(h.io.fou_opened.size(), 4u);
+  EXPECT_EQ(h.io.fou_connected, std::vector<bool>(4, false));
+
+  const Bytes to_peer2 = Inner4(kInnerSrc4, 0x0A020001);
+  const Bytes to_peer1 = Inner4(kInnerSrc4, 0x0A030001);
+  CoreHarness::DeviceRead r2 = h.Read(t, to_peer2);
+  CoreHarness::DeviceRead r1 = h.Read(t, to_peer1);
+  ASSERT_EQ(r2.verdict, Verdict::kSend);
+  ASSERT_EQ(r1.verdict, Verdict::kSend);
+  // The outer packet as the raw paths would send it: UDP to the peer, its own key inside.
+  const uint16_t sport2 = LoadBe16(r2.out.packet + 20);
+  EXPECT_EQ(ToHex(r2.outer()), ToHex(Build()
+                                         .Ipv4({.src = kLocal4, .dst = kPeer2, .protocol = 17})
+                                         .Udp({.sport = sport2, .dport = kFouPort})
+                                         .Gre({.key = 9})
+                                         .Raw(to_peer2)
+                                         .ToBytes()));
+
+  SegmentBatch batch;
+  batch.frames[0] = r2.frame;
+  batch.lens[0] = r2.read.len;
+  batch.packets[0] = r2.out;
+  batch.frames[1] = r1.frame;
+  batch.lens[1] = r1.read.len;
+  batch.packets[1] = r1.out;
+  h.core.SendPreparedNow(t, batch, 2);
+  ASSERT_EQ(h.io.fou_sends.size(), 2u);
+  EXPECT_EQ(SentTo(h.io.fou_sends[0]), std::make_pair(kPeer2, kFouPort));
+  EXPECT_EQ(h.io.fou_sends[0].sender, h.io.fou_opened.at(sport2 % 4).handle);
+  EXPECT_EQ(ToHex(h.io.fou_sends[0].payloads.at(0)),
+            ToHex(Build().Gre({.key = 9}).Raw(to_peer2).ToBytes()));
+  EXPECT_EQ(SentTo(h.io.fou_sends[1]), std::make_pair(kPeer1, kFouPort));
+  EXPECT_EQ(ToHex(h.io.fou_sends[1].payloads.at(0)),
+            ToHex(Build().Gre({.key = 5}).Raw(to_peer1).ToBytes()));
+  EXPECT_TRUE(h.io.underlay_sends.empty());
+  EXPECT_EQ(t.counters().tx_packets.Get(), 2u);
+  EXPECT_EQ(config.peers[0].stats->Sum(&TunnelCounters::tx_packets), 1u);
+  EXPECT_EQ(config.peers[1].stats->Sum(&TunnelCounters::tx_packets), 1u);
+}
+
+TEST(Multipoint, FouGsoRunsStopWhereThePeerChanges) {
+  CoreHarness h;
+  // One sender (a fixed source port), equal sizes (both peers' GRE headers carry a key): the
+  // peer alone splits the runs.
+  TunnelDatapath& t = h.Add(FouMultipoint(/*sport=*/5555));
+  ASSERT_EQ(h.io.fou_opened.size(), 1u);
+  const uint32_t destinations[] = {0x0A030001, 0x0A030002, 0x0A020001, 0x0A020002, 0x0A030003};
+  std::vector<CoreHarness::DeviceRead> reads;
+  SegmentBatch batch;
+  for (size_t i = 0; i < std::size(destinations); ++i) {
+    reads.push_back(h.Read(t, Inner4(kInnerSrc4, destinations[i], 500)));
+    ASSERT_EQ(reads.back().verdict, Verdict::kSend);
+    batch.frames[i] = reads.back().frame;
+    batch.lens[i] = reads.back().read.len;
+    batch.packets[i] = reads.back().out;
+  }
+  h.core.SendPreparedNow(t, batch, std::size(destinations));
+  ASSERT_EQ(h.io.fou_sends.size(), 3u);
+  const size_t payload = 8 + 20 + 8 + 500;  // keyed GRE, IPv4, ICMP
+  EXPECT_EQ(SentTo(h.io.fou_sends[0]), std::make_pair(kPeer1, kFouPort));
+  EXPECT_EQ(h.io.fou_sends[0].payloads.size(), 2u);
+  EXPECT_EQ(h.io.fou_sends[0].gso_size, payload);
+  EXPECT_EQ(SentTo(h.io.fou_sends[1]), std::make_pair(kPeer2, kFouPort));
+  EXPECT_EQ(h.io.fou_sends[1].payloads.size(), 2u);
+  EXPECT_EQ(h.io.fou_sends[1].gso_size, payload);
+  EXPECT_EQ(SentTo(h.io.fou_sends[2]), std::make_pair(kPeer1, kFouPort));
+  EXPECT_EQ(h.io.fou_sends[2].payloads.size(), 1u);
+  EXPECT_EQ(h.io.fou_sends[2].gso_size, 0);
+  for (const FouSend& send : h.io.fou_sends) {
+    for (const Bytes& p : send.payloads) {
+      const uint32_t key = SentTo(send).first == kPeer2 ? 9 : 5;
+      EXPECT_EQ(LoadBe32(p.data() + 4), key) << "each payload in the run of its own peer";
+    }
+  }
+  EXPECT_EQ(t.counters().tx_packets.Get(), 5u);
+}
+
+TEST(Multipoint, FouMessageTooLongLowersThatPeersPath) {
+  CoreHarness h;
+  EngineTunnel config = FouMultipoint(/*sport=*/5555);
+  TunnelDatapath& t = h.Add(config);
+  const Bytes big = Inner4(kInnerSrc4, 0x0A020001, 1300);  // to peer 2, DF
+  CoreHarness::DeviceRead r = h.Read(t, big);
+  ASSERT_EQ(r.verdict, Verdict::kSend);
+  // An unconnected sender has no ICMP error queued on it: the refusal is the packet's size, so
+  // nothing is sent again (as a connected point-to-point sender's would be).
+  t.TransmitDone(r.frame, big.size(), -EMSGSIZE, r.out.peer);
+  EXPECT_TRUE(h.io.fou_sends.empty());
+  EXPECT_EQ(t.FindPeer(2)->path_mtu, big.size() - 1);
+  EXPECT_EQ(config.peers[1].stats->path_mtu.load(), big.size() - 1);
+  EXPECT_EQ(t.FindPeer(1)->path_mtu, 0u);
+  ASSERT_EQ(h.io.device_writes.size(), 1u);
+  EXPECT_EQ(h.io.device_writes[0].packet[20], 3) << "frag-needed to the sender";
+  EXPECT_EQ(h.io.device_writes[0].packet[21], 4);
+  EXPECT_EQ(TxDrops(t, DropReason::kTooBig), 1u);
+}
+
+TEST(Multipoint, FouTooBigQuotingAPeersPacketLowersItsPath) {
+  CoreHarness h;
+  h.io.route_mtu = 1500;
+  EngineTunnel config = FouMultipoint(/*sport=*/5555);
+  TunnelDatapath& t = h.Add(config);
+  // Peers' routes are asked once they are sent to.
+  ASSERT_EQ(h.Read(t, Inner4(kInnerSrc4, 0x0A020001)).verdict, Verdict::kSend);
+  ASSERT_EQ(h.Read(t, Inner4(kInnerSrc4, 0x0A030001)).verdict, Verdict::kSend);
+  h.core.Tick(absl::Now());
+  const uint32_t overhead = 20 + 8 + 8;  // IPv4, UDP, keyed GRE
+  ASSERT_EQ(t.FindPeer(2)->path_mtu, 1500 - overhead);
+  const Bytes quote = Build()
+                          .Ipv4({.src = kLocal4, .dst = kPeer2, .protocol = 17, .total_len = 1500})
+                          .Udp({.sport = 5555, .dport = kFouPort})
+                          .Gre({.key = 9})
+                          .ToBytes();
+  const Bytes error = Build()
+                          .Ipv4({.src = kRouter4, .dst = kLocal4, .protocol = 1, .df = false})
+                          .Icmp({.type = 3, .code = 4, .rest = 1300})
+                          .Raw(quote)
+                          .ToBytes();
+  TooBigReport report;
+  ASSERT_TRUE(ParseIcmpFragmentationNeeded(error.data(), error.size(), &report));
+  h.core.TakeTooBig(report);
+  EXPECT_EQ(t.FindPeer(2)->path_mtu, 1300 - overhead);
+  EXPECT_EQ(t.FindPeer(1)->path_mtu, 1500 - overhead);
+}
+
+TEST(Multipoint, FouReceiveWantsAPeerAndASourceItMaySendFrom) {
+  CoreHarness h;
+  EngineTunnel config = FouMultipoint(/*sport=*/0);
+  TunnelDatapath& t = h.Add(config);
+  auto payload = [](uint32_t inner_src) {
+    return Build().Gre({}).Raw(Inner4(inner_src, 0x0A090001)).ToBytes();
+  };
+  h.ReceiveFou(payload(0x0A030001), 47, {.source = 0xC6120009});
+  EXPECT_EQ(RxDrops(t, DropReason::kUnknownPeer), 1u);
+  h.ReceiveFou(payload(0x0A020007), 47, {.source = kPeer1});
+  EXPECT_EQ(RxDrops(t, DropReason::kSpoofedSource), 1u);
+  EXPECT_TRUE(h.io.device_writes.empty());
+  EXPECT_EQ(h.core.counters().drops[static_cast<int>(DropReason::kNoTunnel)].Get(), 0u)
+      << "the tunnel takes any outer source";
+
+  h.ReceiveFou(payload(0x0A030001), 47, {.source = kPeer1});
+  h.ReceiveFou(payload(0x0A020007), 47, {.source = kPeer2});
+  ASSERT_EQ(h.io.device_writes.size(), 2u);
+  EXPECT_EQ(ToHex(h.io.device_writes[0].packet), ToHex(Inner4(0x0A030001, 0x0A090001)));
+  EXPECT_EQ(ToHex(h.io.device_writes[1].packet), ToHex(Inner4(0x0A020007, 0x0A090001)));
+  EXPECT_EQ(t.counters().rx_packets.Get(), 2u);
+  EXPECT_EQ(config.peers[0].stats->Sum(&TunnelCounters::rx_packets), 1u);
+  EXPECT_EQ(config.peers[1].stats->Sum(&TunnelCounters::rx_packets), 1u);
+}
+
+TEST(Multipoint, FouKeepaliveGoesToItsPeer) {
+  CoreHarness h;
+  std::vector<EnginePeer> peers = TwoPeers();
+  peers[1].keepalive_interval = absl::Seconds(10);
+  TunnelDatapath& t = h.Add(FouMultipoint(/*sport=*/5555, peers));
+  h.core.Tick(absl::Now());
+  ASSERT_EQ(h.io.underlay_sends.size(), 1u);
+  const UnderlaySend& sent = h.io.underlay_sends[0];
+  EXPECT_EQ(sent.destination, OuterAddress(kPeer2));
+  ASSERT_GE(sent.packet.size(), 28u);
+  EXPECT_EQ(sent.packet[9], 17) << "UDP";
+  EXPECT_EQ(LoadBe32(sent.packet.data() + 16), kPeer2);
+  EXPECT_EQ(LoadBe16(sent.packet.data() + 22), kFouPort);
+  EXPECT_EQ(t.counters().keepalive_sent.Get(), 1u);
+}
+
 TEST(Multipoint, EngineTunnelChecks) {
   EngineTunnel ok = Multipoint(TwoPeers());
   EXPECT_TRUE(CheckEngineTunnel(ok).ok());
@@ -384,7 +577,10 @@ TEST(Multipoint, EngineTunnelChecks) {
   EXPECT_EQ(CheckEngineTunnel(tap).code(), absl::StatusCode::kInvalidArgument);
   EngineTunnel fou = ok;
   fou.encap.udp_dport = 4754;
-  EXPECT_EQ(CheckEngineTunnel(fou).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(CheckEngineTunnel(fou).ok());
+  EngineTunnel sequence = ok;
+  sequence.encap.sequence = true;
+  EXPECT_EQ(CheckEngineTunnel(sequence).code(), absl::StatusCode::kInvalidArgument);
   EngineTunnel v6 = Multipoint({}, TunnelMode::kIp6tnl);
   v6.encap.local = OuterAddress();
   EXPECT_EQ(CheckEngineTunnel(v6).code(), absl::StatusCode::kInvalidArgument);
