@@ -11,15 +11,19 @@
 # apart, per repetition, pooled), and the tunnel processes' CPU seconds per gigabit moved
 # during TCP x1 (utime + stime from /proc/PID/stat, both ends summed). Then 1,000 more keyed
 # GRE tunnels on both agents, TCP x1 and UDP 64 B again through the measured one, and each
-# agent's resident memory. A table gives every figure and its ratio to veth and to naive, then
-# the targets with PASS/MISS: informational, the exit status is 0 either way.
+# agent's resident memory. Then agent-gre-mp: a multipoint GRE tunnel on both agents, each the
+# other's one peer, TCP x1 and UDP 64 B through it with that one peer and beside 9,999 more
+# of 10 allowed prefixes each. A table gives every figure and its ratio to veth and to naive,
+# then the targets with PASS/MISS: informational, the exit status is 0 either way.
 #
 # Usage: tests/bench/dataplane_bench.sh    (root, a built tree: make build; or `make bench`)
 # Environment:
 #   REPS=3 DUR=5        runs per figure (the median is reported) and seconds per iperf3 run
 #   PINGS=200           pings per repetition for the latency figures
 #   EXTRA_TUNNELS=1000  keyed GRE tunnels added for the scale step (0 skips it)
-#   PEERS="veth naive agent-gre agent-ipip agent-gre-udp"
+#   MULTIPOINT_PEERS=10000  peers of the multipoint step's tunnel, the measured one included
+#                       (0 skips it; at most 16,000)
+#   PEERS="veth naive agent-gre agent-ipip agent-gre-mp agent-gre-udp"
 #   SHARED_BENCH=DIR    where naive-gre.c is (default: ../shared/bench beside the repository)
 #   BENCH_JSON=FILE     also write the results as JSON
 #   BENCH_OUT=DIR       keep the raw iperf3 JSON, ping output and logs there
@@ -32,7 +36,8 @@ REPS=${REPS:-3}
 DUR=${DUR:-5}
 PINGS=${PINGS:-200}
 EXTRA_TUNNELS=${EXTRA_TUNNELS:-1000}
-PEERS=${PEERS:-"veth naive agent-gre agent-ipip agent-gre-udp"}
+MULTIPOINT_PEERS=${MULTIPOINT_PEERS:-10000}
+PEERS=${PEERS:-"veth naive agent-gre agent-ipip agent-gre-mp agent-gre-udp"}
 SHARED_BENCH=${SHARED_BENCH:-$SOURCE_DIR/../shared/bench}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-2400}
 AGENT_FLAGS=${AGENT_FLAGS:-}
@@ -41,9 +46,12 @@ PORT=5201
 UL_A=198.18.0.1
 UL_B=198.18.0.2
 
-for v in REPS DUR PINGS EXTRA_TUNNELS BENCH_TIMEOUT; do
+for v in REPS DUR PINGS EXTRA_TUNNELS MULTIPOINT_PEERS BENCH_TIMEOUT; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "$v must be a whole number, not '${!v}'" >&2; exit 2; }
 done
+# Below the agent's default --max_peers_per_tunnel (16,384); the generated underlays and
+# prefixes (mp_peers_file) would have room for about 26,000.
+[ "$MULTIPOINT_PEERS" -le 16000 ] || { echo "MULTIPOINT_PEERS <= 16000" >&2; exit 2; }
 [ "$REPS" -ge 1 ] && [ "$DUR" -ge 1 ] && [ "$PINGS" -ge 1 ] || { echo "REPS, DUR, PINGS >= 1" >&2; exit 2; }
 for c in iperf3 jq ping ss "$PY"; do
   command -v "$c" >/dev/null || { echo "missing $c: make bench-deps" >&2; exit 1; }
@@ -314,6 +322,9 @@ peer_agent_gre() {
   meta rss_a_1 "$(rss_mib "${LAB_PIDS[A]}")"
   meta rss_b_1 "$(rss_mib "${LAB_PIDS[B]}")"
   scale_step
+  # Gone before agent-gre-mp: a tunnel with a remote takes the packets of one without.
+  lab_ctl A delete gre1 >/dev/null 2>&1
+  lab_ctl B delete gre1 >/dev/null 2>&1
 }
 
 # EXTRA_TUNNELS keyed GRE tunnels between the same two addresses (keys 1..N: each its own
@@ -370,6 +381,113 @@ scale_step() {
   done
 }
 
+# agent-gre-mp: the path of agent-gre as a multipoint GRE tunnel (mp1) on both agents, each
+# the other's peer (underlay its address, allowed its inner /32), alone and beside
+# MULTIPOINT_PEERS - 1 peers that exist nowhere (underlays 198.18.1.0 + i, which no route
+# reaches and nothing is sent to; 10 allowed prefixes each, the layout of the micro-benchmark's
+# BM_PeerLookup: the /26s of 10.128.0.0/9 and the /27s of 100.64.0.0/10), so that every packet's
+# peer is found in a trie of 10 x that many prefixes: on send by inner destination, on receive
+# by outer source and then the inner source's longest match. Paired rounds as in the scale
+# step: TCP x1 and UDP 64 B with the one peer (agent-gre-mp+1), the others added on both sides
+# by one `peer apply` each, the same again (agent-gre-mp+peers) and the agents' memory, then
+# the others removed (`peer apply --prune` of none; the measured peer has no owner label, so
+# the prune leaves it).
+MP_INNER=10.13.0
+mp_peers_file() {  # FILE: the MULTIPOINT_PEERS - 1 other peers, owner "bench"
+  "$PY" - "$((MULTIPOINT_PEERS - 1))" "$1" <<'EOF'
+import ipaddress, json, sys
+n, path = int(sys.argv[1]), sys.argv[2]
+underlay = int(ipaddress.IPv4Address("198.18.1.0"))
+ten, cgnat = int(ipaddress.IPv4Address("10.128.0.0")), int(ipaddress.IPv4Address("100.64.0.0"))
+def prefix(k):
+    if k % 2 == 0:
+        return "%s/26" % ipaddress.IPv4Address(ten + (k // 2) * 64)
+    return "%s/27" % ipaddress.IPv4Address(cgnat + (k // 2) * 32)
+peers = [{"name": "mp%d" % i, "underlay": str(ipaddress.IPv4Address(underlay + i)),
+          "allowedPrefixes": [prefix(10 * i + j) for j in range(10)]} for i in range(n)]
+with open(path, "w") as f:
+    json.dump({"owner": "bench", "peers": peers}, f)
+EOF
+}
+
+mp_apply() {  # NODE FILE WANT: peer apply --prune, then wait until the tunnel lists WANT peers
+  local n=$1 file=$2 want=$3 have=0 _
+  lab_ctl "$n" --timeout=600 peer apply mp1 --prune -f "$file" >"$OUT/mp-apply-$n.txt" 2>&1 ||
+    { note agent-gre-mp "peer apply on $n failed: $(tail -1 "$OUT/mp-apply-$n.txt")"; return 1; }
+  for _ in $(seq 300); do
+    have=$(lab_ctl "$n" --timeout=60 -o json peer list mp1 --page-size=1000 |
+      jq '.peers // [] | length')
+    [ "${have:-0}" -eq "$want" ] && return 0
+    sleep 0.2
+  done
+  note agent-gre-mp "$n: $have peers listed, not $want"
+  return 1
+}
+
+peer_agent_gre_mp() {
+  if [ "$MULTIPOINT_PEERS" -eq 0 ]; then
+    note agent-gre-mp "left out (MULTIPOINT_PEERS=0)"
+    return
+  fi
+  agents_up
+  local n r t0 local_ip remote_ip me other ok=1
+  for n in A B; do
+    if [ $n = A ]; then
+      local_ip=$UL_A remote_ip=$UL_B me=1 other=2
+    else
+      local_ip=$UL_B remote_ip=$UL_A me=2 other=1
+    fi
+    if ! lab_ctl $n create mp1 mode gre local $local_ip multipoint address "$MP_INNER.$me/24" \
+        >"$OUT/mp-create-$n.txt" 2>&1 ||
+       ! lab_ctl $n peer add mp1 far underlay $remote_ip allowed "$MP_INNER.$other/32" \
+        >>"$OUT/mp-create-$n.txt" 2>&1; then
+      note agent-gre-mp "n/a: mp1 on $n: $(tail -1 "$OUT/mp-create-$n.txt")"
+      ok=
+      break
+    fi
+  done
+  if [ -n "$ok" ] && ! reachable A "$MP_INNER.2"; then
+    note agent-gre-mp "no ping through mp1"
+    ok=
+  fi
+  if [ -n "$ok" ]; then
+    mp_peers_file "$RUN/mp-peers.json"
+    echo '{"owner": "bench", "peers": []}' >"$RUN/mp-none.json"
+    meta mp_peers "$MULTIPOINT_PEERS"
+    meta mp_prefixes "$(((MULTIPOINT_PEERS - 1) * 10 + 1))"
+    meta rss_a_mp1 "$(rss_mib "${LAB_PIDS[A]}")"
+    meta rss_b_mp1 "$(rss_mib "${LAB_PIDS[B]}")"
+    log "multipoint: $REPS rounds of mp1 with one peer, then with $MULTIPOINT_PEERS"
+    for r in $(seq "$REPS"); do
+      REPS=1 REP_OFFSET=$((r - 1)) iperf_test agent-gre-mp+1 "$MP_INNER.2" tcp1
+      REPS=1 REP_OFFSET=$((r - 1)) iperf_test agent-gre-mp+1 "$MP_INNER.2" udp64 -u -b 0 -l 64
+      for n in A B; do
+        t0=$(date +%s.%N)
+        mp_apply $n "$RUN/mp-peers.json" "$MULTIPOINT_PEERS" || { ok=; break; }
+        record fig "mp$n" apply_seconds "$r" \
+          "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')"
+      done
+      [ -n "$ok" ] || break
+      if ! reachable A "$MP_INNER.2"; then
+        note agent-gre-mp "no ping through mp1 beside the other peers"
+        break
+      fi
+      REPS=1 REP_OFFSET=$((r - 1)) iperf_test agent-gre-mp+peers "$MP_INNER.2" tcp1
+      REPS=1 REP_OFFSET=$((r - 1)) iperf_test agent-gre-mp+peers "$MP_INNER.2" udp64 -u -b 0 -l 64
+      record fig mpA rss_mib "$r" "$(rss_mib "${LAB_PIDS[A]}")"
+      record fig mpB rss_mib "$r" "$(rss_mib "${LAB_PIDS[B]}")"
+      for n in A B; do mp_apply $n "$RUN/mp-none.json" 1 || { ok=; break; }; done
+      [ -n "$ok" ] || break
+      if ! reachable A "$MP_INNER.2"; then
+        note agent-gre-mp "no ping through mp1 after removing the other peers"
+        break
+      fi
+    done
+  fi
+  lab_ctl A delete mp1 >/dev/null 2>&1
+  lab_ctl B delete mp1 >/dev/null 2>&1
+}
+
 gre_udp_feature() {  # a GetAgentInfo feature naming GRE-in-UDP (FOU/GUE), if any
   lab_ctl A -o json info 2>/dev/null |
     jq -r '(.features // [])[] | select(test("udp|fou|gue"; "i"))' | head -1
@@ -394,7 +512,7 @@ peer_agent_gre_udp() {
 
 # The agents come last: their raw sockets would see the naive forwarder's GRE packets.
 order=()
-for p in veth naive agent-ipip agent-gre agent-gre-udp; do
+for p in veth naive agent-ipip agent-gre agent-gre-mp agent-gre-udp; do
   case " $PEERS " in *" $p "*) order+=("$p") ;; esac
 done
 for p in "${order[@]}"; do
@@ -405,6 +523,7 @@ for p in "${order[@]}"; do
     naive) peer_naive ;;
     agent-ipip) peer_agent_ipip ;;
     agent-gre) peer_agent_gre ;;
+    agent-gre-mp) peer_agent_gre_mp ;;
     agent-gre-udp) peer_agent_gre_udp ;;
   esac
 done

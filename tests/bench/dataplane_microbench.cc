@@ -28,6 +28,15 @@
 //                                          an inner address): IPv4 /26s under 10/8 with a /16
 //                                          over every 1,024 of them, IPv6 /64s under fd00::/16;
 //                                          4,096 addresses, three in four held
+//   BM_PeerLookupSend/<4|6>/<peers>/<flows>
+//                                          a multipoint tunnel's peer for a packet to send
+//                                          (BasicPeerTable<PeerPath>::ForDestination), 1 or
+//                                          10,000 peers of 10 allowed prefixes each (100,000):
+//                                          packets of 4,096 flows to peers drawn at random
+//                                          (the trie's memory), or of one (its warm path)
+//   BM_PeerLookupReceive/<4|6>/<peers>/<flows>
+//                                          the same packets received: ForSource (outer
+//                                          source) then MaySend (inner source), per packet
 //
 // Not here yet: GRE-in-UDP (RFC 8086) with UDP GSO/GRO, which the dataplane does not have.
 #include <array>
@@ -37,9 +46,13 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "benchmark/benchmark.h"
+#include "dataplane/core/peer_path.h"
+#include "dataplane/core/peer_table.h"
 #include "dataplane/core/prefix_trie.h"
 #include "dataplane/core/tunnel_table.h"
+#include "dataplane/packet/byte_order.h"
 #include "dataplane/packet/checksum.h"
 #include "dataplane/packet/drop_reason.h"
 #include "dataplane/packet/encap.h"
@@ -499,6 +512,144 @@ void BM_PrefixLookup(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_PrefixLookup)->Args({32, 1000})->Args({32, 100000})->Args({128, 10000});
+
+// ---- A multipoint tunnel's peer lookup ------------------------------------------------------
+
+// A multipoint tunnel of `peers` peers with kPrefixesPerPeer allowed prefixes each, in the
+// table type the datapath keeps (BasicPeerTable<PeerPath>), and `flows` packets (4,096 or 1)
+// to or from peers drawn at random: with 4,096 the lookups wander over the whole trie as a
+// fleet's traffic does; with 1, one flow's warm path, as the iperf3 runs of make bench see.
+// The layout is tests/bench/dataplane_bench.sh's multipoint step's: peer i (from 0) has
+// underlay 198.18.1.0 + i and prefixes k = 10 i .. 10 i + 9; IPv4 even k the /26s of
+// 10.128.0.0/9, odd k the /27s of 100.64.0.0/10 (none nested: 262,144 fit); IPv6
+// fd00:0:<k>::/64.
+constexpr uint32_t kPrefixesPerPeer = 10;
+
+InnerPrefix PeerPrefix(uint32_t k, bool v6) {
+  InnerPrefix p;
+  p.v6 = v6;
+  if (v6) {
+    p.bytes[0] = 0xfd;
+    p.bytes[4] = static_cast<uint8_t>(k >> 24);
+    p.bytes[5] = static_cast<uint8_t>(k >> 16);
+    p.bytes[6] = static_cast<uint8_t>(k >> 8);
+    p.bytes[7] = static_cast<uint8_t>(k);
+    p.length = 64;
+  } else if (k % 2 == 0) {
+    StoreBe32(p.bytes.data(), 0x0A800000u + ((k / 2) << 6));  // 10.128.0.0 + 64 (k / 2)
+    p.length = 26;
+  } else {
+    StoreBe32(p.bytes.data(), 0x64400000u + ((k / 2) << 5));  // 100.64.0.0 + 32 (k / 2)
+    p.length = 27;
+  }
+  return p;
+}
+
+struct PeerLookupSetup {
+  BasicPeerTable<PeerPath> table;
+  struct Packet {
+    std::array<uint8_t, 16> inner{};  // a host inside one of the peer's prefixes
+    OuterAddress outer;               // the peer's underlay
+    const PeerPath* peer = nullptr;   // whom the lookups must find
+  };
+  std::vector<Packet> packets;
+};
+
+// Builds the table and the packets; an error text, or empty.
+std::string MakePeerLookup(uint32_t peers, uint32_t flows, bool v6, PeerLookupSetup* s) {
+  for (uint32_t i = 0; i < peers; ++i) {
+    PeerPath path;
+    path.id = i + 1;
+    path.underlay = OuterAddress(0xC6120100u + i);  // 198.18.1.0 + i
+    std::vector<InnerPrefix> allowed;
+    for (uint32_t j = 0; j < kPrefixesPerPeer; ++j) {
+      allowed.push_back(PeerPrefix(i * kPrefixesPerPeer + j, v6));
+    }
+    if (absl::Status st = s->table.Add(path, allowed); !st.ok()) return std::string(st.message());
+  }
+  s->packets.resize(4096);
+  uint32_t seed = 12345;
+  for (uint32_t n = 0; n < flows; ++n) {
+    auto& packet = s->packets[n];
+    seed = seed * 1103515245u + 12345u;
+    const uint32_t i = (seed >> 8) % peers;
+    seed = seed * 1103515245u + 12345u;
+    const InnerPrefix prefix =
+        PeerPrefix(i * kPrefixesPerPeer + (seed >> 8) % kPrefixesPerPeer, v6);
+    packet.inner = prefix.bytes;
+    packet.inner[v6 ? 15 : 3] |= 0x11;  // a host inside
+    packet.outer = OuterAddress(0xC6120100u + i);
+    packet.peer = s->table.Find(i + 1);
+  }
+  // The timed loops cycle through all 4,096 (no branch on the count): fewer flows repeat.
+  for (size_t n = flows; n < s->packets.size(); ++n) s->packets[n] = s->packets[n % flows];
+  // Checked once, untimed: every packet finds its own peer both ways.
+  for (const auto& packet : s->packets) {
+    if (s->table.ForDestination(packet.inner.data(), v6) != packet.peer) {
+      return "ForDestination found the wrong peer";
+    }
+    const PeerPath* from = s->table.ForSource(packet.outer);
+    if (from != packet.peer || !s->table.MaySend(*from, packet.inner.data(), v6)) {
+      return "ForSource or MaySend refused the peer's own packet";
+    }
+  }
+  return "";
+}
+
+void SetPeerCounters(benchmark::State& state, const PeerLookupSetup& s) {
+  state.counters["peers"] = static_cast<double>(s.table.size());
+  state.counters["prefixes"] = static_cast<double>(s.table.prefixes());
+  state.SetItemsProcessed(state.iterations());
+}
+
+// Send (PrepareTransmit): the peer whose allowed prefixes hold the inner destination.
+void BM_PeerLookupSend(benchmark::State& state) {
+  const bool v6 = state.range(0) == 6;
+  PeerLookupSetup s;
+  if (std::string error = MakePeerLookup(static_cast<uint32_t>(state.range(1)),
+                                         static_cast<uint32_t>(state.range(2)), v6, &s);
+      !error.empty()) {
+    state.SkipWithError(error.c_str());
+    return;
+  }
+  size_t next = 0;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(s.table.ForDestination(s.packets[next].inner.data(), v6));
+    next = (next + 1) & 4095;
+  }
+  SetPeerCounters(state, s);
+}
+
+// Receive (ApplyReceiveRules, ApplyPeerRules): the peer the outer source names, then whether it
+// may send from the inner source (that source's longest match is that same peer).
+void BM_PeerLookupReceive(benchmark::State& state) {
+  const bool v6 = state.range(0) == 6;
+  PeerLookupSetup s;
+  if (std::string error = MakePeerLookup(static_cast<uint32_t>(state.range(1)),
+                                         static_cast<uint32_t>(state.range(2)), v6, &s);
+      !error.empty()) {
+    state.SkipWithError(error.c_str());
+    return;
+  }
+  size_t next = 0;
+  for (auto _ : state) {
+    const auto& packet = s.packets[next];
+    const PeerPath* peer = s.table.ForSource(packet.outer);
+    bool allowed = peer != nullptr && s.table.MaySend(*peer, packet.inner.data(), v6);
+    benchmark::DoNotOptimize(allowed);
+    next = (next + 1) & 4095;
+  }
+  SetPeerCounters(state, s);
+}
+// BM_PeerLookup{Send,Receive}/<IP version>/<peers>/<flows>: one peer is the reference the
+// 10,000 are read against (same run, same machine).
+void PeerLookupArgs(benchmark::internal::Benchmark* b) {
+  for (int v : {4, 6}) {
+    b->Args({v, 1, 1})->Args({v, 10000, 4096})->Args({v, 10000, 1});
+  }
+}
+BENCHMARK(BM_PeerLookupSend)->Apply(PeerLookupArgs);
+BENCHMARK(BM_PeerLookupReceive)->Apply(PeerLookupArgs);
 
 }  // namespace
 }  // namespace tunnelagent::dataplane

@@ -4,7 +4,8 @@
 Reads the results file the script writes, one record per line, tab-separated:
   fig   PEER FIGURE REP VALUE   one run's figure (tcp1, tcp4 Gbit/s; udp64, udp1400 kpps;
                                 cpu_s_per_gbit); for PEER A or B (an agent): rss_mib and
-                                apply_seconds of the scale step
+                                apply_seconds of the scale step; mpA, mpB: the same of the
+                                multipoint step
   rtt   PEER ms REP VALUE       one ping's round trip
   meta  -    KEY  -   VALUE     the machine, the parameters, what the run saw
   note  PEER -    -   TEXT      a peer left out or a run that failed
@@ -17,6 +18,8 @@ import sys
 PEERS = ["veth", "naive", "agent-gre", "agent-ipip", "agent-gre-udp"]
 SCALED = "agent-gre+scale"  # gre1 with the extra tunnels
 ONE = "agent-gre+1"  # gre1 alone, paired with it
+MP_MANY = "agent-gre-mp+peers"  # the multipoint tunnel beside MULTIPOINT_PEERS - 1 more peers
+MP_ONE = "agent-gre-mp+1"  # the same tunnel with its one peer, paired with it
 FIGURES = [  # key, label, higher is better
     ("tcp1", "TCP x1 Gbit/s", True),
     ("tcp4", "TCP x4 Gbit/s", True),
@@ -152,6 +155,37 @@ def main(argv):
         scale["apply_seconds_A"], scale["apply_seconds_B"] = (med("A", "apply_seconds"),
                                                               med("B", "apply_seconds"))
 
+    # The multipoint step: the same tunnel with one peer and with many, paired in each round.
+    multipoint = {}
+    if MP_MANY in medians:
+        peers, prefixes = meta.get("mp_peers", "?"), meta.get("mp_prefixes", "?")
+        print()
+        print("multipoint: mp1 with %s peers (%s allowed prefixes) on each agent, paired with mp1"
+              " and its one peer in each round (%d rounds)" %
+              (peers, prefixes, len(runs.get(MP_MANY, {}).get("tcp1", []))))
+        print("  peer apply of the other peers until all listed: median %s s on A, %s s on B" %
+              (fmt(med("mpA", "apply_seconds")), fmt(med("mpB", "apply_seconds"))))
+        for fig, label in (("tcp1", "TCP x1 Gbit/s"), ("udp64", "UDP 64 B kpps rx")):
+            v, one = med(MP_MANY, fig), med(MP_ONE, fig)
+            r = v / one if v is not None and one else None
+            multipoint[fig] = {"median": v, "one_peer_median": one, "x_one_peer": r}
+            print("  %-18s %8s with them, %8s one peer: %s x" % (label, fmt(v), fmt(one), fmt(r)))
+        v, one = med(MP_MANY, "cpu_s_per_gbit"), med(MP_ONE, "cpu_s_per_gbit")
+        r = one / v if v and one is not None else None
+        multipoint["cpu_s_per_gbit"] = {"median": v, "one_peer_median": one, "x_one_peer": r}
+        print("  %-18s %8s with them, %8s one peer: %s x as efficient" %
+              ("CPU s per Gbit", fmt(v), fmt(one), fmt(r)))
+        for node in ("A", "B"):
+            rss = runs.get("mp" + node, {}).get("rss_mib")
+            multipoint["rss_mib_" + node] = max(rss) if rss else None
+            print("  agent %s VmRSS: %s MiB with one peer, at most %s MiB with %s" %
+                  (node, meta.get("rss_%s_mp1" % node.lower(), "?"),
+                   fmt(multipoint["rss_mib_" + node]), peers))
+        multipoint.update({k: meta.get(k) for k in ("mp_peers", "mp_prefixes", "rss_a_mp1",
+                                                    "rss_b_mp1")})
+        multipoint["apply_seconds_A"], multipoint["apply_seconds_B"] = (
+            med("mpA", "apply_seconds"), med("mpB", "apply_seconds"))
+
     # The targets, as ratios inside this run.
     targets = []
 
@@ -184,6 +218,11 @@ def main(argv):
         target("%s tunnels: GRE %s >= 0.9x one tunnel (no slow-down)" %
                (meta.get("tunnels_a", "1,001"), label),
                scale.get(fig, {}).get("x_one_tunnel"), 0.9, True)
+    for fig, label in (("tcp1", "TCP x1"), ("udp64", "UDP 64 B")):
+        target("multipoint, %s peers: GRE %s >= 0.9x one peer" %
+               (meta.get("mp_peers", "10,000"), label),
+               multipoint.get(fig, {}).get("x_one_peer"), 0.9, True,
+               dict(notes).get("agent-gre-mp", "not measured"))
     for node in ("A", "B"):
         # 100 MiB beside 1,001 tunnels, 256 MiB beside 10,001.
         tunnels = meta.get("tunnels_" + node.lower(), "1,001")
@@ -206,10 +245,11 @@ def main(argv):
                                              "agent_version", "io_backend")},
             "peers": {},
             "scale": scale,
+            "multipoint": multipoint,
             "targets": targets,
             "notes": [{"peer": p, "text": t} for p, t in notes],
         }
-        for p in measured + [p for p in (ONE, SCALED) if p in medians]:
+        for p in measured + [p for p in (ONE, SCALED, MP_ONE, MP_MANY) if p in medians]:
             figs = {}
             for fig, _, _ in FIGURES:
                 if med(p, fig) is None:
