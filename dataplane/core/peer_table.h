@@ -5,8 +5,9 @@
 // (WireGuard's rule; a kernel tunnel with `remote any` accepts any source).
 //
 // Per-packet lookups (ForDestination, ForSource, MaySend) allocate nothing and take no lock: a
-// worker's tables change only through its command queue. Add, Replace and Remove are the
-// control path's and leave the table as it was when they refuse.
+// worker's tables change only through its command queue. A large table answers ForDestination
+// (MaySend too) from a cache of recent answers (LookupCache) when it can. Add, Replace and Remove
+// are the control path's and leave the table as it was when they refuse.
 //
 // What a peer is, is the caller's: any copyable `Peer` with an `id` (uint32_t) and an
 // `underlay` (OuterAddress). A worker's datapath keeps its per-peer state in it (PeerPath); a
@@ -24,6 +25,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "dataplane/core/lookup_cache.h"
 #include "dataplane/core/prefix_trie.h"
 #include "dataplane/packet/outer_address.h"
 #include "dataplane/packet_engine.h"
@@ -64,13 +66,18 @@ class BasicPeerTable {
     if (it == peers_.end()) return absl::NotFoundError(Describe(id, "not found"));
     Unlink(*it->second);
     peers_.erase(it);
+    answers_.Clear();
     return absl::OkStatus();
   }
 
   // Send: the peer the inner destination goes to; null when no allowed prefix holds it.
   Peer* ForDestination(const uint8_t* inner_destination, bool v6) const {
+    Peer* answer = nullptr;
+    if (answers_.Find(inner_destination, v6, &answer)) return answer;
     Peer* const* found = v6 ? v6_.Lookup(inner_destination) : v4_.Lookup(inner_destination);
-    return found != nullptr ? *found : nullptr;
+    answer = found != nullptr ? *found : nullptr;
+    answers_.Store(inner_destination, v6, answer);
+    return answer;
   }
   // Receive: the peer whose underlay address is the outer source; null when it is no peer's.
   Peer* ForSource(const OuterAddress& outer_source) const {
@@ -94,6 +101,9 @@ class BasicPeerTable {
     Peer peer;
     std::vector<InnerPrefix> allowed;
   };
+  // Prefixes from which lookups go through the answer cache (a trie this small is a few nodes
+  // deep).
+  static constexpr size_t kCachedFrom = 64;
 
   static std::string Describe(uint32_t id, const char* what) {
     return absl::StrCat("peer ", id, " ", what);
@@ -169,6 +179,9 @@ class BasicPeerTable {
     entry->allowed = allowed;
     by_underlay_.emplace(peer.underlay, &entry->peer);
     for (const InnerPrefix& prefix : allowed) InsertPrefix(prefix, &entry->peer);
+    answers_.Clear();
+    // A table of a few prefixes answers faster than a cache would; a large one needs it.
+    if (prefixes() >= kCachedFrom) answers_.Reserve();
     return absl::OkStatus();
   }
 
@@ -182,6 +195,7 @@ class BasicPeerTable {
   absl::flat_hash_map<OuterAddress, Peer*> by_underlay_;
   PrefixTrie<Peer*, 4> v4_{32};
   PrefixTrie<Peer*> v6_{128};
+  mutable LookupCache<Peer*> answers_;  // ForDestination's, dropped at every change
 };
 
 using PeerTable = BasicPeerTable<TunnelPeer>;

@@ -170,13 +170,25 @@ class PrefixTrie {
     return out;
   }
 
-  // Whether the first `length` bits of `address` are `key`'s.
-  static bool Matches(const uint8_t* address, const Key& key, int length) {
-    const int whole = length >> 3;
-    if (std::memcmp(address, key.data(), static_cast<size_t>(whole)) != 0) return false;
-    if ((length & 7) == 0) return true;
-    const uint8_t mask = static_cast<uint8_t>(0xff << (8 - (length & 7)));
-    return ((address[whole] ^ key[whole]) & mask) == 0;
+  // Whether the first `length` bits of `address` are `key`'s: whole words under a mask
+  // rather than memcmp (a call per node visited, more than half of a warm lookup's time).
+  // An IPv4 address is read as its four bytes only: it may end its buffer.
+  bool Matches(const uint8_t* address, const Key& key, int length) const {
+    if (length == 0) return true;
+    if (KeyBytes == 4 || bits_ == 32) {
+      uint32_t a, k;
+      std::memcpy(&a, address, 4);
+      std::memcpy(&k, key.data(), 4);
+      return (__builtin_bswap32(a ^ k) >> (32 - length)) == 0;
+    }
+    for (int word = 0; word * 64 < length; ++word) {
+      uint64_t a, k;
+      std::memcpy(&a, address + 8 * word, 8);
+      std::memcpy(&k, key.data() + 8 * word, 8);
+      const int bits = length - 64 * word < 64 ? length - 64 * word : 64;
+      if ((__builtin_bswap64(a ^ k) >> (64 - bits)) != 0) return false;
+    }
+    return true;
   }
 
   // How many leading bits the two prefixes share, at most the shorter length.

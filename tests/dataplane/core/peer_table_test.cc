@@ -108,6 +108,35 @@ TEST(PeerTable, Ipv6InnerPrefixesAreTheirOwn) {
 }
 
 // The size a fleet mesh is made for: 10,000 peers, ten prefixes each.
+// A large table answers from its cache of recent answers: an answer given before a change
+// is never given after it.
+TEST(PeerTable, CachedAnswersGoWithEveryChange) {
+  PeerTable table;
+  std::vector<InnerPrefix> many;  // 100 /24s in 10.1.0.0/16: the table is cached
+  for (int i = 0; i < 100; ++i) many.push_back(P4(10, 1, static_cast<uint8_t>(i), 0, 24));
+  ASSERT_TRUE(table.Add(Peer(1, 0xC6120001), many).ok());
+  const auto address = V4(10, 1, 7, 9);
+  const auto elsewhere = V4(10, 2, 0, 1);
+  for (int round = 0; round < 2; ++round) {  // the second round's answers are the cache's
+    EXPECT_EQ(table.ForDestination(address.data(), false)->id, 1u);
+    EXPECT_EQ(table.ForDestination(elsewhere.data(), false), nullptr);
+  }
+  // A more specific prefix of another peer, and a prefix where there was none.
+  ASSERT_TRUE(table.Add(Peer(2, 0xC6120002), {P4(10, 1, 7, 0, 28), P4(10, 2, 0, 0, 16)}).ok());
+  EXPECT_EQ(table.ForDestination(address.data(), false)->id, 2u);
+  EXPECT_EQ(table.ForDestination(elsewhere.data(), false)->id, 2u);
+  // Moved by a replacement, then gone.
+  ASSERT_TRUE(table.Replace(Peer(2, 0xC6120002), {P4(10, 2, 0, 0, 16)}).ok());
+  EXPECT_EQ(table.ForDestination(address.data(), false)->id, 1u);
+  const TunnelPeer* two = table.Find(2);
+  ASSERT_NE(two, nullptr);
+  EXPECT_TRUE(table.MaySend(*two, elsewhere.data(), false));
+  ASSERT_TRUE(table.Remove(2).ok());
+  EXPECT_EQ(table.ForDestination(elsewhere.data(), false), nullptr);
+  ASSERT_TRUE(table.Remove(1).ok());
+  EXPECT_EQ(table.ForDestination(address.data(), false), nullptr);
+}
+
 TEST(PeerTable, TenThousandPeersAHundredThousandPrefixes) {
   PeerTable table;
   for (uint32_t id = 0; id < 10000; ++id) {
