@@ -186,7 +186,7 @@ def main(argv):
         multipoint["apply_seconds_A"], multipoint["apply_seconds_B"] = (
             med("mpA", "apply_seconds"), med("mpB", "apply_seconds"))
 
-    # The targets, as ratios inside this run.
+    # The project's targets, as ratios inside this run.
     targets = []
 
     def target(name, value, limit, ok_if_at_least, missing=None):
