@@ -335,7 +335,7 @@ bool TunnelDatapath::PrepareTransmit(uint8_t* frame, size_t len, EncapResult* pa
   p.sent_since_probe = true;
   if (p.loop_check.IsOwnOuterPacket(frame, len)) [[unlikely]] {
     // What we sent came back: wrapping it again would send it round once more, and again.
-    Count(counters().tx_drops, DropReason::kLoop);
+    CountDrop(p, &TunnelCounters::tx_drops, DropReason::kLoop);
     return false;
   }
   if (p.path_mtu != 0 && len > p.path_mtu + l2_header_) {
@@ -352,7 +352,7 @@ bool TunnelDatapath::PrepareTransmit(uint8_t* frame, size_t len, EncapResult* pa
   const uint32_t sequence = p.encap.sequence ? ++tx_sequence_ : 0;
   *packet = Encapsulate(p.encap, frame, len, 0, sequence);
   if (packet->packet == nullptr) {
-    Count(counters().tx_drops, packet->drop);
+    CountDrop(p, &TunnelCounters::tx_drops, packet->drop);
     return false;
   }
   packet->destination = reinterpret_cast<const sockaddr*>(&p.destination);
@@ -374,6 +374,7 @@ void TunnelDatapath::AnswerNoPeer(const uint8_t* frame, size_t len) {
       (version == 6 && len >= kIpv6HeaderLen && frame[24] == 0xFF)) {
     return;
   }
+  if (!TakeIcmpToken()) return;
   uint8_t* out = worker_->scratch.get();
   size_t n = 0;
   if (version == 4) {
@@ -384,6 +385,18 @@ void TunnelDatapath::AnswerNoPeer(const uint8_t* frame, size_t len) {
                                       WorkerContext::kScratchBytes);
   }
   if (n != 0) WriteIcmpToDevice(out, n);
+}
+
+bool TunnelDatapath::TakeIcmpToken() {
+  const int64_t now = monotonic_nanos();
+  const int64_t earned = (now - icmp_refilled_nanos_) / kNanosPerIcmpToken;
+  if (earned > 0) {
+    icmp_tokens_ = std::min<int64_t>(kIcmpBurst, icmp_tokens_ + earned);
+    icmp_refilled_nanos_ = now;
+  }
+  if (icmp_tokens_ == 0) return false;
+  --icmp_tokens_;
+  return true;
 }
 
 void TunnelDatapath::TransmitDone(uint8_t* frame, size_t len, int result, uint64_t peer) {
@@ -397,7 +410,11 @@ void TunnelDatapath::TransmitDone(uint8_t* frame, size_t len, int result, uint64
     return;
   }
   if (result != -EMSGSIZE) {
-    Count(c.tx_drops, DropReason::kSendError);
+    if (path != nullptr) {
+      CountDrop(*path, &TunnelCounters::tx_drops, DropReason::kSendError);
+    } else {
+      Count(c.tx_drops, DropReason::kSendError);
+    }
     return;
   }
   if (path == nullptr) {
@@ -416,7 +433,7 @@ void TunnelDatapath::TransmitDone(uint8_t* frame, size_t len, int result, uint64
     // not this packet's size, and that send consumed it. Only errors the engine judged itself
     // lower the path; the packet goes again, once. A multipoint tunnel's senders are not
     // connected and have no errors queued: their refusal is the packet's size, as a raw one.
-    if (!ResendFou(p, frame, len)) Count(c.tx_drops, DropReason::kSendError);
+    if (!ResendFou(p, frame, len)) CountDrop(p, &TunnelCounters::tx_drops, DropReason::kSendError);
     return;
   }
   if (p.path_mtu == 0 || p.path_mtu >= failed) {
@@ -431,7 +448,7 @@ void TunnelDatapath::HandleTooBig(PeerPath& p, uint8_t* frame, size_t len) {
   const int ip_offset = InnerIpOffset(encap_.mode, frame, len);
   if (l2_header_ != 0 || ip_offset != 0) {
     // A bridge has nobody to tell: the frame is dropped, as a too-long frame on any link.
-    Count(c.tx_drops, DropReason::kTooBig);
+    CountDrop(p, &TunnelCounters::tx_drops, DropReason::kTooBig);
     return;
   }
   const uint8_t version = IpVersion(frame, len);
@@ -443,11 +460,11 @@ void TunnelDatapath::HandleTooBig(PeerPath& p, uint8_t* frame, size_t len) {
       const uint32_t sequence = p.encap.sequence ? ++tx_sequence_ : 0;
       EncapResult outer = Encapsulate(p.encap, frame, len, 0, sequence);
       if (outer.packet == nullptr) {
-        Count(c.tx_drops, outer.drop);
+        CountDrop(p, &TunnelCounters::tx_drops, outer.drop);
         return;
       }
       if (!SendFragments(p, outer.packet, outer.len)) {
-        Count(c.tx_drops, DropReason::kTooBig);
+        CountDrop(p, &TunnelCounters::tx_drops, DropReason::kTooBig);
         return;
       }
       c.tx_fragmented.Add();
@@ -456,7 +473,7 @@ void TunnelDatapath::HandleTooBig(PeerPath& p, uint8_t* frame, size_t len) {
       CountPeer(p, &TunnelCounters::tx_packets, &TunnelCounters::tx_bytes, len);
       return;
     }
-    Count(c.tx_drops, DropReason::kTooBig);
+    CountDrop(p, &TunnelCounters::tx_drops, DropReason::kTooBig);
     uint8_t* out = worker_->scratch.get();
     // From the packet's own destination: the host drops what arrives on a device from one of
     // its own addresses (a martian), and the destination is routed through this very device,
@@ -468,7 +485,7 @@ void TunnelDatapath::HandleTooBig(PeerPath& p, uint8_t* frame, size_t len) {
     if (n != 0 && WriteIcmpToDevice(out, n)) c.icmp_too_big_sent.Add();
     return;
   }
-  Count(c.tx_drops, DropReason::kTooBig);
+  CountDrop(p, &TunnelCounters::tx_drops, DropReason::kTooBig);
   if (version == 6 && len >= kIpv6HeaderLen) {
     uint8_t* out = worker_->scratch.get();
     const OuterAddress source = OuterAddress::FromIpv6(frame + 24);  // as for IPv4
@@ -556,7 +573,7 @@ bool TunnelDatapath::ApplyPeerRules(PeerPath& peer, const Decapsulated& d) {
                        (version == 6 && d.inner_len >= kIpv6HeaderLen &&
                         peers_->table().MaySend(peer, d.inner + 8, true));
   if (!allowed) {
-    Count(counters().rx_drops, DropReason::kSpoofedSource);
+    CountDrop(peer, &TunnelCounters::rx_drops, DropReason::kSpoofedSource);
     return false;
   }
   // Counted on the peer as it is handed to the device (the tunnel counts the device's write).
@@ -594,7 +611,7 @@ bool TunnelDatapath::AnswerPeerKeepalive(PeerPath& p, const Decapsulated& d) {
     counters().keepalive_answered.Add();
     if (p.counters != nullptr) p.counters->keepalive_answered.Add();
   } else {
-    Count(counters().rx_drops, DropReason::kSendError);
+    CountDrop(p, &TunnelCounters::rx_drops, DropReason::kSendError);
   }
   return true;
 }

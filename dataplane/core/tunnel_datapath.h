@@ -247,6 +247,13 @@ class TunnelDatapath {
   }
   // Multipoint, send: no peer holds the inner destination; counted and answered.
   void AnswerNoPeer(const uint8_t* frame, size_t len);
+  // Whether an ICMP error for a packet to no peer may go now. At most kIcmpBurst at once and
+  // one a millisecond after that, as the kernel limits its own (icmp_msgs_burst 50,
+  // icmp_msgs_per_sec 1000): a host sending into a route no peer holds gets answers at that
+  // rate, and its other packets are only counted.
+  bool TakeIcmpToken();
+  static constexpr int64_t kIcmpBurst = 50;
+  static constexpr int64_t kNanosPerIcmpToken = 1'000'000;
   // A peer as this worker keeps it, from what the control plane gave (and what was known of
   // its path, `old`, when at the same address).
   absl::StatusOr<PeerPath> MakePeerPath(const EnginePeer& peer, const PeerPath* old,
@@ -258,6 +265,12 @@ class TunnelDatapath {
   // The peer's keepalive: answered straight home. True when it was one.
   bool AnswerPeerKeepalive(PeerPath& p, const Decapsulated& d);
   // Counts a packet sent to (or delivered from) a peer in its own counters.
+  // A drop of a packet to or from `p`: the tunnel's, and the peer's own too (a multipoint
+  // tunnel's peer shows it in its status).
+  void CountDrop(const PeerPath& p, DropCounters TunnelCounters::*direction, DropReason reason) {
+    (counters().*direction)[static_cast<int>(reason)].Add();
+    if (p.counters != nullptr) (p.counters->*direction)[static_cast<int>(reason)].Add();
+  }
   static void CountPeer(PeerPath& p, Counter TunnelCounters::*packets,
                         Counter TunnelCounters::*bytes, size_t len) {
     if (p.counters == nullptr) return;
@@ -349,7 +362,9 @@ class TunnelDatapath {
   uint64_t housekeeping_id_ = 0;        // its name in the worker's HousekeepingSchedule
   std::vector<FouSender> fou_senders_;  // fou: picked by the flow's source port
   size_t fou_header_len_ = 0;
-  bool fou_gso_ = true;  // off after the kernel refused a UDP GSO send (EIO)
+  bool fou_gso_ = true;               // off after the kernel refused a UDP GSO send (EIO)
+  int64_t icmp_tokens_ = kIcmpBurst;  // TakeIcmpToken's bucket, this worker's
+  int64_t icmp_refilled_nanos_ = 0;
 };
 
 }  // namespace tunnelagent::dataplane

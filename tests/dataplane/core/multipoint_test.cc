@@ -144,6 +144,16 @@ TEST(Multipoint, NoPeerIsAnsweredWithHostUnreachableIntoTheDevice) {
   EXPECT_EQ(RefChecksum(icmp.data() + 20, icmp.size() - 20), 0);
 }
 
+// As the kernel limits its ICMP errors: a burst of 50, then one a millisecond.
+TEST(Multipoint, NoPeerAnswersAreLimitedAndEveryPacketCounted) {
+  CoreHarness h;
+  TunnelDatapath& t = h.Add(Multipoint(TwoPeers()));
+  const Bytes nowhere = Inner4(kInnerSrc4, 0xC0A80101);
+  for (int i = 0; i < 200; ++i) ASSERT_EQ(h.Read(t, nowhere).verdict, Verdict::kDone);
+  EXPECT_EQ(TxDrops(t, DropReason::kNoPeer), 200u);
+  EXPECT_EQ(h.io.device_writes.size(), 50u) << "answers beyond the burst, with no time passed";
+}
+
 TEST(Multipoint, NoPeerForAGroupIsCountedButNotAnswered) {
   CoreHarness h;
   TunnelDatapath& t = h.Add(Multipoint(TwoPeers()));
@@ -200,6 +210,9 @@ TEST(Multipoint, ReceiveWantsAPeerAndASourceItMaySendFrom) {
   // Nor from outside every prefix.
   EXPECT_FALSE(h.ReceiveIpv4(from(kPeer2, 0xAC100001)).deliver);
   EXPECT_EQ(RxDrops(t, DropReason::kSpoofedSource), 2u);
+  // And each on the peer that sent it, as its status shows.
+  EXPECT_EQ(config.peers[0].stats->Sum(&TunnelCounters::rx_drops, DropReason::kSpoofedSource), 1u);
+  EXPECT_EQ(config.peers[1].stats->Sum(&TunnelCounters::rx_drops, DropReason::kSpoofedSource), 1u);
   EXPECT_EQ(h.core.counters().drops[static_cast<int>(DropReason::kNoTunnel)].Get(), 0u)
       << "the tunnel takes any outer source";
 
@@ -304,6 +317,13 @@ TEST(Multipoint, TooBigLowersThatPeersPathOnly) {
   EXPECT_EQ(h.Read(t, Inner4(kInnerSrc4, 0x0A030001, 1300)).verdict, Verdict::kSend);
   EXPECT_EQ(h.Read(t, big).verdict, Verdict::kDone) << "peer 2's path is smaller now";
   EXPECT_EQ(TxDrops(t, DropReason::kTooBig), 2u);
+  EXPECT_EQ(config.peers[1].stats->Sum(&TunnelCounters::tx_drops, DropReason::kTooBig), 2u);
+  EXPECT_EQ(config.peers[0].stats->SumAll(&TunnelCounters::tx_drops), 0u);
+  // A send the underlay refused otherwise: the peer's too.
+  CoreHarness::DeviceRead other = h.Read(t, Inner4(kInnerSrc4, 0x0A030001));
+  ASSERT_EQ(other.verdict, Verdict::kSend);
+  t.TransmitDone(other.frame, 28, -ENOBUFS, other.out.peer);
+  EXPECT_EQ(config.peers[0].stats->Sum(&TunnelCounters::tx_drops, DropReason::kSendError), 1u);
 }
 
 TEST(Multipoint, ASilentPeerGoesDownAndTheOtherStaysAlive) {
