@@ -48,6 +48,14 @@ const char* StateName(v1::OperState state) {
   }
 }
 
+// "name STATE: reason" of a tunnel or peer that is not UP, for the report.
+template <typename TunnelOrPeer>
+std::string NotUpLine(const TunnelOrPeer& t) {
+  std::string line = absl::StrCat(t.name(), " ", StateName(t.status().state()));
+  if (!t.status().reason().empty()) absl::StrAppend(&line, ": ", t.status().reason());
+  return line;
+}
+
 class NodeWorker {
  public:
   // `multipoint`: the node's peers on `device` (null: a point-to-point fleet).
@@ -279,9 +287,7 @@ class NodeWorker {
         if (p.status().state() == v1::OPER_STATE_UP) {
           ++report_.peers_up;
         } else {
-          std::string line = absl::StrCat(p.name(), " ", StateName(p.status().state()));
-          if (!p.status().reason().empty()) absl::StrAppend(&line, ": ", p.status().reason());
-          report_.peers_not_up.push_back(std::move(line));
+          report_.peers_not_up.push_back(NotUpLine(p));
         }
         if (!wanted.count(p.name())) report_.extra_peers.push_back(p.name());
       }
@@ -313,9 +319,7 @@ class NodeWorker {
         if (t.status().state() == v1::OPER_STATE_UP) {
           ++report_.up;
         } else {
-          std::string line = absl::StrCat(t.name(), " ", StateName(t.status().state()));
-          if (!t.status().reason().empty()) absl::StrAppend(&line, ": ", t.status().reason());
-          report_.not_up.push_back(std::move(line));
+          report_.not_up.push_back(NotUpLine(t));
         }
         if (!wanted.count(t.name())) report_.extra.push_back(t.name());
       }

@@ -392,22 +392,31 @@ std::string FormatWatchEvent(const v1::TunnelEvent& event) {
                       event.detail().empty() ? "" : " ", OneLine(event.detail()), "\n");
 }
 
-std::string FormatApplyChanges(const v1::ApplyTunnelsResponse& response) {
+namespace {
+
+// The NAME ACTION CHANGED table of an apply's changes (TunnelChange or PeerChange).
+template <typename Change>
+std::string ChangesTable(const google::protobuf::RepeatedPtrField<Change>& changes) {
   std::vector<std::vector<std::string>> rows;
   rows.push_back({"NAME", "ACTION", "CHANGED"});
-  for (const v1::TunnelChange& change : response.changes()) {
+  for (const Change& change : changes) {
     rows.push_back({TextOrNone(change.name()), ActionName(change.action()),
                     change.changed_fields().empty()
                         ? kNone
                         : OneLine(absl::StrJoin(change.changed_fields(), ","))});
   }
-  std::string out = AlignColumns(rows);
-  if (response.dry_run()) {
-    out += "dry run: nothing was changed\n";
-  } else {
-    absl::StrAppend(&out, "applied at revision ", response.revision(), "\n");
-  }
-  return out;
+  return AlignColumns(rows);
+}
+
+std::string AppliedLine(bool dry_run, uint64_t revision) {
+  if (dry_run) return "dry run: nothing was changed\n";
+  return absl::StrCat("applied at revision ", revision, "\n");
+}
+
+}  // namespace
+
+std::string FormatApplyChanges(const v1::ApplyTunnelsResponse& response) {
+  return ChangesTable(response.changes()) + AppliedLine(response.dry_run(), response.revision());
 }
 
 std::string FormatPeerTable(const v1::ListPeersResponse& response) {
@@ -476,22 +485,8 @@ std::string FormatPeerDetail(const v1::Peer& p) {
 }
 
 std::string FormatPeerApplyChanges(const v1::ApplyPeersResponse& response) {
-  std::vector<std::vector<std::string>> rows;
-  rows.push_back({"NAME", "ACTION", "CHANGED"});
-  for (const v1::PeerChange& change : response.changes()) {
-    rows.push_back({TextOrNone(change.name()), ActionName(change.action()),
-                    change.changed_fields().empty()
-                        ? kNone
-                        : OneLine(absl::StrJoin(change.changed_fields(), ","))});
-  }
-  std::string out = AlignColumns(rows);
-  absl::StrAppend(&out, "unchanged: ", response.unchanged(), "\n");
-  if (response.dry_run()) {
-    out += "dry run: nothing was changed\n";
-  } else {
-    absl::StrAppend(&out, "applied at revision ", response.revision(), "\n");
-  }
-  return out;
+  return absl::StrCat(ChangesTable(response.changes()), "unchanged: ", response.unchanged(), "\n",
+                      AppliedLine(response.dry_run(), response.revision()));
 }
 
 std::string FormatAgentInfo(const v1::AgentInfo& info) {
