@@ -65,13 +65,7 @@ absl::StatusOr<PeerSpec> PeerFromProto(const v1::Peer& peer, absl::string_view f
     spec.keepalive.retries = peer.keepalive().retries();
   }
   spec.labels.insert(peer.labels().begin(), peer.labels().end());
-  // Only the state file carries these; the manager sets its own on API requests.
-  if (peer.status().has_create_time()) {
-    spec.create_time = TimeFromTimestamp(peer.status().create_time());
-  }
-  if (peer.status().has_update_time()) {
-    spec.update_time = TimeFromTimestamp(peer.status().update_time());
-  }
+  TimesFromProto(peer, &spec.create_time, &spec.update_time);
   return spec;
 }
 
@@ -82,12 +76,7 @@ std::string ComputePeerEtag(const PeerSpec& spec) {
 v1::Peer PeerSpecToProto(const PeerSpec& spec) {
   v1::Peer peer = DesiredToProto(spec);
   peer.set_etag(ComputePeerEtag(spec));
-  if (spec.create_time != absl::InfinitePast()) {
-    *peer.mutable_status()->mutable_create_time() = TimestampFromTime(spec.create_time);
-  }
-  if (spec.update_time != absl::InfinitePast()) {
-    *peer.mutable_status()->mutable_update_time() = TimestampFromTime(spec.update_time);
-  }
+  TimesToProto(spec.create_time, spec.update_time, &peer);
   return peer;
 }
 

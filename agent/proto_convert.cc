@@ -233,13 +233,7 @@ absl::StatusOr<TunnelSpec> SpecFromProto(const v1::Tunnel& tunnel) {
     return s;
   }
   spec.labels.insert(tunnel.labels().begin(), tunnel.labels().end());
-  // Only the state file carries these; the manager sets its own on API requests.
-  if (tunnel.status().has_create_time()) {
-    spec.create_time = TimeFromTimestamp(tunnel.status().create_time());
-  }
-  if (tunnel.status().has_update_time()) {
-    spec.update_time = TimeFromTimestamp(tunnel.status().update_time());
-  }
+  TimesFromProto(tunnel, &spec.create_time, &spec.update_time);
   return spec;
 }
 
@@ -293,12 +287,7 @@ std::string ComputeEtag(const TunnelSpec& spec) { return StableFingerprint(Desir
 v1::Tunnel SpecToProto(const TunnelSpec& spec) {
   v1::Tunnel tunnel = DesiredToProto(spec);
   tunnel.set_etag(ComputeEtag(spec));
-  if (spec.create_time != absl::InfinitePast()) {
-    *tunnel.mutable_status()->mutable_create_time() = TimestampFromTime(spec.create_time);
-  }
-  if (spec.update_time != absl::InfinitePast()) {
-    *tunnel.mutable_status()->mutable_update_time() = TimestampFromTime(spec.update_time);
-  }
+  TimesToProto(spec.create_time, spec.update_time, &tunnel);
   return tunnel;
 }
 

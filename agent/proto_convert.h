@@ -50,6 +50,27 @@ absl::Time TimeFromTimestamp(const google::protobuf::Timestamp& t);
 v1::OperState StateToProto(OperState state);
 void CountersToProto(const TunnelCountersSnapshot& counters, v1::TunnelCounters* out);
 void KeepaliveToProto(const KeepaliveSnapshot& keepalive, v1::KeepaliveStatus* out);
+// A record's (Tunnel, Peer) create_time and update_time in its status, and back: only the
+// state file carries them in; the manager sets its own on API requests. Not known: no status
+// is made for them.
+template <typename Record>
+void TimesToProto(absl::Time create_time, absl::Time update_time, Record* out) {
+  if (create_time != absl::InfinitePast()) {
+    *out->mutable_status()->mutable_create_time() = TimestampFromTime(create_time);
+  }
+  if (update_time != absl::InfinitePast()) {
+    *out->mutable_status()->mutable_update_time() = TimestampFromTime(update_time);
+  }
+}
+template <typename Record>
+void TimesFromProto(const Record& record, absl::Time* create_time, absl::Time* update_time) {
+  if (record.status().has_create_time()) {
+    *create_time = TimeFromTimestamp(record.status().create_time());
+  }
+  if (record.status().has_update_time()) {
+    *update_time = TimeFromTimestamp(record.status().update_time());
+  }
+}
 // A fingerprint of `message`'s bytes (maps in a fixed order): stable across builds and
 // restarts; what etags are.
 std::string StableFingerprint(const google::protobuf::Message& message);

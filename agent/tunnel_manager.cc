@@ -68,10 +68,6 @@ dataplane::EngineTunnel EngineTunnelFor(const TunnelSpec& spec, const Device& de
   return t;
 }
 
-absl::Status Annotate(const absl::Status& status, absl::string_view context) {
-  return absl::Status(status.code(), absl::StrCat(context, ": ", status.message()));
-}
-
 // For each of `specs` (in saved order) that clashes with one before it (ConflictBetween:
 // the same receive match, or overlapping prefixes), the index of one such earlier spec. A
 // spec that clashes with one that itself lost still loses (saved order decides, as one by
@@ -306,7 +302,6 @@ absl::Status TunnelManager::BeginRestore() {
     if (tunnels_.count(spec.name)) continue;  // a name saved twice: the first one wins
     auto entry = std::make_unique<Entry>();
     entry->spec = std::move(spec);
-    if (entry->spec.multipoint) entry->peers = std::make_shared<PeerSet>();
     if (absl::Status status = ValidateSpec(entry->spec); status.ok()) {
       entry->state = OperState::kDown;
       entry->reason = kRestoringReason;
@@ -1084,7 +1079,6 @@ absl::Status TunnelManager::CreateLocked(const TunnelSpec& spec, Transaction& tx
   if (absl::Status status = tx.Creating(spec); !status.ok()) return status;
   auto entry = std::make_unique<Entry>();
   entry->spec = spec;
-  if (spec.multipoint) entry->peers = std::make_shared<PeerSet>();
   entry->underlay = std::move(underlay.addresses);
   if (absl::Status status = BringUp(*entry); !status.ok()) return status;
   tunnels_.emplace(spec.name, std::move(entry));
@@ -1148,7 +1142,6 @@ absl::StatusOr<UpdateResult> TunnelManager::UpdateLocked(const std::string& name
                      " peers: delete them before changing its mode or making it point to "
                      "point"));
   }
-  if (requested.multipoint && !entry.peers) entry.peers = std::make_shared<PeerSet>();
   if (!requested.multipoint && entry.peers) entry.peers.reset();
   if (result.changed_fields.empty()) {
     // Nothing to change, but the device is checked: an update that repeats the desired
@@ -1532,7 +1525,16 @@ absl::Status TunnelManager::WaitDurable(uint64_t sequence) const {
 
 void TunnelManager::RecordEvent(TunnelEvent::Type type, const TunnelView& view,
                                 std::string detail) {
-  history_.push_back({type, ++revision_, view, std::move(detail)});
+  TunnelEvent event;
+  event.type = type;
+  event.tunnel = view;
+  event.detail = std::move(detail);
+  PushEvent(std::move(event));
+}
+
+void TunnelManager::PushEvent(TunnelEvent event) {
+  event.revision = ++revision_;
+  history_.push_back(std::move(event));
   while (history_.size() > options_.event_history) history_.pop_front();
   changed_.SignalAll();
 }
@@ -1632,6 +1634,10 @@ std::vector<TunnelManager::HandoverDevice> TunnelManager::DevicesForHandover() {
     devices.push_back({name, entry->device->fd(), dataplane::IsEthernetMode(entry->spec.mode)});
   }
   return devices;
+}
+
+absl::Status Annotate(const absl::Status& status, absl::string_view context) {
+  return absl::Status(status.code(), absl::StrCat(context, ": ", status.message()));
 }
 
 }  // namespace tunnelagent::agent

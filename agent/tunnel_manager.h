@@ -372,7 +372,7 @@ class TunnelManager {
 
   struct Entry {
     TunnelSpec spec;
-    std::shared_ptr<PeerSet> peers;  // multipoint tunnels only
+    std::shared_ptr<PeerSet> peers;  // multipoint tunnels, made with their first peer
     std::unique_ptr<Device> device;  // null when the tunnel could not be brought up
     std::shared_ptr<dataplane::TunnelStats> counters;
     uint32_t mtu = 0;
@@ -498,6 +498,8 @@ class TunnelManager {
   }
   void RecordEvent(TunnelEvent::Type type, const TunnelView& view, std::string detail = "")
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Gives `event` the next revision and appends it to the history, for the watchers.
+  void PushEvent(TunnelEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Appends a peer event to the history (a revision of its own).
   void RecordPeerEvent(TunnelEvent::Type type, const TunnelSpec& tunnel, PeerView peer,
                        std::string detail = "") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -646,6 +648,9 @@ class TunnelManager {
 // each mode has its own receive table in the kernel, same local and remote, and for GRE the
 // same input key) or overlapping addresses / routes (FAILED_PRECONDITION). OK when they can.
 absl::Status ConflictBetween(const TunnelSpec& spec, const TunnelSpec& other);
+
+// `status` with `context` in front of its message ("tunnel.mtu: ...").
+absl::Status Annotate(const absl::Status& status, absl::string_view context);
 
 }  // namespace tunnelagent::agent
 

@@ -17,17 +17,12 @@
 namespace tunnelagent::agent {
 namespace {
 
+// IpAddress keeps an IPv4 address in its first four bytes, network order, as InnerPrefix does.
 dataplane::InnerPrefix InnerPrefixOf(const dataplane::IpPrefix& prefix) {
   dataplane::InnerPrefix out;
-  out.v6 = prefix.address().is_v6();
+  out.bytes = prefix.address().bytes();
   out.length = prefix.length();
-  const auto& bytes = prefix.address().bytes();
-  if (out.v6) {
-    std::copy(bytes.begin(), bytes.end(), out.bytes.begin());
-  } else {
-    const uint32_t v4 = prefix.address().v4();
-    for (int i = 0; i < 4; ++i) out.bytes[i] = static_cast<uint8_t>(v4 >> (24 - 8 * i));
-  }
+  out.v6 = prefix.address().is_v6();
   return out;
 }
 
@@ -55,10 +50,6 @@ bool HoldsPrefix(const PeerSpec& spec, const PeerClaim& key) {
 std::string OwnerOf(const PeerSpec& spec) {
   auto it = spec.labels.find(kOwnerLabel);
   return it != spec.labels.end() ? it->second : std::string();
-}
-
-absl::Status Annotated(const absl::Status& status, absl::string_view context) {
-  return absl::Status(status.code(), absl::StrCat(context, ": ", status.message()));
 }
 
 }  // namespace
@@ -91,15 +82,12 @@ void TunnelManager::RecordPeerEvent(TunnelEvent::Type type, const TunnelSpec& tu
                                     std::string detail) {
   TunnelEvent event;
   event.type = type;
-  event.revision = ++revision_;
   event.tunnel.spec.name = tunnel.name;
   event.tunnel.spec.mode = tunnel.mode;
   event.tunnel.spec.multipoint = true;
   event.detail = std::move(detail);
   event.peer = std::move(peer);
-  history_.push_back(std::move(event));
-  while (history_.size() > options_.event_history) history_.pop_front();
-  changed_.SignalAll();
+  PushEvent(std::move(event));
 }
 
 absl::StatusOr<TunnelManager::Entry*> TunnelManager::PeerTunnelLocked(const std::string& name) {
@@ -239,7 +227,7 @@ absl::StatusOr<uint64_t> TunnelManager::ChangePeersLocked(Entry& entry,
   if (entry.in_engine) {
     if (absl::Status s = engine_->ChangePeers(tunnel, engine_peers(fresh), removed_ids); !s.ok()) {
       put_back_engine();
-      return Annotated(s, absl::StrCat("tunnel ", tunnel, ": the dataplane refused the peers"));
+      return Annotate(s, absl::StrCat("tunnel ", tunnel, ": the dataplane refused the peers"));
     }
   }
   StateChange change;
@@ -432,7 +420,7 @@ absl::StatusOr<PeerApplyResult> TunnelManager::ApplyPeers(const std::string& tun
     PeerSpec& peer = desired[i];
     peer.labels[kOwnerLabel] = owner;
     const std::string where = absl::StrCat("peers[", i, "]");
-    if (absl::Status s = ValidatePeer(peer, entry.spec); !s.ok()) return Annotated(s, where);
+    if (absl::Status s = ValidatePeer(peer, entry.spec); !s.ok()) return Annotate(s, where);
     if (!names.insert(peer.name).second) {
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": peer ", peer.name, " is given twice"));
