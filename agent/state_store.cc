@@ -95,6 +95,13 @@ std::string ErrnoText(int error) {
   return strerror_r(error, buf, sizeof(buf));
 }
 
+// Erases the peers of `tunnel` from a map by (tunnel, peer name). No name holds a NUL, so
+// (tunnel + NUL, "") is the first key past every (tunnel, name).
+template <typename Map>
+void ErasePeersOf(const std::string& tunnel, Map& map) {
+  map.erase(map.lower_bound({tunnel, ""}), map.lower_bound({tunnel + '\0', ""}));
+}
+
 // I/O failures are the operator's to fix (permissions, a full disk): the message carries the
 // path, what was being done and the system's words for what went wrong.
 absl::Status IoError(int error, absl::string_view path, absl::string_view action) {
@@ -300,10 +307,8 @@ absl::Status FileStateStore::LoadLocked(std::vector<TunnelSpec>* out) {
     return absl::OkStatus();
   };
   auto remove_peers_of = [&](const std::string& tunnel) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    saved_peers_.erase(saved_peers_.lower_bound({tunnel, ""}),
-                       saved_peers_.lower_bound({tunnel + '\0', ""}));
-    peer_specs.erase(peer_specs.lower_bound({tunnel, ""}),
-                     peer_specs.lower_bound({tunnel + '\0', ""}));
+    ErasePeersOf(tunnel, saved_peers_);
+    ErasePeersOf(tunnel, peer_specs);
   };
 
   bool migrate = false;
@@ -560,8 +565,7 @@ void FileStateStore::ApplyLocked(const EncodedChange& change) {
   for (const auto& [name, tunnel] : change.upserted) saved_.insert_or_assign(name, tunnel);
   for (const std::string& name : change.removed) {
     saved_.erase(name);
-    saved_peers_.erase(saved_peers_.lower_bound({name, ""}),
-                       saved_peers_.lower_bound({name + '\0', ""}));
+    ErasePeersOf(name, saved_peers_);
   }
   for (const auto& [key, peer] : change.upserted_peers) saved_peers_.insert_or_assign(key, peer);
   for (const auto& key : change.removed_peers) saved_peers_.erase(key);
