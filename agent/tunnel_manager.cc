@@ -1527,7 +1527,7 @@ void TunnelManager::RecordEvent(TunnelEvent::Type type, const TunnelView& view,
                                 std::string detail) {
   TunnelEvent event;
   event.type = type;
-  event.tunnel = view;
+  event.tunnel = std::make_shared<const TunnelView>(view);
   event.detail = std::move(detail);
   PushEvent(std::move(event));
 }
@@ -1587,14 +1587,17 @@ TunnelStatus TunnelManager::LiveStatus(const Published& tunnel) {
   return status;
 }
 
-void ReadObservation(const dataplane::TunnelStats& c, bool keepalive, DataplaneObservation* out) {
-  using dataplane::TunnelCounters;
-#define SUM_COUNTER(member, api_field, ...) \
-  out->counters.api_field = c.Sum(&TunnelCounters::member);
+namespace {
+
+// A tunnel's or a peer's: the same members by name (both from tunnel_counters.h), drops summed
+// by direction.
+template <typename Stats>
+void ReadStats(const Stats& c, bool keepalive, DataplaneObservation* out) {
+  using Counters = typename Stats::Counters;
+#define SUM_COUNTER(member, api_field, ...) out->counters.api_field = c.Sum(&Counters::member);
   TUNNEL_TRAFFIC_COUNTERS(SUM_COUNTER)
 #undef SUM_COUNTER
-#define SUM_DROPS(member, api_field, ...) \
-  out->counters.api_field = c.SumAll(&TunnelCounters::member);
+#define SUM_DROPS(member, api_field, ...) out->counters.api_field = c.SumAll(&Counters::member);
   TUNNEL_DROP_COUNTERS(SUM_DROPS)
 #undef SUM_DROPS
   out->path_mtu = c.path_mtu.load(std::memory_order_relaxed);
@@ -1604,7 +1607,7 @@ void ReadObservation(const dataplane::TunnelStats& c, bool keepalive, DataplaneO
   if (!keepalive) return;
   KeepaliveSnapshot& k = out->keepalive.emplace();
   k.peer_alive = c.peer_alive.load(std::memory_order_relaxed);
-#define SUM_KEEPALIVE(member, api_field, ...) k.api_field = c.Sum(&TunnelCounters::member);
+#define SUM_KEEPALIVE(member, api_field, ...) k.api_field = c.Sum(&Counters::member);
   TUNNEL_KEEPALIVE_COUNTERS(SUM_KEEPALIVE)
 #undef SUM_KEEPALIVE
   const int64_t last = c.last_keepalive_reply_unix_nanos.load(std::memory_order_relaxed);
@@ -1612,6 +1615,16 @@ void ReadObservation(const dataplane::TunnelStats& c, bool keepalive, DataplaneO
   if (const int64_t rtt = c.keepalive_rtt_nanos.load(std::memory_order_relaxed); rtt != 0) {
     k.rtt = absl::Nanoseconds(rtt);
   }
+}
+
+}  // namespace
+
+void ReadObservation(const dataplane::TunnelStats& c, bool keepalive, DataplaneObservation* out) {
+  ReadStats(c, keepalive, out);
+}
+
+void ReadObservation(const dataplane::PeerStats& c, bool keepalive, DataplaneObservation* out) {
+  ReadStats(c, keepalive, out);
 }
 
 void TunnelManager::Freeze() {

@@ -104,11 +104,14 @@ struct TunnelEvent {
   };
   Type type = Type::kAdded;
   uint64_t revision = 0;
-  TunnelView tunnel;  // after the event; as it was, for kDeleted
+  // After the event; as it was, for kDeleted. Shared, never changed: the history keeps
+  // thousands of events and every watcher copies those it has not seen (the peer events of one
+  // change share one view of their tunnel).
+  std::shared_ptr<const TunnelView> tunnel;
   // kRepaired: what was put back ("address 10.0.0.1/30 added back"); kStateChanged and
   // kPeerStateChanged: the reason.
   std::string detail;
-  std::optional<PeerView> peer;  // kPeer*: after the event; as it was, for kPeerDeleted
+  std::shared_ptr<const PeerView> peer;  // kPeer*: after the event; as it was, for kPeerDeleted
 };
 
 struct Snapshot {
@@ -355,7 +358,7 @@ class TunnelManager {
   struct PeerRecord {
     PeerSpec spec;
     uint32_t id = 0;  // the engine's handle: never reused within a run
-    std::shared_ptr<dataplane::TunnelStats> stats;
+    std::shared_ptr<dataplane::PeerStats> stats;
     OperState state = OperState::kUp;  // DOWN while its keepalive goes unanswered
     std::string reason;
   };
@@ -500,9 +503,11 @@ class TunnelManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Gives `event` the next revision and appends it to the history, for the watchers.
   void PushEvent(TunnelEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Appends a peer event to the history (a revision of its own).
-  void RecordPeerEvent(TunnelEvent::Type type, const TunnelSpec& tunnel, PeerView peer,
-                       std::string detail = "") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Appends a peer event to the history (a revision of its own). `tunnel`: PeerEventTunnel's.
+  void RecordPeerEvent(TunnelEvent::Type type, std::shared_ptr<const TunnelView> tunnel,
+                       PeerView peer, std::string detail = "") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What a peer event says of its tunnel: the name and mode.
+  static std::shared_ptr<const TunnelView> PeerEventTunnel(const TunnelSpec& tunnel);
 
   // What a change answers while the manager is frozen (Freeze).
   static absl::Status FrozenError();

@@ -60,10 +60,12 @@ dataplane::EnginePeer TunnelManager::EnginePeerOf(const PeerRecord& peer) {
   out.underlay = OuterAddressOf(peer.spec.underlay);
   out.has_key = peer.spec.key.has_value();
   out.key = peer.spec.key.value_or(0);
-  out.allowed.reserve(peer.spec.allowed_prefixes.size());
+  std::vector<dataplane::InnerPrefix> allowed;
+  allowed.reserve(peer.spec.allowed_prefixes.size());
   for (const dataplane::IpPrefix& p : peer.spec.allowed_prefixes) {
-    out.allowed.push_back(InnerPrefixOf(p));
+    allowed.push_back(InnerPrefixOf(p));
   }
+  out.allowed = std::make_shared<const std::vector<dataplane::InnerPrefix>>(std::move(allowed));
   out.keepalive_interval = peer.spec.keepalive.interval;
   out.keepalive_retries = peer.spec.keepalive.effective_retries();
   out.stats = peer.stats;
@@ -78,15 +80,22 @@ PeerView TunnelManager::PeerViewOf(const PeerRecord& peer) {
   return view;
 }
 
-void TunnelManager::RecordPeerEvent(TunnelEvent::Type type, const TunnelSpec& tunnel, PeerView peer,
+std::shared_ptr<const TunnelView> TunnelManager::PeerEventTunnel(const TunnelSpec& tunnel) {
+  auto view = std::make_shared<TunnelView>();
+  view->spec.name = tunnel.name;
+  view->spec.mode = tunnel.mode;
+  view->spec.multipoint = true;
+  return view;
+}
+
+void TunnelManager::RecordPeerEvent(TunnelEvent::Type type,
+                                    std::shared_ptr<const TunnelView> tunnel, PeerView peer,
                                     std::string detail) {
   TunnelEvent event;
   event.type = type;
-  event.tunnel.spec.name = tunnel.name;
-  event.tunnel.spec.mode = tunnel.mode;
-  event.tunnel.spec.multipoint = true;
+  event.tunnel = std::move(tunnel);
   event.detail = std::move(detail);
-  event.peer = std::move(peer);
+  event.peer = std::make_shared<const PeerView>(std::move(peer));
   PushEvent(std::move(event));
 }
 
@@ -194,7 +203,7 @@ absl::StatusOr<uint64_t> TunnelManager::ChangePeersLocked(Entry& entry,
       spec.create_time = it->second->spec.create_time;
     } else {
       peer->id = set.next_id++;
-      peer->stats = std::make_shared<dataplane::TunnelStats>(engine_->workers());
+      peer->stats = std::make_shared<dataplane::PeerStats>(engine_->workers());
       created_ids.push_back(peer->id);
       spec.create_time = now;
     }
@@ -265,13 +274,14 @@ absl::StatusOr<uint64_t> TunnelManager::ChangePeersLocked(Entry& entry,
   }
   absl::MutexLock lock(&mu_);
   std::map<std::string, PeerRef>& published = published_peers_[tunnel];
+  const std::shared_ptr<const TunnelView> event_tunnel = PeerEventTunnel(entry.spec);
   for (auto& [type, peer] : events) {
     if (type == TunnelEvent::Type::kPeerDeleted) {
       published.erase(peer->spec.name);
     } else {
       published.insert_or_assign(peer->spec.name, peer);
     }
-    RecordPeerEvent(type, entry.spec, PeerViewOf(*peer));
+    RecordPeerEvent(type, event_tunnel, PeerViewOf(*peer));
   }
   return *sequence;
 }
@@ -495,7 +505,7 @@ void TunnelManager::LoadPeers(std::vector<SavedPeer> saved) {
     }
     auto record = std::make_shared<PeerRecord>();
     record->id = set.next_id++;
-    record->stats = std::make_shared<dataplane::TunnelStats>(engine_->workers());
+    record->stats = std::make_shared<dataplane::PeerStats>(engine_->workers());
     record->spec = std::move(peer.spec);
     auto [kept, created] = set.peers.emplace(record->spec.name, record);
     IndexPeer(set, kept->first, record->spec);
@@ -528,8 +538,8 @@ void TunnelManager::RefreshPeerStates() {
       peer = changed;
       absl::MutexLock lock(&mu_);
       published_peers_[name].insert_or_assign(peer_name, peer);
-      RecordPeerEvent(TunnelEvent::Type::kPeerStateChanged, entry->spec, PeerViewOf(*peer),
-                      peer->reason);
+      RecordPeerEvent(TunnelEvent::Type::kPeerStateChanged, PeerEventTunnel(entry->spec),
+                      PeerViewOf(*peer), peer->reason);
     }
   }
 }

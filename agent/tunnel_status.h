@@ -60,6 +60,7 @@ struct TunnelStatus : DataplaneObservation {
 // the keepalive's figures.
 void ReadObservation(const dataplane::TunnelStats& stats, bool keepalive,
                      DataplaneObservation* out);
+void ReadObservation(const dataplane::PeerStats& stats, bool keepalive, DataplaneObservation* out);
 
 }  // namespace tunnelagent::agent
 

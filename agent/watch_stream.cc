@@ -275,13 +275,13 @@ class TunnelServiceImpl::Watcher final : public grpc::ServerWriteReactor<grpc::B
           service_->manager_->EventsAfter(fetched_, absl::ZeroDuration());
       if (events.ok()) {
         for (const TunnelEvent& event : *events) {
-          if (event.peer.has_value()) {
+          if (event.peer != nullptr) {
             batch.push_back(PeerEvent(EventTypeToProto(event.type), event.revision,
-                                      event.tunnel.spec.name, event.tunnel.spec.mode, *event.peer,
+                                      event.tunnel->spec.name, event.tunnel->spec.mode, *event.peer,
                                       event.detail));
           } else {
-            batch.push_back(
-                Event(EventTypeToProto(event.type), event.revision, &event.tunnel, event.detail));
+            batch.push_back(Event(EventTypeToProto(event.type), event.revision, event.tunnel.get(),
+                                  event.detail));
           }
           fetched_ = event.revision;
         }

@@ -58,27 +58,44 @@ struct alignas(64) TunnelCounters {
 #undef TUNNEL_DROP_MEMBER
 };
 
-// Everything the engine reports about one tunnel: a TunnelCounters per worker, summed when
-// read (at scrape time, never on the packet path), and what the engine observes about the
-// tunnel as a whole. Owned jointly by the control plane and the engine so it outlives
-// removal races.
-class TunnelStats {
- public:
-  explicit TunnelStats(size_t workers = 1);
-  TunnelStats(const TunnelStats&) = delete;
-  TunnelStats& operator=(const TunnelStats&) = delete;
+// The counters of one peer of a multipoint tunnel that one worker writes: its traffic, its
+// keepalives and its drops as one total per direction (the reasons are the tunnel's). From
+// the same lists as TunnelCounters; cache lines of its own per worker, 128 bytes against a
+// TunnelCounters' 448, as a tunnel of 10,000 peers has 10,000 of them on every worker.
+struct alignas(64) PeerCounters {
+#define PEER_COUNTER_MEMBER(member, ...) Counter member;
+  TUNNEL_TRAFFIC_COUNTERS(PEER_COUNTER_MEMBER)
+  TUNNEL_KEEPALIVE_COUNTERS(PEER_COUNTER_MEMBER)
+  TUNNEL_DROP_COUNTERS(PEER_COUNTER_MEMBER)
+#undef PEER_COUNTER_MEMBER
+};
 
-  size_t workers() const { return shards_.size(); }
+// One `Counters` per worker, summed when read (at scrape time, never on the packet path).
+template <typename Counters>
+class WorkerShards {
+ public:
+  explicit WorkerShards(size_t workers)
+      : count_(workers == 0 ? 1 : workers), shards_(new Counters[count_]) {}
+
+  size_t workers() const { return count_; }
   // What worker `index` writes; only that worker's thread may.
-  TunnelCounters& worker(size_t index) { return *shards_[index]; }
-  const TunnelCounters& worker(size_t index) const { return *shards_[index]; }
+  Counters& worker(size_t index) { return shards_[index]; }
+  const Counters& worker(size_t index) const { return shards_[index]; }
 
   // A counter summed over the workers, e.g. Sum(&TunnelCounters::rx_packets).
-  uint64_t Sum(Counter TunnelCounters::*counter) const;
-  // One drop reason, or every reason, of tx_drops or rx_drops summed over the workers.
-  uint64_t Sum(DropCounters TunnelCounters::*drops, DropReason reason) const;
-  uint64_t SumAll(DropCounters TunnelCounters::*drops) const;
+  uint64_t Sum(Counter Counters::*counter) const {
+    uint64_t total = 0;
+    for (size_t i = 0; i < count_; ++i) total += (shards_[i].*counter).Get();
+    return total;
+  }
 
+ private:
+  size_t count_;
+  std::unique_ptr<Counters[]> shards_;
+};
+
+// What the engine observes of the path to a tunnel's remote, or to a peer, as a whole.
+struct PathObservation {
   // The largest inner packet (or frame) the underlay path carries whole; 0 = not known.
   std::atomic<uint32_t> path_mtu{0};
   // Keepalive (only when configured): whether replies come back, and when the last came.
@@ -95,9 +112,34 @@ class TunnelStats {
   // its keepalive), in Unix nanoseconds of the worker's coarse clock (at most one tick old);
   // 0: never.
   std::atomic<int64_t> last_receive_unix_nanos{0};
+};
 
- private:
-  std::vector<std::unique_ptr<TunnelCounters>> shards_;
+// Everything the engine reports about one tunnel: a TunnelCounters per worker, and what the
+// engine observes about the tunnel as a whole. Owned jointly by the control plane and the
+// engine so it outlives removal races.
+class TunnelStats : public PathObservation, public WorkerShards<TunnelCounters> {
+ public:
+  using Counters = TunnelCounters;
+  explicit TunnelStats(size_t workers = 1) : WorkerShards(workers) {}
+  TunnelStats(const TunnelStats&) = delete;
+  TunnelStats& operator=(const TunnelStats&) = delete;
+
+  using WorkerShards::Sum;
+  // One drop reason, or every reason, of tx_drops or rx_drops summed over the workers.
+  uint64_t Sum(DropCounters TunnelCounters::*drops, DropReason reason) const;
+  uint64_t SumAll(DropCounters TunnelCounters::*drops) const;
+};
+
+// The same of one peer of a multipoint tunnel, with its PeerCounters.
+class PeerStats : public PathObservation, public WorkerShards<PeerCounters> {
+ public:
+  using Counters = PeerCounters;
+  explicit PeerStats(size_t workers = 1) : WorkerShards(workers) {}
+  PeerStats(const PeerStats&) = delete;
+  PeerStats& operator=(const PeerStats&) = delete;
+
+  // Every drop of one direction: a peer keeps the total only.
+  uint64_t SumAll(Counter PeerCounters::*drops) const { return Sum(drops); }
 };
 
 // What DataplaneCounters held when read: plain numbers, the reader's own copy.
@@ -137,6 +179,10 @@ struct InnerPrefix {
   bool v6 = false;
 };
 
+// A peer's allowed prefixes, as the command that carries it and every worker's table share
+// them: one copy however many workers (100,000 prefixes are 2.4 MB a copy).
+using AllowedPrefixes = std::shared_ptr<const std::vector<InnerPrefix>>;
+
 // A peer of a multipoint tunnel (EngineTunnel::multipoint).
 struct EnginePeer {
   uint32_t id = 0;        // the control plane's handle for it, unique within the tunnel
@@ -144,13 +190,13 @@ struct EnginePeer {
                           // of what it sends
   bool has_key = false;   // a key of its own on send; else the tunnel's output key
   uint32_t key = 0;
-  std::vector<InnerPrefix> allowed;
+  AllowedPrefixes allowed;  // never null
   // Keepalive to this peer alone (zero: off), and the replies missed before it counts as gone
   // (stats->peer_alive).
   absl::Duration keepalive_interval = absl::ZeroDuration();
   uint32_t keepalive_retries = 3;
   // Its own counters and observations, as a tunnel's (path MTU, keepalive, last receive).
-  std::shared_ptr<TunnelStats> stats;
+  std::shared_ptr<PeerStats> stats;
 };
 
 // What the engine needs to move one tunnel's packets.

@@ -34,10 +34,10 @@ class MultipointPeers {
   // Adds `path` (a new id) or puts it in the place of the peer of its id, with `allowed`; the
   // handle is assigned here (kept on a replacement). As BasicPeerTable::Add and Replace: a
   // refusal changes nothing.
-  absl::Status Upsert(PeerPath path, const std::vector<InnerPrefix>& allowed) {
+  absl::Status Upsert(PeerPath path, AllowedPrefixes allowed) {
     if (PeerPath* old = table_.Find(path.id); old != nullptr) {
       path.handle = old->handle;
-      return table_.Replace(path, allowed);
+      return table_.Replace(path, std::move(allowed));
     }
     uint32_t slot;
     if (!free_.empty()) {
@@ -48,13 +48,15 @@ class MultipointPeers {
       slots_.push_back({});
     }
     path.handle = Handle(slot, slots_[slot].generation);
-    if (absl::Status status = table_.Add(path, allowed); !status.ok()) {
+    if (absl::Status status = table_.Add(path, std::move(allowed)); !status.ok()) {
       free_.push_back(slot);
       return status;
     }
     slots_[slot].path = table_.Find(path.id);
     return absl::OkStatus();
   }
+
+  void ShrinkToFit() { table_.ShrinkToFit(); }
 
   // False when there was no such peer. Its handle finds nothing from here on.
   bool Remove(uint32_t id) {

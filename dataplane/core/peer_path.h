@@ -42,17 +42,15 @@ struct PeerPath {
   // multipoint fou tunnel's, whose senders are not connected.
   sockaddr_in6 destination{};
   socklen_t destination_len = 0;
-  // Its own outer packets read back from the device (the route to it leads into the tunnel).
-  LoopCheck loop_check;
 
   // ---- Whose counters ----
   // Where path MTU, keepalive and last receive show: the tunnel's own (point-to-point) or the
   // peer's (multipoint; `stats` holds them alive).
-  TunnelStats* shown = nullptr;
-  std::shared_ptr<TunnelStats> stats;
+  PathObservation* shown = nullptr;
+  std::shared_ptr<PeerStats> stats;
   // The peer's shard of counters this worker writes, besides the tunnel's; null for a
   // point-to-point remote (the tunnel's counters are its).
-  TunnelCounters* counters = nullptr;
+  PeerCounters* counters = nullptr;
   int64_t last_receive_stamp = 0;  // what this worker last stored as the last receive time
 
   // ---- Path MTU ----

@@ -47,17 +47,23 @@ class BasicPeerTable {
   // ALREADY_EXISTS when the id or the underlay address is another peer's, or one of `allowed`
   // is held by another peer (nested prefixes are fine: the longest match wins);
   // INVALID_ARGUMENT for a prefix length past its family's bits or a prefix given twice.
-  absl::Status Add(const Peer& peer, const std::vector<InnerPrefix>& allowed) {
+  absl::Status Add(const Peer& peer, AllowedPrefixes allowed) {
     if (peers_.contains(peer.id)) return absl::AlreadyExistsError(Describe(peer.id, "exists"));
-    return Put(peer, allowed, nullptr);
+    return Put(peer, std::move(allowed), nullptr);
+  }
+  absl::Status Add(const Peer& peer, std::vector<InnerPrefix> allowed) {
+    return Add(peer, std::make_shared<const std::vector<InnerPrefix>>(std::move(allowed)));
   }
 
   // The peer `peer.id` becomes `peer` with `allowed` instead of what it had; NOT_FOUND when
   // there is none; otherwise as Add (its own old prefixes and address do not conflict).
-  absl::Status Replace(const Peer& peer, const std::vector<InnerPrefix>& allowed) {
+  absl::Status Replace(const Peer& peer, AllowedPrefixes allowed) {
     auto it = peers_.find(peer.id);
     if (it == peers_.end()) return absl::NotFoundError(Describe(peer.id, "not found"));
-    return Put(peer, allowed, it->second.get());
+    return Put(peer, std::move(allowed), it->second.get());
+  }
+  absl::Status Replace(const Peer& peer, std::vector<InnerPrefix> allowed) {
+    return Replace(peer, std::make_shared<const std::vector<InnerPrefix>>(std::move(allowed)));
   }
 
   // NOT_FOUND when there is no such peer.
@@ -89,6 +95,12 @@ class BasicPeerTable {
     return ForDestination(inner_source, v6) == &peer;
   }
 
+  // After a large change: see PrefixTrie::ShrinkToFit.
+  void ShrinkToFit() {
+    v4_.ShrinkToFit();
+    v6_.ShrinkToFit();
+  }
+
   Peer* Find(uint32_t id) const {
     auto it = peers_.find(id);
     return it != peers_.end() ? &it->second->peer : nullptr;
@@ -99,7 +111,7 @@ class BasicPeerTable {
  private:
   struct Entry {
     Peer peer;
-    std::vector<InnerPrefix> allowed;
+    AllowedPrefixes allowed;
   };
   // Prefixes from which lookups go through the answer cache (a trie this small is a few nodes
   // deep).
@@ -141,7 +153,7 @@ class BasicPeerTable {
 
   // Adds `peer` with `allowed`, taking the place of `old` (same id) when given: every check
   // first, so that a refusal changes nothing.
-  absl::Status Put(const Peer& peer, const std::vector<InnerPrefix>& allowed, Entry* old) {
+  absl::Status Put(const Peer& peer, AllowedPrefixes allowed, Entry* old) {
     if (auto it = by_underlay_.find(peer.underlay);
         it != by_underlay_.end() && (old == nullptr || it->second != &old->peer)) {
       return absl::AlreadyExistsError(
@@ -149,7 +161,7 @@ class BasicPeerTable {
     }
     PrefixTrie<bool, 4> seen4(32);
     PrefixTrie<bool> seen6(128);
-    for (const InnerPrefix& prefix : allowed) {
+    for (const InnerPrefix& prefix : *allowed) {
       if (prefix.length < 0 || prefix.length > (prefix.v6 ? 128 : 32)) {
         return absl::InvalidArgumentError(
             absl::StrCat("peer ", peer.id, ": prefix length ", prefix.length, " out of range"));
@@ -176,9 +188,9 @@ class BasicPeerTable {
       Unlink(*entry);
     }
     entry->peer = peer;
-    entry->allowed = allowed;
+    entry->allowed = std::move(allowed);
     by_underlay_.emplace(peer.underlay, &entry->peer);
-    for (const InnerPrefix& prefix : allowed) InsertPrefix(prefix, &entry->peer);
+    for (const InnerPrefix& prefix : *entry->allowed) InsertPrefix(prefix, &entry->peer);
     answers_.Clear();
     // A table of a few prefixes answers faster than a cache would; a large one needs it.
     if (prefixes() >= kCachedFrom) answers_.Reserve();
@@ -188,7 +200,7 @@ class BasicPeerTable {
   // Takes `entry`'s address and prefixes out of the lookups.
   void Unlink(const Entry& entry) {
     by_underlay_.erase(entry.peer.underlay);
-    for (const InnerPrefix& prefix : entry.allowed) ErasePrefix(prefix);
+    for (const InnerPrefix& prefix : *entry.allowed) ErasePrefix(prefix);
   }
 
   absl::flat_hash_map<uint32_t, std::unique_ptr<Entry>> peers_;  // by id; entries never move

@@ -142,6 +142,10 @@ class PrefixTrie {
     return nullptr;
   }
 
+  // Gives back the room growth left (up to a quarter of the nodes): after a large change, as
+  // the trie of a multipoint tunnel is on every worker.
+  void ShrinkToFit() { nodes_.shrink_to_fit(); }
+
   // Nodes in use, branching ones included (at most 2 x size() - 1): for tests and memory.
   size_t nodes_in_use() const { return nodes_.size() - free_.size(); }
 

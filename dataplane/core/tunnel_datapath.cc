@@ -115,14 +115,12 @@ TunnelDatapath::TunnelDatapath(const EngineTunnel& config, WorkerContext* worker
   fou_header_len_ = EncapIpUdpLen(encap_);
   match_ = TunnelMatch{config.encap.mode, config.has_input_key, config.encap.local,
                        config.encap.remote, config.has_input_key ? config.input_key : 0};
+  loop_check_ = LoopCheck(config.encap);
   remote_.underlay = config.encap.remote;
   remote_.has_key = config.encap.has_key;
   remote_.key = config.encap.key;
   remote_.encap = config.encap;
   remote_.destination = UnderlayAddress(ipv6_, config.encap.remote, &remote_.destination_len);
-  // From the configured addresses: a tunnel without a local address sends from whichever the
-  // route gives, so its looped packets can come from any.
-  remote_.loop_check = LoopCheck(config.encap);
   remote_.shown = config_.stats.get();
   remote_.keepalive_interval = config.keepalive_interval;
   remote_.keepalive_retries = config.keepalive_retries;
@@ -151,6 +149,9 @@ absl::StatusOr<PeerPath> TunnelDatapath::MakePeerPath(const EnginePeer& peer, co
     return absl::InvalidArgumentError(
         absl::StrCat("peer ", peer.id, ": its counters have no room for worker ", worker_->worker));
   }
+  if (!peer.allowed) {
+    return absl::InvalidArgumentError(absl::StrCat("peer ", peer.id, ": no allowed prefixes list"));
+  }
   bool family_ok = !peer.underlay.is_zero();
   for (size_t i = 4; i < 16 && !ipv6_; ++i) family_ok = family_ok && peer.underlay.bytes[i] == 0;
   if (!family_ok) {
@@ -175,8 +176,6 @@ absl::StatusOr<PeerPath> TunnelDatapath::MakePeerPath(const EnginePeer& peer, co
     p.encap.key = peer.key;
   }
   p.overhead = static_cast<uint32_t>(EncapHeaderLen(p.encap)) + l2_header_;
-  // From the configured addresses, as for a point-to-point tunnel.
-  p.loop_check = LoopCheck(p.encap);
   if (!same_path) p.source = config_.encap.local;
   p.destination = UnderlayAddress(ipv6_, peer.underlay, &p.destination_len);
   if (fou()) {
@@ -232,6 +231,10 @@ absl::Status TunnelDatapath::ChangePeers(const std::vector<EnginePeer>& upserted
     peers_->Schedule(p, absl::InfinitePast());
     TickSoon();
   }
+  // Thousands of peers at once (an apply, a restore) leave growth room in the tables, on every
+  // worker: given back now, as the next change of that size is rare.
+  constexpr size_t kLargeChange = 256;
+  if (upserted.size() + removed.size() >= kLargeChange) peers_->ShrinkToFit();
   return first;
 }
 
@@ -333,7 +336,7 @@ bool TunnelDatapath::PrepareTransmit(uint8_t* frame, size_t len, EncapResult* pa
     ScheduleRefresh(p);
   }
   p.sent_since_probe = true;
-  if (p.loop_check.IsOwnOuterPacket(frame, len)) [[unlikely]] {
+  if (loop_check_.IsOwnOuterPacketTo(frame, len, p.underlay)) [[unlikely]] {
     // What we sent came back: wrapping it again would send it round once more, and again.
     CountDrop(p, &TunnelCounters::tx_drops, DropReason::kLoop);
     return false;
@@ -405,8 +408,7 @@ void TunnelDatapath::TransmitDone(uint8_t* frame, size_t len, int result, uint64
   if (result >= 0) {
     c.tx_packets.Add();
     c.tx_bytes.Add(len);
-    if (path != nullptr)
-      CountPeer(*path, &TunnelCounters::tx_packets, &TunnelCounters::tx_bytes, len);
+    if (path != nullptr) CountPeer(*path, &PeerCounters::tx_packets, &PeerCounters::tx_bytes, len);
     return;
   }
   if (result != -EMSGSIZE) {
@@ -470,7 +472,7 @@ void TunnelDatapath::HandleTooBig(PeerPath& p, uint8_t* frame, size_t len) {
       c.tx_fragmented.Add();
       c.tx_packets.Add();
       c.tx_bytes.Add(len);
-      CountPeer(p, &TunnelCounters::tx_packets, &TunnelCounters::tx_bytes, len);
+      CountPeer(p, &PeerCounters::tx_packets, &PeerCounters::tx_bytes, len);
       return;
     }
     CountDrop(p, &TunnelCounters::tx_drops, DropReason::kTooBig);
@@ -577,7 +579,7 @@ bool TunnelDatapath::ApplyPeerRules(PeerPath& peer, const Decapsulated& d) {
     return false;
   }
   // Counted on the peer as it is handed to the device (the tunnel counts the device's write).
-  CountPeer(peer, &TunnelCounters::rx_packets, &TunnelCounters::rx_bytes, d.inner_len);
+  CountPeer(peer, &PeerCounters::rx_packets, &PeerCounters::rx_bytes, d.inner_len);
   StampReceived(peer);
   return true;
 }
@@ -589,7 +591,7 @@ void TunnelDatapath::TakeKeepaliveReply(PeerPath& p) {
   // missed replies again.
   counters().keepalive_replies.Add();
   if (p.counters != nullptr) p.counters->keepalive_replies.Add();
-  TunnelStats& shown = *p.shown;
+  PathObservation& shown = *p.shown;
   // The reply cannot say which keepalive it answers: it is a packet we built for the peer
   // to forward back as any router would, and an IPv6 one has no field to number it in. So
   // it is timed against the latest keepalive sent: a reply that comes back after the next
@@ -737,7 +739,7 @@ bool TunnelDatapath::ResendFou(PeerPath& p, uint8_t* frame, size_t len) {
   }
   counters().tx_packets.Add();
   counters().tx_bytes.Add(len);
-  CountPeer(p, &TunnelCounters::tx_packets, &TunnelCounters::tx_bytes, len);
+  CountPeer(p, &PeerCounters::tx_packets, &PeerCounters::tx_bytes, len);
   return true;
 }
 

@@ -269,10 +269,12 @@ class TunnelDatapath {
   // tunnel's peer shows it in its status).
   void CountDrop(const PeerPath& p, DropCounters TunnelCounters::*direction, DropReason reason) {
     (counters().*direction)[static_cast<int>(reason)].Add();
-    if (p.counters != nullptr) (p.counters->*direction)[static_cast<int>(reason)].Add();
+    if (p.counters == nullptr) return;
+    // A peer keeps one total per direction.
+    (direction == &TunnelCounters::tx_drops ? p.counters->tx_drops : p.counters->rx_drops).Add();
   }
-  static void CountPeer(PeerPath& p, Counter TunnelCounters::*packets,
-                        Counter TunnelCounters::*bytes, size_t len) {
+  static void CountPeer(PeerPath& p, Counter PeerCounters::*packets, Counter PeerCounters::*bytes,
+                        size_t len) {
     if (p.counters == nullptr) return;
     (p.counters->*packets).Add();
     (p.counters->*bytes).Add(len);
@@ -348,6 +350,10 @@ class TunnelDatapath {
   // peers_). Its stats are the tunnel's.
   PeerPath remote_;
   std::unique_ptr<MultipointPeers> peers_;  // multipoint only
+  // From the configured addresses (a tunnel without a local address sends from whichever the
+  // route gives, so its looped packets can come from any), checked against the path's
+  // underlay: one for the tunnel, whatever its number of peers.
+  LoopCheck loop_check_;
   uint64_t peer_visits_ = 0;
   alignas(cmsghdr) uint8_t send_control_[CMSG_SPACE(sizeof(in_pktinfo))] = {};
   size_t send_control_len_ = 0;

@@ -513,7 +513,7 @@ LoopCheck::LoopCheck(const EncapParams& p)
   if (ipv6_) Add(first_protocols_, kIpProtoDestinationOptions);
 }
 
-bool LoopCheck::Matches(const uint8_t* frame, size_t len) const {
+bool LoopCheck::Matches(const uint8_t* frame, size_t len, const OuterAddress& remote) const {
   if (ip_at_ != 0 && LoadBe16(frame + 12) != (ipv6_ ? kEtherTypeIpv6 : kEtherTypeIpv4)) {
     return false;
   }
@@ -526,10 +526,10 @@ bool LoopCheck::Matches(const uint8_t* frame, size_t len) const {
       if (ip_len < kIpv6HeaderLen + kEncapLimitOptionLen) return false;
       next = ip[kIpv6HeaderLen];
     }
-    return Has(protocols_, next) && std::memcmp(ip + 24, remote_.data(), 16) == 0 &&
+    return Has(protocols_, next) && std::memcmp(ip + 24, remote.data(), 16) == 0 &&
            (any_local_ || std::memcmp(ip + 8, local_.data(), 16) == 0);
   }
-  if (IpVersion(ip, ip_len) != 4 || !Has(protocols_, ip[9]) || LoadBe32(ip + 16) != remote_.v4() ||
+  if (IpVersion(ip, ip_len) != 4 || !Has(protocols_, ip[9]) || LoadBe32(ip + 16) != remote.v4() ||
       (!any_local_ && LoadBe32(ip + 12) != local_.v4())) {
     return false;
   }

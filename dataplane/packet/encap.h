@@ -126,10 +126,16 @@ class LoopCheck {
 
   // Per packet: the common frame leaves at the protocol byte; a few more compares otherwise.
   bool IsOwnOuterPacket(const uint8_t* frame, size_t len) const {
+    return IsOwnOuterPacketTo(frame, len, remote_);
+  }
+  // The same for the outer packets sent to `remote` rather than to the tunnel's: one check
+  // serves every peer of a multipoint tunnel (made from the tunnel's parameters, whose remote
+  // is none).
+  bool IsOwnOuterPacketTo(const uint8_t* frame, size_t len, const OuterAddress& remote) const {
     if (len < min_len_) return false;
     const uint8_t first = frame[first_protocol_at_];
     if ((first_protocols_[first >> 6] & (uint64_t{1} << (first & 63))) == 0) return false;
-    return Matches(frame, len);
+    return Matches(frame, len, remote);
   }
 
  private:
@@ -139,7 +145,7 @@ class LoopCheck {
   static void Add(std::array<uint64_t, 4>& set, uint8_t protocol) {
     set[protocol >> 6] |= uint64_t{1} << (protocol & 63);
   }
-  bool Matches(const uint8_t* frame, size_t len) const;
+  bool Matches(const uint8_t* frame, size_t len, const OuterAddress& remote) const;
 
   size_t min_len_ = SIZE_MAX;
   size_t ip_at_ = 0;  // 14 in Ethernet modes

@@ -865,7 +865,7 @@ std::vector<std::string> Summary(const std::vector<TunnelEvent>& events, uint64_
   std::vector<std::string> summary;
   for (const TunnelEvent& e : events) {
     summary.push_back(
-        absl::StrCat(e.revision - base, " ", EventTypeName(e.type), " ", e.tunnel.spec.name));
+        absl::StrCat(e.revision - base, " ", EventTypeName(e.type), " ", e.tunnel->spec.name));
   }
   return summary;
 }
@@ -1817,11 +1817,11 @@ TEST_F(TunnelManagerChangeTest, EveryChangeIsOneRevisionAndOneEvent) {
   ASSERT_TRUE(events.ok()) << events.status();
   ASSERT_THAT(Summary(*events, start),
               ElementsAre("1 ADDED gre1", "2 UPDATED gre1", "3 DELETED gre1"));
-  EXPECT_EQ((*events)[0].tunnel.spec.mtu, 0u);
-  EXPECT_EQ((*events)[0].tunnel.status.state, OperState::kUp);
-  EXPECT_EQ((*events)[1].tunnel.spec.mtu, 1400u);
-  EXPECT_EQ((*events)[1].tunnel.status.mtu, 1400u);
-  EXPECT_EQ((*events)[2].tunnel.spec.mtu, 1400u) << "a deleted tunnel as it was";
+  EXPECT_EQ((*events)[0].tunnel->spec.mtu, 0u);
+  EXPECT_EQ((*events)[0].tunnel->status.state, OperState::kUp);
+  EXPECT_EQ((*events)[1].tunnel->spec.mtu, 1400u);
+  EXPECT_EQ((*events)[1].tunnel->status.mtu, 1400u);
+  EXPECT_EQ((*events)[2].tunnel->spec.mtu, 1400u) << "a deleted tunnel as it was";
 
   absl::StatusOr<std::vector<TunnelEvent>> later =
       manager_->EventsAfter(start + 1, absl::ZeroDuration());
@@ -2002,9 +2002,9 @@ TEST_F(TunnelManagerChangeTest, RefreshStatesFollowsTheKeepalive) {
       manager_->EventsAfter(start, absl::ZeroDuration());
   ASSERT_TRUE(events.ok()) << events.status();
   ASSERT_THAT(Summary(*events, start), ElementsAre("1 STATE_CHANGED gre1"));
-  EXPECT_EQ((*events)[0].tunnel.status.state, OperState::kDown);
-  ASSERT_TRUE((*events)[0].tunnel.status.keepalive.has_value());
-  EXPECT_FALSE((*events)[0].tunnel.status.keepalive->peer_alive);
+  EXPECT_EQ((*events)[0].tunnel->status.state, OperState::kDown);
+  ASSERT_TRUE((*events)[0].tunnel->status.keepalive.has_value());
+  EXPECT_FALSE((*events)[0].tunnel->status.keepalive->peer_alive);
   manager_->RefreshStates();
   EXPECT_EQ(manager_->revision(), start + 1) << "still down: no second event";
 
@@ -2027,7 +2027,7 @@ TEST_F(TunnelManagerChangeTest, RefreshStatesFollowsTheKeepalive) {
   events = manager_->EventsAfter(before_reply, absl::ZeroDuration());
   ASSERT_TRUE(events.ok()) << events.status();
   ASSERT_THAT(Summary(*events, before_reply), ElementsAre("1 STATE_CHANGED gre1"));
-  EXPECT_EQ((*events)[0].tunnel.status.state, OperState::kUp);
+  EXPECT_EQ((*events)[0].tunnel->status.state, OperState::kUp);
 }
 
 TEST_F(TunnelManagerChangeTest, KeepaliveRetriesAreInTheReasonAndOffMeansNoVerdict) {
@@ -2098,8 +2098,8 @@ TEST_F(TunnelManagerChangeTest, RefreshStatesMakesADeviceRemovedBySomeoneElseAga
   ASSERT_TRUE(events.ok()) << events.status();
   ASSERT_THAT(Summary(*events, start), ElementsAre("1 REPAIRED gre1"));
   EXPECT_EQ(gre->status.repairs.at("link"), 1u);
-  EXPECT_EQ((*events)[0].tunnel.status.state, OperState::kUp);
-  EXPECT_EQ((*events)[0].tunnel.status.ifindex, link.ifindex);
+  EXPECT_EQ((*events)[0].tunnel->status.state, OperState::kUp);
+  EXPECT_EQ((*events)[0].tunnel->status.ifindex, link.ifindex);
 
   manager_->RefreshStates();
   EXPECT_EQ(manager_->revision(), start + 1) << "repaired: nothing more to report";
@@ -2130,7 +2130,7 @@ TEST_F(TunnelManagerChangeTest, RefreshStatesReportsADeviceThatCannotBeMadeAgain
       manager_->EventsAfter(start, absl::ZeroDuration());
   ASSERT_TRUE(events.ok()) << events.status();
   ASSERT_THAT(Summary(*events, start), ElementsAre("1 STATE_CHANGED gre1"));
-  EXPECT_EQ((*events)[0].tunnel.status.state, OperState::kError);
+  EXPECT_EQ((*events)[0].tunnel->status.state, OperState::kError);
 
   // Tried again only every 10 s: not right away (it would succeed now).
   manager_->RefreshStates();
@@ -2724,7 +2724,7 @@ TEST_F(TunnelManagerTest, SavedTunnelsAreKnownAtOnceAndRestoringUntilBroughtBack
   ASSERT_EQ(events->size(), 2u);
   for (const TunnelEvent& event : *events) {
     EXPECT_EQ(event.type, TunnelEvent::Type::kStateChanged);
-    EXPECT_EQ(event.tunnel.status.state, OperState::kUp);
+    EXPECT_EQ(event.tunnel->status.state, OperState::kUp);
   }
   EXPECT_TRUE(manager_->Create(Distinct(Gre("gre2"), 2)).ok());
 }
@@ -2952,9 +2952,9 @@ TEST_F(TunnelManagerCrashRestartTest, TunnelsAreUpAndVerifyingWhileTheirDevicesA
   ASSERT_TRUE(events.ok()) << events.status();
   std::vector<std::string> kept2;
   for (const TunnelEvent& e : *events) {
-    if (e.tunnel.spec.name != "kept2") continue;
+    if (e.tunnel->spec.name != "kept2") continue;
     kept2.push_back(absl::StrCat(e.type == TunnelEvent::Type::kRepaired ? "repaired " : "state ",
-                                 e.tunnel.status.state == OperState::kUp ? "UP " : "not-UP ",
+                                 e.tunnel->status.state == OperState::kUp ? "UP " : "not-UP ",
                                  e.detail.substr(0, 10)));  // enough to tell them apart
   }
   EXPECT_THAT(kept2,

@@ -154,7 +154,7 @@ TEST_F(TunnelPeersTest, UpdateKeepsTheEnginesIdAndEtagsGuardIt) {
   EXPECT_THAT(changed, ElementsAre("underlay", "allowed_prefixes"));
   EXPECT_EQ(updated->spec.create_time, made->spec.create_time);
   EXPECT_THAT(EnginePeerNames(), ElementsAre("1@198.51.100.9"));
-  EXPECT_THAT(engine_.PeersOf("tnl0").at(1).allowed, SizeIs(2));
+  EXPECT_THAT(*engine_.PeersOf("tnl0").at(1).allowed, SizeIs(2));
   // The old etag is stale now.
   EXPECT_EQ(manager_->UpdatePeer("tnl0", moved, etag).status().code(), absl::StatusCode::kAborted);
   EXPECT_EQ(manager_->DeletePeer("tnl0", "b", etag).code(), absl::StatusCode::kAborted);
@@ -251,8 +251,8 @@ TEST_F(TunnelPeersTest, EventsCarryPeersWithRevisionsOfTheirOwn) {
   ASSERT_THAT(*events, SizeIs(2));
   EXPECT_EQ((*events)[0].type, TunnelEvent::Type::kPeerAdded);
   EXPECT_EQ((*events)[0].revision, before + 1);
-  EXPECT_EQ((*events)[0].tunnel.spec.name, "tnl0");
-  ASSERT_TRUE((*events)[0].peer.has_value());
+  EXPECT_EQ((*events)[0].tunnel->spec.name, "tnl0");
+  ASSERT_TRUE((*events)[0].peer != nullptr);
   EXPECT_EQ((*events)[0].peer->spec.name, "b");
   EXPECT_EQ((*events)[1].type, TunnelEvent::Type::kPeerDeleted);
 }

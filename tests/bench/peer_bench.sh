@@ -27,9 +27,16 @@ before=$(rss)
 "$PY" "$SOURCE_DIR/tests/bench/peer_bench.py" "$GEN" "$RUN/A.sock" apply "$N" "$PREFIXES"
 peak=$(rss)
 # What the apply built is free once it is answered; the agent gives it back to the system on
-# its next round (about a second), so memory is read after that.
-sleep 3
+# its next rounds (a second or two), and the state store may be compacting its log meanwhile:
+# memory is read once it has held still for a second (at most 12 s after the apply).
+sleep 2
 after=$(rss)
+for _ in $(seq 10); do
+  sleep 1
+  now=$(rss)
+  [ "$now" = "$after" ] && break
+  after=$now
+done
 echo "agent resident memory: $before MiB before, $after MiB with $N peers (+$((after - before)) MiB;" \
   "$peak MiB just after the apply)"
 "$PY" "$SOURCE_DIR/tests/bench/peer_bench.py" "$GEN" "$RUN/A.sock" upsert "$UPSERTS" "$N"

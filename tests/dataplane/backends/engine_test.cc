@@ -1023,8 +1023,9 @@ EnginePeer MultipointPeer(uint32_t id, size_t workers) {
   EnginePeer p;
   p.id = id;
   p.underlay = id == 1 ? kRemote : kPeerTwo;
-  p.allowed = {id == 1 ? InnerPrefix4(0x0a090000, 24) : InnerPrefix4(kInnerFar, 32)};
-  p.stats = std::make_shared<TunnelStats>(workers);
+  p.allowed = std::make_shared<const std::vector<InnerPrefix>>(std::vector<InnerPrefix>{
+      id == 1 ? InnerPrefix4(0x0a090000, 24) : InnerPrefix4(kInnerFar, 32)});
+  p.stats = std::make_shared<PeerStats>(workers);
   return p;
 }
 
@@ -1066,7 +1067,7 @@ TEST_P(EngineTest, MultipointGreReachesEachPeerBothWays) {
   std::vector<uint8_t> pkt = Capture(*gre_tap_, "mp-to-peer2");
   ASSERT_FALSE(pkt.empty()) << CaptureFailure();
   EXPECT_EQ(OuterDestination(pkt), kPeerTwo);
-  EXPECT_TRUE(Eventually([&] { return two.stats->Sum(&TunnelCounters::tx_packets) == 1; }));
+  EXPECT_TRUE(Eventually([&] { return two.stats->Sum(&PeerCounters::tx_packets) == 1; }));
 
   // Peer 2 gone: the /24 takes it.
   ASSERT_TRUE(engine_->ChangePeers("tun0", {}, {2}).ok());
@@ -1074,7 +1075,7 @@ TEST_P(EngineTest, MultipointGreReachesEachPeerBothWays) {
   pkt = Capture(*gre_tap_, "mp-to-peer1");
   ASSERT_FALSE(pkt.empty()) << CaptureFailure();
   EXPECT_EQ(OuterDestination(pkt), kRemote);
-  EXPECT_TRUE(Eventually([&] { return one.stats->Sum(&TunnelCounters::tx_packets) == 1; }));
+  EXPECT_TRUE(Eventually([&] { return one.stats->Sum(&PeerCounters::tx_packets) == 1; }));
 
   // Receive: from a peer, with a source it may send from.
   auto udp = BoundUdp();
@@ -1089,8 +1090,8 @@ TEST_P(EngineTest, MultipointGreReachesEachPeerBothWays) {
   SendOuter(WrapFrom(kRemote, UdpPacket(0x0a090005, kInnerA, kPort, "mp-from-one")));
   EXPECT_EQ(ReceiveUdp(*udp), "mp-from-one");
   EXPECT_TRUE(Eventually([&] {
-    return one.stats->Sum(&TunnelCounters::rx_packets) == 1 &&
-           two.stats->Sum(&TunnelCounters::rx_packets) == 1 &&
+    return one.stats->Sum(&PeerCounters::rx_packets) == 1 &&
+           two.stats->Sum(&PeerCounters::rx_packets) == 1 &&
            counters_->Sum(&TunnelCounters::rx_packets) == 2;
   }));
 }
@@ -1130,10 +1131,9 @@ TEST_P(EngineTest, MultipointPeersChangeWhileTrafficFlows) {
   })) << CaptureFailure();
   EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_drops, DropReason::kNoPeer), 0u);
   // What a removed peer had in flight counts on the tunnel alone.
-  EXPECT_LE(
-      one.stats->Sum(&TunnelCounters::tx_packets) + two.stats->Sum(&TunnelCounters::tx_packets),
-      counters_->Sum(&TunnelCounters::tx_packets));
-  EXPECT_GT(one.stats->Sum(&TunnelCounters::tx_packets), 0u);
+  EXPECT_LE(one.stats->Sum(&PeerCounters::tx_packets) + two.stats->Sum(&PeerCounters::tx_packets),
+            counters_->Sum(&TunnelCounters::tx_packets));
+  EXPECT_GT(one.stats->Sum(&PeerCounters::tx_packets), 0u);
   EXPECT_TRUE(engine_->Health(absl::Seconds(1)).ok());
   EXPECT_EQ(engine_->ChangePeers("nope", {}, {}).code(), absl::StatusCode::kNotFound);
 }
@@ -1290,8 +1290,8 @@ TEST_P(EngineTest, MultipointFouReachesEachPeerBothWays) {
   SendFouFrom(kRemote, UdpPacket(0x0a090005, kInnerA, kPort, "mpfou-from-one"));
   EXPECT_EQ(ReceiveUdp(*udp), "mpfou-from-one");
   EXPECT_TRUE(Eventually([&] {
-    return one.stats->Sum(&TunnelCounters::rx_packets) == 1 &&
-           two.stats->Sum(&TunnelCounters::rx_packets) == 1 &&
+    return one.stats->Sum(&PeerCounters::rx_packets) == 1 &&
+           two.stats->Sum(&PeerCounters::rx_packets) == 1 &&
            counters_->Sum(&TunnelCounters::rx_packets) == 2;
   })) << CaptureFailure();
 
@@ -1322,8 +1322,8 @@ TEST_P(EngineTest, MultipointFouReachesEachPeerBothWays) {
   ASSERT_FALSE(pkt.empty()) << CaptureFailure();
   expect_fou_to(pkt, kRemote);
   EXPECT_TRUE(Eventually([&] {
-    return one.stats->Sum(&TunnelCounters::tx_packets) == 1 &&
-           two.stats->Sum(&TunnelCounters::tx_packets) == 1 &&
+    return one.stats->Sum(&PeerCounters::tx_packets) == 1 &&
+           two.stats->Sum(&PeerCounters::tx_packets) == 1 &&
            counters_->Sum(&TunnelCounters::tx_packets) == 2;
   })) << CaptureFailure();
   EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_drops, DropReason::kSendError), 0u);
@@ -1989,8 +1989,8 @@ TEST_P(OffloadEngineTest, MultipointFouSendsASuperPacketToItsPeer) {
   for (char c : {'A', 'B', 'C'}) {
     EXPECT_NE(seen.find(std::string(1000, c)), std::string::npos) << c;
   }
-  EXPECT_TRUE(Eventually([&] { return two.stats->Sum(&TunnelCounters::tx_packets) == 3; }));
-  EXPECT_EQ(one.stats->Sum(&TunnelCounters::tx_packets), 0u);
+  EXPECT_TRUE(Eventually([&] { return two.stats->Sum(&PeerCounters::tx_packets) == 3; }));
+  EXPECT_EQ(one.stats->Sum(&PeerCounters::tx_packets), 0u);
   EXPECT_EQ(counters_->Sum(&TunnelCounters::tx_super_packets), 1u);
 }
 

@@ -58,8 +58,10 @@ TEST(PeerTable, ConflictsAreRefusedAndChangeNothing) {
   EXPECT_EQ(table.size(), 1u);
   EXPECT_EQ(table.ForDestination(V4(10, 1, 0, 1).data(), false)->id, 1u) << "10.1/16 was added";
 
-  EXPECT_EQ(table.Add(Peer(2, 0xC6120001), {}).code(), absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ(table.Add(Peer(1, 0xC6120003), {}).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(table.Add(Peer(2, 0xC6120001), std::vector<InnerPrefix>{}).code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(table.Add(Peer(1, 0xC6120003), std::vector<InnerPrefix>{}).code(),
+            absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(table.Add(Peer(3, 0xC6120003), {P4(10, 5, 0, 0, 16), P4(10, 5, 0, 0, 16)}).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(table.Add(Peer(3, 0xC6120003), {P4(10, 5, 0, 0, 33)}).code(),
@@ -85,7 +87,8 @@ TEST(PeerTable, ReplaceMovesPrefixesAndAddressAndRemoveForgets) {
   EXPECT_EQ(table.Replace(Peer(1, 0xC6120011), {P4(10, 2, 0, 0, 16)}).code(),
             absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(table.ForDestination(V4(10, 3, 0, 1).data(), false)->id, 1u);
-  EXPECT_EQ(table.Replace(Peer(9, 0xC6120009), {}).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(table.Replace(Peer(9, 0xC6120009), std::vector<InnerPrefix>{}).code(),
+            absl::StatusCode::kNotFound);
 
   ASSERT_TRUE(table.Remove(1).ok());
   EXPECT_EQ(table.Remove(1).code(), absl::StatusCode::kNotFound);
