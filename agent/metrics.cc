@@ -53,19 +53,19 @@ constexpr std::array kDataplaneReasons = {
 // from the tunnel's creation (at 0), like the drop reasons.
 constexpr std::array<const char*, 4> kRepairs = {"address", "route", "mtu", "link"};
 
+template <size_t N, size_t M>
+constexpr std::array<DropReason, N + M> Joined(const std::array<DropReason, N>& a,
+                                               const std::array<DropReason, M>& b) {
+  std::array<DropReason, N + M> out{};
+  for (size_t i = 0; i < N; ++i) out[i] = a[i];
+  for (size_t i = 0; i < M; ++i) out[N + i] = b[i];
+  return out;
+}
 // Multipoint tunnels have these too: a packet to no peer's prefixes (tx), and from an address
 // that is no peer's or with an inner source its peer may not send from (rx).
-constexpr std::array kMultipointTxReasons = {DropReason::kUnsupportedProtocol,
-                                             DropReason::kBadInnerPacket,
-                                             DropReason::kTooBig,
-                                             DropReason::kSendError,
-                                             DropReason::kDeviceError,
-                                             DropReason::kLoop,
-                                             DropReason::kNoPeer};
-constexpr std::array kMultipointRxReasons = {DropReason::kGreChecksum,  DropReason::kGreSequence,
-                                             DropReason::kDeviceError,  DropReason::kSendError,
-                                             DropReason::kIcmpRejected, DropReason::kUnknownPeer,
-                                             DropReason::kSpoofedSource};
+constexpr std::array kMultipointTxReasons = Joined(kTxReasons, std::array{DropReason::kNoPeer});
+constexpr std::array kMultipointRxReasons =
+    Joined(kRxReasons, std::array{DropReason::kUnknownPeer, DropReason::kSpoofedSource});
 
 // The drop reasons of a tunnel's direction ("tx" or "rx") that have series from the start.
 absl::Span<const DropReason> ExpectedDrops(absl::string_view direction, bool multipoint) {

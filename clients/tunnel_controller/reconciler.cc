@@ -172,13 +172,20 @@ class NodeWorker {
     }
   }
 
+  // What an ApplyTunnels and an ApplyPeers request of this controller say besides their
+  // items: its owner, prune and dry run, and a request id (a retry is the same request).
+  template <typename Request>
+  void SetApplyOptions(bool dry_run, bool prune, Request* request) const {
+    request->set_owner(options_.owner);
+    request->set_prune(prune);
+    request->set_dry_run(dry_run);
+    if (!dry_run) request->set_request_id(NewRequestId());
+  }
+
   bool Apply(bool dry_run, bool prune) {
     v1::ApplyTunnelsRequest request;
-    request.set_owner(options_.owner);
-    request.set_prune(prune);
-    request.set_dry_run(dry_run);
+    SetApplyOptions(dry_run, prune, &request);
     for (const v1::Tunnel& t : desired_) *request.add_tunnels() = t;
-    if (!dry_run) request.set_request_id(NewRequestId());
     v1::ApplyTunnelsResponse response;
     Progress(dry_run ? "planning" : absl::StrCat("applying ", desired_.size(), " tunnels"), false);
     if (!CallWithRetry("ApplyTunnels", [&](grpc::ClientContext* c) {
@@ -217,11 +224,8 @@ class NodeWorker {
   bool ApplyPeers(bool dry_run, bool prune, const std::vector<v1::Peer>& peers) {
     v1::ApplyPeersRequest request;
     request.set_tunnel(device_);
-    request.set_owner(options_.owner);
-    request.set_prune(prune);
-    request.set_dry_run(dry_run);
+    SetApplyOptions(dry_run, prune, &request);
     for (const v1::Peer& p : peers) *request.add_peers() = p;
-    if (!dry_run) request.set_request_id(NewRequestId());
     v1::ApplyPeersResponse response;
     Progress(dry_run ? "planning peers" : absl::StrCat("applying ", peers.size(), " peers"), false);
     if (!CallWithRetry("ApplyPeers", [&](grpc::ClientContext* c) {

@@ -149,23 +149,35 @@ class Runner {
     return PrintTunnel(response);
   }
 
-  // Every page, into one response.
-  int List() {
-    v1::ListTunnelsRequest request = command_.list;
+  // Every page of a list call into `all`: `call(context, request, page)` asks for one page,
+  // `items(response)` is the response's repeated field. kExitOk, or the exit code of a failure
+  // (printed).
+  template <typename Request, typename Response, typename Call, typename Items>
+  int AllPages(const char* method, Request request, Call call, Items items, Response* all) {
     request.clear_page_token();
-    v1::ListTunnelsResponse all;
     while (true) {
-      v1::ListTunnelsResponse page;
-      grpc::Status status = CallWithRetry(
-          [&](grpc::ClientContext* c) { return stub_.ListTunnels(c, request, &page); });
-      if (!status.ok()) return RpcFailed("ListTunnels", status);
-      for (v1::Tunnel& t : *page.mutable_tunnels()) *all.add_tunnels() = std::move(t);
-      if (page.next_page_token().empty()) break;
+      Response page;
+      grpc::Status status =
+          CallWithRetry([&](grpc::ClientContext* c) { return call(c, request, &page); });
+      if (!status.ok()) return RpcFailed(method, status);
+      for (auto& item : *items(page)) *items(*all)->Add() = std::move(item);
+      if (page.next_page_token().empty()) return kExitOk;
       if (page.next_page_token() == request.page_token()) {
-        return Fail("ListTunnels: the agent returned the same page token twice");
+        return Fail(absl::StrCat(method, ": the agent returned the same page token twice"));
       }
       request.set_page_token(page.next_page_token());
     }
+  }
+
+  int List() {
+    v1::ListTunnelsResponse all;
+    const int failed = AllPages(
+        "ListTunnels", command_.list,
+        [&](grpc::ClientContext* c, const v1::ListTunnelsRequest& r, v1::ListTunnelsResponse* p) {
+          return stub_.ListTunnels(c, r, p);
+        },
+        [](v1::ListTunnelsResponse& r) { return r.mutable_tunnels(); }, &all);
+    if (failed != kExitOk) return failed;
     return Print(json() ? FormatJson(all) : FormatTunnelTable(all));
   }
 
@@ -279,24 +291,18 @@ class Runner {
     return PrintPeer(response);
   }
 
-  // Every page, into one response.
   int PeerList() {
     v1::ListPeersRequest request;
     request.set_tunnel(command_.name);
     request.set_page_size(command_.list.page_size());
     v1::ListPeersResponse all;
-    while (true) {
-      v1::ListPeersResponse page;
-      grpc::Status status =
-          CallWithRetry([&](grpc::ClientContext* c) { return stub_.ListPeers(c, request, &page); });
-      if (!status.ok()) return RpcFailed("ListPeers", status);
-      for (v1::Peer& p : *page.mutable_peers()) *all.add_peers() = std::move(p);
-      if (page.next_page_token().empty()) break;
-      if (page.next_page_token() == request.page_token()) {
-        return Fail("ListPeers: the agent returned the same page token twice");
-      }
-      request.set_page_token(page.next_page_token());
-    }
+    const int failed = AllPages(
+        "ListPeers", request,
+        [&](grpc::ClientContext* c, const v1::ListPeersRequest& r, v1::ListPeersResponse* p) {
+          return stub_.ListPeers(c, r, p);
+        },
+        [](v1::ListPeersResponse& r) { return r.mutable_peers(); }, &all);
+    if (failed != kExitOk) return failed;
     return Print(json() ? FormatJson(all) : FormatPeerTable(all));
   }
 

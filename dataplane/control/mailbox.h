@@ -60,14 +60,8 @@ class CommandMailbox {
   // answered with what `add(const EngineTunnel&)` returns; a removal is handed to
   // `remove(std::unique_ptr<EngineCommand>)`, which answers it (at once, or when the last
   // operation on the tunnel's device is done); a change of peers is answered with what
-  // `change_peers(const EngineCommand&)` returns (UNIMPLEMENTED without one). Returns the stop
-  // command, if one came: the thread answers it once it has let go of everything.
-  template <typename Add, typename Remove>
-  std::unique_ptr<EngineCommand> RunQueued(Add&& add, Remove&& remove) {
-    return RunQueued(add, remove, [](const EngineCommand&) {
-      return absl::UnimplementedError("this engine has no multipoint tunnels");
-    });
-  }
+  // `change_peers(const EngineCommand&)` returns. Returns the stop command, if one came: the
+  // thread answers it once it has let go of everything.
   template <typename Add, typename Remove, typename ChangePeers>
   std::unique_ptr<EngineCommand> RunQueued(Add&& add, Remove&& remove, ChangePeers&& change_peers) {
     std::unique_ptr<EngineCommand> stop;

@@ -45,9 +45,8 @@ class MailboxThread {
               added.push_back(tunnel.name);
               return absl::OkStatus();
             },
-            [](std::unique_ptr<EngineCommand> remove) {
-              remove->done.set_value(absl::OkStatus());
-            });
+            [](std::unique_ptr<EngineCommand> remove) { remove->done.set_value(absl::OkStatus()); },
+            [](const EngineCommand&) { return absl::UnimplementedError("no multipoint here"); });
         if (!added.empty()) rounds_.push_back(std::move(added));
         if (stop != nullptr) {
           mailbox_->Close();
