@@ -156,6 +156,11 @@ class WorkerEngine : public PacketEngine {
                            std::vector<uint32_t> removed) override {
     return worker_->mailbox().ChangePeers(tunnel, std::move(upserted), std::move(removed));
   }
+  std::future<absl::Status> BeginChangePeers(const std::string& tunnel,
+                                             std::vector<EnginePeer> upserted,
+                                             std::vector<uint32_t> removed) override {
+    return worker_->mailbox().BeginChangePeers(tunnel, std::move(upserted), std::move(removed));
+  }
   DataplaneCountersSnapshot counters() const override { return worker_->counters().Snapshot(); }
   absl::Status Health(absl::Duration stall) const override {
     return worker_->heartbeat().Health(stall);

@@ -77,12 +77,26 @@ absl::Status CommandMailbox::RemoveTunnel(const std::string& name) {
 
 absl::Status CommandMailbox::ChangePeers(const std::string& name, std::vector<EnginePeer> upserted,
                                          std::vector<uint32_t> removed) {
+  return BeginChangePeers(name, std::move(upserted), std::move(removed)).get();
+}
+
+std::future<absl::Status> CommandMailbox::BeginChangePeers(const std::string& name,
+                                                           std::vector<EnginePeer> upserted,
+                                                           std::vector<uint32_t> removed) {
   auto command = std::make_unique<EngineCommand>();
   command->kind = EngineCommand::Kind::kChangePeers;
   command->name = name;
   command->upserted = std::move(upserted);
   command->removed = std::move(removed);
-  return Call(std::move(command));
+  std::future<absl::Status> done = command->done.get_future();
+  std::vector<std::unique_ptr<EngineCommand>> one;
+  one.push_back(std::move(command));
+  if (!Queue(one)) {
+    std::promise<absl::Status> stopped;
+    stopped.set_value(absl::UnavailableError("the dataplane has stopped"));
+    return stopped.get_future();
+  }
+  return done;
 }
 
 absl::Status CommandMailbox::Stop() {

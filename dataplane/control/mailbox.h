@@ -53,6 +53,10 @@ class CommandMailbox {
   // Call() with a kChangePeers of the tunnel `name`.
   absl::Status ChangePeers(const std::string& name, std::vector<EnginePeer> upserted,
                            std::vector<uint32_t> removed);
+  // The same, queued: the answer comes when the dataplane thread has taken it.
+  std::future<absl::Status> BeginChangePeers(const std::string& name,
+                                             std::vector<EnginePeer> upserted,
+                                             std::vector<uint32_t> removed);
   // Call() with a kStop.
   absl::Status Stop();
 

@@ -224,8 +224,17 @@ absl::Status WorkerPool::ChangePeers(const std::string& tunnel, std::vector<Engi
   if (!tunnels_.contains(tunnel)) {
     return absl::NotFoundError(absl::StrCat("tunnel ", tunnel, " not found"));
   }
+  // Every worker builds its part side by side; the mailboxes are filled under mu_, so every
+  // worker sees the pool's changes in the same order.
+  std::vector<std::future<absl::Status>> answers;
+  answers.reserve(workers_.size());
+  for (size_t w = 0; w < workers_.size(); ++w) {
+    const bool last = w + 1 == workers_.size();
+    answers.push_back(workers_[w]->BeginChangePeers(tunnel, last ? std::move(upserted) : upserted,
+                                                    last ? std::move(removed) : removed));
+  }
   absl::Status status;
-  for (const auto& worker : workers_) status.Update(worker->ChangePeers(tunnel, upserted, removed));
+  for (std::future<absl::Status>& answer : answers) status.Update(answer.get());
   return status;
 }
 
