@@ -81,9 +81,9 @@ struct ListenerStats {
 class ApiListener {
  public:
   struct Options {
-    std::string path;
-    std::optional<gid_t> group;  // nullopt: the agent's own group
-    ListenerLimits limits;
+    std::string path{};
+    std::optional<gid_t> group{};  // nullopt: the agent's own group
+    ListenerLimits limits{};
   };
 
   // Claims the path (ClaimSocketPath), binds, sets mode and group, and only then listens: no

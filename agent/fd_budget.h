@@ -59,7 +59,7 @@ class FdBudget {
     size_t per_tunnel = 1;
     std::string fd_dir = "/proc/self/fd";
     // The limit; default the soft RLIMIT_NOFILE, read each time (it may be changed by prlimit).
-    std::function<uint64_t()> limit;
+    std::function<uint64_t()> limit{};
     // API connections open now: their descriptors are among the open ones already, so only
     // the rest of the API's share is still to be kept free. Default: none counted (the whole
     // share kept free).

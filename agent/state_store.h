@@ -31,10 +31,10 @@ struct SavedPeer {
 // and the names of those it deleted (their peers go with them); then the peers created or
 // changed, whole, and those deleted (tunnel, peer name).
 struct StateChange {
-  std::vector<TunnelSpec> upserted;
-  std::vector<std::string> removed;
-  std::vector<SavedPeer> upserted_peers;
-  std::vector<std::pair<std::string, std::string>> removed_peers;
+  std::vector<TunnelSpec> upserted{};
+  std::vector<std::string> removed{};
+  std::vector<SavedPeer> upserted_peers{};
+  std::vector<std::pair<std::string, std::string>> removed_peers{};
   // Takes back a change appended before whose effect never happened: applied to what the
   // store holds even when the disk refuses the write (the store then rewrites itself whole at
   // the next flush), so that nothing saved outlives it.

@@ -242,7 +242,7 @@ pid_t HandoverOnRequest::handed_over_to() const {
 
 void HandoverOnRequest::WaitForStop(const sigset_t& signals, const std::string& binary,
                                     const std::vector<std::string>& args) {
-  std::optional<pid_t> upgrade;  // the agent SIGUSR2 started, while it runs
+  pid_t upgrade = 0;  // the agent SIGUSR2 started, while it runs; 0: none
   const timespec tick = {0, 100'000'000};
   {
     absl::MutexLock lock(&mu_);
@@ -253,7 +253,7 @@ void HandoverOnRequest::WaitForStop(const sigset_t& signals, const std::string& 
     waiter_.reset();
   };
   for (;;) {
-    if (upgrade.has_value() && waitpid(*upgrade, nullptr, WNOHANG) != 0) upgrade.reset();
+    if (upgrade != 0 && waitpid(upgrade, nullptr, WNOHANG) != 0) upgrade = 0;
     if (const pid_t to = handed_over_to(); to != 0) {
       Log("INFO", "handover: agent pid %d serves; finishing the calls in progress", to);
       return;
@@ -263,9 +263,9 @@ void HandoverOnRequest::WaitForStop(const sigset_t& signals, const std::string& 
     // Release's wake-up (a SIGUSR2 to this thread) once a new agent serves.
     if (signal == SIGUSR2 && handed_over_to() != 0) continue;
     if (signal == SIGUSR2) {
-      if (upgrade.has_value()) {
+      if (upgrade != 0) {
         Log("WARNING", "received SIGUSR2: the upgrade started before (pid %d) still runs",
-            static_cast<int>(*upgrade));
+            static_cast<int>(upgrade));
         continue;
       }
       absl::StatusOr<pid_t> pid =

@@ -62,8 +62,8 @@ struct LinkRequest {
   };
   Kind kind = Kind::kSetUp;
   int ifindex = 0;
-  IpPrefix prefix;   // kAddAddress .. kDeleteRoute
-  uint32_t mtu = 0;  // kSetMtu
+  IpPrefix prefix{};  // kAddAddress .. kDeleteRoute
+  uint32_t mtu = 0;   // kSetMtu
 };
 
 // One NETLINK_ROUTE socket; calls are serialised, each waits for the kernel's ACK and turns a

@@ -11,6 +11,7 @@
 #ifndef TUNNELAGENT_DATAPLANE_CORE_LOOKUP_CACHE_H_
 #define TUNNELAGENT_DATAPLANE_CORE_LOOKUP_CACHE_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -58,7 +59,7 @@ class LookupCache {
     if (++generation_ != 0) return;
     // After 2^32 changes the generations start again: entries of the first are wiped so that
     // none can pass for new.
-    if (entries_) std::memset(entries_.get(), 0, sizeof(Entry) << kSlotBits);
+    if (entries_) std::fill_n(entries_.get(), size_t{1} << kSlotBits, Entry{});
     generation_ = 1;
   }
 

@@ -856,6 +856,14 @@ std::string EventTypeName(TunnelEvent::Type type) {
       return "STATE_CHANGED";
     case TunnelEvent::Type::kRepaired:
       return "REPAIRED";
+    case TunnelEvent::Type::kPeerAdded:
+      return "PEER_ADDED";
+    case TunnelEvent::Type::kPeerUpdated:
+      return "PEER_UPDATED";
+    case TunnelEvent::Type::kPeerDeleted:
+      return "PEER_DELETED";
+    case TunnelEvent::Type::kPeerStateChanged:
+      return "PEER_STATE_CHANGED";
   }
   return "?";
 }

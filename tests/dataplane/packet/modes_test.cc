@@ -162,7 +162,9 @@ TEST(ModesTest, EachModeCarriesOnlyWhatTheKernelsDoes) {
     const EncapResult r =
         Encapsulate(Params(c.mode), buffer.data() + kMaxEncapHeadroom, inner.size(), 0, 0);
     EXPECT_EQ(r.packet != nullptr, c.carried) << static_cast<int>(c.mode);
-    if (!c.carried) EXPECT_EQ(r.drop, DropReason::kUnsupportedProtocol);
+    if (!c.carried) {
+      EXPECT_EQ(r.drop, DropReason::kUnsupportedProtocol);
+    }
   }
   // A frame shorter than its Ethernet header is not a frame.
   Bytes buffer(kMaxEncapHeadroom + 13);
