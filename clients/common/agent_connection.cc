@@ -1,5 +1,9 @@
 #include "clients/common/agent_connection.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -109,11 +113,29 @@ absl::StatusOr<Credentials> LoadCredentials(const TlsOptions& tls, const std::st
   return credentials;
 }
 
+std::string WithDefaultPort(const std::string& target) {
+  const std::string port = absl::StrCat(":", kDefaultAgentPort);
+  if (target.empty()) return target;
+  if (target.front() == '[') {
+    // A bracketed IPv6 address, with its port or without.
+    return target.back() == ']' ? absl::StrCat(target, port) : target;
+  }
+  const size_t colons = std::count(target.begin(), target.end(), ':');
+  if (colons == 0) return absl::StrCat(target, port);  // a name or an IPv4 address
+  // One colon: host:port, or a scheme (unix:/path, dns:name). More: a scheme with a path, or
+  // an IPv6 address alone, which gRPC wants in brackets.
+  in6_addr v6;
+  if (colons >= 2 && inet_pton(AF_INET6, target.c_str(), &v6) == 1) {
+    return absl::StrCat("[", target, "]", port);
+  }
+  return target;
+}
+
 std::shared_ptr<grpc::Channel> Dial(const std::string& target, const TlsOptions& tls,
                                     const Credentials& credentials, grpc::ChannelArguments args) {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, kInitialReconnectBackoffMs);
   if (tls.enabled && !tls.server_name.empty()) args.SetSslTargetNameOverride(tls.server_name);
-  return grpc::CreateCustomChannel(target, credentials.channel, args);
+  return grpc::CreateCustomChannel(WithDefaultPort(target), credentials.channel, args);
 }
 
 void AddToken(grpc::ClientContext* context, const std::string& token) {

@@ -68,9 +68,17 @@ absl::StatusOr<std::string> CheckToken(absl::string_view token, absl::string_vie
 // minimum time a connection attempt is given.)
 inline constexpr int kInitialReconnectBackoffMs = 100;
 
-// A channel to `target` ("host:port" or "unix:/path") with `credentials`, reconnecting quickly
-// after a failure; tls.server_name overrides the name expected in the agent's certificate.
-// `args` may carry more channel arguments.
+// The agent's usual TCP port (deploy/kubernetes has it listen there): what a target naming a
+// host alone is given. gRPC would take 443, the HTTPS port, where no agent listens.
+inline constexpr int kDefaultAgentPort = 50051;
+
+// `target` with kDefaultAgentPort when it names a host alone ("localhost", "198.18.0.1",
+// "[::1]", "::1"); anything else (host:port, unix:/path, a gRPC scheme such as dns:) as it is.
+std::string WithDefaultPort(const std::string& target);
+
+// A channel to `target` ("host:port", a host alone for kDefaultAgentPort, or "unix:/path")
+// with `credentials`, reconnecting quickly after a failure; tls.server_name overrides the name
+// expected in the agent's certificate. `args` may carry more channel arguments.
 std::shared_ptr<grpc::Channel> Dial(const std::string& target, const TlsOptions& tls,
                                     const Credentials& credentials,
                                     grpc::ChannelArguments args = {});

@@ -37,6 +37,34 @@ constexpr ModeName kModes[] = {
     {"ip6tnl", v1::TUNNEL_MODE_IP6TNL},
 };
 
+// How ip(8) also spells those modes: `ip tunnel show` prints gre/ip, ip/ip, ipv6/ip and
+// gre/ipv6; ip -6 tunnel takes ip6ip6, ipip6 and any, which our ip6tnl all is (it carries
+// IPv4 and IPv6).
+constexpr ModeName kIpModeSpellings[] = {
+    {"gre/ip", v1::TUNNEL_MODE_GRE},     {"ip/ip", v1::TUNNEL_MODE_IPIP},
+    {"ipv6/ip", v1::TUNNEL_MODE_SIT},    {"gre/ipv6", v1::TUNNEL_MODE_IP6GRE},
+    {"ip6ip6", v1::TUNNEL_MODE_IP6TNL},  {"ipip6", v1::TUNNEL_MODE_IP6TNL},
+    {"any", v1::TUNNEL_MODE_IP6TNL},     {"ipv6/ipv6", v1::TUNNEL_MODE_IP6TNL},
+    {"ip/ipv6", v1::TUNNEL_MODE_IP6TNL}, {"any/ipv6", v1::TUNNEL_MODE_IP6TNL},
+};
+// ip(8) modes tunnel-agent does not have.
+constexpr absl::string_view kModesNotHere[] = {"vti", "vti6", "isatap", "erspan", "ip6erspan"};
+
+// ip(8) words that mean something else here, with what to write instead.
+struct IpWordHint {
+  absl::string_view word;
+  absl::string_view hint;
+};
+constexpr IpWordHint kIpWordHints[] = {
+    {"dev",
+     "ip-tunnel(8)'s 'dev' binds the tunnel to an underlay device; the agent sends by "
+     "the route to 'remote' (or each peer's underlay), from 'local'. 'dev NAME' names the "
+     "tunnel only right after the command"},
+    {"name", "'name NAME' names the tunnel only right after the command"},
+    {"encaplimit", "ip6tnl's encapsulation limit is always the kernel's default (4)"},
+    {"flowlabel", "the IPv6 flow label comes from the inner addresses (as auto_flowlabels)"},
+};
+
 // A keyword of create, update, list, peer add or peer update, and the field it sets.
 struct Keyword {
   absl::string_view word;
@@ -435,9 +463,19 @@ class Parser {
     return absl::OkStatus();
   }
 
+  // ip(8)'s `name NAME` and `dev NAME` (ip link add dev X, ip tunnel add name X) for NAME:
+  // taken when the next word is not a keyword (so a tunnel may still be called "dev").
+  void SkipNameWord() {
+    if (pos_ + 1 >= args_.size()) return;
+    if (args_[pos_] != "name" && args_[pos_] != "dev") return;
+    if (FindKeyword(args_[pos_ + 1]) != nullptr) return;
+    ++pos_;
+  }
+
   // NAME, for create and update: not empty, not a keyword.
   absl::Status TakeTunnelName(absl::string_view verb) {
     if (absl::Status s = SkipFlags(); !s.ok()) return s;
+    SkipNameWord();
     if (AtEnd()) return UsageError(absl::StrCat(verb, ": missing NAME"));
     const std::string& name = Take();
     if (FindKeyword(name) != nullptr) {
@@ -508,8 +546,15 @@ class Parser {
       if (absl::Status s = SkipFlags(); !s.ok()) return s;
       if (AtEnd()) return absl::OkStatus();
       const std::string& word = Take();
-      const Keyword* keyword = Contains(allowed, word) ? FindKeyword(word) : nullptr;
+      // ip link's `type` is our `mode`.
+      const absl::string_view meant = word == "type" ? absl::string_view("mode") : word;
+      const Keyword* keyword = Contains(allowed, meant) ? FindKeyword(meant) : nullptr;
       if (keyword == nullptr) {
+        for (const IpWordHint& h : kIpWordHints) {
+          if (h.word == word) {
+            return UsageError(absl::StrCat(verb, ": unknown argument '", word, "': ", h.hint));
+          }
+        }
         return UsageError(
             absl::StrCat(verb, ": unknown argument '", word, "' (want ", OneOf(allowed), ")"));
       }
@@ -724,6 +769,7 @@ class Parser {
   absl::Status ParseName(absl::string_view verb, Verb kind) {
     command_.verb = kind;
     if (absl::Status s = SkipFlags(); !s.ok()) return s;
+    SkipNameWord();
     if (AtEnd()) return UsageError(absl::StrCat(verb, ": missing NAME"));
     command_.name = Take();
     if (command_.name.empty()) return UsageError(absl::StrCat(verb, ": empty NAME"));
@@ -1002,6 +1048,16 @@ absl::StatusOr<v1::TunnelMode> ParseMode(absl::string_view text) {
   for (const ModeName& m : kModes) {
     if (text == m.name) return m.mode;
   }
+  for (const ModeName& m : kIpModeSpellings) {
+    if (text == m.name) return m.mode;
+  }
+  for (absl::string_view mode : kModesNotHere) {
+    if (text == mode) {
+      return UsageError(absl::StrCat(
+          "mode '", text, "' is ip(8)'s but not tunnel-agent's (want gre, ipip, gretap, sit, ",
+          "ip6gre, ip6gretap or ip6tnl)"));
+    }
+  }
   return UsageError(absl::StrCat("unknown mode '", text,
                                  "' (want gre, ipip, gretap, sit, ip6gre, ip6gretap or ip6tnl)"));
 }
@@ -1207,6 +1263,16 @@ go back to the default):
                    one device for many peers (`peer add`), each packet sent to the peer
                    whose allowed prefixes match its destination; multipoint clears remote,
                    nomultipoint needs one (gre, ipip, sit, ip6gre, ip6tnl)
+  encap fou|none [encap-sport auto|PORT] [encap-dport PORT]
+                   carry the tunnel's packets in UDP (fou, IPv4 underlays): to encap-dport
+                   (gre, gretap: default 4754; ipip, sit: required), from encap-sport
+                   (auto, the default: a port per flow, 49152-65535); none: plain
+
+Spellings of ip(8) taken too: `name NAME` and `dev NAME` right after the command for NAME,
+`type MODE` for `mode MODE`, and the modes as ip(8) shows or takes them: gre/ip, ip/ip,
+ipv6/ip, gre/ipv6, and ip6ip6, ipip6, any, ipv6/ipv6, ip/ipv6, any/ipv6 (all ip6tnl). Not
+taken, with a hint: ip-tunnel(8)'s `dev` after the name (the underlay device: the agent
+sends by the route), encaplimit, flowlabel, and the modes vti, vti6, isatap, erspan.
 
 Peer commands (the peers of a multipoint tunnel TUNNEL; PEER: 1-63 letters, digits, '.',
 '_' or '-'):
@@ -1257,8 +1323,9 @@ Options of commands:
                      FILE lists
 
 Options:
-  --agent=ADDR       agent address, HOST:PORT or unix:/PATH (default: $TUNNELCTL_AGENT,
-                     else unix:/run/tunnel-agent/agent.sock, the agent's default)
+  --agent=ADDR       agent address, HOST[:PORT] (port 50051 when left out) or unix:/PATH
+                     (default: $TUNNELCTL_AGENT, else unix:/run/tunnel-agent/agent.sock, the
+                     agent's default)
   -o, --output=FMT   output format: table (default) or json
   --timeout=SECONDS  deadline of each call (default: 10; a watch has none)
   --tls              connect with TLS, trusting the system's roots

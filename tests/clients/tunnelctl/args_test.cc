@@ -1411,5 +1411,82 @@ TEST(UsageTest, NamesThePeerCommands) {
   }
 }
 
+// ip(8) habits: the spellings that mean the same are taken, the others refused with a hint.
+TEST(ParseArgsTest, TakesIpSpellingsThatMeanTheSame) {
+  const GoodCase kCases[] = {
+      {"add name gre2 mode gre remote 198.18.0.2", Verb::kCreate, "gre2",
+       R"pb(name: "gre2" mode: TUNNEL_MODE_GRE remote: "198.18.0.2")pb"},
+      {"add dev gre2 type gre remote 198.18.0.2", Verb::kCreate, "gre2",
+       R"pb(name: "gre2" mode: TUNNEL_MODE_GRE remote: "198.18.0.2")pb"},
+      {"add t1 mode gre/ip remote 198.18.0.2", Verb::kCreate, "t1", R"pb(name: "t1"
+                                                                         mode: TUNNEL_MODE_GRE
+                                                                         remote: "198.18.0.2")pb"},
+      {"add t1 mode ip/ip remote 198.18.0.2", Verb::kCreate, "t1", R"pb(name: "t1"
+                                                                        mode: TUNNEL_MODE_IPIP
+                                                                        remote: "198.18.0.2")pb"},
+      {"add t1 mode ipv6/ip remote 198.18.0.2", Verb::kCreate, "t1",
+       R"pb(name: "t1" mode: TUNNEL_MODE_SIT remote: "198.18.0.2")pb"},
+      {"add t1 mode gre/ipv6 remote fd00::2", Verb::kCreate, "t1", R"pb(name: "t1"
+                                                                        mode: TUNNEL_MODE_IP6GRE
+                                                                        remote: "fd00::2")pb"},
+      {"add t1 mode ip6ip6 remote fd00::2", Verb::kCreate, "t1", R"pb(name: "t1"
+                                                                      mode: TUNNEL_MODE_IP6TNL
+                                                                      remote: "fd00::2")pb"},
+      {"add t1 mode ipip6 remote fd00::2", Verb::kCreate, "t1", R"pb(name: "t1"
+                                                                     mode: TUNNEL_MODE_IP6TNL
+                                                                     remote: "fd00::2")pb"},
+      {"add t1 type any remote fd00::2", Verb::kCreate, "t1", R"pb(name: "t1"
+                                                                   mode: TUNNEL_MODE_IP6TNL
+                                                                   remote: "fd00::2")pb"},
+      // A tunnel may still be called "dev" or "name": the next word is a keyword.
+      {"add dev mode gre remote 198.18.0.2", Verb::kCreate, "dev", R"pb(name: "dev"
+                                                                        mode: TUNNEL_MODE_GRE
+                                                                        remote: "198.18.0.2")pb"},
+      {"get dev gre2", Verb::kGet, "gre2", ""},
+      {"delete name gre2", Verb::kDelete, "gre2", ""},
+      {"get name", Verb::kGet, "name", ""},
+  };
+  for (const GoodCase& c : kCases) {
+    SCOPED_TRACE(c.args);
+    absl::StatusOr<Command> command = ParseArgs(Split(c.args), "");
+    ASSERT_TRUE(command.ok()) << command.status();
+    EXPECT_EQ(command->verb, c.verb);
+    EXPECT_EQ(command->name, c.name);
+    v1::Tunnel want = TunnelFromText(c.tunnel);
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(command->tunnel, want))
+        << "got:  " << command->tunnel.ShortDebugString() << "\nwant: " << want.ShortDebugString();
+  }
+  absl::StatusOr<Command> update = ParseArgs(Split("update dev gre2 type ipip"), "");
+  ASSERT_TRUE(update.ok()) << update.status();
+  EXPECT_EQ(update->tunnel.mode(), v1::TUNNEL_MODE_IPIP);
+  EXPECT_EQ(absl::StrJoin(update->update_mask.paths(), ","), "mode");
+}
+
+TEST(ParseArgsTest, RefusesIpSpellingsThatMeanSomethingElseWithAHint) {
+  const std::pair<std::string, std::string> kCases[] = {
+      {"add gre2 mode gre remote 198.18.0.2 dev eth0", "binds the tunnel to an underlay device"},
+      {"add gre2 mode gre remote 198.18.0.2 name x", "names the tunnel only right after"},
+      {"add t1 mode ip6tnl remote fd00::2 encaplimit 4", "encapsulation limit"},
+      {"add t1 mode ip6tnl remote fd00::2 flowlabel 7", "flow label"},
+      {"add t1 mode vti remote 198.18.0.2", "mode 'vti' is ip(8)'s but not tunnel-agent's"},
+      {"add t1 type isatap remote 198.18.0.2", "mode 'isatap' is ip(8)'s"},
+  };
+  for (const auto& [args, hint] : kCases) {
+    SCOPED_TRACE(args);
+    absl::StatusOr<Command> command = ParseArgs(Split(args), "");
+    ASSERT_FALSE(command.ok());
+    EXPECT_THAT(command.status().message(), HasSubstr(hint));
+  }
+}
+
+TEST(UsageTest, NamesEncapAndTheIpSpellings) {
+  const std::string usage = Usage();
+  for (const char* word :
+       {"encap fou|none", "encap-sport auto|PORT", "encap-dport PORT", "`name NAME` and `dev NAME`",
+        "`type MODE`", "gre/ip", "ip6ip6", "encaplimit", "flowlabel", "vti"}) {
+    EXPECT_THAT(usage, HasSubstr(word));
+  }
+}
+
 }  // namespace
 }  // namespace tunnelagent::tunnelctl
