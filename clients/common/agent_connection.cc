@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -42,6 +43,11 @@ absl::StatusOr<std::string> ReadInputFile(const std::string& path, std::istream&
     std::string content(std::istreambuf_iterator<char>(in), {});
     if (in.bad()) return absl::InvalidArgumentError("cannot read stdin");
     return content;
+  }
+  // A directory opens, then reads as nothing: said for what it is rather than "empty".
+  if (struct stat st; stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read ", path, ": is a directory (want a file, or - for stdin)"));
   }
   std::ifstream file(path, std::ios::binary);
   if (!file) {

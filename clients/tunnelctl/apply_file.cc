@@ -24,14 +24,49 @@ std::string OneLine(absl::string_view text) {
   return out;
 }
 
+// ":<line>:<column>" of `offset` in `content` (both from 1).
+std::string Position(absl::string_view content, size_t offset) {
+  absl::string_view before = content.substr(0, std::min(content.size(), offset));
+  const size_t line = static_cast<size_t>(std::count(before.begin(), before.end(), '\n')) + 1;
+  const size_t line_start = before.rfind('\n');
+  const size_t column =
+      line_start == absl::string_view::npos ? before.size() + 1 : before.size() - line_start;
+  return absl::StrCat(":", line, ":", column);
+}
+
+// What a one-line error refused, as it is written in the file: the value of `invalid value X
+// for type ...` (quoted or not), or the key of `NAME: Cannot find field.`. Empty when the
+// message names neither.
+std::string Refused(absl::string_view problem) {
+  constexpr absl::string_view kValue = "invalid value ";
+  if (size_t at = problem.find(kValue); at != absl::string_view::npos) {
+    absl::string_view value = problem.substr(at + kValue.size());
+    return std::string(value.substr(0, value.find(" for type")));
+  }
+  if (size_t at = problem.find(": Cannot find field"); at != absl::string_view::npos) {
+    absl::string_view name = problem.substr(0, at);
+    if (size_t space = name.rfind(' '); space != absl::string_view::npos) {
+      name = name.substr(space + 1);
+    }
+    return name.empty() ? "" : absl::StrCat("\"", name, "\"");
+  }
+  return "";
+}
+
 // The protobuf JSON parser reports a syntax error as three lines: the problem, up to 20
 // characters either side of it, and a caret under it. Returns ":<line>:<column>: <problem>"
 // when that context occurs exactly once in `content`, else ": <problem> (near '<context>')".
-// Other errors ("tunels: Cannot find field.") are one line and returned as ": <problem>".
+// Other errors ("tunels: Cannot find field.", "invalid value ...") are one line: where what
+// they refused occurs exactly once in `content`, with its line and column too.
 std::string DescribeJsonError(absl::string_view content, absl::string_view message) {
   size_t first = message.find('\n');
   size_t last = message.rfind('\n');
   if (first == absl::string_view::npos || first == last) {
+    const std::string refused = Refused(message);
+    const size_t at = refused.empty() ? absl::string_view::npos : content.find(refused);
+    if (at != absl::string_view::npos && content.find(refused, at + 1) == absl::string_view::npos) {
+      return absl::StrCat(Position(content, at), ": ", OneLine(message));
+    }
     return absl::StrCat(": ", OneLine(message));
   }
   absl::string_view problem = message.substr(0, first);
@@ -40,12 +75,7 @@ std::string DescribeJsonError(absl::string_view content, absl::string_view messa
   size_t at = content.find(context);
   if (!context.empty() && at != absl::string_view::npos &&
       content.find(context, at + 1) == absl::string_view::npos && absl::EndsWith(caret, "^")) {
-    size_t offset = std::min(content.size(), at + caret.size() - 1);
-    absl::string_view before = content.substr(0, offset);
-    size_t line = static_cast<size_t>(std::count(before.begin(), before.end(), '\n')) + 1;
-    size_t line_start = before.rfind('\n');
-    size_t column = line_start == absl::string_view::npos ? offset + 1 : offset - line_start;
-    return absl::StrCat(":", line, ":", column, ": ", OneLine(problem));
+    return absl::StrCat(Position(content, at + caret.size() - 1), ": ", OneLine(problem));
   }
   return absl::StrCat(": ", OneLine(problem), " (near '",
                       OneLine(absl::StripAsciiWhitespace(context)), "')");

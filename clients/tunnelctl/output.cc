@@ -134,9 +134,14 @@ std::vector<std::string> OptionWords(const v1::Tunnel& t, bool all) {
   }
   if (t.ignore_df()) words.push_back("ignore-df");
   if (t.encap().type() == v1::ENCAP_TYPE_FOU) {
-    words.push_back(absl::StrCat(
-        "encap fou encap-sport ", t.encap().sport() == 0 ? "auto" : absl::StrCat(t.encap().sport()),
-        " encap-dport ", t.encap().dport() == 0 ? "4754" : absl::StrCat(t.encap().dport())));
+    // Three words, as ip-link(8) takes them (the list shows each as KEYWORD=VALUE).
+    words.push_back("encap fou");
+    words.push_back(absl::StrCat("encap-sport ", t.encap().sport() == 0
+                                                     ? std::string("auto")
+                                                     : absl::StrCat(t.encap().sport())));
+    words.push_back(absl::StrCat("encap-dport ", t.encap().dport() == 0
+                                                     ? std::string("4754")
+                                                     : absl::StrCat(t.encap().dport())));
   }
   const google::protobuf::Duration& interval = t.keepalive().interval();
   if (interval.seconds() != 0 || interval.nanos() != 0) {

@@ -879,6 +879,8 @@ TEST(LoadInputsTest, BadFilesAreNamed) {
        "",
        "--tls_cert: " + not_pem.path() + ": not PEM"},
       {{"apply", "-f", "/nonexistent/a.json"}, "", "apply: cannot read /nonexistent/a.json"},
+      {{"apply", "-f", "/tmp"}, "", "apply: cannot read /tmp: is a directory"},
+      {{"peer", "apply", "tnl0", "-f", "/tmp"}, "", "cannot read /tmp: is a directory"},
       {{"apply", "-f", bad_json.path(), "--owner", "o"}, "", "apply: " + bad_json.path()},
       {{"apply", "-f", "-", "--token_file", "-"}, "", "only one file can be read from stdin"},
   };

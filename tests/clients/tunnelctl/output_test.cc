@@ -239,6 +239,29 @@ TEST(TableTest, MultipointTunnelsShowMultipointAsRemote) {
   EXPECT_THAT(FormatTunnelDetail(list.tunnels(1)), HasSubstr("\nremote: 192.0.2.3\n"));
 }
 
+// encap fou is three keywords: the list shows each as KEYWORD=VALUE, get as ip-link spells it.
+TEST(TableTest, EncapOptionsAreThreeWords) {
+  auto list = FromText<v1::ListTunnelsResponse>(R"pb(
+    tunnels {
+      name: "f1"
+      mode: TUNNEL_MODE_GRE
+      remote: "192.0.2.2"
+      encap { type: ENCAP_TYPE_FOU }
+    }
+    tunnels {
+      name: "f2"
+      mode: TUNNEL_MODE_IPIP
+      remote: "192.0.2.3"
+      encap { type: ENCAP_TYPE_FOU sport: 5555 dport: 6000 }
+    }
+  )pb");
+  const std::string table = FormatTunnelTable(list);
+  EXPECT_THAT(table, HasSubstr(" encap=fou,encap-sport=auto,encap-dport=4754\n"));
+  EXPECT_THAT(table, HasSubstr(" encap=fou,encap-sport=5555,encap-dport=6000\n"));
+  EXPECT_THAT(FormatTunnelDetail(list.tunnels(0)),
+              HasSubstr("encap fou encap-sport auto encap-dport 4754"));
+}
+
 TEST(WatchTest, PeerEventsNameTheTunnelAndThePeer) {
   const EventCase kCases[] = {
       {R"pb(type: PEER_ADDED
