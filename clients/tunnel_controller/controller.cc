@@ -92,12 +92,15 @@ std::string ReadWhole(const std::string& path) {
 }
 
 // A node's line: "2 unchanged; 2/2 up", with its peers for a multipoint fleet
-// ("1 unchanged; peers: 1 created, 10 unchanged; 1/1 up, 11/11 peers up"); plan: the changes.
+// ("1 unchanged; peers: 1 created, 10 unchanged; 1/1 up, 11/11 peers up"); plan: the changes
+// to make ("1 to create; peers: 1 to create").
 std::string NodeLine(Operation operation, const NodeReport& r) {
-  std::string line = SummarizeChanges(r.changes);
+  const bool planned = operation == Operation::kPlan;
+  std::string line = SummarizeChanges(r.changes, planned);
   const bool multipoint = !r.multipoint_device.empty();
   if (multipoint) {
-    absl::StrAppend(&line, "; peers: ", SummarizePeerChanges(r.peer_changes, r.peers_unchanged));
+    absl::StrAppend(&line,
+                    "; peers: ", SummarizePeerChanges(r.peer_changes, r.peers_unchanged, planned));
   }
   if (operation == Operation::kPlan) return line;
   absl::StrAppend(&line, "; ", r.up, "/", r.actual, " up");

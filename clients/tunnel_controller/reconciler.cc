@@ -18,21 +18,33 @@
 namespace tunnelagent::controller {
 namespace {
 
-const char* ActionVerb(v1::TunnelChange::Action action) {
+// "created", or for a plan (nothing was done) "to create".
+const char* ActionVerb(v1::TunnelChange::Action action, bool planned) {
   switch (action) {
     case v1::TunnelChange::UNCHANGED:
       return "unchanged";
     case v1::TunnelChange::CREATE:
-      return "created";
+      return planned ? "to create" : "created";
     case v1::TunnelChange::UPDATE:
-      return "updated";
+      return planned ? "to update" : "updated";
     case v1::TunnelChange::RECREATE:
-      return "recreated";
+      return planned ? "to recreate" : "recreated";
     case v1::TunnelChange::DELETE:
-      return "deleted";
+      return planned ? "to delete" : "deleted";
     default:
       return "other";
   }
+}
+
+// "3 created, 1 updated, 8 unchanged" from the count of each action.
+std::string SummarizeCounts(std::map<int, int> counts, bool planned) {
+  std::vector<std::string> parts;
+  for (v1::TunnelChange::Action a :
+       {v1::TunnelChange::CREATE, v1::TunnelChange::UPDATE, v1::TunnelChange::RECREATE,
+        v1::TunnelChange::DELETE, v1::TunnelChange::UNCHANGED}) {
+    if (counts[a] > 0) parts.push_back(absl::StrCat(counts[a], " ", ActionVerb(a, planned)));
+  }
+  return parts.empty() ? "nothing" : absl::StrJoin(parts, ", ");
 }
 
 const char* StateName(v1::OperState state) {
@@ -45,6 +57,44 @@ const char* StateName(v1::OperState state) {
       return "ERROR";
     default:
       return "UNKNOWN";
+  }
+}
+
+// What a call of the controller is for, in the operator's words: its errors lead with it.
+absl::string_view Purpose(absl::string_view method) {
+  if (method == "ApplyTunnels") return "applying the node's tunnels";
+  if (method == "ApplyPeers") return "applying the node's peers";
+  if (method == "GetTunnel") return "reading the node's multipoint device";
+  if (method == "ListPeers") return "listing the node's peers";
+  if (method == "ListTunnels") return "listing the node's tunnels";
+  return method;
+}
+
+// What an agent's answer means for the controller, in a few words.
+absl::string_view Meaning(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::UNAVAILABLE:
+      return "the agent cannot be reached";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "the agent did not answer in time";
+    case grpc::StatusCode::UNAUTHENTICATED:
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "the agent refused the controller's credentials";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "the agent refused what the fleet file asks for";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+    case grpc::StatusCode::ALREADY_EXISTS:
+    case grpc::StatusCode::ABORTED:
+      return "the agent's present state does not allow it";
+    case grpc::StatusCode::NOT_FOUND:
+      return "the agent does not have what it refers to";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "the agent is at one of its limits";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "the agent does not have this call (an older version?)";
+    default:
+      return "the agent failed";
   }
 }
 
@@ -98,14 +148,15 @@ class NodeWorker {
   }
 
   std::string Summary() const {
+    const bool planned = options_.operation == Operation::kPlan;
     const std::string peers =
         multipoint_ == nullptr
             ? ""
-            : absl::StrCat("; peers: ",
-                           SummarizePeerChanges(report_.peer_changes, report_.peers_unchanged));
+            : absl::StrCat("; peers: ", SummarizePeerChanges(report_.peer_changes,
+                                                             report_.peers_unchanged, planned));
     switch (options_.operation) {
       case Operation::kPlan:
-        return absl::StrCat("plan: ", SummarizeChanges(report_.changes), peers);
+        return absl::StrCat("plan: ", SummarizeChanges(report_.changes, planned), peers);
       case Operation::kApply: {
         std::string s = absl::StrCat("applied: ", SummarizeChanges(report_.changes), peers, "; ",
                                      report_.up, "/", report_.actual, " up");
@@ -154,9 +205,17 @@ class NodeWorker {
           status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
         report_.reachable = true;
       }
-      report_.error = clients::FormatRpcError(method, status.error_code(), status.error_message());
+      // What failed and why first; the call and the agent's words for whoever digs deeper.
+      const std::string call_error =
+          clients::FormatRpcError(method, status.error_code(), status.error_message());
+      report_.error = absl::StrCat(Purpose(method), " failed: ", Meaning(status.error_code()), " (",
+                                   call_error, ")");
       if (!IsRetryable(status.error_code()) || attempt > options_.policy.retries || Stopped()) {
-        if (attempt > 1) absl::StrAppend(&report_.error, " (after ", attempt, " attempts)");
+        if (attempt > 1) {
+          report_.error =
+              absl::StrCat(Purpose(method), " failed after ", attempt,
+                           " attempts: ", Meaning(status.error_code()), " (", call_error, ")");
+        }
         return false;
       }
       std::uniform_real_distribution<double> jitter(0.8, 1.2);
@@ -409,29 +468,18 @@ absl::Duration Backoff(const CallPolicy& policy, int retry) {
   return std::min(d, policy.max_backoff);
 }
 
-std::string SummarizeChanges(const std::vector<v1::TunnelChange>& changes) {
+std::string SummarizeChanges(const std::vector<v1::TunnelChange>& changes, bool planned) {
   std::map<int, int> counts;
   for (const v1::TunnelChange& c : changes) ++counts[c.action()];
-  std::vector<std::string> parts;
-  for (v1::TunnelChange::Action a :
-       {v1::TunnelChange::CREATE, v1::TunnelChange::UPDATE, v1::TunnelChange::RECREATE,
-        v1::TunnelChange::DELETE, v1::TunnelChange::UNCHANGED}) {
-    if (counts[a] > 0) parts.push_back(absl::StrCat(counts[a], " ", ActionVerb(a)));
-  }
-  return parts.empty() ? "nothing" : absl::StrJoin(parts, ", ");
+  return SummarizeCounts(std::move(counts), planned);
 }
 
-std::string SummarizePeerChanges(const std::vector<v1::PeerChange>& changes, int unchanged) {
+std::string SummarizePeerChanges(const std::vector<v1::PeerChange>& changes, int unchanged,
+                                 bool planned) {
   std::map<int, int> counts;
   for (const v1::PeerChange& c : changes) ++counts[c.action()];
   counts[v1::TunnelChange::UNCHANGED] += unchanged;
-  std::vector<std::string> parts;
-  for (v1::TunnelChange::Action a :
-       {v1::TunnelChange::CREATE, v1::TunnelChange::UPDATE, v1::TunnelChange::RECREATE,
-        v1::TunnelChange::DELETE, v1::TunnelChange::UNCHANGED}) {
-    if (counts[a] > 0) parts.push_back(absl::StrCat(counts[a], " ", ActionVerb(a)));
-  }
-  return parts.empty() ? "nothing" : absl::StrJoin(parts, ", ");
+  return SummarizeCounts(std::move(counts), planned);
 }
 
 std::vector<NodeReport> Reconcile(const FleetPlan& plan, const std::vector<AgentHandle>& agents,

@@ -112,10 +112,12 @@ bool IsRetryable(grpc::StatusCode code);
 // The backoff before retry number `retry` (1-based), before jitter.
 absl::Duration Backoff(const CallPolicy& policy, int retry);
 
-// "3 created, 1 updated, 8 unchanged" (actions with a count only; "nothing" when empty).
-std::string SummarizeChanges(const std::vector<v1::TunnelChange>& changes);
+// "3 created, 1 updated, 8 unchanged" (actions with a count only; "nothing" when empty);
+// `planned` (a plan, which changes nothing): "3 to create, 1 to update, 8 unchanged".
+std::string SummarizeChanges(const std::vector<v1::TunnelChange>& changes, bool planned = false);
 // The same for peers: ApplyPeers lists only the peers that change, and counts the others.
-std::string SummarizePeerChanges(const std::vector<v1::PeerChange>& changes, int unchanged);
+std::string SummarizePeerChanges(const std::vector<v1::PeerChange>& changes, int unchanged,
+                                 bool planned = false);
 
 }  // namespace tunnelagent::controller
 

@@ -405,9 +405,9 @@ TEST_F(ReconcilerTest, PlanIsADryRun) {
   EXPECT_TRUE(applies[0].dry_run());
   EXPECT_TRUE(applies[0].prune());
   EXPECT_EQ(FormatChanges(Operation::kPlan, reports, absl::ZeroDuration()),
-            "node1: 1 created\n"
+            "node1: 1 to create\n"
             "  CREATE   tc-node2\n"
-            "node2: 1 created\n"
+            "node2: 1 to create\n"
             "  CREATE   tc-node1\n"
             "plan: 2 changes on 2/2 nodes\n");
   EXPECT_EQ(ExitStatus(Operation::kPlan, reports), kExitOk);
@@ -436,12 +436,15 @@ TEST_F(ReconcilerTest, GivesUpAfterTheRetries) {
   EXPECT_FALSE(r.ok);
   EXPECT_FALSE(r.reachable);
   EXPECT_EQ(r.attempts, 4);  // 1 + 3 retries
-  EXPECT_EQ(r.error, "ApplyTunnels: UNAVAILABLE: down (after 4 attempts)");
+  EXPECT_EQ(r.error,
+            "applying the node's tunnels failed after 4 attempts: the agent cannot be reached "
+            "(ApplyTunnels: UNAVAILABLE: down)");
   EXPECT_TRUE(ReportOf(reports, "node1").ok);
   EXPECT_TRUE(ReportOf(reports, "node3").ok);
   EXPECT_EQ(ExitStatus(Operation::kApply, reports), kExitAgentFailed);
   EXPECT_THAT(FormatChanges(Operation::kApply, reports, absl::Seconds(2)),
-              HasSubstr("node2: FAILED: ApplyTunnels: UNAVAILABLE: down (after 4 attempts)\n"));
+              HasSubstr("node2: FAILED: applying the node's tunnels failed after 4 attempts: the "
+                        "agent cannot be reached (ApplyTunnels: UNAVAILABLE: down)\n"));
   EXPECT_THAT(FormatChanges(Operation::kApply, reports, absl::Seconds(2)),
               HasSubstr("apply: 2/3 nodes converged, 4/4 tunnels up, 2.00 s; failed: node2\n"));
 }
@@ -454,7 +457,9 @@ TEST_F(ReconcilerTest, RefusalsAreNotRetried) {
   EXPECT_FALSE(r.ok);
   EXPECT_TRUE(r.reachable);
   EXPECT_EQ(r.attempts, 1);
-  EXPECT_EQ(r.error, "ApplyTunnels: FAILED_PRECONDITION: not yours");
+  EXPECT_EQ(r.error,
+            "applying the node's tunnels failed: the agent's present state does not allow it "
+            "(ApplyTunnels: FAILED_PRECONDITION: not yours)");
 }
 
 TEST_F(ReconcilerTest, UnreachableNodeIsReportedByName) {
@@ -674,10 +679,10 @@ TEST_F(MultipointReconcilerTest, PlanBeforeTheDeviceExists) {
   // No device yet: its peers are all to create, without asking the agent.
   EXPECT_THAT(agents_["node1"]->calls(), ElementsAre("ApplyTunnels"));
   EXPECT_EQ(FormatChanges(Operation::kPlan, reports, absl::ZeroDuration()),
-            "node1: 1 created; peers: 1 created\n"
+            "node1: 1 to create; peers: 1 to create\n"
             "  CREATE   tnl0\n"
             "  CREATE   tnl0/node2\n"
-            "node2: 1 created; peers: 1 created\n"
+            "node2: 1 to create; peers: 1 to create\n"
             "  CREATE   tnl0\n"
             "  CREATE   tnl0/node1\n"
             "plan: 2 tunnel and 2 peer changes on 2/2 nodes\n");
@@ -794,7 +799,9 @@ TEST_F(MultipointReconcilerTest, ModeChangeTakesThePeersOffFirst) {
   (*theirs.mutable_labels())["owner"] = "someone";
   agents_["node2"]->Add(theirs);
   reports = Reconcile(plan_, handles_, Options(Operation::kApply));
-  EXPECT_EQ(ReportOf(reports, "node2").error, "ApplyTunnels: FAILED_PRECONDITION: not yours");
+  EXPECT_EQ(ReportOf(reports, "node2").error,
+            "applying the node's tunnels failed: the agent's present state does not allow it "
+            "(ApplyTunnels: FAILED_PRECONDITION: not yours)");
 }
 
 TEST_F(MultipointReconcilerTest, PeerRefusalReportedByName) {
@@ -805,7 +812,9 @@ TEST_F(MultipointReconcilerTest, PeerRefusalReportedByName) {
   std::vector<NodeReport> reports = Reconcile(plan_, handles_, Options(Operation::kApply));
   const NodeReport& r = ReportOf(reports, "node1");
   EXPECT_FALSE(r.ok);
-  EXPECT_EQ(r.error, "ApplyPeers: INVALID_ARGUMENT: peers[0]: bad (after 2 attempts)");
+  EXPECT_EQ(r.error,
+            "applying the node's peers failed after 2 attempts: the agent refused what the fleet "
+            "file asks for (ApplyPeers: INVALID_ARGUMENT: peers[0]: bad)");
   EXPECT_TRUE(ReportOf(reports, "node2").ok);
   EXPECT_EQ(ExitStatus(Operation::kApply, reports), kExitAgentFailed);
 }
@@ -957,7 +966,9 @@ TEST_F(ControllerMainTest, RefusalAndDriftAreTwo) {
     SCOPED_TRACE(name);
     agents_["a"]->FailNext({grpc::Status(code, "refused")});
     EXPECT_EQ(RunMain({"apply", "-f", fleet, "--progress=plain", "--retries=0"}), kExitAgentFailed);
-    EXPECT_THAT(out_.str(), HasSubstr(absl::StrCat("a: FAILED: ApplyTunnels: ", name)));
+    EXPECT_THAT(out_.str(),
+                HasSubstr(absl::StrCat("a: FAILED: applying the node's tunnels failed: ")));
+    EXPECT_THAT(out_.str(), HasSubstr(absl::StrCat("(ApplyTunnels: ", name)));
   }
   // Once converged, another owner's tunnel is no drift; one of the controller's own that the
   // file does not list is.
@@ -978,7 +989,10 @@ TEST_F(ControllerMainTest, UnreachableIsTwo) {
   EXPECT_EQ(RunMain({"apply", "-f", fleet, "--progress=plain", "--retries=0", "--timeout=2"}),
             kExitAgentFailed);
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
-  EXPECT_THAT(out_.str(), HasSubstr("c: FAILED: ApplyTunnels: UNAVAILABLE"));
+  EXPECT_THAT(
+      out_.str(),
+      HasSubstr("c: FAILED: applying the node's tunnels failed: the agent cannot be reached "
+                "(ApplyTunnels: UNAVAILABLE"));
   // The others converged all the same.
   EXPECT_EQ(agents_["a"]->applies().size(), 1u);
   EXPECT_EQ(agents_["b"]->applies().size(), 1u);
