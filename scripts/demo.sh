@@ -32,16 +32,28 @@ run lab_exec a ping -c 3 -i 0.2 -W 1 -I 10.20.1.1 10.20.2.1
 if command -v iperf3 >/dev/null; then
   lab_exec b timeout 30 iperf3 -s -1 -B 10.10.0.2 >/dev/null 2>&1 &
   iperf_server=$!
-  sleep 0.5
+  # The server listens once it has started: a client sooner finds no one.
+  for _ in $(seq 50); do
+    lab_exec b ss -Htln 'sport = :5201' | grep -q . && break
+    sleep 0.1
+  done
   echo "iperf3, 3 s of TCP from node-a to node-b through gre1:"
-  lab_exec a timeout 20 iperf3 -c 10.10.0.2 -t 3 -f g | awk '/sender|receiver/'
+  iperf_out=$(lab_exec a timeout 20 iperf3 -c 10.10.0.2 -t 3 -f g 2>&1) ||
+    lab_fail "iperf3 through gre1 failed: $iperf_out"
+  figures=$(awk '/ sender$| receiver$/' <<<"$iperf_out")
+  [ -n "$figures" ] || lab_fail "iperf3 printed no figure: $iperf_out"
+  echo "$figures"
   wait "$iperf_server" || true
 fi
 
 lab_log "The tunnel as node-a's agent reports it"
 run lab_ctl a get gre1
 lab_log "Metrics (curl http://127.0.0.1:$LAB_METRICS_PORT/metrics inside node-a)"
-lab_exec a curl -sf "http://127.0.0.1:$LAB_METRICS_PORT/metrics" | grep -E '^tunnelagent_(tunnel_|tunnels\{mode="gre",state="up"\}|build)'
+metrics=$(lab_exec a curl -sf "http://127.0.0.1:$LAB_METRICS_PORT/metrics") ||
+  lab_fail "the metrics of node-a's agent cannot be read"
+shown=$(grep -E '^tunnelagent_(tunnel_|tunnels\{mode="gre",state="up"\}|build)' <<<"$metrics") ||
+  lab_fail "node-a's metrics have no tunnel series"
+echo "$shown"
 
 lab_log "Deleting gre1 on node-a removes its device"
 run lab_ctl a delete gre1

@@ -22,6 +22,9 @@ check 'from 10\.20\.1\.1 .*' "ping between host networks behind the nodes"
 check '^state: up' "the agent reports the tunnel up"
 check '^tunnelagent_tunnel_rx_packets_total\{tunnel="gre1"\} [1-9]' "metrics count received packets"
 check '^tunnelagent_tunnel_tx_packets_total\{tunnel="gre1"\} [1-9]' "metrics count sent packets"
+if command -v iperf3 >/dev/null; then
+  check '^\[ *[0-9]+\].* [0-9.]+ Gbits/sec.* receiver$' "iperf3's figure under its heading"
+fi
 check 'demo: OK' "the demo finished"
 after=$(ip netns list | wc -l)
 [ "$before" = "$after" ] || { echo "FAIL: demo left namespaces behind"; exit 1; }
