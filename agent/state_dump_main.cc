@@ -1,8 +1,8 @@
-// tunnel-state DIR: prints the desired tunnels saved in the agent's --state_dir (the snapshot
-// tunnels.json with the changes of tunnels.log applied) as one tunnelagent.state.v1.AgentState
-// in protobuf JSON, format_version 1: the whole state in one document, which is also what
-// the agent loads (and migrates) when it finds it as tunnels.json, so an operator can edit it
-// and put it back while the agent is stopped.
+// tunnel-state DIR: prints the desired tunnels and peers saved in the agent's --state_dir (the
+// snapshot tunnels.json with the changes of tunnels.log applied) as one
+// tunnelagent.state.v1.AgentState in protobuf JSON, format_version 1: the whole state in one
+// document, which is also what the agent loads (and migrates) when it finds it as
+// tunnels.json, so an operator can edit it and put it back while the agent is stopped.
 // Reads only: no lock is taken, nothing is written; a last record being written at the same
 // moment by a running agent is left out. Exit 0; 1 usage; 2 the state cannot be read (the
 // message names the file, the offset and the problem).
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "agent/peer_spec.h"
 #include "agent/proto_convert.h"
 #include "agent/state_store.h"
 #include "google/protobuf/util/json_util.h"
@@ -19,9 +20,23 @@
 int main(int argc, char** argv) {
   using tunnelagent::agent::FileStateStore;
   using tunnelagent::agent::TunnelSpec;
+  constexpr char kUsage[] =
+      "usage: tunnel-state STATE_DIR\n"
+      "Prints the desired tunnels and peers saved in a tunnel-agent's --state_dir as one JSON\n"
+      "document (tunnelagent.state.v1.AgentState, format_version 1), which the agent also\n"
+      "loads as STATE_DIR/tunnels.json while it is stopped. Reads only.\n"
+      "  -h, --help     print this help\n"
+      "  --version      print the version\n";
+  if (argc == 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (argc == 2 && std::string(argv[1]) == "--version") {
+    std::printf("tunnel-state %s\n", TUNNEL_AGENT_VERSION);  // CMake's PROJECT_VERSION
+    return 0;
+  }
   if (argc != 2 || argv[1][0] == '-') {
-    std::fprintf(stderr, "usage: %s STATE_DIR   (prints the saved desired tunnels as JSON)\n",
-                 argv[0]);
+    std::fputs(kUsage, stderr);
     return 1;
   }
   FileStateStore::Options options;
@@ -36,6 +51,11 @@ int main(int argc, char** argv) {
   state.set_format_version(1);
   for (const TunnelSpec& spec : *tunnels) {
     *state.add_tunnels() = tunnelagent::agent::SpecToProto(spec);
+  }
+  for (const tunnelagent::agent::SavedPeer& peer : store.TakeLoadedPeers()) {
+    tunnelagent::state::v1::SavedPeer* saved = state.add_peers();
+    saved->set_tunnel(peer.tunnel);
+    *saved->mutable_peer() = tunnelagent::agent::PeerSpecToProto(peer.spec);
   }
   std::string json;
   google::protobuf::util::JsonPrintOptions print;

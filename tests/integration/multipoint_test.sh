@@ -140,6 +140,20 @@ lab_ping H 100.64.0.2 3
 lab_ping S1 100.64.0.3 3
 lab_ok "after a restart: peers s1, s2 back, traffic through"
 
+lab_log "tunnel-state prints the peers too, and the agent starts from that document"
+lab_stop_agent H KILL
+"$BIN_DIR/tunnel-state" "$RUN/H-state" >"$RUN/H-state.json" || lab_fail "H: cannot read the state"
+[ "$(jq -r '[.peers[] | "\(.tunnel)/\(.peer.name)"] | join(" ")' "$RUN/H-state.json")" = \
+  "tnl0/s1 tnl0/s2" ] || lab_fail "tunnel-state: peers $(jq -c .peers "$RUN/H-state.json")"
+# The document alone as the state (the log beside it is then ignored), as an operator would
+# put back an edited dump.
+cp "$RUN/H-state.json" "$RUN/H-state/tunnels.json"
+lab_start_agent H
+[ "$(lab_ctl H -o json peer list tnl0 | jq -r '[.peers[].name] | join(" ")')" = "s1 s2" ] ||
+  lab_fail "H started from tunnel-state's document: peers are not s1 s2"
+lab_ping H 100.64.0.2 3
+lab_ok "tunnel-state lists tnl0/s1 and tnl0/s2; an agent started from it has both, traffic through"
+
 lab_log "three agents in a multipoint mesh"
 for n in S1 S2 X; do lab_ctl "$n" delete gre1 >/dev/null 2>&1 || true; done
 lab_ctl H delete tnl0 >/dev/null
