@@ -43,6 +43,18 @@ struct GoodCase {
   std::string tunnel;  // text proto of Command::tunnel
 };
 
+// `c.args` parses to its verb, name and tunnel.
+void ExpectParses(const GoodCase& c) {
+  SCOPED_TRACE(c.args);
+  absl::StatusOr<Command> command = ParseArgs(Split(c.args), "");
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->verb, c.verb);
+  EXPECT_EQ(command->name, c.name);
+  v1::Tunnel want = TunnelFromText(c.tunnel);
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(command->tunnel, want))
+      << "got:  " << command->tunnel.ShortDebugString() << "\nwant: " << want.ShortDebugString();
+}
+
 TEST(ParseArgsTest, GoodCommands) {
   const GoodCase kCases[] = {
       {"create gre1 mode gre remote 192.0.2.2", Verb::kCreate, "gre1",
@@ -145,16 +157,7 @@ TEST(ParseArgsTest, GoodCommands) {
             addresses: "fd00:1::1"
             routes: [ "::/0", "10.0.0.0/0", "198.18.0.0/32" ])pb"},
   };
-  for (const GoodCase& c : kCases) {
-    SCOPED_TRACE(c.args);
-    absl::StatusOr<Command> command = ParseArgs(Split(c.args), "");
-    ASSERT_TRUE(command.ok()) << command.status();
-    EXPECT_EQ(command->verb, c.verb);
-    EXPECT_EQ(command->name, c.name);
-    v1::Tunnel want = TunnelFromText(c.tunnel);
-    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(command->tunnel, want))
-        << "got:  " << command->tunnel.ShortDebugString() << "\nwant: " << want.ShortDebugString();
-  }
+  for (const GoodCase& c : kCases) ExpectParses(c);
 }
 
 TEST(ParseArgsTest, CreateTakesTheOptionsInIpLinkSpelling) {
@@ -1446,16 +1449,7 @@ TEST(ParseArgsTest, TakesIpSpellingsThatMeanTheSame) {
       {"delete name gre2", Verb::kDelete, "gre2", ""},
       {"get name", Verb::kGet, "name", ""},
   };
-  for (const GoodCase& c : kCases) {
-    SCOPED_TRACE(c.args);
-    absl::StatusOr<Command> command = ParseArgs(Split(c.args), "");
-    ASSERT_TRUE(command.ok()) << command.status();
-    EXPECT_EQ(command->verb, c.verb);
-    EXPECT_EQ(command->name, c.name);
-    v1::Tunnel want = TunnelFromText(c.tunnel);
-    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(command->tunnel, want))
-        << "got:  " << command->tunnel.ShortDebugString() << "\nwant: " << want.ShortDebugString();
-  }
+  for (const GoodCase& c : kCases) ExpectParses(c);
   absl::StatusOr<Command> update = ParseArgs(Split("update dev gre2 type ipip"), "");
   ASSERT_TRUE(update.ok()) << update.status();
   EXPECT_EQ(update->tunnel.mode(), v1::TUNNEL_MODE_IPIP);
