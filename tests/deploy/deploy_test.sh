@@ -132,11 +132,22 @@ EOF
   fi
   promtool check rules "$DEPLOY"/prometheus/rules/*.rules.yml
   promtool test rules "$DEPLOY"/prometheus/rules/*.rules.test.yml
-  # Every alert of the rules has a unit test.
-  local alert
+  # Every alert of the rules has a unit test, and a runbook: its runbook_url names the section
+  # of docs/runbooks.md headed with the alert's name (the anchor is that name in lower case).
+  local alert runbooks=$SOURCE_DIR/docs/runbooks.md
   for alert in $(sed -n 's/^ *- alert: *//p' "$DEPLOY"/prometheus/rules/*.rules.yml); do
     grep -q "alertname: $alert\$" "$DEPLOY"/prometheus/rules/*.rules.test.yml ||
       fail "alert $alert has no promtool test"
+    awk -v a="$alert" '$0 ~ "- alert: " a "$" {on = 1; next} /- alert:/ {on = 0}
+                       on && /runbook_url:/' "$DEPLOY"/prometheus/rules/*.rules.yml |
+      grep -q "runbook_url: \"docs/runbooks.md#${alert,,}\"" ||
+      fail "alert $alert has no runbook_url docs/runbooks.md#${alert,,}"
+    grep -qx "## $alert" "$runbooks" || fail "docs/runbooks.md has no section ## $alert"
+  done
+  # And no section is left for an alert that is gone.
+  for alert in $(sed -n 's/^## //p' "$runbooks"); do
+    grep -q -- "- alert: $alert\$" "$DEPLOY"/prometheus/rules/*.rules.yml ||
+      fail "docs/runbooks.md has a section for $alert, which no rule defines"
   done
   # The metric names the rules use are the ones the agent exports (agent/*.cc, and the tunnel
   # counters' list).
