@@ -602,16 +602,21 @@ void SetPeerCounters(benchmark::State& state, const PeerLookupSetup& s) {
   state.SetItemsProcessed(state.iterations());
 }
 
+// The table of the benchmark's arguments (family, peers, flows); false, with the benchmark
+// skipped, when it cannot be made.
+bool SetUpPeerLookup(benchmark::State& state, PeerLookupSetup* s) {
+  std::string error = MakePeerLookup(static_cast<uint32_t>(state.range(1)),
+                                     static_cast<uint32_t>(state.range(2)), state.range(0) == 6, s);
+  if (error.empty()) return true;
+  state.SkipWithError(error.c_str());
+  return false;
+}
+
 // Send (PrepareTransmit): the peer whose allowed prefixes hold the inner destination.
 void BM_PeerLookupSend(benchmark::State& state) {
   const bool v6 = state.range(0) == 6;
   PeerLookupSetup s;
-  if (std::string error = MakePeerLookup(static_cast<uint32_t>(state.range(1)),
-                                         static_cast<uint32_t>(state.range(2)), v6, &s);
-      !error.empty()) {
-    state.SkipWithError(error.c_str());
-    return;
-  }
+  if (!SetUpPeerLookup(state, &s)) return;
   size_t next = 0;
   for (auto _ : state) {
     benchmark::DoNotOptimize(s.table.ForDestination(s.packets[next].inner.data(), v6));
@@ -625,12 +630,7 @@ void BM_PeerLookupSend(benchmark::State& state) {
 void BM_PeerLookupReceive(benchmark::State& state) {
   const bool v6 = state.range(0) == 6;
   PeerLookupSetup s;
-  if (std::string error = MakePeerLookup(static_cast<uint32_t>(state.range(1)),
-                                         static_cast<uint32_t>(state.range(2)), v6, &s);
-      !error.empty()) {
-    state.SkipWithError(error.c_str());
-    return;
-  }
+  if (!SetUpPeerLookup(state, &s)) return;
   size_t next = 0;
   for (auto _ : state) {
     const auto& packet = s.packets[next];

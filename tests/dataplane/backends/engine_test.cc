@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -1928,6 +1929,30 @@ TEST_P(OffloadEngineTest, ReceivedUdpDatagramsReachTheSocketWhole) {
       << " of " << kDatagrams * sent_bursts;
 }
 
+// What a raw UDP socket sees of a super-packet of 1000 'A's, 'B's and 'C's sent out (whole or
+// in segments), until the 'C's have come or 2 s have passed: the datagrams that carry some of
+// it, each handed to `check` (IP header first) before it is kept.
+std::string SeenSegments(int udp_tap,
+                         const std::function<void(const uint8_t*, size_t)>& check = nullptr) {
+  std::string seen;
+  std::vector<uint8_t> buf(70000);
+  for (int i = 0; i < 40 && (seen.find(std::string(1000, 'C')) == std::string::npos); ++i) {
+    pollfd p{udp_tap, POLLIN, 0};
+    if (poll(&p, 1, 50) <= 0) continue;
+    const ssize_t n = recv(udp_tap, buf.data(), buf.size(), 0);
+    if (n < 28) continue;
+    const std::string bytes(reinterpret_cast<char*>(buf.data()), n);
+    if (bytes.find(std::string(100, 'A')) == std::string::npos &&
+        bytes.find(std::string(100, 'B')) == std::string::npos &&
+        bytes.find(std::string(100, 'C')) == std::string::npos) {
+      continue;
+    }
+    if (check) check(buf.data(), static_cast<size_t>(n));
+    seen += bytes;
+  }
+  return seen;
+}
+
 // The same super-packet through a fou tunnel leaves as one UDP GSO send of three GRE-in-UDP
 // datagrams.
 TEST_P(OffloadEngineTest, FouSendsASuperPacketAsUdpGso) {
@@ -1939,14 +1964,7 @@ TEST_P(OffloadEngineTest, FouSendsASuperPacketAsUdpGso) {
   std::vector<uint8_t> super = Tcp(kInnerA, kInnerFar, 40000, kPort, 1000, 0x18, payload, true);
   SendSuperPacket(super, 1000);
   // On loopback the GSO packet may be seen whole or split: each segment's data is there.
-  std::string seen;
-  std::vector<uint8_t> buf(70000);
-  for (int i = 0; i < 40 && (seen.find(std::string(1000, 'C')) == std::string::npos); ++i) {
-    pollfd p{udp_tap.get(), POLLIN, 0};
-    if (poll(&p, 1, 50) <= 0) continue;
-    const ssize_t n = recv(udp_tap.get(), buf.data(), buf.size(), 0);
-    if (n > 0) seen.append(reinterpret_cast<char*>(buf.data()), n);
-  }
+  const std::string seen = SeenSegments(udp_tap.get());
   for (char c : {'A', 'B', 'C'}) {
     EXPECT_NE(seen.find(std::string(1000, c)), std::string::npos) << c;
   }
@@ -1969,23 +1987,10 @@ TEST_P(OffloadEngineTest, MultipointFouSendsASuperPacketToItsPeer) {
   SendSuperPacket(super, 1000);
   // On loopback the GSO packet may be seen whole or split: each segment's data is there, and
   // every packet carrying one went to peer 2's fou port.
-  std::string seen;
-  std::vector<uint8_t> buf(70000);
-  for (int i = 0; i < 40 && (seen.find(std::string(1000, 'C')) == std::string::npos); ++i) {
-    pollfd p{udp_tap.get(), POLLIN, 0};
-    if (poll(&p, 1, 50) <= 0) continue;
-    const ssize_t n = recv(udp_tap.get(), buf.data(), buf.size(), 0);
-    if (n < 28) continue;
-    const std::string bytes(reinterpret_cast<char*>(buf.data()), n);
-    if (bytes.find(std::string(100, 'A')) == std::string::npos &&
-        bytes.find(std::string(100, 'B')) == std::string::npos &&
-        bytes.find(std::string(100, 'C')) == std::string::npos) {
-      continue;
-    }
-    EXPECT_EQ(LoadBe32(buf.data() + 16), kPeerTwo);
-    EXPECT_EQ(LoadBe16(buf.data() + 22), kGreInUdpPort);
-    seen += bytes;
-  }
+  const std::string seen = SeenSegments(udp_tap.get(), [](const uint8_t* ip, size_t) {
+    EXPECT_EQ(LoadBe32(ip + 16), kPeerTwo);
+    EXPECT_EQ(LoadBe16(ip + 22), kGreInUdpPort);
+  });
   for (char c : {'A', 'B', 'C'}) {
     EXPECT_NE(seen.find(std::string(1000, c)), std::string::npos) << c;
   }

@@ -31,6 +31,7 @@
 #include "dataplane/core/packet_io.h"
 #include "dataplane/core/receive.h"
 #include "dataplane/core/tunnel_datapath.h"
+#include "dataplane/packet/icmp.h"
 #include "dataplane/packet_engine.h"
 #include "gtest/gtest.h"
 #include "tests/dataplane/core/packet_builder.h"
@@ -224,6 +225,21 @@ class CoreHarness {
     EXPECT_TRUE(t.ok()) << t.status();
     if (!t.ok()) std::abort();  // the test cannot go on without it
     return **t;
+  }
+
+  // An ICMP fragmentation-needed from a router of the underlay (kRouter4 to kLocal4) naming
+  // `mtu` and quoting `quote` (the start of an outer packet the tunnel sent), handed to the
+  // core as the backend's error queue would. False when it does not parse as one.
+  bool TakeUnderlayTooBig(const Bytes& quote, uint16_t mtu) {
+    const Bytes error = Build()
+                            .Ipv4({.src = kRouter4, .dst = kLocal4, .protocol = 1, .df = false})
+                            .Icmp({.type = 3, .code = 4, .rest = mtu})
+                            .Raw(quote)
+                            .ToBytes();
+    TooBigReport report;
+    if (!ParseIcmpFragmentationNeeded(error.data(), error.size(), &report)) return false;
+    core.TakeTooBig(report);
+    return true;
   }
 
   // ---- Transmit: one read of the tunnel's device ----

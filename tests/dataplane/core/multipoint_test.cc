@@ -568,14 +568,7 @@ TEST(Multipoint, FouTooBigQuotingAPeersPacketLowersItsPath) {
                           .Udp({.sport = 5555, .dport = kFouPort})
                           .Gre({.key = 9})
                           .ToBytes();
-  const Bytes error = Build()
-                          .Ipv4({.src = kRouter4, .dst = kLocal4, .protocol = 1, .df = false})
-                          .Icmp({.type = 3, .code = 4, .rest = 1300})
-                          .Raw(quote)
-                          .ToBytes();
-  TooBigReport report;
-  ASSERT_TRUE(ParseIcmpFragmentationNeeded(error.data(), error.size(), &report));
-  h.core.TakeTooBig(report);
+  ASSERT_TRUE(h.TakeUnderlayTooBig(quote, 1300));
   EXPECT_EQ(t.FindPeer(2)->path_mtu, 1300 - overhead);
   EXPECT_EQ(t.FindPeer(1)->path_mtu, 1500 - overhead);
 }

@@ -344,14 +344,7 @@ TEST_P(TooBigTable, BelievedOnlyWhenItQuotesOurPacket) {
                           .Gre(c.quoted_gre)
                           .Raw(Bytes(inner.begin(), inner.begin() + 8))
                           .ToBytes();
-  const Bytes error = Build()
-                          .Ipv4({.src = kRouter4, .dst = kLocal4, .protocol = 1, .df = false})
-                          .Icmp({.type = 3, .code = 4, .rest = c.mtu})
-                          .Raw(quote)
-                          .ToBytes();
-  TooBigReport report;
-  ASSERT_TRUE(ParseIcmpFragmentationNeeded(error.data(), error.size(), &report));
-  h.core.TakeTooBig(report);
+  ASSERT_TRUE(h.TakeUnderlayTooBig(quote, c.mtu));
 
   const uint64_t tunnel_rejected = RxDrops(t, DropReason::kIcmpRejected);
   const uint64_t core_rejected =
@@ -467,14 +460,7 @@ TEST(TooBig, GreInUdpErrorMustQuoteABoundSourcePort) {
             .Udp({.sport = c.sport, .dport = c.dport})
             .Gre({})
             .ToBytes();
-    const Bytes error = Build()
-                            .Ipv4({.src = kRouter4, .dst = kLocal4, .protocol = 1, .df = false})
-                            .Icmp({.type = 3, .code = 4, .rest = 1300})
-                            .Raw(quote)
-                            .ToBytes();
-    TooBigReport report;
-    ASSERT_TRUE(ParseIcmpFragmentationNeeded(error.data(), error.size(), &report));
-    h.core.TakeTooBig(report);
+    ASSERT_TRUE(h.TakeUnderlayTooBig(quote, 1300));
     EXPECT_EQ(t.stats().path_mtu.load(), c.believed ? 1300 - overhead : 1500 - overhead);
     EXPECT_EQ(RxDrops(t, DropReason::kIcmpRejected), c.rejected);
     EXPECT_EQ(AllDrops(h.core.counters().drops), 0u);
