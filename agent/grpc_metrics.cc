@@ -1,6 +1,7 @@
 #include "agent/grpc_metrics.h"
 
 #include <chrono>
+#include <iterator>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -16,11 +17,22 @@ using grpc::experimental::InterceptionHookPoints;
 
 // 0.1 ms .. 10 s, about 2.5x apart: a GetTunnel answered from memory lands in the first
 // buckets, a CreateTunnel that waits on netlink and the state file's fsync in the middle.
-const prometheus::Histogram::BucketBoundaries& DurationBuckets() {
+const prometheus::Histogram::BucketBoundaries& HandlingBuckets() {
   static const auto* buckets = new prometheus::Histogram::BucketBoundaries{
       0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
       0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
   return *buckets;
+}
+
+prometheus::Labels StartedLabels(const GrpcMetrics::MethodSeries& method) {
+  return {
+      {"grpc_service", method.service}, {"grpc_method", method.method}, {"grpc_type", method.type}};
+}
+
+prometheus::Labels HandledLabels(const GrpcMetrics::MethodSeries& method, grpc::StatusCode code) {
+  prometheus::Labels labels = StartedLabels(method);
+  labels.emplace("grpc_code", GrpcCodeName(code));
+  return labels;
 }
 
 std::string WithSlash(absl::string_view name) {
@@ -34,6 +46,7 @@ class MetricsInterceptor final : public grpc::experimental::Interceptor {
         method_(method),
         unary_(unary),
         start_(std::chrono::steady_clock::now()) {
+    method_->started->Increment();
     if (method_->streams_active != nullptr) method_->streams_active->Increment();
   }
 
@@ -53,11 +66,11 @@ class MetricsInterceptor final : public grpc::experimental::Interceptor {
  private:
   void Finish(grpc::StatusCode code) {
     finished_ = true;
-    metrics_->CountRequest(*method_, code);
+    metrics_->CountHandled(*method_, code);
     if (method_->streams_active != nullptr) method_->streams_active->Decrement();
     // Unary calls only (the series exists for unary methods only, and this call must be one).
-    if (unary_ && method_->duration != nullptr) {
-      method_->duration->Observe(
+    if (unary_ && method_->handling != nullptr) {
+      method_->handling->Observe(
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
     }
   }
@@ -88,45 +101,16 @@ class MetricsInterceptorFactory final
 }  // namespace
 
 absl::string_view GrpcCodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return "OK";
-    case grpc::StatusCode::CANCELLED:
-      return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN:
-      return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND:
-      return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS:
-      return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED:
-      return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE:
-      return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED:
-      return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL:
-      return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE:
-      return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS:
-      return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return "UNAUTHENTICATED";
-    case grpc::StatusCode::DO_NOT_USE:
-      break;
-  }
-  return "UNKNOWN";  // not a code gRPC sends: counted as UNKNOWN rather than a new label
+  // Indexed by the code's number, 0 (OK) to 16 (UNAUTHENTICATED), as gRPC numbers them.
+  static constexpr absl::string_view kNames[] = {
+      "OK",       "Canceled",       "Unknown",          "InvalidArgument",   "DeadlineExceeded",
+      "NotFound", "AlreadyExists",  "PermissionDenied", "ResourceExhausted", "FailedPrecondition",
+      "Aborted",  "OutOfRange",     "Unimplemented",    "Internal",          "Unavailable",
+      "DataLoss", "Unauthenticated"};
+  const int number = static_cast<int>(code);
+  // Not a code gRPC sends: counted as Unknown rather than as a new label value.
+  if (number < 0 || number >= static_cast<int>(std::size(kNames))) return "Unknown";
+  return kNames[number];
 }
 
 absl::StatusOr<std::vector<GrpcMetrics::Method>> GrpcMetrics::MethodsOf(
@@ -140,8 +124,13 @@ absl::StatusOr<std::vector<GrpcMetrics::Method>> GrpcMetrics::MethodsOf(
     }
     for (int i = 0; i < service->method_count(); ++i) {
       const google::protobuf::MethodDescriptor* method = service->method(i);
+      const bool from_client = method->client_streaming();
+      const bool from_server = method->server_streaming();
       methods.push_back(Method{absl::StrCat("/", service->full_name(), "/", method->name()),
-                               method->client_streaming() || method->server_streaming()});
+                               from_client && from_server ? kBidiStream
+                               : from_client              ? kClientStream
+                               : from_server              ? kServerStream
+                                                          : kUnary});
     }
   }
   return methods;
@@ -149,33 +138,47 @@ absl::StatusOr<std::vector<GrpcMetrics::Method>> GrpcMetrics::MethodsOf(
 
 GrpcMetrics::GrpcMetrics(const std::vector<Method>& methods)
     : registry_(std::make_shared<prometheus::Registry>()),
-      requests_(prometheus::BuildCounter()
-                    .Name("tunnelagent_grpc_requests_total")
-                    .Help("gRPC calls handled, by full method name and status code.")
-                    .Register(*registry_)),
-      duration_(prometheus::BuildHistogram()
-                    .Name("tunnelagent_grpc_request_duration_seconds")
+      started_(prometheus::BuildCounter()
+                   .Name("grpc_server_started_total")
+                   .Help("gRPC calls started on the server, by service, method and type.")
+                   .Register(*registry_)),
+      handled_(prometheus::BuildCounter()
+                   .Name("grpc_server_handled_total")
+                   .Help("gRPC calls completed on the server, by service, method, type and "
+                         "status code.")
+                   .Register(*registry_)),
+      handling_(prometheus::BuildHistogram()
+                    .Name("grpc_server_handling_seconds")
                     .Help("Time from the start of a unary gRPC call to its status, by method.")
                     .Register(*registry_)),
       streams_active_(prometheus::BuildGauge()
                           .Name("tunnelagent_grpc_streams_active")
-                          .Help("Streaming gRPC calls open now, by method.")
+                          .Help("Streaming gRPC calls open now, by service and method.")
                           .Register(*registry_)) {
   for (const Method& method : methods) {
     std::string name = WithSlash(method.name);
     if (methods_.contains(name)) continue;
+    // "/pkg.Service/Method": the service and method labels are the two halves.
+    const size_t slash = name.rfind('/');
     MethodSeries series;
-    series.label = name;
-    requests_.Add({{"method", name}, {"code", "OK"}});
+    series.service = name.substr(1, slash - 1);
+    series.method = name.substr(slash + 1);
+    series.type = method.type;
+    series.started = &started_.Add(StartedLabels(series));
+    handled_.Add(HandledLabels(series, grpc::StatusCode::OK));
     // A stream's lifetime is the client's choice, not the server's latency: not timed.
-    if (method.streaming) {
-      series.streams_active = &streams_active_.Add({{"method", name}});
+    if (method.type == kUnary) {
+      series.handling = &handling_.Add(StartedLabels(series), HandlingBuckets());
     } else {
-      series.duration = &duration_.Add({{"method", name}}, DurationBuckets());
+      series.streams_active =
+          &streams_active_.Add({{"grpc_service", series.service}, {"grpc_method", series.method}});
     }
     methods_.emplace(std::move(name), std::move(series));
   }
-  unknown_.label = kUnknownMethod;
+  unknown_.service = kUnknownMethod;
+  unknown_.method = kUnknownMethod;
+  unknown_.type = kUnknownMethod;
+  unknown_.started = &started_.Add(StartedLabels(unknown_));
 }
 
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
@@ -195,9 +198,9 @@ const GrpcMetrics::MethodSeries& GrpcMetrics::Series(absl::string_view method) c
   return it == methods_.end() ? unknown_ : it->second;
 }
 
-void GrpcMetrics::CountRequest(const MethodSeries& method, grpc::StatusCode code) {
+void GrpcMetrics::CountHandled(const MethodSeries& method, grpc::StatusCode code) {
   // Family::Add finds the existing series under the family's lock: once per call, fine.
-  requests_.Add({{"method", method.label}, {"code", std::string(GrpcCodeName(code))}}).Increment();
+  handled_.Add(HandledLabels(method, code)).Increment();
 }
 
 }  // namespace tunnelagent::agent

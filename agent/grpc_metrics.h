@@ -1,6 +1,8 @@
-// Prometheus metrics of the gRPC server: requests by method and status code, how long unary
-// calls took, and the server streams open now. Recorded by a server interceptor; the
-// families and each method's series are made once, when GrpcMetrics is built.
+// Prometheus metrics of the gRPC server, in the family most gRPC servers export and most gRPC
+// dashboards read (go-grpc-prometheus's names and labels): grpc_server_started_total,
+// grpc_server_handled_total by status code, grpc_server_handling_seconds for unary calls; and
+// the streams open now. Recorded by a server interceptor; the families and each method's
+// series are made once, when GrpcMetrics is built.
 //
 //   auto methods = GrpcMetrics::MethodsOf({"tunnelagent.v1.TunnelService", ...});
 //   GrpcMetrics metrics(*methods);
@@ -29,26 +31,34 @@
 
 namespace tunnelagent::agent {
 
-// "OK", "NOT_FOUND", ...: the names gRPC's documentation gives the codes.
+// The grpc_code label of a status code: "OK", "NotFound", "Unavailable", ... (the spelling
+// of go-grpc-prometheus, which dashboards and alert rules for gRPC servers match on).
 absl::string_view GrpcCodeName(grpc::StatusCode code);
 
 class GrpcMetrics {
  public:
-  // The method label of calls to a method that is not in the list given to the constructor
-  // (a name the server does not serve, say): the label's values stay a bounded set.
+  // The grpc_service, grpc_method and grpc_type labels of calls to a method that is not in
+  // the list given to the constructor (a name the server does not serve, say): the labels'
+  // values stay a bounded set.
   static constexpr char kUnknownMethod[] = "unknown";
 
+  // The grpc_type label's values.
+  static constexpr char kUnary[] = "unary";
+  static constexpr char kClientStream[] = "client_stream";
+  static constexpr char kServerStream[] = "server_stream";
+  static constexpr char kBidiStream[] = "bidi_stream";
+
   struct Method {
-    std::string name;        // "/tunnelagent.v1.TunnelService/CreateTunnel" (the slash optional)
-    bool streaming = false;  // client, server or bidirectional stream
+    std::string name;           // "/tunnelagent.v1.TunnelService/CreateTunnel" (slash optional)
+    std::string type = kUnary;  // kUnary, kClientStream, kServerStream or kBidiStream
   };
 
   // Every method of the named services ("grpc.health.v1.Health"), from the descriptors
   // compiled into the binary. NOT_FOUND names a service that is not.
   static absl::StatusOr<std::vector<Method>> MethodsOf(const std::vector<std::string>& services);
 
-  // Makes, at 0, each method's OK count, each unary method's duration histogram and each
-  // streaming method's open-streams gauge.
+  // Makes, at 0, each method's started and OK counts, each unary method's handling-time
+  // histogram and each streaming method's open-streams gauge.
   explicit GrpcMetrics(const std::vector<Method>& methods);
   GrpcMetrics(const GrpcMetrics&) = delete;
   GrpcMetrics& operator=(const GrpcMetrics&) = delete;
@@ -65,20 +75,24 @@ class GrpcMetrics {
 
   // The series of one method, made in the constructor. Public for the interceptor.
   struct MethodSeries {
-    std::string label;                            // the method label's value
-    prometheus::Histogram* duration = nullptr;    // null for the unknown method
-    prometheus::Gauge* streams_active = nullptr;  // server-streaming methods only
+    std::string service;  // grpc_service: "tunnelagent.v1.TunnelService"
+    std::string method;   // grpc_method: "CreateTunnel"
+    std::string type;     // grpc_type
+    prometheus::Counter* started = nullptr;
+    prometheus::Histogram* handling = nullptr;    // unary methods only
+    prometheus::Gauge* streams_active = nullptr;  // streaming methods only
   };
   // The series of the method named as gRPC names it ("/pkg.Service/Method"); the unknown
   // method's when it is not one of ours.
   const MethodSeries& Series(absl::string_view method) const;
   // Counts one call that ended with `code`.
-  void CountRequest(const MethodSeries& method, grpc::StatusCode code);
+  void CountHandled(const MethodSeries& method, grpc::StatusCode code);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
-  prometheus::Family<prometheus::Counter>& requests_;
-  prometheus::Family<prometheus::Histogram>& duration_;
+  prometheus::Family<prometheus::Counter>& started_;
+  prometheus::Family<prometheus::Counter>& handled_;
+  prometheus::Family<prometheus::Histogram>& handling_;
   prometheus::Family<prometheus::Gauge>& streams_active_;
   // Written only by the constructor: read without a lock.
   absl::flat_hash_map<std::string, MethodSeries> methods_;

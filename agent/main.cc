@@ -40,6 +40,7 @@
 #include "agent/takeover.h"
 #include "agent/tunnel_manager.h"
 #include "agent/validation.h"
+#include "common/metrics_endpoint.h"
 #include "dataplane/backends/uring_engine.h"
 #include "dataplane/control/engine_factory.h"
 #include "dataplane/cpu_affinity.h"
@@ -49,7 +50,6 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/support/server_interceptor.h"
-#include "prometheus/exposer.h"
 
 ABSL_FLAG(std::string, grpc_listen, "unix:/run/tunnel-agent/agent.sock",
           "gRPC listen address: unix:/path (mode 0660: root, the agent's user and "
@@ -498,7 +498,7 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
   const absl::Time restored_at = absl::Now();
   (*engine)->StartReceiving();
 
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<MetricsEndpoint> exposer;
   auto metrics = std::make_shared<AgentMetrics>(&manager, engine->get(), kVersion,
                                                 /*io_uring_fallback=*/!fallback_reason.empty());
   // The exposer holds collectables weakly: they live here, as long as it does.
@@ -512,15 +512,16 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
     return 1;
   }
   GrpcMetrics grpc_metrics(*grpc_methods);
-  // Taken over: the running agent serves /metrics until it exits (prometheus-cpp binds
+  // Taken over: the running agent serves /metrics until it exits (the HTTP server binds
   // itself, the port cannot be handed over); this one binds once it is free, below.
   if (std::string listen = absl::GetFlag(FLAGS_metrics_listen); !listen.empty() && !handed) {
-    try {  // prometheus-cpp reports a failed bind by exception
-      exposer = std::make_unique<prometheus::Exposer>(listen);
-    } catch (const std::exception& e) {
-      Log("FATAL", "metrics: cannot listen on %s: %s", listen, e.what());
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> bound =
+        MetricsEndpoint::Listen(listen, kMetricsPrefix);
+    if (!bound.ok()) {
+      Log("FATAL", "metrics: %s", bound.status().message());
       return 1;
     }
+    exposer = *std::move(bound);
     exposer->RegisterCollectable(metrics);
     exposer->RegisterCollectable(process_metrics);
     exposer->RegisterCollectable(grpc_metrics.registry());

@@ -202,7 +202,7 @@ std::vector<MetricFamily> AgentMetrics::Collect() const {
              "Packets of the tunnel dropped, by direction and reason.", MetricType::Counter);
 
   MetricFamily path_mtu =
-      Family("tunnelagent_tunnel_path_mtu",
+      Family("tunnelagent_tunnel_path_mtu_bytes",
              "Largest inner packet the underlay path carries whole, in bytes; 0 when not known.",
              MetricType::Gauge);
   MetricFamily peer_alive =

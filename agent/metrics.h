@@ -14,7 +14,10 @@
 
 namespace tunnelagent::agent {
 
-// Every metric is prefixed tunnelagent_; the README has the full table.
+// The prefix of every metric of the agent's own (gRPC's and the process's follow their
+// conventions: grpc_server_*, process_*); docs/metrics.md has the full table.
+inline constexpr char kMetricsPrefix[] = "tunnelagent";
+
 class AgentMetrics final : public prometheus::Collectable {
  public:
   // `io_uring_fallback`: --io_backend=auto found io_uring refused and runs on epoll.

@@ -13,6 +13,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/time/clock.h"
 #include "agent/log.h"
+#include "agent/metrics.h"
 #include "agent/node_guard.h"
 
 namespace tunnelagent::agent {
@@ -106,17 +107,17 @@ DeferredMetricsExposer::DeferredMetricsExposer(
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
     std::string error;
     do {
-      try {  // prometheus-cpp reports a failed bind by exception
-        auto bound = std::make_unique<prometheus::Exposer>(listen);
+      absl::StatusOr<std::unique_ptr<MetricsEndpoint>> bound =
+          MetricsEndpoint::Listen(listen, kMetricsPrefix);
+      if (bound.ok()) {
         for (const std::weak_ptr<prometheus::Collectable>& c : collectables) {
-          bound->RegisterCollectable(c);
+          (*bound)->RegisterCollectable(c);
         }
-        exposer_ = std::move(bound);
+        endpoint_ = *std::move(bound);
         Log("INFO", "metrics: serving http://%s/metrics", listen);
         return;
-      } catch (const std::exception& e) {
-        error = e.what();
       }
+      error = std::string(bound.status().message());
     } while (!stopping_.WaitForNotificationWithTimeout(absl::Milliseconds(100)) &&
              absl::Now() < deadline);
     Log("ERROR", "metrics: cannot listen on %s: %s; no /metrics", listen, error);

@@ -30,10 +30,10 @@
 #include "agent/handover.h"
 #include "agent/link_control.h"
 #include "agent/tunnel_manager.h"
+#include "common/metrics_endpoint.h"
 #include "dataplane/control/engine_options.h"
 #include "dataplane/packet_engine.h"
 #include "prometheus/collectable.h"
-#include "prometheus/exposer.h"
 
 namespace tunnelagent::agent {
 
@@ -95,7 +95,7 @@ class Takeover {
 };
 
 // /metrics for an agent that took over: the running agent serves it until it exits
-// (prometheus-cpp binds the port itself, it cannot be handed over), so this binds it once it
+// (the HTTP server binds the port itself, it cannot be handed over), so this binds it once it
 // is free, trying every 100 ms for 30 s at most, on a thread of its own.
 class DeferredMetricsExposer {
  public:
@@ -111,7 +111,7 @@ class DeferredMetricsExposer {
 
  private:
   absl::Notification stopping_;
-  std::unique_ptr<prometheus::Exposer> exposer_;  // written by the thread, until it is joined
+  std::unique_ptr<MetricsEndpoint> endpoint_;  // written by the thread, until it is joined
   std::thread thread_;
 };
 

@@ -15,7 +15,7 @@
 #include "clients/common/agent_connection.h"
 #include "clients/tunnel_controller/metrics.h"
 #include "clients/tunnel_controller/progress.h"
-#include "prometheus/exposer.h"
+#include "common/metrics_endpoint.h"
 
 namespace tunnelagent::controller {
 namespace {
@@ -203,14 +203,15 @@ class Runner {
 
   int Loop(Loaded loaded) {
     ControllerMetrics metrics;
-    std::unique_ptr<prometheus::Exposer> exposer;
+    std::unique_ptr<MetricsEndpoint> exposer;
     if (!options_.metrics_listen.empty()) {
-      try {
-        exposer = std::make_unique<prometheus::Exposer>(options_.metrics_listen);
-      } catch (const std::exception& e) {
-        return UsageFailure(absl::InvalidArgumentError(absl::StrCat(
-            "--metrics_listen ", options_.metrics_listen, ": cannot listen: ", e.what())));
+      absl::StatusOr<std::unique_ptr<MetricsEndpoint>> bound =
+          MetricsEndpoint::Listen(options_.metrics_listen, "tunnelcontroller");
+      if (!bound.ok()) {
+        return UsageFailure(absl::InvalidArgumentError(
+            absl::StrCat("--metrics_listen: ", bound.status().message())));
       }
+      exposer = *std::move(bound);
       exposer->RegisterCollectable(metrics.registry());
       err_ << "tunnel-controller: metrics on http://" << options_.metrics_listen << "/metrics\n";
     }

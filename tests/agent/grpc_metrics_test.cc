@@ -81,9 +81,44 @@ std::optional<double> Sample(const prometheus::Registry& registry, const std::st
   return std::nullopt;
 }
 
-std::optional<double> Requests(const prometheus::Registry& r, const std::string& method,
-                               const std::string& code) {
-  return Sample(r, "tunnelagent_grpc_requests_total", {{"method", method}, {"code", code}});
+// The labels of a method, "/pkg.Service/Method", without its type and code.
+std::map<std::string, std::string> MethodLabels(const std::string& method) {
+  if (method == GrpcMetrics::kUnknownMethod) {
+    return {{"grpc_service", method}, {"grpc_method", method}};
+  }
+  const size_t slash = method.rfind('/');
+  return {{"grpc_service", method.substr(1, slash - 1)}, {"grpc_method", method.substr(slash + 1)}};
+}
+
+std::string TypeOf(const std::string& method) {
+  if (method == GrpcMetrics::kUnknownMethod) return GrpcMetrics::kUnknownMethod;
+  return method == kWatch || method == kHealthWatch ? GrpcMetrics::kServerStream
+                                                    : GrpcMetrics::kUnary;
+}
+
+std::map<std::string, std::string> Typed(const std::string& method) {
+  std::map<std::string, std::string> labels = MethodLabels(method);
+  labels["grpc_type"] = TypeOf(method);
+  return labels;
+}
+
+std::optional<double> Handled(const prometheus::Registry& r, const std::string& method,
+                              const std::string& code) {
+  std::map<std::string, std::string> labels = Typed(method);
+  labels["grpc_code"] = code;
+  return Sample(r, "grpc_server_handled_total", labels);
+}
+
+std::optional<double> Started(const prometheus::Registry& r, const std::string& method) {
+  return Sample(r, "grpc_server_started_total", Typed(method));
+}
+
+std::optional<double> Handling(const prometheus::Registry& r, const std::string& method) {
+  return Sample(r, "grpc_server_handling_seconds", Typed(method));
+}
+
+std::optional<double> StreamsActive(const prometheus::Registry& r, const std::string& method) {
+  return Sample(r, "tunnelagent_grpc_streams_active", MethodLabels(method));
 }
 
 std::vector<GrpcMetrics::Method> OurMethods() {
@@ -131,13 +166,13 @@ class GrpcMetricsTest : public ::testing::Test {
 TEST(GrpcMetricsMethodsTest, MethodsOfListsEveryMethodAndWhichStream) {
   auto methods = GrpcMetrics::MethodsOf({"tunnelagent.v1.TunnelService", "grpc.health.v1.Health"});
   ASSERT_TRUE(methods.ok()) << methods.status();
-  std::map<std::string, bool> streaming;
-  for (const auto& m : *methods) streaming[m.name] = m.streaming;
-  EXPECT_EQ(streaming.count(kCreate), 1u);
-  EXPECT_FALSE(streaming[kGet]);
-  EXPECT_TRUE(streaming[kWatch]);
-  EXPECT_FALSE(streaming[kHealthCheck]);
-  EXPECT_TRUE(streaming[kHealthWatch]);
+  std::map<std::string, std::string> type;
+  for (const auto& m : *methods) type[m.name] = m.type;
+  EXPECT_EQ(type.count(kCreate), 1u);
+  EXPECT_EQ(type[kGet], GrpcMetrics::kUnary);
+  EXPECT_EQ(type[kWatch], GrpcMetrics::kServerStream);
+  EXPECT_EQ(type[kHealthCheck], GrpcMetrics::kUnary);
+  EXPECT_EQ(type[kHealthWatch], GrpcMetrics::kServerStream);
 
   auto missing = GrpcMetrics::MethodsOf({"no.such.Service"});
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
@@ -145,35 +180,43 @@ TEST(GrpcMetricsMethodsTest, MethodsOfListsEveryMethodAndWhichStream) {
 
 TEST(GrpcMetricsMethodsTest, CodeNames) {
   EXPECT_EQ(GrpcCodeName(grpc::StatusCode::OK), "OK");
-  EXPECT_EQ(GrpcCodeName(grpc::StatusCode::NOT_FOUND), "NOT_FOUND");
-  EXPECT_EQ(GrpcCodeName(grpc::StatusCode::FAILED_PRECONDITION), "FAILED_PRECONDITION");
-  EXPECT_EQ(GrpcCodeName(grpc::StatusCode::UNAUTHENTICATED), "UNAUTHENTICATED");
-  EXPECT_EQ(GrpcCodeName(static_cast<grpc::StatusCode>(99)), "UNKNOWN");
+  EXPECT_EQ(GrpcCodeName(grpc::StatusCode::CANCELLED), "Canceled");
+  EXPECT_EQ(GrpcCodeName(grpc::StatusCode::NOT_FOUND), "NotFound");
+  EXPECT_EQ(GrpcCodeName(grpc::StatusCode::FAILED_PRECONDITION), "FailedPrecondition");
+  EXPECT_EQ(GrpcCodeName(grpc::StatusCode::UNAVAILABLE), "Unavailable");
+  EXPECT_EQ(GrpcCodeName(grpc::StatusCode::UNAUTHENTICATED), "Unauthenticated");
+  EXPECT_EQ(GrpcCodeName(static_cast<grpc::StatusCode>(99)), "Unknown");
+  EXPECT_EQ(GrpcCodeName(static_cast<grpc::StatusCode>(-1)), "Unknown");
 }
 
 TEST(GrpcMetricsMethodsTest, SeriesExistAtZeroFromTheStart) {
-  GrpcMetrics metrics({{"tunnelagent.v1.TunnelService/GetTunnel", false},  // no slash: added
-                       {kWatch, true}});
+  GrpcMetrics metrics({{"tunnelagent.v1.TunnelService/GetTunnel"},  // no slash: added
+                       {kWatch, GrpcMetrics::kServerStream}});
   const prometheus::Registry& r = *metrics.registry();
-  EXPECT_EQ(Requests(r, kGet, "OK"), 0);
-  EXPECT_EQ(Requests(r, kWatch, "OK"), 0);
-  EXPECT_EQ(Requests(r, kGet, "NOT_FOUND"), std::nullopt);  // codes appear as they happen
-  EXPECT_EQ(Sample(r, "tunnelagent_grpc_request_duration_seconds", {{"method", kGet}}), 0);
-  EXPECT_EQ(Sample(r, "tunnelagent_grpc_streams_active", {{"method", kWatch}}), 0);
-  EXPECT_EQ(Sample(r, "tunnelagent_grpc_streams_active", {{"method", kGet}}), std::nullopt);
-  EXPECT_EQ(Sample(r, "tunnelagent_grpc_request_duration_seconds", {{"method", kWatch}}),
-            std::nullopt);
+  EXPECT_EQ(Handled(r, kGet, "OK"), 0);
+  EXPECT_EQ(Handled(r, kWatch, "OK"), 0);
+  EXPECT_EQ(Handled(r, kGet, "NotFound"), std::nullopt);  // codes appear as they happen
+  EXPECT_EQ(Started(r, kGet), 0);
+  EXPECT_EQ(Started(r, kWatch), 0);
+  EXPECT_EQ(Handling(r, kGet), 0);
+  EXPECT_EQ(StreamsActive(r, kWatch), 0);
+  EXPECT_EQ(StreamsActive(r, kGet), std::nullopt);
+  EXPECT_EQ(Handling(r, kWatch), std::nullopt);
 
   const std::string text = prometheus::TextSerializer().Serialize(r.Collect());
-  EXPECT_THAT(text, HasSubstr("# TYPE tunnelagent_grpc_requests_total counter\n"));
-  EXPECT_THAT(text, HasSubstr("# TYPE tunnelagent_grpc_request_duration_seconds histogram\n"));
+  EXPECT_THAT(text, HasSubstr("# TYPE grpc_server_started_total counter\n"));
+  EXPECT_THAT(text, HasSubstr("# TYPE grpc_server_handled_total counter\n"));
+  EXPECT_THAT(text, HasSubstr("# TYPE grpc_server_handling_seconds histogram\n"));
   EXPECT_THAT(text, HasSubstr("# TYPE tunnelagent_grpc_streams_active gauge\n"));
-  EXPECT_THAT(text, HasSubstr("tunnelagent_grpc_requests_total{code=\"OK\",method=\"" +
-                              std::string(kGet) + "\"} 0\n"));
-  EXPECT_THAT(text, HasSubstr("tunnelagent_grpc_request_duration_seconds_bucket{method=\"" +
-                              std::string(kGet) + "\",le=\"0.0001\"} 0\n"));
-  EXPECT_THAT(text, HasSubstr("tunnelagent_grpc_request_duration_seconds_bucket{method=\"" +
-                              std::string(kGet) + "\",le=\"10\"} 0\n"));
+  EXPECT_THAT(text,
+              HasSubstr("grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"GetTunnel\","
+                        "grpc_service=\"tunnelagent.v1.TunnelService\",grpc_type=\"unary\"} 0\n"));
+  EXPECT_THAT(text, HasSubstr("grpc_server_handling_seconds_bucket{grpc_method=\"GetTunnel\","
+                              "grpc_service=\"tunnelagent.v1.TunnelService\",grpc_type=\"unary\","
+                              "le=\"0.0001\"} 0\n"));
+  EXPECT_THAT(text, HasSubstr("grpc_server_handling_seconds_bucket{grpc_method=\"GetTunnel\","
+                              "grpc_service=\"tunnelagent.v1.TunnelService\",grpc_type=\"unary\","
+                              "le=\"10\"} 0\n"));
 }
 
 TEST_F(GrpcMetricsTest, CountsEachCallByMethodAndCode) {
@@ -205,39 +248,40 @@ TEST_F(GrpcMetricsTest, CountsEachCallByMethodAndCode) {
   }
 
   const prometheus::Registry& r = registry();
-  EXPECT_TRUE(Eventually([&] { return Requests(r, kList, "OK"); }, 3));
-  EXPECT_TRUE(Eventually([&] { return Requests(r, kGet, "NOT_FOUND"); }, 2));
-  EXPECT_TRUE(Eventually([&] { return Requests(r, kCreate, "UNIMPLEMENTED"); }, 1));
-  EXPECT_TRUE(Eventually([&] { return Requests(r, kHealthCheck, "OK"); }, 1));
-  EXPECT_EQ(Requests(r, kGet, "OK"), 0);
-  EXPECT_EQ(Requests(r, kCreate, "OK"), 0);
-  // Every unary call timed, whatever its code.
-  const std::string duration = "tunnelagent_grpc_request_duration_seconds";
-  EXPECT_EQ(Sample(r, duration, {{"method", kList}}), 3);
-  EXPECT_EQ(Sample(r, duration, {{"method", kGet}}), 2);
-  EXPECT_EQ(Sample(r, duration, {{"method", kHealthCheck}}), 1);
-  EXPECT_EQ(Sample(r, duration, {{"method", kWatch}}), std::nullopt);
+  EXPECT_TRUE(Eventually([&] { return Handled(r, kList, "OK"); }, 3));
+  EXPECT_TRUE(Eventually([&] { return Handled(r, kGet, "NotFound"); }, 2));
+  EXPECT_TRUE(Eventually([&] { return Handled(r, kCreate, "Unimplemented"); }, 1));
+  EXPECT_TRUE(Eventually([&] { return Handled(r, kHealthCheck, "OK"); }, 1));
+  EXPECT_EQ(Handled(r, kGet, "OK"), 0);
+  EXPECT_EQ(Handled(r, kCreate, "OK"), 0);
+  // Every call started counted, every unary call timed, whatever its code.
+  EXPECT_EQ(Started(r, kList), 3);
+  EXPECT_EQ(Started(r, kGet), 2);
+  EXPECT_EQ(Started(r, kCreate), 1);
+  EXPECT_EQ(Handling(r, kList), 3);
+  EXPECT_EQ(Handling(r, kGet), 2);
+  EXPECT_EQ(Handling(r, kHealthCheck), 1);
+  EXPECT_EQ(Handling(r, kWatch), std::nullopt);
 }
 
 TEST_F(GrpcMetricsTest, ServerStreamIsActiveUntilItEnds) {
-  const std::string active = "tunnelagent_grpc_streams_active";
   grpc::ClientContext context;
   std::unique_ptr<grpc::ClientReader<v1::TunnelEvent>> reader =
       stub_->WatchTunnels(&context, v1::WatchTunnelsRequest());
   v1::TunnelEvent event;
   ASSERT_TRUE(reader->Read(&event));
   EXPECT_EQ(event.type(), v1::TunnelEvent::SYNCED);
-  EXPECT_EQ(Sample(registry(), active, {{"method", kWatch}}), 1);
-  EXPECT_EQ(Requests(registry(), kWatch, "CANCELLED"), std::nullopt);
+  EXPECT_EQ(StreamsActive(registry(), kWatch), 1);
+  EXPECT_EQ(Handled(registry(), kWatch, "Canceled"), std::nullopt);
 
   context.TryCancel();
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  EXPECT_TRUE(Eventually([&] { return Sample(registry(), active, {{"method", kWatch}}); }, 0));
-  EXPECT_TRUE(Eventually([&] { return Requests(registry(), kWatch, "CANCELLED"); }, 1));
-  EXPECT_EQ(Requests(registry(), kWatch, "OK"), 0);
+  EXPECT_TRUE(Eventually([&] { return StreamsActive(registry(), kWatch); }, 0));
+  EXPECT_TRUE(Eventually([&] { return Handled(registry(), kWatch, "Canceled"); }, 1));
+  EXPECT_EQ(Handled(registry(), kWatch, "OK"), 0);
   // A stream's lifetime is not a latency: no histogram.
-  EXPECT_EQ(Sample(registry(), "tunnelagent_grpc_request_duration_seconds", {{"method", kWatch}}),
-            std::nullopt);
+  EXPECT_EQ(Started(registry(), kWatch), 1);
+  EXPECT_EQ(Handling(registry(), kWatch), std::nullopt);
 }
 
 TEST_F(GrpcMetricsTest, UnknownMethodsShareOneLabel) {
@@ -260,7 +304,8 @@ TEST_F(GrpcMetricsTest, UnknownMethodsShareOneLabel) {
     EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
   }
   EXPECT_TRUE(Eventually(
-      [&] { return Requests(registry(), GrpcMetrics::kUnknownMethod, "UNIMPLEMENTED"); }, 2));
+      [&] { return Handled(registry(), GrpcMetrics::kUnknownMethod, "Unimplemented"); }, 2));
+  EXPECT_EQ(Started(registry(), GrpcMetrics::kUnknownMethod), 2);
   const std::string text = prometheus::TextSerializer().Serialize(registry().Collect());
   EXPECT_THAT(text, Not(HasSubstr("no.such.Service")));
   EXPECT_THAT(text, Not(HasSubstr("Nope")));

@@ -80,12 +80,12 @@ TEST_F(AgentMetricsTest, PathMtuAndPmtuCountersForEveryTunnel) {
   CountersOf("gre1")->worker(0).icmp_too_big_sent.Add(3);
   CountersOf("ipip1")->worker(0).tx_fragmented.Add(2);
 
-  EXPECT_EQ(TypeOf("tunnelagent_tunnel_path_mtu"), prometheus::MetricType::Gauge);
+  EXPECT_EQ(TypeOf("tunnelagent_tunnel_path_mtu_bytes"), prometheus::MetricType::Gauge);
   EXPECT_EQ(TypeOf("tunnelagent_tunnel_icmp_too_big_total"), prometheus::MetricType::Counter);
   EXPECT_EQ(TypeOf("tunnelagent_tunnel_tx_fragmented_total"), prometheus::MetricType::Counter);
-  EXPECT_EQ(Samples("tunnelagent_tunnel_path_mtu"),
-            (std::map<std::string, double>{{"tunnelagent_tunnel_path_mtu{tunnel=gre1}", 1436},
-                                           {"tunnelagent_tunnel_path_mtu{tunnel=ipip1}", 0}}));
+  EXPECT_EQ(Samples("tunnelagent_tunnel_path_mtu_bytes"),
+            (std::map<std::string, double>{{"tunnelagent_tunnel_path_mtu_bytes{tunnel=gre1}", 1436},
+                                           {"tunnelagent_tunnel_path_mtu_bytes{tunnel=ipip1}", 0}}));
   EXPECT_EQ(
       Samples("tunnelagent_tunnel_icmp_too_big_total"),
       (std::map<std::string, double>{{"tunnelagent_tunnel_icmp_too_big_total{tunnel=gre1}", 3},
@@ -230,13 +230,13 @@ TEST_F(AgentMetricsTest, ExpositionHasHelpAndTypeOfTheNewFamilies) {
   ASSERT_TRUE(manager_.Create(ka).ok());
   const std::string text = prometheus::TextSerializer().Serialize(metrics_.Collect());
   for (const char* line :
-       {"# TYPE tunnelagent_tunnel_path_mtu gauge", "# TYPE tunnelagent_tunnel_peer_alive gauge",
+       {"# TYPE tunnelagent_tunnel_path_mtu_bytes gauge", "# TYPE tunnelagent_tunnel_peer_alive gauge",
         "# TYPE tunnelagent_tunnel_icmp_too_big_total counter",
         "# TYPE tunnelagent_tunnel_tx_fragmented_total counter",
         "# TYPE tunnelagent_tunnel_keepalive_sent_total counter",
         "# TYPE tunnelagent_tunnel_keepalive_replies_total counter",
         "# TYPE tunnelagent_tunnel_keepalive_answered_total counter",
-        "# HELP tunnelagent_tunnel_path_mtu ",
+        "# HELP tunnelagent_tunnel_path_mtu_bytes ",
         "tunnelagent_tunnel_peer_alive{tunnel=\"gre1\"} 1"}) {
     EXPECT_THAT(text, HasSubstr(line));
   }

@@ -61,7 +61,7 @@ PY
 }
 
 metric() { lab_metric A "$1"; }
-path_mtu() { metric "tunnelagent_tunnel_path_mtu{tunnel=\"$1\"}"; }
+path_mtu() { metric "tunnelagent_tunnel_path_mtu_bytes{tunnel=\"$1\"}"; }
 rejected() { metric 'tunnelagent_tunnel_drops_total{direction="rx",reason="icmp_rejected",tunnel="gre1"}'; }
 engine_rejected() { local v; v=$(metric 'tunnelagent_dataplane_drops_total{reason="icmp_rejected"}'); echo "${v:-0}"; }
 

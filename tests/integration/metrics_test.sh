@@ -18,9 +18,10 @@ for b in promtool prometheus; do
 done
 
 PROM_PORT=19090  # Prometheus's own HTTP API, on node A's loopback
-CREATE=/tunnelagent.v1.TunnelService/CreateTunnel
-GET=/tunnelagent.v1.TunnelService/GetTunnel
-DELETE=/tunnelagent.v1.TunnelService/DeleteTunnel
+SERVICE='grpc_service="tunnelagent.v1.TunnelService"'
+CREATE="grpc_method=\"CreateTunnel\",$SERVICE,grpc_type=\"unary\""
+GET="grpc_method=\"GetTunnel\",$SERVICE,grpc_type=\"unary\""
+DELETE="grpc_method=\"DeleteTunnel\",$SERVICE,grpc_type=\"unary\""
 
 lab_init
 lab_add_node A 198.18.0.1
@@ -102,7 +103,7 @@ tunnelagent_tunnel_tx_bytes_total counter tunnel
 tunnelagent_tunnel_rx_packets_total counter tunnel
 tunnelagent_tunnel_rx_bytes_total counter tunnel
 tunnelagent_tunnel_drops_total counter direction,reason,tunnel
-tunnelagent_tunnel_path_mtu gauge tunnel
+tunnelagent_tunnel_path_mtu_bytes gauge tunnel
 tunnelagent_tunnel_icmp_too_big_total counter tunnel
 tunnelagent_tunnel_tx_fragmented_total counter tunnel
 tunnelagent_tunnel_tx_super_packets_total counter tunnel
@@ -114,9 +115,12 @@ tunnelagent_tunnel_peer_alive gauge tunnel
 tunnelagent_tunnel_keepalive_rtt_seconds gauge tunnel
 tunnelagent_dataplane_rx_packets_total counter -
 tunnelagent_dataplane_drops_total counter reason
-tunnelagent_grpc_requests_total counter code,method
-tunnelagent_grpc_request_duration_seconds histogram le,method
-tunnelagent_grpc_streams_active gauge method
+grpc_server_started_total counter grpc_method,grpc_service,grpc_type
+grpc_server_handled_total counter grpc_code,grpc_method,grpc_service,grpc_type
+grpc_server_handling_seconds histogram grpc_method,grpc_service,grpc_type,le
+tunnelagent_grpc_streams_active gauge grpc_method,grpc_service
+tunnelagent_metrics_scrapes_total counter -
+tunnelagent_metrics_scrape_duration_seconds histogram le
 process_cpu_seconds_total counter -
 process_open_fds gauge -
 process_max_fds gauge -
@@ -126,7 +130,7 @@ process_resident_memory_bytes gauge -
 process_start_time_seconds gauge -
 process_threads gauge -
 EOF
-lab_ok "all 36 metrics of the table, with their types and labels"
+lab_ok "all 39 metrics of the table, with their types and labels"
 
 m() { awk -v s="$1" '$1 == s && !found { print $2; found = 1 }' "$RUN/A.metrics"; }
 for series in \
@@ -200,17 +204,25 @@ v=$(lab_metric A 'tunnelagent_tunnel_repairs_total{tunnel="gre1",what="address"}
 [ "$v" = 0 ] || lab_fail "gre1's address repairs are '$v' after an MTU change, want 0"
 lab_ok "gre1's MTU put back to $mtu, counted once under what=mtu"
 
-v=$(m "tunnelagent_grpc_requests_total{code=\"OK\",method=\"$CREATE\"}")
+v=$(m "grpc_server_handled_total{grpc_code=\"OK\",$CREATE}")
 [ "$v" = 1 ] || lab_fail "CreateTunnel OK count is '$v', want 1"
-v=$(m "tunnelagent_grpc_requests_total{code=\"NOT_FOUND\",method=\"$GET\"}")
-[ "$v" = 1 ] || lab_fail "GetTunnel NOT_FOUND count is '$v', want 1"
-v=$(m "tunnelagent_grpc_requests_total{code=\"OK\",method=\"$DELETE\"}")
+v=$(m "grpc_server_started_total{$CREATE}")
+[ "$v" = 1 ] || lab_fail "CreateTunnel started count is '$v', want 1"
+v=$(m "grpc_server_handled_total{grpc_code=\"NotFound\",$GET}")
+[ "$v" = 1 ] || lab_fail "GetTunnel NotFound count is '$v', want 1"
+v=$(m "grpc_server_handled_total{grpc_code=\"OK\",$DELETE}")
 [ "$v" = 0 ] || lab_fail "DeleteTunnel OK count is '$v', want an existing 0"
-v=$(m "tunnelagent_grpc_request_duration_seconds_count{method=\"$CREATE\"}")
-[ "$v" = 1 ] || lab_fail "CreateTunnel duration count is '$v', want 1"
-v=$(m 'tunnelagent_grpc_streams_active{method="/tunnelagent.v1.TunnelService/WatchTunnels"}')
+v=$(m "grpc_server_handling_seconds_count{$CREATE}")
+[ "$v" = 1 ] || lab_fail "CreateTunnel handling count is '$v', want 1"
+v=$(m "tunnelagent_grpc_streams_active{grpc_method=\"WatchTunnels\",$SERVICE}")
 [ "$v" = 0 ] || lab_fail "WatchTunnels streams_active is '$v', want 0"
-lab_ok "gRPC calls counted by method and code: CreateTunnel OK 1, GetTunnel NOT_FOUND 1"
+lab_ok "gRPC calls counted by method and code: CreateTunnel OK 1, GetTunnel NotFound 1"
+
+# Scrapes are counted from the first: this fetch is at least the second (promtool's was one).
+v=$(m tunnelagent_metrics_scrapes_total)
+gt "$v" 0 || lab_fail "tunnelagent_metrics_scrapes_total is '$v', want > 0"
+grep -q '^exposer_' "$RUN/A.metrics" && lab_fail "prometheus-cpp's exposer_* metrics are still served"
+lab_ok "/metrics counts its own scrapes ($v), in seconds, and serves no exposer_* metrics"
 
 lab_log "a real Prometheus scrapes the agent"
 mkdir -p "$RUN/prometheus-data"
@@ -253,7 +265,7 @@ prom_wait 'tunnelagent_tunnel_rx_packets_total{job="tunnel-agent",tunnel="gre1"}
 # In the units the alert rules take them: Unix seconds, and descriptors over their limit.
 prom_wait 'time() - tunnelagent_tunnel_last_receive_timestamp_seconds{job="tunnel-agent",tunnel="gre1"} < 120'
 prom_wait 'process_open_fds{job="tunnel-agent"} / process_max_fds{job="tunnel-agent"} < 0.8'
-prom_wait "tunnelagent_grpc_requests_total{method=\"$CREATE\",code=\"OK\"} == 1"
-prom_wait "tunnelagent_grpc_request_duration_seconds_bucket{method=\"$CREATE\",le=\"+Inf\"} == 1"
+prom_wait "grpc_server_handled_total{$CREATE,grpc_code=\"OK\"} == 1"
+prom_wait "grpc_server_handling_seconds_bucket{$CREATE,le=\"+Inf\"} == 1"
 
 echo "PASS"
