@@ -22,12 +22,6 @@ using dataplane::TunnelMode;
 
 // IFNAMSIZ less the terminating NUL.
 constexpr size_t kMaxDeviceName = 15;
-// The kernel's IP_MAX_MTU, from which it subtracts the tunnel header for a tunnel's max_mtu.
-constexpr uint32_t kMaxMtu = 65535;
-// IPv4's minimum; the kernel refuses less on any IPv4 tunnel.
-constexpr uint32_t kMinMtu = 68;
-// IPv6's: sit carries only IPv6, and the kernel gives it min_mtu IPV6_MIN_MTU.
-constexpr uint32_t kMinSitMtu = 1280;
 
 constexpr TunnelMode kAllModes[] = {TunnelMode::kGre,   TunnelMode::kGretap, TunnelMode::kIpip,
                                     TunnelMode::kSit,   TunnelMode::kIp6gre, TunnelMode::kIp6gretap,
@@ -387,12 +381,11 @@ absl::Status ValidateSpec(const TunnelSpec& spec) {
   if (absl::Status s = ValidateFou(spec); !s.ok()) return s;
 
   if (spec.mtu != 0) {
-    const uint32_t max =
-        kMaxMtu - dataplane::EncapOverhead(spec.mode, OutputGreOptions(spec), spec.fou.enabled);
-    const uint32_t min = spec.mode == TunnelMode::kSit ? kMinSitMtu : kMinMtu;
-    if (spec.mtu < min || spec.mtu > max) {
-      return Invalid("tunnel.mtu", absl::StrCat(spec.mtu, " is out of range ", min, "..", max,
-                                                " (0 = automatic)"));
+    const dataplane::MtuRange range =
+        dataplane::DeviceMtuRange(spec.mode, OutputGreOptions(spec), spec.fou.enabled);
+    if (spec.mtu < range.min || spec.mtu > range.max) {
+      return Invalid("tunnel.mtu", absl::StrCat(spec.mtu, " is out of range ", range.min, "..",
+                                                range.max, " (0 = automatic)"));
     }
   }
 

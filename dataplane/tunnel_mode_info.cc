@@ -15,6 +15,8 @@ constexpr uint32_t kEthernetHeader = 14;
 constexpr uint32_t kEncapLimitOption = 8;
 constexpr uint32_t kIpv4MinMtu = 68;
 constexpr uint32_t kIpv6MinMtu = 1280;
+// The kernel's IP_MAX_MTU, from which it subtracts the tunnel header for a tunnel's max_mtu.
+constexpr uint32_t kIpMaxMtu = 65535;
 
 struct ModeName {
   TunnelMode mode;
@@ -78,6 +80,11 @@ uint32_t EncapOverhead(TunnelMode mode, GreOptions output, bool fou) {
       return kIpv6Header + kEncapLimitOption;
   }
   return kIpv4Header;
+}
+
+MtuRange DeviceMtuRange(TunnelMode mode, GreOptions output, bool fou) {
+  return MtuRange{.min = mode == TunnelMode::kSit ? kIpv6MinMtu : kIpv4MinMtu,
+                  .max = kIpMaxMtu - EncapOverhead(mode, output, fou)};
 }
 
 uint32_t AutomaticMtu(TunnelMode mode, GreOptions output, uint32_t underlay_mtu, bool fou) {

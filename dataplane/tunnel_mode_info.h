@@ -31,6 +31,16 @@ struct GreOptions {
 // keyed; 20 for IPIP and SIT; 48 for ip6tnl; 52 for ip6gre. With fou, 8 more (UDP).
 uint32_t EncapOverhead(TunnelMode mode, GreOptions output = {}, bool fou = false);
 
+// The MTUs a tunnel device of the mode may be given, as the kernel allows them: from IPv4's
+// minimum, 68 (IPv6's, 1280, for sit, which carries only IPv6), to IP_MAX_MTU, 65535, less the
+// encapsulation's overhead (65511 for plain gre). Whoever checks an MTU asks here: the agent's
+// validation and tunnelctl's, so that both refuse the same values.
+struct MtuRange {
+  uint32_t min = 0;
+  uint32_t max = 0;
+};
+MtuRange DeviceMtuRange(TunnelMode mode, GreOptions output = {}, bool fou = false);
+
 // The MTU the kernel gives a tunnel device whose underlay path has `underlay_mtu`:
 // underlay MTU less the overhead, never below 68 (IPv4's minimum) or, for modes that carry
 // IPv6 only (sit) or run over IPv6, 1280.

@@ -21,6 +21,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "clients/common/version.h"
+#include "dataplane/tunnel_mode_info.h"
 
 namespace tunnelagent::tunnelctl {
 namespace {
@@ -65,7 +66,16 @@ constexpr IpWordHint kIpWordHints[] = {
     {"flowlabel", "the IPv6 flow label comes from the inner addresses (as auto_flowlabels)"},
 };
 
-// A keyword of create, update, list, peer add or peer update, and the field it sets.
+// Where `tunnelctl help` describes a keyword of create and update.
+enum class HelpSection {
+  kNone,      // in the commands' synopses only (noaddresses, state, ...)
+  kArgument,  // "Arguments of create and update"
+  kOption,    // "Options of create and update"
+  kNoForm,    // named in the options' heading: the no- forms that go back to the default
+};
+
+// A keyword of create, update, list, peer add or peer update, the field it sets, and its
+// help: `tunnelctl help` is made from this table, the one the parser reads.
 struct Keyword {
   absl::string_view word;
   // The proto field (of Tunnel, of ListTunnelsRequest for "state", of Peer for the peer
@@ -74,64 +84,109 @@ struct Keyword {
   bool takes_value;
   // May be given more than once (each adds an element).
   bool repeatable;
+  HelpSection section = HelpSection::kNone;
+  // The help entry of create and update: its first column and its text. An empty usage in
+  // kArgument or kOption: the entry before it names and describes this keyword too.
+  // {modes} and {mtu} in a text are filled in from kModes and dataplane::DeviceMtuRange.
+  absl::string_view usage = "";
+  absl::string_view help = "";
+  // The same for peer add and peer update ("Arguments of peer add and peer update"); empty
+  // usage and help: not a peer keyword, or described by the peer entry before it.
+  absl::string_view peer_usage = "";
+  absl::string_view peer_help = "";
 };
 
+using HS = HelpSection;
 constexpr Keyword kKeywords[] = {
-    {"mode", "mode", true, false},
-    {"remote", "remote", true, false},
-    {"local", "local", true, false},
-    {"key", "key", true, false},
-    {"nokey", "key", false, false},
-    {"mtu", "mtu", true, false},
-    {"address", "addresses", true, true},
+    // Peers only (peer add, peer update).
+    {"underlay", "underlay", true, false, HS::kNone, "", "", "underlay ADDR",
+     "underlay address of the peer, of the tunnel's underlay family"},
+    {"allowed", "allowed_prefixes", true, true, HS::kNone, "", "", "allowed PREFIX",
+     "inner prefixes sent to and accepted from the peer, without host bits, like 10.1.0.0/16 "
+     "(repeatable, or comma-separated)"},
+    {"noallowed", "allowed_prefixes", false, false},
+    // Arguments of create and update; key, nokey, label and nolabels are peers' too (Peer
+    // names those fields as Tunnel does).
+    {"mode", "mode", true, false, HS::kArgument, "mode MODE", "{modes}"},
+    {"remote", "remote", true, false, HS::kArgument, "remote ADDR",
+     "underlay address of the far end"},
+    {"local", "local", true, false, HS::kArgument, "local ADDR",
+     "underlay source address (default: any)"},
+    {"key", "key", true, false, HS::kArgument, "key KEY",
+     "GRE key: 0-4294967295 or a dotted quad like 0.0.0.5 (default: none)", "key KEY",
+     "GRE key sent to the peer (default: the tunnel's output key)"},
+    {"nokey", "key", false, false, HS::kNoForm},
+    {"mtu", "mtu", true, false, HS::kArgument, "mtu MTU", "{mtu}"},
+    {"address", "addresses", true, true, HS::kArgument, "address CIDR",
+     "address to put on the device, like 10.0.0.1/30 (repeatable)"},
     {"noaddresses", "addresses", false, false},
-    {"route", "routes", true, true},
+    {"route", "routes", true, true, HS::kArgument, "route PREFIX",
+     "prefix to route into the tunnel, like 10.2.0.0/16 (repeatable)"},
     {"noroutes", "routes", false, false},
-    {"label", "labels", true, true},
+    {"label", "labels", true, true, HS::kArgument, "label KEY=VALUE",
+     "label of the tunnel (repeatable)", "label KEY=VALUE", "label of the peer (repeatable)"},
     {"nolabels", "labels", false, false},
     {"state", "state", true, false},
     // GRE options and outer header fields, as ip-link(8) spells them.
-    {"ikey", "input_key", true, false},
-    {"noikey", "input_key", false, false},
-    {"okey", "output_key", true, false},
-    {"nookey", "output_key", false, false},
-    {"csum", "checksum", false, false},
-    {"nocsum", "checksum", false, false},
-    {"icsum", "input_checksum", false, false},
-    {"noicsum", "input_checksum", false, false},
-    {"ocsum", "output_checksum", false, false},
-    {"noocsum", "output_checksum", false, false},
-    {"seq", "sequence", false, false},
-    {"noseq", "sequence", false, false},
-    {"iseq", "input_sequence", false, false},
-    {"noiseq", "input_sequence", false, false},
-    {"oseq", "output_sequence", false, false},
-    {"nooseq", "output_sequence", false, false},
-    {"ttl", "ttl", true, false},
-    {"hoplimit", "ttl", true, false},
-    {"nottl", "ttl", false, false},
-    {"tos", "tos", true, false},
-    {"tclass", "tos", true, false},
-    {"pmtudisc", "pmtudisc", false, false},
-    {"nopmtudisc", "pmtudisc", false, false},
-    {"ignore-df", "ignore_df", false, false},
-    {"noignore-df", "ignore_df", false, false},
-    {"keepalive", "keepalive", true, false},
-    {"nokeepalive", "keepalive", false, false},
+    {"ikey", "input_key", true, false, HS::kOption, "ikey KEY, okey KEY",
+     "GRE key of one direction: required on input, sent on output (default: that of key)"},
+    {"okey", "output_key", true, false, HS::kOption},
+    {"noikey", "input_key", false, false, HS::kNoForm},
+    {"nookey", "output_key", false, false, HS::kNoForm},
+    {"csum", "checksum", false, false, HS::kOption, "csum, icsum, ocsum",
+     "GRE checksums both ways, on input only, on output only"},
+    {"icsum", "input_checksum", false, false, HS::kOption},
+    {"ocsum", "output_checksum", false, false, HS::kOption},
+    {"nocsum", "checksum", false, false, HS::kNoForm},
+    {"noicsum", "input_checksum", false, false, HS::kNoForm},
+    {"noocsum", "output_checksum", false, false, HS::kNoForm},
+    {"seq", "sequence", false, false, HS::kOption, "seq, iseq, oseq",
+     "GRE sequence numbers both ways, on input only, on output only"},
+    {"iseq", "input_sequence", false, false, HS::kOption},
+    {"oseq", "output_sequence", false, false, HS::kOption},
+    {"noseq", "sequence", false, false, HS::kNoForm},
+    {"noiseq", "input_sequence", false, false, HS::kNoForm},
+    {"nooseq", "output_sequence", false, false, HS::kNoForm},
+    {"ttl", "ttl", true, false, HS::kOption, "ttl TTL|inherit",
+     "outer TTL or hop limit, 1-255, or inherit (= 0) the inner packet's (alias: hoplimit; "
+     "default: inherit, 64 for IPv6 underlays); nottl: the default"},
+    {"hoplimit", "ttl", true, false, HS::kOption},
+    {"nottl", "ttl", false, false, HS::kNoForm},
+    {"tos", "tos", true, false, HS::kOption, "tos TOS|inherit",
+     "outer TOS / traffic class: decimal 0-255 or hexadecimal 0xNN (unlike ip-link, a bare "
+     "number is decimal), or inherit (alias: tclass)"},
+    {"tclass", "tos", true, false, HS::kOption},
+    {"pmtudisc", "pmtudisc", false, false, HS::kOption, "pmtudisc, nopmtudisc",
+     "set DF on the outer IPv4 header (default), or only copy the inner DF; nopmtudisc needs "
+     "ttl inherit"},
+    {"nopmtudisc", "pmtudisc", false, false, HS::kOption},
+    {"ignore-df", "ignore_df", false, false, HS::kOption, "ignore-df, noignore-df",
+     "never set DF on the outer header (needs nopmtudisc)"},
+    {"noignore-df", "ignore_df", false, false, HS::kOption},
+    {"keepalive", "keepalive", true, false, HS::kOption, "keepalive INTERVAL[,RETRIES]",
+     "send a keepalive every INTERVAL (seconds 0.1-3600, e.g. 10, 0.5, 500ms, 10s); the tunnel "
+     "is down after RETRIES (0-255, default 0 = 3) without a reply (gre, ipip, ip6gre, ip6tnl); "
+     "nokeepalive turns it off",
+     "keepalive INTERVAL[,RETRIES], retries N",
+     "dead-peer detection for this peer, as for tunnels (retries 0-255); nokeepalive turns it "
+     "off"},
+    {"retries", "keepalive_retries", true, false},
+    {"nokeepalive", "keepalive", false, false, HS::kNoForm},
+    // No remote: the peers (`tunnelctl peer ...`) are the far ends.
+    {"multipoint", "multipoint", false, false, HS::kOption, "multipoint, nomultipoint",
+     "one device for many peers (`peer add`), each packet sent to the peer whose allowed "
+     "prefixes match its destination; multipoint clears remote, nomultipoint needs one (gre, "
+     "ipip, sit, ip6gre, ip6tnl)"},
+    {"nomultipoint", "multipoint", false, false, HS::kOption},
     // ip-link(8): encap { fou | none } [encap-sport { auto | PORT }] [encap-dport PORT]; the
     // three make up the one field `encap`.
-    {"encap", "encap", true, false},
-    {"encap-sport", "encap_sport", true, false},
-    {"encap-dport", "encap_dport", true, false},
-    // No remote: the peers (`tunnelctl peer ...`) are the far ends.
-    {"multipoint", "multipoint", false, false},
-    {"nomultipoint", "multipoint", false, false},
-    // Peers. key, nokey, keepalive, nokeepalive, label and nolabels are shared with tunnels
-    // (Peer names those fields as Tunnel does).
-    {"underlay", "underlay", true, false},
-    {"allowed", "allowed_prefixes", true, true},
-    {"noallowed", "allowed_prefixes", false, false},
-    {"retries", "keepalive_retries", true, false},
+    {"encap", "encap", true, false, HS::kOption,
+     "encap fou|none [encap-sport auto|PORT] [encap-dport PORT]",
+     "carry the tunnel's packets in UDP (fou, IPv4 underlays): to encap-dport (gre, gretap: "
+     "default 4754; ipip, sit: required), from encap-sport (auto, the default: flows spread "
+     "over a few source ports the kernel picks); none: plain"},
+    {"encap-sport", "encap_sport", true, false, HS::kOption},
+    {"encap-dport", "encap_dport", true, false, HS::kOption},
 };
 
 // The keywords each verb takes, in the order its error message lists them.
@@ -500,6 +555,9 @@ class Parser {
     if (!multipoint && fields_.count("remote") == 0) {
       return UsageError(absl::StrCat(verb, ": missing 'remote' (or 'multipoint')"));
     }
+    if (absl::Status s = CheckMtuOfMode(command_.tunnel); !s.ok()) {
+      return UsageError(absl::StrCat(verb, ": ", s.message()));
+    }
     return absl::OkStatus();
   }
 
@@ -511,6 +569,14 @@ class Parser {
     if (fields_.empty()) {
       return UsageError(
           absl::StrCat(verb, ": nothing to change (want ", OneOf(kUpdateKeywords), ")"));
+    }
+    // Options not given may add to the encapsulation: the range of those given is the widest
+    // the agent can accept, so nothing it would take is refused here. Without the mode, the
+    // agent alone knows it.
+    if (fields_.count("mode") != 0) {
+      if (absl::Status s = CheckMtuOfMode(command_.tunnel); !s.ok()) {
+        return UsageError(absl::StrCat(verb, ": ", s.message()));
+      }
     }
     // A multipoint tunnel has no remote, so turning it on clears the remote (else the tunnel
     // would keep the old one and be refused); turning it off needs a remote, the agent says.
@@ -1044,6 +1110,30 @@ absl::Status CheckPeerName(absl::string_view text) {
   return absl::OkStatus();
 }
 
+absl::Status CheckMtuOfMode(const v1::Tunnel& tunnel) {
+  if (tunnel.mtu() == 0) return absl::OkStatus();  // none given, or auto
+  std::optional<dataplane::TunnelMode> mode;
+  for (const ModeName& m : kModes) {
+    if (m.mode == tunnel.mode()) mode = dataplane::ParseTunnelMode(m.name);
+  }
+  if (!mode.has_value()) return absl::OkStatus();
+  // What the agent sends: the GRE fields of the output direction, and UDP with fou.
+  dataplane::GreOptions output;
+  if (dataplane::IsGreMode(*mode)) {
+    output = {.key = tunnel.has_key() || tunnel.has_output_key(),
+              .checksum = tunnel.checksum() || tunnel.output_checksum(),
+              .sequence = tunnel.sequence() || tunnel.output_sequence()};
+  }
+  const dataplane::MtuRange range =
+      dataplane::DeviceMtuRange(*mode, output, tunnel.encap().type() == v1::ENCAP_TYPE_FOU);
+  if (tunnel.mtu() < range.min || tunnel.mtu() > range.max) {
+    return UsageError(absl::StrCat("invalid mtu '", tunnel.mtu(), "' for mode ",
+                                   dataplane::TunnelModeName(*mode), " with these options (want ",
+                                   range.min, "-", range.max, ", or auto)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<v1::TunnelMode> ParseMode(absl::string_view text) {
   for (const ModeName& m : kModes) {
     if (text == m.name) return m.mode;
@@ -1191,6 +1281,98 @@ absl::StatusOr<std::pair<std::string, std::string>> ParseLabel(absl::string_view
   return std::make_pair(std::string(text.substr(0, eq)), std::string(text.substr(eq + 1)));
 }
 
+namespace {
+
+constexpr size_t kHelpWidth = 92;
+constexpr size_t kHelpTextColumn = 19;
+
+// `text` from `column` on, wrapped at kHelpWidth; lines after the first start at `indent`.
+void AppendWrapped(std::string* out, absl::string_view text, size_t column, size_t indent) {
+  bool first = true;
+  for (absl::string_view word : absl::StrSplit(text, ' ', absl::SkipEmpty())) {
+    if (!first && column + 1 + word.size() > kHelpWidth) {
+      absl::StrAppend(out, "\n", std::string(indent, ' '));
+      column = indent;
+    } else if (!first) {
+      out->push_back(' ');
+      ++column;
+    }
+    absl::StrAppend(out, word);
+    column += word.size();
+    first = false;
+  }
+  absl::StrAppend(out, "\n");
+}
+
+// One entry of the help: "  USAGE" and the text from column 19; a usage too long for its
+// column has the text on the lines below.
+void AppendHelpEntry(std::string* out, absl::string_view usage, absl::string_view text) {
+  absl::StrAppend(out, "  ", usage);
+  const size_t column = 2 + usage.size();
+  absl::StrAppend(
+      out, column + 1 > kHelpTextColumn ? "\n" : "",
+      std::string(column + 1 > kHelpTextColumn ? kHelpTextColumn : kHelpTextColumn - column, ' '));
+  AppendWrapped(out, text, kHelpTextColumn, kHelpTextColumn);
+}
+
+// "gre, ipip, ... or ip6tnl", and the MTU ranges, by the rule the agent checks with.
+std::string FillHelp(absl::string_view text) {
+  std::string modes;
+  for (size_t i = 0; i < std::size(kModes); ++i) {
+    if (i > 0) modes += i + 1 == std::size(kModes) ? " or " : ", ";
+    absl::StrAppend(&modes, kModes[i].name);
+  }
+  const dataplane::MtuRange gre = dataplane::DeviceMtuRange(dataplane::TunnelMode::kGre);
+  const dataplane::MtuRange sit = dataplane::DeviceMtuRange(dataplane::TunnelMode::kSit);
+  const std::string mtu =
+      absl::StrCat("device MTU, ", gre.min, " (sit: ", sit.min,
+                   ") up to 65535 less the encapsulation (gre: ", gre.max,
+                   ", less with key, csum, seq or encap), or auto (default: computed from the "
+                   "underlay)");
+  return absl::StrReplaceAll(text, {{"{modes}", modes}, {"{mtu}", mtu}});
+}
+
+}  // namespace
+
+std::string KeywordHelp() {
+  std::string out = "Arguments of create and update, in any order after NAME:\n";
+  for (const Keyword& k : kKeywords) {
+    if (k.section == HelpSection::kArgument && !k.usage.empty()) {
+      AppendHelpEntry(&out, k.usage, FillHelp(k.help));
+    }
+  }
+  std::vector<absl::string_view> no_forms;
+  for (const Keyword& k : kKeywords) {
+    if (k.section == HelpSection::kNoForm) no_forms.push_back(k.word);
+  }
+  out += "\n";
+  AppendWrapped(&out,
+                absl::StrCat("Options of create and update, as ip-link(8) names them (update "
+                             "also takes the no- forms: ",
+                             absl::StrJoin(no_forms, " "), ", which go back to the default):"),
+                0, 0);
+  for (const Keyword& k : kKeywords) {
+    if (k.section == HelpSection::kOption && !k.usage.empty()) {
+      AppendHelpEntry(&out, k.usage, FillHelp(k.help));
+    }
+  }
+  return out + "\n";
+}
+
+std::string PeerKeywordHelp() {
+  std::string out = "Arguments of peer add and peer update:\n";
+  for (const Keyword& k : kKeywords) {
+    if (!k.peer_usage.empty()) AppendHelpEntry(&out, k.peer_usage, FillHelp(k.peer_help));
+  }
+  return out;
+}
+
+std::vector<std::string> HelpKeywords() {
+  std::vector<std::string> words;
+  for (const Keyword& k : kKeywords) words.emplace_back(k.word);
+  return words;
+}
+
 std::string Usage() {
   return R"(Usage: tunnelctl [OPTIONS] COMMAND [ARGS]
 
@@ -1226,49 +1408,8 @@ Commands:
   help             print this help (also -h, --help)
   version          print tunnelctl's version (also --version)
 
-Arguments of create and update, in any order after NAME:
-  mode MODE        gre, ipip, gretap, sit, ip6gre, ip6gretap or ip6tnl
-  remote ADDR      underlay address of the far end
-  local ADDR       underlay source address (default: any)
-  key KEY          GRE key: 0-4294967295 or a dotted quad like 0.0.0.5 (default: none)
-  mtu MTU          device MTU, 68-65535, or auto (default: computed from the underlay)
-  address CIDR     address to put on the device, like 10.0.0.1/30 (repeatable)
-  route PREFIX     prefix to route into the tunnel, like 10.2.0.0/16 (repeatable)
-  label KEY=VALUE  label of the tunnel (repeatable)
-
-Options of create and update, as ip-link(8) names them (update also takes the no- forms:
-nokey noikey nookey nocsum noicsum noocsum noseq noiseq nooseq nottl nokeepalive, which
-go back to the default):
-  ikey KEY, okey KEY
-                   GRE key of one direction: required on input, sent on output (default:
-                   that of key)
-  csum, icsum, ocsum
-                   GRE checksums both ways, on input only, on output only
-  seq, iseq, oseq  GRE sequence numbers both ways, on input only, on output only
-  ttl TTL|inherit  outer TTL or hop limit, 1-255, or inherit (= 0) the inner packet's
-                   (alias: hoplimit; default: inherit, 64 for IPv6 underlays);
-                   nottl: the default
-  tos TOS|inherit  outer TOS / traffic class: decimal 0-255 or hexadecimal 0xNN (unlike
-                   ip-link, a bare number is decimal), or inherit (alias: tclass)
-  pmtudisc, nopmtudisc
-                   set DF on the outer IPv4 header (default), or only copy the inner DF;
-                   nopmtudisc needs ttl inherit
-  ignore-df, noignore-df
-                   never set DF on the outer header (needs nopmtudisc)
-  keepalive INTERVAL[,RETRIES]
-                   send a keepalive every INTERVAL (seconds 0.1-3600, e.g. 10, 0.5, 500ms,
-                   10s); the tunnel is down after RETRIES (0-255, default 0 = 3) without a
-                   reply (gre, ipip, ip6gre, ip6tnl); nokeepalive turns it off
-  multipoint, nomultipoint
-                   one device for many peers (`peer add`), each packet sent to the peer
-                   whose allowed prefixes match its destination; multipoint clears remote,
-                   nomultipoint needs one (gre, ipip, sit, ip6gre, ip6tnl)
-  encap fou|none [encap-sport auto|PORT] [encap-dport PORT]
-                   carry the tunnel's packets in UDP (fou, IPv4 underlays): to encap-dport
-                   (gre, gretap: default 4754; ipip, sit: required), from encap-sport
-                   (auto, the default: a port per flow, 49152-65535); none: plain
-
-Spellings of ip(8) taken too: `name NAME` and `dev NAME` right after the command for NAME,
+)" + KeywordHelp() +
+         R"(Spellings of ip(8) taken too: `name NAME` and `dev NAME` right after the command for NAME,
 `type MODE` for `mode MODE`, and the modes as ip(8) shows or takes them: gre/ip, ip/ip,
 ipv6/ip, gre/ipv6, and ip6ip6, ipip6, any, ipv6/ipv6, ip/ipv6, any/ipv6 (all ip6tnl). Not
 taken, with a hint: ip-tunnel(8)'s `dev` after the name (the underlay device: the agent
@@ -1297,15 +1438,8 @@ Peer commands (the peers of a multipoint tunnel TUNNEL; PEER: 1-63 letters, digi
                    peers (then --owner is required); print the changes and how many
                    peers are unchanged
 
-Arguments of peer add and peer update:
-  underlay ADDR    underlay address of the peer, of the tunnel's underlay family
-  key KEY          GRE key sent to the peer (default: the tunnel's output key)
-  allowed PREFIX   inner prefixes sent to and accepted from the peer, without host bits,
-                   like 10.1.0.0/16 (repeatable, or comma-separated)
-  keepalive INTERVAL[,RETRIES], retries N
-                   dead-peer detection for this peer, as for tunnels (retries 0-255)
-  label KEY=VALUE  label of the peer (repeatable)
-
+)" + PeerKeywordHelp() +
+         R"(
 Options of commands:
   --request-id=ID    id of a create, update, delete or apply (of a tunnel or a peer), so
                      that retrying it has no second effect (default: a random UUID per

@@ -161,8 +161,13 @@ absl::StatusOr<std::optional<uint32_t>> ParseTos(absl::string_view text);
 // "10s"), 0.1-3600 seconds; retries 0-255.
 absl::StatusOr<v1::Keepalive> ParseKeepalive(absl::string_view text);
 
-// A decimal MTU in [kMinMtu, kMaxMtu].
+// A decimal MTU in [kMinMtu, kMaxMtu], the widest range of any mode.
 absl::StatusOr<uint32_t> ParseMtu(absl::string_view text);
+
+// OK unless the tunnel's MTU is outside what the agent accepts for its mode, output GRE
+// options and encap (dataplane::DeviceMtuRange: the agent's own rule); OK too when the MTU is
+// automatic (0) or the mode unknown.
+absl::Status CheckMtuOfMode(const v1::Tunnel& tunnel);
 
 // Seconds, fractions allowed ("2.5"), greater than 0 and at most kMaxTimeout.
 absl::StatusOr<std::chrono::milliseconds> ParseTimeout(absl::string_view text);
@@ -172,6 +177,13 @@ absl::StatusOr<std::pair<std::string, std::string>> ParseLabel(absl::string_view
 
 // The text `tunnelctl help` prints, ending in a newline.
 std::string Usage();
+// Its sections made from the parser's keyword table: the arguments and options of create and
+// update, and the arguments of peer add and peer update.
+std::string KeywordHelp();
+std::string PeerKeywordHelp();
+// Every keyword the parser takes (create, update, list, peer add, peer update), for the test
+// that each is in the help.
+std::vector<std::string> HelpKeywords();
 
 // What `tunnelctl --version` prints: "tunnelctl <version>" and a newline.
 std::string VersionLine();

@@ -99,5 +99,19 @@ TEST(TunnelModeTest, FouAddsAUdpHeader) {
   EXPECT_EQ(AutomaticMtu(TunnelMode::kIpip, {}, 1500, true), 1472u);
 }
 
+// The kernel's limits: 65535 (IP_MAX_MTU) less the encapsulation; 68, or IPv6's 1280 for sit.
+TEST(TunnelModeTest, DeviceMtuRange) {
+  EXPECT_EQ(DeviceMtuRange(TunnelMode::kGre).min, 68u);
+  EXPECT_EQ(DeviceMtuRange(TunnelMode::kGre).max, 65511u);
+  EXPECT_EQ(DeviceMtuRange(TunnelMode::kGre, {.key = true, .checksum = true}).max, 65503u);
+  EXPECT_EQ(DeviceMtuRange(TunnelMode::kGre, {}, /*fou=*/true).max, 65503u);
+  EXPECT_EQ(DeviceMtuRange(TunnelMode::kIpip).max, 65515u);
+  EXPECT_EQ(DeviceMtuRange(TunnelMode::kSit).min, 1280u);
+  EXPECT_EQ(DeviceMtuRange(TunnelMode::kSit).max, 65515u);
+  EXPECT_EQ(DeviceMtuRange(TunnelMode::kIp6tnl).min, 68u);  // it carries IPv4 too
+  EXPECT_EQ(DeviceMtuRange(TunnelMode::kIp6tnl).max, 65487u);
+  EXPECT_EQ(DeviceMtuRange(TunnelMode::kIp6gretap).max, 65469u);
+}
+
 }  // namespace
 }  // namespace tunnelagent::dataplane

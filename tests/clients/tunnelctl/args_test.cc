@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <regex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "clients/tunnelctl/output.h"
+#include "dataplane/tunnel_mode_info.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/empty.pb.h"
 #include "google/protobuf/text_format.h"
@@ -89,10 +91,16 @@ TEST(ParseArgsTest, GoodCommands) {
        R"pb(name: "t1" mode: TUNNEL_MODE_GRE remote: "192.0.2.2" key: 16)pb"},
       {"create t1 mode ipip remote 192.0.2.2 local any", Verb::kCreate, "t1",
        R"pb(name: "t1" mode: TUNNEL_MODE_IPIP remote: "192.0.2.2")pb"},
-      {"create t1 mode sit remote 192.0.2.2 mtu 68", Verb::kCreate, "t1",
-       R"pb(name: "t1" mode: TUNNEL_MODE_SIT remote: "192.0.2.2" mtu: 68)pb"},
-      {"create t1 mode ip6gre remote 2001:db8::2 mtu 65535", Verb::kCreate, "t1",
-       R"pb(name: "t1" mode: TUNNEL_MODE_IP6GRE remote: "2001:db8::2" mtu: 65535)pb"},
+      // Each mode's limits, as the agent's: sit carries IPv6 only (1280), and the largest is
+      // 65535 less the encapsulation.
+      {"create t1 mode sit remote 192.0.2.2 mtu 1280", Verb::kCreate, "t1",
+       R"pb(name: "t1" mode: TUNNEL_MODE_SIT remote: "192.0.2.2" mtu: 1280)pb"},
+      {"create t1 mode ipip remote 192.0.2.2 mtu 68", Verb::kCreate, "t1",
+       R"pb(name: "t1" mode: TUNNEL_MODE_IPIP remote: "192.0.2.2" mtu: 68)pb"},
+      {"create t1 mode gre remote 192.0.2.2 mtu 65511", Verb::kCreate, "t1",
+       R"pb(name: "t1" mode: TUNNEL_MODE_GRE remote: "192.0.2.2" mtu: 65511)pb"},
+      {"create t1 mode ip6gre remote 2001:db8::2 mtu 65483", Verb::kCreate, "t1",
+       R"pb(name: "t1" mode: TUNNEL_MODE_IP6GRE remote: "2001:db8::2" mtu: 65483)pb"},
       {"create t1 mode ip6gretap remote 2001:db8::2", Verb::kCreate, "t1",
        R"pb(name: "t1" mode: TUNNEL_MODE_IP6GRETAP remote: "2001:db8::2")pb"},
       {"create t1 mode ip6tnl remote 2001:db8::2", Verb::kCreate, "t1",
@@ -438,6 +446,14 @@ TEST(ParseArgsTest, BadCommands) {
       {"create t1 mode gre remote 192.0.2.2 mtu 67", "create: invalid mtu '67'"},
       {"create t1 mode gre remote 192.0.2.2 mtu 0", "create: invalid mtu '0'"},
       {"create t1 mode gre remote 192.0.2.2 mtu 65536", "create: invalid mtu '65536'"},
+      {"create t1 mode gre remote 192.0.2.2 mtu 65535",
+       "create: invalid mtu '65535' for mode gre with these options (want 68-65511, or auto)"},
+      {"create t1 mode gre remote 192.0.2.2 key 5 csum seq mtu 65511",
+       "create: invalid mtu '65511' for mode gre with these options (want 68-65499, or auto)"},
+      {"create t1 mode gre remote 192.0.2.2 okey 5 encap fou mtu 65504", "want 68-65499, or auto"},
+      {"create t1 mode ip6tnl remote 2001:db8::2 mtu 65488", "(want 68-65487, or auto)"},
+      {"create t1 mode sit remote 192.0.2.2 mtu 1279", "(want 1280-65515, or auto)"},
+      {"update t1 mode gretap mtu 65500", "update: invalid mtu '65500' for mode gretap"},
       {"create t1 mode gre remote 192.0.2.2 mtu 1500x", "create: invalid mtu '1500x'"},
       {"create t1 mode gre remote 192.0.2.2 mtu -5", "create: invalid mtu '-5'"},
       {"create t1 mode gre remote 192.0.2.2 mtu +1400", "create: invalid mtu '+1400'"},
@@ -876,6 +892,30 @@ TEST(UsageTest, NamesEveryVerbAndFlag) {
   for (absl::string_view line : absl::StrSplit(usage, '\n')) {
     EXPECT_LE(line.size(), 92u) << line;
   }
+}
+
+// The help is made from the parser's own keyword table: every keyword it takes is in it,
+// as a whole word, and its MTU figures are the agent's rule's.
+TEST(UsageTest, NamesEveryKeywordTheParserTakes) {
+  const std::string usage = Usage();
+  EXPECT_THAT(usage, HasSubstr(KeywordHelp()));
+  EXPECT_THAT(usage, HasSubstr(PeerKeywordHelp()));
+  const std::vector<std::string> keywords = HelpKeywords();
+  EXPECT_GT(keywords.size(), 40u);
+  for (const std::string& word : keywords) {
+    const std::regex whole(absl::StrCat("(^|[^a-z-])", word, "([^a-z-]|$)"));
+    EXPECT_TRUE(std::regex_search(usage, whole)) << word << " is not in the help";
+  }
+  const dataplane::MtuRange gre = dataplane::DeviceMtuRange(dataplane::TunnelMode::kGre);
+  const std::string flowed = std::regex_replace(usage, std::regex("\\s+"), " ");
+  EXPECT_THAT(flowed, HasSubstr(absl::StrCat("(gre: ", gre.max, ",")));
+  // The parser refuses what the help says is too much.
+  EXPECT_TRUE(
+      ParseArgs(Split(absl::StrCat("create t1 mode gre remote 198.18.0.2 mtu ", gre.max)), "")
+          .ok());
+  EXPECT_FALSE(
+      ParseArgs(Split(absl::StrCat("create t1 mode gre remote 198.18.0.2 mtu ", gre.max + 1)), "")
+          .ok());
 }
 
 // ---- mode names ---------------------------------------------------------------------------
