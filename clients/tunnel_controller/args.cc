@@ -47,6 +47,7 @@ commands:
   version                         the version (also --version)
 
 flags:
+  -f, --file FILE         the fleet file (YAML)
   --prune                 also delete the owner's tunnels (peers) the file no longer has
   --interval D            run: time between passes, e.g. 30s, 1m (default 30s)
   --metrics_listen ADDR   run: serve Prometheus /metrics here (default 127.0.0.1:9477;

@@ -7,7 +7,7 @@
 // an object this script knows, and must pass:
 //   1. the schema of its kind: npm kubernetes-models (the Kubernetes OpenAPI schemas compiled
 //      with ajv: types, enums, patterns, required fields), @kubernetes-models/prometheus-operator
-//      for ServiceMonitor (the CRD's schema);
+//      for ServiceMonitor and PrometheusRule (the CRDs' schemas);
 //   2. a strict check: no field the schema does not name. The OpenAPI schemas allow unknown
 //      fields (the API server drops or rejects them), so a misspelt `hostNetwrok` would pass (1);
 //      the field names are taken from the packages' TypeScript declarations;
@@ -34,6 +34,9 @@ const MODELS = {
     "kubernetes-models/rbac.authorization.k8s.io/v1/RoleBinding",
   "monitoring.coreos.com/v1/ServiceMonitor":
     "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor",
+  "monitoring.coreos.com/v1/PrometheusRule":
+    "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule",
+  "v1/Pod": "kubernetes-models/v1/Pod",
 };
 
 const problems = [];
@@ -222,7 +225,13 @@ function checkFields(value, type, decl, where) {
 // ---- references inside the set ---------------------------------------------------------------
 
 function podSpecOf(obj) {
+  if (obj.kind === "Pod") return obj.spec;
   return ["DaemonSet", "Deployment"].includes(obj.kind) ? obj.spec?.template?.spec : null;
+}
+
+// A bare Pod is its own template.
+function templateOf(obj) {
+  return obj.kind === "Pod" ? obj : obj.spec.template;
 }
 
 function matches(selector, labels) {
@@ -238,8 +247,8 @@ function checkReferences(docs) {
 
   for (const { obj, where } of workloads) {
     const spec = podSpecOf(obj);
-    const podLabels = obj.spec.template.metadata?.labels;
-    if (!matches(obj.spec.selector?.matchLabels, podLabels)) {
+    const podLabels = templateOf(obj).metadata?.labels;
+    if (obj.kind !== "Pod" && !matches(obj.spec.selector?.matchLabels, podLabels)) {
       problem(where, "spec.selector does not match the pod template's labels");
     }
     if (spec.serviceAccountName && !serviceAccounts.has(spec.serviceAccountName)) {
@@ -251,6 +260,9 @@ function checkReferences(docs) {
         problem(where, `volume ${v.name}: no ConfigMap ${v.configMap.name} here`);
       }
     }
+    // The ports the pod listens on, for the scrape annotation: its app containers' (an init
+    // container has exited before anyone scrapes).
+    const podPorts = new Set();
     for (const c of [...(spec.initContainers || []), ...spec.containers]) {
       const ports = new Map((c.ports || []).map((p) => [p.name, p.containerPort]));
       const portNumbers = new Set((c.ports || []).map((p) => p.containerPort));
@@ -273,18 +285,19 @@ function checkReferences(docs) {
           problem(where, `container ${c.name}: ${probe} port ${port} is not a port of the container`);
         }
       }
-      const annotations = obj.spec.template.metadata?.annotations || {};
-      if (annotations["prometheus.io/scrape"] === "true") {
-        const port = Number(annotations["prometheus.io/port"]);
-        if (!portNumbers.has(port)) {
-          problem(where, `annotation prometheus.io/port ${port} is not a port of container ${c.name}`);
-        }
+      if (spec.containers.includes(c)) for (const p of portNumbers) podPorts.add(p);
+    }
+    const annotations = templateOf(obj).metadata?.annotations || {};
+    if (annotations["prometheus.io/scrape"] === "true") {
+      const port = Number(annotations["prometheus.io/port"]);
+      if (!podPorts.has(port)) {
+        problem(where, `annotation prometheus.io/port ${port} is not a port of its containers`);
       }
     }
   }
 
   for (const { obj, where } of services) {
-    const selected = workloads.filter((w) => matches(obj.spec?.selector, w.obj.spec.template.metadata?.labels));
+    const selected = workloads.filter((w) => w.obj.kind !== "Pod" && matches(obj.spec?.selector, templateOf(w.obj).metadata?.labels));
     if (selected.length === 0) problem(where, "its selector matches no workload here");
     for (const port of obj.spec?.ports || []) {
       if (typeof port.targetPort !== "string") continue;

@@ -1,6 +1,6 @@
 #!/bin/bash
 # /metrics end to end: a GRE tunnel between two nodes carries a ping; the agent's /metrics
-# passes `promtool check metrics`, has every metric of the README's table with its labels and
+# passes `promtool check metrics`, has every metric of docs/metrics.md's table with its labels and
 # type, counts the gRPC calls made, has the process_* metrics of a real process and the
 # per-tunnel info, receive time, keepalive RTT and repair series; a device changed behind the
 # agent's back is counted as a repair; and a real Prometheus, scraping the agent from inside its
