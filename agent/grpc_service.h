@@ -175,6 +175,8 @@ class TunnelServiceImpl final : public TunnelServiceBase {
 
   // WatchTunnels streams open now (closed ones whose stream has not ended yet included).
   int open_watchers() const;
+  // What GetAgentInfo answers; the fleet registration's capabilities are taken from it.
+  void DoGetAgentInfo(v1::AgentInfo* response);
 
  private:
   class Watcher;
@@ -190,7 +192,6 @@ class TunnelServiceImpl final : public TunnelServiceBase {
                         const v1::DeleteTunnelRequest& request);
   absl::Status DoApply(const grpc::ServerContextBase& context,
                        const v1::ApplyTunnelsRequest& request, v1::ApplyTunnelsResponse* response);
-  void DoGetAgentInfo(v1::AgentInfo* response);
   // Peers of multipoint tunnels (peer_service.cc).
   absl::Status DoCreatePeer(const grpc::ServerContextBase& context,
                             const v1::CreatePeerRequest& request, v1::Peer* response);

@@ -26,6 +26,7 @@
 #include "agent/api_server.h"
 #include "agent/caller_identity.h"
 #include "agent/fd_budget.h"
+#include "agent/fleet_registration.h"
 #include "agent/grpc_metrics.h"
 #include "agent/grpc_service.h"
 #include "agent/handover.h"
@@ -79,7 +80,8 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "(metadata authorization: Bearer <token>)");
 
 ABSL_FLAG(std::string, node_name, "",
-          "Name reported by GetAgentInfo; default $NODE_NAME, else the host name");
+          "Name reported by GetAgentInfo, and the node's name in its fleet (--fleet_etcd); "
+          "default $NODE_NAME, else the host name");
 ABSL_FLAG(uint32_t, max_tunnels, 4096, "Creates beyond this many tunnels fail");
 ABSL_FLAG(bool, keep_devices, false,
           "On SIGTERM leave the tunnel devices in place, so the next start re-attaches to them "
@@ -154,6 +156,34 @@ ABSL_FLAG(uint32_t, test_only_handover_protocol_version, 0,
           "Tests only: speak this handover protocol version instead of the agent's own (0), to "
           "see a mismatch refused");
 
+// A fleet on etcd: the node registers itself under /tunnel-agent/<fleet>/nodes/<node>, bound to
+// a lease the agent keeps alive (agent/fleet_registration.h).
+ABSL_FLAG(std::string, fleet_etcd, "",
+          "Fleet: etcd endpoints to register this node with, comma-separated as etcdctl's "
+          "--endpoints (HOST:PORT, http:// or https://); empty: no fleet");
+ABSL_FLAG(std::string, fleet, "",
+          "Fleet: its name (1-63 of [a-z0-9-_.]); required with --fleet_etcd");
+ABSL_FLAG(std::string, advertise_prefixes, "",
+          "Fleet: CIDRs other nodes route to this node through the fleet (its pod network), "
+          "comma-separated");
+ABSL_FLAG(std::string, fleet_underlay, "",
+          "Fleet: this node's underlay addresses, comma-separated, where other nodes send its "
+          "tunnels' packets; required with --fleet_etcd");
+ABSL_FLAG(std::string, fleet_agent_endpoint, "",
+          "Fleet: what a controller dials to reach this agent (HOST:PORT or unix:/PATH); default "
+          "--grpc_listen when it is TCP on an address that is neither a wildcard nor loopback");
+ABSL_FLAG(absl::Duration, fleet_lease_ttl, absl::Seconds(15),
+          "Fleet: TTL of the registration's etcd lease (whole seconds, 2s to 1h), renewed every "
+          "third of it: a node whose agent died leaves the fleet this long after");
+ABSL_FLAG(std::string, fleet_etcd_ca, "", "Fleet: PEM CA bundle to verify etcd's certificate");
+ABSL_FLAG(std::string, fleet_etcd_cert, "",
+          "Fleet: PEM client certificate for etcd's --client-cert-auth (with --fleet_etcd_key)");
+ABSL_FLAG(std::string, fleet_etcd_key, "", "Fleet: PEM private key of --fleet_etcd_cert");
+ABSL_FLAG(std::string, fleet_etcd_user, "",
+          "Fleet: etcd user to authenticate as (with --fleet_etcd_password_file)");
+ABSL_FLAG(std::string, fleet_etcd_password_file, "",
+          "Fleet: file holding the password of --fleet_etcd_user (one line)");
+
 namespace tunnelagent::agent {
 namespace {
 
@@ -205,6 +235,22 @@ ServerSecurityFlags SecurityFlagsFromFlags() {
   flags.insecure = absl::GetFlag(FLAGS_insecure);
   flags.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
   return flags;
+}
+
+FleetFlags FleetFlagsFromFlags() {
+  return {.etcd = absl::GetFlag(FLAGS_fleet_etcd),
+          .fleet = absl::GetFlag(FLAGS_fleet),
+          .node = NodeName(),
+          .advertise_prefixes = absl::GetFlag(FLAGS_advertise_prefixes),
+          .underlay = absl::GetFlag(FLAGS_fleet_underlay),
+          .agent_endpoint = absl::GetFlag(FLAGS_fleet_agent_endpoint),
+          .grpc_listen = absl::GetFlag(FLAGS_grpc_listen),
+          .lease_ttl = absl::GetFlag(FLAGS_fleet_lease_ttl),
+          .etcd_ca = absl::GetFlag(FLAGS_fleet_etcd_ca),
+          .etcd_cert = absl::GetFlag(FLAGS_fleet_etcd_cert),
+          .etcd_key = absl::GetFlag(FLAGS_fleet_etcd_key),
+          .etcd_user = absl::GetFlag(FLAGS_fleet_etcd_user),
+          .etcd_password_file = absl::GetFlag(FLAGS_fleet_etcd_password_file)};
 }
 
 // What the node gives this agent alone, claimed before the dataplane starts or any device is
@@ -374,6 +420,14 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
     Log("FATAL", "grpc: %s", security.status().message());
     return 1;
   }
+  // The fleet flags, checked before anything is touched; the node registers once it serves.
+  absl::StatusOr<std::optional<FleetRegistrationOptions>> fleet =
+      FleetOptionsFromFlags(FleetFlagsFromFlags());
+  if (!fleet.ok()) {
+    Log("FATAL", "fleet: %s", fleet.status().message());
+    return 1;
+  }
+  auto fleet_metrics = std::make_shared<FleetMetrics>();  // exported, fleet or not
   // A hot upgrade takes the running agent's descriptors, the state directory's lock first.
   const HandoverPeer handover_peer = HandoverPeerFromFlags();
   std::optional<Takeover> takeover;
@@ -525,6 +579,7 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
     exposer->RegisterCollectable(metrics);
     exposer->RegisterCollectable(process_metrics);
     exposer->RegisterCollectable(grpc_metrics.registry());
+    exposer->RegisterCollectable(fleet_metrics);
     Log("INFO", "metrics: serving http://%s/metrics", listen);
   }
 
@@ -619,12 +674,23 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
     takeover->ConfirmServing(restored_at);
     if (std::string listen = absl::GetFlag(FLAGS_metrics_listen); !listen.empty()) {
       deferred_exposer = std::make_unique<DeferredMetricsExposer>(
-          listen, std::vector<std::weak_ptr<prometheus::Collectable>>{
-                      metrics, process_metrics, grpc_metrics.registry(), (*api)->metrics()});
+          listen,
+          std::vector<std::weak_ptr<prometheus::Collectable>>{
+              metrics, process_metrics, grpc_metrics.registry(), (*api)->metrics(), fleet_metrics});
     }
   }
   NotifyServiceManager(absl::StrCat("MAINPID=", getpid(), "\nREADY=1"))
       .IgnoreError();  // Type=notify: this process is the service's now
+  // The node joins its fleet once it serves, on a thread of its own: etcd away or slow never
+  // holds the agent up. A hot upgrade's new agent registers the same key under its own lease.
+  std::unique_ptr<FleetRegistration> fleet_registration;
+  if (fleet->has_value()) {
+    v1::AgentInfo info;
+    service.DoGetAgentInfo(&info);
+    (*fleet)->registration.set_version(kVersion);
+    *(*fleet)->registration.mutable_capabilities() = CapabilitiesOf(info);
+    fleet_registration = FleetRegistration::Start(**std::move(fleet), fleet_metrics);
+  }
 
   // A later hot upgrade: a new agent on the same state directory takes over from this one.
   HandoverOnRequest handover(
@@ -683,7 +749,11 @@ int Run(const absl::StatusOr<FileLimitChange>& file_limit, const std::vector<std
   });
   (*api)->Wait();
   waiter.join();
+  // Handed over: the new agent holds the node's key under its own lease, which this one's
+  // lapse leaves alone; stopped: the lease is revoked, and the node leaves the fleet at once.
+  if (fleet_registration != nullptr) fleet_registration->Stop();
   handover.ExitIfReplaced(after_handover);  // the new agent's now: nothing is torn down
+  if (fleet_registration != nullptr) fleet_registration->Leave();
   if (deferred_exposer != nullptr) deferred_exposer->Stop();
   handover.Stop();
   health_stopping.Notify();

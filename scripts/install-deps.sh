@@ -7,10 +7,10 @@ set -euo pipefail
 BUILD_PACKAGES=(cmake ninja-build g++ pkg-config make
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   prometheus-cpp-dev liburing-dev libmnl-dev libyaml-cpp-dev libgtest-dev libgmock-dev
-  libbenchmark-dev)
+  libbenchmark-dev golang-etcd-server-dev)
 TEST_PACKAGES=(iproute2 iputils-ping iperf3 procps psmisc curl jq
   python3 python3-grpcio python3-protobuf tshark prometheus openssl
-  yamllint systemd python3-seccomp util-linux python3-yaml shellcheck)
+  yamllint systemd python3-seccomp util-linux python3-yaml shellcheck etcd-server etcd-client)
 # `make bench` only: the traffic generator, the naive forwarder's compiler, the report.
 BENCH_PACKAGES=(iproute2 iputils-ping iperf3 procps jq ethtool gcc libc6-dev python3)
 # `make fuzz` only: clang and its runtime (libFuzzer, sanitizers), a Recommends of clang.

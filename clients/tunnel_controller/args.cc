@@ -11,6 +11,7 @@
 #include "absl/strings/str_replace.h"
 #include "clients/common/version.h"
 #include "clients/tunnel_controller/fleet.h"
+#include "common/etcd/client.h"
 
 namespace tunnelagent::controller {
 namespace {
@@ -30,12 +31,58 @@ bool IsLabelText(absl::string_view text) {
   return true;
 }
 
+// What the etcd mode asks of the rest of the line.
+absl::Status CheckEtcdFlags(const Options& options, bool grace_given, bool lease_ttl_given) {
+  const EtcdFlags& etcd = options.etcd;
+  const bool fleet_command =
+      options.command == Command::kFleetSet || options.command == Command::kFleetGet;
+  const bool other_etcd_flag = !etcd.fleet.empty() || !etcd.ca_file.empty() ||
+                               !etcd.cert_file.empty() || !etcd.key_file.empty() ||
+                               !etcd.user.empty() || !etcd.password_file.empty();
+  if (!EtcdMode(options)) {
+    if (fleet_command) {
+      return UsageError(absl::StrCat("fleet ",
+                                     options.command == Command::kFleetSet ? "set" : "get",
+                                     ": needs --etcd ENDPOINTS and --fleet NAME"));
+    }
+    if (other_etcd_flag) return UsageError("--fleet and the --etcd_* flags need --etcd");
+    if (grace_given || lease_ttl_given) {
+      return UsageError(
+          absl::StrCat(grace_given ? "--grace" : "--lease_ttl", " is for run --etcd only"));
+    }
+    return absl::OkStatus();
+  }
+  if (etcd.fleet.empty()) return UsageError("--etcd needs --fleet NAME");
+  if (etcd.cert_file.empty() != etcd.key_file.empty()) {
+    return UsageError("--etcd_cert and --etcd_key go together");
+  }
+  if (etcd.user.empty() != etcd.password_file.empty()) {
+    return UsageError("--etcd_user and --etcd_password_file go together");
+  }
+  if (options.command == Command::kApply) {
+    return UsageError(
+        "apply: not with --etcd (run --etcd converges the fleet; plan and status show it)");
+  }
+  if (options.command == Command::kFleetSet) {
+    if (options.file.empty()) return UsageError("fleet set: missing -f FILE (the description)");
+  } else if (!options.file.empty()) {
+    return UsageError("-f FILE or --etcd: one or the other (fleet set takes both)");
+  }
+  if ((grace_given || lease_ttl_given) && options.command != Command::kRun) {
+    return UsageError(
+        absl::StrCat(grace_given ? "--grace" : "--lease_ttl", " is for run --etcd only"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string Usage() {
   return R"(usage: tunnel-controller COMMAND -f FILE [flags]
+       tunnel-controller COMMAND --etcd ENDPOINTS --fleet NAME [flags]
 
-Provisions the tunnels of a fleet of tunnel-agent nodes from one YAML file.
+Provisions the tunnels of a fleet of tunnel-agent nodes from one YAML file, or from a fleet
+kept in etcd: a description (the same YAML, nodes optional) and the nodes that registered.
 
 commands:
   plan -f FILE [--prune]          what would change on each node (a dry run)
@@ -43,6 +90,15 @@ commands:
   status -f FILE                  per node: reachable, tunnels up/down, drift from the file
   run -f FILE --interval D [--prune] [--metrics_listen ADDR]
                                   apply every D (and when the file changes); serve /metrics
+  fleet set -f FILE --etcd E --fleet NAME
+                                  check FILE as the fleet's description and store it in etcd
+  fleet get --etcd E --fleet NAME
+                                  print the stored description
+  run --etcd E --fleet NAME [--grace D] [--lease_ttl D] [--interval D] [--metrics_listen ADDR]
+                                  one of any number of replicas: the elected one converges
+                                  the registered and pinned nodes on every change (and every D)
+  status --etcd E --fleet NAME    who leads, the registered nodes, then per node as status -f
+  plan --etcd E --fleet NAME      what would change on each member (a dry run)
   help                            this text (also -h, --help)
   version                         the version (also --version)
 
@@ -60,17 +116,33 @@ flags:
                           tunnel-controller); other owners' tunnels are never touched
   --progress auto|live|plain
                           a live line per node (auto: when stderr is a terminal) or log lines
+  --etcd ENDPOINTS        etcd's endpoints, comma-separated: HOST:PORT, http://HOST:PORT or
+                          https://HOST:PORT (as etcdctl takes them)
+  --fleet NAME            the fleet in etcd: its keys are under /tunnel-agent/NAME/
+  --etcd_ca FILE          CA certificates to check etcd's (TLS)
+  --etcd_cert FILE        client certificate for etcd (with --etcd_key)
+  --etcd_key FILE         its private key
+  --etcd_user NAME        etcd user (password authentication, with --etcd_password_file)
+  --etcd_password_file FILE
+                          the user's password (the whole file, surrounding white space removed)
+  --grace D               run --etcd: how long a node whose registration is gone stays a
+                          member, as the others' peer (default 30s; 0: removed at once)
+  --lease_ttl D           run --etcd: TTL of the leader's lease, whole seconds >= 2 (default
+                          5s); a standby leads within it after the leader dies
   -h, --help              print this text
   --version               print the version
 In flag names '_' and '-' are the same; values go after '=' or as the next argument.
 
 exit status:
-  0  every node converged (plan: every node answered)
-  1  bad input, nothing sent: unknown command or flag, bad value, a fleet file that cannot
-     be read or is not valid (YAML, a node, an address, a link), or a file it names
-     (token, certificate); run: also --metrics_listen that cannot be listened on
+  0  every node converged (plan: every node answered; fleet set, get: done; run --etcd: also
+     stopped as a standby)
+  1  bad input, nothing sent: unknown command or flag, bad value, a fleet file (description)
+     that cannot be read or is not valid (YAML, a node, an address, a link), or a file it
+     names (token, certificate, etcd password); run: also --metrics_listen that cannot be
+     listened on
   2  some node's agent refused or failed a call, or could not be reached; status: also a
-     node that differs from the file; run: the last pass had not converged when stopped
+     node that differs from the file; run: the last pass had not converged when stopped;
+     etcd unreachable or refusing, or no description stored (fleet get, status, plan)
 )";
 }
 
@@ -87,8 +159,11 @@ absl::StatusOr<Options> ParseArgs(const std::vector<std::string>& args) {
     }
   }
   std::optional<Command> command;
+  bool fleet_command = false;  // `fleet` seen: the next word is set or get
   bool interval_given = false;
   bool metrics_given = false;
+  bool grace_given = false;
+  bool lease_ttl_given = false;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     auto value = [&](absl::string_view flag,
@@ -128,8 +203,11 @@ absl::StatusOr<Options> ParseArgs(const std::vector<std::string>& args) {
         }
         continue;
       }
-      static const char* const kValued[] = {"file",    "interval", "metrics_listen", "parallelism",
-                                            "timeout", "retries",  "owner",          "progress"};
+      static const char* const kValued[] = {
+          "file",    "interval",  "metrics_listen", "parallelism", "timeout",
+          "retries", "owner",     "progress",       "etcd",        "fleet",
+          "etcd_ca", "etcd_cert", "etcd_key",       "etcd_user",   "etcd_password_file",
+          "grace",   "lease_ttl"};
       if (std::find(std::begin(kValued), std::end(kValued), name) == std::end(kValued)) {
         return UsageError(absl::StrCat("unknown flag --", name));
       }
@@ -185,6 +263,39 @@ absl::StatusOr<Options> ParseArgs(const std::vector<std::string>& args) {
         } else {
           return UsageError(absl::StrCat("--progress: \"", *v, "\" is not auto, live or plain"));
         }
+      } else if (name == "etcd") {
+        absl::StatusOr<std::vector<std::string>> endpoints = etcd::ParseEndpoints(*v);
+        if (!endpoints.ok())
+          return UsageError(absl::StrCat("--etcd: ", endpoints.status().message()));
+        options.etcd.endpoints = *std::move(endpoints);
+      } else if (name == "fleet") {
+        if (absl::Status s = CheckFleetName(*v); !s.ok()) return UsageError(s.message());
+        options.etcd.fleet = *v;
+      } else if (name == "etcd_ca" || name == "etcd_cert" || name == "etcd_key" ||
+                 name == "etcd_user" || name == "etcd_password_file") {
+        if (v->empty()) return UsageError(absl::StrCat(flag, ": empty value"));
+        std::string* field = name == "etcd_ca"     ? &options.etcd.ca_file
+                             : name == "etcd_cert" ? &options.etcd.cert_file
+                             : name == "etcd_key"  ? &options.etcd.key_file
+                             : name == "etcd_user" ? &options.etcd.user
+                                                   : &options.etcd.password_file;
+        *field = *v;
+      } else if (name == "grace") {
+        absl::StatusOr<absl::Duration> d = ParseDurationText(*v);
+        if (!d.ok() || *d > absl::Hours(24)) {
+          return UsageError(absl::StrCat("--grace: \"", *v, "\" is not a duration in [0, 24h]"));
+        }
+        options.grace = *d;
+        grace_given = true;
+      } else if (name == "lease_ttl") {
+        absl::StatusOr<absl::Duration> d = ParseDurationText(*v);
+        if (!d.ok() || *d < absl::Seconds(2) || *d > absl::Hours(1) ||
+            absl::Trunc(*d, absl::Seconds(1)) != *d) {
+          return UsageError(absl::StrCat("--lease_ttl: \"", *v,
+                                         "\" is not a whole number of seconds in [2s, 1h]"));
+        }
+        options.lease_ttl = *d;
+        lease_ttl_given = true;
       } else {
         return UsageError(absl::StrCat("unknown flag --", name));
       }
@@ -193,8 +304,23 @@ absl::StatusOr<Options> ParseArgs(const std::vector<std::string>& args) {
     if (absl::StartsWith(arg, "-") && arg != "-") {
       return UsageError(absl::StrCat("unknown flag ", arg));
     }
+    if (fleet_command) {
+      fleet_command = false;
+      if (arg == "set") {
+        command = Command::kFleetSet;
+      } else if (arg == "get") {
+        command = Command::kFleetGet;
+      } else {
+        return UsageError(absl::StrCat("fleet: unknown command \"", arg, "\" (set, get)"));
+      }
+      continue;
+    }
     if (command.has_value()) {
       return UsageError(absl::StrCat("unexpected argument \"", arg, "\""));
+    }
+    if (arg == "fleet") {
+      fleet_command = true;
+      continue;
     }
     if (arg == "plan") {
       command = Command::kPlan;
@@ -209,16 +335,20 @@ absl::StatusOr<Options> ParseArgs(const std::vector<std::string>& args) {
     } else if (arg == "version") {
       command = Command::kVersion;
     } else {
-      return UsageError(
-          absl::StrCat("unknown command \"", arg, "\" (plan, apply, status, run, help, version)"));
+      return UsageError(absl::StrCat("unknown command \"", arg,
+                                     "\" (plan, apply, status, run, fleet, help, version)"));
     }
   }
+  if (fleet_command) return UsageError("fleet: missing set or get");
   if (!command.has_value()) {
-    return UsageError("missing COMMAND (plan, apply, status, run, help, version)");
+    return UsageError("missing COMMAND (plan, apply, status, run, fleet, help, version)");
   }
   options.command = *command;
   if (options.command == Command::kHelp || options.command == Command::kVersion) return options;
-  if (options.file.empty()) return UsageError("missing -f FILE");
+  if (absl::Status s = CheckEtcdFlags(options, grace_given, lease_ttl_given); !s.ok()) return s;
+  if (options.file.empty() && options.command != Command::kFleetGet && !EtcdMode(options)) {
+    return UsageError("missing -f FILE (or --etcd and --fleet)");
+  }
   if (options.prune && options.command == Command::kStatus) {
     return UsageError(
         "status: --prune does not apply (status always counts extra tunnels as drift)");

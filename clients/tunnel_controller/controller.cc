@@ -13,9 +13,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "clients/common/agent_connection.h"
-#include "clients/tunnel_controller/metrics.h"
+#include "clients/tunnel_controller/etcd_commands.h"
 #include "clients/tunnel_controller/progress.h"
-#include "common/metrics_endpoint.h"
 
 namespace tunnelagent::controller {
 namespace {
@@ -116,6 +115,28 @@ std::string ChangeLine(v1::TunnelChange::Action action, const std::string& name,
   return absl::StrCat(line, "\n");
 }
 
+}  // namespace
+
+std::string NowText() {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%S", absl::Now(), absl::LocalTimeZone());
+}
+
+absl::StatusOr<std::unique_ptr<MetricsEndpoint>> ServeMetrics(const Options& options,
+                                                              ControllerMetrics& metrics,
+                                                              std::ostream& err) {
+  if (options.metrics_listen.empty()) return nullptr;
+  absl::StatusOr<std::unique_ptr<MetricsEndpoint>> bound =
+      MetricsEndpoint::Listen(options.metrics_listen, "tunnelcontroller");
+  if (!bound.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--metrics_listen: ", bound.status().message()));
+  }
+  (*bound)->RegisterCollectable(metrics.registry());
+  err << "tunnel-controller: metrics on http://" << options.metrics_listen << "/metrics\n";
+  return bound;
+}
+
+namespace {
+
 struct Loaded {
   Fleet fleet;
   FleetPlan plan;
@@ -136,8 +157,15 @@ class Runner {
       : options_(options), out_(out), err_(err), err_fd_(err_fd), stop_(stop) {}
 
   int Run() {
-    absl::StatusOr<Loaded> loaded = Load(options_.file);
-    if (!loaded.ok()) return UsageFailure(loaded.status());
+    const bool etcd = EtcdMode(options_);
+    // fleet set, fleet get, run --etcd: etcd_commands.h. plan and status --etcd: here, on the
+    // fleet as etcd has it now.
+    if (etcd && options_.command != Command::kPlan && options_.command != Command::kStatus) {
+      return RunEtcdCommand(options_, out_, err_, stop_);
+    }
+    std::string header;
+    absl::StatusOr<Loaded> loaded = etcd ? LoadEtcd(&header) : Load(options_.file);
+    if (!loaded.ok()) return Failure(loaded.status());
     if (options_.command == Command::kRun) return Loop(*std::move(loaded));
     absl::StatusOr<std::vector<AgentHandle>> agents = connections_.For(loaded->fleet);
     if (!agents.ok()) return UsageFailure(agents.status());
@@ -163,7 +191,8 @@ class Runner {
     std::vector<NodeReport> reports = Reconcile(loaded->plan, *agents, ro);
     const absl::Duration elapsed = absl::Now() - start;
     if (terminal != nullptr) terminal->Finish();
-    out_ << (operation == Operation::kStatus ? FormatStatus(reports)
+    out_ << header
+         << (operation == Operation::kStatus ? FormatStatus(reports)
                                              : FormatChanges(operation, reports, elapsed))
          << std::flush;
     return ExitStatus(operation, reports);
@@ -173,6 +202,24 @@ class Runner {
   int UsageFailure(const absl::Status& status) {
     err_ << "tunnel-controller: " << status.message() << "\n" << std::flush;
     return kExitBadInput;
+  }
+
+  // Bad input (InvalidArgument) is kExitBadInput; etcd unreachable, refusing or without the
+  // description, kExitAgentFailed.
+  int Failure(const absl::Status& status) {
+    err_ << "tunnel-controller: " << status.message() << "\n" << std::flush;
+    return absl::IsInvalidArgument(status) ? kExitBadInput : kExitAgentFailed;
+  }
+
+  // The members as etcd has them now (no grace: a node is a member while registered), and
+  // what status prints before its table (who leads, the registrations).
+  absl::StatusOr<Loaded> LoadEtcd(std::string* header) {
+    absl::StatusOr<EtcdView> view = ReadEtcdView(options_, absl::Now());
+    if (!view.ok()) return view.status();
+    absl::StatusOr<FleetPlan> plan = PlanFleet(view->merged.fleet);
+    if (!plan.ok()) return plan.status();
+    if (options_.command == Command::kStatus) *header = view->header;
+    return Loaded{std::move(view->merged.fleet), *std::move(plan)};
   }
 
   ReconcileOptions BaseOptions(Operation operation) const {
@@ -197,24 +244,14 @@ class Runner {
     return !stop_->WaitForNotificationWithTimeout(d);
   }
 
-  static std::string Now() {
-    return absl::FormatTime("%Y-%m-%dT%H:%M:%S", absl::Now(), absl::LocalTimeZone());
-  }
+  static std::string Now() { return NowText(); }
 
   int Loop(Loaded loaded) {
     ControllerMetrics metrics;
-    std::unique_ptr<MetricsEndpoint> exposer;
-    if (!options_.metrics_listen.empty()) {
-      absl::StatusOr<std::unique_ptr<MetricsEndpoint>> bound =
-          MetricsEndpoint::Listen(options_.metrics_listen, "tunnelcontroller");
-      if (!bound.ok()) {
-        return UsageFailure(absl::InvalidArgumentError(
-            absl::StrCat("--metrics_listen: ", bound.status().message())));
-      }
-      exposer = *std::move(bound);
-      exposer->RegisterCollectable(metrics.registry());
-      err_ << "tunnel-controller: metrics on http://" << options_.metrics_listen << "/metrics\n";
-    }
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> exposer =
+        ServeMetrics(options_, metrics, err_);
+    if (!exposer.ok()) return UsageFailure(exposer.status());
+    metrics.SetLeader(true);  // the only controller of its file
     std::string content = ReadWhole(options_.file);
     absl::StatusOr<std::vector<AgentHandle>> agents = connections_.For(loaded.fleet);
     if (!agents.ok()) return UsageFailure(agents.status());
@@ -232,7 +269,7 @@ class Runner {
       const absl::Time end = absl::Now();
       metrics.RecordPass(reports, end - start, end);
       converged = ExitStatus(Operation::kApply, reports) == kExitOk;
-      PrintPass(pass, reports, end - start);
+      out_ << FormatPass(pass, reports, end - start) << std::flush;
 
       // Until the interval is over, or the file changes.
       const absl::Time next = start + options_.interval;
@@ -266,42 +303,6 @@ class Runner {
     }
     err_ << "tunnel-controller: stopped\n" << std::flush;
     return converged ? kExitOk : kExitAgentFailed;
-  }
-
-  // One line per pass, and one per node that changed or failed.
-  void PrintPass(int pass, const std::vector<NodeReport>& reports, absl::Duration elapsed) {
-    int converged = 0;
-    int up = 0;
-    int actual = 0;
-    int peers_up = 0;
-    int peers_actual = 0;
-    std::string lines;
-    for (const NodeReport& r : reports) {
-      const bool ok = r.ok && r.converged;
-      converged += ok;
-      up += r.up;
-      actual += std::max(r.actual, 0);
-      peers_up += r.peers_up;
-      peers_actual += std::max(r.peers_actual, 0);
-      bool changed = !r.peer_changes.empty();
-      for (const auto& c : r.changes)
-        changed = changed || c.action() != v1::TunnelChange::UNCHANGED;
-      if (!r.ok) {
-        absl::StrAppend(&lines, "  ", r.node, ": FAILED: ", r.error, "\n");
-      } else if (changed || !r.converged || !r.not_up.empty() || !r.peers_not_up.empty()) {
-        absl::StrAppend(&lines, "  ", r.node, ": ", NodeLine(Operation::kApply, r));
-        if (!r.extra.empty())
-          absl::StrAppend(&lines, "; not in the file: ", absl::StrJoin(r.extra, " "));
-        if (!r.extra_peers.empty())
-          absl::StrAppend(&lines, "; peers not in the file: ", absl::StrJoin(r.extra_peers, " "));
-        absl::StrAppend(&lines, "\n");
-      }
-    }
-    out_ << Now() << " pass " << pass << ": " << converged << "/" << reports.size()
-         << " nodes converged, " << up << "/" << actual << " tunnels up, ";
-    if (AnyMultipoint(reports)) out_ << peers_up << "/" << peers_actual << " peers up, ";
-    out_ << absl::StrFormat("%.2f s", absl::ToDoubleSeconds(elapsed)) << "\n"
-         << lines << std::flush;
   }
 
   const Options& options_;
@@ -348,6 +349,40 @@ absl::StatusOr<std::vector<AgentHandle>> Connections::For(const Fleet& fleet) {
   }
   entries_ = std::move(kept);
   return handles;
+}
+
+std::string FormatPass(int pass, const std::vector<NodeReport>& reports, absl::Duration elapsed) {
+  int converged = 0;
+  int up = 0;
+  int actual = 0;
+  int peers_up = 0;
+  int peers_actual = 0;
+  std::string lines;
+  for (const NodeReport& r : reports) {
+    const bool ok = r.ok && r.converged;
+    converged += ok;
+    up += r.up;
+    actual += std::max(r.actual, 0);
+    peers_up += r.peers_up;
+    peers_actual += std::max(r.peers_actual, 0);
+    bool changed = !r.peer_changes.empty();
+    for (const auto& c : r.changes) changed = changed || c.action() != v1::TunnelChange::UNCHANGED;
+    if (!r.ok) {
+      absl::StrAppend(&lines, "  ", r.node, ": FAILED: ", r.error, "\n");
+    } else if (changed || !r.converged || !r.not_up.empty() || !r.peers_not_up.empty()) {
+      absl::StrAppend(&lines, "  ", r.node, ": ", NodeLine(Operation::kApply, r));
+      if (!r.extra.empty())
+        absl::StrAppend(&lines, "; not in the file: ", absl::StrJoin(r.extra, " "));
+      if (!r.extra_peers.empty())
+        absl::StrAppend(&lines, "; peers not in the file: ", absl::StrJoin(r.extra_peers, " "));
+      absl::StrAppend(&lines, "\n");
+    }
+  }
+  std::string out = absl::StrCat(NowText(), " pass ", pass, ": ", converged, "/", reports.size(),
+                                 " nodes converged, ", up, "/", actual, " tunnels up, ");
+  if (AnyMultipoint(reports)) absl::StrAppend(&out, peers_up, "/", peers_actual, " peers up, ");
+  absl::StrAppend(&out, absl::StrFormat("%.2f s", absl::ToDoubleSeconds(elapsed)), "\n", lines);
+  return out;
 }
 
 std::string FormatChanges(Operation operation, const std::vector<NodeReport>& reports,

@@ -14,8 +14,10 @@
 #include "absl/synchronization/notification.h"
 #include "clients/tunnel_controller/args.h"
 #include "clients/tunnel_controller/fleet.h"
+#include "clients/tunnel_controller/metrics.h"
 #include "clients/tunnel_controller/plan.h"
 #include "clients/tunnel_controller/reconciler.h"
+#include "common/metrics_endpoint.h"
 
 namespace tunnelagent::controller {
 
@@ -42,6 +44,19 @@ std::string FormatChanges(Operation operation, const std::vector<NodeReport>& re
                           absl::Duration elapsed);
 // The report of status: a table, then drift, tunnels not up and errors per node, then one line.
 std::string FormatStatus(const std::vector<NodeReport>& reports);
+
+// A pass of run: "<time> pass 3: 12/12 nodes converged, ..." and a line per node that changed
+// or failed.
+std::string FormatPass(int pass, const std::vector<NodeReport>& reports, absl::Duration elapsed);
+
+// The local time as run's lines start with it: "2024-05-01T12:00:00".
+std::string NowText();
+
+// run's /metrics on options.metrics_listen (null when it is empty), announced on `err`;
+// InvalidArgument naming --metrics_listen when it cannot listen there.
+absl::StatusOr<std::unique_ptr<MetricsEndpoint>> ServeMetrics(const Options& options,
+                                                              ControllerMetrics& metrics,
+                                                              std::ostream& err);
 
 // kExitOk when every node succeeded and (status) converged, else kExitAgentFailed.
 int ExitStatus(Operation operation, const std::vector<NodeReport>& reports);

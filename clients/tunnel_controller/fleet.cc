@@ -40,12 +40,112 @@ constexpr ModeEntry kModes[] = {
 
 std::string Quote(absl::string_view text) { return absl::StrCat("\"", text, "\""); }
 
+absl::Status CheckNodeName(absl::string_view name) {
+  if (name.size() > kMaxNodeName) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Quote(name), " is longer than ", kMaxNodeName, " characters"));
+  }
+  if (!absl::ascii_isalnum(name.front())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Quote(name), " must start with a letter or digit"));
+  }
+  for (char c : name) {
+    if (!absl::ascii_isalnum(c) && c != '.' && c != '_' && c != '-') {
+      return absl::InvalidArgumentError(
+          absl::StrCat(Quote(name), " may hold only letters, digits, '.', '_' and '-'"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckAgentTarget(absl::string_view target) {
+  for (char c : target) {
+    if (absl::ascii_isspace(c)) {
+      return absl::InvalidArgumentError(absl::StrCat(Quote(target), " contains white space"));
+    }
+  }
+  if (absl::StartsWith(target, "unix:")) {
+    if (target.size() == 5) return absl::InvalidArgumentError("unix: needs a socket path");
+    return absl::OkStatus();
+  }
+  const size_t colon = target.rfind(':');
+  int port = 0;
+  if (colon == absl::string_view::npos || colon == 0 ||
+      !absl::SimpleAtoi(target.substr(colon + 1), &port) || port < 1 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Quote(target), " is not unix:/path or host:port"));
+  }
+  return absl::OkStatus();
+}
+
+// A prefix of a node's `prefixes`, parsed.
+struct ParsedPrefix {
+  bool v6 = false;
+  uint32_t v4 = 0;  // host byte order
+  int length = 0;
+  std::string text;  // canonical
+};
+
+absl::StatusOr<ParsedPrefix> ParsePrefix(const std::string& text) {
+  std::vector<std::string> parts = absl::StrSplit(text, '/');
+  ParsedPrefix p;
+  in_addr a4{};
+  in6_addr a6{};
+  if (parts.size() == 2 && inet_pton(AF_INET, parts[0].c_str(), &a4) == 1) {
+    p.v6 = false;
+  } else if (parts.size() == 2 && inet_pton(AF_INET6, parts[0].c_str(), &a6) == 1) {
+    p.v6 = true;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Quote(text), " is not a prefix like 10.244.1.0/24 or fd00:1::/64"));
+  }
+  const int max = p.v6 ? 128 : 32;
+  if (!absl::SimpleAtoi(parts[1], &p.length) || p.length < 0 || p.length > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Quote(text), ": the prefix length must be 0..", max));
+  }
+  char out[INET6_ADDRSTRLEN];
+  if (!p.v6) {
+    p.v4 = ntohl(a4.s_addr);
+    const uint32_t mask = p.length == 0 ? 0 : ~uint32_t{0} << (32 - p.length);
+    if ((p.v4 & ~mask) != 0) {
+      in_addr net{};
+      net.s_addr = htonl(p.v4 & mask);
+      inet_ntop(AF_INET, &net, out, sizeof(out));
+      return absl::InvalidArgumentError(
+          absl::StrCat(Quote(text), " has host bits set (", out, "/", p.length, " is the prefix)"));
+    }
+    inet_ntop(AF_INET, &a4, out, sizeof(out));
+  } else {
+    in6_addr net = a6;
+    for (int i = 0; i < 16; ++i) {
+      const int keep = std::clamp(p.length - 8 * i, 0, 8);
+      net.s6_addr[i] &= static_cast<uint8_t>(0xff00 >> keep);
+    }
+    if (std::memcmp(&net, &a6, sizeof(net)) != 0) {
+      inet_ntop(AF_INET6, &net, out, sizeof(out));
+      return absl::InvalidArgumentError(
+          absl::StrCat(Quote(text), " has host bits set (", out, "/", p.length, " is the prefix)"));
+    }
+    inet_ntop(AF_INET6, &a6, out, sizeof(out));
+  }
+  p.text = absl::StrCat(out, "/", p.length);
+  return p;
+}
+
+// Whether one of the two contains the other (prefixes either nest or are disjoint).
+bool Overlaps(const ParsedPrefix& p, const InnerPool& pool) {
+  const int shorter = std::min(p.length, pool.length);
+  const uint32_t mask = shorter == 0 ? 0 : ~uint32_t{0} << (32 - shorter);
+  return (p.v4 & mask) == (pool.network & mask);
+}
+
 // Walks the YAML tree; every error carries the file, the node's line and column and the
 // field's path.
 class Parser {
  public:
-  Parser(absl::string_view source, absl::string_view base_dir)
-      : source_(source), base_dir_(base_dir) {}
+  Parser(absl::string_view source, absl::string_view base_dir, FleetText kind)
+      : source_(source), base_dir_(base_dir), kind_(kind) {}
 
   absl::StatusOr<Fleet> Parse(absl::string_view content) {
     YAML::Node root;
@@ -69,6 +169,8 @@ class Parser {
     if (absl::Status s = ParseNodes(root["nodes"], root); !s.ok()) return s;
     if (absl::Status s = ParseTopology(root["topology"], root); !s.ok()) return s;
     if (absl::Status s = CheckMultipoint(root); !s.ok()) return s;
+    fleet_.default_tls = default_tls_;
+    fleet_.default_token_file = default_token_file_;
     return std::move(fleet_);
   }
 
@@ -387,67 +489,6 @@ class Parser {
     return absl::OkStatus();
   }
 
-  struct ParsedPrefix {
-    bool v6 = false;
-    uint32_t v4 = 0;  // host byte order
-    int length = 0;
-    std::string text;  // canonical
-  };
-
-  static absl::StatusOr<ParsedPrefix> ParsePrefix(const std::string& text) {
-    std::vector<std::string> parts = absl::StrSplit(text, '/');
-    ParsedPrefix p;
-    in_addr a4{};
-    in6_addr a6{};
-    if (parts.size() == 2 && inet_pton(AF_INET, parts[0].c_str(), &a4) == 1) {
-      p.v6 = false;
-    } else if (parts.size() == 2 && inet_pton(AF_INET6, parts[0].c_str(), &a6) == 1) {
-      p.v6 = true;
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat(Quote(text), " is not a prefix like 10.244.1.0/24 or fd00:1::/64"));
-    }
-    const int max = p.v6 ? 128 : 32;
-    if (!absl::SimpleAtoi(parts[1], &p.length) || p.length < 0 || p.length > max) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(Quote(text), ": the prefix length must be 0..", max));
-    }
-    char out[INET6_ADDRSTRLEN];
-    if (!p.v6) {
-      p.v4 = ntohl(a4.s_addr);
-      const uint32_t mask = p.length == 0 ? 0 : ~uint32_t{0} << (32 - p.length);
-      if ((p.v4 & ~mask) != 0) {
-        in_addr net{};
-        net.s_addr = htonl(p.v4 & mask);
-        inet_ntop(AF_INET, &net, out, sizeof(out));
-        return absl::InvalidArgumentError(absl::StrCat(Quote(text), " has host bits set (", out,
-                                                       "/", p.length, " is the prefix)"));
-      }
-      inet_ntop(AF_INET, &a4, out, sizeof(out));
-    } else {
-      in6_addr net = a6;
-      for (int i = 0; i < 16; ++i) {
-        const int keep = std::clamp(p.length - 8 * i, 0, 8);
-        net.s6_addr[i] &= static_cast<uint8_t>(0xff00 >> keep);
-      }
-      if (std::memcmp(&net, &a6, sizeof(net)) != 0) {
-        inet_ntop(AF_INET6, &net, out, sizeof(out));
-        return absl::InvalidArgumentError(absl::StrCat(Quote(text), " has host bits set (", out,
-                                                       "/", p.length, " is the prefix)"));
-      }
-      inet_ntop(AF_INET6, &a6, out, sizeof(out));
-    }
-    p.text = absl::StrCat(out, "/", p.length);
-    return p;
-  }
-
-  // Whether one of the two contains the other (prefixes either nest or are disjoint).
-  static bool Overlaps(const ParsedPrefix& p, const InnerPool& pool) {
-    const int shorter = std::min(p.length, pool.length);
-    const uint32_t mask = shorter == 0 ? 0 : ~uint32_t{0} << (32 - shorter);
-    return (p.v4 & mask) == (pool.network & mask);
-  }
-
   // What holds only with multipoint, or only without it.
   absl::Status CheckMultipoint(const YAML::Node& root) {
     const MultipointSetting& m = fleet_.multipoint;
@@ -486,8 +527,14 @@ class Parser {
   }
 
   absl::Status ParseNodes(const YAML::Node& n, const YAML::Node& root) {
-    if (!n) return Error(root, "nodes", "required (a list of nodes)");
-    if (!n.IsSequence() || n.size() == 0) return Error(n, "nodes", "must be a non-empty list");
+    if (kind_ == FleetText::kDescription) {
+      // The registered nodes are the members: listing some (pinned) is optional.
+      if (!n || n.IsNull()) return absl::OkStatus();
+      if (!n.IsSequence()) return Error(n, "nodes", "must be a list (or left out)");
+    } else {
+      if (!n) return Error(root, "nodes", "required (a list of nodes)");
+      if (!n.IsSequence() || n.size() == 0) return Error(n, "nodes", "must be a non-empty list");
+    }
     std::map<std::string, std::string> seen;  // name -> field
     std::map<std::string, std::string> underlays;
     for (size_t i = 0; i < n.size(); ++i) {
@@ -561,44 +608,6 @@ class Parser {
     return absl::OkStatus();
   }
 
-  static absl::Status CheckNodeName(absl::string_view name) {
-    if (name.size() > kMaxNodeName) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(Quote(name), " is longer than ", kMaxNodeName, " characters"));
-    }
-    if (!absl::ascii_isalnum(name.front())) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(Quote(name), " must start with a letter or digit"));
-    }
-    for (char c : name) {
-      if (!absl::ascii_isalnum(c) && c != '.' && c != '_' && c != '-') {
-        return absl::InvalidArgumentError(
-            absl::StrCat(Quote(name), " may hold only letters, digits, '.', '_' and '-'"));
-      }
-    }
-    return absl::OkStatus();
-  }
-
-  static absl::Status CheckAgentTarget(absl::string_view target) {
-    for (char c : target) {
-      if (absl::ascii_isspace(c)) {
-        return absl::InvalidArgumentError(absl::StrCat(Quote(target), " contains white space"));
-      }
-    }
-    if (absl::StartsWith(target, "unix:")) {
-      if (target.size() == 5) return absl::InvalidArgumentError("unix: needs a socket path");
-      return absl::OkStatus();
-    }
-    const size_t colon = target.rfind(':');
-    int port = 0;
-    if (colon == absl::string_view::npos || colon == 0 ||
-        !absl::SimpleAtoi(target.substr(colon + 1), &port) || port < 1 || port > 65535) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(Quote(target), " is not unix:/path or host:port"));
-    }
-    return absl::OkStatus();
-  }
-
   // [a, b] or {nodes: [a, b], <settings>}; `with_settings`: the mapping form is allowed.
   absl::StatusOr<LinkSpec> ParseLink(const YAML::Node& item, const std::string& field,
                                      bool mapping_only) {
@@ -632,7 +641,7 @@ class Parser {
       const std::string f = absl::StrCat(pair_field, "[", i, "]");
       absl::StatusOr<std::string> name = NonEmptyString(pair[i], f);
       if (!name.ok()) return name.status();
-      if (!HasNode(*name)) return Error(pair[i], f, absl::StrCat("no node named ", Quote(*name)));
+      if (absl::Status s = CheckNamed(*name); !s.ok()) return Error(pair[i], f, s.message());
       (i == 0 ? link.a : link.b) = *name;
     }
     if (link.a == link.b) {
@@ -646,6 +655,14 @@ class Parser {
       if (n.name == name) return true;
     }
     return false;
+  }
+
+  // A node the topology names: one of the file's; in a description, also a node that is not
+  // listed but may register (a valid name).
+  absl::Status CheckNamed(const std::string& name) const {
+    if (HasNode(name)) return absl::OkStatus();
+    if (kind_ == FleetText::kDescription) return CheckNodeName(name);
+    return absl::InvalidArgumentError(absl::StrCat("no node named ", Quote(name)));
   }
 
   // A list of links; a pair given twice (either way round) is an error.
@@ -700,8 +717,8 @@ class Parser {
       if (!hub) return Error(n, "topology.hub", "required for hub-spoke (a node's name)");
       absl::StatusOr<std::string> name = NonEmptyString(hub, "topology.hub");
       if (!name.ok()) return name.status();
-      if (!HasNode(*name))
-        return Error(hub, "topology.hub", absl::StrCat("no node named ", Quote(*name)));
+      if (absl::Status s = CheckNamed(*name); !s.ok())
+        return Error(hub, "topology.hub", s.message());
       fleet_.hub = *name;
     } else if (hub) {
       return Error(hub, "topology.hub", "only for type hub-spoke");
@@ -741,6 +758,7 @@ class Parser {
 
   std::string source_;
   std::string base_dir_;
+  const FleetText kind_;
   Fleet fleet_;
   clients::TlsOptions default_tls_;
   std::string default_token_file_;
@@ -811,8 +829,74 @@ absl::StatusOr<absl::Duration> ParseDurationText(absl::string_view text) {
 }
 
 absl::StatusOr<Fleet> ParseFleet(absl::string_view content, absl::string_view source,
-                                 absl::string_view base_dir) {
-  return Parser(source, base_dir).Parse(content);
+                                 absl::string_view base_dir, FleetText kind) {
+  return Parser(source, base_dir, kind).Parse(content);
+}
+
+absl::Status AddNode(Node node, Fleet* fleet) {
+  if (node.name.empty()) return absl::InvalidArgumentError("no name");
+  if (absl::Status s = CheckNodeName(node.name); !s.ok()) return s;
+  for (const Node& n : fleet->nodes) {
+    if (n.name == node.name) {
+      return absl::InvalidArgumentError(absl::StrCat(Quote(node.name), " is already a node"));
+    }
+  }
+  if (node.agent.empty()) return absl::InvalidArgumentError("agent: none given");
+  if (absl::Status s = CheckAgentTarget(node.agent); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("agent: ", s.message()));
+  }
+  in_addr a4{};
+  in6_addr a6{};
+  if (inet_pton(AF_INET, node.underlay.c_str(), &a4) == 1) {
+    node.underlay_v6 = false;
+  } else if (inet_pton(AF_INET6, node.underlay.c_str(), &a6) == 1) {
+    node.underlay_v6 = true;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("underlay: ", Quote(node.underlay), " is not an IP address"));
+  }
+  for (const Node& n : fleet->nodes) {
+    if (n.underlay == node.underlay) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("underlay: ", node.underlay, " is already the underlay of ", n.name));
+    }
+  }
+  if (!node.prefixes.empty() && !fleet->multipoint.enabled) {
+    return absl::InvalidArgumentError(
+        "prefixes are routed into a multipoint device: only for a multipoint fleet");
+  }
+  std::map<std::string, std::string> advertised;  // prefix -> node
+  for (const Node& n : fleet->nodes) {
+    for (const std::string& p : n.prefixes) advertised[p] = n.name;
+  }
+  std::vector<std::string> canonical;
+  for (const std::string& text : node.prefixes) {
+    absl::StatusOr<ParsedPrefix> prefix = ParsePrefix(text);
+    if (!prefix.ok())
+      return absl::InvalidArgumentError(absl::StrCat("prefixes: ", prefix.status().message()));
+    if (!prefix->v6 && Overlaps(*prefix, fleet->inner_pool)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prefixes: ", prefix->text, " overlaps defaults.innerPool ",
+                       fleet->inner_pool.text, " (the overlay's own addresses)"));
+    }
+    if (prefix->v6 && fleet->defaults.mode == v1::TUNNEL_MODE_IPIP) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prefixes: ", prefix->text, " is IPv6, which ipip tunnels do not carry"));
+    }
+    if (auto it = advertised.find(prefix->text); it != advertised.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prefixes: ", prefix->text, " is already ",
+          it->second == node.name ? "given" : absl::StrCat("advertised by ", it->second)));
+    }
+    advertised[prefix->text] = node.name;
+    canonical.push_back(prefix->text);
+  }
+  node.prefixes = std::move(canonical);
+  node.tls = fleet->default_tls;
+  node.token_file = fleet->default_token_file;
+  node.position = {};
+  fleet->nodes.push_back(std::move(node));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Fleet> LoadFleetFile(const std::string& path) {

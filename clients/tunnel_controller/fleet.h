@@ -134,13 +134,32 @@ struct Fleet {
   // topology.multipoint when given, else defaults.multipoint. Enabled only for kMesh and
   // kHubSpoke, with a mode that can be multipoint and no overrides.
   MultipointSetting multipoint;
+  // defaults.tls and defaults.tokenFile: what a node added after parsing (AddNode: a node
+  // registered in etcd) is reached with.
+  clients::TlsOptions default_tls;
+  std::string default_token_file;
 };
+
+// What is parsed: a fleet file, or a fleet description stored in etcd (docs/fleet.md#etcd),
+// which is a fleet file whose nodes are those registered in etcd plus those it lists (pinned).
+// A description may leave out `nodes` (or list none), and its topology's hub, links and
+// overrides may name nodes it does not list: registered nodes, checked only as names here.
+enum class FleetText { kFile, kDescription };
 
 // Parses a fleet file's `content`; `source` names it in errors ("fleet.yaml:12:7: nodes[2].
 // underlay: ..."), `base_dir` (may be empty) is prefixed to relative file names. Errors are
 // InvalidArgument.
 absl::StatusOr<Fleet> ParseFleet(absl::string_view content, absl::string_view source,
-                                 absl::string_view base_dir = "");
+                                 absl::string_view base_dir = "",
+                                 FleetText kind = FleetText::kFile);
+
+// Appends `node` (a node registered in etcd: name, agent, underlay, prefixes; tls and token file
+// are set here from the fleet's defaults) to a parsed fleet, checked as the file's nodes are: a
+// valid name not already a node's, an agent target, an IP underlay not already a node's,
+// prefixes in canonical form without host bits, outside the inner pool and not another node's,
+// and only in a multipoint fleet (not IPv6 with ipip). Errors (InvalidArgument) say what is
+// wrong with the node, without a file position; the fleet is then unchanged.
+absl::Status AddNode(Node node, Fleet* fleet);
 
 // Reads and parses the file at `path`.
 absl::StatusOr<Fleet> LoadFleetFile(const std::string& path);

@@ -42,12 +42,29 @@ ControllerMetrics::ControllerMetrics()
                         .Name("tunnelcontroller_apply_errors_total")
                         .Help("Reconcile passes in which applying to the node failed.")
                         .Register(*registry_)),
-      duration_(prometheus::BuildHistogram()
-                    .Name("tunnelcontroller_reconcile_duration_seconds")
-                    .Help("Duration of each reconcile pass over all nodes.")
-                    .Register(*registry_)
-                    .Add({}, prometheus::Histogram::BucketBoundaries{
-                                 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120})) {}
+      duration_(
+          prometheus::BuildHistogram()
+              .Name("tunnelcontroller_reconcile_duration_seconds")
+              .Help("Duration of each reconcile pass over all nodes.")
+              .Register(*registry_)
+              .Add({}, prometheus::Histogram::BucketBoundaries{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                                               2.5, 5, 10, 30, 60, 120})),
+      leader_(PlainGauge(*registry_, "tunnelcontroller_leader",
+                         "1 while this process acts on the fleet: always with a fleet file, "
+                         "while it leads with --etcd.")),
+      nodes_registered_(PlainGauge(*registry_, "tunnelcontroller_nodes_registered",
+                                   "Nodes registered in etcd, as this process last read them.")),
+      fleet_converged_(PlainGauge(*registry_, "tunnelcontroller_fleet_converged",
+                                  "1 when the last pass converged every node to the fleet as last "
+                                  "read, with no change pending.")),
+      last_convergence_(
+          PlainGauge(*registry_, "tunnelcontroller_last_convergence_timestamp_seconds",
+                     "Unix time at the end of the last pass that left the fleet converged.")),
+      etcd_errors_(prometheus::BuildCounter()
+                       .Name("tunnelcontroller_etcd_errors_total")
+                       .Help("etcd calls that failed (list, watch, lease, election).")
+                       .Register(*registry_)
+                       .Add({})) {}
 
 void ControllerMetrics::SetNodes(const std::vector<std::string>& nodes, int tunnels_desired,
                                  int peers_desired) {
@@ -98,7 +115,9 @@ void ControllerMetrics::RecordPass(const std::vector<NodeReport>& reports, absl:
   peers_actual_.Set(peers_actual);
   peers_up_.Set(peers_up);
   converged_.Set(converged ? 1 : 0);
+  fleet_converged_.Set(converged ? 1 : 0);
   last_apply_.Set(absl::ToDoubleSeconds(end - absl::UnixEpoch()));
+  if (converged) last_convergence_.Set(absl::ToDoubleSeconds(end - absl::UnixEpoch()));
   duration_.Observe(absl::ToDoubleSeconds(duration));
 }
 

@@ -17,6 +17,18 @@
 //   tunnelcontroller_last_apply_timestamp_seconds  gauge    end of the last reconcile pass
 //   tunnelcontroller_apply_errors_total{node}      counter  passes in which the node failed
 //   tunnelcontroller_reconcile_duration_seconds    histogram  duration of each pass
+//   tunnelcontroller_leader                        gauge    1 while this process acts on the
+//                                                           fleet (file mode: always; run --etcd:
+//                                                           while it leads)
+//   tunnelcontroller_nodes_registered              gauge    run --etcd: registrations present,
+//                                                           as the leader last read them
+//   tunnelcontroller_fleet_converged               gauge    1 when the last pass converged every
+//                                                           node to the fleet as last read (file,
+//                                                           etcd) with no change pending
+//   tunnelcontroller_last_convergence_timestamp_seconds
+//                                                  gauge    end of the last pass that left the
+//                                                           fleet converged (0: none yet)
+//   tunnelcontroller_etcd_errors_total             counter  etcd calls that failed (run --etcd)
 #ifndef TUNNELAGENT_CLIENTS_TUNNEL_CONTROLLER_METRICS_H_
 #define TUNNELAGENT_CLIENTS_TUNNEL_CONTROLLER_METRICS_H_
 
@@ -49,8 +61,16 @@ class ControllerMetrics {
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // The outcome of one reconcile pass (kApply) over every node of the file, ended at `end`.
+  // Also sets fleet_converged as the pass left it, and the last convergence when it did.
   void RecordPass(const std::vector<NodeReport>& reports, absl::Duration duration, absl::Time end)
       ABSL_LOCKS_EXCLUDED(mu_);
+
+  // run --etcd: the pass converged a fleet that is no longer the latest (a change came
+  // meanwhile, or the latest could not be planned).
+  void SetFleetConverged(bool converged) { fleet_converged_.Set(converged ? 1 : 0); }
+  void SetLeader(bool leader) { leader_.Set(leader ? 1 : 0); }
+  void SetRegistered(int nodes) { nodes_registered_.Set(nodes); }
+  void EtcdError() { etcd_errors_.Increment(); }
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -67,6 +87,11 @@ class ControllerMetrics {
   prometheus::Gauge& last_apply_;
   prometheus::Family<prometheus::Counter>& apply_errors_;
   prometheus::Histogram& duration_;
+  prometheus::Gauge& leader_;
+  prometheus::Gauge& nodes_registered_;
+  prometheus::Gauge& fleet_converged_;
+  prometheus::Gauge& last_convergence_;
+  prometheus::Counter& etcd_errors_;
 
   absl::Mutex mu_;
   struct PerNode {

@@ -99,6 +99,10 @@ struct ReconcileOptions {
   const absl::Notification* stop = nullptr;  // when notified, no more retries; may be null
   // Makes the request id of each node's ApplyTunnels and ApplyPeers (kept across retries).
   std::function<std::string()> new_request_id;
+  // When set, asked before every call (and retry): false, and the call is not made; the node
+  // fails with `may_not_call` as the reason. run --etcd: only the leader calls agents.
+  std::function<bool()> may_call;
+  std::string may_not_call;
 };
 
 // Runs `options.operation` on every agent (`agents` and `plan.desired` by node name; a node

@@ -73,6 +73,8 @@ EXTERNAL_FLAGS = {
     "--no-children", "--sort",
     # kubectl, yamllint
     "--from-literal", "--strict",
+    # etcd, etcdctl
+    "--endpoints", "--client-cert-auth",
 }
 
 problems = []
@@ -356,9 +358,12 @@ def check_flags():
     # The project's scripts that operators run say their flags in --help too.
     uninstall = run(["bash", os.path.join(SOURCE_DIR, "deploy", "kubernetes", "uninstall.sh"),
                      "--help"], timeout=30, check=False)
+    roles = run(["bash", os.path.join(SOURCE_DIR, "deploy", "etcd", "roles.sh"), "--help"],
+                timeout=30, check=False)
     known = ({dash_equal(f) for f in agent | ABSEIL_BUILTINS | controller | state}
              | {dash_equal(f) for f in flags_in(help_text)}
              | {dash_equal(f) for f in flags_in(uninstall)}
+             | {dash_equal(f) for f in flags_in(roles)}
              | {dash_equal(f) for f in EXTERNAL_FLAGS})
     unknown = 0
     for short, path in doc_files(include_others=False):

@@ -579,6 +579,28 @@ TEST_F(ReconcilerTest, StopEndsTheRetries) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(1));
 }
 
+TEST_F(ReconcilerTest, NoCallOnceMayCallSaysNo) {
+  SetUpNodes(2);
+  ReconcileOptions o = Options(Operation::kApply);
+  o.may_call = [] { return false; };
+  o.may_not_call = "this controller no longer leads the fleet";
+  std::vector<NodeReport> reports = Reconcile(plan_, handles_, o);
+  for (const NodeReport& r : reports) {
+    EXPECT_FALSE(r.ok);
+    EXPECT_THAT(r.error, HasSubstr("not attempted: this controller no longer leads the fleet"));
+  }
+  EXPECT_TRUE(agents_["node1"]->calls().empty());
+  EXPECT_TRUE(agents_["node2"]->calls().empty());
+
+  // Asked before each call: the answer changing after the first call stops the rest.
+  std::atomic<int> asked{0};
+  o.may_call = [&] { return ++asked <= 1; };
+  o.parallelism = 1;
+  reports = Reconcile(plan_, handles_, o);
+  EXPECT_EQ(agents_["node1"]->calls().size(), 1u);
+  EXPECT_TRUE(agents_["node2"]->calls().empty());
+}
+
 // ---- Multipoint fleets: ApplyTunnels (the device), then ApplyPeers ------------------------
 
 class MultipointReconcilerTest : public ReconcilerTest {
@@ -1033,6 +1055,44 @@ TEST(MetricsTest, Peers) {
   const std::string text = Scrape(metrics);
   EXPECT_THAT(text, HasSubstr("tunnelcontroller_peers_actual 2\n"));
   EXPECT_THAT(text, HasSubstr("tunnelcontroller_peers_up 1\n"));
+}
+
+TEST(MetricsTest, LeaderAndConvergence) {
+  ControllerMetrics metrics;
+  metrics.SetNodes({"a"}, 1);
+  std::string text = Scrape(metrics);
+  for (const char* line : {"tunnelcontroller_leader 0", "tunnelcontroller_nodes_registered 0",
+                           "tunnelcontroller_fleet_converged 0",
+                           "tunnelcontroller_last_convergence_timestamp_seconds 0",
+                           "tunnelcontroller_etcd_errors_total 0"}) {
+    EXPECT_THAT(text, HasSubstr(absl::StrCat(line, "\n"))) << line;
+  }
+  metrics.SetLeader(true);
+  metrics.SetRegistered(3);
+  metrics.EtcdError();
+  metrics.EtcdError();
+  NodeReport a;
+  a.node = "a";
+  a.ok = a.reachable = a.converged = true;
+  metrics.RecordPass({a}, absl::Milliseconds(10), absl::FromUnixSeconds(1700000000));
+  NodeReport failed = a;
+  failed.ok = false;
+  metrics.RecordPass({failed}, absl::Milliseconds(10), absl::FromUnixSeconds(1700000050));
+  text = Scrape(metrics);
+  for (const char* line : {"tunnelcontroller_leader 1", "tunnelcontroller_nodes_registered 3",
+                           "tunnelcontroller_fleet_converged 0",
+                           // The last pass that converged, not the last pass.
+                           "tunnelcontroller_last_convergence_timestamp_seconds 1700000000",
+                           "tunnelcontroller_last_apply_timestamp_seconds 1700000050",
+                           "tunnelcontroller_etcd_errors_total 2"}) {
+    EXPECT_THAT(text, HasSubstr(absl::StrCat(line, "\n"))) << line;
+  }
+  metrics.RecordPass({a}, absl::Milliseconds(10), absl::FromUnixSeconds(1700000060));
+  EXPECT_THAT(Scrape(metrics), HasSubstr("tunnelcontroller_fleet_converged 1\n"));
+  // Converged, but to a fleet a change has overtaken.
+  metrics.SetFleetConverged(false);
+  EXPECT_THAT(Scrape(metrics), HasSubstr("tunnelcontroller_fleet_converged 0\n"));
+  EXPECT_THAT(Scrape(metrics), HasSubstr("tunnelcontroller_converged 1\n"));
 }
 
 TEST(MetricsTest, NamesAndValues) {
