@@ -5,8 +5,8 @@ FUZZ_BUILD_DIR ?= build-fuzz
 FUZZ_RUNS ?= 10000000
 TSAN_BUILD_DIR ?= build-tsan
 
-.PHONY: all deps test-deps bench-deps fuzz-deps configure build demo test bench microbench fuzz \
-  tsan clean format
+.PHONY: all deps test-deps bench-deps fuzz-deps configure build demo demo-fleet test bench \
+  microbench fuzz tsan clean format
 
 all: build
 
@@ -25,6 +25,11 @@ build: configure
 # Two agents in two network namespaces, a GRE tunnel created over gRPC, traffic, metrics.
 demo: build test-deps
 	@BIN_DIR=$(BUILD_DIR)/bin scripts/demo.sh
+
+# A fleet on etcd in network namespaces: a 3-member etcd, two controllers (one leads), agents
+# registering themselves; a node joining, the leader killed, a node leaving, with timings.
+demo-fleet: build test-deps
+	@BIN_DIR=$(BUILD_DIR)/bin scripts/demo_fleet.sh
 
 # The whole suite: unit, namespace and end-to-end tests (the demo included).
 test: build test-deps

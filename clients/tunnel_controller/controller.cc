@@ -450,6 +450,24 @@ std::string FormatChanges(Operation operation, const std::vector<NodeReport>& re
   return out;
 }
 
+std::string AlignedColumns(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths;
+  for (const auto& row : rows) {
+    widths.resize(std::max(widths.size(), row.size()), 0);
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      absl::StrAppend(&line, row[i]);
+      if (i + 1 < row.size()) line.append(widths[i] - row[i].size() + 2, ' ');
+    }
+    absl::StrAppend(&out, line, "\n");
+  }
+  return out;
+}
+
 std::string FormatStatus(const std::vector<NodeReport>& reports) {
   // Multipoint fleets add the peers: desired, on the agent, and UP.
   const bool multipoint = AnyMultipoint(reports);
@@ -507,19 +525,7 @@ std::string FormatStatus(const std::vector<NodeReport>& reports) {
     }
     if (!r.converged) off.push_back(r.node);
   }
-  std::vector<size_t> widths(rows[0].size(), 0);
-  for (const auto& row : rows) {
-    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
-  }
-  std::string out;
-  for (const auto& row : rows) {
-    std::string line;
-    for (size_t i = 0; i < row.size(); ++i) {
-      absl::StrAppend(&line, row[i]);
-      if (i + 1 < row.size()) line.append(widths[i] - row[i].size() + 2, ' ');
-    }
-    absl::StrAppend(&out, line, "\n");
-  }
+  std::string out = AlignedColumns(rows);
   absl::StrAppend(&out, details, "status: ", reports.size() - off.size(), "/", reports.size(),
                   " nodes converged");
   if (!off.empty()) absl::StrAppend(&out, "; not converged: ", absl::StrJoin(off, " "));

@@ -44,6 +44,8 @@ std::string FormatChanges(Operation operation, const std::vector<NodeReport>& re
                           absl::Duration elapsed);
 // The report of status: a table, then drift, tunnels not up and errors per node, then one line.
 std::string FormatStatus(const std::vector<NodeReport>& reports);
+// Rows as columns two spaces apart, each as wide as its widest cell; a line per row.
+std::string AlignedColumns(const std::vector<std::vector<std::string>>& rows);
 
 // A pass of run: "<time> pass 3: 12/12 nodes converged, ..." and a line per node that changed
 // or failed.

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "clients/common/agent_connection.h"
+#include "clients/tunnel_controller/controller.h"
 #include "clients/tunnel_controller/etcd_run.h"
 #include "clients/tunnel_controller/plan.h"
 
@@ -126,18 +127,7 @@ std::string FormatMembers(absl::string_view fleet, absl::string_view leader,
                                             : "registered",
                     is_registered ? Age(*it->second, now) : "-", n.underlay, n.agent});
   }
-  std::vector<size_t> widths(rows[0].size(), 0);
-  for (const auto& row : rows) {
-    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
-  }
-  for (const auto& row : rows) {
-    std::string line;
-    for (size_t i = 0; i < row.size(); ++i) {
-      absl::StrAppend(&line, row[i]);
-      if (i + 1 < row.size()) line.append(widths[i] - row[i].size() + 2, ' ');
-    }
-    absl::StrAppend(&out, line, "\n");
-  }
+  absl::StrAppend(&out, AlignedColumns(rows));
   for (const std::string& r : merged.refused) absl::StrAppend(&out, "not a member: ", r, "\n");
   for (const std::string& u : unreadable)
     absl::StrAppend(&out, "unreadable registration: ", u, "\n");

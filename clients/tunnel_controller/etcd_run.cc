@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -151,10 +152,31 @@ class FleetLeader {
     cv_.Signal();
   }
 
+  // On the watch's thread. Each event keeps when it came: a node's grace runs from then, not
+  // from when a pass under way lets the main loop see it. A node whose registration went is
+  // not called from then on, even by that pass.
   void OnEvents(const std::vector<etcd::WatchEvent>& events) ABSL_LOCKS_EXCLUDED(mu_) {
+    const absl::Time now = absl::Now();
     absl::MutexLock lock(&mu_);
-    inbox_.insert(inbox_.end(), events.begin(), events.end());
+    for (const etcd::WatchEvent& e : events) {
+      inbox_.push_back({e, now});
+      const FleetKey key = ClassifyKey(fleet_, e.kv.key);
+      if (key.kind != FleetKey::Kind::kNode) continue;
+      if (e.type == etcd::WatchEvent::Type::kDelete) {
+        unregistered_.insert(key.node);
+      } else {
+        unregistered_.erase(key.node);
+      }
+    }
     cv_.Signal();
+  }
+
+  // Why a node may not be called now; empty: it may.
+  std::string RefuseCall(const std::string& node) ABSL_LOCKS_EXCLUDED(mu_) {
+    if (!election_->Leading() || Stopped()) return "this controller no longer leads the fleet";
+    absl::MutexLock lock(&mu_);
+    if (unregistered_.contains(node)) return "its registration went: it is leaving the fleet";
+    return "";
   }
 
   void OnWatchEnd(const absl::Status& why) ABSL_LOCKS_EXCLUDED(mu_) {
@@ -301,8 +323,7 @@ class FleetLeader {
     ro.parallelism = options_.parallelism;
     ro.policy = options_.policy;
     ro.stop = stop_;
-    ro.may_call = [this] { return election_->Leading() && !Stopped(); };
-    ro.may_not_call = "this controller no longer leads the fleet";
+    ro.refuse_call = [this](const std::string& node) { return RefuseCall(node); };
     std::vector<NodeReport> reports = Reconcile(good.plan, agents, ro);
     const absl::Time end = absl::Now();
     metrics_.RecordPass(reports, end - start, end);
@@ -349,6 +370,7 @@ class FleetLeader {
           absl::MutexLock lock(&mu_);
           inbox_.clear();
           watch_ended_.reset();
+          unregistered_.clear();  // the list says who is registered
         }
         if (List(&watch, now)) {
           listed = true;
@@ -359,7 +381,7 @@ class FleetLeader {
           relist_wait = std::min(relist_wait * 2, kRelistMax);
         }
       }
-      std::vector<etcd::WatchEvent> events;
+      std::vector<ReceivedEvent> events;
       std::optional<absl::Status> ended;
       {
         absl::MutexLock lock(&mu_);
@@ -367,10 +389,13 @@ class FleetLeader {
         ended.swap(watch_ended_);
       }
       now = absl::Now();
-      for (const etcd::WatchEvent& e : events) {
-        if (Apply(e, now)) changed(now);
+      for (const ReceivedEvent& e : events) {
+        if (Apply(e.event, e.received)) changed(now);
       }
       metrics_.SetRegistered(membership_.RegisteredCount());
+      // What came during the last pass changed nothing of the fleet (a standby's candidacy,
+      // say): that pass's outcome stands.
+      if (!events.empty() && !dirty && converged_) metrics_.SetFleetConverged(true);
       if (ended.has_value() && listed) {
         if (!absl::IsOutOfRange(*ended)) EtcdError("watch", *ended);
         Log(absl::StrCat("the watch ended (", absl::StatusCodeToString(ended->code()),
@@ -446,7 +471,13 @@ class FleetLeader {
   // What the watch's and the election's threads hand to the main loop.
   absl::Mutex mu_;
   absl::CondVar cv_;
-  std::vector<etcd::WatchEvent> inbox_ ABSL_GUARDED_BY(mu_);
+  struct ReceivedEvent {
+    etcd::WatchEvent event;
+    absl::Time received;
+  };
+  std::vector<ReceivedEvent> inbox_ ABSL_GUARDED_BY(mu_);
+  // Nodes whose registration's last event is its deletion (since the last list).
+  absl::flat_hash_set<std::string> unregistered_ ABSL_GUARDED_BY(mu_);
   std::optional<absl::Status> watch_ended_ ABSL_GUARDED_BY(mu_);
   bool woken_ ABSL_GUARDED_BY(mu_) = false;
 

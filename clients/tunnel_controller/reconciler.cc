@@ -192,9 +192,11 @@ class NodeWorker {
                      static_cast<uint32_t>(absl::ToUnixNanos(absl::Now())));
     for (int attempt = 1;; ++attempt) {
       report_.attempts = attempt;
-      if (options_.may_call && !options_.may_call()) {
-        report_.error = absl::StrCat(Purpose(method), " not attempted: ", options_.may_not_call);
-        return false;
+      if (options_.refuse_call) {
+        if (std::string why = options_.refuse_call(agent_.node); !why.empty()) {
+          report_.error = absl::StrCat(Purpose(method), " not attempted: ", why);
+          return false;
+        }
       }
       grpc::ClientContext context;
       context.set_deadline(absl::ToChronoTime(absl::Now() + options_.policy.timeout));

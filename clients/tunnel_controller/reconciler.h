@@ -99,10 +99,11 @@ struct ReconcileOptions {
   const absl::Notification* stop = nullptr;  // when notified, no more retries; may be null
   // Makes the request id of each node's ApplyTunnels and ApplyPeers (kept across retries).
   std::function<std::string()> new_request_id;
-  // When set, asked before every call (and retry): false, and the call is not made; the node
-  // fails with `may_not_call` as the reason. run --etcd: only the leader calls agents.
-  std::function<bool()> may_call;
-  std::string may_not_call;
+  // When set, asked before every call (and retry) to a node: a reason, and the call is not
+  // made and the node fails with it; empty, and the call goes. run --etcd: only the leader
+  // calls agents, and none whose registration went during the pass (it is most likely dead:
+  // retrying it would hold the pass, and the other nodes' news, up).
+  std::function<std::string(const std::string& node)> refuse_call;
 };
 
 // Runs `options.operation` on every agent (`agents` and `plan.desired` by node name; a node

@@ -10,11 +10,17 @@
 # --client-cert-auth. Leases need no permission; revoking one needs write on its keys, which the
 # role gives.
 #
+# And for the fleet's controllers, a role and user tunnel-controller-FLEET (tunnel-controller's
+# --etcd_user): read on the fleet's keys (/tunnel-agent/FLEET/, the registrations among them),
+# readwrite on the description (fleet set) and on the election's keys
+# (/tunnel-agent/FLEET/controller/), nothing on any other fleet's.
+#
 # Options:
 #   --password-dir DIR   users get a password, DIR/NODE.password (the agent's
-#                        --fleet_etcd_password_file): read when the file exists, else made
-#                        (random, mode 0600). Without it users have no password: they
-#                        authenticate by client certificate only.
+#                        --fleet_etcd_password_file) and DIR/tunnel-controller-FLEET.password
+#                        (the controller's --etcd_password_file): read when the file exists,
+#                        else made (random, mode 0600). Without it users have no password:
+#                        they authenticate by client certificate only.
 #   --enable-auth FILE   also enable etcd's auth: a user root holding role root, its password
 #                        read from FILE, then `etcdctl auth enable`. Off by default: enabling
 #                        auth locks every client without credentials out of the whole cluster,
@@ -104,6 +110,17 @@ add_user() {
   fi
 }
 
+# password_of NAME: DIR/NAME.password, made (random, mode 0600) when missing; "" without a DIR.
+password_of() {
+  [ -n "$PASSWORD_DIR" ] || return 0
+  local file=$PASSWORD_DIR/$1.password
+  if [ ! -s "$file" ]; then
+    echo "+ a random password into $file" >&2
+    (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$file")
+  fi
+  echo "$file"
+}
+
 for node in "${NODES[@]}"; do
   name=node-$node
   key=/tunnel-agent/$FLEET/nodes/$node
@@ -113,17 +130,22 @@ for node in "${NODES[@]}"; do
     run role add "$name" </dev/null
   fi
   run role grant-permission "$name" readwrite "$key" </dev/null
-  password_file=
-  if [ -n "$PASSWORD_DIR" ]; then
-    password_file=$PASSWORD_DIR/$node.password
-    if [ ! -s "$password_file" ]; then
-      echo "+ a random password into $password_file"
-      (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$password_file")
-    fi
-  fi
-  add_user "$name" "$password_file"
+  add_user "$name" "$(password_of "$node")"
   run user grant-role "$name" "$name" </dev/null
 done
+
+controller=tunnel-controller-$FLEET
+prefix=/tunnel-agent/$FLEET/
+if exists role "$controller"; then
+  echo "= role $controller exists"
+else
+  run role add "$controller" </dev/null
+fi
+run role grant-permission "$controller" read "$prefix" --prefix=true </dev/null
+run role grant-permission "$controller" readwrite "${prefix}description" </dev/null
+run role grant-permission "$controller" readwrite "${prefix}controller/" --prefix=true </dev/null
+add_user "$controller" "$(password_of "$controller")"
+run user grant-role "$controller" "$controller" </dev/null
 
 if [ -n "$ROOT_PASSWORD_FILE" ]; then
   add_user root "$ROOT_PASSWORD_FILE"

@@ -282,6 +282,45 @@ refused_as_n1 "$(key_of n2)"
 refused_as_n1 "$(key_of n10)"
 [ "$(value_of n2)" != stolen ] || lab_fail "n2's key was overwritten"
 lab_ok "node-n1 is refused n2's and n10's keys (permission denied)"
+
+# The controllers' user: the fleet's keys read, its description written, another fleet's not.
+printf 'defaults: {mode: gre, key: auto, innerPool: 100.64.0.0/16, multipoint: true}\ntopology: {type: mesh}\n' \
+  >"$RUN/description.yaml"
+# as_controller FLEET ARGS...: tunnel-controller in the etcd namespace as the fleet's controller.
+as_controller() {
+  local fleet=$1; shift
+  lab_exec etcd timeout 20 "$BIN_DIR/tunnel-controller" "$@" --etcd="$ETCD" --fleet="$fleet" \
+    --etcd_user="tunnel-controller-$FLEET" \
+    --etcd_password_file="$RUN/passwords/tunnel-controller-$FLEET.password"
+}
+out=$(as_controller "$FLEET" fleet set -f "$RUN/description.yaml" 2>&1) ||
+  lab_fail "fleet set as tunnel-controller-$FLEET: exit $? ($out)"
+out=$(as_controller "$FLEET" status 2>&1) || true
+grep -q "n1" <<<"$out" || lab_fail "status as tunnel-controller-$FLEET does not list n1: $out"
+# run --etcd as that user: it campaigns (the election's keys), lists and watches, and leads.
+as_controller "$FLEET" run --interval 1m --metrics_listen= >"$RUN/controller-run.log" 2>&1 &
+run_pid=$!
+for _ in $(seq 100); do
+  grep -q "leading fleet $FLEET" "$RUN/controller-run.log" && break
+  sleep 0.1
+done
+kill "$run_pid" 2>/dev/null || true
+wait "$run_pid" 2>/dev/null || true
+grep -q "leading fleet $FLEET" "$RUN/controller-run.log" ||
+  lab_fail "run --etcd as tunnel-controller-$FLEET did not lead within 10 s: $(tail -5 "$RUN/controller-run.log")"
+rc=0
+out=$(as_controller other fleet set -f "$RUN/description.yaml" 2>&1) || rc=$?
+if [ "$rc" = 0 ] || ! grep -qi "permission" <<<"$out"; then
+  lab_fail "tunnel-controller-$FLEET writing fleet other's description: exit $rc ($out)"
+fi
+rc=0
+out=$(lab_exec etcd env -u ETCDCTL_USER ETCDCTL_API=3 timeout 10 etcdctl --endpoints="$ETCD" \
+  --user="tunnel-controller-$FLEET:$(cat "$RUN/passwords/tunnel-controller-$FLEET.password")" \
+  put "$(key_of n2)" stolen 2>&1) || rc=$?
+if [ "$rc" = 0 ] || ! grep -q "permission denied" <<<"$out"; then
+  lab_fail "tunnel-controller-$FLEET writing n2's key: exit $rc, want permission denied ($out)"
+fi
+lab_ok "tunnel-controller-$FLEET stores the description, reads the members and leads; refused another fleet's description and a node's key"
 lab_stop_agent n1
 [ -z "$(value_of n1)" ] || lab_fail "n1's key still there after SIGTERM (revoke as node-n1)"
 lab_ok "as node-n1, SIGTERM still revokes its lease: the key is gone"

@@ -579,11 +579,10 @@ TEST_F(ReconcilerTest, StopEndsTheRetries) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(1));
 }
 
-TEST_F(ReconcilerTest, NoCallOnceMayCallSaysNo) {
+TEST_F(ReconcilerTest, NoCallOnceRefused) {
   SetUpNodes(2);
   ReconcileOptions o = Options(Operation::kApply);
-  o.may_call = [] { return false; };
-  o.may_not_call = "this controller no longer leads the fleet";
+  o.refuse_call = [](const std::string&) { return "this controller no longer leads the fleet"; };
   std::vector<NodeReport> reports = Reconcile(plan_, handles_, o);
   for (const NodeReport& r : reports) {
     EXPECT_FALSE(r.ok);
@@ -594,10 +593,20 @@ TEST_F(ReconcilerTest, NoCallOnceMayCallSaysNo) {
 
   // Asked before each call: the answer changing after the first call stops the rest.
   std::atomic<int> asked{0};
-  o.may_call = [&] { return ++asked <= 1; };
+  o.refuse_call = [&](const std::string&) { return ++asked <= 1 ? "" : "lost the lead"; };
   o.parallelism = 1;
   reports = Reconcile(plan_, handles_, o);
   EXPECT_EQ(agents_["node1"]->calls().size(), 1u);
+  EXPECT_TRUE(agents_["node2"]->calls().empty());
+
+  // Per node: one refused (its registration went), the other called.
+  o.refuse_call = [](const std::string& node) {
+    return node == "node2" ? "its registration went" : "";
+  };
+  reports = Reconcile(plan_, handles_, o);
+  EXPECT_TRUE(reports[0].ok) << reports[0].error;
+  EXPECT_THAT(reports[1].error, HasSubstr("not attempted: its registration went"));
+  EXPECT_EQ(agents_["node1"]->calls().size(), 1u + 2u);  // ApplyTunnels, then the check
   EXPECT_TRUE(agents_["node2"]->calls().empty());
 }
 
