@@ -83,9 +83,10 @@ TEST_F(AgentMetricsTest, PathMtuAndPmtuCountersForEveryTunnel) {
   EXPECT_EQ(TypeOf("tunnelagent_tunnel_path_mtu_bytes"), prometheus::MetricType::Gauge);
   EXPECT_EQ(TypeOf("tunnelagent_tunnel_icmp_too_big_total"), prometheus::MetricType::Counter);
   EXPECT_EQ(TypeOf("tunnelagent_tunnel_tx_fragmented_total"), prometheus::MetricType::Counter);
-  EXPECT_EQ(Samples("tunnelagent_tunnel_path_mtu_bytes"),
-            (std::map<std::string, double>{{"tunnelagent_tunnel_path_mtu_bytes{tunnel=gre1}", 1436},
-                                           {"tunnelagent_tunnel_path_mtu_bytes{tunnel=ipip1}", 0}}));
+  EXPECT_EQ(
+      Samples("tunnelagent_tunnel_path_mtu_bytes"),
+      (std::map<std::string, double>{{"tunnelagent_tunnel_path_mtu_bytes{tunnel=gre1}", 1436},
+                                     {"tunnelagent_tunnel_path_mtu_bytes{tunnel=ipip1}", 0}}));
   EXPECT_EQ(
       Samples("tunnelagent_tunnel_icmp_too_big_total"),
       (std::map<std::string, double>{{"tunnelagent_tunnel_icmp_too_big_total{tunnel=gre1}", 3},
@@ -229,15 +230,15 @@ TEST_F(AgentMetricsTest, ExpositionHasHelpAndTypeOfTheNewFamilies) {
   ka.keepalive = {absl::Seconds(1), 0};
   ASSERT_TRUE(manager_.Create(ka).ok());
   const std::string text = prometheus::TextSerializer().Serialize(metrics_.Collect());
-  for (const char* line :
-       {"# TYPE tunnelagent_tunnel_path_mtu_bytes gauge", "# TYPE tunnelagent_tunnel_peer_alive gauge",
-        "# TYPE tunnelagent_tunnel_icmp_too_big_total counter",
-        "# TYPE tunnelagent_tunnel_tx_fragmented_total counter",
-        "# TYPE tunnelagent_tunnel_keepalive_sent_total counter",
-        "# TYPE tunnelagent_tunnel_keepalive_replies_total counter",
-        "# TYPE tunnelagent_tunnel_keepalive_answered_total counter",
-        "# HELP tunnelagent_tunnel_path_mtu_bytes ",
-        "tunnelagent_tunnel_peer_alive{tunnel=\"gre1\"} 1"}) {
+  for (const char* line : {"# TYPE tunnelagent_tunnel_path_mtu_bytes gauge",
+                           "# TYPE tunnelagent_tunnel_peer_alive gauge",
+                           "# TYPE tunnelagent_tunnel_icmp_too_big_total counter",
+                           "# TYPE tunnelagent_tunnel_tx_fragmented_total counter",
+                           "# TYPE tunnelagent_tunnel_keepalive_sent_total counter",
+                           "# TYPE tunnelagent_tunnel_keepalive_replies_total counter",
+                           "# TYPE tunnelagent_tunnel_keepalive_answered_total counter",
+                           "# HELP tunnelagent_tunnel_path_mtu_bytes ",
+                           "tunnelagent_tunnel_peer_alive{tunnel=\"gre1\"} 1"}) {
     EXPECT_THAT(text, HasSubstr(line));
   }
   // No peer address in any label but the info metric's: every other family stays one series
