@@ -23,7 +23,7 @@ check() {
 }
 S='[0-9]+\.[0-9]{2} s'  # a figure in seconds, as the demo prints them
 check "^etcd: 3 members healthy in $S$" "etcd: 3 members, and the time they took"
-check '^\| [0-9a-f]+ \| started \| +m2 \| http://198\.18\.0\.250:' "etcdctl member list, on a lab address"
+check '^\| +[0-9a-f]+ \| started \| +m2 \| http://198\.18\.0\.250:' "etcdctl member list, on a lab address"
 check "^registered: n1 n2 n3 in etcd $S after" "the agents registered, timed"
 check '^/tunnel-agent/demo/nodes/n3$' "etcdctl get lists the registrations' keys"
 check '^\{"node":"n1","underlay":\["198\.18\.0\.1"\],"advertisePrefixes":\["10\.244\.1\.0/24"\]' \
