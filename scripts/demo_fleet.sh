@@ -13,6 +13,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/lab.sh"
 # shellcheck source=tests/common/etcd/etcd_cluster.sh
 source "$HERE/../tests/common/etcd/etcd_cluster.sh"
+# shellcheck source=scripts/fleet_lab.sh
+source "$HERE/fleet_lab.sh"
 
 FLEET=demo
 GRACE=5       # the controllers' --grace (s): how long a node that left stays the others' peer
@@ -116,27 +118,8 @@ jq -s -e 'map({(.node): .advertisePrefixes}) | add ==
   lab_fail "the registrations do not hold each node's advertised prefix"
 
 lab_log "Two controllers: one leads, the other stands by"
-start_controller() {  # NAME
-  local c=$1
-  ip netns exec "$LAB-$c" "$CTL" run --etcd="$ETCD" --fleet="$FLEET" --grace="${GRACE}s" \
-    --lease_ttl="${CTL_TTL}s" --progress=plain >>"$RUN/$c.log" 2>&1 &
-  LAB_PIDS[$c]=$!  # with the agents': the lab's cleanup stops it
-}
 printf '\033[2m[c1] $ tunnel-controller run --etcd=%s --fleet=%s --grace=%ss --lease_ttl=%ss\033[0m\n' \
   "$ETCD" "$FLEET" "$GRACE" "$CTL_TTL"
-# Every controller serves /metrics on 127.0.0.1:9477 (the default) of its own namespace.
-metric() {  # CONTROLLER SERIES
-  lab_exec "$1" curl -sf --max-time 1 "http://127.0.0.1:9477/metrics" |
-    awk -v s="$2" '$1 == s && !found { print $2; found = 1 }'
-}
-leader() {  # the controller whose tunnelcontroller_leader is 1, when exactly one is
-  local c found=()
-  for c in c1 c2; do
-    [ -n "${LAB_PIDS[$c]:-}" ] && [ "$(metric "$c" tunnelcontroller_leader)" = 1 ] && found+=("$c")
-  done
-  [ "${#found[@]}" = 1 ] && echo "${found[0]}"
-}
-one_leader() { [ -n "$(leader)" ]; }
 t0=$(now)
 start_controller c1
 start_controller c2
@@ -159,7 +142,6 @@ topology:
   type: mesh
 EOF
 cat "$DESC"
-ctl() { lab_exec c1 timeout 30 "$CTL" "$@" --etcd="$ETCD" --fleet="$FLEET" --progress=plain; }
 printf '\033[2m$ tunnel-controller fleet set -f fleet.yaml --etcd=... --fleet=%s\033[0m\n' "$FLEET"
 out=$(ctl fleet set -f "$DESC" 2>&1) || lab_fail "fleet set: exit $? ($out)"
 t_set=$(now)  # stored: the leader's watch sees it from here
@@ -238,7 +220,6 @@ t_takeover=$(since "$t_kill")
 echo "$STANDBY (pid ${LAB_PIDS[$STANDBY]}): tunnelcontroller_leader $(metric "$STANDBY" tunnelcontroller_leader)"
 figure "takeover: $STANDBY leads $t_takeover s after $LEADER was killed (lease TTL $CTL_TTL s)"
 start_controller "$LEADER"  # back, as the standby
-stands_by() { [ "$(metric "$1" tunnelcontroller_leader)" = 0 ]; }
 wait_for 5 stands_by "$LEADER" ||
   lab_fail "$LEADER, started again, does not stand by"
 echo "$LEADER started again (pid ${LAB_PIDS[$LEADER]}): tunnelcontroller_leader 0, standing by"

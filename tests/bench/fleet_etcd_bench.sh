@@ -52,6 +52,8 @@ fi
 source "$SOURCE_DIR/scripts/lab.sh"
 # shellcheck source=tests/common/etcd/etcd_cluster.sh
 source "$SOURCE_DIR/tests/common/etcd/etcd_cluster.sh"
+# shellcheck source=scripts/fleet_lab.sh
+source "$SOURCE_DIR/scripts/fleet_lab.sh"
 for tool in etcd etcdctl jq curl python3; do
   command -v "$tool" >/dev/null || { echo "$tool not found (make test-deps)" >&2; exit 1; }
 done
@@ -137,7 +139,6 @@ ETCD_CLUSTER_NETNS="$LAB-etcd"
 ETCD_CLUSTER_HOST=$ETCD_ADDR
 etcd_cluster_start 3 || lab_fail "etcd did not start"
 ETCD=$ETCD_ENDPOINTS
-ctl() { lab_exec c1 timeout 30 "$CTL" "$@" --etcd="$ETCD" --fleet="$FLEET" --progress=plain; }
 DESC=$RUN/fleet.yaml
 write_description() {  # [MTU]
   {
@@ -234,29 +235,10 @@ pings_three() {  # FROM TARGET...: FROM pings each target
   for t in "${@:2}"; do ping_prefix "$1" "$t" || return 1; done
 }
 
-metric() {  # CONTROLLER SERIES
-  lab_exec "$1" curl -sf --max-time 1 "http://127.0.0.1:9477/metrics" |
-    awk -v s="$2" '$1 == s && !found { print $2; found = 1 }'
-}
-leader() {  # the controller whose tunnelcontroller_leader is 1, when exactly one is
-  local c found=()
-  for c in c1 c2; do
-    [ -n "${LAB_PIDS[$c]:-}" ] && [ "$(metric "$c" tunnelcontroller_leader)" = 1 ] && found+=("$c")
-  done
-  [ "${#found[@]}" = 1 ] && echo "${found[0]}"
-}
-one_leader() { [ -n "$(leader)" ]; }
 no_leader() {
   local c
   for c in c1 c2; do [ "$(metric "$c" tunnelcontroller_leader)" = 1 ] && return 1; done
   return 0
-}
-stands_by() { [ "$(metric "$1" tunnelcontroller_leader)" = 0 ]; }
-start_controller() {
-  local c=$1
-  ip netns exec "$LAB-$c" "$CTL" run --etcd="$ETCD" --fleet="$FLEET" --grace="${GRACE}s" \
-    --lease_ttl="${CTL_TTL}s" --progress=plain >>"$RUN/$c.log" 2>&1 &
-  LAB_PIDS[$c]=$!
 }
 
 lab_log "$N agents registering"
