@@ -23,34 +23,12 @@ namespace {
 using dataplane::IpAddress;
 using dataplane::IpPrefix;
 
-constexpr absl::string_view kKeyRoot = "/tunnel-agent/";
 // While etcd keeps failing, a line every so often, not one per attempt.
 constexpr absl::Duration kFailureLogInterval = absl::Minutes(1);
 // etcd's calls: long enough for a loaded etcd, short enough that a renewal that hangs is
 // retried well within the TTL, and that a shutdown with etcd away is not held for long.
 constexpr absl::Duration kMaxCallTimeout = absl::Seconds(5);
 constexpr absl::Duration kMinCallTimeout = absl::Seconds(1);
-
-absl::Status KeySegment(absl::string_view what, absl::string_view name, size_t max_length,
-                        bool upper_case) {
-  if (name.empty() || name.size() > max_length) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " \"", name, "\": want 1 to ", max_length,
-                                                   " characters, has ", name.size()));
-  }
-  if (name == "." || name == "..") {
-    return absl::InvalidArgumentError(absl::StrCat(what, " \"", name, "\" is not a name"));
-  }
-  for (char c : name) {
-    const bool ok = absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '-' || c == '_' ||
-                    c == '.' || (upper_case && absl::ascii_isupper(c));
-    if (!ok) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, " \"", name, "\": '", std::string(1, c), "' is not one of [",
-                       upper_case ? "A-Za-z0-9" : "a-z0-9", "-_.] (it is a segment of etcd keys)"));
-    }
-  }
-  return absl::OkStatus();
-}
 
 // "a, b,c" to its entries; an empty entry (",,", a trailing comma) is an error.
 absl::StatusOr<std::vector<std::string>> CommaList(absl::string_view text) {
@@ -218,18 +196,6 @@ absl::Status PrefixesFromFlag(const std::string& text, v1::NodeRegistration* out
 
 }  // namespace
 
-std::string FleetNodeKey(absl::string_view fleet, absl::string_view node) {
-  return absl::StrCat(kKeyRoot, fleet, "/nodes/", node);
-}
-
-absl::Status ValidateFleetName(absl::string_view fleet) {
-  return KeySegment("fleet name", fleet, 63, /*upper_case=*/false);
-}
-
-absl::Status ValidateFleetNodeName(absl::string_view node) {
-  return KeySegment("node name", node, 253, /*upper_case=*/true);
-}
-
 v1::Capabilities CapabilitiesOf(const v1::AgentInfo& info) {
   v1::Capabilities out;
   for (int mode : info.supported_modes()) {
@@ -278,13 +244,13 @@ absl::StatusOr<std::optional<FleetRegistrationOptions>> FleetOptionsFromFlags(
         "--fleet is required with --fleet_etcd: the fleet's name, a segment of its etcd keys "
         "(/tunnel-agent/<fleet>/...)");
   }
-  if (absl::Status status = ValidateFleetName(flags.fleet); !status.ok()) {
+  if (absl::Status status = fleet::ValidateFleetName(flags.fleet); !status.ok()) {
     return FlagError("fleet", flags.fleet, status.message());
   }
-  if (absl::Status status = ValidateFleetNodeName(flags.node); !status.ok()) {
+  if (absl::Status status = fleet::ValidateNodeName(flags.node); !status.ok()) {
     return FlagError("node_name", flags.node, status.message());
   }
-  options.key = FleetNodeKey(flags.fleet, flags.node);
+  options.key = fleet::NodeKey(flags.fleet, flags.node);
 
   const absl::Duration ttl = flags.lease_ttl;
   if (ttl < kMinLeaseTtl || ttl > kMaxLeaseTtl) {

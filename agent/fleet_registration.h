@@ -43,6 +43,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/etcd/client.h"
+#include "common/fleet_keys.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
 #include "tunnelagent/v1/fleet.pb.h"
@@ -52,16 +53,6 @@ namespace tunnelagent::agent {
 
 // ---- The key and its pieces ------------------------------------------------------------------
 
-// "/tunnel-agent/<fleet>/nodes/<node>": the contract every agent and controller keeps.
-std::string FleetNodeKey(absl::string_view fleet, absl::string_view node);
-
-// A fleet's name is a key segment: 1-63 of [a-z0-9-_.], not "." or "..". INVALID_ARGUMENT
-// saying what is wrong otherwise.
-absl::Status ValidateFleetName(absl::string_view fleet);
-// A node's name too, with the room and letters host names have: 1-253 of [A-Za-z0-9-_.], not
-// "." or "..".
-absl::Status ValidateFleetNodeName(absl::string_view node);
-
 // The registration's capabilities, from what GetAgentInfo reports: its modes as iproute2 names
 // them, its features, its limits.
 v1::Capabilities CapabilitiesOf(const v1::AgentInfo& info);
@@ -70,7 +61,7 @@ v1::Capabilities CapabilitiesOf(const v1::AgentInfo& info);
 
 struct FleetRegistrationOptions {
   etcd::ClientOptions etcd;
-  std::string key;  // FleetNodeKey(fleet, node)
+  std::string key;  // fleet::NodeKey(fleet, node)
   // What is written; registered_at is set at each registration.
   v1::NodeRegistration registration;
   // The lease's TTL (whole seconds, etcd's unit): a dead agent's key goes at most this long

@@ -12,6 +12,7 @@
 #include "clients/common/version.h"
 #include "clients/tunnel_controller/fleet.h"
 #include "common/etcd/client.h"
+#include "common/fleet_keys.h"
 
 namespace tunnelagent::controller {
 namespace {
@@ -269,7 +270,9 @@ absl::StatusOr<Options> ParseArgs(const std::vector<std::string>& args) {
           return UsageError(absl::StrCat("--etcd: ", endpoints.status().message()));
         options.etcd.endpoints = *std::move(endpoints);
       } else if (name == "fleet") {
-        if (absl::Status s = CheckFleetName(*v); !s.ok()) return UsageError(s.message());
+        if (absl::Status s = fleet::ValidateFleetName(*v); !s.ok()) {
+          return UsageError(absl::StrCat("--fleet: ", s.message()));
+        }
         options.etcd.fleet = *v;
       } else if (name == "etcd_ca" || name == "etcd_cert" || name == "etcd_key" ||
                  name == "etcd_user" || name == "etcd_password_file") {

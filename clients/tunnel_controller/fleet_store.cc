@@ -15,10 +15,6 @@
 namespace tunnelagent::controller {
 namespace {
 
-constexpr char kDescription[] = "description";
-constexpr char kNodes[] = "nodes/";
-constexpr char kController[] = "controller";
-
 absl::StatusOr<std::string> ReadSecretFile(const std::string& path, absl::string_view flag) {
   std::ifstream file(path, std::ios::binary);
   if (!file) {
@@ -33,39 +29,6 @@ absl::StatusOr<std::string> ReadSecretFile(const std::string& path, absl::string
 }
 
 }  // namespace
-
-absl::Status CheckFleetName(absl::string_view name) {
-  // The agent's rule for the same segment (its --fleet): what one accepts, the other does.
-  if (name.empty()) return absl::InvalidArgumentError("--fleet: empty name");
-  if (name.size() > kMaxFleetName) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--fleet: \"", name, "\" is longer than ", kMaxFleetName, " characters"));
-  }
-  if (name == "." || name == "..") {
-    return absl::InvalidArgumentError(absl::StrCat("--fleet: \"", name, "\" is not a name"));
-  }
-  for (char c : name) {
-    if (!absl::ascii_islower(c) && !absl::ascii_isdigit(c) && c != '.' && c != '_' && c != '-') {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--fleet: \"", name, "\" may hold only a-z, 0-9, '.', '_' and '-'"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-std::string FleetPrefix(absl::string_view fleet) { return absl::StrCat(kKeyRoot, fleet, "/"); }
-std::string DescriptionKey(absl::string_view fleet) {
-  return absl::StrCat(FleetPrefix(fleet), kDescription);
-}
-std::string NodesPrefix(absl::string_view fleet) {
-  return absl::StrCat(FleetPrefix(fleet), kNodes);
-}
-std::string NodeKey(absl::string_view fleet, absl::string_view node) {
-  return absl::StrCat(NodesPrefix(fleet), node);
-}
-std::string ElectionName(absl::string_view fleet) {
-  return absl::StrCat(FleetPrefix(fleet), kController);
-}
 
 absl::StatusOr<std::unique_ptr<etcd::Client>> ConnectEtcd(const EtcdFlags& flags,
                                                           absl::Duration call_timeout) {
@@ -108,24 +71,6 @@ absl::StatusOr<Registration> ParseRegistration(absl::string_view node, absl::str
         "the key names node \"", node, "\" but the registration \"", r.message.node(), "\""));
   }
   return r;
-}
-
-FleetKey ClassifyKey(absl::string_view fleet, absl::string_view key) {
-  FleetKey k;
-  const std::string prefix = FleetPrefix(fleet);
-  if (!absl::ConsumePrefix(&key, prefix)) return k;
-  if (key == kDescription) {
-    k.kind = FleetKey::Kind::kDescription;
-  } else if (absl::ConsumePrefix(&key, kNodes)) {
-    // One segment: the node's name (anything deeper is no registration).
-    if (!key.empty() && !absl::StrContains(key, '/')) {
-      k.kind = FleetKey::Kind::kNode;
-      k.node = std::string(key);
-    }
-  } else if (key == kController || absl::StartsWith(key, absl::StrCat(kController, "/"))) {
-    k.kind = FleetKey::Kind::kElection;
-  }
-  return k;
 }
 
 absl::StatusOr<Fleet> ParseDescription(absl::string_view text, absl::string_view source) {

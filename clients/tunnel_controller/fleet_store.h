@@ -21,11 +21,19 @@
 #include "absl/time/time.h"
 #include "clients/tunnel_controller/fleet.h"
 #include "common/etcd/client.h"
+#include "common/fleet_keys.h"
 #include "tunnelagent/v1/fleet.pb.h"
 
 namespace tunnelagent::controller {
 
-inline constexpr char kKeyRoot[] = "/tunnel-agent/";
+// The keys, and the fleet name's rule, shared with the agents (common/fleet_keys.h).
+using fleet::ClassifyKey;
+using fleet::DescriptionKey;
+using fleet::ElectionName;
+using fleet::FleetKey;
+using fleet::FleetPrefix;
+using fleet::NodeKey;
+using fleet::NodesPrefix;
 
 // The --etcd* flags.
 struct EtcdFlags {
@@ -37,19 +45,6 @@ struct EtcdFlags {
   std::string user;                    // --etcd_user
   std::string password_file;           // --etcd_password_file
 };
-
-inline constexpr size_t kMaxFleetName = 63;
-
-// A fleet's name, a segment of its keys, as the agent's --fleet takes it: 1-63 of a-z 0-9 . _ -,
-// not "." or "..". InvalidArgument otherwise.
-absl::Status CheckFleetName(absl::string_view name);
-
-// The keys of fleet `fleet`.
-std::string FleetPrefix(absl::string_view fleet);     // "/tunnel-agent/<fleet>/"
-std::string DescriptionKey(absl::string_view fleet);  // ".../description"
-std::string NodesPrefix(absl::string_view fleet);     // ".../nodes/"
-std::string NodeKey(absl::string_view fleet, absl::string_view node);
-std::string ElectionName(absl::string_view fleet);  // ".../controller"
 
 // A client for the flags: the password file read (its content, surrounding white space
 // removed), TLS with a CA or an https:// endpoint. Errors: InvalidArgument naming the flag (an
@@ -70,14 +65,6 @@ struct Registration {
 // NodeRegistration or names another node.
 absl::StatusOr<Registration> ParseRegistration(absl::string_view node, absl::string_view json,
                                                int64_t create_revision, int64_t mod_revision);
-
-// What a key under FleetPrefix is.
-struct FleetKey {
-  enum class Kind { kDescription, kNode, kElection, kOther };
-  Kind kind = Kind::kOther;
-  std::string node;  // kNode
-};
-FleetKey ClassifyKey(absl::string_view fleet, absl::string_view key);
 
 // A description's text parsed (FleetText::kDescription); `source` names it in errors (the file
 // for `fleet set`, the key for what was read from etcd). Relative file names (tls, tokenFile)

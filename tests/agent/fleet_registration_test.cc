@@ -29,31 +29,31 @@ using ::tunnelagent::testing::MustConnect;
 // ---- Names, capabilities, metrics ------------------------------------------------------------
 
 TEST(FleetNames, KeyIsTheContract) {
-  EXPECT_EQ(FleetNodeKey("prod", "n1"), "/tunnel-agent/prod/nodes/n1");
+  EXPECT_EQ(fleet::NodeKey("prod", "n1"), "/tunnel-agent/prod/nodes/n1");
 }
 
 TEST(FleetNames, FleetNameIsAKeySegment) {
   for (const std::string& good :
        {std::string("prod"), std::string("a"), std::string("eu-west_1.b"), std::string(63, 'x')}) {
-    EXPECT_TRUE(ValidateFleetName(good).ok()) << good;
+    EXPECT_TRUE(fleet::ValidateFleetName(good).ok()) << good;
   }
   for (const std::string& bad :
        {std::string(), std::string(64, 'x'), std::string("Prod"), std::string("a/b"),
         std::string("a b"), std::string("."), std::string(".."), std::string("a:b")}) {
-    absl::Status status = ValidateFleetName(bad);
+    absl::Status status = fleet::ValidateFleetName(bad);
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << bad;
   }
-  EXPECT_TRUE(absl::StrContains(ValidateFleetName("a/b").message(), "'/'"))
-      << ValidateFleetName("a/b");
+  EXPECT_TRUE(absl::StrContains(fleet::ValidateFleetName("a/b").message(), "'/'"))
+      << fleet::ValidateFleetName("a/b");
 }
 
 TEST(FleetNames, NodeNameAllowsWhatHostNamesHave) {
-  EXPECT_TRUE(ValidateFleetNodeName("Node-1.example.com").ok());
-  EXPECT_TRUE(ValidateFleetNodeName(std::string(253, 'n')).ok());
-  EXPECT_FALSE(ValidateFleetNodeName(std::string(254, 'n')).ok());
-  EXPECT_FALSE(ValidateFleetNodeName("").ok());
-  EXPECT_FALSE(ValidateFleetNodeName("n/1").ok());
-  EXPECT_FALSE(ValidateFleetNodeName("..").ok());
+  EXPECT_TRUE(fleet::ValidateNodeName("Node-1.example.com").ok());
+  EXPECT_TRUE(fleet::ValidateNodeName(std::string(253, 'n')).ok());
+  EXPECT_FALSE(fleet::ValidateNodeName(std::string(254, 'n')).ok());
+  EXPECT_FALSE(fleet::ValidateNodeName("").ok());
+  EXPECT_FALSE(fleet::ValidateNodeName("n/1").ok());
+  EXPECT_FALSE(fleet::ValidateNodeName("..").ok());
 }
 
 TEST(FleetCapabilities, FromAgentInfo) {
@@ -323,7 +323,7 @@ class FleetRegistrationTest : public ::tunnelagent::testing::EtcdTest {
     FleetRegistrationOptions options;
     options.etcd.endpoints = cluster().endpoints();
     options.etcd.call_timeout = absl::Seconds(1);
-    options.key = FleetNodeKey("f", "n1");
+    options.key = fleet::NodeKey("f", "n1");
     v1::NodeRegistration& r = options.registration;
     r.set_node("n1");
     r.add_underlay("198.18.0.1");
@@ -340,7 +340,7 @@ class FleetRegistrationTest : public ::tunnelagent::testing::EtcdTest {
 
   // The key as etcd has it now; nullopt when absent (or unreadable: a test failure).
   std::optional<etcd::KeyValue> Read() {
-    absl::StatusOr<etcd::RangeResult> got = reader_->Get(FleetNodeKey("f", "n1"));
+    absl::StatusOr<etcd::RangeResult> got = reader_->Get(fleet::NodeKey("f", "n1"));
     EXPECT_TRUE(got.ok()) << got.status();
     if (!got.ok() || got->kvs.empty()) return std::nullopt;
     return got->kvs.front();

@@ -156,7 +156,7 @@ TEST(ArgsTest, EtcdModeErrors) {
   EXPECT_EQ(ErrorOf({"run", "--etcd=a:1,,b:2", "--fleet=f"}),
             "--etcd: etcd endpoints \"a:1,,b:2\": entry 2 is empty");
   EXPECT_THAT(ErrorOf({"run", "--etcd=e:1", "--fleet=a/b"}),
-              ::testing::HasSubstr("--fleet: \"a/b\" may hold only a-z, 0-9"));
+              ::testing::HasSubstr("--fleet: fleet name \"a/b\": '/' is not one of [a-z0-9-_.]"));
   EXPECT_EQ(ErrorOf({"run", "--etcd=e:1", "--fleet=f", "--etcd_cert=c.pem"}),
             "--etcd_cert and --etcd_key go together");
   EXPECT_EQ(ErrorOf({"run", "--etcd=e:1", "--fleet=f", "--etcd_user=u"}),

@@ -173,12 +173,12 @@ TEST(FleetKeyTest, Layout) {
 }
 
 TEST(FleetKeyTest, FleetNames) {
-  EXPECT_TRUE(CheckFleetName("prod-1.eu_west").ok());
-  EXPECT_FALSE(CheckFleetName("").ok());
-  EXPECT_FALSE(CheckFleetName("a/b").ok());
-  EXPECT_FALSE(CheckFleetName("Prod").ok()) << "as the agent: lower case";
-  EXPECT_FALSE(CheckFleetName("..").ok());
-  EXPECT_FALSE(CheckFleetName(std::string(64, 'a')).ok());
+  EXPECT_TRUE(fleet::ValidateFleetName("prod-1.eu_west").ok());
+  EXPECT_FALSE(fleet::ValidateFleetName("").ok());
+  EXPECT_FALSE(fleet::ValidateFleetName("a/b").ok());
+  EXPECT_FALSE(fleet::ValidateFleetName("Prod").ok()) << "as the agent: lower case";
+  EXPECT_FALSE(fleet::ValidateFleetName("..").ok());
+  EXPECT_FALSE(fleet::ValidateFleetName(std::string(64, 'a')).ok());
 }
 
 // ---- Grace
