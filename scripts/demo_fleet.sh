@@ -45,16 +45,6 @@ T_START=$(date +%s.%N)
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-# wait_for SECONDS CMD...: until CMD succeeds, every 50 ms; status 1 after SECONDS.
-wait_for() {
-  local limit=$1 start
-  shift
-  start=$(now)
-  until "$@" >/dev/null 2>&1; do
-    awk -v s="$(since "$start")" -v l="$limit" 'BEGIN { exit !(s > l) }' && return 1
-    sleep 0.05
-  done
-}
 # show NODE CMD...: prints the command as typed inside NODE's namespace (the lab's directory
 # as $RUN, the binaries by name), then runs it there.
 show() {

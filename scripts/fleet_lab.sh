@@ -5,6 +5,19 @@
 # adds the lab nodes c1 and c2 the two controllers run in; each serves /metrics on
 # 127.0.0.1:9477 (the default) of its own namespace.
 
+# wait_for SECONDS CMD...: runs CMD (quietly) every 20 ms until it succeeds (0), or until
+# SECONDS have passed (1).
+wait_for() {
+  local limit=$1 start
+  shift
+  start=$(date +%s.%N)
+  until "$@" >/dev/null 2>&1; do
+    awk -v a="$start" -v b="$(date +%s.%N)" -v l="$limit" 'BEGIN { exit !(b - a > l) }' &&
+      return 1
+    sleep 0.02
+  done
+}
+
 # start_controller NAME: `run --etcd` in NAME's namespace, logging to $RUN/NAME.log; its pid
 # sits with the agents', so the lab's cleanup stops it.
 start_controller() {

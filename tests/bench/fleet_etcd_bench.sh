@@ -100,16 +100,6 @@ now() { date +%s.%N; }
 between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 since() { between "$1" "$(now)"; }
 later() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f\n", (a + 0 > b + 0 ? a : b) }'; }
-# wait_for SECONDS CMD...: until CMD succeeds, every 20 ms; status 1 after SECONDS.
-wait_for() {
-  local limit=$1 start
-  shift
-  start=$(now)
-  until "$@" >/dev/null 2>&1; do
-    awk -v s="$(since "$start")" -v l="$limit" 'BEGIN { exit !(s > l) }' && return 1
-    sleep 0.02
-  done
-}
 fig() { printf 'fig\t%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RES"; }
 meta() { printf 'meta\t%s\t-\t%s\n' "$1" "$2" >>"$RES"; }
 note() { printf 'note\t-\t-\t%s\n' "$*" >>"$RES"; echo "note: $*"; }
